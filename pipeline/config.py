@@ -1,0 +1,320 @@
+"""Feed configuration: `feeds/NAME.toml` parsed into frozen pydantic models, and global settings.
+
+Secrets are only ever referenced (an environment variable name or a file path) and resolved at the
+moment of use by :func:`resolve_secret`; the models never hold a secret value. Every key a feed file
+may contain is documented in `feeds/README.md` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError, SecretError
+
+__all__ = [
+    "AlertsConfig",
+    "AntavoTarget",
+    "CrmcomTarget",
+    "ExpectedFilesConfig",
+    "Feed",
+    "FeedLoadResult",
+    "FormatConfig",
+    "LoggingConfig",
+    "Settings",
+    "SourceConfig",
+    "TargetConfig",
+    "ValidationConfig",
+    "canonical_feed",
+    "load_feed",
+    "load_feeds",
+    "resolve_secret",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown timezone {value!r}") from exc
+    return value
+
+
+class SourceConfig(_Model):
+    """Where the feed's files come from (`[source]`)."""
+
+    kind: Literal["local", "sftp"] = "local"
+    path: str = "."
+    pattern: str = "*.csv"
+    lookback_days: int = Field(default=1, ge=0, le=366)
+    ignore_suffixes: tuple[str, ...] = (".part", ".tmp", ".filepart")
+    readiness: Literal["stable", "marker", "none"] = "stable"
+    stable_seconds: float = Field(default=2.0, ge=0)
+    marker_suffixes: tuple[str, ...] = (".done", ".ok")
+    after_success: Literal["keep", "archive", "delete"] = "keep"
+    archive_path: str | None = None
+    # sftp only
+    host: str | None = None
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str | None = None
+    private_key_file: str | None = None
+    private_key_passphrase_env: str | None = None
+    password_env: str | None = None
+    known_hosts_file: str | None = None
+    trust_unknown_host: bool = False
+    connect_timeout: float = Field(default=15.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+    keepalive_seconds: int = Field(default=30, ge=0)
+    fetch_attempts: int = Field(default=3, ge=1)
+
+
+class FormatConfig(_Model):
+    """How the feed's files are read and mapped to the canonical layout (`[format]`)."""
+
+    kind: Literal["csv", "jsonl", "parquet"] = "csv"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    quote_char: str = Field(default='"', min_length=1, max_length=1)
+    has_header: bool = True
+    encoding: Literal["utf-8", "utf-8-sig", "cp1252", "latin-1"] = "utf-8"
+    decimal_comma: bool = False
+    timestamp_format: str | None = None
+    date_format: str | None = None
+    # canonical name -> the export's column name (or, without a header, its 1-based position)
+    columns: dict[str, str] = Field(default_factory=dict)
+    # canonical name -> a constant for columns the export lacks (e.g. currency = "GBP")
+    defaults: dict[str, str] = Field(default_factory=dict)
+    # build transaction_id from other canonical columns, e.g. "{store_id}-{register_id}-{receipt}"
+    transaction_id_template: str | None = None
+
+
+class ValidationConfig(_Model):
+    """Tolerances and allowed values for the validation rules (`[validation]`)."""
+
+    currencies: tuple[str, ...] | None = None  # None: every ISO 4217 code
+    amount_tolerance: Decimal = Decimal("0.01")
+    max_days_from_business_date: int = Field(default=2, ge=0)
+    max_future_minutes: int = Field(default=10, ge=0)
+    treat_negative_quantity_as_return: bool = True
+
+
+class AntavoTarget(_Model):
+    """Antavo Events API target (`[target]` with kind = "antavo")."""
+
+    kind: Literal["antavo"] = "antavo"
+    base_url: str = "https://api.demo.antavo.com"
+    region: str = "demo"
+    auth: Literal["signed", "api_key"] = "signed"
+    api_key_env: str = "ANTAVO_API_KEY"
+    api_secret_env: str | None = "ANTAVO_API_SECRET"
+    api_secret_file: str | None = None
+    requests_per_minute: int = Field(default=1500, gt=0)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    bulk_size: int = Field(default=50, ge=1, le=1000)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=30.0, ge=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    return_mode: Literal["refund", "refund_item"] = "refund"
+    send_guests: bool = True
+    account: str | None = None
+
+
+class CrmcomTarget(_Model):
+    """CRM.COM purchases API target (`[target]` with kind = "crmcom")."""
+
+    kind: Literal["crmcom"] = "crmcom"
+    base_url: str = "https://sandbox.crm.com"
+    auth: Literal["token", "web_api_key"] = "token"
+    username_env: str | None = "CRMCOM_USERNAME"
+    password_env: str | None = "CRMCOM_PASSWORD"
+    organisation_env: str | None = "CRMCOM_ORGANISATION"
+    web_api_key_env: str | None = None
+    requests_per_minute: int = Field(default=600, gt=0)
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    bulk_size: int = Field(default=1, ge=1, le=1000)
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=30.0, ge=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]
+
+
+class AlertsConfig(_Model):
+    """Optional webhook alerts (`[alerts]`)."""
+
+    webhook_url_env: str | None = None
+    webhook_url: str | None = None
+    reject_share_threshold: float = Field(default=0.05, ge=0, le=1)
+    on_failure: bool = True
+    on_retryable: bool = True
+
+
+class ExpectedFilesConfig(_Model):
+    """What files the feed expects per business day (`[expected]`)."""
+
+    stores: tuple[str, ...] = ()
+    cadence: Literal["none", "daily", "hourly"] = "none"
+    pattern: str | None = None
+    opening_hour: int = Field(default=8, ge=0, le=23)
+    closing_hour: int = Field(default=22, ge=0, le=24)
+    late_after_minutes: int = Field(default=60, ge=0)
+
+
+class LoggingConfig(_Model):
+    """What logs may show (`[logging]`)."""
+
+    hash_customer_ids: bool = True
+
+
+class Feed(_Model):
+    """One feed: where files come from, how to read them, where checkouts go."""
+
+    name: str
+    enabled: bool = True
+    timezone: str = "UTC"
+    store_timezones: dict[str, str] = Field(default_factory=dict)
+    schedule: str | None = None
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    format: FormatConfig = Field(default_factory=FormatConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    target: TargetConfig = Field(default_factory=AntavoTarget)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    expected: ExpectedFilesConfig = Field(default_factory=ExpectedFilesConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return _check_timezone(value)
+
+    @field_validator("store_timezones")
+    @classmethod
+    def _store_timezones(cls, value: dict[str, str]) -> dict[str, str]:
+        for zone in value.values():
+            _check_timezone(zone)
+        return value
+
+    def timezone_of(self, store_id: str) -> str:
+        """The timezone of one store (its override, else the feed's)."""
+        return self.store_timezones.get(store_id, self.timezone)
+
+
+def canonical_feed(name: str = "canonical") -> Feed:
+    """The feed used when a canonical-layout file is checked without a feed file."""
+    return Feed(name=name)
+
+
+@dataclass(frozen=True)
+class FeedLoadResult:
+    """A feed file and either its parsed feed or the error that stopped it."""
+
+    path: Path
+    feed: Feed | None
+    error: ConfigError | None
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"antavo", "crmcom"})]
+    return ".".join(parts) or "(top level)"
+
+
+def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
+    """Load one feed by name (from ``feeds_dir``) or by path; raise ConfigError naming file and key."""
+    candidate = Path(name_or_path)
+    if candidate.suffix != ".toml" or not candidate.exists():
+        base = feeds_dir if feeds_dir is not None else Settings.from_env().feeds_dir
+        named = base / f"{name_or_path}.toml"
+        if named.exists():
+            candidate = named
+        elif not candidate.exists():
+            raise ConfigError(f"no feed named {str(name_or_path)!r} (looked for {named})")
+    try:
+        raw = tomllib.loads(candidate.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=candidate) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=candidate) from exc
+    raw.setdefault("name", candidate.stem)
+    try:
+        return Feed.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(first["msg"] + more, source=candidate, key=_key_path(first["loc"])) from exc
+
+
+def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
+    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded."""
+    results = []
+    for path in sorted(feeds_dir.glob("*.toml")):
+        try:
+            results.append(FeedLoadResult(path, load_feed(path), None))
+        except ConfigError as exc:
+            results.append(FeedLoadResult(path, None, exc))
+    return results
+
+
+def resolve_secret(
+    *, env: str | None = None, file: str | Path | None = None, what: str = "secret"
+) -> str:
+    """Read a secret from the named environment variable or file; never log the value."""
+    if env:
+        value = os.environ.get(env)
+        if value:
+            return value
+        if not file:
+            raise SecretError(f"{what}: environment variable {env} is not set")
+    if file:
+        try:
+            return Path(file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SecretError(f"{what}: cannot read secret file {file}: {exc.strerror}") from exc
+    raise SecretError(f"{what}: no environment variable or file configured")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Global settings: where state, feeds and reports live."""
+
+    state_dir: Path = Path(".posfeed")
+    feeds_dir: Path = Path("feeds")
+    reports_dir: Path = Path("reports")
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        state_dir: Path | None = None,
+        feeds_dir: Path | None = None,
+        reports_dir: Path | None = None,
+    ) -> Settings:
+        """Settings from explicit values, else `POSFEED_*` environment variables, else defaults."""
+        env = os.environ
+        return cls(
+            state_dir=state_dir or Path(env.get("POSFEED_STATE_DIR", ".posfeed")),
+            feeds_dir=feeds_dir or Path(env.get("POSFEED_FEEDS_DIR", "feeds")),
+            reports_dir=reports_dir or Path(env.get("POSFEED_REPORTS_DIR", "reports")),
+        )
+
+    @property
+    def ledger_path(self) -> Path:
+        """The SQLite ledger file."""
+        return self.state_dir / "ledger.sqlite"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where fetched files are staged."""
+        return self.state_dir / "staging"

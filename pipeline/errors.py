@@ -1,0 +1,117 @@
+"""The one exception tree of posfeed.
+
+Every error carries its context, whether retrying later can help, and the process exit code
+(sysexits) the CLI maps it to in one place::
+
+    PosfeedError                      exit 70, internal
+    ├── ConfigError                   exit 78  a feed file, setting or secret is wrong
+    │   ├── SecretError                        a referenced secret is missing
+    │   └── SourceAuthError                    SFTP host key refused or credentials wrong
+    ├── DataError                     exit 65  the input itself is bad
+    │   └── UnreadableFileError                a whole file cannot be read (file, reason)
+    └── TransientError                exit 75  try again later (retryable)
+        ├── LockHeldError                      another run of the feed holds its lock
+        ├── SourceUnavailableError             the file source cannot be reached
+        └── PlatformUnavailableError           the target platform cannot be reached
+
+Library exceptions (paramiko, httpx, sqlite3, pydantic) are translated into this tree at the edge
+that calls the library; nothing above the edges catches foreign exceptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_DATA",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_TEMPFAIL",
+    "ConfigError",
+    "DataError",
+    "LockHeldError",
+    "PlatformUnavailableError",
+    "PosfeedError",
+    "SecretError",
+    "SourceAuthError",
+    "SourceUnavailableError",
+    "TransientError",
+    "UnreadableFileError",
+]
+
+EXIT_OK = 0
+EXIT_DATA = 65  # sysexits EX_DATAERR
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
+
+
+class PosfeedError(Exception):
+    """Base of every error posfeed raises on purpose."""
+
+    exit_code: int = EXIT_INTERNAL
+    retryable: bool = False
+
+
+class ConfigError(PosfeedError):
+    """A feed file, setting or secret reference is wrong.
+
+    ``source`` names the file (or setting) and ``key`` the dotted key path inside it.
+    """
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, problem: str, *, source: str | Path | None = None, key: str | None = None):
+        self.problem = problem
+        self.source = str(source) if source is not None else None
+        self.key = key
+        where = ": ".join(part for part in (self.source, self.key) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class SecretError(ConfigError):
+    """A secret named by reference (environment variable or file) could not be resolved."""
+
+
+class SourceAuthError(ConfigError):
+    """The file source refused us or we refused it: unknown or changed host key, bad credentials."""
+
+
+class DataError(PosfeedError):
+    """The input data is bad (rows are rejected, a file is unreadable)."""
+
+    exit_code = EXIT_DATA
+
+
+class UnreadableFileError(DataError):
+    """A whole file cannot be read: binary, wrong delimiter, required columns missing."""
+
+    def __init__(self, file: str | Path, reason: str):
+        self.file = str(file)
+        self.reason = reason
+        super().__init__(f"{self.file}: {reason}")
+
+
+class TransientError(PosfeedError):
+    """Something outside us is unavailable right now; running again later can succeed."""
+
+    exit_code = EXIT_TEMPFAIL
+    retryable = True
+
+
+class LockHeldError(TransientError):
+    """Another live process holds the feed's run lock."""
+
+    def __init__(self, feed: str, holder: str):
+        self.feed = feed
+        self.holder = holder
+        super().__init__(f"feed {feed!r} is being run by {holder}")
+
+
+class SourceUnavailableError(TransientError):
+    """The SFTP server or local folder could not be reached or read."""
+
+
+class PlatformUnavailableError(TransientError):
+    """The target platform could not be reached or kept failing."""

@@ -1,0 +1,156 @@
+"""Canonical record layouts shared by every stage.
+
+Three frames travel through the pipeline:
+
+* **lines**: one row per input line item, in the canonical export layout (:data:`CANONICAL_COLUMNS`,
+  all read as strings) plus ``source_file`` and ``source_line``.
+* **checkout_item** (:data:`CHECKOUT_ITEM_SCHEMA`): one row per valid line, typed, carrying its
+  checkout's attributes (as Antavo's ``checkout_item`` inherits them).
+* **checkout** (:data:`CHECKOUT_SCHEMA`): one row per transaction, with its items nested in
+  ``items`` (a list of :data:`ITEM_STRUCT`).
+
+Money is ``pl.Decimal(MONEY_PRECISION, MONEY_SCALE)`` end to end and becomes
+:class:`decimal.Decimal` in Python; it is never a float.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import polars as pl
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "CHECKOUT_ITEM_SCHEMA",
+    "CHECKOUT_SCHEMA",
+    "ITEM_STRUCT",
+    "MONEY",
+    "MONEY_PRECISION",
+    "MONEY_SCALE",
+    "QUANTITY",
+    "REQUIRED_COLUMNS",
+    "DedupStatus",
+    "ReturnStatus",
+    "TransactionType",
+]
+
+MONEY_PRECISION = 38
+MONEY_SCALE = 4
+MONEY = pl.Decimal(MONEY_PRECISION, MONEY_SCALE)
+QUANTITY = pl.Decimal(MONEY_PRECISION, 3)
+
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "transaction_id",
+    "store_id",
+    "register_id",
+    "timestamp",
+    "business_date",
+    "customer_id",
+    "transaction_type",
+    "line_no",
+    "product_id",
+    "product_name",
+    "product_category",
+    "quantity",
+    "unit_price",
+    "discount",
+    "line_total",
+    "currency",
+    "transaction_total",
+    "points_burned",
+    "original_transaction_id",
+)
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "transaction_id",
+    "store_id",
+    "timestamp",
+    "product_id",
+    "quantity",
+    "unit_price",
+    "currency",
+)
+
+
+class TransactionType(StrEnum):
+    """What a transaction does: a sale, a return (refund) or a void (cancelled at the till)."""
+
+    SALE = "sale"
+    RETURN = "return"
+    VOID = "void"
+
+
+class ReturnStatus(StrEnum):
+    """Whether a return names the sale it returns (``original_transaction_id``)."""
+
+    MATCHED = "matched"
+    UNMATCHED = "unmatched"
+
+
+class DedupStatus(StrEnum):
+    """Outcome of dedup for one checkout."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same id, same content: seen before, skipped and counted
+    CONFLICT = "conflict"  # same id, different content: held for review, never sent
+
+
+ITEM_STRUCT = pl.Struct(
+    {
+        "line_no": pl.Int64,
+        "product_id": pl.String,
+        "product_name": pl.String,
+        "product_category": pl.String,
+        "quantity": QUANTITY,
+        "unit_price": MONEY,
+        "discount": MONEY,
+        "line_total": MONEY,
+        "source_line": pl.Int64,
+    }
+)
+
+CHECKOUT_SCHEMA: dict[str, pl.DataType] = {
+    "transaction_id": pl.String(),
+    "store_id": pl.String(),
+    "register_id": pl.String(),
+    "customer_id": pl.String(),  # null: a guest checkout
+    "is_guest": pl.Boolean(),
+    "transaction_type": pl.String(),  # TransactionType
+    "return_status": pl.String(),  # ReturnStatus for returns, null otherwise
+    "original_transaction_id": pl.String(),
+    "business_date": pl.Date(),
+    "timestamp_utc": pl.Datetime("us", "UTC"),
+    "timestamp_local": pl.String(),  # ISO 8601 with the store's UTC offset, as the till saw it
+    "timezone": pl.String(),
+    "currency": pl.String(),
+    "total": MONEY,  # signed: negative for returns
+    "points_burned": MONEY,
+    "line_count": pl.Int64(),
+    "source_file": pl.String(),
+    "source_lines": pl.List(pl.Int64),
+    "content_hash": pl.String(),  # sha256 hex over the normalized content (not source position)
+    "items": pl.List(ITEM_STRUCT),
+}
+
+CHECKOUT_ITEM_SCHEMA: dict[str, pl.DataType] = {
+    "transaction_id": pl.String(),
+    "store_id": pl.String(),
+    "register_id": pl.String(),
+    "customer_id": pl.String(),
+    "is_guest": pl.Boolean(),
+    "transaction_type": pl.String(),
+    "business_date": pl.Date(),
+    "timestamp_utc": pl.Datetime("us", "UTC"),
+    "timestamp_local": pl.String(),
+    "currency": pl.String(),
+    "line_no": pl.Int64(),
+    "product_id": pl.String(),
+    "product_name": pl.String(),
+    "product_category": pl.String(),
+    "quantity": QUANTITY,
+    "unit_price": MONEY,
+    "discount": MONEY,
+    "line_total": MONEY,
+    "source_file": pl.String(),
+    "source_line": pl.Int64(),
+}

@@ -1,0 +1,61 @@
+"""What every sink (target platform) promises the submit stage.
+
+A sink takes checkout rows (dicts with the keys of :data:`pipeline.records.CHECKOUT_SCHEMA`, money as
+:class:`decimal.Decimal`, ``items`` a list of dicts) and delivers each to its platform. For crash
+safety it calls ``on_sending`` with the transaction ids of a request *before* the request goes out
+(the ledger marks them in doubt) and ``on_result`` once per transaction with its final
+:class:`EventResult` for this submission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Protocol
+
+__all__ = ["CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome", "Sink"]
+
+CheckoutRow = Mapping[str, Any]
+
+
+class Outcome(StrEnum):
+    """The outcome of delivering one transaction."""
+
+    ACCEPTED = "accepted"
+    ALREADY_ACCEPTED = "already_accepted"  # the platform says this id was used: an earlier send landed
+    REJECTED = "rejected"  # permanent: the platform refused the event for a reason retrying won't fix
+    RETRYABLE = "retryable"  # not delivered yet: 429, 5xx, timeout, connection error
+    NOT_SENT = "not_sent"  # the sink cannot express it (e.g. an unmatched return); permanent
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """One transaction's outcome, with the platform's evidence."""
+
+    transaction_id: str
+    outcome: Outcome
+    event_ids: tuple[str, ...] = ()
+    points: Decimal | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 1
+
+
+OnSending = Callable[[Sequence[str]], None]
+OnResult = Callable[[EventResult], None]
+
+
+class Sink(Protocol):
+    """A target platform."""
+
+    async def submit(
+        self, checkouts: Sequence[CheckoutRow], on_sending: OnSending, on_result: OnResult
+    ) -> None:
+        """Deliver every checkout; call ``on_result`` exactly once per transaction id."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,51 @@
+"""What every file source (local folder, SFTP) promises the fetch stage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Literal, Protocol
+
+__all__ = ["FetchedFile", "RemoteFile", "Source"]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file the source offers, ready to be fetched."""
+
+    name: str  # the remote base name (never used as a local path as is)
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A file staged locally, with its identity."""
+
+    name: str
+    path: Path
+    size: int
+    mtime: float
+    sha256: str
+
+
+class Source(Protocol):
+    """A folder of exports somewhere."""
+
+    def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
+        """Yield the files matching the feed's pattern for these dates that are ready to fetch."""
+        ...
+
+    def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
+        """Download one file into ``staging_dir`` atomically, hashing it on the way."""
+        ...
+
+    def finish(self, remote: RemoteFile, action: Literal["keep", "archive", "delete"]) -> None:
+        """Archive, delete or keep a remote file whose rows all reached a final state."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
