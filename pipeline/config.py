@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from pipeline.errors import ConfigError, SecretError
 
@@ -184,6 +184,9 @@ class Feed(_Model):
 
     name: str
     enabled: bool = True
+    # feeds that deliver the same transactions (an hourly and a daily export of one chain) share a
+    # scope: the ledger dedups, locks and sends once per (scope, transaction_id)
+    dedup_scope: str | None = None
     timezone: str = "UTC"
     store_timezones: dict[str, str] = Field(default_factory=dict)
     schedule: str | None = None
@@ -206,6 +209,23 @@ class Feed(_Model):
         for zone in value.values():
             _check_timezone(zone)
         return value
+
+    _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def scope(self) -> str:
+        """The dedup and lock scope: ``dedup_scope`` or, by default, the feed's name."""
+        return self.dedup_scope or self.name
+
+    @property
+    def config_dir(self) -> Path:
+        """The folder of the feed file; relative paths in the file are resolved against it."""
+        return self._config_dir
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A path from the feed file: absolute as is, relative against the feed file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self._config_dir / path
 
     def timezone_of(self, store_id: str) -> str:
         """The timezone of one store (its override, else the feed's)."""
@@ -232,7 +252,10 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
-    """Load one feed by name (from ``feeds_dir``) or by path; raise ConfigError naming file and key."""
+    """Load one feed by name (from ``feeds_dir``) or by path.
+
+    Raises ConfigError naming the file, the key path and the problem.
+    """
     candidate = Path(name_or_path)
     if candidate.suffix != ".toml" or not candidate.exists():
         base = feeds_dir if feeds_dir is not None else Settings.from_env().feeds_dir
@@ -249,11 +272,14 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         raise ConfigError(f"cannot read: {exc.strerror}", source=candidate) from exc
     raw.setdefault("name", candidate.stem)
     try:
-        return Feed.model_validate(raw)
+        feed = Feed.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(first["msg"] + more, source=candidate, key=_key_path(first["loc"])) from exc
+        key = _key_path(first["loc"])
+        raise ConfigError(first["msg"] + more, source=candidate, key=key) from exc
+    feed._config_dir = candidate.resolve().parent
+    return feed
 
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:

@@ -1,7 +1,7 @@
 """What every sink (target platform) promises the submit stage.
 
-A sink takes checkout rows (dicts with the keys of :data:`pipeline.records.CHECKOUT_SCHEMA`, money as
-:class:`decimal.Decimal`, ``items`` a list of dicts) and delivers each to its platform. For crash
+A sink takes checkout rows (dicts with the keys of :data:`pipeline.records.CHECKOUT_SCHEMA`,
+money as :class:`decimal.Decimal`, ``items`` a list of dicts) and delivers each to its platform. For crash
 safety it calls ``on_sending`` with the transaction ids of a request *before* the request goes out
 (the ledger marks them in doubt) and ``on_result`` once per transaction with its final
 :class:`EventResult` for this submission.
@@ -24,8 +24,10 @@ class Outcome(StrEnum):
     """The outcome of delivering one transaction."""
 
     ACCEPTED = "accepted"
-    ALREADY_ACCEPTED = "already_accepted"  # the platform says this id was used: an earlier send landed
-    REJECTED = "rejected"  # permanent: the platform refused the event for a reason retrying won't fix
+    # the platform says this id was used already: an earlier send landed
+    ALREADY_ACCEPTED = "already_accepted"
+    # permanent: the platform refused the event for a reason retrying won't fix
+    REJECTED = "rejected"
     RETRYABLE = "retryable"  # not delivered yet: 429, 5xx, timeout, connection error
     NOT_SENT = "not_sent"  # the sink cannot express it (e.g. an unmatched return); permanent
 
