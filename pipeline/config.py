@@ -140,6 +140,9 @@ class CrmcomTarget(_Model):
     password_env: str | None = "CRMCOM_PASSWORD"
     organisation_env: str | None = "CRMCOM_ORGANISATION"
     web_api_key_env: str | None = None
+    web_api_key_file: str | None = None
+    password_file: str | None = None
+    unit: str | None = None  # unit ID sent with the token call (default: the user's default unit)
     requests_per_minute: int = Field(default=600, gt=0)
     max_concurrency: int = Field(default=4, ge=1, le=256)
     bulk_size: int = Field(default=1, ge=1, le=1000)
@@ -147,6 +150,37 @@ class CrmcomTarget(_Model):
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # URLs: {base_url}{path_prefix}/<resource>/<method>
+    path_prefix: str = "/crmapi/rest/v2"
+    create_path: str = "customer_events/purchases/create"
+    create_multiple_path: str = "customer_events/purchases/create_multiple"
+    cancel_path: str = "customer_events/purchases/cancel"
+    # the token: R12+ tokens expire 2 hours after issue; renewed this long before expiry
+    token_ttl_seconds: float = Field(default=7200.0, gt=0)
+    token_renew_margin_seconds: float = Field(default=60.0, ge=0)
+    # API release: picks the business unit field (R17-: performed_by_unit_identifier,
+    # R17: performed_by_tap_identifier, R18+: performed_by_business_unit_identifier)
+    api_release: int = Field(default=18, ge=9, le=99)
+    business_unit_field: str | None = None  # overrides the field name the release implies
+    business_unit_key: str = "code"  # the identifier object's key: id | code | name | alternative_code
+    business_unit: str | None = None  # a fixed business unit for every store
+    business_units: dict[str, str] = Field(default_factory=dict)  # store_id -> business unit
+    customer_field: str = "accounts_receivable_identifier"
+    customer_key: str = "number"
+    product_key: str = "code"
+    products_field: str = "products_set"
+    performed_on_format: str = "iso8601"  # "iso8601" (UTC), "epoch", or a strftime pattern (UTC)
+    vat_rate: Decimal = Field(default=Decimal("0"), ge=0, lt=1)
+    prices_include_vat: bool = True
+    amount_decimals: int = Field(default=2, ge=0, le=6)
+    external_system: str | None = None
+    process_immediately: bool | None = None
+    # status.code values of the error envelope (not documented by the platform)
+    duplicate_codes: tuple[str, ...] = ("DUPLICATE_REFERENCE_NUMBER",)
+    on_duplicate: Literal["already_accepted", "rejected"] = "already_accepted"
+    token_error_codes: tuple[str, ...] = ("INVALID_TOKEN", "TOKEN_EXPIRED")
+    already_cancelled_codes: tuple[str, ...] = ("ALREADY_CANCELLED",)
+    retryable_codes: tuple[str, ...] = ("INTERNAL_ERROR", "SERVICE_UNAVAILABLE")
 
 
 TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]
