@@ -1,0 +1,1 @@
+"""Benchmarks behind `posfeed bench <name>`, each timed side by side with its baseline in one run."""
