@@ -1,0 +1,144 @@
+"""Per-stage wall time, CPU time and peak resident memory of the current process.
+
+A background thread samples the resident set size (``/proc/self/statm``) every few milliseconds;
+each open stage keeps the highest value seen while it was open, so stages may nest or overlap. CPU
+time is the process's (every thread's) user + system time, as ``time.process_time`` reports it::
+
+    meter = ResourceMeter()
+    with meter:
+        with meter.stage("transform"):
+            ...
+    meter.stages["transform"].wall_seconds
+
+The process-wide peak (``ru_maxrss``) is exact; a stage's peak is sampled, so a spike shorter
+than the interval can be missed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["ResourceMeter", "StageMeasure", "current_rss", "peak_rss"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_STATM = Path("/proc/self/statm")
+
+
+def current_rss() -> int:
+    """Resident set size of this process now, in bytes (0 where /proc is missing)."""
+    try:
+        return int(_STATM.read_text().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def peak_rss() -> int:
+    """The highest resident set size this process has had, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class StageMeasure:
+    """What one stage cost (summed over every time it was entered)."""
+
+    name: str
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    peak_rss_bytes: int = 0
+    entries: int = 0
+    _started_wall: float = field(default=0.0, repr=False)
+    _started_cpu: float = field(default=0.0, repr=False)
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """Plain numbers for JSON."""
+        return {
+            "wall_seconds": round(self.wall_seconds, 4),
+            "cpu_seconds": round(self.cpu_seconds, 4),
+            "peak_rss_bytes": self.peak_rss_bytes,
+        }
+
+
+class ResourceMeter:
+    """Measures named stages of the running process (see the module docstring)."""
+
+    def __init__(self, interval_seconds: float = 0.005) -> None:
+        self.interval_seconds = interval_seconds
+        self.stages: dict[str, StageMeasure] = {}
+        self._open: dict[str, StageMeasure] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ResourceMeter:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling and close any stage left open."""
+        for name in list(self._open):
+            self.leave(name)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def enter(self, name: str) -> None:
+        """A stage starts (callback style; see :meth:`stage`)."""
+        with self._lock:
+            if name in self._open:
+                return
+            measure = self.stages.setdefault(name, StageMeasure(name))
+            measure._started_wall = time.perf_counter()
+            measure._started_cpu = time.process_time()
+            measure.peak_rss_bytes = max(measure.peak_rss_bytes, current_rss())
+            measure.entries += 1
+            self._open[name] = measure
+
+    def leave(self, name: str) -> None:
+        """A stage ends."""
+        with self._lock:
+            measure = self._open.pop(name, None)
+            if measure is None:
+                return
+            measure.wall_seconds += time.perf_counter() - measure._started_wall
+            measure.cpu_seconds += time.process_time() - measure._started_cpu
+            measure.peak_rss_bytes = max(measure.peak_rss_bytes, current_rss())
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[StageMeasure]:
+        """Measure the body as stage ``name``."""
+        self.enter(name)
+        try:
+            yield self.stages[name]
+        finally:
+            self.leave(name)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            rss = current_rss()
+            with self._lock:
+                for measure in self._open.values():
+                    if rss > measure.peak_rss_bytes:
+                        measure.peak_rss_bytes = rss
