@@ -1,0 +1,331 @@
+"""Logging setup: text on a terminal, JSON lines for machines, secrets and customer ids masked.
+
+Every record posfeed emits goes to stderr through one handler installed by :func:`setup_logging`.
+The handler carries a :class:`MaskingFilter`, so whatever logger a record comes from (ours, httpx,
+uvicorn, paramiko, apscheduler) its message, arguments, extra fields and traceback are redacted
+before they are formatted:
+
+* the values of secrets registered with :func:`register_secret` / :func:`register_feed_secrets`
+  (every environment variable a feed names in an ``*_env`` key, and secret files);
+* anything that looks like a credential: ``Authorization`` headers, ``Bearer`` tokens, request
+  signatures and ``password=`` / ``token=`` / ``secret=`` / ``api_key=`` pairs.
+
+Customer ids cannot be recognised in free text, so code that logs one passes it through
+:func:`mask_customer_id` (``cust:<short sha256>``) with the feed's ``logging.hash_customer_ids``.
+
+Structured lines (one per file, batch and run, with counts) are written with :func:`log_event`:
+``event=run feed=acme run_id=... accepted=10`` as text, and a JSON object with the same fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel
+
+__all__ = [
+    "REDACTED",
+    "JsonFormatter",
+    "MaskingFilter",
+    "TextFormatter",
+    "feed_secret_env_names",
+    "log_event",
+    "mask_customer_id",
+    "redact",
+    "register_feed_secrets",
+    "register_secret",
+    "setup_logging",
+]
+
+REDACTED = "***"
+
+# secrets shorter than this are not registered: masking "1" everywhere would destroy the logs
+_MIN_SECRET_LENGTH = 4
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_secret_pattern: re.Pattern[str] | None = None
+
+_CREDENTIAL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # HTTP headers, in "Name: value" or "'name': 'value'" form (httpx/uvicorn dumps, our own repr)
+    (
+        re.compile(
+            r"(?i)(['\"]?\b(?:authorization|proxy-authorization|x-api-key|api-key|x-antavo-[a-z-]*"
+            r"|x-auth-token|cookie|set-cookie)\b['\"]?\s*[:=]\s*)(['\"]?)[^'\"\n,}]+(\2)"
+        ),
+        r"\1\2" + REDACTED + r"\3",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    # Escher / AWS-style signature parameters inside an Authorization value
+    (re.compile(r"(?i)\b(credential|signature)=[^,\s'\"]+"), r"\1=" + REDACTED),
+    # key=value and "key": "value" pairs whose key names a secret
+    (
+        re.compile(
+            r"(?i)(['\"]?\b[\w.-]*(?:password|passwd|passphrase|secret|token|api_?key|signature)"
+            r"[\w.-]*['\"]?\s*[:=]\s*)(['\"]?)(?!\*\*\*)[^\s'\",&}]+(\2)"
+        ),
+        r"\1\2" + REDACTED + r"\3",
+    ),
+)
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so that it is redacted from every log line from now on."""
+    global _secret_pattern
+    if not value or len(value) < _MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def _walk_env_names(value: Any, found: set[str]) -> None:
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            item = getattr(value, name)
+            if name.endswith("_env") and isinstance(item, str) and item:
+                found.add(item)
+            else:
+                _walk_env_names(item, found)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _walk_env_names(item, found)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _walk_env_names(item, found)
+
+
+def feed_secret_env_names(feed: BaseModel) -> set[str]:
+    """Every environment variable name a feed refers to through an ``*_env`` key."""
+    found: set[str] = set()
+    _walk_env_names(feed, found)
+    return found
+
+
+def _walk_secret_files(value: Any, found: set[str]) -> None:
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            item = getattr(value, name)
+            if name.endswith("secret_file") and isinstance(item, str) and item:
+                found.add(item)
+            else:
+                _walk_secret_files(item, found)
+
+
+def register_feed_secrets(feeds: Iterable[BaseModel], environ: Mapping[str, str] | None = None) -> None:
+    """Register the values of every ``*_env`` variable and ``*secret_file`` the feeds name."""
+    env = os.environ if environ is None else environ
+    for feed in feeds:
+        for name in feed_secret_env_names(feed):
+            register_secret(env.get(name))
+        files: set[str] = set()
+        _walk_secret_files(feed, files)
+        resolve = getattr(feed, "resolve_path", None)
+        for file in files:
+            path = resolve(file) if callable(resolve) else Path(file).expanduser()
+            try:
+                register_secret(Path(path).read_text(encoding="utf-8").strip())
+            except OSError:
+                continue
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and credential-looking values replaced by ``***``."""
+    pattern = _secret_pattern
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    for regex, replacement in _CREDENTIAL_PATTERNS:
+        text = regex.sub(replacement, text)
+    return text
+
+
+def mask_customer_id(customer_id: str | None, *, enabled: bool = True) -> str:
+    """A customer id as it may appear in logs: ``cust:<12 hex of sha256>`` when hashing is on.
+
+    Empty ids (guest checkouts) are shown as ``guest``. The hash is stable, so one customer's
+    lines can still be followed through a log without revealing who it is.
+    """
+    if customer_id is None or customer_id == "":
+        return "guest"
+    if not enabled:
+        return customer_id
+    digest = hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
+    return f"cust:{digest[:12]}"
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+# attributes every LogRecord has; everything else on a record came in through `extra=`
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+) | {"message", "asctime", "taskName"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+
+
+class MaskingFilter(logging.Filter):
+    """Redact secrets from a record's message, arguments, extra fields and traceback (in place)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not lose the line
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in _extras(record).items():
+            setattr(record, key, _redact_value(value))
+        return True
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value and not any(c.isspace() for c in value) else json.dumps(value)
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return str(value)
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-20T02:05:00Z INFO pipeline.runner: message key=value ...``."""
+
+    def __init__(self, *, with_time: bool = True) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={_plain(v)}" for k, v in _extras(record).items())
+        line = record.getMessage() + (f" {fields}" if fields else "")
+        if self.with_time:
+            stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            line = f"{stamp} {record.levelname} {record.name}: {line}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{record.exc_text}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the extra fields, and exc if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            data.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        return json.dumps(data, default=str, ensure_ascii=False)
+
+
+# third-party loggers: quiet unless asked, and never below INFO (debug dumps request headers)
+_NOISY = ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
+          "apscheduler", "sqlalchemy", "hpack", "asyncio")
+_HANDLER_MARK = "_posfeed_handler"
+
+
+def _level_for(verbosity: int) -> int:
+    if verbosity <= 0:
+        return logging.WARNING
+    return logging.INFO if verbosity == 1 else logging.DEBUG
+
+
+def setup_logging(
+    fmt: Literal["text", "json"] | str = "text",
+    verbosity: int = 0,
+    *,
+    stream: IO[str] | None = None,
+    rich_on_tty: bool = True,
+) -> logging.Handler:
+    """Send log records to stderr as text (rich on a terminal) or JSON lines, masked.
+
+    ``verbosity`` 0 shows warnings, 1 info (one line per file, batch and run), 2 and more debug.
+    Third-party libraries stay at WARNING below -vv and never go below INFO below -vvv, so HTTP
+    client internals that dump request headers never reach the log. Calling it again replaces the
+    previous handler (safe in tests and repeated CLI invocations).
+    """
+    target = stream if stream is not None else sys.stderr
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    handler: logging.Handler
+    if fmt == "json":
+        handler = logging.StreamHandler(target)
+        handler.setFormatter(JsonFormatter())
+    elif rich_on_tty and _isatty(target):
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        handler = RichHandler(
+            console=Console(file=target, stderr=target is sys.stderr),
+            show_path=False, markup=False, rich_tracebacks=False, log_time_format="%H:%M:%S",
+        )
+        handler.setFormatter(TextFormatter(with_time=False))
+    else:
+        handler = logging.StreamHandler(target)
+        handler.setFormatter(TextFormatter())
+    handler.addFilter(MaskingFilter())
+    setattr(handler, _HANDLER_MARK, True)
+    level = _level_for(verbosity)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("pipeline").setLevel(level)
+    third_party = logging.WARNING if verbosity < 2 else (logging.INFO if verbosity == 2 else logging.DEBUG)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(third_party)
+    logging.captureWarnings(True)
+    return handler
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def log_event(
+    logger: logging.Logger, event: str, message: str, /, *, level: int = logging.INFO, **fields: Any
+) -> None:
+    """Log one structured line: ``message`` plus ``fields`` (text ``k=v``, JSON keys).
+
+    ``event`` names the kind of line (``file``, ``batch``, ``run``, ``schedule`` ...) so that JSON
+    consumers can filter on it.
+    """
+    logger.log(level, message, extra={"event": event, **fields})

@@ -1,0 +1,443 @@
+"""The scheduler daemon: one APScheduler job per enabled feed with a `schedule`.
+
+Each feed's cron expression is read in the feed's timezone (:func:`trigger_for`). Jobs live in a
+persistent SQLite job store in the state dir, so a run missed while the daemon was down is caught
+up once (coalesced) when it comes back, provided it is no older than the misfire grace time.
+
+Runs never overlap:
+
+* a job has at most one running instance (``max_instances=1``); a trigger that fires while the
+  previous run is still going is skipped and logged;
+* feeds sharing a dedup scope wait for each other inside the daemon (one lock per scope);
+* the ledger's run lock (taken by :func:`pipeline.runner.run_feed`) still guards against a
+  `posfeed run` started by cron or by hand at the same time: such a run is skipped, not queued.
+
+A stop request (SIGTERM/SIGINT in `posfeed schedule`) sets the stop event every run receives: the
+current batch finishes, the ledger stays consistent, and the daemon exits once runs have returned.
+
+Daylight saving: times that do not exist on the spring-forward day fire once, an hour later (the
+wall clock has jumped past them); jobs at a fixed hour fire once on the fall-back day, at the first
+occurrence of the repeated hour, the way cron does; hourly jobs fire every real hour.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import BaseJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.triggers.cron import CronTrigger
+
+from pipeline.config import Feed, Settings, load_feed
+from pipeline.errors import ConfigError, LockHeldError, PosfeedError
+from pipeline.logs import log_event
+
+__all__ = [
+    "DEFAULT_MISFIRE_GRACE_SECONDS",
+    "FeedCronTrigger",
+    "FeedScheduler",
+    "JobFunction",
+    "ScheduledFeed",
+    "job_id_for",
+    "next_run_time",
+    "parse_duration",
+    "run_feed_job",
+    "scheduled_run",
+    "select_feeds",
+    "trigger_for",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MISFIRE_GRACE_SECONDS = 12 * 3600
+JOBSTORE_FILE = "scheduler.sqlite"
+
+# what a scheduled run calls: the feed, the settings and the stop event
+JobFunction = Callable[[Feed, Settings, threading.Event], Any]
+
+
+class FeedCronTrigger(CronTrigger):
+    """A cron trigger that, like cron, fires a fixed-hour job once on the fall-back day.
+
+    APScheduler fires at both occurrences of a repeated wall time (01:30 BST and 01:30 GMT). For a
+    job whose hour field is not ``*`` the second occurrence (``fold=1``) is skipped.
+    """
+
+    def _fixed_hour(self) -> bool:
+        hour = self.fields[self.FIELD_NAMES.index("hour")]
+        return str(hour) != "*"
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        """The next fire time after ``previous_fire_time`` and not before ``now``."""
+        fire = super().get_next_fire_time(previous_fire_time, now)
+        while fire is not None and fire.fold == 1 and self._fixed_hour():
+            fire = super().get_next_fire_time(fire, fire)
+        return fire
+
+
+def trigger_for(feed: Feed) -> FeedCronTrigger:
+    """The trigger of a feed's `schedule` (a 5-field crontab expression) in its timezone.
+
+    Raises ConfigError when the feed has no schedule or the expression is invalid.
+    """
+    if not feed.schedule:
+        raise ConfigError("the feed has no schedule", source=feed.name, key="schedule")
+    try:
+        return FeedCronTrigger.from_crontab(feed.schedule, timezone=ZoneInfo(feed.timezone))
+    except ValueError as exc:
+        raise ConfigError(
+            f"not a valid cron expression {feed.schedule!r}: {exc}", source=feed.name, key="schedule"
+        ) from exc
+
+
+def next_run_time(feed: Feed, now: datetime) -> datetime | None:
+    """When the scheduler will next run ``feed`` after ``now`` (None: disabled or unscheduled).
+
+    The result is in the feed's timezone. Pure: the clock is an argument.
+    """
+    if not feed.enabled or not feed.schedule:
+        return None
+    fire: datetime | None = trigger_for(feed).get_next_fire_time(None, now)
+    return fire
+
+
+def job_id_for(feed_name: str) -> str:
+    """The job store id of a feed's job."""
+    return f"feed:{feed_name}"
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"90"``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"2d"``. Raises ValueError."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 900, 15m, 12h, 2d)")
+    number, unit = int(match.group(1)), match.group(2) or "s"
+    return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+@dataclass(frozen=True)
+class ScheduledFeed:
+    """A feed the daemon schedules, with the file to reload it from before each run."""
+
+    feed: Feed
+    path: Path | None = None
+
+
+def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> Any:
+    """The default job: one real run of the feed, its summary logged as one line.
+
+    Errors are logged (never raised: the daemon keeps going); a held lock means another run of
+    the same scope is active (cron, a manual run), so this one is skipped.
+    """
+    from pipeline.runner import run_feed
+
+    try:
+        summary = run_feed(feed, settings, stop=stop)
+    except LockHeldError as exc:
+        log_event(logger, "run", f"feed {feed.name}: skipped, {exc}", level=logging.WARNING,
+                  feed=feed.name, status="skipped_locked", exit_code=exc.exit_code)
+        return None
+    except PosfeedError as exc:
+        log_event(logger, "run", f"feed {feed.name}: run failed: {exc}", level=logging.ERROR,
+                  feed=feed.name, status="error", exit_code=exc.exit_code, error=type(exc).__name__)
+        return None
+    data = summary.to_dict()
+    counts = {k: data[k] for k in _SUMMARY_LOG_KEYS if k in data}
+    log_event(logger, "run", f"feed {feed.name}: run {summary.run_id} finished, exit {summary.exit_code}",
+              feed=feed.name, run_id=summary.run_id, exit_code=summary.exit_code, **counts)
+    return summary
+
+
+_SUMMARY_LOG_KEYS = (
+    "rows_in", "transactions_in", "transactions_valid", "rows_rejected", "duplicates", "conflicts",
+    "accepted", "failed_retryable", "failed_permanent", "in_doubt", "amount_in", "amount_accepted",
+    "balanced", "stopped",
+)
+
+class _BackgroundScheduler(BackgroundScheduler):
+    """APScheduler's background scheduler, minus one race at shutdown.
+
+    Its loop processes due jobs once more after ``shutdown()`` has stopped the executors; a job due
+    at that moment fails to submit but its next run time still advances, so the run would be lost
+    instead of caught up after the restart.
+    """
+
+    def _process_jobs(self) -> float | None:
+        if self.state == STATE_STOPPED:
+            return None
+        wait: float | None = super()._process_jobs()
+        return wait
+
+
+# the scheduler that owns the jobs of this process; job functions in a persistent store are
+# referenced by name, so the job entry point finds its scheduler here
+_active: FeedScheduler | None = None
+_active_lock = threading.Lock()
+
+
+def scheduled_run(feed_name: str) -> None:
+    """Job store entry point (referenced as text): run one feed in the active scheduler."""
+    scheduler = _active
+    if scheduler is None:
+        logger.error("feed %s: fired with no active scheduler; ignored", feed_name)
+        return
+    scheduler.execute(feed_name)
+
+
+class FeedScheduler:
+    """The daemon's scheduler: jobs per feed, catch-up, no overlap, graceful stop.
+
+    ``job`` is what a due run calls (default :func:`run_feed_job`); ``jobstore`` defaults to a
+    SQLite file `scheduler.sqlite` in the state dir.
+    """
+
+    def __init__(
+        self,
+        feeds: Iterable[ScheduledFeed | Feed],
+        settings: Settings,
+        *,
+        job: JobFunction | None = None,
+        misfire_grace_seconds: int = DEFAULT_MISFIRE_GRACE_SECONDS,
+        jobstore: BaseJobStore | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.feeds: dict[str, ScheduledFeed] = {}
+        for item in feeds:
+            entry = item if isinstance(item, ScheduledFeed) else ScheduledFeed(item)
+            if entry.feed.enabled and entry.feed.schedule:
+                trigger_for(entry.feed)  # a bad expression fails here, before anything starts
+                self.feeds[entry.feed.name] = entry
+        self.job: JobFunction = job or run_feed_job
+        self.misfire_grace_seconds = misfire_grace_seconds
+        self.stop = threading.Event()
+        self._scope_locks: dict[str, threading.Lock] = {}
+        self._scope_locks_guard = threading.Lock()
+        self._settled: set[str] = set()
+        self._settled_cond = threading.Condition()
+        if jobstore is None:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{(settings.state_dir / JOBSTORE_FILE).resolve()}"
+            jobstore = SQLAlchemyJobStore(url=url)
+        workers = max_workers or max(1, min(8, len(self.feeds)))
+        self.scheduler = _BackgroundScheduler(
+            jobstores={"default": jobstore},
+            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            job_defaults={"max_instances": 1, "coalesce": True,
+                          "misfire_grace_time": misfire_grace_seconds},
+            timezone="UTC",
+        )
+        self.scheduler.add_listener(
+            self._on_event,
+            EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+            | EVENT_JOB_MAX_INSTANCES,
+        )
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, *, paused: bool = False) -> list[str]:
+        """Start the scheduler, reconcile the stored jobs with the feeds; return the ids now due.
+
+        With ``paused`` jobs are reconciled but nothing runs until ``self.scheduler.resume()``.
+
+        A stored job whose feed still has the same schedule keeps its next run time, which is how
+        runs missed while the daemon was down are caught up. Jobs of feeds that are gone, disabled
+        or not selected are removed; a changed schedule starts afresh from now.
+        """
+        global _active
+        with _active_lock:
+            if _active is not None and _active is not self:
+                raise RuntimeError("another FeedScheduler is active in this process")
+            _active = self
+        self.scheduler.start(paused=True)
+        wanted = {job_id_for(name): entry for name, entry in self.feeds.items()}
+        for job in self.scheduler.get_jobs():
+            if job.id not in wanted:
+                logger.info("scheduler: removing stored job %s (feed gone, disabled or not selected)",
+                            job.id)
+                self.scheduler.remove_job(job.id)
+        now = datetime.now(ZoneInfo("UTC"))
+        due: list[str] = []
+        for job_id, entry in wanted.items():
+            trigger = trigger_for(entry.feed)
+            stored = self.scheduler.get_job(job_id)
+            if stored is not None and repr(stored.trigger) == repr(trigger):
+                self.scheduler.modify_job(job_id, misfire_grace_time=self.misfire_grace_seconds,
+                                          max_instances=1, coalesce=True)
+                next_time = stored.next_run_time
+                if next_time is not None and next_time <= now:
+                    late = now - next_time
+                    logger.info("feed %s: run scheduled at %s was missed while stopped (%s ago)",
+                                entry.feed.name, next_time.isoformat(), _short(late))
+                    due.append(job_id)
+            else:
+                if stored is not None:
+                    logger.info("feed %s: schedule changed to %r; stored catch-up state dropped",
+                                entry.feed.name, entry.feed.schedule)
+                self.scheduler.add_job(
+                    "pipeline.scheduling:scheduled_run", trigger=trigger, args=[entry.feed.name],
+                    id=job_id, name=entry.feed.name, replace_existing=True,
+                    max_instances=1, coalesce=True, misfire_grace_time=self.misfire_grace_seconds,
+                )
+        for job in self.scheduler.get_jobs():
+            log_event(logger, "schedule", f"feed {job.name}: next run {_iso(job.next_run_time)}",
+                      feed=job.name, next_run=_iso(job.next_run_time))
+        if not paused:
+            self.scheduler.resume()
+        return due
+
+    def request_stop(self) -> None:
+        """Ask running jobs to finish their current batch and stop; no new run starts."""
+        if not self.stop.is_set():
+            logger.warning("scheduler: stop requested; finishing the current batch")
+        self.stop.set()
+        with self._settled_cond:
+            self._settled_cond.notify_all()
+
+    def shutdown(self) -> None:
+        """Stop firing, wait for running jobs to return, release the job store."""
+        global _active
+        self.stop.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        with _active_lock:
+            if _active is self:
+                _active = None
+        logger.info("scheduler: stopped")
+
+    def serve(self, poll_seconds: float = 1.0) -> None:
+        """Block until :meth:`request_stop` (a signal handler calls it), then shut down."""
+        try:
+            while not self.stop.wait(poll_seconds):
+                pass
+        finally:
+            self.shutdown()
+
+    def catch_up(self, timeout: float | None = None) -> list[str]:
+        """Start, run every missed job that is within the grace time once, then shut down.
+
+        Returns the job ids that were due. Used by `posfeed schedule --once-catchup`.
+        """
+        due = self.start()
+        try:
+            with self._settled_cond:
+                self._settled_cond.wait_for(
+                    lambda: self.stop.is_set() or set(due) <= self._settled, timeout=timeout
+                )
+        finally:
+            self.shutdown()
+        return due
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    def _scope_lock(self, scope: str) -> threading.Lock:
+        with self._scope_locks_guard:
+            return self._scope_locks.setdefault(scope, threading.Lock())
+
+    def execute(self, feed_name: str) -> Any:
+        """Run one feed now (called by its job): reload the feed file, wait for the scope, run."""
+        entry = self.feeds.get(feed_name)
+        if entry is None:
+            logger.warning("feed %s: no longer scheduled; ignored", feed_name)
+            return None
+        feed = entry.feed
+        if entry.path is not None:
+            try:
+                feed = load_feed(entry.path)
+            except ConfigError as exc:
+                log_event(logger, "run", f"feed {feed_name}: not run, feed file invalid: {exc}",
+                          level=logging.ERROR, feed=feed_name, status="config_error",
+                          exit_code=exc.exit_code)
+                return None
+            if not feed.enabled:
+                logger.info("feed %s: disabled in its file; skipped", feed_name)
+                return None
+        lock = self._scope_lock(feed.scope)
+        while not lock.acquire(timeout=0.5):
+            if self.stop.is_set():
+                logger.info("feed %s: stop requested while waiting for scope %s", feed_name, feed.scope)
+                return None
+        try:
+            if self.stop.is_set():
+                return None
+            return self.job(feed, self.settings, self.stop)
+        finally:
+            lock.release()
+
+    def _on_event(self, event: JobEvent) -> None:
+        if isinstance(event, JobSubmissionEvent) and event.code == EVENT_JOB_SUBMITTED:
+            scheduled = event.scheduled_run_times[-1]
+            late = datetime.now(scheduled.tzinfo) - scheduled
+            if late > timedelta(minutes=1):
+                logger.info("%s: catching up the run scheduled at %s (%s late)", event.job_id,
+                            scheduled.isoformat(), _short(late))
+            return
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log_event(logger, "schedule", f"{event.job_id}: previous run still going; this one skipped",
+                      level=logging.WARNING, job=event.job_id, status="skipped_overlap")
+        elif event.code == EVENT_JOB_MISSED and isinstance(event, JobExecutionEvent):
+            log_event(logger, "schedule",
+                      f"{event.job_id}: run at {_iso(event.scheduled_run_time)} missed the grace time",
+                      level=logging.WARNING, job=event.job_id, status="missed")
+        elif event.code == EVENT_JOB_ERROR and isinstance(event, JobExecutionEvent):
+            logger.error("%s: job raised %s: %s", event.job_id, type(event.exception).__name__,
+                         event.exception)
+        with self._settled_cond:
+            self._settled.add(event.job_id)
+            self._settled_cond.notify_all()
+
+    def next_run_times(self) -> Mapping[str, datetime | None]:
+        """Feed name -> the stored next run time (while started)."""
+        return {job.name: job.next_run_time for job in self.scheduler.get_jobs()}
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else "never"
+
+
+def _short(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def select_feeds(
+    loaded: Sequence[tuple[Path, Feed]], names: Sequence[str] = ()
+) -> list[ScheduledFeed]:
+    """The feeds to schedule: enabled, with a schedule, and among ``names`` when given.
+
+    Raises ConfigError for a name that matches no feed.
+    """
+    by_name = {feed.name: (path, feed) for path, feed in loaded}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"no feed named {', '.join(map(repr, unknown))}", key="--feed")
+    chosen = [by_name[n] for n in names] if names else list(by_name.values())
+    return [ScheduledFeed(feed, path) for path, feed in chosen if feed.enabled and feed.schedule]
+
