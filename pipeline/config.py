@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError, SecretError
 
@@ -128,6 +136,10 @@ class AntavoTarget(_Model):
     return_mode: Literal["refund", "refund_item"] = "refund"
     send_guests: bool = True
     account: str | None = None
+    # how the signed Date header is written: "long" (20181207T120000Z) or "rfc1123"
+    date_style: Literal["long", "rfc1123"] = "long"
+    # share of requests_per_minute kept unused, against clock and latency differences
+    rate_headroom: float = Field(default=0.02, ge=0, lt=1)
 
 
 class CrmcomTarget(_Model):
@@ -194,6 +206,8 @@ class AlertsConfig(_Model):
     reject_share_threshold: float = Field(default=0.05, ge=0, le=1)
     on_failure: bool = True
     on_retryable: bool = True
+    on_missing_files: bool = True
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
 
 class ExpectedFilesConfig(_Model):
@@ -201,10 +215,17 @@ class ExpectedFilesConfig(_Model):
 
     stores: tuple[str, ...] = ()
     cadence: Literal["none", "daily", "hourly"] = "none"
+    # glob with {business_date:%Y%m%d}, {store_id} and (hourly) {hour:02d}; default source.pattern
     pattern: str | None = None
     opening_hour: int = Field(default=8, ge=0, le=23)
-    closing_hour: int = Field(default=22, ge=0, le=24)
+    closing_hour: int = Field(default=22, ge=1, le=24)
     late_after_minutes: int = Field(default=60, ge=0)
+
+    @model_validator(mode="after")
+    def _hours(self) -> ExpectedFilesConfig:
+        if self.closing_hour <= self.opening_hour:
+            raise ValueError("closing_hour must be after opening_hour (same business day)")
+        return self
 
 
 class LoggingConfig(_Model):
