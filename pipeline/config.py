@@ -140,6 +140,10 @@ class AntavoTarget(_Model):
     date_style: Literal["long", "rfc1123"] = "long"
     # share of requests_per_minute kept unused, against clock and latency differences
     rate_headroom: float = Field(default=0.02, ge=0, lt=1)
+    # how the signed Date header is written: "long" (20181207T120000Z) or "rfc1123"
+    date_style: Literal["long", "rfc1123"] = "long"
+    # share of requests_per_minute kept unused, against clock and latency differences
+    rate_headroom: float = Field(default=0.02, ge=0, lt=1)
 
 
 class CrmcomTarget(_Model):

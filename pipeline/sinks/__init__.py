@@ -1,0 +1,46 @@
+"""Sinks: where checkouts go. :func:`make_sink` builds the feed's target platform."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import httpx
+
+from pipeline.config import AntavoTarget, Feed, resolve_secret
+from pipeline.errors import ConfigError
+from pipeline.sinks.base import EventResult, Outcome, Sink
+from pipeline.sinks.delivery import DeliveryPolicy, PlatformSink
+
+__all__ = ["EventResult", "Outcome", "PlatformSink", "Sink", "make_antavo_sink", "make_sink"]
+
+
+def make_antavo_sink(
+    feed: Feed,
+    *,
+    client: httpx.AsyncClient | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    rng: random.Random | None = None,
+) -> PlatformSink:
+    """The Antavo sink of a feed, secrets read from the environment or files it names."""
+    from pipeline.sinks.antavo import AntavoAdapter
+
+    target = feed.target
+    if not isinstance(target, AntavoTarget):
+        raise ConfigError("not an Antavo target", key="target.kind")
+    api_key = resolve_secret(env=target.api_key_env, what="target.api_key_env")
+    secret: str | None = None
+    if target.auth == "signed":
+        secret_file = feed.resolve_path(target.api_secret_file) if target.api_secret_file else None
+        secret = resolve_secret(env=target.api_secret_env, file=secret_file, what="target.api_secret")
+    adapter = AntavoAdapter(target, api_key=api_key, api_secret=secret, clock=clock)
+    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng)
+
+
+def make_sink(feed: Feed, **options: object) -> Sink:
+    """The sink of the feed's ``[target]``; raises ConfigError (or SecretError) when it cannot."""
+    kind = feed.target.kind
+    if kind == "antavo":
+        return make_antavo_sink(feed, **options)  # type: ignore[arg-type]
+    raise ConfigError(f"no sink for target kind {kind!r}", key="target.kind")

@@ -9,6 +9,7 @@ safety it calls ``on_sending`` with the transaction ids of a request *before* th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -53,9 +54,18 @@ class Sink(Protocol):
     """A target platform."""
 
     async def submit(
-        self, checkouts: Sequence[CheckoutRow], on_sending: OnSending, on_result: OnResult
+        self,
+        checkouts: Sequence[CheckoutRow],
+        on_sending: OnSending,
+        on_result: OnResult,
+        *,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Deliver every checkout; call ``on_result`` exactly once per transaction id."""
+        """Deliver every checkout; call ``on_result`` exactly once per transaction id.
+
+        When ``stop`` is set (graceful shutdown), nothing new is sent: requests in flight finish
+        and every transaction not yet sent gets a ``RETRYABLE`` result with code ``stopped``.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -1,0 +1,208 @@
+"""Checkout rows to Antavo events (pure), and exact JSON for them.
+
+* a sale becomes one ``checkout`` event: ``transaction_id``, ``total``, ``currency``,
+  ``effective_timestamp`` (Unix seconds of the original POS time), ``points_burned``, ``store`` and
+  ``items`` (``product_id``, ``product_name``, ``price`` = unit price, ``quantity``, ``discount``,
+  ``subtotal`` = line total after discount, ``product_category`` when present);
+* a guest (no customer) carries ``"guest": true`` and no ``customer``;
+* a matched return becomes one ``refund`` of the original transaction, or one ``refund_item`` per
+  returned line (``return_mode``); an unmatched return or a void is not sent (:class:`NotSent`).
+
+Money is :class:`decimal.Decimal` throughout and is written as a JSON number with exactly its digits;
+:func:`money_number` is the one place that decides how many decimals a currency amount shows (it
+only drops trailing zeros down to the currency's minor units; it never rounds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pipeline.records import ReturnStatus, TransactionType
+from pipeline.sinks.base import CheckoutRow
+
+__all__ = [
+    "NotSent",
+    "checkout_event",
+    "dumps",
+    "events_for",
+    "money_number",
+    "quantity_number",
+    "return_events",
+]
+
+# ISO 4217 minor units where they differ from 2
+_MINOR_UNITS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
+    "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4,
+}
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """Why a checkout row produces no event: a stable code and a sentence."""
+
+    code: str
+    message: str
+
+
+def money_number(value: Decimal, currency: str | None) -> Decimal:
+    """An amount with trailing zeros dropped down to the currency's minor units (never rounded)."""
+    exponent = -_MINOR_UNITS.get((currency or "").upper(), 2)
+    quantum = Decimal(1).scaleb(exponent)
+    shown = value.quantize(quantum) if value == value.quantize(quantum) else value.normalize()
+    return shown if shown != 0 else Decimal(0).quantize(quantum)
+
+
+def quantity_number(value: Decimal) -> Decimal:
+    """A quantity without trailing zeros (2.000 -> 2)."""
+    normalized = value.normalize()
+    return normalized if normalized != 0 else Decimal(0)
+
+
+# ---- JSON with exact decimals ----------------------------------------------------------------------
+
+_string = json.encoder.encode_basestring
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(_string(value))
+    elif isinstance(value, bool) or value is None:
+        out.append("true" if value is True else "false" if value is False else "null")
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"cannot send a non-finite amount: {value}")
+        out.append(format(value, "f"))
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, Mapping):
+        out.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                out.append(",")
+            out.append(_string(str(key)))
+            out.append(":")
+            _encode(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as JSON (floats are never sent)")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON; :class:`Decimal` as a number with exactly its digits; floats refused."""
+    out: list[str] = []
+    _encode(value, out)
+    return "".join(out).encode("utf-8")
+
+
+# ---- mapping -----------------------------------------------------------------------------------------
+
+
+def _unix_seconds(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _envelope(row: CheckoutRow, action: str, data: dict[str, Any], account: str | None) -> dict[str, Any]:
+    event: dict[str, Any] = {}
+    customer = row.get("customer_id")
+    if customer and not row.get("is_guest"):
+        event["customer"] = customer
+    else:
+        event["guest"] = True
+    event["action"] = action
+    if account:
+        event["account"] = account
+    event["data"] = data
+    return event
+
+
+def _item(item: Mapping[str, Any], currency: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"product_id": item["product_id"]}
+    if item.get("product_name"):
+        out["product_name"] = item["product_name"]
+    out["price"] = money_number(item["unit_price"], currency)
+    out["quantity"] = quantity_number(item["quantity"])
+    if item.get("discount") is not None:
+        out["discount"] = money_number(item["discount"], currency)
+    out["subtotal"] = money_number(item["line_total"], currency)
+    if item.get("product_category"):
+        out["product_category"] = item["product_category"]
+    return out
+
+
+def checkout_event(row: CheckoutRow, *, account: str | None = None) -> dict[str, Any]:
+    """The ``checkout`` event of a sale."""
+    currency = row.get("currency")
+    data: dict[str, Any] = {
+        "transaction_id": row["transaction_id"],
+        "total": money_number(row["total"], currency),
+        "currency": currency,
+    }
+    effective = _unix_seconds(row.get("timestamp_utc"))
+    if effective is not None:
+        data["effective_timestamp"] = effective
+    burned = row.get("points_burned")
+    if burned is not None and burned != 0:
+        data["points_burned"] = quantity_number(burned)
+    if row.get("store_id"):
+        data["store"] = row["store_id"]
+    data["items"] = [_item(item, currency) for item in row.get("items") or ()]
+    return _envelope(row, "checkout", data, account)
+
+
+def return_events(
+    row: CheckoutRow, *, mode: str = "refund", account: str | None = None
+) -> list[dict[str, Any]] | NotSent:
+    """``refund`` (whole transaction) or one ``refund_item`` per returned line."""
+    original = row.get("original_transaction_id")
+    if not original or row.get("return_status") == ReturnStatus.UNMATCHED:
+        return NotSent("unmatched_return", "return names no original transaction; nothing to refund")
+    if mode == "refund":
+        return [_envelope(row, "refund", {"transaction_id": original}, account)]
+    currency = row.get("currency")
+    items = list(row.get("items") or ())
+    if not items:
+        return NotSent("return_without_items", "refund_item mode needs the returned lines")
+    return [
+        _envelope(
+            row,
+            "refund_item",
+            {
+                "transaction_id": original,
+                "product_id": item["product_id"],
+                "quantity": quantity_number(abs(item["quantity"])),
+                "subtotal": money_number(abs(item["line_total"]), currency),
+            },
+            account,
+        )
+        for item in items
+    ]
+
+
+def events_for(
+    row: CheckoutRow, *, return_mode: str = "refund", account: str | None = None
+) -> list[dict[str, Any]] | NotSent:
+    """Every event one checkout row becomes, or why it is not sent."""
+    kind = row.get("transaction_type") or TransactionType.SALE
+    if kind == TransactionType.VOID:
+        return NotSent("void", "voided at the till; voids are never sent")
+    if kind == TransactionType.RETURN:
+        return return_events(row, mode=return_mode, account=account)
+    return [checkout_event(row, account=account)]

@@ -1,0 +1,526 @@
+"""The platform-independent delivery engine: rate limit, concurrency, retries, per-event outcomes.
+
+A platform plugs in through a :class:`PlatformAdapter`:
+
+* ``plan(checkouts)`` turns checkout rows into :class:`Batch` es (one request each) plus the
+  results it can decide without sending (``NOT_SENT``);
+* ``build_request(batch, client)`` builds (and signs) one attempt's request; it is called again
+  for every retry, so signatures carry a fresh date;
+* ``parse_response(batch, status, headers, body)`` returns one :class:`EventResult` per unit of the
+  batch, or a :class:`RequestFailure` when the whole request failed.
+
+The engine owns everything else: a token bucket in requests per minute that starts with a small
+burst and refills slightly below the limit (so a sliding-window limiter is never tripped), bounded
+concurrency over one connection-reusing ``httpx.AsyncClient``, retries with exponential backoff and
+jitter that honour ``Retry-After`` (which also pauses every other sender), ``on_sending`` before each
+request and ``on_result`` exactly once per transaction. Whether a failed request is retried now,
+left for a rerun, or stops the whole submission is decided in one place, :func:`disposition`.
+Batches of a later ``phase`` start only after every batch of earlier phases settled (refunds after
+the sales they refund).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import httpx
+
+from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome
+
+__all__ = [
+    "Batch",
+    "DeliveryEngine",
+    "DeliveryPolicy",
+    "DeliveryReport",
+    "Disposition",
+    "Plan",
+    "PlatformAdapter",
+    "PlatformSink",
+    "PreparedRequest",
+    "RequestFailure",
+    "TokenBucket",
+    "Unit",
+    "disposition",
+    "parse_retry_after",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ---- what an adapter exchanges with the engine ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One transaction's share of a request: its id and the platform payload (e.g. its events)."""
+
+    transaction_id: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Units sent in one request. ``route`` is the adapter's (e.g. "bulk" or "single")."""
+
+    units: tuple[Unit, ...]
+    route: str = ""
+    phase: int = 0
+
+    @property
+    def transaction_ids(self) -> list[str]:
+        """The transaction ids in this batch, in order."""
+        return [unit.transaction_id for unit in self.units]
+
+    def subset(self, transaction_ids: set[str]) -> Batch:
+        """The same request shape with only some of the units (for retries)."""
+        return replace(self, units=tuple(u for u in self.units if u.transaction_id in transaction_ids))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``plan`` decided: batches to send and results settled without sending."""
+
+    batches: list[Batch]
+    unsent: list[EventResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One HTTP request, body exactly as it will be sent."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """The whole request failed. ``status`` is None when no response arrived.
+
+    ``reauthenticate`` tells the engine the adapter has dropped cached credentials (an expired
+    token) and one more attempt can succeed.
+    """
+
+    status: int | None
+    code: str
+    message: str
+    retry_after: float | None = None
+    reauthenticate: bool = False
+
+
+class PlatformAdapter(Protocol):
+    """What a platform provides to the engine."""
+
+    def plan(self, checkouts: Sequence[CheckoutRow]) -> Plan:
+        """Map checkouts into batches (and results for what cannot be sent)."""
+        ...
+
+    async def build_request(self, batch: Batch, client: httpx.AsyncClient) -> PreparedRequest:
+        """Build one attempt's request (sign it now; fetch a token with ``client`` if needed)."""
+        ...
+
+    def parse_response(
+        self, batch: Batch, status: int, headers: httpx.Headers, body: bytes
+    ) -> list[EventResult] | RequestFailure:
+        """One result per unit of the batch, or a whole-request failure."""
+        ...
+
+
+# ---- policy ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """Limits and retry settings (from the feed's ``[target]``)."""
+
+    requests_per_minute: float | None = 1500
+    max_concurrency: int = 8
+    max_attempts: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    timeout_seconds: float = 30.0
+    # keep this share of the limit as headroom for clock and latency differences with the server
+    rate_headroom: float = 0.02
+    burst: int | None = None  # None: a few requests, never a minute's worth
+
+    @classmethod
+    def from_target(cls, target: Any) -> DeliveryPolicy:
+        """Read the common ``[target]`` keys (both platforms share their names)."""
+        return cls(
+            requests_per_minute=target.requests_per_minute,
+            max_concurrency=target.max_concurrency,
+            max_attempts=target.max_attempts,
+            backoff_base_seconds=target.backoff_base_seconds,
+            backoff_max_seconds=target.backoff_max_seconds,
+            timeout_seconds=target.timeout_seconds,
+            rate_headroom=getattr(target, "rate_headroom", 0.02),
+        )
+
+    def bucket_burst(self) -> int:
+        """Tokens available at the start: a second's worth at most, capped by concurrency."""
+        if self.burst is not None:
+            return max(1, self.burst)
+        if self.requests_per_minute is None:
+            return self.max_concurrency
+        return max(1, min(self.max_concurrency, math.ceil(self.requests_per_minute / 600)))
+
+    def refill_per_minute(self) -> float | None:
+        """Refill rate so that burst + one minute of refill never exceeds the limit."""
+        if self.requests_per_minute is None:
+            return None
+        limit = self.requests_per_minute * (1 - self.rate_headroom)
+        return max(limit - self.bucket_burst(), self.requests_per_minute / 10)
+
+    def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Delay before attempt ``attempt + 1``: Retry-After when given, else exponential + jitter."""
+        if retry_after is not None:
+            return retry_after + rng.uniform(0, min(1.0, retry_after * 0.1))
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+class Disposition(StrEnum):
+    """What to do after a whole request failed."""
+
+    RETRY = "retry"  # transient: try again in this submission (bounded attempts)
+    DEFER = "defer"  # not fixable by retrying now: leave failed-retryable for a rerun
+    HALT = "halt"  # credentials refused: send nothing more in this submission
+
+
+def disposition(failure: RequestFailure) -> Disposition:
+    """The one place that decides retryable-now vs later vs stop for a failed request."""
+    if failure.reauthenticate:
+        return Disposition.RETRY
+    if failure.status is None or failure.status in (408, 425, 429) or failure.status >= 500:
+        return Disposition.RETRY
+    if failure.status in (401, 403):
+        return Disposition.HALT
+    return Disposition.DEFER
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None when absent/invalid."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# ---- rate limit ----------------------------------------------------------------------------------
+
+
+class TokenBucket:
+    """Requests-per-minute token bucket with a pause (after a 429 / Retry-After). FIFO waiters."""
+
+    def __init__(
+        self,
+        per_minute: float | None,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ):
+        self._rate = per_minute / 60 if per_minute else None
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._updated = clock()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing for ``seconds`` and restart with an empty bucket."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        self._tokens = 0.0
+
+    async def acquire(self) -> None:
+        """Wait for one request's token."""
+        async with self._lock:
+            while True:
+                now = self._clock()
+                if now < self._paused_until:
+                    await self._sleep(self._paused_until - now)
+                    self._updated = self._clock()
+                    continue
+                if self._rate is None:
+                    return
+                self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await self._sleep((1 - self._tokens) / self._rate)
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryReport:
+    """Counters of one submission (for logs and benchmarks)."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    failures: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    elapsed_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "failures": self.failures,
+            "outcomes": dict(self.outcomes),
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+        }
+
+
+class DeliveryEngine:
+    """Delivers one submission's batches through an adapter; see the module docstring."""
+
+    def __init__(
+        self,
+        adapter: PlatformAdapter,
+        policy: DeliveryPolicy,
+        *,
+        client: httpx.AsyncClient | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.adapter = adapter
+        self.policy = policy
+        self._client = client
+        self._rng = rng or random.Random()
+
+    async def deliver(
+        self,
+        checkouts: Sequence[CheckoutRow],
+        on_sending: OnSending,
+        on_result: OnResult,
+        *,
+        stop: threading.Event | None = None,
+    ) -> DeliveryReport:
+        """Deliver every checkout; ``on_result`` is called exactly once per transaction."""
+        run = _Submission(self, on_sending, on_result, stop)
+        started = time.monotonic()
+        plan = self.adapter.plan(checkouts)
+        for result in plan.unsent:
+            run.settle(result)
+        owned = self._client is None
+        client = self._client or httpx.AsyncClient(
+            timeout=self.policy.timeout_seconds,
+            limits=httpx.Limits(
+                max_connections=self.policy.max_concurrency,
+                max_keepalive_connections=self.policy.max_concurrency,
+            ),
+        )
+        try:
+            for phase in sorted({batch.phase for batch in plan.batches}):
+                await run.run_phase([b for b in plan.batches if b.phase == phase], client)
+        finally:
+            if owned:
+                await client.aclose()
+        run.report.elapsed_seconds = time.monotonic() - started
+        return run.report
+
+
+class _Submission:
+    """State of one ``deliver`` call."""
+
+    def __init__(
+        self,
+        engine: DeliveryEngine,
+        on_sending: OnSending,
+        on_result: OnResult,
+        stop: threading.Event | None,
+    ):
+        self.engine = engine
+        self.policy = engine.policy
+        self.on_sending = on_sending
+        self.on_result = on_result
+        self.stop = stop
+        self.settled: set[str] = set()
+        self.report = DeliveryReport()
+        self.halted: RequestFailure | None = None
+        self.bucket = TokenBucket(self.policy.refill_per_minute(), self.policy.bucket_burst())
+        self.pending = 0
+        self.queue: asyncio.Queue[tuple[Batch, int] | None] = asyncio.Queue()
+
+    def settle(self, result: EventResult) -> None:
+        if result.transaction_id in self.settled:
+            logger.error("second result for transaction %s ignored", result.transaction_id)
+            return
+        self.settled.add(result.transaction_id)
+        key = str(result.outcome)
+        self.report.outcomes[key] = self.report.outcomes.get(key, 0) + 1
+        self.on_result(result)
+
+    def settle_all(self, batch: Batch, code: str, message: str, attempts: int) -> None:
+        for tid in batch.transaction_ids:
+            self.settle(EventResult(tid, Outcome.RETRYABLE, error_code=code, error_message=message,
+                                    attempts=attempts))
+
+    async def run_phase(self, batches: list[Batch], client: httpx.AsyncClient) -> None:
+        if not batches:
+            return
+        self.queue = asyncio.Queue()
+        for batch in batches:
+            self.queue.put_nowait((batch, 1))
+        self.pending = len(batches)
+        workers = min(self.policy.max_concurrency, len(batches))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(self.worker(client))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
+
+    def _finish_one(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            for _ in range(self.policy.max_concurrency):
+                self.queue.put_nowait(None)
+
+    def _later(self, batch: Batch, attempt: int, delay: float) -> None:
+        self.report.retries += 1
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self.queue.put_nowait, (batch, attempt))
+
+    async def worker(self, client: httpx.AsyncClient) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            batch, attempt = item
+            if not self._may_send(batch, attempt):
+                self._finish_one()
+                continue
+            await self.bucket.acquire()
+            if not self._may_send(batch, attempt):
+                self._finish_one()
+                continue
+            outcome = await self.send(client, batch)
+            if isinstance(outcome, RequestFailure):
+                self.on_failure(batch, attempt, outcome)
+            else:
+                self.on_results(batch, attempt, outcome)
+
+    def _may_send(self, batch: Batch, attempt: int) -> bool:
+        if self.halted is not None:
+            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1)
+            return False
+        if self.stop is not None and self.stop.is_set():
+            self.settle_all(batch, "stopped", "submission stopped before this was sent", attempt - 1)
+            return False
+        return True
+
+    async def send(self, client: httpx.AsyncClient, batch: Batch) -> list[EventResult] | RequestFailure:
+        self.on_sending(batch.transaction_ids)
+        request = await self.engine.adapter.build_request(batch, client)
+        self.report.requests += 1
+        try:
+            response = await client.request(
+                request.method, request.url, headers=dict(request.headers), content=request.body
+            )
+        except httpx.TimeoutException as exc:
+            return RequestFailure(None, "timeout", f"no answer in time ({type(exc).__name__})")
+        except httpx.TransportError as exc:
+            return RequestFailure(None, "connection_error", f"{type(exc).__name__}: {exc}")
+        if response.status_code == 429:
+            self.report.rate_limited += 1
+        return self.engine.adapter.parse_response(
+            batch, response.status_code, response.headers, response.content
+        )
+
+    def on_failure(self, batch: Batch, attempt: int, failure: RequestFailure) -> None:
+        self.report.failures += 1
+        decision = disposition(failure)
+        if failure.retry_after is not None:
+            self.bucket.pause(failure.retry_after)
+        if decision is Disposition.RETRY and attempt < self.policy.max_attempts:
+            delay = self.policy.backoff(attempt, failure.retry_after, self.engine._rng)
+            logger.info("request failed (%s: %s); attempt %d of %d in %.2fs", failure.code,
+                        failure.message, attempt + 1, self.policy.max_attempts, delay)
+            self._later(batch, attempt + 1, delay)
+            return
+        if decision is Disposition.HALT:
+            logger.error("platform refused our credentials (%s: %s); sending stops",
+                         failure.code, failure.message)
+            self.halted = failure
+        self.settle_all(batch, failure.code, failure.message, attempt)
+        self._finish_one()
+
+    def on_results(self, batch: Batch, attempt: int, results: list[EventResult]) -> None:
+        by_id = {r.transaction_id: r for r in results}
+        retry: set[str] = set()
+        for tid in batch.transaction_ids:
+            result = by_id.get(tid)
+            if result is None:
+                result = EventResult(tid, Outcome.RETRYABLE, error_code="missing_result",
+                                     error_message="the response had no result for this transaction")
+            if result.outcome is Outcome.RETRYABLE and attempt < self.policy.max_attempts:
+                retry.add(tid)
+                continue
+            self.settle(replace(result, attempts=attempt))
+        if retry:
+            delay = self.policy.backoff(attempt, None, self.engine._rng)
+            self._later(batch.subset(retry), attempt + 1, delay)
+        else:
+            self._finish_one()
+
+
+class PlatformSink:
+    """A :class:`pipeline.sinks.base.Sink` made of an adapter and the delivery engine."""
+
+    def __init__(
+        self,
+        adapter: PlatformAdapter,
+        policy: DeliveryPolicy,
+        *,
+        client: httpx.AsyncClient | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.adapter = adapter
+        self.policy = policy
+        self._engine = DeliveryEngine(adapter, policy, client=client, rng=rng)
+        self.last_report: DeliveryReport | None = None
+
+    async def submit(
+        self,
+        checkouts: Sequence[CheckoutRow],
+        on_sending: OnSending,
+        on_result: OnResult,
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Deliver every checkout; ``on_result`` exactly once per transaction id."""
+        self.last_report = await self._engine.deliver(checkouts, on_sending, on_result, stop=stop)
+
+    async def aclose(self) -> None:
+        """Connections live per submission; nothing stays open between submissions."""
+        return None
