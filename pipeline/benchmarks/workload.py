@@ -93,7 +93,7 @@ def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
     rng = np.random.default_rng(spec.seed)
     overlap = 1.0 + _hourly_hours(spec) / (CLOSE_HOUR - OPEN_HOUR)
     target_unique = max(1, round(spec.line_items / overlap))
-    items_per_txn = 1 + rng.poisson(2.0, size=max(1, target_unique // 3 + 16))
+    items_per_txn = 1 + rng.poisson(2.0, size=target_unique // 2 + 64)
     cumulative = np.cumsum(items_per_txn)
     n_txn = int(np.searchsorted(cumulative, target_unique) + 1)
     items_per_txn = items_per_txn[:n_txn]
