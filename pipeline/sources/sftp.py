@@ -1,0 +1,466 @@
+"""SFTP source: discover, fetch and archive export files on an SFTP server with paramiko.
+
+The edge where paramiko and socket exceptions become :mod:`pipeline.errors`:
+
+* host key unknown or changed, credentials refused -> :class:`SourceAuthError` (exit 78);
+  trust-on-first-use only with ``source.trust_unknown_host = true``, which records the key;
+* server unreachable, connection dropped, timeouts -> :class:`SourceUnavailableError` (exit 75).
+
+A fetch streams into the staging folder under a temporary name, hashing on the way, checks the
+size, fsyncs and renames atomically; a dropped connection reconnects and restarts the file, up to
+``source.fetch_attempts`` times. Remote names are checked by
+:func:`pipeline.sources.discovery.unsafe_name_reason` before they ever become a local name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import posixpath
+import socket
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import paramiko
+
+from pipeline.config import Feed, resolve_secret
+from pipeline.errors import SourceAuthError, SourceUnavailableError
+from pipeline.sources.base import FetchedFile, RemoteFile
+from pipeline.sources.discovery import find_ready, marker_names, unsafe_name_reason
+
+__all__ = ["READ_CHUNK", "SftpSource", "host_key_line"]
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = paramiko.SFTPFile.MAX_REQUEST_SIZE  # one prefetched block per read: no re-buffering
+PREFETCH_REQUESTS = 128  # 32 KiB SFTP read requests kept in flight (OpenSSH's sftp keeps 64)
+WINDOW_SIZE = 1 << 26  # SSH channel window; a large one keeps the server streaming
+MAX_PACKET_SIZE = 1 << 15
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+_CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+
+def host_key_line(host: str, port: int, key: paramiko.PKey) -> str:
+    """A known_hosts line for ``key`` of ``host:port`` (``[host]:port`` when the port is not 22)."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    return f"{name} {key.get_name()} {key.get_base64()}"
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse unknown hosts, or trust and record them on first use when the feed says so."""
+
+    def __init__(self, source: SftpSource):
+        self._source = source
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        s = self._source
+        fingerprint = key.fingerprint
+        if not s.config.trust_unknown_host:
+            raise SourceAuthError(
+                f"unknown host key {key.get_name()} {fingerprint} for {s.address}, not in "
+                f"{s.known_hosts}; add it (ssh-keyscan -p {s.config.port} {s.config.host}) or set "
+                "source.trust_unknown_host = true to trust it on first use",
+                source=s.feed_name,
+                key="source.known_hosts_file",
+            )
+        s.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with s.known_hosts.open("a", encoding="utf-8") as out:
+            out.write(host_key_line(s.config.host or hostname, s.config.port, key) + "\n")
+        with contextlib.suppress(OSError):
+            s.known_hosts.chmod(0o600)
+        log.warning(
+            "trusting unknown host key %s %s of %s on first use; recorded in %s",
+            key.get_name(), fingerprint, s.address, s.known_hosts,
+        )
+
+
+class SftpSource:
+    """The folder ``source.path`` on the SFTP server ``source.host`` (see feeds/README.md)."""
+
+    def __init__(self, feed: Feed, *, sleep: Callable[[float], None] = time.sleep):
+        config = feed.source
+        if config.kind != "sftp":
+            raise ValueError(f"feed {feed.name!r} is not an sftp feed")
+        if not config.host or not config.username:
+            raise SourceAuthError(
+                "an sftp source needs host and username", source=feed.name, key="source.host"
+            )
+        self.feed_name = feed.name
+        self.config = config
+        self.folder = config.path
+        self.known_hosts = (
+            feed.resolve_path(config.known_hosts_file)
+            if config.known_hosts_file
+            else Path("~/.ssh/known_hosts").expanduser()
+        )
+        self._private_key = feed.resolve_path(config.private_key_file) if config.private_key_file else None
+        self._sleep = sleep
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._fetched: dict[str, tuple[int, float]] = {}
+
+    @property
+    def address(self) -> str:
+        """``sftp://user@host:port/path`` for messages (never a secret)."""
+        c = self.config
+        folder = self.folder if self.folder.startswith("/") else "/" + self.folder
+        return f"sftp://{c.username}@{c.host}:{c.port}{folder}"
+
+    # ---- connection -------------------------------------------------------------------------
+
+    def _credentials(self) -> tuple[paramiko.PKey | None, str | None]:
+        c = self.config
+        passphrase = (
+            resolve_secret(env=c.private_key_passphrase_env, what="source.private_key_passphrase_env")
+            if c.private_key_passphrase_env
+            else None
+        )
+        pkey = None
+        if self._private_key is not None:
+            try:
+                secret = passphrase.encode() if passphrase else None  # cryptography wants bytes
+                pkey = paramiko.PKey.from_path(self._private_key, password=secret)  # type: ignore[arg-type]
+            except FileNotFoundError as exc:
+                raise SourceAuthError(
+                    f"private key {self._private_key} does not exist",
+                    source=self.feed_name, key="source.private_key_file",
+                ) from exc
+            except (paramiko.SSHException, ValueError, OSError) as exc:
+                raise SourceAuthError(
+                    f"cannot load private key {self._private_key}: {exc}"
+                    + ("" if passphrase else " (encrypted? set source.private_key_passphrase_env)"),
+                    source=self.feed_name, key="source.private_key_file",
+                ) from exc
+        password = (
+            resolve_secret(env=c.password_env, what="source.password_env") if c.password_env else None
+        )
+        if pkey is None and password is None:
+            raise SourceAuthError(
+                "an sftp source needs private_key_file or password_env",
+                source=self.feed_name, key="source.private_key_file",
+            )
+        return pkey, password
+
+    def connect(self) -> paramiko.SFTPClient:
+        """Open (or reuse) the SSH connection and its SFTP session."""
+        if self._sftp is not None:
+            return self._sftp
+        c = self.config
+        pkey, password = self._credentials()
+        client = paramiko.SSHClient()
+        try:
+            if self.known_hosts.exists():
+                client.load_host_keys(str(self.known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise SourceAuthError(
+                f"cannot read known hosts file {self.known_hosts}: {exc}",
+                source=self.feed_name, key="source.known_hosts_file",
+            ) from exc
+        client.set_missing_host_key_policy(_HostKeyPolicy(self))
+        try:
+            client.connect(
+                c.host or "",
+                port=c.port,
+                username=c.username,
+                pkey=pkey,
+                password=password,
+                timeout=c.connect_timeout,
+                banner_timeout=c.connect_timeout,
+                auth_timeout=c.connect_timeout,
+                channel_timeout=c.connect_timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+            transport = client.get_transport()
+            assert transport is not None
+            if c.keepalive_seconds:
+                transport.set_keepalive(c.keepalive_seconds)
+            transport.default_window_size = WINDOW_SIZE
+            sftp = paramiko.SFTPClient.from_transport(
+                transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
+            )
+            if sftp is None:
+                raise paramiko.SSHException("the server refused the sftp subsystem")
+            sftp.get_channel().settimeout(c.read_timeout)  # type: ignore[union-attr]
+        except SourceAuthError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise SourceAuthError(
+                f"host key of {self.address} CHANGED: got {exc.key.get_name()} {exc.key.fingerprint}, "
+                f"{self.known_hosts} has {exc.expected_key.fingerprint}; refusing to connect "
+                "(if the server's key really changed, update the known hosts file)",
+                source=self.feed_name, key="source.known_hosts_file",
+            ) from exc
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise SourceAuthError(
+                f"{self.address} refused our credentials ({'key' if pkey else 'password'}): {exc}",
+                source=self.feed_name,
+                key="source.private_key_file" if pkey else "source.password_env",
+            ) from exc
+        except _CONNECTION_ERRORS as exc:
+            client.close()
+            raise SourceUnavailableError(f"cannot reach {self.address}: {_describe(exc)}") from exc
+        self._client, self._sftp = client, sftp
+        log.info("connected to %s", self.address)
+        return sftp
+
+    def _drop_connection(self) -> None:
+        sftp, client = self._sftp, self._client
+        self._sftp = self._client = None
+        for closer in (sftp, client):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer.close()
+
+    def close(self) -> None:
+        """Close the SFTP session and the SSH connection."""
+        self._drop_connection()
+
+    def __enter__(self) -> SftpSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ---- discovery --------------------------------------------------------------------------
+
+    def _remote(self, name: str) -> str:
+        return posixpath.join(self.folder, name)
+
+    def _list(self) -> Iterator[RemoteFile]:
+        sftp = self.connect()
+        try:
+            for attrs in sftp.listdir_iter(self.folder):
+                mode = attrs.st_mode or 0
+                if not stat.S_ISREG(mode):
+                    if stat.S_ISLNK(mode):
+                        log.info("skipping symbolic link %r in %s", attrs.filename, self.address)
+                    continue
+                yield RemoteFile(attrs.filename, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
+        except FileNotFoundError as exc:
+            raise SourceUnavailableError(f"{self.address}: folder does not exist") from exc
+        except PermissionError as exc:
+            raise SourceUnavailableError(f"{self.address}: permission denied listing the folder") from exc
+        except _CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"listing {self.address} failed: {_describe(exc)}") from exc
+
+    def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
+        """Yield the ready files matching the feed's pattern for these dates, oldest first."""
+        yield from find_ready(
+            self._list,
+            self.config,
+            business_dates,
+            sleep=self._sleep,
+            on_skip=lambda name, why: log.warning(
+                "skipping remote file %r in %s: unsafe name (%s)", name, self.address, why
+            ),
+            on_not_ready=lambda f: log.info(
+                "not taking %s yet: %s", f.name,
+                "no done-marker" if self.config.readiness == "marker" else "still changing",
+            ),
+        )
+
+    # ---- fetch ------------------------------------------------------------------------------
+
+    def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
+        """Download ``remote`` into ``staging_dir`` atomically; reconnect and restart on drops."""
+        reason = unsafe_name_reason(remote.name)
+        if reason is not None:
+            raise SourceUnavailableError(f"refusing remote name {remote.name!r}: {reason}")
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        attempts = self.config.fetch_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                fetched = self._fetch_once(remote, staging_dir)
+            except _RetryableFetch as exc:
+                self._drop_connection()
+                if attempt == attempts:
+                    raise SourceUnavailableError(
+                        f"fetching {remote.name} from {self.address} failed {attempts} times; "
+                        f"last: {exc}"
+                    ) from exc
+                delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+                log.warning(
+                    "fetching %s failed (attempt %d of %d): %s; reconnecting in %.1fs",
+                    remote.name, attempt, attempts, exc, delay,
+                )
+                self._sleep(delay)
+                continue
+            self._fetched[remote.name] = (fetched.size, fetched.mtime)
+            return fetched
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fetch_once(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
+        sftp = self.connect()  # auth errors are not retried
+        temporary = staging_dir / f".fetch-{uuid.uuid4().hex}.part"
+        final = staging_dir / remote.name
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            with (
+                sftp.open(self._remote(remote.name), "rb") as handle,
+                temporary.open("wb", buffering=1 << 20) as out,
+            ):
+                before = handle.stat()
+                expected = int(before.st_size or 0)
+                handle.prefetch(expected, max_concurrent_requests=PREFETCH_REQUESTS)
+                while received < expected:
+                    chunk = handle.read(min(READ_CHUNK, expected - received))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+                after = sftp.stat(self._remote(remote.name))
+            if received != expected:
+                raise _RetryableFetch(f"received {received} of {expected} bytes")
+            if (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime):
+                raise _RetryableFetch("the file changed while it was being fetched")
+            os.replace(temporary, final)
+            _fsync_dir(staging_dir)
+        except FileNotFoundError as exc:
+            temporary.unlink(missing_ok=True)
+            if exc.filename is not None:
+                raise  # the local staging folder, not the server
+            raise SourceUnavailableError(f"{remote.name} vanished from {self.address}") from exc
+        except _RetryableFetch:
+            temporary.unlink(missing_ok=True)
+            raise
+        except _CONNECTION_ERRORS as exc:
+            temporary.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.filename is not None:
+                raise  # a local disk problem, not the connection
+            raise _RetryableFetch(_describe(exc)) from exc
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        log.info("fetched %s (%d bytes) from %s", remote.name, received, self.address)
+        return FetchedFile(
+            name=remote.name,
+            path=final,
+            size=received,
+            mtime=float(after.st_mtime or remote.mtime),
+            sha256=digest.hexdigest(),
+        )
+
+    # ---- finish -----------------------------------------------------------------------------
+
+    def finish(self, remote: RemoteFile, action: Literal["keep", "archive", "delete"]) -> None:
+        """Archive (rename into ``source.archive_path``), delete or keep a fully processed file.
+
+        The file is left alone when it changed on the server since it was fetched (a new
+        version must be processed first). Its done-marker, if any, follows it.
+        """
+        if action == "keep":
+            return
+        sftp = self.connect()
+        path = self._remote(remote.name)
+        expected = self._fetched.get(remote.name, (remote.size, remote.mtime))
+        try:
+            now = sftp.stat(path)
+        except FileNotFoundError:
+            log.warning("%s is gone from %s; nothing to %s", remote.name, self.address, action)
+            return
+        except _CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"{action} of {remote.name} failed: {_describe(exc)}") from exc
+        if (int(now.st_size or 0), float(now.st_mtime or 0)) != expected:
+            log.warning(
+                "not going to %s %s: it changed on %s since it was fetched", action, remote.name, self.address
+            )
+            return
+        names = [remote.name, *self._markers_of(sftp, remote.name)]
+        try:
+            if action == "delete":
+                for name in names:
+                    sftp.remove(self._remote(name))
+                log.info("deleted %s from %s", remote.name, self.address)
+            else:
+                archive = self._archive_folder(sftp)
+                for name in names:
+                    target = _free_name(sftp, archive, name)
+                    sftp.posix_rename(self._remote(name), target)
+                log.info("archived %s into %s", remote.name, archive)
+        except _CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"{action} of {remote.name} failed: {_describe(exc)}") from exc
+
+    def _markers_of(self, sftp: paramiko.SFTPClient, name: str) -> list[str]:
+        found = []
+        for marker in marker_names(name, self.config.marker_suffixes):
+            with contextlib.suppress(FileNotFoundError):
+                sftp.stat(self._remote(marker))
+                found.append(marker)
+        return found
+
+    def _archive_folder(self, sftp: paramiko.SFTPClient) -> str:
+        configured = self.config.archive_path or "archive"
+        folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
+        _makedirs(sftp, folder)
+        return folder
+
+
+class _RetryableFetch(Exception):
+    """A fetch attempt failed in a way a fresh connection can fix."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, paramiko.SSHException) else f"{type(exc).__name__}: {text}"
+
+
+def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
+    """``mkdir -p`` on the server."""
+    try:
+        if stat.S_ISDIR(sftp.stat(folder).st_mode or 0):
+            return
+    except FileNotFoundError:
+        pass
+    parent = posixpath.dirname(folder.rstrip("/"))
+    if parent and parent != folder:
+        _makedirs(sftp, parent)
+    try:
+        sftp.mkdir(folder)
+    except OSError:
+        if not stat.S_ISDIR(sftp.stat(folder).st_mode or 0):
+            raise
+
+
+def _free_name(sftp: paramiko.SFTPClient, folder: str, name: str) -> str:
+    """``folder/name``, or ``folder/name.1``, ``.2``... when an earlier version is archived there."""
+    candidate = posixpath.join(folder, name)
+    counter = 0
+    while True:
+        try:
+            sftp.stat(candidate)
+        except FileNotFoundError:
+            return candidate
+        counter += 1
+        candidate = posixpath.join(folder, f"{name}.{counter}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

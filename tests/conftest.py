@@ -1,0 +1,5 @@
+"""Shared pytest setup: fixture modules other test packages reuse."""
+
+pytest_plugins = [
+    "tests.sftp_fixtures",
+]

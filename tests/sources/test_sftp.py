@@ -1,0 +1,383 @@
+"""The SFTP source against a real OpenSSH sshd on loopback (tests/sftp_fixtures.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL, SourceAuthError, SourceUnavailableError
+from pipeline.sources.base import RemoteFile
+from pipeline.sources.sftp import SftpSource
+from pipeline.testing.sshd import free_port
+from tests.sftp_fixtures import SftpServer, SftpUser
+
+CSV = b"transaction_id,store_id\nT1,S1\nT2,S1\n"
+
+
+def no_sleep(_: float) -> None:
+    """Backoff without waiting."""
+
+
+def write(folder: Path, name: str, data: bytes = CSV) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- connection and authentication ----------------------------------------------------------
+
+
+def test_fetch_streams_into_staging_with_sha256(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    write(sftp_dir, "a.csv")
+    write(sftp_dir, "b.csv", CSV * 3)
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        found = list(source.discover([date(2026, 11, 20)]))
+        assert sorted(f.name for f in found) == ["a.csv", "b.csv"]
+        fetched = [source.fetch(f, tmp_path / "staging") for f in found]
+    for f in fetched:
+        data = (sftp_dir / f.name).read_bytes()
+        assert f.path == tmp_path / "staging" / f.name
+        assert f.path.read_bytes() == data
+        assert (f.size, f.sha256) == (len(data), sha(data))
+    assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == ["a.csv", "b.csv"]
+
+
+def test_rsa_key_login(sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path) -> None:
+    write(sftp_dir, "a.csv")
+    with SftpSource(sftp_server.feed(sftp_dir, private_key_file=str(sftp_server.rsa_key))) as source:
+        (found,) = source.discover([])
+        assert source.fetch(found, tmp_path).sha256 == sha(CSV)
+
+
+def test_encrypted_key_with_passphrase_from_env(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "id_locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret-phrase", "-f", str(key)], check=True)
+    authorized = sftp_server.workdir / "authorized_keys"
+    authorized.write_text(authorized.read_text() + key.with_suffix(".pub").read_text())
+    write(sftp_dir, "a.csv")
+    monkeypatch.setenv("TEST_SFTP_PASSPHRASE", "s3cret-phrase")
+    feed = sftp_server.feed(
+        sftp_dir, private_key_file=str(key), private_key_passphrase_env="TEST_SFTP_PASSPHRASE"
+    )
+    with SftpSource(feed) as source:
+        assert [f.name for f in source.discover([])] == ["a.csv"]
+
+
+def test_password_login(
+    sftp_server: SftpServer, sftp_password_user: SftpUser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = sftp_password_user.home
+    write(folder, "p.csv")
+    monkeypatch.setenv("TEST_SFTP_PASSWORD", sftp_password_user.password or "")
+    feed = sftp_server.feed(
+        folder, username=sftp_password_user.name, private_key_file=None, password_env="TEST_SFTP_PASSWORD"
+    )
+    feed = feed.model_copy(update={"source": feed.source.model_copy(update={"private_key_file": None})})
+    feed._config_dir = folder.parent / f".{folder.name}-config"
+    with SftpSource(feed) as source:
+        (found,) = source.discover([])
+        assert source.fetch(found, tmp_path).sha256 == sha(CSV)
+
+
+def test_wrong_password_is_an_auth_error(
+    sftp_server: SftpServer, sftp_password_user: SftpUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_SFTP_PASSWORD", "not-the-password")
+    feed = sftp_server.feed(sftp_password_user.home, username=sftp_password_user.name)
+    feed = feed.model_copy(
+        update={
+            "source": feed.source.model_copy(
+                update={"private_key_file": None, "password_env": "TEST_SFTP_PASSWORD"}
+            )
+        }
+    )
+    feed._config_dir = sftp_password_user.home.parent
+    with pytest.raises(SourceAuthError, match="refused our credentials") as caught:
+        SftpSource(feed).connect()
+    assert caught.value.exit_code == EXIT_CONFIG
+    assert "not-the-password" not in str(caught.value)
+
+
+def test_unauthorized_key_is_an_auth_error(sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path) -> None:
+    stranger = tmp_path / "id_stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    with pytest.raises(SourceAuthError, match="refused our credentials") as caught:
+        SftpSource(sftp_server.feed(sftp_dir, private_key_file=str(stranger))).connect()
+    assert caught.value.exit_code == EXIT_CONFIG
+
+
+def test_unknown_host_key_is_refused_by_default(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    feed = sftp_server.feed(sftp_dir)
+    known = Path(feed.source.known_hosts_file or "")
+    known.write_text("")
+    with pytest.raises(SourceAuthError, match="unknown host key") as caught:
+        SftpSource(feed).connect()
+    assert caught.value.exit_code == EXIT_CONFIG
+    assert known.read_text() == ""
+
+
+def test_trust_on_first_use_records_the_key(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    feed = sftp_server.feed(sftp_dir, known_hosts_file="tofu/known_hosts", trust_unknown_host=True)
+    known = feed.resolve_path("tofu/known_hosts")
+    assert not known.exists()
+    with SftpSource(feed) as source:
+        source.connect()
+    assert known.read_text().strip() == sftp_server.known_hosts_line()
+    strict = sftp_server.feed(sftp_dir, known_hosts_file=str(known))
+    with SftpSource(strict) as source:
+        source.connect()  # the recorded key is now trusted without TOFU
+
+
+def test_changed_host_key_is_refused_even_with_tofu(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    feed = sftp_server.feed(sftp_dir, trust_unknown_host=True)
+    Path(feed.source.known_hosts_file or "").write_text(f"[127.0.0.1]:{sftp_server.port} {kind} {key}\n")
+    with pytest.raises(SourceAuthError, match="CHANGED") as caught:
+        SftpSource(feed).connect()
+    assert caught.value.exit_code == EXIT_CONFIG
+
+
+def test_unreachable_server_is_transient(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    feed = sftp_server.feed(sftp_dir, port=free_port(), connect_timeout=2.0)
+    with pytest.raises(SourceUnavailableError, match="cannot reach") as caught:
+        SftpSource(feed).connect()
+    assert caught.value.exit_code == EXIT_TEMPFAIL
+
+
+def test_missing_folder_is_transient(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    with (
+        pytest.raises(SourceUnavailableError, match="does not exist"),
+        SftpSource(sftp_server.feed(sftp_dir / "nope")) as source,
+    ):
+        list(source.discover([]))
+
+
+# ---- discovery --------------------------------------------------------------------------------
+
+
+def test_pattern_business_dates_and_temp_names(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    for name in [
+        "pos_20261118.csv",
+        "pos_20261119.csv",
+        "pos_20261120.csv",
+        "pos_20261120.csv.part",
+        "pos_20261120.csv.tmp",
+        "pos_20261120.csv.filepart",
+        "other_20261120.csv",
+    ]:
+        write(sftp_dir, name)
+    feed = sftp_server.feed(sftp_dir, pattern="pos_{business_date:%Y%m%d}*")
+    with SftpSource(feed) as source:
+        found = {f.name for f in source.discover([date(2026, 11, 19), date(2026, 11, 20)])}
+    assert found == {"pos_20261119.csv", "pos_20261120.csv"}
+
+
+def test_symlinks_directories_and_hostile_names_are_skipped(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(sftp_dir, "good.csv")
+    write(sftp_dir, "bad\nname.csv")
+    write(sftp_dir, "..\\..\\escape.csv")
+    write(sftp_dir, "\x1b[31mred.csv")
+    (sftp_dir / "dir.csv").mkdir()
+    outside = tmp_path / "secret.csv"
+    outside.write_bytes(b"not for you")
+    (sftp_dir / "link.csv").symlink_to(outside)
+    staging = tmp_path / "staging"
+    with (
+        caplog.at_level(logging.WARNING, logger="pipeline.sources.sftp"),
+        SftpSource(sftp_server.feed(sftp_dir, pattern="*")) as source,
+    ):
+        found = list(source.discover([]))
+        assert [f.name for f in found] == ["good.csv"]
+        with pytest.raises(SourceUnavailableError, match="refusing remote name"):
+            source.fetch(RemoteFile("../escape.csv", 1, 0.0), staging)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "unsafe name" in warned and "escape.csv" in warned and "bad\\nname.csv" in warned
+    assert not list(tmp_path.rglob("escape.csv"))
+
+
+def test_a_file_being_written_is_not_taken_until_stable(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    slow = sftp_dir / "slow.csv"
+    write(sftp_dir, "done.csv")
+    started = threading.Event()
+
+    def writer() -> None:
+        with slow.open("wb") as out:
+            for i in range(12):
+                out.write(f"T{i},S1\n".encode())
+                out.flush()
+                os.utime(slow, (time.time(), time.time() + i))  # mtimes are whole seconds on SFTP
+                started.set()
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started.wait(5)
+    feed = sftp_server.feed(sftp_dir, readiness="stable", stable_seconds=0.5)
+    with SftpSource(feed) as source:
+        first = [f.name for f in source.discover([])]
+        thread.join()
+        second = {f.name: f for f in source.discover([])}
+        fetched = source.fetch(second["slow.csv"], tmp_path)
+    assert first == ["done.csv"]
+    assert set(second) == {"done.csv", "slow.csv"}
+    assert fetched.path.read_bytes() == slow.read_bytes()
+    assert fetched.path.read_bytes().count(b"\n") == 12
+
+
+def test_done_marker_mode(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    write(sftp_dir, "a.csv")
+    write(sftp_dir, "b.csv")
+    write(sftp_dir, "c.csv")
+    feed = sftp_server.feed(sftp_dir, readiness="marker", pattern="*")
+    with SftpSource(feed) as source:
+        assert list(source.discover([])) == []
+        write(sftp_dir, "a.csv.done", b"")
+        write(sftp_dir, "b.ok", b"")  # the stem form counts too
+        assert sorted(f.name for f in source.discover([])) == ["a.csv", "b.csv"]
+
+
+def test_listing_a_big_folder_streams(sftp_server: SftpServer, sftp_dir: Path) -> None:
+    for i in range(10_500):
+        (sftp_dir / f"noise_{i:05d}.txt").touch()
+    write(sftp_dir, "pos_20261120.csv")
+    with SftpSource(sftp_server.feed(sftp_dir, pattern="pos_{business_date:%Y%m%d}.csv")) as source:
+        assert [f.name for f in source.discover([date(2026, 11, 20)])] == ["pos_20261120.csv"]
+
+
+# ---- dropped connections ----------------------------------------------------------------------
+
+
+def _kill_when_partial(server: SftpServer, staging: Path, times: int) -> threading.Thread:
+    """Kill the server's session processes while a fetch is half way, ``times`` times."""
+
+    def watch() -> None:
+        kills = 0
+        deadline = time.monotonic() + 60
+        seen: set[str] = set()
+        while kills < times and time.monotonic() < deadline:
+            for part in staging.glob(".fetch-*.part") if staging.exists() else []:
+                try:
+                    size = part.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if part.name not in seen and size > 0:
+                    seen.add(part.name)
+                    if server.kill_sessions():
+                        kills += 1
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_connection_dropped_mid_transfer_is_retried(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(24 << 20)
+    write(sftp_dir, "big.csv", data)
+    staging = tmp_path / "staging"
+    with SftpSource(sftp_server.feed(sftp_dir, fetch_attempts=3), sleep=no_sleep) as source:
+        (found,) = source.discover([])
+        killer = _kill_when_partial(sftp_server, staging, times=1)
+        with caplog.at_level(logging.WARNING, logger="pipeline.sources.sftp"):
+            fetched = source.fetch(found, staging)
+        killer.join(5)
+    assert "attempt 1 of 3" in caplog.text
+    assert fetched.sha256 == sha(data) and fetched.size == len(data)
+    assert [p.name for p in staging.iterdir()] == ["big.csv"]
+
+
+def test_connection_dropped_every_time_gives_up_transiently(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    write(sftp_dir, "big.csv", os.urandom(24 << 20))
+    staging = tmp_path / "staging"
+    with SftpSource(sftp_server.feed(sftp_dir, fetch_attempts=2), sleep=no_sleep) as source:
+        (found,) = source.discover([])
+        killer = _kill_when_partial(sftp_server, staging, times=2)
+        with pytest.raises(SourceUnavailableError, match="failed 2 times"):
+            source.fetch(found, staging)
+        killer.join(5)
+    assert list(staging.iterdir()) == []
+
+
+# ---- finish -----------------------------------------------------------------------------------
+
+
+def test_archive_moves_file_and_marker_into_created_folder(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    write(sftp_dir, "a.csv")
+    write(sftp_dir, "a.csv.done", b"")
+    (sftp_dir / "processed").mkdir()
+    write(sftp_dir / "processed", "a.csv", b"an older version")
+    feed = sftp_server.feed(sftp_dir, readiness="marker", archive_path="processed/2026")
+    with SftpSource(feed) as source:
+        (found,) = source.discover([])
+        source.fetch(found, tmp_path)
+        source.finish(found, "archive")
+    assert not (sftp_dir / "a.csv").exists() and not (sftp_dir / "a.csv.done").exists()
+    assert (sftp_dir / "processed/2026/a.csv").read_bytes() == CSV
+    assert (sftp_dir / "processed/2026/a.csv.done").exists()
+    assert (sftp_dir / "processed/a.csv").read_bytes() == b"an older version"
+
+
+def test_archive_keeps_earlier_archived_versions(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    (sftp_dir / "archive").mkdir()
+    write(sftp_dir / "archive", "a.csv", b"v1")
+    write(sftp_dir, "a.csv", b"v2")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        (found,) = source.discover([])
+        source.fetch(found, tmp_path)
+        source.finish(found, "archive")
+    assert (sftp_dir / "archive/a.csv").read_bytes() == b"v1"
+    assert (sftp_dir / "archive/a.csv.1").read_bytes() == b"v2"
+
+
+def test_delete_and_keep(sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path) -> None:
+    write(sftp_dir, "a.csv")
+    write(sftp_dir, "b.csv")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        a, b = sorted(source.discover([]), key=lambda f: f.name)
+        source.finish(a, "delete")
+        source.finish(b, "keep")
+    assert sorted(p.name for p in sftp_dir.iterdir()) == ["b.csv"]
+
+
+def test_a_file_changed_since_fetch_is_not_archived(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    path = write(sftp_dir, "a.csv")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        (found,) = source.discover([])
+        source.fetch(found, tmp_path)
+        path.write_bytes(CSV + b"T3,S1\n")  # a new version arrives under the same name
+        source.finish(found, "archive")
+    assert path.exists() and not (sftp_dir / "archive").exists()
