@@ -1,0 +1,1119 @@
+"""The ledger: every run, file and transaction of every feed, in one SQLite file.
+
+Work is handed from stage to stage through named states with verb-named transitions, each one a
+single SQLite transaction together with what it records (dlt's load packages are the model)::
+
+    queued ──start_sending──▶ sending (in doubt) ──accept──────────▶ accepted
+       │  ▲                     │   ▲  └──fail_retryable──▶ failed_retryable ──requeue──▶ queued
+       │  └──────requeue────────┼───┘  └──fail_permanent──▶ failed_permanent ──requeue──▶ queued
+       │                        └─────mark_not_sent───▶ not_sent
+       └──mark_not_sent / fail_* (the sink decided without sending)
+
+    rejected, duplicate, conflict, void: recorded once when a file is recorded; never sent.
+
+A transaction row is one *occurrence* of a transaction id in one file. Per ``(scope,
+transaction_id)`` at most one row is the *primary* record (states queued … void): the one that is
+delivered. Later occurrences are recorded as ``duplicate`` (same content) or ``conflict``
+(different content, held for review) pointing at the primary. Rows whose lines were rejected are
+``rejected`` rows; each rejected line is also kept in ``rejects`` with its original columns.
+
+Money is stored as decimal TEXT and summed in Python with :class:`decimal.Decimal`, never by
+SQLite (which would use floats). The ledger never stores secrets; the normalized checkout (needed
+to resend after the source file is gone) is kept as JSON with decimal strings.
+
+The schema is versioned (``schema_version``); opening an older file migrates it step by step
+(:data:`MIGRATIONS`, version N to N+1), each step in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PosfeedError
+from pipeline.sinks.base import EventResult, Outcome
+
+__all__ = [
+    "FINAL_STATES",
+    "MIGRATIONS",
+    "PRIMARY_STATES",
+    "SCHEMA_VERSION",
+    "FileRecord",
+    "IllegalTransitionError",
+    "Ledger",
+    "LedgerError",
+    "NewReject",
+    "NewTransaction",
+    "RunRecord",
+    "TxnRecord",
+    "TxnState",
+    "new_run_id",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TxnState(StrEnum):
+    """The state of one transaction row."""
+
+    QUEUED = "queued"
+    SENDING = "sending"  # in doubt: a request may have reached the platform
+    ACCEPTED = "accepted"
+    FAILED_RETRYABLE = "failed_retryable"
+    FAILED_PERMANENT = "failed_permanent"
+    NOT_SENT = "not_sent"  # the target cannot express it (e.g. an unmatched return)
+    VOID = "void"  # cancelled at the till: counted, never sent
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+PRIMARY_STATES: frozenset[TxnState] = frozenset(
+    {
+        TxnState.QUEUED,
+        TxnState.SENDING,
+        TxnState.ACCEPTED,
+        TxnState.FAILED_RETRYABLE,
+        TxnState.FAILED_PERMANENT,
+        TxnState.NOT_SENT,
+        TxnState.VOID,
+    }
+)
+PENDING_STATES: frozenset[TxnState] = frozenset({TxnState.QUEUED, TxnState.SENDING})
+FINAL_STATES: frozenset[TxnState] = frozenset(TxnState) - PENDING_STATES
+
+_TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
+    TxnState.QUEUED: frozenset(
+        {TxnState.SENDING, TxnState.NOT_SENT, TxnState.FAILED_RETRYABLE, TxnState.FAILED_PERMANENT}
+    ),
+    # sending -> sending: an in-doubt transaction is re-sent
+    TxnState.SENDING: frozenset(
+        {
+            TxnState.SENDING,
+            TxnState.ACCEPTED,
+            TxnState.FAILED_RETRYABLE,
+            TxnState.FAILED_PERMANENT,
+            TxnState.NOT_SENT,
+        }
+    ),
+    TxnState.FAILED_RETRYABLE: frozenset({TxnState.QUEUED}),
+    TxnState.FAILED_PERMANENT: frozenset({TxnState.QUEUED}),
+}
+
+_PRIMARY_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(PRIMARY_STATES)) + ")"
+
+
+class LedgerError(PosfeedError):
+    """The ledger file cannot be used (corrupt, newer schema, locked for too long)."""
+
+
+class IllegalTransitionError(LedgerError):
+    """A transition that the state machine does not allow (a bug, never bad input)."""
+
+    def __init__(self, transaction_id: str | None, state: str, target: str):
+        self.transaction_id = transaction_id
+        self.state = state
+        self.target = target
+        super().__init__(f"transaction {transaction_id!r}: illegal transition {state} -> {target}")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261120T031500Z-3f9a1c``."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+# ---- schema and migrations ---------------------------------------------------------------------
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run several statements inside the caller's transaction (``executescript`` would commit)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate_0_to_1(db: sqlite3.Connection) -> None:
+    """The first schema: runs, files, transactions, rejects, run membership."""
+    _script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            feed TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('run', 'rerun')),
+            dry_run INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            exit_code INTEGER,
+            selection TEXT,
+            counts TEXT,
+            host TEXT,
+            pid INTEGER
+        );
+        CREATE INDEX runs_feed ON runs (feed, started_at);
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            feed TEXT NOT NULL,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime REAL NOT NULL,
+            sha256 TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            first_run_id TEXT NOT NULL REFERENCES runs (id),
+            supersedes_file_id INTEGER REFERENCES files (id),
+            superseded_by_file_id INTEGER REFERENCES files (id),
+            rows_in INTEGER,
+            amount_in TEXT,
+            finished_action TEXT,
+            finished_at TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX files_sha ON files (scope, sha256);
+        CREATE INDEX files_name ON files (scope, name);
+        CREATE TABLE transactions (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            feed TEXT NOT NULL,
+            transaction_id TEXT,
+            content_hash TEXT,
+            state TEXT NOT NULL,
+            primary_id INTEGER REFERENCES transactions (id),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error_code TEXT,
+            last_error_message TEXT,
+            event_ids TEXT,
+            points TEXT,
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            source_file TEXT NOT NULL,
+            source_lines TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            store_id TEXT,
+            business_date TEXT,
+            transaction_type TEXT,
+            currency TEXT,
+            amount TEXT NOT NULL,
+            reject_code TEXT,
+            checkout TEXT,
+            first_run_id TEXT NOT NULL REFERENCES runs (id),
+            last_run_id TEXT NOT NULL REFERENCES runs (id),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX transactions_primary ON transactions (scope, transaction_id)
+            WHERE state IN ('queued', 'sending', 'accepted', 'failed_retryable',
+                            'failed_permanent', 'not_sent', 'void');
+        CREATE INDEX transactions_file ON transactions (file_id);
+        CREATE TABLE rejects (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs (id),
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            txn_row_id INTEGER REFERENCES transactions (id),
+            source_file TEXT NOT NULL,
+            source_line INTEGER,
+            transaction_id TEXT,
+            store_id TEXT,
+            business_date TEXT,
+            code TEXT NOT NULL,
+            field TEXT,
+            reason TEXT,
+            amount TEXT NOT NULL,
+            original TEXT NOT NULL
+        );
+        CREATE INDEX rejects_run ON rejects (run_id);
+        CREATE TABLE run_transactions (
+            run_id TEXT NOT NULL REFERENCES runs (id),
+            txn_row_id INTEGER NOT NULL REFERENCES transactions (id),
+            origin TEXT NOT NULL,
+            PRIMARY KEY (run_id, txn_row_id)
+        );
+        """
+    )
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Per-file input totals (for balancing) and each run's end state of its transactions."""
+    _script(
+        db,
+        """
+        CREATE TABLE file_totals (
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            store_id TEXT NOT NULL,
+            business_date TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            transactions INTEGER NOT NULL,
+            amount TEXT NOT NULL,
+            PRIMARY KEY (file_id, store_id, business_date)
+        );
+        ALTER TABLE run_transactions ADD COLUMN state_at_end TEXT;
+        CREATE INDEX transactions_scope_state ON transactions (scope, state);
+        CREATE INDEX transactions_day ON transactions (feed, business_date);
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema of ``db`` up to version ``target``, one step per transaction."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.execute("SELECT version FROM schema_version").fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"ledger schema version {version} is newer than this posfeed understands ({SCHEMA_VERSION})"
+        )
+    while version < target:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](db)
+            if version == 0:
+                db.execute("INSERT INTO schema_version (version) VALUES (1)")
+            else:
+                db.execute("UPDATE schema_version SET version = ?", (version + 1,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("ledger migrated to schema version %d", version + 1)
+        version += 1
+    return version
+
+
+# ---- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the ledger knows it."""
+
+    id: str
+    feed: str
+    scope: str
+    kind: str
+    dry_run: bool
+    status: str
+    started_at: str
+    finished_at: str | None
+    exit_code: int | None
+    selection: dict[str, Any] | None
+    counts: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One fetched file (one content, identified by sha256 within a scope)."""
+
+    id: int
+    scope: str
+    feed: str
+    name: str
+    size: int
+    mtime: float
+    sha256: str
+    status: str  # fetched | recorded | unreadable | finished
+    first_run_id: str
+    supersedes_file_id: int | None = None
+    superseded_by_file_id: int | None = None
+    error: str | None = None
+    finished_action: str | None = None
+
+
+@dataclass(frozen=True)
+class NewTransaction:
+    """A transaction occurrence to record when its file is recorded."""
+
+    transaction_id: str | None
+    state: TxnState  # queued, void, rejected, duplicate or conflict
+    source_lines: tuple[int, ...]
+    rows: int
+    amount: Decimal
+    store_id: str | None = None
+    business_date: str | None = None
+    transaction_type: str | None = None
+    currency: str | None = None
+    content_hash: str | None = None
+    reject_code: str | None = None
+    checkout: str | None = None  # JSON; only for rows that are (or may be) sent or reviewed
+
+
+@dataclass(frozen=True)
+class NewReject:
+    """One rejected input line."""
+
+    source_line: int | None
+    transaction_id: str | None
+    store_id: str | None
+    business_date: str | None
+    code: str
+    field: str | None
+    reason: str | None
+    amount: Decimal
+    original: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TxnRecord:
+    """One transaction row, as reports and the submit stage read it."""
+
+    id: int
+    scope: str
+    feed: str
+    transaction_id: str | None
+    content_hash: str | None
+    state: TxnState
+    primary_id: int | None
+    attempts: int
+    last_error_code: str | None
+    last_error_message: str | None
+    event_ids: tuple[str, ...]
+    points: Decimal | None
+    file_id: int
+    source_file: str
+    source_lines: tuple[int, ...]
+    rows: int
+    store_id: str | None
+    business_date: str | None
+    transaction_type: str | None
+    currency: str | None
+    amount: Decimal
+    reject_code: str | None
+    first_run_id: str
+    last_run_id: str
+    origin: str | None = None  # in a run's listing: file | settle | retry
+    checkout: str | None = field(default=None, repr=False)
+
+
+_TXN_COLUMNS = (
+    "t.id, t.scope, t.feed, t.transaction_id, t.content_hash, t.state, t.primary_id, t.attempts, "
+    "t.last_error_code, t.last_error_message, t.event_ids, t.points, t.file_id, t.source_file, "
+    "t.source_lines, t.rows, t.store_id, t.business_date, t.transaction_type, t.currency, t.amount, "
+    "t.reject_code, t.first_run_id, t.last_run_id"
+)
+
+
+def _txn(row: sqlite3.Row, *, origin: str | None = None, state: str | None = None) -> TxnRecord:
+    return TxnRecord(
+        id=row["id"],
+        scope=row["scope"],
+        feed=row["feed"],
+        transaction_id=row["transaction_id"],
+        content_hash=row["content_hash"],
+        state=TxnState(state or row["state"]),
+        primary_id=row["primary_id"],
+        attempts=row["attempts"],
+        last_error_code=row["last_error_code"],
+        last_error_message=row["last_error_message"],
+        event_ids=tuple(json.loads(row["event_ids"])) if row["event_ids"] else (),
+        points=Decimal(row["points"]) if row["points"] is not None else None,
+        file_id=row["file_id"],
+        source_file=row["source_file"],
+        source_lines=tuple(json.loads(row["source_lines"])),
+        rows=row["rows"],
+        store_id=row["store_id"],
+        business_date=row["business_date"],
+        transaction_type=row["transaction_type"],
+        currency=row["currency"],
+        amount=Decimal(row["amount"]),
+        reject_code=row["reject_code"],
+        first_run_id=row["first_run_id"],
+        last_run_id=row["last_run_id"],
+        origin=origin,
+        checkout=row["checkout"] if "checkout" in row.keys() else None,  # noqa: SIM118
+    )
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(
+        id=row["id"],
+        scope=row["scope"],
+        feed=row["feed"],
+        name=row["name"],
+        size=row["size"],
+        mtime=row["mtime"],
+        sha256=row["sha256"],
+        status=row["status"],
+        first_run_id=row["first_run_id"],
+        supersedes_file_id=row["supersedes_file_id"],
+        superseded_by_file_id=row["superseded_by_file_id"],
+        error=row["error"],
+        finished_action=row["finished_action"],
+    )
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        feed=row["feed"],
+        scope=row["scope"],
+        kind=row["kind"],
+        dry_run=bool(row["dry_run"]),
+        status=row["status"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        selection=json.loads(row["selection"]) if row["selection"] else None,
+        counts=json.loads(row["counts"]) if row["counts"] else None,
+    )
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---- the ledger ---------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The SQLite ledger file: open it, change it only through its verb-named transitions."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self.schema_version = migrate(self._db)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open ledger: {exc}") from exc
+        self._mutex = threading.RLock()
+
+    def close(self) -> None:
+        """Close the file (a crash without close loses nothing committed)."""
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite transaction: everything inside commits together or not at all."""
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            return self._db.execute(sql, params).fetchall()
+
+    # ---- runs ---------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        feed: str,
+        scope: str,
+        kind: str = "run",
+        dry_run: bool = False,
+        selection: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Record that a run started; returns its id."""
+        run_id = run_id or new_run_id()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, feed, scope, kind, dry_run, status, started_at, selection, "
+                "host, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (
+                    run_id,
+                    feed,
+                    scope,
+                    kind,
+                    int(dry_run),
+                    _now(),
+                    json.dumps(selection, sort_keys=True) if selection else None,
+                    socket.gethostname(),
+                    os.getpid(),
+                ),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, *, status: str, exit_code: int, counts: dict[str, Any]) -> None:
+        """Record how a run ended, its counts, and the state each of its transactions ended in."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE run_transactions SET state_at_end = (SELECT state FROM transactions t "
+                "WHERE t.id = run_transactions.txn_row_id) WHERE run_id = ?",
+                (run_id,),
+            )
+            db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?",
+                (status, exit_code, json.dumps(counts, sort_keys=True, default=str), _now(), run_id),
+            )
+
+    def close_abandoned_runs(self, scope: str) -> list[str]:
+        """Mark runs of ``scope`` still 'running' (their process died) as 'crashed'."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id FROM runs WHERE scope = ? AND status = 'running'", (scope,)
+            ).fetchall()
+            db.execute(
+                "UPDATE run_transactions SET state_at_end = (SELECT state FROM transactions t "
+                "WHERE t.id = run_transactions.txn_row_id) WHERE run_id IN "
+                "(SELECT id FROM runs WHERE scope = ? AND status = 'running')",
+                (scope,),
+            )
+            db.execute(
+                "UPDATE runs SET status = 'crashed', finished_at = ? WHERE scope = ? AND status = 'running'",
+                (_now(), scope),
+            )
+        return [r["id"] for r in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by id (None when unknown)."""
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def runs(self, *, feed: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally of one feed."""
+        sql = "SELECT * FROM runs"
+        params: list[Any] = []
+        if feed:
+            sql += " WHERE feed = ?"
+            params.append(feed)
+        sql += " ORDER BY started_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_run(r) for r in self._query(sql, params)]
+
+    # ---- files --------------------------------------------------------------------------------
+
+    def file_by_sha(self, scope: str, sha256: str) -> FileRecord | None:
+        """The recorded file of ``scope`` with this content, if any (newest first)."""
+        rows = self._query(
+            "SELECT * FROM files WHERE scope = ? AND sha256 = ? ORDER BY id DESC", (scope, sha256)
+        )
+        return _file(rows[0]) if rows else None
+
+    def file_by_identity(self, scope: str, name: str, size: int, mtime: float) -> FileRecord | None:
+        """A file of ``scope`` seen with this exact name, size and mtime, if any."""
+        rows = self._query(
+            "SELECT * FROM files WHERE scope = ? AND name = ? AND size = ? AND mtime = ? "
+            "ORDER BY id DESC",
+            (scope, name, size, mtime),
+        )
+        return _file(rows[0]) if rows else None
+
+    def file(self, file_id: int) -> FileRecord:
+        """One file by its ledger id."""
+        return _file(self._query("SELECT * FROM files WHERE id = ?", (file_id,))[0])
+
+    def files(self, *, scope: str | None = None, run_id: str | None = None) -> list[FileRecord]:
+        """Files of a scope or first seen in a run."""
+        sql, params = "SELECT * FROM files WHERE 1=1", []
+        if scope:
+            sql += " AND scope = ?"
+            params.append(scope)
+        if run_id:
+            sql += " AND first_run_id = ?"
+            params.append(run_id)
+        return [_file(r) for r in self._query(sql + " ORDER BY id", params)]
+
+    def register_file(
+        self, run_id: str, *, scope: str, feed: str, name: str, size: int, mtime: float, sha256: str
+    ) -> FileRecord:
+        """Record a fetched file; an earlier recorded file of the same name and other content
+        becomes superseded by it. A file fetched but never recorded (a crash) is reused."""
+        with self._tx() as db:
+            old = db.execute(
+                "SELECT * FROM files WHERE scope = ? AND sha256 = ? AND status IN ('fetched', 'unreadable')",
+                (scope, sha256),
+            ).fetchone()
+            if old is not None:
+                db.execute(
+                    "UPDATE files SET status = 'fetched', name = ?, size = ?, mtime = ?, error = NULL, "
+                    "updated_at = ? WHERE id = ?",
+                    (name, size, mtime, _now(), old["id"]),
+                )
+                return _file(db.execute("SELECT * FROM files WHERE id = ?", (old["id"],)).fetchone())
+            previous = db.execute(
+                "SELECT id FROM files WHERE scope = ? AND name = ? AND sha256 != ? "
+                "AND status IN ('recorded', 'finished') AND superseded_by_file_id IS NULL "
+                "ORDER BY id DESC LIMIT 1",
+                (scope, name, sha256),
+            ).fetchone()
+            cursor = db.execute(
+                "INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, "
+                "supersedes_file_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'fetched', ?, ?, ?)",
+                (
+                    scope, feed, name, size, mtime, sha256, run_id,
+                    previous["id"] if previous else None, _now(),
+                ),
+            )
+            file_id = cursor.lastrowid
+            if previous is not None:
+                db.execute(
+                    "UPDATE files SET superseded_by_file_id = ?, updated_at = ? WHERE id = ?",
+                    (file_id, _now(), previous["id"]),
+                )
+            return _file(db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone())
+
+    def mark_file_unreadable(self, file_id: int, reason: str) -> None:
+        """A fetched file could not be read at all; it is offered again by the next run."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE files SET status = 'unreadable', error = ?, updated_at = ? WHERE id = ?",
+                (reason, _now(), file_id),
+            )
+
+    def finish_file(self, file_id: int, action: str) -> None:
+        """Every row of the file reached a final state and the source file was kept/archived/deleted."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE files SET status = 'finished', finished_action = ?, finished_at = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'recorded'",
+                (action, _now(), _now(), file_id),
+            )
+
+    def finishable_files(self, scope: str) -> list[FileRecord]:
+        """Recorded files whose every transaction is final with no failure (nor its primary's)."""
+        rows = self._query(
+            """
+            SELECT f.* FROM files f WHERE f.scope = ? AND f.status = 'recorded'
+            AND NOT EXISTS (
+                SELECT 1 FROM transactions t LEFT JOIN transactions p ON p.id = t.primary_id
+                WHERE t.file_id = f.id AND (
+                    t.state IN ('queued', 'sending', 'failed_retryable', 'failed_permanent')
+                    OR (t.state = 'duplicate' AND p.state IN
+                        ('queued', 'sending', 'failed_retryable', 'failed_permanent'))))
+            ORDER BY f.id
+            """,
+            (scope,),
+        )
+        return [_file(r) for r in rows]
+
+    # ---- recording a file's contents ----------------------------------------------------------
+
+    def known(self, scope: str) -> list[tuple[str, str]]:
+        """(transaction_id, content_hash) of every primary transaction of ``scope`` (for dedup)."""
+        rows = self._query(
+            f"SELECT transaction_id, content_hash FROM transactions WHERE scope = ? "
+            f"AND state IN {_PRIMARY_SQL}",
+            (scope,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def record_file(
+        self,
+        run_id: str,
+        file: FileRecord,
+        *,
+        transactions: Iterable[NewTransaction],
+        rejects: Iterable[NewReject],
+        totals: Iterable[tuple[str, str, int, int, Decimal]],
+    ) -> list[int]:
+        """Record everything a file contained, in one transaction: its occurrences (queued, void,
+        rejected, duplicate, conflict), its rejected lines, its input totals per store and
+        business date; the file becomes 'recorded'. Duplicates of a primary left failed_retryable
+        are requeued into this run. Returns the ledger ids of rows this run must send."""
+        to_send: list[int] = []
+        now = _now()
+        with self._tx() as db:
+            status = db.execute("SELECT status FROM files WHERE id = ?", (file.id,)).fetchone()
+            if status is None or status[0] != "fetched":
+                raise LedgerError(f"file {file.name}: cannot record contents in state {status and status[0]}")
+            reject_row_of_line: dict[int, int] = {}
+            for txn in transactions:
+                primary_id: int | None = None
+                if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT):
+                    primary = db.execute(
+                        f"SELECT id, state FROM transactions WHERE scope = ? AND transaction_id = ? "
+                        f"AND state IN {_PRIMARY_SQL}",
+                        (file.scope, txn.transaction_id),
+                    ).fetchone()
+                    if primary is None:
+                        raise LedgerError(f"{txn.state} of unknown transaction {txn.transaction_id!r}")
+                    primary_id = primary["id"]
+                    if txn.state is TxnState.DUPLICATE and primary["state"] == TxnState.FAILED_RETRYABLE:
+                        self._set_state(db, [primary_id], TxnState.QUEUED, run_id)
+                        self._attach(db, run_id, [primary_id], "retry")
+                        to_send.append(primary_id)
+                elif txn.state not in (TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED):
+                    raise IllegalTransitionError(txn.transaction_id, "new", txn.state)
+                cursor = db.execute(
+                    "INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, "
+                    "primary_id, file_id, source_file, source_lines, rows, store_id, business_date, "
+                    "transaction_type, currency, amount, reject_code, checkout, first_run_id, "
+                    "last_run_id, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        file.scope,
+                        file.feed,
+                        txn.transaction_id,
+                        txn.content_hash,
+                        txn.state.value,
+                        primary_id,
+                        file.id,
+                        file.name,
+                        json.dumps(list(txn.source_lines)),
+                        txn.rows,
+                        txn.store_id,
+                        txn.business_date,
+                        txn.transaction_type,
+                        txn.currency,
+                        str(txn.amount),
+                        txn.reject_code,
+                        txn.checkout,
+                        run_id,
+                        run_id,
+                        now,
+                        now,
+                    ),
+                )
+                row_id = int(cursor.lastrowid or 0)
+                self._attach(db, run_id, [row_id], "file")
+                if txn.state is TxnState.QUEUED:
+                    to_send.append(row_id)
+                if txn.state is TxnState.REJECTED:
+                    reject_row_of_line.update(dict.fromkeys(txn.source_lines, row_id))
+            db.executemany(
+                "INSERT INTO rejects (run_id, file_id, txn_row_id, source_file, source_line, "
+                "transaction_id, store_id, business_date, code, field, reason, amount, original) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        file.id,
+                        reject_row_of_line.get(r.source_line) if r.source_line is not None else None,
+                        file.name,
+                        r.source_line,
+                        r.transaction_id,
+                        r.store_id,
+                        r.business_date,
+                        r.code,
+                        r.field,
+                        r.reason,
+                        str(r.amount),
+                        json.dumps(r.original, ensure_ascii=False, default=str),
+                    )
+                    for r in rejects
+                ],
+            )
+            rows_in, amount_in = 0, Decimal(0)
+            for store_id, business_date, rows, count, amount in totals:
+                db.execute(
+                    "INSERT INTO file_totals (file_id, store_id, business_date, rows, transactions, amount) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (file.id, store_id, business_date, rows, count, str(amount)),
+                )
+                rows_in += rows
+                amount_in += amount
+            db.execute(
+                "UPDATE files SET status = 'recorded', rows_in = ?, amount_in = ?, updated_at = ? "
+                "WHERE id = ?",
+                (rows_in, str(amount_in), now, file.id),
+            )
+        return to_send
+
+    # ---- transitions --------------------------------------------------------------------------
+
+    def _attach(self, db: sqlite3.Connection, run_id: str, row_ids: Sequence[int], origin: str) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+            [(run_id, i, origin) for i in row_ids],
+        )
+
+    def _set_state(
+        self,
+        db: sqlite3.Connection,
+        row_ids: Sequence[int],
+        target: TxnState,
+        run_id: str,
+        *,
+        extra: str = "",
+        params: Sequence[Any] = (),
+    ) -> None:
+        for chunk in _chunks(row_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT id, transaction_id, state FROM transactions WHERE id IN ({marks})", chunk
+            ).fetchall()
+            if len(rows) != len(set(chunk)):
+                raise LedgerError(f"unknown transaction rows among {list(chunk)[:5]}")
+            for row in rows:
+                if target not in _TRANSITIONS.get(TxnState(row["state"]), frozenset()):
+                    raise IllegalTransitionError(row["transaction_id"], row["state"], target)
+            db.execute(
+                f"UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?{extra} "
+                f"WHERE id IN ({marks})",
+                (target.value, run_id, _now(), *params, *chunk),
+            )
+
+    def _row_ids(self, db: sqlite3.Connection, scope: str, transaction_ids: Sequence[str]) -> list[int]:
+        ids: list[int] = []
+        for chunk in _chunks(transaction_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT id FROM transactions WHERE scope = ? AND transaction_id IN ({marks}) "
+                f"AND state IN {_PRIMARY_SQL}",
+                (scope, *chunk),
+            ).fetchall()
+            ids.extend(r[0] for r in rows)
+        if len(ids) != len(set(transaction_ids)):
+            raise LedgerError(f"unknown transactions among {list(transaction_ids)[:5]} in scope {scope!r}")
+        return ids
+
+    def start_sending(self, scope: str, transaction_ids: Sequence[str], run_id: str) -> None:
+        """Mark transactions in doubt before their request goes out (attempts + 1)."""
+        with self._tx() as db:
+            ids = self._row_ids(db, scope, transaction_ids)
+            self._set_state(db, ids, TxnState.SENDING, run_id, extra=", attempts = attempts + 1")
+
+    def accept(
+        self,
+        scope: str,
+        transaction_id: str,
+        run_id: str,
+        *,
+        event_ids: Sequence[str] = (),
+        points: Decimal | None = None,
+        note: str | None = None,
+    ) -> None:
+        """The platform accepted the transaction (or confirmed an earlier acceptance)."""
+        self.apply_results(
+            scope,
+            [EventResult(transaction_id, Outcome.ACCEPTED, tuple(event_ids), points, note, None)],
+            run_id,
+        )
+
+    def fail_retryable(
+        self, scope: str, transaction_id: str, run_id: str, *, code: str | None, message: str | None
+    ) -> None:
+        """Not delivered this time; a later rerun may deliver it."""
+        self.apply_results(
+            scope, [EventResult(transaction_id, Outcome.RETRYABLE, (), None, code, message)], run_id
+        )
+
+    def fail_permanent(
+        self, scope: str, transaction_id: str, run_id: str, *, code: str | None, message: str | None
+    ) -> None:
+        """The platform refused it for a reason retrying will not fix."""
+        self.apply_results(
+            scope, [EventResult(transaction_id, Outcome.REJECTED, (), None, code, message)], run_id
+        )
+
+    def mark_not_sent(
+        self, scope: str, transaction_id: str, run_id: str, *, code: str | None, message: str | None
+    ) -> None:
+        """The target cannot express this transaction; it is counted, never sent."""
+        self.apply_results(
+            scope, [EventResult(transaction_id, Outcome.NOT_SENT, (), None, code, message)], run_id
+        )
+
+    def apply_results(self, scope: str, results: Sequence[EventResult], run_id: str) -> None:
+        """Settle a batch of sink outcomes in one transaction (accept / fail_* / mark_not_sent)."""
+        if not results:
+            return
+        with self._tx() as db:
+            ids = self._row_ids(db, scope, [r.transaction_id for r in results])
+            by_tid = {
+                row["transaction_id"]: row["id"]
+                for chunk in _chunks(ids)
+                for row in db.execute(
+                    f"SELECT id, transaction_id FROM transactions WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            }
+            for result in results:
+                row_id = by_tid[result.transaction_id]
+                if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+                    # an earlier send landed: keep the platform's evidence (e.g. code 5003)
+                    already = result.outcome is Outcome.ALREADY_ACCEPTED
+                    note = (result.error_code or "already_accepted") if already else None
+                    self._set_state(
+                        db,
+                        [row_id],
+                        TxnState.ACCEPTED,
+                        run_id,
+                        extra=", event_ids = ?, points = ?, last_error_code = ?, last_error_message = ?",
+                        params=(
+                            json.dumps(list(result.event_ids)),
+                            str(result.points) if result.points is not None else None,
+                            note,
+                            result.error_message if already else None,
+                        ),
+                    )
+                else:
+                    target = {
+                        Outcome.RETRYABLE: TxnState.FAILED_RETRYABLE,
+                        Outcome.REJECTED: TxnState.FAILED_PERMANENT,
+                        Outcome.NOT_SENT: TxnState.NOT_SENT,
+                    }[result.outcome]
+                    self._set_state(
+                        db,
+                        [row_id],
+                        target,
+                        run_id,
+                        extra=", last_error_code = ?, last_error_message = ?",
+                        params=(result.error_code, result.error_message),
+                    )
+
+    def requeue(self, row_ids: Sequence[int], run_id: str, *, origin: str = "retry") -> None:
+        """Put failed (or in-doubt) transactions back in the queue of ``run_id``."""
+        with self._tx() as db:
+            self._set_state(db, row_ids, TxnState.QUEUED, run_id)
+            self._attach(db, run_id, row_ids, origin)
+
+    def adopt_pending(self, scope: str, run_id: str) -> list[int]:
+        """Attach the queued and in-doubt transactions left by earlier runs to ``run_id``
+        (origin 'settle'); they are sent before anything new. Returns their row ids."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id FROM transactions WHERE scope = ? AND state IN ('queued', 'sending') ORDER BY id",
+                (scope,),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            self._attach(db, run_id, ids, "settle")
+        return ids
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def transactions_by_row_id(
+        self, row_ids: Sequence[int], *, with_checkout: bool = False
+    ) -> list[TxnRecord]:
+        """Transaction rows by ledger id, in the given order."""
+        cols = _TXN_COLUMNS + (", t.checkout" if with_checkout else "")
+        found: dict[int, TxnRecord] = {}
+        for chunk in _chunks(row_ids):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT {cols} FROM transactions t WHERE t.id IN ({marks})", chunk):
+                found[row["id"]] = _txn(row)
+        return [found[i] for i in row_ids if i in found]
+
+    def run_transactions(self, run_id: str, *, at_end: bool = True) -> list[TxnRecord]:
+        """The transactions a run handled, with their origin and (``at_end``) the state the run
+        left them in (the current state while the run is still going)."""
+        rows = self._query(
+            f"SELECT {_TXN_COLUMNS}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
+            (run_id,),
+        )
+        return [
+            _txn(r, origin=r["origin"], state=(r["state_at_end"] if at_end else None) or None)
+            for r in rows
+        ]
+
+    def day_transactions(self, feed: str, business_date: str) -> list[TxnRecord]:
+        """Every transaction row of a feed's files for one business date, in its current state."""
+        rows = self._query(
+            f"SELECT {_TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
+            "ORDER BY t.file_id, t.id",
+            (feed, business_date),
+        )
+        return [_txn(r, origin="file") for r in rows]
+
+    def file_totals(self, file_ids: Iterable[int]) -> list[tuple[int, str, str, int, int, Decimal]]:
+        """Input totals (file_id, store_id, business_date, rows, transactions, amount)."""
+        ids = sorted(set(file_ids))
+        out: list[tuple[int, str, str, int, int, Decimal]] = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for r in self._query(f"SELECT * FROM file_totals WHERE file_id IN ({marks})", chunk):
+                out.append(
+                    (r["file_id"], r["store_id"], r["business_date"], r["rows"], r["transactions"],
+                     Decimal(r["amount"]))
+                )
+        return out
+
+    def rejects(
+        self, *, run_id: str | None = None, feed: str | None = None, business_date: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rejected lines of a run, or of a feed's business date."""
+        sql = "SELECT r.* FROM rejects r JOIN files f ON f.id = r.file_id WHERE 1=1"
+        params: list[Any] = []
+        if run_id:
+            sql += " AND r.run_id = ?"
+            params.append(run_id)
+        if feed:
+            sql += " AND f.feed = ?"
+            params.append(feed)
+        if business_date:
+            sql += " AND r.business_date = ?"
+            params.append(business_date)
+        out = []
+        for r in self._query(sql + " ORDER BY r.file_id, r.source_line, r.id", params):
+            item = dict(r)
+            item["original"] = json.loads(item["original"])
+            item["amount"] = Decimal(item["amount"])
+            out.append(item)
+        return out
+
+    def select_for_rerun(
+        self,
+        scope: str,
+        *,
+        run_id: str | None = None,
+        file: str | None = None,
+        store_id: str | None = None,
+        business_date: str | None = None,
+        include_permanent: bool = False,
+        feed: str | None = None,
+    ) -> list[int]:
+        """Primary rows of ``scope`` matching the selection whose state a rerun may resend:
+        failed_retryable (and failed_permanent with ``include_permanent``). Never accepted."""
+        states = ["failed_retryable"] + (["failed_permanent"] if include_permanent else [])
+        sql = (
+            f"SELECT t.id FROM transactions t WHERE t.scope = ? AND t.state IN "
+            f"({','.join('?' * len(states))})"
+        )
+        params: list[Any] = [scope, *states]
+        if run_id:
+            sql += " AND t.id IN (SELECT txn_row_id FROM run_transactions WHERE run_id = ?)"
+            params.append(run_id)
+        if file:
+            sql += " AND t.source_file = ?"
+            params.append(file)
+        if store_id:
+            sql += " AND t.store_id = ?"
+            params.append(store_id)
+        if business_date:
+            sql += " AND t.business_date = ?"
+            params.append(business_date)
+        if feed:
+            sql += " AND t.feed = ?"
+            params.append(feed)
+        return [r[0] for r in self._query(sql + " ORDER BY t.id", params)]
+
+    def state_counts(self, scope: str) -> dict[str, int]:
+        """How many rows of ``scope`` are in each state."""
+        rows = self._query(
+            "SELECT state, COUNT(*) FROM transactions WHERE scope = ? GROUP BY state", (scope,)
+        )
+        return {r[0]: r[1] for r in rows}

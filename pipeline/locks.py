@@ -1,0 +1,114 @@
+"""Run locks: one run per dedup scope at a time, across processes (cron, the scheduler, a shell).
+
+A lock is an ``flock`` on ``STATE_DIR/locks/<scope>.lock``; the file also holds a JSON record of
+the holder (pid, host, start time, feed). The kernel drops an ``flock`` when its process dies, so a
+lock left by a crashed (even SIGKILLed) process is free again: the next run sees the stale record,
+logs that it takes the lock over, and writes its own. A live holder makes :func:`acquire` raise
+:class:`~pipeline.errors.LockHeldError` (exit 75).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import LockHeldError
+
+__all__ = ["LockInfo", "RunLock", "lock_path", "run_lock"]
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(state_dir: Path, scope: str) -> Path:
+    """The lock file of a scope (its name made safe for a file name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", scope)
+    return state_dir / "locks" / f"{safe}.lock"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds (or last held) a lock."""
+
+    pid: int
+    host: str
+    started_at: str
+    feed: str
+
+    def describe(self) -> str:
+        """``pid 123 on host h since 2026-…`` for messages."""
+        return f"pid {self.pid} on {self.host} since {self.started_at} (feed {self.feed})"
+
+
+def _read_info(text: str) -> LockInfo | None:
+    try:
+        data: dict[str, Any] = json.loads(text)
+        return LockInfo(int(data["pid"]), str(data["host"]), str(data["started_at"]), str(data["feed"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class RunLock:
+    """An acquired run lock; release it with :meth:`release` (or let the process end)."""
+
+    def __init__(self, path: Path, fd: int, info: LockInfo, taken_over: LockInfo | None):
+        self.path = path
+        self._fd: int | None = fd
+        self.info = info
+        self.taken_over = taken_over  # the stale holder whose lock was taken over, if any
+
+    def release(self) -> None:
+        """Clear the holder record and drop the lock."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @classmethod
+    def acquire(cls, state_dir: Path, scope: str, *, feed: str) -> RunLock:
+        """Take the scope's lock without waiting; raise LockHeldError when a live run holds it."""
+        path = lock_path(state_dir, scope)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_info(path.read_text(encoding="utf-8", errors="replace"))
+            os.close(fd)
+            raise LockHeldError(scope, holder.describe() if holder else "another process") from None
+        previous = _read_info(os.pread(fd, 65536, 0).decode("utf-8", errors="replace"))
+        if previous is not None:
+            log.warning(
+                "taking over the lock of scope %r left by a run that ended without releasing it: %s",
+                scope,
+                previous.describe(),
+            )
+        info = LockInfo(os.getpid(), socket.gethostname(), datetime.now(UTC).isoformat(), feed)
+        record = json.dumps(info.__dict__).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+        os.fsync(fd)
+        return cls(path, fd, info, previous)
+
+
+@contextmanager
+def run_lock(state_dir: Path, scope: str, *, feed: str) -> Iterator[RunLock]:
+    """Hold the scope's run lock for the duration of the block."""
+    lock = RunLock.acquire(state_dir, scope, feed=feed)
+    try:
+        yield lock
+    finally:
+        lock.release()

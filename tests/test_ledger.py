@@ -1,0 +1,345 @@
+"""The ledger: every transition, reopening after a crash, migrating an older schema."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pipeline.ledger import (
+    SCHEMA_VERSION,
+    FileRecord,
+    IllegalTransitionError,
+    Ledger,
+    NewReject,
+    NewTransaction,
+    TxnState,
+    migrate,
+)
+from pipeline.sinks.base import EventResult, Outcome
+
+SCOPE = "acme"
+
+
+def _txn(tid: str | None, state: TxnState = TxnState.QUEUED, *, line: int = 2, content: str = "h",
+         amount: str = "10.50", store: str = "S1", day: str = "2026-11-20") -> NewTransaction:
+    return NewTransaction(
+        transaction_id=tid,
+        state=state,
+        source_lines=(line,),
+        rows=1,
+        amount=Decimal(amount),
+        store_id=store,
+        business_date=day,
+        transaction_type="sale",
+        currency="GBP",
+        content_hash=f"{content}-{tid}",
+        checkout=json.dumps({"transaction_id": tid}),
+    )
+
+
+def _file(ledger: Ledger, run_id: str, name: str = "f.csv", sha: str = "a" * 64) -> FileRecord:
+    return ledger.register_file(run_id, scope=SCOPE, feed="hourly", name=name, size=10, mtime=1.0, sha256=sha)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    with Ledger(tmp_path / "ledger.sqlite") as opened:
+        yield opened
+
+
+def _queued(ledger: Ledger, *tids: str) -> str:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    file = _file(ledger, run_id)
+    ledger.record_file(
+        run_id,
+        file,
+        transactions=[_txn(t, line=i + 2) for i, t in enumerate(tids)],
+        rejects=[],
+        totals=[("S1", "2026-11-20", len(tids), len(tids), Decimal("10.50") * len(tids))],
+    )
+    return run_id
+
+
+def _state(ledger: Ledger, tid: str) -> TxnState:
+    states = {
+        t.transaction_id: t.state for t in ledger.transactions_by_row_id(list(range(1, 100)))
+        if t.state not in (TxnState.DUPLICATE, TxnState.CONFLICT)
+    }
+    return states[tid]
+
+
+def test_new_ledger_is_wal_at_current_version(ledger: Ledger) -> None:
+    assert ledger.schema_version == SCHEMA_VERSION
+    mode = sqlite3.connect(ledger.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    file = _file(ledger, run_id)
+    rejected = NewTransaction("T9", TxnState.REJECTED, (5, 6), 2, Decimal("3.00"), "S1", "2026-11-20",
+                              reject_code="BAD_QUANTITY")
+    to_send = ledger.record_file(
+        run_id,
+        file,
+        transactions=[_txn("T1"), _txn("T2", TxnState.VOID, line=3), rejected],
+        rejects=[
+            NewReject(5, "T9", "S1", "2026-11-20", "BAD_QUANTITY", "quantity", "not a number",
+                      Decimal("1.00"), {"TxnNo": "T9", "Qty": "x"}),
+            NewReject(6, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
+                      Decimal("2.00"), {"TxnNo": "T9", "Qty": "1"}),
+        ],
+        totals=[("S1", "2026-11-20", 4, 3, Decimal("24.00"))],
+    )
+    assert len(to_send) == 1
+    assert ledger.file(file.id).status == "recorded"
+    run_rows = ledger.run_transactions(run_id, at_end=False)
+    assert {t.transaction_id: t.state for t in run_rows} == {
+        "T1": TxnState.QUEUED, "T2": TxnState.VOID, "T9": TxnState.REJECTED}
+    assert all(t.origin == "file" for t in run_rows)
+    rejects = ledger.rejects(run_id=run_id)
+    assert [r["source_line"] for r in rejects] == [5, 6]
+    assert {r["txn_row_id"] for r in rejects} == {next(t.id for t in run_rows if t.transaction_id == "T9")}
+    assert rejects[0]["original"] == {"TxnNo": "T9", "Qty": "x"}
+    assert ledger.file_totals([file.id]) == [(file.id, "S1", "2026-11-20", 4, 3, Decimal("24.00"))]
+    assert sorted(ledger.known(SCOPE)) == [("T1", "h-T1"), ("T2", "h-T2")]
+
+
+def test_record_file_is_all_or_nothing(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    file = _file(ledger, run_id)
+    with pytest.raises(Exception, match="unknown transaction"):
+        ledger.record_file(run_id, file, transactions=[_txn("T1"), _txn("T7", TxnState.DUPLICATE)],
+                           rejects=[], totals=[])
+    assert ledger.state_counts(SCOPE) == {}
+    assert ledger.file(file.id).status == "fetched"
+
+
+def test_happy_path_queued_sending_accepted(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1")
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    assert _state(ledger, "T1") is TxnState.SENDING
+    ledger.accept(SCOPE, "T1", run_id, event_ids=["ev1"], points=Decimal("12"))
+    (row,) = ledger.run_transactions(run_id, at_end=False)
+    assert (row.state, row.event_ids, row.points, row.attempts) == (
+        TxnState.ACCEPTED, ("ev1",), Decimal("12"), 1)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"),
+    [
+        (Outcome.RETRYABLE, TxnState.FAILED_RETRYABLE),
+        (Outcome.REJECTED, TxnState.FAILED_PERMANENT),
+        (Outcome.NOT_SENT, TxnState.NOT_SENT),
+        (Outcome.ALREADY_ACCEPTED, TxnState.ACCEPTED),
+    ],
+)
+def test_settling_outcomes(ledger: Ledger, outcome: Outcome, state: TxnState) -> None:
+    run_id = _queued(ledger, "T1")
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    ledger.apply_results(SCOPE, [EventResult("T1", outcome, error_code="E1", error_message="why")], run_id)
+    (row,) = ledger.run_transactions(run_id, at_end=False)
+    assert row.state is state
+    if outcome is Outcome.ALREADY_ACCEPTED:
+        assert row.last_error_code == "E1"  # the platform's evidence of the earlier acceptance
+
+
+def test_named_failure_verbs(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1", "T2", "T3")
+    ledger.start_sending(SCOPE, ["T1", "T2"], run_id)
+    ledger.fail_retryable(SCOPE, "T1", run_id, code="429", message="rate limited")
+    ledger.fail_permanent(SCOPE, "T2", run_id, code="400", message="bad customer")
+    ledger.mark_not_sent(SCOPE, "T3", run_id, code="unmatched_return", message="no original")  # from queued
+    rows = ledger.run_transactions(run_id, at_end=False)
+    states = {t.transaction_id: (t.state, t.last_error_code) for t in rows}
+    assert states == {
+        "T1": (TxnState.FAILED_RETRYABLE, "429"),
+        "T2": (TxnState.FAILED_PERMANENT, "400"),
+        "T3": (TxnState.NOT_SENT, "unmatched_return"),
+    }
+
+
+def test_in_doubt_is_resent_and_attempts_count(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1")
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    ledger.start_sending(SCOPE, ["T1"], run_id)  # re-sent after a crash
+    ledger.accept(SCOPE, "T1", run_id)
+    (row,) = ledger.run_transactions(run_id, at_end=False)
+    assert row.attempts == 2
+
+
+def test_illegal_transitions_raise(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1", "T2")
+    with pytest.raises(IllegalTransitionError):
+        ledger.accept(SCOPE, "T1", run_id)  # never accepted without having been sent
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    ledger.accept(SCOPE, "T1", run_id)
+    with pytest.raises(IllegalTransitionError):
+        ledger.start_sending(SCOPE, ["T1"], run_id)  # accepted is never resent
+    with pytest.raises(IllegalTransitionError):
+        rows = ledger.run_transactions(run_id, at_end=False)
+        ledger.requeue([t.id for t in rows if t.transaction_id == "T1"], run_id)
+    with pytest.raises(IllegalTransitionError):
+        ledger.fail_retryable(SCOPE, "T1", run_id, code=None, message=None)
+    # a failed transition leaves nothing half done
+    assert _state(ledger, "T1") is TxnState.ACCEPTED
+
+
+def test_requeue_and_rerun_selection(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1", "T2", "T3")
+    ledger.start_sending(SCOPE, ["T1", "T2", "T3"], run_id)
+    ledger.fail_retryable(SCOPE, "T1", run_id, code="503", message="down")
+    ledger.fail_permanent(SCOPE, "T2", run_id, code="400", message="bad")
+    ledger.accept(SCOPE, "T3", run_id)
+    assert len(ledger.select_for_rerun(SCOPE, run_id=run_id)) == 1
+    ids = ledger.select_for_rerun(SCOPE, run_id=run_id, include_permanent=True)
+    assert len(ids) == 2
+    assert ledger.select_for_rerun(SCOPE, store_id="S2") == []
+    rerun = ledger.start_run(feed="hourly", scope=SCOPE, kind="rerun")
+    ledger.requeue(ids, rerun)
+    rows = ledger.run_transactions(rerun, at_end=False)
+    assert {(t.transaction_id, t.state, t.origin) for t in rows} == {
+        ("T1", TxnState.QUEUED, "retry"), ("T2", TxnState.QUEUED, "retry")}
+
+
+def test_duplicates_conflicts_and_requeue_of_failed_primary(ledger: Ledger) -> None:
+    first = _queued(ledger, "T1", "T2")
+    ledger.start_sending(SCOPE, ["T1", "T2"], first)
+    ledger.accept(SCOPE, "T1", first)
+    ledger.fail_retryable(SCOPE, "T2", first, code="503", message="down")
+    ledger.finish_run(first, status="finished", exit_code=75, counts={})
+    second = ledger.start_run(feed="daily", scope=SCOPE)
+    file = _file(ledger, second, name="daily.csv", sha="b" * 64)
+    to_send = ledger.record_file(
+        second,
+        file,
+        transactions=[
+            _txn("T1", TxnState.DUPLICATE),
+            _txn("T2", TxnState.DUPLICATE, line=3),
+            _txn("T1", TxnState.CONFLICT, line=4, content="other"),
+        ],
+        rejects=[],
+        totals=[("S1", "2026-11-20", 3, 3, Decimal("31.50"))],
+    )
+    rows = ledger.run_transactions(second, at_end=False)
+    t2 = next(t for t in rows if t.transaction_id == "T2" and t.origin == "retry")
+    assert to_send == [t2.id] and t2.state is TxnState.QUEUED
+    assert sorted((t.state.value, t.origin) for t in rows) == [
+        ("conflict", "file"), ("duplicate", "file"), ("duplicate", "file"), ("queued", "retry")]
+    # the first run's report keeps the state the run ended with
+    assert {t.transaction_id: t.state for t in ledger.run_transactions(first)} == {
+        "T1": TxnState.ACCEPTED, "T2": TxnState.FAILED_RETRYABLE}
+
+
+def test_files_superseded_and_finishable(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1")
+    first = ledger.files(scope=SCOPE)[0]
+    assert ledger.finishable_files(SCOPE) == []
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    ledger.accept(SCOPE, "T1", run_id)
+    assert [f.id for f in ledger.finishable_files(SCOPE)] == [first.id]
+    ledger.finish_file(first.id, "archive")
+    assert ledger.file(first.id).status == "finished"
+    newer = _file(ledger, run_id, name=first.name, sha="c" * 64)
+    assert newer.supersedes_file_id == first.id
+    assert ledger.file(first.id).superseded_by_file_id == newer.id
+    assert ledger.file_by_sha(SCOPE, "c" * 64) == newer
+    assert ledger.file_by_identity(SCOPE, first.name, 10, 1.0) is not None
+
+
+def test_unrecorded_file_is_reused_after_a_crash(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    file = _file(ledger, run_id)
+    again = _file(ledger, run_id)
+    assert again.id == file.id and again.status == "fetched"
+    ledger.mark_file_unreadable(file.id, "binary")
+    assert _file(ledger, run_id).id == file.id
+
+
+def test_adopt_pending_and_abandoned_runs(ledger: Ledger) -> None:
+    crashed = _queued(ledger, "T1", "T2")
+    ledger.start_sending(SCOPE, ["T1"], crashed)
+    assert ledger.close_abandoned_runs(SCOPE) == [crashed]
+    assert ledger.run(crashed).status == "crashed"  # type: ignore[union-attr]
+    nxt = ledger.start_run(feed="hourly", scope=SCOPE)
+    ids = ledger.adopt_pending(SCOPE, nxt)
+    assert len(ids) == 2
+    assert {t.origin for t in ledger.run_transactions(nxt, at_end=False)} == {"settle"}
+
+
+def test_runs_listing_and_finish(ledger: Ledger) -> None:
+    run_id = _queued(ledger, "T1")
+    ledger.finish_run(run_id, status="finished", exit_code=0, counts={"rows_in": 1})
+    (run,) = ledger.runs(feed="hourly")
+    assert (run.id, run.status, run.exit_code, run.counts) == (run_id, "finished", 0, {"rows_in": 1})
+    assert ledger.runs(feed="other") == []
+
+
+def test_reopen_after_a_killed_process(tmp_path: Path) -> None:
+    """A process killed mid-run leaves every committed transition readable by the next."""
+    path = tmp_path / "ledger.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import json, os, signal
+        from decimal import Decimal
+        from pipeline.ledger import Ledger, NewTransaction, TxnState
+        ledger = Ledger({str(path)!r})
+        run_id = ledger.start_run(feed="hourly", scope="acme")
+        f = ledger.register_file(run_id, scope="acme", feed="hourly", name="f.csv", size=1, mtime=1.0,
+                                 sha256="a" * 64)
+        ledger.record_file(run_id, f, transactions=[
+            NewTransaction("T1", TxnState.QUEUED, (2,), 1, Decimal("1.00"), content_hash="x"),
+            NewTransaction("T2", TxnState.QUEUED, (3,), 1, Decimal("2.00"), content_hash="y")],
+            rejects=[], totals=[("", "", 2, 2, Decimal("3.00"))])
+        ledger.start_sending("acme", ["T1", "T2"], run_id)
+        ledger.accept("acme", "T1", run_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -9
+    with Ledger(path) as reopened:
+        assert reopened.state_counts("acme") == {"accepted": 1, "sending": 1}
+        assert reopened.close_abandoned_runs("acme")
+
+
+def test_migration_from_an_older_version(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, target=1) == 1
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20')")
+    db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, updated_at) "
+               "VALUES ('acme', 'hourly', 'f.csv', 1, 1.0, 'abc', 'recorded', 'r1', 'now')")
+    db.execute("INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, file_id, "
+               "source_file, source_lines, rows, amount, first_run_id, last_run_id, created_at, updated_at) "
+               "VALUES ('acme', 'hourly', 'T1', 'h', 'failed_retryable', 1, 'f.csv', '[2]', 1, '9.99', "
+               "'r1', 'r1', 'now', 'now')")
+    db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', 1, 'file')")
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION == 2
+        assert ledger.known("acme") == [("T1", "h")]
+        assert ledger.file_totals([1]) == []
+        rerun = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
+        ledger.requeue(ledger.select_for_rerun("acme"), rerun)
+        ledger.finish_run(rerun, status="finished", exit_code=0, counts={})
+        (row,) = ledger.run_transactions(rerun)
+        assert row.state is TxnState.QUEUED and row.amount == Decimal("9.99")
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    Ledger(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("UPDATE schema_version SET version = 99")
+    db.close()
+    with pytest.raises(Exception, match="newer"):
+        Ledger(path)
