@@ -140,10 +140,6 @@ class AntavoTarget(_Model):
     date_style: Literal["long", "rfc1123"] = "long"
     # share of requests_per_minute kept unused, against clock and latency differences
     rate_headroom: float = Field(default=0.02, ge=0, lt=1)
-    # how the signed Date header is written: "long" (20181207T120000Z) or "rfc1123"
-    date_style: Literal["long", "rfc1123"] = "long"
-    # share of requests_per_minute kept unused, against clock and latency differences
-    rate_headroom: float = Field(default=0.02, ge=0, lt=1)
 
 
 class CrmcomTarget(_Model):
@@ -268,6 +264,30 @@ class Feed(_Model):
         for zone in value.values():
             _check_timezone(zone)
         return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"not a 5-field cron expression {value!r}: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _expected_pattern(self) -> Feed:
+        expected = self.expected
+        if expected.cadence == "none":
+            return self
+        pattern = expected.pattern or self.source.pattern
+        if expected.stores and "{store_id" not in pattern and "{store" not in pattern:
+            raise ValueError("expected.pattern needs a {store_id} placeholder when expected.stores is set")
+        if expected.cadence == "hourly" and "{hour" not in pattern:
+            raise ValueError("expected.pattern needs an {hour:02d} placeholder when cadence is hourly")
+        return self
 
     _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
