@@ -1,0 +1,202 @@
+"""Normalization: valid lines into ``checkout`` and ``checkout_item`` frames (pipeline.records).
+
+One checkout per transaction (``source_file``, ``transaction_id``, repeat copy; see
+:mod:`pipeline.core.validate`), its items nested and sorted by ``line_no``. Items carry their
+checkout's attributes, as Antavo's ``checkout_item`` inherits them.
+
+* Money stays ``Decimal``; returns are negative (quantities and line totals), whatever sign the
+  export used. The checkout total is ``transaction_total`` when the export gives it, else the sum
+  of the line totals.
+* ``timestamp_utc`` is the earliest line's instant; ``timestamp_local`` that instant as the till
+  saw it (ISO 8601 with the store's UTC offset).
+* An empty ``customer_id`` is a guest checkout (``is_guest``). A return is ``matched`` when it
+  names its ``original_transaction_id``, else ``unmatched`` (kept and labelled). Voids are kept
+  with type ``void``: counted, never sent.
+* ``line_no`` missing in the export: the line's position in the transaction (1, 2, ...).
+* ``content_hash``: sha256 over the normalized content, excluding the source file and lines, the
+  local time text and the timezone, and with the items in a canonical order, so the same
+  transaction in an hourly and a daily file hashes equal even when "2.5" is written "2.50" or the
+  lines come in another order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import polars as pl
+
+from pipeline.core.validate import GROUP_KEYS
+from pipeline.records import (
+    CHECKOUT_ITEM_SCHEMA,
+    CHECKOUT_SCHEMA,
+    ITEM_STRUCT,
+    MONEY,
+    QUANTITY,
+    ReturnStatus,
+    TransactionType,
+)
+
+__all__ = ["content_hashes", "normalize"]
+
+_SEP = "\x1f"
+_ITEM_SEP = "\x1e"
+
+
+def _item_columns() -> list[pl.Expr]:
+    keys = list(GROUP_KEYS)
+    is_return = pl.col("v_type") == TransactionType.RETURN
+    q = pl.col("v_quantity")
+    return [
+        pl.coalesce(pl.col("v_line_no"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(keys)).alias(
+            "n_line_no"
+        ),
+        pl.col("v_product_id").alias("n_product_id"),
+        pl.col("product_name").str.strip_chars().alias("n_product_name"),
+        pl.col("product_category").str.strip_chars().alias("n_product_category"),
+        pl.when(is_return).then(-q.abs()).otherwise(q).cast(QUANTITY).alias("n_quantity"),
+        pl.col("v_unit_price").cast(MONEY).alias("n_unit_price"),
+        pl.col("v_discount_or_0").cast(MONEY).alias("n_discount"),
+        pl.col("v_line_amount").cast(MONEY).alias("n_line_total"),
+    ]
+
+
+def _text(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.String).fill_null("")
+
+
+def content_hashes(texts: pl.Series) -> pl.Series:
+    """sha256 hex of each canonical content text."""
+    return pl.Series(
+        "content_hash",
+        [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts.to_list()],
+        dtype=pl.String,
+    )
+
+
+def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Build (checkouts, items) from validated lines that carry no reject code.
+
+    ``valid_lines`` is :func:`pipeline.core.validate.validate` output filtered to
+    ``reject_code is null``. ``feed`` is accepted for symmetry with the other stages.
+    """
+    keys = list(GROUP_KEYS)
+    rows = valid_lines.with_columns(_item_columns())
+    item_text = pl.concat_str(
+        [
+            _text("v_line_no"),
+            _text("n_product_id"),
+            _text("n_product_name"),
+            _text("n_product_category"),
+            _text("n_quantity"),
+            _text("n_unit_price"),
+            _text("n_discount"),
+            _text("n_line_total"),
+        ],
+        separator=_SEP,
+    )
+    given_total = pl.col("v_transaction_total").drop_nulls().first()
+    line_sum = pl.col("n_line_total").sum()
+    is_return = pl.col("v_type").first() == TransactionType.RETURN
+    total = pl.coalesce(pl.when(is_return).then(-given_total.abs()).otherwise(given_total), line_sum).cast(
+        MONEY
+    )
+    by_time = pl.col("v_ts_utc").arg_min()
+    checkouts = rows.group_by(keys, maintain_order=True).agg(
+        pl.col("v_store_id").first().alias("store_id"),
+        pl.col("v_register_id").drop_nulls().first().alias("register_id"),
+        pl.col("v_customer_id").drop_nulls().first().alias("customer_id"),
+        pl.col("v_type").first().alias("transaction_type"),
+        pl.col("v_original_transaction_id").drop_nulls().first().alias("original_transaction_id"),
+        pl.col("business_day").first().alias("business_date"),
+        pl.col("v_ts_utc").min().alias("timestamp_utc"),
+        pl.col("v_ts_local").get(by_time).alias("timestamp_local"),
+        pl.col("v_tz").first().alias("timezone"),
+        pl.col("v_currency").first().alias("currency"),
+        total.alias("total"),
+        pl.col("v_points_burned").drop_nulls().first().fill_null(0).cast(MONEY).alias("points_burned"),
+        pl.len().cast(pl.Int64).alias("line_count"),
+        pl.col("source_line").sort().alias("source_lines"),
+        item_text.sort().str.join(_ITEM_SEP).alias("_items_text"),
+        pl.struct(
+            pl.col("n_line_no").alias("line_no"),
+            pl.col("n_product_id").alias("product_id"),
+            pl.col("n_product_name").alias("product_name"),
+            pl.col("n_product_category").alias("product_category"),
+            pl.col("n_quantity").alias("quantity"),
+            pl.col("n_unit_price").alias("unit_price"),
+            pl.col("n_discount").alias("discount"),
+            pl.col("n_line_total").alias("line_total"),
+            pl.col("source_line"),
+        )
+        .sort_by("n_line_no", "source_line")
+        .alias("items"),
+    )
+    checkouts = checkouts.with_columns(
+        pl.col("v_transaction_id").alias("transaction_id"),
+        pl.col("customer_id").is_null().alias("is_guest"),
+        pl.when(pl.col("transaction_type") == TransactionType.RETURN)
+        .then(
+            pl.when(pl.col("original_transaction_id").is_not_null())
+            .then(pl.lit(ReturnStatus.MATCHED.value))
+            .otherwise(pl.lit(ReturnStatus.UNMATCHED.value))
+        )
+        .otherwise(None)
+        .alias("return_status"),
+    )
+    header_text = pl.concat_str(
+        [
+            _text(c)
+            for c in (
+                "transaction_id",
+                "store_id",
+                "register_id",
+                "customer_id",
+                "transaction_type",
+                "original_transaction_id",
+                "business_date",
+                "timestamp_utc",
+                "currency",
+                "total",
+                "points_burned",
+            )
+        ]
+        + [pl.col("_items_text")],
+        separator=_SEP,
+    )
+    checkouts = checkouts.with_columns(content_hashes(checkouts.select(header_text).to_series()))
+    checkouts = checkouts.with_columns(pl.col("items").cast(pl.List(ITEM_STRUCT)))
+
+    attributes = checkouts.select(
+        *keys,
+        "is_guest",
+        pl.col("customer_id").alias("c_customer_id"),
+        pl.col("business_date").alias("c_business_date"),
+        pl.col("timestamp_utc").alias("c_timestamp_utc"),
+        pl.col("timestamp_local").alias("c_timestamp_local"),
+        pl.col("register_id").alias("c_register_id"),
+    )
+    items = rows.join(attributes, on=keys, how="left", nulls_equal=True, maintain_order="left").select(
+        pl.col("v_transaction_id").alias("transaction_id"),
+        pl.col("v_store_id").alias("store_id"),
+        pl.col("c_register_id").alias("register_id"),
+        pl.col("c_customer_id").alias("customer_id"),
+        pl.col("is_guest"),
+        pl.col("v_type").alias("transaction_type"),
+        pl.col("c_business_date").alias("business_date"),
+        pl.col("c_timestamp_utc").alias("timestamp_utc"),
+        pl.col("c_timestamp_local").alias("timestamp_local"),
+        pl.col("v_currency").alias("currency"),
+        pl.col("n_line_no").alias("line_no"),
+        pl.col("n_product_id").alias("product_id"),
+        pl.col("n_product_name").alias("product_name"),
+        pl.col("n_product_category").alias("product_category"),
+        pl.col("n_quantity").alias("quantity"),
+        pl.col("n_unit_price").alias("unit_price"),
+        pl.col("n_discount").alias("discount"),
+        pl.col("n_line_total").alias("line_total"),
+        pl.col("source_file"),
+        pl.col("source_line"),
+    )
+    checkouts = checkouts.select([pl.col(c).cast(t) for c, t in CHECKOUT_SCHEMA.items()])
+    items = items.select([pl.col(c).cast(t) for c, t in CHECKOUT_ITEM_SCHEMA.items()])
+    return checkouts, items

@@ -1,0 +1,96 @@
+"""The reject code catalog: every reason a row can be rejected, with a stable code.
+
+Codes never change meaning and are never reused; new codes are appended. The order of the catalog
+is the order in which rules are checked: a row failing several rules carries the first one.
+README's "Reject codes" table is generated from :data:`CATALOG` (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["CATALOG", "ISO_4217", "RejectCode", "catalog_rows", "readme_table"]
+
+
+class RejectCode(StrEnum):
+    """Stable reject codes, in the order rules are checked."""
+
+    MISSING_FIELD = "R001_MISSING_FIELD"
+    BAD_NUMBER = "R002_BAD_NUMBER"
+    BAD_TIMESTAMP = "R003_BAD_TIMESTAMP"
+    BAD_BUSINESS_DATE = "R004_BAD_BUSINESS_DATE"
+    UNKNOWN_TRANSACTION_TYPE = "R005_UNKNOWN_TRANSACTION_TYPE"
+    UNKNOWN_CURRENCY = "R006_UNKNOWN_CURRENCY"
+    NON_POSITIVE_QUANTITY = "R007_NON_POSITIVE_QUANTITY"
+    NEGATIVE_PRICE = "R008_NEGATIVE_PRICE"
+    NEGATIVE_DISCOUNT = "R009_NEGATIVE_DISCOUNT"
+    LINE_TOTAL_MISMATCH = "R010_LINE_TOTAL_MISMATCH"
+    TIMESTAMP_IN_FUTURE = "R011_TIMESTAMP_IN_FUTURE"
+    TIMESTAMP_FAR_FROM_BUSINESS_DATE = "R012_TIMESTAMP_FAR_FROM_BUSINESS_DATE"
+    REPEATED_LINE_NUMBER = "R013_REPEATED_LINE_NUMBER"
+    MIXED_STORES = "R014_MIXED_STORES"
+    MIXED_CUSTOMERS = "R015_MIXED_CUSTOMERS"
+    MIXED_CURRENCIES = "R016_MIXED_CURRENCIES"
+    MIXED_TRANSACTION_TYPES = "R017_MIXED_TRANSACTION_TYPES"
+    TRANSACTION_TOTAL_MISMATCH = "R018_TRANSACTION_TOTAL_MISMATCH"
+    SIBLING_REJECTED = "R099_SIBLING_REJECTED"
+
+
+CATALOG: dict[RejectCode, str] = {
+    RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
+    "store_id, timestamp, product_id, quantity, unit_price, currency.",
+    RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
+    "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
+    "(4 for money, 3 for quantities, 0 for line_no).",
+    RejectCode.BAD_TIMESTAMP: "The timestamp cannot be read (ISO 8601 or format.timestamp_format; "
+    "an offset such as +01:00 or Z is honoured).",
+    RejectCode.BAD_BUSINESS_DATE: "The business_date cannot be read (YYYY-MM-DD or format.date_format).",
+    RejectCode.UNKNOWN_TRANSACTION_TYPE: "transaction_type is not one of sale, return, void.",
+    RejectCode.UNKNOWN_CURRENCY: "The currency is not an ISO 4217 code, or not one of validation.currencies.",
+    RejectCode.NON_POSITIVE_QUANTITY: "A sale line has a zero or negative quantity (negative "
+    "quantities make a return when validation.treat_negative_quantity_as_return and every line is "
+    "negative); a return line has quantity zero.",
+    RejectCode.NEGATIVE_PRICE: "unit_price is negative.",
+    RejectCode.NEGATIVE_DISCOUNT: "discount is negative.",
+    RejectCode.LINE_TOTAL_MISMATCH: "line_total differs from quantity × unit_price − discount by more "
+    "than validation.amount_tolerance.",
+    RejectCode.TIMESTAMP_IN_FUTURE: "The timestamp is later than now + validation.max_future_minutes.",
+    RejectCode.TIMESTAMP_FAR_FROM_BUSINESS_DATE: "The local date of the timestamp is more than "
+    "validation.max_days_from_business_date days from the business_date.",
+    RejectCode.REPEATED_LINE_NUMBER: "Two different lines of one transaction in one file share a "
+    "line_no (an exact repeat of a whole line is a repeated export block, counted as a duplicate).",
+    RejectCode.MIXED_STORES: "The lines of one transaction name more than one store_id.",
+    RejectCode.MIXED_CUSTOMERS: "The lines of one transaction name more than one customer_id.",
+    RejectCode.MIXED_CURRENCIES: "The lines of one transaction use more than one currency.",
+    RejectCode.MIXED_TRANSACTION_TYPES: "The lines of one transaction have more than one transaction_type.",
+    RejectCode.TRANSACTION_TOTAL_MISMATCH: "transaction_total differs from the sum of the line totals "
+    "by more than validation.amount_tolerance.",
+    RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "
+    "sent whole or not at all, so this line is held back with it.",
+}
+
+
+def catalog_rows() -> list[dict[str, str]]:
+    """The catalog as a list of {code, description}, in check order."""
+    return [{"code": code.value, "description": text} for code, text in CATALOG.items()]
+
+
+def readme_table() -> str:
+    """The Markdown table of every reject code, as README.md shows it."""
+    lines = ["| code | meaning |", "|---|---|"]
+    lines += [f"| `{code.value}` | {text} |" for code, text in CATALOG.items()]
+    return "\n".join(lines)
+
+
+# Active ISO 4217 alphabetic codes (plus the precious-metal and testing codes left out on purpose).
+_ISO_4217_TEXT = """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP
+    BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB
+    EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY
+    KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR
+    MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB
+    RWF SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD
+    TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG
+    ZWL
+"""
+ISO_4217: frozenset[str] = frozenset(_ISO_4217_TEXT.split())

@@ -1,0 +1,500 @@
+"""Validation: typed values and one reject code per row, as named polars expressions.
+
+:func:`validate` adds typed columns (prefix ``v_``), ``reject_code``, ``reject_field``,
+``reject_reason``, ``amount`` (the signed line amount, 0 when unparseable) and ``business_day``
+(the business date as a Date, derived from the timestamp when the export has none).
+
+Each rule is a :class:`Rule`: a name, its :class:`~pipeline.core.rejects.RejectCode`, the field it
+judges, a boolean expression that is true where a row breaks it and a reason naming the value.
+Rules run in catalog order and a row keeps the first rule it breaks.
+
+**A transaction is atomic.** Lines are grouped into transactions by ``(source_file,
+transaction_id, copy)``: one failing line rejects the whole transaction; the failing line keeps its
+code, its siblings get ``R099_SIBLING_REJECTED``. ``copy`` numbers exact repeats of a whole line
+(same content *and* the same ``line_no``) inside one file: an export that repeats a block produces
+a second copy of the transaction, which normalizes to a checkout with the same content hash and is
+counted as a duplicate by dedup instead of being rejected for repeated line numbers. A partial
+repeat becomes a second copy with different content: a conflict, held for review. Lines without a
+``line_no`` are never treated as repeats (two identical scans of one product are two items).
+
+**Timestamps.** A timestamp with an offset (``+01:00``, ``+0100``, ``Z``) is honoured. Without
+one it is local time in the store's timezone (``Feed.timezone_of``). At DST changes an ambiguous
+local time (the repeated hour) takes the earlier instant; a nonexistent one (the skipped hour) is
+moved forward by one hour, as the till's clock would show it. ``business_date`` defaults to the
+local date of the timestamp.
+
+**Returns.** A transaction is a return when its ``transaction_type`` is ``return``, or (with
+``validation.treat_negative_quantity_as_return``) when it has no explicit type other than sale and
+every line has a negative quantity. Amounts of returns are negative whatever sign the export used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import polars as pl
+
+from pipeline.config import Feed
+from pipeline.core.rejects import ISO_4217, RejectCode
+from pipeline.records import MONEY, MONEY_SCALE, QUANTITY, REQUIRED_COLUMNS, TransactionType
+
+__all__ = ["GROUP_KEYS", "NUMBER_FIELDS", "Rule", "row_rules", "transaction_rules", "validate"]
+
+GROUP_KEYS: tuple[str, ...] = ("source_file", "v_transaction_id", "v_copy")
+
+# field -> (typed column, dtype, decimal places)
+NUMBER_FIELDS: dict[str, tuple[pl.DataType, int]] = {
+    "quantity": (QUANTITY, 3),
+    "unit_price": (MONEY, MONEY_SCALE),
+    "discount": (MONEY, MONEY_SCALE),
+    "line_total": (MONEY, MONEY_SCALE),
+    "transaction_total": (MONEY, MONEY_SCALE),
+    "points_burned": (MONEY, MONEY_SCALE),
+    "line_no": (pl.Int64(), 0),
+}
+
+_OFFSET_RE = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})$"
+_TYPES = [t.value for t in TransactionType]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule: true in ``failing`` where a row breaks it."""
+
+    name: str
+    code: RejectCode
+    field: str
+    failing: pl.Expr
+    reason: pl.Expr
+
+
+def _money(value: Decimal | int | str) -> pl.Expr:
+    return pl.lit(Decimal(value), dtype=MONEY)
+
+
+def _clean(col: str) -> pl.Expr:
+    """Stripped text, empty as null."""
+    text = pl.col(col).str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
+
+
+def _number_columns(feed: Feed) -> list[pl.Expr]:
+    exprs: list[pl.Expr] = []
+    for field, (dtype, places) in NUMBER_FIELDS.items():
+        text = _clean(field)
+        if feed.format.decimal_comma:
+            text = (
+                pl.when(text.str.contains(",", literal=True))
+                .then(text.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
+                .otherwise(text)
+            )
+        if places:
+            pattern = rf"^[+-]?(\d+(\.\d{{0,{places}}})?|\.\d{{1,{places}}})$"
+            ok = text.str.contains(pattern)
+            value = pl.when(ok).then(text).otherwise(None).str.to_decimal(scale=places).cast(dtype)
+        else:
+            ok = text.str.contains(r"^[+-]?\d{1,18}$")
+            value = pl.when(ok).then(text).otherwise(None).cast(pl.Int64, strict=False)
+        exprs.append(value.alias(f"v_{field}"))
+        exprs.append((text.is_not_null() & ~ok.fill_null(False)).alias(f"v_bad_{field}"))
+    return exprs
+
+
+def _timezones(feed: Feed) -> list[str]:
+    return sorted({feed.timezone, *feed.store_timezones.values()})
+
+
+def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
+    """v_local (naive wall time), v_ts_utc, v_ts_local (ISO text with offset), v_tz, v_local_date."""
+    text = _clean("timestamp")
+    offset = text.str.extract(_OFFSET_RE, 1)
+    wall = (
+        pl.when(offset.is_not_null()).then(text.str.replace(r"\s*(Z|[+-]\d{2}:?\d{2})$", "")).otherwise(text)
+    )
+    if feed.format.timestamp_format:
+        local = wall.str.to_datetime(feed.format.timestamp_format, time_unit="us", strict=False)
+    else:
+        iso = wall.str.replace("T", " ", literal=True)
+        local = pl.coalesce(
+            iso.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False),
+            iso.str.to_datetime("%Y-%m-%d %H:%M", time_unit="us", strict=False),
+        )
+    frame = frame.with_columns(
+        local.alias("v_local"),
+        offset.str.replace("Z", "+00:00", literal=True).alias("v_offset"),
+        pl.col("v_store_id")
+        .replace_strict(feed.store_timezones, default=feed.timezone, return_dtype=pl.String)
+        .alias("v_tz"),
+    )
+    # offset given: wall time minus the offset
+    off = pl.col("v_offset")
+    sign = pl.when(off.str.starts_with("-")).then(-1).otherwise(1)
+    minutes = sign * (off.str.slice(1, 2).cast(pl.Int64) * 60 + off.str.slice(-2, 2).cast(pl.Int64))
+    off_norm = off.str.slice(0, 3) + ":" + off.str.slice(-2, 2)
+    utc_from_offset = pl.col("v_local").dt.replace_time_zone("UTC") - pl.duration(minutes=minutes)
+    local_from_offset = pl.col("v_local").dt.strftime("%Y-%m-%dT%H:%M:%S") + off_norm
+    # no offset: local time in the store's timezone, DST gaps shifted forward, overlaps earliest
+    utc_by_zone = pl.lit(None, dtype=pl.Datetime("us", "UTC"))
+    text_by_zone = pl.lit(None, dtype=pl.String)
+    for zone in _timezones(feed):
+        aware = pl.coalesce(
+            pl.col("v_local").dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null"),
+            (pl.col("v_local") + pl.duration(hours=1)).dt.replace_time_zone(
+                zone, ambiguous="earliest", non_existent="null"
+            ),
+        )
+        in_zone = pl.col("v_tz") == zone
+        utc_by_zone = pl.when(in_zone).then(aware.dt.convert_time_zone("UTC")).otherwise(utc_by_zone)
+        text_by_zone = (
+            pl.when(in_zone).then(aware.dt.strftime("%Y-%m-%dT%H:%M:%S%:z")).otherwise(text_by_zone)
+        )
+    has_offset = pl.col("v_offset").is_not_null()
+    return frame.with_columns(
+        pl.when(has_offset).then(utc_from_offset).otherwise(utc_by_zone).alias("v_ts_utc"),
+        pl.when(has_offset).then(local_from_offset).otherwise(text_by_zone).alias("v_ts_local"),
+        pl.col("v_local").dt.date().alias("v_local_date"),
+    )
+
+
+def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
+    date_format = feed.format.date_format or "%Y-%m-%d"
+    frame = lines.with_columns(
+        _clean("transaction_id").alias("v_transaction_id"),
+        _clean("store_id").alias("v_store_id"),
+        _clean("register_id").alias("v_register_id"),
+        _clean("customer_id").alias("v_customer_id"),
+        _clean("product_id").alias("v_product_id"),
+        _clean("currency").str.to_uppercase().alias("v_currency"),
+        _clean("transaction_type").str.to_lowercase().alias("v_type_given"),
+        _clean("original_transaction_id").alias("v_original_transaction_id"),
+        _clean("business_date").alias("v_business_date_text"),
+        *_number_columns(feed),
+    )
+    frame = _time_columns(frame, feed)
+    frame = frame.with_columns(
+        pl.col("v_business_date_text").str.to_date(date_format, strict=False).alias("v_business_date_given"),
+        pl.col("v_discount").fill_null(_money(0)).alias("v_discount_or_0"),
+    )
+    return frame.with_columns(
+        pl.coalesce("v_business_date_given", "v_local_date").alias("business_day"),
+        _copy_number(frame).alias("v_copy"),
+    )
+
+
+def _copy_number(frame: pl.DataFrame) -> pl.Expr:
+    """0 for a line's first occurrence in a file, 1 for its first exact repeat, and so on.
+
+    Only lines with a line_no count as repeats (see the module docstring).
+    """
+    if frame.height == 0 or frame.get_column("v_line_no").null_count() == frame.height:
+        return pl.lit(0, dtype=pl.Int64)
+    content = pl.struct([pl.col(c) for c in ("transaction_id", "line_no", *_content_columns())]).hash()
+    nth = pl.int_range(pl.len(), dtype=pl.Int64).over("source_file", content)
+    return pl.when(pl.col("v_line_no").is_not_null()).then(nth).otherwise(0)
+
+
+def _content_columns() -> list[str]:
+    from pipeline.records import CANONICAL_COLUMNS
+
+    return [c for c in CANONICAL_COLUMNS if c not in ("transaction_id", "line_no")]
+
+
+def _transaction_columns(feed: Feed) -> list[pl.Expr]:
+    """Per-transaction facts as window expressions over the transaction's lines."""
+    keys = list(GROUP_KEYS)
+    given = pl.col("v_type_given")
+    explicit = given.drop_nulls().first().over(keys)
+    all_negative = (pl.col("v_quantity") < 0).fill_null(False).all().over(keys)
+    is_return = (explicit == TransactionType.RETURN) | (
+        pl.lit(feed.validation.treat_negative_quantity_as_return)
+        & explicit.fill_null(TransactionType.SALE).eq(TransactionType.SALE)
+        & all_negative
+    )
+    txn_type = (
+        pl.when(is_return)
+        .then(pl.lit(TransactionType.RETURN.value))
+        .otherwise(explicit.fill_null(TransactionType.SALE.value))
+    )
+    return [
+        txn_type.alias("v_type"),
+        given.drop_nulls().n_unique().over(keys).alias("v_type_count"),
+        pl.col("v_store_id").n_unique().over(keys).alias("v_store_count"),
+        pl.col("v_customer_id").drop_nulls().n_unique().over(keys).alias("v_customer_count"),
+        pl.col("v_currency").drop_nulls().n_unique().over(keys).alias("v_currency_count"),
+        pl.len().over([*keys, "v_line_no"]).alias("v_line_no_count"),
+    ]
+
+
+def _line_amounts() -> list[pl.Expr]:
+    q, p, d = pl.col("v_quantity"), pl.col("v_unit_price"), pl.col("v_discount_or_0")
+    expected = pl.when(q < 0).then(q * p + d).otherwise(q * p - d).cast(MONEY)
+    given = pl.col("v_line_total")
+    raw = pl.coalesce(given, expected)
+    is_return = pl.col("v_type") == TransactionType.RETURN
+    signed = pl.when(is_return).then(-raw.abs()).otherwise(raw)
+    return [
+        expected.alias("v_line_expected"),
+        signed.cast(MONEY).alias("v_line_amount"),
+        pl.col("v_transaction_total").abs().alias("v_transaction_total_abs"),
+        signed.fill_null(_money(0)).cast(MONEY).alias("amount"),
+    ]
+
+
+def row_rules(feed: Feed, now: datetime) -> list[Rule]:
+    """The rules judged line by line and by transaction shape, in catalog order."""
+    v = feed.validation
+    rules: list[Rule] = []
+    for field in REQUIRED_COLUMNS:
+        rules.append(
+            Rule(
+                f"missing_{field}",
+                RejectCode.MISSING_FIELD,
+                field,
+                _clean(field).is_null(),
+                pl.lit(f"required field {field} is empty"),
+            )
+        )
+    for field, (_, places) in NUMBER_FIELDS.items():
+        what = "a whole number" if places == 0 else f"a number with at most {places} decimal places"
+        rules.append(
+            Rule(
+                f"bad_{field}",
+                RejectCode.BAD_NUMBER,
+                field,
+                pl.col(f"v_bad_{field}"),
+                pl.format(f"{field} '{{}}' is not {what}", pl.col(field)),
+            )
+        )
+    rules.append(
+        Rule(
+            "bad_timestamp",
+            RejectCode.BAD_TIMESTAMP,
+            "timestamp",
+            pl.col("v_ts_utc").is_null(),
+            pl.format("timestamp '{}' cannot be read", pl.col("timestamp")),
+        )
+    )
+    rules.append(
+        Rule(
+            "bad_business_date",
+            RejectCode.BAD_BUSINESS_DATE,
+            "business_date",
+            pl.col("v_business_date_text").is_not_null() & pl.col("v_business_date_given").is_null(),
+            pl.format("business_date '{}' is not a date", pl.col("business_date")),
+        )
+    )
+    rules.append(
+        Rule(
+            "unknown_transaction_type",
+            RejectCode.UNKNOWN_TRANSACTION_TYPE,
+            "transaction_type",
+            pl.col("v_type_given").is_not_null() & ~pl.col("v_type_given").is_in(_TYPES),
+            pl.format("transaction_type '{}' is not sale, return or void", pl.col("transaction_type")),
+        )
+    )
+    allowed = sorted(ISO_4217 if v.currencies is None else {c.upper() for c in v.currencies})
+    rules.append(
+        Rule(
+            "unknown_currency",
+            RejectCode.UNKNOWN_CURRENCY,
+            "currency",
+            ~pl.col("v_currency").is_in(allowed),
+            pl.format(
+                "currency '{}' is not "
+                + ("an ISO 4217 code" if v.currencies is None else "one of " + ", ".join(allowed)),
+                pl.col("currency"),
+            ),
+        )
+    )
+    q = pl.col("v_quantity")
+    txn_type = pl.col("v_type")
+    rules.append(
+        Rule(
+            "non_positive_quantity",
+            RejectCode.NON_POSITIVE_QUANTITY,
+            "quantity",
+            ((txn_type == TransactionType.SALE) & (q <= 0))
+            | ((txn_type == TransactionType.RETURN) & (q == 0)),
+            pl.format("quantity {} on a {}", pl.col("quantity"), txn_type),
+        )
+    )
+    rules.append(
+        Rule(
+            "negative_price",
+            RejectCode.NEGATIVE_PRICE,
+            "unit_price",
+            pl.col("v_unit_price") < 0,
+            pl.format("unit_price {} is negative", pl.col("unit_price")),
+        )
+    )
+    rules.append(
+        Rule(
+            "negative_discount",
+            RejectCode.NEGATIVE_DISCOUNT,
+            "discount",
+            pl.col("v_discount") < 0,
+            pl.format("discount {} is negative", pl.col("discount")),
+        )
+    )
+    tolerance = _money(v.amount_tolerance)
+    given, expected = pl.col("v_line_total"), pl.col("v_line_expected")
+    off = (
+        pl.when(txn_type == TransactionType.RETURN)
+        .then((given.abs() - expected.abs()).abs())
+        .otherwise((given - expected).abs())
+    )
+    rules.append(
+        Rule(
+            "line_total_mismatch",
+            RejectCode.LINE_TOTAL_MISMATCH,
+            "line_total",
+            off > tolerance,
+            pl.format(
+                "line_total {} but quantity × unit_price − discount = {}",
+                pl.col("line_total"),
+                expected,
+            ),
+        )
+    )
+    now_utc = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+    latest = now_utc + timedelta(minutes=v.max_future_minutes)
+    rules.append(
+        Rule(
+            "timestamp_in_future",
+            RejectCode.TIMESTAMP_IN_FUTURE,
+            "timestamp",
+            pl.col("v_ts_utc") > pl.lit(latest).dt.convert_time_zone("UTC"),
+            pl.format(
+                f"timestamp '{{}}' is after now ({now_utc:%Y-%m-%dT%H:%M}Z) + {v.max_future_minutes} min",
+                pl.col("timestamp"),
+            ),
+        )
+    )
+    days = (pl.col("v_local_date") - pl.col("v_business_date_given")).dt.total_days().abs()
+    rules.append(
+        Rule(
+            "timestamp_far_from_business_date",
+            RejectCode.TIMESTAMP_FAR_FROM_BUSINESS_DATE,
+            "timestamp",
+            days > v.max_days_from_business_date,
+            pl.format(
+                "timestamp '{}' is {} days from business_date {}",
+                pl.col("timestamp"),
+                days,
+                pl.col("business_date"),
+            ),
+        )
+    )
+    rules.append(
+        Rule(
+            "repeated_line_number",
+            RejectCode.REPEATED_LINE_NUMBER,
+            "line_no",
+            pl.col("v_line_no").is_not_null() & (pl.col("v_line_no_count") > 1),
+            pl.format(
+                "line_no {} appears {} times in transaction {}",
+                pl.col("line_no"),
+                pl.col("v_line_no_count"),
+                pl.col("transaction_id"),
+            ),
+        )
+    )
+    for name, code, field, count in (
+        ("mixed_stores", RejectCode.MIXED_STORES, "store_id", "v_store_count"),
+        ("mixed_customers", RejectCode.MIXED_CUSTOMERS, "customer_id", "v_customer_count"),
+        ("mixed_currencies", RejectCode.MIXED_CURRENCIES, "currency", "v_currency_count"),
+        ("mixed_transaction_types", RejectCode.MIXED_TRANSACTION_TYPES, "transaction_type", "v_type_count"),
+    ):
+        rules.append(
+            Rule(
+                name,
+                code,
+                field,
+                pl.col(count) > 1,
+                pl.format(
+                    f"transaction {{}} has {{}} different values of {field} (this line: '{{}}')",
+                    pl.col("transaction_id"),
+                    pl.col(count),
+                    pl.col(field),
+                ),
+            )
+        )
+    return rules
+
+
+def transaction_rules(feed: Feed) -> list[Rule]:
+    """Rules judged on a transaction whose lines all passed :func:`row_rules`."""
+    tolerance = _money(feed.validation.amount_tolerance)
+    keys = list(GROUP_KEYS)
+    line_sum = pl.col("v_line_amount").sum().over(keys)
+    given = pl.col("v_transaction_total")
+    expected_total = pl.when(pl.col("v_type") == TransactionType.RETURN).then(-given.abs()).otherwise(given)
+    return [
+        Rule(
+            "transaction_total_mismatch",
+            RejectCode.TRANSACTION_TOTAL_MISMATCH,
+            "transaction_total",
+            (expected_total - line_sum).abs() > tolerance,
+            pl.format("transaction_total {} but the lines sum to {}", pl.col("transaction_total"), line_sum),
+        )
+    ]
+
+
+def _first_failure(rules: Sequence[Rule]) -> list[pl.Expr]:
+    """reject_code, reject_field, reject_reason of the first rule each row breaks (else null)."""
+
+    def first(pick: Callable[[Rule], pl.Expr]) -> pl.Expr:
+        return pl.coalesce([pl.when(r.failing.fill_null(False)).then(pick(r)) for r in rules])
+
+    return [
+        first(lambda r: pl.lit(r.code.value)).alias("reject_code"),
+        first(lambda r: pl.lit(r.field)).alias("reject_field"),
+        first(lambda r: r.reason.cast(pl.String)).alias("reject_reason"),
+    ]
+
+
+def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
+    """Type every line and give each at most one reject code (see the module docstring).
+
+    ``now`` is injected (no clock in the core); a naive ``now`` is taken as UTC.
+    """
+    keys = list(GROUP_KEYS)
+    frame = _typed(lines, feed)
+    frame = frame.with_columns(_transaction_columns(feed))
+    frame = frame.with_columns(_line_amounts())
+    frame = frame.with_columns(_first_failure(row_rules(feed, now)))
+    clean_group = pl.col("reject_code").is_null().all().over(keys)
+    txn_rules = transaction_rules(feed)
+    code, field, reason = _first_failure(txn_rules)
+    frame = frame.with_columns(
+        pl.when(clean_group).then(code).otherwise(pl.col("reject_code")).alias("reject_code"),
+        pl.when(clean_group).then(field).otherwise(pl.col("reject_field")).alias("reject_field"),
+        pl.when(clean_group).then(reason).otherwise(pl.col("reject_reason")).alias("reject_reason"),
+    )
+    failed = pl.col("reject_code").is_not_null()
+    sibling_failed = failed.any().over(keys) & ~failed
+    first_bad = (
+        pl.when(failed)
+        .then(pl.col("source_line").cast(pl.String))
+        .otherwise(None)
+        .drop_nulls()
+        .first()
+        .over(keys)
+    )
+    return frame.with_columns(
+        pl.when(sibling_failed)
+        .then(pl.lit(RejectCode.SIBLING_REJECTED.value))
+        .otherwise(pl.col("reject_code"))
+        .alias("reject_code"),
+        pl.when(sibling_failed)
+        .then(pl.lit("transaction_id"))
+        .otherwise(pl.col("reject_field"))
+        .alias("reject_field"),
+        pl.when(sibling_failed)
+        .then(pl.format("line {} of transaction {} was rejected", first_bad, pl.col("transaction_id")))
+        .otherwise(pl.col("reject_reason"))
+        .alias("reject_reason"),
+    )
