@@ -39,8 +39,18 @@ def make_antavo_sink(
 
 
 def make_sink(feed: Feed, **options: object) -> Sink:
-    """The sink of the feed's ``[target]``; raises ConfigError (or SecretError) when it cannot."""
+    """The sink of the feed's ``[target]``; raises ConfigError (or SecretError) when it cannot.
+
+    ``originals`` (a callable: transaction id -> :class:`pipeline.sinks.crmcom.OriginalPurchase`
+    or None) lets a target that cancels purchases find a returned sale's platform event; targets
+    that don't need it ignore it.
+    """
     kind = feed.target.kind
+    if kind == "crmcom":
+        from pipeline.sinks.crmcom import make_crmcom_sink
+
+        return make_crmcom_sink(feed, **options)  # type: ignore[arg-type]
+    options.pop("originals", None)
     if kind == "antavo":
         return make_antavo_sink(feed, **options)  # type: ignore[arg-type]
     raise ConfigError(f"no sink for target kind {kind!r}", key="target.kind")

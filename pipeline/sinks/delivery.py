@@ -5,7 +5,8 @@ A platform plugs in through a :class:`PlatformAdapter`:
 * ``plan(checkouts)`` turns checkout rows into :class:`Batch` es (one request each) plus the
   results it can decide without sending (``NOT_SENT``);
 * ``build_request(batch, client)`` builds (and signs) one attempt's request; it is called again
-  for every retry, so signatures carry a fresh date;
+  for every retry, so signatures carry a fresh date (it may instead return a ``RequestFailure``
+  or the batch's results when nothing can be sent, e.g. a token call failed);
 * ``parse_response(batch, status, headers, body)`` returns one :class:`EventResult` per unit of the
   batch, or a :class:`RequestFailure` when the whole request failed.
 
@@ -127,8 +128,14 @@ class PlatformAdapter(Protocol):
         """Map checkouts into batches (and results for what cannot be sent)."""
         ...
 
-    async def build_request(self, batch: Batch, client: httpx.AsyncClient) -> PreparedRequest:
-        """Build one attempt's request (sign it now; fetch a token with ``client`` if needed)."""
+    async def build_request(
+        self, batch: Batch, client: httpx.AsyncClient
+    ) -> PreparedRequest | RequestFailure | list[EventResult]:
+        """Build one attempt's request (sign it now; fetch a token with ``client`` if needed).
+
+        Instead of a request it may return a :class:`RequestFailure` (e.g. the token call failed)
+        or the batch's results (decided only now, e.g. a cancel whose purchase was not created).
+        """
         ...
 
     def parse_response(
@@ -442,6 +449,8 @@ class _Submission:
     async def send(self, client: httpx.AsyncClient, batch: Batch) -> list[EventResult] | RequestFailure:
         self.on_sending(batch.transaction_ids)
         request = await self.engine.adapter.build_request(batch, client)
+        if not isinstance(request, PreparedRequest):
+            return request  # nothing was sent: a failure or results decided at build time
         self.report.requests += 1
         try:
             response = await client.request(
