@@ -153,6 +153,9 @@ def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
     sign = pl.when(pl.col("kind") == 1).then(-1).otherwise(1)
     lines = lines.with_columns(
         line_no=pl.int_range(1, pl.len() + 1).over("txn"),
+        # a refund repays what was paid: no separate discount on return lines
+        discount_cents=pl.when(pl.col("kind") == 1).then(0).otherwise(pl.col("discount_cents")),
+    ).with_columns(
         quantity=pl.col("quantity") * sign,
         line_cents=(pl.col("quantity") * pl.col("price_cents") - pl.col("discount_cents")) * sign,
     ).with_columns(txn_cents=pl.col("line_cents").sum().over("txn"))
