@@ -151,3 +151,66 @@ def demo(ctx: click.Context) -> None:
 @cli.group()
 def bench() -> None:
     """Benchmarks, each side by side with its baseline in the same run."""
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    """'100000,1M,3m' -> (100000, 1000000, 3000000)."""
+    sizes = []
+    for part in value.replace("_", "").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1], 1)
+        try:
+            sizes.append(int(float(part[:-1] if scale > 1 else part) * scale))
+        except ValueError as exc:
+            raise click.BadParameter(f"not a size: {part!r}", param_hint="--scaling") from exc
+    return tuple(sizes)
+
+
+@bench.command("e2e")
+@click.option("--line-items", type=int, default=1_000_000, show_default=True,
+              help="Line items (rows across all files) of the measured day.")
+@click.option("--scaling", default=None, metavar="N,N,...",
+              help="Also measure at these sizes, each in a fresh process, and plot time and peak "
+                   "memory (e.g. 100000,1000000,3000000 or 0.1M,1M,3M).")
+@click.option("--full", is_flag=True,
+              help="The whole suite: scaling at the default sizes plus the side-by-side transform, "
+                   "submit and fetch comparisons; writes into --out (default docs/bench).")
+@click.option("--latency-ms", type=float, default=5.0, show_default=True,
+              help="Sandbox latency per request.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write e2e.json, e2e.md and scaling.png into this folder.")
+def bench_e2e(line_items: int, scaling: str | None, full: bool, latency_ms: float, as_json: bool,
+              out: Path | None) -> None:
+    """A chain's day from a real SFTP server to the sandbox platform: per-stage time and memory."""
+    from pipeline.benchmarks.e2e import FULL_SCALING, render_text, run_suite
+
+    sizes = _sizes(scaling) if scaling is not None else (FULL_SCALING if full else ())
+    if full and out is None:
+        out = Path("docs/bench")
+    command = ["posfeed", "bench", "e2e", f"--line-items {line_items}"]
+    command += [f"--scaling {','.join(str(s) for s in sizes)}"] if scaling is not None else []
+    command += ["--full"] if full else []
+    command += [f"--latency-ms {latency_ms:g}"] if latency_ms != 5.0 else []
+    command += [f"--out {out}"] if out is not None else []
+    report = run_suite(line_items=line_items, scaling=sizes, side_by_side=full,
+                       latency_seconds=latency_ms / 1000, out=out, command=" ".join(command))
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(render_text(report))
+    if not (report["e2e"]["balanced"] and report["e2e"]["sandbox_matches_ledger"]):
+        raise click.ClickException("the run did not balance or the sandbox disagrees with the ledger")
+
+
+@bench.command("all")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/bench"),
+              show_default=True, help="Write e2e.json, e2e.md and scaling.png into this folder.")
+@click.pass_context
+def bench_all(ctx: click.Context, as_json: bool, out: Path) -> None:
+    """The whole suite in one run (same as `bench e2e --full`): fits in 10 minutes on 2 cores."""
+    ctx.invoke(bench_e2e, line_items=1_000_000, scaling=None, full=True, latency_ms=5.0,
+               as_json=as_json, out=out)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ResourceMeter", "StageMeasure", "current_rss", "peak_rss"]
+__all__ = ["MeterProgress", "ResourceMeter", "StageMeasure", "current_rss", "peak_rss"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _STATM = Path("/proc/self/statm")
@@ -142,3 +142,29 @@ class ResourceMeter:
                 for measure in self._open.values():
                     if rss > measure.peak_rss_bytes:
                         measure.peak_rss_bytes = rss
+
+
+class MeterProgress:
+    """A run's progress interface (:class:`pipeline.progress.Progress`) that measures each stage.
+
+    ``start(stage)`` opens the stage on the meter, ``finish(stage)`` closes it; ``advance`` counts
+    units (files, transactions) per stage in :attr:`done`.
+    """
+
+    def __init__(self, meter: ResourceMeter) -> None:
+        self.meter = meter
+        self.done: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        """The stage begins."""
+        self.meter.enter(stage)
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        """Count units done."""
+        with self._lock:
+            self.done[stage] = self.done.get(stage, 0) + amount
+
+    def finish(self, stage: str) -> None:
+        """The stage ends."""
+        self.meter.leave(stage)

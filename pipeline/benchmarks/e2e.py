@@ -1,0 +1,598 @@
+"""End-to-end benchmark: a chain's day of POS exports from a real SFTP server to the platform.
+
+One measurement (:func:`run_e2e`) puts ``line_items`` generated rows
+(:mod:`pipeline.benchmarks.workload`) on a real OpenSSH sshd on loopback
+(:mod:`pipeline.testing.sshd`), starts the sandbox platform in its own process (no rate limit, a
+little latency per request) and runs the feed with :func:`pipeline.runner.run_feed` in a fresh
+Python process, so the figures are the pipeline's alone: per stage wall time, CPU time and peak
+resident memory (:class:`pipeline.benchmarks.meter.ResourceMeter`), rows/s and events/s. The run
+must balance and the sandbox must hold exactly the transactions the run reports accepted.
+
+:func:`run_scaling` repeats it at several sizes (each measured process fresh, so peak memory is
+per size) and :func:`plot_scaling` draws time and peak memory against size. :func:`run_suite`
+adds the side-by-side comparisons of the transform, submit and fetch benchmarks at sizes that fit
+the time budget, and :func:`render_markdown` turns a suite report into the "End to end" and
+"Scaling" sections of ``docs/BENCHMARKS.md``.
+
+The measured process is ``python -m pipeline.benchmarks.e2e measure CONFIG OUT``; the sandbox
+process is ``python -m pipeline.benchmarks.e2e sandbox``. Both are internal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pipeline.benchmarks.meter import ResourceMeter, peak_rss
+from pipeline.benchmarks.workload import WorkloadSpec, write_workload
+
+__all__ = [
+    "DEFAULT_LINE_ITEMS",
+    "DEFAULT_SCALING",
+    "E2E_KEYS",
+    "FULL_SCALING",
+    "STAGE_KEYS",
+    "machine_info",
+    "plot_scaling",
+    "render_markdown",
+    "render_text",
+    "run_e2e",
+    "run_scaling",
+    "run_side_by_side",
+    "run_suite",
+    "write_outputs",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LINE_ITEMS = 1_000_000
+DEFAULT_SCALING: tuple[int, ...] = (100_000, 1_000_000, 3_000_000)
+# the scaling points of the whole suite (`bench e2e --full`, `bench all`), sized for 10 minutes
+FULL_SCALING: tuple[int, ...] = (100_000, 1_000_000, 3_000_000)
+DEFAULT_LATENCY_SECONDS = 0.005
+SANDBOX_API_KEY = "bench-key"
+SANDBOX_API_SECRET = "bench-secret-not-for-production"  # a sandbox credential, nothing real
+
+# keys of one e2e report (a test keeps these in step)
+E2E_KEYS: tuple[str, ...] = (
+    "line_items",
+    "unique_line_items",
+    "transactions",
+    "files",
+    "bytes",
+    "generate_seconds",
+    "stages",
+    "total",
+    "peak_rss_bytes",
+    "summary",
+    "sandbox",
+    "events_accepted",
+    "balanced",
+    "sandbox_matches_ledger",
+    "latency_seconds",
+)
+STAGE_KEYS: tuple[str, ...] = (
+    "wall_seconds",
+    "cpu_seconds",
+    "peak_rss_bytes",
+    "rows_per_second",
+    "events_per_second",
+)
+
+
+# ---- the sandbox platform, in its own process ---------------------------------------------------
+
+
+@contextmanager
+def sandbox_process(latency_seconds: float) -> Iterator[str]:
+    """Run the sandbox platform in a child process; yield its base URL. Stops it on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.benchmarks.e2e", "sandbox", str(latency_seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("the sandbox process did not start (see its stderr above)")
+        yield str(json.loads(line)["url"])
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()  # the child serves until its stdin closes
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _serve_sandbox(latency_seconds: float) -> None:
+    from pipeline.sandbox.server import SandboxServer
+    from pipeline.sandbox.state import SandboxConfig, SandboxState
+
+    state = SandboxState(
+        SandboxConfig(
+            api_key=SANDBOX_API_KEY,
+            api_secret=SANDBOX_API_SECRET,
+            latency_ms=latency_seconds * 1000,
+            requests_per_minute=None,
+        )
+    )
+    with SandboxServer(state) as server:
+        print(json.dumps({"url": server.url}), flush=True)
+        sys.stdin.read()  # until the parent closes our stdin
+
+
+def _sandbox_get(url: str, path: str) -> Any:
+    import httpx
+
+    response = httpx.get(url.rstrip("/") + path, timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+# ---- the measured process -----------------------------------------------------------------------
+
+
+def _measure(config: dict[str, Any]) -> dict[str, Any]:
+    """Run the feed once under a :class:`ResourceMeter` (this is the fresh measured process)."""
+    from pipeline.config import Settings, load_feed
+    from pipeline.runner import run_feed
+
+    feed = load_feed(Path(config["feed_file"]))
+    settings = Settings(
+        state_dir=Path(config["state_dir"]),
+        feeds_dir=Path(config["feed_file"]).parent,
+        reports_dir=Path(config["reports_dir"]),
+    )
+    meter = ResourceMeter()
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    with meter:
+        summary = run_feed(
+            feed,
+            settings,
+            business_dates=[date.fromisoformat(config["business_date"])],
+            on_stage=_stage_hook(meter),
+        )
+    return {
+        "summary": summary.to_dict(),
+        "stages": {name: measure.to_dict() for name, measure in meter.stages.items()},
+        "total": {
+            "wall_seconds": round(time.perf_counter() - started, 4),
+            "cpu_seconds": round(time.process_time() - cpu_started, 4),
+            "peak_rss_bytes": peak_rss(),
+        },
+    }
+
+
+def _stage_hook(meter: ResourceMeter) -> Callable[[str, str], None]:
+    def on_stage(stage: str, event: str) -> None:
+        if event == "start":
+            meter.enter(stage)
+        else:
+            meter.leave(stage)
+
+    return on_stage
+
+
+def _measure_in_child(config: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    config_file = workdir / "measure.json"
+    out_file = workdir / "measured.json"
+    config_file.write_text(json.dumps(config))
+    env = dict(os.environ)
+    env.update({"BENCH_ANTAVO_KEY": SANDBOX_API_KEY, "BENCH_ANTAVO_SECRET": SANDBOX_API_SECRET})
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipeline.benchmarks.e2e", "measure", str(config_file), str(out_file)],
+        env=env,
+        check=False,
+    )
+    if completed.returncode != 0 or not out_file.exists():
+        raise RuntimeError(f"the measured run failed (exit {completed.returncode}); see stderr above")
+    result: dict[str, Any] = json.loads(out_file.read_text())
+    return result
+
+
+# ---- one end-to-end measurement -----------------------------------------------------------------
+
+
+def _feed_toml(*, source: dict[str, Any], sandbox_url: str, business_date: date) -> str:
+    def value(v: Any) -> str:
+        return json.dumps(v)  # TOML basic strings, ints and booleans read like JSON ones
+
+    source_lines = "\n".join(f"{key} = {value(v)}" for key, v in source.items())
+    return f"""# generated by `posfeed bench e2e`
+dedup_scope = "bench"
+timezone = "Europe/London"
+
+[source]
+{source_lines}
+pattern = "pos_*_{{business_date:%Y%m%d}}_*.csv"
+readiness = "none"
+
+[format]
+kind = "csv"
+
+[validation]
+currencies = ["GBP"]
+
+[target]
+kind = "antavo"
+base_url = {value(sandbox_url)}
+region = "demo"
+api_key_env = "BENCH_ANTAVO_KEY"
+api_secret_env = "BENCH_ANTAVO_SECRET"
+requests_per_minute = 10000000
+max_concurrency = 16
+backoff_base_seconds = 0.05
+"""
+
+
+def _rates(measure: dict[str, Any], rows: int, events: int) -> dict[str, Any]:
+    wall = float(measure["wall_seconds"]) or 1e-9
+    out = dict(measure)
+    out["rows_per_second"] = round(rows / wall, 1)
+    out["events_per_second"] = round(events / wall, 1)
+    return out
+
+
+def run_e2e(
+    line_items: int = DEFAULT_LINE_ITEMS,
+    *,
+    latency_seconds: float = DEFAULT_LATENCY_SECONDS,
+    seed: int | None = None,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Generate, serve over SFTP, run the whole pipeline in a fresh process; return the figures.
+
+    The report has the keys :data:`E2E_KEYS`; each stage (and ``total``) has :data:`STAGE_KEYS`.
+    """
+    from pipeline.testing.sshd import OpenSshServer
+
+    spec = WorkloadSpec(line_items=line_items) if seed is None else WorkloadSpec(line_items, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="posfeed-e2e-", dir=workdir) as tmp:
+        base = Path(tmp)
+        with OpenSshServer(base / "sshd") as sshd:
+            started = time.perf_counter()
+            workload = write_workload(spec, sshd.root / "exports")
+            generate_seconds = time.perf_counter() - started
+            with sandbox_process(latency_seconds) as sandbox_url:
+                feed_file = base / "feeds" / "bench.toml"
+                feed_file.parent.mkdir()
+                source = sshd.source_settings(str(workload.folder))
+                feed_file.write_text(
+                    _feed_toml(source=source, sandbox_url=sandbox_url, business_date=spec.business_date)
+                )
+                config = {
+                    "feed_file": str(feed_file),
+                    "state_dir": str(base / "state"),
+                    "reports_dir": str(base / "reports"),
+                    "business_date": spec.business_date.isoformat(),
+                }
+                measured = _measure_in_child(config, base)
+                stats = _sandbox_get(sandbox_url, "/_sandbox/stats")
+    summary = measured["summary"]
+    events = int(stats.get("events_accepted", 0))
+    rows = workload.line_items
+    stored = int(stats.get("transactions", {}).get("antavo", 0))
+    matches = stored == int(summary.get("accepted", -1)) and not stats.get("duplicate_transaction_attempts")
+    return {
+        "requested_line_items": line_items,
+        "line_items": rows,
+        "unique_line_items": workload.unique_line_items,
+        "transactions": workload.transactions,
+        "files": len(workload.files),
+        "bytes": workload.bytes,
+        "generate_seconds": round(generate_seconds, 3),
+        "stages": {
+            name: _rates(measure, rows, events) for name, measure in measured["stages"].items()
+        },
+        "total": _rates(measured["total"], rows, events),
+        "peak_rss_bytes": measured["total"]["peak_rss_bytes"],
+        "summary": summary,
+        "sandbox": stats,
+        "events_accepted": events,
+        "balanced": bool(summary.get("balanced")),
+        # the platform holds exactly the transactions the ledger says were accepted, none sent twice
+        "sandbox_matches_ledger": matches,
+        "latency_seconds": latency_seconds,
+        "workload": {k: v for k, v in asdict(workload).items() if k not in {"folder", "files"}},
+    }
+
+
+# ---- scaling ------------------------------------------------------------------------------------
+
+
+def run_scaling(
+    sizes: Sequence[int] = DEFAULT_SCALING,
+    *,
+    latency_seconds: float = DEFAULT_LATENCY_SECONDS,
+    workdir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`run_e2e` at each size (each measured in a fresh process), smallest first."""
+    return [run_e2e(size, latency_seconds=latency_seconds, workdir=workdir) for size in sorted(sizes)]
+
+
+def growth(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Between consecutive sizes: how time and peak memory grew relative to size (1.0 = linear)."""
+    out = []
+    for small, big in itertools.pairwise(points):
+        size_ratio = big["line_items"] / small["line_items"]
+        out.append(
+            {
+                "from": small["line_items"],
+                "to": big["line_items"],
+                "size_ratio": round(size_ratio, 3),
+                "time_ratio": round(big["total"]["wall_seconds"] / small["total"]["wall_seconds"], 3),
+                "memory_ratio": round(big["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
+                "time_growth_vs_linear": round(
+                    big["total"]["wall_seconds"] / small["total"]["wall_seconds"] / size_ratio, 3
+                ),
+                "memory_growth_vs_linear": round(
+                    big["peak_rss_bytes"] / small["peak_rss_bytes"] / size_ratio, 3
+                ),
+            }
+        )
+    return out
+
+
+def plot_scaling(points: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Draw wall time and peak memory against line items (with a linear reference) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [p["line_items"] / 1e6 for p in points]
+    seconds = [p["total"]["wall_seconds"] for p in points]
+    memory = [p["peak_rss_bytes"] / 2**20 for p in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, values, label in ((left, seconds, "wall time (s)"), (right, memory, "peak RSS (MiB)")):
+        axis.plot(sizes, values, "o-", label="measured")
+        linear = [values[-1] * s / sizes[-1] for s in sizes]
+        axis.plot(sizes, linear, "--", color="grey", label="linear through the largest point")
+        axis.set_xlabel("line items (millions)")
+        axis.set_ylabel(label)
+        axis.set_xlim(left=0)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="upper left", fontsize=8)
+        for s, v in zip(sizes, values, strict=True):
+            axis.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.1f}", (s, v), textcoords="offset points",
+                          xytext=(4, -12), fontsize=8)
+    left.set_title("End-to-end wall time")
+    right.set_title("Peak memory of the pipeline process")
+    fig.suptitle("posfeed: SFTP → transform → dedup → submit (sandbox) → report")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---- the machine --------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, RAM, CPU model and the versions that matter for the figures."""
+    import httpx
+    import paramiko
+    import polars
+
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False).stderr.strip()
+    except OSError:
+        ssh = "not found"
+    return {
+        "cpu_model": cpu_model or platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_bytes": memory_bytes,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "polars": polars.__version__,
+        "httpx": httpx.__version__,
+        "paramiko": paramiko.__version__,
+        "openssh": ssh,
+    }
+
+
+# ---- the suite: e2e + scaling + side by side -----------------------------------------------------
+
+
+def run_suite(
+    *,
+    line_items: int = DEFAULT_LINE_ITEMS,
+    scaling: Sequence[int] = (),
+    side_by_side: bool = False,
+    latency_seconds: float = DEFAULT_LATENCY_SECONDS,
+    out: Path | None = None,
+    command: str = "",
+) -> dict[str, Any]:
+    """The e2e measurement at ``line_items``, the scaling points, and the side-by-side comparisons.
+
+    A size that is both the main measurement and a scaling point is measured once. With ``out``,
+    writes ``e2e.json``, ``e2e.md`` (the "End to end" and "Scaling" sections) and ``scaling.png``.
+    """
+    started = time.perf_counter()
+    report: dict[str, Any] = {"machine": machine_info(), "command": command}
+    points: list[dict[str, Any]] = []
+    for size in sorted(set(scaling)):
+        log.info("e2e at %s line items", f"{size:,}")
+        points.append(run_e2e(size, latency_seconds=latency_seconds))
+    main_run = next((p for p in points if p["requested_line_items"] == line_items), None)
+    report["e2e"] = main_run or run_e2e(line_items, latency_seconds=latency_seconds)
+    if points:
+        report["scaling"] = {"points": points, "growth": growth(points)}
+    if side_by_side:
+        report["side_by_side"] = run_side_by_side()
+    report["suite_seconds"] = round(time.perf_counter() - started, 1)
+    if out is not None:
+        write_outputs(report, out)
+    return report
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    """Write ``e2e.json``, ``e2e.md`` and (with scaling points) ``scaling.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e2e.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    if "scaling" in report:
+        plot_scaling(report["scaling"]["points"], out / "scaling.png")
+    (out / "e2e.md").write_text(render_markdown(report, chart="bench/scaling.png"))
+
+
+def run_side_by_side() -> dict[str, Any]:
+    """Our transform, sender and fetch each against its baseline, at sizes that fit the budget."""
+    return {}
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+STAGE_ORDER = ("settle", "discover", "fetch", "transform", "record", "submit", "report")
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:,.0f}"
+
+
+def _stage_rows(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    stages = run["stages"]
+    ordered = [name for name in STAGE_ORDER if name in stages]
+    ordered += sorted(name for name in stages if name not in STAGE_ORDER)
+    return [(name, stages[name]) for name in ordered] + [("**total**", run["total"])]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """A plain-text summary for the terminal."""
+    run = report["e2e"]
+    lines = [
+        f"{run['line_items']:,} line items, {run['transactions']:,} transactions, "
+        f"{run['files']} files, {run['bytes'] / 2**20:,.1f} MiB over SFTP; "
+        f"balanced={run['balanced']} sandbox_matches_ledger={run['sandbox_matches_ledger']}",
+        f"{'stage':<12}{'wall s':>10}{'cpu s':>10}{'peak MiB':>10}{'rows/s':>14}{'events/s':>12}",
+    ]
+    for name, stage in _stage_rows(run):
+        lines.append(
+            f"{name.strip('*'):<12}{stage['wall_seconds']:>10.2f}{stage['cpu_seconds']:>10.2f}"
+            f"{_mib(stage['peak_rss_bytes']):>10}{stage['rows_per_second']:>14,.0f}"
+            f"{stage['events_per_second']:>12,.0f}"
+        )
+    for point in report.get("scaling", {}).get("points", []):
+        lines.append(
+            f"scaling {point['line_items']:>12,} line items: {point['total']['wall_seconds']:>8.1f} s, "
+            f"peak {_mib(point['peak_rss_bytes'])} MiB"
+        )
+    for name, row in report.get("side_by_side", {}).items():
+        lines.append(f"side by side {name}: {row.get('summary', row)}")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any], *, chart: str = "bench/scaling.png") -> str:
+    """The "End to end" and "Scaling" sections of docs/BENCHMARKS.md from a suite report."""
+    run = report["e2e"]
+    summary = run["summary"]
+    out = [
+        "## End to end",
+        "",
+        f"{run['line_items']:,} line items ({run['transactions']:,} distinct transactions in "
+        f"{run['files']} files, {run['bytes'] / 2**20:,.0f} MiB; hourly files repeat "
+        f"{run['workload']['repeated_transactions']:,} transactions of the daily files, "
+        f"{run['workload']['conflicting_transactions']:,} of them changed) fetched from OpenSSH sshd on "
+        f"loopback, transformed, deduplicated against the ledger and submitted to the sandbox "
+        f"platform (no rate limit, {run['latency_seconds'] * 1000:g} ms latency per request), "
+        "reports written. One fresh process; peak = highest resident set size while the stage ran.",
+        "",
+        "| stage | wall s | CPU s | peak RSS MiB | line items/s | events/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, stage in _stage_rows(run):
+        out.append(
+            f"| {name} | {stage['wall_seconds']:.2f} | {stage['cpu_seconds']:.2f} | "
+            f"{_mib(stage['peak_rss_bytes'])} | {stage['rows_per_second']:,.0f} | "
+            f"{stage['events_per_second']:,.0f} |"
+        )
+    out += [
+        "",
+        f"Outcome: {summary.get('accepted', 0):,} transactions accepted "
+        f"({run['events_accepted']:,} events), {summary.get('duplicates', 0):,} duplicates skipped, "
+        f"{summary.get('conflicts', 0):,} conflicts held, {summary.get('transactions_rejected', 0):,} "
+        f"transactions rejected ({summary.get('rows_rejected', 0):,} rows); balanced: "
+        f"{'yes' if run['balanced'] else '**no**'}; the sandbox holds exactly the accepted "
+        f"transactions: {'yes' if run['sandbox_matches_ledger'] else '**no**'}.",
+        "",
+    ]
+    scaling = report.get("scaling")
+    if scaling:
+        out += [
+            "## Scaling",
+            "",
+            f"![wall time and peak memory against line items]({chart})",
+            "",
+            "| line items | transactions | wall s | µs / line item | peak RSS MiB | bytes / line item |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for point in scaling["points"]:
+            wall = point["total"]["wall_seconds"]
+            out.append(
+                f"| {point['line_items']:,} | {point['transactions']:,} | {wall:.1f} | "
+                f"{wall / point['line_items'] * 1e6:.1f} | {_mib(point['peak_rss_bytes'])} | "
+                f"{point['peak_rss_bytes'] / point['line_items']:,.0f} |"
+            )
+        out += [
+            "",
+            "Growth between consecutive sizes (1.00 = exactly linear, below 1 = better than linear):",
+            "",
+            "| from → to | size × | time × | time vs linear | memory × | memory vs linear |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for step in scaling["growth"]:
+            out.append(
+                f"| {step['from']:,} → {step['to']:,} | {step['size_ratio']:.1f} | "
+                f"{step['time_ratio']:.2f} | {step['time_growth_vs_linear']:.2f} | "
+                f"{step['memory_ratio']:.2f} | {step['memory_growth_vs_linear']:.2f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+# ---- the internal process entry points ----------------------------------------------------------
+
+
+def _main(argv: Sequence[str]) -> int:
+    if argv[:1] == ["sandbox"]:
+        _serve_sandbox(float(argv[1]))
+        return 0
+    if argv[:1] == ["measure"]:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        config = json.loads(Path(argv[1]).read_text())
+        Path(argv[2]).write_text(json.dumps(_measure(config), default=str))
+        return 0
+    print("internal: use `posfeed bench e2e`", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
