@@ -1,0 +1,411 @@
+"""The emulated Antavo Events API: ``POST /events`` and ``POST /events/bulk``.
+
+Per request, in this order: count it, wait the configured latency, the rate limit (429 with the
+error envelope and ``Retry-After``), body size (413), content type (415: JSON or form-encoded),
+authentication (Escher signature in the reference server's order, or ``?api_key=`` when unsigned
+requests are allowed; 401 with code 101021 and the Escher message), body parsing (400), an
+injected fault, then each event.
+
+Per event (documented facts first, the sandbox's own choices marked *):
+
+* ``action`` must be known, else 400 203401 "Invalid action: <action>";
+* a guest (``"guest": true``) must have no ``customer`` and is refused by the bulk endpoint
+  (* 400 code 203409); a non-guest needs ``customer`` (0 "Property customer cannot be empty");
+* a customer id starting with the configured unknown prefix is unknown: 404 160212 "Customer not
+  found" (except ``opt_in``, which creates customers); every other id is known;
+* ``checkout`` needs ``transaction_id`` (400 code 0 "Property transaction_id cannot be empty")
+  and * ``total``; a used ``transaction_id`` is 400 5003 "The transaction ID has already been used";
+  * points = whole currency units of ``total``;
+* ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
+  of another customer's transaction: 400 103902; refunding more than the total: 400 112203.
+
+``/events`` answers 200 with the customer and ``events``; ``/events/bulk`` answers 200 with
+``{"results": [...], "total", "errors"}`` in request order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from pipeline.sandbox.state import DropConnection, Fault, SandboxState
+from pipeline.sinks.escher import EscherError, antavo_config, verify
+
+__all__ = ["KNOWN_ACTIONS", "PLATFORM", "routes"]
+
+PLATFORM = "antavo"
+
+KNOWN_ACTIONS = frozenset({
+    "checkout", "checkout_item", "checkout_accept", "checkout_accept_item", "checkout_reject",
+    "checkout_update", "checkout_update_item", "checkout_claim", "refund", "refund_item",
+    "partial_refund", "opt_in", "opt_out", "profile", "point_add", "point_sub", "point_spend",
+    "point_unspend", "reserve_points", "release_points",
+})
+
+GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
+
+
+class EventError(Exception):
+    """A refused event: HTTP status, Antavo error type, code and message."""
+
+    def __init__(self, status: int, kind: str, code: int, message: str):
+        self.status = status
+        self.kind = kind
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        """The error envelope."""
+        return {"error": {"type": self.kind, "code": self.code, "message": self.message}}
+
+
+def _bad(message: str, code: int = 0) -> EventError:
+    return EventError(400, "BadRequestException", code, message)
+
+
+def _error_response(status: int, kind: str, code: int, message: str,
+                    headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"type": kind, "code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+# ---- body parsing --------------------------------------------------------------------------------
+
+_BRACKETS = re.compile(r"\[([^\]]*)\]")
+
+
+def parse_form(text: str) -> dict[str, Any]:
+    """PHP-style form fields (``data[items][0][product_id]=...``) into nested dicts and lists."""
+    root: dict[str, Any] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False):
+        head = name.split("[", 1)[0]
+        path = [head, *_BRACKETS.findall(name[len(head):])]
+        node = root
+        for index, key in enumerate(path):
+            last = index == len(path) - 1
+            if key == "":
+                key = str(len(node))
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"field {name!r} conflicts with another field")
+    return _listify(root)
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = {k: _listify(v) for k, v in value.items()}
+        if items and all(k.isdigit() for k in items):
+            return [items[k] for k in sorted(items, key=int)]
+        return items
+    return value
+
+
+def _number(value: Any, name: str) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError) as exc:
+        raise _bad(f"Property {name} must be a number") from exc
+    if not number.is_finite():
+        raise _bad(f"Property {name} must be a number")
+    return number
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1")) or value == 1
+
+
+def _points(amount: Decimal) -> int:
+    return int(amount.to_integral_value(rounding=ROUND_FLOOR)) if amount > 0 else 0
+
+
+# ---- the platform ---------------------------------------------------------------------------------
+
+
+class AntavoPlatform:
+    """Event processing against the shared sandbox state."""
+
+    def __init__(self, state: SandboxState):
+        self.state = state
+        self.customers: dict[str, int] = {}
+
+    def _event_id(self) -> str:
+        return secrets.token_hex(12)
+
+    def process(self, event: Any, *, in_bulk: bool) -> tuple[int, dict[str, Any]]:
+        """Process one event: (HTTP status for /events, answer or error envelope)."""
+        try:
+            answer = self._process(event, in_bulk=in_bulk)
+        except EventError as error:
+            self.state.count("events_rejected")
+            return error.status, error.body()
+        self.state.count("events_accepted")
+        return 200, answer
+
+    def _process(self, event: Any, *, in_bulk: bool) -> dict[str, Any]:
+        if not isinstance(event, dict):
+            raise _bad("Event must be an object")
+        action = event.get("action")
+        if not action:
+            raise _bad("Property action cannot be empty")
+        if action not in KNOWN_ACTIONS:
+            raise _bad(f"Invalid action: {action}", 203401)
+        guest = _truthy(event.get("guest"))
+        customer = event.get("customer")
+        if guest and in_bulk:
+            raise _bad("Guest events are not supported by the bulk endpoint; "
+                       "send them one by one to /events", GUEST_REFUSED)
+        if guest and customer:
+            raise _bad("A guest event cannot have a customer", GUEST_REFUSED)
+        if not guest and not customer:
+            raise _bad("Property customer cannot be empty")
+        prefix = self.state.config.unknown_customer_prefix
+        if customer and prefix and str(customer).startswith(prefix) and action != "opt_in":
+            raise EventError(404, "NotFoundException", 160212, "Customer not found")
+        data = event.get("data")
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise _bad("Property data must be an object")
+        customer_id = str(customer) if customer else None
+        if action == "checkout":
+            events = self._checkout(customer_id, event, data)
+        elif action in ("refund", "refund_item", "partial_refund"):
+            events = self._refund(customer_id, action, data)
+        else:
+            events = [{"id": self._event_id(), "action": action, "points": 0}]
+        if customer_id is None:
+            return {"events": events}
+        with self.state.lock:
+            score = self.customers.get(customer_id, 0) + sum(e["points"] for e in events)
+            self.customers[customer_id] = score
+        return {"id": customer_id, "status": "active", "score": score, "events": events}
+
+    def _checkout(self, customer: str | None, event: dict[str, Any], data: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
+        tid = data.get("transaction_id")
+        if tid is None or str(tid) == "":
+            raise _bad("Property transaction_id cannot be empty")
+        tid = str(tid)
+        if data.get("total") is None:
+            raise _bad("Property total cannot be empty")
+        total = _number(data["total"], "total")
+        items = data.get("items") or []
+        if not isinstance(items, list):
+            raise _bad("Property items must be a list")
+        now = self.state.clock()
+        effective = data.get("effective_timestamp")
+        timestamp = (datetime.fromtimestamp(int(_number(effective, "effective_timestamp")), UTC)
+                     if effective is not None else now)
+        points = _points(total)
+        events = [{"id": self._event_id(), "action": "checkout", "points": points}]
+        record = {
+            "transaction_id": tid,
+            "customer": customer,
+            "guest": customer is None,
+            "account": event.get("account"),
+            "status": "accepted",
+            "total": total,
+            "currency": data.get("currency"),
+            "store": data.get("store"),
+            "points_burned": data.get("points_burned"),
+            "effective_timestamp": effective,
+            "timestamp": timestamp.isoformat(),
+            "process_timestamp": now.isoformat(),
+            "items": items,
+            "events": list(events),
+            "earned": points,
+            "refunded": Decimal(0),
+            "refunds": [],
+        }
+        with self.state.lock:
+            if self.state.get_transaction(PLATFORM, tid) is not None:
+                self.state.note_duplicate(tid)
+                raise _bad("The transaction ID has already been used", 5003)
+            self.state.put_transaction(PLATFORM, tid, record)
+        return events
+
+    def _refund(self, customer: str | None, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        tid = data.get("transaction_id")
+        if tid is None or str(tid) == "":
+            raise _bad("Property transaction_id cannot be empty")
+        with self.state.lock:
+            record = self.state.get_transaction(PLATFORM, str(tid))
+            if record is None or record["status"] != "accepted":
+                raise _bad("Only accepted transactions can be refunded", 112201)
+            if record["customer"] != customer:
+                raise EventError(400, "BadRequestException", 103902,
+                                 "Customer does not match transaction owner")
+            remaining = record["total"] - record["refunded"]
+            if action == "refund":
+                amount = remaining
+            elif action == "refund_item":
+                if not data.get("product_id"):
+                    raise _bad("Property product_id cannot be empty")
+                amount = _number(data.get("subtotal", 0), "subtotal")
+            else:
+                amount = _number(data.get("amount"), "amount")
+            if amount <= 0 and action != "refund":
+                raise _bad("Amount should be a positive number", 112202)
+            if amount > remaining:
+                raise _bad("Amount for refund is greater than transaction total", 112203)
+            points = -min(_points(amount), record["earned"])
+            event = {"id": self._event_id(), "action": action, "points": points}
+            refunded = record["refunded"] + amount
+            updated = {
+                **record,
+                "refunded": refunded,
+                "status": "refunded" if refunded >= record["total"] else "accepted",
+                "refunds": [*record["refunds"], {"action": action, "amount": amount, **{
+                    k: data[k] for k in ("product_id", "quantity") if k in data}}],
+                "events": [*record["events"], event],
+            }
+            self.state.put_transaction(PLATFORM, str(tid), updated)
+        return [event]
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _transaction_ids(document: Any) -> list[str]:
+    events = document.get("events") if isinstance(document, dict) and "events" in document else [document]
+    ids = []
+    for event in events if isinstance(events, list) else []:
+        data = event.get("data") if isinstance(event, dict) else None
+        if isinstance(data, dict) and data.get("transaction_id") is not None:
+            ids.append(str(data["transaction_id"]))
+    return ids
+
+
+def _authenticate(state: SandboxState, request: Request, body: bytes) -> Response | None:
+    config = state.config
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if any(name.lower() == "authorization" for name, _ in headers):
+        try:
+            verify(antavo_config(config.region, clock_skew_seconds=config.clock_skew_seconds),
+                   {config.api_key: config.api_secret}, request.method, request.url.path, query,
+                   headers, body, state.clock())
+            return None
+        except EscherError as error:
+            message = error.message
+    elif config.allow_api_key and parse_qs(query).get("api_key") == [config.api_key]:
+        return None
+    elif "api_key" in parse_qs(query):
+        message = "Invalid API key" if config.allow_api_key else "Request signature is required"
+    else:
+        message = "Could not parse auth header"
+    state.count("auth_failures")
+    return _error_response(401, "UnauthorizedException", 101021, message)
+
+
+def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
+             ) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        state.count("requests")
+        await state.delay()
+        wait = state.admit(PLATFORM)
+        if wait is not None:
+            headers = {"Retry-After": str(max(1, round(wait + 0.499)))} if state.config.send_retry_after \
+                else None
+            return _error_response(429, "TooManyRequestsException", 429, "Too many requests", headers)
+        try:
+            body = await _read_body(request, state.config.max_body_bytes)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if body is None:
+            state.count("bad_requests")
+            return _error_response(413, "BadRequestException", 0,
+                                   f"Request body is larger than {state.config.max_body_bytes} bytes")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("application/json", "application/x-www-form-urlencoded"):
+            state.count("bad_requests")
+            return _error_response(415, "BadRequestException", 0,
+                                   "Content-Type must be application/json or "
+                                   "application/x-www-form-urlencoded")
+        refused = _authenticate(state, request, body)
+        if refused is not None:
+            return refused
+        try:
+            text = body.decode("utf-8")
+            document = (json.loads(text, parse_float=Decimal) if media == "application/json"
+                        else parse_form(text))
+        except (ValueError, UnicodeDecodeError) as exc:
+            state.count("bad_requests")
+            return _error_response(400, "BadRequestException", 0, f"Malformed request body: {exc}")
+        if bulk and (not isinstance(document, dict) or not isinstance(document.get("events"), list)):
+            state.count("bad_requests")
+            return _error_response(400, "BadRequestException", 0, "Property events cannot be empty")
+        fault = state.draw_fault()
+        if fault in (Fault.ERROR_500, Fault.ERROR_503):
+            status = 500 if fault is Fault.ERROR_500 else 503
+            return _error_response(status, "ServerException", status, "Injected server error")
+        if fault is Fault.DROP:
+            return DropConnection()
+        if fault is Fault.SLOW:
+            await state.slow()
+        if bulk:
+            results = []
+            errors = 0
+            for event in document["events"]:
+                _, answer = platform.process(event, in_bulk=True)
+                errors += "error" in answer
+                results.append(answer)
+            status, answer = 200, {"results": results, "total": len(results), "errors": errors}
+        else:
+            status, answer = platform.process(document, in_bulk=False)
+        if fault is Fault.LOST_RESPONSE:
+            state.note_lost(_transaction_ids(document))
+            return DropConnection()
+        return JSONResponse(jsonable_numbers(answer), status_code=status)
+
+    return handle
+
+
+def jsonable_numbers(value: Any) -> Any:
+    """Answers carry numbers: Decimals become int or float only for display in responses."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: jsonable_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable_numbers(v) for v in value]
+    return value
+
+
+def routes(state: SandboxState) -> list[BaseRoute]:
+    """The Antavo Events API routes over ``state``."""
+    platform = AntavoPlatform(state)
+    state.platforms[PLATFORM] = platform
+    return [
+        Route("/events", _handler(state, platform, bulk=False), methods=["POST"]),
+        Route("/events/bulk", _handler(state, platform, bulk=True), methods=["POST"]),
+    ]
+

@@ -1,0 +1,314 @@
+"""What every emulated platform shares: counters, faults, latency, rate limit, accepted transactions.
+
+One :class:`SandboxState` lives per sandbox server. Platform modules (``antavo.py``, ``crmcom.py``)
+call, per request::
+
+    state.count("requests")
+    await state.delay()                      # configured latency
+    retry_after = state.admit(PLATFORM)      # sliding-window rate limit; seconds to wait when refused
+    fault = state.draw_fault()               # seeded: None or a Fault kind
+    ...                                      # verify, process, store with state.put_transaction()
+
+Faults: ``error_500`` / ``error_503`` (nothing processed), ``drop`` (connection closed, nothing
+processed), ``slow`` (processed after ``slow_ms``), ``lost_response`` (processed and stored, then the
+connection is closed: the client is left in doubt; transaction ids are remembered in
+``lost_transaction_ids`` so tests can tell a legitimate duplicate attempt from a wrong one).
+
+Accepted transactions are kept per platform and can persist to a JSON file across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = [
+    "STAT_KEYS",
+    "DropConnection",
+    "Fault",
+    "SandboxConfig",
+    "SandboxState",
+    "jsonable",
+]
+
+logger = logging.getLogger(__name__)
+
+STAT_KEYS = (
+    "requests",
+    "events_accepted",
+    "events_rejected",
+    "duplicate_transaction_attempts",
+    "rate_limited",
+    "faults_injected",
+    "auth_failures",
+    "bad_requests",
+    "lost_responses",
+)
+
+
+class Fault(StrEnum):
+    """Injected failure kinds."""
+
+    ERROR_500 = "error_500"
+    ERROR_503 = "error_503"
+    DROP = "drop"
+    SLOW = "slow"
+    LOST_RESPONSE = "lost_response"
+
+
+@dataclass
+class SandboxConfig:
+    """Behaviour of the sandbox; every field may be changed while it runs (tests do)."""
+
+    region: str = "demo"
+    api_key: str = "sandbox-key"
+    api_secret: str = "sandbox-secret"
+    clock_skew_seconds: float = 300.0
+    allow_api_key: bool = True  # accept unsigned `?api_key=` requests (a development environment)
+    requests_per_minute: int | None = None  # None: no limit
+    rate_window_seconds: float = 60.0
+    retry_after_seconds: float | None = None  # None: time until the window frees a slot
+    send_retry_after: bool = True
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = tuple(Fault)
+    latency_ms: float = 0.0
+    slow_ms: float = 1500.0
+    seed: int = 0
+    max_body_bytes: int = 4 * 1024 * 1024
+    # customer ids with this prefix are unknown to the platform (404 160212); None: all known
+    unknown_customer_prefix: str | None = "unknown-"
+    state_file: Path | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The settings without the secret."""
+        data = asdict(self)
+        data["api_secret"] = "***"
+        data["state_file"] = str(self.state_file) if self.state_file else None
+        return data
+
+
+class SandboxState:
+    """Counters, fault dice, rate-limit windows and stored transactions; thread-safe."""
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.config = config or SandboxConfig()
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.platforms: dict[str, Any] = {}  # per-platform objects a platform module keeps here
+        self._listings: dict[str, Callable[[], list[dict[str, Any]]]] = {}
+        self._dirty = False
+        self.reset()
+        if self.config.state_file is not None:
+            self.load(self.config.state_file)
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget counters, windows, faults' dice and transactions (not the config)."""
+        with self.lock:
+            self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+            self.faults_by_kind: dict[str, int] = {}
+            self.rng = random.Random(self.config.seed)
+            self._windows: dict[str, deque[float]] = {}
+            self.transactions: dict[str, dict[str, dict[str, Any]]] = {}
+            self.lost_transaction_ids: set[str] = set()
+            self.duplicate_transaction_ids: list[str] = []
+            self._dirty = True
+
+    def count(self, key: str, amount: int = 1) -> None:
+        """Add to one counter."""
+        with self.lock:
+            self.stats[key] = self.stats.get(key, 0) + amount
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as `/_sandbox/stats` shows them."""
+        with self.lock:
+            data: dict[str, Any] = dict(self.stats)
+            data["faults_by_kind"] = dict(self.faults_by_kind)
+            data["transactions"] = {name: len(txs) for name, txs in self.transactions.items()}
+            return data
+
+    # ---- latency, rate limit, faults ---------------------------------------------------------------
+
+    async def delay(self) -> None:
+        """Sleep the configured latency."""
+        if self.config.latency_ms > 0:
+            await asyncio.sleep(self.config.latency_ms / 1000)
+
+    def admit(self, platform: str) -> float | None:
+        """Count a request against the platform's sliding window; seconds to wait when refused."""
+        limit = self.config.requests_per_minute
+        if limit is None:
+            return None
+        window = self.config.rate_window_seconds
+        now = time.monotonic()
+        with self.lock:
+            times = self._windows.setdefault(platform, deque())
+            while times and times[0] <= now - window:
+                times.popleft()
+            if len(times) < limit * window / 60:
+                times.append(now)
+                return None
+            self.stats["rate_limited"] += 1
+            if self.config.retry_after_seconds is not None:
+                return self.config.retry_after_seconds
+            return max(0.0, times[0] + window - now)
+
+    def draw_fault(self) -> Fault | None:
+        """Roll the seeded dice: a fault kind or None."""
+        config = self.config
+        if config.fault_rate <= 0 or not config.fault_kinds:
+            return None
+        with self.lock:
+            if self.rng.random() >= config.fault_rate:
+                return None
+            kind = Fault(self.rng.choice(config.fault_kinds))
+            self.stats["faults_injected"] += 1
+            self.faults_by_kind[kind] = self.faults_by_kind.get(kind, 0) + 1
+            if kind is Fault.LOST_RESPONSE:
+                self.stats["lost_responses"] += 1
+            return kind
+
+    async def slow(self) -> None:
+        """The extra wait of a ``slow`` fault."""
+        await asyncio.sleep(self.config.slow_ms / 1000)
+
+    # ---- transactions ---------------------------------------------------------------------------
+
+    def get_transaction(self, platform: str, transaction_id: str) -> dict[str, Any] | None:
+        """A stored transaction or None."""
+        with self.lock:
+            return self.transactions.get(platform, {}).get(transaction_id)
+
+    def put_transaction(self, platform: str, transaction_id: str, record: dict[str, Any]) -> None:
+        """Store (or replace) a transaction record."""
+        with self.lock:
+            self.transactions.setdefault(platform, {})[transaction_id] = record
+            self._dirty = True
+
+    def note_duplicate(self, transaction_id: str) -> None:
+        """A transaction id was submitted again."""
+        with self.lock:
+            self.stats["duplicate_transaction_attempts"] += 1
+            self.duplicate_transaction_ids.append(transaction_id)
+
+    def note_lost(self, transaction_ids: Iterable[str]) -> None:
+        """These ids were processed but their response is about to be lost."""
+        with self.lock:
+            self.lost_transaction_ids.update(transaction_ids)
+
+    def register_listing(self, platform: str, listing: Callable[[], list[dict[str, Any]]]) -> None:
+        """A platform that keeps its own store lists it for `/_sandbox/transactions`."""
+        self._listings[platform] = listing
+
+    def listing(self, platform: str | None = None) -> list[dict[str, Any]]:
+        """Accepted transactions (every platform, or one), JSON-ready."""
+        out: list[dict[str, Any]] = []
+        with self.lock:
+            for name, txs in sorted(self.transactions.items()):
+                if platform in (None, name):
+                    out.extend({"platform": name, **record} for record in txs.values())
+        for name, listing in sorted(self._listings.items()):
+            if platform in (None, name):
+                out.extend({"platform": name, **record} for record in listing())
+        return [jsonable(record) for record in out]
+
+    # ---- persistence ------------------------------------------------------------------------------
+
+    def save(self, path: Path | None = None) -> None:
+        """Write the stored transactions to the state file (atomically)."""
+        target = path or self.config.state_file
+        if target is None:
+            return
+        with self.lock:
+            document = {"transactions": jsonable(self.transactions)}
+            self._dirty = False
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, target)
+
+    def save_if_dirty(self) -> None:
+        """Save when something changed since the last save."""
+        if self._dirty and self.config.state_file is not None:
+            self.save()
+
+    def load(self, path: Path) -> None:
+        """Read transactions saved by :meth:`save` (a missing file is an empty sandbox)."""
+        if not path.exists():
+            return
+        document = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
+        with self.lock:
+            for platform, txs in (document.get("transactions") or {}).items():
+                for tid, record in txs.items():
+                    self.transactions.setdefault(platform, {})[tid] = _revive(record)
+        logger.info("loaded %d transactions from %s",
+                    sum(len(t) for t in self.transactions.values()), path)
+
+
+_MONEY_KEYS = frozenset({"total", "refunded", "subtotal", "price", "discount", "amount", "quantity"})
+
+
+def _revive(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        return {k: _revive(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revive(v, key) for v in value]
+    if key in _MONEY_KEYS and isinstance(value, str):
+        try:
+            return Decimal(value)
+        except ArithmeticError:
+            return value
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """Decimals as exact strings, sets as lists, datetimes ISO; recursively."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+class DropConnection(Response):
+    """An ASGI response that starts answering and then closes the connection mid-way.
+
+    ASGI gives an app no way to close a socket before answering; the server closes it when the
+    app returns with the body incomplete, and the client sees the connection drop with no usable
+    response (``httpx.RemoteProtocolError``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send headers promising a body that never comes."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"64")]})
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+
