@@ -1,5 +1,6 @@
 """Shared pytest setup: fixture modules other test packages reuse."""
 
 pytest_plugins = [
+    "tests.sftp_fixtures",
     "tests.sandbox_fixtures",
 ]
