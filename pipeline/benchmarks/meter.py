@@ -10,8 +10,8 @@ time is the process's (every thread's) user + system time, as ``time.process_tim
             ...
     meter.stages["transform"].wall_seconds
 
-The process-wide peak (``ru_maxrss``) is exact; a stage's peak is sampled, so a spike shorter
-than the interval can be missed.
+The process-wide peak (:func:`peak_rss`, the kernel's high-water mark) is exact; a stage's peak
+is sampled, so a spike shorter than the interval can be missed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = ["MeterProgress", "ResourceMeter", "StageMeasure", "current_rss", "pea
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _STATM = Path("/proc/self/statm")
+_STATUS = Path("/proc/self/status")
 
 
 def current_rss() -> int:
@@ -41,7 +42,17 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """The highest resident set size this process has had, in bytes."""
+    """The highest resident set size this process has had, in bytes.
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over an exec, so a process started
+    by a big parent would report the parent's size.
+    """
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
