@@ -34,6 +34,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel
 
 __all__ = [
+    "NOISY_LOGGERS",
     "REDACTED",
     "JsonFormatter",
     "MaskingFilter",
@@ -254,7 +255,7 @@ class JsonFormatter(logging.Formatter):
 
 
 # third-party loggers: quiet unless asked, and never below INFO (debug dumps request headers)
-_NOISY = ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
+NOISY_LOGGERS = ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
           "apscheduler", "sqlalchemy", "hpack", "asyncio")
 _HANDLER_MARK = "_posfeed_handler"
 
@@ -303,11 +304,11 @@ def setup_logging(
     handler.addFilter(MaskingFilter())
     setattr(handler, _HANDLER_MARK, True)
     level = _level_for(verbosity)
+    handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("pipeline").setLevel(level)
     third_party = logging.WARNING if verbosity < 2 else (logging.INFO if verbosity == 2 else logging.DEBUG)
-    for name in _NOISY:
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(third_party)
     logging.captureWarnings(True)
     return handler

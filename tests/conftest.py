@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.sftp_fixtures",
     "tests.sandbox_fixtures",
+    "tests.logging_fixtures",
 ]

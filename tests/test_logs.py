@@ -1,0 +1,140 @@
+"""Logging: text and JSON lines on stderr, secrets and customer ids masked whatever the logger."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.config import Feed
+from pipeline.logs import (
+    REDACTED,
+    feed_secret_env_names,
+    log_event,
+    mask_customer_id,
+    redact,
+    register_feed_secrets,
+    register_secret,
+    setup_logging,
+)
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    yield buffer
+    setup_logging("text", 0, stream=io.StringIO())  # detach from the buffer
+
+
+def test_text_lines_carry_level_logger_message_and_fields(stream: io.StringIO) -> None:
+    setup_logging("text", 1, stream=stream)
+    log_event(logging.getLogger("pipeline.runner"), "file", "file pos_1.csv read",
+              file="pos_1.csv", rows=12, rejected=1)
+    logging.getLogger("pipeline.runner").debug("hidden at -v")
+    line = stream.getvalue().strip()
+    assert "INFO pipeline.runner: file pos_1.csv read" in line
+    assert "event=file file=pos_1.csv rows=12 rejected=1" in line
+    assert "hidden" not in line
+
+
+def test_json_lines_are_one_object_per_record(stream: io.StringIO) -> None:
+    setup_logging("json", 2, stream=stream)
+    log_event(logging.getLogger("pipeline.runner"), "run", "run finished", feed="acme", accepted=10)
+    logging.getLogger("pipeline.x").debug("debug %s", "shown")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["event"] == "run" and first["accepted"] == 10 and first["feed"] == "acme"
+    assert first["level"] == "info" and first["logger"] == "pipeline.runner"
+    assert first["msg"] == "run finished" and first["ts"].endswith("+00:00")
+    assert second["msg"] == "debug shown"
+
+
+def test_default_verbosity_shows_warnings_only(stream: io.StringIO) -> None:
+    setup_logging("text", 0, stream=stream)
+    logging.getLogger("pipeline.a").info("info line")
+    logging.getLogger("pipeline.a").warning("warning line")
+    assert "info line" not in stream.getvalue() and "warning line" in stream.getvalue()
+
+
+def test_setup_twice_keeps_one_handler(stream: io.StringIO) -> None:
+    setup_logging("text", 1, stream=stream)
+    setup_logging("text", 1, stream=stream)
+    logging.getLogger("pipeline.a").info("once")
+    assert stream.getvalue().count("once") == 1
+
+
+def test_registered_secrets_are_masked_in_message_args_extras_and_tracebacks(stream: io.StringIO) -> None:
+    register_secret("hunter2-sftp-password")
+    setup_logging("json", 2, stream=stream)
+    log = logging.getLogger("pipeline.sources.sftp")
+    log.info("login with %s", "hunter2-sftp-password")
+    log.info("connect", extra={"detail": {"password": "hunter2-sftp-password"}})
+    try:
+        raise RuntimeError("auth failed for hunter2-sftp-password")
+    except RuntimeError:
+        log.exception("boom")
+    text = stream.getvalue()
+    assert "hunter2-sftp-password" not in text
+    assert text.count(REDACTED) >= 3
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "headers={'Authorization': 'EMS-HMAC-SHA256 Credential=key/20261120/eu/ems_request, "
+        "SignedHeaders=host;x-ems-date, Signature=abcdef0123456789'}",
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig",
+        "POST https://api.example.com/events?api_key=k-123456&token=t-abcdef",
+        '{"password": "pa55word!", "username": "ops"}',
+        "sftp password=pa55word! user=ops",
+        "x-api-key: abcd-efgh-ijkl",
+    ],
+)
+def test_credential_shapes_are_masked_without_registration(raw: str) -> None:
+    masked = redact(raw)
+    for secret in ("abcdef0123456789", "eyJhbGciOiJIUzI1NiJ9", "k-123456", "t-abcdef", "pa55word!",
+                   "abcd-efgh-ijkl"):
+        assert secret not in masked
+    assert REDACTED in masked
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    text = "file pos_LON01_20261120_09.csv: 120 rows, 2 rejected (R002_BAD_NUMBER), amount 1234.50"
+    assert redact(text) == text
+
+
+def test_feed_secrets_come_from_every_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    feed = Feed.model_validate({
+        "name": "f",
+        "source": {"kind": "sftp", "host": "h", "password_env": "T_SFTP_PASSWORD"},
+        "target": {"kind": "antavo", "api_key_env": "T_ANTAVO_KEY", "api_secret_env": "T_ANTAVO_SECRET"},
+        "alerts": {"webhook_url_env": "T_HOOK"},
+    })
+    assert {"T_SFTP_PASSWORD", "T_ANTAVO_KEY", "T_ANTAVO_SECRET", "T_HOOK"} <= feed_secret_env_names(feed)
+    monkeypatch.setenv("T_SFTP_PASSWORD", "sftp-pw-7781")
+    monkeypatch.setenv("T_ANTAVO_SECRET", "antavo-secret-9912")
+    register_feed_secrets([feed])
+    assert redact("a sftp-pw-7781 b antavo-secret-9912 c") == f"a {REDACTED} b {REDACTED} c"
+
+
+def test_mask_customer_id() -> None:
+    masked = mask_customer_id("LOY-0001234")
+    assert masked.startswith("cust:") and len(masked) == 17
+    assert masked == mask_customer_id("LOY-0001234")  # stable: lines of one customer can be followed
+    assert masked != mask_customer_id("LOY-0001235")
+    assert "0001234" not in masked
+    assert mask_customer_id("LOY-0001234", enabled=False) == "LOY-0001234"
+    assert mask_customer_id(None) == "guest" and mask_customer_id("") == "guest"
+
+
+def test_http_client_loggers_stay_quiet_below_debug(stream: io.StringIO) -> None:
+    setup_logging("text", 1, stream=stream)
+    logging.getLogger("httpx").info("HTTP Request: POST http://x")
+    logging.getLogger("httpcore.http11").debug("send_request_headers.started")
+    assert stream.getvalue() == ""
+    setup_logging("text", 2, stream=stream)
+    logging.getLogger("httpx").info("HTTP Request: POST http://x")
+    logging.getLogger("httpcore.http11").debug("send_request_headers.started")
+    assert "HTTP Request" in stream.getvalue() and "send_request_headers" not in stream.getvalue()
