@@ -1,0 +1,416 @@
+"""The emulated CRM.COM Web API v4 (``/crmapi/rest/v2/...``): tokens, purchases, bulk and cancel.
+
+Behaviour (facts the platform does not document are the sandbox's choices, mirrored by the
+defaults of :class:`pipeline.config.CrmcomTarget`):
+
+* Answers use the envelope ``{"status": {"code", "message", "description"}, "data"}``. Platform
+  errors are HTTP 200 with a code: ``AUTHENTICATION_FAILED``, ``INVALID_TOKEN``, ``TOKEN_EXPIRED``,
+  ``DUPLICATE_REFERENCE_NUMBER`` (``data`` names the existing purchase), ``CUSTOMER_NOT_FOUND``,
+  ``INVALID_PARAMETERS``, ``NOT_FOUND``, ``ALREADY_CANCELLED``. The rate limit answers HTTP 429
+  (``RATE_LIMITED``, with ``Retry-After``), injected server errors HTTP 500 / 503.
+* Tokens expire a fixed time after issue (``token_ttl_seconds``; 2 hours like R12+) and do not
+  survive a sandbox restart.
+* A purchase's ``reference_number`` (and ``external_system_reference_number``) may be used once.
+* A customer id starting with the sandbox's ``unknown_customer_prefix`` is unknown.
+* Latency, faults and the rate limit come from the shared :class:`SandboxState`, for every call.
+  Purchases are stored there under the platform name ``crmcom``, keyed by reference number.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from pipeline.sandbox.state import DropConnection, Fault, SandboxState
+
+__all__ = ["PLATFORM", "PREFIX", "CrmcomConfig", "CrmcomError", "CrmcomPlatform", "envelope", "routes"]
+
+PLATFORM = "crmcom"
+PREFIX = "/crmapi/rest/v2"
+BULK_LIMIT = 1000
+BUSINESS_UNIT_FIELDS = (
+    "performed_by_unit_identifier",
+    "performed_by_tap_identifier",
+    "performed_by_business_unit_identifier",
+)
+
+
+@dataclass
+class CrmcomConfig:
+    """Credentials and token lifetime of the emulated CRM.COM (tests may change them while it runs)."""
+
+    username: str = "posfeed"
+    password: str = "sandbox-password"
+    organisation: str = "sandbox"
+    web_api_key: str = "sandbox-web-api-key"
+    token_ttl_seconds: float = 7200.0
+
+
+class CrmcomError(Exception):
+    """An error answer: its status code, message and optional data."""
+
+    def __init__(self, code: str, message: str, data: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def envelope(data: Any = None, code: str = "OK", message: str = "") -> dict[str, Any]:
+    """The CRM.COM answer envelope."""
+    return {"status": {"code": code, "message": message, "description": ""}, "data": data}
+
+
+_DECIMAL_MARK = re.compile(r'"\\u0000D([-+0-9.Ee]+)\\u0000"')
+
+
+def _dumps(document: Any) -> bytes:
+    """JSON with Decimals as exact number literals."""
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return f"\x00D{value}\x00"
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    return _DECIMAL_MARK.sub(r"\1", json.dumps(document, default=mark)).encode()
+
+
+def _answer(document: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(_dumps(document), status_code=status, headers=headers, media_type="application/json")
+
+
+def _money(value: Any, name: str) -> Decimal:
+    try:
+        return Decimal(str(value)) if value is not None else Decimal(0)
+    except ArithmeticError as exc:
+        raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number") from exc
+
+
+def _identifier_value(identifier: Any, name: str) -> str:
+    if not isinstance(identifier, Mapping) or len(identifier) != 1:
+        raise CrmcomError("INVALID_PARAMETERS", f"{name} must be an object naming one key")
+    return str(next(iter(identifier.values())))
+
+
+@dataclass
+class CrmcomPlatform:
+    """Tokens (in memory) and purchases (in the shared state) of the emulated CRM.COM."""
+
+    state: SandboxState
+    config: CrmcomConfig = field(default_factory=CrmcomConfig)
+    tokens: dict[str, datetime] = field(default_factory=dict)
+    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _by_id: dict[str, str] = field(default_factory=dict)  # purchase id -> reference number
+
+    def reset(self) -> None:
+        """Forget tokens and the purchase index (``POST /_sandbox/reset``)."""
+        with self.state.lock:
+            self.tokens.clear()
+            self._by_id.clear()
+
+    # ---- authentication
+
+    def issue_token(self) -> dict[str, Any]:
+        """A new token valid for ``token_ttl_seconds`` from now."""
+        token = "crm." + uuid.uuid4().hex + uuid.uuid4().hex
+        with self.state.lock:
+            self.tokens[token] = self.state.clock() + timedelta(seconds=self.config.token_ttl_seconds)
+        return {"token": token}
+
+    def login(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``authentication/token``: username, password and organisation."""
+        cfg = self.config
+        given = (body.get("username"), body.get("password"), body.get("organisation"))
+        if given != (cfg.username, cfg.password, cfg.organisation):
+            raise CrmcomError("AUTHENTICATION_FAILED", "invalid username, password or organisation")
+        return self.issue_token()
+
+    def login_with_key(self, authorization: str | None) -> dict[str, Any]:
+        """``authentication/web_api_key/token``: the key as Basic-auth user, empty password."""
+        key = None
+        if authorization and authorization[:6].lower() == "basic ":
+            try:
+                key, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                key = None
+            else:
+                key = key if password == "" else None
+        if key != self.config.web_api_key:
+            raise CrmcomError("AUTHENTICATION_FAILED", "invalid web API key")
+        return self.issue_token()
+
+    def check_token(self, token: Any) -> None:
+        """Raise INVALID_TOKEN or TOKEN_EXPIRED unless ``token`` is live."""
+        with self.state.lock:
+            expires = self.tokens.get(token) if isinstance(token, str) else None
+        if expires is None:
+            raise CrmcomError("INVALID_TOKEN", "the token is not valid")
+        if self.state.clock() >= expires:
+            raise CrmcomError("TOKEN_EXPIRED", "the token has expired")
+
+    # ---- purchases
+
+    def _purchase_fields(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        reference = body.get("reference_number")
+        if not reference or not body.get("performed_on"):
+            raise CrmcomError("INVALID_PARAMETERS", "reference_number and performed_on are mandatory")
+        customer_identifier = body.get("accounts_receivable_identifier") or body.get(
+            "access_token_identifier"
+        )
+        if customer_identifier is None:
+            raise CrmcomError("INVALID_PARAMETERS", "accounts_receivable_identifier is mandatory")
+        customer = _identifier_value(customer_identifier, "accounts_receivable_identifier")
+        prefix = self.state.config.unknown_customer_prefix
+        if prefix and customer.startswith(prefix):
+            raise CrmcomError("CUSTOMER_NOT_FOUND", f"no account with identifier {customer}")
+        units = [name for name in BUSINESS_UNIT_FIELDS if body.get(name)]
+        if len(units) != 1:
+            raise CrmcomError("INVALID_PARAMETERS", "exactly one performed_by identifier is required")
+        products = []
+        for product in body.get("products_set") or ():
+            net = _money(product.get("net_amount"), "net_amount")
+            vat = _money(product.get("vat_amount"), "vat_amount")
+            total = _money(product.get("total_amount"), "total_amount")
+            if net + vat != total:
+                raise CrmcomError("INVALID_PARAMETERS", "net_amount + vat_amount must equal total_amount")
+            products.append(
+                {
+                    "product_identifier": product.get("product_identifier"),
+                    "quantity": _money(product.get("quantity", 1), "quantity"),
+                    "net_amount": net,
+                    "vat_amount": vat,
+                    "total_amount": total,
+                }
+            )
+        return {
+            "reference_number": str(reference),
+            "external_system_reference_number": body.get("external_system_reference_number"),
+            "customer": customer,
+            "business_unit": _identifier_value(body[units[0]], units[0]),
+            "business_unit_field": units[0],
+            "performed_on": body["performed_on"],
+            "items": products,
+        }
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``customer_events/purchases/create``: a POSTED purchase, once per reference number."""
+        fields = self._purchase_fields(body)
+        reference = fields["reference_number"]
+        other = fields["external_system_reference_number"]
+        state = self.state
+        with state.lock:
+            for key in {reference, other} - {None}:
+                existing = state.get_transaction(PLATFORM, str(key))
+                if existing is not None:
+                    state.note_duplicate(str(key))
+                    event = existing["events"][0]
+                    raise CrmcomError(
+                        "DUPLICATE_REFERENCE_NUMBER",
+                        f"reference number {key} is already used",
+                        {"id": event["id"], "number": event["number"]},
+                    )
+            event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{next(self._numbers):08d}"}
+            totals = {
+                name: sum((p[name] for p in fields["items"]), Decimal(0))
+                for name in ("net_amount", "vat_amount", "total_amount")
+            }
+            record = {
+                "transaction_id": reference,
+                **fields,
+                "status": "accepted",
+                "life_cycle_state": "POSTED",
+                "total": totals["total_amount"],
+                "net": totals["net_amount"],
+                "vat": totals["vat_amount"],
+                "events": [{**event, "action": "purchase"}],
+                "process_timestamp": state.clock().isoformat(),
+            }
+            state.put_transaction(PLATFORM, reference, record)
+            self._by_id[event["id"]] = reference
+        state.count("events_accepted")
+        return self._public(record)
+
+    def create_multiple(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``create_multiple``: processed and unprocessed sets keyed by request_unique_identifier."""
+        events = body.get("purchase_customer_events_set")
+        if not isinstance(events, list) or not events:
+            raise CrmcomError("INVALID_PARAMETERS", "purchase_customer_events_set is mandatory")
+        if len(events) > BULK_LIMIT:
+            raise CrmcomError("INVALID_PARAMETERS", f"at most {BULK_LIMIT} purchases per call")
+        keys = [
+            event.get("request_unique_identifier") if isinstance(event, Mapping) else None for event in events
+        ]
+        if not all(keys):
+            raise CrmcomError("INVALID_PARAMETERS", "request_unique_identifier is mandatory")
+        processed, unprocessed = [], []
+        for key, event in zip(keys, events, strict=True):
+            try:
+                purchase = self.create(event)
+            except CrmcomError as exc:
+                entry = {
+                    "request_unique_identifier": key,
+                    "error_code": exc.code,
+                    "error_description": exc.message,
+                }
+                if exc.code == "DUPLICATE_REFERENCE_NUMBER":
+                    entry.update(exc.data)  # the sandbox names the existing purchase
+                else:
+                    self.state.count("events_rejected")
+                unprocessed.append(entry)
+            else:
+                processed.append(
+                    {"request_unique_identifier": key, "id": purchase["id"], "number": purchase["number"]}
+                )
+        return {"processed_customer_events_set": processed, "unprocessed_customer_events_set": unprocessed}
+
+    def _find(self, identifier: Mapping[str, Any]) -> dict[str, Any] | None:
+        transactions = self.state.transactions.get(PLATFORM, {})
+        if "id" in identifier:
+            record = transactions.get(self._by_id.get(str(identifier["id"]), ""))
+            if record is not None and record["events"][0]["id"] == str(identifier["id"]):
+                return record
+        key, value = (
+            ("id", str(identifier["id"])) if "id" in identifier else ("number", str(identifier.get("number")))
+        )
+        # after a restart the index is empty: search the stored purchases
+        return next((r for r in transactions.values() if r["events"][0][key] == value), None)
+
+    def cancel(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``customer_events/purchases/cancel``: only POSTED purchases, by id or number."""
+        identifier = body.get("customer_event_identifier")
+        if not isinstance(identifier, Mapping) or not identifier:
+            raise CrmcomError("INVALID_PARAMETERS", "customer_event_identifier is mandatory")
+        state = self.state
+        with state.lock:
+            record = self._find(identifier)
+            if record is None:
+                raise CrmcomError("NOT_FOUND", "no such purchase customer event")
+            if record["life_cycle_state"] != "POSTED":
+                state.note_duplicate(record["transaction_id"])
+                raise CrmcomError(
+                    "ALREADY_CANCELLED", "only posted purchases can be cancelled", self._public(record)
+                )
+            updated = {
+                **record,
+                "status": "cancelled",
+                "life_cycle_state": "CANCELLED",
+                "cancelled_at": state.clock().isoformat(),
+            }
+            state.put_transaction(PLATFORM, record["transaction_id"], updated)
+        state.count("events_accepted")
+        return self._public(updated)
+
+    @staticmethod
+    def _public(record: Mapping[str, Any]) -> dict[str, Any]:
+        """A purchase as the API shows it."""
+        event = record["events"][0]
+        return {
+            "id": event["id"],
+            "number": event["number"],
+            "type": "PURCHASE",
+            "life_cycle_state": record["life_cycle_state"],
+            "performed_on": record["performed_on"],
+            "reference_number": record["reference_number"],
+            "external_system_reference_number": record["external_system_reference_number"],
+            "net_amount": record["net"],
+            "vat_amount": record["vat"],
+            "total_amount": record["total"],
+            "products_set": record["items"],
+        }
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------
+
+Handler = Callable[[Request, Mapping[str, Any]], dict[str, Any]]
+
+
+def _endpoint(
+    state: SandboxState, platform: CrmcomPlatform, handler: Handler, *, token: bool
+) -> Callable[[Request], Awaitable[Any]]:
+    async def handle(request: Request) -> Any:
+        state.count("requests")
+        await state.delay()
+        wait = state.admit(PLATFORM)
+        if wait is not None:
+            headers = (
+                {"Retry-After": str(max(1, round(wait + 0.499)))} if state.config.send_retry_after else None
+            )
+            return _answer(envelope(code="RATE_LIMITED", message="too many requests"), 429, headers)
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=400)
+        try:
+            body = json.loads(raw, parse_float=Decimal) if raw else {}
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            state.count("bad_requests")
+            return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {exc}"))
+        fault = state.draw_fault()
+        if fault in (Fault.ERROR_500, Fault.ERROR_503):
+            status = 500 if fault is Fault.ERROR_500 else 503
+            return _answer(envelope(code="INTERNAL_ERROR", message="injected server error"), status)
+        if fault is Fault.DROP:
+            return DropConnection()
+        if fault is Fault.SLOW:
+            await state.slow()
+        try:
+            if token:
+                platform.check_token(body.get("token"))
+            data = handler(request, body)
+        except CrmcomError as exc:
+            if exc.code in ("AUTHENTICATION_FAILED", "INVALID_TOKEN", "TOKEN_EXPIRED"):
+                state.count("auth_failures")
+            elif exc.code in ("INVALID_PARAMETERS", "CUSTOMER_NOT_FOUND", "NOT_FOUND"):
+                state.count("events_rejected")
+            document = envelope(exc.data, exc.code, exc.message)
+        else:
+            document = envelope(data)
+        if fault is Fault.LOST_RESPONSE:
+            state.note_lost(_references(body))
+            return DropConnection()
+        return _answer(document)
+
+    return handle
+
+
+def _references(body: Mapping[str, Any]) -> list[str]:
+    """The transaction references a request carries (for lost-response bookkeeping)."""
+    events = body.get("purchase_customer_events_set")
+    if isinstance(events, list):
+        return [str(e.get("reference_number")) for e in events if isinstance(e, Mapping)]
+    return [str(body["reference_number"])] if body.get("reference_number") else []
+
+
+def routes(state: SandboxState, config: CrmcomConfig | None = None) -> list[BaseRoute]:
+    """The CRM.COM routes over ``state``; the platform object is ``state.platforms["crmcom"]``."""
+    platform = CrmcomPlatform(state, config or CrmcomConfig())
+    state.platforms[PLATFORM] = platform
+
+    def route(path: str, handler: Handler, *, token: bool = True) -> Route:
+        return Route(f"{PREFIX}/{path}", _endpoint(state, platform, handler, token=token), methods=["POST"])
+
+    return [
+        route("authentication/token", lambda _r, body: platform.login(body), token=False),
+        route(
+            "authentication/web_api_key/token",
+            lambda request, _b: platform.login_with_key(request.headers.get("authorization")),
+            token=False,
+        ),
+        route("customer_events/purchases/create", lambda _r, body: platform.create(body)),
+        route("customer_events/purchases/create_multiple", lambda _r, body: platform.create_multiple(body)),
+        route("customer_events/purchases/cancel", lambda _r, body: platform.cancel(body)),
+    ]
