@@ -153,6 +153,41 @@ def bench() -> None:
     """Benchmarks, each side by side with its baseline in the same run."""
 
 
+@bench.command("transform")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Online Retail parquet [default: ../shared/datasets/online_retail_I/"
+                   "online_retail_I_2010-2011.parquet beside the repository; synthetic data of the "
+                   "same shape when it is absent].")
+@click.option("--rows", type=click.IntRange(min=1), default=None,
+              help="Use the first N rows (synthetic input: generate N rows).")
+@click.option("--synthetic", is_flag=True, help="Use generated data of the same shape, not the file.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Runs of (a) and (b) in their process; the best counts.")
+@click.option("--naive-repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs of the naive baseline (c).")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results into this file's Transform section (docs/BENCHMARKS.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench_transform(input_path: Path | None, rows: int | None, synthetic: bool, repeat: int,
+                    naive_repeat: int, update_docs: Path | None, as_json: bool) -> None:
+    """Transform vs bare polars.read_csv vs a naive csv + pydantic script, on Online Retail."""
+    from pipeline.benchmarks import transform as bench_module
+
+    report = bench_module.run_transform_benchmark(input_path=input_path, rows=rows, synthetic=synthetic,
+                                                  repeat=repeat, naive_repeat=naive_repeat)
+    command = "posfeed bench transform" + (f" --rows {rows}" if rows else "")
+    command += " --synthetic" if synthetic else ""
+    command += f" --repeat {repeat}" if repeat != 3 else ""
+    command += f" --naive-repeat {naive_repeat}" if naive_repeat != 1 else ""
+    section = bench_module.markdown_section(report, command=command)
+    if update_docs is not None:
+        bench_module.update_docs(update_docs, section)
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(section)
+
+
 def _sizes(value: str) -> tuple[int, ...]:
     """'100000,1M,3m' -> (100000, 1000000, 3000000)."""
     sizes = []

@@ -1,0 +1,502 @@
+"""Transform benchmark: our whole transform against its floor and a naive baseline, in one run.
+
+The input is UCI Online Retail (541,909 invoice lines; falls back to a synthetic frame of the
+same shape when the data set is absent), written once as CSV. Three variants then process that
+CSV, each in its own fresh Python process so that peak memory (``ru_maxrss``) is its own:
+
+* ``polars_read_csv``: bare ``polars.read_csv(path, infer_schema=False)`` of the file, the floor
+  nothing can beat (with type inference the real file does not even load: invoice "C536379"
+  comes after the inference window);
+* ``posfeed_transform``: :func:`~pipeline.core.parse.read_file` +
+  :func:`~pipeline.core.transform.transform` with the Online Retail feed (validation, exact
+  money, UTC timestamps, checkouts and items, content hashes, dedup, the balanced summary);
+* ``naive_pydantic``: what a typical integration script does: the ``csv`` module, one pydantic
+  model per row (validation, ``Decimal`` money, timestamps), grouping rows into transactions.
+
+Each variant runs ``repeat`` times in its process; the best wall time is reported (the first run
+also pays one-off costs such as polars' thread pool start). Targets: the transform within 2.5× of
+the floor, and at least 20× faster than the naive baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from pipeline.config import Feed
+from pipeline.samplegen import online_retail_like
+
+__all__ = [
+    "DEFAULT_INPUT",
+    "FULL_ROWS",
+    "TARGET_NAIVE_OVER_TRANSFORM",
+    "TARGET_TRANSFORM_OVER_READ",
+    "VARIANTS",
+    "machine_info",
+    "markdown_section",
+    "online_retail_feed",
+    "prepare_csv",
+    "run_transform_benchmark",
+    "run_variant",
+    "update_docs",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_INPUT = (
+    REPO_ROOT.parent / "shared" / "datasets" / "online_retail_I" / "online_retail_I_2010-2011.parquet"
+)
+FULL_ROWS = 541_909
+TARGET_TRANSFORM_OVER_READ = 2.5  # the transform may take at most this many times the floor
+TARGET_NAIVE_OVER_TRANSFORM = 20.0  # the naive baseline must take at least this many times ours
+VARIANTS = ("polars_read_csv", "posfeed_transform", "naive_pydantic")
+DOCS_START = "<!-- transform-benchmark:start -->"
+DOCS_END = "<!-- transform-benchmark:end -->"
+
+# the feed of tests/fixtures/online_retail/online_retail.toml (a test keeps the two equal)
+ONLINE_RETAIL_FEED: dict[str, Any] = {
+    "name": "online_retail",
+    "timezone": "Europe/London",
+    "format": {
+        "kind": "csv",
+        "delimiter": ",",
+        "encoding": "utf-8",
+        "timestamp_format": "%Y-%m-%d %H:%M:%S",
+        "columns": {
+            "transaction_id": "InvoiceNo",
+            "product_id": "StockCode",
+            "product_name": "Description",
+            "quantity": "Quantity",
+            "timestamp": "InvoiceDate",
+            "unit_price": "UnitPrice",
+            "customer_id": "CustomerID",
+            "store_id": "Country",
+        },
+        "defaults": {"currency": "GBP"},
+    },
+    "validation": {"currencies": ["GBP"], "treat_negative_quantity_as_return": True},
+}
+
+
+def online_retail_feed() -> Feed:
+    """The feed that maps Online Retail's columns to the canonical layout."""
+    return Feed.model_validate(ONLINE_RETAIL_FEED)
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """The CSV every variant reads, and where it came from."""
+
+    csv_path: Path
+    source: str  # the parquet path, or "synthetic"
+    rows: int
+    csv_bytes: int
+
+
+def prepare_csv(out_dir: Path, *, input_path: Path | None = None, rows: int | None = None,
+                synthetic: bool = False) -> PreparedInput:
+    """Write the benchmark input as CSV once: the data set (its first ``rows``) or synthetic data."""
+    path = input_path if input_path is not None else DEFAULT_INPUT
+    if path.exists() and not synthetic:
+        frame = pl.read_parquet(path)
+        if rows is not None:
+            frame = frame.head(rows)
+        source = str(path)
+    elif input_path is not None and not synthetic:
+        raise FileNotFoundError(f"benchmark input {input_path} does not exist")
+    else:
+        frame = online_retail_like(rows if rows is not None else FULL_ROWS)
+        source = "synthetic"
+    csv_path = out_dir / "online_retail.csv"
+    frame.write_csv(csv_path)
+    return PreparedInput(csv_path, source, frame.height, csv_path.stat().st_size)
+
+
+# ---- the three variants (each runs inside its own process) ------------------------------------
+
+
+Runner = Callable[[Path], dict[str, Any]]
+
+
+def _polars_read_csv() -> Runner:
+    def run(csv_path: Path) -> dict[str, Any]:
+        # every column as text: with type inference, read_csv stops at the first "C536379" invoice
+        # number past the inference window, and typing values is validation's job anyway
+        frame = pl.read_csv(csv_path, infer_schema=False)
+        return {"rows": frame.height}
+
+    return run
+
+
+def _posfeed_transform() -> Runner:
+    from pipeline.core.parse import read_file
+    from pipeline.core.transform import transform
+
+    feed = online_retail_feed()
+
+    def run(csv_path: Path) -> dict[str, Any]:
+        result = transform(read_file(csv_path, feed), feed, now=datetime.now(UTC))
+        summary = result.summary
+        return {
+            "rows": summary["rows_in"],
+            "rows_rejected": summary["rows_rejected"],
+            "transactions": summary["transactions_in"],
+            "checkouts": result.checkouts.height,
+            "amount_in": summary["amount_in"],
+        }
+
+    return run
+
+
+def _naive_pydantic() -> Runner:
+    """A typical hand-written importer: csv module, a pydantic model per row, dicts of Decimals."""
+    from pydantic import BaseModel, Field, ValidationError, field_validator
+
+    class InvoiceLine(BaseModel):
+        invoice_no: str = Field(min_length=1)
+        stock_code: str = Field(min_length=1)
+        description: str | None = None
+        quantity: int
+        invoice_date: datetime
+        unit_price: Decimal = Field(ge=0, decimal_places=4)
+        customer_id: str | None = None
+        country: str = Field(min_length=1)
+        currency: str = "GBP"
+
+        @field_validator("description", "customer_id", mode="before")
+        @classmethod
+        def _empty_is_none(cls, value: str | None) -> str | None:
+            return value.strip() or None if isinstance(value, str) else value
+
+        @field_validator("quantity")
+        @classmethod
+        def _not_zero(cls, value: int) -> int:
+            if value == 0:
+                raise ValueError("quantity is zero")
+            return value
+
+    london = ZoneInfo("Europe/London")
+
+    def run(csv_path: Path) -> dict[str, Any]:
+        checkouts: dict[str, dict[str, Any]] = {}
+        rejects: list[tuple[int, str]] = []
+        amount_in = Decimal("0")
+        rows = 0
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            for line_no, raw in enumerate(csv.DictReader(handle), start=2):
+                rows += 1
+                try:
+                    line = InvoiceLine.model_validate(
+                        {
+                            "invoice_no": raw["InvoiceNo"],
+                            "stock_code": raw["StockCode"],
+                            "description": raw["Description"],
+                            "quantity": raw["Quantity"],
+                            "invoice_date": raw["InvoiceDate"],
+                            "unit_price": raw["UnitPrice"],
+                            "customer_id": raw["CustomerID"],
+                            "country": raw["Country"],
+                        }
+                    )
+                except ValidationError as exc:
+                    rejects.append((line_no, str(exc.errors()[0]["loc"])))
+                    continue
+                amount = Decimal(line.quantity) * line.unit_price
+                amount_in += amount
+                checkout = checkouts.get(line.invoice_no)
+                if checkout is None:
+                    moment = line.invoice_date.replace(tzinfo=london).astimezone(UTC)
+                    checkout = checkouts[line.invoice_no] = {
+                        "transaction_id": line.invoice_no,
+                        "store_id": line.country,
+                        "customer_id": line.customer_id,
+                        "is_guest": line.customer_id is None,
+                        "timestamp_utc": moment.isoformat(),
+                        "currency": line.currency,
+                        "total": Decimal("0"),
+                        "items": [],
+                    }
+                checkout["total"] += amount
+                checkout["items"].append(
+                    {"product_id": line.stock_code, "product_name": line.description,
+                     "quantity": line.quantity, "unit_price": line.unit_price, "line_total": amount}
+                )
+        for checkout in checkouts.values():
+            returned = all(item["quantity"] < 0 for item in checkout["items"])
+            checkout["transaction_type"] = "return" if returned else "sale"
+        return {
+            "rows": rows,
+            "rows_rejected": len(rejects),
+            "transactions": len(checkouts),
+            "checkouts": len(checkouts),
+            "amount_in": str(amount_in),
+        }
+
+    return run
+
+
+_SETUPS: dict[str, Callable[[], Runner]] = {
+    "polars_read_csv": _polars_read_csv,
+    "posfeed_transform": _posfeed_transform,
+    "naive_pydantic": _naive_pydantic,
+}
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec, so a
+    child would report its (bigger) parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return _peak_rss_bytes()
+
+
+def _transform_stages(csv_path: Path) -> dict[str, float]:
+    """Wall seconds of each transform stage, run one after the other (for profiling)."""
+    from pipeline.core.dedup import dedup
+    from pipeline.core.normalize import normalize
+    from pipeline.core.parse import read_file
+    from pipeline.core.transform import transform
+    from pipeline.core.validate import validate
+
+    feed = online_retail_feed()
+    now = datetime.now(UTC)
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    lines = read_file(csv_path, feed)
+    stages["read_file"] = time.perf_counter() - started
+    started = time.perf_counter()
+    checked = validate(lines, feed, now=now)
+    stages["validate"] = time.perf_counter() - started
+    started = time.perf_counter()
+    checkouts, _items = normalize(checked.filter(pl.col("reject_code").is_null()), feed)
+    stages["normalize"] = time.perf_counter() - started
+    started = time.perf_counter()
+    dedup(checkouts, None)
+    stages["dedup"] = time.perf_counter() - started
+    started = time.perf_counter()
+    transform(lines, feed, now=now)
+    stages["transform_total_after_read"] = time.perf_counter() - started
+    return {name: round(seconds, 4) for name, seconds in stages.items()}
+
+
+def run_variant(name: str, csv_path: Path, *, repeat: int = 1, profile: bool = False) -> dict[str, Any]:
+    """Run one variant ``repeat`` times in this process: best and all wall times, peak memory."""
+    runner = _SETUPS[name]()  # imports and model classes are built before the clock starts
+    rss_before = _current_rss_bytes()
+    times = []
+    outcome: dict[str, Any] = {}
+    for _ in range(max(1, repeat)):
+        started = time.perf_counter()
+        outcome = runner(csv_path)
+        times.append(time.perf_counter() - started)
+    best = min(times)
+    result = {
+        "variant": name,
+        **outcome,
+        "wall_seconds": round(best, 4),
+        "wall_seconds_all": [round(t, 4) for t in times],
+        "rows_per_second": round(outcome["rows"] / best) if best > 0 else None,
+        "rss_before_bytes": rss_before,
+        "peak_rss_bytes": _peak_rss_bytes(),
+    }
+    if profile and name == "posfeed_transform":
+        result["stages"] = _transform_stages(csv_path)
+    return result
+
+
+def _run_in_subprocess(name: str, csv_path: Path, *, repeat: int, profile: bool) -> dict[str, Any]:
+    command = [sys.executable, "-m", "pipeline.benchmarks.transform", "--variant", name,
+               "--csv", str(csv_path), "--repeat", str(repeat)]
+    if profile:
+        command.append("--profile")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark variant {name} failed ({done.returncode}): {done.stderr.strip()}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and versions a figure was measured with."""
+    import pydantic
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_bytes": memory,
+        "python": platform.python_version(),
+        "polars": pl.__version__,
+        "pydantic": pydantic.VERSION,
+        "polars_threads": pl.thread_pool_size(),
+    }
+
+
+def run_transform_benchmark(
+    *,
+    input_path: Path | None = None,
+    rows: int | None = None,
+    synthetic: bool = False,
+    repeat: int = 3,
+    naive_repeat: int = 1,
+    profile: bool = True,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Write the input CSV once, run the three variants (a process each) and compare them."""
+    with tempfile.TemporaryDirectory(prefix="posfeed-bench-", dir=work_dir) as tmp:
+        prepared = prepare_csv(Path(tmp), input_path=input_path, rows=rows, synthetic=synthetic)
+        variants = {
+            name: _run_in_subprocess(
+                name, prepared.csv_path,
+                repeat=naive_repeat if name == "naive_pydantic" else repeat,
+                profile=profile,
+            )
+            for name in VARIANTS
+        }
+    read, ours, naive = (variants[name]["wall_seconds"] for name in VARIANTS)
+    transform_over_read = ours / read if read else None
+    naive_over_transform = naive / ours if ours else None
+    return {
+        "benchmark": "transform",
+        "input": {"source": prepared.source, "rows": prepared.rows, "csv_bytes": prepared.csv_bytes},
+        "machine": machine_info(),
+        "repeat": repeat,
+        "naive_repeat": naive_repeat,
+        "variants": variants,
+        "ratios": {
+            "transform_over_read": round(transform_over_read, 2) if transform_over_read else None,
+            "naive_over_transform": round(naive_over_transform, 1) if naive_over_transform else None,
+        },
+        "targets": {
+            "transform_over_read_max": TARGET_TRANSFORM_OVER_READ,
+            "naive_over_transform_min": TARGET_NAIVE_OVER_TRANSFORM,
+            "transform_over_read_met": bool(transform_over_read
+                                            and transform_over_read <= TARGET_TRANSFORM_OVER_READ),
+            "naive_over_transform_met": bool(naive_over_transform
+                                             and naive_over_transform >= TARGET_NAIVE_OVER_TRANSFORM),
+        },
+    }
+
+
+def _mib(value: int | None) -> str:
+    return "?" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def markdown_section(report: dict[str, Any], *, command: str) -> str:
+    """The generated part of docs/BENCHMARKS.md's Transform section."""
+    machine, data, ratios, targets = report["machine"], report["input"], report["ratios"], report["targets"]
+    labels = {
+        "polars_read_csv": "(a) bare `polars.read_csv(infer_schema=False)` (floor)",
+        "posfeed_transform": "(b) posfeed `read_file` + `transform`",
+        "naive_pydantic": "(c) naive: `csv` + one pydantic model per row",
+    }
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d} with `{command}`.",
+        "",
+        f"- Machine: {machine['cpu']}, {machine['cpus']} CPUs, {_mib(machine['memory_bytes'])} RAM, "
+        f"{machine['platform']}",
+        f"- Versions: Python {machine['python']}, polars {machine['polars']} "
+        f"({machine['polars_threads']} threads), pydantic {machine['pydantic']}",
+        f"- Input: {data['rows']:,} rows, {data['csv_bytes'] / 2**20:,.1f} MiB of CSV "
+        f"({'UCI Online Retail' if data['source'] != 'synthetic' else 'synthetic, Online Retail shape'})",
+        f"- Best of {report['repeat']} runs for (a) and (b), {report['naive_repeat']} for (c); "
+        "each variant in its own process; peak RSS is the process's `ru_maxrss` "
+        "(includes the interpreter and imports: see \"RSS before\").",
+        "",
+        "| variant | wall time | rows/s | peak RSS | RSS before | rows | rejected |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in VARIANTS:
+        v = report["variants"][name]
+        rejected = v.get("rows_rejected", "")
+        lines.append(
+            f"| {labels[name]} | {v['wall_seconds']:.3f} s | {v['rows_per_second']:,} | "
+            f"{_mib(v['peak_rss_bytes'])} | {_mib(v['rss_before_bytes'])} | {v['rows']:,} | {rejected} |"
+        )
+    met = {True: "met", False: "**missed**"}
+    lines += [
+        "",
+        f"- (b) / (a) = **{ratios['transform_over_read']}×** "
+        f"(target ≤ {targets['transform_over_read_max']}×: {met[targets['transform_over_read_met']]})",
+        f"- (c) / (b) = **{ratios['naive_over_transform']}×** "
+        f"(target ≥ {targets['naive_over_transform_min']}×: {met[targets['naive_over_transform_met']]})",
+    ]
+    stages = report["variants"]["posfeed_transform"].get("stages")
+    if stages:
+        lines += ["", "Where (b) spends its time (one run, stage by stage):", "",
+                  "| stage | wall time |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.3f} s |" for name, seconds in stages.items()]
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, section: str) -> None:
+    """Replace the generated block of the Transform section in ``path`` (markers kept)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
+    if DOCS_START in text and DOCS_END in text:
+        before, rest = text.split(DOCS_START, 1)
+        _old, after = rest.split(DOCS_END, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + "## Transform\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child entry point: run one variant on a CSV and print its measurements as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.benchmarks.transform")
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--csv", type=Path, required=True)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_variant(args.variant, args.csv, repeat=args.repeat, profile=args.profile)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
