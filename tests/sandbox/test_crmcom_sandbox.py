@@ -1,0 +1,212 @@
+"""The emulated CRM.COM over real HTTP: tokens, envelope, purchases, bulk, cancel, inspection."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.sandbox.crmcom import PLATFORM, PREFIX, CrmcomPlatform
+from pipeline.sandbox.server import SandboxServer
+from pipeline.sandbox.state import SandboxConfig, SandboxState
+
+
+class Clock:
+    """A settable UTC clock for the sandbox."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def crm(clock: Clock) -> Iterator[SandboxServer]:
+    with SandboxServer(SandboxState(SandboxConfig(), clock=clock)) as server:
+        yield server
+
+
+def platform_of(server: SandboxServer) -> CrmcomPlatform:
+    platform: CrmcomPlatform = server.state.platforms[PLATFORM]
+    return platform
+
+
+def call(server: SandboxServer, method: str, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
+    return httpx.post(f"{server.url}{PREFIX}/{method}", json=body or {}, **kw)
+
+
+def token_of(server: SandboxServer) -> str:
+    cfg = platform_of(server).config
+    answer = call(
+        server,
+        "authentication/token",
+        {"username": cfg.username, "password": cfg.password, "organisation": cfg.organisation},
+    ).json()
+    assert answer["status"]["code"] == "OK"
+    token: str = answer["data"]["token"]
+    return token
+
+
+def purchase(reference: str, customer: str = "C1", **extra: Any) -> dict[str, Any]:
+    return {
+        "accounts_receivable_identifier": {"number": customer},
+        "performed_by_business_unit_identifier": {"code": "S1"},
+        "performed_on": "2026-11-20T09:30:00Z",
+        "reference_number": reference,
+        "external_system_reference_number": reference,
+        "products_set": [
+            {
+                "product_identifier": {"code": "P1"},
+                "quantity": 2,
+                "net_amount": 10.00,
+                "vat_amount": 2.50,
+                "total_amount": 12.50,
+            }
+        ],
+        **extra,
+    }
+
+
+def test_token_by_credentials_and_by_web_api_key(crm: SandboxServer) -> None:
+    assert token_of(crm).startswith("crm.")
+    refused = call(
+        crm, "authentication/token", {"username": "x", "password": "y", "organisation": "z"}
+    ).json()
+    assert refused["status"]["code"] == "AUTHENTICATION_FAILED"
+    key = platform_of(crm).config.web_api_key
+    basic = base64.b64encode(f"{key}:".encode()).decode()
+    by_key = call(crm, "authentication/web_api_key/token", headers={"Authorization": f"Basic {basic}"}).json()
+    assert by_key["status"] == {"code": "OK", "message": "", "description": ""}
+    wrong = base64.b64encode(b"nope:").decode()
+    assert (
+        call(crm, "authentication/web_api_key/token", headers={"Authorization": f"Basic {wrong}"}).json()[
+            "status"
+        ]["code"]
+        == "AUTHENTICATION_FAILED"
+    )
+    assert crm.state.stats["auth_failures"] == 2
+
+
+def test_tokens_expire_after_their_lifetime(crm: SandboxServer, clock: Clock) -> None:
+    platform_of(crm).config.token_ttl_seconds = 60
+    token = token_of(crm)
+    assert (
+        call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")}).json()["status"][
+            "code"
+        ]
+        == "OK"
+    )
+    clock.now += timedelta(seconds=61)
+    expired = call(crm, "customer_events/purchases/create", {"token": token, **purchase("T2")}).json()
+    assert expired["status"]["code"] == "TOKEN_EXPIRED"
+    invalid = call(crm, "customer_events/purchases/create", {"token": "made-up", **purchase("T2")}).json()
+    assert invalid["status"]["code"] == "INVALID_TOKEN"
+
+
+def test_purchase_create_duplicate_and_unknown_customer(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    created = call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")}).json()
+    assert created["status"]["code"] == "OK"
+    data = created["data"]
+    assert data["life_cycle_state"] == "POSTED" and data["reference_number"] == "T1"
+    assert Decimal(str(data["total_amount"])) == Decimal("12.50")
+    again = call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")}).json()
+    assert again["status"]["code"] == "DUPLICATE_REFERENCE_NUMBER"
+    assert again["data"]["id"] == data["id"]
+    unknown = call(
+        crm, "customer_events/purchases/create", {"token": token, **purchase("T2", "unknown-9")}
+    ).json()
+    assert unknown["status"]["code"] == "CUSTOMER_NOT_FOUND"
+    stats = httpx.get(f"{crm.url}/_sandbox/stats").json()
+    assert stats["events_accepted"] == 1
+    assert stats["duplicate_transaction_attempts"] == 1
+    assert stats["transactions"] == {"crmcom": 1}
+    listing = httpx.get(f"{crm.url}/_sandbox/transactions", params={"platform": "crmcom"}).json()
+    assert listing["count"] == 1
+    assert listing["transactions"][0]["platform"] == "crmcom"
+    assert listing["transactions"][0]["transaction_id"] == "T1"
+    assert Decimal(listing["transactions"][0]["total"]) == Decimal("12.50")
+
+
+def test_amounts_must_add_up(crm: SandboxServer) -> None:
+    body = purchase("T1")
+    body["products_set"][0]["vat_amount"] = 2.49
+    answer = call(crm, "customer_events/purchases/create", {"token": token_of(crm), **body}).json()
+    assert answer["status"]["code"] == "INVALID_PARAMETERS"
+
+
+def test_create_multiple_answers_processed_and_unprocessed_sets(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")})
+    events = [
+        {"request_unique_identifier": "T1", **purchase("T1")},
+        {"request_unique_identifier": "T2", **purchase("T2")},
+        {"request_unique_identifier": "T3", **purchase("T3", "unknown-1")},
+    ]
+    answer = call(
+        crm,
+        "customer_events/purchases/create_multiple",
+        {"token": token, "purchase_customer_events_set": events},
+    ).json()
+    assert answer["status"]["code"] == "OK"
+    processed = answer["data"]["processed_customer_events_set"]
+    unprocessed = {
+        e["request_unique_identifier"]: e for e in answer["data"]["unprocessed_customer_events_set"]
+    }
+    assert [p["request_unique_identifier"] for p in processed] == ["T2"]
+    assert unprocessed["T1"]["error_code"] == "DUPLICATE_REFERENCE_NUMBER"
+    assert unprocessed["T3"]["error_code"] == "CUSTOMER_NOT_FOUND"
+    too_many = [{"request_unique_identifier": f"X{i}", **purchase(f"X{i}")} for i in range(1001)]
+    refused = call(
+        crm,
+        "customer_events/purchases/create_multiple",
+        {"token": token, "purchase_customer_events_set": too_many},
+    ).json()
+    assert refused["status"]["code"] == "INVALID_PARAMETERS"
+
+
+def test_cancel_only_posted_purchases(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    created = call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")}).json()["data"]
+    by_id = {"token": token, "customer_event_identifier": {"id": created["id"]}}
+    cancelled = call(crm, "customer_events/purchases/cancel", by_id).json()
+    assert cancelled["status"]["code"] == "OK"
+    assert cancelled["data"]["life_cycle_state"] == "CANCELLED"
+    assert (
+        call(crm, "customer_events/purchases/cancel", by_id).json()["status"]["code"] == "ALREADY_CANCELLED"
+    )
+    missing = {"token": token, "customer_event_identifier": {"number": "nope"}}
+    assert call(crm, "customer_events/purchases/cancel", missing).json()["status"]["code"] == "NOT_FOUND"
+    listing = httpx.get(f"{crm.url}/_sandbox/transactions").json()["transactions"]
+    assert [(t["transaction_id"], t["status"]) for t in listing] == [("T1", "cancelled")]
+
+
+def test_rate_limit_and_faults_come_from_the_shared_state(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    crm.config.requests_per_minute = 1
+    assert (
+        call(crm, "customer_events/purchases/create", {"token": token, **purchase("T0")}).status_code == 200
+    )
+    limited = call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")})
+    assert limited.status_code == 429
+    assert limited.json()["status"]["code"] == "RATE_LIMITED"
+    assert int(limited.headers["Retry-After"]) >= 1
+    crm.config.requests_per_minute = None
+    crm.config.fault_rate = 1.0
+    crm.config.fault_kinds = ("error_503",)
+    failed = call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")})
+    assert failed.status_code == 503
+    stats = httpx.get(f"{crm.url}/_sandbox/stats").json()
+    assert stats["rate_limited"] == 1 and stats["faults_injected"] == 1
+    assert stats["transactions"] == {"crmcom": 1}
