@@ -25,7 +25,7 @@ import hashlib
 
 import polars as pl
 
-from pipeline.core.validate import GROUP_KEYS
+from pipeline.core.validate import GROUP_ID
 from pipeline.records import (
     CHECKOUT_ITEM_SCHEMA,
     CHECKOUT_SCHEMA,
@@ -43,7 +43,7 @@ _ITEM_SEP = "\x1e"
 
 
 def _item_columns() -> list[pl.Expr]:
-    keys = list(GROUP_KEYS)
+    keys = GROUP_ID
     is_return = pl.col("v_type") == TransactionType.RETURN
     q = pl.col("v_quantity")
     return [
@@ -79,7 +79,7 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     ``valid_lines`` is :func:`pipeline.core.validate.validate` output filtered to
     ``reject_code is null``. ``feed`` is accepted for symmetry with the other stages.
     """
-    keys = list(GROUP_KEYS)
+    keys = GROUP_ID
     rows = valid_lines.with_columns(_item_columns())
     item_text = pl.concat_str(
         [
@@ -102,6 +102,8 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     )
     by_time = pl.col("v_ts_utc").arg_min()
     checkouts = rows.group_by(keys, maintain_order=True).agg(
+        pl.col("v_transaction_id").first(),
+        pl.col("source_file").first(),
         pl.col("v_store_id").first().alias("store_id"),
         pl.col("v_register_id").drop_nulls().first().alias("register_id"),
         pl.col("v_customer_id").drop_nulls().first().alias("customer_id"),
@@ -167,7 +169,7 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     checkouts = checkouts.with_columns(pl.col("items").cast(pl.List(ITEM_STRUCT)))
 
     attributes = checkouts.select(
-        *keys,
+        keys,
         "is_guest",
         pl.col("customer_id").alias("c_customer_id"),
         pl.col("business_date").alias("c_business_date"),

@@ -66,21 +66,26 @@ def _decode(data: bytes, fmt: FormatConfig, name: str) -> bytes:
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     if fmt.encoding in ("utf-8", "utf-8-sig"):
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UnreadableFileError(
-                name,
-                f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                'set format.encoding (e.g. "cp1252" or "latin-1")',
-            ) from exc
-        return data
+        return data  # polars checks UTF-8 itself; _not_utf8 explains a failure
     try:
         return data.decode(fmt.encoding).encode("utf-8")
     except UnicodeDecodeError as exc:
         raise UnreadableFileError(
             name, f"not valid {fmt.encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start})"
         ) from exc
+
+
+def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
+    """An error naming the first byte that is not UTF-8, or None when the data is UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return UnreadableFileError(
+            name,
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            'set format.encoding (e.g. "cp1252" or "latin-1")',
+        )
+    return None
 
 
 def _check_text(data: bytes, name: str) -> None:
@@ -106,7 +111,9 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
             raise_if_empty=True,
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise UnreadableFileError(name, f"not readable as CSV: {_first_line(exc)}") from exc
+        raise _not_utf8(data, name) or UnreadableFileError(
+            name, f"not readable as CSV: {_first_line(exc)}"
+        ) from exc
     header_lines = 1 if fmt.has_header else 0
     index = pl.int_range(pl.len(), dtype=pl.Int64)
     # a record occupies more than one physical line only when a quoted field holds a line break;
@@ -120,8 +127,10 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     else:
         line = index + 1 + header_lines
     frame = frame.with_columns(line.alias("source_line"))
-    # blank lines come back as all-null rows: they are not records
-    return frame.filter(~pl.all_horizontal(pl.exclude("source_line").is_null()))
+    if b"\n\n" in data or b"\n\r\n" in data:
+        # blank lines come back as all-null rows: they are not records
+        frame = frame.filter(~pl.all_horizontal(pl.exclude("source_line").is_null()))
+    return frame
 
 
 def _first_line(exc: BaseException) -> str:
@@ -154,7 +163,9 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     try:
         frame = pl.read_ndjson(data, infer_schema_length=None)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise UnreadableFileError(name, f"not readable as JSON Lines: {_first_line(exc)}") from exc
+        raise _not_utf8(data, name) or UnreadableFileError(
+            name, f"not readable as JSON Lines: {_first_line(exc)}"
+        ) from exc
     lines = [n for n, text in enumerate(data.split(b"\n"), start=1) if text.strip()]
     if len(lines) != frame.height:  # cannot happen for well-formed JSONL; keep a usable number
         lines = list(range(1, frame.height + 1))

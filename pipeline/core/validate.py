@@ -30,7 +30,7 @@ every line has a negative quantity. Amounts of returns are negative whatever sig
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -41,9 +41,10 @@ from pipeline.config import Feed
 from pipeline.core.rejects import ISO_4217, RejectCode
 from pipeline.records import MONEY, MONEY_SCALE, QUANTITY, REQUIRED_COLUMNS, TransactionType
 
-__all__ = ["GROUP_KEYS", "NUMBER_FIELDS", "Rule", "row_rules", "transaction_rules", "validate"]
+__all__ = ["GROUP_ID", "GROUP_KEYS", "NUMBER_FIELDS", "Rule", "row_rules", "transaction_rules", "validate"]
 
 GROUP_KEYS: tuple[str, ...] = ("source_file", "v_transaction_id", "v_copy")
+GROUP_ID = "v_group"  # one integer per GROUP_KEYS value
 
 # field -> (typed column, dtype, decimal places)
 NUMBER_FIELDS: dict[str, tuple[pl.DataType, int]] = {
@@ -78,12 +79,21 @@ def _money(value: Decimal | int | str) -> pl.Expr:
 def _clean(col: str) -> pl.Expr:
     """Stripped text, empty as null."""
     text = pl.col(col).str.strip_chars()
-    return pl.when(text == "").then(None).otherwise(text)
+    return pl.when(text.str.len_bytes() > 0).then(text)
 
 
-def _number_columns(feed: Feed) -> list[pl.Expr]:
+def _strip(col: str) -> pl.Expr:
+    """Stripped text (cheaper than :func:`_clean`; an empty id is caught as a missing field)."""
+    return pl.col(col).str.strip_chars()
+
+
+def _number_columns(frame: pl.DataFrame, feed: Feed) -> list[pl.Expr]:
     exprs: list[pl.Expr] = []
     for field, (dtype, places) in NUMBER_FIELDS.items():
+        if frame.get_column(field).null_count() == frame.height:  # the export lacks the column
+            exprs.append(pl.lit(None, dtype=dtype).alias(f"v_{field}"))
+            exprs.append(pl.lit(False).alias(f"v_bad_{field}"))
+            continue
         text = _clean(field)
         if feed.format.decimal_comma:
             text = (
@@ -108,7 +118,19 @@ def _timezones(feed: Feed) -> list[str]:
 
 
 def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
-    """v_local (naive wall time), v_ts_utc, v_ts_local (ISO text with offset), v_tz, v_local_date."""
+    """v_local (naive wall time), v_ts_utc, v_ts_local (ISO text with offset), v_tz, v_local_date.
+
+    Computed once per distinct (timestamp text, timezone): exports repeat the transaction's
+    timestamp on every line, so this is far less work than once per line.
+    """
+    frame = frame.with_columns(
+        pl.col("v_store_id")
+        .replace_strict(feed.store_timezones, default=feed.timezone, return_dtype=pl.String)
+        .alias("v_tz")
+        if feed.store_timezones
+        else pl.lit(feed.timezone, dtype=pl.String).alias("v_tz")
+    )
+    distinct = frame.select("timestamp", "v_tz").unique()
     text = _clean("timestamp")
     offset = text.str.extract(_OFFSET_RE, 1)
     wall = (
@@ -122,12 +144,9 @@ def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
             iso.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="us", strict=False),
             iso.str.to_datetime("%Y-%m-%d %H:%M", time_unit="us", strict=False),
         )
-    frame = frame.with_columns(
+    distinct = distinct.with_columns(
         local.alias("v_local"),
         offset.str.replace("Z", "+00:00", literal=True).alias("v_offset"),
-        pl.col("v_store_id")
-        .replace_strict(feed.store_timezones, default=feed.timezone, return_dtype=pl.String)
-        .alias("v_tz"),
     )
     # offset given: wall time minus the offset
     off = pl.col("v_offset")
@@ -152,48 +171,75 @@ def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
             pl.when(in_zone).then(aware.dt.strftime("%Y-%m-%dT%H:%M:%S%:z")).otherwise(text_by_zone)
         )
     has_offset = pl.col("v_offset").is_not_null()
-    return frame.with_columns(
+    distinct = distinct.with_columns(
         pl.when(has_offset).then(utc_from_offset).otherwise(utc_by_zone).alias("v_ts_utc"),
         pl.when(has_offset).then(local_from_offset).otherwise(text_by_zone).alias("v_ts_local"),
         pl.col("v_local").dt.date().alias("v_local_date"),
-    )
+    ).drop("v_offset")
+    keys = ["timestamp", "v_tz"]
+    found = frame.select(keys).join(distinct, on=keys, how="left", nulls_equal=True, maintain_order="left")
+    return frame.hstack(found.drop(keys))
 
 
 def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     date_format = feed.format.date_format or "%Y-%m-%d"
+
+    def text(col: str, name: str, case: str | None = None, *, empty_is_null: bool = False) -> pl.Expr:
+        if lines.get_column(col).null_count() == lines.height:  # the export lacks the column
+            return pl.lit(None, dtype=pl.String).alias(name)
+        value = _clean(col) if empty_is_null else _strip(col)
+        if case == "upper":
+            value = value.str.to_uppercase()
+        elif case == "lower":
+            value = value.str.to_lowercase()
+        return value.alias(name)
+
     frame = lines.with_columns(
-        _clean("transaction_id").alias("v_transaction_id"),
-        _clean("store_id").alias("v_store_id"),
-        _clean("register_id").alias("v_register_id"),
-        _clean("customer_id").alias("v_customer_id"),
-        _clean("product_id").alias("v_product_id"),
-        _clean("currency").str.to_uppercase().alias("v_currency"),
-        _clean("transaction_type").str.to_lowercase().alias("v_type_given"),
-        _clean("original_transaction_id").alias("v_original_transaction_id"),
-        _clean("business_date").alias("v_business_date_text"),
-        *_number_columns(feed),
+        text("transaction_id", "v_transaction_id"),
+        text("store_id", "v_store_id"),
+        text("register_id", "v_register_id", empty_is_null=True),
+        text("customer_id", "v_customer_id", empty_is_null=True),
+        text("product_id", "v_product_id"),
+        text("currency", "v_currency", "upper", empty_is_null=True),
+        text("transaction_type", "v_type_given", "lower", empty_is_null=True),
+        text("original_transaction_id", "v_original_transaction_id", empty_is_null=True),
+        text("business_date", "v_business_date_text", empty_is_null=True),
+        *_number_columns(lines, feed),
     )
     frame = _time_columns(frame, feed)
     frame = frame.with_columns(
         pl.col("v_business_date_text").str.to_date(date_format, strict=False).alias("v_business_date_given"),
         pl.col("v_discount").fill_null(_money(0)).alias("v_discount_or_0"),
     )
-    return frame.with_columns(
-        pl.coalesce("v_business_date_given", "v_local_date").alias("business_day"),
-        _copy_number(frame).alias("v_copy"),
+    frame = _with_copy_number(frame).with_columns(
+        pl.coalesce("v_business_date_given", "v_local_date").alias("business_day")
     )
+    # one integer per transaction (exact, unlike a hash): windows over one int key are cheap
+    return frame.with_columns(pl.struct(GROUP_KEYS).rank("dense").cast(pl.Int64).alias(GROUP_ID))
 
 
-def _copy_number(frame: pl.DataFrame) -> pl.Expr:
-    """0 for a line's first occurrence in a file, 1 for its first exact repeat, and so on.
+def _with_copy_number(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add v_copy: 0 for a line's first occurrence in a file, 1 for its first exact repeat, ...
 
-    Only lines with a line_no count as repeats (see the module docstring).
+    Only lines with a line_no count as repeats (see the module docstring); only lines whose
+    (file, transaction_id, line_no) occurs more than once are looked at.
     """
+    has_no = pl.col("v_line_no").is_not_null()
     if frame.height == 0 or frame.get_column("v_line_no").null_count() == frame.height:
-        return pl.lit(0, dtype=pl.Int64)
-    content = pl.struct([pl.col(c) for c in ("transaction_id", "line_no", *_content_columns())]).hash()
-    nth = pl.int_range(pl.len(), dtype=pl.Int64).over("source_file", content)
-    return pl.when(pl.col("v_line_no").is_not_null()).then(nth).otherwise(0)
+        return frame.with_columns(pl.lit(0, dtype=pl.Int64).alias("v_copy"))
+    repeated = has_no & pl.struct("source_file", "v_transaction_id", "v_line_no").is_duplicated()
+    if not frame.select(repeated.any()).item():
+        return frame.with_columns(pl.lit(0, dtype=pl.Int64).alias("v_copy"))
+    frame = frame.with_row_index("_row")
+    content = [pl.col(c) for c in ("source_file", "transaction_id", "line_no", *_content_columns())]
+    copies = frame.filter(repeated).select(
+        "_row", pl.int_range(pl.len(), dtype=pl.Int64).over(content).alias("v_copy")
+    )
+    return (
+        frame.join(copies, on="_row", how="left", maintain_order="left")
+        .with_columns(pl.col("v_copy").fill_null(0))
+        .drop("_row")
+    )
 
 
 def _content_columns() -> list[str]:
@@ -202,30 +248,31 @@ def _content_columns() -> list[str]:
     return [c for c in CANONICAL_COLUMNS if c not in ("transaction_id", "line_no")]
 
 
-def _transaction_columns(feed: Feed) -> list[pl.Expr]:
+def _transaction_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     """Per-transaction facts as window expressions over the transaction's lines."""
-    keys = list(GROUP_KEYS)
+    keys = GROUP_ID
     given = pl.col("v_type_given")
-    explicit = given.drop_nulls().first().over(keys)
-    all_negative = (pl.col("v_quantity") < 0).fill_null(False).all().over(keys)
+    frame = frame.with_columns(
+        given.drop_nulls().first().over(keys).alias("v_type_explicit"),
+        (pl.col("v_quantity") < 0).fill_null(False).all().over(keys).alias("v_all_negative"),
+        given.drop_nulls().n_unique().over(keys).alias("v_type_count"),
+        pl.col("v_store_id").n_unique().over(keys).alias("v_store_count"),
+        pl.col("v_customer_id").drop_nulls().n_unique().over(keys).alias("v_customer_count"),
+        pl.col("v_currency").drop_nulls().n_unique().over(keys).alias("v_currency_count"),
+        pl.len().over(keys, "v_line_no").alias("v_line_no_count"),
+    )
+    explicit = pl.col("v_type_explicit")
     is_return = (explicit == TransactionType.RETURN) | (
         pl.lit(feed.validation.treat_negative_quantity_as_return)
         & explicit.fill_null(TransactionType.SALE).eq(TransactionType.SALE)
-        & all_negative
+        & pl.col("v_all_negative")
     )
     txn_type = (
         pl.when(is_return)
         .then(pl.lit(TransactionType.RETURN.value))
         .otherwise(explicit.fill_null(TransactionType.SALE.value))
     )
-    return [
-        txn_type.alias("v_type"),
-        given.drop_nulls().n_unique().over(keys).alias("v_type_count"),
-        pl.col("v_store_id").n_unique().over(keys).alias("v_store_count"),
-        pl.col("v_customer_id").drop_nulls().n_unique().over(keys).alias("v_customer_count"),
-        pl.col("v_currency").drop_nulls().n_unique().over(keys).alias("v_currency_count"),
-        pl.len().over([*keys, "v_line_no"]).alias("v_line_no_count"),
-    ]
+    return frame.with_columns(txn_type.alias("v_type"))
 
 
 def _line_amounts() -> list[pl.Expr]:
@@ -248,12 +295,19 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
     v = feed.validation
     rules: list[Rule] = []
     for field in REQUIRED_COLUMNS:
+        if field in NUMBER_FIELDS:  # blank: no value and not flagged as a bad number
+            missing = pl.col(f"v_{field}").is_null() & ~pl.col(f"v_bad_{field}")
+        elif field == "timestamp":
+            missing = _clean(field).is_null()
+        else:
+            typed = pl.col(f"v_{field}")
+            missing = typed.is_null() | (typed.str.len_bytes() == 0)
         rules.append(
             Rule(
                 f"missing_{field}",
                 RejectCode.MISSING_FIELD,
                 field,
-                _clean(field).is_null(),
+                missing,
                 pl.lit(f"required field {field} is empty"),
             )
         )
@@ -428,7 +482,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
 def transaction_rules(feed: Feed) -> list[Rule]:
     """Rules judged on a transaction whose lines all passed :func:`row_rules`."""
     tolerance = _money(feed.validation.amount_tolerance)
-    keys = list(GROUP_KEYS)
+    keys = GROUP_ID
     line_sum = pl.col("v_line_amount").sum().over(keys)
     given = pl.col("v_transaction_total")
     expected_total = pl.when(pl.col("v_type") == TransactionType.RETURN).then(-given.abs()).otherwise(given)
@@ -443,17 +497,36 @@ def transaction_rules(feed: Feed) -> list[Rule]:
     ]
 
 
-def _first_failure(rules: Sequence[Rule]) -> list[pl.Expr]:
-    """reject_code, reject_field, reject_reason of the first rule each row breaks (else null)."""
+def _first_failure(rules: Sequence[Rule], offset: int = 0) -> pl.Expr:
+    """The index (+ offset) of the first rule each row breaks, else null."""
+    return pl.coalesce(
+        [
+            pl.when(r.failing.fill_null(False)).then(pl.lit(i + offset, dtype=pl.Int32))
+            for i, r in enumerate(rules)
+        ]
+    )
 
-    def first(pick: Callable[[Rule], pl.Expr]) -> pl.Expr:
-        return pl.coalesce([pl.when(r.failing.fill_null(False)).then(pick(r)) for r in rules])
 
-    return [
-        first(lambda r: pl.lit(r.code.value)).alias("reject_code"),
-        first(lambda r: pl.lit(r.field)).alias("reject_field"),
-        first(lambda r: r.reason.cast(pl.String)).alias("reject_reason"),
-    ]
+def _explain(frame: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
+    """reject_code, reject_field, reject_reason from the rule index (only rejected rows pay)."""
+    index = pl.col("v_rule")
+    codes = {i: r.code.value for i, r in enumerate(rules)}
+    fields = {i: r.field for i, r in enumerate(rules)}
+    failed = frame.filter(index.is_not_null())
+    reasons = failed.select(
+        "_row",
+        index.replace_strict(codes, return_dtype=pl.String).alias("reject_code"),
+        index.replace_strict(fields, return_dtype=pl.String).alias("reject_field"),
+        pl.coalesce([pl.when(index == i).then(r.reason.cast(pl.String)) for i, r in enumerate(rules)]).alias(
+            "reject_reason"
+        ),
+    )
+    if failed.height == 0:
+        return frame.drop("_row").with_columns(
+            pl.lit(None, dtype=pl.String).alias(c) for c in ("reject_code", "reject_field", "reject_reason")
+        )
+    found = frame.select("_row").join(reasons, on="_row", how="left", maintain_order="left")
+    return frame.drop("_row").hstack(found.drop("_row"))
 
 
 def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
@@ -461,40 +534,33 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
 
     ``now`` is injected (no clock in the core); a naive ``now`` is taken as UTC.
     """
-    keys = list(GROUP_KEYS)
+    keys = GROUP_ID
     frame = _typed(lines, feed)
-    frame = frame.with_columns(_transaction_columns(feed))
+    frame = _transaction_columns(frame, feed)
     frame = frame.with_columns(_line_amounts())
-    frame = frame.with_columns(_first_failure(row_rules(feed, now)))
-    clean_group = pl.col("reject_code").is_null().all().over(keys)
-    txn_rules = transaction_rules(feed)
-    code, field, reason = _first_failure(txn_rules)
+    per_row = row_rules(feed, now)
+    per_txn = transaction_rules(feed)
+    frame = frame.with_columns(_first_failure(per_row).alias("v_rule"))
+    clean_group = pl.col("v_rule").is_null().all().over(keys)
     frame = frame.with_columns(
-        pl.when(clean_group).then(code).otherwise(pl.col("reject_code")).alias("reject_code"),
-        pl.when(clean_group).then(field).otherwise(pl.col("reject_field")).alias("reject_field"),
-        pl.when(clean_group).then(reason).otherwise(pl.col("reject_reason")).alias("reject_reason"),
+        pl.when(clean_group)
+        .then(_first_failure(per_txn, len(per_row)))
+        .otherwise(pl.col("v_rule"))
+        .alias("v_rule")
     )
-    failed = pl.col("reject_code").is_not_null()
-    sibling_failed = failed.any().over(keys) & ~failed
-    first_bad = (
-        pl.when(failed)
-        .then(pl.col("source_line").cast(pl.String))
-        .otherwise(None)
-        .drop_nulls()
-        .first()
-        .over(keys)
+    sibling = len(per_row) + len(per_txn)
+    failed = pl.col("v_rule").is_not_null()
+    frame = frame.with_columns(
+        pl.when(failed).then(pl.col("v_rule")).when(failed.any().over(keys)).then(sibling).alias("v_rule"),
+        pl.when(failed).then(pl.col("source_line")).min().over(keys).alias("v_first_bad_line"),
+    ).with_row_index("_row")
+    sibling_rule = Rule(
+        "sibling_rejected",
+        RejectCode.SIBLING_REJECTED,
+        "transaction_id",
+        pl.lit(False),
+        pl.format(
+            "line {} of transaction {} was rejected", pl.col("v_first_bad_line"), pl.col("transaction_id")
+        ),
     )
-    return frame.with_columns(
-        pl.when(sibling_failed)
-        .then(pl.lit(RejectCode.SIBLING_REJECTED.value))
-        .otherwise(pl.col("reject_code"))
-        .alias("reject_code"),
-        pl.when(sibling_failed)
-        .then(pl.lit("transaction_id"))
-        .otherwise(pl.col("reject_field"))
-        .alias("reject_field"),
-        pl.when(sibling_failed)
-        .then(pl.format("line {} of transaction {} was rejected", first_bad, pl.col("transaction_id")))
-        .otherwise(pl.col("reject_reason"))
-        .alias("reject_reason"),
-    )
+    return _explain(frame, [*per_row, *per_txn, sibling_rule])
