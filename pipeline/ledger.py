@@ -722,10 +722,11 @@ class Ledger:
     # ---- recording a file's contents ----------------------------------------------------------
 
     def known(self, scope: str) -> list[tuple[str, str]]:
-        """(transaction_id, content_hash) of every primary transaction of ``scope`` (for dedup)."""
+        """(transaction_id, content_hash) pairs of ``scope`` for dedup: every primary transaction
+        and every version held as a conflict (so a held transaction stays held)."""
         rows = self._query(
-            f"SELECT transaction_id, content_hash FROM transactions WHERE scope = ? "
-            f"AND state IN {_PRIMARY_SQL}",
+            f"SELECT DISTINCT transaction_id, content_hash FROM transactions WHERE scope = ? "
+            f"AND (state IN {_PRIMARY_SQL} OR state = 'conflict') AND content_hash IS NOT NULL",
             (scope,),
         )
         return [(r[0], r[1]) for r in rows]
@@ -753,18 +754,24 @@ class Ledger:
             for txn in transactions:
                 primary_id: int | None = None
                 if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT):
+                    # the primary, if any: versions that disagree from the start have none
                     primary = db.execute(
-                        f"SELECT id, state FROM transactions WHERE scope = ? AND transaction_id = ? "
-                        f"AND state IN {_PRIMARY_SQL}",
+                        f"SELECT id, state, content_hash FROM transactions WHERE scope = ? "
+                        f"AND transaction_id = ? AND state IN {_PRIMARY_SQL}",
                         (file.scope, txn.transaction_id),
                     ).fetchone()
-                    if primary is None:
-                        raise LedgerError(f"{txn.state} of unknown transaction {txn.transaction_id!r}")
-                    primary_id = primary["id"]
-                    if txn.state is TxnState.DUPLICATE and primary["state"] == TxnState.FAILED_RETRYABLE:
-                        self._set_state(db, [primary_id], TxnState.QUEUED, run_id)
-                        self._attach(db, run_id, [primary_id], "retry")
-                        to_send.append(primary_id)
+                    primary_id = primary["id"] if primary is not None else None
+                    if (
+                        primary is not None
+                        and txn.state is TxnState.DUPLICATE
+                        and primary["content_hash"] == txn.content_hash
+                        and primary["state"] == TxnState.FAILED_RETRYABLE
+                        and primary["id"] not in to_send
+                    ):
+                        # the earlier copy never got through: this run delivers it
+                        self._set_state(db, [primary["id"]], TxnState.QUEUED, run_id)
+                        self._attach(db, run_id, [primary["id"]], "retry")
+                        to_send.append(primary["id"])
                 elif txn.state not in (TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED):
                     raise IllegalTransitionError(txn.transaction_id, "new", txn.state)
                 cursor = db.execute(

@@ -115,8 +115,8 @@ def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> N
 def test_record_file_is_all_or_nothing(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     file = _file(ledger, run_id)
-    with pytest.raises(Exception, match="unknown transaction"):
-        ledger.record_file(run_id, file, transactions=[_txn("T1"), _txn("T7", TxnState.DUPLICATE)],
+    with pytest.raises(IllegalTransitionError):
+        ledger.record_file(run_id, file, transactions=[_txn("T1"), _txn("T7", TxnState.ACCEPTED)],
                            rejects=[], totals=[])
     assert ledger.state_counts(SCOPE) == {}
     assert ledger.file(file.id).status == "fetched"

@@ -1,0 +1,299 @@
+"""Reconciliation reports: what came in, where every transaction ended, and proof that it balances.
+
+Pure builders (:func:`build_report`) turn ledger rows into a :class:`Report`; :func:`write_report`
+writes it as four files into one folder, each atomically and spreadsheet-safe:
+
+* ``summary.csv``: one row per source file × store × business date (× origin): rows, transactions
+  and amount in, then count and amount per state, points awarded, and ``balanced``;
+* ``detail.csv``: one row per transaction occurrence with its state, codes and event ids;
+* ``rejects.csv``: every rejected line with its original columns, the reject code, reason, field,
+  file and line;
+* ``summary.json``: the `posfeed run --json` document.
+
+Every column is described in README.md ("Reports"). Amounts are exact decimals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pipeline.csvsafe import write_atomic, write_csv
+from pipeline.ledger import TxnRecord, TxnState
+
+__all__ = [
+    "DETAIL_COLUMNS",
+    "REJECT_TAIL_COLUMNS",
+    "STATE_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "Report",
+    "build_report",
+    "money",
+    "write_report",
+]
+
+# report name of each state, in column order ("in_doubt" is the ledger's "sending")
+STATE_COLUMNS: tuple[tuple[str, TxnState], ...] = (
+    ("accepted", TxnState.ACCEPTED),
+    ("rejected", TxnState.REJECTED),
+    ("duplicate", TxnState.DUPLICATE),
+    ("conflict", TxnState.CONFLICT),
+    ("failed_retryable", TxnState.FAILED_RETRYABLE),
+    ("failed_permanent", TxnState.FAILED_PERMANENT),
+    ("in_doubt", TxnState.SENDING),
+    ("queued", TxnState.QUEUED),
+    ("void", TxnState.VOID),
+    ("not_sent", TxnState.NOT_SENT),
+)
+_REPORT_NAME = {state: name for name, state in STATE_COLUMNS}
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "feed",
+    "source_file",
+    "store_id",
+    "business_date",
+    "origin",
+    "rows_in",
+    "transactions_in",
+    "amount_in",
+    *(f"{name}_{what}" for name, _ in STATE_COLUMNS for what in ("count", "amount")),
+    "points_awarded",
+    "rows_accounted",
+    "transactions_accounted",
+    "amount_accounted",
+    "balanced",
+)
+
+DETAIL_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "feed",
+    "source_file",
+    "source_lines",
+    "transaction_id",
+    "store_id",
+    "business_date",
+    "transaction_type",
+    "currency",
+    "amount",
+    "rows",
+    "state",
+    "origin",
+    "reject_code",
+    "error_code",
+    "error_message",
+    "attempts",
+    "event_ids",
+    "points",
+    "content_hash",
+    "first_run_id",
+    "last_run_id",
+)
+
+REJECT_TAIL_COLUMNS: tuple[str, ...] = (
+    "reject_code",
+    "reject_reason",
+    "reject_field",
+    "source_file",
+    "source_line",
+)
+
+_ZERO = Decimal("0")
+
+
+def money(value: Decimal | None) -> str:
+    """A money amount as text: exact, with at least two decimals (``12.50``, ``1.2345``)."""
+    if value is None:
+        return ""
+    value = value if value != 0 else abs(value)
+    exponent = value.normalize().as_tuple().exponent
+    places = max(2, -exponent) if isinstance(exponent, int) else 2
+    return f"{value:.{places}f}"
+
+
+def _lines(lines: Sequence[int]) -> str:
+    """``2-4;9`` for lines 2, 3, 4 and 9."""
+    if not lines:
+        return ""
+    parts: list[str] = []
+    ordered = sorted(lines)
+    start = prev = ordered[0]
+    for line in [*ordered[1:], None]:
+        if line is not None and line == prev + 1:
+            prev = line
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if line is not None:
+            start = prev = line
+    return ";".join(parts)
+
+
+@dataclass
+class _Group:
+    rows_in: int = 0
+    transactions_in: int = 0
+    amount_in: Decimal = _ZERO
+    counts: Counter[str] = field(default_factory=Counter)
+    amounts: dict[str, Decimal] = field(default_factory=dict)
+    points: Decimal = _ZERO
+    rows: int = 0
+    transactions: int = 0
+    amount: Decimal = _ZERO
+
+    def add(self, txn: TxnRecord) -> None:
+        name = _REPORT_NAME[txn.state]
+        self.counts[name] += 1
+        self.amounts[name] = self.amounts.get(name, _ZERO) + txn.amount
+        self.rows += txn.rows
+        self.transactions += 1
+        self.amount += txn.amount
+        if txn.state is TxnState.ACCEPTED and txn.points is not None:
+            self.points += txn.points
+
+    def balanced(self, pending_is_final: bool) -> bool:
+        pending = self.counts["in_doubt"] + (0 if pending_is_final else self.counts["queued"])
+        return (
+            pending == 0
+            and self.rows == self.rows_in
+            and self.transactions == self.transactions_in
+            and self.amount == self.amount_in
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """One report: its rows and its JSON summary."""
+
+    summary_rows: list[list[Any]]
+    detail_rows: list[list[Any]]
+    reject_header: list[str]
+    reject_rows: list[list[Any]]
+    summary: dict[str, Any]
+
+
+def build_report(
+    *,
+    report_id: str,
+    feed: str,
+    transactions: Sequence[TxnRecord],
+    file_totals: Iterable[tuple[str, str, str, int, int, Decimal]],
+    rejects: Sequence[dict[str, Any]],
+    pending_is_final: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Report:
+    """Build a report from ledger rows.
+
+    ``file_totals`` are (source_file, store_id, business_date, rows, transactions, amount) of the
+    files whose rows came in with this report (origin ``file``); transactions of another origin
+    (settled or retried from the ledger) are their own input. ``pending_is_final`` counts queued
+    rows as final (a dry run, where "queued" means "would be sent").
+    """
+    groups: dict[tuple[str, str, str, str], _Group] = {}
+    for name, store, day, rows, count, amount in file_totals:
+        group = groups.setdefault((name, store, day, "file"), _Group())
+        group.rows_in += rows
+        group.transactions_in += count
+        group.amount_in += amount
+    for txn in transactions:
+        origin = "file" if (txn.origin or "file") == "file" else "ledger"
+        key = (txn.source_file, txn.store_id or "", txn.business_date or "", origin)
+        group = groups.setdefault(key, _Group())
+        if origin == "ledger":
+            group.rows_in += txn.rows
+            group.transactions_in += 1
+            group.amount_in += txn.amount
+        group.add(txn)
+
+    summary_rows: list[list[Any]] = []
+    total = _Group()
+    balanced = True
+    for (name, store, day, origin), group in sorted(groups.items()):
+        ok = group.balanced(pending_is_final)
+        balanced = balanced and ok
+        state_cells: list[Any] = []
+        for state_name, _ in STATE_COLUMNS:
+            state_cells += [group.counts[state_name], money(group.amounts.get(state_name, _ZERO))]
+        summary_rows.append(
+            [report_id, feed, name, store, day, origin, group.rows_in, group.transactions_in,
+             money(group.amount_in), *state_cells, money(group.points), group.rows, group.transactions,
+             money(group.amount), "true" if ok else "false"]
+        )
+        total.rows_in += group.rows_in
+        total.transactions_in += group.transactions_in
+        total.amount_in += group.amount_in
+        total.counts.update(group.counts)
+        for state_name, amount in group.amounts.items():
+            total.amounts[state_name] = total.amounts.get(state_name, _ZERO) + amount
+        total.points += group.points
+        total.rows += group.rows
+        total.transactions += group.transactions
+        total.amount += group.amount
+
+    detail_rows = [
+        [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",
+         t.business_date or "", t.transaction_type or "", t.currency or "", money(t.amount), t.rows,
+         _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
+         t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
+         t.content_hash or "", t.first_run_id, t.last_run_id]
+        for t in transactions
+    ]
+
+    reject_header: list[str] = []
+    for reject in rejects:
+        for column in reject["original"]:
+            if column not in reject_header and column not in REJECT_TAIL_COLUMNS:
+                reject_header.append(column)
+    reject_rows = [
+        [*(r["original"].get(c) for c in reject_header), r["code"], r["reason"], r["field"],
+         r["source_file"], r["source_line"]]
+        for r in rejects
+    ]
+    reject_header += list(REJECT_TAIL_COLUMNS)
+
+    rejected = [t for t in transactions if t.state is TxnState.REJECTED]
+    amount_rejected = sum((t.amount for t in rejected), _ZERO)
+    amount_valid = total.amount_in - amount_rejected
+    by_code = Counter(str(r["code"]) for r in rejects)
+    summary: dict[str, Any] = {
+        "run_id": report_id,
+        "feed": feed,
+        "rows_in": total.rows_in,
+        "rows_rejected": sum(t.rows for t in rejected),
+        "transactions_in": total.transactions_in,
+        "transactions_valid": total.transactions - len(rejected),
+        "transactions_rejected": len(rejected),
+        "rejects_by_code": dict(sorted(by_code.items())),
+        "duplicates": total.counts["duplicate"],
+        "conflicts": total.counts["conflict"],
+        "amount_in": money(total.amount_in),
+        "amount_valid": money(amount_valid),
+        "amount_rejected": money(amount_rejected),
+        "accepted": total.counts["accepted"],
+        "failed_retryable": total.counts["failed_retryable"],
+        "failed_permanent": total.counts["failed_permanent"],
+        "in_doubt": total.counts["in_doubt"],
+        "queued": total.counts["queued"],
+        "voids": total.counts["void"],
+        "not_sent": total.counts["not_sent"],
+        "amount_accepted": money(total.amounts.get("accepted", _ZERO)),
+        "points_awarded": money(total.points),
+        "balanced": balanced and total.balanced(pending_is_final),
+    }
+    summary.update(extra or {})
+    return Report(summary_rows, detail_rows, reject_header, reject_rows, summary)
+
+
+def write_report(report: Report, folder: Path) -> Path:
+    """Write the report's four files into ``folder`` (each atomically); returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_csv(folder / "summary.csv", SUMMARY_COLUMNS, report.summary_rows)
+    write_csv(folder / "detail.csv", DETAIL_COLUMNS, report.detail_rows)
+    write_csv(folder / "rejects.csv", report.reject_header, report.reject_rows)
+    text = json.dumps(report.summary, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(folder / "summary.json", text)
+    return folder

@@ -1,0 +1,378 @@
+"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report.
+
+:func:`run_feed` is what ``posfeed run`` (and the scheduler) call; :func:`rerun_feed` resends a
+selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
+ledger with their own reports, and return a :class:`RunSummary`.
+
+Pending work comes before new work: transactions an earlier process left ``queued`` or in doubt
+(``sending``, killed mid-request) are sent first; the platform's "transaction ID already used"
+settles the ones that had landed. A **dry run** does all of it against a throwaway copy of the
+ledger, sends nothing, touches no source file, and writes the same reports.
+
+Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 data errors
+(rejected rows, conflicts, unreadable files, transactions the platform refused); 75 try again
+later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
+before the end; a held lock raises LockHeldError, also 75); 70 when the report does not balance.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pipeline.config import Feed, Settings
+from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
+from pipeline.ledger import Ledger, new_run_id
+from pipeline.locks import RunLock
+from pipeline.progress import NullProgress, Progress
+from pipeline.sinks.base import Sink
+from pipeline.sources import open_source
+from pipeline.sources.base import RemoteFile, Source
+from pipeline.sources.discovery import lookback_dates
+from pipeline.stages.fetch import FetchResult, fetch_new_files
+from pipeline.stages.report import report_folder, run_report, write_run_report
+from pipeline.stages.submit import submit_rows
+from pipeline.stages.transform import TransformOutcome, transform_staged
+
+__all__ = ["RerunSelection", "RunSummary", "business_dates_for", "exit_code_of", "rerun_feed", "run_feed"]
+
+log = logging.getLogger(__name__)
+
+SinkFactory = Callable[[Feed], Sink]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The outcome of one run: its id, its `--json` document and its exit code."""
+
+    run_id: str
+    feed: str
+    exit_code: int
+    summary: dict[str, Any]
+    reports_path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `posfeed run --json` document."""
+        data = dict(self.summary)
+        data["exit_code"] = self.exit_code
+        data["reports_path"] = str(self.reports_path) if self.reports_path else None
+        return data
+
+
+@dataclass(frozen=True)
+class RerunSelection:
+    """What a rerun resends: failed transactions of a run, a file, a store and/or a business day."""
+
+    run_id: str | None = None
+    failed: bool = False  # every failed transaction of the feed
+    file: str | None = None
+    store_id: str | None = None
+    business_date: date | None = None
+    include_permanent: bool = False
+
+    def is_empty(self) -> bool:
+        """True when nothing selects transactions."""
+        return not (self.run_id or self.failed or self.file or self.store_id or self.business_date)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as recorded with the run."""
+        return {
+            "run_id": self.run_id,
+            "failed": self.failed,
+            "file": self.file,
+            "store_id": self.store_id,
+            "business_date": self.business_date.isoformat() if self.business_date else None,
+            "include_permanent": self.include_permanent,
+        }
+
+
+def business_dates_for(feed: Feed, *, now: datetime | None = None) -> list[date]:
+    """Today in the feed's timezone and the ``source.lookback_days`` before it, oldest first."""
+    today = (now or datetime.now(UTC)).astimezone(ZoneInfo(feed.timezone)).date()
+    return lookback_dates(today, feed.source.lookback_days)
+
+
+def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
+    """The exit code a run's summary calls for (see the module docstring)."""
+    data_errors = (
+        summary.get("transactions_rejected", 0)
+        or summary.get("conflicts", 0)
+        or summary.get("failed_permanent", 0)
+        or summary.get("unreadable_files")
+    )
+    if data_errors:
+        return EXIT_DATA
+    left = summary.get("failed_retryable", 0) or summary.get("in_doubt", 0) or summary.get("fetch_failures")
+    if left or summary.get("stopped") or (not dry_run and summary.get("queued", 0)):
+        return EXIT_TEMPFAIL
+    if not summary.get("balanced", False):
+        return EXIT_INTERNAL
+    return EXIT_OK
+
+
+def _default_sink_factory(feed: Feed) -> Sink:
+    from pipeline.sinks import make_sink
+
+    return make_sink(feed)
+
+
+@contextmanager
+def _open_ledger(settings: Settings, dry_run: bool, workdir: Path) -> Iterator[Ledger]:
+    """The real ledger, or for a dry run a private copy of it (the real file is only read)."""
+    path = settings.ledger_path
+    if dry_run:
+        copy = workdir / "ledger.sqlite"
+        if path.exists():
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+                source.close()
+        path = copy
+    ledger = Ledger(path)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@dataclass
+class _Context:
+    feed: Feed
+    settings: Settings
+    ledger: Ledger
+    run_id: str
+    dry_run: bool
+    staging_dir: Path
+    stop: threading.Event | None
+    progress: Progress
+    make_sink: SinkFactory
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def submit(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        if self.dry_run:
+            log.info("dry run: %d transaction(s) would be sent", len(row_ids))
+            return
+        result = submit_rows(
+            self.ledger, self.feed, self.run_id, row_ids, self.make_sink,
+            stop=self.stop, progress=self.progress,
+        )
+        if result.stopped:
+            self.notes["stopped"] = True
+
+    def finish_files(self, source: Source | None) -> None:
+        """Keep, archive or delete the source files of this feed whose rows are all final."""
+        if self.dry_run:
+            return
+        action = self.feed.source.after_success
+        for record in self.ledger.finishable_files(self.feed.scope):
+            if record.feed != self.feed.name:
+                continue
+            if action != "keep":
+                if source is None:
+                    continue
+                try:
+                    source.finish(RemoteFile(record.name, record.size, record.mtime), action)
+                except Exception as exc:  # the source's errors are already translated; keep going
+                    log.warning("%s: could not %s it: %s (tried again next run)", record.name, action, exc)
+                    continue
+            self.ledger.finish_file(record.id, action)
+
+
+def _execute(
+    feed: Feed,
+    settings: Settings,
+    *,
+    kind: str,
+    dry_run: bool,
+    business_dates: list[date] | None,
+    selection: RerunSelection | None,
+    stop: threading.Event | None,
+    progress: Progress | None,
+    make_sink: SinkFactory | None,
+    now: datetime | None,
+) -> RunSummary:
+    lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
+    workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
+    try:
+        with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
+            abandoned = ledger.close_abandoned_runs(feed.scope)
+            if abandoned:
+                log.warning("runs %s of scope %r ended without finishing (process killed?); "
+                            "their pending transactions are settled first", ", ".join(abandoned), feed.scope)
+            run_id = new_run_id() + ("-dry" if dry_run else "")
+            ledger.start_run(
+                feed=feed.name,
+                scope=feed.scope,
+                kind=kind,
+                dry_run=dry_run,
+                selection=selection.to_dict() if selection else None,
+                run_id=run_id,
+            )
+            staging = (workdir / "staging") if workdir else settings.staging_dir / run_id
+            ctx = _Context(
+                feed, settings, ledger, run_id, dry_run, staging, stop, progress or NullProgress(),
+                make_sink or _default_sink_factory,
+            )
+            log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
+                     " [dry run]" if dry_run else "")
+            try:
+                if kind == "rerun":
+                    assert selection is not None
+                    _rerun_body(ctx, selection)
+                else:
+                    _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
+            except BaseException as exc:
+                ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
+                _finish(ctx, status="failed")
+                raise
+            return _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
+    finally:
+        lock.release()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
+    pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
+    if pending:
+        log.info("%s: settling %d transaction(s) left queued or in doubt", ctx.feed.name, len(pending))
+        ctx.submit(pending)
+    ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
+    if ctx.stopped():
+        ctx.notes["stopped"] = True
+        return
+    source = open_source(ctx.feed)
+    try:
+        fetched: FetchResult = fetch_new_files(
+            source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress
+        )
+        ctx.notes["files_new"] = [s.record.name for s in fetched.staged]
+        ctx.notes["files_already_processed"] = len(fetched.already_processed)
+        ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
+        ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+        outcome: TransformOutcome = transform_staged(
+            ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
+            progress=ctx.progress,
+        )
+        ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
+        if ctx.stopped():
+            ctx.notes["stopped"] = True
+        else:
+            ctx.submit(outcome.to_send)
+        ctx.finish_files(source)
+    finally:
+        source.close()
+        shutil.rmtree(ctx.staging_dir, ignore_errors=True)
+
+
+def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
+    pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
+    row_ids = ctx.ledger.select_for_rerun(
+        ctx.feed.scope,
+        run_id=selection.run_id,
+        file=selection.file,
+        store_id=selection.store_id,
+        business_date=selection.business_date.isoformat() if selection.business_date else None,
+        include_permanent=selection.include_permanent,
+        feed=None if selection.run_id else ctx.feed.name,
+    )
+    log.info("%s: rerun resends %d failed transaction(s)%s", ctx.feed.name, len(row_ids),
+             f" after settling {len(pending)} pending" if pending else "")
+    ctx.ledger.requeue(row_ids, ctx.run_id)
+    ctx.submit(pending + row_ids)
+    if ctx.dry_run:
+        return
+    source: Source | None = None
+    if ctx.feed.source.after_success != "keep":
+        try:
+            source = open_source(ctx.feed)
+        except Exception as exc:
+            log.warning("cannot open the source to finish files: %s", exc)
+    try:
+        ctx.finish_files(source)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _finish(ctx: _Context, *, status: str) -> RunSummary:
+    """Record the run's end, write its reports, and return its summary."""
+    notes = dict(ctx.notes)
+    provisional = run_report(ctx.ledger, ctx.run_id, extra=notes).summary
+    code = EXIT_INTERNAL if status == "failed" else exit_code_of(provisional, dry_run=ctx.dry_run)
+    notes.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
+    report = run_report(ctx.ledger, ctx.run_id, extra=notes)
+    ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
+    folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
+    try:
+        folder = write_run_report(report, ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
+    except OSError as exc:
+        log.error("could not write the reports of run %s: %s", ctx.run_id, exc)
+    summary = RunSummary(ctx.run_id, ctx.feed.name, code, report.summary, folder)
+    log.info(
+        "%s %s: %s, exit %d: %d rows in, %d accepted, %d rejected, %d duplicates, %d conflicts, "
+        "%d failed retryable, %d failed permanent, %d in doubt",
+        ctx.feed.name, ctx.run_id, status, code, report.summary["rows_in"], report.summary["accepted"],
+        report.summary["transactions_rejected"], report.summary["duplicates"], report.summary["conflicts"],
+        report.summary["failed_retryable"], report.summary["failed_permanent"], report.summary["in_doubt"],
+    )
+    return summary
+
+
+def run_feed(
+    feed: Feed,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    business_dates: list[date] | None = None,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    make_sink: SinkFactory | None = None,
+    now: datetime | None = None,
+) -> RunSummary:
+    """Run a feed once (see the module docstring). Raises LockHeldError when the feed's scope is
+    being run by a live process, ConfigError for configuration problems."""
+    return _execute(
+        feed, settings, kind="run", dry_run=dry_run, business_dates=business_dates, selection=None,
+        stop=stop, progress=progress, make_sink=make_sink, now=now,
+    )
+
+
+def rerun_feed(
+    feed: Feed,
+    settings: Settings,
+    selection: RerunSelection,
+    *,
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    make_sink: SinkFactory | None = None,
+) -> RunSummary:
+    """Resend the failed transactions ``selection`` names (failed_retryable; failed_permanent too
+    with ``include_permanent``); accepted transactions are never resent."""
+    if selection.is_empty():
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("a rerun needs a run id, --failed, --file, --store or --business-date")
+    return _execute(
+        feed, settings, kind="rerun", dry_run=dry_run, business_dates=None, selection=selection,
+        stop=stop, progress=progress, make_sink=make_sink, now=None,
+    )

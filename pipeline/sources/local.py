@@ -1,0 +1,140 @@
+"""A local folder as a file source (``[source] kind = "local"``).
+
+Discovery, temp-name filtering and readiness are shared with every source
+(:mod:`pipeline.sources.discovery`); this module only lists, copies and moves files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pipeline.config import Feed
+from pipeline.errors import SourceUnavailableError
+from pipeline.sources.base import FetchedFile, RemoteFile
+from pipeline.sources.discovery import find_ready, marker_names, unsafe_name_reason
+
+__all__ = ["LocalSource"]
+
+log = logging.getLogger(__name__)
+
+COPY_CHUNK = 1 << 20
+
+
+class LocalSource:
+    """The folder ``source.path`` (relative paths are resolved against the feed file's folder)."""
+
+    def __init__(self, feed: Feed, *, sleep: Callable[[float], None] = time.sleep):
+        self.feed_name = feed.name
+        self.config = feed.source
+        self.folder = feed.resolve_path(feed.source.path)
+        self._sleep = sleep
+
+    def _list(self) -> Iterator[RemoteFile]:
+        try:
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    yield RemoteFile(entry.name, info.st_size, info.st_mtime)
+        except FileNotFoundError as exc:
+            raise SourceUnavailableError(f"{self.folder}: folder does not exist") from exc
+        except PermissionError as exc:
+            raise SourceUnavailableError(f"{self.folder}: permission denied listing the folder") from exc
+
+    def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
+        """Yield the ready files matching the feed's pattern for these dates, oldest first."""
+        yield from find_ready(
+            self._list,
+            self.config,
+            business_dates,
+            sleep=self._sleep,
+            on_skip=lambda name, why: log.warning(
+                "skipping %r in %s: unsafe name (%s)", name, self.folder, why
+            ),
+            on_not_ready=lambda f: log.info(
+                "not taking %s yet: %s",
+                f.name,
+                "no done-marker" if self.config.readiness == "marker" else "still changing",
+            ),
+        )
+
+    def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
+        """Copy ``remote`` into ``staging_dir`` under a temporary name, hashing it, then rename."""
+        reason = unsafe_name_reason(remote.name)
+        if reason is not None:
+            raise SourceUnavailableError(f"refusing file name {remote.name!r}: {reason}")
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        source = self.folder / remote.name
+        temporary = staging_dir / f".fetch-{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with source.open("rb") as handle, temporary.open("wb") as out:
+                before = os.fstat(handle.fileno())
+                while chunk := handle.read(COPY_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            after = source.stat()
+            if (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime) or size != after.st_size:
+                raise SourceUnavailableError(f"{source}: the file changed while it was being copied")
+            final = staging_dir / remote.name
+            os.replace(temporary, final)
+        except FileNotFoundError as exc:
+            temporary.unlink(missing_ok=True)
+            raise SourceUnavailableError(f"{source}: vanished before it could be copied") from exc
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        log.info("fetched %s (%d bytes) from %s", remote.name, size, self.folder)
+        return FetchedFile(remote.name, final, size, after.st_mtime, digest.hexdigest())
+
+    def finish(self, remote: RemoteFile, action: Literal["keep", "archive", "delete"]) -> None:
+        """Archive (move into ``source.archive_path``), delete or keep a fully processed file;
+        its done-marker follows it. A file that changed since it was seen is left alone."""
+        if action == "keep":
+            return
+        path = self.folder / remote.name
+        try:
+            now = path.stat()
+        except FileNotFoundError:
+            log.warning("%s is gone from %s; nothing to %s", remote.name, self.folder, action)
+            return
+        if (now.st_size, now.st_mtime) != (remote.size, remote.mtime):
+            log.warning("not going to %s %s: it changed since it was fetched", action, path)
+            return
+        names = [remote.name] + [
+            m for m in marker_names(remote.name, self.config.marker_suffixes) if (self.folder / m).exists()
+        ]
+        if action == "delete":
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / name).unlink()
+            log.info("deleted %s from %s", remote.name, self.folder)
+            return
+        archive = Path(self.config.archive_path or "archive")
+        archive = archive if archive.is_absolute() else self.folder / archive
+        archive.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            target = archive / name
+            counter = 0
+            while target.exists():
+                counter += 1
+                target = archive / f"{name}.{counter}"
+            os.replace(self.folder / name, target)
+        log.info("archived %s into %s", remote.name, archive)
+
+    def close(self) -> None:
+        """Nothing to release."""

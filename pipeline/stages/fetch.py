@@ -1,0 +1,117 @@
+"""Fetch stage: discover the feed's ready files, stage new content, register it in the ledger.
+
+File identity is content: a file whose sha256 the scope already recorded is never processed again,
+whatever its name. A file seen before with the same name, size and mtime is not even fetched again.
+The same name with new content is registered as superseding the earlier file (and processed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pipeline.config import Feed
+from pipeline.errors import SourceUnavailableError
+from pipeline.ledger import FileRecord, Ledger
+from pipeline.progress import NullProgress, Progress
+from pipeline.sources.base import FetchedFile, RemoteFile, Source
+
+__all__ = ["FetchResult", "StagedFile", "fetch_new_files"]
+
+log = logging.getLogger(__name__)
+
+_PROCESSED = ("recorded", "finished")
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A new file: where it came from, its staged copy, and its ledger record."""
+
+    remote: RemoteFile
+    fetched: FetchedFile
+    record: FileRecord
+
+
+@dataclass
+class FetchResult:
+    """What the fetch stage found."""
+
+    staged: list[StagedFile] = field(default_factory=list)
+    already_processed: list[tuple[RemoteFile, FileRecord]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): try again later
+
+    @property
+    def superseded(self) -> list[StagedFile]:
+        """New files that replace an earlier file of the same name with other content."""
+        return [s for s in self.staged if s.record.supersedes_file_id is not None]
+
+
+def fetch_new_files(
+    source: Source,
+    ledger: Ledger,
+    run_id: str,
+    feed: Feed,
+    business_dates: list[date],
+    staging_dir: Path,
+    progress: Progress | None = None,
+) -> FetchResult:
+    """Stage every ready file whose content the feed's scope has not processed yet."""
+    progress = progress or NullProgress()
+    remotes = list(source.discover(business_dates))
+    log.info("%s: %d ready file(s) for business date(s) %s", feed.name, len(remotes),
+             ", ".join(d.isoformat() for d in business_dates))
+    result = FetchResult()
+    progress.start("fetch", len(remotes))
+    for remote in remotes:
+        try:
+            _fetch_one(source, ledger, run_id, feed, remote, staging_dir, result)
+        finally:
+            progress.advance("fetch")
+    progress.finish("fetch")
+    return result
+
+
+def _fetch_one(
+    source: Source,
+    ledger: Ledger,
+    run_id: str,
+    feed: Feed,
+    remote: RemoteFile,
+    staging_dir: Path,
+    result: FetchResult,
+) -> None:
+    seen = ledger.file_by_identity(feed.scope, remote.name, remote.size, remote.mtime)
+    if seen is not None and seen.status in _PROCESSED:
+        log.debug("%s: already processed (same name, size and mtime)", remote.name)
+        result.already_processed.append((remote, seen))
+        return
+    try:
+        fetched = source.fetch(remote, staging_dir)
+    except SourceUnavailableError as exc:
+        log.warning("%s: not fetched this time: %s", remote.name, exc)
+        result.failed.append((remote.name, str(exc)))
+        return
+    same = ledger.file_by_sha(feed.scope, fetched.sha256)
+    if same is not None and same.status in _PROCESSED:
+        if same.name != remote.name:
+            log.warning("%s: same content as %s, processed in run %s; not processed again",
+                        remote.name, same.name, same.first_run_id)
+        result.already_processed.append((remote, same))
+        fetched.path.unlink(missing_ok=True)
+        return
+    record = ledger.register_file(
+        run_id,
+        scope=feed.scope,
+        feed=feed.name,
+        name=fetched.name,
+        size=fetched.size,
+        mtime=fetched.mtime,
+        sha256=fetched.sha256,
+    )
+    if record.supersedes_file_id is not None:
+        old = ledger.file(record.supersedes_file_id)
+        log.warning("%s: new content (sha256 %s…) supersedes the file processed in run %s",
+                    remote.name, fetched.sha256[:12], old.first_run_id)
+    result.staged.append(StagedFile(remote, fetched, record))

@@ -1,0 +1,73 @@
+"""Report stage: build a run's (or a business day's) report from the ledger and write it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.ledger import Ledger
+from pipeline.reports import Report, build_report, write_report
+
+__all__ = ["day_report", "report_folder", "run_report", "write_run_report"]
+
+log = logging.getLogger(__name__)
+
+
+def report_folder(reports_dir: Path, feed: str, report_id: str) -> Path:
+    """``REPORTS_DIR/<feed>/<report_id>/``."""
+    return reports_dir / feed / report_id
+
+
+def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = None) -> Report:
+    """The report of one run: the transactions it handled, in the state the run left them."""
+    run = ledger.run(run_id)
+    if run is None:
+        raise KeyError(run_id)
+    transactions = ledger.run_transactions(run_id, at_end=True)
+    file_ids = {t.file_id for t in transactions if t.origin == "file"}
+    names = {i: ledger.file(i).name for i in file_ids}
+    totals = [(names[f], store, day, rows, count, amount)
+              for f, store, day, rows, count, amount in ledger.file_totals(file_ids)]
+    details: dict[str, Any] = {
+        "kind": run.kind,
+        "dry_run": run.dry_run,
+        "scope": run.scope,
+        "started_at": run.started_at,
+        "selection": run.selection,
+    }
+    details.update(extra or {})
+    return build_report(
+        report_id=run_id,
+        feed=run.feed,
+        transactions=transactions,
+        file_totals=totals,
+        rejects=ledger.rejects(run_id=run_id),
+        pending_is_final=run.dry_run,
+        extra=details,
+    )
+
+
+def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
+    """The report of one business day of a feed: every row of its files for that date, in its
+    current state (later reruns included)."""
+    transactions = ledger.day_transactions(feed, business_date)
+    file_ids = {t.file_id for t in transactions}
+    names = {i: ledger.file(i).name for i in file_ids}
+    totals = [(names[f], store, day, rows, count, amount)
+              for f, store, day, rows, count, amount in ledger.file_totals(file_ids) if day == business_date]
+    return build_report(
+        report_id=f"day-{business_date}",
+        feed=feed,
+        transactions=transactions,
+        file_totals=totals,
+        rejects=ledger.rejects(feed=feed, business_date=business_date),
+        extra={"kind": "business_day", "business_date": business_date},
+    )
+
+
+def write_run_report(report: Report, reports_dir: Path, feed: str, report_id: str) -> Path:
+    """Write ``report`` under ``REPORTS_DIR/<feed>/<report_id>/``; returns the folder."""
+    folder = write_report(report, report_folder(reports_dir, feed, report_id))
+    log.info("reports written to %s", folder)
+    return folder

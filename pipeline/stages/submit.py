@@ -1,0 +1,111 @@
+"""Submit stage: send the run's queued transactions through the feed's sink, exactly once.
+
+Crash safety comes from the order of writes: ``on_sending`` marks a request's transactions in
+doubt (``sending``) and commits *before* the request goes out; outcomes are settled afterwards
+(buffered a little, flushed at least once per batch). A process killed at any moment leaves
+``queued`` or ``sending`` rows, which the next run re-sends; a platform that already has the
+transaction answers "transaction ID already used", which settles it as accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pipeline.checkout_codec import decode_checkout
+from pipeline.config import Feed
+from pipeline.ledger import Ledger
+from pipeline.progress import NullProgress, Progress
+from pipeline.sinks.base import EventResult, Sink
+
+__all__ = ["BATCH_SIZE", "SubmitResult", "submit_rows"]
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500  # checkouts handed to the sink at a time; stop is honoured between batches
+_FLUSH_EVERY = 100
+
+
+@dataclass
+class SubmitResult:
+    """What the submit stage did."""
+
+    submitted: int = 0
+    results: int = 0
+    stopped: bool = False  # stop was set: rows not handed to the sink stay queued
+
+
+def submit_rows(
+    ledger: Ledger,
+    feed: Feed,
+    run_id: str,
+    row_ids: Sequence[int],
+    make_sink: Callable[[Feed], Sink],
+    *,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> SubmitResult:
+    """Deliver the ledger rows ``row_ids`` (queued or in doubt) in batches."""
+    progress = progress or NullProgress()
+    outcome = SubmitResult()
+    if not row_ids:
+        return outcome
+    return asyncio.run(
+        _submit(ledger, feed, run_id, list(row_ids), make_sink, stop, progress, batch_size, outcome)
+    )
+
+
+async def _submit(
+    ledger: Ledger,
+    feed: Feed,
+    run_id: str,
+    row_ids: list[int],
+    make_sink: Callable[[Feed], Sink],
+    stop: threading.Event | None,
+    progress: Progress,
+    batch_size: int,
+    outcome: SubmitResult,
+) -> SubmitResult:
+    scope = feed.scope
+    pending: list[EventResult] = []
+
+    def flush() -> None:
+        if pending:
+            ledger.apply_results(scope, pending, run_id)
+            progress.advance("submit", len(pending))
+            outcome.results += len(pending)
+            pending.clear()
+
+    def on_sending(transaction_ids: Sequence[str]) -> None:
+        ledger.start_sending(scope, list(transaction_ids), run_id)
+
+    def on_result(result: EventResult) -> None:
+        pending.append(result)
+        if len(pending) >= _FLUSH_EVERY:
+            flush()
+
+    sink = make_sink(feed)
+    progress.start("submit", len(row_ids))
+    try:
+        for start in range(0, len(row_ids), batch_size):
+            if stop is not None and stop.is_set():
+                outcome.stopped = True
+                log.warning("%s: stop requested; %d transaction(s) left queued for the next run",
+                            feed.name, len(row_ids) - start)
+                break
+            rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
+            checkouts = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            try:
+                await sink.submit(checkouts, on_sending, on_result, stop=stop)
+            finally:
+                flush()
+            outcome.submitted += len(checkouts)
+    finally:
+        flush()
+        await sink.aclose()
+        progress.finish("submit")
+    return outcome

@@ -1,0 +1,265 @@
+"""Transform stage: run the pure core over the staged files and record every row in the ledger.
+
+Every input row ends up in exactly one ledger transaction row (an *occurrence*):
+
+* a valid checkout that dedup calls new → ``queued`` (``void`` for a void: counted, never sent);
+* a valid checkout dedup calls duplicate / conflict → ``duplicate`` / ``conflict``;
+* rejected lines → one ``rejected`` row per transaction (``source_file``, ``transaction_id``; a
+  line without an id stands alone), each line also kept in ``rejects`` with its original columns.
+
+Each file's input totals (rows, transactions, amount per store and business date) are computed
+from its lines independently of those states, so the report can prove that nothing was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+
+from pipeline.checkout_codec import encode_checkout
+from pipeline.config import Feed
+from pipeline.core.transform import REJECT_COLUMNS, TransformResult, transform_files
+from pipeline.errors import UnreadableFileError
+from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
+from pipeline.progress import NullProgress, Progress
+from pipeline.records import MONEY, DedupStatus, TransactionType
+from pipeline.stages.fetch import StagedFile
+
+__all__ = ["TransformOutcome", "records_of", "transform_staged"]
+
+log = logging.getLogger(__name__)
+
+_ZERO = Decimal("0")
+
+
+@dataclass
+class TransformOutcome:
+    """What the transform stage recorded."""
+
+    to_send: list[int] = field(default_factory=list)  # ledger row ids queued by this run
+    unreadable: list[UnreadableFileError] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)  # the core's summary of these files
+
+
+@dataclass
+class FileRecords:
+    """Everything one file contributes to the ledger."""
+
+    transactions: list[NewTransaction]
+    rejects: list[NewReject]
+    totals: list[tuple[str, str, int, int, Decimal]]
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _state(status: str, transaction_type: str | None) -> TxnState:
+    if status == DedupStatus.DUPLICATE:
+        return TxnState.DUPLICATE
+    if status == DedupStatus.CONFLICT:
+        return TxnState.CONFLICT
+    return TxnState.VOID if transaction_type == TransactionType.VOID else TxnState.QUEUED
+
+
+def records_of(result: TransformResult) -> dict[str, FileRecords]:
+    """Split a transform result into ledger records per source file (frame order kept)."""
+    lines = result.lines.with_columns(pl.col("amount").cast(MONEY))
+    checkouts = result.checkouts.with_row_index("_rec")
+    # every valid line points at its checkout; every rejected line at its rejected transaction
+    valid_map = checkouts.select(
+        "_rec", "source_file", pl.col("source_lines").alias("source_line")
+    ).explode("source_line")
+    rejected_lines = lines.filter(pl.col("reject_code").is_not_null())
+    tid = pl.col("transaction_id").str.strip_chars()
+    rejected_lines = rejected_lines.with_columns(
+        pl.when(tid.is_null() | (tid == ""))
+        .then(pl.format("#line {}", pl.col("source_line")))
+        .otherwise(tid)
+        .alias("_key")
+    )
+    rejected_groups = (
+        rejected_lines.group_by("source_file", "_key", maintain_order=True)
+        .agg(
+            pl.col("source_line"),
+            pl.col("amount").sum().alias("amount"),
+            pl.col("store").drop_nulls().first().alias("store"),
+            pl.col("business_day").drop_nulls().first().alias("business_day"),
+            pl.col("transaction_id").str.strip_chars().first().alias("transaction_id"),
+            pl.col("currency").drop_nulls().first().alias("currency"),
+            pl.col("transaction_type_normalized").drop_nulls().first().alias("transaction_type"),
+            # the line that failed, not its siblings
+            pl.col("reject_code").sort_by(pl.col("reject_code") == "R099_SIBLING_REJECTED").first(),
+        )
+        .with_row_index("_rej")
+        .with_columns((pl.col("_rej") + checkouts.height).alias("_rec"))
+    )
+    reject_map = rejected_groups.select("_rec", "source_file", "source_line").explode("source_line")
+    line_map = pl.concat([valid_map, reject_map.cast(valid_map.schema)])
+    group_of = pl.concat(
+        [
+            checkouts.select(
+                "_rec",
+                pl.col("store_id").alias("g_store"),
+                pl.col("business_date").alias("g_day"),
+            ),
+            rejected_groups.select(
+                pl.col("_rec").cast(pl.UInt32),
+                pl.col("store").alias("g_store"),
+                pl.col("business_day").alias("g_day"),
+            ),
+        ]
+    )
+    assigned = lines.join(line_map, on=["source_file", "source_line"], how="left").join(
+        group_of, on="_rec", how="left"
+    )
+    assigned = assigned.with_columns(
+        pl.when(pl.col("_rec").is_null()).then(pl.col("store")).otherwise(pl.col("g_store")).alias("g_store"),
+        pl.when(pl.col("_rec").is_null()).then(pl.col("business_day")).otherwise(pl.col("g_day")).alias("g_day"),
+    )
+    amount_of = assigned.group_by("_rec").agg(pl.col("amount").sum())
+    amounts: dict[int, Decimal] = {
+        int(r): a if a is not None else _ZERO for r, a in amount_of.iter_rows() if r is not None
+    }
+    totals = (
+        assigned.group_by("source_file", "g_store", "g_day", maintain_order=True)
+        .agg(
+            pl.len().alias("rows"),
+            # a line that belongs to no transaction counts as one on its own (and unbalances)
+            (pl.col("_rec").drop_nulls().n_unique() + pl.col("_rec").null_count()).alias("transactions"),
+            pl.col("amount").sum().alias("amount"),
+        )
+    )
+
+    out: dict[str, FileRecords] = {}
+
+    def of(name: str) -> FileRecords:
+        return out.setdefault(name, FileRecords([], [], []))
+
+    for row in checkouts.iter_rows(named=True):
+        state = _state(row["dedup_status"], row["transaction_type"])
+        keep_json = state in (TxnState.QUEUED, TxnState.CONFLICT)
+        of(row["source_file"]).transactions.append(
+            NewTransaction(
+                transaction_id=row["transaction_id"],
+                state=state,
+                source_lines=tuple(row["source_lines"]),
+                rows=len(row["source_lines"]),
+                amount=amounts.get(row["_rec"], _ZERO),
+                store_id=row["store_id"],
+                business_date=_iso(row["business_date"]),
+                transaction_type=row["transaction_type"],
+                currency=row["currency"],
+                content_hash=row["content_hash"],
+                checkout=encode_checkout(row) if keep_json else None,
+            )
+        )
+    for row in rejected_groups.iter_rows(named=True):
+        of(row["source_file"]).transactions.append(
+            NewTransaction(
+                transaction_id=row["transaction_id"] or None,
+                state=TxnState.REJECTED,
+                source_lines=tuple(row["source_line"]),
+                rows=len(row["source_line"]),
+                amount=row["amount"] if row["amount"] is not None else _ZERO,
+                store_id=row["store"],
+                business_date=_iso(row["business_day"]),
+                transaction_type=row["transaction_type"],
+                currency=row["currency"],
+                reject_code=row["reject_code"],
+            )
+        )
+    originals = result.rejects.drop([c for c in REJECT_COLUMNS if c not in ("source_file", "source_line")])
+    rejected_full = rejected_lines.select(
+        "source_file", "source_line", "transaction_id", "store", "business_day", "reject_code",
+        "reject_field", "reject_reason", "amount",
+    ).join(originals, on=["source_file", "source_line"], how="left", suffix="__orig")
+    original_cols = [c for c in originals.columns if c not in ("source_file", "source_line")]
+    for row in rejected_full.iter_rows(named=True):
+        original = {c: row[c + "__orig"] if c + "__orig" in row else row[c] for c in original_cols}
+        of(row["source_file"]).rejects.append(
+            NewReject(
+                source_line=row["source_line"],
+                transaction_id=(row["transaction_id"] or "").strip() or None,
+                store_id=row["store"],
+                business_date=_iso(row["business_day"]),
+                code=row["reject_code"],
+                field=row["reject_field"],
+                reason=row["reject_reason"],
+                amount=row["amount"] if row["amount"] is not None else _ZERO,
+                original=original,
+            )
+        )
+    for row in totals.iter_rows(named=True):
+        of(row["source_file"]).totals.append(
+            (
+                row["g_store"] or "",
+                _iso(row["g_day"]) or "",
+                int(row["rows"]),
+                int(row["transactions"]),
+                row["amount"] if row["amount"] is not None else _ZERO,
+            )
+        )
+    return out
+
+
+def transform_staged(
+    ledger: Ledger,
+    run_id: str,
+    feed: Feed,
+    staged: Sequence[StagedFile],
+    *,
+    now: datetime,
+    progress: Progress | None = None,
+) -> TransformOutcome:
+    """Transform the staged files together (dedup against the scope's ledger) and record them,
+    one ledger transaction per file, in the order they were staged."""
+    progress = progress or NullProgress()
+    outcome = TransformOutcome()
+    if not staged:
+        return outcome
+    progress.start("transform", len(staged))
+    known_pairs = ledger.known(feed.scope)
+    known = pl.DataFrame(
+        {
+            "transaction_id": [k[0] for k in known_pairs],
+            "content_hash": [k[1] for k in known_pairs],
+        },
+        schema={"transaction_id": pl.String(), "content_hash": pl.String()},
+    )
+    result = transform_files(
+        [s.fetched.path for s in staged],
+        feed,
+        known=known,
+        now=now,
+        source_names=[s.record.name for s in staged],
+    )
+    outcome.summary = result.summary
+    unreadable = {e.file: e for e in result.unreadable}
+    per_file = records_of(result)
+    for item in staged:
+        error = unreadable.get(item.record.name)
+        if error is not None:
+            ledger.mark_file_unreadable(item.record.id, error.reason)
+            outcome.unreadable.append(error)
+        else:
+            records = per_file.get(item.record.name, FileRecords([], [], []))
+            outcome.to_send.extend(
+                ledger.record_file(
+                    run_id,
+                    item.record,
+                    transactions=records.transactions,
+                    rejects=records.rejects,
+                    totals=records.totals,
+                )
+            )
+        progress.advance("transform")
+    progress.finish("transform")
+    log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
+    return outcome
