@@ -6,7 +6,8 @@ import fnmatch
 import subprocess
 import sys
 from collections import Counter
-from datetime import date
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -164,3 +165,58 @@ def test_online_retail_like_has_the_data_set_shape() -> None:
     assert frame.equals(online_retail_like(500))
     cancelled = frame.filter(pl.col("InvoiceNo").str.starts_with("C"))
     assert (cancelled["Quantity"] < 0).all()
+
+
+EXPECTED_REJECTS = {
+    "acme_daily": {"R001_MISSING_FIELD", "R002_BAD_NUMBER", "R006_UNKNOWN_CURRENCY",
+                   "R007_NON_POSITIVE_QUANTITY", "R010_LINE_TOTAL_MISMATCH",
+                   "R012_TIMESTAMP_FAR_FROM_BUSINESS_DATE", "R018_TRANSACTION_TOTAL_MISMATCH",
+                   "R099_SIBLING_REJECTED"},
+    "bistro": {"R002_BAD_NUMBER", "R010_LINE_TOTAL_MISMATCH", "R099_SIBLING_REJECTED"},
+    "bistro_web": {"R002_BAD_NUMBER", "R010_LINE_TOTAL_MISMATCH", "R099_SIBLING_REJECTED"},
+}
+EXPECTED_REJECTS["acme_hourly"] = EXPECTED_REJECTS["acme_daily"]
+
+
+@pytest.mark.parametrize("name", SAMPLE_FEEDS)
+def test_sample_feed_transforms_with_the_documented_defects(name: str) -> None:
+    from pipeline.core.transform import transform_files
+
+    feed = load_sample_feed(name)
+    folder = feed.resolve_path(feed.source.path)
+    paths = [folder / file for file in matching(name)]
+    result = transform_files(paths, feed, now=datetime(2026, 11, 21, 12, tzinfo=UTC))
+    summary = result.summary
+    assert summary["unreadable_files"] == []
+    assert set(summary["rejects_by_code"]) == EXPECTED_REJECTS[name]
+    assert summary["rows_in"] == summary["rows_valid"] + summary["rows_rejected"]
+    amounts = [Decimal(summary[key]) for key in ("amount_in", "amount_valid", "amount_rejected")]
+    assert amounts[0] == amounts[1] + amounts[2]
+    assert summary["returns"] >= 1 and summary["returns_unmatched"] >= 1 and summary["guests"] > 50
+    # every transaction rejected is one of the documented defects (9 acme, 2 per bistro file)
+    assert summary["transactions_rejected"] == (9 if name.startswith("acme") else 2 * len(paths))
+    names = set(result.items["product_name"].drop_nulls())
+    if name.startswith("bistro"):
+        assert {"Crème brûlée", "Menu du jour 14,90 €", "Croque-monsieur; salade"} <= names
+    if name == "acme_hourly":  # the re-sent transactions are exact repeats across hourly files
+        assert summary["duplicates"] == 6 and summary["conflicts"] == 0
+    if name.startswith("acme"):
+        assert summary["voids"] == 3
+        times = result.checkouts.filter(pl.col("store_id") == "NYC01")["timestamp_utc"]
+        assert times.max().date() == date(2026, 11, 21)  # late New York sales: next day in UTC
+
+
+def test_daily_after_hourly_leaves_the_missing_hours_and_three_conflicts() -> None:
+    """The daily file against what the hourly files delivered: what dedup must find."""
+    from pipeline.core.dedup import dedup
+    from pipeline.core.transform import transform_files
+
+    now = datetime(2026, 11, 21, 12, tzinfo=UTC)
+    hourly_feed, daily_feed = load_sample_feed("acme_hourly"), load_sample_feed("acme_daily")
+    hourly = transform_files([SAMPLE / "acme" / n for n in matching("acme_hourly")], hourly_feed, now=now)
+    known = hourly.checkouts.select("transaction_id", "content_hash").unique()
+    daily = transform_files([SAMPLE / "acme" / n for n in matching("acme_daily")], daily_feed, now=now)
+    statuses = Counter(dedup(daily.checkouts.drop("dedup_status"), known)["dedup_status"])
+    assert statuses["conflict"] == 3
+    assert statuses["new"] == 87  # the hourly files that never arrived
+    assert statuses["duplicate"] == daily.checkouts.height - 90
