@@ -1,0 +1,361 @@
+"""The scheduler: cron in feed timezones across DST, catch-up after downtime, no overlapping runs."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+
+from pipeline.config import Feed, Settings
+from pipeline.errors import ConfigError
+from pipeline.scheduling import (
+    FeedScheduler,
+    ScheduledFeed,
+    job_id_for,
+    next_run_time,
+    parse_duration,
+    select_feeds,
+    trigger_for,
+)
+
+WAIT = 20.0  # generous upper bound for a thread to react; never a performance threshold
+
+
+def fire_times(feed: Feed, start: datetime, end: datetime) -> list[datetime]:
+    """Every fire time of the feed's trigger in [start, end), walking the trigger like the scheduler."""
+    trigger = trigger_for(feed)
+    times: list[datetime] = []
+    fire = trigger.get_next_fire_time(None, start)
+    while fire is not None and fire < end:
+        times.append(fire)
+        fire = trigger.get_next_fire_time(fire, fire)
+    return times
+
+
+def eventually(predicate: Callable[[], bool]) -> bool:
+    """Poll until ``predicate`` holds (True) or WAIT seconds pass (False)."""
+    deadline = threading.Event()
+    timer = threading.Timer(WAIT, deadline.set)
+    timer.start()
+    try:
+        while not predicate():
+            if deadline.wait(0.02):
+                return predicate()
+        return True
+    finally:
+        timer.cancel()
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+# ---- cron in the feed's timezone, across daylight-saving changes ---------------------------------
+
+DST_DAYS = [
+    # zone, spring-forward day, fall-back day (2026)
+    ("Europe/London", (2026, 3, 29), (2026, 10, 25)),
+    ("America/New_York", (2026, 3, 8), (2026, 11, 1)),
+]
+
+
+@pytest.mark.parametrize(("zone", "spring", "fall"), DST_DAYS)
+def test_hourly_job_fires_every_real_hour_across_dst(zone: str, spring: tuple[int, int, int],
+                                                      fall: tuple[int, int, int]) -> None:
+    feed = Feed(name="h", timezone=zone, schedule="5 * * * *")
+    tz = ZoneInfo(zone)
+    for day, hours_in_day in ((spring, 23), (fall, 25)):
+        start = datetime(*day, tzinfo=tz).astimezone(UTC)
+        end = (datetime(*day, tzinfo=tz) + timedelta(days=1)).astimezone(UTC)
+        times = fire_times(feed, start, end)
+        assert len(times) == hours_in_day
+        gaps = {b.astimezone(UTC) - a.astimezone(UTC) for a, b in itertools.pairwise(times)}
+        assert gaps == {timedelta(hours=1)}  # no run skipped, none doubled
+        assert {t.astimezone(tz).minute for t in times} == {5}
+
+
+@pytest.mark.parametrize(("zone", "spring", "fall"), DST_DAYS)
+def test_daily_job_fires_once_per_local_day_across_dst(zone: str, spring: tuple[int, int, int],
+                                                        fall: tuple[int, int, int]) -> None:
+    tz = ZoneInfo(zone)
+    # 01:30 is inside both changes in both zones for London (skipped 01:00-02:00 in March, repeated in
+    # October); for New York 02:30 is skipped in March and 01:30 repeated in November
+    for expr in ("30 1 * * *", "30 2 * * *"):
+        feed = Feed(name="d", timezone=zone, schedule=expr)
+        for day in (spring, fall):
+            start = datetime(*day, tzinfo=tz) - timedelta(days=2)
+            times = fire_times(feed, start.astimezone(UTC), (start + timedelta(days=5)).astimezone(UTC))
+            local_days = [t.astimezone(tz).date() for t in times]
+            assert len(times) == 5, (zone, expr, day, times)
+            assert len(set(local_days)) == 5  # exactly one run per local day
+            for t in times:
+                local = t.astimezone(tz)
+                hour, minute = int(expr.split()[1]), 30
+                # on the normal days the wall time is exact; on a skipped time it runs an hour later
+                assert (local.hour, local.minute) in {(hour, minute), (hour + 1, minute)}
+
+
+def test_fall_back_fixed_hour_runs_at_first_occurrence() -> None:
+    feed = Feed(name="d", timezone="Europe/London", schedule="30 1 * * *")
+    times = fire_times(feed, utc(2026, 10, 24, 12), utc(2026, 10, 26, 12))
+    assert [t.astimezone(UTC) for t in times] == [utc(2026, 10, 25, 0, 30), utc(2026, 10, 26, 1, 30)]
+
+
+def test_spring_forward_skipped_time_runs_an_hour_later() -> None:
+    feed = Feed(name="d", timezone="America/New_York", schedule="30 2 * * *")
+    times = fire_times(feed, utc(2026, 3, 7, 12), utc(2026, 3, 9, 12))
+    # 2026-03-07 02:30 EST = 07:30Z; on the 8th 02:30 does not exist: 03:30 EDT = 07:30Z
+    assert [t.astimezone(UTC) for t in times] == [utc(2026, 3, 8, 7, 30), utc(2026, 3, 9, 6, 30)]
+
+
+def test_next_run_time_is_pure_and_in_the_feed_timezone() -> None:
+    feed = Feed(name="d", timezone="America/New_York", schedule="30 2 * * *")
+    nxt = next_run_time(feed, utc(2026, 11, 20, 12))
+    assert nxt is not None
+    assert nxt.astimezone(UTC) == utc(2026, 11, 21, 7, 30)
+    assert nxt.utcoffset() == timedelta(hours=-5)
+    assert next_run_time(Feed(name="n"), utc(2026, 11, 20)) is None
+    assert next_run_time(Feed(name="d", schedule="0 * * * *", enabled=False), utc(2026, 11, 20)) is None
+
+
+def test_bad_cron_expression_is_a_config_error_at_load() -> None:
+    with pytest.raises(ValueError, match="cron"):
+        Feed(name="bad", schedule="61 * * * *")
+    with pytest.raises(ConfigError):
+        trigger_for(Feed(name="none"))
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t) for t in ("90", "90s", "15m", "12h", "2d")] == [90, 90, 900, 43200, 172800]
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_select_feeds(tmp_path: Path) -> None:
+    loaded = [
+        (tmp_path / "a.toml", Feed(name="a", schedule="5 * * * *")),
+        (tmp_path / "b.toml", Feed(name="b")),
+        (tmp_path / "c.toml", Feed(name="c", schedule="5 * * * *", enabled=False)),
+    ]
+    assert [s.feed.name for s in select_feeds(loaded)] == ["a"]
+    assert [s.path for s in select_feeds(loaded, ["a"])] == [tmp_path / "a.toml"]
+    with pytest.raises(ConfigError, match="zzz"):
+        select_feeds(loaded, ["zzz"])
+
+
+# ---- the daemon with a persistent job store ---------------------------------------------------------
+
+
+class Calls:
+    """A fake job function that records what ran (the scheduling around it is real APScheduler)."""
+
+    def __init__(self, body: Callable[[Feed], None] | None = None) -> None:
+        self.runs: list[str] = []
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.body = body
+
+    def __call__(self, feed: Feed, settings: Settings, stop: threading.Event) -> None:
+        with self.cond:
+            self.runs.append(feed.name)
+            self.cond.notify_all()
+        if self.body:
+            self.body(feed)
+
+    def wait_for(self, count: int) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.runs) >= count, timeout=WAIT)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+
+
+@pytest.fixture
+def schedulers() -> Iterator[list[FeedScheduler]]:
+    made: list[FeedScheduler] = []
+    yield made
+    for s in made:
+        s.shutdown()
+
+
+def simulate_downtime(settings: Settings, feed: Feed, missed_since: datetime) -> None:
+    """A daemon ran once and stopped; its stored job has been due since ``missed_since``."""
+    first = FeedScheduler([feed], settings, job=Calls())
+    first.start(paused=True)
+    first.scheduler.modify_job(job_id_for(feed.name), next_run_time=missed_since)
+    first.shutdown()
+
+
+def test_jobs_are_stored_in_a_sqlite_file_in_the_state_dir(settings: Settings,
+                                                            schedulers: list[FeedScheduler]) -> None:
+    feed = Feed(name="acme_hourly", timezone="Europe/London", schedule="5 * * * *")
+    s = FeedScheduler([feed], settings, job=Calls())
+    schedulers.append(s)
+    s.start(paused=True)
+    assert (settings.state_dir / "scheduler.sqlite").exists()
+    (job,) = s.scheduler.get_jobs()
+    assert job.id == "feed:acme_hourly" and job.max_instances == 1 and job.coalesce is True
+    assert job.next_run_time == next_run_time(feed, datetime.now(UTC))
+
+
+def test_missed_runs_catch_up_once_after_downtime(settings: Settings) -> None:
+    feed = Feed(name="acme_hourly", schedule="*/5 * * * *")
+    # down for an hour: twelve five-minute slots were missed
+    simulate_downtime(settings, feed, datetime.now(UTC) - timedelta(hours=1))
+    calls = Calls()
+    again = FeedScheduler([feed], settings, job=calls, misfire_grace_seconds=3600)
+    assert again.catch_up(timeout=WAIT) == ["feed:acme_hourly"]
+    assert calls.runs == ["acme_hourly"]  # once, coalesced
+    # the stored next run is in the future again: a second start has nothing to catch up
+    third_calls = Calls()
+    third = FeedScheduler([feed], settings, job=third_calls)
+    assert third.catch_up(timeout=WAIT) == []
+    assert third_calls.runs == []
+
+
+def test_a_run_missed_beyond_the_grace_time_is_skipped(settings: Settings) -> None:
+    three_hours_ago = datetime.now(UTC) - timedelta(hours=3)
+    feed = Feed(name="daily", schedule=f"{three_hours_ago.minute} {three_hours_ago.hour} * * *")
+    simulate_downtime(settings, feed, three_hours_ago.replace(second=0, microsecond=0))
+    calls = Calls()
+    missed: list[JobEvent] = []
+    s = FeedScheduler([feed], settings, job=calls, misfire_grace_seconds=3600)
+    s.scheduler.add_listener(missed.append, EVENT_JOB_MISSED)
+    assert s.catch_up(timeout=WAIT) == ["feed:daily"]
+    assert calls.runs == []
+    assert [e.job_id for e in missed] == ["feed:daily"]
+
+
+def test_a_changed_schedule_drops_the_stored_catch_up(settings: Settings) -> None:
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    simulate_downtime(settings, Feed(name="f", schedule="*/5 * * * *"), an_hour_ago)
+    calls = Calls()
+    s = FeedScheduler([Feed(name="f", schedule="0 3 * * *")], settings, job=calls)
+    assert s.catch_up(timeout=WAIT) == []
+    assert calls.runs == []
+
+
+def test_jobs_of_removed_feeds_are_dropped(settings: Settings, schedulers: list[FeedScheduler]) -> None:
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    simulate_downtime(settings, Feed(name="gone", schedule="*/5 * * * *"), an_hour_ago)
+    calls = Calls()
+    s = FeedScheduler([Feed(name="kept", schedule="0 3 * * *")], settings, job=calls)
+    schedulers.append(s)
+    assert s.start() == []
+    assert [j.id for j in s.scheduler.get_jobs()] == ["feed:kept"]
+    assert calls.runs == []
+
+
+def test_overlapping_triggers_never_overlap_runs(settings: Settings, schedulers: list[FeedScheduler]) -> None:
+    release = threading.Event()
+    calls = Calls(body=lambda feed: release.wait(WAIT))
+    skipped: list[JobEvent] = []
+    feed = Feed(name="slow", schedule="0 3 * * *")
+    s = FeedScheduler([feed], settings, job=calls, max_workers=4)
+    schedulers.append(s)
+    s.scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
+    s.start()
+    s.scheduler.modify_job(job_id_for("slow"), next_run_time=datetime.now(UTC))
+    assert calls.wait_for(1)
+    # the trigger fires twice more while the first run is still going
+    for _ in range(2):
+        before = len(skipped)
+        s.scheduler.modify_job(job_id_for("slow"), next_run_time=datetime.now(UTC))
+        assert eventually(lambda b=before: len(skipped) > b)  # type: ignore[misc]
+    assert calls.runs == ["slow"]
+    release.set()
+    s.scheduler.modify_job(job_id_for("slow"), next_run_time=datetime.now(UTC))
+    assert calls.wait_for(2)  # once the first run is over, the next one may start
+
+
+def test_feeds_sharing_a_scope_wait_for_each_other(settings: Settings,
+                                                    schedulers: list[FeedScheduler]) -> None:
+    active: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    guard = threading.Lock()
+
+    def body(feed: Feed) -> None:
+        with guard:
+            active[feed.scope] = active.get(feed.scope, 0) + 1
+            peak[feed.scope] = max(peak.get(feed.scope, 0), active[feed.scope])
+        threading.Event().wait(0.2)
+        with guard:
+            active[feed.scope] -= 1
+
+    calls = Calls(body=body)
+    hourly = Feed(name="acme_hourly", dedup_scope="acme", schedule="0 3 * * *")
+    daily = Feed(name="acme_daily", dedup_scope="acme", schedule="0 4 * * *")
+    s = FeedScheduler([hourly, daily], settings, job=calls, max_workers=4)
+    schedulers.append(s)
+    s.start()
+    now = datetime.now(UTC)
+    for name in ("acme_hourly", "acme_daily"):
+        s.scheduler.modify_job(job_id_for(name), next_run_time=now)
+    assert calls.wait_for(2)
+    assert eventually(lambda: active.get("acme") == 0)
+    assert sorted(calls.runs) == ["acme_daily", "acme_hourly"]
+    assert peak == {"acme": 1}
+
+
+def test_feeds_of_different_scopes_run_side_by_side(settings: Settings,
+                                                     schedulers: list[FeedScheduler]) -> None:
+    together = threading.Barrier(2, timeout=WAIT)
+    calls = Calls(body=lambda feed: together.wait())  # only passes if both run at the same time
+    a = Feed(name="a", schedule="0 3 * * *")
+    b = Feed(name="b", schedule="0 3 * * *")
+    s = FeedScheduler([a, b], settings, job=calls, max_workers=4)
+    schedulers.append(s)
+    s.start()
+    now = datetime.now(UTC)
+    for name in ("a", "b"):
+        s.scheduler.modify_job(job_id_for(name), next_run_time=now)
+    assert calls.wait_for(2)
+    assert not together.broken
+
+
+def test_stop_request_reaches_the_running_job_and_blocks_waiting_ones(settings: Settings) -> None:
+    seen_stop: list[bool] = []
+    started = threading.Event()
+
+    def job(feed: Feed, settings: Settings, stop: threading.Event) -> None:
+        started.set()
+        seen_stop.append(stop.wait(WAIT))  # a real run finishes its batch when this is set
+
+    hourly = Feed(name="h", dedup_scope="acme", schedule="0 3 * * *")
+    daily = Feed(name="d", dedup_scope="acme", schedule="0 4 * * *")
+    s = FeedScheduler([hourly, daily], settings, job=job, max_workers=4)
+    s.start()
+    s.scheduler.modify_job(job_id_for("h"), next_run_time=datetime.now(UTC))
+    assert started.wait(WAIT)
+    # the daily feed of the same scope is now waiting for the scope lock
+    waiter = threading.Thread(target=lambda: seen_stop.append(s.execute("d") is None))
+    waiter.start()
+    s.request_stop()
+    s.shutdown()  # waits for the running job
+    waiter.join(WAIT)
+    assert seen_stop == [True, True]  # the run saw the stop; the waiting one never started
+
+
+def test_a_scheduled_feed_is_reloaded_from_its_file_before_each_run(settings: Settings,
+                                                                   tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text('schedule = "0 3 * * *"\ntimezone = "Europe/London"\n', encoding="utf-8")
+    seen: list[Any] = []
+    s = FeedScheduler([ScheduledFeed(Feed(name="f", schedule="0 3 * * *"), path)], settings,
+                      job=lambda feed, st, stop: seen.append(feed.timezone))
+    path.write_text('schedule = "0 3 * * *"\ntimezone = "Europe/Paris"\n', encoding="utf-8")
+    s.execute("f")
+    path.write_text('schedule = "0 3 * * *"\nenabled = false\n', encoding="utf-8")
+    s.execute("f")
+    path.write_text('schedule = "not cron"\n', encoding="utf-8")
+    s.execute("f")
+    assert seen == ["Europe/Paris"]
