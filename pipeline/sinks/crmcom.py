@@ -497,10 +497,14 @@ class TokenProvider:
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
         self.issued = 0  # tokens obtained so far
+        self._refused: RequestFailure | None = None
 
     async def token(self, client: httpx.AsyncClient) -> str:
         """A valid token: the cached one, or a new one when it is (nearly) expired."""
         async with self._lock:
+            if self._refused is not None:
+                # credentials refused once are refused for this sink: don't hammer the platform
+                raise AuthenticationFailed(self._refused)
             if self._token is None or self._clock() >= self._expires_at:
                 lifetime = self._target.token_ttl_seconds
                 margin = min(self._target.token_renew_margin_seconds, lifetime / 2)
@@ -558,11 +562,10 @@ class TokenProvider:
         token = envelope.data.get("token") if envelope.ok and isinstance(envelope.data, Mapping) else None
         if not token:
             # wrong credentials: 401 makes the engine stop sending for this submission
-            raise AuthenticationFailed(
-                RequestFailure(
-                    401, envelope.code or "AUTHENTICATION_FAILED", f"token refused: {envelope.message}"
-                )
+            self._refused = RequestFailure(
+                401, envelope.code or "AUTHENTICATION_FAILED", f"token refused: {envelope.message}"
             )
+            raise AuthenticationFailed(self._refused)
         self.issued += 1
         log.info("obtained a CRM.COM token (%s auth)", self._target.auth)
         return str(token)
