@@ -80,7 +80,19 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     ``reject_code is null``. ``feed`` is accepted for symmetry with the other stages.
     """
     keys = GROUP_ID
-    rows = valid_lines.with_columns(_item_columns())
+    needed = [
+        GROUP_ID,
+        "source_file",
+        "source_line",
+        "business_day",
+        "product_name",
+        "product_category",
+        *(c for c in valid_lines.columns if c.startswith("v_")),
+    ]
+    rows = valid_lines.select(list(dict.fromkeys(needed))).with_columns(_item_columns())
+    # sorted once here, so no aggregation below sorts per transaction
+    ordered = rows.with_row_index("_pos").sort(keys, "n_line_no", "_pos")
+    all_numbered = rows.height == 0 or rows.get_column("v_line_no").null_count() == 0
     item_text = pl.concat_str(
         [
             _text("v_line_no"),
@@ -101,7 +113,8 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
         MONEY
     )
     by_time = pl.col("v_ts_utc").arg_min()
-    checkouts = rows.group_by(keys, maintain_order=True).agg(
+    checkouts = ordered.group_by(keys).agg(
+        pl.col("_pos").min().alias("_first"),
         pl.col("v_transaction_id").first(),
         pl.col("source_file").first(),
         pl.col("v_store_id").first().alias("store_id"),
@@ -118,7 +131,8 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
         pl.col("v_points_burned").drop_nulls().first().fill_null(0).cast(MONEY).alias("points_burned"),
         pl.len().cast(pl.Int64).alias("line_count"),
         pl.col("source_line").sort().alias("source_lines"),
-        item_text.sort().str.join(_ITEM_SEP).alias("_items_text"),
+        # canonical item order for the hash: by line_no when every line has one, else by content
+        (item_text if all_numbered else item_text.sort()).str.join(_ITEM_SEP).alias("_items_text"),
         pl.struct(
             pl.col("n_line_no").alias("line_no"),
             pl.col("n_product_id").alias("product_id"),
@@ -129,10 +143,9 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
             pl.col("n_discount").alias("discount"),
             pl.col("n_line_total").alias("line_total"),
             pl.col("source_line"),
-        )
-        .sort_by("n_line_no", "source_line")
-        .alias("items"),
+        ).alias("items"),
     )
+    checkouts = checkouts.sort("_first")
     checkouts = checkouts.with_columns(
         pl.col("v_transaction_id").alias("transaction_id"),
         pl.col("customer_id").is_null().alias("is_guest"),
