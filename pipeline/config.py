@@ -375,18 +375,26 @@ def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
 def resolve_secret(
     *, env: str | None = None, file: str | Path | None = None, what: str = "secret"
 ) -> str:
-    """Read a secret from the named environment variable or file; never log the value."""
+    """Read a secret from the named environment variable or file; never log the value.
+
+    The value is registered with the log masking filter, so it is redacted from every log line.
+    """
+    from pipeline.logs import register_secret
+
     if env:
         value = os.environ.get(env)
         if value:
+            register_secret(value)
             return value
         if not file:
             raise SecretError(f"{what}: environment variable {env} is not set")
     if file:
         try:
-            return Path(file).expanduser().read_text(encoding="utf-8").strip()
+            secret = Path(file).expanduser().read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretError(f"{what}: cannot read secret file {file}: {exc.strerror}") from exc
+        register_secret(secret)
+        return secret
     raise SecretError(f"{what}: no environment variable or file configured")
 
 
