@@ -234,8 +234,13 @@ def purchase_body(row: CheckoutRow, target: CrmcomTarget, business_unit: str) ->
 
 
 def _original_of(row: CheckoutRow, originals: OriginalLookup | None) -> OriginalPurchase | None:
-    """The returned purchase: from the row (``original_event_ids``) or else the ledger lookup."""
-    if row.get("original_event_ids"):
+    """The returned purchase: from the row or else the ledger lookup.
+
+    The submit stage may attach what the ledger knows about the original to a return row:
+    ``original_event_ids`` (a list, empty while the sale is not accepted; absent or None when the
+    ledger does not know the sale) and ``original_total``.
+    """
+    if row.get("original_event_ids") is not None:
         total = row.get("original_total")
         return OriginalPurchase(
             tuple(str(e) for e in row["original_event_ids"]),

@@ -210,6 +210,10 @@ def test_a_whole_return_cancels_the_original_purchase() -> None:
         "R3", kind="return", original="T9", original_event_ids=["EV-9"], original_total="12.50"
     )
     assert plan_checkout(carried, target) == PlannedCancel("R3", "T9", "EV-9")
+    pending = checkout("R4", kind="return", original="T9", original_event_ids=[], original_total="12.50")
+    pending_plan = plan_checkout(pending, target)
+    assert isinstance(pending_plan, EventResult)
+    assert pending_plan.error_code == CrmcomRejectCode.ORIGINAL_NOT_DELIVERED
     # the original is created in the same submission: its id is known only after it is accepted
     sale = checkout("T5")
     assert plan_checkout(checkout("R5", kind="return", original="T5"), target, None, {"T5": sale}) == (
