@@ -166,10 +166,25 @@ def notify(
 ) -> list[str]:
     """Alert the feed's webhook if the run deserves it; returns the reasons (empty: none sent).
 
-    Dry runs never alert. ``missing_files`` defaults to ``summary["missing_files"]``.
+    Dry runs never alert. ``missing_files`` defaults to ``summary["missing_files"]``. Never raises.
     """
     if dry_run:
         return []
+    try:
+        return _notify(feed, summary, error=error, missing_files=missing_files, transport=transport)
+    except Exception:  # an alert must never take the run down with it
+        logger.exception("alerts: feed %s: could not build or send the alert", feed.name)
+        return []
+
+
+def _notify(
+    feed: Feed,
+    summary: Mapping[str, Any] | None,
+    *,
+    error: BaseException | None,
+    missing_files: Sequence[Mapping[str, Any]] | None,
+    transport: httpx.BaseTransport | None,
+) -> list[str]:
     config = feed.alerts
     if not (config.webhook_url or config.webhook_url_env):
         return []

@@ -34,6 +34,7 @@ __all__ = [
     "file_statuses",
     "missing_files",
     "render_pattern",
+    "report_missing",
 ]
 
 Status = Literal["arrived", "late", "missing", "pending"]
@@ -190,3 +191,13 @@ def missing_files(
         missing=tuple(s for s in statuses if s.status == "missing"),
         late=tuple(s for s in statuses if s.status == "late"),
     )
+
+
+def report_missing(
+    feed: Feed, business_dates: Iterable[date], seen: Sequence[SeenFile], now: datetime
+) -> list[dict[str, Any]]:
+    """The missing and late files of ``feed`` over ``business_dates``, as JSON-ready rows."""
+    rows: list[dict[str, Any]] = []
+    for day in business_dates:
+        rows.extend(missing_files(expected_files(feed, day), seen, now).to_list())
+    return rows
