@@ -100,31 +100,83 @@ def check(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option("--feed", "feed_names", multiple=True, metavar="NAME",
+              help="A feed name (from the feeds folder) or a feed file path; repeatable.")
+@click.option("--all", "all_feeds", is_flag=True, help="Every enabled feed of the feeds folder.")
+@click.option("--dry-run", is_flag=True,
+              help="Run the whole pipeline and write the reports, but send nothing and leave the "
+                   "ledger and the source files untouched.")
+@click.option("--business-date", "business_dates", multiple=True, type=click.DateTime(["%Y-%m-%d"]),
+              metavar="YYYY-MM-DD",
+              help="Business date(s) to look for; default: today in the feed's timezone and "
+                   "source.lookback_days before it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_context
-def run(ctx: click.Context) -> None:
+def run(ctx: click.Context, feed_names: tuple[str, ...], all_feeds: bool, dry_run: bool,
+        business_dates: tuple[Any, ...], as_json: bool) -> None:
     """Run a feed: fetch, transform, dedup, submit, report."""
-    raise click.ClickException("not implemented yet")
+    from pipeline.run_commands import run_command
+
+    code = run_command(settings_of(ctx), feed_names, all_feeds=all_feeds, dry_run=dry_run,
+                       business_dates=[d.date() for d in business_dates], as_json=as_json)
+    ctx.exit(code)
 
 
 @cli.command()
+@click.argument("run_id", required=False)
+@click.option("--feed", "feed_name", metavar="NAME", help="The feed (default: the feed of RUN_ID).")
+@click.option("--failed", is_flag=True, help="Every failed transaction of the feed.")
+@click.option("--file", "file_name", metavar="NAME", help="Only transactions from this source file.")
+@click.option("--store", "store_id", metavar="STORE", help="Only transactions of this store.")
+@click.option("--business-date", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Only transactions of this business date.")
+@click.option("--include-permanent", is_flag=True,
+              help="Resend failed-permanent transactions too (default: failed-retryable only).")
+@click.option("--dry-run", is_flag=True, help="Show what would be resent; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_context
-def rerun(ctx: click.Context) -> None:
+def rerun(ctx: click.Context, run_id: str | None, feed_name: str | None, failed: bool, file_name: str | None,
+          store_id: str | None, business_date: Any, include_permanent: bool, dry_run: bool,
+          as_json: bool) -> None:
     """Resend failed transactions of a run, file, store or business day."""
-    raise click.ClickException("not implemented yet")
+    from pipeline.run_commands import rerun_command
+
+    ctx.exit(rerun_command(
+        settings_of(ctx), run_id, feed_name=feed_name, failed=failed, file=file_name, store_id=store_id,
+        business_date=business_date.date() if business_date else None,
+        include_permanent=include_permanent, dry_run=dry_run, as_json=as_json,
+    ))
 
 
 @cli.command()
+@click.option("--feed", metavar="NAME", help="Only runs of this feed.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.pass_context
-def runs(ctx: click.Context) -> None:
+def runs(ctx: click.Context, feed: str | None, limit: int | None, as_json: bool) -> None:
     """Show run history with counts and status."""
-    raise click.ClickException("not implemented yet")
+    from pipeline.run_commands import runs_command
+
+    ctx.exit(runs_command(settings_of(ctx), feed=feed, limit=limit, as_json=as_json))
 
 
 @cli.command()
+@click.argument("run_id", required=False)
+@click.option("--feed", metavar="NAME", help="With --business-date: the feed of the business day.")
+@click.option("--business-date", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Report one business day of --feed (current states, reruns included).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the report files here (default: REPORTS_DIR/<feed>/<run_id or day-DATE>/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def report(ctx: click.Context) -> None:
+def report(ctx: click.Context, run_id: str | None, feed: str | None, business_date: Any, out: Path | None,
+           as_json: bool) -> None:
     """Regenerate the reports of a run or a business day."""
-    raise click.ClickException("not implemented yet")
+    from pipeline.run_commands import report_command
+
+    ctx.exit(report_command(settings_of(ctx), run_id, feed=feed,
+                            business_date=business_date.date() if business_date else None,
+                            out=out, as_json=as_json))
 
 
 @cli.command()
@@ -142,10 +194,15 @@ def sandbox(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Put the demo's state and reports in this folder (default: a new temporary folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON.")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, keep: Path | None, as_json: bool) -> None:
     """Run the sample feeds against a local sandbox, with a temporary state dir."""
-    raise click.ClickException("not implemented yet")
+    from pipeline.run_commands import demo_command
+
+    ctx.exit(demo_command(keep=keep, as_json=as_json))
 
 
 @cli.group()

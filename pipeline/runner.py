@@ -49,6 +49,7 @@ __all__ = ["RerunSelection", "RunSummary", "business_dates_for", "exit_code_of",
 log = logging.getLogger(__name__)
 
 SinkFactory = Callable[[Feed], Sink]
+StageHook = Callable[[str, str], None]  # (stage, "start" | "end")
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,22 @@ class _Context:
     stop: threading.Event | None
     progress: Progress
     make_sink: SinkFactory
+    on_stage: StageHook | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Bracket a stage for the ``on_stage`` hook (benchmarks measure stages with it)."""
+        if self.on_stage is not None:
+            self.on_stage(name, "start")
+        try:
+            yield
+        finally:
+            if self.on_stage is not None:
+                self.on_stage(name, "end")
 
     def submit(self, row_ids: list[int]) -> None:
         if not row_ids:
@@ -208,6 +221,7 @@ def _execute(
     progress: Progress | None,
     make_sink: SinkFactory | None,
     now: datetime | None,
+    on_stage: StageHook | None = None,
 ) -> RunSummary:
     lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
     workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
@@ -229,7 +243,7 @@ def _execute(
             staging = (workdir / "staging") if workdir else settings.staging_dir / run_id
             ctx = _Context(
                 feed, settings, ledger, run_id, dry_run, staging, stop, progress or NullProgress(),
-                make_sink or _default_sink_factory,
+                make_sink or _default_sink_factory, on_stage,
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
                      " [dry run]" if dry_run else "")
@@ -243,7 +257,8 @@ def _execute(
                 ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
                 _finish(ctx, status="failed")
                 raise
-            return _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
+            with ctx.stage("report"):
+                return _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
     finally:
         lock.release()
         if workdir is not None:
@@ -251,10 +266,11 @@ def _execute(
 
 
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
-    pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
-    if pending:
-        log.info("%s: settling %d transaction(s) left queued or in doubt", ctx.feed.name, len(pending))
-        ctx.submit(pending)
+    with ctx.stage("settle"):
+        pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
+        if pending:
+            log.info("%s: settling %d transaction(s) left queued or in doubt", ctx.feed.name, len(pending))
+            ctx.submit(pending)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
@@ -262,7 +278,8 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
     source = open_source(ctx.feed)
     try:
         fetched: FetchResult = fetch_new_files(
-            source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress
+            source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress,
+            on_stage=ctx.on_stage,
         )
         ctx.notes["files_new"] = [s.record.name for s in fetched.staged]
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
@@ -270,13 +287,14 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
         outcome: TransformOutcome = transform_staged(
             ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
-            progress=ctx.progress,
+            progress=ctx.progress, on_stage=ctx.on_stage,
         )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
-            ctx.submit(outcome.to_send)
+            with ctx.stage("submit"):
+                ctx.submit(outcome.to_send)
         ctx.finish_files(source)
     finally:
         source.close()
@@ -297,7 +315,8 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
     log.info("%s: rerun resends %d failed transaction(s)%s", ctx.feed.name, len(row_ids),
              f" after settling {len(pending)} pending" if pending else "")
     ctx.ledger.requeue(row_ids, ctx.run_id)
-    ctx.submit(pending + row_ids)
+    with ctx.stage("submit"):
+        ctx.submit(pending + row_ids)
     if ctx.dry_run:
         return
     source: Source | None = None
@@ -347,12 +366,16 @@ def run_feed(
     progress: Progress | None = None,
     make_sink: SinkFactory | None = None,
     now: datetime | None = None,
+    on_stage: StageHook | None = None,
 ) -> RunSummary:
     """Run a feed once (see the module docstring). Raises LockHeldError when the feed's scope is
-    being run by a live process, ConfigError for configuration problems."""
+    being run by a live process, ConfigError for configuration problems.
+
+    ``make_sink`` replaces the feed's sink (tests); ``on_stage(stage, "start" | "end")`` is called
+    around the stages settle, discover, fetch, transform, record, submit and report."""
     return _execute(
         feed, settings, kind="run", dry_run=dry_run, business_dates=business_dates, selection=None,
-        stop=stop, progress=progress, make_sink=make_sink, now=now,
+        stop=stop, progress=progress, make_sink=make_sink, now=now, on_stage=on_stage,
     )
 
 
@@ -365,6 +388,7 @@ def rerun_feed(
     stop: threading.Event | None = None,
     progress: Progress | None = None,
     make_sink: SinkFactory | None = None,
+    on_stage: StageHook | None = None,
 ) -> RunSummary:
     """Resend the failed transactions ``selection`` names (failed_retryable; failed_permanent too
     with ``include_permanent``); accepted transactions are never resent."""
@@ -374,5 +398,5 @@ def rerun_feed(
         raise ConfigError("a rerun needs a run id, --failed, --file, --store or --business-date")
     return _execute(
         feed, settings, kind="rerun", dry_run=dry_run, business_dates=None, selection=selection,
-        stop=stop, progress=progress, make_sink=make_sink, now=None,
+        stop=stop, progress=progress, make_sink=make_sink, now=None, on_stage=on_stage,
     )

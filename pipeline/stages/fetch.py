@@ -8,6 +8,7 @@ The same name with new content is registered as superseding the earlier file (an
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -56,20 +57,32 @@ def fetch_new_files(
     business_dates: list[date],
     staging_dir: Path,
     progress: Progress | None = None,
+    on_stage: Callable[[str, str], None] | None = None,
 ) -> FetchResult:
-    """Stage every ready file whose content the feed's scope has not processed yet."""
+    """Stage every ready file whose content the feed's scope has not processed yet.
+
+    ``on_stage(name, "start" | "end")`` brackets the ``discover`` and ``fetch`` steps."""
     progress = progress or NullProgress()
-    remotes = list(source.discover(business_dates))
+    hook = on_stage or (lambda stage, event: None)
+    hook("discover", "start")
+    try:
+        remotes = list(source.discover(business_dates))
+    finally:
+        hook("discover", "end")
     log.info("%s: %d ready file(s) for business date(s) %s", feed.name, len(remotes),
              ", ".join(d.isoformat() for d in business_dates))
     result = FetchResult()
+    hook("fetch", "start")
     progress.start("fetch", len(remotes))
-    for remote in remotes:
-        try:
-            _fetch_one(source, ledger, run_id, feed, remote, staging_dir, result)
-        finally:
-            progress.advance("fetch")
-    progress.finish("fetch")
+    try:
+        for remote in remotes:
+            try:
+                _fetch_one(source, ledger, run_id, feed, remote, staging_dir, result)
+            finally:
+                progress.advance("fetch")
+    finally:
+        progress.finish("fetch")
+        hook("fetch", "end")
     return result
 
 

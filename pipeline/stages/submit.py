@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
 from pipeline.ledger import Ledger
+from pipeline.logs import log_event
 from pipeline.progress import NullProgress, Progress
 from pipeline.sinks.base import EventResult, Sink
 
@@ -83,7 +85,10 @@ async def _submit(
     def on_sending(transaction_ids: Sequence[str]) -> None:
         ledger.start_sending(scope, list(transaction_ids), run_id)
 
+    batch_outcomes: Counter[str] = Counter()
+
     def on_result(result: EventResult) -> None:
+        batch_outcomes[str(result.outcome)] += 1
         pending.append(result)
         if len(pending) >= _FLUSH_EVERY:
             flush()
@@ -99,11 +104,18 @@ async def _submit(
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
             checkouts = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            batch_outcomes.clear()
             try:
                 await sink.submit(checkouts, on_sending, on_result, stop=stop)
             finally:
                 flush()
             outcome.submitted += len(checkouts)
+            log_event(
+                log, "batch",
+                f"{feed.name}: batch {start // batch_size + 1}: {len(checkouts)} transaction(s) submitted",
+                feed=feed.name, batch=start // batch_size + 1, transactions=len(checkouts),
+                outcomes=dict(sorted(batch_outcomes.items())),
+            )
     finally:
         flush()
         await sink.aclose()

@@ -14,7 +14,8 @@ from its lines independently of those states, so the report can prove that nothi
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +28,7 @@ from pipeline.config import Feed
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, transform_files
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
+from pipeline.logs import log_event
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import MONEY, DedupStatus, TransactionType
 from pipeline.stages.fetch import StagedFile
@@ -209,6 +211,20 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     return out
 
 
+def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
+    """One line per file with its counts (and no row content: customer ids stay out of logs)."""
+    states = Counter(str(t.state) for t in records.transactions)
+    rows = sum(total[2] for total in records.totals)
+    amount = sum((total[4] for total in records.totals), Decimal(0))
+    log_event(
+        log, "file",
+        f"{name}: {rows} rows, {len(records.transactions)} transactions, {queued} queued, "
+        f"{len(records.rejects)} rejected rows",
+        feed=feed.name, file=name, rows=rows, transactions=len(records.transactions), queued=queued,
+        rejected_rows=len(records.rejects), states=dict(sorted(states.items())), amount=str(amount),
+    )
+
+
 def transform_staged(
     ledger: Ledger,
     run_id: str,
@@ -217,13 +233,18 @@ def transform_staged(
     *,
     now: datetime,
     progress: Progress | None = None,
+    on_stage: Callable[[str, str], None] | None = None,
 ) -> TransformOutcome:
     """Transform the staged files together (dedup against the scope's ledger) and record them,
-    one ledger transaction per file, in the order they were staged."""
+    one ledger transaction per file, in the order they were staged.
+
+    ``on_stage(name, "start" | "end")`` brackets the ``transform`` and ``record`` steps."""
     progress = progress or NullProgress()
+    hook = on_stage or (lambda stage, event: None)
     outcome = TransformOutcome()
     if not staged:
         return outcome
+    hook("transform", "start")
     progress.start("transform", len(staged))
     known_pairs = ledger.known(feed.scope)
     known = pl.DataFrame(
@@ -243,6 +264,8 @@ def transform_staged(
     outcome.summary = result.summary
     unreadable = {e.file: e for e in result.unreadable}
     per_file = records_of(result)
+    hook("transform", "end")
+    hook("record", "start")
     for item in staged:
         error = unreadable.get(item.record.name)
         if error is not None:
@@ -250,16 +273,17 @@ def transform_staged(
             outcome.unreadable.append(error)
         else:
             records = per_file.get(item.record.name, FileRecords([], [], []))
-            outcome.to_send.extend(
-                ledger.record_file(
-                    run_id,
-                    item.record,
-                    transactions=records.transactions,
-                    rejects=records.rejects,
-                    totals=records.totals,
-                )
+            queued = ledger.record_file(
+                run_id,
+                item.record,
+                transactions=records.transactions,
+                rejects=records.rejects,
+                totals=records.totals,
             )
+            outcome.to_send.extend(queued)
+            _log_file(feed, item.record.name, records, len(queued))
         progress.advance("transform")
     progress.finish("transform")
+    hook("record", "end")
     log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
     return outcome

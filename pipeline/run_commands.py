@@ -1,0 +1,311 @@
+"""The run-related commands behind the CLI: `run`, `rerun`, `runs`, `report`, `demo`.
+
+Each function takes parsed options, calls the library (:mod:`pipeline.runner`,
+:mod:`pipeline.stages.report`, :mod:`pipeline.demo`), prints the result (text, or JSON with
+``as_json``) and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from pipeline.config import Feed, Settings, load_feed, load_feeds
+from pipeline.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    ConfigError,
+    LockHeldError,
+)
+from pipeline.ledger import Ledger
+from pipeline.progress import make_progress
+from pipeline.reports import write_report
+from pipeline.runner import RerunSelection, RunSummary, rerun_feed, run_feed
+from pipeline.stages.report import day_report, report_folder, run_report
+
+__all__ = [
+    "demo_command",
+    "report_command",
+    "rerun_command",
+    "run_command",
+    "runs_command",
+    "worst_exit_code",
+]
+
+log = logging.getLogger(__name__)
+
+_PRIORITY = (EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
+_MEANING = {
+    EXIT_OK: "all final and balanced",
+    EXIT_DATA: "data errors: see rejects and conflicts",
+    EXIT_TEMPFAIL: "try again later: retryable failures or in-doubt transactions left",
+    EXIT_INTERNAL: "internal error",
+    EXIT_CONFIG: "configuration error",
+}
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """The one exit code for several runs: internal > config > data > try-again > ok."""
+    for code in _PRIORITY:
+        if code in codes:
+            return code
+    return max(codes, default=EXIT_OK)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or the first Ctrl-C: the run stops between batches, consistent.
+    A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("signal %d: finishing the current batch, then stopping", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[list[Feed], list[ConfigError]]:
+    if all_feeds == bool(names):
+        raise click.UsageError("give --feed NAME (repeatable) or --all")
+    if names:
+        return [load_feed(name, settings.feeds_dir) for name in names], []
+    results = load_feeds(settings.feeds_dir)
+    if not results:
+        raise ConfigError(f"no feed files in {settings.feeds_dir}")
+    return ([r.feed for r in results if r.feed is not None and r.feed.enabled],
+            [r.error for r in results if r.error is not None])
+
+
+def format_summary(summary: RunSummary) -> str:
+    """A few human lines about one run."""
+    s = summary.summary
+    kind = "dry run" if s.get("dry_run") else s.get("kind", "run")
+    lines = [
+        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} "
+        f"({_MEANING.get(summary.exit_code, '')})",
+        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions, amount {s['amount_in']}",
+        f"  accepted:  {s['accepted']} (amount {s['amount_accepted']}, "
+        f"points {s.get('points_awarded', '0')})",
+        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows, "
+        f"amount {s['amount_rejected']})",
+        f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
+        f"{s.get('not_sent', 0)} not sendable",
+        f"  held:      {s['conflicts']} conflicts",
+        f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent, "
+        f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") else ""),
+        f"  balanced:  {'yes' if s['balanced'] else 'NO'}",
+    ]
+    if s.get("superseded_files"):
+        lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
+    for item in s.get("unreadable_files") or []:
+        lines.append(f"  unreadable: {item['file']}: {item['reason']}")
+    for item in s.get("fetch_failures") or []:
+        lines.append(f"  not fetched: {item['file']}: {item['reason']}")
+    if summary.reports_path:
+        lines.append(f"  reports:   {summary.reports_path}")
+    return "\n".join(lines)
+
+
+def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        docs = [s.to_dict() for s in summaries]
+        if len(docs) == 1 and not errors:
+            _print_json(docs[0])
+        else:
+            _print_json({"runs": docs, "errors": errors})
+        return
+    for summary in summaries:
+        click.echo(format_summary(summary))
+    for error in errors:
+        click.echo(f"{error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
+
+
+def run_command(
+    settings: Settings,
+    feed_names: Sequence[str],
+    *,
+    all_feeds: bool,
+    dry_run: bool,
+    business_dates: list[date],
+    as_json: bool,
+) -> int:
+    """`posfeed run`: run each selected feed, print the summaries, return the worst exit code."""
+    feeds, config_errors = _feeds(settings, feed_names, all_feeds)
+    summaries: list[RunSummary] = []
+    errors: list[dict[str, Any]] = [
+        {"feed": e.source, "exit_code": e.exit_code, "error": str(e)} for e in config_errors
+    ]
+    single = len(feeds) == 1 and not config_errors
+    with stop_on_signals() as stop, make_progress(json_output=as_json) as progress:
+        for feed in feeds:
+            if stop.is_set():
+                break
+            try:
+                summaries.append(run_feed(feed, settings, dry_run=dry_run,
+                                          business_dates=business_dates or None, stop=stop,
+                                          progress=progress))
+            except (LockHeldError, ConfigError) as exc:
+                if single:
+                    raise
+                errors.append({"feed": feed.name, "exit_code": exc.exit_code, "error": str(exc)})
+    _emit(summaries, errors, as_json)
+    return worst_exit_code([s.exit_code for s in summaries] + [e["exit_code"] for e in errors])
+
+
+def rerun_command(
+    settings: Settings,
+    run_id: str | None,
+    *,
+    feed_name: str | None,
+    failed: bool,
+    file: str | None,
+    store_id: str | None,
+    business_date: date | None,
+    include_permanent: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> int:
+    """`posfeed rerun`: resend a selection of failed transactions as a run of its own."""
+    selection = RerunSelection(run_id, failed, file, store_id, business_date, include_permanent)
+    if selection.is_empty():
+        raise click.UsageError("give RUN_ID, --failed, --file, --store or --business-date")
+    if feed_name is None:
+        if run_id is None:
+            raise click.UsageError("give --feed NAME (or a RUN_ID, whose feed is used)")
+        if not settings.ledger_path.exists():
+            raise click.BadParameter(f"no ledger at {settings.ledger_path}", param_hint="RUN_ID")
+        with Ledger(settings.ledger_path) as ledger:
+            run = ledger.run(run_id)
+        if run is None:
+            raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_path}", param_hint="RUN_ID")
+        feed_name = run.feed
+    feed = load_feed(feed_name, settings.feeds_dir)
+    with stop_on_signals() as stop, make_progress(json_output=as_json) as progress:
+        summary = rerun_feed(feed, settings, selection, dry_run=dry_run, stop=stop, progress=progress)
+    _emit([summary], [], as_json)
+    return summary.exit_code
+
+
+_RUN_COLUMNS = ("run_id", "feed", "kind", "status", "exit", "rows_in", "accepted", "rejected", "duplicates",
+                "conflicts", "failed_retryable", "failed_permanent", "in_doubt", "balanced")
+
+
+def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_json: bool) -> int:
+    """`posfeed runs`: run history, newest first."""
+    records = []
+    if settings.ledger_path.exists():
+        with Ledger(settings.ledger_path) as ledger:
+            records = ledger.runs(feed=feed, limit=limit)
+    rows = []
+    for run in records:
+        counts = run.counts or {}
+        rows.append({
+            "run_id": run.id, "feed": run.feed, "scope": run.scope,
+            "kind": run.kind + (" (dry)" if run.dry_run else ""), "status": run.status,
+            "exit": run.exit_code, "started_at": run.started_at, "finished_at": run.finished_at,
+            "rows_in": counts.get("rows_in"), "accepted": counts.get("accepted"),
+            "rejected": counts.get("transactions_rejected"), "duplicates": counts.get("duplicates"),
+            "conflicts": counts.get("conflicts"), "failed_retryable": counts.get("failed_retryable"),
+            "failed_permanent": counts.get("failed_permanent"), "in_doubt": counts.get("in_doubt"),
+            "balanced": counts.get("balanced"), "selection": run.selection,
+        })
+    if as_json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        click.echo("no runs yet")
+        return EXIT_OK
+    table = [list(_RUN_COLUMNS)] + [["" if r[c] is None else str(r[c]) for c in _RUN_COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_RUN_COLUMNS))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def report_command(
+    settings: Settings,
+    run_id: str | None,
+    *,
+    feed: str | None,
+    business_date: date | None,
+    out: Path | None,
+    as_json: bool,
+) -> int:
+    """`posfeed report`: regenerate the reports of a run, or of a feed's business day."""
+    if bool(run_id) == bool(feed and business_date):
+        raise click.UsageError("give RUN_ID, or --feed NAME --business-date YYYY-MM-DD")
+    if not settings.ledger_path.exists():
+        raise ConfigError(f"no ledger at {settings.ledger_path}")
+    with Ledger(settings.ledger_path) as ledger:
+        if run_id:
+            run = ledger.run(run_id)
+            if run is None:
+                raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_path}", param_hint="RUN_ID")
+            stored = run.counts or {}
+            fresh = run_report(ledger, run_id)
+            extra = {k: v for k, v in stored.items() if k not in fresh.summary}
+            report = run_report(ledger, run_id, extra=extra)
+            folder = out or report_folder(settings.reports_dir, run.feed, run_id)
+        else:
+            assert feed is not None and business_date is not None
+            feed_name = load_feed(feed, settings.feeds_dir).name
+            report = day_report(ledger, feed_name, business_date.isoformat())
+            folder = out or report_folder(settings.reports_dir, feed_name, f"day-{business_date.isoformat()}")
+    write_report(report, folder)
+    if as_json:
+        _print_json({**report.summary, "reports_path": str(folder)})
+    else:
+        s = report.summary
+        click.echo(f"{s['feed']} {s['run_id']}: {s['rows_in']} rows, {s['transactions_in']} transactions, "
+                   f"{s['accepted']} accepted, balanced {'yes' if s['balanced'] else 'NO'}")
+        click.echo(f"reports: {folder}")
+    return EXIT_OK
+
+
+def demo_command(*, keep: Path | None, as_json: bool) -> int:
+    """`posfeed demo`: the sample feeds against a local sandbox."""
+    from pipeline.demo import run_demo
+
+    with make_progress(json_output=as_json) as progress:
+        result = run_demo(keep=keep, progress=progress)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        for summary in result.runs:
+            click.echo(format_summary(summary))
+            click.echo("")
+        stats = result.sandbox_stats
+        click.echo(f"sandbox platform: {stats.get('requests')} requests, {stats.get('events_accepted')} "
+                   f"events accepted, {stats.get('duplicate_transaction_attempts')} duplicate attempts")
+        click.echo(f"state (ledger): {result.state_dir}")
+        click.echo(f"reports:        {result.reports_dir}")
+        click.echo("try: posfeed --state-dir " + str(result.state_dir) + " runs")
+    return EXIT_OK if result.ok else EXIT_INTERNAL
