@@ -35,7 +35,16 @@ from starlette.routing import BaseRoute, Route
 
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 
-__all__ = ["PLATFORM", "PREFIX", "CrmcomConfig", "CrmcomError", "CrmcomPlatform", "envelope", "routes"]
+__all__ = [
+    "PLATFORM",
+    "PREFIX",
+    "CrmcomConfig",
+    "CrmcomError",
+    "CrmcomPlatform",
+    "configure",
+    "envelope",
+    "routes",
+]
 
 PLATFORM = "crmcom"
 PREFIX = "/crmapi/rest/v2"
@@ -395,9 +404,24 @@ def _references(body: Mapping[str, Any]) -> list[str]:
     return [str(body["reference_number"])] if body.get("reference_number") else []
 
 
+_CONFIG_KEY = "crmcom.config"
+
+
+def configure(state: SandboxState, config: CrmcomConfig) -> None:
+    """Set the CRM.COM credentials and token lifetime of a sandbox, before or after its routes exist."""
+    platform = state.platforms.get(PLATFORM)
+    if isinstance(platform, CrmcomPlatform):
+        platform.config = config
+    else:
+        state.platforms[_CONFIG_KEY] = config
+
+
 def routes(state: SandboxState, config: CrmcomConfig | None = None) -> list[BaseRoute]:
-    """The CRM.COM routes over ``state``; the platform object is ``state.platforms["crmcom"]``."""
-    platform = CrmcomPlatform(state, config or CrmcomConfig())
+    """The CRM.COM routes over ``state``; the platform object is ``state.platforms["crmcom"]``.
+
+    The configuration is ``config``, else the one given to :func:`configure`, else the defaults.
+    """
+    platform = CrmcomPlatform(state, config or state.platforms.pop(_CONFIG_KEY, None) or CrmcomConfig())
     state.platforms[PLATFORM] = platform
 
     def route(path: str, handler: Handler, *, token: bool = True) -> Route:

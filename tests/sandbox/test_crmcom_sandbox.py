@@ -210,3 +210,14 @@ def test_rate_limit_and_faults_come_from_the_shared_state(crm: SandboxServer) ->
     stats = httpx.get(f"{crm.url}/_sandbox/stats").json()
     assert stats["rate_limited"] == 1 and stats["faults_injected"] == 1
     assert stats["transactions"] == {"crmcom": 1}
+
+
+def test_configure_sets_credentials_before_the_server_starts() -> None:
+    from pipeline.sandbox.crmcom import CrmcomConfig, configure
+
+    state = SandboxState(SandboxConfig())
+    configure(state, CrmcomConfig(username="u", password="p", organisation="o", token_ttl_seconds=5))
+    with SandboxServer(state) as server:
+        assert platform_of(server).config.token_ttl_seconds == 5
+        answer = call(server, "authentication/token", {"username": "u", "password": "p", "organisation": "o"})
+        assert answer.json()["status"]["code"] == "OK"
