@@ -23,7 +23,9 @@ occurrence of the repeated hour, the way cron does; hourly jobs fire every real 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,9 +51,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 
-from pipeline.config import Feed, Settings, load_feed
-from pipeline.errors import ConfigError, LockHeldError, PosfeedError
-from pipeline.logs import log_event
+from pipeline.config import Feed, Settings, load_feed, load_feeds
+from pipeline.errors import EXIT_INTERNAL, EXIT_OK, ConfigError, LockHeldError, PosfeedError
+from pipeline.logs import log_event, register_feed_secrets
 
 __all__ = [
     "DEFAULT_MISFIRE_GRACE_SECONDS",
@@ -63,6 +65,7 @@ __all__ = [
     "next_run_time",
     "parse_duration",
     "run_feed_job",
+    "schedule_command",
     "scheduled_run",
     "select_feeds",
     "trigger_for",
@@ -149,8 +152,8 @@ class ScheduledFeed:
     path: Path | None = None
 
 
-def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> Any:
-    """The default job: one real run of the feed, its summary logged as one line.
+def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> int:
+    """The default job: one real run of the feed, its summary logged as one line; the exit code.
 
     Errors are logged (never raised: the daemon keeps going); a held lock means another run of
     the same scope is active (cron, a manual run), so this one is skipped.
@@ -162,16 +165,20 @@ def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> Any:
     except LockHeldError as exc:
         log_event(logger, "run", f"feed {feed.name}: skipped, {exc}", level=logging.WARNING,
                   feed=feed.name, status="skipped_locked", exit_code=exc.exit_code)
-        return None
+        return exc.exit_code
     except PosfeedError as exc:
         log_event(logger, "run", f"feed {feed.name}: run failed: {exc}", level=logging.ERROR,
                   feed=feed.name, status="error", exit_code=exc.exit_code, error=type(exc).__name__)
-        return None
+        return exc.exit_code
+    except Exception as exc:  # a bug in one run must not stop the daemon
+        logger.exception("feed %s: run crashed: %s", feed.name, type(exc).__name__)
+        return EXIT_INTERNAL
     data = summary.to_dict()
     counts = {k: data[k] for k in _SUMMARY_LOG_KEYS if k in data}
+    level = logging.INFO if summary.exit_code == 0 else logging.WARNING
     log_event(logger, "run", f"feed {feed.name}: run {summary.run_id} finished, exit {summary.exit_code}",
-              feed=feed.name, run_id=summary.run_id, exit_code=summary.exit_code, **counts)
-    return summary
+              level=level, feed=feed.name, run_id=summary.run_id, exit_code=summary.exit_code, **counts)
+    return summary.exit_code
 
 
 _SUMMARY_LOG_KEYS = (
@@ -237,6 +244,7 @@ class FeedScheduler:
         self.job: JobFunction = job or run_feed_job
         self.misfire_grace_seconds = misfire_grace_seconds
         self.stop = threading.Event()
+        self.exit_codes: dict[str, int] = {}  # feed name -> exit code of its latest run
         self._scope_locks: dict[str, threading.Lock] = {}
         self._scope_locks_guard = threading.Lock()
         self._settled: set[str] = set()
@@ -386,7 +394,10 @@ class FeedScheduler:
         try:
             if self.stop.is_set():
                 return None
-            return self.job(feed, self.settings, self.stop)
+            result = self.job(feed, self.settings, self.stop)
+            if isinstance(result, int):
+                self.exit_codes[feed_name] = result
+            return result
         finally:
             lock.release()
 
@@ -441,3 +452,65 @@ def select_feeds(
     chosen = [by_name[n] for n in names] if names else list(by_name.values())
     return [ScheduledFeed(feed, path) for path, feed in chosen if feed.enabled and feed.schedule]
 
+
+def _load_selected(settings: Settings, names: Sequence[str]) -> list[ScheduledFeed]:
+    """The feeds of the feeds folder (and feed files given by path) to schedule."""
+    paths = [n for n in names if n.endswith(".toml") and Path(n).exists()]
+    loaded: list[tuple[Path, Feed]] = [(Path(p), load_feed(p)) for p in paths]
+    if settings.feeds_dir.is_dir():
+        for result in load_feeds(settings.feeds_dir):
+            if result.feed is not None:
+                loaded.append((result.path, result.feed))
+            elif result.path.stem in names or not names:
+                assert result.error is not None
+                if result.path.stem in names:
+                    raise result.error
+                logger.error("feed file %s is invalid and is not scheduled: %s", result.path, result.error)
+    by_path = {path.resolve(): (path, feed) for path, feed in loaded}
+    wanted = [Path(n).stem if n in paths else n for n in names]
+    return select_feeds(list(by_path.values()), wanted)
+
+
+def _install_signal_handlers(scheduler: FeedScheduler) -> None:
+    """SIGTERM/SIGINT: finish the current batch and stop; a second signal exits at once."""
+
+    def handle(signum: int, frame: object) -> None:
+        if scheduler.stop.is_set():
+            logger.error("scheduler: second %s, exiting now; in-doubt transactions are settled by the "
+                         "next run", signal.Signals(signum).name)
+            os._exit(130)
+        logger.warning("scheduler: %s received", signal.Signals(signum).name)
+        scheduler.request_stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def schedule_command(
+    settings: Settings,
+    feed_names: Sequence[str] = (),
+    *,
+    once_catchup: bool = False,
+    misfire_grace_seconds: int = DEFAULT_MISFIRE_GRACE_SECONDS,
+) -> int:
+    """`posfeed schedule`: run the daemon until SIGTERM/SIGINT (exit 0), or with ``once_catchup``
+    run the missed runs within the grace time and exit with the worst of their exit codes.
+
+    Raises ConfigError when no enabled feed has a schedule.
+    """
+    selected = _load_selected(settings, feed_names)
+    if not selected:
+        raise ConfigError("no enabled feed with a schedule", source=settings.feeds_dir)
+    register_feed_secrets([s.feed for s in selected])
+    scheduler = FeedScheduler(selected, settings, misfire_grace_seconds=misfire_grace_seconds)
+    _install_signal_handlers(scheduler)
+    if once_catchup:
+        due = scheduler.catch_up()
+        if not due:
+            logger.info("scheduler: nothing to catch up")
+        return max(scheduler.exit_codes.values(), default=EXIT_OK)
+    logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),
+                settings.state_dir / JOBSTORE_FILE)
+    scheduler.start()
+    scheduler.serve()
+    return EXIT_OK
