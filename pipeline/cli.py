@@ -62,7 +62,8 @@ def cli(
 def main() -> None:
     """Entry point: run the CLI and map posfeed errors to exit codes."""
     try:
-        cli.main(standalone_mode=False)
+        # without standalone mode click returns ctx.exit(code)'s code instead of exiting
+        code = cli.main(standalone_mode=False)
     except PosfeedError as exc:
         click.echo(f"posfeed: error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -79,6 +80,7 @@ def main() -> None:
     except Exception as exc:
         click.echo(f"posfeed: internal error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -86,17 +88,70 @@ def main() -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the feeds as JSON.")
 @click.pass_context
-def feeds(ctx: click.Context) -> None:
-    """List every feed, validate it and show its next run time."""
-    raise click.ClickException("not implemented yet")
+def feeds(ctx: click.Context, as_json: bool) -> None:
+    """List every feed, validate it and show its next run time.
+
+    A bad feed file exits 78, naming the file, the key path and the problem.
+    """
+    from pipeline.check_commands import feeds_exit_code, format_feeds_table, load_feed_rows
+
+    rows = load_feed_rows(settings_of(ctx).feeds_dir)
+    if as_json:
+        print_json(rows)
+    else:
+        click.echo(format_feeds_table(rows))
+    for row in rows:
+        if not row["ok"]:
+            error = row["error"]
+            click.echo(f"posfeed: error: {error['file']}: {error['key'] or '(file)'}: {error['problem']}",
+                       err=True)
+    ctx.exit(feeds_exit_code(rows))
 
 
 @cli.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--feed", "feed_name", metavar="NAME",
+              help="Read the files as this feed does (name in the feeds folder, or a path); "
+                   "default: the canonical layout, format from the file suffix.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary (or --codes) as JSON.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write checkouts, checkout items, rejects.csv and summary.json here.")
+@click.option("--codes", is_flag=True, help="Print the reject code catalog and exit.")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Parse, validate, normalize and dedup one local file, with no network."""
-    raise click.ClickException("not implemented yet")
+def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as_json: bool,
+          out_dir: Path | None, codes: bool) -> None:
+    """Parse, validate, normalize and dedup one local file, with no network.
+
+    Exit 0 when every row is valid, 65 when rows were rejected, conflicts found or a file could
+    not be read, 78 for a configuration error.
+    """
+    from pipeline.check_commands import (
+        check_exit_code,
+        check_files,
+        codes_text,
+        format_check_summary,
+        write_check_outputs,
+    )
+    from pipeline.core.rejects import catalog_rows
+
+    if codes:
+        if as_json:
+            print_json(catalog_rows())
+        else:
+            click.echo(codes_text())
+        ctx.exit(0)
+    if not files:
+        raise click.UsageError("give at least one FILE (or --codes)")
+    result = check_files(files, feed_name=feed_name, feeds_dir=settings_of(ctx).feeds_dir)
+    if out_dir is not None:
+        write_check_outputs(result, out_dir)
+    if as_json:
+        print_json(result.summary)
+    else:
+        click.echo(format_check_summary(result))
+    ctx.exit(check_exit_code(result))
 
 
 @cli.command()

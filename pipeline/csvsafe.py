@@ -15,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["safe_cell", "write_atomic", "write_csv"]
+import polars as pl
+
+__all__ = ["safe_cell", "safe_frame", "write_atomic", "write_csv", "write_frame_csv"]
 
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 _DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
@@ -62,3 +64,47 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+_DANGEROUS_PATTERN = r"^[=+\-@\t\r]"
+_NUMBER_PATTERN = r"^[+-]?\d+(\.\d+)?$"
+
+
+def safe_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with every text cell neutralised as :func:`safe_cell` does (vectorized)."""
+    exprs = []
+    for name, dtype in frame.schema.items():
+        if dtype == pl.String:
+            col = pl.col(name)
+            risky = col.str.contains(_DANGEROUS_PATTERN) & ~col.str.contains(_NUMBER_PATTERN)
+            exprs.append(pl.when(risky).then(pl.lit("'") + col).otherwise(col).alias(name))
+    return frame.with_columns(exprs) if exprs else frame
+
+
+def write_frame_csv(path: Path, frame: pl.DataFrame) -> None:
+    """Write a polars frame as a spreadsheet-safe UTF-8 CSV atomically.
+
+    Decimals and dates are written as text (never through a float); nested columns as JSON.
+    """
+    flat = frame.with_columns(
+        pl.col(name).cast(pl.String)
+        for name, dtype in frame.schema.items()
+        if dtype.is_decimal() or dtype.is_temporal()
+    )
+    flat = flat.with_columns(
+        pl.col(name).map_batches(_json_text, return_dtype=pl.String)
+        for name, dtype in flat.schema.items()
+        if dtype.is_nested()
+    )
+    safe_header = [safe_cell(name) for name in flat.columns]
+    write_atomic(path, safe_frame(flat).rename(dict(zip(flat.columns, safe_header, strict=True))).write_csv())
+
+
+def _json_text(series: pl.Series) -> pl.Series:
+    import json
+
+    return pl.Series(
+        series.name,
+        [None if v is None else json.dumps(v, default=str) for v in series.to_list()],
+        dtype=pl.String,
+    )

@@ -1,0 +1,252 @@
+"""`posfeed check` and `posfeed feeds`: the library side of the two commands.
+
+``check`` runs the pure transform on local files (no network, no ledger) and can write what it
+produced; ``feeds`` loads and validates every feed file. Each returns an exit code; the CLI only
+parses options and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.config import Feed, FeedLoadResult, FormatConfig, canonical_feed, load_feed, load_feeds
+from pipeline.core.rejects import catalog_rows
+from pipeline.core.transform import TransformResult, transform_files
+from pipeline.csvsafe import write_atomic, write_frame_csv
+from pipeline.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK, ConfigError
+
+__all__ = [
+    "FEED_COLUMNS",
+    "CheckOutput",
+    "check_exit_code",
+    "check_files",
+    "codes_text",
+    "feed_rows",
+    "feeds_exit_code",
+    "format_check_summary",
+    "format_feeds_table",
+    "json_ready",
+    "load_feed_rows",
+    "write_check_outputs",
+]
+
+log = logging.getLogger(__name__)
+
+_KIND_BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def _feed_for(paths: Sequence[Path], feed_name: str | None, feeds_dir: Path) -> Feed:
+    """The named feed, or the canonical layout with the format guessed from the file suffix."""
+    if feed_name:
+        return load_feed(feed_name, feeds_dir)
+    kind = _KIND_BY_SUFFIX.get(paths[0].suffix.lower(), "csv") if paths else "csv"
+    feed = canonical_feed()
+    return feed.model_copy(update={"format": FormatConfig(kind=kind)})  # type: ignore[arg-type]
+
+
+def check_files(
+    paths: Sequence[Path],
+    *,
+    feed_name: str | None = None,
+    feeds_dir: Path = Path("feeds"),
+    now: datetime | None = None,
+) -> TransformResult:
+    """Transform local files with no network and no ledger (dedup within the files only)."""
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"no such file: {missing[0]}")
+    feed = _feed_for(paths, feed_name, feeds_dir)
+    return transform_files(list(paths), feed, now=now or datetime.now(UTC))
+
+
+def check_exit_code(result: TransformResult) -> int:
+    """0 when clean; 65 when rows were rejected, conflicts found or a file was unreadable."""
+    summary = result.summary
+    if summary["rows_rejected"] or summary["conflicts"] or result.unreadable:
+        return EXIT_DATA
+    return EXIT_OK
+
+
+def json_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with decimals and dates as text (also inside nested items), for JSON output."""
+
+    def text_type(dtype: Any) -> pl.DataType:
+        if dtype.is_decimal() or dtype.is_temporal():
+            return pl.String()
+        if isinstance(dtype, pl.List):
+            return pl.List(text_type(dtype.inner))
+        if isinstance(dtype, pl.Struct):
+            return pl.Struct({f.name: text_type(f.dtype) for f in dtype.fields})
+        return dtype
+
+    exprs = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            pattern = "%Y-%m-%dT%H:%M:%S%.f" + ("Z" if dtype.time_zone else "")
+            exprs.append(pl.col(name).dt.strftime(pattern))
+        else:
+            exprs.append(pl.col(name).cast(text_type(dtype)))
+    return frame.select(exprs)
+
+
+@dataclass(frozen=True)
+class CheckOutput:
+    """The files ``write_check_outputs`` wrote."""
+
+    paths: tuple[Path, ...]
+
+
+def write_check_outputs(result: TransformResult, out_dir: Path) -> CheckOutput:
+    """Write checkouts (JSONL + Parquet), checkout items (Parquet + CSV), rejects.csv, summary.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def put(name: str, writer: Callable[[Path], None]) -> None:
+        path = out_dir / name
+        writer(path)
+        written.append(path)
+
+    put("checkouts.jsonl", lambda p: write_atomic(p, json_ready(result.checkouts).write_ndjson()))
+    put("checkouts.parquet", lambda p: result.checkouts.write_parquet(p))
+    put("checkout_items.parquet", lambda p: result.items.write_parquet(p))
+    put("checkout_items.csv", lambda p: write_frame_csv(p, result.items))
+    put("rejects.csv", lambda p: write_frame_csv(p, result.rejects))
+    summary = json.dumps(result.summary, indent=2, sort_keys=True) + "\n"
+    put("summary.json", lambda p: write_atomic(p, summary))
+    log.info("check: wrote %d files to %s", len(written), out_dir)
+    return CheckOutput(tuple(written))
+
+
+def format_check_summary(result: TransformResult, *, max_rejects: int = 10) -> str:
+    """A readable summary of a check (what `posfeed check` prints without --json)."""
+    s = result.summary
+    lines = [
+        f"files: {', '.join(s['files']) or '(none readable)'}",
+        f"rows: {s['rows_in']} in, {s['rows_valid']} valid, {s['rows_rejected']} rejected",
+        f"transactions: {s['transactions_in']} in, {s['transactions_valid']} valid "
+        f"(new {s['new']}, duplicates {s['duplicates']}, conflicts {s['conflicts']}), "
+        f"{s['transactions_rejected']} rejected",
+        f"kinds: {s['sales']} sales, {s['returns']} returns ({s['returns_unmatched']} unmatched), "
+        f"{s['voids']} voids (never sent), {s['guests']} guest checkouts",
+        f"amounts: in {s['amount_in']} = valid {s['amount_valid']} + rejected {s['amount_rejected']}",
+    ]
+    if s["rejects_by_code"]:
+        lines.append("rejects by code:")
+        lines += [f"  {code:<40} {count}" for code, count in s["rejects_by_code"].items()]
+    rejects = result.rejects.filter(pl.col("reject_code") != "R099_SIBLING_REJECTED").head(max_rejects)
+    if rejects.height:
+        lines.append(f"first rejects (file:line code field: reason), up to {max_rejects}:")
+        shown = rejects.select("source_file", "source_line", "reject_code", "reject_field", "reject_reason")
+        for file, line, code, field, reason in shown.iter_rows():
+            lines.append(f"  {file}:{line} {code} {field}: {reason}")
+    for error in result.unreadable:
+        lines.append(f"unreadable: {error.file}: {error.reason}")
+    return "\n".join(lines)
+
+
+def codes_text() -> str:
+    """The reject code catalog as plain text."""
+    return "\n".join(f"{row['code']:<40} {row['description']}" for row in catalog_rows())
+
+
+# ---- feeds --------------------------------------------------------------------------------------
+
+# Extra columns for `posfeed feeds`: name -> function of a loaded feed. Other parts of the
+# application add theirs here (e.g. the next run time from the scheduler) without touching the
+# command itself.
+FEED_COLUMNS: dict[str, Callable[[Feed], Any]] = {}
+
+
+def _source_text(feed: Feed) -> str:
+    src = feed.source
+    where = f"{src.host}:{src.path}" if src.kind == "sftp" and src.host else src.path
+    return f"{src.kind} {where}/{src.pattern}"
+
+
+def _target_text(feed: Feed) -> str:
+    return f"{feed.target.kind} {feed.target.base_url}"
+
+
+def feed_rows(results: Sequence[FeedLoadResult]) -> list[dict[str, Any]]:
+    """One JSON-ready row per feed file: its settings summary, or the error that stopped it."""
+    rows: list[dict[str, Any]] = []
+    for result in results:
+        if result.feed is None:
+            error = result.error
+            rows.append(
+                {
+                    "name": result.path.stem,
+                    "file": str(result.path),
+                    "ok": False,
+                    "error": {
+                        "file": error.source if error else str(result.path),
+                        "key": error.key if error else None,
+                        "problem": error.problem if error else "unknown error",
+                    },
+                }
+            )
+            continue
+        feed = result.feed
+        row: dict[str, Any] = {
+            "name": feed.name,
+            "file": str(result.path),
+            "ok": True,
+            "enabled": feed.enabled,
+            "scope": feed.scope,
+            "timezone": feed.timezone,
+            "source": _source_text(feed),
+            "format": feed.format.kind,
+            "target": _target_text(feed),
+            "schedule": feed.schedule,
+        }
+        for name, column in FEED_COLUMNS.items():
+            try:
+                row[name] = column(feed)
+            except Exception as exc:  # a column must never hide the listing
+                log.warning("feeds: column %s failed for %s: %s", name, feed.name, exc)
+                row[name] = None
+        rows.append(row)
+    return rows
+
+
+def format_feeds_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The feeds as an aligned text table (errors listed below it)."""
+    columns = ["name", "enabled", "schedule", "source", "target", *FEED_COLUMNS]
+    good = [r for r in rows if r["ok"]]
+    table = [[str(c).upper() for c in columns]]
+    table += [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in good]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
+    for r in rows:
+        if not r["ok"]:
+            e = r["error"]
+            out.append(f"ERROR {e['file']}: {e['key'] or '(file)'}: {e['problem']}")
+    if not rows:
+        out.append("(no feed files)")
+    return "\n".join(out)
+
+
+def load_feed_rows(feeds_dir: Path) -> list[dict[str, Any]]:
+    """Load and validate every feed file of ``feeds_dir``."""
+    if not feeds_dir.is_dir():
+        raise ConfigError(f"feeds folder does not exist: {feeds_dir}")
+    return feed_rows(load_feeds(feeds_dir))
+
+
+def feeds_exit_code(rows: Sequence[dict[str, Any]]) -> int:
+    """78 when any feed file is bad, else 0."""
+    return EXIT_CONFIG if any(not r["ok"] for r in rows) else EXIT_OK
