@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pipeline.alerts import notify
 from pipeline.config import Feed, Settings
 from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
+from pipeline.expected import SeenFile, report_missing
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.locks import RunLock
+from pipeline.logs import log_event
 from pipeline.progress import NullProgress, Progress
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
@@ -255,10 +258,14 @@ def _execute(
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
             except BaseException as exc:
                 ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
-                _finish(ctx, status="failed")
+                failed = _finish(ctx, status="failed")
+                if isinstance(exc, Exception):  # not for Ctrl-C
+                    notify(feed, failed.to_dict(), error=exc, dry_run=dry_run)
                 raise
             with ctx.stage("report"):
-                return _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
+                summary = _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
+            notify(feed, summary.to_dict(), dry_run=dry_run)
+            return summary
     finally:
         lock.release()
         if workdir is not None:
@@ -285,6 +292,7 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
         outcome: TransformOutcome = transform_staged(
             ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
             progress=ctx.progress, on_stage=ctx.on_stage,
@@ -299,6 +307,24 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
     finally:
         source.close()
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
+
+
+def _missing_files(ctx: _Context, business_dates: list[date], now: datetime) -> list[dict[str, Any]]:
+    """Files `[expected]` declares for these days that are overdue (missing) or came late.
+
+    A file's arrival is its modification time at the source, as the ledger recorded it.
+    """
+    if ctx.feed.expected.cadence == "none":
+        return []
+    seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC))
+            for r in ctx.ledger.files(scope=ctx.feed.scope)]
+    rows = report_missing(ctx.feed, business_dates, seen, now)
+    for row in rows:
+        if row["status"] == "missing":
+            log_event(log, "missing_file", f"{ctx.feed.name}: expected file {row['pattern']} is missing "
+                      f"(due {row['due_at']})", level=logging.WARNING, feed=ctx.feed.name,
+                      business_date=row["business_date"], store_id=row["store_id"], hour=row["hour"])
+    return rows
 
 
 def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
