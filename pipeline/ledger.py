@@ -1012,6 +1012,20 @@ class Ledger:
 
     # ---- reading ------------------------------------------------------------------------------
 
+    def originals(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, TxnRecord]:
+        """The primary rows of ``transaction_ids`` in ``scope``, by transaction id (e.g. the sales
+        that returns name; a target that cancels purchases needs their platform event ids)."""
+        found: dict[str, TxnRecord] = {}
+        for chunk in _chunks(list(dict.fromkeys(transaction_ids))):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT {_TXN_COLUMNS} FROM transactions t WHERE t.scope = ? "
+                f"AND t.transaction_id IN ({marks}) AND t.state IN {_PRIMARY_SQL}",
+                (scope, *chunk),
+            ):
+                found[row["transaction_id"]] = _txn(row)
+        return found
+
     def transactions_by_row_id(
         self, row_ids: Sequence[int], *, with_checkout: bool = False
     ) -> list[TxnRecord]:

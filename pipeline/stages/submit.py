@@ -15,15 +15,17 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
-from pipeline.ledger import Ledger
+from pipeline.ledger import Ledger, TxnState
 from pipeline.logs import log_event
 from pipeline.progress import NullProgress, Progress
+from pipeline.records import TransactionType
 from pipeline.sinks.base import EventResult, Sink
 
-__all__ = ["BATCH_SIZE", "SubmitResult", "submit_rows"]
+__all__ = ["BATCH_SIZE", "SubmitResult", "submit_rows", "with_originals"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,36 @@ def submit_rows(
     return asyncio.run(
         _submit(ledger, feed, run_id, list(row_ids), make_sink, stop, progress, batch_size, outcome)
     )
+
+
+def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Returns that name a sale the ledger knows carry ``original_event_ids`` (the sale's platform
+    event ids; empty while it is not accepted) and ``original_total``. A target that cancels the
+    sale's purchase (CRM.COM) needs them; others ignore them."""
+    wanted = [
+        str(c["original_transaction_id"])
+        for c in checkouts
+        if c.get("transaction_type") == TransactionType.RETURN and c.get("original_transaction_id")
+    ]
+    if not wanted:
+        return checkouts
+    known = ledger.originals(scope, wanted)
+    enriched = []
+    for checkout in checkouts:
+        original = (
+            known.get(str(checkout.get("original_transaction_id")))
+            if checkout.get("transaction_type") == TransactionType.RETURN
+            else None
+        )
+        if original is not None:
+            accepted = original.state is TxnState.ACCEPTED
+            checkout = {
+                **checkout,
+                "original_event_ids": list(original.event_ids) if accepted else [],
+                "original_total": original.amount,
+            }
+        enriched.append(checkout)
+    return enriched
 
 
 async def _submit(
@@ -103,7 +135,8 @@ async def _submit(
                             feed.name, len(row_ids) - start)
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
-            checkouts = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            checkouts = with_originals(ledger, scope, decoded)
             batch_outcomes.clear()
             try:
                 await sink.submit(checkouts, on_sending, on_result, stop=stop)

@@ -1,0 +1,82 @@
+"""CRM.COM in whole runs: a return in a later run cancels the purchase the ledger recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.config import Feed, Settings
+from pipeline.runner import run_feed
+from pipeline.sandbox.crmcom import PLATFORM, CrmcomPlatform
+from pipeline.sandbox.server import SandboxServer
+
+HEADER = (
+    "transaction_id,store_id,register_id,timestamp,business_date,customer_id,transaction_type,line_no,"
+    "product_id,product_name,product_category,quantity,unit_price,discount,line_total,currency,"
+    "transaction_total,points_burned,original_transaction_id"
+)
+SALES = [
+    "S-1,BER01,K1,2026-11-20 08:10:53,2026-11-20,M1,sale,1,1005,Wine,wine,1,11.49,,11.49,EUR,19.59,,",
+    "S-1,BER01,K1,2026-11-20 08:10:53,2026-11-20,M1,sale,2,100102,Yog,dairy,3,2.70,,8.10,EUR,19.59,,",
+    "S-2,BER01,K1,2026-11-20 08:20:00,2026-11-20,M2,sale,1,100102,Yog,dairy,2,2.70,,5.40,EUR,5.40,,",
+    "S-3,BER01,K1,2026-11-20 08:30:00,2026-11-20,,sale,1,100102,Yog,dairy,1,2.70,,2.70,EUR,2.70,,",
+]
+RETURNS = [
+    "R-1,BER01,K1,2026-11-20 15:00:00,2026-11-20,M1,return,1,1005,Wine,wine,-1,11.49,,-11.49,EUR,-19.59,,S-1",
+    "R-1,BER01,K1,2026-11-20 15:00:00,2026-11-20,M1,return,2,100102,Yog,dairy,-3,2.70,,-8.10,EUR,-19.59,,S-1",
+    "R-2,BER01,K1,2026-11-20 15:10:00,2026-11-20,M2,return,1,100102,Yog,dairy,-1,2.70,,-2.70,EUR,-2.70,,S-2",
+]
+
+
+@pytest.fixture
+def crm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
+    with SandboxServer() as server:
+        platform: CrmcomPlatform = server.state.platforms[PLATFORM]
+        monkeypatch.setenv("CRMCOM_USERNAME", platform.config.username)
+        monkeypatch.setenv("CRMCOM_PASSWORD", platform.config.password)
+        monkeypatch.setenv("CRMCOM_ORGANISATION", platform.config.organisation)
+        yield server
+
+
+def crmcom_run_feed(server: SandboxServer, folder: Path, **target: Any) -> Feed:
+    return Feed.model_validate(
+        {
+            "name": "crm_run",
+            "timezone": "Europe/Berlin",
+            "source": {"kind": "local", "path": str(folder), "pattern": "*.csv", "readiness": "none"},
+            "target": {
+                "kind": "crmcom",
+                "base_url": server.url,
+                "backoff_base_seconds": 0.01,
+                "backoff_max_seconds": 0.05,
+                **target,
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize("bulk_size", [1, 50])
+def test_a_later_return_cancels_the_recorded_purchase(
+    crm: SandboxServer, tmp_path: Path, bulk_size: int
+) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    feed = crmcom_run_feed(crm, exports, bulk_size=bulk_size)
+    (exports / "pos_morning.csv").write_text("\n".join([HEADER, *SALES]) + "\n", encoding="utf-8")
+    first = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    assert (first["accepted"], first["not_sent"], first["balanced"]) == (2, 1, True)
+
+    (exports / "pos_afternoon.csv").write_text("\n".join([HEADER, *RETURNS]) + "\n", encoding="utf-8")
+    second = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    # R-1 returns all of S-1: its purchase is cancelled; R-2 returns part of S-2: not sent
+    assert (second["accepted"], second["not_sent"], second["balanced"]) == (1, 1, True)
+    listing = httpx.get(f"{crm.url}/_sandbox/transactions", params={"platform": "crmcom"}).json()
+    states = {t["transaction_id"]: t["status"] for t in listing["transactions"]}
+    assert states == {"S-1": "cancelled", "S-2": "accepted"}
+    assert crm.state.stats["duplicate_transaction_attempts"] == 0
