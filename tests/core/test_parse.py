@@ -1,0 +1,259 @@
+"""Readers: every format option, column mapping, defaults, templates, source lines, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from pipeline.core.parse import read_file
+from pipeline.errors import ConfigError, UnreadableFileError
+from pipeline.records import CANONICAL_COLUMNS
+from tests.core.helpers import csv_text, feed, row, run, write
+
+EXPORT = (
+    "TxnNo;Shop;When;Item;Name;Qty;Price;Cur\n"
+    "A-1;S1;2026-11-20 10:00:00;P1;Café crème;2;2,50;EUR\n"
+    "A-1;S1;2026-11-20 10:00:00;P2;Crêpe €;1;3,00;EUR\n"
+)
+MAPPING = {
+    "transaction_id": "TxnNo",
+    "store_id": "Shop",
+    "timestamp": "When",
+    "product_id": "Item",
+    "product_name": "Name",
+    "quantity": "Qty",
+    "unit_price": "Price",
+    "currency": "Cur",
+}
+
+
+def export_feed(**fmt: object) -> object:
+    settings = {"delimiter": ";", "decimal_comma": True, "columns": MAPPING, **fmt}
+    return feed(format=settings, timezone="Europe/Paris")
+
+
+def test_canonical_csv_reads_every_column_as_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "pos.csv", csv_text([row(), row(line_no="2")]))
+    lines = read_file(path, feed())
+    assert lines.columns[: len(CANONICAL_COLUMNS)] == list(CANONICAL_COLUMNS)
+    assert all(lines.schema[c] == pl.String for c in CANONICAL_COLUMNS)
+    assert lines.get_column("source_line").to_list() == [2, 3]
+    assert lines.get_column("source_file").to_list() == ["pos.csv", "pos.csv"]
+    assert lines.get_column("unit_price").to_list() == ["2.50", "2.50"]  # not 2.5: text as exported
+
+
+def test_source_name_overrides_the_file_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "staged-123.csv", csv_text([row()]))
+    assert read_file(path, feed(), source_name="pos_20261120.csv").get_column("source_file")[0] == (
+        "pos_20261120.csv"
+    )
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_delimiters(tmp_path: Path, delimiter: str) -> None:
+    path = write(tmp_path, "pos.csv", csv_text([row(product_name="Tea; Earl | Grey\tx")], delimiter=delimiter))
+    lines = read_file(path, feed(format={"delimiter": delimiter}))
+    assert lines.get_column("product_name")[0] == "Tea; Earl | Grey\tx"
+
+
+def test_quote_char(tmp_path: Path) -> None:
+    text = csv_text([row()]).replace("Tea", "'Tea, large'")
+    lines = read_file(write(tmp_path, "q.csv", text), feed(format={"quote_char": "'"}))
+    assert lines.get_column("product_name")[0] == "Tea, large"
+
+
+def test_quoted_multiline_field_keeps_physical_lines(tmp_path: Path) -> None:
+    rows = [row(product_name="Tea\nwith\nmilk"), row(line_no="2"), row(line_no="3", product_name="a\nb")]
+    path = write(tmp_path, "ml.csv", csv_text(rows) + csv_text([row(line_no="4")]).split("\n", 1)[1])
+    lines = read_file(path, feed())
+    assert lines.get_column("source_line").to_list() == [2, 5, 6, 8]
+
+
+def test_blank_lines_are_counted_and_dropped(tmp_path: Path) -> None:
+    text = csv_text([row()]) + "\n" + csv_text([row(line_no="2")]).split("\n", 1)[1]
+    lines = read_file(write(tmp_path, "blank.csv", text), feed())
+    assert lines.get_column("source_line").to_list() == [2, 4]
+
+
+def test_no_header_maps_positions(tmp_path: Path) -> None:
+    text = "S1,A-1,2026-11-20 10:00:00,P1,2,2.50,GBP\n" * 2
+    columns = {"store_id": "1", "transaction_id": "2", "timestamp": "3", "product_id": "4", "quantity": "5",
+               "unit_price": "6", "currency": "7"}
+    lines = read_file(write(tmp_path, "nh.csv", text), feed(format={"has_header": False, "columns": columns}))
+    assert lines.get_column("transaction_id").to_list() == ["A-1", "A-1"]
+    assert lines.get_column("source_line").to_list() == [1, 2]
+
+
+def test_no_header_without_mapping_is_canonical_order(tmp_path: Path) -> None:
+    text = csv_text([row()]).split("\n", 1)[1]
+    lines = read_file(write(tmp_path, "nh.csv", text), feed(format={"has_header": False}))
+    assert lines.select(CANONICAL_COLUMNS).row(0) == tuple(v or None for v in row().values())
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp1252", "latin-1"])
+def test_encodings(tmp_path: Path, encoding: str) -> None:
+    text = EXPORT if encoding != "latin-1" else EXPORT.replace("€", "EUR")  # latin-1 has no euro sign
+    data = text.encode(encoding)
+    lines = read_file(write(tmp_path, "enc.csv", data), export_feed(encoding=encoding))
+    names = lines.get_column("product_name").to_list()
+    assert names[0] == "Café crème"
+    assert names[1] == ("Crêpe €" if encoding != "latin-1" else "Crêpe EUR")
+    assert lines.get_column("transaction_id").to_list() == ["A-1", "A-1"]  # BOM not in the header
+
+
+def test_bom_is_stripped_even_when_encoding_says_utf8(tmp_path: Path) -> None:
+    path = write(tmp_path, "bom.csv", b"\xef\xbb\xbf" + csv_text([row()]).encode())
+    lines = read_file(path, feed(format={"encoding": "utf-8"}))
+    assert lines.get_column("transaction_id").to_list() == ["T1"]
+
+
+def test_cp1252_file_transforms_with_exact_money(tmp_path: Path) -> None:
+    path = write(tmp_path, "cp.csv", EXPORT.encode("cp1252"))
+    from tests.core.helpers import NOW
+    from pipeline.core.transform import transform_files
+
+    result = transform_files([path], export_feed(encoding="cp1252"), now=NOW)
+    assert result.summary["rows_rejected"] == 0
+    assert result.summary["amount_in"] == "8.0000"  # 2 × 2,50 + 3,00
+    assert result.items.get_column("product_name").to_list() == ["Café crème", "Crêpe €"]
+
+
+def test_decimal_comma_with_thousands_dots() -> None:
+    result = run([row(unit_price="1.234,50", quantity="1", line_total="1.234,50")],
+                 feed(format={"decimal_comma": True}))
+    assert str(result.items.get_column("unit_price")[0]) == "1234.5000"
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    records = [
+        {"transaction_id": "T1", "store_id": "S1", "timestamp": "2026-11-20T10:00:00", "product_id": "P1",
+         "quantity": 2, "unit_price": 2.5, "currency": "GBP", "line_no": 1},
+        {"transaction_id": "T1", "store_id": "S1", "timestamp": "2026-11-20T10:00:00", "product_id": "P2",
+         "quantity": 1, "unit_price": "19.99", "currency": "GBP", "line_no": 2},
+    ]
+    text = json.dumps(records[0]) + "\n\n" + json.dumps(records[1]) + "\n"
+    lines = read_file(write(tmp_path, "pos.jsonl", text), feed(format={"kind": "jsonl"}))
+    assert lines.get_column("source_line").to_list() == [1, 3]
+    assert lines.get_column("unit_price").to_list() == ["2.5", "19.99"]
+    assert lines.get_column("quantity").to_list() == ["2", "1"]
+
+
+def test_parquet(tmp_path: Path) -> None:
+    from datetime import datetime
+    from decimal import Decimal
+
+    frame = pl.DataFrame({
+        "transaction_id": ["T1", "T1"],
+        "store_id": ["S1", "S1"],
+        "timestamp": [datetime(2026, 11, 20, 10), datetime(2026, 11, 20, 10)],
+        "product_id": ["P1", "P2"],
+        "quantity": [2, 1],
+        "unit_price": [Decimal("2.50"), Decimal("19.99")],
+        "currency": ["GBP", "GBP"],
+    })
+    path = tmp_path / "pos.parquet"
+    frame.write_parquet(path)
+    the_feed = feed(format={"kind": "parquet"})
+    lines = read_file(path, the_feed)
+    assert lines.get_column("source_line").to_list() == [1, 2]
+    assert lines.get_column("unit_price").to_list() == ["2.50", "19.99"]
+    from tests.core.helpers import NOW
+    from pipeline.core.transform import transform
+
+    result = transform(lines, the_feed, now=NOW)
+    assert result.summary["rows_rejected"] == 0
+    assert result.summary["amount_in"] == "24.9900"
+
+
+def test_defaults_fill_missing_columns_and_empty_cells(tmp_path: Path) -> None:
+    text = "transaction_id,store_id,timestamp,product_id,quantity,unit_price,currency\n" \
+           "T1,,2026-11-20 10:00:00,P1,1,2.5,\nT2,S9,2026-11-20 10:00:00,P1,1,2.5,EUR\n"
+    the_feed = feed(format={"defaults": {"currency": "GBP", "store_id": "S1", "register_id": "R0"}})
+    lines = read_file(write(tmp_path, "d.csv", text), the_feed)
+    assert lines.get_column("currency").to_list() == ["GBP", "EUR"]
+    assert lines.get_column("store_id").to_list() == ["S1", "S9"]
+    assert lines.get_column("register_id").to_list() == ["R0", "R0"]
+
+
+def test_transaction_id_template(tmp_path: Path) -> None:
+    text = "Shop,Till,Receipt,When,Item,Qty,Price\nS1,3,0042,2026-11-20 10:00:00,P1,1,2.5\n"
+    the_feed = feed(format={
+        "columns": {"store_id": "Shop", "register_id": "Till", "timestamp": "When", "product_id": "Item",
+                    "quantity": "Qty", "unit_price": "Price"},
+        "defaults": {"currency": "GBP"},
+        "transaction_id_template": "{store_id}-{register_id}-{Receipt}",
+    })
+    lines = read_file(write(tmp_path, "t.csv", text), the_feed)
+    assert lines.get_column("transaction_id").to_list() == ["S1-3-0042"]
+
+
+def test_template_with_a_missing_column_is_unreadable(tmp_path: Path) -> None:
+    the_feed = feed(format={"transaction_id_template": "{store_id}-{receipt}"})
+    with pytest.raises(UnreadableFileError, match="receipt"):
+        read_file(write(tmp_path, "t.csv", csv_text([row()])), the_feed)
+
+
+def test_template_with_format_spec_is_a_config_error(tmp_path: Path) -> None:
+    the_feed = feed(format={"transaction_id_template": "{store_id:>5}"})
+    with pytest.raises(ConfigError, match="format spec"):
+        read_file(write(tmp_path, "t.csv", csv_text([row()])), the_feed)
+
+
+def test_unmapped_columns_are_kept_for_rejects(tmp_path: Path) -> None:
+    text = EXPORT.replace("Cur\n", "Cur;Till\n").replace("EUR\n", "EUR;7\n")
+    lines = read_file(write(tmp_path, "x.csv", text), export_feed())
+    assert lines.get_column("src:Till").to_list() == ["7", "7"]
+
+
+def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
+    lines = read_file(write(tmp_path, "h.csv", csv_text([])), feed())
+    assert lines.height == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "settings", "reason"),
+    [
+        ("empty.csv", b"", {}, "empty"),
+        ("blank.csv", b"\n\n  \n", {}, "empty"),
+        ("binary.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", {}, "binary"),
+        ("wrong_delimiter.csv", csv_text([row()]).encode(), {"delimiter": ";"}, "wrong delimiter"),
+        ("no_columns.csv", b"a,b,c\n1,2,3\n", {}, "required columns missing"),
+        ("not_utf8.csv", csv_text([row(product_name="Caf\xe9")]).encode("cp1252"), {}, "not valid UTF-8"),
+        ("undefined_cp1252.csv", csv_text([row()]).encode() + b"\x81\n", {"encoding": "cp1252"},
+         "not valid cp1252"),
+        ("bad.jsonl", b'{"a": 1}\n{not json\n', {"kind": "jsonl"}, "JSON Lines"),
+        ("bad.parquet", b"PAR1 not really", {"kind": "parquet"}, "Parquet"),
+        ("parquet_as_csv.csv", b"PAR1\x15\x04\x15", {}, "Parquet"),
+    ],
+)
+def test_unreadable_files(tmp_path: Path, name: str, data: bytes, settings: dict[str, object], reason: str) -> None:
+    path = write(tmp_path, name, data)
+    with pytest.raises(UnreadableFileError, match=reason) as caught:
+        read_file(path, feed(format=settings))
+    assert caught.value.file == name
+    assert reason in caught.value.reason or reason.lower() in caught.value.reason.lower()
+
+
+def test_unreadable_file_does_not_stop_the_others(tmp_path: Path) -> None:
+    from tests.core.helpers import NOW
+    from pipeline.core.transform import transform_files
+
+    good = write(tmp_path, "good.csv", csv_text([row()]))
+    bad = write(tmp_path, "bad.csv", b"\x00\x01\x02")
+    result = transform_files([bad, good], feed(), now=NOW)
+    assert [e.file for e in result.unreadable] == ["bad.csv"]
+    assert result.summary["unreadable_files"][0]["file"] == "bad.csv"
+    assert result.checkouts.height == 1
+
+
+def test_same_content_in_every_format_reads_the_same(tmp_path: Path) -> None:
+    rows = [row(), row(line_no="2", product_id="P2")]
+    csv_lines = read_file(write(tmp_path, "a.csv", csv_text(rows)), feed())
+    text = "\n".join(json.dumps({k: v for k, v in r.items() if v != ""}) for r in rows)
+    jsonl_lines = read_file(write(tmp_path, "a.jsonl", text), feed(format={"kind": "jsonl"}))
+    columns = list(CANONICAL_COLUMNS)
+    assert_frame_equal(csv_lines.select(columns), jsonl_lines.select(columns))

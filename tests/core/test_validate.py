@@ -1,0 +1,199 @@
+"""Every reject code, the first-rule-wins order, atomic transactions and timestamps."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from pipeline.core.rejects import CATALOG, RejectCode
+from pipeline.core.validate import validate
+from tests.core.helpers import NOW, codes, feed, lines_of, row, run
+
+R = RejectCode
+
+# (case name, rows, feed settings, expected code of the first line)
+CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
+    ("missing_store", [row(store_id="")], {}, R.MISSING_FIELD),
+    ("blank_quantity", [row(quantity="  ")], {}, R.MISSING_FIELD),
+    ("missing_transaction_id", [row(transaction_id="")], {}, R.MISSING_FIELD),
+    ("bad_quantity", [row(quantity="two")], {}, R.BAD_NUMBER),
+    ("too_many_decimals", [row(unit_price="2.50001", line_total="")], {}, R.BAD_NUMBER),
+    ("thousands_separator", [row(unit_price="1,000.00", line_total="")], {}, R.BAD_NUMBER),
+    ("bad_line_no", [row(line_no="1.5")], {}, R.BAD_NUMBER),
+    ("bad_timestamp", [row(timestamp="20/11/2026 10:00")], {}, R.BAD_TIMESTAMP),
+    ("bad_business_date", [row(business_date="yesterday")], {}, R.BAD_BUSINESS_DATE),
+    ("unknown_type", [row(transaction_type="layaway")], {}, R.UNKNOWN_TRANSACTION_TYPE),
+    ("unknown_currency", [row(currency="XYZ")], {}, R.UNKNOWN_CURRENCY),
+    ("currency_not_allowed", [row(currency="EUR")], {"validation": {"currencies": ["GBP"]}},
+     R.UNKNOWN_CURRENCY),
+    ("zero_quantity", [row(quantity="0", line_total="0")], {}, R.NON_POSITIVE_QUANTITY),
+    ("negative_sale_without_return_rule", [row(quantity="-2", line_total="-5")],
+     {"validation": {"treat_negative_quantity_as_return": False}}, R.NON_POSITIVE_QUANTITY),
+    ("negative_price", [row(unit_price="-2.50", line_total="-5.00")], {}, R.NEGATIVE_PRICE),
+    ("negative_discount", [row(discount="-1", line_total="6.00")], {}, R.NEGATIVE_DISCOUNT),
+    ("line_total_off", [row(line_total="5.02")], {}, R.LINE_TOTAL_MISMATCH),
+    ("future", [row(timestamp="2026-11-21 13:00:00", business_date="2026-11-21")], {},
+     R.TIMESTAMP_IN_FUTURE),
+    ("far_from_business_date", [row(business_date="2026-11-10")], {},
+     R.TIMESTAMP_FAR_FROM_BUSINESS_DATE),
+    ("repeated_line_no", [row(), row(product_id="P2")], {}, R.REPEATED_LINE_NUMBER),
+    ("mixed_stores", [row(), row(line_no="2", store_id="S2")], {}, R.MIXED_STORES),
+    ("mixed_customers", [row(), row(line_no="2", customer_id="C2")], {}, R.MIXED_CUSTOMERS),
+    ("mixed_currencies", [row(), row(line_no="2", currency="EUR")], {}, R.MIXED_CURRENCIES),
+    ("mixed_types", [row(), row(line_no="2", transaction_type="void")], {}, R.MIXED_TRANSACTION_TYPES),
+    ("transaction_total_off", [row(transaction_total="9.99")], {}, R.TRANSACTION_TOTAL_MISMATCH),
+]
+
+
+@pytest.mark.parametrize(("rows", "settings", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_reject_code(rows: list[dict[str, str]], settings: dict[str, object], expected: RejectCode) -> None:
+    result = run(rows, feed(**settings))
+    assert codes(result)[0] == expected.value
+    line = result.lines.row(0, named=True)
+    assert line["reject_field"]
+    assert line["reject_reason"]
+    assert result.checkouts.height == 0
+
+
+def test_every_code_has_a_case() -> None:
+    covered = {c[3] for c in CASES} | {R.SIBLING_REJECTED}
+    assert covered == set(CATALOG)
+
+
+def test_reason_names_the_value() -> None:
+    result = run([row(quantity="two")])
+    line = result.lines.row(0, named=True)
+    assert line["reject_field"] == "quantity"
+    assert "'two'" in line["reject_reason"]
+    assert line["source_line"] == 2
+
+
+def test_siblings_are_rejected_with_the_transaction() -> None:
+    rows = [row(), row(line_no="2", product_id="P2", unit_price="-1"), row(line_no="3", product_id="P3")]
+    result = run(rows + [row(transaction_id="T2")])
+    assert codes(result) == [R.SIBLING_REJECTED, R.NEGATIVE_PRICE, R.SIBLING_REJECTED, None]
+    sibling = result.lines.row(0, named=True)
+    assert "line 3" in sibling["reject_reason"]
+    assert result.checkouts.get_column("transaction_id").to_list() == ["T2"]
+
+
+def test_first_rule_in_catalog_order_wins() -> None:
+    result = run([row(quantity="x", currency="XYZ", timestamp="never")])
+    assert codes(result) == [R.BAD_NUMBER]
+
+
+def test_transaction_total_is_not_blamed_for_a_broken_sibling() -> None:
+    rows = [row(transaction_total="7.50"), row(line_no="2", product_id="P2", quantity="x", transaction_total="7.50")]
+    assert codes(run(rows)) == [R.SIBLING_REJECTED, R.BAD_NUMBER]
+
+
+def test_amount_tolerance_is_honoured() -> None:
+    loose = feed(validation={"amount_tolerance": "0.05"})
+    assert codes(run([row(line_total="5.04")], loose)) == [None]
+    assert codes(run([row(line_total="5.06")], loose)) == [R.LINE_TOTAL_MISMATCH]
+
+
+def test_transaction_total_matches_sum_of_lines() -> None:
+    rows = [row(transaction_total="7.50"), row(line_no="2", product_id="P2", quantity="1", line_total="2.50",
+                                               transaction_total="7.50")]
+    result = run(rows)
+    assert codes(result) == [None, None]
+    assert str(result.checkouts.get_column("total")[0]) == "7.5000"
+
+
+def test_exact_repeated_block_is_a_duplicate_not_a_reject() -> None:
+    block = [row(), row(line_no="2", product_id="P2", quantity="1", line_total="2.50")]
+    result = run(block + block)
+    assert codes(result) == [None] * 4
+    assert result.checkouts.get_column("dedup_status").to_list() == ["new", "duplicate"]
+    assert result.summary["duplicates"] == 1
+
+
+def test_partial_repeat_is_a_conflict() -> None:
+    block = [row(), row(line_no="2", product_id="P2", quantity="1", line_total="2.50")]
+    result = run(block + block[:1])
+    assert result.checkouts.get_column("dedup_status").to_list() == ["conflict", "conflict"]
+
+
+def test_identical_lines_without_line_no_are_two_items() -> None:
+    line = row(line_no="")
+    result = run([line, line])
+    assert codes(result) == [None, None]
+    assert result.checkouts.height == 1
+    assert result.checkouts.get_column("line_count")[0] == 2
+    assert result.items.get_column("line_no").to_list() == [1, 2]
+
+
+def test_timestamp_future_tolerance() -> None:
+    # NOW is 12:00 UTC; London is on GMT in November; 10 minutes of tolerance by default
+    ok = row(timestamp="2026-11-21 12:09:00", business_date="2026-11-21")
+    late = row(timestamp="2026-11-21 12:11:00", business_date="2026-11-21", transaction_id="T2")
+    result = run([ok, late], feed(timezone="Europe/London"))
+    assert codes(result) == [None, R.TIMESTAMP_IN_FUTURE]
+
+
+def test_naive_now_is_utc() -> None:
+    lines = lines_of([row(timestamp="2026-11-21 12:30:00", business_date="2026-11-21")])
+    checked = validate(lines, feed(), now=datetime(2026, 11, 21, 12, 25))
+    assert checked.get_column("reject_code").to_list() == [None]
+
+
+class TestTimestamps:
+    def test_offset_is_honoured(self) -> None:
+        result = run([row(timestamp="2026-11-20T10:00:00+01:00")], feed(timezone="America/New_York"))
+        checkout = result.checkouts.row(0, named=True)
+        assert checkout["timestamp_utc"] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+        assert checkout["timestamp_local"] == "2026-11-20T10:00:00+01:00"
+
+    @pytest.mark.parametrize("text", ["2026-11-20T09:00:00Z", "2026-11-20 09:00:00+0000", "2026-11-20T09:00Z"])
+    def test_utc_spellings(self, text: str) -> None:
+        result = run([row(timestamp=text)], feed(timezone="Asia/Tokyo"))
+        assert result.checkouts.get_column("timestamp_utc")[0] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+    def test_two_timezones_per_store(self) -> None:
+        the_feed = feed(timezone="Europe/London", store_timezones={"NY1": "America/New_York"})
+        rows = [row(transaction_id="L"), row(transaction_id="N", store_id="NY1")]
+        result = run(rows, the_feed)
+        got = {r["transaction_id"]: r for r in result.checkouts.iter_rows(named=True)}
+        assert got["L"]["timestamp_utc"] == datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+        assert got["N"]["timestamp_utc"] == datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+        assert got["N"]["timestamp_local"] == "2026-11-20T10:00:00-05:00"
+        assert got["N"]["timezone"] == "America/New_York"
+
+    def test_dst_gap_moves_forward(self) -> None:
+        # 01:30 does not exist in London on 2026-03-29 (clocks go 01:00 GMT -> 02:00 BST)
+        result = run([row(timestamp="2026-03-29 01:30:00", business_date="2026-03-29")],
+                     feed(timezone="Europe/London"), now=datetime(2026, 3, 30, tzinfo=UTC))
+        checkout = result.checkouts.row(0, named=True)
+        assert checkout["timestamp_utc"] == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+        assert checkout["timestamp_local"] == "2026-03-29T02:30:00+01:00"
+
+    def test_dst_overlap_takes_the_earlier_instant(self) -> None:
+        # 01:30 happens twice in London on 2026-10-25; the first time is BST (00:30 UTC)
+        result = run([row(timestamp="2026-10-25 01:30:00", business_date="2026-10-25")],
+                     feed(timezone="Europe/London"), now=datetime(2026, 10, 26, tzinfo=UTC))
+        checkout = result.checkouts.row(0, named=True)
+        assert checkout["timestamp_utc"] == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+        assert checkout["timestamp_local"] == "2026-10-25T01:30:00+01:00"
+
+    def test_business_date_defaults_to_local_date(self) -> None:
+        # 23:30 in New York on the 19th is the 20th in UTC: the business date is the local one
+        result = run([row(timestamp="2026-11-19 23:30:00", business_date="")],
+                     feed(timezone="America/New_York"))
+        assert result.checkouts.get_column("business_date")[0].isoformat() == "2026-11-19"
+
+    def test_custom_formats(self) -> None:
+        the_feed = feed(format={"timestamp_format": "%d/%m/%Y %H:%M", "date_format": "%d.%m.%Y"})
+        result = run([row(timestamp="20/11/2026 10:00", business_date="20.11.2026")], the_feed)
+        assert codes(result) == [None]
+        assert result.checkouts.get_column("business_date")[0].isoformat() == "2026-11-20"
+
+
+def test_validate_adds_typed_columns_and_keeps_every_row() -> None:
+    lines = lines_of([row(), row(transaction_id="T2", quantity="x")])
+    checked = validate(lines, feed(), now=NOW)
+    assert checked.height == 2
+    assert checked.schema["amount"] == pl.Decimal(38, 4)
+    assert {"reject_code", "reject_field", "reject_reason", "business_day"} <= set(checked.columns)
