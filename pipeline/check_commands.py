@@ -171,6 +171,19 @@ def codes_text() -> str:
 FEED_COLUMNS: dict[str, Callable[[Feed], Any]] = {}
 
 
+def _next_run(feed: Feed) -> str | None:
+    """When `posfeed schedule` runs the feed next, in the feed's timezone (None: not scheduled)."""
+    from datetime import UTC, datetime
+
+    from pipeline.scheduling import next_run_time
+
+    when = next_run_time(feed, datetime.now(UTC))
+    return when.isoformat(timespec="minutes") if when is not None else None
+
+
+FEED_COLUMNS["next_run"] = _next_run
+
+
 def _source_text(feed: Feed) -> str:
     src = feed.source
     where = f"{src.host}:{src.path}" if src.kind == "sftp" and src.host else src.path

@@ -57,6 +57,10 @@ def cli(
     )
     ctx.obj["log_format"] = log_format
     ctx.obj["verbose"] = verbose
+    from pipeline.logs import register_env_secrets_of_feeds, setup_logging
+
+    setup_logging(log_format, verbose)
+    register_env_secrets_of_feeds(ctx.obj["settings"].feeds_dir)
 
 
 def main() -> None:
@@ -206,12 +210,21 @@ def rerun(ctx: click.Context, run_id: str | None, feed_name: str | None, failed:
 @cli.command()
 @click.option("--feed", metavar="NAME", help="Only runs of this feed.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many runs.")
+@click.option("--missing", is_flag=True,
+              help="List expected files (feed [expected]) that are missing or came late instead.")
+@click.option("--business-date", "business_dates", multiple=True, type=click.DateTime(["%Y-%m-%d"]),
+              metavar="YYYY-MM-DD", help="With --missing: the business date(s) to check "
+              "(default: today in each feed's timezone and source.lookback_days before it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.pass_context
-def runs(ctx: click.Context, feed: str | None, limit: int | None, as_json: bool) -> None:
+def runs(ctx: click.Context, feed: str | None, limit: int | None, missing: bool,
+         business_dates: tuple[Any, ...], as_json: bool) -> None:
     """Show run history with counts and status."""
-    from pipeline.run_commands import runs_command
+    from pipeline.run_commands import missing_command, runs_command
 
+    if missing:
+        ctx.exit(missing_command(settings_of(ctx), feed=feed,
+                                 business_dates=[d.date() for d in business_dates], as_json=as_json))
     ctx.exit(runs_command(settings_of(ctx), feed=feed, limit=limit, as_json=as_json))
 
 
@@ -235,10 +248,34 @@ def report(ctx: click.Context, run_id: str | None, feed: str | None, business_da
 
 
 @cli.command()
+@click.option("--feed", "feed_names", multiple=True, metavar="NAME",
+              help="Schedule only this feed (name in the feeds folder, or a path); repeatable. "
+                   "Default: every enabled feed with a schedule.")
+@click.option("--once-catchup", is_flag=True,
+              help="Run the runs missed while no scheduler was running (once per feed, within the "
+                   "grace time), then exit with the worst of their exit codes.")
+@click.option("--misfire-grace", default="12h", show_default=True, metavar="DURATION",
+              help="How late a missed run may still start (e.g. 900, 30m, 12h, 2d).")
 @click.pass_context
-def schedule(ctx: click.Context) -> None:
-    """Run the scheduler daemon: one job per enabled feed."""
-    raise click.ClickException("not implemented yet")
+def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool,
+             misfire_grace: str) -> None:
+    """Run the scheduler daemon: one job per enabled feed.
+
+    Each feed runs on its `schedule` (cron, in the feed's timezone); runs of one feed, or of
+    feeds sharing a dedup scope, never overlap. Runs missed while the daemon was down catch up once
+    at start. SIGTERM/SIGINT finish the current batch, then exit 0.
+    """
+    from pipeline.logs import setup_logging
+    from pipeline.scheduling import parse_duration, schedule_command
+
+    try:
+        grace = parse_duration(misfire_grace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--misfire-grace") from exc
+    if ctx.obj["verbose"] < 1:  # a daemon's log is its output: one line per run at least
+        setup_logging(ctx.obj["log_format"], 1)
+    ctx.exit(schedule_command(settings_of(ctx), feed_names, once_catchup=once_catchup,
+                              misfire_grace_seconds=grace))
 
 
 @cli.command()

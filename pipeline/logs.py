@@ -43,6 +43,7 @@ __all__ = [
     "log_event",
     "mask_customer_id",
     "redact",
+    "register_env_secrets_of_feeds",
     "register_feed_secrets",
     "register_secret",
     "setup_logging",
@@ -140,6 +141,14 @@ def register_feed_secrets(feeds: Iterable[BaseModel], environ: Mapping[str, str]
                 register_secret(Path(path).read_text(encoding="utf-8").strip())
             except OSError:
                 continue
+
+
+def register_env_secrets_of_feeds(feeds_dir: Path) -> None:
+    """Register the secrets every loadable feed file of ``feeds_dir`` names (best effort)."""
+    from pipeline.config import load_feeds
+
+    if feeds_dir.is_dir():
+        register_feed_secrets([r.feed for r in load_feeds(feeds_dir) if r.feed is not None])
 
 
 def redact(text: str) -> str:

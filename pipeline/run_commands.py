@@ -38,6 +38,7 @@ from pipeline.stages.report import day_report, report_folder, run_report
 
 __all__ = [
     "demo_command",
+    "missing_command",
     "report_command",
     "rerun_command",
     "run_command",
@@ -309,3 +310,49 @@ def demo_command(*, keep: Path | None, as_json: bool) -> int:
         click.echo(f"reports:        {result.reports_dir}")
         click.echo("try: posfeed --state-dir " + str(result.state_dir) + " runs")
     return EXIT_OK if result.ok else EXIT_INTERNAL
+
+
+_MISSING_COLUMNS = ("feed", "business_date", "store_id", "hour", "status", "due_at", "pattern", "file")
+
+
+def missing_command(settings: Settings, *, feed: str | None, business_dates: Sequence[date],
+                    as_json: bool) -> int:
+    """`posfeed runs --missing`: expected files that are missing or came late, from the ledger.
+
+    Feeds without `[expected]` are skipped; dates default to each feed's run dates (today in its
+    timezone and `source.lookback_days` before it). Files still within their deadline are not shown.
+    """
+    from datetime import UTC, datetime
+
+    from pipeline.expected import SeenFile, report_missing
+    from pipeline.runner import business_dates_for
+
+    if feed:
+        feeds = [load_feed(feed, settings.feeds_dir)]
+    else:
+        feeds = [r.feed for r in load_feeds(settings.feeds_dir) if r.feed is not None and r.feed.enabled]
+    feeds = [f for f in feeds if f.expected.cadence != "none"]
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    ledger = Ledger(settings.ledger_path) if settings.ledger_path.exists() else None
+    try:
+        for item in feeds:
+            records = ledger.files(scope=item.scope) if ledger is not None else []
+            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records]
+            days = list(business_dates) or business_dates_for(item, now=now)
+            rows.extend(report_missing(item, days, seen, now))
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if as_json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        click.echo("no missing or late files" if feeds else "no feed declares [expected] files")
+        return EXIT_OK
+    table = [[c.upper() for c in _MISSING_COLUMNS]]
+    table += [["" if r[c] is None else str(r[c]) for c in _MISSING_COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_MISSING_COLUMNS))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK

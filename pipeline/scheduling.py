@@ -508,7 +508,9 @@ def schedule_command(
         due = scheduler.catch_up()
         if not due:
             logger.info("scheduler: nothing to catch up")
-        return max(scheduler.exit_codes.values(), default=EXIT_OK)
+        from pipeline.run_commands import worst_exit_code
+
+        return worst_exit_code(list(scheduler.exit_codes.values()))
     logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),
                 settings.state_dir / JOBSTORE_FILE)
     scheduler.start()
