@@ -1,9 +1,10 @@
 """`posfeed demo`: the sample feeds against a local sandbox platform, with no set-up.
 
 Starts the sandbox on a free loopback port, points the sample feeds (``feeds/acme_hourly.toml``
-then ``feeds/acme_daily.toml``, which share the dedup scope "acme") at it with the sandbox's
-credentials, runs them for the sample business date with a fresh state folder, and returns each
-run's summary, where the reports are, and what the platform received.
+then ``feeds/acme_daily.toml``, which share the dedup scope "acme", against its Antavo; then
+``feeds/crmcom_demo.toml`` against its CRM.COM) at it with the sandbox's credentials, runs them
+for the sample business date with a fresh state folder, and returns each run's summary, where the
+reports are, and what the platform received.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 import httpx
 
 import pipeline
-from pipeline.config import AntavoTarget, Feed, Settings, load_feed
+from pipeline.config import AntavoTarget, CrmcomTarget, Feed, Settings, load_feed
 from pipeline.errors import ConfigError
 from pipeline.progress import NullProgress, Progress
 from pipeline.runner import RunSummary, run_feed
 
 __all__ = ["DEMO_BUSINESS_DATE", "DEMO_FEEDS", "DemoResult", "repo_root", "run_demo", "with_target_url"]
 
-DEMO_FEEDS: tuple[str, ...] = ("acme_hourly", "acme_daily")
+DEMO_FEEDS: tuple[str, ...] = ("acme_hourly", "acme_daily", "crmcom_demo")
 DEMO_BUSINESS_DATE = date(2026, 11, 20)
 
 
@@ -53,6 +54,20 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _crmcom_credentials(target: CrmcomTarget, sandbox: Any) -> dict[str, str]:
+    """The sandbox's CRM.COM credentials under the environment variable names the target uses."""
+    from pipeline.sandbox.crmcom import PLATFORM
+
+    config = sandbox.state.platforms[PLATFORM].config
+    named = {
+        target.username_env: config.username,
+        target.password_env: config.password,
+        target.organisation_env: config.organisation,
+        target.web_api_key_env: config.web_api_key,
+    }
+    return {name: value for name, value in named.items() if name}
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,8 @@ def run_demo(
                 credentials[feed.target.api_key_env] = sandbox.config.api_key
                 if feed.target.api_secret_env:
                     credentials[feed.target.api_secret_env] = sandbox.config.api_secret
+            elif isinstance(feed.target, CrmcomTarget):
+                credentials.update(_crmcom_credentials(feed.target, sandbox))
         with _environment(credentials):
             for feed in loaded:
                 demo_feed = with_target_url(feed, sandbox.url)
