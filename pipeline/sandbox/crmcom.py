@@ -389,19 +389,23 @@ def _endpoint(
         else:
             document = envelope(data)
         if fault is Fault.LOST_RESPONSE:
-            state.note_lost(_references(body))
+            state.note_lost(_references(body, document.get("data")))
             return DropConnection()
         return _answer(document)
 
     return handle
 
 
-def _references(body: Mapping[str, Any]) -> list[str]:
-    """The transaction references a request carries (for lost-response bookkeeping)."""
+def _references(body: Mapping[str, Any], data: Any) -> list[str]:
+    """The purchases' reference numbers a request touched (for lost-response bookkeeping); a
+    cancel names its purchase only in the answer."""
     events = body.get("purchase_customer_events_set")
     if isinstance(events, list):
         return [str(e.get("reference_number")) for e in events if isinstance(e, Mapping)]
-    return [str(body["reference_number"])] if body.get("reference_number") else []
+    reference = body.get("reference_number") or (
+        data.get("reference_number") if isinstance(data, Mapping) else None
+    )
+    return [str(reference)] if reference else []
 
 
 _CONFIG_KEY = "crmcom.config"

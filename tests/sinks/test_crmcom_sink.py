@@ -256,3 +256,23 @@ def test_missing_credentials_fail_when_the_sink_is_built(
     monkeypatch.delenv("CRMCOM_ORGANISATION")
     with pytest.raises(SecretError, match="organisation"):
         sink_of(crm)
+
+
+@pytest.mark.parametrize("bulk_size", [1, 4])
+def test_faults_never_lose_or_double_a_purchase(crm: SandboxServer, bulk_size: int) -> None:
+    crm.config.fault_rate = 0.3
+    crm.config.slow_ms = 20
+    crm.config.seed = 7
+    crm.state.reset()
+    sales = [checkout(f"T{n}") for n in range(30)]
+    returns = [checkout(f"R{n}", kind="return", original=f"T{n}") for n in range(0, 30, 5)]
+    results = submit(sink_of(crm, bulk_size=bulk_size, max_attempts=12), [*sales, *returns])
+    assert {r.outcome for r in results.values()} <= {Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED}
+    assert crm.state.stats["faults_injected"] > 0
+    purchases = stored(crm)
+    assert set(purchases) == {f"T{n}" for n in range(30)}
+    assert {tid for tid, p in purchases.items() if p["status"] == "cancelled"} == {
+        f"T{n}" for n in range(0, 30, 5)
+    }
+    # a repeated reference or cancel only ever follows a response the client never saw
+    assert set(crm.state.duplicate_transaction_ids) <= crm.state.lost_transaction_ids
