@@ -19,31 +19,43 @@ import hashlib
 import logging
 import os
 import posixpath
+import queue
 import socket
 import stat
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import paramiko
+from paramiko.message import Message
+from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
+from paramiko.ssh_exception import IncompatiblePeer
 
 from pipeline.config import Feed, resolve_secret
 from pipeline.errors import SourceAuthError, SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
 from pipeline.sources.discovery import find_ready, marker_names, unsafe_name_reason
 
-__all__ = ["READ_CHUNK", "SftpSource", "host_key_line"]
+__all__ = ["SftpSource", "host_key_line"]
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = paramiko.SFTPFile.MAX_REQUEST_SIZE  # one prefetched block per read: no re-buffering
-PREFETCH_REQUESTS = 128  # 32 KiB SFTP read requests kept in flight (OpenSSH's sftp keeps 64)
-WINDOW_SIZE = 1 << 26  # SSH channel window; a large one keeps the server streaming
-MAX_PACKET_SIZE = 1 << 15
+# Throughput knobs (see docs/BENCHMARKS.md, "Fetch"): few large requests and large SSH packets keep
+# paramiko's per-packet Python work small; AEAD ciphers save the separate MAC pass.
+READ_BLOCK = 255 * 1024  # bytes per read request: OpenSSH's maximum; servers that cap lower are
+#                         answered with short reads, and the rest is requested again
+READ_DEPTH = 16  # read requests kept in flight: 4 MiB, with the write queue the most a fetch buffers
+WRITE_QUEUE = 8  # received blocks waiting to be hashed and written by the writer thread
+WINDOW_SIZE = 1 << 24  # SSH channel window; large enough that the server never waits for us
+MAX_PACKET_SIZE = 1 << 18  # SSH channel packet size we accept
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
 _CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException)
@@ -53,6 +65,22 @@ def host_key_line(host: str, port: int, key: paramiko.PKey) -> str:
     """A known_hosts line for ``key`` of ``host:port`` (``[host]:port`` when the port is not 22)."""
     name = host if port == 22 else f"[{host}]:{port}"
     return f"{name} {key.get_name()} {key.get_base64()}"
+
+
+def _prefer(available: tuple[str, ...], preferred: tuple[str, ...]) -> tuple[str, ...]:
+    first = tuple(name for name in preferred if name in available)
+    return first + tuple(name for name in available if name not in first)
+
+
+def _fast_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """A paramiko Transport that offers the fastest algorithms first and takes large packets."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    options.ciphers = _prefer(tuple(options.ciphers), PREFERRED_CIPHERS)
+    options.digests = _prefer(tuple(options.digests), PREFERRED_MACS)
+    transport.default_window_size = WINDOW_SIZE
+    transport.default_max_packet_size = MAX_PACKET_SIZE
+    return transport
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -179,15 +207,13 @@ class SftpSource:
                 channel_timeout=c.connect_timeout,
                 allow_agent=False,
                 look_for_keys=False,
+                transport_factory=_fast_transport,
             )
             transport = client.get_transport()
             assert transport is not None
             if c.keepalive_seconds:
                 transport.set_keepalive(c.keepalive_seconds)
-            transport.default_window_size = WINDOW_SIZE
-            sftp = paramiko.SFTPClient.from_transport(
-                transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
-            )
+            sftp = paramiko.SFTPClient.from_transport(transport)
             if sftp is None:
                 raise paramiko.SSHException("the server refused the sftp subsystem")
             sftp.get_channel().settimeout(c.read_timeout)  # type: ignore[union-attr]
@@ -201,6 +227,11 @@ class SftpSource:
                 f"{self.known_hosts} has {exc.expected_key.fingerprint}; refusing to connect "
                 "(if the server's key really changed, update the known hosts file)",
                 source=self.feed_name, key="source.known_hosts_file",
+            ) from exc
+        except IncompatiblePeer as exc:
+            client.close()
+            raise SourceAuthError(
+                f"{self.address} offers no SSH algorithm we accept: {exc}", source=self.feed_name
             ) from exc
         except paramiko.AuthenticationException as exc:
             client.close()
@@ -309,25 +340,17 @@ class SftpSource:
         sftp = self.connect()  # auth errors are not retried
         temporary = staging_dir / f".fetch-{uuid.uuid4().hex}.part"
         final = staging_dir / remote.name
-        digest = hashlib.sha256()
         received = 0
+        writer: _HashingWriter | None = None
         try:
-            with (
-                sftp.open(self._remote(remote.name), "rb") as handle,
-                temporary.open("wb", buffering=1 << 20) as out,
-            ):
+            with sftp.open(self._remote(remote.name), "rb") as handle:
                 before = handle.stat()
                 expected = int(before.st_size or 0)
-                handle.prefetch(expected, max_concurrent_requests=PREFETCH_REQUESTS)
-                while received < expected:
-                    chunk = handle.read(min(READ_CHUNK, expected - received))
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
+                writer = _HashingWriter(temporary)
+                for chunk in _PipelinedReader(sftp, handle, expected).blocks():
+                    writer.write(chunk)
                     received += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+                digest = writer.close()
                 after = sftp.stat(self._remote(remote.name))
             if received != expected:
                 raise _RetryableFetch(f"received {received} of {expected} bytes")
@@ -335,21 +358,18 @@ class SftpSource:
                 raise _RetryableFetch("the file changed while it was being fetched")
             os.replace(temporary, final)
             _fsync_dir(staging_dir)
-        except FileNotFoundError as exc:
+        except BaseException as exc:
+            if writer is not None:
+                writer.abandon()
             temporary.unlink(missing_ok=True)
-            if exc.filename is not None:
-                raise  # the local staging folder, not the server
-            raise SourceUnavailableError(f"{remote.name} vanished from {self.address}") from exc
-        except _RetryableFetch:
-            temporary.unlink(missing_ok=True)
-            raise
-        except _CONNECTION_ERRORS as exc:
-            temporary.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.filename is not None:
-                raise  # a local disk problem, not the connection
-            raise _RetryableFetch(_describe(exc)) from exc
-        except BaseException:
-            temporary.unlink(missing_ok=True)
+            if isinstance(exc, _WriterFailed):
+                raise exc.error from None  # the staging disk, not the connection: not retried
+            if isinstance(exc, FileNotFoundError) and exc.filename is None:
+                raise SourceUnavailableError(f"{remote.name} vanished from {self.address}") from exc
+            if isinstance(exc, _CONNECTION_ERRORS) and not (
+                isinstance(exc, OSError) and exc.filename is not None  # local disk problems
+            ):
+                raise _RetryableFetch(_describe(exc)) from exc
             raise
         log.info("fetched %s (%d bytes) from %s", remote.name, received, self.address)
         return FetchedFile(
@@ -357,7 +377,7 @@ class SftpSource:
             path=final,
             size=received,
             mtime=float(after.st_mtime or remote.mtime),
-            sha256=digest.hexdigest(),
+            sha256=digest,
         )
 
     # ---- finish -----------------------------------------------------------------------------
@@ -415,6 +435,125 @@ class SftpSource:
         folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
         _makedirs(sftp, folder)
         return folder
+
+
+class _PipelinedReader:
+    """Reads a remote file front to back with ``READ_DEPTH`` requests in flight, in one thread.
+
+    paramiko's own ``prefetch`` issues requests from a helper thread that busy-waits and, with a
+    bound on requests in flight, can fall back to one request at a time; this keeps the pipe as
+    full as OpenSSH's client does. It uses paramiko's request/response primitives (stable across
+    paramiko 3 to 5) and takes responses in any order.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, size: int):
+        self._sftp: Any = sftp  # the request/response primitives are not in paramiko's stubs
+        self._handle = handle.handle
+        self._size = size
+        self._next = 0
+        self._responses: dict[int, tuple[int, Message]] = {}
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:  # called by paramiko
+        self._responses[num] = (kind, msg)
+
+    def _request(self, offset: int, length: int) -> tuple[int, int, int]:
+        num = self._sftp._async_request(self, CMD_READ, self._handle, int64(offset), int(length))
+        return num, offset, length
+
+    def _issue(self, pending: deque[tuple[int, int, int]]) -> None:
+        while len(pending) < READ_DEPTH and self._next < self._size:
+            length = min(READ_BLOCK, self._size - self._next)
+            pending.append(self._request(self._next, length))
+            self._next += length
+
+    def blocks(self) -> Iterator[bytes]:
+        """The file's bytes in order; stops early (short) if the file shrank."""
+        pending: deque[tuple[int, int, int]] = deque()
+        self._issue(pending)
+        while pending:
+            num, offset, length = pending.popleft()
+            while num not in self._responses:
+                self._sftp._read_response()
+            kind, msg = self._responses.pop(num)
+            if kind == CMD_STATUS:
+                try:
+                    self._sftp._convert_status(msg)
+                except EOFError:
+                    return  # the file is shorter than it was; the size check reports it
+                raise paramiko.SFTPError(f"unexpected status for read at {offset}")
+            if kind != CMD_DATA:
+                raise paramiko.SFTPError(f"unexpected response {kind} for read at {offset}")
+            data = msg.get_string()
+            if not data:
+                return
+            if len(data) < length:  # the server capped the read: ask for the rest first
+                pending.appendleft(self._request(offset + len(data), length - len(data)))
+            self._issue(pending)  # refill the pipe before the caller hashes and writes
+            yield data
+
+
+class _HashingWriter:
+    """Hashes and writes received blocks in a thread, so the network is read meanwhile.
+
+    hashlib and file writes release the GIL; the queue bounds what waits in memory.
+    """
+
+    def __init__(self, path: Path):
+        self._out = path.open("wb", buffering=1 << 20)
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sftp-fetch-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None:
+                if self._error is None:
+                    self._digest.update(chunk)
+                    self._out.write(chunk)
+        except BaseException as exc:  # handed to the fetching thread
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+
+    def write(self, chunk: bytes) -> None:
+        """Queue one block (raises the writer's error, e.g. a full disk)."""
+        if self._error is not None:
+            raise _WriterFailed(self._error)
+        self._queue.put(chunk)
+
+    def close(self) -> str:
+        """Wait for every block, fsync and close; the sha256 hex digest."""
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise _WriterFailed(self._error)
+            try:
+                self._out.flush()
+                os.fsync(self._out.fileno())
+            except OSError as exc:
+                raise _WriterFailed(exc) from exc
+        finally:
+            self._out.close()
+        return self._digest.hexdigest()
+
+    def abandon(self) -> None:
+        """Stop after an error elsewhere; the file is incomplete."""
+        if self._thread.is_alive():
+            self._error = self._error or RuntimeError("abandoned")
+            self._queue.put(None)
+            self._thread.join()
+        self._out.close()
+
+
+class _WriterFailed(Exception):
+    """Writing the staged copy failed (a local problem, never retried)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
 
 
 class _RetryableFetch(Exception):
