@@ -170,8 +170,10 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
             business_dates=[date.fromisoformat(config["business_date"])],
             on_stage=_stage_hook(meter),
         )
+    data = summary.to_dict()
     return {
-        "summary": summary.to_dict(),
+        "summary": data,
+        "accepted_by_type": _accepted_by_type(Path(str(data.get("reports_path", "")))),
         "stages": {name: measure.to_dict() for name, measure in meter.stages.items()},
         "total": {
             "wall_seconds": round(time.perf_counter() - started, 4),
@@ -179,6 +181,23 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_bytes": peak_rss(),
         },
     }
+
+
+def _accepted_by_type(reports: Path) -> dict[str, int]:
+    """Accepted transactions per transaction type, from the run's detail.csv."""
+    import polars as pl
+
+    detail = reports / "detail.csv"
+    if not detail.is_file():
+        return {}
+    counts = (
+        pl.scan_csv(detail, infer_schema=False)
+        .filter(pl.col("state") == "accepted")
+        .group_by("transaction_type")
+        .len()
+        .collect()
+    )
+    return {str(kind): int(n) for kind, n in counts.iter_rows()}
 
 
 def _stage_hook(meter: ResourceMeter) -> Callable[[str, str], None]:
@@ -289,8 +308,14 @@ def run_e2e(
     summary = measured["summary"]
     events = int(stats.get("events_accepted", 0))
     rows = workload.line_items
+    # a sale becomes a transaction on the platform; a return refunds its sale's transaction
     stored = int(stats.get("transactions", {}).get("antavo", 0))
-    matches = stored == int(summary.get("accepted", -1)) and not stats.get("duplicate_transaction_attempts")
+    accepted = measured["accepted_by_type"]
+    matches = (
+        sum(accepted.values()) == int(summary.get("accepted", -1))
+        and stored == sum(n for kind, n in accepted.items() if kind != "return")
+        and not stats.get("duplicate_transaction_attempts")
+    )
     return {
         "requested_line_items": line_items,
         "line_items": rows,

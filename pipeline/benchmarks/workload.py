@@ -27,6 +27,7 @@ OPEN_HOUR = 8
 CLOSE_HOUR = 22
 PRODUCTS = 5_000
 CATEGORIES = ("grocery", "dairy", "bakery", "household", "drinks", "frozen", "produce", "health")
+KIND_SALE, KIND_RETURN, KIND_VOID = 0, 1, 2
 DEFECTS = ("missing_product", "bad_price", "bad_currency", "bad_timestamp", "line_total_mismatch")
 
 
@@ -81,8 +82,35 @@ def _money(cents: pl.Expr) -> pl.Expr:
     )
 
 
+def _store_id(store: pl.Expr) -> pl.Expr:
+    return pl.format("S{}", (store + 1).cast(pl.String).str.zfill(3))
+
+
+def _register_id(register: pl.Expr) -> pl.Expr:
+    return pl.format("R{}", register.cast(pl.String).str.zfill(2))
+
+
 def _hourly_hours(spec: WorkloadSpec) -> int:
     return round((CLOSE_HOUR - OPEN_HOUR) * spec.hourly_share)
+
+
+def _originals(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sale each return gives back: an earlier one (transactions are in time order), each sale
+    returned at most once (a full refund closes it), as late as possible. Returns with no sale
+    left before them become sales. (kind, original index; 0 where not a return)."""
+    sales = np.flatnonzero(kind == KIND_SALE)
+    returns = np.flatnonzero(kind == KIND_RETURN)
+    sales_before = np.searchsorted(sales, returns)  # sales rung up before each return
+    # the latest distinct sale for each return: rank_j = min over k >= j of (before_k - 1 - k) + j
+    order = np.arange(len(returns))
+    slack = sales_before - 1 - order
+    rank = np.minimum.accumulate(slack[::-1])[::-1] + order
+    kind = kind.copy()
+    kind[returns[rank < 0]] = KIND_SALE
+    original = np.zeros(len(kind), dtype=np.int64)
+    keep = rank >= 0
+    original[returns[keep]] = sales[rank[keep]]
+    return kind, original
 
 
 def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
@@ -93,30 +121,40 @@ def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
     rng = np.random.default_rng(spec.seed)
     overlap = 1.0 + _hourly_hours(spec) / (CLOSE_HOUR - OPEN_HOUR)
     target_unique = max(1, round(spec.line_items / overlap))
-    items_per_txn = 1 + rng.poisson(2.0, size=target_unique // 2 + 64)
+    pool = target_unique // 2 + 64
+    kind_draw = rng.random(pool)
+    kind = np.where(
+        kind_draw < spec.return_share,
+        KIND_RETURN,
+        np.where(kind_draw < spec.return_share + spec.void_share, KIND_VOID, KIND_SALE),
+    )
+    # a return gives back one line of an earlier sale; a sale has 1 + Poisson(2) lines
+    items_per_txn = np.where(kind == KIND_RETURN, 1, 1 + rng.poisson(2.0, size=pool))
     cumulative = np.cumsum(items_per_txn)
     n_txn = int(np.searchsorted(cumulative, target_unique) + 1)
     items_per_txn = items_per_txn[:n_txn]
     items_per_txn[-1] -= int(cumulative[n_txn - 1] - target_unique)
+    kind = kind[:n_txn]
     n_lines = int(items_per_txn.sum())
+    first_line = np.cumsum(items_per_txn) - items_per_txn
+
+    txn_index = np.arange(n_txn, dtype=np.int64)
+    kind, original = _originals(kind)
+    is_return = kind == KIND_RETURN
 
     stores = spec.store_count
     store = rng.integers(0, stores, size=n_txn)
     register = rng.integers(1, 7, size=n_txn)
     seconds = np.sort(rng.integers(OPEN_HOUR * 3600, CLOSE_HOUR * 3600, size=n_txn))
-    kind_draw = rng.random(n_txn)
-    kind = np.where(
-        kind_draw < spec.return_share,
-        1,
-        np.where(kind_draw < spec.return_share + spec.void_share, 2, 0),
-    )
     guest = rng.random(n_txn) < spec.guest_share
     customer = rng.integers(1, max(10, n_txn // 4), size=n_txn)
-    points = np.where(rng.random(n_txn) < 0.02, 100 * rng.integers(1, 6, size=n_txn), 0)
+    guest = np.where(is_return, guest[original], guest)  # the same customer brings it back
+    customer = np.where(is_return, customer[original], customer)
+    points = np.where((rng.random(n_txn) < 0.02) & ~is_return, 100 * rng.integers(1, 6, size=n_txn), 0)
 
     txns = pl.DataFrame(
         {
-            "txn": np.arange(n_txn, dtype=np.int64),
+            "txn": txn_index,
             "store": store,
             "register": register,
             "seconds": seconds,
@@ -124,51 +162,67 @@ def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
             "guest": guest,
             "customer": customer,
             "points": points,
-            "n_items": items_per_txn,
+            "original": original,
         }
     ).with_columns(
         # per-store, per-register receipt numbers in time order
         receipt=pl.int_range(1, pl.len() + 1).over("store", "register"),
     )
+    txn_ids = txns.select(
+        pl.format(
+            "{}-{}-{}",
+            _store_id(pl.col("store")),
+            _register_id(pl.col("register")),
+            pl.col("receipt").cast(pl.String).str.zfill(6),
+        )
+    ).to_series()
+    txns = txns.with_columns(
+        transaction_id=txn_ids,
+        original_transaction_id=pl.when(pl.col("kind") == KIND_RETURN)
+        .then(txn_ids.gather(pl.Series(original)))
+        .otherwise(pl.lit(None, dtype=pl.String)),
+    )
 
-    txn_of_line = np.repeat(np.arange(n_txn, dtype=np.int64), items_per_txn)
+    txn_of_line = np.repeat(txn_index, items_per_txn)
+    line_no = np.arange(n_lines, dtype=np.int64) - first_line[txn_of_line] + 1
     product = np.minimum(rng.zipf(1.3, size=n_lines), PRODUCTS) - 1
-    price_cents = (np.arange(PRODUCTS) * 7919 % 4_900 + 99)[product]
     quantity = np.where(rng.random(n_lines) < 0.8, 1, rng.integers(2, 5, size=n_lines))
-    discount_cents = np.where(rng.random(n_lines) < 0.1, price_cents // 10, 0)
+    # a return's one line is its sale's first line, which is never discounted: the refund
+    # never exceeds what was paid
+    return_line = is_return[txn_of_line]
+    source_line = first_line[original[txn_of_line]]
+    product = np.where(return_line, product[source_line], product)
+    quantity = np.where(return_line, -quantity[source_line], quantity)
+    price_cents = (np.arange(PRODUCTS) * 7919 % 4_900 + 99)[product]
+    discount_cents = np.where((rng.random(n_lines) < 0.1) & (line_no > 1), price_cents // 10, 0)
     defect = np.where(
         rng.random(n_lines) < spec.defect_share, rng.integers(0, len(DEFECTS), size=n_lines), -1
     )
 
-    lines = pl.DataFrame(
-        {
-            "txn": txn_of_line,
-            "product": product,
-            "price_cents": price_cents,
-            "quantity": quantity,
-            "discount_cents": discount_cents,
-            "defect": defect,
-        }
-    ).join(txns, on="txn", how="left", maintain_order="left")
-    sign = pl.when(pl.col("kind") == 1).then(-1).otherwise(1)
-    lines = lines.with_columns(
-        line_no=pl.int_range(1, pl.len() + 1).over("txn"),
-        # a refund repays what was paid: no separate discount on return lines
-        discount_cents=pl.when(pl.col("kind") == 1).then(0).otherwise(pl.col("discount_cents")),
-    ).with_columns(
-        quantity=pl.col("quantity") * sign,
-        line_cents=(pl.col("quantity") * pl.col("price_cents") - pl.col("discount_cents")) * sign,
-    ).with_columns(txn_cents=pl.col("line_cents").sum().over("txn"))
+    lines = (
+        pl.DataFrame(
+            {
+                "txn": txn_of_line,
+                "line_no": line_no,
+                "product": product,
+                "price_cents": price_cents,
+                "quantity": quantity,
+                "discount_cents": discount_cents,
+                "defect": defect,
+            }
+        )
+        .join(txns, on="txn", how="left", maintain_order="left")
+        .with_columns(line_cents=pl.col("quantity") * pl.col("price_cents") - pl.col("discount_cents"))
+        .with_columns(txn_cents=pl.col("line_cents").sum().over("txn"))
+    )
 
     day = datetime(spec.business_date.year, spec.business_date.month, spec.business_date.day)
     defect_is = {name: pl.col("defect") == code for code, name in enumerate(DEFECTS)}
-    store_id = pl.format("S{}", (pl.col("store") + 1).cast(pl.String).str.zfill(3))
-    register_id = pl.format("R{}", pl.col("register").cast(pl.String).str.zfill(2))
+    store_id = _store_id(pl.col("store"))
+    register_id = _register_id(pl.col("register"))
     timestamp = (pl.lit(day) + pl.duration(seconds=pl.col("seconds"))).dt.strftime("%Y-%m-%dT%H:%M:%S")
     frame = lines.select(
-        transaction_id=pl.format(
-            "{}-{}-{}", store_id, register_id, pl.col("receipt").cast(pl.String).str.zfill(6)
-        ),
+        transaction_id=pl.col("transaction_id"),
         store_id=store_id,
         register_id=register_id,
         timestamp=pl.when(defect_is["bad_timestamp"])
@@ -179,7 +233,7 @@ def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
         .then(pl.lit(None, dtype=pl.String))
         .otherwise(pl.format("C{}", pl.col("customer").cast(pl.String).str.zfill(8))),
         transaction_type=pl.col("kind").replace_strict(
-            {0: "sale", 1: "return", 2: "void"}, return_dtype=pl.String
+            {KIND_SALE: "sale", KIND_RETURN: "return", KIND_VOID: "void"}, return_dtype=pl.String
         ),
         line_no=pl.col("line_no").cast(pl.String),
         product_id=pl.when(defect_is["missing_product"])
@@ -202,16 +256,7 @@ def generate_lines(spec: WorkloadSpec) -> pl.DataFrame:
         points_burned=pl.when(pl.col("points") > 0)
         .then(pl.col("points").cast(pl.String))
         .otherwise(pl.lit(None, dtype=pl.String)),
-        original_transaction_id=pl.when(pl.col("kind") == 1)
-        .then(
-            pl.format(
-                "{}-{}-{}",
-                store_id,
-                register_id,
-                (pl.col("receipt") - 5).clip(lower_bound=1).cast(pl.String).str.zfill(6),
-            )
-        )
-        .otherwise(pl.lit(None, dtype=pl.String)),
+        original_transaction_id=pl.col("original_transaction_id"),
         file_hour=(pl.col("seconds") // 3600).cast(pl.Int32),
         seconds=pl.col("seconds"),
         defect=pl.col("defect") >= 0,
