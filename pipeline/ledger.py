@@ -502,13 +502,24 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # overwritten and deleted content is zeroed, so scrubbed customer ids leave no trace
+            self._db.execute("PRAGMA secure_delete=ON")
             self.schema_version = migrate(self._db)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: cannot open ledger: {exc}") from exc
         self._mutex = threading.RLock()
 
     def close(self) -> None:
-        """Close the file (a crash without close loses nothing committed)."""
+        """Close the file (a crash without close loses nothing committed).
+
+        The write-ahead log is checkpointed into the database and truncated first, so the file
+        alone holds the ledger's state (and no stale page images linger in the WAL).
+        """
+        try:
+            with self._mutex:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # another connection is reading: it checkpoints later
         self._db.close()
 
     def __enter__(self) -> Ledger:
@@ -1131,6 +1142,29 @@ class Ledger:
             sql += " AND t.feed = ?"
             params.append(feed)
         return [r[0] for r in self._query(sql + " ORDER BY t.id", params)]
+
+    def scrub_customer_ids(self, scope: str, mask: Callable[[str], str]) -> int:
+        """Replace the customer id in the stored checkout of every transaction of ``scope`` that is
+        never sent again (accepted, not sent, conflict) by ``mask(id)``; returns how many changed.
+
+        Checkouts that may still be sent (queued, in doubt, failed) keep the real id they need.
+        """
+        never_sent_again = (TxnState.ACCEPTED.value, TxnState.NOT_SENT.value, TxnState.CONFLICT.value)
+        changed = 0
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, checkout FROM transactions WHERE scope = ? AND state IN (?, ?, ?) "
+                "AND checkout IS NOT NULL AND json_extract(checkout, '$.customer_id') IS NOT NULL "
+                "AND json_extract(checkout, '$.customer_id') NOT LIKE 'cust:%'",
+                (scope, *never_sent_again),
+            ).fetchall()
+            for row in rows:
+                data = json.loads(row["checkout"])
+                data["customer_id"] = mask(str(data["customer_id"]))
+                text = json.dumps(data, ensure_ascii=False, sort_keys=True)
+                db.execute("UPDATE transactions SET checkout = ? WHERE id = ?", (text, row["id"]))
+                changed += 1
+        return changed
 
     def state_counts(self, scope: str) -> dict[str, int]:
         """How many rows of ``scope`` are in each state."""

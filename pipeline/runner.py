@@ -36,7 +36,7 @@ from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
 from pipeline.expected import SeenFile, report_missing
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.locks import RunLock
-from pipeline.logs import log_event
+from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
@@ -361,6 +361,8 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
 def _finish(ctx: _Context, *, status: str) -> RunSummary:
     """Record the run's end, write its reports, and return its summary."""
     notes = dict(ctx.notes)
+    if ctx.feed.logging.hash_customer_ids:
+        ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id)
     provisional = run_report(ctx.ledger, ctx.run_id, extra=notes).summary
     code = EXIT_INTERNAL if status == "failed" else exit_code_of(provisional, dry_run=ctx.dry_run)
     notes.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())

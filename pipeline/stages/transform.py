@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -28,7 +28,7 @@ from pipeline.config import Feed
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, transform_files
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
-from pipeline.logs import log_event
+from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import MONEY, DedupStatus, TransactionType
 from pipeline.stages.fetch import StagedFile
@@ -211,6 +211,18 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     return out
 
 
+def _mask_reject_customers(records: FileRecords, feed: Feed) -> FileRecords:
+    """The file's records with customer ids in the rejected lines' original columns hashed
+    (``logging.hash_customer_ids``): they go to the ledger and to rejects.csv."""
+    columns = {"customer_id", feed.format.columns.get("customer_id", "customer_id")}
+    rejects = [
+        replace(r, original={k: mask_customer_id(v) if k in columns and v else v
+                             for k, v in r.original.items()})
+        for r in records.rejects
+    ]
+    return FileRecords(records.transactions, rejects, records.totals)
+
+
 def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
     """One line per file with its counts (and no row content: customer ids stay out of logs)."""
     states = Counter(str(t.state) for t in records.transactions)
@@ -273,6 +285,8 @@ def transform_staged(
             outcome.unreadable.append(error)
         else:
             records = per_file.get(item.record.name, FileRecords([], [], []))
+            if feed.logging.hash_customer_ids:
+                records = _mask_reject_customers(records, feed)
             queued = ledger.record_file(
                 run_id,
                 item.record,

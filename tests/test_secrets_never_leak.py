@@ -1,0 +1,175 @@
+"""A full run with debug logging leaks no secret and, with masking on, no customer id.
+
+The run is a real `posfeed -vv run` process: files fetched over SFTP with a password from a real
+sshd, sent with a signed key/secret to the sandbox platform. Then every byte it left is searched:
+stderr, stdout, every report file and every file of the state dir (the SQLite ledger included).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.sandbox.server import SandboxServer
+from tests.sftp_fixtures import SftpServer, SftpUser
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "acme"
+FILES = [
+    "pos_LON01_20261120_09.csv",  # a bad number: rejected lines with their customer id
+    "pos_LON01_20261120_10.csv",
+    "pos_LON01_20261120_11.csv",  # exact duplicates
+    "pos_BER01_20261120_10.csv",  # a missing product id
+]
+API_KEY = "leak-check-key-58cd31"
+API_SECRET = "leak-check-secret-7f2e9a1b44"
+
+
+@pytest.fixture
+def sandbox_with_secrets() -> Iterator[SandboxServer]:
+    with SandboxServer(api_key=API_KEY, api_secret=API_SECRET) as server:
+        yield server
+
+
+def customer_ids(folder: Path) -> set[str]:
+    ids: set[str] = set()
+    for name in FILES:
+        with (folder / name).open(encoding="utf-8", newline="") as handle:
+            ids |= {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
+    return ids
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_feed(path: Path, sections: dict[str, dict[str, Any]], **top: Any) -> None:
+    lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    for section, values in sections.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run_posfeed(tmp: Path, feed: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable, "-m", "pipeline", "-vv", "--log-format", "json",
+        "--state-dir", str(tmp / "state"), "--feeds-dir", str(tmp / "feeds"),
+        "--reports-dir", str(tmp / "reports"),
+        "run", "--feed", feed, "--business-date", "2026-11-20", "--json", *args,
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def everything_written(tmp: Path, result: subprocess.CompletedProcess[str]) -> dict[str, bytes]:
+    blobs = {"stderr": result.stderr.encode(), "stdout": result.stdout.encode()}
+    for folder in (tmp / "state", tmp / "reports"):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                blobs[str(path.relative_to(tmp))] = path.read_bytes()
+    return blobs
+
+
+@pytest.mark.slow
+def test_debug_run_leaks_no_secret_and_no_customer_id(
+    tmp_path: Path, sftp_server: SftpServer, sftp_password_user: SftpUser,
+    sandbox_with_secrets: SandboxServer,
+) -> None:
+    home = sftp_password_user.home
+    for name in FILES:
+        shutil.copy(SAMPLE / name, home / name)
+        (home / name).chmod(0o644)
+    (tmp_path / "feeds").mkdir()
+    known_hosts = sftp_server.write_known_hosts(tmp_path / "known_hosts")
+    source = {
+        "kind": "sftp", "host": sftp_server.host, "port": sftp_server.port,
+        "username": sftp_password_user.name, "password_env": "LEAK_SFTP_PASSWORD",
+        "known_hosts_file": str(known_hosts), "path": str(home),
+        "pattern": "pos_*_{business_date:%Y%m%d}_??.csv", "readiness": "none",
+    }
+    target = {
+        "kind": "antavo", "base_url": sandbox_with_secrets.url, "region": sandbox_with_secrets.config.region,
+        "api_key_env": "LEAK_ANTAVO_KEY", "api_secret_env": "LEAK_ANTAVO_SECRET",
+        "requests_per_minute": 60000, "backoff_base_seconds": 0.02, "backoff_max_seconds": 0.2,
+    }
+    sections = {"source": source, "target": target, "validation": {"currencies": ["GBP", "EUR"]},
+                "logging": {"hash_customer_ids": True}}
+    write_feed(tmp_path / "feeds" / "leakcheck.toml", sections, timezone="Europe/London")
+    password = sftp_password_user.password or ""
+    env = {**os.environ, "LEAK_SFTP_PASSWORD": password, "LEAK_ANTAVO_KEY": API_KEY,
+           "LEAK_ANTAVO_SECRET": API_SECRET}
+
+    result = run_posfeed(tmp_path, "leakcheck", env)
+
+    assert result.returncode == 65, result.stderr[-3000:]  # rows were rejected; all else final
+    summary = json.loads(result.stdout)
+    assert summary["accepted"] > 100 and summary["in_doubt"] == 0 and summary["balanced"] is True
+    # the run really authenticated with both secrets and logged at debug level
+    log_lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert any(line["level"] == "debug" for line in log_lines)
+    assert any(line.get("event") == "file" for line in log_lines)
+    assert any(line.get("event") == "batch" for line in log_lines)
+
+    ids = customer_ids(SAMPLE)
+    assert len(ids) > 50
+    blobs = everything_written(tmp_path, result)
+    assert any(name.endswith("ledger.sqlite") for name in blobs)
+    assert any(name.endswith("rejects.csv") for name in blobs)
+    for secret in (API_SECRET, API_KEY, password):
+        leaks = [name for name, blob in blobs.items() if secret.encode() in blob]
+        assert leaks == [], f"secret found in {leaks}"
+    for name, blob in blobs.items():
+        found = sorted(i for i in ids if i.encode() in blob)
+        assert found == [], f"raw customer ids {found[:5]} in {name}"
+    # the masked form is there instead: one customer can still be followed
+    rejects = next(blob for name, blob in blobs.items() if name.endswith("rejects.csv"))
+    assert b"cust:" in rejects
+
+    # the ledger holds no half-sent transaction
+    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    try:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM transactions GROUP BY state").fetchall())
+    finally:
+        db.close()
+    assert "sending" not in states and "queued" not in states
+    assert states["accepted"] == summary["accepted"]
+
+
+@pytest.mark.slow
+def test_without_masking_the_ledger_keeps_real_customer_ids(
+    tmp_path: Path, sandbox_env: SandboxServer
+) -> None:
+    """The control: the same search finds customer ids when hashing is switched off."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[0], folder / FILES[0])
+    (tmp_path / "feeds").mkdir()
+    target = {"kind": "antavo", "base_url": sandbox_env.url, "region": sandbox_env.config.region,
+              "requests_per_minute": 60000}
+    sections = {"source": {"kind": "local", "path": str(folder), "readiness": "none",
+                           "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+                "target": target, "validation": {"currencies": ["GBP"]},
+                "logging": {"hash_customer_ids": False}}
+    write_feed(tmp_path / "feeds" / "plain.toml", sections, timezone="Europe/London")
+    result = run_posfeed(tmp_path, "plain", dict(os.environ))
+    assert result.returncode == 65, result.stderr[-3000:]
+    blobs = everything_written(tmp_path, result)
+    ledger = next(blob for name, blob in blobs.items() if name.endswith("ledger.sqlite"))
+    with (folder / FILES[0]).open(encoding="utf-8", newline="") as handle:
+        ids = {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
+    assert any(i.encode() in ledger for i in ids)
