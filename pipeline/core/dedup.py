@@ -38,7 +38,11 @@ def dedup(checkouts: pl.DataFrame, known: pl.DataFrame | None = None) -> pl.Data
     """``checkouts`` plus ``dedup_status`` (a :class:`~pipeline.records.DedupStatus` value)."""
     known = empty_known() if known is None else known.select(KNOWN_SCHEMA.keys()).cast(KNOWN_SCHEMA)  # type: ignore[arg-type]
     known_ids = known.group_by("transaction_id").agg(pl.col("content_hash").alias("_known_hashes"))
-    frame = checkouts.drop("dedup_status", strict=False).with_row_index("_order")
+    frame = (
+        checkouts.drop("dedup_status", strict=False)
+        .with_columns(pl.col("transaction_id", "content_hash").cast(pl.String))
+        .with_row_index("_order")
+    )
     frame = frame.join(known_ids, on="transaction_id", how="left", maintain_order="left")
     is_known = pl.col("_known_hashes").is_not_null()
     known_same = pl.col("_known_hashes").list.contains(pl.col("content_hash"))

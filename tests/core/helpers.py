@@ -47,6 +47,7 @@ def row(**changes: Any) -> dict[str, str]:
 
 def csv_text(rows: list[dict[str, str]], *, delimiter: str = ",") -> str:
     """Rows as canonical CSV text (header first)."""
+
     def cell(value: str) -> str:
         if any(ch in value for ch in (delimiter, '"', "\n")):
             return '"' + value.replace('"', '""') + '"'
@@ -63,7 +64,9 @@ def feed(**settings: Any) -> Feed:
     return Feed.model_validate(settings)
 
 
-def lines_of(rows: list[dict[str, str]], the_feed: Feed | None = None, name: str = "case.csv") -> pl.DataFrame:
+def lines_of(
+    rows: list[dict[str, str]], the_feed: Feed | None = None, name: str = "case.csv"
+) -> pl.DataFrame:
     """Parse canonical rows as a CSV file would be."""
     return read_bytes(csv_text(rows).encode(), the_feed or feed(), source_name=name)
 

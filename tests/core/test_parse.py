@@ -55,7 +55,9 @@ def test_source_name_overrides_the_file_name(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
 def test_delimiters(tmp_path: Path, delimiter: str) -> None:
-    path = write(tmp_path, "pos.csv", csv_text([row(product_name="Tea; Earl | Grey\tx")], delimiter=delimiter))
+    path = write(
+        tmp_path, "pos.csv", csv_text([row(product_name="Tea; Earl | Grey\tx")], delimiter=delimiter)
+    )
     lines = read_file(path, feed(format={"delimiter": delimiter}))
     assert lines.get_column("product_name")[0] == "Tea; Earl | Grey\tx"
 
@@ -81,8 +83,15 @@ def test_blank_lines_are_counted_and_dropped(tmp_path: Path) -> None:
 
 def test_no_header_maps_positions(tmp_path: Path) -> None:
     text = "S1,A-1,2026-11-20 10:00:00,P1,2,2.50,GBP\n" * 2
-    columns = {"store_id": "1", "transaction_id": "2", "timestamp": "3", "product_id": "4", "quantity": "5",
-               "unit_price": "6", "currency": "7"}
+    columns = {
+        "store_id": "1",
+        "transaction_id": "2",
+        "timestamp": "3",
+        "product_id": "4",
+        "quantity": "5",
+        "unit_price": "6",
+        "currency": "7",
+    }
     lines = read_file(write(tmp_path, "nh.csv", text), feed(format={"has_header": False, "columns": columns}))
     assert lines.get_column("transaction_id").to_list() == ["A-1", "A-1"]
     assert lines.get_column("source_line").to_list() == [1, 2]
@@ -113,8 +122,8 @@ def test_bom_is_stripped_even_when_encoding_says_utf8(tmp_path: Path) -> None:
 
 def test_cp1252_file_transforms_with_exact_money(tmp_path: Path) -> None:
     path = write(tmp_path, "cp.csv", EXPORT.encode("cp1252"))
-    from tests.core.helpers import NOW
     from pipeline.core.transform import transform_files
+    from tests.core.helpers import NOW
 
     result = transform_files([path], export_feed(encoding="cp1252"), now=NOW)
     assert result.summary["rows_rejected"] == 0
@@ -123,17 +132,35 @@ def test_cp1252_file_transforms_with_exact_money(tmp_path: Path) -> None:
 
 
 def test_decimal_comma_with_thousands_dots() -> None:
-    result = run([row(unit_price="1.234,50", quantity="1", line_total="1.234,50")],
-                 feed(format={"decimal_comma": True}))
+    result = run(
+        [row(unit_price="1.234,50", quantity="1", line_total="1.234,50")],
+        feed(format={"decimal_comma": True}),
+    )
     assert str(result.items.get_column("unit_price")[0]) == "1234.5000"
 
 
 def test_jsonl(tmp_path: Path) -> None:
     records = [
-        {"transaction_id": "T1", "store_id": "S1", "timestamp": "2026-11-20T10:00:00", "product_id": "P1",
-         "quantity": 2, "unit_price": 2.5, "currency": "GBP", "line_no": 1},
-        {"transaction_id": "T1", "store_id": "S1", "timestamp": "2026-11-20T10:00:00", "product_id": "P2",
-         "quantity": 1, "unit_price": "19.99", "currency": "GBP", "line_no": 2},
+        {
+            "transaction_id": "T1",
+            "store_id": "S1",
+            "timestamp": "2026-11-20T10:00:00",
+            "product_id": "P1",
+            "quantity": 2,
+            "unit_price": 2.5,
+            "currency": "GBP",
+            "line_no": 1,
+        },
+        {
+            "transaction_id": "T1",
+            "store_id": "S1",
+            "timestamp": "2026-11-20T10:00:00",
+            "product_id": "P2",
+            "quantity": 1,
+            "unit_price": "19.99",
+            "currency": "GBP",
+            "line_no": 2,
+        },
     ]
     text = json.dumps(records[0]) + "\n\n" + json.dumps(records[1]) + "\n"
     lines = read_file(write(tmp_path, "pos.jsonl", text), feed(format={"kind": "jsonl"}))
@@ -146,23 +173,25 @@ def test_parquet(tmp_path: Path) -> None:
     from datetime import datetime
     from decimal import Decimal
 
-    frame = pl.DataFrame({
-        "transaction_id": ["T1", "T1"],
-        "store_id": ["S1", "S1"],
-        "timestamp": [datetime(2026, 11, 20, 10), datetime(2026, 11, 20, 10)],
-        "product_id": ["P1", "P2"],
-        "quantity": [2, 1],
-        "unit_price": [Decimal("2.50"), Decimal("19.99")],
-        "currency": ["GBP", "GBP"],
-    })
+    frame = pl.DataFrame(
+        {
+            "transaction_id": ["T1", "T1"],
+            "store_id": ["S1", "S1"],
+            "timestamp": [datetime(2026, 11, 20, 10), datetime(2026, 11, 20, 10)],
+            "product_id": ["P1", "P2"],
+            "quantity": [2, 1],
+            "unit_price": [Decimal("2.50"), Decimal("19.99")],
+            "currency": ["GBP", "GBP"],
+        }
+    )
     path = tmp_path / "pos.parquet"
     frame.write_parquet(path)
     the_feed = feed(format={"kind": "parquet"})
     lines = read_file(path, the_feed)
     assert lines.get_column("source_line").to_list() == [1, 2]
     assert lines.get_column("unit_price").to_list() == ["2.50", "19.99"]
-    from tests.core.helpers import NOW
     from pipeline.core.transform import transform
+    from tests.core.helpers import NOW
 
     result = transform(lines, the_feed, now=NOW)
     assert result.summary["rows_rejected"] == 0
@@ -170,8 +199,10 @@ def test_parquet(tmp_path: Path) -> None:
 
 
 def test_defaults_fill_missing_columns_and_empty_cells(tmp_path: Path) -> None:
-    text = "transaction_id,store_id,timestamp,product_id,quantity,unit_price,currency\n" \
-           "T1,,2026-11-20 10:00:00,P1,1,2.5,\nT2,S9,2026-11-20 10:00:00,P1,1,2.5,EUR\n"
+    text = (
+        "transaction_id,store_id,timestamp,product_id,quantity,unit_price,currency\n"
+        "T1,,2026-11-20 10:00:00,P1,1,2.5,\nT2,S9,2026-11-20 10:00:00,P1,1,2.5,EUR\n"
+    )
     the_feed = feed(format={"defaults": {"currency": "GBP", "store_id": "S1", "register_id": "R0"}})
     lines = read_file(write(tmp_path, "d.csv", text), the_feed)
     assert lines.get_column("currency").to_list() == ["GBP", "EUR"]
@@ -181,12 +212,20 @@ def test_defaults_fill_missing_columns_and_empty_cells(tmp_path: Path) -> None:
 
 def test_transaction_id_template(tmp_path: Path) -> None:
     text = "Shop,Till,Receipt,When,Item,Qty,Price\nS1,3,0042,2026-11-20 10:00:00,P1,1,2.5\n"
-    the_feed = feed(format={
-        "columns": {"store_id": "Shop", "register_id": "Till", "timestamp": "When", "product_id": "Item",
-                    "quantity": "Qty", "unit_price": "Price"},
-        "defaults": {"currency": "GBP"},
-        "transaction_id_template": "{store_id}-{register_id}-{Receipt}",
-    })
+    the_feed = feed(
+        format={
+            "columns": {
+                "store_id": "Shop",
+                "register_id": "Till",
+                "timestamp": "When",
+                "product_id": "Item",
+                "quantity": "Qty",
+                "unit_price": "Price",
+            },
+            "defaults": {"currency": "GBP"},
+            "transaction_id_template": "{store_id}-{register_id}-{Receipt}",
+        }
+    )
     lines = read_file(write(tmp_path, "t.csv", text), the_feed)
     assert lines.get_column("transaction_id").to_list() == ["S1-3-0042"]
 
@@ -223,14 +262,20 @@ def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
         ("wrong_delimiter.csv", csv_text([row()]).encode(), {"delimiter": ";"}, "wrong delimiter"),
         ("no_columns.csv", b"a,b,c\n1,2,3\n", {}, "required columns missing"),
         ("not_utf8.csv", csv_text([row(product_name="Caf\xe9")]).encode("cp1252"), {}, "not valid UTF-8"),
-        ("undefined_cp1252.csv", csv_text([row()]).encode() + b"\x81\n", {"encoding": "cp1252"},
-         "not valid cp1252"),
+        (
+            "undefined_cp1252.csv",
+            csv_text([row()]).encode() + b"\x81\n",
+            {"encoding": "cp1252"},
+            "not valid cp1252",
+        ),
         ("bad.jsonl", b'{"a": 1}\n{not json\n', {"kind": "jsonl"}, "JSON Lines"),
         ("bad.parquet", b"PAR1 not really", {"kind": "parquet"}, "Parquet"),
         ("parquet_as_csv.csv", b"PAR1\x15\x04\x15", {}, "Parquet"),
     ],
 )
-def test_unreadable_files(tmp_path: Path, name: str, data: bytes, settings: dict[str, object], reason: str) -> None:
+def test_unreadable_files(
+    tmp_path: Path, name: str, data: bytes, settings: dict[str, object], reason: str
+) -> None:
     path = write(tmp_path, name, data)
     with pytest.raises(UnreadableFileError, match=reason) as caught:
         read_file(path, feed(format=settings))
@@ -239,8 +284,8 @@ def test_unreadable_files(tmp_path: Path, name: str, data: bytes, settings: dict
 
 
 def test_unreadable_file_does_not_stop_the_others(tmp_path: Path) -> None:
-    from tests.core.helpers import NOW
     from pipeline.core.transform import transform_files
+    from tests.core.helpers import NOW
 
     good = write(tmp_path, "good.csv", csv_text([row()]))
     bad = write(tmp_path, "bad.csv", b"\x00\x01\x02")

@@ -26,18 +26,24 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("bad_business_date", [row(business_date="yesterday")], {}, R.BAD_BUSINESS_DATE),
     ("unknown_type", [row(transaction_type="layaway")], {}, R.UNKNOWN_TRANSACTION_TYPE),
     ("unknown_currency", [row(currency="XYZ")], {}, R.UNKNOWN_CURRENCY),
-    ("currency_not_allowed", [row(currency="EUR")], {"validation": {"currencies": ["GBP"]}},
-     R.UNKNOWN_CURRENCY),
+    (
+        "currency_not_allowed",
+        [row(currency="EUR")],
+        {"validation": {"currencies": ["GBP"]}},
+        R.UNKNOWN_CURRENCY,
+    ),
     ("zero_quantity", [row(quantity="0", line_total="0")], {}, R.NON_POSITIVE_QUANTITY),
-    ("negative_sale_without_return_rule", [row(quantity="-2", line_total="-5")],
-     {"validation": {"treat_negative_quantity_as_return": False}}, R.NON_POSITIVE_QUANTITY),
+    (
+        "negative_sale_without_return_rule",
+        [row(quantity="-2", line_total="-5")],
+        {"validation": {"treat_negative_quantity_as_return": False}},
+        R.NON_POSITIVE_QUANTITY,
+    ),
     ("negative_price", [row(unit_price="-2.50", line_total="-5.00")], {}, R.NEGATIVE_PRICE),
     ("negative_discount", [row(discount="-1", line_total="6.00")], {}, R.NEGATIVE_DISCOUNT),
     ("line_total_off", [row(line_total="5.02")], {}, R.LINE_TOTAL_MISMATCH),
-    ("future", [row(timestamp="2026-11-21 13:00:00", business_date="2026-11-21")], {},
-     R.TIMESTAMP_IN_FUTURE),
-    ("far_from_business_date", [row(business_date="2026-11-10")], {},
-     R.TIMESTAMP_FAR_FROM_BUSINESS_DATE),
+    ("future", [row(timestamp="2026-11-21 13:00:00", business_date="2026-11-21")], {}, R.TIMESTAMP_IN_FUTURE),
+    ("far_from_business_date", [row(business_date="2026-11-10")], {}, R.TIMESTAMP_FAR_FROM_BUSINESS_DATE),
     ("repeated_line_no", [row(), row(product_id="P2")], {}, R.REPEATED_LINE_NUMBER),
     ("mixed_stores", [row(), row(line_no="2", store_id="S2")], {}, R.MIXED_STORES),
     ("mixed_customers", [row(), row(line_no="2", customer_id="C2")], {}, R.MIXED_CUSTOMERS),
@@ -48,7 +54,9 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
 
 
 @pytest.mark.parametrize(("rows", "settings", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_each_reject_code(rows: list[dict[str, str]], settings: dict[str, object], expected: RejectCode) -> None:
+def test_each_reject_code(
+    rows: list[dict[str, str]], settings: dict[str, object], expected: RejectCode
+) -> None:
     result = run(rows, feed(**settings))
     assert codes(result)[0] == expected.value
     line = result.lines.row(0, named=True)
@@ -72,7 +80,7 @@ def test_reason_names_the_value() -> None:
 
 def test_siblings_are_rejected_with_the_transaction() -> None:
     rows = [row(), row(line_no="2", product_id="P2", unit_price="-1"), row(line_no="3", product_id="P3")]
-    result = run(rows + [row(transaction_id="T2")])
+    result = run([*rows, row(transaction_id="T2")])
     assert codes(result) == [R.SIBLING_REJECTED, R.NEGATIVE_PRICE, R.SIBLING_REJECTED, None]
     sibling = result.lines.row(0, named=True)
     assert "line 3" in sibling["reject_reason"]
@@ -85,7 +93,10 @@ def test_first_rule_in_catalog_order_wins() -> None:
 
 
 def test_transaction_total_is_not_blamed_for_a_broken_sibling() -> None:
-    rows = [row(transaction_total="7.50"), row(line_no="2", product_id="P2", quantity="x", transaction_total="7.50")]
+    rows = [
+        row(transaction_total="7.50"),
+        row(line_no="2", product_id="P2", quantity="x", transaction_total="7.50"),
+    ]
     assert codes(run(rows)) == [R.SIBLING_REJECTED, R.BAD_NUMBER]
 
 
@@ -96,8 +107,10 @@ def test_amount_tolerance_is_honoured() -> None:
 
 
 def test_transaction_total_matches_sum_of_lines() -> None:
-    rows = [row(transaction_total="7.50"), row(line_no="2", product_id="P2", quantity="1", line_total="2.50",
-                                               transaction_total="7.50")]
+    rows = [
+        row(transaction_total="7.50"),
+        row(line_no="2", product_id="P2", quantity="1", line_total="2.50", transaction_total="7.50"),
+    ]
     result = run(rows)
     assert codes(result) == [None, None]
     assert str(result.checkouts.get_column("total")[0]) == "7.5000"
@@ -147,7 +160,9 @@ class TestTimestamps:
         assert checkout["timestamp_utc"] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
         assert checkout["timestamp_local"] == "2026-11-20T10:00:00+01:00"
 
-    @pytest.mark.parametrize("text", ["2026-11-20T09:00:00Z", "2026-11-20 09:00:00+0000", "2026-11-20T09:00Z"])
+    @pytest.mark.parametrize(
+        "text", ["2026-11-20T09:00:00Z", "2026-11-20 09:00:00+0000", "2026-11-20T09:00Z"]
+    )
     def test_utc_spellings(self, text: str) -> None:
         result = run([row(timestamp=text)], feed(timezone="Asia/Tokyo"))
         assert result.checkouts.get_column("timestamp_utc")[0] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -164,24 +179,31 @@ class TestTimestamps:
 
     def test_dst_gap_moves_forward(self) -> None:
         # 01:30 does not exist in London on 2026-03-29 (clocks go 01:00 GMT -> 02:00 BST)
-        result = run([row(timestamp="2026-03-29 01:30:00", business_date="2026-03-29")],
-                     feed(timezone="Europe/London"), now=datetime(2026, 3, 30, tzinfo=UTC))
+        result = run(
+            [row(timestamp="2026-03-29 01:30:00", business_date="2026-03-29")],
+            feed(timezone="Europe/London"),
+            now=datetime(2026, 3, 30, tzinfo=UTC),
+        )
         checkout = result.checkouts.row(0, named=True)
         assert checkout["timestamp_utc"] == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
         assert checkout["timestamp_local"] == "2026-03-29T02:30:00+01:00"
 
     def test_dst_overlap_takes_the_earlier_instant(self) -> None:
         # 01:30 happens twice in London on 2026-10-25; the first time is BST (00:30 UTC)
-        result = run([row(timestamp="2026-10-25 01:30:00", business_date="2026-10-25")],
-                     feed(timezone="Europe/London"), now=datetime(2026, 10, 26, tzinfo=UTC))
+        result = run(
+            [row(timestamp="2026-10-25 01:30:00", business_date="2026-10-25")],
+            feed(timezone="Europe/London"),
+            now=datetime(2026, 10, 26, tzinfo=UTC),
+        )
         checkout = result.checkouts.row(0, named=True)
         assert checkout["timestamp_utc"] == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
         assert checkout["timestamp_local"] == "2026-10-25T01:30:00+01:00"
 
     def test_business_date_defaults_to_local_date(self) -> None:
         # 23:30 in New York on the 19th is the 20th in UTC: the business date is the local one
-        result = run([row(timestamp="2026-11-19 23:30:00", business_date="")],
-                     feed(timezone="America/New_York"))
+        result = run(
+            [row(timestamp="2026-11-19 23:30:00", business_date="")], feed(timezone="America/New_York")
+        )
         assert result.checkouts.get_column("business_date")[0].isoformat() == "2026-11-19"
 
     def test_custom_formats(self) -> None:
