@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from pipeline.config import CrmcomTarget
 from pipeline.sinks.base import EventResult, Outcome
-from pipeline.sinks.crmcom import (
+from pipeline.sinks.crmcom import endpoint_url
+from pipeline.sinks.crmcom_purchases import (
     CrmcomRejectCode,
     Envelope,
     OriginalPurchase,
@@ -22,7 +23,6 @@ from pipeline.sinks.crmcom import (
     business_unit_field,
     classify_status,
     dumps,
-    endpoint_url,
     format_performed_on,
     plan_checkout,
     results_of_bulk,

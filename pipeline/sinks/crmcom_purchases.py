@@ -1,0 +1,419 @@
+"""CRM.COM purchases, pure: checkouts to request bodies, answers (the status envelope) to outcomes.
+
+* :func:`plan_checkout` decides per checkout: create a purchase (:class:`PlannedCreate`, the body of
+  ``customer_events/purchases/create`` without the token), cancel the purchase of a whole-transaction
+  return (:class:`PlannedCancel`), or settle it unsent with a target-level code
+  (:class:`CrmcomRejectCode`).
+* Amounts are exact Decimals; :func:`split_vat` is the one place where they are rounded.
+* :class:`Envelope`, :func:`result_of` and :func:`results_of_bulk` turn answers into
+  :class:`~pipeline.sinks.base.EventResult` s, classified by the target's code settings.
+
+No I/O here; :mod:`pipeline.sinks.crmcom` sends the requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from typing import Any
+
+from pipeline.config import CrmcomTarget
+from pipeline.records import ReturnStatus, TransactionType
+from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MALFORMED",
+    "OK",
+    "CrmcomRejectCode",
+    "Envelope",
+    "OriginalLookup",
+    "OriginalPurchase",
+    "Plan",
+    "PlannedCancel",
+    "PlannedCreate",
+    "business_unit_field",
+    "classify_status",
+    "dumps",
+    "format_performed_on",
+    "not_sent",
+    "original_not_delivered",
+    "plan_checkout",
+    "product_lines",
+    "purchase_body",
+    "result_of",
+    "results_of_bulk",
+    "split_vat",
+]
+
+OK = "OK"
+MALFORMED = "MALFORMED_RESPONSE"
+CONTENT_TYPE = "application/json"
+
+
+class CrmcomRejectCode(StrEnum):
+    """Why a checkout was not sent to CRM.COM (target-level codes, documented in README)."""
+
+    GUEST = "crmcom_guest"  # no customer: a purchase event needs one
+    PARTIAL_RETURN = "crmcom_partial_return"  # only whole purchases can be cancelled
+    UNMATCHED_RETURN = "unmatched_return"  # no original transaction id, or unknown to the ledger
+    ORIGINAL_NOT_DELIVERED = "crmcom_original_not_delivered"  # retryable: the original has no event yet
+    VOID = "void"  # voided at the till: nothing to record
+    UNKNOWN_STORE = "crmcom_unknown_store"  # the store has no entry in `business_units`
+
+
+@dataclass(frozen=True)
+class OriginalPurchase:
+    """What the ledger knows about a returned transaction: its CRM.COM event ids and total."""
+
+    event_ids: tuple[str, ...]
+    total: Decimal | None = None
+
+
+OriginalLookup = Callable[[str], OriginalPurchase | None]
+
+
+@dataclass(frozen=True)
+class PlannedCreate:
+    """A purchase to create; ``body`` lacks only the token."""
+
+    transaction_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PlannedCancel:
+    """Cancel the purchase of ``original_transaction_id`` (a whole-transaction return).
+
+    ``event_id`` is None when the original is created in the same submission: it is known only
+    once that purchase is accepted.
+    """
+
+    transaction_id: str
+    original_transaction_id: str
+    event_id: str | None
+
+
+Plan = PlannedCreate | PlannedCancel | EventResult
+
+
+# ---- money and time -----------------------------------------------------------------------------
+
+
+def _round(amount: Decimal, decimals: int) -> Decimal:
+    """The one place where amounts are rounded for CRM.COM (half up, to ``decimals`` places)."""
+    return amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+
+
+def split_vat(amount: Decimal, target: CrmcomTarget) -> tuple[Decimal, Decimal, Decimal]:
+    """``(net, vat, total)`` of a line amount; net + vat == total exactly after rounding."""
+    rate = target.vat_rate
+    if target.prices_include_vat:
+        total = _round(amount, target.amount_decimals)
+        net = _round(total / (1 + rate), target.amount_decimals)
+    else:
+        net = _round(amount, target.amount_decimals)
+        total = _round(net * (1 + rate), target.amount_decimals)
+    return net, total - net, total
+
+
+def format_performed_on(timestamp: datetime, fmt: str) -> str | int:
+    """The POS time as CRM.COM's ``performed_on``: "iso8601" (UTC, Z), "epoch", or a strftime pattern."""
+    utc = timestamp.astimezone(UTC) if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+    if fmt == "iso8601":
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if fmt == "epoch":
+        return int(utc.timestamp())
+    return utc.strftime(fmt)
+
+
+_DECIMAL_MARK = re.compile(r'"\\u0000D([-+0-9.Ee]+)\\u0000"')
+
+
+def dumps(body: Mapping[str, Any]) -> bytes:
+    """JSON with every Decimal written as an exact number literal (never through float)."""
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return f"\x00D{value}\x00"
+        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+    text = json.dumps(body, default=mark, separators=(",", ":"))
+    return _DECIMAL_MARK.sub(r"\1", text).encode()
+
+
+# ---- mapping --------------------------------------------------------------------------------------
+
+
+def business_unit_field(target: CrmcomTarget) -> str:
+    """The request field naming the business unit in the configured API release."""
+    if target.business_unit_field:
+        return target.business_unit_field
+    if target.api_release < 17:
+        return "performed_by_unit_identifier"
+    if target.api_release == 17:
+        return "performed_by_tap_identifier"
+    return "performed_by_business_unit_identifier"
+
+
+def _business_unit(store_id: str, target: CrmcomTarget) -> str | None:
+    if store_id in target.business_units:
+        return target.business_units[store_id]
+    if target.business_unit is not None:
+        return target.business_unit
+    return None if target.business_units else store_id
+
+
+def product_lines(items: Sequence[Mapping[str, Any]], target: CrmcomTarget) -> list[dict[str, Any]]:
+    """``products_set`` entries: identifier, quantity and net / VAT / total amounts per line."""
+    lines = []
+    for item in items:
+        net, vat, total = split_vat(Decimal(item["line_total"]), target)
+        lines.append(
+            {
+                "product_identifier": {target.product_key: item["product_id"]},
+                "quantity": Decimal(item["quantity"]),
+                "net_amount": net,
+                "vat_amount": vat,
+                "total_amount": total,
+            }
+        )
+    return lines
+
+
+def purchase_body(row: CheckoutRow, target: CrmcomTarget, business_unit: str) -> dict[str, Any]:
+    """The ``purchases/create`` body of one sale (without the token)."""
+    transaction_id = str(row["transaction_id"])
+    body: dict[str, Any] = {
+        target.customer_field: {target.customer_key: str(row["customer_id"])},
+        business_unit_field(target): {target.business_unit_key: business_unit},
+        "performed_on": format_performed_on(row["timestamp_utc"], target.performed_on_format),
+        "reference_number": transaction_id,
+        "external_system_reference_number": transaction_id,
+        target.products_field: product_lines(row.get("items") or (), target),
+    }
+    if target.external_system is not None:
+        body["external_system"] = target.external_system
+    if target.process_immediately is not None:
+        body["process_immediately"] = target.process_immediately
+    return body
+
+
+def _original_of(row: CheckoutRow, originals: OriginalLookup | None) -> OriginalPurchase | None:
+    """The returned purchase: from the row or else the ledger lookup.
+
+    The submit stage may attach what the ledger knows about the original to a return row:
+    ``original_event_ids`` (a list, empty while the sale is not accepted; absent or None when the
+    ledger does not know the sale) and ``original_total``.
+    """
+    if row.get("original_event_ids") is not None:
+        total = row.get("original_total")
+        return OriginalPurchase(
+            tuple(str(e) for e in row["original_event_ids"]),
+            Decimal(total) if total is not None else None,
+        )
+    original_id = row.get("original_transaction_id")
+    if originals is None or not original_id:
+        return None
+    return originals(str(original_id))
+
+
+def not_sent(transaction_id: str, code: CrmcomRejectCode, message: str) -> EventResult:
+    """A NOT_SENT result with a target-level code."""
+    return EventResult(transaction_id, Outcome.NOT_SENT, error_code=code, error_message=message, attempts=0)
+
+
+def plan_checkout(
+    row: CheckoutRow,
+    target: CrmcomTarget,
+    originals: OriginalLookup | None = None,
+    in_submission: Mapping[str, CheckoutRow] | None = None,
+) -> Plan:
+    """What to do with one checkout: create a purchase, cancel one, or settle it unsent.
+
+    ``in_submission`` holds the sales created in the same submission (by transaction id), so a
+    return can cancel a purchase created moments before it.
+    """
+    transaction_id = str(row["transaction_id"])
+    kind = row.get("transaction_type") or TransactionType.SALE
+    if kind == TransactionType.VOID:
+        return not_sent(transaction_id, CrmcomRejectCode.VOID, "voided transactions are not sent")
+    if row.get("is_guest") or not row.get("customer_id"):
+        return not_sent(transaction_id, CrmcomRejectCode.GUEST, "CRM.COM purchases need a customer")
+    if kind == TransactionType.RETURN:
+        return _plan_return(row, target, originals, in_submission or {})
+    unit = _business_unit(str(row["store_id"]), target)
+    if unit is None:
+        return not_sent(
+            transaction_id, CrmcomRejectCode.UNKNOWN_STORE, f"store {row['store_id']} has no business unit"
+        )
+    return PlannedCreate(transaction_id, purchase_body(row, target, unit))
+
+
+def _plan_return(
+    row: CheckoutRow,
+    target: CrmcomTarget,
+    originals: OriginalLookup | None,
+    in_submission: Mapping[str, CheckoutRow],
+) -> Plan:
+    transaction_id = str(row["transaction_id"])
+    original_id = str(row.get("original_transaction_id") or "")
+    if row.get("return_status") == ReturnStatus.UNMATCHED or not original_id:
+        return not_sent(transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, "return names no original sale")
+    returned = abs(Decimal(row["total"]))
+    sale = in_submission.get(original_id)
+    if sale is not None:
+        original: OriginalPurchase | None = OriginalPurchase((), Decimal(sale["total"]))
+    else:
+        original = _original_of(row, originals)
+    if original is None:
+        return not_sent(
+            transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, f"original {original_id} is unknown"
+        )
+    if original.total is not None and returned != abs(original.total):
+        return not_sent(
+            transaction_id,
+            CrmcomRejectCode.PARTIAL_RETURN,
+            f"returns {returned} of {abs(original.total)}: only whole purchases can be cancelled",
+        )
+    if sale is not None:
+        return PlannedCancel(transaction_id, original_id, None)
+    if not original.event_ids:
+        return original_not_delivered(transaction_id, original_id)
+    return PlannedCancel(transaction_id, original_id, original.event_ids[0])
+
+
+def original_not_delivered(transaction_id: str, original_id: str) -> EventResult:
+    """RETRYABLE: the returned sale has no CRM.COM purchase yet (a rerun can cancel it later)."""
+    return EventResult(
+        transaction_id,
+        Outcome.RETRYABLE,
+        error_code=CrmcomRejectCode.ORIGINAL_NOT_DELIVERED,
+        error_message=f"original {original_id} has no CRM.COM purchase yet",
+        attempts=0,
+    )
+
+
+# ---- answers --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A CRM.COM answer: ``status.code``, its message and ``data``."""
+
+    code: str
+    message: str
+    data: Any
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call succeeded."""
+        return self.code == OK
+
+    @classmethod
+    def read(cls, body: bytes, http_status: int = 200) -> Envelope:
+        """Decode a response body (Decimals kept exact)."""
+        try:
+            payload = json.loads(body, parse_float=Decimal) if body else None
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        envelope = cls.parse(payload)
+        if envelope.code == MALFORMED:
+            return cls(MALFORMED, f"HTTP {http_status} without a status envelope", None)
+        return envelope
+
+    @classmethod
+    def parse(cls, payload: Any) -> Envelope:
+        """Read the envelope; anything without a status is an error envelope of its own."""
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("status"), Mapping):
+            return cls(MALFORMED, "response has no status envelope", None)
+        status = payload["status"]
+        message = " ".join(str(status.get(k) or "") for k in ("message", "description")).strip()
+        return cls(str(status.get("code") or ""), message, payload.get("data"))
+
+
+def classify_status(code: str, target: CrmcomTarget, *, cancel: bool = False) -> Outcome:
+    """The outcome of a non-OK ``status.code`` (token codes are handled before this, by renewal)."""
+    if code == OK:
+        return Outcome.ACCEPTED
+    if cancel and code in target.already_cancelled_codes:
+        return Outcome.ALREADY_ACCEPTED
+    if not cancel and code in target.duplicate_codes:
+        return Outcome.ALREADY_ACCEPTED if target.on_duplicate == "already_accepted" else Outcome.REJECTED
+    if code in target.retryable_codes or code in target.token_error_codes:
+        return Outcome.RETRYABLE
+    return Outcome.REJECTED
+
+
+def _event_ids(data: Any) -> tuple[str, ...]:
+    if isinstance(data, Mapping) and data.get("id"):
+        return (str(data["id"]),)
+    return ()
+
+
+def result_of(transaction_id: str, envelope: Envelope, target: CrmcomTarget, *, cancel: bool) -> EventResult:
+    """One transaction's result from a create or cancel answer."""
+    outcome = classify_status(envelope.code, target, cancel=cancel)
+    if outcome is Outcome.ACCEPTED:
+        return EventResult(transaction_id, outcome, event_ids=_event_ids(envelope.data))
+    return EventResult(
+        transaction_id,
+        outcome,
+        # a duplicate answer may name the existing purchase; keep it for a later cancel
+        event_ids=_event_ids(envelope.data) if outcome is Outcome.ALREADY_ACCEPTED else (),
+        error_code=envelope.code,
+        error_message=envelope.message or None,
+    )
+
+
+def results_of_bulk(
+    transaction_ids: Sequence[str], envelope: Envelope, target: CrmcomTarget
+) -> list[EventResult]:
+    """Per-transaction results of a ``create_multiple`` answer (processed / unprocessed sets).
+
+    A transaction missing from both sets is retryable: resending it is safe, because a landed
+    purchase answers with the duplicate-reference code.
+    """
+    if not envelope.ok:
+        return [result_of(t, envelope, target, cancel=False) for t in transaction_ids]
+    data = envelope.data if isinstance(envelope.data, Mapping) else {}
+    by_id: dict[str, EventResult] = {}
+    unmatched_processed = []
+    for entry in data.get("processed_customer_events_set") or ():
+        key = entry.get("request_unique_identifier") or entry.get("reference_number")
+        if key is None:
+            unmatched_processed.append(entry)
+            continue
+        by_id[str(key)] = EventResult(str(key), Outcome.ACCEPTED, event_ids=_event_ids(entry))
+    for entry in data.get("unprocessed_customer_events_set") or ():
+        key = str(entry.get("request_unique_identifier"))
+        code = str(entry.get("error_code") or entry.get("code") or "ERROR")
+        message = str(
+            entry.get("error_description") or entry.get("description") or entry.get("message") or ""
+        )
+        by_id[key] = result_of(key, Envelope(code, message, entry), target, cancel=False)
+    # processed entries without an identifier follow the request order of the rest
+    remaining = iter(unmatched_processed)
+    results = []
+    for transaction_id in transaction_ids:
+        if transaction_id in by_id:
+            results.append(by_id[transaction_id])
+            continue
+        entry = next(remaining, None)
+        if entry is not None:
+            results.append(EventResult(transaction_id, Outcome.ACCEPTED, event_ids=_event_ids(entry)))
+        else:
+            results.append(
+                EventResult(
+                    transaction_id,
+                    Outcome.RETRYABLE,
+                    error_code="MISSING_FROM_RESPONSE",
+                    error_message="neither processed nor unprocessed in the bulk answer",
+                )
+            )
+    return results
