@@ -337,6 +337,30 @@ def bench_transform(input_path: Path | None, rows: int | None, synthetic: bool, 
         click.echo(section)
 
 
+@bench.command("fetch")
+@click.option("--size-mb", type=click.FloatRange(min=0.001), default=200, show_default=True,
+              help="Size of the served file in MiB.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Downloads per client, alternating who goes first; the best counts.")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results into this file's Fetch section (docs/BENCHMARKS.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_fetch(size_mb: float, rounds: int, update_docs: Path | None, as_json: bool) -> None:
+    """SFTP fetch vs OpenSSH's sftp client, same file from a loopback sshd, in the same run."""
+    from pipeline.benchmarks import fetch as bench_module
+
+    result = bench_module.run_fetch_benchmark(size_mb, rounds=rounds)
+    command = "posfeed bench fetch" + (f" --size-mb {size_mb:g}" if size_mb != 200 else "")
+    command += f" --rounds {rounds}" if rounds != 3 else ""
+    section = bench_module.markdown_section(result, command=command)
+    if update_docs is not None:
+        bench_module.update_docs(update_docs, section)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(section)
+
+
 def _sizes(value: str) -> tuple[int, ...]:
     """'100000,1M,3m' -> (100000, 1000000, 3000000)."""
     sizes = []
