@@ -50,6 +50,19 @@ def test_update_docs_replaces_only_its_own_block(tmp_path: Path) -> None:
     assert text.startswith("# B\n\n## Transform\n\nintro\n") and text.endswith("## Run\n\nkeep\n")
 
 
+def test_update_docs_fills_an_existing_transform_section_without_markers(tmp_path: Path) -> None:
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# B\n\n## Transform\n\nintro\n\n## Submit\n\nkeep\n")
+    update_docs(docs, "figures")
+    block = f"{DOCS_START}\nfigures\n{DOCS_END}"
+    assert docs.read_text() == f"# B\n\n## Transform\n\nintro\n\n{block}\n\n## Submit\n\nkeep\n"
+    docs.write_text("# B\n\n## Transform\n")
+    update_docs(docs, "figures")
+    assert docs.read_text() == f"# B\n\n## Transform\n\n{DOCS_START}\nfigures\n{DOCS_END}\n"
+    update_docs(docs, "again")  # idempotent through the markers
+    assert docs.read_text() == f"# B\n\n## Transform\n\n{DOCS_START}\nagain\n{DOCS_END}\n"
+
+
 def test_benchmark_feed_is_the_fixture_feed() -> None:
     fixture = load_feed(FIXTURE_FEED)
     ours = online_retail_feed()
