@@ -234,6 +234,8 @@ def _execute(
             if abandoned:
                 log.warning("runs %s of scope %r ended without finishing (process killed?); "
                             "their pending transactions are settled first", ", ".join(abandoned), feed.scope)
+                if not dry_run:
+                    _report_crashed(ledger, settings, abandoned)
             run_id = new_run_id() + ("-dry" if dry_run else "")
             ledger.start_run(
                 feed=feed.name,
@@ -270,6 +272,20 @@ def _execute(
         lock.release()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> None:
+    """Write the reports of runs whose process died, as the ledger shows them at the crash."""
+    for run_id in run_ids:
+        record = ledger.run(run_id)
+        if record is None:
+            continue
+        report = run_report(ledger, run_id, extra={"status": "crashed", "exit_code": EXIT_TEMPFAIL})
+        ledger.finish_run(run_id, status="crashed", exit_code=EXIT_TEMPFAIL, counts=report.summary)
+        try:
+            write_run_report(report, settings.reports_dir, record.feed, run_id)
+        except OSError as exc:
+            log.error("could not write the reports of crashed run %s: %s", run_id, exc)
 
 
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:

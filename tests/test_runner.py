@@ -1,0 +1,257 @@
+"""The runner on a few sample files: dry runs, reruns by scope, locks, file identity, archiving."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Feed, Settings
+from pipeline.errors import EXIT_OK, EXIT_TEMPFAIL, LockHeldError
+from pipeline.ledger import Ledger, TxnState
+from pipeline.locks import RunLock, lock_path
+from pipeline.runner import RerunSelection, rerun_feed, run_feed
+from pipeline.sandbox.server import SandboxServer
+from tests.runner_helpers import (
+    BUSINESS_DATE,
+    REPO,
+    copy_samples,
+    credentials,
+    sample_feed,
+    settings_in,
+    stats,
+)
+
+FILES = ("pos_LON01_20261120_10.csv", "pos_LON01_20261120_11.csv", "pos_BER01_20261120_11.csv")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    copy_samples(tmp_path / "drop", FILES)
+    return tmp_path / "drop"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return settings_in(tmp_path)
+
+
+@pytest.fixture
+def live(sandbox: SandboxServer) -> Iterator[SandboxServer]:
+    with credentials(sandbox):
+        yield sandbox
+
+
+def _feed(sandbox: SandboxServer, folder: Path, **source: object) -> Feed:
+    return sample_feed("acme_hourly", sandbox, folder=folder, source=dict(source), max_attempts=1)
+
+
+def _states(settings: Settings) -> dict[str, int]:
+    with Ledger(settings.ledger_path) as ledger:
+        return ledger.state_counts("acme")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dry_run_sends_nothing_and_leaves_the_ledger_unchanged(
+    live: SandboxServer, folder: Path, settings: Settings
+) -> None:
+    feed = _feed(live, folder, after_success="archive")
+    first = run_feed(feed, settings, business_dates=[BUSINESS_DATE], dry_run=True)
+    assert stats(live)["requests"] == 0
+    assert not settings.ledger_path.exists()  # a dry run never creates the real ledger
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)  # nothing archived
+    s = first.summary
+    assert s["dry_run"] is True and s["balanced"] is True and s["queued"] > 0 and s["accepted"] == 0
+    assert first.reports_path is not None and (first.reports_path / "summary.csv").exists()
+
+    # a real run of one file, then a dry run of everything: the ledger file stays byte for byte
+    shutil.move(str(folder / FILES[2]), str(folder.parent / FILES[2]))
+    real = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert real.summary["accepted"] > 0
+    shutil.move(str(folder.parent / FILES[2]), str(folder / FILES[2]))
+    before, requests = _sha(settings.ledger_path), stats(live)["requests"]
+    states = _states(settings)
+    dry = run_feed(feed, settings, business_dates=[BUSINESS_DATE], dry_run=True)
+    assert _sha(settings.ledger_path) == before
+    assert _states(settings) == states
+    assert stats(live)["requests"] == requests
+    assert FILES[2] in os.listdir(folder)
+    assert dry.summary["files_new"] == [FILES[2]] and dry.summary["queued"] > 0
+    with Ledger(settings.ledger_path) as ledger:
+        assert dry.run_id not in {r.id for r in ledger.runs()}
+
+
+def test_reruns_by_run_file_store_and_business_date(
+    live: SandboxServer, folder: Path, settings: Settings
+) -> None:
+    feed = _feed(live, folder)
+    live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
+    failed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert failed.exit_code in (65, 75) and failed.summary["accepted"] == 0
+    total_failed = failed.summary["failed_retryable"]
+    assert total_failed > 0 and failed.summary["in_doubt"] == 0
+    live.config.fault_rate = 0.0
+
+    by_file = rerun_feed(feed, settings, RerunSelection(file=FILES[0]))
+    with Ledger(settings.ledger_path) as ledger:
+        rows = ledger.run_transactions(by_file.run_id)
+    assert rows and {t.source_file for t in rows} == {FILES[0]}
+    assert {t.state for t in rows} <= {TxnState.ACCEPTED, TxnState.NOT_SENT}
+    assert by_file.summary["kind"] == "rerun" and by_file.summary["balanced"] is True
+    assert by_file.reports_path is not None and by_file.reports_path.name == by_file.run_id
+
+    by_store = rerun_feed(feed, settings, RerunSelection(store_id="BER01", business_date=BUSINESS_DATE))
+    with Ledger(settings.ledger_path) as ledger:
+        rows = ledger.run_transactions(by_store.run_id)
+    assert rows and {t.store_id for t in rows} == {"BER01"}
+
+    nothing = rerun_feed(feed, settings, RerunSelection(store_id="NYC01"))
+    assert nothing.summary["transactions_in"] == 0 and nothing.exit_code == EXIT_OK
+
+    by_run = rerun_feed(feed, settings, RerunSelection(run_id=failed.run_id))
+    with Ledger(settings.ledger_path) as ledger:
+        rows = ledger.run_transactions(by_run.run_id)
+        assert {t.source_file for t in rows} == {FILES[1]}  # what was left of the first run
+        counts = ledger.state_counts("acme")
+    assert counts.get("failed_retryable", 0) == 0
+    resent = [*rows, *ledger_rows(settings, by_file.run_id), *ledger_rows(settings, by_store.run_id)]
+    assert len(resent) == total_failed
+    assert stats(live)["duplicate_transaction_attempts"] == 0
+
+    # accepted transactions are never resent, whatever the selection
+    again = rerun_feed(feed, settings, RerunSelection(run_id=failed.run_id, include_permanent=True))
+    assert again.summary["transactions_in"] == 0
+
+
+def ledger_rows(settings: Settings, run_id: str) -> list[object]:
+    with Ledger(settings.ledger_path) as ledger:
+        return list(ledger.run_transactions(run_id))
+
+
+def test_rerun_failed_permanent_only_when_asked(
+    live: SandboxServer, tmp_path: Path, settings: Settings
+) -> None:
+    drop = tmp_path / "perm"
+    drop.mkdir()
+    source = (REPO / "sample_data" / "acme" / FILES[0]).read_text(encoding="utf-8").splitlines()
+    header, rows = source[0], source[1:]
+    column = header.split(",").index("customer_id")
+    patched = []
+    for line in rows:
+        cells = line.split(",")
+        if cells[column]:
+            cells[column] = "unknown-" + cells[column]  # the platform does not know these customers
+        patched.append(",".join(cells))
+    (drop / FILES[0]).write_text("\n".join([header, *patched]) + "\n", encoding="utf-8")
+    feed = _feed(live, drop)
+    first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    permanent = first.summary["failed_permanent"]
+    assert permanent > 0 and first.exit_code == 65
+    default = rerun_feed(feed, settings, RerunSelection(failed=True))
+    assert default.summary["transactions_in"] == 0
+    forced = rerun_feed(feed, settings, RerunSelection(failed=True, include_permanent=True))
+    assert forced.summary["transactions_in"] == permanent
+    assert forced.summary["failed_permanent"] == permanent  # still unknown, but it was tried again
+
+
+def test_stop_leaves_a_consistent_ledger(live: SandboxServer, folder: Path, settings: Settings) -> None:
+    stop = threading.Event()
+    stop.set()
+    feed = _feed(live, folder)
+    stopped = run_feed(feed, settings, business_dates=[BUSINESS_DATE], stop=stop)
+    assert stopped.exit_code == EXIT_TEMPFAIL and stopped.summary["status"] == "stopped"
+    assert stats(live)["requests"] == 0
+    resumed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert resumed.summary["accepted"] > 0
+    assert _states(settings).get("queued", 0) == 0 and _states(settings).get("sending", 0) == 0
+
+
+def test_a_held_lock_refuses_the_run(live: SandboxServer, folder: Path, settings: Settings) -> None:
+    feed = _feed(live, folder)
+    lock = RunLock.acquire(settings.state_dir, "acme", feed="acme_daily")  # the daily feed shares the scope
+    try:
+        with pytest.raises(LockHeldError, match="acme_daily"):
+            run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        env = {**os.environ, "POSFEED_STATE_DIR": str(settings.state_dir)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", "--feed", str(REPO / "feeds" / "acme_hourly.toml"),
+             "--business-date", "2026-11-20"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert proc.returncode == EXIT_TEMPFAIL, proc.stderr
+        assert "being run by" in proc.stderr
+    finally:
+        lock.release()
+    assert stats(live)["requests"] == 0
+
+
+def test_a_stale_lock_is_taken_over(
+    live: SandboxServer, folder: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = (
+        "import os, signal\nfrom pathlib import Path\nfrom pipeline.locks import RunLock\n"
+        f"RunLock.acquire(Path({str(settings.state_dir)!r}), 'acme', feed='acme_hourly')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], check=False, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert '"pid"' in lock_path(settings.state_dir, "acme").read_text(encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="pipeline.locks"):
+        summary = run_feed(_feed(live, folder), settings, business_dates=[BUSINESS_DATE])
+    assert summary.summary["accepted"] > 0
+    assert "taking over the lock" in caplog.text
+
+
+def test_file_identity_is_content(live: SandboxServer, folder: Path, settings: Settings) -> None:
+    feed = _feed(live, folder)
+    first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert sorted(first.summary["files_new"]) == sorted(FILES)
+    # the same content under a new name is not processed again
+    shutil.copy2(folder / FILES[0], folder / "pos_LON01_20261120_1x.csv")
+    renamed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert renamed.summary["files_new"] == [] and renamed.summary["rows_in"] == 0
+    # the same name with new content supersedes the earlier file and is processed
+    text = (folder / FILES[1]).read_text(encoding="utf-8")
+    (folder / FILES[1]).write_text(text + text.splitlines()[-1].replace(",", ",", 1) + "\n", encoding="utf-8")
+    time.sleep(0.01)
+    newer = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert newer.summary["superseded_files"] == [FILES[1]]
+    assert newer.summary["rows_in"] == len(text.splitlines())  # every row of the new version, header excluded
+    assert newer.summary["balanced"] is True
+    assert stats(live)["duplicate_transaction_attempts"] == 0
+
+
+def test_files_are_archived_only_after_every_row_is_final(
+    live: SandboxServer, folder: Path, settings: Settings
+) -> None:
+    feed = _feed(live, folder, after_success="archive", archive_path="done")
+    live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
+    run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(FILES)
+    live.config.fault_rate = 0.0
+    rerun_feed(feed, settings, RerunSelection(failed=True))
+    assert [p.name for p in folder.iterdir() if p.is_file()] == []
+    assert sorted(p.name for p in (folder / "done").iterdir()) == sorted(FILES)
+    with Ledger(settings.ledger_path) as ledger:
+        assert {f.status for f in ledger.files(scope="acme")} == {"finished"}
+
+
+def test_unreadable_file_is_a_data_error(live: SandboxServer, folder: Path, settings: Settings) -> None:
+    (folder / "pos_LON01_20261120_12.csv").write_bytes(b"\x00\x01\x02 not a csv \xff\xfe")
+    summary = run_feed(_feed(live, folder), settings, business_dates=[BUSINESS_DATE])
+    assert summary.exit_code == 65
+    assert [u["file"] for u in summary.summary["unreadable_files"]] == ["pos_LON01_20261120_12.csv"]
+    assert summary.summary["accepted"] > 0  # the rest of the feed still ran

@@ -1,0 +1,157 @@
+"""Crash safety with a real process: `python -m pipeline run` is SIGKILLed during submission, then
+run again; the platform ends up with every valid transaction exactly once and the reports balance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import Feed
+from pipeline.ledger import Ledger, TxnState
+from pipeline.sandbox.server import SandboxServer
+from pipeline.stages.report import day_report
+from tests.runner_helpers import REPO, copy_samples, delivered_ids, sample_feed, settings_in, stats
+from tests.sandbox_fixtures import TARGET_KITS
+
+FILES = tuple(f"pos_LON01_20261120_{hour}.csv" for hour in ("10", "11", "12", "13", "14"))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def feed_toml(feed: Feed) -> str:
+    """The feed as a TOML file (what ops would write)."""
+    data = feed.model_dump(mode="json", exclude_none=True, exclude={"name"})  # the file name names it
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+    for key, table in tables:
+        lines.append(f"\n[{key}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        for sub, subtable in table.items():
+            if isinstance(subtable, dict):
+                lines.append(f"\n[{key}.{sub}]")
+                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in subtable.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _posfeed(args: list[str], tmp: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+         str(tmp / "reports"), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [1, 60, 140])
+def test_sigkill_during_submission_then_run_again(
+    target_kind: str, kill_after: int, tmp_path: Path
+) -> None:
+    drop = tmp_path / "drop"
+    copy_samples(drop, FILES)
+    with SandboxServer(latency_ms=25) as sandbox:
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, target_kind=target_kind, max_concurrency=2)
+        if target_kind == "antavo":
+            feed = feed.model_copy(update={"target": feed.target.model_copy(update={"max_concurrency": 2})})
+        feed_file = tmp_path / "crashfeed.toml"
+        feed_file.write_text(feed_toml(feed), encoding="utf-8")
+        env = {**os.environ, **TARGET_KITS[target_kind].env(sandbox)}
+        args = ["run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json"]
+
+        victim = _posfeed(args, tmp_path, env)
+        deadline = time.monotonic() + 120
+        while stats(sandbox)["events_accepted"] < kill_after:
+            assert victim.poll() is None, victim.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=60)
+        assert victim.returncode == -signal.SIGKILL
+
+        settings = settings_in(tmp_path)
+        with Ledger(settings.ledger_path) as ledger:
+            left = ledger.state_counts("acme")
+            in_doubt_ids = {
+                t.transaction_id for t in ledger.transactions_by_row_id(list(range(1, 5000)))
+                if t.state is TxnState.SENDING
+            }
+        assert left.get("queued", 0) + left.get("sending", 0) > 0, f"killed too late: {left}"
+
+        survivor = _posfeed(args, tmp_path, env)
+        out, err = survivor.communicate(timeout=300)
+        assert survivor.returncode in (0, 65), err[-3000:]
+        final = json.loads(out)
+        assert final["balanced"] is True and final["in_doubt"] == 0 and final["failed_retryable"] == 0
+
+        after = stats(sandbox)
+        ids = delivered_ids(sandbox)
+        with Ledger(settings.ledger_path) as ledger:
+            counts = ledger.state_counts("acme")
+            runs = ledger.runs()
+            rows = ledger.transactions_by_row_id(list(range(1, 5000)))
+            day = day_report(ledger, "crashfeed", "2026-11-20")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == counts.get("failed_retryable", 0) == 0
+        assert {r.status for r in runs} == {"crashed", "finished"}
+        accepted = {t.transaction_id for t in rows if t.state is TxnState.ACCEPTED}
+        if target_kind == "antavo":
+            accepted_sales = {t.transaction_id for t in rows
+                              if t.state is TxnState.ACCEPTED and t.transaction_type != "return"}
+            assert sorted(ids) == sorted(accepted_sales)  # each exactly once
+        assert len(ids) == len(set(ids))
+        # the platform was only asked again for what was in doubt when the process died
+        assert after["duplicate_transaction_attempts"] <= len(in_doubt_ids)
+        assert day.summary["balanced"] is True
+        assert day.summary["rows_in"] == sum(
+            len((drop / f).read_text(encoding="utf-8").splitlines()) - 1 for f in FILES
+        )
+        assert Decimal(day.summary["amount_in"]) == Decimal(day.summary["amount_valid"]) + Decimal(
+            day.summary["amount_rejected"])
+        occurrences = (TxnState.REJECTED, TxnState.DUPLICATE, TxnState.CONFLICT)
+        primaries = [t for t in rows if t.state not in occurrences]
+        final_states = {TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.VOID, TxnState.FAILED_PERMANENT}
+        assert {t.state for t in primaries} <= final_states
+        # only returns of sales outside these files are refused (the platform never saw the sale)
+        refused = [t for t in primaries if t.state is TxnState.FAILED_PERMANENT]
+        assert all(t.transaction_type == "return" and t.last_error_code == "112201" for t in refused)
+        assert len(accepted) >= final["accepted"]
+        crashed = next(r for r in runs if r.status == "crashed")
+        assert crashed.counts is not None and crashed.counts["balanced"] is False  # left work in doubt
+        assert (tmp_path / "reports" / "crashfeed" / crashed.id / "summary.csv").exists()
+        settled = [r for r in ledger_rows(settings, final["run_id"]) if r.origin == "settle"]
+        assert settled, "the second run settled nothing"
+
+
+def ledger_rows(settings: Any, run_id: str) -> list[Any]:
+    with Ledger(settings.ledger_path) as ledger:
+        return list(ledger.run_transactions(run_id))
+
+
+def test_feed_toml_round_trips(tmp_path: Path) -> None:
+    from pipeline.config import load_feed
+
+    with SandboxServer() as sandbox:
+        feed = sample_feed("acme_hourly", sandbox, folder=tmp_path)
+    path = tmp_path / "x.toml"
+    path.write_text(feed_toml(feed), encoding="utf-8")
+    loaded = load_feed(path)
+    assert loaded.model_dump(exclude={"name"}) == feed.model_dump(exclude={"name"})
+    assert REPO.exists()
