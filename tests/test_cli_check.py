@@ -1,0 +1,169 @@
+"""`posfeed check` and `posfeed feeds` end to end, and README's reject code table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.core.rejects import CATALOG, readme_table
+from pipeline.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK
+from tests.core.helpers import csv_text, row
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_KEYS = {
+    "rows_in",
+    "transactions_in",
+    "transactions_valid",
+    "transactions_rejected",
+    "rows_rejected",
+    "rejects_by_code",
+    "duplicates",
+    "conflicts",
+    "amount_in",
+    "amount_valid",
+    "amount_rejected",
+}
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_readme_reject_codes_table_is_the_catalog() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- reject-codes:start -->\n(.*?)\n<!-- reject-codes:end -->", text, re.S)
+    assert match, "README.md lacks the reject-codes block"
+    assert match.group(1) == readme_table(), (
+        "regenerate README's table from pipeline.core.rejects.readme_table()"
+    )
+
+
+def test_clean_canonical_file_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text([row(), row(transaction_id="T2", customer_id="")]))
+    code, out = invoke("check", str(path), "--json")
+    assert code == EXIT_OK
+    summary = json.loads(out)
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["transactions_valid"] == 2
+    assert summary["guests"] == 1
+    assert summary["amount_in"] == "10.0000"
+
+
+def test_rejects_exit_65_and_are_written(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    rows = [
+        row(),
+        row(transaction_id="T2", product_name='=HYPERLINK("x")', quantity="two"),
+        row(transaction_id="T2", line_no="2", product_id="P2"),
+    ]
+    path.write_text(csv_text(rows))
+    out_dir = tmp_path / "out"
+    code, out = invoke("check", str(path), "--out", str(out_dir))
+    assert code == EXIT_DATA
+    assert "pos.csv:3 R002_BAD_NUMBER quantity" in out
+    with (out_dir / "rejects.csv").open(newline="", encoding="utf-8") as handle:
+        rejects = list(csv.DictReader(handle))
+    assert [r["reject_code"] for r in rejects] == ["R002_BAD_NUMBER", "R099_SIBLING_REJECTED"]
+    assert [r["source_line"] for r in rejects] == ["3", "4"]
+    assert rejects[0]["quantity"] == "two"
+    assert rejects[0]["product_name"] == '\'=HYPERLINK("x")'  # neutralised for spreadsheets
+    assert rejects[0]["source_file"] == "pos.csv"
+    checkouts = [json.loads(line) for line in (out_dir / "checkouts.jsonl").read_text().splitlines()]
+    assert [c["transaction_id"] for c in checkouts] == ["T1"]
+    assert checkouts[0]["total"] == "5.0000"  # decimals as strings, never floats
+    assert checkouts[0]["items"][0]["unit_price"] == "2.5000"
+    assert pl.read_parquet(out_dir / "checkouts.parquet").schema["total"] == pl.Decimal(38, 4)
+    assert pl.read_parquet(out_dir / "checkout_items.parquet").height == 1
+    assert json.loads((out_dir / "summary.json").read_text())["rows_rejected"] == 2
+
+
+def test_conflict_exits_65(tmp_path: Path) -> None:
+    hourly, daily = tmp_path / "h.csv", tmp_path / "d.csv"
+    hourly.write_text(csv_text([row()]))
+    daily.write_text(csv_text([row(quantity="3", line_total="7.50")]))
+    code, out = invoke("check", str(hourly), str(daily), "--json")
+    assert code == EXIT_DATA
+    assert json.loads(out)["conflicts"] == 2
+
+
+def test_mapped_export_keeps_its_own_column_names(tmp_path: Path) -> None:
+    feed = tmp_path / "shop.toml"
+    feed.write_text(
+        "[format]\ndelimiter = ';'\n[format.columns]\ntransaction_id = 'Bon'\nstore_id = 'Filiale'\n"
+        "timestamp = 'Zeit'\nproduct_id = 'Artikel'\nquantity = 'Menge'\nunit_price = 'Preis'\n"
+        "[format.defaults]\ncurrency = 'EUR'\n"
+    )
+    export = tmp_path / "export.csv"
+    export.write_text("Bon;Filiale;Zeit;Artikel;Menge;Preis;Kasse\nB1;F1;2026-11-20 10:00;A1;x;1.00;3\n")
+    out_dir = tmp_path / "out"
+    code, _ = invoke("check", str(export), "--feed", str(feed), "--out", str(out_dir))
+    assert code == EXIT_DATA
+    header = (out_dir / "rejects.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["Bon", "Filiale", "Zeit", "Artikel", "Menge", "Preis"]
+    assert "Kasse" in header and "currency" in header
+    assert header[-5:] == ["reject_code", "reject_reason", "reject_field", "source_file", "source_line"]
+
+
+def test_jsonl_by_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "pos.jsonl"
+    path.write_text(json.dumps({k: v for k, v in row().items() if v}) + "\n")
+    code, out = invoke("check", str(path), "--json")
+    assert code == EXIT_OK, out
+    assert json.loads(out)["rows_in"] == 1
+
+
+def test_unreadable_file_exits_65(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    path.write_bytes(b"\x00\x01binary")
+    code, out = invoke("check", str(path))
+    assert code == EXIT_DATA
+    assert "unreadable: pos.csv: file is binary" in out
+
+
+def test_codes(tmp_path: Path) -> None:
+    code, out = invoke("check", "--codes")
+    assert code == EXIT_OK
+    assert all(c.value in out for c in CATALOG)
+    code, out = invoke("check", "--codes", "--json")
+    assert [r["code"] for r in json.loads(out)] == [c.value for c in CATALOG]
+
+
+def test_missing_feed_exits_78_through_main(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text([row()]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--feeds-dir",
+            str(tmp_path),
+            "check",
+            str(path),
+            "--feed",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_CONFIG
+    assert "no feed named 'nope'" in done.stderr
+
+
+def test_feeds_lists_the_repository_feeds() -> None:
+    code, out = invoke("--feeds-dir", str(ROOT / "feeds"), "feeds", "--json")
+    assert code == EXIT_OK
+    rows = json.loads(out)
+    assert rows and all(r["ok"] for r in rows)
+    assert {"name", "schedule", "source", "target"} <= set(rows[0])

@@ -1,0 +1,172 @@
+"""Feed configuration: docs in step with the models, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from pipeline.config import (
+    AlertsConfig,
+    AntavoTarget,
+    CrmcomTarget,
+    ExpectedFilesConfig,
+    Feed,
+    FormatConfig,
+    LoggingConfig,
+    SourceConfig,
+    ValidationConfig,
+    load_feed,
+    load_feeds,
+)
+from pipeline.errors import EXIT_CONFIG, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+FEEDS_README = ROOT / "feeds" / "README.md"
+
+SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
+    "source": (SourceConfig,),
+    "format": (FormatConfig,),
+    "validation": (ValidationConfig,),
+    "target": (AntavoTarget, CrmcomTarget),
+    "alerts": (AlertsConfig,),
+    "expected": (ExpectedFilesConfig,),
+    "logging": (LoggingConfig,),
+}
+
+
+def model_keys() -> set[str]:
+    """Every key a feed file may contain, as `section.key` (top-level keys bare)."""
+    keys = {name for name in Feed.model_fields if name not in SECTIONS}
+    for section, models in SECTIONS.items():
+        assert section in Feed.model_fields, f"Feed has no section {section}"
+        for model in models:
+            keys |= {f"{section}.{name}" for name in model.model_fields}
+    return keys
+
+
+def documented_keys() -> set[str]:
+    """The keys in the first column of feeds/README.md's tables."""
+    found = set()
+    for line in FEEDS_README.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\|\s*`([a-z_][a-z0-9_.]*)`\s*\|", line)
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+def test_every_model_key_is_documented() -> None:
+    missing = sorted(model_keys() - documented_keys())
+    assert not missing, f"document these keys in feeds/README.md (as `section.key` table rows): {missing}"
+
+
+def test_nothing_documented_is_unknown_to_the_models() -> None:
+    unknown = sorted(documented_keys() - model_keys())
+    assert not unknown, f"feeds/README.md documents keys the code does not accept: {unknown}"
+
+
+def test_the_feeds_in_the_repository_load() -> None:
+    results = load_feeds(ROOT / "feeds")
+    assert results, "no feed files in feeds/"
+    assert [str(r.error) for r in results if r.error] == []
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_feed(tmp_path: Path) -> None:
+    feed = load_feed(write(tmp_path, "shop.toml", 'timezone = "Europe/London"\n'))
+    assert feed.name == "shop"
+    assert feed.scope == "shop"
+    assert feed.format.kind == "csv"
+    assert feed.config_dir == tmp_path
+
+
+def test_load_by_name_from_the_feeds_dir(tmp_path: Path) -> None:
+    write(tmp_path, "shop.toml", "")
+    assert load_feed("shop", tmp_path).name == "shop"
+
+
+def test_models_are_frozen(tmp_path: Path) -> None:
+    feed = load_feed(write(tmp_path, "shop.toml", ""))
+    with pytest.raises(ValidationError):
+        feed.timezone = "UTC"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("[format]\ndelimiter = ';;'\n", "format.delimiter", "at most 1 character"),
+        ("[format]\nkind = 'xml'\n", "format.kind", "'csv', 'jsonl' or 'parquet'"),
+        ("[source]\nprot = 22\n", "source.prot", "Extra inputs are not permitted"),
+        ("timezone = 'Mars/Olympus'\n", "timezone", "unknown timezone"),
+        ("[store_timezones]\nS1 = 'Nowhere/City'\n", "store_timezones", "unknown timezone"),
+        ("[validation]\nmax_future_minutes = -1\n", "validation.max_future_minutes", "greater than or equal"),
+        ("[target]\nkind = 'antavo'\nbulk_size = 0\n", "target.bulk_size", "greater than or equal"),
+    ],
+)
+def test_bad_value_names_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = write(tmp_path, "bad.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_feed(path)
+    error = caught.value
+    assert error.source == str(path)
+    assert error.key == key
+    assert problem in error.problem
+    assert str(path) in str(error) and key in str(error)
+    assert error.exit_code == EXIT_CONFIG
+
+
+def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "broken.toml", "timezone = \n")
+    with pytest.raises(ConfigError, match="not valid TOML") as caught:
+        load_feed(path)
+    assert caught.value.source == str(path)
+    assert "line 1" in caught.value.problem
+
+
+def test_unknown_feed_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no feed named 'nope'"):
+        load_feed("nope", tmp_path)
+
+
+def test_load_feeds_keeps_errors_beside_good_feeds(tmp_path: Path) -> None:
+    write(tmp_path, "a_good.toml", "")
+    write(tmp_path, "b_bad.toml", "[format]\nencoding = 'ebcdic'\n")
+    results = load_feeds(tmp_path)
+    assert [r.path.name for r in results] == ["a_good.toml", "b_bad.toml"]
+    assert results[0].feed is not None and results[0].error is None
+    assert results[1].feed is None and results[1].error is not None
+    assert results[1].error.key == "format.encoding"
+
+
+def posfeed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_posfeed_feeds_exits_78_naming_file_key_and_problem(tmp_path: Path) -> None:
+    write(tmp_path, "good.toml", "schedule = '5 * * * *'\n[source]\npath = 'in'\n")
+    bad = write(tmp_path, "bad.toml", "[validation]\namount_tolerance = 'lots'\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert str(bad) in done.stderr
+    assert "validation.amount_tolerance" in done.stderr
+    assert "good" in done.stdout
+
+    as_json = posfeed("--feeds-dir", str(tmp_path), "feeds", "--json", cwd=tmp_path)
+    assert as_json.returncode == EXIT_CONFIG
+    rows = {r["name"]: r for r in json.loads(as_json.stdout)}
+    assert rows["good"]["ok"] is True
+    assert rows["good"]["schedule"] == "5 * * * *"
+    assert rows["bad"]["ok"] is False
+    assert rows["bad"]["error"]["key"] == "validation.amount_tolerance"
