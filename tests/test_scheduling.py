@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -359,3 +360,126 @@ def test_a_scheduled_feed_is_reloaded_from_its_file_before_each_run(settings: Se
     path.write_text('schedule = "not cron"\n', encoding="utf-8")
     s.execute("f")
     assert seen == ["Europe/Paris"]
+
+
+# ---- SIGTERM mid-run: real processes against the sandbox ----------------------------------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "acme"
+SLOW_FILES = ["pos_LON01_20261120_13.csv", "pos_LON01_20261120_14.csv"]  # no defects
+
+
+def slow_feed_dir(tmp_path: Path, sandbox: Any, *, schedule: str = "0 3 * * *") -> Path:
+    """A feeds folder with one feed whose sends trickle: two events per request, one at a time."""
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in SLOW_FILES:
+        shutil.copy(SAMPLE / name, folder / name)
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    (feeds / "trickle.toml").write_text(
+        f'timezone = "Europe/London"\nschedule = "{schedule}"\n'
+        f'[source]\nkind = "local"\npath = "{folder}"\nreadiness = "none"\n'
+        'pattern = "pos_*.csv"\n'  # any date: the daemon runs for today's dates
+        f'[target]\nkind = "antavo"\nbase_url = "{sandbox.url}"\nregion = "{sandbox.config.region}"\n'
+        "bulk_size = 2\nmax_concurrency = 1\nrequests_per_minute = 60000\n"
+        '[validation]\ncurrencies = ["GBP"]\n',
+        encoding="utf-8",
+    )
+    return feeds
+
+
+def posfeed(tmp_path: Path, *args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "pipeline", "--log-format", "json",
+            "--state-dir", str(tmp_path / "state"), "--feeds-dir", str(tmp_path / "feeds"),
+            "--reports-dir", str(tmp_path / "reports"), *args]
+
+
+def ledger_states(tmp_path: Path) -> dict[str, int]:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    try:
+        return dict(db.execute("SELECT state, COUNT(*) FROM transactions GROUP BY state").fetchall())
+    finally:
+        db.close()
+
+
+def sigterm_once_sending(process: Any, sandbox: Any, requests: int = 5) -> None:
+    """Wait until the platform has seen a few requests, then SIGTERM the process."""
+    import signal
+
+    assert eventually(lambda: sandbox.state.snapshot()["requests"] >= requests or process.poll() is not None)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+
+
+def finish_and_check_nothing_sent_twice(tmp_path: Path, sandbox: Any) -> None:
+    """Settle what the stopped run left (rerun the stopped sends, run the queued ones): every
+    transaction ends accepted or final, and the platform never saw one twice."""
+    import subprocess
+
+    sandbox.config.latency_ms = 0
+    subprocess.run(posfeed(tmp_path, "rerun", "--feed", "trickle", "--failed"), check=False,
+                   capture_output=True, timeout=300)
+    subprocess.run(posfeed(tmp_path, "run", "--feed", "trickle", "--business-date", "2026-11-20"),
+                   check=False, capture_output=True, timeout=300)
+    states = ledger_states(tmp_path)
+    assert not {"queued", "sending", "failed_retryable"} & set(states), states
+    stats = sandbox.state.snapshot()
+    assert stats["duplicate_transaction_attempts"] == 0
+    assert stats["events_accepted"] >= states["accepted"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_finishes_the_batch_and_leaves_a_consistent_ledger(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    import subprocess
+
+    slow_feed_dir(tmp_path, sandbox_env)
+    sandbox_env.config.latency_ms = 150
+    process = subprocess.Popen(
+        posfeed(tmp_path, "run", "--feed", "trickle", "--business-date", "2026-11-20", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    sigterm_once_sending(process, sandbox_env)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 75, err[-3000:]  # stopped: try again later
+    summary = json.loads(out)
+    assert summary["status"] == "stopped" and summary["in_doubt"] == 0
+    states = ledger_states(tmp_path)
+    assert "sending" not in states  # nothing left in doubt: every request's answer was recorded
+    assert states.get("accepted", 0) > 0 and states.get("accepted", 0) == summary["accepted"]
+    assert states.get("queued", 0) + states.get("failed_retryable", 0) > 0  # the rest waits, unsent
+    finish_and_check_nothing_sent_twice(tmp_path, sandbox_env)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_daemon_after_its_catch_up_run_batch(tmp_path: Path, sandbox_env: Any) -> None:
+    import subprocess
+
+    from pipeline.config import load_feed
+
+    feeds = slow_feed_dir(tmp_path, sandbox_env)
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=feeds, reports_dir=tmp_path / "reports")
+    # the daemon was down when the feed was due a minute ago
+    simulate_downtime(settings, load_feed(feeds / "trickle.toml"), datetime.now(UTC) - timedelta(minutes=1))
+    sandbox_env.config.latency_ms = 150
+    process = subprocess.Popen(posfeed(tmp_path, "schedule", "--feed", "trickle"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sigterm_once_sending(process, sandbox_env)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err[-3000:]
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    (run_line,) = [line for line in lines if line.get("event") == "run"]
+    assert run_line["feed"] == "trickle" and run_line["exit_code"] == 75 and run_line["stopped"] is True
+    assert any("stopped" in line["msg"] for line in lines if line["logger"] == "pipeline.scheduling")
+    assert "sending" not in ledger_states(tmp_path)
+    # the job is still stored, due next at its regular time
+    again = FeedScheduler([load_feed(feeds / "trickle.toml")], settings, job=Calls())
+    assert again.catch_up(timeout=WAIT) == []
+    finish_and_check_nothing_sent_twice(tmp_path, sandbox_env)

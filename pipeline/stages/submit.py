@@ -143,6 +143,9 @@ async def _submit(
             finally:
                 flush()
             outcome.submitted += len(checkouts)
+            if stop is not None and stop.is_set():
+                # the sink settled what it had not sent as retryable ("stopped"): a stopped run
+                outcome.stopped = True
             log_event(
                 log, "batch",
                 f"{feed.name}: batch {start // batch_size + 1}: {len(checkouts)} transaction(s) submitted",
