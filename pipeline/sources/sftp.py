@@ -134,7 +134,6 @@ class SftpSource:
         self._sleep = sleep
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        self._fetched: dict[str, tuple[int, float]] = {}
 
     @property
     def address(self) -> str:
@@ -332,7 +331,6 @@ class SftpSource:
                 )
                 self._sleep(delay)
                 continue
-            self._fetched[remote.name] = (fetched.size, fetched.mtime)
             return fetched
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -385,14 +383,15 @@ class SftpSource:
     def finish(self, remote: RemoteFile, action: Literal["keep", "archive", "delete"]) -> None:
         """Archive (rename into ``source.archive_path``), delete or keep a fully processed file.
 
-        The file is left alone when it changed on the server since it was fetched (a new
-        version must be processed first). Its done-marker, if any, follows it.
+        ``remote`` carries the size and mtime the file had when it was fetched (the ledger's
+        record); the file is left alone when the server's copy differs (a new version under the
+        same name must be processed first). Its done-marker, if any, follows it.
         """
         if action == "keep":
             return
         sftp = self.connect()
         path = self._remote(remote.name)
-        expected = self._fetched.get(remote.name, (remote.size, remote.mtime))
+        expected = (remote.size, remote.mtime)
         try:
             now = sftp.stat(path)
         except FileNotFoundError:

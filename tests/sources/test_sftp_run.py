@@ -1,0 +1,235 @@
+"""`posfeed run` on a feed whose files come from a real OpenSSH sshd, sending to the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipeline.sources.sftp as sftp_module
+from pipeline.config import ExpectedFilesConfig, Feed
+from pipeline.errors import EXIT_CONFIG
+from pipeline.ledger import Ledger
+from pipeline.runner import RerunSelection, rerun_feed, run_feed
+from pipeline.sandbox.server import SandboxServer
+from tests.runner_helpers import (
+    BUSINESS_DATE,
+    SAMPLE_ACME,
+    credentials,
+    delivered_ids,
+    sample_feed,
+    settings_in,
+    stats,
+)
+from tests.sandbox_fixtures import TARGET_KITS
+from tests.sftp_fixtures import SftpServer
+
+FILES = ("pos_LON01_20261120_10.csv", "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv")
+
+
+def upload(folder: Path, names: tuple[str, ...] = FILES) -> None:
+    """Put sample files on the server (the served folder is a local folder)."""
+    for name in names:
+        shutil.copy2(SAMPLE_ACME / name, folder / name)
+
+
+def sftp_feed(server: SftpServer, folder: Path, sandbox: SandboxServer, **source: Any) -> Feed:
+    """acme_hourly, reading ``folder`` on the sftp server and sending to the sandbox."""
+    sftp = server.feed(folder).source.model_dump()
+    sftp.update(pattern="pos_LON01_{business_date:%Y%m%d}_??.csv", readiness="none", after_success="archive")
+    sftp.update(source)
+    feed = sample_feed("acme_hourly", sandbox, source=sftp)
+    return feed.model_copy(update={"expected": ExpectedFilesConfig()})  # no missing-file noise
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_feed_file(feed: Feed, path: Path) -> Path:
+    """The feed as a TOML file, as ops would write it."""
+    data = feed.model_dump(mode="json", exclude_none=True, exclude={"name"})
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for key, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        lines.append(f"\n[{key}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        for sub, subtable in table.items():
+            if isinstance(subtable, dict):
+                lines.append(f"\n[{key}.{sub}]")
+                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in subtable.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def posfeed_run(feed_file: Path, tmp: Path, sandbox: SandboxServer) -> subprocess.CompletedProcess[str]:
+    """`posfeed run --feed FILE --json` as a separate process."""
+    env = dict(os.environ, **TARGET_KITS["antavo"].env(sandbox))
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+         str(tmp / "reports"), "run", "--feed", str(feed_file), "--business-date",
+         BUSINESS_DATE.isoformat(), "--json"],
+        env=env, capture_output=True, text=True, timeout=240, cwd=tmp, check=False,
+    )
+
+
+def ledger_files(tmp: Path) -> list[Any]:
+    path = tmp / "state" / "ledger.sqlite"
+    if not path.exists():
+        return []
+    with Ledger(path) as ledger:
+        return ledger.files(scope="acme")
+
+
+def test_happy_path_through_posfeed_run_archives_after_success(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir)
+    feed_file = write_feed_file(sftp_feed(sftp_server, sftp_dir, sandbox), tmp_path / "acme_sftp.toml")
+    first = posfeed_run(feed_file, tmp_path, sandbox)
+    assert first.returncode in (0, 65), first.stderr  # 65: the sample has rejected rows by design
+    summary = json.loads(first.stdout)
+    assert summary["balanced"] is True and summary["accepted"] > 0
+    assert (summary["failed_retryable"], summary["in_doubt"]) == (0, 0)
+    assert sorted(summary["files_new"]) == sorted(FILES)
+    ids = delivered_ids(sandbox)
+    assert len(ids) == summary["accepted"] and len(set(ids)) == len(ids)
+    # archived only where every row is final with no failure: the 12:00 file has a transaction
+    # the platform refused for good (by the sample's design), so it stays on the server
+    assert summary["failed_permanent"] == 1
+    assert sorted(p.name for p in (sftp_dir / "archive").iterdir()) == sorted(FILES[:2])
+    assert [p.name for p in sftp_dir.glob("*.csv")] == [FILES[2]]
+    # the same files dropped again (same content, new names too) are not processed again
+    upload(sftp_dir)
+    shutil.copy2(SAMPLE_ACME / FILES[0], sftp_dir / "pos_LON01_20261120_99.csv")
+    requests = stats(sandbox)["requests"]
+    second = posfeed_run(feed_file, tmp_path, sandbox)
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)
+    assert again["files_new"] == [] and again["files_already_processed"] == len(FILES) + 1
+    assert stats(sandbox)["requests"] == requests
+
+
+@pytest.mark.parametrize("problem", ["changed host key", "unknown host key", "wrong key"])
+def test_auth_problems_exit_78_and_process_nothing(
+    problem: str, sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir)
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    known = Path(feed.source.known_hosts_file or "")
+    if problem == "changed host key":
+        other = tmp_path / "other"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+        kind, key = other.with_suffix(".pub").read_text().split()[:2]
+        known.write_text(f"[{sftp_server.host}]:{sftp_server.port} {kind} {key}\n")
+        expected = "CHANGED"
+    elif problem == "unknown host key":
+        known.write_text("")
+        expected = "unknown host key"
+    else:
+        stranger = tmp_path / "stranger"
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(stranger)],
+                       check=True)
+        feed = feed.model_copy(
+            update={"source": feed.source.model_copy(update={"private_key_file": str(stranger)})}
+        )
+        expected = "refused our credentials"
+    done = posfeed_run(write_feed_file(feed, tmp_path / "acme_sftp.toml"), tmp_path, sandbox)
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert expected in done.stderr
+    assert ledger_files(tmp_path) == []
+    assert stats(sandbox)["requests"] == 0
+    assert sorted(p.name for p in sftp_dir.iterdir()) == sorted(FILES)
+
+
+def test_connection_dropped_mid_fetch_is_retried_and_nothing_is_sent_twice(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    upload(sftp_dir)
+    real_blocks = sftp_module._PipelinedReader.blocks
+    kills: list[int] = []
+
+    def blocks_then_drop(self: Any) -> Any:
+        for block in real_blocks(self):
+            yield block
+            if not kills:  # the first file's first block is in: the server's session dies
+                kills.append(sftp_server.kill_sessions())
+
+    monkeypatch.setattr(sftp_module._PipelinedReader, "blocks", blocks_then_drop)
+    monkeypatch.setattr(sftp_module, "BACKOFF_BASE_SECONDS", 0.01)
+    settings = settings_in(tmp_path)
+    with credentials(sandbox), caplog.at_level("WARNING", logger="pipeline.sources.sftp"):
+        summary = run_feed(sftp_feed(sftp_server, sftp_dir, sandbox), settings,
+                           business_dates=[BUSINESS_DATE])
+    assert kills and kills[0] > 0
+    assert "reconnecting" in caplog.text
+    s = summary.summary
+    assert s["balanced"] is True and s["accepted"] > 0 and s["fetch_failures"] == []
+    ids = delivered_ids(sandbox)
+    assert len(ids) == s["accepted"] and not [i for i, n in Counter(ids).items() if n > 1]
+    names = [f.name for f in ledger_files(tmp_path)]
+    assert sorted(names) == sorted(FILES)  # each file registered once
+
+
+def test_superseded_file_is_processed_and_reported(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    name = FILES[0]
+    lines = (SAMPLE_ACME / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    first_tx = {r.split(",")[0] for r in rows}
+    ids = [r.split(",")[0] for r in rows]
+    cut = next(i for i in range(len(rows) // 2, len(rows)) if ids[i] != ids[i - 1])
+    (sftp_dir / name).write_text(header + "".join(rows[:cut]), encoding="utf-8")
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox, after_success="keep")
+    settings = settings_in(tmp_path)
+    with credentials(sandbox):
+        run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        sent_before = len(delivered_ids(sandbox))
+        (sftp_dir / name).write_text(header + "".join(rows), encoding="utf-8")  # the full version
+        os.utime(sftp_dir / name, (1_800_000_000, 1_800_000_000))
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert second.summary["superseded_files"] == [name]
+    assert second.summary["balanced"] is True
+    ids = delivered_ids(sandbox)
+    assert len(set(ids)) == len(ids) and len(ids) > sent_before
+    assert set(ids) <= first_tx
+    records = {f.sha256: f for f in ledger_files(tmp_path)}
+    assert len(records) == 2
+    assert sum(1 for f in records.values() if f.supersedes_file_id is not None) == 1
+
+
+def test_a_file_with_retryable_failures_stays_until_every_row_is_final(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:1])
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    feed = feed.model_copy(update={"target": feed.target.model_copy(update={"max_attempts": 1})})
+    settings = settings_in(tmp_path)
+    sandbox.config.fault_rate = 1.0  # every request answers 503
+    with credentials(sandbox):
+        failing = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        assert failing.summary["failed_retryable"] > 0
+        assert (sftp_dir / FILES[0]).exists() and not (sftp_dir / "archive").exists()
+        run_feed(feed, settings, business_dates=[BUSINESS_DATE])  # nothing new; failures stay
+        assert (sftp_dir / FILES[0]).exists()
+        sandbox.config.fault_rate = 0.0
+        settled = rerun_feed(feed, settings, RerunSelection(failed=True))
+    assert settled.summary["failed_retryable"] == 0 and settled.summary["accepted"] > 0
+    assert not (sftp_dir / FILES[0]).exists()
+    assert (sftp_dir / "archive" / FILES[0]).exists()
