@@ -24,7 +24,7 @@ import pytest
 from pipeline.config import Feed
 from pipeline.sandbox.server import SandboxServer
 
-__all__ = ["TARGET_KINDS", "TARGET_KITS", "TargetKit", "antavo_feed"]
+__all__ = ["TARGET_KINDS", "TARGET_KITS", "TargetKit", "antavo_feed", "crmcom_env", "crmcom_feed"]
 
 
 def antavo_feed(sandbox: SandboxServer, name: str = "antavo-test", **target: Any) -> Feed:
@@ -40,6 +40,30 @@ def antavo_feed(sandbox: SandboxServer, name: str = "antavo-test", **target: Any
     }
     settings.update(target)
     return Feed.model_validate({"name": name, "target": settings})
+
+
+def crmcom_feed(sandbox: SandboxServer, name: str = "crmcom-test", **target: Any) -> Feed:
+    """A feed whose CRM.COM target is the sandbox (fast retries; credentials from the env)."""
+    settings: dict[str, Any] = {
+        "kind": "crmcom",
+        "base_url": sandbox.url,
+        "requests_per_minute": 60000,
+        "backoff_base_seconds": 0.02,
+        "backoff_max_seconds": 0.2,
+        "timeout_seconds": 10,
+    }
+    settings.update(target)
+    return Feed.model_validate({"name": name, "target": settings})
+
+
+def crmcom_env(sandbox: SandboxServer) -> dict[str, str]:
+    """The sandbox's CRM.COM credentials under the default target's variable names."""
+    config = sandbox.state.platforms["crmcom"].config
+    return {
+        "CRMCOM_USERNAME": config.username,
+        "CRMCOM_PASSWORD": config.password,
+        "CRMCOM_ORGANISATION": config.organisation,
+    }
 
 
 @dataclass(frozen=True)
@@ -60,8 +84,9 @@ TARGET_KITS: dict[str, TargetKit] = {
         },
         unknown_customer="unknown-0001",
     ),
+    "crmcom": TargetKit(feed=crmcom_feed, env=crmcom_env, unknown_customer="unknown-0001"),
 }
-TARGET_KINDS = ["antavo"]
+TARGET_KINDS = ["antavo", "crmcom"]
 
 
 @pytest.fixture
