@@ -30,6 +30,7 @@ __all__ = ["DEMO_BUSINESS_DATE", "DEMO_FEEDS", "DemoResult", "repo_root", "run_d
 
 DEMO_FEEDS: tuple[str, ...] = ("acme_hourly", "acme_daily", "crmcom_demo")
 DEMO_BUSINESS_DATE = date(2026, 11, 20)
+DEMO_REQUESTS_PER_MINUTE = 12000
 
 
 def repo_root() -> Path:
@@ -130,7 +131,9 @@ def run_demo(
                 credentials.update(_crmcom_credentials(feed.target, sandbox))
         with _environment(credentials):
             for feed in loaded:
-                demo_feed = with_target_url(feed, sandbox.url)
+                # the sandbox is local: no need to keep to the production rate limit
+                rate = max(feed.target.requests_per_minute, DEMO_REQUESTS_PER_MINUTE)
+                demo_feed = with_target_url(feed, sandbox.url, requests_per_minute=rate)
                 runs.append(
                     run_feed(demo_feed, settings, business_dates=[business_date],
                              progress=progress or NullProgress())

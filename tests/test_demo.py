@@ -1,0 +1,40 @@
+"""`posfeed demo`, README's first command, as a user runs it: a real process, from any folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_the_sample_day_from_any_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "demo", "--keep", str(tmp_path / "demo"), "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["ok"] is True
+    runs = {run["feed"]: run for run in result["runs"]}
+    hourly, daily = runs["acme_hourly"], runs["acme_daily"]
+    assert [r["feed"] for r in result["runs"]][:2] == ["acme_hourly", "acme_daily"]  # hourly first
+    assert all(run["balanced"] for run in result["runs"])
+    assert hourly["accepted"] > 1000 and 0 < daily["accepted"] < 100  # the daily file adds what was missing
+    assert result["sandbox_stats"]["duplicate_transaction_attempts"] == 0
+    for run in result["runs"]:
+        folder = Path(run["reports_path"])
+        assert folder.is_relative_to(tmp_path / "demo" / "reports")
+        names = {p.name for p in folder.iterdir()}
+        assert names == {"summary.csv", "detail.csv", "rejects.csv", "summary.json"}
+    assert not (tmp_path / ".posfeed").exists() and not (tmp_path / "reports").exists()
+    text = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--state-dir", result["state_dir"], "runs"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert hourly["run_id"] in text.stdout and daily["run_id"] in text.stdout

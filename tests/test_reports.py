@@ -1,0 +1,120 @@
+"""Report builders and writers: balancing, spreadsheet safety, exact money, atomic files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pipeline.csvsafe import safe_cell, write_csv
+from pipeline.ledger import TxnRecord, TxnState
+from pipeline.reports import DETAIL_COLUMNS, SUMMARY_COLUMNS, build_report, money, write_report
+
+
+def _txn(tid: str, state: TxnState, amount: str, *, rows: int = 1, file: str = "a.csv", store: str = "S1",
+         origin: str = "file", points: str | None = None) -> TxnRecord:
+    return TxnRecord(
+        id=hash(tid) % 10_000, scope="acme", feed="hourly", transaction_id=tid, content_hash="h",
+        state=state, primary_id=None, attempts=1, last_error_code=None, last_error_message=None,
+        event_ids=("ev",) if state is TxnState.ACCEPTED else (), points=Decimal(points) if points else None,
+        file_id=1, source_file=file, source_lines=tuple(range(2, 2 + rows)), rows=rows, store_id=store,
+        business_date="2026-11-20", transaction_type="sale", currency="GBP", amount=Decimal(amount),
+        reject_code="R002_BAD_NUMBER" if state is TxnState.REJECTED else None, first_run_id="r1",
+        last_run_id="r1", origin=origin,
+    )
+
+
+TOTALS = [("a.csv", "S1", "2026-11-20", 4, 3, Decimal("16.50"))]
+TXNS = [
+    _txn("T1", TxnState.ACCEPTED, "10.00", rows=2, points="10"),
+    _txn("T2", TxnState.REJECTED, "2.50"),
+    _txn("T3", TxnState.DUPLICATE, "4.00"),
+]
+REJECTS = [{"original": {"TxnNo": "T2", "Note": "=HYPERLINK(\"x\")"}, "code": "R002_BAD_NUMBER",
+            "reason": "bad", "field": "Qty", "source_file": "a.csv", "source_line": 4}]
+
+
+def test_a_complete_run_balances() -> None:
+    report = build_report(report_id="r1", feed="hourly", transactions=TXNS, file_totals=TOTALS,
+                          rejects=REJECTS)
+    (row,) = report.summary_rows
+    cells = dict(zip(SUMMARY_COLUMNS, row, strict=True))
+    assert cells["balanced"] == "true"
+    accepted = (cells["accepted_count"], cells["accepted_amount"], cells["points_awarded"])
+    assert accepted == (1, "10.00", "10.00")
+    s = report.summary
+    assert (s["rows_in"], s["transactions_in"], s["amount_in"]) == (4, 3, "16.50")
+    assert (s["amount_valid"], s["amount_rejected"], s["amount_accepted"]) == ("14.00", "2.50", "10.00")
+    assert s["rejects_by_code"] == {"R002_BAD_NUMBER": 1} and s["balanced"] is True
+
+
+@pytest.mark.parametrize(
+    ("transactions", "why"),
+    [
+        (TXNS[:2], "a transaction is missing"),
+        ([*TXNS[:2], _txn("T3", TxnState.DUPLICATE, "4.01")], "a cent is missing"),
+        ([*TXNS[:2], _txn("T3", TxnState.SENDING, "4.00")], "one is still in doubt"),
+        ([*TXNS[:2], _txn("T3", TxnState.QUEUED, "4.00")], "one was never sent"),
+    ],
+)
+def test_what_does_not_balance(transactions: list[TxnRecord], why: str) -> None:
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=TOTALS,
+                          rejects=[])
+    assert report.summary["balanced"] is False, why
+
+
+def test_queued_is_final_in_a_dry_run() -> None:
+    transactions = [*TXNS[:2], _txn("T3", TxnState.QUEUED, "4.00")]
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=TOTALS,
+                          rejects=[], pending_is_final=True)
+    assert report.summary["balanced"] is True and report.summary["queued"] == 1
+
+
+def test_transactions_from_the_ledger_are_their_own_input() -> None:
+    settled = [_txn("T9", TxnState.ACCEPTED, "3.00", origin="settle", file="old.csv")]
+    report = build_report(report_id="r2", feed="hourly", transactions=settled, file_totals=[], rejects=[])
+    (row,) = report.summary_rows
+    assert row[SUMMARY_COLUMNS.index("origin")] == "ledger"
+    assert report.summary["balanced"] is True and report.summary["rows_in"] == 1
+
+
+def test_written_files_are_spreadsheet_safe_utf8(tmp_path: Path) -> None:
+    report = build_report(report_id="r1", feed="hourly", transactions=TXNS, file_totals=TOTALS,
+                          rejects=REJECTS, extra={"note": "café"})
+    write_report(report, tmp_path)
+    with (tmp_path / "rejects.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["Note"] == "'=HYPERLINK(\"x\")"
+    assert list(rows[0]) == ["TxnNo", "Note", "reject_code", "reject_reason", "reject_field", "source_file",
+                             "source_line"]
+    with (tmp_path / "detail.csv").open(encoding="utf-8", newline="") as handle:
+        assert next(csv.reader(handle)) == list(DETAIL_COLUMNS)
+    assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))["note"] == "café"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("=SUM(A1)", "'=SUM(A1)"), ("+1+1", "'+1+1"), ("-2+3", "'-2+3"), ("@cmd", "'@cmd"), ("\tx", "'\tx"),
+     ("-12.50", "-12.50"), ("+3", "+3"), ("plain", "plain"), (None, ""), (Decimal("1.20"), "1.20")],
+)
+def test_safe_cell(value: object, expected: str) -> None:
+    assert safe_cell(value) == expected
+
+
+def test_money_is_exact() -> None:
+    assert money(Decimal("12.5000")) == "12.50"
+    assert money(Decimal("1.2345")) == "1.2345"
+    assert money(Decimal("-0.0000")) == "0.00"
+    assert money(Decimal("100")) == "100.00"
+    assert money(None) == ""
+
+
+def test_write_csv_replaces_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    write_csv(path, ["a"], [["1"]])
+    write_csv(path, ["a"], [["2"]])
+    assert path.read_text(encoding="utf-8").splitlines() == ["a", "2"]
