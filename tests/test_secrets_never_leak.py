@@ -173,3 +173,52 @@ def test_without_masking_the_ledger_keeps_real_customer_ids(
     with (folder / FILES[0]).open(encoding="utf-8", newline="") as handle:
         ids = {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
     assert any(i.encode() in ledger for i in ids)
+
+
+class EchoingPlatform:
+    """A platform double whose refusals quote the customer id (as some real APIs' messages do);
+    the sandbox never does, so this one case needs a stand-in."""
+
+    async def submit(self, checkouts: Any, on_sending: Any, on_result: Any, *, stop: Any = None) -> None:
+        from pipeline.sinks.base import EventResult, Outcome
+
+        on_sending([c["transaction_id"] for c in checkouts])
+        for checkout in checkouts:
+            on_result(EventResult(checkout["transaction_id"], Outcome.REJECTED, error_code="404",
+                                  error_message=f"Customer {checkout['customer_id']} not found"))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_platform_messages_quoting_a_customer_id_are_masked(tmp_path: Path) -> None:
+    from datetime import date
+
+    from pipeline.config import Feed, Settings
+    from pipeline.runner import run_feed
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    feed = Feed.model_validate({
+        "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+        "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+    })
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)],
+                       make_sink=lambda feed: EchoingPlatform())  # type: ignore[arg-type,return-value]
+    assert summary.to_dict()["failed_permanent"] > 0
+    detail = (summary.reports_path / "detail.csv").read_text(encoding="utf-8")  # type: ignore[operator]
+    assert "Customer cust:" in detail
+    with (folder / FILES[1]).open(encoding="utf-8", newline="") as handle:
+        ids = {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
+    assert not [i for i in ids if i.encode() in detail.encode()]
+    # failed-permanent checkouts keep the real id (a rerun may send them), messages do not
+    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    try:
+        messages = [m for (m,) in db.execute("SELECT last_error_message FROM transactions") if m]
+    finally:
+        db.close()
+    assert any("cust:" in m for m in messages)  # guests have no id to quote
+    assert not [i for i in ids for m in messages if i in m]

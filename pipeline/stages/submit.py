@@ -14,13 +14,13 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
 from pipeline.ledger import Ledger, TxnState
-from pipeline.logs import log_event
+from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
 from pipeline.sinks.base import EventResult, Sink
@@ -118,9 +118,14 @@ async def _submit(
         ledger.start_sending(scope, list(transaction_ids), run_id)
 
     batch_outcomes: Counter[str] = Counter()
+    customer_of: dict[str, str] = {}  # with logging.hash_customer_ids: masked in platform messages
 
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
+        customer = customer_of.get(result.transaction_id)
+        if customer and result.error_message and customer in result.error_message:
+            result = replace(result, error_message=result.error_message.replace(
+                customer, mask_customer_id(customer)))
         pending.append(result)
         if len(pending) >= _FLUSH_EVERY:
             flush()
@@ -138,6 +143,10 @@ async def _submit(
             decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
             checkouts = with_originals(ledger, scope, decoded)
             batch_outcomes.clear()
+            if feed.logging.hash_customer_ids:
+                customer_of.clear()
+                customer_of.update((c["transaction_id"], c["customer_id"])
+                                   for c in checkouts if c.get("customer_id"))
             try:
                 await sink.submit(checkouts, on_sending, on_result, stop=stop)
             finally:
