@@ -276,8 +276,8 @@ class TokenBucket:
                     return
                 self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
                 self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - 1e-9:  # float dust must not stall the bucket
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
                 await self._sleep((1 - self._tokens) / self._rate)
 
