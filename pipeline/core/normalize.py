@@ -36,7 +36,7 @@ from pipeline.records import (
     TransactionType,
 )
 
-__all__ = ["content_hashes", "normalize"]
+__all__ = ["content_hashes", "normalize", "normalize_columns"]
 
 _SEP = "\x1f"
 _ITEM_SEP = "\x1e"
@@ -73,6 +73,39 @@ def content_hashes(texts: pl.Series) -> pl.Series:
     )
 
 
+_NEEDED = (
+    GROUP_ID,
+    "source_file",
+    "source_line",
+    "business_day",
+    "product_name",
+    "product_category",
+    "v_transaction_id",
+    "v_store_id",
+    "v_register_id",
+    "v_customer_id",
+    "v_product_id",
+    "v_currency",
+    "v_type",
+    "v_original_transaction_id",
+    "v_ts_utc",
+    "v_ts_local",
+    "v_tz",
+    "v_line_no",
+    "v_quantity",
+    "v_unit_price",
+    "v_discount_or_0",
+    "v_line_amount",
+    "v_transaction_total",
+    "v_points_burned",
+)
+
+
+def normalize_columns(validated: pl.DataFrame) -> list[str]:
+    """The columns of validated lines that :func:`normalize` reads."""
+    return [c for c in _NEEDED if c in validated.columns]
+
+
 def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build (checkouts, items) from validated lines that carry no reject code.
 
@@ -80,16 +113,7 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     ``reject_code is null``. ``feed`` is accepted for symmetry with the other stages.
     """
     keys = GROUP_ID
-    needed = [
-        GROUP_ID,
-        "source_file",
-        "source_line",
-        "business_day",
-        "product_name",
-        "product_category",
-        *(c for c in valid_lines.columns if c.startswith("v_")),
-    ]
-    rows = valid_lines.select(list(dict.fromkeys(needed))).with_columns(_item_columns())
+    rows = valid_lines.select(normalize_columns(valid_lines)).with_columns(_item_columns())
     # sorted once here, so no aggregation below sorts per transaction
     ordered = rows.with_row_index("_pos").sort(keys, "n_line_no", "_pos")
     all_numbered = rows.height == 0 or rows.get_column("v_line_no").null_count() == 0

@@ -26,15 +26,14 @@ import polars as pl
 
 from pipeline.config import Feed
 from pipeline.core.dedup import dedup
-from pipeline.core.normalize import normalize
+from pipeline.core.normalize import normalize, normalize_columns
 from pipeline.core.parse import EXTRA_PREFIX, read_file
-from pipeline.core.validate import GROUP_KEYS, validate
+from pipeline.core.validate import GROUP_ID, validate
 from pipeline.errors import UnreadableFileError
 from pipeline.records import (
     CANONICAL_COLUMNS,
     CHECKOUT_ITEM_SCHEMA,
     CHECKOUT_SCHEMA,
-    MONEY,
     DedupStatus,
     ReturnStatus,
     TransactionType,
@@ -93,35 +92,35 @@ def _money_text(value: Decimal | None) -> str:
     return str(value if value is not None else Decimal("0.0000"))
 
 
-def _sum(frame: pl.DataFrame, col: str) -> Decimal:
-    if frame.height == 0:
-        return Decimal("0.0000")
-    value = frame.select(pl.col(col).cast(MONEY).sum()).item()
-    return value if value is not None else Decimal("0.0000")
-
-
 def _summary(
     checked: pl.DataFrame,
     checkouts: pl.DataFrame,
     unreadable: Sequence[UnreadableFileError],
 ) -> dict[str, Any]:
-    rejected = checked.filter(pl.col("reject_code").is_not_null())
-    valid = checked.filter(pl.col("reject_code").is_null())
-    with_id = checked.filter(pl.col("v_transaction_id").is_not_null())
-    transactions_in = with_id.select(pl.struct(GROUP_KEYS).n_unique()).item() if with_id.height else 0
-    transactions_in += checked.height - with_id.height  # a line without an id stands alone
+    failed = pl.col("reject_code").is_not_null()
+    has_id = pl.col("v_transaction_id").is_not_null()
+    counts = checked.select(
+        failed.sum().alias("rejected"),
+        pl.col(GROUP_ID).filter(has_id).n_unique().alias("groups"),
+        (~has_id).sum().alias("no_id"),  # a line without an id stands alone
+        pl.col("amount").sum().alias("amount_in"),
+        pl.col("amount").filter(~failed).sum().alias("amount_valid"),
+    ).row(0, named=True)
+    rows_rejected = int(counts["rejected"] or 0)
+    transactions_in = int(counts["groups"] or 0) + int(counts["no_id"] or 0)
     by_code = (
-        rejected.group_by("reject_code").len().sort("reject_code").iter_rows()
-        if rejected.height
+        checked.filter(failed).group_by("reject_code").len().sort("reject_code").iter_rows()
+        if rows_rejected
         else iter(())
     )
     status = checkouts.get_column("dedup_status")
     kind = checkouts.get_column("transaction_type")
-    amount_in, amount_valid = _sum(checked, "amount"), _sum(valid, "amount")
+    zero = Decimal("0.0000")
+    amount_in, amount_valid = counts["amount_in"] or zero, counts["amount_valid"] or zero
     return {
         "rows_in": checked.height,
-        "rows_valid": valid.height,
-        "rows_rejected": rejected.height,
+        "rows_valid": checked.height - rows_rejected,
+        "rows_rejected": rows_rejected,
         "transactions_in": transactions_in,
         "transactions_valid": checkouts.height,
         "transactions_rejected": transactions_in - checkouts.height,
@@ -176,12 +175,13 @@ def transform(
 ) -> TransformResult:
     """Validate, normalize and dedup a lines frame (from :mod:`pipeline.core.parse`)."""
     checked = validate(lines, feed, now=now)
-    is_valid = pl.col("reject_code").is_null()
-    valid = checked.filter(is_valid)
+    is_valid = checked.get_column("reject_code").is_null()
+    extras = [c for c in checked.columns if c.startswith(EXTRA_PREFIX)]
+    # only what each consumer reads is filtered (cheaper than filtering every column)
+    valid = checked.select(normalize_columns(checked)).filter(is_valid)
     checkouts, items = normalize(valid, feed)
     checkouts = dedup(checkouts, known)
-    rejected = checked.filter(~is_valid)
-    extras = [c for c in checked.columns if c.startswith(EXTRA_PREFIX)]
+    rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS).filter(~is_valid)
     out_lines = checked.select(
         *CANONICAL_COLUMNS,
         *extras,

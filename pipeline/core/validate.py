@@ -72,6 +72,11 @@ class Rule:
     reason: pl.Expr
 
 
+def _fmt(template: str, *args: pl.Expr) -> pl.Expr:
+    """A reason text; an empty value shows as '' instead of making the whole text null."""
+    return pl.format(template, *[a.cast(pl.String).fill_null("") for a in args])
+
+
 def _money(value: Decimal | int | str) -> pl.Expr:
     return pl.lit(Decimal(value), dtype=MONEY)
 
@@ -87,30 +92,36 @@ def _strip(col: str) -> pl.Expr:
     return pl.col(col).str.strip_chars()
 
 
-def _number_columns(frame: pl.DataFrame, feed: Feed) -> list[pl.Expr]:
-    exprs: list[pl.Expr] = []
-    for field, (dtype, places) in NUMBER_FIELDS.items():
-        if frame.get_column(field).null_count() == frame.height:  # the export lacks the column
-            exprs.append(pl.lit(None, dtype=dtype).alias(f"v_{field}"))
-            exprs.append(pl.lit(False).alias(f"v_bad_{field}"))
-            continue
-        text = _clean(field)
+def _with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
+    """v_<field> (typed, null when blank or unreadable) and v_bad_<field> for every number field."""
+    present = [f for f in NUMBER_FIELDS if frame.get_column(f).null_count() < frame.height]
+    texts = []
+    for field in present:
+        text = _strip(field)
         if feed.format.decimal_comma:
             text = (
                 pl.when(text.str.contains(",", literal=True))
                 .then(text.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
                 .otherwise(text)
             )
+        texts.append(text.alias(f"_n_{field}"))
+    frame = frame.with_columns(texts)  # once, then read by both expressions below
+    exprs: list[pl.Expr] = []
+    for field, (dtype, places) in NUMBER_FIELDS.items():
+        if field not in present:  # the export lacks the column
+            exprs.append(pl.lit(None, dtype=dtype).alias(f"v_{field}"))
+            exprs.append(pl.lit(False).alias(f"v_bad_{field}"))
+            continue
+        text = pl.col(f"_n_{field}")
         if places:
-            pattern = rf"^[+-]?(\d+(\.\d{{0,{places}}})?|\.\d{{1,{places}}})$"
-            ok = text.str.contains(pattern)
-            value = pl.when(ok).then(text).otherwise(None).str.to_decimal(scale=places).cast(dtype)
+            ok = text.str.contains(rf"^[+-]?(\d+(\.\d{{0,{places}}})?|\.\d{{1,{places}}})$")
+            value = text.str.to_decimal(scale=places).cast(dtype)
         else:
             ok = text.str.contains(r"^[+-]?\d{1,18}$")
-            value = pl.when(ok).then(text).otherwise(None).cast(pl.Int64, strict=False)
-        exprs.append(value.alias(f"v_{field}"))
-        exprs.append((text.is_not_null() & ~ok.fill_null(False)).alias(f"v_bad_{field}"))
-    return exprs
+            value = text.cast(pl.Int64, strict=False)
+        exprs.append(pl.when(ok).then(value).alias(f"v_{field}"))
+        exprs.append(((text.str.len_bytes() > 0) & ~ok).fill_null(False).alias(f"v_bad_{field}"))
+    return frame.with_columns(exprs).drop([f"_n_{f}" for f in present])
 
 
 def _timezones(feed: Feed) -> list[str]:
@@ -204,8 +215,8 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
         text("transaction_type", "v_type_given", "lower", empty_is_null=True),
         text("original_transaction_id", "v_original_transaction_id", empty_is_null=True),
         text("business_date", "v_business_date_text", empty_is_null=True),
-        *_number_columns(lines, feed),
     )
+    frame = _with_numbers(frame, feed)
     frame = _time_columns(frame, feed)
     frame = frame.with_columns(
         pl.col("v_business_date_text").str.to_date(date_format, strict=False).alias("v_business_date_given"),
@@ -319,7 +330,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 RejectCode.BAD_NUMBER,
                 field,
                 pl.col(f"v_bad_{field}"),
-                pl.format(f"{field} '{{}}' is not {what}", pl.col(field)),
+                _fmt(f"{field} '{{}}' is not {what}", pl.col(field)),
             )
         )
     rules.append(
@@ -328,7 +339,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.BAD_TIMESTAMP,
             "timestamp",
             pl.col("v_ts_utc").is_null(),
-            pl.format("timestamp '{}' cannot be read", pl.col("timestamp")),
+            _fmt("timestamp '{}' cannot be read", pl.col("timestamp")),
         )
     )
     rules.append(
@@ -337,7 +348,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.BAD_BUSINESS_DATE,
             "business_date",
             pl.col("v_business_date_text").is_not_null() & pl.col("v_business_date_given").is_null(),
-            pl.format("business_date '{}' is not a date", pl.col("business_date")),
+            _fmt("business_date '{}' is not a date", pl.col("business_date")),
         )
     )
     rules.append(
@@ -346,7 +357,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.UNKNOWN_TRANSACTION_TYPE,
             "transaction_type",
             pl.col("v_type_given").is_not_null() & ~pl.col("v_type_given").is_in(_TYPES),
-            pl.format("transaction_type '{}' is not sale, return or void", pl.col("transaction_type")),
+            _fmt("transaction_type '{}' is not sale, return or void", pl.col("transaction_type")),
         )
     )
     allowed = sorted(ISO_4217 if v.currencies is None else {c.upper() for c in v.currencies})
@@ -356,7 +367,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.UNKNOWN_CURRENCY,
             "currency",
             ~pl.col("v_currency").is_in(allowed),
-            pl.format(
+            _fmt(
                 "currency '{}' is not "
                 + ("an ISO 4217 code" if v.currencies is None else "one of " + ", ".join(allowed)),
                 pl.col("currency"),
@@ -372,7 +383,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             "quantity",
             ((txn_type == TransactionType.SALE) & (q <= 0))
             | ((txn_type == TransactionType.RETURN) & (q == 0)),
-            pl.format("quantity {} on a {}", pl.col("quantity"), txn_type),
+            _fmt("quantity {} on a {}", pl.col("quantity"), txn_type),
         )
     )
     rules.append(
@@ -381,7 +392,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.NEGATIVE_PRICE,
             "unit_price",
             pl.col("v_unit_price") < 0,
-            pl.format("unit_price {} is negative", pl.col("unit_price")),
+            _fmt("unit_price {} is negative", pl.col("unit_price")),
         )
     )
     rules.append(
@@ -390,7 +401,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.NEGATIVE_DISCOUNT,
             "discount",
             pl.col("v_discount") < 0,
-            pl.format("discount {} is negative", pl.col("discount")),
+            _fmt("discount {} is negative", pl.col("discount")),
         )
     )
     tolerance = _money(v.amount_tolerance)
@@ -406,7 +417,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.LINE_TOTAL_MISMATCH,
             "line_total",
             off > tolerance,
-            pl.format(
+            _fmt(
                 "line_total {} but quantity × unit_price − discount = {}",
                 pl.col("line_total"),
                 expected,
@@ -421,7 +432,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.TIMESTAMP_IN_FUTURE,
             "timestamp",
             pl.col("v_ts_utc") > pl.lit(latest).dt.convert_time_zone("UTC"),
-            pl.format(
+            _fmt(
                 f"timestamp '{{}}' is after now ({now_utc:%Y-%m-%dT%H:%M}Z) + {v.max_future_minutes} min",
                 pl.col("timestamp"),
             ),
@@ -434,7 +445,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.TIMESTAMP_FAR_FROM_BUSINESS_DATE,
             "timestamp",
             days > v.max_days_from_business_date,
-            pl.format(
+            _fmt(
                 "timestamp '{}' is {} days from business_date {}",
                 pl.col("timestamp"),
                 days,
@@ -448,7 +459,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             RejectCode.REPEATED_LINE_NUMBER,
             "line_no",
             pl.col("v_line_no").is_not_null() & (pl.col("v_line_no_count") > 1),
-            pl.format(
+            _fmt(
                 "line_no {} appears {} times in transaction {}",
                 pl.col("line_no"),
                 pl.col("v_line_no_count"),
@@ -468,7 +479,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 code,
                 field,
                 pl.col(count) > 1,
-                pl.format(
+                _fmt(
                     f"transaction {{}} has {{}} different values of {field} (this line: '{{}}')",
                     pl.col("transaction_id"),
                     pl.col(count),
@@ -492,7 +503,7 @@ def transaction_rules(feed: Feed) -> list[Rule]:
             RejectCode.TRANSACTION_TOTAL_MISMATCH,
             "transaction_total",
             (expected_total - line_sum).abs() > tolerance,
-            pl.format("transaction_total {} but the lines sum to {}", pl.col("transaction_total"), line_sum),
+            _fmt("transaction_total {} but the lines sum to {}", pl.col("transaction_total"), line_sum),
         )
     ]
 
@@ -559,7 +570,7 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
         RejectCode.SIBLING_REJECTED,
         "transaction_id",
         pl.lit(False),
-        pl.format(
+        _fmt(
             "line {} of transaction {} was rejected", pl.col("v_first_bad_line"), pl.col("transaction_id")
         ),
     )

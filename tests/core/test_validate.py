@@ -219,3 +219,10 @@ def test_validate_adds_typed_columns_and_keeps_every_row() -> None:
     assert checked.height == 2
     assert checked.schema["amount"] == pl.Decimal(38, 4)
     assert {"reject_code", "reject_field", "reject_reason", "business_day"} <= set(checked.columns)
+
+
+def test_reason_is_never_empty_when_the_value_is() -> None:
+    rows = [row(customer_id=""), row(line_no="2", customer_id="C1"), row(line_no="3", customer_id="C2")]
+    reasons = run(rows).lines.get_column("reject_reason").to_list()
+    assert all(reasons)
+    assert "this line: ''" in reasons[0] or "R099" not in reasons[0]
