@@ -390,14 +390,27 @@ def _finish(ctx: _Context, *, status: str) -> RunSummary:
     except OSError as exc:
         log.error("could not write the reports of run %s: %s", ctx.run_id, exc)
     summary = RunSummary(ctx.run_id, ctx.feed.name, code, report.summary, folder)
-    log.info(
-        "%s %s: %s, exit %d: %d rows in, %d accepted, %d rejected, %d duplicates, %d conflicts, "
-        "%d failed retryable, %d failed permanent, %d in doubt",
-        ctx.feed.name, ctx.run_id, status, code, report.summary["rows_in"], report.summary["accepted"],
-        report.summary["transactions_rejected"], report.summary["duplicates"], report.summary["conflicts"],
-        report.summary["failed_retryable"], report.summary["failed_permanent"], report.summary["in_doubt"],
+    counts = {key: report.summary.get(key) for key in _RUN_LOG_KEYS}
+    log_event(
+        log, "run",
+        f"{ctx.feed.name} {ctx.run_id}: {status}, exit {code}: {counts['rows_in']} rows in, "
+        f"{counts['accepted']} accepted, {counts['transactions_rejected']} rejected, "
+        f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
+        f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
+        f"{counts['in_doubt']} in doubt",
+        level=logging.INFO if code == EXIT_OK else logging.WARNING,
+        feed=ctx.feed.name, run_id=ctx.run_id, status=status, exit_code=code, dry_run=ctx.dry_run,
+        **{k: v for k, v in counts.items() if v is not None},
     )
     return summary
+
+
+# the counts of the one log line per run (`event=run`)
+_RUN_LOG_KEYS = (
+    "rows_in", "transactions_in", "transactions_rejected", "rows_rejected", "duplicates", "conflicts",
+    "accepted", "failed_retryable", "failed_permanent", "not_sent", "in_doubt", "amount_in",
+    "amount_accepted", "balanced",
+)
 
 
 def run_feed(

@@ -153,7 +153,7 @@ class ScheduledFeed:
 
 
 def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> int:
-    """The default job: one real run of the feed, its summary logged as one line; the exit code.
+    """The default job: one real run of the feed (the runner logs its one `event=run` line).
 
     Errors are logged (never raised: the daemon keeps going); a held lock means another run of
     the same scope is active (cron, a manual run), so this one is skipped.
@@ -173,19 +173,9 @@ def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> int:
     except Exception as exc:  # a bug in one run must not stop the daemon
         logger.exception("feed %s: run crashed: %s", feed.name, type(exc).__name__)
         return EXIT_INTERNAL
-    data = summary.to_dict()
-    counts = {k: data[k] for k in _SUMMARY_LOG_KEYS if k in data}
-    level = logging.INFO if summary.exit_code == 0 else logging.WARNING
-    log_event(logger, "run", f"feed {feed.name}: run {summary.run_id} finished, exit {summary.exit_code}",
-              level=level, feed=feed.name, run_id=summary.run_id, exit_code=summary.exit_code, **counts)
+    # the runner logged the run's one line (event=run) with its counts
     return summary.exit_code
 
-
-_SUMMARY_LOG_KEYS = (
-    "rows_in", "transactions_in", "transactions_valid", "rows_rejected", "duplicates", "conflicts",
-    "accepted", "failed_retryable", "failed_permanent", "in_doubt", "amount_in", "amount_accepted",
-    "balanced", "stopped",
-)
 
 class _BackgroundScheduler(BackgroundScheduler):
     """APScheduler's background scheduler, minus one race at shutdown.

@@ -476,7 +476,8 @@ def test_sigterm_stops_the_daemon_after_its_catch_up_run_batch(tmp_path: Path, s
     assert process.returncode == 0, err[-3000:]
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     (run_line,) = [line for line in lines if line.get("event") == "run"]
-    assert run_line["feed"] == "trickle" and run_line["exit_code"] == 75 and run_line["stopped"] is True
+    assert run_line["feed"] == "trickle" and run_line["exit_code"] == 75 and run_line["status"] == "stopped"
+    assert run_line["accepted"] > 0 and run_line["in_doubt"] == 0
     assert any("stopped" in line["msg"] for line in lines if line["logger"] == "pipeline.scheduling")
     assert "sending" not in ledger_states(tmp_path)
     # the job is still stored, due next at its regular time
