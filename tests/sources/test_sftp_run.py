@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 
 import pipeline.sources.sftp as sftp_module
 from pipeline.config import ExpectedFilesConfig, Feed
-from pipeline.errors import EXIT_CONFIG
+from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from pipeline.ledger import Ledger
 from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
@@ -233,3 +235,57 @@ def test_a_file_with_retryable_failures_stays_until_every_row_is_final(
     assert settled.summary["failed_retryable"] == 0 and settled.summary["accepted"] > 0
     assert not (sftp_dir / FILES[0]).exists()
     assert (sftp_dir / "archive" / FILES[0]).exists()
+
+
+def test_a_file_still_being_uploaded_waits_for_the_next_run(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:1])
+    growing = sftp_dir / FILES[1]
+    data = (SAMPLE_ACME / FILES[1]).read_bytes()
+    half = data.index(b"\n", len(data) // 2) + 1
+    growing.write_bytes(data[:half])
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox, readiness="stable", stable_seconds=1.0)
+    settings = settings_in(tmp_path)
+    first_run_over = threading.Event()
+    rest = data[half:].splitlines(keepends=True)
+
+    def uploader() -> None:  # a line every 0.2 s while the first run looks, then the rest at once
+        with growing.open("ab") as out:
+            while rest and not first_run_over.is_set():
+                out.write(rest.pop(0))
+                out.flush()
+                first_run_over.wait(0.2)
+            out.write(b"".join(rest))
+
+    writer = threading.Thread(target=uploader)
+    writer.start()
+    try:
+        with credentials(sandbox):
+            first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    finally:
+        first_run_over.set()
+        writer.join()
+    assert first.summary["files_new"] == [FILES[0]]
+    assert growing.read_bytes() == data  # the upload completed
+    with credentials(sandbox):
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert second.summary["files_new"] == [FILES[1]]
+    records = {f.name: f for f in ledger_files(tmp_path)}
+    assert records[FILES[1]].size == len(data)
+
+
+def test_unreachable_server_exits_75(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    silent = socket.socket()  # accepts connections and never speaks SSH
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    try:
+        feed = sftp_feed(sftp_server, sftp_dir, sandbox, port=silent.getsockname()[1], connect_timeout=1.0)
+        done = posfeed_run(write_feed_file(feed, tmp_path / "acme_sftp.toml"), tmp_path, sandbox)
+    finally:
+        silent.close()
+    assert done.returncode == EXIT_TEMPFAIL, done.stderr
+    assert "cannot reach" in done.stderr
+    assert ledger_files(tmp_path) == [] and stats(sandbox)["requests"] == 0
