@@ -101,6 +101,17 @@ _NEEDED = (
 )
 
 
+def _in_line_order(rows: pl.DataFrame) -> bool:
+    """True when, within every transaction, the lines come in ascending line_no order.
+
+    Lines without a line_no are numbered by position, so they always are.
+    """
+    if rows.height < 2 or rows.get_column("v_line_no").null_count() == rows.height:
+        return True
+    line = pl.col("n_line_no")
+    return bool(rows.select((line.diff().over(GROUP_ID).fill_null(1) > 0).all()).item())
+
+
 def normalize_columns(validated: pl.DataFrame) -> list[str]:
     """The columns of validated lines that :func:`normalize` reads."""
     return [c for c in _NEEDED if c in validated.columns]
@@ -114,8 +125,12 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     """
     keys = GROUP_ID
     rows = valid_lines.select(normalize_columns(valid_lines)).with_columns(_item_columns())
-    # sorted once here, so no aggregation below sorts per transaction
-    ordered = rows.with_row_index("_pos").sort(keys, "n_line_no", "_pos")
+    # items must come in line order; exports nearly always list a transaction's lines together and
+    # in order, and then no sort is needed (checked in one vectorized pass); else sort once here
+    ordered = rows.with_row_index("_pos")
+    resorted = not _in_line_order(rows)
+    if resorted:
+        ordered = ordered.sort(keys, "n_line_no", "_pos")
     all_numbered = rows.height == 0 or rows.get_column("v_line_no").null_count() == 0
     item_text = pl.concat_str(
         [
@@ -137,7 +152,8 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
         MONEY
     )
     by_time = pl.col("v_ts_utc").arg_min()
-    checkouts = ordered.group_by(keys).agg(
+    # maintain_order: checkouts come in the order of their first line (file order)
+    checkouts = ordered.group_by(keys, maintain_order=True).agg(
         pl.col("_pos").min().alias("_first"),
         pl.col("v_transaction_id").first(),
         pl.col("source_file").first(),
@@ -169,7 +185,8 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
             pl.col("source_line"),
         ).alias("items"),
     )
-    checkouts = checkouts.sort("_first")
+    if resorted:
+        checkouts = checkouts.sort("_first")
     checkouts = checkouts.with_columns(
         pl.col("v_transaction_id").alias("transaction_id"),
         pl.col("customer_id").is_null().alias("is_guest"),

@@ -518,12 +518,12 @@ def _first_failure(rules: Sequence[Rule], offset: int = 0) -> pl.Expr:
     )
 
 
-def _explain(frame: pl.DataFrame, rules: Sequence[Rule]) -> pl.DataFrame:
+def _explain(frame: pl.DataFrame, rules: Sequence[Rule], bad_groups: pl.DataFrame) -> pl.DataFrame:
     """reject_code, reject_field, reject_reason from the rule index (only rejected rows pay)."""
     index = pl.col("v_rule")
     codes = {i: r.code.value for i, r in enumerate(rules)}
     fields = {i: r.field for i, r in enumerate(rules)}
-    failed = frame.filter(index.is_not_null())
+    failed = frame.filter(index.is_not_null()).join(bad_groups, on=GROUP_ID, how="left")
     reasons = failed.select(
         "_row",
         index.replace_strict(codes, return_dtype=pl.String).alias("reject_code"),
@@ -552,26 +552,30 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
     per_row = row_rules(feed, now)
     per_txn = transaction_rules(feed)
     frame = frame.with_columns(_first_failure(per_row).alias("v_rule"))
-    clean_group = pl.col("v_rule").is_null().all().over(keys)
-    frame = frame.with_columns(
-        pl.when(clean_group)
-        .then(_first_failure(per_txn, len(per_row)))
-        .otherwise(pl.col("v_rule"))
-        .alias("v_rule")
-    )
+    if frame.get_column("v_transaction_total").null_count() < frame.height:
+        # the transaction rules judge only transactions whose lines all passed the row rules
+        clean_group = pl.col("v_rule").is_null().all().over(keys)
+        frame = frame.with_columns(
+            pl.when(clean_group)
+            .then(_first_failure(per_txn, len(per_row)))
+            .otherwise(pl.col("v_rule"))
+            .alias("v_rule")
+        )
     sibling = len(per_row) + len(per_txn)
     failed = pl.col("v_rule").is_not_null()
+    # the few transactions with a failing line, and the first failing line of each
+    bad_groups = (
+        frame.filter(failed).group_by(keys).agg(pl.col("source_line").min().alias("v_first_bad_line"))
+    )
+    in_bad_group = pl.col(keys).is_in(bad_groups.get_column(keys).implode())
     frame = frame.with_columns(
-        pl.when(failed).then(pl.col("v_rule")).when(failed.any().over(keys)).then(sibling).alias("v_rule"),
-        pl.when(failed).then(pl.col("source_line")).min().over(keys).alias("v_first_bad_line"),
+        pl.when(failed).then(pl.col("v_rule")).when(in_bad_group).then(sibling).alias("v_rule")
     ).with_row_index("_row")
     sibling_rule = Rule(
         "sibling_rejected",
         RejectCode.SIBLING_REJECTED,
         "transaction_id",
         pl.lit(False),
-        _fmt(
-            "line {} of transaction {} was rejected", pl.col("v_first_bad_line"), pl.col("transaction_id")
-        ),
+        _fmt("line {} of transaction {} was rejected", pl.col("v_first_bad_line"), pl.col("transaction_id")),
     )
-    return _explain(frame, [*per_row, *per_txn, sibling_rule])
+    return _explain(frame, [*per_row, *per_txn, sibling_rule], bad_groups)
