@@ -26,7 +26,7 @@ import os
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -133,6 +133,7 @@ class SandboxState:
             self._windows: dict[str, deque[float]] = {}
             self.transactions: dict[str, dict[str, dict[str, Any]]] = {}
             self.lost_transaction_ids: set[str] = set()
+            self.lost_answers: Counter[str] = Counter()  # lost answers per transaction id
             self.duplicate_transaction_ids: list[str] = []
             self._dirty = True
 
@@ -216,7 +217,9 @@ class SandboxState:
     def note_lost(self, transaction_ids: Iterable[str]) -> None:
         """These ids were processed but their response is about to be lost."""
         with self.lock:
-            self.lost_transaction_ids.update(transaction_ids)
+            ids = list(transaction_ids)
+            self.lost_transaction_ids.update(ids)
+            self.lost_answers.update(ids)
 
     def register_listing(self, platform: str, listing: Callable[[], list[dict[str, Any]]]) -> None:
         """A platform that keeps its own store lists it for `/_sandbox/transactions`."""
