@@ -376,6 +376,7 @@ class FeedScheduler:
             if not feed.enabled:
                 logger.info("feed %s: disabled in its file; skipped", feed_name)
                 return None
+            self._follow_schedule_change(entry, feed)
         lock = self._scope_lock(feed.scope)
         while not lock.acquire(timeout=0.5):
             if self.stop.is_set():
@@ -390,6 +391,22 @@ class FeedScheduler:
             return result
         finally:
             lock.release()
+
+    def _follow_schedule_change(self, entry: ScheduledFeed, feed: Feed) -> None:
+        """A feed file edited while the daemon runs: later runs follow its new schedule."""
+        if (feed.schedule, feed.timezone) == (entry.feed.schedule, entry.feed.timezone):
+            return
+        self.feeds[feed.name] = ScheduledFeed(feed, entry.path)
+        job_id = job_id_for(feed.name)
+        if not self.scheduler.running or self.scheduler.get_job(job_id) is None:
+            return
+        if not feed.schedule:
+            logger.warning("feed %s: schedule removed from its file; this is its last scheduled run",
+                           feed.name)
+            self.scheduler.remove_job(job_id)
+            return
+        self.scheduler.reschedule_job(job_id, trigger=trigger_for(feed))
+        logger.info("feed %s: schedule changed to %r (%s)", feed.name, feed.schedule, feed.timezone)
 
     def _on_event(self, event: JobEvent) -> None:
         if isinstance(event, JobSubmissionEvent) and event.code == EVENT_JOB_SUBMITTED:

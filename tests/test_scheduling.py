@@ -346,6 +346,40 @@ def test_stop_request_reaches_the_running_job_and_blocks_waiting_ones(settings: 
     assert seen_stop == [True, True]  # the run saw the stop; the waiting one never started
 
 
+def test_a_schedule_edited_in_the_feed_file_is_followed(settings: Settings, tmp_path: Path,
+                                                        schedulers: list[FeedScheduler]) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text('schedule = "0 3 * * *"\n', encoding="utf-8")
+    s = FeedScheduler([ScheduledFeed(Feed(name="f", schedule="0 3 * * *"), path)], settings,
+                      job=lambda feed, st, stop: None)
+    schedulers.append(s)
+    s.start(paused=True)
+    path.write_text('schedule = "15 4 * * *"\ntimezone = "America/New_York"\n', encoding="utf-8")
+    s.execute("f")
+    (job,) = s.scheduler.get_jobs()
+    assert job.next_run_time == next_run_time(Feed(name="f", schedule="15 4 * * *",
+                                                    timezone="America/New_York"), datetime.now(UTC))
+    path.write_text("", encoding="utf-8")  # schedule removed: no more scheduled runs
+    s.execute("f")
+    assert s.scheduler.get_jobs() == []
+
+
+def test_a_feed_locked_by_another_run_is_skipped_not_queued(settings: Settings,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.locks import RunLock
+    from pipeline.scheduling import run_feed_job
+
+    feed = Feed(name="acme_daily", dedup_scope="acme", schedule="30 2 * * *")
+    held = RunLock.acquire(settings.state_dir, "acme", feed="acme_hourly")  # cron's run, say
+    try:
+        with caplog.at_level("WARNING", logger="pipeline.scheduling"):
+            assert run_feed_job(feed, settings, threading.Event()) == 75
+    finally:
+        held.release()
+    assert "skipped" in caplog.text and "acme_hourly" in caplog.text
+    assert not settings.ledger_path.exists()  # the run never started
+
+
 def test_a_scheduled_feed_is_reloaded_from_its_file_before_each_run(settings: Settings,
                                                                    tmp_path: Path) -> None:
     path = tmp_path / "f.toml"
