@@ -52,8 +52,16 @@ def live(sandbox: SandboxServer) -> Iterator[SandboxServer]:
         yield sandbox
 
 
-def _feed(sandbox: SandboxServer, folder: Path, **source: object) -> Feed:
-    return sample_feed("acme_hourly", sandbox, folder=folder, source=dict(source), max_attempts=1)
+@pytest.fixture
+def live_kind(sandbox: SandboxServer, target_kind: str) -> Iterator[SandboxServer]:
+    """The sandbox with the credentials of ``target_kind`` (each platform in turn)."""
+    with credentials(sandbox, target_kind):
+        yield sandbox
+
+
+def _feed(sandbox: SandboxServer, folder: Path, target_kind: str = "antavo", **source: object) -> Feed:
+    return sample_feed("acme_hourly", sandbox, folder=folder, source=dict(source), max_attempts=1,
+                       target_kind=target_kind)
 
 
 def _states(settings: Settings) -> dict[str, int]:
@@ -95,9 +103,10 @@ def test_dry_run_sends_nothing_and_leaves_the_ledger_unchanged(
 
 
 def test_reruns_by_run_file_store_and_business_date(
-    live: SandboxServer, folder: Path, settings: Settings
+    live_kind: SandboxServer, target_kind: str, folder: Path, settings: Settings
 ) -> None:
-    feed = _feed(live, folder)
+    live = live_kind
+    feed = _feed(live, folder, target_kind)
     live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
     failed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     assert failed.exit_code in (65, 75) and failed.summary["accepted"] == 0
@@ -142,8 +151,9 @@ def ledger_rows(settings: Settings, run_id: str) -> list[object]:
 
 
 def test_rerun_failed_permanent_only_when_asked(
-    live: SandboxServer, tmp_path: Path, settings: Settings
+    live_kind: SandboxServer, target_kind: str, tmp_path: Path, settings: Settings
 ) -> None:
+    live = live_kind
     drop = tmp_path / "perm"
     drop.mkdir()
     source = (REPO / "sample_data" / "acme" / FILES[0]).read_text(encoding="utf-8").splitlines()
@@ -156,7 +166,7 @@ def test_rerun_failed_permanent_only_when_asked(
             cells[column] = "unknown-" + cells[column]  # the platform does not know these customers
         patched.append(",".join(cells))
     (drop / FILES[0]).write_text("\n".join([header, *patched]) + "\n", encoding="utf-8")
-    feed = _feed(live, drop)
+    feed = _feed(live, drop, target_kind)
     first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     permanent = first.summary["failed_permanent"]
     assert permanent > 0 and first.exit_code == 65
