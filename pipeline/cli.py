@@ -279,10 +279,50 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
 
 
 @cli.command()
-@click.pass_context
-def sandbox(ctx: click.Context) -> None:
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port to listen on (0: any free port).")
+@click.option("--region", default="demo", show_default=True,
+              help="Antavo region: the credential scope is <region>/api/antavo_request.")
+@click.option("--api-key", default="sandbox-key", show_default=True, envvar="POSFEED_SANDBOX_API_KEY",
+              help="The API key the emulated Antavo accepts [env POSFEED_SANDBOX_API_KEY].")
+@click.option("--api-secret", default="sandbox-secret", envvar="POSFEED_SANDBOX_API_SECRET",
+              help="Its secret [env POSFEED_SANDBOX_API_SECRET; default sandbox-secret].")
+@click.option("--requests-per-minute", type=click.IntRange(min=1), default=None,
+              help="Rate limit per platform (sliding minute); 429 with Retry-After beyond it.")
+@click.option("--retry-after", type=click.FloatRange(min=0), default=None,
+              help="Retry-After seconds on 429 [default: until the window frees a slot].")
+@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests that fail on purpose: 500/503, dropped connection, slow "
+                   "answer, or processed with the answer lost.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault dice.")
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Added latency per request.")
+@click.option("--clock-skew", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Accepted difference between the signed Date and the server clock, seconds.")
+@click.option("--unknown-customer-prefix", default="unknown-", show_default=True,
+              help="Customer ids starting with this are unknown (404 160212); '' to know everyone.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Keep accepted transactions in this JSON file across restarts.")
+def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
+            requests_per_minute: int | None, retry_after: float | None, fault_rate: float, seed: int,
+            latency_ms: float, clock_skew: float, unknown_customer_prefix: str,
+            state_file: Path | None) -> None:
     """Serve the emulated platforms (Antavo, CRM.COM) over HTTP for tests and demos."""
-    raise click.ClickException("not implemented yet")
+    from pipeline.sandbox.server import serve
+    from pipeline.sandbox.state import SandboxConfig, SandboxState
+
+    config = SandboxConfig(
+        region=region, api_key=api_key, api_secret=api_secret, clock_skew_seconds=clock_skew,
+        requests_per_minute=requests_per_minute, retry_after_seconds=retry_after,
+        fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,
+        unknown_customer_prefix=unknown_customer_prefix or None, state_file=state_file,
+    )
+    shown_secret = api_secret if api_secret == "sandbox-secret" else "(as given)"
+    click.echo(f"posfeed sandbox on http://{host}:{port}  region={region}  api key={api_key}  "
+               f"api secret={shown_secret}", err=True)
+    click.echo(f"inspect: http://{host}:{port}/_sandbox/stats  /_sandbox/transactions", err=True)
+    serve(SandboxState(config), host=host, port=port)
 
 
 @cli.command()
