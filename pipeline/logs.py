@@ -225,14 +225,16 @@ def _plain(value: Any) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-20T02:05:00Z INFO pipeline.runner: message key=value ...``."""
+    """``2026-11-20T02:05:00Z INFO pipeline.runner: message key=value ...`` (time and fields optional)."""
 
-    def __init__(self, *, with_time: bool = True) -> None:
+    def __init__(self, *, with_time: bool = True, with_fields: bool = True) -> None:
         super().__init__()
         self.with_time = with_time
+        self.with_fields = with_fields
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={_plain(v)}" for k, v in _extras(record).items())
+        extras = _extras(record) if self.with_fields else {}
+        fields = " ".join(f"{k}={_plain(v)}" for k, v in extras.items())
         line = record.getMessage() + (f" {fields}" if fields else "")
         if self.with_time:
             stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -306,7 +308,8 @@ def setup_logging(
             console=Console(file=target, stderr=target is sys.stderr),
             show_path=False, markup=False, rich_tracebacks=False, log_time_format="%H:%M:%S",
         )
-        handler.setFormatter(TextFormatter(with_time=False))
+        # a person reads this: the message says it all, the key=value fields are for log files
+        handler.setFormatter(TextFormatter(with_time=False, with_fields=False))
     else:
         handler = logging.StreamHandler(target)
         handler.setFormatter(TextFormatter())
