@@ -113,7 +113,12 @@ _TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
     TxnState.FAILED_PERMANENT: frozenset({TxnState.QUEUED}),
 }
 
-_PRIMARY_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(PRIMARY_STATES)) + ")"
+# In the order of the partial index `transactions_primary` (migration 1): SQLite uses a partial
+# index only when the query repeats its WHERE term, IN-list order included. Any other order falls
+# back to a scan of (scope, state), which made every per-request lookup of the submit stage O(n).
+_PRIMARY_ORDER = ("queued", "sending", "accepted", "failed_retryable", "failed_permanent", "not_sent", "void")
+_PRIMARY_SQL = "(" + ",".join(f"'{state}'" for state in _PRIMARY_ORDER) + ")"
+assert {TxnState(state) for state in _PRIMARY_ORDER} == PRIMARY_STATES
 
 
 class LedgerError(PosfeedError):
