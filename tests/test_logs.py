@@ -138,3 +138,23 @@ def test_http_client_loggers_stay_quiet_below_debug(stream: io.StringIO) -> None
     logging.getLogger("httpx").info("HTTP Request: POST http://x")
     logging.getLogger("httpcore.http11").debug("send_request_headers.started")
     assert "HTTP Request" in stream.getvalue() and "send_request_headers" not in stream.getvalue()
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_readable_lines_still_masked() -> None:
+    from rich.logging import RichHandler
+
+    screen = FakeTerminal()
+    handler = setup_logging("text", 1, stream=screen)
+    assert isinstance(handler, RichHandler)
+    register_secret("terminal-secret-2231")
+    log_event(logging.getLogger("pipeline.runner"), "run", "run finished with terminal-secret-2231",
+              feed="acme", accepted=10)
+    text = screen.getvalue()
+    assert "run finished with ***" in text
+    assert "terminal-secret-2231" not in text
+    assert "accepted=10" not in text  # fields are for log files; the message speaks to people
