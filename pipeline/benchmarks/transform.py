@@ -372,6 +372,7 @@ def machine_info() -> dict[str, Any]:
         "polars": pl.__version__,
         "pydantic": pydantic.VERSION,
         "polars_threads": pl.thread_pool_size(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -386,6 +387,7 @@ def run_transform_benchmark(
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Write the input CSV once, run the three variants (a process each) and compare them."""
+    machine = machine_info()  # before the run: the load average says how busy the machine was
     with tempfile.TemporaryDirectory(prefix="posfeed-bench-", dir=work_dir) as tmp:
         prepared = prepare_csv(Path(tmp), input_path=input_path, rows=rows, synthetic=synthetic)
         variants = {
@@ -402,7 +404,7 @@ def run_transform_benchmark(
     return {
         "benchmark": "transform",
         "input": {"source": prepared.source, "rows": prepared.rows, "csv_bytes": prepared.csv_bytes},
-        "machine": machine_info(),
+        "machine": machine,
         "repeat": repeat,
         "naive_repeat": naive_repeat,
         "variants": variants,
@@ -440,6 +442,8 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         f"{machine['platform']}",
         f"- Versions: Python {machine['python']}, polars {machine['polars']} "
         f"({machine['polars_threads']} threads), pydantic {machine['pydantic']}",
+        f"- Load average when the run started: {machine.get('load_average_1m')} "
+        "(other work shared the CPUs; the variants ran one after the other, best of N)",
         f"- Input: {data['rows']:,} rows, {data['csv_bytes'] / 2**20:,.1f} MiB of CSV "
         f"({'UCI Online Retail' if data['source'] != 'synthetic' else 'synthetic, Online Retail shape'})",
         f"- Best of {report['repeat']} runs for (a) and (b), {report['naive_repeat']} for (c); "
