@@ -168,3 +168,42 @@ def test_a_failing_webhook_is_logged_never_raised(caplog: pytest.LogCaptureFixtu
     assert "unreachable" in caplog.text
     # the webhook's token never reaches the log (only scheme, host and port are named)
     assert "hooktoken123" not in caplog.text
+
+
+# ---- from a real run ---------------------------------------------------------------------------------
+
+
+def test_a_run_alerts_with_its_summary_and_missing_files(tmp_path: Any, sandbox_env: Any,
+                                                         receiver: Receiver) -> None:
+    import shutil
+    from datetime import date
+    from pathlib import Path
+
+    from pipeline.config import Settings
+    from pipeline.runner import run_feed
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "acme"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("pos_LON01_20261120_09.csv", "pos_LON01_20261120_11.csv"):  # 10 never arrived
+        shutil.copy(sample / name, folder / name)
+    feed = Feed.model_validate({
+        "name": "alerting", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+        "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+        "target": {"kind": "antavo", "base_url": sandbox_env.url, "region": sandbox_env.config.region,
+                   "requests_per_minute": 60000},
+        "alerts": {"webhook_url": receiver.url, "reject_share_threshold": 0.001},
+        "expected": {"stores": ["LON01"], "cadence": "hourly", "opening_hour": 9, "closing_hour": 12,
+                     "pattern": "pos_{store_id}_{business_date:%Y%m%d}_{hour:02d}.csv"},
+    })
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+    (body,) = receiver.received
+    assert body["run_id"] == summary.run_id and body["feed"] == "alerting"
+    assert body["reasons"] == ["rejects_over_threshold", "missing_files"]
+    assert body["summary"]["rows_rejected"] == summary.to_dict()["rows_rejected"] > 0
+    assert [(m["store_id"], m["hour"]) for m in body["missing_files"]] == [("LON01", 10)]
+    # a dry run of the same feed never alerts
+    run_feed(feed, settings, business_dates=[date(2026, 11, 20)], dry_run=True)
+    assert len(receiver.received) == 1
