@@ -12,7 +12,9 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
   survive a sandbox restart.
 * A purchase's ``reference_number`` (and ``external_system_reference_number``) may be used once.
 * A customer id starting with the sandbox's ``unknown_customer_prefix`` is unknown.
-* Latency, faults and the rate limit come from the shared :class:`SandboxState`, for every call.
+* Latency and the rate limit come from the shared :class:`SandboxState` for every call; injected
+  faults only hit the purchase calls (token calls are never faulted, so one attempt is one fault
+  draw, as for every platform).
   Purchases are stored there under the platform name ``crmcom``, keyed by reference number.
 """
 
@@ -368,7 +370,8 @@ def _endpoint(
         except (ValueError, UnicodeDecodeError) as exc:
             state.count("bad_requests")
             return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {exc}"))
-        fault = state.draw_fault()
+        # faults hit the calls that carry transactions; token calls see latency and the limit only
+        fault = state.draw_fault() if token else None
         if fault in (Fault.ERROR_500, Fault.ERROR_503):
             status = 500 if fault is Fault.ERROR_500 else 503
             return _answer(envelope(code="INTERNAL_ERROR", message="injected server error"), status)
