@@ -1,136 +1,57 @@
-"""SFTP source: discover, fetch and archive export files on an SFTP server with paramiko.
+"""SFTP source: discover, fetch and archive export files in a folder on an SFTP server.
 
-The edge where paramiko and socket exceptions become :mod:`pipeline.errors`:
-
-* host key unknown or changed, credentials refused -> :class:`SourceAuthError` (exit 78);
-  trust-on-first-use only with ``source.trust_unknown_host = true``, which records the key;
-* server unreachable, connection dropped, timeouts -> :class:`SourceUnavailableError` (exit 75).
+Connecting (host keys, credentials, timeouts, error translation) is
+:mod:`pipeline.sources.sftp_connect`; streaming a file is :mod:`pipeline.sources.sftp_stream`.
+Discovery rules (pattern, look-back, temp names, readiness, hostile names) are shared with the
+local source in :mod:`pipeline.sources.discovery`.
 
 A fetch streams into the staging folder under a temporary name, hashing on the way, checks the
 size, fsyncs and renames atomically; a dropped connection reconnects and restarts the file, up to
-``source.fetch_attempts`` times. Remote names are checked by
+``source.fetch_attempts`` times with backoff. Remote names are checked by
 :func:`pipeline.sources.discovery.unsafe_name_reason` before they ever become a local name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import posixpath
-import queue
-import socket
 import stat
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 import paramiko
-from paramiko.message import Message
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
-from paramiko.ssh_exception import IncompatiblePeer
 
-from pipeline.config import Feed, resolve_secret
-from pipeline.errors import SourceAuthError, SourceUnavailableError
+from pipeline.config import Feed
+from pipeline.errors import SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
 from pipeline.sources.discovery import find_ready, marker_names, unsafe_name_reason
+from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
+from pipeline.sources.sftp_stream import HashingWriter, PipelinedReader, WriterFailed
 
-__all__ = ["SftpSource", "host_key_line"]
+__all__ = ["SftpSource"]
 
 log = logging.getLogger(__name__)
 
-# Throughput knobs (see docs/BENCHMARKS.md, "Fetch"): few large requests and large SSH packets keep
-# paramiko's per-packet Python work small; AEAD ciphers save the separate MAC pass.
-READ_BLOCK = 255 * 1024  # bytes per read request: OpenSSH's maximum; servers that cap lower are
-#                         answered with short reads, and the rest is requested again
-READ_DEPTH = 16  # read requests kept in flight: 4 MiB, with the write queue the most a fetch buffers
-WRITE_QUEUE = 8  # received blocks waiting to be hashed and written by the writer thread
-WINDOW_SIZE = 1 << 24  # SSH channel window; large enough that the server never waits for us
-MAX_PACKET_SIZE = 1 << 18  # SSH channel packet size we accept
-PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
-PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 10.0
-_CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException)
-
-
-def host_key_line(host: str, port: int, key: paramiko.PKey) -> str:
-    """A known_hosts line for ``key`` of ``host:port`` (``[host]:port`` when the port is not 22)."""
-    name = host if port == 22 else f"[{host}]:{port}"
-    return f"{name} {key.get_name()} {key.get_base64()}"
-
-
-def _prefer(available: tuple[str, ...], preferred: tuple[str, ...]) -> tuple[str, ...]:
-    first = tuple(name for name in preferred if name in available)
-    return first + tuple(name for name in available if name not in first)
-
-
-def _fast_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
-    """A paramiko Transport that offers the fastest algorithms first and takes large packets."""
-    transport = paramiko.Transport(sock, **kwargs)
-    options = transport.get_security_options()
-    options.ciphers = _prefer(tuple(options.ciphers), PREFERRED_CIPHERS)
-    options.digests = _prefer(tuple(options.digests), PREFERRED_MACS)
-    transport.default_window_size = WINDOW_SIZE
-    transport.default_max_packet_size = MAX_PACKET_SIZE
-    return transport
-
-
-class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse unknown hosts, or trust and record them on first use when the feed says so."""
-
-    def __init__(self, source: SftpSource):
-        self._source = source
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        s = self._source
-        fingerprint = key.fingerprint
-        if not s.config.trust_unknown_host:
-            raise SourceAuthError(
-                f"unknown host key {key.get_name()} {fingerprint} for {s.address}, not in "
-                f"{s.known_hosts}; add it (ssh-keyscan -p {s.config.port} {s.config.host}) or set "
-                "source.trust_unknown_host = true to trust it on first use",
-                source=s.feed_name,
-                key="source.known_hosts_file",
-            )
-        s.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        with s.known_hosts.open("a", encoding="utf-8") as out:
-            out.write(host_key_line(s.config.host or hostname, s.config.port, key) + "\n")
-        with contextlib.suppress(OSError):
-            s.known_hosts.chmod(0o600)
-        log.warning(
-            "trusting unknown host key %s %s of %s on first use; recorded in %s",
-            key.get_name(), fingerprint, s.address, s.known_hosts,
-        )
 
 
 class SftpSource:
     """The folder ``source.path`` on the SFTP server ``source.host`` (see feeds/README.md)."""
 
     def __init__(self, feed: Feed, *, sleep: Callable[[float], None] = time.sleep):
-        config = feed.source
-        if config.kind != "sftp":
+        if feed.source.kind != "sftp":
             raise ValueError(f"feed {feed.name!r} is not an sftp feed")
-        if not config.host or not config.username:
-            raise SourceAuthError(
-                "an sftp source needs host and username", source=feed.name, key="source.host"
-            )
-        self.feed_name = feed.name
-        self.config = config
-        self.folder = config.path
-        self.known_hosts = (
-            feed.resolve_path(config.known_hosts_file)
-            if config.known_hosts_file
-            else Path("~/.ssh/known_hosts").expanduser()
-        )
-        self._private_key = feed.resolve_path(config.private_key_file) if config.private_key_file else None
+        self.config = feed.source
+        self.endpoint = SftpEndpoint.of(feed)
+        self.folder = feed.source.path
         self._sleep = sleep
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -138,113 +59,15 @@ class SftpSource:
     @property
     def address(self) -> str:
         """``sftp://user@host:port/path`` for messages (never a secret)."""
-        c = self.config
-        folder = self.folder if self.folder.startswith("/") else "/" + self.folder
-        return f"sftp://{c.username}@{c.host}:{c.port}{folder}"
+        return self.endpoint.address
 
     # ---- connection -------------------------------------------------------------------------
 
-    def _credentials(self) -> tuple[paramiko.PKey | None, str | None]:
-        c = self.config
-        passphrase = (
-            resolve_secret(env=c.private_key_passphrase_env, what="source.private_key_passphrase_env")
-            if c.private_key_passphrase_env
-            else None
-        )
-        pkey = None
-        if self._private_key is not None:
-            try:
-                secret = passphrase.encode() if passphrase else None  # cryptography wants bytes
-                pkey = paramiko.PKey.from_path(self._private_key, password=secret)  # type: ignore[arg-type]
-            except FileNotFoundError as exc:
-                raise SourceAuthError(
-                    f"private key {self._private_key} does not exist",
-                    source=self.feed_name, key="source.private_key_file",
-                ) from exc
-            except (paramiko.SSHException, ValueError, OSError) as exc:
-                raise SourceAuthError(
-                    f"cannot load private key {self._private_key}: {exc}"
-                    + ("" if passphrase else " (encrypted? set source.private_key_passphrase_env)"),
-                    source=self.feed_name, key="source.private_key_file",
-                ) from exc
-        password = (
-            resolve_secret(env=c.password_env, what="source.password_env") if c.password_env else None
-        )
-        if pkey is None and password is None:
-            raise SourceAuthError(
-                "an sftp source needs private_key_file or password_env",
-                source=self.feed_name, key="source.private_key_file",
-            )
-        return pkey, password
-
     def connect(self) -> paramiko.SFTPClient:
         """Open (or reuse) the SSH connection and its SFTP session."""
-        if self._sftp is not None:
-            return self._sftp
-        c = self.config
-        pkey, password = self._credentials()
-        client = paramiko.SSHClient()
-        try:
-            if self.known_hosts.exists():
-                client.load_host_keys(str(self.known_hosts))
-        except (OSError, paramiko.SSHException) as exc:
-            raise SourceAuthError(
-                f"cannot read known hosts file {self.known_hosts}: {exc}",
-                source=self.feed_name, key="source.known_hosts_file",
-            ) from exc
-        client.set_missing_host_key_policy(_HostKeyPolicy(self))
-        try:
-            client.connect(
-                c.host or "",
-                port=c.port,
-                username=c.username,
-                pkey=pkey,
-                password=password,
-                timeout=c.connect_timeout,
-                banner_timeout=c.connect_timeout,
-                auth_timeout=c.connect_timeout,
-                channel_timeout=c.connect_timeout,
-                allow_agent=False,
-                look_for_keys=False,
-                transport_factory=_fast_transport,
-            )
-            transport = client.get_transport()
-            assert transport is not None
-            if c.keepalive_seconds:
-                transport.set_keepalive(c.keepalive_seconds)
-            sftp = paramiko.SFTPClient.from_transport(transport)
-            if sftp is None:
-                raise paramiko.SSHException("the server refused the sftp subsystem")
-            sftp.get_channel().settimeout(c.read_timeout)  # type: ignore[union-attr]
-        except SourceAuthError:
-            client.close()
-            raise
-        except paramiko.BadHostKeyException as exc:
-            client.close()
-            raise SourceAuthError(
-                f"host key of {self.address} CHANGED: got {exc.key.get_name()} {exc.key.fingerprint}, "
-                f"{self.known_hosts} has {exc.expected_key.fingerprint}; refusing to connect "
-                "(if the server's key really changed, update the known hosts file)",
-                source=self.feed_name, key="source.known_hosts_file",
-            ) from exc
-        except IncompatiblePeer as exc:
-            client.close()
-            raise SourceAuthError(
-                f"{self.address} offers no SSH algorithm we accept: {exc}", source=self.feed_name
-            ) from exc
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise SourceAuthError(
-                f"{self.address} refused our credentials ({'key' if pkey else 'password'}): {exc}",
-                source=self.feed_name,
-                key="source.private_key_file" if pkey else "source.password_env",
-            ) from exc
-        except _CONNECTION_ERRORS as exc:
-            client.close()
-            raise SourceUnavailableError(f"cannot reach {self.address}: {_describe(exc)}") from exc
-        self._client, self._sftp = client, sftp
-        log.info("connected to %s", self.address)
-        return sftp
+        if self._sftp is None:
+            self._client, self._sftp = open_sftp(self.endpoint)
+        return self._sftp
 
     def _drop_connection(self) -> None:
         sftp, client = self._sftp, self._client
@@ -285,9 +108,9 @@ class SftpSource:
             raise SourceUnavailableError(f"{self.address}: folder does not exist") from exc
         except PermissionError as exc:
             raise SourceUnavailableError(f"{self.address}: permission denied listing the folder") from exc
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             self._drop_connection()
-            raise SourceUnavailableError(f"listing {self.address} failed: {_describe(exc)}") from exc
+            raise SourceUnavailableError(f"listing {self.address} failed: {describe(exc)}") from exc
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first."""
@@ -339,13 +162,13 @@ class SftpSource:
         temporary = staging_dir / f".fetch-{uuid.uuid4().hex}.part"
         final = staging_dir / remote.name
         received = 0
-        writer: _HashingWriter | None = None
+        writer: HashingWriter | None = None
         try:
             with sftp.open(self._remote(remote.name), "rb") as handle:
                 before = handle.stat()
                 expected = int(before.st_size or 0)
-                writer = _HashingWriter(temporary)
-                for chunk in _PipelinedReader(sftp, handle, expected).blocks():
+                writer = HashingWriter(temporary)
+                for chunk in PipelinedReader(sftp, handle, expected).blocks():
                     writer.write(chunk)
                     received += len(chunk)
                 digest = writer.close()
@@ -360,14 +183,14 @@ class SftpSource:
             if writer is not None:
                 writer.abandon()
             temporary.unlink(missing_ok=True)
-            if isinstance(exc, _WriterFailed):
+            if isinstance(exc, WriterFailed):
                 raise exc.error from None  # the staging disk, not the connection: not retried
             if isinstance(exc, FileNotFoundError) and exc.filename is None:
                 raise SourceUnavailableError(f"{remote.name} vanished from {self.address}") from exc
-            if isinstance(exc, _CONNECTION_ERRORS) and not (
+            if isinstance(exc, CONNECTION_ERRORS) and not (
                 isinstance(exc, OSError) and exc.filename is not None  # local disk problems
             ):
-                raise _RetryableFetch(_describe(exc)) from exc
+                raise _RetryableFetch(describe(exc)) from exc
             raise
         log.info("fetched %s (%d bytes) from %s", remote.name, received, self.address)
         return FetchedFile(
@@ -397,9 +220,9 @@ class SftpSource:
         except FileNotFoundError:
             log.warning("%s is gone from %s; nothing to %s", remote.name, self.address, action)
             return
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             self._drop_connection()
-            raise SourceUnavailableError(f"{action} of {remote.name} failed: {_describe(exc)}") from exc
+            raise SourceUnavailableError(f"{action} of {remote.name} failed: {describe(exc)}") from exc
         if (int(now.st_size or 0), float(now.st_mtime or 0)) != expected:
             log.warning(
                 "not going to %s %s: it changed on %s since it was fetched", action, remote.name, self.address
@@ -417,9 +240,9 @@ class SftpSource:
                     target = _free_name(sftp, archive, name)
                     sftp.posix_rename(self._remote(name), target)
                 log.info("archived %s into %s", remote.name, archive)
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             self._drop_connection()
-            raise SourceUnavailableError(f"{action} of {remote.name} failed: {_describe(exc)}") from exc
+            raise SourceUnavailableError(f"{action} of {remote.name} failed: {describe(exc)}") from exc
 
     def _markers_of(self, sftp: paramiko.SFTPClient, name: str) -> list[str]:
         found = []
@@ -436,134 +259,8 @@ class SftpSource:
         return folder
 
 
-class _PipelinedReader:
-    """Reads a remote file front to back with ``READ_DEPTH`` requests in flight, in one thread.
-
-    paramiko's own ``prefetch`` issues requests from a helper thread that busy-waits and, with a
-    bound on requests in flight, can fall back to one request at a time; this keeps the pipe as
-    full as OpenSSH's client does. It uses paramiko's request/response primitives (stable across
-    paramiko 3 to 5) and takes responses in any order.
-    """
-
-    def __init__(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, size: int):
-        self._sftp: Any = sftp  # the request/response primitives are not in paramiko's stubs
-        self._handle = handle.handle
-        self._size = size
-        self._next = 0
-        self._responses: dict[int, tuple[int, Message]] = {}
-
-    def _async_response(self, kind: int, msg: Message, num: int) -> None:  # called by paramiko
-        self._responses[num] = (kind, msg)
-
-    def _request(self, offset: int, length: int) -> tuple[int, int, int]:
-        num = self._sftp._async_request(self, CMD_READ, self._handle, int64(offset), int(length))
-        return num, offset, length
-
-    def _issue(self, pending: deque[tuple[int, int, int]]) -> None:
-        while len(pending) < READ_DEPTH and self._next < self._size:
-            length = min(READ_BLOCK, self._size - self._next)
-            pending.append(self._request(self._next, length))
-            self._next += length
-
-    def blocks(self) -> Iterator[bytes]:
-        """The file's bytes in order; stops early (short) if the file shrank."""
-        pending: deque[tuple[int, int, int]] = deque()
-        self._issue(pending)
-        while pending:
-            num, offset, length = pending.popleft()
-            while num not in self._responses:
-                self._sftp._read_response()
-            kind, msg = self._responses.pop(num)
-            if kind == CMD_STATUS:
-                try:
-                    self._sftp._convert_status(msg)
-                except EOFError:
-                    return  # the file is shorter than it was; the size check reports it
-                raise paramiko.SFTPError(f"unexpected status for read at {offset}")
-            if kind != CMD_DATA:
-                raise paramiko.SFTPError(f"unexpected response {kind} for read at {offset}")
-            data = msg.get_string()
-            if not data:
-                return
-            if len(data) < length:  # the server capped the read: ask for the rest first
-                pending.appendleft(self._request(offset + len(data), length - len(data)))
-            self._issue(pending)  # refill the pipe before the caller hashes and writes
-            yield data
-
-
-class _HashingWriter:
-    """Hashes and writes received blocks in a thread, so the network is read meanwhile.
-
-    hashlib and file writes release the GIL; the queue bounds what waits in memory.
-    """
-
-    def __init__(self, path: Path):
-        self._out = path.open("wb", buffering=1 << 20)
-        self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="sftp-fetch-writer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while (chunk := self._queue.get()) is not None:
-                if self._error is None:
-                    self._digest.update(chunk)
-                    self._out.write(chunk)
-        except BaseException as exc:  # handed to the fetching thread
-            self._error = exc
-            while self._queue.get() is not None:
-                pass
-
-    def write(self, chunk: bytes) -> None:
-        """Queue one block (raises the writer's error, e.g. a full disk)."""
-        if self._error is not None:
-            raise _WriterFailed(self._error)
-        self._queue.put(chunk)
-
-    def close(self) -> str:
-        """Wait for every block, fsync and close; the sha256 hex digest."""
-        self._queue.put(None)
-        self._thread.join()
-        try:
-            if self._error is not None:
-                raise _WriterFailed(self._error)
-            try:
-                self._out.flush()
-                os.fsync(self._out.fileno())
-            except OSError as exc:
-                raise _WriterFailed(exc) from exc
-        finally:
-            self._out.close()
-        return self._digest.hexdigest()
-
-    def abandon(self) -> None:
-        """Stop after an error elsewhere; the file is incomplete."""
-        if self._thread.is_alive():
-            self._error = self._error or RuntimeError("abandoned")
-            self._queue.put(None)
-            self._thread.join()
-        self._out.close()
-
-
-class _WriterFailed(Exception):
-    """Writing the staged copy failed (a local problem, never retried)."""
-
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
-
-
 class _RetryableFetch(Exception):
     """A fetch attempt failed in a way a fresh connection can fix."""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout | TimeoutError):
-        return "timed out"
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, paramiko.SSHException) else f"{type(exc).__name__}: {text}"
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:

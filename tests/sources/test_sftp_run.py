@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import pipeline.sources.sftp as sftp_module
+import pipeline.sources.sftp_stream as stream_module
 from pipeline.config import ExpectedFilesConfig, Feed
 from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from pipeline.ledger import Ledger
@@ -163,7 +164,7 @@ def test_connection_dropped_mid_fetch_is_retried_and_nothing_is_sent_twice(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     upload(sftp_dir)
-    real_blocks = sftp_module._PipelinedReader.blocks
+    real_blocks = stream_module.PipelinedReader.blocks
     kills: list[int] = []
 
     def blocks_then_drop(self: Any) -> Any:
@@ -172,7 +173,7 @@ def test_connection_dropped_mid_fetch_is_retried_and_nothing_is_sent_twice(
             if not kills:  # the first file's first block is in: the server's session dies
                 kills.append(sftp_server.kill_sessions())
 
-    monkeypatch.setattr(sftp_module._PipelinedReader, "blocks", blocks_then_drop)
+    monkeypatch.setattr(stream_module.PipelinedReader, "blocks", blocks_then_drop)
     monkeypatch.setattr(sftp_module, "BACKOFF_BASE_SECONDS", 0.01)
     settings = settings_in(tmp_path)
     with credentials(sandbox), caplog.at_level("WARNING", logger="pipeline.sources.sftp"):
