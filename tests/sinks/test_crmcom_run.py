@@ -80,3 +80,29 @@ def test_a_later_return_cancels_the_recorded_purchase(
     states = {t["transaction_id"]: t["status"] for t in listing["transactions"]}
     assert states == {"S-1": "cancelled", "S-2": "accepted"}
     assert crm.state.stats["duplicate_transaction_attempts"] == 0
+
+
+def test_a_debug_run_leaks_no_credential_and_no_token(
+    crm: SandboxServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform: CrmcomPlatform = crm.state.platforms[PLATFORM]
+    platform.config.password = "leak-check-password-5a1f"
+    platform.config.organisation = "leak-check-org-c0ffee"
+    monkeypatch.setenv("CRMCOM_PASSWORD", platform.config.password)
+    monkeypatch.setenv("CRMCOM_ORGANISATION", platform.config.organisation)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "pos.csv").write_text("\n".join([HEADER, *SALES, *RETURNS]) + "\n", encoding="utf-8")
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    caplog.set_level("DEBUG")
+    summary = run_feed(crmcom_run_feed(crm, exports), settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    assert summary["balanced"] is True and summary["accepted"] == 3
+    secrets = [platform.config.password, platform.config.organisation, *platform.tokens]
+    assert len(secrets) >= 3
+    written = {"log": caplog.text.encode()}
+    for folder in (tmp_path / "state", tmp_path / "reports"):
+        written.update({str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+    leaks = [
+        (name, secret) for name, blob in written.items() for secret in secrets if secret.encode() in blob
+    ]
+    assert leaks == []
