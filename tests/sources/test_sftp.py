@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -271,6 +273,15 @@ def test_listing_a_big_folder_streams(sftp_server: SftpServer, sftp_dir: Path) -
 # ---- dropped connections ----------------------------------------------------------------------
 
 
+def _partial_started(staging: Path) -> bool:
+    """Whether a fetch into ``staging`` has written its first bytes."""
+    for part in staging.glob(".fetch-*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_size > 0:
+                return True
+    return False
+
+
 def _kill_when_partial(server: SftpServer, staging: Path, times: int) -> threading.Thread:
     """Kill the server's session processes while a fetch is half way, ``times`` times."""
 
@@ -324,6 +335,41 @@ def test_connection_dropped_every_time_gives_up_transiently(
             source.fetch(found, staging)
         killer.join(5)
     assert list(staging.iterdir()) == []
+
+
+def test_a_stalled_server_hits_the_read_timeout_and_the_fetch_is_retried(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(24 << 20)
+    write(sftp_dir, "big.csv", data)
+    staging = tmp_path / "staging"
+    stopped: list[int] = []
+
+    def stall_when_partial() -> None:  # freeze (SIGSTOP) the session serving the first attempt
+        deadline = time.monotonic() + 60
+        while not stopped and time.monotonic() < deadline:
+            if _partial_started(staging):
+                for pid in sftp_server.session_pids():
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            time.sleep(0.002)
+
+    feed = sftp_server.feed(sftp_dir, read_timeout=1.0, fetch_attempts=2)
+    try:
+        with SftpSource(feed, sleep=no_sleep) as source:
+            (found,) = source.discover([])
+            staller = threading.Thread(target=stall_when_partial, daemon=True)
+            staller.start()
+            with caplog.at_level(logging.WARNING, logger="pipeline.sources.sftp"):
+                fetched = source.fetch(found, staging)
+            staller.join(5)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped
+    assert "timed out" in caplog.text and "attempt 1 of 2" in caplog.text
+    assert fetched.sha256 == sha(data)
 
 
 # ---- finish -----------------------------------------------------------------------------------
