@@ -13,10 +13,12 @@ checkout's attributes, as Antavo's ``checkout_item`` inherits them.
   names its ``original_transaction_id``, else ``unmatched`` (kept and labelled). Voids are kept
   with type ``void``: counted, never sent.
 * ``line_no`` missing in the export: the line's position in the transaction (1, 2, ...).
-* ``content_hash``: sha256 over the normalized content, excluding the source file and lines, the
-  local time text and the timezone, and with the items in a canonical order, so the same
-  transaction in an hourly and a daily file hashes equal even when "2.5" is written "2.50" or the
-  lines come in another order.
+* ``content_hash``: sha256 over the normalized content: ids, customer, type, original id,
+  business date, UTC time, currency, totals and, per item, line_no, product_id, quantity, unit
+  price, discount and line total, in a canonical order. Left out: the source file and lines, the
+  local time text and timezone (derived), and descriptive text (product names and categories), so
+  the same transaction in an hourly and a daily file hashes equal even when "2.5" is written
+  "2.50", the lines come in another order, or one export is cp1252 and the other UTF-8.
 """
 
 from __future__ import annotations
@@ -136,8 +138,6 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
         [
             _text("v_line_no"),
             _text("n_product_id"),
-            _text("n_product_name"),
-            _text("n_product_category"),
             _text("n_quantity"),
             _text("n_unit_price"),
             _text("n_discount"),

@@ -286,19 +286,26 @@ def _transaction_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     return frame.with_columns(txn_type.alias("v_type"))
 
 
-def _line_amounts() -> list[pl.Expr]:
-    q, p, d = pl.col("v_quantity"), pl.col("v_unit_price"), pl.col("v_discount_or_0")
-    expected = pl.when(q < 0).then(q * p + d).otherwise(q * p - d).cast(MONEY)
-    given = pl.col("v_line_total")
-    raw = pl.coalesce(given, expected)
-    is_return = pl.col("v_type") == TransactionType.RETURN
-    signed = pl.when(is_return).then(-raw.abs()).otherwise(raw)
-    return [
-        expected.alias("v_line_expected"),
-        signed.cast(MONEY).alias("v_line_amount"),
-        pl.col("v_transaction_total").abs().alias("v_transaction_total_abs"),
-        signed.fill_null(_money(0)).cast(MONEY).alias("amount"),
-    ]
+def _with_line_amounts(frame: pl.DataFrame) -> pl.DataFrame:
+    """v_line_expected (quantity × price − discount), v_line_amount (signed) and amount (0 if null).
+
+    Built in steps so that each product is computed once.
+    """
+    q, d = pl.col("v_quantity"), pl.col("v_discount_or_0")
+    frame = frame.with_columns((q * pl.col("v_unit_price")).cast(MONEY).alias("v_gross"))
+    gross = pl.col("v_gross")
+    frame = frame.with_columns(
+        pl.when(q < 0).then(gross + d).otherwise(gross - d).cast(MONEY).alias("v_line_expected")
+    )
+    raw = pl.coalesce(pl.col("v_line_total"), pl.col("v_line_expected"))
+    frame = frame.with_columns(
+        pl.when(pl.col("v_type") == TransactionType.RETURN)
+        .then(-raw.abs())
+        .otherwise(raw)
+        .cast(MONEY)
+        .alias("v_line_amount")
+    )
+    return frame.with_columns(pl.col("v_line_amount").fill_null(_money(0)).alias("amount"))
 
 
 def row_rules(feed: Feed, now: datetime) -> list[Rule]:
@@ -518,6 +525,21 @@ def _first_failure(rules: Sequence[Rule], offset: int = 0) -> pl.Expr:
     )
 
 
+def _rule_index(frame: pl.DataFrame, rules: Sequence[Rule]) -> pl.Series:
+    """v_rule: the index of the first rule each row breaks (null for a clean row).
+
+    One cheap OR over every rule finds the failing rows; the rule index is only worked out for
+    those (usually few) rows.
+    """
+    broken = frame.select(pl.any_horizontal([r.failing.fill_null(False) for r in rules])).to_series()
+    index = pl.Series("v_rule", [None] * frame.height, dtype=pl.Int32)
+    if broken.any():
+        failing = frame.filter(broken)
+        positions = broken.arg_true()
+        index = index.scatter(positions, failing.select(_first_failure(rules)).to_series())
+    return index
+
+
 def _explain(frame: pl.DataFrame, rules: Sequence[Rule], bad_groups: pl.DataFrame) -> pl.DataFrame:
     """reject_code, reject_field, reject_reason from the rule index (only rejected rows pay)."""
     index = pl.col("v_rule")
@@ -548,10 +570,10 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
     keys = GROUP_ID
     frame = _typed(lines, feed)
     frame = _transaction_columns(frame, feed)
-    frame = frame.with_columns(_line_amounts())
+    frame = _with_line_amounts(frame)
     per_row = row_rules(feed, now)
     per_txn = transaction_rules(feed)
-    frame = frame.with_columns(_first_failure(per_row).alias("v_rule"))
+    frame = frame.with_columns(_rule_index(frame, per_row))
     if frame.get_column("v_transaction_total").null_count() < frame.height:
         # the transaction rules judge only transactions whose lines all passed the row rules
         clean_group = pl.col("v_rule").is_null().all().over(keys)
