@@ -52,7 +52,15 @@ from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 
 from pipeline.config import Feed, Settings, load_feed, load_feeds
-from pipeline.errors import EXIT_INTERNAL, EXIT_OK, ConfigError, LockHeldError, PosfeedError
+from pipeline.errors import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    ConfigError,
+    LockHeldError,
+    PosfeedError,
+    TransientError,
+)
+from pipeline.locks import RunLock
 from pipeline.logs import log_event, register_feed_secrets
 
 __all__ = [
@@ -75,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MISFIRE_GRACE_SECONDS = 12 * 3600
 JOBSTORE_FILE = "scheduler.sqlite"
+DAEMON_LOCK_SCOPE = ".scheduler"  # locks/.scheduler.lock: one daemon per state dir
 
 # what a scheduled run calls: the feed, the settings and the stop event
 JobFunction = Callable[[Feed, Settings, threading.Event], Any]
@@ -478,8 +487,13 @@ def _load_selected(settings: Settings, names: Sequence[str]) -> list[ScheduledFe
     return select_feeds(list(by_path.values()), wanted)
 
 
-def _install_signal_handlers(scheduler: FeedScheduler) -> None:
-    """SIGTERM/SIGINT: finish the current batch and stop; a second signal exits at once."""
+def _install_signal_handlers(scheduler: FeedScheduler) -> dict[int, Any]:
+    """SIGTERM/SIGINT: finish the current batch and stop; a second signal exits at once.
+
+    Returns the previous handlers (to restore). Only the main thread can install handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
     def handle(signum: int, frame: object) -> None:
         if scheduler.stop.is_set():
@@ -489,8 +503,7 @@ def _install_signal_handlers(scheduler: FeedScheduler) -> None:
         logger.warning("scheduler: %s received", signal.Signals(signum).name)
         scheduler.request_stop()
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    return {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def schedule_command(
@@ -509,17 +522,27 @@ def schedule_command(
     if not selected:
         raise ConfigError("no enabled feed with a schedule", source=settings.feeds_dir)
     register_feed_secrets([s.feed for s in selected])
-    scheduler = FeedScheduler(selected, settings, misfire_grace_seconds=misfire_grace_seconds)
-    _install_signal_handlers(scheduler)
-    if once_catchup:
-        due = scheduler.catch_up()
-        if not due:
-            logger.info("scheduler: nothing to catch up")
-        from pipeline.run_commands import worst_exit_code
+    try:  # one scheduler per state dir: two would fire every job twice
+        daemon_lock = RunLock.acquire(settings.state_dir, DAEMON_LOCK_SCOPE, feed="posfeed schedule")
+    except LockHeldError as exc:
+        raise TransientError(f"another posfeed schedule uses {settings.state_dir}: {exc.holder}") from None
+    previous_handlers: dict[int, Any] = {}
+    try:
+        scheduler = FeedScheduler(selected, settings, misfire_grace_seconds=misfire_grace_seconds)
+        previous_handlers = _install_signal_handlers(scheduler)
+        if once_catchup:
+            due = scheduler.catch_up()
+            if not due:
+                logger.info("scheduler: nothing to catch up")
+            from pipeline.run_commands import worst_exit_code
 
-        return worst_exit_code(list(scheduler.exit_codes.values()))
-    logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),
-                settings.state_dir / JOBSTORE_FILE)
-    scheduler.start()
-    scheduler.serve()
-    return EXIT_OK
+            return worst_exit_code(list(scheduler.exit_codes.values()))
+        logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),
+                    settings.state_dir / JOBSTORE_FILE)
+        scheduler.start()
+        scheduler.serve()
+        return EXIT_OK
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+        daemon_lock.release()

@@ -380,6 +380,21 @@ def test_a_feed_locked_by_another_run_is_skipped_not_queued(settings: Settings,
     assert not settings.ledger_path.exists()  # the run never started
 
 
+def test_one_scheduler_per_state_dir(settings: Settings, tmp_path: Path) -> None:
+    from pipeline.errors import TransientError
+    from pipeline.locks import RunLock
+    from pipeline.scheduling import DAEMON_LOCK_SCOPE, schedule_command
+
+    (tmp_path / "f.toml").write_text('schedule = "0 3 * * *"\n', encoding="utf-8")
+    held = RunLock.acquire(settings.state_dir, DAEMON_LOCK_SCOPE, feed="posfeed schedule")
+    try:
+        with pytest.raises(TransientError, match="another posfeed schedule"):
+            schedule_command(settings, once_catchup=True)
+    finally:
+        held.release()
+    assert schedule_command(settings, once_catchup=True) == 0  # free again: runs, nothing due
+
+
 def test_a_scheduled_feed_is_reloaded_from_its_file_before_each_run(settings: Settings,
                                                                    tmp_path: Path) -> None:
     path = tmp_path / "f.toml"
