@@ -290,3 +290,21 @@ def test_unreachable_server_exits_75(
     assert done.returncode == EXIT_TEMPFAIL, done.stderr
     assert "cannot reach" in done.stderr
     assert ledger_files(tmp_path) == [] and stats(sandbox)["requests"] == 0
+
+
+def test_done_marker_mode_takes_only_announced_files(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:2])
+    (sftp_dir / f"{FILES[0]}.done").write_bytes(b"")
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox, readiness="marker")
+    settings = settings_in(tmp_path)
+    with credentials(sandbox):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        assert first.summary["files_new"] == [FILES[0]]
+        # the file and its marker were archived together; the unannounced file waits
+        assert sorted(p.name for p in (sftp_dir / "archive").iterdir()) == [FILES[0], f"{FILES[0]}.done"]
+        (sftp_dir / f"{Path(FILES[1]).stem}.ok").write_bytes(b"")
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert second.summary["files_new"] == [FILES[1]]
+    assert sorted(p.name for p in sftp_dir.iterdir()) == ["archive"]
