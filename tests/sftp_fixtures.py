@@ -1,6 +1,6 @@
-"""A real OpenSSH sshd serving internal-sftp on 127.0.0.1, for tests and the fetch benchmark.
+"""A real OpenSSH sshd serving internal-sftp on 127.0.0.1, for the SFTP source tests.
 
-Fixtures:
+Built on :class:`pipeline.testing.sshd.OpenSshServer` (which the benchmarks use too). Fixtures:
 
 * ``sftp_server`` (session): sshd on a random free port with a generated ed25519 host key, user
   keys (ed25519 and RSA) for the current user, and ``internal-sftp``.
@@ -33,6 +33,7 @@ from pipeline.config import Feed
 from pipeline.testing.sshd import OpenSshServer
 
 __all__ = ["SftpServer", "SftpUser", "sftp_dir", "sftp_password_user", "sftp_server", "start_sftp_server"]
+
 
 def _keygen(path: Path, kind: str) -> Path:
     args = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"posfeed-test-{kind}", "-f", str(path)]
@@ -141,7 +142,7 @@ def start_sftp_server(workdir: Path) -> SftpServer:
 
 
 @pytest.fixture(scope="session")
-def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+def sftp_server() -> Iterator[SftpServer]:
     """A real OpenSSH sshd with internal-sftp on 127.0.0.1 (random port) for the whole session."""
     workdir = Path(tempfile.mkdtemp(prefix="posfeed-sshd-"))
     workdir.chmod(0o755)  # traversable for the password test user
