@@ -238,7 +238,7 @@ class SftpSource:
                 archive = self._archive_folder(sftp)
                 for name in names:
                     target = _free_name(sftp, archive, name)
-                    sftp.posix_rename(self._remote(name), target)
+                    sftp.rename(self._remote(name), target)  # plain SFTP v3: every server has it
                 log.info("archived %s into %s", remote.name, archive)
         except CONNECTION_ERRORS as exc:
             self._drop_connection()
