@@ -7,10 +7,11 @@ can be written back with the export's own columns.
 
 ``source_line`` is the physical line of the record in the file:
 
-* CSV with a header: the header is line 1, the first record line 2. Blank lines are counted (and
-  dropped). When quoted fields span several lines the embedded line breaks are counted per record
-  so the number points at the record's first line. Line breaks inside a quoted field of an
-  *unmapped* column are counted too; a bare ``\\r`` line break (old Mac files) is not counted.
+* CSV with a header: the header is line 1, the first record line 2 (without a header: line 1).
+  Blank lines, and lines whose every field is empty (nothing to account for), are counted and
+  dropped. A quoted field holding line breaks makes its record span several lines: the breaks
+  inside fields are counted per record, so the number is the record's first line. The one
+  approximation: a bare ``\r`` line break (old Mac files) is not counted as a line.
 * JSON Lines: the line number (blank lines counted, skipped).
 * Parquet: the row number + 1.
 
@@ -89,7 +90,7 @@ def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
 
 
 def _check_text(data: bytes, name: str) -> None:
-    if not data.strip():
+    if not data or data.isspace():  # isspace stops at the first other byte: no copy, no full scan
         raise UnreadableFileError(name, "file is empty")
     head = data[:_SNIFF_BYTES]
     if head.startswith(b"PAR1"):
@@ -116,8 +117,8 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
         ) from exc
     header_lines = 1 if fmt.has_header else 0
     index = pl.int_range(pl.len(), dtype=pl.Int64)
-    # a record occupies more than one physical line only when a quoted field holds a line break;
-    # counting them is only paid for when the file has more line breaks than records
+    # a record takes more than one physical line only when a quoted field holds a line break:
+    # counting those is only paid for when the file has more line breaks than records
     physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if physical > frame.height + header_lines and frame.width:
         embedded = pl.sum_horizontal(
@@ -127,9 +128,10 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     else:
         line = index + 1 + header_lines
     frame = frame.with_columns(line.alias("source_line"))
-    if b"\n\n" in data or b"\n\r\n" in data:
+    blank = pl.all_horizontal(pl.exclude("source_line").is_null())
+    if frame.width > 1 and frame.select(blank.any()).item():
         # blank lines come back as all-null rows: they are not records
-        frame = frame.filter(~pl.all_horizontal(pl.exclude("source_line").is_null()))
+        frame = frame.filter(~blank)
     return frame
 
 
