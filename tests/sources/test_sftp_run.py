@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,14 @@ def test_done_marker_mode_takes_only_announced_files(
         second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     assert second.summary["files_new"] == [FILES[1]]
     assert sorted(p.name for p in sftp_dir.iterdir()) == ["archive"]
+    assert no_sessions_left(sftp_server)  # every run closed its connection
+
+
+def no_sessions_left(server: SftpServer, wait_seconds: float = 5.0) -> bool:
+    """Whether the server has no per-connection process left (they exit just after a close)."""
+    deadline = time.monotonic() + wait_seconds
+    while server.session_pids():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
