@@ -120,7 +120,9 @@ def _with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
             ok = text.str.contains(r"^[+-]?\d{1,18}$")
             value = text.cast(pl.Int64, strict=False)
         exprs.append(pl.when(ok).then(value).alias(f"v_{field}"))
-        exprs.append(((text.str.len_bytes() > 0) & ~ok).fill_null(False).alias(f"v_bad_{field}"))
+        # unreadable, or well-formed but too large for the type (it would come back null)
+        bad = (text.str.len_bytes() > 0) & (~ok | value.is_null())
+        exprs.append(bad.fill_null(False).alias(f"v_bad_{field}"))
     return frame.with_columns(exprs).drop([f"_n_{f}" for f in present])
 
 

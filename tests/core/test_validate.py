@@ -226,3 +226,20 @@ def test_reason_is_never_empty_when_the_value_is() -> None:
     reasons = run(rows).lines.get_column("reject_reason").to_list()
     assert all(reasons)
     assert "this line: ''" in reasons[0] or "R099" not in reasons[0]
+
+
+def test_number_too_large_for_money_is_rejected_not_dropped() -> None:
+    huge = "9" * 36
+    assert codes(run([row(discount=huge, line_total="")])) == [R.BAD_NUMBER]
+
+
+def test_empty_input() -> None:
+    from pipeline.core.transform import empty_lines, transform, transform_files
+
+    result = transform(empty_lines(), feed(), now=NOW)
+    assert result.summary["rows_in"] == 0
+    assert result.summary["amount_in"] == "0.0000"
+    assert transform_files([], feed(), now=NOW).checkouts.height == 0
+    header_only = run([])
+    assert header_only.summary["transactions_in"] == 0
+    assert header_only.rejects.height == 0
