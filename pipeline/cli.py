@@ -304,11 +304,27 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
               help="Customer ids starting with this are unknown (404 160212); '' to know everyone.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep accepted transactions in this JSON file across restarts.")
+@click.option("--crmcom-username", default="posfeed", show_default=True,
+              envvar="POSFEED_SANDBOX_CRMCOM_USERNAME",
+              help="The user the emulated CRM.COM accepts [env POSFEED_SANDBOX_CRMCOM_USERNAME].")
+@click.option("--crmcom-password", default="sandbox-password", envvar="POSFEED_SANDBOX_CRMCOM_PASSWORD",
+              help="Its password [env POSFEED_SANDBOX_CRMCOM_PASSWORD; default sandbox-password].")
+@click.option("--crmcom-organisation", default="sandbox", show_default=True,
+              envvar="POSFEED_SANDBOX_CRMCOM_ORGANISATION",
+              help="Its organisation [env POSFEED_SANDBOX_CRMCOM_ORGANISATION].")
+@click.option("--crmcom-web-api-key", default="sandbox-web-api-key",
+              envvar="POSFEED_SANDBOX_CRMCOM_WEB_API_KEY",
+              help="The Web API key it accepts [env POSFEED_SANDBOX_CRMCOM_WEB_API_KEY; "
+                   "default sandbox-web-api-key].")
+@click.option("--token-ttl", type=click.FloatRange(min=0), default=7200.0, show_default=True,
+              help="Lifetime of a CRM.COM token in seconds (short values exercise renewal).")
 def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
             requests_per_minute: int | None, retry_after: float | None, fault_rate: float, seed: int,
             latency_ms: float, clock_skew: float, unknown_customer_prefix: str,
-            state_file: Path | None) -> None:
+            state_file: Path | None, crmcom_username: str, crmcom_password: str,
+            crmcom_organisation: str, crmcom_web_api_key: str, token_ttl: float) -> None:
     """Serve the emulated platforms (Antavo, CRM.COM) over HTTP for tests and demos."""
+    from pipeline.sandbox import crmcom
     from pipeline.sandbox.server import serve
     from pipeline.sandbox.state import SandboxConfig, SandboxState
 
@@ -321,8 +337,15 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
     shown_secret = api_secret if api_secret == "sandbox-secret" else "(as given)"
     click.echo(f"posfeed sandbox on http://{host}:{port}  region={region}  api key={api_key}  "
                f"api secret={shown_secret}", err=True)
+    click.echo(f"CRM.COM at http://{host}:{port}{crmcom.PREFIX}  username={crmcom_username}  "
+               f"organisation={crmcom_organisation}  token ttl={token_ttl:g}s", err=True)
     click.echo(f"inspect: http://{host}:{port}/_sandbox/stats  /_sandbox/transactions", err=True)
-    serve(SandboxState(config), host=host, port=port)
+    state = SandboxState(config)
+    crmcom.configure(state, crmcom.CrmcomConfig(
+        username=crmcom_username, password=crmcom_password, organisation=crmcom_organisation,
+        web_api_key=crmcom_web_api_key, token_ttl_seconds=token_ttl,
+    ))
+    serve(state, host=host, port=port)
 
 
 @cli.command()

@@ -221,3 +221,53 @@ def test_configure_sets_credentials_before_the_server_starts() -> None:
         assert platform_of(server).config.token_ttl_seconds == 5
         answer = call(server, "authentication/token", {"username": "u", "password": "p", "organisation": "o"})
         assert answer.json()["status"]["code"] == "OK"
+
+
+def test_posfeed_sandbox_serves_crmcom_with_the_given_credentials(tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [
+        "--port",
+        str(port),
+        "--crmcom-username",
+        "ops",
+        "--crmcom-password",
+        "pw-1",
+        "--crmcom-organisation",
+        "acme",
+        "--token-ttl",
+        "0",
+    ]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sandbox", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}{PREFIX}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = httpx.post(
+                    f"{url}/authentication/token",
+                    json={"username": "ops", "password": "pw-1", "organisation": "acme"},
+                )
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "sandbox did not start"
+                time.sleep(0.1)
+        token = answer.json()["data"]["token"]
+        created = httpx.post(
+            f"{url}/customer_events/purchases/create", json={"token": token, **purchase("T1")}
+        )
+        assert created.json()["status"]["code"] == "TOKEN_EXPIRED"  # --token-ttl 0: born expired
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
