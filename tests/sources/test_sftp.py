@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.benchmarks.meter import ResourceMeter, current_rss
 from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL, SourceAuthError, SourceUnavailableError
 from pipeline.sources.base import RemoteFile
 from pipeline.sources.sftp import SftpSource
@@ -268,6 +269,25 @@ def test_listing_a_big_folder_streams(sftp_server: SftpServer, sftp_dir: Path) -
     write(sftp_dir, "pos_20261120.csv")
     with SftpSource(sftp_server.feed(sftp_dir, pattern="pos_{business_date:%Y%m%d}.csv")) as source:
         assert [f.name for f in source.discover([date(2026, 11, 20)])] == ["pos_20261120.csv"]
+
+
+def test_memory_stays_flat_whatever_the_file_size(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(48 << 20)
+    write(sftp_dir, "huge.csv", data)
+    write(sftp_dir, "empty.csv", b"")
+    meter = ResourceMeter(interval_seconds=0.005)
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        files = {f.name: f for f in source.discover([])}
+        baseline = current_rss()
+        with meter, meter.stage("fetch"):
+            fetched = source.fetch(files["huge.csv"], tmp_path)
+        empty = source.fetch(files["empty.csv"], tmp_path)
+    assert fetched.sha256 == sha(data)
+    assert (empty.size, empty.sha256, empty.path.read_bytes()) == (0, sha(b""), b"")
+    growth = meter.stages["fetch"].peak_rss_bytes - baseline
+    assert growth < 24 << 20, f"fetching 48 MiB grew the process by {growth >> 20} MiB"
 
 
 # ---- dropped connections ----------------------------------------------------------------------
