@@ -30,7 +30,7 @@ from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
-from pipeline.records import MONEY, DedupStatus, TransactionType
+from pipeline.records import CANONICAL_COLUMNS, MONEY, DedupStatus, TransactionType
 from pipeline.stages.fetch import StagedFile
 
 __all__ = ["TransformOutcome", "records_of", "transform_staged"]
@@ -78,8 +78,17 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     valid_map = checkouts.select(
         "_rec", "source_file", pl.col("source_lines").alias("source_line")
     ).explode("source_line")
-    rejected_lines = lines.filter(pl.col("reject_code").is_not_null())
     tid = pl.col("transaction_id").str.strip_chars()
+    # an exact repeat of a whole line (same line_no) is another copy of its transaction, as the
+    # core counts it; a line without line_no is never a repeat
+    canonical = [c for c in CANONICAL_COLUMNS if c in lines.columns]
+    line_no = pl.col("line_no").str.strip_chars()
+    copy = (
+        pl.when(line_no.is_null() | (line_no == ""))
+        .then(pl.lit(0, pl.Int64))
+        .otherwise(pl.int_range(pl.len(), dtype=pl.Int64).over(["source_file", *canonical]))
+    )
+    rejected_lines = lines.with_columns(copy.alias("_copy")).filter(pl.col("reject_code").is_not_null())
     rejected_lines = rejected_lines.with_columns(
         pl.when(tid.is_null() | (tid == ""))
         .then(pl.format("#line {}", pl.col("source_line")))
@@ -87,7 +96,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
         .alias("_key")
     )
     rejected_groups = (
-        rejected_lines.group_by("source_file", "_key", maintain_order=True)
+        rejected_lines.group_by("source_file", "_key", "_copy", maintain_order=True)
         .agg(
             pl.col("source_line"),
             pl.col("amount").sum().alias("amount"),
