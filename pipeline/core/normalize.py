@@ -172,7 +172,7 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
         pl.len().cast(pl.Int64).alias("line_count"),
         pl.col("source_line").sort().alias("source_lines"),
         # canonical item order for the hash: by line_no when every line has one, else by content
-        (item_text if all_numbered else item_text.sort()).str.join(_ITEM_SEP).alias("_items_text"),
+        item_text.alias("_items_text"),  # joined below: list.join is cheaper than str.join in agg
         pl.struct(
             pl.col("n_line_no").alias("line_no"),
             pl.col("n_product_id").alias("product_id"),
@@ -187,6 +187,10 @@ def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFr
     )
     if resorted:
         checkouts = checkouts.sort("_first")
+    texts = pl.col("_items_text")
+    checkouts = checkouts.with_columns(
+        (texts if all_numbered else texts.list.sort()).list.join(_ITEM_SEP).alias("_items_text")
+    )
     checkouts = checkouts.with_columns(
         pl.col("v_transaction_id").alias("transaction_id"),
         pl.col("customer_id").is_null().alias("is_guest"),

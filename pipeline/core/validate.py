@@ -126,6 +126,21 @@ def _with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     return frame.with_columns(exprs).drop([f"_n_{f}" for f in present])
 
 
+def _runs(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.Series, pl.DataFrame]:
+    """Runs of equal ``keys`` in adjacent rows: (run number of each row, first row of each run).
+
+    Exports list a transaction's lines together, so there are far fewer runs than rows; work done
+    once per run and gathered back by run number is cheap and exact (equal keys in two separate
+    runs are simply computed twice).
+    """
+    changed = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+    starts = frame.select(changed.fill_null(True).alias("start")).to_series()
+    if frame.height:
+        starts[0] = True
+    run = (starts.cast(pl.Int64).cum_sum() - 1).alias("run")
+    return run, frame.filter(starts).select(keys)
+
+
 def _timezones(feed: Feed) -> list[str]:
     return sorted({feed.timezone, *feed.store_timezones.values()})
 
@@ -133,7 +148,7 @@ def _timezones(feed: Feed) -> list[str]:
 def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     """v_local (naive wall time), v_ts_utc, v_ts_local (ISO text with offset), v_tz, v_local_date.
 
-    Computed once per distinct (timestamp text, timezone): exports repeat the transaction's
+    Computed once per run of equal (timestamp text, timezone): exports repeat the transaction's
     timestamp on every line, so this is far less work than once per line.
     """
     frame = frame.with_columns(
@@ -143,7 +158,8 @@ def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
         if feed.store_timezones
         else pl.lit(feed.timezone, dtype=pl.String).alias("v_tz")
     )
-    distinct = frame.select("timestamp", "v_tz").unique()
+    keys = ["timestamp", "v_tz"]
+    run, distinct = _runs(frame, keys)
     text = _clean("timestamp")
     offset = text.str.extract(_OFFSET_RE, 1)
     wall = (
@@ -189,9 +205,7 @@ def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
         pl.when(has_offset).then(local_from_offset).otherwise(text_by_zone).alias("v_ts_local"),
         pl.col("v_local").dt.date().alias("v_local_date"),
     ).drop("v_offset")
-    keys = ["timestamp", "v_tz"]
-    found = frame.select(keys).join(distinct, on=keys, how="left", nulls_equal=True, maintain_order="left")
-    return frame.hstack(found.drop(keys))
+    return frame.hstack(distinct.drop(keys)[run])
 
 
 def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
@@ -227,8 +241,11 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     frame = _with_copy_number(frame).with_columns(
         pl.coalesce("v_business_date_given", "v_local_date").alias("business_day")
     )
-    # one integer per transaction (exact, unlike a hash): windows over one int key are cheap
-    return frame.with_columns(pl.struct(GROUP_KEYS).rank("dense").cast(pl.Int64).alias(GROUP_ID))
+    # one integer per transaction (exact, unlike a hash): windows over one int key are cheap;
+    # ranked over the first line of each run of lines, then spread back to every line
+    run, firsts = _runs(frame, GROUP_KEYS)
+    group = firsts.select(pl.struct(GROUP_KEYS).rank("dense").cast(pl.Int64)).to_series()
+    return frame.with_columns(group[run].alias(GROUP_ID))
 
 
 def _with_copy_number(frame: pl.DataFrame) -> pl.DataFrame:
