@@ -21,7 +21,6 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import re
 import uuid
@@ -122,7 +121,6 @@ class CrmcomPlatform:
     state: SandboxState
     config: CrmcomConfig = field(default_factory=CrmcomConfig)
     tokens: dict[str, datetime] = field(default_factory=dict)
-    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _by_id: dict[str, str] = field(default_factory=dict)  # purchase id -> reference number
 
     def reset(self) -> None:
@@ -232,7 +230,9 @@ class CrmcomPlatform:
                         f"reference number {key} is already used",
                         {"id": event["id"], "number": event["number"]},
                     )
-            event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{next(self._numbers):08d}"}
+            # purchases are never deleted, so the count numbers them uniquely (across restarts too)
+            number = len(state.transactions.get(PLATFORM, {})) + 1
+            event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{number:08d}"}
             totals = {
                 name: sum((p[name] for p in fields["items"]), Decimal(0))
                 for name in ("net_amount", "vat_amount", "total_amount")

@@ -271,3 +271,20 @@ def test_posfeed_sandbox_serves_crmcom_with_the_given_credentials(tmp_path: Any)
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+def test_purchases_survive_a_restart_tokens_do_not(tmp_path: Any) -> None:
+    state_file = tmp_path / "sandbox.json"
+    with SandboxServer(state_file=state_file) as first:
+        token = token_of(first)
+        created = call(first, "customer_events/purchases/create", {"token": token, **purchase("T1")}).json()
+    with SandboxServer(state_file=state_file) as second:
+        stale = call(second, "customer_events/purchases/create", {"token": token, **purchase("T2")}).json()
+        assert stale["status"]["code"] == "INVALID_TOKEN"
+        fresh = token_of(second)
+        again = call(second, "customer_events/purchases/create", {"token": fresh, **purchase("T1")}).json()
+        assert again["status"]["code"] == "DUPLICATE_REFERENCE_NUMBER"
+        other = call(second, "customer_events/purchases/create", {"token": fresh, **purchase("T2")}).json()
+        assert other["data"]["number"] != created["data"]["number"]
+        by_id = {"token": fresh, "customer_event_identifier": {"id": created["data"]["id"]}}
+        assert call(second, "customer_events/purchases/cancel", by_id).json()["status"]["code"] == "OK"
