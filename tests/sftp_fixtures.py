@@ -164,10 +164,13 @@ def sftp_dir(sftp_server: SftpServer, request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def sftp_password_user(sftp_server: SftpServer) -> Iterator[SftpUser]:
-    """A system user ``posfeedsftp`` with a random password, allowed on ``sftp_server``."""
+    """A throw-away system user with a random password, allowed on ``sftp_server``.
+
+    The name is unique per session, so concurrent test sessions never reset each other's password.
+    """
     if os.geteuid() != 0:
         pytest.skip("creating a password login for sshd needs root (CI runs as root)")
-    name = "posfeedsftp"
+    name = f"posfeed{secrets.token_hex(4)}"
     home = sftp_server.workdir / "home-password"
     home.mkdir(exist_ok=True)
     with contextlib.suppress(KeyError):
