@@ -453,21 +453,35 @@ def _sizes(value: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write e2e.json, e2e.md and scaling.png into this folder.")
+@click.option("--profile", is_flag=True,
+              help="Profile the measured run (cProfile) into --out/profile-e2e.txt and .pstats.")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Rewrite the generated sections of this file (docs/BENCHMARKS.md) from the results.")
 def bench_e2e(line_items: int, scaling: str | None, full: bool, latency_ms: float, as_json: bool,
-              out: Path | None) -> None:
+              out: Path | None, profile: bool = False, update_docs: Path | None = None) -> None:
     """A chain's day from a real SFTP server to the sandbox platform: per-stage time and memory."""
-    from pipeline.benchmarks.e2e import FULL_SCALING, render_text, run_suite
+    import signal
 
+    from pipeline.benchmarks.e2e import FULL_SCALING, render_text, run_suite
+    from pipeline.benchmarks.e2e import update_docs as write_docs
+
+    # SIGTERM unwinds like Ctrl-C, so the sshd, the sandbox and the temporary files are cleaned up
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sizes = _sizes(scaling) if scaling is not None else (FULL_SCALING if full else ())
-    if full and out is None:
+    if (full or profile) and out is None:
         out = Path("docs/bench")
     command = ["posfeed", "bench", "e2e", f"--line-items {line_items}"]
     command += [f"--scaling {','.join(str(s) for s in sizes)}"] if scaling is not None else []
     command += ["--full"] if full else []
     command += [f"--latency-ms {latency_ms:g}"] if latency_ms != 5.0 else []
     command += [f"--out {out}"] if out is not None else []
+    command += ["--profile"] if profile else []
+    command += [f"--update-docs {update_docs}"] if update_docs is not None else []
     report = run_suite(line_items=line_items, scaling=sizes, side_by_side=full,
-                       latency_seconds=latency_ms / 1000, out=out, command=" ".join(command))
+                       latency_seconds=latency_ms / 1000, out=out, command=" ".join(command),
+                       profile=profile)
+    if update_docs is not None:
+        write_docs(update_docs, report)
     if as_json:
         print_json(report)
     else:
@@ -480,8 +494,11 @@ def bench_e2e(line_items: int, scaling: str | None, full: bool, latency_ms: floa
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/bench"),
               show_default=True, help="Write e2e.json, e2e.md and scaling.png into this folder.")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("docs/BENCHMARKS.md"), show_default=True,
+              help="Rewrite the generated sections of this file from the results.")
 @click.pass_context
-def bench_all(ctx: click.Context, as_json: bool, out: Path) -> None:
-    """The whole suite in one run (same as `bench e2e --full`): fits in 10 minutes on 2 cores."""
+def bench_all(ctx: click.Context, as_json: bool, out: Path, update_docs: Path) -> None:
+    """The whole suite in one run (`bench e2e --full`), sized to fit 10 minutes on 2 cores."""
     ctx.invoke(bench_e2e, line_items=1_000_000, scaling=None, full=True, latency_ms=5.0,
-               as_json=as_json, out=out)
+               as_json=as_json, out=out, profile=False, update_docs=update_docs)
