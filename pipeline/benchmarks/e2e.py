@@ -20,11 +20,14 @@ process is ``python -m pipeline.benchmarks.e2e sandbox``. Both are internal.
 
 from __future__ import annotations
 
+import cProfile
+import io
 import itertools
 import json
 import logging
 import os
 import platform
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +50,15 @@ __all__ = [
     "STAGE_KEYS",
     "machine_info",
     "plot_scaling",
+    "render_machine",
     "render_markdown",
+    "render_summary",
     "render_text",
     "run_e2e",
     "run_scaling",
     "run_side_by_side",
     "run_suite",
+    "update_docs",
     "write_outputs",
 ]
 
@@ -161,15 +167,22 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
         reports_dir=Path(config["reports_dir"]),
     )
     meter = ResourceMeter()
+    profiler = cProfile.Profile() if config.get("profile_out") else None
     started = time.perf_counter()
     cpu_started = time.process_time()
     with meter:
+        if profiler is not None:
+            profiler.enable()
         summary = run_feed(
             feed,
             settings,
             business_dates=[date.fromisoformat(config["business_date"])],
             on_stage=_stage_hook(meter),
         )
+        if profiler is not None:
+            profiler.disable()
+    if profiler is not None:
+        _write_profile(profiler, Path(config["profile_out"]))
     data = summary.to_dict()
     return {
         "summary": data,
@@ -181,6 +194,19 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_bytes": peak_rss(),
         },
     }
+
+
+def _write_profile(profiler: cProfile.Profile, out: Path) -> None:
+    """``out``.pstats (for snakeviz, pstats) and ``out``.txt: the top functions by own and total time."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(str(out.with_suffix(".pstats")))
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text).strip_dirs()
+    text.write("# main thread, by own time\n")
+    stats.sort_stats("tottime").print_stats(30)
+    text.write("\n# main thread, by cumulative time\n")
+    stats.sort_stats("cumulative").print_stats(40)
+    out.with_suffix(".txt").write_text(text.getvalue())
 
 
 def _accepted_by_type(reports: Path) -> dict[str, int]:
@@ -276,10 +302,13 @@ def run_e2e(
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
     seed: int | None = None,
     workdir: Path | None = None,
+    profile_out: Path | None = None,
 ) -> dict[str, Any]:
     """Generate, serve over SFTP, run the whole pipeline in a fresh process; return the figures.
 
     The report has the keys :data:`E2E_KEYS`; each stage (and ``total``) has :data:`STAGE_KEYS`.
+    With ``profile_out``, the measured run is profiled (cProfile, main thread) into
+    ``profile_out``.pstats and a readable ``profile_out``.txt (timings then include its overhead).
     """
     from pipeline.testing.sshd import OpenSshServer
 
@@ -302,6 +331,7 @@ def run_e2e(
                     "state_dir": str(base / "state"),
                     "reports_dir": str(base / "reports"),
                     "business_date": spec.business_date.isoformat(),
+                    "profile_out": str(profile_out.resolve()) if profile_out else None,
                 }
                 measured = _measure_in_child(config, base)
                 stats = _sandbox_get(sandbox_url, "/_sandbox/stats")
@@ -382,27 +412,29 @@ def plot_scaling(points: Sequence[dict[str, Any]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
-    sizes = [p["line_items"] / 1e6 for p in points]
+    sizes = [p["line_items"] for p in points]
     seconds = [p["total"]["wall_seconds"] for p in points]
     memory = [p["peak_rss_bytes"] / 2**20 for p in points]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, values, label in ((left, seconds, "wall time (s)"), (right, memory, "peak RSS (MiB)")):
         axis.plot(sizes, values, "o-", label="measured")
-        linear = [values[-1] * s / sizes[-1] for s in sizes]
-        axis.plot(sizes, linear, "--", color="grey", label="linear through the largest point")
-        axis.set_xlabel("line items (millions)")
+        axis.plot([0, sizes[-1]], [0, values[-1]], "--", color="grey",
+                  label="proportional to size (through the largest point)")
+        axis.set_xlabel("line items")
+        axis.xaxis.set_major_formatter(EngFormatter(sep=""))
         axis.set_ylabel(label)
         axis.set_xlim(left=0)
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
         axis.legend(loc="upper left", fontsize=8)
-        for s, v in zip(sizes, values, strict=True):
-            axis.annotate(f"{v:,.0f}" if v >= 10 else f"{v:.1f}", (s, v), textcoords="offset points",
-                          xytext=(4, -12), fontsize=8)
+        for size, value in zip(sizes, values, strict=True):
+            axis.annotate(f"{value:,.0f}" if value >= 10 else f"{value:.1f}", (size, value),
+                          textcoords="offset points", xytext=(5, -12), fontsize=8)
     left.set_title("End-to-end wall time")
     right.set_title("Peak memory of the pipeline process")
-    fig.suptitle("posfeed: SFTP → transform → dedup → submit (sandbox) → report")
+    fig.suptitle("posfeed: SFTP → transform → dedup → ledger → submit (sandbox) → reports")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -456,26 +488,39 @@ def run_suite(
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
     out: Path | None = None,
     command: str = "",
+    profile: bool = False,
 ) -> dict[str, Any]:
     """The e2e measurement at ``line_items``, the scaling points, and the side-by-side comparisons.
 
-    A size that is both the main measurement and a scaling point is measured once. With ``out``,
-    writes ``e2e.json``, ``e2e.md`` (the "End to end" and "Scaling" sections) and ``scaling.png``.
+    A size that is both the main measurement and a scaling point is measured once (unless
+    ``profile``: then the main measurement runs under cProfile, written next to the outputs). With
+    ``out``, writes ``e2e.json``, ``e2e.md`` (the report's sections for docs/BENCHMARKS.md) and
+    ``scaling.png``.
     """
     started = time.perf_counter()
-    report: dict[str, Any] = {"machine": machine_info(), "command": command}
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "command": command,
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     points: list[dict[str, Any]] = []
     for size in sorted(set(scaling)):
         log.info("e2e at %s line items", f"{size:,}")
         points.append(run_e2e(size, latency_seconds=latency_seconds))
     main_run = next((p for p in points if p["requested_line_items"] == line_items), None)
-    report["e2e"] = main_run or run_e2e(line_items, latency_seconds=latency_seconds)
+    if profile:  # a profiled run is slower: never reuse it as a scaling point, nor one for it
+        profile_out = (out or Path(".")) / "profile-e2e"
+        report["e2e"] = run_e2e(line_items, latency_seconds=latency_seconds, profile_out=profile_out)
+        report["profile"] = str(profile_out.with_suffix(".txt"))
+    else:
+        report["e2e"] = main_run or run_e2e(line_items, latency_seconds=latency_seconds)
     if points:
         report["scaling"] = {"points": points, "growth": growth(points)}
     if side_by_side:
         report["side_by_side"] = run_side_by_side()
     report["suite_seconds"] = round(time.perf_counter() - started, 1)
     if out is not None:
+        report["outputs"] = str(out.resolve())
         write_outputs(report, out)
     return report
 
@@ -486,13 +531,13 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
     (out / "e2e.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     if "scaling" in report:
         plot_scaling(report["scaling"]["points"], out / "scaling.png")
-    (out / "e2e.md").write_text(render_markdown(report, chart="bench/scaling.png"))
+    (out / "e2e.md").write_text(render_markdown(report, chart="scaling.png"))
 
 
 # sizes of the side-by-side comparisons in the whole suite (fit the 10-minute budget on 2 cores)
 SIDE_BY_SIDE_SIZES: dict[str, Any] = {
     "transform": {"rows": None, "repeat": 2, "naive_repeat": 1},  # the full Online Retail data
-    "submit": {},
+    "submit": {"events": 20_000, "naive_events": 1_000, "latency_ms": 5.0},
     "fetch": {"size_mb": 200, "rounds": 2},
 }
 
@@ -536,6 +581,28 @@ def run_side_by_side(sizes: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
     started = time.perf_counter()
+    from pipeline.benchmarks.submit import run_throughput
+
+    submit = run_throughput(**sizes["submit"])
+    out["submit"] = {
+        "report": submit,
+        "seconds": round(time.perf_counter() - started, 1),
+        "comparisons": [
+            {
+                "name": f"sender vs naive sequential loop ({submit['latency_ms']:g} ms latency)",
+                "ours_seconds": round(submit["ours"]["seconds"], 3),
+                "baseline_seconds": round(submit["naive"]["seconds"], 3),
+                "ours_rate": round(submit["ours"]["events_per_second"], 1),
+                "baseline_rate": round(submit["naive"]["events_per_second"], 1),
+                "ratio": round(submit["ratio"], 1),
+                "ratio_means": "our events/s / the loop's",
+                "target": f"≥ {submit['target_ratio']:g}×",
+                "met": submit["met"],
+            }
+        ],
+    }
+
+    started = time.perf_counter()
     from pipeline.benchmarks.fetch import run_fetch_benchmark
 
     fetch = run_fetch_benchmark(**sizes["fetch"]).to_dict()
@@ -564,6 +631,11 @@ STAGE_ORDER = ("settle", "discover", "fetch", "transform", "record", "submit", "
 
 def _mib(value: float) -> str:
     return f"{value / 2**20:,.0f}"
+
+
+def _rate(stage: dict[str, Any], key: str) -> str:
+    # a rate over a stage that took next to no time says nothing
+    return f"{stage[key]:,.0f}" if stage["wall_seconds"] >= 0.05 else "–"
 
 
 def _stage_rows(run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -598,15 +670,57 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_machine(report: dict[str, Any]) -> list[str]:
+    """The "Machine and versions" section."""
+    m = report["machine"]
+    when = report.get("measured_at", "")
+    return [
+        "## Machine and versions",
+        "",
+        f"- CPU: {m['cpu_model']}, {m['cores']} cores available to the process",
+        f"- RAM: {m['memory_bytes'] / 2**30:.1f} GiB; OS: {m['os']}",
+        f"- Python {m['python']}, polars {m['polars']}, httpx {m['httpx']}, paramiko {m['paramiko']}, "
+        f"{m['openssh']}",
+        f"- Measured {when} with `{report.get('command') or 'posfeed bench all'}`"
+        + (f" (the whole run took {report['suite_seconds']:.0f} s)" if "suite_seconds" in report else ""),
+        "",
+    ]
+
+
+def render_summary(report: dict[str, Any]) -> list[str]:
+    """The "Summary: targets and ratios" section (the side-by-side comparisons of one run)."""
+    rows = [c for entry in report.get("side_by_side", {}).values() for c in entry["comparisons"]]
+    if not rows:
+        return []
+    out = [
+        "## Summary: targets and ratios",
+        "",
+        "Each pair ran back to back in the same `posfeed bench all` run, on the machine above.",
+        "",
+        "| comparison | ours | baseline | ratio | means | target | |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for row in rows:
+        out.append(
+            f"| {row['name']} | {row['ours_seconds']:.2f} s | {row['baseline_seconds']:.2f} s | "
+            f"**{row['ratio']}** | {row['ratio_means']} | {row['target']} | "
+            f"{'met' if row['met'] else '**missed**'} |"
+        )
+    out.append("")
+    return out
+
+
 def render_markdown(report: dict[str, Any], *, chart: str = "bench/scaling.png") -> str:
-    """The "End to end" and "Scaling" sections of docs/BENCHMARKS.md from a suite report."""
+    """The generated sections of docs/BENCHMARKS.md (machine, summary, end to end, scaling)."""
     run = report["e2e"]
     summary = run["summary"]
     out = [
+        *render_machine(report),
+        *render_summary(report),
         "## End to end",
         "",
         f"{run['line_items']:,} line items ({run['transactions']:,} distinct transactions in "
-        f"{run['files']} files, {run['bytes'] / 2**20:,.0f} MiB; hourly files repeat "
+        f"{run['files']} files, {run['bytes'] / 2**20:,.1f} MiB; hourly files repeat "
         f"{run['workload']['repeated_transactions']:,} transactions of the daily files, "
         f"{run['workload']['conflicting_transactions']:,} of them changed) fetched from OpenSSH sshd on "
         f"loopback, transformed, deduplicated against the ledger and submitted to the sandbox "
@@ -619,15 +733,18 @@ def render_markdown(report: dict[str, Any], *, chart: str = "bench/scaling.png")
     for name, stage in _stage_rows(run):
         out.append(
             f"| {name} | {stage['wall_seconds']:.2f} | {stage['cpu_seconds']:.2f} | "
-            f"{_mib(stage['peak_rss_bytes'])} | {stage['rows_per_second']:,.0f} | "
-            f"{stage['events_per_second']:,.0f} |"
+            f"{_mib(stage['peak_rss_bytes'])} | {_rate(stage, 'rows_per_second')} | "
+            f"{_rate(stage, 'events_per_second')} |"
         )
     out += [
         "",
         f"Outcome: {summary.get('accepted', 0):,} transactions accepted "
         f"({run['events_accepted']:,} events), {summary.get('duplicates', 0):,} duplicates skipped, "
         f"{summary.get('conflicts', 0):,} conflicts held, {summary.get('transactions_rejected', 0):,} "
-        f"transactions rejected ({summary.get('rows_rejected', 0):,} rows); balanced: "
+        f"transactions rejected ({summary.get('rows_rejected', 0):,} rows), "
+        f"{summary.get('failed_permanent', 0):,} refused by the platform, "
+        f"{summary.get('failed_retryable', 0):,} left to retry, {summary.get('in_doubt', 0):,} in doubt; "
+        "balanced: "
         f"{'yes' if run['balanced'] else '**no**'}; the sandbox holds exactly the accepted "
         f"transactions: {'yes' if run['sandbox_matches_ledger'] else '**no**'}.",
         "",
@@ -664,6 +781,29 @@ def render_markdown(report: dict[str, Any], *, chart: str = "bench/scaling.png")
             )
         out.append("")
     return "\n".join(out)
+
+
+DOCS_START = "<!-- e2e:start (generated by posfeed bench all / posfeed bench e2e --update-docs) -->"
+DOCS_END = "<!-- e2e:end -->"
+
+
+def update_docs(path: Path, report: dict[str, Any]) -> None:
+    """Replace the generated block of ``path`` (docs/BENCHMARKS.md) with this report's sections.
+
+    The chart link is made relative to ``path``; without the markers the block is appended.
+    Sections the report lacks (scaling, side by side) are left out of the block.
+    """
+    outputs = report.get("outputs")
+    chart = os.path.relpath(Path(outputs) / "scaling.png", path.parent) if outputs else "bench/scaling.png"
+    block = f"{DOCS_START}\n{render_markdown(report, chart=chart).rstrip()}\n{DOCS_END}"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if DOCS_START in text and DOCS_END in text:
+        before, rest = text.split(DOCS_START, 1)
+        _old, after = rest.split(DOCS_END, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    path.write_text(text, encoding="utf-8")
 
 
 # ---- the internal process entry points ----------------------------------------------------------
