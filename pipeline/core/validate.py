@@ -106,12 +106,10 @@ def _with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
             )
         texts.append(text.alias(f"_n_{field}"))
     frame = frame.with_columns(texts)  # once, then read by both expressions below
-    exprs: list[pl.Expr] = []
-    for field, (dtype, places) in NUMBER_FIELDS.items():
-        if field not in present:  # the export lacks the column
-            exprs.append(pl.lit(None, dtype=dtype).alias(f"v_{field}"))
-            exprs.append(pl.lit(False).alias(f"v_bad_{field}"))
-            continue
+    # each regex and each conversion runs once per field (eager frames share no subexpressions)
+    parsed: list[pl.Expr] = []
+    for field in present:
+        dtype, places = NUMBER_FIELDS[field]
         text = pl.col(f"_n_{field}")
         if places:
             ok = text.str.contains(rf"^[+-]?(\d+(\.\d{{0,{places}}})?|\.\d{{1,{places}}})$")
@@ -119,11 +117,21 @@ def _with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
         else:
             ok = text.str.contains(r"^[+-]?\d{1,18}$")
             value = text.cast(pl.Int64, strict=False)
+        parsed += [ok.alias(f"_ok_{field}"), value.alias(f"_v_{field}")]
+    frame = frame.with_columns(parsed)
+    exprs: list[pl.Expr] = []
+    for field, (dtype, _) in NUMBER_FIELDS.items():
+        if field not in present:  # the export lacks the column
+            exprs.append(pl.lit(None, dtype=dtype).alias(f"v_{field}"))
+            exprs.append(pl.lit(False).alias(f"v_bad_{field}"))
+            continue
+        text, ok, value = pl.col(f"_n_{field}"), pl.col(f"_ok_{field}"), pl.col(f"_v_{field}")
         exprs.append(pl.when(ok).then(value).alias(f"v_{field}"))
         # unreadable, or well-formed but too large for the type (it would come back null)
         bad = (text.str.len_bytes() > 0) & (~ok | value.is_null())
         exprs.append(bad.fill_null(False).alias(f"v_bad_{field}"))
-    return frame.with_columns(exprs).drop([f"_n_{f}" for f in present])
+    temporary = [f"{prefix}{f}" for f in present for prefix in ("_n_", "_ok_", "_v_")]
+    return frame.with_columns(exprs).drop(temporary)
 
 
 def _runs(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.Series, pl.DataFrame]:
