@@ -400,6 +400,45 @@ def bench_transform(input_path: Path | None, rows: int | None, synthetic: bool, 
         click.echo(section)
 
 
+@bench.command("submit")
+@click.option("--events", type=click.IntRange(min=1), default=20000, show_default=True,
+              help="Events our sender delivers in (a).")
+@click.option("--naive-events", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Events the naive one-per-request loop delivers in (a).")
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Sandbox latency per request in (a); (a) also runs once with none.")
+@click.option("--limit", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Requests per minute the sandbox allows in (b).")
+@click.option("--limited-seconds", type=click.FloatRange(min=1), default=45.0, show_default=True,
+              help="How long (b) keeps the limit busy.")
+@click.option("--limited-latency-ms", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="Sandbox latency per request in (b).")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results into this file's Submit section (docs/BENCHMARKS.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench_submit(events: int, naive_events: int, latency_ms: float, limit: int, limited_seconds: float,
+                 limited_latency_ms: float, update_docs: Path | None, as_json: bool) -> None:
+    """Our sender vs a naive one-event-per-request loop; and how busy it keeps a rate limit."""
+    from pipeline.benchmarks import submit as bench_module
+
+    report = bench_module.run_submit_benchmark(
+        events=events, naive_events=naive_events, latency_ms=latency_ms, limit=limit,
+        limited_latency_ms=limited_latency_ms, limited_seconds=limited_seconds)
+    command = "posfeed bench submit" + (f" --events {events}" if events != 20000 else "")
+    command += f" --naive-events {naive_events}" if naive_events != 1000 else ""
+    command += f" --latency-ms {latency_ms:g}" if latency_ms != 5.0 else ""
+    command += f" --limit {limit}" if limit != 600 else ""
+    command += f" --limited-seconds {limited_seconds:g}" if limited_seconds != 45.0 else ""
+    command += f" --limited-latency-ms {limited_latency_ms:g}" if limited_latency_ms != 50.0 else ""
+    section = bench_module.markdown_section(report, command=command)
+    if update_docs is not None:
+        bench_module.update_docs(update_docs, section)
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(section)
+
+
 @bench.command("fetch")
 @click.option("--size-mb", type=click.FloatRange(min=0.001), default=200, show_default=True,
               help="Size of the served file in MiB.")

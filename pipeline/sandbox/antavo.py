@@ -25,6 +25,7 @@ Per event (documented facts first, the sandbox's own choices marked *):
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -141,9 +142,12 @@ class AntavoPlatform:
     def __init__(self, state: SandboxState):
         self.state = state
         self.customers: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(4)  # event ids differ across restarts
 
     def _event_id(self) -> str:
-        return secrets.token_hex(12)
+        # 24 hex digits like Antavo's (MongoDB ObjectId style) event ids
+        return f"{self._id_prefix}{next(self._ids):016x}"
 
     def process(self, event: Any, *, in_bulk: bool) -> tuple[int, dict[str, Any]]:
         """Process one event: (HTTP status for /events, answer or error envelope)."""
@@ -384,20 +388,9 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
         if fault is Fault.LOST_RESPONSE:
             state.note_lost(_transaction_ids(document))
             return DropConnection()
-        return JSONResponse(jsonable_numbers(answer), status_code=status)
+        return JSONResponse(answer, status_code=status)
 
     return handle
-
-
-def jsonable_numbers(value: Any) -> Any:
-    """Answers carry numbers: Decimals become int or float only for display in responses."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: jsonable_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [jsonable_numbers(v) for v in value]
-    return value
 
 
 def routes(state: SandboxState) -> list[BaseRoute]:

@@ -16,6 +16,7 @@ only drops trailing zeros down to the currency's minor units; it never rounds).
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,61 +52,63 @@ class NotSent:
     message: str
 
 
+_QUANTA: dict[str, Decimal] = {}
+
+
 def money_number(value: Decimal, currency: str | None) -> Decimal:
     """An amount with trailing zeros dropped down to the currency's minor units (never rounded)."""
-    exponent = -_MINOR_UNITS.get((currency or "").upper(), 2)
-    quantum = Decimal(1).scaleb(exponent)
-    shown = value.quantize(quantum) if value == value.quantize(quantum) else value.normalize()
-    return shown if shown != 0 else Decimal(0).quantize(quantum)
+    if not isinstance(value, Decimal):
+        raise TypeError(f"money must be a Decimal, not {type(value).__name__}")
+    code = (currency or "").upper()
+    quantum = _QUANTA.get(code)
+    if quantum is None:
+        quantum = _QUANTA[code] = Decimal(1).scaleb(-_MINOR_UNITS.get(code, 2))
+    shown = value.quantize(quantum)
+    return shown if shown == value else value.normalize()
 
 
 def quantity_number(value: Decimal) -> Decimal:
     """A quantity without trailing zeros (2.000 -> 2)."""
+    if not isinstance(value, Decimal):
+        raise TypeError(f"a quantity must be a Decimal, not {type(value).__name__}")
     normalized = value.normalize()
     return normalized if normalized != 0 else Decimal(0)
 
 
 # ---- JSON with exact decimals ----------------------------------------------------------------------
 
-_string = json.encoder.encode_basestring
+# Decimals travel through the C JSON encoder as a marked string and are unquoted afterwards; the
+# marker holds a random per-process token, so no text from an export can imitate it.
+_MARK = "\x00" + secrets.token_hex(8)
+_ESCAPED_MARK = json.dumps(_MARK)[1:-1]
+_OPEN = '"' + _ESCAPED_MARK
 
 
-def _encode(value: Any, out: list[str]) -> None:
-    if isinstance(value, str):
-        out.append(_string(value))
-    elif isinstance(value, bool) or value is None:
-        out.append("true" if value is True else "false" if value is False else "null")
-    elif isinstance(value, Decimal):
+def _mark(value: Any) -> str:
+    if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"cannot send a non-finite amount: {value}")
-        out.append(format(value, "f"))
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, Mapping):
-        out.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                out.append(",")
-            out.append(_string(str(key)))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__} as JSON (floats are never sent)")
+        return _MARK + format(value, "f")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _number(value: Decimal) -> str:
+    """A Decimal as the marked text :func:`dumps` writes as a bare JSON number (the fast path)."""
+    if not value.is_finite():
+        raise ValueError(f"cannot send a non-finite amount: {value}")
+    return _MARK + format(value, "f")
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON; :class:`Decimal` as a number with exactly its digits; floats refused."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode("utf-8")
+    """Compact UTF-8 JSON; :class:`Decimal` as a number with exactly its digits.
+
+    Event builders put amounts in as :func:`_number` text already, so the C encoder never calls
+    back into Python for them.
+    """
+    text = json.dumps(value, default=_mark, ensure_ascii=False, separators=(",", ":"))
+    head, *numbers = text.split(_OPEN)
+    # each piece starts with the number's digits, then the closing quote of its marked string
+    return (head + "".join(piece.replace('"', "", 1) for piece in numbers)).encode("utf-8")
 
 
 # ---- mapping -----------------------------------------------------------------------------------------
@@ -137,11 +140,11 @@ def _item(item: Mapping[str, Any], currency: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"product_id": item["product_id"]}
     if item.get("product_name"):
         out["product_name"] = item["product_name"]
-    out["price"] = money_number(item["unit_price"], currency)
-    out["quantity"] = quantity_number(item["quantity"])
+    out["price"] = _number(money_number(item["unit_price"], currency))
+    out["quantity"] = _number(quantity_number(item["quantity"]))
     if item.get("discount") is not None:
-        out["discount"] = money_number(item["discount"], currency)
-    out["subtotal"] = money_number(item["line_total"], currency)
+        out["discount"] = _number(money_number(item["discount"], currency))
+    out["subtotal"] = _number(money_number(item["line_total"], currency))
     if item.get("product_category"):
         out["product_category"] = item["product_category"]
     return out
@@ -152,7 +155,7 @@ def checkout_event(row: CheckoutRow, *, account: str | None = None) -> dict[str,
     currency = row.get("currency")
     data: dict[str, Any] = {
         "transaction_id": row["transaction_id"],
-        "total": money_number(row["total"], currency),
+        "total": _number(money_number(row["total"], currency)),
         "currency": currency,
     }
     effective = _unix_seconds(row.get("timestamp_utc"))
@@ -160,7 +163,7 @@ def checkout_event(row: CheckoutRow, *, account: str | None = None) -> dict[str,
         data["effective_timestamp"] = effective
     burned = row.get("points_burned")
     if burned is not None and burned != 0:
-        data["points_burned"] = quantity_number(burned)
+        data["points_burned"] = _number(quantity_number(burned))
     if row.get("store_id"):
         data["store"] = row["store_id"]
     data["items"] = [_item(item, currency) for item in row.get("items") or ()]
@@ -187,8 +190,8 @@ def return_events(
             {
                 "transaction_id": original,
                 "product_id": item["product_id"],
-                "quantity": quantity_number(abs(item["quantity"])),
-                "subtotal": money_number(abs(item["line_total"]), currency),
+                "quantity": _number(quantity_number(abs(item["quantity"]))),
+                "subtotal": _number(money_number(abs(item["line_total"]), currency)),
             },
             account,
         )

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 import random
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -183,12 +184,16 @@ class DeliveryPolicy:
             return self.max_concurrency
         return max(1, min(self.max_concurrency, math.ceil(self.requests_per_minute / 600)))
 
+    def bucket_capacity(self) -> int:
+        """Tokens the bucket may hold: the burst plus one, so a late wake-up loses no time."""
+        return self.bucket_burst() + 1
+
     def refill_per_minute(self) -> float | None:
-        """Refill rate so that burst + one minute of refill never exceeds the limit."""
+        """Refill rate so that a full bucket + one minute of refill never exceeds the limit."""
         if self.requests_per_minute is None:
             return None
         limit = self.requests_per_minute * (1 - self.rate_headroom)
-        return max(limit - self.bucket_burst(), self.requests_per_minute / 10)
+        return max(limit - self.bucket_capacity(), self.requests_per_minute / 10)
 
     def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Delay before attempt ``attempt + 1``: Retry-After when given, else exponential + jitter."""
@@ -246,17 +251,19 @@ class TokenBucket:
         per_minute: float | None,
         burst: int,
         *,
+        capacity: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ):
         self._rate = per_minute / 60 if per_minute else None
-        self._capacity = float(burst)
+        self._capacity = float(max(burst, capacity or burst))
         self._tokens = float(burst)
         self._clock = clock
         self._sleep = sleep
         self._updated = clock()
         self._paused_until = 0.0
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     def pause(self, seconds: float) -> None:
         """Send nothing for ``seconds`` and restart with an empty bucket."""
@@ -265,6 +272,9 @@ class TokenBucket:
 
     async def acquire(self) -> None:
         """Wait for one request's token."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:  # the bucket outlives event loops
+            self._lock, self._lock_loop = asyncio.Lock(), loop
         async with self._lock:
             while True:
                 now = self._clock()
@@ -323,6 +333,38 @@ class DeliveryEngine:
         self.policy = policy
         self._client = client
         self._rng = rng or random.Random()
+        # one bucket for the engine's life: submissions in a row share the limit (and any pause)
+        self.bucket = TokenBucket(policy.refill_per_minute(), policy.bucket_burst(),
+                                  capacity=policy.bucket_capacity())
+        self._owned: httpx.AsyncClient | None = None
+        self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    def _client_for_this_loop(self) -> httpx.AsyncClient:
+        """The given client, or our own pooled one, reused by submissions on the same loop."""
+        if self._client is not None:
+            return self._client
+        loop = asyncio.get_running_loop()
+        if self._owned is None or self._owned_loop is not loop:
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()  # loading CA certificates is slow: once
+            self._owned = httpx.AsyncClient(
+                timeout=self.policy.timeout_seconds,
+                verify=self._ssl,
+                limits=httpx.Limits(
+                    max_connections=self.policy.max_concurrency,
+                    max_keepalive_connections=self.policy.max_concurrency,
+                ),
+            )
+            self._owned_loop = loop
+        return self._owned
+
+    async def aclose(self) -> None:
+        """Close our own connection pool (a given client is the caller's to close)."""
+        if self._owned is not None and self._owned_loop is asyncio.get_running_loop():
+            await self._owned.aclose()
+        self._owned = None
+        self._owned_loop = None
 
     async def deliver(
         self,
@@ -338,20 +380,10 @@ class DeliveryEngine:
         plan = self.adapter.plan(checkouts)
         for result in plan.unsent:
             run.settle(result)
-        owned = self._client is None
-        client = self._client or httpx.AsyncClient(
-            timeout=self.policy.timeout_seconds,
-            limits=httpx.Limits(
-                max_connections=self.policy.max_concurrency,
-                max_keepalive_connections=self.policy.max_concurrency,
-            ),
-        )
-        try:
-            for phase in sorted({batch.phase for batch in plan.batches}):
-                await run.run_phase([b for b in plan.batches if b.phase == phase], client)
-        finally:
-            if owned:
-                await client.aclose()
+        client = self._client_for_this_loop() if plan.batches else None
+        for phase in sorted({batch.phase for batch in plan.batches}):
+            assert client is not None
+            await run.run_phase([b for b in plan.batches if b.phase == phase], client)
         run.report.elapsed_seconds = time.monotonic() - started
         return run.report
 
@@ -374,7 +406,7 @@ class _Submission:
         self.settled: set[str] = set()
         self.report = DeliveryReport()
         self.halted: RequestFailure | None = None
-        self.bucket = TokenBucket(self.policy.refill_per_minute(), self.policy.bucket_burst())
+        self.bucket = engine.bucket
         self.pending = 0
         self.queue: asyncio.Queue[tuple[Batch, int] | None] = asyncio.Queue()
 
@@ -495,7 +527,7 @@ class _Submission:
             if result.outcome is Outcome.RETRYABLE and attempt < self.policy.max_attempts:
                 retry.add(tid)
                 continue
-            self.settle(replace(result, attempts=attempt))
+            self.settle(result if result.attempts == attempt else replace(result, attempts=attempt))
         if retry:
             delay = self.policy.backoff(attempt, None, self.engine._rng)
             self._later(batch.subset(retry), attempt + 1, delay)
@@ -531,5 +563,5 @@ class PlatformSink:
         self.last_report = await self._engine.deliver(checkouts, on_sending, on_result, stop=stop)
 
     async def aclose(self) -> None:
-        """Connections live per submission; nothing stays open between submissions."""
-        return None
+        """Close the connection pool (submissions on one event loop share it until then)."""
+        await self._engine.aclose()

@@ -45,11 +45,21 @@ def test_json_numbers_keep_every_digit() -> None:
     assert json.loads(dumps(big), parse_float=Decimal)["n"] == Decimal("12345678901234567890.0123")
 
 
-def test_floats_and_non_finite_amounts_are_refused() -> None:
-    with pytest.raises(TypeError):
-        dumps({"total": 1.5})
+def test_float_money_and_non_finite_amounts_are_refused() -> None:
+    row = make_checkout("T-3")
+    row["total"] = 12.5
+    with pytest.raises(TypeError, match="Decimal"):
+        events_for(row)
     with pytest.raises(ValueError):
         dumps({"total": Decimal("NaN")})
+    with pytest.raises(TypeError):
+        dumps({"when": object()})
+
+
+def test_text_that_looks_like_a_number_stays_text() -> None:
+    tricky = {"product_name": "\x0012.50", "n": Decimal("-0.5")}
+    assert json.loads(dumps(tricky), parse_float=Decimal) == {"product_name": "\x0012.50",
+                                                               "n": Decimal("-0.5")}
 
 
 @pytest.mark.parametrize(
