@@ -27,6 +27,7 @@ import hashlib
 
 import polars as pl
 
+from pipeline.config import Feed
 from pipeline.core.validate import GROUP_ID
 from pipeline.records import (
     CHECKOUT_ITEM_SCHEMA,
@@ -119,7 +120,7 @@ def normalize_columns(validated: pl.DataFrame) -> list[str]:
     return [c for c in _NEEDED if c in validated.columns]
 
 
-def normalize(valid_lines: pl.DataFrame, feed: object = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Build (checkouts, items) from validated lines that carry no reject code.
 
     ``valid_lines`` is :func:`pipeline.core.validate.validate` output filtered to
