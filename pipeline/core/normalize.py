@@ -171,7 +171,8 @@ def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.D
         total.alias("total"),
         pl.col("v_points_burned").drop_nulls().first().fill_null(0).cast(MONEY).alias("points_burned"),
         pl.len().cast(pl.Int64).alias("line_count"),
-        pl.col("source_line").sort().alias("source_lines"),
+        # ascending already unless the lines were re-sorted into line order
+        (pl.col("source_line").sort() if resorted else pl.col("source_line")).alias("source_lines"),
         # canonical item order for the hash: by line_no when every line has one, else by content
         item_text.alias("_items_text"),  # joined below: list.join is cheaper than str.join in agg
         pl.struct(
