@@ -308,6 +308,12 @@ def _transaction_ids(document: Any) -> list[str]:
     return ids
 
 
+def _raw_path(request: Request) -> str:
+    """The path exactly as sent (the signature covers it before any decoding)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else request.url.path
+
+
 def _authenticate(state: SandboxState, request: Request, body: bytes) -> Response | None:
     config = state.config
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
@@ -315,7 +321,7 @@ def _authenticate(state: SandboxState, request: Request, body: bytes) -> Respons
     if any(name.lower() == "authorization" for name, _ in headers):
         try:
             verify(antavo_config(config.region, clock_skew_seconds=config.clock_skew_seconds),
-                   {config.api_key: config.api_secret}, request.method, request.url.path, query,
+                   {config.api_key: config.api_secret}, request.method, _raw_path(request), query,
                    headers, body, state.clock())
             return None
         except EscherError as error:
