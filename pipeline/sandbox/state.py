@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -78,7 +78,7 @@ class SandboxConfig:
 
     region: str = "demo"
     api_key: str = "sandbox-key"
-    api_secret: str = "sandbox-secret"
+    api_secret: str = field(default="sandbox-secret", repr=False)
     clock_skew_seconds: float = 300.0
     allow_api_key: bool = True  # accept unsigned `?api_key=` requests (a development environment)
     requests_per_minute: int | None = None  # None: no limit
