@@ -304,6 +304,8 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
               help="Customer ids starting with this are unknown (404 160212); '' to know everyone.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep accepted transactions in this JSON file across restarts.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=4 * 1024 * 1024, show_default=True,
+              help="Larger request bodies are refused with 413.")
 @click.option("--crmcom-username", default="posfeed", show_default=True,
               envvar="POSFEED_SANDBOX_CRMCOM_USERNAME",
               help="The user the emulated CRM.COM accepts [env POSFEED_SANDBOX_CRMCOM_USERNAME].")
@@ -322,7 +324,8 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
             requests_per_minute: int | None, retry_after: float | None, fault_rate: float, seed: int,
             latency_ms: float, clock_skew: float, unknown_customer_prefix: str,
             state_file: Path | None, crmcom_username: str, crmcom_password: str,
-            crmcom_organisation: str, crmcom_web_api_key: str, token_ttl: float) -> None:
+            crmcom_organisation: str, crmcom_web_api_key: str, token_ttl: float,
+            max_body_bytes: int) -> None:
     """Serve the emulated platforms (Antavo, CRM.COM) over HTTP for tests and demos."""
     from pipeline.sandbox import crmcom
     from pipeline.sandbox.server import serve
@@ -333,6 +336,7 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
         requests_per_minute=requests_per_minute, retry_after_seconds=retry_after,
         fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,
         unknown_customer_prefix=unknown_customer_prefix or None, state_file=state_file,
+        max_body_bytes=max_body_bytes,
     )
     shown_secret = api_secret if api_secret == "sandbox-secret" else "(as given)"
     click.echo(f"posfeed sandbox on http://{host}:{port}  region={region}  api key={api_key}  "

@@ -1,0 +1,50 @@
+"""`posfeed sandbox` as ops run it: a foreground process with its options."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from pipeline.sinks.escher import EscherSigner, antavo_config
+
+
+def test_posfeed_sandbox_serves_with_its_options(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / "sandbox.json"
+    env = {**os.environ, "POSFEED_SANDBOX_API_SECRET": "cli-secret"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--region", "eu",
+         "--api-key", "cli-key", "--max-body-bytes", "2000", "--state", str(state)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                stats = httpx.get(url + "/_sandbox/stats").json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert stats["requests"] == 0
+        body = b'{"customer":"c","action":"checkout","data":{"transaction_id":"CLI-1","total":1}}'
+        signer = EscherSigner(antavo_config("eu"), "cli-key", "cli-secret")
+        headers = signer.sign("POST", url + "/events", body, {"Content-Type": "application/json"}).headers
+        assert httpx.post(url + "/events", content=body, headers=headers).status_code == 200
+        big = b'{"pad":"' + b"x" * 3000 + b'"}'
+        headers = signer.sign("POST", url + "/events", big, {"Content-Type": "application/json"}).headers
+        assert httpx.post(url + "/events", content=big, headers=headers).status_code == 413
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=20)
+    assert "api key=cli-key" in err
+    assert "cli-secret" not in err  # a secret that was given is never shown
+    assert "CLI-1" in state.read_text()
