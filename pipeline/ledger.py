@@ -278,7 +278,17 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """A plain index on (scope, transaction_id): lookups by id whatever the state (SQLite cannot
+    use the partial unique index unless a query repeats its WHERE clause word for word)."""
+    _script(db, "CREATE INDEX transactions_tid ON transactions (scope, transaction_id)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -964,49 +974,57 @@ class Ledger:
         """Settle a batch of sink outcomes in one transaction (accept / fail_* / mark_not_sent)."""
         if not results:
             return
+        now = _now()
         with self._tx() as db:
-            ids = self._row_ids(db, scope, [r.transaction_id for r in results])
-            by_tid = {
-                row["transaction_id"]: row["id"]
-                for chunk in _chunks(ids)
+            current: dict[str, tuple[int, str]] = {}
+            tids = [r.transaction_id for r in results]
+            for chunk in _chunks(list(dict.fromkeys(tids))):
+                marks = ",".join("?" * len(chunk))
                 for row in db.execute(
-                    f"SELECT id, transaction_id FROM transactions WHERE id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-            }
+                    f"SELECT id, transaction_id, state FROM transactions WHERE scope = ? "
+                    f"AND transaction_id IN ({marks}) AND state IN {_PRIMARY_SQL}",
+                    (scope, *chunk),
+                ):
+                    current[row["transaction_id"]] = (row["id"], row["state"])
+            updates: list[tuple[Any, ...]] = []
             for result in results:
-                row_id = by_tid[result.transaction_id]
+                if result.transaction_id not in current:
+                    raise LedgerError(f"unknown transaction {result.transaction_id!r} in scope {scope!r}")
+                row_id, state = current[result.transaction_id]
                 if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                     # an earlier send landed: keep the platform's evidence (e.g. code 5003)
                     already = result.outcome is Outcome.ALREADY_ACCEPTED
-                    note = (result.error_code or "already_accepted") if already else None
-                    self._set_state(
-                        db,
-                        [row_id],
-                        TxnState.ACCEPTED,
-                        run_id,
-                        extra=", event_ids = ?, points = ?, last_error_code = ?, last_error_message = ?",
-                        params=(
-                            json.dumps(list(result.event_ids)),
-                            str(result.points) if result.points is not None else None,
-                            note,
-                            result.error_message if already else None,
-                        ),
-                    )
+                    target = TxnState.ACCEPTED
+                    code = (result.error_code or "already_accepted") if already else None
+                    message = result.error_message if already else None
                 else:
                     target = {
                         Outcome.RETRYABLE: TxnState.FAILED_RETRYABLE,
                         Outcome.REJECTED: TxnState.FAILED_PERMANENT,
                         Outcome.NOT_SENT: TxnState.NOT_SENT,
                     }[result.outcome]
-                    self._set_state(
-                        db,
-                        [row_id],
-                        target,
+                    code, message = result.error_code, result.error_message
+                if target not in _TRANSITIONS.get(TxnState(state), frozenset()):
+                    raise IllegalTransitionError(result.transaction_id, state, target)
+                current[result.transaction_id] = (row_id, target.value)
+                updates.append(
+                    (
+                        target.value,
                         run_id,
-                        extra=", last_error_code = ?, last_error_message = ?",
-                        params=(result.error_code, result.error_message),
+                        now,
+                        json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
+                        str(result.points) if result.points is not None else None,
+                        code,
+                        message,
+                        row_id,
                     )
+                )
+            db.executemany(
+                "UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?, "
+                "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
+                "last_error_code = ?, last_error_message = ? WHERE id = ?",
+                updates,
+            )
 
     def requeue(self, row_ids: Sequence[int], run_id: str, *, origin: str = "retry") -> None:
         """Put failed (or in-doubt) transactions back in the queue of ``run_id``."""

@@ -379,10 +379,9 @@ def _finish(ctx: _Context, *, status: str) -> RunSummary:
     notes = dict(ctx.notes)
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id)
-    provisional = run_report(ctx.ledger, ctx.run_id, extra=notes).summary
-    code = EXIT_INTERNAL if status == "failed" else exit_code_of(provisional, dry_run=ctx.dry_run)
-    notes.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
     report = run_report(ctx.ledger, ctx.run_id, extra=notes)
+    code = EXIT_INTERNAL if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
+    report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
     ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
     folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
     try:
