@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -91,3 +92,31 @@ def delivered_ids(sandbox: SandboxServer) -> list[str]:
             if isinstance(refund, dict) and refund.get("transaction_id"):
                 ids.append(str(refund["transaction_id"]))
     return ids
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def feed_toml(feed: Feed) -> str:
+    """The feed as a TOML file (what ops would write)."""
+    data = feed.model_dump(mode="json", exclude_none=True, exclude={"name"})  # the file name names it
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+    for key, table in tables:
+        lines.append(f"\n[{key}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        for sub, subtable in table.items():
+            if isinstance(subtable, dict):
+                lines.append(f"\n[{key}.{sub}]")
+                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in subtable.items()]
+    return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -15,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.config import Feed, Settings
 from pipeline.errors import EXIT_OK, EXIT_TEMPFAIL, LockHeldError
 from pipeline.ledger import Ledger, TxnState
@@ -27,6 +30,7 @@ from tests.runner_helpers import (
     REPO,
     copy_samples,
     credentials,
+    feed_toml,
     sample_feed,
     settings_in,
     stats,
@@ -265,3 +269,34 @@ def test_unreadable_file_is_a_data_error(live: SandboxServer, folder: Path, sett
     assert summary.exit_code == 65
     assert [u["file"] for u in summary.summary["unreadable_files"]] == ["pos_LON01_20261120_12.csv"]
     assert summary.summary["accepted"] > 0  # the rest of the feed still ran
+
+
+def test_cli_rerun_by_run_id_and_by_feed(live: SandboxServer, folder: Path, tmp_path: Path) -> None:
+    feeds_dir = tmp_path / "feeds"
+    feeds_dir.mkdir()
+    (feeds_dir / "shop.toml").write_text(feed_toml(_feed(live, folder)), encoding="utf-8")
+    base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports"),
+            "--feeds-dir", str(feeds_dir)]
+    runner = CliRunner()
+    live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
+    first = runner.invoke(cli, [*base, "run", "--feed", "shop", "--business-date", "2026-11-20", "--json"])
+    assert first.exit_code == EXIT_TEMPFAIL, first.output
+    failed = json.loads(first.stdout)
+    assert failed["failed_retryable"] > 0
+    live.config.fault_rate = 0.0
+    usage = runner.invoke(cli, [*base, "rerun"])
+    assert usage.exit_code == 2
+    dry = runner.invoke(cli, [*base, "rerun", failed["run_id"], "--dry-run", "--json"])
+    assert dry.exit_code == EXIT_OK, dry.output
+    assert json.loads(dry.stdout)["queued"] == failed["failed_retryable"]
+    assert stats(live)["events_accepted"] == 0
+    rerun = runner.invoke(cli, [*base, "rerun", failed["run_id"], "--json"])
+    assert rerun.exit_code == EXIT_OK, rerun.output
+    resent = json.loads(rerun.stdout)
+    assert resent["kind"] == "rerun" and resent["accepted"] + resent["not_sent"] == failed["failed_retryable"]
+    assert resent["balanced"] is True
+    again = runner.invoke(cli, [*base, "rerun", "--feed", "shop", "--failed", "--json"])
+    assert json.loads(again.stdout)["transactions_in"] == 0
+    listing = runner.invoke(cli, [*base, "runs", "--feed", "shop", "--json"])
+    kinds = [r["kind"] for r in json.loads(listing.stdout)]
+    assert kinds.count("run") == 1 and kinds.count("rerun") == 2  # a dry run leaves no trace

@@ -15,42 +15,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import Feed
 from pipeline.ledger import Ledger, TxnState
 from pipeline.sandbox.server import SandboxServer
 from pipeline.stages.report import day_report
-from tests.runner_helpers import REPO, copy_samples, delivered_ids, sample_feed, settings_in, stats
+from tests.runner_helpers import REPO, copy_samples, delivered_ids, feed_toml, sample_feed, settings_in, stats
 from tests.sandbox_fixtures import TARGET_KITS
 
 FILES = tuple(f"pos_LON01_20261120_{hour}.csv" for hour in ("10", "11", "12"))
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
-def feed_toml(feed: Feed) -> str:
-    """The feed as a TOML file (what ops would write)."""
-    data = feed.model_dump(mode="json", exclude_none=True, exclude={"name"})  # the file name names it
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-    for key, table in tables:
-        lines.append(f"\n[{key}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-        for sub, subtable in table.items():
-            if isinstance(subtable, dict):
-                lines.append(f"\n[{key}.{sub}]")
-                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in subtable.items()]
-    return "\n".join(lines) + "\n"
 
 
 def _posfeed(args: list[str], tmp: Path, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -68,6 +68,12 @@ def _ids(pattern: str) -> set[str]:
 def test_reports_balance(day: Day, which: str) -> None:
     summary: RunSummary = getattr(day, which)
     s = summary.summary
+    product_keys = {  # the `posfeed run --json` keys PRODUCT.md fixes
+        "rows_in", "transactions_in", "transactions_valid", "transactions_rejected", "rows_rejected",
+        "rejects_by_code", "duplicates", "conflicts", "amount_in", "amount_valid", "amount_rejected",
+        "run_id", "accepted", "failed_retryable", "failed_permanent", "in_doubt", "amount_accepted", "balanced",
+    }
+    assert product_keys <= set(summary.to_dict())
     assert s["balanced"] is True
     assert summary.exit_code == EXIT_DATA  # the sample has rejected rows by design
     assert (s["in_doubt"], s["failed_retryable"], s["failed_permanent"], s["queued"]) == (0, 0, 0, 0)
