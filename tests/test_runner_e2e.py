@@ -71,7 +71,8 @@ def test_reports_balance(day: Day, which: str) -> None:
     product_keys = {  # the `posfeed run --json` keys PRODUCT.md fixes
         "rows_in", "transactions_in", "transactions_valid", "transactions_rejected", "rows_rejected",
         "rejects_by_code", "duplicates", "conflicts", "amount_in", "amount_valid", "amount_rejected",
-        "run_id", "accepted", "failed_retryable", "failed_permanent", "in_doubt", "amount_accepted", "balanced",
+        "run_id", "accepted", "failed_retryable", "failed_permanent", "in_doubt", "amount_accepted",
+        "balanced",
     }
     assert product_keys <= set(summary.to_dict())
     assert s["balanced"] is True
