@@ -505,6 +505,8 @@ class _Submission:
             self.bucket.pause(failure.retry_after)
         if decision is Disposition.RETRY and attempt < self.policy.max_attempts:
             delay = self.policy.backoff(attempt, failure.retry_after, self.engine._rng)
+            if failure.status == 429 and failure.retry_after is None:
+                self.bucket.pause(delay)  # over the limit: everyone waits, not just this batch
             logger.info("request failed (%s: %s); attempt %d of %d in %.2fs", failure.code,
                         failure.message, attempt + 1, self.policy.max_attempts, delay)
             self._later(batch, attempt + 1, delay)
