@@ -14,7 +14,17 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from pipeline.benchmarks.e2e import E2E_KEYS, STAGE_KEYS, growth, plot_scaling
+from pipeline.benchmarks.e2e import (
+    DOCS_END,
+    DOCS_START,
+    E2E_KEYS,
+    STAGE_KEYS,
+    growth,
+    plot_scaling,
+    render_summary,
+    run_side_by_side,
+    update_side_by_side_docs,
+)
 from pipeline.benchmarks.meter import ResourceMeter
 from pipeline.benchmarks.workload import WorkloadSpec, write_workload
 from pipeline.cli import cli
@@ -93,10 +103,17 @@ def test_growth_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 @pytest.mark.slow
 def test_bench_e2e_smoke_through_sshd_sandbox_and_runner(tmp_path: Path) -> None:
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text((REPO / "docs" / "BENCHMARKS.md").read_text())
     result = CliRunner().invoke(
-        cli, ["bench", "e2e", "--line-items", "2000", "--json", "--out", str(tmp_path / "out")]
+        cli,
+        ["bench", "e2e", "--line-items", "2000", "--scaling", "1000,2000", "--json",
+         "--out", str(tmp_path / "out"), "--update-docs", str(docs)],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -113,4 +130,35 @@ def test_bench_e2e_smoke_through_sshd_sandbox_and_runner(tmp_path: Path) -> None
     assert summary["duplicates"] > 0
     assert summary["rows_rejected"] > 0
     assert run["events_accepted"] >= summary["accepted"]
-    assert (tmp_path / "out" / "e2e.json").exists()
+    assert json.loads((tmp_path / "out" / "e2e.json").read_text())["e2e"]["line_items"] == run["line_items"]
+    assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p["line_items"] for p in report["scaling"]["points"]][1] == run["line_items"]
+    text = docs.read_text()
+    block = text.split(DOCS_START, 1)[1].split(DOCS_END, 1)[0]
+    for heading in ("## Machine and versions", "## End to end", "## Scaling"):
+        assert heading in block
+    assert "## Transform" in text and "## Fetch" in text  # the other sections are kept
+
+
+@pytest.mark.slow
+def test_side_by_side_calls_the_other_benchmarks_and_rewrites_their_sections(tmp_path: Path) -> None:
+    side = run_side_by_side(
+        {
+            "transform": {"rows": 1000, "repeat": 1, "naive_repeat": 1},
+            "submit": {"events": 60, "naive_events": 10, "latency_ms": 0.0, "limit": 600,
+                       "limited_latency_ms": 0.0, "limited_seconds": 1.0, "zero_latency": False},
+            "fetch": {"size_mb": 1, "rounds": 1},
+        }
+    )
+    assert set(side) == {"transform", "submit", "fetch"}
+    for entry in side.values():
+        assert entry["comparisons"] and entry["command"].startswith("posfeed bench ")
+        for row in entry["comparisons"]:
+            assert {"name", "ours_seconds", "baseline_seconds", "ratio", "target", "met"} <= set(row)
+    assert "| transform vs bare" in "\n".join(render_summary({"side_by_side": side}))
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text((REPO / "docs" / "BENCHMARKS.md").read_text())
+    update_side_by_side_docs(docs, side)
+    text = docs.read_text()
+    for marker in ("<!-- transform-benchmark:start", "<!-- submit:start", "<!-- fetch:start"):
+        assert text.count(marker) == 1, marker
