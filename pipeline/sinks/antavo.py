@@ -143,11 +143,11 @@ class AntavoAdapter:
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results, or a whole-request failure for the engine."""
         document = _json(body)
-        if batch.route == "single" and status < 500 and status not in (401, 403, 408, 429):
+        if batch.route == "single":
             error = _error_of(document)
             if status == 200 and error is None:
                 return [_accepted(batch.units[0].transaction_id, [document])]
-            if error is not None and 400 <= status < 500:
+            if error is not None and _is_event_error(status, error):
                 return [_event_error(batch.units[0].transaction_id, error)]
         if batch.route == "bulk" and status == 200:
             results = document.get("results") if isinstance(document, dict) else None
@@ -161,6 +161,20 @@ class AntavoAdapter:
         message = str(error.get("message") or f"HTTP {status}")
         return RequestFailure(status, code if error else f"http_{status}", message,
                               retry_after=parse_retry_after(headers.get("Retry-After")))
+
+
+CUSTOMER_NOT_FOUND = "160212"
+
+
+def _is_event_error(status: int, error: dict[str, Any]) -> bool:
+    """Whether an error answer judges the event (else the request: wrong URL, too large, ...).
+
+    A 404 is about the event only as "Customer not found"; Antavo's plain "Not Found" (code 0)
+    means the URL is wrong, which a rerun with a fixed configuration can still deliver.
+    """
+    if status in (400, 409, 422):
+        return True
+    return status == 404 and str(error.get("code")) == CUSTOMER_NOT_FOUND
 
 
 def _json(body: bytes) -> Any:

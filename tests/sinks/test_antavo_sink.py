@@ -138,3 +138,10 @@ def test_timeouts_are_retried_and_the_transaction_lands_once(sandbox_env: Sandbo
     assert results["TO-1"].outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)
     assert results["TO-1"].attempts == 2
     assert [tx["transaction_id"] for tx in sandbox_env.state.listing("antavo")] == ["TO-1"]
+
+
+def test_a_wrong_url_leaves_transactions_retryable_not_rejected(sandbox_env: SandboxServer) -> None:
+    feed = antavo_feed(sandbox_env, base_url=sandbox_env.url + "/wrong-prefix", bulk_size=1)
+    done = submit_rows(feed, [make_checkout("WU-1"), make_checkout("WU-2", None)])
+    assert done.outcomes() == {"WU-1": "retryable", "WU-2": "retryable"}
+    assert {r.error_code for r in done.results.values()} == {"http_404"}
