@@ -236,6 +236,8 @@ def _execute(
                             "their pending transactions are settled first", ", ".join(abandoned), feed.scope)
                 if not dry_run:
                     _report_crashed(ledger, settings, abandoned)
+                    for crashed in abandoned:  # what they had staged is fetched again if needed
+                        shutil.rmtree(settings.staging_dir / crashed, ignore_errors=True)
             run_id = new_run_id() + ("-dry" if dry_run else "")
             ledger.start_run(
                 feed=feed.name,

@@ -118,3 +118,24 @@ def test_write_csv_replaces_atomically(tmp_path: Path) -> None:
     write_csv(path, ["a"], [["1"]])
     write_csv(path, ["a"], [["2"]])
     assert path.read_text(encoding="utf-8").splitlines() == ["a", "2"]
+
+
+def test_vectorized_checkout_json_decodes_like_the_row_encoder() -> None:
+    from datetime import UTC, datetime
+
+    from pipeline.checkout_codec import decode_checkout, encode_checkout, encode_checkouts
+    from pipeline.config import load_feed
+    from pipeline.core.transform import transform_files
+    from pipeline.demo import repo_root
+
+    root = repo_root()
+    feed = load_feed(root / "feeds" / "acme_daily.toml")
+    result = transform_files(sorted((root / "sample_data" / "acme").glob("pos_NYC01_*_daily.csv")), feed,
+                             now=datetime(2026, 11, 21, tzinfo=UTC))
+    vectorized = encode_checkouts(result.checkouts).to_list()
+    by_row = [encode_checkout(row) for row in result.checkouts.iter_rows(named=True)]
+    assert len(vectorized) == len(by_row) > 100
+    for fast, slow in zip(vectorized, by_row, strict=True):
+        assert decode_checkout(fast) == decode_checkout(slow)
+    sample = decode_checkout(vectorized[0])
+    assert isinstance(sample["total"], Decimal) and sample["timestamp_utc"].tzinfo is not None

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.checkout_codec import encode_checkout
+from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, transform_files
 from pipeline.errors import UnreadableFileError
@@ -153,7 +153,10 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     def of(name: str) -> FileRecords:
         return out.setdefault(name, FileRecords([], [], []))
 
-    for row in checkouts.iter_rows(named=True):
+    wanted = ["_rec", "transaction_id", "dedup_status", "transaction_type", "source_file", "source_lines",
+              "store_id", "business_date", "currency", "content_hash"]
+    rows_out = checkouts.select(*wanted, encode_checkouts(checkouts.drop("_rec")).alias("_json"))
+    for row in rows_out.iter_rows(named=True):
         state = _state(row["dedup_status"], row["transaction_type"])
         keep_json = state in (TxnState.QUEUED, TxnState.CONFLICT)
         of(row["source_file"]).transactions.append(
@@ -168,7 +171,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 transaction_type=row["transaction_type"],
                 currency=row["currency"],
                 content_hash=row["content_hash"],
-                checkout=encode_checkout(row) if keep_json else None,
+                checkout=row["_json"] if keep_json else None,
             )
         )
     for row in rejected_groups.iter_rows(named=True):
