@@ -262,7 +262,7 @@ def _execute(
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
             except BaseException as exc:
                 ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
-                failed = _finish(ctx, status="failed")
+                failed = _finish(ctx, status="failed", failure_code=getattr(exc, "exit_code", EXIT_INTERNAL))
                 if isinstance(exc, Exception):  # not for Ctrl-C
                     notify(feed, failed.to_dict(), error=exc, dry_run=dry_run)
                 raise
@@ -376,13 +376,13 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
             source.close()
 
 
-def _finish(ctx: _Context, *, status: str) -> RunSummary:
+def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) -> RunSummary:
     """Record the run's end, write its reports, and return its summary."""
     notes = dict(ctx.notes)
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id)
     report = run_report(ctx.ledger, ctx.run_id, extra=notes)
-    code = EXIT_INTERNAL if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
+    code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
     report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
     ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
     folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)

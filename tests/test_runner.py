@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.config import Feed, Settings
-from pipeline.errors import EXIT_OK, EXIT_TEMPFAIL, LockHeldError
+from pipeline.errors import EXIT_OK, EXIT_TEMPFAIL, ConfigError, LockHeldError
 from pipeline.ledger import Ledger, TxnState
 from pipeline.locks import RunLock, lock_path
 from pipeline.runner import RerunSelection, rerun_feed, run_feed
@@ -300,3 +300,23 @@ def test_cli_rerun_by_run_id_and_by_feed(live: SandboxServer, folder: Path, tmp_
     listing = runner.invoke(cli, [*base, "runs", "--feed", "shop", "--json"])
     kinds = [r["kind"] for r in json.loads(listing.stdout)]
     assert kinds.count("run") == 1 and kinds.count("rerun") == 2  # a dry run leaves no trace
+
+
+def test_a_missing_secret_fails_the_run_and_the_next_run_sends(
+    sandbox: SandboxServer, folder: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTAVO_API_KEY", raising=False)
+    monkeypatch.delenv("ANTAVO_API_SECRET", raising=False)
+    feed = _feed(sandbox, folder)
+    with pytest.raises(ConfigError, match="ANTAVO_API_KEY"):
+        run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    with Ledger(settings.ledger_path) as ledger:
+        (failed,) = ledger.runs()
+        assert (failed.status, failed.exit_code) == ("failed", 78)
+        queued = ledger.state_counts("acme")["queued"]
+    with credentials(sandbox):
+        fixed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert fixed.summary["files_new"] == [] and fixed.summary["accepted"] > 0
+    with Ledger(settings.ledger_path) as ledger:
+        assert {t.origin for t in ledger.run_transactions(fixed.run_id)} == {"settle"}
+        assert len(ledger.run_transactions(fixed.run_id)) == queued
