@@ -28,7 +28,7 @@ from pipeline.errors import (
     EXIT_OK,
     EXIT_TEMPFAIL,
     ConfigError,
-    LockHeldError,
+    PosfeedError,
 )
 from pipeline.ledger import Ledger
 from pipeline.progress import make_progress
@@ -173,7 +173,7 @@ def run_command(
                 summaries.append(run_feed(feed, settings, dry_run=dry_run,
                                           business_dates=business_dates or None, stop=stop,
                                           progress=progress))
-            except (LockHeldError, ConfigError) as exc:
+            except PosfeedError as exc:  # one feed's trouble does not stop the others
                 if single:
                     raise
                 errors.append({"feed": feed.name, "exit_code": exc.exit_code, "error": str(exc)})

@@ -320,3 +320,22 @@ def test_a_missing_secret_fails_the_run_and_the_next_run_sends(
     with Ledger(settings.ledger_path) as ledger:
         assert {t.origin for t in ledger.run_transactions(fixed.run_id)} == {"settle"}
         assert len(ledger.run_transactions(fixed.run_id)) == queued
+
+
+def test_run_all_runs_every_feed_and_exits_with_the_worst(live: SandboxServer, folder: Path,
+                                                          tmp_path: Path) -> None:
+    feeds_dir = tmp_path / "feeds"
+    feeds_dir.mkdir()
+    good = sample_feed("acme_hourly", live, folder=folder, pattern="pos_LON01_*_10.csv")
+    (feeds_dir / "good.toml").write_text(feed_toml(good), encoding="utf-8")
+    nowhere = good.source.model_copy(update={"path": str(tmp_path / "nowhere")})
+    gone = good.model_copy(update={"dedup_scope": "elsewhere", "source": nowhere})
+    (feeds_dir / "gone.toml").write_text(feed_toml(gone), encoding="utf-8")
+    (feeds_dir / "broken.toml").write_text("timezone = 'Mars/Olympus'\n", encoding="utf-8")
+    base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports"),
+            "--feeds-dir", str(feeds_dir)]
+    result = CliRunner().invoke(cli, [*base, "run", "--all", "--business-date", "2026-11-20", "--json"])
+    assert result.exit_code == 78, result.output  # worst: the broken feed file
+    document = json.loads(result.stdout)
+    assert [r["feed"] for r in document["runs"]] == ["good"] and document["runs"][0]["accepted"] > 0
+    assert sorted(e["exit_code"] for e in document["errors"]) == [75, 78]
