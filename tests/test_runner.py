@@ -30,6 +30,7 @@ from tests.runner_helpers import (
     REPO,
     copy_samples,
     credentials,
+    delivered_ids,
     feed_toml,
     sample_feed,
     settings_in,
@@ -339,3 +340,29 @@ def test_run_all_runs_every_feed_and_exits_with_the_worst(live: SandboxServer, f
     document = json.loads(result.stdout)
     assert [r["feed"] for r in document["runs"]] == ["good"] and document["runs"][0]["accepted"] > 0
     assert sorted(e["exit_code"] for e in document["errors"]) == [75, 78]
+
+
+def test_faults_and_lost_responses_still_deliver_each_transaction_once(
+    live_kind: SandboxServer, target_kind: str, folder: Path, settings: Settings
+) -> None:
+    live = live_kind
+    live.config.fault_rate = 0.3
+    live.config.fault_kinds = ("error_500", "error_503", "lost_response", "drop")
+    feed = sample_feed("acme_hourly", live, folder=folder, target_kind=target_kind, max_attempts=8,
+                       backoff_base_seconds=0.001, backoff_max_seconds=0.01)
+    summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    s = summary.summary
+    assert s["balanced"] is True and s["failed_retryable"] == 0 and s["in_doubt"] == 0
+    assert stats(live)["faults_injected"] > 0
+    with Ledger(settings.ledger_path) as ledger:
+        rows = ledger.run_transactions(summary.run_id)
+    accepted = [t for t in rows if t.state is TxnState.ACCEPTED]
+    assert accepted and max(t.attempts for t in accepted) > 1
+    if target_kind == "antavo":
+        ids = delivered_ids(live)
+        assert len(ids) == len(set(ids))
+        assert set(ids) == {t.transaction_id for t in accepted if t.transaction_type != "return"}
+    # a lost response is answered "already used" when resent: settled as accepted, with the evidence
+    lost = stats(live)["lost_responses"]
+    if lost:
+        assert any(t.last_error_code for t in accepted)
