@@ -747,15 +747,23 @@ class Ledger:
 
     # ---- recording a file's contents ----------------------------------------------------------
 
-    def known(self, scope: str) -> list[tuple[str, str]]:
+    def known(self, scope: str, transaction_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
         """(transaction_id, content_hash) pairs of ``scope`` for dedup: every primary transaction
-        and every version held as a conflict (so a held transaction stays held)."""
-        rows = self._query(
+        and every version held as a conflict (so a held transaction stays held). With
+        ``transaction_ids``, only those ids are looked up (what a run's files contain), so the
+        cost does not grow with the ledger's history."""
+        sql = (
             f"SELECT DISTINCT transaction_id, content_hash FROM transactions WHERE scope = ? "
-            f"AND (state IN {_PRIMARY_SQL} OR state = 'conflict') AND content_hash IS NOT NULL",
-            (scope,),
+            f"AND (state IN {_PRIMARY_SQL} OR state = 'conflict') AND content_hash IS NOT NULL"
         )
-        return [(r[0], r[1]) for r in rows]
+        if transaction_ids is None:
+            return [(r[0], r[1]) for r in self._query(sql, (scope,))]
+        found: list[tuple[str, str]] = []
+        for chunk in _chunks(sorted(set(transaction_ids))):
+            marks = ",".join("?" * len(chunk))
+            found.extend((r[0], r[1]) for r in self._query(f"{sql} AND transaction_id IN ({marks})",
+                                                           (scope, *chunk)))
+        return found
 
     def record_file(
         self,

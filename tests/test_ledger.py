@@ -111,6 +111,7 @@ def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> N
     assert rejects[0]["original"] == {"TxnNo": "T9", "Qty": "x"}
     assert ledger.file_totals([file.id]) == [(file.id, "S1", "2026-11-20", 4, 3, Decimal("24.00"))]
     assert sorted(ledger.known(SCOPE)) == [("T1", "h-T1"), ("T2", "h-T2")]
+    assert ledger.known(SCOPE, ["T2", "T9", "nope"]) == [("T2", "h-T2")]  # rejected ids are not known
 
 
 def test_record_file_is_all_or_nothing(ledger: Ledger) -> None:

@@ -25,7 +25,8 @@ import polars as pl
 
 from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
-from pipeline.core.transform import REJECT_COLUMNS, TransformResult, transform_files
+from pipeline.core.parse import read_file
+from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
 from pipeline.logs import log_event, mask_customer_id
@@ -249,6 +250,21 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
     )
 
 
+def _read_staged(staged: Sequence[StagedFile], feed: Feed) -> tuple[pl.DataFrame, list[UnreadableFileError]]:
+    """Read every staged file under its source name (as :func:`transform_files` does); unreadable
+    files are collected, never raised."""
+    frames: list[pl.DataFrame] = []
+    unreadable: list[UnreadableFileError] = []
+    for item in staged:
+        try:
+            frames.append(read_file(item.fetched.path, feed, source_name=item.record.name))
+        except UnreadableFileError as exc:
+            log.warning("unreadable file %s: %s", exc.file, exc.reason)
+            unreadable.append(exc)
+    lines = pl.concat([empty_lines(), *frames], how="diagonal_relaxed") if frames else empty_lines()
+    return lines, unreadable
+
+
 def transform_staged(
     ledger: Ledger,
     run_id: str,
@@ -270,7 +286,11 @@ def transform_staged(
         return outcome
     hook("transform", "start")
     progress.start("transform", len(staged))
-    known_pairs = ledger.known(feed.scope)
+    lines, unreadable_files = _read_staged(staged, feed)
+    # the ledger is asked only about the ids these files contain
+    ids = lines.get_column("transaction_id").drop_nulls()
+    candidates = set(ids.to_list()) | set(ids.str.strip_chars().to_list())
+    known_pairs = ledger.known(feed.scope, candidates)
     known = pl.DataFrame(
         {
             "transaction_id": [k[0] for k in known_pairs],
@@ -278,13 +298,7 @@ def transform_staged(
         },
         schema={"transaction_id": pl.String(), "content_hash": pl.String()},
     )
-    result = transform_files(
-        [s.fetched.path for s in staged],
-        feed,
-        known=known,
-        now=now,
-        source_names=[s.record.name for s in staged],
-    )
+    result = transform(lines, feed, known=known, now=now, unreadable=unreadable_files)
     outcome.summary = result.summary
     unreadable = {e.file: e for e in result.unreadable}
     per_file = records_of(result)
