@@ -45,14 +45,40 @@ _SEP = "\x1f"
 _ITEM_SEP = "\x1e"
 
 
-def _item_columns() -> list[pl.Expr]:
-    keys = GROUP_ID
+def _position_in_transaction(frame: pl.DataFrame) -> pl.Series:
+    """1, 2, ... for each line within its transaction, in frame order.
+
+    A transaction's lines nearly always come as one run of adjacent lines: the position is then
+    the distance to the run's first line (no window over the whole frame). Transactions whose
+    lines form several runs are numbered with a window over their own lines only.
+    """
+    if frame.height == 0:
+        return pl.Series("n_line_no", [], dtype=pl.Int64)
+    group = frame.get_column(GROUP_ID)
+    start = group.ne_missing(group.shift(1))  # the first line is a start (shifted value is null)
+    run = start.cast(pl.Int64).cum_sum() - 1
+    first_row = start.arg_true().cast(pl.Int64)
+    row = frame.select(pl.int_range(pl.len(), dtype=pl.Int64)).to_series()
+    position = row - first_row.gather(run) + 1
+    run_groups = group.filter(start)
+    split = run_groups.filter(run_groups.is_duplicated()).unique()
+    if split.len():
+        in_split = frame.select(pl.col(GROUP_ID).is_in(split.implode())).to_series()
+        exact = frame.filter(in_split).select(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(GROUP_ID))
+        position = position.scatter(in_split.arg_true(), exact.to_series())
+    return position.alias("n_line_no")
+
+
+def _item_columns(frame: pl.DataFrame) -> list[pl.Expr]:
     is_return = pl.col("v_type") == TransactionType.RETURN
     q = pl.col("v_quantity")
+    numbered = frame.get_column("v_line_no")
+    if numbered.null_count() == 0:
+        line_no = pl.col("v_line_no")
+    else:
+        line_no = pl.coalesce(pl.col("v_line_no"), pl.lit(_position_in_transaction(frame)))
     return [
-        pl.coalesce(pl.col("v_line_no"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(keys)).alias(
-            "n_line_no"
-        ),
+        line_no.alias("n_line_no"),
         pl.col("v_product_id").alias("n_product_id"),
         pl.col("product_name").str.strip_chars().alias("n_product_name"),
         pl.col("product_category").str.strip_chars().alias("n_product_category"),
@@ -69,11 +95,9 @@ def _text(col: str) -> pl.Expr:
 
 def content_hashes(texts: pl.Series) -> pl.Series:
     """sha256 hex of each canonical content text."""
-    return pl.Series(
-        "content_hash",
-        [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts.to_list()],
-        dtype=pl.String,
-    )
+    # as bytes straight from polars' UTF-8 buffers: no str objects to build and encode again
+    data = texts.cast(pl.Binary).to_list()
+    return pl.Series("content_hash", [hashlib.sha256(b).hexdigest() for b in data], dtype=pl.String)
 
 
 _NEEDED = (
@@ -127,7 +151,8 @@ def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.D
     ``reject_code is null``. ``feed`` is accepted for symmetry with the other stages.
     """
     keys = GROUP_ID
-    rows = valid_lines.select(normalize_columns(valid_lines)).with_columns(_item_columns())
+    rows = valid_lines.select(normalize_columns(valid_lines))
+    rows = rows.with_columns(_item_columns(rows))
     # items must come in line order; exports nearly always list a transaction's lines together and
     # in order, and then no sort is needed (checked in one vectorized pass); else sort once here
     ordered = rows.with_row_index("_pos")

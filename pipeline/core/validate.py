@@ -70,6 +70,9 @@ class Rule:
     field: str
     failing: pl.Expr
     reason: pl.Expr
+    # typed columns the rule cannot fail without: when one is null on every line, the rule is
+    # skipped in the screening pass (it could not fail anyway)
+    needs: tuple[str, ...] = ()
 
 
 def _fmt(template: str, *args: pl.Expr) -> pl.Expr:
@@ -184,6 +187,7 @@ def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     distinct = distinct.with_columns(
         local.alias("v_local"),
         offset.str.replace("Z", "+00:00", literal=True).alias("v_offset"),
+        text.is_null().alias("v_ts_blank"),
     )
     # offset given: wall time minus the offset
     off = pl.col("v_offset")
@@ -286,19 +290,88 @@ def _content_columns() -> list[str]:
     return [c for c in CANONICAL_COLUMNS if c not in ("transaction_id", "line_no")]
 
 
+def _per_transaction(frame: pl.DataFrame, *aggs: pl.Expr) -> pl.DataFrame:
+    """One aggregate row per transaction, spread back to every line (in line order).
+
+    ``GROUP_ID`` is a dense rank (1..n), so the aggregates sorted by it are gathered back by
+    position: one group_by and one gather instead of a window per fact.
+    """
+    if frame.height == 0:
+        return frame.select(aggs).clear()
+    per_group = frame.group_by(GROUP_ID).agg(*aggs).sort(GROUP_ID)
+    index = frame.get_column(GROUP_ID) - 1
+    return per_group.drop(GROUP_ID)[index]
+
+
+# (typed column, count column, whether nulls are left out of the count)
+_DISTINCT: tuple[tuple[str, str, bool], ...] = (
+    ("v_type_given", "v_type_count", True),
+    ("v_store_id", "v_store_count", False),
+    ("v_customer_id", "v_customer_count", True),
+    ("v_currency", "v_currency_count", True),
+)
+
+
+def _distinct_expr(col: str, drop_nulls: bool) -> pl.Expr:
+    value = pl.col(col).drop_nulls() if drop_nulls else pl.col(col)
+    return value.n_unique()
+
+
+def _distinct_counts(frame: pl.DataFrame) -> pl.DataFrame:
+    """The number of distinct values of each _DISTINCT column in the line's transaction.
+
+    Exports list a transaction's lines together: within one run of adjacent lines of a
+    transaction there is one value unless it changes between two adjacent lines, and that
+    comparison is far cheaper than counting distinct strings per transaction. Only transactions
+    with such a change, or whose lines form more than one run, are counted exactly.
+    """
+    gid = pl.col(GROUP_ID)
+    exact = [_distinct_expr(c, drop).alias(name) for c, name, drop in _DISTINCT]
+    if frame.height == 0:
+        return frame.select(exact).clear()
+    same_group = gid.eq(gid.shift(1)).fill_null(False)
+    changed = pl.any_horizontal(
+        [pl.col(c).ne_missing(pl.col(c).shift(1)) & same_group for c, _, _ in _DISTINCT]
+    )
+    flags = frame.select(changed.alias("changed"), (~same_group).alias("start"))
+    run_groups = frame.get_column(GROUP_ID).filter(flags.get_column("start"))
+    look = pl.concat(
+        [
+            frame.get_column(GROUP_ID).filter(flags.get_column("changed")),
+            run_groups.filter(run_groups.is_duplicated()),  # a transaction in several runs
+        ]
+    )
+    counts = frame.select(
+        [
+            (pl.col(c).is_not_null() if drop else pl.lit(True)).cast(pl.UInt32).alias(name)
+            for c, name, drop in _DISTINCT
+        ]
+    )
+    if look.len():
+        in_mixed = frame.select(gid.is_in(look.unique().implode())).to_series()
+        positions = in_mixed.arg_true()
+        mixed = frame.filter(in_mixed).select([e.over(GROUP_ID).cast(pl.UInt32) for e in exact])
+        counts = counts.with_columns(
+            counts.get_column(name).scatter(positions, mixed.get_column(name)) for _, name, _ in _DISTINCT
+        )
+    return counts
+
+
 def _transaction_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
-    """Per-transaction facts as window expressions over the transaction's lines."""
+    """Per-transaction facts (one group_by over the transaction's lines), on every line."""
     keys = GROUP_ID
     given = pl.col("v_type_given")
-    frame = frame.with_columns(
-        given.drop_nulls().first().over(keys).alias("v_type_explicit"),
-        (pl.col("v_quantity") < 0).fill_null(False).all().over(keys).alias("v_all_negative"),
-        given.drop_nulls().n_unique().over(keys).alias("v_type_count"),
-        pl.col("v_store_id").n_unique().over(keys).alias("v_store_count"),
-        pl.col("v_customer_id").drop_nulls().n_unique().over(keys).alias("v_customer_count"),
-        pl.col("v_currency").drop_nulls().n_unique().over(keys).alias("v_currency_count"),
-        pl.len().over(keys, "v_line_no").alias("v_line_no_count"),
-    )
+    facts = _per_transaction(
+        frame,
+        given.drop_nulls().first().alias("v_type_explicit"),
+        (pl.col("v_quantity") < 0).fill_null(False).all().alias("v_all_negative"),
+    ).hstack(_distinct_counts(frame))
+    frame = frame.hstack(facts)
+    if frame.get_column("v_line_no").null_count() == frame.height:
+        # no line numbers: the count only matters where line_no is set, which is nowhere
+        frame = frame.with_columns(pl.lit(None, dtype=pl.UInt32).alias("v_line_no_count"))
+    else:
+        frame = frame.with_columns(pl.len().over(keys, "v_line_no").alias("v_line_no_count"))
     explicit = pl.col("v_type_explicit")
     is_return = (explicit == TransactionType.RETURN) | (
         pl.lit(feed.validation.treat_negative_quantity_as_return)
@@ -343,7 +416,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
         if field in NUMBER_FIELDS:  # blank: no value and not flagged as a bad number
             missing = pl.col(f"v_{field}").is_null() & ~pl.col(f"v_bad_{field}")
         elif field == "timestamp":
-            missing = _clean(field).is_null()
+            missing = pl.col("v_ts_blank")  # judged once per distinct timestamp text
         else:
             typed = pl.col(f"v_{field}")
             missing = typed.is_null() | (typed.str.len_bytes() == 0)
@@ -436,6 +509,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             "discount",
             pl.col("v_discount") < 0,
             _fmt("discount {} is negative", pl.col("discount")),
+            needs=("v_discount",),
         )
     )
     tolerance = _money(v.amount_tolerance)
@@ -456,6 +530,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 pl.col("line_total"),
                 expected,
             ),
+            needs=("v_line_total",),
         )
     )
     now_utc = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
@@ -485,6 +560,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 days,
                 pl.col("business_date"),
             ),
+            needs=("v_business_date_given",),
         )
     )
     rules.append(
@@ -499,6 +575,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 pl.col("v_line_no_count"),
                 pl.col("transaction_id"),
             ),
+            needs=("v_line_no",),
         )
     )
     for name, code, field, count in (
@@ -558,8 +635,10 @@ def _rule_index(frame: pl.DataFrame, rules: Sequence[Rule]) -> pl.Series:
     One cheap OR over every rule finds the failing rows; the rule index is only worked out for
     those (usually few) rows.
     """
-    broken = frame.select(pl.any_horizontal([r.failing.fill_null(False) for r in rules])).to_series()
-    index = pl.Series("v_rule", [None] * frame.height, dtype=pl.Int32)
+    absent = {c for r in rules for c in r.needs if frame.get_column(c).null_count() == frame.height}
+    screen = [r.failing.fill_null(False) for r in rules if absent.isdisjoint(r.needs)]
+    broken = frame.select(pl.any_horizontal(screen).alias("broken")).to_series()
+    index = pl.Series("v_rule", [], dtype=pl.Int32).extend_constant(None, frame.height)
     if broken.any():
         failing = frame.filter(broken)
         positions = broken.arg_true()
