@@ -93,6 +93,20 @@ def _text(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.String).fill_null("")
 
 
+def _column_text(rows: pl.DataFrame, col: str) -> pl.Expr:
+    """:func:`_text` of a column; one literal when the column holds a single value (or none).
+
+    Exports often lack a column (no line numbers, no discounts): its text is then the same on
+    every line, and formatting it once saves a number-to-text conversion per line.
+    """
+    series = rows.get_column(col)
+    if series.dtype != pl.String and series.len() and series.null_count() in (0, series.len()):
+        single = series.null_count() == series.len() or series.min() == series.max()
+        if single:
+            return pl.lit(series.head(1).cast(pl.String).fill_null("").item(), dtype=pl.String)
+    return _text(col)
+
+
 def content_hashes(texts: pl.Series) -> pl.Series:
     """sha256 hex of each canonical content text."""
     # as bytes straight from polars' UTF-8 buffers: no str objects to build and encode again
@@ -162,12 +176,8 @@ def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.D
     all_numbered = rows.height == 0 or rows.get_column("v_line_no").null_count() == 0
     item_text = pl.concat_str(
         [
-            _text("v_line_no"),
-            _text("n_product_id"),
-            _text("n_quantity"),
-            _text("n_unit_price"),
-            _text("n_discount"),
-            _text("n_line_total"),
+            _column_text(rows, c)
+            for c in ("v_line_no", "n_product_id", "n_quantity", "n_unit_price", "n_discount", "n_line_total")
         ],
         separator=_SEP,
     )
