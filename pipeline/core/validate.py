@@ -187,21 +187,13 @@ def _timezones(feed: Feed) -> list[str]:
     return sorted({feed.timezone, *feed.store_timezones.values()})
 
 
-def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
-    """v_local (naive wall time), v_ts_utc, v_ts_local (ISO text with offset), v_tz, v_local_date.
+def _time_columns(distinct: pl.DataFrame, feed: Feed) -> pl.DataFrame:
+    """v_local (naive wall time), v_ts_utc, v_ts_local (ISO text with offset), v_local_date,
+    v_ts_blank, from the ``timestamp`` text and the ``v_tz`` timezone of each row.
 
-    Computed once per run of equal (timestamp text, timezone): exports repeat the transaction's
-    timestamp on every line, so this is far less work than once per line.
+    Called once per run of lines (see :func:`_typed`): exports repeat the transaction's timestamp
+    on every line, so this is far less work than once per line.
     """
-    frame = frame.with_columns(
-        pl.col("v_store_id")
-        .replace_strict(feed.store_timezones, default=feed.timezone, return_dtype=pl.String)
-        .alias("v_tz")
-        if feed.store_timezones
-        else pl.lit(feed.timezone, dtype=pl.String).alias("v_tz")
-    )
-    keys = ["timestamp", "v_tz"]
-    run, distinct = _runs(frame, keys)
     text = _clean("timestamp")
     offset = text.str.extract(_OFFSET_RE, 1)
     wall = (
@@ -248,7 +240,21 @@ def _time_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
         pl.when(has_offset).then(local_from_offset).otherwise(text_by_zone).alias("v_ts_local"),
         pl.col("v_local").dt.date().alias("v_local_date"),
     ).drop("v_offset")
-    return frame.hstack(distinct.drop(keys)[run])
+    return distinct
+
+
+# raw columns that belong to the transaction (the same on each of its lines, as a rule)
+_HEADER_COLUMNS: tuple[str, ...] = (
+    "transaction_id",
+    "store_id",
+    "register_id",
+    "customer_id",
+    "currency",
+    "transaction_type",
+    "original_transaction_id",
+    "business_date",
+    "timestamp",
+)
 
 
 def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
@@ -264,19 +270,38 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
             value = value.str.to_lowercase()
         return value.alias(name)
 
-    frame = lines.with_columns(
+    # the transaction's own fields repeat on each of its lines: they are typed once per run of
+    # adjacent lines with the same raw values, and spread back to every line by run number
+    header = [
         text("transaction_id", "v_transaction_id"),
         text("store_id", "v_store_id"),
         text("register_id", "v_register_id", empty_is_null=True),
         text("customer_id", "v_customer_id", empty_is_null=True),
-        text("product_id", "v_product_id"),
         text("currency", "v_currency", "upper", empty_is_null=True),
         text("transaction_type", "v_type_given", "lower", empty_is_null=True),
         text("original_transaction_id", "v_original_transaction_id", empty_is_null=True),
         text("business_date", "v_business_date_text", empty_is_null=True),
+    ]
+    raw = ["source_file", *_HEADER_COLUMNS]
+    present = [c for c in _HEADER_COLUMNS if lines.get_column(c).null_count() < lines.height]
+    run, distinct = _runs(lines, ["source_file", *present])
+    distinct = distinct.with_columns(
+        pl.lit(None, dtype=pl.String).alias(c) for c in _HEADER_COLUMNS if c not in present
     )
+    distinct = distinct.with_columns(header)
+    distinct = distinct.with_columns(
+        pl.col("v_store_id")
+        .replace_strict(feed.store_timezones, default=feed.timezone, return_dtype=pl.String)
+        .alias("v_tz")
+        if feed.store_timezones
+        else pl.lit(feed.timezone, dtype=pl.String).alias("v_tz")
+    )
+    distinct = _time_columns(distinct, feed)
+    header_run, header_keys = run, distinct.select("source_file", "v_transaction_id")
+    distinct = distinct.drop(raw)
+    frame = lines.with_columns(text("product_id", "v_product_id"))
+    frame = frame.hstack(distinct[run])
     frame = _with_numbers(frame, feed)
-    frame = _time_columns(frame, feed)
     frame = frame.with_columns(
         pl.col("v_business_date_text").str.to_date(date_format, strict=False).alias("v_business_date_given"),
         pl.col("v_discount").fill_null(_money(0)).alias("v_discount_or_0"),
@@ -286,7 +311,11 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     )
     # one integer per transaction (exact, unlike a hash): windows over one int key are cheap;
     # ranked over the first line of each run of lines, then spread back to every line
-    run, firsts = _runs(frame, GROUP_KEYS)
+    if frame.height == 0 or frame.get_column("v_copy").max() == 0:
+        # no repeated copies: the runs of lines above never span two transactions
+        run, firsts = header_run, header_keys.with_columns(pl.lit(0, dtype=pl.Int64).alias("v_copy"))
+    else:
+        run, firsts = _runs(frame, GROUP_KEYS)
     group = firsts.select(pl.struct(GROUP_KEYS).rank("dense").cast(pl.Int64)).to_series()
     return frame.with_columns(group[run].alias(GROUP_ID))
 
