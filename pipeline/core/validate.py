@@ -350,15 +350,18 @@ def _content_columns() -> list[str]:
     return [c for c in CANONICAL_COLUMNS if c not in ("transaction_id", "line_no")]
 
 
-def _per_transaction(frame: pl.DataFrame, *aggs: pl.Expr) -> pl.DataFrame:
-    """One aggregate row per transaction, spread back to every line (in line order).
+def _per_transaction(
+    frame: pl.DataFrame, *aggs: pl.Expr, then: Sequence[pl.Expr] = ()
+) -> pl.DataFrame:
+    """One aggregate row per transaction (plus ``then``, computed from the aggregates), spread
+    back to every line (in line order).
 
     ``GROUP_ID`` is a dense rank (1..n), so the aggregates sorted by it are gathered back by
     position: one group_by and one gather instead of a window per fact.
     """
     if frame.height == 0:
-        return frame.select(aggs).clear()
-    per_group = frame.group_by(GROUP_ID).agg(*aggs).sort(GROUP_ID)
+        return frame.select(aggs).clear().with_columns(then)
+    per_group = frame.group_by(GROUP_ID).agg(*aggs).sort(GROUP_ID).with_columns(then)
     index = frame.get_column(GROUP_ID) - 1
     return per_group.drop(GROUP_ID)[index]
 
@@ -421,17 +424,6 @@ def _transaction_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     """Per-transaction facts (one group_by over the transaction's lines), on every line."""
     keys = GROUP_ID
     given = pl.col("v_type_given")
-    facts = _per_transaction(
-        frame,
-        given.drop_nulls().first().alias("v_type_explicit"),
-        (pl.col("v_quantity") < 0).fill_null(False).all().alias("v_all_negative"),
-    ).hstack(_distinct_counts(frame))
-    frame = frame.hstack(facts)
-    if frame.get_column("v_line_no").null_count() == frame.height:
-        # no line numbers: the count only matters where line_no is set, which is nowhere
-        frame = frame.with_columns(pl.lit(None, dtype=pl.UInt32).alias("v_line_no_count"))
-    else:
-        frame = frame.with_columns(pl.len().over(keys, "v_line_no").alias("v_line_no_count"))
     explicit = pl.col("v_type_explicit")
     is_return = (explicit == TransactionType.RETURN) | (
         pl.lit(feed.validation.treat_negative_quantity_as_return)
@@ -443,7 +435,17 @@ def _transaction_columns(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
         .then(pl.lit(TransactionType.RETURN.value))
         .otherwise(explicit.fill_null(TransactionType.SALE.value))
     )
-    return frame.with_columns(txn_type.alias("v_type"))
+    facts = _per_transaction(
+        frame,
+        given.drop_nulls().first().alias("v_type_explicit"),
+        (pl.col("v_quantity") < 0).fill_null(False).all().alias("v_all_negative"),
+        then=[txn_type.alias("v_type")],  # once per transaction, not per line
+    ).hstack(_distinct_counts(frame))
+    frame = frame.hstack(facts)
+    if frame.get_column("v_line_no").null_count() == frame.height:
+        # no line numbers: the count only matters where line_no is set, which is nowhere
+        return frame.with_columns(pl.lit(None, dtype=pl.UInt32).alias("v_line_no_count"))
+    return frame.with_columns(pl.len().over(keys, "v_line_no").alias("v_line_no_count"))
 
 
 def _with_line_amounts(frame: pl.DataFrame) -> pl.DataFrame:
@@ -724,8 +726,14 @@ def _explain(frame: pl.DataFrame, rules: Sequence[Rule], bad_groups: pl.DataFram
         return frame.drop("_row").with_columns(
             pl.lit(None, dtype=pl.String).alias(c) for c in ("reject_code", "reject_field", "reject_reason")
         )
-    found = frame.select("_row").join(reasons, on="_row", how="left", maintain_order="left")
-    return frame.drop("_row").hstack(found.drop("_row"))
+    rows = reasons.get_column("_row")
+    found = [
+        pl.Series(name, [], dtype=pl.String)
+        .extend_constant(None, frame.height)
+        .scatter(rows, reasons.get_column(name))
+        for name in ("reject_code", "reject_field", "reject_reason")
+    ]
+    return frame.drop("_row").hstack(found)
 
 
 def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
