@@ -178,7 +178,9 @@ def transform(
     is_valid = checked.get_column("reject_code").is_null()
     extras = [c for c in checked.columns if c.startswith(EXTRA_PREFIX)]
     # only what each consumer reads is filtered (cheaper than filtering every column)
-    valid = checked.select(normalize_columns(checked)).filter(is_valid)
+    valid = checked.select(normalize_columns(checked))
+    if not is_valid.all():  # nothing to filter when every row is valid
+        valid = valid.filter(is_valid)
     checkouts, items = normalize(valid, feed)
     checkouts = dedup(checkouts, known)
     rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS).filter(~is_valid)
