@@ -378,7 +378,7 @@ def bench() -> None:
               help="Use the first N rows (synthetic input: generate N rows).")
 @click.option("--synthetic", is_flag=True, help="Use generated data of the same shape, not the file.")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Runs of (a) and (b) in their process; the best counts.")
+              help="Rounds of (a) and (b), alternating, a fresh process each; the best run counts.")
 @click.option("--naive-repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs of the naive baseline (c).")
 @click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
