@@ -189,6 +189,7 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
             settings,
             business_dates=[date.fromisoformat(config["business_date"])],
             on_stage=_stage_hook(meter),
+            dry_run=bool(config.get("dry_run")),
         )
         if profiler is not None:
             profiler.disable()
@@ -313,12 +314,15 @@ def run_e2e(
     seed: int | None = None,
     workdir: Path | None = None,
     profile_out: Path | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Generate, serve over SFTP, run the whole pipeline in a fresh process; return the figures.
 
     The report has the keys :data:`E2E_KEYS`; each stage (and ``total``) has :data:`STAGE_KEYS`.
     With ``profile_out``, the measured run is profiled (cProfile, main thread) into
     ``profile_out``.pstats and a readable ``profile_out``.txt (timings then include its overhead).
+    With ``dry_run`` the run stops before submit (the runner's dry run: fetch, transform, dedup and
+    ledger on a copy, reports), which measures the data path at sizes where sending takes too long.
     """
     from pipeline.testing.sshd import OpenSshServer
 
@@ -342,6 +346,7 @@ def run_e2e(
                     "reports_dir": str(base / "reports"),
                     "business_date": spec.business_date.isoformat(),
                     "profile_out": str(profile_out.resolve()) if profile_out else None,
+                    "dry_run": dry_run,
                 }
                 measured = _measure_in_child(config, base)
                 stats = _sandbox_get(sandbox_url, "/_sandbox/stats")
@@ -377,6 +382,7 @@ def run_e2e(
         # the platform holds exactly the transactions the ledger says were accepted, none sent twice
         "sandbox_matches_ledger": matches,
         "latency_seconds": latency_seconds,
+        "dry_run": dry_run,
         # the platform's own CPU (another process on the same cores): the pipeline's is in "total"
         "sandbox_cpu_seconds": round(sandbox_cpu, 2),
         "workload": {k: v for k, v in asdict(workload).items() if k not in {"folder", "files"}},
@@ -391,9 +397,13 @@ def run_scaling(
     *,
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
     workdir: Path | None = None,
+    dry_run: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`run_e2e` at each size (each measured in a fresh process), smallest first."""
-    return [run_e2e(size, latency_seconds=latency_seconds, workdir=workdir) for size in sorted(sizes)]
+    return [
+        run_e2e(size, latency_seconds=latency_seconds, workdir=workdir, dry_run=dry_run)
+        for size in sorted(sizes)
+    ]
 
 
 def growth(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -502,6 +512,7 @@ def run_suite(
     out: Path | None = None,
     command: str = "",
     profile: bool = False,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """The e2e measurement at ``line_items``, the scaling points, and the side-by-side comparisons.
 
@@ -519,14 +530,16 @@ def run_suite(
     points: list[dict[str, Any]] = []
     for size in sorted(set(scaling)):
         log.info("e2e at %s line items", f"{size:,}")
-        points.append(run_e2e(size, latency_seconds=latency_seconds))
+        points.append(run_e2e(size, latency_seconds=latency_seconds, dry_run=dry_run))
     main_run = next((p for p in points if p["requested_line_items"] == line_items), None)
     if profile:  # a profiled run is slower: never reuse it as a scaling point, nor one for it
         profile_out = (out or Path(".")) / "profile-e2e"
-        report["e2e"] = run_e2e(line_items, latency_seconds=latency_seconds, profile_out=profile_out)
+        report["e2e"] = run_e2e(
+            line_items, latency_seconds=latency_seconds, profile_out=profile_out, dry_run=dry_run
+        )
         report["profile"] = str(profile_out.with_suffix(".txt"))
     else:
-        report["e2e"] = main_run or run_e2e(line_items, latency_seconds=latency_seconds)
+        report["e2e"] = main_run or run_e2e(line_items, latency_seconds=latency_seconds, dry_run=dry_run)
     if points:
         report["scaling"] = {"points": points, "growth": growth(points)}
     if side_by_side:
