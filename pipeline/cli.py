@@ -483,8 +483,9 @@ def _sizes(value: str) -> tuple[int, ...]:
 
 
 @bench.command("e2e")
-@click.option("--line-items", type=int, default=1_000_000, show_default=True,
-              help="Line items (rows across all files) of the measured day.")
+@click.option("--line-items", type=click.IntRange(min=100), default=None,
+              help="Line items (rows across all files) of the measured day [default: 1000000; with "
+                   "--full, the largest scaling point].")
 @click.option("--scaling", default=None, metavar="N,N,...",
               help="Also measure at these sizes, each in a fresh process, and plot time and peak "
                    "memory (e.g. 100000,1000000,3000000 or 0.1M,1M,3M).")
@@ -503,18 +504,20 @@ def _sizes(value: str) -> tuple[int, ...]:
 @click.option("--dry-run", is_flag=True,
               help="Stop before submit (fetch, transform, dedup, ledger, reports): the data path at "
                    "sizes where sending would take too long.")
-def bench_e2e(line_items: int, scaling: str | None, full: bool, latency_ms: float, as_json: bool,
+def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_ms: float, as_json: bool,
               out: Path | None, profile: bool = False, update_docs: Path | None = None,
               dry_run: bool = False) -> None:
     """A chain's day from a real SFTP server to the sandbox platform: per-stage time and memory."""
     import signal
 
-    from pipeline.benchmarks.e2e import FULL_SCALING, render_text, run_suite
+    from pipeline.benchmarks.e2e import FULL_LINE_ITEMS, FULL_SCALING, render_text, run_suite
     from pipeline.benchmarks.e2e import update_docs as write_docs
 
     # SIGTERM unwinds like Ctrl-C, so the sshd, the sandbox and the temporary files are cleaned up
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sizes = _sizes(scaling) if scaling is not None else (FULL_SCALING if full else ())
+    if line_items is None:
+        line_items = FULL_LINE_ITEMS if full else 1_000_000
     if (full or profile) and out is None:
         out = Path("docs/bench")
     command = ["posfeed", "bench", "e2e", f"--line-items {line_items}"]
@@ -548,5 +551,7 @@ def bench_e2e(line_items: int, scaling: str | None, full: bool, latency_ms: floa
 @click.pass_context
 def bench_all(ctx: click.Context, as_json: bool, out: Path, update_docs: Path) -> None:
     """The whole suite in one run (`bench e2e --full`), sized to fit 10 minutes on 2 cores."""
-    ctx.invoke(bench_e2e, line_items=1_000_000, scaling=None, full=True, latency_ms=5.0,
+    from pipeline.benchmarks.e2e import FULL_LINE_ITEMS
+
+    ctx.invoke(bench_e2e, line_items=FULL_LINE_ITEMS, scaling=None, full=True, latency_ms=5.0,
                as_json=as_json, out=out, profile=False, update_docs=update_docs)
