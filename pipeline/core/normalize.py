@@ -272,7 +272,9 @@ def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.D
         pl.col("timestamp_local").alias("c_timestamp_local"),
         pl.col("register_id").alias("c_register_id"),
     )
-    items = rows.join(attributes, on=keys, how="left", nulls_equal=True, maintain_order="left").select(
+    # only the key goes through the join: the lines' own columns are not copied
+    spread = rows.select(keys).join(attributes, on=keys, how="left", nulls_equal=True, maintain_order="left")
+    items = rows.hstack(spread.drop(keys)).select(
         pl.col("v_transaction_id").alias("transaction_id"),
         pl.col("v_store_id").alias("store_id"),
         pl.col("c_register_id").alias("register_id"),

@@ -181,8 +181,6 @@ def transform(
     valid = checked.select(normalize_columns(checked))
     if not is_valid.all():  # nothing to filter when every row is valid
         valid = valid.filter(is_valid)
-    checkouts, items = normalize(valid, feed)
-    checkouts = dedup(checkouts, known)
     rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS).filter(~is_valid)
     out_lines = checked.select(
         *CANONICAL_COLUMNS,
@@ -191,7 +189,11 @@ def transform(
         pl.col("v_type").alias("transaction_type_normalized"),
         pl.col("v_store_id").alias("store"),
     )
-    summary = _summary(checked, checkouts, unreadable)
+    counted = checked.select("reject_code", "v_transaction_id", GROUP_ID, "amount", "source_file")
+    del checked  # validation's working columns are not needed any more: free them before normalize
+    checkouts, items = normalize(valid, feed)
+    checkouts = dedup(checkouts, known)
+    summary = _summary(counted, checkouts, unreadable)
     log.info(
         "transform: %d rows, %d valid transactions, %d rows rejected",
         summary["rows_in"],
@@ -202,7 +204,7 @@ def transform(
         lines=out_lines,
         checkouts=checkouts,
         items=items,
-        rejects=_rejects(rejected, checked, feed),
+        rejects=_rejects(rejected, out_lines, feed),
         unreadable=tuple(unreadable),
         summary=summary,
     )

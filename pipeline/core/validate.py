@@ -456,10 +456,17 @@ def _with_line_amounts(frame: pl.DataFrame) -> pl.DataFrame:
     q, d = pl.col("v_quantity"), pl.col("v_discount_or_0")
     frame = frame.with_columns((q * pl.col("v_unit_price")).cast(MONEY).alias("v_gross"))
     gross = pl.col("v_gross")
-    frame = frame.with_columns(
-        pl.when(q < 0).then(gross + d).otherwise(gross - d).cast(MONEY).alias("v_line_expected")
-    )
-    raw = pl.coalesce(pl.col("v_line_total"), pl.col("v_line_expected"))
+    if frame.get_column("v_discount").null_count() == frame.height:
+        # no discounts in the export: the expected amount is the gross amount itself
+        frame = frame.with_columns(gross.alias("v_line_expected"))
+    else:
+        frame = frame.with_columns(
+            pl.when(q < 0).then(gross + d).otherwise(gross - d).cast(MONEY).alias("v_line_expected")
+        )
+    if frame.get_column("v_line_total").null_count() == frame.height:
+        raw = pl.col("v_line_expected")  # no line totals given: nothing to coalesce
+    else:
+        raw = pl.coalesce(pl.col("v_line_total"), pl.col("v_line_expected"))
     frame = frame.with_columns(
         pl.when(pl.col("v_type") == TransactionType.RETURN)
         .then(-raw.abs())
