@@ -10,6 +10,7 @@ thousands of files costs little memory.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from datetime import date, timedelta
 from pipeline.config import SourceConfig
 from pipeline.errors import ConfigError
 from pipeline.sources.base import RemoteFile
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -190,3 +193,23 @@ def find_ready(
             if name not in taken:
                 on_not_ready(entry)
     yield from sorted(ready, key=lambda f: (f.mtime, f.name))
+
+
+def discover_ready(
+    list_entries: Callable[[], Iterable[RemoteFile]],
+    config: SourceConfig,
+    business_dates: Sequence[date],
+    *,
+    sleep: Callable[[float], None],
+    where: str,
+) -> Iterator[RemoteFile]:
+    """:func:`find_ready` for a source, logging skipped and not-yet-ready files under ``where``."""
+    waiting_for = "no done-marker" if config.readiness == "marker" else "still changing"
+    yield from find_ready(
+        list_entries,
+        config,
+        business_dates,
+        sleep=sleep,
+        on_skip=lambda name, why: log.warning("skipping %r in %s: unsafe name (%s)", name, where, why),
+        on_not_ready=lambda f: log.info("not taking %s yet: %s", f.name, waiting_for),
+    )

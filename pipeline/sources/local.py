@@ -20,7 +20,7 @@ from typing import Literal
 from pipeline.config import Feed
 from pipeline.errors import SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
-from pipeline.sources.discovery import find_ready, marker_names, unsafe_name_reason
+from pipeline.sources.discovery import discover_ready, marker_names, unsafe_name_reason
 
 __all__ = ["LocalSource"]
 
@@ -53,19 +53,8 @@ class LocalSource:
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first."""
-        yield from find_ready(
-            self._list,
-            self.config,
-            business_dates,
-            sleep=self._sleep,
-            on_skip=lambda name, why: log.warning(
-                "skipping %r in %s: unsafe name (%s)", name, self.folder, why
-            ),
-            on_not_ready=lambda f: log.info(
-                "not taking %s yet: %s",
-                f.name,
-                "no done-marker" if self.config.readiness == "marker" else "still changing",
-            ),
+        yield from discover_ready(
+            self._list, self.config, business_dates, sleep=self._sleep, where=str(self.folder)
         )
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:

@@ -31,7 +31,7 @@ import paramiko
 from pipeline.config import Feed
 from pipeline.errors import SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
-from pipeline.sources.discovery import find_ready, marker_names, unsafe_name_reason
+from pipeline.sources.discovery import discover_ready, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
 from pipeline.sources.sftp_stream import HashingWriter, PipelinedReader, WriterFailed
 
@@ -114,18 +114,8 @@ class SftpSource:
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first."""
-        yield from find_ready(
-            self._list,
-            self.config,
-            business_dates,
-            sleep=self._sleep,
-            on_skip=lambda name, why: log.warning(
-                "skipping remote file %r in %s: unsafe name (%s)", name, self.address, why
-            ),
-            on_not_ready=lambda f: log.info(
-                "not taking %s yet: %s", f.name,
-                "no done-marker" if self.config.readiness == "marker" else "still changing",
-            ),
+        yield from discover_ready(
+            self._list, self.config, business_dates, sleep=self._sleep, where=str(self.address)
         )
 
     # ---- fetch ------------------------------------------------------------------------------
