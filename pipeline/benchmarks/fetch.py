@@ -24,6 +24,7 @@ from typing import Any
 
 import paramiko
 
+from pipeline.benchmarks.docs import replace_generated_block
 from pipeline.benchmarks.meter import ResourceMeter, current_rss
 from pipeline.config import Feed
 from pipeline.sources.sftp import SftpSource
@@ -214,15 +215,4 @@ def markdown_section(result: FetchBenchResult, *, command: str) -> str:
 
 def update_docs(path: Path, section: str) -> None:
     """Replace the generated block of the Fetch section in ``path`` (markers kept)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
-    if DOCS_START in text and DOCS_END in text:
-        before, rest = text.split(DOCS_START, 1)
-        _old, after = rest.split(DOCS_END, 1)
-        text = before + block + after
-    elif "\n## Fetch\n" in text:
-        before, after = text.split("\n## Fetch\n", 1)
-        text = before + "\n## Fetch\n\n" + block + "\n" + after
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + "## Fetch\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    replace_generated_block(path, section, start=DOCS_START, end=DOCS_END, heading="Fetch")

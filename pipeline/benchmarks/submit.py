@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from pipeline.benchmarks.docs import replace_generated_block
 from pipeline.config import Feed
 from pipeline.sinks import make_sink
 from pipeline.sinks.antavo_events import checkout_event, dumps
@@ -272,15 +273,4 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
 
 def update_docs(path: Path, section: str) -> None:
     """Replace the generated block of the Submit section in ``path`` (markers kept)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
-    if DOCS_START in text and DOCS_END in text:
-        before, rest = text.split(DOCS_START, 1)
-        _old, after = rest.split(DOCS_END, 1)
-        text = before + block + after
-    elif "\n## Submit\n" in text:
-        before, after = text.split("\n## Submit\n", 1)
-        text = before + "\n## Submit\n\n" + block + "\n" + after
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + "## Submit\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    replace_generated_block(path, section, start=DOCS_START, end=DOCS_END, heading="Submit")

@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from pipeline.benchmarks.docs import replace_generated_block
 from pipeline.config import Feed
 from pipeline.samplegen import online_retail_like
 
@@ -512,27 +513,8 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
 
 
 def update_docs(path: Path, section: str) -> None:
-    """Put ``section`` into the generated block of ``path``'s Transform section.
-
-    The block sits between two HTML comment markers; without markers it goes at the end of the
-    "## Transform" section (which is added at the end of the file when missing). Text outside the
-    block, including other sections, is kept as it is.
-    """
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{DOCS_START}\n{section}\n{DOCS_END}"
-    if DOCS_START in text and DOCS_END in text:
-        before, rest = text.split(DOCS_START, 1)
-        _old, after = rest.split(DOCS_END, 1)
-        text = before + block + after
-    elif "\n## Transform\n" in f"\n{text}":
-        start = f"\n{text}".index("\n## Transform\n")  # offset in text of the heading's line
-        following = text.find("\n## ", start + 1)
-        end = following + 1 if following != -1 else len(text)
-        head, tail = text[:end].rstrip("\n"), text[end:]
-        text = f"{head}\n\n{block}\n" + (f"\n{tail}" if tail else "")
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + "## Transform\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    """Replace the generated block of the Transform section in ``path`` (markers kept)."""
+    replace_generated_block(path, section, start=DOCS_START, end=DOCS_END, heading="Transform")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
