@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,6 +370,17 @@ def bench() -> None:
     """Benchmarks, each side by side with its baseline in the same run."""
 
 
+def _emit_benchmark(section: str, data: Any, *, docs: Path | None, update_docs: Callable[[Path, str], None],
+                    as_json: bool) -> None:
+    """Write a benchmark's markdown section into ``docs`` if asked, then print it or its JSON."""
+    if docs is not None:
+        update_docs(docs, section)
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(section)
+
+
 @bench.command("transform")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Online Retail parquet [default: ../shared/datasets/online_retail_I/"
@@ -396,12 +408,8 @@ def bench_transform(input_path: Path | None, rows: int | None, synthetic: bool, 
     command += f" --repeat {repeat}" if repeat != 3 else ""
     command += f" --naive-repeat {naive_repeat}" if naive_repeat != 1 else ""
     section = bench_module.markdown_section(report, command=command)
-    if update_docs is not None:
-        bench_module.update_docs(update_docs, section)
-    if as_json:
-        print_json(report)
-    else:
-        click.echo(section)
+    _emit_benchmark(section, report, docs=update_docs, update_docs=bench_module.update_docs,
+                    as_json=as_json)
 
 
 @bench.command("submit")
@@ -435,12 +443,8 @@ def bench_submit(events: int, naive_events: int, latency_ms: float, limit: int, 
     command += f" --limited-seconds {limited_seconds:g}" if limited_seconds != 45.0 else ""
     command += f" --limited-latency-ms {limited_latency_ms:g}" if limited_latency_ms != 50.0 else ""
     section = bench_module.markdown_section(report, command=command)
-    if update_docs is not None:
-        bench_module.update_docs(update_docs, section)
-    if as_json:
-        print_json(report)
-    else:
-        click.echo(section)
+    _emit_benchmark(section, report, docs=update_docs, update_docs=bench_module.update_docs,
+                    as_json=as_json)
 
 
 @bench.command("fetch")
@@ -459,12 +463,8 @@ def bench_fetch(size_mb: float, rounds: int, update_docs: Path | None, as_json: 
     command = "posfeed bench fetch" + (f" --size-mb {size_mb:g}" if size_mb != 200 else "")
     command += f" --rounds {rounds}" if rounds != 3 else ""
     section = bench_module.markdown_section(result, command=command)
-    if update_docs is not None:
-        bench_module.update_docs(update_docs, section)
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        click.echo(section)
+    _emit_benchmark(section, result.to_dict(), docs=update_docs, update_docs=bench_module.update_docs,
+                    as_json=as_json)
 
 
 def _sizes(value: str) -> tuple[int, ...]:
