@@ -51,16 +51,31 @@ def submit_rows(
     *,
     stop: threading.Event | None = None,
     progress: Progress | None = None,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
 ) -> SubmitResult:
-    """Deliver the ledger rows ``row_ids`` (queued or in doubt) in batches."""
+    """Deliver the ledger rows ``row_ids`` (queued or in doubt) in batches (of BATCH_SIZE rows)."""
+    batch_size = batch_size or BATCH_SIZE
     progress = progress or NullProgress()
     outcome = SubmitResult()
     if not row_ids:
         return outcome
+    ordered = sales_first(ledger, row_ids)
     return asyncio.run(
-        _submit(ledger, feed, run_id, list(row_ids), make_sink, stop, progress, batch_size, outcome)
+        _submit(ledger, feed, run_id, ordered, make_sink, stop, progress, batch_size, outcome)
     )
+
+
+def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
+    """``row_ids`` with every return after every sale (order kept otherwise).
+
+    The sink gets the run in batches; a return handed over in an earlier batch than its sale would
+    be refused by the platform (the sale is not accepted yet), so returns wait for the whole run's
+    sales, not just for the sales of their own batch.
+    """
+    returns = {
+        r.id for r in ledger.transactions_by_row_id(row_ids) if r.transaction_type == TransactionType.RETURN
+    }
+    return [i for i in row_ids if i not in returns] + [i for i in row_ids if i in returns]
 
 
 def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
