@@ -108,11 +108,9 @@ def feed_toml(feed: Feed) -> str:
     """The feed as a TOML file (what ops would write)."""
     data = feed.model_dump(mode="json", exclude_none=True, exclude={"name"})  # the file name names it
     lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-    for key, table in tables:
+    for key, table in data.items():
+        if not isinstance(table, dict):
+            continue
         lines.append(f"\n[{key}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
         for sub, subtable in table.items():

@@ -28,6 +28,7 @@ from tests.runner_helpers import (
     SAMPLE_ACME,
     credentials,
     delivered_ids,
+    feed_toml,
     sample_feed,
     settings_in,
     stats,
@@ -53,30 +54,9 @@ def sftp_feed(server: SftpServer, folder: Path, sandbox: SandboxServer, **source
     return feed.model_copy(update={"expected": ExpectedFilesConfig()})  # no missing-file noise
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
-
-
 def write_feed_file(feed: Feed, path: Path) -> Path:
     """The feed as a TOML file, as ops would write it."""
-    data = feed.model_dump(mode="json", exclude_none=True, exclude={"name"})
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for key, table in data.items():
-        if not isinstance(table, dict):
-            continue
-        lines.append(f"\n[{key}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-        for sub, subtable in table.items():
-            if isinstance(subtable, dict):
-                lines.append(f"\n[{key}.{sub}]")
-                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in subtable.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(feed_toml(feed), encoding="utf-8")
     return path
 
 
