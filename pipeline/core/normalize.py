@@ -45,6 +45,17 @@ _SEP = "\x1f"
 _ITEM_SEP = "\x1e"
 
 
+_ITEM_FIELDS = (
+    "line_no", "product_id", "product_name", "product_category",
+    "quantity", "unit_price", "discount", "line_total",
+)
+
+
+def _item_fields() -> list[pl.Expr]:
+    """The typed line columns (``n_*``) under their item names, for the nested items and the items frame."""
+    return [pl.col(f"n_{name}").alias(name) for name in _ITEM_FIELDS]
+
+
 def _position_in_transaction(frame: pl.DataFrame) -> pl.Series:
     """1, 2, ... for each line within its transaction, in frame order.
 
@@ -211,14 +222,7 @@ def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.D
         # canonical item order for the hash: by line_no when every line has one, else by content
         item_text.alias("_items_text"),  # joined below: list.join is cheaper than str.join in agg
         pl.struct(
-            pl.col("n_line_no").alias("line_no"),
-            pl.col("n_product_id").alias("product_id"),
-            pl.col("n_product_name").alias("product_name"),
-            pl.col("n_product_category").alias("product_category"),
-            pl.col("n_quantity").alias("quantity"),
-            pl.col("n_unit_price").alias("unit_price"),
-            pl.col("n_discount").alias("discount"),
-            pl.col("n_line_total").alias("line_total"),
+            *_item_fields(),
             pl.col("source_line"),
         ).alias("items"),
     )
@@ -285,14 +289,7 @@ def normalize(valid_lines: pl.DataFrame, feed: Feed | None = None) -> tuple[pl.D
         pl.col("c_timestamp_utc").alias("timestamp_utc"),
         pl.col("c_timestamp_local").alias("timestamp_local"),
         pl.col("v_currency").alias("currency"),
-        pl.col("n_line_no").alias("line_no"),
-        pl.col("n_product_id").alias("product_id"),
-        pl.col("n_product_name").alias("product_name"),
-        pl.col("n_product_category").alias("product_category"),
-        pl.col("n_quantity").alias("quantity"),
-        pl.col("n_unit_price").alias("unit_price"),
-        pl.col("n_discount").alias("discount"),
-        pl.col("n_line_total").alias("line_total"),
+        *_item_fields(),
         pl.col("source_file"),
         pl.col("source_line"),
     )
