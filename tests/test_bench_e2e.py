@@ -76,7 +76,7 @@ def test_meter_measures_each_stage() -> None:
     meter = ResourceMeter(interval_seconds=0.001)
     with meter:
         with meter.stage("busy"):
-            block = bytearray(64 * 2**20)
+            block = b"\x01" * (64 * 2**20)  # written, so its pages are resident (calloc'd ones are not)
             time.sleep(0.02)
             del block
         meter.enter("idle")
