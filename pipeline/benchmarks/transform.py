@@ -66,7 +66,9 @@ DEFAULT_INPUT = (
 FULL_ROWS = 541_909
 TARGET_TRANSFORM_OVER_READ = 2.5  # the transform may take at most this many times the floor
 TARGET_NAIVE_OVER_TRANSFORM = 20.0  # the naive baseline must take at least this many times ours
-VARIANTS = ("polars_read_csv", "posfeed_transform", "naive_pydantic")
+VARIANTS = ("polars_read_csv", "posfeed_transform", "naive_pydantic", "minimal_checkouts")
+# the variants that alternate over the rounds (the naive baseline is too slow to repeat)
+_ALTERNATING = ("polars_read_csv", "minimal_checkouts", "posfeed_transform")
 DOCS_START = "<!-- transform-benchmark:start -->"
 DOCS_END = "<!-- transform-benchmark:end -->"
 
@@ -252,10 +254,59 @@ def _naive_pydantic() -> Runner:
     return run
 
 
+def _minimal_checkouts() -> Runner:
+    """The least any implementation of the contract does: no validation, no rejects, no summary.
+
+    Read the CSV, type quantity, price and timestamp (Europe/London → UTC), group the lines into
+    checkouts with nested items and a total, and give each checkout a sha256 of its canonical
+    content (items in sorted order, as the export has no line numbers). This is what dedup across
+    runs needs at the very least, so it bounds from below what (b) can cost.
+    """
+    import hashlib
+
+    money = pl.Decimal(18, 4)
+
+    def run(csv_path: Path) -> dict[str, Any]:
+        lines = pl.read_csv(csv_path, infer_schema=False).with_columns(
+            pl.col("Quantity").str.to_decimal(scale=3).alias("quantity"),
+            pl.col("UnitPrice").str.to_decimal(scale=4).cast(money).alias("unit_price"),
+            pl.col("InvoiceDate")
+            .str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="us", strict=False)
+            .dt.replace_time_zone("Europe/London", ambiguous="earliest", non_existent="null")
+            .dt.convert_time_zone("UTC")
+            .alias("timestamp_utc"),
+        )
+        lines = lines.with_columns((pl.col("quantity") * pl.col("unit_price")).cast(money).alias("line_total"))
+        item_text = pl.concat_str(
+            [pl.col("StockCode"), *(pl.col(c).cast(pl.String) for c in ("quantity", "unit_price", "line_total"))],
+            separator="\x1f",
+        )
+        checkouts = lines.group_by("InvoiceNo", maintain_order=True).agg(
+            pl.col("Country").first().alias("store_id"),
+            pl.col("CustomerID").first().alias("customer_id"),
+            pl.col("timestamp_utc").min(),
+            pl.col("line_total").sum().alias("total"),
+            pl.struct("StockCode", "Description", "quantity", "unit_price", "line_total").alias("items"),
+            item_text.sort().str.join("\x1e").alias("_items_text"),
+        )
+        text = pl.concat_str(
+            [pl.col(c).cast(pl.String).fill_null("") for c in
+             ("InvoiceNo", "store_id", "customer_id", "timestamp_utc", "total", "_items_text")],
+            separator="\x1f",
+        )
+        data = checkouts.select(text.cast(pl.Binary)).to_series().to_list()
+        hashes = pl.Series("content_hash", [hashlib.sha256(b).hexdigest() for b in data])
+        checkouts = checkouts.drop("_items_text").with_columns(hashes)
+        return {"rows": lines.height, "checkouts": checkouts.height}
+
+    return run
+
+
 _SETUPS: dict[str, Callable[[], Runner]] = {
     "polars_read_csv": _polars_read_csv,
     "posfeed_transform": _posfeed_transform,
     "naive_pydantic": _naive_pydantic,
+    "minimal_checkouts": _minimal_checkouts,
 }
 
 
@@ -418,14 +469,14 @@ def run_transform_benchmark(
     with tempfile.TemporaryDirectory(prefix="posfeed-bench-", dir=work_dir) as tmp:
         prepared = prepare_csv(Path(tmp), input_path=input_path, rows=rows, synthetic=synthetic)
         for round_no in range(max(1, repeat)):
-            for name in ("polars_read_csv", "posfeed_transform"):
+            for name in _ALTERNATING:
                 runs[name].append(_run_in_subprocess(name, prepared.csv_path, repeat=2,
                                                      profile=profile and round_no == 0))
         runs["naive_pydantic"].append(
             _run_in_subprocess("naive_pydantic", prepared.csv_path, repeat=naive_repeat, profile=False)
         )
     variants = {name: _best_of(results) for name, results in runs.items()}
-    read, ours, naive = (variants[name]["wall_seconds"] for name in VARIANTS)
+    read, ours, naive, minimal = (variants[name]["wall_seconds"] for name in VARIANTS)
     transform_over_read = ours / read if read else None
     naive_over_transform = naive / ours if ours else None
     return {
@@ -438,6 +489,8 @@ def run_transform_benchmark(
         "ratios": {
             "transform_over_read": round(transform_over_read, 2) if transform_over_read else None,
             "naive_over_transform": round(naive_over_transform, 1) if naive_over_transform else None,
+            "minimal_over_read": round(minimal / read, 2) if read else None,
+            "naive_over_minimal": round(naive / minimal, 1) if minimal else None,
         },
         "targets": {
             "transform_over_read_max": TARGET_TRANSFORM_OVER_READ,
@@ -461,6 +514,7 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         "polars_read_csv": "(a) bare `polars.read_csv(infer_schema=False)` (floor)",
         "posfeed_transform": "(b) posfeed `read_file` + `transform`",
         "naive_pydantic": "(c) naive: `csv` + one pydantic model per row",
+        "minimal_checkouts": "(d) minimal: read, type, group into hashed checkouts; no validation",
     }
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `{command}`.",
@@ -473,7 +527,7 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         "(other work shared the two CPUs; compare the ratios, not the absolute times)",
         f"- Input: {data['rows']:,} rows, {data['csv_bytes'] / 2**20:,.1f} MiB of CSV "
         f"({'UCI Online Retail' if data['source'] != 'synthetic' else 'synthetic, Online Retail shape'})",
-        f"- (a) and (b) alternate over {report['repeat']} rounds, a fresh process per variant and "
+        f"- (a), (d) and (b) alternate over {report['repeat']} rounds, a fresh process per variant and "
         "round, two runs per process; the best run counts. (c) runs "
         f"{report['naive_repeat']} time(s) in its own process. Peak RSS is the process's high-water "
         "mark (`VmHWM`), so it includes the interpreter and imports (see \"RSS before\").",
@@ -483,7 +537,7 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
     ]
     for name in VARIANTS:
         v = report["variants"][name]
-        rejected = v.get("rows_rejected", "")
+        rejected = v.get("rows_rejected", "–")
         lines.append(
             f"| {labels[name]} | {v['wall_seconds']:.3f} s | {v['cpu_seconds']:.3f} s | "
             f"{v['rows_per_second']:,} | "
@@ -497,6 +551,10 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         f"- (c) / (b) = **{ratios['naive_over_transform']}×** "
         f"(target ≥ {targets['naive_over_transform_min']}×: {met[targets['naive_over_transform_met']]})",
     ]
+    lines.append(
+        f"- (d) / (a) = **{ratios['minimal_over_read']}×** and (c) / (d) = **{ratios['naive_over_minimal']}×**: "
+        "the bounds that (b), which also validates, explains rejects and balances, cannot pass"
+    )
     cpu = [report["variants"][name].get("cpu_seconds") for name in VARIANTS]
     if all(cpu):
         lines.append(

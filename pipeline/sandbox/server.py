@@ -129,7 +129,10 @@ class SandboxServer:
             for key, value in config.items():
                 setattr(self.state.config, key, value)
         self.host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+        # the socket says it is TCP, and without it Nagle's algorithm and delayed ACKs hold each
+        # answer back ~40 ms
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
