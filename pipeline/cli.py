@@ -502,22 +502,26 @@ def _sizes(value: str) -> tuple[int, ...]:
 @click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Rewrite the generated sections of this file (docs/BENCHMARKS.md) from the results.")
 @click.option("--dry-run", is_flag=True,
-              help="Stop before submit (fetch, transform, dedup, ledger, reports): the data path at "
-                   "sizes where sending would take too long.")
+              help="Stop before submit (fetch, transform, dedup, ledger, reports): the data path "
+                   "alone.")
+@click.option("--guest-share", type=click.FloatRange(0, 1), default=None,
+              help="Share of checkouts without a customer (each is a request of its own) "
+                   "[default: 0.143, as in UCI Online Retail].")
 def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_ms: float, as_json: bool,
               out: Path | None, profile: bool = False, update_docs: Path | None = None,
-              dry_run: bool = False) -> None:
+              dry_run: bool = False, guest_share: float | None = None) -> None:
     """A chain's day from a real SFTP server to the sandbox platform: per-stage time and memory."""
     import signal
 
     from pipeline.benchmarks.e2e import FULL_LINE_ITEMS, FULL_SCALING, render_text, run_suite
     from pipeline.benchmarks.e2e import update_docs as write_docs
+    from pipeline.benchmarks.workload import GUEST_SHARE
 
     # SIGTERM unwinds like Ctrl-C, so the sshd, the sandbox and the temporary files are cleaned up
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sizes = _sizes(scaling) if scaling is not None else (FULL_SCALING if full else ())
     if line_items is None:
-        line_items = FULL_LINE_ITEMS if full else 1_000_000
+        line_items = FULL_LINE_ITEMS
     if (full or profile) and out is None:
         out = Path("docs/bench")
     command = ["posfeed", "bench", "e2e", f"--line-items {line_items}"]
@@ -528,9 +532,11 @@ def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_m
     command += ["--profile"] if profile else []
     command += [f"--update-docs {update_docs}"] if update_docs is not None else []
     command += ["--dry-run"] if dry_run else []
+    command += [f"--guest-share {guest_share:g}"] if guest_share is not None else []
     report = run_suite(line_items=line_items, scaling=sizes, side_by_side=full,
                        latency_seconds=latency_ms / 1000, out=out, command=" ".join(command),
-                       profile=profile, dry_run=dry_run)
+                       profile=profile, dry_run=dry_run,
+                       guest_share=GUEST_SHARE if guest_share is None else guest_share)
     if update_docs is not None:
         write_docs(update_docs, report)
     if as_json:

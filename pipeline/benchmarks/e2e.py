@@ -34,13 +34,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.benchmarks.meter import ResourceMeter, peak_rss
-from pipeline.benchmarks.workload import WorkloadSpec, write_workload
+from pipeline.benchmarks.workload import GUEST_SHARE, WorkloadSpec, write_workload
 
 __all__ = [
     "DEFAULT_LINE_ITEMS",
@@ -69,10 +69,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LINE_ITEMS = 1_000_000
 DEFAULT_SCALING: tuple[int, ...] = (100_000, 1_000_000, 3_000_000)
-# the scaling points of the whole suite (`bench e2e --full`, `bench all`), sized so that the suite
-# fits in 10 minutes on 2 cores; 1M and 3M are measured on their own (docs/BENCHMARKS.md, Scaling)
-FULL_SCALING: tuple[int, ...] = (20_000, 60_000, 200_000)
-FULL_LINE_ITEMS = FULL_SCALING[-1]
+# the scaling points of the whole suite (`bench e2e --full`, `bench all`); the 1M point is also
+# the measured day of the per-stage table
+FULL_SCALING: tuple[int, ...] = DEFAULT_SCALING
+FULL_LINE_ITEMS = DEFAULT_LINE_ITEMS
 DEFAULT_LATENCY_SECONDS = 0.005
 SANDBOX_API_KEY = "bench-key"
 SANDBOX_API_SECRET = "bench-secret-not-for-production"  # a sandbox credential, nothing real
@@ -318,6 +318,7 @@ def run_e2e(
     workdir: Path | None = None,
     profile_out: Path | None = None,
     dry_run: bool = False,
+    guest_share: float = GUEST_SHARE,
 ) -> dict[str, Any]:
     """Generate, serve over SFTP, run the whole pipeline in a fresh process; return the figures.
 
@@ -329,7 +330,9 @@ def run_e2e(
     """
     from pipeline.testing.sshd import OpenSshServer
 
-    spec = WorkloadSpec(line_items=line_items) if seed is None else WorkloadSpec(line_items, seed=seed)
+    spec = WorkloadSpec(line_items=line_items, guest_share=guest_share)
+    if seed is not None:
+        spec = replace(spec, seed=seed)
     with tempfile.TemporaryDirectory(prefix="posfeed-e2e-", dir=workdir) as tmp:
         base = Path(tmp)
         with OpenSshServer(base / "sshd") as sshd:
@@ -385,6 +388,7 @@ def run_e2e(
         # the platform holds exactly the transactions the ledger says were accepted, none sent twice
         "sandbox_matches_ledger": matches,
         "latency_seconds": latency_seconds,
+        "guest_share": guest_share,
         "dry_run": dry_run,
         # the platform's own CPU (another process on the same cores): the pipeline's is in "total"
         "sandbox_cpu_seconds": round(sandbox_cpu, 2),
@@ -401,10 +405,12 @@ def run_scaling(
     latency_seconds: float = DEFAULT_LATENCY_SECONDS,
     workdir: Path | None = None,
     dry_run: bool = False,
+    guest_share: float = GUEST_SHARE,
 ) -> list[dict[str, Any]]:
     """:func:`run_e2e` at each size (each measured in a fresh process), smallest first."""
     return [
-        run_e2e(size, latency_seconds=latency_seconds, workdir=workdir, dry_run=dry_run)
+        run_e2e(size, latency_seconds=latency_seconds, workdir=workdir, dry_run=dry_run,
+                guest_share=guest_share)
         for size in sorted(sizes)
     ]
 
@@ -516,6 +522,7 @@ def run_suite(
     command: str = "",
     profile: bool = False,
     dry_run: bool = False,
+    guest_share: float = GUEST_SHARE,
 ) -> dict[str, Any]:
     """The e2e measurement at ``line_items``, the scaling points, and the side-by-side comparisons.
 
@@ -533,16 +540,21 @@ def run_suite(
     points: list[dict[str, Any]] = []
     for size in sorted(set(scaling)):
         log.info("e2e at %s line items", f"{size:,}")
-        points.append(run_e2e(size, latency_seconds=latency_seconds, dry_run=dry_run))
+        points.append(
+            run_e2e(size, latency_seconds=latency_seconds, dry_run=dry_run, guest_share=guest_share)
+        )
     main_run = next((p for p in points if p["requested_line_items"] == line_items), None)
     if profile:  # a profiled run is slower: never reuse it as a scaling point, nor one for it
         profile_out = (out or Path(".")) / "profile-e2e"
         report["e2e"] = run_e2e(
-            line_items, latency_seconds=latency_seconds, profile_out=profile_out, dry_run=dry_run
+            line_items, latency_seconds=latency_seconds, profile_out=profile_out, dry_run=dry_run,
+            guest_share=guest_share,
         )
         report["profile"] = str(profile_out.with_suffix(".txt"))
     else:
-        report["e2e"] = main_run or run_e2e(line_items, latency_seconds=latency_seconds, dry_run=dry_run)
+        report["e2e"] = main_run or run_e2e(
+            line_items, latency_seconds=latency_seconds, dry_run=dry_run, guest_share=guest_share
+        )
     if points:
         report["scaling"] = {"points": points, "growth": growth(points)}
     if side_by_side:

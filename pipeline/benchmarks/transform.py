@@ -276,9 +276,11 @@ def _minimal_checkouts() -> Runner:
             .dt.convert_time_zone("UTC")
             .alias("timestamp_utc"),
         )
-        lines = lines.with_columns((pl.col("quantity") * pl.col("unit_price")).cast(money).alias("line_total"))
+        gross = pl.col("quantity") * pl.col("unit_price")
+        lines = lines.with_columns(gross.cast(money).alias("line_total"))
+        amounts = ("quantity", "unit_price", "line_total")
         item_text = pl.concat_str(
-            [pl.col("StockCode"), *(pl.col(c).cast(pl.String) for c in ("quantity", "unit_price", "line_total"))],
+            [pl.col("StockCode"), *(pl.col(c).cast(pl.String) for c in amounts)],
             separator="\x1f",
         )
         checkouts = lines.group_by("InvoiceNo", maintain_order=True).agg(
@@ -552,7 +554,8 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         f"(target ≥ {targets['naive_over_transform_min']}×: {met[targets['naive_over_transform_met']]})",
     ]
     lines.append(
-        f"- (d) / (a) = **{ratios['minimal_over_read']}×** and (c) / (d) = **{ratios['naive_over_minimal']}×**: "
+        f"- (d) / (a) = **{ratios['minimal_over_read']}×** and "
+        f"(c) / (d) = **{ratios['naive_over_minimal']}×**: "
         "the bounds that (b), which also validates, explains rejects and balances, cannot pass"
     )
     cpu = [report["variants"][name].get("cpu_seconds") for name in VARIANTS]
