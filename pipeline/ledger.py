@@ -1187,21 +1187,20 @@ class Ledger:
         Checkouts that may still be sent (queued, in doubt, failed) keep the real id they need.
         """
         never_sent_again = (TxnState.ACCEPTED.value, TxnState.NOT_SENT.value, TxnState.CONFLICT.value)
-        changed = 0
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, checkout FROM transactions WHERE scope = ? AND state IN (?, ?, ?) "
-                "AND checkout IS NOT NULL AND json_extract(checkout, '$.customer_id') IS NOT NULL "
+                "SELECT id, json_extract(checkout, '$.customer_id') FROM transactions "
+                "WHERE scope = ? AND state IN (?, ?, ?) AND checkout IS NOT NULL "
+                "AND json_extract(checkout, '$.customer_id') IS NOT NULL "
                 "AND json_extract(checkout, '$.customer_id') NOT LIKE 'cust:%'",
                 (scope, *never_sent_again),
             ).fetchall()
-            for row in rows:
-                data = json.loads(row["checkout"])
-                data["customer_id"] = mask(str(data["customer_id"]))
-                text = json.dumps(data, ensure_ascii=False, sort_keys=True)
-                db.execute("UPDATE transactions SET checkout = ? WHERE id = ?", (text, row["id"]))
-                changed += 1
-        return changed
+            # SQLite edits the stored JSON in place: no Python decode and encode per checkout
+            db.executemany(
+                "UPDATE transactions SET checkout = json_set(checkout, '$.customer_id', ?) WHERE id = ?",
+                [(mask(str(customer)), row_id) for row_id, customer in rows],
+            )
+        return len(rows)
 
     def state_counts(self, scope: str) -> dict[str, int]:
         """How many rows of ``scope`` are in each state."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -132,6 +133,26 @@ def test_happy_path_queued_sending_accepted(ledger: Ledger) -> None:
     (row,) = ledger.run_transactions(run_id, at_end=False)
     assert (row.state, row.event_ids, row.points, row.attempts) == (
         TxnState.ACCEPTED, ("ev1",), Decimal("12"), 1)
+
+
+def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    checkouts = {"T1": {"transaction_id": "T1", "customer_id": "c-1", "total": "1.50"},
+                 "T2": {"transaction_id": "T2", "customer_id": "c-2", "items": [{"q": "1"}]},
+                 "T3": {"transaction_id": "T3", "customer_id": None}}
+    transactions = [replace(_txn(tid, line=i + 2), checkout=json.dumps(c))
+                    for i, (tid, c) in enumerate(checkouts.items())]
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
+                       totals=[("S1", "2026-11-20", 3, 3, Decimal("31.50"))])
+    for tid in ("T1", "T3"):
+        ledger.start_sending(SCOPE, [tid], run_id)
+        ledger.accept(SCOPE, tid, run_id)
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c[::-1]}") == 1  # T2 may still be sent
+    stored = {r.transaction_id: json.loads(r.checkout or "{}")
+              for r in ledger.transactions_by_row_id([1, 2, 3], with_checkout=True)}
+    assert stored["T1"] == {**checkouts["T1"], "customer_id": "cust:1-c"}
+    assert stored["T2"] == checkouts["T2"] and stored["T3"] == checkouts["T3"]
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}") == 0  # masked ones stay as they are
 
 
 @pytest.mark.parametrize(
