@@ -118,6 +118,10 @@ _TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
 # back to a scan of (scope, state), which made every per-request lookup of the submit stage O(n).
 _PRIMARY_ORDER = ("queued", "sending", "accepted", "failed_retryable", "failed_permanent", "not_sent", "void")
 _PRIMARY_SQL = "(" + ",".join(f"'{state}'" for state in _PRIMARY_ORDER) + ")"
+# the states a file's transaction is recorded in
+_RECORDABLE = frozenset(
+    {TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED, TxnState.DUPLICATE, TxnState.CONFLICT}
+)
 assert {TxnState(state) for state in _PRIMARY_ORDER} == PRIMARY_STATES
 
 
@@ -784,72 +788,45 @@ class Ledger:
         rejected, duplicate, conflict), its rejected lines, its input totals per store and
         business date; the file becomes 'recorded'. Duplicates of a primary left failed_retryable
         are requeued into this run. Returns the ledger ids of rows this run must send."""
-        to_send: list[int] = []
+        transactions = list(transactions)
         now = _now()
         with self._tx() as db:
             status = db.execute("SELECT status FROM files WHERE id = ?", (file.id,)).fetchone()
             if status is None or status[0] != "fetched":
                 raise LedgerError(f"file {file.name}: cannot record contents in state {status and status[0]}")
-            reject_row_of_line: dict[int, int] = {}
             for txn in transactions:
-                primary_id: int | None = None
-                if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT):
-                    # the primary, if any: versions that disagree from the start have none
-                    primary = db.execute(
-                        f"SELECT id, state, content_hash FROM transactions WHERE scope = ? "
-                        f"AND transaction_id = ? AND state IN {_PRIMARY_SQL}",
-                        (file.scope, txn.transaction_id),
-                    ).fetchone()
-                    primary_id = primary["id"] if primary is not None else None
-                    if (
-                        primary is not None
-                        and txn.state is TxnState.DUPLICATE
-                        and primary["content_hash"] == txn.content_hash
-                        and primary["state"] == TxnState.FAILED_RETRYABLE
-                        and primary["id"] not in to_send
-                    ):
-                        # the earlier copy never got through: this run delivers it
-                        self._set_state(db, [primary["id"]], TxnState.QUEUED, run_id)
-                        self._attach(db, run_id, [primary["id"]], "retry")
-                        to_send.append(primary["id"])
-                elif txn.state not in (TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED):
+                if txn.state not in _RECORDABLE:
                     raise IllegalTransitionError(txn.transaction_id, "new", txn.state)
-                cursor = db.execute(
-                    "INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, "
-                    "primary_id, file_id, source_file, source_lines, rows, store_id, business_date, "
-                    "transaction_type, currency, amount, reject_code, checkout, first_run_id, "
-                    "last_run_id, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.executemany(
+                "INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, "
+                "file_id, source_file, source_lines, rows, store_id, business_date, "
+                "transaction_type, currency, amount, reject_code, checkout, first_run_id, "
+                "last_run_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
-                        file.scope,
-                        file.feed,
-                        txn.transaction_id,
-                        txn.content_hash,
-                        txn.state.value,
-                        primary_id,
-                        file.id,
-                        file.name,
-                        json.dumps(list(txn.source_lines)),
-                        txn.rows,
-                        txn.store_id,
-                        txn.business_date,
-                        txn.transaction_type,
-                        txn.currency,
-                        str(txn.amount),
-                        txn.reject_code,
-                        txn.checkout,
-                        run_id,
-                        run_id,
-                        now,
-                        now,
-                    ),
-                )
-                row_id = int(cursor.lastrowid or 0)
-                self._attach(db, run_id, [row_id], "file")
-                if txn.state is TxnState.QUEUED:
-                    to_send.append(row_id)
-                if txn.state is TxnState.REJECTED:
-                    reject_row_of_line.update(dict.fromkeys(txn.source_lines, row_id))
+                        file.scope, file.feed, txn.transaction_id, txn.content_hash, txn.state.value,
+                        file.id, file.name, json.dumps(list(txn.source_lines)), txn.rows, txn.store_id,
+                        txn.business_date, txn.transaction_type, txn.currency, str(txn.amount),
+                        txn.reject_code, txn.checkout, run_id, run_id, now, now,
+                    )
+                    for txn in transactions
+                ],
+            )
+            # the file's rows, in insertion order (ids only grow, and no other file has this id)
+            row_ids = [r[0] for r in db.execute(
+                "SELECT id FROM transactions WHERE file_id = ? ORDER BY id", (file.id,))]
+            if len(row_ids) != len(transactions):
+                raise LedgerError(f"file {file.name}: {len(row_ids)} rows, {len(transactions)} given")
+            self._attach(db, run_id, row_ids, "file")
+            to_send = [i for i, t in zip(row_ids, transactions, strict=True) if t.state is TxnState.QUEUED]
+            to_send += self._link_repeats(db, run_id, file.scope, row_ids, transactions)
+            reject_row_of_line = {
+                line: row_id
+                for row_id, txn in zip(row_ids, transactions, strict=True)
+                if txn.state is TxnState.REJECTED
+                for line in txn.source_lines
+            }
             db.executemany(
                 "INSERT INTO rejects (run_id, file_id, txn_row_id, source_file, source_line, "
                 "transaction_id, store_id, business_date, code, field, reason, amount, original) "
@@ -888,6 +865,48 @@ class Ledger:
                 (rows_in, str(amount_in), now, file.id),
             )
         return to_send
+
+    def _link_repeats(
+        self,
+        db: sqlite3.Connection,
+        run_id: str,
+        scope: str,
+        row_ids: Sequence[int],
+        transactions: Sequence[NewTransaction],
+    ) -> list[int]:
+        """Point each duplicate and conflict row at its primary (the scope's row of that id in a
+        primary state; versions that disagree from the start have none). A primary that failed
+        retryably and comes in again unchanged is queued into this run: returns those ids."""
+        repeats = [(row_id, txn) for row_id, txn in zip(row_ids, transactions, strict=True)
+                   if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT)]
+        primaries: dict[str, sqlite3.Row] = {}
+        for chunk in _chunks(list(dict.fromkeys(str(txn.transaction_id) for _, txn in repeats))):
+            marks = ",".join("?" * len(chunk))
+            for row in db.execute(
+                f"SELECT id, transaction_id, state, content_hash FROM transactions WHERE scope = ? "
+                f"AND transaction_id IN ({marks}) AND state IN {_PRIMARY_SQL}",
+                (scope, *chunk),
+            ):
+                primaries[row["transaction_id"]] = row
+        links: list[tuple[int, int]] = []
+        again: list[int] = []
+        for row_id, txn in repeats:
+            primary = primaries.get(str(txn.transaction_id))
+            if primary is None:
+                continue
+            links.append((primary["id"], row_id))
+            if (
+                txn.state is TxnState.DUPLICATE
+                and primary["content_hash"] == txn.content_hash
+                and primary["state"] == TxnState.FAILED_RETRYABLE
+                and primary["id"] not in again
+            ):
+                again.append(primary["id"])  # the earlier copy never got through: this run delivers it
+        db.executemany("UPDATE transactions SET primary_id = ? WHERE id = ?", links)
+        if again:
+            self._set_state(db, again, TxnState.QUEUED, run_id)
+            self._attach(db, run_id, again, "retry")
+        return again
 
     # ---- transitions --------------------------------------------------------------------------
 
@@ -1085,6 +1104,17 @@ class Ledger:
             for row in self._query(f"SELECT {cols} FROM transactions t WHERE t.id IN ({marks})", chunk):
                 found[row["id"]] = _txn(row)
         return [found[i] for i in row_ids if i in found]
+
+    def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
+        """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
+        found: set[int] = set()
+        for chunk in _chunks(row_ids):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._query(
+                f"SELECT id FROM transactions WHERE id IN ({marks}) AND transaction_type = ?",
+                (*chunk, transaction_type),
+            ))
+        return found
 
     def run_transactions(self, run_id: str, *, at_end: bool = True) -> list[TxnRecord]:
         """The transactions a run handled, with their origin and (``at_end``) the state the run

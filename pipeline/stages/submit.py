@@ -72,9 +72,7 @@ def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
     be refused by the platform (the sale is not accepted yet), so returns wait for the whole run's
     sales, not just for the sales of their own batch.
     """
-    returns = {
-        r.id for r in ledger.transactions_by_row_id(row_ids) if r.transaction_type == TransactionType.RETURN
-    }
+    returns = ledger.rows_of_type(row_ids, TransactionType.RETURN)
     return [i for i in row_ids if i not in returns] + [i for i in row_ids if i in returns]
 
 
