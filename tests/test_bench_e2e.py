@@ -155,7 +155,8 @@ def test_side_by_side_calls_the_other_benchmarks_and_rewrites_their_sections(tmp
         assert entry["comparisons"] and entry["command"].startswith("posfeed bench ")
         for row in entry["comparisons"]:
             assert {"name", "ours_seconds", "baseline_seconds", "ratio", "target", "met"} <= set(row)
-    assert "| transform vs bare" in "\n".join(render_summary({"side_by_side": side}))
+    summary = "\n".join(render_summary({"side_by_side": side}))
+    assert "| transform vs bare" in summary and "| lower bound (d)" in summary
     docs = tmp_path / "BENCHMARKS.md"
     docs.write_text((REPO / "docs" / "BENCHMARKS.md").read_text())
     update_side_by_side_docs(docs, side)

@@ -569,7 +569,9 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         lines += ["", "Where (b) spends its time (one more run after the timed ones, stage by stage):", "",
                   "| stage | wall time |", "|---|---:|"]
         names = {"transform_total_after_read": "all of `transform` (validate, normalize, dedup, summary)"}
-        lines += [f"| {names.get(name, f'`{name}`')} | {seconds:.3f} s |" for name, seconds in stages.items()]
+        order = ["read_file", "validate", "normalize", "dedup", "transform_total_after_read"]
+        ordered = sorted(stages.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+        lines += [f"| {names.get(name, f'`{name}`')} | {seconds:.3f} s |" for name, seconds in ordered]
     return "\n".join(lines)
 
 
