@@ -21,6 +21,7 @@ __all__ = ["safe_cell", "safe_frame", "write_atomic", "write_csv", "write_frame_
 
 _NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
 _DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
+_RISKY_FIRST = frozenset(_DANGEROUS)
 
 
 def safe_cell(value: Any) -> str:
@@ -56,8 +57,16 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow([safe_cell(h) for h in header])
-            for row in rows:
-                writer.writerow([safe_cell(v) for v in row])
+            # csv writes None as an empty cell and an int as its digits, as safe_cell does; only
+            # text that starts with a risky character (and anything else) goes through safe_cell
+            writer.writerows(
+                [
+                    v if v is None or type(v) is int or (type(v) is str and v[:1] not in _RISKY_FIRST)
+                    else safe_cell(v)
+                    for v in row
+                ]
+                for row in rows
+            )
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -103,6 +105,17 @@ def test_written_files_are_spreadsheet_safe_utf8(tmp_path: Path) -> None:
 )
 def test_safe_cell(value: object, expected: str) -> None:
     assert safe_cell(value) == expected
+
+
+def test_write_csv_writes_every_cell_as_safe_cell_does(tmp_path: Path) -> None:
+    cells = [None, "", "plain", "=1+2", "-12.50", "-x", "+", "@sum", "\tx", "\rx", 5, -5, 0, True, 1.5,
+             -1e-05, Decimal("-1E+2"), Decimal("-1.5"), "'x", "ü", date(2026, 11, 20)]
+    write_csv(tmp_path / "x.csv", ["=h", "h2"], [[cell, cell] for cell in cells])
+    expected = io.StringIO(newline="")
+    writer = csv.writer(expected)
+    writer.writerow(["'=h", "h2"])
+    writer.writerows([safe_cell(cell), safe_cell(cell)] for cell in cells)
+    assert (tmp_path / "x.csv").read_bytes().decode("utf-8") == expected.getvalue()
 
 
 def test_money_is_exact() -> None:
