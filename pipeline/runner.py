@@ -17,6 +17,7 @@ before the end; a held lock raises LockHeldError, also 75); 70 when the report d
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import sqlite3
@@ -290,6 +291,23 @@ def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> N
             log.error("could not write the reports of crashed run %s: %s", run_id, exc)
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a stage builds a whole day's records.
+
+    They are hundreds of thousands of long-lived objects without cycles, which each collection
+    scans again (a sixth of the data path's time at 1M line items, more at 3M); what they leave
+    behind is collected once the collector runs again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
     with ctx.stage("settle"):
         pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
@@ -311,10 +329,11 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
         ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
-        outcome: TransformOutcome = transform_staged(
-            ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
-            progress=ctx.progress, on_stage=ctx.on_stage,
-        )
+        with gc_paused():
+            outcome: TransformOutcome = transform_staged(
+                ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
+                progress=ctx.progress, on_stage=ctx.on_stage,
+            )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
         if ctx.stopped():
             ctx.notes["stopped"] = True
@@ -381,7 +400,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     notes = dict(ctx.notes)
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id)
-    report = run_report(ctx.ledger, ctx.run_id, extra=notes)
+    with gc_paused():
+        report = run_report(ctx.ledger, ctx.run_id, extra=notes)
     code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
     report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
     ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)

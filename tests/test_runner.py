@@ -366,3 +366,22 @@ def test_faults_and_lost_responses_still_deliver_each_transaction_once(
     lost = stats(live)["lost_responses"]
     if lost:
         assert any(t.last_error_code for t in accepted)
+
+
+def test_gc_paused_restores_the_collector_even_after_an_error() -> None:
+    import gc
+
+    from pipeline.runner import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("stage failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.enable()
