@@ -883,23 +883,36 @@ class Ledger:
     ) -> list[int]:
         """Point each duplicate and conflict row at its primary (the scope's row of that id in a
         primary state; versions that disagree from the start have none). A primary that failed
-        retryably and comes in again unchanged is queued into this run: returns those ids."""
+        retryably and comes in again unchanged is queued into this run: returns those ids.
+
+        A conflict with a version that this same run queued from an earlier file (files are
+        transformed in groups) holds that version too: it becomes a conflict, nothing is sent,
+        as when both versions come in the same group."""
         repeats = [(row_id, txn) for row_id, txn in zip(row_ids, transactions, strict=True)
                    if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT)]
         primaries: dict[str, sqlite3.Row] = {}
         for chunk in _chunks(list(dict.fromkeys(str(txn.transaction_id) for _, txn in repeats))):
             marks = ",".join("?" * len(chunk))
             for row in db.execute(
-                f"SELECT id, transaction_id, state, content_hash FROM transactions WHERE scope = ? "
-                f"AND transaction_id IN ({marks}) AND state IN {_PRIMARY_SQL}",
+                f"SELECT id, transaction_id, state, content_hash, first_run_id FROM transactions "
+                f"WHERE scope = ? AND transaction_id IN ({marks}) AND state IN {_PRIMARY_SQL}",
                 (scope, *chunk),
             ):
                 primaries[row["transaction_id"]] = row
         links: list[tuple[int, int]] = []
         again: list[int] = []
+        held: list[int] = []
         for row_id, txn in repeats:
             primary = primaries.get(str(txn.transaction_id))
             if primary is None:
+                continue
+            if (
+                txn.state is TxnState.CONFLICT
+                and primary["state"] == TxnState.QUEUED
+                and primary["first_run_id"] == run_id
+            ):
+                held.append(primary["id"])
+                del primaries[str(txn.transaction_id)]  # no primary is left for later versions
                 continue
             links.append((primary["id"], row_id))
             if (
@@ -910,6 +923,9 @@ class Ledger:
             ):
                 again.append(primary["id"])  # the earlier copy never got through: this run delivers it
         db.executemany("UPDATE transactions SET primary_id = ? WHERE id = ?", links)
+        if held:  # queued -> conflict is no transition of a sent transaction: nothing was sent yet
+            db.executemany("UPDATE transactions SET state = 'conflict', updated_at = ? WHERE id = ?",
+                           [(_now(), i) for i in held])
         if again:
             self._set_state(db, again, TxnState.QUEUED, run_id)
             self._attach(db, run_id, again, "retry")
@@ -1126,6 +1142,16 @@ class Ledger:
             for row in self._query(f"SELECT {cols} FROM transactions t WHERE t.id IN ({marks})", chunk):
                 found[row["id"]] = _txn(row)
         return [found[i] for i in row_ids if i in found]
+
+    def rows_in_state(self, row_ids: Sequence[int], state: TxnState) -> set[int]:
+        """The ledger ids among ``row_ids`` whose transaction is in ``state``."""
+        found: set[int] = set()
+        for chunk in _chunks(row_ids):
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._query(
+                f"SELECT id FROM transactions WHERE id IN ({marks}) AND state = ?", (*chunk, state.value)
+            ))
+        return found
 
     def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""

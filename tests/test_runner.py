@@ -385,3 +385,35 @@ def test_gc_paused_restores_the_collector_even_after_an_error() -> None:
         assert not gc.isenabled()  # a collector that was off stays off
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one group", "a group per file"])
+def test_a_run_dedups_its_files_alike_in_one_group_or_in_many(
+    live: SandboxServer, folder: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    chunk_bytes: int | None,
+) -> None:
+    import csv
+
+    import pipeline.stages.transform as stage
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(stage, "CHUNK_BYTES", chunk_bytes)
+    with (folder / FILES[0]).open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    first, second = list(dict.fromkeys(r["transaction_id"] for r in rows))[:2]
+    repeat = [r for r in rows if r["transaction_id"] == first]  # unchanged: a duplicate
+    changed = [{**r, "customer_id": "M-CHANGED"} for r in rows if r["transaction_id"] == second]
+    with (folder / "pos_LON01_20261120_23.csv").open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(repeat + changed)
+    summary = run_feed(_feed(live, folder), settings, business_dates=[BUSINESS_DATE]).summary
+    assert summary["balanced"] is True
+    delivered = delivered_ids(live)
+    assert delivered.count(first) == 1  # sent once, its repeat counted as a duplicate
+    assert second not in delivered  # two versions in one run: both held, neither sent
+    with Ledger(settings.ledger_path) as ledger:
+        states = {(t.transaction_id, t.state) for t in ledger.run_transactions(summary["run_id"])}
+    assert {(first, TxnState.ACCEPTED), (first, TxnState.DUPLICATE)} <= states
+    assert {s for t, s in states if t == second} == {TxnState.CONFLICT}
+    assert summary["conflicts"] == 2 and summary["duplicates"] >= 1

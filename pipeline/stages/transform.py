@@ -47,7 +47,6 @@ class TransformOutcome:
 
     to_send: list[int] = field(default_factory=list)  # ledger row ids queued by this run
     unreadable: list[UnreadableFileError] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)  # the core's summary of these files
 
 
 @dataclass
@@ -274,6 +273,25 @@ def _read_staged(staged: Sequence[StagedFile], feed: Feed) -> tuple[pl.DataFrame
     return lines, unreadable
 
 
+# files transformed together hold at most about this many bytes (≈ 250,000 lines of a typical
+# export): a whole day is never in memory at once, and each step's tables stay small
+CHUNK_BYTES = 32 * 2**20
+
+
+def _groups(staged: Sequence[StagedFile], max_bytes: int) -> Iterator[list[StagedFile]]:
+    """Consecutive staged files, in order, in groups of at most ``max_bytes`` (a larger file alone)."""
+    group: list[StagedFile] = []
+    size = 0
+    for item in staged:
+        if group and size + item.record.size > max_bytes:
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += item.record.size
+    if group:
+        yield group
+
+
 def transform_staged(
     ledger: Ledger,
     run_id: str,
@@ -283,18 +301,45 @@ def transform_staged(
     now: datetime,
     progress: Progress | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    chunk_bytes: int | None = None,
 ) -> TransformOutcome:
-    """Transform the staged files together (dedup against the scope's ledger) and record them,
-    one ledger transaction per file, in the order they were staged.
+    """Transform the staged files and record them, one ledger transaction per file, in the order
+    they were staged.
 
-    ``on_stage(name, "start" | "end")`` brackets the ``transform`` and ``record`` steps."""
+    Files are transformed in groups of about ``chunk_bytes`` (default CHUNK_BYTES), each
+    deduplicated against the scope's ledger, which by then holds the earlier groups: a transaction
+    repeated in a later group is a duplicate, and one whose content disagrees with a version an
+    earlier group of this run queued holds both versions as conflicts, as if they had been
+    transformed together.
+    ``on_stage(name, "start" | "end")`` brackets each group's ``transform`` and ``record`` steps."""
     progress = progress or NullProgress()
     hook = on_stage or (lambda stage, event: None)
     outcome = TransformOutcome()
     if not staged:
         return outcome
-    hook("transform", "start")
     progress.start("transform", len(staged))
+    for group in _groups(staged, chunk_bytes or CHUNK_BYTES):
+        _transform_group(ledger, run_id, feed, group, now, outcome, progress, hook)
+    if outcome.to_send:
+        # a later group may have held a version an earlier group queued
+        queued = ledger.rows_in_state(outcome.to_send, TxnState.QUEUED)
+        outcome.to_send = [i for i in outcome.to_send if i in queued]
+    progress.finish("transform")
+    log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
+    return outcome
+
+
+def _transform_group(
+    ledger: Ledger,
+    run_id: str,
+    feed: Feed,
+    staged: Sequence[StagedFile],
+    now: datetime,
+    outcome: TransformOutcome,
+    progress: Progress,
+    hook: Callable[[str, str], None],
+) -> None:
+    hook("transform", "start")
     lines, unreadable_files = _read_staged(staged, feed)
     # the ledger is asked only about the ids these files contain
     ids = lines.get_column("transaction_id").drop_nulls()
@@ -308,9 +353,10 @@ def transform_staged(
         schema={"transaction_id": pl.String(), "content_hash": pl.String()},
     )
     result = transform(lines, feed, known=known, now=now, unreadable=unreadable_files)
-    outcome.summary = result.summary
+    del lines
     unreadable = {e.file: e for e in result.unreadable}
     per_file = records_of(result)
+    del result
     hook("transform", "end")
     hook("record", "start")
     for item in staged:
@@ -319,7 +365,7 @@ def transform_staged(
             ledger.mark_file_unreadable(item.record.id, error.reason)
             outcome.unreadable.append(error)
         else:
-            records = per_file.get(item.record.name, FileRecords([], [], []))
+            records = per_file.pop(item.record.name, FileRecords([], [], []))
             if feed.logging.hash_customer_ids:
                 records = _mask_reject_customers(records, feed)
             queued = ledger.record_file(
@@ -332,7 +378,4 @@ def transform_staged(
             outcome.to_send.extend(queued)
             _log_file(feed, item.record.name, records, len(queued))
         progress.advance("transform")
-    progress.finish("transform")
     hook("record", "end")
-    log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
-    return outcome
