@@ -301,12 +301,11 @@ def transform_staged(
     now: datetime,
     progress: Progress | None = None,
     on_stage: Callable[[str, str], None] | None = None,
-    chunk_bytes: int | None = None,
 ) -> TransformOutcome:
     """Transform the staged files and record them, one ledger transaction per file, in the order
     they were staged.
 
-    Files are transformed in groups of about ``chunk_bytes`` (default CHUNK_BYTES), each
+    Files are transformed in groups of about CHUNK_BYTES, each
     deduplicated against the scope's ledger, which by then holds the earlier groups: a transaction
     repeated in a later group is a duplicate, and one whose content disagrees with a version an
     earlier group of this run queued holds both versions as conflicts, as if they had been
@@ -318,7 +317,7 @@ def transform_staged(
     if not staged:
         return outcome
     progress.start("transform", len(staged))
-    for group in _groups(staged, chunk_bytes or CHUNK_BYTES):
+    for group in _groups(staged, CHUNK_BYTES):
         _transform_group(ledger, run_id, feed, group, now, outcome, progress, hook)
     if outcome.to_send:
         # a later group may have held a version an earlier group queued
