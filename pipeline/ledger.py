@@ -1148,22 +1148,18 @@ class Ledger:
 
     def rows_in_state(self, row_ids: Sequence[int], state: TxnState) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is in ``state``."""
-        found: set[int] = set()
-        for chunk in _chunks(row_ids):
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._query(
-                f"SELECT id FROM transactions WHERE id IN ({marks}) AND state = ?", (*chunk, state.value)
-            ))
-        return found
+        return self._ids_among(row_ids, "state", state.value)
 
     def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
+        return self._ids_among(row_ids, "transaction_type", transaction_type)
+
+    def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
         found: set[int] = set()
         for chunk in _chunks(row_ids):
             marks = ",".join("?" * len(chunk))
             found.update(r[0] for r in self._query(
-                f"SELECT id FROM transactions WHERE id IN ({marks}) AND transaction_type = ?",
-                (*chunk, transaction_type),
+                f"SELECT id FROM transactions WHERE id IN ({marks}) AND {column} = ?", (*chunk, value)
             ))
         return found
 
