@@ -317,10 +317,12 @@ def transform_staged(
     if not staged:
         return outcome
     progress.start("transform", len(staged))
-    for group in _groups(staged, CHUNK_BYTES):
-        _transform_group(ledger, run_id, feed, group, now, outcome, progress, hook)
-    if outcome.to_send:
-        # a later group may have held a version an earlier group queued
+    held_possible = False
+    for number, group in enumerate(_groups(staged, CHUNK_BYTES)):
+        conflicts = _transform_group(ledger, run_id, feed, group, now, outcome, progress, hook)
+        held_possible = held_possible or (number > 0 and conflicts)
+    if held_possible:
+        # a conflict in a later group may have held a version an earlier group queued
         queued = ledger.rows_in_state(outcome.to_send, TxnState.QUEUED)
         outcome.to_send = [i for i in outcome.to_send if i in queued]
     progress.finish("transform")
@@ -337,7 +339,9 @@ def _transform_group(
     outcome: TransformOutcome,
     progress: Progress,
     hook: Callable[[str, str], None],
-) -> None:
+) -> bool:
+    """Transform and record one group of files into ``outcome``; True when it recorded a conflict."""
+    conflicts = False
     hook("transform", "start")
     lines, unreadable_files = _read_staged(staged, feed)
     # the ledger is asked only about the ids these files contain
@@ -375,6 +379,8 @@ def _transform_group(
                 totals=records.totals,
             )
             outcome.to_send.extend(queued)
+            conflicts = conflicts or any(t.state is TxnState.CONFLICT for t in records.transactions)
             _log_file(feed, item.record.name, records, len(queued))
         progress.advance("transform")
     hook("record", "end")
+    return conflicts
