@@ -34,7 +34,7 @@ import secrets
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PosfeedError
+from pipeline.logs import MASK_PREFIX
 from pipeline.sinks.base import EventResult, Outcome
 
 __all__ = [
@@ -1044,8 +1045,20 @@ class Ledger:
             scope, [EventResult(transaction_id, Outcome.NOT_SENT, (), None, code, message)], run_id
         )
 
-    def apply_results(self, scope: str, results: Sequence[EventResult], run_id: str) -> None:
-        """Settle a batch of sink outcomes in one transaction (accept / fail_* / mark_not_sent)."""
+    def apply_results(
+        self,
+        scope: str,
+        results: Sequence[EventResult],
+        run_id: str,
+        *,
+        masks: Mapping[str, str] | None = None,
+    ) -> None:
+        """Settle a batch of sink outcomes in one transaction (accept / fail_* / mark_not_sent).
+
+        ``masks`` (transaction id to masked customer id): a transaction that settles accepted or
+        not sent, so is never sent again, keeps the mask in its stored checkout instead of the
+        customer id (in the same write; :meth:`scrub_customer_ids` finds nothing left to do).
+        """
         if not results:
             return
         now = _now()
@@ -1081,6 +1094,8 @@ class Ledger:
                 if target not in _TRANSITIONS.get(TxnState(state), frozenset()):
                     raise IllegalTransitionError(result.transaction_id, state, target)
                 current[result.transaction_id] = (row_id, target.value)
+                final = target in (TxnState.ACCEPTED, TxnState.NOT_SENT)
+                mask = masks.get(result.transaction_id) if masks and final else None
                 updates.append(
                     (
                         target.value,
@@ -1090,13 +1105,16 @@ class Ledger:
                         str(result.points) if result.points is not None else None,
                         code,
                         message,
+                        mask,
+                        mask,
                         row_id,
                     )
                 )
             db.executemany(
                 "UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?, "
                 "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
-                "last_error_code = ?, last_error_message = ? WHERE id = ?",
+                "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN ? IS NULL "
+                "THEN checkout ELSE json_set(checkout, '$.customer_id', ?) END WHERE id = ?",
                 updates,
             )
 
@@ -1257,27 +1275,36 @@ class Ledger:
             params.append(feed)
         return [r[0] for r in self._query(sql + " ORDER BY t.id", params)]
 
-    def scrub_customer_ids(self, scope: str, mask: Callable[[str], str]) -> int:
-        """Replace the customer id in the stored checkout of every transaction of ``scope`` that is
-        never sent again (accepted, not sent, conflict) by ``mask(id)``; returns how many changed.
+    def scrub_customer_ids(
+        self, scope: str, mask: Callable[[str], str], *, run_id: str | None = None
+    ) -> int:
+        """Replace the customer id in the stored checkout of every transaction of ``scope`` (with
+        ``run_id``: of that run only) that is never sent again (accepted, not sent, conflict) by
+        ``mask(id)``; returns how many changed.
 
         Checkouts that may still be sent (queued, in doubt, failed) keep the real id they need.
+        A run scrubs its own transactions when it ends, so no run reads the whole ledger.
         """
         never_sent_again = (TxnState.ACCEPTED.value, TxnState.NOT_SENT.value, TxnState.CONFLICT.value)
+        among, params = "FROM transactions t WHERE t.scope = ?", [scope]
+        if run_id is not None:
+            among = ("FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+                     "WHERE rt.run_id = ? AND t.scope = ?")
+            params = [run_id, scope]
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, json_extract(checkout, '$.customer_id') FROM transactions "
-                "WHERE scope = ? AND state IN (?, ?, ?) AND checkout IS NOT NULL "
-                "AND json_extract(checkout, '$.customer_id') IS NOT NULL "
-                "AND json_extract(checkout, '$.customer_id') NOT LIKE 'cust:%'",
-                (scope, *never_sent_again),
+                f"SELECT t.id, json_extract(t.checkout, '$.customer_id') {among} "
+                "AND t.state IN (?, ?, ?) AND t.checkout IS NOT NULL",
+                (*params, *never_sent_again),
             ).fetchall()
+            masked = [(mask(str(customer)), row_id) for row_id, customer in rows
+                      if customer is not None and not str(customer).startswith(MASK_PREFIX)]
             # SQLite edits the stored JSON in place: no Python decode and encode per checkout
             db.executemany(
                 "UPDATE transactions SET checkout = json_set(checkout, '$.customer_id', ?) WHERE id = ?",
-                [(mask(str(customer)), row_id) for row_id, customer in rows],
+                masked,
             )
-        return len(rows)
+        return len(masked)
 
     def state_counts(self, scope: str) -> dict[str, int]:
         """How many rows of ``scope`` are in each state."""

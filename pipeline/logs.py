@@ -161,6 +161,9 @@ def redact(text: str) -> str:
     return text
 
 
+MASK_PREFIX = "cust:"  # what every masked customer id starts with
+
+
 def mask_customer_id(customer_id: str | None, *, enabled: bool = True) -> str:
     """A customer id as it may appear in logs: ``cust:<12 hex of sha256>`` when hashing is on.
 
@@ -172,7 +175,7 @@ def mask_customer_id(customer_id: str | None, *, enabled: bool = True) -> str:
     if not enabled:
         return customer_id
     digest = hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
-    return f"cust:{digest[:12]}"
+    return f"{MASK_PREFIX}{digest[:12]}"
 
 
 def _redact_value(value: Any) -> Any:

@@ -155,6 +155,49 @@ def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) 
     assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}") == 0  # masked ones stay as they are
 
 
+def _with_customers(ledger: Ledger, *tids: str, name: str = "f.csv", sha: str = "a" * 64) -> str:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    transactions = [
+        replace(_txn(t, line=i + 2), checkout=json.dumps({"transaction_id": t, "customer_id": f"c-{t}"}))
+        for i, t in enumerate(tids)
+    ]
+    totals = [("S1", "2026-11-20", len(tids), len(tids), Decimal("10.50") * len(tids))]
+    ledger.record_file(run_id, _file(ledger, run_id, name=name, sha=sha), transactions=transactions,
+                       rejects=[], totals=totals)
+    return run_id
+
+
+def _customers(ledger: Ledger) -> dict[str | None, str]:
+    rows = ledger.transactions_by_row_id(list(range(1, 100)), with_checkout=True)
+    return {r.transaction_id: json.loads(r.checkout or "{}")["customer_id"] for r in rows}
+
+
+def test_a_settled_transaction_stores_its_mask_in_the_same_write(ledger: Ledger) -> None:
+    run_id = _with_customers(ledger, "T1", "T2", "T3", "T4")
+    ledger.start_sending(SCOPE, ["T1", "T2", "T3", "T4"], run_id)
+    masks = {t: f"cust:{t}" for t in ("T1", "T2", "T3")}  # T4: no mask given, e.g. masking off
+    ledger.apply_results(SCOPE, [
+        EventResult("T1", Outcome.ACCEPTED, ("ev1",)),
+        EventResult("T2", Outcome.RETRYABLE, error_code="timeout"),  # sent again: needs the real id
+        EventResult("T3", Outcome.NOT_SENT, error_code="unsupported"),
+        EventResult("T4", Outcome.ACCEPTED, ("ev4",)),
+    ], run_id, masks=masks)
+    assert _customers(ledger) == {"T1": "cust:T1", "T2": "c-T2", "T3": "cust:T3", "T4": "c-T4"}
+    assert _state(ledger, "T1") is TxnState.ACCEPTED and _state(ledger, "T2") is TxnState.FAILED_RETRYABLE
+
+
+def test_scrubbing_one_run_leaves_the_other_runs_rows_alone(ledger: Ledger) -> None:
+    first = _with_customers(ledger, "T1")
+    second = _with_customers(ledger, "T2", name="g.csv", sha="b" * 64)
+    for run_id, tid in ((first, "T1"), (second, "T2")):
+        ledger.start_sending(SCOPE, [tid], run_id)
+        ledger.accept(SCOPE, tid, run_id)
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=second) == 1
+    assert _customers(ledger) == {"T1": "c-T1", "T2": "cust:c-T2"}
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=first) == 1
+    assert _customers(ledger) == {"T1": "cust:c-T1", "T2": "cust:c-T2"}
+
+
 @pytest.mark.parametrize(
     ("outcome", "state"),
     [

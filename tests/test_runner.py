@@ -387,6 +387,19 @@ def test_gc_paused_restores_the_collector_even_after_an_error() -> None:
         gc.enable()
 
 
+def test_gc_frozen_hands_the_objects_back_even_after_an_error() -> None:
+    import gc
+
+    from pipeline.runner import gc_frozen
+
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), gc_frozen():
+        assert gc.get_freeze_count() > 0
+        assert gc.isenabled()  # new objects are still collected
+        raise RuntimeError("submit failed")
+    assert gc.get_freeze_count() == 0
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["one group", "a group per file"])
 def test_a_run_dedups_its_files_alike_in_one_group_or_in_many(
     live: SandboxServer, folder: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch,

@@ -119,6 +119,13 @@ def test_sigkill_during_submission_then_run_again(
         assert (tmp_path / "reports" / "crashfeed" / crashed.id / "summary.csv").exists()
         settled = [r for r in ledger_rows(settings, final["run_id"]) if r.origin == "settle"]
         assert settled, "the second run settled nothing"
+        # what is never sent again keeps only masked customer ids, whichever run settled it
+        assert feed.logging.hash_customer_ids
+        with Ledger(settings.ledger_path) as ledger:
+            stored = ledger.transactions_by_row_id([t.id for t in rows], with_checkout=True)
+        customers = [json.loads(t.checkout).get("customer_id") for t in stored if t.checkout
+                     and t.state in (TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.CONFLICT)]
+        assert any(customers) and all(c is None or c.startswith("cust:") for c in customers)
 
 
 def ledger_rows(settings: Any, run_id: str) -> list[Any]:

@@ -122,7 +122,9 @@ async def _submit(
 
     def flush() -> None:
         if pending:
-            ledger.apply_results(scope, pending, run_id)
+            masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
+                     for r in pending if r.transaction_id in customer_of}
+            ledger.apply_results(scope, pending, run_id, masks=masks)
             progress.advance("submit", len(pending))
             outcome.results += len(pending)
             pending.clear()
@@ -131,7 +133,8 @@ async def _submit(
         ledger.start_sending(scope, list(transaction_ids), run_id)
 
     batch_outcomes: Counter[str] = Counter()
-    customer_of: dict[str, str] = {}  # with logging.hash_customer_ids: masked in platform messages
+    # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
+    customer_of: dict[str, str] = {}
 
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
