@@ -399,7 +399,7 @@ class NewReject:
     original: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TxnRecord:
     """One transaction row, as reports and the submit stage read it."""
 
@@ -437,36 +437,29 @@ _TXN_COLUMNS = (
     "t.source_lines, t.rows, t.store_id, t.business_date, t.transaction_type, t.currency, t.amount, "
     "t.reject_code, t.first_run_id, t.last_run_id"
 )
+_TXN_WIDTH = _TXN_COLUMNS.count(",") + 1
 
 
-def _txn(row: sqlite3.Row, *, origin: str | None = None, state: str | None = None) -> TxnRecord:
+_STATES = {state.value: state for state in TxnState}
+
+
+def _txn(
+    row: Sequence[Any], *, origin: str | None = None, state: str | None = None, checkout: str | None = None
+) -> TxnRecord:
+    """A :class:`TxnRecord` from a row that starts with :data:`_TXN_COLUMNS` (read by position:
+    a report builds one per transaction of its run)."""
+    (row_id, scope, feed, transaction_id, content_hash, stored_state, primary_id, attempts,
+     last_error_code, last_error_message, event_ids, points, file_id, source_file, source_lines,
+     rows, store_id, business_date, transaction_type, currency, amount, reject_code, first_run_id,
+     last_run_id) = row[:_TXN_WIDTH]
     return TxnRecord(
-        id=row["id"],
-        scope=row["scope"],
-        feed=row["feed"],
-        transaction_id=row["transaction_id"],
-        content_hash=row["content_hash"],
-        state=TxnState(state or row["state"]),
-        primary_id=row["primary_id"],
-        attempts=row["attempts"],
-        last_error_code=row["last_error_code"],
-        last_error_message=row["last_error_message"],
-        event_ids=tuple(json.loads(row["event_ids"])) if row["event_ids"] else (),
-        points=Decimal(row["points"]) if row["points"] is not None else None,
-        file_id=row["file_id"],
-        source_file=row["source_file"],
-        source_lines=tuple(json.loads(row["source_lines"])),
-        rows=row["rows"],
-        store_id=row["store_id"],
-        business_date=row["business_date"],
-        transaction_type=row["transaction_type"],
-        currency=row["currency"],
-        amount=Decimal(row["amount"]),
-        reject_code=row["reject_code"],
-        first_run_id=row["first_run_id"],
-        last_run_id=row["last_run_id"],
-        origin=origin,
-        checkout=row["checkout"] if "checkout" in row.keys() else None,  # noqa: SIM118
+        row_id, scope, feed, transaction_id, content_hash, _STATES[state or stored_state], primary_id,
+        attempts, last_error_code, last_error_message,
+        tuple(json.loads(event_ids)) if event_ids else (),
+        Decimal(points) if points is not None else None,
+        file_id, source_file, tuple(json.loads(source_lines)), rows, store_id, business_date,
+        transaction_type, currency, Decimal(amount), reject_code, first_run_id, last_run_id,
+        origin, checkout,
     )
 
 
@@ -1161,7 +1154,7 @@ class Ledger:
         for chunk in _chunks(row_ids):
             marks = ",".join("?" * len(chunk))
             for row in self._query(f"SELECT {cols} FROM transactions t WHERE t.id IN ({marks})", chunk):
-                found[row["id"]] = _txn(row)
+                found[row["id"]] = _txn(row, checkout=row["checkout"] if with_checkout else None)
         return [found[i] for i in row_ids if i in found]
 
     def rows_in_state(self, row_ids: Sequence[int], state: TxnState) -> set[int]:
