@@ -547,6 +547,30 @@ def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_m
         raise click.ClickException("the run did not balance or the sandbox disagrees with the ledger")
 
 
+@bench.command("ledger")
+@click.option("--prefill", type=click.IntRange(min=100), default=1_000_000, show_default=True,
+              help="Line items of the day that fills the grown ledger first.")
+@click.option("--line-items", type=click.IntRange(min=100), default=300_000, show_default=True,
+              help="Line items of the day measured against both ledgers.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Runs against each ledger (order empty, grown, grown, empty, ...).")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results into this file's Scaling section (docs/BENCHMARKS.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path | None, as_json: bool) -> None:
+    """Does a bigger ledger cost time? One day against an empty and a filled ledger, alternating."""
+    from pipeline.benchmarks.e2e import render_ledger_growth, run_ledger_growth, update_ledger_growth_docs
+
+    report = run_ledger_growth(prefill=prefill, line_items=line_items, rounds=rounds)
+    command = "posfeed bench ledger" + (f" --prefill {prefill}" if prefill != 1_000_000 else "")
+    command += f" --line-items {line_items}" if line_items != 300_000 else ""
+    command += f" --rounds {rounds}" if rounds != 2 else ""
+    _emit_benchmark(render_ledger_growth(report, command=command), report, docs=update_docs,
+                    update_docs=update_ledger_growth_docs, as_json=as_json)
+    if not all(r["balanced"] and r["sandbox_matches_ledger"] for r in report["runs"]):
+        raise click.ClickException("a run did not balance or the sandbox disagrees with the ledger")
+
+
 @bench.command("all")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/bench"),

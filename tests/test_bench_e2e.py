@@ -141,6 +141,29 @@ def test_bench_e2e_smoke_through_sshd_sandbox_and_runner(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_bench_ledger_smoke_runs_one_day_against_an_empty_and_a_filled_ledger(tmp_path: Path) -> None:
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text((REPO / "docs" / "BENCHMARKS.md").read_text())
+    result = CliRunner().invoke(
+        cli, ["bench", "ledger", "--prefill", "2000", "--line-items", "1000", "--rounds", "2",
+              "--json", "--update-docs", str(docs)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["order"] == ["empty", "grown", "grown", "empty"]
+    # the filled ledger holds the prefill day; each grown run added its own day on top of a copy
+    assert 500 < report["ledger_rows"] < 2000
+    for run in report["runs"]:
+        assert run["balanced"] is True and run["sandbox_matches_ledger"] is True
+        assert run["stages"]["submit"]["cpu_seconds"] > 0
+    per_item = report["cpu_us_per_line_item"]
+    assert set(report["ratio"]) == {"record", "submit", "report", "total"}
+    assert report["ratio"]["submit"] == round(per_item["grown"]["submit"] / per_item["empty"]["submit"], 3)
+    scaling = docs.read_text().split("\n## Scaling\n", 1)[1].split("\n## ", 1)[0]
+    assert "ledger-growth:start" in scaling and "| submit |" in scaling
+
+
+@pytest.mark.slow
 def test_side_by_side_calls_the_other_benchmarks_and_rewrites_their_sections(tmp_path: Path) -> None:
     side = run_side_by_side(
         {
