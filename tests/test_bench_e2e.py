@@ -99,8 +99,20 @@ def test_growth_and_plot(tmp_path: Path) -> None:
     assert step["size_ratio"] == 10.0
     assert step["time_growth_vs_linear"] == 0.9
     assert step["memory_growth_vs_linear"] == 0.3
+    assert "sandbox_cpu_per_event_ratio" not in step  # no references measured: none reported
     png = plot_scaling(points, tmp_path / "scaling.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_growth_reports_how_the_references_grew() -> None:
+    def point(size: int, transform_cpu: float, events: int, sandbox_cpu: float) -> dict[str, object]:
+        return {**_point(size, size / 1000, 2**20), "stages": {"transform": {"cpu_seconds": transform_cpu}},
+                "events_accepted": events, "sandbox_cpu_seconds": sandbox_cpu}
+
+    # 3x the line items; transform CPU per line item up 10%, sandbox CPU per event down 20%
+    (step,) = growth([point(1000, 1.0, 250, 2.0), point(3000, 3.3, 750, 4.8)])
+    assert step["transform_cpu_per_line_item_ratio"] == 1.1
+    assert step["sandbox_cpu_per_event_ratio"] == 0.8
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +169,7 @@ def test_bench_ledger_smoke_runs_one_day_against_an_empty_and_a_filled_ledger(tm
         assert run["balanced"] is True and run["sandbox_matches_ledger"] is True
         assert run["stages"]["submit"]["cpu_seconds"] > 0
     per_item = report["cpu_us_per_line_item"]
-    assert set(report["ratio"]) == {"record", "submit", "report", "total"}
+    assert set(report["ratio"]) == {"transform", "record", "submit", "report", "total"}
     assert report["ratio"]["submit"] == round(per_item["grown"]["submit"] / per_item["empty"]["submit"], 3)
     scaling = docs.read_text().split("\n## Scaling\n", 1)[1].split("\n## ", 1)[0]
     assert "ledger-growth:start" in scaling and "| submit |" in scaling

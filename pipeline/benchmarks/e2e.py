@@ -436,7 +436,7 @@ def run_scaling(
 # ---- does the ledger's size cost time? ----------------------------------------------------------
 
 
-LEDGER_GROWTH_STAGES = ("record", "submit", "report")
+LEDGER_GROWTH_STAGES = ("transform", "record", "submit", "report")
 
 
 def run_ledger_growth(
@@ -530,26 +530,46 @@ def update_ledger_growth_docs(path: Path, section: str) -> None:
 
 
 def growth(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Between consecutive sizes: how time and peak memory grew relative to size (1.0 = linear)."""
+    """Between consecutive sizes: how time and peak memory grew relative to size (1.0 = linear).
+
+    Also how two references grew that do the same work per unit at every size, so show the
+    machine's speed at each measurement: the transform stage's CPU per line item (it works in
+    groups of the same size whatever the day's size) and the sandbox's CPU per accepted event.
+    """
     out = []
     for small, big in itertools.pairwise(points):
         size_ratio = big["line_items"] / small["line_items"]
-        out.append(
-            {
-                "from": small["line_items"],
-                "to": big["line_items"],
-                "size_ratio": round(size_ratio, 3),
-                "time_ratio": round(big["total"]["wall_seconds"] / small["total"]["wall_seconds"], 3),
-                "memory_ratio": round(big["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
-                "time_growth_vs_linear": round(
-                    big["total"]["wall_seconds"] / small["total"]["wall_seconds"] / size_ratio, 3
-                ),
-                "memory_growth_vs_linear": round(
-                    big["peak_rss_bytes"] / small["peak_rss_bytes"] / size_ratio, 3
-                ),
-            }
-        )
+        step = {
+            "from": small["line_items"],
+            "to": big["line_items"],
+            "size_ratio": round(size_ratio, 3),
+            "time_ratio": round(big["total"]["wall_seconds"] / small["total"]["wall_seconds"], 3),
+            "memory_ratio": round(big["peak_rss_bytes"] / small["peak_rss_bytes"], 3),
+            "time_growth_vs_linear": round(
+                big["total"]["wall_seconds"] / small["total"]["wall_seconds"] / size_ratio, 3
+            ),
+            "memory_growth_vs_linear": round(
+                big["peak_rss_bytes"] / small["peak_rss_bytes"] / size_ratio, 3
+            ),
+        }
+        references = {"transform_cpu_per_line_item": _transform_cpu_per_item,
+                      "sandbox_cpu_per_event": _sandbox_cpu_per_event}
+        for name, reference in references.items():
+            before, after = reference(small), reference(big)
+            if before and after:
+                step[f"{name}_ratio"] = round(after / before, 3)
+        out.append(step)
     return out
+
+
+def _transform_cpu_per_item(point: dict[str, Any]) -> float | None:
+    stage = point.get("stages", {}).get("transform")
+    return stage["cpu_seconds"] / point["line_items"] if stage and point.get("line_items") else None
+
+
+def _sandbox_cpu_per_event(point: dict[str, Any]) -> float | None:
+    events = point.get("events_accepted")
+    return point["sandbox_cpu_seconds"] / events if events and point.get("sandbox_cpu_seconds") else None
 
 
 def plot_scaling(points: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -1017,18 +1037,39 @@ def render_markdown(report: dict[str, Any], *, chart: str = "bench/scaling.png")
                 f"{wall / point['line_items'] * 1e6:.1f} | {_mib(point['peak_rss_bytes'])} | "
                 f"{point['peak_rss_bytes'] / point['line_items']:,.0f} |"
             )
+        stages = ("fetch", "transform", "record", "submit", "report")
         out += [
             "",
-            "Growth between consecutive sizes (1.00 = exactly linear, below 1 = better than linear):",
+            "CPU µs per line item, stage by stage, and the sandbox's CPU µs per accepted event:",
             "",
-            "| from → to | size × | time × | time vs linear | memory × | memory vs linear |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| line items | " + " | ".join(stages) + " | sandbox per event |",
+            "|---:|" + "---:|" * (len(stages) + 1),
+        ]
+        for point in scaling["points"]:
+            cells = [f"{point['stages'][s]['cpu_seconds'] / point['line_items'] * 1e6:.1f}"
+                     if s in point["stages"] else "–" for s in stages]
+            per_event = _sandbox_cpu_per_event(point)
+            out.append(f"| {point['line_items']:,} | " + " | ".join(cells) + " | "
+                       + (f"{per_event * 1e6:.1f}" if per_event else "–") + " |")
+        out += [
+            "",
+            "Growth between consecutive sizes (1.00 = exactly linear, below 1 = better than linear). "
+            "The last two columns are references that do the same work per unit at every size (the "
+            "transform works in groups of the same size; the sandbox does the same per event): above "
+            "1.00 they show the machine was slower during the larger run.",
+            "",
+            "| from → to | size × | time × | time vs linear | memory × | memory vs linear "
+            "| reference: transform CPU per line item × | reference: sandbox CPU per event × |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for step in scaling["growth"]:
+            references = [f"{step[key]:.2f}" if key in step else "–" for key in
+                          ("transform_cpu_per_line_item_ratio", "sandbox_cpu_per_event_ratio")]
             out.append(
                 f"| {step['from']:,} → {step['to']:,} | {step['size_ratio']:.1f} | "
                 f"{step['time_ratio']:.2f} | {step['time_growth_vs_linear']:.2f} | "
-                f"{step['memory_ratio']:.2f} | {step['memory_growth_vs_linear']:.2f} |"
+                f"{step['memory_ratio']:.2f} | {step['memory_growth_vs_linear']:.2f} | "
+                + " | ".join(references) + " |"
             )
         out.append("")
     return "\n".join(out)
