@@ -1054,9 +1054,10 @@ def render_markdown(report: dict[str, Any], *, chart: str = "bench/scaling.png")
         out += [
             "",
             "Growth between consecutive sizes (1.00 = exactly linear, below 1 = better than linear). "
-            "The last two columns are references that do the same work per unit at every size (the "
-            "transform works in groups of the same size; the sandbox does the same per event): above "
-            "1.00 they show the machine was slower during the larger run.",
+            "The last two columns are references that do about the same work per unit at every size "
+            "(the sandbox, per event; the transform, in groups of the same size, though it looks up "
+            "each group's ids in the ledger): above 1.00 they show the machine was slower during the "
+            "larger run.",
             "",
             "| from → to | size × | time × | time vs linear | memory × | memory vs linear "
             "| reference: transform CPU per line item × | reference: sandbox CPU per event × |",
