@@ -123,6 +123,9 @@ _PRIMARY_SQL = "(" + ",".join(f"'{state}'" for state in _PRIMARY_ORDER) + ")"
 _SENDABLE_SQL = "(" + ",".join(
     f"'{state.value}'" for state, targets in _TRANSITIONS.items() if TxnState.SENDING in targets
 ) + ")"
+# the states whose stored checkout no request needs again: its customer id may be masked
+_NEVER_SENT_AGAIN = (TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.CONFLICT)
+_NEVER_SENT_AGAIN_SQL = "(" + ",".join(f"'{state.value}'" for state in _NEVER_SENT_AGAIN) + ")"
 # the states a file's transaction is recorded in
 _RECORDABLE = frozenset(
     {TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED, TxnState.DUPLICATE, TxnState.CONFLICT}
@@ -1087,7 +1090,7 @@ class Ledger:
                 if target not in _TRANSITIONS.get(TxnState(state), frozenset()):
                     raise IllegalTransitionError(result.transaction_id, state, target)
                 current[result.transaction_id] = (row_id, target.value)
-                final = target in (TxnState.ACCEPTED, TxnState.NOT_SENT)
+                final = target in _NEVER_SENT_AGAIN
                 mask = masks.get(result.transaction_id) if masks and final else None
                 updates.append(
                     (
@@ -1268,27 +1271,20 @@ class Ledger:
             params.append(feed)
         return [r[0] for r in self._query(sql + " ORDER BY t.id", params)]
 
-    def scrub_customer_ids(
-        self, scope: str, mask: Callable[[str], str], *, run_id: str | None = None
-    ) -> int:
-        """Replace the customer id in the stored checkout of every transaction of ``scope`` (with
-        ``run_id``: of that run only) that is never sent again (accepted, not sent, conflict) by
-        ``mask(id)``; returns how many changed.
+    def scrub_customer_ids(self, scope: str, mask: Callable[[str], str], *, run_id: str) -> int:
+        """Replace the customer id in the stored checkout of every transaction of ``run_id`` in
+        ``scope`` that is never sent again (accepted, not sent, conflict) by ``mask(id)``; returns
+        how many changed.
 
         Checkouts that may still be sent (queued, in doubt, failed) keep the real id they need.
         A run scrubs its own transactions when it ends, so no run reads the whole ledger.
         """
-        never_sent_again = (TxnState.ACCEPTED.value, TxnState.NOT_SENT.value, TxnState.CONFLICT.value)
-        among, params = "FROM transactions t WHERE t.scope = ?", [scope]
-        if run_id is not None:
-            among = ("FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
-                     "WHERE rt.run_id = ? AND t.scope = ?")
-            params = [run_id, scope]
         with self._tx() as db:
             rows = db.execute(
-                f"SELECT t.id, json_extract(t.checkout, '$.customer_id') {among} "
-                "AND t.state IN (?, ?, ?) AND t.checkout IS NOT NULL",
-                (*params, *never_sent_again),
+                "SELECT t.id, json_extract(t.checkout, '$.customer_id') FROM run_transactions rt "
+                "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.scope = ? "
+                f"AND t.state IN {_NEVER_SENT_AGAIN_SQL} AND t.checkout IS NOT NULL",
+                (run_id, scope),
             ).fetchall()
             masked = [(mask(str(customer)), row_id) for row_id, customer in rows
                       if customer is not None and not str(customer).startswith(MASK_PREFIX)]

@@ -147,12 +147,12 @@ def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) 
     for tid in ("T1", "T3"):
         ledger.start_sending(SCOPE, [tid], run_id)
         ledger.accept(SCOPE, tid, run_id)
-    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c[::-1]}") == 1  # T2 may still be sent
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c[::-1]}", run_id=run_id) == 1  # T2 may be sent
     stored = {r.transaction_id: json.loads(r.checkout or "{}")
               for r in ledger.transactions_by_row_id([1, 2, 3], with_checkout=True)}
     assert stored["T1"] == {**checkouts["T1"], "customer_id": "cust:1-c"}
     assert stored["T2"] == checkouts["T2"] and stored["T3"] == checkouts["T3"]
-    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}") == 0  # masked ones stay as they are
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=run_id) == 0  # masked ones stay
 
 
 def _with_customers(ledger: Ledger, *tids: str, name: str = "f.csv", sha: str = "a" * 64) -> str:
