@@ -269,7 +269,7 @@ class JsonFormatter(logging.Formatter):
 
 
 # third-party loggers: quiet unless asked, and never below INFO (debug dumps request headers)
-NOISY_LOGGERS = ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
+NOISY_LOGGERS = ("httpx", "httpcore", "aiohttp", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
           "apscheduler", "sqlalchemy", "hpack", "asyncio")
 _HANDLER_MARK = "_posfeed_handler"
 

@@ -613,7 +613,7 @@ def plot_scaling(points: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def machine_info() -> dict[str, Any]:
     """Cores, RAM, CPU model and the versions that matter for the figures."""
-    import httpx
+    import aiohttp
     import paramiko
     import polars
 
@@ -637,7 +637,7 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "polars": polars.__version__,
-        "httpx": httpx.__version__,
+        "aiohttp": aiohttp.__version__,
         "paramiko": paramiko.__version__,
         "openssh": ssh,
     }
@@ -946,8 +946,8 @@ def render_machine(report: dict[str, Any]) -> list[str]:
         "",
         f"- CPU: {m['cpu_model']}, {m['cores']} cores available to the process",
         f"- RAM: {m['memory_bytes'] / 2**30:.1f} GiB; OS: {m['os']}",
-        f"- Python {m['python']}, polars {m['polars']}, httpx {m['httpx']}, paramiko {m['paramiko']}, "
-        f"{m['openssh']}",
+        f"- Python {m['python']}, polars {m['polars']}, aiohttp {m.get('aiohttp', '?')}, "
+        f"paramiko {m['paramiko']}, {m['openssh']}",
         f"- Measured {when} with `{report.get('command') or 'posfeed bench all'}`"
         + (f" (the whole run took {report['suite_seconds']:.0f} s)" if "suite_seconds" in report else ""),
         "",

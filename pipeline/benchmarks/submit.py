@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from pipeline.benchmarks.docs import replace_generated_block
@@ -217,6 +218,7 @@ def run_submit_benchmark(events: int = 20000, naive_events: int = 1000, latency_
         "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "arch": platform.machine(),
                     "python": platform.python_version(), "httpx": httpx.__version__,
+                    "aiohttp": aiohttp.__version__,
                     "load_average_1m": round(load_before, 2)},
         "throughput": throughput,
         "throughput_zero_latency": zero,
@@ -242,7 +244,8 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         ]
     return "\n".join([
         f"Measured {report['measured']} with `{command}` on {m['cpus']} CPUs ({m['arch']}), "
-        f"Python {m['python']}, httpx {m['httpx']}, 1-minute load average {m['load_average_1m']:g} "
+        f"Python {m['python']}, aiohttp {m.get('aiohttp', '?')} (our sender), httpx {m['httpx']} "
+        f"(the naive loop), 1-minute load average {m['load_average_1m']:g} "
         "at the start; the sandbox runs in its own process on loopback.",
         "",
         "**(a) Throughput, no rate limit** (same kind of checkouts, two lines each, fresh "

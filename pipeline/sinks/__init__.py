@@ -6,12 +6,11 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import httpx
-
 from pipeline.config import AntavoTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
 from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.sinks.delivery import DeliveryPolicy, PlatformSink
+from pipeline.sinks.http import HttpClient
 
 __all__ = ["EventResult", "Outcome", "PlatformSink", "Sink", "make_antavo_sink", "make_sink"]
 
@@ -19,7 +18,7 @@ __all__ = ["EventResult", "Outcome", "PlatformSink", "Sink", "make_antavo_sink",
 def make_antavo_sink(
     feed: Feed,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: HttpClient | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     rng: random.Random | None = None,
 ) -> PlatformSink:

@@ -19,13 +19,11 @@ any other per-event error              REJECTED (Antavo's code and message)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from pipeline.config import AntavoTarget
 from pipeline.records import TransactionType
@@ -33,6 +31,7 @@ from pipeline.sinks.antavo_events import NotSent, dumps, events_for
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.delivery import Batch, Plan, PreparedRequest, RequestFailure, Unit, parse_retry_after
 from pipeline.sinks.escher import EscherSigner, antavo_config
+from pipeline.sinks.http import HttpClient
 
 __all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter"]
 
@@ -125,7 +124,7 @@ class AntavoAdapter:
             return dumps(batch.units[0].payload[0])
         return dumps({"events": [event for unit in batch.units for event in unit.payload]})
 
-    async def build_request(self, batch: Batch, client: httpx.AsyncClient) -> PreparedRequest:
+    async def build_request(self, batch: Batch, client: HttpClient) -> PreparedRequest:
         """Build and sign one attempt."""
         path = "/events" if batch.route == "single" else "/events/bulk"
         url = self.base_url + path
@@ -139,7 +138,7 @@ class AntavoAdapter:
     # ---- response ---------------------------------------------------------------------------------
 
     def parse_response(
-        self, batch: Batch, status: int, headers: httpx.Headers, body: bytes
+        self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results, or a whole-request failure for the engine."""
         document = _json(body)

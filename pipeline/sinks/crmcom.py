@@ -31,8 +31,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
 from pipeline.records import TransactionType
@@ -62,6 +60,7 @@ from pipeline.sinks.delivery import (
     parse_retry_after,
 )
 from pipeline.sinks.delivery import Plan as DeliveryPlan
+from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
 __all__ = [
     "AuthenticationFailed",
@@ -134,7 +133,7 @@ class TokenProvider:
         self.issued = 0  # tokens obtained so far
         self._refused: RequestFailure | None = None
 
-    async def token(self, client: httpx.AsyncClient) -> str:
+    async def token(self, client: HttpClient) -> str:
         """A valid token: the cached one, or a new one when it is (nearly) expired."""
         async with self._lock:
             if self._refused is not None:
@@ -172,28 +171,28 @@ class TokenProvider:
             body["unit"] = target.unit
         return endpoint_url(target, method), headers, body
 
-    async def _obtain(self, client: httpx.AsyncClient) -> str:
+    async def _obtain(self, client: HttpClient) -> str:
         url, headers, body = self._request()
         try:
-            response = await client.post(url, content=dumps(body), headers=headers)
-        except httpx.TimeoutException as exc:
+            response = await client.request("POST", url, body=dumps(body), headers=headers)
+        except HttpTimeout as exc:
             raise AuthenticationFailed(
-                RequestFailure(None, "timeout", f"token call: {type(exc).__name__}")
+                RequestFailure(None, "timeout", f"token call: {exc.kind}")
             ) from exc
-        except httpx.TransportError as exc:
+        except HttpError as exc:
             raise AuthenticationFailed(
-                RequestFailure(None, "connection_error", f"token call: {type(exc).__name__}")
+                RequestFailure(None, "connection_error", f"token call: {exc.kind}")
             ) from exc
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status == 429 or response.status >= 500:
             raise AuthenticationFailed(
                 RequestFailure(
-                    response.status_code,
-                    f"http_{response.status_code}",
-                    f"token call answered HTTP {response.status_code}",
+                    response.status,
+                    f"http_{response.status}",
+                    f"token call answered HTTP {response.status}",
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 )
             )
-        envelope = Envelope.read(response.content, response.status_code)
+        envelope = Envelope.read(response.body, response.status)
         token = envelope.data.get("token") if envelope.ok and isinstance(envelope.data, Mapping) else None
         if not token:
             # wrong credentials: 401 makes the engine stop sending for this submission
@@ -278,7 +277,7 @@ class CrmcomAdapter:
         return created[0] if created else None
 
     async def build_request(
-        self, batch: Batch, client: httpx.AsyncClient
+        self, batch: Batch, client: HttpClient
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """One attempt: a token (cached or new) in the body of the route's call."""
         if batch.route == "cancel":
@@ -313,7 +312,7 @@ class CrmcomAdapter:
     # ---- response
 
     def parse_response(
-        self, batch: Batch, status: int, headers: httpx.Headers, body: bytes
+        self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results from the envelope, or a whole-request failure for the engine."""
         key = tuple(batch.transaction_ids)
@@ -350,7 +349,7 @@ class CrmcomAdapter:
 def make_crmcom_sink(
     feed: Feed,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: HttpClient | None = None,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
     originals: OriginalLookup | None = None,

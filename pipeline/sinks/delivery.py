@@ -12,10 +12,11 @@ A platform plugs in through a :class:`PlatformAdapter`:
 
 The engine owns everything else: a token bucket in requests per minute that starts with a small
 burst and refills slightly below the limit (so a sliding-window limiter is never tripped), bounded
-concurrency over one connection-reusing ``httpx.AsyncClient``, retries with exponential backoff and
-jitter that honour ``Retry-After`` (which also pauses every other sender), ``on_sending`` before each
-request and ``on_result`` exactly once per transaction. Whether a failed request is retried now,
-left for a rerun, or stops the whole submission is decided in one place, :func:`disposition`.
+concurrency over one connection-reusing :class:`pipeline.sinks.http.HttpClient`, retries with
+exponential backoff and jitter that honour ``Retry-After`` (which also pauses every other
+sender), ``on_sending`` before each request and ``on_result`` exactly once per transaction.
+Whether a failed request is retried now, left for a rerun, or stops the whole submission is
+decided in one place, :func:`disposition`.
 Batches of a later ``phase`` start only after every batch of earlier phases settled (refunds after
 the sales they refund).
 """
@@ -36,9 +37,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-import httpx
-
 from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome
+from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout, tls_context
 
 __all__ = [
     "Batch",
@@ -130,7 +130,7 @@ class PlatformAdapter(Protocol):
         ...
 
     async def build_request(
-        self, batch: Batch, client: httpx.AsyncClient
+        self, batch: Batch, client: HttpClient
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """Build one attempt's request (sign it now; fetch a token with ``client`` if needed).
 
@@ -140,7 +140,7 @@ class PlatformAdapter(Protocol):
         ...
 
     def parse_response(
-        self, batch: Batch, status: int, headers: httpx.Headers, body: bytes
+        self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
     ) -> list[EventResult] | RequestFailure:
         """One result per unit of the batch, or a whole-request failure."""
         ...
@@ -326,7 +326,7 @@ class DeliveryEngine:
         adapter: PlatformAdapter,
         policy: DeliveryPolicy,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: HttpClient | None = None,
         rng: random.Random | None = None,
     ):
         self.adapter = adapter
@@ -336,25 +336,22 @@ class DeliveryEngine:
         # one bucket for the engine's life: submissions in a row share the limit (and any pause)
         self.bucket = TokenBucket(policy.refill_per_minute(), policy.bucket_burst(),
                                   capacity=policy.bucket_capacity())
-        self._owned: httpx.AsyncClient | None = None
+        self._owned: HttpClient | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
         self._ssl: ssl.SSLContext | None = None
 
-    def _client_for_this_loop(self) -> httpx.AsyncClient:
+    def _client_for_this_loop(self) -> HttpClient:
         """The given client, or our own pooled one, reused by submissions on the same loop."""
         if self._client is not None:
             return self._client
         loop = asyncio.get_running_loop()
         if self._owned is None or self._owned_loop is not loop:
             if self._ssl is None:
-                self._ssl = httpx.create_ssl_context()  # loading CA certificates is slow: once
-            self._owned = httpx.AsyncClient(
-                timeout=self.policy.timeout_seconds,
-                verify=self._ssl,
-                limits=httpx.Limits(
-                    max_connections=self.policy.max_concurrency,
-                    max_keepalive_connections=self.policy.max_concurrency,
-                ),
+                self._ssl = tls_context()  # loading CA certificates is slow: once
+            self._owned = HttpClient(
+                timeout_seconds=self.policy.timeout_seconds,
+                max_connections=self.policy.max_concurrency,
+                tls=self._ssl,
             )
             self._owned_loop = loop
         return self._owned
@@ -424,7 +421,7 @@ class _Submission:
             self.settle(EventResult(tid, Outcome.RETRYABLE, error_code=code, error_message=message,
                                     attempts=attempts))
 
-    async def run_phase(self, batches: list[Batch], client: httpx.AsyncClient) -> None:
+    async def run_phase(self, batches: list[Batch], client: HttpClient) -> None:
         if not batches:
             return
         self.queue = asyncio.Queue()
@@ -450,7 +447,7 @@ class _Submission:
         loop = asyncio.get_running_loop()
         loop.call_later(delay, self.queue.put_nowait, (batch, attempt))
 
-    async def worker(self, client: httpx.AsyncClient) -> None:
+    async def worker(self, client: HttpClient) -> None:
         while True:
             item = await self.queue.get()
             if item is None:
@@ -478,25 +475,23 @@ class _Submission:
             return False
         return True
 
-    async def send(self, client: httpx.AsyncClient, batch: Batch) -> list[EventResult] | RequestFailure:
+    async def send(self, client: HttpClient, batch: Batch) -> list[EventResult] | RequestFailure:
         self.on_sending(batch.transaction_ids)
         request = await self.engine.adapter.build_request(batch, client)
         if not isinstance(request, PreparedRequest):
             return request  # nothing was sent: a failure or results decided at build time
         self.report.requests += 1
         try:
-            response = await client.request(
-                request.method, request.url, headers=dict(request.headers), content=request.body
+            reply = await client.request(
+                request.method, request.url, headers=request.headers, body=request.body
             )
-        except httpx.TimeoutException as exc:
-            return RequestFailure(None, "timeout", f"no answer in time ({type(exc).__name__})")
-        except httpx.TransportError as exc:
-            return RequestFailure(None, "connection_error", f"{type(exc).__name__}: {exc}")
-        if response.status_code == 429:
+        except HttpTimeout as exc:
+            return RequestFailure(None, "timeout", f"no answer in time ({exc.kind})")
+        except HttpError as exc:
+            return RequestFailure(None, "connection_error", str(exc))
+        if reply.status == 429:
             self.report.rate_limited += 1
-        return self.engine.adapter.parse_response(
-            batch, response.status_code, response.headers, response.content
-        )
+        return self.engine.adapter.parse_response(batch, reply.status, reply.headers, reply.body)
 
     def on_failure(self, batch: Batch, attempt: int, failure: RequestFailure) -> None:
         self.report.failures += 1
@@ -545,7 +540,7 @@ class PlatformSink:
         adapter: PlatformAdapter,
         policy: DeliveryPolicy,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: HttpClient | None = None,
         rng: random.Random | None = None,
     ):
         self.adapter = adapter
