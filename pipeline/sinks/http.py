@@ -87,9 +87,9 @@ class HttpClient:
                 content = await response.read()
                 return HttpReply(response.status, response.headers, content)
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError too
-            raise HttpTimeout(type(exc).__name__, str(exc)) from exc
+            raise HttpTimeout(type(exc).__name__, _without_query(str(exc), url)) from exc
         except aiohttp.ClientError as exc:
-            raise HttpConnectionError(type(exc).__name__, str(exc)) from exc
+            raise HttpConnectionError(type(exc).__name__, _without_query(str(exc), url)) from exc
 
     def _proxy_for(self, url: str) -> str | None:
         parts = urlsplit(url)
@@ -102,3 +102,8 @@ class HttpClient:
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._session.close()
+
+
+def _without_query(text: str, url: str) -> str:
+    """``text`` with ``url`` shown without its query (it may carry an API key), for messages."""
+    return text.replace(url, url.split("?", 1)[0]) if "?" in url else text

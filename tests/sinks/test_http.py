@@ -121,3 +121,10 @@ def test_no_proxy_hosts_are_reached_directly(server: str, monkeypatch: pytest.Mo
     (reply,) = _send(server + "/events")
 
     assert reply.status == 207
+
+
+def test_a_failure_message_never_shows_the_query_of_the_url() -> None:
+    with pytest.raises(HttpConnectionError) as failure:
+        _send("http:///events?api_key=secret-key-123")  # a URL without a host names itself
+
+    assert "secret-key-123" not in str(failure.value)
