@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -116,11 +118,26 @@ class ValidationConfig(_Model):
     treat_negative_quantity_as_return: bool = True
 
 
+def _platform_url(value: str) -> str:
+    """A target's ``base_url``: http(s) with a host (checked when the feed loads, not mid-run)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+PlatformUrl = Annotated[str, AfterValidator(_platform_url)]
+
+
 class AntavoTarget(_Model):
     """Antavo Events API target (`[target]` with kind = "antavo")."""
 
     kind: Literal["antavo"] = "antavo"
-    base_url: str = "https://api.demo.antavo.com"
+    base_url: PlatformUrl = "https://api.demo.antavo.com"
     region: str = "demo"
     auth: Literal["signed", "api_key"] = "signed"
     api_key_env: str = "ANTAVO_API_KEY"
@@ -146,7 +163,7 @@ class CrmcomTarget(_Model):
     """CRM.COM purchases API target (`[target]` with kind = "crmcom")."""
 
     kind: Literal["crmcom"] = "crmcom"
-    base_url: str = "https://sandbox.crm.com"
+    base_url: PlatformUrl = "https://sandbox.crm.com"
     auth: Literal["token", "web_api_key"] = "token"
     username_env: str | None = "CRMCOM_USERNAME"
     password_env: str | None = "CRMCOM_PASSWORD"

@@ -111,6 +111,8 @@ def test_models_are_frozen(tmp_path: Path) -> None:
         ("[store_timezones]\nS1 = 'Nowhere/City'\n", "store_timezones", "unknown timezone"),
         ("[validation]\nmax_future_minutes = -1\n", "validation.max_future_minutes", "greater than or equal"),
         ("[target]\nkind = 'antavo'\nbulk_size = 0\n", "target.bulk_size", "greater than or equal"),
+        ("[target]\nkind = 'antavo'\nbase_url = 'http://[bad'\n", "target.base_url", "not a URL"),
+        ("[target]\nkind = 'crmcom'\nbase_url = 'ftp://crm.example'\n", "target.base_url", "http:// or https://"),
     ],
 )
 def test_bad_value_names_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
