@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,27 @@ def _emit_benchmark(section: str, data: Any, *, docs: Path | None, update_docs: 
         click.echo(section)
 
 
+def _reproduce_command(*, leave_out: Collection[str] = ()) -> str:
+    """The running bench command with every option that differs from its default (for the docs).
+
+    ``--update-docs`` and ``--json`` change where results go, not what is measured: never shown.
+    """
+    ctx = click.get_current_context()
+    words = [f"posfeed bench {ctx.info_name}"]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in {"update_docs", "as_json", *leave_out}:
+            continue
+        value = ctx.params[param.name or ""]
+        if value is None or value == param.default:
+            continue
+        flag = param.opts[0]
+        if param.is_flag:
+            words.append(flag)
+        else:
+            words.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(words)
+
+
 @bench.command("transform")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Online Retail parquet [default: ../shared/datasets/online_retail_I/"
@@ -403,10 +424,7 @@ def bench_transform(input_path: Path | None, rows: int | None, synthetic: bool, 
 
     report = bench_module.run_transform_benchmark(input_path=input_path, rows=rows, synthetic=synthetic,
                                                   repeat=repeat, naive_repeat=naive_repeat)
-    command = "posfeed bench transform" + (f" --rows {rows}" if rows else "")
-    command += " --synthetic" if synthetic else ""
-    command += f" --repeat {repeat}" if repeat != 3 else ""
-    command += f" --naive-repeat {naive_repeat}" if naive_repeat != 1 else ""
+    command = _reproduce_command(leave_out=("input_path",))  # a local path: the docs name the dataset
     section = bench_module.markdown_section(report, command=command)
     _emit_benchmark(section, report, docs=update_docs, update_docs=bench_module.update_docs,
                     as_json=as_json)
@@ -436,13 +454,7 @@ def bench_submit(events: int, naive_events: int, latency_ms: float, limit: int, 
     report = bench_module.run_submit_benchmark(
         events=events, naive_events=naive_events, latency_ms=latency_ms, limit=limit,
         limited_latency_ms=limited_latency_ms, limited_seconds=limited_seconds)
-    command = "posfeed bench submit" + (f" --events {events}" if events != 20000 else "")
-    command += f" --naive-events {naive_events}" if naive_events != 1000 else ""
-    command += f" --latency-ms {latency_ms:g}" if latency_ms != 5.0 else ""
-    command += f" --limit {limit}" if limit != 600 else ""
-    command += f" --limited-seconds {limited_seconds:g}" if limited_seconds != 45.0 else ""
-    command += f" --limited-latency-ms {limited_latency_ms:g}" if limited_latency_ms != 50.0 else ""
-    section = bench_module.markdown_section(report, command=command)
+    section = bench_module.markdown_section(report, command=_reproduce_command())
     _emit_benchmark(section, report, docs=update_docs, update_docs=bench_module.update_docs,
                     as_json=as_json)
 
@@ -460,9 +472,7 @@ def bench_fetch(size_mb: float, rounds: int, update_docs: Path | None, as_json: 
     from pipeline.benchmarks import fetch as bench_module
 
     result = bench_module.run_fetch_benchmark(size_mb, rounds=rounds)
-    command = "posfeed bench fetch" + (f" --size-mb {size_mb:g}" if size_mb != 200 else "")
-    command += f" --rounds {rounds}" if rounds != 3 else ""
-    section = bench_module.markdown_section(result, command=command)
+    section = bench_module.markdown_section(result, command=_reproduce_command())
     _emit_benchmark(section, result.to_dict(), docs=update_docs, update_docs=bench_module.update_docs,
                     as_json=as_json)
 
@@ -562,10 +572,7 @@ def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path |
     from pipeline.benchmarks.e2e import render_ledger_growth, run_ledger_growth, update_ledger_growth_docs
 
     report = run_ledger_growth(prefill=prefill, line_items=line_items, rounds=rounds)
-    command = "posfeed bench ledger" + (f" --prefill {prefill}" if prefill != 1_000_000 else "")
-    command += f" --line-items {line_items}" if line_items != 300_000 else ""
-    command += f" --rounds {rounds}" if rounds != 2 else ""
-    _emit_benchmark(render_ledger_growth(report, command=command), report, docs=update_docs,
+    _emit_benchmark(render_ledger_growth(report, command=_reproduce_command()), report, docs=update_docs,
                     update_docs=update_ledger_growth_docs, as_json=as_json)
     if not all(r["balanced"] and r["sandbox_matches_ledger"] for r in report["runs"]):
         raise click.ClickException("a run did not balance or the sandbox disagrees with the ledger")
