@@ -10,7 +10,7 @@ writes it as four files into one folder, each atomically and spreadsheet-safe:
   file and line;
 * ``summary.json``: the `posfeed run --json` document.
 
-Every column is described in README.md ("Reports"). Amounts are exact decimals.
+Every column is described in docs/REPORTS.md. Amounts are exact decimals.
 """
 
 from __future__ import annotations

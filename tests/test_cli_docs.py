@@ -1,4 +1,8 @@
-"""Every command and benchmark of the CLI is documented in README's CLI reference."""
+"""The documentation holds: every command has an entry in docs/CLI.md, every link resolves.
+
+Feed keys are checked against feeds/README.md in test_config; the reject code table in
+docs/REPORTS.md against the catalog in test_cli_check.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,19 @@ import re
 from pathlib import Path
 
 import click
+import pytest
 
 from pipeline.cli import cli
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-HEADINGS = re.findall(r"^### `posfeed ([a-z0-9 -]+?)(?: [\[A-Z-]|`)", README, flags=re.MULTILINE)
+ROOT = Path(__file__).resolve().parent.parent
+CLI_DOC = (ROOT / "docs" / "CLI.md").read_text(encoding="utf-8")
+HEADINGS = re.findall(r"^### `posfeed ([a-z0-9 -]+?)(?: [\[A-Z-]|`)", CLI_DOC, flags=re.MULTILINE)
+DOCUMENTS = sorted(
+    [ROOT / "README.md", ROOT / "feeds" / "README.md", ROOT / "cron" / "README.md",
+     ROOT / "sample_data" / "README.md", *(ROOT / "docs").glob("*.md")]
+)
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+README_MAX_CHARS = 15_000
 
 
 def _command_paths(group: click.Group, prefix: str = "") -> list[str]:
@@ -24,13 +36,48 @@ def _command_paths(group: click.Group, prefix: str = "") -> list[str]:
     return paths
 
 
-def test_every_command_has_a_readme_entry() -> None:
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_every_command_has_an_entry_in_the_cli_reference() -> None:
     documented = {heading.strip() for heading in HEADINGS}
     missing = [path for path in _command_paths(cli) if path not in documented]
-    assert not missing, f"commands without a '### `posfeed …`' entry in README.md: {missing}"
+    assert not missing, f"commands without a '### `posfeed …`' entry in docs/CLI.md: {missing}"
 
 
-def test_every_readme_entry_is_a_command() -> None:
+def test_every_cli_reference_entry_is_a_command() -> None:
     commands = set(_command_paths(cli)) | {"bench"}
     unknown = [heading for heading in HEADINGS if heading.strip() not in commands]
-    assert not unknown, f"README.md documents commands that do not exist: {unknown}"
+    assert not unknown, f"docs/CLI.md documents commands that do not exist: {unknown}"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_resolves(document: Path) -> None:
+    broken = []
+    for target in LINK.findall(document.read_text(encoding="utf-8")):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path_part, _, anchor = target.partition("#")
+        linked = (document.parent / path_part).resolve() if path_part else document
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no heading with that anchor")
+    assert not broken, f"{document.relative_to(ROOT)} has broken links: {broken}"
+
+
+def test_readme_is_a_front_door() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) <= README_MAX_CHARS, f"README.md is {len(text)} characters; move reference text to docs/"
+    first_block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert first_block, "README.md starts without its two commands"
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines() if line.strip()]
+    assert commands == ["pip install -e . && posfeed demo", "scripts/test"]
+    for doc in ("CLI", "CONFIGURATION", "REPORTS", "PLATFORMS", "OPERATIONS", "ARCHITECTURE", "BENCHMARKS"):
+        assert f"docs/{doc}.md" in text, f"README.md does not link docs/{doc}.md"

@@ -2,7 +2,7 @@
 
 Codes never change meaning and are never reused; new codes are appended. The order of the catalog
 is the order in which rules are checked: a row failing several rules carries the first one.
-README's "Reject codes" table is generated from :data:`CATALOG` (a test keeps them equal).
+The "Reject codes" table of docs/REPORTS.md is generated from :data:`CATALOG` (a test keeps them equal).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def catalog_rows() -> list[dict[str, str]]:
 
 
 def readme_table() -> str:
-    """The Markdown table of every reject code, as README.md shows it."""
+    """The Markdown table of every reject code, as docs/REPORTS.md shows it."""
     lines = ["| code | meaning |", "|---|---|"]
     lines += [f"| `{code.value}` | {text} |" for code, text in CATALOG.items()]
     return "\n".join(lines)

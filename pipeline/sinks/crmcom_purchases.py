@@ -57,7 +57,7 @@ CONTENT_TYPE = "application/json"
 
 
 class CrmcomRejectCode(StrEnum):
-    """Why a checkout was not sent to CRM.COM (target-level codes, documented in README)."""
+    """Why a checkout was not sent to CRM.COM (target-level codes, documented in docs/PLATFORMS.md)."""
 
     GUEST = "crmcom_guest"  # no customer: a purchase event needs one
     PARTIAL_RETURN = "crmcom_partial_return"  # only whole purchases can be cancelled
