@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -106,6 +107,8 @@ class FormatConfig(_Model):
     defaults: dict[str, str] = Field(default_factory=dict)
     # build transaction_id from other canonical columns, e.g. "{store_id}-{register_id}-{receipt}"
     transaction_id_template: str | None = None
+    # customer ids written by a float-typed export ("17850.0") are read as "17850"
+    normalize_float_customer_ids: bool = False
 
 
 class ValidationConfig(_Model):
@@ -116,6 +119,8 @@ class ValidationConfig(_Model):
     max_days_from_business_date: int = Field(default=2, ge=0)
     max_future_minutes: int = Field(default=10, ge=0)
     treat_negative_quantity_as_return: bool = True
+    # a timestamp or business date before this day is not plausible (R025_DATE_TOO_EARLY)
+    earliest_date: date = date(2000, 1, 1)
 
 
 def _platform_url(value: str) -> str:

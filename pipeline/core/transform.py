@@ -5,11 +5,12 @@
 amounts as decimal strings, and balances exactly: ``rows_in = rows_valid + rows_rejected`` and
 ``amount_in = amount_valid + amount_rejected``.
 
-``TransformResult.lines`` keeps every input row: the canonical columns as read (strings), unmapped
-export columns (``src:<name>``), ``source_file``, ``source_line``, ``reject_code``,
-``reject_field``, ``reject_reason``, ``amount`` (MONEY: the signed line amount, 0 when
-unparseable), ``business_day`` (Date: business_date, else the timestamp's local date; null if
-neither can be read), ``transaction_type_normalized`` and ``store`` (stripped store_id).
+``TransformResult.lines`` keeps every input row: the canonical columns as read (strings), every
+export column as the file had it (``src:<name>``, in the file's order), ``source_file``,
+``source_line``, ``reject_code``, ``reject_field``, ``reject_reason``, ``amount`` (MONEY: the
+signed line amount, 0 when unparseable), ``business_day`` (Date: business_date, else the
+timestamp's local date; null if neither can be read), ``transaction_type_normalized`` and
+``store`` (stripped store_id).
 """
 
 from __future__ import annotations
@@ -141,28 +142,18 @@ def _summary(
     }
 
 
-def _rejects(rejected: pl.DataFrame, all_lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
-    """Rejected rows under the export's own column names, plus code, reason, field, file, line."""
-    present = [
-        c
-        for c in CANONICAL_COLUMNS
-        if all_lines.height and all_lines.get_column(c).null_count() < all_lines.height
-    ] or list(CANONICAL_COLUMNS)
-    extras = [c for c in rejected.columns if c.startswith(EXTRA_PREFIX)]
-    names: dict[str, str] = {}
+def _rejects(rejected: pl.DataFrame) -> pl.DataFrame:
+    """Rejected rows with exactly the export's columns, in the export's order, as the file had them
+    (empty columns too), then code, reason, field, file and line.
+
+    Files of different layouts read together give the union of their columns, in first-seen
+    order. An export column named like one of the trailing columns keeps its ``src:`` prefix.
+    """
+    originals = [c for c in rejected.columns if c.startswith(EXTRA_PREFIX)]
+    names = {c: c[len(EXTRA_PREFIX) :] for c in originals}
     taken = set(REJECT_COLUMNS)
-    mapping = feed.format.columns if feed.format.has_header else {}
-    for col in present:
-        name = mapping.get(col, col)
-        names[col] = name if name not in taken else col
-        taken.add(names[col])
-    for col in extras:
-        name = col[len(EXTRA_PREFIX) :]
-        names[col] = name if name not in taken else col
-        taken.add(names[col])
-    return rejected.select(
-        *[pl.col(c).alias(names[c]) for c in (*present, *extras)], *[pl.col(c) for c in REJECT_COLUMNS]
-    )
+    renamed = [pl.col(c).alias(names[c] if names[c] not in taken else c) for c in originals]
+    return rejected.select(*renamed, *[pl.col(c) for c in REJECT_COLUMNS])
 
 
 def transform(
@@ -204,7 +195,7 @@ def transform(
         lines=out_lines,
         checkouts=checkouts,
         items=items,
-        rejects=_rejects(rejected, out_lines, feed),
+        rejects=_rejects(rejected),
         unreadable=tuple(unreadable),
         summary=summary,
     )
