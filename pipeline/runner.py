@@ -349,6 +349,7 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+        ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
         ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
         with gc_paused():
             outcome: TransformOutcome = transform_staged(

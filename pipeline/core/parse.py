@@ -117,7 +117,7 @@ def _decode(data: bytes, fmt: FormatConfig, name: str) -> bytes:
     A byte order mark decides the encoding (UTF-8, UTF-16 or UTF-32, either byte order) whatever
     ``format.encoding`` says; without one, ``format.encoding`` does.
     """
-    encoding = fmt.encoding
+    encoding: str = fmt.encoding
     for bom, bom_encoding in _BOMS:
         if data.startswith(bom):
             data, encoding = data[len(bom) :], bom_encoding

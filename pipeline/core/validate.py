@@ -552,8 +552,8 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 pl.lit(f"required field {field} is empty"),
             )
         )
-    for field, typed in _ID_FIELDS:
-        flag = f"v_ctrl_{typed.removeprefix('v_')}"
+    for field, typed_id in _ID_FIELDS:
+        flag = f"v_ctrl_{typed_id.removeprefix('v_')}"
         rules.append(
             Rule(
                 f"control_character_in_{field}",

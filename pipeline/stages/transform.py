@@ -133,8 +133,11 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
             ),
         ]
     )
-    assigned = lines.join(line_map, on=["source_file", "source_line"], how="left").join(
-        group_of, on="_rec", how="left"
+    # only the columns the totals need go through the joins (a line carries every export column)
+    assigned = (
+        lines.select("source_file", "source_line", "store", "business_day", "amount")
+        .join(line_map, on=["source_file", "source_line"], how="left")
+        .join(group_of, on="_rec", how="left")
     )
     assigned = assigned.with_columns(
         pl.when(pl.col("_rec").is_null()).then(pl.col("store")).otherwise(pl.col("g_store")).alias("g_store"),
