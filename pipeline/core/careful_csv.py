@@ -10,10 +10,12 @@ Rules, the same as the fast reader's wherever both read a file:
 * a line break is ``\\r\\n``, ``\\r`` or ``\\n``; physical lines are numbered from 1;
 * a quoted field may hold line breaks (its record then spans several lines and is numbered by
   its first); a quote inside an unquoted field is an ordinary character (``5" screen``);
-* a quoted field still open after :data:`MAX_RECORD_LINES` lines, or at the end of the file, or
-  followed by text after its closing quote, makes its first line a
-  :attr:`~pipeline.core.rejects.RejectCode.UNBALANCED_QUOTE` reject; reading resumes on the
-  next line;
+* a quoted field still open after :data:`MAX_RECORD_LINES` lines, or at the end of the file,
+  or followed by text after its closing quote, or one "closed" lines later by another record's
+  quote (the record gets more fields than the header, or a line in between is a whole record of
+  its own), makes its first
+  line a :attr:`~pipeline.core.rejects.RejectCode.UNBALANCED_QUOTE` reject; reading resumes on
+  the next line;
 * a record with more fields than the header is a
   :attr:`~pipeline.core.rejects.RejectCode.WRONG_FIELD_COUNT` reject, unless the extra fields
   are all empty (a trailing delimiter); a record with fewer fields has its last fields empty;
@@ -120,6 +122,13 @@ def records(
                 used += 1
                 if quote in addition:  # a field stays open until a line brings a quote
                     parts, state = _fields(record, delimiter, quote, closing)
+            if state == _OK and used > 1 and width is not None and width > 1 and (
+                len(parts) > width
+                or any(lines[k].count(delimiter) >= width - 1 for k in range(i + 1, i + used - 1))
+            ):
+                # a quote "closed" lines later by another record's quote: the lines it spans
+                # are records of their own (too many fields, or whole records in between)
+                state = _OPEN
         if state != _OK:
             naive: list[str | None] = [p or None for p in line.split(delimiter)]
             why = (
