@@ -220,16 +220,19 @@ def _first_record(data: bytes, fmt: FormatConfig, name: str) -> list[str | None]
 def _blank_rows(frame: pl.DataFrame, columns: list[str]) -> pl.Series | None:
     """Rows whose every field is empty or blank (blank lines, ``,,,``), or None when there are none.
 
-    A blank line leaves every column after the first null: only rows whose last column is null
-    or blank are looked at closely.
+    A blank row's last field is null, empty or starts with white space: only such rows (cheap to
+    find, usually none) are looked at closely.
     """
     last = pl.col(columns[-1])
-    maybe = last.is_null() | (last.str.len_bytes() < 8) & (last.str.strip_chars() == "")
-    candidates = frame.select(maybe.alias("m")).to_series()
-    if not candidates.any():
+    screen = last.is_null() | (last.str.len_bytes() == 0)
+    screen = screen | last.str.starts_with(" ") | last.str.starts_with("\t")
+    maybe = frame.select(screen.alias("blank")).to_series()
+    if not maybe.any():
         return None
+    positions = maybe.arg_true()
     empty = pl.all_horizontal([(pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")) for c in columns])
-    return frame.select((maybe & empty).alias("blank")).to_series()
+    kept = frame[positions].select(empty.alias("blank")).to_series()
+    return maybe.scatter(positions.filter(~kept), False)
 
 
 def _nul_flags(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -265,11 +268,15 @@ def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: s
         return None
     if names is not None and frame.width != len(names):
         return None
+    # polars reads a buffer in chunks; every selection on a frame mixing chunkings copies the
+    # columns into one chunk again, so that is done once, here
+    frame = frame.rechunk()
     header_lines = 1 if fmt.has_header else 0
     index = pl.int_range(pl.len(), dtype=pl.Int64)
     # a record takes more than one physical line only when a quoted field holds a line break:
-    # counting those is only paid for when the file has more line breaks than records
-    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    # counting those is only paid for when the file has quotes and more line breaks than records
+    quoted = fmt.quote_char.encode() in data
+    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) if quoted else 0
     if physical > frame.height + header_lines and frame.width:
         embedded = pl.sum_horizontal(
             pl.col(c).str.count_matches("\n", literal=True).fill_null(0) for c in frame.columns
@@ -278,11 +285,10 @@ def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: s
     else:
         line = index + 1 + header_lines
     columns = frame.columns
+    blank = _blank_rows(frame, columns) if columns else None
     frame = frame.with_columns(line.alias("source_line"))
-    if columns:
-        blank = _blank_rows(frame, columns)
-        if blank is not None and blank.any():
-            frame = frame.filter(~blank)  # blank lines are not records
+    if blank is not None and blank.any():
+        frame = frame.filter(~blank)  # blank lines are not records
     if b"\x00" in data:
         frame = _nul_flags(frame, columns)
     return frame

@@ -172,7 +172,8 @@ def transform(
     valid = checked.select(normalize_columns(checked))
     if not is_valid.all():  # nothing to filter when every row is valid
         valid = valid.filter(is_valid)
-    rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS).filter(~is_valid)
+    rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS)
+    rejected = rejected.filter(~is_valid) if not is_valid.all() else rejected.clear()
     out_lines = checked.select(
         *CANONICAL_COLUMNS,
         *extras,

@@ -203,6 +203,15 @@ def _control_flag(typed: str) -> pl.Expr:
     return pl.when(found).then(pl.lit(True)).alias(f"v_ctrl_{typed.removeprefix('v_')}")
 
 
+def _control_flag_per_line(frame: pl.DataFrame, typed: str) -> pl.Expr:
+    """:func:`_control_flag` for a column typed line by line: the Unicode check only runs when
+    some value holds anything but printable ASCII (a cheap byte scan; usually nothing does)."""
+    name = f"v_ctrl_{typed.removeprefix('v_')}"
+    if not frame.select(pl.col(typed).str.contains(r"[^\x20-\x7E]").any()).item():
+        return pl.lit(None, dtype=pl.Boolean).alias(name)
+    return _control_flag(typed)
+
+
 def _runs(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.Series, pl.DataFrame]:
     """Runs of equal ``keys`` in adjacent rows: (run number of each row, first row of each run).
 
@@ -341,9 +350,16 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     distinct = _time_columns(distinct, feed)
     header_run, header_keys = run, distinct.select("source_file", "v_transaction_id")
     distinct = distinct.drop(raw)
+    # flags that are null on every run (the usual case) are not spread line by line
+    unset = [
+        c for c in distinct.columns
+        if c.startswith(("v_ctrl_", "v_offset_bad")) and distinct.get_column(c).null_count() == distinct.height
+    ]
+    distinct = distinct.drop(unset)
     frame = lines.with_columns(text("product_id", "v_product_id"))
-    frame = frame.with_columns(_control_flag("v_product_id"))
+    frame = frame.with_columns(_control_flag_per_line(frame, "v_product_id"))
     frame = frame.hstack(distinct[run])
+    frame = frame.with_columns(pl.lit(None, dtype=pl.Boolean).alias(c) for c in unset)
     frame = _with_numbers(frame, feed)
     frame = frame.with_columns(
         pl.col("v_business_date_text").str.to_date(date_format, strict=False).alias("v_business_date_given"),
