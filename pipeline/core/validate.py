@@ -351,10 +351,8 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     header_run, header_keys = run, distinct.select("source_file", "v_transaction_id")
     distinct = distinct.drop(raw)
     # flags that are null on every run (the usual case) are not spread line by line
-    unset = [
-        c for c in distinct.columns
-        if c.startswith(("v_ctrl_", "v_offset_bad")) and distinct.get_column(c).null_count() == distinct.height
-    ]
+    flags = [c for c in distinct.columns if c.startswith(("v_ctrl_", "v_offset_bad"))]
+    unset = [c for c in flags if distinct.get_column(c).null_count() == distinct.height]
     distinct = distinct.drop(unset)
     frame = lines.with_columns(text("product_id", "v_product_id"))
     frame = frame.with_columns(_control_flag_per_line(frame, "v_product_id"))
