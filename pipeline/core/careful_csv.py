@@ -19,7 +19,8 @@ Rules, the same as the fast reader's wherever both read a file:
 * a record with more fields than the header is a
   :attr:`~pipeline.core.rejects.RejectCode.WRONG_FIELD_COUNT` reject, unless the extra fields
   are all empty (a trailing delimiter); a record with fewer fields has its last fields empty;
-* a record whose every field is empty or blank is not a record (blank lines, ``,,,``);
+* a record whose every field is empty or blank, its last one empty, is not a record (blank
+  lines, lines of white space, ``,,,``);
 * an empty unquoted field is null, as in polars.
 """
 
@@ -142,7 +143,7 @@ def records(
             i += 1
             continue
         i += used
-        if all(not p.strip() for p in parts):
+        if (width is None or len(parts) < width or not parts[-1]) and all(not p.strip() for p in parts):
             continue  # a blank line, or a line of empty fields: nothing to account for
         if width is None:
             width = len(parts)

@@ -218,15 +218,11 @@ def _first_record(data: bytes, fmt: FormatConfig, name: str) -> list[str | None]
 
 
 def _blank_rows(frame: pl.DataFrame, columns: list[str]) -> pl.Series | None:
-    """Rows whose every field is empty or blank (blank lines, ``,,,``), or None when there are none.
-
-    A blank row's last field is null, empty or starts with white space: only such rows (cheap to
-    find, usually none) are looked at closely.
-    """
+    """Blank records (blank lines, ``,,,``), or None when there are none: every field empty or
+    blank, the last one empty (see :mod:`pipeline.core.careful_csv`). Only rows whose last field
+    is empty (cheap to find, usually none) are looked at closely."""
     last = pl.col(columns[-1])
-    screen = last.is_null() | (last.str.len_bytes() == 0)
-    screen = screen | last.str.starts_with(" ") | last.str.starts_with("\t")
-    maybe = frame.select(screen.alias("blank")).to_series()
+    maybe = frame.select((last.is_null() | (last.str.len_bytes() == 0)).alias("blank")).to_series()
     if not maybe.any():
         return None
     positions = maybe.arg_true()
@@ -268,9 +264,6 @@ def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: s
         return None
     if names is not None and frame.width != len(names):
         return None
-    # polars reads a buffer in chunks; every selection on a frame mixing chunkings copies the
-    # columns into one chunk again, so that is done once, here
-    frame = frame.rechunk()
     header_lines = 1 if fmt.has_header else 0
     index = pl.int_range(pl.len(), dtype=pl.Int64)
     # a record takes more than one physical line only when a quoted field holds a line break:
@@ -285,6 +278,8 @@ def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: s
     else:
         line = index + 1 + header_lines
     columns = frame.columns
+    # judged before source_line is added: selecting from a frame whose columns are chunked
+    # differently copies every column it reads into one chunk
     blank = _blank_rows(frame, columns) if columns else None
     frame = frame.with_columns(line.alias("source_line"))
     if blank is not None and blank.any():
