@@ -20,7 +20,7 @@ CLI_SIDE = {"cli", "run_commands", "check_commands", "__main__"}
 EDGES_ONLY_FOR_TOOLS = {"sandbox", "demo", "benchmarks", "cli", "testing", "samplegen"}
 PRODUCTION = {"core", "sources", "sinks", "ledger", "stages", "runner", "scheduling", "reports", "alerts",
               "expected", "locks", "config", "logs", "records", "errors", "checkout_codec", "csvsafe",
-              "progress"}
+              "progress", "report_page"}
 # (part, parts it must not import directly)
 FORBIDDEN_DIRECT = {
     "core": {"sources", "sinks", "ledger", "stages", "runner", "scheduling", "reports", "alerts", "locks",
