@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import MAX_DEPTH, BodyRefused, check_text, parse_json, read_body
+from pipeline.sandbox.limits import MAX_DEPTH, BodyRefused, check_text, in_range, parse_json, read_body
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 from pipeline.sinks.escher import EscherError, antavo_config, verify
 
@@ -118,9 +118,6 @@ def _listify(value: Any) -> Any:
     return value
 
 
-MAX_AMOUNT = Decimal("1e12")  # the sandbox's bound on any amount or timestamp it is given
-
-
 def _number(value: Any, name: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
         raise _bad(f"Property {name} must be a number")
@@ -130,7 +127,7 @@ def _number(value: Any, name: str) -> Decimal:
         raise _bad(f"Property {name} must be a number") from exc
     if not number.is_finite():
         raise _bad(f"Property {name} must be a number")
-    if abs(number) >= MAX_AMOUNT:
+    if not in_range(number):
         raise _bad(f"Property {name} is out of range")
     return number
 

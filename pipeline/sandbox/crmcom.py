@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import BodyRefused, parse_json, read_body
+from pipeline.sandbox.limits import BodyRefused, in_range, parse_json, read_body
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 
 __all__ = [
@@ -102,9 +102,6 @@ def _answer(document: Any, status: int = 200, headers: Mapping[str, str] | None 
     return Response(_dumps(document), status_code=status, headers=headers, media_type="application/json")
 
 
-MAX_AMOUNT = Decimal("1e12")  # the sandbox's bound on any amount or quantity it is given
-
-
 def _money(value: Any, name: str) -> Decimal:
     if value is None:
         return Decimal(0)
@@ -114,7 +111,7 @@ def _money(value: Any, name: str) -> Decimal:
         number = Decimal(str(value))
     except ArithmeticError as exc:
         raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number") from exc
-    if not number.is_finite() or abs(number) >= MAX_AMOUNT:
+    if not in_range(number):
         raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number in range")
     return number
 

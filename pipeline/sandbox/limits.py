@@ -27,11 +27,13 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 __all__ = [
+    "MAX_AMOUNT",
     "MAX_DEPTH",
     "MAX_EXPONENT",
     "MAX_NUMBER_CHARS",
     "BodyRefused",
     "check_text",
+    "in_range",
     "parse_json",
     "read_body",
 ]
@@ -39,6 +41,13 @@ __all__ = [
 MAX_DEPTH = 32
 MAX_NUMBER_CHARS = 40
 MAX_EXPONENT = 30
+MAX_AMOUNT = Decimal("1e12")  # the sandbox's bound on any amount, quantity or timestamp it is given
+
+
+def in_range(number: Decimal) -> bool:
+    """Finite, below :data:`MAX_AMOUNT` in magnitude, and written with a sane exponent."""
+    return (number.is_finite() and abs(number) < MAX_AMOUNT
+            and abs(int(number.as_tuple().exponent)) <= MAX_EXPONENT)
 
 
 class BodyRefused(ValueError):
