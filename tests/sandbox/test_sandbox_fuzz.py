@@ -453,7 +453,26 @@ def run_hypothesis(box: Sandbox, client: httpx.Client, live_token: str, examples
                         for k, v in fields)
         send(box, client, "/events", body, "application/x-www-form-urlencoded")
 
-    for test in (antavo_events, crmcom_purchases, raw_bodies, antavo_forms):
+    printable = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=120)
+    body = to_json(checkout("SIG-FUZZ"))
+    signer = EscherSigner(antavo_config("demo"), "sandbox-key", "sandbox-secret")
+
+    @fuzz
+    @given(authorization=st.one_of(printable, printable.map(lambda t: "ANTAVO-HMAC-SHA256 " + t),
+                                   printable.map(lambda t: "ANTAVO-HMAC-SHA256 Credential=" + t)),
+           date=st.one_of(st.none(), printable, st.sampled_from(["20261120T000000Z", "99999999T999999Z"])),
+           keep_signature=st.booleans())
+    def antavo_signatures(authorization: str, date: str | None, keep_signature: bool) -> None:
+        headers = dict(signer.sign("POST", box.url + "/events", body.encode(),
+                                   {"Content-Type": "application/json"}).headers)
+        if not keep_signature:
+            headers["Authorization"] = authorization.strip()  # HTTP trims a header's edges
+        if date is not None:
+            headers["Date"] = date.strip()
+        answer = send(box, client, "/events", body, headers=headers, query="")
+        assert answer.status_code in (200, 400, 401)  # 400: the first, untampered one is a duplicate
+
+    for test in (antavo_events, crmcom_purchases, raw_bodies, antavo_forms, antavo_signatures):
         test()
 
 
