@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class Sandbox:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert self.process.stderr is not None
         first = self.process.stderr.readline()
+        # keep reading what it logs, so a full pipe never stalls it
+        threading.Thread(target=self.process.stderr.read, daemon=True).start()
         found = re.search(r"posfeed sandbox on (http://127\.0\.0\.1:(\d+)) ", first)
         assert found, f"no address in {first!r}"
         assert int(found.group(2)) != 0  # the port really bound, not the 0 that was asked for
