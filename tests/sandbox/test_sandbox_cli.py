@@ -49,3 +49,13 @@ def test_posfeed_sandbox_serves_with_its_options(tmp_path: Path) -> None:
     assert "api key=cli-key" in err
     assert "cli-secret" not in err  # a secret that was given is never shown
     assert [key for _, key, _ in RecordStore(state).rows()] == ["CLI-1"]
+
+
+def test_posfeed_sandbox_refuses_a_file_that_is_no_state_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a sandbox state")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "sandbox", "--port", "0", "--state", str(notes)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert str(notes) in done.stderr and "Traceback" not in done.stderr
+    assert notes.read_text() == "not a sandbox state"
