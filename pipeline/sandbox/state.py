@@ -216,8 +216,8 @@ class SandboxState:
     def put_transaction(self, platform: str, transaction_id: str, record: dict[str, Any]) -> None:
         """Store (or replace) a transaction record; in the state file first, when there is one.
 
-        A record the state file cannot hold (a non-finite number, a NUL character) raises
-        ValueError and changes nothing.
+        With a state file, a record it cannot hold (a non-finite number, a NUL character) raises
+        ValueError and a failed write StateFileError; either way nothing changes.
         """
         with self.lock:
             if self._store is not None:

@@ -93,20 +93,22 @@ class RecordStore:
     def put(self, kind: str, key: str, record: Any) -> None:
         """Insert or replace one record, committed when this returns."""
         body = encode(record)  # before touching the file: a record that cannot be stored is refused
-        try:
-            self._db.execute(
-                "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
-                "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body", (kind, key, body))
-        except sqlite3.Error as exc:
-            raise StateFileError(f"cannot write the sandbox state file {self.path}: {exc}") from exc
+        self._write("INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body", (kind, key, body))
 
     def delete(self, kind: str, key: str) -> None:
         """Forget one record."""
-        self._db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+        self._write("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
 
     def clear(self) -> None:
         """Forget every record."""
-        self._db.execute("DELETE FROM records")
+        self._write("DELETE FROM records", ())
+
+    def _write(self, sql: str, parameters: tuple[str, ...]) -> None:
+        try:
+            self._db.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise StateFileError(f"cannot write the sandbox state file {self.path}: {exc}") from exc
 
     def rows(self) -> Iterator[tuple[str, str, Any]]:
         """Every record as ``(kind, key, record)`` in the order first stored."""
