@@ -46,6 +46,7 @@ _KIND_BY_SUFFIX = {
     ".json": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xml": "poslog",
 }
 
 

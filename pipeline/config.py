@@ -38,6 +38,7 @@ __all__ = [
     "FeedLoadResult",
     "FormatConfig",
     "LoggingConfig",
+    "PoslogConfig",
     "Settings",
     "SourceConfig",
     "TargetConfig",
@@ -92,7 +93,7 @@ class SourceConfig(_Model):
 class FormatConfig(_Model):
     """How the feed's files are read and mapped to the canonical layout (`[format]`)."""
 
-    kind: Literal["csv", "jsonl", "parquet"] = "csv"
+    kind: Literal["csv", "jsonl", "parquet", "poslog"] = "csv"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote_char: str = Field(default='"', min_length=1, max_length=1)
     has_header: bool = True
@@ -106,6 +107,30 @@ class FormatConfig(_Model):
     defaults: dict[str, str] = Field(default_factory=dict)
     # build transaction_id from other canonical columns, e.g. "{store_id}-{register_id}-{receipt}"
     transaction_id_template: str | None = None
+
+
+ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
+NCR_ACS_NAMESPACE = "http://www.ncr.com/rsd/acs/tlog/markup/poslog/2.1"
+
+
+class PoslogConfig(_Model):
+    """How ARTS POSLog XML is read (`[poslog]`, used when ``format.kind = "poslog"``).
+
+    Paths are relative to the ``RetailTransaction`` (loyalty ids) or to the ``Sale``/``Return``
+    element (item ids); ``prefix:Name`` names an element in the vendor namespace ``namespaces``
+    gives the prefix, a bare ``Name`` one in ``namespace`` (the ARTS one). ``None`` keys take the
+    profile's value (see pipeline.core.poslog.PROFILES).
+    """
+
+    profile: Literal["arts", "ncr_acs"] = "arts"
+    namespace: str = ARTS_NAMESPACE  # "" for files whose elements have no namespace
+    namespaces: dict[str, str] = Field(default_factory=dict)  # vendor prefix -> URI (adds to the profile's)
+    loyalty_id_paths: tuple[str, ...] | None = None
+    item_id_paths: tuple[str, ...] = ("ItemID", "POSIdentity/POSItemID")
+    timestamp_elements: tuple[str, ...] = ("EndDateTime", "BeginDateTime")
+    void_statuses: tuple[str, ...] = ("Voided", "PostVoided", "Canceled", "Cancelled", "Aborted")
+    suspended_statuses: tuple[str, ...] = ("Suspended", "SuspendedDeleted", "SuspendedRetrieved")
+    return_type_codes: tuple[str, ...] = ("Return", "Refund")
 
 
 class ValidationConfig(_Model):
@@ -264,6 +289,7 @@ class Feed(_Model):
     schedule: str | None = None
     source: SourceConfig = Field(default_factory=SourceConfig)
     format: FormatConfig = Field(default_factory=FormatConfig)
+    poslog: PoslogConfig = Field(default_factory=PoslogConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     target: TargetConfig = Field(default_factory=AntavoTarget)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
