@@ -33,8 +33,10 @@ Mapping (one checkout per retail transaction):
   ``line_items_by_kind`` (``sale``, ``sale_voided``, ``item_void``, ``tender``, ``tax``...; those
   of skipped transactions as ``in_skipped_transaction``).
 
-``source_line`` is the transaction's position in the file (1 for the first ``Transaction``);
-``src:xml_line`` the XML line of the item. A file that is not well-formed XML (not XML at all,
+``source_line`` is the XML line of the item's ``LineItem``; in a file that puts several line items
+on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
+instead, so that it always names one line item. ``src:transaction`` is the transaction's position
+in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is not well-formed XML (not XML at all,
 truncated, broken inside) or whose root is not ``POSLog`` is unreadable as a whole, with the
 position where it broke and the last complete transaction: a half-read transaction log is never
 sent in part.
@@ -82,8 +84,9 @@ PROFILES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     ),
 }
 
-_EXTRAS = (EXTRA_PREFIX + "xml_line", EXTRA_PREFIX + "poslog_totals")
-_COLUMNS = (*CANONICAL_COLUMNS, "source_line", *_EXTRAS)
+_EXTRAS = (EXTRA_PREFIX + "transaction", EXTRA_PREFIX + "xml_line", EXTRA_PREFIX + "poslog_totals")
+_ORDINAL = "_ordinal"  # the item's position among the file's LineItem elements
+_COLUMNS = (*CANONICAL_COLUMNS, "source_line", _ORDINAL, *_EXTRAS)
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
 _ITEM_KINDS = ("Sale", "Return")
@@ -193,6 +196,7 @@ class _Item:
     amount: Decimal  # ExtendedAmount (absolute), reduced by voids
     own_discount: Decimal
     xml_line: int
+    ordinal: int
     original_link: dict[str, str] | None
     voided: bool = False
 
@@ -250,6 +254,7 @@ class _Reader:
         self.tolerance = feed.validation.amount_tolerance
         self.defaults = feed.format.defaults
         self.rows: list[tuple[Any, ...]] = []
+        self.ordinal = 0  # LineItem elements seen so far in the file
         self.frames: list[pl.DataFrame] = []
 
     # ---- the file ---------------------------------------------------------------------------
@@ -288,7 +293,11 @@ class _Reader:
                 self.name, f"not well-formed XML at line {line}, column {column}, {after}: {_message(exc)}"
             ) from exc
         self._flush()
-        return pl.concat(self.frames) if self.frames else _empty()
+        frame = pl.concat(self.frames) if self.frames else _empty()
+        lines = frame.get_column("source_line")
+        if frame.height and not (lines.min() > 0 and (lines.diff().drop_nulls() > 0).all()):  # type: ignore[operator]
+            frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))  # minified: one line, many items
+        return frame.drop(_ORDINAL)
 
     def _check_root(self, source: Path | IO[bytes]) -> None:
         """The file's first element must be the POSLog root in the configured namespace."""
@@ -324,6 +333,7 @@ class _Reader:
         skip = txn.skip_kind()
         line_items = txn.body.findall(self.names.q("LineItem")) if txn.body is not None else []
         if skip is not None:
+            self.ordinal += len(line_items)
             self.stats.skipped_by_kind[skip] += 1
             if line_items:
                 self.stats.line_items_by_kind["in_skipped_transaction"] += len(line_items)
@@ -339,6 +349,7 @@ class _Reader:
         counts = self.stats.line_items_by_kind
         items: list[_Item] = []
         for line in line_items:
+            self.ordinal += 1
             detail = None
             for child in line:
                 if isinstance(child.tag, str) and _local(child.tag) not in (
@@ -430,6 +441,7 @@ class _Reader:
             amount=abs(amount) if amount is not None and kind == "Return" else (amount or _ZERO),
             own_discount=abs(discount),
             xml_line=line.sourceline or 0,
+            ordinal=self.ordinal,
             original_link=_link_fields(link) if link is not None else None,
         )
 
@@ -508,7 +520,9 @@ class _Reader:
                     total_text,
                     None,
                     original or None,
-                    position,
+                    item.xml_line,
+                    item.ordinal,
+                    str(position),
                     str(item.xml_line),
                     totals_text,
                 )
@@ -567,7 +581,7 @@ class _Reader:
         if not self.rows:
             return
         schema: dict[str, pl.DataType] = {c: pl.String() for c in _COLUMNS}
-        schema["source_line"] = pl.Int64()
+        schema["source_line"] = schema[_ORDINAL] = pl.Int64()
         self.frames.append(pl.DataFrame(self.rows, schema=schema, orient="row"))
         self.rows = []
 
@@ -598,7 +612,7 @@ def _message(exc: etree.XMLSyntaxError) -> str:
 
 def _empty() -> pl.DataFrame:
     schema: dict[str, pl.DataType] = {c: pl.String() for c in _COLUMNS}
-    schema["source_line"] = pl.Int64()
+    schema["source_line"] = schema[_ORDINAL] = pl.Int64()
     return pl.DataFrame(schema=schema)
 
 
@@ -607,8 +621,8 @@ def read_poslog(
 ) -> pl.DataFrame:
     """Read one POSLog file (a path, or a binary stream) into the canonical lines frame.
 
-    Columns: every canonical column (strings), ``source_line`` (the transaction's position),
-    ``src:xml_line``, ``src:poslog_totals`` and ``source_file``. Skipped transactions and line
+    Columns: every canonical column (strings), ``source_line`` (see the module docstring),
+    ``src:transaction``, ``src:xml_line``, ``src:poslog_totals`` and ``source_file``. Skipped transactions and line
     items by kind are added to ``stats``. Raises UnreadableFileError when the file is not a
     well-formed POSLog document.
     """

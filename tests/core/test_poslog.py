@@ -198,7 +198,8 @@ def test_item_void_partial_full_and_unmatched(tmp_path: Path) -> None:
     assert totals_by_id(result) == {txn_id(1): Decimal("4.00")}
     rejects = result.rejects
     bad = rejects.filter(pl.col("reject_code") == "R008_NEGATIVE_PRICE").row(0, named=True)
-    assert bad["product_id"] == "Z" and bad["source_line"] == 2 and "-1.50" in bad["reject_reason"]
+    assert bad["product_id"] == "Z" and bad["transaction"] == "2" and "-1.50" in bad["reject_reason"]
+    assert bad["source_line"] == 6  # the file's sixth LineItem (several on one XML line)
     assert result.summary["line_items_by_kind"] == {"sale": 2, "sale_voided": 1, "item_void": 3}  # 6 line items
 
 
@@ -242,7 +243,7 @@ def test_totals_that_disagree_reject_the_transaction_with_figures(tmp_path: Path
     assert rejects.height == 2
     first = rejects.filter(pl.col("reject_code") == "R018_TRANSACTION_TOTAL_MISMATCH").row(0, named=True)
     assert "12.00" in first["reject_reason"] and "10.00" in first["reject_reason"]
-    assert first["source_line"] == 2
+    assert first["transaction"] == "2"
     assert first["poslog_totals"] == "TransactionGrandAmount=12.60 TransactionTaxAmount=0.60"
 
 
@@ -345,8 +346,8 @@ def test_template_override_and_missing_id(tmp_path: Path) -> None:
     result = run(path, feed(template="S{store_id}/{SequenceNumber}"))
     assert sorted(totals_by_id(result)) == ["S0042/1", "S0042/3"]
     bad = result.rejects.row(0, named=True)
-    assert (bad["reject_code"], bad["reject_field"], bad["source_line"]) == (
-        "R001_MISSING_FIELD", "transaction_id", 2)
+    assert (bad["reject_code"], bad["reject_field"], bad["transaction"]) == (
+        "R001_MISSING_FIELD", "transaction_id", "2")
 
 
 def test_no_namespace_files_need_namespace_empty(tmp_path: Path) -> None:
@@ -395,6 +396,7 @@ def test_large_file_is_read_in_chunks_with_bounded_tree(tmp_path: Path) -> None:
                                       for n in range(1, count + 1))))
     lines = read_poslog(path, feed(), source_name="big.xml")
     assert lines.height == 2 * count
-    assert lines.get_column("source_line").to_list()[-2:] == [count, count]
+    assert lines.get_column("src:transaction").to_list()[-2:] == [str(count), str(count)]
+    assert lines.get_column("source_line").to_list()[-2:] == [2 * count - 1, 2 * count]  # item positions
     result = transform(lines, feed(), now=NOW)
     assert result.summary["amount_valid"] == str(Decimal("3.50") * count) + "00"
