@@ -36,14 +36,15 @@ Mapping (one checkout per retail transaction):
 ``source_line`` is the XML line of the item's ``LineItem``; in a file that puts several line items
 on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
-in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is not well-formed XML (not XML at all,
-truncated, broken inside) or whose root is not ``POSLog`` is unreadable as a whole, with the
-position where it broke and the last complete transaction: a half-read transaction log is never
-sent in part.
+in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
+not well-formed XML (not XML at all, truncated, broken inside) or whose root is not ``POSLog`` is
+unreadable as a whole, with the position where it broke and the last complete transaction: a
+half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -90,6 +91,11 @@ _COLUMNS = (*CANONICAL_COLUMNS, "source_line", _ORDINAL, *_EXTRAS)
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
 _ITEM_KINDS = ("Sale", "Return")
+_TAGS = (
+    "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
+    "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
+    "MerchandiseHierarchy", "LineItem", "Total", "POSLog",
+)
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -106,6 +112,7 @@ class ReadStats:
         self.line_items_by_kind.update(other.line_items_by_kind)
 
 
+@functools.cache
 def _snake(name: str) -> str:
     return _SNAKE.sub("_", name).lower()
 
@@ -122,7 +129,7 @@ class _Names:
     ns: str
     transaction: str
     loyalty_paths: tuple[str, ...]
-    item_id_paths: tuple[str, ...]
+    item_id_paths: tuple[tuple[str, bool], ...]  # (Clark path, a single step)
     timestamps: tuple[str, ...]
 
     def q(self, name: str) -> str:
@@ -135,8 +142,10 @@ def _clark_path(path: str, default_ns: str, prefixes: dict[str, str]) -> str:
         if ":" in step:
             prefix, name = step.split(":", 1)
             if prefix not in prefixes:
-                raise ConfigError(f"path {path!r} uses prefix {prefix!r}, which poslog.namespaces does not name",
-                                  key="poslog.namespaces")
+                raise ConfigError(
+                    f"path {path!r} uses prefix {prefix!r}, which poslog.namespaces does not name",
+                    key="poslog.namespaces",
+                )
             steps.append(f"{{{prefixes[prefix]}}}{name}")
         else:
             steps.append(f"{{{default_ns}}}{step}" if default_ns else step)
@@ -152,7 +161,9 @@ def _names(config: PoslogConfig) -> _Names:
         ns=ns,
         transaction=f"{{{ns}}}Transaction" if ns else "Transaction",
         loyalty_paths=tuple(_clark_path(p, ns, prefixes) for p in paths),
-        item_id_paths=tuple(_clark_path(p, ns, prefixes) for p in config.item_id_paths),
+        item_id_paths=tuple(
+            (_clark_path(p, ns, prefixes), "/" not in p.strip("/")) for p in config.item_id_paths
+        ),
         timestamps=tuple(f"{{{ns}}}{t}" if ns else t for t in config.timestamp_elements),
     )
 
@@ -255,6 +266,8 @@ class _Reader:
         self.defaults = feed.format.defaults
         self.rows: list[tuple[Any, ...]] = []
         self.ordinal = 0  # LineItem elements seen so far in the file
+        self.tag = {name: self.names.q(name) for name in _TAGS}
+        self.meta_tags = frozenset(self.tag[n] for n in ("SequenceNumber", "BeginDateTime", "EndDateTime"))
         self.frames: list[pl.DataFrame] = []
 
     # ---- the file ---------------------------------------------------------------------------
@@ -296,7 +309,8 @@ class _Reader:
         frame = pl.concat(self.frames) if self.frames else _empty()
         lines = frame.get_column("source_line")
         if frame.height and not (lines.min() > 0 and (lines.diff().drop_nulls() > 0).all()):  # type: ignore[operator]
-            frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))  # minified: one line, many items
+            # minified XML, several items on one line: their positions among the file's line items
+            frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))
         return frame.drop(_ORDINAL)
 
     def _check_root(self, source: Path | IO[bytes]) -> None:
@@ -321,9 +335,12 @@ class _Reader:
         if root.tag != expected:
             ns, local = (root.tag[1:].split("}", 1) if root.tag.startswith("{") else ("", root.tag))
             found = f"<{local}>" + (f" in namespace {ns}" if ns else " without a namespace")
-            want = "<POSLog>" + (f" in namespace {self.names.ns}" if self.names.ns else " without a namespace")
+            want = "<POSLog>" + (
+                f" in namespace {self.names.ns}" if self.names.ns else " without a namespace"
+            )
             raise UnreadableFileError(
-                self.name, f"not a POSLog file: the root element is {found}, expected {want} (poslog.namespace)"
+                self.name,
+                f"not a POSLog file: the root element is {found}, expected {want} (poslog.namespace)",
             )
 
     # ---- one transaction --------------------------------------------------------------------
@@ -331,7 +348,7 @@ class _Reader:
     def _transaction(self, element: Any, position: int) -> None:
         txn = _Transaction(element, self.names, self.config)
         skip = txn.skip_kind()
-        line_items = txn.body.findall(self.names.q("LineItem")) if txn.body is not None else []
+        line_items = txn.body.findall(self.tag["LineItem"]) if txn.body is not None else []
         if skip is not None:
             self.ordinal += len(line_items)
             self.stats.skipped_by_kind[skip] += 1
@@ -347,16 +364,18 @@ class _Reader:
     def _items(self, txn: _Transaction, line_items: list[Any]) -> list[_Item]:
         """The item lines after voids, counting every line item by kind."""
         counts = self.stats.line_items_by_kind
+        meta, sequence = self.meta_tags, self.tag["SequenceNumber"]
         items: list[_Item] = []
         for line in line_items:
             self.ordinal += 1
             detail = None
+            line_no = ""
             for child in line:
-                if isinstance(child.tag, str) and _local(child.tag) not in (
-                    "SequenceNumber", "BeginDateTime", "EndDateTime",
-                ):
+                tag = child.tag
+                if tag == sequence:
+                    line_no = (child.text or "").strip()
+                elif detail is None and isinstance(tag, str) and tag not in meta:
                     detail = child
-                    break
             if detail is None:
                 counts["empty"] += 1
                 continue
@@ -365,7 +384,7 @@ class _Reader:
             if kind not in _ITEM_KINDS:
                 counts[_snake(kind) + ("_voided" if is_void else "")] += 1
                 continue
-            item = self._item(line, detail, kind)
+            item = self._item(line, line_no, detail, kind)
             if is_void:
                 counts["item_void"] += 1
                 left = self._cancel(items, item)
@@ -398,7 +417,8 @@ class _Reader:
         for item in reversed(items):
             if left <= 0:
                 break
-            if item.voided or item.kind != void.kind or item.product_id != void.product_id or item.quantity <= 0:
+            same = item.kind == void.kind and item.product_id == void.product_id
+            if item.voided or not same or item.quantity <= 0:
                 continue
             taken = min(left, item.quantity)
             share = amount_left if taken == left else (item.amount * taken / item.quantity)
@@ -411,34 +431,42 @@ class _Reader:
             amount_left -= share
         return left
 
-    def _item(self, line: Any, detail: Any, kind: str) -> _Item:
-        q = self.names.q
+    def _item(self, line: Any, line_no: str, detail: Any, kind: str) -> _Item:
+        children: dict[Any, Any] = {}
+        for child in detail:
+            children.setdefault(child.tag, child)
+        tag = self.tag
+
+        def text(name: str) -> str:
+            element = children.get(tag[name])
+            return (element.text or "").strip() if element is not None else ""
+
         product_id = ""
-        for path in self.names.item_id_paths:
-            product_id = _text(detail.find(path))
+        for path, single in self.names.item_id_paths:
+            element = children.get(path) if single else detail.find(path)
+            product_id = _text(element)
             if product_id:
                 break
-        quantity_text = _text(detail.find(q("Quantity"))) or "1"
+        quantity_text = text("Quantity") or "1"
         quantity = _decimal(quantity_text)
-        unit_price_text = _text(detail.find(q("ActualSalesUnitPrice"))) or _text(
-            detail.find(q("RegularSalesUnitPrice"))
-        )
-        unit_price = _decimal(unit_price_text)
-        amount = _decimal(_text(detail.find(q("ExtendedAmount"))))
-        if amount is None and quantity is not None and unit_price is not None:
-            amount = quantity * unit_price
-        discount = _decimal(_text(detail.find(q("DiscountAmount")))) or _ZERO
-        link = detail.find(q("TransactionLink"))
+        unit_price_text = text("ActualSalesUnitPrice") or text("RegularSalesUnitPrice")
+        amount = _decimal(text("ExtendedAmount"))
+        if amount is None and quantity is not None:
+            unit_price = _decimal(unit_price_text)
+            amount = quantity * unit_price if unit_price is not None else None
+        discount = _decimal(text("DiscountAmount")) or _ZERO
+        link = children.get(tag["TransactionLink"])
+        is_return = kind == "Return"
         return _Item(
             kind=kind,
-            line_no=_text(line.find(q("SequenceNumber"))),
+            line_no=line_no,
             product_id=product_id,
-            name=_text(detail.find(q("Description"))),
-            category=_text(detail.find(q("MerchandiseHierarchy"))),
-            quantity=abs(quantity) if quantity is not None and kind == "Return" else (quantity or _ZERO),
-            quantity_text=quantity_text.lstrip("-") if kind == "Return" else quantity_text,
+            name=text("Description"),
+            category=text("MerchandiseHierarchy"),
+            quantity=abs(quantity) if quantity is not None and is_return else (quantity or _ZERO),
+            quantity_text=quantity_text.lstrip("-") if is_return else quantity_text,
             unit_price_text=unit_price_text,
-            amount=abs(amount) if amount is not None and kind == "Return" else (amount or _ZERO),
+            amount=abs(amount) if amount is not None and is_return else (amount or _ZERO),
             own_discount=abs(discount),
             xml_line=line.sourceline or 0,
             ordinal=self.ordinal,
@@ -446,11 +474,10 @@ class _Reader:
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
-        q = self.names.q
         body = txn.body
         fields = txn.fields
         totals: dict[str, str] = {}
-        for total in body.findall(q("Total")):
+        for total in body.findall(self.tag["Total"]):
             totals.setdefault(total.get("TotalType") or "", _text(total))
         grand = _decimal(totals.get("TransactionGrandAmount", ""))
         tax = _decimal(totals.get("TransactionTaxAmount", "")) or _ZERO
@@ -477,7 +504,7 @@ class _Reader:
             if customer:
                 break
         original = ""
-        link = body.find(q("TransactionLink"))
+        link = body.find(self.tag["TransactionLink"])
         links = [i.original_link for i in items if i.original_link] or (
             [_link_fields(link)] if link is not None else []
         )
@@ -491,10 +518,7 @@ class _Reader:
             f"TransactionGrandAmount={totals.get('TransactionGrandAmount', '')} "
             f"TransactionTaxAmount={totals.get('TransactionTaxAmount', '')}"
         )
-        if total is not None:
-            total_text = _number_text(abs(total) if is_return else total)
-        else:
-            total_text = None
+        total_text = _number_text(abs(total) if is_return else total) if total is not None else None
         currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):
@@ -566,7 +590,8 @@ class _Reader:
         base = [i.amount - d if not i.voided else _ZERO for i, d in zip(items, own, strict=True)]
         weight = sum(base, _ZERO)
         shares = [
-            (rest * b / weight).quantize(unit, rounding=ROUND_HALF_EVEN) if weight > 0 else _ZERO for b in base
+            (rest * b / weight).quantize(unit, rounding=ROUND_HALF_EVEN) if weight > 0 else _ZERO
+            for b in base
         ]
         remainder = rest - sum(shares, _ZERO)
         if remainder and weight > 0:
@@ -622,9 +647,9 @@ def read_poslog(
     """Read one POSLog file (a path, or a binary stream) into the canonical lines frame.
 
     Columns: every canonical column (strings), ``source_line`` (see the module docstring),
-    ``src:transaction``, ``src:xml_line``, ``src:poslog_totals`` and ``source_file``. Skipped transactions and line
-    items by kind are added to ``stats``. Raises UnreadableFileError when the file is not a
-    well-formed POSLog document.
+    ``src:transaction``, ``src:xml_line``, ``src:poslog_totals`` and ``source_file``.
+    Skipped transactions and line items by kind are added to ``stats``. Raises
+    UnreadableFileError when the file is not a well-formed POSLog document.
     """
     own = ReadStats()
     reader = _Reader(feed, source_name, own)

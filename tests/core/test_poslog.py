@@ -133,8 +133,9 @@ def _independent(path: Path) -> tuple[dict[str, Decimal], Counter[str], int]:
             skipped[status.lower()] += 1
             continue
         figures = {t.get("TotalType"): Decimal(t.text or "0") for t in retail_txn.findall("a:Total", ns)}
-        key = "-".join(txn.findtext(f"a:{n}", namespaces=ns) or "" for n in (
-            "RetailStoreID", "WorkstationID", "BusinessDayDate", "SequenceNumber")).replace("2026-11-20", "20261120")
+        names = ("RetailStoreID", "WorkstationID", "BusinessDayDate", "SequenceNumber")
+        key = "-".join(txn.findtext(f"a:{n}", namespaces=ns) or "" for n in names)
+        key = key.replace("2026-11-20", "20261120")
         totals[key] = figures["TransactionGrandAmount"] - figures["TransactionTaxAmount"]
     return totals, skipped, line_items
 
@@ -200,7 +201,8 @@ def test_item_void_partial_full_and_unmatched(tmp_path: Path) -> None:
     bad = rejects.filter(pl.col("reject_code") == "R008_NEGATIVE_PRICE").row(0, named=True)
     assert bad["product_id"] == "Z" and bad["transaction"] == "2" and "-1.50" in bad["reject_reason"]
     assert bad["source_line"] == 6  # the file's sixth LineItem (several on one XML line)
-    assert result.summary["line_items_by_kind"] == {"sale": 2, "sale_voided": 1, "item_void": 3}  # 6 line items
+    # the 6 line items: A and A sold, B sold then voided, three voids
+    assert result.summary["line_items_by_kind"] == {"sale": 2, "sale_voided": 1, "item_void": 3}
 
 
 def test_transaction_level_discount_is_spread_over_the_lines(tmp_path: Path) -> None:
@@ -226,7 +228,8 @@ def test_rounding_remainder_keeps_the_total_exact(tmp_path: Path) -> None:
         1, sale(1, "A", "1.00"), sale(2, "B", "1.00"), sale(3, "C", "1.00"), grand="2.00")))
     result = run(path)
     items = items_of(result, 1)
-    assert sorted(items.get_column("discount").to_list()) == [Decimal("0.33"), Decimal("0.33"), Decimal("0.34")]
+    discounts = sorted(items.get_column("discount").to_list())
+    assert discounts == [Decimal("0.33"), Decimal("0.33"), Decimal("0.34")]
     assert items.get_column("line_total").sum() == Decimal("2.00")
 
 
@@ -287,8 +290,9 @@ def test_loyalty_member_else_guest_and_ids_kept_exactly(tmp_path: Path) -> None:
 
 
 def test_ncr_acs_profile_reads_vendor_loyalty_and_reward(tmp_path: Path) -> None:
-    acs_member = ("<LineItem EntryMethod=\"acs:Auto\"><SequenceNumber>3</SequenceNumber><acs:LoyaltyMembership>"
-                  "<acs:LoyaltyID Type=\"Membership\">0000000000000040000066677</acs:LoyaltyID>"
+    acs_member = ("<LineItem EntryMethod=\"acs:Auto\"><SequenceNumber>3</SequenceNumber>"
+                  "<acs:LoyaltyMembership><acs:LoyaltyID Type=\"Membership\">"
+                  "0000000000000040000066677</acs:LoyaltyID>"
                   "</acs:LoyaltyMembership></LineItem>")
     reward = ("<LineItem><SequenceNumber>4</SequenceNumber><LoyaltyReward><acs:RewardLevel>Transaction"
               "</acs:RewardLevel><acs:ExtendedRewardAmount>-0.19</acs:ExtendedRewardAmount></LoyaltyReward>"
