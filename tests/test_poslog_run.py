@@ -95,6 +95,8 @@ def test_check_an_xml_file_without_a_feed(tmp_path: Path) -> None:
     summary = json.loads(done.stdout)
     assert summary["transactions_valid"] == 4 and summary["rows_rejected"] == 0
     assert summary["skipped_by_kind"]["control"] == 2
+    text = _posfeed(tmp_path, dict(os.environ), "check", str(SAMPLE)).stdout
+    assert "skipped (never sent): control 2, suspended 1, tender_control 1, voided 1" in text
     broken = tmp_path / "broken.xml"
     broken.write_text(SAMPLE.read_text(encoding="utf-8")[:5000], encoding="utf-8")
     done = _posfeed(tmp_path, dict(os.environ), "check", str(broken), "--json")
