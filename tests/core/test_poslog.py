@@ -267,13 +267,15 @@ def test_skipped_transactions_are_counted_never_lines(tmp_path: Path) -> None:
             "<Transaction>", '<Transaction CancelFlag="true">'),
         retail(6, sale(1, "A", "2.00"), grand="2.00", attrs=' TrainingModeFlag="true"'),
         retail(7, sale(1, "A", "2.00"), grand="2.00"),
+        retail(8, sale(1, "B", "2.00"), sale(2, "B", "2.00", void=True), grand="0.00"),  # nothing left
     ))
     stats = ReadStats()
     lines = read_poslog(path, feed(), source_name="log.xml", stats=stats)
     assert lines.get_column("transaction_id").unique().to_list() == [txn_id(7)]
     assert dict(stats.skipped_by_kind) == {
-        "control": 1, "tender_control": 1, "voided": 2, "suspended": 1, "training": 1}
-    assert stats.line_items_by_kind == Counter({"in_skipped_transaction": 3, "sale": 1})
+        "control": 1, "tender_control": 1, "voided": 2, "suspended": 1, "training": 1, "no_items": 1}
+    assert stats.line_items_by_kind == Counter(
+        {"in_skipped_transaction": 3, "sale": 1, "sale_voided": 1, "item_void": 1})
     result = run(path)
     assert result.summary["rows_rejected"] == 0 and result.summary["transactions_in"] == 1
 
