@@ -29,7 +29,10 @@ Mapping (one checkout per retail transaction):
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
-  :class:`ReadStats` ``skipped_by_kind``, never lines. Every ``LineItem`` is counted by kind in
+  :class:`ReadStats` ``skipped_by_kind``, never lines. A post-void (a transaction whose
+  ``TransactionLink`` has a ``poslog.post_void_link_reasons`` reason) removes the transaction it
+  voids when this file holds it (``post_void`` and ``post_voided``), else is counted as
+  ``post_void_original_elsewhere`` with a warning. Every ``LineItem`` is counted by kind in
   ``line_items_by_kind`` (``sale``, ``sale_voided``, ``item_void``, ``tender``, ``tax``...; those
   of skipped transactions as ``in_skipped_transaction``).
 
@@ -245,6 +248,11 @@ class _Transaction:
         status = body.get("TransactionStatus") or element.get("TransactionStatus") or ""
         if status in self.config.suspended_statuses or _is_true(body.get("SuspendFlag")):
             return "suspended"
+        link = body.find(self.names.q("TransactionLink"))
+        if link is not None:
+            reason = link.get("ReasonCode") or _text(link.find(self.names.q("ReasonCode")))
+            if reason in self.config.post_void_link_reasons:
+                return "post_void"
         voided = any(_is_true(e.get(flag)) for e in (element, body) for flag in ("VoidFlag", "CancelFlag"))
         if voided or status in self.config.void_statuses:
             return "voided"
@@ -266,6 +274,7 @@ class _Reader:
         self.defaults = feed.format.defaults
         self.rows: list[tuple[Any, ...]] = []
         self.ordinal = 0  # LineItem elements seen so far in the file
+        self.post_voids: list[tuple[str, int]] = []  # (the voided transaction's id, the post-void's position)
         self.tag = {name: self.names.q(name) for name in _TAGS}
         self.meta_tags = frozenset(self.tag[n] for n in ("SequenceNumber", "BeginDateTime", "EndDateTime"))
         self.frames: list[pl.DataFrame] = []
@@ -311,7 +320,7 @@ class _Reader:
         if frame.height and not (lines.min() > 0 and (lines.diff().drop_nulls() > 0).all()):  # type: ignore[operator]
             # minified XML, several items on one line: their positions among the file's line items
             frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))
-        return frame.drop(_ORDINAL)
+        return self._drop_post_voided(frame.drop(_ORDINAL))
 
     def _check_root(self, source: Path | IO[bytes]) -> None:
         """The file's first element must be the POSLog root in the configured namespace."""
@@ -349,9 +358,16 @@ class _Reader:
         txn = _Transaction(element, self.names, self.config)
         skip = txn.skip_kind()
         line_items = txn.body.findall(self.tag["LineItem"]) if txn.body is not None else []
+        if skip == "post_void":  # counted at the end, once it is known whether its original is here
+            link = _link_fields(txn.body.find(self.tag["TransactionLink"]))
+            values = self._values(txn)
+            named = {**values, **link, **_canonical(link, values)}
+            named["business_day"] = named["business_date"].replace("-", "")
+            self.post_voids.append((self._template(named), position))
+        elif skip is not None:
+            self.stats.skipped_by_kind[skip] += 1
         if skip is not None:
             self.ordinal += len(line_items)
-            self.stats.skipped_by_kind[skip] += 1
             if line_items:
                 self.stats.line_items_by_kind["in_skipped_transaction"] += len(line_items)
             return
@@ -489,14 +505,8 @@ class _Reader:
             timestamp = _text(txn.element.find(name))
             if timestamp:
                 break
-        business_date = fields.get("BusinessDayDate", "")
-        values = {
-            **fields,
-            "store_id": fields.get("RetailStoreID", ""),
-            "register_id": fields.get("WorkstationID", ""),
-            "business_date": business_date,
-            "business_day": business_date.replace("-", ""),
-        }
+        values = self._values(txn)
+        business_date = values["business_date"]
         transaction_id = self._template(values)
         customer = ""
         for path in self.names.loyalty_paths:
@@ -553,6 +563,37 @@ class _Reader:
             )
         if len(self.rows) >= _CHUNK_ROWS:
             self._flush()
+
+    @staticmethod
+    def _values(txn: _Transaction) -> dict[str, str]:
+        """The template fields of a transaction: its own elements and the canonical names."""
+        fields = txn.fields
+        business_date = fields.get("BusinessDayDate", "")
+        return {
+            **fields,
+            "store_id": fields.get("RetailStoreID", ""),
+            "register_id": fields.get("WorkstationID", ""),
+            "business_date": business_date,
+            "business_day": business_date.replace("-", ""),
+        }
+
+    def _drop_post_voided(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Remove the transactions a later post-void in this file voids; count both sides."""
+        if not self.post_voids:
+            return frame
+        wanted = [tid for tid, _ in self.post_voids if tid]
+        voided = frame.filter(pl.col("transaction_id").is_in(wanted))
+        present = set(voided.get_column("transaction_id").unique())
+        skipped = self.stats.skipped_by_kind
+        for tid, position in self.post_voids:
+            if tid in present:
+                skipped["post_void"] += 1
+            else:
+                skipped["post_void_original_elsewhere"] += 1
+                log.warning("%s: transaction %d post-voids %s, which is not in this file: if it was sent "
+                            "before, the platform still holds it", self.name, position, tid or "(no id)")
+        skipped["post_voided"] += len(present)
+        return frame.filter(~pl.col("transaction_id").is_in(list(present))) if present else frame
 
     def _template(self, values: dict[str, str]) -> str:
         parts = []

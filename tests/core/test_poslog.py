@@ -280,6 +280,27 @@ def test_skipped_transactions_are_counted_never_lines(tmp_path: Path) -> None:
     assert result.summary["rows_rejected"] == 0 and result.summary["transactions_in"] == 1
 
 
+def test_post_void_removes_the_transaction_it_voids(tmp_path: Path) -> None:
+    def post_void(seq: int, voided: int) -> str:
+        link = (f"<TransactionLink ReasonCode=\"Voided\"><RetailStoreID>0042</RetailStoreID><WorkstationID>03"
+                f"</WorkstationID><SequenceNumber>{voided}</SequenceNumber><BusinessDayDate>2026-11-20"
+                "</BusinessDayDate></TransactionLink>")
+        return retail(seq, link, grand="0.00", attrs=' TransactionStatus="PostVoided"')
+
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), tender(2, "2.00"), grand="2.00"),
+        retail(2, sale(1, "B", "3.00"), grand="3.00"),
+        post_void(3, 1),  # voids transaction 1 of this file
+        post_void(4, 999),  # voids one this file does not hold (sent before, perhaps)
+    ))
+    result = run(path)
+    assert totals_by_id(result) == {txn_id(2): Decimal("3.00")}
+    assert result.summary["skipped_by_kind"] == {
+        "post_void": 1, "post_voided": 1, "post_void_original_elsewhere": 1}
+    # the voided sale's line items were read and stay accounted for, once
+    assert result.summary["line_items_by_kind"] == {"sale": 2, "tender": 1}
+
+
 def test_loyalty_member_else_guest_and_ids_kept_exactly(tmp_path: Path) -> None:
     path = write(tmp_path, document(
         retail(1, member(1, "0000000000000040000066677"), sale(2, "A", "1.00"), grand="1.00"),
