@@ -427,3 +427,24 @@ def test_large_file_is_read_in_chunks_with_bounded_tree(tmp_path: Path) -> None:
     assert lines.get_column("source_line").to_list()[-2:] == [2 * count - 1, 2 * count]  # item positions
     result = transform(lines, feed(), now=NOW)
     assert result.summary["amount_valid"] == str(Decimal("3.50") * count) + "00"
+
+
+def test_the_xml_tree_never_holds_more_than_the_current_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory is bounded by the output, not the file: each Transaction is freed once read."""
+    from pipeline.core import poslog
+
+    path = write(tmp_path, document(*(retail(n, sale(1, "A", "1.00"), grand="1.00") for n in range(1, 501))))
+    held: list[int] = []
+    original = poslog._Reader._transaction
+
+    def spy(self: poslog._Reader, element: object, position: int) -> None:
+        held.append(sum(1 for _ in element.itersiblings(preceding=True)))  # type: ignore[attr-defined]
+        original(self, element, position)
+
+    monkeypatch.setattr(poslog._Reader, "_transaction", spy)
+    lines = read_poslog(path, feed(), source_name="log.xml")
+    assert lines.height == 500
+    # the parser reads ahead, but of what was read only the last transaction is still held
+    assert max(held) == 1
