@@ -133,6 +133,8 @@ class PoslogConfig(_Model):
     void_statuses: tuple[str, ...] = ("Voided", "PostVoided", "Canceled", "Cancelled", "Aborted")
     suspended_statuses: tuple[str, ...] = ("Suspended", "SuspendedDeleted", "SuspendedRetrieved")
     return_type_codes: tuple[str, ...] = ("Return", "Refund")
+    # Sale/@ItemType values of items that take money off (any prefix): part of the discount, not items
+    negative_item_types: tuple[str, ...] = ("NegativeItem", "DepositRefund")
     # a RetailTransaction whose TransactionLink has one of these ReasonCodes voids the linked one
     post_void_link_reasons: tuple[str, ...] = ("Voided", "PostVoid", "PostVoided")
 

@@ -16,8 +16,9 @@ Mapping (one checkout per retail transaction):
 * Items: ``Sale`` lines (``Return`` lines in a return). An item void (``LineItem/@VoidFlag``)
   cancels the latest earlier lines of the same item: a fully voided item disappears, a partly
   voided one keeps what is left. A void with nothing to cancel stays as a line with a negative
-  quantity, which validation rejects. Items with a negative amount on purpose (a deposit refund)
-  are not items: their amount is part of the discount below.
+  quantity, which validation rejects. Items with a negative amount on purpose (a deposit refund,
+  or an ``ItemType`` in ``poslog.negative_item_types``) are not items: their amount is part of the
+  discount below.
 * Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
@@ -274,6 +275,7 @@ class _Reader:
         self.defaults = feed.format.defaults
         self.rows: list[tuple[Any, ...]] = []
         self.ordinal = 0  # LineItem elements seen so far in the file
+        self.negative_types = frozenset(t.rsplit(":", 1)[-1] for t in self.config.negative_item_types)
         self.post_voids: list[tuple[str, int]] = []  # (the voided transaction's id, the post-void's position)
         self.tag = {name: self.names.q(name) for name in _TAGS}
         self.meta_tags = frozenset(self.tag[n] for n in ("SequenceNumber", "BeginDateTime", "EndDateTime"))
@@ -399,6 +401,9 @@ class _Reader:
             is_void = _is_true(line.get("VoidFlag"))
             if kind not in _ITEM_KINDS:
                 counts[_snake(kind) + ("_voided" if is_void else "")] += 1
+                continue
+            if not is_void and (detail.get("ItemType") or "").rsplit(":", 1)[-1] in self.negative_types:
+                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
                 continue
             item = self._item(line, line_no, detail, kind)
             if is_void:

@@ -301,6 +301,21 @@ def test_post_void_removes_the_transaction_it_voids(tmp_path: Path) -> None:
     assert result.summary["line_items_by_kind"] == {"sale": 2, "tender": 1}
 
 
+def test_negative_items_are_discount_not_items(tmp_path: Path) -> None:
+    # water 3.99 + deposit 0.30; bottles back: typed NegativeItem with a positive amount, and a
+    # plain negative amount; paid 3.99 + 0.30 - 0.30 - 0.25 = 3.74 -> 0.55 of discount on 2 lines
+    typed = sale(3, "BOTTLES", "0.30").replace('ItemType="Stock"', 'ItemType="acs:NegativeItem"')
+    plain = sale(4, "CANS", "0.05", "5", "-0.25")
+    path = write(tmp_path, document(retail(1, sale(1, "W", "3.99"), sale(2, "D", "0.30"), typed, plain,
+                                           grand="3.74")))
+    result = run(path)
+    items = items_of(result, 1)
+    assert items.get_column("product_id").to_list() == ["W", "D"]
+    assert items.get_column("discount").sum() == Decimal("0.55")
+    assert totals_by_id(result) == {txn_id(1): Decimal("3.74")}
+    assert result.summary["line_items_by_kind"] == {"sale": 2, "negative_item": 2}
+
+
 def test_loyalty_member_else_guest_and_ids_kept_exactly(tmp_path: Path) -> None:
     path = write(tmp_path, document(
         retail(1, member(1, "0000000000000040000066677"), sale(2, "A", "1.00"), grand="1.00"),
