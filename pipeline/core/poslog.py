@@ -22,7 +22,8 @@ Mapping (one checkout per retail transaction):
 * Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
-  as each line's ``discount``: a line's own ``DiscountAmount`` first, the rest pro rata, so the
+  as each line's ``discount``: a line's own ``DiscountAmount`` (else its ``RetailPriceModifier``
+  amounts) first, the rest pro rata, so the
   lines sum to the total exactly. A transaction whose totals cannot be reconciled that way (it
   took more than its lines, or a sale with a negative total) keeps its plain amounts and is
   rejected by validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
@@ -98,7 +99,7 @@ _ITEM_KINDS = ("Sale", "Return")
 _TAGS = (
     "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
     "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
-    "MerchandiseHierarchy", "LineItem", "Total", "POSLog",
+    "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
 )
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
@@ -476,6 +477,10 @@ class _Reader:
             unit_price = _decimal(unit_price_text)
             amount = quantity * unit_price if unit_price is not None else None
         discount = _decimal(text("DiscountAmount")) or _ZERO
+        if not discount:  # price modifiers of the item (markdowns, item promotions): its own discount
+            amount_tag = tag["Amount"]
+            for modifier in detail.iterchildren(tag["RetailPriceModifier"]):
+                discount += abs(_decimal(_text(modifier.find(amount_tag))) or _ZERO)
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
         return _Item(

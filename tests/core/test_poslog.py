@@ -222,6 +222,15 @@ def test_transaction_level_discount_is_spread_over_the_lines(tmp_path: Path) -> 
     assert items.get_column("unit_price").to_list() == [Decimal("10.00"), Decimal("15.00")]  # kept
 
 
+def test_price_modifier_is_the_items_own_discount(tmp_path: Path) -> None:
+    # B has a 2.00 markdown as a RetailPriceModifier: 10.00 + 8.00 lines, paid 16.00
+    modifier = "<RetailPriceModifier><Amount Action=\"Subtract\">2.00</Amount></RetailPriceModifier>"
+    with_modifier = sale(2, "B", "8.00").replace("<Quantity>", modifier + "<Quantity>")
+    path = write(tmp_path, document(retail(1, sale(1, "A", "10.00"), with_modifier, grand="16.00")))
+    items = items_of(run(path), 1)
+    assert items.get_column("discount").to_list() == [Decimal("0"), Decimal("2.00")]
+
+
 def test_rounding_remainder_keeps_the_total_exact(tmp_path: Path) -> None:
     # three lines of 1.00, 1.00 off in all: shares of 0.33 leave 0.01 for one line
     path = write(tmp_path, document(retail(
