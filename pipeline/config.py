@@ -115,6 +115,10 @@ ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
 NCR_ACS_NAMESPACE = "http://www.ncr.com/rsd/acs/tlog/markup/poslog/2.1"
 
 
+# vendor namespaces each POSLog profile brings (prefix -> URI)
+POSLOG_PROFILE_NAMESPACES: dict[str, dict[str, str]] = {"arts": {}, "ncr_acs": {"acs": NCR_ACS_NAMESPACE}}
+
+
 class PoslogConfig(_Model):
     """How ARTS POSLog XML is read (`[poslog]`, used when ``format.kind = "poslog"``).
 
@@ -137,6 +141,19 @@ class PoslogConfig(_Model):
     negative_item_types: tuple[str, ...] = ("NegativeItem", "DepositRefund")
     # a RetailTransaction whose TransactionLink has one of these ReasonCodes voids the linked one
     post_void_link_reasons: tuple[str, ...] = ("Voided", "PostVoid", "PostVoided")
+
+    @model_validator(mode="after")
+    def _prefixes_are_declared(self) -> PoslogConfig:
+        known = {**POSLOG_PROFILE_NAMESPACES[self.profile], **self.namespaces}
+        for path in (*(self.loyalty_id_paths or ()), *self.item_id_paths):
+            for step in path.strip("/").split("/"):
+                prefix = step.split(":", 1)[0] if ":" in step else None
+                if prefix is not None and prefix not in known:
+                    raise ValueError(
+                        f"path {path!r} uses the prefix {prefix!r}: declare it in poslog.namespaces "
+                        f"(known: {', '.join(sorted(known)) or 'none'})"
+                    )
+        return self
 
 
 class ValidationConfig(_Model):

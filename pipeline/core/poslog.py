@@ -61,7 +61,7 @@ from typing import IO, Any
 import polars as pl
 from lxml import etree
 
-from pipeline.config import NCR_ACS_NAMESPACE, Feed, PoslogConfig
+from pipeline.config import POSLOG_PROFILE_NAMESPACES, Feed, PoslogConfig
 from pipeline.core.parse import EXTRA_PREFIX, template_fields
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS
@@ -79,9 +79,12 @@ DEFAULT_TEMPLATE = "{RetailStoreID}-{WorkstationID}-{business_day}-{SequenceNumb
 
 # profile -> (vendor namespaces, loyalty id paths)
 PROFILES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
-    "arts": ({}, ("LineItem/LoyaltyMembership/LoyaltyID", "LineItem/LoyaltyMembership/MembershipID")),
+    "arts": (
+        POSLOG_PROFILE_NAMESPACES["arts"],
+        ("LineItem/LoyaltyMembership/LoyaltyID", "LineItem/LoyaltyMembership/MembershipID"),
+    ),
     "ncr_acs": (
-        {"acs": NCR_ACS_NAMESPACE},
+        POSLOG_PROFILE_NAMESPACES["ncr_acs"],
         (
             "LineItem/acs:LoyaltyMembership/acs:LoyaltyID",
             "LineItem/acs:LoyaltyMembership/acs:MembershipID",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 
 from pipeline.config import Feed
 from pipeline.core.poslog import ReadStats, read_poslog
@@ -362,6 +363,13 @@ def test_ncr_acs_profile_reads_vendor_loyalty_and_reward(tmp_path: Path) -> None
                   loyalty_id_paths=["LineItem/v:LoyaltyMembership/v:LoyaltyID"])
     assert run(write(tmp_path, moved, "moved.xml"), custom).checkouts.get_column("customer_id").to_list() == [
         "0000000000000040000066677"]
+
+
+def test_an_undeclared_prefix_is_a_configuration_error() -> None:
+    with pytest.raises(ValidationError, match="prefix 'xst'"):
+        feed(loyalty_id_paths=["LineItem/xst:Loyalty/xst:CardNumber"])
+    feed(loyalty_id_paths=["LineItem/xst:Loyalty/xst:CardNumber"], namespaces={"xst": "urn:x"})
+    feed(profile="ncr_acs", item_id_paths=["acs:ItemID"])  # the profile declares acs
 
 
 def test_returns_with_and_without_their_original(tmp_path: Path) -> None:
