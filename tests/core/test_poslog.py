@@ -379,6 +379,8 @@ def test_returns_with_and_without_their_original(tmp_path: Path) -> None:
     path = write(tmp_path, document(
         retail(1, sale(1, "A", "4.00", kind="Return", link=link), grand="-4.32", tax="-0.32"),
         retail(2, sale(1, "B", "2.00", "2", kind="Return"), grand="-4.00", attrs=' TypeCode="Return"'),
+        # a 0.50 restocking fee kept back: refunded 3.50 for a 4.00 item, carried as its discount
+        retail(3, sale(1, "C", "4.00", kind="Return"), grand="-3.50"),
     ))
     result = run(path)
     rows = {r["transaction_id"]: r for r in result.checkouts.iter_rows(named=True)}
@@ -386,6 +388,9 @@ def test_returns_with_and_without_their_original(tmp_path: Path) -> None:
     assert rows[txn_id(1)]["total"] == Decimal("-4.00")
     assert rows[txn_id(2)]["return_status"] == "unmatched" and rows[txn_id(2)]["total"] == Decimal("-4.00")
     assert items_of(result, 2).get_column("quantity").to_list() == [Decimal("-2")]
+    fee = items_of(result, 3).row(0, named=True)
+    assert (fee["discount"], fee["line_total"]) == (Decimal("0.50"), Decimal("-3.50"))
+    assert rows[txn_id(3)]["total"] == Decimal("-3.50")
 
 
 def test_mixed_sale_and_return_lines_are_rejected(tmp_path: Path) -> None:
