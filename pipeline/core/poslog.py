@@ -521,6 +521,10 @@ class _Reader:
         values = self._values(txn)
         business_date = values["business_date"]
         transaction_id = self._template(values)
+        if not transaction_id:
+            missing = [name for _, name in self.template if name is not None and not values.get(name)]
+            log.warning("%s: transaction %d (line %s) has no %s: its lines are rejected without an id",
+                        self.name, position, txn.element.sourceline, ", ".join(missing))
         customer = ""
         for path in self.names.loyalty_paths:
             customer = _text(body.find(path))

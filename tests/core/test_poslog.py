@@ -399,7 +399,7 @@ def test_mixed_sale_and_return_lines_are_rejected(tmp_path: Path) -> None:
     assert run(path).summary["rejects_by_code"] == {"R017_MIXED_TRANSACTION_TYPES": 2}
 
 
-def test_template_override_and_missing_id(tmp_path: Path) -> None:
+def test_template_override_and_missing_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     no_sequence = ("<RetailStoreID>0042</RetailStoreID><WorkstationID>03</WorkstationID>"
                    "<BusinessDayDate>2026-11-20</BusinessDayDate>")
     path = write(tmp_path, document(
@@ -412,6 +412,7 @@ def test_template_override_and_missing_id(tmp_path: Path) -> None:
     bad = result.rejects.row(0, named=True)
     assert (bad["reject_code"], bad["reject_field"], bad["transaction"]) == (
         "R001_MISSING_FIELD", "transaction_id", "2")
+    assert "log.xml: transaction 2 (line 4) has no SequenceNumber" in caplog.text
 
 
 def test_no_namespace_files_need_namespace_empty(tmp_path: Path) -> None:
