@@ -125,9 +125,13 @@ def _snake(name: str) -> str:
     return _SNAKE.sub("_", name).lower()
 
 
+@functools.cache
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
 def _local(tag: Any) -> str:
-    text = tag if isinstance(tag, str) else ""
-    return text.rsplit("}", 1)[-1]
+    return _local_name(tag) if isinstance(tag, str) else ""
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,7 @@ def _is_true(value: str | None) -> bool:
     return (value or "").strip().lower() in ("true", "1")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     """One Sale or Return line item, as read."""
 
