@@ -24,16 +24,13 @@ from __future__ import annotations
 import logging
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
 from pipeline.config import Feed, FormatConfig
+from pipeline.core.readstats import ReadStats
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
-
-if TYPE_CHECKING:
-    from pipeline.core.poslog import ReadStats
 
 __all__ = ["EXTRA_PREFIX", "read_bytes", "read_file", "template_fields"]
 

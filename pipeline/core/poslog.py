@@ -52,8 +52,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
@@ -63,13 +62,13 @@ from lxml import etree
 
 from pipeline.config import POSLOG_PROFILE_NAMESPACES, Feed, PoslogConfig
 from pipeline.core.parse import EXTRA_PREFIX, template_fields
+from pipeline.core.readstats import ReadStats
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "PROFILES",
-    "ReadStats",
     "read_poslog",
 ]
 
@@ -105,19 +104,6 @@ _TAGS = (
     "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
 )
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-
-
-@dataclass
-class ReadStats:
-    """What a reader read besides lines: transactions it skipped and line items by kind."""
-
-    skipped_by_kind: Counter[str] = field(default_factory=Counter)
-    line_items_by_kind: Counter[str] = field(default_factory=Counter)
-
-    def add(self, other: ReadStats) -> None:
-        """Add another file's counts to these."""
-        self.skipped_by_kind.update(other.skipped_by_kind)
-        self.line_items_by_kind.update(other.line_items_by_kind)
 
 
 @functools.cache

@@ -28,7 +28,7 @@ from pipeline.config import Feed
 from pipeline.core.dedup import dedup
 from pipeline.core.normalize import normalize, normalize_columns
 from pipeline.core.parse import EXTRA_PREFIX, read_file
-from pipeline.core.poslog import ReadStats
+from pipeline.core.readstats import ReadStats
 from pipeline.core.validate import GROUP_ID, validate
 from pipeline.errors import UnreadableFileError
 from pipeline.records import (
@@ -141,8 +141,7 @@ def _summary(
         "files": sorted(checked.get_column("source_file").unique().to_list()),
         "unreadable_files": [{"file": e.file, "reason": e.reason} for e in unreadable],
         # what the readers counted and did not turn into lines (POSLog's control transactions...)
-        "skipped_by_kind": dict(sorted(read_stats.skipped_by_kind.items())) if read_stats else {},
-        "line_items_by_kind": dict(sorted(read_stats.line_items_by_kind.items())) if read_stats else {},
+        **(read_stats or ReadStats()).summary(),
     }
 
 

@@ -26,7 +26,7 @@ import polars as pl
 from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
 from pipeline.core.parse import read_file
-from pipeline.core.poslog import ReadStats
+from pipeline.core.readstats import ReadStats
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState

@@ -16,7 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.config import Feed
-from pipeline.core.poslog import ReadStats, read_poslog
+from pipeline.core.poslog import read_poslog
+from pipeline.core.readstats import ReadStats
 from pipeline.core.transform import TransformResult, transform, transform_files
 from pipeline.demo import repo_root
 from pipeline.errors import UnreadableFileError
