@@ -40,6 +40,7 @@ __all__ = [
     "FeedLoadResult",
     "FormatConfig",
     "LoggingConfig",
+    "PoslogConfig",
     "Settings",
     "SourceConfig",
     "TargetConfig",
@@ -95,7 +96,7 @@ class SourceConfig(_Model):
 class FormatConfig(_Model):
     """How the feed's files are read and mapped to the canonical layout (`[format]`)."""
 
-    kind: Literal["csv", "jsonl", "parquet"] = "csv"
+    kind: Literal["csv", "jsonl", "parquet", "poslog"] = "csv"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote_char: str = Field(default='"', min_length=1, max_length=1)
     has_header: bool = True
@@ -111,6 +112,51 @@ class FormatConfig(_Model):
     transaction_id_template: str | None = None
     # customer ids written by a float-typed export ("17850.0") are read as "17850"
     normalize_float_customer_ids: bool = False
+
+
+ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
+NCR_ACS_NAMESPACE = "http://www.ncr.com/rsd/acs/tlog/markup/poslog/2.1"
+
+
+# vendor namespaces each POSLog profile brings (prefix -> URI)
+POSLOG_PROFILE_NAMESPACES: dict[str, dict[str, str]] = {"arts": {}, "ncr_acs": {"acs": NCR_ACS_NAMESPACE}}
+
+
+class PoslogConfig(_Model):
+    """How ARTS POSLog XML is read (`[poslog]`, used when ``format.kind = "poslog"``).
+
+    Paths are relative to the ``RetailTransaction`` (loyalty ids) or to the ``Sale``/``Return``
+    element (item ids); ``prefix:Name`` names an element in the vendor namespace ``namespaces``
+    gives the prefix, a bare ``Name`` one in ``namespace`` (the ARTS one). ``None`` keys take the
+    profile's value (see pipeline.core.poslog.PROFILES).
+    """
+
+    profile: Literal["arts", "ncr_acs"] = "arts"
+    namespace: str = ARTS_NAMESPACE  # "" for files whose elements have no namespace
+    namespaces: dict[str, str] = Field(default_factory=dict)  # vendor prefix -> URI (adds to the profile's)
+    loyalty_id_paths: tuple[str, ...] | None = None
+    item_id_paths: tuple[str, ...] = ("ItemID", "POSIdentity/POSItemID")
+    timestamp_elements: tuple[str, ...] = ("EndDateTime", "BeginDateTime")
+    void_statuses: tuple[str, ...] = ("Voided", "PostVoided", "Canceled", "Cancelled", "Aborted")
+    suspended_statuses: tuple[str, ...] = ("Suspended", "SuspendedDeleted", "SuspendedRetrieved")
+    return_type_codes: tuple[str, ...] = ("Return", "Refund")
+    # Sale/@ItemType values of items that take money off (any prefix): part of the discount, not items
+    negative_item_types: tuple[str, ...] = ("NegativeItem", "DepositRefund")
+    # a RetailTransaction whose TransactionLink has one of these ReasonCodes voids the linked one
+    post_void_link_reasons: tuple[str, ...] = ("Voided", "PostVoid", "PostVoided")
+
+    @model_validator(mode="after")
+    def _prefixes_are_declared(self) -> PoslogConfig:
+        known = {**POSLOG_PROFILE_NAMESPACES[self.profile], **self.namespaces}
+        for path in (*(self.loyalty_id_paths or ()), *self.item_id_paths):
+            for step in path.strip("/").split("/"):
+                prefix = step.split(":", 1)[0] if ":" in step else None
+                if prefix is not None and prefix not in known:
+                    raise ValueError(
+                        f"path {path!r} uses the prefix {prefix!r}: declare it in poslog.namespaces "
+                        f"(known: {', '.join(sorted(known)) or 'none'})"
+                    )
+        return self
 
 
 class ValidationConfig(_Model):
@@ -271,6 +317,7 @@ class Feed(_Model):
     schedule: str | None = None
     source: SourceConfig = Field(default_factory=SourceConfig)
     format: FormatConfig = Field(default_factory=FormatConfig)
+    poslog: PoslogConfig = Field(default_factory=PoslogConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     target: TargetConfig = Field(default_factory=AntavoTarget)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

@@ -28,7 +28,7 @@ from pipeline.runner import RunSummary, run_feed
 
 __all__ = ["DEMO_BUSINESS_DATE", "DEMO_FEEDS", "DemoResult", "repo_root", "run_demo", "with_target_url"]
 
-DEMO_FEEDS: tuple[str, ...] = ("acme_hourly", "acme_daily", "crmcom_demo")
+DEMO_FEEDS: tuple[str, ...] = ("acme_hourly", "acme_daily", "crmcom_demo", "poslog_store")
 DEMO_BUSINESS_DATE = date(2026, 11, 20)
 DEMO_REQUESTS_PER_MINUTE = 12000
 

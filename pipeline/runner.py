@@ -357,6 +357,7 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
                 progress=ctx.progress, on_stage=ctx.on_stage,
             )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
+        ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:

@@ -46,6 +46,7 @@ import polars as pl
 from pipeline.config import Feed, FormatConfig
 from pipeline.core.careful_csv import excerpt, records, split_lines
 from pipeline.core.rejects import RejectCode
+from pipeline.core.readstats import ReadStats
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
 
@@ -521,9 +522,15 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
     return frame.select(*exprs, *originals, pl.col("source_line"), *flags)
 
 
-def read_bytes(data: bytes, feed: Feed, *, source_name: str) -> pl.DataFrame:
+def read_bytes(data: bytes, feed: Feed, *, source_name: str, stats: ReadStats | None = None) -> pl.DataFrame:
     """Read one export file's content (see :func:`read_file`)."""
     fmt = feed.format
+    if fmt.kind == "poslog":  # XML: its own reader (pipeline.core.poslog)
+        import io
+
+        from pipeline.core.poslog import read_poslog
+
+        return read_poslog(io.BytesIO(data), feed, source_name=source_name, stats=stats)
     if fmt.kind == "csv":
         frame = _read_csv(data, fmt, source_name)
     elif fmt.kind == "jsonl":
@@ -534,15 +541,22 @@ def read_bytes(data: bytes, feed: Feed, *, source_name: str) -> pl.DataFrame:
     return frame.with_columns(pl.lit(source_name, dtype=pl.String).alias("source_file"))
 
 
-def read_file(path: Path, feed: Feed, *, source_name: str | None = None) -> pl.DataFrame:
+def read_file(
+    path: Path, feed: Feed, *, source_name: str | None = None, stats: ReadStats | None = None
+) -> pl.DataFrame:
     """Read one export file into the canonical lines frame (all strings).
 
     Columns: every canonical column (null where the export lacks it; ``format.defaults`` fill
     missing columns and empty cells; ``format.transaction_id_template`` builds ``transaction_id``),
     unmapped export columns as ``src:<name>``, ``source_line`` (Int64) and ``source_file``
     (``source_name`` or the file name). Raises UnreadableFileError when the file cannot be read.
+    ``stats`` collects what a reader skips (POSLog's control transactions and the like).
     """
     name = source_name or path.name
+    if feed.format.kind == "poslog":  # streamed from the file, never read whole; see core/poslog.py
+        from pipeline.core.poslog import read_poslog
+
+        return read_poslog(path, feed, source_name=name, stats=stats)
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -29,6 +29,7 @@ from pipeline.config import Feed
 from pipeline.core.dedup import dedup
 from pipeline.core.normalize import normalize, normalize_columns
 from pipeline.core.parse import EXTRA_PREFIX, read_file
+from pipeline.core.readstats import ReadStats
 from pipeline.core.validate import GROUP_ID, validate
 from pipeline.errors import UnreadableFileError
 from pipeline.records import (
@@ -97,6 +98,7 @@ def _summary(
     checked: pl.DataFrame,
     checkouts: pl.DataFrame,
     unreadable: Sequence[UnreadableFileError],
+    read_stats: ReadStats | None = None,
 ) -> dict[str, Any]:
     failed = pl.col("reject_code").is_not_null()
     has_id = pl.col("v_transaction_id").is_not_null()
@@ -139,6 +141,8 @@ def _summary(
         "amount_rejected": _money_text(amount_in - amount_valid),
         "files": sorted(checked.get_column("source_file").unique().to_list()),
         "unreadable_files": [{"file": e.file, "reason": e.reason} for e in unreadable],
+        # what the readers counted and did not turn into lines (POSLog's control transactions...)
+        **(read_stats or ReadStats()).summary(),
     }
 
 
@@ -163,6 +167,7 @@ def transform(
     known: pl.DataFrame | None = None,
     now: datetime,
     unreadable: Sequence[UnreadableFileError] = (),
+    read_stats: ReadStats | None = None,
 ) -> TransformResult:
     """Validate, normalize and dedup a lines frame (from :mod:`pipeline.core.parse`)."""
     checked = validate(lines, feed, now=now)
@@ -185,7 +190,7 @@ def transform(
     del checked  # validation's working columns are not needed any more: free them before normalize
     checkouts, items = normalize(valid, feed)
     checkouts = dedup(checkouts, known)
-    summary = _summary(counted, checkouts, unreadable)
+    summary = _summary(counted, checkouts, unreadable, read_stats)
     log.info(
         "transform: %d rows, %d valid transactions, %d rows rejected",
         summary["rows_in"],
@@ -217,14 +222,15 @@ def transform_files(
     names = list(source_names) if source_names is not None else [p.name for p in paths]
     frames: list[pl.DataFrame] = []
     unreadable: list[UnreadableFileError] = []
+    stats = ReadStats()
     for path, name in zip(paths, names, strict=True):
         try:
-            frames.append(read_file(path, feed, source_name=name))
+            frames.append(read_file(path, feed, source_name=name, stats=stats))
         except UnreadableFileError as exc:
             log.warning("unreadable file %s: %s", exc.file, exc.reason)
             unreadable.append(exc)
     lines = pl.concat([empty_lines(), *frames], how="diagonal_relaxed") if frames else empty_lines()
-    return transform(lines, feed, known=known, now=now, unreadable=unreadable)
+    return transform(lines, feed, known=known, now=now, unreadable=unreadable, read_stats=stats)
 
 
 # schemas re-exported for callers that build empty results
