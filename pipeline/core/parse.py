@@ -45,8 +45,8 @@ import polars as pl
 
 from pipeline.config import Feed, FormatConfig
 from pipeline.core.careful_csv import excerpt, records, split_lines
-from pipeline.core.rejects import RejectCode
 from pipeline.core.readstats import ReadStats
+from pipeline.core.rejects import RejectCode
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
 
