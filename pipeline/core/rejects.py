@@ -34,6 +34,14 @@ class RejectCode(StrEnum):
     MIXED_TRANSACTION_TYPES = "R017_MIXED_TRANSACTION_TYPES"
     TRANSACTION_TOTAL_MISMATCH = "R018_TRANSACTION_TOTAL_MISMATCH"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
+    # enrollments and claims (records = "enrollments" | "claims")
+    MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
+    BAD_EMAIL = "R102_BAD_EMAIL"
+    BAD_PHONE = "R103_BAD_PHONE"
+    NO_CONTACT = "R104_NO_CONTACT"
+    BAD_BIRTH_DATE = "R105_BAD_BIRTH_DATE"
+    BAD_CONSENT = "R106_BAD_CONSENT"
+    BAD_MEMBER_TIMESTAMP = "R107_BAD_MEMBER_TIMESTAMP"
 
 
 CATALOG: dict[RejectCode, str] = {
@@ -67,6 +75,20 @@ CATALOG: dict[RejectCode, str] = {
     "by more than validation.amount_tolerance.",
     RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "
     "sent whole or not at all, so this line is held back with it.",
+    RejectCode.MEMBER_MISSING_FIELD: "An enrollment without customer_id or enrolled_at, or a claim "
+    "without transaction_id, customer_id or claimed_at.",
+    RejectCode.BAD_EMAIL: "The email is not an address (one @, a local part, a domain with a dot, no "
+    "spaces), or it is missing while enrollments.contact_required asks for it.",
+    RejectCode.BAD_PHONE: "The phone is not a number (an optional +, then 6 to 15 digits; spaces, "
+    "dots, dashes and brackets are ignored), or it is missing while enrollments.contact_required "
+    "asks for it.",
+    RejectCode.NO_CONTACT: "An enrollment has neither an email nor a phone "
+    '(enrollments.contact_required = "either").',
+    RejectCode.BAD_BIRTH_DATE: "The birth_date cannot be read (YYYY-MM-DD or format.date_format) or "
+    "is in the future.",
+    RejectCode.BAD_CONSENT: "consent_email or consent_sms is not one of true, false, yes, no, 1, 0.",
+    RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
+    "format.timestamp_format).",
 }
 
 
