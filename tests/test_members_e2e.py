@@ -120,7 +120,8 @@ def test_enrollments_and_claims_end_to_end(tmp_path: Path) -> None:
 
         # changed details as profile updates (another feed, same files): repeats of members the
         # platform has answer 112101 and settle as already accepted; N900002 once, then updated
-        updates = write_feed(tmp_path, "member_updates", sample_feed("acme_enrollments", sandbox, folder=drop),
+        updates = write_feed(tmp_path, "member_updates",
+                             sample_feed("acme_enrollments", sandbox, folder=drop),
                              enrollments={"changes": "profile", "contact_required": "either"})
         code, profiled, err = posfeed(tmp_path, env, "run", "--feed", updates, *day)
         logs.append(err)
