@@ -159,3 +159,13 @@ def test_enrollment_feed_with_a_crmcom_target_refuses_to_load(tmp_path: Path) ->
                            "--feed", str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode != 0
     assert 'records = "enrollments" needs an Antavo target' in done.stderr
+
+
+def test_check_refuses_enrollment_files_with_a_clear_error(tmp_path: Path) -> None:
+    feeds = str(SAMPLE_ACME.parent.parent / "feeds")
+    members = str(SAMPLE_ACME / "members_LON01_20261120.csv")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--feeds-dir", feeds, "check", members,
+                           "--feed", "acme_enrollments"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+    assert done.returncode != 0
+    assert "holds enrollments" in done.stderr
