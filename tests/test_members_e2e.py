@@ -169,3 +169,25 @@ def test_check_refuses_enrollment_files_with_a_clear_error(tmp_path: Path) -> No
                           timeout=60)
     assert done.returncode != 0
     assert "holds enrollments" in done.stderr
+
+
+def test_claims_of_checkouts_that_came_another_way_are_sent_when_the_feed_says_so(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    copy_samples(drop, ["pos_LON01_20261120_10.csv", "claims_*"])
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        base = sample_feed("acme_hourly", sandbox, folder=drop)
+        hourly = write_feed(tmp_path, "hourly", base,
+                            expected=base.expected.model_copy(update={"cadence": "none"}))
+        claims = write_feed(tmp_path, "claims", sample_feed("acme_claims", sandbox, folder=drop),
+                            claims={"checkout_scope": "another_system", "unknown_checkouts": "send"})
+        day = ("--business-date", "2026-11-20")
+        assert posfeed(tmp_path, env, "run", "--feed", hourly, *day)[0] == 0
+        code, claimed, _ = posfeed(tmp_path, env, "run", "--feed", claims, *day)
+        held = owners(sandbox)
+    assert code == 65 and claimed["balanced"] is True
+    # the ledger of "another_system" knows none of them: every claim goes to the platform, which
+    # has hour 10's guests (sent by the hourly feed) and refuses the rest
+    assert claimed["accepted"] == 3 and claimed["not_sent"] == 0
+    assert claimed["failed_permanent"] == 2  # hour 11's receipt (not sent yet) and a receipt no till printed
+    assert held["LON01-R1-20261120-0035"] == "N900001" and held["LON01-R3-20261120-0026"] == "N900003"
