@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.config import Feed
+from pipeline.config import ClaimsConfig, EnrollmentsConfig, Feed
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import SAMPLE_ACME, copy_samples, feed_toml, sample_feed, settings_in, stats
 from tests.sandbox_fixtures import TARGET_KITS
@@ -122,7 +122,7 @@ def test_enrollments_and_claims_end_to_end(tmp_path: Path) -> None:
         # platform has answer 112101 and settle as already accepted; N900002 once, then updated
         updates = write_feed(tmp_path, "member_updates",
                              sample_feed("acme_enrollments", sandbox, folder=drop),
-                             enrollments={"changes": "profile", "contact_required": "either"})
+                             enrollments=EnrollmentsConfig(changes="profile"))
         code, profiled, err = posfeed(tmp_path, env, "run", "--feed", updates, *day)
         logs.append(err)
         assert code == 65 and profiled["accepted"] == 5 and profiled["conflicts"] == 0
@@ -180,7 +180,7 @@ def test_claims_of_checkouts_that_came_another_way_are_sent_when_the_feed_says_s
         hourly = write_feed(tmp_path, "hourly", base,
                             expected=base.expected.model_copy(update={"cadence": "none"}))
         claims = write_feed(tmp_path, "claims", sample_feed("acme_claims", sandbox, folder=drop),
-                            claims={"checkout_scope": "another_system", "unknown_checkouts": "send"})
+                            claims=ClaimsConfig(checkout_scope="another_system", unknown_checkouts="send"))
         day = ("--business-date", "2026-11-20")
         assert posfeed(tmp_path, env, "run", "--feed", hourly, *day)[0] == 0
         code, claimed, _ = posfeed(tmp_path, env, "run", "--feed", claims, *day)
