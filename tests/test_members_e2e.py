@@ -191,3 +191,23 @@ def test_claims_of_checkouts_that_came_another_way_are_sent_when_the_feed_says_s
     assert claimed["accepted"] == 3 and claimed["not_sent"] == 0
     assert claimed["failed_permanent"] == 2  # hour 11's receipt (not sent yet) and a receipt no till printed
     assert held["LON01-R1-20261120-0035"] == "N900001" and held["LON01-R3-20261120-0026"] == "N900003"
+
+
+def test_platform_messages_naming_member_details_are_masked(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "members_LON01_20261120.csv").write_text(
+        "customer_id,email,first_name,last_name,enrolled_at\n"
+        "Q1,lee.moss@exa..mple.org,Lee,Moss,2026-11-20T10:00:00Z\n", encoding="utf-8")
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop))
+        code, summary, err = posfeed(tmp_path, env, "run", "--feed", members, "--business-date", "2026-11-20")
+    assert code == 65 and summary["failed_permanent"] == 1  # the platform refused the address
+    with sqlite3.connect(settings_in(tmp_path).ledger_path) as db:
+        message = db.execute("SELECT last_error_message FROM transactions").fetchone()[0]
+    # (the refused enrollment keeps its details for `posfeed rerun --include-permanent`)
+    assert message == "Invalid email address: ***"
+    reports = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*") if p.is_file())
+    for text in (reports, err):
+        assert "lee.moss" not in text and "exa..mple" not in text

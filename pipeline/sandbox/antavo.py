@@ -272,7 +272,11 @@ class AntavoPlatform:
         return events
 
     def _member(self, customer: str, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields."""
+        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields; an
+        email with an empty label (``a@b..org``) is refused, the address named in the message."""
+        email = data.get("email")
+        if isinstance(email, str) and (".." in email or email.endswith(".")):
+            raise _bad(f"Invalid email address: {email}", 0)
         with self.state.lock:
             known = self.state.get_record(CUSTOMERS, customer)
             if action == "opt_in" and known is not None:

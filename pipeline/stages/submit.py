@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
+from pipeline.core.members import PERSONAL_FIELDS
 from pipeline.ledger import Ledger, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
@@ -177,12 +178,20 @@ async def _submit(
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
     customer_of: dict[str, str] = {}
 
+    # enrollments: the member's details, kept out of platform messages the ledger stores
+    personal_of: dict[str, list[str]] = {}
+
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
         customer = customer_of.get(result.transaction_id)
         if customer and result.error_message and customer in result.error_message:
             result = replace(result, error_message=result.error_message.replace(
                 customer, mask_customer_id(customer)))
+        if result.error_message and result.transaction_id in personal_of:
+            message = result.error_message
+            for value in personal_of[result.transaction_id]:
+                message = message.replace(value, "***")
+            result = replace(result, error_message=message)
         pending.append(result)
         if len(pending) >= _FLUSH_EVERY:
             flush()
@@ -206,6 +215,12 @@ async def _submit(
                 for result in unmatched:
                     on_result(result)
             checkouts = with_originals(ledger, scope, decoded)
+            if feed.records == "enrollments":
+                personal_of.clear()
+                personal_of.update(
+                    (c["transaction_id"], sorted({str(v) for k, v in (c.get("profile") or {}).items()
+                                                  if k in PERSONAL_FIELDS and v}, key=len, reverse=True))
+                    for c in checkouts)
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
                 customer_of.clear()
