@@ -26,6 +26,9 @@ PERSONAL = ("sam.jones", "ada.price", "mia.ward", "noah.hill", "example.org", "e
             "N900001", "N900002", "N900003", "N900005")
 
 
+DAY = ("--business-date", "2026-11-20")
+
+
 def posfeed(tmp: Path, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
     """Run the CLI once; (exit code, its --json document, its stderr)."""
     done = subprocess.run(
@@ -202,12 +205,27 @@ def test_platform_messages_naming_member_details_are_masked(tmp_path: Path) -> N
     with SandboxServer() as sandbox:
         env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
         members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop))
-        code, summary, err = posfeed(tmp_path, env, "run", "--feed", members, "--business-date", "2026-11-20")
+        code, summary, err = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
     assert code == 65 and summary["failed_permanent"] == 1  # the platform refused the address
     with sqlite3.connect(settings_in(tmp_path).ledger_path) as db:
         message = db.execute("SELECT last_error_message FROM transactions").fetchone()[0]
     # (the refused enrollment keeps its details for `posfeed rerun --include-permanent`)
     assert message == "Invalid email address: ***"
-    reports = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*") if p.is_file())
+    reports = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*")
+                      if p.is_file())
     for text in (reports, err):
         assert "lee.moss" not in text and "exa..mple" not in text
+
+
+def test_a_claims_file_without_a_required_column_is_unreadable(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "claims_LON01_20261120.csv").write_text("transaction_id,customer_id\nT1,M1\n")
+    (drop / "claims_BER01_20261120.csv").write_text("transaction_id,customer_id,claimed_at\n")  # empty day
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        claims = write_feed(tmp_path, "claims", sample_feed("acme_claims", sandbox, folder=drop))
+        code, summary, _ = posfeed(tmp_path, env, "run", "--feed", claims, "--business-date", "2026-11-20")
+    assert code == 65 and summary["rows_in"] == 0 and summary["balanced"] is True
+    assert summary["unreadable_files"] == [
+        {"file": "claims_LON01_20261120.csv", "reason": "required columns missing: claimed_at"}]

@@ -37,6 +37,7 @@ __all__ = [
     "mask_personal",
     "mask_phone",
     "member_records",
+    "missing_columns",
 ]
 
 ENROLLMENT_COLUMNS = (
@@ -134,6 +135,17 @@ def map_row(raw: Mapping[str, Any], feed: Feed) -> tuple[dict[str, str | None], 
                 if value is not None:
                     custom[name] = value
     return fields, custom
+
+
+def missing_columns(columns: Iterable[str], feed: Feed) -> list[str]:
+    """The required columns a file lacks (as the export would name them), neither present nor
+    given a default: such a file is unreadable, not a file of rejected rows."""
+    required = ("customer_id", "enrolled_at") if feed.records == "enrollments" else (
+        "transaction_id", "customer_id", "claimed_at")
+    present = {str(c).strip() for c in columns}
+    fmt = feed.format
+    return [fmt.columns.get(name, name) for name in required
+            if fmt.columns.get(name, name).strip() not in present and name not in fmt.defaults]
 
 
 def _timestamp(value: str, fmt: str | None) -> datetime:

@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from pipeline.config import Feed
-from pipeline.core.members import dedup_members, mask_personal, member_records
+from pipeline.core.members import dedup_members, mask_personal, member_records, missing_columns
 from pipeline.core.parse import read_table
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
@@ -37,8 +37,9 @@ _STATE = {"new": TxnState.QUEUED, "update": TxnState.QUEUED, "duplicate": TxnSta
 
 def _rows(staged: StagedFile, feed: Feed) -> list[tuple[int, dict[str, object]]]:
     frame = read_table(staged.fetched.path.read_bytes(), feed.format, source_name=staged.record.name)
-    if frame.height == 0:
-        raise UnreadableFileError(staged.record.name, "the file has no rows")
+    missing = missing_columns([c for c in frame.columns if c != "source_line"], feed)
+    if missing:
+        raise UnreadableFileError(staged.record.name, f"required columns missing: {', '.join(missing)}")
     return [(int(row.pop("source_line")), row) for row in frame.iter_rows(named=True)]
 
 
@@ -68,7 +69,8 @@ def transform_members(
             continue
         records = member_records(rows, feed, today=now.date())
         keys = {r.key for r in records if r.key}
-        keys |= {k for r in records if r.key and r.content_hash for k in (f"{r.key}#{r.content_hash[:12]}",)}
+        # a changed enrollment sent as a profile update has a key of its own (core.members)
+        keys |= {f"{r.key}#{r.content_hash[:12]}" for r in records if r.key and r.content_hash}
         known: dict[str, set[str]] = {}
         for key, content_hash in ledger.known(feed.scope, keys):
             known.setdefault(key, set()).add(content_hash)

@@ -7,7 +7,14 @@ from datetime import date
 import pytest
 
 from pipeline.config import Feed
-from pipeline.core.members import dedup_members, mask_email, mask_personal, mask_phone, member_records
+from pipeline.core.members import (
+    dedup_members,
+    mask_email,
+    mask_personal,
+    mask_phone,
+    member_records,
+    missing_columns,
+)
 
 TODAY = date(2026, 11, 20)
 
@@ -102,3 +109,11 @@ def test_masks() -> None:
     assert masked["Mail"] == "s***@example.org" and masked["first_name"] == "***"
     assert masked["phone"] == "***56" and masked["customer_id"].startswith("cust:")
     assert masked["store_id"] == "LON01"
+
+
+def test_a_file_without_a_required_column_is_named() -> None:
+    claims = Feed(name="c", records="claims", format={"columns": {"claimed_at": "When"}})
+    assert missing_columns(["transaction_id", "customer_id", "store_id"], claims) == ["When"]
+    assert missing_columns(["transaction_id", "customer_id", "When"], claims) == []
+    defaulted = Feed(name="m", records="enrollments", format={"defaults": {"enrolled_at": "2026-11-20"}})
+    assert missing_columns(["customer_id"], defaulted) == []
