@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CATALOG", "ISO_4217", "RejectCode", "catalog_rows", "readme_table"]
+__all__ = ["CATALOG", "ISO_4217", "MEMBER_CODES", "RejectCode", "catalog_rows", "readme_table"]
 
 
 class RejectCode(StrEnum):
@@ -90,6 +90,12 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
     "format.timestamp_format).",
 }
+
+# the codes of enrollment and claim rows (pipeline.core.members); the others are checkout lines'
+MEMBER_CODES: frozenset[RejectCode] = frozenset({
+    RejectCode.MEMBER_MISSING_FIELD, RejectCode.BAD_EMAIL, RejectCode.BAD_PHONE, RejectCode.NO_CONTACT,
+    RejectCode.BAD_BIRTH_DATE, RejectCode.BAD_CONSENT, RejectCode.BAD_MEMBER_TIMESTAMP,
+})
 
 
 def catalog_rows() -> list[dict[str, str]]:

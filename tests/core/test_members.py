@@ -15,6 +15,7 @@ from pipeline.core.members import (
     member_records,
     missing_columns,
 )
+from pipeline.core.rejects import MEMBER_CODES
 
 TODAY = date(2026, 11, 20)
 
@@ -117,3 +118,11 @@ def test_a_file_without_a_required_column_is_named() -> None:
     assert missing_columns(["transaction_id", "customer_id", "When"], claims) == []
     defaulted = Feed(name="m", records="enrollments", format={"defaults": {"enrolled_at": "2026-11-20"}})
     assert missing_columns(["customer_id"], defaulted) == []
+
+
+def test_every_member_code_has_a_case() -> None:
+    feed = Feed(name="m", records="enrollments")
+    seen = set(codes(feed, enrollment(customer_id=""), enrollment(email="x"), enrollment(phone="1"),
+                     enrollment(email=""), enrollment(birth_date="soon"), enrollment(consent_email="?"),
+                     enrollment(enrolled_at="?")))
+    assert seen == {code.value for code in MEMBER_CODES}
