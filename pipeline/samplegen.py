@@ -7,7 +7,9 @@ Two retailers deliver exports for business date 2026-11-20:
   hour (``pos_<store>_20261120_<HH>.csv``, local hour) and one daily file with every transaction
   of the day (``pos_<store>_20261120_daily.csv``). The hourly files overlap each other and the
   daily file, as real tills do, and one hour per store never arrives hourly, so the daily file has
-  something left to deliver.
+  something left to deliver. LON01 also sends the day's loyalty sign-ups
+  (``members_LON01_20261120.csv``) and guest receipts claimed by those members
+  (``claims_LON01_20261120.csv``).
 * **bistro** (a second vendor, own column names, ``;`` delimiter, decimal comma, day-first
   timestamps): PAR01 and BRU01 export daily files in cp1252 (``€`` and accents in product
   names); LYS01's newer web till exports the same layout as UTF-8 with a byte order mark.
