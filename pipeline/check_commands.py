@@ -71,6 +71,9 @@ def check_files(
     if missing:
         raise ConfigError(f"no such file: {missing[0]}")
     feed = _feed_for(paths, feed_name, feeds_dir)
+    if feed.records != "transactions":
+        raise ConfigError(f'posfeed check reads checkout files; feed {feed.name} holds {feed.records} '
+                          "(its rows are checked by posfeed run --dry-run)")
     return transform_files(list(paths), feed, now=now or datetime.now(UTC))
 
 

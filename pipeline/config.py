@@ -34,7 +34,9 @@ from pipeline.logs import register_feed_secrets, register_secret
 __all__ = [
     "AlertsConfig",
     "AntavoTarget",
+    "ClaimsConfig",
     "CrmcomTarget",
+    "EnrollmentsConfig",
     "ExpectedFilesConfig",
     "Feed",
     "FeedLoadResult",
@@ -298,6 +300,26 @@ class ExpectedFilesConfig(_Model):
         return self
 
 
+class EnrollmentsConfig(_Model):
+    """How enrollments are checked and sent (`[enrollments]`, for ``records = "enrollments"``)."""
+
+    # which contact a member must have, valid: "email", "phone", "either" or "both"
+    contact_required: Literal["email", "phone", "either", "both"] = "either"
+    # a member enrolled again with different details: "hold" (a conflict for review) or
+    # "profile" (sent as a profile update)
+    changes: Literal["hold", "profile"] = "hold"
+
+
+class ClaimsConfig(_Model):
+    """How guest claims are checked and sent (`[claims]`, for ``records = "claims"``)."""
+
+    # the ledger scope whose checkouts the claims name (default: the feed's own scope)
+    checkout_scope: str | None = None
+    # a claim of a checkout this ledger does not know: "not_sent" (unmatched_claim) or "send"
+    # (the checkout reached the platform another way)
+    unknown_checkouts: Literal["not_sent", "send"] = "not_sent"
+
+
 class LoggingConfig(_Model):
     """What logs may show (`[logging]`)."""
 
@@ -309,6 +331,8 @@ class Feed(_Model):
 
     name: str
     enabled: bool = True
+    # what the feed's files hold: checkout lines, member enrollments or guest claims
+    records: Literal["transactions", "enrollments", "claims"] = "transactions"
     # feeds that deliver the same transactions (an hourly and a daily export of one chain) share a
     # scope: the ledger dedups, locks and sends once per (scope, transaction_id)
     dedup_scope: str | None = None
@@ -323,6 +347,8 @@ class Feed(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     expected: ExpectedFilesConfig = Field(default_factory=ExpectedFilesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    enrollments: EnrollmentsConfig = Field(default_factory=EnrollmentsConfig)
+    claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
 
     @field_validator("timezone")
     @classmethod
@@ -358,6 +384,15 @@ class Feed(_Model):
             raise ValueError("expected.pattern needs a {store_id} placeholder when expected.stores is set")
         if expected.cadence == "hourly" and "{hour" not in pattern:
             raise ValueError("expected.pattern needs an {hour:02d} placeholder when cadence is hourly")
+        return self
+
+    @model_validator(mode="after")
+    def _records_target(self) -> Feed:
+        if self.records != "transactions" and self.target.kind != "antavo":
+            raise ValueError(
+                f'records = "{self.records}" needs an Antavo target: {self.target.kind} has no '
+                "documented call for it (see docs/PLATFORMS.md)"
+            )
         return self
 
     _config_dir: Path = PrivateAttr(default_factory=Path.cwd)

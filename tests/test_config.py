@@ -14,7 +14,9 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config import (
     AlertsConfig,
     AntavoTarget,
+    ClaimsConfig,
     CrmcomTarget,
+    EnrollmentsConfig,
     ExpectedFilesConfig,
     Feed,
     FormatConfig,
@@ -39,6 +41,8 @@ SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
     "alerts": (AlertsConfig,),
     "expected": (ExpectedFilesConfig,),
     "logging": (LoggingConfig,),
+    "enrollments": (EnrollmentsConfig,),
+    "claims": (ClaimsConfig,),
 }
 
 

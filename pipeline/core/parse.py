@@ -564,3 +564,13 @@ def read_file(
     frame = read_bytes(data, feed, source_name=name)
     log.debug("read %s: %d rows", name, frame.height)
     return frame
+
+
+def read_table(data: bytes, fmt: FormatConfig, *, source_name: str) -> pl.DataFrame:
+    """One file's rows as they are (all strings, the export's own column names, ``source_line``),
+    without the checkout mapping: enrollments and claims map their own layouts."""
+    if fmt.kind == "csv":
+        return _read_csv(data, fmt, source_name)
+    if fmt.kind == "jsonl":
+        return _read_jsonl(data, fmt, source_name)
+    return _read_parquet(data, source_name)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CATALOG", "ISO_4217", "READER_CODES", "RejectCode", "catalog_rows", "readme_table"]
+__all__ = [
+    "CATALOG", "ISO_4217", "MEMBER_CODES", "READER_CODES", "RejectCode", "catalog_rows", "readme_table",
+]
 
 
 class RejectCode(StrEnum):
@@ -42,6 +44,14 @@ class RejectCode(StrEnum):
     OFFSET_OUT_OF_RANGE = "R024_OFFSET_OUT_OF_RANGE"
     DATE_TOO_EARLY = "R025_DATE_TOO_EARLY"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
+    # enrollments and claims (records = "enrollments" | "claims")
+    MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
+    BAD_EMAIL = "R102_BAD_EMAIL"
+    BAD_PHONE = "R103_BAD_PHONE"
+    NO_CONTACT = "R104_NO_CONTACT"
+    BAD_BIRTH_DATE = "R105_BAD_BIRTH_DATE"
+    BAD_CONSENT = "R106_BAD_CONSENT"
+    BAD_MEMBER_TIMESTAMP = "R107_BAD_MEMBER_TIMESTAMP"
 
 
 # the codes the readers give a record they cannot read (checked first: such a record has no
@@ -98,7 +108,27 @@ CATALOG: dict[RejectCode, str] = {
     "by more than validation.amount_tolerance.",
     RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "
     "sent whole or not at all, so this line is held back with it.",
+    RejectCode.MEMBER_MISSING_FIELD: "An enrollment without customer_id or enrolled_at, or a claim "
+    "without transaction_id, customer_id or claimed_at.",
+    RejectCode.BAD_EMAIL: "The email is not an address (one @, a local part, a domain with a dot, no "
+    "spaces), or it is missing while enrollments.contact_required asks for it.",
+    RejectCode.BAD_PHONE: "The phone is not a number (an optional +, then 6 to 15 digits; spaces, "
+    "dots, dashes and brackets are ignored), or it is missing while enrollments.contact_required "
+    "asks for it.",
+    RejectCode.NO_CONTACT: "An enrollment has neither an email nor a phone "
+    '(enrollments.contact_required = "either").',
+    RejectCode.BAD_BIRTH_DATE: "The birth_date cannot be read (YYYY-MM-DD or format.date_format) or "
+    "is in the future.",
+    RejectCode.BAD_CONSENT: "consent_email or consent_sms is not one of true, false, yes, no, 1, 0.",
+    RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
+    "format.timestamp_format).",
 }
+
+# the codes of enrollment and claim rows (pipeline.core.members); the others are checkout lines'
+MEMBER_CODES: frozenset[RejectCode] = frozenset({
+    RejectCode.MEMBER_MISSING_FIELD, RejectCode.BAD_EMAIL, RejectCode.BAD_PHONE, RejectCode.NO_CONTACT,
+    RejectCode.BAD_BIRTH_DATE, RejectCode.BAD_CONSENT, RejectCode.BAD_MEMBER_TIMESTAMP,
+})
 
 
 def catalog_rows() -> list[dict[str, str]]:
