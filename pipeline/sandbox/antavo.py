@@ -134,6 +134,14 @@ def _number(value: Any, name: str) -> Decimal:
     return number
 
 
+def _transaction_id(data: dict[str, Any]) -> str:
+    """The event's ``transaction_id``: present, not empty, and a valid identifier."""
+    tid = data.get("transaction_id")
+    if tid is None or str(tid) == "":
+        raise _bad("Property transaction_id cannot be empty")
+    return _identifier(tid, "transaction_id")
+
+
 def _identifier(value: Any, name: str) -> str:
     """An id sent as a string or an integer."""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -230,10 +238,7 @@ class AntavoPlatform:
 
     def _checkout(self, customer: str | None, event: dict[str, Any], data: dict[str, Any]
                   ) -> list[dict[str, Any]]:
-        tid = data.get("transaction_id")
-        if tid is None or str(tid) == "":
-            raise _bad("Property transaction_id cannot be empty")
-        tid = _identifier(tid, "transaction_id")
+        tid = _transaction_id(data)
         if data.get("total") is None:
             raise _bad("Property total cannot be empty")
         total = _number(data["total"], "total")
@@ -293,10 +298,7 @@ class AntavoPlatform:
         """``checkout_claim`` moves a guest transaction to the member. A repeat by the member who
         owns it answers as the first claim did (it changes nothing); a transaction of another
         member is refused (103902), an unknown one too (112201)."""
-        tid = data.get("transaction_id")
-        if tid is None or str(tid) == "":
-            raise _bad("Property transaction_id cannot be empty")
-        tid = _identifier(tid, "transaction_id")
+        tid = _transaction_id(data)
         with self.state.lock:
             record = self.state.get_transaction(PLATFORM, tid)
             if record is None:
@@ -315,10 +317,7 @@ class AntavoPlatform:
         return [event]
 
     def _refund(self, customer: str | None, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        tid = data.get("transaction_id")
-        if tid is None or str(tid) == "":
-            raise _bad("Property transaction_id cannot be empty")
-        tid = _identifier(tid, "transaction_id")
+        tid = _transaction_id(data)
         with self.state.lock:
             record = self.state.get_transaction(PLATFORM, tid)
             if record is None or record["status"] != "accepted":
