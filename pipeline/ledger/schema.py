@@ -1,0 +1,180 @@
+"""The ledger's schema: numbered migrations (version N to N+1), each applied in one transaction.
+
+The schema is versioned (``schema_version``); opening an older ledger migrates it step by step
+(:data:`MIGRATIONS`). A new step goes at the end; an existing step is never edited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from pipeline.ledger.db import Db
+from pipeline.ledger.errors import LedgerError
+
+log = logging.getLogger(__name__)
+
+
+def _script(db: Db, sql: str) -> None:
+    """Run several statements inside the caller's transaction (``executescript`` would commit)."""
+    for statement in sql.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate_0_to_1(db: Db) -> None:
+    """The first schema: runs, files, transactions, rejects, run membership."""
+    _script(
+        db,
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            feed TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('run', 'rerun')),
+            dry_run INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            exit_code INTEGER,
+            selection TEXT,
+            counts TEXT,
+            host TEXT,
+            pid INTEGER
+        );
+        CREATE INDEX runs_feed ON runs (feed, started_at);
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            feed TEXT NOT NULL,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime REAL NOT NULL,
+            sha256 TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            first_run_id TEXT NOT NULL REFERENCES runs (id),
+            supersedes_file_id INTEGER REFERENCES files (id),
+            superseded_by_file_id INTEGER REFERENCES files (id),
+            rows_in INTEGER,
+            amount_in TEXT,
+            finished_action TEXT,
+            finished_at TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX files_sha ON files (scope, sha256);
+        CREATE INDEX files_name ON files (scope, name);
+        CREATE TABLE transactions (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,
+            feed TEXT NOT NULL,
+            transaction_id TEXT,
+            content_hash TEXT,
+            state TEXT NOT NULL,
+            primary_id INTEGER REFERENCES transactions (id),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error_code TEXT,
+            last_error_message TEXT,
+            event_ids TEXT,
+            points TEXT,
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            source_file TEXT NOT NULL,
+            source_lines TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            store_id TEXT,
+            business_date TEXT,
+            transaction_type TEXT,
+            currency TEXT,
+            amount TEXT NOT NULL,
+            reject_code TEXT,
+            checkout TEXT,
+            first_run_id TEXT NOT NULL REFERENCES runs (id),
+            last_run_id TEXT NOT NULL REFERENCES runs (id),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX transactions_primary ON transactions (scope, transaction_id)
+            WHERE state IN ('queued', 'sending', 'accepted', 'failed_retryable',
+                            'failed_permanent', 'not_sent', 'void');
+        CREATE INDEX transactions_file ON transactions (file_id);
+        CREATE TABLE rejects (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs (id),
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            txn_row_id INTEGER REFERENCES transactions (id),
+            source_file TEXT NOT NULL,
+            source_line INTEGER,
+            transaction_id TEXT,
+            store_id TEXT,
+            business_date TEXT,
+            code TEXT NOT NULL,
+            field TEXT,
+            reason TEXT,
+            amount TEXT NOT NULL,
+            original TEXT NOT NULL
+        );
+        CREATE INDEX rejects_run ON rejects (run_id);
+        CREATE TABLE run_transactions (
+            run_id TEXT NOT NULL REFERENCES runs (id),
+            txn_row_id INTEGER NOT NULL REFERENCES transactions (id),
+            origin TEXT NOT NULL,
+            PRIMARY KEY (run_id, txn_row_id)
+        );
+        """
+    )
+
+
+def _migrate_1_to_2(db: Db) -> None:
+    """Per-file input totals (for balancing) and each run's end state of its transactions."""
+    _script(
+        db,
+        """
+        CREATE TABLE file_totals (
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            store_id TEXT NOT NULL,
+            business_date TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            transactions INTEGER NOT NULL,
+            amount TEXT NOT NULL,
+            PRIMARY KEY (file_id, store_id, business_date)
+        );
+        ALTER TABLE run_transactions ADD COLUMN state_at_end TEXT;
+        CREATE INDEX transactions_scope_state ON transactions (scope, state);
+        CREATE INDEX transactions_day ON transactions (feed, business_date);
+        """
+    )
+
+
+def _migrate_2_to_3(db: Db) -> None:
+    """A plain index on (scope, transaction_id): lookups by id whatever the state (SQLite cannot
+    use the partial unique index unless a query repeats its WHERE clause word for word)."""
+    _script(db, "CREATE INDEX transactions_tid ON transactions (scope, transaction_id)")
+
+
+MIGRATIONS: tuple[Callable[[Db], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: Db, target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema of ``db`` up to version ``target``, one step per transaction."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = db.one("SELECT version FROM schema_version")
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"ledger schema version {version} is newer than this posfeed understands ({SCHEMA_VERSION})"
+        )
+    while version < target:
+        with db.transaction():
+            MIGRATIONS[version](db)
+            if version == 0:
+                db.execute("INSERT INTO schema_version (version) VALUES (1)")
+            else:
+                db.execute("UPDATE schema_version SET version = ?", (version + 1,))
+        log.info("ledger migrated to schema version %d", version + 1)
+        version += 1
+    return version
