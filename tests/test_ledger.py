@@ -12,6 +12,7 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pipeline.ledger import (
@@ -24,6 +25,9 @@ from pipeline.ledger import (
     TxnState,
     migrate,
 )
+from pipeline.ledger.connection import SqliteDb
+from pipeline.ledger.db import Db
+from pipeline.ledger.postgres import PgDb
 from pipeline.sinks.base import EventResult, Outcome
 
 SCOPE = "acme"
@@ -50,10 +54,26 @@ def _file(ledger: Ledger, run_id: str, name: str = "f.csv", sha: str = "a" * 64)
     return ledger.register_file(run_id, scope=SCOPE, feed="hourly", name=name, size=10, mtime=1.0, sha256=sha)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a fresh ledger goes: a SQLite file, or a fresh database of the test PostgreSQL cluster."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_db")
+        return url
+    return tmp_path / "ledger.sqlite"
+
+
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(tmp_path / "ledger.sqlite") as opened:
+def ledger(location: Path | str) -> Iterator[Ledger]:
+    with Ledger(location) as opened:
         yield opened
+
+
+def _raw(location: Path | str) -> Db:
+    """The ledger's database without the ledger (no migrations): for setting up old or odd states."""
+    if isinstance(location, Path):
+        return SqliteDb(sqlite3.connect(location, isolation_level=None))
+    return PgDb(psycopg.connect(location, autocommit=True))
 
 
 def _queued(ledger: Ledger, *tids: str) -> str:
@@ -77,9 +97,15 @@ def _state(ledger: Ledger, tid: str) -> TxnState:
     return states[tid]
 
 
-def test_new_ledger_is_wal_at_current_version(ledger: Ledger) -> None:
+def test_new_ledger_is_at_current_version(ledger: Ledger, location: Path | str) -> None:
     assert ledger.schema_version == SCHEMA_VERSION
-    mode = sqlite3.connect(ledger.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert ledger.backend == ("sqlite" if isinstance(location, Path) else "postgresql")
+
+
+def test_new_sqlite_ledger_is_wal(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        assert ledger.path is not None
+        mode = sqlite3.connect(ledger.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
 
@@ -348,15 +374,15 @@ def test_runs_listing_and_finish(ledger: Ledger) -> None:
     assert ledger.runs(feed="other") == []
 
 
-def test_reopen_after_a_killed_process(tmp_path: Path) -> None:
+def test_reopen_after_a_killed_process(location: Path | str) -> None:
     """A process killed mid-run leaves every committed transition readable by the next."""
-    path = tmp_path / "ledger.sqlite"
+    path = str(location)
     script = textwrap.dedent(
         f"""
         import json, os, signal
         from decimal import Decimal
         from pipeline.ledger import Ledger, NewTransaction, TxnState
-        ledger = Ledger({str(path)!r})
+        ledger = Ledger({path!r})
         run_id = ledger.start_run(feed="hourly", scope="acme")
         f = ledger.register_file(run_id, scope="acme", feed="hourly", name="f.csv", size=1, mtime=1.0,
                                  sha256="a" * 64)
@@ -371,14 +397,13 @@ def test_reopen_after_a_killed_process(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], check=False)
     assert proc.returncode == -9
-    with Ledger(path) as reopened:
+    with Ledger(location) as reopened:
         assert reopened.state_counts("acme") == {"accepted": 1, "sending": 1}
         assert reopened.close_abandoned_runs("acme")
 
 
-def test_migration_from_an_older_version(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path, isolation_level=None)
+def test_migration_from_an_older_version(location: Path | str) -> None:
+    db = _raw(location)
     assert migrate(db, target=1) == 1
     db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at) "
                "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20')")
@@ -390,7 +415,7 @@ def test_migration_from_an_older_version(tmp_path: Path) -> None:
                "'r1', 'r1', 'now', 'now')")
     db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', 1, 'file')")
     db.close()
-    with Ledger(path) as ledger:
+    with Ledger(location) as ledger:
         assert ledger.schema_version == SCHEMA_VERSION == 3
         assert ledger.known("acme") == [("T1", "h")]
         assert ledger.file_totals([1]) == []
@@ -401,11 +426,10 @@ def test_migration_from_an_older_version(tmp_path: Path) -> None:
         assert row.state is TxnState.QUEUED and row.amount == Decimal("9.99")
 
 
-def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "new.sqlite"
-    Ledger(path).close()
-    db = sqlite3.connect(path, isolation_level=None)
+def test_a_newer_schema_is_refused(location: Path | str) -> None:
+    Ledger(location).close()
+    db = _raw(location)
     db.execute("UPDATE schema_version SET version = 99")
     db.close()
     with pytest.raises(Exception, match="newer"):
-        Ledger(path)
+        Ledger(location)

@@ -25,6 +25,7 @@ class SqliteDb:
     """A :class:`~pipeline.ledger.db.Db` on one SQLite connection."""
 
     paramstyle = "qmark"  # sqlite3 takes the ledger's ? placeholders as they are
+    dialect = "sqlite"
 
     def __init__(self, connection: sqlite3.Connection):
         self._connection = connection
@@ -53,6 +54,22 @@ class SqliteDb:
         if row_id is None:
             raise LedgerError(f"no row inserted by {sql.split('(')[0].strip()}")
         return row_id
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Append many rows to ``table`` (one prepared INSERT, executed per row)."""
+        self.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows
+        )
+
+    def json_text(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"
+
+    def json_set_text(self, column: str, key: str) -> str:
+        # SQLite edits the stored JSON in place: no Python decode and encode per checkout
+        return f"json_set({column}, '$.{key}', ?)"
+
+    def json_without(self, column: str, key: str) -> str:
+        return f"json_remove({column}, '$.{key}')"
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteDb]:

@@ -1,9 +1,12 @@
 """The one seam between the ledger's queries and a database: :class:`Db`.
 
 Every statement the ledger runs goes through a :class:`Db` (``connection.py`` holds the SQLite
-one). Queries are written once, with ``?`` placeholders (:attr:`Db.paramstyle` ``"qmark"``); a
-backend whose driver takes another style rewrites them inside its own ``Db``, the one place that
-knows. Rows are read by position or by column name.
+one, ``postgres.py`` the PostgreSQL one). Queries are written once, with ``?`` placeholders
+(:attr:`Db.paramstyle` ``"qmark"``); a backend whose driver takes another style rewrites them
+inside its own ``Db``, the one place that knows. What the dialects spell differently is asked of
+the ``Db`` too: JSON expressions over TEXT columns (:meth:`Db.json_text` ...), bulk appends
+(:meth:`Db.copy_rows`), the new row's id (:meth:`Db.insert`) and how a write transaction keeps
+other writers out (:meth:`Db.transaction`). Rows are read by position or by column name.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Db(Protocol):
     in between."""
 
     paramstyle: str  # how the queries handed in mark their parameters: always "qmark" (?)
+    dialect: str  # "sqlite" or "postgresql": for messages and tests; queries never branch on it
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns how many rows it changed."""
@@ -49,6 +53,22 @@ class Db(Protocol):
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Insert one row into a table with an integer ``id`` key; returns the new row's id."""
+        ...
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Append many rows to ``table`` (the backend's fastest bulk path)."""
+        ...
+
+    def json_text(self, column: str, key: str) -> str:
+        """SQL for the text of top-level ``key`` of the JSON stored as TEXT in ``column``."""
+        ...
+
+    def json_set_text(self, column: str, key: str) -> str:
+        """SQL for the JSON in ``column`` with ``key`` set to the string of one ``?`` parameter."""
+        ...
+
+    def json_without(self, column: str, key: str) -> str:
+        """SQL for the JSON in ``column`` without top-level ``key``."""
         ...
 
     def transaction(self) -> AbstractContextManager[Db]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from pipeline.ledger.connection import open_sqlite
 from pipeline.ledger.db import Db
 from pipeline.ledger.files import Files
+from pipeline.ledger.location import is_postgres_url, masked_url
 from pipeline.ledger.recording import Recording
 from pipeline.ledger.rejects import Rejects
 from pipeline.ledger.runs import Runs
@@ -17,22 +18,46 @@ from pipeline.ledger.transitions import Transitions
 
 
 class Ledger(Runs, Files, Recording, Transitions, Transactions, Totals, Rejects, Scrubbing):
-    """The ledger file: open it, change it only through its verb-named transitions.
+    """The ledger (a SQLite file or a PostgreSQL database): open it, change it only through its
+    verb-named transitions.
 
     Each part (runs, files, recording, transitions, transactions, totals, rejects, scrubbing) is a
     class of its own module whose methods share this ledger's one :class:`~pipeline.ledger.db.Db`.
     """
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
+    def __init__(self, location: Path | str, *, private_copy: bool = False):
+        """Open the ledger at ``location``: a SQLite file path, or a ``postgresql://`` URL (the
+        driver, psycopg, is imported only then). ``private_copy`` (PostgreSQL only) opens a copy
+        of this session's own that nothing else sees, for a dry run."""
         self._db: Db
-        self._db, self.schema_version = open_sqlite(self.path)
+        self.url: str | None = None
+        self.path: Path | None
+        if is_postgres_url(location):
+            from pipeline.ledger.postgres import open_postgres, open_postgres_copy
+
+            self.url = str(location)
+            self.path = None
+            opener = open_postgres_copy if private_copy else open_postgres
+            self._db, self.schema_version = opener(self.url)
+        else:
+            self.path = Path(location)
+            self._db, self.schema_version = open_sqlite(self.path)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.dialect
+
+    @property
+    def location(self) -> str:
+        """Where the ledger is, for messages: the file, or the URL without its password."""
+        return masked_url(self.url) if self.url else str(self.path)
 
     def close(self) -> None:
-        """Close the file (a crash without close loses nothing committed).
+        """Close the ledger (a crash without close loses nothing committed).
 
-        The write-ahead log is checkpointed into the database and truncated first, so the file
-        alone holds the ledger's state (and no stale page images linger in the WAL).
+        A SQLite file's write-ahead log is checkpointed into the database and truncated first, so
+        the file alone holds the ledger's state (and no stale page images linger in the WAL).
         """
         self._db.close()
 

@@ -61,12 +61,12 @@ class Recording:
             for txn in transactions:
                 if txn.state not in RECORDABLE:
                     raise IllegalTransitionError(txn.transaction_id, "new", txn.state)
-            db.executemany(
-                "INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, "
-                "file_id, source_file, source_lines, rows, store_id, business_date, "
-                "transaction_type, currency, amount, reject_code, checkout, first_run_id, "
-                "last_run_id, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.copy_rows(
+                "transactions",
+                ("scope", "feed", "transaction_id", "content_hash", "state", "file_id", "source_file",
+                 "source_lines", "rows", "store_id", "business_date", "transaction_type", "currency",
+                 "amount", "reject_code", "checkout", "first_run_id", "last_run_id", "created_at",
+                 "updated_at"),
                 [
                     (
                         file.scope, file.feed, txn.transaction_id, txn.content_hash, txn.state.value,

@@ -15,10 +15,10 @@ def insert_rejects(
     db: Db, run_id: str, file: FileRecord, rejects: Iterable[NewReject], row_of_line: Mapping[int, int]
 ) -> None:
     """Record a file's rejected lines; ``row_of_line`` is the rejected transaction row of a line."""
-    db.executemany(
-        "INSERT INTO rejects (run_id, file_id, txn_row_id, source_file, source_line, "
-        "transaction_id, store_id, business_date, code, field, reason, amount, original) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    db.copy_rows(
+        "rejects",
+        ("run_id", "file_id", "txn_row_id", "source_file", "source_line", "transaction_id", "store_id",
+         "business_date", "code", "field", "reason", "amount", "original"),
         [
             (
                 run_id,

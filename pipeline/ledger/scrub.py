@@ -25,16 +25,17 @@ class Scrubbing:
         """
         with self._db.transaction() as db:
             rows = db.query(
-                "SELECT t.id, json_extract(t.checkout, '$.customer_id') FROM run_transactions rt "
+                f"SELECT t.id, {db.json_text('t.checkout', 'customer_id')} FROM run_transactions rt "
                 "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.scope = ? "
                 f"AND t.state IN {NEVER_SENT_AGAIN_SQL} AND t.checkout IS NOT NULL",
                 (run_id, scope),
             )
             masked = [(mask(str(customer)), row_id) for row_id, customer in rows
                       if customer is not None and not str(customer).startswith(MASK_PREFIX)]
-            # SQLite edits the stored JSON in place: no Python decode and encode per checkout
+            # the database edits the stored JSON in place: no Python decode and encode per checkout
             db.executemany(
-                "UPDATE transactions SET checkout = json_set(checkout, '$.customer_id', ?) WHERE id = ?",
+                f"UPDATE transactions SET checkout = {db.json_set_text('checkout', 'customer_id')} "
+                "WHERE id = ?",
                 masked,
             )
         return len(masked)
@@ -45,9 +46,9 @@ class Scrubbing:
         returns how many changed. Pending rows keep what a resend needs."""
         with self._db.transaction() as db:
             return db.execute(
-                "UPDATE transactions SET checkout = json_remove(checkout, '$.profile') WHERE id IN ("
+                f"UPDATE transactions SET checkout = {db.json_without('checkout', 'profile')} WHERE id IN ("
                 "SELECT t.id FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
                 f"WHERE rt.run_id = ? AND t.scope = ? AND t.state IN {NEVER_SENT_AGAIN_SQL} "
-                "AND t.checkout IS NOT NULL AND json_extract(t.checkout, '$.profile') IS NOT NULL)",
+                f"AND t.checkout IS NOT NULL AND {db.json_text('t.checkout', 'profile')} IS NOT NULL)",
                 (run_id, scope),
             )

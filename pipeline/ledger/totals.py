@@ -15,14 +15,13 @@ def insert_totals(
     """Record a file's input totals (store_id, business_date, rows, transactions, amount); returns
     its rows and amount in all."""
     rows_in, amount_in = 0, Decimal(0)
+    values = []
     for store_id, business_date, rows, count, amount in totals:
-        db.execute(
-            "INSERT INTO file_totals (file_id, store_id, business_date, rows, transactions, amount) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (file_id, store_id, business_date, rows, count, str(amount)),
-        )
+        values.append((file_id, store_id, business_date, rows, count, str(amount)))
         rows_in += rows
         amount_in += amount
+    db.copy_rows("file_totals", ("file_id", "store_id", "business_date", "rows", "transactions", "amount"),
+                 values)
     return rows_in, amount_in
 
 

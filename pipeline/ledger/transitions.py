@@ -25,7 +25,8 @@ def attach(db: Db, run_id: str, row_ids: Sequence[int], origin: str) -> None:
     """Make transaction rows part of ``run_id`` (``origin``: file, settle or retry); a row already
     part of it stays as it was."""
     db.executemany(
-        "INSERT OR IGNORE INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+        "INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
         [(run_id, i, origin) for i in row_ids],
     )
 
@@ -204,8 +205,8 @@ class Transitions:
             db.executemany(
                 "UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?, "
                 "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
-                "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN ? IS NULL "
-                "THEN checkout ELSE json_set(checkout, '$.customer_id', ?) END WHERE id = ?",
+                "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
+                f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
                 updates,
             )
 

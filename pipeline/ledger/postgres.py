@@ -1,0 +1,234 @@
+"""The PostgreSQL ledger: opening it from a ``postgresql://`` URL, statements and transactions.
+
+The only module that knows the ledger is PostgreSQL (psycopg 3): :class:`PgDb` is the
+:class:`~pipeline.ledger.db.Db` the ledger's parts talk to, so they keep their one set of queries.
+What differs from SQLite is translated here:
+
+* placeholders: the ledger's ``?`` become psycopg's ``%s`` (a literal ``%`` is doubled);
+* ``insert``: ``RETURNING id`` instead of SQLite's ``lastrowid``;
+* JSON in TEXT columns: ``jsonb`` operators instead of ``json_extract`` / ``json_set`` /
+  ``json_remove`` (the stored text is re-serialized by ``jsonb``: same keys and values);
+* bulk writes: ``COPY ... FROM STDIN`` (:meth:`PgDb.copy_rows`), ``executemany`` pipelined;
+* transactions: SQLite's ``BEGIN IMMEDIATE`` lets one writer in at a time; here every write
+  transaction first takes one transaction-level advisory lock (:data:`WRITE_LOCK`), so writers
+  from any number of processes and hosts are serialized the same way and read-then-write steps
+  (recording a file, settling results) see what they change. Migrations run inside such
+  transactions, so two workers starting at once never both migrate.
+
+Money stays decimal TEXT as in SQLite, so every value round-trips exactly. The connection runs
+in autocommit mode outside :meth:`PgDb.transaction`; one connection is shared by the threads of a
+run, serialized by a re-entrant lock. The URL's password never appears in messages
+(:func:`masked_url`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, overload
+
+import psycopg
+from psycopg import sql as pgsql
+
+from pipeline.ledger import schema
+from pipeline.ledger.db import Row
+from pipeline.ledger.errors import LedgerError
+from pipeline.ledger.location import masked_url, register_url_secret, url_password
+
+# (classid, objid) of the advisory lock every write transaction takes: the two-int4 key space, apart
+# from the scope locks' bigint keys; ("posf", 2) next to pipeline.pg_locks's ("posf", 1)
+WRITE_LOCK = (0x706F7366, 2)
+# the ledger's tables, in an order that copies parents before children
+TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals")
+_IDENTITY_TABLES = ("files", "transactions", "rejects")
+_QMARK = re.compile(r"\?")
+
+
+def _scrub(message: str, url: str) -> str:
+    password = url_password(url)
+    return message.replace(password, "***") if password else message
+
+
+def to_pyformat(sql: str) -> str:
+    """A ledger query (``?`` placeholders) in psycopg's style (``%s``; a literal ``%`` doubled)."""
+    return _QMARK.sub("%s", sql.replace("%", "%%"))
+
+
+class PgRow(Sequence[Any]):
+    """One result row: by position (``row[0]``, ``row[:n]``) or by column name (``row["id"]``)."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: Sequence[Any], index: dict[str, int]):
+        self._values = tuple(values)
+        self._index = index
+
+    @overload
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    @overload
+    def __getitem__(self, key: slice, /) -> tuple[Any, ...]: ...
+    def __getitem__(self, key: int | str | slice, /) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+    def __repr__(self) -> str:
+        return f"PgRow({dict(zip(self._index, self._values, strict=True))!r})"
+
+
+def _row_factory(cursor: Any) -> Any:
+    names = [column.name for column in cursor.description or ()]
+    index = {name: i for i, name in enumerate(names)}
+
+    def make(values: Sequence[Any]) -> PgRow:
+        return PgRow(values, index)
+
+    return make
+
+
+class PgDb:
+    """A :class:`~pipeline.ledger.db.Db` on one PostgreSQL connection."""
+
+    paramstyle = "qmark"  # what the ledger hands in; rewritten to psycopg's %s here
+    dialect = "postgresql"
+
+    def __init__(self, connection: psycopg.Connection[Any], *, private: bool = False):
+        self._connection = connection
+        self._mutex = threading.RLock()
+        self._private = private  # temporary tables only (a dry run): no other writer to wait for
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._mutex, self._connection.cursor() as cursor:
+            cursor.execute(to_pyformat(sql), params)
+            return cursor.rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with self._mutex, self._connection.cursor() as cursor:
+            cursor.executemany(to_pyformat(sql), rows)  # pipelined: one round trip, not one per row
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
+            cursor.execute(to_pyformat(sql), params)
+            return list(cursor.fetchall())
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        with self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
+            cursor.execute(to_pyformat(sql), params)
+            row: Row | None = cursor.fetchone()
+            return row
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._mutex, self._connection.cursor() as cursor:
+            cursor.execute(to_pyformat(sql) + " RETURNING id", params)
+            row = cursor.fetchone()
+        if row is None:
+            raise LedgerError(f"no row inserted by {sql.split('(')[0].strip()}")
+        return int(row[0])
+
+    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Append many rows to ``table`` with one ``COPY ... FROM STDIN``."""
+        statement = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+            pgsql.Identifier(table), pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
+        )
+        with self._mutex, self._connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    # -- dialect: JSON kept as TEXT -----------------------------------------------------------
+
+    def json_text(self, column: str, key: str) -> str:
+        """SQL for the text of top-level ``key`` of the JSON in ``column`` (NULL when absent)."""
+        return f"({column}::jsonb ->> '{key}')"
+
+    def json_set_text(self, column: str, key: str) -> str:
+        """SQL for the JSON in ``column`` with ``key`` set to the string of one ``?`` parameter."""
+        return f"(jsonb_set({column}::jsonb, '{{{key}}}', to_jsonb(CAST(? AS TEXT)))::text)"
+
+    def json_without(self, column: str, key: str) -> str:
+        """SQL for the JSON in ``column`` without top-level ``key``."""
+        return f"(({column}::jsonb - '{key}')::text)"
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[PgDb]:
+        """One write transaction, after every other writer's (see the module docstring)."""
+        with self._mutex, self._connection.transaction():
+            if not self._private:
+                self._connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", WRITE_LOCK)
+            yield self
+
+    def close(self) -> None:
+        """Close the connection (what is committed stays)."""
+        with self._mutex:
+            self._connection.close()
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    register_url_secret(url)
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=30, application_name="posfeed ledger")
+    except psycopg.Error as exc:
+        raise LedgerError(f"{masked_url(url)}: cannot open ledger: {_scrub(str(exc), url)}") from None
+
+
+def open_postgres(url: str) -> tuple[PgDb, int]:
+    """Connect to the ledger database at ``url`` and bring its schema up to date; returns the
+    database and its schema version."""
+    connection = _connect(url)
+    try:
+        db = PgDb(connection)
+        return db, schema.migrate(db)
+    except psycopg.Error as exc:
+        connection.close()
+        raise LedgerError(f"{masked_url(url)}: cannot open ledger: {_scrub(str(exc), url)}") from None
+
+
+def open_postgres_copy(url: str) -> tuple[PgDb, int]:
+    """A private copy of the ledger at ``url`` for a dry run: temporary tables of this session
+    (searched before the real ones) filled from the real tables, which are only read. Nothing
+    written reaches the real ledger or waits for its writers; it is gone when the session ends."""
+    db, version = open_postgres(url)
+    connection = db._connection
+    try:
+        home = _schema_of(connection)
+        with connection.transaction():
+            for table in TABLES:
+                real = pgsql.SQL("{}.{}").format(pgsql.Identifier(home), pgsql.Identifier(table))
+                connection.execute(pgsql.SQL("CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING ALL)").format(
+                    pgsql.Identifier(table), real))
+                connection.execute(pgsql.SQL("INSERT INTO pg_temp.{} SELECT * FROM {}").format(
+                    pgsql.Identifier(table), real))
+            for table in _IDENTITY_TABLES:
+                connection.execute(pgsql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({name}, 'id'), "
+                    "COALESCE((SELECT max(id) FROM pg_temp.{table}), 0) + 1, false)"
+                ).format(name=pgsql.Literal(f"pg_temp.{table}"), table=pgsql.Identifier(table)))
+    except psycopg.Error as exc:
+        db.close()
+        raise LedgerError(f"{masked_url(url)}: cannot copy the ledger for a dry run: "
+                          f"{_scrub(str(exc), url)}") from None
+    return PgDb(connection, private=True), version
+
+
+def _schema_of(connection: psycopg.Connection[Any]) -> str:
+    row = connection.execute("SELECT current_schema()").fetchone()
+    if row is None or row[0] is None:
+        raise LedgerError("the ledger database has no current schema (search_path)")
+    return str(row[0])
