@@ -37,6 +37,9 @@ def settings_of(ctx: click.Context) -> Settings:
               help="Folder of feed TOML files [env POSFEED_FEEDS_DIR; default ./feeds].")
 @click.option("--reports-dir", type=click.Path(path_type=Path), envvar="POSFEED_REPORTS_DIR",
               help="Where run reports go [env POSFEED_REPORTS_DIR; default ./reports].")
+@click.option("--ledger-url", envvar="POSFEED_LEDGER_URL", metavar="URL",
+              help="A PostgreSQL ledger shared by several hosts, postgresql://user@host/db "
+                   "[env POSFEED_LEDGER_URL; default: ledger.sqlite in the state folder].")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Log lines on stderr as text or JSON lines.")
 @click.option("-v", "--verbose", count=True, help="More log detail (-v info, -vv debug).")
@@ -47,20 +50,21 @@ def cli(
     state_dir: Path | None,
     feeds_dir: Path | None,
     reports_dir: Path | None,
+    ledger_url: str | None,
     log_format: str,
     verbose: int,
 ) -> None:
     """posfeed: POS transaction exports to loyalty platforms, exactly once, with reconciliation."""
     ctx.ensure_object(dict)
-    ctx.obj["settings"] = Settings.from_env(
-        state_dir=state_dir, feeds_dir=feeds_dir, reports_dir=reports_dir
-    )
-    ctx.obj["log_format"] = log_format
-    ctx.obj["verbose"] = verbose
     from pipeline.config import register_env_secrets_of_feeds
     from pipeline.logs import setup_logging
 
     setup_logging(log_format, verbose)
+    ctx.obj["settings"] = Settings.from_env(
+        state_dir=state_dir, feeds_dir=feeds_dir, reports_dir=reports_dir, ledger_url=ledger_url
+    )
+    ctx.obj["log_format"] = log_format
+    ctx.obj["verbose"] = verbose
     register_env_secrets_of_feeds(ctx.obj["settings"].feeds_dir)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -510,11 +510,26 @@ def resolve_secret(
 
 @dataclass(frozen=True)
 class Settings:
-    """Global settings: where state, feeds and reports live."""
+    """Global settings: where state, feeds and reports live, and the ledger when it is not in the
+    state folder (``ledger_url``: a PostgreSQL database shared by several hosts)."""
 
     state_dir: Path = Path(".posfeed")
     feeds_dir: Path = Path("feeds")
     reports_dir: Path = Path("reports")
+    ledger_url: str | None = field(default=None, repr=False)  # its password is a secret
+
+    def __post_init__(self) -> None:
+        if self.ledger_url is None:
+            return
+        from pipeline.ledger.location import is_postgres_url, masked_url, register_url_secret
+
+        register_url_secret(self.ledger_url)
+        if not is_postgres_url(self.ledger_url):
+            scheme = self.ledger_url.split(":", 1)[0] if ":" in self.ledger_url else ""
+            raise ConfigError(
+                f"ledger URL {masked_url(self.ledger_url)!r}: scheme {scheme or '(none)'!r} is not "
+                "supported: use postgresql://host/database, or no URL for the ledger in the state folder"
+            )
 
     @classmethod
     def from_env(
@@ -523,6 +538,7 @@ class Settings:
         state_dir: Path | None = None,
         feeds_dir: Path | None = None,
         reports_dir: Path | None = None,
+        ledger_url: str | None = None,
     ) -> Settings:
         """Settings from explicit values, else `POSFEED_*` environment variables, else defaults."""
         env = os.environ
@@ -530,12 +546,31 @@ class Settings:
             state_dir=state_dir or Path(env.get("POSFEED_STATE_DIR", ".posfeed")),
             feeds_dir=feeds_dir or Path(env.get("POSFEED_FEEDS_DIR", "feeds")),
             reports_dir=reports_dir or Path(env.get("POSFEED_REPORTS_DIR", "reports")),
+            ledger_url=ledger_url or env.get("POSFEED_LEDGER_URL") or None,
         )
 
     @property
     def ledger_path(self) -> Path:
-        """The SQLite ledger file."""
+        """The SQLite ledger file (used when there is no ``ledger_url``)."""
         return self.state_dir / "ledger.sqlite"
+
+    @property
+    def ledger_location(self) -> Path | str:
+        """Where the ledger is: the PostgreSQL URL, else the SQLite file in the state folder."""
+        return self.ledger_url or self.ledger_path
+
+    @property
+    def ledger_name(self) -> str:
+        """The ledger's location for messages: the file, or the URL without its password."""
+        if self.ledger_url:
+            from pipeline.ledger.location import masked_url
+
+            return masked_url(self.ledger_url)
+        return str(self.ledger_path)
+
+    def ledger_exists(self) -> bool:
+        """Whether there is a ledger to read (a database server is asked when it is opened)."""
+        return bool(self.ledger_url) or self.ledger_path.exists()
 
     @property
     def staging_dir(self) -> Path:

@@ -194,12 +194,12 @@ def rerun_command(
     if feed_name is None:
         if run_id is None:
             raise click.UsageError("give --feed NAME (or a RUN_ID, whose feed is used)")
-        if not settings.ledger_path.exists():
-            raise click.BadParameter(f"no ledger at {settings.ledger_path}", param_hint="RUN_ID")
-        with Ledger(settings.ledger_path) as ledger:
+        if not settings.ledger_exists():
+            raise click.BadParameter(f"no ledger at {settings.ledger_name}", param_hint="RUN_ID")
+        with Ledger(settings.ledger_location) as ledger:
             run = ledger.run(run_id)
         if run is None:
-            raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_path}", param_hint="RUN_ID")
+            raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_name}", param_hint="RUN_ID")
         feed_name = run.feed
     feed = load_feed(feed_name, settings.feeds_dir)
     with stop_on_signals() as stop, make_progress(json_output=as_json) as progress:
@@ -215,8 +215,8 @@ _RUN_COLUMNS = ("run_id", "feed", "kind", "status", "exit", "rows_in", "accepted
 def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_json: bool) -> int:
     """`posfeed runs`: run history, newest first."""
     records = []
-    if settings.ledger_path.exists():
-        with Ledger(settings.ledger_path) as ledger:
+    if settings.ledger_exists():
+        with Ledger(settings.ledger_location) as ledger:
             records = ledger.runs(feed=feed, limit=limit)
     rows = []
     for run in records:
@@ -256,13 +256,13 @@ def report_command(
     """`posfeed report`: regenerate the reports of a run, or of a feed's business day."""
     if bool(run_id) == bool(feed and business_date):
         raise click.UsageError("give RUN_ID, or --feed NAME --business-date YYYY-MM-DD")
-    if not settings.ledger_path.exists():
-        raise ConfigError(f"no ledger at {settings.ledger_path}")
-    with Ledger(settings.ledger_path) as ledger:
+    if not settings.ledger_exists():
+        raise ConfigError(f"no ledger at {settings.ledger_name}")
+    with Ledger(settings.ledger_location) as ledger:
         if run_id:
             run = ledger.run(run_id)
             if run is None:
-                raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_path}", param_hint="RUN_ID")
+                raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_name}", param_hint="RUN_ID")
             stored = run.counts or {}
             fresh = run_report(ledger, run_id)
             extra = {k: v for k, v in stored.items() if k not in fresh.summary}
@@ -327,7 +327,7 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     feeds = [f for f in feeds if f.expected.cadence != "none"]
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
-    ledger = Ledger(settings.ledger_path) if settings.ledger_path.exists() else None
+    ledger = Ledger(settings.ledger_location) if settings.ledger_exists() else None
     try:
         for item in feeds:
             records = ledger.files(scope=item.scope) if ledger is not None else []

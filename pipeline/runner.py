@@ -36,9 +36,9 @@ from pipeline.config import Feed, Settings
 from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
 from pipeline.expected import SeenFile, report_missing
 from pipeline.ledger import Ledger, new_run_id
-from pipeline.locks import RunLock
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
+from pipeline.scope_locks import lock_kind
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source
@@ -133,7 +133,14 @@ def _default_sink_factory(feed: Feed) -> Sink:
 
 @contextmanager
 def _open_ledger(settings: Settings, dry_run: bool, workdir: Path) -> Iterator[Ledger]:
-    """The real ledger, or for a dry run a private copy of it (the real file is only read)."""
+    """The real ledger, or for a dry run a private copy of it (the real one is only read)."""
+    if settings.ledger_url:  # PostgreSQL: a dry run works on temporary copies of the tables
+        shared = Ledger(settings.ledger_url, private_copy=dry_run)
+        try:
+            yield shared
+        finally:
+            shared.close()
+        return
     path = settings.ledger_path
     if dry_run:
         copy = workdir / "ledger.sqlite"
@@ -228,7 +235,8 @@ def _execute(
     now: datetime | None,
     on_stage: StageHook | None = None,
 ) -> RunSummary:
-    lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
+    # a ledger shared by several hosts (PostgreSQL) holds the scope locks too, so one host runs a scope
+    lock = lock_kind(settings.ledger_url, settings.state_dir)(feed.scope, feed=feed.name)
     workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
     try:
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:

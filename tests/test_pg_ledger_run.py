@@ -1,0 +1,144 @@
+"""A PostgreSQL ledger end to end, with real processes: `python -m pipeline run` of a sample feed
+against the sandbox with ``POSFEED_LEDGER_URL`` (or ``--ledger-url``) on the throwaway cluster.
+
+Shown to fail: with the runner opening ``settings.ledger_path`` instead of the URL, the run leaves
+a ledger.sqlite and the database stays empty; with ``masked_url`` returning the URL as it is, the
+password shows in the error of an unreachable ledger; with the runner taking file locks in each
+state folder instead of ``lock_kind(url)``, the two workers both process the files and the
+platform sees repeats (duplicate attempts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pipeline.ledger import Ledger, TxnState
+from pipeline.sandbox.server import SandboxServer
+from tests.runner_helpers import copy_samples, delivered_ids, feed_toml, sample_feed, stats
+from tests.sandbox_fixtures import TARGET_KITS
+
+FILES = tuple(f"pos_LON01_20261120_{hour}.csv" for hour in ("10", "11", "12"))
+PASSWORD = "pw-Never-Shown-7f3a"  # the test cluster trusts loopback logins: libpq never sends it
+RUN_ARGS = ["run", "--business-date", "2026-11-20", "--json"]
+
+
+def _with_password(url: str) -> str:
+    return url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@", 1)
+
+
+def _posfeed(tmp: Path, state: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "-v", "--state-dir", str(tmp / state), "--reports-dir",
+         str(tmp / "reports"), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+    )
+
+
+def _done(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def _feed_file(tmp: Path, sandbox: SandboxServer) -> Path:
+    drop = tmp / "drop"
+    copy_samples(drop, FILES)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop)
+    path = tmp / "pgfeed.toml"
+    path.write_text(feed_toml(feed), encoding="utf-8")
+    return path
+
+
+def _env(sandbox: SandboxServer, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "POSFEED_LEDGER_URL"}
+    return {**env, **TARGET_KITS["antavo"].env(sandbox), **extra}
+
+
+def _files_text(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+
+
+def _accepted_sales(url: str) -> list[str]:
+    with Ledger(url) as ledger:
+        rows = ledger.transactions_by_row_id(list(range(1, 5000)))
+    return sorted(str(t.transaction_id) for t in rows
+                  if t.state is TxnState.ACCEPTED and t.transaction_type != "return")
+
+
+def test_a_run_records_everything_in_postgresql_and_runs_shows_it(postgres_db: str, tmp_path: Path) -> None:
+    url = _with_password(postgres_db)
+    with SandboxServer() as sandbox:
+        feed_file = _feed_file(tmp_path, sandbox)
+        env = _env(sandbox, POSFEED_LEDGER_URL=url)
+        code, out, err = _done(_posfeed(tmp_path, "state", env, *RUN_ARGS, "--feed", str(feed_file)))
+        assert code in (0, 65), err[-3000:]  # 65: the sample files hold rejected lines
+        summary = json.loads(out)
+        assert summary["balanced"] is True and summary["accepted"] > 0
+        ids = delivered_ids(sandbox)
+
+        # the ledger is the database: nothing in the state folder, everything in PostgreSQL
+        assert not (tmp_path / "state" / "ledger.sqlite").exists()
+        assert ids and len(ids) == len(set(ids)) and sorted(ids) == _accepted_sales(postgres_db)
+        with psycopg.connect(postgres_db) as conn:
+            row = conn.execute("SELECT status, counts FROM runs WHERE id = %s", (summary["run_id"],)).fetchone()
+        assert row is not None and row[0] == "finished" and json.loads(row[1])["balanced"] is True
+
+        # the history from another host's state folder, the URL given as the option this time
+        listing = _posfeed(tmp_path, "other-host", _env(sandbox), "--ledger-url", url, "runs", "--json")
+        code, runs_out, runs_err = _done(listing)
+        assert code == 0, runs_err
+        (run,) = json.loads(runs_out)
+        assert (run["run_id"], run["status"], run["balanced"]) == (summary["run_id"], "finished", True)
+
+        # a second run finds the files in the ledger (sha256) and sends nothing again
+        requests = stats(sandbox)["requests"]
+        code, again_out, err = _done(_posfeed(tmp_path, "state", env, *RUN_ARGS, "--feed", str(feed_file)))
+        assert code in (0, 65), err[-3000:]
+        assert stats(sandbox)["requests"] == requests and json.loads(again_out)["accepted"] == 0
+
+    everything = out + err + runs_out + runs_err + _files_text(tmp_path / "reports") + _files_text(
+        tmp_path / "state")
+    assert PASSWORD not in everything
+
+
+def test_an_unreachable_ledger_is_named_without_its_password(postgres_cluster: Any, tmp_path: Path) -> None:
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{postgres_cluster.port}/no_such_db"
+    env = {**os.environ, "POSFEED_LEDGER_URL": url}
+    code, out, err = _done(_posfeed(tmp_path, "state", env, "runs"))
+    assert code != 0
+    assert "no_such_db" in err and "postgres:***@127.0.0.1" in err
+    assert PASSWORD not in out + err
+
+
+def test_two_workers_on_one_ledger_send_each_checkout_once(postgres_db: str, tmp_path: Path) -> None:
+    """Two hosts (separate state folders) run the same feed at once on one PostgreSQL ledger: one
+    holds the scope's lock (the other is told so, exit 75) or the files are already recorded; after
+    both run again, every checkout reached the platform exactly once."""
+    with SandboxServer(latency_ms=5) as sandbox:
+        feed_file = _feed_file(tmp_path, sandbox)
+        env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
+        args = (*RUN_ARGS, "--feed", str(feed_file))
+        first = [_posfeed(tmp_path, f"host{i}", env, *args) for i in (1, 2)]
+        results = [_done(p) for p in first]
+        assert all(code in (0, 65, 75) for code, _, _ in results), [r[2][-2000:] for r in results]
+        assert any(code in (0, 65) for code, _, _ in results)
+        held = [err for code, _, err in results if code == 75]
+        assert all("is being run by pid" in err for err in held)
+        for host in ("host1", "host2"):  # whatever the first round left is settled, nothing is repeated
+            code, _, err = _done(_posfeed(tmp_path, host, env, *args))
+            assert code in (0, 65), err[-3000:]
+        ids = delivered_ids(sandbox)
+        after: dict[str, Any] = stats(sandbox)
+    assert ids and len(ids) == len(set(ids))
+    assert sorted(ids) == _accepted_sales(postgres_db)
+    assert after["duplicate_transaction_attempts"] == 0
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == counts.get("failed_retryable", 0) == 0
+        assert {r.status for r in ledger.runs()} == {"finished"}
