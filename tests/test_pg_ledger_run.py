@@ -86,7 +86,8 @@ def test_a_run_records_everything_in_postgresql_and_runs_shows_it(postgres_db: s
         assert not (tmp_path / "state" / "ledger.sqlite").exists()
         assert ids and len(ids) == len(set(ids)) and sorted(ids) == _accepted_sales(postgres_db)
         with psycopg.connect(postgres_db) as conn:
-            row = conn.execute("SELECT status, counts FROM runs WHERE id = %s", (summary["run_id"],)).fetchone()
+            row = conn.execute("SELECT status, counts FROM runs WHERE id = %s",
+                               (summary["run_id"],)).fetchone()
         assert row is not None and row[0] == "finished" and json.loads(row[1])["balanced"] is True
 
         # the history from another host's state folder, the URL given as the option this time
