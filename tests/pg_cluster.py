@@ -1,11 +1,13 @@
 """A real, throwaway PostgreSQL cluster on 127.0.0.1, for the tests that need a PostgreSQL server.
 
-The cluster is made with the server's own ``initdb`` and ``pg_ctl`` from Debian's
+The cluster is made with the server's own ``initdb`` and ``postgres`` from Debian's
 ``/usr/lib/postgresql/<version>/bin`` (the newest version there) in a temporary folder: it listens
 only on 127.0.0.1 on a free port, keeps its unix socket in that folder, runs with ``fsync`` off
 and trusts every local login (nothing in it outlives the session). ``initdb`` refuses to run as
 root, so as root (CI) the server runs as the ``postgres`` system user that Debian's package
-creates, and the folder belongs to it.
+creates, and the folder belongs to it. The server is the test process's own child, stopped at the
+end of the session, and told by the kernel to shut down if the test process dies first (a killed
+pytest leaves no server running).
 
 Fixtures (registered in ``tests/conftest.py``):
 
@@ -22,14 +24,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import itertools
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +56,9 @@ PG_ROOT = Path("/usr/lib/postgresql")  # Debian's home of each server version: <
 SERVER_USER = "postgres"  # the system user Debian's postgresql package creates
 INSTALL_HINT = ("install Debian's package 'postgresql' (apt-get install postgresql; scripts/test does it "
                 "as root)")
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 SETTINGS = {
-    "listen_addresses": "'127.0.0.1'",
+    "listen_addresses": "127.0.0.1",
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
@@ -71,15 +77,25 @@ def _version_key(path: Path) -> tuple[int, ...]:
 
 
 def find_pg_bin(root: Path | None = None) -> Path:
-    """The ``bin`` folder of the newest server version under ``root`` that has initdb and pg_ctl."""
+    """The ``bin`` folder of the newest server version under ``root`` that has initdb and postgres."""
     root = root or PG_ROOT
     found = [path.parent for path in root.glob("*/bin/initdb")
-             if (path.parent / "pg_ctl").is_file() and os.access(path, os.X_OK)]
+             if (path.parent / "postgres").is_file() and os.access(path, os.X_OK)]
     if not found:
         raise PgClusterUnavailable(
-            f"the PostgreSQL server programs (initdb, pg_ctl) are not in {root}/<version>/bin: {INSTALL_HINT}"
+            f"the PostgreSQL server programs (initdb, postgres) are not in {root}/<version>/bin: "
+            f"{INSTALL_HINT}"
         )
     return max(found, key=_version_key)
+
+
+def _die_with_parent() -> None:
+    """In the server's process before it starts: end it (immediate shutdown) if the tests die.
+
+    Runs after the switch to the server user (which would clear it), so it holds for the server.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
 
 
 def _free_port() -> int:
@@ -108,6 +124,7 @@ class PgCluster:
         self.log_file = self.base / "server.log"
         self.port = 0
         self._names = itertools.count(1)
+        self._server: subprocess.Popen[bytes] | None = None
         if self.as_user:
             shutil.chown(self.base, user=self.as_user, group=self.as_user)
 
@@ -119,43 +136,71 @@ class PgCluster:
         reachable = all(os.stat(path).st_mode & 0o001 for path in (here, *here.parents))
         return None if reachable else "/tmp"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        extra: dict[str, Any] = {}
-        if self.as_user:
-            extra = {"user": self.as_user, "group": self.as_user, "extra_groups": []}
+    def _as_server_user(self) -> dict[str, Any]:
+        if not self.as_user:
+            return {}
+        return {"user": self.as_user, "group": self.as_user, "extra_groups": []}
+
+    def _env(self) -> dict[str, str]:
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         env.pop("PGDATA", None)
-        return subprocess.run([str(self.bin_dir / args[0]), *args[1:]], cwd=self.base, env=env,
-                              capture_output=True, text=True, timeout=120, check=False, **extra)
-
-    def _check(self, result: subprocess.CompletedProcess[str], what: str) -> None:
-        if result.returncode != 0:
-            log = self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
-            raise RuntimeError(f"{what} failed ({result.returncode}):\n{result.stdout}{result.stderr}{log}")
+        return env
 
     def start(self) -> PgCluster:
-        """initdb, write the settings, start the server on a free loopback port and wait for it."""
-        self._check(self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                              "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"), "initdb")
+        """initdb, then start the server on a free loopback port and wait until it answers."""
+        initdb = subprocess.run(
+            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
+             "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"],
+            cwd=self.base, env=self._env(), capture_output=True, text=True, timeout=120, check=False,
+            **self._as_server_user(),
+        )
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed ({initdb.returncode}):\n{initdb.stdout}{initdb.stderr}")
         for _attempt in range(5):  # the free port may be taken between the probe and the bind
             self.port = _free_port()
-            settings = {**SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.base}'"}
-            with (self.data_dir / "postgresql.auto.conf").open("a", encoding="utf-8") as conf:
-                conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-            result = self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
-                               "-t", "60", "start")
-            if result.returncode == 0:
+            if self._start_server():
                 atexit.register(self.stop)
                 return self
             if "could not bind" not in self.log_file.read_text(errors="replace"):
                 break
-        self._check(result, "pg_ctl start")
-        return self
+        log = self.log_file.read_text(errors="replace")
+        raise RuntimeError(f"the PostgreSQL server did not start:\n{log}")
+
+    def _start_server(self) -> bool:
+        """The server as our own child (not pg_ctl's), so it can be told to end when we die."""
+        settings = {**SETTINGS, "port": str(self.port), "unix_socket_directories": str(self.base)}
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        for key, value in settings.items():
+            args += ["-c", f"{key}={value}"]
+        with self.log_file.open("ab") as log:
+            self._server = subprocess.Popen(args, cwd=self.base, env=self._env(), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log, preexec_fn=_die_with_parent,
+                                            **self._as_server_user())
+        deadline = time.monotonic() + 120
+        while self._server.poll() is None and time.monotonic() < deadline:
+            try:
+                psycopg.connect(self.url(), connect_timeout=5).close()
+                return True
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        self.stop_server()
+        return False
+
+    def stop_server(self) -> None:
+        """Stop the server: fast shutdown (open sessions are ended), immediate if that hangs."""
+        server, self._server = self._server, None
+        if server is None or server.poll() is not None:
+            return
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.send_signal(signal.SIGQUIT)
+            server.wait(timeout=60)
 
     def stop(self) -> None:
-        """Stop the server (fast: open sessions are ended) and remove its folder."""
-        if self.data_dir.exists() and (self.data_dir / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop")
+        """Stop the server and remove its folder."""
+        self.stop_server()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def url(self, dbname: str = "postgres") -> str:

@@ -8,8 +8,10 @@ with ``pytest.skip`` in place of ``pytest.fail`` the missing-binaries test fails
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -63,11 +65,41 @@ def test_each_test_gets_a_fresh_empty_database(turn: str, postgres_db: str, post
         conn.execute("CREATE TABLE left_behind (turn text)")  # the other turn must not see it
 
 
+def test_a_killed_test_process_leaves_no_server_running() -> None:
+    script = (
+        "import os, sys\nfrom tests.pg_cluster import PgCluster\n"
+        "cluster = PgCluster().start()\n"
+        "print(cluster.url(), cluster._server.pid, cluster.base, flush=True)\nsys.stdin.read()\n"
+    )
+    session = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert session.stdout is not None
+    url, server_pid, base = session.stdout.readline().split()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    session.kill()
+    session.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{server_pid}").exists() and "zombie" not in _state(server_pid):
+        assert time.monotonic() < deadline, "the server outlived the killed test process"
+        time.sleep(0.05)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=5)
+    shutil.rmtree(base)  # the folder is left behind: the killed process could not remove it
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].splitlines()[0]
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def test_the_newest_server_version_is_chosen(tmp_path: Path) -> None:
     for version in ("9.6", "15", "13"):
         bin_dir = tmp_path / version / "bin"
         bin_dir.mkdir(parents=True)
-        for program in ("initdb", "pg_ctl"):
+        for program in ("initdb", "postgres"):
             (bin_dir / program).write_text("#!/bin/sh\n")
             (bin_dir / program).chmod(0o755)
     assert find_pg_bin(tmp_path) == tmp_path / "15" / "bin"
