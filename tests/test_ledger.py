@@ -1,4 +1,9 @@
-"""The ledger: every transition, reopening after a crash, migrating an older schema."""
+"""The ledger: every transition, reopening after a crash, migrating an older schema; each test
+against both backends (the ``location`` fixture: a SQLite file, a fresh PostgreSQL database).
+
+Shown to fail: without the version read again inside each migration's transaction, processes
+opening a new ledger at once both migrate and one fails (a race: most runs); with PostgreSQL's
+JSON edits left as the column unchanged, the scrub tests fail on PostgreSQL only."""
 
 from __future__ import annotations
 
@@ -433,3 +438,60 @@ def test_a_newer_schema_is_refused(location: Path | str) -> None:
     db.close()
     with pytest.raises(Exception, match="newer"):
         Ledger(location)
+
+
+def test_money_round_trips_exactly(ledger: Ledger) -> None:
+    """Amounts and points are decimal strings in both backends: what goes in comes out, digit for digit."""
+    amounts = ("12345678901234567890.123456789", "-0.10", "0.00", "1E+3")
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    ledger.record_file(run_id, _file(ledger, run_id),
+                       transactions=[_txn(f"T{i}", line=i + 2, amount=a) for i, a in enumerate(amounts)],
+                       rejects=[], totals=[("S1", "2026-11-20", 4, 4, Decimal("12345678901234567890.023456789"))])
+    ledger.start_sending(SCOPE, ["T0"], run_id)
+    ledger.accept(SCOPE, "T0", run_id, points=Decimal("0.0001"))
+    rows = ledger.transactions_by_row_id([1, 2, 3, 4])
+    assert [str(r.amount) for r in rows] == list(amounts)
+    assert str(rows[0].points) == "0.0001"
+    assert ledger.file_totals([1])[0][5] == Decimal("12345678901234567890.023456789")
+
+
+_OPEN_AT_ONCE = """
+import sys
+from pipeline.ledger import Ledger
+sys.stdin.readline()  # both processes are started before either opens the ledger
+with Ledger(sys.argv[1]) as ledger:
+    print(ledger.schema_version)
+"""
+
+
+def test_two_processes_opening_a_new_ledger_at_once_migrate_it_once(location: Path | str) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(location)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, [err[-2000:] for _, err in results]
+    assert [out.strip() for out, _ in results] == [str(SCHEMA_VERSION)] * 4
+    db = _raw(location)
+    assert [tuple(r) for r in db.query("SELECT version FROM schema_version")] == [(SCHEMA_VERSION,)]
+    db.close()
+
+
+def test_a_private_copy_of_a_postgresql_ledger_changes_nothing_shared(postgres_db: str) -> None:
+    """A dry run's ledger: the real rows are there to read; what it writes stays in its session."""
+    with Ledger(postgres_db) as real:
+        _queued(real, "T1")
+    with Ledger(postgres_db, private_copy=True) as copy:
+        assert copy.state_counts(SCOPE) == {"queued": 1}
+        run_id = copy.start_run(feed="hourly", scope=SCOPE, dry_run=True)
+        copy.record_file(run_id, _file(copy, run_id, name="g.csv", sha="b" * 64),
+                         transactions=[_txn("T2")], rejects=[], totals=[])
+        copy.start_sending(SCOPE, ["T1"], run_id)
+        assert copy.state_counts(SCOPE) == {"queued": 1, "sending": 1}
+        assert [r.id for r in copy.transactions_by_row_id([2])] == [2]  # ids go on after the real ones
+        with Ledger(postgres_db) as meanwhile:
+            assert meanwhile.state_counts(SCOPE) == {"queued": 1}
+    with Ledger(postgres_db) as real:
+        assert real.state_counts(SCOPE) == {"queued": 1} and len(real.runs()) == 1

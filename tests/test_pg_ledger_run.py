@@ -97,14 +97,22 @@ def test_a_run_records_everything_in_postgresql_and_runs_shows_it(postgres_db: s
         (run,) = json.loads(runs_out)
         assert (run["run_id"], run["status"], run["balanced"]) == (summary["run_id"], "finished", True)
 
+        # and the run's report, rebuilt there from the shared ledger
+        report = _posfeed(tmp_path, "other-host", _env(sandbox), "--ledger-url", url, "report",
+                          summary["run_id"], "--json", "--out", str(tmp_path / "rebuilt"))
+        code, report_out, report_err = _done(report)
+        assert code == 0, report_err
+        rebuilt = json.loads(report_out)
+        assert rebuilt["balanced"] is True and rebuilt["accepted"] == summary["accepted"]
+
         # a second run finds the files in the ledger (sha256) and sends nothing again
         requests = stats(sandbox)["requests"]
         code, again_out, err = _done(_posfeed(tmp_path, "state", env, *RUN_ARGS, "--feed", str(feed_file)))
         assert code in (0, 65), err[-3000:]
         assert stats(sandbox)["requests"] == requests and json.loads(again_out)["accepted"] == 0
 
-    everything = out + err + runs_out + runs_err + _files_text(tmp_path / "reports") + _files_text(
-        tmp_path / "state")
+    everything = out + err + runs_out + runs_err + report_out + report_err + _files_text(
+        tmp_path / "reports") + _files_text(tmp_path / "rebuilt") + _files_text(tmp_path / "state")
     assert PASSWORD not in everything
 
 
@@ -130,7 +138,7 @@ def test_two_workers_on_one_ledger_send_each_checkout_once(postgres_db: str, tmp
         assert all(code in (0, 65, 75) for code, _, _ in results), [r[2][-2000:] for r in results]
         assert any(code in (0, 65) for code, _, _ in results)
         held = [err for code, _, err in results if code == 75]
-        assert all("is being run by pid" in err for err in held)
+        assert all("is being run by" in err for err in held)  # the holder, by pid or by session
         for host in ("host1", "host2"):  # whatever the first round left is settled, nothing is repeated
             code, _, err = _done(_posfeed(tmp_path, host, env, *args))
             assert code in (0, 65), err[-3000:]
@@ -143,3 +151,23 @@ def test_two_workers_on_one_ledger_send_each_checkout_once(postgres_db: str, tmp
         counts = ledger.state_counts("acme")
         assert counts.get("queued", 0) == counts.get("sending", 0) == counts.get("failed_retryable", 0) == 0
         assert {r.status for r in ledger.runs()} == {"finished"}
+
+
+def test_a_dry_run_leaves_the_postgresql_ledger_untouched(postgres_db: str, tmp_path: Path) -> None:
+    with SandboxServer() as sandbox:
+        feed_file = _feed_file(tmp_path, sandbox)
+        env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
+        args = (*RUN_ARGS, "--feed", str(feed_file))
+        code, out, err = _done(_posfeed(tmp_path, "state", env, *args, "--dry-run"))
+        assert code in (0, 65), err[-3000:]
+        dry = json.loads(out)
+        assert dry["dry_run"] is True and dry["balanced"] is True and dry["transactions_in"] > 0
+        assert stats(sandbox)["requests"] == 0
+        with psycopg.connect(postgres_db) as conn:
+            counts = [conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                      for table in ("runs", "files", "transactions", "rejects")]
+        assert counts == [(0,), (0,), (0,), (0,)]
+        code, out, err = _done(_posfeed(tmp_path, "state", env, *args))  # the real run finds it all new
+        assert code in (0, 65), err[-3000:]
+        real = json.loads(out)
+        assert real["transactions_in"] == dry["transactions_in"] and real["accepted"] > 0
