@@ -446,7 +446,8 @@ def test_money_round_trips_exactly(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     ledger.record_file(run_id, _file(ledger, run_id),
                        transactions=[_txn(f"T{i}", line=i + 2, amount=a) for i, a in enumerate(amounts)],
-                       rejects=[], totals=[("S1", "2026-11-20", 4, 4, Decimal("12345678901234567890.023456789"))])
+                       rejects=[],
+                       totals=[("S1", "2026-11-20", 4, 4, Decimal("12345678901234567890.023456789"))])
     ledger.start_sending(SCOPE, ["T0"], run_id)
     ledger.accept(SCOPE, "T0", run_id, points=Decimal("0.0001"))
     rows = ledger.transactions_by_row_id([1, 2, 3, 4])
