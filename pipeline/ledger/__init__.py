@@ -1,4 +1,5 @@
-"""The ledger: every run, file and transaction of every feed, in one SQLite file.
+"""The ledger: every run, file and transaction of every feed, in one SQLite file (the default, in
+the state folder) or one PostgreSQL database shared by several hosts (a ``postgresql://`` URL).
 
 A transaction row is one *occurrence* of a transaction id in one file. Per ``(scope,
 transaction_id)`` at most one row is the *primary* record (states queued … void): the one that is
@@ -7,12 +8,13 @@ delivered. Later occurrences are recorded as ``duplicate`` (same content) or ``c
 ``rejected`` rows; each rejected line is also kept in ``rejects`` with its original columns.
 
 Money is stored as decimal TEXT and summed in Python with :class:`decimal.Decimal`, never by
-SQLite (which would use floats). The ledger never stores secrets; the normalized checkout (needed
+the database (SQLite would use floats). The ledger never stores secrets; the normalized checkout (needed
 to resend after the source file is gone) is kept as JSON with decimal strings.
 
 One concept per module: ``states`` (states and transitions), ``errors``, ``records`` (what is
 stored and read back), ``schema`` (numbered migrations), ``db`` (the seam every statement goes
-through), ``connection`` (the SQLite side of it), and the parts :class:`Ledger` is composed of:
+through), ``connection`` (the SQLite side of it), ``postgres`` (the PostgreSQL side), ``location``
+(a path or a URL, masked for messages), and the parts :class:`Ledger` is composed of:
 ``runs``, ``files``, ``recording``, ``transitions``, ``transactions``, ``totals``, ``rejects``,
 ``scrub``.
 """
