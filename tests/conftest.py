@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.sandbox_fixtures",
     "tests.logging_fixtures",
     "tests.pg_cluster",
+    "tests.ledger_backends",
 ]

@@ -1,5 +1,6 @@
 """The ledger: every transition, reopening after a crash, migrating an older schema; each test
-against both backends (the ``location`` fixture: a SQLite file, a fresh PostgreSQL database).
+against both backends (``ledger_location`` of tests/ledger_backends.py: a SQLite file, a fresh
+PostgreSQL database).
 
 Shown to fail: without the version read again inside each migration's transaction, processes
 opening a new ledger at once both migrate and one fails (a race: most runs); with PostgreSQL's
@@ -59,26 +60,18 @@ def _file(ledger: Ledger, run_id: str, name: str = "f.csv", sha: str = "a" * 64)
     return ledger.register_file(run_id, scope=SCOPE, feed="hourly", name=name, size=10, mtime=1.0, sha256=sha)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """Where a fresh ledger goes: a SQLite file, or a fresh database of the test PostgreSQL cluster."""
-    if request.param == "postgresql":
-        url: str = request.getfixturevalue("postgres_db")
-        return url
-    return tmp_path / "ledger.sqlite"
-
-
 @pytest.fixture
-def ledger(location: Path | str) -> Iterator[Ledger]:
-    with Ledger(location) as opened:
+def ledger(ledger_location: Path | str) -> Iterator[Ledger]:
+    with Ledger(ledger_location) as opened:
         yield opened
 
 
-def _raw(location: Path | str) -> Db:
+def _raw(ledger_location: Path | str) -> Db:
     """The ledger's database without the ledger (no migrations): for setting up old or odd states."""
-    if isinstance(location, Path):
-        return SqliteDb(sqlite3.connect(location, isolation_level=None))
-    return PgDb(psycopg.connect(location, autocommit=True))
+    if isinstance(ledger_location, Path):
+        ledger_location.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteDb(sqlite3.connect(ledger_location, isolation_level=None))
+    return PgDb(psycopg.connect(ledger_location, autocommit=True))
 
 
 def _queued(ledger: Ledger, *tids: str) -> str:
@@ -102,9 +95,9 @@ def _state(ledger: Ledger, tid: str) -> TxnState:
     return states[tid]
 
 
-def test_new_ledger_is_at_current_version(ledger: Ledger, location: Path | str) -> None:
+def test_new_ledger_is_at_current_version(ledger: Ledger, ledger_location: Path | str) -> None:
     assert ledger.schema_version == SCHEMA_VERSION
-    assert ledger.backend == ("sqlite" if isinstance(location, Path) else "postgresql")
+    assert ledger.backend == ("sqlite" if isinstance(ledger_location, Path) else "postgresql")
 
 
 def test_new_sqlite_ledger_is_wal(tmp_path: Path) -> None:
@@ -379,9 +372,9 @@ def test_runs_listing_and_finish(ledger: Ledger) -> None:
     assert ledger.runs(feed="other") == []
 
 
-def test_reopen_after_a_killed_process(location: Path | str) -> None:
+def test_reopen_after_a_killed_process(ledger_location: Path | str) -> None:
     """A process killed mid-run leaves every committed transition readable by the next."""
-    path = str(location)
+    path = str(ledger_location)
     script = textwrap.dedent(
         f"""
         import json, os, signal
@@ -402,13 +395,13 @@ def test_reopen_after_a_killed_process(location: Path | str) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], check=False)
     assert proc.returncode == -9
-    with Ledger(location) as reopened:
+    with Ledger(ledger_location) as reopened:
         assert reopened.state_counts("acme") == {"accepted": 1, "sending": 1}
         assert reopened.close_abandoned_runs("acme")
 
 
-def test_migration_from_an_older_version(location: Path | str) -> None:
-    db = _raw(location)
+def test_migration_from_an_older_version(ledger_location: Path | str) -> None:
+    db = _raw(ledger_location)
     assert migrate(db, target=1) == 1
     db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at) "
                "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20')")
@@ -420,7 +413,7 @@ def test_migration_from_an_older_version(location: Path | str) -> None:
                "'r1', 'r1', 'now', 'now')")
     db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', 1, 'file')")
     db.close()
-    with Ledger(location) as ledger:
+    with Ledger(ledger_location) as ledger:
         assert ledger.schema_version == SCHEMA_VERSION == 3
         assert ledger.known("acme") == [("T1", "h")]
         assert ledger.file_totals([1]) == []
@@ -431,13 +424,13 @@ def test_migration_from_an_older_version(location: Path | str) -> None:
         assert row.state is TxnState.QUEUED and row.amount == Decimal("9.99")
 
 
-def test_a_newer_schema_is_refused(location: Path | str) -> None:
-    Ledger(location).close()
-    db = _raw(location)
+def test_a_newer_schema_is_refused(ledger_location: Path | str) -> None:
+    Ledger(ledger_location).close()
+    db = _raw(ledger_location)
     db.execute("UPDATE schema_version SET version = 99")
     db.close()
     with pytest.raises(Exception, match="newer"):
-        Ledger(location)
+        Ledger(ledger_location)
 
 
 def test_money_round_trips_exactly(ledger: Ledger) -> None:
@@ -465,9 +458,10 @@ with Ledger(sys.argv[1]) as ledger:
 """
 
 
-def test_two_processes_opening_a_new_ledger_at_once_migrate_it_once(location: Path | str) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(location)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+def test_two_processes_opening_a_new_ledger_at_once_migrate_it_once(ledger_location: Path | str) -> None:
+    pipe = subprocess.PIPE
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(ledger_location)],
+                              stdin=pipe, stdout=pipe, stderr=pipe, text=True) for _ in range(4)]
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("go\n")
@@ -475,7 +469,7 @@ def test_two_processes_opening_a_new_ledger_at_once_migrate_it_once(location: Pa
     results = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, [err[-2000:] for _, err in results]
     assert [out.strip() for out, _ in results] == [str(SCHEMA_VERSION)] * 4
-    db = _raw(location)
+    db = _raw(ledger_location)
     assert [tuple(r) for r in db.query("SELECT version FROM schema_version")] == [(SCHEMA_VERSION,)]
     db.close()
 
