@@ -33,6 +33,7 @@ from pipeline.ledger import (
 )
 from pipeline.ledger.connection import SqliteDb
 from pipeline.ledger.db import Db
+from pipeline.ledger.errors import LedgerUnavailableError
 from pipeline.ledger.postgres import PgDb
 from pipeline.sinks.base import EventResult, Outcome
 
@@ -490,3 +491,20 @@ def test_a_private_copy_of_a_postgresql_ledger_changes_nothing_shared(postgres_d
             assert meanwhile.state_counts(SCOPE) == {"queued": 1}
     with Ledger(postgres_db) as real:
         assert real.state_counts(SCOPE) == {"queued": 1} and len(real.runs()) == 1
+
+
+def test_a_lost_postgresql_connection_is_a_temporary_failure(postgres_db: str) -> None:
+    """The server ends the session (restart, failover): exit 75, try again later; nothing half-done."""
+    ledger = Ledger(postgres_db)
+    backend = ledger._db.one("SELECT pg_backend_pid()")
+    assert backend is not None
+    with psycopg.connect(postgres_db, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend[0],))
+    with pytest.raises(LedgerUnavailableError) as caught:
+        ledger.start_run(feed="hourly", scope=SCOPE)
+    assert caught.value.exit_code == 75
+    with pytest.raises(LedgerUnavailableError):
+        ledger.runs()
+    ledger.close()
+    with Ledger(postgres_db) as reopened:
+        assert reopened.runs() == []

@@ -1,4 +1,6 @@
-"""The runner on a few sample files: dry runs, reruns by scope, locks, file identity, archiving."""
+"""The runner on a few sample files: dry runs, reruns by scope, locks, file identity, archiving.
+
+The rerun tests run against both ledger backends (``ledger_location``: SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,9 +111,10 @@ def test_dry_run_sends_nothing_and_leaves_the_ledger_unchanged(
 
 
 def test_reruns_by_run_file_store_and_business_date(
-    live_kind: SandboxServer, target_kind: str, folder: Path, settings: Settings
+    live_kind: SandboxServer, target_kind: str, folder: Path, settings: Settings, ledger_location: Path | str
 ) -> None:
     live = live_kind
+    settings = _on(settings, ledger_location)  # each ledger backend in turn
     feed = _feed(live, folder, target_kind)
     live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
     failed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
@@ -120,7 +124,7 @@ def test_reruns_by_run_file_store_and_business_date(
     live.config.fault_rate = 0.0
 
     by_file = rerun_feed(feed, settings, RerunSelection(file=FILES[0]))
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_location) as ledger:
         rows = ledger.run_transactions(by_file.run_id)
     assert rows and {t.source_file for t in rows} == {FILES[0]}
     assert {t.state for t in rows} <= {TxnState.ACCEPTED, TxnState.NOT_SENT}
@@ -128,7 +132,7 @@ def test_reruns_by_run_file_store_and_business_date(
     assert by_file.reports_path is not None and by_file.reports_path.name == by_file.run_id
 
     by_store = rerun_feed(feed, settings, RerunSelection(store_id="BER01", business_date=BUSINESS_DATE))
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_location) as ledger:
         rows = ledger.run_transactions(by_store.run_id)
     assert rows and {t.store_id for t in rows} == {"BER01"}
 
@@ -136,7 +140,7 @@ def test_reruns_by_run_file_store_and_business_date(
     assert nothing.summary["transactions_in"] == 0 and nothing.exit_code == EXIT_OK
 
     by_run = rerun_feed(feed, settings, RerunSelection(run_id=failed.run_id))
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_location) as ledger:
         rows = ledger.run_transactions(by_run.run_id)
         assert {t.source_file for t in rows} == {FILES[1]}  # what was left of the first run
         counts = ledger.state_counts("acme")
@@ -150,8 +154,13 @@ def test_reruns_by_run_file_store_and_business_date(
     assert again.summary["transactions_in"] == 0
 
 
+def _on(settings: Settings, ledger_location: Path | str) -> Settings:
+    """``settings`` with the ledger at ``ledger_location`` (a PostgreSQL URL; a path: the default)."""
+    return replace(settings, ledger_url=None if isinstance(ledger_location, Path) else ledger_location)
+
+
 def ledger_rows(settings: Settings, run_id: str) -> list[object]:
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_location) as ledger:
         return list(ledger.run_transactions(run_id))
 
 
@@ -272,12 +281,16 @@ def test_unreadable_file_is_a_data_error(live: SandboxServer, folder: Path, sett
     assert summary.summary["accepted"] > 0  # the rest of the feed still ran
 
 
-def test_cli_rerun_by_run_id_and_by_feed(live: SandboxServer, folder: Path, tmp_path: Path) -> None:
+def test_cli_rerun_by_run_id_and_by_feed(
+    live: SandboxServer, folder: Path, tmp_path: Path, ledger_location: Path | str
+) -> None:
     feeds_dir = tmp_path / "feeds"
     feeds_dir.mkdir()
     (feeds_dir / "shop.toml").write_text(feed_toml(_feed(live, folder)), encoding="utf-8")
     base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports"),
             "--feeds-dir", str(feeds_dir)]
+    if not isinstance(ledger_location, Path):  # the PostgreSQL ledger, given as the global option
+        base += ["--ledger-url", ledger_location]
     runner = CliRunner()
     live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
     first = runner.invoke(cli, [*base, "run", "--feed", "shop", "--business-date", "2026-11-20", "--json"])

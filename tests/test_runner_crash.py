@@ -1,5 +1,8 @@
 """Crash safety with a real process: `python -m pipeline run` is SIGKILLed during submission, then
-run again; the platform ends up with every valid transaction exactly once and the reports balance."""
+run again; the platform ends up with every valid transaction exactly once and the reports balance.
+
+Against both ledger backends (``ledger_location``): with PostgreSQL the second run is another
+host's (a state folder of its own on the same ledger), which settles what the killed one left."""
 
 from __future__ import annotations
 
@@ -18,15 +21,16 @@ import pytest
 from pipeline.ledger import Ledger, TxnState
 from pipeline.sandbox.server import SandboxServer
 from pipeline.stages.report import day_report
-from tests.runner_helpers import REPO, copy_samples, delivered_ids, feed_toml, sample_feed, settings_in, stats
+from tests.ledger_backends import ledger_env
+from tests.runner_helpers import REPO, copy_samples, delivered_ids, feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
 
 FILES = tuple(f"pos_LON01_20261120_{hour}.csv" for hour in ("10", "11", "12"))
 
 
-def _posfeed(args: list[str], tmp: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def _posfeed(args: list[str], tmp: Path, env: dict[str, str], state: str = "state") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / state), "--reports-dir",
          str(tmp / "reports"), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
     )
@@ -35,7 +39,7 @@ def _posfeed(args: list[str], tmp: Path, env: dict[str, str]) -> subprocess.Pope
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [1, 30, 70])
 def test_sigkill_during_submission_then_run_again(
-    target_kind: str, kill_after: int, tmp_path: Path
+    target_kind: str, kill_after: int, tmp_path: Path, ledger_location: Path | str
 ) -> None:
     drop = tmp_path / "drop"
     copy_samples(drop, FILES)
@@ -47,7 +51,7 @@ def test_sigkill_during_submission_then_run_again(
             update={"max_concurrency": 2, "bulk_size": 10})})
         feed_file = tmp_path / "crashfeed.toml"
         feed_file.write_text(feed_toml(feed), encoding="utf-8")
-        env = {**os.environ, **TARGET_KITS[target_kind].env(sandbox)}
+        env = {**os.environ, **TARGET_KITS[target_kind].env(sandbox), **ledger_env(ledger_location)}
         args = ["run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json"]
 
         victim = _posfeed(args, tmp_path, env)
@@ -67,8 +71,7 @@ def test_sigkill_during_submission_then_run_again(
         assert victim.returncode == -signal.SIGKILL
         sandbox.config.latency_ms = 25
 
-        settings = settings_in(tmp_path)
-        with Ledger(settings.ledger_path) as ledger:
+        with Ledger(ledger_location) as ledger:
             left = ledger.state_counts("acme")
             in_doubt_ids = {
                 t.transaction_id for t in ledger.transactions_by_row_id(list(range(1, 5000)))
@@ -76,7 +79,7 @@ def test_sigkill_during_submission_then_run_again(
             }
         assert left.get("queued", 0) + left.get("sending", 0) > 0, f"killed too late: {left}"
 
-        survivor = _posfeed(args, tmp_path, env)
+        survivor = _posfeed(args, tmp_path, env, "state" if isinstance(ledger_location, Path) else "host2")
         out, err = survivor.communicate(timeout=300)
         assert survivor.returncode in (0, 65), err[-3000:]
         final = json.loads(out)
@@ -85,7 +88,7 @@ def test_sigkill_during_submission_then_run_again(
         time.sleep(max(0.0, killed_at + 2.5 - time.monotonic()))  # held requests have landed
         after = stats(sandbox)
         ids = delivered_ids(sandbox)
-        with Ledger(settings.ledger_path) as ledger:
+        with Ledger(ledger_location) as ledger:
             counts = ledger.state_counts("acme")
             runs = ledger.runs()
             rows = ledger.transactions_by_row_id(list(range(1, 5000)))
@@ -117,19 +120,19 @@ def test_sigkill_during_submission_then_run_again(
         crashed = next(r for r in runs if r.status == "crashed")
         assert crashed.counts is not None and crashed.counts["balanced"] is False  # left work in doubt
         assert (tmp_path / "reports" / "crashfeed" / crashed.id / "summary.csv").exists()
-        settled = [r for r in ledger_rows(settings, final["run_id"]) if r.origin == "settle"]
+        settled = [r for r in ledger_rows(ledger_location, final["run_id"]) if r.origin == "settle"]
         assert settled, "the second run settled nothing"
         # what is never sent again keeps only masked customer ids, whichever run settled it
         assert feed.logging.hash_customer_ids
-        with Ledger(settings.ledger_path) as ledger:
+        with Ledger(ledger_location) as ledger:
             stored = ledger.transactions_by_row_id([t.id for t in rows], with_checkout=True)
         customers = [json.loads(t.checkout).get("customer_id") for t in stored if t.checkout
                      and t.state in (TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.CONFLICT)]
         assert any(customers) and all(c is None or c.startswith("cust:") for c in customers)
 
 
-def ledger_rows(settings: Any, run_id: str) -> list[Any]:
-    with Ledger(settings.ledger_path) as ledger:
+def ledger_rows(location: Path | str, run_id: str) -> list[Any]:
+    with Ledger(location) as ledger:
         return list(ledger.run_transactions(run_id))
 
 

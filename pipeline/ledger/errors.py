@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from pipeline.errors import PosfeedError
+from pipeline.errors import EXIT_TEMPFAIL, PosfeedError
 
 
 class LedgerError(PosfeedError):
     """The ledger file cannot be used (corrupt, newer schema, locked for too long)."""
+
+
+class LedgerUnavailableError(LedgerError):
+    """The ledger's database server cannot be reached or dropped the connection; what was committed
+    stays, and a later run settles what was in doubt (exit 75, try again later)."""
+
+    exit_code = EXIT_TEMPFAIL
+    retryable = True
 
 
 class IllegalTransitionError(LedgerError):

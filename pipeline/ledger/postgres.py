@@ -23,6 +23,7 @@ run, serialized by a re-entrant lock. The URL's password never appears in messag
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,7 +35,7 @@ from psycopg import sql as pgsql
 
 from pipeline.ledger import schema
 from pipeline.ledger.db import Row
-from pipeline.ledger.errors import LedgerError
+from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
 from pipeline.ledger.location import masked_url, register_url_secret, url_password
 
 # (classid, objid) of the advisory lock every write transaction takes: the two-int4 key space, apart
@@ -97,6 +98,18 @@ def _row_factory(cursor: Any) -> Any:
     return make
 
 
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """psycopg's errors as the ledger's: a lost server or connection is LedgerUnavailableError
+    (exit 75: committed work stays, the next run settles the rest), anything else LedgerError."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise LedgerUnavailableError(f"the ledger's PostgreSQL server, {what}: {exc}") from exc
+    except psycopg.Error as exc:
+        raise LedgerError(f"the PostgreSQL ledger, {what}: {exc}") from exc
+
+
 class PgDb:
     """A :class:`~pipeline.ledger.db.Db` on one PostgreSQL connection."""
 
@@ -111,7 +124,7 @@ class PgDb:
     # -- statements ---------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self._mutex, self._connection.cursor() as cursor:
+        with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql), params)
             return cursor.rowcount
 
@@ -119,22 +132,22 @@ class PgDb:
         rows = list(rows)
         if not rows:
             return
-        with self._mutex, self._connection.cursor() as cursor:
+        with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.executemany(to_pyformat(sql), rows)  # pipelined: one round trip, not one per row
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
+        with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             return list(cursor.fetchall())
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        with self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
+        with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             row: Row | None = cursor.fetchone()
             return row
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self._mutex, self._connection.cursor() as cursor:
+        with _translated("insert"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql) + " RETURNING id", params)
             row = cursor.fetchone()
         if row is None:
@@ -146,7 +159,8 @@ class PgDb:
         statement = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
             pgsql.Identifier(table), pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
         )
-        with self._mutex, self._connection.cursor() as cursor, cursor.copy(statement) as copy:
+        with (_translated("copy"), self._mutex, self._connection.cursor() as cursor,
+              cursor.copy(statement) as copy):
             for row in rows:
                 copy.write_row(row)
 
@@ -169,14 +183,14 @@ class PgDb:
     @contextmanager
     def transaction(self) -> Iterator[PgDb]:
         """One write transaction, after every other writer's (see the module docstring)."""
-        with self._mutex, self._connection.transaction():
+        with _translated("transaction"), self._mutex, self._connection.transaction():
             if not self._private:
                 self._connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", WRITE_LOCK)
             yield self
 
     def close(self) -> None:
         """Close the connection (what is committed stays)."""
-        with self._mutex:
+        with self._mutex, contextlib.suppress(psycopg.Error):
             self._connection.close()
 
 
@@ -184,20 +198,20 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     register_url_secret(url)
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=30, application_name="posfeed ledger")
-    except psycopg.Error as exc:
-        raise LedgerError(f"{masked_url(url)}: cannot open ledger: {_scrub(str(exc), url)}") from None
+    except psycopg.Error as exc:  # down, unreachable, refused: the URL's password is never shown
+        raise LedgerUnavailableError(
+            f"{masked_url(url)}: cannot open ledger: {_scrub(str(exc), url)}") from None
 
 
 def open_postgres(url: str) -> tuple[PgDb, int]:
     """Connect to the ledger database at ``url`` and bring its schema up to date; returns the
     database and its schema version."""
-    connection = _connect(url)
+    db = PgDb(_connect(url))
     try:
-        db = PgDb(connection)
         return db, schema.migrate(db)
-    except psycopg.Error as exc:
-        connection.close()
-        raise LedgerError(f"{masked_url(url)}: cannot open ledger: {_scrub(str(exc), url)}") from None
+    except BaseException:
+        db.close()
+        raise
 
 
 def open_postgres_copy(url: str) -> tuple[PgDb, int]:
