@@ -34,7 +34,7 @@ from pipeline.ledger import (
 from pipeline.ledger.connection import SqliteDb
 from pipeline.ledger.db import Db
 from pipeline.ledger.errors import LedgerUnavailableError
-from pipeline.ledger.postgres import PgDb
+from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, PgDb
 from pipeline.sinks.base import EventResult, Outcome
 
 SCOPE = "acme"
@@ -178,6 +178,24 @@ def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) 
     assert stored["T1"] == {**checkouts["T1"], "customer_id": "cust:1-c"}
     assert stored["T2"] == checkouts["T2"] and stored["T3"] == checkouts["T3"]
     assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=run_id) == 0  # masked ones stay
+
+
+def test_scrub_profiles_removes_member_details_of_rows_never_sent_again(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    profile = {"email": "a@example.com", "phone": "+44 1"}
+    transactions = [replace(_txn(tid, line=i + 2),
+                            checkout=json.dumps({"transaction_id": tid, "total": "1.50", "profile": profile}))
+                    for i, tid in enumerate(("T1", "T2"))]
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
+                       totals=[("S1", "2026-11-20", 2, 2, Decimal("21.00"))])
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    ledger.accept(SCOPE, "T1", run_id)
+    assert ledger.scrub_profiles(SCOPE, run_id=run_id) == 1  # T2 is still queued: it keeps its profile
+    stored = {r.transaction_id: json.loads(r.checkout or "{}")
+              for r in ledger.transactions_by_row_id([1, 2], with_checkout=True)}
+    assert stored["T1"] == {"transaction_id": "T1", "total": "1.50"}
+    assert stored["T2"]["profile"] == profile
+    assert ledger.scrub_profiles(SCOPE, run_id=run_id) == 0
 
 
 def _with_customers(ledger: Ledger, *tids: str, name: str = "f.csv", sha: str = "a" * 64) -> str:
@@ -508,3 +526,17 @@ def test_a_lost_postgresql_connection_is_a_temporary_failure(postgres_db: str) -
     ledger.close()
     with Ledger(postgres_db) as reopened:
         assert reopened.runs() == []
+
+
+def test_a_large_file_refreshes_the_postgresql_planner_statistics(postgres_db: str) -> None:
+    """After a file of ANALYZE_AFTER_ROWS transactions or more, the next lookups are planned on the
+    table as it now is (``reltuples`` is what ANALYZE measured; -1 is a table never analyzed)."""
+    count = ANALYZE_AFTER_ROWS + 5
+    with Ledger(postgres_db) as ledger:
+        run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+        ledger.record_file(run_id, _file(ledger, run_id),
+                           transactions=[_txn(f"T{i}", line=i + 2) for i in range(count)], rejects=[],
+                           totals=[("S1", "2026-11-20", count, count, Decimal("10.50") * count)])
+        with psycopg.connect(postgres_db) as conn:
+            row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'transactions'").fetchone()
+    assert row is not None and row[0] == count
