@@ -1,8 +1,9 @@
 """Crash safety with a real process: `python -m pipeline run` is SIGKILLed during submission, then
 run again; the platform ends up with every valid transaction exactly once and the reports balance.
 
-Against both ledger backends (``ledger_location``): with PostgreSQL the second run is another
-host's (a state folder of its own on the same ledger), which settles what the killed one left."""
+Against both ledger backends (``ledger_location``): with PostgreSQL the other worker is another
+host's (a state folder of its own on the same ledger): refused the scope while the first runs,
+it settles what the killed one left, and `posfeed runs` shows the same history from either."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def test_sigkill_during_submission_then_run_again(
         # the machine's speed; held requests are still processed after the kill (they land while
         # their sender is dead: the next run must find out through "already used")
         sandbox.config.latency_ms = 2000
+        # meanwhile another worker (with PostgreSQL: another host's state folder) is refused the scope
+        other = "state" if isinstance(ledger_location, Path) else "host2"
+        contender = _posfeed(args, tmp_path, env, other)
+        _, contender_err = contender.communicate(timeout=120)
+        assert contender.returncode == 75, contender_err[-3000:]
+        assert f"is being run by pid {victim.pid} on" in contender_err
+        assert victim.poll() is None
         time.sleep(0.3)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -79,7 +87,7 @@ def test_sigkill_during_submission_then_run_again(
             }
         assert left.get("queued", 0) + left.get("sending", 0) > 0, f"killed too late: {left}"
 
-        survivor = _posfeed(args, tmp_path, env, "state" if isinstance(ledger_location, Path) else "host2")
+        survivor = _posfeed(args, tmp_path, env, other)
         out, err = survivor.communicate(timeout=300)
         assert survivor.returncode in (0, 65), err[-3000:]
         final = json.loads(out)
@@ -120,6 +128,10 @@ def test_sigkill_during_submission_then_run_again(
         crashed = next(r for r in runs if r.status == "crashed")
         assert crashed.counts is not None and crashed.counts["balanced"] is False  # left work in doubt
         assert (tmp_path / "reports" / "crashfeed" / crashed.id / "summary.csv").exists()
+        # the same history from either worker's state folder
+        listings = [_posfeed(["runs", "--json"], tmp_path, env, state) for state in ("state", other)]
+        histories = [json.loads(listing.communicate(timeout=120)[0]) for listing in listings]
+        assert histories[0] == histories[1] and {r["run_id"] for r in histories[0]} == {r.id for r in runs}
         settled = [r for r in ledger_rows(ledger_location, final["run_id"]) if r.origin == "settle"]
         assert settled, "the second run settled nothing"
         # what is never sent again keeps only masked customer ids, whichever run settled it
