@@ -136,6 +136,7 @@ def _open_ledger(settings: Settings, dry_run: bool, workdir: Path) -> Iterator[L
     """The real ledger, or for a dry run a private copy of it (the real one is only read)."""
     if settings.ledger_url:  # PostgreSQL: a dry run works on temporary copies of the tables
         shared = Ledger(settings.ledger_url, private_copy=dry_run)
+        log.info("ledger: %s%s", shared.location, " (a private copy for the dry run)" if dry_run else "")
         try:
             yield shared
         finally:

@@ -171,3 +171,11 @@ def test_a_dry_run_leaves_the_postgresql_ledger_untouched(postgres_db: str, tmp_
         assert code in (0, 65), err[-3000:]
         real = json.loads(out)
         assert real["transactions_in"] == dry["transactions_in"] and real["accepted"] > 0
+
+
+def test_a_ledger_url_of_another_kind_is_a_configuration_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "POSFEED_LEDGER_URL"}
+    url = f"mysql://posfeed:{PASSWORD}@db.internal/posfeed"
+    code, out, err = _done(_posfeed(tmp_path, "state", env, "--ledger-url", url, "runs"))
+    assert code == 78 and "scheme 'mysql' is not supported" in err
+    assert PASSWORD not in out + err and not (tmp_path / "state" / "ledger.sqlite").exists()
