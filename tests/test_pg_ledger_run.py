@@ -80,6 +80,7 @@ def test_a_run_records_everything_in_postgresql_and_runs_shows_it(postgres_db: s
         assert code in (0, 65), err[-3000:]  # 65: the sample files hold rejected lines
         summary = json.loads(out)
         assert summary["balanced"] is True and summary["accepted"] > 0
+        assert "ledger: postgresql://postgres:***@127.0.0.1:" in err  # where the run went, masked
         ids = delivered_ids(sandbox)
 
         # the ledger is the database: nothing in the state folder, everything in PostgreSQL
