@@ -34,7 +34,7 @@ from pipeline.ledger import (
 from pipeline.ledger.connection import SqliteDb
 from pipeline.ledger.db import Db
 from pipeline.ledger.errors import LedgerUnavailableError
-from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, PgDb
+from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
 from pipeline.sinks.base import EventResult, Outcome
 
 SCOPE = "acme"
@@ -540,3 +540,12 @@ def test_a_large_file_refreshes_the_postgresql_planner_statistics(postgres_db: s
         with psycopg.connect(postgres_db) as conn:
             row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'transactions'").fetchone()
     assert row is not None and row[0] == count
+
+
+def test_a_dry_run_copies_every_table_of_the_postgresql_ledger(postgres_db: str) -> None:
+    """A table the migrations add but the dry run's copy misses would be written for real."""
+    Ledger(postgres_db).close()
+    with psycopg.connect(postgres_db) as conn:
+        tables = {row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    assert tables == set(TABLES)

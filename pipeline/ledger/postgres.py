@@ -43,9 +43,8 @@ from pipeline.ledger.location import masked_url, register_url_secret, url_passwo
 # (classid, objid) of the advisory lock every write transaction takes: the two-int4 key space, apart
 # from the scope locks' bigint keys; ("posf", 2) next to pipeline.pg_locks's ("posf", 1)
 WRITE_LOCK = (0x706F7366, 2)
-# the ledger's tables, in an order that copies parents before children
+# the ledger's tables, which a dry run copies (a test checks these are all the migrations make)
 TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals")
-_IDENTITY_TABLES = ("files", "transactions", "rejects")
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are refreshed
 _QMARK = re.compile(r"\?")
 
@@ -257,7 +256,10 @@ def open_postgres_copy(url: str) -> tuple[PgDb, int]:
                     pgsql.Identifier(table), real))
                 connection.execute(pgsql.SQL("INSERT INTO pg_temp.{} SELECT * FROM {}").format(
                     pgsql.Identifier(table), real))
-            for table in _IDENTITY_TABLES:
+            identities = [row[0] for row in connection.execute(
+                "SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND column_name = 'id' AND is_identity = 'YES'", (home,))]
+            for table in identities:  # new ids go on after the copied ones
                 connection.execute(pgsql.SQL(
                     "SELECT setval(pg_get_serial_sequence({name}, 'id'), "
                     "COALESCE((SELECT max(id) FROM pg_temp.{table}), 0) + 1, false)"
