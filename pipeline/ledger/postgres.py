@@ -38,7 +38,7 @@ from psycopg import sql as pgsql
 from pipeline.ledger import schema
 from pipeline.ledger.db import Row
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
-from pipeline.ledger.location import masked_url, register_url_secret, url_password
+from pipeline.ledger.location import masked_url, password_forms, register_url_secret
 
 # (classid, objid) of the advisory lock every write transaction takes: the two-int4 key space, apart
 # from the scope locks' bigint keys; ("posf", 2) next to pipeline.pg_locks's ("posf", 1)
@@ -50,8 +50,9 @@ _QMARK = re.compile(r"\?")
 
 
 def _scrub(message: str, url: str) -> str:
-    password = url_password(url)
-    return message.replace(password, "***") if password else message
+    for form in password_forms(url):
+        message = message.replace(form, "***")
+    return message
 
 
 def to_pyformat(sql: str) -> str:
