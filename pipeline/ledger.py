@@ -296,10 +296,61 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     _script(db, "CREATE INDEX transactions_tid ON transactions (scope, transaction_id)")
 
 
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """Input totals per currency: ``file_totals`` gains ``currency`` (in its key), so a file whose
+    rows are in several currencies has one total per currency. Existing totals take the currency
+    of their transactions when those have exactly one (else '')."""
+    _script(
+        db,
+        """
+        CREATE TABLE file_totals_by_currency (
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            store_id TEXT NOT NULL,
+            business_date TEXT NOT NULL,
+            currency TEXT NOT NULL DEFAULT '',
+            rows INTEGER NOT NULL,
+            transactions INTEGER NOT NULL,
+            amount TEXT NOT NULL,
+            PRIMARY KEY (file_id, store_id, business_date, currency)
+        );
+        INSERT INTO file_totals_by_currency
+            (file_id, store_id, business_date, currency, rows, transactions, amount)
+        SELECT ft.file_id, ft.store_id, ft.business_date, COALESCE((
+                SELECT MIN(COALESCE(t.currency, '')) FROM transactions t WHERE t.file_id = ft.file_id
+                AND COALESCE(t.store_id, '') = ft.store_id AND COALESCE(t.business_date, '') = ft.business_date
+                HAVING COUNT(DISTINCT COALESCE(t.currency, '')) = 1), ''),
+            ft.rows, ft.transactions, ft.amount
+        FROM file_totals ft;
+        DROP TABLE file_totals;
+        ALTER TABLE file_totals_by_currency RENAME TO file_totals
+        """,
+    )
+
+
+def _migrate_4_to_5(db: sqlite3.Connection) -> None:
+    """Each run's own outcome of its transactions (attempts, error, event ids, points, last run)
+    as that run left them, next to ``state_at_end``: a run's report is reproduced from them
+    whatever later runs did. Runs finished before this step have none (their report shows the
+    current values)."""
+    _script(
+        db,
+        """
+        ALTER TABLE run_transactions ADD COLUMN attempts_at_end INTEGER;
+        ALTER TABLE run_transactions ADD COLUMN error_code_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN error_message_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN event_ids_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN points_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN last_run_id_at_end TEXT
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    _migrate_3_to_4,
+    _migrate_4_to_5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -441,6 +492,19 @@ _TXN_COLUMNS = (
     "t.reject_code, t.first_run_id, t.last_run_id"
 )
 _TXN_WIDTH = _TXN_COLUMNS.count(",") + 1
+# the same columns with a run's kept outcome (run_transactions rt) where the run ended and kept one
+_AT_END = {
+    "t.attempts": "attempts_at_end",
+    "t.last_error_code": "error_code_at_end",
+    "t.last_error_message": "error_message_at_end",
+    "t.event_ids": "event_ids_at_end",
+    "t.points": "points_at_end",
+    "t.last_run_id": "last_run_id_at_end",
+}
+_TXN_COLUMNS_AT_END = ", ".join(
+    f"CASE WHEN rt.attempts_at_end IS NULL THEN {c} ELSE rt.{_AT_END[c]} END" if c in _AT_END else c
+    for c in _TXN_COLUMNS.split(", ")
+)
 
 
 _STATES = {state.value: state for state in TxnState}
@@ -503,6 +567,15 @@ def _run(row: sqlite3.Row) -> RunRecord:
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# a run's own outcome of each of its transactions, kept when it ends (its report reads them)
+_KEEP_OUTCOMES = (
+    "UPDATE run_transactions SET (state_at_end, attempts_at_end, error_code_at_end, "
+    "error_message_at_end, event_ids_at_end, points_at_end, last_run_id_at_end) = "
+    "(SELECT t.state, t.attempts, t.last_error_code, t.last_error_message, t.event_ids, t.points, "
+    "t.last_run_id FROM transactions t WHERE t.id = run_transactions.txn_row_id) "
+)
 
 
 # ---- the ledger ---------------------------------------------------------------------------------
@@ -611,11 +684,7 @@ class Ledger:
     def finish_run(self, run_id: str, *, status: str, exit_code: int, counts: dict[str, Any]) -> None:
         """Record how a run ended, its counts, and the state each of its transactions ended in."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE run_transactions SET state_at_end = (SELECT state FROM transactions t "
-                "WHERE t.id = run_transactions.txn_row_id) WHERE run_id = ?",
-                (run_id,),
-            )
+            db.execute(_KEEP_OUTCOMES + "WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?",
                 (status, exit_code, json.dumps(counts, sort_keys=True, default=str), _now(), run_id),
@@ -628,9 +697,7 @@ class Ledger:
                 "SELECT id FROM runs WHERE scope = ? AND status = 'running'", (scope,)
             ).fetchall()
             db.execute(
-                "UPDATE run_transactions SET state_at_end = (SELECT state FROM transactions t "
-                "WHERE t.id = run_transactions.txn_row_id) WHERE run_id IN "
-                "(SELECT id FROM runs WHERE scope = ? AND status = 'running')",
+                _KEEP_OUTCOMES + "WHERE run_id IN (SELECT id FROM runs WHERE scope = ? AND status = 'running')",
                 (scope,),
             )
             db.execute(
@@ -789,11 +856,11 @@ class Ledger:
         *,
         transactions: Iterable[NewTransaction],
         rejects: Iterable[NewReject],
-        totals: Iterable[tuple[str, str, int, int, Decimal]],
+        totals: Iterable[tuple[str, str, int, int, Decimal] | tuple[str, str, int, int, Decimal, str]],
     ) -> list[int]:
         """Record everything a file contained, in one transaction: its occurrences (queued, void,
-        rejected, duplicate, conflict), its rejected lines, its input totals per store and
-        business date; the file becomes 'recorded'. Duplicates of a primary left failed_retryable
+        rejected, duplicate, conflict), its rejected lines, its input totals per store, business
+        date (and currency: a total's optional sixth item); the file becomes 'recorded'. Duplicates of a primary left failed_retryable
         are requeued into this run. Returns the ledger ids of rows this run must send."""
         transactions = list(transactions)
         now = _now()
@@ -858,11 +925,11 @@ class Ledger:
                 ],
             )
             rows_in, amount_in = 0, Decimal(0)
-            for store_id, business_date, rows, count, amount in totals:
+            for store_id, business_date, rows, count, amount, *currency in totals:
                 db.execute(
-                    "INSERT INTO file_totals (file_id, store_id, business_date, rows, transactions, amount) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (file.id, store_id, business_date, rows, count, str(amount)),
+                    "INSERT INTO file_totals (file_id, store_id, business_date, currency, rows, "
+                    "transactions, amount) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (file.id, store_id, business_date, (currency or [""])[0] or "", rows, count, str(amount)),
                 )
                 rows_in += rows
                 amount_in += amount
@@ -1178,10 +1245,12 @@ class Ledger:
         return found
 
     def run_transactions(self, run_id: str, *, at_end: bool = True) -> list[TxnRecord]:
-        """The transactions a run handled, with their origin and (``at_end``) the state the run
-        left them in (the current state while the run is still going)."""
+        """The transactions a run handled, with their origin and (``at_end``) the outcome the run
+        left them in: state, attempts, error, event ids, points and last run as of its end (the
+        current ones while the run is still going), whatever later runs did."""
+        columns = _TXN_COLUMNS_AT_END if at_end else _TXN_COLUMNS
         rows = self._query(
-            f"SELECT {_TXN_COLUMNS}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            f"SELECT {columns}, rt.origin, rt.state_at_end FROM run_transactions rt "
             "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
             (run_id,),
         )
@@ -1200,15 +1269,28 @@ class Ledger:
         return [_txn(r, origin="file") for r in rows]
 
     def file_totals(self, file_ids: Iterable[int]) -> list[tuple[int, str, str, int, int, Decimal]]:
-        """Input totals (file_id, store_id, business_date, rows, transactions, amount)."""
+        """Input totals (file_id, store_id, business_date, rows, transactions, amount), all
+        currencies of a store and day together (:meth:`currency_totals` keeps them apart)."""
+        merged: dict[tuple[int, str, str], tuple[int, int, Decimal]] = {}
+        for file_id, store, day, _currency, rows, count, amount in self.currency_totals(file_ids):
+            before = merged.get((file_id, store, day), (0, 0, Decimal(0)))
+            merged[(file_id, store, day)] = (before[0] + rows, before[1] + count, before[2] + amount)
+        return [(*key, *value) for key, value in merged.items()]
+
+    def currency_totals(self, file_ids: Iterable[int]) -> list[tuple[int, str, str, str, int, int, Decimal]]:
+        """Input totals per currency (file_id, store_id, business_date, currency, rows,
+        transactions, amount); currency '' where the rows name none."""
         ids = sorted(set(file_ids))
-        out: list[tuple[int, str, str, int, int, Decimal]] = []
+        out: list[tuple[int, str, str, str, int, int, Decimal]] = []
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for r in self._query(f"SELECT * FROM file_totals WHERE file_id IN ({marks})", chunk):
+            for r in self._query(
+                f"SELECT * FROM file_totals WHERE file_id IN ({marks}) "
+                "ORDER BY file_id, store_id, business_date, currency", chunk
+            ):
                 out.append(
-                    (r["file_id"], r["store_id"], r["business_date"], r["rows"], r["transactions"],
-                     Decimal(r["amount"]))
+                    (r["file_id"], r["store_id"], r["business_date"], r["currency"], r["rows"],
+                     r["transactions"], Decimal(r["amount"]))
                 )
         return out
 

@@ -17,19 +17,19 @@ from pipeline.reports import DETAIL_COLUMNS, SUMMARY_COLUMNS, build_report, mone
 
 
 def _txn(tid: str, state: TxnState, amount: str, *, rows: int = 1, file: str = "a.csv", store: str = "S1",
-         origin: str = "file", points: str | None = None) -> TxnRecord:
+         origin: str = "file", points: str | None = None, currency: str = "GBP") -> TxnRecord:
     return TxnRecord(
         id=hash(tid) % 10_000, scope="acme", feed="hourly", transaction_id=tid, content_hash="h",
         state=state, primary_id=None, attempts=1, last_error_code=None, last_error_message=None,
         event_ids=("ev",) if state is TxnState.ACCEPTED else (), points=Decimal(points) if points else None,
         file_id=1, source_file=file, source_lines=tuple(range(2, 2 + rows)), rows=rows, store_id=store,
-        business_date="2026-11-20", transaction_type="sale", currency="GBP", amount=Decimal(amount),
+        business_date="2026-11-20", transaction_type="sale", currency=currency, amount=Decimal(amount),
         reject_code="R002_BAD_NUMBER" if state is TxnState.REJECTED else None, first_run_id="r1",
         last_run_id="r1", origin=origin,
     )
 
 
-TOTALS = [("a.csv", "S1", "2026-11-20", 4, 3, Decimal("16.50"))]
+TOTALS = [("a.csv", "S1", "2026-11-20", 4, 3, Decimal("16.50"), "GBP")]
 TXNS = [
     _txn("T1", TxnState.ACCEPTED, "10.00", rows=2, points="10"),
     _txn("T2", TxnState.REJECTED, "2.50"),
@@ -51,6 +51,45 @@ def test_a_complete_run_balances() -> None:
     assert (s["rows_in"], s["transactions_in"], s["amount_in"]) == (4, 3, "16.50")
     assert (s["amount_valid"], s["amount_rejected"], s["amount_accepted"]) == ("14.00", "2.50", "10.00")
     assert s["rejects_by_code"] == {"R002_BAD_NUMBER": 1} and s["balanced"] is True
+
+
+def test_every_total_is_per_currency() -> None:
+    totals = [*TOTALS, ("a.csv", "S1", "2026-11-20", 2, 2, Decimal("1500"), "JPY"),
+              ("b.csv", "S2", "2026-11-20", 1, 1, Decimal("7.125"), "KWD")]
+    transactions = [*TXNS, _txn("J1", TxnState.ACCEPTED, "1000", currency="JPY"),
+                    _txn("J2", TxnState.REJECTED, "500.0000", currency="JPY"),
+                    _txn("K1", TxnState.NOT_SENT, "7.125", currency="KWD", file="b.csv", store="S2")]
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=totals,
+                          rejects=[])
+    rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in report.summary_rows]
+    assert [(r["source_file"], r["currency"], r["amount_in"], r["balanced"]) for r in rows] == [
+        ("a.csv", "GBP", "16.50", "true"), ("a.csv", "JPY", "1500", "true"), ("b.csv", "KWD", "7.125", "true"),
+    ]
+    s = report.summary
+    assert s["currencies"] == {
+        "GBP": {"amount_in": "16.50", "amount_valid": "14.00", "amount_rejected": "2.50",
+                "amount_accepted": "10.00"},
+        "JPY": {"amount_in": "1500", "amount_valid": "1000", "amount_rejected": "500", "amount_accepted": "1000"},
+        "KWD": {"amount_in": "7.125", "amount_valid": "7.125", "amount_rejected": "0.000",
+                "amount_accepted": "0.000"},
+    }
+    # a sum of three currencies means nothing: no top-level amounts
+    assert [s[k] for k in ("amount_in", "amount_valid", "amount_rejected", "amount_accepted")] == [None] * 4
+    assert s["balanced"] is True
+    detail = {row[DETAIL_COLUMNS.index("transaction_id")]: row[DETAIL_COLUMNS.index("amount")]
+              for row in report.detail_rows}
+    assert (detail["J2"], detail["K1"], detail["T1"]) == ("500", "7.125", "10.00")
+
+
+def test_the_balance_holds_per_currency() -> None:
+    """A GBP amount missing and the same EUR amount too many do not cancel out."""
+    totals = [("a.csv", "S1", "2026-11-20", 1, 1, Decimal("10.00"), "GBP"),
+              ("a.csv", "S1", "2026-11-20", 1, 1, Decimal("5.00"), "EUR")]
+    transactions = [_txn("G", TxnState.ACCEPTED, "5.00"), _txn("E", TxnState.ACCEPTED, "10.00", currency="EUR")]
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=totals,
+                          rejects=[])
+    assert report.summary["balanced"] is False
+    assert [row[-1] for row in report.summary_rows] == ["false", "false"]
 
 
 @pytest.mark.parametrize(

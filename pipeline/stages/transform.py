@@ -7,7 +7,7 @@ Every input row ends up in exactly one ledger transaction row (an *occurrence*):
 * rejected lines → one ``rejected`` row per transaction (``source_file``, ``transaction_id``; a
   line without an id stands alone), each line also kept in ``rejects`` with its original columns.
 
-Each file's input totals (rows, transactions, amount per store and business date) are computed
+Each file's input totals (rows, transactions, amount per store, business date and currency) are computed
 from its lines independently of those states, so the report can prove that nothing was lost.
 """
 
@@ -39,6 +39,11 @@ __all__ = ["TransformOutcome", "records_of", "transform_staged"]
 log = logging.getLogger(__name__)
 
 _ZERO = Decimal("0")
+# a line's currency as the ledger keeps it: trimmed, upper case, null when blank
+_LINE_CURRENCY = (
+    pl.when(pl.col("currency").str.strip_chars() == "").then(None)
+    .otherwise(pl.col("currency").str.strip_chars().str.to_uppercase())
+)
 
 
 @dataclass
@@ -55,7 +60,7 @@ class FileRecords:
 
     transactions: list[NewTransaction]
     rejects: list[NewReject]
-    totals: list[tuple[str, str, int, int, Decimal]]
+    totals: list[tuple[str, str, int, int, Decimal, str]]  # store, day, rows, transactions, amount, currency
 
 
 def _iso(value: Any) -> str | None:
@@ -109,7 +114,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
             pl.col("store").drop_nulls().first().alias("store"),
             pl.col("business_day").drop_nulls().first().alias("business_day"),
             pl.col("transaction_id").str.strip_chars().first().alias("transaction_id"),
-            pl.col("currency").drop_nulls().first().alias("currency"),
+            _LINE_CURRENCY.drop_nulls().first().alias("currency"),
             pl.col("transaction_type_normalized").drop_nulls().first().alias("transaction_type"),
             # the line that failed, not its siblings
             pl.col("reject_code").sort_by(pl.col("reject_code") == "R099_SIBLING_REJECTED").first(),
@@ -125,11 +130,13 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 "_rec",
                 pl.col("store_id").alias("g_store"),
                 pl.col("business_date").alias("g_day"),
+                pl.col("currency").alias("g_currency"),
             ),
             rejected_groups.select(
                 pl.col("_rec").cast(pl.UInt32),
                 pl.col("store").alias("g_store"),
                 pl.col("business_day").alias("g_day"),
+                pl.col("currency").alias("g_currency"),
             ),
         ]
     )
@@ -139,13 +146,16 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     assigned = assigned.with_columns(
         pl.when(pl.col("_rec").is_null()).then(pl.col("store")).otherwise(pl.col("g_store")).alias("g_store"),
         pl.when(pl.col("_rec").is_null()).then(pl.col("business_day")).otherwise(pl.col("g_day")).alias("g_day"),
+        # a line counts in its transaction's currency (a row of the totals never mixes two)
+        pl.when(pl.col("_rec").is_null()).then(_LINE_CURRENCY).otherwise(pl.col("g_currency"))
+        .alias("g_currency"),
     )
     amount_of = assigned.group_by("_rec").agg(pl.col("amount").sum())
     amounts: dict[int, Decimal] = {
         int(r): a if a is not None else _ZERO for r, a in amount_of.iter_rows() if r is not None
     }
     totals = (
-        assigned.group_by("source_file", "g_store", "g_day", maintain_order=True)
+        assigned.group_by("source_file", "g_store", "g_day", "g_currency", maintain_order=True)
         .agg(
             pl.len().alias("rows"),
             # a line that belongs to no transaction counts as one on its own (and unbalances)
@@ -227,6 +237,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 int(row["rows"]),
                 int(row["transactions"]),
                 row["amount"] if row["amount"] is not None else _ZERO,
+                row["g_currency"] or "",
             )
         )
     return out
