@@ -7,9 +7,10 @@ its currency's minor units (a unit price of 0.125 GBP) keeps them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
-__all__ = ["MINOR_UNITS", "minor_units", "money_text"]
+__all__ = ["MINOR_UNITS", "minor_units", "money_text", "single_currency_amounts"]
 
 # ISO 4217 minor units where they differ from 2 (every other code has 2)
 MINOR_UNITS: dict[str, int] = {
@@ -36,3 +37,15 @@ def money_text(value: Decimal | None, currency: str | None) -> str:
     if isinstance(exponent, int):
         places = max(places, -exponent)
     return f"{value:.{places}f}"
+
+
+def single_currency_amounts(
+    currencies: Mapping[str, Mapping[str, str]], keys: Sequence[str]
+) -> dict[str, str | None]:
+    """The top-level ``amount_*`` keys of a summary whose ``currencies`` are given: the one
+    currency's amounts, ``0.00`` when there is none, None when there are several (a sum of two
+    currencies means nothing)."""
+    if len(currencies) > 1:
+        return dict.fromkeys(keys)
+    only = next(iter(currencies.values()), {})
+    return {key: only.get(key, "0.00") for key in keys}

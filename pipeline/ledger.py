@@ -317,7 +317,8 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
             (file_id, store_id, business_date, currency, rows, transactions, amount)
         SELECT ft.file_id, ft.store_id, ft.business_date, COALESCE((
                 SELECT MIN(COALESCE(t.currency, '')) FROM transactions t WHERE t.file_id = ft.file_id
-                AND COALESCE(t.store_id, '') = ft.store_id AND COALESCE(t.business_date, '') = ft.business_date
+                AND COALESCE(t.store_id, '') = ft.store_id
+                AND COALESCE(t.business_date, '') = ft.business_date
                 HAVING COUNT(DISTINCT COALESCE(t.currency, '')) = 1), ''),
             ft.rows, ft.transactions, ft.amount
         FROM file_totals ft;
@@ -697,7 +698,8 @@ class Ledger:
                 "SELECT id FROM runs WHERE scope = ? AND status = 'running'", (scope,)
             ).fetchall()
             db.execute(
-                _KEEP_OUTCOMES + "WHERE run_id IN (SELECT id FROM runs WHERE scope = ? AND status = 'running')",
+                _KEEP_OUTCOMES
+                + "WHERE run_id IN (SELECT id FROM runs WHERE scope = ? AND status = 'running')",
                 (scope,),
             )
             db.execute(
@@ -860,8 +862,9 @@ class Ledger:
     ) -> list[int]:
         """Record everything a file contained, in one transaction: its occurrences (queued, void,
         rejected, duplicate, conflict), its rejected lines, its input totals per store, business
-        date (and currency: a total's optional sixth item); the file becomes 'recorded'. Duplicates of a primary left failed_retryable
-        are requeued into this run. Returns the ledger ids of rows this run must send."""
+        date (and currency: a total's optional sixth item); the file becomes 'recorded'.
+        Duplicates of a primary left failed_retryable are requeued into this run. Returns the
+        ledger ids of rows this run must send."""
         transactions = list(transactions)
         now = _now()
         with self._tx() as db:
@@ -925,11 +928,11 @@ class Ledger:
                 ],
             )
             rows_in, amount_in = 0, Decimal(0)
-            for store_id, business_date, rows, count, amount, *currency in totals:
+            for store_id, business_date, rows, count, amount, *rest in totals:
                 db.execute(
                     "INSERT INTO file_totals (file_id, store_id, business_date, currency, rows, "
                     "transactions, amount) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (file.id, store_id, business_date, (currency or [""])[0] or "", rows, count, str(amount)),
+                    (file.id, store_id, business_date, (rest or [""])[0] or "", rows, count, str(amount)),
                 )
                 rows_in += rows
                 amount_in += amount

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.csvsafe import write_atomic, write_csv
-from pipeline.currencies import money_text
+from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "Report",
     "build_report",
     "money",
-    "single_currency_amounts",
     "write_report",
 ]
 
@@ -200,7 +199,8 @@ def build_report(
     report_id: str,
     feed: str,
     transactions: Sequence[TxnRecord],
-    file_totals: Iterable[tuple[str, str, str, int, int, Decimal] | tuple[str, str, str, int, int, Decimal, str]],
+    file_totals: Iterable[tuple[str, str, str, int, int, Decimal]
+                          | tuple[str, str, str, int, int, Decimal, str]],
     rejects: Sequence[dict[str, Any]],
     pending_is_final: bool = False,
     extra: dict[str, Any] | None = None,
@@ -214,8 +214,8 @@ def build_report(
     per currency: a summary row has one, and the JSON summary has ``currencies``.
     """
     groups: dict[tuple[str, str, str, str, str], _Group] = {}
-    for name, store, day, rows, count, amount, *currency in file_totals:
-        group = groups.setdefault((name, store, day, (currency or [""])[0] or "", "file"), _Group())
+    for name, store, day, rows, count, amount, *rest in file_totals:
+        group = groups.setdefault((name, store, day, (rest or [""])[0] or "", "file"), _Group())
         group.rows_in += rows
         group.transactions_in += count
         group.amount_in += amount
@@ -236,17 +236,14 @@ def build_report(
     for (name, store, day, currency, origin), group in sorted(groups.items()):
         ok = group.balanced(pending_is_final)
         balanced = balanced and ok
-
-        def cash(value: Decimal, currency: str = currency) -> str:
-            return money_text(value, currency) if currency else money(value)
-
         state_cells: list[Any] = []
         for state_name, _ in STATE_COLUMNS:
-            state_cells += [group.counts[state_name], cash(group.amounts.get(state_name, _ZERO))]
+            amount = group.amounts.get(state_name, _ZERO)
+            state_cells += [group.counts[state_name], money_text(amount, currency)]
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
-             cash(group.amount_in), *state_cells, money(group.points), group.rows, group.transactions,
-             cash(group.amount), "true" if ok else "false"]
+             money_text(group.amount_in, currency), *state_cells, money(group.points), group.rows,
+             group.transactions, money_text(group.amount, currency), "true" if ok else "false"]
         )
         total.merge(group)
         by_currency.setdefault(currency, _Group()).merge(group)
@@ -254,7 +251,7 @@ def build_report(
     detail_rows = [
         [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",
          t.business_date or "", t.transaction_type or "", t.currency or "",
-         money_text(t.amount, t.currency) if t.currency else money(t.amount), t.rows,
+         money_text(t.amount, t.currency), t.rows,
          _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
          t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
          t.content_hash or "", t.first_run_id, t.last_run_id]
@@ -309,25 +306,12 @@ def build_report(
 def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:
     """One currency's amounts for the JSON summary."""
     rejected = group.amounts.get("rejected", _ZERO)
-
-    def cash(value: Decimal) -> str:
-        return money_text(value, currency) if currency else money(value)
-
     return {
-        "amount_in": cash(group.amount_in),
-        "amount_valid": cash(group.amount_in - rejected),
-        "amount_rejected": cash(rejected),
-        "amount_accepted": cash(group.amounts.get("accepted", _ZERO)),
+        "amount_in": money_text(group.amount_in, currency),
+        "amount_valid": money_text(group.amount_in - rejected, currency),
+        "amount_rejected": money_text(rejected, currency),
+        "amount_accepted": money_text(group.amounts.get("accepted", _ZERO), currency),
     }
-
-
-def single_currency_amounts(currencies: dict[str, dict[str, str]], keys: Sequence[str]) -> dict[str, str | None]:
-    """The top-level ``amount_*`` keys: the one currency's amounts, ``0.00`` when there is none,
-    ``None`` when there are several (a sum of two currencies means nothing)."""
-    if len(currencies) > 1:
-        return dict.fromkeys(keys)
-    (only,) = currencies.values() if currencies else ({},)
-    return {key: only.get(key, "0.00") for key in keys}
 
 
 def write_report(report: Report, folder: Path) -> Path:

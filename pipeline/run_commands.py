@@ -105,6 +105,17 @@ def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[l
             [r.error for r in results if r.error is not None])
 
 
+def currency_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per currency: in = valid + rejected, and accepted (amounts of two currencies are
+    never added together)."""
+    lines = []
+    for currency, a in (summary.get("currencies") or {}).items():
+        label = f"{currency or '(none)'}:"
+        lines.append(f"  {label:<10} in {a['amount_in']} = valid {a['amount_valid']} + rejected "
+                     f"{a['amount_rejected']}; accepted {a.get('amount_accepted', '0')}")
+    return lines
+
+
 def format_summary(summary: RunSummary) -> str:
     """A few human lines about one run."""
     s = summary.summary
@@ -112,11 +123,10 @@ def format_summary(summary: RunSummary) -> str:
     lines = [
         f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} "
         f"({_MEANING.get(summary.exit_code, '')})",
-        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions, amount {s['amount_in']}",
-        f"  accepted:  {s['accepted']} (amount {s['amount_accepted']}, "
-        f"points {s.get('points_awarded', '0')})",
-        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows, "
-        f"amount {s['amount_rejected']})",
+        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions",
+        *currency_lines(s),
+        f"  accepted:  {s['accepted']} (points {s.get('points_awarded', '0')})",
+        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows)",
         f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
         f"{s.get('not_sent', 0)} not sendable",
         f"  held:      {s['conflicts']} conflicts",

@@ -45,7 +45,7 @@ from pipeline.sources.base import RemoteFile, Source
 from pipeline.sources.discovery import lookback_dates
 from pipeline.stages.fetch import FetchResult, fetch_new_files
 from pipeline.stages.report import report_folder, run_report, write_run_report
-from pipeline.stages.submit import submit_rows
+from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
 
 __all__ = ["RerunSelection", "RunSummary", "business_dates_for", "exit_code_of", "rerun_feed", "run_feed"]
@@ -184,8 +184,10 @@ class _Context:
     def submit(self, row_ids: list[int]) -> None:
         if not row_ids:
             return
-        if self.dry_run:
-            log.info("dry run: %d transaction(s) would be sent", len(row_ids))
+        if self.dry_run:  # every decision but the platform's, as a real run takes it
+            settled = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
+            log.info("dry run: %d transaction(s) would be sent, %d not sendable",
+                     len(row_ids) - settled, settled)
             return
         with gc_frozen():
             result = submit_rows(

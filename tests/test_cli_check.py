@@ -56,7 +56,7 @@ def test_clean_canonical_file_exits_0(tmp_path: Path) -> None:
     assert set(summary) >= SUMMARY_KEYS
     assert summary["transactions_valid"] == 2
     assert summary["guests"] == 1
-    assert summary["amount_in"] == "10.0000"
+    assert summary["amount_in"] == "10.00"
 
 
 def test_rejects_exit_65_and_are_written(tmp_path: Path) -> None:

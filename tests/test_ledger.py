@@ -410,12 +410,14 @@ def test_migration_keeps_input_totals_with_their_currency(tmp_path: Path) -> Non
                "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20')")
     for name in ("f.csv", "g.csv"):
         db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, "
-                   "updated_at) VALUES ('acme', 'hourly', ?, 1, 1.0, ?, 'recorded', 'r1', 'now')", (name, name))
+                   "updated_at) VALUES ('acme', 'hourly', ?, 1, 1.0, ?, 'recorded', 'r1', 'now')",
+                   (name, name))
     for tid, file_id, currency in (("T1", 1, "EUR"), ("T2", 1, "EUR"), ("T3", 2, "EUR"), ("T4", 2, "GBP")):
         db.execute("INSERT INTO transactions (scope, feed, transaction_id, state, file_id, source_file, "
-                   "source_lines, rows, store_id, business_date, currency, amount, first_run_id, last_run_id, "
-                   "created_at, updated_at) VALUES ('acme', 'hourly', ?, 'accepted', ?, 'f.csv', '[2]', 1, "
-                   "'S1', '2026-11-20', ?, '1.00', 'r1', 'r1', 'now', 'now')", (tid, file_id, currency))
+                   "source_lines, rows, store_id, business_date, currency, amount, first_run_id, "
+                   "last_run_id, created_at, updated_at) VALUES ('acme', 'hourly', ?, 'accepted', ?, "
+                   "'f.csv', '[2]', 1, 'S1', '2026-11-20', ?, '1.00', 'r1', 'r1', 'now', 'now')",
+                   (tid, file_id, currency))
     for file_id in (1, 2):
         db.execute("INSERT INTO file_totals VALUES (?, 'S1', '2026-11-20', 2, 2, '2.00')", (file_id,))
     db.close()
@@ -443,11 +445,12 @@ def test_a_run_keeps_its_own_outcomes(tmp_path: Path) -> None:
         ledger.accept("acme", "T1", second, event_ids=["ev-1"], points=Decimal("10"))
         ledger.finish_run(second, status="finished", exit_code=0, counts={})
         (mine,) = ledger.run_transactions(first)
-        assert (mine.state, mine.attempts, mine.last_error_code, mine.last_error_message, mine.event_ids,
-                mine.points, mine.last_run_id) == (TxnState.FAILED_RETRYABLE, 1, "503", "busy", (), None, first)
+        kept = (mine.state, mine.attempts, mine.last_error_code, mine.last_error_message, mine.event_ids,
+                mine.points, mine.last_run_id)
+        assert kept == (TxnState.FAILED_RETRYABLE, 1, "503", "busy", (), None, first)
         (theirs,) = ledger.run_transactions(second)
-        assert (theirs.state, theirs.attempts, theirs.last_error_code, theirs.event_ids, theirs.last_run_id) == (
-            TxnState.ACCEPTED, 2, None, ("ev-1",), second)
+        now = (theirs.state, theirs.attempts, theirs.last_error_code, theirs.event_ids, theirs.last_run_id)
+        assert now == (TxnState.ACCEPTED, 2, None, ("ev-1",), second)
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -63,13 +63,15 @@ def test_every_total_is_per_currency() -> None:
                           rejects=[])
     rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in report.summary_rows]
     assert [(r["source_file"], r["currency"], r["amount_in"], r["balanced"]) for r in rows] == [
-        ("a.csv", "GBP", "16.50", "true"), ("a.csv", "JPY", "1500", "true"), ("b.csv", "KWD", "7.125", "true"),
+        ("a.csv", "GBP", "16.50", "true"), ("a.csv", "JPY", "1500", "true"),
+        ("b.csv", "KWD", "7.125", "true"),
     ]
     s = report.summary
     assert s["currencies"] == {
         "GBP": {"amount_in": "16.50", "amount_valid": "14.00", "amount_rejected": "2.50",
                 "amount_accepted": "10.00"},
-        "JPY": {"amount_in": "1500", "amount_valid": "1000", "amount_rejected": "500", "amount_accepted": "1000"},
+        "JPY": {"amount_in": "1500", "amount_valid": "1000", "amount_rejected": "500",
+                "amount_accepted": "1000"},
         "KWD": {"amount_in": "7.125", "amount_valid": "7.125", "amount_rejected": "0.000",
                 "amount_accepted": "0.000"},
     }
@@ -85,7 +87,8 @@ def test_the_balance_holds_per_currency() -> None:
     """A GBP amount missing and the same EUR amount too many do not cancel out."""
     totals = [("a.csv", "S1", "2026-11-20", 1, 1, Decimal("10.00"), "GBP"),
               ("a.csv", "S1", "2026-11-20", 1, 1, Decimal("5.00"), "EUR")]
-    transactions = [_txn("G", TxnState.ACCEPTED, "5.00"), _txn("E", TxnState.ACCEPTED, "10.00", currency="EUR")]
+    transactions = [_txn("G", TxnState.ACCEPTED, "5.00"),
+                    _txn("E", TxnState.ACCEPTED, "10.00", currency="EUR")]
     report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=totals,
                           rejects=[])
     assert report.summary["balanced"] is False

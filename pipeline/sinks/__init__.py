@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from pipeline.config import AntavoTarget, Feed, resolve_secret
+from pipeline.config import AntavoTarget, CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
-from pipeline.sinks.base import EventResult, Outcome, Sink
+from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, Sink
 from pipeline.sinks.delivery import DeliveryPolicy, PlatformSink
 from pipeline.sinks.http import HttpClient
 
-__all__ = ["EventResult", "Outcome", "PlatformSink", "Sink", "make_antavo_sink", "make_sink"]
+__all__ = [
+    "EventResult", "Outcome", "PlatformSink", "Sink", "decide_before_sending", "make_antavo_sink",
+    "make_sink",
+]
 
 
 def make_antavo_sink(
@@ -53,3 +56,24 @@ def make_sink(feed: Feed, **options: object) -> Sink:
     if kind == "antavo":
         return make_antavo_sink(feed, **options)  # type: ignore[arg-type]
     raise ConfigError(f"no sink for target kind {kind!r}", key="target.kind")
+
+
+def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[EventResult]:
+    """The outcomes the feed's target settles without sending (unmatched return, guest not
+    sendable, partial return on CRM.COM, ...): its plan's ``unsent`` results, computed by the same
+    pure function its sink plans with, without credentials. A dry run takes exactly these
+    decisions; results that wait for the platform (RETRYABLE: a returned sale not delivered yet)
+    are left out, as a real run could settle them otherwise.
+    """
+    target = feed.target
+    if isinstance(target, CrmcomTarget):
+        from pipeline.sinks.crmcom import plan_checkouts as plan_crmcom
+
+        unsent = plan_crmcom(target, checkouts).unsent
+    elif isinstance(target, AntavoTarget):
+        from pipeline.sinks.antavo import plan_checkouts as plan_antavo
+
+        unsent = plan_antavo(target, checkouts).unsent
+    else:
+        raise ConfigError(f"no sink for target kind {target.kind!r}", key="target.kind")
+    return [result for result in unsent if result.outcome is not Outcome.RETRYABLE]

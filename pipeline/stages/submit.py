@@ -23,9 +23,10 @@ from pipeline.ledger import Ledger, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
+from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Sink
 
-__all__ = ["BATCH_SIZE", "SubmitResult", "submit_rows", "with_originals"]
+__all__ = ["BATCH_SIZE", "SubmitResult", "decide_rows", "submit_rows", "with_originals"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,26 @@ def submit_rows(
     return asyncio.run(
         _submit(ledger, feed, run_id, ordered, make_sink, stop, progress, batch_size, outcome)
     )
+
+
+def decide_rows(
+    ledger: Ledger, feed: Feed, run_id: str, row_ids: Sequence[int], *, batch_size: int | None = None
+) -> int:
+    """A dry run's submit: settle the rows ``row_ids`` whose outcome the target decides without
+    sending (:func:`pipeline.sinks.decide_before_sending`), exactly as a real run's sink would,
+    from the same checkouts in the same batches; the rest stay queued ("would be sent"). Returns
+    how many were settled."""
+    batch_size = batch_size or BATCH_SIZE
+    ordered = sales_first(ledger, row_ids)
+    settled = 0
+    for start in range(0, len(ordered), batch_size):
+        rows = ledger.transactions_by_row_id(ordered[start : start + batch_size], with_checkout=True)
+        decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+        checkouts = with_originals(ledger, feed.scope, decoded)
+        results = decide_before_sending(feed, checkouts)
+        ledger.apply_results(feed.scope, results, run_id)
+        settled += len(results)
+    return settled
 
 
 def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
