@@ -119,7 +119,8 @@ def currency_lines(summary: dict[str, Any]) -> list[str]:
 def format_summary(summary: RunSummary) -> str:
     """A few human lines about one run."""
     s = summary.summary
-    kind = "dry run" if s.get("dry_run") else s.get("kind", "run")
+    dry = bool(s.get("dry_run"))
+    kind = "dry run" if dry else s.get("kind", "run")
     lines = [
         f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} "
         f"({_MEANING.get(summary.exit_code, '')})",
@@ -131,7 +132,8 @@ def format_summary(summary: RunSummary) -> str:
         f"{s.get('not_sent', 0)} not sendable",
         f"  held:      {s['conflicts']} conflicts",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent, "
-        f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") else ""),
+        f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") and not dry else ""),
+        *([f"  would send: {s.get('queued', 0)} (the rest was decided as a real run decides it)"] if dry else []),
         f"  balanced:  {'yes' if s['balanced'] else 'NO'}",
     ]
     if s.get("superseded_files"):
