@@ -133,7 +133,8 @@ def format_summary(summary: RunSummary) -> str:
         f"  held:      {s['conflicts']} conflicts",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent, "
         f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") and not dry else ""),
-        *([f"  would send: {s.get('queued', 0)} (the rest was decided as a real run decides it)"] if dry else []),
+        *([f"  would send: {s.get('queued', 0)} (everything else decided as a real run would)"]
+          if dry else []),
         f"  balanced:  {'yes' if s['balanced'] else 'NO'}",
     ]
     if s.get("superseded_files"):

@@ -91,7 +91,8 @@ def test_a_day_in_three_currencies_is_totalled_per_currency(
     assert [run[k] for k in (*AMOUNT_KEYS, "amount_accepted")] == [None] * 4
     for currency, amounts in currencies.items():  # the run counts the money the check counted
         assert {k: amounts[k] for k in AMOUNT_KEYS} == checked["currencies"][currency]
-        assert Decimal(amounts["amount_in"]) == Decimal(amounts["amount_valid"]) + Decimal(amounts["amount_rejected"])
+        amount_in, valid, rejected = (Decimal(amounts[k]) for k in AMOUNT_KEYS)
+        assert amount_in == valid + rejected
         assert re.fullmatch(r"-?\d+\.\d\d", amounts["amount_accepted"])  # the currency's minor units
 
     rows = _csv(Path(run["reports_path"]) / "summary.csv")
