@@ -455,7 +455,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
 _RUN_LOG_KEYS = (
     "rows_in", "transactions_in", "transactions_rejected", "rows_rejected", "duplicates", "conflicts",
     "accepted", "failed_retryable", "failed_permanent", "not_sent", "in_doubt", "amount_in",
-    "amount_accepted", "balanced",
+    "amount_accepted", "currencies", "balanced",
 )
 
 

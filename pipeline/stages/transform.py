@@ -259,13 +259,16 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
     """One line per file with its counts (and no row content: customer ids stay out of logs)."""
     states = Counter(str(t.state) for t in records.transactions)
     rows = sum(total[2] for total in records.totals)
-    amount = sum((total[4] for total in records.totals), Decimal(0))
+    amounts: dict[str, Decimal] = {}  # per currency: never added across currencies
+    for total in records.totals:
+        amounts[total[5]] = amounts.get(total[5], Decimal(0)) + total[4]
     log_event(
         log, "file",
         f"{name}: {rows} rows, {len(records.transactions)} transactions, {queued} queued, "
         f"{len(records.rejects)} rejected rows",
         feed=feed.name, file=name, rows=rows, transactions=len(records.transactions), queued=queued,
-        rejected_rows=len(records.rejects), states=dict(sorted(states.items())), amount=str(amount),
+        rejected_rows=len(records.rejects), states=dict(sorted(states.items())),
+        amounts={currency: str(amount) for currency, amount in sorted(amounts.items())},
     )
 
 
