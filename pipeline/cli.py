@@ -58,7 +58,8 @@ def cli(
     )
     ctx.obj["log_format"] = log_format
     ctx.obj["verbose"] = verbose
-    from pipeline.logs import register_env_secrets_of_feeds, setup_logging
+    from pipeline.config import register_env_secrets_of_feeds
+    from pipeline.logs import setup_logging
 
     setup_logging(log_format, verbose)
     register_env_secrets_of_feeds(ctx.obj["settings"].feeds_dir)
@@ -523,8 +524,9 @@ def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_m
     """A chain's day from a real SFTP server to the sandbox platform: per-stage time and memory."""
     import signal
 
-    from pipeline.benchmarks.e2e import FULL_LINE_ITEMS, FULL_SCALING, render_text, run_suite
-    from pipeline.benchmarks.e2e import update_docs as write_docs
+    from pipeline.benchmarks.e2e import FULL_LINE_ITEMS, FULL_SCALING, run_suite
+    from pipeline.benchmarks.e2e_report import render_text
+    from pipeline.benchmarks.e2e_report import update_docs as write_docs
     from pipeline.benchmarks.workload import GUEST_SHARE
 
     # SIGTERM unwinds like Ctrl-C, so the sshd, the sandbox and the temporary files are cleaned up
@@ -569,7 +571,8 @@ def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_m
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path | None, as_json: bool) -> None:
     """Does a bigger ledger cost time? One day against an empty and a filled ledger, alternating."""
-    from pipeline.benchmarks.e2e import render_ledger_growth, run_ledger_growth, update_ledger_growth_docs
+    from pipeline.benchmarks.e2e import run_ledger_growth
+    from pipeline.benchmarks.e2e_report import render_ledger_growth, update_ledger_growth_docs
 
     report = run_ledger_growth(prefill=prefill, line_items=line_items, rounds=rounds)
     _emit_benchmark(render_ledger_growth(report, command=_reproduce_command()), report, docs=update_docs,
