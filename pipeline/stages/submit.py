@@ -19,14 +19,14 @@ from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
-from pipeline.ledger import Ledger, TxnState
+from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Sink
 
-__all__ = ["BATCH_SIZE", "SubmitResult", "decide_rows", "submit_rows", "with_originals"]
+__all__ = ["BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "submit_rows", "with_originals"]
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,17 @@ def decide_rows(
     settled = 0
     for start in range(0, len(ordered), batch_size):
         rows = ledger.transactions_by_row_id(ordered[start : start + batch_size], with_checkout=True)
-        decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
-        checkouts = with_originals(ledger, feed.scope, decoded)
-        results = decide_before_sending(feed, checkouts)
+        results = decide_before_sending(feed, checkouts_of(ledger, feed, rows))
         ledger.apply_results(feed.scope, results, run_id)
         settled += len(results)
     return settled
+
+
+def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]) -> list[dict[str, Any]]:
+    """The checkouts of ledger rows as the sink gets them (and a dry run decides on them): decoded,
+    returns given what the ledger knows of their sale."""
+    decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+    return with_originals(ledger, feed.scope, decoded)
 
 
 def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
@@ -177,8 +182,7 @@ async def _submit(
                             feed.name, len(row_ids) - start)
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
-            decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
-            checkouts = with_originals(ledger, scope, decoded)
+            checkouts = checkouts_of(ledger, feed, rows)
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
                 customer_of.clear()
