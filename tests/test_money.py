@@ -24,8 +24,9 @@ from pipeline.currencies import money_text
 from pipeline.reports import STATE_COLUMNS
 from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
+from pipeline.sinks import Outcome, decide_before_sending
 from tests.runner_helpers import BUSINESS_DATE, copy_samples, credentials, feed_toml, sample_feed, settings_in
-from tests.sandbox_fixtures import TARGET_KITS
+from tests.sandbox_fixtures import TARGET_KITS, make_checkout
 
 # three stores, three currencies: returns (matched and not), voids, guests and rejected rows
 FILES = ("pos_LON01_20261120_13.csv", "pos_BER01_20261120_13.csv", "pos_BER01_20261120_18.csv",
@@ -81,7 +82,7 @@ def test_a_day_in_three_currencies_is_totalled_per_currency(
     args = ["run", "--feed", str(feed_file), "--business-date", BUSINESS_DATE.isoformat()]
     # the console: one line per currency, never an amount added up across them
     dry_text = _posfeed(tmp_path, "state", [*args, "--dry-run"], env)
-    assert "amount " not in dry_text
+    assert "amount " not in dry_text and re.search(r"^  would send: [1-9]\d* ", dry_text, re.M)
     for currency in ("GBP", "EUR", "USD"):
         assert len(re.findall(rf"^  {currency}: +in -?\d+\.\d\d = valid ", dry_text, re.M)) == 1
     run = json.loads(_posfeed(tmp_path, "state", [*args, "--json"], env))
@@ -187,3 +188,30 @@ def _feed_file(tmp: Path, feed: Feed) -> Path:
     path = tmp / f"{feed.name}.toml"
     path.write_text(feed_toml(feed), encoding="utf-8")
     return path
+
+
+def test_decisions_before_sending_need_neither_platform_nor_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What each target settles without sending; what waits for the platform is left to it."""
+    for name in ("ANTAVO_API_KEY", "ANTAVO_API_SECRET", "CRMCOM_USERNAME", "CRMCOM_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    unreachable = "http://127.0.0.1:9"
+    sale = make_checkout("S1")  # 2 x 6.25
+    not_delivered = {**make_checkout("R4", kind="return", original_transaction_id="S9"),
+                     "original_event_ids": [], "original_total": Decimal("12.50")}
+    rows = [sale, make_checkout("G1", customer_id=None),
+            make_checkout("R1", kind="return", original_transaction_id="S1", quantity="1"),
+            make_checkout("R2", kind="return"),
+            make_checkout("R3", kind="return", original_transaction_id="S1"),
+            not_delivered]
+    crmcom = Feed.model_validate({"name": "c", "target": {"kind": "crmcom", "base_url": unreachable}})
+    decided = {r.transaction_id: (r.outcome, r.error_code) for r in decide_before_sending(crmcom, rows)}
+    assert decided == {"G1": (Outcome.NOT_SENT, "crmcom_guest"),
+                       "R1": (Outcome.NOT_SENT, "crmcom_partial_return"),
+                       "R2": (Outcome.NOT_SENT, "unmatched_return")}  # R4 waits for its sale: not decided
+    antavo = Feed.model_validate({"name": "a", "target": {"kind": "antavo", "base_url": unreachable,
+                                                          "send_guests": False}})
+    decided = {r.transaction_id: (r.outcome, r.error_code) for r in decide_before_sending(antavo, rows)}
+    assert decided == {"G1": (Outcome.NOT_SENT, "guest_not_sent"),
+                       "R2": (Outcome.NOT_SENT, "unmatched_return")}
