@@ -27,6 +27,7 @@ from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
 from pipeline.core.parse import read_file
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
+from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
 from pipeline.logs import log_event, mask_customer_id
@@ -268,7 +269,7 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
         f"{len(records.rejects)} rejected rows",
         feed=feed.name, file=name, rows=rows, transactions=len(records.transactions), queued=queued,
         rejected_rows=len(records.rejects), states=dict(sorted(states.items())),
-        amounts={currency: str(amount) for currency, amount in sorted(amounts.items())},
+        amounts={currency: money_text(amount, currency) for currency, amount in sorted(amounts.items())},
     )
 
 
