@@ -1,4 +1,5 @@
-"""Sinks: where checkouts go. :func:`make_sink` builds the feed's target platform."""
+"""Sinks: where checkouts go. :func:`make_sink` builds the feed's target platform;
+:func:`decide_before_sending` is what its plan settles without sending (a dry run takes it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 from pipeline.config import AntavoTarget, CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, Sink
-from pipeline.sinks.delivery import DeliveryPolicy, PlatformSink
+from pipeline.sinks.delivery import DeliveryPolicy, Plan, PlatformAdapter, PlatformSink
 from pipeline.sinks.http import HttpClient
 
 __all__ = [
@@ -60,20 +61,23 @@ def make_sink(feed: Feed, **options: object) -> Sink:
 
 def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[EventResult]:
     """The outcomes the feed's target settles without sending (unmatched return, guest not
-    sendable, partial return on CRM.COM, ...): its plan's ``unsent`` results, computed by the same
-    pure function its sink plans with, without credentials. A dry run takes exactly these
-    decisions; results that wait for the platform (RETRYABLE: a returned sale not delivered yet)
-    are left out, as a real run could settle them otherwise.
+    sendable, partial return on CRM.COM, ...): the ``unsent`` results of the target adapter's own
+    ``plan``, the function its sink plans every submission with. Planning never signs, sends or
+    reads a secret, so the adapter is built without credentials. A dry run takes exactly these
+    decisions; results that wait for the platform (RETRYABLE, e.g. a returned sale not delivered
+    yet) are left out, as a real run may settle them otherwise.
     """
     target = feed.target
+    planner: PlatformAdapter
     if isinstance(target, CrmcomTarget):
-        from pipeline.sinks.crmcom import plan_checkouts as plan_crmcom
+        from pipeline.sinks.crmcom import Credentials, CrmcomAdapter
 
-        unsent = plan_crmcom(target, checkouts).unsent
+        planner = CrmcomAdapter(target, Credentials())
     elif isinstance(target, AntavoTarget):
-        from pipeline.sinks.antavo import plan_checkouts as plan_antavo
+        from pipeline.sinks.antavo import AntavoAdapter
 
-        unsent = plan_antavo(target, checkouts).unsent
+        planner = AntavoAdapter(target, api_key="", api_secret="")
     else:
         raise ConfigError(f"no sink for target kind {target.kind!r}", key="target.kind")
-    return [result for result in unsent if result.outcome is not Outcome.RETRYABLE]
+    plan: Plan = planner.plan(checkouts)
+    return [result for result in plan.unsent if result.outcome is not Outcome.RETRYABLE]

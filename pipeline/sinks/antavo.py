@@ -33,7 +33,7 @@ from pipeline.sinks.delivery import Batch, Plan, PreparedRequest, RequestFailure
 from pipeline.sinks.escher import EscherSigner, antavo_config
 from pipeline.sinks.http import HttpClient
 
-__all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "plan_checkouts"]
+__all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter"]
 
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
@@ -72,7 +72,49 @@ class AntavoAdapter:
 
     def plan(self, checkouts: Sequence[CheckoutRow]) -> Plan:
         """Guests one per request, members in bulk; sales first, returns second."""
-        return plan_checkouts(self.target, checkouts)
+        batches: list[Batch] = []
+        unsent: list[EventResult] = []
+        members: dict[int, list[Unit]] = {0: [], 1: []}
+        for row in checkouts:
+            tid = str(row["transaction_id"])
+            events = events_for(row, return_mode=self.target.return_mode, account=self.target.account)
+            if isinstance(events, NotSent):
+                unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code=events.code,
+                                          error_message=events.message, attempts=0))
+                continue
+            phase = 1 if row.get("transaction_type") == TransactionType.RETURN else 0
+            guest = bool(events[0].get("guest"))
+            if guest and not self.target.send_guests:
+                unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code="guest_not_sent",
+                                          error_message="guest checkouts are not sent (send_guests)",
+                                          attempts=0))
+            elif guest and len(events) > 1:
+                unsent.append(EventResult(
+                    tid, Outcome.NOT_SENT, error_code="guest_multi_event",
+                    error_message="a guest refund of several lines cannot be sent one request per "
+                                  "transaction; use return_mode = \"refund\"", attempts=0))
+            elif guest or (self.target.bulk_size == 1 and len(events) == 1):
+                batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
+            else:
+                members[phase].append(Unit(tid, events))
+        for phase, units in members.items():
+            batches.extend(self._bulk_batches(units, phase))
+        return Plan(batches, unsent)
+
+    def _bulk_batches(self, units: list[Unit], phase: int) -> list[Batch]:
+        batches: list[Batch] = []
+        current: list[Unit] = []
+        size = 0
+        for unit in units:
+            count = len(unit.payload)
+            if current and size + count > self.target.bulk_size:
+                batches.append(Batch(tuple(current), route="bulk", phase=phase))
+                current, size = [], 0
+            current.append(unit)
+            size += count
+        if current:
+            batches.append(Batch(tuple(current), route="bulk", phase=phase))
+        return batches
 
     # ---- request -----------------------------------------------------------------------------------
 
@@ -121,58 +163,6 @@ class AntavoAdapter:
 
 
 CUSTOMER_NOT_FOUND = "160212"
-
-
-def plan_checkouts(target: AntavoTarget, checkouts: Sequence[CheckoutRow]) -> Plan:
-    """What to send and what is settled without sending (pure: no credentials, no I/O).
-
-    The adapter's plan, and what a dry run decides exactly as a real run does: every
-    ``Plan.unsent`` result is taken without the platform's answer.
-    """
-    batches: list[Batch] = []
-    unsent: list[EventResult] = []
-    members: dict[int, list[Unit]] = {0: [], 1: []}
-    for row in checkouts:
-        tid = str(row["transaction_id"])
-        events = events_for(row, return_mode=target.return_mode, account=target.account)
-        if isinstance(events, NotSent):
-            unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code=events.code,
-                                      error_message=events.message, attempts=0))
-            continue
-        phase = 1 if row.get("transaction_type") == TransactionType.RETURN else 0
-        guest = bool(events[0].get("guest"))
-        if guest and not target.send_guests:
-            unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code="guest_not_sent",
-                                      error_message="guest checkouts are not sent (send_guests)",
-                                      attempts=0))
-        elif guest and len(events) > 1:
-            unsent.append(EventResult(
-                tid, Outcome.NOT_SENT, error_code="guest_multi_event",
-                error_message="a guest refund of several lines cannot be sent one request per "
-                              "transaction; use return_mode = \"refund\"", attempts=0))
-        elif guest or (target.bulk_size == 1 and len(events) == 1):
-            batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
-        else:
-            members[phase].append(Unit(tid, events))
-    for phase, units in members.items():
-        batches.extend(_bulk_batches(units, phase, target.bulk_size))
-    return Plan(batches, unsent)
-
-
-def _bulk_batches(units: list[Unit], phase: int, bulk_size: int) -> list[Batch]:
-    batches: list[Batch] = []
-    current: list[Unit] = []
-    size = 0
-    for unit in units:
-        count = len(unit.payload)
-        if current and size + count > bulk_size:
-            batches.append(Batch(tuple(current), route="bulk", phase=phase))
-            current, size = [], 0
-        current.append(unit)
-        size += count
-    if current:
-        batches.append(Batch(tuple(current), route="bulk", phase=phase))
-    return batches
 
 
 def _is_event_error(status: int, error: dict[str, Any]) -> bool:

@@ -72,7 +72,6 @@ __all__ = [
     "TokenProvider",
     "endpoint_url",
     "make_crmcom_sink",
-    "plan_checkouts",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,7 +243,30 @@ class CrmcomAdapter:
 
     def plan(self, checkouts: Sequence[CheckoutRow]) -> DeliveryPlan:
         """Purchases (bulk or one by one) in phase 0, cancels one by one in phase 1."""
-        return plan_checkouts(self.target, checkouts, self._originals)
+        sales = {
+            str(row["transaction_id"]): row
+            for row in checkouts
+            if (row.get("transaction_type") or TransactionType.SALE) == TransactionType.SALE
+        }
+        creates: list[Unit] = []
+        batches: list[Batch] = []
+        unsent: list[EventResult] = []
+        for row in checkouts:
+            planned = plan_checkout(row, self.target, self._originals, sales)
+            if isinstance(planned, PlannedCreate):
+                creates.append(Unit(planned.transaction_id, planned.body))
+            elif isinstance(planned, PlannedCancel):
+                batches.append(Batch((Unit(planned.transaction_id, planned),), route="cancel", phase=1))
+            else:
+                unsent.append(planned)
+        size = self.target.bulk_size
+        if size > 1:
+            batches[:0] = [
+                Batch(tuple(creates[i : i + size]), route="bulk") for i in range(0, len(creates), size)
+            ]
+        else:
+            batches[:0] = [Batch((unit,), route="single") for unit in creates]
+        return DeliveryPlan(batches, unsent)
 
     # ---- request
 
@@ -322,40 +344,6 @@ class CrmcomAdapter:
                 if result.event_ids and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                     self._created[result.transaction_id] = result.event_ids
         return results
-
-
-def plan_checkouts(
-    target: CrmcomTarget, checkouts: Sequence[CheckoutRow], originals: OriginalLookup | None = None
-) -> DeliveryPlan:
-    """What to send and what is settled without sending (pure: no credentials, no I/O).
-
-    The adapter's plan, and what a dry run decides exactly as a real run does (its results that
-    do not wait for the platform, i.e. all but a RETRYABLE original-not-delivered).
-    """
-    sales = {
-        str(row["transaction_id"]): row
-        for row in checkouts
-        if (row.get("transaction_type") or TransactionType.SALE) == TransactionType.SALE
-    }
-    creates: list[Unit] = []
-    batches: list[Batch] = []
-    unsent: list[EventResult] = []
-    for row in checkouts:
-        planned = plan_checkout(row, target, originals, sales)
-        if isinstance(planned, PlannedCreate):
-            creates.append(Unit(planned.transaction_id, planned.body))
-        elif isinstance(planned, PlannedCancel):
-            batches.append(Batch((Unit(planned.transaction_id, planned),), route="cancel", phase=1))
-        else:
-            unsent.append(planned)
-    size = target.bulk_size
-    if size > 1:
-        batches[:0] = [
-            Batch(tuple(creates[i : i + size]), route="bulk") for i in range(0, len(creates), size)
-        ]
-    else:
-        batches[:0] = [Batch((unit,), route="single") for unit in creates]
-    return DeliveryPlan(batches, unsent)
 
 
 def make_crmcom_sink(
