@@ -169,7 +169,7 @@ def test_report_of_a_run_is_reproduced_after_a_rerun_of_it(
     resent = rerun.summary["accepted"] + rerun.summary["failed_permanent"]  # returns of sales it never had
     assert resent == failed.summary["failed_retryable"] and rerun.summary["accepted"] > 0
     after = report("after")
-    names = ("summary.csv", "detail.csv", "rejects.csv", "summary.json")
+    names = ("summary.csv", "detail.csv", "rejects.csv", "summary.json", "report.html")
     for name in names:
         assert (after / name).read_bytes() == (before / name).read_bytes(), name
     assert failed.reports_path is not None  # and the same files as the run wrote when it ended
