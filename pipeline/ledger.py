@@ -929,10 +929,11 @@ class Ledger:
             )
             rows_in, amount_in = 0, Decimal(0)
             for store_id, business_date, rows, count, amount, *rest in totals:
+                currency = (rest[0] if rest else "") or ""
                 db.execute(
                     "INSERT INTO file_totals (file_id, store_id, business_date, currency, rows, "
                     "transactions, amount) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (file.id, store_id, business_date, (rest or [""])[0] or "", rows, count, str(amount)),
+                    (file.id, store_id, business_date, currency, rows, count, str(amount)),
                 )
                 rows_in += rows
                 amount_in += amount

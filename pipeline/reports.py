@@ -216,7 +216,8 @@ def build_report(
     """
     groups: dict[tuple[str, str, str, str, str], _Group] = {}
     for name, store, day, rows, count, amount, *rest in file_totals:
-        group = groups.setdefault((name, store, day, (rest or [""])[0] or "", "file"), _Group())
+        currency = rest[0] if rest else ""
+        group = groups.setdefault((name, store, day, currency or "", "file"), _Group())
         group.rows_in += rows
         group.transactions_in += count
         group.amount_in += amount
