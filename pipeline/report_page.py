@@ -137,6 +137,8 @@ def page_data(report: Report) -> dict[str, Any]:
     per_file: dict[str, Figures] = defaultdict(Figures)
     stores_of_file: dict[str, set[str]] = defaultdict(set)
     for row in summary_rows:
+        if row["origin"] not in ("file", "ledger"):
+            continue  # a file not read: nothing came in; listed with its reason below
         currency = row.get("currency", "")
         per_currency[currency].add(row)
         per_store[(row["store_id"], currency)].add(row)

@@ -4,8 +4,9 @@ Pure builders (:func:`build_report`) turn ledger rows into a :class:`Report`; :f
 writes it as five files into one folder, each atomically and spreadsheet-safe:
 
 * ``summary.csv``: one row per source file × store × business date × currency (× origin): rows,
-  transactions and amount in, then count and amount per state, points awarded, and ``balanced``
-  (a row never mixes currencies);
+  transactions and amount in, then count and amount per state, points awarded, ``balanced``
+  (a row never mixes currencies) and ``reason``; plus a row for every file the run could not
+  read (origin ``unreadable``, ``fetch_failed`` or ``skipped``), with why;
 * ``detail.csv``: one row per transaction occurrence with its state, codes and event ids;
 * ``rejects.csv``: every rejected line with its original columns, the reject code, reason, field,
   file and line;
@@ -73,6 +74,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "transactions_accounted",
     "amount_accounted",
     "balanced",
+    "reason",
 )
 
 DETAIL_COLUMNS: tuple[str, ...] = (
@@ -120,6 +122,12 @@ def money(value: Decimal | None) -> str:
     exponent = value.normalize().as_tuple().exponent
     places = max(2, -exponent) if isinstance(exponent, int) else 2
     return f"{value:.{places}f}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A reason on one line, at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _lines(lines: Sequence[int]) -> str:
@@ -205,6 +213,7 @@ def build_report(
     rejects: Sequence[dict[str, Any]],
     pending_is_final: bool = False,
     extra: dict[str, Any] | None = None,
+    files_not_read: Iterable[tuple[str, str, str]] = (),
 ) -> Report:
     """Build a report from ledger rows.
 
@@ -213,6 +222,8 @@ def build_report(
     another origin (settled or retried from the ledger) are their own input. ``pending_is_final``
     counts queued rows as final (a dry run, where "queued" means "would be sent"). Every total is
     per currency: a summary row has one, and the JSON summary has ``currencies``.
+    ``files_not_read`` are (source_file, origin, reason) of files the run saw and did not read:
+    one summary row each, nothing in it (currency: the report's, when its money is in one).
     """
     groups: dict[tuple[str, str, str, str, str], _Group] = {}
     for name, store, day, rows, count, amount, *rest in file_totals:
@@ -245,10 +256,22 @@ def build_report(
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
              money_text(group.amount_in, currency), *state_cells, money(group.points), group.rows,
-             group.transactions, money_text(group.amount, currency), "true" if ok else "false"]
+             group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
         by_currency.setdefault(currency, _Group()).merge(group)
+
+    # a file not read has no currency of its own: the feed's, when all the report's money is in one
+    known = [c for c in by_currency if c]
+    feed_currency = known[0] if len(known) == 1 else ""
+    zero = money_text(_ZERO, feed_currency)
+    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)]
+    for name, origin, reason in files_not_read:
+        # no row of the file came in, so none is unaccounted for; the file itself is, with why
+        summary_rows.append(
+            [report_id, feed, name, "", "", feed_currency, origin, 0, 0, zero, *empty_states,
+             money(_ZERO), 0, 0, zero, "true", _one_line(reason)]
+        )
 
     detail_rows = [
         [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",
@@ -317,7 +340,7 @@ def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:
 
 
 def write_report(report: Report, folder: Path) -> Path:
-    """Write the report's four files into ``folder`` (each atomically); returns the folder."""
+    """Write the report's five files into ``folder`` (each atomically); returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "summary.csv", SUMMARY_COLUMNS, report.summary_rows)
     write_csv(folder / "detail.csv", DETAIL_COLUMNS, report.detail_rows)

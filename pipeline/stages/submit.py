@@ -10,6 +10,7 @@ transaction answers "transaction ID already used", which settles it as accepted.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections import Counter
@@ -19,14 +20,18 @@ from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
+from pipeline.core.members import PERSONAL_FIELDS
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
 from pipeline.sinks import decide_before_sending
-from pipeline.sinks.base import EventResult, Sink
+from pipeline.sinks.base import EventResult, Outcome, Sink
 
-__all__ = ["BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "submit_rows", "with_originals"]
+__all__ = [
+    "BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims", "personal_values",
+    "submit_rows", "with_originals", "without_personal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +83,50 @@ def decide_rows(
     settled = 0
     for start in range(0, len(ordered), batch_size):
         rows = ledger.transactions_by_row_id(ordered[start : start + batch_size], with_checkout=True)
-        results = decide_before_sending(feed, checkouts_of(ledger, feed, rows))
+        checkouts, unsent = checkouts_of(ledger, feed, rows)
+        personal = personal_values(feed, checkouts)
+        results = [without_personal(r, personal)
+                   for r in [*unsent, *decide_before_sending(feed, checkouts)]]
         ledger.apply_results(feed.scope, results, run_id)
         settled += len(results)
     return settled
 
 
-def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]) -> list[dict[str, Any]]:
+def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
+                 ) -> tuple[list[dict[str, Any]], list[EventResult]]:
     """The checkouts of ledger rows as the sink gets them (and a dry run decides on them): decoded,
-    returns given what the ledger knows of their sale."""
-    decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
-    return with_originals(ledger, feed.scope, decoded)
+    returns given what the ledger knows of their sale, claims gated on their checkout
+    (:func:`gate_claims`); and the results of the rows settled before any sink sees them."""
+    if feed.records == "transactions":
+        decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+    else:
+        decoded = [json.loads(r.checkout) for r in rows if r.checkout]
+    unsent: list[EventResult] = []
+    if feed.records == "claims":
+        decoded, unsent = gate_claims(ledger, feed, decoded)
+    return with_originals(ledger, feed.scope, decoded), unsent
+
+
+def personal_values(feed: Feed, checkouts: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Enrollments: each member's personal details (longest first), to keep out of the platform
+    messages the ledger stores; nothing for other feeds."""
+    if feed.records != "enrollments":
+        return {}
+    return {
+        c["transaction_id"]: sorted({str(v) for k, v in (c.get("profile") or {}).items()
+                                     if k in PERSONAL_FIELDS and v}, key=len, reverse=True)
+        for c in checkouts
+    }
+
+
+def without_personal(result: EventResult, personal_of: dict[str, list[str]]) -> EventResult:
+    """``result`` with its transaction's personal details masked in its error message."""
+    if not result.error_message or result.transaction_id not in personal_of:
+        return result
+    message = result.error_message
+    for value in personal_of[result.transaction_id]:
+        message = message.replace(value, "***")
+    return replace(result, error_message=message)
 
 
 def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
@@ -132,6 +170,46 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
     return enriched
 
 
+def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """The claims that may be sent now, and a NOT_SENT result for each that never can.
+
+    A claim names a guest checkout of ``claims.checkout_scope``: sent once that checkout is
+    accepted; left queued (waiting) while it is pending or failed; never sent when it settled
+    without reaching the platform (``claim_checkout_not_sent``) or when the ledger does not know
+    it (``unmatched_claim``, unless ``claims.unknown_checkouts = "send"``).
+    """
+    if not claims:
+        return claims, []
+    checkout_scope = feed.claims.checkout_scope or feed.scope
+    known = ledger.originals(checkout_scope, [str(c["claimed_transaction_id"]) for c in claims])
+    ready: list[dict[str, Any]] = []
+    unsent: list[EventResult] = []
+    waiting = 0
+    for claim in claims:
+        checkout = known.get(str(claim["claimed_transaction_id"]))
+        if checkout is None:
+            if feed.claims.unknown_checkouts == "send":
+                ready.append(claim)
+            else:
+                unsent.append(EventResult(
+                    claim["transaction_id"], Outcome.NOT_SENT, error_code="unmatched_claim",
+                    error_message=f"no checkout {claim['claimed_transaction_id']} in scope "
+                                  f"{checkout_scope!r}", attempts=0))
+        elif checkout.state is TxnState.ACCEPTED:
+            ready.append(claim)
+        elif checkout.state in (TxnState.NOT_SENT, TxnState.VOID):
+            unsent.append(EventResult(
+                claim["transaction_id"], Outcome.NOT_SENT, error_code="claim_checkout_not_sent",
+                error_message=f"checkout {claim['claimed_transaction_id']} was not sent "
+                              f"({checkout.state})", attempts=0))
+        else:
+            waiting += 1
+    if waiting:
+        log.info("%s: %d claim(s) wait for their checkout to be accepted", feed.name, waiting)
+    return ready, unsent
+
+
 async def _submit(
     ledger: Ledger,
     feed: Feed,
@@ -162,12 +240,16 @@ async def _submit(
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
     customer_of: dict[str, str] = {}
 
+    # enrollments: the member's details, kept out of platform messages the ledger stores
+    personal_of: dict[str, list[str]] = {}
+
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
         customer = customer_of.get(result.transaction_id)
         if customer and result.error_message and customer in result.error_message:
             result = replace(result, error_message=result.error_message.replace(
                 customer, mask_customer_id(customer)))
+        result = without_personal(result, personal_of)
         pending.append(result)
         if len(pending) >= _FLUSH_EVERY:
             flush()
@@ -182,7 +264,11 @@ async def _submit(
                             feed.name, len(row_ids) - start)
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
-            checkouts = checkouts_of(ledger, feed, rows)
+            checkouts, unsent = checkouts_of(ledger, feed, rows)
+            for result in unsent:
+                on_result(result)
+            personal_of.clear()
+            personal_of.update(personal_values(feed, checkouts))
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
                 customer_of.clear()
