@@ -92,7 +92,7 @@ def test_the_balance_holds_per_currency() -> None:
     report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=totals,
                           rejects=[])
     assert report.summary["balanced"] is False
-    assert [row[-1] for row in report.summary_rows] == ["false", "false"]
+    assert [row[SUMMARY_COLUMNS.index("balanced")] for row in report.summary_rows] == ["false", "false"]
 
 
 @pytest.mark.parametrize(
@@ -194,3 +194,31 @@ def test_vectorized_checkout_json_decodes_like_the_row_encoder() -> None:
         assert decode_checkout(fast) == decode_checkout(slow)
     sample = decode_checkout(vectorized[0])
     assert isinstance(sample["total"], Decimal) and sample["timestamp_utc"].tzinfo is not None
+
+
+def test_a_file_not_read_has_a_row_in_the_reports_currency_and_no_money_group_of_its_own() -> None:
+    """summary.csv: the currency column and the reason column together; a file not read takes the
+    report's currency when all its money is in one, none with several; the page leaves it out of
+    its money (it lists it with its reason)."""
+    from pipeline.report_page import page_data
+
+    not_read = [("bad.csv", "unreadable", "not UTF-8\nat byte 3")]
+    one = build_report(report_id="r1", feed="hourly", transactions=TXNS, file_totals=TOTALS, rejects=[],
+                       extra={"unreadable_files": [{"file": "bad.csv", "reason": "not UTF-8"}]},
+                       files_not_read=not_read)
+    rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in one.summary_rows]
+    assert [(r["source_file"], r["currency"], r["origin"], r["amount_in"], r["balanced"], r["reason"])
+            for r in rows] == [("a.csv", "GBP", "file", "16.50", "true", ""),
+                               ("bad.csv", "GBP", "unreadable", "0.00", "true", "not UTF-8 at byte 3")]
+    assert [c["currency"] for c in page_data(one)["currencies"]] == ["GBP"]
+    files = [(f["name"], f["status"]) for f in page_data(one)["files"]]
+    assert files == [("a.csv", "read"), ("bad.csv", "unreadable: not UTF-8")]
+
+    several = build_report(
+        report_id="r1", feed="hourly",
+        transactions=[*TXNS, _txn("Y1", TxnState.ACCEPTED, "1500", currency="JPY")],
+        file_totals=[*TOTALS, ("a.csv", "S1", "2026-11-20", 1, 1, Decimal("1500"), "JPY")],
+        rejects=[], files_not_read=not_read)
+    last = dict(zip(SUMMARY_COLUMNS, several.summary_rows[-1], strict=True))
+    assert (last["source_file"], last["currency"], last["amount_in"]) == ("bad.csv", "", "0.00")
+    assert [c["currency"] for c in page_data(several)["currencies"]] == ["GBP", "JPY"]

@@ -145,7 +145,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     )
     # only the columns the totals need go through the joins (a line carries every export column)
     assigned = (
-        lines.select("source_file", "source_line", "store", "business_day", "amount")
+        lines.select("source_file", "source_line", "store", "business_day", "currency", "amount")
         .join(line_map, on=["source_file", "source_line"], how="left")
         .join(group_of, on="_rec", how="left")
     )
