@@ -94,6 +94,14 @@ def test_enrollments_and_claims_end_to_end(tmp_path: Path) -> None:
         assert enrolled["conflicts"] == 2  # N900002's two versions, held for review
         assert set(customers(sandbox)) == {"N900001", "N900003", "N900005"}
 
+        # a dry run settles what the real run settles without the platform: the unmatched claim
+        before = stats(sandbox)["requests"]
+        code, dry, err = posfeed(tmp_path, env, "run", "--dry-run", "--feed", claims, *day)
+        logs.append(err)
+        assert stats(sandbox)["requests"] == before
+        assert (dry["not_sent"], dry["queued"], dry["accepted"]) == (1, 4, 0)
+        assert dry["balanced"] is True and dry["amount_in"] == "0.00"  # claims carry no money
+
         code, claimed, err = posfeed(tmp_path, env, "run", "--feed", claims, *day)
         logs.append(err)
         assert code == 65  # a claim without transaction_id is rejected
