@@ -1,10 +1,13 @@
 """Submit stage: send the run's queued transactions through the feed's sink, exactly once.
 
 Crash safety comes from the order of writes: ``on_sending`` marks a request's transactions in
-doubt (``sending``) and commits *before* the request goes out; outcomes are settled afterwards
-(buffered a little, flushed at least once per batch). A process killed at any moment leaves
-``queued`` or ``sending`` rows, which the next run re-sends; a platform that already has the
-transaction answers "transaction ID already used", which settles it as accepted.
+doubt (``sending``) and commits *before* the request goes out; a request's outcomes are committed
+as soon as its answer is read (before any further request goes out), so a crash loses at most the
+answers of the requests in flight. A process killed at any moment leaves ``queued`` or ``sending``
+rows, which the next run re-sends; a platform that already has the transaction answers
+"transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
+refund that may have landed is read back from the platform before it is sent again (see
+:mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`).
 """
 
 from __future__ import annotations
@@ -18,19 +21,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
-from pipeline.config import Feed
+from pipeline.config import AntavoTarget, Feed
 from pipeline.ledger import Ledger, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
 from pipeline.sinks.base import EventResult, Sink
+from pipeline.stages.returns import with_return_context
 
 __all__ = ["BATCH_SIZE", "SubmitResult", "submit_rows", "with_originals"]
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000  # checkouts handed to the sink at a time (each hand-over lets the requests in flight drain)
-_FLUSH_EVERY = 100
 
 
 @dataclass
@@ -130,7 +133,15 @@ async def _submit(
             pending.clear()
 
     def on_sending(transaction_ids: Sequence[str]) -> None:
+        flush()  # answers already read are in the ledger before the next request goes out
         ledger.start_sending(scope, list(transaction_ids), run_id)
+
+    flush_scheduled = False
+
+    def scheduled_flush() -> None:
+        nonlocal flush_scheduled
+        flush_scheduled = False
+        flush()
 
     batch_outcomes: Counter[str] = Counter()
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
@@ -143,8 +154,12 @@ async def _submit(
             result = replace(result, error_message=result.error_message.replace(
                 customer, mask_customer_id(customer)))
         pending.append(result)
-        if len(pending) >= _FLUSH_EVERY:
-            flush()
+        nonlocal flush_scheduled
+        if not flush_scheduled:
+            # one commit per answer: the engine settles a request's results in one go, and the
+            # loop runs this before anything else (no other request is read or sent in between)
+            flush_scheduled = True
+            asyncio.get_running_loop().call_soon(scheduled_flush)
 
     sink = make_sink(feed)
     progress.start("submit", len(row_ids))
@@ -158,6 +173,8 @@ async def _submit(
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
             decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
             checkouts = with_originals(ledger, scope, decoded)
+            if isinstance(feed.target, AntavoTarget):
+                checkouts = with_return_context(ledger, scope, checkouts, mode=feed.target.return_mode)
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
                 customer_of.clear()
