@@ -40,6 +40,7 @@ from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
 __all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter"]
 
+READ_BACK = "read_back"  # the evidence of a refund found on the platform by a read-back
 VERIFY = "verify"  # a refund that may have landed: read back, then send what is not there
 NEW_REFUNDS = 1_000  # the phase of refunds sent for the first time: after every read-back
 
@@ -259,8 +260,8 @@ class AntavoAdapter:
             for event_id in found.event_ids:
                 self._owner[event_id] = tid
             if found.landed:
-                landed.append(EventResult(tid, Outcome.ACCEPTED, event_ids=found.event_ids,
-                                          error_code="read_back",
+                landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
+                                          error_code=READ_BACK,
                                           error_message=f"found on the platform under {original}"))
             elif not refund.decision.sendable:
                 landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=refund.decision.code,
@@ -332,7 +333,7 @@ class AntavoAdapter:
             return answer
         merged = {r.transaction_id: r for r in answer}
         for result in landed:
-            if result.outcome is Outcome.ACCEPTED and result.transaction_id in merged:
+            if result.outcome is Outcome.ALREADY_ACCEPTED and result.transaction_id in merged:
                 # some lines were found, the rest were sent now: one result with every event id
                 now = merged[result.transaction_id]
                 if now.outcome is Outcome.ACCEPTED:
