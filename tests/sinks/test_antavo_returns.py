@@ -145,6 +145,7 @@ def test_read_answers_are_read_from_their_envelopes() -> None:
     assert transactions_in({"data": [{"id": "S-1"}]}, "S-1")
     events = {"events": [
         {"id": "c", "action": "checkout"},
-        {"id": "r", "action": "refund_item", "data": {"product_id": "milk", "quantity": 1, "subtotal": "1.2"}},
+        {"id": "r", "action": "refund_item",
+         "data": {"product_id": "milk", "quantity": 1, "subtotal": "1.2"}},
     ]}
     assert events_in(events) == [PlatformEvent("r", "refund_item", "milk", D(1), D("1.2"))]
