@@ -2,8 +2,16 @@
 
 Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` events (a
 transaction's events never split across requests); guests go one by one to ``POST /events`` (the
-bulk endpoint refuses guests). Sales are sent before returns (phase 0, then phase 1) so a refund
-finds its sale accepted.
+bulk endpoint refuses guests). Sales are sent before returns so a refund finds its sale accepted:
+sales (phase 0), then refunds that may have landed already (phases 1, 2, ...: one per sale at a
+time), then refunds sent for the first time. A return's shape (whole ``refund``, ``refund_item``
+per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s decision.
+
+Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that may have landed (in
+doubt from an earlier run, or sent in this submission without a clear answer) is read back from
+the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_readback`): what is
+found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
+is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read.
 
 Responses map to outcomes:
 
@@ -40,6 +48,12 @@ from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
 __all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter"]
 
+ALREADY_USED = "5003"  # "The transaction ID has already been used"
+WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
+
+CONTENT_TYPE = 'application/json; charset="UTF-8"'
+USER_AGENT = "posfeed"
+
 READ_BACK = "read_back"  # the evidence of a refund found on the platform by a read-back
 VERIFY = "verify"  # a refund that may have landed: read back, then send what is not there
 NEW_REFUNDS = 1_000  # the phase of refunds sent for the first time: after every read-back
@@ -60,12 +74,6 @@ def _held(tid: str) -> EventResult:
         error_message="this refund may have landed and a guest's transactions cannot be read back; "
                       "check the platform, then `posfeed rerun --include-permanent` sends it again",
         attempts=0)
-
-ALREADY_USED = "5003"  # "The transaction ID has already been used"
-WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
-
-CONTENT_TYPE = 'application/json; charset="UTF-8"'
-USER_AGENT = "posfeed"
 
 
 class AntavoAdapter:
