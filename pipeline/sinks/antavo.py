@@ -98,6 +98,7 @@ class AntavoAdapter:
         )
         if target.auth == "signed" and self._signer is None:
             raise ValueError("signed auth needs an API secret")
+        self.read_api_url = (target.read_api_url or target.base_url).rstrip("/")
         self._readback_wait = (target.readback_wait_seconds if target.readback_wait_seconds is not None
                                else target.timeout_seconds)
         self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
@@ -285,8 +286,8 @@ class AntavoAdapter:
         self, customer: str, original: str, client: HttpClient
     ) -> list[PlatformEvent] | RequestFailure:
         """The refund events the platform holds for ``original`` (none: it holds no such sale)."""
-        base = f"{self.base_url}/customers/{quote(customer, safe='')}/transactions"
-        listing = await self._get(f"{base}?id={quote(original, safe='')}", client)
+        base = f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
+        listing = await self._get(f"{base}?id={quote(original, safe='')}", client, unknown_customer=True)
         if isinstance(listing, RequestFailure):
             return listing
         if listing is None or not transactions_in(listing, original):
@@ -294,10 +295,12 @@ class AntavoAdapter:
         events = await self._get(f"{base}/{quote(original, safe='')}/events", client)
         if isinstance(events, RequestFailure):
             return events
-        return events_in(events) if events is not None else []
+        return events_in(events)
 
-    async def _get(self, url: str, client: HttpClient) -> Any:
-        """A read's JSON; None when the customer or transaction is not found; or the failure."""
+    async def _get(self, url: str, client: HttpClient, *, unknown_customer: bool = False) -> Any:
+        """A read's JSON, or the failure. ``unknown_customer``: "Customer not found" is None (none
+        of their refunds can have landed); any other answer than 200 is a failure, never "not
+        there" (a wrong URL must not look like a refund that did not land)."""
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if self._signer is None:
             url += ("&" if "?" in url else "?") + "api_key=" + quote(self._api_key, safe="")
@@ -310,11 +313,11 @@ class AntavoAdapter:
         except HttpError as exc:
             return RequestFailure(None, "connection_error", f"read-back: {exc}")
         document = _json(reply.body)
-        if reply.status == 200:
-            return document
-        if reply.status == 404:
-            return None
         error = _error_of(document) or {}
+        if reply.status == 200 and document is not None:
+            return document
+        if unknown_customer and reply.status == 404 and str(error.get("code")) == CUSTOMER_NOT_FOUND:
+            return None
         return RequestFailure(reply.status, str(error.get("code", f"http_{reply.status}")),
                               "read-back: " + str(error.get("message") or f"HTTP {reply.status}"),
                               retry_after=parse_retry_after(reply.headers.get("Retry-After")))

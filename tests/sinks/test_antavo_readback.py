@@ -127,3 +127,18 @@ def test_sandbox_refuses_more_units_than_were_bought_and_serves_the_read_api(
     assert httpx.get(f"{sandbox_env.url}/customers/cust-2/transactions/S-1/events", params=key,
                      timeout=10).status_code == 404
     assert httpx.get(base, params={"id": "S-1"}, timeout=10).status_code == 401
+
+
+def test_a_read_api_that_does_not_answer_never_looks_like_a_refund_that_did_not_land(
+    sandbox_env: SandboxServer,
+) -> None:
+    feed = antavo_feed(sandbox_env, readback_wait_seconds=0, max_attempts=2)
+    submit_rows(feed, [make_checkout("S-1", "cust-1", lines=2)])
+    refund = make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1")
+    wrong = antavo_feed(sandbox_env, readback_wait_seconds=0, max_attempts=2,
+                        read_api_url=sandbox_env.url + "/nowhere")
+    result = submit_rows(wrong, [{**refund, "in_doubt": True}]).results["R-1"]
+    assert result.outcome is Outcome.RETRYABLE and result.error_code == "http_404", result
+    assert _sale(sandbox_env, "S-1")["refunds"] == []
+    right = submit_rows(feed, [{**refund, "in_doubt": True}]).results["R-1"]
+    assert right.outcome is Outcome.ACCEPTED
