@@ -116,8 +116,9 @@ class AntavoAdapter:
         (read back first, one per sale at a time), then new refunds."""
         batches: list[Batch] = []
         unsent: list[EventResult] = []
-        members: dict[int, list[Unit]] = {0: [], NEW_REFUNDS: []}
+        members: dict[int, list[Unit]] = {0: []}
         verifying: dict[str, int] = {}
+        refunding: dict[str, int] = {}
         for row in checkouts:
             tid = str(row["transaction_id"])
             is_return = row.get("transaction_type") == TransactionType.RETURN
@@ -135,7 +136,11 @@ class AntavoAdapter:
                 unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code=events.code,
                                           error_message=events.message, attempts=0))
                 continue
-            phase = NEW_REFUNDS if is_return else 0
+            phase = 0
+            if is_return:  # a sale's refunds one after the other: a read-back tells them apart
+                original = str(row.get("original_transaction_id"))
+                phase = NEW_REFUNDS + refunding.get(original, 0)
+                refunding[original] = refunding.get(original, 0) + 1
             guest = bool(events[0].get("guest"))
             if guest and not self.target.send_guests:
                 unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code="guest_not_sent",
@@ -152,8 +157,8 @@ class AntavoAdapter:
                 if guest or (self.target.bulk_size == 1 and len(events) == 1):
                     batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
                 else:
-                    members[phase].append(Unit(tid, events))
-        for phase, units in members.items():
+                    members.setdefault(phase, []).append(Unit(tid, events))
+        for phase, units in sorted(members.items()):
             batches.extend(self._bulk_batches(units, phase))
         return Plan(batches, unsent)
 

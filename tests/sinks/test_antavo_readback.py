@@ -142,3 +142,19 @@ def test_a_read_api_that_does_not_answer_never_looks_like_a_refund_that_did_not_
     assert _sale(sandbox_env, "S-1")["refunds"] == []
     right = submit_rows(feed, [{**refund, "in_doubt": True}]).results["R-1"]
     assert right.outcome is Outcome.ACCEPTED
+
+
+def test_identical_returns_of_one_sale_with_a_lost_answer_each_land_once(
+    sandbox_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed = antavo_feed(sandbox_env, readback_wait_seconds=0)
+    submit_rows(feed, [make_checkout("S-1", "cust-1", quantity="3")])
+    returns = [make_checkout(f"R-{n}", "cust-1", kind="return", original_transaction_id="S-1",
+                             quantity="1") for n in (1, 2)]
+    _lose_next_answers(sandbox_env, monkeypatch)
+    done = submit_rows(feed, returns)
+    assert {r.outcome for r in done.results.values()} <= {Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED}
+    ids = [set(done.results[f"R-{n}"].event_ids) for n in (1, 2)]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]  # each its own refund event
+    sale = _sale(sandbox_env, "S-1")
+    assert len(sale["refunds"]) == 2 and Decimal(sale["refunded"]) == Decimal("12.50")
