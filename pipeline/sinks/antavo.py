@@ -315,8 +315,8 @@ class AntavoAdapter:
             reply = await client.request("GET", url, headers=headers)
         except HttpTimeout as exc:
             return RequestFailure(None, "timeout", f"no answer to a read-back in time ({exc.kind})")
-        except HttpError as exc:
-            return RequestFailure(None, "connection_error", f"read-back: {exc}")
+        except HttpError as exc:  # its text may hold the URL, whose path names the customer
+            return RequestFailure(None, "connection_error", f"read-back: connection failed ({exc.kind})")
         document = _json(reply.body)
         error = _error_of(document) or {}
         if reply.status == 200 and document is not None:

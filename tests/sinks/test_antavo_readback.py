@@ -158,3 +158,4 @@ def test_identical_returns_of_one_sale_with_a_lost_answer_each_land_once(
     assert ids[0] and ids[1] and not ids[0] & ids[1]  # each its own refund event
     sale = _sale(sandbox_env, "S-1")
     assert len(sale["refunds"]) == 2 and Decimal(sale["refunded"]) == Decimal("12.50")
+
