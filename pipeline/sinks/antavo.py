@@ -46,7 +46,7 @@ from pipeline.sinks.delivery import Batch, Plan, PreparedRequest, RequestFailure
 from pipeline.sinks.escher import EscherSigner, antavo_config
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
-__all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter"]
+__all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "sendable_events"]
 
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
@@ -74,6 +74,23 @@ def _held(tid: str) -> EventResult:
         error_message="this refund may have landed and a guest's transactions cannot be read back; "
                       "check the platform, then `posfeed rerun --include-permanent` sends it again",
         attempts=0)
+
+
+def sendable_events(row: CheckoutRow, target: AntavoTarget) -> list[dict[str, Any]] | NotSent:
+    """The events the Antavo target sends for one checkout row, or why it sends none: a void, an
+    unmatched return, an over-refund (with the return context of
+    :func:`pipeline.stages.returns.with_return_context`), a guest the target does not send.
+    Decided without the platform: a dry run takes the same decision."""
+    events = events_for(row, return_mode=target.return_mode, account=target.account)
+    if isinstance(events, NotSent):
+        return events
+    guest = bool(events[0].get("guest"))
+    if guest and not target.send_guests:
+        return NotSent("guest_not_sent", "guest checkouts are not sent (send_guests)")
+    if guest and len(events) > 1:
+        return NotSent("guest_multi_event", "a guest refund of several lines cannot be sent one request "
+                                            "per transaction; use return_mode = \"refund\"")
+    return events
 
 
 class AntavoAdapter:
@@ -131,7 +148,7 @@ class AntavoAdapter:
                     verifying[original] = verifying.get(original, 0) + 1
                     batches.append(Batch((unit_or_result,), route=VERIFY, phase=verifying[original]))
                 continue
-            events = events_for(row, return_mode=self.target.return_mode, account=self.target.account)
+            events = sendable_events(row, self.target)
             if isinstance(events, NotSent):
                 unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code=events.code,
                                           error_message=events.message, attempts=0))
@@ -141,23 +158,12 @@ class AntavoAdapter:
                 original = str(row.get("original_transaction_id"))
                 phase = NEW_REFUNDS + refunding.get(original, 0)
                 refunding[original] = refunding.get(original, 0) + 1
+                self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
             guest = bool(events[0].get("guest"))
-            if guest and not self.target.send_guests:
-                unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code="guest_not_sent",
-                                          error_message="guest checkouts are not sent (send_guests)",
-                                          attempts=0))
-            elif guest and len(events) > 1:
-                unsent.append(EventResult(
-                    tid, Outcome.NOT_SENT, error_code="guest_multi_event",
-                    error_message="a guest refund of several lines cannot be sent one request per "
-                                  "transaction; use return_mode = \"refund\"", attempts=0))
+            if guest or (self.target.bulk_size == 1 and len(events) == 1):
+                batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
             else:
-                if is_return:
-                    self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
-                if guest or (self.target.bulk_size == 1 and len(events) == 1):
-                    batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
-                else:
-                    members.setdefault(phase, []).append(Unit(tid, events))
+                members.setdefault(phase, []).append(Unit(tid, events))
         for phase, units in sorted(members.items()):
             batches.extend(self._bulk_batches(units, phase))
         return Plan(batches, unsent)
