@@ -68,12 +68,11 @@ class _Refund:
     since: float | None = None
 
 
-def _held(tid: str) -> EventResult:
+def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> EventResult:
     return EventResult(
         tid, Outcome.REJECTED, error_code=REFUND_IN_DOUBT,
-        error_message="this refund may have landed and a guest's transactions cannot be read back; "
-                      "check the platform, then `posfeed rerun --include-permanent` sends it again",
-        attempts=0)
+        error_message=f"this refund may have landed and {why}; check the platform, then "
+                      "`posfeed rerun --include-permanent` sends it again", attempts=0)
 
 
 def sendable_events(row: CheckoutRow, target: AntavoTarget) -> list[dict[str, Any]] | NotSent:
@@ -283,6 +282,9 @@ class AntavoAdapter:
                 landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
                                           error_code=READ_BACK,
                                           error_message=f"found on the platform under {original}"))
+            elif found.unsure:
+                landed.append(_held(tid, "a refund event of the sale on the platform that no other "
+                                         "return owns cannot be compared with this return"))
             elif not refund.decision.sendable:
                 landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=refund.decision.code,
                                           error_message=refund.decision.message))

@@ -13,8 +13,10 @@ landed goes out again, the sale it refunds is read back:
 of the sale own (the ledger's accepted returns, or returns settled earlier in this submission) are
 not its; among the rest, a ``refund`` is a whole refund that landed, and each returned line is
 found by an equal ``refund_item`` (product, units, money). What is found landed; only the lines
-not found are sent. A guest's transactions cannot be read (they have no customer), so a guest's
-refund that may have landed is held for review instead (``refund_in_doubt``).
+not found are sent. When lines are missing and the sale has a refund event nobody owns that
+cannot be compared (no product, units or money in what the platform shows), nothing is sent:
+the return is held for review (``refund_in_doubt``), as is a guest's refund that may have landed
+(a guest's transactions cannot be read: they have no customer).
 
 The read answers' envelopes are not documented: a list, or an object holding the list under
 ``transactions`` / ``events`` / ``data`` / ``payload`` is read.
@@ -51,6 +53,9 @@ class Found:
     event_ids: tuple[str, ...]
     remaining: tuple[Line, ...]
     landed: bool  # everything the return sends is on the platform already
+    # lines are missing, but a refund event nobody owns cannot be compared (it names no product,
+    # units or money): it may be this return's, so nothing can be sent
+    unsure: bool = False
 
 
 def _listed(document: Any, key: str) -> list[Any]:
@@ -119,7 +124,8 @@ def match_refund(
         whole = next((e for e in free if e.action == "refund"), None)
         if whole is not None:
             return Found((whole.event_id,), (), landed=True)
-        return Found((), decision.lines, landed=False)
+        # refund_items or a partial_refund nobody owns: a whole refund would meet 112201 anyway
+        return Found((), decision.lines, landed=False, unsure=bool(free))
     taken: list[str] = []
     remaining: list[Line] = []
     for line in decision.lines:
@@ -133,4 +139,9 @@ def match_refund(
             remaining.append(line)
         else:
             taken.append(match.event_id)
-    return Found(tuple(taken), tuple(remaining), landed=bool(decision.lines) and not remaining)
+    unsure = bool(remaining) and any(
+        e.event_id not in taken and (e.action != "refund_item" or e.product_id is None
+                                     or e.quantity is None or e.subtotal is None)
+        for e in free)
+    return Found(tuple(taken), tuple(remaining), landed=bool(decision.lines) and not remaining,
+                 unsure=unsure)

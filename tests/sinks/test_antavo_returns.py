@@ -149,3 +149,15 @@ def test_read_answers_are_read_from_their_envelopes() -> None:
          "data": {"product_id": "milk", "quantity": 1, "subtotal": "1.2"}},
     ]}
     assert events_in(events) == [PlatformEvent("r", "refund_item", "milk", D(1), D("1.2"))]
+
+
+def test_a_free_refund_event_that_cannot_be_compared_makes_the_match_unsure() -> None:
+    decision = decide_return(_return("R-1", ("milk", "1", "1.20")), original=SALE)
+    blank = PlatformEvent("e5", "refund_item")  # the platform shows no product, units or money
+    found = match_refund(decision, [blank], owned_by_others=())
+    assert not found.landed and found.unsure
+    assert not match_refund(decision, [blank], owned_by_others={"e5"}).unsure  # another return's
+    whole = decide_return(_return("R-1", ("milk", "2", "2.40"), ("bread", "1", "3.00")), original=SALE,
+                          original_total=D("5.40"))
+    assert match_refund(whole, [PlatformEvent("e6", "partial_refund")], owned_by_others=()).unsure
+    assert not match_refund(whole, [], owned_by_others=()).unsure
