@@ -120,6 +120,7 @@ class AntavoAdapter:
         self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
+        self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
         self._inflight: dict[int, tuple[Batch, list[EventResult]]] = {}
 
     def __repr__(self) -> str:
@@ -272,12 +273,11 @@ class AntavoAdapter:
             if isinstance(events, RequestFailure):
                 return events
             original = str(row["original_transaction_id"])
-            others = {e for e, owner in self._owner.items() if owner != tid}
+            others = {e.event_id for e in events if self._owner.get(e.event_id, tid) != tid}
             others.update(str(e) for e in row.get("claimed_event_ids") or ())
-            own = [e for e, owner in self._owner.items() if owner == tid]
-            found = match_refund(refund.decision, events, owned_by_others=others, own=own)
-            for event_id in found.event_ids:
-                self._owner[event_id] = tid
+            found = match_refund(refund.decision, events, owned_by_others=others,
+                                 own=self._owned.get(tid, ()))
+            self._own(tid, found.event_ids)
             if found.landed:
                 landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
                                           error_code=READ_BACK,
@@ -347,24 +347,24 @@ class AntavoAdapter:
             if answer.status in (401, 403, 413, 415, 429):
                 self._sent.difference_update(sent.transaction_ids)  # refused whole: nothing landed
             return answer
+        results: list[EventResult] = []
         for result in answer:
-            if result.transaction_id in self._returns and result.outcome is Outcome.ACCEPTED:
-                for event_id in result.event_ids:
-                    self._owner[event_id] = result.transaction_id
+            tid = result.transaction_id
+            if tid in self._returns and result.outcome is Outcome.ACCEPTED:
+                # some lines may have been found by a read-back and the rest sent now: the result
+                # carries every event id of the return
+                self._own(tid, result.event_ids)
+                result = replace(result, event_ids=tuple(self._owned.get(tid, ())))
             if result.outcome is Outcome.REJECTED:
-                self._sent.discard(result.transaction_id)
-        if not landed:
-            return answer
-        merged = {r.transaction_id: r for r in answer}
-        for result in landed:
-            if result.outcome is Outcome.ALREADY_ACCEPTED and result.transaction_id in merged:
-                # some lines were found, the rest were sent now: one result with every event id
-                now = merged[result.transaction_id]
-                if now.outcome is Outcome.ACCEPTED:
-                    merged[result.transaction_id] = replace(now, event_ids=result.event_ids + now.event_ids)
-            else:
-                merged[result.transaction_id] = result
-        return list(merged.values())
+                self._sent.discard(tid)
+            results.append(result)
+        return results + landed
+
+    def _own(self, tid: str, event_ids: Sequence[str]) -> None:
+        for event_id in event_ids:
+            if event_id not in self._owner:
+                self._owner[event_id] = tid
+                self._owned.setdefault(tid, []).append(event_id)
 
     def _parse(
         self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes

@@ -159,3 +159,18 @@ def test_identical_returns_of_one_sale_with_a_lost_answer_each_land_once(
     sale = _sale(sandbox_env, "S-1")
     assert len(sale["refunds"]) == 2 and Decimal(sale["refunded"]) == Decimal("12.50")
 
+
+
+def test_only_the_lines_not_found_are_sent_and_the_result_has_every_event(
+    sandbox_env: SandboxServer,
+) -> None:
+    feed = antavo_feed(sandbox_env, readback_wait_seconds=0)
+    submit_rows(feed, [make_checkout("S-1", "cust-1", lines=3)])
+    one_line = make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1", lines=1)
+    first = submit_rows(feed, [one_line]).results["R-1"]  # as if one of two lines had landed
+    both = make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1", lines=2)
+    result = submit_rows(feed, [{**both, "in_doubt": True}]).results["R-1"]
+    assert result.outcome is Outcome.ACCEPTED
+    assert len(result.event_ids) == 2 and first.event_ids[0] in result.event_ids
+    sale = _sale(sandbox_env, "S-1")
+    assert [r["product_id"] for r in sale["refunds"]] == ["P1", "P2"]
