@@ -9,7 +9,10 @@ earlier returns that landed or will be sent first. With ``return_mode = "auto"``
   earlier return of that sale, is one ``refund`` of the sale;
 * anything less is one ``refund_item`` per returned line;
 * a return that, with the sale's earlier returns, would give back more units of a product, more
-  money for a product, or more money in all than the sale took is never sent: ``over_refund``;
+  money for a product than its lines cost before their discounts, or more money in all than the
+  sale took is never sent: ``over_refund`` (a till may refund an item's price when the sale's
+  discount was a reward on the whole basket, spread over its lines: that is not an over-refund
+  while the sale's total covers it);
 * a return whose sale the ledger does not know cannot be checked: one ``refund_item`` per line
   (the platform refuses refunds of a sale it does not hold).
 
@@ -50,17 +53,20 @@ REFUND_IN_DOUBT = "refund_in_doubt"
 
 @dataclass(frozen=True)
 class Line:
-    """One returned (or bought) line: product, units and money, as positive magnitudes."""
+    """One returned (or bought) line: product, units and money (after its discount), and the
+    discount, as positive magnitudes."""
 
     product_id: str
     quantity: Decimal
     amount: Decimal
+    discount: Decimal = Decimal(0)
 
 
 def lines_of(checkout: Mapping[str, Any]) -> tuple[Line, ...]:
     """The lines of a stored checkout (sale or return), as positive magnitudes."""
     return tuple(
-        Line(str(item["product_id"]), abs(Decimal(item["quantity"])), abs(Decimal(item["line_total"])))
+        Line(str(item["product_id"]), abs(Decimal(item["quantity"])), abs(Decimal(item["line_total"])),
+             abs(Decimal(item.get("discount") or 0)))
         for item in checkout.get("items") or ()
     )
 
@@ -102,15 +108,18 @@ def _over_refund(
     """Why these lines, with the earlier returns, give back more than the sale took (or None)."""
     bought_units, bought_money = _totals([original])
     back_units, back_money = _totals([*earlier, lines])
+    priced: dict[str, Decimal] = defaultdict(Decimal)  # a product's lines before their discounts
+    for line in original:
+        priced[line.product_id] += line.amount + line.discount
     for product in dict.fromkeys(line.product_id for line in lines):
         if product not in bought_units:
             return f"product {product} was not bought in {original_id}"
         if back_units[product] > bought_units[product]:
             return (f"{back_units[product].normalize():f} unit(s) of product {product} would have come "
                     f"back, {bought_units[product].normalize():f} were bought in {original_id}")
-        if back_money[product] > bought_money[product]:
+        if back_money[product] > priced[product]:
             return (f"{back_money[product]:f} for product {product} would have been refunded, "
-                    f"{bought_money[product]:f} was paid in {original_id}")
+                    f"{priced[product]:f} was its price in {original_id}")
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     back = sum(back_money.values(), Decimal(0))
     if back > paid:

@@ -161,3 +161,18 @@ def test_a_free_refund_event_that_cannot_be_compared_makes_the_match_unsure() ->
                           original_total=D("5.40"))
     assert match_refund(whole, [PlatformEvent("e6", "partial_refund")], owned_by_others=()).unsure
     assert not match_refund(whole, [], owned_by_others=()).unsure
+
+
+def test_a_product_may_come_back_at_its_price_when_the_sales_discount_was_spread_over_its_lines() -> None:
+    # a 2.00 basket reward spread over the lines: coffee 7.99 carries 1.20 of it, juice 4.99 0.80
+    sale = (Line("coffee", D(1), D("6.79"), D("1.20")), Line("juice", D(1), D("4.19"), D("0.80")))
+    at_price = decide_return(_return("R-1", ("coffee", "1", "7.99")), original=sale,
+                             original_total=D("10.98"))
+    assert at_price.action == "refund_item" and at_price.lines[0].amount == D("7.99")
+    beyond_price = decide_return(_return("R-2", ("coffee", "1", "8.00")), original=sale,
+                                 original_total=D("10.98"))
+    assert beyond_price.code == OVER_REFUND and "7.99 was its price" in str(beyond_price.message)
+    # the sale's total still bounds the money: both lines at their prices are more than was paid
+    both = decide_return(_return("R-3", ("coffee", "1", "7.99"), ("juice", "1", "4.99")), original=sale,
+                         original_total=D("10.98"))
+    assert both.code == OVER_REFUND and "in all" in str(both.message)
