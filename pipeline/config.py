@@ -205,7 +205,12 @@ class AntavoTarget(_Model):
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
-    return_mode: Literal["refund", "refund_item"] = "refund"
+    return_mode: Literal["auto", "refund", "refund_item"] = "auto"
+    # an in-doubt refund is read back no sooner than this after its request went out (None:
+    # timeout_seconds), so a request the platform still held when the sender died has landed
+    readback_wait_seconds: float | None = Field(default=None, ge=0)
+    # where the transaction read API (GET /customers/{id}/transactions) is served (None: base_url)
+    read_api_url: PlatformUrl | None = None
     send_guests: bool = True
     account: str | None = None
     # how the signed Date header is written: "long" (20181207T120000Z) or "rfc1123"

@@ -58,6 +58,7 @@ __all__ = [
     "LedgerError",
     "NewReject",
     "NewTransaction",
+    "ReturnOf",
     "RunRecord",
     "TxnRecord",
     "TxnState",
@@ -131,6 +132,8 @@ _RECORDABLE = frozenset(
     {TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED, TxnState.DUPLICATE, TxnState.CONFLICT}
 )
 assert {TxnState(state) for state in _PRIMARY_ORDER} == PRIMARY_STATES
+# the sale a return names, inside its stored checkout (indexed by migration 4)
+_ORIGINAL_SQL = "json_extract(checkout, '$.original_transaction_id')"
 
 
 class LedgerError(PosfeedError):
@@ -346,12 +349,24 @@ def _migrate_4_to_5(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_5_to_6(db: sqlite3.Connection) -> None:
+    """An index of returns by the sale they name: deciding a return reads its sale's earlier
+    returns (the expression and the WHERE term are repeated word for word by
+    :meth:`Ledger.returns_of`, so SQLite uses the index)."""
+    _script(
+        db,
+        f"CREATE INDEX transactions_returns_of ON transactions (scope, {_ORIGINAL_SQL}) "
+        "WHERE transaction_type = 'return'",
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
     _migrate_3_to_4,
     _migrate_4_to_5,
+    _migrate_5_to_6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -484,6 +499,15 @@ class TxnRecord:
     last_run_id: str
     origin: str | None = None  # in a run's listing: file | settle | retry
     checkout: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnOf:
+    """A return row naming a sale, with its stored checkout and when its row last changed (for an
+    in-doubt row: when its last request went out)."""
+
+    record: TxnRecord
+    updated_at: str
 
 
 _TXN_COLUMNS = (
@@ -1217,6 +1241,24 @@ class Ledger:
                 (scope, *chunk),
             ):
                 found[row["transaction_id"]] = _txn(row)
+        return found
+
+    def returns_of(self, scope: str, original_ids: Sequence[str]) -> dict[str, list[ReturnOf]]:
+        """Every return row of ``scope`` (any state, repeats included) naming one of
+        ``original_ids``, by the original's id, in ledger order, with its stored checkout."""
+        found: dict[str, list[ReturnOf]] = {}
+        for chunk in _chunks(list(dict.fromkeys(original_ids))):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT {_TXN_COLUMNS}, t.checkout, t.updated_at, {_ORIGINAL_SQL} AS original "
+                f"FROM transactions t WHERE t.scope = ? AND {_ORIGINAL_SQL} IN ({marks}) "
+                "AND transaction_type = 'return' ORDER BY t.id",
+                (scope, *chunk),
+            ):
+                found.setdefault(row["original"], []).append(
+                    ReturnOf(_txn(row, checkout=row["checkout"]), row["updated_at"]))
+        for rows in found.values():
+            rows.sort(key=lambda r: r.record.id)
         return found
 
     def transactions_by_row_id(

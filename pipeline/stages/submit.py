@@ -1,10 +1,13 @@
 """Submit stage: send the run's queued transactions through the feed's sink, exactly once.
 
 Crash safety comes from the order of writes: ``on_sending`` marks a request's transactions in
-doubt (``sending``) and commits *before* the request goes out; outcomes are settled afterwards
-(buffered a little, flushed at least once per batch). A process killed at any moment leaves
-``queued`` or ``sending`` rows, which the next run re-sends; a platform that already has the
-transaction answers "transaction ID already used", which settles it as accepted.
+doubt (``sending``) and commits *before* the request goes out; a request's outcomes are committed
+as soon as its answer is read (before any further request goes out), so a crash loses at most the
+answers of the requests in flight. A process killed at any moment leaves ``queued`` or ``sending``
+rows, which the next run re-sends; a platform that already has the transaction answers
+"transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
+refund that may have landed is read back from the platform before it is sent again (see
+:mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
-from pipeline.config import Feed
+from pipeline.config import AntavoTarget, Feed
 from pipeline.core.members import PERSONAL_FIELDS
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import log_event, mask_customer_id
@@ -27,6 +30,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
+from pipeline.stages.returns import with_return_context
 
 __all__ = [
     "BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims", "personal_values",
@@ -36,7 +40,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000  # checkouts handed to the sink at a time (each hand-over lets the requests in flight drain)
-_FLUSH_EVERY = 100
 
 
 @dataclass
@@ -104,7 +107,10 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
     unsent: list[EventResult] = []
     if feed.records == "claims":
         decoded, unsent = gate_claims(ledger, feed, decoded)
-    return with_originals(ledger, feed.scope, decoded), unsent
+    checkouts = with_originals(ledger, feed.scope, decoded)
+    if feed.records == "transactions" and isinstance(feed.target, AntavoTarget):
+        checkouts = with_return_context(ledger, feed.scope, checkouts, mode=feed.target.return_mode)
+    return checkouts, unsent
 
 
 def personal_values(feed: Feed, checkouts: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
@@ -234,7 +240,15 @@ async def _submit(
             pending.clear()
 
     def on_sending(transaction_ids: Sequence[str]) -> None:
+        flush()  # answers already read are in the ledger before the next request goes out
         ledger.start_sending(scope, list(transaction_ids), run_id)
+
+    flush_scheduled = False
+
+    def scheduled_flush() -> None:
+        nonlocal flush_scheduled
+        flush_scheduled = False
+        flush()
 
     batch_outcomes: Counter[str] = Counter()
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
@@ -251,8 +265,12 @@ async def _submit(
                 customer, mask_customer_id(customer)))
         result = without_personal(result, personal_of)
         pending.append(result)
-        if len(pending) >= _FLUSH_EVERY:
-            flush()
+        nonlocal flush_scheduled
+        if not flush_scheduled:
+            # one commit per answer: the engine settles a request's results in one go, and the
+            # loop runs this before anything else (no other request is read or sent in between)
+            flush_scheduled = True
+            asyncio.get_running_loop().call_soon(scheduled_flush)
 
     sink = make_sink(feed)
     progress.start("submit", len(row_ids))
