@@ -296,10 +296,20 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     _script(db, "CREATE INDEX transactions_tid ON transactions (scope, transaction_id)")
 
 
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """Returns by the sale they name (a return is checked against the sale and its earlier returns)."""
+    _script(
+        db,
+        "CREATE INDEX transactions_returned_sale ON transactions "
+        "(scope, json_extract(checkout, '$.original_transaction_id')) WHERE transaction_type = 'return'",
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    _migrate_3_to_4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -1146,6 +1156,35 @@ class Ledger:
                 (scope, *chunk),
             ):
                 found[row["transaction_id"]] = _txn(row)
+        return found
+
+    def sales_with_checkouts(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, TxnRecord]:
+        """Like :meth:`originals`, with the stored checkout (a return is checked against its lines)."""
+        found: dict[str, TxnRecord] = {}
+        for chunk in _chunks(list(dict.fromkeys(transaction_ids))):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT {_TXN_COLUMNS}, t.checkout FROM transactions t WHERE t.scope = ? "
+                f"AND t.transaction_id IN ({marks}) AND t.state IN {_PRIMARY_SQL}",
+                (scope, *chunk),
+            ):
+                found[row["transaction_id"]] = _txn(row, checkout=row["checkout"])
+        return found
+
+    def returns_naming(self, scope: str, original_ids: Sequence[str]) -> dict[str, list[TxnRecord]]:
+        """The recorded returns (primary rows, with checkouts) that name each of ``original_ids``
+        as their sale, oldest first."""
+        found: dict[str, list[TxnRecord]] = {}
+        expression = "json_extract(t.checkout, '$.original_transaction_id')"
+        for chunk in _chunks(list(dict.fromkeys(original_ids))):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT {_TXN_COLUMNS}, t.checkout, {expression} AS named FROM transactions t "
+                f"WHERE t.scope = ? AND {expression} IN ({marks}) AND t.transaction_type = 'return' "
+                f"AND t.state IN {_PRIMARY_SQL} ORDER BY t.id",
+                (scope, *chunk),
+            ):
+                found.setdefault(row["named"], []).append(_txn(row, checkout=row["checkout"]))
         return found
 
     def transactions_by_row_id(

@@ -10,6 +10,7 @@ transaction answers "transaction ID already used", which settles it as accepted.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
-from pipeline.ledger import Ledger, TxnState
+from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
@@ -87,7 +88,8 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
     ]
     if not wanted:
         return checkouts
-    known = ledger.originals(scope, wanted)
+    known = ledger.sales_with_checkouts(scope, wanted)
+    earlier = ledger.returns_naming(scope, wanted)
     enriched = []
     for checkout in checkouts:
         original = (
@@ -101,9 +103,38 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
                 **checkout,
                 "original_event_ids": list(original.event_ids) if accepted else [],
                 "original_total": original.amount,
+                "original": _recorded(original),
+                "earlier_returns": [
+                    _recorded(r) for r in earlier.get(str(original.transaction_id), ())
+                    if r.transaction_id != checkout["transaction_id"]
+                ],
             }
         enriched.append(checkout)
     return enriched
+
+
+def _recorded(record: TxnRecord) -> dict[str, Any]:
+    """What a target checking a return needs of a recorded sale or return: its state, outcome code,
+    platform event ids and the checkout's customer and lines (customer ids may be masked)."""
+    stored = json.loads(record.checkout) if record.checkout else {}
+    return {
+        "transaction_id": record.transaction_id,
+        "state": record.state.value,
+        "code": record.last_error_code,
+        "event_ids": list(record.event_ids),
+        "customer_id": stored.get("customer_id"),
+        "is_guest": bool(stored.get("is_guest")) or not stored.get("customer_id"),
+        "currency": stored.get("currency") or record.currency,
+        "items": [
+            {k: item.get(k) for k in ("product_id", "quantity", "line_total")}
+            for item in stored.get("items") or ()
+        ],
+    }
+
+
+def may_have_landed(record: TxnRecord) -> bool:
+    """Whether an earlier request carrying this transaction went out (a resend must check first)."""
+    return record.state is TxnState.SENDING or record.attempts > 0
 
 
 async def _submit(
@@ -156,7 +187,11 @@ async def _submit(
                             feed.name, len(row_ids) - start)
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
-            decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            decoded = [
+                {**decode_checkout(r.checkout), "may_have_landed": True} if may_have_landed(r)
+                else decode_checkout(r.checkout)
+                for r in rows if r.checkout
+            ]
             checkouts = with_originals(ledger, scope, decoded)
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
