@@ -167,10 +167,13 @@ def test_decimals_are_sent_as_exact_number_literals() -> None:
     assert json.loads(text, parse_float=Decimal)["a"] == Decimal("12.50")
 
 
-def sale_of(customer: str | None = "C1", totals: tuple[str, ...] = ("12.50",), **fields: Any) -> OriginalPurchase:
+def sale_of(
+    customer: str | None = "C1", totals: tuple[str, ...] = ("12.50",), **fields: Any
+) -> OriginalPurchase:
     """A recorded sale as the ledger lookup gives it (lines P1, P2, ... of one piece each)."""
     items = tuple(
-        {"product_id": f"P{n + 1}", "quantity": "1.000", "line_total": total} for n, total in enumerate(totals)
+        {"product_id": f"P{n + 1}", "quantity": "1.000", "line_total": total}
+        for n, total in enumerate(totals)
     )
     return OriginalPurchase(
         fields.pop("event_ids", ("EV-1",)),
@@ -220,8 +223,14 @@ def test_a_whole_return_cancels_the_original_purchase() -> None:
         CrmcomRejectCode.ORIGINAL_NOT_DELIVERED,
     )
     # the row may carry the original as the ledger holds it (the submit stage attaches it)
-    recorded = {"transaction_id": "T9", "state": "accepted", "event_ids": ["EV-9"], "customer_id": "C1",
-                "currency": "EUR", "items": [{"product_id": "P1", "quantity": "1.000", "line_total": "12.50"}]}
+    recorded = {
+        "transaction_id": "T9",
+        "state": "accepted",
+        "event_ids": ["EV-9"],
+        "customer_id": "C1",
+        "currency": "EUR",
+        "items": [{"product_id": "P1", "quantity": "1.000", "line_total": "12.50"}],
+    }
     carried = {**checkout("R3", kind="return", original="T9"), "original": recorded}
     assert plan_checkout(carried, target) == PlannedCancel("R3", "T9", "EV-9", "C1")
     # the original is created in the same submission: its id is known only after it is accepted

@@ -17,7 +17,7 @@ from pipeline.sandbox.server import SandboxServer
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sinks import make_sink
 from pipeline.sinks.base import EventResult, Outcome
-from pipeline.sinks.crmcom import CrmcomAdapter, CrmcomRejectCode, OriginalLookup, OriginalPurchase
+from pipeline.sinks.crmcom import CrmcomAdapter, CrmcomRejectCode, OriginalLookup
 from pipeline.sinks.delivery import PlatformSink
 from tests.sinks.test_crmcom_mapping import checkout, sale_of
 
@@ -206,8 +206,13 @@ def test_a_returned_transaction_cancels_its_purchase(crm: SandboxServer) -> None
     # a second whole return of the sale, with the first on record, is caught before sending
     ledger["T1"] = sale_of(
         event_ids=accepted.event_ids,
-        earlier_returns=({"transaction_id": "R1", "state": "accepted", "items": [
-            {"product_id": "P1", "quantity": "-1.000", "line_total": "-12.50"}]},),
+        earlier_returns=(
+            {
+                "transaction_id": "R1",
+                "state": "accepted",
+                "items": [{"product_id": "P1", "quantity": "-1.000", "line_total": "-12.50"}],
+            },
+        ),
     )
     requests = crm.state.stats["requests"]
     repeated = submit(sink_of(crm, originals=ledger.get), [checkout("R1b", kind="return", original="T1")])
