@@ -41,6 +41,7 @@ import base64
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -142,12 +143,16 @@ class CrmcomPlatform:
     config: CrmcomConfig = field(default_factory=CrmcomConfig)
     tokens: dict[str, datetime] = field(default_factory=dict)
     _by_id: dict[str, str] = field(default_factory=dict)  # purchase id -> reference number
+    # how often each reference number arrived to be processed (create, bulk entry, ad hoc return):
+    # more than once is a resend (faults before processing are not arrivals)
+    arrivals: Counter[str] = field(default_factory=Counter)
 
     def reset(self) -> None:
         """Forget tokens and the purchase index (``POST /_sandbox/reset``)."""
         with self.state.lock:
             self.tokens.clear()
             self._by_id.clear()
+            self.arrivals.clear()
 
     # ---- authentication
 
@@ -242,6 +247,7 @@ class CrmcomPlatform:
         other = fields["external_system_reference_number"]
         state = self.state
         key_of_record = reference
+        self.arrivals[reference] += 1
         with state.lock:
             for key in {reference, other} - {None}:
                 existing = state.get_transaction(PLATFORM, str(key))
@@ -304,6 +310,7 @@ class CrmcomPlatform:
             raise CrmcomError("INVALID_PARAMETERS", "returned products need positive quantities and amounts")
         reference = fields["reference_number"]
         state = self.state
+        self.arrivals[reference] += 1
         with state.lock:
             stored = state.transactions.get(AD_HOC_RETURNS, {})
             key = reference
@@ -521,7 +528,10 @@ def _endpoint(
         else:
             document = envelope(data)
         if fault is Fault.LOST_RESPONSE:
-            state.note_lost(_references(body, document.get("data")))
+            if request.url.path.endswith(("/show", "/list")):
+                state.count("lost_lookup_answers")  # a lookup changes nothing: no transaction to note
+            else:
+                state.note_lost(_references(body, document.get("data")))
             return DropConnection()
         return _answer(document)
 

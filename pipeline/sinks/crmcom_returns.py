@@ -219,7 +219,7 @@ def check_return(
             expected = sold.amount * line.quantity / sold.quantity
         else:
             expected = left_a
-        if abs(line.amount - expected) > tolerance:
+        if abs(line.amount - expected) >= tolerance:
             return ReturnCheck(
                 None,
                 ReturnCode.MISMATCH,
