@@ -220,7 +220,7 @@ class CrmcomTarget(_Model):
     spend: Literal["auto", "off"] = "auto"
     create_spend_path: str = "customer_events/purchases/create_spend"
     spend_field: str | None = None  # [A] default: spend_amount (create_spend), requested_spend_amount (R17+)
-    spend_per_point: Decimal = Field(default=Decimal("1"), gt=0)  # [A] spend amount of one point
+    spend_per_point: Decimal = Field(default=Decimal("0.01"), gt=0)  # [A] spend amount of one point
     # before resending what may have landed: "lookup" asks the platform (show by reference, or
     # list), "resend" trusts duplicate answers, "hold" settles it in doubt for review
     in_doubt: Literal["lookup", "resend", "hold"] = "lookup"

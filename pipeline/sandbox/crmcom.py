@@ -26,7 +26,8 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
   ``crmcom_ad_hoc_returns``; no purchase is cancelled.
 * ``customer_events/purchases/create_spend`` (R9-R16) creates a purchase with a spend request of
   ``spend_amount``; from R17 ``create`` takes ``requested_spend_amount`` ([A] both names). The
-  spend is kept on the purchase (``spend_amount``); a spend above the purchase total is refused.
+  spend is kept on the purchase (``spend_amount``); a spend of 0 or less is refused (what else a
+  spend request rule refuses depends on the platform's configuration).
 * Cancelling a purchase that is not POSTED answers ``ALREADY_CANCELLED`` and changes nothing.
 * A customer id starting with the sandbox's ``unknown_customer_prefix`` is unknown.
 * Latency and the rate limit come from the shared :class:`SandboxState` for every call; injected
@@ -268,11 +269,8 @@ class CrmcomPlatform:
                         {"id": event["id"], "number": event["number"]},
                     )
             spend = fields["spend_amount"]
-            total = sum((p["total_amount"] for p in fields["items"]), Decimal(0))
-            if spend is not None and not Decimal(0) < spend <= total:
-                raise CrmcomError(
-                    "INVALID_PARAMETERS", "the spend amount must be above 0 and at most the total"
-                )
+            if spend is not None and spend <= 0:
+                raise CrmcomError("INVALID_PARAMETERS", "the spend amount must be above 0")
             # purchases are never deleted, so the count numbers them uniquely (across restarts too)
             number = len(state.transactions.get(PLATFORM, {})) + 1
             event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{number:08d}"}
