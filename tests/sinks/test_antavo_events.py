@@ -24,23 +24,10 @@ def test_sale_becomes_a_checkout_with_items_and_original_time() -> None:
             "effective_timestamp": 1795167000,  # 2026-11-20T09:30:00Z
             "store": "S1",
             "items": [
-                {
-                    "product_id": "P1",
-                    "product_name": "Product 1",
-                    "price": 6.25,
-                    "quantity": 2,
-                    "discount": 0,
-                    "subtotal": 12.5,
-                    "product_category": "Coffee",
-                },
-                {
-                    "product_id": "P2",
-                    "product_name": "Product 2",
-                    "price": 6.25,
-                    "quantity": 2,
-                    "discount": 0,
-                    "subtotal": 12.5,
-                },
+                {"product_id": "P1", "product_name": "Product 1", "price": 6.25, "quantity": 2,
+                 "discount": 0, "subtotal": 12.5, "product_category": "Coffee"},
+                {"product_id": "P2", "product_name": "Product 2", "price": 6.25, "quantity": 2,
+                 "discount": 0, "subtotal": 12.5},
             ],
         },
     }
@@ -71,26 +58,17 @@ def test_float_money_and_non_finite_amounts_are_refused() -> None:
 
 def test_text_that_looks_like_a_number_stays_text() -> None:
     tricky = {"product_name": "\x0012.50", "n": Decimal("-0.5")}
-    assert json.loads(dumps(tricky), parse_float=Decimal) == {
-        "product_name": "\x0012.50",
-        "n": Decimal("-0.5"),
-    }
+    assert json.loads(dumps(tricky), parse_float=Decimal) == {"product_name": "\x0012.50",
+                                                               "n": Decimal("-0.5")}
 
 
 @pytest.mark.parametrize(
     ("value", "currency", "shown"),
-    [
-        ("12.5000", "EUR", "12.50"),
-        ("0.0050", "EUR", "0.005"),
-        ("100.0000", "JPY", "100"),
-        ("1.2340", "KWD", "1.234"),
-        ("0.0000", "EUR", "0.00"),
-        ("-3.1000", "GBP", "-3.10"),
-    ],
+    [("12.5000", "EUR", "12.50"), ("0.0050", "EUR", "0.005"), ("100.0000", "JPY", "100"),
+     ("1.2340", "KWD", "1.234"), ("0.0000", "EUR", "0.00"), ("-3.1000", "GBP", "-3.10")],
 )
-def test_money_drops_zeros_down_to_minor_units_and_never_rounds(
-    value: str, currency: str, shown: str
-) -> None:
+def test_money_drops_zeros_down_to_minor_units_and_never_rounds(value: str, currency: str,
+                                                                 shown: str) -> None:
     assert format(money_number(Decimal(value), currency), "f") == shown
 
 
@@ -108,11 +86,7 @@ def test_return_refunds_the_original_transaction() -> None:
     assert isinstance(items, list)
     assert [e["action"] for e in items] == ["refund_item", "refund_item"]
     assert json.loads(dumps(items[0]["data"])) == {
-        "transaction_id": "T-1",
-        "product_id": "P1",
-        "quantity": 2,
-        "subtotal": 12.5,
-    }
+        "transaction_id": "T-1", "product_id": "P1", "quantity": 2, "subtotal": 12.5}
 
 
 def test_unmatched_returns_and_voids_are_not_sent() -> None:

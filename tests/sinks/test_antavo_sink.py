@@ -58,9 +58,8 @@ def test_refund_of_an_unknown_transaction_is_rejected_with_112201(sandbox_env: S
 def test_refund_item_mode_sends_one_event_per_line(sandbox_env: SandboxServer) -> None:
     feed = antavo_feed(sandbox_env, return_mode="refund_item")
     submit_rows(feed, [make_checkout("S-2", "cust-1", lines=3)])
-    done = submit_rows(
-        feed, [make_checkout("R-2", "cust-1", kind="return", original_transaction_id="S-2", lines=2)]
-    )
+    done = submit_rows(feed, [make_checkout("R-2", "cust-1", kind="return", original_transaction_id="S-2",
+                                            lines=2)])
     result = done.results["R-2"]
     assert result.outcome is Outcome.ACCEPTED
     assert len(result.event_ids) == 2
@@ -77,9 +76,8 @@ def test_unmatched_return_is_reported_not_sent(sandbox_env: SandboxServer) -> No
     assert done.sending == []
 
 
-def test_wrong_secret_halts_the_submission_after_one_refusal(
-    sandbox_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wrong_secret_halts_the_submission_after_one_refusal(sandbox_env: SandboxServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTAVO_API_SECRET", "not-the-secret")
     rows = [make_checkout(f"W-{n}", f"cust-{n}") for n in range(6)]
     done = submit_rows(antavo_feed(sandbox_env, bulk_size=2, max_concurrency=1), rows)
@@ -89,9 +87,8 @@ def test_wrong_secret_halts_the_submission_after_one_refusal(
     assert sandbox_env.state.stats["auth_failures"] == 1
 
 
-def test_missing_secret_is_a_configuration_error(
-    sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_secret_is_a_configuration_error(sandbox: SandboxServer,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTAVO_API_KEY", "k")
     monkeypatch.delenv("ANTAVO_API_SECRET", raising=False)
     with pytest.raises(SecretError, match="ANTAVO_API_SECRET"):
@@ -115,14 +112,8 @@ def test_stop_leaves_unsent_transactions_retryable(sandbox_env: SandboxServer) -
     def on_sending(ids: object) -> None:
         stop.set()  # a SIGTERM arrives while the first request is going out
 
-    asyncio.run(
-        sink.submit(
-            [make_checkout(f"X-{n}") for n in range(4)],
-            on_sending,
-            lambda r: results.setdefault(r.transaction_id, r),
-            stop=stop,
-        )
-    )
+    asyncio.run(sink.submit([make_checkout(f"X-{n}") for n in range(4)], on_sending,
+                            lambda r: results.setdefault(r.transaction_id, r), stop=stop))
     outcomes = sorted(str(r.outcome) for r in results.values())
     assert outcomes == ["accepted", "retryable", "retryable", "retryable"]
     assert {r.error_code for r in results.values() if r.outcome is Outcome.RETRYABLE} == {"stopped"}
@@ -140,9 +131,8 @@ def test_timeouts_are_retried_and_the_transaction_lands_once(sandbox_env: Sandbo
         if calls > 1:
             sandbox_env.config.fault_rate = 0.0
 
-    sink = make_sink(
-        antavo_feed(sandbox_env, timeout_seconds=0.2, backoff_base_seconds=0.5, backoff_max_seconds=1.0)
-    )
+    sink = make_sink(antavo_feed(sandbox_env, timeout_seconds=0.2, backoff_base_seconds=0.5,
+                                 backoff_max_seconds=1.0))
     results: dict[str, EventResult] = {}
     asyncio.run(sink.submit([make_checkout("TO-1")], heal, lambda r: results.setdefault(r.transaction_id, r)))
     assert results["TO-1"].outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED)

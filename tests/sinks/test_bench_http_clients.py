@@ -11,13 +11,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "http_clients.py"
 
 
 def test_the_client_comparison_runs_and_reports_both_sides() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--requests", "40", "--rounds", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = subprocess.run([sys.executable, str(SCRIPT), "--requests", "40", "--rounds", "1", "--json"],
+                          capture_output=True, text=True, timeout=120, check=True)
     report = json.loads(done.stdout)
 
     medians = report["median_cpu_us_per_request"]

@@ -12,24 +12,9 @@ from pipeline.cli import cli
 
 
 def test_bench_submit_smoke(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "bench",
-            "submit",
-            "--events",
-            "60",
-            "--naive-events",
-            "10",
-            "--latency-ms",
-            "0",
-            "--limited-seconds",
-            "1",
-            "--limited-latency-ms",
-            "5",
-            "--json",
-        ],
-    )
+    result = CliRunner().invoke(cli, ["bench", "submit", "--events", "60", "--naive-events", "10",
+                                      "--latency-ms", "0", "--limited-seconds", "1",
+                                      "--limited-latency-ms", "5", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["throughput"]["ours"]["outcomes"] == {"accepted": 60}

@@ -33,9 +33,8 @@ class FakeTime:
         self.now += seconds
 
 
-def _send_times(
-    per_minute: float, burst: int, count: int, capacity: int | None = None, late: float = 0.0
-) -> list[float]:
+def _send_times(per_minute: float, burst: int, count: int, capacity: int | None = None,
+                late: float = 0.0) -> list[float]:
     fake = FakeTime()
 
     async def late_sleep(seconds: float) -> None:
@@ -62,13 +61,8 @@ def test_bucket_starts_with_a_small_burst_then_paces() -> None:
 @pytest.mark.parametrize("limit", [60, 600, 1500, 20000])
 def test_policy_never_exceeds_the_limit_in_any_sliding_minute(limit: int) -> None:
     policy = DeliveryPolicy(requests_per_minute=limit)
-    times = _send_times(
-        policy.refill_per_minute() or 0,
-        policy.bucket_burst(),
-        limit + 50,
-        capacity=policy.bucket_capacity(),
-        late=0.001,
-    )
+    times = _send_times(policy.refill_per_minute() or 0, policy.bucket_burst(), limit + 50,
+                        capacity=policy.bucket_capacity(), late=0.001)
     start = 0
     for end, moment in enumerate(times):
         while times[start] <= moment - 60:
@@ -102,18 +96,10 @@ def test_retry_after_in_seconds_or_http_date() -> None:
 
 @pytest.mark.parametrize(
     ("status", "expected"),
-    [
-        (None, Disposition.RETRY),
-        (429, Disposition.RETRY),
-        (500, Disposition.RETRY),
-        (503, Disposition.RETRY),
-        (408, Disposition.RETRY),
-        (401, Disposition.HALT),
-        (403, Disposition.HALT),
-        (400, Disposition.DEFER),
-        (413, Disposition.DEFER),
-        (200, Disposition.DEFER),
-    ],
+    [(None, Disposition.RETRY), (429, Disposition.RETRY), (500, Disposition.RETRY),
+     (503, Disposition.RETRY), (408, Disposition.RETRY), (401, Disposition.HALT),
+     (403, Disposition.HALT), (400, Disposition.DEFER), (413, Disposition.DEFER),
+     (200, Disposition.DEFER)],
 )
 def test_one_place_decides_what_a_failed_request_means(status: int | None, expected: Disposition) -> None:
     assert disposition(RequestFailure(status, "x", "y")) is expected

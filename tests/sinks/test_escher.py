@@ -71,12 +71,8 @@ def test_escher_test_suite_vector_post_header_value_spaces() -> None:
 
 
 def test_date_header_forms_real_clients_send_parse_to_the_same_moment() -> None:
-    for text in (
-        "20181207T120000Z",
-        "Fri, 07 Dec 2018 12:00:00 GMT",
-        "2018-12-07T12:00:00+00:00",
-        "2018-12-07T13:00:00+01:00",
-    ):
+    for text in ("20181207T120000Z", "Fri, 07 Dec 2018 12:00:00 GMT", "2018-12-07T12:00:00+00:00",
+                 "2018-12-07T13:00:00+01:00"):
         assert parse_date(text) == NOON
     with pytest.raises(ValueError):
         parse_date("yesterday")
@@ -108,14 +104,8 @@ def _signed(**changes: object) -> tuple[list[tuple[str, str]], bytes]:
     return list(headers.items()), BODY
 
 
-def _verify(
-    headers: list[tuple[str, str]],
-    body: bytes = BODY,
-    now: datetime = NOON,
-    keys: dict[str, str] = KEYS,
-    config: EscherConfig = CONFIG,
-    path: str = "/events",
-) -> str:
+def _verify(headers: list[tuple[str, str]], body: bytes = BODY, now: datetime = NOON,
+            keys: dict[str, str] = KEYS, config: EscherConfig = CONFIG, path: str = "/events") -> str:
     return verify(config, keys, "POST", path, "", headers, body, now)
 
 
@@ -136,42 +126,21 @@ def test_verifier_accepts_a_correct_signature_and_names_the_key() -> None:
         (lambda h: (_replace(h, "Date", "20181207T120001Z"), BODY), "The signatures do not match"),
         (lambda h: (_replace(h, "Host", "api.evil.antavo.com"), BODY), "The signatures do not match"),
         (lambda h: ([(k, v.replace("API_KEY/", "OTHER/")) for k, v in h], BODY), "Invalid Escher key"),
-        (
-            lambda h: (_replace(h, "Date", "20181208T120000Z"), BODY),
-            "The credential date does not match with the request date",
-        ),
-        (
-            lambda h: ([(k, v.replace("SignedHeaders=date;host", "SignedHeaders=date")) for k, v in h], BODY),
-            "The host header is not signed",
-        ),
-        (
-            lambda h: ([(k, v.replace("SignedHeaders=date;host", "SignedHeaders=host")) for k, v in h], BODY),
-            "The date header is not signed",
-        ),
-        (
-            lambda h: ([(k, v.replace("demo/api", "prod/api")) for k, v in h], BODY),
-            "The credential scope is invalid",
-        ),
+        (lambda h: (_replace(h, "Date", "20181208T120000Z"), BODY),
+         "The credential date does not match with the request date"),
+        (lambda h: ([(k, v.replace("SignedHeaders=date;host", "SignedHeaders=date")) for k, v in h],
+                    BODY), "The host header is not signed"),
+        (lambda h: ([(k, v.replace("SignedHeaders=date;host", "SignedHeaders=host")) for k, v in h],
+                    BODY), "The date header is not signed"),
+        (lambda h: ([(k, v.replace("demo/api", "prod/api")) for k, v in h], BODY),
+         "The credential scope is invalid"),
         (lambda h: (_replace(h, "Authorization", "Bearer abc"), BODY), "Could not parse auth header"),
         (lambda h: ([(k, v) for k, v in h if k != "Date"], BODY), "The date header is missing"),
-        (
-            lambda h: ([(k, v.replace("SHA256", "MD5")) for k, v in h], BODY),
-            "Only SHA256 and SHA512 hash algorithms are allowed",
-        ),
+        (lambda h: ([(k, v.replace("SHA256", "MD5")) for k, v in h], BODY),
+         "Only SHA256 and SHA512 hash algorithms are allowed"),
     ],
-    ids=[
-        "body",
-        "date",
-        "host",
-        "key",
-        "credential-date",
-        "host-unsigned",
-        "date-unsigned",
-        "scope",
-        "garbage",
-        "date-missing",
-        "hash",
-    ],
+    ids=["body", "date", "host", "key", "credential-date", "host-unsigned", "date-unsigned", "scope",
+         "garbage", "date-missing", "hash"],
 )
 def test_verifier_rejects_each_tampering(tamper: object, message: str) -> None:
     headers, _ = _signed()
@@ -199,9 +168,8 @@ def test_verifier_rejects_the_wrong_secret() -> None:
 
 def test_verifier_honours_extra_signed_headers_and_rfc1123_dates() -> None:
     signer = EscherSigner(CONFIG, "API_KEY", "SECRET", clock=lambda: NOON, date_style="rfc1123")
-    signed = signer.sign(
-        "POST", URL, BODY, {"Content-Type": "application/json"}, extra_signed=["content-type"]
-    )
+    signed = signer.sign("POST", URL, BODY, {"Content-Type": "application/json"},
+                         extra_signed=["content-type"])
     assert signed.headers["Date"] == "Fri, 07 Dec 2018 12:00:00 GMT"
     headers = list(signed.headers.items())
     assert _verify(headers) == "API_KEY"

@@ -14,9 +14,8 @@ CHECKOUTS = 3000
 
 
 @pytest.mark.slow
-def test_every_checkout_lands_exactly_once_through_faults(
-    sandbox_env: SandboxServer, target_kind: str, target_kit: TargetKit
-) -> None:
+def test_every_checkout_lands_exactly_once_through_faults(sandbox_env: SandboxServer, target_kind: str,
+                                                         target_kit: TargetKit) -> None:
     config = sandbox_env.config
     config.fault_rate = 0.10
     config.seed = 20261120
@@ -26,9 +25,8 @@ def test_every_checkout_lands_exactly_once_through_faults(
     config.requests_per_minute = 12000
     config.rate_window_seconds = 1.0
     sandbox_env.state.reset()  # re-seed the fault dice
-    feed = target_kit.feed(
-        sandbox_env, requests_per_minute=12000, bulk_size=10, max_attempts=10, max_concurrency=8
-    )
+    feed = target_kit.feed(sandbox_env, requests_per_minute=12000, bulk_size=10, max_attempts=10,
+                           max_concurrency=8)
     rows = [make_checkout(f"FT-{n:05d}", f"cust-{n % 97}") for n in range(CHECKOUTS)]
 
     done = submit_rows(feed, rows)

@@ -56,10 +56,8 @@ def _send(url: str, *, timeout: float = 5.0, times: int = 1) -> list[HttpReply]:
     async def go() -> list[HttpReply]:
         client = HttpClient(timeout_seconds=timeout, max_connections=2)
         try:
-            return [
-                await client.request("POST", url, headers={"X-Signed": "yes"}, body=b"exact bytes")
-                for _ in range(times)
-            ]
+            return [await client.request("POST", url, headers={"X-Signed": "yes"}, body=b"exact bytes")
+                    for _ in range(times)]
         finally:
             await client.aclose()
 

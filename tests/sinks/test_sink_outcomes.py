@@ -16,9 +16,8 @@ def _listed(sandbox: SandboxServer, kind: str) -> list[str]:
     return [tx["transaction_id"] for tx in sandbox.state.listing(kind)]
 
 
-def test_accepted_with_platform_evidence(
-    sandbox_env: SandboxServer, target_kind: str, target_kit: TargetKit
-) -> None:
+def test_accepted_with_platform_evidence(sandbox_env: SandboxServer, target_kind: str,
+                                         target_kit: TargetKit) -> None:
     feed = target_kit.feed(sandbox_env)
     rows = [make_checkout(f"A-{n}", f"cust-{n}") for n in range(5)]
     done = submit_rows(feed, rows)
@@ -29,9 +28,8 @@ def test_accepted_with_platform_evidence(
     assert sent == set(done.results)
 
 
-def test_second_send_is_already_accepted(
-    sandbox_env: SandboxServer, target_kind: str, target_kit: TargetKit
-) -> None:
+def test_second_send_is_already_accepted(sandbox_env: SandboxServer, target_kind: str,
+                                         target_kit: TargetKit) -> None:
     feed = target_kit.feed(sandbox_env)
     rows = [make_checkout("D-1"), make_checkout("D-2")]
     assert set(submit_rows(feed, rows).outcomes().values()) == {"accepted"}
@@ -53,9 +51,8 @@ def test_unknown_customer_is_rejected_permanently_with_the_platform_code(
     assert done.results["U-2"].outcome is Outcome.ACCEPTED
 
 
-def test_server_errors_are_retried_then_left_retryable(
-    sandbox_env: SandboxServer, target_kit: TargetKit
-) -> None:
+def test_server_errors_are_retried_then_left_retryable(sandbox_env: SandboxServer,
+                                                      target_kit: TargetKit) -> None:
     feed = target_kit.feed(sandbox_env, max_attempts=3)
     sandbox_env.config.fault_kinds = ("error_503",)
     sandbox_env.config.fault_rate = 1.0
@@ -78,9 +75,8 @@ def test_unreachable_platform_is_retryable(sandbox_env: SandboxServer, target_ki
     assert done.results["C-1"].outcome is Outcome.RETRYABLE
 
 
-def test_lost_response_is_settled_by_the_duplicate_answer(
-    sandbox_env: SandboxServer, target_kind: str, target_kit: TargetKit
-) -> None:
+def test_lost_response_is_settled_by_the_duplicate_answer(sandbox_env: SandboxServer, target_kind: str,
+                                                         target_kit: TargetKit) -> None:
     feed = target_kit.feed(sandbox_env)
     sandbox_env.config.fault_kinds = ("lost_response",)
     sandbox_env.config.fault_rate = 1.0
@@ -93,18 +89,12 @@ def test_lost_response_is_settled_by_the_duplicate_answer(
 
     results: dict[str, EventResult] = {}
     sink = make_sink(feed)
-    asyncio.run(
-        sink.submit(
-            [make_checkout("L-1")], heal_after_first_send, lambda r: results.setdefault(r.transaction_id, r)
-        )
-    )
+    asyncio.run(sink.submit([make_checkout("L-1")], heal_after_first_send,
+                            lambda r: results.setdefault(r.transaction_id, r)))
     # Antavo answers 5003; a platform whose duplicate answer names the existing event may settle
     # it as accepted with that evidence
-    settled = (
-        {Outcome.ALREADY_ACCEPTED}
-        if target_kind == "antavo"
-        else {Outcome.ALREADY_ACCEPTED, Outcome.ACCEPTED}
-    )
+    settled = {Outcome.ALREADY_ACCEPTED} if target_kind == "antavo" else {Outcome.ALREADY_ACCEPTED,
+                                                                          Outcome.ACCEPTED}
     assert results["L-1"].outcome in settled
     assert results["L-1"].attempts == 2
     assert _listed(sandbox_env, target_kind) == ["L-1"]
@@ -121,16 +111,15 @@ def test_voids_are_not_sent(sandbox_env: SandboxServer, target_kit: TargetKit) -
     assert done.sending == []
 
 
-def test_retry_after_makes_the_sender_wait_instead_of_hammering(
-    sandbox_env: SandboxServer, target_kind: str, target_kit: TargetKit
-) -> None:
+def test_retry_after_makes_the_sender_wait_instead_of_hammering(sandbox_env: SandboxServer,
+                                                               target_kind: str,
+                                                               target_kit: TargetKit) -> None:
     # the platform allows 4 requests per 1-second window; the feed believes in far more
     sandbox_env.config.requests_per_minute = 240
     sandbox_env.config.rate_window_seconds = 1.0
     sandbox_env.config.retry_after_seconds = 1.0
-    feed = target_kit.feed(
-        sandbox_env, bulk_size=1, max_concurrency=2, max_attempts=6, requests_per_minute=60000
-    )
+    feed = target_kit.feed(sandbox_env, bulk_size=1, max_concurrency=2, max_attempts=6,
+                           requests_per_minute=60000)
     rows = [make_checkout(f"R-{n}", f"cust-{n}") for n in range(10)]
     done = submit_rows(feed, rows)
     assert set(done.outcomes().values()) == {"accepted"}
