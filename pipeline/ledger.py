@@ -45,7 +45,7 @@ from typing import Any
 
 from pipeline.errors import PosfeedError
 from pipeline.logs import MASK_PREFIX
-from pipeline.sinks.base import EventResult, Outcome
+from pipeline.records import EventResult, Outcome
 
 __all__ = [
     "FINAL_STATES",
