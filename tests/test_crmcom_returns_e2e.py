@@ -196,6 +196,8 @@ def test_a_day_with_every_return_case(tmp_path: Path) -> None:
     review = sum((-t.amount for t in rows if t.last_error_code == "already_cancelled"), Decimal(0))
     assert review == Decimal("11.49")
     assert accepted == held + review
+    # the reports say the same: each run's accepted money adds up to the ledger's
+    assert sum(Decimal(run["amount_accepted"]) for run in (first, second, third)) == accepted
     detail = (tmp_path / "reports" / "crmday" / second["run_id"] / "detail.csv").read_text(encoding="utf-8")
     for code in ("return_other_customer", "original_is_guest", "return_mismatch", "already_cancelled"):
         assert code in detail
