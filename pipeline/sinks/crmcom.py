@@ -2,12 +2,15 @@
 
 * A sale with a customer becomes ``customer_events/purchases/create`` (or, with ``bulk_size > 1``,
   one ``create_multiple`` call of up to 1,000 purchases, each tagged with ``request_unique_identifier``
-  = the transaction id). ``reference_number`` and ``external_system_reference_number`` are the
-  transaction id, so the platform's duplicate-reference answer proves an earlier send landed.
-* A return of a whole transaction whose purchase the ledger knows becomes
-  ``customer_events/purchases/cancel`` of that purchase; guests, partial returns, unmatched returns
-  and voids are reported as :attr:`Outcome.NOT_SENT` with a target-level code
-  (:class:`CrmcomRejectCode`).
+  = the transaction id); points burned at the till ride along as a spend (``create_spend`` before
+  R17). ``reference_number`` and ``external_system_reference_number`` are the transaction id, which
+  is what a lookup (:mod:`pipeline.sinks.crmcom_lookup`) finds it by.
+* A return is checked against its sale (:mod:`pipeline.sinks.crmcom_returns`): a whole one becomes
+  ``customer_events/purchases/cancel`` of the sale's purchase, a partial one an ad hoc return; one
+  that does not fit, guests, unmatched returns and voids are reported as :attr:`Outcome.NOT_SENT`
+  with a target-level code (:class:`CrmcomRejectCode`, ``ReturnCode``).
+* What may have landed (in doubt in the ledger, or sent without a definite answer) is looked up
+  before it is sent again (``target.in_doubt``), purchase by purchase even in bulk calls.
 * Every call carries a token from ``authentication/token`` (username, password, organisation) or
   ``authentication/web_api_key/token`` (the Web API key as the Basic-auth user). The token is reused
   until it expires and renewed transparently; a call refused for an expired or invalid token is
@@ -16,8 +19,8 @@
   classified by the target's settings (duplicate, token, retryable codes) into the shared outcomes.
 
 The mapping and the reading of answers are pure (:mod:`pipeline.sinks.crmcom_purchases`); this
-module adds authentication and the adapter. Rate limit, concurrency, retries and in-doubt
-bookkeeping are the delivery engine's (:mod:`pipeline.sinks.delivery`).
+module adds authentication, the lookups and the adapter. Rate limit, concurrency and retries are
+the delivery engine's (:mod:`pipeline.sinks.delivery`).
 """
 
 from __future__ import annotations
