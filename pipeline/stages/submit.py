@@ -4,7 +4,9 @@ Crash safety comes from the order of writes: ``on_sending`` marks a request's tr
 doubt (``sending``) and commits *before* the request goes out; outcomes are settled afterwards
 (buffered a little, flushed at least once per batch). A process killed at any moment leaves
 ``queued`` or ``sending`` rows, which the next run re-sends; a platform that already has the
-transaction answers "transaction ID already used", which settles it as accepted.
+transaction answers "transaction ID already used", which settles it as accepted. Rows that may have
+landed carry ``may_have_landed`` to the sink, so a target without such an answer (CRM.COM) can look
+them up before sending them again.
 """
 
 from __future__ import annotations
@@ -79,8 +81,9 @@ def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
 
 def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Returns that name a sale the ledger knows carry ``original_event_ids`` (the sale's platform
-    event ids; empty while it is not accepted) and ``original_total``. A target that cancels the
-    sale's purchase (CRM.COM) needs them; others ignore them."""
+    event ids; empty while it is not accepted), ``original_total``, ``original`` (the sale as
+    recorded: state, customer, currency, lines) and ``earlier_returns`` (the other recorded returns
+    of it). A target that checks returns against their sale (CRM.COM) needs them; others ignore them."""
     wanted = [
         str(c["original_transaction_id"])
         for c in checkouts
