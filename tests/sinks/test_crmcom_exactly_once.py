@@ -55,7 +55,7 @@ def test_lost_answers_are_settled_per_purchase_by_lookups(
     results = submit(sink_of(crm, bulk_size=bulk_size, max_attempts=15, lookup=lookup), day())
     assert {r.outcome for r in results.values()} <= {Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED}
     state, platform = crm.state, platform_of(crm)
-    assert state.stats["lost_responses"] > 3
+    assert state.stats["lost_responses"] > 0
     # no purchase stored twice, none arrived twice: nothing that had landed was sent again
     assert set(copies(crm).values()) == {1} and len(copies(crm)) == 40
     assert set(platform.arrivals.values()) == {1}
