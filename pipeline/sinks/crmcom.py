@@ -83,6 +83,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+LOOKUP_TRIES = 3  # a lookup without a usable answer (timeout, dropped connection, 5xx) is asked again
+
 
 # ---- authentication -------------------------------------------------------------------------------
 
@@ -327,21 +329,33 @@ class CrmcomAdapter:
     async def _look_up(
         self, client: HttpClient, token: str, reference: str, customer: str | None
     ) -> LookupResult:
-        self.lookups += 1
-        url_of = partial(endpoint_url, self.target)
-        try:
-            return await look_up(
-                client, self.target, token, reference, customer, url_of=url_of, now=self._wall_clock
-            )
-        except TokenRefused:
-            self.tokens.invalidate(token)
-        try:
-            fresh = await self.tokens.token(client)
-            return await look_up(
-                client, self.target, fresh, reference, customer, url_of=url_of, now=self._wall_clock
-            )
-        except (TokenRefused, AuthenticationFailed) as exc:
-            return LookupResult(Answer.UNDECIDED, reason=f"the lookup's token was refused ({exc})")
+        """Look ``reference`` up; a call that got no usable answer is asked again (up to
+        ``LOOKUP_TRIES`` times, with the target's backoff), an expired token is renewed once."""
+        target = self.target
+        url_of = partial(endpoint_url, target)
+        found = LookupResult(Answer.UNDECIDED, reason="not asked")
+        renewed = False
+        for attempt in range(LOOKUP_TRIES):
+            if attempt:
+                await asyncio.sleep(min(target.backoff_max_seconds, target.backoff_base_seconds * 2**attempt))
+            self.lookups += 1
+            try:
+                found = await look_up(
+                    client, target, token, reference, customer, url_of=url_of, now=self._wall_clock
+                )
+            except TokenRefused as exc:
+                self.tokens.invalidate(token)
+                if renewed:
+                    return LookupResult(Answer.UNDECIDED, reason=f"the lookup's token was refused ({exc})")
+                renewed = True
+                try:
+                    token = await self.tokens.token(client)
+                except AuthenticationFailed as failed:
+                    return LookupResult(Answer.UNDECIDED, reason=f"no token for the lookup ({failed})")
+                continue
+            if found.answer is not Answer.UNDECIDED or not found.transient:
+                return found
+        return found
 
     async def _settle_in_doubt(
         self, batch: Batch, client: HttpClient, token: str

@@ -56,6 +56,7 @@ class LookupResult:
     answer: Answer
     purchase: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
+    transient: bool = False  # undecided for want of an answer: asking again may decide
 
 
 class TokenRefused(Exception):
@@ -151,10 +152,15 @@ async def look_up(
                 "POST", url_of(target.list_path), headers={"Content-Type": CONTENT_TYPE}, body=dumps(body)
             )
     except HttpTimeout as exc:
-        return LookupResult(Answer.UNDECIDED, reason=f"{method}: no answer in time ({exc.kind})")
+        return LookupResult(
+            Answer.UNDECIDED, reason=f"{method}: no answer in time ({exc.kind})", transient=True
+        )
     except HttpError as exc:
-        return LookupResult(Answer.UNDECIDED, reason=f"{method}: {exc.kind}")
+        return LookupResult(Answer.UNDECIDED, reason=f"{method}: {exc.kind}", transient=True)
     if reply.status >= 400 and reply.status != 404:
-        return LookupResult(Answer.UNDECIDED, reason=f"{method} answered HTTP {reply.status}")
+        transient = reply.status in (408, 425, 429) or reply.status >= 500
+        return LookupResult(
+            Answer.UNDECIDED, reason=f"{method} answered HTTP {reply.status}", transient=transient
+        )
     envelope = Envelope.read(reply.body, reply.status)
     return (read_show if method == "show" else read_list)(envelope, reference, target)
