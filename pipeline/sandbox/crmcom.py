@@ -18,8 +18,8 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
   as ``<key>=<value>`` (``id``, ``number`` or ``external_system_reference_number``), the API's
   GET convention; an unknown one answers ``NOT_FOUND`` ([A]). ``POST customer_events/purchases/list``
   filters by ``accounts_receivable_identifier``, ``submitted_after_date`` / ``submitted_before_date``
-  and returns at most ``number_of_results`` (default 50 [A]) purchases, oldest first, as a list
-  ([A]: the answer's shape and paging are not documented). Both count ``lookups``.
+  and returns at most ``number_of_results`` (default 50, at most 1000 [A]) purchases, oldest first,
+  as a list ([A]: the answer's shape and paging are not documented). Both count ``lookups``.
 * ``POST purchases/ad_hoc_return`` ([A]: only its name and purpose are documented) takes a
   purchase-shaped body (customer, business unit, ``performed_on``, ``reference_number``,
   ``products_set`` with positive amounts) and stores the return under the platform name
@@ -70,6 +70,7 @@ __all__ = [
 PLATFORM = "crmcom"
 AD_HOC_RETURNS = "crmcom_ad_hoc_returns"
 LIST_DEFAULT_RESULTS = 50
+LIST_MAX_RESULTS = 1000  # [A] the sandbox's bound on number_of_results
 PREFIX = "/crmapi/rest/v2"
 BULK_LIMIT = 1000
 BUSINESS_UNIT_FIELDS = (
@@ -398,7 +399,13 @@ class CrmcomPlatform:
             raise CrmcomError("INVALID_PARAMETERS", "accounts_receivable_identifier is mandatory here")
         customer = _identifier_value(customer_identifier, "accounts_receivable_identifier")
         after, before = body.get("submitted_after_date"), body.get("submitted_before_date")
-        limit = int(body.get("number_of_results") or LIST_DEFAULT_RESULTS)
+        if any(d is not None and not isinstance(d, str) for d in (after, before)):
+            raise CrmcomError("INVALID_PARAMETERS", "submitted dates must be dates and times")
+        limit = body.get("number_of_results") or LIST_DEFAULT_RESULTS
+        if isinstance(limit, str) and limit.isdecimal() and len(limit) <= 9:
+            limit = int(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_MAX_RESULTS:
+            raise CrmcomError("INVALID_PARAMETERS", f"number_of_results must be 1 to {LIST_MAX_RESULTS}")
         with self.state.lock:
             records = [
                 r
