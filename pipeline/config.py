@@ -270,6 +270,26 @@ class CrmcomTarget(_Model):
     token_error_codes: tuple[str, ...] = ("INVALID_TOKEN", "TOKEN_EXPIRED")
     already_cancelled_codes: tuple[str, ...] = ("ALREADY_CANCELLED",)
     retryable_codes: tuple[str, ...] = ("INTERNAL_ERROR", "SERVICE_UNAVAILABLE")
+    # ---- returns, spends and exactly-once (docs/PLATFORMS.md cites the pages; [A] = assumption)
+    # partial returns: "auto" sends them as ad hoc returns from R17 (the method is listed with the
+    # R16.12 API-key methods: set "ad_hoc_return" for R16.12), else settles them not sent
+    partial_returns: Literal["auto", "ad_hoc_return", "not_sent"] = "auto"
+    ad_hoc_return_path: str = "purchases/ad_hoc_return"  # [A] request shape and base path
+    # points burned at the till: R9-R16 purchases/create_spend, R17+ a spend amount on the
+    # purchase ([A] field names); "off" sends the purchase without it
+    spend: Literal["auto", "off"] = "auto"
+    create_spend_path: str = "customer_events/purchases/create_spend"
+    spend_field: str | None = None  # [A] default: spend_amount (create_spend), requested_spend_amount (R17+)
+    spend_per_point: Decimal = Field(default=Decimal("0.01"), gt=0)  # [A] spend amount of one point
+    # before resending what may have landed: "lookup" asks the platform (show by reference, or
+    # list), "resend" trusts duplicate answers, "hold" settles it in doubt for review
+    in_doubt: Literal["lookup", "resend", "hold"] = "lookup"
+    lookup: Literal["auto", "show", "list"] = "auto"  # auto: show from R11 (R10.1 has it: set "show")
+    show_path: str = "customer_events/purchases/show"
+    list_path: str = "customer_events/purchases/list"
+    list_window_days: int = Field(default=7, ge=1)  # list: purchases submitted this far back
+    list_page_size: int = Field(default=100, ge=1, le=1000)  # [A] number_of_results
+    not_found_codes: tuple[str, ...] = ("NOT_FOUND",)  # [A] show's answer for an unknown purchase
 
 
 TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]

@@ -1261,6 +1261,28 @@ class Ledger:
             rows.sort(key=lambda r: r.record.id)
         return found
 
+    def sales_with_checkouts(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, TxnRecord]:
+        """Like :meth:`originals`, with the stored checkout (a return is checked against its lines)."""
+        found: dict[str, TxnRecord] = {}
+        for chunk in _chunks(list(dict.fromkeys(transaction_ids))):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                f"SELECT {_TXN_COLUMNS}, t.checkout FROM transactions t WHERE t.scope = ? "
+                f"AND t.transaction_id IN ({marks}) AND t.state IN {_PRIMARY_SQL}",
+                (scope, *chunk),
+            ):
+                found[row["transaction_id"]] = _txn(row, checkout=row["checkout"])
+        return found
+
+    def returns_naming(self, scope: str, original_ids: Sequence[str]) -> dict[str, list[TxnRecord]]:
+        """The recorded returns (primary rows, with checkouts) that name each of ``original_ids``
+        as their sale, oldest first (:meth:`returns_of` without repeats and final duplicates)."""
+        return {
+            original: primary
+            for original, rows in self.returns_of(scope, original_ids).items()
+            if (primary := [r.record for r in rows if r.record.state in PRIMARY_STATES])
+        }
+
     def transactions_by_row_id(
         self, row_ids: Sequence[int], *, with_checkout: bool = False
     ) -> list[TxnRecord]:

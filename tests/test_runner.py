@@ -352,10 +352,16 @@ def test_faults_and_lost_responses_still_deliver_each_transaction_once(
                        backoff_base_seconds=0.001, backoff_max_seconds=0.01)
     summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     s = summary.summary
-    assert s["balanced"] is True and s["failed_retryable"] == 0 and s["in_doubt"] == 0
+    assert s["balanced"] is True and s["in_doubt"] == 0
     assert stats(live)["faults_injected"] > 0
     with Ledger(settings.ledger_path) as ledger:
         rows = ledger.run_transactions(summary.run_id)
+    # CRM.COM documents no lookup of an ad hoc return: one whose answer was lost is held for review
+    held = [t for t in rows if t.state is TxnState.FAILED_RETRYABLE]
+    assert len(held) == s["failed_retryable"]
+    assert all(target_kind == "crmcom" and t.last_error_code == "crmcom_in_doubt"
+               and t.transaction_id in live.state.lost_transaction_ids for t in held), [
+        (t.transaction_id, t.transaction_type, t.last_error_code, t.last_error_message) for t in held]
     accepted = [t for t in rows if t.state is TxnState.ACCEPTED]
     assert accepted and max(t.attempts for t in accepted) > 1
     if target_kind == "antavo":

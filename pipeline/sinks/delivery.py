@@ -521,7 +521,10 @@ class _Submission:
             if result is None:
                 result = EventResult(tid, Outcome.RETRYABLE, error_code="missing_result",
                                      error_message="the response had no result for this transaction")
-            if result.outcome is Outcome.RETRYABLE and attempt < self.policy.max_attempts:
+            # a retryable result decided without a request (attempts 0: e.g. held for review) is
+            # not retried in this submission: nothing would change
+            if (result.outcome is Outcome.RETRYABLE and attempt < self.policy.max_attempts
+                    and result.attempts != 0):
                 retry.add(tid)
                 continue
             self.settle(result if result.attempts == attempt else replace(result, attempts=attempt))

@@ -7,7 +7,9 @@ answers of the requests in flight. A process killed at any moment leaves ``queue
 rows, which the next run re-sends; a platform that already has the transaction answers
 "transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
 refund that may have landed is read back from the platform before it is sent again (see
-:mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`).
+:mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`). Rows that may have
+landed carry ``may_have_landed`` to the sink, so a target without such an answer (CRM.COM) can look
+them up before sending them again.
 """
 
 from __future__ import annotations
@@ -101,7 +103,11 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
     returns given what the ledger knows of their sale, claims gated on their checkout
     (:func:`gate_claims`); and the results of the rows settled before any sink sees them."""
     if feed.records == "transactions":
-        decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+        decoded = [
+            {**decode_checkout(r.checkout), "may_have_landed": True} if may_have_landed(r)
+            else decode_checkout(r.checkout)
+            for r in rows if r.checkout
+        ]
     else:
         decoded = [json.loads(r.checkout) for r in rows if r.checkout]
     unsent: list[EventResult] = []
@@ -148,8 +154,9 @@ def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
 
 def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Returns that name a sale the ledger knows carry ``original_event_ids`` (the sale's platform
-    event ids; empty while it is not accepted) and ``original_total``. A target that cancels the
-    sale's purchase (CRM.COM) needs them; others ignore them."""
+    event ids; empty while it is not accepted), ``original_total``, ``original`` (the sale as
+    recorded: state, customer, currency, lines) and ``earlier_returns`` (the other recorded returns
+    of it). A target that checks returns against their sale (CRM.COM) needs them; others ignore them."""
     wanted = [
         str(c["original_transaction_id"])
         for c in checkouts
@@ -157,7 +164,8 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
     ]
     if not wanted:
         return checkouts
-    known = ledger.originals(scope, wanted)
+    known = ledger.sales_with_checkouts(scope, wanted)
+    earlier = ledger.returns_naming(scope, wanted)
     enriched = []
     for checkout in checkouts:
         original = (
@@ -171,9 +179,38 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
                 **checkout,
                 "original_event_ids": list(original.event_ids) if accepted else [],
                 "original_total": original.amount,
+                "original": _recorded(original),
+                "earlier_returns": [
+                    _recorded(r) for r in earlier.get(str(original.transaction_id), ())
+                    if r.transaction_id != checkout["transaction_id"]
+                ],
             }
         enriched.append(checkout)
     return enriched
+
+
+def _recorded(record: TxnRecord) -> dict[str, Any]:
+    """What a target checking a return needs of a recorded sale or return: its state, outcome code,
+    platform event ids and the checkout's customer and lines (customer ids may be masked)."""
+    stored = json.loads(record.checkout) if record.checkout else {}
+    return {
+        "transaction_id": record.transaction_id,
+        "state": record.state.value,
+        "code": record.last_error_code,
+        "event_ids": list(record.event_ids),
+        "customer_id": stored.get("customer_id"),
+        "is_guest": bool(stored.get("is_guest")) or not stored.get("customer_id"),
+        "currency": stored.get("currency") or record.currency,
+        "items": [
+            {k: item.get(k) for k in ("product_id", "quantity", "line_total")}
+            for item in stored.get("items") or ()
+        ],
+    }
+
+
+def may_have_landed(record: TxnRecord) -> bool:
+    """Whether an earlier request carrying this transaction went out (a resend must check first)."""
+    return record.state is TxnState.SENDING or record.attempts > 0
 
 
 def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
