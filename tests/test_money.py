@@ -198,8 +198,14 @@ def test_decisions_before_sending_need_neither_platform_nor_credentials(
         monkeypatch.delenv(name, raising=False)
     unreachable = "http://127.0.0.1:9"
     sale = make_checkout("S1")  # 2 x 6.25
+    queued_sale = make_checkout("S9")  # recorded, not delivered yet
     not_delivered = {**make_checkout("R4", kind="return", original_transaction_id="S9"),
-                     "original_event_ids": [], "original_total": Decimal("12.50")}
+                     "original_event_ids": [], "original_total": Decimal("12.50"),
+                     "original": {"transaction_id": "S9", "state": "queued", "event_ids": [],
+                                  "customer_id": queued_sale["customer_id"], "is_guest": False,
+                                  "currency": queued_sale["currency"],
+                                  "items": [{k: i[k] for k in ("product_id", "quantity", "line_total")}
+                                            for i in queued_sale["items"]]}}
     rows = [sale, make_checkout("G1", customer_id=None),
             make_checkout("R1", kind="return", original_transaction_id="S1", quantity="1"),
             make_checkout("R2", kind="return"),
@@ -207,9 +213,11 @@ def test_decisions_before_sending_need_neither_platform_nor_credentials(
             not_delivered]
     crmcom = Feed.model_validate({"name": "c", "target": {"kind": "crmcom", "base_url": unreachable}})
     decided = {r.transaction_id: (r.outcome, r.error_code) for r in decide_before_sending(crmcom, rows)}
+    # R1 (one of S1's two) goes out as an ad hoc return; R3 (both of S1's two) would give back more
+    # than is left after R1; R4 waits for its sale: neither R1 nor R4 is decided without the platform
     assert decided == {"G1": (Outcome.NOT_SENT, "crmcom_guest"),
-                       "R1": (Outcome.NOT_SENT, "crmcom_partial_return"),
-                       "R2": (Outcome.NOT_SENT, "unmatched_return")}  # R4 waits for its sale: not decided
+                       "R2": (Outcome.NOT_SENT, "unmatched_return"),
+                       "R3": (Outcome.NOT_SENT, "already_returned")}
     antavo = Feed.model_validate({"name": "a", "target": {"kind": "antavo", "base_url": unreachable,
                                                           "send_guests": False}})
     decided = {r.transaction_id: (r.outcome, r.error_code) for r in decide_before_sending(antavo, rows)}
