@@ -1,0 +1,155 @@
+"""Row rules, first: is each field there and readable?
+
+Each function is one family of rules, in catalog order; :func:`pipeline.core.validate.rules.row_rules`
+puts the families in order.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.config import Feed
+from pipeline.core.parse import READ_CODE, READ_REASON
+from pipeline.core.rejects import ISO_4217, READER_CODES, RejectCode
+from pipeline.core.validate.control import ID_FIELDS, shown
+from pipeline.core.validate.numbers import NUMBER_FIELDS
+from pipeline.core.validate.rule import Rule, reason
+from pipeline.records import REQUIRED_COLUMNS, TransactionType
+
+__all__ = [
+    "code_rules",
+    "control_character_rules",
+    "missing_field_rules",
+    "number_rules",
+    "reader_rules",
+    "time_format_rules",
+]
+
+_TYPES = [t.value for t in TransactionType]
+
+
+def reader_rules() -> list[Rule]:
+    """A record a reader could not read: its code and reason come from the reader."""
+    return [
+        Rule(
+            f"read_{code.name.lower()}",
+            code,
+            "record",
+            pl.col(READ_CODE) == code.value,
+            pl.col(READ_REASON),
+            needs=(READ_CODE,),
+        )
+        for code in READER_CODES
+    ]
+
+
+def missing_field_rules() -> list[Rule]:
+    """A required field left empty."""
+    rules: list[Rule] = []
+    for field in REQUIRED_COLUMNS:
+        if field in NUMBER_FIELDS:  # blank: no value and not flagged as a bad number
+            missing = pl.col(f"v_{field}").is_null() & ~pl.col(f"v_bad_{field}")
+        elif field == "timestamp":
+            missing = pl.col("v_ts_blank")  # judged once per distinct timestamp text
+        else:
+            typed = pl.col(f"v_{field}")
+            missing = typed.is_null() | (typed.str.len_bytes() == 0)
+        rules.append(
+            Rule(
+                f"missing_{field}",
+                RejectCode.MISSING_FIELD,
+                field,
+                missing,
+                pl.lit(f"required field {field} is empty"),
+            )
+        )
+    return rules
+
+
+def control_character_rules() -> list[Rule]:
+    """An id holding a control or format character."""
+    rules: list[Rule] = []
+    for field, typed_id in ID_FIELDS:
+        flag = f"v_ctrl_{typed_id.removeprefix('v_')}"
+        rules.append(
+            Rule(
+                f"control_character_in_{field}",
+                RejectCode.CONTROL_CHARACTER_IN_ID,
+                field,
+                pl.col(flag),
+                reason(f"{field} {{}} holds a control or format character", shown(field)),
+                needs=(flag,),
+            )
+        )
+    return rules
+
+
+def number_rules() -> list[Rule]:
+    """A number field whose text is not a number of its kind."""
+    rules: list[Rule] = []
+    for field, (_, places) in NUMBER_FIELDS.items():
+        what = "a whole number" if places == 0 else f"a number with at most {places} decimal places"
+        rules.append(
+            Rule(
+                f"bad_{field}",
+                RejectCode.BAD_NUMBER,
+                field,
+                pl.col(f"v_bad_{field}"),
+                reason(f"{field} '{{}}' is not {what}", pl.col(field)),
+            )
+        )
+    return rules
+
+
+def time_format_rules() -> list[Rule]:
+    """A timestamp or business date that cannot be read, or an offset no place has."""
+    return [
+        Rule(
+            "bad_timestamp",
+            RejectCode.BAD_TIMESTAMP,
+            "timestamp",
+            pl.col("v_ts_utc").is_null(),
+            reason("timestamp '{}' cannot be read", pl.col("timestamp")),
+        ),
+        Rule(
+            "offset_out_of_range",
+            RejectCode.OFFSET_OUT_OF_RANGE,
+            "timestamp",
+            pl.col("v_offset_bad"),
+            reason("timestamp '{}' has a UTC offset outside -14:00..+14:00", pl.col("timestamp")),
+            needs=("v_offset_bad",),
+        ),
+        Rule(
+            "bad_business_date",
+            RejectCode.BAD_BUSINESS_DATE,
+            "business_date",
+            pl.col("v_business_date_text").is_not_null() & pl.col("v_business_date_given").is_null(),
+            reason("business_date '{}' is not a date", pl.col("business_date")),
+        ),
+    ]
+
+
+def code_rules(feed: Feed) -> list[Rule]:
+    """A transaction type or currency that is not one of the known codes."""
+    v = feed.validation
+    allowed = sorted(ISO_4217 if v.currencies is None else {c.upper() for c in v.currencies})
+    return [
+        Rule(
+            "unknown_transaction_type",
+            RejectCode.UNKNOWN_TRANSACTION_TYPE,
+            "transaction_type",
+            pl.col("v_type_given").is_not_null() & ~pl.col("v_type_given").is_in(_TYPES),
+            reason("transaction_type '{}' is not sale, return or void", pl.col("transaction_type")),
+        ),
+        Rule(
+            "unknown_currency",
+            RejectCode.UNKNOWN_CURRENCY,
+            "currency",
+            ~pl.col("v_currency").is_in(allowed),
+            reason(
+                "currency '{}' is not "
+                + ("an ISO 4217 code" if v.currencies is None else "one of " + ", ".join(allowed)),
+                pl.col("currency"),
+            ),
+        ),
+    ]
