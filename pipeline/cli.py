@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from pipeline.config import Settings
-from pipeline.errors import EXIT_INTERNAL, PosfeedError
+from pipeline.errors import EXIT_INTERNAL, MissingExtraError, PosfeedError, state_io_error
 
 __all__ = ["cli", "main"]
 
@@ -82,8 +82,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # posfeed's own files: every remote edge translates its errors
+        error = state_io_error(exc)
+        click.echo(f"posfeed: error: {error}", err=True)
+        sys.exit(error.exit_code)
     except Exception as exc:
-        click.echo(f"posfeed: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"posfeed: internal error (a bug; please report it): {type(exc).__name__}: {exc}",
+                   err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -365,9 +370,22 @@ def demo(ctx: click.Context, keep: Path | None, as_json: bool) -> None:
     ctx.exit(demo_command(keep=keep, as_json=as_json))
 
 
+# the optional packages each benchmark needs (from the `dev` extra): numpy generates workloads,
+# matplotlib plots the scaling
+_BENCH_NEEDS = {"e2e": ("numpy", "matplotlib"), "ledger": ("numpy", "matplotlib"),
+                "all": ("numpy", "matplotlib")}
+
+
 @cli.group()
-def bench() -> None:
+@click.pass_context
+def bench(ctx: click.Context) -> None:
     """Benchmarks, each side by side with its baseline in the same run."""
+    import importlib.util
+
+    verb = ctx.invoked_subcommand or ""
+    for module in _BENCH_NEEDS.get(verb, ()):
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(f"posfeed bench {verb}", "dev", module)
 
 
 def _emit_benchmark(section: str, data: Any, *, docs: Path | None, update_docs: Callable[[Path, str], None],

@@ -245,6 +245,15 @@ class ExpectedFilesConfig(_Model):
         return self
 
 
+class ResumeConfig(_Model):
+    """What a plain run resends by itself (`[resume]`): failed-retryable transactions whose
+    failure was transient, a stop or refused credentials, until one of these caps; past them
+    only `posfeed rerun` sends them."""
+
+    max_attempts: int = Field(default=25, ge=1)
+    max_age_hours: float = Field(default=72.0, gt=0)
+
+
 class LoggingConfig(_Model):
     """What logs may show (`[logging]`)."""
 
@@ -269,6 +278,7 @@ class Feed(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     expected: ExpectedFilesConfig = Field(default_factory=ExpectedFilesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    resume: ResumeConfig = Field(default_factory=ResumeConfig)
 
     @field_validator("timezone")
     @classmethod

@@ -52,9 +52,9 @@ _PRIORITY = (EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
 _MEANING = {
     EXIT_OK: "all final and balanced",
     EXIT_DATA: "data errors: see rejects and conflicts",
-    EXIT_TEMPFAIL: "try again later: retryable failures or in-doubt transactions left",
+    EXIT_TEMPFAIL: "try again later: the next run sends what is left",
     EXIT_INTERNAL: "internal error",
-    EXIT_CONFIG: "configuration error",
+    EXIT_CONFIG: "configuration error: the platform refused our credentials",
 }
 
 
@@ -124,6 +124,14 @@ def format_summary(summary: RunSummary) -> str:
         f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") else ""),
         f"  balanced:  {'yes' if s['balanced'] else 'NO'}",
     ]
+    if "waiting" in s:
+        oldest = (f", oldest first recorded {s['waiting_oldest_at']} "
+                  f"({_age(s.get('waiting_oldest_age_seconds'))} ago)" if s.get("waiting") else "")
+        lines.append(f"  backlog:   carried over {s.get('carried_over', 0)} from earlier runs; "
+                     f"{s['waiting']} waiting for the next run{oldest}")
+    if s.get("needs_rerun"):
+        lines.append(f"  needs rerun: {s['needs_rerun']} past the [resume] caps or refused as requests "
+                     f"(posfeed rerun --feed {summary.feed} --failed)")
     if s.get("superseded_files"):
         lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
     for item in s.get("unreadable_files") or []:
@@ -135,7 +143,54 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _age(seconds: Any) -> str:
+    """``42s``, ``17m``, ``5.2h``, ``3.1d``."""
+    if not isinstance(seconds, int | float):
+        return "?"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def cause_of(summary: RunSummary) -> str:
+    """Why a run did not exit 0, in one line (what stderr says without ``-v``)."""
+    s = summary.summary
+    parts: list[str] = []
+    if s.get("credentials_refused"):
+        parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
+                     "stopped, the rest waits for the next run")
+    if s.get("transactions_rejected"):
+        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
+    if s.get("conflicts"):
+        parts.append(f"{s['conflicts']} conflict(s) held for review")
+    for item in s.get("unreadable_files") or []:
+        parts.append(f"unreadable file {item['file']}: {item['reason']}")
+    for item in s.get("fetch_failures") or []:
+        parts.append(f"not fetched: {item['file']}: {item['reason']}")
+    for cause in s.get("causes") or []:
+        what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
+        reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
+        parts.append(f"{cause['count']} {what}: {reason}")
+    if s.get("in_doubt"):
+        parts.append(f"{s['in_doubt']} in doubt")
+    if s.get("stopped"):
+        parts.append("stopped before the end (signal)")
+    if s.get("queued") and not s.get("dry_run"):
+        parts.append(f"{s['queued']} queued, not sent yet")
+    if summary.exit_code == EXIT_INTERNAL and not s.get("balanced", True):
+        parts.append("the run's report does not balance (a bug: see summary.csv)")
+    return "; ".join(parts) or _MEANING.get(summary.exit_code, "")
+
+
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
+    for summary in summaries:  # the cause of every non-zero exit, whatever the verbosity
+        if summary.exit_code != EXIT_OK:
+            click.echo(f"posfeed: {summary.feed} {summary.run_id}: exit {summary.exit_code}: "
+                       f"{cause_of(summary)}", err=True)
     if as_json:
         docs = [s.to_dict() for s in summaries]
         if len(docs) == 1 and not errors:
@@ -225,6 +280,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
     if settings.ledger_path.exists():
         with Ledger(settings.ledger_path) as ledger:
             records = ledger.runs(feed=feed, limit=limit)
+    if feed and not records:
+        load_feed(feed, settings.feeds_dir)  # a feed that does not exist is an error, not "no runs"
     rows = []
     for run in records:
         counts = run.counts or {}

@@ -19,6 +19,7 @@ from pipeline.config import (
     Feed,
     FormatConfig,
     LoggingConfig,
+    ResumeConfig,
     SourceConfig,
     ValidationConfig,
     load_feed,
@@ -37,6 +38,7 @@ SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
     "alerts": (AlertsConfig,),
     "expected": (ExpectedFilesConfig,),
     "logging": (LoggingConfig,),
+    "resume": (ResumeConfig,),
 }
 
 
