@@ -42,7 +42,15 @@ from zoneinfo import ZoneInfo
 
 from pipeline.alerts import notify
 from pipeline.config import Feed, Settings
-from pipeline.errors import EXIT_CONFIG, EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL, PosfeedError
+from pipeline.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    PosfeedError,
+    state_io_error,
+)
 from pipeline.expected import SeenFile, report_missing
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.locks import RunLock
@@ -291,10 +299,16 @@ def _execute(
                 else:
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
             except BaseException as exc:
-                ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
-                failed = _finish(ctx, status="failed", failure_code=getattr(exc, "exit_code", EXIT_INTERNAL))
-                if isinstance(exc, Exception):  # not for Ctrl-C
-                    notify(feed, failed.to_dict(), error=exc, dry_run=dry_run)
+                # an OSError that reaches here is about our own files (staging, state folder):
+                # every remote edge translates its own
+                error = (state_io_error(exc, exc.filename or settings.state_dir)
+                         if isinstance(exc, OSError) else exc)
+                ctx.notes["error"] = f"{type(error).__name__}: {error}"
+                failed = _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                if isinstance(error, Exception):  # not for Ctrl-C
+                    notify(feed, failed.to_dict(), error=error, dry_run=dry_run)
+                if error is not exc:
+                    raise error from exc
                 raise
             with ctx.stage("report"):
                 stopped = ctx.notes.get("stopped") or ctx.refused()
