@@ -109,9 +109,12 @@ def format_summary(summary: RunSummary) -> str:
     """A few human lines about one run."""
     s = summary.summary
     kind = "dry run" if s.get("dry_run") else s.get("kind", "run")
+    meaning = _MEANING.get(summary.exit_code, "")
+    if summary.exit_code == EXIT_OK and s.get("needs_rerun"):
+        meaning = (f"this run's work is final and balanced; {s['needs_rerun']} older transaction(s) "
+                   "need a rerun")
     lines = [
-        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} "
-        f"({_MEANING.get(summary.exit_code, '')})",
+        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
         f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions, amount {s['amount_in']}",
         f"  accepted:  {s['accepted']} (amount {s['amount_accepted']}, "
         f"points {s.get('points_awarded', '0')})",

@@ -304,7 +304,8 @@ def _execute(
                 error = (state_io_error(exc, exc.filename or settings.state_dir)
                          if isinstance(exc, OSError) else exc)
                 ctx.notes["error"] = f"{type(error).__name__}: {error}"
-                failed = _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                code = getattr(error, "exit_code", EXIT_INTERNAL)
+                failed = _finish(ctx, status="failed", failure_code=code)
                 if isinstance(error, Exception):  # not for Ctrl-C
                     notify(feed, failed.to_dict(), error=error, dry_run=dry_run)
                 if error is not exc:

@@ -33,8 +33,10 @@ def clean_day(folder: Path, count: int = 200, *, name: str = FILE) -> list[str]:
         minute, second = divmod(i * 7 % 3600, 60)
         tid = f"LON01-R1-20261120-{i:04d}"
         customer = "" if i % 10 == 9 else f"M{700000 + i}"
-        lines.append(f"{tid},LON01,R1,2026-11-20 10:{minute:02d}:{second:02d},2026-11-20,{customer},sale,1,"
-                     "100403,Flat white,coffee,1,3.10,,3.10,GBP,3.10,,")
+        lines.append(
+            f"{tid},LON01,R1,2026-11-20 10:{minute:02d}:{second:02d},2026-11-20,{customer},sale,1,"
+            "100403,Flat white,coffee,1,3.10,,3.10,GBP,3.10,,"
+        )
         ids.append(tid)
     (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return ids
@@ -44,10 +46,12 @@ def ops_feed(sandbox: SandboxServer, folder: Path, *, target_kind: str = "antavo
     """acme_hourly reading ``folder``, sending to ``sandbox``, without expected-file warnings."""
     feed = sample_feed("acme_hourly", sandbox, folder=folder, target_kind=target_kind)
     changes = {"max_attempts": 2, "backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05, **target}
-    return feed.model_copy(update={
-        "target": feed.target.model_copy(update=changes),
-        "expected": feed.expected.model_copy(update={"cadence": "none"}),
-    })
+    return feed.model_copy(
+        update={
+            "target": feed.target.model_copy(update=changes),
+            "expected": feed.expected.model_copy(update={"cadence": "none"}),
+        }
+    )
 
 
 def write_feed(feed: Feed, path: Path) -> Path:
@@ -75,15 +79,31 @@ def env_for(sandbox: SandboxServer | None, target_kind: str = "antavo", **extra:
 
 def posfeed_args(tmp: Path, *args: str) -> list[str]:
     """``python -m pipeline`` with state and reports under ``tmp``."""
-    return [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
-            str(tmp / "reports"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--state-dir",
+        str(tmp / "state"),
+        "--reports-dir",
+        str(tmp / "reports"),
+        *args,
+    ]
 
 
-def posfeed(tmp: Path, *args: str, env: dict[str, str], timeout: float = 300,
-            wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def posfeed(
+    tmp: Path, *args: str, env: dict[str, str], timeout: float = 300, wrap: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run posfeed to the end in a subprocess (``wrap`` prefixes the command, e.g. unshare)."""
-    return subprocess.run([*(wrap or []), *posfeed_args(tmp, *args)], env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False, cwd=tmp)
+    return subprocess.run(
+        [*(wrap or []), *posfeed_args(tmp, *args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=tmp,
+    )
 
 
 def run_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -40,7 +40,9 @@ def _feed_file(sandbox: SandboxServer, tmp: Path, folder: Path | None = None, **
     return write_feed(ops_feed(sandbox, folder or tmp / "drop", **target), tmp / "shop.toml")
 
 
-def _sftp_feed(sftp_server: SftpServer, sandbox: SandboxServer, folder: Path, tmp: Path, **source: object) -> Path:
+def _sftp_feed(
+    sftp_server: SftpServer, sandbox: SandboxServer, folder: Path, tmp: Path, **source: object
+) -> Path:
     base = ops_feed(sandbox, folder)
     feed: Feed = sftp_server.feed(folder, **source)
     feed = base.model_copy(update={"source": feed.source.model_copy(update={"pattern": base.source.pattern})})
@@ -78,8 +80,12 @@ def test_75_platform_unreachable_says_why(tmp_path: Path) -> None:
     with SandboxServer() as sandbox:
         feed = ops_feed(sandbox, tmp_path / "drop")
         env = env_for(sandbox)
-    path = write_feed(feed.model_copy(update={"target": feed.target.model_copy(
-        update={"base_url": f"http://127.0.0.1:{free_port()}"})}), tmp_path / "shop.toml")
+    path = write_feed(
+        feed.model_copy(
+            update={"target": feed.target.model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})}
+        ),
+        tmp_path / "shop.toml",
+    )
     proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env)
     assert proc.returncode == 75
     assert "cannot be reached: connection failed" in proc.stderr
@@ -93,7 +99,9 @@ def test_75_platform_unreachable_mid_run_says_why(live: SandboxServer, tmp_path:
     assert "20 failed retryable: 503: Injected server error" in proc.stderr
 
 
-def test_75_sftp_unreachable(live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path) -> None:
+def test_75_sftp_unreachable(
+    live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
     path = _sftp_feed(sftp_server, live, sftp_dir, tmp_path, port=free_port(), connect_timeout=2.0)
     proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env_for(live))
     assert proc.returncode == 75, proc.stderr[-2000:]
@@ -101,8 +109,9 @@ def test_75_sftp_unreachable(live: SandboxServer, sftp_server: SftpServer, sftp_
     assert ledger_files(tmp_path) == 0
 
 
-def test_78_missing_sftp_folder(live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path,
-                                tmp_path: Path) -> None:
+def test_78_missing_sftp_folder(
+    live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
     path = _sftp_feed(sftp_server, live, sftp_dir / "no-such-folder", tmp_path)
     proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env_for(live))
     assert proc.returncode == 78, proc.stderr[-2000:]
@@ -110,8 +119,9 @@ def test_78_missing_sftp_folder(live: SandboxServer, sftp_server: SftpServer, sf
 
 
 def test_78_missing_local_folder(live: SandboxServer, tmp_path: Path) -> None:
-    proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path, tmp_path / "nowhere")),
-                   env=env_for(live))
+    proc = posfeed(
+        tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path, tmp_path / "nowhere")), env=env_for(live)
+    )
     assert proc.returncode == 78
     assert "folder does not exist" in proc.stderr
 
@@ -130,8 +140,9 @@ def test_78_runs_of_a_feed_that_does_not_exist(tmp_path: Path) -> None:
     proc = posfeed(tmp_path, "--feeds-dir", str(REPO / "feeds"), "runs", "--feed", "typo", env=env_for(None))
     assert proc.returncode == 78
     assert "no feed named 'typo'" in proc.stderr
-    known = posfeed(tmp_path, "--feeds-dir", str(REPO / "feeds"), "runs", "--feed", "acme_hourly",
-                    env=env_for(None))
+    known = posfeed(
+        tmp_path, "--feeds-dir", str(REPO / "feeds"), "runs", "--feed", "acme_hourly", env=env_for(None)
+    )
     assert known.returncode == 0 and known.stdout.strip() == "no runs yet"
 
 
@@ -139,8 +150,9 @@ def test_78_a_verb_without_its_extra_names_it(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     # this interpreter without numpy and matplotlib, as an install without the dev extra
-    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['numpy'] = None\n"
-                                              "sys.modules['matplotlib'] = None\n", encoding="utf-8")
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['numpy'] = None\nsys.modules['matplotlib'] = None\n", encoding="utf-8"
+    )
     env = env_for(None, PYTHONPATH=str(blocker))
     proc = posfeed(tmp_path, "bench", "e2e", "--line-items", "100", env=env)
     assert proc.returncode == 78, proc.stderr[-2000:]
@@ -188,12 +200,19 @@ def test_74_disk_full(live: SandboxServer, tmp_path: Path) -> None:
 
 
 def test_70_only_for_a_bug(tmp_path: Path) -> None:
-    code = ("import sys\nimport pipeline.run_commands as rc\n"
-            "def broken(*args, **kwargs):\n    raise KeyError('a bug')\n"
-            "rc.runs_command = broken\nfrom pipeline.cli import main\n"
-            "sys.argv = ['posfeed', '--state-dir', sys.argv[1], 'runs']\nmain()\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")], capture_output=True, text=True,
-                          timeout=60, check=False)
+    code = (
+        "import sys\nimport pipeline.run_commands as rc\n"
+        "def broken(*args, **kwargs):\n    raise KeyError('a bug')\n"
+        "rc.runs_command = broken\nfrom pipeline.cli import main\n"
+        "sys.argv = ['posfeed', '--state-dir', sys.argv[1], 'runs']\nmain()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 70
     assert "internal error (a bug; please report it): KeyError" in proc.stderr
 
@@ -202,7 +221,13 @@ def test_a_json_run_says_what_it_carried_and_what_waits(live: SandboxServer, tmp
     clean_day(tmp_path / "drop", 20)
     proc = posfeed(tmp_path, *RUN, "--json", "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
     summary = run_json(proc)
-    assert {k: summary[k] for k in ("carried_over", "waiting", "waiting_oldest_at", "waiting_oldest_age_seconds",
-                                    "needs_rerun")} == {
-        "carried_over": 0, "waiting": 0, "waiting_oldest_at": None, "waiting_oldest_age_seconds": None,
-        "needs_rerun": 0}
+    assert {
+        k: summary[k]
+        for k in ("carried_over", "waiting", "waiting_oldest_at", "waiting_oldest_age_seconds", "needs_rerun")
+    } == {
+        "carried_over": 0,
+        "waiting": 0,
+        "waiting_oldest_at": None,
+        "waiting_oldest_age_seconds": None,
+        "needs_rerun": 0,
+    }

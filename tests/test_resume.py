@@ -51,11 +51,18 @@ def _wait_for(sandbox: SandboxServer, accepted: int, proc: subprocess.Popen[str]
 def test_sigterm_mid_submission_then_a_plain_run_delivers_everything_once(tmp_path: Path) -> None:
     ids = clean_day(tmp_path / "drop")
     with SandboxServer(latency_ms=20) as sandbox:
-        feed = write_feed(ops_feed(sandbox, tmp_path / "drop", max_concurrency=2, bulk_size=5),
-                          tmp_path / "shop.toml")
+        feed = write_feed(
+            ops_feed(sandbox, tmp_path / "drop", max_concurrency=2, bulk_size=5), tmp_path / "shop.toml"
+        )
         env = env_for(sandbox)
-        victim = subprocess.Popen(posfeed_args(tmp_path, *RUN, "--feed", str(feed)), env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        victim = subprocess.Popen(
+            posfeed_args(tmp_path, *RUN, "--feed", str(feed)),
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
         _wait_for(sandbox, 20, victim)
         sandbox.config.latency_ms = 1500  # the requests in flight when the signal lands are slow
         time.sleep(0.2)
@@ -84,8 +91,9 @@ def test_a_platform_that_was_down_then_a_plain_run_delivers_everything_once(tmp_
     with SandboxServer() as template:
         feed_model = ops_feed(template, tmp_path / "drop")
         env = env_for(template)
-    feed_model = feed_model.model_copy(update={"target": feed_model.target.model_copy(
-        update={"base_url": f"http://127.0.0.1:{port}"})})
+    feed_model = feed_model.model_copy(
+        update={"target": feed_model.target.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})}
+    )
     feed = write_feed(feed_model, tmp_path / "shop.toml")
 
     down = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env)
@@ -122,7 +130,8 @@ def test_a_platform_failing_mid_run_then_a_plain_run_delivers_everything_once(tm
         assert second["carried_over"] == first["failed_retryable"] and second["waiting"] == 0
         _assert_delivered_once(sandbox, ids, tmp_path)
         assert stats(sandbox)["lost_responses"] == 0 or any(
-            t.last_error_code for t in _accepted(tmp_path))  # lost answers settled by "already used"
+            t.last_error_code for t in _accepted(tmp_path)
+        )  # lost answers settled by "already used"
 
 
 def _accepted(tmp: Path) -> list[object]:
@@ -130,10 +139,13 @@ def _accepted(tmp: Path) -> list[object]:
         return [t for t in ledger.run_transactions(ledger.runs()[0].id) if t.state is TxnState.ACCEPTED]
 
 
-@pytest.mark.parametrize(("variable", "reason"), [
-    ("ANTAVO_API_SECRET", "The signatures do not match"),
-    ("ANTAVO_API_KEY", "Invalid Escher key"),
-])
+@pytest.mark.parametrize(
+    ("variable", "reason"),
+    [
+        ("ANTAVO_API_SECRET", "The signatures do not match"),
+        ("ANTAVO_API_KEY", "Invalid Escher key"),
+    ],
+)
 def test_a_refused_secret_exits_78_before_any_file_then_a_plain_run_delivers(
     tmp_path: Path, variable: str, reason: str
 ) -> None:
@@ -155,8 +167,9 @@ def test_a_refused_crmcom_password_exits_78_before_any_file(tmp_path: Path) -> N
     clean_day(tmp_path / "drop")
     with SandboxServer() as sandbox:
         feed = write_feed(ops_feed(sandbox, tmp_path / "drop", target_kind="crmcom"), tmp_path / "shop.toml")
-        refused = posfeed(tmp_path, *RUN, "--feed", str(feed),
-                          env=env_for(sandbox, "crmcom", CRMCOM_PASSWORD="wrong"))
+        refused = posfeed(
+            tmp_path, *RUN, "--feed", str(feed), env=env_for(sandbox, "crmcom", CRMCOM_PASSWORD="wrong")
+        )
         assert refused.returncode == 78, refused.stderr[-3000:]
         assert "refused our credentials" in refused.stderr
         assert ledger_files(tmp_path) == 0
@@ -165,11 +178,18 @@ def test_a_refused_crmcom_password_exits_78_before_any_file(tmp_path: Path) -> N
 def test_credentials_refused_mid_run_stop_it_with_78_and_the_next_run_sends_the_rest(tmp_path: Path) -> None:
     ids = clean_day(tmp_path / "drop")
     with SandboxServer(latency_ms=20) as sandbox:
-        feed = write_feed(ops_feed(sandbox, tmp_path / "drop", max_concurrency=1, bulk_size=5),
-                          tmp_path / "shop.toml")
+        feed = write_feed(
+            ops_feed(sandbox, tmp_path / "drop", max_concurrency=1, bulk_size=5), tmp_path / "shop.toml"
+        )
         env = env_for(sandbox)
-        victim = subprocess.Popen(posfeed_args(tmp_path, *RUN, "--feed", str(feed)), env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        victim = subprocess.Popen(
+            posfeed_args(tmp_path, *RUN, "--feed", str(feed)),
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
         _wait_for(sandbox, 20, victim)
         secret = sandbox.config.api_secret
         sandbox.config.api_secret = "rotated-on-the-platform"  # our secret is refused from now on
