@@ -25,6 +25,7 @@ from pipeline.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
     EXIT_INTERNAL,
+    EXIT_IOERR,
     EXIT_OK,
     EXIT_TEMPFAIL,
     ConfigError,
@@ -48,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PRIORITY = (EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
+_PRIORITY = (EXIT_INTERNAL, EXIT_IOERR, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
 _MEANING = {
     EXIT_OK: "all final and balanced",
     EXIT_DATA: "data errors: see rejects and conflicts",
@@ -59,7 +60,7 @@ _MEANING = {
 
 
 def worst_exit_code(codes: Sequence[int]) -> int:
-    """The one exit code for several runs: internal > config > data > try-again > ok."""
+    """The one exit code for several runs: internal > I/O > config > data > try-again > ok."""
     for code in _PRIORITY:
         if code in codes:
             return code
