@@ -325,22 +325,23 @@ def _execute(
 
 
 def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
-    """Credentials first: prove the target's credentials (not in a dry run, which sends nothing),
-    then log in to the source and check its folder (runs only; a rerun reads no source), before
+    """Credentials first: log in to the source and check its folder (runs only; a rerun reads no
+    source), then prove the target's credentials (not in a dry run, which sends nothing), before
     any file is touched or anything recorded. Returns the open source."""
-    if probe and not dry_run:
-        from pipeline.sinks.probe import probe_credentials
-
-        probe_credentials(feed)
-    if kind != "run":
-        return None
-    source = open_source(feed)
+    source: Source | None = None
     try:
-        check = getattr(source, "check", None)
-        if check is not None:
-            check()
+        if kind == "run":
+            source = open_source(feed)
+            check = getattr(source, "check", None)
+            if check is not None:
+                check()
+        if probe and not dry_run:
+            from pipeline.sinks.probe import probe_credentials
+
+            probe_credentials(feed)
     except BaseException:
-        source.close()
+        if source is not None:
+            source.close()
         raise
     return source
 
