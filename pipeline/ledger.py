@@ -1236,6 +1236,20 @@ class Ledger:
                 self._attach(db, run_id, failed, "settle")
         return pending + failed
 
+    def requeue_refused(self, row_ids: Sequence[int], run_id: str) -> list[int]:
+        """Put back in the queue the transactions among ``row_ids`` left failed because the
+        platform refused our credentials (they wait for the next run, not for a rerun)."""
+        ids: list[int] = []
+        for chunk in _chunks(row_ids):
+            marks = ",".join("?" * len(chunk))
+            ids.extend(r[0] for r in self._query(
+                f"SELECT id FROM transactions WHERE id IN ({marks}) AND state = 'failed_retryable' "
+                "AND retry_class = 'credentials'", chunk))
+        if ids:
+            with self._tx() as db:
+                self._set_state(db, ids, TxnState.QUEUED, run_id)
+        return ids
+
     def backlog(self, scope: str, *, max_attempts: int, max_age_hours: float,
                 now: datetime | None = None) -> Backlog:
         """What of ``scope`` is not final: what the next plain run sends (``waiting``, and when

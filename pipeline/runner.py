@@ -218,6 +218,7 @@ class _Context:
             self.notes["stopped"] = True
         if result.credentials_refused:
             self.notes["credentials_refused"] = result.credentials_refused
+            self.ledger.requeue_refused(row_ids, self.run_id)  # the rest stays queued
 
     def finish_files(self, source: Source | None) -> None:
         """Keep, archive or delete the source files of this feed whose rows are all final."""
@@ -252,7 +253,10 @@ def _execute(
     now: datetime | None,
     on_stage: StageHook | None = None,
 ) -> RunSummary:
-    lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
+    try:
+        lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
+    except OSError as exc:  # a read-only or full state folder
+        raise state_io_error(exc, exc.filename or settings.state_dir) from exc
     workdir: Path | None = None
     source: Source | None = None
     try:

@@ -198,6 +198,8 @@ def test_credentials_refused_mid_run_stop_it_with_78_and_the_next_run_sends_the_
         assert "refused our credentials" in err
         halted = run_json(subprocess.CompletedProcess([], 78, out, err))
         assert halted["waiting"] > 0 and halted["accepted"] < len(ids)
+        # the rest is left queued for the next run, not failed
+        assert halted["queued"] == len(ids) - halted["accepted"] and halted["failed_retryable"] == 0
         assert ledger_counts(tmp_path).get("failed_permanent", 0) == 0
 
         sandbox.config.api_secret = secret  # the secret is fixed
