@@ -49,7 +49,9 @@ def test_crmcom_refused_password(sandbox_env: SandboxServer, monkeypatch: pytest
         probe_credentials(crmcom_feed(sandbox_env))
 
 
-def test_missing_secret_before_any_request(sandbox_env: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_secret_before_any_request(
+    sandbox_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("ANTAVO_API_SECRET")
     with pytest.raises(SecretError, match="ANTAVO_API_SECRET"):
         probe_credentials(antavo_feed(sandbox_env))
@@ -57,7 +59,7 @@ def test_missing_secret_before_any_request(sandbox_env: SandboxServer, monkeypat
 
 
 def test_a_wrong_address_is_configuration(sandbox_env: SandboxServer) -> None:
-    with pytest.raises(ConfigError, match="target.base_url: .* answered 404"):
+    with pytest.raises(ConfigError, match=r"target.base_url: .* answered 404"):
         probe_credentials(antavo_feed(sandbox_env, base_url=sandbox_env.url + "/nothing-here"))
 
 
