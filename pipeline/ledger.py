@@ -45,7 +45,7 @@ from typing import Any
 
 from pipeline.errors import PosfeedError, StateIOError, state_io_error
 from pipeline.logs import MASK_PREFIX
-from pipeline.sinks.base import EventResult, Outcome, RetryClass
+from pipeline.records import EventResult, Outcome, RetryClass
 
 __all__ = [
     "FINAL_STATES",

@@ -15,6 +15,8 @@ Money is ``pl.Decimal(MONEY_PRECISION, MONEY_SCALE)`` end to end and becomes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
 import polars as pl
@@ -30,6 +32,9 @@ __all__ = [
     "QUANTITY",
     "REQUIRED_COLUMNS",
     "DedupStatus",
+    "EventResult",
+    "Outcome",
+    "RetryClass",
     "ReturnStatus",
     "TransactionType",
 ]
@@ -154,3 +159,38 @@ CHECKOUT_ITEM_SCHEMA: dict[str, pl.DataType] = {
     "source_file": pl.String(),
     "source_line": pl.Int64(),
 }
+
+
+class Outcome(StrEnum):
+    """The outcome of delivering one transaction."""
+
+    ACCEPTED = "accepted"
+    # the platform says this id was used already: an earlier send landed
+    ALREADY_ACCEPTED = "already_accepted"
+    # permanent: the platform refused the event for a reason retrying won't fix
+    REJECTED = "rejected"
+    RETRYABLE = "retryable"  # not delivered yet: 429, 5xx, timeout, connection error
+    NOT_SENT = "not_sent"  # the sink cannot express it (e.g. an unmatched return); permanent
+
+
+class RetryClass(StrEnum):
+    """Why a ``RETRYABLE`` transaction was not delivered: whether the next plain run resends it."""
+
+    TRANSIENT = "transient"  # the platform was unreachable, busy or failing: the next run resends it
+    STOPPED = "stopped"  # the run stopped before sending it: the next run sends it
+    CREDENTIALS = "credentials"  # our credentials were refused: sent once they are fixed
+    DEFERRED = "deferred"  # the request itself was refused (wrong URL, too large): `posfeed rerun` only
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """One transaction's outcome, with the platform's evidence."""
+
+    transaction_id: str
+    outcome: Outcome
+    event_ids: tuple[str, ...] = ()
+    points: Decimal | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 1
+    retry_class: RetryClass | None = None  # for RETRYABLE: why (None: transient)
