@@ -161,7 +161,14 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
         print_json(result.summary)
     else:
         click.echo(format_check_summary(result))
-    ctx.exit(check_exit_code(result))
+    code = check_exit_code(result)
+    if code:  # the cause on stderr, whatever the output format
+        s = result.summary
+        causes = [f"{s['rows_rejected']} row(s) rejected"] if s["rows_rejected"] else []
+        causes += [f"{s['conflicts']} conflict(s)"] if s["conflicts"] else []
+        causes += [f"unreadable file {e.file}: {e.reason}" for e in result.unreadable]
+        click.echo(f"posfeed: check: exit {code}: {'; '.join(causes)}", err=True)
+    ctx.exit(code)
 
 
 @cli.command()

@@ -34,7 +34,7 @@ from pipeline.errors import (
 from pipeline.ledger import Ledger
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
-from pipeline.runner import RerunSelection, RunSummary, rerun_feed, run_feed
+from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
 from pipeline.stages.report import day_report, report_folder, run_report
 
 __all__ = [
@@ -152,32 +152,7 @@ def _age(seconds: Any) -> str:
 
 def cause_of(summary: RunSummary) -> str:
     """Why a run did not exit 0, in one line (what stderr says without ``-v``)."""
-    s = summary.summary
-    parts: list[str] = []
-    if s.get("credentials_refused"):
-        parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
-                     "stopped, the rest waits for the next run")
-    if s.get("transactions_rejected"):
-        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
-    if s.get("conflicts"):
-        parts.append(f"{s['conflicts']} conflict(s) held for review")
-    for item in s.get("unreadable_files") or []:
-        parts.append(f"unreadable file {item['file']}: {item['reason']}")
-    for item in s.get("fetch_failures") or []:
-        parts.append(f"not fetched: {item['file']}: {item['reason']}")
-    for cause in s.get("causes") or []:
-        what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
-        reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
-        parts.append(f"{cause['count']} {what}: {reason}")
-    if s.get("in_doubt"):
-        parts.append(f"{s['in_doubt']} in doubt")
-    if s.get("stopped"):
-        parts.append("stopped before the end (signal)")
-    if s.get("queued") and not s.get("dry_run"):
-        parts.append(f"{s['queued']} queued, not sent yet")
-    if summary.exit_code == EXIT_INTERNAL and not s.get("balanced", True):
-        parts.append("the run's report does not balance (a bug: see summary.csv)")
-    return "; ".join(parts) or _MEANING.get(summary.exit_code, "")
+    return exit_cause(summary.summary, summary.exit_code) or _MEANING.get(summary.exit_code, "")
 
 
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
@@ -185,6 +160,8 @@ def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bo
         if summary.exit_code != EXIT_OK:
             click.echo(f"posfeed: {summary.feed} {summary.run_id}: exit {summary.exit_code}: "
                        f"{cause_of(summary)}", err=True)
+    for error in errors:
+        click.echo(f"posfeed: {error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
     if as_json:
         docs = [s.to_dict() for s in summaries]
         if len(docs) == 1 and not errors:
@@ -194,8 +171,6 @@ def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bo
         return
     for summary in summaries:
         click.echo(format_summary(summary))
-    for error in errors:
-        click.echo(f"{error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
 
 
 def run_command(
@@ -288,6 +263,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
             "conflicts": counts.get("conflicts"), "failed_retryable": counts.get("failed_retryable"),
             "failed_permanent": counts.get("failed_permanent"), "in_doubt": counts.get("in_doubt"),
             "balanced": counts.get("balanced"), "selection": run.selection,
+            "carried_over": counts.get("carried_over"), "waiting": counts.get("waiting"),
+            "waiting_oldest_at": counts.get("waiting_oldest_at"), "needs_rerun": counts.get("needs_rerun"),
         })
     if as_json:
         _print_json(rows)

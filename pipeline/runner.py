@@ -65,7 +65,10 @@ from pipeline.stages.report import report_folder, run_report, write_run_report
 from pipeline.stages.submit import submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
 
-__all__ = ["RerunSelection", "RunSummary", "business_dates_for", "exit_code_of", "rerun_feed", "run_feed"]
+__all__ = [
+    "RerunSelection", "RunSummary", "business_dates_for", "exit_cause", "exit_code_of", "rerun_feed",
+    "run_feed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,40 @@ def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
     if not summary.get("balanced", False):
         return EXIT_INTERNAL
     return EXIT_OK
+
+
+def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
+    """Why a run did not exit 0, in one line from its summary ("" when it did)."""
+    if exit_code == EXIT_OK:
+        return ""
+    s = summary
+    parts: list[str] = []
+    if s.get("credentials_refused"):
+        parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
+                     "stopped, the rest waits for the next run")
+    if s.get("transactions_rejected"):
+        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
+    if s.get("conflicts"):
+        parts.append(f"{s['conflicts']} conflict(s) held for review")
+    for item in s.get("unreadable_files") or []:
+        parts.append(f"unreadable file {item['file']}: {item['reason']}")
+    for item in s.get("fetch_failures") or []:
+        parts.append(f"not fetched: {item['file']}: {item['reason']}")
+    for cause in s.get("causes") or []:
+        what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
+        reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
+        parts.append(f"{cause['count']} {what}: {reason}")
+    if s.get("in_doubt"):
+        parts.append(f"{s['in_doubt']} in doubt")
+    if s.get("stopped"):
+        parts.append("stopped before the end (signal)")
+    if s.get("queued") and not s.get("dry_run") and not s.get("credentials_refused"):
+        parts.append(f"{s['queued']} queued, not sent yet")
+    if s.get("error"):
+        parts.append(str(s["error"]))
+    if exit_code == EXIT_INTERNAL and not s.get("balanced", True):
+        parts.append("the run's report does not balance (a bug: see summary.csv)")
+    return "; ".join(parts)
 
 
 def _default_sink_factory(feed: Feed) -> Sink:
@@ -529,7 +566,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
         f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
-        f"waiting {counts['waiting']}, needs rerun {counts['needs_rerun']}",
+        f"waiting {counts['waiting']}, needs rerun {counts['needs_rerun']}"
+        + (f"; cause: {exit_cause(totals, code)}" if code != EXIT_OK else ""),
         level=logging.INFO if code == EXIT_OK else logging.WARNING,
         feed=ctx.feed.name, run_id=ctx.run_id, status=status, exit_code=code, dry_run=ctx.dry_run,
         **{k: v for k, v in counts.items() if v is not None},

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +23,22 @@ HEADER = (
     "product_id,product_name,product_category,quantity,unit_price,discount,line_total,currency,"
     "transaction_total,points_burned,original_transaction_id"
 )
-FILE = "pos_LON01_20261120_10.csv"
 
 
-def clean_day(folder: Path, count: int = 200, *, name: str = FILE) -> list[str]:
-    """Write ``count`` valid sales (every tenth a guest) into one file; returns their ids."""
+def clean_day(folder: Path, count: int = 200, *, name: str | None = None, day: date = date(2026, 11, 20)
+              ) -> list[str]:
+    """Write ``count`` valid sales of ``day`` (every tenth a guest) into one file; returns their ids."""
     folder.mkdir(parents=True, exist_ok=True)
+    compact, iso = day.strftime("%Y%m%d"), day.isoformat()
     lines, ids = [HEADER], []
     for i in range(count):
         minute, second = divmod(i * 7 % 3600, 60)
-        tid = f"LON01-R1-20261120-{i:04d}"
+        tid = f"LON01-R1-{compact}-{i:04d}"
         customer = "" if i % 10 == 9 else f"M{700000 + i}"
-        lines.append(
-            f"{tid},LON01,R1,2026-11-20 10:{minute:02d}:{second:02d},2026-11-20,{customer},sale,1,"
-            "100403,Flat white,coffee,1,3.10,,3.10,GBP,3.10,,"
-        )
+        lines.append(f"{tid},LON01,R1,{iso} 10:{minute:02d}:{second:02d},{iso},{customer},sale,1,"
+                     "100403,Flat white,coffee,1,3.10,,3.10,GBP,3.10,,")
         ids.append(tid)
-    (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / (name or f"pos_LON01_{compact}_10.csv")).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return ids
 
 

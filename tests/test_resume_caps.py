@@ -3,6 +3,7 @@ as such, a failed transaction waits for an explicit `posfeed rerun` and every ru
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,3 +92,19 @@ def test_a_request_the_platform_refuses_as_such_waits_for_a_rerun(
     assert plain.summary["carried_over"] == 0 and plain.summary["needs_rerun"] == members
     rerun = rerun_feed(feed, settings, RerunSelection(failed=True))
     assert rerun.summary["needs_rerun"] == 0 and sorted(delivered_ids(live)) == sorted(ids)
+
+
+def test_the_scheduler_resumes_too(live: SandboxServer, tmp_path: Path) -> None:
+    from pipeline.runner import business_dates_for
+    from pipeline.scheduling import run_feed_job
+
+    ids = clean_day(tmp_path / "drop", 30, day=business_dates_for(_feed(live, tmp_path))[0])
+    settings = settings_in(tmp_path)
+    feed = _feed(live, tmp_path / "drop")
+    live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
+    assert run_feed_job(feed, settings, threading.Event()) == 75
+    live.config.fault_rate = 0.0
+    assert run_feed_job(feed, settings, threading.Event()) == 0
+    assert sorted(delivered_ids(live)) == sorted(ids)
+    with Ledger(settings.ledger_path) as ledger:
+        assert [r.kind for r in ledger.runs()] == ["run", "run"]
