@@ -159,6 +159,9 @@ class AntavoTarget(_Model):
     date_style: Literal["long", "rfc1123"] = "long"
     # share of requests_per_minute kept unused, against clock and latency differences
     rate_headroom: float = Field(default=0.02, ge=0, lt=1)
+    # a signed empty bulk before any file proves the credentials (the platform authenticates before
+    # it reads a body: an assumption of the spec, so it can be switched off)
+    check_credentials: bool = True
 
 
 class CrmcomTarget(_Model):
@@ -212,6 +215,7 @@ class CrmcomTarget(_Model):
     token_error_codes: tuple[str, ...] = ("INVALID_TOKEN", "TOKEN_EXPIRED")
     already_cancelled_codes: tuple[str, ...] = ("ALREADY_CANCELLED",)
     retryable_codes: tuple[str, ...] = ("INTERNAL_ERROR", "SERVICE_UNAVAILABLE")
+    check_credentials: bool = True  # the token call before any file proves the credentials
 
 
 TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]

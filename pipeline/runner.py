@@ -377,9 +377,12 @@ def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source |
             if check is not None:
                 check()
         if probe and not dry_run:
-            from pipeline.sinks.probe import probe_credentials
+            from pipeline.sinks.probe import probe_credentials, resolve_credentials
 
-            probe_credentials(feed)
+            if getattr(feed.target, "check_credentials", True):
+                probe_credentials(feed)
+            else:
+                resolve_credentials(feed)  # a missing secret is still found before any file
     except BaseException:
         if source is not None:
             source.close()

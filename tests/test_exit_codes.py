@@ -126,11 +126,13 @@ def test_78_missing_local_folder(live: SandboxServer, tmp_path: Path) -> None:
     assert "folder does not exist" in proc.stderr
 
 
-def test_78_missing_key_found_before_any_file(live: SandboxServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("check", [True, False])
+def test_78_missing_key_found_before_any_file(live: SandboxServer, tmp_path: Path, check: bool) -> None:
     clean_day(tmp_path / "drop", 5)
     env = env_for(live)
     del env["ANTAVO_API_KEY"]
-    proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env)
+    feed = _feed_file(live, tmp_path, check_credentials=check)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env)
     assert proc.returncode == 78
     assert "ANTAVO_API_KEY is not set" in proc.stderr
     assert ledger_files(tmp_path) == 0

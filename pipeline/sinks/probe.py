@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError, CredentialsRefusedError, PlatformUnavai
 from pipeline.sinks.delivery import DeliveryPolicy
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
-__all__ = ["ProbeAnswer", "probe_credentials"]
+__all__ = ["ProbeAnswer", "probe_credentials", "resolve_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,19 @@ class ProbeAnswer:
     status: int | None
     reason: str
     retry_after: float | None = None
+
+
+def resolve_credentials(feed: Feed) -> None:
+    """Read the target's secrets without a request (raises SecretError when one is missing)."""
+    target = feed.target
+    if isinstance(target, AntavoTarget):
+        from pipeline.sinks import antavo_credentials
+
+        antavo_credentials(feed)
+    elif isinstance(target, CrmcomTarget):
+        from pipeline.sinks.crmcom import Credentials
+
+        Credentials.resolve(target, feed.resolve_path)
 
 
 def probe_credentials(feed: Feed, *, rng: random.Random | None = None) -> None:
