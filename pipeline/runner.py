@@ -300,8 +300,7 @@ def _execute(
         if stop is None or not stop.is_set():
             try:
                 source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
-            except PosfeedError as exc:
-                log.error("%s: %s", feed.name, exc)
+            except PosfeedError as exc:  # the caller prints or logs it
                 notify(feed, None, error=exc, dry_run=dry_run)
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
