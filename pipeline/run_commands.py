@@ -132,6 +132,8 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  unreadable: {item['file']}: {item['reason']}")
     for item in s.get("fetch_failures") or []:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
+    for item in s.get("skipped_files") or []:
+        lines.append(f"  not taken: {item['file']}: {item['reason']}")
     if summary.reports_path:
         lines.append(f"  reports:   {summary.reports_path}")
     return "\n".join(lines)

@@ -313,6 +313,9 @@ def _execute(
                     if feed.logging.hash_customer_ids:
                         for crashed in abandoned:
                             ledger.scrub_customer_ids(feed.scope, mask_customer_id, run_id=crashed)
+                    if feed.records != "transactions":
+                        for crashed in abandoned:
+                            ledger.scrub_profiles(feed.scope, run_id=crashed)
                     _report_crashed(ledger, settings, abandoned)
                     for crashed in abandoned:  # what they had staged is fetched again if needed
                         shutil.rmtree(settings.staging_dir / crashed, ignore_errors=True)
@@ -468,13 +471,23 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+        ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
         ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
-        with gc_paused():
-            outcome: TransformOutcome = transform_staged(
+        if ctx.feed.records != "transactions":
+            from pipeline.stages.members import transform_members
+
+            outcome: TransformOutcome = transform_members(
                 ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
-                progress=ctx.progress, on_stage=ctx.on_stage,
+                progress=ctx.progress,
             )
+        else:
+            with gc_paused():
+                outcome = transform_staged(
+                    ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
+                    progress=ctx.progress, on_stage=ctx.on_stage,
+                )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
+        ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
@@ -541,6 +554,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     """Record the run's end, write its reports, and return its summary."""
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
+    if ctx.feed.records != "transactions":
+        ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("carried_over", 0)
     ctx.notes.update(_backlog_notes(ctx))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
