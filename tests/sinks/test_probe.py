@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+from datetime import date
+from pathlib import Path
+
 import pytest
 
 from pipeline.errors import ConfigError, CredentialsRefusedError, PlatformUnavailableError, SecretError
+from pipeline.ledger import Ledger
+from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
 from pipeline.sinks.probe import probe_credentials
 from tests.ops_helpers import free_port
-from tests.runner_helpers import stats
-from tests.sandbox_fixtures import antavo_feed, crmcom_feed
+from tests.runner_helpers import REPO, copy_samples, sample_feed, settings_in, stats
+from tests.sandbox_fixtures import TARGET_KITS, antavo_feed, crmcom_feed
+
+POSLOG_SAMPLE = REPO / "sample_data" / "poslog" / "POSLog_0042_20261120.xml"
 
 
 def test_good_credentials_pass_and_record_nothing(sandbox_env: SandboxServer) -> None:
@@ -74,3 +82,36 @@ def test_a_rate_limited_check_is_temporary(sandbox_env: SandboxServer) -> None:
     probe_credentials(antavo_feed(sandbox_env))
     with pytest.raises(PlatformUnavailableError, match="HTTP 429"):
         probe_credentials(antavo_feed(sandbox_env, max_attempts=1))
+
+
+@pytest.mark.parametrize(
+    ("name", "samples"),
+    [("acme_enrollments", ["members_*"]), ("acme_claims", ["claims_*"]), ("poslog_store", [])],
+)
+def test_enrollment_claim_and_poslog_feeds_prove_credentials_before_any_file(
+    sandbox_env: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
+    samples: list[str],
+) -> None:
+    drop = tmp_path / "drop"
+    copy_samples(drop, samples)
+    if name == "poslog_store":
+        shutil.copy2(POSLOG_SAMPLE, drop / POSLOG_SAMPLE.name)
+    files = sorted(p.name for p in drop.iterdir())
+    assert files  # the day's files are there, ready to be read
+    feed = sample_feed(name, sandbox_env, folder=drop)
+    settings = settings_in(tmp_path)
+    monkeypatch.setenv("ANTAVO_API_SECRET", "wrong")
+
+    with pytest.raises(CredentialsRefusedError, match=r"check target\.api_secret_env"):
+        run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+
+    # one request, the check; no run, file or transaction recorded, the files untouched
+    assert stats(sandbox_env)["requests"] == 1 and stats(sandbox_env)["events_accepted"] == 0
+    if settings.ledger_path.exists():
+        with Ledger(settings.ledger_path) as ledger:
+            assert ledger.runs() == [] and ledger.files() == []
+    assert sorted(p.name for p in drop.iterdir()) == files
+
+    monkeypatch.setenv("ANTAVO_API_SECRET", TARGET_KITS["antavo"].env(sandbox_env)["ANTAVO_API_SECRET"])
+    fixed = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+    assert fixed.summary["rows_in"] > 0 and fixed.summary["balanced"] is True
