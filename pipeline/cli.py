@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from pipeline.config import Settings
-from pipeline.errors import EXIT_INTERNAL, PosfeedError
+from pipeline.errors import EXIT_INTERNAL, PosfeedError, state_io_error
 
 __all__ = ["cli", "main"]
 
@@ -82,8 +82,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # posfeed's own files: every remote edge translates its errors
+        error = state_io_error(exc)
+        click.echo(f"posfeed: error: {error}", err=True)
+        sys.exit(error.exit_code)
     except Exception as exc:
-        click.echo(f"posfeed: internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"posfeed: internal error (a bug; please report it): {type(exc).__name__}: {exc}",
+                   err=True)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -156,7 +161,14 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
         print_json(result.summary)
     else:
         click.echo(format_check_summary(result))
-    ctx.exit(check_exit_code(result))
+    code = check_exit_code(result)
+    if code:  # the cause on stderr, whatever the output format
+        s = result.summary
+        causes = [f"{s['rows_rejected']} row(s) rejected"] if s["rows_rejected"] else []
+        causes += [f"{s['conflicts']} conflict(s)"] if s["conflicts"] else []
+        causes += [f"unreadable file {e.file}: {e.reason}" for e in result.unreadable]
+        click.echo(f"posfeed: check: exit {code}: {'; '.join(causes)}", err=True)
+    ctx.exit(code)
 
 
 @cli.command()

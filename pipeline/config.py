@@ -217,6 +217,9 @@ class AntavoTarget(_Model):
     date_style: Literal["long", "rfc1123"] = "long"
     # share of requests_per_minute kept unused, against clock and latency differences
     rate_headroom: float = Field(default=0.02, ge=0, lt=1)
+    # a signed empty bulk before any file proves the credentials (the platform authenticates before
+    # it reads a body: an assumption of the spec, so it can be switched off)
+    check_credentials: bool = True
 
 
 class CrmcomTarget(_Model):
@@ -290,6 +293,7 @@ class CrmcomTarget(_Model):
     list_window_days: int = Field(default=7, ge=1)  # list: purchases submitted this far back
     list_page_size: int = Field(default=100, ge=1, le=1000)  # [A] number_of_results
     not_found_codes: tuple[str, ...] = ("NOT_FOUND",)  # [A] show's answer for an unknown purchase
+    check_credentials: bool = True  # the token call before any file proves the credentials
 
 
 TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]
@@ -345,6 +349,15 @@ class ClaimsConfig(_Model):
     unknown_checkouts: Literal["not_sent", "send"] = "not_sent"
 
 
+class ResumeConfig(_Model):
+    """What a plain run resends by itself (`[resume]`): failed-retryable transactions whose
+    failure was transient, a stop or refused credentials, until one of these caps; past them
+    only `posfeed rerun` sends them."""
+
+    max_attempts: int = Field(default=25, ge=1)
+    max_age_hours: float = Field(default=72.0, gt=0)
+
+
 class LoggingConfig(_Model):
     """What logs may show (`[logging]`)."""
 
@@ -372,6 +385,7 @@ class Feed(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     expected: ExpectedFilesConfig = Field(default_factory=ExpectedFilesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    resume: ResumeConfig = Field(default_factory=ResumeConfig)
     enrollments: EnrollmentsConfig = Field(default_factory=EnrollmentsConfig)
     claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
 

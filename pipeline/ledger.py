@@ -43,19 +43,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PosfeedError
+from pipeline.errors import PosfeedError, StateIOError, state_io_error
 from pipeline.logs import MASK_PREFIX
-from pipeline.records import EventResult, Outcome
+from pipeline.records import EventResult, Outcome, RetryClass
 
 __all__ = [
     "FINAL_STATES",
     "MIGRATIONS",
     "PRIMARY_STATES",
     "SCHEMA_VERSION",
+    "Backlog",
     "FileRecord",
     "IllegalTransitionError",
     "Ledger",
     "LedgerError",
+    "LedgerFileError",
     "NewReject",
     "NewTransaction",
     "ReturnOf",
@@ -138,6 +140,32 @@ _ORIGINAL_SQL = "json_extract(checkout, '$.original_transaction_id')"
 
 class LedgerError(PosfeedError):
     """The ledger file cannot be used (corrupt, newer schema, locked for too long)."""
+
+
+class LedgerFileError(LedgerError, StateIOError):
+    """The ledger file cannot be written or read: disk full, read-only, corrupt (exit 74)."""
+
+
+# what SQLite says when the file, not posfeed, is the problem, and what to do about it
+_FILE_PROBLEMS = (
+    ("disk is full", "free disk space there, then run again"),
+    ("readonly database", "make the state folder and the ledger writable by this user, then run again"),
+    ("unable to open database", "check that the state folder exists and is writable, then run again"),
+    ("disk i/o error", "the disk reported an I/O error: check the device and free space, then run again"),
+    ("not a database", "the ledger is corrupt: restore it from a backup (or move it away to start an "
+                       "empty ledger, which forgets what was sent)"),
+    ("malformed", "the ledger is corrupt: restore it from a backup (or move it away to start an empty "
+                  "ledger, which forgets what was sent)"),
+)
+
+
+def _file_error(path: Path, exc: sqlite3.Error) -> LedgerFileError | None:
+    """A :class:`LedgerFileError` when ``exc`` is about the ledger file itself, else None."""
+    text = str(exc).lower()
+    for needle, advice in _FILE_PROBLEMS:
+        if needle in text:
+            return LedgerFileError(path, f"ledger: {exc}", advice)
+    return None
 
 
 class IllegalTransitionError(LedgerError):
@@ -360,6 +388,12 @@ def _migrate_5_to_6(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_6_to_7(db: sqlite3.Connection) -> None:
+    """Why a failed-retryable transaction was not delivered (``transient``, ``stopped``,
+    ``credentials``, ``deferred``): a plain run resends all but ``deferred`` by itself."""
+    _script(db, "ALTER TABLE transactions ADD COLUMN retry_class TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -367,6 +401,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_3_to_4,
     _migrate_4_to_5,
     _migrate_5_to_6,
+    _migrate_6_to_7,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -603,6 +638,29 @@ _KEEP_OUTCOMES = (
 )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """A scope's transactions that are not final (see :meth:`Ledger.backlog`)."""
+
+    waiting: int  # the next plain run sends them (queued, in doubt, resumable failures)
+    waiting_since: str | None  # when the oldest of them was first recorded (ISO 8601, UTC)
+    needs_rerun: int  # failed-retryable that only `posfeed rerun` sends (past the caps, or deferred)
+
+
+# a failed-retryable row a plain run resends by itself (parameters: max attempts, cutoff time)
+_RESUMABLE_SQL = (
+    "(state = 'failed_retryable' AND COALESCE(retry_class, 'transient') IN "
+    "('transient', 'stopped', 'credentials') AND attempts < ? AND created_at >= ?)"
+)
+
+
+def _cutoff(now: datetime | None, max_age_hours: float) -> str:
+    from datetime import timedelta
+
+    moment = (now or datetime.now(UTC)) - timedelta(hours=max_age_hours)
+    return moment.isoformat(timespec="microseconds")
+
+
 # ---- the ledger ---------------------------------------------------------------------------------
 
 
@@ -611,7 +669,10 @@ class Ledger:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_io_error(exc, self.path.parent) from exc
         try:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -636,7 +697,8 @@ class Ledger:
             self._db.execute("PRAGMA secure_delete=ON")
             self.schema_version = migrate(self._db)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: cannot open ledger: {exc}") from exc
+            problem = _file_error(self.path, exc) or LedgerError(f"{self.path}: cannot open ledger: {exc}")
+            raise problem from exc
         self._mutex = threading.RLock()
 
     def close(self) -> None:
@@ -662,17 +724,30 @@ class Ledger:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One SQLite transaction: everything inside commits together or not at all."""
         with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                problem = _file_error(self.path, exc)
+                if problem is None:
+                    raise
+                raise problem from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._mutex:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                problem = _file_error(self.path, exc)
+                if problem is None:
+                    raise
+                raise problem from exc
 
     # ---- runs ---------------------------------------------------------------------------------
 
@@ -1187,9 +1262,14 @@ class Ledger:
                 current[result.transaction_id] = (row_id, target.value)
                 final = target in _NEVER_SENT_AGAIN
                 mask = masks.get(result.transaction_id) if masks and final else None
+                retry_class = (
+                    str(result.retry_class or RetryClass.TRANSIENT)
+                    if target is TxnState.FAILED_RETRYABLE else None
+                )
                 updates.append(
                     (
                         target.value,
+                        retry_class,
                         run_id,
                         now,
                         json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
@@ -1202,7 +1282,7 @@ class Ledger:
                     )
                 )
             db.executemany(
-                "UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?, "
+                "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
                 "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
                 "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN ? IS NULL "
                 "THEN checkout ELSE json_set(checkout, '$.customer_id', ?) END WHERE id = ?",
@@ -1226,6 +1306,74 @@ class Ledger:
             ids = [r[0] for r in rows]
             self._attach(db, run_id, ids, "settle")
         return ids
+
+    def carry_over(self, scope: str, run_id: str, *, max_attempts: int, max_age_hours: float,
+                   now: datetime | None = None) -> list[int]:
+        """Attach to ``run_id`` (origin 'settle') what earlier runs of ``scope`` left unsent, to be
+        sent before anything new: queued and in-doubt transactions, and failed-retryable ones
+        whose failure was transient, a stop or refused credentials (put back in the queue), as
+        long as they had fewer than ``max_attempts`` attempts and were first recorded less than
+        ``max_age_hours`` ago. Returns their row ids (in-doubt and queued first)."""
+        cutoff = _cutoff(now, max_age_hours)
+        with self._tx() as db:
+            pending = [r[0] for r in db.execute(
+                "SELECT id FROM transactions WHERE scope = ? AND state IN ('queued', 'sending') ORDER BY id",
+                (scope,),
+            )]
+            failed = [r[0] for r in db.execute(
+                f"SELECT id FROM transactions WHERE scope = ? AND state = 'failed_retryable' "
+                f"AND {_RESUMABLE_SQL} ORDER BY id",
+                (scope, max_attempts, cutoff),
+            )]
+            self._attach(db, run_id, pending, "settle")
+            if failed:
+                self._set_state(db, failed, TxnState.QUEUED, run_id)
+                self._attach(db, run_id, failed, "settle")
+        return pending + failed
+
+    def requeue_refused(self, row_ids: Sequence[int], run_id: str) -> list[int]:
+        """Put back in the queue the transactions among ``row_ids`` left failed because the
+        platform refused our credentials (they wait for the next run, not for a rerun)."""
+        ids: list[int] = []
+        for chunk in _chunks(row_ids):
+            marks = ",".join("?" * len(chunk))
+            ids.extend(r[0] for r in self._query(
+                f"SELECT id FROM transactions WHERE id IN ({marks}) AND state = 'failed_retryable' "
+                "AND retry_class = 'credentials'", chunk))
+        if ids:
+            with self._tx() as db:
+                self._set_state(db, ids, TxnState.QUEUED, run_id)
+        return ids
+
+    def backlog(self, scope: str, *, max_attempts: int, max_age_hours: float,
+                now: datetime | None = None) -> Backlog:
+        """What of ``scope`` is not final: what the next plain run sends (``waiting``, and when
+        the oldest of it was first recorded) and what only `posfeed rerun` sends (``needs_rerun``:
+        failed-retryable past the caps, or whose request was refused as such)."""
+        cutoff = _cutoff(now, max_age_hours)
+        rows = self._query(
+            f"SELECT CASE WHEN state IN ('queued', 'sending') OR {_RESUMABLE_SQL} THEN 'waiting' "
+            f"ELSE 'needs_rerun' END AS kind, COUNT(*), MIN(created_at) FROM transactions "
+            f"WHERE scope = ? AND state IN ('queued', 'sending', 'failed_retryable') GROUP BY kind",
+            (max_attempts, cutoff, scope),
+        )
+        found = {r[0]: (int(r[1]), r[2]) for r in rows}
+        waiting, oldest = found.get("waiting", (0, None))
+        needs_rerun = found.get("needs_rerun", (0, None))[0]
+        return Backlog(waiting=waiting, waiting_since=oldest, needs_rerun=needs_rerun)
+
+    def failure_causes(self, run_id: str, limit: int = 3) -> list[dict[str, Any]]:
+        """The most frequent reasons among the transactions ``run_id`` left failed, with counts
+        (``state``, ``code``, ``message``, ``count``): what a console says when a run did not end
+        clean."""
+        rows = self._query(
+            "SELECT t.state, t.last_error_code, t.last_error_message, COUNT(*) AS n FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? "
+            "AND t.state IN ('failed_retryable', 'failed_permanent') "
+            "GROUP BY t.state, t.last_error_code, t.last_error_message ORDER BY n DESC LIMIT ?",
+            (run_id, limit),
+        )
+        return [{"state": r[0], "code": r[1], "message": r[2], "count": r[3]} for r in rows]
 
     # ---- reading ------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from pipeline.errors import (
 from pipeline.ledger import Ledger
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
-from pipeline.runner import RerunSelection, RunSummary, rerun_feed, run_feed
+from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
 from pipeline.stages.report import day_report, report_folder, run_report
 
 __all__ = [
@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 _MEANING = {
     EXIT_OK: "all final and balanced",
     EXIT_DATA: "data errors: see rejects and conflicts",
-    EXIT_TEMPFAIL: "try again later: retryable failures or in-doubt transactions left",
+    EXIT_TEMPFAIL: "try again later: the next run sends what is left",
     EXIT_INTERNAL: "internal error",
-    EXIT_CONFIG: "configuration error",
+    EXIT_CONFIG: "configuration error: the platform refused our credentials",
 }
 
 
@@ -112,9 +112,12 @@ def format_summary(summary: RunSummary) -> str:
     s = summary.summary
     dry = bool(s.get("dry_run"))
     kind = "dry run" if dry else s.get("kind", "run")
+    meaning = _MEANING.get(summary.exit_code, "")
+    if summary.exit_code == EXIT_OK and s.get("needs_rerun"):
+        meaning = (f"this run's work is final and balanced; {s['needs_rerun']} older transaction(s) "
+                   "need a rerun")
     lines = [
-        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} "
-        f"({_MEANING.get(summary.exit_code, '')})",
+        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
         f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions",
         *currency_lines(s),
         f"  accepted:  {s['accepted']} (points {s.get('points_awarded', '0')})",
@@ -128,6 +131,14 @@ def format_summary(summary: RunSummary) -> str:
           if dry else []),
         f"  balanced:  {'yes' if s['balanced'] else 'NO'}",
     ]
+    if "waiting" in s:
+        oldest = (f", oldest first recorded {s['waiting_oldest_at']} "
+                  f"({_age(s.get('waiting_oldest_age_seconds'))} ago)" if s.get("waiting") else "")
+        lines.append(f"  backlog:   carried over {s.get('carried_over', 0)} from earlier runs; "
+                     f"{s['waiting']} waiting for the next run{oldest}")
+    if s.get("needs_rerun"):
+        lines.append(f"  needs rerun: {s['needs_rerun']} past the [resume] caps or refused as requests "
+                     f"(posfeed rerun --feed {summary.feed} --failed)")
     if s.get("superseded_files"):
         lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
     for item in s.get("unreadable_files") or []:
@@ -141,7 +152,31 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _age(seconds: Any) -> str:
+    """``42s``, ``17m``, ``5.2h``, ``3.1d``."""
+    if not isinstance(seconds, int | float):
+        return "?"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def cause_of(summary: RunSummary) -> str:
+    """Why a run did not exit 0, in one line (what stderr says without ``-v``)."""
+    return exit_cause(summary.summary, summary.exit_code) or _MEANING.get(summary.exit_code, "")
+
+
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
+    for summary in summaries:  # the cause of every non-zero exit, whatever the verbosity
+        if summary.exit_code != EXIT_OK:
+            click.echo(f"posfeed: {summary.feed} {summary.run_id}: exit {summary.exit_code}: "
+                       f"{cause_of(summary)}", err=True)
+    for error in errors:
+        click.echo(f"posfeed: {error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
     if as_json:
         docs = [s.to_dict() for s in summaries]
         if len(docs) == 1 and not errors:
@@ -151,8 +186,6 @@ def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bo
         return
     for summary in summaries:
         click.echo(format_summary(summary))
-    for error in errors:
-        click.echo(f"{error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
 
 
 def run_command(
@@ -231,6 +264,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
     if settings.ledger_path.exists():
         with Ledger(settings.ledger_path) as ledger:
             records = ledger.runs(feed=feed, limit=limit)
+    if feed and not records:
+        load_feed(feed, settings.feeds_dir)  # a feed that does not exist is an error, not "no runs"
     rows = []
     for run in records:
         counts = run.counts or {}
@@ -243,6 +278,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
             "conflicts": counts.get("conflicts"), "failed_retryable": counts.get("failed_retryable"),
             "failed_permanent": counts.get("failed_permanent"), "in_doubt": counts.get("in_doubt"),
             "balanced": counts.get("balanced"), "selection": run.selection,
+            "carried_over": counts.get("carried_over"), "waiting": counts.get("waiting"),
+            "waiting_oldest_at": counts.get("waiting_oldest_at"), "needs_rerun": counts.get("needs_rerun"),
         })
     if as_json:
         _print_json(rows)

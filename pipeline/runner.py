@@ -4,15 +4,24 @@
 selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
 ledger with their own reports, and return a :class:`RunSummary`.
 
-Pending work comes before new work: transactions an earlier process left ``queued`` or in doubt
-(``sending``, killed mid-request) are sent first; the platform's "transaction ID already used"
-settles the ones that had landed. A **dry run** does all of it against a throwaway copy of the
-ledger, sends nothing, touches no source file, and writes the same reports.
+**Credentials first**: before any file is touched, a run proves the target's credentials with
+one cheap call (:mod:`pipeline.sinks.probe`; not in a dry run) and logs in to the source and
+checks its folder. A refusal raises (exit 78) and nothing is recorded.
+
+**Resume by default**: older work comes before new work. Transactions earlier runs of the scope
+left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable for a transient
+reason, a stop or refused credentials (within the feed's ``[resume]`` caps) are sent first; the
+platform's "transaction ID already used" settles the ones that had landed. Every summary says how
+many it carried over (``carried_over``) and how many are still waiting for the next run
+(``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an explicit rerun
+(``needs_rerun``). A **dry run** does all of it against a throwaway copy of the ledger, sends
+nothing, touches no source file, and writes the same reports.
 
 Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 data errors
 (rejected rows, conflicts, unreadable files, transactions the platform refused); 75 try again
 later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
-before the end; a held lock raises LockHeldError, also 75); 70 when the report does not balance.
+before the end; a held lock raises LockHeldError, also 75); 78 the platform refused our
+credentials mid-run (the rest is left for the next run); 70 when the report does not balance.
 """
 
 from __future__ import annotations
@@ -33,7 +42,15 @@ from zoneinfo import ZoneInfo
 
 from pipeline.alerts import notify
 from pipeline.config import Feed, Settings
-from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
+from pipeline.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    PosfeedError,
+    state_io_error,
+)
 from pipeline.expected import SeenFile, report_missing
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.locks import RunLock
@@ -48,7 +65,10 @@ from pipeline.stages.report import report_folder, run_report, write_run_report
 from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
 
-__all__ = ["RerunSelection", "RunSummary", "business_dates_for", "exit_code_of", "rerun_feed", "run_feed"]
+__all__ = [
+    "RerunSelection", "RunSummary", "business_dates_for", "exit_cause", "exit_code_of", "rerun_feed",
+    "run_feed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +145,40 @@ def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
     return EXIT_OK
 
 
+def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
+    """Why a run did not exit 0, in one line from its summary ("" when it did)."""
+    if exit_code == EXIT_OK:
+        return ""
+    s = summary
+    parts: list[str] = []
+    if s.get("credentials_refused"):
+        parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
+                     "stopped, the rest waits for the next run")
+    if s.get("transactions_rejected"):
+        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
+    if s.get("conflicts"):
+        parts.append(f"{s['conflicts']} conflict(s) held for review")
+    for item in s.get("unreadable_files") or []:
+        parts.append(f"unreadable file {item['file']}: {item['reason']}")
+    for item in s.get("fetch_failures") or []:
+        parts.append(f"not fetched: {item['file']}: {item['reason']}")
+    for cause in s.get("causes") or []:
+        what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
+        reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
+        parts.append(f"{cause['count']} {what}: {reason}")
+    if s.get("in_doubt"):
+        parts.append(f"{s['in_doubt']} in doubt")
+    if s.get("stopped"):
+        parts.append("stopped before the end (signal)")
+    if s.get("queued") and not s.get("dry_run") and not s.get("credentials_refused"):
+        parts.append(f"{s['queued']} queued, not sent yet")
+    if s.get("error"):
+        parts.append(str(s["error"]))
+    if exit_code == EXIT_INTERNAL and not s.get("balanced", True):
+        parts.append("the run's report does not balance (a bug: see summary.csv)")
+    return "; ".join(parts)
+
+
 def _default_sink_factory(feed: Feed) -> Sink:
     from pipeline.sinks import make_sink
 
@@ -166,6 +220,11 @@ class _Context:
     make_sink: SinkFactory
     on_stage: StageHook | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    source: Source | None = None  # opened and checked before the run started
+
+    def refused(self) -> bool:
+        """True once the platform refused our credentials in this run."""
+        return bool(self.notes.get("credentials_refused"))
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -196,6 +255,9 @@ class _Context:
             )
         if result.stopped:
             self.notes["stopped"] = True
+        if result.credentials_refused:
+            self.notes["credentials_refused"] = result.credentials_refused
+            self.ledger.requeue_refused(row_ids, self.run_id)  # the rest stays queued
 
     def finish_files(self, source: Source | None) -> None:
         """Keep, archive or delete the source files of this feed whose rows are all final."""
@@ -230,9 +292,20 @@ def _execute(
     now: datetime | None,
     on_stage: StageHook | None = None,
 ) -> RunSummary:
-    lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
-    workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
     try:
+        lock = RunLock.acquire(settings.state_dir, feed.scope, feed=feed.name)
+    except OSError as exc:  # a read-only or full state folder
+        raise state_io_error(exc, exc.filename or settings.state_dir) from exc
+    workdir: Path | None = None
+    source: Source | None = None
+    try:
+        if stop is None or not stop.is_set():
+            try:
+                source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
+            except PosfeedError as exc:  # the caller prints or logs it
+                notify(feed, None, error=exc, dry_run=dry_run)
+                raise
+        workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
             abandoned = ledger.close_abandoned_runs(feed.scope)
             if abandoned:
@@ -260,7 +333,7 @@ def _execute(
             staging = (workdir / "staging") if workdir else settings.staging_dir / run_id
             ctx = _Context(
                 feed, settings, ledger, run_id, dry_run, staging, stop, progress or NullProgress(),
-                make_sink or _default_sink_factory, on_stage,
+                make_sink or _default_sink_factory, on_stage, source=source,
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
                      " [dry run]" if dry_run else "")
@@ -271,19 +344,54 @@ def _execute(
                 else:
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
             except BaseException as exc:
-                ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
-                failed = _finish(ctx, status="failed", failure_code=getattr(exc, "exit_code", EXIT_INTERNAL))
-                if isinstance(exc, Exception):  # not for Ctrl-C
-                    notify(feed, failed.to_dict(), error=exc, dry_run=dry_run)
+                # an OSError that reaches here is about our own files (staging, state folder):
+                # every remote edge translates its own
+                error = (state_io_error(exc, exc.filename or settings.state_dir)
+                         if isinstance(exc, OSError) else exc)
+                ctx.notes["error"] = f"{type(error).__name__}: {error}"
+                code = getattr(error, "exit_code", EXIT_INTERNAL)
+                failed = _finish(ctx, status="failed", failure_code=code)
+                if isinstance(error, Exception):  # not for Ctrl-C
+                    notify(feed, failed.to_dict(), error=error, dry_run=dry_run)
+                if error is not exc:
+                    raise error from exc
                 raise
             with ctx.stage("report"):
-                summary = _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
+                stopped = ctx.notes.get("stopped") or ctx.refused()
+                summary = _finish(ctx, status="stopped" if stopped else "finished")
             notify(feed, summary.to_dict(), dry_run=dry_run)
             return summary
     finally:
+        if source is not None:
+            source.close()
         lock.release()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
+    """Credentials first: log in to the source and check its folder (runs only; a rerun reads no
+    source), then prove the target's credentials (not in a dry run, which sends nothing), before
+    any file is touched or anything recorded. Returns the open source."""
+    source: Source | None = None
+    try:
+        if kind == "run":
+            source = open_source(feed)
+            check = getattr(source, "check", None)
+            if check is not None:
+                check()
+        if probe and not dry_run:
+            from pipeline.sinks.probe import probe_credentials, resolve_credentials
+
+            if getattr(feed.target, "check_credentials", True):
+                probe_credentials(feed)
+            else:
+                resolve_credentials(feed)  # a missing secret is still found before any file
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
+    return source
 
 
 def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> None:
@@ -334,17 +442,28 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _carry_over(ctx: _Context) -> None:
+    """Send first what earlier runs of the scope left unsent (see the module docstring)."""
+    resume = ctx.feed.resume
+    pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
+                                    max_age_hours=resume.max_age_hours)
+    ctx.notes["carried_over"] = len(pending)
+    if pending:
+        log.info("%s: carrying over %d transaction(s) earlier runs left unsent (queued, in doubt or "
+                 "failed for a transient reason)", ctx.feed.name, len(pending))
+        ctx.submit(pending)
+
+
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
     with ctx.stage("settle"):
-        pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
-        if pending:
-            log.info("%s: settling %d transaction(s) left queued or in doubt", ctx.feed.name, len(pending))
-            ctx.submit(pending)
+        _carry_over(ctx)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
         return
-    source = open_source(ctx.feed)
+    if ctx.refused():
+        return
+    source = ctx.source if ctx.source is not None else open_source(ctx.feed)
     try:
         fetched: FetchResult = fetch_new_files(
             source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress,
@@ -376,7 +495,8 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         else:
             with ctx.stage("submit"):
                 ctx.submit(outcome.to_send)
-        ctx.finish_files(source)
+        if not ctx.refused():
+            ctx.finish_files(source)
     finally:
         source.close()
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
@@ -411,6 +531,7 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
         include_permanent=selection.include_permanent,
         feed=None if selection.run_id else ctx.feed.name,
     )
+    ctx.notes["carried_over"] = len(pending)
     log.info("%s: rerun resends %d failed transaction(s)%s", ctx.feed.name, len(row_ids),
              f" after settling {len(pending)} pending" if pending else "")
     ctx.ledger.requeue(row_ids, ctx.run_id)
@@ -433,14 +554,19 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
 
 def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) -> RunSummary:
     """Record the run's end, write its reports, and return its summary."""
-    notes = dict(ctx.notes)
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
+    ctx.notes.setdefault("carried_over", 0)
+    ctx.notes.update(_backlog_notes(ctx))
+    ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
+    notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are alive until they are written
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
         code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
+        if status != "failed" and ctx.refused():
+            code = EXIT_CONFIG
         report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
         ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
         folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
@@ -458,7 +584,9 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['accepted']} accepted, {counts['transactions_rejected']} rejected, "
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
-        f"{counts['in_doubt']} in doubt",
+        f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
+        f"waiting {counts['waiting']}, needs rerun {counts['needs_rerun']}"
+        + (f"; cause: {exit_cause(totals, code)}" if code != EXIT_OK else ""),
         level=logging.INFO if code == EXIT_OK else logging.WARNING,
         feed=ctx.feed.name, run_id=ctx.run_id, status=status, exit_code=code, dry_run=ctx.dry_run,
         **{k: v for k, v in counts.items() if v is not None},
@@ -470,8 +598,25 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
 _RUN_LOG_KEYS = (
     "rows_in", "transactions_in", "transactions_rejected", "rows_rejected", "duplicates", "conflicts",
     "accepted", "failed_retryable", "failed_permanent", "not_sent", "in_doubt", "amount_in",
-    "amount_accepted", "currencies", "balanced",
+    "amount_accepted", "currencies", "balanced", "carried_over", "waiting", "waiting_oldest_at",
+    "waiting_oldest_age_seconds", "needs_rerun",
 )
+
+
+def _backlog_notes(ctx: _Context) -> dict[str, Any]:
+    """What of the scope is still not final when the run ends (for the summary and alerting)."""
+    resume = ctx.feed.resume
+    backlog = ctx.ledger.backlog(ctx.feed.scope, max_attempts=resume.max_attempts,
+                                 max_age_hours=resume.max_age_hours)
+    age: int | None = None
+    if backlog.waiting_since is not None:
+        age = max(0, int((datetime.now(UTC) - datetime.fromisoformat(backlog.waiting_since)).total_seconds()))
+    if backlog.needs_rerun:
+        log.warning("%s: %d transaction(s) of scope %s are past the resume caps or were refused as "
+                    "requests; only `posfeed rerun --feed %s --failed` sends them", ctx.feed.name,
+                    backlog.needs_rerun, ctx.feed.scope, ctx.feed.name)
+    return {"waiting": backlog.waiting, "waiting_oldest_at": backlog.waiting_since,
+            "waiting_oldest_age_seconds": age, "needs_rerun": backlog.needs_rerun}
 
 
 def run_feed(

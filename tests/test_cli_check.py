@@ -35,7 +35,7 @@ SUMMARY_KEYS = {
 
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def test_docs_reject_codes_table_is_the_catalog() -> None:

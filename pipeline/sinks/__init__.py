@@ -14,9 +14,23 @@ from pipeline.sinks.delivery import DeliveryPolicy, Plan, PlatformAdapter, Platf
 from pipeline.sinks.http import HttpClient
 
 __all__ = [
-    "EventResult", "Outcome", "PlatformSink", "Sink", "decide_before_sending", "make_antavo_sink",
-    "make_sink",
+    "EventResult", "Outcome", "PlatformSink", "Sink", "antavo_credentials", "decide_before_sending",
+    "make_antavo_sink", "make_sink",
 ]
+
+
+def antavo_credentials(feed: Feed) -> tuple[str, str | None]:
+    """The API key and (with signed auth) secret of the feed's Antavo target, from the environment
+    or the files it names; raises SecretError when one is missing."""
+    target = feed.target
+    if not isinstance(target, AntavoTarget):
+        raise ConfigError("not an Antavo target", key="target.kind")
+    api_key = resolve_secret(env=target.api_key_env, what="target.api_key_env")
+    secret: str | None = None
+    if target.auth == "signed":
+        secret_file = feed.resolve_path(target.api_secret_file) if target.api_secret_file else None
+        secret = resolve_secret(env=target.api_secret_env, file=secret_file, what="target.api_secret")
+    return api_key, secret
 
 
 def make_antavo_sink(
@@ -30,13 +44,8 @@ def make_antavo_sink(
     from pipeline.sinks.antavo import AntavoAdapter
 
     target = feed.target
-    if not isinstance(target, AntavoTarget):
-        raise ConfigError("not an Antavo target", key="target.kind")
-    api_key = resolve_secret(env=target.api_key_env, what="target.api_key_env")
-    secret: str | None = None
-    if target.auth == "signed":
-        secret_file = feed.resolve_path(target.api_secret_file) if target.api_secret_file else None
-        secret = resolve_secret(env=target.api_secret_env, file=secret_file, what="target.api_secret")
+    api_key, secret = antavo_credentials(feed)
+    assert isinstance(target, AntavoTarget)
     adapter = AntavoAdapter(target, api_key=api_key, api_secret=secret, clock=clock)
     return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng)
 

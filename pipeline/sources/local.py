@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.config import Feed
-from pipeline.errors import SourceUnavailableError
+from pipeline.errors import SourceFolderError, SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 
@@ -53,9 +53,16 @@ class LocalSource:
                     info = entry.stat(follow_symlinks=False)
                     yield RemoteFile(entry.name, info.st_size, info.st_mtime)
         except FileNotFoundError as exc:
-            raise SourceUnavailableError(f"{self.folder}: folder does not exist") from exc
+            raise SourceFolderError(f"{self.folder}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
-            raise SourceUnavailableError(f"{self.folder}: permission denied listing the folder") from exc
+            raise SourceFolderError(f"{self.folder}: permission denied listing the folder",
+                                    key="source.path") from exc
+
+    def check(self) -> None:
+        """Make sure the folder exists, before anything else of the run happens."""
+        if not self.folder.is_dir():
+            what = "not a folder" if self.folder.exists() else "folder does not exist"
+            raise SourceFolderError(f"{self.folder}: {what}", key="source.path")
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first; the

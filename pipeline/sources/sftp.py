@@ -29,7 +29,7 @@ from typing import Literal
 import paramiko
 
 from pipeline.config import Feed
-from pipeline.errors import SourceUnavailableError
+from pipeline.errors import SourceFolderError, SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
@@ -107,12 +107,28 @@ class SftpSource:
                     continue
                 yield RemoteFile(attrs.filename, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
         except FileNotFoundError as exc:
-            raise SourceUnavailableError(f"{self.address}: folder does not exist") from exc
+            raise SourceFolderError(f"{self.address}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
-            raise SourceUnavailableError(f"{self.address}: permission denied listing the folder") from exc
+            raise SourceFolderError(f"{self.address}: permission denied listing the folder",
+                                    key="source.path") from exc
         except CONNECTION_ERRORS as exc:
             self._drop_connection()
             raise SourceUnavailableError(f"listing {self.address} failed: {describe(exc)}") from exc
+
+    def check(self) -> None:
+        """Log in and make sure the folder exists, before anything else of the run happens."""
+        sftp = self.connect()
+        try:
+            attrs = sftp.stat(self.folder)
+        except FileNotFoundError as exc:
+            raise SourceFolderError(f"{self.address}: folder does not exist", key="source.path") from exc
+        except PermissionError as exc:
+            raise SourceFolderError(f"{self.address}: permission denied", key="source.path") from exc
+        except CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"checking {self.address} failed: {describe(exc)}") from exc
+        if not stat.S_ISDIR(attrs.st_mode or 0):
+            raise SourceFolderError(f"{self.address}: not a folder", key="source.path")
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first; the

@@ -51,6 +51,7 @@ class SubmitResult:
     submitted: int = 0
     results: int = 0
     stopped: bool = False  # stop was set: rows not handed to the sink stay queued
+    credentials_refused: str | None = None  # the platform refused our credentials: sending stopped
 
 
 def submit_rows(
@@ -343,6 +344,12 @@ async def _submit(
                 feed=feed.name, batch=start // batch_size + 1, transactions=len(checkouts),
                 outcomes=dict(sorted(batch_outcomes.items())),
             )
+            refused = getattr(getattr(sink, "last_report", None), "credentials_refused", None)
+            if refused:
+                outcome.credentials_refused = refused
+                log.error("%s: the platform refused our credentials (%s); %d transaction(s) left "
+                          "for the next run", feed.name, refused, len(row_ids) - start - len(checkouts))
+                break
     finally:
         flush()
         await sink.aclose()
