@@ -130,9 +130,28 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  unreadable: {item['file']}: {item['reason']}")
     for item in s.get("fetch_failures") or []:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
+    for name in s.get("files_in_quarantine") or []:
+        lines.append(f"  in quarantine (not read again): {name}")
+    backlog = s.get("backlog")
+    if backlog:
+        oldest = backlog.get("oldest_waiting_minutes")
+        lines.append(f"  backlog:   {backlog['carried']} carried from earlier runs, "
+                     f"{backlog['waiting']} still "
+                     f"waiting" + (f" (oldest {oldest} min)" if oldest is not None else ""))
+    if "problems" in s:
+        lines.append(f"  problems:  {_open_problems_line(s['problems'])}")
     if summary.reports_path:
         lines.append(f"  reports:   {summary.reports_path}")
     return "\n".join(lines)
+
+
+def _open_problems_line(problems: list[dict[str, Any]]) -> str:
+    if not problems:
+        return "none open"
+    return f"{len(problems)} open: " + "; ".join(
+        f"#{p['problem_id']} {p['kind']} {p.get('subject') or p.get('store_id') or ''}".rstrip()
+        for p in problems
+    )
 
 
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:

@@ -31,19 +31,21 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline.alerts import notify
+from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings
 from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
-from pipeline.expected import SeenFile, report_missing
+from pipeline.expected import SeenFile, note_other_feeds, report_missing
+from pipeline.health import RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.locks import RunLock
 from pipeline.logs import log_event, mask_customer_id
+from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source
 from pipeline.sources.discovery import lookback_dates
-from pipeline.stages.fetch import FetchResult, fetch_new_files
+from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files
 from pipeline.stages.report import report_folder, run_report, write_run_report
 from pipeline.stages.submit import submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
@@ -166,6 +168,7 @@ class _Context:
     make_sink: SinkFactory
     on_stage: StageHook | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None  # what stopped the run, if anything
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -267,13 +270,16 @@ def _execute(
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
             except BaseException as exc:
                 ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
-                failed = _finish(ctx, status="failed", failure_code=getattr(exc, "exit_code", EXIT_INTERNAL))
                 if isinstance(exc, Exception):  # not for Ctrl-C
-                    notify(feed, failed.to_dict(), error=exc, dry_run=dry_run)
+                    ctx.error = exc
+                _finish(ctx, status="failed", failure_code=getattr(exc, "exit_code", EXIT_INTERNAL))
+                if not dry_run:
+                    deliver_pending(ledger, feed)
                 raise
             with ctx.stage("report"):
                 summary = _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
-            notify(feed, summary.to_dict(), dry_run=dry_run)
+            if not dry_run:
+                deliver_pending(ledger, feed)
             return summary
     finally:
         lock.release()
@@ -349,13 +355,18 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
-        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
+        ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
+        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC), fetched)
         with gc_paused():
             outcome: TransformOutcome = transform_staged(
                 ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
                 progress=ctx.progress, on_stage=ctx.on_stage,
             )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
+        by_name = {item.record.name: item for item in fetched.staged}
+        for error in outcome.unreadable:
+            if error.file in by_name:
+                _quarantine(ctx, source, by_name[error.file])
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
@@ -367,20 +378,49 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
 
 
-def _missing_files(ctx: _Context, business_dates: list[date], now: datetime) -> list[dict[str, Any]]:
+def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:
+    """Set an unreadable file aside once reported: moved into the source's quarantine folder
+    (archive and delete sources) or only recorded (keep sources); later runs skip it."""
+    if ctx.dry_run:
+        return
+    location = None
+    if ctx.feed.source.after_success != "keep":
+        try:
+            location = source.quarantine(item.remote)
+        except Exception as exc:  # recorded anyway: later runs skip it where it is
+            log.warning("%s: could not move it into quarantine: %s (recorded as quarantined)",
+                        item.record.name, exc)
+    ctx.ledger.quarantine_file(item.record.id, location)
+    log_event(log, "quarantine", f"{ctx.feed.name}: {item.record.name} is unreadable and set aside in "
+              f"quarantine{f' ({location})' if location else ''}; later runs skip it until it is replaced "
+              f"or released", level=logging.WARNING, feed=ctx.feed.name, file=item.record.name)
+
+
+def _missing_files(ctx: _Context, business_dates: list[date], now: datetime,
+                   fetched: FetchResult | None = None) -> list[dict[str, Any]]:
     """Files `[expected]` declares for these days that are overdue (missing) or came late.
 
-    A file's arrival is its modification time at the source, as the ledger recorded it.
+    A file's arrival is its modification time at the source, as the ledger recorded it. Only files
+    of this feed count (and files at its source whose content another feed recorded first); a
+    matching file of another feed of the scope is named in the row, never counted.
     """
     if ctx.feed.expected.cadence == "none":
         return []
+    records = ctx.ledger.files(scope=ctx.feed.scope)
     seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC))
-            for r in ctx.ledger.files(scope=ctx.feed.scope)]
+            for r in records if r.feed == ctx.feed.name]
+    if fetched is not None:
+        seen += [SeenFile(remote.name, datetime.fromtimestamp(remote.mtime, UTC))
+                 for remote, _ in fetched.already_processed]
     rows = report_missing(ctx.feed, business_dates, seen, now)
+    note_other_feeds(rows, [(r.feed, r.name) for r in records if r.feed != ctx.feed.name])
     for row in rows:
         if row["status"] == "missing":
+            via = row.get("delivered_via_feed")
             log_event(log, "missing_file", f"{ctx.feed.name}: expected file {row['pattern']} is missing "
-                      f"(due {row['due_at']})", level=logging.WARNING, feed=ctx.feed.name,
+                      f"(due {row['due_at']})" + (f"; a matching file came through feed {via}, which "
+                                                  f"does not count for this feed" if via else ""),
+                      level=logging.WARNING, feed=ctx.feed.name,
                       business_date=row["business_date"], store_id=row["store_id"], hour=row["hour"])
     return rows
 
@@ -425,6 +465,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
         code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
         report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
+        report.summary.update(_health(ctx, report.summary))
         ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
         folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
         try:
@@ -441,12 +482,79 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['accepted']} accepted, {counts['transactions_rejected']} rejected, "
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
-        f"{counts['in_doubt']} in doubt",
+        f"{counts['in_doubt']} in doubt; {_backlog_words(totals.get('backlog'))}; "
+        f"{_problem_words(totals.get('problems') or [])}",
         level=logging.INFO if code == EXIT_OK else logging.WARNING,
         feed=ctx.feed.name, run_id=ctx.run_id, status=status, exit_code=code, dry_run=ctx.dry_run,
+        backlog=totals.get("backlog"), open_problems=[p["problem_id"] for p in totals.get("problems") or []],
         **{k: v for k, v in counts.items() if v is not None},
     )
     return summary
+
+
+def _health(ctx: _Context, summary: dict[str, Any]) -> dict[str, Any]:
+    """The backlog, and the feed's problems brought up to date (opened, escalated, resolved, with
+    the alerts they owe recorded in the same ledger transaction). Dry runs only report the backlog.
+    """
+    now = datetime.now(UTC)
+    backlog = backlog_of(ctx.ledger, ctx.feed.scope, ctx.run_id, now)
+    out: dict[str, Any] = {"backlog": backlog.to_dict()}
+    if ctx.dry_run:
+        return out
+    accepted = sum(ctx.ledger.run_codes(ctx.run_id, "accepted").values())
+    permanent = sum(ctx.ledger.run_codes(ctx.run_id, "failed_permanent").values())
+    retryable = ctx.ledger.run_codes(ctx.run_id, "failed_retryable")
+    facts = RunFacts(
+        run_id=ctx.run_id, kind=str(summary.get("kind") or "run"), summary=summary, error=ctx.error,
+        business_dates=list(ctx.notes.get("business_dates") or []),
+        missing_files=list(ctx.notes.get("missing_files") or []), failed_codes=retryable,
+        sent=accepted + permanent + sum(n for c, n in retryable.items() if c != "stopped"),
+        backlog=backlog,
+    )
+    try:
+        observed = observe(ctx.feed, ctx.ledger, facts, now)
+        open_before = [p for p in ctx.ledger.problems(scope=ctx.feed.scope) if relevant(p, ctx.feed)]
+        plan = reconcile(open_before, observed, covers(ctx.feed, facts))
+        changed = ctx.ledger.apply_problems(plan, run_id=ctx.run_id, alert=alert_for(ctx.feed, ctx.run_id))
+    except Exception:  # the run's own outcome stands; its problems are checked again next run
+        log.exception("%s: could not bring the feed's problems up to date", ctx.feed.name)
+        return out
+    events: dict[str, list[int]] = {"opened": [], "escalated": [], "resolved": []}
+    for change, problem in zip(plan.changes, changed, strict=True):
+        if change.event == "refreshed":
+            continue
+        events[change.event].append(problem.id)
+        log_event(log, "problem", f"{ctx.feed.name}: problem #{problem.id} {change.event}: {problem.kind}: "
+                  f"{problem.summary}", level=logging.INFO if change.event == "resolved" else logging.WARNING,
+                  feed=ctx.feed.name, problem_id=problem.id, kind=problem.kind, problem_event=change.event)
+    still_open = sorted_problems(
+        [p for p in ctx.ledger.problems(scope=ctx.feed.scope) if relevant(p, ctx.feed)])
+    out.update(problems=[p.to_dict() for p in still_open], problems_opened=events["opened"],
+               problems_escalated=events["escalated"], problems_resolved=events["resolved"])
+    return out
+
+
+def _backlog_words(backlog: dict[str, Any] | None) -> str:
+    if not backlog:
+        return "backlog unknown"
+    words = f"{backlog['carried']} carried from earlier runs, {backlog['waiting']} still waiting"
+    if backlog.get("oldest_waiting_minutes") is not None:
+        words += f" (oldest {backlog['oldest_waiting_minutes']} min)"
+    return words
+
+
+def _problem_words(problems: list[dict[str, Any]]) -> str:
+    if not problems:
+        return "no open problems"
+    return f"{len(problems)} open problem(s): " + ", ".join(_one_problem(p) for p in problems)
+
+
+def _one_problem(problem: dict[str, Any] | Problem) -> str:
+    p = problem.to_dict() if isinstance(problem, Problem) else problem
+    detail = " ".join(str(v) for v in (p.get("store_id"), p.get("business_date")) if v)
+    if p["kind"] == "unreadable_file":
+        detail = str(p.get("subject"))
+    return f"#{p['problem_id']} {p['kind']}" + (f" {detail}" if detail else "")
 
 
 # the counts of the one log line per run (`event=run`)
