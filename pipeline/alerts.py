@@ -27,7 +27,7 @@ import httpx
 
 from pipeline.config import AlertsConfig, Feed
 from pipeline.ledger import Ledger
-from pipeline.logs import log_event, register_secret
+from pipeline.logs import log_event, redact, register_secret
 from pipeline.problems import Problem, alert_document
 
 __all__ = [
@@ -71,8 +71,11 @@ def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
     def make(problem: Problem, event: str) -> dict[str, Any] | None:
         if not alerts_enabled(feed.alerts) or not _switched_on(feed.alerts, problem):
             return None
-        return alert_document(problem, event, run_id=run_id, host=socket.gethostname(),
-                              created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"))
+        doc = alert_document(problem, event, run_id=run_id, host=socket.gethostname(),
+                             created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"))
+        for key in ("summary", "action", "text"):  # no secret leaves in an alert
+            doc[key] = redact(str(doc[key]))
+        return doc
 
     return make
 

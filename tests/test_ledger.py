@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ledger import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     FileRecord,
     IllegalTransitionError,
@@ -391,7 +392,7 @@ def test_migration_from_an_older_version(tmp_path: Path) -> None:
     db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', 1, 'file')")
     db.close()
     with Ledger(path) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 3
+        assert ledger.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
         assert ledger.known("acme") == [("T1", "h")]
         assert ledger.file_totals([1]) == []
         rerun = ledger.start_run(feed="hourly", scope="acme", kind="rerun")

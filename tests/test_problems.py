@@ -1,0 +1,299 @@
+"""Problems with a life cycle, quarantine and backlog health: real `posfeed` processes, a real
+sandbox, a real webhook receiver on loopback, real SQLite ledgers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.problems import Observation, Problem, reconcile
+from tests.test_alerts import Receiver
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "acme"
+DAY = "2026-11-20"
+GARBAGE = "pos_ZZZ01_20261120_daily.csv"
+
+
+# ---- the life cycle, pure -------------------------------------------------------------------------
+
+
+def _obs(key: str, stage: int = 0, **counts: Any) -> Observation:
+    return Observation(kind="missing_file", key=key, feed="f", scope="s", summary="s", action="a",
+                       stage=stage, counts=counts)
+
+
+def _problem(key: str, stage: int = 0, pid: int = 1, **counts: Any) -> Problem:
+    return Problem(id=pid, kind="missing_file", key=key, feed="f", scope="s", status="open", stage=stage,
+                   summary="s", action="a", store_id=None, business_date=None, subject=None,
+                   counts=counts, opened_at="t", escalated_at=None, resolved_at=None,
+                   opened_run_id=None, last_run_id=None)
+
+
+def test_reconcile_opens_escalates_refreshes_and_resolves_only_what_was_checked() -> None:
+    open_now = [_problem("a"), _problem("b", pid=2), _problem("c", pid=3), _problem("d", pid=4, n=1)]
+    plan = reconcile(open_now, [_obs("a"), _obs("b", stage=1), _obs("new"), _obs("d", n=2)],
+                     covers=lambda p: p.key != "unchecked")
+    events = {(c.event, (c.problem.key if c.problem else c.observation.key if c.observation else ""))
+              for c in plan.changes}
+    assert events == {("escalated", "b"), ("opened", "new"), ("refreshed", "d"), ("resolved", "c")}
+    assert [c.event for c in plan.events()] == ["escalated", "opened", "resolved"]
+    # what the run did not check stays open
+    assert reconcile([_problem("unchecked")], [], covers=lambda p: p.key != "unchecked").changes == ()
+    # seen again at the same stage with the same counts: nothing at all
+    assert reconcile([_problem("a")], [_obs("a")], covers=lambda p: True).changes == ()
+
+
+# ---- real processes -------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connection refused: the platform is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Setup:
+    """A feeds folder with one feed `watch` and its drop folder, and the posfeed command line."""
+
+    def __init__(self, tmp: Path, sandbox: Any, hook: str, *, schedule: str | None = None,
+                 after_success: str = "keep", source_extra: str = "", expected_extra: str = "") -> None:
+        self.tmp, self.sandbox, self.hook = tmp, sandbox, hook
+        self.folder = tmp / "in"
+        self.folder.mkdir()
+        self.feeds = tmp / "feeds"
+        self.feeds.mkdir()
+        self.schedule = schedule
+        self.after_success = after_success
+        self.source_extra, self.expected_extra = source_extra, expected_extra
+        self.write_feed(sandbox.url)
+
+    def write_feed(self, base_url: str) -> None:
+        schedule = f'schedule = "{self.schedule}"\n' if self.schedule else ""
+        (self.feeds / "watch.toml").write_text(
+            f'timezone = "Europe/London"\n{schedule}'
+            f'[source]\nkind = "local"\npath = "{self.folder}"\nreadiness = "none"\n'
+            f'pattern = "pos_*_{{business_date:%Y%m%d}}_*.csv"\nafter_success = "{self.after_success}"\n'
+            f"{self.source_extra}"
+            f'[target]\nkind = "antavo"\nbase_url = "{base_url}"\nregion = "{self.sandbox.config.region}"\n'
+            "requests_per_minute = 60000\nbackoff_base_seconds = 0.01\nbackoff_max_seconds = 0.05\n"
+            "timeout_seconds = 5\n"
+            '[validation]\ncurrencies = ["GBP", "EUR", "USD"]\n'
+            f'[alerts]\nwebhook_url = "{self.hook}"\nreject_share_threshold = 1.0\n'
+            'delivery_budget_seconds = 5\n'
+            '[expected]\nstores = ["LON01", "BER01"]\ncadence = "daily"\n'
+            'pattern = "pos_{store_id}_{business_date:%Y%m%d}_daily.csv"\n'
+            f"{self.expected_extra}",
+            encoding="utf-8",
+        )
+
+    def drop(self, sample: str, name: str | None = None) -> Path:
+        return Path(shutil.copy2(SAMPLE / sample, self.folder / (name or sample)))
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "pipeline", "--log-format", "json", "-v",
+                "--state-dir", str(self.tmp / "state"), "--feeds-dir", str(self.feeds),
+                "--reports-dir", str(self.tmp / "reports"), *args]
+
+    def posfeed(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*args), capture_output=True, text=True, timeout=300, check=False)
+
+    def run(self, *extra: str) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        done = self.posfeed("run", "--feed", "watch", "--business-date", DAY, "--json", *extra)
+        logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        summary = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+        return done.returncode, summary, logs
+
+    def open_problems(self) -> list[dict[str, Any]]:
+        done = self.posfeed("problems", "--json")
+        assert done.returncode == 0, done.stderr
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        return rows
+
+
+def kinds(rows: list[dict[str, Any]]) -> set[tuple[str, str | None]]:
+    return {(r["kind"], r.get("store_id") or r.get("subject")) for r in rows}
+
+
+def alert_counts(received: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    """(kind, event) -> how many alerts."""
+    return Counter((a["kind"], a["event"]) for a in received)
+
+
+def assert_one_opened_and_one_resolved_each(received: list[dict[str, Any]]) -> None:
+    by_problem: dict[int, Counter[str]] = {}
+    for alert in received:
+        by_problem.setdefault(alert["problem_id"], Counter())[alert["event"]] += 1
+    for problem_id, events in by_problem.items():
+        assert events["opened"] == 1 and events["resolved"] == 1, (problem_id, events, received)
+        assert events["escalated"] <= 1
+
+
+def test_a_feed_run_again_and_again_alerts_once_per_problem(tmp_path: Path, sandbox_env: Any) -> None:
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url)
+        s.drop("pos_LON01_20261120_daily.csv")
+        (s.folder / GARBAGE).write_bytes(b"\x00\x01binary\x00not a csv\n" * 20)
+
+        # 1: a broken file and a store that never delivers
+        code, summary, logs = s.run()
+        assert code == 65, logs[-5:]
+        assert [u["file"] for u in summary["unreadable_files"]] == [GARBAGE]
+        assert kinds(s.open_problems()) == {("unreadable_file", GARBAGE), ("missing_file", "BER01")}
+        assert alert_counts(hook.received) == {("unreadable_file", "opened"): 1, ("missing_file", "opened"): 1}
+        garbage_mtime = (s.folder / GARBAGE).stat().st_mtime  # a "keep" source: left where it is
+
+        # 2: nothing new: exit 0, the quarantined file is not read again, no alert
+        code, summary, logs = s.run()
+        assert code == 0, logs[-5:]
+        assert summary["unreadable_files"] == [] and summary["files_in_quarantine"] == [GARBAGE]
+        assert not [line for line in logs if GARBAGE in line.get("msg", "") and "fetched" in line["msg"]]
+        assert len(hook.received) == 2
+        run_line = next(line for line in logs if line.get("event") == "run")
+        assert "2 open problem(s)" in run_line["msg"] and len(run_line["open_problems"]) == 2
+        assert (s.folder / GARBAGE).stat().st_mtime == garbage_mtime
+
+        # 3: the store delivers (a file without defects): its problem is resolved, once
+        s.drop("pos_BER01_20261120_12.csv", "pos_BER01_20261120_daily.csv")
+        code, summary, logs = s.run()
+        assert code == 0, logs[-5:]
+        assert kinds(s.open_problems()) == {("unreadable_file", GARBAGE)}
+        assert alert_counts(hook.received)[("missing_file", "resolved")] == 1
+
+        # 4: the platform is down while new work arrives
+        s.write_feed(f"http://127.0.0.1:{closed_port()}")
+        s.drop("pos_NYC01_20261120_13.csv")
+        code, summary, logs = s.run()
+        assert code == 75, logs[-5:]
+        assert ("platform_unreachable", "antavo") in kinds(s.open_problems())
+        opened = [a for a in hook.received if a["kind"] == "platform_unreachable"]
+        assert [a["event"] for a in opened] == ["opened"] and opened[0]["level"] == "failure"
+
+        # 5: still down, nothing new: no new alert
+        before = len(hook.received)
+        code, summary, logs = s.run()
+        assert code in (0, 75) and len(hook.received) == before
+        assert summary["backlog"]["waiting"] > 0
+
+        # 6: the platform is back: what waited is sent, the problem resolves once
+        s.write_feed(sandbox_env.url)
+        s.run()
+        s.posfeed("rerun", "--feed", "watch", "--failed")
+        code, summary, logs = s.run()
+        assert code == 0, logs[-5:]
+        assert kinds(s.open_problems()) == {("unreadable_file", GARBAGE)}
+        assert summary["backlog"]["waiting"] == 0
+
+        # 7: a new file under the broken file's name brings it back: read, and resolved
+        s.drop("pos_LON01_20261120_13.csv", GARBAGE)
+        code, summary, logs = s.run()
+        assert code == 0, logs[-5:]
+        assert s.open_problems() == []
+        code, summary, logs = s.run()
+        assert code == 0 and summary["problems"] == []
+
+        assert_one_opened_and_one_resolved_each(hook.received)
+        assert alert_counts(hook.received) == {
+            ("unreadable_file", "opened"): 1, ("unreadable_file", "resolved"): 1,
+            ("missing_file", "opened"): 1, ("missing_file", "resolved"): 1,
+            ("platform_unreachable", "opened"): 1, ("platform_unreachable", "resolved"): 1,
+        }
+        # the payload: one stable shape, with a ready-made text
+        alert = hook.received[0]
+        for key in ("version", "event", "problem_id", "kind", "level", "feed", "scope", "store_id",
+                    "business_date", "opened_at", "escalated_at", "resolved_at", "counts", "action", "text"):
+            assert key in alert
+        assert alert["text"].startswith("[OPEN] posfeed problem #")
+        assert "hooktoken123" not in json.dumps(hook.received)
+        # every run's JSON and the day report carry the problems
+        day = s.posfeed("report", "--feed", "watch", "--business-date", DAY, "--json")
+        assert {p["kind"] for p in json.loads(day.stdout)["problems"]} == {"missing_file"}
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return bool(predicate())
+
+
+def finished_runs(tmp: Path) -> int:
+    path = tmp / "state" / "ledger.sqlite"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM runs WHERE status != 'running'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_the_scheduler_daemon_alerts_once_per_problem(tmp_path: Path, sandbox_env: Any) -> None:
+    from zoneinfo import ZoneInfo
+
+    from pipeline.config import Settings, load_feed
+    from tests.test_scheduling import simulate_downtime
+
+    # the daemon runs today and yesterday (London): yesterday's files are overdue, today's not yet due
+    yesterday = (datetime.now(ZoneInfo("Europe/London")) - timedelta(days=1)).strftime("%Y%m%d")
+
+    def named(sample: str) -> str:
+        return sample.replace("20261120", yesterday)
+
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url, schedule="* * * * *", source_extra="lookback_days = 1\n",
+                  expected_extra="closing_hour = 24\nlate_after_minutes = 0\n")
+        s.write_feed(f"http://127.0.0.1:{closed_port()}")  # the platform is down from the start
+        s.drop("pos_LON01_20261120_daily.csv", named("pos_LON01_20261120_daily.csv"))
+        s.drop("pos_NYC01_20261120_13.csv", named("pos_NYC01_20261120_13.csv"))
+        garbage = named(GARBAGE)
+        (s.folder / garbage).write_bytes(b"\x00\x01binary\x00not a csv\n" * 20)
+        settings = Settings(state_dir=tmp_path / "state", feeds_dir=s.feeds, reports_dir=tmp_path / "reports")
+        # the daemon was down when a run was due: it catches up at once
+        simulate_downtime(settings, load_feed(s.feeds / "watch.toml"), datetime.now(UTC) - timedelta(minutes=1))
+        daemon = subprocess.Popen(s.command("schedule", "--feed", "watch"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            # run 1 (the catch-up, at once): a broken file, a missing store, the platform down
+            assert wait_for(lambda: finished_runs(tmp_path) >= 1, 60)
+            assert wait_for(lambda: len(hook.received) >= 3, 15), hook.received
+            assert kinds(s.open_problems()) == {("unreadable_file", garbage), ("missing_file", "BER01"),
+                                                ("platform_unreachable", "antavo")}
+            # before the next minute's run: the store delivers, the platform is back, the broken
+            # file is replaced; the daemon reads the feed file again before each run
+            s.drop("pos_BER01_20261120_12.csv", named("pos_BER01_20261120_daily.csv"))
+            s.write_feed(sandbox_env.url)
+            shutil.copy2(SAMPLE / "pos_LON01_20261120_13.csv", s.folder / garbage)
+            # run 2 (the next minute) sees all three fixed; run 3 (the minute after) is quiet
+            assert wait_for(lambda: finished_runs(tmp_path) >= 2, 75)
+            assert wait_for(lambda: s.open_problems() == [], 10), s.open_problems()
+            assert wait_for(lambda: finished_runs(tmp_path) >= 3, 75)
+        finally:
+            daemon.terminate()
+            _, err = daemon.communicate(timeout=60)
+        assert daemon.returncode == 0, err[-2000:]
+        run_lines = [json.loads(line) for line in err.splitlines()
+                     if line.startswith("{") and json.loads(line).get("event") == "run"]
+        assert [line["exit_code"] for line in run_lines][-1] == 0  # the quiet run
+        assert_one_opened_and_one_resolved_each(hook.received)
+        assert alert_counts(hook.received) == {
+            ("unreadable_file", "opened"): 1, ("unreadable_file", "resolved"): 1,
+            ("missing_file", "opened"): 1, ("missing_file", "resolved"): 1,
+            ("platform_unreachable", "opened"): 1, ("platform_unreachable", "resolved"): 1,
+        }
