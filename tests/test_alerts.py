@@ -8,11 +8,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pathlib import Path
 
 from pipeline.alerts import alert_for, deliver_pending, send_alert
 from pipeline.config import Feed
@@ -145,7 +144,8 @@ def test_the_url_comes_from_the_environment(tmp_path: Path, receiver: Receiver,
         assert deliver_pending(ledger, feed) == 1
 
 
-def test_a_webhook_that_is_down_gets_the_alert_later(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_webhook_that_is_down_gets_the_alert_later(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     sleeps: list[float] = []
     with Receiver(status=500) as failing:
         feed = feed_with(failing.url, delivery_attempts=3)

@@ -88,7 +88,7 @@ class Setup:
             f"{self.source_extra}"
             f'[target]\nkind = "antavo"\nbase_url = "{base_url}"\nregion = "{self.sandbox.config.region}"\n'
             "requests_per_minute = 60000\nbackoff_base_seconds = 0.01\nbackoff_max_seconds = 0.05\n"
-            "timeout_seconds = 5\n"
+            "timeout_seconds = 5\nmax_attempts = 2\n"
             '[validation]\ncurrencies = ["GBP", "EUR", "USD"]\n'
             f'[alerts]\nwebhook_url = "{self.hook}"\nreject_share_threshold = 1.0\n'
             'delivery_budget_seconds = 5\n'
@@ -151,7 +151,8 @@ def test_a_feed_run_again_and_again_alerts_once_per_problem(tmp_path: Path, sand
         assert code == 65, logs[-5:]
         assert [u["file"] for u in summary["unreadable_files"]] == [GARBAGE]
         assert kinds(s.open_problems()) == {("unreadable_file", GARBAGE), ("missing_file", "BER01")}
-        assert alert_counts(hook.received) == {("unreadable_file", "opened"): 1, ("missing_file", "opened"): 1}
+        assert alert_counts(hook.received) == {("unreadable_file", "opened"): 1,
+                                               ("missing_file", "opened"): 1}
         garbage_mtime = (s.folder / GARBAGE).stat().st_mtime  # a "keep" source: left where it is
 
         # 2: nothing new: exit 0, the quarantined file is not read again, no alert
@@ -260,13 +261,13 @@ def test_the_scheduler_daemon_alerts_once_per_problem(tmp_path: Path, sandbox_en
         s = Setup(tmp_path, sandbox_env, hook.url, schedule="* * * * *", source_extra="lookback_days = 1\n",
                   expected_extra="closing_hour = 24\nlate_after_minutes = 0\n")
         s.write_feed(f"http://127.0.0.1:{closed_port()}")  # the platform is down from the start
-        s.drop("pos_LON01_20261120_daily.csv", named("pos_LON01_20261120_daily.csv"))
-        s.drop("pos_NYC01_20261120_13.csv", named("pos_NYC01_20261120_13.csv"))
+        s.drop("pos_LON01_20261120_13.csv", named("pos_LON01_20261120_daily.csv"))
         garbage = named(GARBAGE)
         (s.folder / garbage).write_bytes(b"\x00\x01binary\x00not a csv\n" * 20)
         settings = Settings(state_dir=tmp_path / "state", feeds_dir=s.feeds, reports_dir=tmp_path / "reports")
         # the daemon was down when a run was due: it catches up at once
-        simulate_downtime(settings, load_feed(s.feeds / "watch.toml"), datetime.now(UTC) - timedelta(minutes=1))
+        missed = datetime.now(UTC) - timedelta(minutes=1)
+        simulate_downtime(settings, load_feed(s.feeds / "watch.toml"), missed)
         daemon = subprocess.Popen(s.command("schedule", "--feed", "watch"), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
@@ -279,7 +280,7 @@ def test_the_scheduler_daemon_alerts_once_per_problem(tmp_path: Path, sandbox_en
             # file is replaced; the daemon reads the feed file again before each run
             s.drop("pos_BER01_20261120_12.csv", named("pos_BER01_20261120_daily.csv"))
             s.write_feed(sandbox_env.url)
-            shutil.copy2(SAMPLE / "pos_LON01_20261120_13.csv", s.folder / garbage)
+            shutil.copy2(SAMPLE / "pos_NYC01_20261120_12.csv", s.folder / garbage)
             # run 2 (the next minute) sees all three fixed; run 3 (the minute after) is quiet
             assert wait_for(lambda: finished_runs(tmp_path) >= 2, 75)
             assert wait_for(lambda: s.open_problems() == [], 10), s.open_problems()
@@ -297,3 +298,187 @@ def test_the_scheduler_daemon_alerts_once_per_problem(tmp_path: Path, sandbox_en
             ("missing_file", "opened"): 1, ("missing_file", "resolved"): 1,
             ("platform_unreachable", "opened"): 1, ("platform_unreachable", "resolved"): 1,
         }
+
+
+# ---- quarantine: moved files, release ------------------------------------------------------------
+
+
+def test_an_archiving_feed_moves_a_broken_file_into_quarantine_and_release_brings_it_back(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url, after_success="archive")
+        (s.folder / GARBAGE).write_bytes(b"\x00binary\x00" * 50)
+        code, summary, _ = s.run()
+        assert code == 65
+        moved = s.folder / "quarantine" / GARBAGE
+        assert moved.exists() and not (s.folder / GARBAGE).exists()
+        (problem,) = [p for p in s.open_problems() if p["kind"] == "unreadable_file"]
+        assert "quarantine" in problem["summary"] and "posfeed release" in problem["action"]
+        code, summary, _ = s.run()
+        assert code == 0 and summary["unreadable_files"] == []
+        # release: moved back, read again by the next run (still broken: set aside again, no new alert)
+        done = s.posfeed("release", GARBAGE, "--feed", "watch", "--json")
+        assert done.returncode == 0, done.stderr
+        assert (s.folder / GARBAGE).exists() and not moved.exists()
+        code, summary, _ = s.run()
+        assert code == 65 and [u["file"] for u in summary["unreadable_files"]] == [GARBAGE]
+        assert moved.exists()
+        assert [a["event"] for a in hook.received if a["kind"] == "unreadable_file"] == ["opened"]
+        # an unknown file cannot be released
+        assert s.posfeed("release", "nope.csv").returncode == 2
+
+
+# ---- backlog, credentials, escalation: in-process runs on a real ledger ------------------------
+
+
+def _age_waiting_work(tmp: Path, hours: float) -> None:
+    """Make what waits look ``hours`` old (the ledger's own timestamps; no clock is faked)."""
+    db = sqlite3.connect(tmp / "state" / "ledger.sqlite")
+    then = (datetime.now(UTC) - timedelta(hours=hours)).isoformat(timespec="microseconds")
+    db.execute("UPDATE transactions SET created_at = ? "
+               "WHERE state IN ('queued', 'sending', 'failed_retryable')", (then,))
+    db.commit()
+    db.close()
+
+
+def test_a_backlog_opens_escalates_and_resolves_once(tmp_path: Path, sandbox_env: Any) -> None:
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url)
+        s.drop("pos_LON01_20261120_daily.csv")
+        s.drop("pos_BER01_20261120_12.csv", "pos_BER01_20261120_daily.csv")
+        s.write_feed(f"http://127.0.0.1:{closed_port()}")
+        code, summary, _ = s.run()
+        assert code in (65, 75) and summary["backlog"]["waiting"] > 0
+        assert "backlog" not in {p["kind"] for p in s.open_problems()}  # not old enough yet
+        _age_waiting_work(tmp_path, 2)  # older than backlog_max_age_minutes (60)
+        code, summary, logs = s.run()
+        assert summary["backlog"]["oldest_waiting_minutes"] >= 119
+        run_line = next(line for line in logs if line.get("event") == "run")
+        assert "still waiting (oldest" in run_line["msg"]
+        (backlog,) = [p for p in s.open_problems() if p["kind"] == "backlog"]
+        assert backlog["stage"] == 0 and backlog["level"] == "retryable"
+        _age_waiting_work(tmp_path, 5)  # past the second age (240 min): escalated, once
+        s.run()
+        s.run()
+        s.write_feed(sandbox_env.url)
+        done = s.posfeed("rerun", "--feed", "watch", "--failed", "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["backlog"] == {
+            "carried": json.loads(done.stdout)["backlog"]["carried"], "waiting": 0,
+            "oldest_waiting_since": None, "oldest_waiting_minutes": None}
+        assert "backlog" not in {p["kind"] for p in s.open_problems()}
+        events = [a["event"] for a in hook.received if a["kind"] == "backlog"]
+        assert events == ["opened", "escalated", "resolved"]
+
+
+def test_refused_credentials_are_a_problem_until_a_run_gets_through(
+    tmp_path: Path, sandbox_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url)
+        s.drop("pos_NYC01_20261120_13.csv")
+        monkeypatch.setenv("ANTAVO_API_SECRET", "not-the-secret")
+        sandbox_env.config.allow_api_key = False
+        code, _, _ = s.run()
+        assert code in (75, 78)
+        assert "credentials_refused" in {p["kind"] for p in s.open_problems()}
+        monkeypatch.setenv("ANTAVO_API_SECRET", sandbox_env.config.api_secret)
+        s.drop("pos_NYC01_20261120_14.csv")
+        s.run()
+        s.posfeed("rerun", "--feed", "watch", "--failed")
+        assert "credentials_refused" not in {p["kind"] for p in s.open_problems()}
+        events = [a["event"] for a in hook.received if a["kind"] == "credentials_refused"]
+        assert events == ["opened", "resolved"]
+        assert {a["level"] for a in hook.received if a["kind"] == "credentials_refused"} == {"failure"}
+
+
+# ---- smaller: expected files per feed, the scheduler's selection, fatal errors, the lock --------
+
+
+def test_a_file_of_another_feed_of_the_scope_does_not_satisfy_an_expected_file(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    from datetime import date
+
+    from pipeline.config import Feed, Settings
+    from pipeline.runner import run_feed
+
+    other, mine = tmp_path / "other", tmp_path / "mine"
+    other.mkdir()
+    mine.mkdir()
+    shutil.copy2(SAMPLE / "pos_BER01_20261120_12.csv", other / "pos_BER01_20261120_daily.csv")
+
+    def feed(name: str, folder: Path) -> Feed:
+        return Feed.model_validate({
+            "name": name, "dedup_scope": "acme", "timezone": "Europe/London",
+            "validation": {"currencies": ["EUR", "GBP"]},
+            "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                       "pattern": "pos_*_{business_date:%Y%m%d}_*.csv"},
+            "target": {"kind": "antavo", "base_url": sandbox_env.url, "region": sandbox_env.config.region,
+                       "requests_per_minute": 60000},
+            "expected": {"stores": ["BER01"], "cadence": "daily",
+                         "pattern": "pos_{store_id}_{business_date:%Y%m%d}_daily.csv"},
+        })
+
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    run_feed(feed("other_feed", other), settings, business_dates=[date(2026, 11, 20)])
+    summary = run_feed(feed("my_feed", mine), settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    (row,) = summary["missing_files"]
+    assert row["status"] == "missing" and row["delivered_via_feed"] == "other_feed"
+    (problem,) = summary["problems"]
+    assert problem["kind"] == "missing_file" and "came through feed other_feed" in problem["summary"]
+
+
+def test_schedule_for_one_feed_leaves_the_other_feeds_jobs_alone(tmp_path: Path) -> None:
+    from pipeline.config import Feed, Settings
+    from pipeline.scheduling import FeedScheduler, job_id_for
+    from tests.test_scheduling import Calls
+
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    a = Feed(name="a", schedule="0 3 * * *")
+    b = Feed(name="b", schedule="0 4 * * *")
+    everything = FeedScheduler([a, b], settings, job=Calls())
+    everything.start(paused=True)
+    missed = datetime.now(UTC) - timedelta(hours=1)
+    everything.scheduler.modify_job(job_id_for("b"), next_run_time=missed)  # b has a run to catch up
+    everything.shutdown()
+    calls = Calls()
+    only_a = FeedScheduler([a], settings, job=calls, only_selected=True)
+    due = only_a.start(paused=True)
+    assert due == [] and set(only_a.next_run_times()) == {"a"}
+    only_a.shutdown()
+    db = sqlite3.connect(tmp_path / "state" / "scheduler.sqlite")
+    stored = dict(db.execute("SELECT id, next_run_time FROM apscheduler_jobs").fetchall())
+    db.close()
+    assert set(stored) == {"feed:a", "feed:b"}
+    assert abs(stored["feed:b"] - missed.timestamp()) < 1  # b's catch-up state kept
+    assert calls.runs == []
+
+
+def test_fatal_errors_are_json_lines_with_json_logs(tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "pipeline", "--state-dir", str(tmp_path / "s"),
+            "--feeds-dir", str(tmp_path)]
+    done = subprocess.run([*base, "--log-format", "json", "run", "--feed", "nosuch"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 78
+    lines = [json.loads(line) for line in done.stderr.strip().splitlines()]
+    assert lines[-1]["event"] == "fatal" and lines[-1]["exit_code"] == 78 and "nosuch" in lines[-1]["msg"]
+    done = subprocess.run([*base, "--log-format", "json", "runs", "--limit", "0"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and json.loads(done.stderr.strip().splitlines()[-1])["event"] == "fatal"
+    done = subprocess.run([*base, "run", "--feed", "nosuch"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.stderr.startswith("posfeed: error:")  # text logs: plain text
+
+
+def test_the_lock_message_names_the_scope(tmp_path: Path) -> None:
+    from pipeline.errors import LockHeldError
+    from pipeline.locks import RunLock
+
+    held = RunLock.acquire(tmp_path, "acme", feed="acme_hourly")
+    try:
+        with pytest.raises(LockHeldError, match=r"^scope 'acme' is being run by .*acme_hourly"):
+            RunLock.acquire(tmp_path, "acme", feed="acme_daily")
+    finally:
+        held.release()
