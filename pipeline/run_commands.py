@@ -343,7 +343,7 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     """
     from datetime import UTC, datetime
 
-    from pipeline.expected import SeenFile, report_missing
+    from pipeline.expected import SeenFile, note_other_feeds, report_missing
     from pipeline.runner import business_dates_for
 
     if feed:
@@ -357,9 +357,12 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     try:
         for item in feeds:
             records = ledger.files(scope=item.scope) if ledger is not None else []
-            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records]
+            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records
+                    if r.feed == item.name]
             days = list(business_dates) or business_dates_for(item, now=now)
-            rows.extend(report_missing(item, days, seen, now))
+            found = report_missing(item, days, seen, now)
+            note_other_feeds(found, [(r.feed, r.name) for r in records if r.feed != item.name])
+            rows.extend(found)
     finally:
         if ledger is not None:
             ledger.close()

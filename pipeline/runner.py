@@ -1,4 +1,5 @@
-"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report.
+"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report
+→ problems and alerts.
 
 :func:`run_feed` is what ``posfeed run`` (and the scheduler) call; :func:`rerun_feed` resends a
 selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
@@ -13,6 +14,9 @@ Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 d
 (rejected rows, conflicts, unreadable files, transactions the platform refused); 75 try again
 later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
 before the end; a held lock raises LockHeldError, also 75); 70 when the report does not balance.
+Exit codes say what is new in this run: an unreadable file is reported once, then quarantined and
+skipped by later runs. Every run reports its backlog and brings the feed's problems up to date
+(:mod:`pipeline.health`, :mod:`pipeline.problems`); the alerts they owe are delivered last.
 """
 
 from __future__ import annotations
