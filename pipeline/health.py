@@ -75,11 +75,16 @@ class RunFacts:
     backlog: Backlog
 
 
+_REFUSAL_WORDS = ("credential", "auth", "401", "403", "refused", "signature", "secret")
+
+
 def _credential_error(error: BaseException | None) -> bool:
+    """A configuration error about credentials: a missing secret, a refused login or key."""
     if error is None or not isinstance(error, ConfigError):
         return False
-    name = type(error).__name__.lower()
-    return isinstance(error, SecretError | SourceAuthError) or "credential" in name or "auth" in name
+    name, text = type(error).__name__.lower(), str(error).lower()
+    return isinstance(error, SecretError | SourceAuthError) or any(
+        word in name or word in text for word in _REFUSAL_WORDS)
 
 
 def _platform_error(error: BaseException | None) -> bool:
