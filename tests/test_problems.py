@@ -482,3 +482,24 @@ def test_the_lock_message_names_the_scope(tmp_path: Path) -> None:
             RunLock.acquire(tmp_path, "acme", feed="acme_daily")
     finally:
         held.release()
+
+
+def test_an_sftp_source_moves_a_broken_file_into_quarantine_and_back(
+    sftp_server: Any, sftp_dir: Path, tmp_path: Path
+) -> None:
+    from pipeline.sources.sftp import SftpSource
+
+    (sftp_dir / "a.csv").write_bytes(b"\x00broken\x00")
+    (sftp_dir / "a.csv.done").write_bytes(b"")
+    feed = sftp_server.feed(sftp_dir, readiness="marker", quarantine_path="held")
+    with SftpSource(feed) as source:
+        (found,) = source.discover([])
+        where = source.quarantine(found)
+        assert not (sftp_dir / "a.csv").exists() and not (sftp_dir / "a.csv.done").exists()
+        assert (sftp_dir / "held" / "a.csv").read_bytes() == b"\x00broken\x00"
+        assert (sftp_dir / "held" / "a.csv.done").exists()
+        assert list(source.discover([])) == []  # the quarantine folder is not listed
+        source.release(where, "a.csv")
+        (back,) = source.discover([])  # with its done-marker: ready again
+        assert back.name == "a.csv"
+    assert (sftp_dir / "a.csv").read_bytes() == b"\x00broken\x00"

@@ -151,7 +151,12 @@ class LocalSource:
         target = self.folder / name
         if target.exists():
             raise SourceUnavailableError(f"{target} exists: move or rename it before releasing {location}")
-        os.replace(location, target)
+        held = Path(location)
+        if held.name == name:  # its done-marker comes back with it
+            for marker in marker_names(name, self.config.marker_suffixes):
+                if (held.parent / marker).exists() and not (self.folder / marker).exists():
+                    os.replace(held.parent / marker, self.folder / marker)
+        os.replace(held, target)
         log.info("released %s back into %s", name, self.folder)
 
     def close(self) -> None:

@@ -261,6 +261,12 @@ class SftpSource:
             try:
                 sftp.stat(target)
             except FileNotFoundError:
+                if posixpath.basename(location) == name:  # its done-marker comes back with it
+                    held = posixpath.dirname(location)
+                    for marker in marker_names(name, self.config.marker_suffixes):
+                        with contextlib.suppress(FileNotFoundError):
+                            sftp.stat(posixpath.join(held, marker))
+                            sftp.rename(posixpath.join(held, marker), self._remote(marker))
                 sftp.rename(location, target)
             else:
                 raise SourceUnavailableError(f"{target} exists on {self.address}: move it before releasing")
