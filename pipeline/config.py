@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError, SecretError
+from pipeline.logs import register_feed_secrets, register_secret
 
 __all__ = [
     "AlertsConfig",
@@ -45,6 +46,7 @@ __all__ = [
     "canonical_feed",
     "load_feed",
     "load_feeds",
+    "register_env_secrets_of_feeds",
     "resolve_secret",
 ]
 
@@ -404,6 +406,12 @@ def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
     return results
 
 
+def register_env_secrets_of_feeds(feeds_dir: Path) -> None:
+    """Register the secrets every loadable feed file of ``feeds_dir`` names (best effort)."""
+    if feeds_dir.is_dir():
+        register_feed_secrets([r.feed for r in load_feeds(feeds_dir) if r.feed is not None])
+
+
 def resolve_secret(
     *, env: str | None = None, file: str | Path | None = None, what: str = "secret"
 ) -> str:
@@ -411,8 +419,6 @@ def resolve_secret(
 
     The value is registered with the log masking filter, so it is redacted from every log line.
     """
-    from pipeline.logs import register_secret
-
     if env:
         value = os.environ.get(env)
         if value:

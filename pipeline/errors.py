@@ -20,6 +20,7 @@ that calls the library; nothing above the edges catches foreign exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "SourceUnavailableError",
     "TransientError",
     "UnreadableFileError",
+    "worst_exit_code",
 ]
 
 EXIT_OK = 0
@@ -45,6 +47,17 @@ EXIT_DATA = 65  # sysexits EX_DATAERR
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
+
+
+_PRIORITY = (EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
+
+
+def worst_exit_code(codes: Sequence[int]) -> int:
+    """The one exit code for several runs: internal > config > data > try-again > ok."""
+    for code in _PRIORITY:
+        if code in codes:
+            return code
+    return max(codes, default=EXIT_OK)
 
 
 class PosfeedError(Exception):

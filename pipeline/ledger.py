@@ -46,7 +46,7 @@ from typing import Any
 from pipeline.errors import PosfeedError
 from pipeline.logs import MASK_PREFIX
 from pipeline.problems import Plan, Problem
-from pipeline.sinks.base import EventResult, Outcome
+from pipeline.records import EventResult, Outcome
 
 __all__ = [
     "FINAL_STATES",

@@ -44,7 +44,6 @@ __all__ = [
     "log_event",
     "mask_customer_id",
     "redact",
-    "register_env_secrets_of_feeds",
     "register_feed_secrets",
     "register_secret",
     "setup_logging",
@@ -142,14 +141,6 @@ def register_feed_secrets(feeds: Iterable[BaseModel], environ: Mapping[str, str]
                 register_secret(Path(path).read_text(encoding="utf-8").strip())
             except OSError:
                 continue
-
-
-def register_env_secrets_of_feeds(feeds_dir: Path) -> None:
-    """Register the secrets every loadable feed file of ``feeds_dir`` names (best effort)."""
-    from pipeline.config import load_feeds
-
-    if feeds_dir.is_dir():
-        register_feed_secrets([r.feed for r in load_feeds(feeds_dir) if r.feed is not None])
 
 
 def redact(text: str) -> str:
@@ -270,7 +261,7 @@ class JsonFormatter(logging.Formatter):
 
 
 # third-party loggers: quiet unless asked, and never below INFO (debug dumps request headers)
-NOISY_LOGGERS = ("httpx", "httpcore", "aiohttp", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
+NOISY_LOGGERS = ("httpx", "httpcore", "uvicorn", "uvicorn.access", "uvicorn.error", "paramiko",
           "apscheduler", "sqlalchemy", "hpack", "asyncio")
 _HANDLER_MARK = "_posfeed_handler"
 

@@ -15,6 +15,8 @@ Money is ``pl.Decimal(MONEY_PRECISION, MONEY_SCALE)`` end to end and becomes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 
 import polars as pl
@@ -30,6 +32,8 @@ __all__ = [
     "QUANTITY",
     "REQUIRED_COLUMNS",
     "DedupStatus",
+    "EventResult",
+    "Outcome",
     "ReturnStatus",
     "TransactionType",
 ]
@@ -154,3 +158,28 @@ CHECKOUT_ITEM_SCHEMA: dict[str, pl.DataType] = {
     "source_file": pl.String(),
     "source_line": pl.Int64(),
 }
+
+
+class Outcome(StrEnum):
+    """The outcome of delivering one transaction."""
+
+    ACCEPTED = "accepted"
+    # the platform says this id was used already: an earlier send landed
+    ALREADY_ACCEPTED = "already_accepted"
+    # permanent: the platform refused the event for a reason retrying won't fix
+    REJECTED = "rejected"
+    RETRYABLE = "retryable"  # not delivered yet: 429, 5xx, timeout, connection error
+    NOT_SENT = "not_sent"  # the sink cannot express it (e.g. an unmatched return); permanent
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """One transaction's outcome, with the platform's evidence."""
+
+    transaction_id: str
+    outcome: Outcome
+    event_ids: tuple[str, ...] = ()
+    points: Decimal | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 1

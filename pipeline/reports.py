@@ -1,14 +1,15 @@
 """Reconciliation reports: what came in, where every transaction ended, and proof that it balances.
 
 Pure builders (:func:`build_report`) turn ledger rows into a :class:`Report`; :func:`write_report`
-writes it as four files into one folder, each atomically and spreadsheet-safe:
+writes it as five files into one folder, each atomically and spreadsheet-safe:
 
 * ``summary.csv``: one row per source file × store × business date (× origin): rows, transactions
   and amount in, then count and amount per state, points awarded, and ``balanced``;
 * ``detail.csv``: one row per transaction occurrence with its state, codes and event ids;
 * ``rejects.csv``: every rejected line with its original columns, the reject code, reason, field,
   file and line;
-* ``summary.json``: the `posfeed run --json` document.
+* ``summary.json``: the `posfeed run --json` document;
+* ``report.html``: the same figures as one page for finance (:mod:`pipeline.report_page`).
 
 Every column is described in docs/REPORTS.md. Amounts are exact decimals.
 """
@@ -296,4 +297,7 @@ def write_report(report: Report, folder: Path) -> Path:
     write_csv(folder / "rejects.csv", report.reject_header, report.reject_rows)
     text = json.dumps(report.summary, indent=2, sort_keys=True, default=str) + "\n"
     write_atomic(folder / "summary.json", text)
+    from pipeline.report_page import render_page  # the page reads this module's columns
+
+    write_atomic(folder / "report.html", render_page(report))
     return folder

@@ -29,6 +29,7 @@ from pipeline.errors import (
     EXIT_TEMPFAIL,
     ConfigError,
     PosfeedError,
+    worst_exit_code,
 )
 from pipeline.ledger import Ledger
 from pipeline.progress import make_progress
@@ -43,12 +44,10 @@ __all__ = [
     "rerun_command",
     "run_command",
     "runs_command",
-    "worst_exit_code",
 ]
 
 log = logging.getLogger(__name__)
 
-_PRIORITY = (EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
 _MEANING = {
     EXIT_OK: "all final and balanced",
     EXIT_DATA: "data errors: see rejects and conflicts",
@@ -56,14 +55,6 @@ _MEANING = {
     EXIT_INTERNAL: "internal error",
     EXIT_CONFIG: "configuration error",
 }
-
-
-def worst_exit_code(codes: Sequence[int]) -> int:
-    """The one exit code for several runs: internal > config > data > try-again > ok."""
-    for code in _PRIORITY:
-        if code in codes:
-            return code
-    return max(codes, default=EXIT_OK)
 
 
 def _print_json(data: Any) -> None:

@@ -570,7 +570,7 @@ def schedule_command(
             due = scheduler.catch_up()
             if not due:
                 logger.info("scheduler: nothing to catch up")
-            from pipeline.run_commands import worst_exit_code
+            from pipeline.errors import worst_exit_code
 
             return worst_exit_code(list(scheduler.exit_codes.values()))
         logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),

@@ -14,15 +14,13 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from pipeline.benchmarks.e2e import (
+from pipeline.benchmarks.e2e import E2E_KEYS, STAGE_KEYS, run_side_by_side
+from pipeline.benchmarks.e2e_report import (
     DOCS_END,
     DOCS_START,
-    E2E_KEYS,
-    STAGE_KEYS,
     growth,
     plot_scaling,
     render_summary,
-    run_side_by_side,
     update_side_by_side_docs,
 )
 from pipeline.benchmarks.meter import ResourceMeter

@@ -27,7 +27,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 
 from pipeline.benchmarks.docs import replace_generated_block
@@ -144,11 +143,13 @@ def _ours(feed: Feed, rows: list[dict[str, Any]]) -> dict[str, Any]:
         finally:
             await sink.aclose()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     asyncio.run(go())
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     report = getattr(sink, "last_report", None)
     return {"events": len(rows), "seconds": seconds, "outcomes": outcomes, "requests": len(sent_at),
+            "cpu_seconds": cpu_seconds,
+            "cpu_us_per_request": cpu_seconds / len(sent_at) * 1e6 if sent_at else None,
             "send_span_seconds": sent_at[-1] - sent_at[0] if len(sent_at) > 1 else 0.0,
             "rate_limited": report.rate_limited if report else None}
 
@@ -218,7 +219,6 @@ def run_submit_benchmark(events: int = 20000, naive_events: int = 1000, latency_
         "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "arch": platform.machine(),
                     "python": platform.python_version(), "httpx": httpx.__version__,
-                    "aiohttp": aiohttp.__version__,
                     "load_average_1m": round(load_before, 2)},
         "throughput": throughput,
         "throughput_zero_latency": zero,
@@ -244,8 +244,8 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         ]
     return "\n".join([
         f"Measured {report['measured']} with `{command}` on {m['cpus']} CPUs ({m['arch']}), "
-        f"Python {m['python']}, aiohttp {m.get('aiohttp', '?')} (our sender), httpx {m['httpx']} "
-        f"(the naive loop), 1-minute load average {m['load_average_1m']:g} "
+        f"Python {m['python']}, httpx {m['httpx']} "
+        f"(our sender and the naive loop), 1-minute load average {m['load_average_1m']:g} "
         "at the start; the sandbox runs in its own process on loopback.",
         "",
         "**(a) Throughput, no rate limit** (same kind of checkouts, two lines each, fresh "

@@ -11,39 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
-from enum import StrEnum
 from typing import Any, Protocol
+
+from pipeline.records import EventResult, Outcome
 
 __all__ = ["CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome", "Sink"]
 
 CheckoutRow = Mapping[str, Any]
-
-
-class Outcome(StrEnum):
-    """The outcome of delivering one transaction."""
-
-    ACCEPTED = "accepted"
-    # the platform says this id was used already: an earlier send landed
-    ALREADY_ACCEPTED = "already_accepted"
-    # permanent: the platform refused the event for a reason retrying won't fix
-    REJECTED = "rejected"
-    RETRYABLE = "retryable"  # not delivered yet: 429, 5xx, timeout, connection error
-    NOT_SENT = "not_sent"  # the sink cannot express it (e.g. an unmatched return); permanent
-
-
-@dataclass(frozen=True)
-class EventResult:
-    """One transaction's outcome, with the platform's evidence."""
-
-    transaction_id: str
-    outcome: Outcome
-    event_ids: tuple[str, ...] = ()
-    points: Decimal | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    attempts: int = 1
 
 
 OnSending = Callable[[Sequence[str]], None]

@@ -1,10 +1,9 @@
-"""The HTTP client the delivery engine sends through: one pooled aiohttp session per event loop.
+"""The HTTP client the delivery engine sends through: one pooled httpx client per event loop.
 
-Sending is the submit stage's hot path (one request per guest checkout, one per bulk of members),
-so the client is the one with the least work per request: aiohttp's C parser and connection pool
-cost about a fifth of the CPU per request that httpx does on the same loopback server (see
-docs/BENCHMARKS.md). Adapters and the engine see only :class:`HttpClient`, :class:`HttpReply` and
-the two failures below, never aiohttp's own types.
+Adapters and the engine see only :class:`HttpClient`, :class:`HttpReply` and the two failures
+below, never httpx's own types, so timeouts, proxies, TLS and cookies are decided here once.
+HTTP/1.1 with keep-alive: the platforms limit requests per minute (Antavo's shared stack 1,500),
+far below what one pool of keep-alive connections carries (see docs/BENCHMARKS.md, "Submit").
 """
 
 from __future__ import annotations
@@ -12,11 +11,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
-import aiohttp
 import certifi
+import httpx
 
 __all__ = ["HttpClient", "HttpConnectionError", "HttpError", "HttpReply", "HttpTimeout", "tls_context"]
 
@@ -55,9 +53,9 @@ class HttpClient:
     """Connection-reusing client of at most ``max_connections`` connections.
 
     Must be created and closed on the event loop that uses it. Cookies are never kept. A proxy
-    named by the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) is used, looked up
-    once per host rather than per request; ``~/.netrc`` is never read (credentials come from the
-    feed's secrets only).
+    named by the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) is
+    used, read once when the client is built; ``~/.netrc`` is never read (httpx reads it only when
+    asked to, and credentials come from the feed's secrets only). Redirects are not followed.
     """
 
     def __init__(
@@ -67,41 +65,30 @@ class HttpClient:
         max_connections: int,
         tls: ssl.SSLContext | None = None,
     ):
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, ssl=tls or tls_context()),
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-            trust_env=False,  # per request it would read ~/.netrc and the proxy settings again
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=httpx.Timeout(timeout_seconds),
+            verify=tls or tls_context(),
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # a jar that keeps none
+            trust_env=True,
+            follow_redirects=False,
         )
-        self._proxies: dict[tuple[str, str], str | None] = {}
 
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes = b""
     ) -> HttpReply:
         """Send one request and read its whole response; raises :class:`HttpError` subclasses."""
         try:
-            async with self._session.request(
-                method, url, headers=dict(headers), data=body, proxy=self._proxy_for(url)
-            ) as response:
-                content = await response.read()
-                return HttpReply(response.status, response.headers, content)
-        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError too
+            response = await self._client.request(method, url, headers=dict(headers), content=body)
+        except httpx.TimeoutException as exc:
             raise HttpTimeout(type(exc).__name__, _without_query(str(exc), url)) from exc
-        except aiohttp.ClientError as exc:
+        except (httpx.TransportError, httpx.InvalidURL) as exc:
             raise HttpConnectionError(type(exc).__name__, _without_query(str(exc), url)) from exc
-
-    def _proxy_for(self, url: str) -> str | None:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "")
-        if key not in self._proxies:
-            proxy = getproxies().get(parts.scheme)
-            self._proxies[key] = None if proxy is None or proxy_bypass(key[1]) else proxy
-        return self._proxies[key]
+        return HttpReply(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        await self._session.close()
+        await self._client.aclose()
 
 
 def _without_query(text: str, url: str) -> str:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -128,3 +129,16 @@ def test_a_failure_message_never_shows_the_query_of_the_url() -> None:
         _send("http:///events?api_key=secret-key-123")  # a URL without a host names itself
 
     assert "secret-key-123" not in str(failure.value)
+
+
+def test_a_netrc_file_is_never_read(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine localhost login someone password leaked\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    _send(server.replace("127.0.0.1", "localhost") + "/events")
+
+    ((_, headers, _),) = _Handler.seen
+    assert "authorization" not in headers

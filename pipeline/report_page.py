@@ -1,0 +1,248 @@
+"""The reconciliation page: ``report.html`` beside ``summary.csv``, for finance, offline.
+
+:func:`page_data` reads a :class:`pipeline.reports.Report` (the same rows and summary the CSV and
+JSON files are written from, so the page holds no figure of its own) into what the page shows:
+the verdict and what needs action, per currency the money flow from "came in" to each final
+state, per store and currency the same with a balanced mark, the reject codes with examples, and
+the files of the run. :func:`render_page` fills ``templates/report.html.j2`` (Jinja2, every value
+escaped) into one self-contained file: inline CSS and SVG, no script, nothing from the network.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from pipeline.reports import DETAIL_COLUMNS, STATE_COLUMNS, SUMMARY_COLUMNS, Report
+
+__all__ = ["FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data", "render_page"]
+
+# the report's states as finance reads them, in the order money flows
+FLOW_STATES: tuple[tuple[str, str], ...] = (
+    ("accepted", "accepted by the platform"),
+    ("rejected", "rejected (bad rows)"),
+    ("duplicate", "duplicates (sent before)"),
+    ("conflict", "conflicts (held for review)"),
+    ("not_sent", "not sent (the platform cannot take it)"),
+    ("void", "voided at the till"),
+    ("failed_permanent", "failed for good"),
+    ("failed_retryable", "failed, will be retried"),
+    ("in_doubt", "in doubt (being settled)"),
+    ("queued", "queued (waiting to be sent)"),
+)
+assert {name for name, _ in FLOW_STATES} == {name for name, _ in STATE_COLUMNS}
+
+# the store table's columns: each the sum of one or more states, together every state once
+STORE_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("accepted", ("accepted",)),
+    ("rejected", ("rejected",)),
+    ("duplicates", ("duplicate",)),
+    ("conflicts", ("conflict",)),
+    ("not sent", ("not_sent",)),
+    ("void", ("void",)),
+    ("failed", ("failed_permanent", "failed_retryable")),
+    ("waiting (in doubt, queued)", ("in_doubt", "queued")),
+)
+assert sorted(s for _, states in STORE_COLUMNS for s in states) == sorted(n for n, _ in STATE_COLUMNS)
+
+# ISO 4217 currencies whose minor unit is not two digits
+_MINOR_UNITS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
+    "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4,
+}
+_EXAMPLES_PER_CODE = 3
+_NEEDS_ACTION = {
+    "rejected": "fix the rows in rejects.csv and deliver them again",
+    "conflict": "review the conflicting versions in detail.csv",
+    "not_sent": "review what the platform cannot take (detail.csv, error_code)",
+    "failed_permanent": "read the platform's error in detail.csv, then "
+                        "`posfeed rerun --failed --include-permanent`",
+    "failed_retryable": "nothing if the next run succeeds; else `posfeed rerun --failed`",
+    "in_doubt": "the next run settles these with the platform before sending anything",
+    "queued": "the next run sends these",
+}
+
+
+def minor_units(currency: str) -> int:
+    """Digits after the decimal point of ``currency`` (ISO 4217; two when not listed)."""
+    return _MINOR_UNITS.get(currency.upper(), 2)
+
+
+def format_amount(value: Decimal | str, currency: str = "") -> str:
+    """``1234.5`` in GBP -> ``1,234.50``: the currency's minor units, never fewer digits than exact."""
+    amount = Decimal(value) if value not in ("", None) else Decimal(0)
+    exponent = amount.normalize().as_tuple().exponent
+    exact = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    places = max(minor_units(currency), exact)
+    return f"{amount:,.{places}f}"
+
+
+@dataclass
+class Figures:
+    """Count and amount per state for one group of summary rows, with what came in."""
+
+    rows_in: int = 0
+    transactions_in: int = 0
+    amount_in: Decimal = Decimal(0)
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    amounts: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    balanced: bool = True
+
+    def add(self, row: Mapping[str, str]) -> None:
+        self.rows_in += int(row["rows_in"])
+        self.transactions_in += int(row["transactions_in"])
+        self.amount_in += Decimal(row["amount_in"])
+        for name, _ in STATE_COLUMNS:
+            self.counts[name] += int(row[f"{name}_count"])
+            self.amounts[name] += Decimal(row[f"{name}_amount"])
+        self.balanced = self.balanced and row["balanced"] == "true"
+
+
+def _rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, str]]:
+    return [{c: "" if v is None else str(v) for c, v in zip(columns, row, strict=False)} for row in rows]
+
+
+def _flow(figures: Figures, currency: str) -> dict[str, Any]:
+    """One currency's (or one store's) figures as the page shows them, bars included."""
+    largest = max([abs(figures.amount_in), *(abs(a) for a in figures.amounts.values())])
+    states = []
+    for name, label in FLOW_STATES:
+        amount = figures.amounts.get(name, Decimal(0))
+        count = figures.counts.get(name, 0)
+        share = float(abs(amount) / largest) if largest else 0.0
+        states.append({"name": name, "label": label, "count": count,
+                       "amount": format_amount(amount, currency), "share": share})
+    columns = [
+        {"label": label, "count": sum(figures.counts.get(s, 0) for s in states),
+         "amount": format_amount(sum((figures.amounts.get(s, Decimal(0)) for s in states), Decimal(0)),
+                                 currency)}
+        for label, states in STORE_COLUMNS
+    ]
+    return {
+        "currency": currency or "(none)",
+        "columns": columns,
+        "rows_in": figures.rows_in,
+        "transactions_in": figures.transactions_in,
+        "amount_in": format_amount(figures.amount_in, currency),
+        "states": states,
+        "balanced": figures.balanced,
+    }
+
+
+def page_data(report: Report) -> dict[str, Any]:
+    """Everything the page shows, read from the report's own rows and summary."""
+    summary = report.summary
+    summary_rows = _rows(SUMMARY_COLUMNS, report.summary_rows)
+    detail_rows = _rows(DETAIL_COLUMNS, report.detail_rows)
+    reject_rows = _rows(report.reject_header, report.reject_rows)
+
+    per_currency: dict[str, Figures] = defaultdict(Figures)
+    per_store: dict[tuple[str, str], Figures] = defaultdict(Figures)
+    per_file: dict[str, Figures] = defaultdict(Figures)
+    stores_of_file: dict[str, set[str]] = defaultdict(set)
+    for row in summary_rows:
+        currency = row.get("currency", "")
+        per_currency[currency].add(row)
+        per_store[(row["store_id"], currency)].add(row)
+        per_file[row["source_file"]].add(row)
+        stores_of_file[row["source_file"]].add(row["store_id"])
+
+    currency_of_file = {row["source_file"]: row.get("currency", "") for row in summary_rows}
+    codes: dict[str, dict[str, Any]] = {}
+    for row in reject_rows:
+        entry = codes.setdefault(row["reject_code"], {"code": row["reject_code"], "rows": 0,
+                                                      "examples": [], "amounts": defaultdict(Decimal)})
+        entry["rows"] += 1
+        if len(entry["examples"]) < _EXAMPLES_PER_CODE:
+            entry["examples"].append(f"{row['source_file']}:{row['source_line']} {row['reject_reason']}")
+    for row in detail_rows:
+        if row["state"] == "rejected" and row["reject_code"] in codes:
+            codes[row["reject_code"]]["amounts"][row["currency"]] += Decimal(row["amount"] or 0)
+    reject_codes = [
+        {**entry, "amounts": [format_amount(a, c) + (f" {c}" if c else "")
+                              for c, a in sorted(entry["amounts"].items())]}
+        for _, entry in sorted(codes.items())
+    ]
+
+    files = [
+        {"name": name, "status": "read", "stores": ", ".join(sorted(s for s in stores_of_file[name] if s)),
+         "rows_in": figures.rows_in, "transactions_in": figures.transactions_in,
+         "amount_in": format_amount(figures.amount_in, currency_of_file.get(name, "")),
+         "balanced": figures.balanced}
+        for name, figures in sorted(per_file.items())
+    ]
+    for item in summary.get("unreadable_files") or []:
+        name = item.get("file") or item.get("name") if isinstance(item, Mapping) else str(item)
+        reason = item.get("reason", "") if isinstance(item, Mapping) else ""
+        files.append({"name": name, "status": f"unreadable: {reason}".rstrip(": "), "stores": "",
+                      "rows_in": None, "transactions_in": None, "amount_in": "", "balanced": None})
+    for item in summary.get("skipped_files") or []:
+        name = item.get("file") or item.get("name") if isinstance(item, Mapping) else str(item)
+        reason = item.get("reason", "") if isinstance(item, Mapping) else ""
+        files.append({"name": name, "status": f"skipped: {reason}".rstrip(": "), "stores": "",
+                      "rows_in": None, "transactions_in": None, "amount_in": "", "balanced": None})
+    for item in summary.get("fetch_failures") or []:
+        name = item.get("file") or item.get("name") if isinstance(item, Mapping) else str(item)
+        reason = item.get("reason") or item.get("error", "") if isinstance(item, Mapping) else ""
+        files.append({"name": name, "status": f"not fetched: {reason}".rstrip(": "), "stores": "",
+                      "rows_in": None, "transactions_in": None, "amount_in": "", "balanced": None})
+
+    expected = [
+        {"store_id": m.get("store_id") or "", "business_date": m.get("business_date") or "",
+         "what": m.get("file") or m.get("pattern") or "", "status": m.get("status") or "",
+         "due_at": m.get("due_at") or ""}
+        for m in summary.get("missing_files") or [] if m.get("status") in ("missing", "late")
+    ]
+
+    totals = Figures()
+    for figures in per_currency.values():
+        for name, _ in STATE_COLUMNS:
+            totals.counts[name] += figures.counts[name]
+    actions = [f"{totals.counts[name]} {label}: {_NEEDS_ACTION[name]}"
+               for name, label in FLOW_STATES if name in _NEEDS_ACTION and totals.counts[name]]
+    actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
+        if any(m["status"] == "missing" for m in expected) else []
+    actions += [f"{len(summary.get('unreadable_files') or [])} unreadable file(s): fix and deliver again"] \
+        if summary.get("unreadable_files") else []
+
+    dates = summary.get("business_dates") or (
+        [summary["business_date"]] if summary.get("business_date") else
+        sorted({row["business_date"] for row in summary_rows if row["business_date"]}))
+    return {
+        "feed": summary.get("feed", ""),
+        "report_id": summary.get("run_id", ""),
+        "kind": summary.get("kind", "run"),
+        "business_dates": dates,
+        "started_at": summary.get("started_at") or "",
+        "finished_at": summary.get("finished_at") or "",
+        "dry_run": bool(summary.get("dry_run")),
+        "balanced": bool(summary.get("balanced")),
+        "actions": actions,
+        "currencies": [_flow(per_currency[c], c) for c in sorted(per_currency)],
+        "stores": [{"store_id": store or "(none)", **_flow(figures, currency)}
+                   for (store, currency), figures in sorted(per_store.items())],
+        "reject_codes": reject_codes,
+        "files": files,
+        "expected": expected,
+        "flow_states": FLOW_STATES,
+        "store_columns": [label for label, _ in STORE_COLUMNS],
+    }
+
+
+_environment = Environment(
+    loader=PackageLoader("pipeline", "templates"),
+    autoescape=select_autoescape(default=True, default_for_string=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def render_page(report: Report) -> str:
+    """The whole ``report.html`` of ``report``."""
+    return _environment.get_template("report.html.j2").render(page=page_data(report))
