@@ -58,9 +58,12 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
     for row in table:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
         click.echo("  ".join(cells).rstrip())
+    todo: dict[str, list[str]] = {}
     for r in rows:
         if r["status"] == "open":
-            click.echo(f"#{r['problem_id']}: what to do: {r['action']}")
+            todo.setdefault(r["action"], []).append(f"#{r['problem_id']}")
+    for action, ids in todo.items():
+        click.echo(f"{', '.join(ids)}: what to do: {action}")
     return EXIT_OK
 
 

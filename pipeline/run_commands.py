@@ -139,10 +139,12 @@ def format_summary(summary: RunSummary) -> str:
 def _open_problems_line(problems: list[dict[str, Any]]) -> str:
     if not problems:
         return "none open"
-    return f"{len(problems)} open: " + "; ".join(
+    shown = "; ".join(
         f"#{p['problem_id']} {p['kind']} {p.get('subject') or p.get('store_id') or ''}".rstrip()
-        for p in problems
+        for p in problems[:5]
     )
+    return f"{len(problems)} open: {shown}" + (f"; {len(problems) - 5} more: posfeed problems"
+                                               if len(problems) > 5 else "")
 
 
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:

@@ -550,7 +550,13 @@ def _backlog_words(backlog: dict[str, Any] | None) -> str:
 def _problem_words(problems: list[dict[str, Any]]) -> str:
     if not problems:
         return "no open problems"
-    return f"{len(problems)} open problem(s): " + ", ".join(_one_problem(p) for p in problems)
+    shown = ", ".join(_one_problem(p) for p in problems[:_PROBLEMS_LISTED])
+    more = len(problems) - _PROBLEMS_LISTED
+    tail = f" and {more} more (posfeed problems)" if more > 0 else ""
+    return f"{len(problems)} open problem(s): {shown}{tail}"
+
+
+_PROBLEMS_LISTED = 5  # on the one console/log line; `posfeed problems` lists them all
 
 
 def _one_problem(problem: dict[str, Any] | Problem) -> str:
