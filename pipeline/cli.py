@@ -351,7 +351,8 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
 @click.option("--unknown-customer-prefix", default="unknown-", show_default=True,
               help="Customer ids starting with this are unknown (404 160212); '' to know everyone.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Keep accepted transactions in this JSON file across restarts.")
+              help="Keep accepted transactions in this file (SQLite, written at each change) "
+                   "across restarts.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=4 * 1024 * 1024, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--crmcom-username", default="posfeed", show_default=True,
@@ -378,6 +379,7 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
     from pipeline.sandbox import crmcom
     from pipeline.sandbox.server import serve
     from pipeline.sandbox.state import SandboxConfig, SandboxState
+    from pipeline.sandbox.store import StateFileError
 
     config = SandboxConfig(
         region=region, api_key=api_key, api_secret=api_secret, clock_skew_seconds=clock_skew,
@@ -387,17 +389,28 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
         max_body_bytes=max_body_bytes,
     )
     shown_secret = api_secret if api_secret == "sandbox-secret" else "(as given)"
-    click.echo(f"posfeed sandbox on http://{host}:{port}  region={region}  api key={api_key}  "
-               f"api secret={shown_secret}", err=True)
-    click.echo(f"CRM.COM at http://{host}:{port}{crmcom.PREFIX}  username={crmcom_username}  "
-               f"organisation={crmcom_organisation}  token ttl={token_ttl:g}s", err=True)
-    click.echo(f"inspect: http://{host}:{port}/_sandbox/stats  /_sandbox/transactions", err=True)
-    state = SandboxState(config)
+
+    def announce(url: str) -> None:  # once bound: the real port, also with --port 0
+        click.echo(f"posfeed sandbox on {url}  region={region}  api key={api_key}  "
+                   f"api secret={shown_secret}", err=True)
+        click.echo(f"CRM.COM at {url}{crmcom.PREFIX}  username={crmcom_username}  "
+                   f"organisation={crmcom_organisation}  token ttl={token_ttl:g}s", err=True)
+        click.echo(f"inspect: {url}/_sandbox/stats  /_sandbox/transactions", err=True)
+
+    try:
+        state = SandboxState(config)
+    except StateFileError as exc:
+        raise click.ClickException(str(exc)) from exc
     crmcom.configure(state, crmcom.CrmcomConfig(
         username=crmcom_username, password=crmcom_password, organisation=crmcom_organisation,
         web_api_key=crmcom_web_api_key, token_ttl_seconds=token_ttl,
     ))
-    serve(state, host=host, port=port)
+    try:
+        serve(state, host=host, port=port, announce=announce)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    finally:
+        state.close()
 
 
 @cli.command()

@@ -31,7 +31,7 @@ def test_demo_runs_the_sample_day_from_any_folder(tmp_path: Path) -> None:
         folder = Path(run["reports_path"])
         assert folder.is_relative_to(tmp_path / "demo" / "reports")
         names = {p.name for p in folder.iterdir()}
-        assert names == {"summary.csv", "detail.csv", "rejects.csv", "summary.json"}
+        assert names == {"summary.csv", "detail.csv", "rejects.csv", "summary.json", "report.html"}
     assert not (tmp_path / ".posfeed").exists() and not (tmp_path / "reports").exists()
     text = subprocess.run(
         [sys.executable, "-m", "pipeline", "--state-dir", result["state_dir"], "runs"],

@@ -81,7 +81,7 @@ def test_reports_balance(day: Day, which: str) -> None:
     folder = summary.reports_path
     assert folder is not None
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["detail.csv", "rejects.csv", "summary.csv", "summary.json"]
+    assert names == ["detail.csv", "rejects.csv", "report.html", "summary.csv", "summary.json"]
     assert json.loads((folder / "summary.json").read_text(encoding="utf-8"))["run_id"] == summary.run_id
     rows = _csv(folder / "summary.csv")
     assert rows and all(r["balanced"] == "true" for r in rows)

@@ -26,7 +26,6 @@ Per event (documented facts first, the sandbox's own choices marked *):
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -35,10 +34,11 @@ from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from pipeline.sandbox.limits import MAX_DEPTH, BodyRefused, check_text, in_range, parse_json, read_body
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 from pipeline.sinks.escher import EscherError, antavo_config, verify
 
@@ -92,6 +92,8 @@ def parse_form(text: str) -> dict[str, Any]:
     for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False):
         head = name.split("[", 1)[0]
         path = [head, *_BRACKETS.findall(name[len(head):])]
+        if len(path) > MAX_DEPTH:
+            raise BodyRefused(400, f"Field {name[:40]!r}… nests deeper than {MAX_DEPTH} levels")
         node = root
         for index, key in enumerate(path):
             last = index == len(path) - 1
@@ -103,6 +105,7 @@ def parse_form(text: str) -> dict[str, Any]:
                 node = node.setdefault(key, {})
                 if not isinstance(node, dict):
                     raise ValueError(f"field {name!r} conflicts with another field")
+    check_text(root)
     return _listify(root)
 
 
@@ -116,13 +119,32 @@ def _listify(value: Any) -> Any:
 
 
 def _number(value: Any, name: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
+        raise _bad(f"Property {name} must be a number")
     try:
         number = Decimal(str(value))
     except (InvalidOperation, ValueError) as exc:
         raise _bad(f"Property {name} must be a number") from exc
     if not number.is_finite():
         raise _bad(f"Property {name} must be a number")
+    if not in_range(number):
+        raise _bad(f"Property {name} is out of range")
     return number
+
+
+def _identifier(value: Any, name: str) -> str:
+    """An id sent as a string or an integer."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _bad(f"Property {name} must be a string")
+    return str(value)
+
+
+def _timestamp(value: Any) -> datetime:
+    seconds = _number(value, "effective_timestamp")
+    try:
+        return datetime.fromtimestamp(int(seconds), UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise _bad("Property effective_timestamp is out of range") from exc
 
 
 def _truthy(value: Any) -> bool:
@@ -165,7 +187,7 @@ class AntavoPlatform:
         action = event.get("action")
         if not action:
             raise _bad("Property action cannot be empty")
-        if action not in KNOWN_ACTIONS:
+        if not isinstance(action, str) or action not in KNOWN_ACTIONS:
             raise _bad(f"Invalid action: {action}", 203401)
         guest = _truthy(event.get("guest"))
         customer = event.get("customer")
@@ -176,6 +198,8 @@ class AntavoPlatform:
             raise _bad("A guest event cannot have a customer", GUEST_REFUSED)
         if not guest and not customer:
             raise _bad("Property customer cannot be empty")
+        if customer:
+            customer = _identifier(customer, "customer")
         prefix = self.state.config.unknown_customer_prefix
         if customer and prefix and str(customer).startswith(prefix) and action != "opt_in":
             raise EventError(404, "NotFoundException", 160212, "Customer not found")
@@ -203,7 +227,7 @@ class AntavoPlatform:
         tid = data.get("transaction_id")
         if tid is None or str(tid) == "":
             raise _bad("Property transaction_id cannot be empty")
-        tid = str(tid)
+        tid = _identifier(tid, "transaction_id")
         if data.get("total") is None:
             raise _bad("Property total cannot be empty")
         total = _number(data["total"], "total")
@@ -212,8 +236,7 @@ class AntavoPlatform:
             raise _bad("Property items must be a list")
         now = self.state.clock()
         effective = data.get("effective_timestamp")
-        timestamp = (datetime.fromtimestamp(int(_number(effective, "effective_timestamp")), UTC)
-                     if effective is not None else now)
+        timestamp = _timestamp(effective) if effective is not None else now
         points = _points(total)
         events = [{"id": self._event_id(), "action": "checkout", "points": points}]
         record = {
@@ -246,8 +269,9 @@ class AntavoPlatform:
         tid = data.get("transaction_id")
         if tid is None or str(tid) == "":
             raise _bad("Property transaction_id cannot be empty")
+        tid = _identifier(tid, "transaction_id")
         with self.state.lock:
-            record = self.state.get_transaction(PLATFORM, str(tid))
+            record = self.state.get_transaction(PLATFORM, tid)
             if record is None or record["status"] != "accepted":
                 raise _bad("Only accepted transactions can be refunded", 112201)
             if record["customer"] != customer:
@@ -282,20 +306,6 @@ class AntavoPlatform:
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _transaction_ids(document: Any) -> list[str]:
@@ -347,13 +357,10 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
                 else None
             return _error_response(429, "TooManyRequestsException", 429, "Too many requests", headers)
         try:
-            body = await _read_body(request, state.config.max_body_bytes)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        if body is None:
+            body = await read_body(request, state.config.max_body_bytes)
+        except BodyRefused as limit:
             state.count("bad_requests")
-            return _error_response(413, "BadRequestException", 0,
-                                   f"Request body is larger than {state.config.max_body_bytes} bytes")
+            return _error_response(limit.status, "BadRequestException", 0, limit.message)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("application/json", "application/x-www-form-urlencoded"):
             state.count("bad_requests")
@@ -364,9 +371,10 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
         if refused is not None:
             return refused
         try:
-            text = body.decode("utf-8")
-            document = (json.loads(text, parse_float=Decimal) if media == "application/json"
-                        else parse_form(text))
+            document = parse_json(body) if media == "application/json" else parse_form(body.decode())
+        except BodyRefused as limit:
+            state.count("bad_requests")
+            return _error_response(limit.status, "BadRequestException", 0, limit.message)
         except (ValueError, UnicodeDecodeError) as exc:
             state.count("bad_requests")
             return _error_response(400, "BadRequestException", 0, f"Malformed request body: {exc}")

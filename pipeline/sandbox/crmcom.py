@@ -30,10 +30,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from pipeline.sandbox.limits import BodyRefused, in_range, parse_json, read_body
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 
 __all__ = [
@@ -102,16 +103,35 @@ def _answer(document: Any, status: int = 200, headers: Mapping[str, str] | None 
 
 
 def _money(value: Any, name: str) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
+        raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number")
     try:
-        return Decimal(str(value)) if value is not None else Decimal(0)
+        number = Decimal(str(value))
     except ArithmeticError as exc:
         raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number") from exc
+    if not in_range(number):
+        raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number in range")
+    return number
+
+
+def _reference(value: Any, name: str) -> str | None:
+    """A reference sent as a string or an integer (None when absent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise CrmcomError("INVALID_PARAMETERS", f"{name} must be a string")
+    return str(value)
 
 
 def _identifier_value(identifier: Any, name: str) -> str:
     if not isinstance(identifier, Mapping) or len(identifier) != 1:
         raise CrmcomError("INVALID_PARAMETERS", f"{name} must be an object naming one key")
-    return str(next(iter(identifier.values())))
+    value = next(iter(identifier.values()))
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise CrmcomError("INVALID_PARAMETERS", f"{name} must name a string")
+    return str(value)
 
 
 @dataclass
@@ -172,9 +192,15 @@ class CrmcomPlatform:
     # ---- purchases
 
     def _purchase_fields(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        reference = body.get("reference_number")
+        reference = _reference(body.get("reference_number"), "reference_number")
         if not reference or not body.get("performed_on"):
             raise CrmcomError("INVALID_PARAMETERS", "reference_number and performed_on are mandatory")
+        if not isinstance(body["performed_on"], str):
+            raise CrmcomError("INVALID_PARAMETERS", "performed_on must be a date and time")
+        other = _reference(body.get("external_system_reference_number"), "external_system_reference_number")
+        products_set = body.get("products_set") or []
+        if not isinstance(products_set, list) or not all(isinstance(p, Mapping) for p in products_set):
+            raise CrmcomError("INVALID_PARAMETERS", "products_set must be a list of products")
         customer_identifier = body.get("accounts_receivable_identifier") or body.get(
             "access_token_identifier"
         )
@@ -188,7 +214,7 @@ class CrmcomPlatform:
         if len(units) != 1:
             raise CrmcomError("INVALID_PARAMETERS", "exactly one performed_by identifier is required")
         products = []
-        for product in body.get("products_set") or ():
+        for product in products_set:
             net = _money(product.get("net_amount"), "net_amount")
             vat = _money(product.get("vat_amount"), "vat_amount")
             total = _money(product.get("total_amount"), "total_amount")
@@ -204,8 +230,8 @@ class CrmcomPlatform:
                 }
             )
         return {
-            "reference_number": str(reference),
-            "external_system_reference_number": body.get("external_system_reference_number"),
+            "reference_number": reference,
+            "external_system_reference_number": other,
             "customer": customer,
             "business_unit": _identifier_value(body[units[0]], units[0]),
             "business_unit_field": units[0],
@@ -360,16 +386,17 @@ def _endpoint(
             )
             return _answer(envelope(code="RATE_LIMITED", message="too many requests"), 429, headers)
         try:
-            raw = await request.body()
-        except ClientDisconnect:
-            return Response(status_code=400)
-        try:
-            body = json.loads(raw, parse_float=Decimal) if raw else {}
+            raw = await read_body(request, state.config.max_body_bytes)
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if raw and media != "application/json":
+                raise BodyRefused(415, "the body must be application/json")
+            body = parse_json(raw) if raw else {}
             if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-        except (ValueError, UnicodeDecodeError) as exc:
+                raise BodyRefused(400, "the body must be a JSON object")
+        except BodyRefused as refused:
             state.count("bad_requests")
-            return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {exc}"))
+            return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {refused.message}"),
+                           refused.status)
         # faults hit the calls that carry transactions; token calls see latency and the limit only
         fault = state.draw_fault() if token else None
         if fault in (Fault.ERROR_500, Fault.ERROR_503):

@@ -5,18 +5,20 @@
   ``GET /_sandbox/config`` (no secrets) and ``POST /_sandbox/reset``.
 * :class:`SandboxServer` runs it with uvicorn in a background thread on a free loopback port
   (tests, demo, benchmarks); :func:`serve` runs it in the foreground (``posfeed sandbox``).
+
+Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 413 before
+reading anything (in the platform's error shape); the platforms also count what they stream. A
+state file that cannot be written answers 503: the change was not kept, so it was not accepted.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
 import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -25,9 +27,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.sandbox import antavo
 from pipeline.sandbox.state import SandboxConfig, SandboxState
+from pipeline.sandbox.store import StateFileError
 
 __all__ = ["SandboxServer", "build_app", "serve"]
 
@@ -55,6 +59,41 @@ def _platform_routes(state: SandboxState) -> list[BaseRoute]:
     return routes
 
 
+_CRMCOM_PREFIX = "/crmapi/"
+
+
+def _refusal(path: str, status: int, code: int | str, message: str) -> JSONResponse:
+    """An error in the shape of the platform the path belongs to (Antavo's for the rest)."""
+    if path.startswith(_CRMCOM_PREFIX):
+        name = code if isinstance(code, str) else "INVALID_PARAMETERS"
+        document: dict[str, Any] = {"status": {"code": name, "message": message, "description": ""},
+                                    "data": None}
+    else:
+        kind = "ServerException" if status >= 500 else "BadRequestException"
+        document = {"error": {"type": kind, "code": code if isinstance(code, int) else status,
+                              "message": message}}
+    return JSONResponse(document, status_code=status)
+
+
+class _DeclaredBodyLimit:
+    """Refuses, on every path, a body whose declared length passes the limit, before reading it."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = self.state.config.max_body_bytes
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
+                    self.state.count("bad_requests")
+                    response = _refusal(scope["path"], 413, 0, f"Request body is larger than {limit} bytes")
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def build_app(state: SandboxState) -> Starlette:
     """The ASGI app of the sandbox over ``state``."""
 
@@ -76,15 +115,9 @@ def build_app(state: SandboxState) -> Starlette:
                 platform.reset()
         return JSONResponse({"reset": True})
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        flusher = asyncio.create_task(_flush_forever(state)) if state.config.state_file else None
-        try:
-            yield
-        finally:
-            if flusher is not None:
-                flusher.cancel()
-            state.save_if_dirty()
+    async def not_kept(request: Request, exc: Exception) -> Response:
+        logger.error("%s", exc)
+        return _refusal(request.url.path, 503, 503, "The sandbox could not keep the change")
 
     routes: list[BaseRoute] = [
         *_platform_routes(state),
@@ -93,16 +126,9 @@ def build_app(state: SandboxState) -> Starlette:
         Route("/_sandbox/config", config, methods=["GET"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
-
-
-async def _flush_forever(state: SandboxState, every: float = 0.5) -> None:
-    while True:
-        await asyncio.sleep(every)
-        try:
-            state.save_if_dirty()
-        except OSError as exc:
-            logger.error("cannot save sandbox state: %s", exc)
+    app = Starlette(routes=routes, exception_handlers={StateFileError: not_kept})
+    app.add_middleware(_DeclaredBodyLimit, state=state)
+    return app
 
 
 def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
@@ -110,10 +136,39 @@ def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str) -> uvi
                           log_config=None, lifespan="on", timeout_graceful_shutdown=2)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (port 0: a free port, read it back)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+    # the socket says it is TCP, and without it Nagle's algorithm and delayed ACKs hold each
+    # answer back ~40 ms
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket (the real port when 0 was asked for)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
 def serve(state: SandboxState, *, host: str = "127.0.0.1", port: int = 8765,
-          log_level: str = "warning") -> None:
-    """Serve in the foreground until interrupted."""
-    uvicorn.Server(_uvicorn_config(build_app(state), host, port, log_level)).run()
+          log_level: str = "warning", announce: Callable[[str], None] | None = None) -> None:
+    """Serve in the foreground until interrupted; ``announce`` gets the base URL once bound."""
+    sock = bind(host, port)
+    try:
+        if announce is not None:
+            announce(base_url(sock))
+        uvicorn.Server(_uvicorn_config(build_app(state), host, sock.getsockname()[1], log_level)
+                       ).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class SandboxServer:
@@ -129,12 +184,8 @@ class SandboxServer:
             for key, value in config.items():
                 setattr(self.state.config, key, value)
         self.host = host
-        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when
-        # the socket says it is TCP, and without it Nagle's algorithm and delayed ACKs hold each
-        # answer back ~40 ms
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        self._owns_state = state is None
+        self._socket = bind(host, port)
         self.port: int = self._socket.getsockname()[1]
         self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning"))
         self._thread: threading.Thread | None = None
@@ -167,6 +218,8 @@ class SandboxServer:
         if self._thread is not None:
             self._thread.join(timeout=15)
         self._socket.close()
+        if self._owns_state:
+            self.state.close()
 
     def __enter__(self) -> SandboxServer:
         return self.start()

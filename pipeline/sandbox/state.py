@@ -14,15 +14,16 @@ processed), ``slow`` (processed after ``slow_ms``), ``lost_response`` (processed
 connection is closed: the client is left in doubt; transaction ids are remembered in
 ``lost_transaction_ids`` so tests can tell a legitimate duplicate attempt from a wrong one).
 
-Accepted transactions are kept per platform and can persist to a JSON file across restarts.
+Accepted transactions are kept per platform (``put_transaction`` / ``get_transaction``); a platform
+keeps any other record it needs with ``put_record(kind, key, record)`` / ``get_record`` /
+``records(kind)``. With a ``state_file`` every change is written through to it (an SQLite file,
+see :mod:`pipeline.sandbox.store`) before the platform answers, so a restart keeps every record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import random
 import threading
 import time
@@ -37,6 +38,8 @@ from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from pipeline.sandbox.store import RecordStore
 
 __all__ = [
     "STAT_KEYS",
@@ -117,15 +120,23 @@ class SandboxState:
         self.lock = threading.RLock()
         self.platforms: dict[str, Any] = {}  # per-platform objects a platform module keeps here
         self._listings: dict[str, Callable[[], list[dict[str, Any]]]] = {}
-        self._dirty = False
-        self.reset()
+        self._store: RecordStore | None = None
+        self._forget()
         if self.config.state_file is not None:
-            self.load(self.config.state_file)
+            self._store = RecordStore(self.config.state_file)
+            self._load_store(self._store)
 
     # ---- bookkeeping ----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget counters, windows, faults' dice and transactions (not the config)."""
+        """Forget counters, windows, faults' dice, transactions and records (not the config),
+        in the state file too."""
+        with self.lock:
+            self._forget()
+            if self._store is not None:
+                self._store.clear()
+
+    def _forget(self) -> None:
         with self.lock:
             self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
             self.faults_by_kind: dict[str, int] = {}
@@ -135,7 +146,7 @@ class SandboxState:
             self.lost_transaction_ids: set[str] = set()
             self.lost_answers: Counter[str] = Counter()  # lost answers per transaction id
             self.duplicate_transaction_ids: list[str] = []
-            self._dirty = True
+            self.kept: dict[str, dict[str, Any]] = {}  # other records, by kind then key
 
     def count(self, key: str, amount: int = 1) -> None:
         """Add to one counter."""
@@ -203,10 +214,42 @@ class SandboxState:
             return self.transactions.get(platform, {}).get(transaction_id)
 
     def put_transaction(self, platform: str, transaction_id: str, record: dict[str, Any]) -> None:
-        """Store (or replace) a transaction record."""
+        """Store (or replace) a transaction record; in the state file first, when there is one.
+
+        With a state file, a record it cannot hold (a non-finite number, a NUL character) raises
+        ValueError and a failed write StateFileError; either way nothing changes.
+        """
         with self.lock:
+            if self._store is not None:
+                self._store.put(_transaction_kind(platform), transaction_id, record)
             self.transactions.setdefault(platform, {})[transaction_id] = record
-            self._dirty = True
+
+    def put_record(self, kind: str, key: str, record: Any) -> None:
+        """Store (or replace) a record of any other kind (``"<platform>.<what>"``), like
+        :meth:`put_transaction`."""
+        if kind.endswith(_TRANSACTION_SUFFIX):
+            raise ValueError(f"kind {kind!r} is reserved for put_transaction")
+        with self.lock:
+            if self._store is not None:
+                self._store.put(kind, key, record)
+            self.kept.setdefault(kind, {})[key] = record
+
+    def get_record(self, kind: str, key: str) -> Any | None:
+        """A record stored with :meth:`put_record`, or None."""
+        with self.lock:
+            return self.kept.get(kind, {}).get(key)
+
+    def records(self, kind: str) -> dict[str, Any]:
+        """Every record of one kind, by key, in the order first stored (a copy)."""
+        with self.lock:
+            return dict(self.kept.get(kind, {}))
+
+    def delete_record(self, kind: str, key: str) -> None:
+        """Forget one record of :meth:`put_record`."""
+        with self.lock:
+            if self._store is not None:
+                self._store.delete(kind, key)
+            self.kept.get(kind, {}).pop(key, None)
 
     def note_duplicate(self, transaction_id: str) -> None:
         """A transaction id was submitted again."""
@@ -240,49 +283,63 @@ class SandboxState:
     # ---- persistence ------------------------------------------------------------------------------
 
     def save(self, path: Path | None = None) -> None:
-        """Write the stored transactions to the state file (atomically)."""
-        target = path or self.config.state_file
-        if target is None:
+        """Write every record to another state file ``path`` (replacing its records); without
+        ``path`` nothing is left to do: every change is written to the state file when it happens."""
+        if path is None or path == self.config.state_file:
             return
-        with self.lock:
-            document = {"transactions": jsonable(self.transactions)}
-            self._dirty = False
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, target)
+        copy = RecordStore(path)
+        try:
+            with self.lock:
+                copy.clear()
+                for platform, txs in self.transactions.items():
+                    for key, record in txs.items():
+                        copy.put(_transaction_kind(platform), key, record)
+                for kind, records in self.kept.items():
+                    for key, record in records.items():
+                        copy.put(kind, key, record)
+        finally:
+            copy.close()
 
     def save_if_dirty(self) -> None:
-        """Save when something changed since the last save."""
-        if self._dirty and self.config.state_file is not None:
-            self.save()
+        """Nothing to do: every change is written when it happens (kept for callers of old)."""
 
     def load(self, path: Path) -> None:
-        """Read transactions saved by :meth:`save` (a missing file is an empty sandbox)."""
-        if not path.exists():
-            return
-        document = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-        with self.lock:
-            for platform, txs in (document.get("transactions") or {}).items():
-                for tid, record in txs.items():
-                    self.transactions.setdefault(platform, {})[tid] = _revive(record)
-        logger.info("loaded %d transactions from %s",
-                    sum(len(t) for t in self.transactions.values()), path)
-
-
-_MONEY_KEYS = frozenset({"total", "refunded", "subtotal", "price", "discount", "amount", "quantity"})
-
-
-def _revive(value: Any, key: str | None = None) -> Any:
-    if isinstance(value, dict):
-        return {k: _revive(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_revive(v, key) for v in value]
-    if key in _MONEY_KEYS and isinstance(value, str):
+        """Add the records of another state file (SQLite, or the JSON of earlier versions, which
+        is converted in place) to this state, and to its own state file when it has one."""
+        other = RecordStore(path)
         try:
-            return Decimal(value)
-        except ArithmeticError:
-            return value
-    return value
+            with self.lock:
+                for kind, key, record in other.rows():
+                    if kind.endswith(_TRANSACTION_SUFFIX):
+                        self.put_transaction(kind[: -len(_TRANSACTION_SUFFIX)], key, record)
+                    else:
+                        self.put_record(kind, key, record)
+        finally:
+            other.close()
+
+    def close(self) -> None:
+        """Close the state file (changes are already written); the state keeps working in memory."""
+        with self.lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def _load_store(self, store: RecordStore) -> None:
+        with self.lock:
+            for kind, key, record in store.rows():
+                if kind.endswith(_TRANSACTION_SUFFIX):
+                    self.transactions.setdefault(kind[: -len(_TRANSACTION_SUFFIX)], {})[key] = record
+                else:
+                    self.kept.setdefault(kind, {})[key] = record
+        logger.info("loaded %d transactions from %s",
+                    sum(len(t) for t in self.transactions.values()), store.path)
+
+
+_TRANSACTION_SUFFIX = ".transaction"
+
+
+def _transaction_kind(platform: str) -> str:
+    return platform + _TRANSACTION_SUFFIX
 
 
 def jsonable(value: Any) -> Any:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from pipeline.sandbox.server import SandboxServer
+from pipeline.sandbox.store import RecordStore
 from pipeline.sinks.escher import EscherSigner, antavo_config
 
 # one client for the module: building one per request (SSL context) costs more than the request
@@ -285,7 +286,7 @@ def test_state_file_keeps_accepted_transactions_across_restarts(tmp_path: Path) 
     state_file = tmp_path / "sandbox.json"
     with SandboxServer(state_file=state_file) as first:
         assert post(first, "/events", CHECKOUT).status_code == 200
-    assert "T-1" in state_file.read_text()
+    assert [key for _, key, _ in RecordStore(state_file).rows()] == ["T-1"]
     with SandboxServer(state_file=state_file) as second:
         again = post(second, "/events", CHECKOUT)
         assert again.status_code == 400

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.sandbox.store import RecordStore
 from pipeline.sinks.escher import EscherSigner, antavo_config
 
 
@@ -47,4 +48,14 @@ def test_posfeed_sandbox_serves_with_its_options(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=20)
     assert "api key=cli-key" in err
     assert "cli-secret" not in err  # a secret that was given is never shown
-    assert "CLI-1" in state.read_text()
+    assert [key for _, key, _ in RecordStore(state).rows()] == ["CLI-1"]
+
+
+def test_posfeed_sandbox_refuses_a_file_that_is_no_state_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a sandbox state")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "sandbox", "--port", "0", "--state", str(notes)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert str(notes) in done.stderr and "Traceback" not in done.stderr
+    assert notes.read_text() == "not a sandbox state"
