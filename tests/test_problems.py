@@ -222,7 +222,7 @@ def test_a_feed_run_again_and_again_alerts_once_per_problem(tmp_path: Path, sand
         for key in ("version", "event", "problem_id", "kind", "level", "feed", "scope", "store_id",
                     "business_date", "opened_at", "escalated_at", "resolved_at", "counts", "action", "text"):
             assert key in alert
-        assert alert["text"].startswith("[OPEN] posfeed problem #")
+        assert alert["text"].startswith("[OPEN] ") and " problem #" in alert["text"]
         assert "hooktoken123" not in json.dumps(hook.received)
         # every run's JSON and the day report carry the problems
         day = s.posfeed("report", "--feed", "watch", "--business-date", DAY, "--json")
