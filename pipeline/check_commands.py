@@ -46,6 +46,7 @@ _KIND_BY_SUFFIX = {
     ".json": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xml": "poslog",
 }
 
 
@@ -70,6 +71,9 @@ def check_files(
     if missing:
         raise ConfigError(f"no such file: {missing[0]}")
     feed = _feed_for(paths, feed_name, feeds_dir)
+    if feed.records != "transactions":
+        raise ConfigError(f'posfeed check reads checkout files; feed {feed.name} holds {feed.records} '
+                          "(its rows are checked by posfeed run --dry-run)")
     return transform_files(list(paths), feed, now=now or datetime.now(UTC))
 
 
@@ -144,6 +148,9 @@ def format_check_summary(result: TransformResult, *, max_rejects: int = 10) -> s
         f"{s['voids']} voids (never sent), {s['guests']} guest checkouts",
         f"amounts: in {s['amount_in']} = valid {s['amount_valid']} + rejected {s['amount_rejected']}",
     ]
+    for key, title in (("skipped_by_kind", "skipped (never sent)"), ("line_items_by_kind", "line items")):
+        if s.get(key):
+            lines.append(f"{title}: " + ", ".join(f"{kind} {count}" for kind, count in s[key].items()))
     if s["rejects_by_code"]:
         lines.append("rejects by code:")
         lines += [f"  {code:<40} {count}" for code, count in s["rejects_by_code"].items()]

@@ -86,6 +86,24 @@ def bench_transform(input_path: Path | None, rows: int | None, synthetic: bool, 
                     as_json=as_json)
 
 
+@bench.command("poslog")
+@click.option("--size-mb", type=click.FloatRange(min=0.01), default=100.0, show_default=True,
+              help="Size of the generated POSLog file.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rounds of every variant, a fresh process each; the best run counts.")
+@click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results into this file's POSLog section (docs/BENCHMARKS.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench_poslog(size_mb: float, repeat: int, update_docs: Path | None, as_json: bool) -> None:
+    """POSLog XML vs the same line items as CSV: line items per second and peak memory."""
+    from pipeline.benchmarks import poslog as bench_module
+
+    report = bench_module.run_poslog_benchmark(size_mb=size_mb, repeat=repeat)
+    section = bench_module.markdown_section(report, command=_reproduce_command())
+    _emit_benchmark(section, report, docs=update_docs, update_docs=bench_module.update_docs,
+                    as_json=as_json)
+
+
 @bench.command("submit")
 @click.option("--events", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Events our sender delivers in (a).")

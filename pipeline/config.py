@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,12 +34,15 @@ from pipeline.logs import register_feed_secrets, register_secret
 __all__ = [
     "AlertsConfig",
     "AntavoTarget",
+    "ClaimsConfig",
     "CrmcomTarget",
+    "EnrollmentsConfig",
     "ExpectedFilesConfig",
     "Feed",
     "FeedLoadResult",
     "FormatConfig",
     "LoggingConfig",
+    "PoslogConfig",
     "Settings",
     "SourceConfig",
     "TargetConfig",
@@ -96,7 +100,7 @@ class SourceConfig(_Model):
 class FormatConfig(_Model):
     """How the feed's files are read and mapped to the canonical layout (`[format]`)."""
 
-    kind: Literal["csv", "jsonl", "parquet"] = "csv"
+    kind: Literal["csv", "jsonl", "parquet", "poslog"] = "csv"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     quote_char: str = Field(default='"', min_length=1, max_length=1)
     has_header: bool = True
@@ -110,6 +114,53 @@ class FormatConfig(_Model):
     defaults: dict[str, str] = Field(default_factory=dict)
     # build transaction_id from other canonical columns, e.g. "{store_id}-{register_id}-{receipt}"
     transaction_id_template: str | None = None
+    # customer ids written by a float-typed export ("17850.0") are read as "17850"
+    normalize_float_customer_ids: bool = False
+
+
+ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
+NCR_ACS_NAMESPACE = "http://www.ncr.com/rsd/acs/tlog/markup/poslog/2.1"
+
+
+# vendor namespaces each POSLog profile brings (prefix -> URI)
+POSLOG_PROFILE_NAMESPACES: dict[str, dict[str, str]] = {"arts": {}, "ncr_acs": {"acs": NCR_ACS_NAMESPACE}}
+
+
+class PoslogConfig(_Model):
+    """How ARTS POSLog XML is read (`[poslog]`, used when ``format.kind = "poslog"``).
+
+    Paths are relative to the ``RetailTransaction`` (loyalty ids) or to the ``Sale``/``Return``
+    element (item ids); ``prefix:Name`` names an element in the vendor namespace ``namespaces``
+    gives the prefix, a bare ``Name`` one in ``namespace`` (the ARTS one). ``None`` keys take the
+    profile's value (see pipeline.core.poslog.PROFILES).
+    """
+
+    profile: Literal["arts", "ncr_acs"] = "arts"
+    namespace: str = ARTS_NAMESPACE  # "" for files whose elements have no namespace
+    namespaces: dict[str, str] = Field(default_factory=dict)  # vendor prefix -> URI (adds to the profile's)
+    loyalty_id_paths: tuple[str, ...] | None = None
+    item_id_paths: tuple[str, ...] = ("ItemID", "POSIdentity/POSItemID")
+    timestamp_elements: tuple[str, ...] = ("EndDateTime", "BeginDateTime")
+    void_statuses: tuple[str, ...] = ("Voided", "PostVoided", "Canceled", "Cancelled", "Aborted")
+    suspended_statuses: tuple[str, ...] = ("Suspended", "SuspendedDeleted", "SuspendedRetrieved")
+    return_type_codes: tuple[str, ...] = ("Return", "Refund")
+    # Sale/@ItemType values of items that take money off (any prefix): part of the discount, not items
+    negative_item_types: tuple[str, ...] = ("NegativeItem", "DepositRefund")
+    # a RetailTransaction whose TransactionLink has one of these ReasonCodes voids the linked one
+    post_void_link_reasons: tuple[str, ...] = ("Voided", "PostVoid", "PostVoided")
+
+    @model_validator(mode="after")
+    def _prefixes_are_declared(self) -> PoslogConfig:
+        known = {**POSLOG_PROFILE_NAMESPACES[self.profile], **self.namespaces}
+        for path in (*(self.loyalty_id_paths or ()), *self.item_id_paths):
+            for step in path.strip("/").split("/"):
+                prefix = step.split(":", 1)[0] if ":" in step else None
+                if prefix is not None and prefix not in known:
+                    raise ValueError(
+                        f"path {path!r} uses the prefix {prefix!r}: declare it in poslog.namespaces "
+                        f"(known: {', '.join(sorted(known)) or 'none'})"
+                    )
+        return self
 
 
 class ValidationConfig(_Model):
@@ -120,6 +171,8 @@ class ValidationConfig(_Model):
     max_days_from_business_date: int = Field(default=2, ge=0)
     max_future_minutes: int = Field(default=10, ge=0)
     treat_negative_quantity_as_return: bool = True
+    # a timestamp or business date before this day is not plausible (R025_DATE_TOO_EARLY)
+    earliest_date: date = date(2000, 1, 1)
 
 
 def _platform_url(value: str) -> str:
@@ -262,6 +315,26 @@ class ExpectedFilesConfig(_Model):
         return self
 
 
+class EnrollmentsConfig(_Model):
+    """How enrollments are checked and sent (`[enrollments]`, for ``records = "enrollments"``)."""
+
+    # which contact a member must have, valid: "email", "phone", "either" or "both"
+    contact_required: Literal["email", "phone", "either", "both"] = "either"
+    # a member enrolled again with different details: "hold" (a conflict for review) or
+    # "profile" (sent as a profile update)
+    changes: Literal["hold", "profile"] = "hold"
+
+
+class ClaimsConfig(_Model):
+    """How guest claims are checked and sent (`[claims]`, for ``records = "claims"``)."""
+
+    # the ledger scope whose checkouts the claims name (default: the feed's own scope)
+    checkout_scope: str | None = None
+    # a claim of a checkout this ledger does not know: "not_sent" (unmatched_claim) or "send"
+    # (the checkout reached the platform another way)
+    unknown_checkouts: Literal["not_sent", "send"] = "not_sent"
+
+
 class LoggingConfig(_Model):
     """What logs may show (`[logging]`)."""
 
@@ -273,6 +346,8 @@ class Feed(_Model):
 
     name: str
     enabled: bool = True
+    # what the feed's files hold: checkout lines, member enrollments or guest claims
+    records: Literal["transactions", "enrollments", "claims"] = "transactions"
     # feeds that deliver the same transactions (an hourly and a daily export of one chain) share a
     # scope: the ledger dedups, locks and sends once per (scope, transaction_id)
     dedup_scope: str | None = None
@@ -281,11 +356,14 @@ class Feed(_Model):
     schedule: str | None = None
     source: SourceConfig = Field(default_factory=SourceConfig)
     format: FormatConfig = Field(default_factory=FormatConfig)
+    poslog: PoslogConfig = Field(default_factory=PoslogConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     target: TargetConfig = Field(default_factory=AntavoTarget)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     expected: ExpectedFilesConfig = Field(default_factory=ExpectedFilesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    enrollments: EnrollmentsConfig = Field(default_factory=EnrollmentsConfig)
+    claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
 
     @field_validator("timezone")
     @classmethod
@@ -321,6 +399,15 @@ class Feed(_Model):
             raise ValueError("expected.pattern needs a {store_id} placeholder when expected.stores is set")
         if expected.cadence == "hourly" and "{hour" not in pattern:
             raise ValueError("expected.pattern needs an {hour:02d} placeholder when cadence is hourly")
+        return self
+
+    @model_validator(mode="after")
+    def _records_target(self) -> Feed:
+        if self.records != "transactions" and self.target.kind != "antavo":
+            raise ValueError(
+                f'records = "{self.records}" needs an Antavo target: {self.target.kind} has no '
+                "documented call for it (see docs/PLATFORMS.md)"
+            )
         return self
 
     _config_dir: Path = PrivateAttr(default_factory=Path.cwd)

@@ -1,7 +1,9 @@
 """`posfeed demo`: the sample feeds against a local sandbox platform, with no set-up.
 
 Starts the sandbox on a free loopback port, points the sample feeds (``feeds/acme_hourly.toml``
-then ``feeds/acme_daily.toml``, which share the dedup scope "acme", against its Antavo; then
+then ``feeds/acme_daily.toml``, which share the dedup scope "acme", against its Antavo; the day's
+loyalty sign-ups (``feeds/acme_enrollments.toml``) and guest receipts claimed by members
+(``feeds/acme_claims.toml``) after them; then
 ``feeds/crmcom_demo.toml`` against its CRM.COM) at it with the sandbox's credentials, runs them
 for the sample business date with a fresh state folder, and returns each run's summary, where the
 reports are, and what the platform received.
@@ -28,7 +30,9 @@ from pipeline.runner import RunSummary, run_feed
 
 __all__ = ["DEMO_BUSINESS_DATE", "DEMO_FEEDS", "DemoResult", "repo_root", "run_demo", "with_target_url"]
 
-DEMO_FEEDS: tuple[str, ...] = ("acme_hourly", "acme_daily", "crmcom_demo")
+DEMO_FEEDS: tuple[str, ...] = (
+    "acme_hourly", "acme_daily", "acme_enrollments", "acme_claims", "crmcom_demo", "poslog_store"
+)
 DEMO_BUSINESS_DATE = date(2026, 11, 20)
 DEMO_REQUESTS_PER_MINUTE = 12000
 

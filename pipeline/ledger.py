@@ -1346,6 +1346,20 @@ class Ledger:
             )
         return len(masked)
 
+    def scrub_profiles(self, scope: str, *, run_id: str) -> int:
+        """Remove the member details (``$.profile`` of an enrollment's stored JSON: email, phone,
+        names, birth date) from every row of ``run_id`` in ``scope`` that is never sent again;
+        returns how many changed. Pending rows keep what a resend needs."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE transactions SET checkout = json_remove(checkout, '$.profile') WHERE id IN ("
+                "SELECT t.id FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+                f"WHERE rt.run_id = ? AND t.scope = ? AND t.state IN {_NEVER_SENT_AGAIN_SQL} "
+                "AND t.checkout IS NOT NULL AND json_extract(t.checkout, '$.profile') IS NOT NULL)",
+                (run_id, scope),
+            )
+            return cursor.rowcount
+
     def state_counts(self, scope: str) -> dict[str, int]:
         """How many rows of ``scope`` are in each state."""
         rows = self._query(

@@ -69,6 +69,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "transactions_accounted",
     "amount_accounted",
     "balanced",
+    "reason",
 )
 
 DETAIL_COLUMNS: tuple[str, ...] = (
@@ -115,6 +116,12 @@ def money(value: Decimal | None) -> str:
     exponent = value.normalize().as_tuple().exponent
     places = max(2, -exponent) if isinstance(exponent, int) else 2
     return f"{value:.{places}f}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A reason on one line, at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _lines(lines: Sequence[int]) -> str:
@@ -186,6 +193,7 @@ def build_report(
     rejects: Sequence[dict[str, Any]],
     pending_is_final: bool = False,
     extra: dict[str, Any] | None = None,
+    files_not_read: Iterable[tuple[str, str, str]] = (),
 ) -> Report:
     """Build a report from ledger rows.
 
@@ -222,7 +230,7 @@ def build_report(
         summary_rows.append(
             [report_id, feed, name, store, day, origin, group.rows_in, group.transactions_in,
              money(group.amount_in), *state_cells, money(group.points), group.rows, group.transactions,
-             money(group.amount), "true" if ok else "false"]
+             money(group.amount), "true" if ok else "false", ""]
         )
         total.rows_in += group.rows_in
         total.transactions_in += group.transactions_in
@@ -234,6 +242,14 @@ def build_report(
         total.rows += group.rows
         total.transactions += group.transactions
         total.amount += group.amount
+
+    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, money(_ZERO))]
+    for name, origin, reason in files_not_read:
+        # no row of the file came in, so none is unaccounted for; the file itself is, with why
+        summary_rows.append(
+            [report_id, feed, name, "", "", origin, 0, 0, money(_ZERO), *empty_states, money(_ZERO),
+             0, 0, money(_ZERO), "true", _one_line(reason)]
+        )
 
     detail_rows = [
         [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",

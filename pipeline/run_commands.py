@@ -121,6 +121,8 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  unreadable: {item['file']}: {item['reason']}")
     for item in s.get("fetch_failures") or []:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
+    for item in s.get("skipped_files") or []:
+        lines.append(f"  not taken: {item['file']}: {item['reason']}")
     for name in s.get("files_in_quarantine") or []:
         lines.append(f"  in quarantine (not read again): {name}")
     backlog = s.get("backlog")

@@ -247,6 +247,9 @@ def _execute(
                     if feed.logging.hash_customer_ids:
                         for crashed in abandoned:
                             ledger.scrub_customer_ids(feed.scope, mask_customer_id, run_id=crashed)
+                    if feed.records != "transactions":
+                        for crashed in abandoned:
+                            ledger.scrub_profiles(feed.scope, run_id=crashed)
                     _report_crashed(ledger, settings, abandoned)
                     for crashed in abandoned:  # what they had staged is fetched again if needed
                         shutil.rmtree(settings.staging_dir / crashed, ignore_errors=True)
@@ -360,13 +363,23 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
         ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
+        ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
         ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC), fetched)
-        with gc_paused():
-            outcome: TransformOutcome = transform_staged(
+        if ctx.feed.records != "transactions":
+            from pipeline.stages.members import transform_members
+
+            outcome: TransformOutcome = transform_members(
                 ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
-                progress=ctx.progress, on_stage=ctx.on_stage,
+                progress=ctx.progress,
             )
+        else:
+            with gc_paused():
+                outcome = transform_staged(
+                    ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
+                    progress=ctx.progress, on_stage=ctx.on_stage,
+                )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
+        ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
         by_name = {item.record.name: item for item in fetched.staged}
         for error in outcome.unreadable:
             if error.file in by_name:
@@ -465,6 +478,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     notes = dict(ctx.notes)
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
+    if ctx.feed.records != "transactions":
+        ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     with gc_paused():  # the report's rows are alive until they are written
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
         code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)

@@ -7,7 +7,9 @@ Two retailers deliver exports for business date 2026-11-20:
   hour (``pos_<store>_20261120_<HH>.csv``, local hour) and one daily file with every transaction
   of the day (``pos_<store>_20261120_daily.csv``). The hourly files overlap each other and the
   daily file, as real tills do, and one hour per store never arrives hourly, so the daily file has
-  something left to deliver.
+  something left to deliver. LON01 also sends the day's loyalty sign-ups
+  (``members_LON01_20261120.csv``) and guest receipts claimed by those members
+  (``claims_LON01_20261120.csv``).
 * **bistro** (a second vendor, own column names, ``;`` delimiter, decimal comma, day-first
   timestamps): PAR01 and BRU01 export daily files in cp1252 (``€`` and accents in product
   names); LYS01's newer web till exports the same layout as UTF-8 with a byte order mark.
@@ -470,6 +472,52 @@ def _bistro_file(transactions: Iterable[Transaction], *, encoding: str) -> bytes
     return _csv_bytes(header, rows, delimiter=";", encoding=encoding, newline="\r\n")
 
 
+# the day's loyalty sign-ups at LON01 (records = "enrollments"): five members, a bad email, one
+# with no contact, an exact repeat and a member enrolled again with another email
+_MEMBERS = (
+    ("N900001", "sam.jones@example.org", "Sam", "Jones", "+44 20 7946 0101", "1990-04-12", "10:02",
+     "true", "false"),
+    ("N900002", "ada.price@example.org", "Ada", "Price", "", "1985-09-30", "10:15", "yes", "no"),
+    ("N900003", "", "Leo", "Grant", "07700 900123", "", "11:05", "false", "true"),
+    ("N900004", "mia.ward@example", "Mia", "Ward", "", "1999-01-01", "11:20", "true", "true"),
+    ("N900005", "noah.hill@example.org", "Noah", "Hill", "+44 7700 900456", "2001-07-07", "12:40",
+     "true", "false"),
+    ("N900001", "sam.jones@example.org", "Sam", "Jones", "+44 20 7946 0101", "1990-04-12", "10:02",
+     "true", "false"),
+    ("N900002", "ada.price@example.net", "Ada", "Price", "", "1985-09-30", "13:10", "yes", "no"),
+    ("N900006", "", "Ivy", "Stone", "", "1992-02-02", "13:30", "false", "false"),
+)
+
+
+def _members_file(business_date: date) -> bytes:
+    header = ("customer_id", "email", "first_name", "last_name", "phone", "birth_date", "store_id",
+              "enrolled_at", "language", "consent_email", "consent_sms")
+    rows = [(cid, email, first, last, phone, born, "LON01",
+             f"{business_date.isoformat()}T{at}:00+00:00", "en", mail_ok, sms_ok)
+            for cid, email, first, last, phone, born, at, mail_ok, sms_ok in _MEMBERS]
+    return _csv_bytes(header, rows)
+
+
+def _claims_file(day: AcmeDay, business_date: date) -> bytes:
+    """Guest receipts of LON01 claimed by members enrolled the same day: the first guest sale of
+    each register at 10:00 and of R1 at 11:00, a receipt no till printed, a repeat, a row without
+    transaction_id."""
+    def first_guest(hour: int, register: str) -> str:
+        return min(t.transaction_id for t in day.daily
+                   if t.customer_id is None and t.register_id == register and t.local_time.hour == hour
+                   and t.transaction_type == "sale")
+
+    iso = business_date.isoformat()
+    stamp = business_date.strftime("%Y%m%d")
+    claimed = [(first_guest(10, "R1"), "N900001", "10:30"), (first_guest(10, "R2"), "N900002", "10:40"),
+               (first_guest(10, "R3"), "N900003", "11:10"), (first_guest(11, "R1"), "N900005", "12:45"),
+               (f"LON01-R9-{stamp}-9999", "N900005", "12:50")]
+    rows = [(tid, member, f"{iso}T{at}:00+00:00", "LON01") for tid, member, at in claimed]
+    rows += [(claimed[0][0], "N900001", f"{iso}T14:00:00+00:00", "LON01"),
+             ("", "N900003", f"{iso}T14:05:00+00:00", "LON01")]
+    return _csv_bytes(("transaction_id", "customer_id", "claimed_at", "store_id"), rows)
+
+
 def build_sample(seed: int = DEFAULT_SEED, business_date: date = BUSINESS_DATE) -> dict[str, bytes]:
     """Every sample file's bytes by its path relative to ``sample_data/`` (pure, deterministic)."""
     stamp = business_date.strftime("%Y%m%d")
@@ -481,6 +529,9 @@ def build_sample(seed: int = DEFAULT_SEED, business_date: date = BUSINESS_DATE) 
             files[f"acme/pos_{store.store_id}_{stamp}_{hour:02d}.csv"] = _acme_file(
                 transactions, business_date
             )
+        if store.store_id == "LON01":
+            files[f"acme/members_LON01_{stamp}.csv"] = _members_file(business_date)
+            files[f"acme/claims_LON01_{stamp}.csv"] = _claims_file(day, business_date)
     for store in BISTRO_STORES:
         transactions = bistro_day(store, seed=seed, business_date=business_date)
         if store.store_id == "LYS01":  # the web till: UTF-8 with a byte order mark

@@ -36,8 +36,10 @@ def test_bench_transform_smoke_runs_every_variant_on_the_same_rows(tmp_path: Pat
     assert ours["transactions"] == naive["transactions"]
     assert set(ours["stages"]) >= {"read_file", "validate", "normalize", "dedup"}
     assert set(report["ratios"]) == {
-        "transform_over_read", "naive_over_transform", "minimal_over_read", "naive_over_minimal"
+        "transform_over_read", "naive_over_transform", "minimal_over_read", "naive_over_minimal",
+        "read_file_over_read",
     }
+    assert report["variants"]["posfeed_read_file"]["rows"] == 2000
     assert report["variants"]["minimal_checkouts"]["checkouts"] == ours["checkouts"]
     text = docs.read_text(encoding="utf-8")
     assert "other section" in text and "## Transform" in text

@@ -14,11 +14,14 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config import (
     AlertsConfig,
     AntavoTarget,
+    ClaimsConfig,
     CrmcomTarget,
+    EnrollmentsConfig,
     ExpectedFilesConfig,
     Feed,
     FormatConfig,
     LoggingConfig,
+    PoslogConfig,
     SourceConfig,
     ValidationConfig,
     load_feed,
@@ -32,11 +35,14 @@ FEEDS_README = ROOT / "feeds" / "README.md"
 SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
     "source": (SourceConfig,),
     "format": (FormatConfig,),
+    "poslog": (PoslogConfig,),
     "validation": (ValidationConfig,),
     "target": (AntavoTarget, CrmcomTarget),
     "alerts": (AlertsConfig,),
     "expected": (ExpectedFilesConfig,),
     "logging": (LoggingConfig,),
+    "enrollments": (EnrollmentsConfig,),
+    "claims": (ClaimsConfig,),
 }
 
 
@@ -105,7 +111,7 @@ def test_models_are_frozen(tmp_path: Path) -> None:
     ("text", "key", "problem"),
     [
         ("[format]\ndelimiter = ';;'\n", "format.delimiter", "at most 1 character"),
-        ("[format]\nkind = 'xml'\n", "format.kind", "'csv', 'jsonl' or 'parquet'"),
+        ("[format]\nkind = 'xml'\n", "format.kind", "'csv', 'jsonl', 'parquet' or 'poslog'"),
         ("[source]\nprot = 22\n", "source.prot", "Extra inputs are not permitted"),
         ("timezone = 'Mars/Olympus'\n", "timezone", "unknown timezone"),
         ("[store_timezones]\nS1 = 'Nowhere/City'\n", "store_timezones", "unknown timezone"),

@@ -27,6 +27,11 @@ def test_demo_runs_the_sample_day_from_any_folder(tmp_path: Path) -> None:
     assert all(run["balanced"] for run in result["runs"])
     assert hourly["accepted"] > 1000 and 0 < daily["accepted"] < 100  # the daily file adds what was missing
     assert result["sandbox_stats"]["duplicate_transaction_attempts"] == 0
+    poslog = runs["poslog_store"]  # the ARTS POSLog day: 3 sales and a return, 5 skipped
+    assert poslog["accepted"] == 4 and sum(poslog["skipped_by_kind"].values()) == 5
+    # the day's sign-ups become members, and members claim guest receipts of the same day
+    assert runs["acme_enrollments"]["accepted"] == 3 and runs["acme_claims"]["accepted"] == 4
+    assert runs["acme_claims"]["not_sent"] == 1  # a receipt no store sold (unmatched_claim)
     for run in result["runs"]:
         folder = Path(run["reports_path"])
         assert folder.is_relative_to(tmp_path / "demo" / "reports")

@@ -80,12 +80,15 @@ def matching(name: str, day: date = BUSINESS_DATE) -> list[str]:
                   if fnmatch.fnmatch(p.name, pattern))
 
 
-def test_hourly_and_daily_patterns_split_the_acme_folder() -> None:
+def test_the_feeds_patterns_split_the_acme_folder() -> None:
     hourly, daily = matching("acme_hourly"), matching("acme_daily")
     assert load_sample_feed("acme_hourly").scope == load_sample_feed("acme_daily").scope == "acme"
     assert daily == sorted(f"pos_{s.store_id}_20261120_daily.csv" for s in ACME_STORES)
     assert len(hourly) == 34 and not set(hourly) & set(daily)  # 12 + 11 + 11 opening hours
-    assert sorted(hourly + daily) == sorted(p.name for p in (SAMPLE / "acme").glob("*.csv"))
+    members, claims = matching("acme_enrollments"), matching("acme_claims")
+    assert members == ["members_LON01_20261120.csv"] and claims == ["claims_LON01_20261120.csv"]
+    every = sorted(p.name for p in (SAMPLE / "acme").glob("*.csv"))
+    assert sorted(hourly + daily + members + claims) == every
     assert matching("acme_daily", date(2026, 11, 19)) == []
 
 

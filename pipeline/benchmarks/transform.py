@@ -11,7 +11,9 @@ CSV, each in its own fresh Python process so that peak memory (``ru_maxrss``) is
   :func:`~pipeline.core.transform.transform` with the Online Retail feed (validation, exact
   money, UTC timestamps, checkouts and items, content hashes, dedup, the balanced summary);
 * ``naive_pydantic``: what a typical integration script does: the ``csv`` module, one pydantic
-  model per row (validation, ``Decimal`` money, timestamps), grouping rows into transactions.
+  model per row (validation, ``Decimal`` money, timestamps), grouping rows into transactions;
+* ``posfeed_read_file``: :func:`~pipeline.core.parse.read_file` alone, the reader's share of
+  ``posfeed_transform``, against the same floor (target: within 2×).
 
 Each variant runs ``repeat`` times in its process; the best wall time is reported (the first run
 also pays one-off costs such as polars' thread pool start). Targets: the transform within 2.5× of
@@ -66,9 +68,12 @@ DEFAULT_INPUT = (
 FULL_ROWS = 541_909
 TARGET_TRANSFORM_OVER_READ = 2.5  # the transform may take at most this many times the floor
 TARGET_NAIVE_OVER_TRANSFORM = 20.0  # the naive baseline must take at least this many times ours
-VARIANTS = ("polars_read_csv", "posfeed_transform", "naive_pydantic", "minimal_checkouts")
+TARGET_READ_FILE_OVER_READ = 2.0  # our reader alone may take at most this many times the floor
+VARIANTS = (
+    "polars_read_csv", "posfeed_transform", "naive_pydantic", "minimal_checkouts", "posfeed_read_file"
+)
 # the variants that alternate over the rounds (the naive baseline is too slow to repeat)
-_ALTERNATING = ("polars_read_csv", "minimal_checkouts", "posfeed_transform")
+_ALTERNATING = ("polars_read_csv", "posfeed_read_file", "minimal_checkouts", "posfeed_transform")
 DOCS_START = "<!-- transform-benchmark:start -->"
 DOCS_END = "<!-- transform-benchmark:end -->"
 
@@ -163,6 +168,17 @@ def _posfeed_transform() -> Runner:
             "checkouts": result.checkouts.height,
             "amount_in": summary["amount_in"],
         }
+
+    return run
+
+
+def _posfeed_read_file() -> Runner:
+    from pipeline.core.parse import read_file
+
+    feed = online_retail_feed()
+
+    def run(csv_path: Path) -> dict[str, Any]:
+        return {"rows": read_file(csv_path, feed).height}
 
     return run
 
@@ -309,6 +325,7 @@ _SETUPS: dict[str, Callable[[], Runner]] = {
     "posfeed_transform": _posfeed_transform,
     "naive_pydantic": _naive_pydantic,
     "minimal_checkouts": _minimal_checkouts,
+    "posfeed_read_file": _posfeed_read_file,
 }
 
 
@@ -478,8 +495,9 @@ def run_transform_benchmark(
             _run_in_subprocess("naive_pydantic", prepared.csv_path, repeat=naive_repeat, profile=False)
         )
     variants = {name: _best_of(results) for name, results in runs.items()}
-    read, ours, naive, minimal = (variants[name]["wall_seconds"] for name in VARIANTS)
+    read, ours, naive, minimal, reader = (variants[name]["wall_seconds"] for name in VARIANTS)
     transform_over_read = ours / read if read else None
+    read_file_over_read = reader / read if read else None
     naive_over_transform = naive / ours if ours else None
     return {
         "benchmark": "transform",
@@ -493,6 +511,7 @@ def run_transform_benchmark(
             "naive_over_transform": round(naive_over_transform, 1) if naive_over_transform else None,
             "minimal_over_read": round(minimal / read, 2) if read else None,
             "naive_over_minimal": round(naive / minimal, 1) if minimal else None,
+            "read_file_over_read": round(read_file_over_read, 2) if read_file_over_read else None,
         },
         "targets": {
             "transform_over_read_max": TARGET_TRANSFORM_OVER_READ,
@@ -501,6 +520,9 @@ def run_transform_benchmark(
                                             and transform_over_read <= TARGET_TRANSFORM_OVER_READ),
             "naive_over_transform_met": bool(naive_over_transform
                                              and naive_over_transform >= TARGET_NAIVE_OVER_TRANSFORM),
+            "read_file_over_read_max": TARGET_READ_FILE_OVER_READ,
+            "read_file_over_read_met": bool(read_file_over_read
+                                            and read_file_over_read <= TARGET_READ_FILE_OVER_READ),
         },
     }
 
@@ -517,6 +539,7 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         "posfeed_transform": "(b) posfeed `read_file` + `transform`",
         "naive_pydantic": "(c) naive: `csv` + one pydantic model per row",
         "minimal_checkouts": "(d) minimal: read, type, group into hashed checkouts; no validation",
+        "posfeed_read_file": "(e) posfeed `read_file` alone (the reader's share of (b))",
     }
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d} with `{command}`.",
@@ -529,7 +552,7 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         "(other work shared the two CPUs; compare the ratios, not the absolute times)",
         f"- Input: {data['rows']:,} rows, {data['csv_bytes'] / 2**20:,.1f} MiB of CSV "
         f"({'UCI Online Retail' if data['source'] != 'synthetic' else 'synthetic, Online Retail shape'})",
-        f"- (a), (d) and (b) alternate over {report['repeat']} rounds, a fresh process per variant and "
+        f"- (a), (e), (d) and (b) alternate over {report['repeat']} rounds, a fresh process per variant and "
         "round, two runs per process; the best run counts. (c) runs "
         f"{report['naive_repeat']} time(s) in its own process. Peak RSS is the process's high-water "
         "mark (`VmHWM`), so it includes the interpreter and imports (see \"RSS before\").",
@@ -552,6 +575,8 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         f"(target ≤ {targets['transform_over_read_max']}×: {met[targets['transform_over_read_met']]})",
         f"- (c) / (b) = **{ratios['naive_over_transform']}×** "
         f"(target ≥ {targets['naive_over_transform_min']}×: {met[targets['naive_over_transform_met']]})",
+        f"- (e) / (a) = **{ratios['read_file_over_read']}×**: our reader against the bare read "
+        f"(target ≤ {targets['read_file_over_read_max']:g}×: {met[targets['read_file_over_read_met']]})",
     ]
     lines.append(
         f"- (d) / (a) = **{ratios['minimal_over_read']}×** and "

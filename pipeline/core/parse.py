@@ -2,25 +2,41 @@
 
 Every canonical column comes out as ``pl.String`` (nothing is typed here: validation owns typing
 so that a bad value becomes a reject with a code, not a read error), plus ``source_file`` and
-``source_line``. Export columns that the feed does not map are kept as ``src:<name>`` so rejects
-can be written back with the export's own columns.
+``source_line``. Every export column is also kept as the file had it, as ``src:<name>`` in the
+file's order, so rejects can be written back with the export's own columns. Ids are text in
+every format: JSON numbers are read as the digits written, never through a float.
 
-``source_line`` is the physical line of the record in the file:
+**CSV** is read by polars when it can be trusted with the file (line breaks all ``\n`` or all
+``\r\n``, no blank first line) and accepts it: the common, fast case. A file polars refuses
+(ragged rows, stray or unbalanced quotes) or cannot be trusted with (bare ``\r`` or mixed line
+breaks, a leading blank line) is read by the careful record-level reader
+(:mod:`pipeline.core.careful_csv`), which gives each record it cannot read a reject code and reads
+the rest. Both read the same file the same way. A byte order mark selects UTF-8, UTF-16 or
+UTF-32; otherwise ``format.encoding`` applies.
+
+A record a reader cannot read carries its code and reason in ``read_code`` / ``read_reason``
+(validation turns them into the row's reject): ``R019_WRONG_FIELD_COUNT``,
+``R020_UNBALANCED_QUOTE``, ``R021_NOT_JSON``, ``R022_NUL_IN_ROW``. The columns are only present
+when a reader looked at records one by one or found a NUL.
+
+``source_line`` is the physical line of the record in the file (``\n``, ``\r\n`` and ``\r`` each
+end a line):
 
 * CSV with a header: the header is line 1, the first record line 2 (without a header: line 1).
-  Blank lines, and lines whose every field is empty (nothing to account for), are counted and
-  dropped. A quoted field holding line breaks makes its record span several lines: the breaks
-  inside fields are counted per record, so the number is the record's first line. The one
-  approximation: a bare ``\r`` line break (old Mac files) is not counted as a line.
+  Blank lines, and lines whose every field is empty or blank (nothing to account for), are
+  counted and dropped. A quoted field holding line breaks makes its record span several lines:
+  the number is the record's first line.
 * JSON Lines: the line number (blank lines counted, skipped).
 * Parquet: the row number + 1.
 
 A file that cannot be read at all raises :class:`~pipeline.errors.UnreadableFileError` naming the
-file and the reason (empty, binary, undecodable, not CSV/JSON/Parquet, required columns missing).
+file and a one-line reason of at most :data:`MAX_REASON_CHARS` characters (empty, binary,
+undecodable, a duplicated header name, not CSV/JSON/Parquet, required columns missing).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 from pathlib import Path
@@ -28,14 +44,29 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import Feed, FormatConfig
+from pipeline.core.careful_csv import excerpt, records, split_lines
+from pipeline.core.readstats import ReadStats
+from pipeline.core.rejects import RejectCode
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
 
-__all__ = ["EXTRA_PREFIX", "read_bytes", "read_file", "template_fields"]
+__all__ = [
+    "EXTRA_PREFIX",
+    "MAX_REASON_CHARS",
+    "READ_CODE",
+    "READ_REASON",
+    "one_line",
+    "read_bytes",
+    "read_file",
+    "template_fields",
+]
 
 log = logging.getLogger(__name__)
 
 EXTRA_PREFIX = "src:"
+READ_CODE = "read_code"  # the reject code a reader gave a record it could not read (else null)
+READ_REASON = "read_reason"
+MAX_REASON_CHARS = 300
 _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 8192
 
@@ -62,18 +93,44 @@ def template_fields(template: str) -> list[tuple[str, str | None]]:
     return parts
 
 
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),  # before UTF-16 LE, whose BOM it starts with
+    (_BOM, "utf-8"),
+    (b"\xfe\xff", "utf-16-be"),
+    (b"\xff\xfe", "utf-16-le"),
+)
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` on one line, at most ``limit`` characters (a reason never carries a file's content)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _unreadable(name: str, reason: str) -> UnreadableFileError:
+    return UnreadableFileError(name, one_line(reason))
+
+
 def _decode(data: bytes, fmt: FormatConfig, name: str) -> bytes:
-    """The file's bytes as UTF-8 without a BOM (polars reads UTF-8 only)."""
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    if fmt.encoding in ("utf-8", "utf-8-sig"):
+    """The file's bytes as UTF-8 without a BOM (polars reads UTF-8 only).
+
+    A byte order mark decides the encoding (UTF-8, UTF-16 or UTF-32, either byte order) whatever
+    ``format.encoding`` says; without one, ``format.encoding`` does.
+    """
+    encoding: str = fmt.encoding
+    for bom, bom_encoding in _BOMS:
+        if data.startswith(bom):
+            data, encoding = data[len(bom) :], bom_encoding
+            break
+    if encoding in ("utf-8", "utf-8-sig"):
         return data  # polars checks UTF-8 itself; _not_utf8 explains a failure
     try:
-        return data.decode(fmt.encoding).encode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UnreadableFileError(
-            name, f"not valid {fmt.encoding} (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from exc
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeError as exc:
+        at = exc.start if isinstance(exc, UnicodeDecodeError) else 0
+        byte = f"byte 0x{data[at]:02x} at offset {at}" if at < len(data) else f"offset {at}"
+        raise _unreadable(name, f"not valid {encoding} ({byte})") from exc
 
 
 def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
@@ -81,7 +138,7 @@ def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return UnreadableFileError(
+        return _unreadable(
             name,
             f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             'set format.encoding (e.g. "cp1252" or "latin-1")',
@@ -89,19 +146,106 @@ def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
     return None
 
 
+# the first bytes of formats that are surely not a text export
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PAR1", 'file is Parquet, not text (set format.kind = "parquet")'),
+    (b"PK\x03\x04", "file is a ZIP archive (an .xlsx workbook is one), not text"),
+    (b"\x1f\x8b", "file is gzip-compressed, not text"),
+    (b"BZh", "file is bzip2-compressed, not text"),
+    (b"\xfd7zXZ\x00", "file is xz-compressed, not text"),
+    (b"%PDF-", "file is a PDF document, not text"),
+    (b"\x89PNG", "file is binary (a PNG image), not text"),
+    (b"\xff\xd8\xff", "file is binary (a JPEG image), not text"),
+    (b"SQLite format 3\x00", "file is binary (an SQLite database), not text"),
+)
+# control bytes that text never holds (tab, line breaks, form feed and escape excluded)
+_CONTROL = bytes([*range(0, 9), 11, *range(14, 27), *range(28, 32)])
+_BINARY_SHARE = 0.05  # this share of control bytes in the first 8 KiB makes a file binary
+
+
 def _check_text(data: bytes, name: str) -> None:
+    """Raise for an empty or binary file; a NUL byte or two in a text file are a row's problem."""
     if not data or data.isspace():  # isspace stops at the first other byte: no copy, no full scan
         raise UnreadableFileError(name, "file is empty")
     head = data[:_SNIFF_BYTES]
-    if head.startswith(b"PAR1"):
-        raise UnreadableFileError(name, 'file is Parquet, not text (set format.kind = "parquet")')
-    if b"\x00" in head:
-        raise UnreadableFileError(name, "file is binary (contains NUL bytes), not text")
+    for magic, reason in _MAGIC:
+        if head.startswith(magic):
+            raise UnreadableFileError(name, reason)
+    control = len(head) - len(head.translate(None, _CONTROL))
+    if control and control >= _BINARY_SHARE * len(head):
+        raise UnreadableFileError(
+            name, f"file is binary ({control} control bytes in the first {len(head)}), not text"
+        )
 
 
-def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
-    _check_text(data, name)
-    data = _decode(data, fmt, name)
+def _fast_path_fits(data: bytes) -> bool:
+    """Whether polars can be trusted with the file as it is: line breaks all ``\\n`` or all
+    ``\\r\\n`` (a bare ``\\r`` would be read as part of a field) and no blank first line."""
+    first = data[: data.find(b"\n")] if b"\n" in data[:_SNIFF_BYTES * 8] else data[:_SNIFF_BYTES]
+    if not first.strip():
+        return False
+    cr = data.count(b"\r") if b"\r" in data else 0
+    return cr == 0 or cr == data.count(b"\r\n")
+
+
+def _header_names(fields: list[str | None], name: str) -> list[str]:
+    """The export's column names (an empty one named by its position); raises for a name given twice."""
+    names = [f if f and f.strip() else f"column_{i}" for i, f in enumerate(fields, start=1)]
+    seen: dict[str, int] = {}
+    for position, column in enumerate(names, start=1):
+        key = column.strip()
+        if key in seen:
+            raise _unreadable(
+                name,
+                f"the header names column {excerpt(key)} twice (columns {seen[key]} and {position}); "
+                "rename one of them",
+            )
+        seen[key] = position
+    return names
+
+
+def _first_record(data: bytes, fmt: FormatConfig, name: str) -> list[str | None] | None:
+    """The header's fields when the first line is the whole header (no quoted line break), else None."""
+    end = data.find(b"\n")
+    raw = data if end < 0 else data[:end]
+    try:
+        text = raw.decode("utf-8").removesuffix("\r")
+    except UnicodeDecodeError:
+        return None
+    found = next(records(text, delimiter=fmt.delimiter, quote=fmt.quote_char, width=None), None)
+    if found is None or found.code is not None:
+        return None
+    return found.fields
+
+
+def _blank_rows(frame: pl.DataFrame, columns: list[str]) -> pl.Series | None:
+    """Blank records (blank lines, ``,,,``), or None when there are none: every field empty or
+    blank, the last one empty (see :mod:`pipeline.core.careful_csv`). Only rows whose last field
+    is empty (cheap to find, usually none) are looked at closely."""
+    last = pl.col(columns[-1])
+    maybe = frame.select((last.is_null() | (last.str.len_bytes() == 0)).alias("blank")).to_series()
+    if not maybe.any():
+        return None
+    positions = maybe.arg_true()
+    empty = pl.all_horizontal([(pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "")) for c in columns])
+    kept = frame[positions].select(empty.alias("blank")).to_series()
+    return maybe.scatter(positions.filter(~kept), False)
+
+
+def _nul_flags(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """read_code / read_reason for the rows holding a NUL character."""
+    where = [pl.col(c).str.contains("\x00", literal=True).fill_null(False) for c in columns]
+    column = pl.coalesce([pl.when(w).then(pl.lit(c)) for w, c in zip(where, columns, strict=True)])
+    return frame.with_columns(
+        pl.when(pl.any_horizontal(where)).then(pl.lit(RejectCode.NUL_IN_ROW.value)).alias(READ_CODE),
+        pl.when(pl.any_horizontal(where))
+        .then(pl.format("NUL character in column '{}'", column))
+        .alias(READ_REASON),
+    )
+
+
+def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: str) -> pl.DataFrame | None:
+    """The fast reader: polars over the whole file, or None when polars refuses it."""
     try:
         frame = pl.read_csv(
             data,
@@ -110,16 +254,23 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
             quote_char=fmt.quote_char,
             infer_schema=False,
             raise_if_empty=True,
+            new_columns=names,
         )
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise _not_utf8(data, name) or UnreadableFileError(
-            name, f"not readable as CSV: {_first_line(exc)}"
-        ) from exc
+        not_utf8 = _not_utf8(data, name)
+        if not_utf8 is not None:
+            raise not_utf8 from exc
+        log.info("%s: the fast reader refused the file (%s); reading it record by record",
+                 name, one_line(str(exc), 120))
+        return None
+    if names is not None and frame.width != len(names):
+        return None
     header_lines = 1 if fmt.has_header else 0
     index = pl.int_range(pl.len(), dtype=pl.Int64)
     # a record takes more than one physical line only when a quoted field holds a line break:
-    # counting those is only paid for when the file has more line breaks than records
-    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    # counting those is only paid for when the file has quotes and more line breaks than records
+    quoted = fmt.quote_char.encode() in data
+    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1) if quoted else 0
     if physical > frame.height + header_lines and frame.width:
         embedded = pl.sum_horizontal(
             pl.col(c).str.count_matches("\n", literal=True).fill_null(0) for c in frame.columns
@@ -127,17 +278,80 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
         line = 1 + header_lines + index + (embedded.cum_sum() - embedded)
     else:
         line = index + 1 + header_lines
+    columns = frame.columns
+    # judged before source_line is added: selecting from a frame whose columns are chunked
+    # differently copies every column it reads into one chunk
+    blank = _blank_rows(frame, columns) if columns else None
     frame = frame.with_columns(line.alias("source_line"))
-    blank = pl.all_horizontal(pl.exclude("source_line").is_null())
-    if frame.width > 1 and frame.select(blank.any()).item():
-        # blank lines come back as all-null rows: they are not records
-        frame = frame.filter(~blank)
+    if blank is not None and blank.any():
+        frame = frame.filter(~blank)  # blank lines are not records
+    if b"\x00" in data:
+        frame = _nul_flags(frame, columns)
+    return frame
+
+
+def _careful_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
+    """The careful reader over the whole file (see :mod:`pipeline.core.careful_csv`)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise (_not_utf8(data, name) or _unreadable(name, "not valid UTF-8")) from exc
+    found = records(text, delimiter=fmt.delimiter, quote=fmt.quote_char, width=None)
+    names: list[str] | None = None
+    if fmt.has_header:
+        header = next(found, None)
+        if header is None:
+            raise UnreadableFileError(name, "file is empty")
+        if header.code is not None:
+            raise _unreadable(name, f"the header cannot be read: {header.reason}")
+        names = _header_names(header.fields, name)
+    rows = list(found)
+    if names is None:
+        width = len(rows[0].fields) if rows else 0
+        names = [f"column_{i}" for i in range(1, width + 1)]
+    columns: dict[str, list[str | None]] = {c: [] for c in names}
+    cells = [r.fields for r in rows]
+    for column, values in zip(names, zip(*cells, strict=True) if cells else [() for _ in names],
+                              strict=True):
+        columns[column] = list(values)
+    codes: list[str | None] = []
+    reasons: list[str | None] = []
+    for r in rows:
+        code, reason = r.code, r.reason
+        if code is None:
+            nul = next((c for c, v in zip(names, r.fields, strict=True) if v and "\x00" in v), None)
+            if nul is not None:
+                code, reason = RejectCode.NUL_IN_ROW, f"NUL character in column '{nul}'"
+        codes.append(code.value if code is not None else None)
+        reasons.append(reason)
+    schema = {c: pl.String() for c in names}
+    frame = pl.DataFrame(columns, schema=schema)
+    return frame.with_columns(
+        pl.Series("source_line", [r.line for r in rows], dtype=pl.Int64),
+        pl.Series(READ_CODE, codes, dtype=pl.String),
+        pl.Series(READ_REASON, reasons, dtype=pl.String),
+    )
+
+
+def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
+    data = _decode(data, fmt, name)
+    _check_text(data, name)
+    frame: pl.DataFrame | None = None
+    if _fast_path_fits(data):
+        names: list[str] | None = None
+        if fmt.has_header:
+            fields = _first_record(data, fmt, name)
+            names = _header_names(fields, name) if fields is not None else None
+        if names is not None or not fmt.has_header:
+            frame = _polars_csv(data, fmt, names, name)
+    if frame is None:
+        frame = _careful_csv(data, fmt, name)
     return frame
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return one_line(text[0], 200) if text else type(exc).__name__
 
 
 def _stringify(frame: pl.DataFrame) -> pl.DataFrame:
@@ -159,19 +373,73 @@ def _stringify(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(exprs)
 
 
+def _json_text(value: object) -> str | None:
+    """A JSON value as text: strings as they are, numbers exactly as written (never via float)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
-    _check_text(data, name)
+    """JSON Lines, one object per line; numbers are read as the text they were written as, so an
+    id such as 12345678901234567890 keeps every digit. A line that is not a JSON object is a
+    reject (``R021_NOT_JSON``), not the end of the file."""
     data = _decode(data, fmt, name)
+    _check_text(data, name)
     try:
-        frame = pl.read_ndjson(data, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise _not_utf8(data, name) or UnreadableFileError(
-            name, f"not readable as JSON Lines: {_first_line(exc)}"
-        ) from exc
-    lines = [n for n, text in enumerate(data.split(b"\n"), start=1) if text.strip()]
-    if len(lines) != frame.height:  # cannot happen for well-formed JSONL; keep a usable number
-        lines = list(range(1, frame.height + 1))
-    return _stringify(frame).with_columns(pl.Series("source_line", lines, dtype=pl.Int64))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise (_not_utf8(data, name) or _unreadable(name, "not valid UTF-8")) from exc
+    lines, _ = split_lines(text)
+    columns: dict[str, list[str | None]] = {}
+    numbers: list[int] = []
+    codes: list[str | None] = []
+    reasons: list[str | None] = []
+    first_error: str | None = None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        code: RejectCode | None = None
+        reason: str | None = None
+        values: dict[str, str | None] = {}
+        try:
+            parsed = json.loads(line, parse_float=str, parse_int=str, parse_constant=str)
+        except (ValueError, RecursionError) as exc:
+            code = RejectCode.NOT_JSON
+            reason = f"line {number} is not JSON ({one_line(str(exc), 80)}): {excerpt(line)}"
+        else:
+            if isinstance(parsed, dict):
+                values = {str(k): _json_text(v) for k, v in parsed.items()}
+                nul = next((k for k, v in values.items() if v and "\x00" in v), None)
+                if nul is not None:
+                    code, reason = RejectCode.NUL_IN_ROW, f"NUL character in field '{nul}'"
+            else:
+                code = RejectCode.NOT_JSON
+                reason = f"line {number} is JSON but not an object: {excerpt(line)}"
+        if code is not None and first_error is None:
+            first_error = reason
+        row = len(numbers)
+        for key, value in values.items():
+            column = columns.get(key)
+            if column is None:
+                column = columns[key] = [None] * row
+            column.append(value)
+        for column in columns.values():
+            if len(column) == row:
+                column.append(None)
+        numbers.append(number)
+        codes.append(code.value if code is not None else None)
+        reasons.append(reason)
+    if not columns:
+        raise _unreadable(name, f"not readable as JSON Lines: {first_error or 'no JSON object'}")
+    frame = pl.DataFrame(columns, schema={c: pl.String() for c in columns})
+    return frame.with_columns(
+        pl.Series("source_line", numbers, dtype=pl.Int64),
+        pl.Series(READ_CODE, codes, dtype=pl.String),
+        pl.Series(READ_REASON, reasons, dtype=pl.String),
+    )
 
 
 def _read_parquet(data: bytes, name: str) -> pl.DataFrame:
@@ -180,14 +448,21 @@ def _read_parquet(data: bytes, name: str) -> pl.DataFrame:
     try:
         frame = pl.read_parquet(data)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise UnreadableFileError(name, f"not readable as Parquet: {_first_line(exc)}") from exc
-    return _stringify(frame).with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_line"))
+        raise _unreadable(name, f"not readable as Parquet: {_first_line(exc)}") from exc
+    frame = _stringify(frame)
+    columns = frame.columns
+    frame = frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_line"))
+    if columns and frame.select(
+        pl.any_horizontal(pl.col(c).str.contains("\x00", literal=True) for c in columns).any()
+    ).item():
+        frame = _nul_flags(frame, columns)
+    return frame
 
 
 def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
     """Rename export columns to canonical names, add defaults, build the template id."""
     fmt = feed.format
-    present = [c for c in frame.columns if c != "source_line"]
+    present = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
     stripped = {c.strip(): c for c in present}
     if not fmt.has_header:
         # without a header the export's columns are positions: "1" is the first column
@@ -199,7 +474,6 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
         for canon in CANONICAL_COLUMNS:
             if canon not in fmt.columns and canon in stripped:
                 source_of[canon] = stripped[canon]
-    used = {src for src in source_of.values() if src is not None}
 
     exprs: list[pl.Expr] = []
     for canon in CANONICAL_COLUMNS:
@@ -207,6 +481,8 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
         value = pl.col(src) if src is not None else pl.lit(None, dtype=pl.String)
         if canon in fmt.defaults:
             value = value.fill_null(pl.lit(fmt.defaults[canon]))
+        if canon == "customer_id" and fmt.normalize_float_customer_ids and src is not None:
+            value = value.str.replace(r"^(\s*\d+)\.0+(\s*)$", "${1}${2}")
         exprs.append(value.alias(canon))
     if fmt.transaction_id_template:
         pieces: list[pl.Expr] = []
@@ -219,7 +495,7 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
             if src is None and field in CANONICAL_COLUMNS and field in fmt.defaults:
                 pieces.append(pl.lit(fmt.defaults[field]))
             elif src is None:
-                raise UnreadableFileError(
+                raise _unreadable(
                     name, f"transaction_id_template needs column {field!r}, which the file lacks"
                 )
             else:
@@ -231,22 +507,30 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
         available.add("transaction_id")
     missing = [c for c in REQUIRED_COLUMNS if c not in available]
     if missing:
-        found = ", ".join(repr(c) for c in present[:12]) + (" ..." if len(present) > 12 else "")
+        found = ", ".join(excerpt(c) for c in present[:12]) + (" ..." if len(present) > 12 else "")
         hint = (
             f" (wrong delimiter? format.delimiter is {fmt.delimiter!r})"
             if len(present) == 1 and fmt.kind == "csv"
             else ""
         )
         needed = ", ".join(fmt.columns.get(c, c) for c in missing)
-        raise UnreadableFileError(name, f"required columns missing: {needed}; found {found}{hint}")
+        raise _unreadable(name, f"required columns missing: {needed}; found {found}{hint}")
 
-    extras = [pl.col(c).alias(EXTRA_PREFIX + c.strip()) for c in present if c not in used]
-    return frame.select(*exprs, *extras, pl.col("source_line"))
+    # every export column as the file had it, in the file's order (rejects.csv shows these)
+    originals = [pl.col(c).alias(EXTRA_PREFIX + c.strip()) for c in present]
+    flags = [pl.col(c) for c in (READ_CODE, READ_REASON) if c in frame.columns]
+    return frame.select(*exprs, *originals, pl.col("source_line"), *flags)
 
 
-def read_bytes(data: bytes, feed: Feed, *, source_name: str) -> pl.DataFrame:
+def read_bytes(data: bytes, feed: Feed, *, source_name: str, stats: ReadStats | None = None) -> pl.DataFrame:
     """Read one export file's content (see :func:`read_file`)."""
     fmt = feed.format
+    if fmt.kind == "poslog":  # XML: its own reader (pipeline.core.poslog)
+        import io
+
+        from pipeline.core.poslog import read_poslog
+
+        return read_poslog(io.BytesIO(data), feed, source_name=source_name, stats=stats)
     if fmt.kind == "csv":
         frame = _read_csv(data, fmt, source_name)
     elif fmt.kind == "jsonl":
@@ -257,19 +541,36 @@ def read_bytes(data: bytes, feed: Feed, *, source_name: str) -> pl.DataFrame:
     return frame.with_columns(pl.lit(source_name, dtype=pl.String).alias("source_file"))
 
 
-def read_file(path: Path, feed: Feed, *, source_name: str | None = None) -> pl.DataFrame:
+def read_file(
+    path: Path, feed: Feed, *, source_name: str | None = None, stats: ReadStats | None = None
+) -> pl.DataFrame:
     """Read one export file into the canonical lines frame (all strings).
 
     Columns: every canonical column (null where the export lacks it; ``format.defaults`` fill
     missing columns and empty cells; ``format.transaction_id_template`` builds ``transaction_id``),
     unmapped export columns as ``src:<name>``, ``source_line`` (Int64) and ``source_file``
     (``source_name`` or the file name). Raises UnreadableFileError when the file cannot be read.
+    ``stats`` collects what a reader skips (POSLog's control transactions and the like).
     """
     name = source_name or path.name
+    if feed.format.kind == "poslog":  # streamed from the file, never read whole; see core/poslog.py
+        from pipeline.core.poslog import read_poslog
+
+        return read_poslog(path, feed, source_name=name, stats=stats)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UnreadableFileError(name, f"cannot open: {exc.strerror or exc}") from exc
+        raise _unreadable(name, f"cannot open: {exc.strerror or exc}") from exc
     frame = read_bytes(data, feed, source_name=name)
     log.debug("read %s: %d rows", name, frame.height)
     return frame
+
+
+def read_table(data: bytes, fmt: FormatConfig, *, source_name: str) -> pl.DataFrame:
+    """One file's rows as they are (all strings, the export's own column names, ``source_line``),
+    without the checkout mapping: enrollments and claims map their own layouts."""
+    if fmt.kind == "csv":
+        return _read_csv(data, fmt, source_name)
+    if fmt.kind == "jsonl":
+        return _read_jsonl(data, fmt, source_name)
+    return _read_parquet(data, source_name)

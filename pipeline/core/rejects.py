@@ -1,7 +1,7 @@
 """The reject code catalog: every reason a row can be rejected, with a stable code.
 
-Codes never change meaning and are never reused; new codes are appended. The order of the catalog
-is the order in which rules are checked: a row failing several rules carries the first one.
+Codes never change meaning and are never reused; a new code takes the next number. The order of
+the catalog is the order in which rules are checked: a row failing several rules carries the first one.
 The "Reject codes" table of docs/REPORTS.md is generated from :data:`CATALOG` (a test keeps them equal).
 """
 
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CATALOG", "ISO_4217", "RejectCode", "catalog_rows", "readme_table"]
+__all__ = [
+    "CATALOG", "ISO_4217", "MEMBER_CODES", "READER_CODES", "RejectCode", "catalog_rows", "readme_table",
+]
 
 
 class RejectCode(StrEnum):
-    """Stable reject codes, in the order rules are checked."""
+    """Stable reject codes (numbered in the order they were added; :data:`CATALOG` holds the
+    order in which they are checked)."""
 
     MISSING_FIELD = "R001_MISSING_FIELD"
     BAD_NUMBER = "R002_BAD_NUMBER"
@@ -33,17 +36,53 @@ class RejectCode(StrEnum):
     MIXED_CURRENCIES = "R016_MIXED_CURRENCIES"
     MIXED_TRANSACTION_TYPES = "R017_MIXED_TRANSACTION_TYPES"
     TRANSACTION_TOTAL_MISMATCH = "R018_TRANSACTION_TOTAL_MISMATCH"
+    WRONG_FIELD_COUNT = "R019_WRONG_FIELD_COUNT"
+    UNBALANCED_QUOTE = "R020_UNBALANCED_QUOTE"
+    NOT_JSON = "R021_NOT_JSON"
+    NUL_IN_ROW = "R022_NUL_IN_ROW"
+    CONTROL_CHARACTER_IN_ID = "R023_CONTROL_CHARACTER_IN_ID"
+    OFFSET_OUT_OF_RANGE = "R024_OFFSET_OUT_OF_RANGE"
+    DATE_TOO_EARLY = "R025_DATE_TOO_EARLY"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
+    # enrollments and claims (records = "enrollments" | "claims")
+    MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
+    BAD_EMAIL = "R102_BAD_EMAIL"
+    BAD_PHONE = "R103_BAD_PHONE"
+    NO_CONTACT = "R104_NO_CONTACT"
+    BAD_BIRTH_DATE = "R105_BAD_BIRTH_DATE"
+    BAD_CONSENT = "R106_BAD_CONSENT"
+    BAD_MEMBER_TIMESTAMP = "R107_BAD_MEMBER_TIMESTAMP"
 
+
+# the codes the readers give a record they cannot read (checked first: such a record has no
+# trustworthy values)
+READER_CODES: tuple[RejectCode, ...] = (
+    RejectCode.WRONG_FIELD_COUNT,
+    RejectCode.UNBALANCED_QUOTE,
+    RejectCode.NOT_JSON,
+    RejectCode.NUL_IN_ROW,
+)
 
 CATALOG: dict[RejectCode, str] = {
+    RejectCode.WRONG_FIELD_COUNT: "A CSV record has more fields than the header (extra empty fields, "
+    "a trailing delimiter, are allowed; a record with fewer fields has its last fields empty).",
+    RejectCode.UNBALANCED_QUOTE: "A quoted CSV field is not closed (by the end of the file or within "
+    "1,000 lines), or text follows its closing quote; the record's first line is rejected and "
+    "reading resumes on the next line.",
+    RejectCode.NOT_JSON: "A JSON Lines line is not a JSON object.",
+    RejectCode.NUL_IN_ROW: "A NUL character (byte 0) anywhere in the record.",
     RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
     "store_id, timestamp, product_id, quantity, unit_price, currency.",
+    RejectCode.CONTROL_CHARACTER_IN_ID: "An id (transaction_id, original_transaction_id, customer_id, "
+    "product_id, store_id, register_id) holds a control or format character (Unicode categories Cc, "
+    "Cf: tabs, line breaks, zero-width and bidi marks...).",
     RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
     "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
     "(4 for money, 3 for quantities, 0 for line_no).",
     RejectCode.BAD_TIMESTAMP: "The timestamp cannot be read (ISO 8601 or format.timestamp_format; "
     "an offset such as +01:00 or Z is honoured).",
+    RejectCode.OFFSET_OUT_OF_RANGE: "The timestamp's UTC offset is outside -14:00..+14:00, or its "
+    "minutes are not 00-59.",
     RejectCode.BAD_BUSINESS_DATE: "The business_date cannot be read (YYYY-MM-DD or format.date_format).",
     RejectCode.UNKNOWN_TRANSACTION_TYPE: "transaction_type is not one of sale, return, void.",
     RejectCode.UNKNOWN_CURRENCY: "The currency is not an ISO 4217 code, or not one of validation.currencies.",
@@ -55,6 +94,8 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.LINE_TOTAL_MISMATCH: "line_total differs from quantity × unit_price − discount by more "
     "than validation.amount_tolerance.",
     RejectCode.TIMESTAMP_IN_FUTURE: "The timestamp is later than now + validation.max_future_minutes.",
+    RejectCode.DATE_TOO_EARLY: "The timestamp or the business_date is before "
+    "validation.earliest_date (2000-01-01 unless set).",
     RejectCode.TIMESTAMP_FAR_FROM_BUSINESS_DATE: "The local date of the timestamp is more than "
     "validation.max_days_from_business_date days from the business_date.",
     RejectCode.REPEATED_LINE_NUMBER: "Two different lines of one transaction in one file share a "
@@ -67,7 +108,27 @@ CATALOG: dict[RejectCode, str] = {
     "by more than validation.amount_tolerance.",
     RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "
     "sent whole or not at all, so this line is held back with it.",
+    RejectCode.MEMBER_MISSING_FIELD: "An enrollment without customer_id or enrolled_at, or a claim "
+    "without transaction_id, customer_id or claimed_at.",
+    RejectCode.BAD_EMAIL: "The email is not an address (one @, a local part, a domain with a dot, no "
+    "spaces), or it is missing while enrollments.contact_required asks for it.",
+    RejectCode.BAD_PHONE: "The phone is not a number (an optional +, then 6 to 15 digits; spaces, "
+    "dots, dashes and brackets are ignored), or it is missing while enrollments.contact_required "
+    "asks for it.",
+    RejectCode.NO_CONTACT: "An enrollment has neither an email nor a phone "
+    '(enrollments.contact_required = "either").',
+    RejectCode.BAD_BIRTH_DATE: "The birth_date cannot be read (YYYY-MM-DD or format.date_format) or "
+    "is in the future.",
+    RejectCode.BAD_CONSENT: "consent_email or consent_sms is not one of true, false, yes, no, 1, 0.",
+    RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
+    "format.timestamp_format).",
 }
+
+# the codes of enrollment and claim rows (pipeline.core.members); the others are checkout lines'
+MEMBER_CODES: frozenset[RejectCode] = frozenset({
+    RejectCode.MEMBER_MISSING_FIELD, RejectCode.BAD_EMAIL, RejectCode.BAD_PHONE, RejectCode.NO_CONTACT,
+    RejectCode.BAD_BIRTH_DATE, RejectCode.BAD_CONSENT, RejectCode.BAD_MEMBER_TIMESTAMP,
+})
 
 
 def catalog_rows() -> list[dict[str, str]]:

@@ -5,11 +5,12 @@
 amounts as decimal strings, and balances exactly: ``rows_in = rows_valid + rows_rejected`` and
 ``amount_in = amount_valid + amount_rejected``.
 
-``TransformResult.lines`` keeps every input row: the canonical columns as read (strings), unmapped
-export columns (``src:<name>``), ``source_file``, ``source_line``, ``reject_code``,
-``reject_field``, ``reject_reason``, ``amount`` (MONEY: the signed line amount, 0 when
-unparseable), ``business_day`` (Date: business_date, else the timestamp's local date; null if
-neither can be read), ``transaction_type_normalized`` and ``store`` (stripped store_id).
+``TransformResult.lines`` keeps every input row: the canonical columns as read (strings), every
+export column as the file had it (``src:<name>``, in the file's order), ``source_file``,
+``source_line``, ``reject_code``, ``reject_field``, ``reject_reason``, ``amount`` (MONEY: the
+signed line amount, 0 when unparseable), ``business_day`` (Date: business_date, else the
+timestamp's local date; null if neither can be read), ``transaction_type_normalized`` and
+``store`` (stripped store_id).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.config import Feed
 from pipeline.core.dedup import dedup
 from pipeline.core.normalize import normalize, normalize_columns
 from pipeline.core.parse import EXTRA_PREFIX, read_file
+from pipeline.core.readstats import ReadStats
 from pipeline.core.validate import GROUP_ID, validate
 from pipeline.errors import UnreadableFileError
 from pipeline.records import (
@@ -96,6 +98,7 @@ def _summary(
     checked: pl.DataFrame,
     checkouts: pl.DataFrame,
     unreadable: Sequence[UnreadableFileError],
+    read_stats: ReadStats | None = None,
 ) -> dict[str, Any]:
     failed = pl.col("reject_code").is_not_null()
     has_id = pl.col("v_transaction_id").is_not_null()
@@ -138,31 +141,23 @@ def _summary(
         "amount_rejected": _money_text(amount_in - amount_valid),
         "files": sorted(checked.get_column("source_file").unique().to_list()),
         "unreadable_files": [{"file": e.file, "reason": e.reason} for e in unreadable],
+        # what the readers counted and did not turn into lines (POSLog's control transactions...)
+        **(read_stats or ReadStats()).summary(),
     }
 
 
-def _rejects(rejected: pl.DataFrame, all_lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
-    """Rejected rows under the export's own column names, plus code, reason, field, file, line."""
-    present = [
-        c
-        for c in CANONICAL_COLUMNS
-        if all_lines.height and all_lines.get_column(c).null_count() < all_lines.height
-    ] or list(CANONICAL_COLUMNS)
-    extras = [c for c in rejected.columns if c.startswith(EXTRA_PREFIX)]
-    names: dict[str, str] = {}
+def _rejects(rejected: pl.DataFrame) -> pl.DataFrame:
+    """Rejected rows with exactly the export's columns, in the export's order, as the file had them
+    (empty columns too), then code, reason, field, file and line.
+
+    Files of different layouts read together give the union of their columns, in first-seen
+    order. An export column named like one of the trailing columns keeps its ``src:`` prefix.
+    """
+    originals = [c for c in rejected.columns if c.startswith(EXTRA_PREFIX)]
+    names = {c: c[len(EXTRA_PREFIX) :] for c in originals}
     taken = set(REJECT_COLUMNS)
-    mapping = feed.format.columns if feed.format.has_header else {}
-    for col in present:
-        name = mapping.get(col, col)
-        names[col] = name if name not in taken else col
-        taken.add(names[col])
-    for col in extras:
-        name = col[len(EXTRA_PREFIX) :]
-        names[col] = name if name not in taken else col
-        taken.add(names[col])
-    return rejected.select(
-        *[pl.col(c).alias(names[c]) for c in (*present, *extras)], *[pl.col(c) for c in REJECT_COLUMNS]
-    )
+    renamed = [pl.col(c).alias(names[c] if names[c] not in taken else c) for c in originals]
+    return rejected.select(*renamed, *[pl.col(c) for c in REJECT_COLUMNS])
 
 
 def transform(
@@ -172,6 +167,7 @@ def transform(
     known: pl.DataFrame | None = None,
     now: datetime,
     unreadable: Sequence[UnreadableFileError] = (),
+    read_stats: ReadStats | None = None,
 ) -> TransformResult:
     """Validate, normalize and dedup a lines frame (from :mod:`pipeline.core.parse`)."""
     checked = validate(lines, feed, now=now)
@@ -181,7 +177,8 @@ def transform(
     valid = checked.select(normalize_columns(checked))
     if not is_valid.all():  # nothing to filter when every row is valid
         valid = valid.filter(is_valid)
-    rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS).filter(~is_valid)
+    rejected = checked.select(*CANONICAL_COLUMNS, *extras, *REJECT_COLUMNS)
+    rejected = rejected.filter(~is_valid) if not is_valid.all() else rejected.clear()
     out_lines = checked.select(
         *CANONICAL_COLUMNS,
         *extras,
@@ -193,7 +190,7 @@ def transform(
     del checked  # validation's working columns are not needed any more: free them before normalize
     checkouts, items = normalize(valid, feed)
     checkouts = dedup(checkouts, known)
-    summary = _summary(counted, checkouts, unreadable)
+    summary = _summary(counted, checkouts, unreadable, read_stats)
     log.info(
         "transform: %d rows, %d valid transactions, %d rows rejected",
         summary["rows_in"],
@@ -204,7 +201,7 @@ def transform(
         lines=out_lines,
         checkouts=checkouts,
         items=items,
-        rejects=_rejects(rejected, out_lines, feed),
+        rejects=_rejects(rejected),
         unreadable=tuple(unreadable),
         summary=summary,
     )
@@ -225,14 +222,15 @@ def transform_files(
     names = list(source_names) if source_names is not None else [p.name for p in paths]
     frames: list[pl.DataFrame] = []
     unreadable: list[UnreadableFileError] = []
+    stats = ReadStats()
     for path, name in zip(paths, names, strict=True):
         try:
-            frames.append(read_file(path, feed, source_name=name))
+            frames.append(read_file(path, feed, source_name=name, stats=stats))
         except UnreadableFileError as exc:
             log.warning("unreadable file %s: %s", exc.file, exc.reason)
             unreadable.append(exc)
     lines = pl.concat([empty_lines(), *frames], how="diagonal_relaxed") if frames else empty_lines()
-    return transform(lines, feed, known=known, now=now, unreadable=unreadable)
+    return transform(lines, feed, known=known, now=now, unreadable=unreadable, read_stats=stats)
 
 
 # schemas re-exported for callers that build empty results

@@ -38,7 +38,8 @@ from decimal import Decimal
 import polars as pl
 
 from pipeline.config import Feed
-from pipeline.core.rejects import ISO_4217, RejectCode
+from pipeline.core.parse import READ_CODE, READ_REASON
+from pipeline.core.rejects import ISO_4217, READER_CODES, RejectCode
 from pipeline.records import MONEY, MONEY_SCALE, QUANTITY, REQUIRED_COLUMNS, TransactionType
 
 __all__ = ["GROUP_ID", "GROUP_KEYS", "NUMBER_FIELDS", "Rule", "row_rules", "transaction_rules", "validate"]
@@ -57,6 +58,18 @@ NUMBER_FIELDS: dict[str, tuple[pl.DataType, int]] = {
     "line_no": (pl.Int64(), 0),
 }
 
+_MAX_OFFSET_MINUTES = 14 * 60
+# Unicode control and format characters (tabs, line breaks, NUL, zero-width and bidi marks)
+_CONTROL_RE = r"[\p{Cc}\p{Cf}]"
+# the id columns that may hold no control or format character, and their typed columns
+_ID_FIELDS: tuple[tuple[str, str], ...] = (
+    ("transaction_id", "v_transaction_id"),
+    ("original_transaction_id", "v_original_transaction_id"),
+    ("customer_id", "v_customer_id"),
+    ("product_id", "v_product_id"),
+    ("store_id", "v_store_id"),
+    ("register_id", "v_register_id"),
+)
 _OFFSET_RE = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})$"
 _TYPES = [t.value for t in TransactionType]
 
@@ -78,6 +91,22 @@ class Rule:
 def _fmt(template: str, *args: pl.Expr) -> pl.Expr:
     """A reason text; an empty value shows as '' instead of making the whole text null."""
     return pl.format(template, *[a.cast(pl.String).fill_null("") for a in args])
+
+
+def _shown(col: str) -> pl.Expr:
+    """A value for a reason with its control and format characters made visible (U+XXXX)."""
+    text = pl.col(col)
+    return pl.when(text.str.contains(_CONTROL_RE)).then(
+        text.map_elements(_visible, return_dtype=pl.String)
+    ).otherwise(pl.format("'{}'", text)).str.slice(0, 80)
+
+
+def _visible(text: str) -> str:
+    import unicodedata
+
+    return "'" + "".join(
+        f"<U+{ord(ch):04X}>" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text
+    ) + "'"
 
 
 def _money(value: Decimal | int | str) -> pl.Expr:
@@ -168,6 +197,21 @@ def _with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     return frame.with_columns(exprs)
 
 
+def _control_flag(typed: str) -> pl.Expr:
+    """v_ctrl_<field>: true where the typed id holds a control or format character, else null."""
+    found = pl.col(typed).str.contains(_CONTROL_RE)
+    return pl.when(found).then(pl.lit(True)).alias(f"v_ctrl_{typed.removeprefix('v_')}")
+
+
+def _control_flag_per_line(frame: pl.DataFrame, typed: str) -> pl.Expr:
+    """:func:`_control_flag` for a column typed line by line: the Unicode check only runs when
+    some value holds anything but printable ASCII (a cheap byte scan; usually nothing does)."""
+    name = f"v_ctrl_{typed.removeprefix('v_')}"
+    if not frame.select(pl.col(typed).str.contains(r"[^\x20-\x7E]").any()).item():
+        return pl.lit(None, dtype=pl.Boolean).alias(name)
+    return _control_flag(typed)
+
+
 def _runs(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.Series, pl.DataFrame]:
     """Runs of equal ``keys`` in adjacent rows: (run number of each row, first row of each run).
 
@@ -215,7 +259,11 @@ def _time_columns(distinct: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     # offset given: wall time minus the offset
     off = pl.col("v_offset")
     sign = pl.when(off.str.starts_with("-")).then(-1).otherwise(1)
-    minutes = sign * (off.str.slice(1, 2).cast(pl.Int64) * 60 + off.str.slice(-2, 2).cast(pl.Int64))
+    off_minutes = off.str.slice(-2, 2).cast(pl.Int64)
+    minutes = sign * (off.str.slice(1, 2).cast(pl.Int64) * 60 + off_minutes)
+    # real offsets run from -12:00 to +14:00; minutes past 59 are no offset at all (true, else null)
+    offset_bad = (minutes.abs() > _MAX_OFFSET_MINUTES) | (off_minutes > 59)
+    distinct = distinct.with_columns(pl.when(offset_bad).then(pl.lit(True)).alias("v_offset_bad"))
     off_norm = off.str.slice(0, 3) + ":" + off.str.slice(-2, 2)
     utc_from_offset = pl.col("v_local").dt.replace_time_zone("UTC") - pl.duration(minutes=minutes)
     local_from_offset = pl.col("v_local").dt.strftime("%Y-%m-%dT%H:%M:%S") + off_norm
@@ -290,6 +338,9 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     )
     distinct = distinct.with_columns(header)
     distinct = distinct.with_columns(
+        _control_flag(typed) for _, typed in _ID_FIELDS if typed != "v_product_id"
+    )
+    distinct = distinct.with_columns(
         pl.col("v_store_id")
         .replace_strict(feed.store_timezones, default=feed.timezone, return_dtype=pl.String)
         .alias("v_tz")
@@ -299,8 +350,14 @@ def _typed(lines: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     distinct = _time_columns(distinct, feed)
     header_run, header_keys = run, distinct.select("source_file", "v_transaction_id")
     distinct = distinct.drop(raw)
+    # flags that are null on every run (the usual case) are not spread line by line
+    flags = [c for c in distinct.columns if c.startswith(("v_ctrl_", "v_offset_bad"))]
+    unset = [c for c in flags if distinct.get_column(c).null_count() == distinct.height]
+    distinct = distinct.drop(unset)
     frame = lines.with_columns(text("product_id", "v_product_id"))
+    frame = frame.with_columns(_control_flag_per_line(frame, "v_product_id"))
     frame = frame.hstack(distinct[run])
+    frame = frame.with_columns(pl.lit(None, dtype=pl.Boolean).alias(c) for c in unset)
     frame = _with_numbers(frame, feed)
     frame = frame.with_columns(
         pl.col("v_business_date_text").str.to_date(date_format, strict=False).alias("v_business_date_given"),
@@ -480,7 +537,18 @@ def _with_line_amounts(frame: pl.DataFrame) -> pl.DataFrame:
 def row_rules(feed: Feed, now: datetime) -> list[Rule]:
     """The rules judged line by line and by transaction shape, in catalog order."""
     v = feed.validation
-    rules: list[Rule] = []
+    # a record a reader could not read: its code and reason come from the reader
+    rules: list[Rule] = [
+        Rule(
+            f"read_{code.name.lower()}",
+            code,
+            "record",
+            pl.col(READ_CODE) == code.value,
+            pl.col(READ_REASON),
+            needs=(READ_CODE,),
+        )
+        for code in READER_CODES
+    ]
     for field in REQUIRED_COLUMNS:
         if field in NUMBER_FIELDS:  # blank: no value and not flagged as a bad number
             missing = pl.col(f"v_{field}").is_null() & ~pl.col(f"v_bad_{field}")
@@ -496,6 +564,18 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 field,
                 missing,
                 pl.lit(f"required field {field} is empty"),
+            )
+        )
+    for field, typed_id in _ID_FIELDS:
+        flag = f"v_ctrl_{typed_id.removeprefix('v_')}"
+        rules.append(
+            Rule(
+                f"control_character_in_{field}",
+                RejectCode.CONTROL_CHARACTER_IN_ID,
+                field,
+                pl.col(flag),
+                _fmt(f"{field} {{}} holds a control or format character", _shown(field)),
+                needs=(flag,),
             )
         )
     for field, (_, places) in NUMBER_FIELDS.items():
@@ -516,6 +596,16 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
             "timestamp",
             pl.col("v_ts_utc").is_null(),
             _fmt("timestamp '{}' cannot be read", pl.col("timestamp")),
+        )
+    )
+    rules.append(
+        Rule(
+            "offset_out_of_range",
+            RejectCode.OFFSET_OUT_OF_RANGE,
+            "timestamp",
+            pl.col("v_offset_bad"),
+            _fmt("timestamp '{}' has a UTC offset outside -14:00..+14:00", pl.col("timestamp")),
+            needs=("v_offset_bad",),
         )
     )
     rules.append(
@@ -614,6 +704,32 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
                 f"timestamp '{{}}' is after now ({now_utc:%Y-%m-%dT%H:%M}Z) + {v.max_future_minutes} min",
                 pl.col("timestamp"),
             ),
+        )
+    )
+    earliest = datetime.combine(v.earliest_date, datetime.min.time(), tzinfo=UTC)
+    rules.append(
+        Rule(
+            "timestamp_too_early",
+            RejectCode.DATE_TOO_EARLY,
+            "timestamp",
+            pl.col("v_ts_utc") < pl.lit(earliest).dt.convert_time_zone("UTC"),
+            _fmt(
+                f"timestamp '{{}}' is before validation.earliest_date {v.earliest_date}",
+                pl.col("timestamp"),
+            ),
+        )
+    )
+    rules.append(
+        Rule(
+            "business_date_too_early",
+            RejectCode.DATE_TOO_EARLY,
+            "business_date",
+            pl.col("v_business_date_given") < pl.lit(v.earliest_date),
+            _fmt(
+                f"business_date '{{}}' is before validation.earliest_date {v.earliest_date}",
+                pl.col("business_date"),
+            ),
+            needs=("v_business_date_given",),
         )
     )
     days = (pl.col("v_local_date") - pl.col("v_business_date_given")).dt.total_days().abs()
@@ -749,6 +865,8 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
     ``now`` is injected (no clock in the core); a naive ``now`` is taken as UTC.
     """
     keys = GROUP_ID
+    if READ_CODE not in lines.columns:
+        lines = lines.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (READ_CODE, READ_REASON))
     frame = _typed(lines, feed)
     frame = _transaction_columns(frame, feed)
     frame = _with_line_amounts(frame)

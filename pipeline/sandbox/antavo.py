@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pipeline.sandbox.limits import MAX_DEPTH, BodyRefused, check_text, in_range, parse_json, read_body
-from pipeline.sandbox.state import DropConnection, Fault, SandboxState
+from pipeline.sandbox.state import DropConnection, Fault, SandboxState, jsonable
 from pipeline.sinks.escher import EscherError, antavo_config, verify
 
 __all__ = ["KNOWN_ACTIONS", "PLATFORM", "routes"]
@@ -54,6 +54,8 @@ KNOWN_ACTIONS = frozenset({
 })
 
 GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
+ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
+CUSTOMERS = "antavo.customers"  # the members opt_in created (put_record kind)
 
 
 class EventError(Exception):
@@ -130,6 +132,14 @@ def _number(value: Any, name: str) -> Decimal:
     if not in_range(number):
         raise _bad(f"Property {name} is out of range")
     return number
+
+
+def _transaction_id(data: dict[str, Any]) -> str:
+    """The event's ``transaction_id``: present, not empty, and a valid identifier."""
+    tid = data.get("transaction_id")
+    if tid is None or str(tid) == "":
+        raise _bad("Property transaction_id cannot be empty")
+    return _identifier(tid, "transaction_id")
 
 
 def _identifier(value: Any, name: str) -> str:
@@ -211,6 +221,10 @@ class AntavoPlatform:
         customer_id = str(customer) if customer else None
         if action == "checkout":
             events = self._checkout(customer_id, event, data)
+        elif action in ("opt_in", "profile") and customer_id is not None:
+            events = self._member(customer_id, action, data)
+        elif action == "checkout_claim" and customer_id is not None:
+            events = self._claim(customer_id, data)
         elif action in ("refund", "refund_item", "partial_refund"):
             events = self._refund(customer_id, action, data)
         else:
@@ -224,10 +238,7 @@ class AntavoPlatform:
 
     def _checkout(self, customer: str | None, event: dict[str, Any], data: dict[str, Any]
                   ) -> list[dict[str, Any]]:
-        tid = data.get("transaction_id")
-        if tid is None or str(tid) == "":
-            raise _bad("Property transaction_id cannot be empty")
-        tid = _identifier(tid, "transaction_id")
+        tid = _transaction_id(data)
         if data.get("total") is None:
             raise _bad("Property total cannot be empty")
         total = _number(data["total"], "total")
@@ -265,11 +276,48 @@ class AntavoPlatform:
             self.state.put_transaction(PLATFORM, tid, record)
         return events
 
+    def _member(self, customer: str, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields; an
+        email with an empty label (``a@b..org``) is refused, the address named in the message."""
+        email = data.get("email")
+        if isinstance(email, str) and (".." in email or email.endswith(".")):
+            raise _bad(f"Invalid email address: {email}", 0)
+        with self.state.lock:
+            known = self.state.get_record(CUSTOMERS, customer)
+            if action == "opt_in" and known is not None:
+                raise _bad("Customer has already been opted-in.", ALREADY_OPTED_IN)
+            if action == "profile" and known is None:
+                raise EventError(404, "NotFoundException", 160212, "Customer not found")
+            now = self.state.clock().isoformat()
+            record = {**(known or {"id": customer, "created_at": now, "status": "active"}),
+                      **{k: v for k, v in data.items() if k != "customer"}, "updated_at": now}
+            self.state.put_record(CUSTOMERS, customer, record)
+        return [{"id": self._event_id(), "action": action, "points": 0}]
+
+    def _claim(self, customer: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """``checkout_claim`` moves a guest transaction to the member. A repeat by the member who
+        owns it answers as the first claim did (it changes nothing); a transaction of another
+        member is refused (103902), an unknown one too (112201)."""
+        tid = _transaction_id(data)
+        with self.state.lock:
+            record = self.state.get_transaction(PLATFORM, tid)
+            if record is None:
+                raise _bad("Transaction not found", 112201)
+            if record["customer"] is not None and record["customer"] != customer:
+                raise EventError(400, "BadRequestException", 103902,
+                                 "Customer does not match transaction owner")
+            event = {"id": self._event_id(), "action": "checkout_claim", "points": record["earned"]}
+            if record["customer"] is None:
+                self.state.put_transaction(PLATFORM, tid, {
+                    **record, "customer": customer, "guest": False, "claimed": True,
+                    "events": [*record["events"], event]})
+            else:
+                event["points"] = 0
+                self.state.count("repeated_claims")
+        return [event]
+
     def _refund(self, customer: str | None, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        tid = data.get("transaction_id")
-        if tid is None or str(tid) == "":
-            raise _bad("Property transaction_id cannot be empty")
-        tid = _identifier(tid, "transaction_id")
+        tid = _transaction_id(data)
         with self.state.lock:
             record = self.state.get_transaction(PLATFORM, tid)
             if record is None or record["status"] != "accepted":
@@ -411,7 +459,13 @@ def routes(state: SandboxState) -> list[BaseRoute]:
     """The Antavo Events API routes over ``state``."""
     platform = AntavoPlatform(state)
     state.platforms[PLATFORM] = platform
+
+    async def customers(request: Request) -> Response:
+        listing = [jsonable(record) for record in state.records(CUSTOMERS).values()]
+        return JSONResponse({"count": len(listing), "customers": listing})
+
     return [
+        Route("/_sandbox/customers", customers, methods=["GET"]),
         Route("/events", _handler(state, platform, bulk=False), methods=["POST"]),
         Route("/events/bulk", _handler(state, platform, bulk=True), methods=["POST"]),
     ]

@@ -10,6 +10,7 @@ Responses map to outcomes:
 =====================================  =====================================
 ``/events`` 200, bulk ``{"events"}``   ACCEPTED (event ids, points)
 error 5003                             ALREADY_ACCEPTED (an earlier send landed)
+error 112101 (an ``opt_in`` again)     ALREADY_ACCEPTED (the member exists)
 error 127201 (workflow interruption)   ACCEPTED (the event was registered)
 any other per-event error              REJECTED (Antavo's code and message)
 429, 5xx, 401/403, other whole errors  :class:`RequestFailure` (the engine decides)
@@ -33,10 +34,11 @@ from pipeline.sinks.delivery import Batch, Plan, PreparedRequest, RequestFailure
 from pipeline.sinks.escher import EscherSigner, antavo_config
 from pipeline.sinks.http import HttpClient
 
-__all__ = ["ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter"]
+__all__ = ["ALREADY_OPTED_IN", "ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "member_event"]
 
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
+ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier opt_in landed
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
@@ -77,6 +79,13 @@ class AntavoAdapter:
         members: dict[int, list[Unit]] = {0: [], 1: []}
         for row in checkouts:
             tid = str(row["transaction_id"])
+            if row.get("record"):  # an enrollment, profile update or claim: one event
+                event = member_event(row, account=self.target.account)
+                if row["record"] == "claim" or self.target.bulk_size == 1:
+                    batches.append(Batch((Unit(tid, [event]),), route="single", phase=0))
+                else:
+                    members[0].append(Unit(tid, [event]))
+                continue
             events = events_for(row, return_mode=self.target.return_mode, account=self.target.account)
             if isinstance(events, NotSent):
                 unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code=events.code,
@@ -212,10 +221,27 @@ def _accepted(tid: str, entries: list[Any]) -> EventResult:
     return EventResult(tid, Outcome.ACCEPTED, event_ids=ids, points=points)
 
 
+def member_event(row: CheckoutRow, *, account: str | None) -> dict[str, Any]:
+    """The event of an enrollment (``opt_in``), a changed enrollment (``profile``) or a guest
+    claim (``checkout_claim``)."""
+    if row["record"] == "claim":
+        action = "checkout_claim"
+        data: dict[str, Any] = {"transaction_id": row["claimed_transaction_id"]}
+    else:
+        action = "opt_in" if row["record"] == "enrollment" else "profile"
+        data = dict(row.get("profile") or {})
+        if row.get("store_id"):
+            data.setdefault("store", row["store_id"])
+    event: dict[str, Any] = {"customer": row["customer_id"], "action": action, "data": data}
+    if account:
+        event["account"] = account
+    return event
+
+
 def _event_error(tid: str, error: dict[str, Any]) -> EventResult:
     code = str(error.get("code", ""))
     message = str(error.get("message", ""))
-    if code == ALREADY_USED:
+    if code in (ALREADY_USED, ALREADY_OPTED_IN):
         return EventResult(tid, Outcome.ALREADY_ACCEPTED, error_code=code, error_message=message)
     if code == WORKFLOW_INTERRUPTED:
         return EventResult(tid, Outcome.ACCEPTED, error_code=code, error_message=message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MAX_NAME_BYTES",
     "Scan",
+    "discover_ready",
     "expand_patterns",
     "find_ready",
+    "irregular_kind",
     "is_temporary",
     "lookback_dates",
     "marker_names",
@@ -202,14 +205,53 @@ def discover_ready(
     *,
     sleep: Callable[[float], None],
     where: str,
+    skipped: list[tuple[str, str]] | None = None,
+    irregular: dict[str, str] | None = None,
 ) -> Iterator[RemoteFile]:
-    """:func:`find_ready` for a source, logging skipped and not-yet-ready files under ``where``."""
-    waiting_for = "no done-marker" if config.readiness == "marker" else "still changing"
+    """:func:`find_ready` for a source, logging skipped and not-yet-ready files under ``where``.
+
+    With ``skipped``, every file the source saw and did not take is appended to it as (name,
+    reason): unsafe names, files not ready yet (still being written, or no done-marker), and the
+    entries of ``irregular`` (name -> what it is: a symbolic link, a FIFO ...) that match the
+    pattern, once the listing has been consumed.
+    """
+    if config.readiness == "marker":
+        waiting_for = "no done-marker yet"
+    else:
+        waiting_for = "still being written (its size or time changed between two listings)"
+
+    def on_skip(name: str, why: str) -> None:
+        log.warning("skipping %r in %s: unsafe name (%s)", name, where, why)
+        if skipped is not None:
+            skipped.append((name, f"unsafe name: {why}"))
+
+    def on_not_ready(f: RemoteFile) -> None:
+        log.info("not taking %s yet: %s", f.name, waiting_for)
+        if skipped is not None:
+            skipped.append((f.name, f"not taken yet: {waiting_for}"))
+
     yield from find_ready(
-        list_entries,
-        config,
-        business_dates,
-        sleep=sleep,
-        on_skip=lambda name, why: log.warning("skipping %r in %s: unsafe name (%s)", name, where, why),
-        on_not_ready=lambda f: log.info("not taking %s yet: %s", f.name, waiting_for),
+        list_entries, config, business_dates, sleep=sleep, on_skip=on_skip, on_not_ready=on_not_ready
     )
+    if irregular:
+        patterns = expand_patterns(config.pattern, business_dates)
+        for name, kind in sorted(irregular.items()):
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                log.warning("skipping %r in %s: %s, not a regular file", name, where, kind)
+                if skipped is not None:
+                    skipped.append((name, f"{kind}, not a regular file"))
+
+
+def irregular_kind(mode: int) -> str:
+    """What a directory entry that is not a regular file is, from its ``st_mode``."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"

@@ -20,7 +20,7 @@ from typing import Literal
 from pipeline.config import Feed
 from pipeline.errors import SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
-from pipeline.sources.discovery import discover_ready, marker_names, unsafe_name_reason
+from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 
 __all__ = ["LocalSource"]
 
@@ -37,12 +37,18 @@ class LocalSource:
         self.config = feed.source
         self.folder = feed.resolve_path(feed.source.path)
         self._sleep = sleep
+        # the files the last discovery saw and did not take, with why (name, reason)
+        self.skipped: list[tuple[str, str]] = []
+        self._irregular: dict[str, str] = {}
 
     def _list(self) -> Iterator[RemoteFile]:
         try:
             with os.scandir(self.folder) as entries:
                 for entry in entries:
                     if not entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            mode = entry.stat(follow_symlinks=False).st_mode
+                            self._irregular[entry.name] = irregular_kind(mode)
                         continue
                     info = entry.stat(follow_symlinks=False)
                     yield RemoteFile(entry.name, info.st_size, info.st_mtime)
@@ -52,9 +58,12 @@ class LocalSource:
             raise SourceUnavailableError(f"{self.folder}: permission denied listing the folder") from exc
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
-        """Yield the ready files matching the feed's pattern for these dates, oldest first."""
+        """Yield the ready files matching the feed's pattern for these dates, oldest first; the
+        matching files not taken (unsafe names, links, FIFOs, not ready yet) end in ``skipped``."""
+        self.skipped, self._irregular = [], {}
         yield from discover_ready(
-            self._list, self.config, business_dates, sleep=self._sleep, where=str(self.folder)
+            self._list, self.config, business_dates, sleep=self._sleep, where=str(self.folder),
+            skipped=self.skipped, irregular=self._irregular,
         )
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:

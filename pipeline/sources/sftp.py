@@ -31,7 +31,7 @@ import paramiko
 from pipeline.config import Feed
 from pipeline.errors import SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
-from pipeline.sources.discovery import discover_ready, marker_names, unsafe_name_reason
+from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
 from pipeline.sources.sftp_stream import HashingWriter, PipelinedReader, WriterFailed
 
@@ -55,6 +55,9 @@ class SftpSource:
         self._sleep = sleep
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        # the files the last discovery saw and did not take, with why (name, reason)
+        self.skipped: list[tuple[str, str]] = []
+        self._irregular: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -100,8 +103,7 @@ class SftpSource:
             for attrs in sftp.listdir_iter(self.folder):
                 mode = attrs.st_mode or 0
                 if not stat.S_ISREG(mode):
-                    if stat.S_ISLNK(mode):
-                        log.info("skipping symbolic link %r in %s", attrs.filename, self.address)
+                    self._irregular[attrs.filename] = irregular_kind(mode)
                     continue
                 yield RemoteFile(attrs.filename, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
         except FileNotFoundError as exc:
@@ -113,9 +115,12 @@ class SftpSource:
             raise SourceUnavailableError(f"listing {self.address} failed: {describe(exc)}") from exc
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
-        """Yield the ready files matching the feed's pattern for these dates, oldest first."""
+        """Yield the ready files matching the feed's pattern for these dates, oldest first; the
+        matching files not taken (unsafe names, links, FIFOs, not ready yet) end in ``skipped``."""
+        self.skipped, self._irregular = [], {}
         yield from discover_ready(
-            self._list, self.config, business_dates, sleep=self._sleep, where=str(self.address)
+            self._list, self.config, business_dates, sleep=self._sleep, where=str(self.address),
+            skipped=self.skipped, irregular=self._irregular,
         )
 
     # ---- fetch ------------------------------------------------------------------------------

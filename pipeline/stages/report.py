@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.ledger import Ledger
 from pipeline.reports import Report, build_report, write_report
 
-__all__ = ["day_problems", "day_report", "report_folder", "run_report", "write_run_report"]
+__all__ = ["day_problems", "day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,26 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
         rejects=ledger.rejects(run_id=run_id),
         pending_is_final=run.dry_run,
         extra=details,
+        files_not_read=files_not_read(details),
     )
+
+
+# run summary key -> the origin its files get in summary.csv
+_NOT_READ = (
+    ("unreadable_files", "unreadable"),
+    ("fetch_failures", "fetch_failed"),
+    ("skipped_files", "skipped"),
+)
+
+
+def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(source_file, origin, reason) of every file the run saw and did not read, from its summary."""
+    return [
+        (str(item.get("file", "")), origin, str(item.get("reason", "")))
+        for key, origin in _NOT_READ
+        for item in details.get(key) or []
+        if isinstance(item, dict)
+    ]
 
 
 def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:

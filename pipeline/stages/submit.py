@@ -10,6 +10,7 @@ transaction answers "transaction ID already used", which settles it as accepted.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections import Counter
@@ -19,13 +20,14 @@ from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import Feed
+from pipeline.core.members import PERSONAL_FIELDS
 from pipeline.ledger import Ledger, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
-from pipeline.sinks.base import EventResult, Sink
+from pipeline.sinks.base import EventResult, Outcome, Sink
 
-__all__ = ["BATCH_SIZE", "SubmitResult", "submit_rows", "with_originals"]
+__all__ = ["BATCH_SIZE", "SubmitResult", "gate_claims", "submit_rows", "with_originals"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,46 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
     return enriched
 
 
+def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """The claims that may be sent now, and a NOT_SENT result for each that never can.
+
+    A claim names a guest checkout of ``claims.checkout_scope``: sent once that checkout is
+    accepted; left queued (waiting) while it is pending or failed; never sent when it settled
+    without reaching the platform (``claim_checkout_not_sent``) or when the ledger does not know
+    it (``unmatched_claim``, unless ``claims.unknown_checkouts = "send"``).
+    """
+    if not claims:
+        return claims, []
+    checkout_scope = feed.claims.checkout_scope or feed.scope
+    known = ledger.originals(checkout_scope, [str(c["claimed_transaction_id"]) for c in claims])
+    ready: list[dict[str, Any]] = []
+    unsent: list[EventResult] = []
+    waiting = 0
+    for claim in claims:
+        checkout = known.get(str(claim["claimed_transaction_id"]))
+        if checkout is None:
+            if feed.claims.unknown_checkouts == "send":
+                ready.append(claim)
+            else:
+                unsent.append(EventResult(
+                    claim["transaction_id"], Outcome.NOT_SENT, error_code="unmatched_claim",
+                    error_message=f"no checkout {claim['claimed_transaction_id']} in scope "
+                                  f"{checkout_scope!r}", attempts=0))
+        elif checkout.state is TxnState.ACCEPTED:
+            ready.append(claim)
+        elif checkout.state in (TxnState.NOT_SENT, TxnState.VOID):
+            unsent.append(EventResult(
+                claim["transaction_id"], Outcome.NOT_SENT, error_code="claim_checkout_not_sent",
+                error_message=f"checkout {claim['claimed_transaction_id']} was not sent "
+                              f"({checkout.state})", attempts=0))
+        else:
+            waiting += 1
+    if waiting:
+        log.info("%s: %d claim(s) wait for their checkout to be accepted", feed.name, waiting)
+    return ready, unsent
+
+
 async def _submit(
     ledger: Ledger,
     feed: Feed,
@@ -136,12 +178,20 @@ async def _submit(
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
     customer_of: dict[str, str] = {}
 
+    # enrollments: the member's details, kept out of platform messages the ledger stores
+    personal_of: dict[str, list[str]] = {}
+
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
         customer = customer_of.get(result.transaction_id)
         if customer and result.error_message and customer in result.error_message:
             result = replace(result, error_message=result.error_message.replace(
                 customer, mask_customer_id(customer)))
+        if result.error_message and result.transaction_id in personal_of:
+            message = result.error_message
+            for value in personal_of[result.transaction_id]:
+                message = message.replace(value, "***")
+            result = replace(result, error_message=message)
         pending.append(result)
         if len(pending) >= _FLUSH_EVERY:
             flush()
@@ -156,8 +206,21 @@ async def _submit(
                             feed.name, len(row_ids) - start)
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
-            decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            if feed.records == "transactions":
+                decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
+            else:
+                decoded = [json.loads(r.checkout) for r in rows if r.checkout]
+            if feed.records == "claims":
+                decoded, unmatched = gate_claims(ledger, feed, decoded)
+                for result in unmatched:
+                    on_result(result)
             checkouts = with_originals(ledger, scope, decoded)
+            if feed.records == "enrollments":
+                personal_of.clear()
+                personal_of.update(
+                    (c["transaction_id"], sorted({str(v) for k, v in (c.get("profile") or {}).items()
+                                                  if k in PERSONAL_FIELDS and v}, key=len, reverse=True))
+                    for c in checkouts)
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
                 customer_of.clear()

@@ -26,6 +26,7 @@ import polars as pl
 from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
 from pipeline.core.parse import read_file
+from pipeline.core.readstats import ReadStats
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
@@ -47,6 +48,7 @@ class TransformOutcome:
 
     to_send: list[int] = field(default_factory=list)  # ledger row ids queued by this run
     unreadable: list[UnreadableFileError] = field(default_factory=list)
+    read_stats: ReadStats = field(default_factory=ReadStats)  # skipped transactions, line items by kind
 
 
 @dataclass
@@ -133,8 +135,11 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
             ),
         ]
     )
-    assigned = lines.join(line_map, on=["source_file", "source_line"], how="left").join(
-        group_of, on="_rec", how="left"
+    # only the columns the totals need go through the joins (a line carries every export column)
+    assigned = (
+        lines.select("source_file", "source_line", "store", "business_day", "amount")
+        .join(line_map, on=["source_file", "source_line"], how="left")
+        .join(group_of, on="_rec", how="left")
     )
     assigned = assigned.with_columns(
         pl.when(pl.col("_rec").is_null()).then(pl.col("store")).otherwise(pl.col("g_store")).alias("g_store"),
@@ -258,14 +263,16 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
     )
 
 
-def _read_staged(staged: Sequence[StagedFile], feed: Feed) -> tuple[pl.DataFrame, list[UnreadableFileError]]:
+def _read_staged(
+    staged: Sequence[StagedFile], feed: Feed, stats: ReadStats | None = None
+) -> tuple[pl.DataFrame, list[UnreadableFileError]]:
     """Read every staged file under its source name (as :func:`transform_files` does); unreadable
     files are collected, never raised."""
     frames: list[pl.DataFrame] = []
     unreadable: list[UnreadableFileError] = []
     for item in staged:
         try:
-            frames.append(read_file(item.fetched.path, feed, source_name=item.record.name))
+            frames.append(read_file(item.fetched.path, feed, source_name=item.record.name, stats=stats))
         except UnreadableFileError as exc:
             log.warning("unreadable file %s: %s", exc.file, exc.reason)
             unreadable.append(exc)
@@ -343,7 +350,7 @@ def _transform_group(
     """Transform and record one group of files into ``outcome``; True when it recorded a conflict."""
     conflicts = False
     hook("transform", "start")
-    lines, unreadable_files = _read_staged(staged, feed)
+    lines, unreadable_files = _read_staged(staged, feed, outcome.read_stats)
     # the ledger is asked only about the ids these files contain
     ids = lines.get_column("transaction_id").drop_nulls()
     candidates = set(ids.to_list()) | set(ids.str.strip_chars().to_list())

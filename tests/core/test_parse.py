@@ -268,7 +268,7 @@ def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
             {"encoding": "cp1252"},
             "not valid cp1252",
         ),
-        ("bad.jsonl", b'{"a": 1}\n{not json\n', {"kind": "jsonl"}, "JSON Lines"),
+        ("bad.jsonl", b"{not json\n[1, 2]\n", {"kind": "jsonl"}, "JSON Lines"),
         ("bad.parquet", b"PAR1 not really", {"kind": "parquet"}, "Parquet"),
         ("parquet_as_csv.csv", b"PAR1\x15\x04\x15", {}, "Parquet"),
     ],

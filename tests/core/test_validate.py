@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from pipeline.core.rejects import CATALOG, RejectCode
+from pipeline.core.rejects import CATALOG, MEMBER_CODES, RejectCode
 from pipeline.core.validate import validate
 from tests.core.helpers import NOW, codes, feed, lines_of, row, run
 
@@ -50,6 +50,26 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("mixed_currencies", [row(), row(line_no="2", currency="EUR")], {}, R.MIXED_CURRENCIES),
     ("mixed_types", [row(), row(line_no="2", transaction_type="void")], {}, R.MIXED_TRANSACTION_TYPES),
     ("transaction_total_off", [row(transaction_total="9.99")], {}, R.TRANSACTION_TOTAL_MISMATCH),
+    ("nul_in_a_field", [row(product_name="Tea\x00")], {}, R.NUL_IN_ROW),
+    ("zero_width_space_in_id", [row(transaction_id="T\u200b1")], {}, R.CONTROL_CHARACTER_IN_ID),
+    ("bidi_mark_in_customer", [row(customer_id="\u202eC1")], {}, R.CONTROL_CHARACTER_IN_ID),
+    ("tab_inside_product_id", [row(product_id="P\t1")], {}, R.CONTROL_CHARACTER_IN_ID),
+    ("control_in_store", [row(store_id="S\x071")], {}, R.CONTROL_CHARACTER_IN_ID),
+    ("offset_plus_25", [row(timestamp="2026-11-20T10:00:00+25:00")], {}, R.OFFSET_OUT_OF_RANGE),
+    ("offset_minus_1430", [row(timestamp="2026-11-20T10:00:00-14:30")], {}, R.OFFSET_OUT_OF_RANGE),
+    ("offset_minutes_75", [row(timestamp="2026-11-20T10:00:00+01:75")], {}, R.OFFSET_OUT_OF_RANGE),
+    ("year_1999", [row(timestamp="1999-12-31 10:00:00", business_date="")], {}, R.DATE_TOO_EARLY),
+    ("business_date_1999", [row(business_date="1999-12-31", timestamp="2026-11-20 10:00:00")],
+     {"validation": {"max_days_from_business_date": 100000}}, R.DATE_TOO_EARLY),
+    ("earliest_date_configured", [row()], {"validation": {"earliest_date": "2026-11-21"}}, R.DATE_TOO_EARLY),
+]
+
+# codes only a reader gives (the CSV text itself is broken): (case name, CSV text, settings, code)
+READER_CASES: list[tuple[str, str, dict[str, object], RejectCode]] = [
+    ("two_extra_fields", "{header}\n{line},x,y\n", {}, R.WRONG_FIELD_COUNT),
+    ("unclosed_quote", '{header}\n"{line}\n', {}, R.UNBALANCED_QUOTE),
+    ("text_after_quote", '{header}\n"T1"x,{rest}\n', {}, R.UNBALANCED_QUOTE),
+    ("not_json", "[1, 2]\n", {"format": {"kind": "jsonl"}}, R.NOT_JSON),
 ]
 
 
@@ -66,8 +86,35 @@ def test_each_reject_code(
 
 
 def test_every_code_has_a_case() -> None:
-    covered = {c[3] for c in CASES} | {R.SIBLING_REJECTED}
-    assert covered == set(CATALOG)
+    covered = {c[3] for c in CASES} | {c[3] for c in READER_CASES} | {R.SIBLING_REJECTED}
+    assert covered == set(CATALOG) - MEMBER_CODES  # enrollment and claim codes: tests/core/test_members.py
+
+
+@pytest.mark.parametrize(
+    ("text", "settings", "expected"), [c[1:] for c in READER_CASES], ids=[c[0] for c in READER_CASES]
+)
+def test_each_reader_code(text: str, settings: dict[str, object], expected: RejectCode) -> None:
+    from pipeline.core.parse import read_bytes
+    from pipeline.core.transform import transform
+    from tests.core.helpers import csv_text
+
+    header, line = csv_text([row()]).splitlines()
+    good = csv_text([row(transaction_id="T2")]).splitlines()[1]
+    data = text.format(header=header, line=line, rest=line.split(",", 1)[1])
+    if settings.get("format") == {"kind": "jsonl"}:
+        import json
+
+        data += json.dumps(row(transaction_id="T2")) + "\n"
+    else:
+        data += good + "\n"
+    the_feed = feed(**settings)
+    result = transform(read_bytes(data.encode(), the_feed, source_name="r.csv"), the_feed, now=NOW)
+    assert codes(result)[0] == expected.value
+    first = result.lines.row(0, named=True)
+    assert first["reject_field"] == "record"
+    assert first["reject_reason"] and "\n" not in first["reject_reason"]
+    assert first["source_line"] in (1, 2)
+    assert result.checkouts.get_column("transaction_id").to_list() == ["T2"]  # the rest is read
 
 
 def test_reason_names_the_value() -> None:

@@ -1,0 +1,712 @@
+"""ARTS POSLog XML reader: a transaction log into the canonical *lines* frame (as CSV gives it).
+
+The file is streamed (lxml ``iterparse`` over ``Transaction`` elements, each cleared once read),
+so memory stays bounded by the output frame, never by the XML tree. Each retail sale or return
+transaction becomes the canonical lines of one checkout; validation, normalization, dedup, the
+ledger and the reports then treat it exactly as a CSV export.
+
+Mapping (one checkout per retail transaction):
+
+* ``transaction_id``: ``format.transaction_id_template``, default :data:`DEFAULT_TEMPLATE`
+  (store, workstation, business day, sequence). Template fields are the transaction's own child
+  elements by local name (``{RetailStoreID}``, ``{OperatorID}``...), canonical names
+  (``{store_id}``, ``{register_id}``, ``{business_date}``) and ``{business_day}`` (YYYYMMDD).
+* ``customer_id``: the first ``poslog.loyalty_id_paths`` match, kept exactly (leading zeros
+  included); none: a guest.
+* Items: ``Sale`` lines (``Return`` lines in a return). An item void (``LineItem/@VoidFlag``)
+  cancels the latest earlier lines of the same item: a fully voided item disappears, a partly
+  voided one keeps what is left. A void with nothing to cancel stays as a line with a negative
+  quantity, which validation rejects. Items with a negative amount on purpose (a deposit refund,
+  or an ``ItemType`` in ``poslog.negative_item_types``) are not items: their amount is part of the
+  discount below.
+* Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
+  ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
+  and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
+  as each line's ``discount``: a line's own ``DiscountAmount`` (else its ``RetailPriceModifier``
+  amounts) first, the rest pro rata, so the
+  lines sum to the total exactly. A transaction whose totals cannot be reconciled that way (it
+  took more than its lines, or a sale with a negative total) keeps its plain amounts and is
+  rejected by validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
+  own totals next to the reject.
+* Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
+  ``Return``) become returns; a ``TransactionLink`` names the original sale.
+* Control, tender-control, voided, suspended, training and item-less transactions are counted in
+  :class:`ReadStats` ``skipped_by_kind``, never lines. A post-void (a transaction whose
+  ``TransactionLink`` has a ``poslog.post_void_link_reasons`` reason) removes the transaction it
+  voids when this file holds it (``post_void`` and ``post_voided``), else is counted as
+  ``post_void_original_elsewhere`` with a warning. Every ``LineItem`` is counted by kind in
+  ``line_items_by_kind`` (``sale``, ``sale_voided``, ``item_void``, ``tender``, ``tax``...; those
+  of skipped transactions as ``in_skipped_transaction``).
+
+``source_line`` is the XML line of the item's ``LineItem``; in a file that puts several line items
+on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
+instead, so that it always names one line item. ``src:transaction`` is the transaction's position
+in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
+not well-formed XML (not XML at all, truncated, broken inside) or whose root is not ``POSLog`` is
+unreadable as a whole, with the position where it broke and the last complete transaction: a
+half-read transaction log is never sent in part.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+from lxml import etree
+
+from pipeline.config import POSLOG_PROFILE_NAMESPACES, Feed, PoslogConfig
+from pipeline.core.parse import EXTRA_PREFIX, template_fields
+from pipeline.core.readstats import ReadStats
+from pipeline.errors import ConfigError, UnreadableFileError
+from pipeline.records import CANONICAL_COLUMNS
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "PROFILES",
+    "read_poslog",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{RetailStoreID}-{WorkstationID}-{business_day}-{SequenceNumber}"
+
+# profile -> (vendor namespaces, loyalty id paths)
+PROFILES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "arts": (
+        POSLOG_PROFILE_NAMESPACES["arts"],
+        ("LineItem/LoyaltyMembership/LoyaltyID", "LineItem/LoyaltyMembership/MembershipID"),
+    ),
+    "ncr_acs": (
+        POSLOG_PROFILE_NAMESPACES["ncr_acs"],
+        (
+            "LineItem/acs:LoyaltyMembership/acs:LoyaltyID",
+            "LineItem/acs:LoyaltyMembership/acs:MembershipID",
+            "LineItem/LoyaltyMembership/LoyaltyID",
+        ),
+    ),
+}
+
+_EXTRAS = (EXTRA_PREFIX + "transaction", EXTRA_PREFIX + "xml_line", EXTRA_PREFIX + "poslog_totals")
+_ORDINAL = "_ordinal"  # the item's position among the file's LineItem elements
+_COLUMNS = (*CANONICAL_COLUMNS, "source_line", _ORDINAL, *_EXTRAS)
+_CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
+_ZERO = Decimal(0)
+_ITEM_KINDS = ("Sale", "Return")
+_TAGS = (
+    "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
+    "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
+    "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
+)
+_SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+@functools.cache
+def _snake(name: str) -> str:
+    return _SNAKE.sub("_", name).lower()
+
+
+@functools.cache
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _local(tag: Any) -> str:
+    return _local_name(tag) if isinstance(tag, str) else ""
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Clark names and compiled paths for one feed's namespaces."""
+
+    ns: str
+    transaction: str
+    loyalty_paths: tuple[str, ...]
+    item_id_paths: tuple[tuple[str, bool], ...]  # (Clark path, a single step)
+    timestamps: tuple[str, ...]
+
+    def q(self, name: str) -> str:
+        return f"{{{self.ns}}}{name}" if self.ns else name
+
+
+def _clark_path(path: str, default_ns: str, prefixes: dict[str, str]) -> str:
+    steps = []
+    for step in path.strip("/").split("/"):
+        if ":" in step:
+            prefix, name = step.split(":", 1)
+            if prefix not in prefixes:
+                raise ConfigError(
+                    f"path {path!r} uses prefix {prefix!r}, which poslog.namespaces does not name",
+                    key="poslog.namespaces",
+                )
+            steps.append(f"{{{prefixes[prefix]}}}{name}")
+        else:
+            steps.append(f"{{{default_ns}}}{step}" if default_ns else step)
+    return "/".join(steps)
+
+
+def _names(config: PoslogConfig) -> _Names:
+    vendor, loyalty = PROFILES[config.profile]
+    prefixes = {**vendor, **config.namespaces}
+    paths = config.loyalty_id_paths if config.loyalty_id_paths is not None else loyalty
+    ns = config.namespace
+    return _Names(
+        ns=ns,
+        transaction=f"{{{ns}}}Transaction" if ns else "Transaction",
+        loyalty_paths=tuple(_clark_path(p, ns, prefixes) for p in paths),
+        item_id_paths=tuple(
+            (_clark_path(p, ns, prefixes), "/" not in p.strip("/")) for p in config.item_id_paths
+        ),
+        timestamps=tuple(f"{{{ns}}}{t}" if ns else t for t in config.timestamp_elements),
+    )
+
+
+def _text(element: Any) -> str:
+    if element is None or element.text is None:
+        return ""
+    return str(element.text).strip()
+
+
+def _decimal(text: str) -> Decimal | None:
+    if not text:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def _number_text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "1")
+
+
+@dataclass(slots=True)
+class _Item:
+    """One Sale or Return line item, as read."""
+
+    kind: str  # "Sale" or "Return"
+    line_no: str
+    product_id: str
+    name: str
+    category: str
+    quantity: Decimal
+    quantity_text: str
+    unit_price_text: str
+    amount: Decimal  # ExtendedAmount (absolute), reduced by voids
+    own_discount: Decimal
+    xml_line: int
+    ordinal: int
+    original_link: dict[str, str] | None
+    voided: bool = False
+
+
+class _Transaction:
+    """The facts of one Transaction element that the lines need."""
+
+    def __init__(self, element: Any, names: _Names, config: PoslogConfig) -> None:
+        self.element = element
+        self.names = names
+        self.config = config
+        self.fields: dict[str, str] = {}
+        self.body: Any = None
+        self.body_kind = ""
+        for child in element:
+            tag = child.tag
+            if not isinstance(tag, str):
+                continue
+            local = _local(tag)
+            if local.endswith("Transaction") or local in ("FunctionLog", "POSLogFunctionLog"):
+                if self.body is None:
+                    self.body, self.body_kind = child, local
+            elif len(child) == 0:
+                self.fields.setdefault(local, _text(child))
+
+    def skip_kind(self) -> str | None:
+        """Why this transaction is not a checkout (None: it is a retail transaction to read)."""
+        element, body = self.element, self.body
+        if body is None:
+            return "no_body"
+        if self.body_kind != "RetailTransaction":
+            return _snake(self.body_kind.removesuffix("Transaction")) or "other"
+        if _is_true(element.get("TrainingModeFlag")) or _is_true(body.get("TrainingModeFlag")):
+            return "training"
+        status = body.get("TransactionStatus") or element.get("TransactionStatus") or ""
+        if status in self.config.suspended_statuses or _is_true(body.get("SuspendFlag")):
+            return "suspended"
+        link = body.find(self.names.q("TransactionLink"))
+        if link is not None:
+            reason = link.get("ReasonCode") or _text(link.find(self.names.q("ReasonCode")))
+            if reason in self.config.post_void_link_reasons:
+                return "post_void"
+        voided = any(_is_true(e.get(flag)) for e in (element, body) for flag in ("VoidFlag", "CancelFlag"))
+        if voided or status in self.config.void_statuses:
+            return "voided"
+        return None
+
+
+class _Reader:
+    """Streams one POSLog file into lines (see the module docstring)."""
+
+    def __init__(self, feed: Feed, name: str, stats: ReadStats) -> None:
+        self.feed = feed
+        self.config = feed.poslog
+        self.name = name
+        self.stats = stats
+        self.names = _names(self.config)
+        template = feed.format.transaction_id_template or DEFAULT_TEMPLATE
+        self.template = template_fields(template)
+        self.tolerance = feed.validation.amount_tolerance
+        self.defaults = feed.format.defaults
+        self.rows: list[tuple[Any, ...]] = []
+        self.ordinal = 0  # LineItem elements seen so far in the file
+        self.negative_types = frozenset(t.rsplit(":", 1)[-1] for t in self.config.negative_item_types)
+        self.post_voids: list[tuple[str, int]] = []  # (the voided transaction's id, the post-void's position)
+        self.tag = {name: self.names.q(name) for name in _TAGS}
+        self.meta_tags = frozenset(self.tag[n] for n in ("SequenceNumber", "BeginDateTime", "EndDateTime"))
+        self.frames: list[pl.DataFrame] = []
+
+    # ---- the file ---------------------------------------------------------------------------
+
+    def read(self, source: Path | IO[bytes]) -> pl.DataFrame:
+        position = 0
+        last_line = 0
+        try:
+            self._check_root(source)
+            if not isinstance(source, Path):
+                source.seek(0)
+            events = etree.iterparse(
+                str(source) if isinstance(source, Path) else source,
+                events=("end",),
+                tag=self.names.transaction,
+                huge_tree=True,
+                resolve_entities=False,
+                no_network=True,
+            )
+            for _, element in events:
+                position += 1
+                last_line = element.sourceline or last_line
+                self._transaction(element, position)
+                element.clear(keep_tail=False)
+                parent = element.getparent()
+                while element.getprevious() is not None and parent is not None:
+                    del parent[0]
+        except etree.XMLSyntaxError as exc:
+            line, column = exc.position if exc.position else (0, 0)
+            after = (
+                f"after transaction {position} (which starts at line {last_line})"
+                if position
+                else "before the first transaction"
+            )
+            raise UnreadableFileError(
+                self.name, f"not well-formed XML at line {line}, column {column}, {after}: {_message(exc)}"
+            ) from exc
+        self._flush()
+        frame = pl.concat(self.frames) if self.frames else _empty()
+        lines = frame.get_column("source_line")
+        if frame.height and not (lines.min() > 0 and (lines.diff().drop_nulls() > 0).all()):  # type: ignore[operator]
+            # minified XML, several items on one line: their positions among the file's line items
+            frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))
+        return self._drop_post_voided(frame.drop(_ORDINAL))
+
+    def _check_root(self, source: Path | IO[bytes]) -> None:
+        """The file's first element must be the POSLog root in the configured namespace."""
+        stream = source.open("rb") if isinstance(source, Path) else source
+        try:
+            head = stream.read(1)
+            if not head or (not head.strip() and not stream.read(4096).strip()):
+                raise UnreadableFileError(self.name, "file is empty")
+            stream.seek(0)
+            root = None
+            for _, element in etree.iterparse(stream, events=("start",), huge_tree=True,
+                                              resolve_entities=False, no_network=True):
+                root = element
+                break
+        finally:
+            if isinstance(source, Path):
+                stream.close()
+        if root is None:  # pragma: no cover - iterparse raises instead
+            raise UnreadableFileError(self.name, "no XML element found")
+        expected = self.names.q("POSLog")
+        if root.tag != expected:
+            ns, local = (root.tag[1:].split("}", 1) if root.tag.startswith("{") else ("", root.tag))
+            found = f"<{local}>" + (f" in namespace {ns}" if ns else " without a namespace")
+            want = "<POSLog>" + (
+                f" in namespace {self.names.ns}" if self.names.ns else " without a namespace"
+            )
+            raise UnreadableFileError(
+                self.name,
+                f"not a POSLog file: the root element is {found}, expected {want} (poslog.namespace)",
+            )
+
+    # ---- one transaction --------------------------------------------------------------------
+
+    def _transaction(self, element: Any, position: int) -> None:
+        txn = _Transaction(element, self.names, self.config)
+        skip = txn.skip_kind()
+        line_items = txn.body.findall(self.tag["LineItem"]) if txn.body is not None else []
+        if skip == "post_void":  # counted at the end, once it is known whether its original is here
+            link = _link_fields(txn.body.find(self.tag["TransactionLink"]))
+            values = self._values(txn)
+            named = {**values, **link, **_canonical(link, values)}
+            named["business_day"] = named["business_date"].replace("-", "")
+            self.post_voids.append((self._template(named), position))
+        elif skip is not None:
+            self.stats.skipped_by_kind[skip] += 1
+        if skip is not None:
+            self.ordinal += len(line_items)
+            if line_items:
+                self.stats.line_items_by_kind["in_skipped_transaction"] += len(line_items)
+            return
+        items = self._items(txn, line_items)
+        if not items:
+            self.stats.skipped_by_kind["no_items"] += 1
+            return
+        self._emit(txn, items, position)
+
+    def _items(self, txn: _Transaction, line_items: list[Any]) -> list[_Item]:
+        """The item lines after voids, counting every line item by kind."""
+        counts = self.stats.line_items_by_kind
+        meta, sequence = self.meta_tags, self.tag["SequenceNumber"]
+        items: list[_Item] = []
+        for line in line_items:
+            self.ordinal += 1
+            detail = None
+            line_no = ""
+            for child in line:
+                tag = child.tag
+                if tag == sequence:
+                    line_no = (child.text or "").strip()
+                elif detail is None and isinstance(tag, str) and tag not in meta:
+                    detail = child
+            if detail is None:
+                counts["empty"] += 1
+                continue
+            kind = _local(detail.tag)
+            is_void = _is_true(line.get("VoidFlag"))
+            if kind not in _ITEM_KINDS:
+                counts[_snake(kind) + ("_voided" if is_void else "")] += 1
+                continue
+            if not is_void and (detail.get("ItemType") or "").rsplit(":", 1)[-1] in self.negative_types:
+                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
+                continue
+            item = self._item(line, line_no, detail, kind)
+            if is_void:
+                counts["item_void"] += 1
+                left = self._cancel(items, item)
+                if left > 0:  # nothing (or not enough) to cancel: kept with a negative price, rejected
+                    item.quantity = left
+                    item.quantity_text = _number_text(left)
+                    item.unit_price_text = "-" + (item.unit_price_text.lstrip("-") or "0")
+                    item.voided = True
+                    items.append(item)
+                continue
+            if item.amount < 0 or item.quantity < 0:
+                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
+                continue
+            counts[_snake(kind)] += 1
+            items.append(item)
+        kept = []
+        for item in items:
+            if not item.voided and item.quantity == 0:
+                counts[_snake(item.kind)] -= 1
+                counts[_snake(item.kind) + "_voided"] += 1
+            else:
+                kept.append(item)
+        return kept
+
+    @staticmethod
+    def _cancel(items: list[_Item], void: _Item) -> Decimal:
+        """Take the void's quantity off the latest earlier lines of the same item; what is left."""
+        left = abs(void.quantity)
+        amount_left = abs(void.amount)
+        for item in reversed(items):
+            if left <= 0:
+                break
+            same = item.kind == void.kind and item.product_id == void.product_id
+            if item.voided or not same or item.quantity <= 0:
+                continue
+            taken = min(left, item.quantity)
+            share = amount_left if taken == left else (item.amount * taken / item.quantity)
+            share = min(share, item.amount)
+            item.quantity -= taken
+            item.quantity_text = _number_text(item.quantity)
+            item.amount -= share
+            item.own_discount = min(item.own_discount, item.amount)
+            left -= taken
+            amount_left -= share
+        return left
+
+    def _item(self, line: Any, line_no: str, detail: Any, kind: str) -> _Item:
+        children: dict[Any, Any] = {}
+        for child in detail:
+            children.setdefault(child.tag, child)
+        tag = self.tag
+
+        def text(name: str) -> str:
+            element = children.get(tag[name])
+            return (element.text or "").strip() if element is not None else ""
+
+        product_id = ""
+        for path, single in self.names.item_id_paths:
+            element = children.get(path) if single else detail.find(path)
+            product_id = _text(element)
+            if product_id:
+                break
+        quantity_text = text("Quantity") or "1"
+        quantity = _decimal(quantity_text)
+        unit_price_text = text("ActualSalesUnitPrice") or text("RegularSalesUnitPrice")
+        amount = _decimal(text("ExtendedAmount"))
+        if amount is None and quantity is not None:
+            unit_price = _decimal(unit_price_text)
+            amount = quantity * unit_price if unit_price is not None else None
+        discount = _decimal(text("DiscountAmount")) or _ZERO
+        if not discount:  # price modifiers of the item (markdowns, item promotions): its own discount
+            amount_tag = tag["Amount"]
+            for modifier in detail.iterchildren(tag["RetailPriceModifier"]):
+                discount += abs(_decimal(_text(modifier.find(amount_tag))) or _ZERO)
+        link = children.get(tag["TransactionLink"])
+        is_return = kind == "Return"
+        return _Item(
+            kind=kind,
+            line_no=line_no,
+            product_id=product_id,
+            name=text("Description"),
+            category=text("MerchandiseHierarchy"),
+            quantity=abs(quantity) if quantity is not None and is_return else (quantity or _ZERO),
+            quantity_text=quantity_text.lstrip("-") if is_return else quantity_text,
+            unit_price_text=unit_price_text,
+            amount=abs(amount) if amount is not None and is_return else (amount or _ZERO),
+            own_discount=abs(discount),
+            xml_line=line.sourceline or 0,
+            ordinal=self.ordinal,
+            original_link=_link_fields(link) if link is not None else None,
+        )
+
+    def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
+        body = txn.body
+        fields = txn.fields
+        totals: dict[str, str] = {}
+        for total in body.findall(self.tag["Total"]):
+            totals.setdefault(total.get("TotalType") or "", _text(total))
+        grand = _decimal(totals.get("TransactionGrandAmount", ""))
+        tax = _decimal(totals.get("TransactionTaxAmount", "")) or _ZERO
+        type_code = body.get("TypeCode") or ""
+        is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
+        txn_type = "return" if is_return else "sale"
+        timestamp = ""
+        for name in self.names.timestamps:
+            timestamp = _text(txn.element.find(name))
+            if timestamp:
+                break
+        values = self._values(txn)
+        business_date = values["business_date"]
+        transaction_id = self._template(values)
+        if not transaction_id:
+            missing = [name for _, name in self.template if name is not None and not values.get(name)]
+            log.warning("%s: transaction %d (line %s) has no %s: its lines are rejected without an id",
+                        self.name, position, txn.element.sourceline, ", ".join(missing))
+        customer = ""
+        for path in self.names.loyalty_paths:
+            customer = _text(body.find(path))
+            if customer:
+                break
+        original = ""
+        link = body.find(self.tag["TransactionLink"])
+        links = [i.original_link for i in items if i.original_link] or (
+            [_link_fields(link)] if link is not None else []
+        )
+        if is_return and links:
+            named = {**values, **links[0], **_canonical(links[0], values)}
+            named["business_day"] = named["business_date"].replace("-", "")
+            original = self._template(named)
+        total = None if grand is None else grand - tax
+        discounts = self._discounts(items, total, is_return)
+        totals_text = (
+            f"TransactionGrandAmount={totals.get('TransactionGrandAmount', '')} "
+            f"TransactionTaxAmount={totals.get('TransactionTaxAmount', '')}"
+        )
+        total_text = _number_text(abs(total) if is_return else total) if total is not None else None
+        currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
+        store_id = values["store_id"] or self.defaults.get("store_id", "")
+        for item, discount in zip(items, discounts, strict=True):
+            line_total = item.amount - discount
+            self.rows.append(
+                (
+                    transaction_id,
+                    store_id,
+                    values["register_id"] or None,
+                    timestamp,
+                    business_date or None,
+                    customer or None,
+                    txn_type if is_return else ("sale" if item.kind == "Sale" else "return"),
+                    item.line_no or None,
+                    item.product_id,
+                    item.name or None,
+                    item.category or None,
+                    item.quantity_text,
+                    item.unit_price_text or None,
+                    _number_text(discount),
+                    _number_text(line_total) if not item.voided else None,
+                    currency,
+                    total_text,
+                    None,
+                    original or None,
+                    item.xml_line,
+                    item.ordinal,
+                    str(position),
+                    str(item.xml_line),
+                    totals_text,
+                )
+            )
+        if len(self.rows) >= _CHUNK_ROWS:
+            self._flush()
+
+    @staticmethod
+    def _values(txn: _Transaction) -> dict[str, str]:
+        """The template fields of a transaction: its own elements and the canonical names."""
+        fields = txn.fields
+        business_date = fields.get("BusinessDayDate", "")
+        return {
+            **fields,
+            "store_id": fields.get("RetailStoreID", ""),
+            "register_id": fields.get("WorkstationID", ""),
+            "business_date": business_date,
+            "business_day": business_date.replace("-", ""),
+        }
+
+    def _drop_post_voided(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Remove the transactions a later post-void in this file voids; count both sides."""
+        if not self.post_voids:
+            return frame
+        wanted = [tid for tid, _ in self.post_voids if tid]
+        voided = frame.filter(pl.col("transaction_id").is_in(wanted))
+        present = set(voided.get_column("transaction_id").unique())
+        skipped = self.stats.skipped_by_kind
+        for tid, position in self.post_voids:
+            if tid in present:
+                skipped["post_void"] += 1
+            else:
+                skipped["post_void_original_elsewhere"] += 1
+                log.warning("%s: transaction %d post-voids %s, which is not in this file: if it was sent "
+                            "before, the platform still holds it", self.name, position, tid or "(no id)")
+        skipped["post_voided"] += len(present)
+        return frame.filter(~pl.col("transaction_id").is_in(list(present))) if present else frame
+
+    def _template(self, values: dict[str, str]) -> str:
+        parts = []
+        for literal, name in self.template:
+            parts.append(literal)
+            if name is None:
+                continue
+            value = values.get(name, "")
+            if not value:
+                return ""  # a missing part: no id, the lines are rejected as missing transaction_id
+            parts.append(value)
+        return "".join(parts)
+
+    def _discounts(self, items: list[_Item], total: Decimal | None, is_return: bool) -> list[Decimal]:
+        """Each item's discount so that the lines sum to ``total`` (see the module docstring)."""
+        own = [min(i.own_discount, i.amount) if not i.voided else _ZERO for i in items]
+        if total is None:
+            return own
+        target = abs(total) if is_return else total
+        sellable = [i for i in items if not i.voided]
+        lines = sum((i.amount for i in sellable), _ZERO)
+        difference = lines - target
+        wrong_sign = (total < -self.tolerance) if not is_return else (total > self.tolerance)
+        if wrong_sign or difference < -self.tolerance or difference > lines:
+            return [_ZERO] * len(items)  # the totals disagree: plain amounts, validation rejects
+        if difference < 0:
+            difference = _ZERO  # within the tolerance: validation accepts it as it stands
+        places = _places(items, total)
+        unit = Decimal(1).scaleb(-places)
+        own_sum = sum(own, _ZERO)
+        if own_sum > difference:
+            own = [_ZERO] * len(items)  # the item discounts are more than the difference: pro rata only
+            own_sum = _ZERO
+        rest = difference - own_sum
+        base = [i.amount - d if not i.voided else _ZERO for i, d in zip(items, own, strict=True)]
+        weight = sum(base, _ZERO)
+        shares = [
+            (rest * b / weight).quantize(unit, rounding=ROUND_HALF_EVEN) if weight > 0 else _ZERO
+            for b in base
+        ]
+        remainder = rest - sum(shares, _ZERO)
+        if remainder and weight > 0:
+            # the rounding remainder goes to the largest line (it has room for it)
+            largest = max(range(len(items)), key=lambda k: base[k] - shares[k])
+            shares[largest] += remainder
+        return [d + s for d, s in zip(own, shares, strict=True)]
+
+    # ---- output -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        schema: dict[str, pl.DataType] = {c: pl.String() for c in _COLUMNS}
+        schema["source_line"] = schema[_ORDINAL] = pl.Int64()
+        self.frames.append(pl.DataFrame(self.rows, schema=schema, orient="row"))
+        self.rows = []
+
+
+def _canonical(link: dict[str, str], values: dict[str, str]) -> dict[str, str]:
+    """The canonical template names of a TransactionLink (the transaction's own where it is silent)."""
+    return {
+        "store_id": link.get("RetailStoreID", values["store_id"]),
+        "register_id": link.get("WorkstationID", values["register_id"]),
+        "business_date": link.get("BusinessDayDate", values["business_date"]),
+    }
+
+
+def _link_fields(link: Any) -> dict[str, str]:
+    return {_local(c.tag): _text(c) for c in link if isinstance(c.tag, str) and len(c) == 0 and _text(c)}
+
+
+def _places(items: list[_Item], total: Decimal) -> int:
+    """Decimal places to allocate in: those of the figures (2 at least, 4 at most)."""
+    exponents = [-int(total.as_tuple().exponent)] + [-int(i.amount.as_tuple().exponent) for i in items]
+    return max(2, min(4, max(exponents)))
+
+
+def _message(exc: etree.XMLSyntaxError) -> str:
+    text = str(exc.msg or exc).strip()
+    return re.sub(r",? line \d+, column \d+$", "", text)
+
+
+def _empty() -> pl.DataFrame:
+    schema: dict[str, pl.DataType] = {c: pl.String() for c in _COLUMNS}
+    schema["source_line"] = schema[_ORDINAL] = pl.Int64()
+    return pl.DataFrame(schema=schema)
+
+
+def read_poslog(
+    source: Path | IO[bytes], feed: Feed, *, source_name: str, stats: ReadStats | None = None
+) -> pl.DataFrame:
+    """Read one POSLog file (a path, or a binary stream) into the canonical lines frame.
+
+    Columns: every canonical column (strings), ``source_line`` (see the module docstring),
+    ``src:transaction``, ``src:xml_line``, ``src:poslog_totals`` and ``source_file``.
+    Skipped transactions and line items by kind are added to ``stats``. Raises
+    UnreadableFileError when the file is not a well-formed POSLog document.
+    """
+    own = ReadStats()
+    reader = _Reader(feed, source_name, own)
+    try:
+        frame = reader.read(source)
+    except OSError as exc:
+        raise UnreadableFileError(source_name, f"cannot open: {exc.strerror or exc}") from exc
+    if stats is not None:
+        stats.add(own)
+    log.debug("read %s: %d lines, skipped %s", source_name, frame.height, dict(own.skipped_by_kind))
+    return frame.with_columns(pl.lit(source_name, dtype=pl.String).alias("source_file"))
+

@@ -1,0 +1,128 @@
+"""Enrollment and claim rows: mapping, validation, dedup and masking (the pure core)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from pipeline.config import Feed
+from pipeline.core.members import (
+    dedup_members,
+    mask_email,
+    mask_personal,
+    mask_phone,
+    member_records,
+    missing_columns,
+)
+from pipeline.core.rejects import MEMBER_CODES
+
+TODAY = date(2026, 11, 20)
+
+
+def enrollment(**fields: str) -> dict[str, str]:
+    row = {"customer_id": "N1", "email": "sam@example.org", "first_name": "Sam", "last_name": "Jones",
+           "phone": "", "birth_date": "1990-04-12", "store_id": "LON01",
+           "enrolled_at": "2026-11-20T10:00:00Z"}
+    return {**row, **fields}
+
+
+def codes(feed: Feed, *rows: dict[str, str]) -> list[str | None]:
+    return [r.reject_code for r in member_records(enumerate(rows, start=2), feed, today=TODAY)]
+
+
+@pytest.mark.parametrize("email", ["sam@example", "sam example@x.org", "@example.org", "sam@@x.org", "sam"])
+def test_bad_emails_are_rejected(email: str) -> None:
+    assert codes(Feed(name="m", records="enrollments"), enrollment(email=email)) == ["R102_BAD_EMAIL"]
+
+
+def test_which_contact_is_required_is_configurable() -> None:
+    phone_only = enrollment(email="", phone="+44 20 7946 0101")
+    neither = enrollment(email="", phone="")
+    either = Feed(name="m", records="enrollments")
+    assert codes(either, phone_only, neither) == [None, "R104_NO_CONTACT"]
+    email = Feed(name="m", records="enrollments", enrollments={"contact_required": "email"})
+    assert codes(email, phone_only, enrollment()) == ["R102_BAD_EMAIL", None]
+    both = Feed(name="m", records="enrollments", enrollments={"contact_required": "both"})
+    assert codes(both, enrollment(), enrollment(phone="0770 0900 123")) == ["R103_BAD_PHONE", None]
+    assert codes(either, enrollment(phone="12ab")) == ["R103_BAD_PHONE"]
+
+
+def test_required_fields_dates_and_consents() -> None:
+    feed = Feed(name="m", records="enrollments")
+    assert codes(feed, enrollment(customer_id=""), enrollment(enrolled_at="yesterday"),
+                 enrollment(birth_date="2030-01-01"), enrollment(consent_sms="maybe")) == [
+        "R101_MEMBER_MISSING_FIELD", "R107_BAD_MEMBER_TIMESTAMP", "R105_BAD_BIRTH_DATE", "R106_BAD_CONSENT"]
+
+
+def test_mapped_columns_defaults_and_custom_properties() -> None:
+    feed = Feed(name="m", records="enrollments", format={
+        "columns": {"customer_id": "Card", "email": "Mail", "favourite_store": "Fav"},
+        "defaults": {"language": "fr"}})
+    raw = {"Card": "C9", "Mail": "A@Example.org", "enrolled_at": "2026-11-20T09:00:00+01:00",
+           "Fav": "PAR01"}
+    [record] = member_records([(2, raw)], feed, today=TODAY)
+    assert record.reject_code is None and record.payload is not None
+    assert record.payload["customer_id"] == "C9"
+    assert record.payload["profile"] == {"email": "a@example.org", "language": "fr",
+                                         "favourite_store": "PAR01"}
+    assert record.key is not None and record.key.startswith("cust:") and "C9" not in record.key
+
+
+def test_repeats_are_duplicates_and_changes_conflicts_or_updates() -> None:
+    changed = enrollment(email="sam@example.net")
+    rows = [enrollment(), enrollment(), changed, dict(changed)]
+    held = Feed(name="m", records="enrollments")
+    records = member_records(enumerate(rows, start=2), held, today=TODAY)
+    dedup_members(records, {}, held)
+    assert [r.status for r in records] == ["new", "duplicate", "conflict", "duplicate"]
+    updates = Feed(name="m", records="enrollments", enrollments={"changes": "profile"})
+    records = member_records(enumerate(rows, start=2), updates, today=TODAY)
+    dedup_members(records, {}, updates)
+    assert [r.status for r in records] == ["new", "duplicate", "update", "duplicate"]
+    assert records[2].payload is not None and records[2].payload["record"] == "profile"
+    # against the ledger: what an earlier run recorded is a duplicate now
+    first = member_records([(2, enrollment())], held, today=TODAY)
+    assert first[0].key is not None and first[0].content_hash is not None
+    again = member_records([(2, enrollment())], held, today=TODAY)
+    dedup_members(again, {first[0].key: {first[0].content_hash}}, held)
+    assert again[0].status == "duplicate"
+
+
+def test_claims_are_keyed_by_transaction() -> None:
+    feed = Feed(name="c", records="claims")
+    rows = [{"transaction_id": "T1", "customer_id": "M1", "claimed_at": "2026-11-20T12:00:00Z"},
+            {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "2026-11-20T13:00:00Z"},
+            {"transaction_id": "T1", "customer_id": "M2", "claimed_at": "2026-11-20T13:00:00Z"},
+            {"transaction_id": "", "customer_id": "M1", "claimed_at": "2026-11-20T13:00:00Z"}]
+    records = member_records(enumerate(rows, start=2), feed, today=TODAY)
+    dedup_members(records, {}, feed)
+    assert [r.key for r in records[:3]] == ["claim:T1"] * 3
+    assert [r.status for r in records[:3]] == ["new", "duplicate", "conflict"]
+    assert records[3].reject_code == "R101_MEMBER_MISSING_FIELD"
+
+
+def test_masks() -> None:
+    assert mask_email("sam.jones@example.org") == "s***@example.org"
+    assert mask_phone("+44 20 7946 0123") == "***23"
+    masked = mask_personal({"Mail": "sam@example.org", "first_name": "Sam", "phone": "0123456",
+                            "customer_id": "N1", "store_id": "LON01"}, {"email": "Mail"})
+    assert masked["Mail"] == "s***@example.org" and masked["first_name"] == "***"
+    assert masked["phone"] == "***56" and masked["customer_id"].startswith("cust:")
+    assert masked["store_id"] == "LON01"
+
+
+def test_a_file_without_a_required_column_is_named() -> None:
+    claims = Feed(name="c", records="claims", format={"columns": {"claimed_at": "When"}})
+    assert missing_columns(["transaction_id", "customer_id", "store_id"], claims) == ["When"]
+    assert missing_columns(["transaction_id", "customer_id", "When"], claims) == []
+    defaulted = Feed(name="m", records="enrollments", format={"defaults": {"enrolled_at": "2026-11-20"}})
+    assert missing_columns(["customer_id"], defaulted) == []
+
+
+def test_every_member_code_has_a_case() -> None:
+    feed = Feed(name="m", records="enrollments")
+    seen = set(codes(feed, enrollment(customer_id=""), enrollment(email="x"), enrollment(phone="1"),
+                     enrollment(email=""), enrollment(birth_date="soon"), enrollment(consent_email="?"),
+                     enrollment(enrolled_at="?")))
+    assert seen == {code.value for code in MEMBER_CODES}

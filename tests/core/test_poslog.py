@@ -1,0 +1,490 @@
+"""The ARTS POSLog reader: the sample day and hand-written edge cases, one rule each.
+
+Expected figures are worked out here from the XML the test writes (or, for the sample day, from an
+independent parse with the standard library's ElementTree), never by calling the reader.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import Feed
+from pipeline.core.poslog import read_poslog
+from pipeline.core.readstats import ReadStats
+from pipeline.core.transform import TransformResult, transform, transform_files
+from pipeline.demo import repo_root
+from pipeline.errors import UnreadableFileError
+from tests.core.helpers import NOW
+
+ARTS = "http://www.nrf-arts.org/IXRetail/namespace/"
+ACS = "http://www.ncr.com/rsd/acs/tlog/markup/poslog/2.1"
+SAMPLE = repo_root() / "sample_data" / "poslog" / "POSLog_0042_20261120.xml"
+
+
+def feed(**poslog: object) -> Feed:
+    fmt: dict[str, object] = {"kind": "poslog"}
+    template = poslog.pop("template", None)
+    if template:
+        fmt["transaction_id_template"] = template
+    return Feed.model_validate(
+        {"name": "poslog-test", "timezone": "America/New_York", "format": fmt, "poslog": poslog}
+    )
+
+
+# ---- builders: a POSLog document as text ---------------------------------------------------
+
+
+def sale(seq: int, item: str, price: str, qty: str = "1", amount: str | None = None, *, void: bool = False,
+         discount: str | None = None, kind: str = "Sale", link: str = "") -> str:
+    extended = amount if amount is not None else str(Decimal(price) * Decimal(qty))
+    flag = ' VoidFlag="true"' if void else ""
+    extra = f"<DiscountAmount>{discount}</DiscountAmount>" if discount else ""
+    return (
+        f"<LineItem{flag}><SequenceNumber>{seq}</SequenceNumber><{kind} ItemType=\"Stock\">"
+        f"<ItemID>{item}</ItemID><Description>Item {item}</Description>"
+        f"<ActualSalesUnitPrice>{price}</ActualSalesUnitPrice><ExtendedAmount>{extended}</ExtendedAmount>"
+        f"{extra}<Quantity>{qty}</Quantity>{link}</{kind}></LineItem>"
+    )
+
+
+def member(seq: int, loyalty_id: str) -> str:
+    return (f"<LineItem><SequenceNumber>{seq}</SequenceNumber><LoyaltyMembership>"
+            f"<LoyaltyID>{loyalty_id}</LoyaltyID></LoyaltyMembership></LineItem>")
+
+
+def tender(seq: int, amount: str) -> str:
+    return (f"<LineItem><SequenceNumber>{seq}</SequenceNumber><Tender TenderType=\"Cash\">"
+            f"<Amount>{amount}</Amount></Tender></LineItem>")
+
+
+def retail(seq: int, *lines: str, grand: str | None, tax: str = "0.00", attrs: str = "",
+           header: str | None = None) -> str:
+    totals = ""
+    if grand is not None:
+        totals = (f"<Total TotalType=\"TransactionTaxAmount\">{tax}</Total>"
+                  f"<Total TotalType=\"TransactionGrandAmount\">{grand}</Total>")
+    return transaction(seq, f"<RetailTransaction{attrs}>{''.join(lines)}{totals}</RetailTransaction>",
+                       header=header)
+
+
+def transaction(seq: int, body: str, *, header: str | None = None) -> str:
+    head = header if header is not None else (
+        f"<RetailStoreID>0042</RetailStoreID><WorkstationID>03</WorkstationID>"
+        f"<SequenceNumber>{seq}</SequenceNumber><BusinessDayDate>2026-11-20</BusinessDayDate>"
+    )
+    return (f"<Transaction>{head}<EndDateTime>2026-11-20T10:{seq % 60:02d}:00</EndDateTime>"
+            f"<CurrencyCode>USD</CurrencyCode>{body}</Transaction>")
+
+
+def document(*transactions: str, ns: str = ARTS, extra_ns: str = "") -> str:
+    xmlns = f' xmlns="{ns}"' if ns else ""
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<POSLog{xmlns}{extra_ns}>\n' + "\n".join(
+        transactions) + "\n</POSLog>\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "log.xml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(path: Path, the_feed: Feed | None = None) -> TransformResult:
+    return transform_files([path], the_feed or feed(), now=NOW)
+
+
+def txn_id(seq: int) -> str:
+    return f"0042-03-20261120-{seq}"
+
+
+def totals_by_id(result: TransformResult) -> dict[str, Decimal]:
+    return dict(zip(result.checkouts.get_column("transaction_id").to_list(),
+                    result.checkouts.get_column("total").to_list(), strict=True))
+
+
+def items_of(result: TransformResult, seq: int) -> pl.DataFrame:
+    return result.items.filter(pl.col("transaction_id") == txn_id(seq)).sort("line_no")
+
+
+# ---- the sample day, against an independent parse ------------------------------------------
+
+
+def _independent(path: Path) -> tuple[dict[str, Decimal], Counter[str], int]:
+    """(pre-tax total of each finished retail transaction, skipped kinds, LineItem count)."""
+    ns = {"a": ARTS}
+    root = ET.parse(path).getroot()
+    totals: dict[str, Decimal] = {}
+    skipped: Counter[str] = Counter()
+    line_items = 0
+    for txn in root.findall("a:Transaction", ns):
+        line_items += len(txn.findall(".//a:LineItem", ns))
+        retail_txn = txn.find("a:RetailTransaction", ns)
+        if retail_txn is None:
+            body = next(c for c in txn if c.tag.endswith("Transaction"))
+            skipped[{"ControlTransaction": "control", "TenderControlTransaction": "tender_control"}[
+                body.tag.split("}")[1]]] += 1
+            continue
+        status = retail_txn.get("TransactionStatus")
+        if status in ("Voided", "Suspended"):
+            skipped[status.lower()] += 1
+            continue
+        figures = {t.get("TotalType"): Decimal(t.text or "0") for t in retail_txn.findall("a:Total", ns)}
+        names = ("RetailStoreID", "WorkstationID", "BusinessDayDate", "SequenceNumber")
+        key = "-".join(txn.findtext(f"a:{n}", namespaces=ns) or "" for n in names)
+        key = key.replace("2026-11-20", "20261120")
+        totals[key] = figures["TransactionGrandAmount"] - figures["TransactionTaxAmount"]
+    return totals, skipped, line_items
+
+
+def test_sample_day_matches_the_files_own_totals() -> None:
+    expected_totals, expected_skipped, line_items = _independent(SAMPLE)
+    result = run(SAMPLE)
+    s = result.summary
+    assert s["rows_rejected"] == 0 and not result.unreadable
+    assert totals_by_id(result) == expected_totals
+    assert s["amount_valid"] == str(sum(expected_totals.values(), Decimal("0.0000")))
+    assert s["skipped_by_kind"] == dict(expected_skipped) == {
+        "control": 2, "tender_control": 1, "voided": 1, "suspended": 1}
+    # every line item of the file is accounted for, once
+    assert sum(s["line_items_by_kind"].values()) == line_items
+    assert s["line_items_by_kind"]["item_void"] == 2 and s["line_items_by_kind"]["sale_voided"] == 1
+    # each checkout's lines sum to its total (discounts carried on the lines)
+    for tid, total in expected_totals.items():
+        lines = result.items.filter(pl.col("transaction_id") == tid).get_column("line_total").sum()
+        assert lines == total
+
+
+def test_sample_day_member_void_weighed_and_return() -> None:
+    result = run(SAMPLE)
+    checkouts = {r["transaction_id"]: r for r in result.checkouts.iter_rows(named=True)}
+    assert checkouts[txn_id(1004)]["customer_id"] == "000123456789"  # leading zeros kept
+    assert checkouts[txn_id(1003)]["is_guest"] and checkouts[txn_id(1008)]["is_guest"]
+    sale_items = items_of(result, 1004)
+    assert "0003400000435" not in sale_items.get_column("product_id").to_list()  # fully voided
+    coffee = sale_items.filter(pl.col("product_id") == "0001111022222").row(0, named=True)
+    assert coffee["quantity"] == Decimal("1.000")  # 2 sold, 1 voided
+    bananas = sale_items.filter(pl.col("product_id") == "0000000004011").row(0, named=True)
+    assert bananas["quantity"] == Decimal("1.235")
+    # lines 0.85 + 4.99 + 7.99 = 13.83; paid before tax 11.73 - 0.40 = 11.33: 2.50 of discount
+    assert sale_items.get_column("discount").sum() == Decimal("2.50")
+    refund = checkouts[txn_id(1007)]
+    assert refund["transaction_type"] == "return" and refund["return_status"] == "matched"
+    assert refund["original_transaction_id"] == txn_id(1004)
+    assert refund["total"] == Decimal("-7.99")
+    # the deposit refund (-0.60) is not an item: water 3.99 + deposit 0.30 - 0.60 = 3.69
+    deposit = items_of(result, 1008)
+    assert deposit.get_column("product_id").to_list() == ["0001200000016", "DEPOSIT-6"]
+    assert deposit.get_column("discount").sum() == Decimal("0.60")
+
+
+# ---- one rule each ------------------------------------------------------------------------
+
+
+def test_item_void_partial_full_and_unmatched(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        # 3 x A, void 1 x A; B then void B; total 2 x 2.00 = 4.00
+        retail(1, sale(1, "A", "2.00", "3"), sale(2, "A", "2.00", "1", void=True),
+               sale(3, "B", "5.00"), sale(4, "B", "5.00", void=True), grand="4.00"),
+        # a void of an item never sold: rejected, with the transaction's position
+        retail(2, sale(1, "A", "2.00"), sale(2, "Z", "1.50", void=True), grand="0.50"),
+    ))
+    result = run(path)
+    items = items_of(result, 1)
+    assert items.get_column("product_id").to_list() == ["A"]
+    assert items.get_column("quantity").to_list() == [Decimal("2")]
+    assert totals_by_id(result) == {txn_id(1): Decimal("4.00")}
+    rejects = result.rejects
+    bad = rejects.filter(pl.col("reject_code") == "R008_NEGATIVE_PRICE").row(0, named=True)
+    # rejects keep the export's own columns: for POSLog the transaction's position and XML line
+    assert bad["transaction"] == "2" and "-1.50" in bad["reject_reason"]
+    assert bad["source_line"] == 6  # the file's sixth LineItem (several on one XML line)
+    # the 6 line items: A and A sold, B sold then voided, three voids
+    assert result.summary["line_items_by_kind"] == {"sale": 2, "sale_voided": 1, "item_void": 3}
+
+
+def test_transaction_level_discount_is_spread_over_the_lines(tmp_path: Path) -> None:
+    # lines 10.00 + 30.00 = 40.00, own item discount 1.00 on the first; a 5.00 reward; tax 2.72
+    # paid before tax: 36.72 - 2.72 = 34.00, so 6.00 of discount: 1.00 own, 5.00 spread 9:30
+    reward = ("<LineItem><SequenceNumber>3</SequenceNumber><LoyaltyReward><ExtendedRewardAmount>-5.00"
+              "</ExtendedRewardAmount></LoyaltyReward></LineItem>")
+    path = write(tmp_path, document(retail(
+        1, sale(1, "A", "10.00", discount="1.00"), sale(2, "B", "15.00", "2"), reward,
+        grand="36.72", tax="2.72")))
+    result = run(path)
+    items = items_of(result, 1)
+    share_a = (Decimal("5.00") * 9 / 39).quantize(Decimal("0.01"))  # 1.15
+    assert items.get_column("discount").to_list() == [Decimal("1.00") + share_a, Decimal("5.00") - share_a]
+    assert items.get_column("line_total").sum() == Decimal("34.00")
+    assert totals_by_id(result) == {txn_id(1): Decimal("34.00")}
+    assert items.get_column("unit_price").to_list() == [Decimal("10.00"), Decimal("15.00")]  # kept
+
+
+def test_price_modifier_is_the_items_own_discount(tmp_path: Path) -> None:
+    # B has a 2.00 markdown as a RetailPriceModifier: 10.00 + 8.00 lines, paid 16.00
+    modifier = "<RetailPriceModifier><Amount Action=\"Subtract\">2.00</Amount></RetailPriceModifier>"
+    with_modifier = sale(2, "B", "8.00").replace("<Quantity>", modifier + "<Quantity>")
+    path = write(tmp_path, document(retail(1, sale(1, "A", "10.00"), with_modifier, grand="16.00")))
+    items = items_of(run(path), 1)
+    assert items.get_column("discount").to_list() == [Decimal("0"), Decimal("2.00")]
+
+
+def test_rounding_remainder_keeps_the_total_exact(tmp_path: Path) -> None:
+    # three lines of 1.00, 1.00 off in all: shares of 0.33 leave 0.01 for one line
+    path = write(tmp_path, document(retail(
+        1, sale(1, "A", "1.00"), sale(2, "B", "1.00"), sale(3, "C", "1.00"), grand="2.00")))
+    result = run(path)
+    items = items_of(result, 1)
+    discounts = sorted(items.get_column("discount").to_list())
+    assert discounts == [Decimal("0.33"), Decimal("0.33"), Decimal("0.34")]
+    assert items.get_column("line_total").sum() == Decimal("2.00")
+
+
+def test_totals_that_disagree_reject_the_transaction_with_figures(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "3.00"), grand="3.00"),
+        # took 12.00 before tax for 10.00 of items: the file disagrees with itself
+        retail(2, sale(1, "A", "4.00"), sale(2, "B", "6.00"), grand="12.60", tax="0.60"),
+        retail(3, sale(1, "A", "3.00"), grand="3.00"),
+    ))
+    result = run(path)
+    assert set(totals_by_id(result)) == {txn_id(1), txn_id(3)}  # the rest of the file is read
+    rejects = result.rejects
+    assert rejects.height == 2
+    first = rejects.filter(pl.col("reject_code") == "R018_TRANSACTION_TOTAL_MISMATCH").row(0, named=True)
+    assert "12.00" in first["reject_reason"] and "10.00" in first["reject_reason"]
+    assert first["transaction"] == "2"
+    assert first["poslog_totals"] == "TransactionGrandAmount=12.60 TransactionTaxAmount=0.60"
+
+
+def test_sale_with_a_negative_total_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, document(retail(1, sale(1, "A", "3.00"), grand="-1.00")))
+    result = run(path)
+    assert result.summary["rejects_by_code"] == {"R018_TRANSACTION_TOTAL_MISMATCH": 1}
+
+
+def test_skipped_transactions_are_counted_never_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        transaction(1, "<ControlTransaction><NoSale/></ControlTransaction>"),
+        transaction(2, "<TenderControlTransaction><TillLoan><Amount>50</Amount></TillLoan>"
+                       "</TenderControlTransaction>"),
+        retail(3, sale(1, "A", "2.00"), grand="2.00", attrs=' TransactionStatus="Voided"'),
+        retail(4, sale(1, "A", "2.00"), grand="2.00", attrs=' TransactionStatus="Suspended"'),
+        transaction(5, "<RetailTransaction CancelFlag=\"true\"></RetailTransaction>").replace(
+            "<Transaction>", '<Transaction CancelFlag="true">'),
+        retail(6, sale(1, "A", "2.00"), grand="2.00", attrs=' TrainingModeFlag="true"'),
+        retail(7, sale(1, "A", "2.00"), grand="2.00"),
+        retail(8, sale(1, "B", "2.00"), sale(2, "B", "2.00", void=True), grand="0.00"),  # nothing left
+    ))
+    stats = ReadStats()
+    lines = read_poslog(path, feed(), source_name="log.xml", stats=stats)
+    assert lines.get_column("transaction_id").unique().to_list() == [txn_id(7)]
+    assert dict(stats.skipped_by_kind) == {
+        "control": 1, "tender_control": 1, "voided": 2, "suspended": 1, "training": 1, "no_items": 1}
+    assert stats.line_items_by_kind == Counter(
+        {"in_skipped_transaction": 3, "sale": 1, "sale_voided": 1, "item_void": 1})
+    result = run(path)
+    assert result.summary["rows_rejected"] == 0 and result.summary["transactions_in"] == 1
+
+
+def test_post_void_removes_the_transaction_it_voids(tmp_path: Path) -> None:
+    def post_void(seq: int, voided: int) -> str:
+        link = (f"<TransactionLink ReasonCode=\"Voided\"><RetailStoreID>0042</RetailStoreID><WorkstationID>03"
+                f"</WorkstationID><SequenceNumber>{voided}</SequenceNumber><BusinessDayDate>2026-11-20"
+                "</BusinessDayDate></TransactionLink>")
+        return retail(seq, link, grand="0.00", attrs=' TransactionStatus="PostVoided"')
+
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), tender(2, "2.00"), grand="2.00"),
+        retail(2, sale(1, "B", "3.00"), grand="3.00"),
+        post_void(3, 1),  # voids transaction 1 of this file
+        post_void(4, 999),  # voids one this file does not hold (sent before, perhaps)
+    ))
+    result = run(path)
+    assert totals_by_id(result) == {txn_id(2): Decimal("3.00")}
+    assert result.summary["skipped_by_kind"] == {
+        "post_void": 1, "post_voided": 1, "post_void_original_elsewhere": 1}
+    # the voided sale's line items were read and stay accounted for, once
+    assert result.summary["line_items_by_kind"] == {"sale": 2, "tender": 1}
+
+
+def test_negative_items_are_discount_not_items(tmp_path: Path) -> None:
+    # water 3.99 + deposit 0.30; bottles back: typed NegativeItem with a positive amount, and a
+    # plain negative amount; paid 3.99 + 0.30 - 0.30 - 0.25 = 3.74 -> 0.55 of discount on 2 lines
+    typed = sale(3, "BOTTLES", "0.30").replace('ItemType="Stock"', 'ItemType="acs:NegativeItem"')
+    plain = sale(4, "CANS", "0.05", "5", "-0.25")
+    path = write(tmp_path, document(retail(1, sale(1, "W", "3.99"), sale(2, "D", "0.30"), typed, plain,
+                                           grand="3.74")))
+    result = run(path)
+    items = items_of(result, 1)
+    assert items.get_column("product_id").to_list() == ["W", "D"]
+    assert items.get_column("discount").sum() == Decimal("0.55")
+    assert totals_by_id(result) == {txn_id(1): Decimal("3.74")}
+    assert result.summary["line_items_by_kind"] == {"sale": 2, "negative_item": 2}
+
+
+def test_loyalty_member_else_guest_and_ids_kept_exactly(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        retail(1, member(1, "0000000000000040000066677"), sale(2, "A", "1.00"), grand="1.00"),
+        retail(2, sale(1, "A", "1.00"), grand="1.00"),
+    ))
+    result = run(path)
+    rows = {r["transaction_id"]: r for r in result.checkouts.iter_rows(named=True)}
+    assert rows[txn_id(1)]["customer_id"] == "0000000000000040000066677"
+    assert rows[txn_id(2)]["customer_id"] is None and rows[txn_id(2)]["is_guest"]
+
+
+def test_ncr_acs_profile_reads_vendor_loyalty_and_reward(tmp_path: Path) -> None:
+    acs_member = ("<LineItem EntryMethod=\"acs:Auto\"><SequenceNumber>3</SequenceNumber>"
+                  "<acs:LoyaltyMembership><acs:LoyaltyID Type=\"Membership\">"
+                  "0000000000000040000066677</acs:LoyaltyID>"
+                  "</acs:LoyaltyMembership></LineItem>")
+    reward = ("<LineItem><SequenceNumber>4</SequenceNumber><LoyaltyReward><acs:RewardLevel>Transaction"
+              "</acs:RewardLevel><acs:ExtendedRewardAmount>-0.19</acs:ExtendedRewardAmount></LoyaltyReward>"
+              "</LineItem>")
+    weighed = sale(1, "00000000067591", "2.99", "0.42", "1.26")
+    text = document(retail(161, weighed, tender(2, "1.07"), acs_member, reward, grand="1.07"),
+                    extra_ns=f' xmlns:acs="{ACS}"')
+    path = write(tmp_path, text)
+    plain = run(path)  # the ARTS profile does not know the acs namespace: a guest
+    assert plain.checkouts.get_column("customer_id").to_list() == [None]
+    result = run(path, feed(profile="ncr_acs"))
+    row = result.checkouts.row(0, named=True)
+    assert row["customer_id"] == "0000000000000040000066677"
+    assert row["total"] == Decimal("1.07")  # 1.26 - 0.19
+    assert result.summary["line_items_by_kind"] == {"sale": 1, "tender": 1, "loyalty_membership": 1,
+                                                    "loyalty_reward": 1}
+    # the same vendor element under another prefix and URI, named in the feed
+    moved = text.replace(ACS, "urn:vendor:tlog").replace("acs:", "v:").replace("xmlns:acs", "xmlns:v")
+    custom = feed(namespaces={"v": "urn:vendor:tlog"},
+                  loyalty_id_paths=["LineItem/v:LoyaltyMembership/v:LoyaltyID"])
+    assert run(write(tmp_path, moved, "moved.xml"), custom).checkouts.get_column("customer_id").to_list() == [
+        "0000000000000040000066677"]
+
+
+def test_an_undeclared_prefix_is_a_configuration_error() -> None:
+    with pytest.raises(ValidationError, match="prefix 'xst'"):
+        feed(loyalty_id_paths=["LineItem/xst:Loyalty/xst:CardNumber"])
+    feed(loyalty_id_paths=["LineItem/xst:Loyalty/xst:CardNumber"], namespaces={"xst": "urn:x"})
+    feed(profile="ncr_acs", item_id_paths=["acs:ItemID"])  # the profile declares acs
+
+
+def test_returns_with_and_without_their_original(tmp_path: Path) -> None:
+    link = ("<TransactionLink ReasonCode=\"Return\"><RetailStoreID>0042</RetailStoreID>"
+            "<WorkstationID>07</WorkstationID><SequenceNumber>555</SequenceNumber>"
+            "<BusinessDayDate>2026-11-18</BusinessDayDate></TransactionLink>")
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "4.00", kind="Return", link=link), grand="-4.32", tax="-0.32"),
+        retail(2, sale(1, "B", "2.00", "2", kind="Return"), grand="-4.00", attrs=' TypeCode="Return"'),
+        # a 0.50 restocking fee kept back: refunded 3.50 for a 4.00 item, carried as its discount
+        retail(3, sale(1, "C", "4.00", kind="Return"), grand="-3.50"),
+    ))
+    result = run(path)
+    rows = {r["transaction_id"]: r for r in result.checkouts.iter_rows(named=True)}
+    assert rows[txn_id(1)]["original_transaction_id"] == "0042-07-20261118-555"
+    assert rows[txn_id(1)]["total"] == Decimal("-4.00")
+    assert rows[txn_id(2)]["return_status"] == "unmatched" and rows[txn_id(2)]["total"] == Decimal("-4.00")
+    assert items_of(result, 2).get_column("quantity").to_list() == [Decimal("-2")]
+    fee = items_of(result, 3).row(0, named=True)
+    assert (fee["discount"], fee["line_total"]) == (Decimal("0.50"), Decimal("-3.50"))
+    assert rows[txn_id(3)]["total"] == Decimal("-3.50")
+
+
+def test_mixed_sale_and_return_lines_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, document(retail(1, sale(1, "A", "4.00"), sale(2, "B", "1.00", kind="Return"),
+                                           grand="3.00")))
+    assert run(path).summary["rejects_by_code"] == {"R017_MIXED_TRANSACTION_TYPES": 2}
+
+
+def test_template_override_and_missing_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    no_sequence = ("<RetailStoreID>0042</RetailStoreID><WorkstationID>03</WorkstationID>"
+                   "<BusinessDayDate>2026-11-20</BusinessDayDate>")
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "1.00"), grand="1.00"),
+        retail(2, sale(1, "A", "1.00"), grand="1.00", header=no_sequence),
+        retail(3, sale(1, "A", "1.00"), grand="1.00"),
+    ))
+    result = run(path, feed(template="S{store_id}/{SequenceNumber}"))
+    assert sorted(totals_by_id(result)) == ["S0042/1", "S0042/3"]
+    bad = result.rejects.row(0, named=True)
+    assert (bad["reject_code"], bad["reject_field"], bad["transaction"]) == (
+        "R001_MISSING_FIELD", "transaction_id", "2")
+    assert "log.xml: transaction 2 (line 4) has no SequenceNumber" in caplog.text
+
+
+def test_no_namespace_files_need_namespace_empty(tmp_path: Path) -> None:
+    path = write(tmp_path, document(retail(1, sale(1, "A", "1.00"), grand="1.00"), ns=""))
+    with pytest.raises(UnreadableFileError, match="without a namespace"):
+        read_poslog(path, feed(), source_name="log.xml")
+    assert run(path, feed(namespace="")).summary["transactions_valid"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "file is empty"),
+        ("transaction_id,store_id\nT1,S1\n", "not well-formed XML at line 1, column 1, before the first"),
+        ('<?xml version="1.0"?><TLog xmlns="urn:other"><Transaction/></TLog>',
+         "root element is <TLog> in namespace urn:other"),
+    ],
+)
+def test_unreadable_files_say_why(tmp_path: Path, text: str, reason: str) -> None:
+    result = run(write(tmp_path, text))
+    assert reason in result.unreadable[0].reason
+    assert result.summary["rows_in"] == 0
+
+
+def test_truncated_file_names_the_last_complete_transaction(tmp_path: Path) -> None:
+    full = document(*(retail(n, sale(1, "A", "1.00"), grand="1.00") for n in range(1, 5)))
+    cut = full[: full.index("<Transaction>", full.index("<SequenceNumber>4<") - 200) + 60]
+    result = run(write(tmp_path, cut))
+    reason = result.unreadable[0].reason
+    assert "not well-formed XML" in reason and "after transaction 3 (which starts at line 5)" in reason
+    assert result.summary["rows_in"] == 0  # a half-read log is never sent in part
+
+
+def test_other_files_of_the_run_are_still_read(tmp_path: Path) -> None:
+    good = write(tmp_path, document(retail(1, sale(1, "A", "1.00"), grand="1.00")), "good.xml")
+    bad = write(tmp_path, "<POSLog xmlns=\"" + ARTS + "\"><Transaction>", "bad.xml")
+    result = transform_files([bad, good], feed(), now=NOW)
+    assert [e.file for e in result.unreadable] == ["bad.xml"]
+    assert result.summary["transactions_valid"] == 1
+
+
+def test_large_file_is_read_in_chunks_with_bounded_tree(tmp_path: Path) -> None:
+    # more rows than one chunk: frames are concatenated, positions stay the transaction's number
+    count = 9000
+    path = write(tmp_path, document(*(retail(n, sale(1, "A", "1.00"), sale(2, "B", "2.50"), grand="3.50")
+                                      for n in range(1, count + 1))))
+    lines = read_poslog(path, feed(), source_name="big.xml")
+    assert lines.height == 2 * count
+    assert lines.get_column("src:transaction").to_list()[-2:] == [str(count), str(count)]
+    assert lines.get_column("source_line").to_list()[-2:] == [2 * count - 1, 2 * count]  # item positions
+    result = transform(lines, feed(), now=NOW)
+    assert result.summary["amount_valid"] == str(Decimal("3.50") * count) + "00"
+
+
+def test_the_xml_tree_never_holds_more_than_the_current_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory is bounded by the output, not the file: each Transaction is freed once read."""
+    from pipeline.core import poslog
+
+    path = write(tmp_path, document(*(retail(n, sale(1, "A", "1.00"), grand="1.00") for n in range(1, 501))))
+    held: list[int] = []
+    original = poslog._Reader._transaction
+
+    def spy(self: poslog._Reader, element: object, position: int) -> None:
+        held.append(sum(1 for _ in element.itersiblings(preceding=True)))  # type: ignore[attr-defined]
+        original(self, element, position)
+
+    monkeypatch.setattr(poslog._Reader, "_transaction", spy)
+    lines = read_poslog(path, feed(), source_name="log.xml")
+    assert lines.height == 500
+    # the parser reads ahead, but of what was read only the last transaction is still held
+    assert max(held) == 1

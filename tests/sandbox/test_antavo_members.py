@@ -1,0 +1,50 @@
+"""The sandbox's Antavo members: opt_in creates a customer, a repeat answers 112101, profile
+updates it, checkout_claim moves a guest transaction to its member; all kept in the state file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.sandbox.server import SandboxServer
+from tests.sandbox.test_antavo_api import HTTP, _error, post
+
+GUEST = {"guest": True, "action": "checkout",
+         "data": {"transaction_id": "G-1", "total": 10, "currency": "EUR"}}
+
+
+def opt_in(customer: str, **data: Any) -> dict[str, Any]:
+    return {"customer": customer, "action": "opt_in", "data": data}
+
+
+def claim(customer: str, tid: str) -> dict[str, Any]:
+    return {"customer": customer, "action": "checkout_claim", "data": {"transaction_id": tid}}
+
+
+def customers(sandbox: SandboxServer) -> dict[str, Any]:
+    return {c["id"]: c for c in HTTP.get(sandbox.url + "/_sandbox/customers").json()["customers"]}
+
+
+def test_opt_in_profile_and_claims(tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox.sqlite"
+    with SandboxServer(state_file=state_file) as sandbox:
+        assert post(sandbox, "/events", opt_in("M1", email="a@example.org")).status_code == 200
+        again = post(sandbox, "/events", opt_in("M1", email="a@example.org"))
+        assert again.status_code == 400 and _error(again)["code"] == 112101
+        assert post(sandbox, "/events", {"customer": "M1", "action": "profile",
+                                         "data": {"email": "b@example.org"}}).status_code == 200
+        missing = post(sandbox, "/events", {"customer": "M2", "action": "profile", "data": {}})
+        assert missing.status_code == 404
+        assert post(sandbox, "/events", GUEST).status_code == 200
+        assert post(sandbox, "/events", claim("M1", "G-1")).status_code == 200
+        assert post(sandbox, "/events", claim("M1", "G-1")).status_code == 200  # the owner again: no change
+        other = post(sandbox, "/events", claim("M2", "G-1"))
+        assert other.status_code == 400 and _error(other)["code"] == 103902
+        unknown = post(sandbox, "/events", claim("M1", "G-404"))
+        assert unknown.status_code == 400 and _error(unknown)["code"] == 112201
+    with SandboxServer(state_file=state_file) as restarted:
+        assert customers(restarted)["M1"]["email"] == "b@example.org"
+        [guest] = HTTP.get(restarted.url + "/_sandbox/transactions").json()["transactions"]
+        assert guest["customer"] == "M1" and guest["claimed"] is True
+        repeat = post(restarted, "/events", opt_in("M1"))
+        assert _error(repeat)["code"] == 112101

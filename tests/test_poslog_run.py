@@ -1,0 +1,105 @@
+"""The POSLog sample day through `posfeed run` (a real process) against the sandbox: balanced, every
+transaction delivered once, and a second run sends nothing; `posfeed check FILE.xml` without a feed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline.errors import EXIT_OK
+from pipeline.sandbox.server import SandboxServer
+from tests.runner_helpers import REPO, delivered_ids, feed_toml, sample_feed, stats
+from tests.sandbox_fixtures import TARGET_KITS
+
+SAMPLE = REPO / "sample_data" / "poslog" / "POSLog_0042_20261120.xml"
+ARTS = {"a": "http://www.nrf-arts.org/IXRetail/namespace/"}
+
+
+def _posfeed(tmp: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+         str(tmp / "reports"), *args],
+        env=env, capture_output=True, text=True, cwd=tmp, timeout=300, check=False,
+    )
+
+
+def _finished_retail() -> dict[str, tuple[str, Decimal]]:
+    """Transaction id -> (sale or return, pre-tax total), read with ElementTree, not the reader."""
+    found: dict[str, tuple[str, Decimal]] = {}
+    for txn in ET.parse(SAMPLE).getroot().findall("a:Transaction", ARTS):
+        body = txn.find("a:RetailTransaction", ARTS)
+        if body is None or body.get("TransactionStatus") != "Finished":
+            continue
+        tid = "-".join((txn.findtext("a:RetailStoreID", "", ARTS), txn.findtext("a:WorkstationID", "", ARTS),
+                        txn.findtext("a:BusinessDayDate", "", ARTS).replace("-", ""),
+                        txn.findtext("a:SequenceNumber", "", ARTS)))
+        figures = {t.get("TotalType"): Decimal(t.text or "0") for t in body.findall("a:Total", ARTS)}
+        kind = "return" if body.get("TypeCode") == "Return" else "sale"
+        found[tid] = (kind, figures["TransactionGrandAmount"] - figures["TransactionTaxAmount"])
+    return found
+
+
+@pytest.mark.slow
+def test_poslog_sample_day_runs_balanced_and_exactly_once(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    shutil.copy2(SAMPLE, drop / SAMPLE.name)
+    expected = _finished_retail()
+    with SandboxServer() as sandbox:
+        feed = sample_feed("poslog_store", sandbox, folder=drop)
+        feed_file = tmp_path / "poslog_store.toml"
+        feed_file.write_text(feed_toml(feed), encoding="utf-8")
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        args = ("run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json")
+
+        first = _posfeed(tmp_path, env, *args)
+        assert first.returncode == EXIT_OK, first.stderr[-3000:]
+        summary = json.loads(first.stdout)
+        assert summary["balanced"] is True
+        assert summary["transactions_in"] == len(expected) == 4
+        assert summary["accepted"] == len(expected) and summary["transactions_rejected"] == 0
+        assert Decimal(summary["amount_in"]) == sum(total for _, total in expected.values())
+        assert summary["skipped_by_kind"] == {"control": 2, "suspended": 1, "tender_control": 1, "voided": 1}
+        after_first = stats(sandbox)
+        assert after_first["duplicate_transaction_attempts"] == 0
+        ids = delivered_ids(sandbox)
+        assert sorted(ids) == sorted(t for t, (kind, _) in expected.items() if kind == "sale")
+        assert len(ids) == len(set(ids))
+        # the return refunds its original sale, which the log names (Antavo nests it there)
+        listing = httpx.get(f"{sandbox.url}/_sandbox/transactions", timeout=10).json()["transactions"]
+        refunded = {str(r["transaction_id"]): r.get("refunds") or [] for r in listing}
+        (original,) = [t for t, refunds in refunded.items() if refunds]
+        assert original == "0042-03-20261120-1004"
+        assert [Decimal(str(r["amount"])) for r in refunded[original]] == [
+            -total for kind, total in expected.values() if kind == "return"]
+
+        second = _posfeed(tmp_path, env, *args)
+        assert second.returncode == EXIT_OK, second.stderr[-3000:]
+        again = json.loads(second.stdout)
+        assert again["rows_in"] == 0 and again["balanced"] is True
+        assert stats(sandbox)["requests"] == after_first["requests"]  # nothing sent twice
+
+
+def test_check_an_xml_file_without_a_feed(tmp_path: Path) -> None:
+    done = _posfeed(tmp_path, dict(os.environ), "check", str(SAMPLE), "--json")
+    assert done.returncode == EXIT_OK, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["transactions_valid"] == 4 and summary["rows_rejected"] == 0
+    assert summary["skipped_by_kind"]["control"] == 2
+    text = _posfeed(tmp_path, dict(os.environ), "check", str(SAMPLE)).stdout
+    assert "skipped (never sent): control 2, suspended 1, tender_control 1, voided 1" in text
+    broken = tmp_path / "broken.xml"
+    broken.write_text(SAMPLE.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    done = _posfeed(tmp_path, dict(os.environ), "check", str(broken), "--json")
+    assert done.returncode != EXIT_OK
+    reason = json.loads(done.stdout)["unreadable_files"][0]["reason"]
+    assert "not well-formed XML" in reason and "after transaction" in reason

@@ -1,0 +1,110 @@
+"""Every file a run sees has its row in summary.csv: read, unreadable or skipped, with why."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+from pipeline.errors import EXIT_DATA
+from pipeline.runner import run_feed
+from pipeline.sandbox.server import SandboxServer
+from pipeline.stages.report import run_report
+from tests.runner_helpers import BUSINESS_DATE, SAMPLE_ACME, credentials, sample_feed, settings_in
+
+GOOD = "pos_LON01_20261120_10.csv"
+CR_ONLY = "pos_LON01_20261120_11.csv"
+BINARY = "pos_LON01_20261120_12.csv"
+LINK = "pos_LON01_20261120_13.csv"
+FIFO = "pos_LON01_20261120_14.csv"
+
+
+def _summary_rows(folder: Path) -> list[dict[str, str]]:
+    with (folder / "summary.csv").open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_good_a_cr_only_and_a_binary_file_each_have_their_row(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    lines = (SAMPLE_ACME / CR_ONLY).read_text(encoding="utf-8").splitlines()
+    (drop / CR_ONLY).write_bytes("\r".join(lines).encode() + b"\r")  # classic Mac line endings
+    (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
+    (tmp_path / "elsewhere.csv").write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    (drop / LINK).symlink_to(tmp_path / "elsewhere.csv")
+    os.mkfifo(drop / FIFO)
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert summary.exit_code == EXIT_DATA  # the binary file is a data error; the rest ran
+    assert summary.reports_path is not None
+    rows = _summary_rows(summary.reports_path)
+    by_file: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_file.setdefault(row["source_file"], []).append(row)
+    assert set(by_file) == {GOOD, CR_ONLY, BINARY, LINK, FIFO}
+
+    records = len(lines) - 1  # every record of the CR-only file came in, none was lost
+    cr_rows = by_file[CR_ONLY]
+    assert sum(int(r["rows_in"]) for r in cr_rows) == records
+    assert sum(int(r["rows_accounted"]) for r in cr_rows) == records
+    assert all(r["origin"] == "file" and r["balanced"] == "true" for r in cr_rows)
+    good_rows = sum(int(r["rows_in"]) for r in by_file[GOOD])
+    assert good_rows == len((SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()) - 1
+
+    (binary,) = by_file[BINARY]
+    assert binary["origin"] == "unreadable"
+    assert "binary" in binary["reason"] and len(binary["reason"]) <= 300
+    (link,) = by_file[LINK]
+    assert link["origin"] == "skipped" and "symbolic link" in link["reason"]
+    (fifo,) = by_file[FIFO]
+    assert fifo["origin"] == "skipped" and "FIFO" in fifo["reason"]
+    assert [s["file"] for s in summary.summary["skipped_files"]] == [LINK, FIFO]
+
+    # `posfeed report RUN_ID` rebuilds the same rows from what the run stored
+    from pipeline.ledger import Ledger
+
+    with Ledger(settings.ledger_path) as ledger:
+        stored = ledger.run(summary.run_id)
+        assert stored is not None
+        fresh = run_report(ledger, summary.run_id)
+        extra = {k: v for k, v in (stored.counts or {}).items() if k not in fresh.summary}
+        again = run_report(ledger, summary.run_id, extra=extra)
+    assert sorted(tuple(map(str, r)) for r in again.summary_rows) == sorted(tuple(r.values()) for r in rows)
+
+
+def test_rejects_keep_the_exports_columns_in_its_order(sandbox: SandboxServer, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    text = (SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()
+    header = text[0].split(",")
+    # the export's own order, an empty column at the end, one ragged row and one bad quantity
+    order = [*reversed(header), "note"]
+    out = [",".join(order)]
+    for number, line in enumerate(text[1:]):
+        values = dict(zip(header, next(csv.reader([line])), strict=True))
+        if number == 2:
+            values["quantity"] = "two"
+        cells = [values.get(c, "") for c in order]
+        row = ",".join(f'"{c}"' if "," in c else c for c in cells)
+        out.append(row + (",x,y" if number == 5 else ""))
+    (drop / GOOD).write_text("\n".join(out) + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert summary.reports_path is not None
+    with (summary.reports_path / "rejects.csv").open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        columns = next(reader)
+        rejects = list(reader)
+    assert columns == [*order, "reject_code", "reject_reason", "reject_field", "source_file", "source_line"]
+    codes = {r[-1]: r[len(order)] for r in rejects}
+    assert codes["4"] == "R002_BAD_NUMBER"
+    assert codes["7"] == "R019_WRONG_FIELD_COUNT"
+    assert all(r[order.index("note")] == "" for r in rejects)
