@@ -337,6 +337,49 @@ def test_an_archiving_feed_moves_a_broken_file_into_quarantine_and_release_bring
         assert s.posfeed("release", "nope.csv").returncode == 2
 
 
+def test_only_a_file_the_careful_reader_gives_up_on_is_quarantined(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    """A file with a ragged row and an unbalanced quote is read record by record (its bad lines
+    rejected, R019/R020): never quarantined. A binary file cannot be read: its summary.csv row says
+    why, it is set aside once and the next run reads it no more."""
+    import csv
+
+    from pipeline.ledger import Ledger
+    from pipeline.runner import run_feed
+    from tests.runner_helpers import BUSINESS_DATE, SAMPLE_ACME, credentials, sample_feed, settings_in
+
+    ragged, binary = "pos_LON01_20261120_10.csv", "pos_LON01_20261120_12.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    lines = (SAMPLE_ACME / ragged).read_text(encoding="utf-8").splitlines()
+    lines[3] += ",x,y"  # one field too many
+    lines.append('"unterminated,quote')
+    (drop / ragged).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (drop / binary).write_bytes(b"\x00\x01binary\x00not a csv\n" * 40)
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1,
+                       source={"after_success": "archive"})
+    with credentials(sandbox):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert first.exit_code == 65
+    assert [u["file"] for u in first.summary["unreadable_files"]] == [binary]
+    assert {"R019_WRONG_FIELD_COUNT", "R020_UNBALANCED_QUOTE"} <= set(first.summary["rejects_by_code"])
+    assert (drop / "quarantine" / binary).exists() and not (drop / "quarantine" / ragged).exists()
+    assert first.reports_path is not None
+    with (first.reports_path / "summary.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    (unreadable,) = [r for r in rows if r["source_file"] == binary]
+    assert unreadable["origin"] == "unreadable" and unreadable["reason"]
+    assert {r["origin"] for r in rows if r["source_file"] == ragged} == {"file"}
+    with Ledger(settings.ledger_path) as ledger:
+        assert [r.name for r in ledger.quarantined_files(feed.scope)] == [binary]
+        kinds_open = {(p.kind, p.subject) for p in ledger.problems(scope=feed.scope)}
+    assert ("unreadable_file", binary) in kinds_open and ("unreadable_file", ragged) not in kinds_open
+    assert second.summary["unreadable_files"] == [] and second.summary["files_in_quarantine"] == []
+
+
 # ---- backlog, credentials, escalation: in-process runs on a real ledger ------------------------
 
 
