@@ -80,6 +80,8 @@ class SourceConfig(_Model):
     marker_suffixes: tuple[str, ...] = (".done", ".ok")
     after_success: Literal["keep", "archive", "delete"] = "keep"
     archive_path: str | None = None
+    # unreadable files are moved here (archive/delete sources; "keep" sources only record them)
+    quarantine_path: str | None = None
     # sftp only
     host: str | None = None
     port: int = Field(default=22, ge=1, le=65535)
@@ -308,7 +310,18 @@ class AlertsConfig(_Model):
     on_failure: bool = True
     on_retryable: bool = True
     on_missing_files: bool = True
+    on_conflicts: bool = True
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # work waiting (queued, in doubt, failed retryable) longer than this is a problem; longer than
+    # the second age escalates it
+    backlog_max_age_minutes: float = Field(default=60.0, ge=0)
+    backlog_escalate_minutes: float = Field(default=240.0, ge=0)
+    # error codes a target answers when it refuses the credentials [A]
+    credential_error_codes: tuple[str, ...] = ("http_401", "http_403", "101021")
+    # delivery: attempts within one run (with backoff), and how long a run may spend on them;
+    # undelivered alerts stay in the ledger and are tried again by later runs
+    delivery_attempts: int = Field(default=3, ge=1, le=20)
+    delivery_budget_seconds: float = Field(default=20.0, gt=0, le=600)
 
 
 class ExpectedFilesConfig(_Model):
@@ -321,6 +334,8 @@ class ExpectedFilesConfig(_Model):
     opening_hour: int = Field(default=8, ge=0, le=23)
     closing_hour: int = Field(default=22, ge=1, le=24)
     late_after_minutes: int = Field(default=60, ge=0)
+    # a file still missing this long after it became missing escalates its problem
+    escalate_after_minutes: int = Field(default=240, ge=0)
 
     @model_validator(mode="after")
     def _hours(self) -> ExpectedFilesConfig:

@@ -181,12 +181,13 @@ class TransientError(PosfeedError):
 
 
 class LockHeldError(TransientError):
-    """Another live process holds the feed's run lock."""
+    """Another live process holds the run lock of the feed's dedup scope."""
 
-    def __init__(self, feed: str, holder: str):
-        self.feed = feed
+    def __init__(self, scope: str, holder: str):
+        self.feed = scope  # kept for callers that read it; the lock is the scope's
+        self.scope = scope
         self.holder = holder
-        super().__init__(f"feed {feed!r} is being run by {holder}")
+        super().__init__(f"scope {scope!r} is being run by {holder}")
 
 
 class SourceUnavailableError(TransientError):

@@ -45,6 +45,7 @@ from typing import Any
 
 from pipeline.errors import PosfeedError, StateIOError, state_io_error
 from pipeline.logs import MASK_PREFIX
+from pipeline.problems import Plan, Problem
 from pipeline.records import EventResult, Outcome, RetryClass
 
 __all__ = [
@@ -394,6 +395,53 @@ def _migrate_6_to_7(db: sqlite3.Connection) -> None:
     _script(db, "ALTER TABLE transactions ADD COLUMN retry_class TEXT")
 
 
+def _migrate_7_to_8(db: sqlite3.Connection) -> None:
+    """Problems with a life cycle, the alerts they owe (an outbox), and quarantined files."""
+    _script(
+        db,
+        """
+        CREATE TABLE problems (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            feed TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+            stage INTEGER NOT NULL DEFAULT 0,
+            summary TEXT NOT NULL,
+            action TEXT NOT NULL,
+            store_id TEXT,
+            business_date TEXT,
+            subject TEXT,
+            counts TEXT,
+            opened_at TEXT NOT NULL,
+            escalated_at TEXT,
+            resolved_at TEXT,
+            opened_run_id TEXT,
+            last_run_id TEXT
+        );
+        CREATE UNIQUE INDEX problems_open ON problems (key) WHERE status = 'open';
+        CREATE INDEX problems_feed ON problems (feed, status);
+        CREATE TABLE alert_outbox (
+            id INTEGER PRIMARY KEY,
+            problem_id INTEGER NOT NULL REFERENCES problems (id),
+            feed TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            delivered_at TEXT,
+            last_error TEXT
+        );
+        CREATE INDEX alert_outbox_pending ON alert_outbox (scope, delivered_at);
+        ALTER TABLE files ADD COLUMN quarantined_to TEXT;
+        ALTER TABLE files ADD COLUMN quarantined_at TEXT
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -402,6 +450,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_4_to_5,
     _migrate_5_to_6,
     _migrate_6_to_7,
+    _migrate_7_to_8,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -463,12 +512,13 @@ class FileRecord:
     size: int
     mtime: float
     sha256: str
-    status: str  # fetched | recorded | unreadable | finished
+    status: str  # fetched | recorded | unreadable | quarantined | superseded | finished
     first_run_id: str
     supersedes_file_id: int | None = None
     superseded_by_file_id: int | None = None
     error: str | None = None
     finished_action: str | None = None
+    quarantined_to: str | None = None  # where a quarantined file was moved (None: left in place)
 
 
 @dataclass(frozen=True)
@@ -605,6 +655,7 @@ def _file(row: sqlite3.Row) -> FileRecord:
         superseded_by_file_id=row["superseded_by_file_id"],
         error=row["error"],
         finished_action=row["finished_action"],
+        quarantined_to=row["quarantined_to"] if "quarantined_to" in row.keys() else None,  # noqa: SIM118
     )
 
 
@@ -1613,3 +1664,191 @@ class Ledger:
             "SELECT state, COUNT(*) FROM transactions WHERE scope = ? GROUP BY state", (scope,)
         )
         return {r[0]: r[1] for r in rows}
+
+    # ---- quarantine ---------------------------------------------------------------------------
+
+    def quarantine_file(self, file_id: int, location: str | None) -> None:
+        """An unreadable file is set aside: later runs skip it. ``location`` is where it was moved
+        (None: left in place and only recorded)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE files SET status = 'quarantined', quarantined_to = ?, quarantined_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (location, _now(), _now(), file_id),
+            )
+
+    def quarantined_files(self, scope: str | None = None, *, feed: str | None = None,
+                          name: str | None = None) -> list[FileRecord]:
+        """Files in quarantine, optionally of one scope, feed or name."""
+        sql, params = "SELECT * FROM files WHERE status = 'quarantined'", []
+        for column, value in (("scope", scope), ("feed", feed), ("name", name)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return [_file(r) for r in self._query(sql + " ORDER BY id", params)]
+
+    def release_file(self, file_id: int) -> None:
+        """Take a file out of quarantine: the next run reads it again."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE files SET status = 'unreadable', quarantined_to = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'quarantined'",
+                (_now(), file_id),
+            )
+
+    def supersede_quarantined(self, scope: str, name: str, new_file_id: int) -> list[int]:
+        """A new file under the name of quarantined ones replaces them; returns their ids."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id FROM files WHERE scope = ? AND name = ? AND status = 'quarantined' AND id != ?",
+                (scope, name, new_file_id),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            for file_id in ids:
+                db.execute(
+                    "UPDATE files SET status = 'superseded', superseded_by_file_id = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (new_file_id, _now(), file_id),
+                )
+        return ids
+
+    # ---- backlog ------------------------------------------------------------------------------
+
+    def carried(self, run_id: str) -> int:
+        """How many transactions ``run_id`` took over from earlier runs (not from its own files)."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM run_transactions WHERE run_id = ? AND origin != 'file'", (run_id,)
+        )
+        return int(rows[0][0])
+
+    def run_codes(self, run_id: str, state: str) -> dict[str, int]:
+        """How many of ``run_id``'s transactions are now in ``state``, by last error code."""
+        rows = self._query(
+            "SELECT t.last_error_code, COUNT(*) FROM run_transactions rt JOIN transactions t "
+            "ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.state = ? GROUP BY 1",
+            (run_id, state),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def conflicts_since(self, feed: str, since: str | None) -> int:
+        """Conflicts of ``feed`` recorded after ``since`` (all when None): held for review."""
+        sql, params = "SELECT COUNT(*) FROM transactions WHERE feed = ? AND state = 'conflict'", [feed]
+        if since is not None:
+            sql += " AND created_at > ?"
+            params.append(since)
+        return int(self._query(sql, params)[0][0])
+
+    # ---- problems and their alerts ------------------------------------------------------------
+
+    def problems(self, *, feed: str | None = None, scope: str | None = None, open_only: bool = True,
+                 problem_id: int | None = None) -> list[Problem]:
+        """Problems (open ones by default), oldest first."""
+        sql, params = "SELECT * FROM problems WHERE 1=1", []
+        if open_only:
+            sql += " AND status = 'open'"
+        for column, value in (("feed", feed), ("scope", scope), ("id", problem_id)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return [_problem(r) for r in self._query(sql + " ORDER BY opened_at, id", params)]
+
+    def last_resolved_at(self, key: str) -> str | None:
+        """When the latest problem with this key was resolved (None: never)."""
+        rows = self._query("SELECT MAX(resolved_at) FROM problems WHERE key = ? AND status = 'resolved'",
+                           (key,))
+        return rows[0][0] if rows else None
+
+    def apply_problems(
+        self,
+        plan: Plan,
+        *,
+        run_id: str | None,
+        alert: Callable[[Problem, str], dict[str, Any] | None],
+    ) -> list[Problem]:
+        """Record a run's problem changes, and in the same transaction the alerts they owe.
+
+        ``alert(problem, event)`` returns the payload to send (None: not sent). Returns the
+        problems as they are after the change, in the plan's order.
+        """
+        now = _now()
+        out: list[Problem] = []
+        with self._tx() as db:
+            for change in plan.changes:
+                obs, current = change.observation, change.problem
+                if change.event == "opened":
+                    assert obs is not None
+                    problem_id = db.execute(
+                        "INSERT INTO problems (key, kind, feed, scope, status, stage, summary, action, "
+                        "store_id, business_date, subject, counts, opened_at, escalated_at, "
+                        "opened_run_id, last_run_id) "
+                        "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (obs.key, obs.kind, obs.feed, obs.scope, obs.stage, obs.summary, obs.action,
+                         obs.store_id, obs.business_date, obs.subject,
+                         json.dumps(dict(obs.counts), sort_keys=True, default=str), now,
+                         now if obs.stage > 0 else None, run_id, run_id),
+                    ).lastrowid
+                elif change.event == "resolved":
+                    assert current is not None
+                    problem_id = current.id
+                    db.execute("UPDATE problems SET status = 'resolved', resolved_at = ?, last_run_id = ? "
+                               "WHERE id = ?", (now, run_id, problem_id))
+                else:
+                    assert obs is not None and current is not None
+                    problem_id = current.id
+                    escalated = change.event == "escalated"
+                    db.execute(
+                        "UPDATE problems SET stage = ?, summary = ?, action = ?, counts = ?, "
+                        "last_run_id = ?, "
+                        "escalated_at = CASE WHEN ? THEN ? ELSE escalated_at END WHERE id = ?",
+                        (max(obs.stage, current.stage), obs.summary, obs.action,
+                         json.dumps(dict(obs.counts), sort_keys=True, default=str), run_id,
+                         escalated, now, problem_id),
+                    )
+                row = db.execute("SELECT * FROM problems WHERE id = ?", (problem_id,)).fetchone()
+                problem = _problem(row)
+                out.append(problem)
+                if change.event == "refreshed":
+                    continue
+                payload = alert(problem, change.event)
+                if payload is not None:
+                    db.execute(
+                        "INSERT INTO alert_outbox (problem_id, feed, scope, event, payload, created_at, "
+                        "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (problem_id, problem.feed, problem.scope, change.event,
+                         json.dumps(payload, sort_keys=True, default=str), now, now),
+                    )
+        return out
+
+    def pending_alerts(self, scope: str, *, due_by: str | None = None) -> list[dict[str, Any]]:
+        """Alerts of ``scope`` not delivered yet (whose next attempt is due by ``due_by``), oldest
+        first: ``id``, ``attempts``, ``payload`` (decoded)."""
+        sql = "SELECT id, attempts, payload FROM alert_outbox WHERE scope = ? AND delivered_at IS NULL"
+        params: list[Any] = [scope]
+        if due_by is not None:
+            sql += " AND next_attempt_at <= ?"
+            params.append(due_by)
+        return [{"id": r[0], "attempts": r[1], "payload": json.loads(r[2])}
+                for r in self._query(sql + " ORDER BY id", params)]
+
+    def alert_delivered(self, alert_id: int) -> None:
+        """An alert reached its webhook."""
+        with self._tx() as db:
+            db.execute("UPDATE alert_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
+                       "WHERE id = ?", (_now(), alert_id))
+
+    def alert_failed(self, alert_id: int, error: str, next_attempt_at: str) -> None:
+        """An attempt to deliver an alert failed; it is tried again from ``next_attempt_at``."""
+        with self._tx() as db:
+            db.execute("UPDATE alert_outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+                       "WHERE id = ?", (error, next_attempt_at, alert_id))
+
+
+def _problem(row: sqlite3.Row) -> Problem:
+    return Problem(
+        id=row["id"], kind=row["kind"], key=row["key"], feed=row["feed"], scope=row["scope"],
+        status=row["status"], stage=row["stage"], summary=row["summary"], action=row["action"],
+        store_id=row["store_id"], business_date=row["business_date"], subject=row["subject"],
+        counts=json.loads(row["counts"]) if row["counts"] else {}, opened_at=row["opened_at"],
+        escalated_at=row["escalated_at"], resolved_at=row["resolved_at"],
+        opened_run_id=row["opened_run_id"], last_run_id=row["last_run_id"],
+    )

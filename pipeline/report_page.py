@@ -203,6 +203,13 @@ def page_data(report: Report) -> dict[str, Any]:
     actions += [f"{len(summary.get('unreadable_files') or [])} unreadable file(s): fix and deliver again"] \
         if summary.get("unreadable_files") else []
 
+    problems = [
+        {key: ("" if p.get(key) is None else str(p.get(key)))
+         for key in ("problem_id", "kind", "store_id", "business_date", "summary", "action", "opened_at")}
+        for p in summary.get("problems") or [] if isinstance(p, Mapping) and p.get("status", "open") == "open"
+    ]
+    actions += [f"{len(problems)} open problem(s): see the table at the end"] if problems else []
+
     dates = summary.get("business_dates") or (
         [summary["business_date"]] if summary.get("business_date") else
         sorted({row["business_date"] for row in summary_rows if row["business_date"]}))
@@ -222,6 +229,7 @@ def page_data(report: Report) -> dict[str, Any]:
         "reject_codes": reject_codes,
         "files": files,
         "expected": expected,
+        "problems": problems,
         "flow_states": FLOW_STATES,
         "store_columns": [label for label, _ in STORE_COLUMNS],
     }

@@ -147,6 +147,10 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
     for item in s.get("skipped_files") or []:
         lines.append(f"  not taken: {item['file']}: {item['reason']}")
+    for name in s.get("files_in_quarantine") or []:
+        lines.append(f"  in quarantine (not read again): {name}")
+    if "problems" in s:
+        lines.append(f"  problems:  {_open_problems_line(s['problems'])}")
     if summary.reports_path:
         lines.append(f"  reports:   {summary.reports_path}")
     return "\n".join(lines)
@@ -168,6 +172,17 @@ def _age(seconds: Any) -> str:
 def cause_of(summary: RunSummary) -> str:
     """Why a run did not exit 0, in one line (what stderr says without ``-v``)."""
     return exit_cause(summary.summary, summary.exit_code) or _MEANING.get(summary.exit_code, "")
+
+
+def _open_problems_line(problems: list[dict[str, Any]]) -> str:
+    if not problems:
+        return "none open"
+    shown = "; ".join(
+        f"#{p['problem_id']} {p['kind']} {p.get('subject') or p.get('store_id') or ''}".rstrip()
+        for p in problems[:5]
+    )
+    return f"{len(problems)} open: {shown}" + (f"; {len(problems) - 5} more: posfeed problems"
+                                               if len(problems) > 5 else "")
 
 
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
@@ -367,7 +382,7 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     """
     from datetime import UTC, datetime
 
-    from pipeline.expected import SeenFile, report_missing
+    from pipeline.expected import SeenFile, note_other_feeds, report_missing
     from pipeline.runner import business_dates_for
 
     if feed:
@@ -381,9 +396,12 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     try:
         for item in feeds:
             records = ledger.files(scope=item.scope) if ledger is not None else []
-            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records]
+            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records
+                    if r.feed == item.name]
             days = list(business_dates) or business_dates_for(item, now=now)
-            rows.extend(report_missing(item, days, seen, now))
+            found = report_missing(item, days, seen, now)
+            note_other_feeds(found, [(r.feed, r.name) for r in records if r.feed != item.name])
+            rows.extend(found)
     finally:
         if ledger is not None:
             ledger.close()

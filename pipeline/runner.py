@@ -1,4 +1,5 @@
-"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report.
+"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report
+→ problems and alerts.
 
 :func:`run_feed` is what ``posfeed run`` (and the scheduler) call; :func:`rerun_feed` resends a
 selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
@@ -22,6 +23,9 @@ Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 d
 later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
 before the end; a held lock raises LockHeldError, also 75); 78 the platform refused our
 credentials mid-run (the rest is left for the next run); 70 when the report does not balance.
+Exit codes say what is new in this run: an unreadable file is reported once, then quarantined and
+skipped by later runs. Every run reports its backlog and brings the feed's problems up to date
+(:mod:`pipeline.health`, :mod:`pipeline.problems`); the alerts they owe are delivered last.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline.alerts import notify
+from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings
 from pipeline.errors import (
     EXIT_CONFIG,
@@ -51,16 +55,18 @@ from pipeline.errors import (
     PosfeedError,
     state_io_error,
 )
-from pipeline.expected import SeenFile, report_missing
+from pipeline.expected import SeenFile, note_other_feeds, report_missing
+from pipeline.health import RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.locks import RunLock
 from pipeline.logs import log_event, mask_customer_id
+from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source
 from pipeline.sources.discovery import lookback_dates
-from pipeline.stages.fetch import FetchResult, fetch_new_files
+from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files
 from pipeline.stages.report import report_folder, run_report, write_run_report
 from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
@@ -225,6 +231,7 @@ class _Context:
     def refused(self) -> bool:
         """True once the platform refused our credentials in this run."""
         return bool(self.notes.get("credentials_refused"))
+    error: BaseException | None = None  # what stopped the run, if anything
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -303,7 +310,8 @@ def _execute(
             try:
                 source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
             except PosfeedError as exc:  # the caller prints or logs it
-                notify(feed, None, error=exc, dry_run=dry_run)
+                if not dry_run:
+                    _observe_refusal(settings, feed, exc)
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
@@ -349,17 +357,19 @@ def _execute(
                 error = (state_io_error(exc, exc.filename or settings.state_dir)
                          if isinstance(exc, OSError) else exc)
                 ctx.notes["error"] = f"{type(error).__name__}: {error}"
-                code = getattr(error, "exit_code", EXIT_INTERNAL)
-                failed = _finish(ctx, status="failed", failure_code=code)
                 if isinstance(error, Exception):  # not for Ctrl-C
-                    notify(feed, failed.to_dict(), error=error, dry_run=dry_run)
+                    ctx.error = error
+                _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                if not dry_run:
+                    deliver_pending(ledger, feed)
                 if error is not exc:
                     raise error from exc
                 raise
             with ctx.stage("report"):
                 stopped = ctx.notes.get("stopped") or ctx.refused()
                 summary = _finish(ctx, status="stopped" if stopped else "finished")
-            notify(feed, summary.to_dict(), dry_run=dry_run)
+            if not dry_run:
+                deliver_pending(ledger, feed)
             return summary
     finally:
         if source is not None:
@@ -473,8 +483,9 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+        ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
         ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
-        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
+        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC), fetched)
         if ctx.feed.records != "transactions":
             from pipeline.stages.members import transform_members
 
@@ -490,6 +501,10 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
                 )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
         ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
+        by_name = {item.record.name: item for item in fetched.staged}
+        for error in outcome.unreadable:
+            if error.file in by_name:
+                _quarantine(ctx, source, by_name[error.file])
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
@@ -502,20 +517,49 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
 
 
-def _missing_files(ctx: _Context, business_dates: list[date], now: datetime) -> list[dict[str, Any]]:
+def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:
+    """Set an unreadable file aside once reported: moved into the source's quarantine folder
+    (archive and delete sources) or only recorded (keep sources); later runs skip it."""
+    if ctx.dry_run:
+        return
+    location = None
+    if ctx.feed.source.after_success != "keep":
+        try:
+            location = source.quarantine(item.remote)
+        except Exception as exc:  # recorded anyway: later runs skip it where it is
+            log.warning("%s: could not move it into quarantine: %s (recorded as quarantined)",
+                        item.record.name, exc)
+    ctx.ledger.quarantine_file(item.record.id, location)
+    log_event(log, "quarantine", f"{ctx.feed.name}: {item.record.name} is unreadable and set aside in "
+              f"quarantine{f' ({location})' if location else ''}; later runs skip it until it is replaced "
+              f"or released", level=logging.WARNING, feed=ctx.feed.name, file=item.record.name)
+
+
+def _missing_files(ctx: _Context, business_dates: list[date], now: datetime,
+                   fetched: FetchResult | None = None) -> list[dict[str, Any]]:
     """Files `[expected]` declares for these days that are overdue (missing) or came late.
 
-    A file's arrival is its modification time at the source, as the ledger recorded it.
+    A file's arrival is its modification time at the source, as the ledger recorded it. Only files
+    of this feed count (and files at its source whose content another feed recorded first); a
+    matching file of another feed of the scope is named in the row, never counted.
     """
     if ctx.feed.expected.cadence == "none":
         return []
+    records = ctx.ledger.files(scope=ctx.feed.scope)
     seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC))
-            for r in ctx.ledger.files(scope=ctx.feed.scope)]
+            for r in records if r.feed == ctx.feed.name]
+    if fetched is not None:
+        seen += [SeenFile(remote.name, datetime.fromtimestamp(remote.mtime, UTC))
+                 for remote, _ in fetched.already_processed]
     rows = report_missing(ctx.feed, business_dates, seen, now)
+    note_other_feeds(rows, [(r.feed, r.name) for r in records if r.feed != ctx.feed.name])
     for row in rows:
         if row["status"] == "missing":
+            via = row.get("delivered_via_feed")
             log_event(log, "missing_file", f"{ctx.feed.name}: expected file {row['pattern']} is missing "
-                      f"(due {row['due_at']})", level=logging.WARNING, feed=ctx.feed.name,
+                      f"(due {row['due_at']})" + (f"; a matching file came through feed {via}, which "
+                                                  f"does not count for this feed" if via else ""),
+                      level=logging.WARNING, feed=ctx.feed.name,
                       business_date=row["business_date"], store_id=row["store_id"], hour=row["hour"])
     return rows
 
@@ -568,6 +612,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         if status != "failed" and ctx.refused():
             code = EXIT_CONFIG
         report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
+        report.summary.update(_health(ctx, report.summary))
         ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
         folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
         try:
@@ -585,13 +630,103 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
         f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
-        f"waiting {counts['waiting']}, needs rerun {counts['needs_rerun']}"
+        f"waiting {counts['waiting']}, needs rerun {counts['needs_rerun']}; "
+        f"{_problem_words(totals.get('problems') or [])}"
         + (f"; cause: {exit_cause(totals, code)}" if code != EXIT_OK else ""),
         level=logging.INFO if code == EXIT_OK else logging.WARNING,
         feed=ctx.feed.name, run_id=ctx.run_id, status=status, exit_code=code, dry_run=ctx.dry_run,
+        backlog=totals.get("backlog"), open_problems=[p["problem_id"] for p in totals.get("problems") or []],
         **{k: v for k, v in counts.items() if v is not None},
     )
     return summary
+
+
+def _health(ctx: _Context, summary: dict[str, Any]) -> dict[str, Any]:
+    """The backlog, and the feed's problems brought up to date (opened, escalated, resolved, with
+    the alerts they owe recorded in the same ledger transaction). Dry runs only report the backlog.
+    """
+    now = datetime.now(UTC)
+    backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, now)
+    out: dict[str, Any] = {"backlog": backlog.to_dict()}
+    if ctx.dry_run:
+        return out
+    accepted = sum(ctx.ledger.run_codes(ctx.run_id, "accepted").values())
+    permanent = sum(ctx.ledger.run_codes(ctx.run_id, "failed_permanent").values())
+    retryable = ctx.ledger.run_codes(ctx.run_id, "failed_retryable")
+    facts = RunFacts(
+        run_id=ctx.run_id, kind=str(summary.get("kind") or "run"), summary=summary, error=ctx.error,
+        business_dates=list(ctx.notes.get("business_dates") or []),
+        missing_files=list(ctx.notes.get("missing_files") or []), failed_codes=retryable,
+        sent=accepted + permanent + sum(n for c, n in retryable.items() if c != "stopped"),
+        backlog=backlog,
+    )
+    events = _update_problems(ctx.ledger, ctx.feed, facts, now)
+    if events is None:
+        return out
+    still_open = sorted_problems(
+        [p for p in ctx.ledger.problems(scope=ctx.feed.scope) if relevant(p, ctx.feed)])
+    out.update(problems=[p.to_dict() for p in still_open], problems_opened=events["opened"],
+               problems_escalated=events["escalated"], problems_resolved=events["resolved"])
+    return out
+
+
+def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
+                     ) -> dict[str, list[int]] | None:
+    """Open, escalate and resolve ``feed``'s problems from what a run (or a refused start) saw;
+    the ids changed, by event. None when they could not be brought up to date (checked again
+    next run; the run's own outcome stands)."""
+    try:
+        observed = observe(feed, ledger, facts, now)
+        open_before = [p for p in ledger.problems(scope=feed.scope) if relevant(p, feed)]
+        plan = reconcile(open_before, observed, covers(feed, facts))
+        changed = ledger.apply_problems(plan, run_id=facts.run_id, alert=alert_for(feed, facts.run_id))
+    except Exception:
+        log.exception("%s: could not bring the feed's problems up to date", feed.name)
+        return None
+    events: dict[str, list[int]] = {"opened": [], "escalated": [], "resolved": []}
+    for change, problem in zip(plan.changes, changed, strict=True):
+        if change.event == "refreshed":
+            continue
+        events[change.event].append(problem.id)
+        log_event(log, "problem", f"{feed.name}: problem #{problem.id} {change.event}: {problem.kind}: "
+                  f"{problem.summary}", level=logging.INFO if change.event == "resolved" else logging.WARNING,
+                  feed=feed.name, problem_id=problem.id, kind=problem.kind, problem_event=change.event)
+    return events
+
+
+def _observe_refusal(settings: Settings, feed: Feed, error: PosfeedError) -> None:
+    """A run refused before it started (credentials, source folder): no run is recorded, but the
+    feed's problems see the refusal (a credentials_refused problem opens once) and its alerts go out."""
+    try:
+        with Ledger(settings.ledger_path) as ledger:
+            now = datetime.now(UTC)
+            facts = RunFacts(run_id=None, kind="run", summary={}, error=error, business_dates=[],
+                             missing_files=[], failed_codes={}, sent=0,
+                             backlog=backlog_of(ledger, feed, None, now))
+            if _update_problems(ledger, feed, facts, now) is not None:
+                deliver_pending(ledger, feed)
+    except Exception:  # the refusal itself is what the caller reports
+        log.exception("%s: could not record the refusal as a problem", feed.name)
+
+
+def _problem_words(problems: list[dict[str, Any]]) -> str:
+    if not problems:
+        return "no open problems"
+    shown = ", ".join(_one_problem(p) for p in problems[:_PROBLEMS_LISTED])
+    more = len(problems) - _PROBLEMS_LISTED
+    tail = f" and {more} more (posfeed problems)" if more > 0 else ""
+    return f"{len(problems)} open problem(s): {shown}{tail}"
+
+
+_PROBLEMS_LISTED = 5  # on the one console/log line; `posfeed problems` lists them all
+
+
+def _one_problem(problem: dict[str, Any] | Problem) -> str:
+    p = problem.to_dict() if isinstance(problem, Problem) else problem
+    detail = " ".join(str(v) for v in (p.get("store_id"), p.get("business_date")) if v)
+    if p["kind"] == "unreadable_file":
+        detail = str(p.get("subject"))
+    return f"#{p['problem_id']} {p['kind']}" + (f" {detail}" if detail else "")
 
 
 # the counts of the one log line per run (`event=run`)

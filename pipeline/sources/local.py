@@ -141,5 +141,39 @@ class LocalSource:
             os.replace(self.folder / name, target)
         log.info("archived %s into %s", remote.name, archive)
 
+    def quarantine(self, remote: RemoteFile) -> str:
+        """Move an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
+        ``quarantine/`` inside the folder); returns where it went."""
+        folder = Path(self.config.quarantine_path or "quarantine")
+        folder = folder if folder.is_absolute() else self.folder / folder
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [remote.name] + [
+            m for m in marker_names(remote.name, self.config.marker_suffixes) if (self.folder / m).exists()
+        ]
+        where = ""
+        for name in names:
+            target = folder / name
+            counter = 0
+            while target.exists():
+                counter += 1
+                target = folder / f"{name}.{counter}"
+            os.replace(self.folder / name, target)
+            where = where or str(target)
+        log.warning("quarantined %s into %s", remote.name, folder)
+        return where
+
+    def release(self, location: str, name: str) -> None:
+        """Move a quarantined file back into the folder under ``name`` (never over another file)."""
+        target = self.folder / name
+        if target.exists():
+            raise SourceUnavailableError(f"{target} exists: move or rename it before releasing {location}")
+        held = Path(location)
+        if held.name == name:  # its done-marker comes back with it
+            for marker in marker_names(name, self.config.marker_suffixes):
+                if (held.parent / marker).exists() and not (self.folder / marker).exists():
+                    os.replace(held.parent / marker, self.folder / marker)
+        os.replace(held, target)
+        log.info("released %s back into %s", name, self.folder)
+
     def close(self) -> None:
         """Nothing to release."""

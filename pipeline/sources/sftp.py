@@ -255,6 +255,47 @@ class SftpSource:
             self._drop_connection()
             raise SourceUnavailableError(f"{action} of {remote.name} failed: {describe(exc)}") from exc
 
+    def quarantine(self, remote: RemoteFile) -> str:
+        """Rename an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
+        ``quarantine/`` inside the folder); returns where it went."""
+        sftp = self.connect()
+        configured = self.config.quarantine_path or "quarantine"
+        folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
+        try:
+            _makedirs(sftp, folder)
+            where = ""
+            for name in [remote.name, *self._markers_of(sftp, remote.name)]:
+                target = _free_name(sftp, folder, name)
+                sftp.rename(self._remote(name), target)
+                where = where or target
+        except CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"quarantine of {remote.name} failed: {describe(exc)}") from exc
+        log.warning("quarantined %s into %s on %s", remote.name, folder, self.address)
+        return where
+
+    def release(self, location: str, name: str) -> None:
+        """Rename a quarantined file back into the folder under ``name`` (never over another file)."""
+        sftp = self.connect()
+        target = self._remote(name)
+        try:
+            try:
+                sftp.stat(target)
+            except FileNotFoundError:
+                if posixpath.basename(location) == name:  # its done-marker comes back with it
+                    held = posixpath.dirname(location)
+                    for marker in marker_names(name, self.config.marker_suffixes):
+                        with contextlib.suppress(FileNotFoundError):
+                            sftp.stat(posixpath.join(held, marker))
+                            sftp.rename(posixpath.join(held, marker), self._remote(marker))
+                sftp.rename(location, target)
+            else:
+                raise SourceUnavailableError(f"{target} exists on {self.address}: move it before releasing")
+        except CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"release of {name} failed: {describe(exc)}") from exc
+        log.info("released %s back into %s on %s", name, self.folder, self.address)
+
     def _markers_of(self, sftp: paramiko.SFTPClient, name: str) -> list[str]:
         found = []
         for marker in marker_names(name, self.config.marker_suffixes):

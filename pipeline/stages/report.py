@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.ledger import Ledger
 from pipeline.reports import Report, build_report, write_report
 
-__all__ = ["day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
+__all__ = ["day_problems", "day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,16 @@ def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
         transactions=transactions,
         file_totals=totals,
         rejects=ledger.rejects(feed=feed, business_date=business_date),
-        extra={"kind": "business_day", "business_date": business_date},
+        extra={"kind": "business_day", "business_date": business_date,
+               "problems": day_problems(ledger, feed, business_date)},
     )
+
+
+def day_problems(ledger: Ledger, feed: str, business_date: str) -> list[dict[str, Any]]:
+    """The problems a business day's report shows: every open problem of the feed, and the
+    resolved ones of that business date (each as :meth:`pipeline.problems.Problem.to_dict`)."""
+    return [p.to_dict() for p in ledger.problems(feed=feed, open_only=False)
+            if p.status == "open" or p.business_date == business_date]
 
 
 def write_run_report(report: Report, reports_dir: Path, feed: str, report_id: str) -> Path:
