@@ -630,7 +630,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
         f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
-        f"waiting {counts['waiting']}, needs rerun {counts['needs_rerun']}; "
+        f"waiting {counts['waiting']}{_oldest_words(totals.get('backlog'))}, "
+        f"needs rerun {counts['needs_rerun']}; "
         f"{_problem_words(totals.get('problems') or [])}"
         + (f"; cause: {exit_cause(totals, code)}" if code != EXIT_OK else ""),
         level=logging.INFO if code == EXIT_OK else logging.WARNING,
@@ -707,6 +708,11 @@ def _observe_refusal(settings: Settings, feed: Feed, error: PosfeedError) -> Non
                 deliver_pending(ledger, feed)
     except Exception:  # the refusal itself is what the caller reports
         log.exception("%s: could not record the refusal as a problem", feed.name)
+
+
+def _oldest_words(backlog: dict[str, Any] | None) -> str:
+    minutes = (backlog or {}).get("oldest_waiting_minutes")
+    return f" (oldest {minutes} min)" if minutes is not None else ""
 
 
 def _problem_words(problems: list[dict[str, Any]]) -> str:
