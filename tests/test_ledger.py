@@ -391,7 +391,7 @@ def test_migration_from_an_older_version(tmp_path: Path) -> None:
     db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', 1, 'file')")
     db.close()
     with Ledger(path) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 3
+        assert ledger.schema_version == SCHEMA_VERSION
         assert ledger.known("acme") == [("T1", "h")]
         assert ledger.file_totals([1]) == []
         rerun = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
@@ -399,6 +399,58 @@ def test_migration_from_an_older_version(tmp_path: Path) -> None:
         ledger.finish_run(rerun, status="finished", exit_code=0, counts={})
         (row,) = ledger.run_transactions(rerun)
         assert row.state is TxnState.QUEUED and row.amount == Decimal("9.99")
+
+
+def test_migration_keeps_input_totals_with_their_currency(tmp_path: Path) -> None:
+    """Totals recorded before they were kept per currency take their transactions' one currency."""
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, target=3) == 3
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20')")
+    for name in ("f.csv", "g.csv"):
+        db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, "
+                   "updated_at) VALUES ('acme', 'hourly', ?, 1, 1.0, ?, 'recorded', 'r1', 'now')",
+                   (name, name))
+    for tid, file_id, currency in (("T1", 1, "EUR"), ("T2", 1, "EUR"), ("T3", 2, "EUR"), ("T4", 2, "GBP")):
+        db.execute("INSERT INTO transactions (scope, feed, transaction_id, state, file_id, source_file, "
+                   "source_lines, rows, store_id, business_date, currency, amount, first_run_id, "
+                   "last_run_id, created_at, updated_at) VALUES ('acme', 'hourly', ?, 'accepted', ?, "
+                   "'f.csv', '[2]', 1, 'S1', '2026-11-20', ?, '1.00', 'r1', 'r1', 'now', 'now')",
+                   (tid, file_id, currency))
+    for file_id in (1, 2):
+        db.execute("INSERT INTO file_totals VALUES (?, 'S1', '2026-11-20', 2, 2, '2.00')", (file_id,))
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.currency_totals([1, 2]) == [
+            (1, "S1", "2026-11-20", "EUR", 2, 2, Decimal("2.00")),
+            (2, "S1", "2026-11-20", "", 2, 2, Decimal("2.00")),  # two currencies: cannot be split
+        ]
+
+
+def test_a_run_keeps_its_own_outcomes(tmp_path: Path) -> None:
+    """A later run's attempts, errors and event ids do not change what an earlier run reports."""
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        first = ledger.start_run(feed="hourly", scope="acme")
+        file = ledger.register_file(first, scope="acme", feed="hourly", name="f.csv", size=1, mtime=1.0,
+                                    sha256="abc")
+        ledger.record_file(first, file, transactions=[_txn("T1")], rejects=[],
+                           totals=[("S1", "2026-11-20", 1, 1, Decimal("10.50"), "GBP")])
+        ledger.start_sending("acme", ["T1"], first)
+        ledger.fail_retryable("acme", "T1", first, code="503", message="busy")
+        ledger.finish_run(first, status="finished", exit_code=75, counts={})
+        second = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
+        ledger.requeue(ledger.select_for_rerun("acme"), second)
+        ledger.start_sending("acme", ["T1"], second)
+        ledger.accept("acme", "T1", second, event_ids=["ev-1"], points=Decimal("10"))
+        ledger.finish_run(second, status="finished", exit_code=0, counts={})
+        (mine,) = ledger.run_transactions(first)
+        kept = (mine.state, mine.attempts, mine.last_error_code, mine.last_error_message, mine.event_ids,
+                mine.points, mine.last_run_id)
+        assert kept == (TxnState.FAILED_RETRYABLE, 1, "503", "busy", (), None, first)
+        (theirs,) = ledger.run_transactions(second)
+        now = (theirs.state, theirs.attempts, theirs.last_error_code, theirs.event_ids, theirs.last_run_id)
+        assert now == (TxnState.ACCEPTED, 2, None, ("ev-1",), second)
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

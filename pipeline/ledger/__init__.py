@@ -14,18 +14,20 @@ One concept per module: ``states`` (states and transitions), ``errors``, ``recor
 stored and read back), ``schema`` (numbered migrations), ``db`` (the seam every statement goes
 through), ``connection`` (the SQLite side of it), and the parts :class:`Ledger` is composed of:
 ``runs``, ``files``, ``recording``, ``transitions``, ``transactions``, ``totals``, ``rejects``,
-``scrub``.
+``returns``, ``scrub``, ``backlog``, ``problems``.
 """
 
 from __future__ import annotations
 
+from pipeline.ledger.backlog import Backlog
 from pipeline.ledger.connection import migrate
-from pipeline.ledger.errors import IllegalTransitionError, LedgerError
+from pipeline.ledger.errors import IllegalTransitionError, LedgerError, LedgerFileError
 from pipeline.ledger.ledger import Ledger
 from pipeline.ledger.records import (
     FileRecord,
     NewReject,
     NewTransaction,
+    ReturnOf,
     RunRecord,
     TxnRecord,
     new_run_id,
@@ -39,12 +41,15 @@ __all__ = [
     "PENDING_STATES",
     "PRIMARY_STATES",
     "SCHEMA_VERSION",
+    "Backlog",
     "FileRecord",
     "IllegalTransitionError",
     "Ledger",
     "LedgerError",
+    "LedgerFileError",
     "NewReject",
     "NewTransaction",
+    "ReturnOf",
     "RunRecord",
     "TxnRecord",
     "TxnState",
