@@ -1,9 +1,15 @@
-"""Webhook alerts: POST a JSON summary when a run ends badly.
+"""Webhook alerts: one per problem event (opened, escalated, resolved), delivered from the ledger.
 
-:func:`alert_reasons` decides (pure) from the run's summary (the `posfeed run --json` keys) or the
-error that stopped it; :func:`send_alert` delivers with a timeout; :func:`notify` ties them to a
-feed's `[alerts]` settings. Delivering an alert never raises: a webhook that is down is logged and
-the run's own outcome stands.
+A run records its problem changes and the alerts they owe in one ledger transaction
+(:meth:`pipeline.ledger.Ledger.apply_problems` with :func:`alert_for`); then
+:func:`deliver_pending` posts what is due, retrying with backoff within a small time budget.
+What could not be delivered stays in the ledger's outbox and is tried again by later runs of the
+scope (its next attempt backs off up to an hour). Delivering an alert never raises: a webhook that
+is down is logged and the run's own outcome stands.
+
+The payload (docs/OPERATIONS.md) is :func:`pipeline.problems.alert_document`: problem id, kind,
+level, feed, scope, store, business date, opened/escalated/resolved times, counts, what to do,
+and a ready-made ``text`` for Slack or Teams incoming webhooks.
 """
 
 from __future__ import annotations
@@ -11,106 +17,67 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from pipeline.config import AlertsConfig, Feed
-from pipeline.errors import LockHeldError, PosfeedError
-from pipeline.logs import redact, register_secret
+from pipeline.ledger import Ledger
+from pipeline.logs import log_event, redact, register_secret
+from pipeline.problems import Problem, alert_document
 
 __all__ = [
-    "alert_payload",
-    "alert_reasons",
-    "notify",
+    "alert_for",
+    "alerts_enabled",
+    "deliver_pending",
     "send_alert",
     "webhook_url",
 ]
 
 logger = logging.getLogger(__name__)
 
-
-def _int(summary: Mapping[str, Any], key: str) -> int:
-    value = summary.get(key) or 0
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+# backoff between attempts inside one run, and before the next run's attempt
+_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
+_NEXT_RUN_BACKOFF_MAX = timedelta(hours=1)
 
 
-def _reject_share(summary: Mapping[str, Any]) -> Decimal:
-    rows_in = _int(summary, "rows_in")
-    if rows_in <= 0:
-        return Decimal(0)
-    try:
-        return Decimal(_int(summary, "rows_rejected")) / Decimal(rows_in)
-    except InvalidOperation:
-        return Decimal(0)
+def alerts_enabled(config: AlertsConfig) -> bool:
+    """Whether the feed has a webhook at all."""
+    return bool(config.webhook_url or config.webhook_url_env)
 
 
-def alert_reasons(
-    config: AlertsConfig,
-    summary: Mapping[str, Any] | None,
-    *,
-    error: BaseException | None = None,
-    missing_files: Sequence[Mapping[str, Any]] = (),
-) -> list[str]:
-    """Why this run deserves an alert (empty: it does not). Pure.
-
-    ``failed``: the run raised (a held lock is not a failure: another run is doing the work), left
-    transactions the platform refused for good, or did not balance. ``retryable``: retryable
-    failures or in-doubt transactions are left. ``rejects_over_threshold``: more than
-    ``reject_share_threshold`` of the rows were rejected. ``missing_files``: expected files overdue.
-    """
-    reasons: list[str] = []
-    if isinstance(error, LockHeldError):
-        return reasons
-    failed = error is not None
-    if summary is not None:
-        failed = failed or _int(summary, "failed_permanent") > 0 or summary.get("balanced") is False
-    if failed and config.on_failure:
-        reasons.append("failed")
-    if (summary is not None and config.on_retryable
-            and _int(summary, "failed_retryable") + _int(summary, "in_doubt") > 0):
-        reasons.append("retryable")
-    if summary is not None and _reject_share(summary) > Decimal(str(config.reject_share_threshold)):
-        reasons.append("rejects_over_threshold")
-    if config.on_missing_files and any(m.get("status") == "missing" for m in missing_files):
-        reasons.append("missing_files")
-    return reasons
+def _switched_on(config: AlertsConfig, problem: Problem) -> bool:
+    level = problem.level
+    if level == "failure":
+        return config.on_failure
+    if level == "retryable":
+        return config.on_retryable
+    if level == "missing_files":
+        return config.on_missing_files
+    if level == "conflicts":
+        return config.on_conflicts
+    return True  # rejects: the threshold is the switch
 
 
-def alert_payload(
-    feed: Feed,
-    reasons: Sequence[str],
-    summary: Mapping[str, Any] | None,
-    *,
-    error: BaseException | None = None,
-    missing_files: Sequence[Mapping[str, Any]] = (),
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """The JSON document sent to the webhook (no secrets: the error text is masked)."""
-    exit_code = None
-    if error is not None:
-        exit_code = error.exit_code if isinstance(error, PosfeedError) else 70
-    elif summary is not None:
-        exit_code = summary.get("exit_code")
-    return {
-        "feed": feed.name,
-        "scope": feed.scope,
-        "run_id": summary.get("run_id") if summary else None,
-        "reasons": list(reasons),
-        "exit_code": exit_code,
-        "error": redact(f"{type(error).__name__}: {error}") if error is not None else None,
-        "host": socket.gethostname(),
-        "sent_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "summary": dict(summary) if summary is not None else None,
-        "missing_files": [dict(m) for m in missing_files if m.get("status") == "missing"],
-    }
+def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
+              ) -> Callable[[Problem, str], dict[str, Any] | None]:
+    """The payload maker :meth:`Ledger.apply_problems` calls: None when the feed sends no alert
+    for this problem (no webhook, or its `on_*` switch is off)."""
+
+    def make(problem: Problem, event: str) -> dict[str, Any] | None:
+        if not alerts_enabled(feed.alerts) or not _switched_on(feed.alerts, problem):
+            return None
+        doc = alert_document(problem, event, run_id=run_id, host=socket.gethostname(),
+                             created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"))
+        for key in ("summary", "action", "text"):  # no secret leaves in an alert
+            doc[key] = redact(str(doc[key]))
+        return doc
+
+    return make
 
 
 def webhook_url(config: AlertsConfig, environ: Mapping[str, str] | None = None) -> str | None:
@@ -136,66 +103,81 @@ def _where(url: str) -> str:
 
 
 def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float = 10.0,
-               transport: httpx.BaseTransport | None = None) -> bool:
-    """POST ``payload`` as JSON; True on a 2xx answer. Never raises: failures are logged."""
+               transport: httpx.BaseTransport | None = None) -> str | None:
+    """POST ``payload`` as JSON once; None on a 2xx answer, else why it failed. Never raises."""
     try:
         with httpx.Client(timeout=timeout, transport=transport) as client:
-            response = client.post(url, json=payload,
-                                   headers={"User-Agent": "posfeed-alerts"})
+            response = client.post(url, json=payload, headers={"User-Agent": "posfeed-alerts"})
     except httpx.HTTPError as exc:
-        logger.error("alerts: webhook %s unreachable: %s", _where(url), type(exc).__name__)
-        return False
+        return f"webhook {_where(url)} unreachable: {type(exc).__name__}"
     except Exception as exc:  # an alert must never take the run down with it
-        logger.error("alerts: sending to %s failed: %s", _where(url), type(exc).__name__)
-        return False
+        return f"sending to {_where(url)} failed: {type(exc).__name__}"
     if response.is_success:
-        logger.info("alerts: sent to %s (%s)", _where(url), ", ".join(payload.get("reasons", [])))
-        return True
-    logger.error("alerts: webhook %s answered HTTP %d", _where(url), response.status_code)
-    return False
+        return None
+    return f"webhook {_where(url)} answered HTTP {response.status_code}"
 
 
-def notify(
+def deliver_pending(
+    ledger: Ledger,
     feed: Feed,
-    summary: Mapping[str, Any] | None,
     *,
-    error: BaseException | None = None,
-    missing_files: Sequence[Mapping[str, Any]] | None = None,
-    dry_run: bool = False,
     transport: httpx.BaseTransport | None = None,
-) -> list[str]:
-    """Alert the feed's webhook if the run deserves it; returns the reasons (empty: none sent).
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Post the scope's due alerts in order; returns how many were delivered. Never raises.
 
-    Dry runs never alert. ``missing_files`` defaults to ``summary["missing_files"]``. Never raises.
+    Each alert gets up to ``alerts.delivery_attempts`` attempts with backoff, all within
+    ``alerts.delivery_budget_seconds``; when the webhook stays down the rest wait for a later run.
     """
-    if dry_run:
-        return []
     try:
-        return _notify(feed, summary, error=error, missing_files=missing_files, transport=transport)
+        return _deliver(ledger, feed, transport=transport, sleep=sleep, clock=clock)
     except Exception:  # an alert must never take the run down with it
-        logger.exception("alerts: feed %s: could not build or send the alert", feed.name)
-        return []
+        logger.exception("alerts: feed %s: could not deliver alerts", feed.name)
+        return 0
 
 
-def _notify(
-    feed: Feed,
-    summary: Mapping[str, Any] | None,
-    *,
-    error: BaseException | None,
-    missing_files: Sequence[Mapping[str, Any]] | None,
-    transport: httpx.BaseTransport | None,
-) -> list[str]:
+def _deliver(ledger: Ledger, feed: Feed, *, transport: httpx.BaseTransport | None,
+             sleep: Callable[[float], None], clock: Callable[[], float]) -> int:
     config = feed.alerts
-    if not (config.webhook_url or config.webhook_url_env):
-        return []
-    if missing_files is None:
-        missing_files = list(summary.get("missing_files") or []) if summary else []
-    reasons = alert_reasons(config, summary, error=error, missing_files=missing_files)
-    if not reasons:
-        return []
+    if not alerts_enabled(config):
+        return 0
+    due = ledger.pending_alerts(feed.scope, due_by=datetime.now(UTC).isoformat(timespec="microseconds"))
+    if not due:
+        return 0
     url = webhook_url(config)
     if url is None:
-        return reasons
-    payload = alert_payload(feed, reasons, summary, error=error, missing_files=missing_files)
-    send_alert(url, payload, timeout=config.timeout_seconds, transport=transport)
-    return reasons
+        return 0
+    deadline = clock() + config.delivery_budget_seconds
+    delivered = 0
+    for item in due:
+        payload, error, ok = item["payload"], None, False
+        for attempt in range(config.delivery_attempts):
+            remaining = deadline - clock()
+            if remaining <= 0:
+                break
+            error = send_alert(url, payload, timeout=min(config.timeout_seconds, remaining),
+                               transport=transport)
+            if error is None:
+                ok = True
+                break
+            if attempt + 1 < config.delivery_attempts:
+                pause = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+                sleep(min(pause, max(0.0, deadline - clock())))
+        if ok:
+            ledger.alert_delivered(item["id"])
+            delivered += 1
+            log_event(logger, "alert", f"alert sent: {payload.get('text')}", feed=payload.get("feed"),
+                      problem_id=payload.get("problem_id"), alert_event=payload.get("event"),
+                      kind=payload.get("kind"))
+            continue
+        tries = int(item["attempts"]) + 1
+        wait = min(timedelta(minutes=2 ** min(tries, 6)), _NEXT_RUN_BACKOFF_MAX)
+        ledger.alert_failed(item["id"], error or "no time left in this run",
+                            (datetime.now(UTC) + wait).isoformat(timespec="microseconds"))
+        log_event(logger, "alert", f"alerts: {error or 'no time left'}; problem #{payload.get('problem_id')} "
+                  f"{payload.get('event')} alert is tried again by a later run (after {wait})",
+                  level=logging.ERROR, feed=payload.get("feed"), problem_id=payload.get("problem_id"),
+                  alert_event=payload.get("event"))
+        break  # the webhook is down: the others wait too, in order
+    return delivered

@@ -146,8 +146,10 @@ def format_check_summary(result: TransformResult, *, max_rejects: int = 10) -> s
         f"{s['transactions_rejected']} rejected",
         f"kinds: {s['sales']} sales, {s['returns']} returns ({s['returns_unmatched']} unmatched), "
         f"{s['voids']} voids (never sent), {s['guests']} guest checkouts",
-        f"amounts: in {s['amount_in']} = valid {s['amount_valid']} + rejected {s['amount_rejected']}",
     ]
+    for currency, amounts in (s.get("currencies") or {}).items():  # one line per currency
+        lines.append(f"amounts {currency or '(no currency)'}: in {amounts['amount_in']} = valid "
+                     f"{amounts['amount_valid']} + rejected {amounts['amount_rejected']}")
     for key, title in (("skipped_by_kind", "skipped (never sent)"), ("line_items_by_kind", "line items")):
         if s.get(key):
             lines.append(f"{title}: " + ", ".join(f"{kind} {count}" for kind, count in s[key].items()))

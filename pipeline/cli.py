@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from pipeline.config import Settings
-from pipeline.errors import EXIT_INTERNAL, PosfeedError
+from pipeline.errors import EXIT_INTERNAL, PosfeedError, state_io_error
 
 __all__ = ["cli", "main"]
 
@@ -74,22 +74,45 @@ def main() -> None:
         # without standalone mode click returns ctx.exit(code)'s code instead of exiting
         code = cli.main(standalone_mode=False)
     except PosfeedError as exc:
-        click.echo(f"posfeed: error: {exc}", err=True)
+        _fatal(f"posfeed: error: {exc}", exc.exit_code, exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("posfeed: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        from pipeline.logs import json_logging_active
+
+        if json_logging_active():
+            _fatal(f"posfeed: error: {exc.format_message()}", exc.exit_code, exc)
+        else:
+            exc.show()
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # posfeed's own files: every remote edge translates its errors
+        error = state_io_error(exc)
+        _fatal(f"posfeed: error: {error}", error.exit_code, error)
+        sys.exit(error.exit_code)
     except Exception as exc:
-        click.echo(f"posfeed: internal error: {type(exc).__name__}: {exc}", err=True)
+        _fatal(f"posfeed: internal error (a bug; please report it): {type(exc).__name__}: {exc}",
+               EXIT_INTERNAL, exc)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fatal(message: str, exit_code: int, exc: BaseException) -> None:
+    """The error that ends the process: a JSON line with ``--log-format json``, else plain text."""
+    from pipeline.logs import json_logging_active, redact
+
+    if json_logging_active():
+        import logging
+
+        logging.getLogger("posfeed").critical(redact(message), extra={
+            "event": "fatal", "exit_code": exit_code, "error": type(exc).__name__})
+        return
+    click.echo(message, err=True)
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -160,7 +183,14 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
         print_json(result.summary)
     else:
         click.echo(format_check_summary(result))
-    ctx.exit(check_exit_code(result))
+    code = check_exit_code(result)
+    if code:  # the cause on stderr, whatever the output format
+        s = result.summary
+        causes = [f"{s['rows_rejected']} row(s) rejected"] if s["rows_rejected"] else []
+        causes += [f"{s['conflicts']} conflict(s)"] if s["conflicts"] else []
+        causes += [f"unreadable file {e.file}: {e.reason}" for e in result.unreadable]
+        click.echo(f"posfeed: check: exit {code}: {'; '.join(causes)}", err=True)
+    ctx.exit(code)
 
 
 @cli.command()
@@ -231,6 +261,35 @@ def runs(ctx: click.Context, feed: str | None, limit: int | None, missing: bool,
         ctx.exit(missing_command(settings_of(ctx), feed=feed,
                                  business_dates=[d.date() for d in business_dates], as_json=as_json))
     ctx.exit(runs_command(settings_of(ctx), feed=feed, limit=limit, as_json=as_json))
+
+
+@cli.command()
+@click.option("--feed", metavar="NAME", help="Only problems of this feed.")
+@click.option("--all", "include_resolved", is_flag=True, help="Resolved problems too (newest last).")
+@click.option("--resolve", type=int, metavar="ID",
+              help="Acknowledge open problem ID: closed now (its \"resolved\" alert is sent); if its cause "
+                   "is still there the next run opens it again (conflicts: only newer ones).")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+@click.pass_context
+def problems(ctx: click.Context, feed: str | None, include_resolved: bool, resolve: int | None,
+             as_json: bool) -> None:
+    """List open problems: unreadable files, missing files, platform, credentials, backlog, rejects."""
+    from pipeline.problem_commands import problems_command
+
+    ctx.exit(problems_command(settings_of(ctx), feed=feed, include_resolved=include_resolved,
+                              resolve=resolve, as_json=as_json))
+
+
+@cli.command()
+@click.argument("file_name", metavar="FILE")
+@click.option("--feed", "feed_name", metavar="NAME", help="The feed whose quarantine holds FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was released as JSON.")
+@click.pass_context
+def release(ctx: click.Context, file_name: str, feed_name: str | None, as_json: bool) -> None:
+    """Take an unreadable file out of quarantine; the next run reads it again."""
+    from pipeline.problem_commands import release_command
+
+    ctx.exit(release_command(settings_of(ctx), file_name, feed_name=feed_name, as_json=as_json))
 
 
 @cli.command()

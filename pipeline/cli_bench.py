@@ -21,9 +21,24 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+# the optional packages each benchmark needs (from the `dev` extra): numpy generates workloads,
+# matplotlib plots the scaling
+_BENCH_NEEDS = {"e2e": ("numpy", "matplotlib"), "ledger": ("numpy", "matplotlib"),
+                "all": ("numpy", "matplotlib")}
+
+
 @click.group()
-def bench() -> None:
+@click.pass_context
+def bench(ctx: click.Context) -> None:
     """Benchmarks, each side by side with its baseline in the same run."""
+    import importlib.util
+
+    from pipeline.errors import MissingExtraError
+
+    verb = ctx.invoked_subcommand or ""
+    for module in _BENCH_NEEDS.get(verb, ()):
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(f"posfeed bench {verb}", "dev", module)
 
 
 def _emit_benchmark(section: str, data: Any, *, docs: Path | None, update_docs: Callable[[Path, str], None],

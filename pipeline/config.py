@@ -80,6 +80,8 @@ class SourceConfig(_Model):
     marker_suffixes: tuple[str, ...] = (".done", ".ok")
     after_success: Literal["keep", "archive", "delete"] = "keep"
     archive_path: str | None = None
+    # unreadable files are moved here (archive/delete sources; "keep" sources only record them)
+    quarantine_path: str | None = None
     # sftp only
     host: str | None = None
     port: int = Field(default=22, ge=1, le=65535)
@@ -205,13 +207,21 @@ class AntavoTarget(_Model):
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
-    return_mode: Literal["refund", "refund_item"] = "refund"
+    return_mode: Literal["auto", "refund", "refund_item"] = "auto"
+    # an in-doubt refund is read back no sooner than this after its request went out (None:
+    # timeout_seconds), so a request the platform still held when the sender died has landed
+    readback_wait_seconds: float | None = Field(default=None, ge=0)
+    # where the transaction read API (GET /customers/{id}/transactions) is served (None: base_url)
+    read_api_url: PlatformUrl | None = None
     send_guests: bool = True
     account: str | None = None
     # how the signed Date header is written: "long" (20181207T120000Z) or "rfc1123"
     date_style: Literal["long", "rfc1123"] = "long"
     # share of requests_per_minute kept unused, against clock and latency differences
     rate_headroom: float = Field(default=0.02, ge=0, lt=1)
+    # a signed empty bulk before any file proves the credentials (the platform authenticates before
+    # it reads a body: an assumption of the spec, so it can be switched off)
+    check_credentials: bool = True
 
 
 class CrmcomTarget(_Model):
@@ -265,6 +275,27 @@ class CrmcomTarget(_Model):
     token_error_codes: tuple[str, ...] = ("INVALID_TOKEN", "TOKEN_EXPIRED")
     already_cancelled_codes: tuple[str, ...] = ("ALREADY_CANCELLED",)
     retryable_codes: tuple[str, ...] = ("INTERNAL_ERROR", "SERVICE_UNAVAILABLE")
+    # ---- returns, spends and exactly-once (docs/PLATFORMS.md cites the pages; [A] = assumption)
+    # partial returns: "auto" sends them as ad hoc returns from R17 (the method is listed with the
+    # R16.12 API-key methods: set "ad_hoc_return" for R16.12), else settles them not sent
+    partial_returns: Literal["auto", "ad_hoc_return", "not_sent"] = "auto"
+    ad_hoc_return_path: str = "purchases/ad_hoc_return"  # [A] request shape and base path
+    # points burned at the till: R9-R16 purchases/create_spend, R17+ a spend amount on the
+    # purchase ([A] field names); "off" sends the purchase without it
+    spend: Literal["auto", "off"] = "auto"
+    create_spend_path: str = "customer_events/purchases/create_spend"
+    spend_field: str | None = None  # [A] default: spend_amount (create_spend), requested_spend_amount (R17+)
+    spend_per_point: Decimal = Field(default=Decimal("0.01"), gt=0)  # [A] spend amount of one point
+    # before resending what may have landed: "lookup" asks the platform (show by reference, or
+    # list), "resend" trusts duplicate answers, "hold" settles it in doubt for review
+    in_doubt: Literal["lookup", "resend", "hold"] = "lookup"
+    lookup: Literal["auto", "show", "list"] = "auto"  # auto: show from R11 (R10.1 has it: set "show")
+    show_path: str = "customer_events/purchases/show"
+    list_path: str = "customer_events/purchases/list"
+    list_window_days: int = Field(default=7, ge=1)  # list: purchases submitted this far back
+    list_page_size: int = Field(default=100, ge=1, le=1000)  # [A] number_of_results
+    not_found_codes: tuple[str, ...] = ("NOT_FOUND",)  # [A] show's answer for an unknown purchase
+    check_credentials: bool = True  # the token call before any file proves the credentials
 
 
 TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]
@@ -279,7 +310,18 @@ class AlertsConfig(_Model):
     on_failure: bool = True
     on_retryable: bool = True
     on_missing_files: bool = True
+    on_conflicts: bool = True
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # work waiting (queued, in doubt, failed retryable) longer than this is a problem; longer than
+    # the second age escalates it
+    backlog_max_age_minutes: float = Field(default=60.0, ge=0)
+    backlog_escalate_minutes: float = Field(default=240.0, ge=0)
+    # error codes a target answers when it refuses the credentials [A]
+    credential_error_codes: tuple[str, ...] = ("http_401", "http_403", "101021")
+    # delivery: attempts within one run (with backoff), and how long a run may spend on them;
+    # undelivered alerts stay in the ledger and are tried again by later runs
+    delivery_attempts: int = Field(default=3, ge=1, le=20)
+    delivery_budget_seconds: float = Field(default=20.0, gt=0, le=600)
 
 
 class ExpectedFilesConfig(_Model):
@@ -292,6 +334,8 @@ class ExpectedFilesConfig(_Model):
     opening_hour: int = Field(default=8, ge=0, le=23)
     closing_hour: int = Field(default=22, ge=1, le=24)
     late_after_minutes: int = Field(default=60, ge=0)
+    # a file still missing this long after it became missing escalates its problem
+    escalate_after_minutes: int = Field(default=240, ge=0)
 
     @model_validator(mode="after")
     def _hours(self) -> ExpectedFilesConfig:
@@ -318,6 +362,15 @@ class ClaimsConfig(_Model):
     # a claim of a checkout this ledger does not know: "not_sent" (unmatched_claim) or "send"
     # (the checkout reached the platform another way)
     unknown_checkouts: Literal["not_sent", "send"] = "not_sent"
+
+
+class ResumeConfig(_Model):
+    """What a plain run resends by itself (`[resume]`): failed-retryable transactions whose
+    failure was transient, a stop or refused credentials, until one of these caps; past them
+    only `posfeed rerun` sends them."""
+
+    max_attempts: int = Field(default=25, ge=1)
+    max_age_hours: float = Field(default=72.0, gt=0)
 
 
 class LoggingConfig(_Model):
@@ -347,6 +400,7 @@ class Feed(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     expected: ExpectedFilesConfig = Field(default_factory=ExpectedFilesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    resume: ResumeConfig = Field(default_factory=ResumeConfig)
     enrollments: EnrollmentsConfig = Field(default_factory=EnrollmentsConfig)
     claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
 

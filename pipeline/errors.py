@@ -3,10 +3,15 @@
 Every error carries its context, whether retrying later can help, and the process exit code
 (sysexits) the CLI maps it to in one place::
 
-    PosfeedError                      exit 70, internal
+    PosfeedError                      exit 70, internal (a bug)
     ├── ConfigError                   exit 78  a feed file, setting or secret is wrong
     │   ├── SecretError                        a referenced secret is missing
-    │   └── SourceAuthError                    SFTP host key refused or credentials wrong
+    │   ├── SourceAuthError                    SFTP host key refused or credentials wrong
+    │   ├── SourceFolderError                  the source folder does not exist or cannot be listed
+    │   ├── CredentialsRefusedError            the target platform refused our credentials
+    │   └── MissingExtraError                  a verb needs optional packages that are not installed
+    ├── StateIOError                  exit 74  the state folder cannot be written or read
+    │                                          (disk full, read-only, corrupt ledger)
     ├── DataError                     exit 65  the input itself is bad
     │   └── UnreadableFileError                a whole file cannot be read (file, reason)
     └── TransientError                exit 75  try again later (retryable)
@@ -27,16 +32,21 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_DATA",
     "EXIT_INTERNAL",
+    "EXIT_IOERR",
     "EXIT_OK",
     "EXIT_TEMPFAIL",
     "ConfigError",
+    "CredentialsRefusedError",
     "DataError",
     "LockHeldError",
+    "MissingExtraError",
     "PlatformUnavailableError",
     "PosfeedError",
     "SecretError",
     "SourceAuthError",
+    "SourceFolderError",
     "SourceUnavailableError",
+    "StateIOError",
     "TransientError",
     "UnreadableFileError",
     "worst_exit_code",
@@ -45,15 +55,16 @@ __all__ = [
 EXIT_OK = 0
 EXIT_DATA = 65  # sysexits EX_DATAERR
 EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE
+EXIT_IOERR = 74  # sysexits EX_IOERR
 EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
 
 
-_PRIORITY = (EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
+_PRIORITY = (EXIT_INTERNAL, EXIT_IOERR, EXIT_CONFIG, EXIT_DATA, EXIT_TEMPFAIL)
 
 
 def worst_exit_code(codes: Sequence[int]) -> int:
-    """The one exit code for several runs: internal > config > data > try-again > ok."""
+    """The one exit code for several runs: internal > I/O > config > data > try-again > ok."""
     for code in _PRIORITY:
         if code in codes:
             return code
@@ -91,6 +102,62 @@ class SourceAuthError(ConfigError):
     """The file source refused us or we refused it: unknown or changed host key, bad credentials."""
 
 
+class SourceFolderError(ConfigError):
+    """The source folder does not exist or may not be listed (``source.path`` or the account)."""
+
+
+class CredentialsRefusedError(ConfigError):
+    """The target platform refused our credentials (bad key, secret, password or token)."""
+
+
+class MissingExtraError(ConfigError):
+    """A verb needs optional packages that are not installed; names the extra to install."""
+
+    def __init__(self, verb: str, extra: str, missing: str):
+        self.extra = extra
+        super().__init__(
+            f"{verb} needs the optional packages of the {extra!r} extra ({missing} is not installed): "
+            f"pip install 'posfeed[{extra}]'"
+        )
+
+
+class StateIOError(PosfeedError):
+    """posfeed's own files cannot be written or read: disk full, read-only folder, corrupt ledger.
+
+    ``path`` names the file or folder; ``advice`` says what to do.
+    """
+
+    exit_code = EXIT_IOERR
+
+    def __init__(self, path: str | Path, problem: str, advice: str):
+        self.path = str(path)
+        self.problem = problem
+        self.advice = advice
+        super().__init__(f"{self.path}: {problem}; {advice}")
+
+
+_IO_ADVICE = {
+    "ENOSPC": "free disk space there, then run again",
+    "EDQUOT": "free disk space (quota) there, then run again",
+    "EFBIG": "the file may not grow any larger (file size limit); free space or raise the limit",
+    "EROFS": "the file system is read-only: make the state folder writable (or point "
+             "POSFEED_STATE_DIR elsewhere), then run again",
+    "EACCES": "make it writable by this user (or point POSFEED_STATE_DIR elsewhere), then run again",
+    "EPERM": "make it writable by this user (or point POSFEED_STATE_DIR elsewhere), then run again",
+    "EIO": "the disk reported an I/O error: check the device, then run again",
+}
+
+
+def state_io_error(exc: OSError, path: str | Path | None = None) -> StateIOError:
+    """A :class:`StateIOError` for an ``OSError`` of posfeed's own files, with what to do."""
+    import errno as errno_module
+
+    name = errno_module.errorcode.get(exc.errno or 0, "")
+    where = path if path is not None else (exc.filename or "(unknown path)")
+    advice = _IO_ADVICE.get(name, "check the disk and the permissions of the state folder, then run again")
+    return StateIOError(where, exc.strerror or str(exc), advice)
+
+
 class DataError(PosfeedError):
     """The input data is bad (rows are rejected, a file is unreadable)."""
 
@@ -114,12 +181,13 @@ class TransientError(PosfeedError):
 
 
 class LockHeldError(TransientError):
-    """Another live process holds the feed's run lock."""
+    """Another live process holds the run lock of the feed's dedup scope."""
 
-    def __init__(self, feed: str, holder: str):
-        self.feed = feed
+    def __init__(self, scope: str, holder: str):
+        self.feed = scope  # kept for callers that read it; the lock is the scope's
+        self.scope = scope
         self.holder = holder
-        super().__init__(f"feed {feed!r} is being run by {holder}")
+        super().__init__(f"scope {scope!r} is being run by {holder}")
 
 
 class SourceUnavailableError(TransientError):

@@ -33,6 +33,7 @@ __all__ = [
     "expected_files",
     "file_statuses",
     "missing_files",
+    "note_other_feeds",
     "render_pattern",
     "report_missing",
 ]
@@ -201,3 +202,18 @@ def report_missing(
     for day in business_dates:
         rows.extend(missing_files(expected_files(feed, day), seen, now).to_list())
     return rows
+
+
+def note_other_feeds(rows: Sequence[dict[str, Any]], other_files: Iterable[tuple[str, str]]) -> None:
+    """Mark missing rows that a file of another feed of the same scope would have matched
+    (``delivered_via_feed``): it does not count for this feed, but it is not hidden either.
+
+    ``other_files`` are (feed, file name) pairs.
+    """
+    others = list(other_files)
+    for row in rows:
+        if row.get("status") != "missing":
+            continue
+        via = next((feed for feed, name in others if fnmatch.fnmatchcase(name, str(row["pattern"]))), None)
+        if via is not None:
+            row["delivered_via_feed"] = via

@@ -40,6 +40,7 @@ __all__ = [
     "MaskingFilter",
     "TextFormatter",
     "feed_secret_env_names",
+    "json_logging_active",
     "log_event",
     "mask_customer_id",
     "redact",
@@ -318,6 +319,12 @@ def setup_logging(
         logging.getLogger(name).setLevel(third_party)
     logging.captureWarnings(True)
     return handler
+
+
+def json_logging_active() -> bool:
+    """Whether :func:`setup_logging` sends JSON lines (fatal errors then go out as JSON too)."""
+    return any(getattr(h, _HANDLER_MARK, False) and isinstance(h.formatter, JsonFormatter)
+               for h in logging.getLogger().handlers)
 
 
 def _isatty(stream: IO[str]) -> bool:

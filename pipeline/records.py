@@ -34,6 +34,7 @@ __all__ = [
     "DedupStatus",
     "EventResult",
     "Outcome",
+    "RetryClass",
     "ReturnStatus",
     "TransactionType",
 ]
@@ -172,6 +173,15 @@ class Outcome(StrEnum):
     NOT_SENT = "not_sent"  # the sink cannot express it (e.g. an unmatched return); permanent
 
 
+class RetryClass(StrEnum):
+    """Why a ``RETRYABLE`` transaction was not delivered: whether the next plain run resends it."""
+
+    TRANSIENT = "transient"  # the platform was unreachable, busy or failing: the next run resends it
+    STOPPED = "stopped"  # the run stopped before sending it: the next run sends it
+    CREDENTIALS = "credentials"  # our credentials were refused: sent once they are fixed
+    DEFERRED = "deferred"  # the request itself was refused (wrong URL, too large): `posfeed rerun` only
+
+
 @dataclass(frozen=True)
 class EventResult:
     """One transaction's outcome, with the platform's evidence."""
@@ -183,3 +193,4 @@ class EventResult:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 1
+    retry_class: RetryClass | None = None  # for RETRYABLE: why (None: transient)

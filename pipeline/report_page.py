@@ -18,6 +18,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from pipeline.currencies import minor_units
 from pipeline.reports import DETAIL_COLUMNS, STATE_COLUMNS, SUMMARY_COLUMNS, Report
 
 __all__ = ["FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data", "render_page"]
@@ -50,12 +51,6 @@ STORE_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 assert sorted(s for _, states in STORE_COLUMNS for s in states) == sorted(n for n, _ in STATE_COLUMNS)
 
-# ISO 4217 currencies whose minor unit is not two digits
-_MINOR_UNITS = {
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
-    "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4,
-}
 _EXAMPLES_PER_CODE = 3
 _NEEDS_ACTION = {
     "rejected": "fix the rows in rejects.csv and deliver them again",
@@ -67,11 +62,6 @@ _NEEDS_ACTION = {
     "in_doubt": "the next run settles these with the platform before sending anything",
     "queued": "the next run sends these",
 }
-
-
-def minor_units(currency: str) -> int:
-    """Digits after the decimal point of ``currency`` (ISO 4217; two when not listed)."""
-    return _MINOR_UNITS.get(currency.upper(), 2)
 
 
 def format_amount(value: Decimal | str, currency: str = "") -> str:
@@ -147,6 +137,8 @@ def page_data(report: Report) -> dict[str, Any]:
     per_file: dict[str, Figures] = defaultdict(Figures)
     stores_of_file: dict[str, set[str]] = defaultdict(set)
     for row in summary_rows:
+        if row["origin"] not in ("file", "ledger"):
+            continue  # a file not read: nothing came in; listed with its reason below
         currency = row.get("currency", "")
         per_currency[currency].add(row)
         per_store[(row["store_id"], currency)].add(row)
@@ -211,6 +203,13 @@ def page_data(report: Report) -> dict[str, Any]:
     actions += [f"{len(summary.get('unreadable_files') or [])} unreadable file(s): fix and deliver again"] \
         if summary.get("unreadable_files") else []
 
+    problems = [
+        {key: ("" if p.get(key) is None else str(p.get(key)))
+         for key in ("problem_id", "kind", "store_id", "business_date", "summary", "action", "opened_at")}
+        for p in summary.get("problems") or [] if isinstance(p, Mapping) and p.get("status", "open") == "open"
+    ]
+    actions += [f"{len(problems)} open problem(s): see the table at the end"] if problems else []
+
     dates = summary.get("business_dates") or (
         [summary["business_date"]] if summary.get("business_date") else
         sorted({row["business_date"] for row in summary_rows if row["business_date"]}))
@@ -230,6 +229,7 @@ def page_data(report: Report) -> dict[str, Any]:
         "reject_codes": reject_codes,
         "files": files,
         "expected": expected,
+        "problems": problems,
         "flow_states": FLOW_STATES,
         "store_columns": [label for label, _ in STORE_COLUMNS],
     }

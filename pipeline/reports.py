@@ -3,15 +3,18 @@
 Pure builders (:func:`build_report`) turn ledger rows into a :class:`Report`; :func:`write_report`
 writes it as five files into one folder, each atomically and spreadsheet-safe:
 
-* ``summary.csv``: one row per source file × store × business date (× origin): rows, transactions
-  and amount in, then count and amount per state, points awarded, and ``balanced``;
+* ``summary.csv``: one row per source file × store × business date × currency (× origin): rows,
+  transactions and amount in, then count and amount per state, points awarded, ``balanced``
+  (a row never mixes currencies) and ``reason``; plus a row for every file the run could not
+  read (origin ``unreadable``, ``fetch_failed`` or ``skipped``), with why;
 * ``detail.csv``: one row per transaction occurrence with its state, codes and event ids;
 * ``rejects.csv``: every rejected line with its original columns, the reject code, reason, field,
   file and line;
 * ``summary.json``: the `posfeed run --json` document;
 * ``report.html``: the same figures as one page for finance (:mod:`pipeline.report_page`).
 
-Every column is described in docs/REPORTS.md. Amounts are exact decimals.
+Every column is described in docs/REPORTS.md. Amounts are exact decimals, totalled per currency
+and written with the currency's minor units (:func:`pipeline.currencies.money_text`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.csvsafe import write_atomic, write_csv
+from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
 
 __all__ = [
@@ -59,6 +63,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "source_file",
     "store_id",
     "business_date",
+    "currency",
     "origin",
     "rows_in",
     "transactions_in",
@@ -109,7 +114,8 @@ _ZERO = Decimal("0")
 
 
 def money(value: Decimal | None) -> str:
-    """A money amount as text: exact, with at least two decimals (``12.50``, ``1.2345``)."""
+    """A number as text: exact, with at least two decimals (``12.50``, ``1.2345``); points, and
+    amounts whose currency is unknown (see :func:`pipeline.currencies.money_text`)."""
     if value is None:
         return ""
     value = value if value != 0 else abs(value)
@@ -163,6 +169,19 @@ class _Group:
         if txn.state is TxnState.ACCEPTED and txn.points is not None:
             self.points += txn.points
 
+    def merge(self, other: _Group) -> None:
+        """Add another group's totals to this one."""
+        self.rows_in += other.rows_in
+        self.transactions_in += other.transactions_in
+        self.amount_in += other.amount_in
+        self.counts.update(other.counts)
+        for state_name, amount in other.amounts.items():
+            self.amounts[state_name] = self.amounts.get(state_name, _ZERO) + amount
+        self.points += other.points
+        self.rows += other.rows
+        self.transactions += other.transactions
+        self.amount += other.amount
+
     def balanced(self, pending_is_final: bool) -> bool:
         pending = self.counts["in_doubt"] + (0 if pending_is_final else self.counts["queued"])
         return (
@@ -189,7 +208,8 @@ def build_report(
     report_id: str,
     feed: str,
     transactions: Sequence[TxnRecord],
-    file_totals: Iterable[tuple[str, str, str, int, int, Decimal]],
+    file_totals: Iterable[tuple[str, str, str, int, int, Decimal]
+                          | tuple[str, str, str, int, int, Decimal, str]],
     rejects: Sequence[dict[str, Any]],
     pending_is_final: bool = False,
     extra: dict[str, Any] | None = None,
@@ -197,20 +217,24 @@ def build_report(
 ) -> Report:
     """Build a report from ledger rows.
 
-    ``file_totals`` are (source_file, store_id, business_date, rows, transactions, amount) of the
-    files whose rows came in with this report (origin ``file``); transactions of another origin
-    (settled or retried from the ledger) are their own input. ``pending_is_final`` counts queued
-    rows as final (a dry run, where "queued" means "would be sent").
+    ``file_totals`` are (source_file, store_id, business_date, rows, transactions, amount[,
+    currency]) of the files whose rows came in with this report (origin ``file``); transactions of
+    another origin (settled or retried from the ledger) are their own input. ``pending_is_final``
+    counts queued rows as final (a dry run, where "queued" means "would be sent"). Every total is
+    per currency: a summary row has one, and the JSON summary has ``currencies``.
+    ``files_not_read`` are (source_file, origin, reason) of files the run saw and did not read:
+    one summary row each, nothing in it (currency: the report's, when its money is in one).
     """
-    groups: dict[tuple[str, str, str, str], _Group] = {}
-    for name, store, day, rows, count, amount in file_totals:
-        group = groups.setdefault((name, store, day, "file"), _Group())
+    groups: dict[tuple[str, str, str, str, str], _Group] = {}
+    for name, store, day, rows, count, amount, *rest in file_totals:
+        currency = rest[0] if rest else ""
+        group = groups.setdefault((name, store, day, currency or "", "file"), _Group())
         group.rows_in += rows
         group.transactions_in += count
         group.amount_in += amount
     for txn in transactions:
         origin = "file" if (txn.origin or "file") == "file" else "ledger"
-        key = (txn.source_file, txn.store_id or "", txn.business_date or "", origin)
+        key = (txn.source_file, txn.store_id or "", txn.business_date or "", txn.currency or "", origin)
         group = groups.setdefault(key, _Group())
         if origin == "ledger":
             group.rows_in += txn.rows
@@ -220,40 +244,39 @@ def build_report(
 
     summary_rows: list[list[Any]] = []
     total = _Group()
+    by_currency: dict[str, _Group] = {}
     balanced = True
-    for (name, store, day, origin), group in sorted(groups.items()):
+    for (name, store, day, currency, origin), group in sorted(groups.items()):
         ok = group.balanced(pending_is_final)
         balanced = balanced and ok
         state_cells: list[Any] = []
         for state_name, _ in STATE_COLUMNS:
-            state_cells += [group.counts[state_name], money(group.amounts.get(state_name, _ZERO))]
+            amount = group.amounts.get(state_name, _ZERO)
+            state_cells += [group.counts[state_name], money_text(amount, currency)]
         summary_rows.append(
-            [report_id, feed, name, store, day, origin, group.rows_in, group.transactions_in,
-             money(group.amount_in), *state_cells, money(group.points), group.rows, group.transactions,
-             money(group.amount), "true" if ok else "false", ""]
+            [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
+             money_text(group.amount_in, currency), *state_cells, money(group.points), group.rows,
+             group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
-        total.rows_in += group.rows_in
-        total.transactions_in += group.transactions_in
-        total.amount_in += group.amount_in
-        total.counts.update(group.counts)
-        for state_name, amount in group.amounts.items():
-            total.amounts[state_name] = total.amounts.get(state_name, _ZERO) + amount
-        total.points += group.points
-        total.rows += group.rows
-        total.transactions += group.transactions
-        total.amount += group.amount
+        total.merge(group)
+        by_currency.setdefault(currency, _Group()).merge(group)
 
-    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, money(_ZERO))]
+    # a file not read has no currency of its own: the feed's, when all the report's money is in one
+    known = [c for c in by_currency if c]
+    feed_currency = known[0] if len(known) == 1 else ""
+    zero = money_text(_ZERO, feed_currency)
+    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)]
     for name, origin, reason in files_not_read:
         # no row of the file came in, so none is unaccounted for; the file itself is, with why
         summary_rows.append(
-            [report_id, feed, name, "", "", origin, 0, 0, money(_ZERO), *empty_states, money(_ZERO),
-             0, 0, money(_ZERO), "true", _one_line(reason)]
+            [report_id, feed, name, "", "", feed_currency, origin, 0, 0, zero, *empty_states,
+             money(_ZERO), 0, 0, zero, "true", _one_line(reason)]
         )
 
     detail_rows = [
         [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",
-         t.business_date or "", t.transaction_type or "", t.currency or "", money(t.amount), t.rows,
+         t.business_date or "", t.transaction_type or "", t.currency or "",
+         money_text(t.amount, t.currency), t.rows,
          _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
          t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
          t.content_hash or "", t.first_run_id, t.last_run_id]
@@ -273,8 +296,9 @@ def build_report(
     reject_header += list(REJECT_TAIL_COLUMNS)
 
     rejected = [t for t in transactions if t.state is TxnState.REJECTED]
-    amount_rejected = sum((t.amount for t in rejected), _ZERO)
-    amount_valid = total.amount_in - amount_rejected
+    currencies = {
+        currency: _currency_amounts(currency, group) for currency, group in sorted(by_currency.items())
+    }
     by_code = Counter(str(r["code"]) for r in rejects)
     summary: dict[str, Any] = {
         "run_id": report_id,
@@ -287,9 +311,7 @@ def build_report(
         "rejects_by_code": dict(sorted(by_code.items())),
         "duplicates": total.counts["duplicate"],
         "conflicts": total.counts["conflict"],
-        "amount_in": money(total.amount_in),
-        "amount_valid": money(amount_valid),
-        "amount_rejected": money(amount_rejected),
+        **single_currency_amounts(currencies, ("amount_in", "amount_valid", "amount_rejected")),
         "accepted": total.counts["accepted"],
         "failed_retryable": total.counts["failed_retryable"],
         "failed_permanent": total.counts["failed_permanent"],
@@ -297,16 +319,28 @@ def build_report(
         "queued": total.counts["queued"],
         "voids": total.counts["void"],
         "not_sent": total.counts["not_sent"],
-        "amount_accepted": money(total.amounts.get("accepted", _ZERO)),
+        **single_currency_amounts(currencies, ("amount_accepted",)),
+        "currencies": currencies,
         "points_awarded": money(total.points),
-        "balanced": balanced and total.balanced(pending_is_final),
+        "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
     }
     summary.update(extra or {})
     return Report(summary_rows, detail_rows, reject_header, reject_rows, summary)
 
 
+def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:
+    """One currency's amounts for the JSON summary."""
+    rejected = group.amounts.get("rejected", _ZERO)
+    return {
+        "amount_in": money_text(group.amount_in, currency),
+        "amount_valid": money_text(group.amount_in - rejected, currency),
+        "amount_rejected": money_text(rejected, currency),
+        "amount_accepted": money_text(group.amounts.get("accepted", _ZERO), currency),
+    }
+
+
 def write_report(report: Report, folder: Path) -> Path:
-    """Write the report's four files into ``folder`` (each atomically); returns the folder."""
+    """Write the report's five files into ``folder`` (each atomically); returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "summary.csv", SUMMARY_COLUMNS, report.summary_rows)
     write_csv(folder / "detail.csv", DETAIL_COLUMNS, report.detail_rows)

@@ -34,7 +34,7 @@ from pipeline.errors import (
 from pipeline.ledger import Ledger
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
-from pipeline.runner import RerunSelection, RunSummary, rerun_feed, run_feed
+from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
 from pipeline.stages.report import day_report, report_folder, run_report
 
 __all__ = [
@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 _MEANING = {
     EXIT_OK: "all final and balanced",
     EXIT_DATA: "data errors: see rejects and conflicts",
-    EXIT_TEMPFAIL: "try again later: retryable failures or in-doubt transactions left",
+    EXIT_TEMPFAIL: "try again later: the next run sends what is left",
     EXIT_INTERNAL: "internal error",
-    EXIT_CONFIG: "configuration error",
+    EXIT_CONFIG: "configuration error: the platform refused our credentials",
 }
 
 
@@ -96,25 +96,49 @@ def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[l
             [r.error for r in results if r.error is not None])
 
 
+def currency_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per currency: in = valid + rejected, and accepted (amounts of two currencies are
+    never added together)."""
+    lines = []
+    for currency, a in (summary.get("currencies") or {}).items():
+        label = f"{currency or '(none)'}:"
+        lines.append(f"  {label:<10} in {a['amount_in']} = valid {a['amount_valid']} + rejected "
+                     f"{a['amount_rejected']}; accepted {a.get('amount_accepted', '0')}")
+    return lines
+
+
 def format_summary(summary: RunSummary) -> str:
     """A few human lines about one run."""
     s = summary.summary
-    kind = "dry run" if s.get("dry_run") else s.get("kind", "run")
+    dry = bool(s.get("dry_run"))
+    kind = "dry run" if dry else s.get("kind", "run")
+    meaning = _MEANING.get(summary.exit_code, "")
+    if summary.exit_code == EXIT_OK and s.get("needs_rerun"):
+        meaning = (f"this run's work is final and balanced; {s['needs_rerun']} older transaction(s) "
+                   "need a rerun")
     lines = [
-        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} "
-        f"({_MEANING.get(summary.exit_code, '')})",
-        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions, amount {s['amount_in']}",
-        f"  accepted:  {s['accepted']} (amount {s['amount_accepted']}, "
-        f"points {s.get('points_awarded', '0')})",
-        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows, "
-        f"amount {s['amount_rejected']})",
+        f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
+        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions",
+        *currency_lines(s),
+        f"  accepted:  {s['accepted']} (points {s.get('points_awarded', '0')})",
+        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows)",
         f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
         f"{s.get('not_sent', 0)} not sendable",
         f"  held:      {s['conflicts']} conflicts",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent, "
-        f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") else ""),
+        f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") and not dry else ""),
+        *([f"  would send: {s.get('queued', 0)} (everything else decided as a real run would)"]
+          if dry else []),
         f"  balanced:  {'yes' if s['balanced'] else 'NO'}",
     ]
+    if "waiting" in s:
+        oldest = (f", oldest first recorded {s['waiting_oldest_at']} "
+                  f"({_age(s.get('waiting_oldest_age_seconds'))} ago)" if s.get("waiting") else "")
+        lines.append(f"  backlog:   carried over {s.get('carried_over', 0)} from earlier runs; "
+                     f"{s['waiting']} waiting for the next run{oldest}")
+    if s.get("needs_rerun"):
+        lines.append(f"  needs rerun: {s['needs_rerun']} past the [resume] caps or refused as requests "
+                     f"(posfeed rerun --feed {summary.feed} --failed)")
     if s.get("superseded_files"):
         lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
     for item in s.get("unreadable_files") or []:
@@ -123,12 +147,51 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
     for item in s.get("skipped_files") or []:
         lines.append(f"  not taken: {item['file']}: {item['reason']}")
+    for name in s.get("files_in_quarantine") or []:
+        lines.append(f"  in quarantine (not read again): {name}")
+    if "problems" in s:
+        lines.append(f"  problems:  {_open_problems_line(s['problems'])}")
     if summary.reports_path:
         lines.append(f"  reports:   {summary.reports_path}")
     return "\n".join(lines)
 
 
+def _age(seconds: Any) -> str:
+    """``42s``, ``17m``, ``5.2h``, ``3.1d``."""
+    if not isinstance(seconds, int | float):
+        return "?"
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def cause_of(summary: RunSummary) -> str:
+    """Why a run did not exit 0, in one line (what stderr says without ``-v``)."""
+    return exit_cause(summary.summary, summary.exit_code) or _MEANING.get(summary.exit_code, "")
+
+
+def _open_problems_line(problems: list[dict[str, Any]]) -> str:
+    if not problems:
+        return "none open"
+    shown = "; ".join(
+        f"#{p['problem_id']} {p['kind']} {p.get('subject') or p.get('store_id') or ''}".rstrip()
+        for p in problems[:5]
+    )
+    return f"{len(problems)} open: {shown}" + (f"; {len(problems) - 5} more: posfeed problems"
+                                               if len(problems) > 5 else "")
+
+
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
+    for summary in summaries:  # the cause of every non-zero exit, whatever the verbosity
+        if summary.exit_code != EXIT_OK:
+            click.echo(f"posfeed: {summary.feed} {summary.run_id}: exit {summary.exit_code}: "
+                       f"{cause_of(summary)}", err=True)
+    for error in errors:
+        click.echo(f"posfeed: {error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
     if as_json:
         docs = [s.to_dict() for s in summaries]
         if len(docs) == 1 and not errors:
@@ -138,8 +201,6 @@ def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bo
         return
     for summary in summaries:
         click.echo(format_summary(summary))
-    for error in errors:
-        click.echo(f"{error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
 
 
 def run_command(
@@ -218,6 +279,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
     if settings.ledger_exists():
         with Ledger(settings.ledger_location) as ledger:
             records = ledger.runs(feed=feed, limit=limit)
+    if feed and not records:
+        load_feed(feed, settings.feeds_dir)  # a feed that does not exist is an error, not "no runs"
     rows = []
     for run in records:
         counts = run.counts or {}
@@ -230,6 +293,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
             "conflicts": counts.get("conflicts"), "failed_retryable": counts.get("failed_retryable"),
             "failed_permanent": counts.get("failed_permanent"), "in_doubt": counts.get("in_doubt"),
             "balanced": counts.get("balanced"), "selection": run.selection,
+            "carried_over": counts.get("carried_over"), "waiting": counts.get("waiting"),
+            "waiting_oldest_at": counts.get("waiting_oldest_at"), "needs_rerun": counts.get("needs_rerun"),
         })
     if as_json:
         _print_json(rows)
@@ -317,7 +382,7 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     """
     from datetime import UTC, datetime
 
-    from pipeline.expected import SeenFile, report_missing
+    from pipeline.expected import SeenFile, note_other_feeds, report_missing
     from pipeline.runner import business_dates_for
 
     if feed:
@@ -331,9 +396,12 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
     try:
         for item in feeds:
             records = ledger.files(scope=item.scope) if ledger is not None else []
-            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records]
+            seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC)) for r in records
+                    if r.feed == item.name]
             days = list(business_dates) or business_dates_for(item, now=now)
-            rows.extend(report_missing(item, days, seen, now))
+            found = report_missing(item, days, seen, now)
+            note_other_feeds(found, [(r.feed, r.name) for r in records if r.feed != item.name])
+            rows.extend(found)
     finally:
         if ledger is not None:
             ledger.close()

@@ -1,18 +1,31 @@
-"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report.
+"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report
+→ problems and alerts.
 
 :func:`run_feed` is what ``posfeed run`` (and the scheduler) call; :func:`rerun_feed` resends a
 selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
 ledger with their own reports, and return a :class:`RunSummary`.
 
-Pending work comes before new work: transactions an earlier process left ``queued`` or in doubt
-(``sending``, killed mid-request) are sent first; the platform's "transaction ID already used"
-settles the ones that had landed. A **dry run** does all of it against a throwaway copy of the
-ledger, sends nothing, touches no source file, and writes the same reports.
+**Credentials first**: before any file is touched, a run proves the target's credentials with
+one cheap call (:mod:`pipeline.sinks.probe`; not in a dry run) and logs in to the source and
+checks its folder. A refusal raises (exit 78) and nothing is recorded.
+
+**Resume by default**: older work comes before new work. Transactions earlier runs of the scope
+left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable for a transient
+reason, a stop or refused credentials (within the feed's ``[resume]`` caps) are sent first; the
+platform's "transaction ID already used" settles the ones that had landed. Every summary says how
+many it carried over (``carried_over``) and how many are still waiting for the next run
+(``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an explicit rerun
+(``needs_rerun``). A **dry run** does all of it against a throwaway copy of the ledger, sends
+nothing, touches no source file, and writes the same reports.
 
 Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 data errors
 (rejected rows, conflicts, unreadable files, transactions the platform refused); 75 try again
 later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
-before the end; a held lock raises LockHeldError, also 75); 70 when the report does not balance.
+before the end; a held lock raises LockHeldError, also 75); 78 the platform refused our
+credentials mid-run (the rest is left for the next run); 70 when the report does not balance.
+Exit codes say what is new in this run: an unreadable file is reported once, then quarantined and
+skipped by later runs. Every run reports its backlog and brings the feed's problems up to date
+(:mod:`pipeline.health`, :mod:`pipeline.problems`); the alerts they owe are delivered last.
 """
 
 from __future__ import annotations
@@ -31,24 +44,37 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline.alerts import notify
+from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings
-from pipeline.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_OK, EXIT_TEMPFAIL
-from pipeline.expected import SeenFile, report_missing
+from pipeline.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    PosfeedError,
+    state_io_error,
+)
+from pipeline.expected import SeenFile, note_other_feeds, report_missing
+from pipeline.health import RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.logs import log_event, mask_customer_id
+from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import lock_kind
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source
 from pipeline.sources.discovery import lookback_dates
-from pipeline.stages.fetch import FetchResult, fetch_new_files
+from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files
 from pipeline.stages.report import report_folder, run_report, write_run_report
-from pipeline.stages.submit import submit_rows
+from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
 
-__all__ = ["RerunSelection", "RunSummary", "business_dates_for", "exit_code_of", "rerun_feed", "run_feed"]
+__all__ = [
+    "RerunSelection", "RunSummary", "business_dates_for", "exit_cause", "exit_code_of", "rerun_feed",
+    "run_feed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +151,40 @@ def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
     return EXIT_OK
 
 
+def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
+    """Why a run did not exit 0, in one line from its summary ("" when it did)."""
+    if exit_code == EXIT_OK:
+        return ""
+    s = summary
+    parts: list[str] = []
+    if s.get("credentials_refused"):
+        parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
+                     "stopped, the rest waits for the next run")
+    if s.get("transactions_rejected"):
+        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
+    if s.get("conflicts"):
+        parts.append(f"{s['conflicts']} conflict(s) held for review")
+    for item in s.get("unreadable_files") or []:
+        parts.append(f"unreadable file {item['file']}: {item['reason']}")
+    for item in s.get("fetch_failures") or []:
+        parts.append(f"not fetched: {item['file']}: {item['reason']}")
+    for cause in s.get("causes") or []:
+        what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
+        reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
+        parts.append(f"{cause['count']} {what}: {reason}")
+    if s.get("in_doubt"):
+        parts.append(f"{s['in_doubt']} in doubt")
+    if s.get("stopped"):
+        parts.append("stopped before the end (signal)")
+    if s.get("queued") and not s.get("dry_run") and not s.get("credentials_refused"):
+        parts.append(f"{s['queued']} queued, not sent yet")
+    if s.get("error"):
+        parts.append(str(s["error"]))
+    if exit_code == EXIT_INTERNAL and not s.get("balanced", True):
+        parts.append("the run's report does not balance (a bug: see summary.csv)")
+    return "; ".join(parts)
+
+
 def _default_sink_factory(feed: Feed) -> Sink:
     from pipeline.sinks import make_sink
 
@@ -174,6 +234,12 @@ class _Context:
     make_sink: SinkFactory
     on_stage: StageHook | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    source: Source | None = None  # opened and checked before the run started
+
+    def refused(self) -> bool:
+        """True once the platform refused our credentials in this run."""
+        return bool(self.notes.get("credentials_refused"))
+    error: BaseException | None = None  # what stopped the run, if anything
 
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -192,8 +258,10 @@ class _Context:
     def submit(self, row_ids: list[int]) -> None:
         if not row_ids:
             return
-        if self.dry_run:
-            log.info("dry run: %d transaction(s) would be sent", len(row_ids))
+        if self.dry_run:  # every decision but the platform's, as a real run takes it
+            settled = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
+            log.info("dry run: %d transaction(s) would be sent, %d not sendable",
+                     len(row_ids) - settled, settled)
             return
         with gc_frozen():
             result = submit_rows(
@@ -202,6 +270,9 @@ class _Context:
             )
         if result.stopped:
             self.notes["stopped"] = True
+        if result.credentials_refused:
+            self.notes["credentials_refused"] = result.credentials_refused
+            self.ledger.requeue_refused(row_ids, self.run_id)  # the rest stays queued
 
     def finish_files(self, source: Source | None) -> None:
         """Keep, archive or delete the source files of this feed whose rows are all final."""
@@ -236,10 +307,22 @@ def _execute(
     now: datetime | None,
     on_stage: StageHook | None = None,
 ) -> RunSummary:
-    # a ledger shared by several hosts (PostgreSQL) holds the scope locks too, so one host runs a scope
-    lock = lock_kind(settings.ledger_url, settings.state_dir)(feed.scope, feed=feed.name)
-    workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
     try:
+        # a ledger shared by several hosts (PostgreSQL) holds the scope locks too: one host runs a scope
+        lock = lock_kind(settings.ledger_url, settings.state_dir)(feed.scope, feed=feed.name)
+    except OSError as exc:  # a read-only or full state folder
+        raise state_io_error(exc, exc.filename or settings.state_dir) from exc
+    workdir: Path | None = None
+    source: Source | None = None
+    try:
+        if stop is None or not stop.is_set():
+            try:
+                source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
+            except PosfeedError as exc:  # the caller prints or logs it
+                if not dry_run:
+                    _observe_refusal(settings, feed, exc)
+                raise
+        workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
             abandoned = ledger.close_abandoned_runs(feed.scope)
             if abandoned:
@@ -267,7 +350,7 @@ def _execute(
             staging = (workdir / "staging") if workdir else settings.staging_dir / run_id
             ctx = _Context(
                 feed, settings, ledger, run_id, dry_run, staging, stop, progress or NullProgress(),
-                make_sink or _default_sink_factory, on_stage,
+                make_sink or _default_sink_factory, on_stage, source=source,
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
                      " [dry run]" if dry_run else "")
@@ -278,19 +361,56 @@ def _execute(
                 else:
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
             except BaseException as exc:
-                ctx.notes["error"] = f"{type(exc).__name__}: {exc}"
-                failed = _finish(ctx, status="failed", failure_code=getattr(exc, "exit_code", EXIT_INTERNAL))
-                if isinstance(exc, Exception):  # not for Ctrl-C
-                    notify(feed, failed.to_dict(), error=exc, dry_run=dry_run)
+                # an OSError that reaches here is about our own files (staging, state folder):
+                # every remote edge translates its own
+                error = (state_io_error(exc, exc.filename or settings.state_dir)
+                         if isinstance(exc, OSError) else exc)
+                ctx.notes["error"] = f"{type(error).__name__}: {error}"
+                if isinstance(error, Exception):  # not for Ctrl-C
+                    ctx.error = error
+                _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                if not dry_run:
+                    deliver_pending(ledger, feed)
+                if error is not exc:
+                    raise error from exc
                 raise
             with ctx.stage("report"):
-                summary = _finish(ctx, status="stopped" if ctx.notes.get("stopped") else "finished")
-            notify(feed, summary.to_dict(), dry_run=dry_run)
+                stopped = ctx.notes.get("stopped") or ctx.refused()
+                summary = _finish(ctx, status="stopped" if stopped else "finished")
+            if not dry_run:
+                deliver_pending(ledger, feed)
             return summary
     finally:
+        if source is not None:
+            source.close()
         lock.release()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
+    """Credentials first: log in to the source and check its folder (runs only; a rerun reads no
+    source), then prove the target's credentials (not in a dry run, which sends nothing), before
+    any file is touched or anything recorded. Returns the open source."""
+    source: Source | None = None
+    try:
+        if kind == "run":
+            source = open_source(feed)
+            check = getattr(source, "check", None)
+            if check is not None:
+                check()
+        if probe and not dry_run:
+            from pipeline.sinks.probe import probe_credentials, resolve_credentials
+
+            if getattr(feed.target, "check_credentials", True):
+                probe_credentials(feed)
+            else:
+                resolve_credentials(feed)  # a missing secret is still found before any file
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
+    return source
 
 
 def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> None:
@@ -341,17 +461,28 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _carry_over(ctx: _Context) -> None:
+    """Send first what earlier runs of the scope left unsent (see the module docstring)."""
+    resume = ctx.feed.resume
+    pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
+                                    max_age_hours=resume.max_age_hours)
+    ctx.notes["carried_over"] = len(pending)
+    if pending:
+        log.info("%s: carrying over %d transaction(s) earlier runs left unsent (queued, in doubt or "
+                 "failed for a transient reason)", ctx.feed.name, len(pending))
+        ctx.submit(pending)
+
+
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
     with ctx.stage("settle"):
-        pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
-        if pending:
-            log.info("%s: settling %d transaction(s) left queued or in doubt", ctx.feed.name, len(pending))
-            ctx.submit(pending)
+        _carry_over(ctx)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
         return
-    source = open_source(ctx.feed)
+    if ctx.refused():
+        return
+    source = ctx.source if ctx.source is not None else open_source(ctx.feed)
     try:
         fetched: FetchResult = fetch_new_files(
             source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress,
@@ -361,8 +492,9 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+        ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
         ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
-        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC))
+        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC), fetched)
         if ctx.feed.records != "transactions":
             from pipeline.stages.members import transform_members
 
@@ -378,31 +510,65 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
                 )
         ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
         ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
+        by_name = {item.record.name: item for item in fetched.staged}
+        for error in outcome.unreadable:
+            if error.file in by_name:
+                _quarantine(ctx, source, by_name[error.file])
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
             with ctx.stage("submit"):
                 ctx.submit(outcome.to_send)
-        ctx.finish_files(source)
+        if not ctx.refused():
+            ctx.finish_files(source)
     finally:
         source.close()
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
 
 
-def _missing_files(ctx: _Context, business_dates: list[date], now: datetime) -> list[dict[str, Any]]:
+def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:
+    """Set an unreadable file aside once reported: moved into the source's quarantine folder
+    (archive and delete sources) or only recorded (keep sources); later runs skip it."""
+    if ctx.dry_run:
+        return
+    location = None
+    if ctx.feed.source.after_success != "keep":
+        try:
+            location = source.quarantine(item.remote)
+        except Exception as exc:  # recorded anyway: later runs skip it where it is
+            log.warning("%s: could not move it into quarantine: %s (recorded as quarantined)",
+                        item.record.name, exc)
+    ctx.ledger.quarantine_file(item.record.id, location)
+    log_event(log, "quarantine", f"{ctx.feed.name}: {item.record.name} is unreadable and set aside in "
+              f"quarantine{f' ({location})' if location else ''}; later runs skip it until it is replaced "
+              f"or released", level=logging.WARNING, feed=ctx.feed.name, file=item.record.name)
+
+
+def _missing_files(ctx: _Context, business_dates: list[date], now: datetime,
+                   fetched: FetchResult | None = None) -> list[dict[str, Any]]:
     """Files `[expected]` declares for these days that are overdue (missing) or came late.
 
-    A file's arrival is its modification time at the source, as the ledger recorded it.
+    A file's arrival is its modification time at the source, as the ledger recorded it. Only files
+    of this feed count (and files at its source whose content another feed recorded first); a
+    matching file of another feed of the scope is named in the row, never counted.
     """
     if ctx.feed.expected.cadence == "none":
         return []
+    records = ctx.ledger.files(scope=ctx.feed.scope)
     seen = [SeenFile(r.name, datetime.fromtimestamp(r.mtime, UTC))
-            for r in ctx.ledger.files(scope=ctx.feed.scope)]
+            for r in records if r.feed == ctx.feed.name]
+    if fetched is not None:
+        seen += [SeenFile(remote.name, datetime.fromtimestamp(remote.mtime, UTC))
+                 for remote, _ in fetched.already_processed]
     rows = report_missing(ctx.feed, business_dates, seen, now)
+    note_other_feeds(rows, [(r.feed, r.name) for r in records if r.feed != ctx.feed.name])
     for row in rows:
         if row["status"] == "missing":
+            via = row.get("delivered_via_feed")
             log_event(log, "missing_file", f"{ctx.feed.name}: expected file {row['pattern']} is missing "
-                      f"(due {row['due_at']})", level=logging.WARNING, feed=ctx.feed.name,
+                      f"(due {row['due_at']})" + (f"; a matching file came through feed {via}, which "
+                                                  f"does not count for this feed" if via else ""),
+                      level=logging.WARNING, feed=ctx.feed.name,
                       business_date=row["business_date"], store_id=row["store_id"], hour=row["hour"])
     return rows
 
@@ -418,6 +584,7 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
         include_permanent=selection.include_permanent,
         feed=None if selection.run_id else ctx.feed.name,
     )
+    ctx.notes["carried_over"] = len(pending)
     log.info("%s: rerun resends %d failed transaction(s)%s", ctx.feed.name, len(row_ids),
              f" after settling {len(pending)} pending" if pending else "")
     ctx.ledger.requeue(row_ids, ctx.run_id)
@@ -440,15 +607,21 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
 
 def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) -> RunSummary:
     """Record the run's end, write its reports, and return its summary."""
-    notes = dict(ctx.notes)
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
+    ctx.notes.setdefault("carried_over", 0)
+    ctx.notes.update(_backlog_notes(ctx))
+    ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
+    notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are alive until they are written
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
         code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
+        if status != "failed" and ctx.refused():
+            code = EXIT_CONFIG
         report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
+        report.summary.update(_health(ctx, report.summary))
         ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
         folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
         try:
@@ -465,20 +638,135 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['accepted']} accepted, {counts['transactions_rejected']} rejected, "
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
-        f"{counts['in_doubt']} in doubt",
+        f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
+        f"waiting {counts['waiting']}{_oldest_words(totals.get('backlog'))}, "
+        f"needs rerun {counts['needs_rerun']}; "
+        f"{_problem_words(totals.get('problems') or [])}"
+        + (f"; cause: {exit_cause(totals, code)}" if code != EXIT_OK else ""),
         level=logging.INFO if code == EXIT_OK else logging.WARNING,
         feed=ctx.feed.name, run_id=ctx.run_id, status=status, exit_code=code, dry_run=ctx.dry_run,
+        backlog=totals.get("backlog"), open_problems=[p["problem_id"] for p in totals.get("problems") or []],
         **{k: v for k, v in counts.items() if v is not None},
     )
     return summary
+
+
+def _health(ctx: _Context, summary: dict[str, Any]) -> dict[str, Any]:
+    """The backlog, and the feed's problems brought up to date (opened, escalated, resolved, with
+    the alerts they owe recorded in the same ledger transaction). Dry runs only report the backlog.
+    """
+    now = datetime.now(UTC)
+    backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, now)
+    out: dict[str, Any] = {"backlog": backlog.to_dict()}
+    if ctx.dry_run:
+        return out
+    accepted = sum(ctx.ledger.run_codes(ctx.run_id, "accepted").values())
+    permanent = sum(ctx.ledger.run_codes(ctx.run_id, "failed_permanent").values())
+    retryable = ctx.ledger.run_codes(ctx.run_id, "failed_retryable")
+    facts = RunFacts(
+        run_id=ctx.run_id, kind=str(summary.get("kind") or "run"), summary=summary, error=ctx.error,
+        business_dates=list(ctx.notes.get("business_dates") or []),
+        missing_files=list(ctx.notes.get("missing_files") or []), failed_codes=retryable,
+        sent=accepted + permanent + sum(n for c, n in retryable.items() if c != "stopped"),
+        backlog=backlog,
+    )
+    events = _update_problems(ctx.ledger, ctx.feed, facts, now)
+    if events is None:
+        return out
+    still_open = sorted_problems(
+        [p for p in ctx.ledger.problems(scope=ctx.feed.scope) if relevant(p, ctx.feed)])
+    out.update(problems=[p.to_dict() for p in still_open], problems_opened=events["opened"],
+               problems_escalated=events["escalated"], problems_resolved=events["resolved"])
+    return out
+
+
+def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
+                     ) -> dict[str, list[int]] | None:
+    """Open, escalate and resolve ``feed``'s problems from what a run (or a refused start) saw;
+    the ids changed, by event. None when they could not be brought up to date (checked again
+    next run; the run's own outcome stands)."""
+    try:
+        observed = observe(feed, ledger, facts, now)
+        open_before = [p for p in ledger.problems(scope=feed.scope) if relevant(p, feed)]
+        plan = reconcile(open_before, observed, covers(feed, facts))
+        changed = ledger.apply_problems(plan, run_id=facts.run_id, alert=alert_for(feed, facts.run_id))
+    except Exception:
+        log.exception("%s: could not bring the feed's problems up to date", feed.name)
+        return None
+    events: dict[str, list[int]] = {"opened": [], "escalated": [], "resolved": []}
+    for change, problem in zip(plan.changes, changed, strict=True):
+        if change.event == "refreshed":
+            continue
+        events[change.event].append(problem.id)
+        log_event(log, "problem", f"{feed.name}: problem #{problem.id} {change.event}: {problem.kind}: "
+                  f"{problem.summary}", level=logging.INFO if change.event == "resolved" else logging.WARNING,
+                  feed=feed.name, problem_id=problem.id, kind=problem.kind, problem_event=change.event)
+    return events
+
+
+def _observe_refusal(settings: Settings, feed: Feed, error: PosfeedError) -> None:
+    """A run refused before it started (credentials, source folder): no run is recorded, but the
+    feed's problems see the refusal (a credentials_refused problem opens once) and its alerts go out."""
+    try:
+        with Ledger(settings.ledger_location) as ledger:
+            now = datetime.now(UTC)
+            facts = RunFacts(run_id=None, kind="run", summary={}, error=error, business_dates=[],
+                             missing_files=[], failed_codes={}, sent=0,
+                             backlog=backlog_of(ledger, feed, None, now))
+            if _update_problems(ledger, feed, facts, now) is not None:
+                deliver_pending(ledger, feed)
+    except Exception:  # the refusal itself is what the caller reports
+        log.exception("%s: could not record the refusal as a problem", feed.name)
+
+
+def _oldest_words(backlog: dict[str, Any] | None) -> str:
+    minutes = (backlog or {}).get("oldest_waiting_minutes")
+    return f" (oldest {minutes} min)" if minutes is not None else ""
+
+
+def _problem_words(problems: list[dict[str, Any]]) -> str:
+    if not problems:
+        return "no open problems"
+    shown = ", ".join(_one_problem(p) for p in problems[:_PROBLEMS_LISTED])
+    more = len(problems) - _PROBLEMS_LISTED
+    tail = f" and {more} more (posfeed problems)" if more > 0 else ""
+    return f"{len(problems)} open problem(s): {shown}{tail}"
+
+
+_PROBLEMS_LISTED = 5  # on the one console/log line; `posfeed problems` lists them all
+
+
+def _one_problem(problem: dict[str, Any] | Problem) -> str:
+    p = problem.to_dict() if isinstance(problem, Problem) else problem
+    detail = " ".join(str(v) for v in (p.get("store_id"), p.get("business_date")) if v)
+    if p["kind"] == "unreadable_file":
+        detail = str(p.get("subject"))
+    return f"#{p['problem_id']} {p['kind']}" + (f" {detail}" if detail else "")
 
 
 # the counts of the one log line per run (`event=run`)
 _RUN_LOG_KEYS = (
     "rows_in", "transactions_in", "transactions_rejected", "rows_rejected", "duplicates", "conflicts",
     "accepted", "failed_retryable", "failed_permanent", "not_sent", "in_doubt", "amount_in",
-    "amount_accepted", "balanced",
+    "amount_accepted", "currencies", "balanced", "carried_over", "waiting", "waiting_oldest_at",
+    "waiting_oldest_age_seconds", "needs_rerun",
 )
+
+
+def _backlog_notes(ctx: _Context) -> dict[str, Any]:
+    """What of the scope is still not final when the run ends (for the summary and alerting)."""
+    resume = ctx.feed.resume
+    backlog = ctx.ledger.backlog(ctx.feed.scope, max_attempts=resume.max_attempts,
+                                 max_age_hours=resume.max_age_hours)
+    age: int | None = None
+    if backlog.waiting_since is not None:
+        age = max(0, int((datetime.now(UTC) - datetime.fromisoformat(backlog.waiting_since)).total_seconds()))
+    if backlog.needs_rerun:
+        log.warning("%s: %d transaction(s) of scope %s are past the resume caps or were refused as "
+                    "requests; only `posfeed rerun --feed %s --failed` sends them", ctx.feed.name,
+                    backlog.needs_rerun, ctx.feed.scope, ctx.feed.name)
+    return {"waiting": backlog.waiting, "waiting_oldest_at": backlog.waiting_since,
+            "waiting_oldest_age_seconds": age, "needs_rerun": backlog.needs_rerun}
 
 
 def run_feed(

@@ -22,6 +22,7 @@ occurrence of the repeated hour, the way cron does; hourly jobs fire every real 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -186,6 +187,36 @@ def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> int:
     return summary.exit_code
 
 
+class SelectedJobStore(SQLAlchemyJobStore):
+    """The shared SQLite job store, seen through the jobs of the selected feeds only.
+
+    `posfeed schedule --feed A` manages A's job and leaves the other feeds' stored jobs (and the
+    catch-up state they carry) as they are: it neither runs nor removes them.
+    """
+
+    def __init__(self, job_ids: Iterable[str], **options: Any) -> None:
+        super().__init__(**options)
+        self.job_ids = frozenset(job_ids)
+
+    def lookup_job(self, job_id: str) -> Any:
+        """A stored job, if it is one of the selected."""
+        return super().lookup_job(job_id) if job_id in self.job_ids else None
+
+    def get_next_run_time(self) -> datetime | None:
+        """The earliest next run time among the selected jobs."""
+        times = [job.next_run_time for job in self._get_jobs() if job.next_run_time is not None]
+        return min(times, default=None)
+
+    def _get_jobs(self, *conditions: Any) -> list[Any]:
+        return list(super()._get_jobs(self.jobs_t.c.id.in_(sorted(self.job_ids)), *conditions))
+
+    def remove_all_jobs(self) -> None:
+        """Remove the selected jobs only."""
+        for job_id in self.job_ids:
+            with contextlib.suppress(Exception):
+                self.remove_job(job_id)
+
+
 class _BackgroundScheduler(BackgroundScheduler):
     """APScheduler's background scheduler, minus one race at shutdown.
 
@@ -232,6 +263,7 @@ class FeedScheduler:
         misfire_grace_seconds: int = DEFAULT_MISFIRE_GRACE_SECONDS,
         jobstore: BaseJobStore | None = None,
         max_workers: int | None = None,
+        only_selected: bool = False,
     ) -> None:
         self.settings = settings
         self.feeds: dict[str, ScheduledFeed] = {}
@@ -251,7 +283,10 @@ class FeedScheduler:
         if jobstore is None:
             settings.state_dir.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{(settings.state_dir / JOBSTORE_FILE).resolve()}"
-            jobstore = SQLAlchemyJobStore(url=url)
+            if only_selected:  # the other feeds' jobs stay stored, untouched
+                jobstore = SelectedJobStore([job_id_for(name) for name in self.feeds], url=url)
+            else:
+                jobstore = SQLAlchemyJobStore(url=url)
         workers = max_workers or max(1, min(8, len(self.feeds)))
         self.scheduler = _BackgroundScheduler(
             jobstores={"default": jobstore},
@@ -528,7 +563,8 @@ def schedule_command(
         raise TransientError(f"another posfeed schedule uses {settings.state_dir}: {exc.holder}") from None
     previous_handlers: dict[int, Any] = {}
     try:
-        scheduler = FeedScheduler(selected, settings, misfire_grace_seconds=misfire_grace_seconds)
+        scheduler = FeedScheduler(selected, settings, misfire_grace_seconds=misfire_grace_seconds,
+                                  only_selected=bool(feed_names))
         previous_handlers = _install_signal_handlers(scheduler)
         if once_catchup:
             due = scheduler.catch_up()

@@ -1,4 +1,5 @@
-"""Webhook alerts: the decision, and delivery to a real local HTTP receiver."""
+"""Webhook alerts: the payload, the switches, and delivery (with retries, from the ledger's outbox)
+to a real local HTTP receiver."""
 
 from __future__ import annotations
 
@@ -7,23 +8,16 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.alerts import alert_payload, alert_reasons, notify, send_alert
-from pipeline.config import AlertsConfig, Feed
-from pipeline.errors import LockHeldError, PlatformUnavailableError
+from pipeline.alerts import alert_for, deliver_pending, send_alert
+from pipeline.config import Feed
+from pipeline.ledger import Ledger
 from pipeline.logs import REDACTED, register_secret
-
-CLEAN = {
-    "run_id": "20261120T023000Z-abcd", "rows_in": 100, "rows_rejected": 2, "accepted": 40,
-    "failed_retryable": 0, "failed_permanent": 0, "in_doubt": 0, "balanced": True, "exit_code": 0,
-}
-
-
-def summary(**changes: Any) -> dict[str, Any]:
-    return {**CLEAN, **changes}
+from pipeline.problems import Observation, reconcile
 
 
 class Receiver:
@@ -70,140 +64,110 @@ def feed_with(url: str | None = None, **alerts: Any) -> Feed:
                                 "alerts": {"webhook_url": url, **alerts}})
 
 
-# ---- decision -------------------------------------------------------------------------------------
+# ---- payloads and switches ------------------------------------------------------------------------
 
 
-def test_a_clean_run_raises_no_alert() -> None:
-    assert alert_reasons(AlertsConfig(), summary()) == []
+def observation(kind: str = "platform_unreachable", summary: str = "down") -> Observation:
+    return Observation(kind=kind, key=f"{kind}|acme_daily", feed="acme_daily", scope="acme",
+                       summary=summary, action="check the platform", counts={"transactions_failed": 3})
 
 
-@pytest.mark.parametrize(
-    ("changes", "reasons"),
-    [
-        ({"failed_permanent": 1}, ["failed"]),
-        ({"balanced": False}, ["failed"]),
-        ({"failed_retryable": 3}, ["retryable"]),
-        ({"in_doubt": 1}, ["retryable"]),
-        ({"rows_rejected": 6}, ["rejects_over_threshold"]),
-        ({"rows_rejected": 5}, []),  # exactly 5% is not more than the 5% threshold
-        ({"rows_in": 0, "rows_rejected": 0}, []),
-        ({"failed_permanent": 1, "failed_retryable": 1, "rows_rejected": 50},
-         ["failed", "retryable", "rejects_over_threshold"]),
-    ],
-)
-def test_reasons_from_the_summary(changes: dict[str, Any], reasons: list[str]) -> None:
-    assert alert_reasons(AlertsConfig(), summary(**changes)) == reasons
+def open_one(ledger: Ledger, feed: Feed, obs: Observation | None = None) -> None:
+    plan = reconcile(ledger.problems(), [obs or observation()], lambda p: True)
+    ledger.apply_problems(plan, run_id="r1", alert=alert_for(feed, "r1"))
 
 
-def test_a_raised_error_is_a_failure_but_a_held_lock_is_not() -> None:
-    assert alert_reasons(AlertsConfig(), None, error=PlatformUnavailableError("down")) == ["failed"]
-    assert alert_reasons(AlertsConfig(), None, error=LockHeldError("acme", "pid 1")) == []
+def resolve_all(ledger: Ledger, feed: Feed) -> None:
+    ledger.apply_problems(reconcile(ledger.problems(), [], lambda p: True), run_id="r2",
+                          alert=alert_for(feed, "r2"))
 
 
-def test_switches_turn_reasons_off() -> None:
-    config = AlertsConfig(on_failure=False, on_retryable=False, reject_share_threshold=1,
-                          on_missing_files=False)
-    bad = summary(failed_permanent=1, failed_retryable=1, rows_rejected=100)
-    assert alert_reasons(config, bad, missing_files=[{"status": "missing"}]) == []
-
-
-def test_missing_files_alert_but_late_ones_do_not() -> None:
-    assert alert_reasons(AlertsConfig(), summary(), missing_files=[{"status": "late"}]) == []
-    assert alert_reasons(AlertsConfig(), summary(), missing_files=[{"status": "missing"}]) == [
-        "missing_files"
-    ]
-
-
-def test_payload_masks_secrets_in_the_error() -> None:
+def test_the_payload_has_one_stable_shape_and_masks_secrets(tmp_path: Path) -> None:
     register_secret("s3cr3t-api-value")
-    error = PlatformUnavailableError("POST failed with Authorization: Bearer s3cr3t-api-value")
-    payload = alert_payload(feed_with(), ["failed"], None, error=error)
-    assert "s3cr3t-api-value" not in json.dumps(payload)
-    assert payload["exit_code"] == 75
-    assert payload["feed"] == "acme_daily" and payload["scope"] == "acme"
-    assert REDACTED in payload["error"]
+    feed = feed_with("http://127.0.0.1:9/hook")
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        open_one(ledger, feed, observation(summary="token s3cr3t-api-value refused"))
+        (pending,) = ledger.pending_alerts("acme")
+    payload = pending["payload"]
+    assert payload["event"] == "opened" and payload["kind"] == "platform_unreachable"
+    assert payload["level"] == "failure"  # an unreachable platform is a failure, not "retryable"
+    assert payload["feed"] == "acme_daily" and payload["scope"] == "acme" and payload["run_id"] == "r1"
+    assert payload["counts"] == {"transactions_failed": 3} and payload["action"] == "check the platform"
+    assert payload["text"].startswith("[OPEN] ")  # (other tests may register "posfeed" as a secret)
+    assert " problem #1 (platform_unreachable, feed acme_daily): " in payload["text"]
+    assert "What to do: check the platform" in payload["text"]
+    assert payload["version"] == 1 and payload["resolved_at"] is None
+    assert "s3cr3t-api-value" not in json.dumps(payload) and REDACTED in payload["summary"]
+
+
+@pytest.mark.parametrize(("switch", "kind"), [
+    ("on_failure", "platform_unreachable"), ("on_retryable", "backlog"),
+    ("on_missing_files", "missing_file"), ("on_conflicts", "conflicts"),
+])
+def test_switches_turn_a_level_off(tmp_path: Path, switch: str, kind: str) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        open_one(ledger, feed_with("http://127.0.0.1:9/hook", **{switch: False}), observation(kind))
+        assert ledger.pending_alerts("acme") == []
+        assert len(ledger.problems()) == 1  # still a problem: `posfeed problems` shows it
+
+
+def test_no_alert_without_a_webhook(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        open_one(ledger, feed_with(None))
+        assert ledger.pending_alerts("acme") == []
 
 
 # ---- delivery to a real receiver -------------------------------------------------------------------
 
 
-def test_notify_posts_the_summary(receiver: Receiver) -> None:
-    missing = [{"status": "missing", "store_id": "BER01", "hour": 14}, {"status": "late"}]
-    reasons = notify(feed_with(receiver.url), summary(failed_retryable=2), missing_files=missing)
-    assert reasons == ["retryable", "missing_files"]
-    (body,) = receiver.received
-    assert body["reasons"] == ["retryable", "missing_files"]
-    assert body["run_id"] == CLEAN["run_id"]
-    assert body["summary"]["failed_retryable"] == 2
-    assert body["missing_files"] == [{"status": "missing", "store_id": "BER01", "hour": 14}]
+def test_opened_and_resolved_are_delivered_once_each(tmp_path: Path, receiver: Receiver) -> None:
+    feed = feed_with(receiver.url)
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        open_one(ledger, feed)
+        assert deliver_pending(ledger, feed) == 1
+        open_one(ledger, feed)  # observed again: no new alert
+        assert deliver_pending(ledger, feed) == 0
+        resolve_all(ledger, feed)
+        assert deliver_pending(ledger, feed) == 1
+        assert deliver_pending(ledger, feed) == 0
+    assert [b["event"] for b in receiver.received] == ["opened", "resolved"]
+    assert receiver.received[1]["text"].startswith("[RESOLVED]")
     assert receiver.headers[0]["Content-Type"] == "application/json"
 
 
-def test_notify_reads_the_url_from_the_environment(receiver: Receiver,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_url_comes_from_the_environment(tmp_path: Path, receiver: Receiver,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSFEED_TEST_HOOK", receiver.url)
-    feed = Feed.model_validate({"name": "f", "alerts": {"webhook_url_env": "POSFEED_TEST_HOOK"}})
-    assert notify(feed, None, error=PlatformUnavailableError("down")) == ["failed"]
-    assert receiver.received[0]["error"] == "PlatformUnavailableError: down"
-    assert receiver.received[0]["summary"] is None
+    feed = Feed.model_validate({"name": "acme_daily", "dedup_scope": "acme",
+                                "alerts": {"webhook_url_env": "POSFEED_TEST_HOOK"}})
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        open_one(ledger, feed)
+        assert deliver_pending(ledger, feed) == 1
 
 
-def test_no_alert_for_clean_runs_dry_runs_or_without_a_url(receiver: Receiver) -> None:
-    assert notify(feed_with(receiver.url), summary()) == []
-    assert notify(feed_with(receiver.url), summary(failed_permanent=1), dry_run=True) == []
-    assert notify(feed_with(None), summary(failed_permanent=1)) == []
-    assert receiver.received == []
-
-
-def test_a_failing_webhook_is_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_webhook_that_is_down_gets_the_alert_later(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    sleeps: list[float] = []
     with Receiver(status=500) as failing:
-        with caplog.at_level(logging.INFO, logger="pipeline.alerts"):
-            assert send_alert(failing.url, {"reasons": ["failed"]}) is False
-        assert len(failing.received) == 1
+        feed = feed_with(failing.url, delivery_attempts=3)
+        with Ledger(tmp_path / "l.sqlite") as ledger, caplog.at_level(logging.INFO, logger="pipeline.alerts"):
+            open_one(ledger, feed)
+            assert deliver_pending(ledger, feed, sleep=sleeps.append) == 0  # never raises
+            assert len(failing.received) == 3 and sleeps == [0.5, 1.0]  # retried with backoff
+            (pending,) = ledger.pending_alerts("acme")
+            assert pending["attempts"] == 1
+            assert ledger.pending_alerts("acme", due_by="2000-01-01") == []  # backs off across runs
+            # a later run, once the backoff has passed and the webhook answers
+            ledger._db.execute("UPDATE alert_outbox SET next_attempt_at = '2000-01-01'")
+            failing.status = 200
+            assert deliver_pending(ledger, feed, sleep=sleeps.append) == 1
+            assert ledger.pending_alerts("acme") == []
     assert "HTTP 500" in caplog.text
-    # the receiver is gone now: connection refused
-    with caplog.at_level(logging.INFO, logger="pipeline.alerts"):
-        assert send_alert(failing.url, {"reasons": ["failed"]}, timeout=2) is False
-        assert notify(feed_with(failing.url), summary(failed_permanent=1)) == ["failed"]
-    assert "unreachable" in caplog.text
-    # the webhook's token never reaches the log (only scheme, host and port are named)
-    assert "hooktoken123" not in caplog.text
+    assert "hooktoken123" not in caplog.text  # only scheme, host and port are named
 
 
-# ---- from a real run ---------------------------------------------------------------------------------
-
-
-def test_a_run_alerts_with_its_summary_and_missing_files(tmp_path: Any, sandbox_env: Any,
-                                                         receiver: Receiver) -> None:
-    import shutil
-    from datetime import date
-    from pathlib import Path
-
-    from pipeline.config import Settings
-    from pipeline.runner import run_feed
-
-    sample = Path(__file__).resolve().parents[1] / "sample_data" / "acme"
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name in ("pos_LON01_20261120_09.csv", "pos_LON01_20261120_11.csv"):  # 10 never arrived
-        shutil.copy(sample / name, folder / name)
-    feed = Feed.model_validate({
-        "name": "alerting", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
-        "source": {"kind": "local", "path": str(folder), "readiness": "none",
-                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
-        "target": {"kind": "antavo", "base_url": sandbox_env.url, "region": sandbox_env.config.region,
-                   "requests_per_minute": 60000},
-        "alerts": {"webhook_url": receiver.url, "reject_share_threshold": 0.001},
-        "expected": {"stores": ["LON01"], "cadence": "hourly", "opening_hour": 9, "closing_hour": 12,
-                     "pattern": "pos_{store_id}_{business_date:%Y%m%d}_{hour:02d}.csv"},
-    })
-    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
-    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
-    (body,) = receiver.received
-    assert body["run_id"] == summary.run_id and body["feed"] == "alerting"
-    assert body["reasons"] == ["rejects_over_threshold", "missing_files"]
-    assert body["summary"]["rows_rejected"] == summary.to_dict()["rows_rejected"] > 0
-    assert [(m["store_id"], m["hour"]) for m in body["missing_files"]] == [("LON01", 10)]
-    # a dry run of the same feed never alerts
-    run_feed(feed, settings, business_dates=[date(2026, 11, 20)], dry_run=True)
-    assert len(receiver.received) == 1
+def test_send_alert_says_why_and_never_raises() -> None:
+    with Receiver() as gone:
+        url = gone.url
+    error = send_alert(url, {"event": "opened"}, timeout=2)
+    assert error is not None and "unreachable" in error and "hooktoken123" not in error

@@ -35,7 +35,7 @@ SUMMARY_KEYS = {
 
 def invoke(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def test_docs_reject_codes_table_is_the_catalog() -> None:
@@ -56,7 +56,7 @@ def test_clean_canonical_file_exits_0(tmp_path: Path) -> None:
     assert set(summary) >= SUMMARY_KEYS
     assert summary["transactions_valid"] == 2
     assert summary["guests"] == 1
-    assert summary["amount_in"] == "10.0000"
+    assert summary["amount_in"] == "10.00"
 
 
 def test_rejects_exit_65_and_are_written(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pipeline.config import (
     FormatConfig,
     LoggingConfig,
     PoslogConfig,
+    ResumeConfig,
     SourceConfig,
     ValidationConfig,
     load_feed,
@@ -41,6 +42,7 @@ SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
     "alerts": (AlertsConfig,),
     "expected": (ExpectedFilesConfig,),
     "logging": (LoggingConfig,),
+    "resume": (ResumeConfig,),
     "enrollments": (EnrollmentsConfig,),
     "claims": (ClaimsConfig,),
 }

@@ -16,15 +16,16 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 # the part each module belongs to: its first name under pipeline/, with the CLI-side modules as one
-CLI_SIDE = {"cli", "cli_bench", "run_commands", "check_commands", "__main__"}
+CLI_SIDE = {"cli", "cli_bench", "run_commands", "check_commands", "problem_commands", "__main__"}
 EDGES_ONLY_FOR_TOOLS = {"sandbox", "demo", "benchmarks", "cli", "testing", "samplegen"}
 PRODUCTION = {"core", "sources", "sinks", "ledger", "stages", "runner", "scheduling", "reports", "alerts",
               "expected", "locks", "config", "logs", "records", "errors", "checkout_codec", "csvsafe",
-              "progress", "report_page", "pg_locks", "scope_locks"}
+              "progress", "report_page", "problems", "health", "pg_locks", "scope_locks"}
 # (part, parts it must not import directly)
 FORBIDDEN_DIRECT = {
     "core": {"sources", "sinks", "ledger", "stages", "runner", "scheduling", "reports", "alerts", "locks",
-             "expected", "progress", "pg_locks", "scope_locks"},
+             "expected", "progress", "problems", "health", "pg_locks", "scope_locks"},
+    "problems": {"sources", "sinks", "ledger", "stages", "runner", "scheduling", "alerts", "health"},
     "sources": {"sinks", "ledger", "stages", "runner", "scheduling", "reports"},
     "sinks": {"sources", "ledger", "stages", "runner", "scheduling", "reports"},
     "ledger": {"sinks", "sources", "stages", "runner", "scheduling"},

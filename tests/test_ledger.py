@@ -35,6 +35,7 @@ from pipeline.ledger.connection import SqliteDb
 from pipeline.ledger.db import Db
 from pipeline.ledger.errors import LedgerUnavailableError
 from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
+from pipeline.ledger.schema import ORIGINAL_SQL, ORIGINAL_SQL_POSTGRES
 from pipeline.sinks.base import EventResult, Outcome
 
 SCOPE = "acme"
@@ -433,7 +434,7 @@ def test_migration_from_an_older_version(ledger_location: Path | str) -> None:
     db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', 1, 'file')")
     db.close()
     with Ledger(ledger_location) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 3
+        assert ledger.schema_version == SCHEMA_VERSION
         assert ledger.known("acme") == [("T1", "h")]
         assert ledger.file_totals([1]) == []
         rerun = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
@@ -441,6 +442,56 @@ def test_migration_from_an_older_version(ledger_location: Path | str) -> None:
         ledger.finish_run(rerun, status="finished", exit_code=0, counts={})
         (row,) = ledger.run_transactions(rerun)
         assert row.state is TxnState.QUEUED and row.amount == Decimal("9.99")
+
+
+def test_migration_keeps_input_totals_with_their_currency(ledger_location: Path | str) -> None:
+    """Totals recorded before they were kept per currency take their transactions' one currency."""
+    db = _raw(ledger_location)
+    assert migrate(db, target=3) == 3
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20')")
+    for name in ("f.csv", "g.csv"):
+        db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, "
+                   "updated_at) VALUES ('acme', 'hourly', ?, 1, 1.0, ?, 'recorded', 'r1', 'now')",
+                   (name, name))
+    for tid, file_id, currency in (("T1", 1, "EUR"), ("T2", 1, "EUR"), ("T3", 2, "EUR"), ("T4", 2, "GBP")):
+        db.execute("INSERT INTO transactions (scope, feed, transaction_id, state, file_id, source_file, "
+                   "source_lines, rows, store_id, business_date, currency, amount, first_run_id, "
+                   "last_run_id, created_at, updated_at) VALUES ('acme', 'hourly', ?, 'accepted', ?, "
+                   "'f.csv', '[2]', 1, 'S1', '2026-11-20', ?, '1.00', 'r1', 'r1', 'now', 'now')",
+                   (tid, file_id, currency))
+    for file_id in (1, 2):
+        db.execute("INSERT INTO file_totals VALUES (?, 'S1', '2026-11-20', 2, 2, '2.00')", (file_id,))
+    db.close()
+    with Ledger(ledger_location) as ledger:
+        assert ledger.currency_totals([1, 2]) == [
+            (1, "S1", "2026-11-20", "EUR", 2, 2, Decimal("2.00")),
+            (2, "S1", "2026-11-20", "", 2, 2, Decimal("2.00")),  # two currencies: cannot be split
+        ]
+
+
+def test_a_run_keeps_its_own_outcomes(ledger: Ledger) -> None:
+    """A later run's attempts, errors and event ids do not change what an earlier run reports."""
+    first = ledger.start_run(feed="hourly", scope="acme")
+    file = ledger.register_file(first, scope="acme", feed="hourly", name="f.csv", size=1, mtime=1.0,
+                                sha256="abc")
+    ledger.record_file(first, file, transactions=[_txn("T1")], rejects=[],
+                       totals=[("S1", "2026-11-20", 1, 1, Decimal("10.50"), "GBP")])
+    ledger.start_sending("acme", ["T1"], first)
+    ledger.fail_retryable("acme", "T1", first, code="503", message="busy")
+    ledger.finish_run(first, status="finished", exit_code=75, counts={})
+    second = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
+    ledger.requeue(ledger.select_for_rerun("acme"), second)
+    ledger.start_sending("acme", ["T1"], second)
+    ledger.accept("acme", "T1", second, event_ids=["ev-1"], points=Decimal("10"))
+    ledger.finish_run(second, status="finished", exit_code=0, counts={})
+    (mine,) = ledger.run_transactions(first)
+    kept = (mine.state, mine.attempts, mine.last_error_code, mine.last_error_message, mine.event_ids,
+            mine.points, mine.last_run_id)
+    assert kept == (TxnState.FAILED_RETRYABLE, 1, "503", "busy", (), None, first)
+    (theirs,) = ledger.run_transactions(second)
+    now = (theirs.state, theirs.attempts, theirs.last_error_code, theirs.event_ids, theirs.last_run_id)
+    assert now == (TxnState.ACCEPTED, 2, None, ("ev-1",), second)
 
 
 def test_a_newer_schema_is_refused(ledger_location: Path | str) -> None:
@@ -454,18 +505,18 @@ def test_a_newer_schema_is_refused(ledger_location: Path | str) -> None:
 
 def test_money_round_trips_exactly(ledger: Ledger) -> None:
     """Amounts and points are decimal strings in both backends: what goes in comes out, digit for digit."""
-    amounts = ("12345678901234567890.123456789", "-0.10", "0.00", "1E+3")
+    amounts = ("123456789012345.123456789", "-0.10", "0.00", "1E+3")
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     ledger.record_file(run_id, _file(ledger, run_id),
                        transactions=[_txn(f"T{i}", line=i + 2, amount=a) for i, a in enumerate(amounts)],
                        rejects=[],
-                       totals=[("S1", "2026-11-20", 4, 4, Decimal("12345678901234567890.023456789"))])
+                       totals=[("S1", "2026-11-20", 4, 4, Decimal("123456789012345.023456789"))])
     ledger.start_sending(SCOPE, ["T0"], run_id)
     ledger.accept(SCOPE, "T0", run_id, points=Decimal("0.0001"))
     rows = ledger.transactions_by_row_id([1, 2, 3, 4])
     assert [str(r.amount) for r in rows] == list(amounts)
     assert str(rows[0].points) == "0.0001"
-    assert ledger.file_totals([1])[0][5] == Decimal("12345678901234567890.023456789")
+    assert ledger.file_totals([1])[0][5] == Decimal("123456789012345.023456789")
 
 
 _OPEN_AT_ONCE = """
@@ -549,3 +600,11 @@ def test_a_dry_run_copies_every_table_of_the_postgresql_ledger(postgres_db: str)
         tables = {row[0] for row in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
     assert tables == set(TABLES)
+
+
+def test_returns_are_looked_up_with_the_indexed_expression(
+    ledger: Ledger, ledger_location: Path | str
+) -> None:
+    """returns_of repeats the expression migration 6 indexes, in the database's own words."""
+    expected = ORIGINAL_SQL if isinstance(ledger_location, Path) else ORIGINAL_SQL_POSTGRES
+    assert ledger._db.json_text("checkout", "original_transaction_id") == expected

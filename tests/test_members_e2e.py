@@ -94,6 +94,14 @@ def test_enrollments_and_claims_end_to_end(tmp_path: Path) -> None:
         assert enrolled["conflicts"] == 2  # N900002's two versions, held for review
         assert set(customers(sandbox)) == {"N900001", "N900003", "N900005"}
 
+        # a dry run settles what the real run settles without the platform: the unmatched claim
+        before = stats(sandbox)["requests"]
+        code, dry, err = posfeed(tmp_path, env, "run", "--dry-run", "--feed", claims, *day)
+        logs.append(err)
+        assert stats(sandbox)["requests"] == before
+        assert (dry["not_sent"], dry["queued"], dry["accepted"]) == (1, 4, 0)
+        assert dry["balanced"] is True and dry["amount_in"] == "0.00"  # claims carry no money
+
         code, claimed, err = posfeed(tmp_path, env, "run", "--feed", claims, *day)
         logs.append(err)
         assert code == 65  # a claim without transaction_id is rejected
@@ -134,13 +142,15 @@ def test_enrollments_and_claims_end_to_end(tmp_path: Path) -> None:
         assert set(members_now) == {"N900001", "N900002", "N900003", "N900005"}
         assert members_now["N900002"]["email"] == "ada.price@example.net"
 
-        # reruns send nothing again
-        before = stats(sandbox)["requests"]
+        # reruns send nothing again: each run's one request is the credential check (no event)
         for feed in (hourly, members, claims, updates):
+            before = stats(sandbox)
             code, again, err = posfeed(tmp_path, env, "run", "--feed", feed, *day)
             logs.append(err)
             assert again["rows_in"] == 0 and again["accepted"] == 0, feed
-        assert stats(sandbox)["requests"] == before
+            after = stats(sandbox)
+            assert after["requests"] == before["requests"] + 1, feed
+            assert after["events_accepted"] == before["events_accepted"], feed
 
     # no email, phone, name or customer id in logs, reports or the ledger now that all is final
     leaks = [(word, "log") for text in logs for word in PERSONAL if word in text]

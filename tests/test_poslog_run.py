@@ -86,7 +86,9 @@ def test_poslog_sample_day_runs_balanced_and_exactly_once(tmp_path: Path) -> Non
         assert second.returncode == EXIT_OK, second.stderr[-3000:]
         again = json.loads(second.stdout)
         assert again["rows_in"] == 0 and again["balanced"] is True
-        assert stats(sandbox)["requests"] == after_first["requests"]  # nothing sent twice
+        # nothing sent twice: the one request is the credential check, which sends no event
+        assert stats(sandbox)["requests"] == after_first["requests"] + 1
+        assert stats(sandbox)["events_accepted"] == after_first["events_accepted"]
 
 
 def test_check_an_xml_file_without_a_feed(tmp_path: Path) -> None:

@@ -81,9 +81,10 @@ def _check_page(browser: Browser, page_path: Path, screenshot: Path) -> None:
         shown_accepted = page.locator(f'td[data-currency="{currency}"][data-figure="accepted"]').inner_text()
         assert shown_in == format_amount(came_in[currency], "" if currency == "(none)" else currency)
         assert _amount(shown_accepted) == accepted[currency]
-        if per_currency:  # the JSON's own per-currency figures
-            assert _amount(shown_in) == Decimal(per_currency[currency]["amount_in"])
-            assert _amount(shown_accepted) == Decimal(per_currency[currency]["amount_accepted"])
+        if per_currency:  # the JSON's own per-currency figures ("" for rows without a currency)
+            own = per_currency["" if currency == "(none)" else currency]
+            assert _amount(shown_in) == Decimal(own["amount_in"])
+            assert _amount(shown_accepted) == Decimal(own["amount_accepted"])
         elif len(came_in) == 1:
             assert _amount(shown_in) == Decimal(summary["amount_in"])
             assert _amount(shown_accepted) == Decimal(summary["amount_accepted"])

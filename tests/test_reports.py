@@ -17,19 +17,19 @@ from pipeline.reports import DETAIL_COLUMNS, SUMMARY_COLUMNS, build_report, mone
 
 
 def _txn(tid: str, state: TxnState, amount: str, *, rows: int = 1, file: str = "a.csv", store: str = "S1",
-         origin: str = "file", points: str | None = None) -> TxnRecord:
+         origin: str = "file", points: str | None = None, currency: str = "GBP") -> TxnRecord:
     return TxnRecord(
         id=hash(tid) % 10_000, scope="acme", feed="hourly", transaction_id=tid, content_hash="h",
         state=state, primary_id=None, attempts=1, last_error_code=None, last_error_message=None,
         event_ids=("ev",) if state is TxnState.ACCEPTED else (), points=Decimal(points) if points else None,
         file_id=1, source_file=file, source_lines=tuple(range(2, 2 + rows)), rows=rows, store_id=store,
-        business_date="2026-11-20", transaction_type="sale", currency="GBP", amount=Decimal(amount),
+        business_date="2026-11-20", transaction_type="sale", currency=currency, amount=Decimal(amount),
         reject_code="R002_BAD_NUMBER" if state is TxnState.REJECTED else None, first_run_id="r1",
         last_run_id="r1", origin=origin,
     )
 
 
-TOTALS = [("a.csv", "S1", "2026-11-20", 4, 3, Decimal("16.50"))]
+TOTALS = [("a.csv", "S1", "2026-11-20", 4, 3, Decimal("16.50"), "GBP")]
 TXNS = [
     _txn("T1", TxnState.ACCEPTED, "10.00", rows=2, points="10"),
     _txn("T2", TxnState.REJECTED, "2.50"),
@@ -51,6 +51,48 @@ def test_a_complete_run_balances() -> None:
     assert (s["rows_in"], s["transactions_in"], s["amount_in"]) == (4, 3, "16.50")
     assert (s["amount_valid"], s["amount_rejected"], s["amount_accepted"]) == ("14.00", "2.50", "10.00")
     assert s["rejects_by_code"] == {"R002_BAD_NUMBER": 1} and s["balanced"] is True
+
+
+def test_every_total_is_per_currency() -> None:
+    totals = [*TOTALS, ("a.csv", "S1", "2026-11-20", 2, 2, Decimal("1500"), "JPY"),
+              ("b.csv", "S2", "2026-11-20", 1, 1, Decimal("7.125"), "KWD")]
+    transactions = [*TXNS, _txn("J1", TxnState.ACCEPTED, "1000", currency="JPY"),
+                    _txn("J2", TxnState.REJECTED, "500.0000", currency="JPY"),
+                    _txn("K1", TxnState.NOT_SENT, "7.125", currency="KWD", file="b.csv", store="S2")]
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=totals,
+                          rejects=[])
+    rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in report.summary_rows]
+    assert [(r["source_file"], r["currency"], r["amount_in"], r["balanced"]) for r in rows] == [
+        ("a.csv", "GBP", "16.50", "true"), ("a.csv", "JPY", "1500", "true"),
+        ("b.csv", "KWD", "7.125", "true"),
+    ]
+    s = report.summary
+    assert s["currencies"] == {
+        "GBP": {"amount_in": "16.50", "amount_valid": "14.00", "amount_rejected": "2.50",
+                "amount_accepted": "10.00"},
+        "JPY": {"amount_in": "1500", "amount_valid": "1000", "amount_rejected": "500",
+                "amount_accepted": "1000"},
+        "KWD": {"amount_in": "7.125", "amount_valid": "7.125", "amount_rejected": "0.000",
+                "amount_accepted": "0.000"},
+    }
+    # a sum of three currencies means nothing: no top-level amounts
+    assert [s[k] for k in ("amount_in", "amount_valid", "amount_rejected", "amount_accepted")] == [None] * 4
+    assert s["balanced"] is True
+    detail = {row[DETAIL_COLUMNS.index("transaction_id")]: row[DETAIL_COLUMNS.index("amount")]
+              for row in report.detail_rows}
+    assert (detail["J2"], detail["K1"], detail["T1"]) == ("500", "7.125", "10.00")
+
+
+def test_the_balance_holds_per_currency() -> None:
+    """A GBP amount missing and the same EUR amount too many do not cancel out."""
+    totals = [("a.csv", "S1", "2026-11-20", 1, 1, Decimal("10.00"), "GBP"),
+              ("a.csv", "S1", "2026-11-20", 1, 1, Decimal("5.00"), "EUR")]
+    transactions = [_txn("G", TxnState.ACCEPTED, "5.00"),
+                    _txn("E", TxnState.ACCEPTED, "10.00", currency="EUR")]
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=totals,
+                          rejects=[])
+    assert report.summary["balanced"] is False
+    assert [row[SUMMARY_COLUMNS.index("balanced")] for row in report.summary_rows] == ["false", "false"]
 
 
 @pytest.mark.parametrize(
@@ -152,3 +194,31 @@ def test_vectorized_checkout_json_decodes_like_the_row_encoder() -> None:
         assert decode_checkout(fast) == decode_checkout(slow)
     sample = decode_checkout(vectorized[0])
     assert isinstance(sample["total"], Decimal) and sample["timestamp_utc"].tzinfo is not None
+
+
+def test_a_file_not_read_has_a_row_in_the_reports_currency_and_no_money_group_of_its_own() -> None:
+    """summary.csv: the currency column and the reason column together; a file not read takes the
+    report's currency when all its money is in one, none with several; the page leaves it out of
+    its money (it lists it with its reason)."""
+    from pipeline.report_page import page_data
+
+    not_read = [("bad.csv", "unreadable", "not UTF-8\nat byte 3")]
+    one = build_report(report_id="r1", feed="hourly", transactions=TXNS, file_totals=TOTALS, rejects=[],
+                       extra={"unreadable_files": [{"file": "bad.csv", "reason": "not UTF-8"}]},
+                       files_not_read=not_read)
+    rows = [dict(zip(SUMMARY_COLUMNS, row, strict=True)) for row in one.summary_rows]
+    assert [(r["source_file"], r["currency"], r["origin"], r["amount_in"], r["balanced"], r["reason"])
+            for r in rows] == [("a.csv", "GBP", "file", "16.50", "true", ""),
+                               ("bad.csv", "GBP", "unreadable", "0.00", "true", "not UTF-8 at byte 3")]
+    assert [c["currency"] for c in page_data(one)["currencies"]] == ["GBP"]
+    files = [(f["name"], f["status"]) for f in page_data(one)["files"]]
+    assert files == [("a.csv", "read"), ("bad.csv", "unreadable: not UTF-8")]
+
+    several = build_report(
+        report_id="r1", feed="hourly",
+        transactions=[*TXNS, _txn("Y1", TxnState.ACCEPTED, "1500", currency="JPY")],
+        file_totals=[*TOTALS, ("a.csv", "S1", "2026-11-20", 1, 1, Decimal("1500"), "JPY")],
+        rejects=[], files_not_read=not_read)
+    last = dict(zip(SUMMARY_COLUMNS, several.summary_rows[-1], strict=True))
+    assert (last["source_file"], last["currency"], last["amount_in"]) == ("bad.csv", "", "0.00")
+    assert [c["currency"] for c in page_data(several)["currencies"]] == ["GBP", "JPY"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Feed
-from pipeline.errors import SourceUnavailableError
+from pipeline.errors import SourceFolderError, SourceUnavailableError
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile
 from pipeline.sources.local import LocalSource
@@ -107,7 +107,9 @@ def test_a_file_changed_since_fetch_is_left_alone(folder: Path) -> None:
     assert (folder / remote.name).exists()
 
 
-def test_missing_folder_is_unavailable(tmp_path: Path) -> None:
+def test_missing_folder_is_configuration(tmp_path: Path) -> None:
     source = LocalSource(_feed(tmp_path / "nowhere", readiness="none"))
-    with pytest.raises(SourceUnavailableError):
+    with pytest.raises(SourceFolderError):
         list(source.discover([date(2026, 11, 20)]))
+    with pytest.raises(SourceFolderError, match="folder does not exist"):
+        source.check()

@@ -51,7 +51,9 @@ def test_every_row_is_recorded_exactly_once(contents: list[list[dict[str, str]]]
         per_file = records_of(result)
         transactions = [t for f in per_file.values() for t in f.transactions]
         assert sum(t.rows for t in transactions) == result.summary["rows_in"]
-        assert sum((t.amount for t in transactions), Decimal(0)) == Decimal(result.summary["amount_in"])
+        for currency, amounts in result.summary["currencies"].items():
+            recorded = sum((t.amount for t in transactions if (t.currency or "") == currency), Decimal(0))
+            assert recorded == Decimal(amounts["amount_in"]), currency
         assert len(transactions) == result.summary["transactions_in"]
         lines = [(name, line) for name, f in per_file.items() for t in f.transactions
                  for line in t.source_lines]

@@ -2,8 +2,9 @@
 
 :func:`transform_files` reads files (unreadable ones are collected, never raised) and calls
 :func:`transform`. The result's ``summary`` has the `posfeed check --json` keys of PRODUCT.md,
-amounts as decimal strings, and balances exactly: ``rows_in = rows_valid + rows_rejected`` and
-``amount_in = amount_valid + amount_rejected``.
+amounts as decimal strings with their currency's minor units, and balances exactly: ``rows_in =
+rows_valid + rows_rejected`` and, per currency (``currencies``), ``amount_in = amount_valid +
+amount_rejected``; the top-level ``amount_*`` are the one currency's (None with several).
 
 ``TransformResult.lines`` keeps every input row: the canonical columns as read (strings), every
 export column as the file had it (``src:<name>``, in the file's order), ``source_file``,
@@ -31,6 +32,7 @@ from pipeline.core.normalize import normalize, normalize_columns
 from pipeline.core.parse import EXTRA_PREFIX, read_file
 from pipeline.core.readstats import ReadStats
 from pipeline.core.validate import GROUP_ID, validate
+from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.errors import UnreadableFileError
 from pipeline.records import (
     CANONICAL_COLUMNS,
@@ -44,6 +46,8 @@ from pipeline.records import (
 __all__ = ["REJECT_COLUMNS", "TransformResult", "empty_lines", "transform", "transform_files"]
 
 log = logging.getLogger(__name__)
+
+_ZERO = Decimal("0")
 
 REJECT_COLUMNS: tuple[str, ...] = (
     "reject_code",
@@ -90,8 +94,32 @@ def empty_lines() -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def _money_text(value: Decimal | None) -> str:
-    return str(value if value is not None else Decimal("0.0000"))
+# a line counts in its transaction's currency (its first line's that names one), as the ledger
+# records it; a line without a transaction id counts in its own
+_TRANSACTION_CURRENCY = (
+    pl.when(pl.col("v_transaction_id").is_not_null())
+    .then(pl.col("v_currency").drop_nulls().first().over(GROUP_ID))
+    .otherwise(pl.col("v_currency"))
+    .fill_null("")
+    .alias("summary_currency")
+)
+
+
+def _currency_amounts(checked: pl.DataFrame, failed: pl.Expr) -> dict[str, dict[str, str]]:
+    """``{currency: {amount_in, amount_valid, amount_rejected}}``, each with its minor units."""
+    per = checked.group_by("summary_currency").agg(
+        pl.col("amount").sum().alias("amount_in"),
+        pl.col("amount").filter(~failed).sum().alias("amount_valid"),
+    )
+    out: dict[str, dict[str, str]] = {}
+    for currency, amount_in, amount_valid in sorted(per.iter_rows(), key=lambda r: r[0]):
+        amount_in, amount_valid = amount_in or _ZERO, amount_valid or _ZERO
+        out[currency] = {
+            "amount_in": money_text(amount_in, currency),
+            "amount_valid": money_text(amount_valid, currency),
+            "amount_rejected": money_text(amount_in - amount_valid, currency),
+        }
+    return out
 
 
 def _summary(
@@ -106,8 +134,6 @@ def _summary(
         failed.sum().alias("rejected"),
         pl.col(GROUP_ID).filter(has_id).n_unique().alias("groups"),
         (~has_id).sum().alias("no_id"),  # a line without an id stands alone
-        pl.col("amount").sum().alias("amount_in"),
-        pl.col("amount").filter(~failed).sum().alias("amount_valid"),
     ).row(0, named=True)
     rows_rejected = int(counts["rejected"] or 0)
     transactions_in = int(counts["groups"] or 0) + int(counts["no_id"] or 0)
@@ -118,8 +144,7 @@ def _summary(
     )
     status = checkouts.get_column("dedup_status")
     kind = checkouts.get_column("transaction_type")
-    zero = Decimal("0.0000")
-    amount_in, amount_valid = counts["amount_in"] or zero, counts["amount_valid"] or zero
+    currencies = _currency_amounts(checked, failed)
     return {
         "rows_in": checked.height,
         "rows_valid": checked.height - rows_rejected,
@@ -136,9 +161,8 @@ def _summary(
         "returns_unmatched": int((checkouts.get_column("return_status") == ReturnStatus.UNMATCHED).sum()),
         "voids": int((kind == TransactionType.VOID).sum()),
         "guests": int(checkouts.get_column("is_guest").sum()),
-        "amount_in": _money_text(amount_in),
-        "amount_valid": _money_text(amount_valid),
-        "amount_rejected": _money_text(amount_in - amount_valid),
+        **single_currency_amounts(currencies, ("amount_in", "amount_valid", "amount_rejected")),
+        "currencies": currencies,
         "files": sorted(checked.get_column("source_file").unique().to_list()),
         "unreadable_files": [{"file": e.file, "reason": e.reason} for e in unreadable],
         # what the readers counted and did not turn into lines (POSLog's control transactions...)
@@ -186,7 +210,8 @@ def transform(
         pl.col("v_type").alias("transaction_type_normalized"),
         pl.col("v_store_id").alias("store"),
     )
-    counted = checked.select("reject_code", "v_transaction_id", GROUP_ID, "amount", "source_file")
+    counted = checked.select("reject_code", "v_transaction_id", GROUP_ID, "amount", "source_file",
+                             _TRANSACTION_CURRENCY)
     del checked  # validation's working columns are not needed any more: free them before normalize
     checkouts, items = normalize(valid, feed)
     checkouts = dedup(checkouts, known)

@@ -16,18 +16,20 @@ stored and read back), ``schema`` (numbered migrations), ``db`` (the seam every 
 through), ``connection`` (the SQLite side of it), ``postgres`` (the PostgreSQL side), ``location``
 (a path or a URL, masked for messages), and the parts :class:`Ledger` is composed of:
 ``runs``, ``files``, ``recording``, ``transitions``, ``transactions``, ``totals``, ``rejects``,
-``scrub``.
+``returns``, ``scrub``, ``backlog``, ``problems``.
 """
 
 from __future__ import annotations
 
+from pipeline.ledger.backlog import Backlog
 from pipeline.ledger.connection import migrate
-from pipeline.ledger.errors import IllegalTransitionError, LedgerError
+from pipeline.ledger.errors import IllegalTransitionError, LedgerError, LedgerFileError
 from pipeline.ledger.ledger import Ledger
 from pipeline.ledger.records import (
     FileRecord,
     NewReject,
     NewTransaction,
+    ReturnOf,
     RunRecord,
     TxnRecord,
     new_run_id,
@@ -41,12 +43,15 @@ __all__ = [
     "PENDING_STATES",
     "PRIMARY_STATES",
     "SCHEMA_VERSION",
+    "Backlog",
     "FileRecord",
     "IllegalTransitionError",
     "Ledger",
     "LedgerError",
+    "LedgerFileError",
     "NewReject",
     "NewTransaction",
+    "ReturnOf",
     "RunRecord",
     "TxnRecord",
     "TxnState",

@@ -16,9 +16,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import state_io_error
 from pipeline.ledger import schema
 from pipeline.ledger.db import Db, Row
-from pipeline.ledger.errors import LedgerError
+from pipeline.ledger.errors import LedgerError, LedgerFileError
+
+# what SQLite says when the file, not posfeed, is the problem, and what to do about it
+_FILE_PROBLEMS = (
+    ("disk is full", "free disk space there, then run again"),
+    ("readonly database", "make the state folder and the ledger writable by this user, then run again"),
+    ("unable to open database", "check that the state folder exists and is writable, then run again"),
+    ("disk i/o error", "the disk reported an I/O error: check the device and free space, then run again"),
+    ("not a database", "the ledger is corrupt: restore it from a backup (or move it away to start an "
+                       "empty ledger, which forgets what was sent)"),
+    ("malformed", "the ledger is corrupt: restore it from a backup (or move it away to start an empty "
+                  "ledger, which forgets what was sent)"),
+)
+
+
+def _file_error(path: Path, exc: sqlite3.Error) -> LedgerFileError | None:
+    """A :class:`LedgerFileError` when ``exc`` is about the ledger file itself, else None."""
+    text = str(exc).lower()
+    for needle, advice in _FILE_PROBLEMS:
+        if needle in text:
+            return LedgerFileError(path, f"ledger: {exc}", advice)
+    return None
 
 
 class SqliteDb:
@@ -27,9 +49,13 @@ class SqliteDb:
     paramstyle = "qmark"  # sqlite3 takes the ledger's ? placeholders as they are
     dialect = "sqlite"
 
-    def __init__(self, connection: sqlite3.Connection):
+    def __init__(self, connection: sqlite3.Connection, path: Path | None = None):
         self._connection = connection
+        self._path = path  # the ledger file, named by the errors about it
         self._mutex = threading.RLock()
+
+    def _translated(self, exc: sqlite3.DatabaseError) -> LedgerFileError | None:
+        return _file_error(self._path, exc) if self._path is not None else None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._mutex:
@@ -41,12 +67,24 @@ class SqliteDb:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._mutex:
-            return self._connection.execute(sql, params).fetchall()
+            try:
+                return self._connection.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                problem = self._translated(exc)
+                if problem is None:
+                    raise
+                raise problem from exc
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         with self._mutex:
-            row: Row | None = self._connection.execute(sql, params).fetchone()
-            return row
+            try:
+                row: Row | None = self._connection.execute(sql, params).fetchone()
+                return row
+            except sqlite3.DatabaseError as exc:
+                problem = self._translated(exc)
+                if problem is None:
+                    raise
+                raise problem from exc
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._mutex:
@@ -75,13 +113,20 @@ class SqliteDb:
     def transaction(self) -> Iterator[SqliteDb]:
         """One SQLite transaction: everything inside commits together or not at all."""
         with self._mutex:
-            self._connection.execute("BEGIN IMMEDIATE")
             try:
-                yield self
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+                self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self
+                except BaseException:
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
+                    raise
+                self._connection.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                problem = self._translated(exc)
+                if problem is None:
+                    raise
+                raise problem from exc
 
     def close(self) -> None:
         """Close the file (a crash without close loses nothing committed).
@@ -100,7 +145,10 @@ class SqliteDb:
 def open_sqlite(path: Path) -> tuple[SqliteDb, int]:
     """Open (or create) the ledger file at ``path`` and bring its schema up to date; returns the
     database and its schema version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise state_io_error(exc, path.parent) from exc
     try:
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
         connection.row_factory = sqlite3.Row
@@ -121,10 +169,11 @@ def open_sqlite(path: Path) -> tuple[SqliteDb, int]:
         connection.execute("PRAGMA foreign_keys=ON")
         # overwritten and deleted content is zeroed, so scrubbed customer ids leave no trace
         connection.execute("PRAGMA secure_delete=ON")
-        db = SqliteDb(connection)
+        db = SqliteDb(connection, path)
         return db, schema.migrate(db)
     except sqlite3.DatabaseError as exc:
-        raise LedgerError(f"{path}: cannot open ledger: {exc}") from exc
+        problem = _file_error(path, exc) or LedgerError(f"{path}: cannot open ledger: {exc}")
+        raise problem from exc
 
 
 def migrate(db: sqlite3.Connection | Db, target: int = schema.SCHEMA_VERSION) -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.errors import EXIT_TEMPFAIL, PosfeedError
+from pipeline.errors import EXIT_TEMPFAIL, PosfeedError, StateIOError
 
 
 class LedgerError(PosfeedError):
     """The ledger file cannot be used (corrupt, newer schema, locked for too long)."""
+
+
+class LedgerFileError(LedgerError, StateIOError):
+    """The ledger file cannot be written or read: disk full, read-only, corrupt (exit 74)."""
 
 
 class LedgerUnavailableError(LedgerError):

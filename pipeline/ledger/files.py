@@ -1,5 +1,5 @@
 """Files: each fetched file (one content per sha256 within a scope) and its life cycle, from
-fetched to recorded to finished, and which file superseded which."""
+fetched to recorded to finished (or set aside in quarantine), and which file superseded which."""
 
 from __future__ import annotations
 
@@ -115,6 +115,51 @@ class Files:
         )
         return [file_record(r) for r in rows]
 
+
+    def quarantine_file(self, file_id: int, location: str | None) -> None:
+        """An unreadable file is set aside: later runs skip it. ``location`` is where it was moved
+        (None: left in place and only recorded)."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE files SET status = 'quarantined', quarantined_to = ?, quarantined_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (location, timestamp(), timestamp(), file_id),
+            )
+
+    def quarantined_files(self, scope: str | None = None, *, feed: str | None = None,
+                          name: str | None = None) -> list[FileRecord]:
+        """Files in quarantine, optionally of one scope, feed or name."""
+        sql, params = "SELECT * FROM files WHERE status = 'quarantined'", []
+        for column, value in (("scope", scope), ("feed", feed), ("name", name)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return [file_record(r) for r in self._db.query(sql + " ORDER BY id", params)]
+
+    def release_file(self, file_id: int) -> None:
+        """Take a file out of quarantine: the next run reads it again."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE files SET status = 'unreadable', quarantined_to = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'quarantined'",
+                (timestamp(), file_id),
+            )
+
+    def supersede_quarantined(self, scope: str, name: str, new_file_id: int) -> list[int]:
+        """A new file under the name of quarantined ones replaces them; returns their ids."""
+        with self._db.transaction() as db:
+            rows = db.query(
+                "SELECT id FROM files WHERE scope = ? AND name = ? AND status = 'quarantined' AND id != ?",
+                (scope, name, new_file_id),
+            )
+            ids = [r[0] for r in rows]
+            for file_id in ids:
+                db.execute(
+                    "UPDATE files SET status = 'superseded', superseded_by_file_id = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (new_file_id, timestamp(), file_id),
+                )
+        return ids
 
 def _reread(db: Db, file_id: int) -> FileRecord:
     """A file's record as just written (inside the writing transaction)."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.ledger.backlog import Backlogs
 from pipeline.ledger.connection import open_sqlite
 from pipeline.ledger.db import Db
 from pipeline.ledger.files import Files
 from pipeline.ledger.location import is_postgres_url, masked_url
+from pipeline.ledger.problems import Problems
 from pipeline.ledger.recording import Recording
 from pipeline.ledger.rejects import Rejects
+from pipeline.ledger.returns import Returns
 from pipeline.ledger.runs import Runs
 from pipeline.ledger.scrub import Scrubbing
 from pipeline.ledger.totals import Totals
@@ -17,12 +20,15 @@ from pipeline.ledger.transactions import Transactions
 from pipeline.ledger.transitions import Transitions
 
 
-class Ledger(Runs, Files, Recording, Transitions, Transactions, Totals, Rejects, Scrubbing):
+class Ledger(
+    Runs, Files, Recording, Transitions, Transactions, Returns, Totals, Rejects, Scrubbing, Backlogs, Problems
+):
     """The ledger (a SQLite file or a PostgreSQL database): open it, change it only through its
     verb-named transitions.
 
-    Each part (runs, files, recording, transitions, transactions, totals, rejects, scrubbing) is a
-    class of its own module whose methods share this ledger's one :class:`~pipeline.ledger.db.Db`.
+    Each part (runs, files, recording, transitions, transactions, returns, totals, rejects,
+    scrubbing, backlog, problems) is a class of its own module whose methods share this ledger's
+    one :class:`~pipeline.ledger.db.Db`.
     """
 
     def __init__(self, location: Path | str, *, private_copy: bool = False):

@@ -44,7 +44,8 @@ from pipeline.ledger.location import masked_url, password_forms, register_url_se
 # from the scope locks' bigint keys; ("posf", 2) next to pipeline.pg_locks's ("posf", 1)
 WRITE_LOCK = (0x706F7366, 2)
 # the ledger's tables, which a dry run copies (a test checks these are all the migrations make)
-TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals")
+TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals",
+          "problems", "alert_outbox")
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are refreshed
 _QMARK = re.compile(r"\?")
 

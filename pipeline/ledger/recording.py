@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 
 from pipeline.ledger.db import Db, Row, chunks, marks
 from pipeline.ledger.errors import IllegalTransitionError, LedgerError
 from pipeline.ledger.records import FileRecord, NewReject, NewTransaction, timestamp
 from pipeline.ledger.rejects import insert_rejects
 from pipeline.ledger.states import PRIMARY_SQL, RECORDABLE, TxnState
-from pipeline.ledger.totals import insert_totals
+from pipeline.ledger.totals import Total, insert_totals
 from pipeline.ledger.transitions import attach, set_state
 
 
@@ -46,12 +45,13 @@ class Recording:
         *,
         transactions: Iterable[NewTransaction],
         rejects: Iterable[NewReject],
-        totals: Iterable[tuple[str, str, int, int, Decimal]],
+        totals: Iterable[Total],
     ) -> list[int]:
         """Record everything a file contained, in one transaction: its occurrences (queued, void,
-        rejected, duplicate, conflict), its rejected lines, its input totals per store and
-        business date; the file becomes 'recorded'. Duplicates of a primary left failed_retryable
-        are requeued into this run. Returns the ledger ids of rows this run must send."""
+        rejected, duplicate, conflict), its rejected lines, its input totals per store, business
+        date (and currency: a total's optional sixth item); the file becomes 'recorded'.
+        Duplicates of a primary left failed_retryable are requeued into this run. Returns the
+        ledger ids of rows this run must send."""
         transactions = list(transactions)
         now = timestamp()
         with self._db.transaction() as db:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,12 @@ from pipeline.ledger.states import TxnState
 def timestamp() -> str:
     """The current time as the ledger stores it (ISO 8601, UTC, microseconds)."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def cutoff(now: datetime | None, max_age_hours: float) -> str:
+    """The ledger timestamp ``max_age_hours`` before ``now`` (default: the current time)."""
+    moment = (now or datetime.now(UTC)) - timedelta(hours=max_age_hours)
+    return moment.isoformat(timespec="microseconds")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -53,12 +59,13 @@ class FileRecord:
     size: int
     mtime: float
     sha256: str
-    status: str  # fetched | recorded | unreadable | finished
+    status: str  # fetched | recorded | unreadable | quarantined | superseded | finished
     first_run_id: str
     supersedes_file_id: int | None = None
     superseded_by_file_id: int | None = None
     error: str | None = None
     finished_action: str | None = None
+    quarantined_to: str | None = None  # where a quarantined file was moved (None: left in place)
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,15 @@ class TxnRecord:
     checkout: str | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class ReturnOf:
+    """A return row naming a sale, with its stored checkout and when its row last changed (for an
+    in-doubt row: when its last request went out)."""
+
+    record: TxnRecord
+    updated_at: str
+
+
 # the columns :func:`txn_record` reads, in its order, from ``transactions t``
 TXN_COLUMNS = (
     "t.id, t.scope, t.feed, t.transaction_id, t.content_hash, t.state, t.primary_id, t.attempts, "
@@ -134,6 +150,19 @@ TXN_COLUMNS = (
     "t.reject_code, t.first_run_id, t.last_run_id"
 )
 _TXN_WIDTH = TXN_COLUMNS.count(",") + 1
+# the same columns with a run's kept outcome (run_transactions rt) where the run ended and kept one
+_AT_END = {
+    "t.attempts": "attempts_at_end",
+    "t.last_error_code": "error_code_at_end",
+    "t.last_error_message": "error_message_at_end",
+    "t.event_ids": "event_ids_at_end",
+    "t.points": "points_at_end",
+    "t.last_run_id": "last_run_id_at_end",
+}
+TXN_COLUMNS_AT_END = ", ".join(
+    f"CASE WHEN rt.attempts_at_end IS NULL THEN {c} ELSE rt.{_AT_END[c]} END" if c in _AT_END else c
+    for c in TXN_COLUMNS.split(", ")
+)
 
 
 _STATES = {state.value: state for state in TxnState}
@@ -175,6 +204,7 @@ def file_record(row: Row) -> FileRecord:
         superseded_by_file_id=row["superseded_by_file_id"],
         error=row["error"],
         finished_action=row["finished_action"],
+        quarantined_to=row["quarantined_to"] if "quarantined_to" in row.keys() else None,  # noqa: SIM118
     )
 
 

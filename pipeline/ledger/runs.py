@@ -10,6 +10,14 @@ from typing import Any
 from pipeline.ledger.db import Db
 from pipeline.ledger.records import RunRecord, new_run_id, run_record, timestamp
 
+# a run's own outcome of each of its transactions, kept when it ends (its report reads them)
+_KEEP_OUTCOMES = (
+    "UPDATE run_transactions SET (state_at_end, attempts_at_end, error_code_at_end, "
+    "error_message_at_end, event_ids_at_end, points_at_end, last_run_id_at_end) = "
+    "(SELECT t.state, t.attempts, t.last_error_code, t.last_error_message, t.event_ids, t.points, "
+    "t.last_run_id FROM transactions t WHERE t.id = run_transactions.txn_row_id) "
+)
+
 
 class Runs:
     """The ledger's runs (a part of :class:`~pipeline.ledger.Ledger`)."""
@@ -49,11 +57,7 @@ class Runs:
     def finish_run(self, run_id: str, *, status: str, exit_code: int, counts: dict[str, Any]) -> None:
         """Record how a run ended, its counts, and the state each of its transactions ended in."""
         with self._db.transaction() as db:
-            db.execute(
-                "UPDATE run_transactions SET state_at_end = (SELECT state FROM transactions t "
-                "WHERE t.id = run_transactions.txn_row_id) WHERE run_id = ?",
-                (run_id,),
-            )
+            db.execute(_KEEP_OUTCOMES + "WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?",
                 (status, exit_code, json.dumps(counts, sort_keys=True, default=str), timestamp(), run_id),
@@ -64,9 +68,8 @@ class Runs:
         with self._db.transaction() as db:
             rows = db.query("SELECT id FROM runs WHERE scope = ? AND status = 'running'", (scope,))
             db.execute(
-                "UPDATE run_transactions SET state_at_end = (SELECT state FROM transactions t "
-                "WHERE t.id = run_transactions.txn_row_id) WHERE run_id IN "
-                "(SELECT id FROM runs WHERE scope = ? AND status = 'running')",
+                _KEEP_OUTCOMES
+                + "WHERE run_id IN (SELECT id FROM runs WHERE scope = ? AND status = 'running')",
                 (scope,),
             )
             db.execute(

@@ -14,6 +14,10 @@ from pipeline.ledger.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
+# the sale a return names, inside its stored checkout (indexed by migration 6; a query that should
+# use the index repeats it word for word)
+ORIGINAL_SQL = "json_extract(checkout, '$.original_transaction_id')"
+
 
 def _script(db: Db, sql: str) -> None:
     """Run several statements inside the caller's transaction (``executescript`` would commit)."""
@@ -151,10 +155,129 @@ def _migrate_2_to_3(db: Db) -> None:
     _script(db, "CREATE INDEX transactions_tid ON transactions (scope, transaction_id)")
 
 
+def _migrate_3_to_4(db: Db) -> None:
+    """Input totals per currency: ``file_totals`` gains ``currency`` (in its key), so a file whose
+    rows are in several currencies has one total per currency. Existing totals take the currency
+    of their transactions when those have exactly one (else '')."""
+    _script(
+        db,
+        """
+        CREATE TABLE file_totals_by_currency (
+            file_id INTEGER NOT NULL REFERENCES files (id),
+            store_id TEXT NOT NULL,
+            business_date TEXT NOT NULL,
+            currency TEXT NOT NULL DEFAULT '',
+            rows INTEGER NOT NULL,
+            transactions INTEGER NOT NULL,
+            amount TEXT NOT NULL,
+            PRIMARY KEY (file_id, store_id, business_date, currency)
+        );
+        INSERT INTO file_totals_by_currency
+            (file_id, store_id, business_date, currency, rows, transactions, amount)
+        SELECT ft.file_id, ft.store_id, ft.business_date, COALESCE((
+                SELECT MIN(COALESCE(t.currency, '')) FROM transactions t WHERE t.file_id = ft.file_id
+                AND COALESCE(t.store_id, '') = ft.store_id
+                AND COALESCE(t.business_date, '') = ft.business_date
+                HAVING COUNT(DISTINCT COALESCE(t.currency, '')) = 1), ''),
+            ft.rows, ft.transactions, ft.amount
+        FROM file_totals ft;
+        DROP TABLE file_totals;
+        ALTER TABLE file_totals_by_currency RENAME TO file_totals
+        """,
+    )
+
+
+def _migrate_4_to_5(db: Db) -> None:
+    """Each run's own outcome of its transactions (attempts, error, event ids, points, last run)
+    as that run left them, next to ``state_at_end``: a run's report is reproduced from them
+    whatever later runs did. Runs finished before this step have none (their report shows the
+    current values)."""
+    _script(
+        db,
+        """
+        ALTER TABLE run_transactions ADD COLUMN attempts_at_end INTEGER;
+        ALTER TABLE run_transactions ADD COLUMN error_code_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN error_message_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN event_ids_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN points_at_end TEXT;
+        ALTER TABLE run_transactions ADD COLUMN last_run_id_at_end TEXT
+        """,
+    )
+
+
+def _migrate_5_to_6(db: Db) -> None:
+    """An index of returns by the sale they name: deciding a return reads its sale's earlier
+    returns (the expression and the WHERE term are repeated word for word by
+    :meth:`Ledger.returns_of`, so SQLite uses the index)."""
+    _script(
+        db,
+        f"CREATE INDEX transactions_returns_of ON transactions (scope, {ORIGINAL_SQL}) "
+        "WHERE transaction_type = 'return'",
+    )
+
+
+def _migrate_6_to_7(db: Db) -> None:
+    """Why a failed-retryable transaction was not delivered (``transient``, ``stopped``,
+    ``credentials``, ``deferred``): a plain run resends all but ``deferred`` by itself."""
+    _script(db, "ALTER TABLE transactions ADD COLUMN retry_class TEXT")
+
+
+def _migrate_7_to_8(db: Db) -> None:
+    """Problems with a life cycle, the alerts they owe (an outbox), and quarantined files."""
+    _script(
+        db,
+        """
+        CREATE TABLE problems (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            feed TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+            stage INTEGER NOT NULL DEFAULT 0,
+            summary TEXT NOT NULL,
+            action TEXT NOT NULL,
+            store_id TEXT,
+            business_date TEXT,
+            subject TEXT,
+            counts TEXT,
+            opened_at TEXT NOT NULL,
+            escalated_at TEXT,
+            resolved_at TEXT,
+            opened_run_id TEXT,
+            last_run_id TEXT
+        );
+        CREATE UNIQUE INDEX problems_open ON problems (key) WHERE status = 'open';
+        CREATE INDEX problems_feed ON problems (feed, status);
+        CREATE TABLE alert_outbox (
+            id INTEGER PRIMARY KEY,
+            problem_id INTEGER NOT NULL REFERENCES problems (id),
+            feed TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            event TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            delivered_at TEXT,
+            last_error TEXT
+        );
+        CREATE INDEX alert_outbox_pending ON alert_outbox (scope, delivered_at);
+        ALTER TABLE files ADD COLUMN quarantined_to TEXT;
+        ALTER TABLE files ADD COLUMN quarantined_at TEXT
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    _migrate_3_to_4,
+    _migrate_4_to_5,
+    _migrate_5_to_6,
+    _migrate_6_to_7,
+    _migrate_7_to_8,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -272,11 +395,86 @@ ALTER TABLE run_transactions ADD COLUMN state_at_end TEXT;
 CREATE INDEX transactions_scope_state ON transactions (scope, state);
 CREATE INDEX transactions_day ON transactions (feed, business_date);
 """
+_POSTGRES_3_TO_4 = """
+CREATE TABLE file_totals_by_currency (
+    file_id BIGINT NOT NULL REFERENCES files (id),
+    store_id TEXT NOT NULL,
+    business_date TEXT NOT NULL,
+    currency TEXT NOT NULL DEFAULT '',
+    rows BIGINT NOT NULL,
+    transactions BIGINT NOT NULL,
+    amount TEXT NOT NULL,
+    PRIMARY KEY (file_id, store_id, business_date, currency)
+);
+INSERT INTO file_totals_by_currency
+    (file_id, store_id, business_date, currency, rows, transactions, amount)
+SELECT ft.file_id, ft.store_id, ft.business_date, COALESCE((
+        SELECT MIN(COALESCE(t.currency, '')) FROM transactions t WHERE t.file_id = ft.file_id
+        AND COALESCE(t.store_id, '') = ft.store_id
+        AND COALESCE(t.business_date, '') = ft.business_date
+        HAVING COUNT(DISTINCT COALESCE(t.currency, '')) = 1), ''),
+    ft.rows, ft.transactions, ft.amount
+FROM file_totals ft;
+DROP TABLE file_totals;
+ALTER TABLE file_totals_by_currency RENAME TO file_totals
+"""
+# the sale a return names, as PostgreSQL reads it from the stored checkout: what
+# PgDb.json_text("checkout", "original_transaction_id") gives, so returns_of uses this index
+ORIGINAL_SQL_POSTGRES = "(checkout::jsonb ->> 'original_transaction_id')"
+_POSTGRES_5_TO_6 = (
+    f"CREATE INDEX transactions_returns_of ON transactions (scope, {ORIGINAL_SQL_POSTGRES}) "
+    "WHERE transaction_type = 'return'"
+)
+_POSTGRES_7_TO_8 = """
+CREATE TABLE problems (
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    feed TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    stage INTEGER NOT NULL DEFAULT 0,
+    summary TEXT NOT NULL,
+    action TEXT NOT NULL,
+    store_id TEXT,
+    business_date TEXT,
+    subject TEXT,
+    counts TEXT,
+    opened_at TEXT NOT NULL,
+    escalated_at TEXT,
+    resolved_at TEXT,
+    opened_run_id TEXT,
+    last_run_id TEXT
+);
+CREATE UNIQUE INDEX problems_open ON problems (key) WHERE status = 'open';
+CREATE INDEX problems_feed ON problems (feed, status);
+CREATE TABLE alert_outbox (
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    problem_id BIGINT NOT NULL REFERENCES problems (id),
+    feed TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    delivered_at TEXT,
+    last_error TEXT
+);
+CREATE INDEX alert_outbox_pending ON alert_outbox (scope, delivered_at);
+ALTER TABLE files ADD COLUMN quarantined_to TEXT;
+ALTER TABLE files ADD COLUMN quarantined_at TEXT
+"""
 # step N to N+1 at index N; the same length as MIGRATIONS (a new step needs its entry here too)
 POSTGRES_MIGRATIONS: tuple[str | None, ...] = (
     _POSTGRES_0_TO_1,
     _POSTGRES_1_TO_2,
     None,  # CREATE INDEX transactions_tid: the same in both
+    _POSTGRES_3_TO_4,  # file_totals per currency: BIGINT ids and counts
+    None,  # run_transactions' *_at_end columns: the same in both
+    _POSTGRES_5_TO_6,  # the returns index on the sale named in the checkout: jsonb
+    None,  # transactions.retry_class: the same in both
+    _POSTGRES_7_TO_8,  # problems and the alert outbox: identity ids
 )
 assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL entry"
 

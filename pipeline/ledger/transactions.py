@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.ledger.db import Db, chunks, marks
-from pipeline.ledger.records import TXN_COLUMNS, TxnRecord, txn_record
+from pipeline.ledger.records import TXN_COLUMNS, TXN_COLUMNS_AT_END, TxnRecord, txn_record
 from pipeline.ledger.states import PRIMARY_SQL, TxnState
 
 
@@ -59,10 +59,12 @@ class Transactions:
         return found
 
     def run_transactions(self, run_id: str, *, at_end: bool = True) -> list[TxnRecord]:
-        """The transactions a run handled, with their origin and (``at_end``) the state the run
-        left them in (the current state while the run is still going)."""
+        """The transactions a run handled, with their origin and (``at_end``) the outcome the run
+        left them in: state, attempts, error, event ids, points and last run as of its end (the
+        current ones while the run is still going), whatever later runs did."""
+        columns = TXN_COLUMNS_AT_END if at_end else TXN_COLUMNS
         rows = self._db.query(
-            f"SELECT {TXN_COLUMNS}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            f"SELECT {columns}, rt.origin, rt.state_at_end FROM run_transactions rt "
             "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
             (run_id,),
         )

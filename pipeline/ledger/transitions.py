@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.errors import IllegalTransitionError, LedgerError
-from pipeline.ledger.records import timestamp
+from pipeline.ledger.records import cutoff, timestamp
 from pipeline.ledger.states import (
     NEVER_SENT_AGAIN,
     PRIMARY_SQL,
+    RESUMABLE_SQL,
     SENDABLE_SQL,
     TRANSITIONS,
     TxnState,
 )
-from pipeline.records import EventResult, Outcome
+from pipeline.records import EventResult, Outcome, RetryClass
 
 
 def attach(db: Db, run_id: str, row_ids: Sequence[int], origin: str) -> None:
@@ -188,9 +190,14 @@ class Transitions:
                 current[result.transaction_id] = (row_id, target.value)
                 final = target in NEVER_SENT_AGAIN
                 mask = masks.get(result.transaction_id) if masks and final else None
+                retry_class = (
+                    str(result.retry_class or RetryClass.TRANSIENT)
+                    if target is TxnState.FAILED_RETRYABLE else None
+                )
                 updates.append(
                     (
                         target.value,
+                        retry_class,
                         run_id,
                         now,
                         json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
@@ -203,7 +210,7 @@ class Transitions:
                     )
                 )
             db.executemany(
-                "UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?, "
+                "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
                 "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
                 "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
                 f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
@@ -226,4 +233,41 @@ class Transitions:
             )
             ids = [r[0] for r in rows]
             attach(db, run_id, ids, "settle")
+        return ids
+
+    def carry_over(self, scope: str, run_id: str, *, max_attempts: int, max_age_hours: float,
+                   now: datetime | None = None) -> list[int]:
+        """Attach to ``run_id`` (origin 'settle') what earlier runs of ``scope`` left unsent, to be
+        sent before anything new: queued and in-doubt transactions, and failed-retryable ones
+        whose failure was transient, a stop or refused credentials (put back in the queue), as
+        long as they had fewer than ``max_attempts`` attempts and were first recorded less than
+        ``max_age_hours`` ago. Returns their row ids (in-doubt and queued first)."""
+        since = cutoff(now, max_age_hours)
+        with self._db.transaction() as db:
+            pending = [r[0] for r in db.query(
+                "SELECT id FROM transactions WHERE scope = ? AND state IN ('queued', 'sending') ORDER BY id",
+                (scope,),
+            )]
+            failed = [r[0] for r in db.query(
+                f"SELECT id FROM transactions WHERE scope = ? AND state = 'failed_retryable' "
+                f"AND {RESUMABLE_SQL} ORDER BY id",
+                (scope, max_attempts, since),
+            )]
+            attach(db, run_id, pending, "settle")
+            if failed:
+                set_state(db, failed, TxnState.QUEUED, run_id)
+                attach(db, run_id, failed, "settle")
+        return pending + failed
+
+    def requeue_refused(self, row_ids: Sequence[int], run_id: str) -> list[int]:
+        """Put back in the queue the transactions among ``row_ids`` left failed because the
+        platform refused our credentials (they wait for the next run, not for a rerun)."""
+        ids: list[int] = []
+        for chunk in chunks(row_ids):
+            ids.extend(r[0] for r in self._db.query(
+                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) "
+                "AND state = 'failed_retryable' AND retry_class = 'credentials'", chunk))
+        if ids:
+            with self._db.transaction() as db:
+                set_state(db, ids, TxnState.QUEUED, run_id)
         return ids

@@ -17,7 +17,12 @@ Per event (documented facts first, the sandbox's own choices marked *):
   and * ``total``; a used ``transaction_id`` is 400 5003 "The transaction ID has already been used";
   * points = whole currency units of ``total``;
 * ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
-  of another customer's transaction: 400 103902; refunding more than the total: 400 112203.
+  of another customer's transaction: 400 103902; refunding more than the total: 400 112203;
+  * a ``refund_item`` of more units of a product than were bought: 400 112205.
+
+The read API: ``GET /customers/{id}/transactions[?id=]`` (the transaction read model: ``status``,
+``total``, ``items``, ``earned``, ``refunded``, ...) and ``GET
+/customers/{id}/transactions/{tx}/events`` (the checkout and every refund event with its ``data``).
 
 ``/events`` answers 200 with the customer and ``events``; ``/events/bulk`` answers 200 with
 ``{"results": [...], "total", "errors"}`` in request order.
@@ -54,6 +59,7 @@ KNOWN_ACTIONS = frozenset({
 })
 
 GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
+UNITS_EXCEEDED = 112205  # sandbox's choice: more units refunded than bought
 ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
 CUSTOMERS = "antavo.customers"  # the members opt_in created (put_record kind)
 
@@ -332,6 +338,7 @@ class AntavoPlatform:
                 if not data.get("product_id"):
                     raise _bad("Property product_id cannot be empty")
                 amount = _number(data.get("subtotal", 0), "subtotal")
+                _check_units(record, str(data["product_id"]), _number(data.get("quantity", 1), "quantity"))
             else:
                 amount = _number(data.get("amount"), "amount")
             if amount <= 0 and action != "refund":
@@ -340,17 +347,102 @@ class AntavoPlatform:
                 raise _bad("Amount for refund is greater than transaction total", 112203)
             points = -min(_points(amount), record["earned"])
             event = {"id": self._event_id(), "action": action, "points": points}
+            kept = {**event, "data": {k: data[k] for k in ("transaction_id", "product_id", "quantity",
+                                                             "subtotal", "amount") if k in data},
+                    "timestamp": self.state.clock().isoformat()}
             refunded = record["refunded"] + amount
             updated = {
                 **record,
                 "refunded": refunded,
                 "status": "refunded" if refunded >= record["total"] else "accepted",
-                "refunds": [*record["refunds"], {"action": action, "amount": amount, **{
-                    k: data[k] for k in ("product_id", "quantity") if k in data}}],
-                "events": [*record["events"], event],
+                "refunds": [*record["refunds"], {
+                    "action": action, "amount": amount, "event_id": event["id"],
+                    **{k: data[k] for k in ("product_id", "quantity") if k in data}}],
+                "events": [*record["events"], kept],
             }
             self.state.put_transaction(PLATFORM, str(tid), updated)
         return [event]
+
+
+def _check_units(record: dict[str, Any], product: str, quantity: Decimal) -> None:
+    """* A refund_item of more units of a product than the transaction bought (its earlier
+    refund_items counted) is refused: 400 112205 (the sandbox's code)."""
+    if quantity <= 0:
+        raise _bad("Quantity should be a positive number", 112202)
+    if not record["items"]:
+        return  # a transaction without items has only its total to check
+    bought = sum((_number(item.get("quantity", 0), "quantity") for item in record["items"]
+                  if isinstance(item, dict) and str(item.get("product_id")) == product), Decimal(0))
+    back = sum((_number(r.get("quantity", 0), "quantity") for r in record["refunds"]
+                if r.get("action") == "refund_item" and str(r.get("product_id")) == product), Decimal(0))
+    if back + quantity > bought:
+        raise _bad(f"Quantity for refund is greater than the purchased quantity of product {product}",
+                   UNITS_EXCEEDED)
+
+
+# ---- the read API ------------------------------------------------------------------------------------
+
+
+def _transaction_view(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored transaction as the transaction read model shows it."""
+    return {
+        "id": record["transaction_id"],
+        "status": record["status"],
+        "created_at": record["process_timestamp"],
+        "updated_at": record.get("updated_at", record["process_timestamp"]),
+        "total": record["total"],
+        "currency": record.get("currency"),
+        "items": [{k: item.get(k) for k in ("product_id", "quantity", "subtotal")}
+                  for item in record["items"] if isinstance(item, dict)],
+        "earned": record["earned"],
+        "burned": record.get("points_burned") or 0,
+        "bonus": 0,
+        "refunded": record["refunded"],
+    }
+
+
+def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /customers/{customer}/transactions[?id=]`` and ``.../transactions/{tx}/events``.
+
+    * The answers are ``{"transactions": [...], "total"}`` and ``{"events": [...], "total"}`` (the
+      envelope is the sandbox's choice); a transaction of another customer is not listed, and
+      its events are 404 (code 0, "Transaction not found").
+    """
+    async def read(request: Request) -> Response:
+        state.count("requests")
+        await state.delay()
+        wait = state.admit(PLATFORM)
+        if wait is not None:
+            return _error_response(429, "TooManyRequestsException", 429, "Too many requests",
+                                   {"Retry-After": str(max(1, round(wait + 0.499)))})
+        refused = _authenticate(state, request, b"")
+        if refused is not None:
+            return refused
+        fault = state.draw_fault()
+        if fault in (Fault.ERROR_500, Fault.ERROR_503):
+            status = 500 if fault is Fault.ERROR_500 else 503
+            return _error_response(status, "ServerException", status, "Injected server error")
+        if fault in (Fault.DROP, Fault.LOST_RESPONSE):
+            return DropConnection()
+        customer = request.path_params["customer"]
+        prefix = state.config.unknown_customer_prefix
+        if prefix and customer.startswith(prefix):
+            return _error_response(404, "NotFoundException", 160212, "Customer not found")
+        with state.lock:
+            owned = [record for record in state.transactions.get(PLATFORM, {}).values()
+                     if record.get("customer") == customer]
+        if events:
+            tid = request.path_params["tx"]
+            record = next((r for r in owned if str(r["transaction_id"]) == tid), None)
+            if record is None:
+                return _error_response(404, "NotFoundException", 0, "Transaction not found")
+            listed = [{**event, "transaction_id": tid} for event in record["events"]]
+            return JSONResponse(jsonable({"events": listed, "total": len(listed)}))
+        wanted = request.query_params.get("id")
+        views = [_transaction_view(r) for r in owned if wanted is None or str(r["transaction_id"]) == wanted]
+        return JSONResponse(jsonable({"transactions": views, "total": len(views)}))
+
+    return read
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------
@@ -468,5 +560,8 @@ def routes(state: SandboxState) -> list[BaseRoute]:
         Route("/_sandbox/customers", customers, methods=["GET"]),
         Route("/events", _handler(state, platform, bulk=False), methods=["POST"]),
         Route("/events/bulk", _handler(state, platform, bulk=True), methods=["POST"]),
+        Route("/customers/{customer}/transactions", _reader(state, events=False), methods=["GET"]),
+        Route("/customers/{customer}/transactions/{tx}/events", _reader(state, events=True),
+              methods=["GET"]),
     ]
 

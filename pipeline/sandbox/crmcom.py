@@ -10,7 +10,25 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
   (``RATE_LIMITED``, with ``Retry-After``), injected server errors HTTP 500 / 503.
 * Tokens expire a fixed time after issue (``token_ttl_seconds``; 2 hours like R12+) and do not
   survive a sandbox restart.
-* A purchase's ``reference_number`` (and ``external_system_reference_number``) may be used once.
+* A purchase's ``reference_number`` (and ``external_system_reference_number``) may be used once
+  ([A]: CRM.COM documents no such uniqueness; ``CrmcomConfig.unique_reference_numbers = False``
+  stores a repeated reference as a second purchase, as a platform without the check would, and
+  counts it in ``duplicate_transaction_attempts``).
+* ``GET customer_events/purchases/show`` finds a purchase by ``customer_event_identifier`` given
+  as ``<key>=<value>`` (``id``, ``number`` or ``external_system_reference_number``), the API's
+  GET convention; an unknown one answers ``NOT_FOUND`` ([A]). ``POST customer_events/purchases/list``
+  filters by ``accounts_receivable_identifier``, ``submitted_after_date`` / ``submitted_before_date``
+  and returns at most ``number_of_results`` (default 50, at most 1000 [A]) purchases, oldest first,
+  as a list ([A]: the answer's shape and paging are not documented). Both count ``lookups``.
+* ``POST purchases/ad_hoc_return`` ([A]: only its name and purpose are documented) takes a
+  purchase-shaped body (customer, business unit, ``performed_on``, ``reference_number``,
+  ``products_set`` with positive amounts) and stores the return under the platform name
+  ``crmcom_ad_hoc_returns``; no purchase is cancelled.
+* ``customer_events/purchases/create_spend`` (R9-R16) creates a purchase with a spend request of
+  ``spend_amount``; from R17 ``create`` takes ``requested_spend_amount`` ([A] both names). The
+  spend is kept on the purchase (``spend_amount``); a spend of 0 or less is refused (what else a
+  spend request rule refuses depends on the platform's configuration).
+* Cancelling a purchase that is not POSTED answers ``ALREADY_CANCELLED`` and changes nothing.
 * A customer id starting with the sandbox's ``unknown_customer_prefix`` is unknown.
 * Latency and the rate limit come from the shared :class:`SandboxState` for every call; injected
   faults only hit the purchase calls (token calls are never faulted, so one attempt is one fault
@@ -24,6 +42,7 @@ import base64
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +68,9 @@ __all__ = [
 ]
 
 PLATFORM = "crmcom"
+AD_HOC_RETURNS = "crmcom_ad_hoc_returns"
+LIST_DEFAULT_RESULTS = 50
+LIST_MAX_RESULTS = 1000  # [A] the sandbox's bound on number_of_results
 PREFIX = "/crmapi/rest/v2"
 BULK_LIMIT = 1000
 BUSINESS_UNIT_FIELDS = (
@@ -67,6 +89,7 @@ class CrmcomConfig:
     organisation: str = "sandbox"
     web_api_key: str = "sandbox-web-api-key"
     token_ttl_seconds: float = 7200.0
+    unique_reference_numbers: bool = True  # [A] see the module docstring
 
 
 class CrmcomError(Exception):
@@ -142,12 +165,16 @@ class CrmcomPlatform:
     config: CrmcomConfig = field(default_factory=CrmcomConfig)
     tokens: dict[str, datetime] = field(default_factory=dict)
     _by_id: dict[str, str] = field(default_factory=dict)  # purchase id -> reference number
+    # how often each reference number arrived to be processed (create, bulk entry, ad hoc return):
+    # more than once is a resend (faults before processing are not arrivals)
+    arrivals: Counter[str] = field(default_factory=Counter)
 
     def reset(self) -> None:
         """Forget tokens and the purchase index (``POST /_sandbox/reset``)."""
         with self.state.lock:
             self.tokens.clear()
             self._by_id.clear()
+            self.arrivals.clear()
 
     # ---- authentication
 
@@ -229,7 +256,9 @@ class CrmcomPlatform:
                     "total_amount": total,
                 }
             )
+        spend = body.get("spend_amount", body.get("requested_spend_amount"))
         return {
+            "spend_amount": _money(spend, "spend_amount") if spend is not None else None,
             "reference_number": reference,
             "external_system_reference_number": other,
             "customer": customer,
@@ -245,17 +274,30 @@ class CrmcomPlatform:
         reference = fields["reference_number"]
         other = fields["external_system_reference_number"]
         state = self.state
+        key_of_record = reference
+        self.arrivals[reference] += 1
         with state.lock:
             for key in {reference, other} - {None}:
                 existing = state.get_transaction(PLATFORM, str(key))
                 if existing is not None:
                     state.note_duplicate(str(key))
+                    if not self.config.unique_reference_numbers:
+                        copies = sum(
+                            1
+                            for r in state.transactions[PLATFORM].values()
+                            if r["reference_number"] == reference
+                        )
+                        key_of_record = f"{reference}#{copies + 1}"
+                        break
                     event = existing["events"][0]
                     raise CrmcomError(
                         "DUPLICATE_REFERENCE_NUMBER",
                         f"reference number {key} is already used",
                         {"id": event["id"], "number": event["number"]},
                     )
+            spend = fields["spend_amount"]
+            if spend is not None and spend <= 0:
+                raise CrmcomError("INVALID_PARAMETERS", "the spend amount must be above 0")
             # purchases are never deleted, so the count numbers them uniquely (across restarts too)
             number = len(state.transactions.get(PLATFORM, {})) + 1
             event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{number:08d}"}
@@ -274,10 +316,106 @@ class CrmcomPlatform:
                 "events": [{**event, "action": "purchase"}],
                 "process_timestamp": state.clock().isoformat(),
             }
-            state.put_transaction(PLATFORM, reference, record)
-            self._by_id[event["id"]] = reference
+            state.put_transaction(PLATFORM, key_of_record, record)
+            self._by_id[event["id"]] = key_of_record
         state.count("events_accepted")
         return self._public(record)
+
+    def create_spend(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``customer_events/purchases/create_spend`` (R9-R16): the purchase and its spend request, or
+        neither ([A]: ``spend_amount`` names the spend)."""
+        if body.get("spend_amount") is None:
+            raise CrmcomError("INVALID_PARAMETERS", "spend_amount is mandatory")
+        return self.create(body)
+
+    def ad_hoc_return(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``purchases/ad_hoc_return``: returned goods without a purchase (see the module docstring)."""
+        fields = self._purchase_fields(body)
+        if not fields["items"] or any(p["total_amount"] < 0 or p["quantity"] <= 0 for p in fields["items"]):
+            raise CrmcomError("INVALID_PARAMETERS", "returned products need positive quantities and amounts")
+        reference = fields["reference_number"]
+        state = self.state
+        self.arrivals[reference] += 1
+        with state.lock:
+            stored = state.transactions.get(AD_HOC_RETURNS, {})
+            key = reference
+            if reference in stored:
+                state.note_duplicate(reference)
+                if self.config.unique_reference_numbers:
+                    raise CrmcomError(
+                        "DUPLICATE_REFERENCE_NUMBER", f"reference number {reference} is already used"
+                    )
+                key = (
+                    f"{reference}#{sum(1 for r in stored.values() if r['reference_number'] == reference) + 1}"
+                )
+            event = {"id": str(uuid.uuid4()).upper(), "number": f"AHR{len(stored) + 1:08d}"}
+            record = {
+                "transaction_id": reference,
+                **fields,
+                "status": "returned",
+                "total": sum((p["total_amount"] for p in fields["items"]), Decimal(0)),
+                "events": [{**event, "action": "ad_hoc_return"}],
+                "process_timestamp": state.clock().isoformat(),
+            }
+            state.put_transaction(AD_HOC_RETURNS, key, record)
+        state.count("events_accepted")
+        return {
+            **event,
+            "type": "AD_HOC_RETURN",
+            "reference_number": reference,
+            "total_amount": record["total"],
+        }
+
+    def show(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``GET customer_events/purchases/show``: one purchase by id, number or external reference."""
+        self.state.count("lookups")
+        raw = body.get("customer_event_identifier")
+        if isinstance(raw, str) and "=" in raw:
+            name, _, value = raw.partition("=")
+            identifier: Mapping[str, Any] = {name: value}
+        elif isinstance(raw, Mapping) and len(raw) == 1:
+            identifier = raw
+        else:
+            raise CrmcomError("INVALID_PARAMETERS", "customer_event_identifier names one key")
+        with self.state.lock:
+            if "external_system_reference_number" in identifier:
+                wanted = str(identifier["external_system_reference_number"])
+                transactions = self.state.transactions.get(PLATFORM, {})
+                record = next(
+                    (r for r in transactions.values() if r.get("external_system_reference_number") == wanted),
+                    None,
+                )
+            else:
+                record = self._find(identifier)
+        if record is None:
+            raise CrmcomError("NOT_FOUND", "no such purchase customer event")
+        return self._public(record)
+
+    def list(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``customer_events/purchases/list``: a customer's purchases submitted in a time window."""
+        self.state.count("lookups")
+        customer_identifier = body.get("accounts_receivable_identifier")
+        if customer_identifier is None:
+            raise CrmcomError("INVALID_PARAMETERS", "accounts_receivable_identifier is mandatory here")
+        customer = _identifier_value(customer_identifier, "accounts_receivable_identifier")
+        after, before = body.get("submitted_after_date"), body.get("submitted_before_date")
+        if any(d is not None and not isinstance(d, str) for d in (after, before)):
+            raise CrmcomError("INVALID_PARAMETERS", "submitted dates must be dates and times")
+        limit = body.get("number_of_results") or LIST_DEFAULT_RESULTS
+        if isinstance(limit, str) and limit.isdecimal() and len(limit) <= 9:
+            limit = int(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_MAX_RESULTS:
+            raise CrmcomError("INVALID_PARAMETERS", f"number_of_results must be 1 to {LIST_MAX_RESULTS}")
+        with self.state.lock:
+            records = [
+                r
+                for r in self.state.transactions.get(PLATFORM, {}).values()
+                if r["customer"] == customer
+                and (after is None or r["process_timestamp"][:19] >= str(after)[:19])
+                and (before is None or r["process_timestamp"][:19] <= str(before)[:19])
+            ]
+        records.sort(key=lambda r: r["events"][0]["number"])
+        return [self._public(r) for r in records[:limit]]
 
     def create_multiple(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """``create_multiple``: processed and unprocessed sets keyed by request_unique_identifier."""
@@ -364,13 +502,14 @@ class CrmcomPlatform:
             "net_amount": record["net"],
             "vat_amount": record["vat"],
             "total_amount": record["total"],
+            "spend_amount": record.get("spend_amount"),
             "products_set": record["items"],
         }
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------
 
-Handler = Callable[[Request, Mapping[str, Any]], dict[str, Any]]
+Handler = Callable[[Request, Mapping[str, Any]], Any]
 
 
 def _endpoint(
@@ -397,6 +536,8 @@ def _endpoint(
             state.count("bad_requests")
             return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {refused.message}"),
                            refused.status)
+        if request.method == "GET":  # GET methods take their parameters in the query
+            body = {**body, **request.query_params}
         # faults hit the calls that carry transactions; token calls see latency and the limit only
         fault = state.draw_fault() if token else None
         if fault in (Fault.ERROR_500, Fault.ERROR_503):
@@ -419,7 +560,10 @@ def _endpoint(
         else:
             document = envelope(data)
         if fault is Fault.LOST_RESPONSE:
-            state.note_lost(_references(body, document.get("data")))
+            if request.url.path.endswith(("/show", "/list")):
+                state.count("lost_lookup_answers")  # a lookup changes nothing: no transaction to note
+            else:
+                state.note_lost(_references(body, document.get("data")))
             return DropConnection()
         return _answer(document)
 
@@ -458,8 +602,8 @@ def routes(state: SandboxState, config: CrmcomConfig | None = None) -> list[Base
     platform = CrmcomPlatform(state, config or state.platforms.pop(_CONFIG_KEY, None) or CrmcomConfig())
     state.platforms[PLATFORM] = platform
 
-    def route(path: str, handler: Handler, *, token: bool = True) -> Route:
-        return Route(f"{PREFIX}/{path}", _endpoint(state, platform, handler, token=token), methods=["POST"])
+    def route(path: str, handler: Handler, *, token: bool = True, method: str = "POST") -> Route:
+        return Route(f"{PREFIX}/{path}", _endpoint(state, platform, handler, token=token), methods=[method])
 
     return [
         route("authentication/token", lambda _r, body: platform.login(body), token=False),
@@ -471,4 +615,8 @@ def routes(state: SandboxState, config: CrmcomConfig | None = None) -> list[Base
         route("customer_events/purchases/create", lambda _r, body: platform.create(body)),
         route("customer_events/purchases/create_multiple", lambda _r, body: platform.create_multiple(body)),
         route("customer_events/purchases/cancel", lambda _r, body: platform.cancel(body)),
+        route("customer_events/purchases/create_spend", lambda _r, body: platform.create_spend(body)),
+        route("customer_events/purchases/show", lambda _r, body: platform.show(body), method="GET"),
+        route("customer_events/purchases/list", lambda _r, body: platform.list(body)),
+        route("purchases/ad_hoc_return", lambda _r, body: platform.ad_hoc_return(body)),
     ]

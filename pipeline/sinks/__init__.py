@@ -1,18 +1,36 @@
-"""Sinks: where checkouts go. :func:`make_sink` builds the feed's target platform."""
+"""Sinks: where checkouts go. :func:`make_sink` builds the feed's target platform;
+:func:`decide_before_sending` is what its plan settles without sending (a dry run takes it)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from pipeline.config import AntavoTarget, Feed, resolve_secret
+from pipeline.config import AntavoTarget, CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
-from pipeline.sinks.base import EventResult, Outcome, Sink
-from pipeline.sinks.delivery import DeliveryPolicy, PlatformSink
+from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, Sink
+from pipeline.sinks.delivery import DeliveryPolicy, Plan, PlatformAdapter, PlatformSink
 from pipeline.sinks.http import HttpClient
 
-__all__ = ["EventResult", "Outcome", "PlatformSink", "Sink", "make_antavo_sink", "make_sink"]
+__all__ = [
+    "EventResult", "Outcome", "PlatformSink", "Sink", "antavo_credentials", "decide_before_sending",
+    "make_antavo_sink", "make_sink",
+]
+
+
+def antavo_credentials(feed: Feed) -> tuple[str, str | None]:
+    """The API key and (with signed auth) secret of the feed's Antavo target, from the environment
+    or the files it names; raises SecretError when one is missing."""
+    target = feed.target
+    if not isinstance(target, AntavoTarget):
+        raise ConfigError("not an Antavo target", key="target.kind")
+    api_key = resolve_secret(env=target.api_key_env, what="target.api_key_env")
+    secret: str | None = None
+    if target.auth == "signed":
+        secret_file = feed.resolve_path(target.api_secret_file) if target.api_secret_file else None
+        secret = resolve_secret(env=target.api_secret_env, file=secret_file, what="target.api_secret")
+    return api_key, secret
 
 
 def make_antavo_sink(
@@ -26,13 +44,8 @@ def make_antavo_sink(
     from pipeline.sinks.antavo import AntavoAdapter
 
     target = feed.target
-    if not isinstance(target, AntavoTarget):
-        raise ConfigError("not an Antavo target", key="target.kind")
-    api_key = resolve_secret(env=target.api_key_env, what="target.api_key_env")
-    secret: str | None = None
-    if target.auth == "signed":
-        secret_file = feed.resolve_path(target.api_secret_file) if target.api_secret_file else None
-        secret = resolve_secret(env=target.api_secret_env, file=secret_file, what="target.api_secret")
+    api_key, secret = antavo_credentials(feed)
+    assert isinstance(target, AntavoTarget)
     adapter = AntavoAdapter(target, api_key=api_key, api_secret=secret, clock=clock)
     return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng)
 
@@ -53,3 +66,27 @@ def make_sink(feed: Feed, **options: object) -> Sink:
     if kind == "antavo":
         return make_antavo_sink(feed, **options)  # type: ignore[arg-type]
     raise ConfigError(f"no sink for target kind {kind!r}", key="target.kind")
+
+
+def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[EventResult]:
+    """The outcomes the feed's target settles without sending (unmatched return, guest not
+    sendable, partial return on CRM.COM, ...): the ``unsent`` results of the target adapter's own
+    ``plan``, the function its sink plans every submission with. Planning never signs, sends or
+    reads a secret, so the adapter is built without credentials. A dry run takes exactly these
+    decisions; results that wait for the platform (RETRYABLE, e.g. a returned sale not delivered
+    yet) are left out, as a real run may settle them otherwise.
+    """
+    target = feed.target
+    planner: PlatformAdapter
+    if isinstance(target, CrmcomTarget):
+        from pipeline.sinks.crmcom import Credentials, CrmcomAdapter
+
+        planner = CrmcomAdapter(target, Credentials())
+    elif isinstance(target, AntavoTarget):
+        from pipeline.sinks.antavo import AntavoAdapter
+
+        planner = AntavoAdapter(target, api_key="", api_secret="")
+    else:
+        raise ConfigError(f"no sink for target kind {target.kind!r}", key="target.kind")
+    plan: Plan = planner.plan(checkouts)
+    return [result for result in plan.unsent if result.outcome is not Outcome.RETRYABLE]

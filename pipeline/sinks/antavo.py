@@ -2,8 +2,16 @@
 
 Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` events (a
 transaction's events never split across requests); guests go one by one to ``POST /events`` (the
-bulk endpoint refuses guests). Sales are sent before returns (phase 0, then phase 1) so a refund
-finds its sale accepted.
+bulk endpoint refuses guests). Sales are sent before returns so a refund finds its sale accepted:
+sales (phase 0), then refunds that may have landed already (phases 1, 2, ...: one per sale at a
+time), then refunds sent for the first time. A return's shape (whole ``refund``, ``refund_item``
+per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s decision.
+
+Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that may have landed (in
+doubt from an earlier run, or sent in this submission without a clear answer) is read back from
+the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_readback`): what is
+found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
+is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read.
 
 Responses map to outcomes:
 
@@ -19,8 +27,11 @@ any other per-event error              REJECTED (Antavo's code and message)
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,13 +39,16 @@ from urllib.parse import quote
 
 from pipeline.config import AntavoTarget
 from pipeline.records import TransactionType
-from pipeline.sinks.antavo_events import NotSent, dumps, events_for
+from pipeline.sinks.antavo_events import NotSent, dumps, events_for, refund_events, return_decision
+from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
+from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, ReturnDecision
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.delivery import Batch, Plan, PreparedRequest, RequestFailure, Unit, parse_retry_after
 from pipeline.sinks.escher import EscherSigner, antavo_config
-from pipeline.sinks.http import HttpClient
+from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
-__all__ = ["ALREADY_OPTED_IN", "ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "member_event"]
+__all__ = ["ALREADY_OPTED_IN", "ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "member_event",
+           "sendable_events"]
 
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
@@ -42,6 +56,43 @@ ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier 
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
+
+READ_BACK = "read_back"  # the evidence of a refund found on the platform by a read-back
+VERIFY = "verify"  # a refund that may have landed: read back, then send what is not there
+NEW_REFUNDS = 1_000  # the phase of refunds sent for the first time: after every read-back
+
+
+@dataclass
+class _Refund:
+    """A return this adapter sends: its row, its decision, when a request of it last went out."""
+
+    row: CheckoutRow
+    decision: ReturnDecision
+    since: float | None = None
+
+
+def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> EventResult:
+    return EventResult(
+        tid, Outcome.REJECTED, error_code=REFUND_IN_DOUBT,
+        error_message=f"this refund may have landed and {why}; check the platform, then "
+                      "`posfeed rerun --include-permanent` sends it again", attempts=0)
+
+
+def sendable_events(row: CheckoutRow, target: AntavoTarget) -> list[dict[str, Any]] | NotSent:
+    """The events the Antavo target sends for one checkout row, or why it sends none: a void, an
+    unmatched return, an over-refund (with the return context of
+    :func:`pipeline.stages.returns.with_return_context`), a guest the target does not send.
+    Decided without the platform: a dry run takes the same decision."""
+    events = events_for(row, return_mode=target.return_mode, account=target.account)
+    if isinstance(events, NotSent):
+        return events
+    guest = bool(events[0].get("guest"))
+    if guest and not target.send_guests:
+        return NotSent("guest_not_sent", "guest checkouts are not sent (send_guests)")
+    if guest and len(events) > 1:
+        return NotSent("guest_multi_event", "a guest refund of several lines cannot be sent one request "
+                                            "per transaction; use return_mode = \"refund\"")
+    return events
 
 
 class AntavoAdapter:
@@ -66,6 +117,14 @@ class AntavoAdapter:
         )
         if target.auth == "signed" and self._signer is None:
             raise ValueError("signed auth needs an API secret")
+        self.read_api_url = (target.read_api_url or target.base_url).rstrip("/")
+        self._readback_wait = (target.readback_wait_seconds if target.readback_wait_seconds is not None
+                               else target.timeout_seconds)
+        self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
+        self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
+        self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
+        self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
+        self._inflight: dict[int, tuple[Batch, list[EventResult]]] = {}
 
     def __repr__(self) -> str:
         return f"AntavoAdapter(base_url={self.base_url!r}, auth={self.target.auth!r})"
@@ -73,10 +132,13 @@ class AntavoAdapter:
     # ---- plan -------------------------------------------------------------------------------------
 
     def plan(self, checkouts: Sequence[CheckoutRow]) -> Plan:
-        """Guests one per request, members in bulk; sales first, returns second."""
+        """Guests one per request, members in bulk; sales first, then refunds that may have landed
+        (read back first, one per sale at a time), then new refunds."""
         batches: list[Batch] = []
         unsent: list[EventResult] = []
-        members: dict[int, list[Unit]] = {0: [], 1: []}
+        members: dict[int, list[Unit]] = {0: []}
+        verifying: dict[str, int] = {}
+        refunding: dict[str, int] = {}
         for row in checkouts:
             tid = str(row["transaction_id"])
             if row.get("record"):  # an enrollment, profile update or claim: one event
@@ -86,29 +148,46 @@ class AntavoAdapter:
                 else:
                     members[0].append(Unit(tid, [event]))
                 continue
-            events = events_for(row, return_mode=self.target.return_mode, account=self.target.account)
+            is_return = row.get("transaction_type") == TransactionType.RETURN
+            if is_return and row.get("in_doubt"):
+                unit_or_result = self._in_doubt(tid, row)
+                if isinstance(unit_or_result, EventResult):
+                    unsent.append(unit_or_result)
+                else:
+                    original = str(row.get("original_transaction_id"))
+                    verifying[original] = verifying.get(original, 0) + 1
+                    batches.append(Batch((unit_or_result,), route=VERIFY, phase=verifying[original]))
+                continue
+            events = sendable_events(row, self.target)
             if isinstance(events, NotSent):
                 unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code=events.code,
                                           error_message=events.message, attempts=0))
                 continue
-            phase = 1 if row.get("transaction_type") == TransactionType.RETURN else 0
+            phase = 0
+            if is_return:  # a sale's refunds one after the other: a read-back tells them apart
+                original = str(row.get("original_transaction_id"))
+                phase = NEW_REFUNDS + refunding.get(original, 0)
+                refunding[original] = refunding.get(original, 0) + 1
+                self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
             guest = bool(events[0].get("guest"))
-            if guest and not self.target.send_guests:
-                unsent.append(EventResult(tid, Outcome.NOT_SENT, error_code="guest_not_sent",
-                                          error_message="guest checkouts are not sent (send_guests)",
-                                          attempts=0))
-            elif guest and len(events) > 1:
-                unsent.append(EventResult(
-                    tid, Outcome.NOT_SENT, error_code="guest_multi_event",
-                    error_message="a guest refund of several lines cannot be sent one request per "
-                                  "transaction; use return_mode = \"refund\"", attempts=0))
-            elif guest or (self.target.bulk_size == 1 and len(events) == 1):
+            if guest or (self.target.bulk_size == 1 and len(events) == 1):
                 batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
             else:
-                members[phase].append(Unit(tid, events))
-        for phase, units in members.items():
+                members.setdefault(phase, []).append(Unit(tid, events))
+        for phase, units in sorted(members.items()):
             batches.extend(self._bulk_batches(units, phase))
         return Plan(batches, unsent)
+
+    def _in_doubt(self, tid: str, row: CheckoutRow) -> Unit | EventResult:
+        """A return that may have landed: read back first (a member's), or held (a guest's)."""
+        decision = return_decision(row, mode=self.target.return_mode)
+        if row.get("is_guest") or not row.get("customer_id"):
+            return _held(tid)
+        self._returns[tid] = _Refund(row, decision, since=row.get("in_doubt_since"))
+        self._sent.add(tid)
+        events = (refund_events(row, decision, account=self.target.account) if decision.sendable
+                  else [])
+        return Unit(tid, events)
 
     def _bulk_batches(self, units: list[Unit], phase: int) -> list[Batch]:
         batches: list[Batch] = []
@@ -133,8 +212,42 @@ class AntavoAdapter:
             return dumps(batch.units[0].payload[0])
         return dumps({"events": [event for unit in batch.units for event in unit.payload]})
 
-    async def build_request(self, batch: Batch, client: HttpClient) -> PreparedRequest:
-        """Build and sign one attempt."""
+    async def build_request(
+        self, batch: Batch, client: HttpClient
+    ) -> PreparedRequest | RequestFailure | list[EventResult]:
+        """Build and sign one attempt; refunds that may have landed are read back first."""
+        route, units = batch.route, list(batch.units)
+        landed: list[EventResult] = []
+        if any(unit.transaction_id in self._sent for unit in units):
+            settled = await self._read_back(units, client)
+            if isinstance(settled, RequestFailure):
+                return settled
+            landed, units = settled
+        empty = [unit for unit in units if not unit.payload]  # nothing left to send of these
+        if empty:
+            landed = landed + [EventResult(u.transaction_id, Outcome.NOT_SENT,
+                                           error_code=self._returns[u.transaction_id].decision.code,
+                                           error_message=self._returns[u.transaction_id].decision.message)
+                               for u in empty]
+            units = [unit for unit in units if unit.payload]
+        if not units:
+            return landed
+        if route == VERIFY or landed:
+            route = "single" if route == "single" or (
+                len(units) == 1 and len(units[0].payload) == 1 and self.target.bulk_size == 1) else "bulk"
+        sent = Batch(tuple(units), route=route, phase=batch.phase)
+        if landed or route != batch.route or sent.units != batch.units:
+            self._inflight[id(batch)] = (sent, landed)
+        else:
+            self._inflight.pop(id(batch), None)
+        now = time.time()
+        for unit in units:
+            if unit.transaction_id in self._returns:
+                self._sent.add(unit.transaction_id)
+                self._returns[unit.transaction_id].since = now
+        return self._request(sent)
+
+    def _request(self, batch: Batch) -> PreparedRequest:
         path = "/events" if batch.route == "single" else "/events/bulk"
         url = self.base_url + path
         body = self.body_of(batch)
@@ -144,12 +257,128 @@ class AntavoAdapter:
             return PreparedRequest("POST", url, headers, body)
         return PreparedRequest("POST", url, self._signer.sign("POST", url, body, headers).headers, body)
 
+    # ---- read-back --------------------------------------------------------------------------------
+
+    async def _read_back(
+        self, units: Sequence[Unit], client: HttpClient
+    ) -> tuple[list[EventResult], list[Unit]] | RequestFailure:
+        """Settle from the platform the units that may have landed: (their results, what to send)."""
+        landed: list[EventResult] = []
+        to_send: list[Unit] = []
+        for unit in units:
+            tid = unit.transaction_id
+            refund = self._returns.get(tid)
+            if tid not in self._sent or refund is None:
+                to_send.append(unit)
+                continue
+            row = refund.row
+            if row.get("is_guest") or not row.get("customer_id"):
+                landed.append(_held(tid))
+                continue
+            wait = (refund.since or 0) + self._readback_wait - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            events = await self._platform_refunds(str(row["customer_id"]),
+                                                  str(row["original_transaction_id"]), client)
+            if isinstance(events, RequestFailure):
+                return events
+            original = str(row["original_transaction_id"])
+            others = {e.event_id for e in events if self._owner.get(e.event_id, tid) != tid}
+            others.update(str(e) for e in row.get("claimed_event_ids") or ())
+            found = match_refund(refund.decision, events, owned_by_others=others,
+                                 own=self._owned.get(tid, ()))
+            self._own(tid, found.event_ids)
+            if found.landed:
+                landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
+                                          error_code=READ_BACK,
+                                          error_message=f"found on the platform under {original}"))
+            elif found.unsure:
+                landed.append(_held(tid, "a refund event of the sale on the platform that no other "
+                                         "return owns cannot be compared with this return"))
+            elif not refund.decision.sendable:
+                landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=refund.decision.code,
+                                          error_message=refund.decision.message))
+            else:
+                self._sent.discard(tid)  # read back: what goes out now is sent once
+                lines = found.remaining if refund.decision.action == "refund_item" else None
+                to_send.append(Unit(tid, refund_events(row, refund.decision, account=self.target.account,
+                                                       lines=lines)))
+        return landed, to_send
+
+    async def _platform_refunds(
+        self, customer: str, original: str, client: HttpClient
+    ) -> list[PlatformEvent] | RequestFailure:
+        """The refund events the platform holds for ``original`` (none: it holds no such sale)."""
+        base = f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
+        listing = await self._get(f"{base}?id={quote(original, safe='')}", client, unknown_customer=True)
+        if isinstance(listing, RequestFailure):
+            return listing
+        if listing is None or not transactions_in(listing, original):
+            return []
+        events = await self._get(f"{base}/{quote(original, safe='')}/events", client)
+        if isinstance(events, RequestFailure):
+            return events
+        return events_in(events)
+
+    async def _get(self, url: str, client: HttpClient, *, unknown_customer: bool = False) -> Any:
+        """A read's JSON, or the failure. ``unknown_customer``: "Customer not found" is None (none
+        of their refunds can have landed); any other answer than 200 is a failure, never "not
+        there" (a wrong URL must not look like a refund that did not land)."""
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self._signer is None:
+            url += ("&" if "?" in url else "?") + "api_key=" + quote(self._api_key, safe="")
+        else:
+            headers = dict(self._signer.sign("GET", url, b"", headers).headers)
+        try:
+            reply = await client.request("GET", url, headers=headers)
+        except HttpTimeout as exc:
+            return RequestFailure(None, "timeout", f"no answer to a read-back in time ({exc.kind})")
+        except HttpError as exc:  # its text may hold the URL, whose path names the customer
+            return RequestFailure(None, "connection_error", f"read-back: connection failed ({exc.kind})")
+        document = _json(reply.body)
+        error = _error_of(document) or {}
+        if reply.status == 200 and document is not None:
+            return document
+        if unknown_customer and reply.status == 404 and str(error.get("code")) == CUSTOMER_NOT_FOUND:
+            return None
+        return RequestFailure(reply.status, str(error.get("code", f"http_{reply.status}")),
+                              "read-back: " + str(error.get("message") or f"HTTP {reply.status}"),
+                              retry_after=parse_retry_after(reply.headers.get("Retry-After")))
+
     # ---- response ---------------------------------------------------------------------------------
 
     def parse_response(
         self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results, or a whole-request failure for the engine."""
+        sent, landed = self._inflight.pop(id(batch), (batch, []))
+        answer = self._parse(sent, status, headers, body)
+        if isinstance(answer, RequestFailure):
+            if answer.status in (401, 403, 413, 415, 429):
+                self._sent.difference_update(sent.transaction_ids)  # refused whole: nothing landed
+            return answer
+        results: list[EventResult] = []
+        for result in answer:
+            tid = result.transaction_id
+            if tid in self._returns and result.outcome is Outcome.ACCEPTED:
+                # some lines may have been found by a read-back and the rest sent now: the result
+                # carries every event id of the return
+                self._own(tid, result.event_ids)
+                result = replace(result, event_ids=tuple(self._owned.get(tid, ())))
+            if result.outcome is Outcome.REJECTED:
+                self._sent.discard(tid)
+            results.append(result)
+        return results + landed
+
+    def _own(self, tid: str, event_ids: Sequence[str]) -> None:
+        for event_id in event_ids:
+            if event_id not in self._owner:
+                self._owner[event_id] = tid
+                self._owned.setdefault(tid, []).append(event_id)
+
+    def _parse(
+        self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
+    ) -> list[EventResult] | RequestFailure:
         document = _json(body)
         if batch.route == "single":
             error = _error_of(document)

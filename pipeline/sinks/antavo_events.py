@@ -6,7 +6,8 @@
   ``subtotal`` = line total after discount, ``product_category`` when present);
 * a guest (no customer) carries ``"guest": true`` and no ``customer``;
 * a matched return becomes one ``refund`` of the original transaction, or one ``refund_item`` per
-  returned line (``return_mode``); an unmatched return or a void is not sent (:class:`NotSent`).
+  returned line (``return_mode``, decided by :mod:`pipeline.sinks.antavo_returns`); an unmatched
+  return, an over-refund or a void is not sent (:class:`NotSent`).
 
 Money is :class:`decimal.Decimal` throughout and is written as a JSON number with exactly its digits;
 :func:`money_number` is the one place that decides how many decimals a currency amount shows (it
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.records import ReturnStatus, TransactionType
+from pipeline.records import TransactionType
+from pipeline.sinks.antavo_returns import Line, ReturnDecision, decide_return
 from pipeline.sinks.base import CheckoutRow
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "events_for",
     "money_number",
     "quantity_number",
+    "refund_events",
+    "return_decision",
     "return_events",
 ]
 
@@ -170,37 +174,54 @@ def checkout_event(row: CheckoutRow, *, account: str | None = None) -> dict[str,
     return _envelope(row, "checkout", data, account)
 
 
-def return_events(
-    row: CheckoutRow, *, mode: str = "refund", account: str | None = None
-) -> list[dict[str, Any]] | NotSent:
-    """``refund`` (whole transaction) or one ``refund_item`` per returned line."""
-    original = row.get("original_transaction_id")
-    if not original or row.get("return_status") == ReturnStatus.UNMATCHED:
-        return NotSent("unmatched_return", "return names no original transaction; nothing to refund")
-    if mode == "refund":
+def refund_events(
+    row: CheckoutRow, decision: ReturnDecision, *, account: str | None = None,
+    lines: Sequence[Line] | None = None,
+) -> list[dict[str, Any]]:
+    """The events of a sendable decision: one ``refund`` of the original transaction, or one
+    ``refund_item`` per line (``lines``: only these, e.g. those a read-back did not find)."""
+    original = row["original_transaction_id"]
+    if decision.action == "refund":
         return [_envelope(row, "refund", {"transaction_id": original}, account)]
     currency = row.get("currency")
-    items = list(row.get("items") or ())
-    if not items:
-        return NotSent("return_without_items", "refund_item mode needs the returned lines")
     return [
         _envelope(
             row,
             "refund_item",
             {
                 "transaction_id": original,
-                "product_id": item["product_id"],
-                "quantity": _number(quantity_number(abs(item["quantity"]))),
-                "subtotal": _number(money_number(abs(item["line_total"]), currency)),
+                "product_id": line.product_id,
+                "quantity": _number(quantity_number(line.quantity)),
+                "subtotal": _number(money_number(line.amount, currency)),
             },
             account,
         )
-        for item in items
+        for line in (decision.lines if lines is None else lines)
     ]
 
 
+def return_decision(row: CheckoutRow, *, mode: str = "auto") -> ReturnDecision:
+    """The decision the submit stage attached (``return_decision``), or, without a ledger, the
+    decision from the return alone (its sale unknown)."""
+    decision = row.get("return_decision")
+    if isinstance(decision, ReturnDecision):
+        return decision
+    return decide_return(row, original=None, mode=mode)
+
+
+def return_events(
+    row: CheckoutRow, *, mode: str = "auto", account: str | None = None
+) -> list[dict[str, Any]] | NotSent:
+    """``refund`` (whole transaction) or one ``refund_item`` per returned line, as decided by
+    :func:`pipeline.sinks.antavo_returns.decide_return`."""
+    decision = return_decision(row, mode=mode)
+    if not decision.sendable:
+        return NotSent(str(decision.code), str(decision.message))
+    return refund_events(row, decision, account=account)
+
+
 def events_for(
-    row: CheckoutRow, *, return_mode: str = "refund", account: str | None = None
+    row: CheckoutRow, *, return_mode: str = "auto", account: str | None = None
 ) -> list[dict[str, Any]] | NotSent:
     """Every event one checkout row becomes, or why it is not sent."""
     kind = row.get("transaction_type") or TransactionType.SALE

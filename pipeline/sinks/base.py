@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from pipeline.records import EventResult, Outcome
+from pipeline.records import EventResult, Outcome, RetryClass
 
-__all__ = ["CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome", "Sink"]
+__all__ = ["CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome", "RetryClass", "Sink"]
 
 CheckoutRow = Mapping[str, Any]
 

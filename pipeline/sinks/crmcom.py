@@ -2,12 +2,15 @@
 
 * A sale with a customer becomes ``customer_events/purchases/create`` (or, with ``bulk_size > 1``,
   one ``create_multiple`` call of up to 1,000 purchases, each tagged with ``request_unique_identifier``
-  = the transaction id). ``reference_number`` and ``external_system_reference_number`` are the
-  transaction id, so the platform's duplicate-reference answer proves an earlier send landed.
-* A return of a whole transaction whose purchase the ledger knows becomes
-  ``customer_events/purchases/cancel`` of that purchase; guests, partial returns, unmatched returns
-  and voids are reported as :attr:`Outcome.NOT_SENT` with a target-level code
-  (:class:`CrmcomRejectCode`).
+  = the transaction id); points burned at the till ride along as a spend (``create_spend`` before
+  R17). ``reference_number`` and ``external_system_reference_number`` are the transaction id, which
+  is what a lookup (:mod:`pipeline.sinks.crmcom_lookup`) finds it by.
+* A return is checked against its sale (:mod:`pipeline.sinks.crmcom_returns`): a whole one becomes
+  ``customer_events/purchases/cancel`` of the sale's purchase, a partial one an ad hoc return; one
+  that does not fit, guests, unmatched returns and voids are reported as :attr:`Outcome.NOT_SENT`
+  with a target-level code (:class:`CrmcomRejectCode`, ``ReturnCode``).
+* What may have landed (in doubt in the ledger, or sent without a definite answer) is looked up
+  before it is sent again (``target.in_doubt``), purchase by purchase even in bulk calls.
 * Every call carries a token from ``authentication/token`` (username, password, organisation) or
   ``authentication/web_api_key/token`` (the Web API key as the Basic-auth user). The token is reused
   until it expires and renewed transparently; a call refused for an expired or invalid token is
@@ -16,8 +19,8 @@
   classified by the target's settings (duplicate, token, retryable codes) into the shared outcomes.
 
 The mapping and the reading of answers are pure (:mod:`pipeline.sinks.crmcom_purchases`); this
-module adds authentication and the adapter. Rate limit, concurrency, retries and in-doubt
-bookkeeping are the delivery engine's (:mod:`pipeline.sinks.delivery`).
+module adds authentication, the lookups and the adapter. Rate limit, concurrency and retries are
+the delivery engine's (:mod:`pipeline.sinks.delivery`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
 from pipeline.records import TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
+from pipeline.sinks.crmcom_lookup import Answer, LookupResult, TokenRefused, look_up
 from pipeline.sinks.crmcom_purchases import (
     CONTENT_TYPE,
     MALFORMED,
@@ -42,11 +48,12 @@ from pipeline.sinks.crmcom_purchases import (
     Envelope,
     OriginalLookup,
     OriginalPurchase,
+    PlannedAdHocReturn,
     PlannedCancel,
     PlannedCreate,
+    Planner,
     dumps,
     original_not_delivered,
-    plan_checkout,
     result_of,
     results_of_bulk,
 )
@@ -75,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+LOOKUP_TRIES = 3  # a lookup without a usable answer (timeout, dropped connection, 5xx) is asked again
 
 
 # ---- authentication -------------------------------------------------------------------------------
@@ -176,9 +185,7 @@ class TokenProvider:
         try:
             response = await client.request("POST", url, body=dumps(body), headers=headers)
         except HttpTimeout as exc:
-            raise AuthenticationFailed(
-                RequestFailure(None, "timeout", f"token call: {exc.kind}")
-            ) from exc
+            raise AuthenticationFailed(RequestFailure(None, "timeout", f"token call: {exc.kind}")) from exc
         except HttpError as exc:
             raise AuthenticationFailed(
                 RequestFailure(None, "connection_error", f"token call: {exc.kind}")
@@ -217,8 +224,15 @@ def endpoint_url(target: CrmcomTarget, method: str) -> str:
 class CrmcomAdapter:
     """Maps checkouts to CRM.COM requests and CRM.COM answers to outcomes (for the delivery engine).
 
-    Routes: ``single`` (purchases/create), ``bulk`` (create_multiple), ``cancel`` (phase 1, after the
-    sales of the same submission settled).
+    Routes: ``single`` (purchases/create), ``bulk`` (create_multiple), ``spend`` (create_spend),
+    then in phase 1, after the sales of the same submission settled, ``cancel`` and ``ad_hoc``
+    (one return each).
+
+    Exactly once: a transaction that may have landed (in doubt in the ledger, sent before, or sent
+    in this submission without a definite answer) is looked up before it is sent again
+    (``target.in_doubt``, :mod:`pipeline.sinks.crmcom_lookup`); what the lookup finds settles it,
+    what it cannot decide is held for review (``crmcom_in_doubt``). In a bulk call each purchase is
+    settled on its own: only those not found are sent again.
     """
 
     def __init__(
@@ -228,13 +242,24 @@ class CrmcomAdapter:
         *,
         originals: OriginalLookup | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.target = target
         self.tokens = TokenProvider(target, credentials, clock=clock)
         self._originals = originals
+        self._wall_clock = wall_clock
         self._token_of: dict[tuple[str, ...], str] = {}
         self._renewed: set[tuple[str, ...]] = set()
         self._created: dict[str, tuple[str, ...]] = {}
+        # exactly once: what may have landed, what lookups settled, what each request carried
+        self._maybe_landed: set[str] = set()
+        self._settled: dict[str, EventResult] = {}
+        self._decided: dict[tuple[str, ...], list[EventResult]] = {}
+        self._carried: dict[tuple[str, ...], list[str]] = {}
+        self._fresh: dict[tuple[str, ...], list[str]] = {}
+        self._customer_of: dict[str, str] = {}
+        self._sales_here: set[str] = set()
+        self.lookups = 0  # lookups made (for logs and tests)
 
     def __repr__(self) -> str:
         return f"CrmcomAdapter(base_url={self.target.base_url!r}, auth={self.target.auth!r})"
@@ -242,21 +267,35 @@ class CrmcomAdapter:
     # ---- plan
 
     def plan(self, checkouts: Sequence[CheckoutRow]) -> DeliveryPlan:
-        """Purchases (bulk or one by one) in phase 0, cancels one by one in phase 1."""
+        """Purchases (bulk, one by one, or with a spend) in phase 0; cancels and ad hoc returns one by
+        one in phase 1."""
         sales = {
             str(row["transaction_id"]): row
             for row in checkouts
             if (row.get("transaction_type") or TransactionType.SALE) == TransactionType.SALE
         }
+        self._sales_here = set(sales)
+        planner = Planner(self.target, self._originals, sales)
         creates: list[Unit] = []
         batches: list[Batch] = []
+        later: list[Batch] = []
         unsent: list[EventResult] = []
         for row in checkouts:
-            planned = plan_checkout(row, self.target, self._originals, sales)
+            if row.get("may_have_landed"):
+                self._maybe_landed.add(str(row["transaction_id"]))
+            if row.get("customer_id"):
+                self._customer_of[str(row["transaction_id"])] = str(row["customer_id"])
+            planned = planner.plan(row)
             if isinstance(planned, PlannedCreate):
-                creates.append(Unit(planned.transaction_id, planned.body))
+                unit = Unit(planned.transaction_id, planned.body)
+                if planned.spend_call:
+                    batches.append(Batch((unit,), route="spend"))
+                else:
+                    creates.append(unit)
             elif isinstance(planned, PlannedCancel):
-                batches.append(Batch((Unit(planned.transaction_id, planned),), route="cancel", phase=1))
+                later.append(Batch((Unit(planned.transaction_id, planned),), route="cancel", phase=1))
+            elif isinstance(planned, PlannedAdHocReturn):
+                later.append(Batch((Unit(planned.transaction_id, planned),), route="ad_hoc", phase=1))
             else:
                 unsent.append(planned)
         size = self.target.bulk_size
@@ -266,7 +305,7 @@ class CrmcomAdapter:
             ]
         else:
             batches[:0] = [Batch((unit,), route="single") for unit in creates]
-        return DeliveryPlan(batches, unsent)
+        return DeliveryPlan([*batches, *later], unsent)
 
     # ---- request
 
@@ -276,35 +315,152 @@ class CrmcomAdapter:
         created = self._created.get(planned.original_transaction_id)
         return created[0] if created else None
 
+    def _held(self, transaction_id: str, reason: str, *, final: bool = True) -> EventResult:
+        """Retryable, held for review: it may have landed and nothing could tell (``final``: asking
+        again in this submission would not change that)."""
+        return EventResult(
+            transaction_id,
+            Outcome.RETRYABLE,
+            error_code=CrmcomRejectCode.IN_DOUBT,
+            error_message=f"may have reached CRM.COM; held for review: {reason}",
+            attempts=0 if final else 1,
+        )
+
+    async def _look_up(
+        self, client: HttpClient, token: str, reference: str, customer: str | None
+    ) -> LookupResult:
+        """Look ``reference`` up; a call that got no usable answer is asked again (up to
+        ``LOOKUP_TRIES`` times, with the target's backoff), an expired token is renewed once."""
+        target = self.target
+        url_of = partial(endpoint_url, target)
+        found = LookupResult(Answer.UNDECIDED, reason="not asked")
+        renewed = False
+        for attempt in range(LOOKUP_TRIES):
+            if attempt:
+                await asyncio.sleep(min(target.backoff_max_seconds, target.backoff_base_seconds * 2**attempt))
+            self.lookups += 1
+            try:
+                found = await look_up(
+                    client, target, token, reference, customer, url_of=url_of, now=self._wall_clock
+                )
+            except TokenRefused as exc:
+                self.tokens.invalidate(token)
+                if renewed:
+                    return LookupResult(Answer.UNDECIDED, reason=f"the lookup's token was refused ({exc})")
+                renewed = True
+                try:
+                    token = await self.tokens.token(client)
+                except AuthenticationFailed as failed:
+                    return LookupResult(Answer.UNDECIDED, reason=f"no token for the lookup ({failed})")
+                continue
+            if found.answer is not Answer.UNDECIDED or not found.transient:
+                return found
+        return found
+
+    async def _settle_in_doubt(
+        self, batch: Batch, client: HttpClient, token: str
+    ) -> tuple[list[Unit], list[EventResult]]:
+        """The units to send now, and the results of those that may have landed and were settled
+        (or held) instead."""
+        send: list[Unit] = []
+        decided: list[EventResult] = []
+        mode = self.target.in_doubt
+        for unit in batch.units:
+            tid = unit.transaction_id
+            if tid not in self._maybe_landed or mode == "resend":
+                send.append(unit)
+                continue
+            if tid in self._settled:
+                decided.append(self._settled[tid])
+                continue
+            if mode == "hold":
+                decided.append(self._held(tid, 'in_doubt = "hold"'))
+                continue
+            if batch.route == "ad_hoc":
+                decided.append(self._held(tid, "CRM.COM documents no lookup of an ad hoc return"))
+                continue
+            cancel = batch.route == "cancel"
+            reference = unit.payload.original_transaction_id if cancel else tid
+            found = await self._look_up(client, token, reference, self._customer_of.get(tid))
+            if found.answer is Answer.UNDECIDED:
+                decided.append(self._held(tid, found.reason, final=False))
+                continue
+            event_ids = (str(found.purchase["id"]),) if found.purchase.get("id") else ()
+            state = str(found.purchase.get("life_cycle_state") or "").upper()
+            if not cancel and found.answer is Answer.FOUND:
+                result = EventResult(
+                    tid,
+                    Outcome.ALREADY_ACCEPTED,
+                    event_ids=event_ids,
+                    error_code="found_by_lookup",
+                    error_message="an earlier request landed: the purchase is on CRM.COM",
+                )
+                self._settled[tid] = result
+                self._created[tid] = event_ids
+                decided.append(result)
+            elif not cancel or (found.answer is Answer.FOUND and state == "POSTED"):
+                send.append(unit)  # not there (or not cancelled yet): sending it is safe
+            elif found.answer is Answer.FOUND and state == "CANCELLED":
+                result = EventResult(
+                    tid,
+                    Outcome.ALREADY_ACCEPTED,
+                    event_ids=event_ids,
+                    error_code="found_by_lookup",
+                    error_message="an earlier cancel landed: the purchase is cancelled",
+                )
+                self._settled[tid] = result
+                decided.append(result)
+            else:
+                decided.append(self._held(tid, f"the purchase to cancel is {state or 'not found'}"))
+        return send, decided
+
     async def build_request(
         self, batch: Batch, client: HttpClient
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
-        """One attempt: a token (cached or new) in the body of the route's call."""
+        """One attempt: a token (cached or new), lookups of what may have landed, then the route's call."""
+        event_id: str | None = None
         if batch.route == "cancel":
             planned: PlannedCancel = batch.units[0].payload
             event_id = self._cancel_target(planned)
             if event_id is None:
                 return [original_not_delivered(planned.transaction_id, planned.original_transaction_id)]
+        if batch.route == "ad_hoc":
+            returned: PlannedAdHocReturn = batch.units[0].payload
+            sale = returned.original_transaction_id
+            if sale in self._sales_here and sale not in self._created:
+                return [original_not_delivered(returned.transaction_id, sale)]
         try:
             token = await self.tokens.token(client)
         except AuthenticationFailed as exc:
             return exc.failure
-        self._token_of[tuple(batch.transaction_ids)] = token
+        units, decided = await self._settle_in_doubt(batch, client, token)
+        if not units:
+            return decided
+        key = tuple(batch.transaction_ids)
+        self._decided[key] = decided
+        self._carried[key] = [unit.transaction_id for unit in units]
+        self._token_of[key] = token
         target = self.target
         if batch.route == "cancel":
             method = target.cancel_path
             body: dict[str, Any] = {"token": token, "customer_event_identifier": {"id": event_id}}
+        elif batch.route == "ad_hoc":
+            method = target.ad_hoc_return_path
+            body = {"token": token, **units[0].payload.body}
         elif batch.route == "bulk":
             method = target.create_multiple_path
             body = {
                 "token": token,
                 "purchase_customer_events_set": [
-                    {"request_unique_identifier": unit.transaction_id, **unit.payload} for unit in batch.units
+                    {"request_unique_identifier": unit.transaction_id, **unit.payload} for unit in units
                 ],
             }
         else:
-            method = target.create_path
-            body = {"token": token, **batch.units[0].payload}
+            method = target.create_spend_path if batch.route == "spend" else target.create_path
+            body = {"token": token, **units[0].payload}
+        # from now on these may land whatever becomes of the answer
+        self._fresh[key] = [u.transaction_id for u in units if u.transaction_id not in self._maybe_landed]
+        self._maybe_landed.update(unit.transaction_id for unit in units)
         return PreparedRequest(
             "POST", endpoint_url(target, method), {"Content-Type": CONTENT_TYPE}, dumps(body)
         )
@@ -317,6 +473,11 @@ class CrmcomAdapter:
         """Per-transaction results from the envelope, or a whole-request failure for the engine."""
         key = tuple(batch.transaction_ids)
         token = self._token_of.pop(key, None)
+        decided = self._decided.pop(key, [])
+        carried = self._carried.pop(key, batch.transaction_ids)
+        fresh = self._fresh.pop(key, [])
+        if status == 429:
+            self._maybe_landed.difference_update(fresh)  # refused before processing
         if status == 429 or status >= 500 or status in (408, 425):
             return RequestFailure(
                 status,
@@ -326,6 +487,7 @@ class CrmcomAdapter:
             )
         envelope = Envelope.read(body, status)
         if envelope.code in self.target.token_error_codes:
+            self._maybe_landed.difference_update(fresh)  # refused before processing
             if token is not None:
                 self.tokens.invalidate(token)
             if key not in self._renewed:
@@ -335,15 +497,22 @@ class CrmcomAdapter:
         if envelope.code == MALFORMED and status >= 400:
             return RequestFailure(status, f"http_{status}", envelope.message)
         if batch.route == "bulk":
-            results = results_of_bulk(batch.transaction_ids, envelope, self.target)
+            results = results_of_bulk(carried, envelope, self.target)
         else:
-            tid = batch.transaction_ids[0]
+            tid = carried[0]
             results = [result_of(tid, envelope, self.target, cancel=batch.route == "cancel")]
-        if batch.route != "cancel":
+        for result in results:
+            if (
+                result.error_code not in ("MISSING_FROM_RESPONSE", None)
+                or result.outcome is not Outcome.RETRYABLE
+            ):
+                # a definite answer: a refused one did not land, an accepted one is settled
+                self._maybe_landed.discard(result.transaction_id)
+        if batch.route in ("single", "bulk", "spend"):
             for result in results:
                 if result.event_ids and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                     self._created[result.transaction_id] = result.event_ids
-        return results
+        return [*results, *decided]
 
 
 def make_crmcom_sink(

@@ -1,9 +1,11 @@
 """CRM.COM purchases, pure: checkouts to request bodies, answers (the status envelope) to outcomes.
 
-* :func:`plan_checkout` decides per checkout: create a purchase (:class:`PlannedCreate`, the body of
-  ``customer_events/purchases/create`` without the token), cancel the purchase of a whole-transaction
-  return (:class:`PlannedCancel`), or settle it unsent with a target-level code
-  (:class:`CrmcomRejectCode`).
+* :class:`Planner` decides per checkout of a submission: create a purchase (:class:`PlannedCreate`,
+  the body of ``customer_events/purchases/create`` without the token, with the points burned at the
+  till as a spend), cancel the purchase of a whole return (:class:`PlannedCancel`), send a partial
+  return as an ad hoc return (:class:`PlannedAdHocReturn`), or settle it unsent with a target-level
+  code (:class:`CrmcomRejectCode`, :class:`pipeline.sinks.crmcom_returns.ReturnCode`). Returns are
+  checked against their sale by :func:`pipeline.sinks.crmcom_returns.check_return`.
 * Amounts are exact Decimals; :func:`split_vat` is the one place where they are rounded.
 * :class:`Envelope`, :func:`result_of` and :func:`results_of_bulk` turn answers into
   :class:`~pipeline.sinks.base.EventResult` s, classified by the target's code settings.
@@ -25,6 +27,16 @@ from typing import Any
 from pipeline.config import CrmcomTarget
 from pipeline.records import ReturnStatus, TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
+from pipeline.sinks.crmcom_returns import (
+    EarlierReturn,
+    Fit,
+    RecordedSale,
+    ReturnCode,
+    check_return,
+    earlier_returns_of,
+    lines_of,
+    recorded_sale,
+)
 
 __all__ = [
     "CONTENT_TYPE",
@@ -35,8 +47,12 @@ __all__ = [
     "OriginalLookup",
     "OriginalPurchase",
     "Plan",
+    "PlannedAdHocReturn",
     "PlannedCancel",
     "PlannedCreate",
+    "Planner",
+    "ad_hoc_return_body",
+    "ad_hoc_returns_enabled",
     "business_unit_field",
     "classify_status",
     "dumps",
@@ -48,6 +64,9 @@ __all__ = [
     "purchase_body",
     "result_of",
     "results_of_bulk",
+    "spend_amount",
+    "spend_field",
+    "spend_in_create",
     "split_vat",
 ]
 
@@ -65,14 +84,38 @@ class CrmcomRejectCode(StrEnum):
     ORIGINAL_NOT_DELIVERED = "crmcom_original_not_delivered"  # retryable: the original has no event yet
     VOID = "void"  # voided at the till: nothing to record
     UNKNOWN_STORE = "crmcom_unknown_store"  # the store has no entry in `business_units`
+    # the platform answered that the purchase was cancelled already: nothing changed there, so the
+    # return is not counted as sent money (for review: who cancelled it?)
+    ALREADY_CANCELLED = "already_cancelled"
+    # retryable, held for review: a request may have landed and no lookup could tell
+    IN_DOUBT = "crmcom_in_doubt"
 
 
 @dataclass(frozen=True)
 class OriginalPurchase:
-    """What the ledger knows about a returned transaction: its CRM.COM event ids and total."""
+    """What the ledger knows about a returned sale: its CRM.COM event ids and total, and (to check a
+    return against it) its state, customer, currency and lines."""
 
     event_ids: tuple[str, ...]
     total: Decimal | None = None
+    state: str = "accepted"
+    customer_id: str | None = None
+    is_guest: bool = False
+    currency: str | None = None
+    items: tuple[Mapping[str, Any], ...] = ()
+    earlier_returns: tuple[Mapping[str, Any], ...] = ()
+
+    def recorded(self, transaction_id: str) -> RecordedSale:
+        """As a :class:`RecordedSale` (the return checks' view)."""
+        return RecordedSale(
+            transaction_id,
+            self.state,
+            self.customer_id,
+            self.is_guest or not self.customer_id,
+            self.currency,
+            lines_of(self.items),
+            self.event_ids,
+        )
 
 
 OriginalLookup = Callable[[str], OriginalPurchase | None]
@@ -80,9 +123,20 @@ OriginalLookup = Callable[[str], OriginalPurchase | None]
 
 @dataclass(frozen=True)
 class PlannedCreate:
-    """A purchase to create; ``body`` lacks only the token."""
+    """A purchase to create; ``body`` lacks only the token. ``spend`` (points burned at the till
+    as a spend amount) goes through ``create_spend`` when the release has no spend field."""
 
     transaction_id: str
+    body: dict[str, Any]
+    spend_call: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedAdHocReturn:
+    """A partial return sent as an ad hoc return of the returned lines (no purchase is cancelled)."""
+
+    transaction_id: str
+    original_transaction_id: str
     body: dict[str, Any]
 
 
@@ -97,9 +151,10 @@ class PlannedCancel:
     transaction_id: str
     original_transaction_id: str
     event_id: str | None
+    customer_id: str | None = None
 
 
-Plan = PlannedCreate | PlannedCancel | EventResult
+Plan = PlannedCreate | PlannedCancel | PlannedAdHocReturn | EventResult
 
 
 # ---- money and time -----------------------------------------------------------------------------
@@ -204,28 +259,175 @@ def purchase_body(row: CheckoutRow, target: CrmcomTarget, business_unit: str) ->
     return body
 
 
-def _original_of(row: CheckoutRow, originals: OriginalLookup | None) -> OriginalPurchase | None:
-    """The returned purchase: from the row or else the ledger lookup.
+def _recorded_original(
+    row: CheckoutRow, originals: OriginalLookup | None
+) -> tuple[RecordedSale, list[EarlierReturn]] | None:
+    """The returned sale as the ledger holds it, and its earlier returns that count.
 
-    The submit stage may attach what the ledger knows about the original to a return row:
-    ``original_event_ids`` (a list, empty while the sale is not accepted; absent or None when the
-    ledger does not know the sale) and ``original_total``.
+    The submit stage attaches ``original`` (state, customer, currency, lines, event ids) and
+    ``earlier_returns`` to a return row whose sale the ledger knows; tests may instead pass an
+    ``originals`` lookup (transaction id -> :class:`OriginalPurchase`).
     """
-    if row.get("original_event_ids") is not None:
-        total = row.get("original_total")
-        return OriginalPurchase(
-            tuple(str(e) for e in row["original_event_ids"]),
-            Decimal(total) if total is not None else None,
-        )
-    original_id = row.get("original_transaction_id")
+    original_id = str(row.get("original_transaction_id") or "")
+    if isinstance(row.get("original"), Mapping):
+        sale = recorded_sale(row["original"])
+        return sale, earlier_returns_of(row.get("earlier_returns") or (), sale)
     if originals is None or not original_id:
         return None
-    return originals(str(original_id))
+    found = originals(original_id)
+    if found is None:
+        return None
+    sale = found.recorded(original_id)
+    return sale, earlier_returns_of(found.earlier_returns, sale)
 
 
-def not_sent(transaction_id: str, code: CrmcomRejectCode, message: str) -> EventResult:
+def not_sent(transaction_id: str, code: str, message: str) -> EventResult:
     """A NOT_SENT result with a target-level code."""
     return EventResult(transaction_id, Outcome.NOT_SENT, error_code=code, error_message=message, attempts=0)
+
+
+def spend_amount(row: CheckoutRow, target: CrmcomTarget) -> Decimal | None:
+    """Points burned at the till as CRM.COM's spend amount (None: nothing burned, or spends off)."""
+    burned = row.get("points_burned")
+    if target.spend == "off" or burned is None or Decimal(burned) <= 0:
+        return None
+    return _round(Decimal(burned) * target.spend_per_point, target.amount_decimals)
+
+
+def spend_in_create(target: CrmcomTarget) -> bool:
+    """From R17 a purchase carries its spend; before, ``create_spend`` makes both in one call."""
+    return target.api_release >= 17
+
+
+def spend_field(target: CrmcomTarget) -> str:
+    """The request field of the spend amount ([A]: not captured in the documentation found)."""
+    if target.spend_field:
+        return target.spend_field
+    return "requested_spend_amount" if spend_in_create(target) else "spend_amount"
+
+
+def ad_hoc_returns_enabled(target: CrmcomTarget) -> bool:
+    """Whether partial returns go out as ad hoc returns (``auto``: from R17; R16.12 opts in)."""
+    if target.partial_returns == "auto":
+        return target.api_release >= 17
+    return target.partial_returns == "ad_hoc_return"
+
+
+def ad_hoc_return_body(row: CheckoutRow, target: CrmcomTarget, business_unit: str) -> dict[str, Any]:
+    """The ad hoc return of a partial return: the returned lines as positive quantities and amounts
+    ([A]: the request shape follows ``purchases/create``; the method's parameters were not captured)."""
+    body = purchase_body(row, target, business_unit)
+    body[target.products_field] = [
+        {**line, **{k: abs(line[k]) for k in ("quantity", "net_amount", "vat_amount", "total_amount")}}
+        for line in body[target.products_field]
+    ]
+    return body
+
+
+class Planner:
+    """Plans one submission's checkouts in order: sales first-come, each return checked against its
+    sale and the returns of it planned before (so a repeated whole return is caught before sending)."""
+
+    def __init__(
+        self,
+        target: CrmcomTarget,
+        originals: OriginalLookup | None = None,
+        sales: Mapping[str, CheckoutRow] | None = None,
+    ) -> None:
+        self.target = target
+        self.originals = originals
+        self.sales = sales or {}
+        self.planned_returns: dict[str, list[EarlierReturn]] = {}
+
+    def plan(self, row: CheckoutRow) -> Plan:
+        """What to do with one checkout: create a purchase, cancel one, ad hoc return, or not send."""
+        target = self.target
+        transaction_id = str(row["transaction_id"])
+        kind = row.get("transaction_type") or TransactionType.SALE
+        if kind == TransactionType.VOID:
+            return not_sent(transaction_id, CrmcomRejectCode.VOID, "voided transactions are not sent")
+        if kind == TransactionType.RETURN:
+            return self._plan_return(row)
+        if row.get("is_guest") or not row.get("customer_id"):
+            return not_sent(transaction_id, CrmcomRejectCode.GUEST, "CRM.COM purchases need a customer")
+        unit = _business_unit(str(row["store_id"]), target)
+        if unit is None:
+            return not_sent(
+                transaction_id,
+                CrmcomRejectCode.UNKNOWN_STORE,
+                f"store {row['store_id']} has no business unit",
+            )
+        body = purchase_body(row, target, unit)
+        spend = spend_amount(row, target)
+        if spend is not None:
+            body[spend_field(target)] = spend
+        return PlannedCreate(
+            transaction_id, body, spend_call=spend is not None and not spend_in_create(target)
+        )
+
+    def _plan_return(self, row: CheckoutRow) -> Plan:
+        target = self.target
+        transaction_id = str(row["transaction_id"])
+        original_id = str(row.get("original_transaction_id") or "")
+        if row.get("return_status") == ReturnStatus.UNMATCHED or not original_id:
+            if row.get("is_guest") or not row.get("customer_id"):
+                return not_sent(transaction_id, CrmcomRejectCode.GUEST, "CRM.COM purchases need a customer")
+            return not_sent(
+                transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, "return names no original sale"
+            )
+        in_submission = self.sales.get(original_id)
+        found = _recorded_original(row, self.originals)
+        if in_submission is not None:
+            sale = recorded_sale({**in_submission, "state": "in_submission"})
+            recorded = found[1] if found is not None else []
+        elif found is not None:
+            sale, recorded = found
+        else:
+            return not_sent(
+                transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, f"original {original_id} is unknown"
+            )
+        earlier = [*recorded, *self.planned_returns.get(original_id, ())]
+        verdict = check_return(row, sale, earlier, decimals=target.amount_decimals)
+        if verdict.fit is None:
+            if verdict.code is None:  # both guests
+                return not_sent(transaction_id, CrmcomRejectCode.GUEST, verdict.message)
+            return not_sent(transaction_id, verdict.code, verdict.message)
+        if sale.state in ("not_sent", "void"):
+            return not_sent(
+                transaction_id,
+                ReturnCode.ORIGINAL_NOT_SENT,
+                f"the sale {original_id} was not sent to CRM.COM",
+            )
+        lines = lines_of(row.get("items") or ())
+        whole = verdict.fit is Fit.WHOLE
+        if not whole and not ad_hoc_returns_enabled(target):
+            self.planned_returns.setdefault(original_id, []).append(
+                EarlierReturn(transaction_id, lines, False)
+            )
+            return not_sent(
+                transaction_id,
+                CrmcomRejectCode.PARTIAL_RETURN,
+                "a partial return: only whole purchases can be cancelled (ad hoc returns are off)",
+            )
+        if sale.state not in ("accepted", "in_submission"):
+            return original_not_delivered(transaction_id, original_id)
+        if not whole:
+            unit = _business_unit(str(row["store_id"]), target)
+            if unit is None:
+                return not_sent(
+                    transaction_id,
+                    CrmcomRejectCode.UNKNOWN_STORE,
+                    f"store {row['store_id']} has no business unit",
+                )
+            self.planned_returns.setdefault(original_id, []).append(
+                EarlierReturn(transaction_id, lines, False)
+            )
+            return PlannedAdHocReturn(transaction_id, original_id, ad_hoc_return_body(row, target, unit))
+        event_id = None if in_submission is not None else (sale.event_ids[0] if sale.event_ids else None)
+        if in_submission is None and event_id is None:
+            return original_not_delivered(transaction_id, original_id)
+        self.planned_returns.setdefault(original_id, []).append(EarlierReturn(transaction_id, lines, True))
+        return PlannedCancel(transaction_id, original_id, event_id, str(row.get("customer_id")))
 
 
 def plan_checkout(
@@ -234,58 +436,8 @@ def plan_checkout(
     originals: OriginalLookup | None = None,
     in_submission: Mapping[str, CheckoutRow] | None = None,
 ) -> Plan:
-    """What to do with one checkout: create a purchase, cancel one, or settle it unsent.
-
-    ``in_submission`` holds the sales created in the same submission (by transaction id), so a
-    return can cancel a purchase created moments before it.
-    """
-    transaction_id = str(row["transaction_id"])
-    kind = row.get("transaction_type") or TransactionType.SALE
-    if kind == TransactionType.VOID:
-        return not_sent(transaction_id, CrmcomRejectCode.VOID, "voided transactions are not sent")
-    if row.get("is_guest") or not row.get("customer_id"):
-        return not_sent(transaction_id, CrmcomRejectCode.GUEST, "CRM.COM purchases need a customer")
-    if kind == TransactionType.RETURN:
-        return _plan_return(row, target, originals, in_submission or {})
-    unit = _business_unit(str(row["store_id"]), target)
-    if unit is None:
-        return not_sent(
-            transaction_id, CrmcomRejectCode.UNKNOWN_STORE, f"store {row['store_id']} has no business unit"
-        )
-    return PlannedCreate(transaction_id, purchase_body(row, target, unit))
-
-
-def _plan_return(
-    row: CheckoutRow,
-    target: CrmcomTarget,
-    originals: OriginalLookup | None,
-    in_submission: Mapping[str, CheckoutRow],
-) -> Plan:
-    transaction_id = str(row["transaction_id"])
-    original_id = str(row.get("original_transaction_id") or "")
-    if row.get("return_status") == ReturnStatus.UNMATCHED or not original_id:
-        return not_sent(transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, "return names no original sale")
-    returned = abs(Decimal(row["total"]))
-    sale = in_submission.get(original_id)
-    if sale is not None:
-        original: OriginalPurchase | None = OriginalPurchase((), Decimal(sale["total"]))
-    else:
-        original = _original_of(row, originals)
-    if original is None:
-        return not_sent(
-            transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, f"original {original_id} is unknown"
-        )
-    if original.total is not None and returned != abs(original.total):
-        return not_sent(
-            transaction_id,
-            CrmcomRejectCode.PARTIAL_RETURN,
-            f"returns {returned} of {abs(original.total)}: only whole purchases can be cancelled",
-        )
-    if sale is not None:
-        return PlannedCancel(transaction_id, original_id, None)
-    if not original.event_ids:
-        return original_not_delivered(transaction_id, original_id)
-    return PlannedCancel(transaction_id, original_id, original.event_ids[0])
+    """What to do with one checkout on its own (see :class:`Planner` for a whole submission)."""
+    return Planner(target, originals, in_submission).plan(row)
 
 
 def original_not_delivered(transaction_id: str, original_id: str) -> EventResult:
@@ -342,7 +494,7 @@ def classify_status(code: str, target: CrmcomTarget, *, cancel: bool = False) ->
     if code == OK:
         return Outcome.ACCEPTED
     if cancel and code in target.already_cancelled_codes:
-        return Outcome.ALREADY_ACCEPTED
+        return Outcome.NOT_SENT  # not this return's doing: never counted as sent money
     if not cancel and code in target.duplicate_codes:
         return Outcome.ALREADY_ACCEPTED if target.on_duplicate == "already_accepted" else Outcome.REJECTED
     if code in target.retryable_codes or code in target.token_error_codes:
@@ -361,6 +513,13 @@ def result_of(transaction_id: str, envelope: Envelope, target: CrmcomTarget, *, 
     outcome = classify_status(envelope.code, target, cancel=cancel)
     if outcome is Outcome.ACCEPTED:
         return EventResult(transaction_id, outcome, event_ids=_event_ids(envelope.data))
+    if outcome is Outcome.NOT_SENT:
+        return EventResult(
+            transaction_id,
+            outcome,
+            error_code=CrmcomRejectCode.ALREADY_CANCELLED,
+            error_message=f"{envelope.code}: the purchase was cancelled already; nothing changed there",
+        )
     return EventResult(
         transaction_id,
         outcome,
@@ -376,8 +535,8 @@ def results_of_bulk(
 ) -> list[EventResult]:
     """Per-transaction results of a ``create_multiple`` answer (processed / unprocessed sets).
 
-    A transaction missing from both sets is retryable: resending it is safe, because a landed
-    purchase answers with the duplicate-reference code.
+    A transaction missing from both sets is retryable; before it is sent again the adapter looks it
+    up (``target.in_doubt``), so each purchase of the batch is settled on its own.
     """
     if not envelope.ok:
         return [result_of(t, envelope, target, cancel=False) for t in transaction_ids]

@@ -37,7 +37,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome
+from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome, RetryClass
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout, tls_context
 
 __all__ = [
@@ -305,6 +305,7 @@ class DeliveryReport:
     failures: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
+    credentials_refused: str | None = None  # the platform's answer when it refused our credentials
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -416,10 +417,11 @@ class _Submission:
         self.report.outcomes[key] = self.report.outcomes.get(key, 0) + 1
         self.on_result(result)
 
-    def settle_all(self, batch: Batch, code: str, message: str, attempts: int) -> None:
+    def settle_all(self, batch: Batch, code: str, message: str, attempts: int,
+                   retry_class: RetryClass = RetryClass.TRANSIENT) -> None:
         for tid in batch.transaction_ids:
             self.settle(EventResult(tid, Outcome.RETRYABLE, error_code=code, error_message=message,
-                                    attempts=attempts))
+                                    attempts=attempts, retry_class=retry_class))
 
     async def run_phase(self, batches: list[Batch], client: HttpClient) -> None:
         if not batches:
@@ -468,10 +470,11 @@ class _Submission:
 
     def _may_send(self, batch: Batch, attempt: int) -> bool:
         if self.halted is not None:
-            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1)
+            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1, RetryClass.CREDENTIALS)
             return False
         if self.stop is not None and self.stop.is_set():
-            self.settle_all(batch, "stopped", "submission stopped before this was sent", attempt - 1)
+            self.settle_all(batch, "stopped", "submission stopped before this was sent", attempt - 1,
+                            RetryClass.STOPPED)
             return False
         return True
 
@@ -506,11 +509,14 @@ class _Submission:
                         failure.message, attempt + 1, self.policy.max_attempts, delay)
             self._later(batch, attempt + 1, delay)
             return
+        retry_class = {Disposition.HALT: RetryClass.CREDENTIALS,
+                       Disposition.DEFER: RetryClass.DEFERRED}.get(decision, RetryClass.TRANSIENT)
         if decision is Disposition.HALT:
             logger.error("platform refused our credentials (%s: %s); sending stops",
                          failure.code, failure.message)
             self.halted = failure
-        self.settle_all(batch, failure.code, failure.message, attempt)
+            self.report.credentials_refused = f"{failure.code}: {failure.message}"
+        self.settle_all(batch, failure.code, failure.message, attempt, retry_class)
         self._finish_one()
 
     def on_results(self, batch: Batch, attempt: int, results: list[EventResult]) -> None:
@@ -521,7 +527,10 @@ class _Submission:
             if result is None:
                 result = EventResult(tid, Outcome.RETRYABLE, error_code="missing_result",
                                      error_message="the response had no result for this transaction")
-            if result.outcome is Outcome.RETRYABLE and attempt < self.policy.max_attempts:
+            # a retryable result decided without a request (attempts 0: e.g. held for review) is
+            # not retried in this submission: nothing would change
+            if (result.outcome is Outcome.RETRYABLE and attempt < self.policy.max_attempts
+                    and result.attempts != 0):
                 retry.add(tid)
                 continue
             self.settle(result if result.attempts == attempt else replace(result, attempts=attempt))

@@ -46,6 +46,14 @@ class Source(Protocol):
         """Archive, delete or keep a remote file whose rows all reached a final state."""
         ...
 
+    def quarantine(self, remote: RemoteFile) -> str:
+        """Move an unreadable file out of the way (into ``source.quarantine_path``); returns where."""
+        ...
+
+    def release(self, location: str, name: str) -> None:
+        """Move a quarantined file back under ``name``."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

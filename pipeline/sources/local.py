@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.config import Feed
-from pipeline.errors import SourceUnavailableError
+from pipeline.errors import SourceFolderError, SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 
@@ -53,9 +53,16 @@ class LocalSource:
                     info = entry.stat(follow_symlinks=False)
                     yield RemoteFile(entry.name, info.st_size, info.st_mtime)
         except FileNotFoundError as exc:
-            raise SourceUnavailableError(f"{self.folder}: folder does not exist") from exc
+            raise SourceFolderError(f"{self.folder}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
-            raise SourceUnavailableError(f"{self.folder}: permission denied listing the folder") from exc
+            raise SourceFolderError(f"{self.folder}: permission denied listing the folder",
+                                    key="source.path") from exc
+
+    def check(self) -> None:
+        """Make sure the folder exists, before anything else of the run happens."""
+        if not self.folder.is_dir():
+            what = "not a folder" if self.folder.exists() else "folder does not exist"
+            raise SourceFolderError(f"{self.folder}: {what}", key="source.path")
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first; the
@@ -133,6 +140,40 @@ class LocalSource:
                 target = archive / f"{name}.{counter}"
             os.replace(self.folder / name, target)
         log.info("archived %s into %s", remote.name, archive)
+
+    def quarantine(self, remote: RemoteFile) -> str:
+        """Move an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
+        ``quarantine/`` inside the folder); returns where it went."""
+        folder = Path(self.config.quarantine_path or "quarantine")
+        folder = folder if folder.is_absolute() else self.folder / folder
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [remote.name] + [
+            m for m in marker_names(remote.name, self.config.marker_suffixes) if (self.folder / m).exists()
+        ]
+        where = ""
+        for name in names:
+            target = folder / name
+            counter = 0
+            while target.exists():
+                counter += 1
+                target = folder / f"{name}.{counter}"
+            os.replace(self.folder / name, target)
+            where = where or str(target)
+        log.warning("quarantined %s into %s", remote.name, folder)
+        return where
+
+    def release(self, location: str, name: str) -> None:
+        """Move a quarantined file back into the folder under ``name`` (never over another file)."""
+        target = self.folder / name
+        if target.exists():
+            raise SourceUnavailableError(f"{target} exists: move or rename it before releasing {location}")
+        held = Path(location)
+        if held.name == name:  # its done-marker comes back with it
+            for marker in marker_names(name, self.config.marker_suffixes):
+                if (held.parent / marker).exists() and not (self.folder / marker).exists():
+                    os.replace(held.parent / marker, self.folder / marker)
+        os.replace(held, target)
+        log.info("released %s back into %s", name, self.folder)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -29,7 +29,7 @@ from typing import Literal
 import paramiko
 
 from pipeline.config import Feed
-from pipeline.errors import SourceUnavailableError
+from pipeline.errors import SourceFolderError, SourceUnavailableError
 from pipeline.sources.base import FetchedFile, RemoteFile
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
@@ -107,12 +107,28 @@ class SftpSource:
                     continue
                 yield RemoteFile(attrs.filename, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
         except FileNotFoundError as exc:
-            raise SourceUnavailableError(f"{self.address}: folder does not exist") from exc
+            raise SourceFolderError(f"{self.address}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
-            raise SourceUnavailableError(f"{self.address}: permission denied listing the folder") from exc
+            raise SourceFolderError(f"{self.address}: permission denied listing the folder",
+                                    key="source.path") from exc
         except CONNECTION_ERRORS as exc:
             self._drop_connection()
             raise SourceUnavailableError(f"listing {self.address} failed: {describe(exc)}") from exc
+
+    def check(self) -> None:
+        """Log in and make sure the folder exists, before anything else of the run happens."""
+        sftp = self.connect()
+        try:
+            attrs = sftp.stat(self.folder)
+        except FileNotFoundError as exc:
+            raise SourceFolderError(f"{self.address}: folder does not exist", key="source.path") from exc
+        except PermissionError as exc:
+            raise SourceFolderError(f"{self.address}: permission denied", key="source.path") from exc
+        except CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"checking {self.address} failed: {describe(exc)}") from exc
+        if not stat.S_ISDIR(attrs.st_mode or 0):
+            raise SourceFolderError(f"{self.address}: not a folder", key="source.path")
 
     def discover(self, business_dates: list[date]) -> Iterator[RemoteFile]:
         """Yield the ready files matching the feed's pattern for these dates, oldest first; the
@@ -238,6 +254,47 @@ class SftpSource:
         except CONNECTION_ERRORS as exc:
             self._drop_connection()
             raise SourceUnavailableError(f"{action} of {remote.name} failed: {describe(exc)}") from exc
+
+    def quarantine(self, remote: RemoteFile) -> str:
+        """Rename an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
+        ``quarantine/`` inside the folder); returns where it went."""
+        sftp = self.connect()
+        configured = self.config.quarantine_path or "quarantine"
+        folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
+        try:
+            _makedirs(sftp, folder)
+            where = ""
+            for name in [remote.name, *self._markers_of(sftp, remote.name)]:
+                target = _free_name(sftp, folder, name)
+                sftp.rename(self._remote(name), target)
+                where = where or target
+        except CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"quarantine of {remote.name} failed: {describe(exc)}") from exc
+        log.warning("quarantined %s into %s on %s", remote.name, folder, self.address)
+        return where
+
+    def release(self, location: str, name: str) -> None:
+        """Rename a quarantined file back into the folder under ``name`` (never over another file)."""
+        sftp = self.connect()
+        target = self._remote(name)
+        try:
+            try:
+                sftp.stat(target)
+            except FileNotFoundError:
+                if posixpath.basename(location) == name:  # its done-marker comes back with it
+                    held = posixpath.dirname(location)
+                    for marker in marker_names(name, self.config.marker_suffixes):
+                        with contextlib.suppress(FileNotFoundError):
+                            sftp.stat(posixpath.join(held, marker))
+                            sftp.rename(posixpath.join(held, marker), self._remote(marker))
+                sftp.rename(location, target)
+            else:
+                raise SourceUnavailableError(f"{target} exists on {self.address}: move it before releasing")
+        except CONNECTION_ERRORS as exc:
+            self._drop_connection()
+            raise SourceUnavailableError(f"release of {name} failed: {describe(exc)}") from exc
+        log.info("released %s back into %s on %s", name, self.folder, self.address)
 
     def _markers_of(self, sftp: paramiko.SFTPClient, name: str) -> list[str]:
         found = []

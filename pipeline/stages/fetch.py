@@ -42,6 +42,7 @@ class FetchResult:
     staged: list[StagedFile] = field(default_factory=list)
     already_processed: list[tuple[RemoteFile, FileRecord]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): try again later
+    quarantined: list[str] = field(default_factory=list)  # unreadable before: not read again
 
     @property
     def superseded(self) -> list[StagedFile]:
@@ -96,6 +97,10 @@ def _fetch_one(
     result: FetchResult,
 ) -> None:
     seen = ledger.file_by_identity(feed.scope, remote.name, remote.size, remote.mtime)
+    if seen is not None and seen.status == "quarantined":
+        log.debug("%s: in quarantine (unreadable in run %s); not read again", remote.name, seen.first_run_id)
+        result.quarantined.append(remote.name)
+        return
     if seen is not None and seen.status in _PROCESSED:
         log.debug("%s: already processed (same name, size and mtime)", remote.name)
         result.already_processed.append((remote, seen))
@@ -114,6 +119,11 @@ def _fetch_one(
         result.already_processed.append((remote, same))
         fetched.path.unlink(missing_ok=True)
         return
+    if same is not None and same.status == "quarantined":
+        log.debug("%s: same content as the quarantined %s; not read again", remote.name, same.name)
+        result.quarantined.append(remote.name)
+        fetched.path.unlink(missing_ok=True)
+        return
     record = ledger.register_file(
         run_id,
         scope=feed.scope,
@@ -123,6 +133,9 @@ def _fetch_one(
         mtime=fetched.mtime,
         sha256=fetched.sha256,
     )
+    for old_id in ledger.supersede_quarantined(feed.scope, fetched.name, record.id):
+        log.warning("%s: new content replaces the quarantined file of run %s", remote.name,
+                    ledger.file(old_id).first_run_id)
     if record.supersedes_file_id is not None:
         old = ledger.file(record.supersedes_file_id)
         log.warning("%s: new content (sha256 %s…) supersedes the file processed in run %s",

@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.ledger import Ledger
 from pipeline.reports import Report, build_report, write_report
 
-__all__ = ["day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
+__all__ = ["day_problems", "day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,16 @@ def report_folder(reports_dir: Path, feed: str, report_id: str) -> Path:
 
 
 def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = None) -> Report:
-    """The report of one run: the transactions it handled, in the state the run left them."""
+    """The report of one run: the transactions it handled, as the run left them (state, attempts,
+    error, event ids: the run's own outcome, whatever later runs did), so it is reproduced."""
     run = ledger.run(run_id)
     if run is None:
         raise KeyError(run_id)
     transactions = ledger.run_transactions(run_id, at_end=True)
     file_ids = {t.file_id for t in transactions if t.origin == "file"}
     names = {i: ledger.file(i).name for i in file_ids}
-    totals = [(names[f], store, day, rows, count, amount)
-              for f, store, day, rows, count, amount in ledger.file_totals(file_ids)]
+    totals = [(names[f], store, day, rows, count, amount, currency)
+              for f, store, day, currency, rows, count, amount in ledger.currency_totals(file_ids)]
     details: dict[str, Any] = {
         "kind": run.kind,
         "dry_run": run.dry_run,
@@ -73,16 +74,25 @@ def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
     transactions = ledger.day_transactions(feed, business_date)
     file_ids = {t.file_id for t in transactions}
     names = {i: ledger.file(i).name for i in file_ids}
-    totals = [(names[f], store, day, rows, count, amount)
-              for f, store, day, rows, count, amount in ledger.file_totals(file_ids) if day == business_date]
+    totals = [(names[f], store, day, rows, count, amount, currency)
+              for f, store, day, currency, rows, count, amount in ledger.currency_totals(file_ids)
+              if day == business_date]
     return build_report(
         report_id=f"day-{business_date}",
         feed=feed,
         transactions=transactions,
         file_totals=totals,
         rejects=ledger.rejects(feed=feed, business_date=business_date),
-        extra={"kind": "business_day", "business_date": business_date},
+        extra={"kind": "business_day", "business_date": business_date,
+               "problems": day_problems(ledger, feed, business_date)},
     )
+
+
+def day_problems(ledger: Ledger, feed: str, business_date: str) -> list[dict[str, Any]]:
+    """The problems a business day's report shows: every open problem of the feed, and the
+    resolved ones of that business date (each as :meth:`pipeline.problems.Problem.to_dict`)."""
+    return [p.to_dict() for p in ledger.problems(feed=feed, open_only=False)
+            if p.status == "open" or p.business_date == business_date]
 
 
 def write_run_report(report: Report, reports_dir: Path, feed: str, report_id: str) -> Path:

@@ -1,10 +1,15 @@
 """Submit stage: send the run's queued transactions through the feed's sink, exactly once.
 
 Crash safety comes from the order of writes: ``on_sending`` marks a request's transactions in
-doubt (``sending``) and commits *before* the request goes out; outcomes are settled afterwards
-(buffered a little, flushed at least once per batch). A process killed at any moment leaves
-``queued`` or ``sending`` rows, which the next run re-sends; a platform that already has the
-transaction answers "transaction ID already used", which settles it as accepted.
+doubt (``sending``) and commits *before* the request goes out; a request's outcomes are committed
+as soon as its answer is read (before any further request goes out), so a crash loses at most the
+answers of the requests in flight. A process killed at any moment leaves ``queued`` or ``sending``
+rows, which the next run re-sends; a platform that already has the transaction answers
+"transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
+refund that may have landed is read back from the platform before it is sent again (see
+:mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`). Rows that may have
+landed carry ``may_have_landed`` to the sink, so a target without such an answer (CRM.COM) can look
+them up before sending them again.
 """
 
 from __future__ import annotations
@@ -19,20 +24,24 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
-from pipeline.config import Feed
+from pipeline.config import AntavoTarget, Feed
 from pipeline.core.members import PERSONAL_FIELDS
-from pipeline.ledger import Ledger, TxnState
+from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
+from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
+from pipeline.stages.returns import with_return_context
 
-__all__ = ["BATCH_SIZE", "SubmitResult", "gate_claims", "submit_rows", "with_originals"]
+__all__ = [
+    "BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims", "personal_values",
+    "submit_rows", "with_originals", "without_personal",
+]
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000  # checkouts handed to the sink at a time (each hand-over lets the requests in flight drain)
-_FLUSH_EVERY = 100
 
 
 @dataclass
@@ -42,6 +51,7 @@ class SubmitResult:
     submitted: int = 0
     results: int = 0
     stopped: bool = False  # stop was set: rows not handed to the sink stay queued
+    credentials_refused: str | None = None  # the platform refused our credentials: sending stopped
 
 
 def submit_rows(
@@ -67,6 +77,71 @@ def submit_rows(
     )
 
 
+def decide_rows(
+    ledger: Ledger, feed: Feed, run_id: str, row_ids: Sequence[int], *, batch_size: int | None = None
+) -> int:
+    """A dry run's submit: settle the rows ``row_ids`` whose outcome the target decides without
+    sending (:func:`pipeline.sinks.decide_before_sending`), exactly as a real run's sink would,
+    from the same checkouts in the same batches; the rest stay queued ("would be sent"). Returns
+    how many were settled."""
+    batch_size = batch_size or BATCH_SIZE
+    ordered = sales_first(ledger, row_ids)
+    settled = 0
+    for start in range(0, len(ordered), batch_size):
+        rows = ledger.transactions_by_row_id(ordered[start : start + batch_size], with_checkout=True)
+        checkouts, unsent = checkouts_of(ledger, feed, rows)
+        personal = personal_values(feed, checkouts)
+        results = [without_personal(r, personal)
+                   for r in [*unsent, *decide_before_sending(feed, checkouts)]]
+        ledger.apply_results(feed.scope, results, run_id)
+        settled += len(results)
+    return settled
+
+
+def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
+                 ) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """The checkouts of ledger rows as the sink gets them (and a dry run decides on them): decoded,
+    returns given what the ledger knows of their sale, claims gated on their checkout
+    (:func:`gate_claims`); and the results of the rows settled before any sink sees them."""
+    if feed.records == "transactions":
+        decoded = [
+            {**decode_checkout(r.checkout), "may_have_landed": True} if may_have_landed(r)
+            else decode_checkout(r.checkout)
+            for r in rows if r.checkout
+        ]
+    else:
+        decoded = [json.loads(r.checkout) for r in rows if r.checkout]
+    unsent: list[EventResult] = []
+    if feed.records == "claims":
+        decoded, unsent = gate_claims(ledger, feed, decoded)
+    checkouts = with_originals(ledger, feed.scope, decoded)
+    if feed.records == "transactions" and isinstance(feed.target, AntavoTarget):
+        checkouts = with_return_context(ledger, feed.scope, checkouts, mode=feed.target.return_mode)
+    return checkouts, unsent
+
+
+def personal_values(feed: Feed, checkouts: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Enrollments: each member's personal details (longest first), to keep out of the platform
+    messages the ledger stores; nothing for other feeds."""
+    if feed.records != "enrollments":
+        return {}
+    return {
+        c["transaction_id"]: sorted({str(v) for k, v in (c.get("profile") or {}).items()
+                                     if k in PERSONAL_FIELDS and v}, key=len, reverse=True)
+        for c in checkouts
+    }
+
+
+def without_personal(result: EventResult, personal_of: dict[str, list[str]]) -> EventResult:
+    """``result`` with its transaction's personal details masked in its error message."""
+    if not result.error_message or result.transaction_id not in personal_of:
+        return result
+    message = result.error_message
+    for value in personal_of[result.transaction_id]:
+        message = message.replace(value, "***")
+    return replace(result, error_message=message)
+
+
 def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
     """``row_ids`` with every return after every sale (order kept otherwise).
 
@@ -80,8 +155,9 @@ def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
 
 def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Returns that name a sale the ledger knows carry ``original_event_ids`` (the sale's platform
-    event ids; empty while it is not accepted) and ``original_total``. A target that cancels the
-    sale's purchase (CRM.COM) needs them; others ignore them."""
+    event ids; empty while it is not accepted), ``original_total``, ``original`` (the sale as
+    recorded: state, customer, currency, lines) and ``earlier_returns`` (the other recorded returns
+    of it). A target that checks returns against their sale (CRM.COM) needs them; others ignore them."""
     wanted = [
         str(c["original_transaction_id"])
         for c in checkouts
@@ -89,7 +165,8 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
     ]
     if not wanted:
         return checkouts
-    known = ledger.originals(scope, wanted)
+    known = ledger.sales_with_checkouts(scope, wanted)
+    earlier = ledger.returns_naming(scope, wanted)
     enriched = []
     for checkout in checkouts:
         original = (
@@ -103,9 +180,38 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
                 **checkout,
                 "original_event_ids": list(original.event_ids) if accepted else [],
                 "original_total": original.amount,
+                "original": _recorded(original),
+                "earlier_returns": [
+                    _recorded(r) for r in earlier.get(str(original.transaction_id), ())
+                    if r.transaction_id != checkout["transaction_id"]
+                ],
             }
         enriched.append(checkout)
     return enriched
+
+
+def _recorded(record: TxnRecord) -> dict[str, Any]:
+    """What a target checking a return needs of a recorded sale or return: its state, outcome code,
+    platform event ids and the checkout's customer and lines (customer ids may be masked)."""
+    stored = json.loads(record.checkout) if record.checkout else {}
+    return {
+        "transaction_id": record.transaction_id,
+        "state": record.state.value,
+        "code": record.last_error_code,
+        "event_ids": list(record.event_ids),
+        "customer_id": stored.get("customer_id"),
+        "is_guest": bool(stored.get("is_guest")) or not stored.get("customer_id"),
+        "currency": stored.get("currency") or record.currency,
+        "items": [
+            {k: item.get(k) for k in ("product_id", "quantity", "line_total")}
+            for item in stored.get("items") or ()
+        ],
+    }
+
+
+def may_have_landed(record: TxnRecord) -> bool:
+    """Whether an earlier request carrying this transaction went out (a resend must check first)."""
+    return record.state is TxnState.SENDING or record.attempts > 0
 
 
 def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
@@ -172,7 +278,15 @@ async def _submit(
             pending.clear()
 
     def on_sending(transaction_ids: Sequence[str]) -> None:
+        flush()  # answers already read are in the ledger before the next request goes out
         ledger.start_sending(scope, list(transaction_ids), run_id)
+
+    flush_scheduled = False
+
+    def scheduled_flush() -> None:
+        nonlocal flush_scheduled
+        flush_scheduled = False
+        flush()
 
     batch_outcomes: Counter[str] = Counter()
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
@@ -187,14 +301,14 @@ async def _submit(
         if customer and result.error_message and customer in result.error_message:
             result = replace(result, error_message=result.error_message.replace(
                 customer, mask_customer_id(customer)))
-        if result.error_message and result.transaction_id in personal_of:
-            message = result.error_message
-            for value in personal_of[result.transaction_id]:
-                message = message.replace(value, "***")
-            result = replace(result, error_message=message)
+        result = without_personal(result, personal_of)
         pending.append(result)
-        if len(pending) >= _FLUSH_EVERY:
-            flush()
+        nonlocal flush_scheduled
+        if not flush_scheduled:
+            # one commit per answer: the engine settles a request's results in one go, and the
+            # loop runs this before anything else (no other request is read or sent in between)
+            flush_scheduled = True
+            asyncio.get_running_loop().call_soon(scheduled_flush)
 
     sink = make_sink(feed)
     progress.start("submit", len(row_ids))
@@ -206,21 +320,11 @@ async def _submit(
                             feed.name, len(row_ids) - start)
                 break
             rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
-            if feed.records == "transactions":
-                decoded = [decode_checkout(r.checkout) for r in rows if r.checkout]
-            else:
-                decoded = [json.loads(r.checkout) for r in rows if r.checkout]
-            if feed.records == "claims":
-                decoded, unmatched = gate_claims(ledger, feed, decoded)
-                for result in unmatched:
-                    on_result(result)
-            checkouts = with_originals(ledger, scope, decoded)
-            if feed.records == "enrollments":
-                personal_of.clear()
-                personal_of.update(
-                    (c["transaction_id"], sorted({str(v) for k, v in (c.get("profile") or {}).items()
-                                                  if k in PERSONAL_FIELDS and v}, key=len, reverse=True))
-                    for c in checkouts)
+            checkouts, unsent = checkouts_of(ledger, feed, rows)
+            for result in unsent:
+                on_result(result)
+            personal_of.clear()
+            personal_of.update(personal_values(feed, checkouts))
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
                 customer_of.clear()
@@ -240,6 +344,12 @@ async def _submit(
                 feed=feed.name, batch=start // batch_size + 1, transactions=len(checkouts),
                 outcomes=dict(sorted(batch_outcomes.items())),
             )
+            refused = getattr(getattr(sink, "last_report", None), "credentials_refused", None)
+            if refused:
+                outcome.credentials_refused = refused
+                log.error("%s: the platform refused our credentials (%s); %d transaction(s) left "
+                          "for the next run", feed.name, refused, len(row_ids) - start - len(checkouts))
+                break
     finally:
         flush()
         await sink.aclose()

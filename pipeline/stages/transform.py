@@ -7,7 +7,7 @@ Every input row ends up in exactly one ledger transaction row (an *occurrence*):
 * rejected lines → one ``rejected`` row per transaction (``source_file``, ``transaction_id``; a
   line without an id stands alone), each line also kept in ``rejects`` with its original columns.
 
-Each file's input totals (rows, transactions, amount per store and business date) are computed
+Each file's input totals (rows, transactions, amount per store, business date and currency) are computed
 from its lines independently of those states, so the report can prove that nothing was lost.
 """
 
@@ -28,6 +28,7 @@ from pipeline.config import Feed
 from pipeline.core.parse import read_file
 from pipeline.core.readstats import ReadStats
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
+from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
 from pipeline.logs import log_event, mask_customer_id
@@ -40,6 +41,11 @@ __all__ = ["TransformOutcome", "records_of", "transform_staged"]
 log = logging.getLogger(__name__)
 
 _ZERO = Decimal("0")
+# a line's currency as the ledger keeps it: trimmed, upper case, null when blank
+_LINE_CURRENCY = (
+    pl.when(pl.col("currency").str.strip_chars() == "").then(None)
+    .otherwise(pl.col("currency").str.strip_chars().str.to_uppercase())
+)
 
 
 @dataclass
@@ -57,7 +63,7 @@ class FileRecords:
 
     transactions: list[NewTransaction]
     rejects: list[NewReject]
-    totals: list[tuple[str, str, int, int, Decimal]]
+    totals: list[tuple[str, str, int, int, Decimal, str]]  # store, day, rows, transactions, amount, currency
 
 
 def _iso(value: Any) -> str | None:
@@ -111,7 +117,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
             pl.col("store").drop_nulls().first().alias("store"),
             pl.col("business_day").drop_nulls().first().alias("business_day"),
             pl.col("transaction_id").str.strip_chars().first().alias("transaction_id"),
-            pl.col("currency").drop_nulls().first().alias("currency"),
+            _LINE_CURRENCY.drop_nulls().first().alias("currency"),
             pl.col("transaction_type_normalized").drop_nulls().first().alias("transaction_type"),
             # the line that failed, not its siblings
             pl.col("reject_code").sort_by(pl.col("reject_code") == "R099_SIBLING_REJECTED").first(),
@@ -127,30 +133,35 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 "_rec",
                 pl.col("store_id").alias("g_store"),
                 pl.col("business_date").alias("g_day"),
+                pl.col("currency").alias("g_currency"),
             ),
             rejected_groups.select(
                 pl.col("_rec").cast(pl.UInt32),
                 pl.col("store").alias("g_store"),
                 pl.col("business_day").alias("g_day"),
+                pl.col("currency").alias("g_currency"),
             ),
         ]
     )
     # only the columns the totals need go through the joins (a line carries every export column)
     assigned = (
-        lines.select("source_file", "source_line", "store", "business_day", "amount")
+        lines.select("source_file", "source_line", "store", "business_day", "currency", "amount")
         .join(line_map, on=["source_file", "source_line"], how="left")
         .join(group_of, on="_rec", how="left")
     )
     assigned = assigned.with_columns(
         pl.when(pl.col("_rec").is_null()).then(pl.col("store")).otherwise(pl.col("g_store")).alias("g_store"),
         pl.when(pl.col("_rec").is_null()).then(pl.col("business_day")).otherwise(pl.col("g_day")).alias("g_day"),
+        # a line counts in its transaction's currency (a row of the totals never mixes two)
+        pl.when(pl.col("_rec").is_null()).then(_LINE_CURRENCY).otherwise(pl.col("g_currency"))
+        .alias("g_currency"),
     )
     amount_of = assigned.group_by("_rec").agg(pl.col("amount").sum())
     amounts: dict[int, Decimal] = {
         int(r): a if a is not None else _ZERO for r, a in amount_of.iter_rows() if r is not None
     }
     totals = (
-        assigned.group_by("source_file", "g_store", "g_day", maintain_order=True)
+        assigned.group_by("source_file", "g_store", "g_day", "g_currency", maintain_order=True)
         .agg(
             pl.len().alias("rows"),
             # a line that belongs to no transaction counts as one on its own (and unbalances)
@@ -232,6 +243,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 int(row["rows"]),
                 int(row["transactions"]),
                 row["amount"] if row["amount"] is not None else _ZERO,
+                row["g_currency"] or "",
             )
         )
     return out
@@ -253,13 +265,16 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
     """One line per file with its counts (and no row content: customer ids stay out of logs)."""
     states = Counter(str(t.state) for t in records.transactions)
     rows = sum(total[2] for total in records.totals)
-    amount = sum((total[4] for total in records.totals), Decimal(0))
+    amounts: dict[str, Decimal] = {}  # per currency: never added across currencies
+    for total in records.totals:
+        amounts[total[5]] = amounts.get(total[5], Decimal(0)) + total[4]
     log_event(
         log, "file",
         f"{name}: {rows} rows, {len(records.transactions)} transactions, {queued} queued, "
         f"{len(records.rejects)} rejected rows",
         feed=feed.name, file=name, rows=rows, transactions=len(records.transactions), queued=queued,
-        rejected_rows=len(records.rejects), states=dict(sorted(states.items())), amount=str(amount),
+        rejected_rows=len(records.rejects), states=dict(sorted(states.items())),
+        amounts={currency: money_text(amount, currency) for currency, amount in sorted(amounts.items())},
     )
 
 

@@ -74,7 +74,7 @@ def test_matched_return() -> None:
     assert checkout["total"] == Decimal("-5.0000")
     assert checkout["items"][0]["quantity"] == Decimal("-2.000")
     assert result.summary["returns"] == 1
-    assert result.summary["amount_valid"] == "-5.0000"
+    assert result.summary["amount_valid"] == "-5.00"
 
 
 def test_negative_quantities_make_an_unmatched_return() -> None:

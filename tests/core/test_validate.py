@@ -285,7 +285,7 @@ def test_empty_input() -> None:
 
     result = transform(empty_lines(), feed(), now=NOW)
     assert result.summary["rows_in"] == 0
-    assert result.summary["amount_in"] == "0.0000"
+    assert result.summary["amount_in"] == "0.00"
     assert transform_files([], feed(), now=NOW).checkouts.height == 0
     header_only = run([])
     assert header_only.summary["transactions_in"] == 0

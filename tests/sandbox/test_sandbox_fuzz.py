@@ -37,7 +37,8 @@ ANTAVO_QUERY = "?api_key=sandbox-key"
 ANTAVO_PATHS = ("/events", "/events/bulk")
 CRM_PATHS = tuple(f"{PREFIX}/{method}" for method in (
     "authentication/token", "authentication/web_api_key/token", "customer_events/purchases/create",
-    "customer_events/purchases/create_multiple", "customer_events/purchases/cancel"))
+    "customer_events/purchases/create_multiple", "customer_events/purchases/cancel",
+    "customer_events/purchases/create_spend", "customer_events/purchases/list", "purchases/ad_hoc_return"))
 CRM_LOGIN = {"username": "posfeed", "password": "sandbox-password", "organisation": "sandbox"}
 
 
@@ -341,6 +342,15 @@ def hand_written_crmcom(box: Sandbox, client: httpx.Client) -> None:
         send(box, client, bulk, to_json(body))
     for identifier in [{"id": ["x"]}, {"number": {"a": 1}}, "PCE1", [], {"id": None}]:
         send(box, client, cancel, to_json({"token": live, "customer_event_identifier": identifier}))
+    listing = f"{PREFIX}/customer_events/purchases/list"
+    for odd in ["abc", {"a": 1}, [1], True, "1e400", -3, 10**30, 1.5, Raw("1e29")]:
+        for name in ("number_of_results", "submitted_after_date", "submitted_before_date"):
+            body = to_json({"token": live, "accounts_receivable_identifier": {"number": "C-1"}, name: odd})
+            assert send(box, client, listing, body).status_code == 200
+    for spend in ["abc", {"a": 1}, "0", "-5", "1e400", True]:
+        body = to_json({"token": live, **purchase(f"CSP-{spend}"), "spend_amount": spend})
+        answer = send(box, client, f"{PREFIX}/customer_events/purchases/create_spend", body)
+        assert answer.json()["status"]["code"] == "INVALID_PARAMETERS", answer.text
     for text in ODD_STRINGS:
         send(box, client, create, to_json({"token": live, **purchase(Raw(text))}))
         send(box, client, f"{PREFIX}/authentication/token", to_json({**CRM_LOGIN, "username": Raw(text)}))
@@ -431,16 +441,36 @@ def run_hypothesis(box: Sandbox, client: httpx.Client, live_token: str, examples
 
     @fuzz
     @given(body=PURCHASES, with_token=st.booleans(),
-           route=st.sampled_from(["create", "create_multiple", "cancel"]))
-    def crmcom_purchases(body: dict[str, Any], with_token: bool, route: str) -> None:
+           route=st.sampled_from(["create", "create_multiple", "cancel", "create_spend", "list",
+                                  "ad_hoc_return"]),
+           extra=VALUES)
+    def crmcom_purchases(body: dict[str, Any], with_token: bool, route: str, extra: Any) -> None:
         document: dict[str, Any] = {"token": live_token} if with_token else {}
         if route == "create_multiple":
             document["purchase_customer_events_set"] = [{"request_unique_identifier": "k", **body}]
         elif route == "cancel":
             document["customer_event_identifier"] = body.get("accounts_receivable_identifier")
+        elif route == "list":
+            document.update({"accounts_receivable_identifier": body.get("accounts_receivable_identifier"),
+                             "submitted_after_date": body.get("performed_on"),
+                             "submitted_before_date": extra, "number_of_results": extra})
         else:
             document.update(body)
-        send(box, client, f"{PREFIX}/customer_events/purchases/{route}", to_json(document))
+            if route == "create_spend":
+                document["spend_amount"] = extra
+        path = "purchases/ad_hoc_return" if route == "ad_hoc_return" else f"customer_events/purchases/{route}"
+        send(box, client, f"{PREFIX}/{path}", to_json(document))
+
+    @fuzz
+    @given(identifier=st.one_of(st.text(max_size=40), st.builds(lambda k, v: f"{k}={v}", st.sampled_from(
+        ["id", "number", "external_system_reference_number", "other", ""]), st.text(max_size=20))),
+        with_token=st.booleans())
+    def crmcom_show(identifier: str, with_token: bool) -> None:
+        params = {"customer_event_identifier": identifier, **({"token": live_token} if with_token else {})}
+        response = client.get(f"{box.url}{PREFIX}/customer_events/purchases/show", params=params)
+        box.sent += 1
+        check_shape(f"{PREFIX}/customer_events/purchases/show", response.status_code, response.content)
+        assert set(response.json()) == {"status", "data"}
 
     @fuzz
     @given(body=st.one_of(st.binary(max_size=200), VALUES.map(to_json).map(str.encode)),
@@ -475,7 +505,7 @@ def run_hypothesis(box: Sandbox, client: httpx.Client, live_token: str, examples
         answer = send(box, client, "/events", body, headers=headers, query="")
         assert answer.status_code in (200, 400, 401)  # 400: the first, untampered one is a duplicate
 
-    for test in (antavo_events, crmcom_purchases, raw_bodies, antavo_forms, antavo_signatures):
+    for test in (antavo_events, crmcom_purchases, crmcom_show, raw_bodies, antavo_forms, antavo_signatures):
         test()
 
 
@@ -501,11 +531,18 @@ def test_hostile_requests_never_break_the_sandbox(sandbox: Sandbox) -> None:
         created = client.post(f"{sandbox.url}{PREFIX}/customer_events/purchases/create",
                               json={"token": live, **purchase("NORMAL-P1")}).json()
         assert created["status"]["code"] == "OK"
+        spent = client.post(f"{sandbox.url}{PREFIX}/customer_events/purchases/create_spend",
+                            json={"token": live, **purchase("NORMAL-S1"), "spend_amount": "5.00"}).json()
+        assert spent["status"]["code"] == "OK"
+        returned = client.post(f"{sandbox.url}{PREFIX}/purchases/ad_hoc_return",
+                               json={"token": live, **purchase("NORMAL-R1")}).json()
+        assert returned["status"]["code"] == "OK"
         listing = client.get(sandbox.url + "/_sandbox/transactions")
         assert listing.status_code == 200
         before = listing.json()
         ids = {(t["platform"], t["transaction_id"]) for t in before["transactions"]}
-        assert {("antavo", "NORMAL-1"), ("antavo", "AFTER-HUGE"), ("crmcom", "NORMAL-P1")} <= ids
+        assert {("antavo", "NORMAL-1"), ("antavo", "AFTER-HUGE"), ("crmcom", "NORMAL-P1"),
+                ("crmcom", "NORMAL-S1"), ("crmcom_ad_hoc_returns", "NORMAL-R1")} <= ids
         assert client.get(sandbox.url + "/_sandbox/stats").status_code == 200
 
     sandbox.kill()  # no shutdown, no flush: what was accepted must already be in the file
@@ -518,3 +555,11 @@ def test_hostile_requests_never_break_the_sandbox(sandbox: Sandbox) -> None:
         duplicate = client.post(f"{sandbox.url}{PREFIX}/customer_events/purchases/create",
                                 json={"token": token(sandbox, client), **purchase("NORMAL-P1")}).json()
         assert duplicate["status"]["code"] == "DUPLICATE_REFERENCE_NUMBER"
+        live = token(sandbox, client)
+        again_returned = client.post(f"{sandbox.url}{PREFIX}/purchases/ad_hoc_return",
+                                     json={"token": live, **purchase("NORMAL-R1")}).json()
+        assert again_returned["status"]["code"] == "DUPLICATE_REFERENCE_NUMBER"
+        shown = client.get(f"{sandbox.url}{PREFIX}/customer_events/purchases/show",
+                           params={"token": live,
+                                   "customer_event_identifier": f"number={created['data']['number']}"})
+        assert shown.json()["data"]["reference_number"] == "NORMAL-P1"

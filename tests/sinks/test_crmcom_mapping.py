@@ -167,9 +167,28 @@ def test_decimals_are_sent_as_exact_number_literals() -> None:
     assert json.loads(text, parse_float=Decimal)["a"] == Decimal("12.50")
 
 
+def sale_of(
+    customer: str | None = "C1", totals: tuple[str, ...] = ("12.50",), **fields: Any
+) -> OriginalPurchase:
+    """A recorded sale as the ledger lookup gives it (lines P1, P2, ... of one piece each)."""
+    items = tuple(
+        {"product_id": f"P{n + 1}", "quantity": "1.000", "line_total": total}
+        for n, total in enumerate(totals)
+    )
+    return OriginalPurchase(
+        fields.pop("event_ids", ("EV-1",)),
+        sum((Decimal(t) for t in totals), Decimal(0)),
+        customer_id=customer,
+        is_guest=customer is None,
+        currency="EUR",
+        items=items,
+        **fields,
+    )
+
+
 def test_guests_voids_and_unsupported_returns_are_not_sent() -> None:
-    target = CrmcomTarget()
-    known = {"T1": OriginalPurchase(("EV-1",), Decimal("12.50"))}
+    target = CrmcomTarget(api_release=16)  # no ad hoc returns: partial returns are not sent
+    known = {"T1": sale_of(totals=("12.50", "5.00"))}
 
     def code_of(row: dict[str, Any]) -> str | None:
         planned = plan_checkout(row, target, known.get)
@@ -180,10 +199,11 @@ def test_guests_voids_and_unsupported_returns_are_not_sent() -> None:
     assert code_of(checkout(kind="void")) == CrmcomRejectCode.VOID
     assert code_of(checkout("R1", kind="return")) == CrmcomRejectCode.UNMATCHED_RETURN
     assert code_of(checkout("R1", kind="return", original="T404")) == CrmcomRejectCode.UNMATCHED_RETURN
-    assert code_of(checkout("R1", kind="return", original="T1", totals=("5.00",))) == (
+    assert code_of(checkout("R1", kind="return", original="T1", totals=("12.50",))) == (
         CrmcomRejectCode.PARTIAL_RETURN
     )
-    assert code_of(checkout("R1", None, kind="return", original="T1")) == CrmcomRejectCode.GUEST
+    # a guest's return of a member's sale is not the member's: for review
+    assert code_of(checkout("R1", None, kind="return", original="T1")) == "return_other_customer"
     for row in (checkout(customer_id=None), checkout(kind="void")):
         planned = plan_checkout(row, target)
         assert isinstance(planned, EventResult) and planned.outcome is Outcome.NOT_SENT
@@ -191,12 +211,9 @@ def test_guests_voids_and_unsupported_returns_are_not_sent() -> None:
 
 def test_a_whole_return_cancels_the_original_purchase() -> None:
     target = CrmcomTarget()
-    known = {
-        "T1": OriginalPurchase(("EV-1",), Decimal("12.50")),
-        "T2": OriginalPurchase((), Decimal("12.50")),
-    }
+    known = {"T1": sale_of(), "T2": sale_of(event_ids=(), state="failed_retryable")}
     assert plan_checkout(checkout("R1", kind="return", original="T1"), target, known.get) == PlannedCancel(
-        "R1", "T1", "EV-1"
+        "R1", "T1", "EV-1", "C1"
     )
     # the original exists but has no purchase yet: retryable, a rerun can cancel it later
     waiting = plan_checkout(checkout("R2", kind="return", original="T2"), target, known.get)
@@ -205,19 +222,21 @@ def test_a_whole_return_cancels_the_original_purchase() -> None:
         Outcome.RETRYABLE,
         CrmcomRejectCode.ORIGINAL_NOT_DELIVERED,
     )
-    # the row may carry the original's event ids itself
-    carried = checkout(
-        "R3", kind="return", original="T9", original_event_ids=["EV-9"], original_total="12.50"
-    )
-    assert plan_checkout(carried, target) == PlannedCancel("R3", "T9", "EV-9")
-    pending = checkout("R4", kind="return", original="T9", original_event_ids=[], original_total="12.50")
-    pending_plan = plan_checkout(pending, target)
-    assert isinstance(pending_plan, EventResult)
-    assert pending_plan.error_code == CrmcomRejectCode.ORIGINAL_NOT_DELIVERED
+    # the row may carry the original as the ledger holds it (the submit stage attaches it)
+    recorded = {
+        "transaction_id": "T9",
+        "state": "accepted",
+        "event_ids": ["EV-9"],
+        "customer_id": "C1",
+        "currency": "EUR",
+        "items": [{"product_id": "P1", "quantity": "1.000", "line_total": "12.50"}],
+    }
+    carried = {**checkout("R3", kind="return", original="T9"), "original": recorded}
+    assert plan_checkout(carried, target) == PlannedCancel("R3", "T9", "EV-9", "C1")
     # the original is created in the same submission: its id is known only after it is accepted
     sale = checkout("T5")
     assert plan_checkout(checkout("R5", kind="return", original="T5"), target, None, {"T5": sale}) == (
-        PlannedCancel("R5", "T5", None)
+        PlannedCancel("R5", "T5", None, "C1")
     )
 
 
@@ -227,7 +246,8 @@ def test_status_codes_map_to_outcomes() -> None:
     assert classify_status("DUPLICATE_REFERENCE_NUMBER", target) is Outcome.ALREADY_ACCEPTED
     strict = CrmcomTarget(on_duplicate="rejected")
     assert classify_status("DUPLICATE_REFERENCE_NUMBER", strict) is Outcome.REJECTED
-    assert classify_status("ALREADY_CANCELLED", target, cancel=True) is Outcome.ALREADY_ACCEPTED
+    # the purchase was cancelled already: not this return's doing, never counted as sent money
+    assert classify_status("ALREADY_CANCELLED", target, cancel=True) is Outcome.NOT_SENT
     assert classify_status("INTERNAL_ERROR", target) is Outcome.RETRYABLE
     assert classify_status("CUSTOMER_NOT_FOUND", target) is Outcome.REJECTED
     custom = CrmcomTarget(duplicate_codes=("E42",))

@@ -74,11 +74,13 @@ def test_a_later_return_cancels_the_recorded_purchase(
 
     (exports / "pos_afternoon.csv").write_text("\n".join([HEADER, *RETURNS]) + "\n", encoding="utf-8")
     second = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
-    # R-1 returns all of S-1: its purchase is cancelled; R-2 returns part of S-2: not sent
-    assert (second["accepted"], second["not_sent"], second["balanced"]) == (1, 1, True)
+    # R-1 returns all of S-1: its purchase is cancelled; R-2 returns part of S-2: an ad hoc return
+    assert (second["accepted"], second["not_sent"], second["balanced"]) == (2, 0, True)
     listing = httpx.get(f"{crm.url}/_sandbox/transactions", params={"platform": "crmcom"}).json()
     states = {t["transaction_id"]: t["status"] for t in listing["transactions"]}
     assert states == {"S-1": "cancelled", "S-2": "accepted"}
+    returned = httpx.get(f"{crm.url}/_sandbox/transactions", params={"platform": "crmcom_ad_hoc_returns"})
+    assert [(t["transaction_id"], t["total"]) for t in returned.json()["transactions"]] == [("R-2", "2.70")]
     assert crm.state.stats["duplicate_transaction_attempts"] == 0
 
 
@@ -96,7 +98,7 @@ def test_a_debug_run_leaks_no_credential_and_no_token(
     settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
     caplog.set_level("DEBUG")
     summary = run_feed(crmcom_run_feed(crm, exports), settings, business_dates=[date(2026, 11, 20)]).to_dict()
-    assert summary["balanced"] is True and summary["accepted"] == 3
+    assert summary["balanced"] is True and summary["accepted"] == 4
     secrets = [platform.config.password, platform.config.organisation, *platform.tokens]
     assert len(secrets) >= 3
     written = {"log": caplog.text.encode()}

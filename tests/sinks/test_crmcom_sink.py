@@ -17,9 +17,9 @@ from pipeline.sandbox.server import SandboxServer
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sinks import make_sink
 from pipeline.sinks.base import EventResult, Outcome
-from pipeline.sinks.crmcom import CrmcomAdapter, CrmcomRejectCode, OriginalLookup, OriginalPurchase
+from pipeline.sinks.crmcom import CrmcomAdapter, CrmcomRejectCode, OriginalLookup
 from pipeline.sinks.delivery import PlatformSink
-from tests.sinks.test_crmcom_mapping import checkout
+from tests.sinks.test_crmcom_mapping import checkout, sale_of
 
 
 class Clock:
@@ -186,15 +186,38 @@ def test_duplicate_reference_can_be_treated_as_a_conflict(crm: SandboxServer) ->
 
 def test_a_returned_transaction_cancels_its_purchase(crm: SandboxServer) -> None:
     accepted = submit(sink_of(crm), [checkout("T1")])["T1"]
-    ledger = {"T1": OriginalPurchase(accepted.event_ids, Decimal("12.50"))}
+    ledger = {"T1": sale_of(event_ids=accepted.event_ids)}
     sink = sink_of(crm, originals=ledger.get)
     results = submit(sink, [checkout("R1", kind="return", original="T1")])
     assert results["R1"].outcome is Outcome.ACCEPTED
     assert results["R1"].event_ids == accepted.event_ids
     assert stored(crm)["T1"]["status"] == "cancelled"
-    # sending the cancel again (e.g. after a crash) finds it cancelled already
-    again = submit(sink, [checkout("R1", kind="return", original="T1")])
-    assert again["R1"].outcome is Outcome.ALREADY_ACCEPTED
+    # sent again after a crash (in doubt): the lookup finds the purchase cancelled, nothing is resent
+    requests = crm.state.stats["requests"]
+    again = submit(sink, [{**checkout("R1", kind="return", original="T1"), "may_have_landed": True}])
+    assert (again["R1"].outcome, again["R1"].error_code) == (Outcome.ALREADY_ACCEPTED, "found_by_lookup")
+    assert crm.state.stats["lookups"] == 1 and crm.state.stats["requests"] == requests + 1  # the show only
+    # a cancel the platform refuses as already cancelled is its own outcome, never sent money
+    refused = submit(sink_of(crm, originals=ledger.get), [checkout("R1", kind="return", original="T1")])
+    assert (refused["R1"].outcome, refused["R1"].error_code) == (
+        Outcome.NOT_SENT,
+        CrmcomRejectCode.ALREADY_CANCELLED,
+    )
+    # a second whole return of the sale, with the first on record, is caught before sending
+    ledger["T1"] = sale_of(
+        event_ids=accepted.event_ids,
+        earlier_returns=(
+            {
+                "transaction_id": "R1",
+                "state": "accepted",
+                "items": [{"product_id": "P1", "quantity": "-1.000", "line_total": "-12.50"}],
+            },
+        ),
+    )
+    requests = crm.state.stats["requests"]
+    repeated = submit(sink_of(crm, originals=ledger.get), [checkout("R1b", kind="return", original="T1")])
+    assert (repeated["R1b"].outcome, repeated["R1b"].error_code) == (Outcome.NOT_SENT, "already_returned")
+    assert crm.state.stats["requests"] == requests
 
 
 @pytest.mark.parametrize("bulk_size", [1, 10])
@@ -217,14 +240,14 @@ def test_a_return_whose_sale_failed_in_the_same_submission_stays_retryable(crm: 
 
 
 def test_guests_partial_and_unmatched_returns_are_not_sent(crm: SandboxServer) -> None:
-    ledger = {"T1": OriginalPurchase(("EV-1",), Decimal("12.50"))}
+    ledger = {"T1": sale_of(totals=("12.50", "2.50"))}
     rows = [
         checkout("G1", None),
-        checkout("R1", kind="return", original="T1", totals=("2.50",)),
+        checkout("R1", kind="return", original="T1", totals=("12.50",)),
         checkout("R2", kind="return"),
         checkout("R3", kind="return", original="T404"),
     ]
-    results = submit(sink_of(crm, originals=ledger.get), rows)
+    results = submit(sink_of(crm, originals=ledger.get, partial_returns="not_sent"), rows)
     assert {tid: (r.outcome, r.error_code) for tid, r in results.items()} == {
         "G1": (Outcome.NOT_SENT, CrmcomRejectCode.GUEST),
         "R1": (Outcome.NOT_SENT, CrmcomRejectCode.PARTIAL_RETURN),

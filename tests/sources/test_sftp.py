@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.benchmarks.meter import ResourceMeter, current_rss
-from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL, SourceAuthError, SourceUnavailableError
+from pipeline.errors import (
+    EXIT_CONFIG,
+    EXIT_TEMPFAIL,
+    SourceAuthError,
+    SourceFolderError,
+    SourceUnavailableError,
+)
 from pipeline.sources.base import RemoteFile
 from pipeline.sources.sftp import SftpSource
 from pipeline.testing.sshd import free_port
@@ -167,12 +173,19 @@ def test_unreachable_server_is_transient(sftp_server: SftpServer, sftp_dir: Path
     assert caught.value.exit_code == EXIT_TEMPFAIL
 
 
-def test_missing_folder_is_transient(sftp_server: SftpServer, sftp_dir: Path) -> None:
+def test_missing_folder_is_configuration(sftp_server: SftpServer, sftp_dir: Path) -> None:
     with (
-        pytest.raises(SourceUnavailableError, match="does not exist"),
+        pytest.raises(SourceFolderError, match="does not exist"),
         SftpSource(sftp_server.feed(sftp_dir / "nope")) as source,
     ):
         list(source.discover([]))
+    with (
+        pytest.raises(SourceFolderError, match=r"source.path: .*does not exist"),
+        SftpSource(sftp_server.feed(sftp_dir / "nope")) as source,
+    ):
+        source.check()  # logs in and checks the folder before anything is listed
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        source.check()
 
 
 # ---- discovery --------------------------------------------------------------------------------

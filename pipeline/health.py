@@ -1,0 +1,237 @@
+"""A feed's health after a run: the backlog, and what is wrong now (the observations problems are
+made of, see :mod:`pipeline.problems`).
+
+:func:`observe` reads the ledger and the run's summary; it decides nothing about alerts. Each
+observation names what to do. :func:`covers` says which open problems the run checked (only those
+can be resolved by not being seen again).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pipeline.config import Feed
+from pipeline.errors import (
+    ConfigError,
+    LockHeldError,
+    PlatformUnavailableError,
+    SecretError,
+    SourceAuthError,
+    SourceUnavailableError,
+)
+from pipeline.ledger import Ledger
+from pipeline.logs import redact
+from pipeline.problems import Observation, Problem
+
+__all__ = ["Backlog", "RunFacts", "backlog_of", "covers", "observe", "relevant"]
+
+# failures that mean the platform could not be reached (no answer, or a server error)
+_UNREACHABLE = re.compile(r"^(connection_error|timeout|http_5\d\d)$")
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Work carried from earlier runs and what still waits, with the age of the oldest."""
+
+    carried: int
+    waiting: int
+    oldest_since: str | None
+    oldest_minutes: int | None
+    oldest_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `backlog` object of a run's summary."""
+        return {"carried": self.carried, "waiting": self.waiting,
+                "oldest_waiting_since": self.oldest_since, "oldest_waiting_minutes": self.oldest_minutes}
+
+
+def backlog_of(ledger: Ledger, feed: Feed, run_id: str | None, now: datetime) -> Backlog:
+    """The backlog of ``feed``'s scope as ``run_id`` leaves it: what the next plain run sends
+    (within the feed's ``[resume]`` caps; see :meth:`Ledger.backlog`) and the age of its oldest."""
+    caps = feed.resume
+    backlog = ledger.backlog(feed.scope, max_attempts=caps.max_attempts,
+                             max_age_hours=caps.max_age_hours, now=now)
+    oldest = backlog.waiting_since
+    seconds = None
+    if oldest is not None:
+        seconds = max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
+    minutes = int(seconds // 60) if seconds is not None else None
+    carried = ledger.carried(run_id) if run_id is not None else 0
+    return Backlog(carried, backlog.waiting, oldest, minutes, seconds)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run did, as the health checks need it."""
+
+    run_id: str | None  # None: a run refused before it started
+    kind: str  # run | rerun
+    summary: Mapping[str, Any]
+    error: BaseException | None
+    business_dates: Sequence[str]
+    missing_files: Sequence[Mapping[str, Any]]
+    failed_codes: Mapping[str, int]  # last error code -> transactions left failed_retryable
+    sent: int  # transactions the platform answered (accepted or failed) in this run
+    backlog: Backlog
+
+
+_REFUSAL_WORDS = ("credential", "auth", "401", "403", "refused", "signature", "secret")
+
+
+def _credential_error(error: BaseException | None) -> bool:
+    """A configuration error about credentials: a missing secret, a refused login or key."""
+    if error is None or not isinstance(error, ConfigError):
+        return False
+    name, text = type(error).__name__.lower(), str(error).lower()
+    return isinstance(error, SecretError | SourceAuthError) or any(
+        word in name or word in text for word in _REFUSAL_WORDS)
+
+
+def _platform_error(error: BaseException | None) -> bool:
+    return isinstance(error, PlatformUnavailableError)
+
+
+def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[Observation]:
+    """Everything wrong with ``feed`` after a run (pure apart from reading the ledger)."""
+    out: list[Observation] = []
+    cfg = feed.alerts
+    for record in ledger.quarantined_files(feed.scope, feed=feed.name):
+        moved = f" (moved to {record.quarantined_to})" if record.quarantined_to else ""
+        out.append(Observation(
+            kind="unreadable_file", key=f"unreadable_file|{feed.name}|{record.id}", subject=record.name,
+            summary=f"{record.name} cannot be read: {record.error}; set aside in quarantine{moved}",
+            action=(f"fix the export and deliver it again under the same name, or run `posfeed release "
+                    f"{record.name} --feed {feed.name}` once it can be read"),
+            counts={"file_id": record.id, "sha256": record.sha256[:12]},
+            feed=feed.name, scope=feed.scope,
+        ))
+    escalate = timedelta(minutes=feed.expected.escalate_after_minutes)
+    for row in facts.missing_files:
+        if row.get("status") != "missing":
+            continue
+        store, day, hour = row.get("store_id"), row.get("business_date"), row.get("hour")
+        late_at = datetime.fromisoformat(str(row["late_at"]))
+        stage = 1 if now > late_at + escalate else 0
+        via = row.get("delivered_via_feed")
+        note = f"; a matching file came through feed {via} (it does not count for this feed)" if via else ""
+        when = f" hour {hour:02d}" if isinstance(hour, int) else ""
+        out.append(Observation(
+            kind="missing_file", key=f"missing_file|{feed.name}|{day}|{store}|{hour}", store_id=store,
+            business_date=day, subject=str(row["pattern"]), stage=stage,
+            summary=(f"expected file {row['pattern']}{when} has not arrived (due {row['due_at']}"
+                     f"{', past its second deadline' if stage else ''}){note}"),
+            action=(f"ask store {store or '(any)'} to export it; check the drop folder of feed "
+                    f"{feed.name}"),
+            counts={"due_at": row["due_at"], "late_at": row["late_at"], "hour": hour},
+            feed=feed.name, scope=feed.scope,
+        ))
+    unreachable = {c: n for c, n in facts.failed_codes.items() if _UNREACHABLE.match(c)}
+    if unreachable or _platform_error(facts.error):
+        out.append(Observation(
+            kind="platform_unreachable", key=f"platform_unreachable|{feed.name}",
+            subject=feed.target.kind,
+            summary=(f"the {feed.target.kind} platform could not be reached: "
+                     + (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(unreachable.items()))
+                        or redact(str(facts.error)))),
+            action="check the platform's status and the network; the waiting work is sent again by "
+                   "later runs (`posfeed rerun --failed` sends it now)",
+            counts={"transactions_failed": sum(unreachable.values()), "codes": unreachable},
+            feed=feed.name, scope=feed.scope,
+        ))
+    refused = {c: n for c, n in facts.failed_codes.items() if c in cfg.credential_error_codes}
+    if refused or _credential_error(facts.error):
+        out.append(Observation(
+            kind="credentials_refused", key=f"credentials_refused|{feed.name}",
+            summary=("credentials refused: " + (", ".join(f"{n} transaction(s) {c}"
+                                                          for c, n in sorted(refused.items()))
+                                                or redact(str(facts.error)))),
+            action="check the feed's secrets (environment variables or files) and the account",
+            counts={"transactions_failed": sum(refused.values()), "raised": facts.error is not None},
+            feed=feed.name, scope=feed.scope,
+        ))
+    elif (facts.error is not None and not isinstance(facts.error, LockHeldError)
+          and not _platform_error(facts.error)):
+        kind = "source_unavailable" if isinstance(facts.error, SourceUnavailableError) else "failed"
+        out.append(Observation(
+            kind="run_failed", key=f"run_failed|{feed.name}", subject=type(facts.error).__name__,
+            summary=f"the run stopped with an error: {redact(str(facts.error))}",
+            action="read the error; the next run tries again" if kind == "source_unavailable"
+            else "read the error and fix its cause; `posfeed runs` shows the failed run",
+            counts={"exit_code": getattr(facts.error, "exit_code", 70)},
+            feed=feed.name, scope=feed.scope,
+        ))
+    backlog = facts.backlog
+    limit = cfg.backlog_max_age_minutes
+    age = backlog.oldest_seconds
+    if backlog.waiting and age is not None and age > limit * 60:
+        second = cfg.backlog_escalate_minutes
+        stage = 1 if second > limit and age > second * 60 else 0
+        out.append(Observation(
+            kind="backlog", key=f"backlog|{feed.scope}", stage=stage,
+            summary=(f"{backlog.waiting} transaction(s) of scope {feed.scope} still wait to be delivered; "
+                     f"the oldest for {backlog.oldest_minutes} min"),
+            action="see why they wait (`posfeed runs`, the run's detail.csv); once the cause is fixed "
+                   "`posfeed rerun --feed NAME --failed` sends them",
+            counts=backlog.to_dict(),
+            feed=feed.name, scope=feed.scope,
+        ))
+    rows_in = int(facts.summary.get("rows_in") or 0)
+    rejected = int(facts.summary.get("rows_rejected") or 0)
+    if rows_in > 0:
+        share = Decimal(rejected) / Decimal(rows_in)
+        if share > Decimal(str(cfg.reject_share_threshold)):
+            out.append(Observation(
+                kind="reject_share", key=f"reject_share|{feed.name}",
+                summary=(f"{rejected} of {rows_in} rows rejected ({share:.1%}, above "
+                         f"{Decimal(str(cfg.reject_share_threshold)):.1%})"),
+                action="read the run's rejects.csv and ask the stores to fix and resend those lines",
+                counts={"rows_in": rows_in, "rows_rejected": rejected, "share": f"{share:.4f}",
+                        "run_id": facts.run_id},
+            feed=feed.name, scope=feed.scope,
+            ))
+    key = f"conflicts|{feed.name}"
+    held = ledger.conflicts_since(feed.name, ledger.last_resolved_at(key))
+    if held:
+        out.append(Observation(
+            kind="conflicts", key=key,
+            summary=f"{held} transaction(s) arrived again with different content and are held for review",
+            action=("review the conflicts in the reports' detail.csv; then `posfeed problems --resolve ID` "
+                    "(later conflicts open a new problem)"),
+            counts={"conflicts": held},
+            feed=feed.name, scope=feed.scope,
+        ))
+    return out
+
+
+def covers(feed: Feed, facts: RunFacts) -> Callable[[Problem], bool]:
+    """Which open problems of ``feed`` this run checked (and may resolve by not seeing them)."""
+    dates = set(facts.business_dates)
+    rows_in = int(facts.summary.get("rows_in") or 0)
+
+    def checked(problem: Problem) -> bool:
+        kind = problem.kind
+        if kind == "missing_file":
+            return facts.kind == "run" and facts.error is None and problem.business_date in dates
+        if kind == "platform_unreachable":
+            return facts.sent > 0
+        if kind == "credentials_refused":
+            return facts.error is None and (facts.sent > 0 or bool(problem.counts.get("raised")))
+        if kind == "run_failed":
+            return facts.error is None
+        if kind == "reject_share":
+            return rows_in > 0
+        return kind in ("unreadable_file", "backlog", "conflicts")
+
+    return checked
+
+
+def relevant(problem: Problem, feed: Feed) -> bool:
+    """Whether an open problem is this feed's to check (a backlog belongs to the whole scope)."""
+    if problem.kind == "backlog":
+        return problem.scope == feed.scope
+    return problem.feed == feed.name

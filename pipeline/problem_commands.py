@@ -1,0 +1,132 @@
+"""The problem commands behind the CLI: `problems` (list, acknowledge) and `release` (quarantine).
+
+Each function takes parsed options, calls the ledger and the sources, prints (text, or JSON with
+``as_json``) and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from pipeline.alerts import alert_for, deliver_pending
+from pipeline.config import Feed, Settings, load_feed
+from pipeline.errors import EXIT_OK, ConfigError
+from pipeline.ledger import Ledger
+from pipeline.problems import Change, Plan, sorted_problems
+from pipeline.scope_locks import lock_kind
+from pipeline.sources import open_source
+
+__all__ = ["problems_command", "release_command"]
+
+_COLUMNS = ("problem_id", "kind", "level", "feed", "store_id", "business_date", "opened_at", "stage",
+            "summary")
+
+
+def _feed_or_none(settings: Settings, name: str) -> Feed | None:
+    try:
+        return load_feed(name, settings.feeds_dir)
+    except ConfigError:
+        return None
+
+
+def problems_command(settings: Settings, *, feed: str | None, include_resolved: bool, resolve: int | None,
+                     as_json: bool) -> int:
+    """`posfeed problems`: the open problems (``include_resolved``: all), newest last; with
+    ``resolve`` acknowledge one problem (closed now, its "resolved" alert sent)."""
+    if feed is not None:
+        load_feed(feed, settings.feeds_dir)  # an unknown feed is an error, not "no problems"
+    if not settings.ledger_exists():
+        rows: list[dict[str, Any]] = []
+    else:
+        with Ledger(settings.ledger_location) as ledger:
+            if resolve is not None:
+                _resolve(settings, ledger, resolve)
+            problems = sorted_problems(ledger.problems(feed=feed, open_only=not include_resolved))
+        rows = [p.to_dict() for p in problems]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    if not rows:
+        click.echo("no open problems" if not include_resolved else "no problems recorded")
+        return EXIT_OK
+    table = [[c.upper() for c in _COLUMNS]]
+    table += [["" if r[c] is None else str(r[c]) for c in _COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS) - 1)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
+        click.echo("  ".join(cells).rstrip())
+    todo: dict[str, list[str]] = {}
+    for r in rows:
+        if r["status"] == "open":
+            todo.setdefault(r["action"], []).append(f"#{r['problem_id']}")
+    for action, ids in todo.items():
+        click.echo(f"{', '.join(ids)}: what to do: {action}")
+    return EXIT_OK
+
+
+@contextmanager
+def _scope_lock(settings: Settings, scope: str, *, feed: str) -> Iterator[None]:
+    """Hold the scope's run lock (in the state folder, or in a PostgreSQL ledger) for the block."""
+    lock = lock_kind(settings.ledger_url, settings.state_dir)(scope, feed=feed)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _resolve(settings: Settings, ledger: Ledger, problem_id: int) -> None:
+    found = ledger.problems(problem_id=problem_id)
+    if not found:
+        raise click.BadParameter(f"no open problem #{problem_id}", param_hint="--resolve")
+    problem = found[0]
+    feed = _feed_or_none(settings, problem.feed)
+    with _scope_lock(settings, problem.scope, feed=f"posfeed problems --resolve {problem_id}"):
+        alert = alert_for(feed, None) if feed is not None else (lambda p, e: None)
+        ledger.apply_problems(Plan((Change("resolved", problem, None),)), run_id=None, alert=alert)
+        if feed is not None:
+            deliver_pending(ledger, feed)
+    click.echo(f"problem #{problem_id} ({problem.kind}) resolved", err=True)
+
+
+def release_command(settings: Settings, name: str, *, feed_name: str | None, as_json: bool) -> int:
+    """`posfeed release FILE`: take a file out of quarantine; the next run reads it again (a moved
+    file is moved back into the source folder first)."""
+    if not settings.ledger_exists():
+        raise ConfigError(f"no ledger at {settings.ledger_name}")
+    with Ledger(settings.ledger_location) as ledger:
+        records = ledger.quarantined_files(feed=feed_name, name=name)
+        if not records:
+            raise click.BadParameter(f"no file named {name!r} is in quarantine"
+                                     + (f" for feed {feed_name}" if feed_name else ""), param_hint="FILE")
+        feeds = {r.feed for r in records}
+        if len(feeds) > 1:
+            raise click.UsageError(
+                f"{name} is in quarantine for feeds {', '.join(sorted(feeds))}: give --feed")
+        feed = load_feed(records[0].feed, settings.feeds_dir)
+        released = []
+        with _scope_lock(settings, feed.scope, feed=f"posfeed release {name}"):
+            moved = [r for r in records if r.quarantined_to]
+            if moved:
+                source = open_source(feed)
+                try:
+                    for record in moved[-1:]:  # the newest moved copy goes back under the name
+                        assert record.quarantined_to is not None
+                        source.release(record.quarantined_to, name)
+                finally:
+                    source.close()
+            for record in records:
+                ledger.release_file(record.id)
+                released.append({"file": name, "feed": record.feed, "file_id": record.id,
+                                 "moved_back_from": record.quarantined_to})
+    if as_json:
+        click.echo(json.dumps(released, indent=2, sort_keys=True))
+    else:
+        for item in released:
+            back = f" (moved back from {item['moved_back_from']})" if item["moved_back_from"] else ""
+            click.echo(f"released {item['file']} of feed {item['feed']}{back}: the next run reads it again")
+    return EXIT_OK

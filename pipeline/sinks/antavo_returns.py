@@ -1,0 +1,201 @@
+"""How one return goes to Antavo (pure): a whole ``refund``, one ``refund_item`` per returned
+line, or nothing (with a target-level code).
+
+:func:`decide_return` takes the return, the lines of the sale it names (from the ledger's stored
+checkout of that sale; None when the ledger does not know the sale) and the lines of the sale's
+earlier returns that landed or will be sent first. With ``return_mode = "auto"`` (the default):
+
+* a return that gives back every unit of every line of its sale, and exactly its money, with no
+  earlier return of that sale, is one ``refund`` of the sale;
+* anything less is one ``refund_item`` per returned line;
+* a return that, with the sale's earlier returns, would give back more units of a product, more
+  money for a product than its lines cost before their discounts, or more money in all than the
+  sale took is never sent: ``over_refund`` (a till may refund an item's price when the sale's
+  discount was a reward on the whole basket, spread over its lines: that is not an over-refund
+  while the sale's total covers it);
+* a return whose sale the ledger does not know cannot be checked: one ``refund_item`` per line
+  (the platform refuses refunds of a sale it does not hold).
+
+``refund`` and ``refund_item`` force one shape (``refund`` restores the whole sale whatever came
+back); the over-refund check applies to every mode. The dry run takes the same decision through
+:func:`decide_sale_returns`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pipeline.records import ReturnStatus
+
+__all__ = [
+    "OVER_REFUND",
+    "REFUND_IN_DOUBT",
+    "RETURN_MODES",
+    "Line",
+    "ReturnDecision",
+    "SaleReturn",
+    "decide_return",
+    "decide_sale_returns",
+    "lines_of",
+]
+
+RETURN_MODES = ("auto", "refund", "refund_item")
+OVER_REFUND = "over_refund"
+UNMATCHED_RETURN = "unmatched_return"
+RETURN_WITHOUT_ITEMS = "return_without_items"
+# a refund that may have landed and cannot be read back (a guest's): held for review, not resent
+REFUND_IN_DOUBT = "refund_in_doubt"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One returned (or bought) line: product, units and money (after its discount), and the
+    discount, as positive magnitudes."""
+
+    product_id: str
+    quantity: Decimal
+    amount: Decimal
+    discount: Decimal = Decimal(0)
+
+
+def lines_of(checkout: Mapping[str, Any]) -> tuple[Line, ...]:
+    """The lines of a stored checkout (sale or return), as positive magnitudes."""
+    return tuple(
+        Line(str(item["product_id"]), abs(Decimal(item["quantity"])), abs(Decimal(item["line_total"])),
+             abs(Decimal(item.get("discount") or 0)))
+        for item in checkout.get("items") or ()
+    )
+
+
+@dataclass(frozen=True)
+class ReturnDecision:
+    """``action`` is "refund" or "refund_item" (one event per line of ``lines``); None: not sent,
+    with ``code`` and ``message``."""
+
+    action: str | None
+    lines: tuple[Line, ...] = ()
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def sendable(self) -> bool:
+        """Whether anything goes to the platform."""
+        return self.action is not None
+
+
+def _not_sent(code: str, message: str, lines: tuple[Line, ...] = ()) -> ReturnDecision:
+    return ReturnDecision(None, lines, code, message)
+
+
+def _totals(groups: Iterable[Iterable[Line]]) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    units: dict[str, Decimal] = defaultdict(Decimal)
+    money: dict[str, Decimal] = defaultdict(Decimal)
+    for lines in groups:
+        for line in lines:
+            units[line.product_id] += line.quantity
+            money[line.product_id] += line.amount
+    return units, money
+
+
+def _over_refund(
+    lines: Sequence[Line], original: Sequence[Line], original_total: Decimal | None,
+    earlier: Sequence[Sequence[Line]], original_id: str,
+) -> str | None:
+    """Why these lines, with the earlier returns, give back more than the sale took (or None)."""
+    bought_units, bought_money = _totals([original])
+    back_units, back_money = _totals([*earlier, lines])
+    priced: dict[str, Decimal] = defaultdict(Decimal)  # a product's lines before their discounts
+    for line in original:
+        priced[line.product_id] += line.amount + line.discount
+    for product in dict.fromkeys(line.product_id for line in lines):
+        if product not in bought_units:
+            return f"product {product} was not bought in {original_id}"
+        if back_units[product] > bought_units[product]:
+            return (f"{back_units[product].normalize():f} unit(s) of product {product} would have come "
+                    f"back, {bought_units[product].normalize():f} were bought in {original_id}")
+        if back_money[product] > priced[product]:
+            return (f"{back_money[product]:f} for product {product} would have been refunded, "
+                    f"{priced[product]:f} was its price in {original_id}")
+    paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
+    back = sum(back_money.values(), Decimal(0))
+    if back > paid:
+        return f"{back:f} would have been refunded in all, {paid:f} was paid in {original_id}"
+    return None
+
+
+def decide_return(
+    row: Mapping[str, Any],
+    *,
+    original: Sequence[Line] | None,
+    original_total: Decimal | None = None,
+    earlier: Sequence[Sequence[Line]] = (),
+    mode: str = "auto",
+) -> ReturnDecision:
+    """The shape of one return on Antavo; see the module docstring."""
+    if mode not in RETURN_MODES:
+        raise ValueError(f"unknown return mode {mode!r}")
+    original_id = row.get("original_transaction_id")
+    if not original_id or row.get("return_status") == ReturnStatus.UNMATCHED:
+        return _not_sent(UNMATCHED_RETURN, "return names no original transaction; nothing to refund")
+    lines = lines_of(row)
+    if not lines and mode != "refund":
+        return _not_sent(RETURN_WITHOUT_ITEMS, "a return without lines cannot be refunded line by line")
+    if original is not None:
+        why = _over_refund(lines, original, original_total, earlier, str(original_id))
+        if why is not None:
+            return _not_sent(OVER_REFUND, f"never sent: {why}", lines)
+    if mode == "refund":
+        return ReturnDecision("refund", lines)
+    if mode == "refund_item" or original is None or earlier:
+        return ReturnDecision("refund_item", lines)
+    bought_units, bought_money = _totals([original])
+    back_units, back_money = _totals([lines])
+    paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
+    whole = back_units == bought_units and sum(back_money.values(), Decimal(0)) == paid
+    return ReturnDecision("refund" if whole else "refund_item", lines)
+
+
+@dataclass(frozen=True)
+class SaleReturn:
+    """One return of a sale as the ledger holds it, in ledger order.
+
+    ``landed``: accepted, or sent at least once without a final answer (it may have landed);
+    ``pending``: still to be decided and sent (queued, in doubt or failed-retryable).
+    """
+
+    transaction_id: str
+    checkout: Mapping[str, Any]
+    landed: bool
+    pending: bool
+
+
+def decide_sale_returns(
+    returns: Sequence[SaleReturn],
+    *,
+    original: Sequence[Line] | None,
+    original_total: Decimal | None = None,
+    mode: str = "auto",
+) -> dict[str, ReturnDecision]:
+    """The decision of every pending return of one sale.
+
+    A return's earlier returns are every other return that landed (or may have), whatever its
+    order, plus the pending returns before it (in ledger order) that are themselves sent, so the
+    decisions do not depend on how the returns are split across runs or batches.
+    """
+    landed = {r.transaction_id: lines_of(r.checkout) for r in returns if r.landed}
+    ahead: list[tuple[Line, ...]] = []
+    decisions: dict[str, ReturnDecision] = {}
+    for sale_return in returns:
+        if not sale_return.pending:
+            continue
+        earlier = [lines for tid, lines in landed.items() if tid != sale_return.transaction_id] + ahead
+        decision = decide_return(sale_return.checkout, original=original, original_total=original_total,
+                                 earlier=earlier, mode=mode)
+        decisions[sale_return.transaction_id] = decision
+        if decision.sendable and not sale_return.landed:
+            ahead.append(decision.lines)
+    return decisions

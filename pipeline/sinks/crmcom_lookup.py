@@ -1,0 +1,166 @@
+"""Looking a purchase up on CRM.COM before resending what may have landed.
+
+CRM.COM documents no uniqueness of ``reference_number`` (the bulk call's ``request_unique_identifier``
+is "not stored"), so a resend after a crash or a lost answer could create a second purchase. Instead,
+a purchase (or the purchase a cancel is for) is looked up by the documented filters and matched on
+its reference number:
+
+* ``show`` (``GET customer_events/purchases/show``, R5+): ``customer_event_identifier`` may name the
+  ``external_system_reference_number`` from R10.1; posfeed sends the transaction id there. GET
+  parameters follow the API's convention ``?token=…&customer_event_identifier=<key>=<value>``.
+  An unknown purchase answers with an error code ([A]: ``target.not_found_codes``).
+* ``list`` (``POST customer_events/purchases/list``): by ``accounts_receivable_identifier`` and
+  ``submitted_after_date`` (``number_of_results`` at most); the answer is searched for the
+  reference number. Paging is not documented: a full page without the purchase cannot decide.
+
+Whatever cannot be decided (the call failed, an unexpected answer, two matches) is *undecided*:
+the adapter holds the transaction in doubt for review instead of guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlencode
+
+from pipeline.config import CrmcomTarget
+from pipeline.sinks.crmcom_purchases import CONTENT_TYPE, Envelope, dumps
+from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
+
+__all__ = [
+    "Answer",
+    "LookupResult",
+    "TokenRefused",
+    "look_up",
+    "lookup_method",
+    "read_list",
+    "read_show",
+]
+
+
+class Answer(StrEnum):
+    """What a lookup found out."""
+
+    FOUND = "found"
+    NOT_FOUND = "not_found"
+    UNDECIDED = "undecided"
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """A lookup's answer, the purchase when found, and why when undecided."""
+
+    answer: Answer
+    purchase: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    transient: bool = False  # undecided for want of an answer: asking again may decide
+
+
+class TokenRefused(Exception):
+    """The lookup's token was refused (expired or invalid): renew it and ask again."""
+
+
+def lookup_method(target: CrmcomTarget) -> str:
+    """``show`` or ``list``: ``auto`` shows by reference from R11 (R10.1 has it too: set it)."""
+    if target.lookup != "auto":
+        return target.lookup
+    return "show" if target.api_release >= 11 else "list"
+
+
+def _matches(purchase: Mapping[str, Any], reference: str) -> bool:
+    return reference in (
+        str(purchase.get("external_system_reference_number") or ""),
+        str(purchase.get("reference_number") or ""),
+    )
+
+
+def read_show(envelope: Envelope, reference: str, target: CrmcomTarget) -> LookupResult:
+    """The answer of ``show`` for ``reference``."""
+    if envelope.code in target.token_error_codes:
+        raise TokenRefused(envelope.code)
+    if envelope.code in target.not_found_codes:
+        return LookupResult(Answer.NOT_FOUND)
+    if not envelope.ok or not isinstance(envelope.data, Mapping):
+        return LookupResult(Answer.UNDECIDED, reason=f"show answered {envelope.code or 'nothing usable'}")
+    if not _matches(envelope.data, reference):
+        return LookupResult(Answer.UNDECIDED, reason="show answered a purchase with another reference number")
+    return LookupResult(Answer.FOUND, envelope.data)
+
+
+def _purchases_in(data: Any) -> Sequence[Mapping[str, Any]] | None:
+    """The purchases of a list answer: a list, or the first list inside an object ([A])."""
+    if isinstance(data, list):
+        return [p for p in data if isinstance(p, Mapping)]
+    if isinstance(data, Mapping):
+        for value in data.values():
+            if isinstance(value, list):
+                return [p for p in value if isinstance(p, Mapping)]
+    return None
+
+
+def read_list(envelope: Envelope, reference: str, target: CrmcomTarget) -> LookupResult:
+    """The answer of ``list`` searched for ``reference``."""
+    if envelope.code in target.token_error_codes:
+        raise TokenRefused(envelope.code)
+    purchases = _purchases_in(envelope.data) if envelope.ok else None
+    if purchases is None:
+        return LookupResult(Answer.UNDECIDED, reason=f"list answered {envelope.code or 'nothing usable'}")
+    matches = [p for p in purchases if _matches(p, reference)]
+    if len(matches) == 1:
+        return LookupResult(Answer.FOUND, matches[0])
+    if matches:
+        return LookupResult(Answer.UNDECIDED, reason=f"{len(matches)} purchases carry the reference number")
+    if len(purchases) >= target.list_page_size:
+        return LookupResult(
+            Answer.UNDECIDED, reason="a full page of purchases without it (no paging documented)"
+        )
+    return LookupResult(Answer.NOT_FOUND)
+
+
+async def look_up(
+    client: HttpClient,
+    target: CrmcomTarget,
+    token: str,
+    reference: str,
+    customer: str | None,
+    *,
+    url_of: Callable[[str], str],
+    now: Callable[[], datetime],
+) -> LookupResult:
+    """Ask CRM.COM for the purchase with ``reference`` (raises :class:`TokenRefused`)."""
+    method = lookup_method(target)
+    try:
+        if method == "show":
+            query = urlencode(
+                {"token": token, "customer_event_identifier": f"external_system_reference_number={reference}"}
+            )
+            reply = await client.request("GET", f"{url_of(target.show_path)}?{query}", headers={})
+        else:
+            if not customer:
+                return LookupResult(Answer.UNDECIDED, reason="list needs the purchase's customer")
+            since = now() - timedelta(days=target.list_window_days)
+            body = {
+                "token": token,
+                target.customer_field: {target.customer_key: customer},
+                "submitted_after_date": since.strftime("%Y-%m-%dT%H:%M:%S"),
+                "number_of_results": target.list_page_size,
+            }
+            reply = await client.request(
+                "POST", url_of(target.list_path), headers={"Content-Type": CONTENT_TYPE}, body=dumps(body)
+            )
+    except HttpTimeout as exc:
+        return LookupResult(
+            Answer.UNDECIDED, reason=f"{method}: no answer in time ({exc.kind})", transient=True
+        )
+    except HttpError as exc:
+        return LookupResult(Answer.UNDECIDED, reason=f"{method}: {exc.kind}", transient=True)
+    if reply.status >= 400 and reply.status != 404:
+        transient = reply.status in (408, 425, 429) or reply.status >= 500
+        return LookupResult(
+            Answer.UNDECIDED, reason=f"{method} answered HTTP {reply.status}", transient=transient
+        )
+    envelope = Envelope.read(reply.body, reply.status)
+    return (read_show if method == "show" else read_list)(envelope, reference, target)

@@ -1,0 +1,98 @@
+"""What the ledger knows about each return before it goes to Antavo (the I/O edge of
+:mod:`pipeline.sinks.antavo_returns`).
+
+:func:`with_return_context` adds to every return naming a sale:
+
+* ``return_decision``: refund, refund_item per line, or not sent (``over_refund``), decided from
+  the sale's stored lines and its earlier returns (this run's and every earlier run's);
+* ``in_doubt``: it was sent before without a final answer, so it may have landed: the platform is
+  read back before anything is sent again; ``in_doubt_since`` (Unix seconds) when a request of it
+  was in flight as a run died;
+* ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted (a
+  read-back matches only the other refund events).
+
+A dry run calls the same function, so it decides exactly what a real run would send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pipeline.checkout_codec import decode_checkout
+from pipeline.ledger import Ledger, ReturnOf, TxnState
+from pipeline.records import TransactionType
+from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, SaleReturn, decide_sale_returns, lines_of
+
+__all__ = ["with_return_context"]
+
+_PENDING = (TxnState.QUEUED, TxnState.SENDING, TxnState.FAILED_RETRYABLE)
+_DECIDED_FROM = (*_PENDING, TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.FAILED_PERMANENT)
+
+
+def _in_doubt(row: ReturnOf) -> bool:
+    record = row.record
+    # an operator's rerun of a return held in doubt is their decision to send it
+    return record.state in _PENDING and record.attempts > 0 and record.last_error_code != REFUND_IN_DOUBT
+
+
+def _landed(row: ReturnOf) -> bool:
+    return row.record.state is TxnState.ACCEPTED or _in_doubt(row)
+
+
+def _since(row: ReturnOf) -> float | None:
+    if row.record.state is not TxnState.SENDING:
+        return None
+    return datetime.fromisoformat(row.updated_at).timestamp()
+
+
+def with_return_context(
+    ledger: Ledger, scope: str, checkouts: Sequence[dict[str, Any]], *, mode: str
+) -> list[dict[str, Any]]:
+    """``checkouts`` with the return context above on every return that names a sale."""
+    wanted = [
+        str(c["original_transaction_id"]) for c in checkouts
+        if c.get("transaction_type") == TransactionType.RETURN and c.get("original_transaction_id")
+    ]
+    if not wanted:
+        return list(checkouts)
+    known = ledger.originals(scope, wanted)
+    sales = {
+        record.transaction_id: decode_checkout(record.checkout)
+        for record in ledger.transactions_by_row_id([r.id for r in known.values()], with_checkout=True)
+        if record.checkout and record.transaction_type == TransactionType.SALE
+    }
+    returns = ledger.returns_of(scope, wanted)
+    decisions: dict[str, Any] = {}
+    facts: dict[str, tuple[bool, float | None]] = {}
+    claimed: dict[str, list[str]] = {}
+    for original_id, rows in returns.items():
+        primaries = [row for row in rows if row.record.state in _DECIDED_FROM]
+        sale = sales.get(original_id)
+        decisions.update(decide_sale_returns(
+            [SaleReturn(str(row.record.transaction_id), decode_checkout(row.record.checkout or "{}"),
+                        _landed(row), row.record.state in _PENDING)
+             for row in primaries if row.record.checkout],
+            original=lines_of(sale) if sale is not None else None,
+            original_total=abs(sale["total"]) if sale is not None and sale.get("total") is not None else None,
+            mode=mode,
+        ))
+        for row in primaries:
+            facts[str(row.record.transaction_id)] = (_in_doubt(row), _since(row))
+        claimed[original_id] = [event for row in primaries if row.record.state is TxnState.ACCEPTED
+                                for event in row.record.event_ids]
+    out = []
+    for checkout in checkouts:
+        tid = str(checkout.get("transaction_id"))
+        if checkout.get("transaction_type") == TransactionType.RETURN and tid in decisions:
+            in_doubt, since = facts.get(tid, (False, None))
+            checkout = {
+                **checkout,
+                "return_decision": decisions[tid],
+                "in_doubt": in_doubt,
+                "in_doubt_since": since,
+                "claimed_event_ids": claimed.get(str(checkout["original_transaction_id"]), []),
+            }
+        out.append(checkout)
+    return out

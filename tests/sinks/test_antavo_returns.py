@@ -1,0 +1,178 @@
+"""The return decision (pure): whole refund, refund_item per line, over-refund; and the read-back
+match that settles a refund that may have landed."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
+from pipeline.sinks.antavo_returns import (
+    OVER_REFUND,
+    Line,
+    SaleReturn,
+    decide_return,
+    decide_sale_returns,
+    lines_of,
+)
+
+D = Decimal
+
+
+def _return(tid: str, *lines: tuple[str, str, str], original: str | None = "S-1") -> dict[str, Any]:
+    return {
+        "transaction_id": tid,
+        "transaction_type": "return",
+        "return_status": "matched" if original else "unmatched",
+        "original_transaction_id": original,
+        "items": [{"product_id": p, "quantity": -D(q), "line_total": -D(m)} for p, q, m in lines],
+    }
+
+
+SALE = (Line("milk", D(2), D("2.40")), Line("bread", D(1), D("3.00")))  # 5.40
+
+
+def test_every_unit_back_is_one_whole_refund() -> None:
+    decision = decide_return(_return("R-1", ("milk", "2", "2.40"), ("bread", "1", "3.00")), original=SALE,
+                             original_total=D("5.40"))
+    assert decision.action == "refund"
+
+
+def test_a_partial_return_is_one_refund_item_per_line() -> None:
+    decision = decide_return(_return("R-1", ("milk", "1", "1.20")), original=SALE, original_total=D("5.40"))
+    assert decision.action == "refund_item"
+    assert decision.lines == (Line("milk", D(1), D("1.20")),)
+
+
+def test_every_unit_back_for_less_money_is_refunded_line_by_line() -> None:
+    # the platform's refund would restore 5.40, but only 5.00 came back
+    decision = decide_return(_return("R-1", ("milk", "2", "2.00"), ("bread", "1", "3.00")), original=SALE,
+                             original_total=D("5.40"))
+    assert decision.action == "refund_item"
+
+
+@pytest.mark.parametrize("lines", [
+    (("milk", "3", "3.60"),),  # more units than bought
+    (("milk", "1", "2.50"),),  # more money for the product than paid
+    (("butter", "1", "1.00"),),  # never bought
+])
+def test_more_than_was_bought_is_never_sent(lines: tuple[tuple[str, str, str], ...]) -> None:
+    decision = decide_return(_return("R-1", *lines), original=SALE, original_total=D("5.40"))
+    assert not decision.sendable and decision.code == OVER_REFUND
+    assert "S-1" in str(decision.message)
+
+
+def test_earlier_returns_count() -> None:
+    earlier = [(Line("milk", D(1), D("1.20")),)]
+    second = decide_return(_return("R-2", ("milk", "1", "1.20")), original=SALE, earlier=earlier)
+    assert second.action == "refund_item"
+    third = decide_return(_return("R-3", ("milk", "1", "1.20")), original=SALE,
+                          earlier=[*earlier, (Line("milk", D(1), D("1.20")),)])
+    assert third.code == OVER_REFUND
+    # all units back, but after an earlier return: line by line, and then over
+    whole_after = decide_return(_return("R-4", ("bread", "1", "3.00"), ("milk", "1", "1.20")),
+                                original=SALE, earlier=earlier)
+    assert whole_after.action == "refund_item"
+
+
+def test_unmatched_and_unknown_sale() -> None:
+    assert decide_return(_return("R-1", ("milk", "1", "1.20"), original=None), original=None).code == \
+        "unmatched_return"
+    # the ledger does not know the sale: nothing to check against, line by line
+    assert decide_return(_return("R-1", ("milk", "9", "99")), original=None).action == "refund_item"
+
+
+def test_explicit_modes() -> None:
+    row = _return("R-1", ("milk", "1", "1.20"))
+    assert decide_return(row, original=SALE, mode="refund").action == "refund"
+    whole = _return("R-1", ("milk", "2", "2.40"), ("bread", "1", "3.00"))
+    assert decide_return(whole, original=SALE, mode="refund_item").action == "refund_item"
+    over = _return("R-1", ("milk", "5", "6.00"))
+    assert decide_return(over, original=SALE, mode="refund").code == OVER_REFUND
+
+
+def test_a_sales_returns_are_decided_in_ledger_order_whatever_the_runs() -> None:
+    r1 = SaleReturn("R-1", _return("R-1", ("milk", "2", "2.40")), landed=False, pending=True)
+    r2 = SaleReturn("R-2", _return("R-2", ("milk", "1", "1.20")), landed=False, pending=True)
+    r3 = SaleReturn("R-3", _return("R-3", ("bread", "1", "3.00")), landed=False, pending=True)
+    first = decide_sale_returns([r1, r2, r3], original=SALE, original_total=D("5.40"))
+    assert [first[t].action for t in ("R-1", "R-2", "R-3")] == ["refund_item", None, "refund_item"]
+    assert first["R-2"].code == OVER_REFUND
+    # the next run: R-1 landed, R-3 in doubt (sent, no answer); R-3 is decided the same way
+    again = decide_sale_returns(
+        [SaleReturn("R-1", r1.checkout, landed=True, pending=False),
+         SaleReturn("R-3", r3.checkout, landed=True, pending=True)],
+        original=SALE, original_total=D("5.40"))
+    assert again["R-3"].action == "refund_item"
+    # an over-refund is not a claim: a later return still fits
+    over = SaleReturn("R-0", _return("R-0", ("milk", "9", "10.80")), landed=False, pending=True)
+    decided = decide_sale_returns([over, r2], original=SALE)
+    assert decided["R-0"].code == OVER_REFUND and decided["R-2"].action == "refund_item"
+
+
+def test_lines_of_are_magnitudes() -> None:
+    assert lines_of(_return("R-1", ("milk", "1.5", "1.80"))) == (Line("milk", D("1.5"), D("1.80")),)
+
+
+def test_match_finds_only_free_events_and_leaves_the_rest_to_send() -> None:
+    decision = decide_return(_return("R-1", ("milk", "1", "1.20"), ("bread", "1", "3.00")), original=SALE)
+    events = [
+        PlatformEvent("e1", "refund_item", "milk", D(1), D("1.20")),  # another return's
+        PlatformEvent("e2", "refund_item", "milk", D(1), D("1.20")),
+    ]
+    found = match_refund(decision, events, owned_by_others={"e1"})
+    assert found.event_ids == ("e2",) and found.remaining == (Line("bread", D(1), D("3.00")),)
+    assert not found.landed
+    found = match_refund(decision, events, owned_by_others={"e1", "e2"})
+    assert found.event_ids == () and len(found.remaining) == 2
+    both = [*events, PlatformEvent("e3", "refund_item", "bread", D(1), D("3.00"))]
+    assert match_refund(decision, both, owned_by_others={"e1"}).landed
+
+
+def test_a_whole_refund_is_found_by_its_refund_event() -> None:
+    whole = decide_return(_return("R-1", ("milk", "2", "2.40"), ("bread", "1", "3.00")), original=SALE,
+                          original_total=D("5.40"))
+    assert not match_refund(whole, [], owned_by_others=()).landed
+    found = match_refund(whole, [PlatformEvent("e9", "refund")], owned_by_others=())
+    assert found.landed and found.event_ids == ("e9",)
+
+
+def test_read_answers_are_read_from_their_envelopes() -> None:
+    listing = {"transactions": [{"id": "S-1", "status": "accepted"}, {"id": "S-2"}]}
+    assert [t["id"] for t in transactions_in(listing, "S-1")] == ["S-1"]
+    assert transactions_in({"data": [{"id": "S-1"}]}, "S-1")
+    events = {"events": [
+        {"id": "c", "action": "checkout"},
+        {"id": "r", "action": "refund_item",
+         "data": {"product_id": "milk", "quantity": 1, "subtotal": "1.2"}},
+    ]}
+    assert events_in(events) == [PlatformEvent("r", "refund_item", "milk", D(1), D("1.2"))]
+
+
+def test_a_free_refund_event_that_cannot_be_compared_makes_the_match_unsure() -> None:
+    decision = decide_return(_return("R-1", ("milk", "1", "1.20")), original=SALE)
+    blank = PlatformEvent("e5", "refund_item")  # the platform shows no product, units or money
+    found = match_refund(decision, [blank], owned_by_others=())
+    assert not found.landed and found.unsure
+    assert not match_refund(decision, [blank], owned_by_others={"e5"}).unsure  # another return's
+    whole = decide_return(_return("R-1", ("milk", "2", "2.40"), ("bread", "1", "3.00")), original=SALE,
+                          original_total=D("5.40"))
+    assert match_refund(whole, [PlatformEvent("e6", "partial_refund")], owned_by_others=()).unsure
+    assert not match_refund(whole, [], owned_by_others=()).unsure
+
+
+def test_a_product_may_come_back_at_its_price_when_the_sales_discount_was_spread_over_its_lines() -> None:
+    # a 2.00 basket reward spread over the lines: coffee 7.99 carries 1.20 of it, juice 4.99 0.80
+    sale = (Line("coffee", D(1), D("6.79"), D("1.20")), Line("juice", D(1), D("4.19"), D("0.80")))
+    at_price = decide_return(_return("R-1", ("coffee", "1", "7.99")), original=sale,
+                             original_total=D("10.98"))
+    assert at_price.action == "refund_item" and at_price.lines[0].amount == D("7.99")
+    beyond_price = decide_return(_return("R-2", ("coffee", "1", "8.00")), original=sale,
+                                 original_total=D("10.98"))
+    assert beyond_price.code == OVER_REFUND and "7.99 was its price" in str(beyond_price.message)
+    # the sale's total still bounds the money: both lines at their prices are more than was paid
+    both = decide_return(_return("R-3", ("coffee", "1", "7.99"), ("juice", "1", "4.99")), original=sale,
+                         original_total=D("10.98"))
+    assert both.code == OVER_REFUND and "in all" in str(both.message)

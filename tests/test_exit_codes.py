@@ -1,0 +1,235 @@
+"""Exit codes that mean one thing, each in a real `python -m pipeline` process, each with its cause
+on stderr without `-v`: 0 clean, 65 data errors, 75 temporary (platform or SFTP unreachable, lock
+held), 78 configuration or credentials, 74 the state folder's I/O, 70 only for a bug."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Feed
+from pipeline.locks import RunLock
+from pipeline.sandbox.server import SandboxServer
+from tests.ops_helpers import (
+    clean_day,
+    env_for,
+    free_port,
+    ledger_files,
+    ops_feed,
+    posfeed,
+    run_json,
+    write_feed,
+)
+from tests.runner_helpers import REPO, copy_samples
+from tests.sftp_fixtures import SftpServer
+
+RUN = ("run", "--business-date", "2026-11-20")
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> SandboxServer:
+    with SandboxServer() as sandbox:
+        yield sandbox
+
+
+def _feed_file(sandbox: SandboxServer, tmp: Path, folder: Path | None = None, **target: object) -> Path:
+    return write_feed(ops_feed(sandbox, folder or tmp / "drop", **target), tmp / "shop.toml")
+
+
+def _sftp_feed(
+    sftp_server: SftpServer, sandbox: SandboxServer, folder: Path, tmp: Path, **source: object
+) -> Path:
+    base = ops_feed(sandbox, folder)
+    feed: Feed = sftp_server.feed(folder, **source)
+    feed = base.model_copy(update={"source": feed.source.model_copy(update={"pattern": base.source.pattern})})
+    return write_feed(feed, tmp / "sftpshop.toml")
+
+
+def test_0_clean(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 20)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exit 0 (all final and balanced)" in proc.stdout
+    assert "backlog:   carried over 0 from earlier runs; 0 waiting for the next run" in proc.stdout
+
+
+def test_65_data_errors_say_what(live: SandboxServer, tmp_path: Path) -> None:
+    copy_samples(tmp_path / "drop", ["pos_BER01_20261120_10.csv"])  # one rejected transaction
+    proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
+    assert proc.returncode == 65, proc.stderr[-2000:]
+    assert "exit 65: 1 transaction(s) rejected (see rejects.csv)" in proc.stderr
+
+
+def test_75_lock_held(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 5)
+    lock = RunLock.acquire(tmp_path / "state", "acme", feed="acme_daily")
+    try:
+        proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
+    finally:
+        lock.release()
+    assert proc.returncode == 75
+    assert "is being run by" in proc.stderr
+
+
+def test_75_platform_unreachable_says_why(tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 5)
+    with SandboxServer() as sandbox:
+        feed = ops_feed(sandbox, tmp_path / "drop")
+        env = env_for(sandbox)
+    path = write_feed(
+        feed.model_copy(
+            update={"target": feed.target.model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})}
+        ),
+        tmp_path / "shop.toml",
+    )
+    proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env)
+    assert proc.returncode == 75
+    assert "cannot be reached: connection failed" in proc.stderr
+
+
+def test_75_platform_unreachable_mid_run_says_why(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 20)
+    live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
+    assert proc.returncode == 75
+    assert "20 failed retryable: 503: Injected server error" in proc.stderr
+
+
+def test_75_sftp_unreachable(
+    live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    path = _sftp_feed(sftp_server, live, sftp_dir, tmp_path, port=free_port(), connect_timeout=2.0)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env_for(live))
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert "cannot reach" in proc.stderr
+    assert ledger_files(tmp_path) == 0
+
+
+def test_78_missing_sftp_folder(
+    live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    path = _sftp_feed(sftp_server, live, sftp_dir / "no-such-folder", tmp_path)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env_for(live))
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "source.path" in proc.stderr and "folder does not exist" in proc.stderr
+
+
+def test_78_missing_local_folder(live: SandboxServer, tmp_path: Path) -> None:
+    proc = posfeed(
+        tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path, tmp_path / "nowhere")), env=env_for(live)
+    )
+    assert proc.returncode == 78
+    assert "folder does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_78_missing_key_found_before_any_file(live: SandboxServer, tmp_path: Path, check: bool) -> None:
+    clean_day(tmp_path / "drop", 5)
+    env = env_for(live)
+    del env["ANTAVO_API_KEY"]
+    feed = _feed_file(live, tmp_path, check_credentials=check)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env)
+    assert proc.returncode == 78
+    assert "ANTAVO_API_KEY is not set" in proc.stderr
+    assert ledger_files(tmp_path) == 0
+
+
+def test_78_runs_of_a_feed_that_does_not_exist(tmp_path: Path) -> None:
+    proc = posfeed(tmp_path, "--feeds-dir", str(REPO / "feeds"), "runs", "--feed", "typo", env=env_for(None))
+    assert proc.returncode == 78
+    assert "no feed named 'typo'" in proc.stderr
+    known = posfeed(
+        tmp_path, "--feeds-dir", str(REPO / "feeds"), "runs", "--feed", "acme_hourly", env=env_for(None)
+    )
+    assert known.returncode == 0 and known.stdout.strip() == "no runs yet"
+
+
+def test_78_a_verb_without_its_extra_names_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    # this interpreter without numpy and matplotlib, as an install without the dev extra
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['numpy'] = None\nsys.modules['matplotlib'] = None\n", encoding="utf-8"
+    )
+    env = env_for(None, PYTHONPATH=str(blocker))
+    proc = posfeed(tmp_path, "bench", "e2e", "--line-items", "100", env=env)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "'dev' extra" in proc.stderr and "numpy" in proc.stderr and "pip install" in proc.stderr
+
+
+def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 5)
+    (tmp_path / "state").mkdir()
+    ledger = tmp_path / "state" / "ledger.sqlite"
+    ledger.write_bytes(b"this is not a ledger" * 500)
+    proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
+    assert proc.returncode == 74, proc.stderr[-2000:]
+    assert str(ledger) in proc.stderr and "restore it from a backup" in proc.stderr
+    assert "internal error" not in proc.stderr
+
+
+def _in_own_mounts(script: str, target: Path) -> list[str]:
+    """Run the command inside a private mount namespace that first runs ``script`` on ``target``."""
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux unshare is needed (scripts/test installs it)"
+    return [unshare, "-r", "-m", "sh", "-c", script + ' && shift && exec "$@"', "sh", str(target)]
+
+
+def test_74_read_only_state_folder(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 5)
+    feed = _feed_file(live, tmp_path)
+    first = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env_for(live))
+    assert first.returncode == 0, first.stderr[-2000:]
+    clean_day(tmp_path / "drop", 10, name="pos_LON01_20261120_11.csv")
+    wrap = _in_own_mounts('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"', tmp_path / "state")
+    proc = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env_for(live), wrap=wrap)
+    assert proc.returncode == 74, proc.stderr[-2000:]
+    assert str(tmp_path / "state") in proc.stderr and "read-only" in proc.stderr
+
+
+def test_74_disk_full(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 3000)
+    (tmp_path / "state").mkdir()
+    feed = _feed_file(live, tmp_path)
+    wrap = _in_own_mounts('mount -t tmpfs -o size=400k tmpfs "$1"', tmp_path / "state")
+    proc = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env_for(live), wrap=wrap)
+    assert proc.returncode == 74, proc.stderr[-2000:]
+    assert str(tmp_path / "state") in proc.stderr and "free disk space" in proc.stderr
+
+
+def test_70_only_for_a_bug(tmp_path: Path) -> None:
+    code = (
+        "import sys\nimport pipeline.run_commands as rc\n"
+        "def broken(*args, **kwargs):\n    raise KeyError('a bug')\n"
+        "rc.runs_command = broken\nfrom pipeline.cli import main\n"
+        "sys.argv = ['posfeed', '--state-dir', sys.argv[1], 'runs']\nmain()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 70
+    assert "internal error (a bug; please report it): KeyError" in proc.stderr
+
+
+def test_a_json_run_says_what_it_carried_and_what_waits(live: SandboxServer, tmp_path: Path) -> None:
+    clean_day(tmp_path / "drop", 20)
+    proc = posfeed(tmp_path, *RUN, "--json", "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
+    summary = run_json(proc)
+    assert {
+        k: summary[k]
+        for k in ("carried_over", "waiting", "waiting_oldest_at", "waiting_oldest_age_seconds", "needs_rerun")
+    } == {
+        "carried_over": 0,
+        "waiting": 0,
+        "waiting_oldest_at": None,
+        "waiting_oldest_age_seconds": None,
+        "needs_rerun": 0,
+    }
