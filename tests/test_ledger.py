@@ -36,6 +36,7 @@ from pipeline.ledger.db import Db
 from pipeline.ledger.errors import LedgerUnavailableError
 from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
 from pipeline.ledger.schema import ORIGINAL_SQL, ORIGINAL_SQL_POSTGRES
+from pipeline.problems import Change, Observation, Plan
 from pipeline.sinks.base import EventResult, Outcome
 
 SCOPE = "acme"
@@ -608,3 +609,26 @@ def test_returns_are_looked_up_with_the_indexed_expression(
     """returns_of repeats the expression migration 6 indexes, in the database's own words."""
     expected = ORIGINAL_SQL if isinstance(ledger_location, Path) else ORIGINAL_SQL_POSTGRES
     assert ledger._db.json_text("checkout", "original_transaction_id") == expected
+
+
+def test_problems_open_escalate_and_resolve_with_their_alerts(ledger: Ledger) -> None:
+    """The problem life cycle and its alert outbox, in one transaction per change (both backends)."""
+    seen = Observation(kind="missing_file", key="acme:missing:S1", feed="hourly", scope=SCOPE,
+                       summary="S1 10:00 missing", action="ask the store", counts={"files": 1})
+    (opened,) = ledger.apply_problems(Plan((Change("opened", None, seen),)), run_id=None,
+                                      alert=lambda p, e: {"event": e, "id": p.id})
+    worse = replace(seen, stage=1, counts={"files": 2})
+    (escalated,) = ledger.apply_problems(Plan((Change("escalated", opened, worse),)), run_id=None,
+                                         alert=lambda p, e: {"event": e, "id": p.id})
+    assert (escalated.id, escalated.stage, escalated.counts) == (opened.id, 1, {"files": 2})
+    assert escalated.escalated_at is not None and ledger.problems(scope=SCOPE) == [escalated]
+    pending = ledger.pending_alerts(SCOPE)
+    assert [a["payload"] for a in pending] == [{"event": "opened", "id": opened.id},
+                                               {"event": "escalated", "id": opened.id}]
+    ledger.alert_delivered(pending[0]["id"])
+    ledger.alert_failed(pending[1]["id"], "timeout", "2999-01-01T00:00:00+00:00")
+    assert ledger.pending_alerts(SCOPE, due_by="2100-01-01T00:00:00+00:00") == []
+    (resolved,) = ledger.apply_problems(Plan((Change("resolved", escalated, None),)), run_id=None,
+                                        alert=lambda p, e: None)
+    assert resolved.status == "resolved" and ledger.problems(scope=SCOPE) == []
+    assert ledger.last_resolved_at(seen.key) == resolved.resolved_at
