@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.sftp_fixtures",
     "tests.sandbox_fixtures",
     "tests.logging_fixtures",
+    "tests.pg_cluster",
 ]

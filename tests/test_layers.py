@@ -20,11 +20,11 @@ CLI_SIDE = {"cli", "cli_bench", "run_commands", "check_commands", "problem_comma
 EDGES_ONLY_FOR_TOOLS = {"sandbox", "demo", "benchmarks", "cli", "testing", "samplegen"}
 PRODUCTION = {"core", "sources", "sinks", "ledger", "stages", "runner", "scheduling", "reports", "alerts",
               "expected", "locks", "config", "logs", "records", "errors", "checkout_codec", "csvsafe",
-              "progress", "report_page", "problems", "health"}
+              "progress", "report_page", "problems", "health", "pg_locks", "scope_locks"}
 # (part, parts it must not import directly)
 FORBIDDEN_DIRECT = {
     "core": {"sources", "sinks", "ledger", "stages", "runner", "scheduling", "reports", "alerts", "locks",
-             "expected", "progress", "problems", "health"},
+             "expected", "progress", "problems", "health", "pg_locks", "scope_locks"},
     "problems": {"sources", "sinks", "ledger", "stages", "runner", "scheduling", "alerts", "health"},
     "sources": {"sinks", "ledger", "stages", "runner", "scheduling", "reports"},
     "sinks": {"sources", "ledger", "stages", "runner", "scheduling", "reports"},

@@ -24,7 +24,7 @@ def test_scripts_test_lists_missing_programs_with_their_packages(tmp_path: Path)
     )
     assert result.returncode == 1, result.stderr
     for program, package in (("sshd", "openssh-server"), ("ssh-keygen", "openssh-client"),
-                             ("useradd", "passwd")):
+                             ("useradd", "passwd"), ("initdb", "postgresql")):
         assert f"{program} (Debian package {package})" in result.stderr
     assert "collected" not in result.stdout, "pytest ran although programs were missing"
 
