@@ -49,7 +49,7 @@ except LockHeldError as exc:
     sys.exit(exc.exit_code)
 print("taken", flush=True)
 """
-HOLDER_SHAPE = r"feed 'acme' is being run by pid (\d+) on \S+ since \S+ \(feed acme_hourly\)"
+HOLDER_SHAPE = r"scope 'acme' is being run by pid (\d+) on \S+ since \S+ \(feed acme_hourly\)"
 
 
 class Holder:
@@ -176,7 +176,7 @@ def test_a_holder_without_a_record_is_described_from_its_session(postgres_db: st
         with pytest.raises(LockHeldError) as refused:
             PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly")
     assert str(refused.value).startswith(
-        f"feed 'acme' is being run by session {backend} (manual) from 127.0.0.1 since ")
+        f"scope 'acme' is being run by session {backend} (manual) from 127.0.0.1 since ")
 
 
 def test_scope_keys_are_stable_signed_64_bit_and_distinct() -> None:
