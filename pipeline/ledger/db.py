@@ -59,6 +59,10 @@ class Db(Protocol):
         """Append many rows to ``table`` (the backend's fastest bulk path)."""
         ...
 
+    def table_exists(self, name: str) -> bool:
+        """Whether the ledger has a table of this name (the catalogs differ)."""
+        ...
+
     def json_text(self, column: str, key: str) -> str:
         """SQL for the text of top-level ``key`` of the JSON stored as TEXT in ``column``."""
         ...

@@ -186,6 +186,10 @@ class PgDb:
                 self._connection.execute(pgsql.SQL("ANALYZE {}").format(pgsql.Identifier(table)))
             del self._unanalyzed[table]
 
+    def table_exists(self, name: str) -> bool:
+        row = self.one("SELECT to_regclass(?) IS NOT NULL", (name,))  # this session's temporary ones first
+        return bool(row and row[0])
+
     # -- dialect: JSON kept as TEXT -----------------------------------------------------------
 
     def json_text(self, column: str, key: str) -> str:

@@ -499,9 +499,11 @@ def migrate(db: Db, target: int = SCHEMA_VERSION) -> int:
     Each step reads the version again inside its own write transaction, which keeps every other
     writer out (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's write advisory lock): of two processes
     opening one ledger at once, one migrates and the other finds the work done."""
-    with db.transaction():
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        version = _current_version(db)
+    version = _current_version(db) if db.table_exists("schema_version") else 0
+    if version < target:  # only then a write transaction: opening an up-to-date ledger writes nothing
+        with db.transaction():
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = _current_version(db)
     if version > SCHEMA_VERSION:
         raise LedgerError(
             f"ledger schema version {version} is newer than this posfeed understands ({SCHEMA_VERSION})"
