@@ -112,3 +112,15 @@ def test_an_added_forbidden_import_is_caught() -> None:
 
 def test_the_graph_sees_imports_inside_functions() -> None:
     assert "pipeline.demo" in import_graph()["pipeline.run_commands"]  # imported in demo_command()
+
+
+def test_only_the_ledger_connection_knows_it_is_sqlite() -> None:
+    """Every ledger statement goes through the ``Db`` seam; only ``connection.py`` imports sqlite3."""
+    knowing = set()
+    for path in sorted((PACKAGE / "ledger").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "sqlite3" for name in names):
+                knowing.add(path.name)
+    assert knowing == {"connection.py"}

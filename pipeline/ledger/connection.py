@@ -54,8 +54,17 @@ class SqliteDb:
         self._path = path  # the ledger file, named by the errors about it
         self._mutex = threading.RLock()
 
-    def _translated(self, exc: sqlite3.DatabaseError) -> LedgerFileError | None:
-        return _file_error(self._path, exc) if self._path is not None else None
+    @contextmanager
+    def _file_errors(self) -> Iterator[None]:
+        """SQLite errors about the ledger file itself (disk full, read-only, corrupt) become
+        :class:`LedgerFileError`; any other error passes as it is."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            problem = _file_error(self._path, exc) if self._path is not None else None
+            if problem is None:
+                raise
+            raise problem from exc
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._mutex:
@@ -66,25 +75,13 @@ class SqliteDb:
             self._connection.executemany(sql, rows)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self._mutex:
-            try:
-                return self._connection.execute(sql, params).fetchall()
-            except sqlite3.DatabaseError as exc:
-                problem = self._translated(exc)
-                if problem is None:
-                    raise
-                raise problem from exc
+        with self._mutex, self._file_errors():
+            return self._connection.execute(sql, params).fetchall()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        with self._mutex:
-            try:
-                row: Row | None = self._connection.execute(sql, params).fetchone()
-                return row
-            except sqlite3.DatabaseError as exc:
-                problem = self._translated(exc)
-                if problem is None:
-                    raise
-                raise problem from exc
+        with self._mutex, self._file_errors():
+            row: Row | None = self._connection.execute(sql, params).fetchone()
+            return row
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._mutex:
@@ -115,21 +112,15 @@ class SqliteDb:
     @contextmanager
     def transaction(self) -> Iterator[SqliteDb]:
         """One SQLite transaction: everything inside commits together or not at all."""
-        with self._mutex:
+        with self._mutex, self._file_errors():
+            self._connection.execute("BEGIN IMMEDIATE")
             try:
-                self._connection.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self
-                except BaseException:
-                    if self._connection.in_transaction:
-                        self._connection.execute("ROLLBACK")
-                    raise
-                self._connection.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                problem = self._translated(exc)
-                if problem is None:
-                    raise
-                raise problem from exc
+                yield self
+            except BaseException:
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
 
     def close(self) -> None:
         """Close the file (a crash without close loses nothing committed).
