@@ -124,3 +124,16 @@ def test_only_the_ledger_connection_knows_it_is_sqlite() -> None:
             if any(name.split(".")[0] == "sqlite3" for name in names):
                 knowing.add(path.name)
     assert knowing == {"connection.py"}
+
+
+def test_only_the_postgresql_modules_know_psycopg() -> None:
+    """The PostgreSQL driver stays behind the ledger's ``PgDb`` and the advisory scope locks, so a
+    SQLite-only install never imports it."""
+    knowing = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "psycopg" for name in names):
+                knowing.add(path.relative_to(PACKAGE).as_posix())
+    assert knowing == {"ledger/postgres.py", "pg_locks.py"}
