@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,18 @@ def test_every_spelling_of_the_password_is_kept_out() -> None:
     assert password_forms("postgresql://u:s3cr%40t@db/x") == ["s3cr@t", "s3cr%40t"]
     assert password_forms("postgresql://u:plain@db/x") == ["plain"]
     assert password_forms("postgresql://u@db/x") == []
+
+
+def test_a_postgresql_ledger_without_the_driver_says_what_to_install() -> None:
+    script = """
+import sys
+sys.modules["psycopg"] = None  # as if the 'postgres' extra were not installed
+from pipeline.errors import ConfigError
+from pipeline.ledger import Ledger
+try:
+    Ledger("postgresql://posfeed:secret-pw@db.internal/posfeed")
+except ConfigError as exc:
+    print(exc.exit_code, exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("78 ") and "pip install 'posfeed[postgres]'" in out and "secret-pw" not in out

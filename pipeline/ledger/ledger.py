@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.errors import ConfigError
 from pipeline.ledger.backlog import Backlogs
 from pipeline.ledger.connection import open_sqlite
 from pipeline.ledger.db import Db
@@ -39,7 +40,11 @@ class Ledger(
         self.url: str | None = None
         self.path: Path | None
         if is_postgres_url(location):
-            from pipeline.ledger.postgres import open_postgres, open_postgres_copy
+            try:
+                from pipeline.ledger.postgres import open_postgres, open_postgres_copy
+            except ImportError as exc:
+                raise ConfigError(f"a PostgreSQL ledger needs the driver psycopg ({exc}): "
+                                  "pip install 'posfeed[postgres]'") from exc
 
             self.url = str(location)
             self.path = None
