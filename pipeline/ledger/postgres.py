@@ -265,11 +265,13 @@ def open_postgres_copy(url: str) -> tuple[PgDb, int]:
             identities = [row[0] for row in connection.execute(
                 "SELECT table_name FROM information_schema.columns WHERE table_schema = %s "
                 "AND column_name = 'id' AND is_identity = 'YES'", (home,))]
-            for table in identities:  # new ids go on after the copied ones
+            for table in (t for t in identities if t in TABLES):  # new ids go on after the copied ones
                 connection.execute(pgsql.SQL(
                     "SELECT setval(pg_get_serial_sequence({name}, 'id'), "
                     "COALESCE((SELECT max(id) FROM pg_temp.{table}), 0) + 1, false)"
                 ).format(name=pgsql.Literal(f"pg_temp.{table}"), table=pgsql.Identifier(table)))
+        for table in TABLES:  # autovacuum never analyzes temporary tables
+            connection.execute(pgsql.SQL("ANALYZE pg_temp.{}").format(pgsql.Identifier(table)))
     except psycopg.Error as exc:
         db.close()
         raise LedgerError(f"{masked_url(url)}: cannot copy the ledger for a dry run: "
