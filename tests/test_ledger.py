@@ -632,3 +632,19 @@ def test_problems_open_escalate_and_resolve_with_their_alerts(ledger: Ledger) ->
                                         alert=lambda p, e: None)
     assert resolved.status == "resolved" and ledger.problems(scope=SCOPE) == []
     assert ledger.last_resolved_at(seen.key) == resolved.resolved_at
+
+
+def test_returns_are_found_by_the_sale_they_name(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+
+    def row(tid: str, line: int, kind: str, original: str | None = None) -> NewTransaction:
+        checkout = {"transaction_id": tid, **({"original_transaction_id": original} if original else {})}
+        return replace(_txn(tid, line=line), transaction_type=kind, checkout=json.dumps(checkout))
+
+    ledger.record_file(run_id, _file(ledger, run_id), rejects=[], totals=[],
+                       transactions=[row("S1", 2, "sale"), row("R1", 3, "return", "S1"),
+                                     row("S2", 4, "sale"), row("R2", 5, "return", "S1"),
+                                     row("R3", 6, "return", "S2")])
+    found = ledger.returns_of(SCOPE, ["S1", "S9"])
+    assert {k: [r.record.transaction_id for r in v] for k, v in found.items()} == {"S1": ["R1", "R2"]}
+    assert ledger.returns_naming(SCOPE, ["S2"])["S2"][0].transaction_id == "R3"
