@@ -4,8 +4,8 @@ against the sandbox with ``POSFEED_LEDGER_URL`` (or ``--ledger-url``) on the thr
 Shown to fail: with the runner opening ``settings.ledger_path`` instead of the URL, the run leaves
 a ledger.sqlite and the database stays empty; with ``masked_url`` returning the URL as it is, the
 password shows in the error of an unreachable ledger; with the runner taking file locks in each
-state folder instead of ``lock_kind(url)``, the two workers both process the files and the
-platform sees repeats (duplicate attempts).
+state folder instead of ``lock_kind(url)``, the two workers (and the two `run --all` hosts) both
+process the files and fail or the platform sees repeats.
 """
 
 from __future__ import annotations
@@ -184,3 +184,40 @@ def test_a_ledger_url_of_another_kind_is_a_configuration_error(tmp_path: Path) -
     code, out, err = _done(_posfeed(tmp_path, "state", env, "--ledger-url", url, "runs"))
     assert code == 78 and "scheme 'mysql' is not supported" in err
     assert PASSWORD not in out + err and not (tmp_path / "state" / "ledger.sqlite").exists()
+
+
+def test_two_hosts_run_all_at_once_and_each_scope_runs_on_one(postgres_db: str, tmp_path: Path) -> None:
+    """`posfeed run --all` on two hosts at once, two feeds of two scopes on one PostgreSQL ledger:
+    a scope held by the other host is listed with exit 75 and the host carries on with the other
+    feed; after both run again, every checkout reached the platform exactly once."""
+    drop = tmp_path / "drop"
+    copy_samples(drop, [f"pos_{store}_20261120_{hour}.csv" for store in ("LON01", "BER01")
+                        for hour in ("10", "11", "12")])
+    feeds_dir = tmp_path / "feeds"
+    feeds_dir.mkdir()
+    with SandboxServer(latency_ms=5) as sandbox:
+        for name, store in (("london", "LON01"), ("berlin", "BER01")):
+            feed = sample_feed("acme_hourly", sandbox, folder=drop, pattern=f"pos_{store}_*.csv")
+            feed = feed.model_copy(update={"dedup_scope": name})
+            (feeds_dir / f"{name}.toml").write_text(feed_toml(feed), encoding="utf-8")
+        env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
+        args = ("--feeds-dir", str(feeds_dir), "run", "--all", "--business-date", "2026-11-20", "--json")
+        hosts = [_posfeed(tmp_path, host, env, *args) for host in ("host1", "host2")]
+        for code, out, err in (_done(p) for p in hosts):
+            assert code in (0, 65, 75), err[-3000:]
+            document = json.loads(out)
+            assert {r["feed"] for r in document["runs"]} | {e["feed"] for e in document["errors"]} == {
+                "london", "berlin"}
+            assert all(e["exit_code"] == 75 and "is being run by" in e["error"] for e in document["errors"])
+        for host in ("host1", "host2"):
+            code, _, err = _done(_posfeed(tmp_path, host, env, *args))
+            assert code in (0, 65), err[-3000:]
+        ids = delivered_ids(sandbox)
+        after: dict[str, Any] = stats(sandbox)
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] == 0
+    with Ledger(postgres_db) as ledger:
+        rows = ledger.transactions_by_row_id(list(range(1, 5000)))
+        assert {ledger.state_counts(s).get("queued", 0) for s in ("london", "berlin")} == {0}
+    accepted = sorted(str(t.transaction_id) for t in rows
+                      if t.state is TxnState.ACCEPTED and t.transaction_type != "return")
+    assert sorted(ids) == accepted and {t.scope for t in rows} == {"london", "berlin"}
