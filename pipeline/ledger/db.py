@@ -33,7 +33,7 @@ class Db(Protocol):
     in between."""
 
     paramstyle: str  # how the queries handed in mark their parameters: always "qmark" (?)
-    dialect: str  # "sqlite" or "postgresql": for messages and tests; queries never branch on it
+    dialect: str  # "sqlite" or "postgresql": queries never branch on it (a migration picks its text)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; returns how many rows it changed."""
