@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
 from pipeline.logs import mask_customer_id
+from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
 from pipeline.sinks.antavo_returns import (
     OVER_REFUND,
     RETURN_MISMATCH,
