@@ -675,6 +675,10 @@ def _run(row: sqlite3.Row) -> RunRecord:
     )
 
 
+# rows read at a time by the ledger's paging readers (iter_run_transactions, ...)
+PAGE_ROWS = 5000
+
+
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -1583,6 +1587,79 @@ class Ledger:
             item["amount"] = Decimal(item["amount"])
             out.append(item)
         return out
+
+    # ---- reading a day one page at a time (reports stream with these) ------------------------
+
+    def iter_run_transactions(self, run_id: str, *, at_end: bool = True,
+                              page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
+        """:meth:`run_transactions`, read ``page_rows`` rows at a time: only one page is in memory.
+        Consume it (or close it) before the next write to the ledger."""
+        columns = _TXN_COLUMNS_AT_END if at_end else _TXN_COLUMNS
+        for r in self._pages(
+            f"SELECT {columns}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
+            (run_id,), page_rows,
+        ):
+            yield _txn(r, origin=r["origin"], state=(r["state_at_end"] if at_end else None) or None)
+
+    def iter_day_transactions(self, feed: str, business_date: str, *,
+                              page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
+        """:meth:`day_transactions`, read ``page_rows`` rows at a time."""
+        for r in self._pages(
+            f"SELECT {_TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
+            "ORDER BY t.file_id, t.id",
+            (feed, business_date), page_rows,
+        ):
+            yield _txn(r, origin="file")
+
+    def iter_rejects(
+        self, *, run_id: str | None = None, feed: str | None = None, business_date: str | None = None,
+        page_rows: int = PAGE_ROWS,
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`rejects`, read ``page_rows`` rows at a time."""
+        sql = "SELECT r.* FROM rejects r JOIN files f ON f.id = r.file_id WHERE 1=1"
+        params: list[Any] = []
+        for column, value in (("r.run_id", run_id), ("f.feed", feed), ("r.business_date", business_date)):
+            if value:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        for r in self._pages(sql + " ORDER BY r.file_id, r.source_line, r.id", params, page_rows):
+            item = dict(r)
+            item["original"] = json.loads(item["original"])
+            item["amount"] = Decimal(item["amount"])
+            yield item
+
+    def run_file_ids(self, run_id: str) -> set[int]:
+        """The files whose rows came in with a run (its transactions of origin ``file``)."""
+        return {r[0] for r in self._query(
+            "SELECT DISTINCT t.file_id FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+            "WHERE rt.run_id = ? AND rt.origin = 'file'", (run_id,))}
+
+    def day_file_ids(self, feed: str, business_date: str) -> set[int]:
+        """The files with rows of a feed's business date."""
+        return {r[0] for r in self._query(
+            "SELECT DISTINCT file_id FROM transactions WHERE feed = ? AND business_date = ?",
+            (feed, business_date))}
+
+    def _pages(self, sql: str, params: Sequence[Any], page_rows: int) -> Iterator[sqlite3.Row]:
+        """The rows of one query, fetched ``page_rows`` at a time from one cursor."""
+        try:
+            with self._mutex:
+                cursor = self._db.execute(sql, params)
+            try:
+                while True:
+                    with self._mutex:
+                        rows = cursor.fetchmany(page_rows)
+                    if not rows:
+                        return
+                    yield from rows
+            finally:
+                cursor.close()
+        except sqlite3.DatabaseError as exc:
+            problem = _file_error(self.path, exc)
+            if problem is None:
+                raise
+            raise problem from exc
 
     def select_for_rerun(
         self,
