@@ -36,7 +36,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -247,7 +247,7 @@ class _Context:
             if self.on_stage is not None:
                 self.on_stage(name, "end")
 
-    def submit(self, row_ids: list[int]) -> None:
+    def submit(self, row_ids: Sequence[int]) -> None:
         if not row_ids:
             return
         if self.dry_run:  # every decision but the platform's, as a real run takes it

@@ -14,8 +14,9 @@ from its lines independently of those states, so the report can prove that nothi
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -52,7 +53,8 @@ _LINE_CURRENCY = (
 class TransformOutcome:
     """What the transform stage recorded."""
 
-    to_send: list[int] = field(default_factory=list)  # ledger row ids queued by this run
+    # ledger row ids queued by this run (8 bytes each: a day's ids are not a list of int objects)
+    to_send: MutableSequence[int] = field(default_factory=lambda: array("q"))
     unreadable: list[UnreadableFileError] = field(default_factory=list)
     read_stats: ReadStats = field(default_factory=ReadStats)  # skipped transactions, line items by kind
 
@@ -298,6 +300,7 @@ def _read_staged(
 # files transformed together hold at most about this many bytes (≈ 250,000 lines of a typical
 # export): a whole day is never in memory at once, and each step's tables stay small
 CHUNK_BYTES = 32 * 2**20
+_PAGE_IDS = 10_000  # row ids checked against the ledger at a time
 
 
 def _groups(staged: Sequence[StagedFile], max_bytes: int) -> Iterator[list[StagedFile]]:
@@ -345,8 +348,13 @@ def transform_staged(
         held_possible = held_possible or (number > 0 and conflicts)
     if held_possible:
         # a conflict in a later group may have held a version an earlier group queued
-        queued = ledger.rows_in_state(outcome.to_send, TxnState.QUEUED)
-        outcome.to_send = [i for i in outcome.to_send if i in queued]
+        # (checked a page at a time: no set of the whole day's ids)
+        kept: array[int] = array("q")
+        for start in range(0, len(outcome.to_send), _PAGE_IDS):
+            page = outcome.to_send[start : start + _PAGE_IDS]
+            queued = ledger.rows_in_state(page, TxnState.QUEUED)
+            kept.extend(i for i in page if i in queued)
+        outcome.to_send = kept
     progress.finish("transform")
     log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
     return outcome
