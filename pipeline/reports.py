@@ -1,7 +1,9 @@
 """Reconciliation reports: what came in, where every transaction ended, and proof that it balances.
 
 Pure builders (:func:`build_report`) turn ledger rows into a :class:`Report`; :func:`write_report`
-writes it as five files into one folder, each atomically and spreadsheet-safe:
+writes it as five files into one folder, each atomically and spreadsheet-safe. The rows stream: a
+report keeps its totals, and its detail and reject rows are read again (from the ledger, page by
+page) while they are written, so its memory does not grow with the day:
 
 * ``summary.csv``: one row per source file × store × business date × currency (× origin): rows,
   transactions and amount in, then count and amount per state, points awarded, ``balanced``

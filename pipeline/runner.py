@@ -606,7 +606,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     ctx.notes.update(_backlog_notes(ctx))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
     notes = dict(ctx.notes)
-    with gc_paused():  # the report's rows are alive until they are written
+    with gc_paused():  # the report's rows are read and written a page at a time, none kept
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
         code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
         if status != "failed" and ctx.refused():
