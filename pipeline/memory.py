@@ -5,7 +5,8 @@ group's frames and records before the next. Two things keep the freed memory res
 reference cycles wait for the cyclic collector (paused while a stage runs, see
 :func:`pipeline.runner.gc_paused`), and glibc's allocator keeps freed pages of its heap until asked
 to return them. :func:`release_memory` does both; where ``malloc_trim`` does not exist (another C
-library, another OS) only the collection runs.
+library, another OS) only the collection runs. The ledger's page cache is given back first
+(:meth:`pipeline.ledger.Ledger.release_memory`), so its freed pages are returned with the rest.
 """
 
 from __future__ import annotations

@@ -348,7 +348,8 @@ def transform_staged(
     for number, group in enumerate(_groups(staged, CHUNK_BYTES)):
         conflicts = _transform_group(ledger, run_id, feed, group, now, outcome, progress, hook)
         held_possible = held_possible or (number > 0 and conflicts)
-        release_memory()  # what the group left is given back before the next one
+        ledger.release_memory()  # what the group left is given back before the next one
+        release_memory()
     if held_possible:
         # a conflict in a later group may have held a version an earlier group queued
         # (checked a page at a time: no set of the whole day's ids)
