@@ -170,6 +170,14 @@ def mask_customer_id(customer_id: str | None, *, enabled: bool = True) -> str:
     return f"{MASK_PREFIX}{digest[:12]}"
 
 
+def same_customer(customer_id: str, stored: str) -> bool:
+    """Whether ``stored`` (a customer id as the ledger holds it, masked once its transaction is
+    settled) is ``customer_id``."""
+    if customer_id == stored:
+        return True
+    return stored.startswith(MASK_PREFIX) and mask_customer_id(customer_id) == stored
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)

@@ -4,6 +4,7 @@ held), 78 configuration or credentials, 74 the state folder's I/O, 70 only for a
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -173,10 +174,12 @@ def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tm
 
 
 def _in_own_mounts(script: str, target: Path) -> list[str]:
-    """Run the command inside a private mount namespace that first runs ``script`` on ``target``."""
+    """Run the command inside a private mount namespace that first runs ``script`` on ``target``
+    (root needs no user namespace for it, which a chroot or a locked-down container forbids)."""
     unshare = shutil.which("unshare")
-    assert unshare, "util-linux unshare is needed (scripts/test installs it)"
-    return [unshare, "-r", "-m", "sh", "-c", script + ' && shift && exec "$@"', "sh", str(target)]
+    assert unshare, "unshare is needed (Debian package util-linux, essential: always installed)"
+    as_root = [] if os.geteuid() == 0 else ["-r"]
+    return [unshare, *as_root, "-m", "sh", "-c", script + ' && shift && exec "$@"', "sh", str(target)]
 
 
 def test_74_read_only_state_folder(live: SandboxServer, tmp_path: Path) -> None:

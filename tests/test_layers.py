@@ -3,7 +3,7 @@
 Imports inside functions count too, and "reach" follows imports through other modules. The check
 was shown to fail by adding ``from pipeline.demo import run_demo`` to ``pipeline/stages/report.py``
 (``stages`` reaches ``demo``) and ``from pipeline.sinks.base import Outcome`` back to
-``pipeline/ledger.py`` (the ledger imports a sink); ``test_an_added_forbidden_import_is_caught``
+``pipeline/ledger/transitions.py`` (the ledger imports a sink); ``test_an_added_forbidden_import_is_caught``
 does the same on a copy of the graph so the checker itself is kept honest.
 """
 
@@ -100,11 +100,11 @@ def test_the_layers_hold() -> None:
 def test_an_added_forbidden_import_is_caught() -> None:
     graph = import_graph()
     graph["pipeline.stages.report"] = graph["pipeline.stages.report"] | {"pipeline.demo"}
-    graph["pipeline.ledger"] = graph["pipeline.ledger"] | {"pipeline.sinks.base"}
+    graph["pipeline.ledger.transitions"] = graph["pipeline.ledger.transitions"] | {"pipeline.sinks.base"}
 
     problems = violations(graph)
 
-    assert "pipeline.ledger imports pipeline.sinks.base" in problems
+    assert "pipeline.ledger.transitions imports pipeline.sinks.base" in problems
     assert any(line.startswith("pipeline.stages.report reaches pipeline.demo") for line in problems)
     # and through the stages, whatever imports them
     assert any(line.startswith("pipeline.runner reaches pipeline.demo") for line in problems)
@@ -112,3 +112,15 @@ def test_an_added_forbidden_import_is_caught() -> None:
 
 def test_the_graph_sees_imports_inside_functions() -> None:
     assert "pipeline.demo" in import_graph()["pipeline.run_commands"]  # imported in demo_command()
+
+
+def test_only_the_ledger_connection_knows_it_is_sqlite() -> None:
+    """Every ledger statement goes through the ``Db`` seam; only ``connection.py`` imports sqlite3."""
+    knowing = set()
+    for path in sorted((PACKAGE / "ledger").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "sqlite3" for name in names):
+                knowing.add(path.name)
+    assert knowing == {"connection.py"}

@@ -17,14 +17,16 @@ def test_scripts_test_lists_missing_programs_with_their_packages(tmp_path: Path)
         found = shutil.which(tool)
         assert found, tool
         (bin_dir / tool).symlink_to(found)
-    env = {**os.environ, "PATH": str(bin_dir), "POSFEED_SBIN_DIRS": "", "POSFEED_TEST_NO_INSTALL": "1"}
+    env = {**os.environ, "PATH": str(bin_dir), "POSFEED_SBIN_DIRS": "", "POSFEED_LIB_DIRS": "",
+           "POSFEED_TEST_NO_INSTALL": "1"}
     result = subprocess.run(
         [str(bin_dir / "bash"), str(ROOT / "scripts" / "test"), "--collect-only"],
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1, result.stderr
     for program, package in (("sshd", "openssh-server"), ("ssh-keygen", "openssh-client"),
-                             ("useradd", "passwd"), ("initdb", "postgresql")):
+                             ("useradd", "passwd"), ("initdb", "postgresql"),
+                             ("libatomic.so.1", "libatomic1")):
         assert f"{program} (Debian package {package})" in result.stderr
     assert "collected" not in result.stdout, "pytest ran although programs were missing"
 

@@ -13,6 +13,9 @@ earlier returns that landed or will be sent first. With ``return_mode = "auto"``
   sale took is never sent: ``over_refund`` (a till may refund an item's price when the sale's
   discount was a reward on the whole basket, spread over its lines: that is not an over-refund
   while the sale's total covers it);
+* a return in another currency than its sale (``return_mismatch``) or made by another member
+  than the sale's (``return_other_customer``) is never sent: its money cannot be compared with the
+  sale's, or it would refund someone else's purchase;
 * a return whose sale the ledger does not know cannot be checked: one ``refund_item`` per line
   (the platform refuses refunds of a sale it does not hold).
 
@@ -29,12 +32,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pipeline.logs import same_customer
 from pipeline.records import ReturnStatus
 
 __all__ = [
     "OVER_REFUND",
     "REFUND_IN_DOUBT",
+    "RETURN_MISMATCH",
     "RETURN_MODES",
+    "RETURN_OTHER_CUSTOMER",
     "Line",
     "ReturnDecision",
     "SaleReturn",
@@ -47,6 +53,8 @@ RETURN_MODES = ("auto", "refund", "refund_item")
 OVER_REFUND = "over_refund"
 UNMATCHED_RETURN = "unmatched_return"
 RETURN_WITHOUT_ITEMS = "return_without_items"
+RETURN_MISMATCH = "return_mismatch"  # in another currency than its sale
+RETURN_OTHER_CUSTOMER = "return_other_customer"  # made by another member than the sale's
 # a refund that may have landed and cannot be read back (a guest's): held for review, not resent
 REFUND_IN_DOUBT = "refund_in_doubt"
 
@@ -132,6 +140,8 @@ def decide_return(
     *,
     original: Sequence[Line] | None,
     original_total: Decimal | None = None,
+    original_currency: str | None = None,
+    original_customer: str | None = None,
     earlier: Sequence[Sequence[Line]] = (),
     mode: str = "auto",
 ) -> ReturnDecision:
@@ -144,6 +154,14 @@ def decide_return(
     lines = lines_of(row)
     if not lines and mode != "refund":
         return _not_sent(RETURN_WITHOUT_ITEMS, "a return without lines cannot be refunded line by line")
+    currency, customer = row.get("currency"), row.get("customer_id")
+    if original is not None and currency and original_currency and currency != original_currency:
+        return _not_sent(RETURN_MISMATCH, f"never sent: returned in {currency}, the sale "
+                         f"{original_id} was in {original_currency}", lines)
+    if original is not None and customer and original_customer and not same_customer(
+            str(customer), str(original_customer)):
+        return _not_sent(RETURN_OTHER_CUSTOMER, f"never sent: returned by another customer than the "
+                         f"sale {original_id}'s", lines)
     if original is not None:
         why = _over_refund(lines, original, original_total, earlier, str(original_id))
         if why is not None:
@@ -178,6 +196,8 @@ def decide_sale_returns(
     *,
     original: Sequence[Line] | None,
     original_total: Decimal | None = None,
+    original_currency: str | None = None,
+    original_customer: str | None = None,
     mode: str = "auto",
 ) -> dict[str, ReturnDecision]:
     """The decision of every pending return of one sale.
@@ -194,7 +214,8 @@ def decide_sale_returns(
             continue
         earlier = [lines for tid, lines in landed.items() if tid != sale_return.transaction_id] + ahead
         decision = decide_return(sale_return.checkout, original=original, original_total=original_total,
-                                 earlier=earlier, mode=mode)
+                                 original_currency=original_currency,
+                                 original_customer=original_customer, earlier=earlier, mode=mode)
         decisions[sale_return.transaction_id] = decision
         if decision.sendable and not sale_return.landed:
             ahead.append(decision.lines)

@@ -19,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from pipeline.logs import MASK_PREFIX, mask_customer_id
+from pipeline.logs import same_customer
 
 __all__ = [
     "EarlierReturn",
@@ -143,13 +143,6 @@ def _same(a: Sequence[Line], b: Sequence[Line]) -> bool:
     }
 
 
-def _same_customer(returned_by: str, sale_customer: str) -> bool:
-    """The ledger masks a settled sale's customer id: compare with the mask too."""
-    if returned_by == sale_customer:
-        return True
-    return sale_customer.startswith(MASK_PREFIX) and mask_customer_id(returned_by) == sale_customer
-
-
 def check_return(
     row: Mapping[str, Any],
     sale: RecordedSale,
@@ -168,7 +161,7 @@ def check_return(
             ReturnCode.ORIGINAL_IS_GUEST,
             f"the sale {sale.transaction_id} was a guest's: it is not on the platform",
         )
-    if guest_return or not _same_customer(str(customer), str(sale.customer_id)):
+    if guest_return or not same_customer(str(customer), str(sale.customer_id)):
         return ReturnCheck(
             None,
             ReturnCode.OTHER_CUSTOMER,

@@ -76,6 +76,8 @@ def with_return_context(
              for row in primaries if row.record.checkout],
             original=lines_of(sale) if sale is not None else None,
             original_total=abs(sale["total"]) if sale is not None and sale.get("total") is not None else None,
+            original_currency=sale.get("currency") if sale is not None else None,
+            original_customer=sale.get("customer_id") if sale is not None else None,
             mode=mode,
         ))
         for row in primaries:

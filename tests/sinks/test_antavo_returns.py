@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from pipeline.logs import mask_customer_id
 from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
 from pipeline.sinks.antavo_returns import (
     OVER_REFUND,
+    RETURN_MISMATCH,
+    RETURN_OTHER_CUSTOMER,
     Line,
     SaleReturn,
     decide_return,
@@ -176,3 +179,35 @@ def test_a_product_may_come_back_at_its_price_when_the_sales_discount_was_spread
     both = decide_return(_return("R-3", ("coffee", "1", "7.99"), ("juice", "1", "4.99")), original=sale,
                          original_total=D("10.98"))
     assert both.code == OVER_REFUND and "in all" in str(both.message)
+
+
+def test_a_return_in_another_currency_or_by_another_member_is_never_sent() -> None:
+    """Money in two currencies cannot be compared, and another member's return would refund a
+    purchase that is not theirs: both are held for review, in every mode."""
+    whole = _return("R-1", ("milk", "2", "2.40"), ("bread", "1", "3.00"))
+    sale = {"original": SALE, "original_total": D("5.40"), "original_currency": "GBP",
+            "original_customer": "C-1"}
+    for mode in ("auto", "refund", "refund_item"):
+        decision = decide_return({**whole, "currency": "EUR", "customer_id": "C-1"}, mode=mode, **sale)
+        assert (decision.action, decision.code) == (None, RETURN_MISMATCH), mode
+        assert "returned in EUR, the sale S-1 was in GBP" in str(decision.message)
+        decision = decide_return({**whole, "currency": "GBP", "customer_id": "C-2"}, mode=mode, **sale)
+        assert (decision.action, decision.code) == (None, RETURN_OTHER_CUSTOMER), mode
+        assert "C-2" not in str(decision.message) and "C-1" not in str(decision.message)
+    # the same member and currency: sent; the ledger masks a settled sale's customer id
+    same = {**whole, "currency": "GBP", "customer_id": "C-1"}
+    assert decide_return(same, **sale).action == "refund"
+    assert decide_return(same, **{**sale, "original_customer": mask_customer_id("C-1")}).action == "refund"
+    # a sale the ledger does not know cannot be compared: sent line by line, as before
+    assert decide_return({**same, "currency": "EUR"}, original=None).action == "refund_item"
+
+
+def test_a_sales_returns_carry_its_currency_and_member_through_the_ledger_order() -> None:
+    returns = [SaleReturn("R-1", {**_return("R-1", ("milk", "1", "1.20")), "currency": "EUR",
+                                  "customer_id": "C-1"}, landed=False, pending=True),
+               SaleReturn("R-2", {**_return("R-2", ("milk", "1", "1.20")), "currency": "GBP",
+                                  "customer_id": "C-1"}, landed=False, pending=True)]
+    decisions = decide_sale_returns(returns, original=SALE, original_total=D("5.40"),
+                                    original_currency="GBP", original_customer="C-1")
+    assert decisions["R-1"].code == RETURN_MISMATCH
+    assert decisions["R-2"].action == "refund_item"  # the refused one does not count as given back

@@ -1,0 +1,81 @@
+"""The backlog: what of a scope is not final yet, what a run carried over, and why a run left
+transactions failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline.ledger.db import Db
+from pipeline.ledger.records import cutoff
+from pipeline.ledger.states import RESUMABLE_SQL
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A scope's transactions that are not final (see :meth:`Ledger.backlog`)."""
+
+    waiting: int  # the next plain run sends them (queued, in doubt, resumable failures)
+    waiting_since: str | None  # when the oldest of them was first recorded (ISO 8601, UTC)
+    needs_rerun: int  # failed-retryable that only `posfeed rerun` sends (past the caps, or deferred)
+
+
+class Backlogs:
+    """What is left to deliver (a part of :class:`~pipeline.ledger.Ledger`)."""
+
+    _db: Db
+
+    def backlog(self, scope: str, *, max_attempts: int, max_age_hours: float,
+                now: datetime | None = None) -> Backlog:
+        """What of ``scope`` is not final: what the next plain run sends (``waiting``, and when
+        the oldest of it was first recorded) and what only `posfeed rerun` sends (``needs_rerun``:
+        failed-retryable past the caps, or whose request was refused as such)."""
+        since = cutoff(now, max_age_hours)
+        rows = self._db.query(
+            f"SELECT CASE WHEN state IN ('queued', 'sending') OR {RESUMABLE_SQL} THEN 'waiting' "
+            f"ELSE 'needs_rerun' END AS kind, COUNT(*), MIN(created_at) FROM transactions "
+            f"WHERE scope = ? AND state IN ('queued', 'sending', 'failed_retryable') GROUP BY kind",
+            (max_attempts, since, scope),
+        )
+        found = {r[0]: (int(r[1]), r[2]) for r in rows}
+        waiting, oldest = found.get("waiting", (0, None))
+        needs_rerun = found.get("needs_rerun", (0, None))[0]
+        return Backlog(waiting=waiting, waiting_since=oldest, needs_rerun=needs_rerun)
+
+    def failure_causes(self, run_id: str, limit: int = 3) -> list[dict[str, Any]]:
+        """The most frequent reasons among the transactions ``run_id`` left failed, with counts
+        (``state``, ``code``, ``message``, ``count``): what a console says when a run did not end
+        clean."""
+        rows = self._db.query(
+            "SELECT t.state, t.last_error_code, t.last_error_message, COUNT(*) AS n FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? "
+            "AND t.state IN ('failed_retryable', 'failed_permanent') "
+            "GROUP BY t.state, t.last_error_code, t.last_error_message ORDER BY n DESC LIMIT ?",
+            (run_id, limit),
+        )
+        return [{"state": r[0], "code": r[1], "message": r[2], "count": r[3]} for r in rows]
+
+    def carried(self, run_id: str) -> int:
+        """How many transactions ``run_id`` took over from earlier runs (not from its own files)."""
+        rows = self._db.query(
+            "SELECT COUNT(*) FROM run_transactions WHERE run_id = ? AND origin != 'file'", (run_id,)
+        )
+        return int(rows[0][0])
+
+    def run_codes(self, run_id: str, state: str) -> dict[str, int]:
+        """How many of ``run_id``'s transactions are now in ``state``, by last error code."""
+        rows = self._db.query(
+            "SELECT t.last_error_code, COUNT(*) FROM run_transactions rt JOIN transactions t "
+            "ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.state = ? GROUP BY 1",
+            (run_id, state),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def conflicts_since(self, feed: str, since: str | None) -> int:
+        """Conflicts of ``feed`` recorded after ``since`` (all when None): held for review."""
+        sql, params = "SELECT COUNT(*) FROM transactions WHERE feed = ? AND state = 'conflict'", [feed]
+        if since is not None:
+            sql += " AND created_at > ?"
+            params.append(since)
+        return int(self._db.query(sql, params)[0][0])

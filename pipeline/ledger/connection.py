@@ -1,0 +1,177 @@
+"""The SQLite ledger file: opening it (pragmas, migrations), statements and transactions.
+
+The only module that knows the ledger is SQLite: :class:`SqliteDb` is the :class:`~pipeline.ledger.db.Db`
+every other module talks to. The database is one file in the state folder, in WAL mode, opened
+with ``isolation_level=None`` so transactions are exactly the ``BEGIN IMMEDIATE`` ... ``COMMIT``
+of :meth:`SqliteDb.transaction`. One connection is shared by the threads of a run (the submit
+stage's workers), serialized by a re-entrant lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import state_io_error
+from pipeline.ledger import schema
+from pipeline.ledger.db import Db, Row
+from pipeline.ledger.errors import LedgerError, LedgerFileError
+
+# what SQLite says when the file, not posfeed, is the problem, and what to do about it
+_FILE_PROBLEMS = (
+    ("disk is full", "free disk space there, then run again"),
+    ("readonly database", "make the state folder and the ledger writable by this user, then run again"),
+    ("unable to open database", "check that the state folder exists and is writable, then run again"),
+    ("disk i/o error", "the disk reported an I/O error: check the device and free space, then run again"),
+    ("not a database", "the ledger is corrupt: restore it from a backup (or move it away to start an "
+                       "empty ledger, which forgets what was sent)"),
+    ("malformed", "the ledger is corrupt: restore it from a backup (or move it away to start an empty "
+                  "ledger, which forgets what was sent)"),
+)
+
+
+def _file_error(path: Path, exc: sqlite3.Error) -> LedgerFileError | None:
+    """A :class:`LedgerFileError` when ``exc`` is about the ledger file itself, else None."""
+    text = str(exc).lower()
+    for needle, advice in _FILE_PROBLEMS:
+        if needle in text:
+            return LedgerFileError(path, f"ledger: {exc}", advice)
+    return None
+
+
+class SqliteDb:
+    """A :class:`~pipeline.ledger.db.Db` on one SQLite connection."""
+
+    paramstyle = "qmark"  # sqlite3 takes the ledger's ? placeholders as they are
+
+    def __init__(self, connection: sqlite3.Connection, path: Path | None = None):
+        self._connection = connection
+        self._path = path  # the ledger file, named by the errors about it
+        self._mutex = threading.RLock()
+
+    @contextmanager
+    def _file_errors(self) -> Iterator[None]:
+        """SQLite errors about the ledger file itself (disk full, read-only, corrupt) become
+        :class:`LedgerFileError`; any other error passes as it is."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            problem = _file_error(self._path, exc) if self._path is not None else None
+            if problem is None:
+                raise
+            raise problem from exc
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._mutex:
+            return self._connection.execute(sql, params).rowcount
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._mutex:
+            self._connection.executemany(sql, rows)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._mutex, self._file_errors():
+            return self._connection.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        with self._mutex, self._file_errors():
+            row: Row | None = self._connection.execute(sql, params).fetchone()
+            return row
+
+    def stream(self, sql: str, params: Sequence[Any], page_rows: int) -> Iterator[Row]:
+        """The rows of a query fetched ``page_rows`` at a time from one cursor (see
+        :func:`pipeline.ledger.db.pages`)."""
+        with self._file_errors():
+            with self._mutex:
+                cursor = self._connection.execute(sql, params)
+            try:
+                while True:
+                    with self._mutex:
+                        rows = cursor.fetchmany(page_rows)
+                    if not rows:
+                        return
+                    yield from rows
+            finally:
+                cursor.close()
+
+    def release_memory(self) -> None:
+        """Give back the page cache's unused memory (SQLite's ``shrink_memory``)."""
+        with self._mutex:
+            self._connection.execute("PRAGMA shrink_memory")
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._mutex:
+            row_id = self._connection.execute(sql, params).lastrowid
+        if row_id is None:
+            raise LedgerError(f"no row inserted by {sql.split('(')[0].strip()}")
+        return row_id
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqliteDb]:
+        """One SQLite transaction: everything inside commits together or not at all."""
+        with self._mutex, self._file_errors():
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the file (a crash without close loses nothing committed).
+
+        The write-ahead log is checkpointed into the database and truncated first, so the file
+        alone holds the ledger's state (and no stale page images linger in the WAL).
+        """
+        try:
+            with self._mutex:
+                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # another connection is reading: it checkpoints later
+        self._connection.close()
+
+
+def open_sqlite(path: Path) -> tuple[SqliteDb, int]:
+    """Open (or create) the ledger file at ``path`` and bring its schema up to date; returns the
+    database and its schema version."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise state_io_error(exc, path.parent) from exc
+    try:
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        # NORMAL, not FULL: in WAL mode every commit still survives a crash of the process
+        # (kill -9); only an OS crash or power loss can drop the last commits, and then a
+        # transaction that was sent looks queued and is sent again, which the platform answers
+        # "transaction ID already used" (settled as accepted), as for in-doubt rows. FULL
+        # fsyncs each commit: the in-doubt mark before every request cost 2-9 ms here and
+        # serialized the sender behind the disk.
+        connection.execute("PRAGMA synchronous=NORMAL")
+        # checkpoint (and fsync the database file) every ~40 MiB of WAL, not every ~4 MiB: the
+        # sender commits before each request, and a checkpoint inside one holds every request
+        connection.execute("PRAGMA wal_autocheckpoint=10000")
+        # a 128 MiB page cache (the default is 2 MiB): the ledger of a large chain's day is a
+        # million rows whose index pages every lookup before and after a request walks
+        connection.execute("PRAGMA cache_size=-131072")
+        connection.execute("PRAGMA foreign_keys=ON")
+        # overwritten and deleted content is zeroed, so scrubbed customer ids leave no trace
+        connection.execute("PRAGMA secure_delete=ON")
+        db = SqliteDb(connection, path)
+        return db, schema.migrate(db)
+    except sqlite3.DatabaseError as exc:
+        problem = _file_error(path, exc) or LedgerError(f"{path}: cannot open ledger: {exc}")
+        raise problem from exc
+
+
+def migrate(db: sqlite3.Connection | Db, target: int = schema.SCHEMA_VERSION) -> int:
+    """Bring a ledger's schema up to version ``target`` (see :func:`pipeline.ledger.schema.migrate`);
+    an open :class:`sqlite3.Connection` in autocommit mode is accepted as it is."""
+    return schema.migrate(SqliteDb(db) if isinstance(db, sqlite3.Connection) else db, target)

@@ -1,0 +1,87 @@
+"""The one seam between the ledger's queries and a database: :class:`Db`.
+
+Every statement the ledger runs goes through a :class:`Db` (``connection.py`` holds the SQLite
+one). Queries are written once, with ``?`` placeholders (:attr:`Db.paramstyle` ``"qmark"``); a
+backend whose driver takes another style rewrites them inside its own ``Db``, the one place that
+knows. Rows are read by position or by column name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, overload
+
+
+class Row(Protocol):
+    """One result row: by position (``row[0]``, ``row[:n]``) or by column name (``row["id"]``)."""
+
+    @overload
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    @overload
+    def __getitem__(self, key: slice, /) -> tuple[Any, ...]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+    def keys(self) -> list[str]: ...
+
+
+class Db(Protocol):
+    """An open ledger database: statements, queries and transactions, nothing dialect-specific
+    in between."""
+
+    paramstyle: str  # how the queries handed in mark their parameters: always "qmark" (?)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns how many rows it changed."""
+        ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row (bulk writes)."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Every row of a query."""
+        ...
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of a query (None when there is none)."""
+        ...
+
+    def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Insert one row into a table with an integer ``id`` key; returns the new row's id."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Db]:
+        """One write transaction: everything inside commits together or not at all."""
+        ...
+
+    def close(self) -> None:
+        """Close the database (what is committed stays)."""
+        ...
+
+
+def marks(count: int) -> str:
+    """``?, ?, ...``: the placeholders of an IN list of ``count`` items."""
+    return ",".join("?" * count)
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of at most ``size`` (an IN list stays under the driver's limits)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# rows read at a time by the ledger's paging readers (iter_run_transactions, ...)
+PAGE_ROWS = 5000
+
+
+def pages(db: Db, sql: str, params: Sequence[Any] = (), page_rows: int = PAGE_ROWS) -> Iterator[Row]:
+    """The rows of a query, ``page_rows`` at a time where the database can stream them (a
+    ``stream(sql, params, page_rows)`` method, as :class:`~pipeline.ledger.connection.SqliteDb`
+    has); otherwise every row of one :meth:`Db.query`. Consume it (or close it) before the next
+    write to the ledger."""
+    stream = getattr(db, "stream", None)
+    if stream is None:
+        yield from db.query(sql, params)
+    else:
+        yield from stream(sql, params, page_rows)

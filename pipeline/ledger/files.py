@@ -1,0 +1,168 @@
+"""Files: each fetched file (one content per sha256 within a scope) and its life cycle, from
+fetched to recorded to finished (or set aside in quarantine), and which file superseded which."""
+
+from __future__ import annotations
+
+from pipeline.ledger.db import Db
+from pipeline.ledger.records import FileRecord, file_record, timestamp
+
+
+class Files:
+    """The ledger's files (a part of :class:`~pipeline.ledger.Ledger`)."""
+
+    _db: Db
+
+    def file_by_sha(self, scope: str, sha256: str) -> FileRecord | None:
+        """The recorded file of ``scope`` with this content, if any (newest first)."""
+        row = self._db.one(
+            "SELECT * FROM files WHERE scope = ? AND sha256 = ? ORDER BY id DESC", (scope, sha256)
+        )
+        return file_record(row) if row else None
+
+    def file_by_identity(self, scope: str, name: str, size: int, mtime: float) -> FileRecord | None:
+        """A file of ``scope`` seen with this exact name, size and mtime, if any."""
+        row = self._db.one(
+            "SELECT * FROM files WHERE scope = ? AND name = ? AND size = ? AND mtime = ? "
+            "ORDER BY id DESC",
+            (scope, name, size, mtime),
+        )
+        return file_record(row) if row else None
+
+    def file(self, file_id: int) -> FileRecord:
+        """One file by its ledger id."""
+        return file_record(self._db.query("SELECT * FROM files WHERE id = ?", (file_id,))[0])
+
+    def files(self, *, scope: str | None = None, run_id: str | None = None) -> list[FileRecord]:
+        """Files of a scope or first seen in a run."""
+        sql, params = "SELECT * FROM files WHERE 1=1", []
+        if scope:
+            sql += " AND scope = ?"
+            params.append(scope)
+        if run_id:
+            sql += " AND first_run_id = ?"
+            params.append(run_id)
+        return [file_record(r) for r in self._db.query(sql + " ORDER BY id", params)]
+
+    def register_file(
+        self, run_id: str, *, scope: str, feed: str, name: str, size: int, mtime: float, sha256: str
+    ) -> FileRecord:
+        """Record a fetched file; an earlier recorded file of the same name and other content
+        becomes superseded by it. A file fetched but never recorded (a crash) is reused."""
+        with self._db.transaction() as db:
+            old = db.one(
+                "SELECT * FROM files WHERE scope = ? AND sha256 = ? AND status IN ('fetched', 'unreadable')",
+                (scope, sha256),
+            )
+            if old is not None:
+                db.execute(
+                    "UPDATE files SET status = 'fetched', name = ?, size = ?, mtime = ?, error = NULL, "
+                    "updated_at = ? WHERE id = ?",
+                    (name, size, mtime, timestamp(), old["id"]),
+                )
+                return _reread(db, old["id"])
+            previous = db.one(
+                "SELECT id FROM files WHERE scope = ? AND name = ? AND sha256 != ? "
+                "AND status IN ('recorded', 'finished') AND superseded_by_file_id IS NULL "
+                "ORDER BY id DESC LIMIT 1",
+                (scope, name, sha256),
+            )
+            file_id = db.insert(
+                "INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, "
+                "supersedes_file_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'fetched', ?, ?, ?)",
+                (
+                    scope, feed, name, size, mtime, sha256, run_id,
+                    previous["id"] if previous else None, timestamp(),
+                ),
+            )
+            if previous is not None:
+                db.execute(
+                    "UPDATE files SET superseded_by_file_id = ?, updated_at = ? WHERE id = ?",
+                    (file_id, timestamp(), previous["id"]),
+                )
+            return _reread(db, file_id)
+
+    def mark_file_unreadable(self, file_id: int, reason: str) -> None:
+        """A fetched file could not be read at all; it is offered again by the next run."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE files SET status = 'unreadable', error = ?, updated_at = ? WHERE id = ?",
+                (reason, timestamp(), file_id),
+            )
+
+    def finish_file(self, file_id: int, action: str) -> None:
+        """Every row of the file reached a final state and the source file was kept/archived/deleted."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE files SET status = 'finished', finished_action = ?, finished_at = ?, "
+                "updated_at = ? WHERE id = ? AND status = 'recorded'",
+                (action, timestamp(), timestamp(), file_id),
+            )
+
+    def finishable_files(self, scope: str) -> list[FileRecord]:
+        """Recorded files whose every transaction is final with no failure (nor its primary's)."""
+        rows = self._db.query(
+            """
+            SELECT f.* FROM files f WHERE f.scope = ? AND f.status = 'recorded'
+            AND NOT EXISTS (
+                SELECT 1 FROM transactions t LEFT JOIN transactions p ON p.id = t.primary_id
+                WHERE t.file_id = f.id AND (
+                    t.state IN ('queued', 'sending', 'failed_retryable', 'failed_permanent')
+                    OR (t.state = 'duplicate' AND p.state IN
+                        ('queued', 'sending', 'failed_retryable', 'failed_permanent'))))
+            ORDER BY f.id
+            """,
+            (scope,),
+        )
+        return [file_record(r) for r in rows]
+
+
+    def quarantine_file(self, file_id: int, location: str | None) -> None:
+        """An unreadable file is set aside: later runs skip it. ``location`` is where it was moved
+        (None: left in place and only recorded)."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE files SET status = 'quarantined', quarantined_to = ?, quarantined_at = ?, "
+                "updated_at = ? WHERE id = ?",
+                (location, timestamp(), timestamp(), file_id),
+            )
+
+    def quarantined_files(self, scope: str | None = None, *, feed: str | None = None,
+                          name: str | None = None) -> list[FileRecord]:
+        """Files in quarantine, optionally of one scope, feed or name."""
+        sql, params = "SELECT * FROM files WHERE status = 'quarantined'", []
+        for column, value in (("scope", scope), ("feed", feed), ("name", name)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return [file_record(r) for r in self._db.query(sql + " ORDER BY id", params)]
+
+    def release_file(self, file_id: int) -> None:
+        """Take a file out of quarantine: the next run reads it again."""
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE files SET status = 'unreadable', quarantined_to = NULL, updated_at = ? "
+                "WHERE id = ? AND status = 'quarantined'",
+                (timestamp(), file_id),
+            )
+
+    def supersede_quarantined(self, scope: str, name: str, new_file_id: int) -> list[int]:
+        """A new file under the name of quarantined ones replaces them; returns their ids."""
+        with self._db.transaction() as db:
+            rows = db.query(
+                "SELECT id FROM files WHERE scope = ? AND name = ? AND status = 'quarantined' AND id != ?",
+                (scope, name, new_file_id),
+            )
+            ids = [r[0] for r in rows]
+            for file_id in ids:
+                db.execute(
+                    "UPDATE files SET status = 'superseded', superseded_by_file_id = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (new_file_id, timestamp(), file_id),
+                )
+        return ids
+
+def _reread(db: Db, file_id: int) -> FileRecord:
+    """A file's record as just written (inside the writing transaction)."""
+    row = db.one("SELECT * FROM files WHERE id = ?", (file_id,))
+    assert row is not None
+    return file_record(row)

@@ -1,0 +1,158 @@
+"""Recording a file's contents: every transaction occurrence (queued, void, rejected, duplicate,
+conflict), its rejected lines and input totals, in one ledger transaction; and what dedup needs
+to know of earlier files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from pipeline.ledger.db import Db, Row, chunks, marks
+from pipeline.ledger.errors import IllegalTransitionError, LedgerError
+from pipeline.ledger.records import FileRecord, NewReject, NewTransaction, timestamp
+from pipeline.ledger.rejects import insert_rejects
+from pipeline.ledger.states import PRIMARY_SQL, RECORDABLE, TxnState
+from pipeline.ledger.totals import Total, insert_totals
+from pipeline.ledger.transitions import attach, set_state
+
+
+class Recording:
+    """Recording files' contents (a part of :class:`~pipeline.ledger.Ledger`)."""
+
+    _db: Db
+
+    def known(self, scope: str, transaction_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        """(transaction_id, content_hash) pairs of ``scope`` for dedup: every primary transaction
+        and every version held as a conflict (so a held transaction stays held). With
+        ``transaction_ids``, only those ids are looked up (what a run's files contain), so the
+        cost does not grow with the ledger's history."""
+        sql = (
+            f"SELECT DISTINCT transaction_id, content_hash FROM transactions WHERE scope = ? "
+            f"AND (state IN {PRIMARY_SQL} OR state = 'conflict') AND content_hash IS NOT NULL"
+        )
+        if transaction_ids is None:
+            return [(r[0], r[1]) for r in self._db.query(sql, (scope,))]
+        found: list[tuple[str, str]] = []
+        for chunk in chunks(sorted(set(transaction_ids))):
+            found.extend((r[0], r[1]) for r in self._db.query(
+                f"{sql} AND transaction_id IN ({marks(len(chunk))})", (scope, *chunk)))
+        return found
+
+    def record_file(
+        self,
+        run_id: str,
+        file: FileRecord,
+        *,
+        transactions: Iterable[NewTransaction],
+        rejects: Iterable[NewReject],
+        totals: Iterable[Total],
+    ) -> list[int]:
+        """Record everything a file contained, in one transaction: its occurrences (queued, void,
+        rejected, duplicate, conflict), its rejected lines, its input totals per store, business
+        date (and currency: a total's optional sixth item); the file becomes 'recorded'.
+        Duplicates of a primary left failed_retryable are requeued into this run. Returns the
+        ledger ids of rows this run must send."""
+        transactions = list(transactions)
+        now = timestamp()
+        with self._db.transaction() as db:
+            status = db.one("SELECT status FROM files WHERE id = ?", (file.id,))
+            if status is None or status[0] != "fetched":
+                raise LedgerError(f"file {file.name}: cannot record contents in state {status and status[0]}")
+            for txn in transactions:
+                if txn.state not in RECORDABLE:
+                    raise IllegalTransitionError(txn.transaction_id, "new", txn.state)
+            db.executemany(
+                "INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, "
+                "file_id, source_file, source_lines, rows, store_id, business_date, "
+                "transaction_type, currency, amount, reject_code, checkout, first_run_id, "
+                "last_run_id, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        file.scope, file.feed, txn.transaction_id, txn.content_hash, txn.state.value,
+                        file.id, file.name, json.dumps(list(txn.source_lines)), txn.rows, txn.store_id,
+                        txn.business_date, txn.transaction_type, txn.currency, str(txn.amount),
+                        txn.reject_code, txn.checkout, run_id, run_id, now, now,
+                    )
+                    for txn in transactions
+                ],
+            )
+            # the file's rows, in insertion order (ids only grow, and no other file has this id)
+            row_ids = [r[0] for r in db.query(
+                "SELECT id FROM transactions WHERE file_id = ? ORDER BY id", (file.id,))]
+            if len(row_ids) != len(transactions):
+                raise LedgerError(f"file {file.name}: {len(row_ids)} rows, {len(transactions)} given")
+            attach(db, run_id, row_ids, "file")
+            to_send = [i for i, t in zip(row_ids, transactions, strict=True) if t.state is TxnState.QUEUED]
+            to_send += _link_repeats(db, run_id, file.scope, row_ids, transactions)
+            reject_row_of_line = {
+                line: row_id
+                for row_id, txn in zip(row_ids, transactions, strict=True)
+                if txn.state is TxnState.REJECTED
+                for line in txn.source_lines
+            }
+            insert_rejects(db, run_id, file, rejects, reject_row_of_line)
+            rows_in, amount_in = insert_totals(db, file.id, totals)
+            db.execute(
+                "UPDATE files SET status = 'recorded', rows_in = ?, amount_in = ?, updated_at = ? "
+                "WHERE id = ?",
+                (rows_in, str(amount_in), now, file.id),
+            )
+        return to_send
+
+
+def _link_repeats(
+    db: Db,
+    run_id: str,
+    scope: str,
+    row_ids: Sequence[int],
+    transactions: Sequence[NewTransaction],
+) -> list[int]:
+    """Point each duplicate and conflict row at its primary (the scope's row of that id in a
+    primary state; versions that disagree from the start have none). A primary that failed
+    retryably and comes in again unchanged is queued into this run: returns those ids.
+
+    A conflict with a version that this same run queued from an earlier file (files are
+    transformed in groups) holds that version too: it becomes a conflict, nothing is sent,
+    as when both versions come in the same group."""
+    repeats = [(row_id, txn) for row_id, txn in zip(row_ids, transactions, strict=True)
+               if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT)]
+    primaries: dict[str, Row] = {}
+    for chunk in chunks(list(dict.fromkeys(str(txn.transaction_id) for _, txn in repeats))):
+        for row in db.query(
+            f"SELECT id, transaction_id, state, content_hash, first_run_id FROM transactions "
+            f"WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
+            (scope, *chunk),
+        ):
+            primaries[row["transaction_id"]] = row
+    links: list[tuple[int, int]] = []
+    again: list[int] = []
+    held: list[int] = []
+    for row_id, txn in repeats:
+        primary = primaries.get(str(txn.transaction_id))
+        if primary is None:
+            continue
+        if (
+            txn.state is TxnState.CONFLICT
+            and primary["state"] == TxnState.QUEUED
+            and primary["first_run_id"] == run_id
+        ):
+            held.append(primary["id"])
+            del primaries[str(txn.transaction_id)]  # no primary is left for later versions
+            continue
+        links.append((primary["id"], row_id))
+        if (
+            txn.state is TxnState.DUPLICATE
+            and primary["content_hash"] == txn.content_hash
+            and primary["state"] == TxnState.FAILED_RETRYABLE
+            and primary["id"] not in again
+        ):
+            again.append(primary["id"])  # the earlier copy never got through: this run delivers it
+    db.executemany("UPDATE transactions SET primary_id = ? WHERE id = ?", links)
+    if held:  # queued -> conflict is no transition of a sent transaction: nothing was sent yet
+        db.executemany("UPDATE transactions SET state = 'conflict', updated_at = ? WHERE id = ?",
+                       [(timestamp(), i) for i in held])
+    if again:
+        set_state(db, again, TxnState.QUEUED, run_id)
+        attach(db, run_id, again, "retry")
+    return again

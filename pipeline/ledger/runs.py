@@ -1,0 +1,96 @@
+"""Runs: when each run started and ended, how, and the state it left its transactions in."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from pipeline.ledger.db import Db
+from pipeline.ledger.records import RunRecord, new_run_id, run_record, timestamp
+
+# a run's own outcome of each of its transactions, kept when it ends (its report reads them)
+_KEEP_OUTCOMES = (
+    "UPDATE run_transactions SET (state_at_end, attempts_at_end, error_code_at_end, "
+    "error_message_at_end, event_ids_at_end, points_at_end, last_run_id_at_end) = "
+    "(SELECT t.state, t.attempts, t.last_error_code, t.last_error_message, t.event_ids, t.points, "
+    "t.last_run_id FROM transactions t WHERE t.id = run_transactions.txn_row_id) "
+)
+
+
+class Runs:
+    """The ledger's runs (a part of :class:`~pipeline.ledger.Ledger`)."""
+
+    _db: Db
+
+    def start_run(
+        self,
+        *,
+        feed: str,
+        scope: str,
+        kind: str = "run",
+        dry_run: bool = False,
+        selection: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Record that a run started; returns its id."""
+        run_id = run_id or new_run_id()
+        with self._db.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (id, feed, scope, kind, dry_run, status, started_at, selection, "
+                "host, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                (
+                    run_id,
+                    feed,
+                    scope,
+                    kind,
+                    int(dry_run),
+                    timestamp(),
+                    json.dumps(selection, sort_keys=True) if selection else None,
+                    socket.gethostname(),
+                    os.getpid(),
+                ),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, *, status: str, exit_code: int, counts: dict[str, Any]) -> None:
+        """Record how a run ended, its counts, and the state each of its transactions ended in."""
+        with self._db.transaction() as db:
+            db.execute(_KEEP_OUTCOMES + "WHERE run_id = ?", (run_id,))
+            db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?",
+                (status, exit_code, json.dumps(counts, sort_keys=True, default=str), timestamp(), run_id),
+            )
+
+    def close_abandoned_runs(self, scope: str) -> list[str]:
+        """Mark runs of ``scope`` still 'running' (their process died) as 'crashed'."""
+        with self._db.transaction() as db:
+            rows = db.query("SELECT id FROM runs WHERE scope = ? AND status = 'running'", (scope,))
+            db.execute(
+                _KEEP_OUTCOMES
+                + "WHERE run_id IN (SELECT id FROM runs WHERE scope = ? AND status = 'running')",
+                (scope,),
+            )
+            db.execute(
+                "UPDATE runs SET status = 'crashed', finished_at = ? WHERE scope = ? AND status = 'running'",
+                (timestamp(), scope),
+            )
+        return [r["id"] for r in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run by id (None when unknown)."""
+        row = self._db.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return run_record(row) if row else None
+
+    def runs(self, *, feed: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally of one feed."""
+        sql = "SELECT * FROM runs"
+        params: list[Any] = []
+        if feed:
+            sql += " WHERE feed = ?"
+            params.append(feed)
+        sql += " ORDER BY started_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [run_record(r) for r in self._db.query(sql, params)]

@@ -1,0 +1,90 @@
+"""The states of a transaction row and the transitions between them.
+
+Work is handed from stage to stage through named states with verb-named transitions, each one a
+single ledger transaction together with what it records (dlt's load packages are the model)::
+
+    queued ──start_sending──▶ sending (in doubt) ──accept──────────▶ accepted
+       │  ▲                     │   ▲  └──fail_retryable──▶ failed_retryable ──requeue──▶ queued
+       │  └──────requeue────────┼───┘  └──fail_permanent──▶ failed_permanent ──requeue──▶ queued
+       │                        └─────mark_not_sent───▶ not_sent
+       └──mark_not_sent / fail_* (the sink decided without sending)
+
+    rejected, duplicate, conflict, void: recorded once when a file is recorded; never sent.
+
+The ``*_SQL`` constants are the same sets as SQL lists, for queries to repeat word for word.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TxnState(StrEnum):
+    """The state of one transaction row."""
+
+    QUEUED = "queued"
+    SENDING = "sending"  # in doubt: a request may have reached the platform
+    ACCEPTED = "accepted"
+    FAILED_RETRYABLE = "failed_retryable"
+    FAILED_PERMANENT = "failed_permanent"
+    NOT_SENT = "not_sent"  # the target cannot express it (e.g. an unmatched return)
+    VOID = "void"  # cancelled at the till: counted, never sent
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+PRIMARY_STATES: frozenset[TxnState] = frozenset(
+    {
+        TxnState.QUEUED,
+        TxnState.SENDING,
+        TxnState.ACCEPTED,
+        TxnState.FAILED_RETRYABLE,
+        TxnState.FAILED_PERMANENT,
+        TxnState.NOT_SENT,
+        TxnState.VOID,
+    }
+)
+PENDING_STATES: frozenset[TxnState] = frozenset({TxnState.QUEUED, TxnState.SENDING})
+FINAL_STATES: frozenset[TxnState] = frozenset(TxnState) - PENDING_STATES
+
+TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
+    TxnState.QUEUED: frozenset(
+        {TxnState.SENDING, TxnState.NOT_SENT, TxnState.FAILED_RETRYABLE, TxnState.FAILED_PERMANENT}
+    ),
+    # sending -> sending: an in-doubt transaction is re-sent
+    TxnState.SENDING: frozenset(
+        {
+            TxnState.SENDING,
+            TxnState.ACCEPTED,
+            TxnState.FAILED_RETRYABLE,
+            TxnState.FAILED_PERMANENT,
+            TxnState.NOT_SENT,
+        }
+    ),
+    TxnState.FAILED_RETRYABLE: frozenset({TxnState.QUEUED}),
+    TxnState.FAILED_PERMANENT: frozenset({TxnState.QUEUED}),
+}
+
+# In the order of the partial index `transactions_primary` (migration 1): SQLite uses a partial
+# index only when the query repeats its WHERE term, IN-list order included. Any other order falls
+# back to a scan of (scope, state), which made every per-request lookup of the submit stage O(n).
+PRIMARY_ORDER = ("queued", "sending", "accepted", "failed_retryable", "failed_permanent", "not_sent", "void")
+PRIMARY_SQL = "(" + ",".join(f"'{state}'" for state in PRIMARY_ORDER) + ")"
+# the states a transaction may be sent from
+SENDABLE_SQL = "(" + ",".join(
+    f"'{state.value}'" for state, targets in TRANSITIONS.items() if TxnState.SENDING in targets
+) + ")"
+# the states whose stored checkout no request needs again: its customer id may be masked
+NEVER_SENT_AGAIN = (TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.CONFLICT)
+NEVER_SENT_AGAIN_SQL = "(" + ",".join(f"'{state.value}'" for state in NEVER_SENT_AGAIN) + ")"
+# the states a file's transaction is recorded in
+RECORDABLE = frozenset(
+    {TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED, TxnState.DUPLICATE, TxnState.CONFLICT}
+)
+assert {TxnState(state) for state in PRIMARY_ORDER} == PRIMARY_STATES
+# a failed-retryable row a plain run resends by itself (parameters: max attempts, cutoff time)
+RESUMABLE_SQL = (
+    "(state = 'failed_retryable' AND COALESCE(retry_class, 'transient') IN "
+    "('transient', 'stopped', 'credentials') AND attempts < ? AND created_at >= ?)"
+)

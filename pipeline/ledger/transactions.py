@@ -1,0 +1,166 @@
+"""Reading transaction rows: by id, by run, by business date, for a rerun, counted by state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pipeline.ledger.db import PAGE_ROWS, Db, chunks, marks, pages
+from pipeline.ledger.records import TXN_COLUMNS, TXN_COLUMNS_AT_END, TxnRecord, txn_record
+from pipeline.ledger.states import PRIMARY_SQL, TxnState
+
+
+class Transactions:
+    """Reading transactions (a part of :class:`~pipeline.ledger.Ledger`)."""
+
+    _db: Db
+
+    def originals(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, TxnRecord]:
+        """The primary rows of ``transaction_ids`` in ``scope``, by transaction id (e.g. the sales
+        that returns name; a target that cancels purchases needs their platform event ids)."""
+        found: dict[str, TxnRecord] = {}
+        for chunk in chunks(list(dict.fromkeys(transaction_ids))):
+            for row in self._db.query(
+                f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.scope = ? "
+                f"AND t.transaction_id IN ({marks(len(chunk))}) AND t.state IN {PRIMARY_SQL}",
+                (scope, *chunk),
+            ):
+                found[row["transaction_id"]] = txn_record(row)
+        return found
+
+    def transactions_by_row_id(
+        self, row_ids: Sequence[int], *, with_checkout: bool = False
+    ) -> list[TxnRecord]:
+        """Transaction rows by ledger id, in the given order."""
+        cols = TXN_COLUMNS + (", t.checkout" if with_checkout else "")
+        found: dict[int, TxnRecord] = {}
+        for chunk in chunks(row_ids):
+            for row in self._db.query(
+                f"SELECT {cols} FROM transactions t WHERE t.id IN ({marks(len(chunk))})", chunk
+            ):
+                found[row["id"]] = txn_record(row, checkout=row["checkout"] if with_checkout else None)
+        return [found[i] for i in row_ids if i in found]
+
+    def rows_in_state(self, row_ids: Sequence[int], state: TxnState) -> set[int]:
+        """The ledger ids among ``row_ids`` whose transaction is in ``state``."""
+        return self._ids_among(row_ids, "state", state.value)
+
+    def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
+        """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
+        return self._ids_among(row_ids, "transaction_type", transaction_type)
+
+    def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
+        found: set[int] = set()
+        for chunk in chunks(row_ids):
+            found.update(r[0] for r in self._db.query(
+                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) AND {column} = ?",
+                (*chunk, value),
+            ))
+        return found
+
+    def run_transactions(self, run_id: str, *, at_end: bool = True) -> list[TxnRecord]:
+        """The transactions a run handled, with their origin and (``at_end``) the outcome the run
+        left them in: state, attempts, error, event ids, points and last run as of its end (the
+        current ones while the run is still going), whatever later runs did."""
+        columns = TXN_COLUMNS_AT_END if at_end else TXN_COLUMNS
+        rows = self._db.query(
+            f"SELECT {columns}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
+            (run_id,),
+        )
+        return [
+            txn_record(r, origin=r["origin"], state=(r["state_at_end"] if at_end else None) or None)
+            for r in rows
+        ]
+
+    def day_transactions(self, feed: str, business_date: str) -> list[TxnRecord]:
+        """Every transaction row of a feed's files for one business date, in its current state."""
+        rows = self._db.query(
+            f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
+            "ORDER BY t.file_id, t.id",
+            (feed, business_date),
+        )
+        return [txn_record(r, origin="file") for r in rows]
+
+    def iter_run_transactions(self, run_id: str, *, at_end: bool = True,
+                              page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
+        """:meth:`run_transactions`, read ``page_rows`` rows at a time: only one page is in memory.
+        Consume it (or close it) before the next write to the ledger."""
+        columns = TXN_COLUMNS_AT_END if at_end else TXN_COLUMNS
+        for r in pages(
+            self._db,
+            f"SELECT {columns}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
+            (run_id,), page_rows,
+        ):
+            yield txn_record(r, origin=r["origin"], state=(r["state_at_end"] if at_end else None) or None)
+
+    def iter_day_transactions(self, feed: str, business_date: str, *,
+                              page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
+        """:meth:`day_transactions`, read ``page_rows`` rows at a time."""
+        for r in pages(
+            self._db,
+            f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
+            "ORDER BY t.file_id, t.id",
+            (feed, business_date), page_rows,
+        ):
+            yield txn_record(r, origin="file")
+
+    def run_file_ids(self, run_id: str) -> set[int]:
+        """The files whose rows came in with a run (its transactions of origin ``file``)."""
+        return {r[0] for r in self._db.query(
+            "SELECT DISTINCT t.file_id FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+            "WHERE rt.run_id = ? AND rt.origin = 'file'", (run_id,))}
+
+    def day_file_ids(self, feed: str, business_date: str) -> set[int]:
+        """The files with rows of a feed's business date."""
+        return {r[0] for r in self._db.query(
+            "SELECT DISTINCT file_id FROM transactions WHERE feed = ? AND business_date = ?",
+            (feed, business_date))}
+
+    def release_memory(self) -> None:
+        """Give back what the database holds in memory and does not need (SQLite's unused page
+        cache), where it can: between the groups of a stage."""
+        release = getattr(self._db, "release_memory", None)
+        if release is not None:
+            release()
+
+    def select_for_rerun(
+        self,
+        scope: str,
+        *,
+        run_id: str | None = None,
+        file: str | None = None,
+        store_id: str | None = None,
+        business_date: str | None = None,
+        include_permanent: bool = False,
+        feed: str | None = None,
+    ) -> list[int]:
+        """Primary rows of ``scope`` matching the selection whose state a rerun may resend:
+        failed_retryable (and failed_permanent with ``include_permanent``). Never accepted."""
+        states = ["failed_retryable"] + (["failed_permanent"] if include_permanent else [])
+        sql = f"SELECT t.id FROM transactions t WHERE t.scope = ? AND t.state IN ({marks(len(states))})"
+        params: list[Any] = [scope, *states]
+        if run_id:
+            sql += " AND t.id IN (SELECT txn_row_id FROM run_transactions WHERE run_id = ?)"
+            params.append(run_id)
+        if file:
+            sql += " AND t.source_file = ?"
+            params.append(file)
+        if store_id:
+            sql += " AND t.store_id = ?"
+            params.append(store_id)
+        if business_date:
+            sql += " AND t.business_date = ?"
+            params.append(business_date)
+        if feed:
+            sql += " AND t.feed = ?"
+            params.append(feed)
+        return [r[0] for r in self._db.query(sql + " ORDER BY t.id", params)]
+
+    def state_counts(self, scope: str) -> dict[str, int]:
+        """How many rows of ``scope`` are in each state."""
+        rows = self._db.query(
+            "SELECT state, COUNT(*) FROM transactions WHERE scope = ? GROUP BY state", (scope,)
+        )
+        return {r[0]: r[1] for r in rows}

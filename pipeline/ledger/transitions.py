@@ -1,0 +1,272 @@
+"""Transitions: the verb-named moves of a transaction between states (see ``states.py``), each
+one ledger transaction, and which run each transaction belongs to (``run_transactions``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pipeline.ledger.db import Db, chunks, marks
+from pipeline.ledger.errors import IllegalTransitionError, LedgerError
+from pipeline.ledger.records import cutoff, timestamp
+from pipeline.ledger.states import (
+    NEVER_SENT_AGAIN,
+    PRIMARY_SQL,
+    RESUMABLE_SQL,
+    SENDABLE_SQL,
+    TRANSITIONS,
+    TxnState,
+)
+from pipeline.records import EventResult, Outcome, RetryClass
+
+
+def attach(db: Db, run_id: str, row_ids: Sequence[int], origin: str) -> None:
+    """Make transaction rows part of ``run_id`` (``origin``: file, settle or retry); a row already
+    part of it stays as it was."""
+    db.executemany(
+        "INSERT OR IGNORE INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+        [(run_id, i, origin) for i in row_ids],
+    )
+
+
+def set_state(
+    db: Db,
+    row_ids: Sequence[int],
+    target: TxnState,
+    run_id: str,
+    *,
+    extra: str = "",
+    params: Sequence[Any] = (),
+) -> None:
+    """Move rows to ``target`` for ``run_id``, checking each move against the state machine
+    (``extra``/``params``: more ``, column = ?`` assignments and their values)."""
+    for chunk in chunks(row_ids):
+        in_list = marks(len(chunk))
+        rows = db.query(f"SELECT id, transaction_id, state FROM transactions WHERE id IN ({in_list})", chunk)
+        if len(rows) != len(set(chunk)):
+            raise LedgerError(f"unknown transaction rows among {list(chunk)[:5]}")
+        for row in rows:
+            if target not in TRANSITIONS.get(TxnState(row["state"]), frozenset()):
+                raise IllegalTransitionError(row["transaction_id"], row["state"], target)
+        db.execute(
+            f"UPDATE transactions SET state = ?, last_run_id = ?, updated_at = ?{extra} "
+            f"WHERE id IN ({in_list})",
+            (target.value, run_id, timestamp(), *params, *chunk),
+        )
+
+
+def primary_row_ids(db: Db, scope: str, transaction_ids: Sequence[str]) -> list[int]:
+    """The primary rows of ``transaction_ids`` in ``scope``; every one must exist."""
+    ids: list[int] = []
+    for chunk in chunks(transaction_ids):
+        rows = db.query(
+            f"SELECT id FROM transactions WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) "
+            f"AND state IN {PRIMARY_SQL}",
+            (scope, *chunk),
+        )
+        ids.extend(r[0] for r in rows)
+    if len(ids) != len(set(transaction_ids)):
+        raise LedgerError(f"unknown transactions among {list(transaction_ids)[:5]} in scope {scope!r}")
+    return ids
+
+
+class Transitions:
+    """Sending and settling transactions (a part of :class:`~pipeline.ledger.Ledger`)."""
+
+    _db: Db
+
+    def start_sending(self, scope: str, transaction_ids: Sequence[str], run_id: str) -> None:
+        """Mark transactions in doubt before their request goes out (attempts + 1).
+
+        One guarded UPDATE per request (it runs before every request, so it is kept cheap); when
+        it does not touch exactly these transactions, the precise checks name what is wrong."""
+        unique = list(dict.fromkeys(transaction_ids))
+        with self._db.transaction() as db:
+            updated = 0
+            for chunk in chunks(unique):
+                updated += db.execute(
+                    f"UPDATE transactions SET state = 'sending', last_run_id = ?, updated_at = ?, "
+                    f"attempts = attempts + 1 WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) "
+                    f"AND state IN {PRIMARY_SQL} AND state IN {SENDABLE_SQL}",
+                    (run_id, timestamp(), scope, *chunk),
+                )
+            if updated != len(unique):
+                ids = primary_row_ids(db, scope, unique)  # raises for an unknown transaction
+                set_state(db, ids, TxnState.SENDING, run_id)  # raises for an illegal one
+                raise LedgerError(f"could not mark {unique[:5]} in doubt in scope {scope!r}")
+
+    def accept(
+        self,
+        scope: str,
+        transaction_id: str,
+        run_id: str,
+        *,
+        event_ids: Sequence[str] = (),
+        points: Decimal | None = None,
+        note: str | None = None,
+    ) -> None:
+        """The platform accepted the transaction (or confirmed an earlier acceptance)."""
+        self.apply_results(
+            scope,
+            [EventResult(transaction_id, Outcome.ACCEPTED, tuple(event_ids), points, note, None)],
+            run_id,
+        )
+
+    def fail_retryable(
+        self, scope: str, transaction_id: str, run_id: str, *, code: str | None, message: str | None
+    ) -> None:
+        """Not delivered this time; a later rerun may deliver it."""
+        self.apply_results(
+            scope, [EventResult(transaction_id, Outcome.RETRYABLE, (), None, code, message)], run_id
+        )
+
+    def fail_permanent(
+        self, scope: str, transaction_id: str, run_id: str, *, code: str | None, message: str | None
+    ) -> None:
+        """The platform refused it for a reason retrying will not fix."""
+        self.apply_results(
+            scope, [EventResult(transaction_id, Outcome.REJECTED, (), None, code, message)], run_id
+        )
+
+    def mark_not_sent(
+        self, scope: str, transaction_id: str, run_id: str, *, code: str | None, message: str | None
+    ) -> None:
+        """The target cannot express this transaction; it is counted, never sent."""
+        self.apply_results(
+            scope, [EventResult(transaction_id, Outcome.NOT_SENT, (), None, code, message)], run_id
+        )
+
+    def apply_results(
+        self,
+        scope: str,
+        results: Sequence[EventResult],
+        run_id: str,
+        *,
+        masks: Mapping[str, str] | None = None,
+    ) -> None:
+        """Settle a batch of sink outcomes in one transaction (accept / fail_* / mark_not_sent).
+
+        ``masks`` (transaction id to masked customer id): a transaction that settles accepted or
+        not sent, so is never sent again, keeps the mask in its stored checkout instead of the
+        customer id (in the same write; :meth:`scrub_customer_ids` finds nothing left to do).
+        """
+        if not results:
+            return
+        now = timestamp()
+        with self._db.transaction() as db:
+            current: dict[str, tuple[int, str]] = {}
+            tids = [r.transaction_id for r in results]
+            for chunk in chunks(list(dict.fromkeys(tids))):
+                for row in db.query(
+                    f"SELECT id, transaction_id, state FROM transactions WHERE scope = ? "
+                    f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
+                    (scope, *chunk),
+                ):
+                    current[row["transaction_id"]] = (row["id"], row["state"])
+            updates: list[tuple[Any, ...]] = []
+            for result in results:
+                if result.transaction_id not in current:
+                    raise LedgerError(f"unknown transaction {result.transaction_id!r} in scope {scope!r}")
+                row_id, state = current[result.transaction_id]
+                if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+                    # an earlier send landed: keep the platform's evidence (e.g. code 5003)
+                    already = result.outcome is Outcome.ALREADY_ACCEPTED
+                    target = TxnState.ACCEPTED
+                    code = (result.error_code or "already_accepted") if already else None
+                    message = result.error_message if already else None
+                else:
+                    target = {
+                        Outcome.RETRYABLE: TxnState.FAILED_RETRYABLE,
+                        Outcome.REJECTED: TxnState.FAILED_PERMANENT,
+                        Outcome.NOT_SENT: TxnState.NOT_SENT,
+                    }[result.outcome]
+                    code, message = result.error_code, result.error_message
+                if target not in TRANSITIONS.get(TxnState(state), frozenset()):
+                    raise IllegalTransitionError(result.transaction_id, state, target)
+                current[result.transaction_id] = (row_id, target.value)
+                final = target in NEVER_SENT_AGAIN
+                mask = masks.get(result.transaction_id) if masks and final else None
+                retry_class = (
+                    str(result.retry_class or RetryClass.TRANSIENT)
+                    if target is TxnState.FAILED_RETRYABLE else None
+                )
+                updates.append(
+                    (
+                        target.value,
+                        retry_class,
+                        run_id,
+                        now,
+                        json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
+                        str(result.points) if result.points is not None else None,
+                        code,
+                        message,
+                        mask,
+                        mask,
+                        row_id,
+                    )
+                )
+            db.executemany(
+                "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
+                "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
+                "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN ? IS NULL "
+                "THEN checkout ELSE json_set(checkout, '$.customer_id', ?) END WHERE id = ?",
+                updates,
+            )
+
+    def requeue(self, row_ids: Sequence[int], run_id: str, *, origin: str = "retry") -> None:
+        """Put failed (or in-doubt) transactions back in the queue of ``run_id``."""
+        with self._db.transaction() as db:
+            set_state(db, row_ids, TxnState.QUEUED, run_id)
+            attach(db, run_id, row_ids, origin)
+
+    def adopt_pending(self, scope: str, run_id: str) -> list[int]:
+        """Attach the queued and in-doubt transactions left by earlier runs to ``run_id``
+        (origin 'settle'); they are sent before anything new. Returns their row ids."""
+        with self._db.transaction() as db:
+            rows = db.query(
+                "SELECT id FROM transactions WHERE scope = ? AND state IN ('queued', 'sending') ORDER BY id",
+                (scope,),
+            )
+            ids = [r[0] for r in rows]
+            attach(db, run_id, ids, "settle")
+        return ids
+
+    def carry_over(self, scope: str, run_id: str, *, max_attempts: int, max_age_hours: float,
+                   now: datetime | None = None) -> list[int]:
+        """Attach to ``run_id`` (origin 'settle') what earlier runs of ``scope`` left unsent, to be
+        sent before anything new: queued and in-doubt transactions, and failed-retryable ones
+        whose failure was transient, a stop or refused credentials (put back in the queue), as
+        long as they had fewer than ``max_attempts`` attempts and were first recorded less than
+        ``max_age_hours`` ago. Returns their row ids (in-doubt and queued first)."""
+        since = cutoff(now, max_age_hours)
+        with self._db.transaction() as db:
+            pending = [r[0] for r in db.query(
+                "SELECT id FROM transactions WHERE scope = ? AND state IN ('queued', 'sending') ORDER BY id",
+                (scope,),
+            )]
+            failed = [r[0] for r in db.query(
+                f"SELECT id FROM transactions WHERE scope = ? AND state = 'failed_retryable' "
+                f"AND {RESUMABLE_SQL} ORDER BY id",
+                (scope, max_attempts, since),
+            )]
+            attach(db, run_id, pending, "settle")
+            if failed:
+                set_state(db, failed, TxnState.QUEUED, run_id)
+                attach(db, run_id, failed, "settle")
+        return pending + failed
+
+    def requeue_refused(self, row_ids: Sequence[int], run_id: str) -> list[int]:
+        """Put back in the queue the transactions among ``row_ids`` left failed because the
+        platform refused our credentials (they wait for the next run, not for a rerun)."""
+        ids: list[int] = []
+        for chunk in chunks(row_ids):
+            ids.extend(r[0] for r in self._db.query(
+                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) "
+                "AND state = 'failed_retryable' AND retry_class = 'credentials'", chunk))
+        if ids:
+            with self._db.transaction() as db:
+                set_state(db, ids, TxnState.QUEUED, run_id)
+        return ids
