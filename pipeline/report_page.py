@@ -11,7 +11,7 @@ escaped) into one self-contained file: inline CSS and SVG, no script, nothing fr
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline.currencies import minor_units
-from pipeline.reports import DETAIL_COLUMNS, STATE_COLUMNS, SUMMARY_COLUMNS, Report
+from pipeline.reports import STATE_COLUMNS, SUMMARY_COLUMNS, Report
 
 __all__ = ["FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data", "render_page"]
 
@@ -98,6 +98,10 @@ def _rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[st
     return [{c: "" if v is None else str(v) for c, v in zip(columns, row, strict=False)} for row in rows]
 
 
+def _each_row(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[dict[str, str]]:
+    return ({c: "" if v is None else str(v) for c, v in zip(columns, row, strict=False)} for row in rows)
+
+
 def _flow(figures: Figures, currency: str) -> dict[str, Any]:
     """One currency's (or one store's) figures as the page shows them, bars included."""
     largest = max([abs(figures.amount_in), *(abs(a) for a in figures.amounts.values())])
@@ -129,8 +133,8 @@ def page_data(report: Report) -> dict[str, Any]:
     """Everything the page shows, read from the report's own rows and summary."""
     summary = report.summary
     summary_rows = _rows(SUMMARY_COLUMNS, report.summary_rows)
-    detail_rows = _rows(DETAIL_COLUMNS, report.detail_rows)
-    reject_rows = _rows(report.reject_header, report.reject_rows)
+    # the reject rows are read one at a time; the page keeps only what it shows of them
+    reject_rows = _each_row(report.reject_header, report.reject_rows)
 
     per_currency: dict[str, Figures] = defaultdict(Figures)
     per_store: dict[tuple[str, str], Figures] = defaultdict(Figures)
@@ -153,9 +157,10 @@ def page_data(report: Report) -> dict[str, Any]:
         entry["rows"] += 1
         if len(entry["examples"]) < _EXAMPLES_PER_CODE:
             entry["examples"].append(f"{row['source_file']}:{row['source_line']} {row['reject_reason']}")
-    for row in detail_rows:
-        if row["state"] == "rejected" and row["reject_code"] in codes:
-            codes[row["reject_code"]]["amounts"][row["currency"]] += Decimal(row["amount"] or 0)
+    for code, amounts in report.rejected_amounts.items():  # added up from the detail rows
+        if code in codes:
+            for currency, amount in amounts.items():
+                codes[code]["amounts"][currency] += amount
     reject_codes = [
         {**entry, "amounts": [format_amount(a, c) + (f" {c}" if c else "")
                               for c, a in sorted(entry["amounts"].items())]}

@@ -1,7 +1,9 @@
 """Reconciliation reports: what came in, where every transaction ended, and proof that it balances.
 
 Pure builders (:func:`build_report`) turn ledger rows into a :class:`Report`; :func:`write_report`
-writes it as five files into one folder, each atomically and spreadsheet-safe:
+writes it as five files into one folder, each atomically and spreadsheet-safe. The rows stream: a
+report keeps its totals, and its detail and reject rows are read again (from the ledger, page by
+page) while they are written, so its memory does not grow with the day:
 
 * ``summary.csv``: one row per source file × store × business date × currency (× origin): rows,
   transactions and amount in, then count and amount per state, points awarded, ``balanced``
@@ -21,11 +23,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
@@ -37,6 +39,7 @@ __all__ = [
     "STATE_COLUMNS",
     "SUMMARY_COLUMNS",
     "Report",
+    "Rows",
     "build_report",
     "money",
     "write_report",
@@ -111,6 +114,7 @@ REJECT_TAIL_COLUMNS: tuple[str, ...] = (
 )
 
 _ZERO = Decimal("0")
+_T = TypeVar("_T")
 
 
 def money(value: Decimal | None) -> str:
@@ -192,39 +196,75 @@ class _Group:
         )
 
 
+class Rows:
+    """Rows that can be read more than once, each time from ``make()`` (a report's detail and
+    reject rows stream from the ledger as they are written; they are never all in memory)."""
+
+    def __init__(self, make: Callable[[], Iterable[Sequence[Any]]]):
+        self._make = make
+
+    def __iter__(self) -> Iterator[Sequence[Any]]:
+        return iter(self._make())
+
+
+# transactions or rejects: a sequence, or a function that reads them again each time it is called
+Replayable = Sequence[_T] | Callable[[], Iterable[_T]]
+
+
+def _replay(items: Replayable[_T]) -> Callable[[], Iterable[_T]]:
+    return items if callable(items) else (lambda: items)
+
+
 @dataclass(frozen=True)
 class Report:
-    """One report: its rows and its JSON summary."""
+    """One report: its summary rows, its detail and reject rows (read as they are written), its
+    JSON summary, and the rejected amount per reject code and currency (for the page)."""
 
     summary_rows: list[list[Any]]
-    detail_rows: list[list[Any]]
+    detail_rows: Iterable[Sequence[Any]]
     reject_header: list[str]
-    reject_rows: list[list[Any]]
+    reject_rows: Iterable[Sequence[Any]]
     summary: dict[str, Any]
+    rejected_amounts: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+
+
+def _detail_row(report_id: str, feed: str, t: TxnRecord) -> list[Any]:
+    return [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",
+            t.business_date or "", t.transaction_type or "", t.currency or "",
+            money_text(t.amount, t.currency), t.rows,
+            _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
+            t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
+            t.content_hash or "", t.first_run_id, t.last_run_id]
 
 
 def build_report(
     *,
     report_id: str,
     feed: str,
-    transactions: Sequence[TxnRecord],
+    transactions: Replayable[TxnRecord],
     file_totals: Iterable[tuple[str, str, str, int, int, Decimal]
                           | tuple[str, str, str, int, int, Decimal, str]],
-    rejects: Sequence[dict[str, Any]],
+    rejects: Replayable[dict[str, Any]],
     pending_is_final: bool = False,
     extra: dict[str, Any] | None = None,
     files_not_read: Iterable[tuple[str, str, str]] = (),
 ) -> Report:
     """Build a report from ledger rows.
 
-    ``file_totals`` are (source_file, store_id, business_date, rows, transactions, amount[,
-    currency]) of the files whose rows came in with this report (origin ``file``); transactions of
-    another origin (settled or retried from the ledger) are their own input. ``pending_is_final``
-    counts queued rows as final (a dry run, where "queued" means "would be sent"). Every total is
-    per currency: a summary row has one, and the JSON summary has ``currencies``.
-    ``files_not_read`` are (source_file, origin, reason) of files the run saw and did not read:
-    one summary row each, nothing in it (currency: the report's, when its money is in one).
+    ``transactions`` and ``rejects`` are sequences or functions that read them (again) from the
+    ledger each time they are called: the totals are added up in one pass, and the detail and
+    reject rows are made again, one at a time, when the report is written, so memory does not grow
+    with the day. ``file_totals`` are (source_file, store_id, business_date, rows, transactions,
+    amount[, currency]) of the files whose rows came in with this report (origin ``file``);
+    transactions of another origin (settled or retried from the ledger) are their own input.
+    ``pending_is_final`` counts queued rows as final (a dry run, where "queued" means "would be
+    sent"). Every total is per currency: a summary row has one, and the JSON summary has
+    ``currencies``. ``files_not_read`` are (source_file, origin, reason) of files the run saw and
+    did not read: one summary row each, nothing in it (currency: the report's, when its money is in
+    one).
     """
+    read_transactions = _replay(transactions)
+    read_rejects = _replay(rejects)
     groups: dict[tuple[str, str, str, str, str], _Group] = {}
     for name, store, day, rows, count, amount, *rest in file_totals:
         currency = rest[0] if rest else ""
@@ -232,7 +272,10 @@ def build_report(
         group.rows_in += rows
         group.transactions_in += count
         group.amount_in += amount
-    for txn in transactions:
+    rows_rejected = 0
+    transactions_rejected = 0
+    rejected_amounts: dict[str, dict[str, Decimal]] = {}
+    for txn in read_transactions():
         origin = "file" if (txn.origin or "file") == "file" else "ledger"
         key = (txn.source_file, txn.store_id or "", txn.business_date or "", txn.currency or "", origin)
         group = groups.setdefault(key, _Group())
@@ -241,6 +284,13 @@ def build_report(
             group.transactions_in += 1
             group.amount_in += txn.amount
         group.add(txn)
+        if txn.state is TxnState.REJECTED:
+            rows_rejected += txn.rows
+            transactions_rejected += 1
+            # as the detail row shows it (the page adds these up per reject code)
+            of_code = rejected_amounts.setdefault(txn.reject_code or "", {})
+            shown = Decimal(money_text(txn.amount, txn.currency) or 0)
+            of_code[txn.currency or ""] = of_code.get(txn.currency or "", _ZERO) + shown
 
     summary_rows: list[list[Any]] = []
     total = _Group()
@@ -273,41 +323,34 @@ def build_report(
              money(_ZERO), 0, 0, zero, "true", _one_line(reason)]
         )
 
-    detail_rows = [
-        [report_id, feed, t.source_file, _lines(t.source_lines), t.transaction_id or "", t.store_id or "",
-         t.business_date or "", t.transaction_type or "", t.currency or "",
-         money_text(t.amount, t.currency), t.rows,
-         _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
-         t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
-         t.content_hash or "", t.first_run_id, t.last_run_id]
-        for t in transactions
-    ]
+    detail_rows = Rows(lambda: (_detail_row(report_id, feed, t) for t in read_transactions()))
 
     reject_header: list[str] = []
-    for reject in rejects:
+    by_code: Counter[str] = Counter()
+    for reject in read_rejects():
+        by_code[str(reject["code"])] += 1
         for column in reject["original"]:
             if column not in reject_header and column not in REJECT_TAIL_COLUMNS:
                 reject_header.append(column)
-    reject_rows = [
-        [*(r["original"].get(c) for c in reject_header), r["code"], r["reason"], r["field"],
+    original_columns = tuple(reject_header)
+    reject_rows = Rows(lambda: (
+        [*(r["original"].get(c) for c in original_columns), r["code"], r["reason"], r["field"],
          r["source_file"], r["source_line"]]
-        for r in rejects
-    ]
+        for r in read_rejects()
+    ))
     reject_header += list(REJECT_TAIL_COLUMNS)
 
-    rejected = [t for t in transactions if t.state is TxnState.REJECTED]
     currencies = {
         currency: _currency_amounts(currency, group) for currency, group in sorted(by_currency.items())
     }
-    by_code = Counter(str(r["code"]) for r in rejects)
     summary: dict[str, Any] = {
         "run_id": report_id,
         "feed": feed,
         "rows_in": total.rows_in,
-        "rows_rejected": sum(t.rows for t in rejected),
+        "rows_rejected": rows_rejected,
         "transactions_in": total.transactions_in,
-        "transactions_valid": total.transactions - len(rejected),
-        "transactions_rejected": len(rejected),
+        "transactions_valid": total.transactions - transactions_rejected,
+        "transactions_rejected": transactions_rejected,
         "rejects_by_code": dict(sorted(by_code.items())),
         "duplicates": total.counts["duplicate"],
         "conflicts": total.counts["conflict"],
@@ -325,7 +368,7 @@ def build_report(
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
     }
     summary.update(extra or {})
-    return Report(summary_rows, detail_rows, reject_header, reject_rows, summary)
+    return Report(summary_rows, detail_rows, reject_header, reject_rows, summary, rejected_amounts)
 
 
 def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:

@@ -338,7 +338,7 @@ def report_command(
             feed_name = load_feed(feed, settings.feeds_dir).name
             report = day_report(ledger, feed_name, business_date.isoformat())
             folder = out or report_folder(settings.reports_dir, feed_name, f"day-{business_date.isoformat()}")
-    write_report(report, folder)
+        write_report(report, folder)  # its rows are read from the ledger as they are written
     if as_json:
         _print_json({**report.summary, "reports_path": str(folder)})
     else:

@@ -36,7 +36,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -255,7 +255,7 @@ class _Context:
             if self.on_stage is not None:
                 self.on_stage(name, "end")
 
-    def submit(self, row_ids: list[int]) -> None:
+    def submit(self, row_ids: Sequence[int]) -> None:
         if not row_ids:
             return
         if self.dry_run:  # every decision but the platform's, as a real run takes it
@@ -615,7 +615,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     ctx.notes.update(_backlog_notes(ctx))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
     notes = dict(ctx.notes)
-    with gc_paused():  # the report's rows are alive until they are written
+    with gc_paused():  # the report's rows are read and written a page at a time, none kept
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
         code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
         if status != "failed" and ctx.refused():

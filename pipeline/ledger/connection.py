@@ -83,6 +83,27 @@ class SqliteDb:
             row: Row | None = self._connection.execute(sql, params).fetchone()
             return row
 
+    def stream(self, sql: str, params: Sequence[Any], page_rows: int) -> Iterator[Row]:
+        """The rows of a query fetched ``page_rows`` at a time from one cursor (see
+        :func:`pipeline.ledger.db.pages`)."""
+        with self._file_errors():
+            with self._mutex:
+                cursor = self._connection.execute(sql, params)
+            try:
+                while True:
+                    with self._mutex:
+                        rows = cursor.fetchmany(page_rows)
+                    if not rows:
+                        return
+                    yield from rows
+            finally:
+                cursor.close()
+
+    def release_memory(self) -> None:
+        """Give back the page cache's unused memory (SQLite's ``shrink_memory``)."""
+        with self._mutex:
+            self._connection.execute("PRAGMA shrink_memory")
+
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._mutex:
             row_id = self._connection.execute(sql, params).lastrowid

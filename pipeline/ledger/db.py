@@ -93,3 +93,19 @@ def chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     """``items`` in slices of at most ``size`` (an IN list stays under the driver's limits)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# rows read at a time by the ledger's paging readers (iter_run_transactions, ...)
+PAGE_ROWS = 5000
+
+
+def pages(db: Db, sql: str, params: Sequence[Any] = (), page_rows: int = PAGE_ROWS) -> Iterator[Row]:
+    """The rows of a query, ``page_rows`` at a time where the database can stream them (a
+    ``stream(sql, params, page_rows)`` method, as :class:`~pipeline.ledger.connection.SqliteDb`
+    has); otherwise every row of one :meth:`Db.query`. Consume it (or close it) before the next
+    write to the ledger."""
+    stream = getattr(db, "stream", None)
+    if stream is None:
+        yield from db.query(sql, params)
+    else:
+        yield from stream(sql, params, page_rows)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from pipeline.ledger.db import Db
+from pipeline.ledger.db import PAGE_ROWS, Db, pages
 from pipeline.ledger.records import FileRecord, NewReject
 
 
@@ -67,3 +67,20 @@ class Rejects:
             item["amount"] = Decimal(item["amount"])
             out.append(item)
         return out
+
+    def iter_rejects(
+        self, *, run_id: str | None = None, feed: str | None = None, business_date: str | None = None,
+        page_rows: int = PAGE_ROWS,
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`rejects`, read ``page_rows`` rows at a time."""
+        sql = "SELECT r.* FROM rejects r JOIN files f ON f.id = r.file_id WHERE 1=1"
+        params: list[Any] = []
+        for column, value in (("r.run_id", run_id), ("f.feed", feed), ("r.business_date", business_date)):
+            if value:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        for r in pages(self._db, sql + " ORDER BY r.file_id, r.source_line, r.id", params, page_rows):
+            item = dict(r)
+            item["original"] = json.loads(item["original"])
+            item["amount"] = Decimal(item["amount"])
+            yield item

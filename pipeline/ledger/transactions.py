@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pipeline.ledger.db import Db, chunks, marks
+from pipeline.ledger.db import PAGE_ROWS, Db, chunks, marks, pages
 from pipeline.ledger.records import TXN_COLUMNS, TXN_COLUMNS_AT_END, TxnRecord, txn_record
 from pipeline.ledger.states import PRIMARY_SQL, TxnState
 
@@ -81,6 +81,49 @@ class Transactions:
             (feed, business_date),
         )
         return [txn_record(r, origin="file") for r in rows]
+
+    def iter_run_transactions(self, run_id: str, *, at_end: bool = True,
+                              page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
+        """:meth:`run_transactions`, read ``page_rows`` rows at a time: only one page is in memory.
+        Consume it (or close it) before the next write to the ledger."""
+        columns = TXN_COLUMNS_AT_END if at_end else TXN_COLUMNS
+        for r in pages(
+            self._db,
+            f"SELECT {columns}, rt.origin, rt.state_at_end FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? ORDER BY t.file_id, t.id",
+            (run_id,), page_rows,
+        ):
+            yield txn_record(r, origin=r["origin"], state=(r["state_at_end"] if at_end else None) or None)
+
+    def iter_day_transactions(self, feed: str, business_date: str, *,
+                              page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
+        """:meth:`day_transactions`, read ``page_rows`` rows at a time."""
+        for r in pages(
+            self._db,
+            f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
+            "ORDER BY t.file_id, t.id",
+            (feed, business_date), page_rows,
+        ):
+            yield txn_record(r, origin="file")
+
+    def run_file_ids(self, run_id: str) -> set[int]:
+        """The files whose rows came in with a run (its transactions of origin ``file``)."""
+        return {r[0] for r in self._db.query(
+            "SELECT DISTINCT t.file_id FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+            "WHERE rt.run_id = ? AND rt.origin = 'file'", (run_id,))}
+
+    def day_file_ids(self, feed: str, business_date: str) -> set[int]:
+        """The files with rows of a feed's business date."""
+        return {r[0] for r in self._db.query(
+            "SELECT DISTINCT file_id FROM transactions WHERE feed = ? AND business_date = ?",
+            (feed, business_date))}
+
+    def release_memory(self) -> None:
+        """Give back what the database holds in memory and does not need (SQLite's unused page
+        cache), where it can: between the groups of a stage."""
+        release = getattr(self._db, "release_memory", None)
+        if release is not None:
+            release()
 
     def select_for_rerun(
         self,

@@ -21,12 +21,14 @@ def report_folder(reports_dir: Path, feed: str, report_id: str) -> Path:
 
 def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = None) -> Report:
     """The report of one run: the transactions it handled, as the run left them (state, attempts,
-    error, event ids: the run's own outcome, whatever later runs did), so it is reproduced."""
+    error, event ids: the run's own outcome, whatever later runs did), so it is reproduced.
+
+    Its detail and reject rows are read from ``ledger`` page by page when it is written: write it
+    while the ledger is open."""
     run = ledger.run(run_id)
     if run is None:
         raise KeyError(run_id)
-    transactions = ledger.run_transactions(run_id, at_end=True)
-    file_ids = {t.file_id for t in transactions if t.origin == "file"}
+    file_ids = ledger.run_file_ids(run_id)
     names = {i: ledger.file(i).name for i in file_ids}
     totals = [(names[f], store, day, rows, count, amount, currency)
               for f, store, day, currency, rows, count, amount in ledger.currency_totals(file_ids)]
@@ -41,9 +43,9 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
     return build_report(
         report_id=run_id,
         feed=run.feed,
-        transactions=transactions,
+        transactions=lambda: ledger.iter_run_transactions(run_id, at_end=True),
         file_totals=totals,
-        rejects=ledger.rejects(run_id=run_id),
+        rejects=lambda: ledger.iter_rejects(run_id=run_id),
         pending_is_final=run.dry_run,
         extra=details,
         files_not_read=files_not_read(details),
@@ -70,9 +72,8 @@ def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
     """The report of one business day of a feed: every row of its files for that date, in its
-    current state (later reruns included)."""
-    transactions = ledger.day_transactions(feed, business_date)
-    file_ids = {t.file_id for t in transactions}
+    current state (later reruns included). Written while ``ledger`` is open, as :func:`run_report`."""
+    file_ids = ledger.day_file_ids(feed, business_date)
     names = {i: ledger.file(i).name for i in file_ids}
     totals = [(names[f], store, day, rows, count, amount, currency)
               for f, store, day, currency, rows, count, amount in ledger.currency_totals(file_ids)
@@ -80,9 +81,9 @@ def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
     return build_report(
         report_id=f"day-{business_date}",
         feed=feed,
-        transactions=transactions,
+        transactions=lambda: ledger.iter_day_transactions(feed, business_date),
         file_totals=totals,
-        rejects=ledger.rejects(feed=feed, business_date=business_date),
+        rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date),
         extra={"kind": "business_day", "business_date": business_date,
                "problems": day_problems(ledger, feed, business_date)},
     )

@@ -15,11 +15,12 @@ them up before sending them again.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,7 +37,7 @@ from pipeline.stages.returns import with_return_context
 
 __all__ = [
     "BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims", "personal_values",
-    "submit_rows", "with_originals", "without_personal",
+    "sales_first_batches", "submit_rows", "with_originals", "without_personal",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,8 @@ def submit_rows(
     outcome = SubmitResult()
     if not row_ids:
         return outcome
-    ordered = sales_first(ledger, row_ids)
     return asyncio.run(
-        _submit(ledger, feed, run_id, ordered, make_sink, stop, progress, batch_size, outcome)
+        _submit(ledger, feed, run_id, row_ids, make_sink, stop, progress, batch_size, outcome)
     )
 
 
@@ -85,10 +85,9 @@ def decide_rows(
     from the same checkouts in the same batches; the rest stay queued ("would be sent"). Returns
     how many were settled."""
     batch_size = batch_size or BATCH_SIZE
-    ordered = sales_first(ledger, row_ids)
     settled = 0
-    for start in range(0, len(ordered), batch_size):
-        rows = ledger.transactions_by_row_id(ordered[start : start + batch_size], with_checkout=True)
+    for batch in sales_first_batches(ledger, row_ids, batch_size):
+        rows = ledger.transactions_by_row_id(batch, with_checkout=True)
         checkouts, unsent = checkouts_of(ledger, feed, rows)
         personal = personal_values(feed, checkouts)
         results = [without_personal(r, personal)
@@ -151,6 +150,15 @@ def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
     """
     returns = ledger.rows_of_type(row_ids, TransactionType.RETURN)
     return [i for i in row_ids if i not in returns] + [i for i in row_ids if i in returns]
+
+
+def sales_first_batches(ledger: Ledger, row_ids: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """:func:`sales_first` in batches of ``batch_size`` ids, the same batches, made one at a time
+    (only the run's returns are kept aside: no second list of the whole day)."""
+    returns = ledger.rows_of_type(row_ids, TransactionType.RETURN)
+    ordered = itertools.chain((i for i in row_ids if i not in returns), (i for i in row_ids if i in returns))
+    while batch := list(itertools.islice(ordered, batch_size)):
+        yield batch
 
 
 def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -258,7 +266,7 @@ async def _submit(
     ledger: Ledger,
     feed: Feed,
     run_id: str,
-    row_ids: list[int],
+    row_ids: Sequence[int],
     make_sink: Callable[[Feed], Sink],
     stop: threading.Event | None,
     progress: Progress,
@@ -313,13 +321,14 @@ async def _submit(
     sink = make_sink(feed)
     progress.start("submit", len(row_ids))
     try:
-        for start in range(0, len(row_ids), batch_size):
+        for number, batch in enumerate(sales_first_batches(ledger, row_ids, batch_size)):
+            start = number * batch_size  # every batch but the last is full
             if stop is not None and stop.is_set():
                 outcome.stopped = True
                 log.warning("%s: stop requested; %d transaction(s) left queued for the next run",
                             feed.name, len(row_ids) - start)
                 break
-            rows = ledger.transactions_by_row_id(row_ids[start : start + batch_size], with_checkout=True)
+            rows = ledger.transactions_by_row_id(batch, with_checkout=True)
             checkouts, unsent = checkouts_of(ledger, feed, rows)
             for result in unsent:
                 on_result(result)

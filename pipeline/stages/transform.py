@@ -14,8 +14,9 @@ from its lines independently of those states, so the report can prove that nothi
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -32,6 +33,7 @@ from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
 from pipeline.logs import log_event, mask_customer_id
+from pipeline.memory import release_memory
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import CANONICAL_COLUMNS, MONEY, DedupStatus, TransactionType
 from pipeline.stages.fetch import StagedFile
@@ -52,7 +54,8 @@ _LINE_CURRENCY = (
 class TransformOutcome:
     """What the transform stage recorded."""
 
-    to_send: list[int] = field(default_factory=list)  # ledger row ids queued by this run
+    # ledger row ids queued by this run (8 bytes each: a day's ids are not a list of int objects)
+    to_send: MutableSequence[int] = field(default_factory=lambda: array("q"))
     unreadable: list[UnreadableFileError] = field(default_factory=list)
     read_stats: ReadStats = field(default_factory=ReadStats)  # skipped transactions, line items by kind
 
@@ -295,9 +298,11 @@ def _read_staged(
     return lines, unreadable
 
 
-# files transformed together hold at most about this many bytes (≈ 250,000 lines of a typical
-# export): a whole day is never in memory at once, and each step's tables stay small
-CHUNK_BYTES = 32 * 2**20
+# files transformed together hold at most about this many bytes (≈ 95,000 lines of a typical
+# export): a whole day is never in memory at once, and each step's tables stay small. The peak
+# memory of a run follows this size (a 32 MiB group took 1.1 GiB at its peak, a 12 MiB one 0.5)
+CHUNK_BYTES = 12 * 2**20
+_PAGE_IDS = 10_000  # row ids checked against the ledger at a time
 
 
 def _groups(staged: Sequence[StagedFile], max_bytes: int) -> Iterator[list[StagedFile]]:
@@ -343,10 +348,17 @@ def transform_staged(
     for number, group in enumerate(_groups(staged, CHUNK_BYTES)):
         conflicts = _transform_group(ledger, run_id, feed, group, now, outcome, progress, hook)
         held_possible = held_possible or (number > 0 and conflicts)
+        ledger.release_memory()  # what the group left is given back before the next one
+        release_memory()
     if held_possible:
         # a conflict in a later group may have held a version an earlier group queued
-        queued = ledger.rows_in_state(outcome.to_send, TxnState.QUEUED)
-        outcome.to_send = [i for i in outcome.to_send if i in queued]
+        # (checked a page at a time: no set of the whole day's ids)
+        kept: array[int] = array("q")
+        for start in range(0, len(outcome.to_send), _PAGE_IDS):
+            page = outcome.to_send[start : start + _PAGE_IDS]
+            queued = ledger.rows_in_state(page, TxnState.QUEUED)
+            kept.extend(i for i in page if i in queued)
+        outcome.to_send = kept
     progress.finish("transform")
     log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
     return outcome
