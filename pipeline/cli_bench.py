@@ -256,12 +256,31 @@ def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_m
               help="Runs against each ledger (order empty, grown, grown, empty, ...).")
 @click.option("--update-docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results into this file's Scaling section (docs/BENCHMARKS.md).")
+@click.option("--postgres-url", metavar="URL", default=None,
+              help="Instead: the day against an empty SQLite ledger and this PostgreSQL database, "
+                   "alternating, side by side (each run in a scope of its own; nothing is deleted).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path | None, as_json: bool) -> None:
-    """Does a bigger ledger cost time? One day against an empty and a filled ledger, alternating."""
-    from pipeline.benchmarks.e2e import run_ledger_growth
-    from pipeline.benchmarks.e2e_report import render_ledger_growth, update_ledger_growth_docs
+def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path | None,
+                 postgres_url: str | None, as_json: bool) -> None:
+    """Does a bigger ledger cost time? One day against an empty and a filled ledger, alternating.
+    With --postgres-url: what a PostgreSQL ledger costs against SQLite, on the same day."""
+    from pipeline.benchmarks.e2e import run_ledger_backends, run_ledger_growth
+    from pipeline.benchmarks.e2e_report import (
+        render_ledger_backends,
+        render_ledger_growth,
+        update_ledger_growth_docs,
+    )
 
+    if postgres_url is not None:
+        if update_docs is not None:
+            raise click.UsageError("--update-docs writes the ledger-growth section: not with --postgres-url")
+        backends = run_ledger_backends(postgres_url, line_items=line_items, rounds=rounds)
+        command = _reproduce_command(leave_out={"postgres_url", "prefill"}) + " --postgres-url URL"
+        _emit_benchmark(render_ledger_backends(backends, command=command), backends,
+                        docs=None, update_docs=update_ledger_growth_docs, as_json=as_json)
+        if not all(r["balanced"] and r["sandbox_matches_ledger"] for r in backends["runs"]):
+            raise click.ClickException("a run did not balance or the sandbox disagrees with the ledger")
+        return
     report = run_ledger_growth(prefill=prefill, line_items=line_items, rounds=rounds)
     _emit_benchmark(render_ledger_growth(report, command=_reproduce_command()), report, docs=update_docs,
                     update_docs=update_ledger_growth_docs, as_json=as_json)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -196,3 +197,28 @@ def test_side_by_side_calls_the_other_benchmarks_and_rewrites_their_sections(tmp
     text = docs.read_text()
     for marker in ("<!-- transform-benchmark:start", "<!-- submit:start", "<!-- fetch:start"):
         assert text.count(marker) == 1, marker
+
+
+def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(postgres_db: str) -> None:
+    """Both ledger backends on the same day, alternating; shape and balance only, never a timing;
+    the database's password never reaches the output."""
+    url = postgres_db.replace("postgresql://postgres@", "postgresql://postgres:not-printed@")
+    result = CliRunner().invoke(
+        cli, ["bench", "ledger", "--postgres-url", url, "--line-items", "1000", "--rounds", "1", "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "not-printed" not in result.output
+    report = json.loads(result.output)
+    assert report["order"] == ["sqlite", "postgresql"]
+    for run in report["runs"]:
+        assert run["balanced"] is True and run["sandbox_matches_ledger"] is True
+    assert set(report["cpu_ratio"]) == {"transform", "record", "submit", "report", "total"}
+    with psycopg.connect(postgres_db) as db:  # the PostgreSQL run wrote there, the SQLite one did not
+        scopes = db.execute("SELECT DISTINCT scope FROM transactions").fetchall()
+    assert len(scopes) == 1 and str(scopes[0][0]).startswith("backends-") and str(scopes[0][0]).endswith("-1")
+    text = CliRunner().invoke(
+        cli, ["bench", "ledger", "--postgres-url", url, "--line-items", "500", "--rounds", "1"],
+        catch_exceptions=False,
+    ).output
+    assert "| record |" in text and "--postgres-url URL" in text and "not-printed" not in text

@@ -54,6 +54,28 @@ def render_ledger_growth(report: dict[str, Any], *, command: str = "") -> str:
     return "\n".join(lines)
 
 
+def render_ledger_backends(report: dict[str, Any], *, command: str = "") -> str:
+    """The two ledger backends side by side as Markdown: CPU and wall time per line item."""
+    cpu, wall = report["cpu_us_per_line_item"], report["wall_us_per_line_item"]
+    lines = [
+        f"Measured {report.get('measured_at', '')} with "
+        f"`{command or 'posfeed bench ledger --postgres-url URL'}`.",
+        "",
+        f"A day of {report['line_items']:,} line items against an empty SQLite ledger and a PostgreSQL "
+        f"ledger (a scope of its own per run), {report['rounds']} runs each, in the order "
+        f"{', '.join(report['order'])}. Microseconds per line item.",
+        "",
+        "| stage | CPU SQLite | CPU PostgreSQL | CPU ratio | wall SQLite | wall PostgreSQL | wall ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for stage in report["cpu_ratio"]:
+        lines.append(
+            f"| {stage} | {cpu['sqlite'][stage]:.1f} | {cpu['postgresql'][stage]:.1f} | "
+            f"**{report['cpu_ratio'][stage]:.2f}** | {wall['sqlite'][stage]:.1f} | "
+            f"{wall['postgresql'][stage]:.1f} | **{report['wall_ratio'][stage]:.2f}** |")
+    return "\n".join(lines)
+
+
 def update_ledger_growth_docs(path: Path, section: str) -> None:
     """Replace the generated ledger-growth block in ``path`` (in the Scaling section)."""
     from pipeline.benchmarks.docs import replace_generated_block
