@@ -268,16 +268,15 @@ def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path |
     from pipeline.benchmarks.e2e_report import (
         render_ledger_backends,
         render_ledger_growth,
+        update_ledger_backends_docs,
         update_ledger_growth_docs,
     )
 
     if postgres_url is not None:
-        if update_docs is not None:
-            raise click.UsageError("--update-docs writes the ledger-growth section: not with --postgres-url")
         backends = run_ledger_backends(postgres_url, line_items=line_items, rounds=rounds)
         command = _reproduce_command(leave_out={"postgres_url", "prefill"}) + " --postgres-url URL"
         _emit_benchmark(render_ledger_backends(backends, command=command), backends,
-                        docs=None, update_docs=update_ledger_growth_docs, as_json=as_json)
+                        docs=update_docs, update_docs=update_ledger_backends_docs, as_json=as_json)
         if not all(r["balanced"] and r["sandbox_matches_ledger"] for r in backends["runs"]):
             raise click.ClickException("a run did not balance or the sandbox disagrees with the ledger")
         return

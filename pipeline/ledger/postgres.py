@@ -8,6 +8,8 @@ What differs from SQLite is translated here:
 * ``insert``: ``RETURNING id`` instead of SQLite's ``lastrowid``;
 * JSON in TEXT columns: ``jsonb`` operators instead of ``json_extract`` / ``json_set`` /
   ``json_remove`` (the stored text is re-serialized by ``jsonb``: same keys and values);
+* paging readers: a server-side cursor ``WITH HOLD`` (:meth:`PgDb.stream`), fetched a page at
+  a time, so a report of a large day never holds the day in Python;
 * bulk writes: ``COPY ... FROM STDIN`` (:meth:`PgDb.copy_rows`), ``executemany`` pipelined; a
   table grown by a large file is ANALYZEd after the commit, so the lookups that follow are planned
   on the table as it now is;
@@ -26,6 +28,7 @@ run, serialized by a re-entrant lock. The URL's password never appears in messag
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,6 +51,7 @@ TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_tra
           "problems", "alert_outbox")
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are refreshed
 _QMARK = re.compile(r"\?")
+_CURSOR_NAMES = (f"posfeed_pages_{n}" for n in itertools.count(1))  # server-side cursors of this process
 
 
 def _scrub(message: str, url: str) -> str:
@@ -145,6 +149,25 @@ class PgDb:
         with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             return list(cursor.fetchall())
+
+    def stream(self, sql: str, params: Sequence[Any], page_rows: int) -> Iterator[Row]:
+        """The rows of a query fetched ``page_rows`` at a time from a server-side cursor (see
+        :func:`pipeline.ledger.db.pages`). ``WITH HOLD`` keeps it open across the autocommit
+        statements between pages; the server keeps the result, this process one page of it."""
+        with _translated("query"):
+            with self._mutex:
+                cursor = self._connection.cursor(next(_CURSOR_NAMES), row_factory=_row_factory, withhold=True)
+                cursor.execute(to_pyformat(sql), params)
+            try:
+                while True:
+                    with self._mutex:
+                        rows = cursor.fetchmany(page_rows)
+                    if not rows:
+                        return
+                    yield from rows
+            finally:
+                with self._mutex, contextlib.suppress(psycopg.Error):
+                    cursor.close()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
