@@ -190,6 +190,18 @@ class LockHeldError(TransientError):
         super().__init__(f"scope {scope!r} is being run by {holder}")
 
 
+class LockLostError(TransientError):
+    """The run lock of the scope was lost while the run held it (its PostgreSQL session ended)."""
+
+    def __init__(self, scope: str):
+        self.scope = scope
+        super().__init__(
+            f"the run lock of scope {scope!r} was lost while the run held it (its PostgreSQL session "
+            "ended: the server restarted or the connection was cut), so another host may run the scope "
+            "now; this run stopped sending, and what it left queued or in doubt is settled by the next "
+            "run that holds the lock")
+
+
 class SourceUnavailableError(TransientError):
     """The SFTP server or local folder could not be reached or read."""
 

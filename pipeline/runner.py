@@ -52,6 +52,7 @@ from pipeline.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_TEMPFAIL,
+    LockLostError,
     PosfeedError,
     state_io_error,
 )
@@ -61,7 +62,7 @@ from pipeline.ledger import Ledger, new_run_id
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
-from pipeline.scope_locks import lock_kind
+from pipeline.scope_locks import LockWatch, RunStop, lock_kind
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source
@@ -314,6 +315,7 @@ def _execute(
         raise state_io_error(exc, exc.filename or settings.state_dir) from exc
     workdir: Path | None = None
     source: Source | None = None
+    watch = LockWatch(lock, scope=feed.scope)
     try:
         if stop is None or not stop.is_set():
             try:
@@ -349,7 +351,8 @@ def _execute(
             )
             staging = (workdir / "staging") if workdir else settings.staging_dir / run_id
             ctx = _Context(
-                feed, settings, ledger, run_id, dry_run, staging, stop, progress or NullProgress(),
+                feed, settings, ledger, run_id, dry_run, staging, RunStop(stop, watch.lost),
+                progress or NullProgress(),
                 make_sink or _default_sink_factory, on_stage, source=source,
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
@@ -360,6 +363,8 @@ def _execute(
                     _rerun_body(ctx, selection)
                 else:
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
+                if watch.lost.is_set():
+                    raise LockLostError(feed.scope)
             except BaseException as exc:
                 # an OSError that reaches here is about our own files (staging, state folder):
                 # every remote edge translates its own
@@ -383,6 +388,7 @@ def _execute(
     finally:
         if source is not None:
             source.close()
+        watch.close()
         lock.release()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -4,10 +4,19 @@ A ledger in the state folder (SQLite, no URL) is used by one host, so its scope 
 there (:mod:`pipeline.locks`); a ledger on a PostgreSQL server (a ``postgresql://`` URL) may be
 shared by several hosts, so its scope locks live in that server (:mod:`pipeline.pg_locks`). Both
 give the same lock: ``info``, ``taken_over``, ``release()``, and ``LockHeldError`` when held.
+
+A file lock lasts as long as the process. An advisory lock lasts as long as its PostgreSQL
+session, which a restarted server or a cut connection ends while the run goes on; another host may
+then take the scope. :class:`LockWatch` checks such a lock on a thread of its own and
+:class:`RunStop` turns its loss into the run's stop: the run sends nothing more and ends with
+:class:`~pipeline.errors.LockLostError` (exit 75).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -15,9 +24,13 @@ from urllib.parse import urlsplit
 from pipeline.errors import ConfigError
 from pipeline.locks import LockInfo, RunLock
 
-__all__ = ["POSTGRES_SCHEMES", "AcquireLock", "ScopeLock", "lock_kind"]
+__all__ = ["LOCK_CHECK_SECONDS", "POSTGRES_SCHEMES", "AcquireLock", "LockWatch", "RunStop", "ScopeLock",
+           "lock_kind"]
+
+log = logging.getLogger(__name__)
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")  # the two spellings libpq accepts
+LOCK_CHECK_SECONDS = 2.0  # how often a lock that can be lost is checked while a run holds it
 
 
 class ScopeLock(Protocol):
@@ -59,3 +72,43 @@ def lock_kind(ledger_url: str | None, state_dir: Path) -> AcquireLock:
         return PgRunLock.acquire(ledger_url, scope, feed=feed)
 
     return acquire_pg_lock
+
+
+class LockWatch:
+    """Checks every ``interval`` seconds, on a thread of its own, that ``lock`` is still held, if
+    it is a lock that can be lost (one with ``still_held()``); ``lost`` is set when it is not.
+    :meth:`close` it before releasing the lock."""
+
+    def __init__(self, lock: ScopeLock, *, scope: str, interval: float = LOCK_CHECK_SECONDS):
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        still_held: Callable[[], bool] | None = getattr(lock, "still_held", None)
+        if still_held is not None:
+            self._thread = threading.Thread(target=self._watch, args=(still_held, scope, interval),
+                                            name=f"lock watch {scope}", daemon=True)
+            self._thread.start()
+
+    def _watch(self, still_held: Callable[[], bool], scope: str, interval: float) -> None:
+        while not self._done.wait(interval):
+            if not still_held():
+                log.error("the run lock of scope %r is lost: stopping before anything more is sent", scope)
+                self.lost.set()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class RunStop(threading.Event):
+    """The stop flag a run's stages consult with ``is_set()``: set when the caller's ``stop`` is
+    (a signal, the scheduler) or when the run's lock is ``lost``."""
+
+    def __init__(self, stop: threading.Event | None, lost: threading.Event):
+        super().__init__()
+        self._stop, self._lost = stop, lost
+
+    def is_set(self) -> bool:
+        return self._lost.is_set() or (self._stop is not None and self._stop.is_set())

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,10 @@ def _done(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def _feed_file(tmp: Path, sandbox: SandboxServer) -> Path:
+def _feed_file(tmp: Path, sandbox: SandboxServer, **target: Any) -> Path:
     drop = tmp / "drop"
     copy_samples(drop, FILES)
-    feed = sample_feed("acme_hourly", sandbox, folder=drop)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, **target)
     path = tmp / "pgfeed.toml"
     path.write_text(feed_toml(feed), encoding="utf-8")
     return path
@@ -221,3 +222,89 @@ def test_two_hosts_run_all_at_once_and_each_scope_runs_on_one(postgres_db: str, 
     accepted = sorted(str(t.transaction_id) for t in rows
                       if t.state is TxnState.ACCEPTED and t.transaction_type != "return")
     assert sorted(ids) == accepted and {t.scope for t in rows} == {"london", "berlin"}
+
+
+def test_a_run_that_loses_its_lock_stops_sending_and_the_next_run_sends_the_rest_once(
+        postgres_db: str, tmp_path: Path) -> None:
+    """The scope lock's PostgreSQL session is ended mid-submission (as a restarted server or a cut
+    connection would end it; another host could take the scope then): the run notices within
+    seconds, sends nothing more and exits 75 naming the lost lock; the next run sends the rest,
+    each checkout once."""
+    with SandboxServer(latency_ms=100) as sandbox:  # one checkout per request, one at a time
+        feed_file = _feed_file(tmp_path, sandbox, max_concurrency=1, bulk_size=1)
+        env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
+        args = (*RUN_ARGS, "--feed", str(feed_file))
+        run = _posfeed(tmp_path, "host1", env, *args)
+        deadline = time.monotonic() + 120
+        while stats(sandbox)["events_accepted"] < 3:
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before submitting"
+            time.sleep(0.05)
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            (ended,) = conn.execute("SELECT count(pg_terminate_backend(backend_pid)) FROM scope_lock_holders "
+                                    "WHERE scope = 'acme'").fetchone() or (0,)
+        assert ended == 1
+        code, _, err = _done(run)
+        assert code == 75, err[-3000:]
+        assert "the run lock of scope 'acme' was lost" in err
+        with Ledger(postgres_db) as ledger:
+            left = ledger.state_counts("acme")
+            assert left.get("queued", 0) + left.get("failed_retryable", 0) > 0  # it stopped early
+            assert [r.status for r in ledger.runs()] == ["failed"]
+
+        code, _, err = _done(_posfeed(tmp_path, "host2", env, *args))  # another host carries on
+        assert code in (0, 65), err[-3000:]
+        ids = delivered_ids(sandbox)
+        after: dict[str, Any] = stats(sandbox)
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] == 0
+    assert sorted(ids) == _accepted_sales(postgres_db)
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == counts.get("failed_retryable", 0) == 0
+
+
+def test_two_schedulers_on_one_ledger_run_a_missed_feed_once(postgres_db: str, tmp_path: Path) -> None:
+    """`posfeed schedule --once-catchup` on two hosts (state folders, job stores of their own), both
+    down when the feed was due: the first runs it; the second, started while the first sends,
+    logs the scope as held by the other host (`skipped_locked`) and runs nothing. Then a run from
+    the second host finds the files recorded: every checkout reached the platform once."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.config import Settings, load_feed
+    from tests.test_scheduling import simulate_downtime, slow_feed_dir
+
+    with SandboxServer(latency_ms=50) as sandbox:
+        feeds = slow_feed_dir(tmp_path, sandbox)
+        for host in ("host1", "host2"):
+            settings = Settings(state_dir=tmp_path / host, feeds_dir=feeds, reports_dir=tmp_path / "reports")
+            simulate_downtime(settings, load_feed(feeds / "trickle.toml"),
+                              datetime.now(UTC) - timedelta(minutes=1))
+        env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
+        schedule = ("--log-format", "json", "--feeds-dir", str(feeds), "schedule", "--once-catchup")
+        first = _posfeed(tmp_path, "host1", env, *schedule)
+        deadline = time.monotonic() + 120
+        while stats(sandbox)["events_accepted"] < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "host1 ended before sending"
+            time.sleep(0.02)
+        code2, _, err2 = _done(_posfeed(tmp_path, "host2", env, *schedule))
+        code1, _, err1 = _done(first)
+
+        def run_lines(err: str) -> list[dict[str, Any]]:
+            lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+            return [line for line in lines if line.get("event") == "run"]
+
+        (ran,) = run_lines(err1)
+        # 65: two refunds of these files name sales the platform never accepted
+        assert code1 in (0, 65) and ran["status"] == "finished" and ran["accepted"] > 0, err1[-3000:]
+        (skipped,) = run_lines(err2)
+        assert code2 == 75 and skipped["status"] == "skipped_locked", err2[-3000:]
+        assert "is being run by" in skipped["msg"] and "(feed trickle)" in skipped["msg"]
+
+        code, out, err = _done(_posfeed(tmp_path, "host2", env, "--feeds-dir", str(feeds), "run", "--feed",
+                                        "trickle", "--json"))
+        assert code in (0, 65) and json.loads(out)["files_new"] == [], err[-3000:]
+        ids = delivered_ids(sandbox)
+        after: dict[str, Any] = stats(sandbox)
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] == 0
+    assert sorted(ids) == _accepted_sales(postgres_db)
+    with Ledger(postgres_db) as ledger:
+        assert [r.status for r in ledger.runs()] == ["finished", "finished"]
