@@ -747,6 +747,9 @@ def _one_problem(problem: dict[str, Any] | Problem) -> str:
     detail = " ".join(str(v) for v in (p.get("store_id"), p.get("business_date")) if v)
     if p["kind"] == "unreadable_file":
         detail = str(p.get("subject"))
+    hour = (p.get("counts") or {}).get("hour")
+    if p["kind"] == "missing_file" and isinstance(hour, int):  # an hourly feed: one problem per hour
+        detail += f" {hour:02d}:00"
     return f"#{p['problem_id']} {p['kind']}" + (f" {detail}" if detail else "")
 
 

@@ -561,3 +561,15 @@ def test_an_sftp_source_moves_a_broken_file_into_quarantine_and_back(
         (back,) = source.discover([])  # with its done-marker: ready again
         assert back.name == "a.csv"
     assert (sftp_dir / "a.csv").read_bytes() == b"\x00broken\x00"
+
+
+def test_the_run_line_tells_the_missing_hours_of_an_hourly_feed_apart() -> None:
+    from pipeline.runner import _problem_words
+
+    def missing(problem_id: int, hour: int | None) -> dict[str, Any]:
+        return {"problem_id": problem_id, "kind": "missing_file", "store_id": "LON01",
+                "business_date": "2026-11-20", "counts": {"hour": hour}}
+
+    words = _problem_words([missing(1, 9), missing(2, 13), missing(3, None)])
+    assert words == ("3 open problem(s): #1 missing_file LON01 2026-11-20 09:00, "
+                     "#2 missing_file LON01 2026-11-20 13:00, #3 missing_file LON01 2026-11-20")
