@@ -289,8 +289,11 @@ def test_cli_rerun_by_run_id_and_by_feed(
     (feeds_dir / "shop.toml").write_text(feed_toml(_feed(live, folder)), encoding="utf-8")
     base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports"),
             "--feeds-dir", str(feeds_dir)]
+    other_host = list(base)  # with SQLite: the same state folder, the ledger's home
     if not isinstance(ledger_location, Path):  # the PostgreSQL ledger, given as the global option
         base += ["--ledger-url", ledger_location]
+        # reruns and history from another host: a state folder of its own, the same ledger
+        other_host = [*base[:1], str(tmp_path / "host2"), *base[2:]]
     runner = CliRunner()
     live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
     first = runner.invoke(cli, [*base, "run", "--feed", "shop", "--business-date", "2026-11-20", "--json"])
@@ -300,20 +303,21 @@ def test_cli_rerun_by_run_id_and_by_feed(
     live.config.fault_rate = 0.0
     usage = runner.invoke(cli, [*base, "rerun"])
     assert usage.exit_code == 2
-    dry = runner.invoke(cli, [*base, "rerun", failed["run_id"], "--dry-run", "--json"])
+    dry = runner.invoke(cli, [*other_host, "rerun", failed["run_id"], "--dry-run", "--json"])
     assert dry.exit_code == EXIT_OK, dry.output
     assert json.loads(dry.stdout)["queued"] == failed["failed_retryable"]
     assert stats(live)["events_accepted"] == 0
-    rerun = runner.invoke(cli, [*base, "rerun", failed["run_id"], "--json"])
+    rerun = runner.invoke(cli, [*other_host, "rerun", failed["run_id"], "--json"])
     assert rerun.exit_code == EXIT_OK, rerun.output
     resent = json.loads(rerun.stdout)
     assert resent["kind"] == "rerun" and resent["accepted"] + resent["not_sent"] == failed["failed_retryable"]
     assert resent["balanced"] is True
     again = runner.invoke(cli, [*base, "rerun", "--feed", "shop", "--failed", "--json"])
     assert json.loads(again.stdout)["transactions_in"] == 0
-    listing = runner.invoke(cli, [*base, "runs", "--feed", "shop", "--json"])
-    kinds = [r["kind"] for r in json.loads(listing.stdout)]
-    assert kinds.count("run") == 1 and kinds.count("rerun") == 2  # a dry run leaves no trace
+    for host in (base, other_host):
+        listing = runner.invoke(cli, [*host, "runs", "--feed", "shop", "--json"])
+        kinds = [r["kind"] for r in json.loads(listing.stdout)]
+        assert kinds.count("run") == 1 and kinds.count("rerun") == 2  # a dry run leaves no trace
 
 
 def test_a_missing_secret_fails_the_run_before_any_file_and_the_next_run_sends(
