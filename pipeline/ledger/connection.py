@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.errors import state_io_error
 from pipeline.ledger import schema
-from pipeline.ledger.db import Db, Row
+from pipeline.ledger.db import Db, Row, fetch_in_pages
 from pipeline.ledger.errors import LedgerError, LedgerFileError
 
 # what SQLite says when the file, not posfeed, is the problem, and what to do about it
@@ -90,12 +90,7 @@ class SqliteDb:
             with self._mutex:
                 cursor = self._connection.execute(sql, params)
             try:
-                while True:
-                    with self._mutex:
-                        rows = cursor.fetchmany(page_rows)
-                    if not rows:
-                        return
-                    yield from rows
+                yield from fetch_in_pages(cursor, page_rows, self._mutex)
             finally:
                 cursor.close()
 

@@ -16,6 +16,10 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, overload
 
 
+class _Cursor(Protocol):
+    def fetchmany(self, size: int, /) -> Sequence[Any]: ...
+
+
 class Row(Protocol):
     """One result row: by position (``row[0]``, ``row[:n]``) or by column name (``row["id"]``)."""
 
@@ -97,6 +101,17 @@ def chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
 
 # rows read at a time by the ledger's paging readers (iter_run_transactions, ...)
 PAGE_ROWS = 5000
+
+
+def fetch_in_pages(cursor: _Cursor, page_rows: int, mutex: AbstractContextManager[Any]) -> Iterator[Row]:
+    """The rows of an executed ``cursor``, fetched ``page_rows`` at a time, each fetch under
+    ``mutex`` (the connection is free for other statements between pages)."""
+    while True:
+        with mutex:
+            rows = cursor.fetchmany(page_rows)
+        if not rows:
+            return
+        yield from rows
 
 
 def pages(db: Db, sql: str, params: Sequence[Any] = (), page_rows: int = PAGE_ROWS) -> Iterator[Row]:

@@ -39,7 +39,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from pipeline.ledger import schema
-from pipeline.ledger.db import Row
+from pipeline.ledger.db import Row, fetch_in_pages
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
 from pipeline.ledger.location import masked_url, password_forms, register_url_secret
 
@@ -159,12 +159,7 @@ class PgDb:
                 cursor = self._connection.cursor(next(_CURSOR_NAMES), row_factory=_row_factory, withhold=True)
                 cursor.execute(to_pyformat(sql), params)
             try:
-                while True:
-                    with self._mutex:
-                        rows = cursor.fetchmany(page_rows)
-                    if not rows:
-                        return
-                    yield from rows
+                yield from fetch_in_pages(cursor, page_rows, self._mutex)
             finally:
                 with self._mutex, contextlib.suppress(psycopg.Error):
                     cursor.close()
