@@ -50,6 +50,9 @@ WRITE_LOCK = (0x706F7366, 2)
 # the ledger's tables, which a dry run copies (a test checks these are all the migrations make)
 TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals",
           "problems", "alert_outbox")
+# one simple-protocol query (no parameters): the transaction begins and takes the write lock at once
+_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK[0]}, {WRITE_LOCK[1]})"
+_BEGIN_PRIVATE = "BEGIN"
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are first refreshed
 # the columns the ledger's lookups filter, join and sort on, where a table has wide ones the planner
 # never needs (statistics of every column of transactions took 2.6x as long); others: every column
@@ -250,18 +253,35 @@ class PgDb:
 
     @contextmanager
     def transaction(self) -> Iterator[PgDb]:
-        """One write transaction, after every other writer's (see the module docstring)."""
+        """One write transaction, after every other writer's (see the module docstring). ``BEGIN``
+        and the write lock go in one round trip; a nested one is a savepoint."""
         with self._mutex:
-            with _translated("transaction"), self._connection.transaction():
-                self._depth += 1
-                try:
-                    if not self._private and self._depth == 1:
-                        self._connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", WRITE_LOCK)
+            if self._depth:
+                with _translated("transaction"), self._connection.transaction():
+                    self._depth += 1
+                    try:
+                        yield self
+                    finally:
+                        self._depth -= 1
+                return
+            self._depth = 1
+            try:
+                with _translated("transaction"):
+                    self._connection.execute(_BEGIN_PRIVATE if self._private else _BEGIN)
                     yield self
-                finally:
-                    self._depth -= 1
-            if self._depth == 0:  # committed: outside the write lock, so no writer waits for it
-                self._analyze_grown()
+            except BaseException:
+                self._depth = 0
+                with contextlib.suppress(psycopg.Error):  # a lost connection has nothing to roll back
+                    self._connection.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            with _translated("commit"):
+                if self._connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                    self._connection.execute("ROLLBACK")  # COMMIT would roll back without a word
+                    raise LedgerError("the PostgreSQL ledger: a statement of the transaction failed; "
+                                      "rolled back")
+                self._connection.execute("COMMIT")
+            self._analyze_grown()  # committed: outside the write lock, so no writer waits for it
 
     def close(self) -> None:
         """Close the connection (what is committed stays)."""
