@@ -594,6 +594,31 @@ def test_a_large_file_refreshes_the_postgresql_planner_statistics(postgres_db: s
     assert row is not None and row[0] == count
 
 
+def test_postgresql_statistics_are_refreshed_when_a_runs_rows_have_doubled(postgres_db: str) -> None:
+    """Not after every file: after ANALYZE_AFTER_ROWS rows, then each time what the connection
+    appended has doubled (a day of n rows costs log2(n / ANALYZE_AFTER_ROWS) ANALYZEs)."""
+    size = ANALYZE_AFTER_ROWS
+
+    def reltuples() -> float:
+        with psycopg.connect(postgres_db) as conn:
+            row = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'transactions'").fetchone()
+        assert row is not None
+        return float(row[0])
+
+    seen = []
+    with Ledger(postgres_db) as ledger:
+        with psycopg.connect(postgres_db, autocommit=True) as admin:  # only the ledger analyzes here
+            admin.execute("ALTER TABLE transactions SET (autovacuum_enabled = false)")
+        run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+        for number in range(4):
+            ledger.record_file(
+                run_id, _file(ledger, run_id, name=f"f{number}.csv", sha=str(number) * 64),
+                transactions=[_txn(f"T{number}-{i}", line=i + 2) for i in range(size)], rejects=[],
+                totals=[("S1", "2026-11-20", size, size, Decimal("10.50") * size)])
+            seen.append(reltuples())
+    assert seen == [size, 2 * size, 2 * size, 4 * size]
+
+
 def test_a_dry_run_copies_every_table_of_the_postgresql_ledger(postgres_db: str) -> None:
     """A table the migrations add but the dry run's copy misses would be written for real."""
     Ledger(postgres_db).close()

@@ -82,7 +82,12 @@ class Recording:
                 "SELECT id FROM transactions WHERE file_id = ? ORDER BY id", (file.id,))]
             if len(row_ids) != len(transactions):
                 raise LedgerError(f"file {file.name}: {len(row_ids)} rows, {len(transactions)} given")
-            attach(db, run_id, row_ids, "file")
+            # one statement, not one per row: every row of the file is new to the run
+            db.execute(
+                "INSERT INTO run_transactions (run_id, txn_row_id, origin) "
+                "SELECT ?, id, 'file' FROM transactions WHERE file_id = ? ON CONFLICT DO NOTHING",
+                (run_id, file.id),
+            )
             to_send = [i for i, t in zip(row_ids, transactions, strict=True) if t.state is TxnState.QUEUED]
             to_send += _link_repeats(db, run_id, file.scope, row_ids, transactions)
             reject_row_of_line = {
