@@ -679,11 +679,16 @@ def _health(ctx: _Context, summary: dict[str, Any]) -> dict[str, Any]:
     events = _update_problems(ctx.ledger, ctx.feed, facts, now)
     if events is None:
         return out
-    still_open = sorted_problems(
-        [p for p in ctx.ledger.problems(scope=ctx.feed.scope) if relevant(p, ctx.feed)])
+    still_open = sorted_problems(_open_problems_of(ctx.ledger, ctx.feed))
     out.update(problems=[p.to_dict() for p in still_open], problems_opened=events["opened"],
                problems_escalated=events["escalated"], problems_resolved=events["resolved"])
     return out
+
+
+def _open_problems_of(ledger: Ledger, feed: Feed) -> list[Problem]:
+    """The open problems ``feed`` checks: its own (their keys name the feed, so they are found
+    whatever scope it had when they opened) and its scope's backlog."""
+    return [p for p in ledger.problems() if relevant(p, feed)]
 
 
 def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
@@ -693,7 +698,7 @@ def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
     next run; the run's own outcome stands)."""
     try:
         observed = observe(feed, ledger, facts, now)
-        open_before = [p for p in ledger.problems(scope=feed.scope) if relevant(p, feed)]
+        open_before = _open_problems_of(ledger, feed)
         plan = reconcile(open_before, observed, covers(feed, facts))
         changed = ledger.apply_problems(plan, run_id=facts.run_id, alert=alert_for(feed, facts.run_id))
     except Exception:

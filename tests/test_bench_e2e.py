@@ -199,7 +199,8 @@ def test_side_by_side_calls_the_other_benchmarks_and_rewrites_their_sections(tmp
         assert text.count(marker) == 1, marker
 
 
-def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(postgres_db: str) -> None:
+def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(postgres_db: str,
+                                                                               tmp_path: Path) -> None:
     """Both ledger backends on the same day, alternating; shape and balance only, never a timing;
     the database's password never reaches the output."""
     url = postgres_db.replace("postgresql://postgres@", "postgresql://postgres:not-printed@")
@@ -217,8 +218,15 @@ def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(p
     with psycopg.connect(postgres_db) as db:  # the PostgreSQL run wrote there, the SQLite one did not
         scopes = db.execute("SELECT DISTINCT scope FROM transactions").fetchall()
     assert len(scopes) == 1 and str(scopes[0][0]).startswith("backends-") and str(scopes[0][0]).endswith("-1")
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\n## Scaling\n\nearlier text\n\n## Later\n", encoding="utf-8")
     text = CliRunner().invoke(
-        cli, ["bench", "ledger", "--postgres-url", url, "--line-items", "500", "--rounds", "1"],
+        cli, ["bench", "ledger", "--postgres-url", url, "--line-items", "500", "--rounds", "1",
+              "--update-docs", str(docs)],
         catch_exceptions=False,
     ).output
     assert "| record |" in text and "--postgres-url URL" in text and "not-printed" not in text
+    written = docs.read_text(encoding="utf-8")  # its own block at the end of Scaling, the rest kept
+    assert written.index("earlier text") < written.index("<!-- ledger-backends:start") < written.index(
+        "| record |") < written.index("<!-- ledger-backends:end -->") < written.index("## Later")
+    assert "not-printed" not in written

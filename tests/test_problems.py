@@ -573,3 +573,26 @@ def test_the_run_line_tells_the_missing_hours_of_an_hourly_feed_apart() -> None:
     words = _problem_words([missing(1, 9), missing(2, 13), missing(3, None)])
     assert words == ("3 open problem(s): #1 missing_file LON01 2026-11-20 09:00, "
                      "#2 missing_file LON01 2026-11-20 13:00, #3 missing_file LON01 2026-11-20")
+
+
+def test_a_feed_moved_to_another_dedup_scope_keeps_its_open_problems(tmp_path: Path) -> None:
+    """A problem's key names its feed, not the scope: after the feed's `dedup_scope` changes, the
+    run finds the problem opened under the old scope and refreshes it (it once tried to open it
+    again, hit the ledger's one-open-problem-per-key rule and left the problems stale every run)."""
+    from pipeline.config import Feed
+    from pipeline.health import RunFacts, backlog_of
+    from pipeline.ledger import Ledger
+    from pipeline.runner import _update_problems
+
+    now = datetime.now(UTC)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        events = []
+        for scope in ("old_scope", "new_scope"):
+            feed = Feed(name="watch", dedup_scope=scope)
+            facts = RunFacts(run_id=None, kind="run", summary={}, error=RuntimeError("gone"),
+                             business_dates=[], missing_files=[], failed_codes={}, sent=0,
+                             backlog=backlog_of(ledger, feed, None, now))
+            events.append(_update_problems(ledger, feed, facts, now))
+        assert events[0] is not None and len(events[0]["opened"]) == 1
+        assert events[1] == {"opened": [], "escalated": [], "resolved": []}
+        assert [p.kind for p in ledger.problems(feed="watch")] == ["run_failed"]
