@@ -290,3 +290,14 @@ def test_empty_input() -> None:
     header_only = run([])
     assert header_only.summary["transactions_in"] == 0
     assert header_only.rejects.height == 0
+
+
+def test_computed_amounts_in_reasons_read_as_money() -> None:
+    """The computed side of a mismatch shows 2 decimals unless it has more (not the 4 it is kept in)."""
+    reasons = run([row(line_total="5.02"), row(transaction_id="T2", quantity="3", unit_price="0.0125",
+                                               line_total="0.05", transaction_total="")]).lines
+    first, second = reasons.get_column("reject_reason").to_list()
+    assert first == "line_total 5.02 but quantity × unit_price − discount = 5.00"
+    assert second == "line_total 0.05 but quantity × unit_price − discount = 0.0375"
+    sums = run([row(transaction_total="9.99")]).lines.get_column("reject_reason").to_list()
+    assert sums == ["transaction_total 9.99 but the lines sum to 5.00"]

@@ -25,6 +25,12 @@ class Rule:
     needs: tuple[str, ...] = ()
 
 
+def money_text(amount: pl.Expr) -> pl.Expr:
+    """A computed decimal as a till would print it: at least 2 decimals, no trailing zeros beyond
+    (``25.0000`` is ``25.00``, ``0.0375`` stays)."""
+    return amount.cast(pl.String).str.replace(r"^(-?\d+\.\d\d\d*?)0+$", "${1}")
+
+
 def reason(template: str, *args: pl.Expr) -> pl.Expr:
     """A reason text; an empty value shows as '' instead of making the whole text null."""
     return pl.format(template, *[a.cast(pl.String).fill_null("") for a in args])

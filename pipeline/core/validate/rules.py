@@ -17,7 +17,7 @@ from pipeline.core.validate.field_rules import (
     reader_rules,
     time_format_rules,
 )
-from pipeline.core.validate.rule import Rule, reason
+from pipeline.core.validate.rule import Rule, money_text, reason
 from pipeline.core.validate.transactions import GROUP_ID
 from pipeline.core.validate.value_rules import amount_rules, date_range_rules, shape_rules
 from pipeline.records import TransactionType
@@ -53,6 +53,7 @@ def transaction_rules(feed: Feed) -> list[Rule]:
             RejectCode.TRANSACTION_TOTAL_MISMATCH,
             "transaction_total",
             (expected_total - line_sum).abs() > tolerance,
-            reason("transaction_total {} but the lines sum to {}", pl.col("transaction_total"), line_sum),
+            reason("transaction_total {} but the lines sum to {}", pl.col("transaction_total"),
+                   money_text(line_sum)),
         )
     ]

@@ -13,7 +13,7 @@ import polars as pl
 from pipeline.config import Feed
 from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.exprs import money
-from pipeline.core.validate.rule import Rule, reason
+from pipeline.core.validate.rule import Rule, money_text, reason
 from pipeline.records import TransactionType
 
 __all__ = ["amount_rules", "date_range_rules", "shape_rules"]
@@ -62,7 +62,7 @@ def amount_rules(feed: Feed) -> list[Rule]:
             reason(
                 "line_total {} but quantity × unit_price − discount = {}",
                 pl.col("line_total"),
-                expected,
+                money_text(expected),
             ),
             needs=("v_line_total",),
         ),
