@@ -688,7 +688,8 @@ def _health(ctx: _Context, summary: dict[str, Any]) -> dict[str, Any]:
 def _open_problems_of(ledger: Ledger, feed: Feed) -> list[Problem]:
     """The open problems ``feed`` checks: its own (their keys name the feed, so they are found
     whatever scope it had when they opened) and its scope's backlog."""
-    return [p for p in ledger.problems() if relevant(p, feed)]
+    found = {p.id: p for p in (*ledger.problems(feed=feed.name), *ledger.problems(scope=feed.scope))}
+    return [p for p in found.values() if relevant(p, feed)]
 
 
 def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
