@@ -514,8 +514,8 @@ def run_ledger_backends(
     """The same day against an empty SQLite ledger and the PostgreSQL ledger at ``ledger_url``,
     alternating (sqlite, postgresql, postgresql, sqlite, ...) so drift of the machine's speed falls
     on both alike. Each PostgreSQL run deduplicates in a scope of its own, so nothing of the
-    database's other scopes is a duplicate. Reports CPU µs and wall ms per 1,000 line items of the
-    stages that touch the ledger, per backend, and their ratios postgresql / sqlite."""
+    database's other scopes is a duplicate. Reports CPU and wall µs per line item of the stages
+    that touch the ledger and of the whole run, per backend, and their ratios postgresql / sqlite."""
     runs: list[dict[str, Any]] = []
     tag = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     for index in range(rounds * 2):
