@@ -44,6 +44,7 @@ from typing import Any
 from pipeline.benchmarks.e2e_report import growth, plot_scaling, render_markdown
 from pipeline.benchmarks.meter import ResourceMeter, peak_rss
 from pipeline.benchmarks.workload import GUEST_SHARE, WorkloadSpec, write_workload
+from pipeline.ledger.db import round_trips
 
 __all__ = [
     "DEFAULT_LINE_ITEMS",
@@ -184,7 +185,7 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
         reports_dir=Path(config["reports_dir"]),
         ledger_url=config.get("ledger_url"),
     )
-    meter = ResourceMeter()
+    meter = ResourceMeter(round_trips=round_trips)
     profiler = cProfile.Profile() if config.get("profile_out") else None
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -211,6 +212,7 @@ def _measure(config: dict[str, Any]) -> dict[str, Any]:
             "wall_seconds": round(time.perf_counter() - started, 4),
             "cpu_seconds": round(time.process_time() - cpu_started, 4),
             "peak_rss_bytes": peak_rss(),
+            "round_trips": round_trips(),
         },
     }
 
@@ -534,6 +536,9 @@ def run_ledger_backends(
     stages = (*LEDGER_GROWTH_STAGES, "total")
     cpu = {b: {s: per_item(b, s, "cpu_seconds", 1e6) for s in stages} for b in ("sqlite", "postgresql")}
     wall = {b: {s: per_item(b, s, "wall_seconds", 1e6) for s in stages} for b in ("sqlite", "postgresql")}
+    trips = {s: per_item("postgresql", s, "round_trips", 1000) for s in stages}
+    trip_us = round_trip_us(ledger_url)
+    trips_us = {s: round(trips[s] / 1000 * trip_us, 2) for s in stages}
     return {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "line_items": runs[0]["point"]["line_items"] if runs else line_items,
@@ -543,11 +548,36 @@ def run_ledger_backends(
         "wall_us_per_line_item": wall,
         "cpu_ratio": {s: round(cpu["postgresql"][s] / (cpu["sqlite"][s] or 1e-9), 3) for s in stages},
         "wall_ratio": {s: round(wall["postgresql"][s] / (wall["sqlite"][s] or 1e-9), 3) for s in stages},
+        "round_trip_us": trip_us,
+        "round_trips_per_1000_line_items": trips,
+        "round_trips_us_per_line_item": trips_us,
+        # what PostgreSQL costs per line item beyond SQLite's wall time and its own round trips
+        "beyond_round_trips_us_per_line_item": {
+            s: round(wall["postgresql"][s] - wall["sqlite"][s] - trips_us[s], 2) for s in stages},
         "runs": [{"backend": r["backend"], "total": r["point"]["total"],
                   "stages": {k: r["point"]["stages"][k] for k in LEDGER_GROWTH_STAGES},
                   "balanced": r["point"]["balanced"],
                   "sandbox_matches_ledger": r["point"]["sandbox_matches_ledger"]} for r in runs],
     }
+
+
+def round_trip_us(ledger_url: str, *, statements: int = 1000, sets: int = 5) -> float:
+    """Microseconds of a statement that does nothing (``SELECT 1``) on a ledger connection to
+    ``ledger_url``: one round trip to the server and the driver's work for one statement, the
+    median of ``sets`` means, measured while nothing else runs."""
+    from pipeline.ledger.postgres import open_postgres
+
+    db, _ = open_postgres(ledger_url)
+    try:
+        means = []
+        for _ in range(sets):
+            started = time.perf_counter()
+            for _ in range(statements):
+                db.one("SELECT 1")
+            means.append((time.perf_counter() - started) / statements)
+    finally:
+        db.close()
+    return round(statistics.median(means) * 1e6, 2)
 
 
 # ---- the machine --------------------------------------------------------------------------------

@@ -76,6 +76,22 @@ def render_ledger_backends(report: dict[str, Any], *, command: str = "") -> str:
             f"| {stage} | {cpu['sqlite'][stage]:.1f} | {cpu['postgresql'][stage]:.1f} | "
             f"**{report['cpu_ratio'][stage]:.2f}** | {wall['sqlite'][stage]:.1f} | "
             f"{wall['postgresql'][stage]:.1f} | **{report['wall_ratio'][stage]:.2f}** |")
+    trips, trips_us = report["round_trips_per_1000_line_items"], report["round_trips_us_per_line_item"]
+    beyond = report["beyond_round_trips_us_per_line_item"]
+    lines += [
+        "",
+        f"PostgreSQL's wall time against SQLite's and the round trips it makes: a round trip (a "
+        f"statement that does nothing, `SELECT 1`, on an idle machine) took {report['round_trip_us']:.1f} "
+        f"µs. Microseconds per line item; *beyond* is PostgreSQL's wall minus SQLite's minus its round "
+        f"trips (0 or less: slower by no more than its round trips).",
+        "",
+        "| stage | round trips per 1,000 line items | their time | PostgreSQL − SQLite wall | beyond |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for stage in report["cpu_ratio"]:
+        lines.append(
+            f"| {stage} | {trips[stage]:.1f} | {trips_us[stage]:.1f} | "
+            f"{wall['postgresql'][stage] - wall['sqlite'][stage]:.1f} | **{beyond[stage]:.1f}** |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ time is the process's (every thread's) user + system time, as ``time.process_tim
     meter.stages["transform"].wall_seconds
 
 The process-wide peak (:func:`peak_rss`, the kernel's high-water mark) is exact; a stage's peak
-is sampled, so a spike shorter than the interval can be missed.
+is sampled, so a spike shorter than the interval can be missed. Given a ``round_trips`` counter
+(e.g. :data:`pipeline.ledger.db.round_trips`), each stage also counts what it added.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ class StageMeasure:
     cpu_seconds: float = 0.0
     peak_rss_bytes: int = 0
     entries: int = 0
+    round_trips: int = 0
     _started_wall: float = field(default=0.0, repr=False)
     _started_cpu: float = field(default=0.0, repr=False)
+    _started_trips: int = field(default=0, repr=False)
 
     def to_dict(self) -> dict[str, float | int | str]:
         """Plain numbers for JSON."""
@@ -90,14 +93,17 @@ class StageMeasure:
             "wall_seconds": round(self.wall_seconds, 4),
             "cpu_seconds": round(self.cpu_seconds, 4),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "round_trips": self.round_trips,
         }
 
 
 class ResourceMeter:
     """Measures named stages of the running process (see the module docstring)."""
 
-    def __init__(self, interval_seconds: float = 0.01) -> None:
+    def __init__(self, interval_seconds: float = 0.01, *,
+                 round_trips: Callable[[], int] = lambda: 0) -> None:
         self.interval_seconds = interval_seconds
+        self._round_trips = round_trips
         self.stages: dict[str, StageMeasure] = {}
         self._open: dict[str, StageMeasure] = {}
         self._lock = threading.Lock()
@@ -139,6 +145,7 @@ class ResourceMeter:
             measure = self.stages.setdefault(name, StageMeasure(name))
             measure._started_wall = time.perf_counter()
             measure._started_cpu = time.process_time()
+            measure._started_trips = self._round_trips()
             measure.peak_rss_bytes = max(measure.peak_rss_bytes, current_rss())
             measure.entries += 1
             self._open[name] = measure
@@ -151,6 +158,7 @@ class ResourceMeter:
                 return
             measure.wall_seconds += time.perf_counter() - measure._started_wall
             measure.cpu_seconds += time.process_time() - measure._started_cpu
+            measure.round_trips += self._round_trips() - measure._started_trips
             measure.peak_rss_bytes = max(measure.peak_rss_bytes, current_rss())
 
     @contextmanager

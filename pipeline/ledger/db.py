@@ -11,9 +11,32 @@ other writers out (:meth:`Db.transaction`). Rows are read by position or by colu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, overload
+
+
+class RoundTrips:
+    """How many times this process's ledger connections have waited for a database server (a
+    statement, a pipelined ``executemany``, a ``COPY``, a page of a cursor, ``BEGIN``/``COMMIT``;
+    SQLite, in the process, makes none): what ``posfeed bench ledger --postgres-url`` weighs each
+    stage's time against."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, count: int = 1) -> None:
+        with self._lock:
+            self._count += count
+
+    def __call__(self) -> int:
+        """The count so far."""
+        return self._count
+
+
+round_trips = RoundTrips()
 
 
 class _Cursor(Protocol):

@@ -40,7 +40,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from pipeline.ledger import schema
-from pipeline.ledger.db import Row, fetch_in_pages
+from pipeline.ledger.db import Row, fetch_in_pages, round_trips
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
 from pipeline.ledger.location import masked_url, password_forms, register_url_secret
 
@@ -62,6 +62,7 @@ ANALYZE_COLUMNS = {
 }
 _QMARK = re.compile(r"\?")
 _CURSOR_NAMES = (f"posfeed_pages_{n}" for n in itertools.count(1))  # server-side cursors of this process
+
 
 
 def _scrub(message: str, url: str) -> str:
@@ -145,6 +146,7 @@ class PgDb:
     # -- statements ---------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        round_trips.add()
         with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql), params)
             return cursor.rowcount
@@ -153,10 +155,12 @@ class PgDb:
         rows = list(rows)
         if not rows:
             return
+        round_trips.add()
         with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.executemany(to_pyformat(sql), rows)  # pipelined: one round trip, not one per row
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        round_trips.add()
         with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             return list(cursor.fetchall())
@@ -169,19 +173,25 @@ class PgDb:
             with self._mutex:
                 cursor = self._connection.cursor(next(_CURSOR_NAMES), row_factory=_row_factory, withhold=True)
                 cursor.execute(to_pyformat(sql), params)
+            rows = 0
             try:
-                yield from fetch_in_pages(cursor, page_rows, self._mutex)
+                for row in fetch_in_pages(cursor, page_rows, self._mutex):
+                    rows += 1
+                    yield row
             finally:
+                round_trips.add(rows // page_rows + 3)  # declare, each page, the empty last one, close
                 with self._mutex, contextlib.suppress(psycopg.Error):
                     cursor.close()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        round_trips.add()
         with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             row: Row | None = cursor.fetchone()
             return row
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        round_trips.add()
         with _translated("insert"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql) + " RETURNING id", params)
             row = cursor.fetchone()
@@ -195,6 +205,7 @@ class PgDb:
             pgsql.Identifier(table), pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
         )
         count = 0
+        round_trips.add()
         with (_translated("copy"), self._mutex, self._connection.cursor() as cursor,
               cursor.copy(statement) as copy):
             for row in rows:
@@ -222,6 +233,7 @@ class PgDb:
             if table in ANALYZE_COLUMNS:
                 statement = pgsql.SQL("ANALYZE {} ({})").format(pgsql.Identifier(table), pgsql.SQL(", ").join(
                     pgsql.Identifier(column) for column in ANALYZE_COLUMNS[table]))
+            round_trips.add()
             with _translated("analyze"), self._mutex:
                 self._connection.execute(statement)
             self._analyzed_at[table] = appended
@@ -252,6 +264,7 @@ class PgDb:
         and the write lock go in one round trip; a nested one is a savepoint."""
         with self._mutex:
             if self._depth:
+                round_trips.add(2)  # SAVEPOINT, RELEASE
                 with _translated("transaction"), self._connection.transaction():
                     self._depth += 1
                     try:
@@ -260,6 +273,7 @@ class PgDb:
                         self._depth -= 1
                 return
             self._depth = 1
+            round_trips.add(2)  # BEGIN with the write lock, COMMIT (or ROLLBACK)
             try:
                 with _translated("transaction"):
                     self._connection.execute(_BEGIN_PRIVATE if self._private else _BEGIN)
