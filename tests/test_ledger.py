@@ -8,6 +8,7 @@ JSON edits left as the column unchanged, the scrub tests fail on PostgreSQL only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -32,8 +33,8 @@ from pipeline.ledger import (
     migrate,
 )
 from pipeline.ledger.connection import SqliteDb
-from pipeline.ledger.db import Db
-from pipeline.ledger.errors import LedgerUnavailableError
+from pipeline.ledger.db import Db, round_trips
+from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
 from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
 from pipeline.ledger.schema import ORIGINAL_SQL, ORIGINAL_SQL_POSTGRES
 from pipeline.problems import Change, Observation, Plan
@@ -673,3 +674,56 @@ def test_returns_are_found_by_the_sale_they_name(ledger: Ledger) -> None:
     found = ledger.returns_of(SCOPE, ["S1", "S9"])
     assert {k: [r.record.transaction_id for r in v] for k, v in found.items()} == {"S1": ["R1", "R2"]}
     assert ledger.returns_naming(SCOPE, ["S2"])["S2"][0].transaction_id == "R3"
+
+
+def _finished_at(ledger: Ledger, run_id: str) -> object:
+    row = ledger._db.one("SELECT finished_at FROM runs WHERE id = ?", (run_id,))
+    assert row is not None
+    return row[0]
+
+
+def test_a_failed_bulk_write_rolls_back_its_whole_transaction(ledger: Ledger) -> None:
+    """PostgreSQL collects a transaction's bulk write with its commit (or its next statement):
+    when that write fails, the commit raises and nothing of the transaction stays."""
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    with pytest.raises((LedgerError, sqlite3.IntegrityError)), ledger._db.transaction() as db:
+        db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
+        db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+                       [(run_id, 424242, "file")])  # no such transaction row
+    assert _finished_at(ledger, run_id) is None
+    with pytest.raises((LedgerError, sqlite3.IntegrityError)), ledger._db.transaction() as db:
+        db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+                       [(run_id, 424242, "file")])
+        db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
+    assert _finished_at(ledger, run_id) is None
+    assert ledger.runs()[0].id == run_id
+
+
+def test_a_caught_failure_inside_a_postgresql_transaction_is_never_committed(postgres_db: str) -> None:
+    """PostgreSQL answers COMMIT of a failed transaction with a silent rollback: it is an error."""
+    with Ledger(postgres_db) as ledger:
+        run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+        with pytest.raises(LedgerError, match="rolled back"), ledger._db.transaction() as db:
+            db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
+            with contextlib.suppress(LedgerError):
+                db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+                           (run_id, 424242, "file"))
+        assert _finished_at(ledger, run_id) is None
+
+
+def test_a_postgresql_write_transaction_waits_for_the_server_twice(postgres_db: str) -> None:
+    """BEGIN and the write lock go with the first statement that waits for an answer, a bulk
+    write with the COMMIT: a lookup, a bulk update and the commit are two round trips."""
+    with Ledger(postgres_db) as ledger:
+        run_id = _queued(ledger, "T1")
+        before = round_trips()
+        with ledger._db.transaction() as db:
+            rows = db.query("SELECT id FROM transactions WHERE scope = ?", (SCOPE,))
+            db.executemany("UPDATE transactions SET last_run_id = ? WHERE id = ?",
+                           [(run_id, r[0]) for r in rows])
+        assert round_trips() - before == 2
+        before = round_trips()
+        ledger.start_sending(SCOPE, ["T1"], run_id)
+        ledger.accept(SCOPE, "T1", run_id)
+        assert round_trips() - before == 4  # in doubt: update, commit; settled: lookup, update + commit
+        assert _state(ledger, "T1") is TxnState.ACCEPTED

@@ -50,9 +50,7 @@ WRITE_LOCK = (0x706F7366, 2)
 # the ledger's tables, which a dry run copies (a test checks these are all the migrations make)
 TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals",
           "problems", "alert_outbox")
-# one simple-protocol query (no parameters): the transaction begins and takes the write lock at once
-_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK[0]}, {WRITE_LOCK[1]})"
-_BEGIN_PRIVATE = "BEGIN"
+_LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are first refreshed
 # the columns the ledger's lookups filter, join and sort on, where a table has wide ones the planner
 # never needs (statistics of every column of transactions took 2.6x as long); others: every column
@@ -142,28 +140,62 @@ class PgDb:
         self._depth = 0  # open transactions (nested ones are savepoints)
         self._appended: dict[str, int] = {}  # rows appended per table by this connection
         self._analyzed_at: dict[str, int] = {}  # ... as of its last ANALYZE here
+        # a write transaction's statements are pipelined (see transaction())
+        self._pipeline: psycopg.Pipeline | None = None
+        self._pipeline_exit: contextlib.ExitStack | None = None
 
     # -- statements ---------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        round_trips.add()
         with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql), params)
+            self._wait()
             return cursor.rowcount
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Many rows of one statement, pipelined (one round trip, not one per row); in a
+        transaction they go with its next statement or its ``COMMIT`` (a failure surfaces there
+        and the transaction rolls back whole)."""
         rows = list(rows)
         if not rows:
             return
-        round_trips.add()
         with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
-            cursor.executemany(to_pyformat(sql), rows)  # pipelined: one round trip, not one per row
+            cursor.executemany(to_pyformat(sql), rows)
+            if self._pipeline is None:
+                round_trips.add()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        round_trips.add()
         with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
+            self._wait()
             return list(cursor.fetchall())
+
+    def _wait(self) -> None:
+        """A statement was sent: in a transaction's pipeline, collect everything queued so far
+        (one round trip for ``BEGIN``, the write lock, deferred writes and this); outside one
+        psycopg has waited already."""
+        round_trips.add()
+        if self._pipeline is not None:
+            self._pipeline.sync()
+
+    def _leave_pipeline(self, *, quietly: bool = False) -> None:
+        """Out of the transaction's pipeline (what is queued is collected: one round trip), for
+        what pipeline mode cannot do (``COPY``, a server-side cursor) or at the end."""
+        stack, self._pipeline_exit = self._pipeline_exit, None
+        self._pipeline = None
+        if stack is None:
+            return
+        round_trips.add()
+        if quietly:  # the transaction failed already: this is cleaning up
+            with contextlib.suppress(psycopg.Error):
+                stack.close()
+        else:
+            stack.close()
+
+    def _enter_pipeline(self) -> None:
+        stack = contextlib.ExitStack()
+        self._pipeline = stack.enter_context(self._connection.pipeline())
+        self._pipeline_exit = stack
 
     def stream(self, sql: str, params: Sequence[Any], page_rows: int) -> Iterator[Row]:
         """The rows of a query fetched ``page_rows`` at a time from a server-side cursor (see
@@ -171,6 +203,7 @@ class PgDb:
         statements between pages; the server keeps the result, this process one page of it."""
         with _translated("query"):
             with self._mutex:
+                self._leave_pipeline()
                 cursor = self._connection.cursor(next(_CURSOR_NAMES), row_factory=_row_factory, withhold=True)
                 cursor.execute(to_pyformat(sql), params)
             rows = 0
@@ -184,16 +217,16 @@ class PgDb:
                     cursor.close()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        round_trips.add()
         with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
+            self._wait()
             row: Row | None = cursor.fetchone()
             return row
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        round_trips.add()
         with _translated("insert"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql) + " RETURNING id", params)
+            self._wait()
             row = cursor.fetchone()
         if row is None:
             raise LedgerError(f"no row inserted by {sql.split('(')[0].strip()}")
@@ -205,12 +238,16 @@ class PgDb:
             pgsql.Identifier(table), pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
         )
         count = 0
-        round_trips.add()
-        with (_translated("copy"), self._mutex, self._connection.cursor() as cursor,
-              cursor.copy(statement) as copy):
-            for row in rows:
-                copy.write_row(row)
-                count += 1
+        with _translated("copy"), self._mutex:
+            in_pipeline = self._pipeline is not None
+            self._leave_pipeline()  # COPY has no pipeline mode
+            round_trips.add()
+            with self._connection.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            if in_pipeline:
+                self._enter_pipeline()
             self._appended[table] = self._appended.get(table, 0) + count
         if self._depth == 0:
             self._analyze_grown()
@@ -260,11 +297,13 @@ class PgDb:
 
     @contextmanager
     def transaction(self) -> Iterator[PgDb]:
-        """One write transaction, after every other writer's (see the module docstring). ``BEGIN``
-        and the write lock go in one round trip; a nested one is a savepoint."""
+        """One write transaction, after every other writer's (see the module docstring). Its
+        statements are pipelined: ``BEGIN`` and the write lock go with its first statement that
+        waits for an answer, an ``executemany`` with the next one or the ``COMMIT``, so a
+        transaction of a query, a bulk update and its commit makes two round trips. A nested one
+        is a savepoint."""
         with self._mutex:
             if self._depth:
-                round_trips.add(2)  # SAVEPOINT, RELEASE
                 with _translated("transaction"), self._connection.transaction():
                     self._depth += 1
                     try:
@@ -273,23 +312,27 @@ class PgDb:
                         self._depth -= 1
                 return
             self._depth = 1
-            round_trips.add(2)  # BEGIN with the write lock, COMMIT (or ROLLBACK)
             try:
                 with _translated("transaction"):
-                    self._connection.execute(_BEGIN_PRIVATE if self._private else _BEGIN)
+                    self._enter_pipeline()
+                    self._connection.execute("BEGIN")
+                    if not self._private:
+                        self._connection.execute(_LOCK, WRITE_LOCK)
                     yield self
+                self._depth = 0
+                with _translated("commit"):
+                    if self._connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                        # a failed statement's error was caught: COMMIT would roll back without a word
+                        raise LedgerError("the PostgreSQL ledger: a statement of the transaction failed; "
+                                          "rolled back")
+                    self._connection.execute("COMMIT")
+                    self._leave_pipeline()  # a deferred write that failed raises here; nothing is committed
             except BaseException:
                 self._depth = 0
+                self._leave_pipeline(quietly=True)
                 with contextlib.suppress(psycopg.Error):  # a lost connection has nothing to roll back
                     self._connection.execute("ROLLBACK")
                 raise
-            self._depth = 0
-            with _translated("commit"):
-                if self._connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                    self._connection.execute("ROLLBACK")  # COMMIT would roll back without a word
-                    raise LedgerError("the PostgreSQL ledger: a statement of the transaction failed; "
-                                      "rolled back")
-                self._connection.execute("COMMIT")
             self._analyze_grown()  # committed: outside the write lock, so no writer waits for it
 
     def close(self) -> None:
