@@ -72,7 +72,8 @@ def test_workload_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_meter_measures_each_stage() -> None:
-    meter = ResourceMeter(interval_seconds=0.001)
+    trips = iter(range(0, 100, 7))  # a counter read at each stage's start and end
+    meter = ResourceMeter(interval_seconds=0.001, round_trips=lambda: next(trips))
     with meter:
         with meter.stage("busy"):
             block = b"\x01" * (64 * 2**20)  # written, so its pages are resident (calloc'd ones are not)
@@ -85,7 +86,8 @@ def test_meter_measures_each_stage() -> None:
     assert busy.entries == idle.entries == 1
     assert busy.wall_seconds > 0 and idle.wall_seconds > 0
     assert busy.peak_rss_bytes > idle.peak_rss_bytes > 0
-    assert set(busy.to_dict()) == {"wall_seconds", "cpu_seconds", "peak_rss_bytes"}
+    assert busy.round_trips == idle.round_trips == 7
+    assert set(busy.to_dict()) == {"wall_seconds", "cpu_seconds", "peak_rss_bytes", "round_trips"}
 
 
 def _point(size: int, seconds: float, rss: int) -> dict[str, object]:
@@ -215,6 +217,14 @@ def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(p
     for run in report["runs"]:
         assert run["balanced"] is True and run["sandbox_matches_ledger"] is True
     assert set(report["cpu_ratio"]) == {"transform", "record", "submit", "report", "total"}
+    # the round trips: counted on PostgreSQL (none on SQLite), weighed at what SELECT 1 took
+    counted = [sum(s["round_trips"] for s in run["stages"].values()) for run in report["runs"]]
+    assert counted[0] == 0 and counted[1] > 0
+    trips, wall = report["round_trips_per_1000_line_items"], report["wall_us_per_line_item"]
+    assert trips["submit"] > 0 and report["round_trip_us"] > 0
+    for stage, beyond in report["beyond_round_trips_us_per_line_item"].items():
+        assert beyond == pytest.approx(wall["postgresql"][stage] - wall["sqlite"][stage]
+                                       - trips[stage] / 1000 * report["round_trip_us"], abs=0.05)
     with psycopg.connect(postgres_db) as db:  # the PostgreSQL run wrote there, the SQLite one did not
         scopes = db.execute("SELECT DISTINCT scope FROM transactions").fetchall()
     assert len(scopes) == 1 and str(scopes[0][0]).startswith("backends-") and str(scopes[0][0]).endswith("-1")
@@ -226,6 +236,7 @@ def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(p
         catch_exceptions=False,
     ).output
     assert "| record |" in text and "--postgres-url URL" in text and "not-printed" not in text
+    assert "| stage | round trips per 1,000 line items |" in text
     written = docs.read_text(encoding="utf-8")  # its own block at the end of Scaling, the rest kept
     assert written.index("earlier text") < written.index("<!-- ledger-backends:start") < written.index(
         "| record |") < written.index("<!-- ledger-backends:end -->") < written.index("## Later")
