@@ -350,6 +350,33 @@ def test_duplicates_conflicts_and_requeue_of_failed_primary(ledger: Ledger) -> N
         "T1": TxnState.ACCEPTED, "T2": TxnState.FAILED_RETRYABLE}
 
 
+
+def test_repeats_are_linked_to_their_primary_wherever_it_is(ledger: Ledger) -> None:
+    """A repeat names its primary: one of an earlier file, one earlier in the same file, and one
+    later in the same file (linked once the primary is written). Rows keep the file's order."""
+    first = _queued(ledger, "T1")
+    second = ledger.start_run(feed="daily", scope=SCOPE)
+    to_send = ledger.record_file(
+        second, _file(ledger, second, name="daily.csv", sha="b" * 64),
+        transactions=[
+            _txn("T1", TxnState.DUPLICATE, line=2),  # T1's primary: the first run's file
+            _txn("T2", TxnState.DUPLICATE, line=3),  # T2's primary: line 4, after it
+            _txn("T2", TxnState.QUEUED, line=4),
+            _txn("T3", TxnState.QUEUED, line=5),
+            _txn("T3", TxnState.DUPLICATE, line=6),  # T3's primary: line 5, before it
+        ],
+        rejects=[], totals=[("S1", "2026-11-20", 5, 5, Decimal("52.50"))],
+    )
+    rows = ledger.run_transactions(second, at_end=False)
+    assert [(r.transaction_id, r.state.value) for r in rows] == [
+        ("T1", "duplicate"), ("T2", "duplicate"), ("T2", "queued"), ("T3", "queued"), ("T3", "duplicate")]
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    (t1_primary,) = ledger.run_transactions(first, at_end=False)
+    ids = {(r.transaction_id, r.state.value): r.id for r in rows}
+    assert [r.primary_id for r in rows] == [
+        t1_primary.id, ids["T2", "queued"], None, None, ids["T3", "queued"]]
+    assert to_send == [ids["T2", "queued"], ids["T3", "queued"]]
+
 def test_files_superseded_and_finishable(ledger: Ledger) -> None:
     run_id = _queued(ledger, "T1")
     first = ledger.files(scope=SCOPE)[0]

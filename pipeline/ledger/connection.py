@@ -112,6 +112,13 @@ class SqliteDb:
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows
         )
 
+    def new_ids(self, table: str, count: int) -> list[int]:
+        # what SQLite itself would give (an INTEGER PRIMARY KEY is max + 1); BEGIN IMMEDIATE keeps
+        # every other writer out until these rows are in
+        row = self.one(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+        first = int(row[0] if row else 0) + 1
+        return list(range(first, first + count))
+
     def table_exists(self, name: str) -> bool:
         return self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
 

@@ -86,6 +86,11 @@ class Db(Protocol):
         """Append many rows to ``table`` (the backend's fastest bulk path)."""
         ...
 
+    def new_ids(self, table: str, count: int) -> list[int]:
+        """``count`` new ``id`` values of ``table``, ascending, for rows this write transaction
+        inserts with their ids given (so rows of one bulk write can name each other)."""
+        ...
+
     def table_exists(self, name: str) -> bool:
         """Whether the ledger has a table of this name (the catalogs differ)."""
         ...

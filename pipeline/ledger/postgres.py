@@ -252,6 +252,13 @@ class PgDb:
         if self._depth == 0:
             self._analyze_grown()
 
+    def new_ids(self, table: str, count: int) -> list[int]:
+        if count == 0:
+            return []
+        rows = self.query("SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)",
+                          (table, count))  # the session's temporary table first (a dry run's copy)
+        return sorted(int(row[0]) for row in rows)
+
     def _analyze_grown(self) -> None:
         """Refresh the planner's statistics of the tables this connection grew enough: once it has
         appended ANALYZE_AFTER_ROWS rows to a table, then whenever what it appended has doubled

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from pipeline.ledger.db import Db, Row, chunks, marks
+from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.errors import IllegalTransitionError, LedgerError
 from pipeline.ledger.records import FileRecord, NewReject, NewTransaction, timestamp
 from pipeline.ledger.rejects import insert_rejects
-from pipeline.ledger.states import PRIMARY_SQL, RECORDABLE, TxnState
+from pipeline.ledger.states import PRIMARY_SQL, PRIMARY_STATES, RECORDABLE, TxnState
 from pipeline.ledger.totals import Total, insert_totals
 from pipeline.ledger.transitions import attach, set_state
 
@@ -61,35 +62,44 @@ class Recording:
             for txn in transactions:
                 if txn.state not in RECORDABLE:
                     raise IllegalTransitionError(txn.transaction_id, "new", txn.state)
+            # ids first (in the file's order), so each repeat is written linked to its primary
+            row_ids = db.new_ids("transactions", len(transactions))
+            repeats = _repeats_of(db, run_id, file.scope, row_ids, transactions)
             db.copy_rows(
                 "transactions",
-                ("scope", "feed", "transaction_id", "content_hash", "state", "file_id", "source_file",
-                 "source_lines", "rows", "store_id", "business_date", "transaction_type", "currency",
-                 "amount", "reject_code", "checkout", "first_run_id", "last_run_id", "created_at",
-                 "updated_at"),
+                ("id", "scope", "feed", "transaction_id", "content_hash", "state", "primary_id", "file_id",
+                 "source_file", "source_lines", "rows", "store_id", "business_date", "transaction_type",
+                 "currency", "amount", "reject_code", "checkout", "first_run_id", "last_run_id",
+                 "created_at", "updated_at"),
                 [
                     (
-                        file.scope, file.feed, txn.transaction_id, txn.content_hash, txn.state.value,
-                        file.id, file.name, json.dumps(list(txn.source_lines)), txn.rows, txn.store_id,
-                        txn.business_date, txn.transaction_type, txn.currency, str(txn.amount),
-                        txn.reject_code, txn.checkout, run_id, run_id, now, now,
+                        row_id, file.scope, file.feed, txn.transaction_id, txn.content_hash, txn.state.value,
+                        repeats.primary_of.get(row_id), file.id, file.name,
+                        json.dumps(list(txn.source_lines)), txn.rows, txn.store_id, txn.business_date,
+                        txn.transaction_type, txn.currency, str(txn.amount), txn.reject_code, txn.checkout,
+                        run_id, run_id, now, now,
                     )
-                    for txn in transactions
+                    for row_id, txn in zip(row_ids, transactions, strict=True)
                 ],
             )
-            # the file's rows, in insertion order (ids only grow, and no other file has this id)
-            row_ids = [r[0] for r in db.query(
-                "SELECT id FROM transactions WHERE file_id = ? ORDER BY id", (file.id,))]
-            if len(row_ids) != len(transactions):
-                raise LedgerError(f"file {file.name}: {len(row_ids)} rows, {len(transactions)} given")
             # one statement, not one per row: every row of the file is new to the run
-            db.execute(
+            attached = db.execute(
                 "INSERT INTO run_transactions (run_id, txn_row_id, origin) "
                 "SELECT ?, id, 'file' FROM transactions WHERE file_id = ? ON CONFLICT DO NOTHING",
                 (run_id, file.id),
             )
+            if attached != len(transactions):
+                raise LedgerError(f"file {file.name}: {attached} rows, {len(transactions)} given")
+            if repeats.linked_after:  # a primary written after its repeat (foreign keys check at once)
+                db.executemany("UPDATE transactions SET primary_id = ? WHERE id = ?", repeats.linked_after)
+            if repeats.held:  # queued -> conflict is no transition of a sent transaction: nothing was sent
+                db.executemany("UPDATE transactions SET state = 'conflict', updated_at = ? WHERE id = ?",
+                               [(now, i) for i in repeats.held])
+            if repeats.again:
+                set_state(db, repeats.again, TxnState.QUEUED, run_id)
+                attach(db, run_id, repeats.again, "retry")
             to_send = [i for i, t in zip(row_ids, transactions, strict=True) if t.state is TxnState.QUEUED]
-            to_send += _link_repeats(db, run_id, file.scope, row_ids, transactions)
+            to_send += repeats.again
             reject_row_of_line = {
                 line: row_id
                 for row_id, txn in zip(row_ids, transactions, strict=True)
@@ -106,58 +116,66 @@ class Recording:
         return to_send
 
 
-def _link_repeats(
+@dataclass
+class _Repeats:
+    """What a file's duplicates and conflicts do to the ledger (see :func:`_repeats_of`)."""
+
+    primary_of: dict[int, int] = field(default_factory=dict)  # repeat's row id -> its primary's
+    linked_after: list[tuple[int, int]] = field(default_factory=list)  # (primary, repeat): primary later
+    held: list[int] = field(default_factory=list)  # primaries queued by this run, now conflicts
+    again: list[int] = field(default_factory=list)  # primaries failed retryably, queued again
+
+
+def _repeats_of(
     db: Db,
     run_id: str,
     scope: str,
     row_ids: Sequence[int],
     transactions: Sequence[NewTransaction],
-) -> list[int]:
-    """Point each duplicate and conflict row at its primary (the scope's row of that id in a
-    primary state; versions that disagree from the start have none). A primary that failed
-    retryably and comes in again unchanged is queued into this run: returns those ids.
+) -> _Repeats:
+    """Point each duplicate and conflict row at its primary: the scope's row of that id in a
+    primary state, an earlier file's or this one's (versions that disagree from the start have
+    none). A primary that failed retryably and comes in again unchanged is queued into this run
+    (``again``).
 
     A conflict with a version that this same run queued from an earlier file (files are
-    transformed in groups) holds that version too: it becomes a conflict, nothing is sent,
-    as when both versions come in the same group."""
+    transformed in groups) holds that version too (``held``): it becomes a conflict, nothing is
+    sent, as when both versions come in the same group."""
     repeats = [(row_id, txn) for row_id, txn in zip(row_ids, transactions, strict=True)
                if txn.state in (TxnState.DUPLICATE, TxnState.CONFLICT)]
-    primaries: dict[str, Row] = {}
+    out = _Repeats()
+    if not repeats:
+        return out
+    primaries: dict[str, tuple[int, str, str | None, str]] = {}  # id, state, content hash, first run
     for chunk in chunks(list(dict.fromkeys(str(txn.transaction_id) for _, txn in repeats))):
         for row in db.query(
             f"SELECT id, transaction_id, state, content_hash, first_run_id FROM transactions "
             f"WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
             (scope, *chunk),
         ):
-            primaries[row["transaction_id"]] = row
-    links: list[tuple[int, int]] = []
-    again: list[int] = []
-    held: list[int] = []
+            primaries[row["transaction_id"]] = (
+                row["id"], row["state"], row["content_hash"], row["first_run_id"])
+    for row_id, txn in zip(row_ids, transactions, strict=True):  # this file's own primaries
+        if txn.state in PRIMARY_STATES:
+            primaries[str(txn.transaction_id)] = (row_id, txn.state.value, txn.content_hash, run_id)
     for row_id, txn in repeats:
         primary = primaries.get(str(txn.transaction_id))
         if primary is None:
             continue
-        if (
-            txn.state is TxnState.CONFLICT
-            and primary["state"] == TxnState.QUEUED
-            and primary["first_run_id"] == run_id
-        ):
-            held.append(primary["id"])
+        primary_id, state, content_hash, first_run_id = primary
+        if txn.state is TxnState.CONFLICT and state == TxnState.QUEUED and first_run_id == run_id:
+            out.held.append(primary_id)
             del primaries[str(txn.transaction_id)]  # no primary is left for later versions
             continue
-        links.append((primary["id"], row_id))
+        if primary_id < row_id:
+            out.primary_of[row_id] = primary_id
+        else:
+            out.linked_after.append((primary_id, row_id))
         if (
             txn.state is TxnState.DUPLICATE
-            and primary["content_hash"] == txn.content_hash
-            and primary["state"] == TxnState.FAILED_RETRYABLE
-            and primary["id"] not in again
+            and content_hash == txn.content_hash
+            and state == TxnState.FAILED_RETRYABLE
+            and primary_id not in out.again
         ):
-            again.append(primary["id"])  # the earlier copy never got through: this run delivers it
-    db.executemany("UPDATE transactions SET primary_id = ? WHERE id = ?", links)
-    if held:  # queued -> conflict is no transition of a sent transaction: nothing was sent yet
-        db.executemany("UPDATE transactions SET state = 'conflict', updated_at = ? WHERE id = ?",
-                       [(timestamp(), i) for i in held])
-    if again:
-        set_state(db, again, TxnState.QUEUED, run_id)
-        attach(db, run_id, again, "retry")
-    return again
+            out.again.append(primary_id)  # the earlier copy never got through: this run delivers it
+    return out
