@@ -18,7 +18,13 @@ What differs from SQLite is translated here:
   transaction first takes one transaction-level advisory lock (:data:`WRITE_LOCK`), so writers
   from any number of processes and hosts are serialized the same way and read-then-write steps
   (recording a file, settling results) see what they change. Migrations run inside such
-  transactions, so two workers starting at once never both migrate.
+  transactions, so two workers starting at once never both migrate. A write transaction runs in
+  psycopg's pipeline mode: its statements are sent without waiting, and the client waits only
+  where it needs an answer (a query, a row count) and at ``COMMIT``: a request's in-doubt mark
+  and its settling are two round trips each, not three and four. ``COPY`` leaves the pipeline
+  for its own round trip;
+* ids: :meth:`PgDb.new_ids` takes a file's row ids from the table's identity sequence before its
+  ``COPY``, so rows of one ``COPY`` can name each other (a duplicate its primary).
 
 Money stays decimal TEXT as in SQLite, so every value round-trips exactly. The connection runs
 in autocommit mode outside :meth:`PgDb.transaction`; one connection is shared by the threads of a
