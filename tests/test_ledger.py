@@ -31,6 +31,7 @@ from pipeline.ledger import (
     NewTransaction,
     TxnState,
     migrate,
+    postgres,
 )
 from pipeline.ledger.connection import SqliteDb
 from pipeline.ledger.db import Db, round_trips
@@ -754,3 +755,22 @@ def test_a_postgresql_write_transaction_waits_for_the_server_twice(postgres_db: 
         ledger.accept(SCOPE, "T1", run_id)
         assert round_trips() - before == 4  # in doubt: update, commit; settled: lookup, update + commit
         assert _state(ledger, "T1") is TxnState.ACCEPTED
+
+
+def test_a_postgresql_ledger_without_pipeline_mode_waits_for_each_statement(
+        postgres_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A libpq older than 14 has no pipeline mode: the same work, every statement waited for."""
+    monkeypatch.setattr(postgres, "_PIPELINE_MODE", False)
+    with Ledger(postgres_db) as ledger:
+        run_id = _queued(ledger, "T1")
+        before = round_trips()
+        ledger.start_sending(SCOPE, ["T1"], run_id)
+        ledger.accept(SCOPE, "T1", run_id)
+        # BEGIN, lock, update, COMMIT; BEGIN, lock, lookup, updates, COMMIT
+        assert round_trips() - before == 9
+        assert _state(ledger, "T1") is TxnState.ACCEPTED
+        with pytest.raises(LedgerError), ledger._db.transaction() as db:
+            db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
+            db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
+                           [(run_id, 424242, "file")])
+        assert _finished_at(ledger, run_id) is None

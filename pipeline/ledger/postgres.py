@@ -57,6 +57,8 @@ WRITE_LOCK = (0x706F7366, 2)
 TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals",
           "problems", "alert_outbox")
 _LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
+# pipeline mode needs libpq 14 or later (psycopg[binary] brings its own; a system libpq may be older)
+_PIPELINE_MODE = psycopg.Pipeline.is_supported()
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are first refreshed
 # the columns the ledger's lookups filter, join and sort on, where a table has wide ones the planner
 # never needs (statistics of every column of transactions took 2.6x as long); others: every column
@@ -198,7 +200,16 @@ class PgDb:
         else:
             stack.close()
 
+    def _control(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """``BEGIN``, the write lock, ``COMMIT``: queued in the transaction's pipeline, or sent
+        and waited for where there is none."""
+        self._connection.execute(sql, params)
+        if self._pipeline is None:
+            round_trips.add()
+
     def _enter_pipeline(self) -> None:
+        if not _PIPELINE_MODE:  # a libpq older than 14: every statement waits for its answer
+            return
         stack = contextlib.ExitStack()
         self._pipeline = stack.enter_context(self._connection.pipeline())
         self._pipeline_exit = stack
@@ -328,9 +339,9 @@ class PgDb:
             try:
                 with _translated("transaction"):
                     self._enter_pipeline()
-                    self._connection.execute("BEGIN")
+                    self._control("BEGIN")
                     if not self._private:
-                        self._connection.execute(_LOCK, WRITE_LOCK)
+                        self._control(_LOCK, WRITE_LOCK)
                     yield self
                 self._depth = 0
                 with _translated("commit"):
@@ -338,7 +349,7 @@ class PgDb:
                         # a failed statement's error was caught: COMMIT would roll back without a word
                         raise LedgerError("the PostgreSQL ledger: a statement of the transaction failed; "
                                           "rolled back")
-                    self._connection.execute("COMMIT")
+                    self._control("COMMIT")
                     self._leave_pipeline()  # a deferred write that failed raises here; nothing is committed
             except BaseException:
                 self._depth = 0
