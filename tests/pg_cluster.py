@@ -65,6 +65,8 @@ SETTINGS = {
     "max_connections": "100",
     "shared_buffers": "32MB",
     "log_min_messages": "warning",
+    # statement statistics, which bench/postgres.py reads (its smoke test runs on this cluster)
+    "shared_preload_libraries": "pg_stat_statements",
 }
 
 

@@ -7,6 +7,8 @@ workload; it asserts the report's shape and that the pipeline balanced, never a 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from pipeline.benchmarks.meter import ResourceMeter
 from pipeline.benchmarks.workload import WorkloadSpec, write_workload
 from pipeline.cli import cli
 from pipeline.records import CANONICAL_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _read_all(paths: tuple[Path, ...]) -> pl.DataFrame:
@@ -230,13 +234,18 @@ def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(p
     assert len(scopes) == 1 and str(scopes[0][0]).startswith("backends-") and str(scopes[0][0]).endswith("-1")
     docs = tmp_path / "BENCHMARKS.md"
     docs.write_text("# Benchmarks\n\n## Scaling\n\nearlier text\n\n## Later\n", encoding="utf-8")
-    text = CliRunner().invoke(
-        cli, ["bench", "ledger", "--postgres-url", url, "--line-items", "500", "--rounds", "1",
-              "--update-docs", str(docs)],
-        catch_exceptions=False,
-    ).output
+    # bench/postgres.py: the same benchmark, then the server's time per statement
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "postgres.py"), "--url", url, "--line-items", "500",
+         "--rounds", "1", "--top", "3", "--update-docs", str(docs)],
+        capture_output=True, text=True, timeout=600, check=False)
+    text = script.stdout
+    assert script.returncode == 0, script.stderr[-2000:]
     assert "| record |" in text and "--postgres-url URL" in text and "not-printed" not in text
     assert "| stage | round trips per 1,000 line items |" in text
+    statements = [line for line in text.split("Server time per statement")[1].splitlines()
+                  if line.startswith("| ")][1:]
+    assert len(statements) == 3 and any("transactions" in line for line in statements)
     written = docs.read_text(encoding="utf-8")  # its own block at the end of Scaling, the rest kept
     assert written.index("earlier text") < written.index("<!-- ledger-backends:start") < written.index(
         "| record |") < written.index("<!-- ledger-backends:end -->") < written.index("## Later")
