@@ -164,6 +164,23 @@ def test_happy_path_queued_sending_accepted(ledger: Ledger) -> None:
         TxnState.ACCEPTED, ("ev1",), Decimal("12"), 1)
 
 
+
+def test_answers_read_so_far_are_settled_with_the_next_in_doubt_mark(ledger: Ledger) -> None:
+    """One commit before a request goes out: the answers read since the last one, then the new
+    request's in-doubt mark. A request that cannot be marked takes those answers back with it
+    (they stay in doubt, settled by the next run as after a crash)."""
+    run_id = _queued(ledger, "T1", "T2", "T3")
+    ledger.start_sending(SCOPE, ["T1"], run_id)
+    accepted = EventResult("T1", Outcome.ACCEPTED, ("ev1",), None, None, None)
+    ledger.start_sending(SCOPE, ["T2"], run_id, settled=[accepted])
+    assert [_state(ledger, t) for t in ("T1", "T2", "T3")] == [
+        TxnState.ACCEPTED, TxnState.SENDING, TxnState.QUEUED]
+    refused = EventResult("T2", Outcome.REJECTED, (), None, "400", "no")
+    with pytest.raises(IllegalTransitionError):  # T1 was accepted: it is never sent again
+        ledger.start_sending(SCOPE, ["T1", "T3"], run_id, settled=[refused])
+    assert [_state(ledger, t) for t in ("T1", "T2", "T3")] == [
+        TxnState.ACCEPTED, TxnState.SENDING, TxnState.QUEUED]
+
 def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     checkouts = {"T1": {"transaction_id": "T1", "customer_id": "c-1", "total": "1.50"},
@@ -755,6 +772,13 @@ def test_a_postgresql_write_transaction_waits_for_the_server_twice(postgres_db: 
         ledger.accept(SCOPE, "T1", run_id)
         assert round_trips() - before == 4  # in doubt: update, commit; settled: lookup, update + commit
         assert _state(ledger, "T1") is TxnState.ACCEPTED
+        second = _queued(ledger, "T2", "T3")
+        ledger.start_sending(SCOPE, ["T2"], second)
+        before = round_trips()  # the answer read and the next request's mark: one commit
+        ledger.start_sending(SCOPE, ["T3"], second,
+                             settled=[EventResult("T2", Outcome.ACCEPTED, (), None, None, None)])
+        assert round_trips() - before == 3  # lookup; settling update with the in-doubt one; commit
+        assert (_state(ledger, "T2"), _state(ledger, "T3")) == (TxnState.ACCEPTED, TxnState.SENDING)
 
 
 def test_a_postgresql_ledger_without_pipeline_mode_waits_for_each_statement(

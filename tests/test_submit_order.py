@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,14 +58,16 @@ def test_each_answer_is_in_the_ledger_before_the_next_request_goes_out(
     in_doubt_at_each_request: list[int] = []
     original = Ledger.start_sending
 
-    def start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], run_id: str) -> None:
+    def start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], run_id: str,
+                      **answers: Any) -> None:
+        original(self, scope, transaction_ids, run_id, **answers)
         in_doubt_at_each_request.append(self.state_counts(scope).get("sending", 0))
-        original(self, scope, transaction_ids, run_id)
 
     monkeypatch.setattr(Ledger, "start_sending", start_sending)
     with SandboxServer() as sandbox, credentials(sandbox):
         feed = sample_feed("acme_hourly", sandbox, folder=drop, max_concurrency=1, bulk_size=2)
         summary = runner.run_feed(feed, settings_in(tmp_path), business_dates=[date(2026, 11, 20)])
     assert summary.to_dict()["accepted"] == 12
-    # one request at a time: when the next one goes out, the answer to the last is committed
-    assert in_doubt_at_each_request == [0] * 6
+    # one request at a time: when the next one is marked in doubt, the answer to the last is
+    # committed with it, so only the new request's two checkouts are in doubt
+    assert in_doubt_at_each_request == [2] * 6

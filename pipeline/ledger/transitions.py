@@ -74,18 +74,95 @@ def primary_row_ids(db: Db, scope: str, transaction_ids: Sequence[str]) -> list[
     return ids
 
 
+def _settle(
+    db: Db, scope: str, results: Sequence[EventResult], run_id: str, masks: Mapping[str, str] | None
+) -> None:
+    """Settle sink outcomes inside the caller's transaction (see :meth:`Transitions.apply_results`)."""
+    now = timestamp()
+    current: dict[str, tuple[int, str]] = {}
+    tids = [r.transaction_id for r in results]
+    for chunk in chunks(list(dict.fromkeys(tids))):
+        for row in db.query(
+            f"SELECT id, transaction_id, state FROM transactions WHERE scope = ? "
+            f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
+            (scope, *chunk),
+        ):
+            current[row["transaction_id"]] = (row["id"], row["state"])
+    updates: list[tuple[Any, ...]] = []
+    for result in results:
+        if result.transaction_id not in current:
+            raise LedgerError(f"unknown transaction {result.transaction_id!r} in scope {scope!r}")
+        row_id, state = current[result.transaction_id]
+        if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+            # an earlier send landed: keep the platform's evidence (e.g. code 5003)
+            already = result.outcome is Outcome.ALREADY_ACCEPTED
+            target = TxnState.ACCEPTED
+            code = (result.error_code or "already_accepted") if already else None
+            message = result.error_message if already else None
+        else:
+            target = {
+                Outcome.RETRYABLE: TxnState.FAILED_RETRYABLE,
+                Outcome.REJECTED: TxnState.FAILED_PERMANENT,
+                Outcome.NOT_SENT: TxnState.NOT_SENT,
+            }[result.outcome]
+            code, message = result.error_code, result.error_message
+        if target not in TRANSITIONS.get(TxnState(state), frozenset()):
+            raise IllegalTransitionError(result.transaction_id, state, target)
+        current[result.transaction_id] = (row_id, target.value)
+        final = target in NEVER_SENT_AGAIN
+        mask = masks.get(result.transaction_id) if masks and final else None
+        retry_class = (
+            str(result.retry_class or RetryClass.TRANSIENT)
+            if target is TxnState.FAILED_RETRYABLE else None
+        )
+        updates.append(
+            (
+                target.value,
+                retry_class,
+                run_id,
+                now,
+                json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
+                str(result.points) if result.points is not None else None,
+                code,
+                message,
+                mask,
+                mask,
+                row_id,
+            )
+        )
+    db.executemany(
+        "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
+        "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
+        "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
+        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
+        updates,
+    )
+
+
 class Transitions:
     """Sending and settling transactions (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
 
-    def start_sending(self, scope: str, transaction_ids: Sequence[str], run_id: str) -> None:
-        """Mark transactions in doubt before their request goes out (attempts + 1).
+    def start_sending(
+        self,
+        scope: str,
+        transaction_ids: Sequence[str],
+        run_id: str,
+        *,
+        settled: Sequence[EventResult] = (),
+        masks: Mapping[str, str] | None = None,
+    ) -> None:
+        """Mark transactions in doubt before their request goes out (attempts + 1); ``settled``:
+        answers read since the last commit, settled first in the same commit (see
+        :meth:`apply_results`), so the next request costs one commit, not two.
 
         One guarded UPDATE per request (it runs before every request, so it is kept cheap); when
         it does not touch exactly these transactions, the precise checks name what is wrong."""
         unique = list(dict.fromkeys(transaction_ids))
         with self._db.transaction() as db:
+            if settled:
+                _settle(db, scope, settled, run_id, masks)
             updated = 0
             for chunk in chunks(unique):
                 updated += db.execute(
@@ -154,68 +231,9 @@ class Transitions:
         not sent, so is never sent again, keeps the mask in its stored checkout instead of the
         customer id (in the same write; :meth:`scrub_customer_ids` finds nothing left to do).
         """
-        if not results:
-            return
-        now = timestamp()
-        with self._db.transaction() as db:
-            current: dict[str, tuple[int, str]] = {}
-            tids = [r.transaction_id for r in results]
-            for chunk in chunks(list(dict.fromkeys(tids))):
-                for row in db.query(
-                    f"SELECT id, transaction_id, state FROM transactions WHERE scope = ? "
-                    f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
-                    (scope, *chunk),
-                ):
-                    current[row["transaction_id"]] = (row["id"], row["state"])
-            updates: list[tuple[Any, ...]] = []
-            for result in results:
-                if result.transaction_id not in current:
-                    raise LedgerError(f"unknown transaction {result.transaction_id!r} in scope {scope!r}")
-                row_id, state = current[result.transaction_id]
-                if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
-                    # an earlier send landed: keep the platform's evidence (e.g. code 5003)
-                    already = result.outcome is Outcome.ALREADY_ACCEPTED
-                    target = TxnState.ACCEPTED
-                    code = (result.error_code or "already_accepted") if already else None
-                    message = result.error_message if already else None
-                else:
-                    target = {
-                        Outcome.RETRYABLE: TxnState.FAILED_RETRYABLE,
-                        Outcome.REJECTED: TxnState.FAILED_PERMANENT,
-                        Outcome.NOT_SENT: TxnState.NOT_SENT,
-                    }[result.outcome]
-                    code, message = result.error_code, result.error_message
-                if target not in TRANSITIONS.get(TxnState(state), frozenset()):
-                    raise IllegalTransitionError(result.transaction_id, state, target)
-                current[result.transaction_id] = (row_id, target.value)
-                final = target in NEVER_SENT_AGAIN
-                mask = masks.get(result.transaction_id) if masks and final else None
-                retry_class = (
-                    str(result.retry_class or RetryClass.TRANSIENT)
-                    if target is TxnState.FAILED_RETRYABLE else None
-                )
-                updates.append(
-                    (
-                        target.value,
-                        retry_class,
-                        run_id,
-                        now,
-                        json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
-                        str(result.points) if result.points is not None else None,
-                        code,
-                        message,
-                        mask,
-                        mask,
-                        row_id,
-                    )
-                )
-            db.executemany(
-                "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
-                "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
-                "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
-                f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
-                updates,
-            )
+        if results:
+            with self._db.transaction() as db:
+                _settle(db, scope, results, run_id, masks)
 
     def requeue(self, row_ids: Sequence[int], run_id: str, *, origin: str = "retry") -> None:
         """Put failed (or in-doubt) transactions back in the queue of ``run_id``."""

@@ -276,18 +276,22 @@ async def _submit(
     scope = feed.scope
     pending: list[EventResult] = []
 
-    def flush() -> None:
-        if pending:
-            masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
-                     for r in pending if r.transaction_id in customer_of}
+    def flush(sending: Sequence[str] | None = None) -> None:
+        """The answers read so far into the ledger; with ``sending``, the next request's in-doubt
+        mark in the same commit, so both are in the ledger before it goes out."""
+        masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
+                 for r in pending if r.transaction_id in customer_of}
+        if sending is not None:
+            ledger.start_sending(scope, list(sending), run_id, settled=pending, masks=masks)
+        elif pending:
             ledger.apply_results(scope, pending, run_id, masks=masks)
+        if pending:
             progress.advance("submit", len(pending))
             outcome.results += len(pending)
             pending.clear()
 
     def on_sending(transaction_ids: Sequence[str]) -> None:
-        flush()  # answers already read are in the ledger before the next request goes out
-        ledger.start_sending(scope, list(transaction_ids), run_id)
+        flush(sending=transaction_ids)
 
     flush_scheduled = False
 
