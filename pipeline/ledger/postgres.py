@@ -20,9 +20,10 @@ What differs from SQLite is translated here:
   (recording a file, settling results) see what they change. Migrations run inside such
   transactions, so two workers starting at once never both migrate. A write transaction runs in
   psycopg's pipeline mode: its statements are sent without waiting, and the client waits only
-  where it needs an answer (a query, a row count) and at ``COMMIT``: a request's in-doubt mark
-  and its settling are two round trips each, not three and four. ``COPY`` leaves the pipeline
-  for its own round trip;
+  where it needs an answer (a query, a row count) and at ``COMMIT``: settling the answers read
+  and marking the next request in doubt (one transaction) is three round trips: the lookup with
+  ``BEGIN`` and the lock, the updates, the ``COMMIT``. ``COPY`` leaves the pipeline for its own
+  round trip;
 * ids: :meth:`PgDb.new_ids` takes a file's row ids from the table's identity sequence before its
   ``COPY``, so rows of one ``COPY`` can name each other (a duplicate its primary).
 
@@ -68,7 +69,6 @@ ANALYZE_COLUMNS = {
 }
 _QMARK = re.compile(r"\?")
 _CURSOR_NAMES = (f"posfeed_pages_{n}" for n in itertools.count(1))  # server-side cursors of this process
-
 
 
 def _scrub(message: str, url: str) -> str:
