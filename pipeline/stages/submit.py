@@ -317,8 +317,8 @@ async def _submit(
         pending.append(result)
         nonlocal flush_scheduled
         if not flush_scheduled:
-            # one commit per answer: the engine settles a request's results in one go, and the
-            # loop runs this before anything else (no other request is read or sent in between)
+            # committed before anything else runs (no other request is read or sent in between):
+            # with the next request's in-doubt mark when that comes first (on_sending), else here
             flush_scheduled = True
             asyncio.get_running_loop().call_soon(scheduled_flush)
 
