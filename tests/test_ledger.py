@@ -798,3 +798,24 @@ def test_a_postgresql_ledger_without_pipeline_mode_waits_for_each_statement(
             db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
                            [(run_id, 424242, "file")])
         assert _finished_at(ledger, run_id) is None
+
+
+def test_a_connection_lost_before_commit_leaves_nothing_of_the_transaction(postgres_db: str) -> None:
+    """The server ends the session while a transaction's bulk write waits for its COMMIT in the
+    pipeline: exit 75 (try again), and nothing of the transaction is in the ledger."""
+    with Ledger(postgres_db) as setup:
+        run_id = _queued(setup, "T1")
+    ledger = Ledger(postgres_db)
+    backend = ledger._db.one("SELECT pg_backend_pid()")
+    assert backend is not None
+    with pytest.raises(LedgerUnavailableError) as caught, ledger._db.transaction() as db:
+        db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
+        db.executemany("UPDATE transactions SET last_error_code = ? WHERE id = ?", [("lost", 1)])
+        with psycopg.connect(postgres_db, autocommit=True) as admin:  # waits until it has ended
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (backend[0],))
+    assert caught.value.exit_code == 75
+    ledger.close()
+    with Ledger(postgres_db) as reopened:
+        assert _finished_at(reopened, run_id) is None
+        (row,) = reopened.transactions_by_row_id([1])
+        assert row.last_error_code is None
