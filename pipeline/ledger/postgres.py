@@ -270,11 +270,15 @@ class PgDb:
             self._analyze_grown()
 
     def new_ids(self, table: str, count: int) -> list[int]:
+        """``count`` consecutive ids of ``table``'s identity sequence (the session's temporary
+        table first: a dry run's copy), taken in one step: call it inside a write transaction,
+        whose lock keeps every other writer of the table from taking ids meanwhile."""
         if count == 0:
             return []
-        rows = self.query("SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)",
-                          (table, count))  # the session's temporary table first (a dry run's copy)
-        return sorted(int(row[0]) for row in rows)
+        row = self.one("SELECT setval(pg_get_serial_sequence(?, 'id'), "
+                       "nextval(pg_get_serial_sequence(?, 'id')) + ? - 1)", (table, table, count))
+        last = int(row[0]) if row else 0
+        return list(range(last - count + 1, last + 1))
 
     def _analyze_grown(self) -> None:
         """Refresh the planner's statistics of the tables this connection grew enough: once it has
