@@ -82,10 +82,10 @@ class Recording:
                     for row_id, txn in zip(row_ids, transactions, strict=True)
                 ],
             )
-            # one statement, not one per row: every row of the file is new to the run
+            # one statement, not one per row: every row of the file is new, to the run too
             attached = db.execute(
                 "INSERT INTO run_transactions (run_id, txn_row_id, origin) "
-                "SELECT ?, id, 'file' FROM transactions WHERE file_id = ? ON CONFLICT DO NOTHING",
+                "SELECT ?, id, 'file' FROM transactions WHERE file_id = ?",
                 (run_id, file.id),
             )
             if attached != len(transactions):
