@@ -819,3 +819,47 @@ def test_a_connection_lost_before_commit_leaves_nothing_of_the_transaction(postg
         assert _finished_at(reopened, run_id) is None
         (row,) = reopened.transactions_by_row_id([1])
         assert row.last_error_code is None
+
+
+def _sqlite_schema(path: Path) -> tuple[dict[str, list[tuple[str, str, bool]]], set[str]]:
+    db = sqlite3.connect(path)
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    columns = {t: [(r[1], r[2], bool(r[3]) or (bool(r[5]) and r[2] != "INTEGER")) for r in
+                   db.execute(f"PRAGMA table_info({t})")] for t in tables}
+    indexes = {r[0] for r in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%'")}
+    db.close()
+    return columns, indexes
+
+
+def test_both_backends_build_the_same_schema(tmp_path: Path, postgres_db: str) -> None:
+    """One set of migrations, written for SQLite and translated for PostgreSQL: the same tables,
+    columns in the same order, the same NOT NULLs and indexes; ids are identity columns, and an
+    integer that names a row or counts rows, bytes or lines is BIGINT there."""
+    Ledger(tmp_path / "ledger.sqlite").close()
+    Ledger(postgres_db).close()
+    sqlite_columns, sqlite_indexes = _sqlite_schema(tmp_path / "ledger.sqlite")
+    with psycopg.connect(postgres_db) as pg:
+        pg_columns: dict[str, list[tuple[str, str, bool]]] = {}
+        for table, name, kind, nullable, identity in pg.execute(
+                "SELECT table_name, column_name, data_type, is_nullable, is_identity "
+                "FROM information_schema.columns WHERE table_schema = 'public' "
+                "ORDER BY table_name, ordinal_position"):
+            if identity == "YES":
+                kind = "identity " + kind
+            pg_columns.setdefault(table, []).append((name, kind, nullable == "NO"))
+        pg_indexes = {r[0] for r in pg.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' AND indexname NOT LIKE '%_pkey'")}
+    assert set(sqlite_columns) == set(pg_columns) == set(TABLES)
+    assert sqlite_indexes == pg_indexes
+    wide = {"size", "rows", "rows_in", "transactions", "source_line"}
+    for table, columns in sqlite_columns.items():
+        expected = []
+        for name, kind, not_null in columns:
+            if kind == "INTEGER" and name == "id":
+                expected.append((name, "identity bigint", True))
+                continue
+            if kind == "INTEGER":
+                kind = "bigint" if name.endswith("_id") or name in wide else "integer"
+            expected.append((name, {"TEXT": "text", "REAL": "double precision"}.get(kind, kind), not_null))
+        assert pg_columns[table] == expected, table
