@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from pipeline.currencies import MINOR_UNITS
 from pipeline.records import TransactionType
 from pipeline.sinks.antavo_returns import Line, ReturnDecision, decide_return
 from pipeline.sinks.base import CheckoutRow
@@ -39,14 +40,6 @@ __all__ = [
     "return_decision",
     "return_events",
 ]
-
-# ISO 4217 minor units where they differ from 2
-_MINOR_UNITS = {
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0,
-    "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4,
-}
-
 
 @dataclass(frozen=True)
 class NotSent:
@@ -66,7 +59,7 @@ def money_number(value: Decimal, currency: str | None) -> Decimal:
     code = (currency or "").upper()
     quantum = _QUANTA.get(code)
     if quantum is None:
-        quantum = _QUANTA[code] = Decimal(1).scaleb(-_MINOR_UNITS.get(code, 2))
+        quantum = _QUANTA[code] = Decimal(1).scaleb(-MINOR_UNITS.get(code, 2))
     shown = value.quantize(quantum)
     return shown if shown == value else value.normalize()
 
