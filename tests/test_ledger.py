@@ -721,6 +721,11 @@ def test_returns_are_found_by_the_sale_they_name(ledger: Ledger) -> None:
     assert ledger.returns_naming(SCOPE, ["S2"])["S2"][0].transaction_id == "R3"
 
 
+# a statement that fails on the server: run_transactions names a transaction row that is not there
+_ATTACH_A_MISSING_ROW = "INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, 'file')"
+_MISSING_ROW = 424242
+
+
 def _finished_at(ledger: Ledger, run_id: str) -> object:
     row = ledger._db.one("SELECT finished_at FROM runs WHERE id = ?", (run_id,))
     assert row is not None
@@ -733,12 +738,10 @@ def test_a_failed_bulk_write_rolls_back_its_whole_transaction(ledger: Ledger) ->
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     with pytest.raises((LedgerError, sqlite3.IntegrityError)), ledger._db.transaction() as db:
         db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
-        db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
-                       [(run_id, 424242, "file")])  # no such transaction row
+        db.executemany(_ATTACH_A_MISSING_ROW, [(run_id, _MISSING_ROW)])
     assert _finished_at(ledger, run_id) is None
     with pytest.raises((LedgerError, sqlite3.IntegrityError)), ledger._db.transaction() as db:
-        db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
-                       [(run_id, 424242, "file")])
+        db.executemany(_ATTACH_A_MISSING_ROW, [(run_id, _MISSING_ROW)])
         db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
     assert _finished_at(ledger, run_id) is None
     assert ledger.runs()[0].id == run_id
@@ -751,8 +754,7 @@ def test_a_caught_failure_inside_a_postgresql_transaction_is_never_committed(pos
         with pytest.raises(LedgerError, match="rolled back"), ledger._db.transaction() as db:
             db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
             with contextlib.suppress(LedgerError):
-                db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
-                           (run_id, 424242, "file"))
+                db.execute(_ATTACH_A_MISSING_ROW, (run_id, _MISSING_ROW))
         assert _finished_at(ledger, run_id) is None
 
 
@@ -795,8 +797,7 @@ def test_a_postgresql_ledger_without_pipeline_mode_waits_for_each_statement(
         assert _state(ledger, "T1") is TxnState.ACCEPTED
         with pytest.raises(LedgerError), ledger._db.transaction() as db:
             db.execute("UPDATE runs SET finished_at = 'then' WHERE id = ?", (run_id,))
-            db.executemany("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?)",
-                           [(run_id, 424242, "file")])
+            db.executemany(_ATTACH_A_MISSING_ROW, [(run_id, _MISSING_ROW)])
         assert _finished_at(ledger, run_id) is None
 
 
