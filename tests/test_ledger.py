@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
@@ -33,7 +34,7 @@ from pipeline.ledger import (
     migrate,
     postgres,
 )
-from pipeline.ledger.connection import SqliteDb
+from pipeline.ledger.connection import SqliteDb, open_sqlite
 from pipeline.ledger.db import Db, round_trips
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
 from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
@@ -864,3 +865,28 @@ def test_both_backends_build_the_same_schema(tmp_path: Path, postgres_db: str) -
                 kind = "bigint" if name.endswith("_id") or name in wide else "integer"
             expected.append((name, {"TEXT": "text", "REAL": "double precision"}.get(kind, kind), not_null))
         assert pg_columns[table] == expected, table
+
+
+def test_many_openers_of_a_new_sqlite_ledger_all_open_it(tmp_path: Path) -> None:
+    """Eight threads open one new ledger file at once, 150 times over: every open succeeds. SQLite
+    does not wait for a file another connection is converting to WAL; before the conversion was
+    retried, about one round in twelve had an opener fail with "database is locked"."""
+    failures: list[str] = []
+    for round_number in range(150):
+        path = tmp_path / f"{round_number}" / "ledger.sqlite"
+        start = threading.Barrier(8)
+
+        def open_it(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                db, _ = open_sqlite(path)
+                db.close()
+            except Exception as exc:  # every failure is collected and shown (its path names the round)
+                failures.append(str(exc))
+
+        openers = [threading.Thread(target=open_it) for _ in range(8)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join()
+    assert failures == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,6 +160,29 @@ class SqliteDb:
         self._connection.close()
 
 
+BUSY_TIMEOUT_SECONDS = 30.0  # how long a connection waits for another one's lock
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the ledger file in WAL mode. Converting a new file needs the file to itself, and SQLite
+    does not wait for it (no busy handler) while another connection converts or recovers it: of
+    several processes opening a new ledger at once, one failed with "database is locked". WAL is
+    a property of the file, so a ledger already in WAL mode is left as it is (no lock taken);
+    otherwise a locked conversion is tried again, within the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
 def open_sqlite(path: Path) -> tuple[SqliteDb, int]:
     """Open (or create) the ledger file at ``path`` and bring its schema up to date; returns the
     database and its schema version."""
@@ -167,9 +191,10 @@ def open_sqlite(path: Path) -> tuple[SqliteDb, int]:
     except OSError as exc:
         raise state_io_error(exc, path.parent) from exc
     try:
-        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                     timeout=BUSY_TIMEOUT_SECONDS)
         connection.row_factory = sqlite3.Row
-        connection.execute("PRAGMA journal_mode=WAL")
+        _use_wal(connection)
         # NORMAL, not FULL: in WAL mode every commit still survives a crash of the process
         # (kill -9); only an OS crash or power loss can drop the last commits, and then a
         # transaction that was sent looks queued and is sent again, which the platform answers
