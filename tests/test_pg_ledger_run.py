@@ -263,6 +263,46 @@ def test_a_run_that_loses_its_lock_stops_sending_and_the_next_run_sends_the_rest
         assert counts.get("queued", 0) == counts.get("sending", 0) == counts.get("failed_retryable", 0) == 0
 
 
+
+def test_a_run_whose_server_ends_every_session_mid_submission_exits_75_and_nothing_is_sent_twice(
+        postgres_db: str, tmp_path: Path) -> None:
+    """As a server restart would: every session of the run (its ledger connection, whose
+    transactions are pipelined, and its lock) is ended while checkouts are being sent. The run
+    exits 75 naming the ledger's server, its committed work stays; the next run settles what was
+    in doubt and sends the rest, each checkout once."""
+    with SandboxServer(latency_ms=100) as sandbox:
+        feed_file = _feed_file(tmp_path, sandbox, max_concurrency=2, bulk_size=1)
+        env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
+        args = (*RUN_ARGS, "--feed", str(feed_file))
+        run = _posfeed(tmp_path, "host1", env, *args)
+        deadline = time.monotonic() + 120
+        while stats(sandbox)["events_accepted"] < 3:
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before submitting"
+            time.sleep(0.05)
+        with psycopg.connect(postgres_db, autocommit=True) as conn:
+            (ended,) = conn.execute(
+                "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone() or (0,)
+        assert ended >= 1
+        code, _, err = _done(run)
+        assert code == 75, err[-3000:]
+        assert "PostgreSQL" in err and PASSWORD not in err
+        with Ledger(postgres_db) as ledger:  # what was in flight when the sessions ended
+            in_doubt = ledger.state_counts("acme").get("sending", 0)
+        assert in_doubt <= 2  # two requests in flight at most, one checkout each
+
+        sandbox.config.latency_ms = 0
+        code, _, err = _done(_posfeed(tmp_path, "host2", env, *args))
+        assert code in (0, 65), err[-3000:]
+        ids = delivered_ids(sandbox)
+        after: dict[str, Any] = stats(sandbox)
+    # each checkout reached the platform once; only what was in doubt was asked again
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] <= in_doubt
+    assert sorted(ids) == _accepted_sales(postgres_db)
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == counts.get("failed_retryable", 0) == 0
+
 def test_two_schedulers_on_one_ledger_run_a_missed_feed_once(postgres_db: str, tmp_path: Path) -> None:
     """`posfeed schedule --once-catchup` on two hosts (state folders, job stores of their own), both
     down when the feed was due: the first runs it; the second, started while the first sends,
