@@ -47,6 +47,14 @@ def _done(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+def _sending(run: subprocess.Popen[str], sandbox: SandboxServer) -> subprocess.Popen[str]:
+    """``run`` once the platform has accepted a few of its checkouts (it is mid-submission)."""
+    deadline = time.monotonic() + 120
+    while stats(sandbox)["events_accepted"] < 3:
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before submitting"
+        time.sleep(0.05)
+    return run
+
 def _feed_file(tmp: Path, sandbox: SandboxServer, **target: Any) -> Path:
     drop = tmp / "drop"
     copy_samples(drop, FILES)
@@ -234,11 +242,7 @@ def test_a_run_that_loses_its_lock_stops_sending_and_the_next_run_sends_the_rest
         feed_file = _feed_file(tmp_path, sandbox, max_concurrency=1, bulk_size=1)
         env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
         args = (*RUN_ARGS, "--feed", str(feed_file))
-        run = _posfeed(tmp_path, "host1", env, *args)
-        deadline = time.monotonic() + 120
-        while stats(sandbox)["events_accepted"] < 3:
-            assert run.poll() is None and time.monotonic() < deadline, "the run ended before submitting"
-            time.sleep(0.05)
+        run = _sending(_posfeed(tmp_path, "host1", env, *args), sandbox)
         with psycopg.connect(postgres_db, autocommit=True) as conn:
             (ended,) = conn.execute("SELECT count(pg_terminate_backend(backend_pid)) FROM scope_lock_holders "
                                     "WHERE scope = 'acme'").fetchone() or (0,)
@@ -274,11 +278,7 @@ def test_a_run_whose_server_ends_every_session_mid_submission_exits_75_and_nothi
         feed_file = _feed_file(tmp_path, sandbox, max_concurrency=2, bulk_size=1)
         env = _env(sandbox, POSFEED_LEDGER_URL=postgres_db)
         args = (*RUN_ARGS, "--feed", str(feed_file))
-        run = _posfeed(tmp_path, "host1", env, *args)
-        deadline = time.monotonic() + 120
-        while stats(sandbox)["events_accepted"] < 3:
-            assert run.poll() is None and time.monotonic() < deadline, "the run ended before submitting"
-            time.sleep(0.05)
+        run = _sending(_posfeed(tmp_path, "host1", env, *args), sandbox)
         with psycopg.connect(postgres_db, autocommit=True) as conn:
             (ended,) = conn.execute(
                 "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
