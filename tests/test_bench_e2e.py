@@ -250,3 +250,21 @@ def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(p
     assert written.index("earlier text") < written.index("<!-- ledger-backends:start") < written.index(
         "| record |") < written.index("<!-- ledger-backends:end -->") < written.index("## Later")
     assert "not-printed" not in written
+
+
+def test_row_designs_smoke_measures_both_designs_on_both_backends(postgres_db: str) -> None:
+    # bench/row_designs.py: every transaction of each design settled once, masked (it exits
+    # otherwise), and the figures printed for both stages of both designs
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "row_designs.py"), "--url", postgres_db, "--transactions",
+         "120", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert script.returncode == 0, script.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in script.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [(r[0].strip(), r[1].strip()) for r in rows] == [
+        ("today", "record"), ("today", "submit"), ("narrow", "record"), ("narrow", "submit")]
+    for row in rows:
+        lite, pg, ratio = (float(cell) for cell in row[2:5])
+        assert lite > 0 and pg > 0 and ratio == pytest.approx(pg / lite, rel=0.02, abs=0.01)
+    submit_trips = [float(r[5]) for r in rows if r[1].strip() == "submit"]
+    assert submit_trips[0] == submit_trips[1] > 0  # the narrow design commits as the ledger does
