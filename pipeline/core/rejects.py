@@ -43,6 +43,7 @@ class RejectCode(StrEnum):
     CONTROL_CHARACTER_IN_ID = "R023_CONTROL_CHARACTER_IN_ID"
     OFFSET_OUT_OF_RANGE = "R024_OFFSET_OUT_OF_RANGE"
     DATE_TOO_EARLY = "R025_DATE_TOO_EARLY"
+    NUMBER_TOO_LARGE = "R026_NUMBER_TOO_LARGE"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -79,6 +80,9 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
     "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
     "(4 for money, 3 for quantities, 0 for line_no).",
+    RejectCode.NUMBER_TOO_LARGE: "A number has more whole digits than kept (money below "
+    "1,000,000,000,000, quantities below 1,000,000,000), or a line's quantity × unit_price − "
+    "discount reaches 1,000,000,000,000.",
     RejectCode.BAD_TIMESTAMP: "The timestamp cannot be read (ISO 8601 or format.timestamp_format; "
     "an offset such as +01:00 or Z is honoured).",
     RejectCode.OFFSET_OUT_OF_RANGE: "The timestamp's UTC offset is outside -14:00..+14:00, or its "

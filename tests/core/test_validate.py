@@ -22,6 +22,10 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("too_many_decimals", [row(unit_price="2.50001", line_total="")], {}, R.BAD_NUMBER),
     ("thousands_separator", [row(unit_price="1,000.00", line_total="")], {}, R.BAD_NUMBER),
     ("bad_line_no", [row(line_no="1.5")], {}, R.BAD_NUMBER),
+    ("price_of_13_digits", [row(unit_price="1000000000000", line_total="")], {}, R.NUMBER_TOO_LARGE),
+    ("quantity_of_10_digits", [row(quantity="1000000000", line_total="")], {}, R.NUMBER_TOO_LARGE),
+    ("line_of_a_million_million", [row(quantity="1000000", unit_price="1000000", line_total="")], {},
+     R.NUMBER_TOO_LARGE),
     ("bad_timestamp", [row(timestamp="20/11/2026 10:00")], {}, R.BAD_TIMESTAMP),
     ("bad_business_date", [row(business_date="yesterday")], {}, R.BAD_BUSINESS_DATE),
     ("unknown_type", [row(transaction_type="layaway")], {}, R.UNKNOWN_TRANSACTION_TYPE),
@@ -277,7 +281,7 @@ def test_reason_is_never_empty_when_the_value_is() -> None:
 
 def test_number_too_large_for_money_is_rejected_not_dropped() -> None:
     huge = "9" * 36
-    assert codes(run([row(discount=huge, line_total="")])) == [R.BAD_NUMBER]
+    assert codes(run([row(discount=huge, line_total="")])) == [R.NUMBER_TOO_LARGE]
 
 
 def test_empty_input() -> None:
@@ -301,3 +305,56 @@ def test_computed_amounts_in_reasons_read_as_money() -> None:
     assert second == "line_total 0.05 but quantity × unit_price − discount = 0.0375"
     sums = run([row(transaction_total="9.99")]).lines.get_column("reject_reason").to_list()
     assert sums == ["transaction_total 9.99 but the lines sum to 5.00"]
+
+
+def test_numbers_too_large_to_keep_are_rejected_not_a_crash_or_a_wrapped_sum() -> None:
+    # a product that would not fit the money type (it raised mid-transform), a unit price Python's
+    # decimals could not round (it failed at send time), two lines whose sum wrapped to a negative
+    # total: each is a reject naming its field, and the good transaction beside them goes through
+    big = "1" + "0" * 20
+    nines = "9" * 34
+    rows = [
+        row(transaction_id="T1", quantity=big, unit_price=big, line_total=""),
+        row(transaction_id="T2", unit_price="99999999999999999999999999999.50", line_total=""),
+        row(transaction_id="T3", line_no="1", quantity="1", unit_price=nines, line_total=""),
+        row(transaction_id="T3", line_no="2", quantity="1", unit_price=nines, line_total=""),
+        row(transaction_id="T4"),
+    ]
+    result = run(rows)
+    assert codes(result) == [R.NUMBER_TOO_LARGE.value] * 4 + [None]
+    assert result.lines.get_column("reject_field").to_list()[:4] == ["quantity", "unit_price", "unit_price",
+                                                                   "unit_price"]
+    assert "more than 9 whole digits" in result.lines.get_column("reject_reason")[0]
+    assert result.checkouts.get_column("transaction_id").to_list() == ["T4"]
+    assert all(amount >= 0 for amount in result.lines.get_column("amount").to_list())
+
+
+def test_a_line_worth_a_million_million_is_rejected_with_its_amount() -> None:
+    result = run([row(quantity="1000", unit_price="999999999999", line_total="")])
+    assert codes(result) == [R.NUMBER_TOO_LARGE.value]
+    assert result.lines.get_column("reject_reason")[0] == (
+        "quantity × unit_price − discount = 999999999999000.00 reaches 1,000,000,000,000")
+    just_below = run([row(quantity="1", unit_price="999999999999.9999", line_total="")])
+    assert codes(just_below) == [None]
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [("2,50", "2.5000"), ("1.234,50", "1234.5000"), ("1.500", "1500.0000"), ("12.345", "12345.0000"),
+     ("1.234.567,5", "1234567.5000"), (",5", "0.5000"), ("+3,20", "3.2000"), ("7", "7.0000")],
+)
+def test_decimal_comma_reads_dots_as_thousands(text: str, read: str) -> None:
+    result = run([row(unit_price=text, quantity="1", line_total="")], feed(format={"decimal_comma": True}))
+    assert codes(result) == [None]
+    assert str(result.items.get_column("unit_price")[0]) == read
+
+
+@pytest.mark.parametrize("text", ["1,000.0", "1,234.5", "2.50", "12.34,50", "1.2345,6", "1,2,3", "1.5"])
+def test_decimal_comma_rejects_a_dot_that_does_not_group_thousands(text: str) -> None:
+    # read before as 1.0, 1.2345, 2.50 and 1234.50: a price off by a thousand, without a word
+    result = run([row(unit_price=text, quantity="1", line_total="")], feed(format={"decimal_comma": True}))
+    assert codes(result) == [R.BAD_NUMBER.value]
+    assert result.lines.get_column("reject_field")[0] == "unit_price"
+    assert result.lines.get_column("reject_reason")[0] == (
+        f"unit_price '{text}' is not a number with at most 4 decimal places written with a decimal comma "
+        "(dots only between thousands: 1.234,50)")

@@ -12,8 +12,9 @@ from pipeline.config import Feed
 from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import ISO_4217, READER_CODES, RejectCode
 from pipeline.core.validate.control import ID_FIELDS, shown
-from pipeline.core.validate.numbers import NUMBER_FIELDS
-from pipeline.core.validate.rule import Rule, reason
+from pipeline.core.validate.exprs import money
+from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS, NUMBER_FIELDS
+from pipeline.core.validate.rule import Rule, money_text, reason
 from pipeline.records import REQUIRED_COLUMNS, TransactionType
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 _TYPES = [t.value for t in TransactionType]
+# a line's computed amount must fit the money kept, like every amount read
+LARGEST_LINE_AMOUNT = money(10**MONEY_WHOLE_DIGITS)
 
 
 def reader_rules() -> list[Rule]:
@@ -84,20 +87,43 @@ def control_character_rules() -> list[Rule]:
     return rules
 
 
-def number_rules() -> list[Rule]:
-    """A number field whose text is not a number of its kind."""
+def number_rules(feed: Feed) -> list[Rule]:
+    """A number field whose text is not a number of its kind, or one too large to keep."""
     rules: list[Rule] = []
-    for field, (_, places) in NUMBER_FIELDS.items():
+    written = " written with a decimal comma (dots only between thousands: 1.234,50)"
+    for field, (_, places, _) in NUMBER_FIELDS.items():
         what = "a whole number" if places == 0 else f"a number with at most {places} decimal places"
+        if places and feed.format.decimal_comma:
+            what += written
         rules.append(
             Rule(
                 f"bad_{field}",
                 RejectCode.BAD_NUMBER,
                 field,
-                pl.col(f"v_bad_{field}"),
+                pl.col(f"v_bad_{field}") & ~pl.col(f"v_big_{field}"),
                 reason(f"{field} '{{}}' is not {what}", pl.col(field)),
             )
         )
+    for field, (_, _, whole) in NUMBER_FIELDS.items():
+        rules.append(
+            Rule(
+                f"big_{field}",
+                RejectCode.NUMBER_TOO_LARGE,
+                field,
+                pl.col(f"v_big_{field}"),
+                reason(f"{field} '{{}}' has more than {whole} whole digits", pl.col(field)),
+            )
+        )
+    expected = pl.col("v_line_expected")
+    rules.append(
+        Rule(
+            "big_line_amount",
+            RejectCode.NUMBER_TOO_LARGE,
+            "unit_price",
+            expected.abs() >= LARGEST_LINE_AMOUNT,
+            reason("quantity × unit_price − discount = {} reaches 1,000,000,000,000", money_text(expected)),
+        )
+    )
     return rules
 
 

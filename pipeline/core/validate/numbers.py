@@ -1,8 +1,12 @@
 """Number fields: each read into a typed column, with a flag where the text is not a number.
 
-With ``format.decimal_comma``, a text holding a comma reads it as the decimal mark and its dots
-as thousands separators. A value is read only when it has at most the field's decimal places and
-fits its type; otherwise ``v_bad_<field>`` is true and the typed value is null.
+With ``format.decimal_comma``, the comma is the decimal mark and a dot only separates thousands
+(``1.234,50``, ``1.500``); a text where a dot does not group three digits (``2.50``, ``1,000.0``)
+is not a number of that feed. A value is read only when it has at most the field's decimal places
+and whole digits (:data:`NUMBER_FIELDS`); otherwise ``v_bad_<field>`` is true and the typed value
+null, and ``v_big_<field>`` tells a number with too many whole digits from text that is none.
+Bounding the whole digits keeps every product and sum of the data path inside its decimal type
+(which would overflow, or silently wrap when summed) and inside what a platform takes.
 """
 
 from __future__ import annotations
@@ -17,59 +21,70 @@ from pipeline.records import MONEY, MONEY_SCALE, QUANTITY
 
 __all__ = ["NUMBER_FIELDS", "with_numbers"]
 
-# field -> (dtype of v_<field>, decimal places)
-NUMBER_FIELDS: dict[str, tuple[pl.DataType, int]] = {
-    "quantity": (QUANTITY, 3),
-    "unit_price": (MONEY, MONEY_SCALE),
-    "discount": (MONEY, MONEY_SCALE),
-    "line_total": (MONEY, MONEY_SCALE),
-    "transaction_total": (MONEY, MONEY_SCALE),
-    "points_burned": (MONEY, MONEY_SCALE),
-    "line_no": (pl.Int64(), 0),
+# whole digits kept: money below a million million (10^12), quantities below a thousand million
+MONEY_WHOLE_DIGITS = 12
+QUANTITY_WHOLE_DIGITS = 9
+
+# field -> (dtype of v_<field>, decimal places, whole digits)
+NUMBER_FIELDS: dict[str, tuple[pl.DataType, int, int]] = {
+    "quantity": (QUANTITY, 3, QUANTITY_WHOLE_DIGITS),
+    "unit_price": (MONEY, MONEY_SCALE, MONEY_WHOLE_DIGITS),
+    "discount": (MONEY, MONEY_SCALE, MONEY_WHOLE_DIGITS),
+    "line_total": (MONEY, MONEY_SCALE, MONEY_WHOLE_DIGITS),
+    "transaction_total": (MONEY, MONEY_SCALE, MONEY_WHOLE_DIGITS),
+    "points_burned": (MONEY, MONEY_SCALE, MONEY_WHOLE_DIGITS),
+    "line_no": (pl.Int64(), 0, 18),
 }
+# a decimal-comma number: dots only between groups of three digits, then the decimal comma
+_DECIMAL_COMMA = r"^[+-]?(\d{1,3}(\.\d{3})+|\d*)(,\d*)?$"
 
 # a column with at most one distinct text per this many rows is parsed once per distinct text
 _DISTINCT_RATIO = 8
 
 
 def _parse_numbers(frame: pl.DataFrame, fields: Sequence[str], feed: Feed) -> pl.DataFrame:
-    """v_<field> and v_bad_<field> of each field, one row per row of ``frame`` (only those columns)."""
+    """v_<field>, v_bad_<field> and v_big_<field> of each field, one row per row of ``frame`` (only
+    those columns)."""
     texts = []
     for field in fields:
         text = strip(field)
         if feed.format.decimal_comma:
             text = (
-                pl.when(text.str.contains(",", literal=True))
+                pl.when(text.str.contains(_DECIMAL_COMMA))
                 .then(text.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
-                .otherwise(text)
+                .otherwise(pl.lit("?") + text)  # no number of this feed: read as none
             )
         texts.append(text.alias(f"_n_{field}"))
     frame = frame.select(texts)  # once, then read by both expressions below
     # each regex and each conversion runs once per field (eager frames share no subexpressions)
     parsed: list[pl.Expr] = []
     for field in fields:
-        dtype, places = NUMBER_FIELDS[field]
+        dtype, places, whole = NUMBER_FIELDS[field]
         text = pl.col(f"_n_{field}")
         if places:
             ok = text.str.contains(rf"^[+-]?(\d+(\.\d{{0,{places}}})?|\.\d{{1,{places}}})$")
-            value = text.str.to_decimal(scale=places).cast(dtype)
+            # leading zeros aside, at most `whole` digits before the decimal mark
+            fits = text.str.contains(rf"^[+-]?0*\d{{0,{whole}}}(\.|$)")
+            value = pl.when(fits).then(text).str.to_decimal(scale=places).cast(dtype)
         else:
-            ok = text.str.contains(r"^[+-]?\d{1,18}$")
+            ok = text.str.contains(rf"^[+-]?\d{{1,{whole}}}$")
+            fits = pl.lit(True)
             value = text.cast(pl.Int64, strict=False)
-        parsed += [ok.alias(f"_ok_{field}"), value.alias(f"_v_{field}")]
+        parsed += [ok.alias(f"_ok_{field}"), fits.alias(f"_fits_{field}"), value.alias(f"_v_{field}")]
     frame = frame.with_columns(parsed)
     exprs: list[pl.Expr] = []
     for field in fields:
-        text, ok, value = pl.col(f"_n_{field}"), pl.col(f"_ok_{field}"), pl.col(f"_v_{field}")
-        exprs.append(pl.when(ok).then(value).alias(f"v_{field}"))
-        # unreadable, or well-formed but too large for the type (it would come back null)
-        bad = (text.str.len_bytes() > 0) & (~ok | value.is_null())
+        text, ok, fits = pl.col(f"_n_{field}"), pl.col(f"_ok_{field}"), pl.col(f"_fits_{field}")
+        exprs.append(pl.when(ok & fits).then(pl.col(f"_v_{field}")).alias(f"v_{field}"))
+        bad = (text.str.len_bytes() > 0) & ~(ok & fits)
         exprs.append(bad.fill_null(False).alias(f"v_bad_{field}"))
+        exprs.append((ok & ~fits).fill_null(False).alias(f"v_big_{field}"))
     return frame.select(exprs)
 
 
 def with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
-    """v_<field> (typed, null when blank or unreadable) and v_bad_<field> for every number field.
+    """v_<field> (typed, null when blank or unreadable), v_bad_<field> and v_big_<field> for every
+    number field.
 
     Quantities and prices repeat a lot (a few hundred distinct texts in half a million lines):
     such a column is parsed once per distinct text and joined back, which is far cheaper than a
@@ -92,10 +107,11 @@ def with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     if per_line:
         columns.update({c.name: c for c in _parse_numbers(frame, per_line, feed).iter_columns()})
     exprs: list[pl.Expr | pl.Series] = []
-    for field, (dtype, _) in NUMBER_FIELDS.items():
+    for field, (dtype, _, _) in NUMBER_FIELDS.items():
         if field not in present:  # the export lacks the column
             exprs.append(pl.lit(None, dtype=dtype).alias(f"v_{field}"))
             exprs.append(pl.lit(False).alias(f"v_bad_{field}"))
+            exprs.append(pl.lit(False).alias(f"v_big_{field}"))
         else:
-            exprs += [columns[f"v_{field}"], columns[f"v_bad_{field}"]]
+            exprs += [columns[f"v_{field}"], columns[f"v_bad_{field}"], columns[f"v_big_{field}"]]
     return frame.with_columns(exprs)

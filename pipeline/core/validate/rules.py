@@ -31,7 +31,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
         *reader_rules(),
         *missing_field_rules(),
         *control_character_rules(),
-        *number_rules(),
+        *number_rules(feed),
         *time_format_rules(),
         *code_rules(feed),
         *amount_rules(feed),
