@@ -44,6 +44,7 @@ class RejectCode(StrEnum):
     OFFSET_OUT_OF_RANGE = "R024_OFFSET_OUT_OF_RANGE"
     DATE_TOO_EARLY = "R025_DATE_TOO_EARLY"
     NUMBER_TOO_LARGE = "R026_NUMBER_TOO_LARGE"
+    MIXED_TRANSACTION_VALUES = "R027_MIXED_TRANSACTION_VALUES"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -108,6 +109,9 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.MIXED_CUSTOMERS: "The lines of one transaction name more than one customer_id.",
     RejectCode.MIXED_CURRENCIES: "The lines of one transaction use more than one currency.",
     RejectCode.MIXED_TRANSACTION_TYPES: "The lines of one transaction have more than one transaction_type.",
+    RejectCode.MIXED_TRANSACTION_VALUES: "The lines of one transaction disagree on a value of the "
+    "transaction itself: business_date, register_id, original_transaction_id, transaction_total or "
+    "points_burned (lines that leave it empty agree with any).",
     RejectCode.TRANSACTION_TOTAL_MISMATCH: "transaction_total differs from the sum of the line totals "
     "by more than validation.amount_tolerance.",
     RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "

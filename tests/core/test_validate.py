@@ -53,6 +53,10 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("mixed_customers", [row(), row(line_no="2", customer_id="C2")], {}, R.MIXED_CUSTOMERS),
     ("mixed_currencies", [row(), row(line_no="2", currency="EUR")], {}, R.MIXED_CURRENCIES),
     ("mixed_types", [row(), row(line_no="2", transaction_type="void")], {}, R.MIXED_TRANSACTION_TYPES),
+    ("mixed_originals", [row(transaction_type="return", quantity="-2", line_total="-5",
+                             original_transaction_id="S1"),
+                         row(line_no="2", transaction_type="return", quantity="-2", line_total="-5",
+                             original_transaction_id="S2")], {}, R.MIXED_TRANSACTION_VALUES),
     ("transaction_total_off", [row(transaction_total="9.99")], {}, R.TRANSACTION_TOTAL_MISMATCH),
     ("nul_in_a_field", [row(product_name="Tea\x00")], {}, R.NUL_IN_ROW),
     ("zero_width_space_in_id", [row(transaction_id="T\u200b1")], {}, R.CONTROL_CHARACTER_IN_ID),
@@ -358,3 +362,22 @@ def test_decimal_comma_rejects_a_dot_that_does_not_group_thousands(text: str) ->
     assert result.lines.get_column("reject_reason")[0] == (
         f"unit_price '{text}' is not a number with at most 4 decimal places written with a decimal comma "
         "(dots only between thousands: 1.234,50)")
+
+
+@pytest.mark.parametrize(
+    ("field", "first", "second"),
+    [("business_date", "2026-11-20", "2026-11-19"), ("register_id", "R1", "R2"),
+     ("original_transaction_id", "S1", "S2"), ("transaction_total", "10.00", "10.01"),
+     ("points_burned", "1", "2")],
+)
+def test_lines_that_disagree_on_a_value_of_their_transaction_reject_it(field: str, first: str,
+                                                                       second: str) -> None:
+    # normalize takes such a value from the transaction's first line: a return naming two sales was
+    # checked against the first only, a second total was sent and not the one reported
+    rows = [row(**{field: first}), row(line_no="2", **{field: second})]
+    result = run(rows)
+    assert codes(result) == [R.MIXED_TRANSACTION_VALUES.value] * 2
+    assert result.lines.get_column("reject_field").to_list() == [field, field]
+    assert f"2 different values of {field}" in result.lines.get_column("reject_reason")[0]
+    blank = run([row(**{field: first}), row(line_no="2", **{field: ""})])  # empty agrees with any
+    assert codes(blank)[0] != R.MIXED_TRANSACTION_VALUES.value

@@ -112,6 +112,12 @@ _DISTINCT: tuple[tuple[str, str, bool], ...] = (
     ("v_store_id", "v_store_count", False),
     ("v_customer_id", "v_customer_count", True),
     ("v_currency", "v_currency_count", True),
+    # a value of the transaction itself, which normalize takes from its first line that has one
+    ("v_business_date_text", "v_business_date_count", True),
+    ("v_register_id", "v_register_count", True),
+    ("v_original_transaction_id", "v_original_count", True),
+    ("v_transaction_total", "v_total_count", True),
+    ("v_points_burned", "v_points_count", True),
 )
 
 

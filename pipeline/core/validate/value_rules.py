@@ -146,6 +146,16 @@ def shape_rules() -> list[Rule]:
         ("mixed_customers", RejectCode.MIXED_CUSTOMERS, "customer_id", "v_customer_count"),
         ("mixed_currencies", RejectCode.MIXED_CURRENCIES, "currency", "v_currency_count"),
         ("mixed_transaction_types", RejectCode.MIXED_TRANSACTION_TYPES, "transaction_type", "v_type_count"),
+        *(
+            (f"mixed_{field}", RejectCode.MIXED_TRANSACTION_VALUES, field, count)
+            for field, count in (
+                ("business_date", "v_business_date_count"),
+                ("register_id", "v_register_count"),
+                ("original_transaction_id", "v_original_count"),
+                ("transaction_total", "v_total_count"),
+                ("points_burned", "v_points_count"),
+            )
+        ),
     ):
         rules.append(
             Rule(
