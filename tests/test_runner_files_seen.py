@@ -154,3 +154,28 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
         extra = {k: v for k, v in (stored.counts or {}).items() if k not in fresh.summary}
         again = run_report(ledger, summary.run_id, extra=extra)
     assert sorted(tuple(map(str, r)) for r in again.summary_rows) == sorted(tuple(r.values()) for r in rows)
+
+
+def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Two stores' closed hours give byte-identical header-only files: the first is read (its row,
+    no data rows), the second is the same content, not processed again, as in a later run."""
+    first, second = "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    header = (SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()[0]
+    for name in (first, second):
+        (drop / name).write_text(header + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert summary.exit_code == EXIT_OK
+    assert sorted(summary.summary["files_new"]) == [GOOD, first]
+    assert summary.summary["files_already_processed"] == 1
+    assert summary.reports_path is not None
+    rows = _summary_rows(summary.reports_path)
+    others = [(r["source_file"], r["reason"]) for r in rows if r["source_file"] != GOOD]
+    assert others == [(first, "no data rows")]
+    due = {(m["store_id"], m["hour"]) for m in summary.summary["missing_files"] if m["status"] == "missing"}
+    assert ("LON01", 12) not in due  # it arrived
