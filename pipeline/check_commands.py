@@ -140,6 +140,7 @@ def format_check_summary(result: TransformResult, *, max_rejects: int = 10) -> s
     s = result.summary
     lines = [
         f"files: {', '.join(s['files']) or '(none readable)'}",
+        *(f"no data rows: {name} (read; nothing in it to send)" for name in s.get("files_without_rows", [])),
         f"rows: {s['rows_in']} in, {s['rows_valid']} valid, {s['rows_rejected']} rejected",
         f"transactions: {s['transactions_in']} in, {s['transactions_valid']} valid "
         f"(new {s['new']}, duplicates {s['duplicates']}, conflicts {s['conflicts']}), "

@@ -140,9 +140,15 @@ def page_data(report: Report) -> dict[str, Any]:
     per_store: dict[tuple[str, str], Figures] = defaultdict(Figures)
     per_file: dict[str, Figures] = defaultdict(Figures)
     stores_of_file: dict[str, set[str]] = defaultdict(set)
+    empty_files: dict[str, str] = {}
     for row in summary_rows:
         if row["origin"] not in ("file", "ledger"):
             continue  # a file not read: nothing came in; listed with its reason below
+        if row["rows_in"] == "0" and row["transactions_in"] == "0" and not row["store_id"]:
+            # a file read with no data rows: listed, with no currency or store of its own
+            per_file[row["source_file"]].add(row)
+            empty_files[row["source_file"]] = row["reason"]
+            continue
         currency = row.get("currency", "")
         per_currency[currency].add(row)
         per_store[(row["store_id"], currency)].add(row)
@@ -168,7 +174,8 @@ def page_data(report: Report) -> dict[str, Any]:
     ]
 
     files = [
-        {"name": name, "status": "read", "stores": ", ".join(sorted(s for s in stores_of_file[name] if s)),
+        {"name": name, "status": f"read: {empty_files[name]}" if empty_files.get(name) else "read",
+         "stores": ", ".join(sorted(s for s in stores_of_file[name] if s)),
          "rows_in": figures.rows_in, "transactions_in": figures.transactions_in,
          "amount_in": format_amount(figures.amount_in, currency_of_file.get(name, "")),
          "balanced": figures.balanced}

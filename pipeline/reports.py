@@ -7,8 +7,9 @@ page) while they are written, so its memory does not grow with the day:
 
 * ``summary.csv``: one row per source file × store × business date × currency (× origin): rows,
   transactions and amount in, then count and amount per state, points awarded, ``balanced``
-  (a row never mixes currencies) and ``reason``; plus a row for every file the run could not
-  read (origin ``unreadable``, ``fetch_failed`` or ``skipped``), with why;
+  (a row never mixes currencies) and ``reason``; plus a row for every file the run read with no
+  data rows (origin ``file``, reason ``no data rows``) and for every file it could not read
+  (origin ``unreadable``, ``fetch_failed`` or ``skipped``), with why;
 * ``detail.csv``: one row per transaction occurrence with its state, codes and event ids;
 * ``rejects.csv``: every rejected line with its original columns, the reject code, reason, field,
   file and line;
@@ -114,6 +115,7 @@ REJECT_TAIL_COLUMNS: tuple[str, ...] = (
 )
 
 _ZERO = Decimal("0")
+_NO_DATA_ROWS = "no data rows"  # the reason of a file read with nothing in it
 _T = TypeVar("_T")
 
 
@@ -248,6 +250,7 @@ def build_report(
     pending_is_final: bool = False,
     extra: dict[str, Any] | None = None,
     files_not_read: Iterable[tuple[str, str, str]] = (),
+    files_without_rows: Iterable[str] = (),
 ) -> Report:
     """Build a report from ledger rows.
 
@@ -261,7 +264,8 @@ def build_report(
     sent"). Every total is per currency: a summary row has one, and the JSON summary has
     ``currencies``. ``files_not_read`` are (source_file, origin, reason) of files the run saw and
     did not read: one summary row each, nothing in it (currency: the report's, when its money is in
-    one).
+    one). ``files_without_rows`` are files read with no data rows (a header-only file): one row
+    each of origin ``file``, likewise with nothing in it.
     """
     read_transactions = _replay(transactions)
     read_rejects = _replay(rejects)
@@ -316,6 +320,11 @@ def build_report(
     feed_currency = known[0] if len(known) == 1 else ""
     zero = money_text(_ZERO, feed_currency)
     empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)]
+    for name in sorted(set(files_without_rows)):
+        summary_rows.append(
+            [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
+             money(_ZERO), 0, 0, zero, "true", _NO_DATA_ROWS]
+        )
     for name, origin, reason in files_not_read:
         # no row of the file came in, so none is unaccounted for; the file itself is, with why
         summary_rows.append(

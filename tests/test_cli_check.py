@@ -130,6 +130,21 @@ def test_unreadable_file_exits_65(tmp_path: Path) -> None:
     assert "unreadable: pos.csv: file is binary" in out
 
 
+def test_a_header_only_file_is_read_and_has_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "pos_LON01_20261120_11.csv"
+    header = (ROOT / "sample_data" / "acme" / "pos_LON01_20261120_10.csv").read_text(encoding="utf-8")
+    path.write_text(header.splitlines()[0] + "\n", encoding="utf-8")
+    code, out = invoke("--feeds-dir", str(ROOT / "feeds"), "check", str(path), "--feed", "acme_hourly")
+    assert code == EXIT_OK, out
+    assert "files: pos_LON01_20261120_11.csv\n" in out
+    assert "no data rows: pos_LON01_20261120_11.csv" in out
+    assert "none readable" not in out
+    code, out = invoke("check", str(path), "--json")
+    summary = json.loads(out)
+    assert (summary["files"], summary["files_without_rows"]) == ([path.name], [path.name])
+    assert (summary["rows_in"], summary["transactions_in"], summary["unreadable_files"]) == (0, 0, [])
+
+
 def test_codes(tmp_path: Path) -> None:
     code, out = invoke("check", "--codes")
     assert code == EXIT_OK

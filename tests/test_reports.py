@@ -222,3 +222,34 @@ def test_a_file_not_read_has_a_row_in_the_reports_currency_and_no_money_group_of
     last = dict(zip(SUMMARY_COLUMNS, several.summary_rows[-1], strict=True))
     assert (last["source_file"], last["currency"], last["amount_in"]) == ("bad.csv", "", "0.00")
     assert [c["currency"] for c in page_data(several)["currencies"]] == ["GBP", "JPY"]
+
+
+def test_a_file_without_rows_has_a_zero_row_and_no_money_group_of_its_own() -> None:
+    """A file read with no data rows: origin ``file``, zero counts and money, balanced, the reason
+    ``no data rows``; in the report's currency when it has one, none with several, and never a
+    currency of the JSON summary or of the page."""
+    from pipeline.report_page import page_data
+
+    several = build_report(
+        report_id="r1", feed="hourly",
+        transactions=[*TXNS, _txn("Y1", TxnState.ACCEPTED, "1500", currency="JPY")],
+        file_totals=[*TOTALS, ("a.csv", "S1", "2026-11-20", 1, 1, Decimal("1500"), "JPY")],
+        rejects=[], files_without_rows=["empty.csv"])
+    last = dict(zip(SUMMARY_COLUMNS, several.summary_rows[-1], strict=True))
+    assert (last["source_file"], last["origin"], last["store_id"], last["business_date"], last["currency"]) \
+        == ("empty.csv", "file", "", "", "")
+    assert (last["rows_in"], last["transactions_in"], last["amount_in"], last["accepted_count"]) \
+        == (0, 0, "0.00", 0)
+    assert (last["amount_accounted"], last["balanced"], last["reason"]) == ("0.00", "true", "no data rows")
+    assert sorted(several.summary["currencies"]) == ["GBP", "JPY"] and several.summary["balanced"] is True
+    page = page_data(several)
+    assert [c["currency"] for c in page["currencies"]] == ["GBP", "JPY"]
+    assert [s["store_id"] for s in page["stores"]] == ["S1", "S1"]
+    assert [(f["name"], f["status"], f["rows_in"], f["balanced"]) for f in page["files"]] == [
+        ("a.csv", "read", 5, True), ("empty.csv", "read: no data rows", 0, True)]
+
+    one = build_report(report_id="r1", feed="hourly", transactions=TXNS, file_totals=TOTALS, rejects=[],
+                       files_without_rows=["empty.csv"])
+    last = dict(zip(SUMMARY_COLUMNS, one.summary_rows[-1], strict=True))
+    assert (last["currency"], last["amount_in"]) == ("GBP", "0.00")
+    assert one.summary["rows_in"] == 4 and one.summary["amount_in"] == "16.50"

@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from pipeline.errors import EXIT_DATA
+from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
 from pipeline.stages.report import run_report
@@ -108,3 +108,74 @@ def test_rejects_keep_the_exports_columns_in_its_order(sandbox: SandboxServer, t
     assert codes["4"] == "R002_BAD_NUMBER"
     assert codes["7"] == "R019_WRONG_FIELD_COUNT"
     assert all(r[order.index("note")] == "" for r in rejects)
+
+
+def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """A file holding only the header line is read (zero rows): its row in summary.csv has zero
+    counts and money in the report's currency, balanced, and says why; the page lists it."""
+    header_only = "pos_LON01_20261120_11.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    header = (SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()[0]
+    (drop / header_only).write_text(header + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert summary.exit_code == EXIT_OK  # no data row is no data error
+    assert summary.summary["balanced"] is True
+    assert sorted(summary.summary["files_new"]) == [GOOD, header_only]
+    assert summary.summary["unreadable_files"] == []
+    assert summary.reports_path is not None
+    rows = _summary_rows(summary.reports_path)
+    assert {r["source_file"] for r in rows} == {GOOD, header_only}
+    (empty,) = [r for r in rows if r["source_file"] == header_only]
+    where = (empty["origin"], empty["store_id"], empty["business_date"], empty["currency"])
+    assert where == ("file", "", "", "GBP")  # the report's currency, as a file not read has
+    counts = [v for k, v in empty.items() if k.endswith("_count") or k in (
+        "rows_in", "transactions_in", "rows_accounted", "transactions_accounted")]
+    amounts = [v for k, v in empty.items() if k.endswith("_amount") or k in ("amount_in", "amount_accounted")]
+    assert set(counts) == {"0"} and len(counts) == 14
+    assert set(amounts) == {"0.00"} and len(amounts) == 12
+    assert (empty["points_awarded"], empty["balanced"], empty["reason"]) == ("0.00", "true", "no data rows")
+
+    page = (summary.reports_path / "report.html").read_text(encoding="utf-8")
+    assert f'<th scope="row">{header_only}</th><td>read: no data rows</td>' in page
+    assert "(none)" not in page  # no store and no currency group of its own
+
+    # `posfeed report RUN_ID` rebuilds the same rows from what the run stored
+    from pipeline.ledger import Ledger
+
+    with Ledger(settings.ledger_path) as ledger:
+        stored = ledger.run(summary.run_id)
+        assert stored is not None
+        fresh = run_report(ledger, summary.run_id)
+        extra = {k: v for k, v in (stored.counts or {}).items() if k not in fresh.summary}
+        again = run_report(ledger, summary.run_id, extra=extra)
+    assert sorted(tuple(map(str, r)) for r in again.summary_rows) == sorted(tuple(r.values()) for r in rows)
+
+
+def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Two stores' closed hours give byte-identical header-only files: the first is read (its row,
+    no data rows), the second is the same content, not processed again, as in a later run."""
+    first, second = "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    header = (SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()[0]
+    for name in (first, second):
+        (drop / name).write_text(header + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        summary = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert summary.exit_code == EXIT_OK
+    assert sorted(summary.summary["files_new"]) == [GOOD, first]
+    assert summary.summary["files_already_processed"] == 1
+    assert summary.reports_path is not None
+    rows = _summary_rows(summary.reports_path)
+    others = [(r["source_file"], r["reason"]) for r in rows if r["source_file"] != GOOD]
+    assert others == [(first, "no data rows")]
+    due = {(m["store_id"], m["hour"]) for m in summary.summary["missing_files"] if m["status"] == "missing"}
+    assert ("LON01", 12) not in due  # it arrived

@@ -127,6 +127,7 @@ def _summary(
     checkouts: pl.DataFrame,
     unreadable: Sequence[UnreadableFileError],
     read_stats: ReadStats | None = None,
+    files_read: Sequence[str] = (),
 ) -> dict[str, Any]:
     failed = pl.col("reject_code").is_not_null()
     has_id = pl.col("v_transaction_id").is_not_null()
@@ -145,6 +146,7 @@ def _summary(
     status = checkouts.get_column("dedup_status")
     kind = checkouts.get_column("transaction_type")
     currencies = _currency_amounts(checked, failed)
+    with_rows = checked.get_column("source_file").unique().to_list()
     return {
         "rows_in": checked.height,
         "rows_valid": checked.height - rows_rejected,
@@ -163,7 +165,8 @@ def _summary(
         "guests": int(checkouts.get_column("is_guest").sum()),
         **single_currency_amounts(currencies, ("amount_in", "amount_valid", "amount_rejected")),
         "currencies": currencies,
-        "files": sorted(checked.get_column("source_file").unique().to_list()),
+        "files": sorted(set(with_rows) | set(files_read)),
+        "files_without_rows": sorted(set(files_read) - set(with_rows)),
         "unreadable_files": [{"file": e.file, "reason": e.reason} for e in unreadable],
         # what the readers counted and did not turn into lines (POSLog's control transactions...)
         **(read_stats or ReadStats()).summary(),
@@ -192,8 +195,12 @@ def transform(
     now: datetime,
     unreadable: Sequence[UnreadableFileError] = (),
     read_stats: ReadStats | None = None,
+    files_read: Sequence[str] = (),
 ) -> TransformResult:
-    """Validate, normalize and dedup a lines frame (from :mod:`pipeline.core.parse`)."""
+    """Validate, normalize and dedup a lines frame (from :mod:`pipeline.core.parse`).
+
+    ``files_read`` names the files the lines were read from, so that one with no data rows is
+    still listed (``files``, ``files_without_rows``)."""
     checked = validate(lines, feed, now=now)
     is_valid = checked.get_column("reject_code").is_null()
     extras = [c for c in checked.columns if c.startswith(EXTRA_PREFIX)]
@@ -215,7 +222,7 @@ def transform(
     del checked  # validation's working columns are not needed any more: free them before normalize
     checkouts, items = normalize(valid, feed)
     checkouts = dedup(checkouts, known)
-    summary = _summary(counted, checkouts, unreadable, read_stats)
+    summary = _summary(counted, checkouts, unreadable, read_stats, files_read)
     log.info(
         "transform: %d rows, %d valid transactions, %d rows rejected",
         summary["rows_in"],
@@ -247,6 +254,7 @@ def transform_files(
     names = list(source_names) if source_names is not None else [p.name for p in paths]
     frames: list[pl.DataFrame] = []
     unreadable: list[UnreadableFileError] = []
+    read: list[str] = []
     stats = ReadStats()
     for path, name in zip(paths, names, strict=True):
         try:
@@ -254,8 +262,11 @@ def transform_files(
         except UnreadableFileError as exc:
             log.warning("unreadable file %s: %s", exc.file, exc.reason)
             unreadable.append(exc)
+        else:
+            read.append(name)
     lines = pl.concat([empty_lines(), *frames], how="diagonal_relaxed") if frames else empty_lines()
-    return transform(lines, feed, known=known, now=now, unreadable=unreadable, read_stats=stats)
+    return transform(lines, feed, known=known, now=now, unreadable=unreadable, read_stats=stats,
+                     files_read=read)
 
 
 # schemas re-exported for callers that build empty results

@@ -3,7 +3,9 @@ fetched to recorded to finished (or set aside in quarantine), and which file sup
 
 from __future__ import annotations
 
-from pipeline.ledger.db import Db
+from collections.abc import Iterable
+
+from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.records import FileRecord, file_record, timestamp
 
 
@@ -31,6 +33,16 @@ class Files:
     def file(self, file_id: int) -> FileRecord:
         """One file by its ledger id."""
         return file_record(self._db.query("SELECT * FROM files WHERE id = ?", (file_id,))[0])
+
+    def files_without_rows(self, scope: str, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` recorded in ``scope`` with no rows: read, with nothing in them (a
+        header-only file)."""
+        found: set[str] = set()
+        for chunk in chunks(sorted(set(names))):
+            found.update(r[0] for r in self._db.query(
+                f"SELECT DISTINCT name FROM files WHERE scope = ? AND rows_in = 0 "
+                f"AND name IN ({marks(len(chunk))})", (scope, *chunk)))
+        return found
 
     def files(self, *, scope: str | None = None, run_id: str | None = None) -> list[FileRecord]:
         """Files of a scope or first seen in a run."""

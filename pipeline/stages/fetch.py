@@ -1,8 +1,9 @@
 """Fetch stage: discover the feed's ready files, stage new content, register it in the ledger.
 
-File identity is content: a file whose sha256 the scope already recorded is never processed again,
-whatever its name. A file seen before with the same name, size and mtime is not even fetched again.
-The same name with new content is registered as superseding the earlier file (and processed).
+File identity is content: a file whose sha256 the scope already recorded (or this run already
+staged) is never processed again, whatever its name. A file seen before with the same name, size
+and mtime is not even fetched again. The same name with new content is registered as superseding
+the earlier file (and processed).
 """
 
 from __future__ import annotations
@@ -117,6 +118,13 @@ def _fetch_one(
             log.warning("%s: same content as %s, processed in run %s; not processed again",
                         remote.name, same.name, same.first_run_id)
         result.already_processed.append((remote, same))
+        fetched.path.unlink(missing_ok=True)
+        return
+    earlier = next((s for s in result.staged if same is not None and s.record.id == same.id), None)
+    if earlier is not None:
+        log.warning("%s: same content as %s, fetched in this run; not processed again",
+                    remote.name, earlier.record.name)
+        result.already_processed.append((remote, earlier.record))
         fetched.path.unlink(missing_ok=True)
         return
     if same is not None and same.status == "quarantined":

@@ -21,7 +21,8 @@ def report_folder(reports_dir: Path, feed: str, report_id: str) -> Path:
 
 def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = None) -> Report:
     """The report of one run: the transactions it handled, as the run left them (state, attempts,
-    error, event ids: the run's own outcome, whatever later runs did), so it is reproduced.
+    error, event ids: the run's own outcome, whatever later runs did), so it is reproduced. Every
+    file it saw has a row: a new file read with no data rows too, and those it did not read.
 
     Its detail and reject rows are read from ``ledger`` page by page when it is written: write it
     while the ledger is open."""
@@ -40,6 +41,9 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
         "selection": run.selection,
     }
     details.update(extra or {})
+    not_read = files_not_read(details)
+    seen = {name for name, *_ in totals} | {name for name, _, _ in not_read}
+    new_files = [str(name) for name in details.get("files_new") or [] if str(name) not in seen]
     return build_report(
         report_id=run_id,
         feed=run.feed,
@@ -48,7 +52,8 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
         rejects=lambda: ledger.iter_rejects(run_id=run_id),
         pending_is_final=run.dry_run,
         extra=details,
-        files_not_read=files_not_read(details),
+        files_not_read=not_read,
+        files_without_rows=ledger.files_without_rows(run.scope, new_files),
     )
 
 
