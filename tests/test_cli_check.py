@@ -225,3 +225,13 @@ def test_check_keeps_customer_ids_when_the_feed_does_not_hash_them(tmp_path: Pat
                               row(transaction_id="T2", customer_id="LOY-CLEAR-72", currency="XXX")]))
     outputs = every_check_output(tmp_path, str(path), "--feed", str(feed))
     assert "LOY-CLEAR-72" in outputs["rejects.csv"] and "LOY-CLEAR-71" in outputs["checkouts.jsonl"]
+
+
+def test_check_reasons_quoting_a_customer_id_show_it_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text([row(customer_id="LOY-CLEAR-71"), row(line_no="2", customer_id="LOY-CLEAR-72"),
+                              row(transaction_id="T2", customer_id="LOY\u200bCLEAR-73")]))
+    outputs = every_check_output(tmp_path, str(path))
+    for name, text in outputs.items():
+        assert "CLEAR-7" not in text, name
+    assert f"(this line: '{mask_customer_id('LOY-CLEAR-71')}')" in outputs["text"]

@@ -301,3 +301,24 @@ def test_computed_amounts_in_reasons_read_as_money() -> None:
     assert second == "line_total 0.05 but quantity × unit_price − discount = 0.0375"
     sums = run([row(transaction_total="9.99")]).lines.get_column("reject_reason").to_list()
     assert sums == ["transaction_total 9.99 but the lines sum to 5.00"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "code"),
+    [
+        ([row(customer_id="LOY-71"), row(line_no="2", customer_id="LOY-72")], RejectCode.MIXED_CUSTOMERS),
+        ([row(customer_id="LOY\u200b71")], RejectCode.CONTROL_CHARACTER_IN_ID),
+    ],
+)
+def test_a_reason_about_a_customer_id_shows_it_hashed_as_the_feed_does(
+    rows: list[dict[str, str]], code: RejectCode
+) -> None:
+    from pipeline.logs import mask_customer_id
+
+    hashed = run(rows).lines
+    assert hashed.get_column("reject_code").to_list()[0] == code
+    for customer, text in zip(hashed.get_column("customer_id"), hashed.get_column("reject_reason"),
+                              strict=True):
+        assert "LOY" not in text and f"'{mask_customer_id(customer)}'" in text
+    clear = run(rows, feed(logging={"hash_customer_ids": False})).lines.get_column("reject_reason")
+    assert all("LOY" in text for text in clear)
