@@ -22,6 +22,7 @@ from pipeline.core.rejects import catalog_rows
 from pipeline.core.transform import TransformResult, transform_files
 from pipeline.csvsafe import write_atomic, write_frame_csv
 from pipeline.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK, ConfigError
+from pipeline.stages.transform import mask_result_customers
 
 __all__ = [
     "FEED_COLUMNS",
@@ -66,7 +67,11 @@ def check_files(
     feeds_dir: Path = Path("feeds"),
     now: datetime | None = None,
 ) -> TransformResult:
-    """Transform local files with no network and no ledger (dedup within the files only)."""
+    """Transform local files with no network and no ledger (dedup within the files only).
+
+    With the feed's ``logging.hash_customer_ids`` (the default) every customer id in the result
+    is hashed as in a run's reports, so no output of the check shows one in clear.
+    """
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"no such file: {missing[0]}")
@@ -74,7 +79,8 @@ def check_files(
     if feed.records != "transactions":
         raise ConfigError(f'posfeed check reads checkout files; feed {feed.name} holds {feed.records} '
                           "(its rows are checked by posfeed run --dry-run)")
-    return transform_files(list(paths), feed, now=now or datetime.now(UTC))
+    result = transform_files(list(paths), feed, now=now or datetime.now(UTC))
+    return mask_result_customers(result, feed) if feed.logging.hash_customer_ids else result
 
 
 def check_exit_code(result: TransformResult) -> int:

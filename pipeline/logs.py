@@ -57,6 +57,9 @@ _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _secret_pattern: re.Pattern[str] | None = None
 
+# a key that names a secret: api_key, target.api_secret, X-Auth-Token, sftp_password ...
+_SECRET_KEY = r"[\w.-]*(?:password|passwd|passphrase|secret|token|api_?key|signature)[\w.-]*"
+
 _CREDENTIAL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # HTTP headers, in "Name: value" or "'name': 'value'" form (httpx/uvicorn dumps, our own repr)
     (
@@ -69,13 +72,14 @@ _CREDENTIAL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
     # Escher / AWS-style signature parameters inside an Authorization value
     (re.compile(r"(?i)\b(credential|signature)=[^,\s'\"]+"), r"\1=" + REDACTED),
-    # key=value and "key": "value" pairs whose key names a secret
+    # key=value and "key": "value" pairs whose key names a secret; an unquoted "key: text" is
+    # prose (a setting's name and what is wrong with it), not a value
     (
         re.compile(
-            r"(?i)(['\"]?\b[\w.-]*(?:password|passwd|passphrase|secret|token|api_?key|signature)"
-            r"[\w.-]*['\"]?\s*[:=]\s*)(['\"]?)(?!\*\*\*)[^\s'\",&}]+(\2)"
+            rf"(?i)((?:(['\"]){_SECRET_KEY}\2\s*[:=]|\b{_SECRET_KEY}\s*=)\s*)"
+            r"(['\"]?)(?!\*\*\*)[^\s'\",&}]+(\3)"
         ),
-        r"\1\2" + REDACTED + r"\3",
+        r"\1\3" + REDACTED + r"\4",
     ),
 )
 

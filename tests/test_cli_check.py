@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.core.rejects import CATALOG, readme_table
 from pipeline.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK
+from pipeline.logs import mask_customer_id
 from tests.core.helpers import csv_text, row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,3 +183,70 @@ def test_feeds_lists_the_repository_feeds() -> None:
     rows = json.loads(out)
     assert rows and all(r["ok"] for r in rows)
     assert {"name", "schedule", "source", "target"} <= set(rows[0])
+
+
+def every_check_output(tmp_path: Path, *args: str) -> dict[str, str]:
+    """Each output of `posfeed check ARGS` as text: the summary, --json, and every --out file."""
+    out_dir = tmp_path / "out"
+    outputs = {"text": invoke("check", *args)[1], "json": invoke("check", *args, "--json")[1]}
+    invoke("check", *args, "--out", str(out_dir))
+    for path in sorted(out_dir.iterdir()):
+        if path.suffix == ".parquet":
+            outputs[path.name] = json.dumps(pl.read_parquet(path).to_dicts(), default=str)
+        else:
+            outputs[path.name] = path.read_text(encoding="utf-8")
+    return outputs
+
+
+def test_check_outputs_hash_customer_ids_as_a_runs_reports_do(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text([
+        row(customer_id="LOY-CLEAR-71"),
+        row(transaction_id="T2", customer_id="LOY-CLEAR-72", currency="XXX"),
+    ]))
+    outputs = every_check_output(tmp_path, str(path))
+    assert set(outputs) == {"text", "json", "checkouts.jsonl", "checkouts.parquet",
+                            "checkout_items.parquet", "checkout_items.csv", "rejects.csv", "summary.json"}
+    for name, text in outputs.items():
+        assert "LOY-CLEAR-7" not in text, name
+    with (tmp_path / "out" / "rejects.csv").open(newline="", encoding="utf-8") as handle:
+        (reject,) = list(csv.DictReader(handle))
+    assert reject["customer_id"] == mask_customer_id("LOY-CLEAR-72")  # as in a run's rejects.csv
+    checkouts = [json.loads(line) for line in (tmp_path / "out" / "checkouts.jsonl").read_text().splitlines()]
+    assert [c["customer_id"] for c in checkouts] == [mask_customer_id("LOY-CLEAR-71")]
+
+
+def test_check_hashes_an_exports_own_customer_column(tmp_path: Path) -> None:
+    feed = tmp_path / "shop.toml"
+    feed.write_text(
+        "[format]\ndelimiter = ';'\n[format.columns]\ntransaction_id = 'Bon'\nstore_id = 'Filiale'\n"
+        "timestamp = 'Zeit'\nproduct_id = 'Artikel'\nquantity = 'Menge'\nunit_price = 'Preis'\n"
+        "customer_id = 'Kunde'\n[format.defaults]\ncurrency = 'EUR'\n"
+    )
+    export = tmp_path / "export.csv"
+    export.write_text("Bon;Filiale;Zeit;Artikel;Menge;Preis;Kunde\n"
+                      "B1;F1;2026-11-20 10:00;A1;x;1.00;K-CLEAR-9\n")
+    outputs = every_check_output(tmp_path, str(export), "--feed", str(feed))
+    for name, text in outputs.items():
+        assert "K-CLEAR-9" not in text, name
+    assert mask_customer_id("K-CLEAR-9") in outputs["rejects.csv"]
+
+
+def test_check_keeps_customer_ids_when_the_feed_does_not_hash_them(tmp_path: Path) -> None:
+    feed = tmp_path / "clear.toml"
+    feed.write_text("[logging]\nhash_customer_ids = false\n")
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text([row(customer_id="LOY-CLEAR-71"),
+                              row(transaction_id="T2", customer_id="LOY-CLEAR-72", currency="XXX")]))
+    outputs = every_check_output(tmp_path, str(path), "--feed", str(feed))
+    assert "LOY-CLEAR-72" in outputs["rejects.csv"] and "LOY-CLEAR-71" in outputs["checkouts.jsonl"]
+
+
+def test_check_reasons_quoting_a_customer_id_show_it_hashed(tmp_path: Path) -> None:
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text([row(customer_id="LOY-CLEAR-71"), row(line_no="2", customer_id="LOY-CLEAR-72"),
+                              row(transaction_id="T2", customer_id="LOY\u200bCLEAR-73")]))
+    outputs = every_check_output(tmp_path, str(path))
+    for name, text in outputs.items():
+        assert "CLEAR-7" not in text, name
+    assert f"(this line: '{mask_customer_id('LOY-CLEAR-71')}')" in outputs["text"]

@@ -105,6 +105,19 @@ def test_ordinary_text_is_left_alone() -> None:
     assert redact(text) == text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "target.api_secret: environment variable ANTAVO_API_SECRET is not set",
+        "feeds/acme.toml: target.api_key_env: environment variable ANTAVO_API_KEY is not set",
+        "source.password_env: sftp://ops@sftp.example.com:22/out refused our credentials (password)",
+        "source.private_key_passphrase_env: no environment variable or file configured",
+    ],
+)
+def test_a_settings_name_and_its_error_are_left_alone(text: str) -> None:
+    assert redact(text) == text
+
+
 def test_feed_secrets_come_from_every_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
     feed = Feed.model_validate({
         "name": "f",

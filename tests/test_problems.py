@@ -596,3 +596,70 @@ def test_a_feed_moved_to_another_dedup_scope_keeps_its_open_problems(tmp_path: P
         assert events[0] is not None and len(events[0]["opened"]) == 1
         assert events[1] == {"opened": [], "escalated": [], "resolved": []}
         assert [p.kind for p in ledger.problems(feed="watch")] == ["run_failed"]
+
+
+# ---- problem texts: the clear words of a setting's error, a real secret masked ---------------------
+
+
+def test_a_missing_secret_is_told_in_clear_words_everywhere(
+    tmp_path: Path, sandbox_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Problem texts and their log lines once read "target.api_secret: *** variable ... is not set":
+    a setting's name followed by a colon was taken for a secret and the next word masked."""
+    clear = "target.api_secret: environment variable ANTAVO_API_SECRET is not set"
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url)
+        s.drop("pos_NYC01_20261120_13.csv")
+        monkeypatch.delenv("ANTAVO_API_SECRET")
+        code, _, logs = s.run()
+        assert code == 78
+        (problem,) = [p for p in s.open_problems() if p["kind"] == "credentials_refused"]
+        assert problem["summary"] == f"credentials refused: {clear}"
+        (line,) = [entry for entry in logs if entry.get("event") == "problem"]
+        assert line["msg"].endswith(f"problem #{problem['problem_id']} opened: credentials_refused: "
+                                    f"credentials refused: {clear}")
+        (alert,) = [a for a in hook.received if a["kind"] == "credentials_refused"]
+        assert alert["summary"] == f"credentials refused: {clear}"
+        table = s.posfeed("problems")
+        assert table.returncode == 0 and clear in table.stdout
+
+
+def test_a_real_secret_in_a_problem_stays_masked_in_logs_problems_and_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SFTP password set in the environment is masked wherever a problem's text goes, while the
+    setting's name and the password-less sftp:// address around it read in clear."""
+    import io
+
+    from pipeline.config import Feed
+    from pipeline.errors import SourceAuthError
+    from pipeline.ledger import Ledger
+    from pipeline.logs import register_feed_secrets, setup_logging
+    from pipeline.runner import _observe_refusal
+    from tests.runner_helpers import settings_in
+
+    password = "pw-Zq81-real-sftp"
+    monkeypatch.setenv("T_MASK_SFTP_PASSWORD", password)
+    address = "sftp://ops@sftp.example.com:22/out"
+    with Receiver() as hook:
+        feed = Feed.model_validate({
+            "name": "watch", "source": {"kind": "sftp", "host": "sftp.example.com", "username": "ops",
+                                        "path": "/out", "password_env": "T_MASK_SFTP_PASSWORD"},
+            "alerts": {"webhook_url": hook.url},
+        })
+        register_feed_secrets([feed])  # as every posfeed command does for the feeds it loads
+        stream = io.StringIO()
+        setup_logging("json", 1, stream=stream)
+        _observe_refusal(settings_in(tmp_path), feed, SourceAuthError(
+            f"{address} refused our credentials (password): login ops password: {password} rejected",
+            source="watch", key="source.password_env"))
+        with Ledger(settings_in(tmp_path).ledger_location) as ledger:
+            (problem,) = ledger.problems(feed="watch")
+        expected = (f"credentials refused: watch: source.password_env: {address} refused our "
+                    "credentials (password): login ops password: *** rejected")
+        assert problem.summary == expected
+        (alert,) = hook.received
+        assert alert["summary"] == expected
+        assert password not in json.dumps(hook.received)
+        logged = stream.getvalue()
+        assert password not in logged and json.dumps(expected)[1:-1] in logged

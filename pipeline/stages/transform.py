@@ -38,7 +38,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.records import CANONICAL_COLUMNS, MONEY, DedupStatus, TransactionType
 from pipeline.stages.fetch import StagedFile
 
-__all__ = ["TransformOutcome", "records_of", "transform_staged"]
+__all__ = ["TransformOutcome", "customer_columns", "mask_result_customers", "records_of", "transform_staged"]
 
 log = logging.getLogger(__name__)
 
@@ -252,16 +252,40 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     return out
 
 
+def customer_columns(feed: Feed) -> set[str]:
+    """The columns of a rejected line that hold the customer id (canonical and the export's own name)."""
+    return {"customer_id", feed.format.columns.get("customer_id", "customer_id")}
+
+
 def _mask_reject_customers(records: FileRecords, feed: Feed) -> FileRecords:
     """The file's records with customer ids in the rejected lines' original columns hashed
     (``logging.hash_customer_ids``): they go to the ledger and to rejects.csv."""
-    columns = {"customer_id", feed.format.columns.get("customer_id", "customer_id")}
+    columns = customer_columns(feed)
     rejects = [
         replace(r, original={k: mask_customer_id(v) if k in columns and v else v
                              for k, v in r.original.items()})
         for r in records.rejects
     ]
     return FileRecords(records.transactions, rejects, records.totals)
+
+
+def mask_result_customers(result: TransformResult, feed: Feed) -> TransformResult:
+    """``result`` with every customer id hashed (checkouts, items, rejected lines), as a run's
+    rejects.csv and settled ledger rows hold them; empty ids (guests) stay empty."""
+
+    def masked(frame: pl.DataFrame, columns: set[str]) -> pl.DataFrame:
+        present = [c for c in columns if c in frame.columns]
+        return frame.with_columns(
+            pl.col(c).replace({v: mask_customer_id(v) for v in frame[c].drop_nulls().unique() if v})
+            for c in present
+        )
+
+    return replace(
+        result,
+        checkouts=masked(result.checkouts, {"customer_id"}),
+        items=masked(result.items, {"customer_id"}),
+        rejects=masked(result.rejects, customer_columns(feed)),
+    )
 
 
 def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:

@@ -381,3 +381,24 @@ def test_lines_that_disagree_on_a_value_of_their_transaction_reject_it(field: st
     assert f"2 different values of {field}" in result.lines.get_column("reject_reason")[0]
     blank = run([row(**{field: first}), row(line_no="2", **{field: ""})])  # empty agrees with any
     assert codes(blank)[0] != R.MIXED_TRANSACTION_VALUES.value
+
+
+@pytest.mark.parametrize(
+    ("rows", "code"),
+    [
+        ([row(customer_id="LOY-71"), row(line_no="2", customer_id="LOY-72")], RejectCode.MIXED_CUSTOMERS),
+        ([row(customer_id="LOY\u200b71")], RejectCode.CONTROL_CHARACTER_IN_ID),
+    ],
+)
+def test_a_reason_about_a_customer_id_shows_it_hashed_as_the_feed_does(
+    rows: list[dict[str, str]], code: RejectCode
+) -> None:
+    from pipeline.logs import mask_customer_id
+
+    hashed = run(rows).lines
+    assert hashed.get_column("reject_code").to_list()[0] == code
+    for customer, text in zip(hashed.get_column("customer_id"), hashed.get_column("reject_reason"),
+                              strict=True):
+        assert "LOY" not in text and f"'{mask_customer_id(customer)}'" in text
+    clear = run(rows, feed(logging={"hash_customer_ids": False})).lines.get_column("reject_reason")
+    assert all("LOY" in text for text in clear)

@@ -14,7 +14,7 @@ from pipeline.core.rejects import ISO_4217, READER_CODES, RejectCode
 from pipeline.core.validate.control import ID_FIELDS, shown
 from pipeline.core.validate.exprs import money
 from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS, NUMBER_FIELDS
-from pipeline.core.validate.rule import Rule, money_text, reason
+from pipeline.core.validate.rule import Rule, hashes_customer, masked_customer, money_text, reason
 from pipeline.records import REQUIRED_COLUMNS, TransactionType
 
 __all__ = [
@@ -69,18 +69,19 @@ def missing_field_rules() -> list[Rule]:
     return rules
 
 
-def control_character_rules() -> list[Rule]:
-    """An id holding a control or format character."""
+def control_character_rules(feed: Feed) -> list[Rule]:
+    """An id holding a control or format character (a hashed customer id shown hashed)."""
     rules: list[Rule] = []
     for field, typed_id in ID_FIELDS:
         flag = f"v_ctrl_{typed_id.removeprefix('v_')}"
+        value = pl.format("'{}'", masked_customer(field)) if hashes_customer(field, feed) else shown(field)
         rules.append(
             Rule(
                 f"control_character_in_{field}",
                 RejectCode.CONTROL_CHARACTER_IN_ID,
                 field,
                 pl.col(flag),
-                reason(f"{field} {{}} holds a control or format character", shown(field)),
+                reason(f"{field} {{}} holds a control or format character", value),
                 needs=(flag,),
             )
         )

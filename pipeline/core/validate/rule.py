@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from pipeline.config import Feed
 from pipeline.core.rejects import RejectCode
+from pipeline.logs import mask_customer_id
 
-__all__ = ["Rule", "reason"]
+__all__ = ["Rule", "hashes_customer", "masked_customer", "reason"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,19 @@ def money_text(amount: pl.Expr) -> pl.Expr:
     """A computed decimal as a till would print it: at least 2 decimals, no trailing zeros beyond
     (``25.0000`` is ``25.00``, ``0.0375`` stays)."""
     return amount.cast(pl.String).str.replace(r"^(-?\d+\.\d\d\d*?)0+$", "${1}")
+
+
+def hashes_customer(field: str, feed: Feed) -> bool:
+    """Whether a reason about ``field`` must show its value hashed (a customer id, with the feed's
+    ``logging.hash_customer_ids``), as rejects.csv and the ledger show it."""
+    return field == "customer_id" and feed.logging.hash_customer_ids
+
+
+def masked_customer(col: str) -> pl.Expr:
+    """A customer id column as ``cust:<12 hex>`` (empty and missing ids kept as they are)."""
+    value = pl.col(col)
+    return pl.when(value == "").then(value).otherwise(
+        value.map_elements(mask_customer_id, return_dtype=pl.String))
 
 
 def reason(template: str, *args: pl.Expr) -> pl.Expr:

@@ -30,13 +30,13 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
     return [
         *reader_rules(),
         *missing_field_rules(),
-        *control_character_rules(),
+        *control_character_rules(feed),
         *number_rules(feed),
         *time_format_rules(),
         *code_rules(feed),
         *amount_rules(feed),
         *date_range_rules(feed, now),
-        *shape_rules(),
+        *shape_rules(feed),
     ]
 
 

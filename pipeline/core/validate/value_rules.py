@@ -13,7 +13,7 @@ import polars as pl
 from pipeline.config import Feed
 from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.exprs import money
-from pipeline.core.validate.rule import Rule, money_text, reason
+from pipeline.core.validate.rule import Rule, hashes_customer, masked_customer, money_text, reason
 from pipeline.records import TransactionType
 
 __all__ = ["amount_rules", "date_range_rules", "shape_rules"]
@@ -124,8 +124,9 @@ def date_range_rules(feed: Feed, now: datetime) -> list[Rule]:
     ]
 
 
-def shape_rules() -> list[Rule]:
-    """A transaction whose lines repeat a line number or disagree on its own fields."""
+def shape_rules(feed: Feed) -> list[Rule]:
+    """A transaction whose lines repeat a line number or disagree on its own fields (a hashed
+    customer id shown hashed)."""
     rules = [
         Rule(
             "repeated_line_number",
@@ -167,7 +168,7 @@ def shape_rules() -> list[Rule]:
                     f"transaction {{}} has {{}} different values of {field} (this line: '{{}}')",
                     pl.col("transaction_id"),
                     pl.col(count),
-                    pl.col(field),
+                    masked_customer(field) if hashes_customer(field, feed) else pl.col(field),
                 ),
             )
         )
