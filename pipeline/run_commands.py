@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -366,7 +367,9 @@ def demo_command(*, keep: Path | None, as_json: bool) -> int:
                    f"events accepted, {stats.get('duplicate_transaction_attempts')} duplicate attempts")
         click.echo(f"state (ledger): {result.state_dir}")
         click.echo(f"reports:        {result.reports_dir}")
-        click.echo("try: posfeed --state-dir " + str(result.state_dir) + " runs")
+        # both folders, so that `report RUN_ID` after it writes into the demo's folder too
+        click.echo(f"try: posfeed --state-dir {shlex.quote(str(result.state_dir))} "
+                   f"--reports-dir {shlex.quote(str(result.reports_dir))} runs")
     return EXIT_OK if result.ok else EXIT_INTERNAL
 
 

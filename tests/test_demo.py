@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +66,23 @@ def test_demo_runs_the_sample_day_from_any_folder(demo: tuple[Path, dict[str, An
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert hourly["run_id"] in text.stdout and daily["run_id"] in text.stdout
+
+
+@pytest.mark.slow
+def test_the_printed_follow_up_works_on_the_demo_folder(demo: tuple[Path, dict[str, Any], str]) -> None:
+    tmp_path, _, text = demo
+    hint = re.search(r"^try: (posfeed .*)$", text, flags=re.MULTILINE)
+    assert hint, text[-2000:]
+    args = shlex.split(hint.group(1))[1:]
+    runs = subprocess.run([sys.executable, "-m", "pipeline", *args, "--json"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120, check=True)
+    run_id = json.loads(runs.stdout)[0]["run_id"]
+    report_args = [*args[:args.index("runs")], "report", run_id]  # `report RUN_ID`, as the docs say
+    report = subprocess.run([sys.executable, "-m", "pipeline", *report_args], cwd=tmp_path, env=_env(),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert not (tmp_path / "reports").exists()  # never into the current folder
+    assert list((tmp_path / "demo-text" / "reports").glob(f"*/{run_id}/report.html"))
 
 
 @pytest.mark.slow
