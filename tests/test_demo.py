@@ -98,3 +98,24 @@ def test_the_sample_figures_in_the_reports_doc_are_a_real_run(demo: tuple[Path, 
                 *currency_lines(hourly),
                 f"  accepted:  {hourly['accepted']} (points {hourly['points_awarded']})"]
     assert [line for line in console if line.startswith("  ")] == expected
+
+
+CLI_DOC = REPORTS_DOC.parent / "CLI.md"
+
+
+@pytest.mark.slow
+def test_the_run_json_keys_in_the_cli_reference_are_real(demo: tuple[Path, dict[str, Any], str]) -> None:
+    """docs/CLI.md's `run --json` paragraph names every key of a run's document and no other."""
+    _, result, _ = demo
+    paragraph = CLI_DOC.read_text(encoding="utf-8").split("`--json` prints the run's document", 1)[1]
+    keys_part = paragraph.split("A run stopped by a signal", 1)[0]
+    named = {w for quoted in re.findall(r"`([^`]+)`", keys_part) if not quoted.startswith("posfeed ")
+             for w in re.split(r"[\s,{}]+", quoted) if re.fullmatch(r"[a-z_]+", w) and w != "null"}
+    inner = {"carried", "oldest_waiting_since", "oldest_waiting_minutes",  # the backlog object
+             "state", "code", "message", "count"}  # each of `causes`
+    for run in result["runs"]:
+        keys = set(run)
+        assert keys <= named, f"{run['feed']}: undocumented keys {sorted(keys - named)}"
+        assert named - inner <= keys, f"{run['feed']}: documented, absent {sorted(named - inner - keys)}"
+    absent = paragraph.split("but not its", 1)[1].split(".", 1)[0]
+    assert {w for w in re.findall(r"[a-z_]+", absent)} & set(result["runs"][0]) == set()
