@@ -404,6 +404,14 @@ class Feed(_Model):
     enrollments: EnrollmentsConfig = Field(default_factory=EnrollmentsConfig)
     claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
 
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_kind(cls, value: Any) -> Any:
+        """A `[target]` table without `kind` is Antavo, the documented default."""
+        if isinstance(value, dict) and "kind" not in value:
+            return {**value, "kind": "antavo"}
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:

@@ -98,6 +98,20 @@ def test_minimal_feed(tmp_path: Path) -> None:
     assert feed.config_dir == tmp_path
 
 
+def test_a_target_without_kind_is_antavo(tmp_path: Path) -> None:
+    """feeds/README.md: `target.kind` defaults to "antavo", also in a `[target]` table that omits it."""
+    feed = load_feed(write(tmp_path, "shop.toml", "[target]\nbase_url = 'http://127.0.0.1:8765'\n"))
+    assert isinstance(feed.target, AntavoTarget)
+    assert feed.target.kind == "antavo" and feed.target.base_url == "http://127.0.0.1:8765"
+    with pytest.raises(ConfigError) as caught:  # an Antavo key's problem, not a missing discriminator
+        load_feed(write(tmp_path, "bad.toml", "[target]\nbulk_size = 0\n"))
+    assert caught.value.key == "target.bulk_size"
+    (tmp_path / "feeds").mkdir()
+    write(tmp_path / "feeds", "shop.toml", "[target]\nbase_url = 'http://127.0.0.1:8765'\n")
+    done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
 def test_load_by_name_from_the_feeds_dir(tmp_path: Path) -> None:
     write(tmp_path, "shop.toml", "")
     assert load_feed("shop", tmp_path).name == "shop"
