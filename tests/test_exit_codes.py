@@ -156,10 +156,19 @@ def test_78_a_verb_without_its_extra_names_it(tmp_path: Path) -> None:
     (blocker / "sitecustomize.py").write_text(
         "import sys\nsys.modules['numpy'] = None\nsys.modules['matplotlib'] = None\n", encoding="utf-8"
     )
-    env = env_for(None, PYTHONPATH=str(blocker))
+    path = [str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = env_for(None, PYTHONPATH=os.pathsep.join(path))
     proc = posfeed(tmp_path, "bench", "e2e", "--line-items", "100", env=env)
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert "'dev' extra" in proc.stderr and "numpy" in proc.stderr and "pip install" in proc.stderr
+    for verb in ("e2e", "ledger", "all"):  # their --help needs no extra
+        helped = posfeed(tmp_path, "bench", verb, "--help", env=env)
+        assert helped.returncode == 0, helped.stderr[-2000:]
+        assert helped.stdout.startswith(f"Usage: python -m pipeline bench {verb} [OPTIONS]"), helped.stdout
+        assert "--json" in helped.stdout and "extra" not in helped.stderr
+    for verb in ("ledger", "all"):
+        refused = posfeed(tmp_path, "bench", verb, env=env)
+        assert refused.returncode == 78 and f"posfeed bench {verb} needs" in refused.stderr, refused.stderr
 
 
 def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tmp_path: Path) -> None:
