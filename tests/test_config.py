@@ -78,6 +78,14 @@ def test_nothing_documented_is_unknown_to_the_models() -> None:
     assert not unknown, f"feeds/README.md documents keys the code does not accept: {unknown}"
 
 
+def test_no_key_is_documented_twice_in_one_table() -> None:
+    tables = re.split(r"\n(?!\|)", FEEDS_README.read_text(encoding="utf-8"))  # runs of table lines
+    for table in tables:
+        keys = re.findall(r"^\|\s*`([a-z_][a-z0-9_.]*)`\s*\|", table, flags=re.MULTILINE)
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        assert not twice, f"feeds/README.md has two rows for {twice} in one table"
+
+
 def test_the_feeds_in_the_repository_load() -> None:
     results = load_feeds(ROOT / "feeds")
     assert results, "no feed files in feeds/"
