@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from pipeline.config import Settings
-from pipeline.errors import EXIT_INTERNAL, PosfeedError, state_io_error
+from pipeline.errors import EXIT_INTERNAL, ConfigError, PosfeedError, state_io_error
 
 __all__ = ["cli", "main"]
 
@@ -415,8 +415,8 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
 
     try:
         state = SandboxState(config)
-    except StateFileError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except StateFileError as exc:  # a file given on the command line: a configuration error
+        raise ConfigError(str(exc)) from exc
     crmcom.configure(state, crmcom.CrmcomConfig(
         username=crmcom_username, password=crmcom_password, organisation=crmcom_organisation,
         web_api_key=crmcom_web_api_key, token_ttl_seconds=token_ttl,
