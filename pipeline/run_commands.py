@@ -86,7 +86,9 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[list[Feed], list[ConfigError]]:
-    if all_feeds == bool(names):
+    if all_feeds and names:
+        raise click.UsageError("--all and --feed cannot be combined: give --feed NAME (repeatable) or --all")
+    if not all_feeds and not names:
         raise click.UsageError("give --feed NAME (repeatable) or --all")
     if names:
         return [load_feed(name, settings.feeds_dir) for name in names], []

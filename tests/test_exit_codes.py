@@ -193,6 +193,8 @@ def test_2_usage_errors(tmp_path: Path) -> None:
         (("runs", "--missing", "--business-date", "2026-13-01"), "does not match the format"),
         (("run", "--feed", "shop", "--business-date", "2026-13-01"), "does not match the format"),
         (("release", "nothing.csv"), "no file named 'nothing.csv' is in quarantine"),
+        (("run", "--all", "--feed", "shop"), "--all and --feed cannot be combined"),
+        (("run",), "give --feed NAME (repeatable) or --all"),
     ]:
         proc = posfeed(tmp_path, *args, env=env, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
