@@ -157,6 +157,22 @@ def test_bad_value_names_file_key_and_problem(tmp_path: Path, text: str, key: st
     assert error.exit_code == EXIT_CONFIG
 
 
+def test_every_bad_value_of_a_file_is_named(tmp_path: Path) -> None:
+    """Three mistakes in one file: all three named with their keys, not "(and 2 more)"."""
+    (tmp_path / "feeds").mkdir()
+    text = "timezone = 'Mars/Olympus'\n[format]\ndelimiter = ';;'\n[validation]\nmax_future_minutes = -1\n"
+    path = write(tmp_path / "feeds", "bad.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_feed(path)
+    assert caught.value.key == "timezone" and "more)" not in str(caught.value)
+    for key, problem in [("timezone", "unknown timezone"), ("format.delimiter", "at most 1 character"),
+                         ("validation.max_future_minutes", "greater than or equal")]:
+        assert re.search(rf"{re.escape(key)}: [^;]*{problem}", str(caught.value)), str(caught.value)
+    done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG
+    assert "format.delimiter" in done.stderr and "validation.max_future_minutes" in done.stderr
+
+
 def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "broken.toml", "timezone = \n")
     with pytest.raises(ConfigError, match="not valid TOML") as caught:
