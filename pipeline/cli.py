@@ -154,7 +154,7 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as_json: bool,
           out_dir: Path | None, codes: bool) -> None:
-    """Parse, validate, normalize and dedup one local file, with no network.
+    """Parse, validate, normalize and dedup one or more local files, with no network.
 
     Exit 0 when every row is valid, 65 when rows were rejected, conflicts found or a file could
     not be read, 78 for a configuration error.

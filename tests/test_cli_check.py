@@ -167,3 +167,9 @@ def test_feeds_lists_the_repository_feeds() -> None:
     rows = json.loads(out)
     assert rows and all(r["ok"] for r in rows)
     assert {"name", "schedule", "source", "target"} <= set(rows[0])
+
+
+def test_check_help_says_it_takes_several_files() -> None:
+    code, out = invoke("check", "--help")
+    assert code == EXIT_OK
+    assert "[FILES]..." in out and "one or more local files" in out and "one local file" not in out
