@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from pipeline.config import Settings
-from pipeline.errors import EXIT_INTERNAL, PosfeedError, state_io_error
+from pipeline.errors import EXIT_INTERNAL, ConfigError, PosfeedError, state_io_error
 
 __all__ = ["cli", "main"]
 
@@ -154,7 +154,7 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as_json: bool,
           out_dir: Path | None, codes: bool) -> None:
-    """Parse, validate, normalize and dedup one local file, with no network.
+    """Parse, validate, normalize and dedup one or more local files, with no network.
 
     Exit 0 when every row is valid, 65 when rows were rejected, conflicts found or a file could
     not be read, 78 for a configuration error.
@@ -415,8 +415,8 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
 
     try:
         state = SandboxState(config)
-    except StateFileError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except StateFileError as exc:  # a file given on the command line: a configuration error
+        raise ConfigError(str(exc)) from exc
     crmcom.configure(state, crmcom.CrmcomConfig(
         username=crmcom_username, password=crmcom_password, organisation=crmcom_organisation,
         web_api_key=crmcom_web_api_key, token_ttl_seconds=token_ttl,

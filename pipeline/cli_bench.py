@@ -28,14 +28,20 @@ _BENCH_NEEDS = {"e2e": ("numpy", "matplotlib"), "ledger": ("numpy", "matplotlib"
 
 
 @click.group()
-@click.pass_context
-def bench(ctx: click.Context) -> None:
+def bench() -> None:
     """Benchmarks, each side by side with its baseline in the same run."""
+
+
+def _needs_extra(verb: str) -> None:
+    """Exit 78 naming the `dev` extra when a package ``bench VERB`` needs is missing.
+
+    Checked when the benchmark starts, not before its options are parsed, so `--help` works
+    without the extra.
+    """
     import importlib.util
 
     from pipeline.errors import MissingExtraError
 
-    verb = ctx.invoked_subcommand or ""
     for module in _BENCH_NEEDS.get(verb, ()):
         if importlib.util.find_spec(module) is None:
             raise MissingExtraError(f"posfeed bench {verb}", "dev", module)
@@ -210,6 +216,7 @@ def bench_e2e(line_items: int | None, scaling: str | None, full: bool, latency_m
               out: Path | None, profile: bool = False, update_docs: Path | None = None,
               dry_run: bool = False, guest_share: float | None = None) -> None:
     """A chain's day from a real SFTP server to the sandbox platform: per-stage time and memory."""
+    _needs_extra("e2e")
     import signal
 
     from pipeline.benchmarks.e2e import FULL_LINE_ITEMS, FULL_SCALING, run_suite
@@ -264,6 +271,7 @@ def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path |
                  postgres_url: str | None, as_json: bool) -> None:
     """Does a bigger ledger cost time? One day against an empty and a filled ledger, alternating.
     With --postgres-url: what a PostgreSQL ledger costs against SQLite, on the same day."""
+    _needs_extra("ledger")
     from pipeline.benchmarks.e2e import run_ledger_backends, run_ledger_growth
     from pipeline.benchmarks.e2e_report import (
         render_ledger_backends,
@@ -297,6 +305,7 @@ def bench_ledger(prefill: int, line_items: int, rounds: int, update_docs: Path |
 @click.pass_context
 def bench_all(ctx: click.Context, as_json: bool, out: Path, update_docs: Path) -> None:
     """The whole suite in one run (`bench e2e --full`), sized to fit 10 minutes on 2 cores."""
+    _needs_extra("all")
     from pipeline.benchmarks.e2e import FULL_LINE_ITEMS
 
     ctx.invoke(bench_e2e, line_items=FULL_LINE_ITEMS, scaling=None, full=True, latency_ms=5.0,

@@ -404,6 +404,14 @@ class Feed(_Model):
     enrollments: EnrollmentsConfig = Field(default_factory=EnrollmentsConfig)
     claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
 
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_kind(cls, value: Any) -> Any:
+        """A `[target]` table without `kind` is Antavo, the documented default."""
+        if isinstance(value, dict) and "kind" not in value:
+            return {**value, "kind": "antavo"}
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
@@ -513,8 +521,10 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
     try:
         feed = Feed.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        first, *others = exc.errors()
+        # every problem of the file at once, so one edit can fix them all: the first names the
+        # error's key, the others follow with their own keys
+        more = "".join(f"; {_key_path(error['loc'])}: {error['msg']}" for error in others)
         key = _key_path(first["loc"])
         raise ConfigError(first["msg"] + more, source=candidate, key=key) from exc
     feed._config_dir = candidate.resolve().parent

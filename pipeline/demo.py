@@ -4,7 +4,8 @@ Starts the sandbox on a free loopback port, points the sample feeds (``feeds/acm
 then ``feeds/acme_daily.toml``, which share the dedup scope "acme", against its Antavo; the day's
 loyalty sign-ups (``feeds/acme_enrollments.toml``) and guest receipts claimed by members
 (``feeds/acme_claims.toml``) after them; then
-``feeds/crmcom_demo.toml`` against its CRM.COM) at it with the sandbox's credentials, runs them
+``feeds/crmcom_demo.toml`` against its CRM.COM, and ``feeds/poslog_store.toml``, an ARTS POSLog
+till log, against its Antavo) at it with the sandbox's credentials, runs them
 for the sample business date with a fresh state folder, and returns each run's summary, where the
 reports are, and what the platform received.
 """

@@ -54,9 +54,11 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
     if not rows:
         click.echo("no open problems" if not include_resolved else "no problems recorded")
         return EXIT_OK
-    table = [[c.upper() for c in _COLUMNS]]
-    table += [["" if r[c] is None else str(r[c]) for c in _COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS) - 1)]
+    # with --all, resolved problems are listed too: a status column tells them from the open ones
+    columns = (_COLUMNS[0], "status", *_COLUMNS[1:]) if include_resolved else _COLUMNS
+    table = [[c.upper() for c in columns]]
+    table += [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns) - 1)]
     for row in table:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
         click.echo("  ".join(cells).rstrip())

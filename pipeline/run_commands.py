@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import signal
 import threading
 from collections.abc import Iterator, Sequence
@@ -85,7 +86,9 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[list[Feed], list[ConfigError]]:
-    if all_feeds == bool(names):
+    if all_feeds and names:
+        raise click.UsageError("--all and --feed cannot be combined: give --feed NAME (repeatable) or --all")
+    if not all_feeds and not names:
         raise click.UsageError("give --feed NAME (repeatable) or --all")
     if names:
         return [load_feed(name, settings.feeds_dir) for name in names], []
@@ -366,7 +369,9 @@ def demo_command(*, keep: Path | None, as_json: bool) -> int:
                    f"events accepted, {stats.get('duplicate_transaction_attempts')} duplicate attempts")
         click.echo(f"state (ledger): {result.state_dir}")
         click.echo(f"reports:        {result.reports_dir}")
-        click.echo("try: posfeed --state-dir " + str(result.state_dir) + " runs")
+        # both folders, so that `report RUN_ID` after it writes into the demo's folder too
+        click.echo(f"try: posfeed --state-dir {shlex.quote(str(result.state_dir))} "
+                   f"--reports-dir {shlex.quote(str(result.reports_dir))} runs")
     return EXIT_OK if result.ok else EXIT_INTERNAL
 
 

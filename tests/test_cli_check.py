@@ -250,3 +250,9 @@ def test_check_reasons_quoting_a_customer_id_show_it_hashed(tmp_path: Path) -> N
     for name, text in outputs.items():
         assert "CLEAR-7" not in text, name
     assert f"(this line: '{mask_customer_id('LOY-CLEAR-71')}')" in outputs["text"]
+
+
+def test_check_help_says_it_takes_several_files() -> None:
+    code, out = invoke("check", "--help")
+    assert code == EXIT_OK
+    assert "[FILES]..." in out and "one or more local files" in out and "one local file" not in out

@@ -81,3 +81,39 @@ def test_readme_is_a_front_door() -> None:
     assert commands == ["pip install -e . && posfeed demo", "scripts/test"]
     for doc in ("CLI", "CONFIGURATION", "REPORTS", "PLATFORMS", "OPERATIONS", "ARCHITECTURE", "BENCHMARKS"):
         assert f"docs/{doc}.md" in text, f"README.md does not link docs/{doc}.md"
+
+
+def _sections(command_path: str) -> str:
+    """Every docs/CLI.md entry whose heading names ``command_path`` (`runs` has two)."""
+    parts = re.split(r"^(?=### )", CLI_DOC, flags=re.MULTILINE)
+    return "\n".join(part for part in parts
+                     if re.match(rf"### `posfeed {re.escape(command_path)}(?: [\[A-Z-]|`)", part))
+
+
+def _command(path: str) -> click.Command:
+    command: click.Command = cli
+    for word in path.split():
+        assert isinstance(command, click.Group)
+        command = command.commands[word]
+    return command
+
+
+@pytest.mark.parametrize("path", _command_paths(cli))
+def test_every_option_of_a_command_is_in_its_cli_reference_entry(path: str) -> None:
+    """What `posfeed COMMAND --help` lists, the heading(s) of its docs/CLI.md entry name, and no more."""
+    heading = "\n".join(line for line in _sections(path).splitlines() if line.startswith("### "))
+    options = [opt for param in _command(path).params if isinstance(param, click.Option)
+               for opt in param.opts if opt.startswith("--")]
+    missing = [opt for opt in options if not re.search(rf"{re.escape(opt)}(?![\w-])", heading)]
+    assert not missing, f"docs/CLI.md's heading of `posfeed {path}` lacks {missing}"
+    documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", heading))
+    unknown = documented - set(options) - {"--help"}
+    assert not unknown, f"docs/CLI.md's heading of `posfeed {path}` names options it does not have: {unknown}"
+
+
+def test_the_global_options_are_in_the_cli_reference() -> None:
+    intro = CLI_DOC.split("### ", 1)[0]
+    options = [opt for param in cli.params if isinstance(param, click.Option)
+               for opt in param.opts if opt not in ("--help", "--verbose")]
+    missing = [opt for opt in options if f"`{opt}" not in intro]
+    assert not missing, f"docs/CLI.md's global options lack {missing}"

@@ -78,6 +78,14 @@ def test_nothing_documented_is_unknown_to_the_models() -> None:
     assert not unknown, f"feeds/README.md documents keys the code does not accept: {unknown}"
 
 
+def test_no_key_is_documented_twice_in_one_table() -> None:
+    tables = re.split(r"\n(?!\|)", FEEDS_README.read_text(encoding="utf-8"))  # runs of table lines
+    for table in tables:
+        keys = re.findall(r"^\|\s*`([a-z_][a-z0-9_.]*)`\s*\|", table, flags=re.MULTILINE)
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        assert not twice, f"feeds/README.md has two rows for {twice} in one table"
+
+
 def test_the_feeds_in_the_repository_load() -> None:
     results = load_feeds(ROOT / "feeds")
     assert results, "no feed files in feeds/"
@@ -96,6 +104,20 @@ def test_minimal_feed(tmp_path: Path) -> None:
     assert feed.scope == "shop"
     assert feed.format.kind == "csv"
     assert feed.config_dir == tmp_path
+
+
+def test_a_target_without_kind_is_antavo(tmp_path: Path) -> None:
+    """feeds/README.md: `target.kind` defaults to "antavo", also in a `[target]` table that omits it."""
+    feed = load_feed(write(tmp_path, "shop.toml", "[target]\nbase_url = 'http://127.0.0.1:8765'\n"))
+    assert isinstance(feed.target, AntavoTarget)
+    assert feed.target.kind == "antavo" and feed.target.base_url == "http://127.0.0.1:8765"
+    with pytest.raises(ConfigError) as caught:  # an Antavo key's problem, not a missing discriminator
+        load_feed(write(tmp_path, "bad.toml", "[target]\nbulk_size = 0\n"))
+    assert caught.value.key == "target.bulk_size"
+    (tmp_path / "feeds").mkdir()
+    write(tmp_path / "feeds", "shop.toml", "[target]\nbase_url = 'http://127.0.0.1:8765'\n")
+    done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
 
 
 def test_load_by_name_from_the_feeds_dir(tmp_path: Path) -> None:
@@ -133,6 +155,22 @@ def test_bad_value_names_file_key_and_problem(tmp_path: Path, text: str, key: st
     assert problem in error.problem
     assert str(path) in str(error) and key in str(error)
     assert error.exit_code == EXIT_CONFIG
+
+
+def test_every_bad_value_of_a_file_is_named(tmp_path: Path) -> None:
+    """Three mistakes in one file: all three named with their keys, not "(and 2 more)"."""
+    (tmp_path / "feeds").mkdir()
+    text = "timezone = 'Mars/Olympus'\n[format]\ndelimiter = ';;'\n[validation]\nmax_future_minutes = -1\n"
+    path = write(tmp_path / "feeds", "bad.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_feed(path)
+    assert caught.value.key == "timezone" and "more)" not in str(caught.value)
+    for key, problem in [("timezone", "unknown timezone"), ("format.delimiter", "at most 1 character"),
+                         ("validation.max_future_minutes", "greater than or equal")]:
+        assert re.search(rf"{re.escape(key)}: [^;]*{problem}", str(caught.value)), str(caught.value)
+    done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG
+    assert "format.delimiter" in done.stderr and "validation.max_future_minutes" in done.stderr
 
 
 def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:

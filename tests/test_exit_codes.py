@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Feed
+from pipeline.ledger import Ledger
 from pipeline.locks import RunLock
 from pipeline.sandbox.server import SandboxServer
 from tests.ops_helpers import (
@@ -156,10 +157,48 @@ def test_78_a_verb_without_its_extra_names_it(tmp_path: Path) -> None:
     (blocker / "sitecustomize.py").write_text(
         "import sys\nsys.modules['numpy'] = None\nsys.modules['matplotlib'] = None\n", encoding="utf-8"
     )
-    env = env_for(None, PYTHONPATH=str(blocker))
+    path = [str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = env_for(None, PYTHONPATH=os.pathsep.join(path))
     proc = posfeed(tmp_path, "bench", "e2e", "--line-items", "100", env=env)
     assert proc.returncode == 78, proc.stderr[-2000:]
     assert "'dev' extra" in proc.stderr and "numpy" in proc.stderr and "pip install" in proc.stderr
+    for verb in ("e2e", "ledger", "all"):  # their --help needs no extra
+        helped = posfeed(tmp_path, "bench", verb, "--help", env=env)
+        assert helped.returncode == 0, helped.stderr[-2000:]
+        assert helped.stdout.startswith(f"Usage: python -m pipeline bench {verb} [OPTIONS]"), helped.stdout
+        assert "--json" in helped.stdout and "extra" not in helped.stderr
+    for verb in ("ledger", "all"):
+        refused = posfeed(tmp_path, "bench", verb, env=env)
+        assert refused.returncode == 78 and f"posfeed bench {verb} needs" in refused.stderr, refused.stderr
+
+
+def test_78_a_sandbox_state_file_that_is_not_one(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(bytes(range(256)) * 12)
+    proc = posfeed(tmp_path, "sandbox", "--port", "0", "--state", str(garbage), env=env_for(None), timeout=60)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert f"posfeed: error: {garbage} is neither a sandbox state database nor a JSON state" in proc.stderr
+
+
+def test_2_usage_errors(tmp_path: Path) -> None:
+    """A command line that names what does not exist: exit 2 with click's usage message."""
+    env = env_for(None)
+    (tmp_path / "state").mkdir()
+    with Ledger(tmp_path / "state" / "ledger.sqlite"):
+        pass  # an empty ledger: no runs, no problems, nothing in quarantine
+    for args, says in [
+        (("report", "nope"), "no run 'nope'"),
+        (("rerun", "nope"), "no run 'nope'"),
+        (("problems", "--resolve", "999"), "no open problem #999"),
+        (("runs", "--missing", "--business-date", "2026-13-01"), "does not match the format"),
+        (("run", "--feed", "shop", "--business-date", "2026-13-01"), "does not match the format"),
+        (("release", "nothing.csv"), "no file named 'nothing.csv' is in quarantine"),
+        (("run", "--all", "--feed", "shop"), "--all and --feed cannot be combined"),
+        (("run",), "give --feed NAME (repeatable) or --all"),
+    ]:
+        proc = posfeed(tmp_path, *args, env=env, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert says in proc.stderr and "Usage: " in proc.stderr, (args, proc.stderr)
 
 
 def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tmp_path: Path) -> None:

@@ -663,3 +663,30 @@ def test_a_real_secret_in_a_problem_stays_masked_in_logs_problems_and_alerts(
         assert password not in json.dumps(hook.received)
         logged = stream.getvalue()
         assert password not in logged and json.dumps(expected)[1:-1] in logged
+
+
+def test_problems_all_shows_which_are_resolved(tmp_path: Path) -> None:
+    """`posfeed problems --all` lists resolved problems with a STATUS column; without --all, none."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.ledger import Ledger
+    from pipeline.problems import Change, Plan
+
+    (tmp_path / "state").mkdir()
+    with Ledger(tmp_path / "state" / "ledger.sqlite") as ledger:
+        opened = ledger.apply_problems(
+            Plan((Change("opened", None, _obs("a")), Change("opened", None, _obs("b")))),
+            run_id=None, alert=lambda p, e: None)
+        ledger.apply_problems(Plan((Change("resolved", opened[0], None),)), run_id=None,
+                              alert=lambda p, e: None)
+    base = ["--state-dir", str(tmp_path / "state"), "--feeds-dir", str(tmp_path), "problems"]
+    every = CliRunner().invoke(cli, [*base, "--all"])
+    assert every.exit_code == 0, every.output
+    header, *lines = every.output.splitlines()
+    assert header.split()[:2] == ["PROBLEM_ID", "STATUS"]
+    status = {line.split()[0]: line.split()[1] for line in lines if line[:1].isdigit()}
+    assert status == {str(opened[0].id): "resolved", str(opened[1].id): "open"}
+    open_only = CliRunner().invoke(cli, base)
+    assert "STATUS" not in open_only.output
+    assert open_only.output.splitlines()[1].split()[0] == str(opened[1].id)
