@@ -292,3 +292,21 @@ def test_state_file_keeps_accepted_transactions_across_restarts(tmp_path: Path) 
         assert again.status_code == 400
         assert _error(again)["code"] == 5003
         assert second.state.listing()[0]["total"] == "12.5"
+
+
+OUT_OF_RANGE_DATES = ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
+                      "Fri, 31 Dec 9999 23:59:59 -0100"]
+
+
+@pytest.mark.parametrize("date", OUT_OF_RANGE_DATES)
+def test_a_date_beyond_what_utc_can_hold_is_an_invalid_date(sandbox: SandboxServer, date: str) -> None:
+    response = post(sandbox, "/events", CHECKOUT, tamper=_swap("Date", date))
+    assert response.status_code == 401
+    assert _error(response) == {"type": "UnauthorizedException", "code": 101021,
+                                "message": "Invalid date in date header"}
+    url = sandbox.url + "/customers/cust-1/transactions"
+    headers = {**_signer(sandbox).sign("GET", url, b"").headers, "Date": date}
+    read = HTTP.get(url, headers=headers)
+    assert read.status_code == 401
+    assert _error(read)["message"] == "Invalid date in date header"
+    assert sandbox.state.listing() == []
