@@ -7,7 +7,10 @@
   (tests, demo, benchmarks); :func:`serve` runs it in the foreground (``posfeed sandbox``).
 
 Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 413 before
-reading anything (in the platform's error shape); the platforms also count what they stream. A
+reading anything (in the platform's error shape); the platforms also count what they stream. An
+unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
+envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
+``/path/`` is not redirected to ``/path``. A
 state file that cannot be written answers 503: the change was not kept, so it was not accepted.
 """
 
@@ -18,12 +21,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -62,17 +66,25 @@ def _platform_routes(state: SandboxState) -> list[BaseRoute]:
 _CRMCOM_PREFIX = "/crmapi/"
 
 
-def _refusal(path: str, status: int, code: int | str, message: str) -> JSONResponse:
+def _refusal(path: str, status: int, code: int | str, message: str, *, kind: str | None = None,
+             headers: Mapping[str, str] | None = None) -> JSONResponse:
     """An error in the shape of the platform the path belongs to (Antavo's for the rest)."""
     if path.startswith(_CRMCOM_PREFIX):
         name = code if isinstance(code, str) else "INVALID_PARAMETERS"
         document: dict[str, Any] = {"status": {"code": name, "message": message, "description": ""},
                                     "data": None}
     else:
-        kind = "ServerException" if status >= 500 else "BadRequestException"
+        kind = kind or ("ServerException" if status >= 500 else "BadRequestException")
         document = {"error": {"type": kind, "code": code if isinstance(code, int) else status,
                               "message": message}}
-    return JSONResponse(document, status_code=status)
+    return JSONResponse(document, status_code=status, headers=headers)
+
+
+# (Antavo type, CRM.COM code) of the routing errors; Antavo's catalogue gives code 0 to 404. The
+# CRM.COM codes are the sandbox's and differ from show's NOT_FOUND on purpose: a wrong URL must
+# never read as "no such purchase"
+_ROUTING_ERRORS = {404: ("NotFoundException", "UNKNOWN_METHOD"),
+                   405: ("MethodNotAllowedException", "HTTP_METHOD_NOT_ALLOWED")}
 
 
 class _DeclaredBodyLimit:
@@ -119,6 +131,14 @@ def build_app(state: SandboxState) -> Starlette:
         logger.error("%s", exc)
         return _refusal(request.url.path, 503, 503, "The sandbox could not keep the change")
 
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind, crmcom_code = _ROUTING_ERRORS[exc.status_code]
+        path = request.url.path
+        code: int | str = crmcom_code if path.startswith(_CRMCOM_PREFIX) else 0
+        return _refusal(path, exc.status_code, code, f"{exc.detail}: {request.method} {path}",
+                        kind=kind, headers=exc.headers)
+
     routes: list[BaseRoute] = [
         *_platform_routes(state),
         Route("/_sandbox/stats", stats, methods=["GET"]),
@@ -126,7 +146,10 @@ def build_app(state: SandboxState) -> Starlette:
         Route("/_sandbox/config", config, methods=["GET"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={StateFileError: not_kept})
+    app = Starlette(routes=routes, exception_handlers={StateFileError: not_kept, 404: not_routed,
+                                                       405: not_routed})
+    # no redirect from "/path/" to "/path": its Location would be built from the client's Host
+    app.router.redirect_slashes = False
     app.add_middleware(_DeclaredBodyLimit, state=state)
     return app
 
