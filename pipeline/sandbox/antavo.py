@@ -12,7 +12,8 @@ Per event (documented facts first, the sandbox's own choices marked *):
 * a guest (``"guest": true``) must have no ``customer`` and is refused by the bulk endpoint
   (* 400 code 203409); a non-guest needs ``customer`` (0 "Property customer cannot be empty");
 * a customer id starting with the configured unknown prefix is unknown: 404 160212 "Customer not
-  found" (except ``opt_in``, which creates customers); every other id is known;
+  found" (except ``opt_in``, which creates customers: once created it is known); every other id
+  is known;
 * ``checkout`` needs ``transaction_id`` (400 code 0 "Property transaction_id cannot be empty")
   and * ``total``; a used ``transaction_id`` is 400 5003 "The transaction ID has already been used";
   * points = whole currency units of ``total``;
@@ -167,6 +168,14 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", "1")) or value == 1
 
 
+def _unknown(state: SandboxState, customer: str) -> bool:
+    """* A customer id with the unknown prefix is unknown until an ``opt_in`` creates it."""
+    prefix = state.config.unknown_customer_prefix
+    if not prefix or not customer.startswith(prefix):
+        return False
+    return state.get_record(CUSTOMERS, customer) is None
+
+
 def _points(amount: Decimal) -> int:
     return int(amount.to_integral_value(rounding=ROUND_FLOOR)) if amount > 0 else 0
 
@@ -216,8 +225,7 @@ class AntavoPlatform:
             raise _bad("Property customer cannot be empty")
         if customer:
             customer = _identifier(customer, "customer")
-        prefix = self.state.config.unknown_customer_prefix
-        if customer and prefix and str(customer).startswith(prefix) and action != "opt_in":
+        if customer and action != "opt_in" and _unknown(self.state, customer):
             raise EventError(404, "NotFoundException", 160212, "Customer not found")
         data = event.get("data")
         if data is None:
@@ -425,8 +433,7 @@ def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitab
         if fault in (Fault.DROP, Fault.LOST_RESPONSE):
             return DropConnection()
         customer = request.path_params["customer"]
-        prefix = state.config.unknown_customer_prefix
-        if prefix and customer.startswith(prefix):
+        if _unknown(state, customer):
             return _error_response(404, "NotFoundException", 160212, "Customer not found")
         with state.lock:
             owned = [record for record in state.transactions.get(PLATFORM, {}).values()
