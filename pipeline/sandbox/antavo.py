@@ -63,6 +63,7 @@ GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
 UNITS_EXCEEDED = 112205  # sandbox's choice: more units refunded than bought
 ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
 CUSTOMERS = "antavo.customers"  # the members opt_in created (put_record kind)
+_OWN_FIELDS = frozenset({"customer", "id", "status", "created_at", "updated_at"})  # not from data
 
 
 class EventError(Exception):
@@ -291,7 +292,8 @@ class AntavoPlatform:
         return events
 
     def _member(self, customer: str, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields; an
+        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields, never
+        the customer's own (``id``, ``status``, ``created_at``, ``updated_at``: ignored); an
         email with an empty label (``a@b..org``) is refused, the address named in the message."""
         email = data.get("email")
         if isinstance(email, str) and (".." in email or email.endswith(".")):
@@ -304,7 +306,7 @@ class AntavoPlatform:
                 raise EventError(404, "NotFoundException", 160212, "Customer not found")
             now = self.state.clock().isoformat()
             record = {**(known or {"id": customer, "created_at": now, "status": "active"}),
-                      **{k: v for k, v in data.items() if k != "customer"}, "updated_at": now}
+                      **{k: v for k, v in data.items() if k not in _OWN_FIELDS}, "updated_at": now}
             self.state.put_record(CUSTOMERS, customer, record)
         return [{"id": self._event_id(), "action": action, "points": 0}]
 

@@ -69,3 +69,19 @@ def test_a_customer_opt_in_created_is_known_afterwards(tmp_path: Path) -> None:
         assert [t["id"] for t in read.json()["transactions"]] == ["U-1"]
         other = post(restarted, "/events", {**checkout, "customer": "unknown-78"})
         assert other.status_code == 404 and _error(other)["code"] == 160212
+
+
+def test_event_data_never_overwrites_the_customer_s_own_fields(sandbox: SandboxServer) -> None:
+    own = {"id": "someone-else", "status": "inactive", "created_at": "1970-01-01T00:00:00+00:00",
+           "updated_at": "1970-01-01T00:00:00+00:00"}
+    assert post(sandbox, "/events", opt_in("M7", email="m7@example.org", **own)).status_code == 200
+    created = customers(sandbox)["M7"]
+    assert created["id"] == "M7" and created["status"] == "active"
+    assert created["created_at"] != own["created_at"] and created["updated_at"] != own["updated_at"]
+    profile = {"customer": "M7", "action": "profile", "data": {**own, "first_name": "Em"}}
+    assert post(sandbox, "/events", profile).status_code == 200
+    listed = customers(sandbox)
+    assert set(listed) == {"M7"}
+    assert {k: listed["M7"][k] for k in ("id", "status", "created_at", "first_name", "email")} == {
+        "id": "M7", "status": "active", "created_at": created["created_at"], "first_name": "Em",
+        "email": "m7@example.org"}
