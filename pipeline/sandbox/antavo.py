@@ -15,7 +15,10 @@ Per event (documented facts first, the sandbox's own choices marked *):
   found" (except ``opt_in``, which creates customers: once created it is known); every other id
   is known;
 * ``checkout`` needs ``transaction_id`` (400 code 0 "Property transaction_id cannot be empty")
-  and * ``total``; a used ``transaction_id`` is 400 5003 "The transaction ID has already been used";
+  and * ``total``; ``items`` must be a list of objects, and ``points_burned``, ``total_quantity``
+  and each item's ``price``, ``quantity``, ``discount``, ``subtotal``, ``points_rewarded`` numbers
+  (null allowed; else 400 code 0); a used ``transaction_id`` is 400 5003 "The transaction ID has
+  already been used";
   * points = whole currency units of ``total``;
 * ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
   of another customer's transaction: 400 103902; refunding more than the total: 400 112203;
@@ -157,6 +160,24 @@ def _identifier(value: Any, name: str) -> str:
     return str(value)
 
 
+_ITEM_NUMBERS = ("price", "quantity", "discount", "subtotal", "points_rewarded")
+
+
+def _items(items: Any) -> list[dict[str, Any]]:
+    """A checkout's ``items``: a list of objects whose numbers are numbers (§1.4.1; null allowed)."""
+    if not isinstance(items, list):
+        raise _bad("Property items must be a list")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _bad(f"Property items[{index}] must be an object")
+        if item.get("product_id") is not None:
+            _identifier(item["product_id"], f"items[{index}].product_id")
+        for name in _ITEM_NUMBERS:
+            if item.get(name) is not None:
+                _number(item[name], f"items[{index}].{name}")
+    return items
+
+
 def _timestamp(value: Any) -> datetime:
     seconds = _number(value, "effective_timestamp")
     try:
@@ -257,9 +278,10 @@ class AntavoPlatform:
         if data.get("total") is None:
             raise _bad("Property total cannot be empty")
         total = _number(data["total"], "total")
-        items = data.get("items") or []
-        if not isinstance(items, list):
-            raise _bad("Property items must be a list")
+        items = _items(data.get("items") or [])
+        for name in ("points_burned", "total_quantity"):
+            if data.get(name) is not None:
+                _number(data[name], name)
         now = self.state.clock()
         effective = data.get("effective_timestamp")
         timestamp = _timestamp(effective) if effective is not None else now
