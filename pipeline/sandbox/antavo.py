@@ -39,7 +39,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
@@ -47,7 +47,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import MAX_DEPTH, BodyRefused, check_text, in_range, parse_json, read_body
+from pipeline.sandbox.limits import (
+    EXACT,
+    MAX_DEPTH,
+    BodyRefused,
+    check_text,
+    in_range,
+    parse_json,
+    read_body,
+)
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState, jsonable
 from pipeline.sinks.escher import EscherError, antavo_config, verify
 
@@ -356,7 +364,7 @@ class AntavoPlatform:
 
     def _refund(self, customer: str | None, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         tid = _transaction_id(data)
-        with self.state.lock:
+        with self.state.lock, localcontext(EXACT):
             record = self.state.get_transaction(PLATFORM, tid)
             if record is None or record["status"] != "accepted":
                 raise _bad("Only accepted transactions can be refunded", 112201)

@@ -47,14 +47,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import BodyRefused, in_range, parse_json, read_body
+from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, read_body
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 
 __all__ = [
@@ -296,7 +296,9 @@ class CrmcomPlatform:
             net = _money(product.get("net_amount"), "net_amount")
             vat = _money(product.get("vat_amount"), "vat_amount")
             total = _money(product.get("total_amount"), "total_amount")
-            if net + vat != total:
+            with localcontext(EXACT):
+                adds_up = net + vat == total
+            if not adds_up:
                 raise CrmcomError("INVALID_PARAMETERS", "net_amount + vat_amount must equal total_amount")
             products.append(
                 {
@@ -355,10 +357,11 @@ class CrmcomPlatform:
             # purchases are never deleted, so the count numbers them uniquely (across restarts too)
             number = len(state.transactions.get(PLATFORM, {})) + 1
             event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{number:08d}"}
-            totals = {
-                name: sum((p[name] for p in fields["items"]), Decimal(0))
-                for name in ("net_amount", "vat_amount", "total_amount")
-            }
+            with localcontext(EXACT):
+                totals = {
+                    name: sum((p[name] for p in fields["items"]), Decimal(0))
+                    for name in ("net_amount", "vat_amount", "total_amount")
+                }
             record = {
                 "transaction_id": reference,
                 **fields,
@@ -404,11 +407,13 @@ class CrmcomPlatform:
                     f"{reference}#{sum(1 for r in stored.values() if r['reference_number'] == reference) + 1}"
                 )
             event = {"id": str(uuid.uuid4()).upper(), "number": f"AHR{len(stored) + 1:08d}"}
+            with localcontext(EXACT):
+                total = sum((p["total_amount"] for p in fields["items"]), Decimal(0))
             record = {
                 "transaction_id": reference,
                 **fields,
                 "status": "returned",
-                "total": sum((p["total_amount"] for p in fields["items"]), Decimal(0)),
+                "total": total,
                 "events": [{**event, "action": "ad_hoc_return"}],
                 "process_timestamp": state.clock().isoformat(),
             }

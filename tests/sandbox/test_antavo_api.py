@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +354,20 @@ def test_a_checkout_with_well_typed_items_is_refunded_item_by_item(sandbox: Sand
     assert post(sandbox, "/events", refund).status_code == 200
     [stored] = sandbox.state.listing("antavo")
     assert stored["refunded"] == "6.25"
+
+
+def test_refunded_money_adds_up_exactly(sandbox: SandboxServer) -> None:
+    assert post(sandbox, "/events", _checkout("T-EXACT", total="100")).status_code == 200
+    amounts = ["19.99999999999999999999", "1e-30", "1e-30", "1e-30"]
+    for amount in amounts:
+        refund = {"customer": "cust-1", "action": "partial_refund",
+                  "data": {"transaction_id": "T-EXACT", "amount": amount}}
+        response = post(sandbox, "/events", body=json.dumps(refund).replace(f'"{amount}"', amount).encode())
+        assert response.status_code == 200, response.text
+    [stored] = sandbox.state.listing("antavo")
+    assert Decimal(stored["refunded"]) == Decimal("19.999999999999999999990000000003")
+    rest = {"customer": "cust-1", "action": "partial_refund",
+            "data": {"transaction_id": "T-EXACT", "amount": "80.000000000000000000009999999997"}}
+    assert post(sandbox, "/events", rest).status_code == 200
+    [stored] = sandbox.state.listing("antavo")
+    assert stored["status"] == "refunded" and Decimal(stored["refunded"]) == 100

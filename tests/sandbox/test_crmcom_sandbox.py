@@ -339,3 +339,16 @@ def test_a_reset_frees_external_reference_numbers(crm: SandboxServer) -> None:
     again = {"token": token, **purchase("R2", external_system_reference_number="E1")}
     assert call(crm, "customer_events/purchases/create", again).json()["status"]["code"] == "OK"
     assert show_external(crm, token, "E1")["data"]["reference_number"] == "R2"
+
+
+def test_amounts_add_up_exactly(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    product = {"product_identifier": {"code": "P1"}, "quantity": 1, "net_amount": "999999999",
+               "vat_amount": "0.000000000000000000000000000001",
+               "total_amount": "999999999.000000000000000000000000000001"}
+    body = {"token": token, **purchase("X1", products_set=[product, product])}
+    created = call(crm, "customer_events/purchases/create", body).json()
+    assert created["status"]["code"] == "OK", created
+    [stored] = crm.state.listing("crmcom")
+    assert stored["total"] == "1999999998.000000000000000000000000000002"
+    assert stored["vat"] == "0.000000000000000000000000000002"
