@@ -10,7 +10,12 @@ Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 
 reading anything (in the platform's error shape); the platforms also count what they stream. An
 unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
 envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
-``/path/`` is not redirected to ``/path``. A
+``/path/`` is not redirected to ``/path``.
+
+Connections: with ``max_connections`` (:data:`MAX_CONNECTIONS`) open, uvicorn answers any further
+request 503 at once, and closes a connection idle for ``keep_alive_seconds`` after an answer.
+uvicorn has no timeout for a request whose headers never finish arriving: such a connection is
+held until the client closes it (past the limit it costs a file descriptor, nothing else). A
 state file that cannot be written answers 503: the change was not kept, so it was not accepted.
 """
 
@@ -154,9 +159,20 @@ def build_app(state: SandboxState) -> Starlette:
     return app
 
 
-def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+# open connections past which a request is answered 503 at once (well below the usual 1024
+# file descriptors; posfeed opens at most 256 per feed)
+MAX_CONNECTIONS = 512
+# an idle connection is closed after this; longer than httpx's 5 s keep-alive expiry, so the
+# sandbox never closes a connection a client is about to reuse
+KEEP_ALIVE_SECONDS = 10
+
+
+def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str, *,
+                    max_connections: int = MAX_CONNECTIONS,
+                    keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          log_config=None, lifespan="on", timeout_graceful_shutdown=2)
+                          log_config=None, lifespan="on", timeout_graceful_shutdown=2,
+                          limit_concurrency=max_connections, timeout_keep_alive=keep_alive_seconds)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -182,14 +198,16 @@ def base_url(sock: socket.socket) -> str:
 
 
 def serve(state: SandboxState, *, host: str = "127.0.0.1", port: int = 8765,
-          log_level: str = "warning", announce: Callable[[str], None] | None = None) -> None:
+          log_level: str = "warning", announce: Callable[[str], None] | None = None,
+          max_connections: int = MAX_CONNECTIONS, keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> None:
     """Serve in the foreground until interrupted; ``announce`` gets the base URL once bound."""
     sock = bind(host, port)
     try:
         if announce is not None:
             announce(base_url(sock))
-        uvicorn.Server(_uvicorn_config(build_app(state), host, sock.getsockname()[1], log_level)
-                       ).run(sockets=[sock])
+        uvicorn.Server(_uvicorn_config(build_app(state), host, sock.getsockname()[1], log_level,
+                                       max_connections=max_connections,
+                                       keep_alive_seconds=keep_alive_seconds)).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -197,10 +215,12 @@ def serve(state: SandboxState, *, host: str = "127.0.0.1", port: int = 8765,
 class SandboxServer:
     """A running sandbox in a background thread; ``with SandboxServer() as sandbox: sandbox.url``.
 
-    Keyword arguments are :class:`SandboxConfig` fields (e.g. ``requests_per_minute=600``).
+    Keyword arguments are :class:`SandboxConfig` fields (e.g. ``requests_per_minute=600``), besides
+    the connection limits of :func:`serve`.
     """
 
     def __init__(self, state: SandboxState | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 max_connections: int = MAX_CONNECTIONS, keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
                  **config: Any):
         self.state = state or SandboxState(SandboxConfig(**config))
         if state is not None:
@@ -210,7 +230,9 @@ class SandboxServer:
         self._owns_state = state is None
         self._socket = bind(host, port)
         self.port: int = self._socket.getsockname()[1]
-        self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning"))
+        self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning",
+                                                      max_connections=max_connections,
+                                                      keep_alive_seconds=keep_alive_seconds))
         self._thread: threading.Thread | None = None
 
     @property
