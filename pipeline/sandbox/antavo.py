@@ -12,9 +12,13 @@ Per event (documented facts first, the sandbox's own choices marked *):
 * a guest (``"guest": true``) must have no ``customer`` and is refused by the bulk endpoint
   (* 400 code 203409); a non-guest needs ``customer`` (0 "Property customer cannot be empty");
 * a customer id starting with the configured unknown prefix is unknown: 404 160212 "Customer not
-  found" (except ``opt_in``, which creates customers); every other id is known;
+  found" (except ``opt_in``, which creates customers: once created it is known); every other id
+  is known;
 * ``checkout`` needs ``transaction_id`` (400 code 0 "Property transaction_id cannot be empty")
-  and * ``total``; a used ``transaction_id`` is 400 5003 "The transaction ID has already been used";
+  and * ``total``; ``items`` must be a list of objects, and ``points_burned``, ``total_quantity``
+  and each item's ``price``, ``quantity``, ``discount``, ``subtotal``, ``points_rewarded`` numbers
+  (null allowed; else 400 code 0); a used ``transaction_id`` is 400 5003 "The transaction ID has
+  already been used";
   * points = whole currency units of ``total``;
 * ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
   of another customer's transaction: 400 103902; refunding more than the total: 400 112203;
@@ -35,7 +39,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
@@ -43,7 +47,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import MAX_DEPTH, BodyRefused, check_text, in_range, parse_json, read_body
+from pipeline.sandbox.limits import (
+    EXACT,
+    MAX_DEPTH,
+    BodyRefused,
+    check_text,
+    in_range,
+    parse_json,
+    read_body,
+)
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState, jsonable
 from pipeline.sinks.escher import EscherError, antavo_config, verify
 
@@ -62,6 +74,7 @@ GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
 UNITS_EXCEEDED = 112205  # sandbox's choice: more units refunded than bought
 ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
 CUSTOMERS = "antavo.customers"  # the members opt_in created (put_record kind)
+_OWN_FIELDS = frozenset({"customer", "id", "status", "created_at", "updated_at"})  # not from data
 
 
 class EventError(Exception):
@@ -155,6 +168,24 @@ def _identifier(value: Any, name: str) -> str:
     return str(value)
 
 
+_ITEM_NUMBERS = ("price", "quantity", "discount", "subtotal", "points_rewarded")
+
+
+def _items(items: Any) -> list[dict[str, Any]]:
+    """A checkout's ``items``: a list of objects whose numbers are numbers (§1.4.1; null allowed)."""
+    if not isinstance(items, list):
+        raise _bad("Property items must be a list")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _bad(f"Property items[{index}] must be an object")
+        if item.get("product_id") is not None:
+            _identifier(item["product_id"], f"items[{index}].product_id")
+        for name in _ITEM_NUMBERS:
+            if item.get(name) is not None:
+                _number(item[name], f"items[{index}].{name}")
+    return items
+
+
 def _timestamp(value: Any) -> datetime:
     seconds = _number(value, "effective_timestamp")
     try:
@@ -165,6 +196,14 @@ def _timestamp(value: Any) -> datetime:
 
 def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", "1")) or value == 1
+
+
+def _unknown(state: SandboxState, customer: str) -> bool:
+    """* A customer id with the unknown prefix is unknown until an ``opt_in`` creates it."""
+    prefix = state.config.unknown_customer_prefix
+    if not prefix or not customer.startswith(prefix):
+        return False
+    return state.get_record(CUSTOMERS, customer) is None
 
 
 def _points(amount: Decimal) -> int:
@@ -216,8 +255,7 @@ class AntavoPlatform:
             raise _bad("Property customer cannot be empty")
         if customer:
             customer = _identifier(customer, "customer")
-        prefix = self.state.config.unknown_customer_prefix
-        if customer and prefix and str(customer).startswith(prefix) and action != "opt_in":
+        if customer and action != "opt_in" and _unknown(self.state, customer):
             raise EventError(404, "NotFoundException", 160212, "Customer not found")
         data = event.get("data")
         if data is None:
@@ -248,9 +286,10 @@ class AntavoPlatform:
         if data.get("total") is None:
             raise _bad("Property total cannot be empty")
         total = _number(data["total"], "total")
-        items = data.get("items") or []
-        if not isinstance(items, list):
-            raise _bad("Property items must be a list")
+        items = _items(data.get("items") or [])
+        for name in ("points_burned", "total_quantity"):
+            if data.get(name) is not None:
+                _number(data[name], name)
         now = self.state.clock()
         effective = data.get("effective_timestamp")
         timestamp = _timestamp(effective) if effective is not None else now
@@ -283,7 +322,8 @@ class AntavoPlatform:
         return events
 
     def _member(self, customer: str, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields; an
+        """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields, never
+        the customer's own (``id``, ``status``, ``created_at``, ``updated_at``: ignored); an
         email with an empty label (``a@b..org``) is refused, the address named in the message."""
         email = data.get("email")
         if isinstance(email, str) and (".." in email or email.endswith(".")):
@@ -296,7 +336,7 @@ class AntavoPlatform:
                 raise EventError(404, "NotFoundException", 160212, "Customer not found")
             now = self.state.clock().isoformat()
             record = {**(known or {"id": customer, "created_at": now, "status": "active"}),
-                      **{k: v for k, v in data.items() if k != "customer"}, "updated_at": now}
+                      **{k: v for k, v in data.items() if k not in _OWN_FIELDS}, "updated_at": now}
             self.state.put_record(CUSTOMERS, customer, record)
         return [{"id": self._event_id(), "action": action, "points": 0}]
 
@@ -324,7 +364,7 @@ class AntavoPlatform:
 
     def _refund(self, customer: str | None, action: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         tid = _transaction_id(data)
-        with self.state.lock:
+        with self.state.lock, localcontext(EXACT):
             record = self.state.get_transaction(PLATFORM, tid)
             if record is None or record["status"] != "accepted":
                 raise _bad("Only accepted transactions can be refunded", 112201)
@@ -425,8 +465,7 @@ def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitab
         if fault in (Fault.DROP, Fault.LOST_RESPONSE):
             return DropConnection()
         customer = request.path_params["customer"]
-        prefix = state.config.unknown_customer_prefix
-        if prefix and customer.startswith(prefix):
+        if _unknown(state, customer):
             return _error_response(404, "NotFoundException", 160212, "Customer not found")
         with state.lock:
             owned = [record for record in state.transactions.get(PLATFORM, {}).values()

@@ -10,8 +10,9 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
   (``RATE_LIMITED``, with ``Retry-After``), injected server errors HTTP 500 / 503.
 * Tokens expire a fixed time after issue (``token_ttl_seconds``; 2 hours like R12+) and do not
   survive a sandbox restart.
-* A purchase's ``reference_number`` (and ``external_system_reference_number``) may be used once
-  ([A]: CRM.COM documents no such uniqueness; ``CrmcomConfig.unique_reference_numbers = False``
+* A purchase's ``reference_number`` and its ``external_system_reference_number`` may each be used
+  once, a repeat of either answering ``DUPLICATE_REFERENCE_NUMBER`` (R10.1 calls the external one
+  "unique"; [A]: CRM.COM documents no refusal; ``CrmcomConfig.unique_reference_numbers = False``
   stores a repeated reference as a second purchase, as a platform without the check would, and
   counts it in ``duplicate_transaction_attempts``).
 * ``GET customer_events/purchases/show`` finds a purchase by ``customer_event_identifier`` given
@@ -46,14 +47,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import BodyRefused, in_range, parse_json, read_body
+from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, read_body
 from pipeline.sandbox.state import DropConnection, Fault, SandboxState
 
 __all__ = [
@@ -157,6 +158,54 @@ def _identifier_value(identifier: Any, name: str) -> str:
     return str(value)
 
 
+class ExternalIndex:
+    """Where the first purchase of each ``external_system_reference_number`` is stored.
+
+    Built from the stored purchases (so a restart on a state file, a ``load`` or a reset is
+    seen: the index follows the store it was built over and is rebuilt when that store was
+    replaced or grew behind its back). Callers hold the state's lock.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+        self._store: dict[str, Any] | None = None
+        self._size = 0
+
+    def clear(self) -> None:
+        """Forget everything (rebuilt on next use)."""
+        self._keys.clear()
+        self._store = None
+        self._size = 0
+
+    def _current(self, store: dict[str, Any]) -> None:
+        if store is self._store and len(store) == self._size:
+            return
+        self._keys.clear()
+        for key, record in store.items():
+            external = record.get("external_system_reference_number")
+            if external is not None:
+                self._keys.setdefault(str(external), key)
+        self._store = store
+        self._size = len(store)
+
+    def find(self, store: dict[str, Any], external: str) -> dict[str, Any] | None:
+        """The first purchase stored with ``external``, or None."""
+        self._current(store)
+        record = store.get(self._keys.get(external, ""))
+        if record is None or record.get("external_system_reference_number") != external:
+            return None
+        return record
+
+    def add(self, store: dict[str, Any], key: str, external: str | None) -> None:
+        """A purchase was just stored under ``key``."""
+        if self._store is not store or len(store) != self._size + 1:
+            self._current(store)
+            return
+        self._size += 1
+        if external is not None:
+            self._keys.setdefault(external, key)
+
+
 @dataclass
 class CrmcomPlatform:
     """Tokens (in memory) and purchases (in the shared state) of the emulated CRM.COM."""
@@ -165,6 +214,7 @@ class CrmcomPlatform:
     config: CrmcomConfig = field(default_factory=CrmcomConfig)
     tokens: dict[str, datetime] = field(default_factory=dict)
     _by_id: dict[str, str] = field(default_factory=dict)  # purchase id -> reference number
+    _external: ExternalIndex = field(default_factory=ExternalIndex)
     # how often each reference number arrived to be processed (create, bulk entry, ad hoc return):
     # more than once is a resend (faults before processing are not arrivals)
     arrivals: Counter[str] = field(default_factory=Counter)
@@ -174,6 +224,7 @@ class CrmcomPlatform:
         with self.state.lock:
             self.tokens.clear()
             self._by_id.clear()
+            self._external.clear()
             self.arrivals.clear()
 
     # ---- authentication
@@ -245,7 +296,9 @@ class CrmcomPlatform:
             net = _money(product.get("net_amount"), "net_amount")
             vat = _money(product.get("vat_amount"), "vat_amount")
             total = _money(product.get("total_amount"), "total_amount")
-            if net + vat != total:
+            with localcontext(EXACT):
+                adds_up = net + vat == total
+            if not adds_up:
                 raise CrmcomError("INVALID_PARAMETERS", "net_amount + vat_amount must equal total_amount")
             products.append(
                 {
@@ -277,8 +330,11 @@ class CrmcomPlatform:
         key_of_record = reference
         self.arrivals[reference] += 1
         with state.lock:
-            for key in {reference, other} - {None}:
-                existing = state.get_transaction(PLATFORM, str(key))
+            stored = state.transactions.get(PLATFORM, {})
+            candidates = [(key, stored.get(key)) for key in {reference, other} - {None}]
+            if other is not None:
+                candidates.append((other, self._external.find(stored, other)))
+            for key, existing in candidates:
                 if existing is not None:
                     state.note_duplicate(str(key))
                     if not self.config.unique_reference_numbers:
@@ -301,10 +357,11 @@ class CrmcomPlatform:
             # purchases are never deleted, so the count numbers them uniquely (across restarts too)
             number = len(state.transactions.get(PLATFORM, {})) + 1
             event = {"id": str(uuid.uuid4()).upper(), "number": f"PCE{number:08d}"}
-            totals = {
-                name: sum((p[name] for p in fields["items"]), Decimal(0))
-                for name in ("net_amount", "vat_amount", "total_amount")
-            }
+            with localcontext(EXACT):
+                totals = {
+                    name: sum((p[name] for p in fields["items"]), Decimal(0))
+                    for name in ("net_amount", "vat_amount", "total_amount")
+                }
             record = {
                 "transaction_id": reference,
                 **fields,
@@ -318,6 +375,7 @@ class CrmcomPlatform:
             }
             state.put_transaction(PLATFORM, key_of_record, record)
             self._by_id[event["id"]] = key_of_record
+            self._external.add(state.transactions[PLATFORM], key_of_record, other)
         state.count("events_accepted")
         return self._public(record)
 
@@ -349,11 +407,13 @@ class CrmcomPlatform:
                     f"{reference}#{sum(1 for r in stored.values() if r['reference_number'] == reference) + 1}"
                 )
             event = {"id": str(uuid.uuid4()).upper(), "number": f"AHR{len(stored) + 1:08d}"}
+            with localcontext(EXACT):
+                total = sum((p["total_amount"] for p in fields["items"]), Decimal(0))
             record = {
                 "transaction_id": reference,
                 **fields,
                 "status": "returned",
-                "total": sum((p["total_amount"] for p in fields["items"]), Decimal(0)),
+                "total": total,
                 "events": [{**event, "action": "ad_hoc_return"}],
                 "process_timestamp": state.clock().isoformat(),
             }
@@ -380,11 +440,7 @@ class CrmcomPlatform:
         with self.state.lock:
             if "external_system_reference_number" in identifier:
                 wanted = str(identifier["external_system_reference_number"])
-                transactions = self.state.transactions.get(PLATFORM, {})
-                record = next(
-                    (r for r in transactions.values() if r.get("external_system_reference_number") == wanted),
-                    None,
-                )
+                record = self._external.find(self.state.transactions.get(PLATFORM, {}), wanted)
             else:
                 record = self._find(identifier)
         if record is None:

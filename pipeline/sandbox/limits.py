@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
 __all__ = [
+    "EXACT",
     "MAX_AMOUNT",
     "MAX_DEPTH",
     "MAX_EXPONENT",
@@ -42,6 +43,12 @@ MAX_DEPTH = 32
 MAX_NUMBER_CHARS = 40
 MAX_EXPONENT = 30
 MAX_AMOUNT = Decimal("1e12")  # the sandbox's bound on any amount, quantity or timestamp it is given
+
+
+# Every number in_range admits has at most 12 digits before the point and 30 after (42 digits),
+# so sums of up to 10^18 of them need at most 60: money computed in this context is exact, and an
+# inexact result would raise rather than round
+EXACT = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 
 
 def in_range(number: Decimal) -> bool:

@@ -7,7 +7,15 @@
   (tests, demo, benchmarks); :func:`serve` runs it in the foreground (``posfeed sandbox``).
 
 Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 413 before
-reading anything (in the platform's error shape); the platforms also count what they stream. A
+reading anything (in the platform's error shape); the platforms also count what they stream. An
+unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
+envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
+``/path/`` is not redirected to ``/path``.
+
+Connections: with ``max_connections`` (:data:`MAX_CONNECTIONS`) open, uvicorn answers any further
+request 503 at once, and closes a connection idle for ``keep_alive_seconds`` after an answer.
+uvicorn has no timeout for a request whose headers never finish arriving: such a connection is
+held until the client closes it (past the limit it costs a file descriptor, nothing else). A
 state file that cannot be written answers 503: the change was not kept, so it was not accepted.
 """
 
@@ -18,12 +26,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -62,17 +71,25 @@ def _platform_routes(state: SandboxState) -> list[BaseRoute]:
 _CRMCOM_PREFIX = "/crmapi/"
 
 
-def _refusal(path: str, status: int, code: int | str, message: str) -> JSONResponse:
+def _refusal(path: str, status: int, code: int | str, message: str, *, kind: str | None = None,
+             headers: Mapping[str, str] | None = None) -> JSONResponse:
     """An error in the shape of the platform the path belongs to (Antavo's for the rest)."""
     if path.startswith(_CRMCOM_PREFIX):
         name = code if isinstance(code, str) else "INVALID_PARAMETERS"
         document: dict[str, Any] = {"status": {"code": name, "message": message, "description": ""},
                                     "data": None}
     else:
-        kind = "ServerException" if status >= 500 else "BadRequestException"
+        kind = kind or ("ServerException" if status >= 500 else "BadRequestException")
         document = {"error": {"type": kind, "code": code if isinstance(code, int) else status,
                               "message": message}}
-    return JSONResponse(document, status_code=status)
+    return JSONResponse(document, status_code=status, headers=headers)
+
+
+# (Antavo type, CRM.COM code) of the routing errors; Antavo's catalogue gives code 0 to 404. The
+# CRM.COM codes are the sandbox's and differ from show's NOT_FOUND on purpose: a wrong URL must
+# never read as "no such purchase"
+_ROUTING_ERRORS = {404: ("NotFoundException", "UNKNOWN_METHOD"),
+                   405: ("MethodNotAllowedException", "HTTP_METHOD_NOT_ALLOWED")}
 
 
 class _DeclaredBodyLimit:
@@ -119,6 +136,14 @@ def build_app(state: SandboxState) -> Starlette:
         logger.error("%s", exc)
         return _refusal(request.url.path, 503, 503, "The sandbox could not keep the change")
 
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind, crmcom_code = _ROUTING_ERRORS[exc.status_code]
+        path = request.url.path
+        code: int | str = crmcom_code if path.startswith(_CRMCOM_PREFIX) else 0
+        return _refusal(path, exc.status_code, code, f"{exc.detail}: {request.method} {path}",
+                        kind=kind, headers=exc.headers)
+
     routes: list[BaseRoute] = [
         *_platform_routes(state),
         Route("/_sandbox/stats", stats, methods=["GET"]),
@@ -126,14 +151,28 @@ def build_app(state: SandboxState) -> Starlette:
         Route("/_sandbox/config", config, methods=["GET"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={StateFileError: not_kept})
+    app = Starlette(routes=routes, exception_handlers={StateFileError: not_kept, 404: not_routed,
+                                                       405: not_routed})
+    # no redirect from "/path/" to "/path": its Location would be built from the client's Host
+    app.router.redirect_slashes = False
     app.add_middleware(_DeclaredBodyLimit, state=state)
     return app
 
 
-def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+# open connections past which a request is answered 503 at once (well below the usual 1024
+# file descriptors; posfeed opens at most 256 per feed)
+MAX_CONNECTIONS = 512
+# an idle connection is closed after this; longer than httpx's 5 s keep-alive expiry, so the
+# sandbox never closes a connection a client is about to reuse
+KEEP_ALIVE_SECONDS = 10
+
+
+def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str, *,
+                    max_connections: int = MAX_CONNECTIONS,
+                    keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          log_config=None, lifespan="on", timeout_graceful_shutdown=2)
+                          log_config=None, lifespan="on", timeout_graceful_shutdown=2,
+                          limit_concurrency=max_connections, timeout_keep_alive=keep_alive_seconds)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -159,14 +198,16 @@ def base_url(sock: socket.socket) -> str:
 
 
 def serve(state: SandboxState, *, host: str = "127.0.0.1", port: int = 8765,
-          log_level: str = "warning", announce: Callable[[str], None] | None = None) -> None:
+          log_level: str = "warning", announce: Callable[[str], None] | None = None,
+          max_connections: int = MAX_CONNECTIONS, keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> None:
     """Serve in the foreground until interrupted; ``announce`` gets the base URL once bound."""
     sock = bind(host, port)
     try:
         if announce is not None:
             announce(base_url(sock))
-        uvicorn.Server(_uvicorn_config(build_app(state), host, sock.getsockname()[1], log_level)
-                       ).run(sockets=[sock])
+        uvicorn.Server(_uvicorn_config(build_app(state), host, sock.getsockname()[1], log_level,
+                                       max_connections=max_connections,
+                                       keep_alive_seconds=keep_alive_seconds)).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -174,10 +215,12 @@ def serve(state: SandboxState, *, host: str = "127.0.0.1", port: int = 8765,
 class SandboxServer:
     """A running sandbox in a background thread; ``with SandboxServer() as sandbox: sandbox.url``.
 
-    Keyword arguments are :class:`SandboxConfig` fields (e.g. ``requests_per_minute=600``).
+    Keyword arguments are :class:`SandboxConfig` fields (e.g. ``requests_per_minute=600``), besides
+    the connection limits of :func:`serve`.
     """
 
     def __init__(self, state: SandboxState | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 max_connections: int = MAX_CONNECTIONS, keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
                  **config: Any):
         self.state = state or SandboxState(SandboxConfig(**config))
         if state is not None:
@@ -187,7 +230,9 @@ class SandboxServer:
         self._owns_state = state is None
         self._socket = bind(host, port)
         self.port: int = self._socket.getsockname()[1]
-        self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning"))
+        self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning",
+                                                      max_connections=max_connections,
+                                                      keep_alive_seconds=keep_alive_seconds))
         self._thread: threading.Thread | None = None
 
     @property

@@ -109,9 +109,10 @@ def parse_date(value: str) -> datetime:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         else:
             parsed = parsedate_to_datetime(text)
-    except (ValueError, TypeError, IndexError) as exc:
+        return _utc(parsed)
+    except (ValueError, TypeError, IndexError, OverflowError) as exc:
+        # OverflowError: a time that is valid in its own offset but outside what UTC can hold
         raise ValueError(f"unparseable date {value!r}") from exc
-    return _utc(parsed)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,81 @@ def test_state_file_keeps_accepted_transactions_across_restarts(tmp_path: Path) 
         assert again.status_code == 400
         assert _error(again)["code"] == 5003
         assert second.state.listing()[0]["total"] == "12.5"
+
+
+OUT_OF_RANGE_DATES = ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00",
+                      "Fri, 31 Dec 9999 23:59:59 -0100"]
+
+
+@pytest.mark.parametrize("date", OUT_OF_RANGE_DATES)
+def test_a_date_beyond_what_utc_can_hold_is_an_invalid_date(sandbox: SandboxServer, date: str) -> None:
+    response = post(sandbox, "/events", CHECKOUT, tamper=_swap("Date", date))
+    assert response.status_code == 401
+    assert _error(response) == {"type": "UnauthorizedException", "code": 101021,
+                                "message": "Invalid date in date header"}
+    url = sandbox.url + "/customers/cust-1/transactions"
+    headers = {**_signer(sandbox).sign("GET", url, b"").headers, "Date": date}
+    read = HTTP.get(url, headers=headers)
+    assert read.status_code == 401
+    assert _error(read)["message"] == "Invalid date in date header"
+    assert sandbox.state.listing() == []
+
+
+def _checkout(tid: str, **data: Any) -> dict[str, Any]:
+    return {"customer": "cust-1", "action": "checkout",
+            "data": {"transaction_id": tid, "total": "12.50", "currency": "EUR", **data}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"items": [{"product_id": "P1", "quantity": "two"}]}, "Property items[0].quantity must be a number"),
+        ({"items": [{"product_id": "P1", "quantity": 1}, 1]}, "Property items[1] must be an object"),
+        ({"items": ["P1"]}, "Property items[0] must be an object"),
+        ({"items": [{"product_id": "P1", "subtotal": {}}]}, "Property items[0].subtotal must be a number"),
+        ({"items": [{"product_id": "P1", "price": "NaN"}]}, "Property items[0].price must be a number"),
+        ({"items": [{"product_id": ["P1"], "quantity": 1}]}, "Property items[0].product_id must be a string"),
+        ({"points_burned": "NaN"}, "Property points_burned must be a number"),
+        ({"points_burned": "1e400"}, "Property points_burned is out of range"),
+        ({"points_burned": {}}, "Property points_burned must be a number"),
+        ({"points_burned": True}, "Property points_burned must be a number"),
+        ({"total_quantity": "NaN"}, "Property total_quantity must be a number"),
+        ({"total_quantity": "1e400"}, "Property total_quantity is out of range"),
+        ({"total_quantity": {}}, "Property total_quantity must be a number"),
+        ({"total_quantity": True}, "Property total_quantity must be a number"),
+    ],
+)
+def test_checkout_fields_of_the_wrong_type_are_refused(sandbox: SandboxServer, data: dict[str, Any],
+                                                      message: str) -> None:
+    response = post(sandbox, "/events", _checkout("T-BAD", **data))
+    assert response.status_code == 400
+    assert _error(response) == {"type": "BadRequestException", "code": 0, "message": message}
+    assert sandbox.state.listing() == []
+
+
+def test_a_checkout_with_well_typed_items_is_refunded_item_by_item(sandbox: SandboxServer) -> None:
+    items = [{"product_id": "P1", "quantity": "2", "subtotal": "12.50", "price": 6.25, "discount": None}]
+    accepted = post(sandbox, "/events", _checkout("T-OK", items=items, points_burned=0, total_quantity=2))
+    assert accepted.status_code == 200, accepted.text
+    refund = {"customer": "cust-1", "action": "refund_item",
+              "data": {"transaction_id": "T-OK", "product_id": "P1", "quantity": 1, "subtotal": "6.25"}}
+    assert post(sandbox, "/events", refund).status_code == 200
+    [stored] = sandbox.state.listing("antavo")
+    assert stored["refunded"] == "6.25"
+
+
+def test_refunded_money_adds_up_exactly(sandbox: SandboxServer) -> None:
+    assert post(sandbox, "/events", _checkout("T-EXACT", total="100")).status_code == 200
+    amounts = ["19.99999999999999999999", "1e-30", "1e-30", "1e-30"]
+    for amount in amounts:
+        refund = {"customer": "cust-1", "action": "partial_refund",
+                  "data": {"transaction_id": "T-EXACT", "amount": amount}}
+        response = post(sandbox, "/events", body=json.dumps(refund).replace(f'"{amount}"', amount).encode())
+        assert response.status_code == 200, response.text
+    [stored] = sandbox.state.listing("antavo")
+    assert Decimal(stored["refunded"]) == Decimal("19.999999999999999999990000000003")
+    rest = {"customer": "cust-1", "action": "partial_refund",
+            "data": {"transaction_id": "T-EXACT", "amount": "80.000000000000000000009999999997"}}
+    assert post(sandbox, "/events", rest).status_code == 200
+    [stored] = sandbox.state.listing("antavo")
+    assert stored["status"] == "refunded" and Decimal(stored["refunded"]) == 100

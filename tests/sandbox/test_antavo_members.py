@@ -48,3 +48,40 @@ def test_opt_in_profile_and_claims(tmp_path: Path) -> None:
         assert guest["customer"] == "M1" and guest["claimed"] is True
         repeat = post(restarted, "/events", opt_in("M1"))
         assert _error(repeat)["code"] == 112101
+
+
+def test_a_customer_opt_in_created_is_known_afterwards(tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox.sqlite"
+    checkout = {"customer": "unknown-77", "action": "checkout",
+                "data": {"transaction_id": "U-1", "total": 5, "currency": "EUR"}}
+    with SandboxServer(state_file=state_file) as sandbox:
+        before = post(sandbox, "/events", checkout)
+        assert before.status_code == 404 and _error(before)["code"] == 160212
+        assert post(sandbox, "/events", opt_in("unknown-77", email="u@example.org")).status_code == 200
+        assert post(sandbox, "/events", checkout).status_code == 200
+        profile = {"customer": "unknown-77", "action": "profile", "data": {"first_name": "U"}}
+        assert post(sandbox, "/events", profile).status_code == 200
+        assert customers(sandbox)["unknown-77"]["first_name"] == "U"
+    with SandboxServer(state_file=state_file) as restarted:
+        url = restarted.url + "/customers/unknown-77/transactions?api_key=" + restarted.config.api_key
+        read = HTTP.get(url)
+        assert read.status_code == 200
+        assert [t["id"] for t in read.json()["transactions"]] == ["U-1"]
+        other = post(restarted, "/events", {**checkout, "customer": "unknown-78"})
+        assert other.status_code == 404 and _error(other)["code"] == 160212
+
+
+def test_event_data_never_overwrites_the_customer_s_own_fields(sandbox: SandboxServer) -> None:
+    own = {"id": "someone-else", "status": "inactive", "created_at": "1970-01-01T00:00:00+00:00",
+           "updated_at": "1970-01-01T00:00:00+00:00"}
+    assert post(sandbox, "/events", opt_in("M7", email="m7@example.org", **own)).status_code == 200
+    created = customers(sandbox)["M7"]
+    assert created["id"] == "M7" and created["status"] == "active"
+    assert created["created_at"] != own["created_at"] and created["updated_at"] != own["updated_at"]
+    profile = {"customer": "M7", "action": "profile", "data": {**own, "first_name": "Em"}}
+    assert post(sandbox, "/events", profile).status_code == 200
+    listed = customers(sandbox)
+    assert set(listed) == {"M7"}
+    assert {k: listed["M7"][k] for k in ("id", "status", "created_at", "first_name", "email")} == {
+        "id": "M7", "status": "active", "created_at": created["created_at"], "first_name": "Em",
+        "email": "m7@example.org"}

@@ -288,3 +288,67 @@ def test_purchases_survive_a_restart_tokens_do_not(tmp_path: Any) -> None:
         assert other["data"]["number"] != created["data"]["number"]
         by_id = {"token": fresh, "customer_event_identifier": {"id": created["data"]["id"]}}
         assert call(second, "customer_events/purchases/cancel", by_id).json()["status"]["code"] == "OK"
+
+
+def show_external(server: SandboxServer, token: str, external: str) -> dict[str, Any]:
+    identifier = f"external_system_reference_number={external}"
+    answer: dict[str, Any] = httpx.get(
+        f"{server.url}{PREFIX}/customer_events/purchases/show",
+        params={"token": token, "customer_event_identifier": identifier},
+    ).json()
+    return answer
+
+
+def test_an_external_reference_number_is_used_once_across_restarts(tmp_path: Any) -> None:
+    state_file = tmp_path / "sandbox.sqlite"
+    with SandboxServer(state_file=state_file) as first:
+        token = token_of(first)
+        created = call(first, "customer_events/purchases/create",
+                       {"token": token, **purchase("R1", external_system_reference_number="E1")}).json()
+        assert created["status"]["code"] == "OK"
+        again = call(first, "customer_events/purchases/create",
+                     {"token": token, **purchase("R2", external_system_reference_number="E1")}).json()
+        assert again["status"]["code"] == "DUPLICATE_REFERENCE_NUMBER"
+        assert again["data"] == {"id": created["data"]["id"], "number": created["data"]["number"]}
+        entry = {"request_unique_identifier": "1", **purchase("R3", external_system_reference_number="E1")}
+        bulk = call(first, "customer_events/purchases/create_multiple",
+                    {"token": token, "purchase_customer_events_set": [entry]}).json()
+        [refused] = bulk["data"]["unprocessed_customer_events_set"]
+        assert refused["error_code"] == "DUPLICATE_REFERENCE_NUMBER"
+        assert first.state.stats["duplicate_transaction_attempts"] == 2
+    with SandboxServer(state_file=state_file) as second:
+        token = token_of(second)
+        after = call(second, "customer_events/purchases/create",
+                     {"token": token, **purchase("R4", external_system_reference_number="E1")}).json()
+        assert after["status"]["code"] == "DUPLICATE_REFERENCE_NUMBER"
+        assert after["data"]["id"] == created["data"]["id"]
+        other = call(second, "customer_events/purchases/create",
+                     {"token": token, **purchase("R5", external_system_reference_number="E5")}).json()
+        assert other["status"]["code"] == "OK"
+        assert show_external(second, token, "E1")["data"]["reference_number"] == "R1"
+        assert show_external(second, token, "E5")["data"]["reference_number"] == "R5"
+        assert [t["transaction_id"] for t in second.state.listing("crmcom")] == ["R1", "R5"]
+
+
+def test_a_reset_frees_external_reference_numbers(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    body = {"token": token, **purchase("R1", external_system_reference_number="E1")}
+    assert call(crm, "customer_events/purchases/create", body).json()["status"]["code"] == "OK"
+    assert httpx.post(f"{crm.url}/_sandbox/reset").status_code == 200
+    token = token_of(crm)
+    again = {"token": token, **purchase("R2", external_system_reference_number="E1")}
+    assert call(crm, "customer_events/purchases/create", again).json()["status"]["code"] == "OK"
+    assert show_external(crm, token, "E1")["data"]["reference_number"] == "R2"
+
+
+def test_amounts_add_up_exactly(crm: SandboxServer) -> None:
+    token = token_of(crm)
+    product = {"product_identifier": {"code": "P1"}, "quantity": 1, "net_amount": "999999999",
+               "vat_amount": "0.000000000000000000000000000001",
+               "total_amount": "999999999.000000000000000000000000000001"}
+    body = {"token": token, **purchase("X1", products_set=[product, product])}
+    created = call(crm, "customer_events/purchases/create", body).json()
+    assert created["status"]["code"] == "OK", created
+    [stored] = crm.state.listing("crmcom")
+    assert stored["total"] == "1999999998.000000000000000000000000000002"
+    assert stored["vat"] == "0.000000000000000000000000000002"
