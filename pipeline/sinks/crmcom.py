@@ -486,6 +486,11 @@ class CrmcomAdapter:
                 retry_after=parse_retry_after(headers.get("Retry-After")),
             )
         envelope = Envelope.read(body, status)
+        if status in (404, 405) and envelope.code not in self.target.token_error_codes:
+            # no such path or method here: the request reached nothing that could judge a purchase
+            # (the platform's verdicts come with HTTP 200), so nothing landed and nothing is refused
+            self._maybe_landed.difference_update(fresh)
+            return RequestFailure(status, f"http_{status}", envelope.message or f"HTTP {status}")
         if envelope.code in self.target.token_error_codes:
             self._maybe_landed.difference_update(fresh)  # refused before processing
             if token is not None:

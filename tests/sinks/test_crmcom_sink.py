@@ -299,3 +299,21 @@ def test_faults_never_lose_or_double_a_purchase(crm: SandboxServer, bulk_size: i
     }
     # a repeated reference or cancel only ever follows a response the client never saw
     assert set(crm.state.duplicate_transaction_ids) <= crm.state.lost_transaction_ids
+
+
+@pytest.mark.parametrize("bulk_size", [1, 5])
+def test_a_path_the_platform_does_not_have_fails_the_request_not_the_purchases(
+    crm: SandboxServer, bulk_size: int
+) -> None:
+    # a mistyped path answers HTTP 404 with an error envelope: no verdict on the purchases (the
+    # platform's errors come with HTTP 200), so they stay retryable instead of refused for good
+    sink = sink_of(crm, create_path="customer_events/purchases/crate",
+                   create_multiple_path="customer_events/purchases/crate_multiple", bulk_size=bulk_size,
+                   max_attempts=2)
+    results = submit(sink, [checkout("T1"), checkout("T2")])
+    assert {r.outcome for r in results.values()} == {Outcome.RETRYABLE}
+    assert {r.error_code for r in results.values()} == {"http_404"}
+    assert stored(crm) == {}
+    again = submit(sink_of(crm, bulk_size=bulk_size), [checkout("T1"), checkout("T2")])  # path mended
+    assert {r.outcome for r in again.values()} == {Outcome.ACCEPTED}
+    assert set(stored(crm)) == {"T1", "T2"}
