@@ -25,6 +25,19 @@ def _summary_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+
+def rebuilt_rows(ledger_path: Path, run_id: str) -> list[tuple[str, ...]]:
+    """summary.csv's rows as `posfeed report RUN_ID` rebuilds them from what the run stored."""
+    from pipeline.ledger import Ledger
+
+    with Ledger(ledger_path) as ledger:
+        stored = ledger.run(run_id)
+        assert stored is not None
+        fresh = run_report(ledger, run_id)
+        extra = {k: v for k, v in (stored.counts or {}).items() if k not in fresh.summary}
+        again = run_report(ledger, run_id, extra=extra)
+    return sorted(tuple(map(str, r)) for r in again.summary_rows)
+
 def test_a_good_a_cr_only_and_a_binary_file_each_have_their_row(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
@@ -67,15 +80,7 @@ def test_a_good_a_cr_only_and_a_binary_file_each_have_their_row(
     assert [s["file"] for s in summary.summary["skipped_files"]] == [LINK, FIFO]
 
     # `posfeed report RUN_ID` rebuilds the same rows from what the run stored
-    from pipeline.ledger import Ledger
-
-    with Ledger(settings.ledger_path) as ledger:
-        stored = ledger.run(summary.run_id)
-        assert stored is not None
-        fresh = run_report(ledger, summary.run_id)
-        extra = {k: v for k, v in (stored.counts or {}).items() if k not in fresh.summary}
-        again = run_report(ledger, summary.run_id, extra=extra)
-    assert sorted(tuple(map(str, r)) for r in again.summary_rows) == sorted(tuple(r.values()) for r in rows)
+    assert rebuilt_rows(settings.ledger_path, summary.run_id) == sorted(tuple(r.values()) for r in rows)
 
 
 def test_rejects_keep_the_exports_columns_in_its_order(sandbox: SandboxServer, tmp_path: Path) -> None:
@@ -145,15 +150,7 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
     assert "(none)" not in page  # no store and no currency group of its own
 
     # `posfeed report RUN_ID` rebuilds the same rows from what the run stored
-    from pipeline.ledger import Ledger
-
-    with Ledger(settings.ledger_path) as ledger:
-        stored = ledger.run(summary.run_id)
-        assert stored is not None
-        fresh = run_report(ledger, summary.run_id)
-        extra = {k: v for k, v in (stored.counts or {}).items() if k not in fresh.summary}
-        again = run_report(ledger, summary.run_id, extra=extra)
-    assert sorted(tuple(map(str, r)) for r in again.summary_rows) == sorted(tuple(r.values()) for r in rows)
+    assert rebuilt_rows(settings.ledger_path, summary.run_id) == sorted(tuple(r.values()) for r in rows)
 
 
 def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -10,6 +12,17 @@ from pipeline.sandbox.server import SandboxServer
 
 HTTP = httpx.Client(trust_env=False, follow_redirects=False)
 
+
+
+def routing_error(sandbox: SandboxServer, method: str, path: str, status: int) -> dict[str, Any]:
+    """The JSON answer to a request no route takes (sent with a hostile Host header): its status,
+    a JSON body and no redirect."""
+    response = HTTP.request(method, sandbox.url + path, headers={"Host": "evil.example"})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert "location" not in response.headers
+    document: dict[str, Any] = response.json()
+    return document
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
@@ -24,11 +37,7 @@ HTTP = httpx.Client(trust_env=False, follow_redirects=False)
 )
 def test_antavo_paths_answer_antavo_errors(sandbox: SandboxServer, method: str, path: str,
                                           status: int) -> None:
-    response = HTTP.request(method, sandbox.url + path, headers={"Host": "evil.example"})
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/json"
-    assert "location" not in response.headers
-    error = response.json()["error"]
+    error = routing_error(sandbox, method, path, status)["error"]
     assert error["code"] == 0
     assert error["type"] == ("NotFoundException" if status == 404 else "MethodNotAllowedException")
     assert isinstance(error["message"], str) and error["message"]
@@ -45,11 +54,7 @@ def test_antavo_paths_answer_antavo_errors(sandbox: SandboxServer, method: str, 
 )
 def test_crmcom_paths_answer_crmcom_envelopes(sandbox: SandboxServer, method: str, path: str,
                                               status: int) -> None:
-    response = HTTP.request(method, sandbox.url + path, headers={"Host": "evil.example"})
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/json"
-    assert "location" not in response.headers
-    document = response.json()
+    document = routing_error(sandbox, method, path, status)
     assert set(document) == {"status", "data"} and document["data"] is None
     # never show's NOT_FOUND: a client would take a wrong URL for "no such purchase"
     assert document["status"]["code"] == ("UNKNOWN_METHOD" if status == 404 else "HTTP_METHOD_NOT_ALLOWED")
