@@ -40,14 +40,16 @@ import json
 import logging
 import string
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+from polars.exceptions import PanicException
 
 from pipeline.config import Feed, FormatConfig
 from pipeline.core.careful_csv import excerpt, records, split_lines
 from pipeline.core.readstats import ReadStats
 from pipeline.core.rejects import RejectCode
-from pipeline.errors import ConfigError, UnreadableFileError
+from pipeline.errors import ConfigError, PosfeedError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = [
@@ -382,6 +384,25 @@ def _json_text(value: object) -> str | None:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+# different keys a JSON Lines file may use in all (an export has a few dozen); each one is a column
+MAX_JSONL_KEYS = 1000
+
+
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key written twice (``json`` would keep the last value)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        keys = [k for k, _ in pairs]
+        raise _RepeatedKey(next(k for k in keys if keys.count(k) > 1))
+    return found
+
+
 def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     """JSON Lines, one object per line; numbers are read as the text they were written as, so an
     id such as 12345678901234567890 keeps every digit. A line that is not a JSON object is a
@@ -405,7 +426,12 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
         reason: str | None = None
         values: dict[str, str | None] = {}
         try:
-            parsed = json.loads(line, parse_float=str, parse_int=str, parse_constant=str)
+            parsed = json.loads(line, parse_float=str, parse_int=str, parse_constant=str,
+                                object_pairs_hook=_object_of)
+        except _RepeatedKey as exc:
+            code = RejectCode.NOT_JSON
+            reason = (f"line {number} repeats the key '{one_line(exc.key, 40)}': which value counts "
+                      "would be a guess")
         except (ValueError, RecursionError) as exc:
             code = RejectCode.NOT_JSON
             reason = f"line {number} is not JSON ({one_line(str(exc), 80)}): {excerpt(line)}"
@@ -424,6 +450,8 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
         for key, value in values.items():
             column = columns.get(key)
             if column is None:
+                if len(columns) == MAX_JSONL_KEYS:  # each key is a column as long as the file
+                    raise _unreadable(name, f"more than {MAX_JSONL_KEYS} different keys (line {number})")
                 column = columns[key] = [None] * row
             column.append(value)
         for column in columns.values():
@@ -549,10 +577,23 @@ def read_file(
     Columns: every canonical column (null where the export lacks it; ``format.defaults`` fill
     missing columns and empty cells; ``format.transaction_id_template`` builds ``transaction_id``),
     unmapped export columns as ``src:<name>``, ``source_line`` (Int64) and ``source_file``
-    (``source_name`` or the file name). Raises UnreadableFileError when the file cannot be read.
-    ``stats`` collects what a reader skips (POSLog's control transactions and the like).
+    (``source_name`` or the file name). Raises UnreadableFileError when the file cannot be read,
+    also when a reader fails on it in a way no check foresaw (a lone surrogate in JSON, a column
+    type polars cannot show as text, a panic inside polars): that file is set aside with the
+    error, never the whole run stopped on every retry. ``stats`` collects what a reader skips
+    (POSLog's control transactions and the like).
     """
     name = source_name or path.name
+    try:
+        return _read_file(path, feed, name, stats)
+    except (PosfeedError, MemoryError):
+        raise
+    except (Exception, PanicException) as exc:
+        log.warning("reading %s failed", name, exc_info=True)
+        raise _unreadable(name, f"the reader failed on it: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_file(path: Path, feed: Feed, name: str, stats: ReadStats | None) -> pl.DataFrame:
     if feed.format.kind == "poslog":  # streamed from the file, never read whole; see core/poslog.py
         from pipeline.core.poslog import read_poslog
 

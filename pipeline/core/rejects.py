@@ -71,7 +71,8 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.UNBALANCED_QUOTE: "A quoted CSV field is not closed (by the end of the file or within "
     "1,000 lines), or text follows its closing quote; the record's first line is rejected and "
     "reading resumes on the next line.",
-    RejectCode.NOT_JSON: "A JSON Lines line is not a JSON object.",
+    RejectCode.NOT_JSON: "A JSON Lines line is not a JSON object, or repeats a key (which of its "
+    "values counts would be a guess).",
     RejectCode.NUL_IN_ROW: "A NUL character (byte 0) anywhere in the record.",
     RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
     "store_id, timestamp, product_id, quantity, unit_price, currency.",

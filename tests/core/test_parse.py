@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline.core.parse import read_file
+from pipeline.core.parse import READ_CODE, READ_REASON, read_file
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS
 from tests.core.helpers import csv_text, feed, row, run, write
@@ -302,3 +302,72 @@ def test_same_content_in_every_format_reads_the_same(tmp_path: Path) -> None:
     jsonl_lines = read_file(write(tmp_path, "a.jsonl", text), feed(format={"kind": "jsonl"}))
     columns = list(CANONICAL_COLUMNS)
     assert_frame_equal(csv_lines.select(columns), jsonl_lines.select(columns))
+
+
+def _parquet_bytes(columns: dict[str, object]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue()
+
+
+def _hostile_files() -> list[tuple[str, bytes, dict[str, object]]]:
+    """Files on which a reader itself failed (each crashed the run, and every run after it)."""
+    import pyarrow as pa
+
+    base = {k: v for k, v in row().items() if v != ""}
+    line = json.dumps(base)
+    return [
+        ("surrogate.jsonl", line.replace('"T1"', '"T\\ud800"').encode(), {"kind": "jsonl"}),
+        ("spaced_keys.jsonl", (line[:-1] + ', " transaction_id": "T9"}').encode(), {"kind": "jsonl"}),
+        ("list_column.parquet", _parquet_bytes({**{k: [v] for k, v in base.items()},
+                                                "extra": pa.array([[1, 2]])}), {"kind": "parquet"}),
+        ("offset_zone.parquet", _parquet_bytes({**{k: [v] for k, v in base.items() if k != "timestamp"},
+                                                "timestamp": pa.array([0], pa.timestamp("s", tz="+05:30"))}),
+         {"kind": "parquet"}),
+    ]
+
+
+@pytest.mark.parametrize(("name", "data", "settings"), [pytest.param(*f, id=f[0]) for f in _hostile_files()])
+def test_a_reader_failing_on_a_file_makes_it_unreadable_not_the_run_crash(
+    tmp_path: Path, name: str, data: bytes, settings: dict[str, object]
+) -> None:
+    from pipeline.core.transform import transform_files
+    from tests.core.helpers import NOW
+
+    suffix = name.rsplit(".", 1)[1]
+    good_rows = {k: v for k, v in row(transaction_id="G1").items() if v != ""}
+    good = write(tmp_path, f"good.{suffix}", json.dumps(good_rows) if suffix == "jsonl"
+                 else _parquet_bytes({k: [v] for k, v in good_rows.items()}))
+    bad = write(tmp_path, name, data)
+    result = transform_files([bad, good], feed(format=settings), now=NOW)
+    assert [e.file for e in result.unreadable] == [name]
+    assert "the reader failed on it" in result.unreadable[0].reason
+    assert result.checkouts.get_column("transaction_id").to_list() == ["G1"]
+
+
+def test_a_jsonl_line_repeating_a_key_is_rejected_not_read_as_its_last_value(tmp_path: Path) -> None:
+    # json kept the last value: a price of 200.00 and customer B, with no word
+    from pipeline.core.rejects import RejectCode
+
+    base = {k: v for k, v in row().items() if v != ""}
+    line = json.dumps(base)[:-1] + ', "unit_price": "200.00"}'
+    lines = read_file(write(tmp_path, "dup.jsonl", line + "\n" + json.dumps(base) + "\n"),
+                      feed(format={"kind": "jsonl"}))
+    assert lines.get_column(READ_CODE).to_list() == [RejectCode.NOT_JSON.value, None]
+    assert lines.get_column(READ_REASON)[0] == (
+        "line 1 repeats the key 'unit_price': which value counts would be a guess")
+
+
+def test_a_jsonl_file_with_too_many_different_keys_is_unreadable(tmp_path: Path) -> None:
+    # each key is a column as long as the file: 12,000 lines of one new key each took 3.7 GB
+    from pipeline.core.parse import MAX_JSONL_KEYS
+
+    base = {k: v for k, v in row().items() if v != ""}
+    text = "\n".join(json.dumps({**base, f"k{i}": "x"}) for i in range(MAX_JSONL_KEYS))
+    with pytest.raises(UnreadableFileError, match=f"more than {MAX_JSONL_KEYS} different keys"):
+        read_file(write(tmp_path, "keys.jsonl", text), feed(format={"kind": "jsonl"}))
