@@ -16,9 +16,11 @@ Mapping (one checkout per retail transaction):
 * Items: ``Sale`` lines (``Return`` lines in a return). An item void (``LineItem/@VoidFlag``)
   cancels the latest earlier lines of the same item: a fully voided item disappears, a partly
   voided one keeps what is left. A void with nothing to cancel stays as a line with a negative
-  quantity, which validation rejects. Items with a negative amount on purpose (a deposit refund,
-  or an ``ItemType`` in ``poslog.negative_item_types``) are not items: their amount is part of the
-  discount below.
+  quantity, which validation rejects. A line whose ``Quantity`` cannot be read, or is 0 with a
+  non-zero amount, stays a line as written, so that validation rejects it (``R002``, ``R007``) with
+  its transaction; a line of quantity 0 and amount 0 is counted as voided. Items with a negative
+  amount on purpose (a deposit refund, or an ``ItemType`` in ``poslog.negative_item_types``) are
+  not items: their amount is part of the discount below.
 * Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
@@ -52,7 +54,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, Any
@@ -208,6 +210,8 @@ class _Item:
     ordinal: int
     original_link: dict[str, str] | None
     voided: bool = False
+    kept_as_read: bool = False  # an unreadable or zero quantity: a line for validation to judge
+    raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
 
 
 class _Transaction:
@@ -400,6 +404,11 @@ class _Reader:
                 counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
                 continue
             item = self._item(line, line_no, detail, kind)
+            if item.kept_as_read:
+                counts[_snake(kind) + ("_voided" if is_void else "")] += 1
+                item.voided = is_void
+                items.append(item)
+                continue
             if is_void:
                 counts["item_void"] += 1
                 left = self._cancel(items, item)
@@ -417,7 +426,7 @@ class _Reader:
             items.append(item)
         kept = []
         for item in items:
-            if not item.voided and item.quantity == 0:
+            if not item.voided and not item.kept_as_read and item.quantity == 0:
                 counts[_snake(item.kind)] -= 1
                 counts[_snake(item.kind) + "_voided"] += 1
             else:
@@ -476,6 +485,7 @@ class _Reader:
                 discount += abs(_decimal(_text(modifier.find(amount_tag))) or _ZERO)
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
+        raw: dict[str, str | None] = {} if amount is not None else {"line_total": None}
         return _Item(
             kind=kind,
             line_no=line_no,
@@ -490,6 +500,8 @@ class _Reader:
             xml_line=line.sourceline or 0,
             ordinal=self.ordinal,
             original_link=_link_fields(link) if link is not None else None,
+            kept_as_read=quantity is None or (quantity == 0 and bool(amount)),
+            raw=raw,
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
@@ -556,7 +568,8 @@ class _Reader:
                     item.quantity_text,
                     item.unit_price_text or None,
                     _number_text(discount),
-                    _number_text(line_total) if not item.voided else None,
+                    item.raw.get("line_total") if "line_total" in item.raw
+                    else (_number_text(line_total) if not item.voided else None),
                     currency,
                     total_text,
                     None,
