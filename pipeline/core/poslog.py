@@ -29,7 +29,9 @@ Mapping (one checkout per retail transaction):
   lines sum to the total exactly. A transaction whose totals cannot be reconciled that way (it
   took more than its lines, or a sale with a negative total) keeps its plain amounts and is
   rejected by validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
-  own totals next to the reject.
+  own totals next to the reject. A ``TransactionGrandAmount`` that cannot be read is sent as the
+  transaction_total as written (``R002``), and so is ``grand - tax`` when the
+  ``TransactionTaxAmount`` cannot be read.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -510,8 +512,13 @@ class _Reader:
         totals: dict[str, str] = {}
         for total in body.findall(self.tag["Total"]):
             totals.setdefault(total.get("TotalType") or "", _text(total))
-        grand = _decimal(totals.get("TransactionGrandAmount", ""))
-        tax = _decimal(totals.get("TransactionTaxAmount", "")) or _ZERO
+        grand_text = totals.get("TransactionGrandAmount", "")
+        tax_text = totals.get("TransactionTaxAmount", "")
+        grand, tax = _decimal(grand_text), _decimal(tax_text) or _ZERO
+        unreadable_total = None  # the totals as written when one cannot be read
+        if grand_text and (grand is None or (tax_text and _decimal(tax_text) is None)):
+            unreadable_total = f"{grand_text} - {tax_text}" if grand is not None else grand_text
+            grand = None
         type_code = body.get("TypeCode") or ""
         is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
         txn_type = "return" if is_return else "sale"
@@ -547,7 +554,9 @@ class _Reader:
             f"TransactionGrandAmount={totals.get('TransactionGrandAmount', '')} "
             f"TransactionTaxAmount={totals.get('TransactionTaxAmount', '')}"
         )
-        total_text = _number_text(abs(total) if is_return else total) if total is not None else None
+        total_text = unreadable_total
+        if total is not None:
+            total_text = _number_text(abs(total) if is_return else total)
         currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):

@@ -530,3 +530,21 @@ def test_a_zero_quantity_with_an_amount_is_rejected_not_voided(tmp_path: Path) -
     assert result.summary["amount_rejected"] == "5.00" and balances(result)
     assert result.summary["skipped_by_kind"] == {"no_items": 2}
     assert result.summary["line_items_by_kind"] == {"sale": 1, "sale_voided": 2, "item_void": 1}
+
+
+@pytest.mark.parametrize("text", ["1,50", "NaN", "0x2"])
+def test_an_unreadable_total_or_tax_is_rejected_naming_it(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand=text),
+        retail(2, sale(1, "A", "2.00"), sale(2, "B", "1.00"), grand="3.16", tax=text),
+        retail(3, sale(1, "A", "2.00"), grand="2.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.get_column("reject_field").to_list() == ["transaction_total"] * 3  # every line names it
+    assert bad.get_column("transaction").to_list() == ["1", "2", "2"]
+    reasons = bad.get_column("reject_reason").to_list()
+    assert f"'{text}'" in reasons[0] and f"'3.16 - {text}'" in reasons[1]
+    assert result.summary["rejects_by_code"] == {"R002_BAD_NUMBER": 3}
+    assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
+    assert result.summary["amount_rejected"] == "5.00" and balances(result)
