@@ -32,6 +32,10 @@ Mapping (one checkout per retail transaction):
   own totals next to the reject. A ``TransactionGrandAmount`` that cannot be read is sent as the
   transaction_total as written (``R002``), and so is ``grand - tax`` when the
   ``TransactionTaxAmount`` cannot be read.
+* Numbers are read as ``xs:decimal`` (a sign, digits, a decimal point: no exponent, no ``_``) of
+  less than 10^12. An ``ExtendedAmount``, ``DiscountAmount`` or price modifier ``Amount`` that is
+  not one is sent as written (as line_total, discount), so that validation rejects the line
+  (``R002``, or ``R026`` when too large) with its transaction; none is computed with.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -57,7 +61,7 @@ import functools
 import logging
 import re
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +71,7 @@ from lxml import etree
 from pipeline.config import POSLOG_PROFILE_NAMESPACES, Feed, PoslogConfig
 from pipeline.core.parse import EXTRA_PREFIX, template_fields
 from pipeline.core.readstats import ReadStats
+from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS
 
@@ -108,6 +113,8 @@ _TAGS = (
     "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
 )
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_XS_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # xs:decimal: no exponent, no "_"
+_TOO_LARGE = Decimal(10) ** MONEY_WHOLE_DIGITS
 
 
 @functools.cache
@@ -177,13 +184,11 @@ def _text(element: Any) -> str:
 
 
 def _decimal(text: str) -> Decimal | None:
-    if not text:
+    """The value of an xs:decimal text below 10^12 in size; None if empty, not one, or larger."""
+    if not _XS_DECIMAL.fullmatch(text):
         return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
+    value = Decimal(text)
+    return value if abs(value) < _TOO_LARGE else None
 
 
 def _number_text(value: Decimal) -> str:
@@ -212,7 +217,7 @@ class _Item:
     ordinal: int
     original_link: dict[str, str] | None
     voided: bool = False
-    kept_as_read: bool = False  # an unreadable or zero quantity: a line for validation to judge
+    kept_as_read: bool = False  # a number unreadable, or quantity 0: a line for validation to judge
     raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
 
 
@@ -476,18 +481,30 @@ class _Reader:
         quantity_text = text("Quantity") or "1"
         quantity = _decimal(quantity_text)
         unit_price_text = text("ActualSalesUnitPrice") or text("RegularSalesUnitPrice")
-        amount = _decimal(text("ExtendedAmount"))
-        if amount is None and quantity is not None:
+        raw: dict[str, str | None] = {}  # a number that cannot be read: sent as written
+        amount_text = text("ExtendedAmount")
+        amount = _decimal(amount_text)
+        if amount is None and amount_text:
+            raw["line_total"] = amount_text
+        elif amount is None and quantity is not None:
             unit_price = _decimal(unit_price_text)
             amount = quantity * unit_price if unit_price is not None else None
-        discount = _decimal(text("DiscountAmount")) or _ZERO
+        if amount is None and not amount_text:
+            raw["line_total"] = None
+        discount_text = text("DiscountAmount")
+        discount = _decimal(discount_text) or _ZERO
+        if discount_text and _decimal(discount_text) is None:
+            raw["discount"] = discount_text
         if not discount:  # price modifiers of the item (markdowns, item promotions): its own discount
             amount_tag = tag["Amount"]
             for modifier in detail.iterchildren(tag["RetailPriceModifier"]):
-                discount += abs(_decimal(_text(modifier.find(amount_tag))) or _ZERO)
+                modifier_text = _text(modifier.find(amount_tag))
+                modifier_amount = _decimal(modifier_text)
+                if modifier_amount is None and modifier_text:
+                    raw["discount"] = modifier_text
+                discount += abs(modifier_amount or _ZERO)
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
-        raw: dict[str, str | None] = {} if amount is not None else {"line_total": None}
         return _Item(
             kind=kind,
             line_no=line_no,
@@ -502,7 +519,7 @@ class _Reader:
             xml_line=line.sourceline or 0,
             ordinal=self.ordinal,
             original_link=_link_fields(link) if link is not None else None,
-            kept_as_read=quantity is None or (quantity == 0 and bool(amount)),
+            kept_as_read=quantity is None or bool(raw) or (quantity == 0 and bool(amount)),
             raw=raw,
         )
 
@@ -576,7 +593,7 @@ class _Reader:
                     item.category or None,
                     item.quantity_text,
                     item.unit_price_text or None,
-                    _number_text(discount),
+                    item.raw["discount"] if "discount" in item.raw else _number_text(discount),
                     item.raw.get("line_total") if "line_total" in item.raw
                     else (_number_text(line_total) if not item.voided else None),
                     currency,

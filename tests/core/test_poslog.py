@@ -548,3 +548,28 @@ def test_an_unreadable_total_or_tax_is_rejected_naming_it(tmp_path: Path, text: 
     assert result.summary["rejects_by_code"] == {"R002_BAD_NUMBER": 3}
     assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
     assert result.summary["amount_rejected"] == "5.00" and balances(result)
+
+
+def test_amounts_are_plain_decimals_below_the_money_bound(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand="2_00"),  # Python reads 200; no xs:decimal
+        retail(2, sale(1, "A", "2.00", amount="1E+99999999"), grand="2.00"),
+        retail(3, sale(1, "A", "2.00"), grand="2.00", tax="1E+99999999"),
+        retail(4, sale(1, "A", "2.00", amount="10000000000000.00"), grand="2.00"),
+        retail(5, sale(1, "A", "2.00", discount="0,50"), grand="1.50"),
+        retail(6, sale(1, "A", "2.00"), grand="2.00"),
+    ))
+    result = run(path)
+    got = {(r["transaction"], r["reject_code"], r["reject_field"])
+           for r in result.rejects.iter_rows(named=True)}
+    assert got == {
+        ("1", "R002_BAD_NUMBER", "transaction_total"),
+        ("2", "R002_BAD_NUMBER", "line_total"),
+        ("3", "R002_BAD_NUMBER", "transaction_total"),
+        ("4", "R026_NUMBER_TOO_LARGE", "line_total"),
+        ("5", "R002_BAD_NUMBER", "discount"),
+    }
+    reasons = " ".join(result.rejects.get_column("reject_reason"))
+    assert "'2_00'" in reasons and "'1E+99999999'" in reasons and "'2.00 - 1E+99999999'" in reasons
+    assert totals_by_id(result) == {txn_id(6): Decimal("2.00")}
+    assert balances(result)
