@@ -50,9 +50,10 @@ Mapping (one checkout per retail transaction):
 on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
 in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
-not well-formed XML (not XML at all, truncated, broken inside) or whose root is not ``POSLog`` is
-unreadable as a whole, with the position where it broke and the last complete transaction: a
-half-read transaction log is never sent in part.
+not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, or
+with a transaction body, ``LineItem``, ``Total`` or ``TransactionLink`` outside
+``poslog.namespace`` (and the vendor namespaces) is unreadable as a whole, with the position where
+it broke and the last complete transaction: a half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ _TAGS = (
     "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
     "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
 )
+_STRUCTURE = frozenset(("LineItem", "Total", "TransactionLink"))
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _XS_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # xs:decimal: no exponent, no "_"
 _TOO_LARGE = Decimal(10) ** MONEY_WHOLE_DIGITS
@@ -285,6 +287,8 @@ class _Reader:
         self.tag = {name: self.names.q(name) for name in _TAGS}
         self.meta_tags = frozenset(self.tag[n] for n in ("SequenceNumber", "BeginDateTime", "EndDateTime"))
         self.frames: list[pl.DataFrame] = []
+        vendor = PROFILES[self.config.profile][0]
+        self.vendor_namespaces = frozenset({*vendor.values(), *self.config.namespaces.values()})
 
     # ---- the file ---------------------------------------------------------------------------
 
@@ -362,6 +366,7 @@ class _Reader:
     # ---- one transaction --------------------------------------------------------------------
 
     def _transaction(self, element: Any, position: int) -> None:
+        self._check_namespaces(element, position)
         txn = _Transaction(element, self.names, self.config)
         skip = txn.skip_kind()
         line_items = txn.body.findall(self.tag["LineItem"]) if txn.body is not None else []
@@ -383,6 +388,23 @@ class _Reader:
             self.stats.skipped_by_kind["no_items"] += 1
             return
         self._emit(txn, items, position)
+
+    def _check_namespaces(self, element: Any, position: int) -> None:
+        """A transaction body, LineItem or Total outside poslog.namespace (and the vendor ones):
+        unreadable."""
+        bodies = [c for c in element if _local(c.tag).endswith("Transaction")]
+        for child in (*element, *(c for body in bodies for c in body)):
+            local = _local(child.tag)
+            if not (local in _STRUCTURE or local.endswith("Transaction")) or child.tag == self.names.q(local):
+                continue
+            ns = child.tag[1:].split("}", 1)[0] if child.tag.startswith("{") else ""
+            if ns not in self.vendor_namespaces:
+                found = f"in namespace {ns}" if ns else "without a namespace"
+                raise UnreadableFileError(
+                    self.name,
+                    f"<{local}> at line {child.sourceline} (transaction {position}) is {found}, not in "
+                    f"{self.names.ns or 'no namespace'} (poslog.namespace)",
+                )
 
     def _items(self, txn: _Transaction, line_items: list[Any]) -> list[_Item]:
         """The item lines after voids, counting every line item by kind."""

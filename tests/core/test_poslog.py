@@ -573,3 +573,20 @@ def test_amounts_are_plain_decimals_below_the_money_bound(tmp_path: Path) -> Non
     assert "'2_00'" in reasons and "'1E+99999999'" in reasons and "'2.00 - 1E+99999999'" in reasons
     assert totals_by_id(result) == {txn_id(6): Decimal("2.00")}
     assert balances(result)
+
+
+@pytest.mark.parametrize(("old", "new", "element"), [
+    ("<RetailTransaction>", '<RetailTransaction xmlns="">', "<RetailTransaction> at line 4"),
+    ("<LineItem>", '<LineItem xmlns="">', "<LineItem> at line 4"),
+    ('<Total TotalType="TransactionGrandAmount">',
+     '<Total xmlns="urn:typo" TotalType="TransactionGrandAmount">',
+     "<Total> at line 4 (transaction 2) is in namespace urn:typo"),
+])
+def test_an_element_outside_the_namespace_makes_the_file_unreadable(
+    tmp_path: Path, old: str, new: str, element: str
+) -> None:
+    good = retail(1, sale(1, "A", "2.00"), grand="2.00")
+    text = document(good, retail(2, sale(1, "A", "2.00"), grand="2.00").replace(old, new, 1))
+    result = run(write(tmp_path, text))
+    assert element in result.unreadable[0].reason and "(poslog.namespace)" in result.unreadable[0].reason
+    assert result.summary["rows_in"] == 0 and result.summary["skipped_by_kind"] == {}
