@@ -16,9 +16,11 @@ Mapping (one checkout per retail transaction):
 * Items: ``Sale`` lines (``Return`` lines in a return). An item void (``LineItem/@VoidFlag``)
   cancels the latest earlier lines of the same item: a fully voided item disappears, a partly
   voided one keeps what is left. A void with nothing to cancel stays as a line with a negative
-  quantity, which validation rejects. Items with a negative amount on purpose (a deposit refund,
-  or an ``ItemType`` in ``poslog.negative_item_types``) are not items: their amount is part of the
-  discount below.
+  quantity, which validation rejects. A line whose ``Quantity`` cannot be read, or is 0 with a
+  non-zero amount, stays a line as written, so that validation rejects it (``R002``, ``R007``) with
+  its transaction; a line of quantity 0 and amount 0 is counted as voided. Items with a negative
+  amount on purpose (a deposit refund, or an ``ItemType`` in ``poslog.negative_item_types``) are
+  not items: their amount is part of the discount below.
 * Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
@@ -27,7 +29,13 @@ Mapping (one checkout per retail transaction):
   lines sum to the total exactly. A transaction whose totals cannot be reconciled that way (it
   took more than its lines, or a sale with a negative total) keeps its plain amounts and is
   rejected by validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
-  own totals next to the reject.
+  own totals next to the reject. A ``TransactionGrandAmount`` that cannot be read is sent as the
+  transaction_total as written (``R002``), and so is ``grand - tax`` when the
+  ``TransactionTaxAmount`` cannot be read.
+* Numbers are read as ``xs:decimal`` (a sign, digits, a decimal point: no exponent, no ``_``) of
+  less than 10^12. An ``ExtendedAmount``, ``DiscountAmount`` or price modifier ``Amount`` that is
+  not one is sent as written (as line_total, discount), so that validation rejects the line
+  (``R002``, or ``R026`` when too large) with its transaction; none is computed with.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -42,9 +50,10 @@ Mapping (one checkout per retail transaction):
 on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
 in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
-not well-formed XML (not XML at all, truncated, broken inside) or whose root is not ``POSLog`` is
-unreadable as a whole, with the position where it broke and the last complete transaction: a
-half-read transaction log is never sent in part.
+not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, or
+with a transaction body, ``LineItem``, ``Total`` or ``TransactionLink`` outside
+``poslog.namespace`` (and the vendor namespaces) is unreadable as a whole, with the position where
+it broke and the last complete transaction: a half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
@@ -52,8 +61,8 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,6 +72,7 @@ from lxml import etree
 from pipeline.config import POSLOG_PROFILE_NAMESPACES, Feed, PoslogConfig
 from pipeline.core.parse import EXTRA_PREFIX, template_fields
 from pipeline.core.readstats import ReadStats
+from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS
 
@@ -103,7 +113,10 @@ _TAGS = (
     "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
     "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
 )
+_STRUCTURE = frozenset(("LineItem", "Total", "TransactionLink"))
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_XS_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # xs:decimal: no exponent, no "_"
+_TOO_LARGE = Decimal(10) ** MONEY_WHOLE_DIGITS
 
 
 @functools.cache
@@ -173,13 +186,11 @@ def _text(element: Any) -> str:
 
 
 def _decimal(text: str) -> Decimal | None:
-    if not text:
+    """The value of an xs:decimal text below 10^12 in size; None if empty, not one, or larger."""
+    if not _XS_DECIMAL.fullmatch(text):
         return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
+    value = Decimal(text)
+    return value if abs(value) < _TOO_LARGE else None
 
 
 def _number_text(value: Decimal) -> str:
@@ -208,6 +219,8 @@ class _Item:
     ordinal: int
     original_link: dict[str, str] | None
     voided: bool = False
+    kept_as_read: bool = False  # a number unreadable, or quantity 0: a line for validation to judge
+    raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
 
 
 class _Transaction:
@@ -274,6 +287,8 @@ class _Reader:
         self.tag = {name: self.names.q(name) for name in _TAGS}
         self.meta_tags = frozenset(self.tag[n] for n in ("SequenceNumber", "BeginDateTime", "EndDateTime"))
         self.frames: list[pl.DataFrame] = []
+        vendor = PROFILES[self.config.profile][0]
+        self.vendor_namespaces = frozenset({*vendor.values(), *self.config.namespaces.values()})
 
     # ---- the file ---------------------------------------------------------------------------
 
@@ -351,6 +366,7 @@ class _Reader:
     # ---- one transaction --------------------------------------------------------------------
 
     def _transaction(self, element: Any, position: int) -> None:
+        self._check_namespaces(element, position)
         txn = _Transaction(element, self.names, self.config)
         skip = txn.skip_kind()
         line_items = txn.body.findall(self.tag["LineItem"]) if txn.body is not None else []
@@ -372,6 +388,23 @@ class _Reader:
             self.stats.skipped_by_kind["no_items"] += 1
             return
         self._emit(txn, items, position)
+
+    def _check_namespaces(self, element: Any, position: int) -> None:
+        """A transaction body, LineItem or Total outside poslog.namespace (and the vendor ones):
+        unreadable."""
+        bodies = [c for c in element if _local(c.tag).endswith("Transaction")]
+        for child in (*element, *(c for body in bodies for c in body)):
+            local = _local(child.tag)
+            if not (local in _STRUCTURE or local.endswith("Transaction")) or child.tag == self.names.q(local):
+                continue
+            ns = child.tag[1:].split("}", 1)[0] if child.tag.startswith("{") else ""
+            if ns not in self.vendor_namespaces:
+                found = f"in namespace {ns}" if ns else "without a namespace"
+                raise UnreadableFileError(
+                    self.name,
+                    f"<{local}> at line {child.sourceline} (transaction {position}) is {found}, not in "
+                    f"{self.names.ns or 'no namespace'} (poslog.namespace)",
+                )
 
     def _items(self, txn: _Transaction, line_items: list[Any]) -> list[_Item]:
         """The item lines after voids, counting every line item by kind."""
@@ -400,6 +433,11 @@ class _Reader:
                 counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
                 continue
             item = self._item(line, line_no, detail, kind)
+            if item.kept_as_read:
+                counts[_snake(kind) + ("_voided" if is_void else "")] += 1
+                item.voided = is_void
+                items.append(item)
+                continue
             if is_void:
                 counts["item_void"] += 1
                 left = self._cancel(items, item)
@@ -417,7 +455,7 @@ class _Reader:
             items.append(item)
         kept = []
         for item in items:
-            if not item.voided and item.quantity == 0:
+            if not item.voided and not item.kept_as_read and item.quantity == 0:
                 counts[_snake(item.kind)] -= 1
                 counts[_snake(item.kind) + "_voided"] += 1
             else:
@@ -465,15 +503,28 @@ class _Reader:
         quantity_text = text("Quantity") or "1"
         quantity = _decimal(quantity_text)
         unit_price_text = text("ActualSalesUnitPrice") or text("RegularSalesUnitPrice")
-        amount = _decimal(text("ExtendedAmount"))
-        if amount is None and quantity is not None:
+        raw: dict[str, str | None] = {}  # a number that cannot be read: sent as written
+        amount_text = text("ExtendedAmount")
+        amount = _decimal(amount_text)
+        if amount is None and amount_text:
+            raw["line_total"] = amount_text
+        elif amount is None and quantity is not None:
             unit_price = _decimal(unit_price_text)
             amount = quantity * unit_price if unit_price is not None else None
-        discount = _decimal(text("DiscountAmount")) or _ZERO
+        if amount is None and not amount_text:
+            raw["line_total"] = None
+        discount_text = text("DiscountAmount")
+        discount = _decimal(discount_text) or _ZERO
+        if discount_text and _decimal(discount_text) is None:
+            raw["discount"] = discount_text
         if not discount:  # price modifiers of the item (markdowns, item promotions): its own discount
             amount_tag = tag["Amount"]
             for modifier in detail.iterchildren(tag["RetailPriceModifier"]):
-                discount += abs(_decimal(_text(modifier.find(amount_tag))) or _ZERO)
+                modifier_text = _text(modifier.find(amount_tag))
+                modifier_amount = _decimal(modifier_text)
+                if modifier_amount is None and modifier_text:
+                    raw["discount"] = modifier_text
+                discount += abs(modifier_amount or _ZERO)
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
         return _Item(
@@ -490,6 +541,8 @@ class _Reader:
             xml_line=line.sourceline or 0,
             ordinal=self.ordinal,
             original_link=_link_fields(link) if link is not None else None,
+            kept_as_read=quantity is None or bool(raw) or (quantity == 0 and bool(amount)),
+            raw=raw,
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
@@ -498,8 +551,13 @@ class _Reader:
         totals: dict[str, str] = {}
         for total in body.findall(self.tag["Total"]):
             totals.setdefault(total.get("TotalType") or "", _text(total))
-        grand = _decimal(totals.get("TransactionGrandAmount", ""))
-        tax = _decimal(totals.get("TransactionTaxAmount", "")) or _ZERO
+        grand_text = totals.get("TransactionGrandAmount", "")
+        tax_text = totals.get("TransactionTaxAmount", "")
+        grand, tax = _decimal(grand_text), _decimal(tax_text) or _ZERO
+        unreadable_total = None  # the totals as written when one cannot be read
+        if grand_text and (grand is None or (tax_text and _decimal(tax_text) is None)):
+            unreadable_total = f"{grand_text} - {tax_text}" if grand is not None else grand_text
+            grand = None
         type_code = body.get("TypeCode") or ""
         is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
         txn_type = "return" if is_return else "sale"
@@ -535,7 +593,9 @@ class _Reader:
             f"TransactionGrandAmount={totals.get('TransactionGrandAmount', '')} "
             f"TransactionTaxAmount={totals.get('TransactionTaxAmount', '')}"
         )
-        total_text = _number_text(abs(total) if is_return else total) if total is not None else None
+        total_text = unreadable_total
+        if total is not None:
+            total_text = _number_text(abs(total) if is_return else total)
         currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):
@@ -555,8 +615,9 @@ class _Reader:
                     item.category or None,
                     item.quantity_text,
                     item.unit_price_text or None,
-                    _number_text(discount),
-                    _number_text(line_total) if not item.voided else None,
+                    item.raw["discount"] if "discount" in item.raw else _number_text(discount),
+                    item.raw.get("line_total") if "line_total" in item.raw
+                    else (_number_text(line_total) if not item.voided else None),
                     currency,
                     total_text,
                     None,

@@ -490,3 +490,103 @@ def test_the_xml_tree_never_holds_more_than_the_current_transaction(
     assert lines.height == 500
     # the parser reads ahead, but of what was read only the last transaction is still held
     assert max(held) == 1
+
+
+def balances(result: TransformResult) -> bool:
+    s = result.summary
+    return (s["rows_in"] == s["rows_valid"] + s["rows_rejected"]
+            and Decimal(s["amount_in"]) == Decimal(s["amount_valid"]) + Decimal(s["amount_rejected"]))
+
+
+@pytest.mark.parametrize("quantity", ["1,5", "NaN", "0x2", "Infinity"])
+def test_an_unreadable_quantity_rejects_its_transaction_with_its_money(tmp_path: Path, quantity: str) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00", quantity, "3.00"), grand="3.00"),  # the only item
+        retail(2, sale(1, "A", "2.00", quantity, "3.00"), sale(2, "B", "2.00"), grand=None),
+        retail(3, sale(1, "A", "2.00", quantity, "3.00", kind="Return"), grand="-3.00"),
+        retail(4, sale(1, "A", "2.00", quantity, "3.00", void=True), sale(2, "A", "2.00"), grand="2.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.get_column("reject_field").to_list() == ["quantity"] * 4
+    assert bad.get_column("transaction").to_list() == ["1", "2", "3", "4"]
+    assert all(f"'{quantity}'" in r for r in bad.get_column("reject_reason"))
+    assert result.summary["transactions_rejected"] == 4 and result.summary["transactions_valid"] == 0
+    assert result.summary["skipped_by_kind"] == {}
+    # 3.00 alone; 3.00 + 2.00; the 3.00 return; the void (no amount of its own) + 2.00
+    assert result.summary["amount_rejected"] == "7.00"
+    assert balances(result)
+
+
+def test_a_zero_quantity_with_an_amount_is_rejected_not_voided(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "5.00", "0", "5.00"), grand="5.00"),
+        retail(2, sale(1, "A", "2.00", "0", "0.00"), grand="0.00"),  # nothing sold: counted as voided
+        retail(3, sale(1, "B", "2.00"), sale(2, "B", "2.00", void=True), grand="0.00"),  # a real void
+    ))
+    result = run(path)
+    assert result.summary["rejects_by_code"] == {"R007_NON_POSITIVE_QUANTITY": 1}
+    assert result.rejects.row(0, named=True)["transaction"] == "1"
+    assert result.summary["amount_rejected"] == "5.00" and balances(result)
+    assert result.summary["skipped_by_kind"] == {"no_items": 2}
+    assert result.summary["line_items_by_kind"] == {"sale": 1, "sale_voided": 2, "item_void": 1}
+
+
+@pytest.mark.parametrize("text", ["1,50", "NaN", "0x2"])
+def test_an_unreadable_total_or_tax_is_rejected_naming_it(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand=text),
+        retail(2, sale(1, "A", "2.00"), sale(2, "B", "1.00"), grand="3.16", tax=text),
+        retail(3, sale(1, "A", "2.00"), grand="2.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.get_column("reject_field").to_list() == ["transaction_total"] * 3  # every line names it
+    assert bad.get_column("transaction").to_list() == ["1", "2", "2"]
+    reasons = bad.get_column("reject_reason").to_list()
+    assert f"'{text}'" in reasons[0] and f"'3.16 - {text}'" in reasons[1]
+    assert result.summary["rejects_by_code"] == {"R002_BAD_NUMBER": 3}
+    assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
+    assert result.summary["amount_rejected"] == "5.00" and balances(result)
+
+
+def test_amounts_are_plain_decimals_below_the_money_bound(tmp_path: Path) -> None:
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand="2_00"),  # Python reads 200; no xs:decimal
+        retail(2, sale(1, "A", "2.00", amount="1E+99999999"), grand="2.00"),
+        retail(3, sale(1, "A", "2.00"), grand="2.00", tax="1E+99999999"),
+        retail(4, sale(1, "A", "2.00", amount="10000000000000.00"), grand="2.00"),
+        retail(5, sale(1, "A", "2.00", discount="0,50"), grand="1.50"),
+        retail(6, sale(1, "A", "2.00"), grand="2.00"),
+    ))
+    result = run(path)
+    got = {(r["transaction"], r["reject_code"], r["reject_field"])
+           for r in result.rejects.iter_rows(named=True)}
+    assert got == {
+        ("1", "R002_BAD_NUMBER", "transaction_total"),
+        ("2", "R002_BAD_NUMBER", "line_total"),
+        ("3", "R002_BAD_NUMBER", "transaction_total"),
+        ("4", "R026_NUMBER_TOO_LARGE", "line_total"),
+        ("5", "R002_BAD_NUMBER", "discount"),
+    }
+    reasons = " ".join(result.rejects.get_column("reject_reason"))
+    assert "'2_00'" in reasons and "'1E+99999999'" in reasons and "'2.00 - 1E+99999999'" in reasons
+    assert totals_by_id(result) == {txn_id(6): Decimal("2.00")}
+    assert balances(result)
+
+
+@pytest.mark.parametrize(("old", "new", "element"), [
+    ("<RetailTransaction>", '<RetailTransaction xmlns="">', "<RetailTransaction> at line 4"),
+    ("<LineItem>", '<LineItem xmlns="">', "<LineItem> at line 4"),
+    ('<Total TotalType="TransactionGrandAmount">',
+     '<Total xmlns="urn:typo" TotalType="TransactionGrandAmount">',
+     "<Total> at line 4 (transaction 2) is in namespace urn:typo"),
+])
+def test_an_element_outside_the_namespace_makes_the_file_unreadable(
+    tmp_path: Path, old: str, new: str, element: str
+) -> None:
+    good = retail(1, sale(1, "A", "2.00"), grand="2.00")
+    text = document(good, retail(2, sale(1, "A", "2.00"), grand="2.00").replace(old, new, 1))
+    result = run(write(tmp_path, text))
+    assert element in result.unreadable[0].reason and "(poslog.namespace)" in result.unreadable[0].reason
+    assert result.summary["rows_in"] == 0 and result.summary["skipped_by_kind"] == {}
