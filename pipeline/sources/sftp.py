@@ -20,13 +20,16 @@ import posixpath
 import stat
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import paramiko
+from paramiko.message import Message
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
@@ -100,12 +103,12 @@ class SftpSource:
     def _list(self) -> Iterator[RemoteFile]:
         sftp = self.connect()
         try:
-            for attrs in sftp.listdir_iter(self.folder):
+            for name, attrs in _listdir_attr(sftp, self.folder):
                 mode = attrs.st_mode or 0
                 if not stat.S_ISREG(mode):
-                    self._irregular[attrs.filename] = irregular_kind(mode)
+                    self._irregular[name] = irregular_kind(mode)
                     continue
-                yield RemoteFile(attrs.filename, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
+                yield RemoteFile(name, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
         except FileNotFoundError as exc:
             raise SourceFolderError(f"{self.address}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
@@ -309,6 +312,64 @@ class SftpSource:
         folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
         _makedirs(sftp, folder)
         return folder
+
+
+LIST_DEPTH = 16  # READDIR requests kept in flight while listing
+
+
+def _listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
+    """The entries of ``folder`` (without ``.`` and ``..``) as (name, attributes), streamed.
+
+    paramiko's ``listdir_iter``/``listdir_attr`` decode names strictly as UTF-8, so one name in
+    another encoding fails the whole listing (paramiko issue #546), and it has no bytes variant.
+    This reads the READDIR answers with the same request/response primitives as
+    :class:`~pipeline.sources.sftp_stream.PipelinedReader` and decodes names with
+    ``surrogateescape``, as ``os.listdir`` does: such a name still matches a pattern by its other
+    characters, and :func:`~pipeline.sources.discovery.unsafe_name_reason` refuses it.
+    """
+    client: Any = sftp  # the request/response primitives are not in paramiko's stubs
+    attributes: Any = paramiko.SFTPAttributes
+    kind, msg = client._request(CMD_OPENDIR, client._adjust_cwd(folder))
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    answers = _Answers()
+    pending: deque[int] = deque()
+    try:
+        while True:
+            while len(pending) < LIST_DEPTH:
+                pending.append(client._async_request(answers, CMD_READDIR, handle))
+            num = pending.popleft()
+            while num not in answers.got:
+                client._read_response()
+            kind, msg = answers.got.pop(num)
+            if kind == CMD_STATUS:
+                try:
+                    client._convert_status(msg)
+                except EOFError:
+                    return
+                raise paramiko.SFTPError("unexpected status listing a folder")
+            if kind != CMD_NAME:
+                raise paramiko.SFTPError(f"unexpected response {kind} listing a folder")
+            for _ in range(msg.get_int()):
+                name = msg.get_binary().decode("utf-8", "surrogateescape")
+                msg.get_binary()  # the ls -l style long name
+                attrs = attributes._from_msg(msg)
+                if name not in {".", ".."}:
+                    yield name, attrs
+    finally:
+        with contextlib.suppress(Exception):
+            client._request(CMD_CLOSE, handle)  # the answers still in flight are dropped
+
+
+class _Answers:
+    """Collects the answers paramiko hands back for asynchronous requests."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, Message]] = {}
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:  # called by paramiko
+        self.got[num] = (kind, msg)
 
 
 class _RetryableFetch(Exception):

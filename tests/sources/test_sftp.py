@@ -233,6 +233,23 @@ def test_symlinks_directories_and_hostile_names_are_skipped(
     assert not list(tmp_path.rglob("escape.csv"))
 
 
+def test_names_that_are_not_utf8_are_skipped_and_the_rest_is_listed(
+    sftp_server: SftpServer, sftp_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(sftp_dir, "pos_20261120_10.csv")
+    os.close(os.open(os.fsencode(sftp_dir) + b"/caf\xe9_notes.txt", os.O_CREAT | os.O_WRONLY))
+    os.close(os.open(os.fsencode(sftp_dir) + b"/pos_20261120_1\xe9.csv", os.O_CREAT | os.O_WRONLY))
+    feed = sftp_server.feed(sftp_dir, pattern="pos_{business_date:%Y%m%d}_??.csv")
+    with caplog.at_level(logging.WARNING), SftpSource(feed) as source:
+        found = [f.name for f in source.discover([date(2026, 11, 20)])]
+        skipped = source.skipped
+    assert found == ["pos_20261120_10.csv"]
+    # the Latin-1 name that matches the pattern is reported (printable, with its byte escaped);
+    # the one that does not match is none of the feed's business, like any other file
+    assert skipped == [("pos_20261120_1\\xe9.csv", "unsafe name: not valid UTF-8")]
+    assert "pos_20261120_1\\\\xe9.csv" in caplog.text and "not valid UTF-8" in caplog.text
+
+
 def test_a_file_being_written_is_not_taken_until_stable(
     sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
 ) -> None:

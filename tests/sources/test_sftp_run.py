@@ -108,6 +108,25 @@ def test_happy_path_through_posfeed_run_archives_after_success(
     assert stats(sandbox)["requests"] == requests + 1  # the credential check, which sends no event
 
 
+def test_a_name_that_is_not_utf8_is_skipped_and_the_run_goes_on(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:1])
+    raw = os.fsencode(sftp_dir)
+    (Path(os.fsdecode(raw + b"/caf\xe9_notes.txt"))).write_bytes(b"not an export")
+    shutil.copy2(SAMPLE_ACME / FILES[1], os.fsdecode(raw + b"/pos_LON01_20261120_1\xe9.csv"))
+    done = posfeed_run(write_feed_file(sftp_feed(sftp_server, sftp_dir, sandbox), tmp_path / "f.toml"),
+                       tmp_path, sandbox)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["files_new"] == [FILES[0]] and summary["accepted"] > 0
+    assert summary["skipped_files"] == [
+        {"file": "pos_LON01_20261120_1\\xe9.csv", "reason": "unsafe name: not valid UTF-8"}
+    ]
+    assert [p.name for p in (sftp_dir / "archive").iterdir()] == [FILES[0]]
+    assert "internal error" not in done.stderr
+
+
 @pytest.mark.parametrize("problem", ["changed host key", "unknown host key", "wrong key"])
 def test_auth_problems_exit_78_and_process_nothing(
     problem: str, sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
