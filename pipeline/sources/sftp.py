@@ -33,7 +33,7 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
-from pipeline.sources.base import FetchedFile, RemoteFile
+from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
 from pipeline.sources.sftp_stream import HashingWriter, PipelinedReader, WriterFailed
@@ -260,11 +260,22 @@ class SftpSource:
 
     def quarantine(self, remote: RemoteFile) -> str:
         """Rename an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
-        ``quarantine/`` inside the folder); returns where it went."""
+        ``quarantine/`` inside the folder); returns where it went.
+
+        ``remote`` carries the size and mtime the file had when it was fetched; a file that differs
+        now (a new version under the same name) is left where it is for the next run to read, and
+        SourceFileChangedError says so.
+        """
         sftp = self.connect()
         configured = self.config.quarantine_path or "quarantine"
         folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
         try:
+            now = sftp.stat(self._remote(remote.name))
+            if (int(now.st_size or 0), float(now.st_mtime or 0)) != (remote.size, remote.mtime):
+                raise SourceFileChangedError(
+                    f"{remote.name} changed on {self.address} since it was fetched: not moved into "
+                    "quarantine, left where it is; the next run reads the new content"
+                )
             _makedirs(sftp, folder)
             where = ""
             for name in [remote.name, *self._markers_of(sftp, remote.name)]:

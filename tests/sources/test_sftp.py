@@ -23,7 +23,7 @@ from pipeline.errors import (
     SourceFolderError,
     SourceUnavailableError,
 )
-from pipeline.sources.base import RemoteFile
+from pipeline.sources.base import RemoteFile, SourceFileChangedError
 from pipeline.sources.sftp import SftpSource
 from pipeline.testing.sshd import free_port
 from tests.sftp_fixtures import SftpServer, SftpUser
@@ -477,3 +477,35 @@ def test_a_file_changed_since_fetch_is_not_archived(
         path.write_bytes(CSV + b"T3,S1\n")  # a new version arrives under the same name
         source.finish(found, "archive")
     assert path.exists() and not (sftp_dir / "archive").exists()
+
+
+def test_a_file_replaced_since_fetch_is_not_quarantined(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    path = write(sftp_dir, "a.csv", b"")
+    write(sftp_dir, "a.csv.done", b"")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        (found,) = source.discover([])
+        fetched = source.fetch(found, tmp_path)
+        upload = sftp_dir / ".a.csv.uploading"
+        upload.write_bytes(CSV)
+        os.utime(upload, (1_800_000_000, 1_800_000_000))
+        os.replace(upload, path)  # the complete export replaces the empty one atomically
+        at_fetch = RemoteFile(fetched.name, fetched.size, fetched.mtime)
+        with pytest.raises(SourceFileChangedError, match=r"changed on .* since it was fetched"):
+            source.quarantine(at_fetch)
+    assert path.read_bytes() == CSV and (sftp_dir / "a.csv.done").exists()
+    assert not (sftp_dir / "quarantine").exists()
+
+
+def test_quarantine_moves_the_file_fetched_and_its_marker(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    write(sftp_dir, "a.csv", b"")
+    write(sftp_dir, "a.csv.done", b"")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        (found,) = source.discover([])
+        fetched = source.fetch(found, tmp_path)
+        where = source.quarantine(RemoteFile(fetched.name, fetched.size, fetched.mtime))
+    assert where == str(sftp_dir / "quarantine" / "a.csv")
+    assert sorted(p.name for p in (sftp_dir / "quarantine").iterdir()) == ["a.csv", "a.csv.done"]

@@ -276,6 +276,37 @@ def test_a_file_still_being_uploaded_waits_for_the_next_run(
     assert records[FILES[1]].size == len(data)
 
 
+def test_an_unreadable_file_replaced_during_the_run_is_not_quarantined(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = FILES[0]
+    (sftp_dir / name).write_bytes(b"")  # unreadable: the file is empty
+    real_quarantine = sftp_module.SftpSource.quarantine
+
+    def replaced_first(self: Any, remote: Any) -> str:  # the uploader delivers while the run reads
+        upload = sftp_dir / f".{name}.uploading"
+        shutil.copy2(SAMPLE_ACME / name, upload)
+        os.utime(upload, (1_800_000_000, 1_800_000_000))
+        os.replace(upload, sftp_dir / name)
+        return real_quarantine(self, remote)
+
+    monkeypatch.setattr(sftp_module.SftpSource, "quarantine", replaced_first)
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    settings = settings_in(tmp_path)
+    with credentials(sandbox), caplog.at_level("WARNING"):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert first.summary["unreadable_files"] == [{"file": name, "reason": "file is empty"}]
+    assert (sftp_dir / name).read_bytes() == (SAMPLE_ACME / name).read_bytes()  # left where it is
+    assert not (sftp_dir / "quarantine").exists()
+    assert "changed on" in caplog.text and "the next run reads" in caplog.text
+    monkeypatch.setattr(sftp_module.SftpSource, "quarantine", real_quarantine)
+    with credentials(sandbox):
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert second.summary["files_new"] == [name] and second.summary["accepted"] > 0
+    assert (sftp_dir / "archive" / name).exists()
+
+
 def test_unreachable_server_exits_75(
     sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
