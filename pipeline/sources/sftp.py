@@ -418,8 +418,11 @@ def _free_name(sftp: paramiko.SFTPClient, folder: str, name: str) -> str:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """fsync a local folder; an error names it (an OSError without a file name is the connection's)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from exc
     finally:
         os.close(fd)

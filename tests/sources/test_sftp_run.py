@@ -35,6 +35,7 @@ from tests.runner_helpers import (
 )
 from tests.sandbox_fixtures import TARGET_KITS
 from tests.sftp_fixtures import SftpServer
+from tests.test_exit_codes import _in_own_mounts
 
 FILES = ("pos_LON01_20261120_10.csv", "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv")
 
@@ -60,11 +61,12 @@ def write_feed_file(feed: Feed, path: Path) -> Path:
     return path
 
 
-def posfeed_run(feed_file: Path, tmp: Path, sandbox: SandboxServer) -> subprocess.CompletedProcess[str]:
-    """`posfeed run --feed FILE --json` as a separate process."""
+def posfeed_run(feed_file: Path, tmp: Path, sandbox: SandboxServer,
+                wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`posfeed run --feed FILE --json` as a separate process (inside ``wrap``, if given)."""
     env = dict(os.environ, **TARGET_KITS["antavo"].env(sandbox))
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+        [*(wrap or []), sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
          str(tmp / "reports"), "run", "--feed", str(feed_file), "--business-date",
          BUSINESS_DATE.isoformat(), "--json"],
         env=env, capture_output=True, text=True, timeout=240, cwd=tmp, check=False,
@@ -305,6 +307,22 @@ def test_an_unreadable_file_replaced_during_the_run_is_not_quarantined(
         second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     assert second.summary["files_new"] == [name] and second.summary["accepted"] > 0
     assert (sftp_dir / "archive" / name).exists()
+
+
+def test_a_full_staging_disk_exits_74_naming_the_path_for_a_small_file_too(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:1])  # a few KiB: it sits in the write buffer until the final flush
+    staging = tmp_path / "state" / "staging"
+    staging.mkdir(parents=True)
+    fill = 'mount -t tmpfs -o size=64k tmpfs "$1" && { head -c 1M /dev/zero > "$1/filler" || true; }'
+    wrap = _in_own_mounts(fill, staging)
+    done = posfeed_run(write_feed_file(sftp_feed(sftp_server, sftp_dir, sandbox), tmp_path / "f.toml"),
+                       tmp_path, sandbox, wrap=wrap)
+    assert done.returncode == 74, done.stderr[-2000:]
+    assert str(tmp_path / "state") in done.stderr and "free disk space" in done.stderr
+    assert "reconnecting" not in done.stderr and "attempt 1 of" not in done.stderr
+    assert (sftp_dir / FILES[0]).exists()
 
 
 def test_unreachable_server_exits_75(
