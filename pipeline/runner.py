@@ -65,7 +65,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
-from pipeline.sources.base import RemoteFile, Source
+from pipeline.sources.base import RemoteFile, Source, SourceFileChangedError
 from pipeline.sources.discovery import lookback_dates
 from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files
 from pipeline.stages.report import report_folder, run_report, write_run_report
@@ -539,8 +539,13 @@ def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:
         return
     location = None
     if ctx.feed.source.after_success != "keep":
-        try:
-            location = source.quarantine(item.remote)
+        try:  # the file as fetched, as for archive and delete: never a newer version under its name
+            location = source.quarantine(RemoteFile(item.record.name, item.record.size, item.record.mtime))
+        except SourceFileChangedError as exc:  # its content as read stays recorded as unreadable
+            ctx.ledger.quarantine_file(item.record.id, None)
+            log_event(log, "quarantine", f"{ctx.feed.name}: {item.record.name} as fetched is unreadable; "
+                      f"{exc}", level=logging.WARNING, feed=ctx.feed.name, file=item.record.name)
+            return
         except Exception as exc:  # recorded anyway: later runs skip it where it is
             log.warning("%s: could not move it into quarantine: %s (recorded as quarantined)",
                         item.record.name, exc)

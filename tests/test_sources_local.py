@@ -13,7 +13,7 @@ import pytest
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
 from pipeline.sources import open_source
-from pipeline.sources.base import RemoteFile
+from pipeline.sources.base import RemoteFile, SourceFileChangedError
 from pipeline.sources.local import LocalSource
 
 
@@ -113,3 +113,17 @@ def test_missing_folder_is_configuration(tmp_path: Path) -> None:
         list(source.discover([date(2026, 11, 20)]))
     with pytest.raises(SourceFolderError, match="folder does not exist"):
         source.check()
+
+
+def test_a_file_replaced_since_fetch_is_not_quarantined(folder: Path, tmp_path: Path) -> None:
+    path = folder / "pos_20261120_a.csv"
+    source = LocalSource(_feed(folder))
+    fetched = source.fetch(next(f for f in source.discover([date(2026, 11, 20)]) if f.name == path.name),
+                           tmp_path / "staging")
+    path.write_text("the complete export\n", encoding="utf-8")
+    with pytest.raises(SourceFileChangedError, match="since it was fetched"):
+        source.quarantine(RemoteFile(fetched.name, fetched.size, fetched.mtime))
+    assert path.read_text(encoding="utf-8") == "the complete export\n"
+    assert not (folder / "quarantine").exists()
+    assert source.quarantine(RemoteFile(path.name, path.stat().st_size, path.stat().st_mtime))
+    assert (folder / "quarantine" / path.name).exists()

@@ -8,7 +8,9 @@ from datetime import date
 from pathlib import Path
 from typing import Literal, Protocol
 
-__all__ = ["FetchedFile", "RemoteFile", "Source"]
+from pipeline.errors import SourceUnavailableError
+
+__all__ = ["FetchedFile", "RemoteFile", "Source", "SourceFileChangedError"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,10 @@ class RemoteFile:
     name: str  # the remote base name (never used as a local path as is)
     size: int
     mtime: float  # seconds since the epoch
+
+
+class SourceFileChangedError(SourceUnavailableError):
+    """The file at the source is no longer the one fetched (another version under its name)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,10 @@ class Source(Protocol):
         ...
 
     def quarantine(self, remote: RemoteFile) -> str:
-        """Move an unreadable file out of the way (into ``source.quarantine_path``); returns where."""
+        """Move an unreadable file out of the way (into ``source.quarantine_path``); returns where.
+
+        Raises SourceFileChangedError, and moves nothing, when the file is no longer the one
+        fetched (``remote`` carries its size and mtime then)."""
         ...
 
     def release(self, location: str, name: str) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "is_temporary",
     "lookback_dates",
     "marker_names",
+    "printable_name",
     "ready_by_marker",
     "ready_by_stability",
     "scan",
@@ -78,11 +79,14 @@ def is_temporary(name: str, suffixes: Iterable[str]) -> bool:
 def unsafe_name_reason(name: str) -> str | None:
     """Why a remote name cannot be used as a local file name, or None when it is safe.
 
-    Remote names are never trusted: no empty name, ``.``/``..``, path separators, control
-    characters, or names longer than a local file system allows.
+    Remote names are never trusted: no empty name, ``.``/``..``, names that are not UTF-8
+    (listed with ``surrogateescape``), path separators, control characters, or names longer than
+    a local file system allows.
     """
     if not name or name in {".", ".."}:
         return "empty or a directory reference"
+    if any("\udc80" <= ch <= "\udcff" for ch in name):
+        return "not valid UTF-8"
     if "/" in name or "\\" in name:
         return "contains a path separator"
     if name.startswith(".."):
@@ -94,6 +98,12 @@ def unsafe_name_reason(name: str) -> str | None:
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         return f"longer than {MAX_NAME_BYTES} bytes"
     return None
+
+
+def printable_name(name: str) -> str:
+    """``name`` as text that can be written anywhere: bytes that are not UTF-8 (listed with
+    ``surrogateescape``) become ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def marker_names(name: str, suffixes: Iterable[str]) -> tuple[str, ...]:
@@ -221,9 +231,10 @@ def discover_ready(
         waiting_for = "still being written (its size or time changed between two listings)"
 
     def on_skip(name: str, why: str) -> None:
-        log.warning("skipping %r in %s: unsafe name (%s)", name, where, why)
+        shown = printable_name(name)
+        log.warning("skipping %r in %s: unsafe name (%s)", shown, where, why)
         if skipped is not None:
-            skipped.append((name, f"unsafe name: {why}"))
+            skipped.append((shown, f"unsafe name: {why}"))
 
     def on_not_ready(f: RemoteFile) -> None:
         log.info("not taking %s yet: %s", f.name, waiting_for)
@@ -237,9 +248,10 @@ def discover_ready(
         patterns = expand_patterns(config.pattern, business_dates)
         for name, kind in sorted(irregular.items()):
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-                log.warning("skipping %r in %s: %s, not a regular file", name, where, kind)
+                shown = printable_name(name)
+                log.warning("skipping %r in %s: %s, not a regular file", shown, where, kind)
                 if skipped is not None:
-                    skipped.append((name, f"{kind}, not a regular file"))
+                    skipped.append((shown, f"{kind}, not a regular file"))
 
 
 def irregular_kind(mode: int) -> str:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
-from pipeline.sources.base import FetchedFile, RemoteFile
+from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 
 __all__ = ["LocalSource"]
@@ -143,7 +143,14 @@ class LocalSource:
 
     def quarantine(self, remote: RemoteFile) -> str:
         """Move an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
-        ``quarantine/`` inside the folder); returns where it went."""
+        ``quarantine/`` inside the folder); returns where it went. A file that changed since it was
+        fetched is left where it is (SourceFileChangedError)."""
+        now = (self.folder / remote.name).stat()
+        if (now.st_size, now.st_mtime) != (remote.size, remote.mtime):
+            raise SourceFileChangedError(
+                f"{remote.name} changed in {self.folder} since it was fetched: not moved into "
+                "quarantine, left where it is; the next run reads the new content"
+            )
         folder = Path(self.config.quarantine_path or "quarantine")
         folder = folder if folder.is_absolute() else self.folder / folder
         folder.mkdir(parents=True, exist_ok=True)

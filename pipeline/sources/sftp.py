@@ -20,17 +20,20 @@ import posixpath
 import stat
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import paramiko
+from paramiko.message import Message
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
-from pipeline.sources.base import FetchedFile, RemoteFile
+from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
 from pipeline.sources.sftp_stream import HashingWriter, PipelinedReader, WriterFailed
@@ -100,12 +103,12 @@ class SftpSource:
     def _list(self) -> Iterator[RemoteFile]:
         sftp = self.connect()
         try:
-            for attrs in sftp.listdir_iter(self.folder):
+            for name, attrs in _listdir_attr(sftp, self.folder):
                 mode = attrs.st_mode or 0
                 if not stat.S_ISREG(mode):
-                    self._irregular[attrs.filename] = irregular_kind(mode)
+                    self._irregular[name] = irregular_kind(mode)
                     continue
-                yield RemoteFile(attrs.filename, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
+                yield RemoteFile(name, int(attrs.st_size or 0), float(attrs.st_mtime or 0))
         except FileNotFoundError as exc:
             raise SourceFolderError(f"{self.address}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
@@ -257,11 +260,22 @@ class SftpSource:
 
     def quarantine(self, remote: RemoteFile) -> str:
         """Rename an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
-        ``quarantine/`` inside the folder); returns where it went."""
+        ``quarantine/`` inside the folder); returns where it went.
+
+        ``remote`` carries the size and mtime the file had when it was fetched; a file that differs
+        now (a new version under the same name) is left where it is for the next run to read, and
+        SourceFileChangedError says so.
+        """
         sftp = self.connect()
         configured = self.config.quarantine_path or "quarantine"
         folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
         try:
+            now = sftp.stat(self._remote(remote.name))
+            if (int(now.st_size or 0), float(now.st_mtime or 0)) != (remote.size, remote.mtime):
+                raise SourceFileChangedError(
+                    f"{remote.name} changed on {self.address} since it was fetched: not moved into "
+                    "quarantine, left where it is; the next run reads the new content"
+                )
             _makedirs(sftp, folder)
             where = ""
             for name in [remote.name, *self._markers_of(sftp, remote.name)]:
@@ -311,6 +325,64 @@ class SftpSource:
         return folder
 
 
+LIST_DEPTH = 16  # READDIR requests kept in flight while listing
+
+
+def _listdir_attr(sftp: paramiko.SFTPClient, folder: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
+    """The entries of ``folder`` (without ``.`` and ``..``) as (name, attributes), streamed.
+
+    paramiko's ``listdir_iter``/``listdir_attr`` decode names strictly as UTF-8, so one name in
+    another encoding fails the whole listing (paramiko issue #546), and it has no bytes variant.
+    This reads the READDIR answers with the same request/response primitives as
+    :class:`~pipeline.sources.sftp_stream.PipelinedReader` and decodes names with
+    ``surrogateescape``, as ``os.listdir`` does: such a name still matches a pattern by its other
+    characters, and :func:`~pipeline.sources.discovery.unsafe_name_reason` refuses it.
+    """
+    client: Any = sftp  # the request/response primitives are not in paramiko's stubs
+    attributes: Any = paramiko.SFTPAttributes
+    kind, msg = client._request(CMD_OPENDIR, client._adjust_cwd(folder))
+    if kind != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    answers = _Answers()
+    pending: deque[int] = deque()
+    try:
+        while True:
+            while len(pending) < LIST_DEPTH:
+                pending.append(client._async_request(answers, CMD_READDIR, handle))
+            num = pending.popleft()
+            while num not in answers.got:
+                client._read_response()
+            kind, msg = answers.got.pop(num)
+            if kind == CMD_STATUS:
+                try:
+                    client._convert_status(msg)
+                except EOFError:
+                    return
+                raise paramiko.SFTPError("unexpected status listing a folder")
+            if kind != CMD_NAME:
+                raise paramiko.SFTPError(f"unexpected response {kind} listing a folder")
+            for _ in range(msg.get_int()):
+                name = msg.get_binary().decode("utf-8", "surrogateescape")
+                msg.get_binary()  # the ls -l style long name
+                attrs = attributes._from_msg(msg)
+                if name not in {".", ".."}:
+                    yield name, attrs
+    finally:
+        with contextlib.suppress(Exception):
+            client._request(CMD_CLOSE, handle)  # the answers still in flight are dropped
+
+
+class _Answers:
+    """Collects the answers paramiko hands back for asynchronous requests."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, Message]] = {}
+
+    def _async_response(self, kind: int, msg: Message, num: int) -> None:  # called by paramiko
+        self.got[num] = (kind, msg)
+
+
 class _RetryableFetch(Exception):
     """A fetch attempt failed in a way a fresh connection can fix."""
 
@@ -346,8 +418,11 @@ def _free_name(sftp: paramiko.SFTPClient, folder: str, name: str) -> str:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """fsync a local folder; an error names it (an OSError without a file name is the connection's)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from exc
     finally:
         os.close(fd)

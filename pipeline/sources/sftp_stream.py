@@ -9,6 +9,7 @@ file size. Tuning notes and figures: docs/BENCHMARKS.md, "Fetch".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -117,19 +118,23 @@ class HashingWriter:
         self._queue.put(chunk)
 
     def close(self) -> str:
-        """Wait for every block, fsync and close; the sha256 hex digest."""
+        """Wait for every block, fsync and close; the sha256 hex digest.
+
+        Any failure to write the local copy (e.g. a full disk, which a file smaller than the write
+        buffer meets only at the final flush) raises WriterFailed with the first error.
+        """
         self._queue.put(None)
         self._thread.join()
+        if self._error is not None:
+            self._discard()
+            raise WriterFailed(self._error)
         try:
-            if self._error is not None:
-                raise WriterFailed(self._error)
-            try:
-                self._out.flush()
-                os.fsync(self._out.fileno())
-            except OSError as exc:
-                raise WriterFailed(exc) from exc
-        finally:
+            self._out.flush()
+            os.fsync(self._out.fileno())
             self._out.close()
+        except OSError as exc:
+            self._discard()
+            raise WriterFailed(exc) from exc
         return self._digest.hexdigest()
 
     def abandon(self) -> None:
@@ -138,7 +143,13 @@ class HashingWriter:
             self._error = self._error or RuntimeError("abandoned")
             self._queue.put(None)
             self._thread.join()
-        self._out.close()
+        self._discard()
+
+    def _discard(self) -> None:
+        """Close the incomplete file; what is still buffered is lost, and so is a second error
+        flushing it (closing retries the flush that just failed)."""
+        with contextlib.suppress(OSError):
+            self._out.close()
 
 
 class WriterFailed(Exception):

@@ -23,7 +23,7 @@ from pipeline.errors import (
     SourceFolderError,
     SourceUnavailableError,
 )
-from pipeline.sources.base import RemoteFile
+from pipeline.sources.base import RemoteFile, SourceFileChangedError
 from pipeline.sources.sftp import SftpSource
 from pipeline.testing.sshd import free_port
 from tests.sftp_fixtures import SftpServer, SftpUser
@@ -231,6 +231,23 @@ def test_symlinks_directories_and_hostile_names_are_skipped(
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "unsafe name" in warned and "escape.csv" in warned and "bad\\nname.csv" in warned
     assert not list(tmp_path.rglob("escape.csv"))
+
+
+def test_names_that_are_not_utf8_are_skipped_and_the_rest_is_listed(
+    sftp_server: SftpServer, sftp_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(sftp_dir, "pos_20261120_10.csv")
+    os.close(os.open(os.fsencode(sftp_dir) + b"/caf\xe9_notes.txt", os.O_CREAT | os.O_WRONLY))
+    os.close(os.open(os.fsencode(sftp_dir) + b"/pos_20261120_1\xe9.csv", os.O_CREAT | os.O_WRONLY))
+    feed = sftp_server.feed(sftp_dir, pattern="pos_{business_date:%Y%m%d}_??.csv")
+    with caplog.at_level(logging.WARNING), SftpSource(feed) as source:
+        found = [f.name for f in source.discover([date(2026, 11, 20)])]
+        skipped = source.skipped
+    assert found == ["pos_20261120_10.csv"]
+    # the Latin-1 name that matches the pattern is reported (printable, with its byte escaped);
+    # the one that does not match is none of the feed's business, like any other file
+    assert skipped == [("pos_20261120_1\\xe9.csv", "unsafe name: not valid UTF-8")]
+    assert "pos_20261120_1\\\\xe9.csv" in caplog.text and "not valid UTF-8" in caplog.text
 
 
 def test_a_file_being_written_is_not_taken_until_stable(
@@ -460,3 +477,35 @@ def test_a_file_changed_since_fetch_is_not_archived(
         path.write_bytes(CSV + b"T3,S1\n")  # a new version arrives under the same name
         source.finish(found, "archive")
     assert path.exists() and not (sftp_dir / "archive").exists()
+
+
+def test_a_file_replaced_since_fetch_is_not_quarantined(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    path = write(sftp_dir, "a.csv", b"")
+    write(sftp_dir, "a.csv.done", b"")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        (found,) = source.discover([])
+        fetched = source.fetch(found, tmp_path)
+        upload = sftp_dir / ".a.csv.uploading"
+        upload.write_bytes(CSV)
+        os.utime(upload, (1_800_000_000, 1_800_000_000))
+        os.replace(upload, path)  # the complete export replaces the empty one atomically
+        at_fetch = RemoteFile(fetched.name, fetched.size, fetched.mtime)
+        with pytest.raises(SourceFileChangedError, match=r"changed on .* since it was fetched"):
+            source.quarantine(at_fetch)
+    assert path.read_bytes() == CSV and (sftp_dir / "a.csv.done").exists()
+    assert not (sftp_dir / "quarantine").exists()
+
+
+def test_quarantine_moves_the_file_fetched_and_its_marker(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    write(sftp_dir, "a.csv", b"")
+    write(sftp_dir, "a.csv.done", b"")
+    with SftpSource(sftp_server.feed(sftp_dir)) as source:
+        (found,) = source.discover([])
+        fetched = source.fetch(found, tmp_path)
+        where = source.quarantine(RemoteFile(fetched.name, fetched.size, fetched.mtime))
+    assert where == str(sftp_dir / "quarantine" / "a.csv")
+    assert sorted(p.name for p in (sftp_dir / "quarantine").iterdir()) == ["a.csv", "a.csv.done"]

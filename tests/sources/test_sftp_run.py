@@ -35,6 +35,7 @@ from tests.runner_helpers import (
 )
 from tests.sandbox_fixtures import TARGET_KITS
 from tests.sftp_fixtures import SftpServer
+from tests.test_exit_codes import _in_own_mounts
 
 FILES = ("pos_LON01_20261120_10.csv", "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv")
 
@@ -60,11 +61,12 @@ def write_feed_file(feed: Feed, path: Path) -> Path:
     return path
 
 
-def posfeed_run(feed_file: Path, tmp: Path, sandbox: SandboxServer) -> subprocess.CompletedProcess[str]:
-    """`posfeed run --feed FILE --json` as a separate process."""
+def posfeed_run(feed_file: Path, tmp: Path, sandbox: SandboxServer,
+                wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`posfeed run --feed FILE --json` as a separate process (inside ``wrap``, if given)."""
     env = dict(os.environ, **TARGET_KITS["antavo"].env(sandbox))
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+        [*(wrap or []), sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
          str(tmp / "reports"), "run", "--feed", str(feed_file), "--business-date",
          BUSINESS_DATE.isoformat(), "--json"],
         env=env, capture_output=True, text=True, timeout=240, cwd=tmp, check=False,
@@ -106,6 +108,25 @@ def test_happy_path_through_posfeed_run_archives_after_success(
     again = json.loads(second.stdout)
     assert again["files_new"] == [] and again["files_already_processed"] == len(FILES) + 1
     assert stats(sandbox)["requests"] == requests + 1  # the credential check, which sends no event
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_the_run_goes_on(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:1])
+    raw = os.fsencode(sftp_dir)
+    (Path(os.fsdecode(raw + b"/caf\xe9_notes.txt"))).write_bytes(b"not an export")
+    shutil.copy2(SAMPLE_ACME / FILES[1], os.fsdecode(raw + b"/pos_LON01_20261120_1\xe9.csv"))
+    done = posfeed_run(write_feed_file(sftp_feed(sftp_server, sftp_dir, sandbox), tmp_path / "f.toml"),
+                       tmp_path, sandbox)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["files_new"] == [FILES[0]] and summary["accepted"] > 0
+    assert summary["skipped_files"] == [
+        {"file": "pos_LON01_20261120_1\\xe9.csv", "reason": "unsafe name: not valid UTF-8"}
+    ]
+    assert [p.name for p in (sftp_dir / "archive").iterdir()] == [FILES[0]]
+    assert "internal error" not in done.stderr
 
 
 @pytest.mark.parametrize("problem", ["changed host key", "unknown host key", "wrong key"])
@@ -255,6 +276,53 @@ def test_a_file_still_being_uploaded_waits_for_the_next_run(
     assert second.summary["files_new"] == [FILES[1]]
     records = {f.name: f for f in ledger_files(tmp_path)}
     assert records[FILES[1]].size == len(data)
+
+
+def test_an_unreadable_file_replaced_during_the_run_is_not_quarantined(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    name = FILES[0]
+    (sftp_dir / name).write_bytes(b"")  # unreadable: the file is empty
+    real_quarantine = sftp_module.SftpSource.quarantine
+
+    def replaced_first(self: Any, remote: Any) -> str:  # the uploader delivers while the run reads
+        upload = sftp_dir / f".{name}.uploading"
+        shutil.copy2(SAMPLE_ACME / name, upload)
+        os.utime(upload, (1_800_000_000, 1_800_000_000))
+        os.replace(upload, sftp_dir / name)
+        return real_quarantine(self, remote)
+
+    monkeypatch.setattr(sftp_module.SftpSource, "quarantine", replaced_first)
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    settings = settings_in(tmp_path)
+    with credentials(sandbox), caplog.at_level("WARNING"):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert first.summary["unreadable_files"] == [{"file": name, "reason": "file is empty"}]
+    assert (sftp_dir / name).read_bytes() == (SAMPLE_ACME / name).read_bytes()  # left where it is
+    assert not (sftp_dir / "quarantine").exists()
+    assert "changed on" in caplog.text and "the next run reads" in caplog.text
+    monkeypatch.setattr(sftp_module.SftpSource, "quarantine", real_quarantine)
+    with credentials(sandbox):
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert second.summary["files_new"] == [name] and second.summary["accepted"] > 0
+    assert (sftp_dir / "archive" / name).exists()
+
+
+def test_a_full_staging_disk_exits_74_naming_the_path_for_a_small_file_too(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    upload(sftp_dir, FILES[:1])  # a few KiB: it sits in the write buffer until the final flush
+    staging = tmp_path / "state" / "staging"
+    staging.mkdir(parents=True)
+    fill = 'mount -t tmpfs -o size=64k tmpfs "$1" && { head -c 1M /dev/zero > "$1/filler" || true; }'
+    wrap = _in_own_mounts(fill, staging)
+    done = posfeed_run(write_feed_file(sftp_feed(sftp_server, sftp_dir, sandbox), tmp_path / "f.toml"),
+                       tmp_path, sandbox, wrap=wrap)
+    assert done.returncode == 74, done.stderr[-2000:]
+    assert str(tmp_path / "state") in done.stderr and "free disk space" in done.stderr
+    assert "reconnecting" not in done.stderr and "attempt 1 of" not in done.stderr
+    assert (sftp_dir / FILES[0]).exists()
 
 
 def test_unreachable_server_exits_75(
