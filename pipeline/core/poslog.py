@@ -11,8 +11,11 @@ Mapping (one checkout per retail transaction):
   (store, workstation, business day, sequence). Template fields are the transaction's own child
   elements by local name (``{RetailStoreID}``, ``{OperatorID}``...), canonical names
   (``{store_id}``, ``{register_id}``, ``{business_date}``) and ``{business_day}`` (YYYYMMDD).
-* ``customer_id``: the first ``poslog.loyalty_id_paths`` match, kept exactly (leading zeros
-  included); none: a guest.
+* ``customer_id``: the first ``poslog.loyalty_id_paths`` that matches, kept exactly (leading zeros
+  included); none: a guest. A transaction that writes one of its own values twice, differently
+  (two loyalty ids on that path, two grand totals, two ``RetailStoreID``, ``WorkstationID``,
+  ``BusinessDayDate`` or ``CurrencyCode``), is rejected with the code lines that disagree get in
+  CSV (``R015``, ``R027``, ``R014``, ``R016``), never sent with the first value.
 * Items: ``Sale`` lines (``Return`` lines in a return). An item void (``LineItem/@VoidFlag``)
   cancels the latest earlier lines of the same item: a fully voided item disappears, a partly
   voided one keeps what is left. A void with nothing to cancel stays as a line with a negative
@@ -70,8 +73,9 @@ import polars as pl
 from lxml import etree
 
 from pipeline.config import POSLOG_PROFILE_NAMESPACES, Feed, PoslogConfig
-from pipeline.core.parse import EXTRA_PREFIX, template_fields
+from pipeline.core.parse import EXTRA_PREFIX, READ_CODE, READ_REASON, template_fields
 from pipeline.core.readstats import ReadStats
+from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS
 from pipeline.errors import ConfigError, UnreadableFileError
 from pipeline.records import CANONICAL_COLUMNS
@@ -104,7 +108,13 @@ PROFILES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 
 _EXTRAS = (EXTRA_PREFIX + "transaction", EXTRA_PREFIX + "xml_line", EXTRA_PREFIX + "poslog_totals")
 _ORDINAL = "_ordinal"  # the item's position among the file's LineItem elements
-_COLUMNS = (*CANONICAL_COLUMNS, "source_line", _ORDINAL, *_EXTRAS)
+_COLUMNS = (*CANONICAL_COLUMNS, "source_line", _ORDINAL, *_EXTRAS, READ_CODE, READ_REASON)
+# a transaction's own elements that must not disagree when written twice, and their fields
+_CONFLICT_FIELDS = {"RetailStoreID": "store_id", "WorkstationID": "register_id",
+                    "BusinessDayDate": "business_date", "CurrencyCode": "currency"}
+# the reject of a transaction whose field has two values (the codes CSV lines that disagree get)
+_CONFLICT_CODES = {"store_id": RejectCode.MIXED_STORES, "customer_id": RejectCode.MIXED_CUSTOMERS,
+                   "currency": RejectCode.MIXED_CURRENCIES}
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
 _ITEM_KINDS = ("Sale", "Return")
@@ -231,6 +241,7 @@ class _Transaction:
         self.names = names
         self.config = config
         self.fields: dict[str, str] = {}
+        self.repeated: set[str] = set()  # fields written twice with different values
         self.body: Any = None
         self.body_kind = ""
         for child in element:
@@ -242,7 +253,9 @@ class _Transaction:
                 if self.body is None:
                     self.body, self.body_kind = child, local
             elif len(child) == 0:
-                self.fields.setdefault(local, _text(child))
+                text = self.fields.setdefault(local, _text(child))
+                if text != _text(child):
+                    self.repeated.add(local)
 
     def skip_kind(self) -> str | None:
         """Why this transaction is not a checkout (None: it is a retail transaction to read)."""
@@ -549,8 +562,11 @@ class _Reader:
         body = txn.body
         fields = txn.fields
         totals: dict[str, str] = {}
+        conflicts: list[str] = [_CONFLICT_FIELDS[f] for f in sorted(txn.repeated) if f in _CONFLICT_FIELDS]
         for total in body.findall(self.tag["Total"]):
-            totals.setdefault(total.get("TotalType") or "", _text(total))
+            kind = total.get("TotalType") or ""
+            if totals.setdefault(kind, _text(total)) != _text(total) and kind == "TransactionGrandAmount":
+                conflicts.append("transaction_total")
         grand_text = totals.get("TransactionGrandAmount", "")
         tax_text = totals.get("TransactionTaxAmount", "")
         grand, tax = _decimal(grand_text), _decimal(tax_text) or _ZERO
@@ -575,9 +591,13 @@ class _Reader:
                         self.name, position, txn.element.sourceline, ", ".join(missing))
         customer = ""
         for path in self.names.loyalty_paths:
+            found = {text for text in (_text(e) for e in body.iterfind(path)) if text}
             customer = _text(body.find(path))
             if customer:
+                if len(found) > 1:  # two members in one transaction: which one earns is a guess
+                    conflicts.append("customer_id")
                 break
+        read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}")
         original = ""
         link = body.find(self.tag["TransactionLink"])
         links = [i.original_link for i in items if i.original_link] or (
@@ -627,6 +647,8 @@ class _Reader:
                     str(position),
                     str(item.xml_line),
                     totals_text,
+                    read_code,
+                    read_reason,
                 )
             )
         if len(self.rows) >= _CHUNK_ROWS:
@@ -718,6 +740,17 @@ class _Reader:
         schema["source_line"] = schema[_ORDINAL] = pl.Int64()
         self.frames.append(pl.DataFrame(self.rows, schema=schema, orient="row"))
         self.rows = []
+
+
+def _conflict(fields: list[str], transaction: str) -> tuple[str | None, str | None]:
+    """The reader's reject of a transaction that writes one of its own values twice, differently
+    (the first such field): the code lines that disagree on it get, and a reason starting with
+    the field (the values are not shown: one may be a customer id)."""
+    if not fields:
+        return None, None
+    field = fields[0]
+    code = _CONFLICT_CODES.get(field, RejectCode.MIXED_TRANSACTION_VALUES)
+    return code.value, f"{field}: transaction {transaction} has different values of {field}"
 
 
 def _canonical(link: dict[str, str], values: dict[str, str]) -> dict[str, str]:

@@ -590,3 +590,37 @@ def test_an_element_outside_the_namespace_makes_the_file_unreadable(
     result = run(write(tmp_path, text))
     assert element in result.unreadable[0].reason and "(poslog.namespace)" in result.unreadable[0].reason
     assert result.summary["rows_in"] == 0 and result.summary["skipped_by_kind"] == {}
+
+
+def test_a_transaction_writing_one_of_its_values_twice_differently_is_rejected(tmp_path: Path) -> None:
+    # the first value was taken: a sale sent to the first of two members, the first of two totals
+    head = ("<RetailStoreID>0042</RetailStoreID><WorkstationID>03</WorkstationID>"
+            "<SequenceNumber>{seq}</SequenceNumber><BusinessDayDate>2026-11-20</BusinessDayDate>")
+    path = write(tmp_path, document(
+        retail(1, member(1, "111"), sale(2, "A", "2.00"), member(3, "999"), grand="2.00"),
+        retail(2, sale(1, "A", "2.00"), grand="2.00").replace(
+            '<Total TotalType="TransactionGrandAmount">2.00</Total>',
+            '<Total TotalType="TransactionGrandAmount">2.00</Total>'
+            '<Total TotalType="TransactionGrandAmount">200.00</Total>'),
+        retail(3, sale(1, "A", "2.00"), grand="2.00",
+               header=head.format(seq=3) + "<RetailStoreID>0043</RetailStoreID>"),
+        retail(4, sale(1, "A", "2.00"), grand="2.00").replace(
+            "<CurrencyCode>USD</CurrencyCode>",
+            "<CurrencyCode>USD</CurrencyCode><CurrencyCode>EUR</CurrencyCode>"),
+        retail(5, member(1, "111"), sale(2, "A", "2.00"), member(3, "111"), grand="2.00"),  # the same twice
+        retail(6, sale(1, "A", "2.00"), grand="2.00"),
+    ))
+    result = run(path)
+    got = {(r["transaction"], r["reject_code"], r["reject_field"])
+           for r in result.rejects.iter_rows(named=True)}
+    assert got == {
+        ("1", "R015_MIXED_CUSTOMERS", "customer_id"),
+        ("2", "R027_MIXED_TRANSACTION_VALUES", "transaction_total"),
+        ("3", "R014_MIXED_STORES", "store_id"),
+        ("4", "R016_MIXED_CURRENCIES", "currency"),
+    }
+    reasons = result.rejects.get_column("reject_reason").to_list()
+    assert all("111" not in r and "999" not in r for r in reasons)  # a customer id is never shown
+    assert f"transaction {txn_id(1)} has different values of customer_id" in reasons
+    assert set(totals_by_id(result)) == {txn_id(5), txn_id(6)}
+    assert balances(result)
