@@ -302,6 +302,7 @@ class _Reader:
         self.frames: list[pl.DataFrame] = []
         vendor = PROFILES[self.config.profile][0]
         self.vendor_namespaces = frozenset({*vendor.values(), *self.config.namespaces.values()})
+        self._tags_checked: dict[Any, bool] = {}  # tag -> in the expected namespace (or no concern)
 
     # ---- the file ---------------------------------------------------------------------------
 
@@ -406,11 +407,17 @@ class _Reader:
         """A transaction body, LineItem or Total outside poslog.namespace (and the vendor ones):
         unreadable."""
         bodies = [c for c in element if _local(c.tag).endswith("Transaction")]
+        checked = self._tags_checked
         for child in (*element, *(c for body in bodies for c in body)):
-            local = _local(child.tag)
-            if not (local in _STRUCTURE or local.endswith("Transaction")) or child.tag == self.names.q(local):
+            tag = child.tag
+            if checked.get(tag) is None:  # each tag judged once per file
+                local = _local(tag)
+                checked[tag] = not (local in _STRUCTURE or local.endswith("Transaction")) or (
+                    tag == self.names.q(local))
+            if checked[tag]:
                 continue
-            ns = child.tag[1:].split("}", 1)[0] if child.tag.startswith("{") else ""
+            local = _local(tag)
+            ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
             if ns not in self.vendor_namespaces:
                 found = f"in namespace {ns}" if ns else "without a namespace"
                 raise UnreadableFileError(
@@ -591,11 +598,11 @@ class _Reader:
                         self.name, position, txn.element.sourceline, ", ".join(missing))
         customer = ""
         for path in self.names.loyalty_paths:
-            found = {text for text in (_text(e) for e in body.iterfind(path)) if text}
-            customer = _text(body.find(path))
+            matches = body.findall(path)
+            customer = _text(matches[0]) if matches else ""
             if customer:
-                if len(found) > 1:  # two members in one transaction: which one earns is a guess
-                    conflicts.append("customer_id")
+                if len(matches) > 1 and len({_text(e) for e in matches} - {""}) > 1:
+                    conflicts.append("customer_id")  # two members in one transaction: a guess
                 break
         read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}")
         original = ""
