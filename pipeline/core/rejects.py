@@ -45,6 +45,7 @@ class RejectCode(StrEnum):
     DATE_TOO_EARLY = "R025_DATE_TOO_EARLY"
     NUMBER_TOO_LARGE = "R026_NUMBER_TOO_LARGE"
     MIXED_TRANSACTION_VALUES = "R027_MIXED_TRANSACTION_VALUES"
+    DISCOUNT_EXCEEDS_LINE = "R028_DISCOUNT_EXCEEDS_LINE"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -97,6 +98,9 @@ CATALOG: dict[RejectCode, str] = {
     "negative); a return line has quantity zero.",
     RejectCode.NEGATIVE_PRICE: "unit_price is negative.",
     RejectCode.NEGATIVE_DISCOUNT: "discount is negative.",
+    RejectCode.DISCOUNT_EXCEEDS_LINE: "discount is more than the line's quantity × unit_price: the "
+    "line would be worth less than nothing (a sale sent with a negative amount, a return that takes "
+    "money back).",
     RejectCode.LINE_TOTAL_MISMATCH: "line_total differs from quantity × unit_price − discount by more "
     "than validation.amount_tolerance.",
     RejectCode.TIMESTAMP_IN_FUTURE: "The timestamp is later than now + validation.max_future_minutes.",

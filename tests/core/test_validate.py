@@ -45,6 +45,10 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ),
     ("negative_price", [row(unit_price="-2.50", line_total="-5.00")], {}, R.NEGATIVE_PRICE),
     ("negative_discount", [row(discount="-1", line_total="6.00")], {}, R.NEGATIVE_DISCOUNT),
+    ("discount_beyond_line", [row(discount="5.01", line_total="-0.01", transaction_total="")], {},
+     R.DISCOUNT_EXCEEDS_LINE),
+    ("return_discount_beyond_line", [row(transaction_type="return", quantity="-2", discount="5.01",
+                                         line_total="")], {}, R.DISCOUNT_EXCEEDS_LINE),
     ("line_total_off", [row(line_total="5.02")], {}, R.LINE_TOTAL_MISMATCH),
     ("future", [row(timestamp="2026-11-21 13:00:00", business_date="2026-11-21")], {}, R.TIMESTAMP_IN_FUTURE),
     ("far_from_business_date", [row(business_date="2026-11-10")], {}, R.TIMESTAMP_FAR_FROM_BUSINESS_DATE),
@@ -402,3 +406,9 @@ def test_a_reason_about_a_customer_id_shows_it_hashed_as_the_feed_does(
         assert "LOY" not in text and f"'{mask_customer_id(customer)}'" in text
     clear = run(rows, feed(logging={"hash_customer_ids": False})).lines.get_column("reject_reason")
     assert all("LOY" in text for text in clear)
+
+
+def test_a_discount_of_the_whole_line_is_a_free_item_not_a_reject() -> None:
+    result = run([row(discount="5.00", line_total="0.00")], feed())
+    assert codes(result) == [None]
+    assert result.checkouts.get_column("total").to_list()[0] == 0

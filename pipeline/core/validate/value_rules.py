@@ -56,6 +56,18 @@ def amount_rules(feed: Feed) -> list[Rule]:
             needs=("v_discount",),
         ),
         Rule(
+            "discount_exceeds_line",
+            RejectCode.DISCOUNT_EXCEEDS_LINE,
+            "discount",
+            pl.col("v_discount") > pl.col("v_gross").abs(),
+            reason(
+                "discount {} is more than quantity × unit_price = {}",
+                pl.col("discount"),
+                money_text(pl.col("v_gross").abs()),
+            ),
+            needs=("v_discount",),
+        ),
+        Rule(
             "line_total_mismatch",
             RejectCode.LINE_TOTAL_MISMATCH,
             "line_total",
