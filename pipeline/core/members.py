@@ -50,7 +50,7 @@ PERSONAL_FIELDS = ("email", "phone", "first_name", "last_name", "birth_date")
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 _PHONE_STRIP = re.compile(r"[\s.\-()/]")
-_PHONE = re.compile(r"^\+?\d{6,15}$")
+_PHONE = re.compile(r"^\+?[0-9]{6,15}$")
 _TRUE = {"true", "yes", "1", "y"}
 _FALSE = {"false", "no", "0", "n"}
 

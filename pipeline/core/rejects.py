@@ -46,6 +46,7 @@ class RejectCode(StrEnum):
     NUMBER_TOO_LARGE = "R026_NUMBER_TOO_LARGE"
     MIXED_TRANSACTION_VALUES = "R027_MIXED_TRANSACTION_VALUES"
     DISCOUNT_EXCEEDS_LINE = "R028_DISCOUNT_EXCEEDS_LINE"
+    NEGATIVE_POINTS_BURNED = "R029_NEGATIVE_POINTS_BURNED"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -101,6 +102,8 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.DISCOUNT_EXCEEDS_LINE: "discount is more than the line's quantity × unit_price: the "
     "line would be worth less than nothing (a sale sent with a negative amount, a return that takes "
     "money back).",
+    RejectCode.NEGATIVE_POINTS_BURNED: "A sale's points_burned is negative (points spent at the "
+    "till cannot be less than none; sent, it would credit the member).",
     RejectCode.LINE_TOTAL_MISMATCH: "line_total differs from quantity × unit_price − discount by more "
     "than validation.amount_tolerance.",
     RejectCode.TIMESTAMP_IN_FUTURE: "The timestamp is later than now + validation.max_future_minutes.",

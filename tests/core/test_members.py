@@ -46,6 +46,9 @@ def test_which_contact_is_required_is_configurable() -> None:
     both = Feed(name="m", records="enrollments", enrollments={"contact_required": "both"})
     assert codes(both, enrollment(), enrollment(phone="0770 0900 123")) == ["R103_BAD_PHONE", None]
     assert codes(either, enrollment(phone="12ab")) == ["R103_BAD_PHONE"]
+    # digits of another script are no phone number a platform can dial
+    assert codes(either, enrollment(phone="+\u0664\u0664 \u0667\u0667\u0660\u0660 \u0669\u0660\u0660")) == [
+        "R103_BAD_PHONE"]
 
 
 def test_required_fields_dates_and_consents() -> None:

@@ -22,6 +22,12 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("too_many_decimals", [row(unit_price="2.50001", line_total="")], {}, R.BAD_NUMBER),
     ("thousands_separator", [row(unit_price="1,000.00", line_total="")], {}, R.BAD_NUMBER),
     ("bad_line_no", [row(line_no="1.5")], {}, R.BAD_NUMBER),
+    # digits of other scripts are not read as numbers (before: taken for an empty value, so a
+    # required quantity was "missing" and a discount silently none)
+    ("arabic_indic_quantity", [row(quantity="\u0662", line_total="")], {}, R.BAD_NUMBER),
+    ("fullwidth_discount", [row(discount="\uff11", line_total="5.00")], {}, R.BAD_NUMBER),
+    ("fullwidth_total", [row(transaction_total="\uff15.00")], {}, R.BAD_NUMBER),
+    ("arabic_indic_line_no", [row(line_no="\u0661")], {}, R.BAD_NUMBER),
     ("price_of_13_digits", [row(unit_price="1000000000000", line_total="")], {}, R.NUMBER_TOO_LARGE),
     ("quantity_of_10_digits", [row(quantity="1000000000", line_total="")], {}, R.NUMBER_TOO_LARGE),
     ("line_of_a_million_million", [row(quantity="1000000", unit_price="1000000", line_total="")], {},
@@ -49,6 +55,7 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
      R.DISCOUNT_EXCEEDS_LINE),
     ("return_discount_beyond_line", [row(transaction_type="return", quantity="-2", discount="5.01",
                                          line_total="")], {}, R.DISCOUNT_EXCEEDS_LINE),
+    ("negative_points_burned", [row(points_burned="-5")], {}, R.NEGATIVE_POINTS_BURNED),
     ("line_total_off", [row(line_total="5.02")], {}, R.LINE_TOTAL_MISMATCH),
     ("future", [row(timestamp="2026-11-21 13:00:00", business_date="2026-11-21")], {}, R.TIMESTAMP_IN_FUTURE),
     ("far_from_business_date", [row(business_date="2026-11-10")], {}, R.TIMESTAMP_FAR_FROM_BUSINESS_DATE),

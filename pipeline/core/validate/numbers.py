@@ -5,6 +5,8 @@ With ``format.decimal_comma``, the comma is the decimal mark and a dot only sepa
 is not a number of that feed. A value is read only when it has at most the field's decimal places
 and whole digits (:data:`NUMBER_FIELDS`); otherwise ``v_bad_<field>`` is true and the typed value
 null, and ``v_big_<field>`` tells a number with too many whole digits from text that is none.
+Digits are ASCII ``0-9`` only (a regex's ``\\d`` also matches ``٣`` or ``５``, which no decimal
+conversion reads: such a value would have been taken for an empty one).
 Bounding the whole digits keeps every product and sum of the data path inside its decimal type
 (which would overflow, or silently wrap when summed) and inside what a platform takes.
 """
@@ -36,7 +38,7 @@ NUMBER_FIELDS: dict[str, tuple[pl.DataType, int, int]] = {
     "line_no": (pl.Int64(), 0, 18),
 }
 # a decimal-comma number: dots only between groups of three digits, then the decimal comma
-_DECIMAL_COMMA = r"^[+-]?(\d{1,3}(\.\d{3})+|\d*)(,\d*)?$"
+_DECIMAL_COMMA = r"^[+-]?([0-9]{1,3}(\.[0-9]{3})+|[0-9]*)(,[0-9]*)?$"
 
 # a column with at most one distinct text per this many rows is parsed once per distinct text
 _DISTINCT_RATIO = 8
@@ -62,12 +64,12 @@ def _parse_numbers(frame: pl.DataFrame, fields: Sequence[str], feed: Feed) -> pl
         dtype, places, whole = NUMBER_FIELDS[field]
         text = pl.col(f"_n_{field}")
         if places:
-            ok = text.str.contains(rf"^[+-]?(\d+(\.\d{{0,{places}}})?|\.\d{{1,{places}}})$")
+            ok = text.str.contains(rf"^[+-]?([0-9]+(\.[0-9]{{0,{places}}})?|\.[0-9]{{1,{places}}})$")
             # leading zeros aside, at most `whole` digits before the decimal mark
-            fits = text.str.contains(rf"^[+-]?0*\d{{0,{whole}}}(\.|$)")
+            fits = text.str.contains(rf"^[+-]?0*[0-9]{{0,{whole}}}(\.|$)")
             value = pl.when(fits).then(text).str.to_decimal(scale=places).cast(dtype)
         else:
-            ok = text.str.contains(rf"^[+-]?\d{{1,{whole}}}$")
+            ok = text.str.contains(rf"^[+-]?[0-9]{{1,{whole}}}$")
             fits = pl.lit(True)
             value = text.cast(pl.Int64, strict=False)
         parsed += [ok.alias(f"_ok_{field}"), fits.alias(f"_fits_{field}"), value.alias(f"_v_{field}")]

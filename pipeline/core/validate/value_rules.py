@@ -21,7 +21,7 @@ __all__ = ["amount_rules", "date_range_rules", "shape_rules"]
 
 
 def amount_rules(feed: Feed) -> list[Rule]:
-    """Quantities, prices and discounts of the right sign, and a line total that adds up."""
+    """Quantities, prices, discounts and points of the right sign, and a line total that adds up."""
     q = pl.col("v_quantity")
     txn_type = pl.col("v_type")
     tolerance = money(feed.validation.amount_tolerance)
@@ -66,6 +66,14 @@ def amount_rules(feed: Feed) -> list[Rule]:
                 money_text(pl.col("v_gross").abs()),
             ),
             needs=("v_discount",),
+        ),
+        Rule(
+            "negative_points_burned",
+            RejectCode.NEGATIVE_POINTS_BURNED,
+            "points_burned",
+            (txn_type == TransactionType.SALE) & (pl.col("v_points_burned") < 0),
+            reason("points_burned {} is negative on a sale", pl.col("points_burned")),
+            needs=("v_points_burned",),
         ),
         Rule(
             "line_total_mismatch",
