@@ -86,3 +86,38 @@ def test_with_return_context_decides_a_sales_returns_in_ledger_order(tmp_path: P
     assert (over.state, over.last_error_code) == (TxnState.NOT_SENT, "over_refund")
     assert decided == {"R-1": ("refund_item", True), "R-2": ("refund_item", True),
                        "R-4": ("refund_item", True), "R-5": ("refund", True)}
+
+
+NOT_SALES = [
+    "S-1,LON01,R1,2026-11-20 10:00:00,2026-11-20,M1,sale,1,MILK,Milk,dairy,2,1.20,,2.40,GBP,2.40,,",
+    "V-1,LON01,R1,2026-11-20 10:01:00,2026-11-20,M1,void,1,MILK,Milk,dairy,1,1.20,,1.20,GBP,1.20,,",
+    "R-1,LON01,R2,2026-11-20 11:00:00,2026-11-20,M1,return,1,MILK,Milk,dairy,-1,1.20,,-1.20,GBP,-1.20,,S-1",
+    # a return of a return, of a void, of itself: nothing of them was bought
+    "R-2,LON01,R2,2026-11-20 11:01:00,2026-11-20,M1,return,1,MILK,Milk,dairy,-1,1.20,,-1.20,GBP,-1.20,,R-1",
+    "R-3,LON01,R2,2026-11-20 11:02:00,2026-11-20,M1,return,1,MILK,Milk,dairy,-1,1.20,,-1.20,GBP,-1.20,,V-1",
+    "R-4,LON01,R2,2026-11-20 11:03:00,2026-11-20,M1,return,1,MILK,Milk,dairy,-1,1.20,,-1.20,GBP,-1.20,,R-4",
+]
+
+
+def test_a_return_naming_a_return_a_void_or_itself_is_never_sent(
+    sandbox: SandboxServer, target_kind: str, tmp_path: Path
+) -> None:
+    """Before, Antavo was sent each (and refused it) and CRM.COM held each as retryable for ever,
+    waiting for a purchase that never comes (the void's return was called a guest's)."""
+    drop = tmp_path / "drop"
+    _write(drop, "pos_LON01_20261120_10.csv", NOT_SALES)
+    settings = settings_in(tmp_path)
+    with credentials(sandbox, target_kind):
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, target_kind=target_kind)
+        dry = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)], dry_run=True)
+        done = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+    assert dry.summary["not_sent"] == done.summary["not_sent"] == 3  # the dry run decides the same
+    assert done.summary["failed_retryable"] == done.summary["failed_permanent"] == 0
+    assert done.summary["balanced"] is True
+    with Ledger(settings.ledger_path) as ledger:
+        rows = {t.transaction_id: t for t in ledger.run_transactions(done.run_id)}
+    assert rows["R-1"].state is TxnState.ACCEPTED
+    for tid, named in (("R-2", "R-1, a return"), ("R-3", "V-1, a void"), ("R-4", "itself")):
+        assert rows[tid].state is TxnState.NOT_SENT and rows[tid].attempts == 0
+        assert rows[tid].last_error_code == "original_not_a_sale"
+        assert f"names {named}, not a sale" in str(rows[tid].last_error_message)

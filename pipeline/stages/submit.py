@@ -36,12 +36,15 @@ from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.stages.returns import with_return_context
 
 __all__ = [
-    "BATCH_SIZE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims", "personal_values",
+    "BATCH_SIZE", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims",
+    "gate_returns", "personal_values",
     "sales_first_batches", "submit_rows", "with_originals", "without_personal",
 ]
 
 log = logging.getLogger(__name__)
 
+# a return naming itself, another return or a void (a target-level code of both targets)
+ORIGINAL_NOT_A_SALE = "original_not_a_sale"
 BATCH_SIZE = 2000  # checkouts handed to the sink at a time (each hand-over lets the requests in flight drain)
 
 
@@ -113,6 +116,8 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
     unsent: list[EventResult] = []
     if feed.records == "claims":
         decoded, unsent = gate_claims(ledger, feed, decoded)
+    elif feed.records == "transactions":
+        decoded, unsent = gate_returns(ledger, feed.scope, decoded)
     checkouts = with_originals(ledger, feed.scope, decoded)
     if feed.records == "transactions" and isinstance(feed.target, AntavoTarget):
         checkouts = with_return_context(ledger, feed.scope, checkouts, mode=feed.target.return_mode)
@@ -220,6 +225,35 @@ def _recorded(record: TxnRecord) -> dict[str, Any]:
 def may_have_landed(record: TxnRecord) -> bool:
     """Whether an earlier request carrying this transaction went out (a resend must check first)."""
     return record.state is TxnState.SENDING or record.attempts > 0
+
+
+def gate_returns(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """The checkouts that may go on to the sink, and a NOT_SENT result (``original_not_a_sale``) for
+    each return whose ``original_transaction_id`` the ledger holds as no sale: the return itself,
+    another return or a void. Nothing of it was bought, so there is nothing to refund or cancel
+    (Antavo would refuse it, and CRM.COM would wait for a purchase that never comes)."""
+    def is_return(checkout: dict[str, Any]) -> bool:
+        return checkout.get("transaction_type") == TransactionType.RETURN and bool(
+            checkout.get("original_transaction_id"))
+
+    named = [str(c["original_transaction_id"]) for c in checkouts if is_return(c)]
+    if not named:
+        return checkouts, []
+    known = ledger.originals(scope, named)
+    ready: list[dict[str, Any]] = []
+    unsent: list[EventResult] = []
+    for checkout in checkouts:
+        original = known.get(str(checkout["original_transaction_id"])) if is_return(checkout) else None
+        if original is None or original.transaction_type == TransactionType.SALE:
+            ready.append(checkout)
+            continue
+        named_as = ("itself" if original.transaction_id == checkout["transaction_id"]
+                    else f"{original.transaction_id}, a {original.transaction_type}")
+        unsent.append(EventResult(
+            checkout["transaction_id"], Outcome.NOT_SENT, error_code=ORIGINAL_NOT_A_SALE,
+            error_message=f"never sent: the return names {named_as}, not a sale", attempts=0))
+    return ready, unsent
 
 
 def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
