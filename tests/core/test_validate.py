@@ -76,6 +76,8 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("control_in_store", [row(store_id="S\x071")], {}, R.CONTROL_CHARACTER_IN_ID),
     ("offset_plus_25", [row(timestamp="2026-11-20T10:00:00+25:00")], {}, R.OFFSET_OUT_OF_RANGE),
     ("offset_minus_1430", [row(timestamp="2026-11-20T10:00:00-14:30")], {}, R.OFFSET_OUT_OF_RANGE),
+    ("offset_in_arabic_indic_digits", [row(timestamp="2026-11-20T10:00:00+\u0660\u0661:\u0660\u0660")], {},
+     R.BAD_TIMESTAMP),
     ("offset_minutes_75", [row(timestamp="2026-11-20T10:00:00+01:75")], {}, R.OFFSET_OUT_OF_RANGE),
     ("year_1999", [row(timestamp="1999-12-31 10:00:00", business_date="")], {}, R.DATE_TOO_EARLY),
     ("business_date_1999", [row(business_date="1999-12-31", timestamp="2026-11-20 10:00:00")],

@@ -17,7 +17,7 @@ from pipeline.core.validate.exprs import clean
 __all__ = ["time_columns"]
 
 _MAX_OFFSET_MINUTES = 14 * 60
-_OFFSET_RE = r"[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})$"
+_OFFSET_RE = r"[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?\s*(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
 
 def _timezones(feed: Feed) -> list[str]:
@@ -34,7 +34,7 @@ def time_columns(distinct: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     text = clean("timestamp")
     offset = text.str.extract(_OFFSET_RE, 1)
     wall = (
-        pl.when(offset.is_not_null()).then(text.str.replace(r"\s*(Z|[+-]\d{2}:?\d{2})$", "")).otherwise(text)
+        pl.when(offset.is_not_null()).then(text.str.replace(r"\s*(Z|[+-][0-9]{2}:?[0-9]{2})$", "")).otherwise(text)
     )
     if feed.format.timestamp_format:
         local = wall.str.to_datetime(feed.format.timestamp_format, time_unit="us", strict=False)
