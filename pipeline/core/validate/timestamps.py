@@ -34,7 +34,9 @@ def time_columns(distinct: pl.DataFrame, feed: Feed) -> pl.DataFrame:
     text = clean("timestamp")
     offset = text.str.extract(_OFFSET_RE, 1)
     wall = (
-        pl.when(offset.is_not_null()).then(text.str.replace(r"\s*(Z|[+-][0-9]{2}:?[0-9]{2})$", "")).otherwise(text)
+        pl.when(offset.is_not_null())
+        .then(text.str.replace(r"\s*(Z|[+-][0-9]{2}:?[0-9]{2})$", ""))
+        .otherwise(text)
     )
     if feed.format.timestamp_format:
         local = wall.str.to_datetime(feed.format.timestamp_format, time_unit="us", strict=False)
