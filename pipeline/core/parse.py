@@ -403,10 +403,31 @@ def _object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return found
 
 
+def _read_keys(fmt: FormatConfig) -> frozenset[str]:
+    """The keys (trimmed) whose values a feed reads: its canonical columns, where ``columns`` maps
+    them, and the fields of its ``transaction_id_template``."""
+    keys = {*CANONICAL_COLUMNS, *(str(ref).strip() for ref in fmt.columns.values())}
+    if fmt.transaction_id_template:
+        keys.update(field for _, field in template_fields(fmt.transaction_id_template) if field)
+    return frozenset(keys)
+
+
+def _not_a_value(parsed: dict[str, Any], read_keys: frozenset[str]) -> str | None:
+    """Why a key the feed reads holds no text or number (an object, an array, a boolean), if one does."""
+    for key, value in parsed.items():
+        if isinstance(value, dict | list | bool) and key.strip() in read_keys:
+            kind = "an object" if isinstance(value, dict) else "an array" if isinstance(value, list) else (
+                json.dumps(value))
+            return f"field '{one_line(key, 40)}' holds {kind}, not a text or a number"
+    return None
+
+
 def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     """JSON Lines, one object per line; numbers are read as the text they were written as, so an
     id such as 12345678901234567890 keeps every digit. A line that is not a JSON object is a
-    reject (``R021_NOT_JSON``), not the end of the file."""
+    reject (``R021_NOT_JSON``), not the end of the file; so is one whose field holds an object, an
+    array or a boolean (``R030_JSON_VALUE_NOT_TEXT``), which no id, amount or code can be."""
+    read_keys = _read_keys(fmt)
     data = _decode(data, fmt, name)
     _check_text(data, name)
     try:
@@ -441,6 +462,8 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
                 nul = next((k for k, v in values.items() if v and "\x00" in v), None)
                 if nul is not None:
                     code, reason = RejectCode.NUL_IN_ROW, f"NUL character in field '{nul}'"
+                elif (odd := _not_a_value(parsed, read_keys)) is not None:
+                    code, reason = RejectCode.JSON_VALUE_NOT_TEXT, odd
             else:
                 code = RejectCode.NOT_JSON
                 reason = f"line {number} is JSON but not an object: {excerpt(line)}"

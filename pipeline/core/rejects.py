@@ -47,6 +47,7 @@ class RejectCode(StrEnum):
     MIXED_TRANSACTION_VALUES = "R027_MIXED_TRANSACTION_VALUES"
     DISCOUNT_EXCEEDS_LINE = "R028_DISCOUNT_EXCEEDS_LINE"
     NEGATIVE_POINTS_BURNED = "R029_NEGATIVE_POINTS_BURNED"
+    JSON_VALUE_NOT_TEXT = "R030_JSON_VALUE_NOT_TEXT"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -65,6 +66,7 @@ READER_CODES: tuple[RejectCode, ...] = (
     RejectCode.UNBALANCED_QUOTE,
     RejectCode.NOT_JSON,
     RejectCode.NUL_IN_ROW,
+    RejectCode.JSON_VALUE_NOT_TEXT,
 )
 
 CATALOG: dict[RejectCode, str] = {
@@ -76,6 +78,9 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.NOT_JSON: "A JSON Lines line is not a JSON object, or repeats a key (which of its "
     "values counts would be a guess).",
     RejectCode.NUL_IN_ROW: "A NUL character (byte 0) anywhere in the record.",
+    RejectCode.JSON_VALUE_NOT_TEXT: "A JSON Lines field the feed reads holds an object, an array, "
+    "true or false: no text or number a checkout can carry (keys the feed does not read may hold "
+    "anything).",
     RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
     "store_id, timestamp, product_id, quantity, unit_price, currency.",
     RejectCode.CONTROL_CHARACTER_IN_ID: "An id (transaction_id, original_transaction_id, customer_id, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import polars as pl
@@ -91,6 +92,9 @@ READER_CASES: list[tuple[str, str, dict[str, object], RejectCode]] = [
     ("unclosed_quote", '{header}\n"{line}\n', {}, R.UNBALANCED_QUOTE),
     ("text_after_quote", '{header}\n"T1"x,{rest}\n', {}, R.UNBALANCED_QUOTE),
     ("not_json", "[1, 2]\n", {"format": {"kind": "jsonl"}}, R.NOT_JSON),
+    # before: read as the text '{"id":"C1"}' and sent as the member's id
+    ("json_object_in_customer_id", json.dumps({**row(), "customer_id": {"id": "C1"}}).replace("{", "{{")
+     .replace("}", "}}") + "\n", {"format": {"kind": "jsonl"}}, R.JSON_VALUE_NOT_TEXT),
 ]
 
 
@@ -421,3 +425,18 @@ def test_a_discount_of_the_whole_line_is_a_free_item_not_a_reject() -> None:
     result = run([row(discount="5.00", line_total="0.00")], feed())
     assert codes(result) == [None]
     assert result.checkouts.get_column("total").to_list()[0] == 0
+
+
+def test_keys_a_feed_does_not_read_may_hold_anything_but_the_ones_it_reads_may_not() -> None:
+    from pipeline.core.parse import read_bytes
+    from pipeline.core.transform import transform
+
+    lines = [{**row(), "basket": {"lines": [1, 2]}, "flags": [True]},  # not read: fine
+             {**row(transaction_id="T2"), "receipt": ["R", "9"]},  # read by the template: not fine
+             {**row(transaction_id="T3"), "store_id": True}]
+    the_feed = feed(format={"kind": "jsonl", "transaction_id_template": "{transaction_id}-{receipt}"})
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    result = transform(read_bytes(data, the_feed, source_name="r.jsonl"), the_feed, now=NOW)
+    assert codes(result)[1:] == [R.JSON_VALUE_NOT_TEXT.value] * 2
+    reasons = result.lines.get_column("reject_reason").to_list()
+    assert "field 'receipt' holds an array" in reasons[1] and "holds true" in reasons[2]
