@@ -23,7 +23,11 @@ Mapping (one checkout per retail transaction):
   non-zero amount, stays a line as written, so that validation rejects it (``R002``, ``R007``) with
   its transaction; a line of quantity 0 and amount 0 is counted as voided. Items with a negative
   amount on purpose (a deposit refund, or an ``ItemType`` in ``poslog.negative_item_types``) are
-  not items: their amount is part of the discount below.
+  not items: their amount is part of the discount below. A transaction with no other items (a sale
+  of negative lines only, bottles brought back) is never skipped with its money: those lines are
+  sent as written, and validation judges them as it judges the same CSV lines (negative
+  quantities only make a return with ``validation.treat_negative_quantity_as_return``, else
+  ``R007``; a negative amount ``R010``, a total the lines do not make ``R018``).
 * Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
@@ -431,6 +435,7 @@ class _Reader:
         counts = self.stats.line_items_by_kind
         meta, sequence = self.meta_tags, self.tag["SequenceNumber"]
         items: list[_Item] = []
+        negatives: list[_Item] = []  # items that take money off (part of the discount)
         for line in line_items:
             self.ordinal += 1
             detail = None
@@ -449,10 +454,10 @@ class _Reader:
             if kind not in _ITEM_KINDS:
                 counts[_snake(kind) + ("_voided" if is_void else "")] += 1
                 continue
-            if not is_void and (detail.get("ItemType") or "").rsplit(":", 1)[-1] in self.negative_types:
-                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
-                continue
             item = self._item(line, line_no, detail, kind)
+            if not is_void and (detail.get("ItemType") or "").rsplit(":", 1)[-1] in self.negative_types:
+                negatives.append(item)  # a deposit refund and the like: part of the discount
+                continue
             if item.kept_as_read:
                 counts[_snake(kind) + ("_voided" if is_void else "")] += 1
                 item.voided = is_void
@@ -469,7 +474,7 @@ class _Reader:
                     items.append(item)
                 continue
             if item.amount < 0 or item.quantity < 0:
-                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
+                negatives.append(item)
                 continue
             counts[_snake(kind)] += 1
             items.append(item)
@@ -480,6 +485,17 @@ class _Reader:
                 counts[_snake(item.kind) + "_voided"] += 1
             else:
                 kept.append(item)
+        if negatives and kept:
+            counts["negative_item"] += len(negatives)
+        elif negatives:
+            # nothing but money off (a sale of negative lines, bottles brought back): never dropped
+            # with its money, its lines go as written and validation judges them as CSV lines
+            for item in negatives:
+                counts[_snake(item.kind)] += 1
+                item.kept_as_read = True
+                item.raw = {"discount": _number_text(item.own_discount),
+                            "line_total": _number_text(item.amount - item.own_discount), **item.raw}
+            return negatives
         return kept
 
     @staticmethod

@@ -21,6 +21,7 @@ from pipeline.core.readstats import ReadStats
 from pipeline.core.transform import TransformResult, transform, transform_files
 from pipeline.demo import repo_root
 from pipeline.errors import UnreadableFileError
+from tests.core import helpers
 from tests.core.helpers import NOW
 
 ARTS = "http://www.nrf-arts.org/IXRetail/namespace/"
@@ -33,9 +34,9 @@ def feed(**poslog: object) -> Feed:
     template = poslog.pop("template", None)
     if template:
         fmt["transaction_id_template"] = template
-    return Feed.model_validate(
-        {"name": "poslog-test", "timezone": "America/New_York", "format": fmt, "poslog": poslog}
-    )
+    validation = poslog.pop("validation", {})
+    return Feed.model_validate({"name": "poslog-test", "timezone": "America/New_York", "format": fmt,
+                                "poslog": poslog, "validation": validation})
 
 
 # ---- builders: a POSLog document as text ---------------------------------------------------
@@ -624,3 +625,53 @@ def test_a_transaction_writing_one_of_its_values_twice_differently_is_rejected(t
     assert f"transaction {txn_id(1)} has different values of customer_id" in reasons
     assert set(totals_by_id(result)) == {txn_id(5), txn_id(6)}
     assert balances(result)
+
+
+@pytest.mark.parametrize("as_return", [True, False])
+def test_a_sale_of_negative_lines_only_gets_the_answer_its_csv_lines_get(
+    tmp_path: Path, as_return: bool
+) -> None:
+    # it used to be skipped as no_items with its money; now its lines are sent as written
+    bottles = sale(1, "BOTTLES", "0.30").replace('ItemType="Stock"', 'ItemType="acs:NegativeItem"')
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00", "-1", "-2.00"), grand="-2.00"),  # quantity and amount negative
+        retail(2, sale(1, "B", "3.00", "1", "-3.00"), grand="-3.00"),  # the amount only
+        retail(3, bottles, grand="-0.30"),  # bottles back, nothing bought
+        retail(4, sale(1, "C", "1.00"), grand="1.00"),
+    ))
+    validation = {"treat_negative_quantity_as_return": as_return}
+    result = run(path, feed(validation=validation))
+    # the same lines as a CSV export
+    csv_rows = [
+        helpers.row(transaction_id=txn_id(seq), store_id="0042", register_id="03", customer_id="",
+                    timestamp=f"2026-11-20T10:{seq:02d}:00", product_id=item, quantity=qty, unit_price=price,
+                    line_total=amount, discount="", transaction_total=total, currency="USD")
+        for seq, item, qty, price, amount, total in (
+            (1, "A", "-1", "2.00", "-2.00", "-2.00"),
+            (2, "B", "1", "3.00", "-3.00", "-3.00"),
+            (3, "BOTTLES", "1", "0.30", "0.30", "-0.30"),
+            (4, "C", "1", "1.00", "1.00", "1.00"),
+        )
+    ]
+    csv_feed = helpers.feed(timezone="America/New_York", validation=validation)
+    expected = helpers.run(csv_rows, csv_feed)
+
+    def outcome(r: TransformResult) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, Decimal]]]:
+        # POSLog rejects name the transaction's position (here its SequenceNumber), CSV ones its id
+        rejects = {(x.get("transaction_id") or txn_id(int(x["transaction"])), x["reject_code"],
+                    x["reject_field"]) for x in r.rejects.iter_rows(named=True)}
+        kept = {(x["transaction_id"], x["transaction_type"], x["total"])
+                for x in r.checkouts.iter_rows(named=True)}
+        return rejects, kept
+
+    assert outcome(result) == outcome(expected)
+    codes = {tid: code for tid, code, _ in outcome(result)[0]}
+    assert codes[txn_id(2)] == "R010_LINE_TOTAL_MISMATCH"
+    assert codes[txn_id(3)] == "R018_TRANSACTION_TOTAL_MISMATCH"
+    # a sale of negative quantities only is a return when the feed says so, else R007, as in CSV
+    assert codes.get(txn_id(1)) == (None if as_return else "R007_NON_POSITIVE_QUANTITY")
+    second = result.rejects.filter(pl.col("transaction") == "2").row(0, named=True)
+    assert second["source_line"] == 4  # the XML line of its LineItem
+    assert result.summary["skipped_by_kind"] == {} and balances(result)
+    assert result.summary["line_items_by_kind"] == {"sale": 4}
+
