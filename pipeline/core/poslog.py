@@ -57,10 +57,11 @@ Mapping (one checkout per retail transaction):
 on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
 in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
-not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, or
-with a transaction body, ``LineItem``, ``Total`` or ``TransactionLink`` outside
-``poslog.namespace`` (and the vendor namespaces) is unreadable as a whole, with the position where
-it broke and the last complete transaction: a half-read transaction log is never sent in part.
+not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, with
+a ``Transaction`` outside ``poslog.namespace``, or with a transaction body, ``LineItem``, ``Total``
+or ``TransactionLink`` outside it and the vendor namespaces is unreadable as a whole, with the
+position where it broke and the last complete transaction (or the element and its line): a
+half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
@@ -325,6 +326,7 @@ class _Reader:
                 resolve_entities=False,
                 no_network=True,
             )
+            transaction = self.names.transaction
             for _, element in events:
                 position += 1
                 last_line = element.sourceline or last_line
@@ -332,7 +334,12 @@ class _Reader:
                 element.clear(keep_tail=False)
                 parent = element.getparent()
                 while element.getprevious() is not None and parent is not None:
+                    if parent[0].tag != transaction:
+                        self._check_skipped(parent[0], position - 1)
                     del parent[0]
+            for element in events.root if events.root is not None else ():
+                if element.tag != transaction:
+                    self._check_skipped(element, position)
         except etree.XMLSyntaxError as exc:
             line, column = exc.position if exc.position else (0, 0)
             after = (
@@ -420,15 +427,27 @@ class _Reader:
                     tag == self.names.q(local))
             if checked[tag]:
                 continue
-            local = _local(tag)
             ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
             if ns not in self.vendor_namespaces:
-                found = f"in namespace {ns}" if ns else "without a namespace"
-                raise UnreadableFileError(
-                    self.name,
-                    f"<{local}> at line {child.sourceline} (transaction {position}) is {found}, not in "
-                    f"{self.names.ns or 'no namespace'} (poslog.namespace)",
-                )
+                raise self._outside(child, f"transaction {position}")
+
+    def _check_skipped(self, element: Any, before: int) -> None:
+        """A ``Transaction`` the parse passed over (outside poslog.namespace): unreadable, never
+        silently lost. ``before``: the transactions read before it."""
+        if _local(element.tag) == "Transaction":
+            where = f"after transaction {before}" if before else "before the first transaction"
+            raise self._outside(element, where)
+
+    def _outside(self, element: Any, where: str) -> UnreadableFileError:
+        """The file is unreadable: ``element`` is outside poslog.namespace."""
+        tag = element.tag
+        ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+        found = f"in namespace {ns}" if ns else "without a namespace"
+        return UnreadableFileError(
+            self.name,
+            f"<{_local(tag)}> at line {element.sourceline} ({where}) is {found}, not in "
+            f"{self.names.ns or 'no namespace'} (poslog.namespace)",
+        )
 
     def _items(self, txn: _Transaction, line_items: list[Any]) -> list[_Item]:
         """The item lines after voids, counting every line item by kind."""

@@ -675,3 +675,17 @@ def test_a_sale_of_negative_lines_only_gets_the_answer_its_csv_lines_get(
     assert result.summary["skipped_by_kind"] == {} and balances(result)
     assert result.summary["line_items_by_kind"] == {"sale": 4}
 
+
+def test_a_transaction_outside_the_namespace_makes_the_file_unreadable(tmp_path: Path) -> None:
+    good = [retail(n, sale(1, "A", "2.00"), grand="2.00") for n in (1, 2, 3)]
+    for place, where in ((0, "before the first transaction"), (1, "after transaction 1"),
+                         (2, "after transaction 2")):
+        for new, found in (('<Transaction xmlns="">', "without a namespace"),
+                           (f'<Transaction xmlns="{ACS}">', f"in namespace {ACS}")):
+            text = document(*good[:place], good[place].replace("<Transaction>", new), *good[place + 1:])
+            result = run(write(tmp_path, text))
+            assert result.unreadable, (place, new)
+            reason = result.unreadable[0].reason
+            assert f"<Transaction> at line {place + 3} ({where}) is {found}" in reason
+            assert "(poslog.namespace)" in reason and result.summary["rows_in"] == 0
+
