@@ -42,7 +42,12 @@ Mapping (one checkout per retail transaction):
 * Numbers are read as ``xs:decimal`` (a sign, digits, a decimal point: no exponent, no ``_``) of
   less than 10^12. An ``ExtendedAmount``, ``DiscountAmount`` or price modifier ``Amount`` that is
   not one is sent as written (as line_total, discount), so that validation rejects the line
-  (``R002``, or ``R026`` when too large) with its transaction; none is computed with.
+  (``R002``, or ``R026`` when too large) with its transaction; none is computed with. A number
+  element that is there but empty (``<Quantity/>``, whitespace only; a price, ``ExtendedAmount``,
+  ``DiscountAmount``, modifier ``Amount``, grand or tax ``Total``) is no default (a quantity of 1,
+  the regular price, quantity x price, no discount, no total): the line goes with the reader's
+  reject ``R002`` for that field (``read_code``, a ``read_reason`` starting with the field), so
+  that validation rejects its transaction. A missing ``Quantity`` is 1.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -122,6 +127,7 @@ _CONFLICT_CODES = {"store_id": RejectCode.MIXED_STORES, "customer_id": RejectCod
                    "currency": RejectCode.MIXED_CURRENCIES}
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
+_BAD_NUMBER = RejectCode.BAD_NUMBER.value
 _ITEM_KINDS = ("Sale", "Return")
 _TAGS = (
     "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
@@ -236,6 +242,7 @@ class _Item:
     voided: bool = False
     kept_as_read: bool = False  # a number unreadable, or quantity 0: a line for validation to judge
     raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
+    empty: str = ""  # the read_reason of a number element present but empty (else "")
 
 
 class _Transaction:
@@ -555,13 +562,27 @@ class _Reader:
             product_id = _text(element)
             if product_id:
                 break
-        quantity_text = text("Quantity") or "1"
+        empty = ""  # a number element present but empty: unreadable, never a default
+        quantity_text = text("Quantity")
+        if not quantity_text:
+            if tag["Quantity"] in children:
+                empty = _empty_number("quantity", "Quantity")
+            else:
+                quantity_text = "1"
         quantity = _decimal(quantity_text)
-        unit_price_text = text("ActualSalesUnitPrice") or text("RegularSalesUnitPrice")
+        unit_price_text = text("ActualSalesUnitPrice")
+        if not unit_price_text:
+            actual = tag["ActualSalesUnitPrice"] in children  # there but empty: no fallback
+            price = "ActualSalesUnitPrice" if actual else "RegularSalesUnitPrice"
+            unit_price_text = text(price)
+            if not unit_price_text and tag[price] in children:
+                empty = empty or _empty_number("unit_price", price)
         raw: dict[str, str | None] = {}  # a number that cannot be read: sent as written
         amount_text = text("ExtendedAmount")
         amount = _decimal(amount_text)
-        if amount is None and amount_text:
+        if not amount_text and tag["ExtendedAmount"] in children:
+            empty = empty or _empty_number("line_total", "ExtendedAmount")
+        elif amount is None and amount_text:
             raw["line_total"] = amount_text
         elif amount is None and quantity is not None:
             unit_price = _decimal(unit_price_text)
@@ -572,13 +593,20 @@ class _Reader:
         discount = _decimal(discount_text) or _ZERO
         if discount_text and _decimal(discount_text) is None:
             raw["discount"] = discount_text
+        elif not discount_text and tag["DiscountAmount"] in children:
+            empty = empty or _empty_number("discount", "DiscountAmount")
+            raw["discount"] = None
         if not discount:  # price modifiers of the item (markdowns, item promotions): its own discount
             amount_tag = tag["Amount"]
             for modifier in detail.iterchildren(tag["RetailPriceModifier"]):
-                modifier_text = _text(modifier.find(amount_tag))
+                modifier_element = modifier.find(amount_tag)
+                modifier_text = _text(modifier_element)
                 modifier_amount = _decimal(modifier_text)
                 if modifier_amount is None and modifier_text:
                     raw["discount"] = modifier_text
+                elif modifier_element is not None and not modifier_text:
+                    empty = empty or _empty_number("discount", "Amount")
+                    raw["discount"] = None
                 discount += abs(modifier_amount or _ZERO)
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
@@ -596,8 +624,9 @@ class _Reader:
             xml_line=line.sourceline or 0,
             ordinal=self.ordinal,
             original_link=_link_fields(link) if link is not None else None,
-            kept_as_read=quantity is None or bool(raw) or (quantity == 0 and bool(amount)),
+            kept_as_read=quantity is None or bool(raw) or bool(empty) or (quantity == 0 and bool(amount)),
             raw=raw,
+            empty=empty,
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
@@ -615,6 +644,12 @@ class _Reader:
         unreadable_total = None  # the totals as written when one cannot be read
         if grand_text and (grand is None or (tax_text and _decimal(tax_text) is None)):
             unreadable_total = f"{grand_text} - {tax_text}" if grand is not None else grand_text
+            grand = None
+        empty_total = ""  # a total element present but empty: unreadable, never a default
+        if not grand_text and "TransactionGrandAmount" in totals:
+            empty_total = _empty_number("transaction_total", 'Total TotalType="TransactionGrandAmount"')
+        elif grand_text and not tax_text and "TransactionTaxAmount" in totals:
+            empty_total = _empty_number("transaction_total", 'Total TotalType="TransactionTaxAmount"')
             grand = None
         type_code = body.get("TypeCode") or ""
         is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
@@ -662,6 +697,7 @@ class _Reader:
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):
             line_total = item.amount - discount
+            empty = item.empty or empty_total
             self.rows.append(
                 (
                     transaction_id,
@@ -689,8 +725,8 @@ class _Reader:
                     str(position),
                     str(item.xml_line),
                     totals_text,
-                    read_code,
-                    read_reason,
+                    _BAD_NUMBER if empty else read_code,
+                    empty or read_reason,
                 )
             )
         if len(self.rows) >= _CHUNK_ROWS:
@@ -793,6 +829,12 @@ def _conflict(fields: list[str], transaction: str) -> tuple[str | None, str | No
     field = fields[0]
     code = _CONFLICT_CODES.get(field, RejectCode.MIXED_TRANSACTION_VALUES)
     return code.value, f"{field}: transaction {transaction} has different values of {field}"
+
+
+def _empty_number(field: str, element: str) -> str:
+    """The reader's reject reason (code R002) for a number element that is there but empty: the
+    field first, so that validation gives it to that field."""
+    return f"{field}: {field} '' (an empty <{element}>) is not a number"
 
 
 def _canonical(link: dict[str, str], values: dict[str, str]) -> dict[str, str]:

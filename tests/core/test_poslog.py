@@ -689,3 +689,45 @@ def test_a_transaction_outside_the_namespace_makes_the_file_unreadable(tmp_path:
             assert f"<Transaction> at line {place + 3} ({where}) is {found}" in reason
             assert "(poslog.namespace)" in reason and result.summary["rows_in"] == 0
 
+
+EMPTY_NUMBERS = [
+    ("<Quantity>1</Quantity>", "<Quantity/>", "quantity", "<Quantity>"),
+    ("<Quantity>1</Quantity>", "<Quantity> \t</Quantity>", "quantity", "<Quantity>"),
+    ("<ActualSalesUnitPrice>2.00</ActualSalesUnitPrice>",
+     "<ActualSalesUnitPrice/><RegularSalesUnitPrice>2.00</RegularSalesUnitPrice>", "unit_price",
+     "<ActualSalesUnitPrice>"),
+    ("<ActualSalesUnitPrice>2.00</ActualSalesUnitPrice>", "<RegularSalesUnitPrice> </RegularSalesUnitPrice>",
+     "unit_price", "<RegularSalesUnitPrice>"),
+    ("<ExtendedAmount>2.00</ExtendedAmount>", "<ExtendedAmount></ExtendedAmount>", "line_total",
+     "<ExtendedAmount>"),
+    ("<Quantity>", "<DiscountAmount/><Quantity>", "discount", "<DiscountAmount>"),
+    ("<Quantity>", "<RetailPriceModifier><Amount Action=\"Subtract\"/></RetailPriceModifier><Quantity>",
+     "discount", "<Amount>"),
+    ('<Total TotalType="TransactionGrandAmount">2.00</Total>',
+     '<Total TotalType="TransactionGrandAmount"/>', "transaction_total",
+     '<Total TotalType="TransactionGrandAmount">'),
+    ('<Total TotalType="TransactionTaxAmount">0.00</Total>',
+     '<Total TotalType="TransactionTaxAmount"> </Total>', "transaction_total",
+     '<Total TotalType="TransactionTaxAmount">'),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "field", "element"), EMPTY_NUMBERS)
+def test_an_empty_number_element_is_unreadable_never_a_default(
+    tmp_path: Path, old: str, new: str, field: str, element: str
+) -> None:
+    no_quantity = sale(1, "A", "2.00").replace("<Quantity>1</Quantity>", "")  # no element: 1
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand="2.00").replace(old, new, 1),
+        retail(2, sale(1, "A", "2.00"), sale(2, "B", "2.00"), grand="2.00").replace(old, new, 1),  # 2.00 off
+        retail(3, no_quantity, grand="2.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.height >= 2 and set(bad.get_column("reject_field")) == {field}
+    assert set(bad.get_column("transaction")) == {"1", "2"}
+    reason = bad.row(0, named=True)["reject_reason"]
+    assert reason == f"{field} '' (an empty {element}) is not a number"
+    assert result.summary["transactions_rejected"] == 2 and result.summary["skipped_by_kind"] == {}
+    assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
+    assert balances(result)
