@@ -17,7 +17,9 @@ UTF-32; otherwise ``format.encoding`` applies.
 A record a reader cannot read carries its code and reason in ``read_code`` / ``read_reason``
 (validation turns them into the row's reject): ``R019_WRONG_FIELD_COUNT``,
 ``R020_UNBALANCED_QUOTE``, ``R021_NOT_JSON``, ``R022_NUL_IN_ROW``. The columns are only present
-when a reader looked at records one by one or found a NUL.
+when a reader looked at records one by one or found a NUL. The POSLog reader also flags one field
+of a line (a reason starting with ``field: ``): a value its transaction writes twice, differently
+(``R014``-``R016``, ``R027``), or a number element there but empty (``R002``).
 
 ``source_line`` is the physical line of the record in the file (``\n``, ``\r\n`` and ``\r`` each
 end a line):

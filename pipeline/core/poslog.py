@@ -23,7 +23,11 @@ Mapping (one checkout per retail transaction):
   non-zero amount, stays a line as written, so that validation rejects it (``R002``, ``R007``) with
   its transaction; a line of quantity 0 and amount 0 is counted as voided. Items with a negative
   amount on purpose (a deposit refund, or an ``ItemType`` in ``poslog.negative_item_types``) are
-  not items: their amount is part of the discount below.
+  not items: their amount is part of the discount below. A transaction with no other items (a sale
+  of negative lines only, bottles brought back) is never skipped with its money: those lines are
+  sent as written, and validation judges them as it judges the same CSV lines (negative
+  quantities only make a return with ``validation.treat_negative_quantity_as_return``, else
+  ``R007``; a negative amount ``R010``, a total the lines do not make ``R018``).
 * Money: the checkout total is what the customer paid before tax, ``TransactionGrandAmount`` −
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
@@ -38,7 +42,12 @@ Mapping (one checkout per retail transaction):
 * Numbers are read as ``xs:decimal`` (a sign, digits, a decimal point: no exponent, no ``_``) of
   less than 10^12. An ``ExtendedAmount``, ``DiscountAmount`` or price modifier ``Amount`` that is
   not one is sent as written (as line_total, discount), so that validation rejects the line
-  (``R002``, or ``R026`` when too large) with its transaction; none is computed with.
+  (``R002``, or ``R026`` when too large) with its transaction; none is computed with. A number
+  element that is there but empty (``<Quantity/>``, whitespace only; a price, ``ExtendedAmount``,
+  ``DiscountAmount``, modifier ``Amount``, grand or tax ``Total``) is no default (a quantity of 1,
+  the regular price, quantity x price, no discount, no total): the line goes with the reader's
+  reject ``R002`` for that field (``read_code``, a ``read_reason`` starting with the field), so
+  that validation rejects its transaction. A missing ``Quantity`` is 1.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -53,10 +62,11 @@ Mapping (one checkout per retail transaction):
 on one line (minified XML) it is the item's position among all the file's ``LineItem`` elements
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
 in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
-not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, or
-with a transaction body, ``LineItem``, ``Total`` or ``TransactionLink`` outside
-``poslog.namespace`` (and the vendor namespaces) is unreadable as a whole, with the position where
-it broke and the last complete transaction: a half-read transaction log is never sent in part.
+not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, with
+a ``Transaction`` outside ``poslog.namespace``, or with a transaction body, ``LineItem``, ``Total``
+or ``TransactionLink`` outside it and the vendor namespaces is unreadable as a whole, with the
+position where it broke and the last complete transaction (or the element and its line): a
+half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
@@ -117,6 +127,7 @@ _CONFLICT_CODES = {"store_id": RejectCode.MIXED_STORES, "customer_id": RejectCod
                    "currency": RejectCode.MIXED_CURRENCIES}
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
+_BAD_NUMBER = RejectCode.BAD_NUMBER.value
 _ITEM_KINDS = ("Sale", "Return")
 _TAGS = (
     "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
@@ -231,6 +242,7 @@ class _Item:
     voided: bool = False
     kept_as_read: bool = False  # a number unreadable, or quantity 0: a line for validation to judge
     raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
+    empty: str = ""  # the read_reason of a number element present but empty (else "")
 
 
 class _Transaction:
@@ -321,6 +333,7 @@ class _Reader:
                 resolve_entities=False,
                 no_network=True,
             )
+            transaction = self.names.transaction
             for _, element in events:
                 position += 1
                 last_line = element.sourceline or last_line
@@ -328,7 +341,12 @@ class _Reader:
                 element.clear(keep_tail=False)
                 parent = element.getparent()
                 while element.getprevious() is not None and parent is not None:
+                    if parent[0].tag != transaction:
+                        self._check_skipped(parent[0], position - 1)
                     del parent[0]
+            for element in events.root if events.root is not None else ():
+                if element.tag != transaction:
+                    self._check_skipped(element, position)
         except etree.XMLSyntaxError as exc:
             line, column = exc.position if exc.position else (0, 0)
             after = (
@@ -416,21 +434,34 @@ class _Reader:
                     tag == self.names.q(local))
             if checked[tag]:
                 continue
-            local = _local(tag)
             ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
             if ns not in self.vendor_namespaces:
-                found = f"in namespace {ns}" if ns else "without a namespace"
-                raise UnreadableFileError(
-                    self.name,
-                    f"<{local}> at line {child.sourceline} (transaction {position}) is {found}, not in "
-                    f"{self.names.ns or 'no namespace'} (poslog.namespace)",
-                )
+                raise self._outside(child, f"transaction {position}")
+
+    def _check_skipped(self, element: Any, before: int) -> None:
+        """A ``Transaction`` the parse passed over (outside poslog.namespace): unreadable, never
+        silently lost. ``before``: the transactions read before it."""
+        if _local(element.tag) == "Transaction":
+            where = f"after transaction {before}" if before else "before the first transaction"
+            raise self._outside(element, where)
+
+    def _outside(self, element: Any, where: str) -> UnreadableFileError:
+        """The file is unreadable: ``element`` is outside poslog.namespace."""
+        tag = element.tag
+        ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+        found = f"in namespace {ns}" if ns else "without a namespace"
+        return UnreadableFileError(
+            self.name,
+            f"<{_local(tag)}> at line {element.sourceline} ({where}) is {found}, not in "
+            f"{self.names.ns or 'no namespace'} (poslog.namespace)",
+        )
 
     def _items(self, txn: _Transaction, line_items: list[Any]) -> list[_Item]:
         """The item lines after voids, counting every line item by kind."""
         counts = self.stats.line_items_by_kind
         meta, sequence = self.meta_tags, self.tag["SequenceNumber"]
         items: list[_Item] = []
+        negatives: list[_Item] = []  # items that take money off (part of the discount)
         for line in line_items:
             self.ordinal += 1
             detail = None
@@ -449,10 +480,10 @@ class _Reader:
             if kind not in _ITEM_KINDS:
                 counts[_snake(kind) + ("_voided" if is_void else "")] += 1
                 continue
-            if not is_void and (detail.get("ItemType") or "").rsplit(":", 1)[-1] in self.negative_types:
-                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
-                continue
             item = self._item(line, line_no, detail, kind)
+            if not is_void and (detail.get("ItemType") or "").rsplit(":", 1)[-1] in self.negative_types:
+                negatives.append(item)  # a deposit refund and the like: part of the discount
+                continue
             if item.kept_as_read:
                 counts[_snake(kind) + ("_voided" if is_void else "")] += 1
                 item.voided = is_void
@@ -469,7 +500,7 @@ class _Reader:
                     items.append(item)
                 continue
             if item.amount < 0 or item.quantity < 0:
-                counts["negative_item"] += 1  # a deposit refund and the like: part of the discount
+                negatives.append(item)
                 continue
             counts[_snake(kind)] += 1
             items.append(item)
@@ -480,6 +511,17 @@ class _Reader:
                 counts[_snake(item.kind) + "_voided"] += 1
             else:
                 kept.append(item)
+        if negatives and kept:
+            counts["negative_item"] += len(negatives)
+        elif negatives:
+            # nothing but money off (a sale of negative lines, bottles brought back): never dropped
+            # with its money, its lines go as written and validation judges them as CSV lines
+            for item in negatives:
+                counts[_snake(item.kind)] += 1
+                item.kept_as_read = True
+                item.raw = {"discount": _number_text(item.own_discount),
+                            "line_total": _number_text(item.amount - item.own_discount), **item.raw}
+            return negatives
         return kept
 
     @staticmethod
@@ -520,13 +562,27 @@ class _Reader:
             product_id = _text(element)
             if product_id:
                 break
-        quantity_text = text("Quantity") or "1"
+        empty = ""  # a number element present but empty: unreadable, never a default
+        quantity_text = text("Quantity")
+        if not quantity_text:
+            if tag["Quantity"] in children:
+                empty = _empty_number("quantity", "Quantity")
+            else:
+                quantity_text = "1"
         quantity = _decimal(quantity_text)
-        unit_price_text = text("ActualSalesUnitPrice") or text("RegularSalesUnitPrice")
+        unit_price_text = text("ActualSalesUnitPrice")
+        if not unit_price_text:
+            actual = tag["ActualSalesUnitPrice"] in children  # there but empty: no fallback
+            price = "ActualSalesUnitPrice" if actual else "RegularSalesUnitPrice"
+            unit_price_text = text(price)
+            if not unit_price_text and tag[price] in children:
+                empty = empty or _empty_number("unit_price", price)
         raw: dict[str, str | None] = {}  # a number that cannot be read: sent as written
         amount_text = text("ExtendedAmount")
         amount = _decimal(amount_text)
-        if amount is None and amount_text:
+        if not amount_text and tag["ExtendedAmount"] in children:
+            empty = empty or _empty_number("line_total", "ExtendedAmount")
+        elif amount is None and amount_text:
             raw["line_total"] = amount_text
         elif amount is None and quantity is not None:
             unit_price = _decimal(unit_price_text)
@@ -537,13 +593,20 @@ class _Reader:
         discount = _decimal(discount_text) or _ZERO
         if discount_text and _decimal(discount_text) is None:
             raw["discount"] = discount_text
+        elif not discount_text and tag["DiscountAmount"] in children:
+            empty = empty or _empty_number("discount", "DiscountAmount")
+            raw["discount"] = None
         if not discount:  # price modifiers of the item (markdowns, item promotions): its own discount
             amount_tag = tag["Amount"]
             for modifier in detail.iterchildren(tag["RetailPriceModifier"]):
-                modifier_text = _text(modifier.find(amount_tag))
+                modifier_element = modifier.find(amount_tag)
+                modifier_text = _text(modifier_element)
                 modifier_amount = _decimal(modifier_text)
                 if modifier_amount is None and modifier_text:
                     raw["discount"] = modifier_text
+                elif modifier_element is not None and not modifier_text:
+                    empty = empty or _empty_number("discount", "Amount")
+                    raw["discount"] = None
                 discount += abs(modifier_amount or _ZERO)
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
@@ -561,8 +624,9 @@ class _Reader:
             xml_line=line.sourceline or 0,
             ordinal=self.ordinal,
             original_link=_link_fields(link) if link is not None else None,
-            kept_as_read=quantity is None or bool(raw) or (quantity == 0 and bool(amount)),
+            kept_as_read=quantity is None or bool(raw) or bool(empty) or (quantity == 0 and bool(amount)),
             raw=raw,
+            empty=empty,
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
@@ -580,6 +644,12 @@ class _Reader:
         unreadable_total = None  # the totals as written when one cannot be read
         if grand_text and (grand is None or (tax_text and _decimal(tax_text) is None)):
             unreadable_total = f"{grand_text} - {tax_text}" if grand is not None else grand_text
+            grand = None
+        empty_total = ""  # a total element present but empty: unreadable, never a default
+        if not grand_text and "TransactionGrandAmount" in totals:
+            empty_total = _empty_number("transaction_total", 'Total TotalType="TransactionGrandAmount"')
+        elif grand_text and not tax_text and "TransactionTaxAmount" in totals:
+            empty_total = _empty_number("transaction_total", 'Total TotalType="TransactionTaxAmount"')
             grand = None
         type_code = body.get("TypeCode") or ""
         is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
@@ -627,6 +697,7 @@ class _Reader:
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):
             line_total = item.amount - discount
+            empty = item.empty or empty_total
             self.rows.append(
                 (
                     transaction_id,
@@ -654,8 +725,8 @@ class _Reader:
                     str(position),
                     str(item.xml_line),
                     totals_text,
-                    read_code,
-                    read_reason,
+                    _BAD_NUMBER if empty else read_code,
+                    empty or read_reason,
                 )
             )
         if len(self.rows) >= _CHUNK_ROWS:
@@ -758,6 +829,12 @@ def _conflict(fields: list[str], transaction: str) -> tuple[str | None, str | No
     field = fields[0]
     code = _CONFLICT_CODES.get(field, RejectCode.MIXED_TRANSACTION_VALUES)
     return code.value, f"{field}: transaction {transaction} has different values of {field}"
+
+
+def _empty_number(field: str, element: str) -> str:
+    """The reader's reject reason (code R002) for a number element that is there but empty: the
+    field first, so that validation gives it to that field."""
+    return f"{field}: {field} '' (an empty <{element}>) is not a number"
 
 
 def _canonical(link: dict[str, str], values: dict[str, str]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from pipeline.core.readstats import ReadStats
 from pipeline.core.transform import TransformResult, transform, transform_files
 from pipeline.demo import repo_root
 from pipeline.errors import UnreadableFileError
+from tests.core import helpers
 from tests.core.helpers import NOW
 
 ARTS = "http://www.nrf-arts.org/IXRetail/namespace/"
@@ -33,9 +34,9 @@ def feed(**poslog: object) -> Feed:
     template = poslog.pop("template", None)
     if template:
         fmt["transaction_id_template"] = template
-    return Feed.model_validate(
-        {"name": "poslog-test", "timezone": "America/New_York", "format": fmt, "poslog": poslog}
-    )
+    validation = poslog.pop("validation", {})
+    return Feed.model_validate({"name": "poslog-test", "timezone": "America/New_York", "format": fmt,
+                                "poslog": poslog, "validation": validation})
 
 
 # ---- builders: a POSLog document as text ---------------------------------------------------
@@ -623,4 +624,110 @@ def test_a_transaction_writing_one_of_its_values_twice_differently_is_rejected(t
     assert all("111" not in r and "999" not in r for r in reasons)  # a customer id is never shown
     assert f"transaction {txn_id(1)} has different values of customer_id" in reasons
     assert set(totals_by_id(result)) == {txn_id(5), txn_id(6)}
+    assert balances(result)
+
+
+@pytest.mark.parametrize("as_return", [True, False])
+def test_a_sale_of_negative_lines_only_gets_the_answer_its_csv_lines_get(
+    tmp_path: Path, as_return: bool
+) -> None:
+    # it used to be skipped as no_items with its money; now its lines are sent as written
+    bottles = sale(1, "BOTTLES", "0.30").replace('ItemType="Stock"', 'ItemType="acs:NegativeItem"')
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00", "-1", "-2.00"), grand="-2.00"),  # quantity and amount negative
+        retail(2, sale(1, "B", "3.00", "1", "-3.00"), grand="-3.00"),  # the amount only
+        retail(3, bottles, grand="-0.30"),  # bottles back, nothing bought
+        retail(4, sale(1, "C", "1.00"), grand="1.00"),
+    ))
+    validation = {"treat_negative_quantity_as_return": as_return}
+    result = run(path, feed(validation=validation))
+    # the same lines as a CSV export
+    csv_rows = [
+        helpers.row(transaction_id=txn_id(seq), store_id="0042", register_id="03", customer_id="",
+                    timestamp=f"2026-11-20T10:{seq:02d}:00", product_id=item, quantity=qty, unit_price=price,
+                    line_total=amount, discount="", transaction_total=total, currency="USD")
+        for seq, item, qty, price, amount, total in (
+            (1, "A", "-1", "2.00", "-2.00", "-2.00"),
+            (2, "B", "1", "3.00", "-3.00", "-3.00"),
+            (3, "BOTTLES", "1", "0.30", "0.30", "-0.30"),
+            (4, "C", "1", "1.00", "1.00", "1.00"),
+        )
+    ]
+    csv_feed = helpers.feed(timezone="America/New_York", validation=validation)
+    expected = helpers.run(csv_rows, csv_feed)
+
+    def outcome(r: TransformResult) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, Decimal]]]:
+        # POSLog rejects name the transaction's position (here its SequenceNumber), CSV ones its id
+        rejects = {(x.get("transaction_id") or txn_id(int(x["transaction"])), x["reject_code"],
+                    x["reject_field"]) for x in r.rejects.iter_rows(named=True)}
+        kept = {(x["transaction_id"], x["transaction_type"], x["total"])
+                for x in r.checkouts.iter_rows(named=True)}
+        return rejects, kept
+
+    assert outcome(result) == outcome(expected)
+    codes = {tid: code for tid, code, _ in outcome(result)[0]}
+    assert codes[txn_id(2)] == "R010_LINE_TOTAL_MISMATCH"
+    assert codes[txn_id(3)] == "R018_TRANSACTION_TOTAL_MISMATCH"
+    # a sale of negative quantities only is a return when the feed says so, else R007, as in CSV
+    assert codes.get(txn_id(1)) == (None if as_return else "R007_NON_POSITIVE_QUANTITY")
+    second = result.rejects.filter(pl.col("transaction") == "2").row(0, named=True)
+    assert second["source_line"] == 4  # the XML line of its LineItem
+    assert result.summary["skipped_by_kind"] == {} and balances(result)
+    assert result.summary["line_items_by_kind"] == {"sale": 4}
+
+
+def test_a_transaction_outside_the_namespace_makes_the_file_unreadable(tmp_path: Path) -> None:
+    good = [retail(n, sale(1, "A", "2.00"), grand="2.00") for n in (1, 2, 3)]
+    for place, where in ((0, "before the first transaction"), (1, "after transaction 1"),
+                         (2, "after transaction 2")):
+        for new, found in (('<Transaction xmlns="">', "without a namespace"),
+                           (f'<Transaction xmlns="{ACS}">', f"in namespace {ACS}")):
+            text = document(*good[:place], good[place].replace("<Transaction>", new), *good[place + 1:])
+            result = run(write(tmp_path, text))
+            assert result.unreadable, (place, new)
+            reason = result.unreadable[0].reason
+            assert f"<Transaction> at line {place + 3} ({where}) is {found}" in reason
+            assert "(poslog.namespace)" in reason and result.summary["rows_in"] == 0
+
+
+EMPTY_NUMBERS = [
+    ("<Quantity>1</Quantity>", "<Quantity/>", "quantity", "<Quantity>"),
+    ("<Quantity>1</Quantity>", "<Quantity> \t</Quantity>", "quantity", "<Quantity>"),
+    ("<ActualSalesUnitPrice>2.00</ActualSalesUnitPrice>",
+     "<ActualSalesUnitPrice/><RegularSalesUnitPrice>2.00</RegularSalesUnitPrice>", "unit_price",
+     "<ActualSalesUnitPrice>"),
+    ("<ActualSalesUnitPrice>2.00</ActualSalesUnitPrice>", "<RegularSalesUnitPrice> </RegularSalesUnitPrice>",
+     "unit_price", "<RegularSalesUnitPrice>"),
+    ("<ExtendedAmount>2.00</ExtendedAmount>", "<ExtendedAmount></ExtendedAmount>", "line_total",
+     "<ExtendedAmount>"),
+    ("<Quantity>", "<DiscountAmount/><Quantity>", "discount", "<DiscountAmount>"),
+    ("<Quantity>", "<RetailPriceModifier><Amount Action=\"Subtract\"/></RetailPriceModifier><Quantity>",
+     "discount", "<Amount>"),
+    ('<Total TotalType="TransactionGrandAmount">2.00</Total>',
+     '<Total TotalType="TransactionGrandAmount"/>', "transaction_total",
+     '<Total TotalType="TransactionGrandAmount">'),
+    ('<Total TotalType="TransactionTaxAmount">0.00</Total>',
+     '<Total TotalType="TransactionTaxAmount"> </Total>', "transaction_total",
+     '<Total TotalType="TransactionTaxAmount">'),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "field", "element"), EMPTY_NUMBERS)
+def test_an_empty_number_element_is_unreadable_never_a_default(
+    tmp_path: Path, old: str, new: str, field: str, element: str
+) -> None:
+    no_quantity = sale(1, "A", "2.00").replace("<Quantity>1</Quantity>", "")  # no element: 1
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand="2.00").replace(old, new, 1),
+        retail(2, sale(1, "A", "2.00"), sale(2, "B", "2.00"), grand="2.00").replace(old, new, 1),  # 2.00 off
+        retail(3, no_quantity, grand="2.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.height >= 2 and set(bad.get_column("reject_field")) == {field}
+    assert set(bad.get_column("transaction")) == {"1", "2"}
+    reason = bad.row(0, named=True)["reject_reason"]
+    assert reason == f"{field} '' (an empty {element}) is not a number"
+    assert result.summary["transactions_rejected"] == 2 and result.summary["skipped_by_kind"] == {}
+    assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
     assert balances(result)

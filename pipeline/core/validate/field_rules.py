@@ -14,7 +14,15 @@ from pipeline.core.rejects import ISO_4217, READER_CODES, RejectCode
 from pipeline.core.validate.control import ID_FIELDS, shown
 from pipeline.core.validate.exprs import money
 from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS, NUMBER_FIELDS
-from pipeline.core.validate.rule import Rule, hashes_customer, masked_customer, money_text, reason
+from pipeline.core.validate.rule import (
+    Rule,
+    hashes_customer,
+    masked_customer,
+    money_text,
+    read_flag,
+    read_reason,
+    reason,
+)
 from pipeline.records import REQUIRED_COLUMNS, TransactionType
 
 __all__ = [
@@ -102,7 +110,9 @@ def number_rules(feed: Feed) -> list[Rule]:
                 RejectCode.BAD_NUMBER,
                 field,
                 pl.col(f"v_bad_{field}") & ~pl.col(f"v_big_{field}"),
-                reason(f"{field} '{{}}' is not {what}", pl.col(field)),
+                pl.when(read_flag(RejectCode.BAD_NUMBER, field))  # a reader's (see with_numbers)
+                .then(read_reason(field))
+                .otherwise(reason(f"{field} '{{}}' is not {what}", pl.col(field))),
             )
         )
     for field, (_, _, whole) in NUMBER_FIELDS.items():

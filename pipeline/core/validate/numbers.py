@@ -18,7 +18,10 @@ from collections.abc import Sequence
 import polars as pl
 
 from pipeline.config import Feed
+from pipeline.core.parse import READ_CODE
+from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.exprs import strip
+from pipeline.core.validate.rule import read_flag
 from pipeline.records import MONEY, MONEY_SCALE, QUANTITY
 
 __all__ = ["NUMBER_FIELDS", "with_numbers"]
@@ -116,4 +119,11 @@ def with_numbers(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
             exprs.append(pl.lit(False).alias(f"v_big_{field}"))
         else:
             exprs += [columns[f"v_{field}"], columns[f"v_bad_{field}"], columns[f"v_big_{field}"]]
-    return frame.with_columns(exprs)
+    frame = frame.with_columns(exprs)
+    if READ_CODE in frame.columns and frame.get_column(READ_CODE).null_count() < frame.height:
+        # a number a reader could not read although its text is blank (POSLog: an empty element)
+        frame = frame.with_columns(
+            (pl.col(f"v_bad_{f}") | read_flag(RejectCode.BAD_NUMBER, f).fill_null(False)).alias(f"v_bad_{f}")
+            for f in NUMBER_FIELDS
+        )
+    return frame

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.config import Feed
+from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.logs import mask_customer_id
 
-__all__ = ["Rule", "hashes_customer", "masked_customer", "reason"]
+__all__ = ["Rule", "hashes_customer", "masked_customer", "read_flag", "read_reason", "reason"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,17 @@ def masked_customer(col: str) -> pl.Expr:
     value = pl.col(col)
     return pl.when(value == "").then(value).otherwise(
         value.map_elements(mask_customer_id, return_dtype=pl.String))
+
+
+def read_flag(code: RejectCode, field: str) -> pl.Expr:
+    """Where a reader flagged ``field`` with ``code`` (POSLog: a value it saw written twice, a
+    number element there but empty): its read_reason starts with ``field: ``."""
+    return (pl.col(READ_CODE) == code.value) & pl.col(READ_REASON).str.starts_with(f"{field}: ")
+
+
+def read_reason(field: str) -> pl.Expr:
+    """The reason a reader gave with :func:`read_flag`, without its field."""
+    return pl.col(READ_REASON).str.strip_prefix(f"{field}: ")
 
 
 def reason(template: str, *args: pl.Expr) -> pl.Expr:

@@ -11,10 +11,17 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from pipeline.config import Feed
-from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.exprs import money
-from pipeline.core.validate.rule import Rule, hashes_customer, masked_customer, money_text, reason
+from pipeline.core.validate.rule import (
+    Rule,
+    hashes_customer,
+    masked_customer,
+    money_text,
+    read_flag,
+    read_reason,
+    reason,
+)
 from pipeline.records import TransactionType
 
 __all__ = ["amount_rules", "date_range_rules", "shape_rules"]
@@ -181,14 +188,14 @@ def shape_rules(feed: Feed) -> list[Rule]:
     ):
         # a reader that saw the transaction write the value twice (POSLog: one element, two
         # values) flags it with this code and a reason starting with the field
-        flagged = (pl.col(READ_CODE) == code.value) & pl.col(READ_REASON).str.starts_with(f"{field}: ")
+        flagged = read_flag(code, field)
         rules.append(
             Rule(
                 name,
                 code,
                 field,
                 (pl.col(count) > 1) | flagged.fill_null(False),
-                pl.when(flagged).then(pl.col(READ_REASON).str.strip_prefix(f"{field}: ")).otherwise(reason(
+                pl.when(flagged).then(read_reason(field)).otherwise(reason(
                     f"transaction {{}} has {{}} different values of {field} (this line: '{{}}')",
                     pl.col("transaction_id"),
                     pl.col(count),
