@@ -34,18 +34,19 @@ def _posfeed(tmp: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str
 def _kill_mid_submission(sandbox: SandboxServer, victim: subprocess.Popen[str], counter: str,
                          at_least: int) -> None:
     """SIGKILL ``victim`` once the sandbox has counted ``at_least`` of ``counter``, with the
-    requests arriving from then on held (they land after the kill)."""
+    requests arriving from then on held by the sandbox itself (they land after the kill)."""
+    sandbox.config.hold_after = (counter, at_least)
+    assert stats(sandbox)[counter] < at_least, "the run went too far before the hold was set"
     deadline = time.monotonic() + 120
     while stats(sandbox)[counter] < at_least:
         assert victim.poll() is None, victim.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the run never got going"
         time.sleep(0.005)
-    sandbox.config.latency_ms = 2000
     time.sleep(0.3)
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
-    sandbox.config.latency_ms = 25
+    sandbox.config.hold_after = None
 
 
 def _settle(tmp: Path, env: dict[str, str], feed: str) -> dict[str, object]:

@@ -55,6 +55,9 @@ def test_sigterm_mid_submission_then_a_plain_run_delivers_everything_once(tmp_pa
             ops_feed(sandbox, tmp_path / "drop", max_concurrency=2, bulk_size=5), tmp_path / "shop.toml"
         )
         env = env_for(sandbox)
+        # the requests that arrive from the 20th accepted event on are slow (held by the sandbox
+        # itself), so the signal lands mid-submission whatever the machine's speed
+        sandbox.config.hold_after, sandbox.config.hold_ms = ("events_accepted", 20), 1500
         victim = subprocess.Popen(
             posfeed_args(tmp_path, *RUN, "--feed", str(feed)),
             env=env,
@@ -64,11 +67,10 @@ def test_sigterm_mid_submission_then_a_plain_run_delivers_everything_once(tmp_pa
             cwd=tmp_path,
         )
         _wait_for(sandbox, 20, victim)
-        sandbox.config.latency_ms = 1500  # the requests in flight when the signal lands are slow
         time.sleep(0.2)
         victim.send_signal(signal.SIGTERM)
         out, err = victim.communicate(timeout=120)
-        sandbox.config.latency_ms = 0
+        sandbox.config.hold_after = None
         assert victim.returncode == 75, err[-3000:]
         stopped = run_json(subprocess.CompletedProcess([], 75, out, err))
         assert stopped["status"] == "stopped" and stopped["waiting"] > 0

@@ -55,16 +55,17 @@ def test_sigkill_during_submission_then_run_again(
         env = {**os.environ, **TARGET_KITS[target_kind].env(sandbox), **ledger_env(ledger_location)}
         args = ["run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json"]
 
+        # from the kill_after-th accepted event on, the sandbox holds every request that arrives,
+        # so the kill lands mid-submission whatever the machine's speed; held requests are still
+        # processed after the kill (they land while their sender is dead: the next run must find
+        # out through "already used")
+        sandbox.config.hold_after = ("events_accepted", kill_after)
         victim = _posfeed(args, tmp_path, env)
         deadline = time.monotonic() + 120
         while stats(sandbox)["events_accepted"] < kill_after:
             assert victim.poll() is None, victim.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the run never got going"
             time.sleep(0.005)
-        # hold every request that arrives from now on, so the kill lands mid-submission whatever
-        # the machine's speed; held requests are still processed after the kill (they land while
-        # their sender is dead: the next run must find out through "already used")
-        sandbox.config.latency_ms = 2000
         # meanwhile another worker (with PostgreSQL: another host's state folder) is refused the scope
         other = "state" if isinstance(ledger_location, Path) else "host2"
         contender = _posfeed(args, tmp_path, env, other)
@@ -77,7 +78,7 @@ def test_sigkill_during_submission_then_run_again(
         killed_at = time.monotonic()
         victim.communicate(timeout=60)
         assert victim.returncode == -signal.SIGKILL
-        sandbox.config.latency_ms = 25
+        sandbox.config.hold_after = None
 
         with Ledger(ledger_location) as ledger:
             left = ledger.state_counts("acme")

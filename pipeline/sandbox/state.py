@@ -91,6 +91,10 @@ class SandboxConfig:
     fault_rate: float = 0.0
     fault_kinds: tuple[str, ...] = tuple(Fault)
     latency_ms: float = 0.0
+    # from the moment the counter named first reaches the number second, every request waits
+    # ``hold_ms`` (a test catches a client mid-submission this way, whatever the machine's speed)
+    hold_after: tuple[str, int] | None = None
+    hold_ms: float = 2000.0
     slow_ms: float = 1500.0
     seed: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
@@ -164,9 +168,12 @@ class SandboxState:
     # ---- latency, rate limit, faults ---------------------------------------------------------------
 
     async def delay(self) -> None:
-        """Sleep the configured latency."""
-        if self.config.latency_ms > 0:
-            await asyncio.sleep(self.config.latency_ms / 1000)
+        """Sleep the configured latency (``hold_ms`` once ``hold_after`` is reached)."""
+        latency, hold = self.config.latency_ms, self.config.hold_after
+        if hold is not None and self.stats.get(hold[0], 0) >= hold[1]:
+            latency = max(latency, self.config.hold_ms)
+        if latency > 0:
+            await asyncio.sleep(latency / 1000)
 
     def admit(self, platform: str) -> float | None:
         """Count a request against the platform's sliding window; seconds to wait when refused."""
