@@ -7,7 +7,8 @@ Every error carries its context, whether retrying later can help, and the proces
     ├── ConfigError                   exit 78  a feed file, setting or secret is wrong
     │   ├── SecretError                        a referenced secret is missing
     │   ├── SourceAuthError                    SFTP host key refused or credentials wrong
-    │   ├── SourceFolderError                  the source folder does not exist or cannot be listed
+    │   ├── SourceFolderError                  the source folder does not exist or cannot be listed,
+    │   │                                      or a folder it needs cannot be created there
     │   ├── CredentialsRefusedError            the target platform refused our credentials
     │   └── MissingExtraError                  a verb needs optional packages that are not installed
     ├── StateIOError                  exit 74  the state folder cannot be written or read
@@ -103,7 +104,9 @@ class SourceAuthError(ConfigError):
 
 
 class SourceFolderError(ConfigError):
-    """The source folder does not exist or may not be listed (``source.path`` or the account)."""
+    """The source folder does not exist or may not be listed (``source.path`` or the account), or
+    the account may not create the archive or quarantine folder (``source.archive_path``,
+    ``source.quarantine_path``)."""
 
 
 class CredentialsRefusedError(ConfigError):

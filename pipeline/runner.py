@@ -22,7 +22,9 @@ Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 d
 (rejected rows, conflicts, unreadable files, transactions the platform refused); 75 try again
 later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
 before the end; a held lock raises LockHeldError, also 75); 78 the platform refused our
-credentials mid-run (the rest is left for the next run); 70 when the report does not balance.
+credentials mid-run (the rest is left for the next run), or the source may not create the folder
+a file is archived or quarantined into (the file is left where it is: ``source_errors``); 70 when
+the report does not balance.
 Exit codes say what is new in this run: an unreadable file is reported once, then quarantined and
 skipped by later runs. Every run reports its backlog and brings the feed's problems up to date
 (:mod:`pipeline.health`, :mod:`pipeline.problems`); the alerts they owe are delivered last.
@@ -52,6 +54,7 @@ from pipeline.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_TEMPFAIL,
+    ConfigError,
     LockLostError,
     PosfeedError,
     state_io_error,
@@ -136,6 +139,8 @@ def business_dates_for(feed: Feed, *, now: datetime | None = None) -> list[date]
 
 def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
     """The exit code a run's summary calls for (see the module docstring)."""
+    if summary.get("source_errors"):
+        return EXIT_CONFIG
     data_errors = (
         summary.get("transactions_rejected", 0)
         or summary.get("conflicts", 0)
@@ -169,6 +174,8 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(f"unreadable file {item['file']}: {item['reason']}")
     for item in s.get("fetch_failures") or []:
         parts.append(f"not fetched: {item['file']}: {item['reason']}")
+    for item in s.get("source_errors") or []:
+        parts.append(f"{item['file']} left where it is: {item['reason']}")
     for cause in s.get("causes") or []:
         what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
@@ -256,6 +263,12 @@ class _Context:
             if self.on_stage is not None:
                 self.on_stage(name, "end")
 
+    def source_error(self, name: str, error: ConfigError) -> None:
+        """The source refused to do something with a file for a reason ops must fix (a folder it
+        may not create): logged, listed as ``source_errors`` and the run exits 78."""
+        log.error("%s: %s", name, error)
+        self.notes.setdefault("source_errors", []).append({"file": name, "reason": str(error)})
+
     def submit(self, row_ids: Sequence[int]) -> None:
         if not row_ids:
             return
@@ -288,6 +301,9 @@ class _Context:
                     continue
                 try:
                     source.finish(RemoteFile(record.name, record.size, record.mtime), action)
+                except ConfigError as exc:  # left where it is and recorded, not finished
+                    self.source_error(record.name, exc)
+                    continue
                 except Exception as exc:  # the source's errors are already translated; keep going
                     log.warning("%s: could not %s it: %s (tried again next run)", record.name, action, exc)
                     continue
@@ -496,6 +512,8 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         )
         ctx.notes["files_new"] = [s.record.name for s in fetched.staged]
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
+        ctx.notes["files_fetched"] = fetched.files_fetched
+        ctx.notes["bytes_fetched"] = fetched.bytes_fetched
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
         ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
@@ -546,6 +564,8 @@ def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:
             log_event(log, "quarantine", f"{ctx.feed.name}: {item.record.name} as fetched is unreadable; "
                       f"{exc}", level=logging.WARNING, feed=ctx.feed.name, file=item.record.name)
             return
+        except ConfigError as exc:  # left where it is, recorded so: later runs skip it there
+            ctx.source_error(item.record.name, exc)
         except Exception as exc:  # recorded anyway: later runs skip it where it is
             log.warning("%s: could not move it into quarantine: %s (recorded as quarantined)",
                         item.record.name, exc)
@@ -623,6 +643,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("carried_over", 0)
+    ctx.notes.setdefault("source_errors", [])
     ctx.notes.update(_backlog_notes(ctx))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
     notes = dict(ctx.notes)

@@ -518,6 +518,26 @@ def test_migration_keeps_input_totals_with_their_currency(ledger_location: Path 
         ]
 
 
+def test_migration_dates_each_files_fetch_by_its_first_run(ledger_location: Path | str) -> None:
+    """Files recorded before fetched_at existed take their first run's start: no later than their
+    fetch, so the racily-clean rule stays on the safe side."""
+    db = _raw(ledger_location)
+    assert migrate(db, target=8) == 8
+    started = "2026-11-20T03:15:00.000000+00:00"
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', ?)", (started,))
+    db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, updated_at) "
+               "VALUES ('acme', 'hourly', 'f.csv', 1, 1.0, 'abc', 'finished', 'r1', 'now')")
+    db.close()
+    with Ledger(ledger_location) as ledger:
+        (record,) = ledger.files(scope="acme")
+        assert record.fetched_at == started
+        run = ledger.start_run(feed="hourly", scope="acme")
+        new = ledger.register_file(run, scope="acme", feed="hourly", name="g.csv", size=1, mtime=2.0,
+                                   sha256="def", fetched_at="2026-11-21T03:15:00.000000+00:00")
+        assert ledger.file(new.id).fetched_at == "2026-11-21T03:15:00.000000+00:00"
+
+
 def test_a_run_keeps_its_own_outcomes(ledger: Ledger) -> None:
     """A later run's attempts, errors and event ids do not change what an earlier run reports."""
     first = ledger.start_run(feed="hourly", scope="acme")

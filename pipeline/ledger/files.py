@@ -22,7 +22,8 @@ class Files:
         return file_record(row) if row else None
 
     def file_by_identity(self, scope: str, name: str, size: int, mtime: float) -> FileRecord | None:
-        """A file of ``scope`` seen with this exact name, size and mtime, if any."""
+        """A file of ``scope`` seen with this exact name, size and mtime, if any (newest first).
+        Whether that identity may stand for its content is the caller's rule (``fetched_at``)."""
         row = self._db.one(
             "SELECT * FROM files WHERE scope = ? AND name = ? AND size = ? AND mtime = ? "
             "ORDER BY id DESC",
@@ -56,10 +57,12 @@ class Files:
         return [file_record(r) for r in self._db.query(sql + " ORDER BY id", params)]
 
     def register_file(
-        self, run_id: str, *, scope: str, feed: str, name: str, size: int, mtime: float, sha256: str
+        self, run_id: str, *, scope: str, feed: str, name: str, size: int, mtime: float, sha256: str,
+        fetched_at: str | None = None,
     ) -> FileRecord:
-        """Record a fetched file; an earlier recorded file of the same name and other content
-        becomes superseded by it. A file fetched but never recorded (a crash) is reused."""
+        """Record a fetched file (``fetched_at``: when the fetch that read it began, a ledger
+        timestamp); an earlier recorded file of the same name and other content becomes
+        superseded by it. A file fetched but never recorded (a crash) is reused."""
         with self._db.transaction() as db:
             old = db.one(
                 "SELECT * FROM files WHERE scope = ? AND sha256 = ? AND status IN ('fetched', 'unreadable')",
@@ -68,8 +71,8 @@ class Files:
             if old is not None:
                 db.execute(
                     "UPDATE files SET status = 'fetched', name = ?, size = ?, mtime = ?, error = NULL, "
-                    "updated_at = ? WHERE id = ?",
-                    (name, size, mtime, timestamp(), old["id"]),
+                    "fetched_at = ?, updated_at = ? WHERE id = ?",
+                    (name, size, mtime, fetched_at, timestamp(), old["id"]),
                 )
                 return _reread(db, old["id"])
             previous = db.one(
@@ -80,10 +83,11 @@ class Files:
             )
             file_id = db.insert(
                 "INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, "
-                "supersedes_file_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'fetched', ?, ?, ?)",
+                "supersedes_file_id, fetched_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'fetched', ?, ?, ?, ?)",
                 (
                     scope, feed, name, size, mtime, sha256, run_id,
-                    previous["id"] if previous else None, timestamp(),
+                    previous["id"] if previous else None, fetched_at, timestamp(),
                 ),
             )
             if previous is not None:
@@ -92,6 +96,13 @@ class Files:
                     (file_id, timestamp(), previous["id"]),
                 )
             return _reread(db, file_id)
+
+    def confirm_file(self, file_id: int, fetched_at: str) -> None:
+        """The file's content was read again, under the name, size and mtime it was recorded with,
+        by a fetch that began at ``fetched_at`` (a ledger timestamp)."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE files SET fetched_at = ?, updated_at = ? WHERE id = ?",
+                       (fetched_at, timestamp(), file_id))
 
     def mark_file_unreadable(self, file_id: int, reason: str) -> None:
         """A fetched file could not be read at all; it is offered again by the next run."""

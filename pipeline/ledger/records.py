@@ -66,6 +66,7 @@ class FileRecord:
     error: str | None = None
     finished_action: str | None = None
     quarantined_to: str | None = None  # where a quarantined file was moved (None: left in place)
+    fetched_at: str | None = None  # when the fetch that read this content began (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ def file_record(row: Row) -> FileRecord:
         error=row["error"],
         finished_action=row["finished_action"],
         quarantined_to=row["quarantined_to"] if "quarantined_to" in row.keys() else None,  # noqa: SIM118
+        fetched_at=row["fetched_at"] if "fetched_at" in row.keys() else None,  # noqa: SIM118
     )
 
 

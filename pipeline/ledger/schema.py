@@ -291,6 +291,19 @@ def _migrate_7_to_8(db: Db) -> None:
     )
 
 
+def _migrate_8_to_9(db: Db) -> None:
+    """When each file's content was read (``fetched_at``): its name, size and mtime stand for the
+    content only when the mtime is clearly older (the fetch stage's racily-clean rule). Files
+    recorded before take the start of their first run, which is no later than their fetch."""
+    _script(
+        db,
+        """
+        ALTER TABLE files ADD COLUMN fetched_at TEXT;
+        UPDATE files SET fetched_at = (SELECT started_at FROM runs WHERE runs.id = files.first_run_id)
+        """,
+    )
+
+
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -300,6 +313,7 @@ MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_5_to_6,
     _migrate_6_to_7,
     _migrate_7_to_8,
+    _migrate_8_to_9,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -276,7 +276,7 @@ class SftpSource:
                     f"{remote.name} changed on {self.address} since it was fetched: not moved into "
                     "quarantine, left where it is; the next run reads the new content"
                 )
-            _makedirs(sftp, folder)
+            self._makedirs(sftp, folder, key="source.quarantine_path")
             where = ""
             for name in [remote.name, *self._markers_of(sftp, remote.name)]:
                 target = _free_name(sftp, folder, name)
@@ -321,8 +321,19 @@ class SftpSource:
     def _archive_folder(self, sftp: paramiko.SFTPClient) -> str:
         configured = self.config.archive_path or "archive"
         folder = configured if configured.startswith("/") else posixpath.join(self.folder, configured)
-        _makedirs(sftp, folder)
+        self._makedirs(sftp, folder, key="source.archive_path")
         return folder
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, folder: str, *, key: str) -> None:
+        """Create ``folder`` (and the folders above it) on the server; a folder the account may
+        not create is a configuration problem (SourceFolderError, exit 78) naming it."""
+        try:
+            _makedirs(sftp, folder)
+        except PermissionError as exc:
+            raise SourceFolderError(
+                f"{self.address}: permission denied creating the folder {exc.filename or folder}",
+                key=key,
+            ) from exc
 
 
 LIST_DEPTH = 16  # READDIR requests kept in flight while listing
@@ -388,20 +399,26 @@ class _RetryableFetch(Exception):
 
 
 def _makedirs(sftp: paramiko.SFTPClient, folder: str) -> None:
-    """``mkdir -p`` on the server."""
-    try:
-        if stat.S_ISDIR(sftp.stat(folder).st_mode or 0):
-            return
-    except FileNotFoundError:
-        pass
+    """``mkdir -p`` on the server. A refused ``mkdir`` raises its own error (PermissionError),
+    naming the folder, not the "no such file" of the look that follows it."""
+    if _is_dir(sftp, folder):
+        return
     parent = posixpath.dirname(folder.rstrip("/"))
     if parent and parent != folder:
         _makedirs(sftp, parent)
     try:
         sftp.mkdir(folder)
-    except OSError:
-        if not stat.S_ISDIR(sftp.stat(folder).st_mode or 0):
-            raise
+    except OSError as exc:
+        if not _is_dir(sftp, folder):  # not made meanwhile by another client
+            raise type(exc)(exc.errno, exc.strerror or str(exc), folder) from exc
+
+
+def _is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
+    """Whether ``path`` is a folder on the server (False when it does not exist)."""
+    try:
+        return stat.S_ISDIR(sftp.stat(path).st_mode or 0)
+    except FileNotFoundError:
+        return False
 
 
 def _free_name(sftp: paramiko.SFTPClient, folder: str, name: str) -> str:

@@ -2,8 +2,11 @@
 
 File identity is content: a file whose sha256 the scope already recorded (or this run already
 staged) is never processed again, whatever its name. A file seen before with the same name, size
-and mtime is not even fetched again. The same name with new content is registered as superseding
-the earlier file (and processed).
+and mtime is not even fetched again, when that mtime is clearly older than the fetch that read it
+(the "racily clean" rule of git's index and rsync: mtimes have whole seconds over SFTP, so a file
+rewritten within the second it was fetched in keeps its size and mtime; such a file is fetched
+again and judged by its sha256, and once read again unchanged its identity is trusted). The same
+name with new content is registered as superseding the earlier file (and processed).
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from pipeline.config import Feed
 from pipeline.errors import SourceUnavailableError
 from pipeline.ledger import FileRecord, Ledger
+from pipeline.ledger.records import timestamp
 from pipeline.progress import NullProgress, Progress
 from pipeline.sources.base import FetchedFile, RemoteFile, Source
 
@@ -25,6 +29,10 @@ __all__ = ["FetchResult", "StagedFile", "fetch_new_files"]
 log = logging.getLogger(__name__)
 
 _PROCESSED = ("recorded", "finished")
+# a file's name, size and mtime stand for its content only when the mtime is at least this much
+# older than the start of the fetch that read it: a later write then gets another mtime (whole
+# seconds, and up to a second between the server's clock and ours)
+RACY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class FetchResult:
     already_processed: list[tuple[RemoteFile, FileRecord]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): try again later
     quarantined: list[str] = field(default_factory=list)  # unreadable before: not read again
+    files_fetched: int = 0  # files downloaded (new ones, and ones read again to compare)
+    bytes_fetched: int = 0
 
     @property
     def superseded(self) -> list[StagedFile]:
@@ -97,7 +107,13 @@ def _fetch_one(
     staging_dir: Path,
     result: FetchResult,
 ) -> None:
+    began = timestamp()
     seen = ledger.file_by_identity(feed.scope, remote.name, remote.size, remote.mtime)
+    if seen is not None and not identity_trusted(seen):
+        log.info("%s: same name, size and mtime as in run %s, but modified too close to that fetch "
+                 "to tell apart from a rewrite; fetched again to compare its content",
+                 remote.name, seen.first_run_id)
+        seen = None
     if seen is not None and seen.status == "quarantined":
         log.debug("%s: in quarantine (unreadable in run %s); not read again", remote.name, seen.first_run_id)
         result.quarantined.append(remote.name)
@@ -112,7 +128,11 @@ def _fetch_one(
         log.warning("%s: not fetched this time: %s", remote.name, exc)
         result.failed.append((remote.name, str(exc)))
         return
+    result.files_fetched += 1
+    result.bytes_fetched += fetched.size
     same = ledger.file_by_sha(feed.scope, fetched.sha256)
+    if same is not None and (same.name, same.size, same.mtime) == (fetched.name, fetched.size, fetched.mtime):
+        ledger.confirm_file(same.id, began)  # read again unchanged: its identity may be trusted now
     if same is not None and same.status in _PROCESSED:
         if same.name != remote.name:
             log.warning("%s: same content as %s, processed in run %s; not processed again",
@@ -140,6 +160,7 @@ def _fetch_one(
         size=fetched.size,
         mtime=fetched.mtime,
         sha256=fetched.sha256,
+        fetched_at=began,
     )
     for old_id in ledger.supersede_quarantined(feed.scope, fetched.name, record.id):
         log.warning("%s: new content replaces the quarantined file of run %s", remote.name,
@@ -149,3 +170,11 @@ def _fetch_one(
         log.warning("%s: new content (sha256 %s…) supersedes the file processed in run %s",
                     remote.name, fetched.sha256[:12], old.first_run_id)
     result.staged.append(StagedFile(remote, fetched, record))
+
+
+def identity_trusted(record: FileRecord) -> bool:
+    """Whether the recorded name, size and mtime may stand for the file's content: the mtime is
+    at least :data:`RACY_SECONDS` older than the start of the fetch that read it."""
+    if record.fetched_at is None:
+        return False
+    return record.mtime <= datetime.fromisoformat(record.fetched_at).timestamp() - RACY_SECONDS

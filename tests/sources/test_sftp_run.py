@@ -34,7 +34,7 @@ from tests.runner_helpers import (
     stats,
 )
 from tests.sandbox_fixtures import TARGET_KITS
-from tests.sftp_fixtures import SftpServer
+from tests.sftp_fixtures import SftpServer, SftpUser
 from tests.test_exit_codes import _in_own_mounts
 
 FILES = ("pos_LON01_20261120_10.csv", "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv")
@@ -368,3 +368,71 @@ def no_sessions_left(server: SftpServer, wait_seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def locked_folder(parent: Path) -> Path:
+    """A folder the (non-root) SFTP user may read but not create anything in."""
+    locked = parent / "locked"
+    locked.mkdir()
+    locked.chmod(0o755)  # owned by root, as the tests run
+    return locked
+
+
+def password_user_feed(server: SftpServer, user: SftpUser, folder: Path, sandbox: SandboxServer,
+                       monkeypatch: pytest.MonkeyPatch, **source: Any) -> Feed:
+    """acme_hourly reading ``folder`` as the non-root password user (permissions apply to it)."""
+    monkeypatch.setenv("TEST_SFTP_PASSWORD", user.password or "")
+    return sftp_feed(server, folder, sandbox, username=user.name, private_key_file=None,
+                     password_env="TEST_SFTP_PASSWORD", **source)
+
+
+def test_an_archive_folder_that_may_not_be_created_exits_78_naming_it_and_keeps_the_file(
+    sftp_server: SftpServer, sftp_password_user: SftpUser, sftp_dir: Path, sandbox: SandboxServer,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upload(sftp_dir, FILES[:1])
+    archive = locked_folder(sftp_dir) / "archive"
+    feed = password_user_feed(sftp_server, sftp_password_user, sftp_dir, sandbox, monkeypatch,
+                              archive_path=str(archive))
+    feed_file = write_feed_file(feed, tmp_path / "acme_sftp.toml")
+    done = posfeed_run(feed_file, tmp_path, sandbox)
+    assert done.returncode == EXIT_CONFIG, done.stderr[-3000:]
+    assert f"permission denied creating the folder {archive}" in done.stderr
+    assert (sftp_dir / FILES[0]).exists() and not archive.exists()  # left where it was
+    (record,) = ledger_files(tmp_path)
+    assert record.status == "recorded"  # not finished: the next run archives it
+    summary = json.loads(done.stdout)
+    assert summary["accepted"] > 0 and summary["balanced"] is True
+    assert summary["source_errors"] == [
+        {"file": FILES[0], "reason": f"source.archive_path: sftp://{sftp_password_user.name}@{sftp_server.host}:"
+                                     f"{sftp_server.port}{sftp_dir}: permission denied creating the "
+                                     f"folder {archive}"}]
+    archive.parent.chmod(0o777)  # fixed: the next run archives it, sending nothing again
+    requests = stats(sandbox)["requests"]
+    again = posfeed_run(feed_file, tmp_path, sandbox)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (archive / FILES[0]).exists() and not (sftp_dir / FILES[0]).exists()
+    assert stats(sandbox)["requests"] == requests + 1  # the credential check only
+
+
+def test_a_quarantine_folder_that_may_not_be_created_exits_78_and_the_file_stays_recorded_in_place(
+    sftp_server: SftpServer, sftp_password_user: SftpUser, sftp_dir: Path, sandbox: SandboxServer,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (sftp_dir / FILES[0]).write_bytes(b"")  # unreadable: the file is empty
+    quarantine = locked_folder(sftp_dir) / "quarantine"
+    feed = password_user_feed(sftp_server, sftp_password_user, sftp_dir, sandbox, monkeypatch,
+                              quarantine_path=str(quarantine))
+    feed_file = write_feed_file(feed, tmp_path / "acme_sftp.toml")
+    done = posfeed_run(feed_file, tmp_path, sandbox)
+    assert done.returncode == EXIT_CONFIG, done.stderr[-3000:]
+    assert f"source.quarantine_path: sftp://{sftp_password_user.name}@" in done.stderr
+    assert f"permission denied creating the folder {quarantine}" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["unreadable_files"] == [{"file": FILES[0], "reason": "file is empty"}]
+    assert (sftp_dir / FILES[0]).exists() and not quarantine.exists()  # left where it was
+    (record,) = ledger_files(tmp_path)
+    assert (record.status, record.quarantined_to) == ("quarantined", None)  # recorded in place
+    again = posfeed_run(feed_file, tmp_path, sandbox)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["files_in_quarantine"] == [FILES[0]]
