@@ -155,7 +155,8 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
 
 def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer, tmp_path: Path) -> None:
     """Two stores' closed hours give byte-identical header-only files: the first is read (its row,
-    no data rows), the second is the same content, not processed again, as in a later run."""
+    no data rows), the second is the same content, not processed again, as in a later run (its
+    row says so)."""
     first, second = "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv"
     drop = tmp_path / "drop"
     drop.mkdir()
@@ -172,7 +173,49 @@ def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer
     assert summary.summary["files_already_processed"] == 1
     assert summary.reports_path is not None
     rows = _summary_rows(summary.reports_path)
-    others = [(r["source_file"], r["reason"]) for r in rows if r["source_file"] != GOOD]
-    assert others == [(first, "no data rows")]
+    others = [(r["source_file"], r["origin"], r["reason"]) for r in rows if r["source_file"] != GOOD]
+    assert others == [(first, "file", "no data rows"),
+                      (second, "already_processed", f"same content as {first}, read in this run")]
     due = {(m["store_id"], m["hour"]) for m in summary.summary["missing_files"] if m["status"] == "missing"}
     assert ("LON01", 12) not in due  # it arrived
+
+
+def test_a_file_already_processed_has_its_row_naming_the_run_that_processed_it(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A run that sees a file it does not read again (the same file, or its content under another
+    name) gives it a row with nothing in it, origin ``already_processed``, naming the earlier run;
+    a file in quarantine likewise (origin ``quarantined``). The money still balances and the page
+    lists them."""
+    copy = "pos_LON01_20261120_13.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        (drop / copy).write_bytes((SAMPLE_ACME / GOOD).read_bytes())  # the same content again
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert (first.exit_code, second.exit_code) == (EXIT_DATA, EXIT_OK)
+    assert second.summary["files_new"] == [] and second.summary["files_already_processed"] == 2
+    assert second.summary["files_in_quarantine"] == [BINARY]
+    assert second.summary["balanced"] is True and second.summary["rows_in"] == 0
+    assert second.reports_path is not None
+    rows = _summary_rows(second.reports_path)
+    seen = {r["source_file"]: r for r in rows}
+    assert set(seen) == {GOOD, copy, BINARY}
+    assert seen[GOOD]["reason"] == f"first fetched in run {first.run_id}"
+    assert seen[copy]["reason"] == f"same content as {GOOD}, first fetched in run {first.run_id}"
+    assert seen[BINARY]["origin"] == "quarantined" and "posfeed release" in seen[BINARY]["reason"]
+    for row in rows:
+        assert row["origin"] == ("quarantined" if row["source_file"] == BINARY else "already_processed")
+        assert (row["store_id"], row["business_date"], row["currency"]) == ("", "", "")
+        assert (row["rows_in"], row["amount_in"], row["amount_accounted"], row["balanced"]) \
+            == ("0", "0.00", "0.00", "true")
+    page = (second.reports_path / "report.html").read_text(encoding="utf-8")
+    assert f'<th scope="row">{copy}</th><td>already processed: same content as {GOOD}' in page
+    assert f'<th scope="row">{BINARY}</th><td>in quarantine: unreadable in an earlier run' in page
+
+    assert rebuilt_rows(settings.ledger_path, second.run_id) == sorted(tuple(r.values()) for r in rows)

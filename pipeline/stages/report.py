@@ -62,16 +62,22 @@ _NOT_READ = (
     ("unreadable_files", "unreadable"),
     ("fetch_failures", "fetch_failed"),
     ("skipped_files", "skipped"),
+    ("already_processed_files", "already_processed"),
+    ("files_in_quarantine", "quarantined"),
 )
+# files_in_quarantine are names: each has this reason
+_IN_QUARANTINE = ("unreadable in an earlier run and set aside: not read again until a new file takes "
+                  "its name or posfeed release frees it")
 
 
 def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(source_file, origin, reason) of every file the run saw and did not read, from its summary."""
     return [
-        (str(item.get("file", "")), origin, str(item.get("reason", "")))
+        (str(item.get("file", "")), origin, str(item.get("reason", ""))) if isinstance(item, dict)
+        else (item, origin, _IN_QUARANTINE)
         for key, origin in _NOT_READ
         for item in details.get(key) or []
-        if isinstance(item, dict)
+        if isinstance(item, dict | str)
     ]
 
 
