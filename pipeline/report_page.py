@@ -59,6 +59,7 @@ _NOT_READ_LABELS = {
     "skipped": "skipped",
     "already_processed": "already processed",
     "quarantined": "in quarantine",
+    "interrupted": "not read",
 }
 _NEEDS_ACTION = {
     "rejected": "fix the rows in rejects.csv and deliver them again",

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
 from pipeline.stages.report import run_report
-from tests.runner_helpers import BUSINESS_DATE, SAMPLE_ACME, credentials, sample_feed, settings_in
+from tests.runner_helpers import (
+    BUSINESS_DATE,
+    SAMPLE_ACME,
+    copy_samples,
+    credentials,
+    feed_toml,
+    sample_feed,
+    settings_in,
+)
 
 GOOD = "pos_LON01_20261120_10.csv"
 CR_ONLY = "pos_LON01_20261120_11.csv"
@@ -219,3 +234,88 @@ def test_a_file_already_processed_has_its_row_naming_the_run_that_processed_it(
     assert f'<th scope="row">{BINARY}</th><td>in quarantine: unreadable in an earlier run' in page
 
     assert rebuilt_rows(settings.ledger_path, second.run_id) == sorted(tuple(r.values()) for r in rows)
+
+
+# a run of the feed in FEED_FILE over 2026-11-20 that SIGKILLs its own process when STAGE starts
+_KILLED_AT_STAGE = """
+import os, signal, sys
+from pathlib import Path
+from pipeline.config import load_feed
+from pipeline.runner import run_feed
+from tests.runner_helpers import BUSINESS_DATE, settings_in
+feed_file, tmp, stage = sys.argv[1:4]
+def kill_at(name, event):
+    if (name, event) == (stage, "start"):
+        os.kill(os.getpid(), signal.SIGKILL)
+run_feed(load_feed(Path(feed_file)), settings_in(Path(tmp)), business_dates=[BUSINESS_DATE], on_stage=kill_at)
+"""
+
+
+def _posfeed_report(tmp: Path, run_id: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+         str(tmp / "reports"), "report", run_id, "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+@pytest.mark.parametrize("stage", ["transform", "submit"])
+def test_a_crashed_runs_report_shows_the_files_it_fetched(
+    sandbox: SandboxServer, tmp_path: Path, stage: str
+) -> None:
+    """A run killed after fetching (before reading its files, or while sending their rows) never
+    recorded its summary: its report, by `posfeed report RUN_ID` and by the next run's settle,
+    names the files it fetched (files_new) from the ledger and gives each its row, one it never
+    read too (origin ``interrupted``); rebuilt later, it is the same."""
+    files = [GOOD, "pos_LON01_20261120_11.csv"]
+    copy_samples(tmp_path / "drop", files)
+    feed = sample_feed("acme_hourly", sandbox, folder=tmp_path / "drop", max_attempts=1)
+    feed_file = tmp_path / "acme_hourly.toml"
+    feed_file.write_text(feed_toml(feed), encoding="utf-8")
+    with credentials(sandbox):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT_STAGE, str(feed_file), str(tmp_path), stage],
+            capture_output=True, text=True, check=False, env=os.environ)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    from pipeline.ledger import Ledger
+
+    settings = settings_in(tmp_path)
+    with Ledger(settings.ledger_path) as ledger:
+        (crashed,) = [r.id for r in ledger.runs()]
+
+    unsettled = _posfeed_report(tmp_path, crashed)  # still marked running: nobody settled it yet
+    assert sorted(unsettled["files_new"]) == files
+    folder = tmp_path / "reports" / "acme_hourly" / crashed
+    expected = {name: ("interrupted", 0) for name in files} if stage == "transform" else None
+    rows = _summary_rows(folder)
+    by_file = {r["source_file"]: (r["origin"], int(r["rows_in"])) for r in rows}
+    if expected is not None:
+        assert by_file == expected
+        assert all(r["reason"].startswith("fetched; the run ended before reading it") for r in rows)
+        page = (folder / "report.html").read_text(encoding="utf-8")
+        assert f'<th scope="row">{GOOD}</th><td>not read: fetched; the run ended' in page
+    else:
+        assert {n: origin for n, (origin, _) in by_file.items()} == dict.fromkeys(files, "file")
+        assert all(rows_in > 0 for _, rows_in in by_file.values())
+
+    with credentials(sandbox):
+        after = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    settled = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert settled["status"] == "crashed" and sorted(settled["files_new"]) == files
+    settled_rows = _summary_rows(folder)
+    assert sorted((r["source_file"], r["origin"], r["rows_in"]) for r in settled_rows) \
+        == sorted((r["source_file"], r["origin"], r["rows_in"]) for r in rows)
+    if stage == "transform":  # the next run read them
+        assert sorted(after.summary["files_new"]) == files and after.summary["rows_in"] > 0
+    else:  # the crashed run had recorded them: the next run sees them, already processed
+        assert after.summary["files_new"] == [] and after.summary["files_already_processed"] == 2
+        assert after.reports_path is not None
+        assert {(r["source_file"], r["origin"], r["reason"]) for r in _summary_rows(after.reports_path)
+                if r["origin"] != "ledger"} == {(n, "already_processed", f"first fetched in run {crashed}")
+                                                 for n in files}
+    assert after.summary["balanced"] is True
+
+    # rebuilt later, after the next run read or settled its files: the same rows
+    _posfeed_report(tmp_path, crashed)
+    assert _summary_rows(folder) == settled_rows

@@ -9,7 +9,10 @@ from typing import Any
 from pipeline.ledger import Ledger
 from pipeline.reports import Report, build_report, write_report
 
-__all__ = ["day_problems", "day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
+__all__ = [
+    "day_problems", "day_report", "files_in_ledger", "files_not_read", "report_folder", "run_report",
+    "write_run_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,9 @@ def report_folder(reports_dir: Path, feed: str, report_id: str) -> Path:
 def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = None) -> Report:
     """The report of one run: the transactions it handled, as the run left them (state, attempts,
     error, event ids: the run's own outcome, whatever later runs did), so it is reproduced. Every
-    file it saw has a row: a new file read with no data rows too, and those it did not read.
+    file it saw has a row: a new file read with no data rows too, and those it did not read. A
+    run killed before it recorded its summary has the files it fetched from the ledger
+    (:func:`files_in_ledger`), kept with its report when that is first written.
 
     Its detail and reject rows are read from ``ledger`` page by page when it is written: write it
     while the ledger is open."""
@@ -41,6 +46,8 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
         "selection": run.selection,
     }
     details.update(extra or {})
+    if run.kind == "run" and run.counts is None:  # its report is first written: at its end or crash
+        details.update({k: v for k, v in files_in_ledger(ledger, run_id).items() if k not in details})
     not_read = files_not_read(details)
     seen = {name for name, *_ in totals} | {name for name, _, _ in not_read}
     new_files = [str(name) for name in details.get("files_new") or [] if str(name) not in seen]
@@ -57,6 +64,20 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
     )
 
 
+def files_in_ledger(ledger: Ledger, run_id: str) -> dict[str, Any]:
+    """What the ledger knows of the files a run fetched, as its summary says it (``files_new``,
+    ``unreadable_files``, and ``interrupted_files`` when some were fetched and never read): the
+    summary of a run killed before it recorded its own."""
+    records = ledger.files(run_id=run_id)
+    seen: dict[str, Any] = {
+        "files_new": [r.name for r in records],
+        "unreadable_files": [{"file": r.name, "reason": r.error or ""}
+                             for r in records if r.status in ("unreadable", "quarantined")],
+    }
+    interrupted = [{"file": r.name, "reason": _INTERRUPTED} for r in records if r.status == "fetched"]
+    return {**seen, "interrupted_files": interrupted} if interrupted else seen
+
+
 # run summary key -> the origin its files get in summary.csv
 _NOT_READ = (
     ("unreadable_files", "unreadable"),
@@ -64,7 +85,9 @@ _NOT_READ = (
     ("skipped_files", "skipped"),
     ("already_processed_files", "already_processed"),
     ("files_in_quarantine", "quarantined"),
+    ("interrupted_files", "interrupted"),
 )
+_INTERRUPTED = "fetched; the run ended before reading it (the next run reads it)"
 # files_in_quarantine are names: each has this reason
 _IN_QUARANTINE = ("unreadable in an earlier run and set aside: not read again until a new file takes "
                   "its name or posfeed release frees it")
