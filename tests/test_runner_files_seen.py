@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
-from pipeline.stages.report import run_report
+from pipeline.stages.report import day_report, run_report
 from tests.runner_helpers import (
     BUSINESS_DATE,
     SAMPLE_ACME,
@@ -319,3 +320,60 @@ def test_a_crashed_runs_report_shows_the_files_it_fetched(
     # rebuilt later, after the next run read or settled its files: the same rows
     _posfeed_report(tmp_path, crashed)
     assert _summary_rows(folder) == settled_rows
+
+
+def test_a_day_report_lists_the_days_files_without_rows(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """`posfeed report --feed F --business-date D` gives a header-only and an unreadable file their
+    rows in the day whose file name the feed's pattern gives them (they have no business date of
+    their own), and not in another day's; without the pattern, the days their run was fetching."""
+    header_only, other_day = "pos_LON01_20261120_11.csv", "pos_LON01_20261119_11.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    header = (SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()[0]
+    (drop / header_only).write_text(header + "\n", encoding="utf-8")
+    (drop / other_day).write_bytes(header.encode() + b"\r\n")  # header-only too, other bytes
+    (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        run = run_feed(feed, settings, business_dates=[BUSINESS_DATE - timedelta(days=1), BUSINESS_DATE])
+    assert run.exit_code == EXIT_DATA and run.summary["balanced"] is True
+    assert run.summary["transactions_rejected"] == 0  # only the binary file is a data error
+
+    def day(date: str) -> tuple[dict[str, Any], list[dict[str, str]], str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--state-dir", str(settings.state_dir), "--reports-dir",
+             str(settings.reports_dir), "report", "--feed", "acme_hourly", "--business-date", date, "--json"],
+            capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout)
+        folder = Path(summary["reports_path"])
+        return summary, _summary_rows(folder), (folder / "report.html").read_text(encoding="utf-8")
+
+    summary, rows, page = day("2026-11-20")
+    assert summary["balanced"] is True
+    where = {(r["source_file"], r["origin"], r["reason"]) for r in rows if not r["store_id"]}
+    binary_reason = run.summary["unreadable_files"][0]["reason"]
+    assert where == {(header_only, "file", "no data rows"), (BINARY, "unreadable", binary_reason)}
+    assert {r["source_file"] for r in rows if r["store_id"]} == {GOOD}
+    assert all(r["balanced"] == "true" for r in rows)
+    assert f'<th scope="row">{header_only}</th><td>read: no data rows</td>' in page
+    assert f'<th scope="row">{BINARY}</th><td>unreadable: {binary_reason}' in page
+    assert "1 unreadable file(s)" in page
+
+    _, rows, _ = day("2026-11-19")
+    assert [(r["source_file"], r["origin"]) for r in rows] == [(other_day, "file")]
+
+    from pipeline.ledger import Ledger  # without the pattern: the days the run was fetching
+
+    with Ledger(settings.ledger_path) as ledger:
+        unplaced = run_report_rows(day_report(ledger, "acme_hourly", "2026-11-20"))
+    assert {header_only, other_day, BINARY} <= {r["source_file"] for r in unplaced}
+
+
+def run_report_rows(report: Any) -> list[dict[str, str]]:
+    """A report's summary rows as summary.csv's dicts."""
+    from pipeline.reports import SUMMARY_COLUMNS
+
+    return [dict(zip(SUMMARY_COLUMNS, map(str, row), strict=True)) for row in report.summary_rows]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from pipeline.ledger import Ledger
 from pipeline.reports import Report, build_report, write_report
+from pipeline.sources.discovery import of_business_date
 
 __all__ = [
-    "day_problems", "day_report", "files_in_ledger", "files_not_read", "report_folder", "run_report",
-    "write_run_report",
+    "day_problems", "day_report", "files_in_ledger", "files_not_read", "files_of_day_without_rows",
+    "report_folder", "run_report", "write_run_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,9 +106,12 @@ def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
+def day_report(ledger: Ledger, feed: str, business_date: str, *, pattern: str | None = None) -> Report:
     """The report of one business day of a feed: every row of its files for that date, in its
-    current state (later reruns included). Written while ``ledger`` is open, as :func:`run_report`."""
+    current state (later reruns included), and a row for each file of the day with no rows
+    (:func:`files_of_day_without_rows`; ``pattern`` is the feed's ``source.pattern``). Written
+    while ``ledger`` is open, as :func:`run_report`."""
+    without_rows, not_read = files_of_day_without_rows(ledger, feed, business_date, pattern)
     file_ids = ledger.day_file_ids(feed, business_date)
     names = {i: ledger.file(i).name for i in file_ids}
     totals = [(names[f], store, day, rows, count, amount, currency)
@@ -120,7 +125,33 @@ def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
         rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date),
         extra={"kind": "business_day", "business_date": business_date,
                "problems": day_problems(ledger, feed, business_date)},
+        files_not_read=not_read,
+        files_without_rows=without_rows,
     )
+
+
+def files_of_day_without_rows(
+    ledger: Ledger, feed: str, business_date: str, pattern: str | None
+) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The feed's files with no row, so no business date of their own, that belong to
+    ``business_date``: by their name when ``pattern`` names the date (the day discovery took them
+    for), else when the run that first fetched them was fetching that day. Returns the names of
+    those read with no data rows, and (name, ``unreadable``, reason) of the unreadable ones."""
+    day = date.fromisoformat(business_date)
+    without_rows: list[str] = []
+    not_read: list[tuple[str, str, str]] = []
+    for record in ledger.files_without_day(feed):
+        placed = of_business_date(record.name, pattern, day) if pattern else None
+        if placed is None:
+            run = ledger.run(record.first_run_id)
+            placed = run is not None and business_date in ((run.counts or {}).get("business_dates") or [])
+        if not placed:
+            continue
+        if record.status in ("unreadable", "quarantined"):
+            not_read.append((record.name, "unreadable", record.error or ""))
+        else:
+            without_rows.append(record.name)
+    return without_rows, not_read
 
 
 def day_problems(ledger: Ledger, feed: str, business_date: str) -> list[dict[str, Any]]:
