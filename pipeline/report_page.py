@@ -52,6 +52,15 @@ STORE_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
 assert sorted(s for _, states in STORE_COLUMNS for s in states) == sorted(n for n, _ in STATE_COLUMNS)
 
 _EXAMPLES_PER_CODE = 3
+# how the files table names each summary.csv origin of a file not read
+_NOT_READ_LABELS = {
+    "unreadable": "unreadable",
+    "fetch_failed": "not fetched",
+    "skipped": "skipped",
+    "already_processed": "already processed",
+    "quarantined": "in quarantine",
+    "interrupted": "not read",
+}
 _NEEDS_ACTION = {
     "rejected": "fix the rows in rejects.csv and deliver them again",
     "conflict": "review the conflicting versions in detail.csv",
@@ -141,9 +150,11 @@ def page_data(report: Report) -> dict[str, Any]:
     per_file: dict[str, Figures] = defaultdict(Figures)
     stores_of_file: dict[str, set[str]] = defaultdict(set)
     empty_files: dict[str, str] = {}
+    not_read: list[dict[str, str]] = []
     for row in summary_rows:
         if row["origin"] not in ("file", "ledger"):
-            continue  # a file not read: nothing came in; listed with its reason below
+            not_read.append(row)  # a file not read: nothing came in; listed with its reason below
+            continue
         if row["rows_in"] == "0" and row["transactions_in"] == "0" and not row["store_id"]:
             # a file read with no data rows: listed, with no currency or store of its own
             per_file[row["source_file"]].add(row)
@@ -181,21 +192,11 @@ def page_data(report: Report) -> dict[str, Any]:
          "balanced": figures.balanced}
         for name, figures in sorted(per_file.items())
     ]
-    for item in summary.get("unreadable_files") or []:
-        name = item.get("file") or item.get("name") if isinstance(item, Mapping) else str(item)
-        reason = item.get("reason", "") if isinstance(item, Mapping) else ""
-        files.append({"name": name, "status": f"unreadable: {reason}".rstrip(": "), "stores": "",
-                      "rows_in": None, "transactions_in": None, "amount_in": "", "balanced": None})
-    for item in summary.get("skipped_files") or []:
-        name = item.get("file") or item.get("name") if isinstance(item, Mapping) else str(item)
-        reason = item.get("reason", "") if isinstance(item, Mapping) else ""
-        files.append({"name": name, "status": f"skipped: {reason}".rstrip(": "), "stores": "",
-                      "rows_in": None, "transactions_in": None, "amount_in": "", "balanced": None})
-    for item in summary.get("fetch_failures") or []:
-        name = item.get("file") or item.get("name") if isinstance(item, Mapping) else str(item)
-        reason = item.get("reason") or item.get("error", "") if isinstance(item, Mapping) else ""
-        files.append({"name": name, "status": f"not fetched: {reason}".rstrip(": "), "stores": "",
-                      "rows_in": None, "transactions_in": None, "amount_in": "", "balanced": None})
+    for row in not_read:
+        label = _NOT_READ_LABELS.get(row["origin"], row["origin"].replace("_", " "))
+        files.append({"name": row["source_file"], "status": f"{label}: {row['reason']}".rstrip(": "),
+                      "stores": "", "rows_in": None, "transactions_in": None, "amount_in": "",
+                      "balanced": None})
 
     expected = [
         {"store_id": m.get("store_id") or "", "business_date": m.get("business_date") or "",
@@ -212,8 +213,8 @@ def page_data(report: Report) -> dict[str, Any]:
                for name, label in FLOW_STATES if name in _NEEDS_ACTION and totals.counts[name]]
     actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
         if any(m["status"] == "missing" for m in expected) else []
-    actions += [f"{len(summary.get('unreadable_files') or [])} unreadable file(s): fix and deliver again"] \
-        if summary.get("unreadable_files") else []
+    unreadable = sum(1 for row in not_read if row["origin"] == "unreadable")
+    actions += [f"{unreadable} unreadable file(s): fix and deliver again"] if unreadable else []
 
     problems = [
         {key: ("" if p.get(key) is None else str(p.get(key)))

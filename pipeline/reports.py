@@ -8,8 +8,9 @@ page) while they are written, so its memory does not grow with the day:
 * ``summary.csv``: one row per source file × store × business date × currency (× origin): rows,
   transactions and amount in, then count and amount per state, points awarded, ``balanced``
   (a row never mixes currencies) and ``reason``; plus a row for every file the run read with no
-  data rows (origin ``file``, reason ``no data rows``) and for every file it could not read
-  (origin ``unreadable``, ``fetch_failed`` or ``skipped``), with why;
+  data rows (origin ``file``, reason ``no data rows``) and for every file it did not read
+  (origin ``unreadable``, ``fetch_failed``, ``skipped``, ``already_processed``,
+  ``quarantined`` or ``interrupted``), with why;
 * ``detail.csv``: one row per transaction occurrence with its state, codes and event ids;
 * ``rejects.csv``: every rejected line with its original columns, the reject code, reason, field,
   file and line;

@@ -338,8 +338,9 @@ def report_command(
             folder = out or report_folder(settings.reports_dir, run.feed, run_id)
         else:
             assert feed is not None and business_date is not None
-            feed_name = load_feed(feed, settings.feeds_dir).name
-            report = day_report(ledger, feed_name, business_date.isoformat())
+            loaded = load_feed(feed, settings.feeds_dir)
+            feed_name = loaded.name
+            report = day_report(ledger, feed_name, business_date.isoformat(), pattern=loaded.source.pattern)
             folder = out or report_folder(settings.reports_dir, feed_name, f"day-{business_date.isoformat()}")
         write_report(report, folder)  # its rows are read from the ledger as they are written
     if as_json:

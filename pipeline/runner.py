@@ -514,6 +514,8 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         ctx.notes["files_already_processed"] = len(fetched.already_processed)
         ctx.notes["files_fetched"] = fetched.files_fetched
         ctx.notes["bytes_fetched"] = fetched.bytes_fetched
+        ctx.notes["already_processed_files"] = [{"file": n, "reason": r}
+                                                for n, r in fetched.already_processed_files(ctx.run_id)]
         ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
         ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
         ctx.notes["files_in_quarantine"] = list(fetched.quarantined)

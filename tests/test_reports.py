@@ -212,7 +212,7 @@ def test_a_file_not_read_has_a_row_in_the_reports_currency_and_no_money_group_of
                                ("bad.csv", "GBP", "unreadable", "0.00", "true", "not UTF-8 at byte 3")]
     assert [c["currency"] for c in page_data(one)["currencies"]] == ["GBP"]
     files = [(f["name"], f["status"]) for f in page_data(one)["files"]]
-    assert files == [("a.csv", "read"), ("bad.csv", "unreadable: not UTF-8")]
+    assert files == [("a.csv", "read"), ("bad.csv", "unreadable: not UTF-8 at byte 3")]  # summary.csv's
 
     several = build_report(
         report_id="r1", feed="hourly",

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
-from pipeline.stages.report import run_report
-from tests.runner_helpers import BUSINESS_DATE, SAMPLE_ACME, credentials, sample_feed, settings_in
+from pipeline.stages.report import day_report, run_report
+from tests.runner_helpers import (
+    BUSINESS_DATE,
+    SAMPLE_ACME,
+    copy_samples,
+    credentials,
+    feed_toml,
+    sample_feed,
+    settings_in,
+)
 
 GOOD = "pos_LON01_20261120_10.csv"
 CR_ONLY = "pos_LON01_20261120_11.csv"
@@ -155,7 +171,8 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
 
 def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer, tmp_path: Path) -> None:
     """Two stores' closed hours give byte-identical header-only files: the first is read (its row,
-    no data rows), the second is the same content, not processed again, as in a later run."""
+    no data rows), the second is the same content, not processed again, as in a later run (its
+    row says so)."""
     first, second = "pos_LON01_20261120_11.csv", "pos_LON01_20261120_12.csv"
     drop = tmp_path / "drop"
     drop.mkdir()
@@ -172,7 +189,191 @@ def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer
     assert summary.summary["files_already_processed"] == 1
     assert summary.reports_path is not None
     rows = _summary_rows(summary.reports_path)
-    others = [(r["source_file"], r["reason"]) for r in rows if r["source_file"] != GOOD]
-    assert others == [(first, "no data rows")]
+    others = [(r["source_file"], r["origin"], r["reason"]) for r in rows if r["source_file"] != GOOD]
+    assert others == [(first, "file", "no data rows"),
+                      (second, "already_processed", f"same content as {first}, read in this run")]
     due = {(m["store_id"], m["hour"]) for m in summary.summary["missing_files"] if m["status"] == "missing"}
     assert ("LON01", 12) not in due  # it arrived
+
+
+def test_a_file_already_processed_has_its_row_naming_the_run_that_processed_it(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A run that sees a file it does not read again (the same file, or its content under another
+    name) gives it a row with nothing in it, origin ``already_processed``, naming the earlier run;
+    a file in quarantine likewise (origin ``quarantined``). The money still balances and the page
+    lists them."""
+    copy = "pos_LON01_20261120_13.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+        (drop / copy).write_bytes((SAMPLE_ACME / GOOD).read_bytes())  # the same content again
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert (first.exit_code, second.exit_code) == (EXIT_DATA, EXIT_OK)
+    assert second.summary["files_new"] == [] and second.summary["files_already_processed"] == 2
+    assert second.summary["files_in_quarantine"] == [BINARY]
+    assert second.summary["balanced"] is True and second.summary["rows_in"] == 0
+    assert second.reports_path is not None
+    rows = _summary_rows(second.reports_path)
+    seen = {r["source_file"]: r for r in rows}
+    assert set(seen) == {GOOD, copy, BINARY}
+    assert seen[GOOD]["reason"] == f"first fetched in run {first.run_id}"
+    assert seen[copy]["reason"] == f"same content as {GOOD}, first fetched in run {first.run_id}"
+    assert seen[BINARY]["origin"] == "quarantined" and "posfeed release" in seen[BINARY]["reason"]
+    for row in rows:
+        assert row["origin"] == ("quarantined" if row["source_file"] == BINARY else "already_processed")
+        assert (row["store_id"], row["business_date"], row["currency"]) == ("", "", "")
+        assert (row["rows_in"], row["amount_in"], row["amount_accounted"], row["balanced"]) \
+            == ("0", "0.00", "0.00", "true")
+    page = (second.reports_path / "report.html").read_text(encoding="utf-8")
+    assert f'<th scope="row">{copy}</th><td>already processed: same content as {GOOD}' in page
+    assert f'<th scope="row">{BINARY}</th><td>in quarantine: unreadable in an earlier run' in page
+
+    assert rebuilt_rows(settings.ledger_path, second.run_id) == sorted(tuple(r.values()) for r in rows)
+
+
+# a run of the feed in FEED_FILE over 2026-11-20 that SIGKILLs its own process when STAGE starts
+_KILLED_AT_STAGE = """
+import os, signal, sys
+from pathlib import Path
+from pipeline.config import load_feed
+from pipeline.runner import run_feed
+from tests.runner_helpers import BUSINESS_DATE, settings_in
+feed_file, tmp, stage = sys.argv[1:4]
+def kill_at(name, event):
+    if (name, event) == (stage, "start"):
+        os.kill(os.getpid(), signal.SIGKILL)
+run_feed(load_feed(Path(feed_file)), settings_in(Path(tmp)), business_dates=[BUSINESS_DATE], on_stage=kill_at)
+"""
+
+
+def _posfeed_report(tmp: Path, run_id: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+         str(tmp / "reports"), "report", run_id, "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+@pytest.mark.parametrize("stage", ["transform", "submit"])
+def test_a_crashed_runs_report_shows_the_files_it_fetched(
+    sandbox: SandboxServer, tmp_path: Path, stage: str
+) -> None:
+    """A run killed after fetching (before reading its files, or while sending their rows) never
+    recorded its summary: its report, by `posfeed report RUN_ID` and by the next run's settle,
+    names the files it fetched (files_new) from the ledger and gives each its row, one it never
+    read too (origin ``interrupted``); rebuilt later, it is the same."""
+    files = [GOOD, "pos_LON01_20261120_11.csv"]
+    copy_samples(tmp_path / "drop", files)
+    feed = sample_feed("acme_hourly", sandbox, folder=tmp_path / "drop", max_attempts=1)
+    feed_file = tmp_path / "acme_hourly.toml"
+    feed_file.write_text(feed_toml(feed), encoding="utf-8")
+    with credentials(sandbox):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT_STAGE, str(feed_file), str(tmp_path), stage],
+            capture_output=True, text=True, check=False, env=os.environ)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    from pipeline.ledger import Ledger
+
+    settings = settings_in(tmp_path)
+    with Ledger(settings.ledger_path) as ledger:
+        (crashed,) = [r.id for r in ledger.runs()]
+
+    unsettled = _posfeed_report(tmp_path, crashed)  # still marked running: nobody settled it yet
+    assert sorted(unsettled["files_new"]) == files
+    folder = tmp_path / "reports" / "acme_hourly" / crashed
+    expected = {name: ("interrupted", 0) for name in files} if stage == "transform" else None
+    rows = _summary_rows(folder)
+    by_file = {r["source_file"]: (r["origin"], int(r["rows_in"])) for r in rows}
+    if expected is not None:
+        assert by_file == expected
+        assert all(r["reason"].startswith("fetched; the run ended before reading it") for r in rows)
+        page = (folder / "report.html").read_text(encoding="utf-8")
+        assert f'<th scope="row">{GOOD}</th><td>not read: fetched; the run ended' in page
+    else:
+        assert {n: origin for n, (origin, _) in by_file.items()} == dict.fromkeys(files, "file")
+        assert all(rows_in > 0 for _, rows_in in by_file.values())
+
+    with credentials(sandbox):
+        after = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    settled = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert settled["status"] == "crashed" and sorted(settled["files_new"]) == files
+    settled_rows = _summary_rows(folder)
+    assert sorted((r["source_file"], r["origin"], r["rows_in"]) for r in settled_rows) \
+        == sorted((r["source_file"], r["origin"], r["rows_in"]) for r in rows)
+    if stage == "transform":  # the next run read them
+        assert sorted(after.summary["files_new"]) == files and after.summary["rows_in"] > 0
+    else:  # the crashed run had recorded them: the next run sees them, already processed
+        assert after.summary["files_new"] == [] and after.summary["files_already_processed"] == 2
+        assert after.reports_path is not None
+        assert {(r["source_file"], r["origin"], r["reason"]) for r in _summary_rows(after.reports_path)
+                if r["origin"] != "ledger"} == {(n, "already_processed", f"first fetched in run {crashed}")
+                                                 for n in files}
+    assert after.summary["balanced"] is True
+
+    # rebuilt later, after the next run read or settled its files: the same rows
+    _posfeed_report(tmp_path, crashed)
+    assert _summary_rows(folder) == settled_rows
+
+
+def test_a_day_report_lists_the_days_files_without_rows(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """`posfeed report --feed F --business-date D` gives a header-only and an unreadable file their
+    rows in the day whose file name the feed's pattern gives them (they have no business date of
+    their own), and not in another day's; without the pattern, the days their run was fetching."""
+    header_only, other_day = "pos_LON01_20261120_11.csv", "pos_LON01_20261119_11.csv"
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    header = (SAMPLE_ACME / GOOD).read_text(encoding="utf-8").splitlines()[0]
+    (drop / header_only).write_text(header + "\n", encoding="utf-8")
+    (drop / other_day).write_bytes(header.encode() + b"\r\n")  # header-only too, other bytes
+    (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
+    settings = settings_in(tmp_path)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+    with credentials(sandbox):
+        run = run_feed(feed, settings, business_dates=[BUSINESS_DATE - timedelta(days=1), BUSINESS_DATE])
+    assert run.exit_code == EXIT_DATA and run.summary["balanced"] is True
+    assert run.summary["transactions_rejected"] == 0  # only the binary file is a data error
+
+    def day(date: str) -> tuple[dict[str, Any], list[dict[str, str]], str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--state-dir", str(settings.state_dir), "--reports-dir",
+             str(settings.reports_dir), "report", "--feed", "acme_hourly", "--business-date", date, "--json"],
+            capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(done.stdout)
+        folder = Path(summary["reports_path"])
+        return summary, _summary_rows(folder), (folder / "report.html").read_text(encoding="utf-8")
+
+    summary, rows, page = day("2026-11-20")
+    assert summary["balanced"] is True
+    where = {(r["source_file"], r["origin"], r["reason"]) for r in rows if not r["store_id"]}
+    binary_reason = run.summary["unreadable_files"][0]["reason"]
+    assert where == {(header_only, "file", "no data rows"), (BINARY, "unreadable", binary_reason)}
+    assert {r["source_file"] for r in rows if r["store_id"]} == {GOOD}
+    assert all(r["balanced"] == "true" for r in rows)
+    assert f'<th scope="row">{header_only}</th><td>read: no data rows</td>' in page
+    assert f'<th scope="row">{BINARY}</th><td>unreadable: {binary_reason}' in page
+    assert "1 unreadable file(s)" in page
+
+    _, rows, _ = day("2026-11-19")
+    assert [(r["source_file"], r["origin"]) for r in rows] == [(other_day, "file")]
+
+    from pipeline.ledger import Ledger  # without the pattern: the days the run was fetching
+
+    with Ledger(settings.ledger_path) as ledger:
+        unplaced = run_report_rows(day_report(ledger, "acme_hourly", "2026-11-20"))
+    assert {header_only, other_day, BINARY} <= {r["source_file"] for r in unplaced}
+
+
+def run_report_rows(report: Any) -> list[dict[str, str]]:
+    """A report's summary rows as summary.csv's dicts."""
+    from pipeline.reports import SUMMARY_COLUMNS
+
+    return [dict(zip(SUMMARY_COLUMNS, map(str, row), strict=True)) for row in report.summary_rows]

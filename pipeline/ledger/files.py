@@ -45,6 +45,14 @@ class Files:
                 f"AND name IN ({marks(len(chunk))})", (scope, *chunk)))
         return found
 
+    def files_without_day(self, feed: str) -> list[FileRecord]:
+        """Files of ``feed`` that hold no row, so no business date: read with no data rows, or
+        unreadable (set aside in quarantine too)."""
+        rows = self._db.query(
+            "SELECT * FROM files WHERE feed = ? AND (status IN ('unreadable', 'quarantined') "
+            "OR (status IN ('recorded', 'finished') AND rows_in = 0)) ORDER BY id", (feed,))
+        return [file_record(r) for r in rows]
+
     def files(self, *, scope: str | None = None, run_id: str | None = None) -> list[FileRecord]:
         """Files of a scope or first seen in a run."""
         sql, params = "SELECT * FROM files WHERE 1=1", []

@@ -33,6 +33,7 @@ __all__ = [
     "is_temporary",
     "lookback_dates",
     "marker_names",
+    "of_business_date",
     "printable_name",
     "ready_by_marker",
     "ready_by_stability",
@@ -68,6 +69,14 @@ def expand_patterns(pattern: str, business_dates: Sequence[date]) -> tuple[str, 
         if one not in expanded:
             expanded.append(one)
     return tuple(expanded)
+
+
+def of_business_date(name: str, pattern: str, day: date) -> bool | None:
+    """Whether ``name`` is one of the pattern's files for business date ``day`` (as discovery
+    takes it); None when the pattern does not name the date."""
+    if "{business_date" not in pattern:
+        return None
+    return any(fnmatch.fnmatchcase(name, one) for one in expand_patterns(pattern, [day]))
 
 
 def is_temporary(name: str, suffixes: Iterable[str]) -> bool:

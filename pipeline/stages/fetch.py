@@ -55,6 +55,17 @@ class FetchResult:
     files_fetched: int = 0  # files downloaded (new ones, and ones read again to compare)
     bytes_fetched: int = 0
 
+    def already_processed_files(self, run_id: str) -> list[tuple[str, str]]:
+        """(name, reason) of each file seen and not read again: which file had its content first
+        and the run that fetched it."""
+        out: list[tuple[str, str]] = []
+        for remote, record in self.already_processed:
+            when = ("read in this run" if record.first_run_id == run_id
+                    else f"first fetched in run {record.first_run_id}")
+            same = f"same content as {record.name}, " if record.name != remote.name else ""
+            out.append((remote.name, same + when))
+        return out
+
     @property
     def superseded(self) -> list[StagedFile]:
         """New files that replace an earlier file of the same name with other content."""

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from pipeline.ledger import Ledger
 from pipeline.reports import Report, build_report, write_report
+from pipeline.sources.discovery import of_business_date
 
-__all__ = ["day_problems", "day_report", "files_not_read", "report_folder", "run_report", "write_run_report"]
+__all__ = [
+    "day_problems", "day_report", "files_in_ledger", "files_not_read", "files_of_day_without_rows",
+    "report_folder", "run_report", "write_run_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +27,9 @@ def report_folder(reports_dir: Path, feed: str, report_id: str) -> Path:
 def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = None) -> Report:
     """The report of one run: the transactions it handled, as the run left them (state, attempts,
     error, event ids: the run's own outcome, whatever later runs did), so it is reproduced. Every
-    file it saw has a row: a new file read with no data rows too, and those it did not read.
+    file it saw has a row: a new file read with no data rows too, and those it did not read. A
+    run killed before it recorded its summary has the files it fetched from the ledger
+    (:func:`files_in_ledger`), kept with its report when that is first written.
 
     Its detail and reject rows are read from ``ledger`` page by page when it is written: write it
     while the ledger is open."""
@@ -41,6 +48,8 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
         "selection": run.selection,
     }
     details.update(extra or {})
+    if run.kind == "run" and run.counts is None:  # its report is first written: at its end or crash
+        details.update({k: v for k, v in files_in_ledger(ledger, run_id).items() if k not in details})
     not_read = files_not_read(details)
     seen = {name for name, *_ in totals} | {name for name, _, _ in not_read}
     new_files = [str(name) for name in details.get("files_new") or [] if str(name) not in seen]
@@ -57,27 +66,52 @@ def run_report(ledger: Ledger, run_id: str, *, extra: dict[str, Any] | None = No
     )
 
 
+def files_in_ledger(ledger: Ledger, run_id: str) -> dict[str, Any]:
+    """What the ledger knows of the files a run fetched, as its summary says it (``files_new``,
+    ``unreadable_files``, and ``interrupted_files`` when some were fetched and never read): the
+    summary of a run killed before it recorded its own."""
+    records = ledger.files(run_id=run_id)
+    seen: dict[str, Any] = {
+        "files_new": [r.name for r in records],
+        "unreadable_files": [{"file": r.name, "reason": r.error or ""}
+                             for r in records if r.status in ("unreadable", "quarantined")],
+    }
+    interrupted = [{"file": r.name, "reason": _INTERRUPTED} for r in records if r.status == "fetched"]
+    return {**seen, "interrupted_files": interrupted} if interrupted else seen
+
+
 # run summary key -> the origin its files get in summary.csv
 _NOT_READ = (
     ("unreadable_files", "unreadable"),
     ("fetch_failures", "fetch_failed"),
     ("skipped_files", "skipped"),
+    ("already_processed_files", "already_processed"),
+    ("files_in_quarantine", "quarantined"),
+    ("interrupted_files", "interrupted"),
 )
+_INTERRUPTED = "fetched; the run ended before reading it (the next run reads it)"
+# files_in_quarantine are names: each has this reason
+_IN_QUARANTINE = ("unreadable in an earlier run and set aside: not read again until a new file takes "
+                  "its name or posfeed release frees it")
 
 
 def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(source_file, origin, reason) of every file the run saw and did not read, from its summary."""
     return [
-        (str(item.get("file", "")), origin, str(item.get("reason", "")))
+        (str(item.get("file", "")), origin, str(item.get("reason", ""))) if isinstance(item, dict)
+        else (item, origin, _IN_QUARANTINE)
         for key, origin in _NOT_READ
         for item in details.get(key) or []
-        if isinstance(item, dict)
+        if isinstance(item, dict | str)
     ]
 
 
-def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
+def day_report(ledger: Ledger, feed: str, business_date: str, *, pattern: str | None = None) -> Report:
     """The report of one business day of a feed: every row of its files for that date, in its
-    current state (later reruns included). Written while ``ledger`` is open, as :func:`run_report`."""
+    current state (later reruns included), and a row for each file of the day with no rows
+    (:func:`files_of_day_without_rows`; ``pattern`` is the feed's ``source.pattern``). Written
+    while ``ledger`` is open, as :func:`run_report`."""
+    without_rows, not_read = files_of_day_without_rows(ledger, feed, business_date, pattern)
     file_ids = ledger.day_file_ids(feed, business_date)
     names = {i: ledger.file(i).name for i in file_ids}
     totals = [(names[f], store, day, rows, count, amount, currency)
@@ -91,7 +125,33 @@ def day_report(ledger: Ledger, feed: str, business_date: str) -> Report:
         rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date),
         extra={"kind": "business_day", "business_date": business_date,
                "problems": day_problems(ledger, feed, business_date)},
+        files_not_read=not_read,
+        files_without_rows=without_rows,
     )
+
+
+def files_of_day_without_rows(
+    ledger: Ledger, feed: str, business_date: str, pattern: str | None
+) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The feed's files with no row, so no business date of their own, that belong to
+    ``business_date``: by their name when ``pattern`` names the date (the day discovery took them
+    for), else when the run that first fetched them was fetching that day. Returns the names of
+    those read with no data rows, and (name, ``unreadable``, reason) of the unreadable ones."""
+    day = date.fromisoformat(business_date)
+    without_rows: list[str] = []
+    not_read: list[tuple[str, str, str]] = []
+    for record in ledger.files_without_day(feed):
+        placed = of_business_date(record.name, pattern, day) if pattern else None
+        if placed is None:
+            run = ledger.run(record.first_run_id)
+            placed = run is not None and business_date in ((run.counts or {}).get("business_dates") or [])
+        if not placed:
+            continue
+        if record.status in ("unreadable", "quarantined"):
+            not_read.append((record.name, "unreadable", record.error or ""))
+        else:
+            without_rows.append(record.name)
+    return without_rows, not_read
 
 
 def day_problems(ledger: Ledger, feed: str, business_date: str) -> list[dict[str, Any]]:
