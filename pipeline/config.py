@@ -173,6 +173,9 @@ class ValidationConfig(_Model):
     treat_negative_quantity_as_return: bool = True
     # a timestamp or business date before this day is not plausible (R025_DATE_TOO_EARLY)
     earliest_date: date = date(2000, 1, 1)
+    # a text field (an id, a name, a code) longer than this many characters is no value a till
+    # writes (R031_FIELD_TOO_LONG); a platform would refuse the request carrying it
+    max_field_chars: int = Field(default=1000, ge=1)
 
 
 def _platform_url(value: str) -> str:

@@ -48,6 +48,7 @@ class RejectCode(StrEnum):
     DISCOUNT_EXCEEDS_LINE = "R028_DISCOUNT_EXCEEDS_LINE"
     NEGATIVE_POINTS_BURNED = "R029_NEGATIVE_POINTS_BURNED"
     JSON_VALUE_NOT_TEXT = "R030_JSON_VALUE_NOT_TEXT"
+    FIELD_TOO_LONG = "R031_FIELD_TOO_LONG"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -83,6 +84,10 @@ CATALOG: dict[RejectCode, str] = {
     "anything).",
     RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
     "store_id, timestamp, product_id, quantity, unit_price, currency.",
+    RejectCode.FIELD_TOO_LONG: "A text field (transaction_id, store_id, register_id, customer_id, "
+    "transaction_type, product_id, product_name, product_category, currency, "
+    "original_transaction_id) is longer than validation.max_field_chars characters (1,000 unless "
+    "set): no value a till writes, and a request carrying it would be refused whole.",
     RejectCode.CONTROL_CHARACTER_IN_ID: "An id (transaction_id, original_transaction_id, customer_id, "
     "product_id, store_id, register_id) holds a control or format character (Unicode categories Cc, "
     "Cf: tabs, line breaks, zero-width and bidi marks...).",

@@ -148,7 +148,7 @@ CASES: list[Case] = [
     Case("gzip_as_csv.csv", gzip.compress(text([HEADER, *good(2)])), unreadable="gzip"),
     Case("xlsx_as_csv.csv", b"PK\x03\x04" + bytes(200), unreadable="ZIP"),
     Case("xml_as_csv.csv", _xml_one_line(), unreadable="required columns missing"),
-    Case("huge_field.csv", _huge_field(), rows=3),
+    Case("huge_field.csv", _huge_field(), rows=3, rejects={2: R.FIELD_TOO_LONG}),  # read, then too long
     Case("duplicate_header.csv", text([HEADER.replace("register_id", "store_id"), *good(1)]),
          unreadable="store_id"),
     Case("duplicate_header_after_strip.csv", text([HEADER.replace("register_id", " store_id "), *good(1)]),

@@ -70,6 +70,9 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
                          row(line_no="2", transaction_type="return", quantity="-2", line_total="-5",
                              original_transaction_id="S2")], {}, R.MIXED_TRANSACTION_VALUES),
     ("transaction_total_off", [row(transaction_total="9.99")], {}, R.TRANSACTION_TOTAL_MISMATCH),
+    ("product_name_of_1001_characters", [row(product_name="x" * 1001)], {}, R.FIELD_TOO_LONG),
+    ("customer_id_longer_than_set", [row(customer_id="C" * 11)], {"validation": {"max_field_chars": 10}},
+     R.FIELD_TOO_LONG),
     ("nul_in_a_field", [row(product_name="Tea\x00")], {}, R.NUL_IN_ROW),
     ("zero_width_space_in_id", [row(transaction_id="T\u200b1")], {}, R.CONTROL_CHARACTER_IN_ID),
     ("bidi_mark_in_customer", [row(customer_id="\u202eC1")], {}, R.CONTROL_CHARACTER_IN_ID),
@@ -440,3 +443,12 @@ def test_keys_a_feed_does_not_read_may_hold_anything_but_the_ones_it_reads_may_n
     assert codes(result)[1:] == [R.JSON_VALUE_NOT_TEXT.value] * 2
     reasons = result.lines.get_column("reject_reason").to_list()
     assert "field 'receipt' holds an array" in reasons[1] and "holds true" in reasons[2]
+
+
+def test_a_field_of_exactly_the_limit_is_kept_and_a_long_one_is_named_by_length_only() -> None:
+    settings = feed(validation={"max_field_chars": 12})
+    rows = [row(customer_id="C" * 12), row(transaction_id="T2", customer_id="SECRET-MEMBER-1")]
+    result = run(rows, settings)
+    assert codes(result) == [None, R.FIELD_TOO_LONG.value]
+    reason = result.lines.get_column("reject_reason").to_list()[1]
+    assert reason == "customer_id is 15 characters long; at most 12 are kept (validation.max_field_chars)"

@@ -28,6 +28,8 @@ from pipeline.records import REQUIRED_COLUMNS, TransactionType
 __all__ = [
     "code_rules",
     "control_character_rules",
+    "field_length_rules",
+    "long_text_flag",
     "missing_field_rules",
     "number_rules",
     "reader_rules",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 _TYPES = [t.value for t in TransactionType]
+# the text fields whose length is bounded (numbers, times and dates are bounded by their reading)
+TEXT_FIELDS = ("transaction_id", "store_id", "register_id", "customer_id", "transaction_type", "product_id",
+               "product_name", "product_category", "currency", "original_transaction_id")
 # a line's computed amount must fit the money kept, like every amount read
 LARGEST_LINE_AMOUNT = money(10**MONEY_WHOLE_DIGITS)
 
@@ -75,6 +80,33 @@ def missing_field_rules() -> list[Rule]:
             )
         )
     return rules
+
+
+def long_text_flag(feed: Feed) -> pl.Expr:
+    """``v_long_text``: true where a text field has more bytes than ``validation.max_field_chars``
+    (a character takes a byte at least, so no other line has one too long), null elsewhere: when
+    no line has one, :func:`field_length_rules` are skipped (a byte count costs nothing)."""
+    limit = feed.validation.max_field_chars
+    long_text = pl.any_horizontal(pl.col(f).str.len_bytes() > limit for f in TEXT_FIELDS)
+    return pl.when(long_text).then(True).alias("v_long_text")
+
+
+def field_length_rules(feed: Feed) -> list[Rule]:
+    """A text field longer than ``validation.max_field_chars`` characters (the reason gives its
+    length, never its value)."""
+    limit = feed.validation.max_field_chars
+    return [
+        Rule(
+            f"{field}_too_long",
+            RejectCode.FIELD_TOO_LONG,
+            field,
+            pl.col("v_long_text") & (pl.col(field).str.len_chars() > limit),
+            reason(f"{field} is {{}} characters long; at most {limit} are kept (validation.max_field_chars)",
+                   pl.col(field).str.len_chars()),
+            needs=("v_long_text",),
+        )
+        for field in TEXT_FIELDS
+    ]
 
 
 def control_character_rules(feed: Feed) -> list[Rule]:

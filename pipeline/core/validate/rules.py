@@ -12,6 +12,7 @@ from pipeline.core.validate.exprs import money
 from pipeline.core.validate.field_rules import (
     code_rules,
     control_character_rules,
+    field_length_rules,
     missing_field_rules,
     number_rules,
     reader_rules,
@@ -30,6 +31,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
     return [
         *reader_rules(),
         *missing_field_rules(),
+        *field_length_rules(feed),
         *control_character_rules(feed),
         *number_rules(feed),
         *time_format_rules(),
