@@ -4,6 +4,7 @@ sandbox, a real webhook receiver on loopback, real SQLite ledgers."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -154,6 +155,10 @@ def test_a_feed_run_again_and_again_alerts_once_per_problem(tmp_path: Path, sand
         s = Setup(tmp_path, sandbox_env, hook.url)
         s.drop("pos_LON01_20261120_daily.csv")
         (s.folder / GARBAGE).write_bytes(b"\x00\x01binary\x00not a csv\n" * 20)
+        # written an hour ago: a file modified within 2 s of its fetch is fetched once more to
+        # compare (the racily-clean rule), which is not what step 2 looks at
+        an_hour_ago = time.time() - 3600
+        os.utime(s.folder / GARBAGE, (an_hour_ago, an_hour_ago))
 
         # 1: a broken file and a store that never delivers
         code, summary, logs = s.run()
