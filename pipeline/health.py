@@ -43,6 +43,7 @@ class Backlog:
     oldest_since: str | None
     oldest_minutes: int | None
     oldest_seconds: float | None = None
+    needs_rerun: int = 0  # failed-retryable that only `posfeed rerun` sends (past the caps, or deferred)
 
     def to_dict(self) -> dict[str, Any]:
         """The `backlog` object of a run's summary."""
@@ -52,7 +53,8 @@ class Backlog:
 
 def backlog_of(ledger: Ledger, feed: Feed, run_id: str | None, now: datetime) -> Backlog:
     """The backlog of ``feed``'s scope as ``run_id`` leaves it: what the next plain run sends
-    (within the feed's ``[resume]`` caps; see :meth:`Ledger.backlog`) and the age of its oldest."""
+    (within the feed's ``[resume]`` caps; see :meth:`Ledger.backlog`), the age of its oldest, and
+    what only a rerun sends."""
     caps = feed.resume
     backlog = ledger.backlog(feed.scope, max_attempts=caps.max_attempts,
                              max_age_hours=caps.max_age_hours, now=now)
@@ -62,7 +64,7 @@ def backlog_of(ledger: Ledger, feed: Feed, run_id: str | None, now: datetime) ->
         seconds = max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
     minutes = int(seconds // 60) if seconds is not None else None
     carried = ledger.carried(run_id) if run_id is not None else 0
-    return Backlog(carried, backlog.waiting, oldest, minutes, seconds)
+    return Backlog(carried, backlog.waiting, oldest, minutes, seconds, backlog.needs_rerun)
 
 
 @dataclass(frozen=True)

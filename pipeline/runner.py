@@ -60,7 +60,7 @@ from pipeline.errors import (
     state_io_error,
 )
 from pipeline.expected import SeenFile, note_other_feeds, report_missing
-from pipeline.health import RunFacts, backlog_of, covers, observe, relevant
+from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import Ledger, new_run_id
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.problems import Problem, reconcile, sorted_problems
@@ -646,7 +646,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("carried_over", 0)
     ctx.notes.setdefault("source_errors", [])
-    ctx.notes.update(_backlog_notes(ctx))
+    backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, datetime.now(UTC))
+    ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
     notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are read and written a page at a time, none kept
@@ -655,7 +656,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         if status != "failed" and ctx.refused():
             code = EXIT_CONFIG
         report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
-        report.summary.update(_health(ctx, report.summary))
+        report.summary.update(_health(ctx, report.summary, backlog))
         ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
         folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
         try:
@@ -685,12 +686,11 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     return summary
 
 
-def _health(ctx: _Context, summary: dict[str, Any]) -> dict[str, Any]:
+def _health(ctx: _Context, summary: dict[str, Any], backlog: Backlog) -> dict[str, Any]:
     """The backlog, and the feed's problems brought up to date (opened, escalated, resolved, with
     the alerts they owe recorded in the same ledger transaction). Dry runs only report the backlog.
     """
     now = datetime.now(UTC)
-    backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, now)
     out: dict[str, Any] = {"backlog": backlog.to_dict()}
     if ctx.dry_run:
         return out
@@ -796,19 +796,14 @@ _RUN_LOG_KEYS = (
 )
 
 
-def _backlog_notes(ctx: _Context) -> dict[str, Any]:
-    """What of the scope is still not final when the run ends (for the summary and alerting)."""
-    resume = ctx.feed.resume
-    backlog = ctx.ledger.backlog(ctx.feed.scope, max_attempts=resume.max_attempts,
-                                 max_age_hours=resume.max_age_hours)
-    age: int | None = None
-    if backlog.waiting_since is not None:
-        age = max(0, int((datetime.now(UTC) - datetime.fromisoformat(backlog.waiting_since)).total_seconds()))
+def _backlog_notes(ctx: _Context, backlog: Backlog) -> dict[str, Any]:
+    """The backlog's figures the summary and alerting read (the same as its ``backlog`` object)."""
     if backlog.needs_rerun:
         log.warning("%s: %d transaction(s) of scope %s are past the resume caps or were refused as "
                     "requests; only `posfeed rerun --feed %s --failed` sends them", ctx.feed.name,
                     backlog.needs_rerun, ctx.feed.scope, ctx.feed.name)
-    return {"waiting": backlog.waiting, "waiting_oldest_at": backlog.waiting_since,
+    age = int(backlog.oldest_seconds) if backlog.oldest_seconds is not None else None
+    return {"waiting": backlog.waiting, "waiting_oldest_at": backlog.oldest_since,
             "waiting_oldest_age_seconds": age, "needs_rerun": backlog.needs_rerun}
 
 

@@ -123,6 +123,11 @@ def test_a_platform_failing_mid_run_then_a_plain_run_delivers_everything_once(tm
         first = run_json(failing)
         assert first["failed_retryable"] > 0 and first["waiting"] == first["failed_retryable"]
         assert first["waiting_oldest_at"] and first["waiting_oldest_age_seconds"] is not None
+        # the backlog object tells the same figures as the flat keys (one backlog, read once)
+        backlog = first["backlog"]
+        assert backlog["waiting"] == first["waiting"]
+        assert backlog["oldest_waiting_since"] == first["waiting_oldest_at"]
+        assert backlog["oldest_waiting_minutes"] == first["waiting_oldest_age_seconds"] // 60
         assert "failed retryable" in failing.stderr  # the cause, without -v
 
         sandbox.config.fault_rate = 0.0

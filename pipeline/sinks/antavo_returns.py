@@ -27,13 +27,14 @@ back); the over-refund check applies to every mode. The dry run takes the same d
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from pipeline.logs import same_customer
 from pipeline.records import ReturnStatus
+from pipeline.sinks.returned import per_product
 
 __all__ = [
     "OVER_REFUND",
@@ -99,23 +100,13 @@ def _not_sent(code: str, message: str, lines: tuple[Line, ...] = ()) -> ReturnDe
     return ReturnDecision(None, lines, code, message)
 
 
-def _totals(groups: Iterable[Iterable[Line]]) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
-    units: dict[str, Decimal] = defaultdict(Decimal)
-    money: dict[str, Decimal] = defaultdict(Decimal)
-    for lines in groups:
-        for line in lines:
-            units[line.product_id] += line.quantity
-            money[line.product_id] += line.amount
-    return units, money
-
-
 def _over_refund(
     lines: Sequence[Line], original: Sequence[Line], original_total: Decimal | None,
     earlier: Sequence[Sequence[Line]], original_id: str,
 ) -> str | None:
     """Why these lines, with the earlier returns, give back more than the sale took (or None)."""
-    bought_units, bought_money = _totals([original])
-    back_units, back_money = _totals([*earlier, lines])
+    bought_units, bought_money = per_product([original])
+    back_units, back_money = per_product([*earlier, lines])
     priced: dict[str, Decimal] = defaultdict(Decimal)  # a product's lines before their discounts
     for line in original:
         priced[line.product_id] += line.amount + line.discount
@@ -170,8 +161,8 @@ def decide_return(
         return ReturnDecision("refund", lines)
     if mode == "refund_item" or original is None or earlier:
         return ReturnDecision("refund_item", lines)
-    bought_units, bought_money = _totals([original])
-    back_units, back_money = _totals([lines])
+    bought_units, bought_money = per_product([original])
+    back_units, back_money = per_product([lines])
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     whole = back_units == bought_units and sum(back_money.values(), Decimal(0)) == paid
     return ReturnDecision("refund" if whole else "refund_item", lines)

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from pipeline.logs import same_customer
+from pipeline.sinks.returned import per_product
 
 __all__ = [
     "EarlierReturn",
@@ -182,11 +183,7 @@ def check_return(
             f"the sale {sale.transaction_id} came back whole in {first.transaction_id}",
         )
     bought = {line.product_id: line for line in sale.lines}
-    taken: dict[str, tuple[Decimal, Decimal]] = {}
-    for e in earlier:
-        for line in e.lines:
-            q, a = taken.get(line.product_id, (Decimal(0), Decimal(0)))
-            taken[line.product_id] = (q + line.quantity, a + line.amount)
+    taken_units, taken_money = per_product(e.lines for e in earlier)
     tolerance = Decimal(1).scaleb(-decimals)
     for line in returned:
         sold = bought.get(line.product_id)
@@ -196,8 +193,8 @@ def check_return(
                 ReturnCode.MISMATCH,
                 f"product {line.product_id} is not a line of the sale {sale.transaction_id}",
             )
-        taken_q, taken_a = taken.get(line.product_id, (Decimal(0), Decimal(0)))
-        left_q, left_a = sold.quantity - taken_q, sold.amount - taken_a
+        left_q = sold.quantity - taken_units[line.product_id]
+        left_a = sold.amount - taken_money[line.product_id]
         if line.quantity > left_q:
             code = ReturnCode.ALREADY_RETURNED if line.quantity <= sold.quantity else ReturnCode.MISMATCH
             return ReturnCheck(

@@ -57,10 +57,9 @@ def with_return_context(
     ]
     if not wanted:
         return list(checkouts)
-    known = ledger.originals(scope, wanted)
     sales = {
         record.transaction_id: decode_checkout(record.checkout)
-        for record in ledger.transactions_by_row_id([r.id for r in known.values()], with_checkout=True)
+        for record in ledger.sales_with_checkouts(scope, wanted).values()
         if record.checkout and record.transaction_type == TransactionType.SALE
     }
     returns = ledger.returns_of(scope, wanted)
