@@ -495,13 +495,20 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     )
 
 
-def _read_parquet(data: bytes, name: str) -> pl.DataFrame:
+def _read_parquet(data: bytes, name: str, read_keys: frozenset[str] = frozenset()) -> pl.DataFrame:
+    """A Parquet file, every column as text. A column of ``read_keys`` holding objects, lists or
+    booleans makes the file unreadable: no id, amount or code is one (JSON Lines rejects such a
+    line, ``R030``; a Parquet column is that type on every row)."""
     if not data:
         raise UnreadableFileError(name, "file is empty")
     try:
         frame = pl.read_parquet(data)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise _unreadable(name, f"not readable as Parquet: {_first_line(exc)}") from exc
+    odd = next(((c, t) for c, t in frame.schema.items()
+                if c.strip() in read_keys and (t.is_nested() or t == pl.Boolean)), None)
+    if odd is not None:
+        raise _unreadable(name, f"column '{one_line(odd[0], 40)}' holds {odd[1]} values, not text or numbers")
     frame = _stringify(frame)
     columns = frame.columns
     frame = frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("source_line"))
@@ -589,7 +596,7 @@ def read_bytes(data: bytes, feed: Feed, *, source_name: str, stats: ReadStats | 
     elif fmt.kind == "jsonl":
         frame = _read_jsonl(data, fmt, source_name)
     else:
-        frame = _read_parquet(data, source_name)
+        frame = _read_parquet(data, source_name, _read_keys(fmt))
     frame = _map_columns(frame, feed, source_name)
     return frame.with_columns(pl.lit(source_name, dtype=pl.String).alias("source_file"))
 

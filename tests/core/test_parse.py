@@ -371,3 +371,20 @@ def test_a_jsonl_file_with_too_many_different_keys_is_unreadable(tmp_path: Path)
     text = "\n".join(json.dumps({**base, f"k{i}": "x"}) for i in range(MAX_JSONL_KEYS))
     with pytest.raises(UnreadableFileError, match=f"more than {MAX_JSONL_KEYS} different keys"):
         read_file(write(tmp_path, "keys.jsonl", text), feed(format={"kind": "jsonl"}))
+
+
+def test_a_parquet_column_the_feed_reads_holding_objects_or_booleans_makes_the_file_unreadable(
+    tmp_path: Path,
+) -> None:
+    # before: a struct column of customer ids was sent as the member id '{"id":"C1"}'
+    import pyarrow as pa
+
+    base = {k: [v] for k, v in row().items() if v != ""}
+    the_feed = feed(format={"kind": "parquet"})
+    for column, values in (("customer_id", pa.array([{"id": "C1"}])), ("store_id", pa.array([True]))):
+        path = write(tmp_path, f"{column}.parquet", _parquet_bytes({**base, column: values}))
+        with pytest.raises(UnreadableFileError, match=f"column '{column}' holds"):
+            read_file(path, the_feed)
+    # a column the feed does not read may hold anything
+    extra = write(tmp_path, "extra.parquet", _parquet_bytes({**base, "basket": pa.array([{"n": 1}])}))
+    assert read_file(extra, the_feed).height == 1
