@@ -47,7 +47,10 @@ Mapping (one checkout per retail transaction):
   ``DiscountAmount``, modifier ``Amount``, grand or tax ``Total``) is no default (a quantity of 1,
   the regular price, quantity x price, no discount, no total): the line goes with the reader's
   reject ``R002`` for that field (``read_code``, a ``read_reason`` starting with the field), so
-  that validation rejects its transaction. A missing ``Quantity`` is 1.
+  that validation rejects its transaction. A missing ``Quantity`` is 1. So is a price modifier
+  with a ``Percent`` and no ``Amount`` (``R002``, discount, naming the element and its line): what
+  the percentage took off depends on the till (of which price, per unit or per line, rounded how,
+  after which other modifiers) and is not in the file, so no discount is computed or left out.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -132,7 +135,7 @@ _ITEM_KINDS = ("Sale", "Return")
 _TAGS = (
     "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
     "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
-    "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
+    "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount", "Percent",
 )
 _STRUCTURE = frozenset(("LineItem", "Total", "TransactionLink"))
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -242,7 +245,7 @@ class _Item:
     voided: bool = False
     kept_as_read: bool = False  # a number unreadable, or quantity 0: a line for validation to judge
     raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
-    empty: str = ""  # the read_reason of a number element present but empty (else "")
+    empty: str = ""  # the R002 read_reason: a number element present but empty, a Percent only (else "")
 
 
 class _Transaction:
@@ -562,7 +565,7 @@ class _Reader:
             product_id = _text(element)
             if product_id:
                 break
-        empty = ""  # a number element present but empty: unreadable, never a default
+        empty = ""  # R002: a number element present but empty, a Percent only; never a default
         quantity_text = text("Quantity")
         if not quantity_text:
             if tag["Quantity"] in children:
@@ -602,7 +605,14 @@ class _Reader:
                 modifier_element = modifier.find(amount_tag)
                 modifier_text = _text(modifier_element)
                 modifier_amount = _decimal(modifier_text)
-                if modifier_amount is None and modifier_text:
+                percent = modifier.find(tag["Percent"]) if modifier_element is None else None
+                if percent is not None:  # how much a percentage took off is the till's, not written
+                    empty = empty or (
+                        f"discount: the <RetailPriceModifier> at line {modifier.sourceline} has a <Percent> "
+                        f"({_text(percent)}) and no <Amount>: the amount it took off is not written, so "
+                        "the discount cannot be read exactly")
+                    raw["discount"] = None
+                elif modifier_amount is None and modifier_text:
                     raw["discount"] = modifier_text
                 elif modifier_element is not None and not modifier_text:
                     empty = empty or _empty_number("discount", "Amount")

@@ -89,7 +89,7 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
     "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
     "(4 for money, 3 for quantities, 0 for line_no); in POSLog, also a number element that is there "
-    "but empty.",
+    "but empty, and a price modifier that gives a Percent but no Amount.",
     RejectCode.NUMBER_TOO_LARGE: "A number has more whole digits than kept (money below "
     "1,000,000,000,000, quantities below 1,000,000,000), or a line's quantity × unit_price − "
     "discount reaches 1,000,000,000,000.",

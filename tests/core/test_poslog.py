@@ -731,3 +731,29 @@ def test_an_empty_number_element_is_unreadable_never_a_default(
     assert result.summary["transactions_rejected"] == 2 and result.summary["skipped_by_kind"] == {}
     assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
     assert balances(result)
+
+
+def test_a_percentage_only_price_modifier_rejects_its_transaction(tmp_path: Path) -> None:
+    # 10 % off A: the till took 18.00, but the file never says how much 10 % was (of which price,
+    # rounded how); it used to add no discount, so A went out at 20.00 (or B took part of A's)
+    percent = ("<RetailPriceModifier><SequenceNumber>1</SequenceNumber><Percent Action=\"Subtract\">10"
+               "</Percent></RetailPriceModifier><Quantity>")
+    both = percent.replace("<Percent", "<Amount Action=\"Subtract\">2.00</Amount><Percent")
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "20.00").replace("<Quantity>", percent), tender(2, "18.00"), grand=None),
+        retail(2, sale(1, "A", "20.00").replace("<Quantity>", percent), sale(2, "B", "20.00"), grand="38.00"),
+        retail(3, sale(1, "A", "20.00").replace("<Quantity>", both), grand="18.00"),  # the Amount is read
+        retail(4, sale(1, "A", "20.00", discount="2.00").replace("<Quantity>", percent), grand="18.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.get_column("transaction").to_list() == ["1", "2"]
+    assert set(bad.get_column("reject_field")) == {"discount"}
+    assert bad.row(0, named=True)["reject_reason"] == (
+        "the <RetailPriceModifier> at line 3 has a <Percent> (10) and no <Amount>: the amount it took "
+        "off is not written, so the discount cannot be read exactly")
+    assert result.summary["rejects_by_code"] == {"R002_BAD_NUMBER": 2, "R099_SIBLING_REJECTED": 1}
+    assert totals_by_id(result) == {txn_id(3): Decimal("18.00"), txn_id(4): Decimal("18.00")}
+    assert items_of(result, 3).get_column("discount").to_list() == [Decimal("2.00")]
+    assert balances(result)
+
