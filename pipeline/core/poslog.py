@@ -66,10 +66,10 @@ on one line (minified XML) it is the item's position among all the file's ``Line
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
 in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
 not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, with
-a ``Transaction`` outside ``poslog.namespace``, or with a transaction body, ``LineItem``, ``Total``
-or ``TransactionLink`` outside it and the vendor namespaces is unreadable as a whole, with the
-position where it broke and the last complete transaction (or the element and its line): a
-half-read transaction log is never sent in part.
+a ``Transaction`` or ``LineItem`` outside ``poslog.namespace`` (a vendor namespace too), or with a
+transaction body, ``Total`` or ``TransactionLink`` outside it and the vendor namespaces is
+unreadable as a whole, with the position where it broke and the last complete transaction (or the
+element and its line): a half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
@@ -425,20 +425,20 @@ class _Reader:
         self._emit(txn, items, position)
 
     def _check_namespaces(self, element: Any, position: int) -> None:
-        """A transaction body, LineItem or Total outside poslog.namespace (and the vendor ones):
-        unreadable."""
+        """A LineItem outside poslog.namespace, or a transaction body, Total or TransactionLink
+        outside it and the vendor namespaces: unreadable (the reader reads ARTS LineItems only, so
+        a vendor one would be neither read nor counted)."""
         bodies = [c for c in element if _local(c.tag).endswith("Transaction")]
         checked = self._tags_checked
         for child in (*element, *(c for body in bodies for c in body)):
             tag = child.tag
             if checked.get(tag) is None:  # each tag judged once per file
                 local = _local(tag)
-                checked[tag] = not (local in _STRUCTURE or local.endswith("Transaction")) or (
-                    tag == self.names.q(local))
-            if checked[tag]:
-                continue
-            ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
-            if ns not in self.vendor_namespaces:
+                fine = not (local in _STRUCTURE or local.endswith("Transaction")) or tag == self.names.q(local)
+                if not fine and local != "LineItem":
+                    fine = (tag[1:].split("}", 1)[0] if tag.startswith("{") else "") in self.vendor_namespaces
+                checked[tag] = fine
+            if not checked[tag]:
                 raise self._outside(child, f"transaction {position}")
 
     def _check_skipped(self, element: Any, before: int) -> None:

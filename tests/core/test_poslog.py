@@ -757,3 +757,14 @@ def test_a_percentage_only_price_modifier_rejects_its_transaction(tmp_path: Path
     assert items_of(result, 3).get_column("discount").to_list() == [Decimal("2.00")]
     assert balances(result)
 
+
+def test_a_line_item_in_a_vendor_namespace_makes_the_file_unreadable(tmp_path: Path) -> None:
+    # the reader reads ARTS LineItems only: B's 3.00 went unread and uncounted, exit 0
+    vendor = sale(1, "B", "3.00").replace("<LineItem>", "<acs:LineItem>").replace("</LineItem>", "</acs:LineItem>")
+    text = document(retail(1, sale(1, "A", "2.00"), grand="2.00"),
+                    retail(2, sale(1, "A", "2.00"), vendor, grand=None), extra_ns=f' xmlns:acs="{ACS}"')
+    result = run(write(tmp_path, text), feed(profile="ncr_acs"))
+    assert result.unreadable, result.summary
+    reason = result.unreadable[0].reason
+    assert f"<LineItem> at line 4 (transaction 2) is in namespace {ACS}" in reason
+    assert "(poslog.namespace)" in reason and result.summary["rows_in"] == 0
