@@ -54,7 +54,11 @@ Mapping (one checkout per retail transaction):
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
-  :class:`ReadStats` ``skipped_by_kind``, never lines. A post-void (a transaction whose
+  :class:`ReadStats` ``skipped_by_kind``, never lines. An item-less one (no ``Sale`` or ``Return``
+  line written, or all voided) is skipped as ``no_items`` only when it took no money (no
+  ``TransactionGrandAmount``, or 0); one that took money is one line with the reader's reject
+  ``R031`` (``read_code``) carrying its total as ``line_total``, so that its money shows among the
+  rejected amounts instead of leaving the balance unseen. A post-void (a transaction whose
   ``TransactionLink`` has a ``poslog.post_void_link_reasons`` reason) removes the transaction it
   voids when this file holds it (``post_void`` and ``post_voided``), else is counted as
   ``post_void_original_elsewhere`` with a warning. Every ``LineItem`` is counted by kind in
@@ -131,6 +135,7 @@ _CONFLICT_CODES = {"store_id": RejectCode.MIXED_STORES, "customer_id": RejectCod
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
 _BAD_NUMBER = RejectCode.BAD_NUMBER.value
+_NO_ITEMS = RejectCode.NO_ITEMS.value
 _ITEM_KINDS = ("Sale", "Return")
 _TAGS = (
     "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
@@ -418,11 +423,7 @@ class _Reader:
             if line_items:
                 self.stats.line_items_by_kind["in_skipped_transaction"] += len(line_items)
             return
-        items = self._items(txn, line_items)
-        if not items:
-            self.stats.skipped_by_kind["no_items"] += 1
-            return
-        self._emit(txn, items, position)
+        self._emit(txn, self._items(txn, line_items), position)
 
     def _check_namespaces(self, element: Any, position: int) -> None:
         """A LineItem outside poslog.namespace, or a transaction body, Total or TransactionLink
@@ -434,10 +435,10 @@ class _Reader:
             tag = child.tag
             if checked.get(tag) is None:  # each tag judged once per file
                 local = _local(tag)
-                fine = not (local in _STRUCTURE or local.endswith("Transaction")) or tag == self.names.q(local)
-                if not fine and local != "LineItem":
-                    fine = (tag[1:].split("}", 1)[0] if tag.startswith("{") else "") in self.vendor_namespaces
-                checked[tag] = fine
+                ok = not (local in _STRUCTURE or local.endswith("Transaction")) or tag == self.names.q(local)
+                if not ok and local != "LineItem":  # the vendor namespaces: not for a LineItem
+                    ok = (tag[1:].split("}", 1)[0] if tag.startswith("{") else "") in self.vendor_namespaces
+                checked[tag] = ok
             if not checked[tag]:
                 raise self._outside(child, f"transaction {position}")
 
@@ -640,6 +641,8 @@ class _Reader:
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
+        """The lines of one retail transaction (none: counted as ``no_items``, or one row rejected
+        ``R031`` when it took money)."""
         body = txn.body
         fields = txn.fields
         totals: dict[str, str] = {}
@@ -662,6 +665,17 @@ class _Reader:
             empty_total = _empty_number("transaction_total", 'Total TotalType="TransactionTaxAmount"')
             grand = None
         type_code = body.get("TypeCode") or ""
+        no_items = not items
+        if no_items:
+            if "TransactionGrandAmount" not in totals or _decimal(grand_text) == 0:
+                self.stats.skipped_by_kind["no_items"] += 1  # nothing sold, nothing taken
+                return
+            # money taken with nothing to carry it: one row, rejected, that shows the money
+            kind = "Return" if type_code in self.config.return_type_codes else "Sale"
+            items = [_Item(kind=kind, line_no="", product_id="", name="", category="", quantity=_ZERO,
+                           quantity_text="", unit_price_text="", amount=_ZERO, own_discount=_ZERO,
+                           xml_line=body.sourceline or 0, ordinal=self.ordinal, original_link=None,
+                           kept_as_read=True, raw={"discount": None})]
         is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
         txn_type = "return" if is_return else "sale"
         timestamp = ""
@@ -685,6 +699,11 @@ class _Reader:
                     conflicts.append("customer_id")  # two members in one transaction: a guess
                 break
         read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}")
+        if no_items:  # the reader's reject of the whole transaction: before any other
+            read_code, empty_total = _NO_ITEMS, ""
+            read_reason = (f"transaction {transaction_id or f'#{position}'} has a TransactionGrandAmount of "
+                           f"{grand_text or repr('')} but no Sale or Return line to carry it (none written, "
+                           "or all voided)")
         original = ""
         link = body.find(self.tag["TransactionLink"])
         links = [i.original_link for i in items if i.original_link] or (
@@ -703,6 +722,8 @@ class _Reader:
         total_text = unreadable_total
         if total is not None:
             total_text = _number_text(abs(total) if is_return else total)
+        if no_items:
+            items[0].raw["line_total"] = total_text  # the money shows among the rejected amounts
         currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):

@@ -48,6 +48,7 @@ class RejectCode(StrEnum):
     DISCOUNT_EXCEEDS_LINE = "R028_DISCOUNT_EXCEEDS_LINE"
     NEGATIVE_POINTS_BURNED = "R029_NEGATIVE_POINTS_BURNED"
     JSON_VALUE_NOT_TEXT = "R030_JSON_VALUE_NOT_TEXT"
+    NO_ITEMS = "R031_NO_ITEMS"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -67,6 +68,7 @@ READER_CODES: tuple[RejectCode, ...] = (
     RejectCode.NOT_JSON,
     RejectCode.NUL_IN_ROW,
     RejectCode.JSON_VALUE_NOT_TEXT,
+    RejectCode.NO_ITEMS,
 )
 
 CATALOG: dict[RejectCode, str] = {
@@ -81,6 +83,9 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.JSON_VALUE_NOT_TEXT: "A JSON Lines field the feed reads holds an object, an array, "
     "true or false: no text or number a checkout can carry (keys the feed does not read may hold "
     "anything).",
+    RejectCode.NO_ITEMS: "A POSLog retail transaction took money (a TransactionGrandAmount other "
+    "than 0) but has no Sale or Return line left to carry it (none written, or all voided). Its one "
+    "row carries the total as its line_total, so the money shows among the rejected amounts.",
     RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
     "store_id, timestamp, product_id, quantity, unit_price, currency.",
     RejectCode.CONTROL_CHARACTER_IN_ID: "An id (transaction_id, original_transaction_id, customer_id, "
