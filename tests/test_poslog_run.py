@@ -131,6 +131,6 @@ def test_check_shows_the_money_of_a_transaction_without_items(tmp_path: Path) ->
     summary = json.loads(done.stdout)
     money = (summary["amount_in"], summary["amount_valid"], summary["amount_rejected"])
     assert money == ("7.00", "2.00", "5.00")
-    assert summary["rejects_by_code"] == {"R031_NO_ITEMS": 1} and summary["skipped_by_kind"] == {}
+    assert summary["rejects_by_code"] == {"R032_NO_ITEMS": 1} and summary["skipped_by_kind"] == {}
     rejects = (tmp_path / "out" / "rejects.csv").read_text(encoding="utf-8")
-    assert "R031_NO_ITEMS" in rejects and "TransactionGrandAmount=5.00 TransactionTaxAmount=0.00" in rejects
+    assert "R032_NO_ITEMS" in rejects and "TransactionGrandAmount=5.00 TransactionTaxAmount=0.00" in rejects

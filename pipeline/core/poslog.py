@@ -57,7 +57,7 @@ Mapping (one checkout per retail transaction):
   :class:`ReadStats` ``skipped_by_kind``, never lines. An item-less one (no ``Sale`` or ``Return``
   line written, or all voided) is skipped as ``no_items`` only when it took no money (no
   ``TransactionGrandAmount``, or 0); one that took money is one line with the reader's reject
-  ``R031`` (``read_code``) carrying its total as ``line_total``, so that its money shows among the
+  ``R032`` (``read_code``) carrying its total as ``line_total``, so that its money shows among the
   rejected amounts instead of leaving the balance unseen. A post-void (a transaction whose
   ``TransactionLink`` has a ``poslog.post_void_link_reasons`` reason) removes the transaction it
   voids when this file holds it (``post_void`` and ``post_voided``), else is counted as
@@ -642,7 +642,7 @@ class _Reader:
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
         """The lines of one retail transaction (none: counted as ``no_items``, or one row rejected
-        ``R031`` when it took money)."""
+        ``R032`` when it took money)."""
         body = txn.body
         fields = txn.fields
         totals: dict[str, str] = {}

@@ -770,7 +770,7 @@ def test_a_transaction_that_took_money_without_items_is_rejected_with_it(tmp_pat
     ))
     result = run(path)
     assert result.summary["skipped_by_kind"] == {"no_items": 2}
-    assert result.summary["rejects_by_code"] == {"R031_NO_ITEMS": 3}
+    assert result.summary["rejects_by_code"] == {"R032_NO_ITEMS": 3}
     rows = {r["transaction"]: r for r in result.rejects.iter_rows(named=True)}
     assert set(rows) == {"2", "5", "6"}
     two = rows["2"]
