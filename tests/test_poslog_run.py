@@ -105,3 +105,32 @@ def test_check_an_xml_file_without_a_feed(tmp_path: Path) -> None:
     assert done.returncode != EXIT_OK
     reason = json.loads(done.stdout)["unreadable_files"][0]["reason"]
     assert "not well-formed XML" in reason and "after transaction" in reason
+
+
+def test_check_shows_the_money_of_a_transaction_without_items(tmp_path: Path) -> None:
+    # a sale of 2.00, then 5.00 taken with only a tender: before, the 5.00 left the balance
+    # (amount_in 2.00, skipped no_items 1) with no reason shown
+    head = ("<RetailStoreID>0042</RetailStoreID><WorkstationID>03</WorkstationID><SequenceNumber>{}"
+            "</SequenceNumber><BusinessDayDate>2026-11-20</BusinessDayDate><EndDateTime>2026-11-20T10:15:00"
+            "</EndDateTime><CurrencyCode>USD</CurrencyCode>")
+    totals = ('<Total TotalType="TransactionTaxAmount">0.00</Total>'
+              '<Total TotalType="TransactionGrandAmount">{}</Total>')
+    sale = ("<LineItem><SequenceNumber>1</SequenceNumber><Sale><ItemID>A</ItemID><ActualSalesUnitPrice>2.00"
+            "</ActualSalesUnitPrice><ExtendedAmount>2.00</ExtendedAmount><Quantity>1</Quantity></Sale></LineItem>")
+    tender = ('<LineItem><SequenceNumber>1</SequenceNumber><Tender TenderType="Cash"><Amount>5.00</Amount>'
+              "</Tender></LineItem>")
+    path = tmp_path / "till.xml"
+    path.write_text(
+        f'<?xml version="1.0"?>\n<POSLog xmlns="{ARTS["a"]}">\n'
+        f"<Transaction>{head.format(1)}<RetailTransaction>{sale}{totals.format('2.00')}</RetailTransaction>"
+        "</Transaction>\n"
+        f"<Transaction>{head.format(2)}<RetailTransaction>{tender}{totals.format('5.00')}</RetailTransaction>"
+        "</Transaction>\n</POSLog>\n", encoding="utf-8")
+    done = _posfeed(tmp_path, dict(os.environ), "check", str(path), "--json", "--out", str(tmp_path / "out"))
+    assert done.returncode != EXIT_OK
+    summary = json.loads(done.stdout)
+    money = (summary["amount_in"], summary["amount_valid"], summary["amount_rejected"])
+    assert money == ("7.00", "2.00", "5.00")
+    assert summary["rejects_by_code"] == {"R032_NO_ITEMS": 1} and summary["skipped_by_kind"] == {}
+    rejects = (tmp_path / "out" / "rejects.csv").read_text(encoding="utf-8")
+    assert "R032_NO_ITEMS" in rejects and "TransactionGrandAmount=5.00 TransactionTaxAmount=0.00" in rejects

@@ -47,11 +47,18 @@ Mapping (one checkout per retail transaction):
   ``DiscountAmount``, modifier ``Amount``, grand or tax ``Total``) is no default (a quantity of 1,
   the regular price, quantity x price, no discount, no total): the line goes with the reader's
   reject ``R002`` for that field (``read_code``, a ``read_reason`` starting with the field), so
-  that validation rejects its transaction. A missing ``Quantity`` is 1.
+  that validation rejects its transaction. A missing ``Quantity`` is 1. So is a price modifier
+  with a ``Percent`` and no ``Amount`` (``R002``, discount, naming the element and its line): what
+  the percentage took off depends on the till (of which price, per unit or per line, rounded how,
+  after which other modifiers) and is not in the file, so no discount is computed or left out.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
-  :class:`ReadStats` ``skipped_by_kind``, never lines. A post-void (a transaction whose
+  :class:`ReadStats` ``skipped_by_kind``, never lines. An item-less one (no ``Sale`` or ``Return``
+  line written, or all voided) is skipped as ``no_items`` only when it took no money (no
+  ``TransactionGrandAmount``, or 0); one that took money is one line with the reader's reject
+  ``R032`` (``read_code``) carrying its total as ``line_total``, so that its money shows among the
+  rejected amounts instead of leaving the balance unseen. A post-void (a transaction whose
   ``TransactionLink`` has a ``poslog.post_void_link_reasons`` reason) removes the transaction it
   voids when this file holds it (``post_void`` and ``post_voided``), else is counted as
   ``post_void_original_elsewhere`` with a warning. Every ``LineItem`` is counted by kind in
@@ -63,10 +70,10 @@ on one line (minified XML) it is the item's position among all the file's ``Line
 instead, so that it always names one line item. ``src:transaction`` is the transaction's position
 in the file (1 for the first ``Transaction``), ``src:xml_line`` the item's XML line. A file that is
 not well-formed XML (not XML at all, truncated, broken inside), whose root is not ``POSLog``, with
-a ``Transaction`` outside ``poslog.namespace``, or with a transaction body, ``LineItem``, ``Total``
-or ``TransactionLink`` outside it and the vendor namespaces is unreadable as a whole, with the
-position where it broke and the last complete transaction (or the element and its line): a
-half-read transaction log is never sent in part.
+a ``Transaction`` or ``LineItem`` outside ``poslog.namespace`` (a vendor namespace too), or with a
+transaction body, ``Total`` or ``TransactionLink`` outside it and the vendor namespaces is
+unreadable as a whole, with the position where it broke and the last complete transaction (or the
+element and its line): a half-read transaction log is never sent in part.
 """
 
 from __future__ import annotations
@@ -128,11 +135,12 @@ _CONFLICT_CODES = {"store_id": RejectCode.MIXED_STORES, "customer_id": RejectCod
 _CHUNK_ROWS = 16_384  # rows kept as Python tuples before they become a frame
 _ZERO = Decimal(0)
 _BAD_NUMBER = RejectCode.BAD_NUMBER.value
+_NO_ITEMS = RejectCode.NO_ITEMS.value
 _ITEM_KINDS = ("Sale", "Return")
 _TAGS = (
     "SequenceNumber", "BeginDateTime", "EndDateTime", "Quantity", "ActualSalesUnitPrice",
     "RegularSalesUnitPrice", "ExtendedAmount", "DiscountAmount", "TransactionLink", "Description",
-    "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount",
+    "MerchandiseHierarchy", "LineItem", "Total", "POSLog", "RetailPriceModifier", "Amount", "Percent",
 )
 _STRUCTURE = frozenset(("LineItem", "Total", "TransactionLink"))
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -242,7 +250,7 @@ class _Item:
     voided: bool = False
     kept_as_read: bool = False  # a number unreadable, or quantity 0: a line for validation to judge
     raw: dict[str, str | None] = field(default_factory=dict)  # field -> the text to send instead
-    empty: str = ""  # the read_reason of a number element present but empty (else "")
+    empty: str = ""  # the R002 read_reason: a number element present but empty, a Percent only (else "")
 
 
 class _Transaction:
@@ -415,27 +423,23 @@ class _Reader:
             if line_items:
                 self.stats.line_items_by_kind["in_skipped_transaction"] += len(line_items)
             return
-        items = self._items(txn, line_items)
-        if not items:
-            self.stats.skipped_by_kind["no_items"] += 1
-            return
-        self._emit(txn, items, position)
+        self._emit(txn, self._items(txn, line_items), position)
 
     def _check_namespaces(self, element: Any, position: int) -> None:
-        """A transaction body, LineItem or Total outside poslog.namespace (and the vendor ones):
-        unreadable."""
+        """A LineItem outside poslog.namespace, or a transaction body, Total or TransactionLink
+        outside it and the vendor namespaces: unreadable (the reader reads ARTS LineItems only, so
+        a vendor one would be neither read nor counted)."""
         bodies = [c for c in element if _local(c.tag).endswith("Transaction")]
         checked = self._tags_checked
         for child in (*element, *(c for body in bodies for c in body)):
             tag = child.tag
             if checked.get(tag) is None:  # each tag judged once per file
                 local = _local(tag)
-                checked[tag] = not (local in _STRUCTURE or local.endswith("Transaction")) or (
-                    tag == self.names.q(local))
-            if checked[tag]:
-                continue
-            ns = tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
-            if ns not in self.vendor_namespaces:
+                ok = not (local in _STRUCTURE or local.endswith("Transaction")) or tag == self.names.q(local)
+                if not ok and local != "LineItem":  # the vendor namespaces: not for a LineItem
+                    ok = (tag[1:].split("}", 1)[0] if tag.startswith("{") else "") in self.vendor_namespaces
+                checked[tag] = ok
+            if not checked[tag]:
                 raise self._outside(child, f"transaction {position}")
 
     def _check_skipped(self, element: Any, before: int) -> None:
@@ -562,7 +566,7 @@ class _Reader:
             product_id = _text(element)
             if product_id:
                 break
-        empty = ""  # a number element present but empty: unreadable, never a default
+        empty = ""  # R002: a number element present but empty, a Percent only; never a default
         quantity_text = text("Quantity")
         if not quantity_text:
             if tag["Quantity"] in children:
@@ -602,7 +606,14 @@ class _Reader:
                 modifier_element = modifier.find(amount_tag)
                 modifier_text = _text(modifier_element)
                 modifier_amount = _decimal(modifier_text)
-                if modifier_amount is None and modifier_text:
+                percent = modifier.find(tag["Percent"]) if modifier_element is None else None
+                if percent is not None:  # how much a percentage took off is the till's, not written
+                    empty = empty or (
+                        f"discount: the <RetailPriceModifier> at line {modifier.sourceline} has a <Percent> "
+                        f"({_text(percent)}) and no <Amount>: the amount it took off is not written, so "
+                        "the discount cannot be read exactly")
+                    raw["discount"] = None
+                elif modifier_amount is None and modifier_text:
                     raw["discount"] = modifier_text
                 elif modifier_element is not None and not modifier_text:
                     empty = empty or _empty_number("discount", "Amount")
@@ -630,6 +641,8 @@ class _Reader:
         )
 
     def _emit(self, txn: _Transaction, items: list[_Item], position: int) -> None:
+        """The lines of one retail transaction (none: counted as ``no_items``, or one row rejected
+        ``R032`` when it took money)."""
         body = txn.body
         fields = txn.fields
         totals: dict[str, str] = {}
@@ -652,6 +665,17 @@ class _Reader:
             empty_total = _empty_number("transaction_total", 'Total TotalType="TransactionTaxAmount"')
             grand = None
         type_code = body.get("TypeCode") or ""
+        no_items = not items
+        if no_items:
+            if "TransactionGrandAmount" not in totals or _decimal(grand_text) == 0:
+                self.stats.skipped_by_kind["no_items"] += 1  # nothing sold, nothing taken
+                return
+            # money taken with nothing to carry it: one row, rejected, that shows the money
+            kind = "Return" if type_code in self.config.return_type_codes else "Sale"
+            items = [_Item(kind=kind, line_no="", product_id="", name="", category="", quantity=_ZERO,
+                           quantity_text="", unit_price_text="", amount=_ZERO, own_discount=_ZERO,
+                           xml_line=body.sourceline or 0, ordinal=self.ordinal, original_link=None,
+                           kept_as_read=True, raw={"discount": None})]
         is_return = type_code in self.config.return_type_codes or all(i.kind == "Return" for i in items)
         txn_type = "return" if is_return else "sale"
         timestamp = ""
@@ -675,6 +699,11 @@ class _Reader:
                     conflicts.append("customer_id")  # two members in one transaction: a guess
                 break
         read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}")
+        if no_items:  # the reader's reject of the whole transaction: before any other
+            read_code, empty_total = _NO_ITEMS, ""
+            read_reason = (f"transaction {transaction_id or f'#{position}'} has a TransactionGrandAmount of "
+                           f"{grand_text or repr('')} but no Sale or Return line to carry it (none written, "
+                           "or all voided)")
         original = ""
         link = body.find(self.tag["TransactionLink"])
         links = [i.original_link for i in items if i.original_link] or (
@@ -693,6 +722,8 @@ class _Reader:
         total_text = unreadable_total
         if total is not None:
             total_text = _number_text(abs(total) if is_return else total)
+        if no_items:
+            items[0].raw["line_total"] = total_text  # the money shows among the rejected amounts
         currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):

@@ -49,6 +49,7 @@ class RejectCode(StrEnum):
     NEGATIVE_POINTS_BURNED = "R029_NEGATIVE_POINTS_BURNED"
     JSON_VALUE_NOT_TEXT = "R030_JSON_VALUE_NOT_TEXT"
     FIELD_TOO_LONG = "R031_FIELD_TOO_LONG"
+    NO_ITEMS = "R032_NO_ITEMS"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
@@ -68,6 +69,7 @@ READER_CODES: tuple[RejectCode, ...] = (
     RejectCode.NOT_JSON,
     RejectCode.NUL_IN_ROW,
     RejectCode.JSON_VALUE_NOT_TEXT,
+    RejectCode.NO_ITEMS,
 )
 
 CATALOG: dict[RejectCode, str] = {
@@ -82,6 +84,9 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.JSON_VALUE_NOT_TEXT: "A JSON Lines field the feed reads holds an object, an array, "
     "true or false: no text or number a checkout can carry (keys the feed does not read may hold "
     "anything).",
+    RejectCode.NO_ITEMS: "A POSLog retail transaction took money (a TransactionGrandAmount other "
+    "than 0) but has no Sale or Return line left to carry it (none written, or all voided). Its one "
+    "row carries the total as its line_total, so the money shows among the rejected amounts.",
     RejectCode.MISSING_FIELD: "A required field is empty or its column is missing: transaction_id, "
     "store_id, timestamp, product_id, quantity, unit_price, currency.",
     RejectCode.FIELD_TOO_LONG: "A text field (transaction_id, store_id, register_id, customer_id, "
@@ -94,7 +99,7 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
     "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
     "(4 for money, 3 for quantities, 0 for line_no); in POSLog, also a number element that is there "
-    "but empty.",
+    "but empty, and a price modifier that gives a Percent but no Amount.",
     RejectCode.NUMBER_TOO_LARGE: "A number has more whole digits than kept (money below "
     "1,000,000,000,000, quantities below 1,000,000,000), or a line's quantity × unit_price − "
     "discount reaches 1,000,000,000,000.",

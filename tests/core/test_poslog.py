@@ -731,3 +731,70 @@ def test_an_empty_number_element_is_unreadable_never_a_default(
     assert result.summary["transactions_rejected"] == 2 and result.summary["skipped_by_kind"] == {}
     assert totals_by_id(result) == {txn_id(3): Decimal("2.00")}
     assert balances(result)
+
+
+def test_a_percentage_only_price_modifier_rejects_its_transaction(tmp_path: Path) -> None:
+    # 10 % off A: the till took 18.00, but the file never says how much 10 % was (of which price,
+    # rounded how); it used to add no discount, so A went out at 20.00 (or B took part of A's)
+    percent = ("<RetailPriceModifier><SequenceNumber>1</SequenceNumber><Percent Action=\"Subtract\">10"
+               "</Percent></RetailPriceModifier><Quantity>")
+    both = percent.replace("<Percent", "<Amount Action=\"Subtract\">2.00</Amount><Percent")
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "20.00").replace("<Quantity>", percent), tender(2, "18.00"), grand=None),
+        retail(2, sale(1, "A", "20.00").replace("<Quantity>", percent), sale(2, "B", "20.00"), grand="38.00"),
+        retail(3, sale(1, "A", "20.00").replace("<Quantity>", both), grand="18.00"),  # the Amount is read
+        retail(4, sale(1, "A", "20.00", discount="2.00").replace("<Quantity>", percent), grand="18.00"),
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R002_BAD_NUMBER")
+    assert bad.get_column("transaction").to_list() == ["1", "2"]
+    assert set(bad.get_column("reject_field")) == {"discount"}
+    assert bad.row(0, named=True)["reject_reason"] == (
+        "the <RetailPriceModifier> at line 3 has a <Percent> (10) and no <Amount>: the amount it took "
+        "off is not written, so the discount cannot be read exactly")
+    assert result.summary["rejects_by_code"] == {"R002_BAD_NUMBER": 2, "R099_SIBLING_REJECTED": 1}
+    assert totals_by_id(result) == {txn_id(3): Decimal("18.00"), txn_id(4): Decimal("18.00")}
+    assert items_of(result, 3).get_column("discount").to_list() == [Decimal("2.00")]
+    assert balances(result)
+
+
+def test_a_transaction_that_took_money_without_items_is_rejected_with_it(tmp_path: Path) -> None:
+    # it used to be skipped as no_items: its money left the balance with no reason shown
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "2.00"), grand="2.00"),
+        retail(2, tender(1, "5.00"), grand="5.00"),  # a tender, no item
+        retail(3, sale(1, "B", "2.00"), sale(2, "B", "2.00", void=True), grand="0.00"),  # nothing left
+        retail(4, member(1, "111"), grand=None),  # nothing sold, no total
+        retail(5, sale(1, "B", "3.00"), sale(2, "B", "3.00", void=True), grand="3.00"),  # voided, 3.00 taken
+        retail(6, tender(1, "-4.00"), grand="-4.00", attrs=' TypeCode="Return"'),  # money given back
+    ))
+    result = run(path)
+    assert result.summary["skipped_by_kind"] == {"no_items": 2}
+    assert result.summary["rejects_by_code"] == {"R032_NO_ITEMS": 3}
+    rows = {r["transaction"]: r for r in result.rejects.iter_rows(named=True)}
+    assert set(rows) == {"2", "5", "6"}
+    two = rows["2"]
+    assert two["reject_reason"] == (
+        f"transaction {txn_id(2)} has a TransactionGrandAmount of 5.00 but no Sale or Return line to "
+        "carry it (none written, or all voided)")
+    assert two["poslog_totals"] == "TransactionGrandAmount=5.00 TransactionTaxAmount=0.00"
+    assert two["source_line"] == 4 and two["reject_field"] == "record"
+    # its one row carries the total, so that its money is counted
+    lines = {r["src:transaction"]: r for r in result.lines.iter_rows(named=True)}
+    assert (lines["2"]["transaction_total"], lines["2"]["line_total"]) == ("5.00", "5.00")
+    assert (lines["6"]["transaction_type"], lines["6"]["line_total"]) == ("return", "4.00")
+    # the money shows: 2.00 sent; 5.00 + 3.00 - 4.00 rejected
+    assert (result.summary["amount_in"], result.summary["amount_rejected"]) == ("6.00", "4.00")
+    assert totals_by_id(result) == {txn_id(1): Decimal("2.00")} and balances(result)
+
+
+def test_a_line_item_in_a_vendor_namespace_makes_the_file_unreadable(tmp_path: Path) -> None:
+    # the reader reads ARTS LineItems only: B's 3.00 went unread and uncounted, exit 0
+    vendor = sale(1, "B", "3.00").replace("LineItem>", "acs:LineItem>")
+    text = document(retail(1, sale(1, "A", "2.00"), grand="2.00"),
+                    retail(2, sale(1, "A", "2.00"), vendor, grand=None), extra_ns=f' xmlns:acs="{ACS}"')
+    result = run(write(tmp_path, text), feed(profile="ncr_acs"))
+    assert result.unreadable, result.summary
+    reason = result.unreadable[0].reason
+    assert f"<LineItem> at line 4 (transaction 2) is in namespace {ACS}" in reason
+    assert "(poslog.namespace)" in reason and result.summary["rows_in"] == 0
