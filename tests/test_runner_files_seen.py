@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -199,14 +200,20 @@ def test_two_header_only_files_in_one_run_are_one_content(sandbox: SandboxServer
 def test_a_file_already_processed_has_its_row_naming_the_run_that_processed_it(
     sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    """A run that sees a file it does not read again (the same file, or its content under another
-    name) gives it a row with nothing in it, origin ``already_processed``, naming the earlier run;
-    a file in quarantine likewise (origin ``quarantined``). The money still balances and the page
-    lists them."""
-    copy = "pos_LON01_20261120_13.csv"
+    """A run that downloads a file and does not read it (its content under another name, or a file
+    whose name, size and mtime could not be trusted) gives it a row with nothing in it, origin
+    ``already_processed``, naming the earlier run; a file in quarantine likewise (origin
+    ``quarantined``). A file recognized unchanged is counted, not listed (a "keep" source shows
+    every run all earlier files of its days). The money still balances and the page lists them."""
+    copy, racy = "pos_LON01_20261120_13.csv", "pos_LON01_20261120_11.csv"
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / GOOD).write_bytes((SAMPLE_ACME / GOOD).read_bytes())
+    an_hour_ago = time.time() - 3600
+    os.utime(drop / GOOD, (an_hour_ago, an_hour_ago))  # older than its fetch: trusted
+    (drop / racy).write_bytes((SAMPLE_ACME / racy).read_bytes())
+    in_an_hour = time.time() + 3600
+    os.utime(drop / racy, (in_an_hour, in_an_hour))  # not older than its fetch: downloaded again
     (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
     settings = settings_in(tmp_path)
     feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
@@ -215,14 +222,15 @@ def test_a_file_already_processed_has_its_row_naming_the_run_that_processed_it(
         (drop / copy).write_bytes((SAMPLE_ACME / GOOD).read_bytes())  # the same content again
         second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     assert (first.exit_code, second.exit_code) == (EXIT_DATA, EXIT_OK)
-    assert second.summary["files_new"] == [] and second.summary["files_already_processed"] == 2
+    assert second.summary["files_new"] == [] and second.summary["files_already_processed"] == 3
+    assert second.summary["files_fetched"] == 3  # the copy, the racy file, BINARY (written now): not GOOD
     assert second.summary["files_in_quarantine"] == [BINARY]
     assert second.summary["balanced"] is True and second.summary["rows_in"] == 0
     assert second.reports_path is not None
     rows = _summary_rows(second.reports_path)
     seen = {r["source_file"]: r for r in rows}
-    assert set(seen) == {GOOD, copy, BINARY}
-    assert seen[GOOD]["reason"] == f"first fetched in run {first.run_id}"
+    assert set(seen) == {racy, copy, BINARY}
+    assert seen[racy]["reason"] == f"first fetched in run {first.run_id}"
     assert seen[copy]["reason"] == f"same content as {GOOD}, first fetched in run {first.run_id}"
     assert seen[BINARY]["origin"] == "quarantined" and "posfeed release" in seen[BINARY]["reason"]
     for row in rows:
@@ -309,12 +317,11 @@ def test_a_crashed_runs_report_shows_the_files_it_fetched(
         == sorted((r["source_file"], r["origin"], r["rows_in"]) for r in rows)
     if stage == "transform":  # the next run read them
         assert sorted(after.summary["files_new"]) == files and after.summary["rows_in"] > 0
-    else:  # the crashed run had recorded them: the next run sees them, already processed
+    else:  # the crashed run had recorded them: the next run recognizes them unchanged (counted,
+        # not listed: the sample files are older than their fetch)
         assert after.summary["files_new"] == [] and after.summary["files_already_processed"] == 2
         assert after.reports_path is not None
-        assert {(r["source_file"], r["origin"], r["reason"]) for r in _summary_rows(after.reports_path)
-                if r["origin"] != "ledger"} == {(n, "already_processed", f"first fetched in run {crashed}")
-                                                 for n in files}
+        assert [r for r in _summary_rows(after.reports_path) if r["origin"] != "ledger"] == []
     assert after.summary["balanced"] is True
 
     # rebuilt later, after the next run read or settled its files: the same rows

@@ -53,13 +53,20 @@ class FetchResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): try again later
     quarantined: list[str] = field(default_factory=list)  # unreadable before: not read again
     files_fetched: int = 0  # files downloaded (new ones, and ones read again to compare)
+    # names of the already processed files this run downloaded (a copy, a re-upload, a file whose
+    # identity could not be trusted): those have their row in the report
+    downloaded_again: set[str] = field(default_factory=set)
     bytes_fetched: int = 0
 
     def already_processed_files(self, run_id: str) -> list[tuple[str, str]]:
-        """(name, reason) of each file seen and not read again: which file had its content first
-        and the run that fetched it."""
+        """(name, reason) of each file this run downloaded and did not read, its content processed
+        before: which file had it first and the run that fetched it. A file recognized unchanged by
+        its name, size and mtime is only counted (a "keep" source shows a run every earlier file of
+        its days: listing them all would bury the run's own files)."""
         out: list[tuple[str, str]] = []
         for remote, record in self.already_processed:
+            if remote.name not in self.downloaded_again:
+                continue
             when = ("read in this run" if record.first_run_id == run_id
                     else f"first fetched in run {record.first_run_id}")
             same = f"same content as {record.name}, " if record.name != remote.name else ""
@@ -149,6 +156,7 @@ def _fetch_one(
             log.warning("%s: same content as %s, processed in run %s; not processed again",
                         remote.name, same.name, same.first_run_id)
         result.already_processed.append((remote, same))
+        result.downloaded_again.add(remote.name)
         fetched.path.unlink(missing_ok=True)
         return
     earlier = next((s for s in result.staged if same is not None and s.record.id == same.id), None)
@@ -156,6 +164,7 @@ def _fetch_one(
         log.warning("%s: same content as %s, fetched in this run; not processed again",
                     remote.name, earlier.record.name)
         result.already_processed.append((remote, earlier.record))
+        result.downloaded_again.add(remote.name)
         fetched.path.unlink(missing_ok=True)
         return
     if same is not None and same.status == "quarantined":
