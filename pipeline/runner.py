@@ -40,7 +40,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -61,16 +61,17 @@ from pipeline.errors import (
 )
 from pipeline.expected import SeenFile, note_other_feeds, report_missing
 from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
-from pipeline.ledger import Ledger, new_run_id
+from pipeline.ledger import FileRecord, Ledger, new_run_id
+from pipeline.ledger.records import timestamp
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
 from pipeline.sinks.base import Sink
 from pipeline.sources import open_source
-from pipeline.sources.base import RemoteFile, Source, SourceFileChangedError
+from pipeline.sources.base import RemoteFile, Source, SourceFileChangedError, SourceFileGoneError
 from pipeline.sources.discovery import lookback_dates
-from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files
+from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files, identity_trusted
 from pipeline.stages.report import report_folder, run_report, write_run_report
 from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
@@ -296,18 +297,53 @@ class _Context:
         for record in self.ledger.finishable_files(self.feed.scope):
             if record.feed != self.feed.name:
                 continue
-            if action != "keep":
-                if source is None:
+            if action == "keep" or record.superseded_by_file_id is not None:
+                # a superseded file's name holds newer content now, which its own record finishes
+                self.ledger.finish_file(record.id, "keep")
+                continue
+            if source is None:
+                continue
+            try:
+                if not self._may_finish(source, record):
                     continue
-                try:
-                    source.finish(RemoteFile(record.name, record.size, record.mtime), action)
-                except ConfigError as exc:  # left where it is and recorded, not finished
-                    self.source_error(record.name, exc)
-                    continue
-                except Exception as exc:  # the source's errors are already translated; keep going
-                    log.warning("%s: could not %s it: %s (tried again next run)", record.name, action, exc)
-                    continue
+                source.finish(RemoteFile(record.name, record.size, record.mtime), action)
+            except ConfigError as exc:  # left where it is and recorded, not finished
+                self.source_error(record.name, exc)
+                continue
+            except Exception as exc:  # the source's errors are already translated; keep going
+                log.warning("%s: could not %s it: %s (tried again next run)", record.name, action, exc)
+                continue
             self.ledger.finish_file(record.id, action)
+
+    def _may_finish(self, source: Source, record: FileRecord) -> bool:
+        """Whether ``source.finish`` may judge the file by the size and mtime ``record`` holds:
+        they stand for its content (the fetch stage's :func:`identity_trusted`). A record read
+        too close to its mtime is read again and compared, when a read now would be trusted;
+        otherwise, or when the content changed under the same size and mtime, the file is left
+        where it is for a later run to read (``files_left_in_place``), never moved unread."""
+        if identity_trusted(record):
+            return True
+        why = "modified too close to the fetch that read it to tell it from a rewrite since"
+        if identity_trusted(replace(record, fetched_at=timestamp())):
+            began = timestamp()
+            try:
+                fetched = source.fetch(RemoteFile(record.name, record.size, record.mtime), self.staging_dir)
+            except SourceFileGoneError:
+                return True  # finish() finds it gone
+            fetched.path.unlink(missing_ok=True)
+            self.notes["files_fetched"] = self.notes.get("files_fetched", 0) + 1
+            self.notes["bytes_fetched"] = self.notes.get("bytes_fetched", 0) + fetched.size
+            if (fetched.size, fetched.mtime) != (record.size, record.mtime):
+                return True  # visibly another file: finish() leaves it alone
+            if fetched.sha256 == record.sha256:
+                self.ledger.confirm_file(record.id, began)
+                return True
+            why = "its content changed since it was read, keeping its size and mtime"
+        reason = f"{why}; left where it is for a later run to read"
+        log.info("%s: not going to %s it in this run: %s", record.name,
+                 self.feed.source.after_success, reason)
+        self.notes.setdefault("files_left_in_place", []).append({"file": record.name, "reason": reason})
+        return False
 
 
 def _execute(
@@ -636,6 +672,7 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
     finally:
         if source is not None:
             source.close()
+        shutil.rmtree(ctx.staging_dir, ignore_errors=True)  # a file read again to compare
 
 
 def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) -> RunSummary:
@@ -646,6 +683,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("carried_over", 0)
     ctx.notes.setdefault("source_errors", [])
+    ctx.notes.setdefault("files_left_in_place", [])
     backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, datetime.now(UTC))
     ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)

@@ -10,7 +10,7 @@ from typing import Literal, Protocol
 
 from pipeline.errors import SourceUnavailableError
 
-__all__ = ["FetchedFile", "RemoteFile", "Source", "SourceFileChangedError"]
+__all__ = ["FetchedFile", "RemoteFile", "Source", "SourceFileChangedError", "SourceFileGoneError"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class RemoteFile:
 
 class SourceFileChangedError(SourceUnavailableError):
     """The file at the source is no longer the one fetched (another version under its name)."""
+
+
+class SourceFileGoneError(SourceUnavailableError):
+    """The file is no longer at the source (it vanished before or while it was read)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class Source(Protocol):
         ...
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
-        """Download one file into ``staging_dir`` atomically, hashing it on the way."""
+        """Download one file into ``staging_dir`` atomically, hashing it on the way; a file no
+        longer there raises SourceFileGoneError."""
         ...
 
     def finish(self, remote: RemoteFile, action: Literal["keep", "archive", "delete"]) -> None:

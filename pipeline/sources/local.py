@@ -19,7 +19,7 @@ from typing import Literal
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
-from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError
+from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError, SourceFileGoneError
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 
 __all__ = ["LocalSource"]
@@ -99,7 +99,7 @@ class LocalSource:
             os.replace(temporary, final)
         except FileNotFoundError as exc:
             temporary.unlink(missing_ok=True)
-            raise SourceUnavailableError(f"{source}: vanished before it could be copied") from exc
+            raise SourceFileGoneError(f"{source}: vanished before it could be copied") from exc
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise

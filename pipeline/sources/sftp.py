@@ -33,7 +33,7 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
-from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError
+from pipeline.sources.base import FetchedFile, RemoteFile, SourceFileChangedError, SourceFileGoneError
 from pipeline.sources.discovery import discover_ready, irregular_kind, marker_names, unsafe_name_reason
 from pipeline.sources.sftp_connect import CONNECTION_ERRORS, SftpEndpoint, describe, open_sftp
 from pipeline.sources.sftp_stream import HashingWriter, PipelinedReader, WriterFailed
@@ -200,7 +200,7 @@ class SftpSource:
             if isinstance(exc, WriterFailed):
                 raise exc.error from None  # the staging disk, not the connection: not retried
             if isinstance(exc, FileNotFoundError) and exc.filename is None:
-                raise SourceUnavailableError(f"{remote.name} vanished from {self.address}") from exc
+                raise SourceFileGoneError(f"{remote.name} vanished from {self.address}") from exc
             if isinstance(exc, CONNECTION_ERRORS) and not (
                 isinstance(exc, OSError) and exc.filename is not None  # local disk problems
             ):
