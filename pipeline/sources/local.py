@@ -7,6 +7,7 @@ Discovery, temp-name filtering and readiness are shared with every source
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -129,9 +130,7 @@ class LocalSource:
                     (self.folder / name).unlink()
             log.info("deleted %s from %s", remote.name, self.folder)
             return
-        archive = Path(self.config.archive_path or "archive")
-        archive = archive if archive.is_absolute() else self.folder / archive
-        archive.mkdir(parents=True, exist_ok=True)
+        archive = self._made_folder(self.config.archive_path or "archive", key="source.archive_path")
         for name in names:
             target = archive / name
             counter = 0
@@ -151,9 +150,7 @@ class LocalSource:
                 f"{remote.name} changed in {self.folder} since it was fetched: not moved into "
                 "quarantine, left where it is; the next run reads the new content"
             )
-        folder = Path(self.config.quarantine_path or "quarantine")
-        folder = folder if folder.is_absolute() else self.folder / folder
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._made_folder(self.config.quarantine_path or "quarantine", key="source.quarantine_path")
         names = [remote.name] + [
             m for m in marker_names(remote.name, self.config.marker_suffixes) if (self.folder / m).exists()
         ]
@@ -168,6 +165,21 @@ class LocalSource:
             where = where or str(target)
         log.warning("quarantined %s into %s", remote.name, folder)
         return where
+
+    def _made_folder(self, configured: str, *, key: str) -> Path:
+        """The folder ``configured`` (absolute, or inside the source folder), created when missing;
+        a folder that may not be created is a configuration problem (SourceFolderError, exit 78)
+        naming it."""
+        folder = Path(configured)
+        folder = folder if folder.is_absolute() else self.folder / folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+            raise SourceFolderError(f"{why} creating the folder {exc.filename or folder}", key=key) from exc
+        return folder
 
     def release(self, location: str, name: str) -> None:
         """Move a quarantined file back into the folder under ``name`` (never over another file)."""
