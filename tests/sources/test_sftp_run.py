@@ -289,7 +289,7 @@ def test_an_unreadable_file_replaced_during_the_run_is_not_quarantined(
     def replaced_first(self: Any, remote: Any) -> str:  # the uploader delivers while the run reads
         upload = sftp_dir / f".{name}.uploading"
         shutil.copy2(SAMPLE_ACME / name, upload)
-        os.utime(upload, (1_800_000_000, 1_800_000_000))
+        os.utime(upload, (1_700_000_000, 1_700_000_000))  # before any fetch: archived once processed
         os.replace(upload, sftp_dir / name)
         return real_quarantine(self, remote)
 
