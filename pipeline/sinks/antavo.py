@@ -85,7 +85,7 @@ class _Refund:
 
 def _unit(tid: str, events: list[dict[str, Any]]) -> Unit:
     """A transaction's events, encoded once: each event's JSON, comma-separated."""
-    return Unit(tid, events, b",".join(dumps(event) for event in events))
+    return Unit(tid, events, dumps(events[0]) if len(events) == 1 else b",".join(map(dumps, events)))
 
 
 def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> EventResult:

@@ -96,7 +96,7 @@ def _number(value: Decimal) -> str:
     return _MARK + format(value, "f")
 
 
-_ENCODER = json.JSONEncoder(default=_mark, ensure_ascii=False, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(default=_mark, ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 def dumps(value: Any) -> bytes:

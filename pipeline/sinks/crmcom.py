@@ -59,7 +59,6 @@ from pipeline.sinks.crmcom_purchases import (
     results_of_bulk,
 )
 from pipeline.sinks.delivery import (
-    REQUEST_TOO_LARGE,
     Batch,
     DeliveryPolicy,
     PlatformSink,
@@ -88,7 +87,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOOKUP_TRIES = 3  # a lookup without a usable answer (timeout, dropped connection, 5xx) is asked again
-# bytes kept in every request for its token, which is known only when the request is built
+# bytes kept in every request for its token, which is known only when the request is built (a
+# longer token takes a full request over max_request_bytes by the difference)
 TOKEN_ROOM = 4096
 BULK_SET = b',"purchase_customer_events_set":['
 
@@ -489,9 +489,6 @@ class CrmcomAdapter:
             method = {"ad_hoc": target.ad_hoc_return_path, "spend": target.create_spend_path}.get(
                 batch.route, target.create_path)
             body = _call_body(token, units[0].body)
-        if len(body) > target.max_request_bytes:  # a token longer than the room kept for it
-            return RequestFailure(413, REQUEST_TOO_LARGE, f"not sent: {len(body)} bytes with its token, "
-                                  f"over target.max_request_bytes ({target.max_request_bytes})")
         key = tuple(batch.transaction_ids)
         self._decided[key] = decided
         self._carried[key] = [unit.transaction_id for unit in units]

@@ -196,7 +196,7 @@ def _mark(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-_ENCODER = json.JSONEncoder(default=_mark, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(default=_mark, separators=(",", ":"), check_circular=False)
 
 
 def dumps(body: Mapping[str, Any]) -> bytes:
