@@ -191,6 +191,7 @@ def _platform_url(value: str) -> str:
 
 
 PlatformUrl = Annotated[str, AfterValidator(_platform_url)]
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a request body's default bound (neither platform publishes one)
 
 
 class AntavoTarget(_Model):
@@ -206,6 +207,8 @@ class AntavoTarget(_Model):
     requests_per_minute: int = Field(default=1500, gt=0)
     max_concurrency: int = Field(default=8, ge=1, le=256)
     bulk_size: int = Field(default=50, ge=1, le=1000)
+    # bytes a request body may hold (the platform publishes no limit: an assumption)
+    max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=16384)
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
@@ -243,6 +246,8 @@ class CrmcomTarget(_Model):
     requests_per_minute: int = Field(default=600, gt=0)
     max_concurrency: int = Field(default=4, ge=1, le=256)
     bulk_size: int = Field(default=1, ge=1, le=1000)
+    # bytes a request body may hold, its token included (no published limit: an assumption)
+    max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=16384)
     max_attempts: int = Field(default=5, ge=1)
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)

@@ -179,7 +179,7 @@ class RetryClass(StrEnum):
     TRANSIENT = "transient"  # the platform was unreachable, busy or failing: the next run resends it
     STOPPED = "stopped"  # the run stopped before sending it: the next run sends it
     CREDENTIALS = "credentials"  # our credentials were refused: sent once they are fixed
-    DEFERRED = "deferred"  # the request itself was refused (wrong URL, too large): `posfeed rerun` only
+    DEFERRED = "deferred"  # the request itself was refused (e.g. a wrong URL): `posfeed rerun` only
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,12 @@ def test_a_request_the_platform_refuses_as_such_waits_for_a_rerun(
     ids = clean_day(tmp_path / "drop", 12)
     settings = settings_in(tmp_path)
     feed = _feed(live, tmp_path / "drop")
-    live.config.max_body_bytes = 200  # every request is too large: 413, deferred
-    first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    # a wrong URL: every request is answered 404 (Not Found, code 0), deferred
+    wrong = feed.model_copy(update={"target": feed.target.model_copy(
+        update={"base_url": live.url + "/v0", "check_credentials": False})})
+    first = run_feed(wrong, settings, business_dates=[BUSINESS_DATE])
     members = first.summary["failed_retryable"]
-    assert members > 0 and first.summary["needs_rerun"] == members
-    live.config.max_body_bytes = 4 * 1024 * 1024
+    assert members == len(ids) and first.summary["needs_rerun"] == members
     plain = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     assert plain.summary["carried_over"] == 0 and plain.summary["needs_rerun"] == members
     rerun = rerun_feed(feed, settings, RerunSelection(failed=True))

@@ -1,11 +1,13 @@
 """The Antavo Events API adapter: batches, signed requests, per-event results.
 
-Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` events (a
-transaction's events never split across requests); guests go one by one to ``POST /events`` (the
-bulk endpoint refuses guests). Sales are sent before returns so a refund finds its sale accepted:
-sales (phase 0), then refunds that may have landed already (phases 1, 2, ...: one per sale at a
-time), then refunds sent for the first time. A return's shape (whole ``refund``, ``refund_item``
-per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s decision.
+Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` events and
+``max_request_bytes`` bytes of body (a transaction's events never split across requests; one too
+large for a request of its own is not sent: ``request_too_large``); guests go one by one to
+``POST /events`` (the bulk endpoint refuses guests). Sales are sent before returns so a refund
+finds its sale accepted: sales (phase 0), then refunds that may have landed already (phases 1,
+2, ...: one per sale at a time), then refunds sent for the first time. A return's shape (whole
+``refund``, ``refund_item`` per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s
+decision.
 
 Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that may have landed (in
 doubt from an earlier run, or sent in this submission without a clear answer) is read back from
@@ -43,7 +45,16 @@ from pipeline.sinks.antavo_events import NotSent, dumps, events_for, refund_even
 from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
 from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, ReturnDecision
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
-from pipeline.sinks.delivery import Batch, Plan, PreparedRequest, RequestFailure, Unit, parse_retry_after
+from pipeline.sinks.delivery import (
+    Batch,
+    Plan,
+    PreparedRequest,
+    RequestFailure,
+    Unit,
+    pack,
+    parse_retry_after,
+    too_large,
+)
 from pipeline.sinks.escher import EscherSigner, antavo_config
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
@@ -60,6 +71,7 @@ USER_AGENT = "posfeed"
 READ_BACK = "read_back"  # the evidence of a refund found on the platform by a read-back
 VERIFY = "verify"  # a refund that may have landed: read back, then send what is not there
 NEW_REFUNDS = 1_000  # the phase of refunds sent for the first time: after every read-back
+BULK_OPEN, BULK_CLOSE = b'{"events":[', b"]}"  # a bulk body around its events, comma-separated
 
 
 @dataclass
@@ -69,6 +81,11 @@ class _Refund:
     row: CheckoutRow
     decision: ReturnDecision
     since: float | None = None
+
+
+def _unit(tid: str, events: list[dict[str, Any]]) -> Unit:
+    """A transaction's events, encoded once: each event's JSON, comma-separated."""
+    return Unit(tid, events, dumps(events[0]) if len(events) == 1 else b",".join(map(dumps, events)))
 
 
 def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> EventResult:
@@ -124,7 +141,9 @@ class AntavoAdapter:
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
-        self._inflight: dict[int, tuple[Batch, list[EventResult]]] = {}
+        # a request whose units differ from its batch's: what went out, what was settled instead,
+        # and the refunds that may have landed before it (with since when)
+        self._inflight: dict[int, tuple[Batch, list[EventResult], dict[str, float | None]]] = {}
 
     def __repr__(self) -> str:
         return f"AntavoAdapter(base_url={self.base_url!r}, auth={self.target.auth!r})"
@@ -139,14 +158,15 @@ class AntavoAdapter:
         members: dict[int, list[Unit]] = {0: []}
         verifying: dict[str, int] = {}
         refunding: dict[str, int] = {}
+        singles: list[Batch] = []
         for row in checkouts:
             tid = str(row["transaction_id"])
             if row.get("record"):  # an enrollment, profile update or claim: one event
                 event = member_event(row, account=self.target.account)
                 if row["record"] == "claim" or self.target.bulk_size == 1:
-                    batches.append(Batch((Unit(tid, [event]),), route="single", phase=0))
+                    singles.append(Batch((_unit(tid, [event]),), route="single", phase=0))
                 else:
-                    members[0].append(Unit(tid, [event]))
+                    members[0].append(_unit(tid, [event]))
                 continue
             is_return = row.get("transaction_type") == TransactionType.RETURN
             if is_return and row.get("in_doubt"):
@@ -156,7 +176,7 @@ class AntavoAdapter:
                 else:
                     original = str(row.get("original_transaction_id"))
                     verifying[original] = verifying.get(original, 0) + 1
-                    batches.append(Batch((unit_or_result,), route=VERIFY, phase=verifying[original]))
+                    singles.append(Batch((unit_or_result,), route=VERIFY, phase=verifying[original]))
                 continue
             events = sendable_events(row, self.target)
             if isinstance(events, NotSent):
@@ -171,11 +191,23 @@ class AntavoAdapter:
                 self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
             guest = bool(events[0].get("guest"))
             if guest or (self.target.bulk_size == 1 and len(events) == 1):
-                batches.append(Batch((Unit(tid, events),), route="single", phase=phase))
+                singles.append(Batch((_unit(tid, events),), route="single", phase=phase))
             else:
-                members.setdefault(phase, []).append(Unit(tid, events))
+                members.setdefault(phase, []).append(_unit(tid, events))
+        limit = self.target.max_request_bytes
+        for batch in singles:  # a single event is its own body; a read-back's may go in bulk
+            unit = batch.units[0]
+            size = len(unit.body) + (0 if batch.route == "single" else len(BULK_OPEN + BULK_CLOSE))
+            if size > limit:
+                unsent.append(too_large(unit.transaction_id, size=size, limit=limit))
+            else:
+                batches.append(batch)
         for phase, units in sorted(members.items()):
-            batches.extend(self._bulk_batches(units, phase))
+            packed, refused = pack(units, route="bulk", phase=phase, max_count=self.target.bulk_size,
+                                   max_bytes=limit, overhead=len(BULK_OPEN + BULK_CLOSE),
+                                   count=lambda unit: len(unit.payload))
+            batches.extend(packed)
+            unsent.extend(refused)
         return Plan(batches, unsent)
 
     def _in_doubt(self, tid: str, row: CheckoutRow) -> Unit | EventResult:
@@ -187,30 +219,17 @@ class AntavoAdapter:
         self._sent.add(tid)
         events = (refund_events(row, decision, account=self.target.account) if decision.sendable
                   else [])
-        return Unit(tid, events)
-
-    def _bulk_batches(self, units: list[Unit], phase: int) -> list[Batch]:
-        batches: list[Batch] = []
-        current: list[Unit] = []
-        size = 0
-        for unit in units:
-            count = len(unit.payload)
-            if current and size + count > self.target.bulk_size:
-                batches.append(Batch(tuple(current), route="bulk", phase=phase))
-                current, size = [], 0
-            current.append(unit)
-            size += count
-        if current:
-            batches.append(Batch(tuple(current), route="bulk", phase=phase))
-        return batches
+        return _unit(tid, events)
 
     # ---- request -----------------------------------------------------------------------------------
 
     def body_of(self, batch: Batch) -> bytes:
-        """The exact body bytes of a batch."""
+        """The exact body bytes of a batch: its units' events as encoded when planned (a unit
+        made later, by a read-back, is encoded now)."""
+        bodies = [unit.body or _unit(unit.transaction_id, unit.payload).body for unit in batch.units]
         if batch.route == "single":
-            return dumps(batch.units[0].payload[0])
-        return dumps({"events": [event for unit in batch.units for event in unit.payload]})
+            return bodies[0]
+        return BULK_OPEN + b",".join(bodies) + BULK_CLOSE
 
     async def build_request(
         self, batch: Batch, client: HttpClient
@@ -218,7 +237,11 @@ class AntavoAdapter:
         """Build and sign one attempt; refunds that may have landed are read back first."""
         route, units = batch.route, list(batch.units)
         landed: list[EventResult] = []
-        if any(unit.transaction_id in self._sent for unit in units):
+        # refunds that may have landed before this attempt, with when: a refusal of the whole
+        # request (nothing of it landed) leaves them so, to be read back again before a resend
+        before = {unit.transaction_id: self._returns[unit.transaction_id].since
+                  for unit in units if unit.transaction_id in self._sent}
+        if before:
             settled = await self._read_back(units, client)
             if isinstance(settled, RequestFailure):
                 return settled
@@ -236,8 +259,8 @@ class AntavoAdapter:
             route = "single" if route == "single" or (
                 len(units) == 1 and len(units[0].payload) == 1 and self.target.bulk_size == 1) else "bulk"
         sent = Batch(tuple(units), route=route, phase=batch.phase)
-        if landed or route != batch.route or sent.units != batch.units:
-            self._inflight[id(batch)] = (sent, landed)
+        if landed or before or route != batch.route or sent.units != batch.units:
+            self._inflight[id(batch)] = (sent, landed, before)
         else:
             self._inflight.pop(id(batch), None)
         now = time.time()
@@ -351,11 +374,14 @@ class AntavoAdapter:
         self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results, or a whole-request failure for the engine."""
-        sent, landed = self._inflight.pop(id(batch), (batch, []))
+        sent, landed, before = self._inflight.pop(id(batch), (batch, [], {}))
         answer = self._parse(sent, status, headers, body)
         if isinstance(answer, RequestFailure):
-            if answer.status in (401, 403, 413, 415, 429):
-                self._sent.difference_update(sent.transaction_ids)  # refused whole: nothing landed
+            if answer.status in (401, 403, 413, 415, 429):  # refused whole: nothing of it landed
+                self._sent.difference_update(sent.transaction_ids)
+                for tid, since in before.items():  # as before this attempt: read back first
+                    self._sent.add(tid)
+                    self._returns[tid].since = since
             return answer
         results: list[EventResult] = []
         for result in answer:

@@ -96,13 +96,16 @@ def _number(value: Decimal) -> str:
     return _MARK + format(value, "f")
 
 
+_ENCODER = json.JSONEncoder(default=_mark, ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; :class:`Decimal` as a number with exactly its digits.
 
     Event builders put amounts in as :func:`_number` text already, so the C encoder never calls
     back into Python for them.
     """
-    text = json.dumps(value, default=_mark, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(value)
     head, *numbers = text.split(_OPEN)
     # each piece starts with the number's digits, then the closing quote of its marked string
     return (head + "".join(piece.replace('"', "", 1) for piece in numbers)).encode("utf-8")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import random
 import time
@@ -64,7 +65,9 @@ from pipeline.sinks.delivery import (
     PreparedRequest,
     RequestFailure,
     Unit,
+    pack,
     parse_retry_after,
+    too_large,
 )
 from pipeline.sinks.delivery import Plan as DeliveryPlan
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
@@ -84,6 +87,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOOKUP_TRIES = 3  # a lookup without a usable answer (timeout, dropped connection, 5xx) is asked again
+# bytes kept in every request for its token, which is known only when the request is built (a
+# longer token takes a full request over max_request_bytes by the difference)
+TOKEN_ROOM = 4096
+BULK_SET = b',"purchase_customer_events_set":['
+
+
+def _token_head(token: str) -> bytes:
+    """``{"token":"...",``: how every body starts (the rest is the call's fields)."""
+    return b'{"token":' + json.dumps(token).encode() + b","
+
+
+def _bulk_body(token: str, elements: Sequence[bytes]) -> bytes:
+    """A ``create_multiple`` body from its purchases as encoded (each one JSON object)."""
+    return _token_head(token)[:-1] + BULK_SET + b",".join(elements) + b"]}"
+
+
+def _call_unit(transaction_id: str, body: dict[str, Any]) -> Unit:
+    """A purchase sent in a call of its own, encoded once: its fields without the ``{``."""
+    return Unit(transaction_id, body, dumps(body)[1:])
+
+
+def _call_body(token: str, fields: bytes) -> bytes:
+    """A one-purchase call's body: the token, then ``fields`` (its JSON object without the ``{``)."""
+    head = _token_head(token)
+    return head + fields if fields != b"}" else head[:-1] + fields
 
 
 # ---- authentication -------------------------------------------------------------------------------
@@ -276,6 +304,7 @@ class CrmcomAdapter:
         }
         self._sales_here = set(sales)
         planner = Planner(self.target, self._originals, sales)
+        bulk = self.target.bulk_size > 1
         creates: list[Unit] = []
         batches: list[Batch] = []
         later: list[Batch] = []
@@ -287,25 +316,38 @@ class CrmcomAdapter:
                 self._customer_of[str(row["transaction_id"])] = str(row["customer_id"])
             planned = planner.plan(row)
             if isinstance(planned, PlannedCreate):
-                unit = Unit(planned.transaction_id, planned.body)
+                tid = planned.transaction_id
                 if planned.spend_call:
-                    batches.append(Batch((unit,), route="spend"))
+                    batches.append(Batch((_call_unit(tid, planned.body),), route="spend"))
+                elif bulk:
+                    creates.append(Unit(tid, planned.body,
+                                        dumps({"request_unique_identifier": tid, **planned.body})))
                 else:
-                    creates.append(unit)
+                    creates.append(_call_unit(tid, planned.body))
             elif isinstance(planned, PlannedCancel):
                 later.append(Batch((Unit(planned.transaction_id, planned),), route="cancel", phase=1))
             elif isinstance(planned, PlannedAdHocReturn):
-                later.append(Batch((Unit(planned.transaction_id, planned),), route="ad_hoc", phase=1))
+                unit = Unit(planned.transaction_id, planned, dumps(planned.body)[1:])
+                later.append(Batch((unit,), route="ad_hoc", phase=1))
             else:
                 unsent.append(planned)
-        size = self.target.bulk_size
-        if size > 1:
-            batches[:0] = [
-                Batch(tuple(creates[i : i + size]), route="bulk") for i in range(0, len(creates), size)
-            ]
+        limit, room = self.target.max_request_bytes, "t" * TOKEN_ROOM
+        if bulk:
+            packed, refused = pack(creates, route="bulk", max_count=self.target.bulk_size,
+                                   max_bytes=limit, overhead=len(_bulk_body(room, [])))
         else:
-            batches[:0] = [Batch((unit,), route="single") for unit in creates]
-        return DeliveryPlan([*batches, *later], unsent)
+            packed, refused = [Batch((unit,), route="single") for unit in creates], []
+        sendable: list[Batch] = []
+        for batch in [*packed, *batches, *later]:
+            # a bulk body was measured by pack, a cancel's is a few bytes, a call's is the token's
+            # head and the fields
+            unit = batch.units[0]
+            size = 0 if batch.route in ("bulk", "cancel") else len(_call_body(room, unit.body))
+            if size > limit:
+                refused.append(too_large(unit.transaction_id, size=size, limit=limit))
+            else:
+                sendable.append(batch)
+        return DeliveryPlan(sendable, [*unsent, *refused])
 
     # ---- request
 
@@ -436,34 +478,25 @@ class CrmcomAdapter:
         units, decided = await self._settle_in_doubt(batch, client, token)
         if not units:
             return decided
+        target = self.target
+        if batch.route == "cancel":
+            method = target.cancel_path
+            body = dumps({"token": token, "customer_event_identifier": {"id": event_id}})
+        elif batch.route == "bulk":
+            method = target.create_multiple_path
+            body = _bulk_body(token, [unit.body for unit in units])
+        else:
+            method = {"ad_hoc": target.ad_hoc_return_path, "spend": target.create_spend_path}.get(
+                batch.route, target.create_path)
+            body = _call_body(token, units[0].body)
         key = tuple(batch.transaction_ids)
         self._decided[key] = decided
         self._carried[key] = [unit.transaction_id for unit in units]
         self._token_of[key] = token
-        target = self.target
-        if batch.route == "cancel":
-            method = target.cancel_path
-            body: dict[str, Any] = {"token": token, "customer_event_identifier": {"id": event_id}}
-        elif batch.route == "ad_hoc":
-            method = target.ad_hoc_return_path
-            body = {"token": token, **units[0].payload.body}
-        elif batch.route == "bulk":
-            method = target.create_multiple_path
-            body = {
-                "token": token,
-                "purchase_customer_events_set": [
-                    {"request_unique_identifier": unit.transaction_id, **unit.payload} for unit in units
-                ],
-            }
-        else:
-            method = target.create_spend_path if batch.route == "spend" else target.create_path
-            body = {"token": token, **units[0].payload}
         # from now on these may land whatever becomes of the answer
         self._fresh[key] = [u.transaction_id for u in units if u.transaction_id not in self._maybe_landed]
         self._maybe_landed.update(unit.transaction_id for unit in units)
-        return PreparedRequest(
-            "POST", endpoint_url(target, method), {"Content-Type": CONTENT_TYPE}, dumps(body)
-        )
+        return PreparedRequest("POST", endpoint_url(target, method), {"Content-Type": CONTENT_TYPE}, body)
 
     # ---- response
 
@@ -476,8 +509,10 @@ class CrmcomAdapter:
         decided = self._decided.pop(key, [])
         carried = self._carried.pop(key, batch.transaction_ids)
         fresh = self._fresh.pop(key, [])
-        if status == 429:
+        if status in (413, 429):
             self._maybe_landed.difference_update(fresh)  # refused before processing
+        if status == 413:  # the engine sends it again in halves
+            return RequestFailure(status, f"http_{status}", Envelope.read(body, status).message)
         if status == 429 or status >= 500 or status in (408, 425):
             return RequestFailure(
                 status,

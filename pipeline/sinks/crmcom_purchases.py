@@ -190,16 +190,18 @@ def format_performed_on(timestamp: datetime, fmt: str) -> str | int:
 _DECIMAL_MARK = re.compile(r'"\\u0000D([-+0-9.Ee]+)\\u0000"')
 
 
+def _mark(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"\x00D{value}\x00"
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+_ENCODER = json.JSONEncoder(default=_mark, separators=(",", ":"), check_circular=False)
+
+
 def dumps(body: Mapping[str, Any]) -> bytes:
     """JSON with every Decimal written as an exact number literal (never through float)."""
-
-    def mark(value: Any) -> Any:
-        if isinstance(value, Decimal):
-            return f"\x00D{value}\x00"
-        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-    text = json.dumps(body, default=mark, separators=(",", ":"))
-    return _DECIMAL_MARK.sub(r"\1", text).encode()
+    return _DECIMAL_MARK.sub(r"\1", _ENCODER.encode(body)).encode()
 
 
 # ---- mapping --------------------------------------------------------------------------------------

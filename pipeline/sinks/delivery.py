@@ -19,6 +19,13 @@ Whether a failed request is retried now, left for a rerun, or stops the whole su
 decided in one place, :func:`disposition`.
 Batches of a later ``phase`` start only after every batch of earlier phases settled (refunds after
 the sales they refund).
+
+Requests are bounded by size as well as count: adapters encode each unit once when they plan
+(``Unit.body``) and group units with :func:`pack`, which closes a request before the next unit
+would take its body over the target's ``max_request_bytes``; a unit too large for a request of its
+own is never sent (:func:`too_large`, code ``request_too_large``, failed permanent). A request the
+platform refuses as too large anyway (HTTP 413: refused before it was processed) is sent again in
+halves, down to single transactions; a single one refused so is settled the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, O
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout, tls_context
 
 __all__ = [
+    "REQUEST_TOO_LARGE",
     "Batch",
     "DeliveryEngine",
     "DeliveryPolicy",
@@ -54,7 +62,9 @@ __all__ = [
     "TokenBucket",
     "Unit",
     "disposition",
+    "pack",
     "parse_retry_after",
+    "too_large",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,12 +73,17 @@ logger = logging.getLogger(__name__)
 # ---- what an adapter exchanges with the engine ----------------------------------------------------
 
 
+REQUEST_TOO_LARGE = "request_too_large"  # a target-level code of both targets (failed permanent)
+
+
 @dataclass(frozen=True)
 class Unit:
-    """One transaction's share of a request: its id and the platform payload (e.g. its events)."""
+    """One transaction's share of a request: its id, the platform payload (e.g. its events) and,
+    once planned, ``body``: the payload encoded as it goes into the request body."""
 
     transaction_id: str
     payload: Any
+    body: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,54 @@ class RequestFailure:
     message: str
     retry_after: float | None = None
     reauthenticate: bool = False
+
+
+def too_large(transaction_id: str, *, size: int = 0, limit: int = 0, refused: str = "",
+              attempts: int = 0) -> EventResult:
+    """The result of a transaction too large to send: never sent, as its request alone would be
+    ``size`` bytes, over ``limit``; or ``refused`` by the platform as too large (its message).
+    Failed permanent, for review; ``posfeed rerun --include-permanent`` sends it again (once
+    ``max_request_bytes`` is raised, or the platform takes more)."""
+    message = (f"its request was refused as too large: {refused}" if refused else
+               f"never sent: its request would be {size} bytes, over target.max_request_bytes ({limit})")
+    return EventResult(transaction_id, Outcome.REJECTED, error_code=REQUEST_TOO_LARGE,
+                       error_message=message, attempts=attempts)
+
+
+def pack(
+    units: Sequence[Unit],
+    *,
+    route: str,
+    phase: int = 0,
+    max_count: int,
+    max_bytes: int,
+    overhead: int,
+    count: Callable[[Unit], int] = lambda unit: 1,
+) -> tuple[list[Batch], list[EventResult]]:
+    """``units`` in order, in requests of at most ``max_count`` (as ``count`` counts a unit: a unit
+    counting more goes alone) whose body stays within ``max_bytes``: ``overhead`` bytes plus the
+    units' bodies with a comma between each two. A unit whose request alone would pass
+    ``max_bytes`` is not sent: its :func:`too_large` result is returned instead."""
+    batches: list[Batch] = []
+    refused: list[EventResult] = []
+    current: list[Unit] = []
+    counted = size = 0
+    for unit in units:
+        alone = overhead + len(unit.body)
+        if alone > max_bytes:
+            refused.append(too_large(unit.transaction_id, size=alone, limit=max_bytes))
+            continue
+        if current and (counted + count(unit) > max_count or size + 1 + len(unit.body) > max_bytes):
+            batches.append(Batch(tuple(current), route=route, phase=phase))
+            current = []
+        if current:
+            counted, size = counted + count(unit), size + 1 + len(unit.body)
+        else:
+            counted, size = count(unit), alone
+        current.append(unit)
+    if current:
+        batches.append(Batch(tuple(current), route=route, phase=phase))
+    return batches, refused
 
 
 class PlatformAdapter(Protocol):
@@ -207,6 +270,7 @@ class Disposition(StrEnum):
     """What to do after a whole request failed."""
 
     RETRY = "retry"  # transient: try again in this submission (bounded attempts)
+    SPLIT = "split"  # too large (413): refused before processing, send it again in halves
     DEFER = "defer"  # not fixable by retrying now: leave failed-retryable for a rerun
     HALT = "halt"  # credentials refused: send nothing more in this submission
 
@@ -219,6 +283,8 @@ def disposition(failure: RequestFailure) -> Disposition:
         return Disposition.RETRY
     if failure.status in (401, 403):
         return Disposition.HALT
+    if failure.status == 413:
+        return Disposition.SPLIT
     return Disposition.DEFER
 
 
@@ -501,6 +567,9 @@ class _Submission:
         decision = disposition(failure)
         if failure.retry_after is not None:
             self.bucket.pause(failure.retry_after)
+        if decision is Disposition.SPLIT:
+            self._split(batch, attempt, failure)
+            return
         if decision is Disposition.RETRY and attempt < self.policy.max_attempts:
             delay = self.policy.backoff(attempt, failure.retry_after, self.engine._rng)
             if failure.status == 429 and failure.retry_after is None:
@@ -518,6 +587,21 @@ class _Submission:
             self.report.credentials_refused = f"{failure.code}: {failure.message}"
         self.settle_all(batch, failure.code, failure.message, attempt, retry_class)
         self._finish_one()
+
+    def _split(self, batch: Batch, attempt: int, failure: RequestFailure) -> None:
+        """A request refused as too large was not processed: its halves go out as requests of
+        their own (now, same attempt); a single transaction refused so is too large to send."""
+        if len(batch.units) == 1:
+            self.settle(too_large(batch.units[0].transaction_id, refused=failure.message or "HTTP 413",
+                                  attempts=attempt))
+            self._finish_one()
+            return
+        logger.info("a request of %d transactions was refused as too large (%s); sending it in halves",
+                    len(batch.units), failure.message)
+        half = len(batch.units) // 2
+        self.pending += 1  # one batch becomes two
+        for units in (batch.units[:half], batch.units[half:]):
+            self.queue.put_nowait((replace(batch, units=units), attempt))
 
     def on_results(self, batch: Batch, attempt: int, results: list[EventResult]) -> None:
         by_id = {r.transaction_id: r for r in results}

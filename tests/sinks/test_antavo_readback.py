@@ -174,3 +174,29 @@ def test_only_the_lines_not_found_are_sent_and_the_result_has_every_event(
     assert len(result.event_ids) == 2 and first.event_ids[0] in result.event_ids
     sale = _sale(sandbox_env, "S-1")
     assert [r["product_id"] for r in sale["refunds"]] == ["P1", "P2"]
+
+
+def test_a_refund_read_back_then_refused_whole_is_read_back_again_not_sent_whole(
+    sandbox_env: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines a read-back found stay found when the request of the rest is refused whole (429,
+    413: nothing of it landed): the next attempt reads back again and sends only the rest."""
+    feed = antavo_feed(sandbox_env, readback_wait_seconds=0)
+    submit_rows(feed, [make_checkout("S-1", "cust-1", lines=3, quantity="4")])
+    one_line = make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1", lines=1,
+                             quantity="2")
+    submit_rows(feed, [one_line])  # as if one of two lines had landed
+    admit, calls = sandbox_env.state.admit, [0]
+
+    def refuse_the_third(platform: str) -> float | None:  # two reads, then the send of the rest
+        calls[0] += 1
+        return 0.0 if calls[0] == 3 else admit(platform)
+
+    monkeypatch.setattr(sandbox_env.state, "admit", refuse_the_third)
+    sandbox_env.config.send_retry_after = False
+    both = make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1", lines=2,
+                         quantity="2")
+    result = submit_rows(feed, [{**both, "in_doubt": True}]).results["R-1"]
+    assert calls[0] > 3 and result.outcome is Outcome.ACCEPTED, result
+    sale = _sale(sandbox_env, "S-1")
+    assert [r["product_id"] for r in sale["refunds"]] == ["P1", "P2"]  # P1 once, not twice

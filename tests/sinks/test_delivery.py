@@ -98,7 +98,7 @@ def test_retry_after_in_seconds_or_http_date() -> None:
     ("status", "expected"),
     [(None, Disposition.RETRY), (429, Disposition.RETRY), (500, Disposition.RETRY),
      (503, Disposition.RETRY), (408, Disposition.RETRY), (401, Disposition.HALT),
-     (403, Disposition.HALT), (400, Disposition.DEFER), (413, Disposition.DEFER),
+     (403, Disposition.HALT), (400, Disposition.DEFER), (413, Disposition.SPLIT),
      (200, Disposition.DEFER)],
 )
 def test_one_place_decides_what_a_failed_request_means(status: int | None, expected: Disposition) -> None:
