@@ -202,15 +202,18 @@ def test_killed_twice_with_refunds_in_flight_then_run_again(tmp_path: Path) -> N
                 assert victim.poll() is None, victim.communicate()[1][-3000:]
                 assert time.monotonic() < deadline, "no refunds went out"
                 time.sleep(0.01)
-            # from now on every request is processed and its answer lost: the kill lands with
-            # refunds that landed while their sender could not know
+            # from now on every request is held, then processed and its answer lost: the kill
+            # lands with refunds that landed while their sender could not know (held, the run
+            # cannot give up and end before the kill, whatever the machine's load)
             sandbox.config.fault_kinds = ("lost_response",)
             sandbox.config.fault_rate = 1.0
+            sandbox.config.hold_after = ("requests", 0)
             time.sleep(0.3)
             victim.send_signal(signal.SIGKILL)
             victim.communicate(timeout=60)
             assert victim.returncode == -signal.SIGKILL
-            sandbox.config.fault_rate = 0.0
+            time.sleep(sandbox.config.hold_ms / 1000 + 0.5)  # the held requests have landed
+            sandbox.config.fault_rate, sandbox.config.hold_after = 0.0, None
             with Ledger(ledger_path) as ledger:
                 in_doubt_returns.append(sum(
                     1 for t in ledger.transactions_by_row_id(list(range(1, 2000)))
