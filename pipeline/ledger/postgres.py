@@ -200,12 +200,13 @@ class PgDb:
         else:
             stack.close()
 
-    def _control(self, sql: str, params: Sequence[Any] | None = None) -> None:
+    def _control(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """``BEGIN``, the write lock, ``COMMIT``: queued in the transaction's pipeline, or sent
-        and waited for where there is none."""
-        self._connection.execute(sql, params)
+        and waited for where there is none (its answer is on the cursor once collected)."""
+        cursor = self._connection.execute(sql, params)
         if self._pipeline is None:
             round_trips.add()
+        return cursor
 
     def _enter_pipeline(self) -> None:
         if not _PIPELINE_MODE:  # a libpq older than 14: every statement waits for its answer
@@ -349,12 +350,14 @@ class PgDb:
                     yield self
                 self._depth = 0
                 with _translated("commit"):
-                    if self._connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                        # a failed statement's error was caught: COMMIT would roll back without a word
+                    committed = self._control("COMMIT")
+                    self._leave_pipeline()  # a deferred write that failed raises here; nothing is committed
+                    if committed.statusmessage != "COMMIT":
+                        # a failed statement's error was caught: the server answered COMMIT with
+                        # ROLLBACK, without an error (judged by that answer, not by the connection's
+                        # status, which a pipeline may not have brought up to date yet)
                         raise LedgerError("the PostgreSQL ledger: a statement of the transaction failed; "
                                           "rolled back")
-                    self._control("COMMIT")
-                    self._leave_pipeline()  # a deferred write that failed raises here; nothing is committed
             except BaseException:
                 self._depth = 0
                 self._leave_pipeline(quietly=True)
