@@ -14,6 +14,9 @@ Runs never overlap:
 
 A stop request (SIGTERM/SIGINT in `posfeed schedule`) sets the stop event every run receives: the
 current batch finishes, the ledger stays consistent, and the daemon exits once runs have returned.
+The signal handler only records the signal (it may interrupt the main thread while that holds the
+very locks acting on it would take); the daemon's own loop acts on it within
+``SIGNAL_POLL_SECONDS``.
 
 Daylight saving: times that do not exist on the spring-forward day fire once, an hour later (the
 wall clock has jumped past them); jobs at a fixed hour fire once on the fall-back day, at the first
@@ -28,6 +31,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -85,6 +89,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MISFIRE_GRACE_SECONDS = 12 * 3600
 JOBSTORE_FILE = "scheduler.sqlite"
 DAEMON_LOCK_SCOPE = ".scheduler"  # locks/.scheduler.lock: one daemon per state dir
+SIGNAL_POLL_SECONDS = 0.2  # how soon the daemon acts on a recorded SIGTERM/SIGINT
 
 # what a scheduled run calls: the feed, the settings and the stop event
 JobFunction = Callable[[Feed, Settings, threading.Event], Any]
@@ -275,6 +280,7 @@ class FeedScheduler:
         self.job: JobFunction = job or run_feed_job
         self.misfire_grace_seconds = misfire_grace_seconds
         self.stop = threading.Event()
+        self.signalled: int | None = None  # a stop signal recorded by the handler, not yet acted on
         self.exit_codes: dict[str, int] = {}  # feed name -> exit code of its latest run
         self._scope_locks: dict[str, threading.Lock] = {}
         self._scope_locks_guard = threading.Lock()
@@ -373,11 +379,17 @@ class FeedScheduler:
                 _active = None
         logger.info("scheduler: stopped")
 
-    def serve(self, poll_seconds: float = 1.0) -> None:
-        """Block until :meth:`request_stop` (a signal handler calls it), then shut down."""
+    def act_on_signal(self) -> None:
+        """A stop signal the handler recorded becomes a stop request (outside the handler)."""
+        if self.signalled is not None and not self.stop.is_set():
+            logger.warning("scheduler: %s received", signal.Signals(self.signalled).name)
+            self.request_stop()
+
+    def serve(self) -> None:
+        """Block until :meth:`request_stop` (or a recorded stop signal), then shut down."""
         try:
-            while not self.stop.wait(poll_seconds):
-                pass
+            while not self.stop.wait(SIGNAL_POLL_SECONDS):
+                self.act_on_signal()
         finally:
             self.shutdown()
 
@@ -387,11 +399,15 @@ class FeedScheduler:
         Returns the job ids that were due. Used by `posfeed schedule --once-catchup`.
         """
         due = self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with self._settled_cond:
-                self._settled_cond.wait_for(
-                    lambda: self.stop.is_set() or set(due) <= self._settled, timeout=timeout
-                )
+                while not (self.stop.is_set() or set(due) <= self._settled):
+                    self.act_on_signal()
+                    left = SIGNAL_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._settled_cond.wait(min(left, SIGNAL_POLL_SECONDS))
         finally:
             self.shutdown()
         return due
@@ -531,12 +547,12 @@ def _install_signal_handlers(scheduler: FeedScheduler) -> dict[int, Any]:
         return {}
 
     def handle(signum: int, frame: object) -> None:
-        if scheduler.stop.is_set():
+        # only record: this may run while the main thread holds the stop event's own lock
+        if scheduler.signalled is not None:
             logger.error("scheduler: second %s, exiting now; in-doubt transactions are settled by the "
                          "next run", signal.Signals(signum).name)
             os._exit(130)
-        logger.warning("scheduler: %s received", signal.Signals(signum).name)
-        scheduler.request_stop()
+        scheduler.signalled = signum
 
     return {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 

@@ -535,3 +535,35 @@ def test_sigterm_stops_the_daemon_after_its_catch_up_run_batch(tmp_path: Path, s
     again = FeedScheduler([load_feed(feeds / "trickle.toml")], settings, job=Calls())
     assert again.catch_up(timeout=WAIT) == []
     finish_and_check_nothing_sent_twice(tmp_path, sandbox_env)
+
+
+def test_a_stop_signal_arriving_while_the_daemon_holds_its_stop_event_lock_still_stops_it(
+    tmp_path: Path,
+) -> None:
+    """`Event.wait` holds the event's own lock at every poll of the daemon's loop; a SIGTERM
+    landing then must not make its handler take that lock again (it would wait for itself
+    forever). A real process, the real handlers, the signal sent while the lock is held."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys
+from pathlib import Path
+from pipeline.config import Feed, Settings
+from pipeline.scheduling import FeedScheduler, _install_signal_handlers
+root = Path({str(tmp_path)!r})
+settings = Settings(state_dir=root / "state", feeds_dir=root, reports_dir=root / "reports")
+scheduler = FeedScheduler([Feed(name="f", schedule="0 3 * * *")], settings, job=lambda *a: None)
+_install_signal_handlers(scheduler)
+scheduler.start()
+with scheduler.stop._cond:  # as Event.wait holds it
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # the handler runs between these bytecodes
+        pass
+scheduler.serve()
+print("stopped")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "stopped"
+    assert "SIGTERM received" in done.stderr
