@@ -158,12 +158,17 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
         ))
     elif (facts.error is not None and not isinstance(facts.error, LockHeldError)
           and not _platform_error(facts.error)):
-        kind = "source_unavailable" if isinstance(facts.error, SourceUnavailableError) else "failed"
+        if isinstance(facts.error, SourceUnavailableError):
+            action = "read the error; the next run tries again"
+        elif isinstance(facts.error, ConfigError):
+            action = ("fix the configuration the error names (`posfeed feeds` checks every feed file); "
+                      "the next run reads it again")
+        else:
+            action = "read the error and fix its cause; `posfeed runs` shows the failed run"
         out.append(Observation(
             kind="run_failed", key=f"run_failed|{feed.name}", subject=type(facts.error).__name__,
             summary=f"the run stopped with an error: {redact(str(facts.error))}",
-            action="read the error; the next run tries again" if kind == "source_unavailable"
-            else "read the error and fix its cause; `posfeed runs` shows the failed run",
+            action=action,
             counts={"exit_code": getattr(facts.error, "exit_code", 70)},
             feed=feed.name, scope=feed.scope,
         ))

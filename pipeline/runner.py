@@ -77,8 +77,8 @@ from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
 
 __all__ = [
-    "RerunSelection", "RunSummary", "business_dates_for", "exit_cause", "exit_code_of", "rerun_feed",
-    "run_feed",
+    "RerunSelection", "RunSummary", "business_dates_for", "exit_cause", "exit_code_of", "observe_refusal",
+    "rerun_feed", "run_feed",
 ]
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def _execute(
                 source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
             except PosfeedError as exc:  # the caller prints or logs it
                 if not dry_run:
-                    _observe_refusal(settings, feed, exc)
+                    observe_refusal(settings, feed, exc)
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
@@ -782,9 +782,10 @@ def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
     return events
 
 
-def _observe_refusal(settings: Settings, feed: Feed, error: PosfeedError) -> None:
-    """A run refused before it started (credentials, source folder): no run is recorded, but the
-    feed's problems see the refusal (a credentials_refused problem opens once) and its alerts go out."""
+def observe_refusal(settings: Settings, feed: Feed, error: PosfeedError) -> None:
+    """A run refused before it started (credentials, source folder, a feed file the scheduler
+    could not read again): no run is recorded, but the feed's problems see the refusal (a
+    credentials_refused or run_failed problem opens once) and its alerts go out."""
     try:
         with Ledger(settings.ledger_location) as ledger:
             now = datetime.now(UTC)

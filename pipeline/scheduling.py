@@ -432,7 +432,13 @@ class FeedScheduler:
                 log_event(logger, "run", f"feed {feed_name}: not run, feed file invalid: {exc}",
                           level=logging.ERROR, feed=feed_name, status="config_error",
                           exit_code=exc.exit_code)
-                return None
+                self.exit_codes[feed_name] = exc.exit_code
+                # a problem of the feed as last read (its alerts, its scope): opened once, resolved
+                # by the first run after the file is mended
+                from pipeline.runner import observe_refusal
+
+                observe_refusal(self.settings, feed, exc)
+                return exc.exit_code
             if not feed.enabled:
                 logger.info("feed %s: disabled in its file; skipped", feed_name)
                 return None

@@ -456,6 +456,34 @@ def test_refused_credentials_are_a_problem_until_a_run_gets_through(
         assert {a["level"] for a in hook.received if a["kind"] == "credentials_refused"} == {"failure"}
 
 
+def test_a_feed_file_broken_under_the_daemon_is_one_problem_until_it_is_mended(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    """The daemon reads a feed's file again before each run; a file edited into something invalid
+    stops the feed's runs (78 for `--once-catchup`), opens one run_failed problem with one alert
+    however many runs it stops, and the first run after the mend resolves it."""
+    from pipeline.config import Settings, load_feed
+    from pipeline.scheduling import FeedScheduler, ScheduledFeed
+
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url, schedule="0 3 * * *")
+        path = s.feeds / "watch.toml"
+        settings = Settings(state_dir=tmp_path / "state", feeds_dir=s.feeds, reports_dir=tmp_path / "reports")
+        daemon = FeedScheduler([ScheduledFeed(load_feed(path), path)], settings)
+        good = path.read_text(encoding="utf-8")
+        path.write_text(good.replace("requests_per_minute = 60000", 'requests_per_minute = "lots"'),
+                        encoding="utf-8")
+        assert daemon.execute("watch") == 78 and daemon.execute("watch") == 78
+        assert daemon.exit_codes["watch"] == 78
+        (failed,) = [p for p in s.open_problems() if p["kind"] == "run_failed"]
+        assert "requests_per_minute" in failed["summary"] and "posfeed feeds" in failed["action"]
+        path.write_text(good, encoding="utf-8")
+        assert daemon.execute("watch") in (0, 65)  # runs again (today's files are not there yet)
+        assert "run_failed" not in {p["kind"] for p in s.open_problems()}
+    events = [a["event"] for a in hook.received if a["kind"] == "run_failed"]
+    assert events == ["opened", "resolved"]
+
+
 # ---- smaller: expected files per feed, the scheduler's selection, fatal errors, the lock --------
 
 
