@@ -105,12 +105,17 @@ class Files:
                 )
             return _reread(db, file_id)
 
-    def confirm_file(self, file_id: int, fetched_at: str) -> None:
-        """The file's content was read again, under the name, size and mtime it was recorded with,
-        by a fetch that began at ``fetched_at`` (a ledger timestamp)."""
+    def confirm_file(self, file_id: int, fetched_at: str, *, mtime: float | None = None) -> None:
+        """The file's content was read again, under the name and size it was recorded with (and
+        ``mtime``, when it has moved since), by a fetch that began at ``fetched_at`` (a ledger
+        timestamp)."""
         with self._db.transaction() as db:
-            db.execute("UPDATE files SET fetched_at = ?, updated_at = ? WHERE id = ?",
-                       (fetched_at, timestamp(), file_id))
+            if mtime is None:
+                db.execute("UPDATE files SET fetched_at = ?, updated_at = ? WHERE id = ?",
+                           (fetched_at, timestamp(), file_id))
+            else:
+                db.execute("UPDATE files SET fetched_at = ?, mtime = ?, updated_at = ? WHERE id = ?",
+                           (fetched_at, mtime, timestamp(), file_id))
 
     def mark_file_unreadable(self, file_id: int, reason: str) -> None:
         """A fetched file could not be read at all; it is offered again by the next run."""

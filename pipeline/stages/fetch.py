@@ -5,7 +5,8 @@ staged) is never processed again, whatever its name. A file seen before with the
 and mtime is not even fetched again, when that mtime is clearly older than the fetch that read it
 (the "racily clean" rule of git's index and rsync: mtimes have whole seconds over SFTP, so a file
 rewritten within the second it was fetched in keeps its size and mtime; such a file is fetched
-again and judged by its sha256, and once read again unchanged its identity is trusted). The same
+again and judged by its sha256, and once read again unchanged its identity is trusted; so is a
+processed file touched since, under the mtime it has now). The same
 name with new content is registered as superseding the earlier file (and processed).
 """
 
@@ -149,8 +150,10 @@ def _fetch_one(
     result.files_fetched += 1
     result.bytes_fetched += fetched.size
     same = ledger.file_by_sha(feed.scope, fetched.sha256)
-    if same is not None and (same.name, same.size, same.mtime) == (fetched.name, fetched.size, fetched.mtime):
-        ledger.confirm_file(same.id, began)  # read again unchanged: its identity may be trusted now
+    if same is not None and (same.name, same.size) == (fetched.name, fetched.size):
+        # read again unchanged under its name (its mtime may have moved: a touch, a copy over
+        # itself): that name, size and mtime stand for its content now, so it is not fetched again
+        ledger.confirm_file(same.id, began, mtime=fetched.mtime)
     if same is not None and same.status in _PROCESSED:
         if same.name != remote.name:
             log.warning("%s: same content as %s, processed in run %s; not processed again",

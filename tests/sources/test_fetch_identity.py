@@ -110,6 +110,24 @@ def test_a_racily_recorded_file_read_again_unchanged_is_trusted_from_then_on(
     assert last.summary["files_fetched"] == 0 and last.summary["files_already_processed"] == 1
 
 
+def test_a_processed_file_touched_since_is_read_again_once_then_trusted_under_its_new_mtime(
+    source: tuple[Path, Feed], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A store's side touches a processed file (a backup tool, a copy over itself): read once more
+    to compare, nothing sent, and from then on recognised without a download."""
+    folder, feed = source
+    write(folder / NAME, GOOD, LONG_AGO)
+    run(feed, tmp_path, sandbox)
+    os.utime(folder / NAME, (LONG_AGO + 86_400, LONG_AGO + 86_400))
+    requests = stats(sandbox)["requests"]
+    touched = run(feed, tmp_path, sandbox)
+    assert (touched.summary["files_fetched"], touched.summary["files_already_processed"]) == (1, 1)
+    assert touched.summary["files_new"] == [] and stats(sandbox)["requests"] == requests + 1
+    after = run(feed, tmp_path, sandbox)
+    assert (after.summary["files_fetched"], after.summary["bytes_fetched"]) == (0, 0)
+    assert after.summary["files_already_processed"] == 1 and after.exit_code == 0
+
+
 def timestamp_at(seconds: float) -> str:
     """The ledger timestamp of ``seconds`` since the epoch."""
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
