@@ -33,7 +33,8 @@ Mapping (one checkout per retail transaction):
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
   as each line's ``discount``: a line's own ``DiscountAmount`` (else its ``RetailPriceModifier``
   amounts) first, the rest pro rata, so the
-  lines sum to the total exactly. A transaction whose totals cannot be reconciled that way (it
+  lines sum to the total exactly. An item's own discount of more than its line is sent as written
+  (validation rejects it, ``R028``, as the same CSV line), never capped. A transaction whose totals cannot be reconciled that way (it
   took more than its lines, or a sale with a negative total) keeps its plain amounts and is
   rejected by validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
   own totals next to the reject. A ``TransactionGrandAmount`` that cannot be read is sent as the
@@ -619,6 +620,9 @@ class _Reader:
                     empty = empty or _empty_number("discount", "Amount")
                     raw["discount"] = None
                 discount += abs(modifier_amount or _ZERO)
+        if (amount is not None and abs(discount) > abs(amount) and "discount" not in raw
+                and not _is_true(line.get("VoidFlag"))):
+            raw["discount"] = _number_text(abs(discount))  # more than its line: rejected (R028), as in a CSV
         link = children.get(tag["TransactionLink"])
         is_return = kind == "Return"
         return _Item(

@@ -733,6 +733,27 @@ def test_an_empty_number_element_is_unreadable_never_a_default(
     assert balances(result)
 
 
+def test_an_items_own_discount_more_than_its_line_rejects_its_transaction_as_in_a_csv(
+    tmp_path: Path,
+) -> None:
+    # A's 8.00 off a 5.00 line cannot be: it was capped at 5.00 and the other 3.00 spread over B,
+    # a discount the file never gave B; a CSV line like it is rejected R028, and so is this one
+    markdown = "<RetailPriceModifier><Amount Action=\"Subtract\">8.00</Amount></RetailPriceModifier><Quantity>"
+    path = write(tmp_path, document(
+        retail(1, sale(1, "A", "5.00", discount="8.00"), sale(2, "B", "10.00"), grand="7.00"),
+        retail(2, sale(1, "A", "5.00").replace("<Quantity>", markdown), sale(2, "B", "10.00"), grand="7.00"),
+        retail(3, sale(1, "A", "5.00", discount="5.00"), sale(2, "B", "10.00"), grand="10.00"),  # all of it
+    ))
+    result = run(path)
+    bad = result.rejects.filter(pl.col("reject_code") == "R028_DISCOUNT_EXCEEDS_LINE")
+    assert bad.get_column("transaction").to_list() == ["1", "2"]
+    assert set(bad.get_column("reject_field")) == {"discount"}
+    assert "8.00" in bad.row(0, named=True)["reject_reason"]
+    assert totals_by_id(result) == {txn_id(3): Decimal("10.00")}
+    assert items_of(result, 3).get_column("discount").to_list() == [Decimal("5.00"), Decimal("0")]
+    assert balances(result)
+
+
 def test_a_percentage_only_price_modifier_rejects_its_transaction(tmp_path: Path) -> None:
     # 10 % off A: the till took 18.00, but the file never says how much 10 % was (of which price,
     # rounded how); it used to add no discount, so A went out at 20.00 (or B took part of A's)
