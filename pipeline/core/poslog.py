@@ -32,11 +32,11 @@ Mapping (one checkout per retail transaction):
   ``TransactionTaxAmount``. Lines keep their ``ExtendedAmount``; the difference between the lines
   and the total (item discounts, transaction-level rewards, coupons, deposit refunds) is carried
   as each line's ``discount``: a line's own ``DiscountAmount`` (else its ``RetailPriceModifier``
-  amounts) first, the rest pro rata, so the
-  lines sum to the total exactly. An item's own discount of more than its line is sent as written
-  (validation rejects it, ``R028``, as the same CSV line), never capped. A transaction whose totals cannot be reconciled that way (it
-  took more than its lines, or a sale with a negative total) keeps its plain amounts and is
-  rejected by validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
+  amounts) first, the rest pro rata, so the lines sum to the total exactly. An item's own discount
+  of more than its line is sent as written (validation rejects it, ``R028``, as the same CSV
+  line), never capped. A transaction whose totals cannot be reconciled that way (it took more
+  than its lines, or a sale with a negative total) keeps its plain amounts and is rejected by
+  validation (``R018``, with both figures); ``src:poslog_totals`` shows the file's
   own totals next to the reject. A ``TransactionGrandAmount`` that cannot be read is sent as the
   transaction_total as written (``R002``), and so is ``grand - tax`` when the
   ``TransactionTaxAmount`` cannot be read.

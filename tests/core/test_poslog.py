@@ -738,7 +738,8 @@ def test_an_items_own_discount_more_than_its_line_rejects_its_transaction_as_in_
 ) -> None:
     # A's 8.00 off a 5.00 line cannot be: it was capped at 5.00 and the other 3.00 spread over B,
     # a discount the file never gave B; a CSV line like it is rejected R028, and so is this one
-    markdown = "<RetailPriceModifier><Amount Action=\"Subtract\">8.00</Amount></RetailPriceModifier><Quantity>"
+    markdown = ("<RetailPriceModifier><Amount Action=\"Subtract\">8.00</Amount></RetailPriceModifier>"
+                "<Quantity>")
     path = write(tmp_path, document(
         retail(1, sale(1, "A", "5.00", discount="8.00"), sale(2, "B", "10.00"), grand="7.00"),
         retail(2, sale(1, "A", "5.00").replace("<Quantity>", markdown), sale(2, "B", "10.00"), grand="7.00"),
