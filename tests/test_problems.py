@@ -263,6 +263,7 @@ def finished_runs(tmp: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.waits_on_clock
 def test_the_scheduler_daemon_alerts_once_per_problem(tmp_path: Path, sandbox_env: Any) -> None:
     from zoneinfo import ZoneInfo
 
