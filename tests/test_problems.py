@@ -669,7 +669,7 @@ def test_a_real_secret_in_a_problem_stays_masked_in_logs_problems_and_alerts(
     from pipeline.errors import SourceAuthError
     from pipeline.ledger import Ledger
     from pipeline.logs import register_feed_secrets, setup_logging
-    from pipeline.runner import _observe_refusal
+    from pipeline.runner import observe_refusal
     from tests.runner_helpers import settings_in
 
     password = "pw-Zq81-real-sftp"
@@ -684,7 +684,7 @@ def test_a_real_secret_in_a_problem_stays_masked_in_logs_problems_and_alerts(
         register_feed_secrets([feed])  # as every posfeed command does for the feeds it loads
         stream = io.StringIO()
         setup_logging("json", 1, stream=stream)
-        _observe_refusal(settings_in(tmp_path), feed, SourceAuthError(
+        observe_refusal(settings_in(tmp_path), feed, SourceAuthError(
             f"{address} refused our credentials (password): login ops password: {password} rejected",
             source="watch", key="source.password_env"))
         with Ledger(settings_in(tmp_path).ledger_location) as ledger:
