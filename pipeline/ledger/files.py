@@ -110,12 +110,8 @@ class Files:
         ``mtime``, when it has moved since), by a fetch that began at ``fetched_at`` (a ledger
         timestamp)."""
         with self._db.transaction() as db:
-            if mtime is None:
-                db.execute("UPDATE files SET fetched_at = ?, updated_at = ? WHERE id = ?",
-                           (fetched_at, timestamp(), file_id))
-            else:
-                db.execute("UPDATE files SET fetched_at = ?, mtime = ?, updated_at = ? WHERE id = ?",
-                           (fetched_at, mtime, timestamp(), file_id))
+            db.execute("UPDATE files SET fetched_at = ?, mtime = COALESCE(?, mtime), updated_at = ? "
+                       "WHERE id = ?", (fetched_at, mtime, timestamp(), file_id))
 
     def mark_file_unreadable(self, file_id: int, reason: str) -> None:
         """A fetched file could not be read at all; it is offered again by the next run."""
