@@ -239,3 +239,35 @@ def test_a_claims_file_without_a_required_column_is_unreadable(tmp_path: Path) -
     assert code == 65 and summary["rows_in"] == 0 and summary["balanced"] is True
     assert summary["unreadable_files"] == [
         {"file": "claims_LON01_20261120.csv", "reason": "required columns missing: claimed_at"}]
+
+
+def test_records_the_reader_cannot_read_are_rejected_not_sent(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "members_LON01_20261120.csv").write_bytes(
+        b"customer_id,email,first_name,last_name,enrolled_at\r\n"
+        b"Q1,lee.moss@example.org,Lee,Moss,2026-11-20T10:00:00Z\r\n"
+        b"Q2,kit.\x00rowe@example.org,Kit,Rowe,2026-11-20T10:01:00Z\r\n"  # a NUL: refused with its whole bulk
+        b"Q3,bo.lamb@example.org,Bo,Lamb,2026-11-20T10:02:00Z,jo.finch@example.org\r\n"  # one field too many
+        b"Q4,al.ray@example.org,Al,Ray,2026-11-20T10:03:00Z\r\n"
+        b'Q5,"ed.cole@example.org,Ed,Cole,2026-11-20T10:04:00Z\r\n')  # a quote never closed
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop))
+        code, summary, err = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
+        created = set(customers(sandbox))
+    assert code == 65 and summary["balanced"] is True
+    assert created == {"Q1", "Q4"}
+    assert summary["accepted"] == 2 and summary["transactions_rejected"] == 3
+    with sqlite3.connect(settings_in(tmp_path).ledger_path) as db:
+        rejects = db.execute("SELECT source_line, code, reason, original FROM rejects ORDER BY source_line"
+                             ).fetchall()
+        dump = "\n".join(db.iterdump())
+    assert [(line, code) for line, code, _, _ in rejects] == [
+        (3, "R022_NUL_IN_ROW"), (4, "R019_WRONG_FIELD_COUNT"), (6, "R020_UNBALANCED_QUOTE")]
+    reports = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*")
+                      if p.is_file())
+    # the reader's excerpt of the line would show the member's details: not for enrollments
+    for text in (dump, reports, err):
+        for word in ("kit.", "rowe", "bo.lamb", "jo.finch", "ed.cole", "Cole", "Lamb"):
+            assert word not in text, word

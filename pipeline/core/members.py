@@ -23,6 +23,7 @@ from datetime import date, datetime
 from typing import Any
 
 from pipeline.config import Feed
+from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.logs import mask_customer_id
 
@@ -273,17 +274,39 @@ def _claim(line: int, fields: dict[str, str | None], feed: Feed) -> MemberRecord
 
 def member_records(rows: Iterable[tuple[int, Mapping[str, Any]]], feed: Feed, *, today: date
                    ) -> list[MemberRecord]:
-    """Validate ``(source_line, raw row)`` pairs into records (not yet deduplicated)."""
+    """Validate ``(source_line, raw row)`` pairs into records (not yet deduplicated). A row the
+    reader could not read (its ``read_code``: a NUL, a quote never closed, too many fields) is
+    rejected with that code before any field of it is trusted."""
     out: list[MemberRecord] = []
     for line, raw in rows:
+        raw = dict(raw)
+        read_code, read_reason = raw.pop(READ_CODE, None), raw.pop(READ_REASON, None)
         fields, custom = map_row(raw, feed)
-        if feed.records == "enrollments":
+        if read_code:
+            record = _unreadable(line, fields, feed, str(read_code), str(read_reason or ""))
+        elif feed.records == "enrollments":
             record = _enrollment(line, fields, custom, feed, today)
         else:
             record = _claim(line, fields, feed)
         record.original = {str(k): v for k, v in raw.items()}
         out.append(record)
     return out
+
+
+def _unreadable(line: int, fields: dict[str, str | None], feed: Feed, code: str, reason: str
+                ) -> MemberRecord:
+    """A record the reader flagged: rejected with its code. The reader's reason may quote the
+    line (an excerpt after ``(`` or ``:``); an enrollment's line holds personal data, so only
+    the words before the quote are kept."""
+    if feed.records == "enrollments":
+        customer = fields["customer_id"]
+        key = mask_customer_id(customer) if customer else None
+        reason = re.split(r" \(|: ", reason, maxsplit=1)[0]
+    else:
+        key = f"claim:{fields['transaction_id']}" if fields["transaction_id"] else None
+    record = MemberRecord(line, key, fields["store_id"], None)
+    record.reject_code, record.reject_field, record.reject_reason = code, None, reason
+    return record
 
 
 def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], feed: Feed) -> None:
