@@ -316,3 +316,23 @@ def test_claims_of_a_return_or_of_a_members_checkout_are_not_sent(tmp_path: Path
         codes = dict(db.execute("SELECT transaction_id, last_error_code FROM transactions "
                                 "WHERE scope = 'claims' AND state = 'not_sent'").fetchall())
     assert codes == {"claim:G2": "claim_of_return", "claim:S1": "claim_checkout_not_guest"}
+
+
+def test_a_member_enrolled_and_changed_in_one_run_is_updated_after_the_opt_in(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    first = [f"P{i},p{i}@example.org,2026-11-20T10:00:00Z" for i in range(1, 7)]
+    changed = [f"P{i},p{i}@example.net,2026-11-20T11:00:00Z" for i in range(1, 7)]
+    again = "P1,p1@example.com,2026-11-20T12:00:00Z"
+    (drop / "members_LON01_20261120.csv").write_text(
+        "customer_id,email,enrolled_at\n" + "\n".join([*first, *changed, again]) + "\n", encoding="utf-8")
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        # more members than a bulk holds: the updates go in other requests than the opt_ins
+        members = write_feed(tmp_path, "members",
+                             sample_feed("acme_enrollments", sandbox, folder=drop, bulk_size=2),
+                             enrollments=EnrollmentsConfig(changes="profile"))
+        code, summary, _ = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
+        emails = {cid: c["email"] for cid, c in customers(sandbox).items()}
+    assert code == 0 and summary["accepted"] == 13 and summary["failed_permanent"] == 0
+    assert emails == {"P1": "p1@example.com", **{f"P{i}": f"p{i}@example.net" for i in range(2, 7)}}
