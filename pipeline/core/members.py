@@ -193,6 +193,15 @@ def _control(value: str, categories: tuple[str, ...]) -> bool:
     return any(unicodedata.category(char) in categories for char in value)
 
 
+def _out_of_range(day: date, today: date, feed: Feed) -> str | None:
+    """Why a record's date is none a till writes today, or None."""
+    if day > today + _A_DAY:
+        return "after today"
+    if day < feed.validation.earliest_date:
+        return f"before {feed.validation.earliest_date} (validation.earliest_date)"
+    return None
+
+
 def _bad_text(record: MemberRecord, values: Mapping[str, str | None], ids: tuple[str, ...],
               feed: Feed) -> MemberRecord | None:
     """``record`` rejected for a value longer than ``validation.max_field_chars`` (R031) or an
@@ -224,8 +233,8 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
         enrolled = _timestamp(str(fields["enrolled_at"]), fmt.timestamp_format)
     except ValueError:
         return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "enrolled_at", "enrolled_at cannot be read")
-    if enrolled.date() > today + _A_DAY:
-        return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "enrolled_at", "enrolled_at is after today")
+    if (odd := _out_of_range(enrolled.date(), today, feed)) is not None:
+        return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "enrolled_at", f"enrolled_at is {odd}")
     record.business_date = enrolled.date().isoformat()
     email = fields["email"].lower() if fields["email"] else None
     phone = _PHONE_STRIP.sub("", fields["phone"]) if fields["phone"] else None
@@ -298,8 +307,8 @@ def _claim(line: int, fields: dict[str, str | None], feed: Feed, today: date) ->
         claimed = _timestamp(str(fields["claimed_at"]), feed.format.timestamp_format)
     except ValueError:
         return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "claimed_at", "claimed_at cannot be read")
-    if claimed.date() > today + _A_DAY:
-        return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "claimed_at", "claimed_at is after today")
+    if (odd := _out_of_range(claimed.date(), today, feed)) is not None:
+        return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "claimed_at", f"claimed_at is {odd}")
     record.business_date = claimed.date().isoformat()
     # the claimed_at of a repeat may differ (a second receipt lookup): who claims what is the content
     record.content_hash = _hash({"transaction_id": tid, "customer_id": fields["customer_id"]})

@@ -160,7 +160,8 @@ CATALOG: dict[RejectCode, str] = {
     "is in the future or after enrolled_at.",
     RejectCode.BAD_CONSENT: "consent_email or consent_sms is not one of true, false, yes, no, 1, 0.",
     RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
-    "format.timestamp_format), or its date is more than a day after the run's.",
+    "format.timestamp_format), or its date is before validation.earliest_date (2000-01-01 unless "
+    "set) or more than a day after the run's.",
 }
 
 # the codes of enrollment and claim rows (pipeline.core.members); the others are checkout lines'

@@ -165,3 +165,15 @@ def test_dates_no_member_can_have_are_rejected() -> None:
     claims = Feed(name="c", records="claims")
     assert codes(claims, {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "2099-01-01T00:00:00Z"}
                  ) == ["R107_BAD_MEMBER_TIMESTAMP"]
+
+
+def test_timestamps_before_the_earliest_date_are_rejected() -> None:
+    feed = Feed(name="m", records="enrollments")
+    assert codes(feed, enrollment(enrolled_at="0001-01-01T00:00:00"),
+                 enrollment(enrolled_at="1999-12-31T23:00:00Z", birth_date="")) == [
+        "R107_BAD_MEMBER_TIMESTAMP", "R107_BAD_MEMBER_TIMESTAMP"]
+    late = Feed(name="m", records="enrollments", validation={"earliest_date": "1990-01-01"})
+    assert codes(late, enrollment(enrolled_at="1999-12-31T23:00:00Z", birth_date="")) == [None]
+    claims = Feed(name="c", records="claims")
+    assert codes(claims, {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "1970-01-01T00:00:00Z"}
+                 ) == ["R107_BAD_MEMBER_TIMESTAMP"]
