@@ -239,3 +239,100 @@ def test_a_claims_file_without_a_required_column_is_unreadable(tmp_path: Path) -
     assert code == 65 and summary["rows_in"] == 0 and summary["balanced"] is True
     assert summary["unreadable_files"] == [
         {"file": "claims_LON01_20261120.csv", "reason": "required columns missing: claimed_at"}]
+
+
+def test_records_the_reader_cannot_read_are_rejected_not_sent(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "members_LON01_20261120.csv").write_bytes(
+        b"customer_id,email,first_name,last_name,enrolled_at\r\n"
+        b"Q1,lee.moss@example.org,Lee,Moss,2026-11-20T10:00:00Z\r\n"
+        b"Q2,kit.\x00rowe@example.org,Kit,Rowe,2026-11-20T10:01:00Z\r\n"  # a NUL: refused with its whole bulk
+        b"Q3,bo.lamb@example.org,Bo,Lamb,2026-11-20T10:02:00Z,jo.finch@example.org\r\n"  # one field too many
+        b"Q4,al.ray@example.org,Al,Ray,2026-11-20T10:03:00Z\r\n"
+        b'Q5,"ed.cole@example.org,Ed,Cole,2026-11-20T10:04:00Z\r\n')  # a quote never closed
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop))
+        code, summary, err = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
+        created = set(customers(sandbox))
+    assert code == 65 and summary["balanced"] is True
+    assert created == {"Q1", "Q4"}
+    assert summary["accepted"] == 2 and summary["transactions_rejected"] == 3
+    with sqlite3.connect(settings_in(tmp_path).ledger_path) as db:
+        rejects = db.execute("SELECT source_line, code, reason, original FROM rejects ORDER BY source_line"
+                             ).fetchall()
+        dump = "\n".join(db.iterdump())
+    assert [(line, code) for line, code, _, _ in rejects] == [
+        (3, "R022_NUL_IN_ROW"), (4, "R019_WRONG_FIELD_COUNT"), (6, "R020_UNBALANCED_QUOTE")]
+    reports = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*")
+                      if p.is_file())
+    # the reader's excerpt of the line would show the member's details: not for enrollments
+    for text in (dump, reports, err):
+        for word in ("kit.", "rowe", "bo.lamb", "jo.finch", "ed.cole", "Cole", "Lamb"):
+            assert word not in text, word
+
+
+POS_HEADER = ("transaction_id,store_id,register_id,timestamp,business_date,customer_id,transaction_type,"
+              "line_no,product_id,product_name,product_category,quantity,unit_price,discount,line_total,"
+              "currency,transaction_total,points_burned,original_transaction_id\n")
+
+
+def test_claims_of_a_return_or_of_a_members_checkout_are_not_sent(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "pos_LON01_20261120_10.csv").write_text(
+        POS_HEADER
+        + "G1,LON01,R1,2026-11-20 10:01:07,2026-11-20,,sale,1,P1,Bread,bakery,1,10.00,,10.00,GBP,10.00,,\n"
+        "G2,LON01,R1,2026-11-20 10:05:07,2026-11-20,,return,1,P1,Bread,bakery,-1,2.00,,-2.00,GBP,-2.00,,G1\n"
+        "S1,LON01,R1,2026-11-20 10:06:07,2026-11-20,M1,sale,1,P1,Bread,bakery,1,5.00,,5.00,GBP,5.00,,\n"
+        "G3,LON01,R1,2026-11-20 10:07:07,2026-11-20,,sale,1,P1,Bread,bakery,1,4.00,,4.00,GBP,4.00,,\n",
+        encoding="utf-8")
+    (drop / "members_LON01_20261120.csv").write_text(
+        "customer_id,email,enrolled_at\nM1,m1@example.org,2026-11-20T09:00:00Z\n"
+        "M2,m2@example.org,2026-11-20T09:00:00Z\n", encoding="utf-8")
+    (drop / "claims_LON01_20261120.csv").write_text(
+        "transaction_id,customer_id,claimed_at,store_id\n"
+        "G2,M2,2026-11-20T11:00:00Z,LON01\n"  # the refund receipt, not the sale's
+        "S1,M2,2026-11-20T11:01:00Z,LON01\n"  # a member's checkout: nothing to claim
+        "G3,M2,2026-11-20T11:02:00Z,LON01\n", encoding="utf-8")
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        base = sample_feed("acme_hourly", sandbox, folder=drop)
+        hourly = write_feed(tmp_path, "hourly", base,
+                            expected=base.expected.model_copy(update={"cadence": "none"}))
+        members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop))
+        claims = write_feed(tmp_path, "claims", sample_feed("acme_claims", sandbox, folder=drop))
+        assert posfeed(tmp_path, env, "run", "--feed", hourly, *DAY)[0] == 0
+        assert posfeed(tmp_path, env, "run", "--feed", members, *DAY)[0] == 0
+        before = stats(sandbox)["events_rejected"]
+        code, claimed, _ = posfeed(tmp_path, env, "run", "--feed", claims, *DAY)
+        refused = stats(sandbox)["events_rejected"] - before
+        held = owners(sandbox)
+    assert code == 0 and claimed["balanced"] is True
+    assert (claimed["accepted"], claimed["not_sent"], claimed["failed_permanent"]) == (1, 2, 0)
+    assert refused == 0 and held["G3"] == "M2" and held["S1"] == "M1"
+    with sqlite3.connect(settings_in(tmp_path).ledger_path) as db:
+        codes = dict(db.execute("SELECT transaction_id, last_error_code FROM transactions "
+                                "WHERE scope = 'claims' AND state = 'not_sent'").fetchall())
+    assert codes == {"claim:G2": "claim_of_return", "claim:S1": "claim_checkout_not_guest"}
+
+
+def test_a_member_enrolled_and_changed_in_one_run_is_updated_after_the_opt_in(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    first = [f"P{i},p{i}@example.org,2026-11-20T10:00:00Z" for i in range(1, 7)]
+    changed = [f"P{i},p{i}@example.net,2026-11-20T11:00:00Z" for i in range(1, 7)]
+    again = "P1,p1@example.com,2026-11-20T12:00:00Z"
+    (drop / "members_LON01_20261120.csv").write_text(
+        "customer_id,email,enrolled_at\n" + "\n".join([*first, *changed, again]) + "\n", encoding="utf-8")
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        # more members than a bulk holds: the updates go in other requests than the opt_ins
+        members = write_feed(tmp_path, "members",
+                             sample_feed("acme_enrollments", sandbox, folder=drop, bulk_size=2),
+                             enrollments=EnrollmentsConfig(changes="profile"))
+        code, summary, _ = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
+        emails = {cid: c["email"] for cid, c in customers(sandbox).items()}
+    assert code == 0 and summary["accepted"] == 13 and summary["failed_permanent"] == 0
+    assert emails == {"P1": "p1@example.com", **{f"P{i}": f"p{i}@example.net" for i in range(2, 7)}}

@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipeline.config import Feed
+from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.logs import mask_customer_id
 
@@ -51,7 +53,13 @@ PERSONAL_FIELDS = ("email", "phone", "first_name", "last_name", "birth_date")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 _PHONE_STRIP = re.compile(r"[\s.\-()/]")
 _PHONE = re.compile(r"^\+?[0-9]{6,15}$")
+# ids, and an email, hold no control or format character (a zero-width space, a bidi mark...);
+# names and other text none of the control characters (a name's bidi mark is how it is written)
+_ID_CONTROL = ("Cc", "Cf")
+_TEXT_CONTROL = ("Cc",)
 _TRUE = {"true", "yes", "1", "y"}
+# a timestamp may be a day ahead of the run's date (a store east of it, past midnight)
+_A_DAY = timedelta(days=1)
 _FALSE = {"false", "no", "0", "n"}
 
 
@@ -181,6 +189,36 @@ def _reject(record: MemberRecord, code: RejectCode, column: str, reason: str) ->
     return record
 
 
+def _control(value: str, categories: tuple[str, ...]) -> bool:
+    return any(unicodedata.category(char) in categories for char in value)
+
+
+def _out_of_range(day: date, today: date, feed: Feed) -> str | None:
+    """Why a record's date is none a till writes today, or None."""
+    if day > today + _A_DAY:
+        return "after today"
+    if day < feed.validation.earliest_date:
+        return f"before {feed.validation.earliest_date} (validation.earliest_date)"
+    return None
+
+
+def _bad_text(record: MemberRecord, values: Mapping[str, str | None], ids: tuple[str, ...],
+              feed: Feed) -> MemberRecord | None:
+    """``record`` rejected for a value longer than ``validation.max_field_chars`` (R031) or an
+    id holding a control or format character (R023), or None. Reasons never show the value."""
+    limit = feed.validation.max_field_chars
+    for name, value in values.items():
+        if value is not None and len(value) > limit:
+            return _reject(record, RejectCode.FIELD_TOO_LONG, name, f"{name} is {len(value)} characters "
+                           f"long; at most {limit} are kept (validation.max_field_chars)")
+    for name in ids:
+        value = values.get(name)
+        if value and _control(value, _ID_CONTROL):
+            return _reject(record, RejectCode.CONTROL_CHARACTER_IN_ID, name,
+                           f"{name} holds a control or format character")
+    return None
+
+
 def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str], feed: Feed,
                 today: date) -> MemberRecord:
     fmt = feed.format
@@ -189,15 +227,19 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
     for name in ("customer_id", "enrolled_at"):
         if not fields[name]:
             return _reject(record, RejectCode.MEMBER_MISSING_FIELD, name, f"{name} is empty")
+    if (bad := _bad_text(record, {**fields, **custom}, ("customer_id", "store_id"), feed)) is not None:
+        return bad
     try:
         enrolled = _timestamp(str(fields["enrolled_at"]), fmt.timestamp_format)
     except ValueError:
         return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "enrolled_at", "enrolled_at cannot be read")
+    if (odd := _out_of_range(enrolled.date(), today, feed)) is not None:
+        return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "enrolled_at", f"enrolled_at is {odd}")
     record.business_date = enrolled.date().isoformat()
     email = fields["email"].lower() if fields["email"] else None
     phone = _PHONE_STRIP.sub("", fields["phone"]) if fields["phone"] else None
     required = feed.enrollments.contact_required
-    if email is not None and not _EMAIL.match(email):
+    if email is not None and (not _EMAIL.match(email) or _control(email, _ID_CONTROL)):
         return _reject(record, RejectCode.BAD_EMAIL, "email", "the email is not an address")
     if phone is not None and not _PHONE.match(phone):
         return _reject(record, RejectCode.BAD_PHONE, "phone", "the phone is not a number")
@@ -207,6 +249,10 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
         return _reject(record, RejectCode.BAD_PHONE, "phone", f"a phone is required ({required})")
     if required == "either" and email is None and phone is None:
         return _reject(record, RejectCode.NO_CONTACT, "email", "neither an email nor a phone")
+    for name, text in {**fields, **custom}.items():
+        if text and name not in ("email", "phone") and _control(text, _TEXT_CONTROL):
+            return _reject(record, RejectCode.CONTROL_CHARACTER_IN_TEXT, name,
+                           f"{name} holds a control character")
     birth: str | None = None
     if fields["birth_date"]:
         try:
@@ -215,6 +261,8 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
             return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date cannot be read")
         if born > today:
             return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date is in the future")
+        if born > enrolled.date():
+            return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date is after enrolled_at")
         birth = born.isoformat()
     consents: dict[str, bool] = {}
     for name in ("consent_email", "consent_sms"):
@@ -247,16 +295,20 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
     return record
 
 
-def _claim(line: int, fields: dict[str, str | None], feed: Feed) -> MemberRecord:
+def _claim(line: int, fields: dict[str, str | None], feed: Feed, today: date) -> MemberRecord:
     tid = fields["transaction_id"]
     record = MemberRecord(line, f"claim:{tid}" if tid else None, fields["store_id"], None)
     for name in ("transaction_id", "customer_id", "claimed_at"):
         if not fields[name]:
             return _reject(record, RejectCode.MEMBER_MISSING_FIELD, name, f"{name} is empty")
+    if (bad := _bad_text(record, fields, ("transaction_id", "customer_id", "store_id"), feed)) is not None:
+        return bad
     try:
         claimed = _timestamp(str(fields["claimed_at"]), feed.format.timestamp_format)
     except ValueError:
         return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "claimed_at", "claimed_at cannot be read")
+    if (odd := _out_of_range(claimed.date(), today, feed)) is not None:
+        return _reject(record, RejectCode.BAD_MEMBER_TIMESTAMP, "claimed_at", f"claimed_at is {odd}")
     record.business_date = claimed.date().isoformat()
     # the claimed_at of a repeat may differ (a second receipt lookup): who claims what is the content
     record.content_hash = _hash({"transaction_id": tid, "customer_id": fields["customer_id"]})
@@ -273,17 +325,39 @@ def _claim(line: int, fields: dict[str, str | None], feed: Feed) -> MemberRecord
 
 def member_records(rows: Iterable[tuple[int, Mapping[str, Any]]], feed: Feed, *, today: date
                    ) -> list[MemberRecord]:
-    """Validate ``(source_line, raw row)`` pairs into records (not yet deduplicated)."""
+    """Validate ``(source_line, raw row)`` pairs into records (not yet deduplicated). A row the
+    reader could not read (its ``read_code``: a NUL, a quote never closed, too many fields) is
+    rejected with that code before any field of it is trusted."""
     out: list[MemberRecord] = []
     for line, raw in rows:
+        raw = dict(raw)
+        read_code, read_reason = raw.pop(READ_CODE, None), raw.pop(READ_REASON, None)
         fields, custom = map_row(raw, feed)
-        if feed.records == "enrollments":
+        if read_code:
+            record = _unreadable(line, fields, feed, str(read_code), str(read_reason or ""))
+        elif feed.records == "enrollments":
             record = _enrollment(line, fields, custom, feed, today)
         else:
-            record = _claim(line, fields, feed)
+            record = _claim(line, fields, feed, today)
         record.original = {str(k): v for k, v in raw.items()}
         out.append(record)
     return out
+
+
+def _unreadable(line: int, fields: dict[str, str | None], feed: Feed, code: str, reason: str
+                ) -> MemberRecord:
+    """A record the reader flagged: rejected with its code. The reader's reason may quote the
+    line (an excerpt after ``(`` or ``:``); an enrollment's line holds personal data, so only
+    the words before the quote are kept."""
+    if feed.records == "enrollments":
+        customer = fields["customer_id"]
+        key = mask_customer_id(customer) if customer else None
+        reason = re.split(r" \(|: ", reason, maxsplit=1)[0]
+    else:
+        key = f"claim:{fields['transaction_id']}" if fields["transaction_id"] else None
+    record = MemberRecord(line, key, fields["store_id"], None)
+    record.reject_code, record.reject_field, record.reject_reason = code, None, reason
+    return record
 
 
 def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], feed: Feed) -> None:

@@ -59,6 +59,7 @@ class RejectCode(StrEnum):
     BAD_BIRTH_DATE = "R105_BAD_BIRTH_DATE"
     BAD_CONSENT = "R106_BAD_CONSENT"
     BAD_MEMBER_TIMESTAMP = "R107_BAD_MEMBER_TIMESTAMP"
+    CONTROL_CHARACTER_IN_TEXT = "R108_CONTROL_CHARACTER_IN_TEXT"
 
 
 # the codes the readers give a record they cannot read (checked first: such a record has no
@@ -91,11 +92,13 @@ CATALOG: dict[RejectCode, str] = {
     "store_id, timestamp, product_id, quantity, unit_price, currency.",
     RejectCode.FIELD_TOO_LONG: "A text field (transaction_id, store_id, register_id, customer_id, "
     "transaction_type, product_id, product_name, product_category, currency, "
-    "original_transaction_id) is longer than validation.max_field_chars characters (1,000 unless "
-    "set): no value a till writes, and a request carrying it would be refused whole.",
+    "original_transaction_id; any field of an enrollment or claim) is longer than "
+    "validation.max_field_chars characters (1,000 unless set): no value a till writes, and a request "
+    "carrying it would be refused whole.",
     RejectCode.CONTROL_CHARACTER_IN_ID: "An id (transaction_id, original_transaction_id, customer_id, "
-    "product_id, store_id, register_id) holds a control or format character (Unicode categories Cc, "
-    "Cf: tabs, line breaks, zero-width and bidi marks...).",
+    "product_id, store_id, register_id; an enrollment's or claim's customer_id, store_id, "
+    "transaction_id) holds a control or format character (Unicode categories Cc, Cf: tabs, line "
+    "breaks, zero-width and bidi marks...).",
     RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
     "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
     "(4 for money, 3 for quantities, 0 for line_no); in POSLog, also a number element that is there "
@@ -143,23 +146,29 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.MEMBER_MISSING_FIELD: "An enrollment without customer_id or enrolled_at, or a claim "
     "without transaction_id, customer_id or claimed_at.",
     RejectCode.BAD_EMAIL: "The email is not an address (one @, a local part, a domain with a dot, no "
-    "spaces), or it is missing while enrollments.contact_required asks for it.",
+    "spaces, no control or format character such as a bidi mark), or it is missing while "
+    "enrollments.contact_required asks for it.",
     RejectCode.BAD_PHONE: "The phone is not a number (an optional +, then 6 to 15 digits; spaces, "
     "dots, dashes and brackets are ignored), or it is missing while enrollments.contact_required "
     "asks for it.",
     RejectCode.NO_CONTACT: "An enrollment has neither an email nor a phone "
     '(enrollments.contact_required = "either").',
+    RejectCode.CONTROL_CHARACTER_IN_TEXT: "A name, language or custom property of an enrollment "
+    "holds a control character (Unicode category Cc: tabs, line breaks, terminal escapes); format "
+    "characters such as a right-to-left mark are how some names are written and are kept.",
     RejectCode.BAD_BIRTH_DATE: "The birth_date cannot be read (YYYY-MM-DD or format.date_format) or "
-    "is in the future.",
+    "is in the future or after enrolled_at.",
     RejectCode.BAD_CONSENT: "consent_email or consent_sms is not one of true, false, yes, no, 1, 0.",
     RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
-    "format.timestamp_format).",
+    "format.timestamp_format), or its date is before validation.earliest_date (2000-01-01 unless "
+    "set) or more than a day after the run's.",
 }
 
 # the codes of enrollment and claim rows (pipeline.core.members); the others are checkout lines'
 MEMBER_CODES: frozenset[RejectCode] = frozenset({
     RejectCode.MEMBER_MISSING_FIELD, RejectCode.BAD_EMAIL, RejectCode.BAD_PHONE, RejectCode.NO_CONTACT,
     RejectCode.BAD_BIRTH_DATE, RejectCode.BAD_CONSENT, RejectCode.BAD_MEMBER_TIMESTAMP,
+    RejectCode.CONTROL_CHARACTER_IN_TEXT,
 })
 
 

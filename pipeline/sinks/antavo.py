@@ -5,7 +5,8 @@ Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` ev
 large for a request of its own is not sent: ``request_too_large``); guests go one by one to
 ``POST /events`` (the bulk endpoint refuses guests). Sales are sent before returns so a refund
 finds its sale accepted: sales (phase 0), then refunds that may have landed already (phases 1,
-2, ...: one per sale at a time), then refunds sent for the first time. A return's shape (whole
+2, ...: one per sale at a time), then refunds sent for the first time; members' profile updates
+after their opt_ins (phases 1, 2, ...: one per member at a time). A return's shape (whole
 ``refund``, ``refund_item`` per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s
 decision.
 
@@ -152,21 +153,28 @@ class AntavoAdapter:
 
     def plan(self, checkouts: Sequence[CheckoutRow]) -> Plan:
         """Guests one per request, members in bulk; sales first, then refunds that may have landed
-        (read back first, one per sale at a time), then new refunds."""
+        (read back first, one per sale at a time), then new refunds. A member's profile updates
+        go one phase each after the opt_ins (the platform refuses an update of a member it does
+        not have yet, and the last update must land last)."""
         batches: list[Batch] = []
         unsent: list[EventResult] = []
         members: dict[int, list[Unit]] = {0: []}
         verifying: dict[str, int] = {}
         refunding: dict[str, int] = {}
+        updating: dict[str, int] = {}  # a member's profile updates planned so far
         singles: list[Batch] = []
         for row in checkouts:
             tid = str(row["transaction_id"])
             if row.get("record"):  # an enrollment, profile update or claim: one event
                 event = member_event(row, account=self.target.account)
+                phase = 0
+                if row["record"] == "profile":  # after the member's opt_in and earlier updates
+                    customer = str(row["customer_id"])
+                    updating[customer] = phase = updating.get(customer, 0) + 1
                 if row["record"] == "claim" or self.target.bulk_size == 1:
-                    singles.append(Batch((_unit(tid, [event]),), route="single", phase=0))
+                    singles.append(Batch((_unit(tid, [event]),), route="single", phase=phase))
                 else:
-                    members[0].append(_unit(tid, [event]))
+                    members.setdefault(phase, []).append(_unit(tid, [event]))
                 continue
             is_return = row.get("transaction_type") == TransactionType.RETURN
             if is_return and row.get("in_doubt"):

@@ -262,13 +262,15 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
 
     A claim names a guest checkout of ``claims.checkout_scope``: sent once that checkout is
     accepted; left queued (waiting) while it is pending or failed; never sent when it settled
-    without reaching the platform (``claim_checkout_not_sent``) or when the ledger does not know
-    it (``unmatched_claim``, unless ``claims.unknown_checkouts = "send"``).
+    without reaching the platform (``claim_checkout_not_sent``), when it is a return
+    (``claim_of_return``: the refund receipt, not the sale) or a member's checkout
+    (``claim_checkout_not_guest``: nobody's to claim), or when the ledger does not know it
+    (``unmatched_claim``, unless ``claims.unknown_checkouts = "send"``).
     """
     if not claims:
         return claims, []
     checkout_scope = feed.claims.checkout_scope or feed.scope
-    known = ledger.originals(checkout_scope, [str(c["claimed_transaction_id"]) for c in claims])
+    known = ledger.sales_with_checkouts(checkout_scope, [str(c["claimed_transaction_id"]) for c in claims])
     ready: list[dict[str, Any]] = []
     unsent: list[EventResult] = []
     waiting = 0
@@ -282,6 +284,11 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
                     claim["transaction_id"], Outcome.NOT_SENT, error_code="unmatched_claim",
                     error_message=f"no checkout {claim['claimed_transaction_id']} in scope "
                                   f"{checkout_scope!r}", attempts=0))
+        elif (refused := _not_claimable(checkout)) is not None:
+            code, why = refused
+            unsent.append(EventResult(
+                claim["transaction_id"], Outcome.NOT_SENT, error_code=code,
+                error_message=f"checkout {claim['claimed_transaction_id']} {why}", attempts=0))
         elif checkout.state is TxnState.ACCEPTED:
             ready.append(claim)
         elif checkout.state in (TxnState.NOT_SENT, TxnState.VOID):
@@ -294,6 +301,16 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
     if waiting:
         log.info("%s: %d claim(s) wait for their checkout to be accepted", feed.name, waiting)
     return ready, unsent
+
+
+def _not_claimable(checkout: TxnRecord) -> tuple[str, str] | None:
+    """(code, why) when a recorded checkout can never be claimed: a return, or a checkout that
+    names a member (its customer id, masked or not, is in the stored checkout)."""
+    if checkout.transaction_type == TransactionType.RETURN:
+        return "claim_of_return", "is a return: a member claims the sale"
+    if checkout.checkout and decode_checkout(checkout.checkout).get("customer_id"):
+        return "claim_checkout_not_guest", "is a member's checkout, not a guest's"
+    return None
 
 
 async def _submit(

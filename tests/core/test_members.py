@@ -127,5 +127,53 @@ def test_every_member_code_has_a_case() -> None:
     feed = Feed(name="m", records="enrollments")
     seen = set(codes(feed, enrollment(customer_id=""), enrollment(email="x"), enrollment(phone="1"),
                      enrollment(email=""), enrollment(birth_date="soon"), enrollment(consent_email="?"),
-                     enrollment(enrolled_at="?")))
+                     enrollment(enrolled_at="?"), enrollment(first_name="S\x07")))
     assert seen == {code.value for code in MEMBER_CODES}
+
+
+def test_text_no_till_writes_is_rejected_not_sent() -> None:
+    feed = Feed(name="m", records="enrollments", validation={"max_field_chars": 50})
+    records = member_records(enumerate([
+        enrollment(first_name="S" * 51),                      # longer than validation.max_field_chars
+        enrollment(customer_id="N\u200b1"),                  # a zero-width space in the id
+        enrollment(store_id="LON\t01"),
+        enrollment(email="sam@example.org\u200f"),            # a right-to-left mark after the address
+        enrollment(first_name="Sam\x1b[2J"),                  # a terminal escape in a name
+        enrollment(last_name="Jones\nSmith"),                 # a line break in a name
+        enrollment(first_name="\u05e9\u05e8\u05d4\u200f"),    # Hebrew with its mark: a name as written
+    ], start=2), feed, today=TODAY)
+    assert [(r.reject_code, r.reject_field) for r in records] == [
+        ("R031_FIELD_TOO_LONG", "first_name"), ("R023_CONTROL_CHARACTER_IN_ID", "customer_id"),
+        ("R023_CONTROL_CHARACTER_IN_ID", "store_id"), ("R102_BAD_EMAIL", "email"),
+        ("R108_CONTROL_CHARACTER_IN_TEXT", "first_name"), ("R108_CONTROL_CHARACTER_IN_TEXT", "last_name"),
+        (None, None)]
+    assert records[0].reject_reason == "first_name is 51 characters long; at most 50 are kept " \
+                                       "(validation.max_field_chars)"
+    claims = Feed(name="c", records="claims", validation={"max_field_chars": 50})
+    rows = [{"transaction_id": "T\x001", "customer_id": "M1", "claimed_at": "2026-11-20T12:00:00Z"},
+            {"transaction_id": "T1", "customer_id": "M" * 60, "claimed_at": "2026-11-20T12:00:00Z"}]
+    assert [r.reject_code for r in member_records(enumerate(rows, start=2), claims, today=TODAY)] == [
+        "R023_CONTROL_CHARACTER_IN_ID", "R031_FIELD_TOO_LONG"]
+
+
+def test_dates_no_member_can_have_are_rejected() -> None:
+    feed = Feed(name="m", records="enrollments")
+    assert codes(feed, enrollment(enrolled_at="2099-11-20T10:00:00Z"),
+                 enrollment(birth_date="2026-11-20", enrolled_at="2026-11-19T10:00:00Z"),
+                 enrollment(enrolled_at="2026-11-21T09:00:00+14:00")) == [
+        "R107_BAD_MEMBER_TIMESTAMP", "R105_BAD_BIRTH_DATE", None]
+    claims = Feed(name="c", records="claims")
+    assert codes(claims, {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "2099-01-01T00:00:00Z"}
+                 ) == ["R107_BAD_MEMBER_TIMESTAMP"]
+
+
+def test_timestamps_before_the_earliest_date_are_rejected() -> None:
+    feed = Feed(name="m", records="enrollments")
+    assert codes(feed, enrollment(enrolled_at="0001-01-01T00:00:00"),
+                 enrollment(enrolled_at="1999-12-31T23:00:00Z", birth_date="")) == [
+        "R107_BAD_MEMBER_TIMESTAMP", "R107_BAD_MEMBER_TIMESTAMP"]
+    late = Feed(name="m", records="enrollments", validation={"earliest_date": "1990-01-01"})
+    assert codes(late, enrollment(enrolled_at="1999-12-31T23:00:00Z", birth_date="")) == [None]
+    claims = Feed(name="c", records="claims")
+    assert codes(claims, {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "1970-01-01T00:00:00Z"}
+                 ) == ["R107_BAD_MEMBER_TIMESTAMP"]
