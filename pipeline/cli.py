@@ -127,7 +127,10 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
 
     A bad feed file exits 78, naming the file, the key path and the problem.
     """
+    import logging
+
     from pipeline.check_commands import feeds_exit_code, format_feeds_table, load_feed_rows
+    from pipeline.logs import say
 
     rows = load_feed_rows(settings_of(ctx).feeds_dir)
     if as_json:
@@ -137,8 +140,8 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         if not row["ok"]:
             error = row["error"]
-            click.echo(f"posfeed: error: {error['file']}: {error['key'] or '(file)'}: {error['problem']}",
-                       err=True)
+            say(f"posfeed: error: {error['file']}: {error['key'] or '(file)'}: {error['problem']}",
+                event="feed_invalid", level=logging.ERROR, file=error["file"], key=error["key"])
     ctx.exit(feeds_exit_code(rows))
 
 
@@ -167,6 +170,7 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
         write_check_outputs,
     )
     from pipeline.core.rejects import catalog_rows
+    from pipeline.logs import say
 
     if codes:
         if as_json:
@@ -189,7 +193,7 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
         causes = [f"{s['rows_rejected']} row(s) rejected"] if s["rows_rejected"] else []
         causes += [f"{s['conflicts']} conflict(s)"] if s["conflicts"] else []
         causes += [f"unreadable file {e.file}: {e.reason}" for e in result.unreadable]
-        click.echo(f"posfeed: check: exit {code}: {'; '.join(causes)}", err=True)
+        say(f"posfeed: check: exit {code}: {'; '.join(causes)}", event="exit", exit_code=code)
     ctx.exit(code)
 
 

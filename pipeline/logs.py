@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import click
 from pydantic import BaseModel
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "redact",
     "register_feed_secrets",
     "register_secret",
+    "say",
     "setup_logging",
 ]
 
@@ -337,6 +339,20 @@ def json_logging_active() -> bool:
     """Whether :func:`setup_logging` sends JSON lines (fatal errors then go out as JSON too)."""
     return any(getattr(h, _HANDLER_MARK, False) and isinstance(h.formatter, JsonFormatter)
                for h in logging.getLogger().handlers)
+
+
+def say(message: str, /, *, event: str, level: int = logging.WARNING, **fields: Any) -> None:
+    """A line a person must see whatever the verbosity (an exit's cause, an acknowledgement): plain
+    text on stderr, or with JSON logs one JSON line (``event`` and ``fields`` as keys), masked."""
+    handlers = [h for h in logging.getLogger().handlers if getattr(h, _HANDLER_MARK, False)]
+    json_handlers = [h for h in handlers if isinstance(h.formatter, JsonFormatter)]
+    if not json_handlers:
+        click.echo(message, err=True)
+        return
+    record = logging.getLogger("posfeed").makeRecord(
+        "posfeed", level, "", 0, message, None, None, extra={"event": event, **fields})
+    for handler in json_handlers:
+        handler.handle(record)  # below the handler's level too: this line is always shown
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -7,6 +7,7 @@ Each function takes parsed options, calls the ledger and the sources, prints (te
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings, load_feed
 from pipeline.errors import EXIT_OK, ConfigError
 from pipeline.ledger import Ledger
+from pipeline.logs import say
 from pipeline.problems import Change, Plan, sorted_problems
 from pipeline.scope_locks import lock_kind
 from pipeline.sources import open_source
@@ -92,7 +94,8 @@ def _resolve(settings: Settings, ledger: Ledger, problem_id: int) -> None:
         ledger.apply_problems(Plan((Change("resolved", problem, None),)), run_id=None, alert=alert)
         if feed is not None:
             deliver_pending(ledger, feed)
-    click.echo(f"problem #{problem_id} ({problem.kind}) resolved", err=True)
+    say(f"problem #{problem_id} ({problem.kind}) resolved", event="problem_resolved", level=logging.INFO,
+        problem_id=problem_id, kind=problem.kind, feed=problem.feed)
 
 
 def release_command(settings: Settings, name: str, *, feed_name: str | None, as_json: bool) -> int:

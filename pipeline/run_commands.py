@@ -33,6 +33,7 @@ from pipeline.errors import (
     worst_exit_code,
 )
 from pipeline.ledger import Ledger
+from pipeline.logs import say
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
@@ -191,10 +192,11 @@ def _open_problems_line(problems: list[dict[str, Any]]) -> str:
 def _emit(summaries: list[RunSummary], errors: list[dict[str, Any]], as_json: bool) -> None:
     for summary in summaries:  # the cause of every non-zero exit, whatever the verbosity
         if summary.exit_code != EXIT_OK:
-            click.echo(f"posfeed: {summary.feed} {summary.run_id}: exit {summary.exit_code}: "
-                       f"{cause_of(summary)}", err=True)
+            say(f"posfeed: {summary.feed} {summary.run_id}: exit {summary.exit_code}: {cause_of(summary)}",
+                event="exit", feed=summary.feed, run_id=summary.run_id, exit_code=summary.exit_code)
     for error in errors:
-        click.echo(f"posfeed: {error['feed']}: exit {error['exit_code']}: {error['error']}", err=True)
+        say(f"posfeed: {error['feed']}: exit {error['exit_code']}: {error['error']}",
+            event="exit", feed=error["feed"], exit_code=error["exit_code"])
     if as_json:
         docs = [s.to_dict() for s in summaries]
         if len(docs) == 1 and not errors:

@@ -724,3 +724,49 @@ def test_problems_all_shows_which_are_resolved(tmp_path: Path) -> None:
     open_only = CliRunner().invoke(cli, base)
     assert "STATUS" not in open_only.output
     assert open_only.output.splitlines()[1].split()[0] == str(opened[1].id)
+
+
+def test_with_json_logs_every_stderr_line_is_json(tmp_path: Path) -> None:
+    """--log-format json: a run's exit cause, a check's cause and `problems --resolve` are JSON lines
+    (event=exit, event=problem_resolved), never plain text mixed into what a shipper reads."""
+    from pipeline.ledger import Ledger
+    from pipeline.problems import Change, Plan
+
+    folder, feeds, state = tmp_path / "in", tmp_path / "feeds", tmp_path / "state"
+    folder.mkdir()
+    feeds.mkdir()
+    state.mkdir()
+    shutil.copy2(SAMPLE / "pos_LON01_20261120_daily.csv", folder)  # carries rejected rows
+    (feeds / "watch.toml").write_text(
+        f'[source]\nkind = "local"\npath = "{folder}"\nreadiness = "none"\n'
+        'pattern = "pos_*_{business_date:%Y%m%d}_daily.csv"\nafter_success = "keep"\n'
+        '[target]\nkind = "antavo"\nbase_url = "http://127.0.0.1:9"\nregion = "demo"\n'
+        'api_key_env = "WATCH_KEY"\napi_secret_env = "WATCH_SECRET"\n', encoding="utf-8")
+    with Ledger(state / "ledger.sqlite") as ledger:
+        (opened,) = ledger.apply_problems(Plan((Change("opened", None, _obs("a")),)), run_id=None,
+                                          alert=lambda p, e: None)
+    base = [sys.executable, "-m", "pipeline", "--log-format", "json", "--state-dir", str(state),
+            "--feeds-dir", str(feeds), "--reports-dir", str(tmp_path / "reports")]
+    env = {**os.environ, "WATCH_KEY": "k", "WATCH_SECRET": "s"}
+
+    def lines(*args: str) -> tuple[int, list[dict[str, Any]]]:
+        done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=300, check=False,
+                              env=env)
+        plain = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+        assert not plain, f"plain text among the JSON log lines of {args}: {plain}"
+        return done.returncode, [json.loads(line) for line in done.stderr.splitlines()]
+
+    code, logs = lines("problems", "--resolve", str(opened.id))
+    assert code == 0
+    (resolved,) = [line for line in logs if line.get("event") == "problem_resolved"]
+    assert resolved["problem_id"] == opened.id and resolved["kind"] == "missing_file"
+
+    code, logs = lines("run", "--feed", "watch", "--business-date", DAY, "--dry-run")
+    assert code == 65
+    (exit_line,) = [line for line in logs if line.get("event") == "exit"]
+    assert exit_line["exit_code"] == 65 and exit_line["feed"] == "watch" and "rejected" in exit_line["msg"]
+
+    code, logs = lines("check", str(folder / "pos_LON01_20261120_daily.csv"))
+    assert code == 65
+    (exit_line,) = [line for line in logs if line.get("event") == "exit"]
+    assert exit_line["exit_code"] == 65 and "rejected" in exit_line["msg"]
