@@ -350,7 +350,7 @@ def say(message: str, /, *, event: str, level: int = logging.WARNING, **fields: 
         click.echo(message, err=True)
         return
     record = logging.getLogger("posfeed").makeRecord(
-        "posfeed", level, "", 0, message, None, None, extra={"event": event, **fields})
+        "posfeed", level, "", 0, message, (), None, extra={"event": event, **fields})
     for handler in json_handlers:
         handler.handle(record)  # below the handler's level too: this line is always shown
 
