@@ -146,7 +146,7 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--feed", "feed_name", metavar="NAME",
               help="Read the files as this feed does (name in the feeds folder, or a path); "
                    "default: the canonical layout, format from the file suffix.")
@@ -160,7 +160,7 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
     """Parse, validate, normalize and dedup one or more local files, with no network.
 
     Exit 0 when every row is valid, 65 when rows were rejected, conflicts found or a file could
-    not be read, 78 for a configuration error.
+    not be read, 2 when a FILE does not exist, 78 for a configuration error.
     """
     from pipeline.check_commands import (
         check_exit_code,
@@ -277,7 +277,13 @@ def runs(ctx: click.Context, feed: str | None, limit: int | None, missing: bool,
 @click.pass_context
 def problems(ctx: click.Context, feed: str | None, include_resolved: bool, resolve: int | None,
              as_json: bool) -> None:
-    """List open problems: unreadable files, missing files, platform, credentials, backlog, rejects."""
+    """List what is wrong with the feeds now, and what to do about each; acknowledge one.
+
+    One row per open problem (--all: resolved ones too), failures first, then what to do. Kinds:
+    unreadable_file, missing_file, platform_unreachable, credentials_refused, run_failed, backlog,
+    reject_share, conflicts. --resolve ID acknowledges a problem by hand (a conflicts problem after
+    review): it is closed and its "resolved" alert sent.
+    """
     from pipeline.problem_commands import problems_command
 
     ctx.exit(problems_command(settings_of(ctx), feed=feed, include_resolved=include_resolved,

@@ -101,6 +101,8 @@ def _resolve(settings: Settings, ledger: Ledger, problem_id: int) -> None:
 def release_command(settings: Settings, name: str, *, feed_name: str | None, as_json: bool) -> int:
     """`posfeed release FILE`: take a file out of quarantine; the next run reads it again (a moved
     file is moved back into the source folder first)."""
+    if feed_name is not None:
+        load_feed(feed_name, settings.feeds_dir)  # an unknown feed is an error naming it (78)
     if not settings.ledger_exists():
         raise ConfigError(f"no ledger at {settings.ledger_name}")
     with Ledger(settings.ledger_location) as ledger:

@@ -117,3 +117,17 @@ def test_the_global_options_are_in_the_cli_reference() -> None:
                for opt in param.opts if opt not in ("--help", "--verbose")]
     missing = [opt for opt in options if f"`{opt}" not in intro]
     assert not missing, f"docs/CLI.md's global options lack {missing}"
+
+
+def test_problems_help_says_what_it_lists_and_how_to_acknowledge() -> None:
+    """`posfeed problems --help` names every problem kind and the acknowledgement, as docs/CLI.md does."""
+    from click.testing import CliRunner
+
+    from pipeline.problems import KINDS
+
+    shown = CliRunner().invoke(cli, ["problems", "--help"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    missing = [kind for kind in KINDS if kind not in text]
+    assert not missing, f"`posfeed problems --help` does not name the kinds {missing}"
+    assert "what to do" in text and "acknowledge" in text.lower() and "--all" in text

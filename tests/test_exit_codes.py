@@ -150,6 +150,20 @@ def test_78_runs_of_a_feed_that_does_not_exist(tmp_path: Path) -> None:
     assert known.returncode == 0 and known.stdout.strip() == "no runs yet"
 
 
+def test_78_release_for_a_feed_that_does_not_exist(tmp_path: Path) -> None:
+    """`release --feed typo` names the feed, as `runs --feed typo` does, with or without a ledger."""
+    feeds = ("--feeds-dir", str(REPO / "feeds"))
+    proc = posfeed(tmp_path, *feeds, "release", "--feed", "typo", "x.csv", env=env_for(None))
+    assert proc.returncode == 78, proc.stderr
+    assert "no feed named 'typo'" in proc.stderr
+    (tmp_path / "state").mkdir()
+    with Ledger(tmp_path / "state" / "ledger.sqlite"):
+        pass
+    proc = posfeed(tmp_path, *feeds, "release", "--feed", "typo", "x.csv", env=env_for(None))
+    assert proc.returncode == 78, proc.stderr
+    assert "no feed named 'typo'" in proc.stderr
+
+
 def test_78_a_verb_without_its_extra_names_it(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.mkdir()
@@ -193,6 +207,7 @@ def test_2_usage_errors(tmp_path: Path) -> None:
         (("runs", "--missing", "--business-date", "2026-13-01"), "does not match the format"),
         (("run", "--feed", "shop", "--business-date", "2026-13-01"), "does not match the format"),
         (("release", "nothing.csv"), "no file named 'nothing.csv' is in quarantine"),
+        (("check", "nothing.csv"), "'nothing.csv' does not exist"),
         (("run", "--all", "--feed", "shop"), "--all and --feed cannot be combined"),
         (("run",), "give --feed NAME (repeatable) or --all"),
     ]:
