@@ -681,10 +681,11 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
-    ctx.notes.setdefault("carried_over", 0)
     ctx.notes.setdefault("source_errors", [])
     ctx.notes.setdefault("files_left_in_place", [])
     backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, datetime.now(UTC))
+    # what the run took over from earlier runs (a rerun's resent transactions too), as `backlog` says
+    ctx.notes["carried_over"] = backlog.carried
     ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
     notes = dict(ctx.notes)

@@ -46,6 +46,8 @@ def test_past_the_attempts_cap_only_a_rerun_sends_it(live: SandboxServer, tmp_pa
     rerun = rerun_feed(feed, settings, RerunSelection(failed=True))
     assert rerun.exit_code == 0 and rerun.summary["accepted"] == len(ids)
     assert rerun.summary["needs_rerun"] == 0 and sorted(delivered_ids(live)) == sorted(ids)
+    # what the rerun sent came from earlier runs: carried over, as the backlog object says too
+    assert rerun.summary["carried_over"] == rerun.summary["backlog"]["carried"] == len(ids)
 
 
 def test_within_the_caps_a_plain_run_resends_it(live: SandboxServer, tmp_path: Path) -> None:
