@@ -6,10 +6,13 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
 
 from pipeline.config import (
     AlertsConfig,
@@ -84,6 +87,58 @@ def test_no_key_is_documented_twice_in_one_table() -> None:
         keys = re.findall(r"^\|\s*`([a-z_][a-z0-9_.]*)`\s*\|", table, flags=re.MULTILINE)
         twice = sorted({key for key in keys if keys.count(key) > 1})
         assert not twice, f"feeds/README.md has two rows for {twice} in one table"
+
+
+def documented_defaults() -> list[tuple[str, type[BaseModel], str]]:
+    """(key, the model it belongs to, its default column) of every feeds/README.md table row; a
+    `target.*` row belongs to the target its section heading names."""
+    rows = []
+    model: type[BaseModel] | None = None
+    for line in FEEDS_README.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            model = CrmcomTarget if "crmcom" in line else AntavoTarget if "antavo" in line else None
+        match = re.match(r"^\|\s*`([a-z_][a-z0-9_.]*)`\s*\|\s*([^|]*?)\s*\|", line)
+        if match:
+            key, default = match.groups()
+            section = key.rpartition(".")[0]
+            owner = model if section == "target" else SECTIONS[section][0] if section else Feed
+            assert owner is not None, f"feeds/README.md: {key} is not under a target's heading"
+            rows.append((key, owner, default))
+    return rows
+
+
+def _comparable(value: object) -> object:
+    if isinstance(value, tuple | list):
+        return [_comparable(v) for v in value]
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return Decimal(str(value))
+    return value
+
+
+def test_every_documented_default_is_the_models_default() -> None:
+    """A default written as a TOML value in feeds/README.md (`600`, `"signed"`, `[".done"]`) or as
+    "none" is what the model gives a feed file that leaves the key out."""
+    wrong = []
+    for key, model, default in documented_defaults():
+        if key == "target.kind":  # the kind a [target] without one gets, under either heading
+            model = AntavoTarget
+        field = model.model_fields[key.rpartition(".")[2]]
+        actual = field.get_default(call_default_factory=True)
+        if default == "none":
+            expected: object = None
+        else:
+            literal = re.fullmatch(r"`(.+)`", default)
+            if literal is None:
+                continue  # words: "the file name", "the feed's scope"
+            try:
+                expected = tomllib.loads(f"v = {literal.group(1)}")["v"]
+            except tomllib.TOMLDecodeError:
+                continue  # another key's name: `source.pattern`, `base_url`
+        if actual is PydanticUndefined or _comparable(expected) != _comparable(actual):
+            wrong.append(f"{key} ({model.__name__}): documented {default}, the model says {actual!r}")
+    assert not wrong, "feeds/README.md's defaults differ from the code:\n" + "\n".join(wrong)
 
 
 def test_the_feeds_in_the_repository_load() -> None:
