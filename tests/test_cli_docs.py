@@ -6,8 +6,10 @@ docs/REPORTS.md against the catalog in test_cli_check.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -131,3 +133,59 @@ def test_problems_help_says_what_it_lists_and_how_to_acknowledge() -> None:
     missing = [kind for kind in KINDS if kind not in text]
     assert not missing, f"`posfeed problems --help` does not name the kinds {missing}"
     assert "what to do" in text and "acknowledge" in text.lower() and "--all" in text
+
+
+def _same(documented: str, default: object) -> bool:
+    if isinstance(default, bool):
+        return False
+    if isinstance(default, int | float):
+        try:
+            return float(documented) == float(default)
+        except ValueError:
+            return False
+    return documented == str(default)
+
+
+@pytest.mark.parametrize("path", _command_paths(cli))
+def test_every_default_in_a_cli_reference_heading_is_the_commands_default(path: str) -> None:
+    """`[--port 8765]` in a docs/CLI.md heading is what the command takes without the option
+    (a metavar in capitals, `[--limit N]`, names no default)."""
+    heading = "\n".join(line for line in _sections(path).splitlines() if line.startswith("### "))
+    command = _command(path)
+    wrong = []
+    for option, value in re.findall(r"\[(--[a-z0-9-]+) ([^\]\s]+)\]", heading):
+        if value.isupper():
+            continue
+        param = next(p for p in command.params if option in p.opts)
+        if param.default is not None and not _same(value, param.default):
+            wrong.append(f"{option}: documented {value}, the command's default is {param.default!r}")
+    assert not wrong, f"docs/CLI.md's heading of `posfeed {path}`: {wrong}"
+
+
+def _problem() -> Any:
+    from pipeline.problems import Problem
+
+    return Problem(id=12, kind="missing_file", key="k", feed="acme_hourly", scope="acme", status="open",
+                   stage=0, summary="s", action="a", store_id="BER01", business_date="2026-11-20",
+                   subject="f.csv", counts={}, opened_at="t", escalated_at=None, resolved_at=None,
+                   opened_run_id="r", last_run_id="r")
+
+
+def test_the_alert_payload_in_operations_is_the_one_sent() -> None:
+    from pipeline.problems import alert_document
+
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    block = re.search(r"\*\*The payload\*\*.*?```json\n(.*?)```", text, re.S)
+    assert block, "docs/OPERATIONS.md lacks the payload example"
+    documented = set(json.loads(block.group(1)))
+    sent = set(alert_document(_problem(), "opened", run_id="r", host="h", created_at="t"))
+    assert documented == sent, f"documented only: {documented - sent}; sent only: {sent - documented}"
+
+
+def test_problems_json_keys_in_the_cli_reference_are_a_problems_keys() -> None:
+    """`posfeed problems --json`: the keys docs/CLI.md lists, the payload without its delivery fields."""
+    match = re.search(r"without the delivery fields \(([^)]*)\)", _sections("problems"))
+    assert match, "docs/CLI.md's `posfeed problems` entry lacks its --json keys"
+    documented = {key.strip().strip("`") for key in match.group(1).split(",")}
+    keys = set(_problem().to_dict())
+    assert documented == keys, f"documented only: {documented - keys}; listed only: {keys - documented}"
