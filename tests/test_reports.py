@@ -253,3 +253,42 @@ def test_a_file_without_rows_has_a_zero_row_and_no_money_group_of_its_own() -> N
     last = dict(zip(SUMMARY_COLUMNS, one.summary_rows[-1], strict=True))
     assert (last["currency"], last["amount_in"]) == ("GBP", "0.00")
     assert one.summary["rows_in"] == 4 and one.summary["amount_in"] == "16.50"
+
+
+def _documented_columns(heading: str) -> list[str]:
+    """The columns of the docs/REPORTS.md table after ``heading``, in order (`<state>_count` rows
+    expanded over the states the row names)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "REPORTS.md").read_text(encoding="utf-8")
+    after = text.split(heading, 1)[1]
+    table = re.search(r"\n\| column \| meaning \|\n\|---\|---\|\n((?:\|.*\n)+)", after)
+    assert table, f"docs/REPORTS.md: no column table after {heading}"
+    columns: list[str] = []
+    for line in table.group(1).splitlines():
+        names, meaning = line.split("|")[1], line.split("|")[2]
+        for name in re.findall(r"`([^`]+)`", names):
+            if name.startswith("<state>_"):
+                states = re.findall(r"`([a-z_]+)`", meaning.split(":")[-1])
+                columns += [f"{state}_{name.split('_', 1)[1]}" for state in states]
+            else:
+                columns.append(name)
+    return columns
+
+
+def test_the_csv_columns_are_the_ones_reports_md_lists(tmp_path: Path) -> None:
+    """summary.csv's and detail.csv's header, as written, is docs/REPORTS.md's table, in its order
+    (summary: the `<state>_count`, `<state>_amount` pairs state by state)."""
+    report = build_report(report_id="r1", feed="hourly", transactions=TXNS, file_totals=TOTALS,
+                          rejects=REJECTS)
+    write_report(report, tmp_path)
+    for name, heading in (("summary.csv", "**`summary.csv`**"), ("detail.csv", "**`detail.csv`**")):
+        with (tmp_path / name).open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle))
+        documented = _documented_columns(heading)
+        if name == "summary.csv":  # the table lists the pairs in one row: count, amount per state
+            pairs = [c for c in documented if c.endswith(("_count", "_amount"))]
+            states = [c[: -len("_count")] for c in pairs if c.endswith("_count")]
+            start = documented.index(pairs[0])
+            documented[start:start + len(pairs)] = [f"{s}_{w}" for s in states for w in ("count", "amount")]
+        assert header == documented, f"{name}: written {header}, documented {documented}"
