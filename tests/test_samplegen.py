@@ -224,3 +224,73 @@ def test_daily_after_hourly_leaves_the_missing_hours_and_three_conflicts() -> No
     assert statuses["conflict"] == 3
     assert statuses["new"] == 87  # the hourly files that never arrived
     assert statuses["duplicate"] == daily.checkouts.height - 90
+
+
+def _csv_rows(path: Path, *, encoding: str = "utf-8-sig", delimiter: str = ",") -> list[dict[str, str]]:
+    import csv
+
+    with path.open(encoding=encoding, newline="") as handle:
+        return list(csv.DictReader(handle, delimiter=delimiter))
+
+
+def _about(documented: str, actual: float) -> bool:
+    """"About 1,590": within 1% of it."""
+    value = float(documented.replace(",", ""))
+    return abs(actual - value) <= value * 0.01
+
+
+def test_the_figures_sample_data_readme_gives_are_the_files() -> None:
+    """Counts and totals sample_data/README.md states, computed from the committed files."""
+    import re
+
+    from pipeline.check_commands import check_files
+
+    text = " ".join((SAMPLE / "README.md").read_text(encoding="utf-8").split())
+    daily = [r for p in sorted((SAMPLE / "acme").glob("pos_*_daily.csv")) for r in _csv_rows(p)]
+    hourly = {r["transaction_id"] for p in sorted((SAMPLE / "acme").glob("pos_*_??.csv"))
+              for r in _csv_rows(p)}
+    firsts = {r["transaction_id"]: r for r in reversed(daily)}
+
+    day = re.search(r"About ([\d,]+) transactions \(([\d,]+) line items\) in the daily", text)
+    transactions, items = day.groups()
+    assert _about(transactions, len(firsts)) and _about(items, len(daily)), (len(firsts), len(daily))
+    share = int(re.search(r"~(\d+)% guests", text).group(1)) / 100
+    guests = sum(1 for r in firsts.values() if not r["customer_id"]) / len(firsts)
+    assert abs(guests - share) <= 0.05, guests
+    missing = int(re.search(r"missing hour of each store \((\d+) transactions in all\)", text).group(1))
+    assert missing == len(set(firsts) - hourly)
+    low, high = map(int, re.search(r"Returns: (\d+)–(\d+) per store", text).groups())
+    for store in ACME_STORES:
+        kinds = Counter(r["transaction_type"] for r in firsts.values() if r["store_id"] == store.store_id)
+        named = sum(1 for r in firsts.values() if r["store_id"] == store.store_id
+                    and r["transaction_type"] == "return" and r["original_transaction_id"])
+        assert low <= kinds["return"] <= high, (store.store_id, kinds["return"])
+        assert 0.4 <= named / kinds["return"] <= 0.6 and kinds["void"] == 1, (store.store_id, named, kinds)
+
+    tickets: dict[tuple[str, str], dict[str, str]] = {}
+    for path, encoding in [(SAMPLE / "bistro" / "ventes_PAR01_20261120.csv", "cp1252"),
+                           (SAMPLE / "bistro" / "ventes_BRU01_20261120.csv", "cp1252"),
+                           (SAMPLE / "bistro_web" / "ventes_LYS01_20261120.csv", "utf-8-sig")]:
+        for row in _csv_rows(path, encoding=encoding, delimiter=";"):
+            tickets.setdefault((path.name, row["Ticket"]), row)
+    count, share_text = re.search(r"About ([\d,]+) tickets, ~(\d+)% without a loyalty card", text).groups()
+    assert _about(count, len(tickets)), len(tickets)
+    cardless = sum(1 for r in tickets.values() if not r["Carte fidélité"]) / len(tickets)
+    assert abs(cardless - int(share_text) / 100) <= 0.05, cardless
+
+    members = int(re.search(r"(\d+) sign-ups at LON01", text).group(1))
+    claims = int(re.search(r"(\d+) claims:", text).group(1))
+    assert members == len(_csv_rows(SAMPLE / "acme" / "members_LON01_20261120.csv"))
+    assert claims == len(_csv_rows(SAMPLE / "acme" / "claims_LON01_20261120.csv"))
+
+    poslog = re.search(r"exits 0 with (\d+) checkouts \((\d+) sales, (\d+) return\), (\d+) lines, "
+                       r"`amount_valid` ([\d.]+), and every one of the file's (\d+) line items", text)
+    assert poslog, "sample_data/README.md: the POSLog figures moved"
+    result = check_files([SAMPLE / "poslog" / "POSLog_0042_20261120.xml"], feed_name="poslog_store",
+                         feeds_dir=FEEDS, now=datetime(2026, 11, 21, 12, tzinfo=UTC))
+    s = result.summary
+    assert (s["rows_rejected"], s["conflicts"]) == (0, 0)
+    counts = [s["transactions_valid"], s["sales"], s["returns"], s["rows_valid"]]
+    assert [int(g) for g in poslog.groups()[:4]] == counts
+    assert Decimal(poslog.group(5)) == Decimal(s["amount_valid"])
+    assert int(poslog.group(6)) == sum(s["line_items_by_kind"].values())
