@@ -189,3 +189,14 @@ def test_problems_json_keys_in_the_cli_reference_are_a_problems_keys() -> None:
     documented = {key.strip().strip("`") for key in match.group(1).split(",")}
     keys = set(_problem().to_dict())
     assert documented == keys, f"documented only: {documented - keys}; listed only: {keys - documented}"
+
+
+def test_the_problem_kinds_table_in_operations_is_the_codes() -> None:
+    """docs/OPERATIONS.md's kinds table: every kind the code keeps, with the level it alerts at."""
+    from pipeline.problems import KINDS
+
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    table = text.split("| kind | identity", 1)[1].split("\n\n", 1)[0]
+    documented = {cells[1].strip().strip("`"): cells[-2].strip()
+                  for cells in (line.split("|") for line in table.splitlines()[2:])}
+    assert documented == dict(KINDS)
