@@ -200,3 +200,16 @@ def test_the_problem_kinds_table_in_operations_is_the_codes() -> None:
     documented = {cells[1].strip().strip("`"): cells[-2].strip()
                   for cells in (line.split("|") for line in table.splitlines()[2:])}
     assert documented == dict(KINDS)
+
+
+def test_check_json_keys_in_the_cli_reference_are_the_summarys() -> None:
+    """The keys docs/CLI.md says `posfeed check --json` prints are the summary's keys."""
+    from pipeline.check_commands import check_files
+
+    entry = " ".join(_sections("check").split())
+    match = re.search(r"`--json` prints the summary keys `([^`]*)`.*?and `currencies`.*?plus `([^`]*)`",
+                      entry)
+    assert match, "docs/CLI.md's `posfeed check` entry lacks its --json keys"
+    documented = {key.strip() for key in f"{match.group(1)},{match.group(2)}".split(",")} | {"currencies"}
+    keys = set(check_files([ROOT / "sample_data" / "acme" / "pos_LON01_20261120_13.csv"]).summary)
+    assert documented == keys, f"documented only: {documented - keys}; printed only: {keys - documented}"
