@@ -221,3 +221,10 @@ def test_a_file_vanishing_while_the_folder_is_listed_is_not_a_missing_folder(
         if path.name != first.name and path.is_file():
             path.unlink()
     assert [f.name for f in listing] == []
+
+
+def test_a_source_path_that_became_a_file_is_named_when_listing(tmp_path: Path) -> None:
+    (tmp_path / "drop").write_text("not a folder", encoding="utf-8")  # e.g. swapped after check()
+    source = LocalSource(_feed(tmp_path / "drop", readiness="none"))
+    with pytest.raises(SourceFolderError, match=r"drop: not a folder"):
+        list(source.discover([date(2026, 11, 20)]))

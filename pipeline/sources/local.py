@@ -60,6 +60,12 @@ class LocalSource:
         except PermissionError as exc:
             raise SourceFolderError(f"{self.folder}: permission denied listing the folder",
                                     key="source.path") from exc
+        except NotADirectoryError as exc:
+            raise SourceFolderError(f"{self.folder}: not a folder", key="source.path") from exc
+        except OSError as exc:  # an I/O error of the folder's disk: not the staging's, not ours
+            raise SourceUnavailableError(
+                f"listing {self.folder} failed: {exc.strerror or exc}; nothing was taken from it"
+            ) from exc
 
     def check(self) -> None:
         """Make sure the folder exists, before anything else of the run happens."""
