@@ -228,3 +228,17 @@ def test_a_source_path_that_became_a_file_is_named_when_listing(tmp_path: Path) 
     source = LocalSource(_feed(tmp_path / "drop", readiness="none"))
     with pytest.raises(SourceFolderError, match=r"drop: not a folder"):
         list(source.discover([date(2026, 11, 20)]))
+
+
+def test_hostile_names_are_skipped_with_why_and_the_rest_is_taken(folder: Path) -> None:
+    for name in ("pos_20261120_bad\nname.csv", "pos_20261120_\x1b[31mred.csv", "pos_20261120_..csv"):
+        (folder / name).write_text("x\n", encoding="utf-8")
+    (folder / "..pos_20261120_x.csv").write_text("x\n", encoding="utf-8")
+    source = LocalSource(_feed(folder, readiness="none", pattern="*pos_{business_date:%Y%m%d}_*.csv"))
+    names = sorted(f.name for f in source.discover([date(2026, 11, 20)]))
+    assert names == ["pos_20261120_..csv", "pos_20261120_a.csv"]  # '..' inside a name is harmless
+    assert sorted(source.skipped) == [
+        ("..pos_20261120_x.csv", "unsafe name: starts with '..'"),
+        ("pos_20261120_\x1b[31mred.csv", "unsafe name: contains control characters"),
+        ("pos_20261120_bad\nname.csv", "unsafe name: contains control characters"),
+    ]
