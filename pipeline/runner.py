@@ -330,6 +330,8 @@ class _Context:
                 fetched = source.fetch(RemoteFile(record.name, record.size, record.mtime), self.staging_dir)
             except SourceFileGoneError:
                 return True  # finish() finds it gone
+            except SourceFileChangedError:
+                return True  # visibly another file (or none): finish() leaves it alone
             fetched.path.unlink(missing_ok=True)
             self.notes["files_fetched"] = self.notes.get("files_fetched", 0) + 1
             self.notes["bytes_fetched"] = self.notes.get("bytes_fetched", 0) + fetched.size

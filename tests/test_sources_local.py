@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -127,3 +128,117 @@ def test_a_file_replaced_since_fetch_is_not_quarantined(folder: Path, tmp_path: 
     assert not (folder / "quarantine").exists()
     assert source.quarantine(RemoteFile(path.name, path.stat().st_size, path.stat().st_mtime))
     assert (folder / "quarantine" / path.name).exists()
+
+
+# ---- a file replaced between listing and fetch --------------------------------------------
+
+
+def _listed(folder: Path, name: str = "pos_20261120_a.csv") -> tuple[LocalSource, RemoteFile]:
+    source = LocalSource(_feed(folder, readiness="none"))
+    (remote,) = (f for f in source.discover([date(2026, 11, 20)]) if f.name == name)
+    return source, remote
+
+
+def _staged(staging: Path) -> list[str]:
+    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "outside"])
+def test_a_file_replaced_by_a_symlink_after_listing_is_not_read_through(
+    folder: Path, tmp_path: Path, target: str
+) -> None:
+    source, remote = _listed(folder)
+    pointed = Path(target) if target.startswith("/") else tmp_path / "secret.csv"
+    if not target.startswith("/"):
+        pointed.write_text("not for the feed\n", encoding="utf-8")
+    (folder / remote.name).unlink()
+    (folder / remote.name).symlink_to(pointed)
+    with pytest.raises(SourceUnavailableError, match=rf"{remote.name}.*symbolic link"):
+        source.fetch(remote, tmp_path / "staging")
+    assert _staged(tmp_path / "staging") == []
+
+
+def test_a_file_replaced_by_a_fifo_after_listing_is_never_read(folder: Path, tmp_path: Path) -> None:
+    source, remote = _listed(folder)
+    fifo = folder / remote.name
+    fifo.unlink()
+    os.mkfifo(fifo)
+    written: list[BaseException] = []
+
+    def writer() -> None:  # a peer writing into the FIFO as soon as someone opens it to read
+        try:
+            with fifo.open("wb") as out:
+                out.write(b"transaction_id\nEVIL\n")
+        except OSError as exc:  # the reader went away without reading: as it should
+            written.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with pytest.raises(SourceUnavailableError, match=rf"{remote.name}.*FIFO"):
+            source.fetch(remote, tmp_path / "staging")
+    finally:
+        held = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer's open return
+        thread.join()
+        os.close(held)
+    assert _staged(tmp_path / "staging") == []
+
+
+def test_a_file_replaced_by_a_directory_after_listing_is_refused(folder: Path, tmp_path: Path) -> None:
+    source, remote = _listed(folder)
+    (folder / remote.name).unlink()
+    (folder / remote.name).mkdir()
+    with pytest.raises(SourceUnavailableError, match=rf"{remote.name}.*directory"):
+        source.fetch(remote, tmp_path / "staging")
+    assert _staged(tmp_path / "staging") == []
+
+
+def test_a_file_rewritten_after_listing_is_not_fetched_as_listed(folder: Path, tmp_path: Path) -> None:
+    source, remote = _listed(folder)
+    (folder / remote.name).write_text("the till started writing again", encoding="utf-8")
+    with pytest.raises(SourceFileChangedError, match=rf"{remote.name}.*changed since it was listed"):
+        source.fetch(remote, tmp_path / "staging")
+    assert _staged(tmp_path / "staging") == []
+
+
+def test_a_symlink_at_listing_time_is_skipped_and_reported(folder: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret.csv").write_text("not for the feed\n", encoding="utf-8")
+    (folder / "pos_20261120_link.csv").symlink_to(tmp_path / "secret.csv")
+    source = LocalSource(_feed(folder, readiness="none"))
+    assert [f.name for f in source.discover([date(2026, 11, 20)])] == ["pos_20261120_a.csv"]
+    assert source.skipped == [("pos_20261120_link.csv", "a symbolic link, not a regular file")]
+
+
+def test_a_file_vanishing_while_the_folder_is_listed_is_not_a_missing_folder(
+    folder: Path, tmp_path: Path
+) -> None:
+    for n in range(50):
+        (folder / f"pos_20261120_n{n:02}.csv.part").write_text("x", encoding="utf-8")
+    source = LocalSource(_feed(folder, readiness="none"))
+    listing = source._list()
+    first = next(listing)
+    for path in folder.iterdir():  # the uploads are renamed away while the listing goes on
+        if path.name != first.name and path.is_file():
+            path.unlink()
+    assert [f.name for f in listing] == []
+
+
+def test_a_source_path_that_became_a_file_is_named_when_listing(tmp_path: Path) -> None:
+    (tmp_path / "drop").write_text("not a folder", encoding="utf-8")  # e.g. swapped after check()
+    source = LocalSource(_feed(tmp_path / "drop", readiness="none"))
+    with pytest.raises(SourceFolderError, match=r"drop: not a folder"):
+        list(source.discover([date(2026, 11, 20)]))
+
+
+def test_hostile_names_are_skipped_with_why_and_the_rest_is_taken(folder: Path) -> None:
+    for name in ("pos_20261120_bad\nname.csv", "pos_20261120_\x1b[31mred.csv", "pos_20261120_..csv"):
+        (folder / name).write_text("x\n", encoding="utf-8")
+    (folder / "..pos_20261120_x.csv").write_text("x\n", encoding="utf-8")
+    source = LocalSource(_feed(folder, readiness="none", pattern="*pos_{business_date:%Y%m%d}_*.csv"))
+    names = sorted(f.name for f in source.discover([date(2026, 11, 20)]))
+    assert names == ["pos_20261120_..csv", "pos_20261120_a.csv"]  # '..' inside a name is harmless
+    assert sorted(source.skipped) == [
+        ("..pos_20261120_x.csv", "unsafe name: starts with '..'"),
+        ("pos_20261120_\x1b[31mred.csv", "unsafe name: contains control characters"),
+        ("pos_20261120_bad\nname.csv", "unsafe name: contains control characters"),
+    ]

@@ -11,12 +11,13 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from pipeline.config import Feed
 from pipeline.errors import SourceFolderError, SourceUnavailableError
@@ -46,18 +47,25 @@ class LocalSource:
         try:
             with os.scandir(self.folder) as entries:
                 for entry in entries:
-                    if not entry.is_file(follow_symlinks=False):
-                        with contextlib.suppress(OSError):
-                            mode = entry.stat(follow_symlinks=False).st_mode
-                            self._irregular[entry.name] = irregular_kind(mode)
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone since the folder was read (an upload renamed into place)
+                    if not stat.S_ISREG(info.st_mode):
+                        self._irregular[entry.name] = irregular_kind(info.st_mode)
                         continue
-                    info = entry.stat(follow_symlinks=False)
                     yield RemoteFile(entry.name, info.st_size, info.st_mtime)
         except FileNotFoundError as exc:
             raise SourceFolderError(f"{self.folder}: folder does not exist", key="source.path") from exc
         except PermissionError as exc:
             raise SourceFolderError(f"{self.folder}: permission denied listing the folder",
                                     key="source.path") from exc
+        except NotADirectoryError as exc:
+            raise SourceFolderError(f"{self.folder}: not a folder", key="source.path") from exc
+        except OSError as exc:  # an I/O error of the folder's disk: not the staging's, not ours
+            raise SourceUnavailableError(
+                f"listing {self.folder} failed: {exc.strerror or exc}; nothing was taken from it"
+            ) from exc
 
     def check(self) -> None:
         """Make sure the folder exists, before anything else of the run happens."""
@@ -75,32 +83,38 @@ class LocalSource:
         )
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
-        """Copy ``remote`` into ``staging_dir`` under a temporary name, hashing it, then rename."""
+        """Copy ``remote`` into ``staging_dir`` under a temporary name, hashing it, then rename.
+
+        Only the regular file listed is read: a link, FIFO or folder now under its name, or a file
+        whose size or mtime differs from the listing's (or changes while it is copied), raises
+        SourceFileChangedError naming it; links are never followed and a FIFO never waited on.
+        """
         reason = unsafe_name_reason(remote.name)
         if reason is not None:
             raise SourceUnavailableError(f"refusing file name {remote.name!r}: {reason}")
         staging_dir.mkdir(parents=True, exist_ok=True)
         source = self.folder / remote.name
+        handle = open_listed(source, remote)
         temporary = staging_dir / f".fetch-{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         size = 0
         try:
-            with source.open("rb") as handle, temporary.open("wb") as out:
-                before = os.fstat(handle.fileno())
-                while chunk := handle.read(COPY_CHUNK):
+            with handle, temporary.open("wb") as out:
+                while chunk := _read(handle, source):
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            after = source.stat()
-            if (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime) or size != after.st_size:
-                raise SourceUnavailableError(f"{source}: the file changed while it was being copied")
+                after = os.fstat(handle.fileno())
+            unchanged = (after.st_size, after.st_mtime) == (remote.size, remote.mtime) == (size, remote.mtime)
+            if not (unchanged and _same_file(source, after)):
+                raise SourceFileChangedError(
+                    f"{source}: the file changed while it was being copied; not taken, the next run "
+                    "reads it again"
+                )
             final = staging_dir / remote.name
             os.replace(temporary, final)
-        except FileNotFoundError as exc:
-            temporary.unlink(missing_ok=True)
-            raise SourceFileGoneError(f"{source}: vanished before it could be copied") from exc
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
@@ -114,7 +128,7 @@ class LocalSource:
             return
         path = self.folder / remote.name
         try:
-            now = path.stat()
+            now = path.lstat()
         except FileNotFoundError:
             log.warning("%s is gone from %s; nothing to %s", remote.name, self.folder, action)
             return
@@ -144,7 +158,7 @@ class LocalSource:
         """Move an unreadable file (and its done-marker) into ``source.quarantine_path`` (default
         ``quarantine/`` inside the folder); returns where it went. A file that changed since it was
         fetched is left where it is (SourceFileChangedError)."""
-        now = (self.folder / remote.name).stat()
+        now = (self.folder / remote.name).lstat()
         if (now.st_size, now.st_mtime) != (remote.size, remote.mtime):
             raise SourceFileChangedError(
                 f"{remote.name} changed in {self.folder} since it was fetched: not moved into "
@@ -196,3 +210,58 @@ class LocalSource:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def open_listed(path: Path, remote: RemoteFile) -> BinaryIO:
+    """Open the regular file ``path`` for reading, if it is still the one listed as ``remote``.
+
+    Never follows a symbolic link (``O_NOFOLLOW``) nor waits on a FIFO (``O_NONBLOCK``); what was
+    opened is checked with ``fstat``. Raises SourceFileGoneError when it is gone,
+    SourceFileChangedError when something else is under its name, SourceUnavailableError (naming
+    it) when it cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise SourceFileGoneError(f"{path}: vanished before it could be copied") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SourceFileChangedError(
+                f"{path}: now a symbolic link, not read (links are never followed)"
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise SourceUnavailableError(f"{path}: permission denied reading the file") from exc
+        raise SourceUnavailableError(f"{path}: cannot be opened: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceFileChangedError(
+                f"{path}: now {irregular_kind(info.st_mode)}, not a regular file; not read"
+            )
+        if (info.st_size, info.st_mtime) != (remote.size, remote.mtime):
+            raise SourceFileChangedError(
+                f"{path}: changed since it was listed ({remote.size} bytes then, {info.st_size} "
+                "now, or another modification time); not taken, the next run looks at it again"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read(handle: BinaryIO, path: Path) -> bytes:
+    """The next chunk of the source file; a read error names the file (it is not the staging's)."""
+    try:
+        return handle.read(COPY_CHUNK)
+    except OSError as exc:
+        raise SourceUnavailableError(f"{path}: reading the file failed: {exc.strerror or exc}") from exc
+
+
+def _same_file(path: Path, opened: os.stat_result) -> bool:
+    """Whether ``path`` is still the file that was opened (not renamed over, not removed)."""
+    try:
+        now = path.lstat()
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)

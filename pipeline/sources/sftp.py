@@ -173,24 +173,28 @@ class SftpSource:
 
     def _fetch_once(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
         sftp = self.connect()  # auth errors are not retried
+        path = self._remote(remote.name)
         temporary = staging_dir / f".fetch-{uuid.uuid4().hex}.part"
         final = staging_dir / remote.name
         received = 0
         writer: HashingWriter | None = None
         try:
-            with sftp.open(self._remote(remote.name), "rb") as handle:
-                before = handle.stat()
-                expected = int(before.st_size or 0)
+            self._still_listed(sftp.lstat(path), remote)  # never opens a link, FIFO or folder
+            with sftp.open(path, "rb") as handle:
+                self._still_listed(handle.stat(), remote)
                 writer = HashingWriter(temporary)
-                for chunk in PipelinedReader(sftp, handle, expected).blocks():
+                for chunk in PipelinedReader(sftp, handle, remote.size).blocks():
                     writer.write(chunk)
                     received += len(chunk)
                 digest = writer.close()
-                after = sftp.stat(self._remote(remote.name))
-            if received != expected:
-                raise _RetryableFetch(f"received {received} of {expected} bytes")
-            if (after.st_size, after.st_mtime) != (before.st_size, before.st_mtime):
-                raise _RetryableFetch("the file changed while it was being fetched")
+                after = sftp.lstat(path)
+            if not stat.S_ISREG(after.st_mode or 0) or _identity(after) != (remote.size, remote.mtime):
+                raise SourceFileChangedError(
+                    f"{remote.name} changed on {self.address} while it was being fetched (still being "
+                    "written, or replaced); not taken: the next run looks at it again"
+                )
+            if received != remote.size:
+                raise _RetryableFetch(f"received {received} of {remote.size} bytes")
             os.replace(temporary, final)
             _fsync_dir(staging_dir)
         except BaseException as exc:
@@ -201,19 +205,32 @@ class SftpSource:
                 raise exc.error from None  # the staging disk, not the connection: not retried
             if isinstance(exc, FileNotFoundError) and exc.filename is None:
                 raise SourceFileGoneError(f"{remote.name} vanished from {self.address}") from exc
+            if isinstance(exc, PermissionError) and exc.filename is None:
+                raise SourceUnavailableError(
+                    f"{remote.name} on {self.address}: permission denied reading the file"
+                ) from exc
             if isinstance(exc, CONNECTION_ERRORS) and not (
                 isinstance(exc, OSError) and exc.filename is not None  # local disk problems
             ):
                 raise _RetryableFetch(describe(exc)) from exc
             raise
         log.info("fetched %s (%d bytes) from %s", remote.name, received, self.address)
-        return FetchedFile(
-            name=remote.name,
-            path=final,
-            size=received,
-            mtime=float(after.st_mtime or remote.mtime),
-            sha256=digest,
-        )
+        return FetchedFile(name=remote.name, path=final, size=received, mtime=remote.mtime, sha256=digest)
+
+    def _still_listed(self, attrs: paramiko.SFTPAttributes, remote: RemoteFile) -> None:
+        """Raise SourceFileChangedError unless ``attrs`` are of a regular file with the size and
+        mtime ``remote`` was listed with."""
+        mode = attrs.st_mode or 0
+        if not stat.S_ISREG(mode):
+            raise SourceFileChangedError(
+                f"{remote.name} on {self.address} is now {irregular_kind(mode)}, not a regular file; not read"
+            )
+        if _identity(attrs) != (remote.size, remote.mtime):
+            raise SourceFileChangedError(
+                f"{remote.name} changed on {self.address} since it was listed ({remote.size} bytes then, "
+                f"{attrs.st_size} now, or another modification time); not taken: the next run looks at "
+                "it again"
+            )
 
     # ---- finish -----------------------------------------------------------------------------
 
@@ -432,6 +449,11 @@ def _free_name(sftp: paramiko.SFTPClient, folder: str, name: str) -> str:
             return candidate
         counter += 1
         candidate = posixpath.join(folder, f"{name}.{counter}")
+
+
+def _identity(attrs: paramiko.SFTPAttributes) -> tuple[int, float]:
+    """(size, mtime) of a server's answer, as a listing gives them."""
+    return int(attrs.st_size or 0), float(attrs.st_mtime or 0)
 
 
 def _fsync_dir(folder: Path) -> None:

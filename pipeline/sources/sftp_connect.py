@@ -138,6 +138,8 @@ def describe(exc: BaseException) -> str:
     """A short description of a connection problem for messages."""
     if isinstance(exc, socket.timeout | TimeoutError):
         return "timed out"
+    if isinstance(exc, EOFError) and not str(exc):
+        return "the server closed the connection"
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, paramiko.SSHException) else f"{type(exc).__name__}: {text}"
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.config import ExpectedFilesConfig, Feed
-from pipeline.errors import EXIT_CONFIG
+from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import copy_samples, sample_feed, stats
 from tests.sources.test_sftp_run import FILES, ledger_files, posfeed_run, write_feed_file
@@ -87,3 +87,24 @@ def test_a_quarantine_folder_that_may_not_be_created_exits_78_and_the_file_stays
     again = posfeed_run(feed_file, tmp_path, sandbox, wrap=bound_by_permissions())
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["files_in_quarantine"] == [FILES[0]]
+
+
+def test_a_file_the_account_may_not_read_is_reported_by_name_and_the_rest_of_the_feed_runs(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "drop"
+    copy_samples(folder, FILES[:2])
+    locked = folder / FILES[0]
+    locked.chmod(0o000)
+    feed_file = write_feed_file(local_feed(folder, sandbox), tmp_path / "shop.toml")
+    done = posfeed_run(feed_file, tmp_path, sandbox, wrap=bound_by_permissions())
+    assert done.returncode == EXIT_TEMPFAIL, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["fetch_failures"] == [
+        {"file": FILES[0], "reason": f"{locked}: permission denied reading the file"}]
+    assert summary["files_new"] == [FILES[1]] and summary["accepted"] > 0
+    assert locked.exists() and (folder / "archive" / FILES[1]).exists()
+    locked.chmod(0o644)  # fixed: the next run takes it
+    again = posfeed_run(feed_file, tmp_path, sandbox, wrap=bound_by_permissions())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["files_new"] == [FILES[0]]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import pipeline.sources.sftp_stream as stream_module
 from pipeline.benchmarks.meter import ResourceMeter, current_rss
 from pipeline.errors import (
     EXIT_CONFIG,
@@ -509,3 +510,91 @@ def test_quarantine_moves_the_file_fetched_and_its_marker(
         where = source.quarantine(RemoteFile(fetched.name, fetched.size, fetched.mtime))
     assert where == str(sftp_dir / "quarantine" / "a.csv")
     assert sorted(p.name for p in (sftp_dir / "quarantine").iterdir()) == ["a.csv", "a.csv.done"]
+
+
+# ---- a file swapped, growing or unreadable between listing and fetch ---------------------------
+
+
+class Sleeps(list[float]):
+    """A backoff that records its waits instead of waiting: no entry, no retry."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def _swap(path: Path, kind: str, elsewhere: Path) -> None:
+    path.unlink()
+    if kind == "rewritten":
+        path.write_bytes(CSV * 2)
+    elif kind == "symlink":
+        elsewhere.write_bytes(b"not for the feed")
+        path.symlink_to(elsewhere)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [("rewritten", "since it was listed"), ("symlink", "symbolic link"), ("fifo", "FIFO"),
+     ("directory", "directory")],
+)
+def test_a_file_swapped_after_listing_fails_at_once_naming_it(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path, kind: str, says: str
+) -> None:
+    write(sftp_dir, "a.csv")
+    sleeps = Sleeps()
+    source = SftpSource(sftp_server.feed(sftp_dir, read_timeout=5.0), sleep=sleeps)
+    try:
+        (listed,) = source.discover([])
+        _swap(sftp_dir / "a.csv", kind, tmp_path / "elsewhere.csv")
+        with pytest.raises(SourceFileChangedError, match=f"a.csv.*{says}"):
+            source.fetch(listed, tmp_path / "staging")
+    finally:
+        source.close()
+        if kind == "fifo":  # a server blocked opening the FIFO gets a writer, then end of file
+            with contextlib.suppress(OSError):
+                os.close(os.open(sftp_dir / "a.csv", os.O_WRONLY | os.O_NONBLOCK))
+    assert sleeps == []  # not retried: the next run looks at the file again
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_a_file_growing_while_it_is_downloaded_fails_at_once_and_is_not_taken(
+    sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    growing = write(sftp_dir, "a.csv", CSV * 200_000)  # several read blocks
+    real_write = stream_module.HashingWriter.write
+
+    def till_still_writing(self: stream_module.HashingWriter, chunk: bytes) -> None:
+        with growing.open("ab") as out:  # the till appends a line while the file is read
+            out.write(b"T3,S1\n")
+        real_write(self, chunk)
+
+    monkeypatch.setattr(stream_module.HashingWriter, "write", till_still_writing)
+    sleeps = Sleeps()
+    with SftpSource(sftp_server.feed(sftp_dir), sleep=sleeps) as source:
+        (listed,) = source.discover([])
+        with pytest.raises(SourceFileChangedError, match=r"a\.csv.*changed .*while it was being fetched"):
+            source.fetch(listed, tmp_path / "staging")
+    assert sleeps == []
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_a_file_the_account_may_not_read_fails_at_once_naming_it(
+    sftp_server: SftpServer, sftp_password_user: SftpUser, sftp_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write(sftp_dir, "a.csv").chmod(0o600)  # root's: the password user may list it, not read it
+    write(sftp_dir, "b.csv").chmod(0o644)
+    monkeypatch.setenv("TEST_SFTP_PASSWORD", sftp_password_user.password or "")
+    feed = sftp_server.feed(sftp_dir, username=sftp_password_user.name, password_env="TEST_SFTP_PASSWORD")
+    feed = feed.model_copy(update={"source": feed.source.model_copy(update={"private_key_file": None})})
+    feed._config_dir = sftp_dir.parent / f".{sftp_dir.name}-config"
+    sleeps = Sleeps()
+    with SftpSource(feed, sleep=sleeps) as source:
+        found = {f.name: f for f in source.discover([])}
+        with pytest.raises(SourceUnavailableError, match=r"a\.csv.*permission denied"):
+            source.fetch(found["a.csv"], tmp_path / "staging")
+        assert source.fetch(found["b.csv"], tmp_path / "staging").sha256 == sha(CSV)
+    assert sleeps == []

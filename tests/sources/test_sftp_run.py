@@ -19,7 +19,7 @@ import pytest
 import pipeline.sources.sftp as sftp_module
 import pipeline.sources.sftp_stream as stream_module
 from pipeline.config import ExpectedFilesConfig, Feed
-from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL
+from pipeline.errors import EXIT_CONFIG, EXIT_TEMPFAIL, SourceUnavailableError
 from pipeline.ledger import Ledger
 from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
@@ -436,3 +436,71 @@ def test_a_quarantine_folder_that_may_not_be_created_exits_78_and_the_file_stays
     again = posfeed_run(feed_file, tmp_path, sandbox)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["files_in_quarantine"] == [FILES[0]]
+
+
+def test_a_file_growing_while_it_is_downloaded_is_reported_and_taken_whole_by_the_next_run(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upload(sftp_dir, FILES[:1])
+    growing = sftp_dir / FILES[1]
+    data = (SAMPLE_ACME / FILES[1]).read_bytes()
+    half = data.index(b"\n", len(data) // 2) + 1
+    growing.write_bytes(data[:half])  # listed with its first half: the till is still writing
+    os.utime(growing, (2_000_000_000, 2_000_000_000))  # fetched after the complete file
+    real_blocks = stream_module.PipelinedReader.blocks
+
+    def blocks_while_the_till_writes(self: Any) -> Any:
+        for block in real_blocks(self):
+            yield block
+            if self._size == half and growing.stat().st_size == half:  # reading the growing file
+                with growing.open("ab") as out:  # the rest lands while the first half is read
+                    out.write(data[half:])
+
+    monkeypatch.setattr(stream_module.PipelinedReader, "blocks", blocks_while_the_till_writes)
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    settings = settings_in(tmp_path)
+    with credentials(sandbox):
+        first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    s = first.summary
+    assert s["files_new"] == [FILES[0]] and s["accepted"] > 0
+    (failure,) = s["fetch_failures"]
+    assert failure["file"] == FILES[1] and "while it was being fetched" in failure["reason"]
+    assert first.exit_code == EXIT_TEMPFAIL
+    assert [f.name for f in ledger_files(tmp_path)] == [FILES[0]]  # the half file never registered
+    with credentials(sandbox):
+        second = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
+    assert second.summary["files_new"] == [FILES[1]] and second.summary["fetch_failures"] == []
+    assert {f.name: f.size for f in ledger_files(tmp_path)}[FILES[1]] == len(data)
+
+
+def test_a_listing_cut_midway_exits_75_naming_it_and_the_next_run_takes_every_file(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upload(sftp_dir)
+    for n in range(2000):  # several READDIR answers
+        (sftp_dir / f"noise_{n:04d}.txt").touch()
+    real_list = sftp_module._listdir_attr
+    cut: list[int] = []
+
+    def listing_cut_after_some_entries(sftp: Any, folder: str) -> Any:
+        for seen, entry in enumerate(real_list(sftp, folder)):
+            yield entry
+            if seen == 100 and not cut:
+                cut.append(sftp_server.kill_sessions())
+
+    monkeypatch.setattr(sftp_module, "_listdir_attr", listing_cut_after_some_entries)
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    feed_settings = settings_in(tmp_path)
+    with credentials(sandbox), pytest.raises(SourceUnavailableError) as failed:
+        run_feed(feed, feed_settings, business_dates=[BUSINESS_DATE])
+    assert cut and cut[0] > 0
+    assert failed.value.exit_code == EXIT_TEMPFAIL
+    assert str(failed.value).endswith(f"{sftp_dir} failed: the server closed the connection")
+    assert str(failed.value).startswith("listing sftp://")
+    assert ledger_files(tmp_path) == [] and delivered_ids(sandbox) == []
+    monkeypatch.setattr(sftp_module, "_listdir_attr", real_list)
+    with credentials(sandbox):
+        second = run_feed(feed, feed_settings, business_dates=[BUSINESS_DATE])
+    assert sorted(second.summary["files_new"]) == sorted(FILES)
