@@ -13,7 +13,7 @@ from pipeline.sources.discovery import of_business_date
 
 __all__ = [
     "day_problems", "day_report", "files_in_ledger", "files_not_read", "files_of_day_without_rows",
-    "report_folder", "run_report", "write_run_report",
+    "report_folder", "run_report", "undated_files_of_day", "write_run_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,26 +108,51 @@ def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def day_report(ledger: Ledger, feed: str, business_date: str, *, pattern: str | None = None) -> Report:
     """The report of one business day of a feed: every row of its files for that date, in its
-    current state (later reruns included), and a row for each file of the day with no rows
-    (:func:`files_of_day_without_rows`; ``pattern`` is the feed's ``source.pattern``). Written
-    while ``ledger`` is open, as :func:`run_report`."""
+    current state (later reruns included); the rows of no business date (none readable) of the
+    files that belong to the day (:func:`undated_files_of_day`); and a row for each file of the
+    day with no rows (:func:`files_of_day_without_rows`; ``pattern`` is the feed's
+    ``source.pattern``). Written while ``ledger`` is open, as :func:`run_report`."""
     without_rows, not_read = files_of_day_without_rows(ledger, feed, business_date, pattern)
-    file_ids = ledger.day_file_ids(feed, business_date)
+    undated = undated_files_of_day(ledger, feed, business_date, pattern)
+    file_ids = ledger.day_file_ids(feed, business_date) | undated
     names = {i: ledger.file(i).name for i in file_ids}
     totals = [(names[f], store, day, rows, count, amount, currency)
               for f, store, day, currency, rows, count, amount in ledger.currency_totals(file_ids)
-              if day == business_date]
+              if day == business_date or (not day and f in undated)]
     return build_report(
         report_id=f"day-{business_date}",
         feed=feed,
-        transactions=lambda: ledger.iter_day_transactions(feed, business_date),
+        transactions=lambda: ledger.iter_day_transactions(feed, business_date, undated_files=undated),
         file_totals=totals,
-        rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date),
+        rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date, undated_files=undated),
         extra={"kind": "business_day", "business_date": business_date,
                "problems": day_problems(ledger, feed, business_date)},
         files_not_read=not_read,
         files_without_rows=without_rows,
     )
+
+
+def undated_files_of_day(ledger: Ledger, feed: str, business_date: str, pattern: str | None) -> set[int]:
+    """The feed's files with rows of no business date (rejected: no date readable) whose rows
+    count in ``business_date``: each such file belongs to exactly one day, the one its name gives
+    under ``pattern``; when the pattern names no date, the first date of its other rows; when it
+    has none, the first date the run that first fetched it was fetching."""
+    day = date.fromisoformat(business_date)
+    placed: set[int] = set()
+    for file_id in sorted(ledger.undated_file_ids(feed)):
+        record = ledger.file(file_id)
+        by_name = of_business_date(record.name, pattern, day) if pattern else None
+        if by_name is not None:
+            if by_name:
+                placed.add(file_id)
+            continue
+        days = ledger.file_business_dates(file_id)
+        if not days:
+            run = ledger.run(record.first_run_id)
+            days = sorted((run.counts or {}).get("business_dates") or []) if run is not None else []
+        if days and days[0] == business_date:
+            placed.add(file_id)
+    return placed
 
 
 def files_of_day_without_rows(
