@@ -49,9 +49,10 @@ def _csv(path: Path) -> list[dict[str, str]]:
 class Cli:
     """`posfeed` in process with one state folder, one ledger and the sandbox's credentials."""
 
-    def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str, drop: Path):
+    def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str, drop: Path,
+                 pattern: str | None = None):
         self.tmp = tmp
-        feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, pattern=pattern, max_attempts=1)
         feed = feed.model_copy(update={"expected": None})  # no schedule of files to miss
         self.feed_file = tmp / "dayfeed.toml"
         self.feed_file.write_text(feed_toml(feed), encoding="utf-8")
@@ -67,8 +68,8 @@ class Cli:
     def run(self) -> dict[str, Any]:
         return self("run", "--feed", str(self.feed_file), "--business-date", DAY)
 
-    def day(self) -> dict[str, Any]:
-        return self("report", "--feed", str(self.feed_file), "--business-date", DAY)
+    def day(self, business_date: str = DAY) -> dict[str, Any]:
+        return self("report", "--feed", str(self.feed_file), "--business-date", business_date)
 
 
 def _assert_balanced_per_currency(rows: list[dict[str, str]]) -> None:
@@ -133,3 +134,26 @@ def test_a_row_without_a_business_date_counts_in_its_files_day(
     assert sorted(r["transaction_id"] for r in detail) == ["T1", "T8", "T9"]
     rejects = _csv(Path(day["reports_path"]) / "rejects.csv")
     assert sorted(r["transaction_id"] for r in rejects) == ["T8", "T9"]
+
+
+def test_without_a_date_in_the_pattern_an_undated_row_counts_in_one_day_of_its_file(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """The file's name gives no date: its undated row counts in the first date of its other rows,
+    and in no other day's report."""
+    drop = tmp_path / "drop"
+    _write(drop, "pos_LON01_evening.csv", [
+        _line("T1", 1, "5.00", timestamp="2026-11-19 21:00:00", business_date="2026-11-19"),
+        _line("T2", 1, "3.00"),
+        _line("T9", 1, "7.25", timestamp="", business_date=""),
+    ])
+    posfeed = Cli(tmp_path, sandbox, ledger_location, drop, pattern="pos_LON01_*.csv")
+    run = posfeed.run()
+    assert run["rows_in"] == 3 and run["transactions_rejected"] == 1
+
+    first, second = posfeed.day("2026-11-19"), posfeed.day(DAY)
+
+    assert (first["rows_in"], first["transactions_rejected"]) == (2, 1)
+    assert first["currencies"]["GBP"]["amount_rejected"] == "7.25"
+    assert (second["rows_in"], second["transactions_rejected"]) == (1, 0)
+    assert first["balanced"] is True and second["balanced"] is True

@@ -12,8 +12,8 @@ from pipeline.reports import Report, build_report, write_report
 from pipeline.sources.discovery import of_business_date
 
 __all__ = [
-    "day_problems", "day_report", "files_in_ledger", "files_not_read", "files_of_day_without_rows",
-    "report_folder", "run_report", "undated_files_of_day", "write_run_report",
+    "day_of_file", "day_problems", "day_report", "files_in_ledger", "files_not_read",
+    "files_of_day_without_rows", "report_folder", "run_report", "undated_files_of_day", "write_run_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -134,25 +134,27 @@ def day_report(ledger: Ledger, feed: str, business_date: str, *, pattern: str | 
 
 def undated_files_of_day(ledger: Ledger, feed: str, business_date: str, pattern: str | None) -> set[int]:
     """The feed's files with rows of no business date (rejected: no date readable) whose rows
-    count in ``business_date``: each such file belongs to exactly one day, the one its name gives
-    under ``pattern``; when the pattern names no date, the first date of its other rows; when it
-    has none, the first date the run that first fetched it was fetching."""
-    day = date.fromisoformat(business_date)
-    placed: set[int] = set()
-    for file_id in sorted(ledger.undated_file_ids(feed)):
-        record = ledger.file(file_id)
-        by_name = of_business_date(record.name, pattern, day) if pattern else None
-        if by_name is not None:
-            if by_name:
-                placed.add(file_id)
-            continue
-        days = ledger.file_business_dates(file_id)
-        if not days:
-            run = ledger.run(record.first_run_id)
-            days = sorted((run.counts or {}).get("business_dates") or []) if run is not None else []
-        if days and days[0] == business_date:
-            placed.add(file_id)
-    return placed
+    count in ``business_date``: each such file belongs to exactly one day (:func:`day_of_file`)."""
+    return {file_id for file_id in sorted(ledger.undated_file_ids(feed))
+            if day_of_file(ledger, file_id, pattern) == business_date}
+
+
+def day_of_file(ledger: Ledger, file_id: int, pattern: str | None) -> str | None:
+    """The one business day a file's rows of no date count in: the day its name gives under
+    ``pattern`` (among the dates of its rows and those its first run was fetching), else the
+    first date of its other rows, else the first date its first run was fetching; None when
+    nothing tells (a run killed before it recorded its dates, on a file with no dated row)."""
+    record = ledger.file(file_id)
+    dated = ledger.file_business_dates(file_id)
+    run = ledger.run(record.first_run_id)
+    fetched_for = sorted(str(d) for d in ((run.counts or {}).get("business_dates") or [])) if run else []
+    if pattern:
+        named = [d for d in sorted({*dated, *fetched_for})
+                 if of_business_date(record.name, pattern, date.fromisoformat(d))]
+        if named:
+            return named[0]
+    first = dated or fetched_for
+    return first[0] if first else None
 
 
 def files_of_day_without_rows(
