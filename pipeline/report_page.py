@@ -148,6 +148,8 @@ def page_data(report: Report) -> dict[str, Any]:
     per_currency: dict[str, Figures] = defaultdict(Figures)
     per_store: dict[tuple[str, str], Figures] = defaultdict(Figures)
     per_file: dict[str, Figures] = defaultdict(Figures)
+    # a file's money per currency: a file may hold rows of several, never added together
+    file_amounts: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     stores_of_file: dict[str, set[str]] = defaultdict(set)
     empty_files: dict[str, str] = {}
     not_read: list[dict[str, str]] = []
@@ -155,6 +157,7 @@ def page_data(report: Report) -> dict[str, Any]:
         if row["origin"] not in ("file", "ledger"):
             not_read.append(row)  # a file not read: nothing came in; listed with its reason below
             continue
+        file_amounts[row["source_file"]][row.get("currency", "")] += Decimal(row["amount_in"] or 0)
         if row["rows_in"] == "0" and row["transactions_in"] == "0" and not row["store_id"]:
             # a file read with no data rows: listed, with no currency or store of its own
             per_file[row["source_file"]].add(row)
@@ -166,7 +169,6 @@ def page_data(report: Report) -> dict[str, Any]:
         per_file[row["source_file"]].add(row)
         stores_of_file[row["source_file"]].add(row["store_id"])
 
-    currency_of_file = {row["source_file"]: row.get("currency", "") for row in summary_rows}
     codes: dict[str, dict[str, Any]] = {}
     for row in reject_rows:
         entry = codes.setdefault(row["reject_code"], {"code": row["reject_code"], "rows": 0,
@@ -188,14 +190,16 @@ def page_data(report: Report) -> dict[str, Any]:
         {"name": name, "status": f"read: {empty_files[name]}" if empty_files.get(name) else "read",
          "stores": ", ".join(sorted(s for s in stores_of_file[name] if s)),
          "rows_in": figures.rows_in, "transactions_in": figures.transactions_in,
-         "amount_in": format_amount(figures.amount_in, currency_of_file.get(name, "")),
+         "amounts": [{"currency": currency or "(none)",
+                      "amount": format_amount(amount, currency) + (f" {currency}" if currency else "")}
+                     for currency, amount in sorted(file_amounts[name].items())],
          "balanced": figures.balanced}
         for name, figures in sorted(per_file.items())
     ]
     for row in not_read:
         label = _NOT_READ_LABELS.get(row["origin"], row["origin"].replace("_", " "))
         files.append({"name": row["source_file"], "status": f"{label}: {row['reason']}".rstrip(": "),
-                      "stores": "", "rows_in": None, "transactions_in": None, "amount_in": "",
+                      "stores": "", "rows_in": None, "transactions_in": None, "amounts": [],
                       "balanced": None})
 
     expected = [

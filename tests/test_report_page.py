@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from pipeline.report_page import format_amount, render_page
-from pipeline.reports import build_report
+from pipeline.reports import build_report, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -135,3 +135,28 @@ def test_amounts_have_the_currencys_minor_units_and_thousands_separators(
     value: str, currency: str, shown: str
 ) -> None:
     assert format_amount(Decimal(value), currency) == shown
+
+
+def test_a_file_in_two_currencies_shows_two_totals_never_their_sum(tmp_path: Path) -> None:
+    """One file with GBP and EUR rows: every amount on the page is one currency's, in Chromium."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    report = build_report(
+        report_id="r1", feed="mixed", transactions=[], rejects=[], pending_is_final=True,
+        file_totals=[("mixed.csv", "LON01", "2026-11-20", 0, 0, Decimal("12.34"), "GBP"),
+                     ("mixed.csv", "LON01", "2026-11-20", 0, 0, Decimal("56.78"), "EUR")],
+    )
+    write_report(report, tmp_path / "mixed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "mixed" / "report.html").as_uri())
+            text = page.locator("body").inner_text()
+            assert "69.12" not in text  # 12.34 GBP + 56.78 EUR means nothing
+            file_row = page.locator('tr[data-file="mixed.csv"]')
+            assert file_row.count() == 1
+            shown = {cell.get_attribute("data-currency"): cell.inner_text()
+                     for cell in file_row.locator("[data-currency]").all()}
+        finally:
+            browser.close()
+    assert shown == {"EUR": "56.78 EUR", "GBP": "12.34 GBP"}

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
 from pipeline.stages.report import day_report, run_report
+from tests.ledger_backends import ledger_env
 from tests.runner_helpers import (
     BUSINESS_DATE,
     SAMPLE_ACME,
@@ -329,10 +331,13 @@ def test_a_crashed_runs_report_shows_the_files_it_fetched(
     assert _summary_rows(folder) == settled_rows
 
 
-def test_a_day_report_lists_the_days_files_without_rows(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_a_day_report_lists_the_days_files_without_rows(
+    sandbox: SandboxServer, tmp_path: Path, ledger_location: Path | str
+) -> None:
     """`posfeed report --feed F --business-date D` gives a header-only and an unreadable file their
     rows in the day whose file name the feed's pattern gives them (they have no business date of
-    their own), and not in another day's; without the pattern, the days their run was fetching."""
+    their own), and not in another day's; without the pattern, the days their run was fetching.
+    On both ledger backends."""
     header_only, other_day = "pos_LON01_20261120_11.csv", "pos_LON01_20261119_11.csv"
     drop = tmp_path / "drop"
     drop.mkdir()
@@ -342,6 +347,8 @@ def test_a_day_report_lists_the_days_files_without_rows(sandbox: SandboxServer, 
     (drop / other_day).write_bytes(header.encode() + b"\r\n")  # header-only too, other bytes
     (drop / BINARY).write_bytes(random.Random(1).randbytes(3000))
     settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = replace(settings, ledger_url=ledger_location)
     feed = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
     with credentials(sandbox):
         run = run_feed(feed, settings, business_dates=[BUSINESS_DATE - timedelta(days=1), BUSINESS_DATE])
@@ -352,7 +359,7 @@ def test_a_day_report_lists_the_days_files_without_rows(sandbox: SandboxServer, 
         done = subprocess.run(
             [sys.executable, "-m", "pipeline", "--state-dir", str(settings.state_dir), "--reports-dir",
              str(settings.reports_dir), "report", "--feed", "acme_hourly", "--business-date", date, "--json"],
-            capture_output=True, text=True, check=False)
+            capture_output=True, text=True, check=False, env={**os.environ, **ledger_env(ledger_location)})
         assert done.returncode == 0, done.stderr[-3000:]
         summary = json.loads(done.stdout)
         folder = Path(summary["reports_path"])
@@ -374,7 +381,7 @@ def test_a_day_report_lists_the_days_files_without_rows(sandbox: SandboxServer, 
 
     from pipeline.ledger import Ledger  # without the pattern: the days the run was fetching
 
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(ledger_location) as ledger:
         unplaced = run_report_rows(day_report(ledger, "acme_hourly", "2026-11-20"))
     assert {header_only, other_day, BINARY} <= {r["source_file"] for r in unplaced}
 

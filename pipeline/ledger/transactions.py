@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from pipeline.ledger.db import PAGE_ROWS, Db, chunks, marks, pages
@@ -73,14 +73,12 @@ class Transactions:
             for r in rows
         ]
 
-    def day_transactions(self, feed: str, business_date: str) -> list[TxnRecord]:
-        """Every transaction row of a feed's files for one business date, in its current state."""
-        rows = self._db.query(
-            f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
-            "ORDER BY t.file_id, t.id",
-            (feed, business_date),
-        )
-        return [txn_record(r, origin="file") for r in rows]
+    def day_transactions(self, feed: str, business_date: str, *,
+                         undated_files: Iterable[int] = ()) -> list[TxnRecord]:
+        """Every transaction row of a feed's files for one business date, in its current state,
+        and of the files in ``undated_files`` those with no business date (none readable)."""
+        sql, params = _day_sql(feed, business_date, undated_files)
+        return [txn_record(r, origin="file") for r in self._db.query(sql, params)]
 
     def iter_run_transactions(self, run_id: str, *, at_end: bool = True,
                               page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
@@ -95,15 +93,11 @@ class Transactions:
         ):
             yield txn_record(r, origin=r["origin"], state=(r["state_at_end"] if at_end else None) or None)
 
-    def iter_day_transactions(self, feed: str, business_date: str, *,
+    def iter_day_transactions(self, feed: str, business_date: str, *, undated_files: Iterable[int] = (),
                               page_rows: int = PAGE_ROWS) -> Iterator[TxnRecord]:
         """:meth:`day_transactions`, read ``page_rows`` rows at a time."""
-        for r in pages(
-            self._db,
-            f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND t.business_date = ? "
-            "ORDER BY t.file_id, t.id",
-            (feed, business_date), page_rows,
-        ):
+        sql, params = _day_sql(feed, business_date, undated_files)
+        for r in pages(self._db, sql, params, page_rows):
             yield txn_record(r, origin="file")
 
     def run_file_ids(self, run_id: str) -> set[int]:
@@ -117,6 +111,18 @@ class Transactions:
         return {r[0] for r in self._db.query(
             "SELECT DISTINCT file_id FROM transactions WHERE feed = ? AND business_date = ?",
             (feed, business_date))}
+
+    def undated_file_ids(self, feed: str) -> set[int]:
+        """The feed's files with rows of no business date (no date readable: rejected)."""
+        return {r[0] for r in self._db.query(
+            "SELECT DISTINCT file_id FROM transactions WHERE feed = ? "
+            "AND (business_date IS NULL OR business_date = '')", (feed,))}
+
+    def file_business_dates(self, file_id: int) -> list[str]:
+        """The business dates of a file's rows, oldest first (rows of no date left out)."""
+        return [r[0] for r in self._db.query(
+            "SELECT DISTINCT business_date FROM transactions WHERE file_id = ? "
+            "AND business_date IS NOT NULL AND business_date <> '' ORDER BY business_date", (file_id,))]
 
     def release_memory(self) -> None:
         """Give back what the database holds in memory and does not need (SQLite's unused page
@@ -164,3 +170,15 @@ class Transactions:
             "SELECT state, COUNT(*) FROM transactions WHERE scope = ? GROUP BY state", (scope,)
         )
         return {r[0]: r[1] for r in rows}
+
+
+def _day_sql(feed: str, business_date: str, undated_files: Iterable[int]) -> tuple[str, list[Any]]:
+    """The query of a business day's transactions (those of no date, of ``undated_files``, too)."""
+    undated = sorted(set(undated_files))
+    sql = f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.feed = ? AND (t.business_date = ?"
+    params: list[Any] = [feed, business_date]
+    if undated:
+        sql += (f" OR ((t.business_date IS NULL OR t.business_date = '') "
+                f"AND t.file_id IN ({marks(len(undated))}))")
+        params += undated
+    return sql + ") ORDER BY t.file_id, t.id", params

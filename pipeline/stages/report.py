@@ -12,8 +12,8 @@ from pipeline.reports import Report, build_report, write_report
 from pipeline.sources.discovery import of_business_date
 
 __all__ = [
-    "day_problems", "day_report", "files_in_ledger", "files_not_read", "files_of_day_without_rows",
-    "report_folder", "run_report", "write_run_report",
+    "day_of_file", "day_problems", "day_report", "files_in_ledger", "files_not_read",
+    "files_of_day_without_rows", "report_folder", "run_report", "undated_files_of_day", "write_run_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,26 +108,53 @@ def files_not_read(details: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def day_report(ledger: Ledger, feed: str, business_date: str, *, pattern: str | None = None) -> Report:
     """The report of one business day of a feed: every row of its files for that date, in its
-    current state (later reruns included), and a row for each file of the day with no rows
-    (:func:`files_of_day_without_rows`; ``pattern`` is the feed's ``source.pattern``). Written
-    while ``ledger`` is open, as :func:`run_report`."""
+    current state (later reruns included); the rows of no business date (none readable) of the
+    files that belong to the day (:func:`undated_files_of_day`); and a row for each file of the
+    day with no rows (:func:`files_of_day_without_rows`; ``pattern`` is the feed's
+    ``source.pattern``). Written while ``ledger`` is open, as :func:`run_report`."""
     without_rows, not_read = files_of_day_without_rows(ledger, feed, business_date, pattern)
-    file_ids = ledger.day_file_ids(feed, business_date)
+    undated = undated_files_of_day(ledger, feed, business_date, pattern)
+    file_ids = ledger.day_file_ids(feed, business_date) | undated
     names = {i: ledger.file(i).name for i in file_ids}
     totals = [(names[f], store, day, rows, count, amount, currency)
               for f, store, day, currency, rows, count, amount in ledger.currency_totals(file_ids)
-              if day == business_date]
+              if day == business_date or (not day and f in undated)]
     return build_report(
         report_id=f"day-{business_date}",
         feed=feed,
-        transactions=lambda: ledger.iter_day_transactions(feed, business_date),
+        transactions=lambda: ledger.iter_day_transactions(feed, business_date, undated_files=undated),
         file_totals=totals,
-        rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date),
+        rejects=lambda: ledger.iter_rejects(feed=feed, business_date=business_date, undated_files=undated),
         extra={"kind": "business_day", "business_date": business_date,
                "problems": day_problems(ledger, feed, business_date)},
         files_not_read=not_read,
         files_without_rows=without_rows,
     )
+
+
+def undated_files_of_day(ledger: Ledger, feed: str, business_date: str, pattern: str | None) -> set[int]:
+    """The feed's files with rows of no business date (rejected: no date readable) whose rows
+    count in ``business_date``: each such file belongs to exactly one day (:func:`day_of_file`)."""
+    return {file_id for file_id in sorted(ledger.undated_file_ids(feed))
+            if day_of_file(ledger, file_id, pattern) == business_date}
+
+
+def day_of_file(ledger: Ledger, file_id: int, pattern: str | None) -> str | None:
+    """The one business day a file's rows of no date count in: the day its name gives under
+    ``pattern`` (among the dates of its rows and those its first run was fetching), else the
+    first date of its other rows, else the first date its first run was fetching; None when
+    nothing tells (a run killed before it recorded its dates, on a file with no dated row)."""
+    record = ledger.file(file_id)
+    dated = ledger.file_business_dates(file_id)
+    run = ledger.run(record.first_run_id)
+    fetched_for = sorted(str(d) for d in ((run.counts or {}).get("business_dates") or [])) if run else []
+    if pattern:
+        named = [d for d in sorted({*dated, *fetched_for})
+                 if of_business_date(record.name, pattern, date.fromisoformat(d))]
+        if named:
+            return named[0]
+    first = dated or fetched_for
+    return first[0] if first else None
 
 
 def files_of_day_without_rows(
