@@ -360,6 +360,8 @@ class EnrollmentsConfig(_Model):
     # a member enrolled again with different details: "hold" (a conflict for review) or
     # "profile" (sent as a profile update)
     changes: Literal["hold", "profile"] = "hold"
+    # a birth_date making the member older than this (at enrolled_at) is rejected (R105)
+    max_age_years: int = Field(default=130, ge=1, le=200)
 
 
 class ClaimsConfig(_Model):

@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.config import Feed
 from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
+from pipeline.core.validate.control import SCIENTIFIC_RE
 from pipeline.logs import mask_customer_id
 
 __all__ = [
@@ -53,6 +54,7 @@ PERSONAL_FIELDS = ("email", "phone", "first_name", "last_name", "birth_date")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 _PHONE_STRIP = re.compile(r"[\s.\-()/]")
 _PHONE = re.compile(r"^\+?[0-9]{6,15}$")
+_SCIENTIFIC = re.compile(SCIENTIFIC_RE)
 # ids, and an email, hold no control or format character (a zero-width space, a bidi mark...);
 # names and other text none of the control characters (a name's bidi mark is how it is written)
 _ID_CONTROL = ("Cc", "Cf")
@@ -202,6 +204,13 @@ def _out_of_range(day: date, today: date, feed: Feed) -> str | None:
     return None
 
 
+def _older_than(born: date, day: date, years: int) -> bool:
+    """Whether someone born on ``born`` is more than ``years`` years old on ``day`` (a day past
+    their ``years``-th birthday is older)."""
+    age = day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+    return age > years or (age == years and (day.month, day.day) != (born.month, born.day))
+
+
 def _bad_text(record: MemberRecord, values: Mapping[str, str | None], ids: tuple[str, ...],
               feed: Feed) -> MemberRecord | None:
     """``record`` rejected for a value longer than ``validation.max_field_chars`` (R031) or an
@@ -216,6 +225,11 @@ def _bad_text(record: MemberRecord, values: Mapping[str, str | None], ids: tuple
         if value and _control(value, _ID_CONTROL):
             return _reject(record, RejectCode.CONTROL_CHARACTER_IN_ID, name,
                            f"{name} holds a control or format character")
+    customer = values.get("customer_id")
+    if customer and _SCIENTIFIC.match(customer):
+        return _reject(record, RejectCode.ID_IN_SCIENTIFIC_NOTATION, "customer_id",
+                       f"customer_id '{mask_customer_id(customer)}' is a number in scientific notation "
+                       "(a spreadsheet's rounding): the real id is lost")
     return None
 
 
@@ -263,6 +277,10 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
             return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date is in the future")
         if born > enrolled.date():
             return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date is after enrolled_at")
+        if _older_than(born, enrolled.date(), feed.enrollments.max_age_years):
+            return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date",
+                           f"birth_date makes the member older than {feed.enrollments.max_age_years} "
+                           "years (enrollments.max_age_years)")
         birth = born.isoformat()
     consents: dict[str, bool] = {}
     for name in ("consent_email", "consent_sms"):
