@@ -41,6 +41,8 @@ __all__ = [
     "mask_phone",
     "member_records",
     "missing_columns",
+    "signup_key",
+    "signup_status",
 ]
 
 ENROLLMENT_COLUMNS = (
@@ -339,6 +341,27 @@ def _claim(line: int, fields: dict[str, str | None], feed: Feed, today: date) ->
         "claimed_at": claimed.isoformat(),
     }
     return record
+
+
+def signup_key(key: str) -> str:
+    """The member key a record's key belongs to: a profile update's ``<key>#<hash>`` and a
+    corrected sign-up's ``<key>+<hash>`` belong to ``<key>``."""
+    return re.split(r"[#+]", key, maxsplit=1)[0]
+
+
+def signup_status(states: Iterable[str]) -> str | None:
+    """Where a member's sign-up stands, from the states of its sign-up rows (the first and any
+    corrected ones): ``"accepted"`` (one reached the platform), ``"pending"`` (one may still:
+    queued, in doubt or failed retryable), ``"refused"`` (every one was refused or not sent), or
+    None (this ledger sent none: the member signed up another way)."""
+    seen = set(states)
+    if "accepted" in seen:
+        return "accepted"
+    if seen & {"queued", "sending", "failed_retryable"}:
+        return "pending"
+    if seen & {"failed_permanent", "not_sent"}:
+        return "refused"
+    return None
 
 
 def member_records(rows: Iterable[tuple[int, Mapping[str, Any]]], feed: Feed, *, today: date

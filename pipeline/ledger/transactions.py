@@ -28,6 +28,27 @@ class Transactions:
                 found[row["transaction_id"]] = txn_record(row)
         return found
 
+    def signups(self, scope: str, keys: Sequence[str]) -> dict[str, list[TxnRecord]]:
+        """The sign-ups (primary ``enrollment`` rows) of each member key of ``scope``: the row
+        keyed ``key`` and the corrected sign-ups keyed ``key`` + a suffix (``key+<hash>``), oldest
+        first. A member the ledger holds no sign-up of is left out."""
+        found: dict[str, list[TxnRecord]] = {}
+        wanted = list(dict.fromkeys(keys))
+        for chunk in chunks(wanted, 100):
+            # each key's range [key, key + DEL): the key itself and every key it begins
+            ranges = " OR ".join(["(t.transaction_id >= ? AND t.transaction_id < ?)"] * len(chunk))
+            bounds = [value for key in chunk for value in (key, key + "\x7f")]
+            for row in self._db.query(
+                f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.scope = ? AND "
+                f"t.transaction_type = 'enrollment' AND t.state IN {PRIMARY_SQL} AND ({ranges}) "
+                "ORDER BY t.id",
+                (scope, *bounds),
+            ):
+                record = txn_record(row)
+                base = next(k for k in chunk if str(record.transaction_id).startswith(k))
+                found.setdefault(base, []).append(record)
+        return found
+
     def transactions_by_row_id(
         self, row_ids: Sequence[int], *, with_checkout: bool = False
     ) -> list[TxnRecord]:
