@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from pipeline.config import ClaimsConfig, EnrollmentsConfig, ResumeConfig
+from pipeline.logs import mask_customer_id
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import sample_feed, settings_in, stats
 from tests.sandbox_fixtures import TARGET_KITS
@@ -124,3 +125,37 @@ def test_an_update_in_the_run_its_opt_in_is_refused_is_not_sent(tmp_path: Path) 
         assert second["not_sent"] == 1 and code != 75
     codes = {code for _, code in states(tmp_path, "members").values()}
     assert "member_not_enrolled" in codes and "160212" not in codes
+
+
+def test_a_corrected_sign_up_after_a_refused_one_is_sent_once(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    header = "customer_id,email,enrolled_at\n"
+    refused = "unknown-R1,r1@exa..mple.org,2026-11-20T09:00:00Z\n"  # the platform refuses the address
+    corrected = "unknown-R1,r1@example.org,2026-11-20T09:00:00Z\n"
+    (drop / "members_LON01_20261120.csv").write_text(header + refused, encoding="utf-8")
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop))
+        assert posfeed(tmp_path, env, "run", "--feed", members, *DAY)[1]["failed_permanent"] == 1
+        # the data engineer fixes the address and sends the member again: a corrected sign-up
+        (drop / "members_LON02_20261120.csv").write_text(header + corrected, encoding="utf-8")
+        code, fixed, _ = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
+        assert code == 0 and fixed["accepted"] == 1 and fixed["conflicts"] == 0
+        assert customers(sandbox)["unknown-R1"]["email"] == "r1@example.org"
+        # both versions again, with another member: repeats, nothing sent twice
+        another = "unknown-R2,r2@example.org,2026-11-20T09:00:00Z\n"
+        (drop / "members_LON03_20261120.csv").write_text(header + refused + corrected + another,
+                                                         encoding="utf-8")
+        before = stats(sandbox)["events_accepted"]
+        code, again, _ = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
+        assert again["duplicates"] == 2 and again["accepted"] == 1 and again["conflicts"] == 0
+        assert stats(sandbox)["events_accepted"] == before + 1
+    assert states(tmp_path, "members") == {
+        "cust:" + mask("unknown-R1"): ("failed_permanent", "0"),
+        "cust:" + mask("unknown-R1") + "+1": ("accepted", None),
+        "cust:" + mask("unknown-R2"): ("accepted", None)}
+
+
+def mask(customer: str) -> str:
+    return mask_customer_id(customer).removeprefix("cust:")

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -401,20 +401,43 @@ def _unreadable(line: int, fields: dict[str, str | None], feed: Feed, code: str,
     return record
 
 
-def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], feed: Feed) -> None:
+def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], feed: Feed, *,
+                  signups: Mapping[str, Sequence[tuple[str, str | None]]] | None = None) -> None:
     """Mark each valid record new, duplicate, conflict or update, in order, against ``known``
     (key → content hashes the ledger holds) and the records before it.
 
     An exact repeat is a duplicate. A key seen with other content is a conflict; for enrollments
     with ``enrollments.changes = "profile"`` it is an update instead, keyed
     ``<key>#<12 hex of its hash>`` (sent once as a profile event, itself deduplicated).
+
+    ``signups`` (enrollments): each member's sign-ups the ledger holds, oldest first, as
+    (state, content hash). When the platform refused every one of them, a version that is none
+    of them is a corrected sign-up: new, keyed ``<key>+<n>`` (the member's n-th correction) and
+    sent as an ``opt_in`` once (the platform created nobody; an ``opt_in`` that finds the member
+    anyway is settled as already accepted). A repeat of any sign-up is a duplicate.
     """
     seen: dict[str, set[str]] = {k: set(v) for k, v in known.items()}
     updates = feed.records == "enrollments" and feed.enrollments.changes == "profile"
+    signed: dict[str, list[tuple[str, str | None]]] = (
+        {k: list(v) for k, v in (signups or {}).items()} if feed.records == "enrollments" else {})
     for record in records:
         if record.payload is None or record.key is None or record.content_hash is None:
             continue
         hashes = seen.setdefault(record.key, set())
+        mine = signed.get(record.key, [])
+        if record.content_hash in {content for _, content in mine[1:]}:
+            record.status = "duplicate"  # a corrected sign-up again
+            hashes.add(record.content_hash)
+            continue
+        if signup_status(state for state, _ in mine) == "refused" and record.content_hash not in {
+                content for _, content in mine}:
+            corrected = f"{record.key}+{len(mine)}"
+            mine.append(("queued", record.content_hash))  # later versions follow this one
+            record.status = "new"
+            record.key = corrected
+            record.payload = {**record.payload, "transaction_id": corrected}
+            hashes.add(record.content_hash)
+            continue
         if not hashes:
             record.status = "new"
         elif record.content_hash in hashes:
