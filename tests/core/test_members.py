@@ -202,3 +202,18 @@ def test_timestamps_before_the_earliest_date_are_rejected() -> None:
     claims = Feed(name="c", records="claims")
     assert codes(claims, {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "1970-01-01T00:00:00Z"}
                  ) == ["R107_BAD_MEMBER_TIMESTAMP"]
+
+
+def test_a_members_business_date_is_read_as_a_checkouts_is() -> None:
+    from tests.core.helpers import row, run
+
+    stamps = ["2026-11-20T23:30:00Z", "2026-11-20T23:30:00+01:00", "2026-11-20T23:30:00",
+              "2026-11-21T00:30:00+01:00"]
+    feed = Feed(name="m", records="enrollments", timezone="Europe/Berlin")
+    members = member_records(enumerate([enrollment(enrolled_at=s) for s in stamps], start=2), feed,
+                             today=TODAY)
+    checkouts = run([row(transaction_id=f"T{i}", timestamp=s, business_date="") for i, s in enumerate(stamps)],
+                    Feed(name="c", timezone="Europe/Berlin")).checkouts
+    days = [str(d) for d in checkouts.sort("transaction_id").get_column("business_date").to_list()]
+    assert [m.business_date for m in members] == days == ["2026-11-20", "2026-11-20", "2026-11-20",
+                                                          "2026-11-21"]
