@@ -212,8 +212,8 @@ def test_a_members_business_date_is_read_as_a_checkouts_is() -> None:
     feed = Feed(name="m", records="enrollments", timezone="Europe/Berlin")
     members = member_records(enumerate([enrollment(enrolled_at=s) for s in stamps], start=2), feed,
                              today=TODAY)
-    checkouts = run([row(transaction_id=f"T{i}", timestamp=s, business_date="") for i, s in enumerate(stamps)],
-                    Feed(name="c", timezone="Europe/Berlin")).checkouts
+    lines = [row(transaction_id=f"T{i}", timestamp=s, business_date="") for i, s in enumerate(stamps)]
+    checkouts = run(lines, Feed(name="c", timezone="Europe/Berlin")).checkouts
     days = [str(d) for d in checkouts.sort("transaction_id").get_column("business_date").to_list()]
     assert [m.business_date for m in members] == days == ["2026-11-20", "2026-11-20", "2026-11-20",
                                                           "2026-11-21"]
