@@ -9,7 +9,8 @@ different details a conflict, or, for enrollments with ``enrollments.changes = "
 profile update with a key of its own.
 
 Keys never show personal data: an enrollment's key is the masked customer id
-(``cust:<12 hex>``); a claim's is ``claim:<transaction_id>``.
+(``cust:<12 hex>``; ``cust:<12 hex>+<n>`` for a corrected sign-up after refused ones); a
+claim's is ``claim:<transaction_id>``.
 """
 
 from __future__ import annotations
