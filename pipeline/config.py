@@ -360,6 +360,8 @@ class EnrollmentsConfig(_Model):
     # a member enrolled again with different details: "hold" (a conflict for review) or
     # "profile" (sent as a profile update)
     changes: Literal["hold", "profile"] = "hold"
+    # a birth_date making the member older than this (at enrolled_at) is rejected (R105)
+    max_age_years: int = Field(default=130, ge=1, le=200)
 
 
 class ClaimsConfig(_Model):
@@ -370,6 +372,10 @@ class ClaimsConfig(_Model):
     # a claim of a checkout this ledger does not know: "not_sent" (unmatched_claim) or "send"
     # (the checkout reached the platform another way)
     unknown_checkouts: Literal["not_sent", "send"] = "not_sent"
+    # the ledger scope of the enrollment feed whose sign-ups the claims' members are: a claim
+    # waits while its member's sign-up there is pending, and is not sent when it was refused
+    # (None: not checked)
+    enrollment_scope: str | None = None
 
 
 class ResumeConfig(_Model):

@@ -9,7 +9,8 @@ different details a conflict, or, for enrollments with ``enrollments.changes = "
 profile update with a key of its own.
 
 Keys never show personal data: an enrollment's key is the masked customer id
-(``cust:<12 hex>``); a claim's is ``claim:<transaction_id>``.
+(``cust:<12 hex>``; ``cust:<12 hex>+<n>`` for a corrected sign-up after refused ones); a
+claim's is ``claim:<transaction_id>``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from pipeline.config import Feed
 from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
+from pipeline.core.validate.control import SCIENTIFIC_RE
 from pipeline.logs import mask_customer_id
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "mask_phone",
     "member_records",
     "missing_columns",
+    "signup_key",
+    "signup_status",
 ]
 
 ENROLLMENT_COLUMNS = (
@@ -53,6 +57,7 @@ PERSONAL_FIELDS = ("email", "phone", "first_name", "last_name", "birth_date")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 _PHONE_STRIP = re.compile(r"[\s.\-()/]")
 _PHONE = re.compile(r"^\+?[0-9]{6,15}$")
+_SCIENTIFIC = re.compile(SCIENTIFIC_RE)
 # ids, and an email, hold no control or format character (a zero-width space, a bidi mark...);
 # names and other text none of the control characters (a name's bidi mark is how it is written)
 _ID_CONTROL = ("Cc", "Cf")
@@ -202,6 +207,13 @@ def _out_of_range(day: date, today: date, feed: Feed) -> str | None:
     return None
 
 
+def _older_than(born: date, day: date, years: int) -> bool:
+    """Whether someone born on ``born`` is more than ``years`` years old on ``day`` (a day past
+    their ``years``-th birthday is older)."""
+    age = day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+    return age > years or (age == years and (day.month, day.day) != (born.month, born.day))
+
+
 def _bad_text(record: MemberRecord, values: Mapping[str, str | None], ids: tuple[str, ...],
               feed: Feed) -> MemberRecord | None:
     """``record`` rejected for a value longer than ``validation.max_field_chars`` (R031) or an
@@ -216,6 +228,11 @@ def _bad_text(record: MemberRecord, values: Mapping[str, str | None], ids: tuple
         if value and _control(value, _ID_CONTROL):
             return _reject(record, RejectCode.CONTROL_CHARACTER_IN_ID, name,
                            f"{name} holds a control or format character")
+    customer = values.get("customer_id")
+    if customer and _SCIENTIFIC.match(customer):
+        return _reject(record, RejectCode.ID_IN_SCIENTIFIC_NOTATION, "customer_id",
+                       f"customer_id '{mask_customer_id(customer)}' is a number in scientific notation "
+                       "(a spreadsheet's rounding): the real id is lost")
     return None
 
 
@@ -263,6 +280,10 @@ def _enrollment(line: int, fields: dict[str, str | None], custom: dict[str, str]
             return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date is in the future")
         if born > enrolled.date():
             return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date", "birth_date is after enrolled_at")
+        if _older_than(born, enrolled.date(), feed.enrollments.max_age_years):
+            return _reject(record, RejectCode.BAD_BIRTH_DATE, "birth_date",
+                           f"birth_date makes the member older than {feed.enrollments.max_age_years} "
+                           "years (enrollments.max_age_years)")
         birth = born.isoformat()
     consents: dict[str, bool] = {}
     for name in ("consent_email", "consent_sms"):
@@ -323,6 +344,27 @@ def _claim(line: int, fields: dict[str, str | None], feed: Feed, today: date) ->
     return record
 
 
+def signup_key(key: str) -> str:
+    """The member key a record's key belongs to: a profile update's ``<key>#<hash>`` and a
+    corrected sign-up's ``<key>+<hash>`` belong to ``<key>``."""
+    return re.split(r"[#+]", key, maxsplit=1)[0]
+
+
+def signup_status(states: Iterable[str]) -> str | None:
+    """Where a member's sign-up stands, from the states of its sign-up rows (the first and any
+    corrected ones): ``"accepted"`` (one reached the platform), ``"pending"`` (one may still:
+    queued, in doubt or failed retryable), ``"refused"`` (every one was refused or not sent), or
+    None (this ledger sent none: the member signed up another way)."""
+    seen = set(states)
+    if "accepted" in seen:
+        return "accepted"
+    if seen & {"queued", "sending", "failed_retryable"}:
+        return "pending"
+    if seen & {"failed_permanent", "not_sent"}:
+        return "refused"
+    return None
+
+
 def member_records(rows: Iterable[tuple[int, Mapping[str, Any]]], feed: Feed, *, today: date
                    ) -> list[MemberRecord]:
     """Validate ``(source_line, raw row)`` pairs into records (not yet deduplicated). A row the
@@ -360,20 +402,43 @@ def _unreadable(line: int, fields: dict[str, str | None], feed: Feed, code: str,
     return record
 
 
-def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], feed: Feed) -> None:
+def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], feed: Feed, *,
+                  signups: Mapping[str, Sequence[tuple[str, str | None]]] | None = None) -> None:
     """Mark each valid record new, duplicate, conflict or update, in order, against ``known``
     (key → content hashes the ledger holds) and the records before it.
 
     An exact repeat is a duplicate. A key seen with other content is a conflict; for enrollments
     with ``enrollments.changes = "profile"`` it is an update instead, keyed
     ``<key>#<12 hex of its hash>`` (sent once as a profile event, itself deduplicated).
+
+    ``signups`` (enrollments): each member's sign-ups the ledger holds, oldest first, as
+    (state, content hash). When the platform refused every one of them, a version that is none
+    of them is a corrected sign-up: new, keyed ``<key>+<n>`` (the member's n-th correction) and
+    sent as an ``opt_in`` once (the platform created nobody; an ``opt_in`` that finds the member
+    anyway is settled as already accepted). A repeat of any sign-up is a duplicate.
     """
     seen: dict[str, set[str]] = {k: set(v) for k, v in known.items()}
     updates = feed.records == "enrollments" and feed.enrollments.changes == "profile"
+    signed: dict[str, list[tuple[str, str | None]]] = (
+        {k: list(v) for k, v in (signups or {}).items()} if feed.records == "enrollments" else {})
     for record in records:
         if record.payload is None or record.key is None or record.content_hash is None:
             continue
         hashes = seen.setdefault(record.key, set())
+        mine = signed.get(record.key, [])
+        if record.content_hash in {content for _, content in mine[1:]}:
+            record.status = "duplicate"  # a corrected sign-up again
+            hashes.add(record.content_hash)
+            continue
+        if signup_status(state for state, _ in mine) == "refused" and record.content_hash not in {
+                content for _, content in mine}:
+            corrected = f"{record.key}+{len(mine)}"
+            mine.append(("queued", record.content_hash))  # later versions follow this one
+            record.status = "new"
+            record.key = corrected
+            record.payload = {**record.payload, "transaction_id": corrected}
+            hashes.add(record.content_hash)
+            continue
         if not hashes:
             record.status = "new"
         elif record.content_hash in hashes:

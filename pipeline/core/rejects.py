@@ -60,6 +60,7 @@ class RejectCode(StrEnum):
     BAD_CONSENT = "R106_BAD_CONSENT"
     BAD_MEMBER_TIMESTAMP = "R107_BAD_MEMBER_TIMESTAMP"
     CONTROL_CHARACTER_IN_TEXT = "R108_CONTROL_CHARACTER_IN_TEXT"
+    ID_IN_SCIENTIFIC_NOTATION = "R033_ID_IN_SCIENTIFIC_NOTATION"
 
 
 # the codes the readers give a record they cannot read (checked first: such a record has no
@@ -99,6 +100,10 @@ CATALOG: dict[RejectCode, str] = {
     "product_id, store_id, register_id; an enrollment's or claim's customer_id, store_id, "
     "transaction_id) holds a control or format character (Unicode categories Cc, Cf: tabs, line "
     "breaks, zero-width and bidi marks...).",
+    RejectCode.ID_IN_SCIENTIFIC_NOTATION: "A customer_id (of a checkout, an enrollment or a claim) "
+    "is a number in scientific notation, as a spreadsheet saves a long numeric id (1.23457E+11, "
+    "1.2E+5: digits, an optional decimal part, E and a signed exponent): the real id is lost, and "
+    "sent it would name another member or nobody. Export the column as text.",
     RejectCode.BAD_NUMBER: "A number (quantity, unit_price, discount, line_total, transaction_total, "
     "points_burned, line_no) cannot be read exactly: not a number, or more decimal places than kept "
     "(4 for money, 3 for quantities, 0 for line_no); in POSLog, also a number element that is there "
@@ -157,7 +162,8 @@ CATALOG: dict[RejectCode, str] = {
     "holds a control character (Unicode category Cc: tabs, line breaks, terminal escapes); format "
     "characters such as a right-to-left mark are how some names are written and are kept.",
     RejectCode.BAD_BIRTH_DATE: "The birth_date cannot be read (YYYY-MM-DD or format.date_format) or "
-    "is in the future or after enrolled_at.",
+    "is in the future, after enrolled_at, or makes the member older than enrollments.max_age_years "
+    "(130 unless set) at enrolled_at (1800-01-01: a placeholder, not a birthday).",
     RejectCode.BAD_CONSENT: "consent_email or consent_sms is not one of true, false, yes, no, 1, 0.",
     RejectCode.BAD_MEMBER_TIMESTAMP: "enrolled_at or claimed_at cannot be read (ISO 8601 or "
     "format.timestamp_format), or its date is before validation.earliest_date (2000-01-01 unless "

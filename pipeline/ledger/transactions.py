@@ -28,6 +28,30 @@ class Transactions:
                 found[row["transaction_id"]] = txn_record(row)
         return found
 
+    def signups(self, scope: str, keys: Sequence[str]) -> dict[str, list[TxnRecord]]:
+        """The sign-ups (primary ``enrollment`` rows) of each member key of ``scope``, oldest
+        first: the row keyed ``key``, then its corrected sign-ups ``key+1``, ``key+2``... (each
+        looked up by its exact key). A member the ledger holds no sign-up of is left out."""
+        found: dict[str, list[TxnRecord]] = {}
+        level = {key: key for key in keys}  # the ids to look up -> their member's key
+        number = 0
+        while level:
+            ids = list(level)
+            deeper: dict[str, str] = {}
+            for chunk in chunks(ids):
+                for row in self._db.query(
+                    f"SELECT {TXN_COLUMNS} FROM transactions t WHERE t.scope = ? "
+                    f"AND t.transaction_id IN ({marks(len(chunk))}) AND t.state IN {PRIMARY_SQL} "
+                    "AND t.transaction_type = 'enrollment'",
+                    (scope, *chunk),
+                ):
+                    record = txn_record(row)
+                    member = level[str(record.transaction_id)]
+                    found.setdefault(member, []).append(record)
+                    deeper[f"{member}+{number + 1}"] = member
+            level, number = deeper, number + 1
+        return found
+
     def transactions_by_row_id(
         self, row_ids: Sequence[int], *, with_checkout: bool = False
     ) -> list[TxnRecord]:

@@ -65,6 +65,7 @@ __all__ = ["ALREADY_OPTED_IN", "ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAd
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
 ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier opt_in landed
+SIGNUP_PENDING = "signup_pending"  # a profile update held back: its member's opt_in was not accepted
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
@@ -138,6 +139,11 @@ class AntavoAdapter:
         self.read_api_url = (target.read_api_url or target.base_url).rstrip("/")
         self._readback_wait = (target.readback_wait_seconds if target.readback_wait_seconds is not None
                                else target.timeout_seconds)
+        # members: the opt_ins planned (transaction id -> customer), the customers they signed up,
+        # and each profile update's customer (an update waits for its member's opt_in)
+        self._opt_ins: dict[str, str] = {}
+        self._signed_up: set[str] = set()
+        self._updates: dict[str, str] = {}
         self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
@@ -171,6 +177,9 @@ class AntavoAdapter:
                 if row["record"] == "profile":  # after the member's opt_in and earlier updates
                     customer = str(row["customer_id"])
                     updating[customer] = phase = updating.get(customer, 0) + 1
+                    self._updates[tid] = customer
+                elif row["record"] == "enrollment":
+                    self._opt_ins[tid] = str(row["customer_id"])
                 if row["record"] == "claim" or self.target.bulk_size == 1:
                     singles.append(Batch((_unit(tid, [event]),), route="single", phase=phase))
                 else:
@@ -244,7 +253,9 @@ class AntavoAdapter:
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """Build and sign one attempt; refunds that may have landed are read back first."""
         route, units = batch.route, list(batch.units)
-        landed: list[EventResult] = []
+        landed = self._waiting_for_opt_in(units)
+        if landed:
+            units = [unit for unit in units if unit.transaction_id not in {r.transaction_id for r in landed}]
         # refunds that may have landed before this attempt, with when: a refusal of the whole
         # request (nothing of it landed) leaves them so, to be read back again before a resend
         before = {unit.transaction_id: self._returns[unit.transaction_id].since
@@ -253,7 +264,8 @@ class AntavoAdapter:
             settled = await self._read_back(units, client)
             if isinstance(settled, RequestFailure):
                 return settled
-            landed, units = settled
+            found, units = settled
+            landed = landed + found
         empty = [unit for unit in units if not unit.payload]  # nothing left to send of these
         if empty:
             landed = landed + [EventResult(u.transaction_id, Outcome.NOT_SENT,
@@ -277,6 +289,18 @@ class AntavoAdapter:
                 self._sent.add(unit.transaction_id)
                 self._returns[unit.transaction_id].since = now
         return self._request(sent)
+
+    def _waiting_for_opt_in(self, units: Sequence[Unit]) -> list[EventResult]:
+        """A retryable result, not sent, for each profile update whose member's opt_in went in
+        this submission and did not sign them up (Antavo would refuse the update for good:
+        160212); the next run sends it once the sign-up is accepted."""
+        failed = set(self._opt_ins.values()) - self._signed_up
+        return [
+            EventResult(unit.transaction_id, Outcome.RETRYABLE, error_code=SIGNUP_PENDING,
+                        error_message="not sent: the member's opt_in in this run was not accepted; "
+                                      "the update waits for it", attempts=0)
+            for unit in units if self._updates.get(unit.transaction_id) in failed
+        ]
 
     def _request(self, batch: Batch) -> PreparedRequest:
         path = "/events" if batch.route == "single" else "/events/bulk"
@@ -394,6 +418,8 @@ class AntavoAdapter:
         results: list[EventResult] = []
         for result in answer:
             tid = result.transaction_id
+            if tid in self._opt_ins and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+                self._signed_up.add(self._opt_ins[tid])
             if tid in self._returns and result.outcome is Outcome.ACCEPTED:
                 # some lines may have been found by a read-back and the rest sent now: the result
                 # carries every event id of the return

@@ -17,7 +17,13 @@ from datetime import datetime
 from decimal import Decimal
 
 from pipeline.config import Feed
-from pipeline.core.members import dedup_members, mask_personal, member_records, missing_columns
+from pipeline.core.members import (
+    MemberRecord,
+    dedup_members,
+    mask_personal,
+    member_records,
+    missing_columns,
+)
 from pipeline.core.parse import read_table
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
@@ -41,6 +47,17 @@ def _rows(staged: StagedFile, feed: Feed) -> list[tuple[int, dict[str, object]]]
     if missing:
         raise UnreadableFileError(staged.record.name, f"required columns missing: {', '.join(missing)}")
     return [(int(row.pop("source_line")), row) for row in frame.iter_rows(named=True)]
+
+
+def _signups(ledger: Ledger, feed: Feed, records: Sequence[MemberRecord]
+             ) -> dict[str, list[tuple[str, str | None]]]:
+    """The sign-ups the ledger holds of the members of ``records``, as (state, content hash),
+    oldest first (an enrollment feed's; nothing for claims)."""
+    if feed.records != "enrollments":
+        return {}
+    keys = sorted({r.key for r in records if r.key and r.payload is not None})
+    return {key: [(r.state.value, r.content_hash) for r in rows]
+            for key, rows in ledger.signups(feed.scope, keys).items()}
 
 
 def transform_members(
@@ -74,7 +91,7 @@ def transform_members(
         known: dict[str, set[str]] = {}
         for key, content_hash in ledger.known(feed.scope, keys):
             known.setdefault(key, set()).add(content_hash)
-        dedup_members(records, known, feed)
+        dedup_members(records, known, feed, signups=_signups(ledger, feed, records))
         kind = "enrollment" if feed.records == "enrollments" else "claim"
         transactions: list[NewTransaction] = []
         rejects: list[NewReject] = []

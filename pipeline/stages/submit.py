@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import AntavoTarget, Feed
-from pipeline.core.members import PERSONAL_FIELDS
+from pipeline.core.members import PERSONAL_FIELDS, signup_key, signup_status
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.progress import NullProgress, Progress
@@ -36,13 +36,16 @@ from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.stages.returns import with_return_context
 
 __all__ = [
-    "BATCH_SIZE", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows", "gate_claims",
-    "gate_returns", "personal_values",
+    "BATCH_SIZE", "MEMBER_NOT_ENROLLED", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows",
+    "gate_claims", "gate_returns", "gate_signups", "personal_values",
     "sales_first_batches", "submit_rows", "with_originals", "without_personal",
 ]
 
 log = logging.getLogger(__name__)
 
+# a claim or profile update of a member whose sign-up the platform refused (never sent)
+MEMBER_NOT_ENROLLED = "member_not_enrolled"
+PROFILE = "profile"  # the transaction_type of a member's profile update
 # a return naming itself, another return or a void (a target-level code of both targets)
 ORIGINAL_NOT_A_SALE = "original_not_a_sale"
 BATCH_SIZE = 2000  # checkouts handed to the sink at a time (each hand-over lets the requests in flight drain)
@@ -89,7 +92,7 @@ def decide_rows(
     how many were settled."""
     batch_size = batch_size or BATCH_SIZE
     settled = 0
-    for batch in sales_first_batches(ledger, row_ids, batch_size):
+    for batch in sales_first_batches(ledger, row_ids, batch_size, last=_last(feed)):
         rows = ledger.transactions_by_row_id(batch, with_checkout=True)
         checkouts, unsent = checkouts_of(ledger, feed, rows)
         personal = personal_values(feed, checkouts)
@@ -98,6 +101,11 @@ def decide_rows(
         ledger.apply_results(feed.scope, results, run_id)
         settled += len(results)
     return settled
+
+
+def _last(feed: Feed) -> str:
+    """The transaction type a feed sends after the others (:func:`sales_first_batches`)."""
+    return PROFILE if feed.records == "enrollments" else TransactionType.RETURN
 
 
 def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
@@ -116,6 +124,11 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
     unsent: list[EventResult] = []
     if feed.records == "claims":
         decoded, unsent = gate_claims(ledger, feed, decoded)
+        if feed.claims.enrollment_scope:
+            decoded, refused = gate_signups(ledger, feed.claims.enrollment_scope, decoded)
+            unsent += refused
+    elif feed.records == "enrollments":
+        decoded, unsent = gate_signups(ledger, feed.scope, decoded)
     elif feed.records == "transactions":
         decoded, unsent = gate_returns(ledger, feed.scope, decoded)
     checkouts = with_originals(ledger, feed.scope, decoded)
@@ -157,10 +170,13 @@ def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
     return [i for i in row_ids if i not in returns] + [i for i in row_ids if i in returns]
 
 
-def sales_first_batches(ledger: Ledger, row_ids: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+def sales_first_batches(ledger: Ledger, row_ids: Sequence[int], batch_size: int, *,
+                        last: str = TransactionType.RETURN) -> Iterator[list[int]]:
     """:func:`sales_first` in batches of ``batch_size`` ids, the same batches, made one at a time
-    (only the run's returns are kept aside: no second list of the whole day)."""
-    returns = ledger.rows_of_type(row_ids, TransactionType.RETURN)
+    (only the run's returns are kept aside: no second list of the whole day). ``last`` is the
+    type that goes after the others: returns, or an enrollment feed's profile updates (after
+    every sign-up they may need)."""
+    returns = ledger.rows_of_type(row_ids, last)
     ordered = itertools.chain((i for i in row_ids if i not in returns), (i for i in row_ids if i in returns))
     while batch := list(itertools.islice(ordered, batch_size)):
         yield batch
@@ -303,6 +319,57 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
     return ready, unsent
 
 
+def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]]
+                 ) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """The claims and profile updates that may be sent now, and a NOT_SENT result
+    (``member_not_enrolled``) for each whose member's sign-up the platform refused.
+
+    A claim or a profile update of a member the platform does not have yet would be refused
+    (Antavo 160212, for good). So while the member's sign-up in ``scope`` (the ledger's
+    enrollments) is pending (queued, in doubt, failed retryable) it waits, left queued; a
+    profile update goes along with a sign-up sent in the same batch (it is sent after the
+    ``opt_in``, and held by the sink if that fails). A member this ledger has no sign-up of
+    signed up another way: the platform judges. Everything else passes through.
+    """
+    def key_of(row: dict[str, Any]) -> str | None:
+        if row.get("record") == "claim" and row.get("customer_id"):
+            return mask_customer_id(str(row["customer_id"]))
+        if row.get("record") == PROFILE:
+            return signup_key(str(row["transaction_id"]))
+        return None
+
+    keys: dict[str, str] = {}  # transaction id -> its member's key
+    for row in rows:
+        if (key := key_of(row)) is not None:
+            keys[str(row["transaction_id"])] = key
+    if not keys:
+        return rows, []
+    signups = ledger.signups(scope, list(keys.values()))
+    in_batch = {str(row["transaction_id"]) for row in rows if row.get("record") == "enrollment"}
+    ready: list[dict[str, Any]] = []
+    unsent: list[EventResult] = []
+    waiting = 0
+    for row in rows:
+        tid = str(row["transaction_id"])
+        found = signups.get(keys[tid], []) if tid in keys else []
+        status = signup_status(r.state.value for r in found)
+        if status == "pending" and not any(r.transaction_id in in_batch for r in found):
+            waiting += 1
+        elif status == "refused":
+            last = found[-1]
+            unsent.append(EventResult(
+                tid, Outcome.NOT_SENT, error_code=MEMBER_NOT_ENROLLED,
+                error_message=f"never sent: the member's sign-up {last.transaction_id} did not reach "
+                              f"the platform ({last.state}: {last.last_error_code or 'no code'})",
+                attempts=0))
+        else:
+            ready.append(row)
+    if waiting:
+        log.info("%d claim(s) or profile update(s) wait for their member's sign-up in scope %r",
+                 waiting, scope)
+    return ready, unsent
+
+
 def _not_claimable(checkout: TxnRecord) -> tuple[str, str] | None:
     """(code, why) when a recorded checkout can never be claimed: a return, or a checkout that
     names a member (its customer id, masked or not, is in the stored checkout)."""
@@ -376,7 +443,7 @@ async def _submit(
     sink = make_sink(feed)
     progress.start("submit", len(row_ids))
     try:
-        for number, batch in enumerate(sales_first_batches(ledger, row_ids, batch_size)):
+        for number, batch in enumerate(sales_first_batches(ledger, row_ids, batch_size, last=_last(feed))):
             start = number * batch_size  # every batch but the last is full
             if stop is not None and stop.is_set():
                 outcome.stopped = True

@@ -167,6 +167,31 @@ def test_dates_no_member_can_have_are_rejected() -> None:
                  ) == ["R107_BAD_MEMBER_TIMESTAMP"]
 
 
+def test_customer_ids_in_scientific_notation_are_rejected() -> None:
+    feed = Feed(name="m", records="enrollments")
+    rows = [enrollment(customer_id=cid) for cid in ("1.23457E+11", "1.2E+5", "12E45")]
+    records = member_records(enumerate(rows, start=2), feed, today=TODAY)
+    assert [(r.reject_code, r.reject_field) for r in records] == [
+        ("R033_ID_IN_SCIENTIFIC_NOTATION", "customer_id"), ("R033_ID_IN_SCIENTIFIC_NOTATION", "customer_id"),
+        (None, None)]
+    assert records[0].reject_reason is not None and "1.23457E+11" not in records[0].reject_reason
+    claims = Feed(name="c", records="claims")
+    assert codes(claims, {"transaction_id": "T1", "customer_id": "9.87654E+12",
+                          "claimed_at": "2026-11-20T12:00:00Z"}) == ["R033_ID_IN_SCIENTIFIC_NOTATION"]
+
+
+def test_a_birth_date_older_than_the_oldest_member_is_rejected() -> None:
+    feed = Feed(name="m", records="enrollments")
+    assert codes(feed, enrollment(birth_date="1800-01-01"), enrollment(birth_date="1896-11-19"),
+                 enrollment(birth_date="1896-11-21")) == [
+        "R105_BAD_BIRTH_DATE", "R105_BAD_BIRTH_DATE", None]
+    [record] = member_records([(2, enrollment(birth_date="1800-01-01"))], feed, today=TODAY)
+    assert record.reject_reason == "birth_date makes the member older than 130 years " \
+                                   "(enrollments.max_age_years)"
+    younger = Feed(name="m", records="enrollments", enrollments={"max_age_years": 110})
+    assert codes(younger, enrollment(birth_date="1915-01-01")) == ["R105_BAD_BIRTH_DATE"]
+
+
 def test_timestamps_before_the_earliest_date_are_rejected() -> None:
     feed = Feed(name="m", records="enrollments")
     assert codes(feed, enrollment(enrolled_at="0001-01-01T00:00:00"),
@@ -177,3 +202,18 @@ def test_timestamps_before_the_earliest_date_are_rejected() -> None:
     claims = Feed(name="c", records="claims")
     assert codes(claims, {"transaction_id": "T1", "customer_id": "M1", "claimed_at": "1970-01-01T00:00:00Z"}
                  ) == ["R107_BAD_MEMBER_TIMESTAMP"]
+
+
+def test_a_members_business_date_is_read_as_a_checkouts_is() -> None:
+    from tests.core.helpers import row, run
+
+    stamps = ["2026-11-20T23:30:00Z", "2026-11-20T23:30:00+01:00", "2026-11-20T23:30:00",
+              "2026-11-21T00:30:00+01:00"]
+    feed = Feed(name="m", records="enrollments", timezone="Europe/Berlin")
+    members = member_records(enumerate([enrollment(enrolled_at=s) for s in stamps], start=2), feed,
+                             today=TODAY)
+    lines = [row(transaction_id=f"T{i}", timestamp=s, business_date="") for i, s in enumerate(stamps)]
+    checkouts = run(lines, Feed(name="c", timezone="Europe/Berlin")).checkouts
+    days = [str(d) for d in checkouts.sort("transaction_id").get_column("business_date").to_list()]
+    assert [m.business_date for m in members] == days == ["2026-11-20", "2026-11-20", "2026-11-20",
+                                                          "2026-11-21"]

@@ -78,6 +78,7 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("bidi_mark_in_customer", [row(customer_id="\u202eC1")], {}, R.CONTROL_CHARACTER_IN_ID),
     ("tab_inside_product_id", [row(product_id="P\t1")], {}, R.CONTROL_CHARACTER_IN_ID),
     ("control_in_store", [row(store_id="S\x071")], {}, R.CONTROL_CHARACTER_IN_ID),
+    ("customer_id_saved_by_a_spreadsheet", [row(customer_id="1.23457E+11")], {}, R.ID_IN_SCIENTIFIC_NOTATION),
     ("offset_plus_25", [row(timestamp="2026-11-20T10:00:00+25:00")], {}, R.OFFSET_OUT_OF_RANGE),
     ("offset_minus_1430", [row(timestamp="2026-11-20T10:00:00-14:30")], {}, R.OFFSET_OUT_OF_RANGE),
     ("offset_in_arabic_indic_digits", [row(timestamp="2026-11-20T10:00:00+\u0660\u0661:\u0660\u0660")], {},
@@ -453,3 +454,13 @@ def test_a_field_of_exactly_the_limit_is_kept_and_a_long_one_is_named_by_length_
     assert codes(result) == [None, R.FIELD_TOO_LONG.value]
     reason = result.lines.get_column("reject_reason").to_list()[1]
     assert reason == "customer_id is 15 characters long; at most 12 are kept (validation.max_field_chars)"
+
+
+def test_a_customer_id_a_spreadsheet_turned_into_scientific_notation_is_rejected() -> None:
+    # 123456789012 saved by a spreadsheet: the real id is lost, sending it would credit nobody
+    result = run([row(customer_id="1.23457E+11"), row(transaction_id="T2", customer_id="1.2e+5"),
+                  row(transaction_id="T3", customer_id="12E45"), row(transaction_id="T4", customer_id="")])
+    assert codes(result) == [RejectCode.ID_IN_SCIENTIFIC_NOTATION, RejectCode.ID_IN_SCIENTIFIC_NOTATION,
+                             None, None]
+    reasons = result.lines.get_column("reject_reason").to_list()
+    assert "scientific notation" in reasons[0] and "1.23457E+11" not in reasons[0]  # hashed

@@ -6,10 +6,13 @@ import unicodedata
 
 import polars as pl
 
-__all__ = ["CONTROL_RE", "ID_FIELDS", "control_flag", "control_flag_per_line", "shown"]
+__all__ = ["CONTROL_RE", "ID_FIELDS", "SCIENTIFIC_RE", "control_flag", "control_flag_per_line", "shown"]
 
 # Unicode control and format characters (tabs, line breaks, NUL, zero-width and bidi marks)
 CONTROL_RE = r"[\p{Cc}\p{Cf}]"
+# a long numeric id as a spreadsheet saves it (1.23457E+11, 1.2E+5): the exponent's sign is always
+# written, so an id such as 12E45 is not taken for one
+SCIENTIFIC_RE = r"^[0-9]+(?:\.[0-9]+)?[eE][+-][0-9]+$"
 # the id columns that may hold no control or format character, and their typed columns
 ID_FIELDS: tuple[tuple[str, str], ...] = (
     ("transaction_id", "v_transaction_id"),

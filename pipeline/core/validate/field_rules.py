@@ -11,7 +11,7 @@ import polars as pl
 from pipeline.config import Feed
 from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import ISO_4217, READER_CODES, RejectCode
-from pipeline.core.validate.control import ID_FIELDS, shown
+from pipeline.core.validate.control import ID_FIELDS, SCIENTIFIC_RE, shown
 from pipeline.core.validate.exprs import money
 from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS, NUMBER_FIELDS
 from pipeline.core.validate.rule import (
@@ -33,6 +33,7 @@ __all__ = [
     "missing_field_rules",
     "number_rules",
     "reader_rules",
+    "scientific_id_rules",
     "time_format_rules",
 ]
 
@@ -126,6 +127,23 @@ def control_character_rules(feed: Feed) -> list[Rule]:
             )
         )
     return rules
+
+
+def scientific_id_rules(feed: Feed) -> list[Rule]:
+    """A customer id a spreadsheet saved in scientific notation (``1.23457E+11``): the real id is
+    lost (a hashed customer id shown hashed)."""
+    value = masked_customer("customer_id") if hashes_customer("customer_id", feed) else pl.col("customer_id")
+    return [
+        Rule(
+            "customer_id_in_scientific_notation",
+            RejectCode.ID_IN_SCIENTIFIC_NOTATION,
+            "customer_id",
+            pl.col("v_customer_id").str.contains(SCIENTIFIC_RE),
+            reason("customer_id '{}' is a number in scientific notation (a spreadsheet's rounding): "
+                   "the real id is lost", value),
+            needs=("v_customer_id",),
+        )
+    ]
 
 
 def number_rules(feed: Feed) -> list[Rule]:

@@ -16,6 +16,7 @@ from pipeline.core.validate.field_rules import (
     missing_field_rules,
     number_rules,
     reader_rules,
+    scientific_id_rules,
     time_format_rules,
 )
 from pipeline.core.validate.rule import Rule, money_text, reason
@@ -33,6 +34,7 @@ def row_rules(feed: Feed, now: datetime) -> list[Rule]:
         *missing_field_rules(),
         *field_length_rules(feed),
         *control_character_rules(feed),
+        *scientific_id_rules(feed),
         *number_rules(feed),
         *time_format_rules(),
         *code_rules(feed),
