@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 
 from pipeline.config import Feed, Settings
 from pipeline.errors import ConfigError
@@ -275,9 +275,13 @@ def test_overlapping_triggers_never_overlap_runs(settings: Settings, schedulers:
         s.scheduler.modify_job(job_id_for("slow"), next_run_time=datetime.now(UTC))
         assert eventually(lambda b=before: len(skipped) > b)  # type: ignore[misc]
     assert calls.runs == ["slow"]
+    finished: list[JobEvent] = []
+    s.scheduler.add_listener(finished.append, EVENT_JOB_EXECUTED)
     release.set()
+    # the scheduler counts the first run over (then tells its listeners): the next one may start
+    assert eventually(lambda: len(finished) == 1)
     s.scheduler.modify_job(job_id_for("slow"), next_run_time=datetime.now(UTC))
-    assert calls.wait_for(2)  # once the first run is over, the next one may start
+    assert calls.wait_for(2)
 
 
 def test_feeds_sharing_a_scope_wait_for_each_other(settings: Settings,

@@ -138,7 +138,9 @@ def describe(exc: BaseException) -> str:
     """A short description of a connection problem for messages."""
     if isinstance(exc, socket.timeout | TimeoutError):
         return "timed out"
-    if isinstance(exc, EOFError) and not str(exc):
+    if (isinstance(exc, EOFError) and not str(exc)) or (
+        isinstance(exc, paramiko.SSHException) and str(exc).strip() == "Server connection dropped:"
+    ):  # paramiko's words for an EOF met mid-request (its message then ends with the EOF's, empty)
         return "the server closed the connection"
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, paramiko.SSHException) else f"{type(exc).__name__}: {text}"

@@ -13,6 +13,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import paramiko
 import pytest
 
 import pipeline.sources.sftp_stream as stream_module
@@ -26,6 +27,7 @@ from pipeline.errors import (
 )
 from pipeline.sources.base import RemoteFile, SourceFileChangedError
 from pipeline.sources.sftp import SftpSource
+from pipeline.sources.sftp_connect import describe
 from pipeline.testing.sshd import free_port
 from tests.sftp_fixtures import SftpServer, SftpUser
 
@@ -598,3 +600,11 @@ def test_a_file_the_account_may_not_read_fails_at_once_naming_it(
             source.fetch(found["a.csv"], tmp_path / "staging")
         assert source.fetch(found["b.csv"], tmp_path / "staging").sha256 == sha(CSV)
     assert sleeps == []
+
+
+@pytest.mark.parametrize("closed", [EOFError(), paramiko.SSHException("Server connection dropped: ")],
+                         ids=["between-requests", "mid-request"])
+def test_a_connection_the_server_closed_is_said_so_however_paramiko_meets_it(closed: Exception) -> None:
+    # paramiko raises a bare EOFError, or, when the EOF meets a request it waits on, an SSHException
+    # whose message ends with the EOF's own (empty): which one depends on timing
+    assert describe(closed) == "the server closed the connection"
