@@ -55,7 +55,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, read_body
-from pipeline.sandbox.state import DropConnection, Fault, SandboxState
+from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, lost_answer
 
 __all__ = [
     "PLATFORM",
@@ -615,12 +615,12 @@ def _endpoint(
             document = envelope(exc.data, exc.code, exc.message)
         else:
             document = envelope(data)
-        if fault is Fault.LOST_RESPONSE:
+        if fault in ANSWER_LOST:
             if request.url.path.endswith(("/show", "/list")):
                 state.count("lost_lookup_answers")  # a lookup changes nothing: no transaction to note
             else:
                 state.note_lost(_references(body, document.get("data")))
-            return DropConnection()
+            return lost_answer(fault)
         return _answer(document)
 
     return handle

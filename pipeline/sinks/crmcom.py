@@ -86,6 +86,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+UNPROVEN = "unproven_answer"  # a 2xx answer that says nothing of the purchases sent
+
 LOOKUP_TRIES = 3  # a lookup without a usable answer (timeout, dropped connection, 5xx) is asked again
 # bytes kept in every request for its token, which is known only when the request is built (a
 # longer token takes a full request over max_request_bytes by the difference)
@@ -536,6 +538,10 @@ class CrmcomAdapter:
             return RequestFailure(401, envelope.code, f"refused again after renewal: {envelope.message}")
         if envelope.code == MALFORMED and status >= 400:
             return RequestFailure(status, f"http_{status}", envelope.message)
+        if envelope.code == MALFORMED:
+            # a 2xx without a status envelope (empty, not JSON) is no verdict: the purchases may
+            # have landed, so they stay in doubt and are looked up before they are sent again
+            return RequestFailure(status, UNPROVEN, f"{envelope.message}: it may have landed")
         if batch.route == "bulk":
             results = results_of_bulk(carried, envelope, self.target)
         else:

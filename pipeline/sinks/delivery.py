@@ -222,6 +222,8 @@ class DeliveryPolicy:
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
     timeout_seconds: float = 30.0
+    # the longest a platform's Retry-After is honoured (a longer one, "inf" or a far date: this)
+    retry_after_max_seconds: float = 300.0
     # keep this share of the limit as headroom for clock and latency differences with the server
     rate_headroom: float = 0.02
     burst: int | None = None  # None: a few requests, never a minute's worth
@@ -236,6 +238,7 @@ class DeliveryPolicy:
             backoff_base_seconds=target.backoff_base_seconds,
             backoff_max_seconds=target.backoff_max_seconds,
             timeout_seconds=target.timeout_seconds,
+            retry_after_max_seconds=getattr(target, "retry_after_max_seconds", 300.0),
             rate_headroom=getattr(target, "rate_headroom", 0.02),
         )
 
@@ -258,8 +261,17 @@ class DeliveryPolicy:
         limit = self.requests_per_minute * (1 - self.rate_headroom)
         return max(limit - self.bucket_capacity(), self.requests_per_minute / 10)
 
+    def honoured(self, retry_after: float | None) -> float | None:
+        """A platform's Retry-After as it is waited: never below 0 nor above
+        ``retry_after_max_seconds`` (so "inf", "1e999" or a date years ahead wait that long)."""
+        if retry_after is None or math.isnan(retry_after):
+            return None
+        return min(max(0.0, retry_after), self.retry_after_max_seconds)
+
     def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Delay before attempt ``attempt + 1``: Retry-After when given, else exponential + jitter."""
+        """Delay before attempt ``attempt + 1``: Retry-After when given (see :meth:`honoured`),
+        else exponential + jitter."""
+        retry_after = self.honoured(retry_after)
         if retry_after is not None:
             return retry_after + rng.uniform(0, min(1.0, retry_after * 0.1))
         ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
@@ -279,7 +291,10 @@ def disposition(failure: RequestFailure) -> Disposition:
     """The one place that decides retryable-now vs later vs stop for a failed request."""
     if failure.reauthenticate:
         return Disposition.RETRY
-    if failure.status is None or failure.status in (408, 425, 429) or failure.status >= 500:
+    # no answer, or a 2xx that is no verdict (empty, not JSON, naming nothing sent): the request
+    # may have landed, and the adapter settles that before anything goes out again
+    if (failure.status is None or failure.status in (408, 425, 429) or failure.status >= 500
+            or 200 <= failure.status < 300):
         return Disposition.RETRY
     if failure.status in (401, 403):
         return Disposition.HALT
@@ -289,17 +304,22 @@ def disposition(failure: RequestFailure) -> Disposition:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None when absent/invalid."""
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None when absent/invalid.
+
+    Never negative; ``nan`` is invalid, ``inf`` / ``1e999`` / a date years ahead are returned as
+    they are, for :meth:`DeliveryPolicy.honoured` to cap."""
     if not value:
         return None
     text = value.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -565,8 +585,12 @@ class _Submission:
     def on_failure(self, batch: Batch, attempt: int, failure: RequestFailure) -> None:
         self.report.failures += 1
         decision = disposition(failure)
-        if failure.retry_after is not None:
-            self.bucket.pause(failure.retry_after)
+        wait = self.policy.honoured(failure.retry_after)
+        if wait is not None:
+            if failure.retry_after is not None and failure.retry_after > wait:
+                logger.warning("the platform asked to wait %s s (Retry-After); waiting %s s "
+                               "(target.retry_after_max_seconds)", failure.retry_after, wait)
+            self.bucket.pause(wait)
         if decision is Disposition.SPLIT:
             self._split(batch, attempt, failure)
             return
