@@ -43,8 +43,10 @@ from pipeline.records import TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.crmcom_lookup import Answer, LookupResult, TokenRefused, look_up
 from pipeline.sinks.crmcom_purchases import (
+    CONFLICTING,
     CONTENT_TYPE,
     MALFORMED,
+    MISSING,
     CrmcomRejectCode,
     Envelope,
     OriginalLookup,
@@ -549,7 +551,7 @@ class CrmcomAdapter:
             results = [result_of(tid, envelope, self.target, cancel=batch.route == "cancel")]
         for result in results:
             if (
-                result.error_code not in ("MISSING_FROM_RESPONSE", None)
+                result.error_code not in (MISSING, CONFLICTING, None)
                 or result.outcome is not Outcome.RETRYABLE
             ):
                 # a definite answer: a refused one did not land, an accepted one is settled
