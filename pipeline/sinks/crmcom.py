@@ -39,6 +39,7 @@ from typing import Any
 
 from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
+from pipeline.logs import register_secret
 from pipeline.records import TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.crmcom_lookup import Answer, LookupResult, TokenRefused, look_up
@@ -240,6 +241,7 @@ class TokenProvider:
             )
             raise AuthenticationFailed(self._refused)
         self.issued += 1
+        register_secret(str(token))  # redacted wherever a platform message echoes it
         log.info("obtained a CRM.COM token (%s auth)", self._target.auth)
         return str(token)
 
@@ -580,4 +582,5 @@ def make_crmcom_sink(
         raise ConfigError("not a CRM.COM target", key="target.kind")
     credentials = Credentials.resolve(target, feed.resolve_path)
     adapter = CrmcomAdapter(target, credentials, originals=originals, clock=clock)
-    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng)
+    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng,
+                        mask_customers=feed.logging.hash_customer_ids)

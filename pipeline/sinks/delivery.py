@@ -44,6 +44,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from pipeline.logs import customer_ids_pattern, masked_match, redact
 from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome, RetryClass
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout, tls_context
 
@@ -415,9 +416,11 @@ class DeliveryEngine:
         *,
         client: HttpClient | None = None,
         rng: random.Random | None = None,
+        mask_customers: bool = False,
     ):
         self.adapter = adapter
         self.policy = policy
+        self.mask_customers = mask_customers
         self._client = client
         self._rng = rng or random.Random()
         # one bucket for the engine's life: submissions in a row share the limit (and any pause)
@@ -460,6 +463,9 @@ class DeliveryEngine:
     ) -> DeliveryReport:
         """Deliver every checkout; ``on_result`` is called exactly once per transaction."""
         run = _Submission(self, on_sending, on_result, stop)
+        if self.mask_customers:
+            run.customers = {str(c["transaction_id"]): str(c["customer_id"])
+                             for c in checkouts if c.get("customer_id")}
         started = time.monotonic()
         plan = self.adapter.plan(checkouts)
         for result in plan.unsent:
@@ -493,6 +499,14 @@ class _Submission:
         self.bucket = engine.bucket
         self.pending = 0
         self.queue: asyncio.Queue[tuple[Batch, int] | None] = asyncio.Queue()
+        self.customers: dict[str, str] = {}  # with masking: each transaction's customer id
+
+    def loggable(self, batch: Batch, text: str) -> str:
+        """A platform's message as the log may show it: our secrets redacted and, with masking,
+        the batch's customer ids masked (a platform may echo what it was sent)."""
+        text = redact(text)
+        customers = [self.customers[t] for t in batch.transaction_ids if t in self.customers]
+        return customer_ids_pattern(customers).sub(masked_match, text) if customers else text
 
     def settle(self, result: EventResult) -> None:
         if result.transaction_id in self.settled:
@@ -599,14 +613,14 @@ class _Submission:
             if failure.status == 429 and failure.retry_after is None:
                 self.bucket.pause(delay)  # over the limit: everyone waits, not just this batch
             logger.info("request failed (%s: %s); attempt %d of %d in %.2fs", failure.code,
-                        failure.message, attempt + 1, self.policy.max_attempts, delay)
+                        self.loggable(batch, failure.message), attempt + 1, self.policy.max_attempts, delay)
             self._later(batch, attempt + 1, delay)
             return
         retry_class = {Disposition.HALT: RetryClass.CREDENTIALS,
                        Disposition.DEFER: RetryClass.DEFERRED}.get(decision, RetryClass.TRANSIENT)
         if decision is Disposition.HALT:
             logger.error("platform refused our credentials (%s: %s); sending stops",
-                         failure.code, failure.message)
+                         failure.code, self.loggable(batch, failure.message))
             self.halted = failure
             self.report.credentials_refused = f"{failure.code}: {failure.message}"
         self.settle_all(batch, failure.code, failure.message, attempt, retry_class)
@@ -621,7 +635,7 @@ class _Submission:
             self._finish_one()
             return
         logger.info("a request of %d transactions was refused as too large (%s); sending it in halves",
-                    len(batch.units), failure.message)
+                    len(batch.units), self.loggable(batch, failure.message))
         half = len(batch.units) // 2
         self.pending += 1  # one batch becomes two
         for units in (batch.units[:half], batch.units[half:]):
@@ -659,10 +673,11 @@ class PlatformSink:
         *,
         client: HttpClient | None = None,
         rng: random.Random | None = None,
+        mask_customers: bool = False,
     ):
         self.adapter = adapter
         self.policy = policy
-        self._engine = DeliveryEngine(adapter, policy, client=client, rng=rng)
+        self._engine = DeliveryEngine(adapter, policy, client=client, rng=rng, mask_customers=mask_customers)
         self.last_report: DeliveryReport | None = None
 
     async def submit(
