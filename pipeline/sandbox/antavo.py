@@ -536,7 +536,7 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
                 else None
             return _error_response(429, "TooManyRequestsException", 429, "Too many requests", headers)
         try:
-            body = await read_body(request, state.config.max_body_bytes)
+            body = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
         except BodyRefused as limit:
             state.count("bad_requests")
             return _error_response(limit.status, "BadRequestException", 0, limit.message)

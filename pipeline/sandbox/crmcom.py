@@ -581,7 +581,7 @@ def _endpoint(
             )
             return _answer(envelope(code="RATE_LIMITED", message="too many requests"), 429, headers)
         try:
-            raw = await read_body(request, state.config.max_body_bytes)
+            raw = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if raw and media != "application/json":
                 raise BodyRefused(415, "the body must be application/json")
@@ -590,8 +590,8 @@ def _endpoint(
                 raise BodyRefused(400, "the body must be a JSON object")
         except BodyRefused as refused:
             state.count("bad_requests")
-            return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {refused.message}"),
-                           refused.status)
+            code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
+            return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)
         if request.method == "GET":  # GET methods take their parameters in the query
             body = {**body, **request.query_params}
         # faults hit the calls that carry transactions; token calls see latency and the limit only

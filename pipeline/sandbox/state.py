@@ -117,6 +117,8 @@ class SandboxConfig:
     slow_ms: float = 1500.0
     seed: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    # a request body not all arrived after this many seconds: 408 and the connection closed
+    body_timeout_seconds: float = 10.0
     # customer ids with this prefix are unknown to the platform (404 160212); None: all known
     unknown_customer_prefix: str | None = "unknown-"
     state_file: Path | None = None
