@@ -213,6 +213,8 @@ class AntavoTarget(_Model):
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # the longest wait a platform's Retry-After gets (a longer one, "inf" or a far date: this)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     return_mode: Literal["auto", "refund", "refund_item"] = "auto"
     # an in-doubt refund is read back no sooner than this after its request went out (None:
     # timeout_seconds), so a request the platform still held when the sender died has landed
@@ -252,6 +254,8 @@ class CrmcomTarget(_Model):
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     backoff_max_seconds: float = Field(default=30.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # the longest wait a platform's Retry-After gets (a longer one, "inf" or a far date: this)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
     # URLs: {base_url}{path_prefix}/<resource>/<method>
     path_prefix: str = "/crmapi/rest/v2"
     create_path: str = "customer_events/purchases/create"

@@ -40,10 +40,12 @@ __all__ = [
     "JsonFormatter",
     "MaskingFilter",
     "TextFormatter",
+    "customer_ids_pattern",
     "feed_secret_env_names",
     "json_logging_active",
     "log_event",
     "mask_customer_id",
+    "masked_match",
     "redact",
     "register_feed_secrets",
     "register_secret",
@@ -174,6 +176,21 @@ def mask_customer_id(customer_id: str | None, *, enabled: bool = True) -> str:
         return customer_id
     digest = hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
     return f"{MASK_PREFIX}{digest[:12]}"
+
+
+def customer_ids_pattern(customer_ids: Iterable[str]) -> re.Pattern[str]:
+    """Any of ``customer_ids`` standing on its own in a text (not inside a longer word or id);
+    longest first, so a longer id is never masked as a shorter one and what follows it. For a
+    platform message that quotes customers: ``pattern.sub(masked_match, message)``."""
+    ids = sorted({c for c in customer_ids if c}, key=len, reverse=True)
+    if not ids:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, ids)) + r")(?![A-Za-z0-9])")
+
+
+def masked_match(found: re.Match[str]) -> str:
+    """The masked form of a customer id a :func:`customer_ids_pattern` found."""
+    return mask_customer_id(found.group(0))
 
 
 def same_customer(customer_id: str, stored: str) -> bool:

@@ -222,3 +222,67 @@ def test_platform_messages_quoting_a_customer_id_are_masked(tmp_path: Path) -> N
         db.close()
     assert any("cust:" in m for m in messages)  # guests have no id to quote
     assert not [i for i in ids for m in messages if i in m]
+
+
+ECHOED_KEY = "echoed-api-key-4b1d9c"
+ECHOED_PASSWORD = "echoed-pass-77aa01"
+
+
+class EchoingWholeRequestPlatform:
+    """A platform double that refuses a whole request with a message echoing what it was sent:
+    our API key, a password, a token, and every customer of the request (the same message then
+    stands for each transaction of it, as a whole-request failure does)."""
+
+    async def submit(self, checkouts: Any, on_sending: Any, on_result: Any, *, stop: Any = None) -> None:
+        from pipeline.config import resolve_secret
+        from pipeline.sinks.base import EventResult, Outcome
+
+        key = resolve_secret(env="ECHO_API_KEY")  # as a real sink reads (and registers) its key
+        on_sending([c["transaction_id"] for c in checkouts])
+        customers = ",".join(str(c["customer_id"]) for c in checkouts if c.get("customer_id"))
+        message = (f"invalid request: api_key {key} with password={ECHOED_PASSWORD} and "
+                   f"Authorization: Bearer tok.abc.def for customers [{customers}]")
+        for checkout in checkouts:
+            on_result(EventResult(checkout["transaction_id"], Outcome.REJECTED, error_code="400",
+                                  error_message=message))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_secrets_and_other_customers_echoed_in_a_platform_message_are_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date
+
+    from pipeline.config import Feed, Settings
+    from pipeline.runner import run_feed
+
+    monkeypatch.setenv("ECHO_API_KEY", ECHOED_KEY)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    feed = Feed.model_validate({
+        "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+        "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+    })
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)],
+                       make_sink=lambda feed: EchoingWholeRequestPlatform())  # type: ignore[arg-type,return-value]
+
+    assert summary.to_dict()["failed_permanent"] > 0
+    with (folder / FILES[1]).open(encoding="utf-8", newline="") as handle:
+        ids = {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
+    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    try:
+        messages = [m for (m,) in db.execute("SELECT last_error_message FROM transactions") if m]
+    finally:
+        db.close()
+    written = [*messages, *(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*")
+                            if p.is_file() and p.suffix in (".csv", ".json", ".html", ".md"))]
+    assert messages and all("invalid request: api_key ***" in m for m in messages)
+    for text in written:
+        assert ECHOED_KEY not in text
+        assert ECHOED_PASSWORD not in text
+        assert "tok.abc.def" not in text
+        assert not [i for i in ids if i in text]

@@ -56,7 +56,7 @@ from pipeline.sandbox.limits import (
     parse_json,
     read_body,
 )
-from pipeline.sandbox.state import DropConnection, Fault, SandboxState, jsonable
+from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, jsonable, lost_answer
 from pipeline.sinks.escher import EscherError, antavo_config, verify
 
 __all__ = ["KNOWN_ACTIONS", "PLATFORM", "routes"]
@@ -536,7 +536,7 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
                 else None
             return _error_response(429, "TooManyRequestsException", 429, "Too many requests", headers)
         try:
-            body = await read_body(request, state.config.max_body_bytes)
+            body = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
         except BodyRefused as limit:
             state.count("bad_requests")
             return _error_response(limit.status, "BadRequestException", 0, limit.message)
@@ -578,9 +578,9 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
             status, answer = 200, {"results": results, "total": len(results), "errors": errors}
         else:
             status, answer = platform.process(document, in_bulk=False)
-        if fault is Fault.LOST_RESPONSE:
+        if fault in ANSWER_LOST:
             state.note_lost(_transaction_ids(document))
-            return DropConnection()
+            return lost_answer(fault)
         return JSONResponse(answer, status_code=status)
 
     return handle

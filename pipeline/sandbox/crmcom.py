@@ -55,7 +55,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, read_body
-from pipeline.sandbox.state import DropConnection, Fault, SandboxState
+from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, lost_answer
 
 __all__ = [
     "PLATFORM",
@@ -581,7 +581,7 @@ def _endpoint(
             )
             return _answer(envelope(code="RATE_LIMITED", message="too many requests"), 429, headers)
         try:
-            raw = await read_body(request, state.config.max_body_bytes)
+            raw = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if raw and media != "application/json":
                 raise BodyRefused(415, "the body must be application/json")
@@ -590,8 +590,8 @@ def _endpoint(
                 raise BodyRefused(400, "the body must be a JSON object")
         except BodyRefused as refused:
             state.count("bad_requests")
-            return _answer(envelope(code="INVALID_PARAMETERS", message=f"malformed body: {refused.message}"),
-                           refused.status)
+            code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
+            return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)
         if request.method == "GET":  # GET methods take their parameters in the query
             body = {**body, **request.query_params}
         # faults hit the calls that carry transactions; token calls see latency and the limit only
@@ -615,12 +615,12 @@ def _endpoint(
             document = envelope(exc.data, exc.code, exc.message)
         else:
             document = envelope(data)
-        if fault is Fault.LOST_RESPONSE:
+        if fault in ANSWER_LOST:
             if request.url.path.endswith(("/show", "/list")):
                 state.count("lost_lookup_answers")  # a lookup changes nothing: no transaction to note
             else:
                 state.note_lost(_references(body, document.get("data")))
-            return DropConnection()
+            return lost_answer(fault)
         return _answer(document)
 
     return handle

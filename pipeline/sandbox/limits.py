@@ -5,6 +5,7 @@ limit, whatever ``Content-Length`` says) and parses JSON with :func:`parse_json`
 with :class:`BodyRefused` (an HTTP status and a message the platform wraps in its own error
 shape):
 
+* an object that gives one key twice (``{"total": 1, "total": 1000}``);
 * nesting deeper than :data:`MAX_DEPTH` (checked on the raw text before parsing, so no parser
   recursion happens at all);
 * ``NaN`` / ``Infinity`` literals, numbers written with more than :data:`MAX_NUMBER_CHARS`
@@ -18,6 +19,7 @@ check the meaning of each field (a total must be a number of sensible size, an i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -66,13 +68,25 @@ class BodyRefused(ValueError):
         self.message = message
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The whole body, read chunk by chunk; refused (413) once it passes ``limit`` bytes.
 
     A declared ``Content-Length`` beyond the limit is refused before anything is read; a body
     sent in chunks is refused as soon as the running total passes the limit. A client that
-    hangs up mid-body gets 400 (a truncated body is never processed).
+    hangs up mid-body gets 400 (a truncated body is never processed); one whose body has not
+    all arrived within ``timeout`` seconds gets 408 (and the server closes the connection: see
+    :mod:`pipeline.sandbox.server`).
     """
+    if timeout is None:
+        return await _read_body(request, limit)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError as exc:
+        raise BodyRefused(408, f"The request body did not arrive within {timeout:g} s") from exc
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     too_large = BodyRefused(413, f"Request body is larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
@@ -145,6 +159,18 @@ def _refuse_constant(name: str) -> Any:
     raise BodyRefused(400, f"{name} is not a number JSON allows")
 
 
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: a key given twice is refused (parsers disagree on
+    which value wins, so the platform and the sender could read two different requests)."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise BodyRefused(400, f"Malformed JSON: the key {json.dumps(key)[:80]} is given twice "
+                                   "in one object")
+        document[key] = value
+    return document
+
+
 _BAD_CHARACTER = re.compile("[\ud800-\udfff\x00]")
 
 
@@ -172,7 +198,7 @@ def parse_json(body: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         text = body if isinstance(body, str) else body.decode("utf-8")
         document = json.loads(text, parse_float=_PARSE_FLOAT, parse_int=_PARSE_INT,
-                              parse_constant=_refuse_constant)
+                              parse_constant=_refuse_constant, object_pairs_hook=_object_without_duplicates)
     except BodyRefused:
         raise
     except UnicodeDecodeError as exc:

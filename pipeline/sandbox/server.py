@@ -7,7 +7,9 @@
   (tests, demo, benchmarks); :func:`serve` runs it in the foreground (``posfeed sandbox``).
 
 Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 413 before
-reading anything (in the platform's error shape); the platforms also count what they stream. An
+reading anything (in the platform's error shape); the platforms also count what they stream, and
+answer a body that has not all arrived within ``body_timeout_seconds`` 408, closing the
+connection (the server goes on serving the others). An
 unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
 envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
 ``/path/`` is not redirected to ``/path``.
@@ -36,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.sandbox import antavo
 from pipeline.sandbox.state import SandboxConfig, SandboxState
@@ -93,7 +95,9 @@ _ROUTING_ERRORS = {404: ("NotFoundException", "UNKNOWN_METHOD"),
 
 
 class _DeclaredBodyLimit:
-    """Refuses, on every path, a body whose declared length passes the limit, before reading it."""
+    """Refuses, on every path, a body whose declared length passes the limit, before reading it;
+    closes the connection after a 408 (the rest of a stalled body must not be read as the next
+    request)."""
 
     def __init__(self, app: ASGIApp, state: SandboxState):
         self.app = app
@@ -101,6 +105,7 @@ class _DeclaredBodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            send = _closing_after_408(send)
             limit = self.state.config.max_body_bytes
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
@@ -109,6 +114,18 @@ class _DeclaredBodyLimit:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def _closing_after_408(send: Send) -> Send:
+    """``send`` that adds ``Connection: close`` to a 408 answer (the server then closes)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 408:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return sending
 
 
 def build_app(state: SandboxState) -> Starlette:

@@ -12,7 +12,11 @@ call, per request::
 Faults: ``error_500`` / ``error_503`` (nothing processed), ``drop`` (connection closed, nothing
 processed), ``slow`` (processed after ``slow_ms``), ``lost_response`` (processed and stored, then the
 connection is closed: the client is left in doubt; transaction ids are remembered in
-``lost_transaction_ids`` so tests can tell a legitimate duplicate attempt from a wrong one).
+``lost_transaction_ids`` so tests can tell a legitimate duplicate attempt from a wrong one). Two
+more are drawn only when ``fault_kinds`` names them: ``empty_answer`` (processed and stored, then
+200 with an empty body: an answer that proves nothing) and ``trickle`` (processed and stored, then
+a 200 whose body comes one byte at a time and never ends, until the client hangs up); both count
+as lost answers.
 
 Accepted transactions are kept per platform (``put_transaction`` / ``get_transaction``); a platform
 keeps any other record it needs with ``put_record(kind, key, record)`` / ``get_record`` /
@@ -23,6 +27,7 @@ see :mod:`pipeline.sandbox.store`) before the platform answers, so a restart kee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -42,12 +47,16 @@ from starlette.types import Receive, Scope, Send
 from pipeline.sandbox.store import RecordStore
 
 __all__ = [
+    "ANSWER_LOST",
+    "DEFAULT_FAULTS",
     "STAT_KEYS",
     "DropConnection",
     "Fault",
     "SandboxConfig",
     "SandboxState",
+    "TrickleAnswer",
     "jsonable",
+    "lost_answer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +82,16 @@ class Fault(StrEnum):
     DROP = "drop"
     SLOW = "slow"
     LOST_RESPONSE = "lost_response"
+    EMPTY_ANSWER = "empty_answer"
+    TRICKLE = "trickle"
+
+
+# the faults drawn unless ``fault_kinds`` says otherwise (an answer that proves nothing or never
+# ends is asked for by name)
+DEFAULT_FAULTS: tuple[str, ...] = (Fault.ERROR_500, Fault.ERROR_503, Fault.DROP, Fault.SLOW,
+                                   Fault.LOST_RESPONSE)
+# the faults whose answer is lost after the request was processed
+ANSWER_LOST = (Fault.LOST_RESPONSE, Fault.EMPTY_ANSWER, Fault.TRICKLE)
 
 
 @dataclass
@@ -89,7 +108,7 @@ class SandboxConfig:
     retry_after_seconds: float | None = None  # None: time until the window frees a slot
     send_retry_after: bool = True
     fault_rate: float = 0.0
-    fault_kinds: tuple[str, ...] = tuple(Fault)
+    fault_kinds: tuple[str, ...] = DEFAULT_FAULTS
     latency_ms: float = 0.0
     # from the moment the counter named first reaches the number second, every request waits
     # ``hold_ms`` (a test catches a client mid-submission this way, whatever the machine's speed)
@@ -98,6 +117,8 @@ class SandboxConfig:
     slow_ms: float = 1500.0
     seed: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    # a request body not all arrived after this many seconds: 408 and the connection closed
+    body_timeout_seconds: float = 10.0
     # customer ids with this prefix are unknown to the platform (404 160212); None: all known
     unknown_customer_prefix: str | None = "unknown-"
     state_file: Path | None = None
@@ -205,7 +226,7 @@ class SandboxState:
             kind = Fault(self.rng.choice(config.fault_kinds))
             self.stats["faults_injected"] += 1
             self.faults_by_kind[kind] = self.faults_by_kind.get(kind, 0) + 1
-            if kind is Fault.LOST_RESPONSE:
+            if kind in ANSWER_LOST:
                 self.stats["lost_responses"] += 1
             return kind
 
@@ -379,3 +400,46 @@ class DropConnection(Response):
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"64")]})
         await send({"type": "http.response.body", "body": b"{", "more_body": True})
 
+
+
+# how long a trickled answer goes on at most, and the pause between two of its bytes
+TRICKLE_LIMIT_SECONDS = 60.0
+TRICKLE_PAUSE_SECONDS = 0.05
+
+
+class TrickleAnswer(Response):
+    """A 200 whose body comes one byte at a time and never ends: it stops when the client hangs up
+    (or after :data:`TRICKLE_LIMIT_SECONDS`, the connection then closed mid-body)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Headers without a length, then a space every :data:`TRICKLE_PAUSE_SECONDS`."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        deadline = time.monotonic() + TRICKLE_LIMIT_SECONDS
+        try:
+            while not gone.is_set() and time.monotonic() < deadline:
+                await send({"type": "http.response.body", "body": b" ", "more_body": True})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), TRICKLE_PAUSE_SECONDS)
+        finally:
+            watcher.cancel()
+
+
+def lost_answer(fault: Fault) -> Response:
+    """The answer of a fault of :data:`ANSWER_LOST`, once the request was processed."""
+    if fault is Fault.EMPTY_ANSWER:
+        return Response(b"", status_code=200, media_type="application/json")
+    if fault is Fault.TRICKLE:
+        return TrickleAnswer()
+    return DropConnection()

@@ -47,7 +47,8 @@ def make_antavo_sink(
     api_key, secret = antavo_credentials(feed)
     assert isinstance(target, AntavoTarget)
     adapter = AntavoAdapter(target, api_key=api_key, api_secret=secret, clock=clock)
-    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng)
+    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng,
+                        mask_customers=feed.logging.hash_customer_ids)
 
 
 def make_sink(feed: Feed, **options: object) -> Sink:

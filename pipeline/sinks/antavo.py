@@ -24,6 +24,7 @@ error 5003                             ALREADY_ACCEPTED (an earlier send landed)
 error 112101 (an ``opt_in`` again)     ALREADY_ACCEPTED (the member exists)
 error 127201 (workflow interruption)   ACCEPTED (the event was registered)
 any other per-event error              REJECTED (Antavo's code and message)
+200 without ``events`` (empty, ...)   in doubt, ``unproven_answer`` (retried)
 429, 5xx, 401/403, other whole errors  :class:`RequestFailure` (the engine decides)
 =====================================  =====================================
 """
@@ -443,7 +444,9 @@ class AntavoAdapter:
         if batch.route == "single":
             error = _error_of(document)
             if status == 200 and error is None:
-                return [_accepted(batch.units[0].transaction_id, [document])]
+                if _names_events(document):
+                    return [_accepted(batch.units[0].transaction_id, [document])]
+                return _unproven(status, "the answer has no events")
             if error is not None and _is_event_error(status, error):
                 return [_event_error(batch.units[0].transaction_id, error)]
         if batch.route == "bulk" and status == 200:
@@ -451,8 +454,7 @@ class AntavoAdapter:
             expected = sum(len(unit.payload) for unit in batch.units)
             if isinstance(results, list) and len(results) == expected:
                 return _bulk_results(batch, results)
-            return RequestFailure(status, "bad_response",
-                                  f"bulk answer has no result per event (expected {expected})")
+            return _unproven(status, f"the bulk answer has no result per event (expected {expected})")
         error = _error_of(document) or {}
         code = str(error.get("code", f"http_{status}"))
         message = str(error.get("message") or f"HTTP {status}")
@@ -461,6 +463,19 @@ class AntavoAdapter:
 
 
 CUSTOMER_NOT_FOUND = "160212"
+UNPROVEN = "unproven_answer"  # a 2xx answer that does not say what became of an event
+
+
+def _names_events(document: Any) -> bool:
+    """Whether an answer accounts for its event: an object with an ``events`` list (empty when the
+    points are pending), the shape of every success of ``/events`` and of each bulk result."""
+    return isinstance(document, dict) and isinstance(document.get("events"), list)
+
+
+def _unproven(status: int, why: str) -> RequestFailure:
+    """A 2xx answer that is no verdict: the events may have landed, so they stay in doubt (a sale
+    sent again is refused as already used, a refund is read back before it is sent again)."""
+    return RequestFailure(status, UNPROVEN, f"HTTP {status} but {why}: it may have landed")
 
 
 def _is_event_error(status: int, error: dict[str, Any]) -> bool:
@@ -546,8 +561,14 @@ def _bulk_results(batch: Batch, results: list[Any]) -> list[EventResult]:
         parts = []
         for entry in entries:
             error = _error_of(entry)
-            parts.append(_event_error(unit.transaction_id, error) if error else
-                         _accepted(unit.transaction_id, [entry]))
+            if error:
+                parts.append(_event_error(unit.transaction_id, error))
+            elif _names_events(entry):
+                parts.append(_accepted(unit.transaction_id, [entry]))
+            else:
+                parts.append(EventResult(unit.transaction_id, Outcome.RETRYABLE, error_code=UNPROVEN,
+                                         error_message="the bulk answer's result of this event is neither "
+                                                       "an error nor its events: it may have landed"))
         out.append(_combine(unit.transaction_id, parts, entries))
     return out
 
@@ -556,6 +577,9 @@ def _combine(tid: str, parts: list[EventResult], entries: list[Any]) -> EventRes
     """One transaction's result from its events' results (refund_item: one per line)."""
     if len(parts) == 1:
         return parts[0]
+    for part in parts:  # an event that may have landed keeps the whole return in doubt
+        if part.outcome is Outcome.RETRYABLE:
+            return part
     for part in parts:
         if part.outcome is Outcome.REJECTED:
             return part

@@ -39,12 +39,15 @@ from typing import Any
 
 from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
+from pipeline.logs import register_secret
 from pipeline.records import TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.crmcom_lookup import Answer, LookupResult, TokenRefused, look_up
 from pipeline.sinks.crmcom_purchases import (
+    CONFLICTING,
     CONTENT_TYPE,
     MALFORMED,
+    MISSING,
     CrmcomRejectCode,
     Envelope,
     OriginalLookup,
@@ -85,6 +88,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+UNPROVEN = "unproven_answer"  # a 2xx answer that says nothing of the purchases sent
 
 LOOKUP_TRIES = 3  # a lookup without a usable answer (timeout, dropped connection, 5xx) is asked again
 # bytes kept in every request for its token, which is known only when the request is built (a
@@ -236,6 +241,7 @@ class TokenProvider:
             )
             raise AuthenticationFailed(self._refused)
         self.issued += 1
+        register_secret(str(token))  # redacted wherever a platform message echoes it
         log.info("obtained a CRM.COM token (%s auth)", self._target.auth)
         return str(token)
 
@@ -536,6 +542,10 @@ class CrmcomAdapter:
             return RequestFailure(401, envelope.code, f"refused again after renewal: {envelope.message}")
         if envelope.code == MALFORMED and status >= 400:
             return RequestFailure(status, f"http_{status}", envelope.message)
+        if envelope.code == MALFORMED:
+            # a 2xx without a status envelope (empty, not JSON) is no verdict: the purchases may
+            # have landed, so they stay in doubt and are looked up before they are sent again
+            return RequestFailure(status, UNPROVEN, f"{envelope.message}: it may have landed")
         if batch.route == "bulk":
             results = results_of_bulk(carried, envelope, self.target)
         else:
@@ -543,7 +553,7 @@ class CrmcomAdapter:
             results = [result_of(tid, envelope, self.target, cancel=batch.route == "cancel")]
         for result in results:
             if (
-                result.error_code not in ("MISSING_FROM_RESPONSE", None)
+                result.error_code not in (MISSING, CONFLICTING, None)
                 or result.outcome is not Outcome.RETRYABLE
             ):
                 # a definite answer: a refused one did not land, an accepted one is settled
@@ -572,4 +582,5 @@ def make_crmcom_sink(
         raise ConfigError("not a CRM.COM target", key="target.kind")
     credentials = Credentials.resolve(target, feed.resolve_path)
     adapter = CrmcomAdapter(target, credentials, originals=originals, clock=clock)
-    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng)
+    return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng,
+                        mask_customers=feed.logging.hash_customer_ids)

@@ -39,8 +39,10 @@ from pipeline.sinks.crmcom_returns import (
 )
 
 __all__ = [
+    "CONFLICTING",
     "CONTENT_TYPE",
     "MALFORMED",
+    "MISSING",
     "OK",
     "CrmcomRejectCode",
     "Envelope",
@@ -72,6 +74,8 @@ __all__ = [
 
 OK = "OK"
 MALFORMED = "MALFORMED_RESPONSE"
+MISSING = "MISSING_FROM_RESPONSE"  # a bulk answer names no entry of the purchase: in doubt
+CONFLICTING = "CONFLICTING_ANSWER"  # a bulk answer's entries of the purchase disagree: in doubt
 CONTENT_TYPE = "application/json"
 
 
@@ -532,49 +536,70 @@ def result_of(transaction_id: str, envelope: Envelope, target: CrmcomTarget, *, 
     )
 
 
+def _entries(data: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+    """The objects of one set of a bulk answer (anything else in it is no answer at all)."""
+    entries = data.get(name)
+    return [entry for entry in entries if isinstance(entry, Mapping)] if isinstance(entries, list) else []
+
+
+def _identifier(entry: Mapping[str, Any], sent: set[str]) -> str | None:
+    """The transaction an entry names, when it is one of those sent."""
+    for key in ("request_unique_identifier", "reference_number"):
+        value = entry.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value) in sent:
+            return str(value)
+    return None
+
+
 def results_of_bulk(
     transaction_ids: Sequence[str], envelope: Envelope, target: CrmcomTarget
 ) -> list[EventResult]:
     """Per-transaction results of a ``create_multiple`` answer (processed / unprocessed sets).
 
-    A transaction missing from both sets is retryable; before it is sent again the adapter looks it
-    up (``target.in_doubt``), so each purchase of the batch is settled on its own.
+    Only an entry that names a transaction sent (``request_unique_identifier`` or
+    ``reference_number``) says anything of it: an entry that is not an object, names nothing or
+    names something not sent is ignored. A transaction named by no entry, or by entries that
+    disagree (processed and unprocessed), may have landed: it is retryable (``MISSING_FROM_RESPONSE``
+    / ``CONFLICTING_ANSWER``) and looked up before it is sent again (``target.in_doubt``), so each
+    purchase of the batch is settled on its own.
     """
     if not envelope.ok:
         return [result_of(t, envelope, target, cancel=False) for t in transaction_ids]
     data = envelope.data if isinstance(envelope.data, Mapping) else {}
-    by_id: dict[str, EventResult] = {}
-    unmatched_processed = []
-    for entry in data.get("processed_customer_events_set") or ():
-        key = entry.get("request_unique_identifier") or entry.get("reference_number")
+    sent = set(transaction_ids)
+    answers: dict[str, list[EventResult]] = {}
+    for entry in _entries(data, "processed_customer_events_set"):
+        key = _identifier(entry, sent)
+        if key is not None:
+            accepted = EventResult(key, Outcome.ACCEPTED, event_ids=_event_ids(entry))
+            answers.setdefault(key, []).append(accepted)
+    for entry in _entries(data, "unprocessed_customer_events_set"):
+        key = _identifier(entry, sent)
         if key is None:
-            unmatched_processed.append(entry)
             continue
-        by_id[str(key)] = EventResult(str(key), Outcome.ACCEPTED, event_ids=_event_ids(entry))
-    for entry in data.get("unprocessed_customer_events_set") or ():
-        key = str(entry.get("request_unique_identifier"))
         code = str(entry.get("error_code") or entry.get("code") or "ERROR")
         message = str(
             entry.get("error_description") or entry.get("description") or entry.get("message") or ""
         )
-        by_id[key] = result_of(key, Envelope(code, message, entry), target, cancel=False)
-    # processed entries without an identifier follow the request order of the rest
-    remaining = iter(unmatched_processed)
+        refused = result_of(key, Envelope(code, message, entry), target, cancel=False)
+        answers.setdefault(key, []).append(refused)
     results = []
     for transaction_id in transaction_ids:
-        if transaction_id in by_id:
-            results.append(by_id[transaction_id])
-            continue
-        entry = next(remaining, None)
-        if entry is not None:
-            results.append(EventResult(transaction_id, Outcome.ACCEPTED, event_ids=_event_ids(entry)))
+        found = answers.get(transaction_id, [])
+        if found and all((r.outcome, r.error_code) == (found[0].outcome, found[0].error_code) for r in found):
+            results.append(found[0])
+        elif found:
+            results.append(EventResult(
+                transaction_id, Outcome.RETRYABLE, error_code=CONFLICTING,
+                error_message="the bulk answer lists it both as processed and as unprocessed "
+                              "(or with different errors)"))
         else:
             results.append(
                 EventResult(
                     transaction_id,
                     Outcome.RETRYABLE,
-                    error_code="MISSING_FROM_RESPONSE",
-                    error_message="neither processed nor unprocessed in the bulk answer",
+                    error_code=MISSING,
+                    error_message="no entry of the bulk answer names it (processed or unprocessed)",
                 )
             )
     return results

@@ -44,6 +44,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from pipeline.logs import customer_ids_pattern, masked_match, redact
 from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome, RetryClass
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout, tls_context
 
@@ -222,6 +223,8 @@ class DeliveryPolicy:
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
     timeout_seconds: float = 30.0
+    # the longest a platform's Retry-After is honoured (a longer one, "inf" or a far date: this)
+    retry_after_max_seconds: float = 300.0
     # keep this share of the limit as headroom for clock and latency differences with the server
     rate_headroom: float = 0.02
     burst: int | None = None  # None: a few requests, never a minute's worth
@@ -236,6 +239,7 @@ class DeliveryPolicy:
             backoff_base_seconds=target.backoff_base_seconds,
             backoff_max_seconds=target.backoff_max_seconds,
             timeout_seconds=target.timeout_seconds,
+            retry_after_max_seconds=getattr(target, "retry_after_max_seconds", 300.0),
             rate_headroom=getattr(target, "rate_headroom", 0.02),
         )
 
@@ -258,8 +262,17 @@ class DeliveryPolicy:
         limit = self.requests_per_minute * (1 - self.rate_headroom)
         return max(limit - self.bucket_capacity(), self.requests_per_minute / 10)
 
+    def honoured(self, retry_after: float | None) -> float | None:
+        """A platform's Retry-After as it is waited: never below 0 nor above
+        ``retry_after_max_seconds`` (so "inf", "1e999" or a date years ahead wait that long)."""
+        if retry_after is None or math.isnan(retry_after):
+            return None
+        return min(max(0.0, retry_after), self.retry_after_max_seconds)
+
     def backoff(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Delay before attempt ``attempt + 1``: Retry-After when given, else exponential + jitter."""
+        """Delay before attempt ``attempt + 1``: Retry-After when given (see :meth:`honoured`),
+        else exponential + jitter."""
+        retry_after = self.honoured(retry_after)
         if retry_after is not None:
             return retry_after + rng.uniform(0, min(1.0, retry_after * 0.1))
         ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1))
@@ -279,7 +292,10 @@ def disposition(failure: RequestFailure) -> Disposition:
     """The one place that decides retryable-now vs later vs stop for a failed request."""
     if failure.reauthenticate:
         return Disposition.RETRY
-    if failure.status is None or failure.status in (408, 425, 429) or failure.status >= 500:
+    # no answer, or a 2xx that is no verdict (empty, not JSON, naming nothing sent): the request
+    # may have landed, and the adapter settles that before anything goes out again
+    if (failure.status is None or failure.status in (408, 425, 429) or failure.status >= 500
+            or 200 <= failure.status < 300):
         return Disposition.RETRY
     if failure.status in (401, 403):
         return Disposition.HALT
@@ -289,17 +305,22 @@ def disposition(failure: RequestFailure) -> Disposition:
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None when absent/invalid."""
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None when absent/invalid.
+
+    Never negative; ``nan`` is invalid, ``inf`` / ``1e999`` / a date years ahead are returned as
+    they are, for :meth:`DeliveryPolicy.honoured` to cap."""
     if not value:
         return None
     text = value.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -395,9 +416,11 @@ class DeliveryEngine:
         *,
         client: HttpClient | None = None,
         rng: random.Random | None = None,
+        mask_customers: bool = False,
     ):
         self.adapter = adapter
         self.policy = policy
+        self.mask_customers = mask_customers
         self._client = client
         self._rng = rng or random.Random()
         # one bucket for the engine's life: submissions in a row share the limit (and any pause)
@@ -440,6 +463,9 @@ class DeliveryEngine:
     ) -> DeliveryReport:
         """Deliver every checkout; ``on_result`` is called exactly once per transaction."""
         run = _Submission(self, on_sending, on_result, stop)
+        if self.mask_customers:
+            run.customers = {str(c["transaction_id"]): str(c["customer_id"])
+                             for c in checkouts if c.get("customer_id")}
         started = time.monotonic()
         plan = self.adapter.plan(checkouts)
         for result in plan.unsent:
@@ -473,6 +499,14 @@ class _Submission:
         self.bucket = engine.bucket
         self.pending = 0
         self.queue: asyncio.Queue[tuple[Batch, int] | None] = asyncio.Queue()
+        self.customers: dict[str, str] = {}  # with masking: each transaction's customer id
+
+    def loggable(self, batch: Batch, text: str) -> str:
+        """A platform's message as the log may show it: our secrets redacted and, with masking,
+        the batch's customer ids masked (a platform may echo what it was sent)."""
+        text = redact(text)
+        customers = [self.customers[t] for t in batch.transaction_ids if t in self.customers]
+        return customer_ids_pattern(customers).sub(masked_match, text) if customers else text
 
     def settle(self, result: EventResult) -> None:
         if result.transaction_id in self.settled:
@@ -565,8 +599,12 @@ class _Submission:
     def on_failure(self, batch: Batch, attempt: int, failure: RequestFailure) -> None:
         self.report.failures += 1
         decision = disposition(failure)
-        if failure.retry_after is not None:
-            self.bucket.pause(failure.retry_after)
+        wait = self.policy.honoured(failure.retry_after)
+        if wait is not None:
+            if failure.retry_after is not None and failure.retry_after > wait:
+                logger.warning("the platform asked to wait %s s (Retry-After); waiting %s s "
+                               "(target.retry_after_max_seconds)", failure.retry_after, wait)
+            self.bucket.pause(wait)
         if decision is Disposition.SPLIT:
             self._split(batch, attempt, failure)
             return
@@ -575,14 +613,14 @@ class _Submission:
             if failure.status == 429 and failure.retry_after is None:
                 self.bucket.pause(delay)  # over the limit: everyone waits, not just this batch
             logger.info("request failed (%s: %s); attempt %d of %d in %.2fs", failure.code,
-                        failure.message, attempt + 1, self.policy.max_attempts, delay)
+                        self.loggable(batch, failure.message), attempt + 1, self.policy.max_attempts, delay)
             self._later(batch, attempt + 1, delay)
             return
         retry_class = {Disposition.HALT: RetryClass.CREDENTIALS,
                        Disposition.DEFER: RetryClass.DEFERRED}.get(decision, RetryClass.TRANSIENT)
         if decision is Disposition.HALT:
             logger.error("platform refused our credentials (%s: %s); sending stops",
-                         failure.code, failure.message)
+                         failure.code, self.loggable(batch, failure.message))
             self.halted = failure
             self.report.credentials_refused = f"{failure.code}: {failure.message}"
         self.settle_all(batch, failure.code, failure.message, attempt, retry_class)
@@ -597,7 +635,7 @@ class _Submission:
             self._finish_one()
             return
         logger.info("a request of %d transactions was refused as too large (%s); sending it in halves",
-                    len(batch.units), failure.message)
+                    len(batch.units), self.loggable(batch, failure.message))
         half = len(batch.units) // 2
         self.pending += 1  # one batch becomes two
         for units in (batch.units[:half], batch.units[half:]):
@@ -635,10 +673,11 @@ class PlatformSink:
         *,
         client: HttpClient | None = None,
         rng: random.Random | None = None,
+        mask_customers: bool = False,
     ):
         self.adapter = adapter
         self.policy = policy
-        self._engine = DeliveryEngine(adapter, policy, client=client, rng=rng)
+        self._engine = DeliveryEngine(adapter, policy, client=client, rng=rng, mask_customers=mask_customers)
         self.last_report: DeliveryReport | None = None
 
     async def submit(

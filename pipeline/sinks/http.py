@@ -8,6 +8,7 @@ far below what one pool of keep-alive connections carries (see docs/BENCHMARKS.m
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class HttpClient:
         max_connections: int,
         tls: ssl.SSLContext | None = None,
     ):
+        self._deadline = timeout_seconds
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             timeout=httpx.Timeout(timeout_seconds),
@@ -77,9 +79,16 @@ class HttpClient:
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes = b""
     ) -> HttpReply:
-        """Send one request and read its whole response; raises :class:`HttpError` subclasses."""
+        """Send one request and read its whole response; raises :class:`HttpError` subclasses.
+
+        ``timeout_seconds`` bounds each phase (connect, write, every read) and the request as a
+        whole: an answer that trickles in a byte at a time, or never ends, is a timeout too.
+        """
         try:
-            response = await self._client.request(method, url, headers=dict(headers), content=body)
+            async with asyncio.timeout(self._deadline):
+                response = await self._client.request(method, url, headers=dict(headers), content=body)
+        except TimeoutError as exc:
+            raise HttpTimeout("DeadlineExceeded", f"no whole answer within {self._deadline:g} s") from exc
         except httpx.TimeoutException as exc:
             raise HttpTimeout(type(exc).__name__, _without_query(str(exc), url)) from exc
         except (httpx.TransportError, httpx.InvalidURL) as exc:

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ from pipeline.checkout_codec import decode_checkout
 from pipeline.config import AntavoTarget, Feed
 from pipeline.core.members import PERSONAL_FIELDS, signup_key, signup_status
 from pipeline.ledger import Ledger, TxnRecord, TxnState
-from pipeline.logs import log_event, mask_customer_id
+from pipeline.logs import customer_ids_pattern, log_event, mask_customer_id, masked_match, redact
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import TransactionType
 from pipeline.sinks import decide_before_sending
@@ -425,12 +426,22 @@ async def _submit(
     # enrollments: the member's details, kept out of platform messages the ledger stores
     personal_of: dict[str, list[str]] = {}
 
+    # every customer id of the batch, for messages quoting another transaction's (made when needed)
+    quoted: list[re.Pattern[str] | None] = [None]
+
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
-        customer = customer_of.get(result.transaction_id)
-        if customer and result.error_message and customer in result.error_message:
-            result = replace(result, error_message=result.error_message.replace(
-                customer, mask_customer_id(customer)))
+        if result.error_message:
+            # a platform may echo what it was sent: our secrets never reach the ledger or reports
+            message = redact(result.error_message)
+            customer = customer_of.get(result.transaction_id)
+            if customer and customer in message:
+                message = message.replace(customer, mask_customer_id(customer))
+            if customer_of:
+                pattern = quoted[0] = quoted[0] or customer_ids_pattern(customer_of.values())
+                message = pattern.sub(masked_match, message)
+            if message != result.error_message:
+                result = replace(result, error_message=message)
         result = without_personal(result, personal_of)
         pending.append(result)
         nonlocal flush_scheduled
@@ -458,6 +469,7 @@ async def _submit(
             personal_of.update(personal_values(feed, checkouts))
             batch_outcomes.clear()
             if feed.logging.hash_customer_ids:
+                quoted[0] = None
                 customer_of.clear()
                 customer_of.update((c["transaction_id"], c["customer_id"])
                                    for c in checkouts if c.get("customer_id"))
@@ -477,7 +489,7 @@ async def _submit(
             )
             refused = getattr(getattr(sink, "last_report", None), "credentials_refused", None)
             if refused:
-                outcome.credentials_refused = refused
+                outcome.credentials_refused = refused = redact(refused)
                 log.error("%s: the platform refused our credentials (%s); %d transaction(s) left "
                           "for the next run", feed.name, refused, len(row_ids) - start - len(checkouts))
                 break

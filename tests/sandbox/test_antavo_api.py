@@ -221,8 +221,13 @@ def test_form_encoded_body_is_accepted(sandbox: SandboxServer) -> None:
         (b"\xff\xfe not utf-8", "application/json", 400),
         (b"customer=c", "text/plain", 415),
         (b'{"events": "nope"}', "application/json", 400),
+        (b'{"customer": "c", "customer": "d", "action": "checkout", "data": {"transaction_id": "D", '
+         b'"total": 1}}', "application/json", 400),
+        (b'{"customer": "c", "action": "checkout", "data": {"transaction_id": "D", "total": 1, '
+         b'"total": 1000}}', "application/json", 400),
     ],
-    ids=["malformed-json", "not-utf8", "wrong-content-type", "bulk-without-list"],
+    ids=["malformed-json", "not-utf8", "wrong-content-type", "bulk-without-list", "duplicate-key",
+         "duplicate-nested-key"],
 )
 def test_bad_input_gets_a_clean_4xx(sandbox: SandboxServer, body: bytes, content_type: str,
                                     status: int) -> None:
@@ -230,6 +235,7 @@ def test_bad_input_gets_a_clean_4xx(sandbox: SandboxServer, body: bytes, content
     response = post(sandbox, path, body=body, content_type=content_type)
     assert response.status_code == status
     assert "error" in response.json()
+    assert sandbox.state.listing("antavo") == []  # nothing of it was taken
 
 
 def test_oversized_body_is_413(sandbox: SandboxServer) -> None:

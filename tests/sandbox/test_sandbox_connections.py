@@ -45,3 +45,27 @@ def test_an_idle_keep_alive_connection_is_closed() -> None:
             received += chunk
         assert received.startswith(b"HTTP/1.1 200")
         assert time.monotonic() - started < 3
+
+
+def _read_until_closed(conn: socket.socket) -> bytes:
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_body_that_stalls_mid_way_gets_408_and_the_connection_closed() -> None:
+    for path, shape in (("/events", b'"error"'), ("/crmapi/rest/v2/customer_events/purchases/create",
+                                                  b'"REQUEST_TIMEOUT"')):
+        with SandboxServer(body_timeout_seconds=0.3) as sandbox, \
+                socket.create_connection((sandbox.host, sandbox.port), timeout=10) as conn:
+            conn.sendall(b"POST " + path.encode() + b"?api_key=sandbox-key HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"events\": [")
+            answer = _read_until_closed(conn)  # returns only once the sandbox closes the connection
+
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b"connection: close" in answer.lower()
+            assert shape in answer  # in the platform's own error shape
+            # the others are still served
+            assert httpx.get(sandbox.url + "/_sandbox/stats", timeout=5).status_code == 200
+            assert sandbox.state.stats["bad_requests"] == 1

@@ -294,14 +294,50 @@ def test_bulk_answers_map_back_to_each_transaction() -> None:
     assert (results["T4"].outcome, results["T4"].error_code) == (Outcome.RETRYABLE, "MISSING_FROM_RESPONSE")
 
 
-def test_bulk_processed_entries_without_identifier_follow_request_order() -> None:
+def test_bulk_entries_that_name_nothing_sent_prove_nothing() -> None:
     envelope = Envelope.parse(
         {"status": {"code": "OK"}, "data": {"processed_customer_events_set": [{"id": "A"}, {"id": "B"}]}}
     )
     results = results_of_bulk(["T1", "T2"], envelope, CrmcomTarget())
-    assert [(r.transaction_id, r.event_ids) for r in results] == [("T1", ("A",)), ("T2", ("B",))]
+    assert [(r.transaction_id, r.outcome, r.error_code) for r in results] == [
+        ("T1", Outcome.RETRYABLE, "MISSING_FROM_RESPONSE"),
+        ("T2", Outcome.RETRYABLE, "MISSING_FROM_RESPONSE"),
+    ]
     failed = results_of_bulk(["T1"], Envelope("INTERNAL_ERROR", "down", None), CrmcomTarget())
     assert failed[0].outcome is Outcome.RETRYABLE
+
+
+@pytest.mark.parametrize("processed", [
+    "T1", ["T1", 7, None, True, [], ["T1"]], [{"request_unique_identifier": None}],
+    [{"request_unique_identifier": {"x": 1}}], [{"request_unique_identifier": "OTHER", "id": "X"}],
+    [{"request_unique_identifier": True}], {"T1": {"id": "A"}}, None, 12,
+])
+def test_odd_bulk_entries_never_crash_and_never_prove_a_purchase(processed: object) -> None:
+    envelope = Envelope.parse({"status": {"code": "OK"}, "data": {
+        "processed_customer_events_set": processed,
+        "unprocessed_customer_events_set": [None, "T2", {"error_code": "X"},
+                                            {"request_unique_identifier": 5}]}})
+
+    results = results_of_bulk(["T1", "T2"], envelope, CrmcomTarget())
+
+    assert [(r.transaction_id, r.outcome, r.error_code) for r in results] == [
+        ("T1", Outcome.RETRYABLE, "MISSING_FROM_RESPONSE"),
+        ("T2", Outcome.RETRYABLE, "MISSING_FROM_RESPONSE"),
+    ]
+
+
+def test_bulk_entries_that_disagree_leave_the_purchase_in_doubt() -> None:
+    envelope = Envelope.parse({"status": {"code": "OK"}, "data": {
+        "processed_customer_events_set": [{"request_unique_identifier": "T1", "id": "A"},
+                                          {"request_unique_identifier": "T2", "id": "B"},
+                                          {"request_unique_identifier": "T2", "id": "B"}],
+        "unprocessed_customer_events_set": [{"request_unique_identifier": "T1", "error_code": "INVALID"}]}})
+
+    results = {r.transaction_id: r for r in results_of_bulk(["T1", "T2"], envelope, CrmcomTarget())}
+
+    assert (results["T1"].outcome, results["T1"].error_code) == (Outcome.RETRYABLE, "CONFLICTING_ANSWER")
+    # the same answer twice is still one answer
+    assert (results["T2"].outcome, results["T2"].event_ids) == (Outcome.ACCEPTED, ("B",))
 
 
 def test_endpoint_urls() -> None:

@@ -94,12 +94,49 @@ def test_retry_after_in_seconds_or_http_date() -> None:
     assert parse_retry_after("soon") is None
 
 
+@pytest.mark.parametrize("value", ["inf", "Infinity", "1e999", "-inf", "nan", "-5", "864000",
+                                   "Fri, 31 Dec 9999 23:59:59 GMT", "Sat, 01 Jan 10000 00:00:00 GMT",
+                                   "Fri, 20 Nov 2126 12:00:00 GMT", "", "  ", "1e-999", "0x10"])
+def test_any_retry_after_waits_at_most_the_configured_maximum(value: str) -> None:
+    now = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
+    policy = DeliveryPolicy(retry_after_max_seconds=60, backoff_max_seconds=8)
+    parsed = parse_retry_after(value, now)
+
+    assert parsed is None or parsed >= 0
+    wait = policy.honoured(parsed)
+    assert wait is None or 0 <= wait <= 60
+    delay = policy.backoff(1, parsed, random.Random(1))
+    assert 0 <= delay <= 61  # the cap and at most a second of jitter
+
+
+def test_a_retry_after_of_days_pauses_the_bucket_for_the_maximum_only() -> None:
+    fake = FakeTime()
+    policy = DeliveryPolicy(retry_after_max_seconds=60)
+    bucket = TokenBucket(6000, 5, clock=fake.clock, sleep=fake.sleep)
+
+    async def go() -> None:
+        await bucket.acquire()
+        bucket.pause(policy.honoured(parse_retry_after("1e999")) or 0)
+        await bucket.acquire()
+
+    asyncio.run(go())
+    assert 60.0 <= fake.now < 61.0  # the pause, then one token's refill
+
+
+def test_nan_and_negative_retry_after_are_no_reason_to_wait() -> None:
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("-30") == 0.0
+    assert DeliveryPolicy().honoured(float("nan")) is None
+    assert DeliveryPolicy().honoured(-1.0) == 0.0
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [(None, Disposition.RETRY), (429, Disposition.RETRY), (500, Disposition.RETRY),
      (503, Disposition.RETRY), (408, Disposition.RETRY), (401, Disposition.HALT),
      (403, Disposition.HALT), (400, Disposition.DEFER), (413, Disposition.SPLIT),
-     (200, Disposition.DEFER)],
+     # a 2xx that is no verdict (empty, not JSON, naming nothing sent) is as good as no answer
+     (200, Disposition.RETRY), (204, Disposition.RETRY)],
 )
 def test_one_place_decides_what_a_failed_request_means(status: int | None, expected: Disposition) -> None:
     assert disposition(RequestFailure(status, "x", "y")) is expected

@@ -26,6 +26,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
         if self.path == "/slow":
             time.sleep(1.0)
+        if self.path == "/trickle":  # an answer one byte at a time, far longer than any timeout
+            self._trickle()
+            return
+        if self.path == "/cut":  # an answer closed before the length it announced
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"events":')
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if self.path == "/drop":  # read the request, then hang up without an answer
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -38,6 +51,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def _trickle(self) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        try:
+            for _ in range(600):  # 30 s at most, then the answer ends with the connection
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b"{}")
+        except OSError:
+            pass  # the client gave up
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -85,6 +112,21 @@ def test_cookies_a_server_sets_are_never_sent_back(server: str) -> None:
 def test_no_answer_within_the_timeout_is_a_timeout(server: str) -> None:
     with pytest.raises(HttpTimeout):
         _send(server + "/slow", timeout=0.2)
+
+
+def test_an_answer_that_trickles_in_a_byte_at_a_time_is_a_timeout(server: str) -> None:
+    # each byte comes well within the per-read timeout; the whole answer never does
+    with pytest.raises(HttpTimeout, match=r"no whole answer within 0\.3 s"):
+        _send(server + "/trickle", timeout=0.3)
+
+    assert [path for path, _, _ in _Handler.seen] == ["/trickle"]
+
+
+def test_an_answer_cut_off_before_its_length_is_a_connection_error(server: str) -> None:
+    with pytest.raises(HttpConnectionError):
+        _send(server + "/cut")
+
+    assert [path for path, _, _ in _Handler.seen] == ["/cut"]
 
 
 def test_a_dropped_connection_is_a_connection_error_and_the_post_is_not_sent_again(server: str) -> None:
