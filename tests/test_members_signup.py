@@ -1,6 +1,6 @@
 """Claims and profile updates of a member whose sign-up has not reached the platform: they wait
 for it (the platform would refuse them for good, 160212), are sent once it is accepted, and are
-not sent when it was refused. Real `python -m pipeline` processes, the real sandbox, SQLite."""
+held for a rerun when it was refused. Real `python -m pipeline` processes, the real sandbox, SQLite."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def states(tmp: Path, scope: str) -> dict[str, tuple[str, str | None]]:
     return {tid: (state, code) for tid, state, code in rows}
 
 
-def test_a_claim_waits_for_its_members_sign_up_and_is_not_sent_when_it_was_refused(tmp_path: Path) -> None:
+def test_a_claim_waits_for_its_members_sign_up_and_a_refused_ones_goes_with_a_rerun(tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "pos_LON01_20261120_10.csv").write_text(POS_HEADER + GUEST_SALES, encoding="utf-8")
@@ -63,16 +63,31 @@ def test_a_claim_waits_for_its_members_sign_up_and_is_not_sent_when_it_was_refus
         refused_before = stats(sandbox)["events_rejected"]
         code, claimed, _ = posfeed(tmp_path, env, "run", "--feed", claims, *DAY)
         assert stats(sandbox)["events_rejected"] == refused_before  # nothing the platform refuses
-        assert code == 75 and claimed["queued"] == 1 and claimed["not_sent"] == 1
-        assert claimed["failed_permanent"] == 0
+        assert code == 65 and claimed["queued"] == 1 and claimed["failed_permanent"] == 1
         assert states(tmp_path, "claims") == {
-            "claim:G1": ("queued", None), "claim:G2": ("not_sent", "member_not_enrolled")}
+            "claim:G1": ("queued", None), "claim:G2": ("failed_permanent", "member_not_enrolled")}
 
         # the sign-up goes with the next plain run; then the claim that waited
         assert posfeed(tmp_path, env, "run", "--feed", members, *DAY)[1]["accepted"] == 1
         code, settled, _ = posfeed(tmp_path, env, "run", "--feed", claims, *DAY)
-        assert code == 0 and settled["accepted"] == 1 and settled["balanced"] is True
+        assert settled["accepted"] == 1 and settled["balanced"] is True
         assert owners(sandbox)["G1"] == "unknown-M1"
+
+        # a rerun before M2's sign-up is mended sends nothing the platform would refuse
+        code, early, _ = posfeed(tmp_path, env, "rerun", "--feed", claims, "--failed", "--include-permanent")
+        assert early["accepted"] == 0 and early["failed_permanent"] == 1
+        assert stats(sandbox)["events_rejected"] == refused_before and owners(sandbox)["G2"] is None
+        assert states(tmp_path, "claims")["claim:G2"] == ("failed_permanent", "member_not_enrolled")
+        # the corrected sign-up is accepted; the claim it held back goes with a rerun, once
+        (drop / "members_NYC01_20261120.csv").write_text(
+            "customer_id,email,enrolled_at\nunknown-M2,m2@example.org,2026-11-20T09:00:00Z\n",
+            encoding="utf-8")
+        assert posfeed(tmp_path, env, "run", "--feed", members, *DAY)[1]["accepted"] == 1
+        code, resent, _ = posfeed(tmp_path, env, "rerun", "--feed", claims, "--failed", "--include-permanent")
+        assert code == 0 and resent["accepted"] == 1 and resent["balanced"] is True
+        assert owners(sandbox)["G2"] == "unknown-M2"
+        assert stats(sandbox)["events_rejected"] == refused_before
+        assert states(tmp_path, "claims")["claim:G2"] == ("accepted", None)
 
 
 def test_a_profile_update_waits_for_a_sign_up_left_for_a_rerun(tmp_path: Path) -> None:
@@ -106,7 +121,7 @@ def test_a_profile_update_waits_for_a_sign_up_left_for_a_rerun(tmp_path: Path) -
         assert {state for state, _ in states(tmp_path, "members").values()} == {"accepted"}
 
 
-def test_an_update_in_the_run_its_opt_in_is_refused_is_not_sent(tmp_path: Path) -> None:
+def test_an_update_in_the_run_its_opt_in_is_refused_is_held_not_sent(tmp_path: Path) -> None:
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "members_LON01_20261120.csv").write_text(
@@ -124,7 +139,7 @@ def test_an_update_in_the_run_its_opt_in_is_refused_is_not_sent(tmp_path: Path) 
         assert refused == 1 and first["failed_permanent"] == 1 and first["failed_retryable"] == 1
         code, second, _ = posfeed(tmp_path, env, "run", "--feed", members, *DAY)
         assert stats(sandbox)["events_rejected"] - refused_before == 1
-        assert second["not_sent"] == 1 and code != 75
+        assert second["failed_permanent"] == 1 and code == 65  # held for a rerun, never sent
     codes = {code for _, code in states(tmp_path, "members").values()}
     assert "member_not_enrolled" in codes and "160212" not in codes
 

@@ -44,7 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# a claim or profile update of a member whose sign-up the platform refused (never sent)
+# a claim or profile update of a member whose sign-up the platform refused (held, not sent)
 MEMBER_NOT_ENROLLED = "member_not_enrolled"
 PROFILE = "profile"  # the transaction_type of a member's profile update
 # a return naming itself, another return or a void (a target-level code of both targets)
@@ -322,8 +322,9 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
 
 def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]]
                  ) -> tuple[list[dict[str, Any]], list[EventResult]]:
-    """The claims and profile updates that may be sent now, and a NOT_SENT result
-    (``member_not_enrolled``) for each whose member's sign-up the platform refused.
+    """The claims and profile updates that may be sent now, and a failed-permanent result, never
+    sent (``member_not_enrolled``), for each whose member's sign-up the platform refused: kept,
+    so ``posfeed rerun --include-permanent`` sends it once a corrected sign-up is accepted.
 
     A claim or a profile update of a member the platform does not have yet would be refused
     (Antavo 160212, for good). So while the member's sign-up in ``scope`` (the ledger's
@@ -359,9 +360,11 @@ def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]]
         elif status == "refused":
             last = found[-1]
             unsent.append(EventResult(
-                tid, Outcome.NOT_SENT, error_code=MEMBER_NOT_ENROLLED,
-                error_message=f"never sent: the member's sign-up {last.transaction_id} did not reach "
-                              f"the platform ({last.state}: {last.last_error_code or 'no code'})",
+                tid, Outcome.REJECTED, error_code=MEMBER_NOT_ENROLLED,
+                error_message=f"not sent: the member's sign-up {last.transaction_id} did not reach "
+                              f"the platform ({last.state}: {last.last_error_code or 'no code'}); once "
+                              "a corrected sign-up is accepted, `posfeed rerun --include-permanent` "
+                              "sends it",
                 attempts=0))
         else:
             ready.append(row)
