@@ -28,6 +28,7 @@ from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
 from pipeline.core.parse import read_file
 from pipeline.core.readstats import ReadStats
+from pipeline.core.rejected_copies import customer_columns
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
 from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
@@ -250,11 +251,6 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
             )
         )
     return out
-
-
-def customer_columns(feed: Feed) -> set[str]:
-    """The columns of a rejected line that hold the customer id (canonical and the export's own name)."""
-    return {"customer_id", feed.format.columns.get("customer_id", "customer_id")}
 
 
 def _mask_reject_customers(records: FileRecords, feed: Feed) -> FileRecords:
