@@ -39,6 +39,27 @@ class Recording:
                 f"{sql} AND transaction_id IN ({marks(len(chunk))})", (scope, *chunk)))
         return found
 
+    def rejected_lines(
+        self, scope: str, transaction_ids: Iterable[str]
+    ) -> list[tuple[str, int, str, int | None, str, str]]:
+        """The lines of the transactions of ``scope`` rejected under ``transaction_ids``, for the
+        fragments of rejected transactions: (transaction_id, ledger row id of the rejected
+        occurrence, source_file, source_line, reject code, original columns as JSON)."""
+        found: list[tuple[str, int, str, int | None, str, str]] = []
+        for chunk in chunks(sorted(set(transaction_ids))):
+            found.extend(
+                (r[0], int(r[1]), r[2], r[3], r[4], r[5])
+                for r in self._db.query(
+                    "SELECT r.transaction_id, r.txn_row_id, r.source_file, r.source_line, r.code, r.original "
+                    "FROM rejects r JOIN transactions t ON t.id = r.txn_row_id "
+                    "WHERE t.scope = ? AND t.state = 'rejected' "
+                    f"AND r.transaction_id IN ({marks(len(chunk))}) "
+                    "ORDER BY r.id",
+                    (scope, *chunk),
+                )
+            )
+        return found
+
     def record_file(
         self,
         run_id: str,
