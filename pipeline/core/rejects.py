@@ -144,10 +144,9 @@ CATALOG: dict[RejectCode, str] = {
     "by more than validation.amount_tolerance.",
     RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "
     "sent whole or not at all, so this line is held back with it.",
-    RejectCode.COPY_OF_REJECTED: "A repeat of a rejected transaction: its transaction id was "
-    "rejected in the same file (another copy of it, when the export repeats lines), or in an earlier "
-    "file of the scope while every line of this one is an exact copy of a line of that rejected "
-    "transaction. A fragment of a rejected transaction is never sent on its own; a corrected "
+    RejectCode.COPY_OF_REJECTED: "A repeat of a rejected transaction: another copy of it in the same "
+    "file (an export repeating some of its lines), or, in another file of the run or a later run, a "
+    "fragment of it (only some of its lines, each an exact copy). Never sent on its own; a corrected "
     "transaction (a line of its own) is judged afresh.",
     RejectCode.MEMBER_MISSING_FIELD: "An enrollment without customer_id or enrolled_at, or a claim "
     "without transaction_id, customer_id or claimed_at.",
