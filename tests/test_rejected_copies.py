@@ -84,14 +84,14 @@ def test_a_rejected_transactions_line_repeated_in_its_file_is_never_sent(
     run = runner.run_feed(sample_feed("acme_hourly", sandbox, folder=drop), settings, business_dates=[DAY])
     # before: the repeated line was sent as T4 (2.00) while the report showed T4 rejected
     assert sorted(delivered_ids(sandbox)) == ["S1"]
-    assert run.summary["rejects_by_code"].get("R033_COPY_OF_REJECTED") == 2
+    assert run.summary["rejects_by_code"].get("R034_COPY_OF_REJECTED") == 2
     with Ledger(settings.ledger_path) as ledger:
         t4 = _states(ledger, "T4")
         e6 = _states(ledger, "E6")
     assert sorted(t4) == sorted([("pos_LON01_20261120_10.csv", "rejected", "R007_NON_POSITIVE_QUANTITY"),
-                                 ("pos_LON01_20261120_10.csv", "rejected", "R033_COPY_OF_REJECTED")])
+                                 ("pos_LON01_20261120_10.csv", "rejected", "R034_COPY_OF_REJECTED")])
     assert sorted(e6) == sorted([("pos_LON01_20261120_10.csv", "rejected", "R008_NEGATIVE_PRICE"),
-                                 ("pos_LON01_20261120_10.csv", "rejected", "R033_COPY_OF_REJECTED")])
+                                 ("pos_LON01_20261120_10.csv", "rejected", "R034_COPY_OF_REJECTED")])
     # the money of every copy is in the rejected column: 2.00 + 0 + 2.00; 3.00 + 3.00 - 4.00
     assert _balanced(run) == {"GBP": Decimal("4.00"), "EUR": Decimal("2.00")}
 
@@ -119,11 +119,11 @@ def test_fragments_in_the_next_file_and_a_later_run_are_never_sent_a_correction_
         t4 = _states(ledger, "T4")
         e6 = _states(ledger, "E6")
         reasons = {r["source_file"]: r["reason"] for r in ledger.rejects(feed="acme_hourly")
-                   if r["code"] == "R033_COPY_OF_REJECTED"}
+                   if r["code"] == "R034_COPY_OF_REJECTED"}
     assert t4 == [("pos_LON01_20261120_10.csv", "rejected", "R007_NON_POSITIVE_QUANTITY"),
-                  ("pos_LON01_20261120_11.csv", "rejected", "R033_COPY_OF_REJECTED"),
+                  ("pos_LON01_20261120_11.csv", "rejected", "R034_COPY_OF_REJECTED"),
                   ("pos_LON01_20261120_13.csv", "accepted", None)]
     assert e6 == [("pos_LON01_20261120_10.csv", "rejected", "R008_NEGATIVE_PRICE"),
-                  ("pos_LON01_20261120_12.csv", "rejected", "R033_COPY_OF_REJECTED")]
+                  ("pos_LON01_20261120_12.csv", "rejected", "R034_COPY_OF_REJECTED")]
     assert reasons["pos_LON01_20261120_12.csv"].startswith(
         "transaction E6 was rejected (pos_LON01_20261120_10.csv line 5)")

@@ -4,7 +4,7 @@ A transaction rejected in one file may come again in another one (the next file 
 file of a later run of the dedup scope): a till repeating part of its export. An occurrence of the
 id that is valid on its own but whose every line is an exact copy of a line of the rejected
 occurrence, and that has fewer (distinct) lines than it, is a *fragment* of it: its lines are
-rejected ``R033_COPY_OF_REJECTED``, and it is never sent on its own. An occurrence with a line of
+rejected ``R034_COPY_OF_REJECTED``, and it is never sent on its own. An occurrence with a line of
 its own (a corrected line, another product) is a correction, and one with every line again is the
 same transaction once more: both are judged afresh (a correction is sent when valid). Copies inside
 one file are the validator's (:mod:`pipeline.core.validate.engine`): there every copy of a rejected
@@ -85,7 +85,7 @@ def _occurrences(rows: pl.DataFrame, key: str) -> dict[str, list[_Rejected]]:
 
 def reject_fragments(checked: pl.DataFrame, feed: Feed, earlier: pl.DataFrame | None = None) -> pl.DataFrame:
     """``checked`` (validated lines) with every fragment of a rejected transaction rejected
-    ``R033_COPY_OF_REJECTED`` (see the module docstring): against the other files of the frame and
+    ``R034_COPY_OF_REJECTED`` (see the module docstring): against the other files of the frame and
     ``earlier`` (:data:`EARLIER_REJECTS_SCHEMA`)."""
     failed = pl.col("reject_code").is_not_null()
     tid = pl.col("v_transaction_id")

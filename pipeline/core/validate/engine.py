@@ -4,7 +4,7 @@ A row keeps the first rule it breaks (:mod:`pipeline.core.validate.rules` gives 
 transaction rules judge only transactions whose lines all passed the row rules. One failing line
 rejects its whole transaction: the failing line keeps its code, its siblings get
 ``R099_SIBLING_REJECTED``. Every other copy of a rejected transaction in its file (an export that
-repeats some of its lines) is rejected too, ``R033_COPY_OF_REJECTED``: a fragment of a rejected
+repeats some of its lines) is rejected too, ``R034_COPY_OF_REJECTED``: a fragment of a rejected
 transaction is never a valid transaction of its own.
 """
 
