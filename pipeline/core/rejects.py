@@ -51,6 +51,7 @@ class RejectCode(StrEnum):
     FIELD_TOO_LONG = "R031_FIELD_TOO_LONG"
     NO_ITEMS = "R032_NO_ITEMS"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
+    COPY_OF_REJECTED = "R034_COPY_OF_REJECTED"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
     BAD_EMAIL = "R102_BAD_EMAIL"
@@ -148,6 +149,10 @@ CATALOG: dict[RejectCode, str] = {
     "by more than validation.amount_tolerance.",
     RejectCode.SIBLING_REJECTED: "Another line of the same transaction was rejected; a checkout is "
     "sent whole or not at all, so this line is held back with it.",
+    RejectCode.COPY_OF_REJECTED: "A repeat of a rejected transaction: another copy of it in the same "
+    "file (an export repeating some of its lines), or, in another file of the run or a later run, a "
+    "fragment of it (only some of its lines, each an exact copy). Never sent on its own; a corrected "
+    "transaction (a line of its own) is judged afresh.",
     RejectCode.MEMBER_MISSING_FIELD: "An enrollment without customer_id or enrolled_at, or a claim "
     "without transaction_id, customer_id or claimed_at.",
     RejectCode.BAD_EMAIL: "The email is not an address (one @, a local part, a domain with a dot, no "

@@ -31,6 +31,7 @@ from pipeline.core.dedup import dedup
 from pipeline.core.normalize import normalize, normalize_columns
 from pipeline.core.parse import EXTRA_PREFIX, read_file
 from pipeline.core.readstats import ReadStats
+from pipeline.core.rejected_copies import reject_fragments
 from pipeline.core.validate import GROUP_ID, validate
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.errors import UnreadableFileError
@@ -196,12 +197,16 @@ def transform(
     unreadable: Sequence[UnreadableFileError] = (),
     read_stats: ReadStats | None = None,
     files_read: Sequence[str] = (),
+    rejected_before: pl.DataFrame | None = None,
 ) -> TransformResult:
     """Validate, normalize and dedup a lines frame (from :mod:`pipeline.core.parse`).
 
     ``files_read`` names the files the lines were read from, so that one with no data rows is
-    still listed (``files``, ``files_without_rows``)."""
-    checked = validate(lines, feed, now=now)
+    still listed (``files``, ``files_without_rows``). ``rejected_before`` holds the lines of
+    transactions the scope rejected in earlier files (``EARLIER_REJECTS_SCHEMA`` of
+    :mod:`pipeline.core.rejected_copies`): a fragment of one, or of one rejected in another file
+    of ``lines``, is rejected too."""
+    checked = reject_fragments(validate(lines, feed, now=now), feed, rejected_before)
     is_valid = checked.get_column("reject_code").is_null()
     extras = [c for c in checked.columns if c.startswith(EXTRA_PREFIX)]
     # only what each consumer reads is filtered (cheaper than filtering every column)

@@ -39,6 +39,37 @@ class Recording:
                 f"{sql} AND transaction_id IN ({marks(len(chunk))})", (scope, *chunk)))
         return found
 
+    def rejected_lines(
+        self, scope: str, transaction_ids: Iterable[str]
+    ) -> list[tuple[str, int, str, int | None, str, str]]:
+        """The lines of the transactions of ``scope`` rejected under ``transaction_ids``, for the
+        fragments of rejected transactions: (transaction_id, ledger row id of the rejected
+        occurrence, source_file, source_line, reject code, original columns as JSON).
+
+        The rejected rows are found by id (indexed), then their lines among those of the run that
+        recorded them (indexed by run): no pass over every rejected line the ledger holds."""
+        rows_of_run: dict[str, list[int]] = {}
+        for chunk in chunks(sorted(set(transaction_ids))):
+            for row_id, run_id in self._db.query(
+                "SELECT id, first_run_id FROM transactions WHERE scope = ? AND state = 'rejected' "
+                f"AND transaction_id IN ({marks(len(chunk))})",
+                (scope, *chunk),
+            ):
+                rows_of_run.setdefault(run_id, []).append(int(row_id))
+        found: list[tuple[str, int, str, int | None, str, str]] = []
+        for run_id, row_ids in sorted(rows_of_run.items()):
+            for chunk_ids in chunks(sorted(row_ids)):
+                found.extend(
+                    (r[0], int(r[1]), r[2], r[3], r[4], r[5])
+                    for r in self._db.query(
+                        "SELECT transaction_id, txn_row_id, source_file, source_line, code, original "
+                        f"FROM rejects WHERE run_id = ? AND txn_row_id IN ({marks(len(chunk_ids))}) "
+                        "ORDER BY id",
+                        (run_id, *chunk_ids),
+                    )
+                )
+        return found
+
     def record_file(
         self,
         run_id: str,

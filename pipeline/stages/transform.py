@@ -13,6 +13,7 @@ from its lines independently of those states, so the report can prove that nothi
 
 from __future__ import annotations
 
+import json
 import logging
 from array import array
 from collections import Counter
@@ -28,6 +29,7 @@ from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
 from pipeline.core.parse import read_file
 from pipeline.core.readstats import ReadStats
+from pipeline.core.rejected_copies import EARLIER_REJECTS_SCHEMA, customer_columns, line_key
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
 from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
@@ -252,11 +254,6 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
     return out
 
 
-def customer_columns(feed: Feed) -> set[str]:
-    """The columns of a rejected line that hold the customer id (canonical and the export's own name)."""
-    return {"customer_id", feed.format.columns.get("customer_id", "customer_id")}
-
-
 def _mask_reject_customers(records: FileRecords, feed: Feed) -> FileRecords:
     """The file's records with customer ids in the rejected lines' original columns hashed
     (``logging.hash_customer_ids``): they go to the ledger and to rejects.csv."""
@@ -388,6 +385,24 @@ def transform_staged(
     return outcome
 
 
+def _rejected_before(ledger: Ledger, feed: Feed, candidates: set[str]) -> pl.DataFrame:
+    """The lines of the scope's rejected transactions under these ids (earlier files, this run's
+    earlier groups included), as :func:`~pipeline.core.rejected_copies.reject_fragments` reads them."""
+    skip = customer_columns(feed)
+    found = ledger.rejected_lines(feed.scope, candidates)
+    return pl.DataFrame(
+        {
+            "transaction_id": [f[0] for f in found],
+            "occurrence": [str(f[1]) for f in found],
+            "line_key": [line_key(json.loads(f[5]), skip) for f in found],
+            "source_file": [f[2] for f in found],
+            "source_line": [f[3] for f in found],
+            "reject_code": [f[4] for f in found],
+        },
+        schema=EARLIER_REJECTS_SCHEMA,
+    )
+
+
 def _transform_group(
     ledger: Ledger,
     run_id: str,
@@ -413,7 +428,8 @@ def _transform_group(
         },
         schema={"transaction_id": pl.String(), "content_hash": pl.String()},
     )
-    result = transform(lines, feed, known=known, now=now, unreadable=unreadable_files)
+    result = transform(lines, feed, known=known, now=now, unreadable=unreadable_files,
+                       rejected_before=_rejected_before(ledger, feed, candidates))
     del lines
     unreadable = {e.file: e for e in result.unreadable}
     per_file = records_of(result)

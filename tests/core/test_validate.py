@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import polars as pl
 import pytest
 
+from pipeline.core.rejected_copies import EARLIER_REJECTS_SCHEMA, customer_columns, line_key
 from pipeline.core.rejects import CATALOG, MEMBER_CODES, RejectCode
+from pipeline.core.transform import TransformResult, transform
 from pipeline.core.validate import validate
 from tests.core.helpers import NOW, codes, feed, lines_of, row, run
 
@@ -115,7 +118,7 @@ def test_each_reject_code(
 
 
 def test_every_code_has_a_case() -> None:
-    covered = {c[3] for c in CASES} | {c[3] for c in READER_CASES} | {R.SIBLING_REJECTED}
+    covered = {c[3] for c in CASES} | {c[3] for c in READER_CASES} | {R.SIBLING_REJECTED, R.COPY_OF_REJECTED}
     covered.add(R.NO_ITEMS)  # the POSLog reader's alone: tests/core/test_poslog.py
     assert covered == set(CATALOG) - MEMBER_CODES  # enrollment and claim codes: tests/core/test_members.py
 
@@ -205,6 +208,76 @@ def test_partial_repeat_is_a_conflict() -> None:
     block = [row(), row(line_no="2", product_id="P2", quantity="1", line_total="2.50")]
     result = run(block + block[:1])
     assert result.checkouts.get_column("dedup_status").to_list() == ["conflict", "conflict"]
+
+
+# a transaction T4 whose line 2 is bad (quantity 0), and its good line 1 repeated on its own
+_T4_GOOD = row(transaction_id="T4", quantity="1", unit_price="2.00", line_total="2.00")
+_T4_BAD = row(transaction_id="T4", line_no="2", product_id="P2", quantity="0", line_total="0")
+
+
+def _balanced(result: TransformResult) -> None:
+    """Every line and transaction is counted once, and the money balances per currency."""
+    s = result.summary
+    assert s["rows_in"] == s["rows_valid"] + s["rows_rejected"]
+    assert s["transactions_in"] == s["transactions_valid"] + s["transactions_rejected"]
+    assert s["transactions_valid"] == s["new"] + s["duplicates"] + s["conflicts"]
+    for amounts in s["currencies"].values():
+        assert Decimal(amounts["amount_in"]) == Decimal(amounts["amount_valid"]) + Decimal(
+            amounts["amount_rejected"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # before: line 3 became a valid T4 of its own and was sent (2.00) while T4 was rejected
+        ([_T4_GOOD, _T4_BAD, _T4_GOOD], [R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY, R.COPY_OF_REJECTED]),
+        ([_T4_GOOD, _T4_GOOD, _T4_BAD], [R.SIBLING_REJECTED, R.COPY_OF_REJECTED, R.NON_POSITIVE_QUANTITY]),
+        # the bad line repeated: each copy fails on its own
+        ([_T4_GOOD, _T4_BAD, _T4_BAD],
+         [R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY, R.NON_POSITIVE_QUANTITY]),
+        # the whole block repeated: the repeat fails on its own line 2, its line 1 with it
+        ([_T4_GOOD, _T4_BAD, _T4_GOOD, _T4_BAD],
+         [R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY, R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY]),
+    ],
+    ids=["repeat_after_the_bad_line", "repeat_before_the_bad_line", "bad_line_repeated", "block_repeated"],
+)
+def test_a_copy_of_a_rejected_transaction_in_its_file_is_never_sent(
+    rows: list[dict[str, str]], expected: list[RejectCode]
+) -> None:
+    other = row(transaction_id="T5")
+    result = run([*rows, other])
+    assert codes(result) == [*[c.value for c in expected], None]
+    assert result.checkouts.get_column("transaction_id").to_list() == ["T5"]
+    assert result.sendable.get_column("transaction_id").to_list() == ["T5"]
+    copies = result.lines.filter(pl.col("reject_code") == R.COPY_OF_REJECTED)
+    bad_lines = result.lines.filter(pl.col("reject_code") == R.NON_POSITIVE_QUANTITY)
+    bad_line = bad_lines.get_column("source_line").min()
+    for reason in copies.get_column("reject_reason"):
+        assert reason.startswith(f"transaction T4 was rejected (line {bad_line} of this file)")
+    _balanced(result)
+    assert result.summary["currencies"]["GBP"]["amount_valid"] == "5.00"
+
+
+def test_a_full_copy_is_rejected_with_a_partial_copy_its_file_rejected() -> None:
+    # the partial repeat breaks transaction_total (R018) while the full block is valid: neither is
+    # sent (without the total both would be held as conflicts)
+    block = [row(transaction_total="7.50"),
+             row(line_no="2", product_id="P2", quantity="1", line_total="2.50", transaction_total="7.50")]
+    result = run(block + block[:1])
+    assert codes(result) == [R.COPY_OF_REJECTED, R.COPY_OF_REJECTED, R.TRANSACTION_TOTAL_MISMATCH]
+    assert result.checkouts.height == 0
+    _balanced(result)
+
+
+def test_a_copy_in_another_file_is_not_a_copy_in_its_file() -> None:
+    # the rule of this file does not reach the next one (across files: tests/test_rejected_copies.py)
+    f = feed()
+    lines = pl.concat(
+        [lines_of([_T4_GOOD, _T4_BAD], f, "a.csv"), lines_of([row(transaction_id="T9")], f, "b.csv")]
+    )
+    result = transform(lines, f, now=NOW)
+    assert codes(result) == [R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY, None]
 
 
 def test_identical_lines_without_line_no_are_two_items() -> None:
@@ -464,3 +537,53 @@ def test_a_customer_id_a_spreadsheet_turned_into_scientific_notation_is_rejected
                              None, None]
     reasons = result.lines.get_column("reject_reason").to_list()
     assert "scientific notation" in reasons[0] and "1.23457E+11" not in reasons[0]  # hashed
+
+
+def test_a_fragment_of_a_transaction_rejected_in_another_file_is_rejected() -> None:
+    # T4 rejected in a.csv; b.csv repeats its good line alone (before: sent), c.csv corrects it
+    f = feed()
+    fixed = row(transaction_id="T4", line_no="2", product_id="P2", quantity="1", line_total="2.50")
+    lines = pl.concat([
+        lines_of([_T4_GOOD, _T4_BAD], f, "a.csv"),
+        lines_of([_T4_GOOD, row(transaction_id="T5")], f, "b.csv"),
+    ])
+    result = transform(lines, f, now=NOW)
+    assert codes(result) == [R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY, R.COPY_OF_REJECTED, None]
+    reason = result.lines.get_column("reject_reason")[2]
+    assert reason.startswith("transaction T4 was rejected (a.csv line 3)")
+    assert result.sendable.get_column("transaction_id").to_list() == ["T5"]
+    _balanced(result)
+    # a correction (a line of its own) is judged afresh, in any file order
+    lines = pl.concat([lines_of([_T4_GOOD, fixed], f, "c.csv"), lines_of([_T4_GOOD, _T4_BAD], f, "a.csv")])
+    result = transform(lines, f, now=NOW)
+    assert codes(result) == [None, None, R.SIBLING_REJECTED, R.NON_POSITIVE_QUANTITY]
+    assert result.sendable.get_column("transaction_id").to_list() == ["T4"]
+    _balanced(result)
+
+
+def test_a_fragment_of_a_transaction_rejected_before_is_rejected() -> None:
+    f = feed()
+    earlier = pl.DataFrame(
+        {
+            "transaction_id": ["T4", "T4"],
+            "occurrence": ["7", "7"],
+            # as the ledger keeps a rejected line: the export's columns
+            "line_key": [line_key(r, customer_columns(f)) for r in (_T4_GOOD, _T4_BAD)],
+            "source_file": ["a.csv", "a.csv"],
+            "source_line": [2, 3],
+            "reject_code": [R.SIBLING_REJECTED.value, R.NON_POSITIVE_QUANTITY.value],
+        },
+        schema=EARLIER_REJECTS_SCHEMA,
+    )
+    fragment = run([_T4_GOOD], f, rejected_before=earlier)
+    assert codes(fragment) == [R.COPY_OF_REJECTED]
+    reason = fragment.lines.get_column("reject_reason")[0]
+    assert reason.startswith("transaction T4 was rejected (a.csv line 3)")
+    _balanced(fragment)
+    # the customer id is not compared (the ledger may keep it hashed)
+    assert codes(run([row(**{**_T4_GOOD, "customer_id": "cust:abc"})], f, rejected_before=earlier)) == [
+        R.COPY_OF_REJECTED]
+    fixed = row(transaction_id="T4", line_no="2", product_id="P2", quantity="1", line_total="2.50")
+    assert codes(run([_T4_GOOD, fixed], f, rejected_before=earlier)) == [None, None]
+    assert codes(run([row(transaction_id="T4", quantity="3", line_total="7.50")], f,
+                     rejected_before=earlier)) == [None]

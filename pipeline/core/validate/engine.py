@@ -3,7 +3,9 @@
 A row keeps the first rule it breaks (:mod:`pipeline.core.validate.rules` gives the order). The
 transaction rules judge only transactions whose lines all passed the row rules. One failing line
 rejects its whole transaction: the failing line keeps its code, its siblings get
-``R099_SIBLING_REJECTED``.
+``R099_SIBLING_REJECTED``. Every other copy of a rejected transaction in its file (an export that
+repeats some of its lines) is rejected too, ``R034_COPY_OF_REJECTED``: a fragment of a rejected
+transaction is never a valid transaction of its own.
 """
 
 from __future__ import annotations
@@ -53,12 +55,18 @@ def _rule_index(frame: pl.DataFrame, rules: Sequence[Rule]) -> pl.Series:
     return index
 
 
-def _explain(frame: pl.DataFrame, rules: Sequence[Rule], bad_groups: pl.DataFrame) -> pl.DataFrame:
+def _explain(
+    frame: pl.DataFrame, rules: Sequence[Rule], bad_groups: pl.DataFrame, bad_ids: pl.DataFrame
+) -> pl.DataFrame:
     """reject_code, reject_field, reject_reason from the rule index (only rejected rows pay)."""
     index = pl.col("v_rule")
     codes = {i: r.code.value for i, r in enumerate(rules)}
     fields = {i: r.field for i, r in enumerate(rules)}
-    failed = frame.filter(index.is_not_null()).join(bad_groups, on=GROUP_ID, how="left")
+    failed = (
+        frame.filter(index.is_not_null())
+        .join(bad_groups, on=GROUP_ID, how="left")
+        .join(bad_ids, on=list(_ID_KEYS), how="left", nulls_equal=False)
+    )
     reasons = failed.select(
         "_row",
         index.replace_strict(codes, return_dtype=pl.String).alias("reject_code"),
@@ -111,8 +119,16 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
         frame.filter(failed).group_by(keys).agg(pl.col("source_line").min().alias("v_first_bad_line"))
     )
     in_bad_group = pl.col(keys).is_in(bad_groups.get_column(keys).implode())
+    bad_ids = _bad_ids(frame, failed, bad_groups)
+    copy_of_bad = pl.struct(_ID_KEYS).is_in(bad_ids.select(pl.struct(_ID_KEYS)).to_series().implode())
     frame = frame.with_columns(
-        pl.when(failed).then(pl.col("v_rule")).when(in_bad_group).then(sibling).alias("v_rule")
+        pl.when(failed)
+        .then(pl.col("v_rule"))
+        .when(in_bad_group)
+        .then(sibling)
+        .when(copy_of_bad if bad_ids.height else pl.lit(False))
+        .then(sibling + 1)
+        .alias("v_rule")
     ).with_row_index("_row")
     sibling_rule = Rule(
         "sibling_rejected",
@@ -123,4 +139,43 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
             "line {} of transaction {} was rejected", pl.col("v_first_bad_line"), pl.col("transaction_id")
         ),
     )
-    return _explain(frame, [*per_row, *per_txn, sibling_rule], bad_groups)
+    copy_rule = Rule(
+        "copy_of_rejected",
+        RejectCode.COPY_OF_REJECTED,
+        "transaction_id",
+        pl.lit(False),
+        reason(
+            "transaction {} was rejected (line {} of this file); this repeated copy of some of its lines is "
+            "not sent on its own",
+            pl.col("transaction_id"),
+            pl.col("v_id_first_bad_line"),
+        ),
+    )
+    return _explain(frame, [*per_row, *per_txn, sibling_rule, copy_rule], bad_groups, bad_ids)
+
+
+# a transaction id in one file: its copies (GROUP_KEYS without the copy number)
+_ID_KEYS: tuple[str, ...] = ("source_file", "v_transaction_id")
+
+
+def _bad_ids(frame: pl.DataFrame, failed: pl.Expr, bad_groups: pl.DataFrame) -> pl.DataFrame:
+    """The (file, transaction id) of every rejected transaction that has other copies in its file,
+    with the first failing line of the id (``v_id_first_bad_line``); empty when no file repeats
+    lines of a rejected transaction (the usual case: nothing more to look at)."""
+    empty = pl.DataFrame(
+        schema={
+            "source_file": frame.schema["source_file"],
+            "v_transaction_id": frame.schema["v_transaction_id"],
+            "v_id_first_bad_line": frame.schema["source_line"],
+        }
+    )
+    if bad_groups.height == 0 or not frame.get_column("v_copy").max():
+        return empty
+    copied = frame.filter(pl.col("v_transaction_id").is_not_null()).select(
+        *_ID_KEYS, GROUP_ID, "source_line", failed.alias("_failed")
+    )
+    ids = copied.group_by(_ID_KEYS).agg(
+        pl.col(GROUP_ID).n_unique().alias("_copies"),
+        pl.col("source_line").filter(pl.col("_failed")).min().alias("v_id_first_bad_line"),
+    )
+    return ids.filter((pl.col("_copies") > 1) & pl.col("v_id_first_bad_line").is_not_null()).drop("_copies")

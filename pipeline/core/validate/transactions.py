@@ -6,7 +6,8 @@ transaction_id, copy)``: one failing line rejects the whole transaction (see
 content *and* the same ``line_no``) inside one file: an export that repeats a block produces a
 second copy of the transaction, which normalizes to a checkout with the same content hash and is
 counted as a duplicate by dedup instead of being rejected for repeated line numbers. A partial
-repeat becomes a second copy with different content: a conflict, held for review. Lines without a
+repeat becomes a second copy with different content: a conflict, held for review; when one copy
+is rejected, the engine rejects every other copy of it too (``R034_COPY_OF_REJECTED``). Lines without a
 ``line_no`` are never treated as repeats (two identical scans of one product are two items).
 
 **Returns.** A transaction is a return when its ``transaction_type`` is ``return``, or (with
