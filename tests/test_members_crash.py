@@ -35,7 +35,7 @@ def _kill_mid_submission(sandbox: SandboxServer, victim: subprocess.Popen[str], 
                          at_least: int) -> None:
     """SIGKILL ``victim`` once the sandbox has counted ``at_least`` of ``counter``, with the
     requests arriving from then on held by the sandbox itself (they land after the kill)."""
-    sandbox.config.hold_after = (counter, at_least)
+    sandbox.config.hold_after, sandbox.config.hold_ms = (counter, at_least), 120_000  # until the kill
     assert stats(sandbox)[counter] < at_least, "the run went too far before the hold was set"
     deadline = time.monotonic() + 120
     while stats(sandbox)[counter] < at_least:

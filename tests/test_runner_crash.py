@@ -59,7 +59,8 @@ def test_sigkill_during_submission_then_run_again(
         # so the kill lands mid-submission whatever the machine's speed; held requests are still
         # processed after the kill (they land while their sender is dead: the next run must find
         # out through "already used")
-        sandbox.config.hold_after = ("events_accepted", kill_after)
+        # (held until the kill, however long the contender below takes to start on a loaded machine)
+        sandbox.config.hold_after, sandbox.config.hold_ms = ("events_accepted", kill_after), 120_000
         victim = _posfeed(args, tmp_path, env)
         deadline = time.monotonic() + 120
         while stats(sandbox)["events_accepted"] < kill_after:

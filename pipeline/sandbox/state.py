@@ -92,6 +92,7 @@ DEFAULT_FAULTS: tuple[str, ...] = (Fault.ERROR_500, Fault.ERROR_503, Fault.DROP,
                                    Fault.LOST_RESPONSE)
 # the faults whose answer is lost after the request was processed
 ANSWER_LOST = (Fault.LOST_RESPONSE, Fault.EMPTY_ANSWER, Fault.TRICKLE)
+HOLD_POLL_SECONDS = 0.02  # how often a held request looks whether it was released
 
 
 @dataclass
@@ -111,7 +112,8 @@ class SandboxConfig:
     fault_kinds: tuple[str, ...] = DEFAULT_FAULTS
     latency_ms: float = 0.0
     # from the moment the counter named first reaches the number second, every request waits
-    # ``hold_ms`` (a test catches a client mid-submission this way, whatever the machine's speed)
+    # until hold_after is cleared, ``hold_ms`` at most (a test catches a client mid-submission this
+    # way, whatever the machine's speed, and releases the held requests after its kill)
     hold_after: tuple[str, int] | None = None
     hold_ms: float = 2000.0
     slow_ms: float = 1500.0
@@ -189,10 +191,15 @@ class SandboxState:
     # ---- latency, rate limit, faults ---------------------------------------------------------------
 
     async def delay(self) -> None:
-        """Sleep the configured latency (``hold_ms`` once ``hold_after`` is reached)."""
+        """Sleep the configured latency; once ``hold_after`` is reached, hold the request until
+        ``hold_after`` is cleared, ``hold_ms`` at most (at least the latency)."""
         latency, hold = self.config.latency_ms, self.config.hold_after
         if hold is not None and self.stats.get(hold[0], 0) >= hold[1]:
-            latency = max(latency, self.config.hold_ms)
+            started = time.monotonic()
+            until = started + self.config.hold_ms / 1000
+            while self.config.hold_after is not None and time.monotonic() < until:
+                await asyncio.sleep(min(HOLD_POLL_SECONDS, until - time.monotonic()))
+            latency -= (time.monotonic() - started) * 1000
         if latency > 0:
             await asyncio.sleep(latency / 1000)
 

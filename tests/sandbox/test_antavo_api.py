@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -377,3 +378,19 @@ def test_refunded_money_adds_up_exactly(sandbox: SandboxServer) -> None:
     assert post(sandbox, "/events", rest).status_code == 200
     [stored] = sandbox.state.listing("antavo")
     assert stored["status"] == "refunded" and Decimal(stored["refunded"]) == 100
+
+
+def test_a_held_request_waits_until_the_hold_is_released(sandbox: SandboxServer) -> None:
+    # from the first accepted event on, requests are held until the test lets them go (a crash
+    # test's kill must find them in flight however slow the machine is, then they land)
+    assert post(sandbox, "/events", CHECKOUT).status_code == 200
+    sandbox.config.hold_after, sandbox.config.hold_ms = ("events_accepted", 1), 600_000
+    answers: list[int] = []
+    second = {**CHECKOUT, "data": {**CHECKOUT["data"], "transaction_id": "T-2"}}
+    sender = threading.Thread(target=lambda: answers.append(post(sandbox, "/events", second).status_code))
+    sender.start()
+    sender.join(timeout=1.0)
+    assert sender.is_alive() and answers == []  # held
+    sandbox.config.hold_after = None
+    sender.join(timeout=60)  # released: it lands now, not after hold_ms
+    assert not sender.is_alive() and answers == [200]
