@@ -7,13 +7,14 @@ may contain is documented in `feeds/README.md` (a test keeps the two in step).
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -511,6 +512,28 @@ class FeedLoadResult:
     error: ConfigError | None
 
 
+def _keys_at(loc: tuple[Any, ...]) -> set[str]:
+    """The keys the feed file may have in the table ``loc`` names (a target's kind picks its model)."""
+    models: list[type[BaseModel]] = [Feed]
+    for part in loc:
+        fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
+        if not fields:  # a target's kind, as pydantic's tagged union names it
+            models = [m for m in models if getattr(m.model_fields.get("kind"), "default", None) == part]
+            continue
+        models = [a for f in fields for a in (get_args(f.annotation) or (f.annotation,))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+    return {name for m in models for name in m.model_fields}
+
+
+def _problem(error: Any) -> str:
+    """pydantic's message of one error, in the feed file's words."""
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_keys_at(error["loc"][:-1])), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}feeds/README.md lists every key)"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"antavo", "crmcom"})]
     return ".".join(parts) or "(top level)"
@@ -542,9 +565,9 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         first, *others = exc.errors()
         # every problem of the file at once, so one edit can fix them all: the first names the
         # error's key, the others follow with their own keys
-        more = "".join(f"; {_key_path(error['loc'])}: {error['msg']}" for error in others)
+        more = "".join(f"; {_key_path(error['loc'])}: {_problem(error)}" for error in others)
         key = _key_path(first["loc"])
-        raise ConfigError(first["msg"] + more, source=candidate, key=key) from exc
+        raise ConfigError(_problem(first) + more, source=candidate, key=key) from exc
     feed._config_dir = candidate.resolve().parent
     return feed
 

@@ -191,7 +191,7 @@ def test_models_are_frozen(tmp_path: Path) -> None:
     [
         ("[format]\ndelimiter = ';;'\n", "format.delimiter", "at most 1 character"),
         ("[format]\nkind = 'xml'\n", "format.kind", "'csv', 'jsonl', 'parquet' or 'poslog'"),
-        ("[source]\nprot = 22\n", "source.prot", "Extra inputs are not permitted"),
+        ("[source]\nprot = 22\n", "source.prot", "unknown key (did you mean 'port'?"),
         ("timezone = 'Mars/Olympus'\n", "timezone", "unknown timezone"),
         ("[store_timezones]\nS1 = 'Nowhere/City'\n", "store_timezones", "unknown timezone"),
         ("[validation]\nmax_future_minutes = -1\n", "validation.max_future_minutes", "greater than or equal"),
@@ -226,6 +226,35 @@ def test_every_bad_value_of_a_file_is_named(tmp_path: Path) -> None:
     done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG
     assert "format.delimiter" in done.stderr and "validation.max_future_minutes" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ("[source]\nkind = 'sftp'\nhostname = 'x'\n", "source.hostname", "did you mean 'host'?"),
+        ("[target]\nkind = 'antavo'\napi_key = 'x'\n", "target.api_key", "did you mean 'api_key_env'?"),
+        ("[target]\nkind = 'crmcom'\norganisation = 'x'\n", "target.organisation",
+         "did you mean 'organisation_env'?"),
+        ("[formt]\nkind = 'csv'\n", "formt", "did you mean 'format'?"),
+        ("[source]\nwhatever = 1\n", "source.whatever", "unknown key (feeds/README.md lists every key)"),
+    ],
+)
+def test_an_unknown_key_is_named_with_the_key_it_may_mean(
+    tmp_path: Path, text: str, key: str, hint: str
+) -> None:
+    """A misspelt key is told as such, with the closest key of its table, not as pydantic's
+    "Extra inputs are not permitted"."""
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", text))
+    assert caught.value.key == key and hint in caught.value.problem, str(caught.value)
+    assert "Extra inputs" not in str(caught.value)
+
+
+def test_a_bad_schedule_is_told_without_pydantic_words(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", "schedule = 'every hour'\n"))
+    assert caught.value.key == "schedule" and "not a 5-field cron expression" in caught.value.problem
+    assert "Value error" not in str(caught.value)
 
 
 def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
