@@ -7,8 +7,10 @@ may contain is documented in `feeds/README.md` (a test keeps the two in step).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import string
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
@@ -31,6 +33,7 @@ from pydantic import (
 
 from pipeline.errors import ConfigError, SecretError
 from pipeline.logs import register_feed_secrets, register_secret
+from pipeline.records import CANONICAL_COLUMNS
 
 __all__ = [
     "AlertsConfig",
@@ -568,8 +571,29 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         more = "".join(f"; {_key_path(error['loc'])}: {_problem(error)}" for error in others)
         key = _key_path(first["loc"])
         raise ConfigError(_problem(first) + more, source=candidate, key=key) from exc
+    _check_checkout_columns(feed, candidate)
     feed._config_dir = candidate.resolve().parent
     return feed
+
+
+def _check_checkout_columns(feed: Feed, source: Path) -> None:
+    """A checkout feed's ``[format.columns]`` and ``[format.defaults]`` name canonical columns (or
+    a field of its ``transaction_id_template``): any other name is read by nothing, and the column
+    it was meant for stays unmapped."""
+    if feed.records != "transactions":
+        return  # an enrollment's other names are custom profile properties
+    fmt = feed.format
+    allowed = set(CANONICAL_COLUMNS)
+    if fmt.transaction_id_template:
+        with contextlib.suppress(ValueError):  # a bad template is told when a file is read
+            allowed |= {f for _, f, _, _ in string.Formatter().parse(fmt.transaction_id_template) if f}
+    for table, mapping in (("columns", fmt.columns), ("defaults", fmt.defaults)):
+        for name in mapping:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, CANONICAL_COLUMNS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"not a canonical column ({hint}README.md lists them)", source=source,
+                                  key=f"format.{table}.{name}")
 
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:

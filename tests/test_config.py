@@ -250,6 +250,22 @@ def test_an_unknown_key_is_named_with_the_key_it_may_mean(
     assert "Extra inputs" not in str(caught.value)
 
 
+@pytest.mark.parametrize("table", ["columns", "defaults"])
+def test_a_checkout_feed_mapping_a_name_that_is_not_canonical_is_refused(tmp_path: Path, table: str) -> None:
+    """`transaction = "TicketNo"` would leave transaction_id unmapped: every file of the feed
+    unreadable and quarantined. The feed file is refused instead, naming the key it may mean."""
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", f"[format.{table}]\ntransaction = 'TicketNo'\n"))
+    assert caught.value.key == f"format.{table}.transaction"
+    assert "not a canonical column" in caught.value.problem
+    assert "did you mean 'transaction_id'?" in caught.value.problem
+    # a column a transaction_id_template names, and an enrollment's custom property, are fine
+    load_feed(write(tmp_path, "tpl.toml", "[format]\ntransaction_id_template = '{store_id}-{receipt}'\n"
+                    "[format.columns]\nreceipt = 'Bon'\n"))
+    load_feed(write(tmp_path, "members.toml", "records = 'enrollments'\n[format.columns]\n"
+                    "favourite_store = 'FavShop'\n"))
+
+
 def test_a_bad_schedule_is_told_without_pydantic_words(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_feed(write(tmp_path, "bad.toml", "schedule = 'every hour'\n"))
