@@ -182,9 +182,10 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
     if s.get("failed_permanent"):
-        parts.append(f"detail.csv's error_code and error_message say why each of the {s['failed_permanent']} "
-                     f"refused for good was; once fixed, `posfeed rerun --feed {s.get('feed', 'NAME')} "
-                     "--failed --include-permanent` sends them again")
+        feed = s.get("feed", "NAME")
+        parts.append(f"why each of the {s['failed_permanent']} refused for good: error_code and "
+                     f"error_message in detail.csv; once fixed, `posfeed rerun --feed {feed} --failed "
+                     "--include-permanent` sends them again")
     if s.get("in_doubt"):
         parts.append(f"{s['in_doubt']} in doubt")
     if s.get("stopped"):
