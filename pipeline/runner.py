@@ -454,23 +454,23 @@ def _execute(
 
 
 def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
-    """Credentials first: log in to the source and check its folder (runs only; a rerun reads no
+    """Credentials first: read the target's secrets (a missing one is configuration, told before
+    any connection), log in to the source and check its folder (runs only; a rerun reads no
     source), then prove the target's credentials (not in a dry run, which sends nothing), before
     any file is touched or anything recorded. Returns the open source."""
     source: Source | None = None
     try:
+        if probe and not dry_run:
+            from pipeline.sinks.probe import probe_credentials, resolve_credentials
+
+            resolve_credentials(feed)  # a missing secret is told before any connection
         if kind == "run":
             source = open_source(feed)
             check = getattr(source, "check", None)
             if check is not None:
                 check()
-        if probe and not dry_run:
-            from pipeline.sinks.probe import probe_credentials, resolve_credentials
-
-            if getattr(feed.target, "check_credentials", True):
-                probe_credentials(feed)
-            else:
-                resolve_credentials(feed)  # a missing secret is still found before any file
+        if probe and not dry_run and getattr(feed.target, "check_credentials", True):
+            probe_credentials(feed)
     except BaseException:
         if source is not None:
             source.close()
