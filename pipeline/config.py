@@ -534,7 +534,18 @@ def _problem(error: Any) -> str:
         close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_keys_at(error["loc"][:-1])), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown key ({hint}feeds/README.md lists every key)"
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx") or {}
+        return f"should be one of {ctx.get('expected_tags')}, not {str(ctx.get('tag'))!r}"
     return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _error_key(error: Any) -> str:
+    """The key path of one error; a tagged table's bad tag is its ``kind`` key."""
+    loc = tuple(error["loc"])
+    if error["type"] == "union_tag_invalid":
+        loc += (str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'"),)
+    return _key_path(loc)
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
@@ -568,8 +579,8 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         first, *others = exc.errors()
         # every problem of the file at once, so one edit can fix them all: the first names the
         # error's key, the others follow with their own keys
-        more = "".join(f"; {_key_path(error['loc'])}: {_problem(error)}" for error in others)
-        key = _key_path(first["loc"])
+        more = "".join(f"; {_error_key(error)}: {_problem(error)}" for error in others)
+        key = _error_key(first)
         raise ConfigError(_problem(first) + more, source=candidate, key=key) from exc
     _check_checkout_columns(feed, candidate)
     feed._config_dir = candidate.resolve().parent

@@ -266,6 +266,13 @@ def test_a_checkout_feed_mapping_a_name_that_is_not_canonical_is_refused(tmp_pat
                     "favourite_store = 'FavShop'\n"))
 
 
+def test_an_unknown_target_kind_is_told_at_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", "[target]\nkind = 'antvo'\n"))
+    assert caught.value.key == "target.kind"
+    assert caught.value.problem == "should be one of 'antavo', 'crmcom', not 'antvo'"
+
+
 def test_a_bad_schedule_is_told_without_pydantic_words(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_feed(write(tmp_path, "bad.toml", "schedule = 'every hour'\n"))
