@@ -100,6 +100,19 @@ class SourceConfig(_Model):
     keepalive_seconds: int = Field(default=30, ge=0)
     fetch_attempts: int = Field(default=3, ge=1)
 
+    @model_validator(mode="after")
+    def _sftp_login(self) -> SourceConfig:
+        """An sftp source names its server, its login and a credential."""
+        if self.kind != "sftp":
+            return self
+        missing = [name for name in ("host", "username") if not getattr(self, name)]
+        if not self.private_key_file and not self.password_env:
+            missing.append("private_key_file or password_env")
+        if missing:
+            raise ValueError("an sftp source needs host, username and a credential (private_key_file or "
+                             f"password_env); missing: {', '.join(missing)}")
+        return self
+
 
 class FormatConfig(_Model):
     """How the feed's files are read and mapped to the canonical layout (`[format]`)."""

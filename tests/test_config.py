@@ -273,6 +273,18 @@ def test_an_unknown_target_kind_is_told_at_its_key(tmp_path: Path) -> None:
     assert caught.value.problem == "should be one of 'antavo', 'crmcom', not 'antvo'"
 
 
+def test_an_sftp_source_without_its_server_or_login_is_told_by_posfeed_feeds(tmp_path: Path) -> None:
+    """What an sftp source needs is known from the file: `posfeed feeds` says so, all at once,
+    rather than a run telling one missing key after another."""
+    write(tmp_path, "shop.toml", "[source]\nkind = 'sftp'\npath = '/exports'\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout
+    assert ("source: an sftp source needs host, username and a credential (private_key_file or "
+            "password_env); missing: host, username, private_key_file or password_env") in done.stderr
+    load_feed(write(tmp_path, "ok.toml", "[source]\nkind = 'sftp'\nhost = 'h'\nusername = 'u'\n"
+                    "password_env = 'P'\n"))
+
+
 def test_a_bad_schedule_is_told_without_pydantic_words(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_feed(write(tmp_path, "bad.toml", "schedule = 'every hour'\n"))
