@@ -7,13 +7,16 @@ may contain is documented in `feeds/README.md` (a test keeps the two in step).
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import string
 import tomllib
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +33,7 @@ from pydantic import (
 
 from pipeline.errors import ConfigError, SecretError
 from pipeline.logs import register_feed_secrets, register_secret
+from pipeline.records import CANONICAL_COLUMNS
 
 __all__ = [
     "AlertsConfig",
@@ -95,6 +99,19 @@ class SourceConfig(_Model):
     read_timeout: float = Field(default=60.0, gt=0)
     keepalive_seconds: int = Field(default=30, ge=0)
     fetch_attempts: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _sftp_login(self) -> SourceConfig:
+        """An sftp source names its server, its login and a credential."""
+        if self.kind != "sftp":
+            return self
+        missing = [name for name in ("host", "username") if not getattr(self, name)]
+        if not self.private_key_file and not self.password_env:
+            missing.append("private_key_file or password_env")
+        if missing:
+            raise ValueError("an sftp source needs host, username and a credential (private_key_file or "
+                             f"password_env); missing: {', '.join(missing)}")
+        return self
 
 
 class FormatConfig(_Model):
@@ -511,6 +528,39 @@ class FeedLoadResult:
     error: ConfigError | None
 
 
+def _keys_at(loc: tuple[Any, ...]) -> set[str]:
+    """The keys the feed file may have in the table ``loc`` names (a target's kind picks its model)."""
+    models: list[type[BaseModel]] = [Feed]
+    for part in loc:
+        fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
+        if not fields:  # a target's kind, as pydantic's tagged union names it
+            models = [m for m in models if getattr(m.model_fields.get("kind"), "default", None) == part]
+            continue
+        models = [a for f in fields for a in (get_args(f.annotation) or (f.annotation,))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+    return {name for m in models for name in m.model_fields}
+
+
+def _problem(error: Any) -> str:
+    """pydantic's message of one error, in the feed file's words."""
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_keys_at(error["loc"][:-1])), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key ({hint}feeds/README.md lists every key)"
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx") or {}
+        return f"should be one of {ctx.get('expected_tags')}, not {str(ctx.get('tag'))!r}"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _error_key(error: Any) -> str:
+    """The key path of one error; a tagged table's bad tag is its ``kind`` key."""
+    loc = tuple(error["loc"])
+    if error["type"] == "union_tag_invalid":
+        loc += (str((error.get("ctx") or {}).get("discriminator", "kind")).strip("'"),)
+    return _key_path(loc)
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in {"antavo", "crmcom"})]
     return ".".join(parts) or "(top level)"
@@ -542,11 +592,32 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         first, *others = exc.errors()
         # every problem of the file at once, so one edit can fix them all: the first names the
         # error's key, the others follow with their own keys
-        more = "".join(f"; {_key_path(error['loc'])}: {error['msg']}" for error in others)
-        key = _key_path(first["loc"])
-        raise ConfigError(first["msg"] + more, source=candidate, key=key) from exc
+        more = "".join(f"; {_error_key(error)}: {_problem(error)}" for error in others)
+        key = _error_key(first)
+        raise ConfigError(_problem(first) + more, source=candidate, key=key) from exc
+    _check_checkout_columns(feed, candidate)
     feed._config_dir = candidate.resolve().parent
     return feed
+
+
+def _check_checkout_columns(feed: Feed, source: Path) -> None:
+    """A checkout feed's ``[format.columns]`` and ``[format.defaults]`` name canonical columns (or
+    a field of its ``transaction_id_template``): any other name is read by nothing, and the column
+    it was meant for stays unmapped."""
+    if feed.records != "transactions":
+        return  # an enrollment's other names are custom profile properties
+    fmt = feed.format
+    allowed = set(CANONICAL_COLUMNS)
+    if fmt.transaction_id_template:
+        with contextlib.suppress(ValueError):  # a bad template is told when a file is read
+            allowed |= {f for _, f, _, _ in string.Formatter().parse(fmt.transaction_id_template) if f}
+    for table, mapping in (("columns", fmt.columns), ("defaults", fmt.defaults)):
+        for name in mapping:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, CANONICAL_COLUMNS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"not a canonical column ({hint}README.md lists them)", source=source,
+                                  key=f"format.{table}.{name}")
 
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:

@@ -140,8 +140,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             summary=(f"the {feed.target.kind} platform could not be reached: "
                      + (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(unreachable.items()))
                         or redact(str(facts.error)))),
-            action="check the platform's status and the network; the waiting work is sent again by "
-                   "later runs (`posfeed rerun --failed` sends it now)",
+            action=("check the platform's status and the network; the waiting work is sent again by "
+                    f"later runs (`posfeed rerun --feed {feed.name} --failed` sends it now)"),
             counts={"transactions_failed": sum(unreachable.values()), "codes": unreachable},
             feed=feed.name, scope=feed.scope,
         ))
@@ -183,7 +183,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             summary=(f"{backlog.waiting} transaction(s) of scope {feed.scope} still wait to be delivered; "
                      f"the oldest for {backlog.oldest_minutes} min"),
             action="see why they wait (`posfeed runs`, the run's detail.csv); once the cause is fixed "
-                   "`posfeed rerun --feed NAME --failed` sends them",
+                   f"`posfeed rerun --feed {feed.name} --failed` sends them",
             counts=backlog.to_dict(),
             feed=feed.name, scope=feed.scope,
         ))

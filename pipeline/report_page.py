@@ -10,6 +10,7 @@ escaped) into one self-contained file: inline CSS and SVG, no script, nothing fr
 
 from __future__ import annotations
 
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,8 +67,8 @@ _NEEDS_ACTION = {
     "conflict": "review the conflicting versions in detail.csv",
     "not_sent": "review what the platform cannot take (detail.csv, error_code)",
     "failed_permanent": "read the platform's error in detail.csv, then "
-                        "`posfeed rerun --failed --include-permanent`",
-    "failed_retryable": "nothing if the next run succeeds; else `posfeed rerun --failed`",
+                        "`posfeed rerun --feed {feed} --failed --include-permanent`",
+    "failed_retryable": "nothing if the next run succeeds; else `posfeed rerun --feed {feed} --failed`",
     "in_doubt": "the next run settles these with the platform before sending anything",
     "queued": "the next run sends these",
 }
@@ -213,7 +214,8 @@ def page_data(report: Report) -> dict[str, Any]:
     for figures in per_currency.values():
         for name, _ in STATE_COLUMNS:
             totals.counts[name] += figures.counts[name]
-    actions = [f"{totals.counts[name]} {label}: {_NEEDS_ACTION[name]}"
+    feed = shlex.quote(str(summary.get("feed", "")))
+    actions = [f"{totals.counts[name]} {label}: {_NEEDS_ACTION[name].format(feed=feed)}"
                for name, label in FLOW_STATES if name in _NEEDS_ACTION and totals.counts[name]]
     actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
         if any(m["status"] == "missing" for m in expected) else []

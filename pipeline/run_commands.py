@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -102,9 +103,11 @@ def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[l
 
 def currency_lines(summary: dict[str, Any]) -> list[str]:
     """One line per currency: in = valid + rejected, and accepted (amounts of two currencies are
-    never added together)."""
+    never added together). No line for records that carry no money (enrollments, claims)."""
     lines = []
     for currency, a in (summary.get("currencies") or {}).items():
+        if not currency and not any(Decimal(str(v or 0)) for v in a.values()):
+            continue
         label = f"{currency or '(none)'}:"
         lines.append(f"  {label:<10} in {a['amount_in']} = valid {a['amount_valid']} + rejected "
                      f"{a['amount_rejected']}; accepted {a.get('amount_accepted', '0')}")

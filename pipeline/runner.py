@@ -181,6 +181,11 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
+    if s.get("failed_permanent"):
+        feed = s.get("feed", "NAME")
+        parts.append(f"why each of the {s['failed_permanent']} refused for good: error_code and "
+                     f"error_message in detail.csv; once fixed, `posfeed rerun --feed {feed} --failed "
+                     "--include-permanent` sends them again")
     if s.get("in_doubt"):
         parts.append(f"{s['in_doubt']} in doubt")
     if s.get("stopped"):
@@ -449,23 +454,23 @@ def _execute(
 
 
 def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
-    """Credentials first: log in to the source and check its folder (runs only; a rerun reads no
+    """Credentials first: read the target's secrets (a missing one is configuration, told before
+    any connection), log in to the source and check its folder (runs only; a rerun reads no
     source), then prove the target's credentials (not in a dry run, which sends nothing), before
     any file is touched or anything recorded. Returns the open source."""
     source: Source | None = None
     try:
+        if probe and not dry_run:
+            from pipeline.sinks.probe import probe_credentials, resolve_credentials
+
+            resolve_credentials(feed)  # a missing secret is told before any connection
         if kind == "run":
             source = open_source(feed)
             check = getattr(source, "check", None)
             if check is not None:
                 check()
-        if probe and not dry_run:
-            from pipeline.sinks.probe import probe_credentials, resolve_credentials
-
-            if getattr(feed.target, "check_credentials", True):
-                probe_credentials(feed)
-            else:
-                resolve_credentials(feed)  # a missing secret is still found before any file
+        if probe and not dry_run and getattr(feed.target, "check_credentials", True):
+            probe_credentials(feed)
     except BaseException:
         if source is not None:
             source.close()
@@ -646,15 +651,19 @@ def _missing_files(ctx: _Context, business_dates: list[date], now: datetime,
 
 def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
     pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
-    row_ids = ctx.ledger.select_for_rerun(
-        ctx.feed.scope,
-        run_id=selection.run_id,
-        file=selection.file,
-        store_id=selection.store_id,
-        business_date=selection.business_date.isoformat() if selection.business_date else None,
-        include_permanent=selection.include_permanent,
-        feed=None if selection.run_id else ctx.feed.name,
-    )
+    criteria: dict[str, Any] = {
+        "run_id": selection.run_id, "file": selection.file, "store_id": selection.store_id,
+        "business_date": selection.business_date.isoformat() if selection.business_date else None,
+        "feed": None if selection.run_id else ctx.feed.name,
+    }
+    row_ids = ctx.ledger.select_for_rerun(ctx.feed.scope, include_permanent=selection.include_permanent,
+                                          **criteria)
+    if not selection.include_permanent:
+        left = len(ctx.ledger.select_for_rerun(ctx.feed.scope, include_permanent=True, **criteria))
+        if left > len(row_ids):
+            log.warning("%s: %d transaction(s) of the selection the platform refused for good "
+                        "(failed_permanent) are not resent; once their cause is fixed, add "
+                        "--include-permanent to send them", ctx.feed.name, left - len(row_ids))
     ctx.notes["carried_over"] = len(pending)
     log.info("%s: rerun resends %d failed transaction(s)%s", ctx.feed.name, len(row_ids),
              f" after settling {len(pending)} pending" if pending else "")

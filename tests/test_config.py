@@ -191,7 +191,7 @@ def test_models_are_frozen(tmp_path: Path) -> None:
     [
         ("[format]\ndelimiter = ';;'\n", "format.delimiter", "at most 1 character"),
         ("[format]\nkind = 'xml'\n", "format.kind", "'csv', 'jsonl', 'parquet' or 'poslog'"),
-        ("[source]\nprot = 22\n", "source.prot", "Extra inputs are not permitted"),
+        ("[source]\nprot = 22\n", "source.prot", "unknown key (did you mean 'port'?"),
         ("timezone = 'Mars/Olympus'\n", "timezone", "unknown timezone"),
         ("[store_timezones]\nS1 = 'Nowhere/City'\n", "store_timezones", "unknown timezone"),
         ("[validation]\nmax_future_minutes = -1\n", "validation.max_future_minutes", "greater than or equal"),
@@ -226,6 +226,70 @@ def test_every_bad_value_of_a_file_is_named(tmp_path: Path) -> None:
     done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
     assert done.returncode == EXIT_CONFIG
     assert "format.delimiter" in done.stderr and "validation.max_future_minutes" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ("[source]\nkind = 'sftp'\nhostname = 'x'\n", "source.hostname", "did you mean 'host'?"),
+        ("[target]\nkind = 'antavo'\napi_key = 'x'\n", "target.api_key", "did you mean 'api_key_env'?"),
+        ("[target]\nkind = 'crmcom'\norganisation = 'x'\n", "target.organisation",
+         "did you mean 'organisation_env'?"),
+        ("[formt]\nkind = 'csv'\n", "formt", "did you mean 'format'?"),
+        ("[source]\nwhatever = 1\n", "source.whatever", "unknown key (feeds/README.md lists every key)"),
+    ],
+)
+def test_an_unknown_key_is_named_with_the_key_it_may_mean(
+    tmp_path: Path, text: str, key: str, hint: str
+) -> None:
+    """A misspelt key is told as such, with the closest key of its table, not as pydantic's
+    "Extra inputs are not permitted"."""
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", text))
+    assert caught.value.key == key and hint in caught.value.problem, str(caught.value)
+    assert "Extra inputs" not in str(caught.value)
+
+
+@pytest.mark.parametrize("table", ["columns", "defaults"])
+def test_a_checkout_feed_mapping_a_name_that_is_not_canonical_is_refused(tmp_path: Path, table: str) -> None:
+    """`transaction = "TicketNo"` would leave transaction_id unmapped: every file of the feed
+    unreadable and quarantined. The feed file is refused instead, naming the key it may mean."""
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", f"[format.{table}]\ntransaction = 'TicketNo'\n"))
+    assert caught.value.key == f"format.{table}.transaction"
+    assert "not a canonical column" in caught.value.problem
+    assert "did you mean 'transaction_id'?" in caught.value.problem
+    # a column a transaction_id_template names, and an enrollment's custom property, are fine
+    load_feed(write(tmp_path, "tpl.toml", "[format]\ntransaction_id_template = '{store_id}-{receipt}'\n"
+                    "[format.columns]\nreceipt = 'Bon'\n"))
+    load_feed(write(tmp_path, "members.toml", "records = 'enrollments'\n[format.columns]\n"
+                    "favourite_store = 'FavShop'\n"))
+
+
+def test_an_unknown_target_kind_is_told_at_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", "[target]\nkind = 'antvo'\n"))
+    assert caught.value.key == "target.kind"
+    assert caught.value.problem == "should be one of 'antavo', 'crmcom', not 'antvo'"
+
+
+def test_an_sftp_source_without_its_server_or_login_is_told_by_posfeed_feeds(tmp_path: Path) -> None:
+    """What an sftp source needs is known from the file: `posfeed feeds` says so, all at once,
+    rather than a run telling one missing key after another."""
+    write(tmp_path, "shop.toml", "[source]\nkind = 'sftp'\npath = '/exports'\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout
+    assert ("source: an sftp source needs host, username and a credential (private_key_file or "
+            "password_env); missing: host, username, private_key_file or password_env") in done.stderr
+    load_feed(write(tmp_path, "ok.toml", "[source]\nkind = 'sftp'\nhost = 'h'\nusername = 'u'\n"
+                    "password_env = 'P'\n"))
+
+
+def test_a_bad_schedule_is_told_without_pydantic_words(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", "schedule = 'every hour'\n"))
+    assert caught.value.key == "schedule" and "not a 5-field cron expression" in caught.value.problem
+    assert "Value error" not in str(caught.value)
 
 
 def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:

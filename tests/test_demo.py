@@ -119,3 +119,12 @@ def test_the_run_json_keys_in_the_cli_reference_are_real(demo: tuple[Path, dict[
         assert named - inner <= keys, f"{run['feed']}: documented, absent {sorted(named - inner - keys)}"
     absent = paragraph.split("but not its", 1)[1].split(".", 1)[0]
     assert {w for w in re.findall(r"[a-z_]+", absent)} & set(result["runs"][0]) == set()
+
+
+def test_sign_ups_and_claims_print_no_money_line(demo: tuple[Path, dict[str, Any], str]) -> None:
+    """Enrollments and claims carry no money: their summaries print no "(none): in 0.00 = ..." line,
+    while the checkout feeds keep one line per currency."""
+    blocks = {block.split(" ", 1)[0]: block for block in demo[2].split("\n\n")}
+    for feed in ("acme_enrollments", "acme_claims"):
+        assert "in 0.00 = valid" not in blocks[feed] and "(none):" not in blocks[feed], blocks[feed]
+    assert "EUR:       in " in blocks["acme_hourly"]

@@ -140,6 +140,20 @@ def test_78_missing_key_found_before_any_file(live: SandboxServer, tmp_path: Pat
     assert ledger_files(tmp_path) == 0
 
 
+def test_78_a_missing_key_is_told_before_an_unreachable_sftp_server(
+    live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    """A secret that is not set is configuration, known without any connection: a new feed's
+    first run says so (78) rather than 75 for its SFTP server, only to fail on the key next."""
+    path = _sftp_feed(sftp_server, live, sftp_dir, tmp_path, port=free_port(), connect_timeout=2.0)
+    env = env_for(live)
+    del env["ANTAVO_API_KEY"]
+    proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env)
+    assert proc.returncode == 78, proc.stderr[-2000:]
+    assert "ANTAVO_API_KEY is not set" in proc.stderr and "cannot reach" not in proc.stderr
+    assert ledger_files(tmp_path) == 0
+
+
 def test_78_runs_of_a_feed_that_does_not_exist(tmp_path: Path) -> None:
     proc = posfeed(tmp_path, "--feeds-dir", str(REPO / "feeds"), "runs", "--feed", "typo", env=env_for(None))
     assert proc.returncode == 78

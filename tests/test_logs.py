@@ -121,7 +121,7 @@ def test_a_settings_name_and_its_error_are_left_alone(text: str) -> None:
 def test_feed_secrets_come_from_every_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
     feed = Feed.model_validate({
         "name": "f",
-        "source": {"kind": "sftp", "host": "h", "password_env": "T_SFTP_PASSWORD"},
+        "source": {"kind": "sftp", "host": "h", "username": "u", "password_env": "T_SFTP_PASSWORD"},
         "target": {"kind": "antavo", "api_key_env": "T_ANTAVO_KEY", "api_secret_env": "T_ANTAVO_SECRET"},
         "alerts": {"webhook_url_env": "T_HOOK"},
     })

@@ -95,7 +95,8 @@ def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> 
     return EventResult(
         tid, Outcome.REJECTED, error_code=REFUND_IN_DOUBT,
         error_message=f"this refund may have landed and {why}; check the platform, then "
-                      "`posfeed rerun --include-permanent` sends it again", attempts=0)
+                      "`posfeed rerun --feed NAME --failed --include-permanent` sends it again",
+        attempts=0)
 
 
 def sendable_events(row: CheckoutRow, target: AntavoTarget) -> list[dict[str, Any]] | NotSent:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pipeline.currencies import money_text
 from pipeline.logs import same_customer
 from pipeline.records import ReturnStatus
 from pipeline.sinks.returned import per_product
@@ -102,9 +103,10 @@ def _not_sent(code: str, message: str, lines: tuple[Line, ...] = ()) -> ReturnDe
 
 def _over_refund(
     lines: Sequence[Line], original: Sequence[Line], original_total: Decimal | None,
-    earlier: Sequence[Sequence[Line]], original_id: str,
+    earlier: Sequence[Sequence[Line]], original_id: str, currency: str | None = None,
 ) -> str | None:
-    """Why these lines, with the earlier returns, give back more than the sale took (or None)."""
+    """Why these lines, with the earlier returns, give back more than the sale took (or None);
+    money in ``currency``'s units."""
     bought_units, bought_money = per_product([original])
     back_units, back_money = per_product([*earlier, lines])
     priced: dict[str, Decimal] = defaultdict(Decimal)  # a product's lines before their discounts
@@ -117,12 +119,13 @@ def _over_refund(
             return (f"{back_units[product].normalize():f} unit(s) of product {product} would have come "
                     f"back, {bought_units[product].normalize():f} were bought in {original_id}")
         if back_money[product] > priced[product]:
-            return (f"{back_money[product]:f} for product {product} would have been refunded, "
-                    f"{priced[product]:f} was its price in {original_id}")
+            return (f"{money_text(back_money[product], currency)} for product {product} would have been "
+                    f"refunded, {money_text(priced[product], currency)} was its price in {original_id}")
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     back = sum(back_money.values(), Decimal(0))
     if back > paid:
-        return f"{back:f} would have been refunded in all, {paid:f} was paid in {original_id}"
+        return (f"{money_text(back, currency)} would have been refunded in all, "
+                f"{money_text(paid, currency)} was paid in {original_id}")
     return None
 
 
@@ -154,7 +157,8 @@ def decide_return(
         return _not_sent(RETURN_OTHER_CUSTOMER, f"never sent: returned by another customer than the "
                          f"sale {original_id}'s", lines)
     if original is not None:
-        why = _over_refund(lines, original, original_total, earlier, str(original_id))
+        why = _over_refund(lines, original, original_total, earlier, str(original_id),
+                           str(currency or original_currency or ""))
         if why is not None:
             return _not_sent(OVER_REFUND, f"never sent: {why}", lines)
     if mode == "refund":

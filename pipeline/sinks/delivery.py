@@ -142,8 +142,8 @@ def too_large(transaction_id: str, *, size: int = 0, limit: int = 0, refused: st
               attempts: int = 0) -> EventResult:
     """The result of a transaction too large to send: never sent, as its request alone would be
     ``size`` bytes, over ``limit``; or ``refused`` by the platform as too large (its message).
-    Failed permanent, for review; ``posfeed rerun --include-permanent`` sends it again (once
-    ``max_request_bytes`` is raised, or the platform takes more)."""
+    Failed permanent, for review; ``posfeed rerun --feed NAME --failed --include-permanent`` sends
+    it again (once ``max_request_bytes`` is raised, or the platform takes more)."""
     message = (f"its request was refused as too large: {refused}" if refused else
                f"never sent: its request would be {size} bytes, over target.max_request_bytes ({limit})")
     return EventResult(transaction_id, Outcome.REJECTED, error_code=REQUEST_TOO_LARGE,

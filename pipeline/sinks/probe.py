@@ -106,7 +106,8 @@ async def _probe(feed: Feed, attempt: Attempt, policy: DeliveryPolicy, rng: rand
     assert answer is not None
     raise PlatformUnavailableError(
         f"{feed.target.base_url} cannot be reached: {answer.reason} "
-        f"(credential check, {policy.max_attempts} attempt(s))"
+        f"(credential check, {policy.max_attempts} attempt(s)); nothing was read or recorded: the next "
+        "run tries again"
     )
 
 

@@ -126,10 +126,10 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
     if feed.records == "claims":
         decoded, unsent = gate_claims(ledger, feed, decoded)
         if feed.claims.enrollment_scope:
-            decoded, refused = gate_signups(ledger, feed.claims.enrollment_scope, decoded)
+            decoded, refused = gate_signups(ledger, feed.claims.enrollment_scope, decoded, feed.name)
             unsent += refused
     elif feed.records == "enrollments":
-        decoded, unsent = gate_signups(ledger, feed.scope, decoded)
+        decoded, unsent = gate_signups(ledger, feed.scope, decoded, feed.name)
     elif feed.records == "transactions":
         decoded, unsent = gate_returns(ledger, feed.scope, decoded)
     checkouts = with_originals(ledger, feed.scope, decoded)
@@ -320,11 +320,12 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
     return ready, unsent
 
 
-def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]]
+def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]], feed_name: str = "NAME"
                  ) -> tuple[list[dict[str, Any]], list[EventResult]]:
     """The claims and profile updates that may be sent now, and a failed-permanent result, never
     sent (``member_not_enrolled``), for each whose member's sign-up the platform refused: kept,
-    so ``posfeed rerun --include-permanent`` sends it once a corrected sign-up is accepted.
+    so ``posfeed rerun --feed <feed_name> --failed --include-permanent`` sends it once a corrected
+    sign-up is accepted.
 
     A claim or a profile update of a member the platform does not have yet would be refused
     (Antavo 160212, for good). So while the member's sign-up in ``scope`` (the ledger's
@@ -363,8 +364,8 @@ def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]]
                 tid, Outcome.REJECTED, error_code=MEMBER_NOT_ENROLLED,
                 error_message=f"not sent: the member's sign-up {last.transaction_id} did not reach "
                               f"the platform ({last.state}: {last.last_error_code or 'no code'}); once "
-                              "a corrected sign-up is accepted, `posfeed rerun --include-permanent` "
-                              "sends it",
+                              f"a corrected sign-up is accepted, `posfeed rerun --feed {feed_name} "
+                              "--failed --include-permanent` sends it",
                 attempts=0))
         else:
             ready.append(row)

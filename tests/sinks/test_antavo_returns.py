@@ -67,6 +67,18 @@ def test_more_than_was_bought_is_never_sent(lines: tuple[tuple[str, str, str], .
     assert "S-1" in str(decision.message)
 
 
+def test_an_over_refund_names_its_money_in_the_currencys_units() -> None:
+    """The ledger keeps money with 4 places; the message finance reads shows 2.50, not 2.5000."""
+    sale = (Line("milk", D(2), D("2.4000")), Line("bread", D(1), D("3.0000")))
+    one = {**_return("R-1", ("milk", "1", "2.5000")), "currency": "GBP"}
+    decision = decide_return(one, original=sale, original_total=D("5.4000"))
+    assert decision.message == ("never sent: 2.50 for product milk would have been refunded, "
+                                "2.40 was its price in S-1")
+    whole = {**_return("R-2", ("milk", "2", "2.4000"), ("bread", "1", "3.0000")), "currency": "GBP"}
+    decision = decide_return(whole, original=sale, original_total=D("5.0000"))
+    assert decision.message == "never sent: 5.40 would have been refunded in all, 5.00 was paid in S-1"
+
+
 def test_earlier_returns_count() -> None:
     earlier = [(Line("milk", D(1), D("1.20")),)]
     second = decide_return(_return("R-2", ("milk", "1", "1.20")), original=SALE, earlier=earlier)

@@ -1,0 +1,58 @@
+"""Every `posfeed ...` command posfeed itself tells a user to run (a problem's "what to do", the
+report page's "Needs action", the exit cause on stderr) works as written: real `posfeed`
+processes, a real sandbox, a real SQLite ledger."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from tests.test_problems import DAY, Setup, closed_port
+
+HEADER = ("transaction_id,store_id,register_id,timestamp,business_date,customer_id,transaction_type,"
+          "line_no,product_id,product_name,product_category,quantity,unit_price,discount,line_total,"
+          "currency,transaction_total,points_burned,original_transaction_id\n")
+COMMAND = re.compile(r"`(posfeed [^`]+)`")
+
+
+def _lines(customer: str, n: int) -> str:
+    return (f"LON01-R1-20261120-{n:04d},LON01,R1,2026-11-20 10:{n:02d}:00,{DAY},{customer},sale,1,"
+            "100104,Cheddar 400g,dairy,1,3.80,,3.80,GBP,3.80,,\n")
+
+
+def test_every_command_posfeed_tells_a_user_to_run_works_as_written(tmp_path: Path, sandbox_env: Any) -> None:
+    s = Setup(tmp_path, sandbox_env, "http://127.0.0.1:9/hook")
+    # a member the platform does not know (refused for good) and a guest (accepted)
+    (s.folder / f"pos_LON01_{DAY.replace('-', '')}_daily.csv").write_text(
+        HEADER + _lines("unknown-0001", 1) + _lines("", 2), encoding="utf-8")
+    told: list[str] = []
+
+    done = s.posfeed("run", "--feed", "watch", "--business-date", DAY, "--json")
+    assert done.returncode == 65, done.stderr[-2000:]
+    summary_path = Path(re.search(r'"reports_path": "([^"]+)"', done.stdout)[1])  # type: ignore[index]
+    cause = [line for line in done.stderr.splitlines() if '"event": "exit"' in line]
+    assert cause and "refused by the platform" in cause[0]
+    told += COMMAND.findall(cause[0])
+    told += COMMAND.findall((summary_path / "report.html").read_text(encoding="utf-8"))
+
+    # a rerun of that run without --include-permanent sends nothing, and says why
+    rerun = s.posfeed("rerun", summary_path.name)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "1 transaction(s) of the selection the platform refused for good" in rerun.stderr
+    assert "--include-permanent" in rerun.stderr
+
+    # the platform goes down: its problem says what to do
+    s.write_feed(f"http://127.0.0.1:{closed_port()}")
+    assert s.posfeed("run", "--feed", "watch", "--business-date", DAY).returncode == 75
+    for problem in s.open_problems():
+        told += COMMAND.findall(problem["action"])
+    s.write_feed(sandbox_env.url)
+
+    commands = {c for c in told if not c.startswith("posfeed problems --resolve")}  # needs a problem id
+    assert any("--include-permanent" in c for c in commands), told
+    assert any(c.startswith("posfeed rerun") and "--include-permanent" not in c for c in commands), told
+    for command in sorted(commands):
+        ran = s.posfeed(*shlex.split(command)[1:])
+        assert ran.returncode != 2 and "Usage:" not in ran.stderr, f"{command}: {ran.stderr[-1000:]}"
