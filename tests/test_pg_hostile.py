@@ -1,0 +1,126 @@
+"""A PostgreSQL ledger in a hostile place: statements that would wait forever, a newer schema, a
+password that must never show, a lock session that dies while the run sends. Real server
+(tests/pg_cluster.py), real processes where the CLI is what is judged.
+
+Shown to fail: without the sessions' wait limits (``limit_waits``), the blocked ``posfeed runs``
+and the blocked run waited until the test's timeout; without the scope lock checked in the in-doubt
+mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pipeline.errors import TransientError
+from pipeline.ledger import Ledger
+from pipeline.ledger.errors import LedgerUnavailableError
+from pipeline.ledger.postgres import WAIT_LIMITS, WRITE_LOCK
+from pipeline.pg_locks import PgRunLock
+
+PASSWORD = "pw-Never-Shown-9c1e"  # the test cluster trusts loopback logins: libpq never sends it
+
+
+def _with(url: str, *, password: bool = True, options: str | None = None) -> str:
+    if password:
+        url = url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@", 1)
+    if options:
+        url += "?options=" + options.replace(" ", "%20").replace("=", "%3D")
+    return url
+
+
+def _posfeed(tmp: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, cwd=tmp, timeout=240,
+                          check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+@contextmanager
+def _holding(url: str, *statements: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another session inside a transaction that has run ``statements`` (and holds their locks)."""
+    with psycopg.connect(url) as other:
+        for statement in statements:
+            other.execute(statement)
+        yield other
+        other.rollback()
+
+
+def _setting(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute(f"SHOW {name}").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_ledger_and_lock_sessions_bound_their_waits_unless_configured(postgres_db: str) -> None:
+    with Ledger(postgres_db) as ledger:
+        for name, value in WAIT_LIMITS.items():
+            assert tuple(ledger._db.one(f"SHOW {name}") or ()) == (value,)
+    lock = PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly")
+    try:
+        assert lock._conn is not None
+        for name, value in WAIT_LIMITS.items():
+            assert _setting(lock._conn, name) == value
+    finally:
+        lock.release()
+    # a limit set where PostgreSQL settings are set (here the URL's options) is kept as it is
+    configured = _with(postgres_db, password=False, options="-c lock_timeout=7s -c statement_timeout=0")
+    with Ledger(configured) as ledger:
+        assert tuple(ledger._db.one("SHOW lock_timeout") or ()) == ("7s",)
+        assert tuple(ledger._db.one("SHOW statement_timeout") or ()) == ("0",)
+
+
+def test_a_table_held_by_a_schema_change_fails_the_command_clearly(postgres_db: str, tmp_path: Path) -> None:
+    """An ALTER TABLE (or VACUUM FULL, a migration by hand) holds the runs table: `posfeed runs`
+    gives up after lock_timeout with exit 75, naming the ledger (without its password) and the
+    setting, instead of waiting forever."""
+    with Ledger(postgres_db):
+        pass  # the schema is made
+    url = _with(postgres_db, options="-c lock_timeout=1s")
+    with _holding(postgres_db, "LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"):
+        code, out, err = _posfeed(tmp_path, {"POSFEED_LEDGER_URL": url}, "runs")
+    assert code == 75, err
+    assert "postgres:***@127.0.0.1" in err and "lock_timeout" in err
+    assert PASSWORD not in out + err
+
+
+def test_a_stuck_writer_or_a_held_row_fails_the_write_clearly(postgres_db: str) -> None:
+    """Another session holds the ledger's write lock (a writer that hangs) or a run's row: the
+    write waits lock_timeout at most, then fails as a temporary error naming the ledger."""
+    url = _with(postgres_db, options="-c lock_timeout=1s")
+    with Ledger(url) as ledger:
+        run_id = ledger.start_run(feed="hourly", scope="acme")
+        stuck_writer = f"SELECT pg_advisory_xact_lock({WRITE_LOCK[0]}, {WRITE_LOCK[1]})"
+        with _holding(postgres_db, stuck_writer), pytest.raises(LedgerUnavailableError) as stuck:
+            ledger.start_run(feed="hourly", scope="acme")
+        row_lock = f"SELECT * FROM runs WHERE id = '{run_id}' FOR UPDATE"
+        with _holding(postgres_db, row_lock), pytest.raises(LedgerUnavailableError) as held:
+            ledger.finish_run(run_id, status="finished", exit_code=0, counts={})
+        ledger.finish_run(run_id, status="finished", exit_code=0, counts={})  # free again: it goes on
+        assert [r.status for r in ledger.runs()] == ["finished"]
+    for caught in (stuck, held):
+        text = str(caught.value)
+        assert caught.value.exit_code == 75 and "lock_timeout" in text and "postgres:***@127.0.0.1" in text
+        assert PASSWORD not in text
+
+
+def test_a_held_lock_holders_table_fails_taking_the_run_lock_clearly(postgres_db: str) -> None:
+    """The scope locks' holders table held by another session: taking a run lock gives up after
+    lock_timeout as a temporary error (exit 75) that says so, not a driver error."""
+    PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly").release()  # the table is made
+    url = _with(postgres_db, options="-c lock_timeout=1s")
+    table_lock = "LOCK TABLE scope_lock_holders IN ACCESS EXCLUSIVE MODE"
+    with _holding(postgres_db, table_lock), pytest.raises(TransientError) as caught:
+        PgRunLock.acquire(url, "acme", feed="acme_hourly")
+    text = str(caught.value)
+    assert caught.value.exit_code == 75 and "lock_timeout" in text and "run lock of scope 'acme'" in text
+    assert PASSWORD not in text
+    PgRunLock.acquire(url, "acme", feed="acme_hourly").release()  # free again (the lock was not kept)
