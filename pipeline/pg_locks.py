@@ -135,10 +135,11 @@ class PgRunLock:
     """An acquired run lock; release it with :meth:`release` (or let the process end)."""
 
     def __init__(self, conn: psycopg.Connection[Any], scope: str, info: LockInfo,
-                 taken_over: LockInfo | None):
+                 taken_over: LockInfo | None, backend_pid: int):
         self._conn: psycopg.Connection[Any] | None = conn
         self.scope = scope
         self.key = lock_key(scope)
+        self.backend_pid = backend_pid  # the holding session, which the ledger checks before each send
         self.info = info
         self.taken_over = taken_over  # the stale holder whose lock was taken over, if any
 
@@ -213,4 +214,4 @@ class PgRunLock:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, scope, info, previous)
+        return cls(conn, scope, info, previous, conn.info.backend_pid)

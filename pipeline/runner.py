@@ -380,6 +380,9 @@ def _execute(
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
+            holder, key = getattr(lock, "backend_pid", None), getattr(lock, "key", None)
+            if holder is not None and key is not None:  # a lock that can be lost: checked before each request
+                ledger.guard_scope(feed.scope, holder, key)
             abandoned = ledger.close_abandoned_runs(feed.scope)
             if abandoned:
                 log.warning("runs %s of scope %r ended without finishing (process killed?); "

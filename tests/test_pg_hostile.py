@@ -14,17 +14,21 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from pipeline.errors import TransientError
+from pipeline.errors import LockLostError, TransientError
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerUnavailableError
 from pipeline.ledger.postgres import WAIT_LIMITS, WRITE_LOCK
 from pipeline.pg_locks import PgRunLock
+from pipeline.runner import run_feed
+from pipeline.sandbox.server import SandboxServer
 
 PASSWORD = "pw-Never-Shown-9c1e"  # the test cluster trusts loopback logins: libpq never sends it
 
@@ -124,3 +128,75 @@ def test_a_held_lock_holders_table_fails_taking_the_run_lock_clearly(postgres_db
     assert caught.value.exit_code == 75 and "lock_timeout" in text and "run lock of scope 'acme'" in text
     assert PASSWORD not in text
     PgRunLock.acquire(url, "acme", feed="acme_hourly").release()  # free again (the lock was not kept)
+
+
+def _end_session(url: str, backend_pid: int) -> None:
+    """End a session as a restarted server or a cut connection would, and wait until it is gone."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute("SELECT pg_terminate_backend(%s, 30000)", (backend_pid,)).fetchone()
+    assert row == (True,)
+
+
+def test_an_in_doubt_mark_is_refused_once_the_scope_lock_is_lost(postgres_db: str) -> None:
+    """The lock's session ends and another host takes the scope: the next in-doubt mark (made
+    before every request) fails with LockLostError and marks nothing, so nothing more is sent."""
+    from tests.test_ledger import _queued
+
+    lock = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
+    with Ledger(postgres_db) as ledger:
+        run_id = _queued(ledger, "T1", "T2")
+        ledger.guard_scope("acme", lock.backend_pid, lock.key)
+        ledger.start_sending("acme", ["T1"], run_id)  # held: marked
+        _end_session(postgres_db, lock.backend_pid)
+        other_host = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
+        try:
+            with pytest.raises(LockLostError) as caught:
+                ledger.start_sending("acme", ["T2"], run_id)
+            assert caught.value.exit_code == 75
+            assert ledger.state_counts("acme") == {"sending": 1, "queued": 1}
+        finally:
+            other_host.release()
+            lock.release()
+
+
+def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As submission starts, the run's lock session is ended and another host takes the scope;
+    the lock watch is made slow (an hour), so only the in-doubt mark can notice: the run sends not
+    one checkout, fails with LockLostError (exit 75), and once the other host lets go, the next run
+    sends everything, each checkout once."""
+    from pipeline import runner
+    from pipeline.scope_locks import LockWatch
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    class SlowWatch(LockWatch):
+        def __init__(self, lock: Any, *, scope: str) -> None:
+            super().__init__(lock, scope=scope, interval=3600)
+
+    monkeypatch.setattr(runner, "LockWatch", SlowWatch)
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    taken: list[PgRunLock] = []
+
+    def take_the_scope(stage: str, when: str) -> None:
+        if (stage, when) == ("submit", "start"):
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+
+    with SandboxServer() as sandbox, credentials(sandbox):
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        before = stats(sandbox)["events_accepted"]
+        with pytest.raises(LockLostError):
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=take_the_scope)
+        assert len(taken) == 1 and stats(sandbox)["events_accepted"] == before
+        with Ledger(postgres_db) as ledger:
+            assert "sending" not in ledger.state_counts("acme")
+        taken[0].release()
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["accepted"] > 0 and ids and len(ids) == len(set(ids))
+    assert after["duplicate_transaction_attempts"] == 0
