@@ -31,9 +31,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pipeline.errors import LockHeldError, TransientError
+from pipeline.errors import ConfigError, LockHeldError, TransientError
 from pipeline.ledger.location import masked_url
-from pipeline.ledger.postgres import WAIT_ENDED, limit_waits, scrub_password
+from pipeline.ledger.postgres import LOGIN_REFUSED, WAIT_ENDED, limit_waits, scrub_password
 from pipeline.locks import LockInfo
 
 __all__ = ["HOLDERS_TABLE", "SESSION_SETTINGS", "PgRunLock", "lock_key"]
@@ -104,10 +104,13 @@ def _connect(url: str, feed: str) -> psycopg.Connection[Any]:
     except psycopg.OperationalError as exc:
         if connection is not None:
             connection.close()
+        text = f"({masked_url(url)}): {scrub_password(str(exc), url)}"
+        if any(words in str(exc) for words in LOGIN_REFUSED):
+            raise ConfigError(f"the ledger's PostgreSQL server refused the login for the run lock {text}; "
+                              "check the ledger's user and password (in the URL, PGPASSWORD or ~/.pgpass)"
+                              ) from None
         raise TransientError(
-            f"the ledger's PostgreSQL server could not be reached for the run lock ({masked_url(url)}): "
-            f"{scrub_password(str(exc), url)}"
-        ) from None
+            f"the ledger's PostgreSQL server could not be reached for the run lock {text}") from None
 
 
 def _ensure_holders_table(conn: psycopg.Connection[Any]) -> None:

@@ -9,9 +9,12 @@ mark (``guard_scope``), a run whose lock session was ended sent on until the loc
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -200,3 +203,95 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
         after = stats(sandbox)
     assert again.summary["accepted"] > 0 and ids and len(ids) == len(set(ids))
     assert after["duplicate_transaction_attempts"] == 0
+
+
+PW_ROLE = "posfeed_pw"
+ROLE_PASSWORD = "Right?pw#9f-secret"  # "?" and "#" as written in a URL: libpq reads them as the password's
+WRONG_PASSWORD = "Wrong-pw-3b7d"
+
+
+@pytest.fixture
+def password_login(postgres_cluster: Any, postgres_db: str) -> str:
+    """The URL of ``postgres_db`` for a role that must log in with ROLE_PASSWORD (scram-sha-256 on
+    loopback for that role only; every other login of the test cluster stays trusted); without
+    the password: a test puts it in the URL or PGPASSWORD."""
+    hba = postgres_cluster.data_dir / "pg_hba.conf"
+    line = f"host all {PW_ROLE} 127.0.0.1/32 scram-sha-256\n"
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PW_ROLE,)).fetchone():
+            admin.execute(f"CREATE ROLE {PW_ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PASSWORD}'")
+        if line not in hba.read_text():
+            hba.write_text(line + hba.read_text())
+            admin.execute("SELECT pg_reload_conf()")
+    url = postgres_db.replace("postgresql://postgres@", f"postgresql://{PW_ROLE}@", 1)
+    for _ in range(600):  # until the server has read the new rule (a wrong password is refused)
+        try:
+            psycopg.connect(url, password=WRONG_PASSWORD).close()
+        except psycopg.OperationalError:
+            return url
+        time.sleep(0.05)
+    raise AssertionError("the server never asked for the password")
+
+
+def _with_password(url: str, password: str) -> str:
+    return url.replace(f"postgresql://{PW_ROLE}@", f"postgresql://{PW_ROLE}:{password}@", 1)
+
+
+def _ledger_text(url: str) -> str:
+    """Every row of every table of the ledger database, as text."""
+    with psycopg.connect(url, password=ROLE_PASSWORD) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        return "".join(str(conn.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables)
+
+
+def test_a_wrong_or_unreachable_ledger_login_never_shows_the_password(
+        password_login: str, tmp_path: Path) -> None:
+    """A wrong password (in the URL or PGPASSWORD) is a credentials error (exit 78) that says
+    where to look; an unreachable server a temporary one (75); neither message shows a password."""
+    url = _with_password(password_login, WRONG_PASSWORD)
+    in_env = {"POSFEED_LEDGER_URL": password_login, "PGPASSWORD": WRONG_PASSWORD}
+    for env in ({"POSFEED_LEDGER_URL": url}, in_env):
+        code, out, err = _posfeed(tmp_path, env, "runs", "--json")
+        assert code == 78, err
+        assert "password authentication failed" in err and f"{PW_ROLE}" in err and "PGPASSWORD" in err
+        assert WRONG_PASSWORD not in out + err
+    from tests.test_pg_ledger_run import RUN_ARGS, _env, _feed_file
+
+    with SandboxServer() as sandbox:  # a run takes its scope's lock in the ledger's database first
+        env = {**_env(sandbox), "POSFEED_LEDGER_URL": url}
+        code, out, err = _posfeed(tmp_path, env, *RUN_ARGS, "--feed", str(_feed_file(tmp_path, sandbox)))
+    assert code == 78 and "password authentication failed" in err and "PGPASSWORD" in err, err
+    assert WRONG_PASSWORD not in out + err
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    closed = _with_password(f"postgresql://{PW_ROLE}@127.0.0.1:{port}/x", ROLE_PASSWORD)
+    code, out, err = _posfeed(tmp_path, {"POSFEED_LEDGER_URL": closed}, "runs")
+    assert code == 75 and f"postgresql://{PW_ROLE}:***@127.0.0.1:{port}/x" in err, err
+    assert ROLE_PASSWORD not in out + err and "pw#9f" not in out + err
+
+
+def test_a_run_with_a_real_password_keeps_it_out_of_everything(password_login: str, tmp_path: Path) -> None:
+    """A run that logs in with the password (in the URL, "?" and "#" in it as written), then
+    `runs --json`, `report` and `problems --json` with PGPASSWORD: the password is in no output,
+    report, state file or ledger row."""
+    from tests.test_pg_ledger_run import RUN_ARGS, _env, _feed_file, _files_text
+
+    with SandboxServer() as sandbox:
+        feed_file = _feed_file(tmp_path, sandbox)
+        env = {**_env(sandbox), "POSFEED_LEDGER_URL": _with_password(password_login, ROLE_PASSWORD)}
+        code, out, err = _posfeed(tmp_path, env, "-v", "--reports-dir", str(tmp_path / "reports"),
+                                  *RUN_ARGS, "--feed", str(feed_file))
+        assert code in (0, 65), err[-3000:]
+        assert f"ledger: postgresql://{PW_ROLE}:***@127.0.0.1" in err
+        outputs = [out, err]
+        by_env = {**_env(sandbox), "POSFEED_LEDGER_URL": password_login, "PGPASSWORD": ROLE_PASSWORD}
+        for args in (("runs", "--json"), ("problems", "--json"),
+                     ("report", json.loads(out)["run_id"], "--json", "--out", str(tmp_path / "rebuilt"))):
+            code, more, more_err = _posfeed(tmp_path, by_env, "-v", *args)
+            assert code == 0, more_err
+            outputs += [more, more_err]
+    everything = "".join(outputs) + _files_text(tmp_path) + _ledger_text(password_login)
+    for part in (ROLE_PASSWORD, "Right?pw", "pw#9f"):
+        assert part not in everything

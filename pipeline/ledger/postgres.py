@@ -46,6 +46,7 @@ from typing import Any, overload
 import psycopg
 from psycopg import sql as pgsql
 
+from pipeline.errors import ConfigError
 from pipeline.ledger import schema
 from pipeline.ledger.db import Row, fetch_in_pages, round_trips
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
@@ -126,6 +127,9 @@ def _row_factory(cursor: Any) -> Any:
     return make
 
 
+# what the server says when it refuses the login itself (a credentials error, not a temporary one);
+# libpq gives no SQLSTATE for a failed connection
+LOGIN_REFUSED = ("password authentication failed", "no password supplied", "authentication failed for user")
 # what a wait limit's SQLSTATE means, and what to do about it
 WAIT_ENDED = {
     "55P03": "waited longer than lock_timeout for a lock another session holds (another posfeed's "
@@ -417,8 +421,11 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         if connection is not None:
             connection.close()  # down, unreachable, refused: the URL's password is never shown
-        raise LedgerUnavailableError(
-            f"{masked_url(url)}: cannot open ledger: {scrub_password(str(exc), url)}") from None
+        text = f"{masked_url(url)}: cannot open ledger: {scrub_password(str(exc), url)}"
+        if any(words in str(exc) for words in LOGIN_REFUSED):
+            raise ConfigError(f"{text}; check the ledger's user and password (in the URL, PGPASSWORD or "
+                              "~/.pgpass)") from None
+        raise LedgerUnavailableError(text) from None
 
 
 def open_postgres(url: str) -> tuple[PgDb, int]:
