@@ -28,6 +28,7 @@ import pytest
 from pipeline.errors import LockLostError, TransientError
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerUnavailableError
+from pipeline.ledger.location import masked_url
 from pipeline.ledger.postgres import WAIT_LIMITS, WRITE_LOCK
 from pipeline.pg_locks import PgRunLock
 from pipeline.runner import run_feed
@@ -295,3 +296,30 @@ def test_a_run_with_a_real_password_keeps_it_out_of_everything(password_login: s
     everything = "".join(outputs) + _files_text(tmp_path) + _ledger_text(password_login)
     for part in (ROLE_PASSWORD, "Right?pw", "pw#9f"):
         assert part not in everything
+
+
+def test_a_ledger_migrated_by_a_newer_posfeed_is_refused_and_left_as_it_is(
+        ledger_location: Path | str, tmp_path: Path) -> None:
+    """Another host's newer posfeed migrated the shared ledger: this one refuses it with a
+    configuration error (exit 78: upgrade this host) naming the ledger and both versions, and
+    writes nothing to it (the schema version stays the newer one)."""
+    from pipeline.ledger.schema import SCHEMA_VERSION
+    from tests.ledger_backends import ledger_env
+    from tests.test_ledger import _raw
+
+    with Ledger(ledger_location) as ledger:
+        ledger.start_run(feed="hourly", scope="acme")
+    db = _raw(ledger_location)
+    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+
+    def contents() -> list[Any]:
+        return [list(map(tuple, db.query(f"SELECT * FROM {t}"))) for t in ("schema_version", "runs")]
+
+    before = contents()
+    code, _, err = _posfeed(tmp_path, ledger_env(ledger_location), "runs")
+    assert code == 78, err
+    shown = masked_url(ledger_location) if isinstance(ledger_location, str) else str(ledger_location)
+    assert shown in err and f"version {SCHEMA_VERSION + 1}" in err and f"({SCHEMA_VERSION})" in err
+    assert "upgrade posfeed" in err
+    assert contents() == before
+    db.close()
