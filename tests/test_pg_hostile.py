@@ -143,12 +143,14 @@ def _end_session(url: str, backend_pid: int) -> None:
 
 def test_an_in_doubt_mark_is_refused_once_the_scope_lock_is_lost(postgres_db: str) -> None:
     """The lock's session ends and another host takes the scope: the next in-doubt mark (made
-    before every request) fails with LockLostError and marks nothing, so nothing more is sent."""
-    from tests.test_ledger import _queued
+    before every request) fails with LockLostError and marks nothing, so nothing more is sent;
+    taking a file or recording one fails the same way."""
+    from tests.test_ledger import _file, _queued, _txn
 
     lock = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
     with Ledger(postgres_db) as ledger:
         run_id = _queued(ledger, "T1", "T2")
+        fetched = _file(ledger, run_id, name="g.csv", sha="b" * 64)  # fetched, not yet recorded
         ledger.guard_scope("acme", lock.backend_pid, lock.key)
         ledger.start_sending("acme", ["T1"], run_id)  # held: marked
         _end_session(postgres_db, lock.backend_pid)
@@ -157,7 +159,14 @@ def test_an_in_doubt_mark_is_refused_once_the_scope_lock_is_lost(postgres_db: st
             with pytest.raises(LockLostError) as caught:
                 ledger.start_sending("acme", ["T2"], run_id)
             assert caught.value.exit_code == 75
+            # nor does it take or record a file of the scope the other host now runs
+            with pytest.raises(LockLostError):
+                _file(ledger, run_id, name="h.csv", sha="c" * 64)
+            with pytest.raises(LockLostError):
+                ledger.record_file(run_id, fetched, transactions=[_txn("T3")], rejects=[], totals=[])
             assert ledger.state_counts("acme") == {"sending": 1, "queued": 1}
+            assert [(f.name, f.status) for f in ledger.files(scope="acme")] == [
+                ("f.csv", "recorded"), ("g.csv", "fetched")]
         finally:
             other_host.release()
             lock.release()
@@ -323,3 +332,41 @@ def test_a_ledger_migrated_by_a_newer_posfeed_is_refused_and_left_as_it_is(
     assert "upgrade posfeed" in err
     assert contents() == before
     db.close()
+
+
+@pytest.mark.parametrize("stage", ["record", "submit", "report"])
+def test_a_ledger_session_ended_at_a_stage_is_exit_75_and_the_next_run_settles_it(
+        stage: str, postgres_db: str, tmp_path: Path) -> None:
+    """The ledger's session is ended (a restart, a failover, pg_terminate_backend) as the run
+    records its files, as it starts sending, or as it writes its report: the run fails with a
+    temporary error (exit 75) naming the ledger, never its password; the next run finishes the
+    work and every checkout reaches the platform once."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    settings = replace(settings_in(tmp_path), ledger_url=_with(postgres_db))
+    ended: list[int] = []
+
+    def end_the_ledger_session(name: str, when: str) -> None:
+        if (name, when) == (stage, "start"):
+            with psycopg.connect(postgres_db) as conn:
+                ended.extend(row[0] for row in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'posfeed ledger'"))
+            for pid in ended:
+                _end_session(postgres_db, pid)
+
+    with SandboxServer() as sandbox, credentials(sandbox):
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        with pytest.raises(LedgerUnavailableError) as caught:
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=end_the_ledger_session)
+        assert len(ended) == 1 and caught.value.exit_code == 75
+        assert "postgres:***@127.0.0.1" in str(caught.value) and PASSWORD not in str(caught.value)
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["balanced"] is True
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] == 0
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == 0
+        assert sorted(r.status for r in ledger.runs()) == sorted(["crashed", "finished"])

@@ -27,6 +27,11 @@ What differs from SQLite is translated here:
 * ids: :meth:`PgDb.new_ids` takes a file's row ids from the table's identity sequence before its
   ``COPY``, so rows of one ``COPY`` can name each other (a duplicate its primary).
 
+No statement waits forever: each session sets ``lock_timeout`` and ``statement_timeout``
+(:data:`WAIT_LIMITS`) unless they are configured in PostgreSQL's own ways (:func:`limit_waits`); a
+limit reached, like a lost connection, is :class:`LedgerUnavailableError` (exit 75), and every
+error names the ledger by its URL without the password.
+
 Money stays decimal TEXT as in SQLite, so every value round-trips exactly. The connection runs
 in autocommit mode outside :meth:`PgDb.transaction`; one connection is shared by the threads of a
 run, serialized by a re-entrant lock. The URL's password never appears in messages

@@ -143,19 +143,32 @@ def _settle(
 # the scope lock's advisory lock, held by the session of a backend pid (see Transitions.guard_scope)
 _LOCK_HELD = ("EXISTS (SELECT 1 FROM pg_locks WHERE pid = ? AND locktype = 'advisory' AND granted "
               "AND objsubid = 1 AND classid = CAST(? AS bigint)::oid AND objid = CAST(? AS bigint)::oid)")
+# a guarded scope and its lock: (scope, (backend pid, classid, objid))
+ScopeGuard = tuple[str, tuple[int, int, int]]
+
+
+def require_scope_lock(db: Db, guard: ScopeGuard | None, scope: str) -> None:
+    """Inside a write transaction: raise LockLostError when ``scope`` is guarded (see
+    :meth:`Transitions.guard_scope`) and its lock session no longer holds the lock."""
+    if guard is None or guard[0] != scope or db.dialect != "postgresql":
+        return
+    row = db.one(f"SELECT {_LOCK_HELD}", guard[1])
+    if row is None or not row[0]:
+        raise LockLostError(scope)
 
 
 class Transitions:
     """Sending and settling transactions (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
-    _scope_guard: tuple[str, tuple[int, int, int]] | None = None
+    _scope_guard: ScopeGuard | None = None
 
     def guard_scope(self, scope: str, backend_pid: int, key: int) -> None:
         """Mark nothing of ``scope`` in doubt (so send nothing) unless the PostgreSQL session
         ``backend_pid`` still holds the scope's advisory lock ``key``: checked in the in-doubt
         mark's own transaction, so a run whose lock session ended (and whose scope another host
-        may hold now) stops before its next request, not at its lock watch's next look."""
+        may hold now) stops before its next request, not at its lock watch's next look. Taking
+        a file (:meth:`~pipeline.ledger.files.Files.register_file`) and recording one check it too."""
         unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
         self._scope_guard = (scope, (backend_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
 
@@ -195,11 +208,9 @@ class Transitions:
                     (run_id, timestamp(), scope, *chunk, *lock),
                 )
             if updated != len(unique):
-                still = db.one(f"SELECT {_LOCK_HELD}", lock) if held else None
-                if still is not None and not still[0]:
-                    # another host may run the scope now: nothing of it is written, the answers
-                    # settled here neither (their rows stay in doubt: the next run asks the platform)
-                    raise LockLostError(scope)
+                # another host may run the scope now: nothing of it is written, the answers
+                # settled here neither (their rows stay in doubt: the next run asks the platform)
+                require_scope_lock(db, self._scope_guard, scope)
                 ids = primary_row_ids(db, scope, unique)  # raises for an unknown transaction
                 set_state(db, ids, TxnState.SENDING, run_id)  # raises for an illegal one
                 raise LedgerError(f"could not mark {unique[:5]} in doubt in scope {scope!r}")
