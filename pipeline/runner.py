@@ -431,7 +431,8 @@ def _execute(
                 if isinstance(error, Exception):  # not for Ctrl-C
                     ctx.error = error
                 _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
-                if not dry_run:
+                # a run that lost its lock leaves the scope's alerts to the run that holds it now
+                if not dry_run and not (isinstance(error, LockLostError) or watch.lost.is_set()):
                     deliver_pending(ledger, feed)
                 if error is not exc:
                     raise error from exc

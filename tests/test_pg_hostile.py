@@ -177,7 +177,8 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
     """As submission starts, the run's lock session is ended and another host takes the scope;
     the lock watch is made slow (an hour), so only the in-doubt mark can notice: the run sends not
     one checkout, fails with LockLostError (exit 75), and once the other host lets go, the next run
-    sends everything, each checkout once."""
+    sends everything, each checkout once; the scope's pending alerts are left to the run that
+    holds the lock (sent once, by the next run)."""
     from pipeline import runner
     from pipeline.scope_locks import LockWatch
     from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
@@ -188,6 +189,10 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
 
     monkeypatch.setattr(runner, "LockWatch", SlowWatch)
     settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    from tests.test_alerts import Receiver, feed_with, open_one
+
+    with Ledger(postgres_db) as ledger:  # an alert an earlier run left undelivered
+        open_one(ledger, feed_with("http://127.0.0.1:9/down"))
     taken: list[PgRunLock] = []
 
     def take_the_scope(stage: str, when: str) -> None:
@@ -199,12 +204,14 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
             _end_session(postgres_db, row[0])
             taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
 
-    with SandboxServer() as sandbox, credentials(sandbox):
+    with SandboxServer() as sandbox, credentials(sandbox), Receiver() as hook:
         feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        feed = feed.model_copy(update={"alerts": feed.alerts.model_copy(update={"webhook_url": hook.url})})
         before = stats(sandbox)["events_accepted"]
         with pytest.raises(LockLostError):
             run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=take_the_scope)
         assert len(taken) == 1 and stats(sandbox)["events_accepted"] == before
+        assert hook.received == []  # the scope's alerts are the other host's to send now
         with Ledger(postgres_db) as ledger:
             assert "sending" not in ledger.state_counts("acme")
         taken[0].release()
@@ -213,6 +220,7 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
         after = stats(sandbox)
     assert again.summary["accepted"] > 0 and ids and len(ids) == len(set(ids))
     assert after["duplicate_transaction_attempts"] == 0
+    assert [a["problem_id"] for a in hook.received].count(1) == 1  # the earlier alert, sent once
 
 
 PW_ROLE = "posfeed_pw"
