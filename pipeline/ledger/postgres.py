@@ -168,10 +168,11 @@ def limit_waits(connection: psycopg.Connection[Any]) -> None:
     """Bound how long this session waits (:data:`WAIT_LIMITS`), for each limit nobody configured:
     one set in the URL (``?options=-c lock_timeout=30s``), ``PGOPTIONS``, ``ALTER ROLE/DATABASE
     ... SET`` or postgresql.conf is kept as it is (``0`` there: wait without limit)."""
-    unset = [row[0] for row in connection.execute(
-        "SELECT name FROM pg_settings WHERE name = ANY(%s) AND source = 'default'", (list(WAIT_LIMITS),))]
-    for name in unset:
-        connection.execute("SELECT set_config(%s, %s, false)", (name, WAIT_LIMITS[name]))
+    limits = pgsql.SQL(", ").join(pgsql.SQL("({}, {})").format(pgsql.Literal(name), pgsql.Literal(value))
+                                  for name, value in WAIT_LIMITS.items())
+    connection.execute(pgsql.SQL(  # one round trip
+        "SELECT set_config(s.name, l.value, false) FROM pg_settings s "
+        "JOIN (VALUES {}) AS l (name, value) ON l.name = s.name WHERE s.source = 'default'").format(limits))
 
 
 class PgDb:
