@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date
@@ -378,3 +378,43 @@ def test_a_ledger_session_ended_at_a_stage_is_exit_75_and_the_next_run_settles_i
         counts = ledger.state_counts("acme")
         assert counts.get("queued", 0) == counts.get("sending", 0) == 0
         assert sorted(r.status for r in ledger.runs()) == sorted(["crashed", "finished"])
+
+
+def test_a_ledger_session_ended_between_the_in_doubt_mark_and_the_answer_sends_nothing_twice(
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session ends right after the first request's checkouts are marked in doubt (committed),
+    so the platform takes them but their answer cannot be written: exit 75; the next run asks the
+    platform about exactly those and sends the rest, each checkout once."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    settings = replace(settings_in(tmp_path), ledger_url=_with(postgres_db))
+    marked: list[Sequence[str]] = []
+    original = Ledger.start_sending
+
+    def mark_then_lose_the_session(self: Ledger, scope: str, ids: Sequence[str], run_id: str,
+                                   **answers: Any) -> None:
+        original(self, scope, ids, run_id, **answers)
+        if not marked:
+            marked.append(list(ids))
+            row = self._db.one("SELECT pg_backend_pid()")
+            assert row is not None
+            _end_session(postgres_db, row[0])
+
+    monkeypatch.setattr(Ledger, "start_sending", mark_then_lose_the_session)
+    with SandboxServer() as sandbox, credentials(sandbox):
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        with pytest.raises(LedgerUnavailableError) as caught:
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert caught.value.exit_code == 75 and PASSWORD not in str(caught.value)
+        with Ledger(postgres_db) as ledger:
+            in_doubt = ledger.state_counts("acme").get("sending", 0)
+        assert marked and in_doubt == len(marked[0])
+        monkeypatch.setattr(Ledger, "start_sending", original)
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["balanced"] is True
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] <= in_doubt
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == 0
