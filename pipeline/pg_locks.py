@@ -29,8 +29,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
-from pipeline.errors import LockHeldError, TransientError
+from pipeline.errors import ConfigError, LockHeldError, TransientError
+from pipeline.ledger.location import masked_url
+from pipeline.ledger.postgres import LOGIN_REFUSED, WAIT_ENDED, limit_waits, scrub_password
 from pipeline.locks import LockInfo
 
 __all__ = ["HOLDERS_TABLE", "SESSION_SETTINGS", "PgRunLock", "lock_key"]
@@ -84,17 +87,30 @@ def _key_parts(key: int) -> dict[str, int]:
 
 
 def _connect(url: str, feed: str) -> psycopg.Connection[Any]:
-    options = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    # after the URL's own options (a lock_timeout there holds here too), which these override
+    given = conninfo_to_dict(url).get("options") or ""
+    ours = (f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+    options = " ".join([str(given), *ours]).strip()
+    connection: psycopg.Connection[Any] | None = None
     try:
-        return psycopg.connect(url, autocommit=True, options=options,
-                               application_name=f"posfeed lock: {feed}"[:APPLICATION_NAME_MAX],
-                               connect_timeout=30,
-                               # the same probing from the client's side, for a vanished server
-                               keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+        connection = psycopg.connect(url, autocommit=True, options=options,
+                                     application_name=f"posfeed lock: {feed}"[:APPLICATION_NAME_MAX],
+                                     connect_timeout=30,
+                                     # the same probing from the client's side, for a vanished server
+                                     keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                                     keepalives_count=3)
+        limit_waits(connection)  # making the holders table or writing its row never waits forever
+        return connection
     except psycopg.OperationalError as exc:
+        if connection is not None:
+            connection.close()
+        text = f"({masked_url(url)}): {scrub_password(str(exc), url)}"
+        if any(words in str(exc) for words in LOGIN_REFUSED):
+            raise ConfigError(f"the ledger's PostgreSQL server refused the login for the run lock {text}; "
+                              "check the ledger's user and password (in the URL, PGPASSWORD or ~/.pgpass)"
+                              ) from None
         raise TransientError(
-            f"the ledger's PostgreSQL server could not be reached for the run lock: {exc}"
-        ) from exc
+            f"the ledger's PostgreSQL server could not be reached for the run lock {text}") from None
 
 
 def _ensure_holders_table(conn: psycopg.Connection[Any]) -> None:
@@ -122,10 +138,11 @@ class PgRunLock:
     """An acquired run lock; release it with :meth:`release` (or let the process end)."""
 
     def __init__(self, conn: psycopg.Connection[Any], scope: str, info: LockInfo,
-                 taken_over: LockInfo | None):
+                 taken_over: LockInfo | None, backend_pid: int):
         self._conn: psycopg.Connection[Any] | None = conn
         self.scope = scope
         self.key = lock_key(scope)
+        self.backend_pid = backend_pid  # the holding session, which the ledger checks before each send
         self.info = info
         self.taken_over = taken_over  # the stale holder whose lock was taken over, if any
 
@@ -158,8 +175,21 @@ class PgRunLock:
 
     @classmethod
     def acquire(cls, url: str, scope: str, *, feed: str) -> PgRunLock:
-        """Take the scope's lock without waiting; raise LockHeldError when a live run holds it."""
+        """Take the scope's lock without waiting; raise LockHeldError when a live run holds it,
+        TransientError when the server cannot be reached or its holders table cannot be written
+        within the session's wait limits."""
         conn = _connect(url, feed)
+        try:
+            return cls._acquire(conn, scope, feed)
+        except psycopg.Error as exc:
+            ended = WAIT_ENDED.get(exc.sqlstate or "")
+            raise TransientError(
+                f"the run lock of scope {scope!r} could not be taken in the ledger's PostgreSQL database "
+                f"{masked_url(url)}: {ended or 'the server failed'} ({scrub_password(str(exc), url)})"
+            ) from None
+
+    @classmethod
+    def _acquire(cls, conn: psycopg.Connection[Any], scope: str, feed: str) -> PgRunLock:
         try:
             _ensure_holders_table(conn)
             key = lock_key(scope)
@@ -187,4 +217,4 @@ class PgRunLock:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, scope, info, previous)
+        return cls(conn, scope, info, previous, conn.info.backend_pid)

@@ -385,6 +385,9 @@ def _execute(
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
+            holder, key = getattr(lock, "backend_pid", None), getattr(lock, "key", None)
+            if holder is not None and key is not None:  # a lock that can be lost: checked before each request
+                ledger.guard_scope(feed.scope, holder, key)
             abandoned = ledger.close_abandoned_runs(feed.scope)
             if abandoned:
                 log.warning("runs %s of scope %r ended without finishing (process killed?); "
@@ -433,7 +436,8 @@ def _execute(
                 if isinstance(error, Exception):  # not for Ctrl-C
                     ctx.error = error
                 _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
-                if not dry_run:
+                # a run that lost its lock leaves the scope's alerts to the run that holds it now
+                if not dry_run and not (isinstance(error, LockLostError) or watch.lost.is_set()):
                     deliver_pending(ledger, feed)
                 if error is not exc:
                     raise error from exc

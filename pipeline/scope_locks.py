@@ -7,9 +7,10 @@ give the same lock: ``info``, ``taken_over``, ``release()``, and ``LockHeldError
 
 A file lock lasts as long as the process. An advisory lock lasts as long as its PostgreSQL
 session, which a restarted server or a cut connection ends while the run goes on; another host may
-then take the scope. :class:`LockWatch` checks such a lock on a thread of its own and
-:class:`RunStop` turns its loss into the run's stop: the run sends nothing more and ends with
-:class:`~pipeline.errors.LockLostError` (exit 75).
+then take the scope. The ledger checks such a lock before every request it marks in doubt
+(:meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), so a run that lost it sends nothing
+more; :class:`LockWatch` also checks it on a thread of its own and :class:`RunStop` turns its loss
+into the run's stop. Either ends the run with :class:`~pipeline.errors.LockLostError` (exit 75).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pipeline.ledger.location import is_postgres_url, masked_url, password_forms, url_password
 
@@ -22,6 +23,19 @@ from pipeline.ledger.location import is_postgres_url, masked_url, password_forms
 def test_a_url_is_shown_without_its_password(url: str, shown: str, password: str | None) -> None:
     assert masked_url(url) == shown
     assert url_password(url) == password
+
+
+@pytest.mark.parametrize(("url", "shown", "password"), [
+    # libpq reads the password up to the first "@" before any "/": "?" and "#" are part of it
+    ("postgresql://u:pa?ss@db:5432/x", "postgresql://u:***@db:5432/x", "pa?ss"),
+    ("postgresql://u:pa#ss@db/x?sslmode=require", "postgresql://u:***@db/x?sslmode=require", "pa#ss"),
+    ("postgresql://u:s3cr:et@db/x", "postgresql://u:***@db/x", "s3cr:et"),
+])
+def test_a_password_with_url_delimiters_is_masked_as_libpq_reads_it(url: str, shown: str,
+                                                                     password: str) -> None:
+    assert masked_url(url) == shown and password not in masked_url(url)
+    assert url_password(url) == password and password in password_forms(url)
+    assert conninfo_to_dict(url)["password"] == password  # what the driver will send
 
 
 def test_a_url_is_told_from_a_path() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.errors import EXIT_TEMPFAIL, PosfeedError, StateIOError
+from pipeline.errors import EXIT_TEMPFAIL, ConfigError, PosfeedError, StateIOError
 
 
 class LedgerError(PosfeedError):
@@ -11,6 +11,11 @@ class LedgerError(PosfeedError):
 
 class LedgerFileError(LedgerError, StateIOError):
     """The ledger file cannot be written or read: disk full, read-only, corrupt (exit 74)."""
+
+
+class LedgerTooNewError(LedgerError, ConfigError):
+    """The ledger's schema was migrated by a newer posfeed (another host's, or a downgrade): this
+    one refuses it untouched; upgrade it (exit 78)."""
 
 
 class LedgerUnavailableError(LedgerError):

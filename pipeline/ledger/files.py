@@ -7,12 +7,14 @@ from collections.abc import Iterable
 
 from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.records import FileRecord, file_record, timestamp
+from pipeline.ledger.transitions import ScopeGuard, require_scope_lock
 
 
 class Files:
     """The ledger's files (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
+    _scope_guard: ScopeGuard | None  # see Transitions.guard_scope
 
     def file_by_sha(self, scope: str, sha256: str) -> FileRecord | None:
         """The recorded file of ``scope`` with this content, if any (newest first)."""
@@ -72,6 +74,7 @@ class Files:
         timestamp); an earlier recorded file of the same name and other content becomes
         superseded by it. A file fetched but never recorded (a crash) is reused."""
         with self._db.transaction() as db:
+            require_scope_lock(db, self._scope_guard, scope)
             old = db.one(
                 "SELECT * FROM files WHERE scope = ? AND sha256 = ? AND status IN ('fetched', 'unreadable')",
                 (scope, sha256),

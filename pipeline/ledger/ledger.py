@@ -8,6 +8,7 @@ from pipeline.errors import ConfigError
 from pipeline.ledger.backlog import Backlogs
 from pipeline.ledger.connection import open_sqlite
 from pipeline.ledger.db import Db
+from pipeline.ledger.errors import LedgerTooNewError
 from pipeline.ledger.files import Files
 from pipeline.ledger.location import is_postgres_url, masked_url
 from pipeline.ledger.problems import Problems
@@ -49,10 +50,12 @@ class Ledger(
             self.url = str(location)
             self.path = None
             opener = open_postgres_copy if private_copy else open_postgres
-            self._db, self.schema_version = opener(self.url)
         else:
             self.path = Path(location)
-            self._db, self.schema_version = open_sqlite(self.path)
+        try:
+            self._db, self.schema_version = opener(self.url) if self.url else open_sqlite(Path(location))
+        except LedgerTooNewError as exc:  # named here, where the location is known
+            raise LedgerTooNewError(f"{self.location}: {exc}") from None
 
     @property
     def backend(self) -> str:

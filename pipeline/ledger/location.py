@@ -19,35 +19,58 @@ def is_postgres_url(location: str | Path | None) -> bool:
     return isinstance(location, str) and urlsplit(location).scheme.lower() in POSTGRES_SCHEMES
 
 
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password before the host is in ``url``, read as libpq reads it: the user
+    information ends at the first ``@`` before any ``/``, so ``?`` and ``#`` belong to the password
+    (:func:`urllib.parse.urlsplit` would cut it there and leave the rest in plain sight)."""
+    head = url.find("://")
+    if head < 0:
+        return None
+    start = end = head + 3
+    while end < len(url) and url[end] not in "@/":
+        end += 1
+    colon = url.find(":", start, end)
+    if end >= len(url) or url[end] != "@" or colon < 0:
+        return None
+    return colon + 1, end
+
+
 def masked_url(url: str) -> str:
     """The URL with its password (if any, before the host or as ``?password=``) replaced by
     ``***``: what messages and listings show."""
+    span = _password_span(url)
+    if span is not None:
+        url = f"{url[:span[0]]}***{url[span[1]:]}"
     parts = urlsplit(url)
-    netloc, query = parts.netloc, parts.query
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
     if "password" in {key for key, _ in parse_qsl(query, keep_blank_values=True)}:
         query = "&".join(
             f"{key}=***" if key == "password" else f"{quote(key)}={quote(value)}"
             for key, value in parse_qsl(query, keep_blank_values=True)
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    return url
+
+
+def _written_password(url: str) -> str | None:
+    span = _password_span(url)
+    return url[span[0]:span[1]] if span else None
 
 
 def url_password(url: str) -> str | None:
     """The URL's password as libpq reads it (percent-decoded), if the URL has one (libpq may also
     find one elsewhere, e.g. in its password file)."""
-    parts = urlsplit(url)
-    if parts.password:
-        return unquote(parts.password)
-    in_query = [value for key, value in parse_qsl(parts.query) if key == "password" and value]
+    written = _written_password(url)
+    if written:
+        return unquote(written)
+    in_query = [value for key, value in parse_qsl(urlsplit(url).query) if key == "password" and value]
     return in_query[0] if in_query else None
 
 
 def password_forms(url: str) -> list[str]:
     """Every spelling of the URL's password to keep out of output: as written and as decoded."""
     decoded = url_password(url)
-    written = urlsplit(url).password
+    written = _written_password(url)
     return [form for form in dict.fromkeys((decoded, written)) if form]
 
 

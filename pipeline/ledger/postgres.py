@@ -27,6 +27,11 @@ What differs from SQLite is translated here:
 * ids: :meth:`PgDb.new_ids` takes a file's row ids from the table's identity sequence before its
   ``COPY``, so rows of one ``COPY`` can name each other (a duplicate its primary).
 
+No statement waits forever: each session sets ``lock_timeout`` and ``statement_timeout``
+(:data:`WAIT_LIMITS`) unless they are configured in PostgreSQL's own ways (:func:`limit_waits`); a
+limit reached, like a lost connection, is :class:`LedgerUnavailableError` (exit 75), and every
+error names the ledger by its URL without the password.
+
 Money stays decimal TEXT as in SQLite, so every value round-trips exactly. The connection runs
 in autocommit mode outside :meth:`PgDb.transaction`; one connection is shared by the threads of a
 run, serialized by a re-entrant lock. The URL's password never appears in messages
@@ -46,6 +51,7 @@ from typing import Any, overload
 import psycopg
 from psycopg import sql as pgsql
 
+from pipeline.errors import ConfigError
 from pipeline.ledger import schema
 from pipeline.ledger.db import Row, fetch_in_pages, round_trips
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
@@ -58,6 +64,8 @@ WRITE_LOCK = (0x706F7366, 2)
 TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals",
           "problems", "alert_outbox")
 _LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
+# how long a ledger or lock session waits, unless configured elsewhere (see limit_waits)
+WAIT_LIMITS = {"lock_timeout": "2min", "statement_timeout": "15min"}
 # pipeline mode needs libpq 14 or later (psycopg[binary] brings its own; a system libpq may be older)
 _PIPELINE_MODE = psycopg.Pipeline.is_supported()
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are first refreshed
@@ -71,7 +79,8 @@ _QMARK = re.compile(r"\?")
 _CURSOR_NAMES = (f"posfeed_pages_{n}" for n in itertools.count(1))  # server-side cursors of this process
 
 
-def _scrub(message: str, url: str) -> str:
+def scrub_password(message: str, url: str) -> str:
+    """``message`` without the URL's password in any spelling."""
     for form in password_forms(url):
         message = message.replace(form, "***")
     return message
@@ -123,16 +132,47 @@ def _row_factory(cursor: Any) -> Any:
     return make
 
 
+# what the server says when it refuses the login itself (a credentials error, not a temporary one);
+# libpq gives no SQLSTATE for a failed connection
+LOGIN_REFUSED = ("password authentication failed", "no password supplied", "authentication failed for user")
+# what a wait limit's SQLSTATE means, and what to do about it
+WAIT_ENDED = {
+    "55P03": "waited longer than lock_timeout for a lock another session holds (another posfeed's "
+             "write, an ALTER TABLE, VACUUM FULL or a session left in a transaction: see "
+             "pg_stat_activity); what was committed stays, run again once it is free",
+    "57014": "a statement ran longer than statement_timeout (or was cancelled); what was committed "
+             "stays, run again",
+}
+
+
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """psycopg's errors as the ledger's: a lost server or connection is LedgerUnavailableError
-    (exit 75: committed work stays, the next run settles the rest), anything else LedgerError."""
+def _translated(what: str, url: str = "") -> Iterator[None]:
+    """psycopg's errors as the ledger's, naming the ledger (its URL without the password): a lost
+    server or connection, or a wait limit reached, is LedgerUnavailableError (exit 75: committed
+    work stays, the next run settles the rest), anything else LedgerError."""
+    where = f" {masked_url(url)}" if url else ""
     try:
         yield
     except psycopg.OperationalError as exc:
-        raise LedgerUnavailableError(f"the ledger's PostgreSQL server, {what}: {exc}") from exc
+        text = scrub_password(str(exc), url) if url else str(exc)
+        ended = WAIT_ENDED.get(exc.sqlstate or "")
+        if ended:
+            raise LedgerUnavailableError(f"the PostgreSQL ledger{where}, {what}: {ended} ({text})") from exc
+        raise LedgerUnavailableError(f"the ledger's PostgreSQL server{where}, {what}: {text}") from exc
     except psycopg.Error as exc:
-        raise LedgerError(f"the PostgreSQL ledger, {what}: {exc}") from exc
+        text = scrub_password(str(exc), url) if url else str(exc)
+        raise LedgerError(f"the PostgreSQL ledger{where}, {what}: {text}") from exc
+
+
+def limit_waits(connection: psycopg.Connection[Any]) -> None:
+    """Bound how long this session waits (:data:`WAIT_LIMITS`), for each limit nobody configured:
+    one set in the URL (``?options=-c lock_timeout=30s``), ``PGOPTIONS``, ``ALTER ROLE/DATABASE
+    ... SET`` or postgresql.conf is kept as it is (``0`` there: wait without limit)."""
+    limits = pgsql.SQL(", ").join(pgsql.SQL("({}, {})").format(pgsql.Literal(name), pgsql.Literal(value))
+                                  for name, value in WAIT_LIMITS.items())
+    connection.execute(pgsql.SQL(  # one round trip
+        "SELECT set_config(s.name, l.value, false) FROM pg_settings s "
+        "JOIN (VALUES {}) AS l (name, value) ON l.name = s.name WHERE s.source = 'default'").format(limits))
 
 
 class PgDb:
@@ -141,8 +181,9 @@ class PgDb:
     paramstyle = "qmark"  # what the ledger hands in; rewritten to psycopg's %s here
     dialect = "postgresql"
 
-    def __init__(self, connection: psycopg.Connection[Any], *, private: bool = False):
+    def __init__(self, connection: psycopg.Connection[Any], *, private: bool = False, url: str = ""):
         self._connection = connection
+        self._url = url  # named (without its password) by errors
         self._mutex = threading.RLock()
         self._private = private  # temporary tables only (a dry run): no other writer to wait for
         self._depth = 0  # open transactions (nested ones are savepoints)
@@ -152,10 +193,13 @@ class PgDb:
         self._pipeline: psycopg.Pipeline | None = None
         self._pipeline_exit: contextlib.ExitStack | None = None
 
+    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return _translated(what, self._url)
+
     # -- statements ---------------------------------------------------------------------------
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
+        with self._errors("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql), params)
             self._wait()
             return cursor.rowcount
@@ -167,13 +211,13 @@ class PgDb:
         rows = list(rows)
         if not rows:
             return
-        with _translated("statement"), self._mutex, self._connection.cursor() as cursor:
+        with self._errors("statement"), self._mutex, self._connection.cursor() as cursor:
             cursor.executemany(to_pyformat(sql), rows)
             if self._pipeline is None:
                 round_trips.add()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
+        with self._errors("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             self._wait()
             return list(cursor.fetchall())
@@ -219,7 +263,7 @@ class PgDb:
         """The rows of a query fetched ``page_rows`` at a time from a server-side cursor (see
         :func:`pipeline.ledger.db.pages`). ``WITH HOLD`` keeps it open across the autocommit
         statements between pages; the server keeps the result, this process one page of it."""
-        with _translated("query"):
+        with self._errors("query"):
             with self._mutex:
                 self._leave_pipeline()
                 cursor = self._connection.cursor(next(_CURSOR_NAMES), row_factory=_row_factory, withhold=True)
@@ -235,14 +279,14 @@ class PgDb:
                     cursor.close()
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        with _translated("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
+        with self._errors("query"), self._mutex, self._connection.cursor(row_factory=_row_factory) as cursor:
             cursor.execute(to_pyformat(sql), params)
             self._wait()
             row: Row | None = cursor.fetchone()
             return row
 
     def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with _translated("insert"), self._mutex, self._connection.cursor() as cursor:
+        with self._errors("insert"), self._mutex, self._connection.cursor() as cursor:
             cursor.execute(to_pyformat(sql) + " RETURNING id", params)
             self._wait()
             row = cursor.fetchone()
@@ -256,7 +300,7 @@ class PgDb:
             pgsql.Identifier(table), pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
         )
         count = 0
-        with _translated("copy"), self._mutex:
+        with self._errors("copy"), self._mutex:
             in_pipeline = self._pipeline is not None
             self._leave_pipeline()  # COPY has no pipeline mode
             round_trips.add()
@@ -300,7 +344,7 @@ class PgDb:
                 statement = pgsql.SQL("ANALYZE {} ({})").format(pgsql.Identifier(table), pgsql.SQL(", ").join(
                     pgsql.Identifier(column) for column in ANALYZE_COLUMNS[table]))
             round_trips.add()
-            with _translated("analyze"), self._mutex:
+            with self._errors("analyze"), self._mutex:
                 self._connection.execute(statement)
             self._analyzed_at[table] = appended
 
@@ -333,7 +377,7 @@ class PgDb:
         is a savepoint."""
         with self._mutex:
             if self._depth:
-                with _translated("transaction"), self._connection.transaction():
+                with self._errors("transaction"), self._connection.transaction():
                     self._depth += 1
                     try:
                         yield self
@@ -342,14 +386,14 @@ class PgDb:
                 return
             self._depth = 1
             try:
-                with _translated("transaction"):
+                with self._errors("transaction"):
                     self._enter_pipeline()
                     self._control("BEGIN")
                     if not self._private:
                         self._control(_LOCK, WRITE_LOCK)
                     yield self
                 self._depth = 0
-                with _translated("commit"):
+                with self._errors("commit"):
                     committed = self._control("COMMIT")
                     self._leave_pipeline()  # a deferred write that failed raises here; nothing is committed
                     if committed.statusmessage != "COMMIT":
@@ -374,17 +418,26 @@ class PgDb:
 
 def _connect(url: str) -> psycopg.Connection[Any]:
     register_url_secret(url)
+    connection: psycopg.Connection[Any] | None = None
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=30, application_name="posfeed ledger")
-    except psycopg.Error as exc:  # down, unreachable, refused: the URL's password is never shown
-        raise LedgerUnavailableError(
-            f"{masked_url(url)}: cannot open ledger: {_scrub(str(exc), url)}") from None
+        connection = psycopg.connect(url, autocommit=True, connect_timeout=30,
+                                     application_name="posfeed ledger")
+        limit_waits(connection)
+        return connection
+    except psycopg.Error as exc:
+        if connection is not None:
+            connection.close()  # down, unreachable, refused: the URL's password is never shown
+        text = f"{masked_url(url)}: cannot open ledger: {scrub_password(str(exc), url)}"
+        if any(words in str(exc) for words in LOGIN_REFUSED):
+            raise ConfigError(f"{text}; check the ledger's user and password (in the URL, PGPASSWORD or "
+                              "~/.pgpass)") from None
+        raise LedgerUnavailableError(text) from None
 
 
 def open_postgres(url: str) -> tuple[PgDb, int]:
     """Connect to the ledger database at ``url`` and bring its schema up to date; returns the
     database and its schema version."""
-    db = PgDb(_connect(url))
+    db = PgDb(_connect(url), url=url)
     try:
         return db, schema.migrate(db)
     except BaseException:
@@ -420,8 +473,8 @@ def open_postgres_copy(url: str) -> tuple[PgDb, int]:
     except psycopg.Error as exc:
         db.close()
         raise LedgerError(f"{masked_url(url)}: cannot copy the ledger for a dry run: "
-                          f"{_scrub(str(exc), url)}") from None
-    return PgDb(connection, private=True), version
+                          f"{scrub_password(str(exc), url)}") from None
+    return PgDb(connection, private=True, url=url), version
 
 
 def _schema_of(connection: psycopg.Connection[Any]) -> str:

@@ -14,13 +14,14 @@ from pipeline.ledger.records import FileRecord, NewReject, NewTransaction, times
 from pipeline.ledger.rejects import insert_rejects
 from pipeline.ledger.states import PRIMARY_SQL, PRIMARY_STATES, RECORDABLE, TxnState
 from pipeline.ledger.totals import Total, insert_totals
-from pipeline.ledger.transitions import attach, set_state
+from pipeline.ledger.transitions import ScopeGuard, attach, require_scope_lock, set_state
 
 
 class Recording:
     """Recording files' contents (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
+    _scope_guard: ScopeGuard | None  # see Transitions.guard_scope
 
     def known(self, scope: str, transaction_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
         """(transaction_id, content_hash) pairs of ``scope`` for dedup: every primary transaction
@@ -87,6 +88,7 @@ class Recording:
         transactions = list(transactions)
         now = timestamp()
         with self._db.transaction() as db:
+            require_scope_lock(db, self._scope_guard, file.scope)
             status = db.one("SELECT status FROM files WHERE id = ?", (file.id,))
             if status is None or status[0] != "fetched":
                 raise LedgerError(f"file {file.name}: cannot record contents in state {status and status[0]}")

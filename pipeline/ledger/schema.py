@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 from pipeline.ledger.db import Db
-from pipeline.ledger.errors import LedgerError
+from pipeline.ledger.errors import LedgerTooNewError
 
 log = logging.getLogger(__name__)
 
@@ -335,8 +335,10 @@ def migrate(db: Db, target: int = SCHEMA_VERSION) -> int:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             version = _current_version(db)
     if version > SCHEMA_VERSION:
-        raise LedgerError(
-            f"ledger schema version {version} is newer than this posfeed understands ({SCHEMA_VERSION})"
+        raise LedgerTooNewError(
+            f"ledger schema version {version} is newer than this posfeed understands ({SCHEMA_VERSION}): "
+            "a newer posfeed migrated it; upgrade posfeed here (every host sharing the ledger runs the "
+            "same version or newer); the ledger was left as it is"
         )
     while version < target:
         with db.transaction():

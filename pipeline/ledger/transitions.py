@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pipeline.errors import LockLostError
 from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.errors import IllegalTransitionError, LedgerError
 from pipeline.ledger.records import cutoff, timestamp
@@ -139,10 +140,44 @@ def _settle(
     )
 
 
+# the scope lock's advisory lock, held by the session of a backend pid (see Transitions.guard_scope)
+_LOCK_HELD = ("EXISTS (SELECT 1 FROM pg_locks WHERE pid = ? AND locktype = 'advisory' AND granted "
+              "AND objsubid = 1 AND classid = CAST(? AS bigint)::oid AND objid = CAST(? AS bigint)::oid)")
+# a guarded scope and its lock: (scope, (backend pid, classid, objid))
+ScopeGuard = tuple[str, tuple[int, int, int]]
+
+
+def require_scope_lock(db: Db, guard: ScopeGuard | None, scope: str) -> None:
+    """Inside a write transaction: raise LockLostError when ``scope`` is guarded (see
+    :meth:`Transitions.guard_scope`) and its lock session no longer holds the lock."""
+    if guard is None or guard[0] != scope or db.dialect != "postgresql":
+        return
+    row = db.one(f"SELECT {_LOCK_HELD}", guard[1])
+    if row is None or not row[0]:
+        raise LockLostError(scope)
+
+
 class Transitions:
     """Sending and settling transactions (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
+    _scope_guard: ScopeGuard | None = None
+
+    def guard_scope(self, scope: str, backend_pid: int, key: int) -> None:
+        """Mark nothing of ``scope`` in doubt (so send nothing) unless the PostgreSQL session
+        ``backend_pid`` still holds the scope's advisory lock ``key``: checked in the in-doubt
+        mark's own transaction, so a run whose lock session ended (and whose scope another host
+        may hold now) stops before its next request, not at its lock watch's next look. Taking
+        a file (:meth:`~pipeline.ledger.files.Files.register_file`) and recording one check it too."""
+        unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+        self._scope_guard = (scope, (backend_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
+
+    def _lock_check(self, scope: str) -> tuple[str, tuple[int, ...]]:
+        """The in-doubt mark's extra condition and its parameters for ``scope`` (none unguarded)."""
+        guard = self._scope_guard
+        if guard is None or guard[0] != scope or self._db.dialect != "postgresql":
+            return "", ()
+        return f" AND {_LOCK_HELD}", guard[1]
 
     def start_sending(
         self,
@@ -160,6 +195,7 @@ class Transitions:
         One guarded UPDATE per request (it runs before every request, so it is kept cheap); when
         it does not touch exactly these transactions, the precise checks name what is wrong."""
         unique = list(dict.fromkeys(transaction_ids))
+        held, lock = self._lock_check(scope)
         with self._db.transaction() as db:
             if settled:
                 _settle(db, scope, settled, run_id, masks)
@@ -168,10 +204,13 @@ class Transitions:
                 updated += db.execute(
                     f"UPDATE transactions SET state = 'sending', last_run_id = ?, updated_at = ?, "
                     f"attempts = attempts + 1 WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) "
-                    f"AND state IN {PRIMARY_SQL} AND state IN {SENDABLE_SQL}",
-                    (run_id, timestamp(), scope, *chunk),
+                    f"AND state IN {PRIMARY_SQL} AND state IN {SENDABLE_SQL}{held}",
+                    (run_id, timestamp(), scope, *chunk, *lock),
                 )
             if updated != len(unique):
+                # another host may run the scope now: nothing of it is written, the answers
+                # settled here neither (their rows stay in doubt: the next run asks the platform)
+                require_scope_lock(db, self._scope_guard, scope)
                 ids = primary_row_ids(db, scope, unique)  # raises for an unknown transaction
                 set_state(db, ids, TxnState.SENDING, run_id)  # raises for an illegal one
                 raise LedgerError(f"could not mark {unique[:5]} in doubt in scope {scope!r}")

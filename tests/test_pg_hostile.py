@@ -1,0 +1,420 @@
+"""A PostgreSQL ledger in a hostile place: statements that would wait forever, a newer schema, a
+password that must never show, a lock session that dies while the run sends. Real server
+(tests/pg_cluster.py), real processes where the CLI is what is judged.
+
+Shown to fail: without the sessions' wait limits (``limit_waits``), the blocked ``posfeed runs``
+and the blocked run waited until the test's timeout; without the scope lock checked in the in-doubt
+mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pipeline.errors import LockLostError, TransientError
+from pipeline.ledger import Ledger
+from pipeline.ledger.errors import LedgerUnavailableError
+from pipeline.ledger.location import masked_url
+from pipeline.ledger.postgres import WAIT_LIMITS, WRITE_LOCK
+from pipeline.pg_locks import PgRunLock
+from pipeline.runner import run_feed
+from pipeline.sandbox.server import SandboxServer
+
+PASSWORD = "pw-Never-Shown-9c1e"  # the test cluster trusts loopback logins: libpq never sends it
+
+
+def _with(url: str, *, password: bool = True, options: str | None = None) -> str:
+    if password:
+        url = url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@", 1)
+    if options:
+        url += "?options=" + options.replace(" ", "%20").replace("=", "%3D")
+    return url
+
+
+def _posfeed(tmp: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, cwd=tmp, timeout=240,
+                          check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+@contextmanager
+def _holding(url: str, *statements: str) -> Iterator[psycopg.Connection[Any]]:
+    """Another session inside a transaction that has run ``statements`` (and holds their locks)."""
+    with psycopg.connect(url) as other:
+        for statement in statements:
+            other.execute(statement)
+        yield other
+        other.rollback()
+
+
+def _setting(conn: psycopg.Connection[Any], name: str) -> str:
+    row = conn.execute(f"SHOW {name}").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_ledger_and_lock_sessions_bound_their_waits_unless_configured(postgres_db: str) -> None:
+    with Ledger(postgres_db) as ledger:
+        for name, value in WAIT_LIMITS.items():
+            assert tuple(ledger._db.one(f"SHOW {name}") or ()) == (value,)
+    lock = PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly")
+    try:
+        assert lock._conn is not None
+        for name, value in WAIT_LIMITS.items():
+            assert _setting(lock._conn, name) == value
+    finally:
+        lock.release()
+    # a limit set where PostgreSQL settings are set (here the URL's options) is kept as it is
+    configured = _with(postgres_db, password=False, options="-c lock_timeout=7s -c statement_timeout=0")
+    with Ledger(configured) as ledger:
+        assert tuple(ledger._db.one("SHOW lock_timeout") or ()) == ("7s",)
+        assert tuple(ledger._db.one("SHOW statement_timeout") or ()) == ("0",)
+
+
+def test_a_table_held_by_a_schema_change_fails_the_command_clearly(postgres_db: str, tmp_path: Path) -> None:
+    """An ALTER TABLE (or VACUUM FULL, a migration by hand) holds the runs table: `posfeed runs`
+    gives up after lock_timeout with exit 75, naming the ledger (without its password) and the
+    setting, instead of waiting forever."""
+    with Ledger(postgres_db):
+        pass  # the schema is made
+    url = _with(postgres_db, options="-c lock_timeout=1s")
+    with _holding(postgres_db, "LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"):
+        code, out, err = _posfeed(tmp_path, {"POSFEED_LEDGER_URL": url}, "runs")
+    assert code == 75, err
+    assert "postgres:***@127.0.0.1" in err and "lock_timeout" in err
+    assert PASSWORD not in out + err
+
+
+def test_a_stuck_writer_or_a_held_row_fails_the_write_clearly(postgres_db: str) -> None:
+    """Another session holds the ledger's write lock (a writer that hangs) or a run's row: the
+    write waits lock_timeout at most, then fails as a temporary error naming the ledger."""
+    url = _with(postgres_db, options="-c lock_timeout=1s")
+    with Ledger(url) as ledger:
+        run_id = ledger.start_run(feed="hourly", scope="acme")
+        stuck_writer = f"SELECT pg_advisory_xact_lock({WRITE_LOCK[0]}, {WRITE_LOCK[1]})"
+        with _holding(postgres_db, stuck_writer), pytest.raises(LedgerUnavailableError) as stuck:
+            ledger.start_run(feed="hourly", scope="acme")
+        row_lock = f"SELECT * FROM runs WHERE id = '{run_id}' FOR UPDATE"
+        with _holding(postgres_db, row_lock), pytest.raises(LedgerUnavailableError) as held:
+            ledger.finish_run(run_id, status="finished", exit_code=0, counts={})
+        ledger.finish_run(run_id, status="finished", exit_code=0, counts={})  # free again: it goes on
+        assert [r.status for r in ledger.runs()] == ["finished"]
+    for caught in (stuck, held):
+        text = str(caught.value)
+        assert caught.value.exit_code == 75 and "lock_timeout" in text and "postgres:***@127.0.0.1" in text
+        assert PASSWORD not in text
+
+
+def test_a_held_lock_holders_table_fails_taking_the_run_lock_clearly(postgres_db: str) -> None:
+    """The scope locks' holders table held by another session: taking a run lock gives up after
+    lock_timeout as a temporary error (exit 75) that says so, not a driver error."""
+    PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly").release()  # the table is made
+    url = _with(postgres_db, options="-c lock_timeout=1s")
+    table_lock = "LOCK TABLE scope_lock_holders IN ACCESS EXCLUSIVE MODE"
+    with _holding(postgres_db, table_lock), pytest.raises(TransientError) as caught:
+        PgRunLock.acquire(url, "acme", feed="acme_hourly")
+    text = str(caught.value)
+    assert caught.value.exit_code == 75 and "lock_timeout" in text and "run lock of scope 'acme'" in text
+    assert PASSWORD not in text
+    PgRunLock.acquire(url, "acme", feed="acme_hourly").release()  # free again (the lock was not kept)
+
+
+def _end_session(url: str, backend_pid: int) -> None:
+    """End a session as a restarted server or a cut connection would, and wait until it is gone."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute("SELECT pg_terminate_backend(%s, 30000)", (backend_pid,)).fetchone()
+    assert row == (True,)
+
+
+def test_an_in_doubt_mark_is_refused_once_the_scope_lock_is_lost(postgres_db: str) -> None:
+    """The lock's session ends and another host takes the scope: the next in-doubt mark (made
+    before every request) fails with LockLostError and marks nothing, so nothing more is sent;
+    taking a file or recording one fails the same way."""
+    from tests.test_ledger import _file, _queued, _txn
+
+    lock = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
+    with Ledger(postgres_db) as ledger:
+        run_id = _queued(ledger, "T1", "T2")
+        fetched = _file(ledger, run_id, name="g.csv", sha="b" * 64)  # fetched, not yet recorded
+        ledger.guard_scope("acme", lock.backend_pid, lock.key)
+        ledger.start_sending("acme", ["T1"], run_id)  # held: marked
+        _end_session(postgres_db, lock.backend_pid)
+        other_host = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
+        try:
+            with pytest.raises(LockLostError) as caught:
+                ledger.start_sending("acme", ["T2"], run_id)
+            assert caught.value.exit_code == 75
+            # nor does it take or record a file of the scope the other host now runs
+            with pytest.raises(LockLostError):
+                _file(ledger, run_id, name="h.csv", sha="c" * 64)
+            with pytest.raises(LockLostError):
+                ledger.record_file(run_id, fetched, transactions=[_txn("T3")], rejects=[], totals=[])
+            assert ledger.state_counts("acme") == {"sending": 1, "queued": 1}
+            assert [(f.name, f.status) for f in ledger.files(scope="acme")] == [
+                ("f.csv", "recorded"), ("g.csv", "fetched")]
+        finally:
+            other_host.release()
+            lock.release()
+
+
+def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As submission starts, the run's lock session is ended and another host takes the scope;
+    the lock watch is made slow (an hour), so only the in-doubt mark can notice: the run sends not
+    one checkout, fails with LockLostError (exit 75), and once the other host lets go, the next run
+    sends everything, each checkout once; the scope's pending alerts are left to the run that
+    holds the lock (sent once, by the next run)."""
+    from pipeline import runner
+    from pipeline.scope_locks import LockWatch
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    class SlowWatch(LockWatch):
+        def __init__(self, lock: Any, *, scope: str) -> None:
+            super().__init__(lock, scope=scope, interval=3600)
+
+    monkeypatch.setattr(runner, "LockWatch", SlowWatch)
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    from tests.test_alerts import Receiver, feed_with, open_one
+
+    with Ledger(postgres_db) as ledger:  # an alert an earlier run left undelivered
+        open_one(ledger, feed_with("http://127.0.0.1:9/down"))
+    taken: list[PgRunLock] = []
+
+    def take_the_scope(stage: str, when: str) -> None:
+        if (stage, when) == ("submit", "start"):
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+
+    with SandboxServer() as sandbox, credentials(sandbox), Receiver() as hook:
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        feed = feed.model_copy(update={"alerts": feed.alerts.model_copy(update={"webhook_url": hook.url})})
+        before = stats(sandbox)["events_accepted"]
+        with pytest.raises(LockLostError):
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=take_the_scope)
+        assert len(taken) == 1 and stats(sandbox)["events_accepted"] == before
+        assert hook.received == []  # the scope's alerts are the other host's to send now
+        with Ledger(postgres_db) as ledger:
+            assert "sending" not in ledger.state_counts("acme")
+        taken[0].release()
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["accepted"] > 0 and ids and len(ids) == len(set(ids))
+    assert after["duplicate_transaction_attempts"] == 0
+    assert [a["problem_id"] for a in hook.received].count(1) == 1  # the earlier alert, sent once
+
+
+PW_ROLE = "posfeed_pw"
+ROLE_PASSWORD = "Right?pw#9f-secret"  # "?" and "#" as written in a URL: libpq reads them as the password's
+WRONG_PASSWORD = "Wrong-pw-3b7d"
+
+
+@pytest.fixture
+def password_login(postgres_cluster: Any, postgres_db: str) -> str:
+    """The URL of ``postgres_db`` for a role that must log in with ROLE_PASSWORD (scram-sha-256 on
+    loopback for that role only; every other login of the test cluster stays trusted); without
+    the password: a test puts it in the URL or PGPASSWORD."""
+    hba = postgres_cluster.data_dir / "pg_hba.conf"
+    line = f"host all {PW_ROLE} 127.0.0.1/32 scram-sha-256\n"
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PW_ROLE,)).fetchone():
+            admin.execute(f"CREATE ROLE {PW_ROLE} LOGIN SUPERUSER PASSWORD '{ROLE_PASSWORD}'")
+        if line not in hba.read_text():
+            hba.write_text(line + hba.read_text())
+            admin.execute("SELECT pg_reload_conf()")
+    url = postgres_db.replace("postgresql://postgres@", f"postgresql://{PW_ROLE}@", 1)
+    for _ in range(600):  # until the server has read the new rule (a wrong password is refused)
+        try:
+            psycopg.connect(url, password=WRONG_PASSWORD).close()
+        except psycopg.OperationalError:
+            return url
+        time.sleep(0.05)
+    raise AssertionError("the server never asked for the password")
+
+
+def _with_password(url: str, password: str) -> str:
+    return url.replace(f"postgresql://{PW_ROLE}@", f"postgresql://{PW_ROLE}:{password}@", 1)
+
+
+def _ledger_text(url: str) -> str:
+    """Every row of every table of the ledger database, as text."""
+    with psycopg.connect(url, password=ROLE_PASSWORD) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        return "".join(str(conn.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables)
+
+
+def test_a_wrong_or_unreachable_ledger_login_never_shows_the_password(
+        password_login: str, tmp_path: Path) -> None:
+    """A wrong password (in the URL or PGPASSWORD) is a credentials error (exit 78) that says
+    where to look; an unreachable server a temporary one (75); neither message shows a password."""
+    url = _with_password(password_login, WRONG_PASSWORD)
+    in_env = {"POSFEED_LEDGER_URL": password_login, "PGPASSWORD": WRONG_PASSWORD}
+    for env in ({"POSFEED_LEDGER_URL": url}, in_env):
+        code, out, err = _posfeed(tmp_path, env, "runs", "--json")
+        assert code == 78, err
+        assert "password authentication failed" in err and f"{PW_ROLE}" in err and "PGPASSWORD" in err
+        assert WRONG_PASSWORD not in out + err
+    from tests.test_pg_ledger_run import RUN_ARGS, _env, _feed_file
+
+    with SandboxServer() as sandbox:  # a run takes its scope's lock in the ledger's database first
+        env = {**_env(sandbox), "POSFEED_LEDGER_URL": url}
+        code, out, err = _posfeed(tmp_path, env, *RUN_ARGS, "--feed", str(_feed_file(tmp_path, sandbox)))
+    assert code == 78 and "password authentication failed" in err and "PGPASSWORD" in err, err
+    assert WRONG_PASSWORD not in out + err
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    closed = _with_password(f"postgresql://{PW_ROLE}@127.0.0.1:{port}/x", ROLE_PASSWORD)
+    code, out, err = _posfeed(tmp_path, {"POSFEED_LEDGER_URL": closed}, "runs")
+    assert code == 75 and f"postgresql://{PW_ROLE}:***@127.0.0.1:{port}/x" in err, err
+    assert ROLE_PASSWORD not in out + err and "pw#9f" not in out + err
+
+
+def test_a_run_with_a_real_password_keeps_it_out_of_everything(password_login: str, tmp_path: Path) -> None:
+    """A run that logs in with the password (in the URL, "?" and "#" in it as written), then
+    `runs --json`, `report` and `problems --json` with PGPASSWORD: the password is in no output,
+    report, state file or ledger row."""
+    from tests.test_pg_ledger_run import RUN_ARGS, _env, _feed_file, _files_text
+
+    with SandboxServer() as sandbox:
+        feed_file = _feed_file(tmp_path, sandbox)
+        env = {**_env(sandbox), "POSFEED_LEDGER_URL": _with_password(password_login, ROLE_PASSWORD)}
+        code, out, err = _posfeed(tmp_path, env, "-v", "--reports-dir", str(tmp_path / "reports"),
+                                  *RUN_ARGS, "--feed", str(feed_file))
+        assert code in (0, 65), err[-3000:]
+        assert f"ledger: postgresql://{PW_ROLE}:***@127.0.0.1" in err
+        outputs = [out, err]
+        by_env = {**_env(sandbox), "POSFEED_LEDGER_URL": password_login, "PGPASSWORD": ROLE_PASSWORD}
+        for args in (("runs", "--json"), ("problems", "--json"),
+                     ("report", json.loads(out)["run_id"], "--json", "--out", str(tmp_path / "rebuilt"))):
+            code, more, more_err = _posfeed(tmp_path, by_env, "-v", *args)
+            assert code == 0, more_err
+            outputs += [more, more_err]
+    everything = "".join(outputs) + _files_text(tmp_path) + _ledger_text(password_login)
+    for part in (ROLE_PASSWORD, "Right?pw", "pw#9f"):
+        assert part not in everything
+
+
+def test_a_ledger_migrated_by_a_newer_posfeed_is_refused_and_left_as_it_is(
+        ledger_location: Path | str, tmp_path: Path) -> None:
+    """Another host's newer posfeed migrated the shared ledger: this one refuses it with a
+    configuration error (exit 78: upgrade this host) naming the ledger and both versions, and
+    writes nothing to it (the schema version stays the newer one)."""
+    from pipeline.ledger.schema import SCHEMA_VERSION
+    from tests.ledger_backends import ledger_env
+    from tests.test_ledger import _raw
+
+    with Ledger(ledger_location) as ledger:
+        ledger.start_run(feed="hourly", scope="acme")
+    db = _raw(ledger_location)
+    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+
+    def contents() -> list[Any]:
+        return [list(map(tuple, db.query(f"SELECT * FROM {t}"))) for t in ("schema_version", "runs")]
+
+    before = contents()
+    code, _, err = _posfeed(tmp_path, ledger_env(ledger_location), "runs")
+    assert code == 78, err
+    shown = masked_url(ledger_location) if isinstance(ledger_location, str) else str(ledger_location)
+    assert shown in err and f"version {SCHEMA_VERSION + 1}" in err and f"({SCHEMA_VERSION})" in err
+    assert "upgrade posfeed" in err
+    assert contents() == before
+    db.close()
+
+
+@pytest.mark.parametrize("stage", ["record", "submit", "report"])
+def test_a_ledger_session_ended_at_a_stage_is_exit_75_and_the_next_run_settles_it(
+        stage: str, postgres_db: str, tmp_path: Path) -> None:
+    """The ledger's session is ended (a restart, a failover, pg_terminate_backend) as the run
+    records its files, as it starts sending, or as it writes its report: the run fails with a
+    temporary error (exit 75) naming the ledger, never its password; the next run finishes the
+    work and every checkout reaches the platform once."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    settings = replace(settings_in(tmp_path), ledger_url=_with(postgres_db))
+    ended: list[int] = []
+
+    def end_the_ledger_session(name: str, when: str) -> None:
+        if (name, when) == (stage, "start"):
+            with psycopg.connect(postgres_db) as conn:
+                ended.extend(row[0] for row in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'posfeed ledger'"))
+            for pid in ended:
+                _end_session(postgres_db, pid)
+
+    with SandboxServer() as sandbox, credentials(sandbox):
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        with pytest.raises(LedgerUnavailableError) as caught:
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=end_the_ledger_session)
+        assert len(ended) == 1 and caught.value.exit_code == 75
+        assert "postgres:***@127.0.0.1" in str(caught.value) and PASSWORD not in str(caught.value)
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["balanced"] is True
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] == 0
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == 0
+        assert sorted(r.status for r in ledger.runs()) == sorted(["crashed", "finished"])
+
+
+def test_a_ledger_session_ended_between_the_in_doubt_mark_and_the_answer_sends_nothing_twice(
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session ends right after the first request's checkouts are marked in doubt (committed),
+    so the platform takes them but their answer cannot be written: exit 75; the next run asks the
+    platform about exactly those and sends the rest, each checkout once."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    settings = replace(settings_in(tmp_path), ledger_url=_with(postgres_db))
+    marked: list[Sequence[str]] = []
+    original = Ledger.start_sending
+
+    def mark_then_lose_the_session(self: Ledger, scope: str, ids: Sequence[str], run_id: str,
+                                   **answers: Any) -> None:
+        original(self, scope, ids, run_id, **answers)
+        if not marked:
+            marked.append(list(ids))
+            row = self._db.one("SELECT pg_backend_pid()")
+            assert row is not None
+            _end_session(postgres_db, row[0])
+
+    monkeypatch.setattr(Ledger, "start_sending", mark_then_lose_the_session)
+    with SandboxServer() as sandbox, credentials(sandbox):
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        with pytest.raises(LedgerUnavailableError) as caught:
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert caught.value.exit_code == 75 and PASSWORD not in str(caught.value)
+        with Ledger(postgres_db) as ledger:
+            in_doubt = ledger.state_counts("acme").get("sending", 0)
+        assert marked and in_doubt == len(marked[0])
+        monkeypatch.setattr(Ledger, "start_sending", original)
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["balanced"] is True
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] <= in_doubt
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == 0
