@@ -14,14 +14,16 @@ and a ready-made ``text`` for Slack or Teams incoming webhooks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
@@ -34,6 +36,7 @@ __all__ = [
     "alert_for",
     "alerts_enabled",
     "deliver_pending",
+    "register_url_secrets",
     "send_alert",
     "webhook_url",
 ]
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 # backoff between attempts inside one run, and before the next run's attempt
 _RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 _NEXT_RUN_BACKOFF_MAX = timedelta(hours=1)
+_SECRET_PATH_CHARS = 12  # a webhook path this long is masked in logs on its own
 
 
 def alerts_enabled(config: AlertsConfig) -> bool:
@@ -86,15 +90,34 @@ def webhook_url(config: AlertsConfig, environ: Mapping[str, str] | None = None) 
     if config.webhook_url_env:
         value = env.get(config.webhook_url_env)
         if value:
-            register_secret(value)
+            register_url_secrets(value)
             return value
         logger.warning("alerts: environment variable %s is not set; no alert sent",
                        config.webhook_url_env)
         return None
     if config.webhook_url:
-        register_secret(config.webhook_url)
+        register_url_secrets(config.webhook_url)
         return config.webhook_url
     return None
+
+
+def register_url_secrets(url: str) -> None:
+    """Mask a webhook URL in every spelling a log line may show it: as written, as the HTTP client
+    normalizes it (lower-case host, no default port), and its password, path and query values on
+    their own (a Slack or Teams URL carries its token in the path)."""
+    register_secret(url)
+    # not a URL the client takes: sending fails and says so, by host only
+    with contextlib.suppress(Exception):
+        register_secret(str(httpx.URL(url)))
+    parts = urlsplit(url)
+    # a short path ("/hook") is no secret, and masking it would blank it in every other URL logged
+    path = parts.path if len(parts.path) >= _SECRET_PATH_CHARS else None
+    for value in (parts.password, path, parts.query):
+        if value:
+            register_secret(value)
+            register_secret(unquote(value))
+    for _, value in parse_qsl(parts.query):
+        register_secret(value)
 
 
 def _where(url: str) -> str:
@@ -104,9 +127,29 @@ def _where(url: str) -> str:
 
 def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float = 10.0,
                transport: httpx.BaseTransport | None = None) -> str | None:
-    """POST ``payload`` as JSON once; None on a 2xx answer, else why it failed. Never raises."""
+    """POST ``payload`` as JSON once; None on a 2xx answer, else why it failed. Never raises.
+
+    The whole exchange takes at most ``timeout`` seconds: a webhook that trickles its answer a
+    byte at a time (which no read timeout catches) is left to its worker thread and counted as
+    failed. Redirects are not followed (the URL's token never goes elsewhere): a 3xx is a failure.
+    """
+    outcome: list[str | None] = []
+
+    def post() -> None:
+        outcome.append(_post(url, payload, timeout, transport))
+
+    worker = threading.Thread(target=post, name="posfeed-alert", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return f"webhook {_where(url)} gave no complete answer within {timeout:g} s"
+    return outcome[0]
+
+
+def _post(url: str, payload: Mapping[str, Any], timeout: float,
+          transport: httpx.BaseTransport | None) -> str | None:
     try:
-        with httpx.Client(timeout=timeout, transport=transport) as client:
+        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False) as client:
             response = client.post(url, json=payload, headers={"User-Agent": "posfeed-alerts"})
     except httpx.HTTPError as exc:
         return f"webhook {_where(url)} unreachable: {type(exc).__name__}"

@@ -3,8 +3,10 @@ to a real local HTTP receiver."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +18,7 @@ import pytest
 from pipeline.alerts import alert_for, deliver_pending, send_alert
 from pipeline.config import Feed
 from pipeline.ledger import Ledger
-from pipeline.logs import REDACTED, register_secret
+from pipeline.logs import REDACTED, register_secret, setup_logging
 from pipeline.problems import Observation, reconcile
 
 
@@ -25,6 +27,7 @@ class Receiver:
 
     def __init__(self, status: int = 200) -> None:
         self.status = status
+        self.location: str | None = None
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         receiver = self
@@ -35,6 +38,8 @@ class Receiver:
                 receiver.received.append(json.loads(self.rfile.read(length)))
                 receiver.headers.append(dict(self.headers))
                 self.send_response(receiver.status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -171,3 +176,96 @@ def test_send_alert_says_why_and_never_raises() -> None:
         url = gone.url
     error = send_alert(url, {"event": "opened"}, timeout=2)
     assert error is not None and "unreachable" in error and "hooktoken123" not in error
+
+
+# ---- webhooks that misbehave ----------------------------------------------------------------------
+
+
+class Trickler:
+    """A webhook on 127.0.0.1 that answers one byte at a time, never finishing its headers (as a
+    stuck proxy may): each byte comes well within any read timeout, so only a deadline on the
+    whole exchange ends it. ``serving`` stays set while it still trickles to a client."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook?token=hooktoken123"
+        self.stop = threading.Event()
+        self.serving = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        self.serving.set()
+        with conn:
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 100_000
+            try:
+                for byte in answer:
+                    if self.stop.wait(0.05):
+                        break
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                pass
+
+    def __enter__(self) -> Trickler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def test_a_trickling_webhook_never_holds_the_run_past_its_budget(tmp_path: Path) -> None:
+    with Trickler() as hook:
+        # one attempt, a read timeout the trickle never trips: the deadline alone ends it
+        error = send_alert(hook.url, {"event": "opened"}, timeout=0.5)
+        assert error is not None and "no complete answer" in error and "hooktoken123" not in error
+        assert hook.serving.is_set() and not hook.stop.is_set()  # it was still trickling
+        feed = feed_with(hook.url, delivery_attempts=2, delivery_budget_seconds=1, timeout_seconds=5)
+        with Ledger(tmp_path / "l.sqlite") as ledger:
+            open_one(ledger, feed)
+            assert deliver_pending(ledger, feed, sleep=lambda s: None) == 0
+            (pending,) = ledger.pending_alerts("acme")  # kept for a later run
+            assert pending["attempts"] == 1
+        assert not hook.stop.is_set()  # the run went on while the webhook still trickled
+
+
+def test_a_redirecting_webhook_is_not_followed_and_the_alert_waits(tmp_path: Path) -> None:
+    with Receiver() as elsewhere, Receiver(status=302) as hook:
+        hook.location = elsewhere.url
+        feed = feed_with(hook.url, delivery_attempts=1)
+        with Ledger(tmp_path / "l.sqlite") as ledger:
+            open_one(ledger, feed)
+            assert deliver_pending(ledger, feed) == 0
+            assert len(ledger.pending_alerts("acme")) == 1
+        assert len(hook.received) == 1 and elsewhere.received == []  # the token never goes elsewhere
+
+
+def test_the_webhook_url_never_reaches_the_logs_however_the_client_spells_it(
+        tmp_path: Path) -> None:
+    """httpx logs each request's URL (at -vv) in its normalized spelling: lower-case host, no
+    default port. Every spelling of the URL's secret parts is masked."""
+    stream = io.StringIO()
+    setup_logging("text", 3, stream=stream, rich_on_tty=False)
+    with Receiver() as hook:
+        port = hook.server.server_address[1]
+        url = f"http://alerts:pw-Hook-9911@LOCALHOST:{port}/services/T0001/B0002/slackPathToken77"
+        feed = feed_with(url, delivery_attempts=1)
+        with Ledger(tmp_path / "l.sqlite") as ledger:
+            open_one(ledger, feed)
+            assert deliver_pending(ledger, feed) == 1
+    text = stream.getvalue()
+    assert "HTTP Request: POST" in text  # the client did log the request
+    assert "slackPathToken77" not in text and "pw-Hook-9911" not in text
