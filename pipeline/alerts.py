@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -75,6 +76,7 @@ def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
     def make(problem: Problem, event: str) -> dict[str, Any] | None:
         if not alerts_enabled(feed.alerts) or not _switched_on(feed.alerts, problem):
             return None
+        problem = _without_content(problem)
         doc = alert_document(problem, event, run_id=run_id, host=socket.gethostname(),
                              created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"))
         for key in ("summary", "action", "text"):  # no secret leaves in an alert
@@ -82,6 +84,16 @@ def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
         return doc
 
     return make
+
+
+def _without_content(problem: Problem) -> Problem:
+    """The problem as an alert tells it: an unreadable file by its name and kind of fault only
+    (the full reason, which may quote the file, stays in `posfeed problems`)."""
+    if problem.kind != "unreadable_file":
+        return problem
+    reason = problem.counts.get("reason") or "unreadable"
+    return replace(problem, summary=f"{problem.subject} cannot be read ({reason}); set aside in quarantine "
+                                    f"(`posfeed problems` shows the full reason)")
 
 
 def webhook_url(config: AlertsConfig, environ: Mapping[str, str] | None = None) -> str | None:
