@@ -180,7 +180,9 @@ def deliver_pending(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Post the scope's due alerts in order; returns how many were delivered. Never raises.
+    """Post the feed's due alerts in order; returns how many were delivered. Never raises.
+
+    Only the alerts the feed made: the other feeds of its scope post theirs to their own webhooks.
 
     Each alert gets up to ``alerts.delivery_attempts`` attempts with backoff, all within
     ``alerts.delivery_budget_seconds``; when the webhook stays down the rest wait for a later run.
@@ -197,7 +199,9 @@ def _deliver(ledger: Ledger, feed: Feed, *, transport: httpx.BaseTransport | Non
     config = feed.alerts
     if not alerts_enabled(config):
         return 0
-    due = ledger.pending_alerts(feed.scope, due_by=datetime.now(UTC).isoformat(timespec="microseconds"))
+    due = [item for item in ledger.pending_alerts(feed.scope,
+                                                  due_by=datetime.now(UTC).isoformat(timespec="microseconds"))
+           if item["payload"].get("feed") == feed.name]  # another feed's alerts go to its own webhook
     if not due:
         return 0
     url = webhook_url(config)

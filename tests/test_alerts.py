@@ -269,3 +269,21 @@ def test_the_webhook_url_never_reaches_the_logs_however_the_client_spells_it(
     text = stream.getvalue()
     assert "HTTP Request: POST" in text  # the client did log the request
     assert "slackPathToken77" not in text and "pw-Hook-9911" not in text
+
+
+def test_each_feed_of_a_scope_delivers_only_its_own_alerts_to_its_own_webhook(tmp_path: Path) -> None:
+    """Two feeds of one dedup scope, each with its own webhook: a run of one never posts the
+    other's alerts (they wait for a run of their own feed)."""
+    with Receiver() as hook_a, Receiver() as hook_b:
+        a = feed_with(hook_a.url)
+        b = Feed.model_validate({"name": "acme_hourly", "dedup_scope": "acme",
+                                 "alerts": {"webhook_url": hook_b.url}})
+        with Ledger(tmp_path / "l.sqlite") as ledger:
+            obs_b = Observation(kind="platform_unreachable", key="platform_unreachable|acme_hourly",
+                                feed="acme_hourly", scope="acme", summary="down", action="wait")
+            plan = reconcile(ledger.problems(), [obs_b], lambda p: True)
+            ledger.apply_problems(plan, run_id="r1", alert=alert_for(b, "r1"))
+            assert deliver_pending(ledger, a) == 0  # not feed a's to send
+            assert hook_a.received == []
+            assert deliver_pending(ledger, b) == 1
+        assert [p["feed"] for p in hook_b.received] == ["acme_hourly"]
