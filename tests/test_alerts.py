@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from pipeline.alerts import alert_for, deliver_pending, send_alert
-from pipeline.config import Feed
+from pipeline.config import Feed, Settings
 from pipeline.ledger import Ledger
 from pipeline.logs import REDACTED, register_secret, setup_logging
+from pipeline.problem_commands import problems_command
 from pipeline.problems import Observation, reconcile
 
 
@@ -287,3 +288,23 @@ def test_each_feed_of_a_scope_delivers_only_its_own_alerts_to_its_own_webhook(tm
             assert hook_a.received == []
             assert deliver_pending(ledger, b) == 1
         assert [p["feed"] for p in hook_b.received] == ["acme_hourly"]
+
+
+def test_an_alert_the_webhook_refused_shows_in_posfeed_problems(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path / "feeds",
+                        reports_dir=tmp_path / "reports")
+    settings.state_dir.mkdir()
+    with Receiver(status=500) as failing:
+        feed = feed_with(failing.url, delivery_attempts=1)
+        with Ledger(settings.ledger_location) as ledger:
+            open_one(ledger, feed)
+            assert deliver_pending(ledger, feed) == 0
+    assert problems_command(settings, feed=None, include_resolved=False, resolve=None, as_json=True) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    waiting = row["alert_undelivered"]
+    assert waiting["event"] == "opened" and waiting["attempts"] == 1
+    assert "HTTP 500" in waiting["last_error"] and "hooktoken123" not in json.dumps(row)
+    assert problems_command(settings, feed=None, include_resolved=False, resolve=None, as_json=False) == 0
+    text = capsys.readouterr().out
+    assert "#1: opened alert not delivered after 1 attempt(s)" in text and "HTTP 500" in text
