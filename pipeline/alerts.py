@@ -142,27 +142,30 @@ def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float = 10.0,
     """POST ``payload`` as JSON once; None on a 2xx answer, else why it failed. Never raises.
 
     The whole exchange takes at most ``timeout`` seconds: a webhook that trickles its answer a
-    byte at a time (which no read timeout catches) is left to its worker thread and counted as
-    failed. Redirects are not followed (the URL's token never goes elsewhere): a 3xx is a failure.
+    byte at a time (which no read timeout catches) is hung up on and counted as failed. Redirects
+    are not followed (the URL's token never goes elsewhere): a 3xx is a failure.
     """
     outcome: list[str | None] = []
+    client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
 
     def post() -> None:
-        outcome.append(_post(url, payload, timeout, transport))
+        with client:
+            outcome.append(_post(client, url, payload))
 
     worker = threading.Thread(target=post, name="posfeed-alert", daemon=True)
     worker.start()
     worker.join(timeout)
     if not outcome:
+        # hang up: the worker's next read fails, so no connection is left open to the webhook
+        with contextlib.suppress(Exception):
+            client.close()
         return f"webhook {_where(url)} gave no complete answer within {timeout:g} s"
     return outcome[0]
 
 
-def _post(url: str, payload: Mapping[str, Any], timeout: float,
-          transport: httpx.BaseTransport | None) -> str | None:
+def _post(client: httpx.Client, url: str, payload: Mapping[str, Any]) -> str | None:
     try:
-        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False) as client:
-            response = client.post(url, json=payload, headers={"User-Agent": "posfeed-alerts"})
+        response = client.post(url, json=payload, headers={"User-Agent": "posfeed-alerts"})
     except httpx.HTTPError as exc:
         return f"webhook {_where(url)} unreachable: {type(exc).__name__}"
     except Exception as exc:  # an alert must never take the run down with it

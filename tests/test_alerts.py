@@ -22,6 +22,8 @@ from pipeline.logs import REDACTED, register_secret, setup_logging
 from pipeline.problem_commands import problems_command
 from pipeline.problems import Observation, reconcile
 
+WAIT = 20.0  # generous bound for a thread to react; never a performance threshold
+
 
 class Receiver:
     """A tiny webhook receiver on 127.0.0.1 that keeps what it was sent."""
@@ -194,6 +196,7 @@ class Trickler:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook?token=hooktoken123"
         self.stop = threading.Event()
         self.serving = threading.Event()
+        self.dropped = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:
@@ -216,7 +219,7 @@ class Trickler:
                         break
                     conn.sendall(bytes([byte]))
             except OSError:
-                pass
+                self.dropped.set()  # the client hung up
 
     def __enter__(self) -> Trickler:
         self.thread.start()
@@ -234,6 +237,7 @@ def test_a_trickling_webhook_never_holds_the_run_past_its_budget(tmp_path: Path)
         error = send_alert(hook.url, {"event": "opened"}, timeout=0.5)
         assert error is not None and "no complete answer" in error and "hooktoken123" not in error
         assert hook.serving.is_set() and not hook.stop.is_set()  # it was still trickling
+        assert hook.dropped.wait(WAIT)  # and the abandoned connection is closed, not left open
         feed = feed_with(hook.url, delivery_attempts=2, delivery_budget_seconds=1, timeout_seconds=5)
         with Ledger(tmp_path / "l.sqlite") as ledger:
             open_one(ledger, feed)
