@@ -14,14 +14,17 @@ and a ready-made ``text`` for Slack or Teams incoming webhooks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 
@@ -34,6 +37,7 @@ __all__ = [
     "alert_for",
     "alerts_enabled",
     "deliver_pending",
+    "register_url_secrets",
     "send_alert",
     "webhook_url",
 ]
@@ -43,6 +47,7 @@ logger = logging.getLogger(__name__)
 # backoff between attempts inside one run, and before the next run's attempt
 _RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 _NEXT_RUN_BACKOFF_MAX = timedelta(hours=1)
+_SECRET_PATH_CHARS = 12  # a webhook path this long is masked in logs on its own
 
 
 def alerts_enabled(config: AlertsConfig) -> bool:
@@ -71,6 +76,7 @@ def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
     def make(problem: Problem, event: str) -> dict[str, Any] | None:
         if not alerts_enabled(feed.alerts) or not _switched_on(feed.alerts, problem):
             return None
+        problem = _without_content(problem)
         doc = alert_document(problem, event, run_id=run_id, host=socket.gethostname(),
                              created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"))
         for key in ("summary", "action", "text"):  # no secret leaves in an alert
@@ -80,21 +86,50 @@ def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
     return make
 
 
+def _without_content(problem: Problem) -> Problem:
+    """The problem as an alert tells it: an unreadable file by its name and kind of fault only
+    (the full reason, which may quote the file, stays in `posfeed problems`)."""
+    if problem.kind != "unreadable_file":
+        return problem
+    reason = problem.counts.get("reason") or "unreadable"
+    return replace(problem, summary=f"{problem.subject} cannot be read ({reason}); set aside in quarantine "
+                                    f"(`posfeed problems` shows the full reason)")
+
+
 def webhook_url(config: AlertsConfig, environ: Mapping[str, str] | None = None) -> str | None:
     """The webhook URL (from ``webhook_url_env`` first), registered as a secret; None if unset."""
     env = os.environ if environ is None else environ
     if config.webhook_url_env:
         value = env.get(config.webhook_url_env)
         if value:
-            register_secret(value)
+            register_url_secrets(value)
             return value
         logger.warning("alerts: environment variable %s is not set; no alert sent",
                        config.webhook_url_env)
         return None
     if config.webhook_url:
-        register_secret(config.webhook_url)
+        register_url_secrets(config.webhook_url)
         return config.webhook_url
     return None
+
+
+def register_url_secrets(url: str) -> None:
+    """Mask a webhook URL in every spelling a log line may show it: as written, as the HTTP client
+    normalizes it (lower-case host, no default port), and its password, path and query values on
+    their own (a Slack or Teams URL carries its token in the path)."""
+    register_secret(url)
+    # not a URL the client takes: sending fails and says so, by host only
+    with contextlib.suppress(Exception):
+        register_secret(str(httpx.URL(url)))
+    parts = urlsplit(url)
+    # a short path ("/hook") is no secret, and masking it would blank it in every other URL logged
+    path = parts.path if len(parts.path) >= _SECRET_PATH_CHARS else None
+    for value in (parts.password, path, parts.query):
+        if value:
+            register_secret(value)
+            register_secret(unquote(value))
+    for _, value in parse_qsl(parts.query):
+        register_secret(value)
 
 
 def _where(url: str) -> str:
@@ -104,10 +139,33 @@ def _where(url: str) -> str:
 
 def send_alert(url: str, payload: Mapping[str, Any], *, timeout: float = 10.0,
                transport: httpx.BaseTransport | None = None) -> str | None:
-    """POST ``payload`` as JSON once; None on a 2xx answer, else why it failed. Never raises."""
+    """POST ``payload`` as JSON once; None on a 2xx answer, else why it failed. Never raises.
+
+    The whole exchange takes at most ``timeout`` seconds: a webhook that trickles its answer a
+    byte at a time (which no read timeout catches) is hung up on and counted as failed. Redirects
+    are not followed (the URL's token never goes elsewhere): a 3xx is a failure.
+    """
+    outcome: list[str | None] = []
+    client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+
+    def post() -> None:
+        with client:
+            outcome.append(_post(client, url, payload))
+
+    worker = threading.Thread(target=post, name="posfeed-alert", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        # hang up: the worker's next read fails, so no connection is left open to the webhook
+        with contextlib.suppress(Exception):
+            client.close()
+        return f"webhook {_where(url)} gave no complete answer within {timeout:g} s"
+    return outcome[0]
+
+
+def _post(client: httpx.Client, url: str, payload: Mapping[str, Any]) -> str | None:
     try:
-        with httpx.Client(timeout=timeout, transport=transport) as client:
-            response = client.post(url, json=payload, headers={"User-Agent": "posfeed-alerts"})
+        response = client.post(url, json=payload, headers={"User-Agent": "posfeed-alerts"})
     except httpx.HTTPError as exc:
         return f"webhook {_where(url)} unreachable: {type(exc).__name__}"
     except Exception as exc:  # an alert must never take the run down with it
@@ -125,7 +183,9 @@ def deliver_pending(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Post the scope's due alerts in order; returns how many were delivered. Never raises.
+    """Post the feed's due alerts in order; returns how many were delivered. Never raises.
+
+    Only the alerts the feed made: the other feeds of its scope post theirs to their own webhooks.
 
     Each alert gets up to ``alerts.delivery_attempts`` attempts with backoff, all within
     ``alerts.delivery_budget_seconds``; when the webhook stays down the rest wait for a later run.
@@ -142,7 +202,9 @@ def _deliver(ledger: Ledger, feed: Feed, *, transport: httpx.BaseTransport | Non
     config = feed.alerts
     if not alerts_enabled(config):
         return 0
-    due = ledger.pending_alerts(feed.scope, due_by=datetime.now(UTC).isoformat(timespec="microseconds"))
+    due = [item for item in ledger.pending_alerts(feed.scope,
+                                                  due_by=datetime.now(UTC).isoformat(timespec="microseconds"))
+           if item["payload"].get("feed") == feed.name]  # another feed's alerts go to its own webhook
     if not due:
         return 0
     url = webhook_url(config)

@@ -28,10 +28,21 @@ from pipeline.ledger import Ledger
 from pipeline.logs import redact
 from pipeline.problems import Observation, Problem
 
-__all__ = ["Backlog", "RunFacts", "backlog_of", "covers", "observe", "relevant"]
+__all__ = ["Backlog", "RunFacts", "backlog_of", "content_free", "covers", "observe", "relevant"]
 
 # failures that mean the platform could not be reached (no answer, or a server error)
 _UNREACHABLE = re.compile(r"^(connection_error|timeout|http_5\d\d)$")
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def content_free(reason: str) -> str:
+    """The kind of fault in an unreadable file's reason, without what the reader quoted from the
+    file: the text before its first ``:`` or ``;``, quoted values blanked. Alerts carry this (a
+    header line that is really a data row would otherwise send customer ids to a chat channel)."""
+    head = re.split(r"[:;]", reason, maxsplit=1)[0]
+    return " ".join(_QUOTED.sub("'…'", head).split()) or "unreadable"
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             summary=f"{record.name} cannot be read: {record.error}; set aside in quarantine{moved}",
             action=(f"fix the export and deliver it again under the same name, or run `posfeed release "
                     f"{record.name} --feed {feed.name}` once it can be read"),
-            counts={"file_id": record.id, "sha256": record.sha256[:12]},
+            counts={"file_id": record.id, "sha256": record.sha256[:12],
+                    "reason": content_free(record.error or "")},
             feed=feed.name, scope=feed.scope,
         ))
     escalate = timedelta(minutes=feed.expected.escalate_after_minutes)

@@ -49,7 +49,8 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
             if resolve is not None:
                 _resolve(settings, ledger, resolve)
             problems = sorted_problems(ledger.problems(feed=feed, open_only=not include_resolved))
-        rows = [p.to_dict() for p in problems]
+            undelivered = _undelivered_alerts(ledger, {p.scope for p in problems})
+        rows = [{**p.to_dict(), "alert_undelivered": undelivered.get(p.id)} for p in problems]
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return EXIT_OK
@@ -70,7 +71,27 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
             todo.setdefault(r["action"], []).append(f"#{r['problem_id']}")
     for action, ids in todo.items():
         click.echo(f"{', '.join(ids)}: what to do: {action}")
+    for r in rows:
+        waiting = r["alert_undelivered"]
+        if waiting:
+            click.echo(f"#{r['problem_id']}: {waiting['event']} alert not delivered after "
+                       f"{waiting['attempts']} attempt(s): {waiting['last_error'] or 'not tried yet'}; "
+                       f"a run of feed {r['feed']} tries again from {waiting['next_attempt_at']}")
     return EXIT_OK
+
+
+def _undelivered_alerts(ledger: Ledger, scopes: set[str]) -> dict[int, dict[str, Any]]:
+    """Problem id -> its oldest alert still in the outbox: event, attempts, last error (which names
+    the webhook by scheme, host and port only), next attempt."""
+    found: dict[int, dict[str, Any]] = {}
+    for scope in sorted(scopes):
+        for item in ledger.pending_alerts(scope):
+            problem_id = item["payload"].get("problem_id")
+            if isinstance(problem_id, int) and problem_id not in found:
+                found[problem_id] = {"event": item["payload"].get("event"), "attempts": item["attempts"],
+                                     "last_error": item["last_error"],
+                                     "next_attempt_at": item["next_attempt_at"]}
+    return found
 
 
 @contextmanager

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -49,6 +49,7 @@ from apscheduler.events import (
     JobExecutionEvent,
     JobSubmissionEvent,
 )
+from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -70,6 +71,7 @@ from pipeline.logs import log_event, register_feed_secrets
 
 __all__ = [
     "DEFAULT_MISFIRE_GRACE_SECONDS",
+    "MAX_SLEEP_SECONDS",
     "FeedCronTrigger",
     "FeedScheduler",
     "JobFunction",
@@ -79,6 +81,7 @@ __all__ = [
     "parse_duration",
     "run_feed_job",
     "schedule_command",
+    "scheduled_business_dates",
     "scheduled_run",
     "select_feeds",
     "trigger_for",
@@ -87,12 +90,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MISFIRE_GRACE_SECONDS = 12 * 3600
+# the longest the daemon sleeps before looking at the wall clock again: its sleep runs on the
+# monotonic clock, which a suspended machine or a corrected wall clock leaves behind
+MAX_SLEEP_SECONDS = 60.0
 JOBSTORE_FILE = "scheduler.sqlite"
 DAEMON_LOCK_SCOPE = ".scheduler"  # locks/.scheduler.lock: one daemon per state dir
 SIGNAL_POLL_SECONDS = 0.2  # how soon the daemon acts on a recorded SIGTERM/SIGINT
 
-# what a scheduled run calls: the feed, the settings and the stop event
-JobFunction = Callable[[Feed, Settings, threading.Event], Any]
+# what a scheduled run calls: the feed, the settings, the stop event and the business dates to
+# process (None: the feed's default window, today and `source.lookback_days` before it)
+JobFunction = Callable[[Feed, Settings, threading.Event, list[date] | None], Any]
+
+# the fire times the run in this worker thread stands for (set by the executor, read by the job)
+_slots = threading.local()
 
 
 class FeedCronTrigger(CronTrigger):
@@ -142,6 +152,25 @@ def next_run_time(feed: Feed, now: datetime) -> datetime | None:
     return fire
 
 
+def scheduled_business_dates(feed: Feed, slots: Sequence[datetime], *, now: datetime) -> list[date] | None:
+    """The business dates a scheduled run processes, or None for the feed's default window.
+
+    A run stands for its slots (several when missed runs are coalesced). When the oldest slot's
+    date in the feed's timezone is before the default window (a 23:30 run caught up after
+    midnight, a catch-up older than `source.lookback_days`), the window reaches back to it. Never
+    a date after today: a slot in the future (a clock set back) changes nothing. Pure.
+    """
+    from pipeline.runner import business_dates_for
+
+    window = business_dates_for(feed, now=now)
+    tz = ZoneInfo(feed.timezone)
+    days = [slot.astimezone(tz).date() for slot in slots]
+    oldest = min(days, default=window[0])
+    if oldest >= window[0]:
+        return None
+    return [oldest + timedelta(days=n) for n in range((window[-1] - oldest).days + 1)]
+
+
 def job_id_for(feed_name: str) -> str:
     """The job store id of a feed's job."""
     return f"feed:{feed_name}"
@@ -167,7 +196,8 @@ class ScheduledFeed:
     path: Path | None = None
 
 
-def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> int:
+def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event,
+                 business_dates: list[date] | None = None) -> int:
     """The default job: one real run of the feed (the runner logs its one `event=run` line).
 
     Errors are logged (never raised: the daemon keeps going); a held lock means another run of
@@ -176,7 +206,7 @@ def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event) -> int:
     from pipeline.runner import run_feed
 
     try:
-        summary = run_feed(feed, settings, stop=stop)
+        summary = run_feed(feed, settings, stop=stop, business_dates=business_dates)
     except LockHeldError as exc:
         log_event(logger, "run", f"feed {feed.name}: skipped, {exc}", level=logging.WARNING,
                   feed=feed.name, status="skipped_locked", exit_code=exc.exit_code)
@@ -223,18 +253,56 @@ class SelectedJobStore(SQLAlchemyJobStore):
 
 
 class _BackgroundScheduler(BackgroundScheduler):
-    """APScheduler's background scheduler, minus one race at shutdown.
+    """APScheduler's background scheduler, minus one race at shutdown, looking at the clock often.
 
     Its loop processes due jobs once more after ``shutdown()`` has stopped the executors; a job due
     at that moment fails to submit but its next run time still advances, so the run would be lost
-    instead of caught up after the restart.
+    instead of caught up after the restart. It sleeps on the monotonic clock until the next run:
+    here never longer than ``MAX_SLEEP_SECONDS``, so a wall clock that jumped forward (a machine
+    resumed from suspend) is noticed within a minute, not hours late.
     """
 
     def _process_jobs(self) -> float | None:
         if self.state == STATE_STOPPED:
             return None
         wait: float | None = super()._process_jobs()
-        return wait
+        return MAX_SLEEP_SECONDS if wait is None else min(wait, MAX_SLEEP_SECONDS)
+
+
+def _run_job_with_slots(job: Any, jobstore_alias: str, run_times: list[datetime],
+                        slots: list[datetime], logger_name: str) -> Any:
+    """APScheduler's ``run_job``, with the fire times the run stands for visible to the job."""
+    _slots.times = slots
+    try:
+        return run_job(job, jobstore_alias, run_times, logger_name)
+    finally:
+        _slots.times = []
+
+
+class _SlotExecutor(ThreadPoolExecutor):
+    """APScheduler's thread pool executor that tells each run which fire times it stands for.
+
+    Coalescing hands a run only the latest missed fire time; the job's stored next run time (not
+    advanced yet when a run is submitted) still knows the oldest. The slots within the misfire
+    grace time are all passed on.
+    """
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        now = datetime.now(UTC)
+        grace = job.misfire_grace_time
+        slots = [t for t in job._get_run_times(now)
+                 if grace is None or (now - t).total_seconds() <= grace] or list(run_times)
+
+        def callback(future: Any) -> None:
+            exc = future.exception()
+            if exc:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, future.result())
+
+        future = self._pool.submit(_run_job_with_slots, job, job._jobstore_alias, run_times, slots,
+                                   self._logger.name)
+        future.add_done_callback(callback)
 
 
 # the scheduler that owns the jobs of this process; job functions in a persistent store are
@@ -296,7 +364,7 @@ class FeedScheduler:
         workers = max_workers or max(1, min(8, len(self.feeds)))
         self.scheduler = _BackgroundScheduler(
             jobstores={"default": jobstore},
-            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            executors={"default": _SlotExecutor(max_workers=workers)},
             job_defaults={"max_instances": 1, "coalesce": True,
                           "misfire_grace_time": misfire_grace_seconds},
             timezone="UTC",
@@ -451,7 +519,12 @@ class FeedScheduler:
         try:
             if self.stop.is_set():
                 return None
-            result = self.job(feed, self.settings, self.stop)
+            slots = getattr(_slots, "times", None) or []
+            dates = scheduled_business_dates(feed, slots, now=datetime.now(UTC))
+            if dates is not None:
+                logger.info("feed %s: catching up the run of %s: business dates %s to %s", feed_name,
+                            min(slots).isoformat(), dates[0], dates[-1])
+            result = self.job(feed, self.settings, self.stop, dates)
             if isinstance(result, int):
                 self.exit_codes[feed_name] = result
             return result

@@ -770,3 +770,25 @@ def test_with_json_logs_every_stderr_line_is_json(tmp_path: Path) -> None:
     assert code == 65
     (exit_line,) = [line for line in logs if line.get("event") == "exit"]
     assert exit_line["exit_code"] == 65 and "rejected" in exit_line["msg"]
+
+
+def test_an_unreadable_file_alert_names_the_file_never_its_content(tmp_path: Path, sandbox_env: Any) -> None:
+    """A file without its header line: the reader's reason quotes what it found there (the first
+    row: a customer id, an e-mail). The local problem keeps the whole reason; the alert that leaves
+    for a chat channel names the file and the kind of fault only."""
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url)
+        s.drop("pos_LON01_20261120_daily.csv")
+        name = "pos_ZZZ02_20261120_daily.csv"
+        (s.folder / name).write_text(
+            "ZZZ02-R1-0001,ZZZ02,R1,2026-11-20 10:00:00,CUST-884213,jane.doe@example.com,sale,100104,"
+            "Cheddar,dairy,3.80,GBP\n", encoding="utf-8")
+        code, summary, logs = s.run()
+        assert code == 65 and [u["file"] for u in summary["unreadable_files"]] == [name], logs[-5:]
+        (local,) = [p for p in s.open_problems() if p["kind"] == "unreadable_file"]
+        # the operator's own view says why, with what was found
+        assert "required columns missing" in local["summary"] and "CUST-884213" in local["summary"]
+        (alert,) = [a for a in hook.received if a["kind"] == "unreadable_file"]
+        sent = json.dumps(alert)
+        assert name in sent and "required columns missing" in alert["summary"]
+        assert "CUST-884213" not in sent and "jane.doe" not in sent and "Cheddar" not in sent

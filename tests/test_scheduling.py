@@ -6,7 +6,7 @@ import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,12 +16,15 @@ from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MAX_INSTANCES, EVEN
 
 from pipeline.config import Feed, Settings
 from pipeline.errors import ConfigError
+from pipeline.runner import business_dates_for
 from pipeline.scheduling import (
+    MAX_SLEEP_SECONDS,
     FeedScheduler,
     ScheduledFeed,
     job_id_for,
     next_run_time,
     parse_duration,
+    scheduled_business_dates,
     select_feeds,
     trigger_for,
 )
@@ -64,6 +67,7 @@ DST_DAYS = [
     # zone, spring-forward day, fall-back day (2026)
     ("Europe/London", (2026, 3, 29), (2026, 10, 25)),
     ("America/New_York", (2026, 3, 8), (2026, 11, 1)),
+    ("Europe/Berlin", (2026, 3, 29), (2026, 10, 25)),  # 02:00-03:00 skipped, then repeated
 ]
 
 
@@ -159,13 +163,16 @@ class Calls:
 
     def __init__(self, body: Callable[[Feed], None] | None = None) -> None:
         self.runs: list[str] = []
+        self.dates: list[list[date] | None] = []
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.body = body
 
-    def __call__(self, feed: Feed, settings: Settings, stop: threading.Event) -> None:
+    def __call__(self, feed: Feed, settings: Settings, stop: threading.Event,
+                 business_dates: list[date] | None = None) -> None:
         with self.cond:
             self.runs.append(feed.name)
+            self.dates.append(business_dates)
             self.cond.notify_all()
         if self.body:
             self.body(feed)
@@ -333,7 +340,7 @@ def test_stop_request_reaches_the_running_job_and_blocks_waiting_ones(settings: 
     seen_stop: list[bool] = []
     started = threading.Event()
 
-    def job(feed: Feed, settings: Settings, stop: threading.Event) -> None:
+    def job(feed: Feed, settings: Settings, stop: threading.Event, dates: list[date] | None) -> None:
         started.set()
         seen_stop.append(stop.wait(WAIT))  # a real run finishes its batch when this is set
 
@@ -357,7 +364,7 @@ def test_a_schedule_edited_in_the_feed_file_is_followed(settings: Settings, tmp_
     path = tmp_path / "f.toml"
     path.write_text('schedule = "0 3 * * *"\n', encoding="utf-8")
     s = FeedScheduler([ScheduledFeed(Feed(name="f", schedule="0 3 * * *"), path)], settings,
-                      job=lambda feed, st, stop: None)
+                      job=lambda feed, st, stop, dates: None)
     schedulers.append(s)
     s.start(paused=True)
     path.write_text('schedule = "15 4 * * *"\ntimezone = "America/New_York"\n', encoding="utf-8")
@@ -407,7 +414,7 @@ def test_a_scheduled_feed_is_reloaded_from_its_file_before_each_run(settings: Se
     path.write_text('schedule = "0 3 * * *"\ntimezone = "Europe/London"\n', encoding="utf-8")
     seen: list[Any] = []
     s = FeedScheduler([ScheduledFeed(Feed(name="f", schedule="0 3 * * *"), path)], settings,
-                      job=lambda feed, st, stop: seen.append(feed.timezone))
+                      job=lambda feed, st, stop, dates: seen.append(feed.timezone))
     path.write_text('schedule = "0 3 * * *"\ntimezone = "Europe/Paris"\n', encoding="utf-8")
     s.execute("f")
     path.write_text('schedule = "0 3 * * *"\nenabled = false\n', encoding="utf-8")
@@ -571,3 +578,61 @@ print("stopped")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "stopped"
     assert "SIGTERM received" in done.stderr
+
+
+# ---- which business dates a scheduled run processes -----------------------------------------------
+
+
+def test_berlin_0230_runs_once_on_both_change_days_for_that_days_business_date() -> None:
+    feed = Feed(name="d", timezone="Europe/Berlin", schedule="30 2 * * *")
+    tz = ZoneInfo("Europe/Berlin")
+    for day in (date(2026, 3, 29), date(2026, 10, 25)):
+        start = datetime.combine(day, datetime.min.time(), tz)
+        (fire,) = fire_times(feed, start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC))
+        assert fire.astimezone(tz).date() == day
+        # on time: the default window, which ends on the day it fires on
+        assert scheduled_business_dates(feed, [fire], now=fire) is None
+        assert business_dates_for(feed, now=fire)[-1] == day
+    # spring: 02:30 does not exist, the run is at 03:30 CEST (01:30Z); autumn: first 02:30 (CEST, 00:30Z)
+    spring_run = [t.astimezone(UTC) for t in fire_times(feed, utc(2026, 3, 29), utc(2026, 3, 30))]
+    autumn_run = [t.astimezone(UTC) for t in fire_times(feed, utc(2026, 10, 25), utc(2026, 10, 26))]
+    assert spring_run == [utc(2026, 3, 29, 1, 30)] and autumn_run == [utc(2026, 10, 25, 0, 30)]
+
+
+def test_a_caught_up_run_also_processes_the_business_date_of_the_slot_it_stands_for() -> None:
+    feed = Feed(name="d", timezone="Europe/Berlin", schedule="30 23 * * *",
+                source={"kind": "local", "path": "/in", "lookback_days": 0})
+    now = datetime(2026, 11, 21, 8, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    on_time = datetime(2026, 11, 20, 23, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert scheduled_business_dates(feed, [], now=now) is None  # no slot known: the default window
+    assert scheduled_business_dates(feed, [now], now=now) is None  # on time: the default window
+    # the 23:30 run of the 20th, caught up the next morning: the 20th as well as today
+    assert scheduled_business_dates(feed, [on_time], now=now) == [date(2026, 11, 20), date(2026, 11, 21)]
+    # a clock that went backwards never makes it process a date after today
+    assert scheduled_business_dates(feed, [now + timedelta(days=2)], now=now) is None
+
+
+def test_a_run_caught_up_after_midnight_is_given_its_slots_business_date(settings: Settings) -> None:
+    yesterday = (datetime.now(UTC) - timedelta(hours=30)).replace(second=0, microsecond=0)
+    feed = Feed(name="daily", schedule=f"{yesterday.minute} {yesterday.hour} * * *",
+                source={"kind": "local", "path": "/in", "lookback_days": 0})
+    simulate_downtime(settings, feed, yesterday)
+    calls = Calls()
+    s = FeedScheduler([feed], settings, job=calls, misfire_grace_seconds=2 * 86400)
+    assert s.catch_up(timeout=WAIT) == ["feed:daily"]
+    assert calls.runs == ["daily"]  # once for both missed slots
+    today = datetime.now(UTC).date()
+    (dates,) = calls.dates
+    assert dates is not None and dates[0] == yesterday.date()
+    assert dates[-1] in {today - timedelta(days=1), today}
+
+
+def test_the_daemon_looks_at_the_clock_at_least_every_minute(settings: Settings,
+                                                               schedulers: list[FeedScheduler]) -> None:
+    """A wall clock that jumps forward (a suspended VM resumed, a corrected clock) is noticed: the
+    daemon never sleeps on the monotonic clock for hours until a far-away run."""
+    s = FeedScheduler([Feed(name="f", schedule="0 3 1 1 *")], settings, job=Calls())
+    schedulers.append(s)
+    s.start()
+    wait = s.scheduler._process_jobs()
+    assert wait is not None and wait <= MAX_SLEEP_SECONDS

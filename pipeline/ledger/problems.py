@@ -99,13 +99,15 @@ class Problems:
 
     def pending_alerts(self, scope: str, *, due_by: str | None = None) -> list[dict[str, Any]]:
         """Alerts of ``scope`` not delivered yet (whose next attempt is due by ``due_by``), oldest
-        first: ``id``, ``attempts``, ``payload`` (decoded)."""
-        sql = "SELECT id, attempts, payload FROM alert_outbox WHERE scope = ? AND delivered_at IS NULL"
+        first: ``id``, ``attempts``, ``payload`` (decoded), ``last_error``, ``next_attempt_at``."""
+        sql = ("SELECT id, attempts, payload, last_error, next_attempt_at FROM alert_outbox "
+               "WHERE scope = ? AND delivered_at IS NULL")
         params: list[Any] = [scope]
         if due_by is not None:
             sql += " AND next_attempt_at <= ?"
             params.append(due_by)
-        return [{"id": r[0], "attempts": r[1], "payload": json.loads(r[2])}
+        return [{"id": r[0], "attempts": r[1], "payload": json.loads(r[2]), "last_error": r[3],
+                 "next_attempt_at": r[4]}
                 for r in self._db.query(sql + " ORDER BY id", params)]
 
     def alert_delivered(self, alert_id: int) -> None:
