@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pipeline.config import Feed
 from pipeline.errors import LockLostError, TransientError
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerUnavailableError
@@ -189,10 +190,15 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
 
     monkeypatch.setattr(runner, "LockWatch", SlowWatch)
     settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
-    from tests.test_alerts import Receiver, feed_with, open_one
+    from pipeline.problems import Observation
+    from tests.test_alerts import Receiver, open_one
 
-    with Ledger(postgres_db) as ledger:  # an alert an earlier run left undelivered
-        open_one(ledger, feed_with("http://127.0.0.1:9/down"))
+    with Ledger(postgres_db) as ledger:  # an alert an earlier run of the feed left undelivered
+        down = Feed.model_validate({"name": "acme_hourly", "dedup_scope": "acme",
+                                    "alerts": {"webhook_url": "http://127.0.0.1:9/down"}})
+        open_one(ledger, down, Observation(
+            kind="platform_unreachable", key="platform_unreachable|acme_hourly", feed="acme_hourly",
+            scope="acme", summary="down", action="check the platform", counts={}))
     taken: list[PgRunLock] = []
 
     def take_the_scope(stage: str, when: str) -> None:
@@ -220,7 +226,9 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
         after = stats(sandbox)
     assert again.summary["accepted"] > 0 and ids and len(ids) == len(set(ids))
     assert after["duplicate_transaction_attempts"] == 0
-    assert [a["problem_id"] for a in hook.received].count(1) == 1  # the earlier alert, sent once
+    sent = [(a["problem_id"], a["event"]) for a in hook.received]
+    assert sent.count((1, "opened")) == 1  # the earlier alert, sent once (then resolved: reachable)
+    assert len(sent) == len(set(sent))
 
 
 PW_ROLE = "posfeed_pw"
