@@ -1,7 +1,7 @@
 """ARTS POSLog XML reader: a transaction log into the canonical *lines* frame (as CSV gives it).
 
-The file is streamed (lxml ``iterparse`` over ``Transaction`` elements, each cleared once read),
-so memory stays bounded by the output frame, never by the XML tree. Each retail sale or return
+The file is streamed (an lxml pull parser fed 64 KiB at a time, each ``Transaction`` cleared once
+read), so memory stays bounded by the output frame, never by the XML tree. Each retail sale or return
 transaction becomes the canonical lines of one checkout; validation, normalization, dedup, the
 ledger and the reports then treat it exactly as a CSV export.
 
@@ -74,7 +74,14 @@ not well-formed XML (not XML at all, truncated, broken inside), whose root is no
 a ``Transaction`` or ``LineItem`` outside ``poslog.namespace`` (a vendor namespace too), or with a
 transaction body, ``Total`` or ``TransactionLink`` outside it and the vendor namespaces is
 unreadable as a whole, with the position where it broke and the last complete transaction (or the
-element and its line): a half-read transaction log is never sent in part.
+element and its line): a half-read transaction log is never sent in part. So is a file with more
+than one document (content after the root element ends), in another encoding than it declares, or
+beyond the parser's limits (elements nested more than 256 deep; a text, attribute value or name
+over 10 MB, refused before it is held whole).
+
+Hostile XML is never acted on: a file with a DOCTYPE (internal entities, external entities, an
+external DTD) or that declares the XInclude namespace is unreadable; entities are never expanded,
+no DTD is loaded and nothing is fetched, from the network or from disk.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -147,6 +155,19 @@ _STRUCTURE = frozenset(("LineItem", "Total", "TransactionLink"))
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _XS_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # xs:decimal: no exponent, no "_"
 _TOO_LARGE = Decimal(10) ** MONEY_WHOLE_DIGITS
+# libxml2 as a POSLog needs it: entities never expanded, no DTD loaded, nothing fetched, and its
+# limits kept (a text, attribute value or name of at most 10 MB, elements 256 deep at most)
+_SAFE_PARSING: dict[str, Any] = {"resolve_entities": False, "no_network": True, "load_dtd": False,
+                                 "huge_tree": False}
+_XINCLUDE = frozenset(("http://www.w3.org/2001/XInclude", "http://www.w3.org/2003/XInclude"))
+_DOCTYPE_MARKS = tuple("<!DOCTYPE".encode(e) for e in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le",
+                                                         "utf-32-be"))
+_DOCTYPE_REASON = ("it has a DOCTYPE (a DTD): a POSLog file has none, and its entities and external "
+                   "DTD are never expanded or fetched")
+_CHUNK = 64 * 1024  # bytes fed to the parser at a time
+_MAX_RUN = 10 * 1024 * 1024  # bytes without a "<": a tag or text larger than libxml2 takes
+_HEAD_CHUNK = 1024  # bytes fed at a time until the root's start tag
+_HEAD_KEEP = 64 * 1024  # the first bytes, kept to look for a DOCTYPE the parser refused
 
 
 @functools.cache
@@ -324,48 +345,46 @@ class _Reader:
         vendor = PROFILES[self.config.profile][0]
         self.vendor_namespaces = frozenset({*vendor.values(), *self.config.namespaces.values()})
         self._tags_checked: dict[Any, bool] = {}  # tag -> in the expected namespace (or no concern)
+        self.encoding = "UTF-8"  # the encoding the file declares (UTF-8 when it declares none)
+        self.position = 0  # transactions read so far
+        self.last_line = 0  # the line of the last one
 
     # ---- the file ---------------------------------------------------------------------------
 
     def read(self, source: Path | IO[bytes]) -> pl.DataFrame:
-        position = 0
-        last_line = 0
         try:
             self._check_root(source)
-            if not isinstance(source, Path):
-                source.seek(0)
-            events = etree.iterparse(
-                str(source) if isinstance(source, Path) else source,
-                events=("end",),
-                tag=self.names.transaction,
-                huge_tree=True,
-                resolve_entities=False,
-                no_network=True,
-            )
-            transaction = self.names.transaction
-            for _, element in events:
-                position += 1
-                last_line = element.sourceline or last_line
-                self._transaction(element, position)
-                element.clear(keep_tail=False)
-                parent = element.getparent()
-                while element.getprevious() is not None and parent is not None:
-                    if parent[0].tag != transaction:
-                        self._check_skipped(parent[0], position - 1)
-                    del parent[0]
-            for element in events.root if events.root is not None else ():
-                if element.tag != transaction:
-                    self._check_skipped(element, position)
         except etree.XMLSyntaxError as exc:
-            line, column = exc.position if exc.position else (0, 0)
-            after = (
-                f"after transaction {position} (which starts at line {last_line})"
-                if position
-                else "before the first transaction"
-            )
-            raise UnreadableFileError(
-                self.name, f"not well-formed XML at line {line}, column {column}, {after}: {_message(exc)}"
-            ) from exc
+            raise self._not_well_formed(exc) from exc
+        stream = source.open("rb") if isinstance(source, Path) else source
+        try:
+            if not isinstance(source, Path):
+                stream.seek(0)
+            parser = etree.XMLPullParser(events=("end", "start-ns"), tag=self.names.transaction,
+                                         **_SAFE_PARSING)
+            closing = False
+            try:
+                for chunk in self._chunks(stream):
+                    parser.feed(chunk)
+                    self._take(parser.read_events())
+                closing = True
+                root = parser.close()
+                self._take(parser.read_events())
+            except etree.XMLSyntaxError as exc:
+                # the transactions completed before the error in the piece that failed (a failed
+                # close() gives only ends of elements the file never closed: not counted)
+                pending: Iterable[tuple[str, Any]] = () if closing else parser.read_events()
+                for event, element in pending:
+                    if event == "end":
+                        self.position += 1
+                        self.last_line = element.sourceline or self.last_line
+                raise self._not_well_formed(exc) from exc
+        finally:
+            if isinstance(source, Path):
+                stream.close()
+        for element in root:
+            if element.tag != self.names.transaction:
+                self._check_skipped(element, self.position)
         self._flush()
         frame = pl.concat(self.frames) if self.frames else _empty()
         lines = frame.get_column("source_line")
@@ -374,24 +393,96 @@ class _Reader:
             frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))
         return self._drop_post_voided(frame.drop(_ORDINAL))
 
+    def _take(self, events: Iterable[tuple[str, Any]]) -> None:
+        """Read the transactions the parser has completed, freeing each once read."""
+        transaction = self.names.transaction
+        for event, element in events:
+            if event == "start-ns":  # (prefix, uri): rare, so cheap to look at
+                if element[1] in _XINCLUDE:
+                    raise UnreadableFileError(
+                        self.name, f"it declares the XInclude namespace ({self._after()}): XInclude is "
+                        "never processed, so what it would include is neither fetched nor read")
+                continue
+            self.position += 1
+            self.last_line = element.sourceline or self.last_line
+            self._transaction(element, self.position)
+            element.clear(keep_tail=False)
+            parent = element.getparent()
+            while element.getprevious() is not None and parent is not None:
+                if parent[0].tag != transaction:
+                    self._check_skipped(parent[0], self.position - 1)
+                del parent[0]
+
+    def _chunks(self, stream: IO[bytes], size: int = _CHUNK) -> Iterator[bytes]:
+        """The file in pieces. Raises for :data:`_MAX_RUN` bytes without a ``<``: a tag (a huge
+        attribute value) or a text larger than the parser takes, which it would otherwise hold
+        whole before refusing it."""
+        run = offset = 0
+        while chunk := stream.read(size):
+            at = chunk.rfind(b"<")
+            start = offset + at + 1 if at >= 0 else offset - run
+            run = run + len(chunk) if at < 0 else len(chunk) - at - 1
+            offset += len(chunk)
+            if run > _MAX_RUN:
+                raise UnreadableFileError(
+                    self.name, f"a tag or text from byte {start} on is larger than 10 MB ({self._after()}): "
+                    "no POSLog writes one, and it is not read into memory")
+            yield chunk
+
+    def _not_well_formed(self, exc: etree.XMLSyntaxError) -> UnreadableFileError:
+        line, column = exc.position if exc.position else (0, 0)
+        return UnreadableFileError(self.name, f"not well-formed XML at line {line}, column {column}, "
+                                              f"{self._after()}: {_message(exc, self.encoding)}")
+
+    def _after(self) -> str:
+        """Where in the file: after which complete transaction."""
+        if self.position:
+            return f"after transaction {self.position} (which starts at line {self.last_line})"
+        return "before the first transaction"
+
     def _check_root(self, source: Path | IO[bytes]) -> None:
-        """The file's first element must be the POSLog root in the configured namespace."""
+        """The file's first element must be the POSLog root in the configured namespace, with no
+        DOCTYPE before it. Only the start of the file is parsed here (in small pieces, up to the
+        root's start tag); an error further on is left for the full parse to place."""
         stream = source.open("rb") if isinstance(source, Path) else source
         try:
             head = stream.read(1)
             if not head or (not head.strip() and not stream.read(4096).strip()):
                 raise UnreadableFileError(self.name, "file is empty")
             stream.seek(0)
-            root = None
-            for _, element in etree.iterparse(stream, events=("start",), huge_tree=True,
-                                              resolve_entities=False, no_network=True):
-                root = element
-                break
+            parser = etree.XMLPullParser(events=("start",), **_SAFE_PARSING)
+            seen = b""  # what was fed before the root: a DOCTYPE the parser refused is still seen
+            root: Any = None
+            chunks = self._chunks(stream, _HEAD_CHUNK)
+            while root is None:
+                chunk = next(chunks, b"")
+                if len(seen) < _HEAD_KEEP:
+                    seen += chunk
+                try:
+                    if chunk:
+                        parser.feed(chunk)
+                    else:
+                        parser.close()
+                except etree.XMLSyntaxError:
+                    root = next((e for _, e in parser.read_events()), None)
+                    if root is None and _has_doctype(seen):
+                        raise UnreadableFileError(self.name, _DOCTYPE_REASON) from None
+                    if root is None:
+                        raise
+                    break  # the full parse reports the error, after the transactions before it
+                root = next((e for _, e in parser.read_events()), None)
+                if not chunk:
+                    break
         finally:
             if isinstance(source, Path):
                 stream.close()
-        if root is None:  # pragma: no cover - iterparse raises instead
+        if root is None:  # pragma: no cover - close() raises instead
             raise UnreadableFileError(self.name, "no XML element found")
+        info: Any = root.getroottree().docinfo
+        if info.doctype or info.internalDTD is not None or _has_doctype(seen):
+            raise UnreadableFileError(self.name, f"{_DOCTYPE_REASON} (before the root element at line "
+                                                 f"{root.sourceline})")
+        self.encoding = info.encoding or "UTF-8"
         expected = self.names.q("POSLog")
         if root.tag != expected:
             ns, local = (root.tag[1:].split("}", 1) if root.tag.startswith("{") else ("", root.tag))
@@ -891,9 +982,26 @@ def _places(items: list[_Item], total: Decimal) -> int:
     return max(2, min(4, max(exponents)))
 
 
-def _message(exc: etree.XMLSyntaxError) -> str:
-    text = str(exc.msg or exc).strip()
-    return re.sub(r",? line \d+, column \d+$", "", text)
+def _message(exc: etree.XMLSyntaxError, encoding: str) -> str:
+    """libxml2's message, with what it means for a POSLog file where that is not plain."""
+    text = re.sub(r",? line \d+, column \d+$", "", str(exc.msg or exc).strip())
+    text = re.sub(r",? (try|use) XML_PARSE_HUGE( option)?\.?", "", text).strip()
+    depth = re.match(r"Excessive depth in document: (\d+)", text)
+    if depth:
+        return f"elements nested more than {depth[1]} levels deep (a POSLog file needs a few dozen)"
+    if "Resource limit exceeded" in text or "too long" in text or "huge" in text.lower():
+        return f"{text} (a text, attribute value or name larger than 10 MB: no POSLog writes one)"
+    if "Invalid bytes in character encoding" in text or "not proper UTF-8" in text:
+        return f"{text.splitlines()[0]}: the file is not in the encoding it declares ({encoding})"
+    if "Extra content at the end" in text or "XML declaration allowed only at the start" in text:
+        return (f"{text}: content after the end of the POSLog root element (only one document per file; "
+                "were several joined into one?)")
+    return text
+
+
+def _has_doctype(head: bytes) -> bool:
+    """Whether the start of a file holds a DOCTYPE (in UTF-8 or an ASCII superset, UTF-16 or UTF-32)."""
+    return any(mark in head for mark in _DOCTYPE_MARKS)
 
 
 def _empty() -> pl.DataFrame:
