@@ -52,6 +52,9 @@ Mapping (one checkout per retail transaction):
   with a ``Percent`` and no ``Amount`` (``R002``, discount, naming the element and its line): what
   the percentage took off depends on the till (of which price, per unit or per line, rounded how,
   after which other modifiers) and is not in the file, so no discount is computed or left out.
+* Currency: the transaction's ``CurrencyCode``, else ``format.defaults.currency``, else the first
+  its amounts name. An amount outside the tenders whose ``Currency`` or ``CurrencyCode`` attribute
+  names another currency rejects the transaction (``R016``): two currencies are never added up.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -166,6 +169,10 @@ _DOCTYPE_REASON = ("it has a DOCTYPE (a DTD): a POSLog file has none, and its en
                    "DTD are never expanded or fetched")
 _CHUNK = 64 * 1024  # bytes fed to the parser at a time
 _MAX_RUN = 10 * 1024 * 1024  # bytes without a "<": a tag or text larger than libxml2 takes
+# amounts that name their currency, outside tenders (a payment in foreign cash is not the sale's money)
+_MONEY_WITH_CURRENCY = etree.XPath(
+    ".//*[@Currency or @CurrencyCode][not(ancestor-or-self::*[starts-with(local-name(), 'Tender')])]"
+)
 _HEAD_CHUNK = 1024  # bytes fed at a time until the root's start tag
 _HEAD_KEEP = 64 * 1024  # the first bytes, kept to look for a DOCTYPE the parser refused
 
@@ -793,7 +800,11 @@ class _Reader:
                 if len(matches) > 1 and len({_text(e) for e in matches} - {""}) > 1:
                     conflicts.append("customer_id")  # two members in one transaction: a guess
                 break
-        read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}")
+        currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
+        currency, foreign = _amount_currency(body, currency)
+        if foreign:
+            conflicts.append("currency")
+        read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}", {"currency": foreign})
         if no_items:  # the reader's reject of the whole transaction: before any other
             read_code, empty_total = _NO_ITEMS, ""
             read_reason = (f"transaction {transaction_id or f'#{position}'} has a TransactionGrandAmount of "
@@ -819,7 +830,6 @@ class _Reader:
             total_text = _number_text(abs(total) if is_return else total)
         if no_items:
             items[0].raw["line_total"] = total_text  # the money shows among the rejected amounts
-        currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):
             line_total = item.amount - discount
@@ -946,15 +956,36 @@ class _Reader:
         self.rows = []
 
 
-def _conflict(fields: list[str], transaction: str) -> tuple[str | None, str | None]:
+def _conflict(
+    fields: list[str], transaction: str, details: dict[str, str]
+) -> tuple[str | None, str | None]:
     """The reader's reject of a transaction that writes one of its own values twice, differently
     (the first such field): the code lines that disagree on it get, and a reason starting with
-    the field (the values are not shown: one may be a customer id)."""
+    the field (the values are not shown: one may be a customer id; ``details``: what to say
+    instead for a field)."""
     if not fields:
         return None, None
     field = fields[0]
     code = _CONFLICT_CODES.get(field, RejectCode.MIXED_TRANSACTION_VALUES)
-    return code.value, f"{field}: transaction {transaction} has different values of {field}"
+    detail = details.get(field) or f"has different values of {field}"
+    return code.value, f"{field}: transaction {transaction} {detail}"
+
+
+def _amount_currency(body: Any, currency: str) -> tuple[str, str]:
+    """The transaction's currency (``currency``, else the first its amounts name) and, when an
+    amount of the sale names another (a ``Currency`` or ``CurrencyCode`` attribute; tenders
+    excepted: a payment in foreign cash is not the sale's money), what to say about it."""
+    found: list[Any] = _MONEY_WITH_CURRENCY(body)  # type: ignore[assignment]
+    for element in found:
+        attribute = "Currency" if element.get("Currency") is not None else "CurrencyCode"
+        code = (element.get(attribute) or "").strip()
+        if not currency:
+            currency = code
+        elif code and code.upper() != currency.strip().upper():
+            named = f'<{_local(element.tag)} {attribute}="{code}">'
+            return currency, (f"has {named} at line {element.sourceline}, not its currency {currency}: "
+                              "amounts in two currencies are never added up")
+    return currency, ""
 
 
 def _empty_number(field: str, element: str) -> str:

@@ -249,3 +249,65 @@ def test_prefixed_namespaces_give_what_the_default_namespace_gives(tmp_path: Pat
     assert "<p:LineItem>" in prefixed and not other.unreadable
     for frame in ("lines", "checkouts", "items"):
         assert getattr(other, frame).equals(getattr(default, frame)), frame
+
+
+# ---- money in another currency --------------------------------------------------------------
+
+
+def foreign(element: str, currency: str, text: str, attribute: str = "Currency") -> str:
+    return text.replace(f"<{element}>", f'<{element} {attribute}="{currency}">', 1)
+
+
+@pytest.mark.parametrize(
+    ("element", "attribute"),
+    [("ExtendedAmount", "Currency"), ("ActualSalesUnitPrice", "Currency"), ("DiscountAmount", "CurrencyCode"),
+     ("Amount", "Currency")],
+)
+def test_an_amount_in_another_currency_rejects_its_transaction(
+    tmp_path: Path, element: str, attribute: str
+) -> None:
+    modifier = ('<RetailPriceModifier><Amount>0.10</Amount></RetailPriceModifier>'
+                if element == "Amount" else "")
+    line = sale(1, "B", "2.00", discount="0.10" if element == "DiscountAmount" else None)
+    line = line.replace("</Quantity>", "</Quantity>" + modifier)
+    mixed = retail(2, sale(2, "C", "1.00"), foreign(element, "EUR", line, attribute), grand="2.90")
+    path = write(tmp_path, document(GOOD, mixed))
+    result = transform_files([path], feed(validation={"currencies": ["USD", "EUR"]}), now=NOW)
+    assert result.summary["transactions_valid"] == 1 and Decimal(result.summary["amount_valid"]) == 1
+    rejects = result.rejects
+    assert set(rejects.get_column("reject_code")) == {"R016_MIXED_CURRENCIES"}
+    reason = rejects.get_column("reject_reason").to_list()[0]
+    assert f"<{element} {attribute}=\"EUR\">" in reason and "USD" in reason and "line 4" in reason
+
+
+def test_a_total_in_another_currency_rejects_its_transaction(tmp_path: Path) -> None:
+    text = document(retail(1, sale(1, "A", "1.00"), grand="1.00"))
+    grand = 'TotalType="TransactionGrandAmount"'
+    text = text.replace(grand, grand + ' Currency="EUR"')
+    both = feed(validation={"currencies": ["USD", "EUR"]})
+    result = transform_files([write(tmp_path, text)], both, now=NOW)
+    assert result.summary["transactions_valid"] == 0
+    assert set(result.rejects.get_column("reject_code")) == {"R016_MIXED_CURRENCIES"}
+
+
+def test_amounts_naming_the_transactions_own_currency_are_read_as_usual(tmp_path: Path) -> None:
+    line = foreign("ExtendedAmount", "USD", sale(1, "A", "1.00"))
+    text = document(retail(1, line, grand="1.00").replace("<Total ", '<Total Currency="USD" '))
+    result = transform_files([write(tmp_path, text)], feed(), now=NOW)
+    assert result.summary["transactions_valid"] == 1 and Decimal(result.summary["amount_valid"]) == 1
+
+
+def test_without_a_currency_code_the_amounts_own_currency_is_the_transactions(tmp_path: Path) -> None:
+    line = foreign("ExtendedAmount", "EUR", sale(1, "A", "1.00"))
+    text = document(retail(1, line, grand="1.00")).replace("<CurrencyCode>USD</CurrencyCode>", "")
+    result = transform_files([write(tmp_path, text)], feed(validation={"currencies": ["EUR"]}), now=NOW)
+    assert result.summary["transactions_valid"] == 1
+    assert result.checkouts.get_column("currency").to_list() == ["EUR"]
+
+
+def test_a_tender_in_another_currency_is_not_money_of_the_sale(tmp_path: Path) -> None:
+    tender = ('<LineItem><SequenceNumber>9</SequenceNumber><Tender TenderType="Cash">'
+              '<Amount Currency="CAD">1.40</Amount></Tender></LineItem>')
+    text = document(retail(1, sale(1, "A", "1.00"), tender, grand="1.00"))
+    result = transform_files([write(tmp_path, text)], feed(), now=NOW)
+    assert result.summary["transactions_valid"] == 1 and Decimal(result.summary["amount_valid"]) == 1
