@@ -173,6 +173,7 @@ _MAX_RUN = 10 * 1024 * 1024  # bytes without a "<": a tag or text larger than li
 _MONEY_WITH_CURRENCY = etree.XPath(
     ".//*[@Currency or @CurrencyCode][not(ancestor-or-self::*[starts-with(local-name(), 'Tender')])]"
 )
+_ENCODING_DECLARATION = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 _HEAD_CHUNK = 1024  # bytes fed at a time until the root's start tag
 _HEAD_KEEP = 64 * 1024  # the first bytes, kept to look for a DOCTYPE the parser refused
 
@@ -465,6 +466,7 @@ class _Reader:
                 chunk = next(chunks, b"")
                 if len(seen) < _HEAD_KEEP:
                     seen += chunk
+                    self.encoding = _declared_encoding(seen)
                 try:
                     if chunk:
                         parser.feed(chunk)
@@ -489,7 +491,6 @@ class _Reader:
         if info.doctype or info.internalDTD is not None or _has_doctype(seen):
             raise UnreadableFileError(self.name, f"{_DOCTYPE_REASON} (before the root element at line "
                                                  f"{root.sourceline})")
-        self.encoding = info.encoding or "UTF-8"
         expected = self.names.q("POSLog")
         if root.tag != expected:
             ns, local = (root.tag[1:].split("}", 1) if root.tag.startswith("{") else ("", root.tag))
@@ -1028,6 +1029,15 @@ def _message(exc: etree.XMLSyntaxError, encoding: str) -> str:
         return (f"{text}: content after the end of the POSLog root element (only one document per file; "
                 "were several joined into one?)")
     return text
+
+
+def _declared_encoding(head: bytes) -> str:
+    """The encoding a file's start says it is in: its byte order mark, else its XML declaration,
+    else UTF-8 (what XML takes when nothing is said)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    declared = _ENCODING_DECLARATION.match(head.removeprefix(b"\xef\xbb\xbf"))
+    return declared[1].decode("ascii") if declared else "UTF-8"
 
 
 def _has_doctype(head: bytes) -> bool:

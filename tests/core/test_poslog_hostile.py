@@ -180,6 +180,14 @@ def test_a_file_not_in_the_encoding_it_declares_names_the_line(tmp_path: Path) -
     assert "not in the encoding it declares (UTF-8)" in reason
 
 
+def test_bytes_the_declared_encoding_does_not_have_name_that_encoding(tmp_path: Path) -> None:
+    text = document(GOOD).replace('encoding="UTF-8"', 'encoding="ISO-8859-7"')
+    bad = tmp_path / "greek.xml"
+    bad.write_bytes(text.replace("<POSLog ", '<POSLog Note="\xff" ').encode("latin-1"))  # 0xFF: not Greek
+    reason = only_unreadable(with_good(tmp_path, bad), "greek.xml")
+    assert "not in the encoding it declares (ISO-8859-7)" in reason
+
+
 def test_an_unknown_declared_encoding_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "enc.xml"
     bad.write_bytes(document(GOOD).replace('encoding="UTF-8"', 'encoding="X-NOPE-9"').encode())
