@@ -133,8 +133,17 @@ def _decode(data: bytes, fmt: FormatConfig, name: str) -> bytes:
         return data.decode(encoding).encode("utf-8")
     except UnicodeError as exc:
         at = exc.start if isinstance(exc, UnicodeDecodeError) else 0
-        byte = f"byte 0x{data[at]:02x} at offset {at}" if at < len(data) else f"offset {at}"
+        wide = encoding.startswith(("utf-16", "utf-32"))  # its line breaks are not single bytes
+        where = f"at offset {at}" if wide else _where(data, at)
+        byte = f"byte 0x{data[at]:02x} {where}" if at < len(data) else f"offset {at}"
         raise _unreadable(name, f"not valid {encoding} ({byte})") from exc
+
+
+def _where(data: bytes, offset: int) -> str:
+    """Where byte ``offset`` is: its line (as ``source_line`` counts them) and its offset."""
+    before = data[:offset]
+    line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+    return f"on line {line}, at offset {offset}"
 
 
 def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
@@ -144,7 +153,7 @@ def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
     except UnicodeDecodeError as exc:
         return _unreadable(
             name,
-            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} {_where(data, exc.start)}); "
             'set format.encoding (e.g. "cp1252" or "latin-1")',
         )
     return None

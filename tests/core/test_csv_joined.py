@@ -108,3 +108,20 @@ def test_a_stray_quote_names_file_line_and_column_and_the_rest_is_read(
     [(file, line, code, reason)] = rejects(result)
     assert (file, line, code) == ("pos.csv", 3, "R020_UNBALANCED_QUOTE")
     assert why in reason and "line 3, column 'product_name'" in reason
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_file_not_in_its_encoding_names_the_line_of_the_first_bad_byte(tmp_path: Path, kind: str) -> None:
+    import json
+
+    rows = [*ROWS[:2], row(transaction_id="T3", product_name="Caf\u00e9", line_total="5.00")]
+    if kind == "csv":
+        text = csv_text(rows)
+    else:
+        text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    path = tmp_path / f"pos.{kind}"
+    path.write_bytes(text.encode("latin-1"))  # the feed reads UTF-8
+    the_feed = Feed.model_validate({"name": "enc", "timezone": "Europe/London", "format": {"kind": kind}})
+    [error] = transform_files([path], the_feed, now=NOW).unreadable
+    assert "not valid UTF-8 (byte 0xe9 on line 4," in error.reason if kind == "csv" else (
+        "not valid UTF-8 (byte 0xe9 on line 3," in error.reason)
