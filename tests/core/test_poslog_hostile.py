@@ -319,3 +319,14 @@ def test_a_tender_in_another_currency_is_not_money_of_the_sale(tmp_path: Path) -
     text = document(retail(1, sale(1, "A", "1.00"), tender, grand="1.00"))
     result = transform_files([write(tmp_path, text)], feed(), now=NOW)
     assert result.summary["transactions_valid"] == 1 and Decimal(result.summary["amount_valid"]) == 1
+
+
+def test_amounts_in_another_currency_than_the_feeds_default_are_rejected(tmp_path: Path) -> None:
+    line = foreign("ExtendedAmount", "EUR", sale(1, "A", "1.00"))
+    text = document(retail(1, line, grand="1.00")).replace("<CurrencyCode>USD</CurrencyCode>", "")
+    the_feed = feed(validation={"currencies": ["USD", "EUR"]})
+    the_feed = the_feed.model_copy(update={"format": the_feed.format.model_copy(update={"defaults": {
+        "currency": "USD"}})})
+    result = transform_files([write(tmp_path, text)], the_feed, now=NOW)
+    assert result.summary["transactions_valid"] == 0
+    assert set(result.rejects.get_column("reject_code")) == {"R016_MIXED_CURRENCIES"}
