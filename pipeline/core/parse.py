@@ -372,8 +372,9 @@ def _repeated_headers(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     Only records whose first or second field is a column name (case and blanks aside) are looked at.
     """
     columns = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
-    header = [c.strip().lower() for c in columns]
-    keys = set(header)
+    # as the header was written: a column without a name (see _header_names) was empty
+    header = ["" if c == f"column_{i}" else c.strip().lower() for i, c in enumerate(columns, start=1)]
+    keys = set(header) - {""}
     if len(columns) < 2 or frame.height == 0:
         return frame
     near = [pl.col(c).str.strip_chars().str.to_lowercase().is_in(list(keys)).fill_null(False)

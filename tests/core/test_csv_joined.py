@@ -125,3 +125,13 @@ def test_a_file_not_in_its_encoding_names_the_line_of_the_first_bad_byte(tmp_pat
     [error] = transform_files([path], the_feed, now=NOW).unreadable
     assert "not valid UTF-8 (byte 0xe9 on line 4," in error.reason if kind == "csv" else (
         "not valid UTF-8 (byte 0xe9 on line 3," in error.reason)
+
+
+def test_a_repeated_header_with_an_unnamed_column_is_still_a_repeat(tmp_path: Path) -> None:
+    first, second = csv_text(ROWS[:2]), csv_text(ROWS[2:])
+    header = first.split("\n", 1)[0] + ","  # an unnamed last column (a trailing delimiter)
+    lines = [line + "," for line in (first + second.split("\n", 1)[1]).rstrip("\n").split("\n")[1:]]
+    text = "\n".join([header, *lines[:2], header, *lines[2:]]) + "\n"
+    result = run(tmp_path, text.encode())
+    assert not result.unreadable and valid_ids(result) == ["G1", "T1", "T2", "T3", "T4"]
+    assert [(r[1], r[2]) for r in rejects(result)] == [(4, "R035_REPEATED_HEADER")]
