@@ -488,7 +488,7 @@ class _Reader:
         if root is None:  # pragma: no cover - close() raises instead
             raise UnreadableFileError(self.name, "no XML element found")
         info: Any = root.getroottree().docinfo
-        if info.doctype or info.internalDTD is not None or _has_doctype(seen):
+        if info.doctype or info.internalDTD is not None:
             raise UnreadableFileError(self.name, f"{_DOCTYPE_REASON} (before the root element at line "
                                                  f"{root.sourceline})")
         expected = self.names.q("POSLog")

@@ -330,3 +330,11 @@ def test_amounts_in_another_currency_than_the_feeds_default_are_rejected(tmp_pat
     result = transform_files([write(tmp_path, text)], the_feed, now=NOW)
     assert result.summary["transactions_valid"] == 0
     assert set(result.rejects.get_column("reject_code")) == {"R016_MIXED_CURRENCIES"}
+
+
+def test_the_word_doctype_in_a_comment_or_text_is_no_doctype(tmp_path: Path) -> None:
+    text = document(retail(1, sale(1, "A", "1.00"), grand="1.00").replace(
+        "<Description>Item A", "<Description><![CDATA[<!DOCTYPE x>]]>Item A"))
+    text = text.replace("<Transaction>", "<!-- no <!DOCTYPE here --><Transaction>", 1)
+    result = transform_files([write(tmp_path, text)], feed(), now=NOW)
+    assert not result.unreadable and result.summary["transactions_valid"] == 1
