@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.errors import EXIT_OK
+from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import REPO, delivered_ids, feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
@@ -134,3 +134,43 @@ def test_check_shows_the_money_of_a_transaction_without_items(tmp_path: Path) ->
     assert summary["rejects_by_code"] == {"R032_NO_ITEMS": 1} and summary["skipped_by_kind"] == {}
     rejects = (tmp_path / "out" / "rejects.csv").read_text(encoding="utf-8")
     assert "R032_NO_ITEMS" in rejects and "TransactionGrandAmount=5.00 TransactionTaxAmount=0.00" in rejects
+
+
+def test_hostile_and_broken_logs_are_set_aside_and_the_rest_of_the_run_goes_out(tmp_path: Path) -> None:
+    """A run with an entity bomb, an external entity, deep nesting and two joined documents next
+    to the sample day: each is unreadable with its reason, none crashes the run (exit 70), and the
+    sample day is delivered in full."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    shutil.copy2(SAMPLE, drop / SAMPLE.name)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT", encoding="utf-8")
+    text = SAMPLE.read_text(encoding="utf-8")
+    prolog, rest = text.split("\n", 1)
+    laughs = '<!ENTITY a0 "ha">' + "".join(f'<!ENTITY a{n} "{f"&a{n - 1};" * 10}">' for n in range(1, 10))
+    hostile = {
+        "laughs": f"{prolog}\n<!DOCTYPE POSLog [{laughs}]>\n"
+                  + rest.replace("<Description>", "<Description>&a9;"),
+        "xxe": f'{prolog}\n<!DOCTYPE POSLog [<!ENTITY x SYSTEM "{secret.as_uri()}">]>\n'
+               + rest.replace("<Description>", "<Description>&x;"),
+        "deep": text.replace("<Description>", "<Description>" + "<x>" * 100_000 + "</x>" * 100_000, 1),
+        "joined": text + text,
+    }
+    for n, content in enumerate(hostile.values()):
+        (drop / f"POSLog_{n:04d}_20261120.xml").write_text(content, encoding="utf-8")
+    names = {f"POSLog_{n:04d}_20261120.xml": kind for n, kind in enumerate(hostile)}
+    with SandboxServer() as sandbox:
+        feed = sample_feed("poslog_store", sandbox, folder=drop)
+        feed_file = tmp_path / "poslog_store.toml"
+        feed_file.write_text(feed_toml(feed), encoding="utf-8")
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        args = ("run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json")
+        done = _posfeed(tmp_path, env, *args)
+        assert done.returncode == EXIT_DATA, done.stderr[-3000:]  # unreadable files: a data error, no crash
+        summary = json.loads(done.stdout)
+        reasons = {names[u["file"]]: u["reason"] for u in summary["unreadable_files"]}
+        assert set(reasons) == set(hostile)
+        assert "DOCTYPE" in reasons["laughs"] and "DOCTYPE" in reasons["xxe"]
+        assert "nested more than" in reasons["deep"] and "only one document per file" in reasons["joined"]
+        assert summary["accepted"] == len(_finished_retail()) and summary["balanced"] is True
+        assert "TOP-SECRET" not in done.stdout + done.stderr

@@ -14,8 +14,8 @@ Rules, the same as the fast reader's wherever both read a file:
   or followed by text after its closing quote, or one "closed" lines later by another record's
   quote (the record gets more fields than the header, or a line in between is a whole record of
   its own), makes its first
-  line a :attr:`~pipeline.core.rejects.RejectCode.UNBALANCED_QUOTE` reject; reading resumes on
-  the next line;
+  line a :attr:`~pipeline.core.rejects.RejectCode.UNBALANCED_QUOTE` reject naming the line and
+  the column the quote is in; reading resumes on the next line;
 * a record with more fields than the header is a
   :attr:`~pipeline.core.rejects.RejectCode.WRONG_FIELD_COUNT` reject, unless the extra fields
   are all empty (a trailing delimiter); a record with fewer fields has its last fields empty;
@@ -27,7 +27,7 @@ Rules, the same as the fast reader's wherever both read a file:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pipeline.core.rejects import RejectCode
@@ -95,12 +95,19 @@ def _fields(text: str, delimiter: str, quote: str, closing: re.Pattern[str]) -> 
 
 
 def records(
-    text: str, *, delimiter: str, quote: str, width: int | None, first_line: int = 1
+    text: str,
+    *,
+    delimiter: str,
+    quote: str,
+    width: int | None,
+    first_line: int = 1,
+    names: Sequence[str] | None = None,
 ) -> Iterator[Record]:
     """Every record of ``text`` (the file's text after its header, or the whole file without one).
 
     ``width`` is the header's field count (None: the first record's). Blank records are skipped.
-    ``first_line`` is the physical line number of the text's first line.
+    ``first_line`` is the physical line number of the text's first line. ``names``: the header's
+    column names, to name the field of a bad quote by (else its position).
     """
     lines, breaks = split_lines(text)
     q = re.escape(quote)
@@ -138,8 +145,12 @@ def records(
                 if state == _OPEN
                 else "text follows a closing quote"
             )
+            first, first_state = _fields(line, delimiter, quote, closing)
+            column = len(first) if first_state == _OPEN else max(len(first) - 1, 0)
+            label = (f"column {excerpt(names[column].strip())}" if names and column < len(names)
+                     else f"field {column + 1}")
             yield Record(number, _fit(naive, width), RejectCode.UNBALANCED_QUOTE,
-                         f"{why} (line {number}: {excerpt(line)})")
+                         f"{why} (line {number}, {label}: {excerpt(line)})")
             i += 1
             continue
         i += used

@@ -133,8 +133,17 @@ def _decode(data: bytes, fmt: FormatConfig, name: str) -> bytes:
         return data.decode(encoding).encode("utf-8")
     except UnicodeError as exc:
         at = exc.start if isinstance(exc, UnicodeDecodeError) else 0
-        byte = f"byte 0x{data[at]:02x} at offset {at}" if at < len(data) else f"offset {at}"
+        wide = encoding.startswith(("utf-16", "utf-32"))  # its line breaks are not single bytes
+        where = f"at offset {at}" if wide else _where(data, at)
+        byte = f"byte 0x{data[at]:02x} {where}" if at < len(data) else f"offset {at}"
         raise _unreadable(name, f"not valid {encoding} ({byte})") from exc
+
+
+def _where(data: bytes, offset: int) -> str:
+    """Where byte ``offset`` is: its line (as ``source_line`` counts them) and its offset."""
+    before = data[:offset]
+    line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+    return f"on line {line}, at offset {offset}"
 
 
 def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
@@ -144,7 +153,7 @@ def _not_utf8(data: bytes, name: str) -> UnreadableFileError | None:
     except UnicodeDecodeError as exc:
         return _unreadable(
             name,
-            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} {_where(data, exc.start)}); "
             'set format.encoding (e.g. "cp1252" or "latin-1")',
         )
     return None
@@ -300,7 +309,9 @@ def _careful_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise (_not_utf8(data, name) or _unreadable(name, "not valid UTF-8")) from exc
-    found = records(text, delimiter=fmt.delimiter, quote=fmt.quote_char, width=None)
+    known = _first_record(data, fmt, name) if fmt.has_header else None  # to name a bad quote's column
+    found = records(text, delimiter=fmt.delimiter, quote=fmt.quote_char, width=None,
+                    names=_header_names(known, name) if known is not None else None)
     names: list[str] | None = None
     if fmt.has_header:
         header = next(found, None)
@@ -350,7 +361,53 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
             frame = _polars_csv(data, fmt, names, name)
     if frame is None:
         frame = _careful_csv(data, fmt, name)
-    return frame
+    return _repeated_headers(frame, name) if fmt.has_header else frame
+
+
+def _repeated_headers(frame: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Flag records that repeat the header (two exports joined into one file): ``R035``. A record
+    that is another header (the names in another order, or other names) makes the file unreadable:
+    the records after it are in a layout the first header does not describe.
+
+    Only records whose first or second field is a column name (case and blanks aside) are looked at.
+    """
+    columns = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
+    # as the header was written: a column without a name (see _header_names) was empty
+    header = ["" if c == f"column_{i}" else c.strip().lower() for i, c in enumerate(columns, start=1)]
+    keys = set(header) - {""}
+    if len(columns) < 2 or frame.height == 0:
+        return frame
+    near = [pl.col(c).str.strip_chars().str.to_lowercase().is_in(list(keys)).fill_null(False)
+            for c in columns[:2]]
+    candidates = frame.filter(pl.any_horizontal(near))
+    repeated: list[int] = []
+    for *values, line in candidates.select(*columns, "source_line").iter_rows():
+        texts = [(v or "").strip().lower() for v in values]
+        filled = [t for t in texts if t]
+        if len(filled) < 2 or not all(t in keys for t in filled):
+            continue  # a value that happens to be a column name
+        if texts == header:
+            repeated.append(line)
+            continue
+        raise _unreadable(
+            name,
+            f"line {line} is a header other than the file's first (columns "
+            f"{', '.join(excerpt(t) for t in filled[:6])}{' ...' if len(filled) > 6 else ''}): two exports "
+            "of different layouts joined into one file; the records after it cannot be read by the first",
+        )
+    if not repeated:
+        return frame
+    if READ_CODE not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (READ_CODE, READ_REASON))
+    at = pl.col("source_line").is_in(repeated)
+    return frame.with_columns(
+        pl.when(at).then(pl.lit(RejectCode.REPEATED_HEADER.value)).otherwise(pl.col(READ_CODE)).alias(READ_CODE),
+        pl.when(at)
+        .then(pl.lit("the record repeats the header (two exports joined into one file?); the records "
+                     "after it are read with it"))
+        .otherwise(pl.col(READ_REASON))
+        .alias(READ_REASON),
+    )
 
 
 def _first_line(exc: BaseException) -> str:

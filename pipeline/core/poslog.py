@@ -1,7 +1,7 @@
 """ARTS POSLog XML reader: a transaction log into the canonical *lines* frame (as CSV gives it).
 
-The file is streamed (lxml ``iterparse`` over ``Transaction`` elements, each cleared once read),
-so memory stays bounded by the output frame, never by the XML tree. Each retail sale or return
+The file is streamed (an lxml pull parser fed 64 KiB at a time, each ``Transaction`` cleared once
+read), so memory stays bounded by the output frame, never by the XML tree. Each retail sale or return
 transaction becomes the canonical lines of one checkout; validation, normalization, dedup, the
 ledger and the reports then treat it exactly as a CSV export.
 
@@ -52,6 +52,9 @@ Mapping (one checkout per retail transaction):
   with a ``Percent`` and no ``Amount`` (``R002``, discount, naming the element and its line): what
   the percentage took off depends on the till (of which price, per unit or per line, rounded how,
   after which other modifiers) and is not in the file, so no discount is computed or left out.
+* Currency: the transaction's ``CurrencyCode``, else ``format.defaults.currency``, else the first
+  its amounts name. An amount outside the tenders whose ``Currency`` or ``CurrencyCode`` attribute
+  names another currency rejects the transaction (``R016``): two currencies are never added up.
 * Returns (``RetailTransaction/@TypeCode`` in ``poslog.return_type_codes``, or every item a
   ``Return``) become returns; a ``TransactionLink`` names the original sale.
 * Control, tender-control, voided, suspended, training and item-less transactions are counted in
@@ -74,7 +77,14 @@ not well-formed XML (not XML at all, truncated, broken inside), whose root is no
 a ``Transaction`` or ``LineItem`` outside ``poslog.namespace`` (a vendor namespace too), or with a
 transaction body, ``Total`` or ``TransactionLink`` outside it and the vendor namespaces is
 unreadable as a whole, with the position where it broke and the last complete transaction (or the
-element and its line): a half-read transaction log is never sent in part.
+element and its line): a half-read transaction log is never sent in part. So is a file with more
+than one document (content after the root element ends), in another encoding than it declares, or
+beyond the parser's limits (elements nested more than 256 deep; a text, attribute value or name
+over 10 MB, refused before it is held whole).
+
+Hostile XML is never acted on: a file with a DOCTYPE (internal entities, external entities, an
+external DTD) or that declares the XInclude namespace is unreadable; entities are never expanded,
+no DTD is loaded and nothing is fetched, from the network or from disk.
 """
 
 from __future__ import annotations
@@ -82,6 +92,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -147,6 +158,24 @@ _STRUCTURE = frozenset(("LineItem", "Total", "TransactionLink"))
 _SNAKE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _XS_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # xs:decimal: no exponent, no "_"
 _TOO_LARGE = Decimal(10) ** MONEY_WHOLE_DIGITS
+# libxml2 as a POSLog needs it: entities never expanded, no DTD loaded, nothing fetched, and its
+# limits kept (a text, attribute value or name of at most 10 MB, elements 256 deep at most)
+_SAFE_PARSING: dict[str, Any] = {"resolve_entities": False, "no_network": True, "load_dtd": False,
+                                 "huge_tree": False}
+_XINCLUDE = frozenset(("http://www.w3.org/2001/XInclude", "http://www.w3.org/2003/XInclude"))
+_DOCTYPE_MARKS = tuple("<!DOCTYPE".encode(e) for e in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le",
+                                                         "utf-32-be"))
+_DOCTYPE_REASON = ("it has a DOCTYPE (a DTD): a POSLog file has none, and its entities and external "
+                   "DTD are never expanded or fetched")
+_CHUNK = 64 * 1024  # bytes fed to the parser at a time
+_MAX_RUN = 10 * 1024 * 1024  # bytes without a "<": a tag or text larger than libxml2 takes
+# amounts that name their currency, outside tenders (a payment in foreign cash is not the sale's money)
+_MONEY_WITH_CURRENCY = etree.XPath(
+    ".//*[@Currency or @CurrencyCode][not(ancestor-or-self::*[starts-with(local-name(), 'Tender')])]"
+)
+_ENCODING_DECLARATION = re.compile(rb"""<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+_HEAD_CHUNK = 1024  # bytes fed at a time until the root's start tag
+_HEAD_KEEP = 64 * 1024  # the first bytes, kept to look for a DOCTYPE the parser refused
 
 
 @functools.cache
@@ -324,48 +353,46 @@ class _Reader:
         vendor = PROFILES[self.config.profile][0]
         self.vendor_namespaces = frozenset({*vendor.values(), *self.config.namespaces.values()})
         self._tags_checked: dict[Any, bool] = {}  # tag -> in the expected namespace (or no concern)
+        self.encoding = "UTF-8"  # the encoding the file declares (UTF-8 when it declares none)
+        self.position = 0  # transactions read so far
+        self.last_line = 0  # the line of the last one
 
     # ---- the file ---------------------------------------------------------------------------
 
     def read(self, source: Path | IO[bytes]) -> pl.DataFrame:
-        position = 0
-        last_line = 0
         try:
             self._check_root(source)
-            if not isinstance(source, Path):
-                source.seek(0)
-            events = etree.iterparse(
-                str(source) if isinstance(source, Path) else source,
-                events=("end",),
-                tag=self.names.transaction,
-                huge_tree=True,
-                resolve_entities=False,
-                no_network=True,
-            )
-            transaction = self.names.transaction
-            for _, element in events:
-                position += 1
-                last_line = element.sourceline or last_line
-                self._transaction(element, position)
-                element.clear(keep_tail=False)
-                parent = element.getparent()
-                while element.getprevious() is not None and parent is not None:
-                    if parent[0].tag != transaction:
-                        self._check_skipped(parent[0], position - 1)
-                    del parent[0]
-            for element in events.root if events.root is not None else ():
-                if element.tag != transaction:
-                    self._check_skipped(element, position)
         except etree.XMLSyntaxError as exc:
-            line, column = exc.position if exc.position else (0, 0)
-            after = (
-                f"after transaction {position} (which starts at line {last_line})"
-                if position
-                else "before the first transaction"
-            )
-            raise UnreadableFileError(
-                self.name, f"not well-formed XML at line {line}, column {column}, {after}: {_message(exc)}"
-            ) from exc
+            raise self._not_well_formed(exc) from exc
+        stream = source.open("rb") if isinstance(source, Path) else source
+        try:
+            if not isinstance(source, Path):
+                stream.seek(0)
+            parser = etree.XMLPullParser(events=("end", "start-ns"), tag=self.names.transaction,
+                                         **_SAFE_PARSING)
+            closing = False
+            try:
+                for chunk in self._chunks(stream):
+                    parser.feed(chunk)
+                    self._take(parser.read_events())
+                closing = True
+                root = parser.close()
+                self._take(parser.read_events())
+            except etree.XMLSyntaxError as exc:
+                # the transactions completed before the error in the piece that failed (a failed
+                # close() gives only ends of elements the file never closed: not counted)
+                pending: Iterable[tuple[str, Any]] = () if closing else parser.read_events()
+                for event, element in pending:
+                    if event == "end":
+                        self.position += 1
+                        self.last_line = element.sourceline or self.last_line
+                raise self._not_well_formed(exc) from exc
+        finally:
+            if isinstance(source, Path):
+                stream.close()
+        for element in root:
+            if element.tag != self.names.transaction:
+                self._check_skipped(element, self.position)
         self._flush()
         frame = pl.concat(self.frames) if self.frames else _empty()
         lines = frame.get_column("source_line")
@@ -374,24 +401,96 @@ class _Reader:
             frame = frame.with_columns(pl.col(_ORDINAL).alias("source_line"))
         return self._drop_post_voided(frame.drop(_ORDINAL))
 
+    def _take(self, events: Iterable[tuple[str, Any]]) -> None:
+        """Read the transactions the parser has completed, freeing each once read."""
+        transaction = self.names.transaction
+        for event, element in events:
+            if event == "start-ns":  # (prefix, uri): rare, so cheap to look at
+                if element[1] in _XINCLUDE:
+                    raise UnreadableFileError(
+                        self.name, f"it declares the XInclude namespace ({self._after()}): XInclude is "
+                        "never processed, so what it would include is neither fetched nor read")
+                continue
+            self.position += 1
+            self.last_line = element.sourceline or self.last_line
+            self._transaction(element, self.position)
+            element.clear(keep_tail=False)
+            parent = element.getparent()
+            while element.getprevious() is not None and parent is not None:
+                if parent[0].tag != transaction:
+                    self._check_skipped(parent[0], self.position - 1)
+                del parent[0]
+
+    def _chunks(self, stream: IO[bytes], size: int = _CHUNK) -> Iterator[bytes]:
+        """The file in pieces. Raises for :data:`_MAX_RUN` bytes without a ``<``: a tag (a huge
+        attribute value) or a text larger than the parser takes, which it would otherwise hold
+        whole before refusing it."""
+        run = offset = 0
+        while chunk := stream.read(size):
+            at = chunk.rfind(b"<")
+            start = offset + at + 1 if at >= 0 else offset - run
+            run = run + len(chunk) if at < 0 else len(chunk) - at - 1
+            offset += len(chunk)
+            if run > _MAX_RUN:
+                raise UnreadableFileError(
+                    self.name, f"a tag or text from byte {start} on is larger than 10 MB ({self._after()}): "
+                    "no POSLog writes one, and it is not read into memory")
+            yield chunk
+
+    def _not_well_formed(self, exc: etree.XMLSyntaxError) -> UnreadableFileError:
+        line, column = exc.position if exc.position else (0, 0)
+        return UnreadableFileError(self.name, f"not well-formed XML at line {line}, column {column}, "
+                                              f"{self._after()}: {_message(exc, self.encoding)}")
+
+    def _after(self) -> str:
+        """Where in the file: after which complete transaction."""
+        if self.position:
+            return f"after transaction {self.position} (which starts at line {self.last_line})"
+        return "before the first transaction"
+
     def _check_root(self, source: Path | IO[bytes]) -> None:
-        """The file's first element must be the POSLog root in the configured namespace."""
+        """The file's first element must be the POSLog root in the configured namespace, with no
+        DOCTYPE before it. Only the start of the file is parsed here (in small pieces, up to the
+        root's start tag); an error further on is left for the full parse to place."""
         stream = source.open("rb") if isinstance(source, Path) else source
         try:
             head = stream.read(1)
             if not head or (not head.strip() and not stream.read(4096).strip()):
                 raise UnreadableFileError(self.name, "file is empty")
             stream.seek(0)
-            root = None
-            for _, element in etree.iterparse(stream, events=("start",), huge_tree=True,
-                                              resolve_entities=False, no_network=True):
-                root = element
-                break
+            parser = etree.XMLPullParser(events=("start",), **_SAFE_PARSING)
+            seen = b""  # what was fed before the root: a DOCTYPE the parser refused is still seen
+            root: Any = None
+            chunks = self._chunks(stream, _HEAD_CHUNK)
+            while root is None:
+                chunk = next(chunks, b"")
+                if len(seen) < _HEAD_KEEP:
+                    seen += chunk
+                    self.encoding = _declared_encoding(seen)
+                try:
+                    if chunk:
+                        parser.feed(chunk)
+                    else:
+                        parser.close()
+                except etree.XMLSyntaxError:
+                    root = next((e for _, e in parser.read_events()), None)
+                    if root is None and _has_doctype(seen):
+                        raise UnreadableFileError(self.name, _DOCTYPE_REASON) from None
+                    if root is None:
+                        raise
+                    break  # the full parse reports the error, after the transactions before it
+                root = next((e for _, e in parser.read_events()), None)
+                if not chunk:
+                    break
         finally:
             if isinstance(source, Path):
                 stream.close()
-        if root is None:  # pragma: no cover - iterparse raises instead
+        if root is None:  # pragma: no cover - close() raises instead
             raise UnreadableFileError(self.name, "no XML element found")
+        info: Any = root.getroottree().docinfo
+        if info.doctype or info.internalDTD is not None:
+            raise UnreadableFileError(self.name, f"{_DOCTYPE_REASON} (before the root element at line "
+                                                 f"{root.sourceline})")
         expected = self.names.q("POSLog")
         if root.tag != expected:
             ns, local = (root.tag[1:].split("}", 1) if root.tag.startswith("{") else ("", root.tag))
@@ -702,7 +801,11 @@ class _Reader:
                 if len(matches) > 1 and len({_text(e) for e in matches} - {""}) > 1:
                     conflicts.append("customer_id")  # two members in one transaction: a guess
                 break
-        read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}")
+        currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
+        currency, foreign = _amount_currency(body, currency)
+        if foreign:
+            conflicts.append("currency")
+        read_code, read_reason = _conflict(conflicts, transaction_id or f"#{position}", {"currency": foreign})
         if no_items:  # the reader's reject of the whole transaction: before any other
             read_code, empty_total = _NO_ITEMS, ""
             read_reason = (f"transaction {transaction_id or f'#{position}'} has a TransactionGrandAmount of "
@@ -728,7 +831,6 @@ class _Reader:
             total_text = _number_text(abs(total) if is_return else total)
         if no_items:
             items[0].raw["line_total"] = total_text  # the money shows among the rejected amounts
-        currency = fields.get("CurrencyCode", "") or self.defaults.get("currency", "")
         store_id = values["store_id"] or self.defaults.get("store_id", "")
         for item, discount in zip(items, discounts, strict=True):
             line_total = item.amount - discount
@@ -855,15 +957,36 @@ class _Reader:
         self.rows = []
 
 
-def _conflict(fields: list[str], transaction: str) -> tuple[str | None, str | None]:
+def _conflict(
+    fields: list[str], transaction: str, details: dict[str, str]
+) -> tuple[str | None, str | None]:
     """The reader's reject of a transaction that writes one of its own values twice, differently
     (the first such field): the code lines that disagree on it get, and a reason starting with
-    the field (the values are not shown: one may be a customer id)."""
+    the field (the values are not shown: one may be a customer id; ``details``: what to say
+    instead for a field)."""
     if not fields:
         return None, None
     field = fields[0]
     code = _CONFLICT_CODES.get(field, RejectCode.MIXED_TRANSACTION_VALUES)
-    return code.value, f"{field}: transaction {transaction} has different values of {field}"
+    detail = details.get(field) or f"has different values of {field}"
+    return code.value, f"{field}: transaction {transaction} {detail}"
+
+
+def _amount_currency(body: Any, currency: str) -> tuple[str, str]:
+    """The transaction's currency (``currency``, else the first its amounts name) and, when an
+    amount of the sale names another (a ``Currency`` or ``CurrencyCode`` attribute; tenders
+    excepted: a payment in foreign cash is not the sale's money), what to say about it."""
+    found: list[Any] = _MONEY_WITH_CURRENCY(body)  # type: ignore[assignment]
+    for element in found:
+        attribute = "Currency" if element.get("Currency") is not None else "CurrencyCode"
+        code = (element.get(attribute) or "").strip()
+        if not currency:
+            currency = code
+        elif code and code.upper() != currency.strip().upper():
+            named = f'<{_local(element.tag)} {attribute}="{code}">'
+            return currency, (f"has {named} at line {element.sourceline}, not its currency {currency}: "
+                              "amounts in two currencies are never added up")
+    return currency, ""
 
 
 def _empty_number(field: str, element: str) -> str:
@@ -891,9 +1014,35 @@ def _places(items: list[_Item], total: Decimal) -> int:
     return max(2, min(4, max(exponents)))
 
 
-def _message(exc: etree.XMLSyntaxError) -> str:
-    text = str(exc.msg or exc).strip()
-    return re.sub(r",? line \d+, column \d+$", "", text)
+def _message(exc: etree.XMLSyntaxError, encoding: str) -> str:
+    """libxml2's message, with what it means for a POSLog file where that is not plain."""
+    text = re.sub(r",? line \d+, column \d+$", "", str(exc.msg or exc).strip())
+    text = re.sub(r",? (try|use) XML_PARSE_HUGE( option)?\.?", "", text).strip()
+    depth = re.match(r"Excessive depth in document: (\d+)", text)
+    if depth:
+        return f"elements nested more than {depth[1]} levels deep (a POSLog file needs a few dozen)"
+    if "Resource limit exceeded" in text or "too long" in text or "huge" in text.lower():
+        return f"{text} (a text, attribute value or name larger than 10 MB: no POSLog writes one)"
+    if "Invalid bytes in character encoding" in text or "not proper UTF-8" in text:
+        return f"{text.splitlines()[0]}: the file is not in the encoding it declares ({encoding})"
+    if "Extra content at the end" in text or "XML declaration allowed only at the start" in text:
+        return (f"{text}: content after the end of the POSLog root element (only one document per file; "
+                "were several joined into one?)")
+    return text
+
+
+def _declared_encoding(head: bytes) -> str:
+    """The encoding a file's start says it is in: its byte order mark, else its XML declaration,
+    else UTF-8 (what XML takes when nothing is said)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    declared = _ENCODING_DECLARATION.match(head.removeprefix(b"\xef\xbb\xbf"))
+    return declared[1].decode("ascii") if declared else "UTF-8"
+
+
+def _has_doctype(head: bytes) -> bool:
+    """Whether the start of a file holds a DOCTYPE (in UTF-8 or an ASCII superset, UTF-16 or UTF-32)."""
+    return any(mark in head for mark in _DOCTYPE_MARKS)
 
 
 def _empty() -> pl.DataFrame:

@@ -52,6 +52,7 @@ class RejectCode(StrEnum):
     NO_ITEMS = "R032_NO_ITEMS"
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     COPY_OF_REJECTED = "R034_COPY_OF_REJECTED"
+    REPEATED_HEADER = "R035_REPEATED_HEADER"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
     BAD_EMAIL = "R102_BAD_EMAIL"
@@ -71,6 +72,7 @@ READER_CODES: tuple[RejectCode, ...] = (
     RejectCode.UNBALANCED_QUOTE,
     RejectCode.NOT_JSON,
     RejectCode.NUL_IN_ROW,
+    RejectCode.REPEATED_HEADER,
     RejectCode.JSON_VALUE_NOT_TEXT,
     RejectCode.NO_ITEMS,
 )
@@ -84,6 +86,10 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.NOT_JSON: "A JSON Lines line is not a JSON object, or repeats a key (which of its "
     "values counts would be a guess).",
     RejectCode.NUL_IN_ROW: "A NUL character (byte 0) anywhere in the record.",
+    RejectCode.REPEATED_HEADER: "A CSV record repeats the file's header (the same column names in "
+    "the same order, whatever their case and blanks): two exports joined into one file. The records "
+    "after it are read as usual; a header in another order or with other columns makes the file "
+    "unreadable instead.",
     RejectCode.JSON_VALUE_NOT_TEXT: "A JSON Lines field the feed reads holds an object, an array, "
     "true or false: no text or number a checkout can carry (keys the feed does not read may hold "
     "anything).",

@@ -98,6 +98,7 @@ READER_CASES: list[tuple[str, str, dict[str, object], RejectCode]] = [
     ("two_extra_fields", "{header}\n{line},x,y\n", {}, R.WRONG_FIELD_COUNT),
     ("unclosed_quote", '{header}\n"{line}\n', {}, R.UNBALANCED_QUOTE),
     ("text_after_quote", '{header}\n"T1"x,{rest}\n', {}, R.UNBALANCED_QUOTE),
+    ("repeated_header", "{header}\n{header}\n", {}, R.REPEATED_HEADER),  # two exports joined
     ("not_json", "[1, 2]\n", {"format": {"kind": "jsonl"}}, R.NOT_JSON),
     # before: read as the text '{"id":"C1"}' and sent as the member's id
     ("json_object_in_customer_id", json.dumps({**row(), "customer_id": {"id": "C1"}}).replace("{", "{{")
