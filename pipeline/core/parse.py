@@ -401,6 +401,8 @@ def _repeated_headers(frame: pl.DataFrame, name: str) -> pl.DataFrame:
         frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (READ_CODE, READ_REASON))
     at = pl.col("source_line").is_in(repeated)
     return frame.with_columns(
+        # a header holds no data: its names are no transaction id, currency or amount to count
+        *(pl.when(at).then(None).otherwise(pl.col(c)).alias(c) for c in columns),
         pl.when(at).then(pl.lit(RejectCode.REPEATED_HEADER.value)).otherwise(pl.col(READ_CODE)).alias(READ_CODE),
         pl.when(at)
         .then(pl.lit("the record repeats the header (two exports joined into one file?); the records "

@@ -56,6 +56,9 @@ def test_the_header_again_mid_file_is_one_reject_and_the_rest_is_read(
     result = run(tmp_path, text.replace("\n", line_break, 1).encode())
     assert valid_ids(result) == ["G1", "T1", "T2", "T3", "T4"]
     assert Decimal(result.summary["currencies"]["GBP"]["amount_valid"]) == Decimal("25.00")
+    # the header's names are no currency: its line counts among lines without one, with no money
+    assert set(result.summary["currencies"]) == {"GBP", ""}
+    assert result.summary["currencies"][""]["amount_in"] == "0.00"
     [(file, line, code, reason)] = rejects(result)
     assert (file, line, code) == ("pos.csv", 4, "R035_REPEATED_HEADER")
     assert "repeats the header" in reason
