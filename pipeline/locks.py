@@ -5,6 +5,11 @@ the holder (pid, host, start time, feed). The kernel drops an ``flock`` when its
 lock left by a crashed (even SIGKILLed) process is free again: the next run sees the stale record,
 logs that it takes the lock over, and writes its own. A live holder makes :func:`acquire` raise
 :class:`~pipeline.errors.LockHeldError` (exit 75).
+
+Whether a run still holds its lock is told without taking it (:func:`run_holds_lock`, for
+``posfeed runs``): an ``flock`` has no test that leaves it alone, so the kernel's lock table
+(``/proc/locks``) is read; where there is none, the holder record must name the run and its process
+must be alive.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from typing import Any
 
 from pipeline.errors import LockHeldError
 
-__all__ = ["LockInfo", "RunLock", "lock_path", "run_lock"]
+__all__ = ["PROC_LOCKS", "LockInfo", "RunLock", "flock_holders", "lock_path", "run_holds_lock", "run_lock"]
 
 log = logging.getLogger(__name__)
+
+PROC_LOCKS = Path("/proc/locks")  # the kernel's table of held file locks (Linux)
 
 
 def lock_path(state_dir: Path, scope: str) -> Path:
@@ -112,3 +119,57 @@ def run_lock(state_dir: Path, scope: str, *, feed: str) -> Iterator[RunLock]:
         yield lock
     finally:
         lock.release()
+
+
+def flock_holders(path: Path, proc_locks: Path = PROC_LOCKS) -> set[int] | None:
+    """The pids holding an ``flock`` on ``path`` now, read from the kernel's lock table without
+    taking the lock; None where there is no such table. Matched on the inode number alone: some
+    file systems (btrfs subvolumes) show another device there than ``stat`` does."""
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return set()
+    try:
+        table = proc_locks.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    pids = set()
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2209155 0 EOF" (a waiter's line has "->" second)
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            try:
+                pids.add(int(fields[4]))
+            except ValueError:
+                continue
+    return pids
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # os.kill would signal a process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def run_holds_lock(state_dir: Path, scope: str, *, pid: int, host: str,
+                   proc_locks: Path = PROC_LOCKS) -> bool | None:
+    """Whether the run of process ``pid`` on ``host`` holds the scope's lock now, seen without
+    taking it; None when that cannot be told from here (a run of another host)."""
+    if host != socket.gethostname():
+        return None
+    path = lock_path(state_dir, scope)
+    holders = flock_holders(path, proc_locks)
+    if holders is not None:
+        return pid in holders
+    # no lock table: the holder record (emptied at release) names the run, and its process lives
+    try:
+        record = _read_info(path.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError:
+        return False
+    return record is not None and (record.pid, record.host) == (pid, host) and _pid_alive(pid)

@@ -16,7 +16,8 @@ row whose session is gone is a stale record, logged as taken over by the next ho
 trusted only while its backend pid is the one holding the advisory lock; otherwise the holder is
 described from ``pg_stat_activity``. A live holder makes :meth:`PgRunLock.acquire` raise
 :class:`~pipeline.errors.LockHeldError` (exit 75); an unreachable server raises
-:class:`~pipeline.errors.TransientError` (exit 75 too).
+:class:`~pipeline.errors.TransientError` (exit 75 too). Who holds which scope's lock now is read
+from ``pg_locks`` without taking any (:func:`live_holders`, for ``posfeed runs``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +38,7 @@ from pipeline.ledger.location import masked_url
 from pipeline.ledger.postgres import LOGIN_REFUSED, WAIT_ENDED, limit_waits, scrub_password
 from pipeline.locks import LockInfo
 
-__all__ = ["HOLDERS_TABLE", "SESSION_SETTINGS", "PgRunLock", "lock_key"]
+__all__ = ["HOLDERS_TABLE", "SESSION_SETTINGS", "PgRunLock", "live_holders", "lock_key"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,17 @@ def _key_parts(key: int) -> dict[str, int]:
     return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
 
 
-def _connect(url: str, feed: str) -> psycopg.Connection[Any]:
+# every advisory lock of this database held now, with the holder record of its session if any
+_HELD_QUERY = f"""
+SELECT l.classid::bigint, l.objid::bigint, h.scope, h.pid, h.host, h.started_at, h.feed
+FROM pg_locks l
+LEFT JOIN {HOLDERS_TABLE} h ON h.backend_pid = l.pid AND h.scope = ANY(%(scopes)s)
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def _connect(url: str, feed: str, *, purpose: str = "lock") -> psycopg.Connection[Any]:
     # after the URL's own options (a lock_timeout there holds here too), which these override
     given = conninfo_to_dict(url).get("options") or ""
     ours = (f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
@@ -94,7 +106,7 @@ def _connect(url: str, feed: str) -> psycopg.Connection[Any]:
     connection: psycopg.Connection[Any] | None = None
     try:
         connection = psycopg.connect(url, autocommit=True, options=options,
-                                     application_name=f"posfeed lock: {feed}"[:APPLICATION_NAME_MAX],
+                                     application_name=f"posfeed {purpose}: {feed}"[:APPLICATION_NAME_MAX],
                                      connect_timeout=30,
                                      # the same probing from the client's side, for a vanished server
                                      keepalives=1, keepalives_idle=30, keepalives_interval=10,
@@ -218,3 +230,28 @@ class PgRunLock:
             conn.close()
             raise
         return cls(conn, scope, info, previous, conn.info.backend_pid)
+
+
+def live_holders(url: str, scopes: Iterable[str]) -> dict[str, LockInfo]:
+    """The holder of each of ``scopes`` whose lock is held now (by the session its holder record
+    names), read from ``pg_locks`` on a short session of its own, without taking any lock; a
+    scope held by a session with no record of its own (one that has just taken it) is left out.
+    An unreachable server raises :class:`~pipeline.errors.TransientError`."""
+    wanted = {scope: _key_parts(lock_key(scope)) for scope in dict.fromkeys(scopes)}
+    if not wanted:
+        return {}
+    conn = _connect(url, "runs", purpose="look")
+    try:
+        if conn.execute("SELECT to_regclass(%s)", (HOLDERS_TABLE,)).fetchone() == (None,):
+            return {}  # no run ever took a lock here
+        rows = conn.execute(_HELD_QUERY, {"scopes": list(wanted)}).fetchall()
+    except psycopg.Error as exc:
+        raise TransientError(f"the run locks in the ledger's PostgreSQL database {masked_url(url)} could not "
+                             f"be read: {scrub_password(str(exc), url)}") from None
+    finally:
+        conn.close()
+    held: dict[str, LockInfo] = {}
+    for classid, objid, scope, pid, host, started_at, feed in rows:
+        if scope is not None and wanted.get(scope) == {"classid": classid, "objid": objid}:
+            held[scope] = LockInfo(pid, host, started_at, feed)
+    return held

@@ -38,6 +38,7 @@ from pipeline.logs import say
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
+from pipeline.scope_locks import runs_alive
 from pipeline.stages.report import day_report, report_folder, run_report
 
 __all__ = [
@@ -281,6 +282,10 @@ _RUN_COLUMNS = ("run_id", "feed", "kind", "status", "exit", "rows_in", "accepted
                 "conflicts", "failed_retryable", "failed_permanent", "in_doubt", "balanced")
 
 
+# what a run the ledger records as running shows, by whether it still holds its scope's lock
+_LIVE_STATUS = {True: "running", False: "crashed", None: "unknown"}
+
+
 def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_json: bool) -> int:
     """`posfeed runs`: run history, newest first."""
     records = []
@@ -289,12 +294,15 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
             records = ledger.runs(feed=feed, limit=limit)
     if feed and not records:
         load_feed(feed, settings.feeds_dir)  # a feed that does not exist is an error, not "no runs"
+    alive = runs_alive(settings.ledger_url, settings.state_dir, [r for r in records if r.status == "running"])
     rows = []
     for run in records:
         counts = run.counts or {}
         rows.append({
             "run_id": run.id, "feed": run.feed, "scope": run.scope,
-            "kind": run.kind + (" (dry)" if run.dry_run else ""), "status": run.status,
+            "kind": run.kind + (" (dry)" if run.dry_run else ""),
+            "status": _LIVE_STATUS[alive[run.id]] if run.id in alive else run.status,
+            "recorded_status": run.status,
             "exit": run.exit_code, "started_at": run.started_at, "finished_at": run.finished_at,
             "rows_in": counts.get("rows_in"), "accepted": counts.get("accepted"),
             "rejected": counts.get("transactions_rejected"), "duplicates": counts.get("duplicates"),

@@ -11,22 +11,26 @@ then take the scope. The ledger checks such a lock before every request it marks
 (:meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), so a run that lost it sends nothing
 more; :class:`LockWatch` also checks it on a thread of its own and :class:`RunStop` turns its loss
 into the run's stop. Either ends the run with :class:`~pipeline.errors.LockLostError` (exit 75).
+
+:func:`runs_alive` tells, for ``posfeed runs``, whether runs the ledger records as running still
+hold their scope's lock, without taking it (taking it even briefly could refuse a run starting then).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from pipeline.errors import ConfigError
-from pipeline.locks import LockInfo, RunLock
+from pipeline.ledger.records import RunRecord
+from pipeline.locks import LockInfo, RunLock, run_holds_lock
 
 __all__ = ["LOCK_CHECK_SECONDS", "POSTGRES_SCHEMES", "AcquireLock", "LockWatch", "RunStop", "ScopeLock",
-           "lock_kind"]
+           "lock_kind", "runs_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,28 @@ def lock_kind(ledger_url: str | None, state_dir: Path) -> AcquireLock:
         return PgRunLock.acquire(ledger_url, scope, feed=feed)
 
     return acquire_pg_lock
+
+
+def runs_alive(ledger_url: str | None, state_dir: Path, runs: Sequence[RunRecord]) -> dict[str, bool | None]:
+    """For each run (one the ledger records as running), by id: whether its process still holds
+    its scope's lock, seen without taking it. False: it died (the next run of its scope marks it
+    crashed); None: it cannot be told from here (a file lock of another host, a run with no
+    recorded process)."""
+    if not ledger_url:
+        return {run.id: None if run.pid is None or run.host is None
+                else run_holds_lock(state_dir, run.scope, pid=run.pid, host=run.host) for run in runs}
+    if not runs:
+        return {}
+    lock_kind(ledger_url, state_dir)  # the URL's scheme and the driver, checked as for a run
+    from pipeline.pg_locks import live_holders
+
+    held = live_holders(ledger_url, [run.scope for run in runs])
+    alive: dict[str, bool | None] = {}
+    for run in runs:
+        holder = held.get(run.scope)
+        alive[run.id] = None if run.pid is None else (
+            holder is not None and (holder.pid, holder.host) == (run.pid, run.host))
+    return alive
 
 
 class LockWatch:

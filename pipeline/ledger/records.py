@@ -46,6 +46,8 @@ class RunRecord:
     exit_code: int | None
     selection: dict[str, Any] | None
     counts: dict[str, Any] | None
+    host: str | None = None  # where the run's process ran, and its pid (None in rows older than that)
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -224,4 +226,6 @@ def run_record(row: Row) -> RunRecord:
         exit_code=row["exit_code"],
         selection=json.loads(row["selection"]) if row["selection"] else None,
         counts=json.loads(row["counts"]) if row["counts"] else None,
+        host=row["host"],
+        pid=row["pid"],
     )
