@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TransientError
 from pipeline.ledger.records import RunRecord
 from pipeline.locks import LockInfo, RunLock, run_holds_lock
 
@@ -83,7 +83,7 @@ def runs_alive(ledger_url: str | None, state_dir: Path, runs: Sequence[RunRecord
     """For each run (one the ledger records as running), by id: whether its process still holds
     its scope's lock, seen without taking it. False: it died (the next run of its scope marks it
     crashed); None: it cannot be told from here (a file lock of another host, a run with no
-    recorded process)."""
+    recorded process, a PostgreSQL server that cannot be reached for it)."""
     if not ledger_url:
         return {run.id: None if run.pid is None or run.host is None
                 else run_holds_lock(state_dir, run.scope, pid=run.pid, host=run.host) for run in runs}
@@ -92,7 +92,11 @@ def runs_alive(ledger_url: str | None, state_dir: Path, runs: Sequence[RunRecord
     lock_kind(ledger_url, state_dir)  # the URL's scheme and the driver, checked as for a run
     from pipeline.pg_locks import live_holders
 
-    held = live_holders(ledger_url, [run.scope for run in runs])
+    try:
+        held = live_holders(ledger_url, [run.scope for run in runs])
+    except TransientError as exc:  # the history is still worth showing
+        log.warning("whether the running runs are alive cannot be told: %s", exc)
+        return {run.id: None for run in runs}
     alive: dict[str, bool | None] = {}
     for run in runs:
         holder = held.get(run.scope)

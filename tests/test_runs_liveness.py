@@ -150,3 +150,15 @@ def test_a_record_left_by_a_killed_holder_is_not_a_live_run(tmp_path: Path) -> N
     assert json.loads(lock_path(tmp_path, "acme").read_text(encoding="utf-8"))["pid"] == holder.pid
     assert run_holds_lock(tmp_path, "acme", pid=holder.pid, host=here) is False
     assert run_holds_lock(tmp_path, "acme", pid=holder.pid, host=here, proc_locks=NO_LOCK_TABLE) is False
+
+
+def test_a_lock_table_that_cannot_be_read_leaves_liveness_unknown(tmp_path: Path) -> None:
+    from pipeline.ledger.records import RunRecord
+    from pipeline.scope_locks import runs_alive
+
+    run = RunRecord(id="r1", feed="acme_hourly", scope="acme", kind="run", dry_run=False, status="running",
+                    started_at="2026-11-20T00:00:00+00:00", finished_at=None, exit_code=None, selection=None,
+                    counts=None, host=socket.gethostname(), pid=os.getpid())
+    # a port nothing listens on: the history is still shown, with its running runs unknown
+    assert runs_alive("postgresql://posfeed@127.0.0.1:1/posfeed", tmp_path, [run]) == {"r1": None}
+    assert runs_alive(None, tmp_path, [run]) == {"r1": False}  # no lock file: nothing holds it
