@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -86,14 +87,37 @@ def alert_for(feed: Feed, run_id: str | None, *, now: datetime | None = None
     return make
 
 
+# the kinds whose summary may quote an error's text, and the alert's words before it
+_QUOTING_HEADS: Mapping[str, str] = {
+    "platform_unreachable": "the {subject} platform could not be reached",
+    "credentials_refused": "credentials refused",
+    "run_failed": "the run stopped with an error",
+}
+# errors whose text posfeed writes alone, from the configuration (a setting, a variable, a file)
+_OWN_WORDS = frozenset({"SecretError"})
+_CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
+
+
 def _without_content(problem: Problem) -> Problem:
-    """The problem as an alert tells it: an unreadable file by its name and kind of fault only
-    (the full reason, which may quote the file, stays in `posfeed problems`)."""
-    if problem.kind != "unreadable_file":
+    """The problem as an alert tells it, with no text a file or a platform wrote: an unreadable
+    file by its name and kind of fault; an error (a run that failed, a platform that could not be
+    reached or refused our credentials) by its class name, unless it is a missing secret. The full
+    text, which may quote a customer id or an e-mail address, stays in `posfeed problems`."""
+    if problem.kind == "unreadable_file":
+        reason = problem.counts.get("reason") or "unreadable"
+        return replace(problem, summary=f"{problem.subject} cannot be read ({reason}); set aside in "
+                                        f"quarantine (`posfeed problems` shows the full reason)")
+    head = _QUOTING_HEADS.get(problem.kind)
+    if head is None:
         return problem
-    reason = problem.counts.get("reason") or "unreadable"
-    return replace(problem, summary=f"{problem.subject} cannot be read ({reason}); set aside in quarantine "
-                                    f"(`posfeed problems` shows the full reason)")
+    if problem.kind != "run_failed" and int(problem.counts.get("transactions_failed") or 0) > 0:
+        return problem  # told by error codes only (posfeed's, or the feed's credential codes)
+    error = str(problem.counts.get("error") or "")
+    if error in _OWN_WORDS:
+        return problem
+    name = error if _CLASS_NAME.fullmatch(error) else "error"
+    return replace(problem, summary=f"{head.format(subject=problem.subject)} ({name}); "
+                                    f"`posfeed problems` shows the full message")
 
 
 def webhook_url(config: AlertsConfig, environ: Mapping[str, str] | None = None) -> str | None:

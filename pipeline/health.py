@@ -109,6 +109,12 @@ def _platform_error(error: BaseException | None) -> bool:
     return isinstance(error, PlatformUnavailableError)
 
 
+def _error_named(error: BaseException | None, *, quoted: bool) -> dict[str, str]:
+    """``{"error": <class name>}`` when a summary quotes ``error``'s text (an alert tells the class
+    name instead, see :func:`pipeline.alerts.alert_for`)."""
+    return {"error": type(error).__name__} if quoted and error is not None else {}
+
+
 def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[Observation]:
     """Everything wrong with ``feed`` after a run (pure apart from reading the ledger)."""
     out: list[Observation] = []
@@ -154,7 +160,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
                         or redact(str(facts.error)))),
             action=("check the platform's status and the network; the waiting work is sent again by "
                     f"later runs (`posfeed rerun --feed {feed.name} --failed` sends it now)"),
-            counts={"transactions_failed": sum(unreachable.values()), "codes": unreachable},
+            counts={"transactions_failed": sum(unreachable.values()), "codes": unreachable,
+                    **_error_named(facts.error, quoted=not unreachable)},
             feed=feed.name, scope=feed.scope,
         ))
     refused = {c: n for c, n in facts.failed_codes.items() if c in cfg.credential_error_codes}
@@ -165,7 +172,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
                                                           for c, n in sorted(refused.items()))
                                                 or redact(str(facts.error)))),
             action="check the feed's secrets (environment variables or files) and the account",
-            counts={"transactions_failed": sum(refused.values()), "raised": facts.error is not None},
+            counts={"transactions_failed": sum(refused.values()), "raised": facts.error is not None,
+                    **_error_named(facts.error, quoted=not refused)},
             feed=feed.name, scope=feed.scope,
         ))
     elif (facts.error is not None and not isinstance(facts.error, LockHeldError)
@@ -181,7 +189,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             kind="run_failed", key=f"run_failed|{feed.name}", subject=type(facts.error).__name__,
             summary=f"the run stopped with an error: {redact(str(facts.error))}",
             action=action,
-            counts={"exit_code": getattr(facts.error, "exit_code", 70)},
+            counts={"exit_code": getattr(facts.error, "exit_code", 70),
+                    **_error_named(facts.error, quoted=True)},
             feed=feed.name, scope=feed.scope,
         ))
     backlog = facts.backlog

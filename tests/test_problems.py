@@ -662,7 +662,8 @@ def test_a_real_secret_in_a_problem_stays_masked_in_logs_problems_and_alerts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The SFTP password set in the environment is masked wherever a problem's text goes, while the
-    setting's name and the password-less sftp:// address around it read in clear."""
+    setting's name and the password-less sftp:// address around it read in clear (locally: the
+    alert tells the kind of error only)."""
     import io
 
     from pipeline.config import Feed
@@ -692,8 +693,9 @@ def test_a_real_secret_in_a_problem_stays_masked_in_logs_problems_and_alerts(
         expected = (f"credentials refused: watch: source.password_env: {address} refused our "
                     "credentials (password): login ops password: *** rejected")
         assert problem.summary == expected
-        (alert,) = hook.received
-        assert alert["summary"] == expected
+        (alert,) = hook.received  # an SFTP server's words stay local: the alert names the error
+        assert alert["summary"] == ("credentials refused (SourceAuthError); `posfeed problems` shows "
+                                    "the full message")
         assert password not in json.dumps(hook.received)
         logged = stream.getvalue()
         assert password not in logged and json.dumps(expected)[1:-1] in logged
@@ -792,3 +794,91 @@ def test_an_unreadable_file_alert_names_the_file_never_its_content(tmp_path: Pat
         sent = json.dumps(alert)
         assert name in sent and "required columns missing" in alert["summary"]
         assert "CUST-884213" not in sent and "jane.doe" not in sent and "Cheddar" not in sent
+
+
+class Quoting:
+    """A platform on loopback that refuses every request with a message quoting a customer id, an
+    e-mail address and a phone number (as a platform's error message may)."""
+
+    MESSAGE = "member CUST-884213 (jane.doe@example.com, +44 7700 900123) is locked; key refused"
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        message = self.MESSAGE
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = json.dumps({"error": {"type": "UnauthorizedException", "code": 101021,
+                                             "message": message}}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PERSONAL = ("CUST-884213", "jane.doe", "7700 900123")
+
+
+def test_a_platform_message_quoting_a_customer_never_leaves_in_an_alert(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    """A platform refused our credentials with a message that quotes a customer id, an e-mail and a
+    phone number: the local problem keeps the whole message, the alert says what kind of fault it
+    is and where to read the rest."""
+    platform = Quoting()
+    try:
+        with Receiver() as hook:
+            s = Setup(tmp_path, sandbox_env, hook.url)
+            s.write_feed(platform.url)
+            s.drop("pos_NYC01_20261120_13.csv")
+            code, _, _ = s.run()
+            assert code == 78
+            (local,) = [p for p in s.open_problems() if p["kind"] == "credentials_refused"]
+            assert "CUST-884213" in local["summary"]  # the operator's own view says what was answered
+            (alert,) = [a for a in hook.received if a["kind"] == "credentials_refused"]
+            sent = json.dumps(alert)
+            assert not [p for p in PERSONAL if p in sent], sent
+            told = alert["summary"]
+            assert told.startswith("credentials refused") and "posfeed problems" in told
+            assert "CredentialsRefusedError" in told
+    finally:
+        platform.close()
+
+
+@pytest.mark.parametrize("kind", ["run_failed", "platform_unreachable"])
+def test_an_error_quoting_a_file_or_a_platform_never_leaves_in_an_alert(tmp_path: Path, kind: str) -> None:
+    """Whatever an error quotes (a file's line, a platform's answer) stays in `posfeed problems`."""
+    from pipeline.config import Feed
+    from pipeline.errors import PlatformUnavailableError, PosfeedError
+    from pipeline.ledger import Ledger
+    from pipeline.runner import observe_refusal
+    from tests.runner_helpers import settings_in
+
+    error: PosfeedError = PosfeedError(f"line 3: cannot read {Quoting.MESSAGE}")
+    if kind == "platform_unreachable":
+        error = PlatformUnavailableError(f"https://x.example cannot be reached: {Quoting.MESSAGE}")
+    with Receiver() as hook:
+        feed = Feed.model_validate({"name": "watch", "alerts": {"webhook_url": hook.url}})
+        observe_refusal(settings_in(tmp_path), feed, error)
+        with Ledger(settings_in(tmp_path).ledger_location) as ledger:
+            (problem,) = ledger.problems(feed="watch")
+        assert problem.kind == kind and "CUST-884213" in problem.summary
+        (alert,) = hook.received
+        sent = json.dumps(alert)
+        assert not [p for p in PERSONAL if p in sent], sent
+        assert type(error).__name__ in alert["summary"] and "posfeed problems" in alert["summary"]

@@ -614,6 +614,10 @@ def _endpoint(
                 state.count("events_rejected")
             document = envelope(exc.data, exc.code, exc.message)
         else:
+            if fault is Fault.ANSWER_WITHOUT_ID and isinstance(data, dict) and request.url.path.endswith(
+                ("/create", "/create_spend")
+            ):
+                data = {k: v for k, v in data.items() if k != "id"}  # OK, stored, but no id to name it by
             document = envelope(data)
         if fault in ANSWER_LOST:
             if request.url.path.endswith(("/show", "/list")):

@@ -16,7 +16,9 @@ connection is closed: the client is left in doubt; transaction ids are remembere
 more are drawn only when ``fault_kinds`` names them: ``empty_answer`` (processed and stored, then
 200 with an empty body: an answer that proves nothing) and ``trickle`` (processed and stored, then
 a 200 whose body comes one byte at a time and never ends, until the client hangs up); both count
-as lost answers.
+as lost answers. ``answer_without_id``, also drawn only when named, hits CRM.COM's single
+``create`` / ``create_spend`` only (other calls answer as usual): the purchase is stored and the
+answer is OK, but its ``data`` has no ``id``.
 
 Accepted transactions are kept per platform (``put_transaction`` / ``get_transaction``); a platform
 keeps any other record it needs with ``put_record(kind, key, record)`` / ``get_record`` /
@@ -84,6 +86,7 @@ class Fault(StrEnum):
     LOST_RESPONSE = "lost_response"
     EMPTY_ANSWER = "empty_answer"
     TRICKLE = "trickle"
+    ANSWER_WITHOUT_ID = "answer_without_id"
 
 
 # the faults drawn unless ``fault_kinds`` says otherwise (an answer that proves nothing or never

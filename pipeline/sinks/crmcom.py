@@ -363,6 +363,31 @@ class CrmcomAdapter:
         created = self._created.get(planned.original_transaction_id)
         return created[0] if created else None
 
+    def _unnamed(self, planned: PlannedCancel) -> bool:
+        """Whether the purchase to cancel was accepted without CRM.COM naming its id."""
+        return planned.look_up or self._created.get(planned.original_transaction_id) == ()
+
+    async def _name_purchase(
+        self, client: HttpClient, token: str, planned: PlannedCancel
+    ) -> str | EventResult:
+        """The id of a purchase accepted without one, looked up by its reference (a read: nothing
+        is sent twice); what the lookup cannot find leaves the return for a later run."""
+        sale = planned.original_transaction_id
+        found = await self._look_up(client, token, sale, self._customer_of.get(planned.transaction_id))
+        purchase_id = found.purchase.get("id") if found.answer is Answer.FOUND else None
+        if not purchase_id:
+            why = found.reason or str(found.answer).replace("_", " ")
+            return EventResult(
+                planned.transaction_id,
+                Outcome.RETRYABLE,
+                error_code=CrmcomRejectCode.ORIGINAL_NOT_DELIVERED,
+                error_message=f"CRM.COM accepted the purchase of {sale} without naming its id and a "
+                f"lookup by its reference could not find it ({why})",
+                attempts=0,
+            )
+        self._created[sale] = (str(purchase_id),)
+        return str(purchase_id)
+
     def _held(self, transaction_id: str, reason: str, *, final: bool = True) -> EventResult:
         """Retryable, held for review: it may have landed and nothing could tell (``final``: asking
         again in this submission would not change that)."""
@@ -470,7 +495,7 @@ class CrmcomAdapter:
         if batch.route == "cancel":
             planned: PlannedCancel = batch.units[0].payload
             event_id = self._cancel_target(planned)
-            if event_id is None:
+            if event_id is None and not self._unnamed(planned):
                 return [original_not_delivered(planned.transaction_id, planned.original_transaction_id)]
         if batch.route == "ad_hoc":
             returned: PlannedAdHocReturn = batch.units[0].payload
@@ -484,6 +509,11 @@ class CrmcomAdapter:
         units, decided = await self._settle_in_doubt(batch, client, token)
         if not units:
             return decided
+        if batch.route == "cancel" and event_id is None:
+            named = await self._name_purchase(client, token, batch.units[0].payload)
+            if isinstance(named, EventResult):
+                return [*decided, named]
+            event_id = named
         target = self.target
         if batch.route == "cancel":
             method = target.cancel_path
@@ -560,7 +590,8 @@ class CrmcomAdapter:
                 self._maybe_landed.discard(result.transaction_id)
         if batch.route in ("single", "bulk", "spend"):
             for result in results:
-                if result.event_ids and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+                # with no id (an answer that named none) a cancel of it looks the purchase up
+                if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                     self._created[result.transaction_id] = result.event_ids
         return [*results, *decided]
 

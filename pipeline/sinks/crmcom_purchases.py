@@ -149,13 +149,15 @@ class PlannedCancel:
     """Cancel the purchase of ``original_transaction_id`` (a whole-transaction return).
 
     ``event_id`` is None when the original is created in the same submission: it is known only
-    once that purchase is accepted.
+    once that purchase is accepted. ``look_up``: the original was accepted but CRM.COM's answer
+    named no purchase id, so the purchase is looked up by its reference before it is cancelled.
     """
 
     transaction_id: str
     original_transaction_id: str
     event_id: str | None
     customer_id: str | None = None
+    look_up: bool = False
 
 
 Plan = PlannedCreate | PlannedCancel | PlannedAdHocReturn | EventResult
@@ -430,10 +432,12 @@ class Planner:
             )
             return PlannedAdHocReturn(transaction_id, original_id, ad_hoc_return_body(row, target, unit))
         event_id = None if in_submission is not None else (sale.event_ids[0] if sale.event_ids else None)
-        if in_submission is None and event_id is None:
+        # accepted with no id recorded: the create's answer named none (the purchase is looked up)
+        look_up = in_submission is None and event_id is None and sale.state == "accepted"
+        if in_submission is None and event_id is None and not look_up:
             return original_not_delivered(transaction_id, original_id)
         self.planned_returns.setdefault(original_id, []).append(EarlierReturn(transaction_id, lines, True))
-        return PlannedCancel(transaction_id, original_id, event_id, str(row.get("customer_id")))
+        return PlannedCancel(transaction_id, original_id, event_id, str(row.get("customer_id")), look_up)
 
 
 def plan_checkout(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from pipeline.config import Feed, Settings
+from pipeline.ledger import Ledger
 from pipeline.runner import run_feed
 from pipeline.sandbox.crmcom import PLATFORM, CrmcomPlatform
 from pipeline.sandbox.server import SandboxServer
@@ -108,3 +109,39 @@ def test_a_debug_run_leaks_no_credential_and_no_token(
         (name, secret) for name, blob in written.items() for secret in secrets if secret.encode() in blob
     ]
     assert leaks == []
+
+
+@pytest.mark.parametrize("same_run", [False, True])
+def test_a_sale_answered_without_an_id_is_cancelled_by_its_return_exactly_once(
+    crm: SandboxServer, tmp_path: Path, same_run: bool
+) -> None:
+    """CRM.COM answered OK to S-1's `create` but named no purchase id: the sale is accepted (it
+    landed), and its whole return (in a later run, or in the same submission) looks the purchase up
+    by its reference and cancels that purchase, once."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    feed = crmcom_run_feed(crm, exports, bulk_size=1)
+    crm.state.config.fault_kinds = ("answer_without_id",)
+    crm.state.config.fault_rate = 1.0  # every create answers OK without data.id
+    sales = [SALES[0], SALES[1]]
+    (exports / "pos_morning.csv").write_text("\n".join([HEADER, *sales]) + "\n", encoding="utf-8")
+    if same_run:
+        (exports / "pos_afternoon.csv").write_text("\n".join([HEADER, *RETURNS[:2]]) + "\n", encoding="utf-8")
+    first = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    if not same_run:
+        assert (first["accepted"], first["balanced"]) == (1, True)
+        crm.state.config.fault_rate = 0.0
+        (exports / "pos_afternoon.csv").write_text("\n".join([HEADER, *RETURNS[:2]]) + "\n", encoding="utf-8")
+        second = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    else:
+        second = first
+    assert second["balanced"] is True
+    listing = httpx.get(f"{crm.url}/_sandbox/transactions", params={"platform": "crmcom"}).json()
+    assert {t["transaction_id"]: t["status"] for t in listing["transactions"]} == {"S-1": "cancelled"}
+    with Ledger(settings.ledger_location) as ledger:
+        states = {t: str(r.state) for t, r in ledger.originals(feed.scope, ["S-1", "R-1"]).items()}
+    assert states == {"S-1": "accepted", "R-1": "accepted"}
+    assert crm.state.stats["duplicate_transaction_attempts"] == 0  # one cancel, no second purchase
+    assert crm.state.stats["events_accepted"] == 2  # the purchase and its cancel
+    assert crm.state.stats["lookups"] == 1  # the id the create's answer left out, read once
