@@ -775,9 +775,9 @@ def test_with_json_logs_every_stderr_line_is_json(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_file_alert_names_the_file_never_its_content(tmp_path: Path, sandbox_env: Any) -> None:
-    """A file without its header line: the reader's reason quotes what it found there (the first
-    row: a customer id, an e-mail). The local problem keeps the whole reason; the alert that leaves
-    for a chat channel names the file and the kind of fault only."""
+    """A file without its header line: the reader's reason says its first line may be a data row
+    and never quotes it (a customer id, an e-mail), locally or in the alert that leaves for a chat
+    channel, which names the file and the kind of fault only."""
     with Receiver() as hook:
         s = Setup(tmp_path, sandbox_env, hook.url)
         s.drop("pos_LON01_20261120_daily.csv")
@@ -788,8 +788,9 @@ def test_an_unreadable_file_alert_names_the_file_never_its_content(tmp_path: Pat
         code, summary, logs = s.run()
         assert code == 65 and [u["file"] for u in summary["unreadable_files"]] == [name], logs[-5:]
         (local,) = [p for p in s.open_problems() if p["kind"] == "unreadable_file"]
-        # the operator's own view says why, with what was found
-        assert "required columns missing" in local["summary"] and "CUST-884213" in local["summary"]
+        # the operator's own view says why, without the row's values (it is stored in the ledger)
+        assert "required columns missing" in local["summary"] and "data row" in local["summary"]
+        assert "CUST-884213" not in json.dumps(summary) and "CUST-884213" not in "".join(map(str, logs))
         (alert,) = [a for a in hook.received if a["kind"] == "unreadable_file"]
         sent = json.dumps(alert)
         assert name in sent and "required columns missing" in alert["summary"]

@@ -412,6 +412,24 @@ def _repeated_headers(frame: pl.DataFrame, name: str) -> pl.DataFrame:
     )
 
 
+def _found_columns(present: list[str], fmt: FormatConfig) -> str:
+    """What a file's first line held instead of the required columns, for its unreadable reason.
+
+    Quoted only when it names at least one column this feed knows (it is a header then); a first
+    line naming none may be a data row, the header missing, and its values (a customer id, an
+    e-mail) stay out of the reason, which reaches reports, logs and the ledger.
+    """
+    known = {c.lower() for c in CANONICAL_COLUMNS} | {v.strip().lower() for v in fmt.columns.values()}
+    texts = [c.strip().lower() for c in present]
+    one_field = len(present) == 1 and fmt.kind == "csv"
+    if not any(t in known for t in texts) and not (one_field and any(k in texts[0] for k in known)):
+        return (f"{len(present)} column(s), none a column name this feed knows (is the first line a "
+                "data row, the header missing? its values are not shown)")
+    found = ", ".join(excerpt(c) for c in present[:12]) + (" ..." if len(present) > 12 else "")
+    hint = f" (wrong delimiter? format.delimiter is {fmt.delimiter!r})" if one_field else ""
+    return found + hint
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return one_line(text[0], 200) if text else type(exc).__name__
@@ -626,14 +644,8 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
         available.add("transaction_id")
     missing = [c for c in REQUIRED_COLUMNS if c not in available]
     if missing:
-        found = ", ".join(excerpt(c) for c in present[:12]) + (" ..." if len(present) > 12 else "")
-        hint = (
-            f" (wrong delimiter? format.delimiter is {fmt.delimiter!r})"
-            if len(present) == 1 and fmt.kind == "csv"
-            else ""
-        )
         needed = ", ".join(fmt.columns.get(c, c) for c in missing)
-        raise _unreadable(name, f"required columns missing: {needed}; found {found}{hint}")
+        raise _unreadable(name, f"required columns missing: {needed}; found {_found_columns(present, fmt)}")
 
     # every export column as the file had it, in the file's order (rejects.csv shows these)
     originals = [pl.col(c).alias(EXTRA_PREFIX + c.strip()) for c in present]

@@ -388,3 +388,14 @@ def test_a_parquet_column_the_feed_reads_holding_objects_or_booleans_makes_the_f
     # a column the feed does not read may hold anything
     extra = write(tmp_path, "extra.parquet", _parquet_bytes({**base, "basket": pa.array([{"n": 1}])}))
     assert read_file(extra, the_feed).height == 1
+
+
+def test_a_file_without_its_header_is_unreadable_without_quoting_its_first_row(tmp_path: Path) -> None:
+    # the first line is a sale (a customer id, an e-mail): the reason reaches reports, logs and the
+    # ledger, so it says what the line may be, never what it holds
+    first = "T1,LON01,R1,2026-11-20 10:00:00,CUST-884213,jane.doe@example.com,sale,P1,1,3.80,GBP\n"
+    path = write(tmp_path, "headless.csv", (first * 2).encode())
+    with pytest.raises(UnreadableFileError) as caught:
+        read_file(path, feed())
+    assert "data row" in caught.value.reason
+    assert "CUST-884213" not in caught.value.reason and "jane.doe" not in caught.value.reason
