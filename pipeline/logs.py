@@ -101,20 +101,26 @@ def register_secret(value: str | None) -> None:
         _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
-def _walk_env_names(value: Any, found: set[str]) -> None:
+# ``*_env`` keys whose values are no secret: a user name masked would mask every word equal to it
+# (a CRM.COM user called "posfeed" turned each "posfeed rerun ..." a message suggests into "*** rerun")
+NOT_SECRET_ENV_KEYS = frozenset({"username_env"})
+
+
+def _walk_env_names(value: Any, found: set[str], skip: frozenset[str] = frozenset()) -> None:
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
             item = getattr(value, name)
             if name.endswith("_env") and isinstance(item, str) and item:
-                found.add(item)
+                if name not in skip:
+                    found.add(item)
             else:
-                _walk_env_names(item, found)
+                _walk_env_names(item, found, skip)
     elif isinstance(value, Mapping):
         for item in value.values():
-            _walk_env_names(item, found)
+            _walk_env_names(item, found, skip)
     elif isinstance(value, list | tuple):
         for item in value:
-            _walk_env_names(item, found)
+            _walk_env_names(item, found, skip)
 
 
 def feed_secret_env_names(feed: BaseModel) -> set[str]:
@@ -135,10 +141,13 @@ def _walk_secret_files(value: Any, found: set[str]) -> None:
 
 
 def register_feed_secrets(feeds: Iterable[BaseModel], environ: Mapping[str, str] | None = None) -> None:
-    """Register the values of every ``*_env`` variable and ``*secret_file`` the feeds name."""
+    """Register the values of every ``*_env`` variable (a user name's aside) and ``*secret_file``
+    the feeds name."""
     env = os.environ if environ is None else environ
     for feed in feeds:
-        for name in feed_secret_env_names(feed):
+        names: set[str] = set()
+        _walk_env_names(feed, names, NOT_SECRET_ENV_KEYS)
+        for name in names:
             register_secret(env.get(name))
         files: set[str] = set()
         _walk_secret_files(feed, files)

@@ -171,3 +171,17 @@ def test_a_terminal_gets_readable_lines_still_masked() -> None:
     assert "run finished with ***" in text
     assert "terminal-secret-2231" not in text
     assert "accepted=10" not in text  # fields are for log files; the message speaks to people
+
+
+def test_a_user_name_is_no_secret_and_never_masks_words_it_equals(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a CRM.COM service user called "posfeed": masked, every "posfeed rerun ..." a message suggests
+    # read "*** rerun ..."; its password stays masked
+    feed = Feed.model_validate({
+        "name": "f",
+        "target": {"kind": "crmcom", "username_env": "T_CRM_USER", "password_env": "T_CRM_PASSWORD"},
+    })
+    monkeypatch.setenv("T_CRM_USER", "posfeed")
+    monkeypatch.setenv("T_CRM_PASSWORD", "crm-pw-55102")
+    register_feed_secrets([feed])
+    text = "run `posfeed rerun --feed f` (login crm-pw-55102)"
+    assert redact(text) == f"run `posfeed rerun --feed f` (login {REDACTED})"
