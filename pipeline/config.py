@@ -638,16 +638,19 @@ def register_env_secrets_of_feeds(feeds_dir: Path) -> None:
 
 
 def resolve_secret(
-    *, env: str | None = None, file: str | Path | None = None, what: str = "secret"
+    *, env: str | None = None, file: str | Path | None = None, what: str = "secret", masked: bool = True
 ) -> str:
     """Read a secret from the named environment variable or file; never log the value.
 
-    The value is registered with the log masking filter, so it is redacted from every log line.
+    The value is registered with the log masking filter, so it is redacted from every log line;
+    ``masked=False`` for a value that is no secret (a user name: masked, every word equal to it
+    would be).
     """
     if env:
         value = os.environ.get(env)
         if value:
-            register_secret(value)
+            if masked:
+                register_secret(value)
             return value
         if not file:
             raise SecretError(f"{what}: environment variable {env} is not set")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.config import Feed
+from pipeline.config import CrmcomTarget, Feed
 from pipeline.logs import (
     REDACTED,
     feed_secret_env_names,
@@ -20,6 +20,7 @@ from pipeline.logs import (
     register_secret,
     setup_logging,
 )
+from pipeline.sinks.crmcom import Credentials
 
 
 @pytest.fixture
@@ -182,6 +183,12 @@ def test_a_user_name_is_no_secret_and_never_masks_words_it_equals(monkeypatch: p
     })
     monkeypatch.setenv("T_CRM_USER", "posfeed")
     monkeypatch.setenv("T_CRM_PASSWORD", "crm-pw-55102")
+    monkeypatch.setenv("T_CRM_ORG", "org-7731")
     register_feed_secrets([feed])
     text = "run `posfeed rerun --feed f` (login crm-pw-55102)"
+    assert redact(text) == f"run `posfeed rerun --feed f` (login {REDACTED})"
+    # nor when the CRM.COM sink reads its credentials
+    target = feed.target.model_copy(update={"organisation_env": "T_CRM_ORG"})
+    assert isinstance(target, CrmcomTarget)
+    assert Credentials.resolve(target).username == "posfeed"
     assert redact(text) == f"run `posfeed rerun --feed f` (login {REDACTED})"

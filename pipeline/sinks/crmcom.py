@@ -143,7 +143,7 @@ class Credentials:
             )
         password_file = resolve_path(target.password_file) if target.password_file else None
         return cls(
-            username=resolve_secret(env=target.username_env, what="target.username_env"),
+            username=resolve_secret(env=target.username_env, what="target.username_env", masked=False),
             password=resolve_secret(env=target.password_env, file=password_file, what="target.password_env"),
             organisation=resolve_secret(env=target.organisation_env, what="target.organisation_env"),
         )
