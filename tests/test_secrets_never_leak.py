@@ -191,7 +191,9 @@ class EchoingPlatform:
         return None
 
 
-def test_platform_messages_quoting_a_customer_id_are_masked(tmp_path: Path) -> None:
+def _run_against(platform: Any, tmp_path: Path) -> tuple[Any, set[str], list[str]]:
+    """One sample hour run against ``platform``: the run's summary, the customer ids of its file
+    and the error messages the ledger keeps."""
     from datetime import date
 
     from pipeline.config import Feed, Settings
@@ -206,20 +208,24 @@ def test_platform_messages_quoting_a_customer_id_are_masked(tmp_path: Path) -> N
                    "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
     })
     settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
-    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)],
-                       make_sink=lambda feed: EchoingPlatform())  # type: ignore[arg-type,return-value]
-    assert summary.to_dict()["failed_permanent"] > 0
-    detail = (summary.reports_path / "detail.csv").read_text(encoding="utf-8")  # type: ignore[operator]
-    assert "Customer cust:" in detail
+    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)], make_sink=lambda feed: platform)
     with (folder / FILES[1]).open(encoding="utf-8", newline="") as handle:
         ids = {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
-    assert not [i for i in ids if i.encode() in detail.encode()]
-    # failed-permanent checkouts keep the real id (a rerun may send them), messages do not
     db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
     try:
         messages = [m for (m,) in db.execute("SELECT last_error_message FROM transactions") if m]
     finally:
         db.close()
+    return summary, ids, messages
+
+
+def test_platform_messages_quoting_a_customer_id_are_masked(tmp_path: Path) -> None:
+    summary, ids, messages = _run_against(EchoingPlatform(), tmp_path)
+    assert summary.to_dict()["failed_permanent"] > 0
+    detail = (summary.reports_path / "detail.csv").read_text(encoding="utf-8")
+    assert "Customer cust:" in detail
+    assert not [i for i in ids if i.encode() in detail.encode()]
+    # failed-permanent checkouts keep the real id (a rerun may send them), messages do not
     assert any("cust:" in m for m in messages)  # guests have no id to quote
     assert not [i for i in ids for m in messages if i in m]
 
@@ -252,32 +258,9 @@ class EchoingWholeRequestPlatform:
 
 def test_secrets_and_other_customers_echoed_in_a_platform_message_are_masked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datetime import date
-
-    from pipeline.config import Feed, Settings
-    from pipeline.runner import run_feed
-
     monkeypatch.setenv("ECHO_API_KEY", ECHOED_KEY)
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
-    feed = Feed.model_validate({
-        "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
-        "source": {"kind": "local", "path": str(folder), "readiness": "none",
-                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
-    })
-    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
-    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)],
-                       make_sink=lambda feed: EchoingWholeRequestPlatform())  # type: ignore[arg-type,return-value]
-
+    summary, ids, messages = _run_against(EchoingWholeRequestPlatform(), tmp_path)
     assert summary.to_dict()["failed_permanent"] > 0
-    with (folder / FILES[1]).open(encoding="utf-8", newline="") as handle:
-        ids = {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
-    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
-    try:
-        messages = [m for (m,) in db.execute("SELECT last_error_message FROM transactions") if m]
-    finally:
-        db.close()
     written = [*messages, *(p.read_text(encoding="utf-8") for p in (tmp_path / "reports").rglob("*")
                             if p.is_file() and p.suffix in (".csv", ".json", ".html", ".md"))]
     assert messages and all("invalid request: api_key ***" in m for m in messages)
