@@ -32,6 +32,14 @@ def _posfeed(tmp: Path, env: dict[str, str], *args: str) -> subprocess.Completed
     )
 
 
+def _day_run(tmp: Path, sandbox: SandboxServer, drop: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The environment and arguments of a `posfeed run` of the sample POSLog feed over ``drop``."""
+    feed_file = tmp / "poslog_store.toml"
+    feed_file.write_text(feed_toml(sample_feed("poslog_store", sandbox, folder=drop)), encoding="utf-8")
+    env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+    return env, ("run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json")
+
+
 def _finished_retail() -> dict[str, tuple[str, Decimal]]:
     """Transaction id -> (sale or return, pre-tax total), read with ElementTree, not the reader."""
     found: dict[str, tuple[str, Decimal]] = {}
@@ -55,11 +63,7 @@ def test_poslog_sample_day_runs_balanced_and_exactly_once(tmp_path: Path) -> Non
     shutil.copy2(SAMPLE, drop / SAMPLE.name)
     expected = _finished_retail()
     with SandboxServer() as sandbox:
-        feed = sample_feed("poslog_store", sandbox, folder=drop)
-        feed_file = tmp_path / "poslog_store.toml"
-        feed_file.write_text(feed_toml(feed), encoding="utf-8")
-        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
-        args = ("run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json")
+        env, args = _day_run(tmp_path, sandbox, drop)
 
         first = _posfeed(tmp_path, env, *args)
         assert first.returncode == EXIT_OK, first.stderr[-3000:]
@@ -160,11 +164,7 @@ def test_hostile_and_broken_logs_are_set_aside_and_the_rest_of_the_run_goes_out(
         (drop / f"POSLog_{n:04d}_20261120.xml").write_text(content, encoding="utf-8")
     names = {f"POSLog_{n:04d}_20261120.xml": kind for n, kind in enumerate(hostile)}
     with SandboxServer() as sandbox:
-        feed = sample_feed("poslog_store", sandbox, folder=drop)
-        feed_file = tmp_path / "poslog_store.toml"
-        feed_file.write_text(feed_toml(feed), encoding="utf-8")
-        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
-        args = ("run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json")
+        env, args = _day_run(tmp_path, sandbox, drop)
         done = _posfeed(tmp_path, env, *args)
         assert done.returncode == EXIT_DATA, done.stderr[-3000:]  # unreadable files: a data error, no crash
         summary = json.loads(done.stdout)
