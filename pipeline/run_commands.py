@@ -14,11 +14,12 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -261,21 +262,80 @@ def rerun_command(
     selection = RerunSelection(run_id, failed, file, store_id, business_date, include_permanent)
     if selection.is_empty():
         raise click.UsageError("give RUN_ID, --failed, --file, --store or --business-date")
-    if feed_name is None:
-        if run_id is None:
-            raise click.UsageError("give --feed NAME (or a RUN_ID, whose feed is used)")
+    if feed_name is None and run_id is None:
+        raise click.UsageError("give --feed NAME (or a RUN_ID, whose feed is used)")
+    run_feed_name: str | None = None
+    if run_id is not None:
         if not settings.ledger_exists():
             raise click.BadParameter(f"no ledger at {settings.ledger_name}", param_hint="RUN_ID")
         with Ledger(settings.ledger_location) as ledger:
             run = ledger.run(run_id)
         if run is None:
             raise click.BadParameter(f"no run {run_id!r} in {settings.ledger_name}", param_hint="RUN_ID")
-        feed_name = run.feed
-    feed = load_feed(feed_name, settings.feeds_dir)
+        run_feed_name = run.feed
+    feed = load_feed(feed_name or str(run_feed_name), settings.feeds_dir)
+    if run_feed_name is not None and run_feed_name != feed.name:
+        raise click.UsageError(f"RUN_ID {run_id} is a run of feed {run_feed_name!r}, not of --feed "
+                               f"{feed.name!r}: give one of them, or the feed of the run")
+    _check_selection(settings, feed, selection)
     with stop_on_signals() as stop, make_progress(json_output=as_json) as progress:
         summary = rerun_feed(feed, settings, selection, dry_run=dry_run, stop=stop, progress=progress)
     _emit([summary], [], as_json)
     return summary.exit_code
+
+
+def latest_today(feed: Feed) -> date:
+    """Today's date in whichever of the feed's timezones (its own, its stores') is furthest ahead."""
+    now = datetime.now(UTC)
+    zones = {feed.timezone, *feed.store_timezones.values()}
+    return max(now.astimezone(ZoneInfo(zone)).date() for zone in zones)
+
+
+def _check_future(feed: Feed, business_date: date | None) -> None:
+    """A business date that has not begun in any of the feed's timezones is a usage error."""
+    if business_date is not None and business_date > latest_today(feed):
+        raise click.BadParameter(f"{business_date.isoformat()} is in the future (today is "
+                                 f"{latest_today(feed).isoformat()} at the latest, in feed "
+                                 f"{feed.name}'s timezones)", param_hint="--business-date")
+
+
+def _check_selection(settings: Settings, feed: Feed, selection: RerunSelection) -> None:
+    """Refuse, as a usage error naming the options, a rerun whose file, store or business date the
+    ledger holds no transaction of (in any state) for the feed, or whose selectors hold none
+    together (``--file`` of one store with ``--store`` of another): such a rerun would resend
+    nothing and look like success. A selection that holds transactions, none failed, is fine."""
+    _check_future(feed, selection.business_date)
+    named = {"--file": {"file": selection.file}, "--store": {"store_id": selection.store_id},
+             "--business-date": {"business_date": selection.business_date.isoformat()
+                                 if selection.business_date else None}}
+    named = {option: criteria for option, criteria in named.items() if next(iter(criteria.values()))}
+    if not named:
+        return
+    # as the rerun selects: a run's transactions whatever feed recorded them, else the feed's
+    scope_of = {"feed": None if selection.run_id else feed.name}
+    holds: dict[str, bool] = {}
+    together = False
+    if settings.ledger_exists():
+        with Ledger(settings.ledger_location) as ledger:
+            holds = {option: ledger.selection_holds(feed.scope, **scope_of, **criteria)
+                     for option, criteria in named.items()}
+            if all(holds.values()):
+                combined = {k: v for criteria in named.values() for k, v in criteria.items()}
+                together = ledger.selection_holds(feed.scope, run_id=selection.run_id, **scope_of, **combined)
+    for option, criteria in named.items():
+        if not holds.get(option):
+            value = next(iter(criteria.values()))
+            hint = (" (give the file's name as the source lists it, not a path)"
+                    if option == "--file" and "/" in str(value) else "")
+            raise click.BadParameter(f"the ledger holds no transaction of feed {feed.name} with "
+                                     f"{option} {value}{hint}", param_hint=option)
+    if not together:
+        options = (["RUN_ID"] if selection.run_id else []) + list(named)
+        given = " ".join(([selection.run_id] if selection.run_id else [])
+                         + [f"{o} {next(iter(named[o].values()))}" for o in named])
+        raise click.UsageError(f"{', '.join(options[:-1])} and {options[-1]} select no transaction "
+                               f"together ({given}): each holds transactions of feed {feed.name}, "
+                               "but none of them all")
 
 
 _RUN_COLUMNS = ("run_id", "feed", "kind", "status", "exit", "rows_in", "accepted", "rejected", "duplicates",
@@ -335,7 +395,11 @@ def report_command(
     as_json: bool,
 ) -> int:
     """`posfeed report`: regenerate the reports of a run, or of a feed's business day."""
-    if bool(run_id) == bool(feed and business_date):
+    if run_id and (feed or business_date):
+        given = " and ".join(o for o, v in (("--feed", feed), ("--business-date", business_date)) if v)
+        raise click.UsageError(f"RUN_ID cannot be combined with {given}: give RUN_ID (a run's report) "
+                               "or --feed NAME --business-date YYYY-MM-DD (a business day's)")
+    if not run_id and not (feed and business_date):
         raise click.UsageError("give RUN_ID, or --feed NAME --business-date YYYY-MM-DD")
     if not settings.ledger_exists():
         raise ConfigError(f"no ledger at {settings.ledger_name}")
@@ -352,6 +416,7 @@ def report_command(
         else:
             assert feed is not None and business_date is not None
             loaded = load_feed(feed, settings.feeds_dir)
+            _check_future(loaded, business_date)
             feed_name = loaded.name
             report = day_report(ledger, feed_name, business_date.isoformat(), pattern=loaded.source.pattern)
             folder = out or report_folder(settings.reports_dir, feed_name, f"day-{business_date.isoformat()}")

@@ -169,24 +169,26 @@ class Transactions:
         """Primary rows of ``scope`` matching the selection whose state a rerun may resend:
         failed_retryable (and failed_permanent with ``include_permanent``). Never accepted."""
         states = ["failed_retryable"] + (["failed_permanent"] if include_permanent else [])
-        sql = f"SELECT t.id FROM transactions t WHERE t.scope = ? AND t.state IN ({marks(len(states))})"
-        params: list[Any] = [scope, *states]
-        if run_id:
-            sql += " AND t.id IN (SELECT txn_row_id FROM run_transactions WHERE run_id = ?)"
-            params.append(run_id)
-        if file:
-            sql += " AND t.source_file = ?"
-            params.append(file)
-        if store_id:
-            sql += " AND t.store_id = ?"
-            params.append(store_id)
-        if business_date:
-            sql += " AND t.business_date = ?"
-            params.append(business_date)
-        if feed:
-            sql += " AND t.feed = ?"
-            params.append(feed)
-        return [r[0] for r in self._db.query(sql + " ORDER BY t.id", params)]
+        where, params = _selection_sql(scope, run_id=run_id, file=file, store_id=store_id,
+                                       business_date=business_date, feed=feed)
+        sql = f"SELECT t.id FROM transactions t WHERE {where} AND t.state IN ({marks(len(states))})"
+        return [r[0] for r in self._db.query(sql + " ORDER BY t.id", [*params, *states])]
+
+    def selection_holds(
+        self,
+        scope: str,
+        *,
+        run_id: str | None = None,
+        file: str | None = None,
+        store_id: str | None = None,
+        business_date: str | None = None,
+        feed: str | None = None,
+    ) -> bool:
+        """Whether any transaction of ``scope`` (in any state) matches every criterion given: a
+        rerun's selection that holds none names something the ledger does not know."""
+        where, params = _selection_sql(scope, run_id=run_id, file=file, store_id=store_id,
+                                       business_date=business_date, feed=feed)
+        return self._db.one(f"SELECT 1 FROM transactions t WHERE {where} LIMIT 1", params) is not None
 
     def state_counts(self, scope: str) -> dict[str, int]:
         """How many rows of ``scope`` are in each state."""
@@ -194,6 +196,29 @@ class Transactions:
             "SELECT state, COUNT(*) FROM transactions WHERE scope = ? GROUP BY state", (scope,)
         )
         return {r[0]: r[1] for r in rows}
+
+
+def _selection_sql(
+    scope: str,
+    *,
+    run_id: str | None,
+    file: str | None,
+    store_id: str | None,
+    business_date: str | None,
+    feed: str | None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a rerun's selection in ``scope``."""
+    sql = "t.scope = ?"
+    params: list[Any] = [scope]
+    if run_id:
+        sql += " AND t.id IN (SELECT txn_row_id FROM run_transactions WHERE run_id = ?)"
+        params.append(run_id)
+    for column, value in (("source_file", file), ("store_id", store_id),
+                          ("business_date", business_date), ("feed", feed)):
+        if value:
+            sql += f" AND t.{column} = ?"
+            params.append(value)
+    return sql, params
 
 
 def _day_sql(feed: str, business_date: str, undated_files: Iterable[int]) -> tuple[str, list[Any]]:
