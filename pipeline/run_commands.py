@@ -314,19 +314,25 @@ def _check_selection(settings: Settings, feed: Feed, selection: RerunSelection) 
     # as the rerun selects: a run's transactions whatever feed recorded them, else the feed's
     scope_of = {"feed": None if selection.run_id else feed.name}
     holds: dict[str, bool] = {}
-    together = False
+    together = quarantined = False
     if settings.ledger_exists():
         with Ledger(settings.ledger_location) as ledger:
             holds = {option: ledger.selection_holds(feed.scope, **scope_of, **criteria)
                      for option, criteria in named.items()}
+            quarantined = bool(selection.file and ledger.quarantined_files(
+                feed.scope, feed=feed.name, name=selection.file))
             if all(holds.values()):
                 combined = {k: v for criteria in named.values() for k, v in criteria.items()}
                 together = ledger.selection_holds(feed.scope, run_id=selection.run_id, **scope_of, **combined)
     for option, criteria in named.items():
         if not holds.get(option):
             value = next(iter(criteria.values()))
-            hint = (" (give the file's name as the source lists it, not a path)"
-                    if option == "--file" and "/" in str(value) else "")
+            hint = ""
+            if option == "--file" and quarantined:
+                hint = (f": it was unreadable and is in quarantine; `posfeed release {value} --feed "
+                        f"{feed.name}` lets the next run read it")
+            elif option == "--file" and "/" in str(value):
+                hint = " (give the file's name as the source lists it, not a path)"
             raise click.BadParameter(f"the ledger holds no transaction of feed {feed.name} with "
                                      f"{option} {value}{hint}", param_hint=option)
     if not together:

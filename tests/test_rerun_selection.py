@@ -119,3 +119,18 @@ def test_report_of_a_run_and_a_day_at_once_or_of_a_day_to_come_is_a_usage_error(
     assert both.exit_code == 2 and "RUN_ID" in both.stderr and "--feed" in both.stderr
     future = _invoke(base, "report", "--feed", "shop", "--business-date", TOMORROW)
     assert future.exit_code == 2 and "--business-date" in future.stderr and "future" in future.stderr
+
+
+def test_a_rerun_of_a_quarantined_file_says_how_to_release_it(
+    failed_run: tuple[SandboxServer, list[str], dict], tmp_path: Path
+) -> None:
+    """A file set aside unreadable has no transactions to rerun: the usage error names the command
+    that takes it out of quarantine."""
+    _, base, _ = failed_run
+    bad = "pos_LON01_20261120_12.csv"
+    (tmp_path / "drop" / bad).write_bytes(b"\x00\x01garbage\xff\xfe")
+    run = _invoke(base, "run", "--feed", "shop", "--business-date", "2026-11-20", "--json")
+    assert [f["file"] for f in json.loads(run.stdout)["unreadable_files"]] == [bad], run.output
+    result = _invoke(base, "rerun", "--feed", "shop", "--file", bad)
+    assert result.exit_code == 2, result.output
+    assert f"posfeed release {bad} --feed shop" in " ".join(result.stderr.split())
