@@ -29,6 +29,7 @@ __all__ = [
     "MONEY",
     "MONEY_PRECISION",
     "MONEY_SCALE",
+    "PROFILE_UPDATE",
     "QUANTITY",
     "REQUIRED_COLUMNS",
     "DedupStatus",
@@ -83,6 +84,11 @@ class TransactionType(StrEnum):
     SALE = "sale"
     RETURN = "return"
     VOID = "void"
+
+
+# the transaction_type (and a checkout's ``record``) of an enrollment feed's changed member: sent
+# as a profile update, beside the ``enrollment`` and ``claim`` records of the member feeds
+PROFILE_UPDATE = "profile"
 
 
 class ReturnStatus(StrEnum):

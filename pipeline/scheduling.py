@@ -285,6 +285,12 @@ class _SlotExecutor(ThreadPoolExecutor):
     Coalescing hands a run only the latest missed fire time; the job's stored next run time (not
     advanced yet when a run is submitted) still knows the oldest. The slots within the misfire
     grace time are all passed on.
+
+    APScheduler 3 has no public way to this (its private executor method is overridden here): a
+    job function is called without its fire time (agronholm/apscheduler#297, left to 4.0), and
+    ``EVENT_JOB_SUBMITTED`` carries only the latest time once coalesced, dispatched after the job
+    was handed to a worker thread (the run may start first). A 3.x release that renames the
+    method fails test_scheduling::test_a_run_caught_up_after_midnight_is_given_its_slots_business_date.
     """
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:

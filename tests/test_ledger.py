@@ -145,6 +145,43 @@ def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> N
     assert ledger.known(SCOPE, ["T2", "T9", "nope"]) == [("T2", "h-T2")]  # rejected ids are not known
 
 
+def test_what_dedup_and_the_fragment_check_know_of_earlier_ids_is_one_lookup(
+        ledger: Ledger, ledger_location: Path | str) -> None:
+    """``earlier``: the known (id, content hash) pairs and the lines of rejected occurrences under
+    the ids, from one query of the transactions (and one of the rejects when one was rejected)."""
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    file = _file(ledger, run_id)
+    rejected = NewTransaction("T9", TxnState.REJECTED, (5, 6), 2, Decimal("3.00"), "S1", "2026-11-20",
+                              reject_code="BAD_QUANTITY")
+    ledger.record_file(
+        run_id, file,
+        transactions=[_txn("T1"), _txn("T2", TxnState.VOID, line=3), rejected],
+        rejects=[
+            NewReject(5, "T9", "S1", "2026-11-20", "BAD_QUANTITY", "quantity", "not a number",
+                      Decimal("1.00"), {"TxnNo": "T9", "Qty": "x"}),
+            NewReject(6, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
+                      Decimal("2.00"), {"TxnNo": "T9", "Qty": "1"}),
+        ],
+        totals=[],
+    )
+    t9 = next(t.id for t in ledger.run_transactions(run_id, at_end=False) if t.transaction_id == "T9")
+    postgresql = not isinstance(ledger_location, Path)
+    before = round_trips()
+    found = ledger.earlier(SCOPE, ["T2", "T9", "nope"])
+    assert round_trips() - before == (2 if postgresql else 0)
+    assert found.known == [("T2", "h-T2")]  # rejected ids are not known
+    assert found.rejected_lines == [
+        ("T9", t9, "f.csv", 5, "BAD_QUANTITY", json.dumps({"TxnNo": "T9", "Qty": "x"})),
+        ("T9", t9, "f.csv", 6, "TXN_HAS_REJECTED_LINE", json.dumps({"TxnNo": "T9", "Qty": "1"})),
+    ]
+    before = round_trips()
+    found = ledger.earlier(SCOPE, ["T1", "T2", "nope"])  # none rejected: the rejects are not asked
+    assert round_trips() - before == (1 if postgresql else 0)
+    assert sorted(found.known) == [("T1", "h-T1"), ("T2", "h-T2")]
+    assert found.rejected_lines == []
+    assert ledger.earlier(SCOPE, []).known == []
+
+
 def test_record_file_is_all_or_nothing(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     file = _file(ledger, run_id)

@@ -29,6 +29,7 @@ from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.control import SCIENTIFIC_RE
 from pipeline.logs import mask_customer_id
+from pipeline.records import PROFILE_UPDATE
 
 __all__ = [
     "CLAIM_COLUMNS",
@@ -450,7 +451,7 @@ def dedup_members(records: list[MemberRecord], known: Mapping[str, set[str]], fe
             else:
                 record.status = "update"
                 record.key = update_key
-                record.payload = {**record.payload, "transaction_id": update_key, "record": "profile"}
+                record.payload = {**record.payload, "transaction_id": update_key, "record": PROFILE_UPDATE}
                 seen.setdefault(update_key, set()).add(record.content_hash)
             hashes.add(record.content_hash)
             continue

@@ -17,6 +17,16 @@ from pipeline.ledger.totals import Total, insert_totals
 from pipeline.ledger.transitions import ScopeGuard, attach, require_scope_lock, set_state
 
 
+@dataclass(frozen=True)
+class Earlier:
+    """What the ledger holds under some transaction ids (:meth:`Recording.earlier`)."""
+
+    known: list[tuple[str, str]]  # (transaction_id, content_hash), as :meth:`Recording.known`
+    # the lines of the rejected occurrences: (transaction_id, ledger row id of the occurrence,
+    # source_file, source_line, reject code, original columns as JSON)
+    rejected_lines: list[tuple[str, int, str, int | None, str, str]]
+
+
 class Recording:
     """Recording files' contents (a part of :class:`~pipeline.ledger.Ledger`)."""
 
@@ -40,27 +50,31 @@ class Recording:
                 f"{sql} AND transaction_id IN ({marks(len(chunk))})", (scope, *chunk)))
         return found
 
-    def rejected_lines(
-        self, scope: str, transaction_ids: Iterable[str]
-    ) -> list[tuple[str, int, str, int | None, str, str]]:
-        """The lines of the transactions of ``scope`` rejected under ``transaction_ids``, for the
-        fragments of rejected transactions: (transaction_id, ledger row id of the rejected
-        occurrence, source_file, source_line, reject code, original columns as JSON).
+    def earlier(self, scope: str, transaction_ids: Iterable[str]) -> Earlier:
+        """What the scope holds under ``transaction_ids`` for a transform: the pairs :meth:`known`
+        gives for them (dedup), and the lines of their rejected occurrences (the fragments of
+        rejected transactions).
 
-        The rejected rows are found by id (indexed), then their lines among those of the run that
-        recorded them (indexed by run): no pass over every rejected line the ledger holds."""
+        One query of the transactions (by id, indexed) serves both; the rejected rows' lines are
+        then read among those of the run that recorded them (indexed by run), only when there are
+        any: no pass over every rejected line the ledger holds."""
+        known: dict[tuple[str, str], None] = {}
         rows_of_run: dict[str, list[int]] = {}
         for chunk in chunks(sorted(set(transaction_ids))):
-            for row_id, run_id in self._db.query(
-                "SELECT id, first_run_id FROM transactions WHERE scope = ? AND state = 'rejected' "
-                f"AND transaction_id IN ({marks(len(chunk))})",
+            for tid, content_hash, state, row_id, run_id in self._db.query(
+                "SELECT transaction_id, content_hash, state, id, first_run_id FROM transactions "
+                f"WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) AND (state = 'rejected' "
+                f"OR ((state IN {PRIMARY_SQL} OR state = 'conflict') AND content_hash IS NOT NULL))",
                 (scope, *chunk),
             ):
-                rows_of_run.setdefault(run_id, []).append(int(row_id))
-        found: list[tuple[str, int, str, int | None, str, str]] = []
+                if state == TxnState.REJECTED.value:
+                    rows_of_run.setdefault(run_id, []).append(int(row_id))
+                else:
+                    known[(tid, content_hash)] = None
+        lines: list[tuple[str, int, str, int | None, str, str]] = []
         for run_id, row_ids in sorted(rows_of_run.items()):
             for chunk_ids in chunks(sorted(row_ids)):
-                found.extend(
+                lines.extend(
                     (r[0], int(r[1]), r[2], r[3], r[4], r[5])
                     for r in self._db.query(
                         "SELECT transaction_id, txn_row_id, source_file, source_line, code, original "
@@ -69,7 +83,7 @@ class Recording:
                         (run_id, *chunk_ids),
                     )
                 )
-        return found
+        return Earlier(list(known), lines)
 
     def record_file(
         self,

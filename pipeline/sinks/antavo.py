@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import AntavoTarget
-from pipeline.records import TransactionType
+from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks.antavo_events import NotSent, dumps, events_for, refund_events, return_decision
 from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
 from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, ReturnDecision
@@ -176,7 +176,7 @@ class AntavoAdapter:
             if row.get("record"):  # an enrollment, profile update or claim: one event
                 event = member_event(row, account=self.target.account)
                 phase = 0
-                if row["record"] == "profile":  # after the member's opt_in and earlier updates
+                if row["record"] == PROFILE_UPDATE:  # after the member's opt_in and earlier updates
                     customer = str(row["customer_id"])
                     updating[customer] = phase = updating.get(customer, 0) + 1
                     self._updates[tid] = customer

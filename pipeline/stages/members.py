@@ -29,6 +29,7 @@ from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
 from pipeline.logs import log_event
 from pipeline.progress import NullProgress, Progress
+from pipeline.records import PROFILE_UPDATE
 from pipeline.stages.fetch import StagedFile
 from pipeline.stages.transform import TransformOutcome
 
@@ -108,7 +109,7 @@ def transform_members(
                 amount=_ZERO,
                 store_id=record.store_id,
                 business_date=record.business_date,
-                transaction_type="profile" if record.status == "update" else kind,
+                transaction_type=PROFILE_UPDATE if record.status == "update" else kind,
                 content_hash=record.content_hash,
                 reject_code=record.reject_code,
                 checkout=json.dumps(record.payload, ensure_ascii=False) if sent else None,

@@ -31,7 +31,7 @@ from pipeline.core.members import PERSONAL_FIELDS, signup_key, signup_status
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.logs import customer_ids_pattern, log_event, mask_customer_id, masked_match, redact
 from pipeline.progress import NullProgress, Progress
-from pipeline.records import TransactionType
+from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.stages.returns import with_return_context
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 # a claim or profile update of a member whose sign-up the platform refused (held, not sent)
 MEMBER_NOT_ENROLLED = "member_not_enrolled"
-PROFILE = "profile"  # the transaction_type of a member's profile update
 # a return naming itself, another return or a void (a target-level code of both targets)
 ORIGINAL_NOT_A_SALE = "original_not_a_sale"
 BATCH_SIZE = 2000  # checkouts handed to the sink at a time (each hand-over lets the requests in flight drain)
@@ -106,7 +105,7 @@ def decide_rows(
 
 def _last(feed: Feed) -> str:
     """The transaction type a feed sends after the others (:func:`sales_first_batches`)."""
-    return PROFILE if feed.records == "enrollments" else TransactionType.RETURN
+    return PROFILE_UPDATE if feed.records == "enrollments" else TransactionType.RETURN
 
 
 def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
@@ -337,7 +336,7 @@ def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]], feed_na
     def key_of(row: dict[str, Any]) -> str | None:
         if row.get("record") == "claim" and row.get("customer_id"):
             return mask_customer_id(str(row["customer_id"]))
-        if row.get("record") == PROFILE:
+        if row.get("record") == PROFILE_UPDATE:
             return signup_key(str(row["transaction_id"]))
         return None
 

@@ -385,11 +385,11 @@ def transform_staged(
     return outcome
 
 
-def _rejected_before(ledger: Ledger, feed: Feed, candidates: set[str]) -> pl.DataFrame:
-    """The lines of the scope's rejected transactions under these ids (earlier files, this run's
-    earlier groups included), as :func:`~pipeline.core.rejected_copies.reject_fragments` reads them."""
+def _rejected_before(feed: Feed, found: Sequence[tuple[str, int, str, int | None, str, str]]) -> pl.DataFrame:
+    """The lines of the scope's rejected transactions under a group's ids (``Earlier.rejected_lines``:
+    earlier files, this run's earlier groups included), as
+    :func:`~pipeline.core.rejected_copies.reject_fragments` reads them."""
     skip = customer_columns(feed)
-    found = ledger.rejected_lines(feed.scope, candidates)
     return pl.DataFrame(
         {
             "transaction_id": [f[0] for f in found],
@@ -417,19 +417,19 @@ def _transform_group(
     conflicts = False
     hook("transform", "start")
     lines, unreadable_files = _read_staged(staged, feed, outcome.read_stats)
-    # the ledger is asked only about the ids these files contain
+    # the ledger is asked once, only about the ids these files contain: for dedup and fragments
     ids = lines.get_column("transaction_id").drop_nulls()
     candidates = set(ids.to_list()) | set(ids.str.strip_chars().to_list())
-    known_pairs = ledger.known(feed.scope, candidates)
+    earlier = ledger.earlier(feed.scope, candidates)
     known = pl.DataFrame(
         {
-            "transaction_id": [k[0] for k in known_pairs],
-            "content_hash": [k[1] for k in known_pairs],
+            "transaction_id": [k[0] for k in earlier.known],
+            "content_hash": [k[1] for k in earlier.known],
         },
         schema={"transaction_id": pl.String(), "content_hash": pl.String()},
     )
     result = transform(lines, feed, known=known, now=now, unreadable=unreadable_files,
-                       rejected_before=_rejected_before(ledger, feed, candidates))
+                       rejected_before=_rejected_before(feed, earlier.rejected_lines))
     del lines
     unreadable = {e.file: e for e in result.unreadable}
     per_file = records_of(result)
