@@ -43,7 +43,7 @@ __all__ = [
     "Report",
     "Rows",
     "build_report",
-    "money",
+    "points_text",
     "write_report",
 ]
 
@@ -120,15 +120,13 @@ _NO_DATA_ROWS = "no data rows"  # the reason of a file read with nothing in it
 _T = TypeVar("_T")
 
 
-def money(value: Decimal | None) -> str:
-    """A number as text: exact, with at least two decimals (``12.50``, ``1.2345``); points, and
-    amounts whose currency is unknown (see :func:`pipeline.currencies.money_text`)."""
+def points_text(value: Decimal | None) -> str:
+    """Loyalty points as the platform gave them: ``100``, ``-25`` (whole on Antavo), never as money;
+    a fraction a platform gave stays exact (``12.5``)."""
     if value is None:
         return ""
     value = value if value != 0 else abs(value)
-    exponent = value.normalize().as_tuple().exponent
-    places = max(2, -exponent) if isinstance(exponent, int) else 2
-    return f"{value:.{places}f}"
+    return f"{value:f}"
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -236,7 +234,7 @@ def _detail_row(report_id: str, feed: str, t: TxnRecord) -> list[Any]:
             t.business_date or "", t.transaction_type or "", t.currency or "",
             money_text(t.amount, t.currency), t.rows,
             _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
-            t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
+            t.last_error_message or "", t.attempts, ";".join(t.event_ids), points_text(t.points),
             t.content_hash or "", t.first_run_id, t.last_run_id]
 
 
@@ -310,7 +308,7 @@ def build_report(
             state_cells += [group.counts[state_name], money_text(amount, currency)]
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
-             money_text(group.amount_in, currency), *state_cells, money(group.points), group.rows,
+             money_text(group.amount_in, currency), *state_cells, points_text(group.points), group.rows,
              group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
@@ -324,13 +322,13 @@ def build_report(
     for name in sorted(set(files_without_rows)):
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
-             money(_ZERO), 0, 0, zero, "true", _NO_DATA_ROWS]
+             points_text(_ZERO), 0, 0, zero, "true", _NO_DATA_ROWS]
         )
     for name, origin, reason in files_not_read:
         # no row of the file came in, so none is unaccounted for; the file itself is, with why
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, origin, 0, 0, zero, *empty_states,
-             money(_ZERO), 0, 0, zero, "true", _one_line(reason)]
+             points_text(_ZERO), 0, 0, zero, "true", _one_line(reason)]
         )
 
     detail_rows = Rows(lambda: (_detail_row(report_id, feed, t) for t in read_transactions()))
@@ -374,7 +372,7 @@ def build_report(
         "not_sent": total.counts["not_sent"],
         **single_currency_amounts(currencies, ("amount_accepted",)),
         "currencies": currencies,
-        "points_awarded": money(total.points),
+        "points_awarded": points_text(total.points),
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
     }
     summary.update(extra or {})
