@@ -323,8 +323,6 @@ def _missing_env_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def load_feed_rows(feeds_dir: Path) -> list[dict[str, Any]]:
     """Load and validate every feed file of ``feeds_dir``."""
-    if not feeds_dir.is_dir():
-        raise ConfigError(f"feeds folder does not exist: {feeds_dir}")
     return feed_rows(load_feeds(feeds_dir))
 
 

@@ -623,7 +623,11 @@ def _check_checkout_columns(feed: Feed, source: Path) -> None:
 
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
-    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded."""
+    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded; a folder
+    that does not exist is a ConfigError naming it (not an empty list: "no feeds" would be false)."""
+    if not feeds_dir.is_dir():
+        raise ConfigError(f"feeds folder does not exist: {feeds_dir.absolute()} "
+                          "(--feeds-dir or POSFEED_FEEDS_DIR; default ./feeds)")
     results = []
     for path in sorted(feeds_dir.glob("*.toml")):
         try:
