@@ -160,6 +160,7 @@ class _Group:
     counts: Counter[str] = field(default_factory=Counter)
     amounts: dict[str, Decimal] = field(default_factory=dict)
     points: Decimal = _ZERO
+    points_reported: bool = False  # whether the platform gave points for any accepted transaction
     rows: int = 0
     transactions: int = 0
     amount: Decimal = _ZERO
@@ -173,6 +174,7 @@ class _Group:
         self.amount += txn.amount
         if txn.state is TxnState.ACCEPTED and txn.points is not None:
             self.points += txn.points
+            self.points_reported = True
 
     def merge(self, other: _Group) -> None:
         """Add another group's totals to this one."""
@@ -183,9 +185,14 @@ class _Group:
         for state_name, amount in other.amounts.items():
             self.amounts[state_name] = self.amounts.get(state_name, _ZERO) + amount
         self.points += other.points
+        self.points_reported = self.points_reported or other.points_reported
         self.rows += other.rows
         self.transactions += other.transactions
         self.amount += other.amount
+
+    def points_awarded(self) -> str:
+        """The points the platform gave, as it gave them; empty when it gave none (CRM.COM)."""
+        return points_text(self.points) if self.points_reported else ""
 
     def balanced(self, pending_is_final: bool) -> bool:
         pending = self.counts["in_doubt"] + (0 if pending_is_final else self.counts["queued"])
@@ -308,7 +315,7 @@ def build_report(
             state_cells += [group.counts[state_name], money_text(amount, currency)]
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
-             money_text(group.amount_in, currency), *state_cells, points_text(group.points), group.rows,
+             money_text(group.amount_in, currency), *state_cells, group.points_awarded(), group.rows,
              group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
@@ -322,13 +329,13 @@ def build_report(
     for name in sorted(set(files_without_rows)):
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
-             points_text(_ZERO), 0, 0, zero, "true", _NO_DATA_ROWS]
+             "", 0, 0, zero, "true", _NO_DATA_ROWS]
         )
     for name, origin, reason in files_not_read:
         # no row of the file came in, so none is unaccounted for; the file itself is, with why
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, origin, 0, 0, zero, *empty_states,
-             points_text(_ZERO), 0, 0, zero, "true", _one_line(reason)]
+             "", 0, 0, zero, "true", _one_line(reason)]
         )
 
     detail_rows = Rows(lambda: (_detail_row(report_id, feed, t) for t in read_transactions()))
@@ -372,7 +379,7 @@ def build_report(
         "not_sent": total.counts["not_sent"],
         **single_currency_amounts(currencies, ("amount_accepted",)),
         "currencies": currencies,
-        "points_awarded": points_text(total.points),
+        "points_awarded": total.points_awarded() or None,
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
     }
     summary.update(extra or {})
