@@ -41,7 +41,8 @@ def test_the_tour_works_as_written(tmp_path: Path) -> None:
     for folder in ("feeds", "sample_data"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
-    env.update(ANTAVO_API_KEY="sandbox-key", ANTAVO_API_SECRET="sandbox-secret")  # the tour's export line
+    env.update(ANTAVO_API_KEY="sandbox-key", ANTAVO_API_SECRET="sandbox-secret",  # the tour's export lines
+               CRMCOM_USERNAME="posfeed", CRMCOM_PASSWORD="sandbox-password", CRMCOM_ORGANISATION="sandbox")
 
     def posfeed(command: str) -> subprocess.Popen[str]:
         args = shlex.split(command)[1:]
