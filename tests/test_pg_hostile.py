@@ -110,7 +110,8 @@ def test_wait_limits_set_in_postgresqls_other_ways_win_in_ledger_and_lock_sessio
         lock = PgRunLock.acquire(url, "acme", feed="acme_hourly")
         try:
             assert lock._conn is not None
-            assert (_setting(lock._conn, "lock_timeout"), _setting(lock._conn, "statement_timeout")) == ("7s", "0")
+            limits = (_setting(lock._conn, "lock_timeout"), _setting(lock._conn, "statement_timeout"))
+            assert limits == ("7s", "0")
         finally:
             lock.release()
     finally:
