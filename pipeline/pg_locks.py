@@ -99,8 +99,9 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 
 
 def _connect(url: str, feed: str, *, purpose: str = "lock") -> psycopg.Connection[Any]:
-    # after the URL's own options (a lock_timeout there holds here too), which these override
-    given = conninfo_to_dict(url).get("options") or ""
+    # after the options libpq would use without ours (the URL's, else PGOPTIONS: an explicit options
+    # parameter replaces PGOPTIONS), so a lock_timeout there holds here too; these override them
+    given = conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS", "")
     ours = (f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
     options = " ".join([str(given), *ours]).strip()
     connection: psycopg.Connection[Any] | None = None

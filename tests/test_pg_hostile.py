@@ -87,6 +87,41 @@ def test_ledger_and_lock_sessions_bound_their_waits_unless_configured(postgres_d
         assert tuple(ledger._db.one("SHOW statement_timeout") or ()) == ("0",)
 
 
+@pytest.mark.parametrize("where", ["PGOPTIONS", "ALTER ROLE"])
+def test_wait_limits_set_in_postgresqls_other_ways_win_in_ledger_and_lock_sessions(
+    postgres_db: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """OPERATIONS.md: a limit set in `PGOPTIONS` or by `ALTER ROLE ... SET` wins over posfeed's own,
+    in the ledger's session and in the run lock's."""
+    role = ""
+    if where == "PGOPTIONS":
+        monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=7s -c statement_timeout=0")
+    else:
+        role = f"posfeed_limits_{os.getpid()}"
+        with psycopg.connect(postgres_db, autocommit=True) as admin:
+            admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+            admin.execute(f"ALTER ROLE {role} SET lock_timeout = '7s'")
+            admin.execute(f"ALTER ROLE {role} SET statement_timeout = 0")
+    url = postgres_db.replace("postgresql://postgres@", f"postgresql://{role}@", 1) if role else postgres_db
+    try:
+        with Ledger(url) as ledger:
+            assert tuple(ledger._db.one("SHOW lock_timeout") or ()) == ("7s",)
+            assert tuple(ledger._db.one("SHOW statement_timeout") or ()) == ("0",)
+        lock = PgRunLock.acquire(url, "acme", feed="acme_hourly")
+        try:
+            assert lock._conn is not None
+            limits = (_setting(lock._conn, "lock_timeout"), _setting(lock._conn, "statement_timeout"))
+            assert limits == ("7s", "0")
+        finally:
+            lock.release()
+    finally:
+        if role:
+            with psycopg.connect(postgres_db, autocommit=True) as admin:
+                admin.execute(f"REASSIGN OWNED BY {role} TO postgres")
+                admin.execute(f"DROP OWNED BY {role}")
+                admin.execute(f"DROP ROLE {role}")
+
+
 def test_a_table_held_by_a_schema_change_fails_the_command_clearly(postgres_db: str, tmp_path: Path) -> None:
     """An ALTER TABLE (or VACUUM FULL, a migration by hand) holds the runs table: `posfeed runs`
     gives up after lock_timeout with exit 75, naming the ledger (without its password) and the
