@@ -293,6 +293,8 @@ class CrmcomAdapter:
         self._fresh: dict[tuple[str, ...], list[str]] = {}
         self._customer_of: dict[str, str] = {}
         self._sales_here: set[str] = set()
+        # sales whose purchase id a lookup found and the ledger has not recorded (written back)
+        self._learned: dict[str, tuple[str, ...]] = {}
         self.lookups = 0  # lookups made (for logs and tests)
 
     def __repr__(self) -> str:
@@ -385,8 +387,19 @@ class CrmcomAdapter:
                 f"lookup by its reference could not find it ({why})",
                 attempts=0,
             )
-        self._created[sale] = (str(purchase_id),)
+        self._learn(sale, str(purchase_id))
         return str(purchase_id)
+
+    def _learn(self, sale: str, purchase_id: str) -> None:
+        """A lookup named the purchase of ``sale``, which the ledger holds without an id."""
+        self._created[sale] = (purchase_id,)
+        self._learned[sale] = (purchase_id,)
+
+    def learned_event_ids(self) -> dict[str, tuple[str, ...]]:
+        """The purchase ids lookups found for sales the ledger holds without one (sale
+        transaction id -> ids), each given once: the submit stage writes them to the ledger."""
+        learned, self._learned = self._learned, {}
+        return learned
 
     def _held(self, transaction_id: str, reason: str, *, final: bool = True) -> EventResult:
         """Retryable, held for review: it may have landed and nothing could tell (``final``: asking
@@ -460,6 +473,9 @@ class CrmcomAdapter:
                 continue
             event_ids = (str(found.purchase["id"]),) if found.purchase.get("id") else ()
             state = str(found.purchase.get("life_cycle_state") or "").upper()
+            unnamed = cancel and self._cancel_target(unit.payload) is None
+            if unnamed and found.answer is Answer.FOUND and event_ids:
+                self._learn(reference, event_ids[0])
             if not cancel and found.answer is Answer.FOUND:
                 result = EventResult(
                     tid,
@@ -509,6 +525,8 @@ class CrmcomAdapter:
         units, decided = await self._settle_in_doubt(batch, client, token)
         if not units:
             return decided
+        if batch.route == "cancel" and event_id is None:
+            event_id = self._cancel_target(batch.units[0].payload)  # the in-doubt lookup may have found it
         if batch.route == "cancel" and event_id is None:
             named = await self._name_purchase(client, token, batch.units[0].payload)
             if isinstance(named, EventResult):
