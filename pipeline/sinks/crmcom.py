@@ -413,10 +413,12 @@ class CrmcomAdapter:
         )
 
     async def _look_up(
-        self, client: HttpClient, token: str, reference: str, customer: str | None
+        self, client: HttpClient, token: str, reference: str, customer: str | None,
+        purchase_id: str | None = None,
     ) -> LookupResult:
-        """Look ``reference`` up; a call that got no usable answer is asked again (up to
-        ``LOOKUP_TRIES`` times, with the target's backoff), an expired token is renewed once."""
+        """Look ``reference`` up (the purchase ``purchase_id`` when known); a call that got no
+        usable answer is asked again (up to ``LOOKUP_TRIES`` times, with the target's backoff), an
+        expired token is renewed once."""
         target = self.target
         url_of = partial(endpoint_url, target)
         found = LookupResult(Answer.UNDECIDED, reason="not asked")
@@ -426,9 +428,8 @@ class CrmcomAdapter:
                 await asyncio.sleep(min(target.backoff_max_seconds, target.backoff_base_seconds * 2**attempt))
             self.lookups += 1
             try:
-                found = await look_up(
-                    client, target, token, reference, customer, url_of=url_of, now=self._wall_clock
-                )
+                found = await look_up(client, target, token, reference, customer, url_of=url_of,
+                                      now=self._wall_clock, purchase_id=purchase_id)
             except TokenRefused as exc:
                 self.tokens.invalidate(token)
                 if renewed:
@@ -467,14 +468,15 @@ class CrmcomAdapter:
                 continue
             cancel = batch.route == "cancel"
             reference = unit.payload.original_transaction_id if cancel else tid
-            found = await self._look_up(client, token, reference, self._customer_of.get(tid))
+            # a cancel asks about its purchase by id when known: a reference may name two purchases
+            known = self._cancel_target(unit.payload) if cancel else None
+            found = await self._look_up(client, token, reference, self._customer_of.get(tid), known)
             if found.answer is Answer.UNDECIDED:
                 decided.append(self._held(tid, found.reason, final=False))
                 continue
             event_ids = (str(found.purchase["id"]),) if found.purchase.get("id") else ()
             state = str(found.purchase.get("life_cycle_state") or "").upper()
-            unnamed = cancel and self._cancel_target(unit.payload) is None
-            if unnamed and found.answer is Answer.FOUND and event_ids:
+            if cancel and known is None and found.answer is Answer.FOUND and event_ids:
                 self._learn(reference, event_ids[0])
             if not cancel and found.answer is Answer.FOUND:
                 result = EventResult(

@@ -1,0 +1,129 @@
+"""CRM.COM cancels and returns against a hostile platform and a careless till: the right purchase is
+cancelled once, or the return is held with a clear reason; nothing is sent twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from pipeline.sandbox.crmcom import PLATFORM, CrmcomPlatform
+from pipeline.sandbox.server import SandboxServer
+from pipeline.sandbox.state import Fault
+from pipeline.sinks.base import Outcome
+from pipeline.sinks.crmcom_purchases import CrmcomRejectCode
+from tests.sinks.test_crmcom_mapping import checkout
+from tests.sinks.test_crmcom_sink import adapter_of, platform_of, sink_of, submit
+
+
+@pytest.fixture
+def crm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
+    with SandboxServer() as server:
+        cfg = platform_of(server).config
+        for name, value in (("USERNAME", cfg.username), ("PASSWORD", cfg.password),
+                            ("ORGANISATION", cfg.organisation)):
+            monkeypatch.setenv(f"CRMCOM_{name}", value)
+        yield server
+
+
+class Cancels:
+    """Every cancel the platform receives, by the identifier it names."""
+
+    def __init__(self, platform: CrmcomPlatform) -> None:
+        self.real = platform.cancel
+        self.named: list[dict[str, Any]] = []
+        platform.cancel = self  # type: ignore[method-assign]
+
+    def __call__(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self.named.append(dict(body.get("customer_event_identifier") or {}))
+        return self.real(body)
+
+
+def original(event_ids: list[str], state: str = "accepted", customer: str = "C1") -> dict[str, Any]:
+    """The sale T1 as the ledger records it (what the submit stage attaches to its return)."""
+    return {"transaction_id": "T1", "state": state, "event_ids": event_ids, "customer_id": customer,
+            "currency": "EUR", "items": [{"product_id": "P1", "quantity": "1", "line_total": "12.50"}]}
+
+
+def whole_return(recorded: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {**checkout("R1", kind="return", original="T1"), "original": recorded, **extra}
+
+
+def purchases(server: SandboxServer) -> dict[str, dict[str, Any]]:
+    """Every stored purchase by its id (a repeated reference is stored as a second purchase)."""
+    stored = server.state.transactions.get(PLATFORM, {})
+    return {record["events"][0]["id"]: record for record in stored.values()}
+
+
+@pytest.mark.parametrize("earlier_cancel_landed", [True, False])
+def test_a_cancel_in_doubt_asks_about_its_recorded_purchase_not_the_first_with_its_reference(
+    crm: SandboxServer, earlier_cancel_landed: bool
+) -> None:
+    """Two purchases carry T1's reference (a platform without the uniqueness check); the ledger
+    recorded the second. A lookup by reference shows the first, whose state says nothing of the
+    purchase to cancel: the cancel in doubt asks about the recorded purchase by its id, so an
+    earlier cancel that landed settles the return accepted (it was `already_cancelled`, never
+    counted, before) and one that did not is sent to that purchase, once; the first stays."""
+    platform_of(crm).config.unique_reference_numbers = False
+    first = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    second = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    assert first != second
+    if earlier_cancel_landed:  # R1's earlier request cancelled the recorded purchase
+        platform_of(crm).cancel({"customer_event_identifier": {"id": second}})
+    cancels = Cancels(platform_of(crm))
+    sink = sink_of(crm)
+    result = submit(sink, [whole_return(original([second]), may_have_landed=True)])["R1"]
+    if earlier_cancel_landed:
+        assert (result.outcome, result.error_code) == (Outcome.ALREADY_ACCEPTED, "found_by_lookup")
+        assert cancels.named == []
+    else:
+        assert result.outcome is Outcome.ACCEPTED
+        assert cancels.named == [{"id": second}]
+    assert result.event_ids == (second,)
+    assert adapter_of(sink).lookups == 1
+    assert {pid: p["life_cycle_state"] for pid, p in purchases(crm).items()} == {
+        first: "POSTED", second: "CANCELLED"}
+
+
+def test_with_list_lookups_two_purchases_of_a_reference_hold_only_an_unnamed_cancel(
+    crm: SandboxServer,
+) -> None:
+    """`list` sees both purchases carrying the reference: a sale recorded without an id cannot be
+    named, so its return is held and nothing is cancelled; a cancel in doubt whose purchase is
+    recorded asks about that purchase by id (`show` by id is documented from R5) and cancels it,
+    once, leaving the other."""
+    platform_of(crm).config.unique_reference_numbers = False
+    first = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    second = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    unnamed = submit(sink_of(crm, lookup="list"), [whole_return(original([]))])["R1"]
+    assert (unnamed.outcome, unnamed.error_code) == (
+        Outcome.RETRYABLE, CrmcomRejectCode.ORIGINAL_NOT_DELIVERED)
+    assert "2 purchases carry the reference number" in str(unnamed.error_message)
+    assert cancels.named == []
+    named = submit(sink_of(crm, lookup="list"), [whole_return(original([second]), may_have_landed=True)])
+    assert named["R1"].outcome is Outcome.ACCEPTED and cancels.named == [{"id": second}]
+    assert {pid: p["life_cycle_state"] for pid, p in purchases(crm).items()} == {
+        first: "POSTED", second: "CANCELLED"}
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_cancel_answered_with_an_unproven_2xx_is_settled_by_lookup_once(
+    crm: SandboxServer, monkeypatch: pytest.MonkeyPatch, named: bool
+) -> None:
+    """The cancel lands and is answered 200 with an empty body: no verdict, so the purchase is
+    looked up (found cancelled: accepted) instead of being cancelled again."""
+    sale = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    # the cancel's answer is empty (when no id is recorded, a lookup naming the purchase comes first)
+    faults = iter([Fault.EMPTY_ANSWER] if named else [None, Fault.EMPTY_ANSWER])
+    monkeypatch.setattr(crm.state, "draw_fault", lambda: next(faults, None))
+    sink = sink_of(crm)
+    result = submit(sink, [whole_return(original([sale] if named else []))])["R1"]
+    assert result.outcome is Outcome.ALREADY_ACCEPTED and result.error_code == "found_by_lookup"
+    assert result.event_ids == (sale,)
+    assert cancels.named == [{"id": sale}]  # cancelled once, never again
+    assert purchases(crm)[sale]["life_cycle_state"] == "CANCELLED"
+    assert adapter_of(sink).lookups == (1 if named else 2)
+    assert adapter_of(sink).learned_event_ids() == ({} if named else {"T1": (sale,)})
