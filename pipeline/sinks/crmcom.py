@@ -58,6 +58,7 @@ from pipeline.sinks.crmcom_purchases import (
     Planner,
     dumps,
     original_not_delivered,
+    original_refused,
     result_of,
     results_of_bulk,
 )
@@ -293,6 +294,7 @@ class CrmcomAdapter:
         self._fresh: dict[tuple[str, ...], list[str]] = {}
         self._customer_of: dict[str, str] = {}
         self._sales_here: set[str] = set()
+        self._refused: set[str] = set()  # sales of this submission CRM.COM refused for good
         # sales whose purchase id a lookup found and the ledger has not recorded (written back)
         self._learned: dict[str, tuple[str, ...]] = {}
         self.lookups = 0  # lookups made (for logs and tests)
@@ -510,6 +512,10 @@ class CrmcomAdapter:
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """One attempt: a token (cached or new), lookups of what may have landed, then the route's call."""
         event_id: str | None = None
+        if batch.route in ("cancel", "ad_hoc"):
+            sale = batch.units[0].payload.original_transaction_id
+            if sale in self._refused:
+                return [original_refused(batch.units[0].transaction_id, sale)]
         if batch.route == "cancel":
             planned: PlannedCancel = batch.units[0].payload
             event_id = self._cancel_target(planned)
@@ -613,6 +619,8 @@ class CrmcomAdapter:
                 # with no id (an answer that named none) a cancel of it looks the purchase up
                 if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                     self._created[result.transaction_id] = result.event_ids
+                elif result.outcome is Outcome.REJECTED:
+                    self._refused.add(result.transaction_id)
         return [*results, *decided]
 
 

@@ -13,6 +13,7 @@ from pipeline.sandbox.server import SandboxServer
 from pipeline.sandbox.state import Fault
 from pipeline.sinks.base import Outcome
 from pipeline.sinks.crmcom_purchases import CrmcomRejectCode
+from pipeline.sinks.crmcom_returns import ReturnCode
 from tests.sinks.test_crmcom_mapping import checkout
 from tests.sinks.test_crmcom_sink import adapter_of, platform_of, sink_of, submit
 
@@ -127,3 +128,24 @@ def test_a_cancel_answered_with_an_unproven_2xx_is_settled_by_lookup_once(
     assert purchases(crm)[sale]["life_cycle_state"] == "CANCELLED"
     assert adapter_of(sink).lookups == (1 if named else 2)
     assert adapter_of(sink).learned_event_ids() == ({} if named else {"T1": (sale,)})
+def test_a_return_of_a_sale_refused_for_good_is_held_not_left_waiting(crm: SandboxServer) -> None:
+    """The platform refused T1 for good: its return can never be sent until an operator resends
+    the sale. It is failed for good (`original_refused`), saying so, instead of waiting run after
+    run as `crmcom_original_not_delivered`; nothing is sent."""
+    cancels = Cancels(platform_of(crm))
+    later = submit(sink_of(crm), [whole_return(original([], state="failed_permanent"))])["R1"]
+    partial = {**checkout("R2", kind="return", original="T1", totals=("2.50",)),
+               "original": {**original([], state="failed_permanent"),
+                            "items": [{"product_id": "P1", "quantity": "2", "line_total": "5.00"}]}}
+    partial["items"][0]["quantity"] = -1
+    partial_result = submit(sink_of(crm), [partial])["R2"]
+    # in the same submission: the sale is refused (unknown customer), then its return
+    same_run = submit(sink_of(crm), [checkout("T2", "unknown-9"),
+                                     checkout("R3", "unknown-9", kind="return", original="T2")])
+    assert same_run["T2"].outcome is Outcome.REJECTED
+    for result in (later, partial_result, same_run["R3"]):
+        assert (result.outcome, result.error_code) == (Outcome.REJECTED, ReturnCode.ORIGINAL_REFUSED)
+        assert "refused the sale" in str(result.error_message) and "rerun" in str(result.error_message)
+    assert later.attempts == partial_result.attempts == 0  # decided before any request
+    assert cancels.named == []
+    assert purchases(crm) == {}
