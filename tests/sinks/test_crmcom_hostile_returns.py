@@ -149,3 +149,45 @@ def test_a_return_of_a_sale_refused_for_good_is_held_not_left_waiting(crm: Sandb
     assert later.attempts == partial_result.attempts == 0  # decided before any request
     assert cancels.named == []
     assert purchases(crm) == {}
+
+
+@pytest.mark.parametrize("lookup_answers", [True, False])
+def test_a_whole_return_of_a_sale_in_doubt_in_the_same_submission(
+    crm: SandboxServer, lookup_answers: bool
+) -> None:
+    """T1 landed before a crash (in doubt) and comes again with its whole return: the lookup finds
+    the purchase (nothing created twice) and the return cancels exactly it; when no lookup answers,
+    T1 is held in doubt and its return waits, nothing cancelled."""
+    landed = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    if not lookup_answers:
+        crm.config.fault_kinds = ("error_503",)
+        crm.config.fault_rate = 1.0
+    sink = sink_of(crm, max_attempts=2)
+    results = submit(sink, [{**checkout("T1"), "may_have_landed": True},
+                            checkout("R1", kind="return", original="T1")])
+    if lookup_answers:
+        assert (results["T1"].outcome, results["T1"].event_ids) == (Outcome.ALREADY_ACCEPTED, (landed,))
+        assert (results["R1"].outcome, results["R1"].event_ids) == (Outcome.ACCEPTED, (landed,))
+        assert cancels.named == [{"id": landed}]
+        assert adapter_of(sink).lookups == 1
+    else:
+        held = results["T1"]
+        assert (held.outcome, held.error_code) == (Outcome.RETRYABLE, CrmcomRejectCode.IN_DOUBT)
+        assert results["R1"].error_code == CrmcomRejectCode.ORIGINAL_NOT_DELIVERED
+        assert cancels.named == []
+    assert platform_of(crm).arrivals["T1"] == 1
+    assert purchases(crm)[landed]["life_cycle_state"] == ("CANCELLED" if lookup_answers else "POSTED")
+
+
+def test_a_whole_return_at_another_store_cancels_the_customers_purchase(crm: SandboxServer) -> None:
+    """A return names its sale by id; the store it is made at is not the sale's business: the same
+    customer's whole return elsewhere cancels the sale's purchase, once (another customer's is
+    `return_other_customer`, see test_crmcom_returns)."""
+    sale = submit(sink_of(crm), [checkout("T1", store_id="S1")])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    back = {**checkout("R1", kind="return", original="T1", store_id="S2"),
+            "original": original([sale])}
+    result = submit(sink_of(crm), [back])["R1"]
+    assert (result.outcome, result.event_ids) == (Outcome.ACCEPTED, (sale,))
+    assert cancels.named == [{"id": sale}]
