@@ -607,6 +607,8 @@ class CrmcomAdapter:
         else:
             tid = carried[0]
             results = [result_of(tid, envelope, self.target, cancel=batch.route == "cancel")]
+            if results[0].error_code == CrmcomRejectCode.ALREADY_CANCELLED and tid not in fresh:
+                results = [self._own_cancel(batch.units[0].payload)]
         for result in results:
             if (
                 result.error_code not in (MISSING, CONFLICTING, None)
@@ -622,6 +624,19 @@ class CrmcomAdapter:
                 elif result.outcome is Outcome.REJECTED:
                     self._refused.add(result.transaction_id)
         return [*results, *decided]
+
+
+    def _own_cancel(self, planned: PlannedCancel) -> EventResult:
+        """A cancel that may have landed before, answered "already cancelled": its earlier request
+        did it (as a lookup finding the purchase cancelled would settle it)."""
+        purchase = self._cancel_target(planned)
+        return EventResult(
+            planned.transaction_id,
+            Outcome.ALREADY_ACCEPTED,
+            event_ids=(purchase,) if purchase else (),
+            error_code=CrmcomRejectCode.ALREADY_CANCELLED,
+            error_message="an earlier request of this return landed: the purchase is cancelled",
+        )
 
 
 def make_crmcom_sink(

@@ -191,3 +191,21 @@ def test_a_whole_return_at_another_store_cancels_the_customers_purchase(crm: San
     result = submit(sink_of(crm), [back])["R1"]
     assert (result.outcome, result.event_ids) == (Outcome.ACCEPTED, (sale,))
     assert cancels.named == [{"id": sale}]
+
+
+@pytest.mark.parametrize("may_have_landed", [True, False])
+def test_a_resent_cancel_answered_already_cancelled_counts_as_its_own(
+    crm: SandboxServer, may_have_landed: bool
+) -> None:
+    """With `in_doubt = "resend"` a cancel that may have landed is sent again; `ALREADY_CANCELLED`
+    then is the earlier request's doing: the return is accepted, as a lookup finding the purchase
+    cancelled settles it (it was `already_cancelled`, never counted, while the platform held its
+    cancel). A cancel never sent before and answered so was someone else's: not sent, for review."""
+    sale = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    platform_of(crm).cancel({"customer_event_identifier": {"id": sale}})  # R1's lost request, or not
+    back = whole_return(original([sale]), may_have_landed=may_have_landed)
+    result = submit(sink_of(crm, in_doubt="resend"), [back])["R1"]
+    if may_have_landed:
+        assert result.outcome is Outcome.ALREADY_ACCEPTED and result.event_ids == (sale,)
+    else:
+        assert (result.outcome, result.error_code) == (Outcome.NOT_SENT, CrmcomRejectCode.ALREADY_CANCELLED)
