@@ -292,6 +292,7 @@ class CrmcomAdapter:
         self._decided: dict[tuple[str, ...], list[EventResult]] = {}
         self._carried: dict[tuple[str, ...], list[str]] = {}
         self._fresh: dict[tuple[str, ...], list[str]] = {}
+        self._cancelling: dict[tuple[str, ...], str] = {}  # the purchase each cancel request names
         self._customer_of: dict[str, str] = {}
         self._sales_here: set[str] = set()
         self._refused: set[str] = set()  # sales of this submission CRM.COM refused for good
@@ -544,6 +545,7 @@ class CrmcomAdapter:
         if batch.route == "cancel":
             method = target.cancel_path
             body = dumps({"token": token, "customer_event_identifier": {"id": event_id}})
+            self._cancelling[tuple(batch.transaction_ids)] = str(event_id)
         elif batch.route == "bulk":
             method = target.create_multiple_path
             body = _bulk_body(token, [unit.body for unit in units])
@@ -571,6 +573,7 @@ class CrmcomAdapter:
         decided = self._decided.pop(key, [])
         carried = self._carried.pop(key, batch.transaction_ids)
         fresh = self._fresh.pop(key, [])
+        asked = self._cancelling.pop(key, None)
         if status in (413, 429):
             self._maybe_landed.difference_update(fresh)  # refused before processing
         if status == 413:  # the engine sends it again in halves
@@ -602,6 +605,10 @@ class CrmcomAdapter:
             # a 2xx without a status envelope (empty, not JSON) is no verdict: the purchases may
             # have landed, so they stay in doubt and are looked up before they are sent again
             return RequestFailure(status, UNPROVEN, f"{envelope.message}: it may have landed")
+        named = envelope.data.get("id") if envelope.ok and isinstance(envelope.data, Mapping) else None
+        if asked is not None and named is not None and str(named) != asked:
+            # an OK about another purchase says nothing of ours: it may have landed (looked up)
+            return RequestFailure(status, UNPROVEN, f"the cancel of {asked} was answered about {named}")
         if batch.route == "bulk":
             results = results_of_bulk(carried, envelope, self.target)
         else:

@@ -209,3 +209,25 @@ def test_a_resent_cancel_answered_already_cancelled_counts_as_its_own(
         assert result.outcome is Outcome.ALREADY_ACCEPTED and result.event_ids == (sale,)
     else:
         assert (result.outcome, result.error_code) == (Outcome.NOT_SENT, CrmcomRejectCode.ALREADY_CANCELLED)
+
+
+def test_a_cancel_answered_ok_for_another_purchase_proves_nothing(crm: SandboxServer) -> None:
+    """The cancel's OK names another purchase than the one asked for: no verdict on ours. It is
+    looked up by its id (still POSTED) and cancelled, once; the return records that purchase."""
+    sale = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    platform = platform_of(crm)
+    real, asked = platform.cancel, []
+
+    def cancel(body: Mapping[str, Any]) -> dict[str, Any]:
+        asked.append(dict(body["customer_event_identifier"]))
+        if len(asked) == 1:  # a confused platform: OK, naming some other purchase, ours untouched
+            return {"id": "ANOTHER-PURCHASE", "life_cycle_state": "CANCELLED"}
+        return real(body)
+
+    platform.cancel = cancel  # type: ignore[method-assign]
+    sink = sink_of(crm)
+    result = submit(sink, [whole_return(original([sale]))])["R1"]
+    assert (result.outcome, result.event_ids) == (Outcome.ACCEPTED, (sale,))
+    assert asked == [{"id": sale}, {"id": sale}]
+    assert purchases(crm)[sale]["life_cycle_state"] == "CANCELLED"
+    assert adapter_of(sink).lookups == 1
