@@ -274,6 +274,24 @@ class Transitions:
             with self._db.transaction() as db:
                 _settle(db, scope, results, run_id, masks)
 
+    def record_found_event_ids(self, scope: str, found: Mapping[str, Sequence[str]]) -> int:
+        """Keep platform event ids found by a lookup (transaction id -> ids) on accepted rows that
+        recorded none (the platform's answer named none): a later return names the event by them
+        instead of looking it up again. Rows with ids, or not accepted, are left alone; state,
+        run and timestamps are not touched. Returns how many rows took ids."""
+        rows = [(json.dumps(list(ids)), scope, tid) for tid, ids in found.items() if ids]
+        if not rows:
+            return 0
+        written = 0
+        with self._db.transaction() as db:
+            for row in rows:
+                written += db.execute(
+                    "UPDATE transactions SET event_ids = ? WHERE scope = ? AND transaction_id = ? "
+                    "AND state = 'accepted' AND (event_ids IS NULL OR event_ids = '[]')",
+                    row,
+                )
+        return written
+
     def requeue(self, row_ids: Sequence[int], run_id: str, *, origin: str = "retry") -> None:
         """Put failed (or in-doubt) transactions back in the queue of ``run_id``."""
         with self._db.transaction() as db:
