@@ -6,6 +6,7 @@ after the run has sent, when the reports are written)."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -59,3 +60,28 @@ def test_a_unit_with_a_documented_env_file_writes_only_where_it_may(
         where = PurePosixPath("/") / PurePosixPath(folder)  # a unit's working directory is /
         assert any(where == w or w in where.parents for w in writable), (
             f"{example} with {unit.name}: the {what} would be {where}, outside {[str(w) for w in writable]}")
+
+
+def _systemd_value(raw: str) -> str:
+    """A value as systemd's EnvironmentFile reads it: one pair of single or double quotes removed."""
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
+@pytest.mark.parametrize("example", sorted(_env_blocks()))
+def test_the_env_file_example_reads_the_same_from_cron_and_systemd(example: str, tmp_path: Path) -> None:
+    """cron/crontab.example sources the file with `set -a; . $ENVFILE` (sh), the units read it with
+    EnvironmentFile=: a webhook URL holding `&` (Power Automate's do) must give each the same value,
+    not put half the line in the background under sh."""
+    env_file = tmp_path / "env"
+    env_file.write_text(_env_blocks()[example].replace("    ", ""), encoding="utf-8")
+    names = _assignments(_env_blocks()[example])
+    shown = subprocess.run(
+        ["/bin/sh", "-c", f'set -a; . "{env_file}"; set +a; '
+         + " ".join(f'printf "%s\\0" "${name}";' for name in names)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, check=True)
+    assert dict(zip(names, shown.stdout.split("\0")[:-1], strict=True)) == {
+        name: _systemd_value(raw) for name, raw in names.items()}
+    if example == "cron/README.md":
+        assert "&" in _systemd_value(names["ALERT_WEBHOOK_URL"])  # the example shows the case
