@@ -4,7 +4,9 @@ password that must never show, a lock session that dies while the run sends. Rea
 
 Shown to fail: without the sessions' wait limits (``limit_waits``), the blocked ``posfeed runs``
 and the blocked run waited until the test's timeout; without the scope lock checked in the in-doubt
-mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look.
+mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look;
+before a run that lost its lock wrote only its own end, it opened the scope's problems, wrote
+`failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`.
 """
 
 from __future__ import annotations
@@ -426,3 +428,64 @@ def test_a_ledger_session_ended_between_the_in_doubt_mark_and_the_answer_sends_n
     with Ledger(postgres_db) as ledger:
         counts = ledger.state_counts("acme")
         assert counts.get("queued", 0) == counts.get("sending", 0) == 0
+
+
+def _shared_rows(url: str) -> list[Any]:
+    """What every holder of a scope relies on besides its own run: problems, alerts owed, files,
+    the transactions' states."""
+    with psycopg.connect(url) as conn:
+        states = conn.execute("SELECT id, state, attempts, last_run_id, last_error_code FROM transactions "
+                              "ORDER BY id").fetchall()
+        return [conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+                for table in ("problems", "alert_outbox", "files")] + [states]
+
+
+@pytest.mark.parametrize("closed_by_the_next_holder", [True, False])
+def test_a_run_that_lost_its_lock_writes_only_its_own_end_and_never_over_the_next_holder(
+        closed_by_the_next_holder: bool, postgres_db: str, tmp_path: Path) -> None:
+    """As submission starts, the run's lock session is ended and another host takes the scope
+    (and, when its run starts first, closes this one as crashed). On its way out (LockLostError,
+    exit 75) the run writes none of the scope's problems, alerts or files, and never writes its
+    end over the holder's: it stays `crashed` as that run recorded it; unclosed, it records itself
+    `lock_lost` (exit 75, the error in its counts), which `posfeed runs` shows."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, sample_feed, settings_in
+
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    taken: list[PgRunLock] = []
+    shared: list[Any] = []
+
+    def take_the_scope(stage: str, when: str) -> None:
+        if (stage, when) == ("submit", "start"):
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+            if closed_by_the_next_holder:
+                with Ledger(postgres_db) as other:
+                    assert len(other.close_abandoned_runs("acme")) == 1
+            shared.append(_shared_rows(postgres_db))
+
+    try:
+        with SandboxServer() as sandbox, credentials(sandbox):
+            feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+            with pytest.raises(LockLostError):
+                run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=take_the_scope)
+        assert len(taken) == 1
+        assert _shared_rows(postgres_db) == shared[0]
+        with Ledger(postgres_db) as ledger:
+            (run,) = ledger.runs()
+        code, out, err = _posfeed(tmp_path, {"POSFEED_LEDGER_URL": postgres_db}, "runs", "--json")
+    finally:
+        for lock in taken:
+            lock.release()
+    assert code == 0, err
+    (shown,) = json.loads(out)
+    if closed_by_the_next_holder:
+        assert (run.status, run.exit_code) == ("crashed", None)
+        assert (shown["status"], shown["recorded_status"]) == ("crashed", "crashed")
+    else:
+        assert (run.status, run.exit_code) == ("lock_lost", 75)
+        assert "LockLostError" in str((run.counts or {}).get("error"))
+        assert (shown["status"], shown["recorded_status"], shown["exit"]) == ("lock_lost", "lock_lost", 75)
