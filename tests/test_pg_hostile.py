@@ -489,3 +489,117 @@ def test_a_run_that_lost_its_lock_writes_only_its_own_end_and_never_over_the_nex
         assert (run.status, run.exit_code) == ("lock_lost", 75)
         assert "LockLostError" in str((run.counts or {}).get("error"))
         assert (shown["status"], shown["recorded_status"], shown["exit"]) == ("lock_lost", "lock_lost", 75)
+
+
+@contextmanager
+def _server_setting(postgres_cluster: Any, name: str, value: str) -> Iterator[None]:
+    """``name`` set server-wide (ALTER SYSTEM, as postgresql.conf would) while the block runs;
+    waits until new sessions see it (the server reads a reload in its own time)."""
+    def apply(statement: str, expected: str) -> None:
+        with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+            admin.execute(statement)
+            admin.execute("SELECT pg_reload_conf()")
+        for _ in range(600):
+            with psycopg.connect(postgres_cluster.url(), autocommit=True) as conn:
+                if _setting(conn, name) == expected:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"the server never took {name} = {expected}")
+
+    apply(f"ALTER SYSTEM SET {name} = '{value}'", value)
+    try:
+        yield
+    finally:
+        apply(f"ALTER SYSTEM RESET {name}", "0")
+
+
+IDLE_ROLE = "posfeed_idle"
+IDLE_LIMIT = "300ms"  # far less than the platform's second per request
+
+
+@pytest.fixture
+def idle_role(postgres_cluster: Any, postgres_db: str) -> str:
+    """The URL of ``postgres_db`` for a role whose sessions the server ends after IDLE_LIMIT idle
+    (``ALTER ROLE ... SET idle_session_timeout``, as a DBA would set it for posfeed)."""
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (IDLE_ROLE,)).fetchone():
+            admin.execute(f"CREATE ROLE {IDLE_ROLE} LOGIN SUPERUSER")
+        admin.execute(f"ALTER ROLE {IDLE_ROLE} SET idle_session_timeout = '{IDLE_LIMIT}'")
+    return postgres_db.replace("postgresql://postgres@", f"postgresql://{IDLE_ROLE}@", 1)
+
+
+@contextmanager
+def _slow_platform() -> Iterator[SandboxServer]:
+    """The platform taking a second per request, so a run's ledger and lock sessions idle longer
+    than IDLE_LIMIT while it waits."""
+    from tests.runner_helpers import credentials
+
+    with SandboxServer(latency_ms=1000) as sandbox, credentials(sandbox):
+        yield sandbox
+
+
+def _waiting_run(url: str, tmp_path: Path, sandbox: SandboxServer) -> tuple[Any, list[str]]:
+    """A run of one sample file; its summary (or the ledger error that ended it) and the
+    transaction ids the platform holds."""
+    from tests.runner_helpers import copy_samples, delivered_ids, sample_feed, settings_in
+
+    drop = tmp_path / "drop"
+    copy_samples(drop, ["pos_BER01_20261120_09.csv"])
+    settings = replace(settings_in(tmp_path), ledger_url=url)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop)
+    try:
+        outcome: Any = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+    except LedgerUnavailableError as exc:
+        outcome = exc
+    return outcome, delivered_ids(sandbox)
+
+
+def test_a_server_wide_idle_session_timeout_never_ends_a_run_that_waits_on_the_platform(
+        postgres_cluster: Any, postgres_db: str, tmp_path: Path) -> None:
+    """idle_session_timeout set server-wide (postgresql.conf, ALTER SYSTEM) for forgotten sessions:
+    the run's ledger and lock sessions turn it off for themselves, so a run whose platform takes a
+    second per request finishes, each checkout sent once."""
+    with _server_setting(postgres_cluster, "idle_session_timeout", IDLE_LIMIT):
+        with Ledger(postgres_db) as ledger:
+            assert tuple(ledger._db.one("SHOW idle_session_timeout") or ()) == ("0",)
+        with _slow_platform() as sandbox:
+            outcome, ids = _waiting_run(postgres_db, tmp_path, sandbox)
+    assert not isinstance(outcome, Exception), outcome
+    assert outcome.summary["balanced"] is True and outcome.summary["accepted"] > 0
+    assert ids and len(ids) == len(set(ids))
+
+
+def test_an_idle_session_timeout_set_for_posfeed_is_kept_and_named_when_it_ends_the_session(
+        idle_role: str, tmp_path: Path) -> None:
+    """idle_session_timeout set for posfeed's role (ALTER ROLE ... SET) is the DBA's choice for
+    posfeed: the ledger session keeps it (the lock session never times out, or the scope's lock
+    would go); when it ends the session, the next statement fails with exit 75 naming the setting
+    and what to do; with `-c idle_session_timeout=0` in the URL's options a run that waits on the
+    platform finishes, each checkout sent once."""
+    lock = PgRunLock.acquire(idle_role, "acme", feed="acme_hourly")
+    try:
+        assert lock._conn is not None and _setting(lock._conn, "idle_session_timeout") == "0"
+    finally:
+        lock.release()
+    with Ledger(idle_role) as ledger:
+        row = ledger._db.one("SELECT current_setting('idle_session_timeout'), pg_backend_pid()")
+        assert row is not None and row[0] == IDLE_LIMIT
+        with psycopg.connect(idle_role, options="-c idle_session_timeout=0", autocommit=True) as look:
+            for _ in range(600):  # until the server has ended the idle ledger session
+                there = look.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (row[1],)).fetchone()
+                if there is None:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the server never ended the idle session")
+        with pytest.raises(LedgerUnavailableError) as ended:
+            ledger.runs()
+    text = str(ended.value)
+    assert ended.value.exit_code == 75
+    assert "after idle_session_timeout" in text and "RESET idle_session_timeout" in text
+    with _slow_platform() as sandbox:
+        outcome, ids = _waiting_run(_with(idle_role, password=False, options="-c idle_session_timeout=0"),
+                                    tmp_path, sandbox)
+    assert not isinstance(outcome, Exception), outcome
+    assert outcome.summary["balanced"] is True and outcome.summary["accepted"] > 0
+    assert ids and len(ids) == len(set(ids))
