@@ -17,7 +17,8 @@ trusted only while its backend pid is the one holding the advisory lock; otherwi
 described from ``pg_stat_activity``. The backend pid is the server's (``pg_backend_pid()``, read
 with the lock), not the one the client saw at login, which a pooler makes up; a lock session whose
 statements reach another server session (a pooler in transaction mode) cannot hold the lock,
-which :meth:`PgRunLock.acquire` (ConfigError) and :meth:`PgRunLock.still_held` say when they see it. A live holder makes :meth:`PgRunLock.acquire` raise
+which :meth:`PgRunLock.acquire` (ConfigError) and :meth:`PgRunLock.still_held` say when they
+see it. A live holder makes :meth:`PgRunLock.acquire` raise
 :class:`~pipeline.errors.LockHeldError` (exit 75); an unreachable server raises
 :class:`~pipeline.errors.TransientError` (exit 75 too). Who holds which scope's lock now is read
 from ``pg_locks`` without taking any (:func:`live_holders`, for ``posfeed runs``).
