@@ -40,9 +40,9 @@ def sandbox_with_secrets() -> Iterator[SandboxServer]:
         yield server
 
 
-def customer_ids(folder: Path) -> set[str]:
+def customer_ids(folder: Path, names: list[str] = FILES) -> set[str]:
     ids: set[str] = set()
-    for name in FILES:
+    for name in names:
         with (folder / name).open(encoding="utf-8", newline="") as handle:
             ids |= {row["customer_id"] for row in csv.DictReader(handle) if row["customer_id"]}
     return ids
@@ -269,3 +269,120 @@ def test_secrets_and_other_customers_echoed_in_a_platform_message_are_masked(
         assert ECHOED_PASSWORD not in text
         assert "tok.abc.def" not in text
         assert not [i for i in ids if i in text]
+
+
+def _sample_hour_feed(tmp: Path, sandbox: SandboxServer, name: str, *, guests: bool = True,
+                      **target: Any) -> dict[str, str]:
+    """A feed file for one sample hour (``guests``: with its guest checkouts) against ``sandbox``
+    (key and secret from the environment, customer ids hashed); returns the environment holding
+    its secrets."""
+    folder = tmp / "in"
+    folder.mkdir(exist_ok=True)
+    lines = (SAMPLE / FILES[1]).read_text(encoding="utf-8").splitlines(keepends=True)
+    column = lines[0].split(",").index("customer_id")
+    kept = [line for line in lines[1:] if guests or line.split(",")[column]]
+    (folder / FILES[1]).write_text(lines[0] + "".join(kept), encoding="utf-8")
+    (tmp / "feeds").mkdir(exist_ok=True)
+    settings = {"kind": "antavo", "base_url": sandbox.url, "region": sandbox.config.region,
+                "api_key_env": "LEAK_ANTAVO_KEY", "api_secret_env": "LEAK_ANTAVO_SECRET",
+                "requests_per_minute": 60000, "backoff_base_seconds": 0.01, "backoff_max_seconds": 0.02,
+                **target}
+    sections = {"source": {"kind": "local", "path": str(folder), "readiness": "none",
+                           "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+                "target": settings, "validation": {"currencies": ["GBP"]},
+                "logging": {"hash_customer_ids": True}}
+    write_feed(tmp / "feeds" / f"{name}.toml", sections, timezone="Europe/London")
+    return {**os.environ, "LEAK_ANTAVO_KEY": API_KEY, "LEAK_ANTAVO_SECRET": API_SECRET}
+
+
+def posfeed_problems(tmp: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`posfeed problems` on the state folder of :func:`run_posfeed`."""
+    command = [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"),
+               "--feeds-dir", str(tmp / "feeds"), "--reports-dir", str(tmp / "reports"), "problems", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def ledger_values(path: Path, *, skip: tuple[str, ...] = ()) -> bytes:
+    """Every value of every table of an SQLite ledger, one per line, but the ``table.column``
+    pairs of ``skip`` (a pending transaction's checkout keeps the real customer id it is sent with)."""
+    db = sqlite3.connect(path)
+    try:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        lines = []
+        for table in tables:
+            columns = [c[1] for c in db.execute(f"PRAGMA table_info({table})")
+                       if f"{table}.{c[1]}" not in skip]
+            for row in db.execute(f"SELECT {', '.join(columns)} FROM {table}"):
+                lines += [str(v) for v in row if v is not None]
+    finally:
+        db.close()
+    return "\n".join(lines).encode()
+
+
+def assert_nothing_leaks(blobs: dict[str, bytes], ids: set[str], secrets: tuple[str, ...]) -> None:
+    """No secret and no raw customer id in any of ``blobs``."""
+    for secret in secrets:
+        leaks = [name for name, blob in blobs.items() if secret.encode() in blob]
+        assert leaks == [], f"secret {secret!r} found in {leaks}"
+    for name, blob in blobs.items():
+        found = sorted(i for i in ids if i.encode() in blob)
+        assert found == [], f"raw customer ids {found[:5]} in {name}"
+
+
+@pytest.mark.parametrize("auth", ["signed", "api_key"])
+def test_a_platform_echoing_every_refused_request_leaks_nothing(
+        tmp_path: Path, sandbox_with_secrets: SandboxServer, auth: str) -> None:
+    sandbox = sandbox_with_secrets
+    sandbox.config.echo_requests = True
+    env = _sample_hour_feed(tmp_path, sandbox, "echo", auth=auth)
+    sandbox.config.fault_kinds = ("error_500",)
+    sandbox.config.fault_rate = 1.0
+    result = run_posfeed(tmp_path, "echo", env)
+    assert result.returncode == 75, result.stderr[-3000:]
+    shown = posfeed_problems(tmp_path, env)
+    as_json = posfeed_problems(tmp_path, env, "--json")
+    blobs = everything_written(tmp_path, result)
+    ledger = tmp_path / "state" / "ledger.sqlite"
+    del blobs[str(ledger.relative_to(tmp_path))]
+    blobs.update({"problems": shown.stdout.encode(), "problems --json": as_json.stdout.encode(),
+                  "ledger": ledger_values(ledger, skip=("transactions.checkout",))})
+    assert_nothing_leaks(blobs, customer_ids(tmp_path / "in", FILES[1:2]), (API_KEY, API_SECRET))
+
+
+def test_credentials_refused_mid_run_by_an_echoing_platform_leak_nothing(
+        tmp_path: Path, sandbox_with_secrets: SandboxServer) -> None:
+    """The platform refuses our secret from the first batch on (rotated there while the batch was
+    held) and its 401 quotes the whole request: the refusal reaches summary.json, the run's
+    summary line, the exit's cause and the credentials problem with the customers masked."""
+    import time
+
+    from tests.runner_helpers import stats
+
+    sandbox = sandbox_with_secrets
+    sandbox.config.echo_requests = True
+    env = _sample_hour_feed(tmp_path, sandbox, "echo", guests=False, bulk_size=5, max_concurrency=1)
+    # request 1 is the credential check; the first batch is held until the secret is rotated
+    sandbox.config.hold_after, sandbox.config.hold_ms = ("requests", 2), 120_000
+    command = [sys.executable, "-m", "pipeline", "-v", "--state-dir", str(tmp_path / "state"),
+               "--feeds-dir", str(tmp_path / "feeds"), "--reports-dir", str(tmp_path / "reports"),
+               "run", "--feed", "echo", "--business-date", "2026-11-20", "--json"]
+    run = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while stats(sandbox)["requests"] < 2:
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never sent its first batch"
+        time.sleep(0.01)
+    sandbox.config.api_secret = "rotated-on-the-platform"
+    sandbox.config.hold_after = None
+    out, err = run.communicate(timeout=120)
+    result = subprocess.CompletedProcess(command, run.returncode, out, err)
+    assert result.returncode == 78, err[-3000:]
+    assert json.loads(out)["credentials_refused"].startswith("101021: ")
+    shown = posfeed_problems(tmp_path, env)
+    as_json = posfeed_problems(tmp_path, env, "--json")
+    blobs = everything_written(tmp_path, result)
+    ledger = tmp_path / "state" / "ledger.sqlite"
+    del blobs[str(ledger.relative_to(tmp_path))]
+    blobs.update({"problems": shown.stdout.encode(), "problems --json": as_json.stdout.encode(),
+                  "ledger": ledger_values(ledger, skip=("transactions.checkout",))})
+    assert_nothing_leaks(blobs, customer_ids(tmp_path / "in", FILES[1:2]), (API_KEY, API_SECRET))

@@ -24,6 +24,7 @@ state file that cannot be written answers 503: the change was not kept, so it wa
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import socket
 import threading
@@ -116,6 +117,79 @@ class _DeclaredBodyLimit:
         await self.app(scope, receive, send)
 
 
+class _EchoingErrors:
+    """With ``echo_requests``: every error answer's message quotes what the request carried (its
+    Authorization header, query string and body), as some real platforms' messages do; a client
+    must keep its secrets and the customers of the request out of what it stores and shows."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.state.config.echo_requests:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        echo = (f" (request: Authorization: {auth} query: {query} body: "
+                f"{body.decode('utf-8', 'replace')})")
+        start: Message | None = None
+        parts: list[bytes] = []
+
+        async def echoing(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                if message["status"] < 400:
+                    await send(message)
+                    return
+                start = message
+                return
+            if start is None:
+                await send(message)
+                return
+            parts.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            data = _with_echo(b"".join(parts), echo)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data, "more_body": False})
+
+        await self.app(scope, replay, echoing)
+
+
+def _with_echo(data: bytes, echo: str) -> bytes:
+    """An error document with ``echo`` appended to its message (Antavo's ``error.message``,
+    CRM.COM's ``status.message``); another body is left as it is."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return data
+    for key in ("error", "status"):
+        inner = document.get(key) if isinstance(document, dict) else None
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            inner["message"] += echo
+            return json.dumps(document).encode()
+    return data
+
+
 def _closing_after_408(send: Send) -> Send:
     """``send`` that adds ``Connection: close`` to a 408 answer (the server then closes)."""
 
@@ -172,6 +246,7 @@ def build_app(state: SandboxState) -> Starlette:
                                                        405: not_routed})
     # no redirect from "/path/" to "/path": its Location would be built from the client's Host
     app.router.redirect_slashes = False
+    app.add_middleware(_EchoingErrors, state=state)
     app.add_middleware(_DeclaredBodyLimit, state=state)
     return app
 

@@ -126,6 +126,9 @@ class SandboxConfig:
     body_timeout_seconds: float = 10.0
     # customer ids with this prefix are unknown to the platform (404 160212); None: all known
     unknown_customer_prefix: str | None = "unknown-"
+    # every error answer's message quotes the request it refuses (its Authorization header, query
+    # and body, customer ids and all), as some real platforms' messages do
+    echo_requests: bool = False
     state_file: Path | None = None
 
     def public(self) -> dict[str, Any]:

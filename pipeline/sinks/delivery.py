@@ -622,7 +622,8 @@ class _Submission:
             logger.error("platform refused our credentials (%s: %s); sending stops",
                          failure.code, self.loggable(batch, failure.message))
             self.halted = failure
-            self.report.credentials_refused = f"{failure.code}: {failure.message}"
+            # the run's summary, exit cause and problem quote it: as the log may show it
+            self.report.credentials_refused = f"{failure.code}: {self.loggable(batch, failure.message)}"
         self.settle_all(batch, failure.code, failure.message, attempt, retry_class)
         self._finish_one()
 
