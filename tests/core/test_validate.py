@@ -617,3 +617,32 @@ def test_a_fragment_of_a_transaction_rejected_before_is_rejected() -> None:
     assert codes(run([_T4_GOOD, fixed], f, rejected_before=earlier)) == [None, None]
     assert codes(run([row(transaction_id="T4", quantity="3", line_total="7.50")], f,
                      rejected_before=earlier)) == [None]
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_reader_reason_quoting_a_line_leaves_its_content_out_when_customer_ids_are_hashed(
+        kind: str) -> None:
+    """A line the reader cannot read is rejected with where it broke; the excerpt of it the reason
+    quotes holds the customer id, so with hashing on the reason ends before the excerpt."""
+    from pipeline.core.parse import read_bytes
+    from pipeline.core.transform import transform
+
+    good = row()
+    if kind == "csv":
+        header = ",".join(good)
+        broken = [",".join({**good, "transaction_id": "T3", "customer_id": "LOY-78"}.values()) + ",LOY-78",
+                  ",".join({**good, "transaction_id": "T2", "customer_id": '"LOY-77'}.values())]
+        data = "\n".join([header, ",".join(good.values()), *broken]).encode() + b"\n"
+    else:
+        data = (json.dumps(good) + "\n" + '{"customer_id": "LOY-77", "transaction_id": \n'
+                + json.dumps(["LOY-78", "T3"]) + "\n").encode()
+    for hashing in (True, False):
+        the_feed = feed(format={"kind": kind}, logging={"hash_customer_ids": hashing})
+        result = transform(read_bytes(data, the_feed, source_name=f"r.{kind}"), the_feed, now=NOW)
+        reasons = [r for r in result.lines.get_column("reject_reason").to_list() if r]
+        assert len(reasons) == 2, reasons
+        if hashing:
+            assert not [r for r in reasons if "LOY" in r or "T2," in r], reasons
+            assert all("line " in r or "fields where" in r for r in reasons), reasons
+        else:  # the excerpt is there
+            assert all(": '" in r for r in reasons) and any("LOY" in r for r in reasons), reasons

@@ -46,15 +46,24 @@ TEXT_FIELDS = ("transaction_id", "store_id", "register_id", "customer_id", "tran
 LARGEST_LINE_AMOUNT = money(10**MONEY_WHOLE_DIGITS)
 
 
-def reader_rules() -> list[Rule]:
-    """A record a reader could not read: its code and reason come from the reader."""
+# the excerpt of the line a reader's reason ends with (``: '...'``, before a closing parenthesis)
+_LINE_EXCERPT = r""": (?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(\)?)$"""
+
+
+def reader_rules(feed: Feed) -> list[Rule]:
+    """A record a reader could not read: its code and reason come from the reader. The excerpt of
+    the line a reason quotes holds the line's customer id: with ``logging.hash_customer_ids`` the
+    reason tells where the line broke and leaves the excerpt out."""
+    text = pl.col(READ_REASON)
+    if feed.logging.hash_customer_ids:
+        text = text.str.replace(_LINE_EXCERPT, "${1}")
     return [
         Rule(
             f"read_{code.name.lower()}",
             code,
             "record",
             pl.col(READ_CODE) == code.value,
-            pl.col(READ_REASON),
+            text,
             needs=(READ_CODE,),
         )
         for code in READER_CODES

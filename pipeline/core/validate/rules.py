@@ -30,7 +30,7 @@ __all__ = ["row_rules", "transaction_rules"]
 def row_rules(feed: Feed, now: datetime) -> list[Rule]:
     """The rules judged line by line and by transaction shape, in catalog order."""
     return [
-        *reader_rules(),
+        *reader_rules(feed),
         *missing_field_rules(),
         *field_length_rules(feed),
         *control_character_rules(feed),
