@@ -524,6 +524,7 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
             continue
         code: RejectCode | None = None
         reason: str | None = None
+        fault: str | None = None  # the reason without the excerpt of the line
         values: dict[str, str | None] = {}
         try:
             parsed = json.loads(line, parse_float=str, parse_int=str, parse_constant=str,
@@ -534,7 +535,8 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
                       "would be a guess")
         except (ValueError, RecursionError) as exc:
             code = RejectCode.NOT_JSON
-            reason = f"line {number} is not JSON ({one_line(str(exc), 80)}): {excerpt(line)}"
+            fault = f"line {number} is not JSON ({one_line(str(exc), 80)})"
+            reason = f"{fault}: {excerpt(line)}"
         else:
             if isinstance(parsed, dict):
                 values = {str(k): _json_text(v) for k, v in parsed.items()}
@@ -545,9 +547,10 @@ def _read_jsonl(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
                     code, reason = RejectCode.JSON_VALUE_NOT_TEXT, odd
             else:
                 code = RejectCode.NOT_JSON
-                reason = f"line {number} is JSON but not an object: {excerpt(line)}"
+                fault = f"line {number} is JSON but not an object"
+                reason = f"{fault}: {excerpt(line)}"
         if code is not None and first_error is None:
-            first_error = reason
+            first_error = fault or reason  # a file's reason quotes none of its lines
         row = len(numbers)
         for key, value in values.items():
             column = columns.get(key)

@@ -399,3 +399,16 @@ def test_a_file_without_its_header_is_unreadable_without_quoting_its_first_row(t
         read_file(path, feed())
     assert "data row" in caught.value.reason
     assert "CUST-884213" not in caught.value.reason and "jane.doe" not in caught.value.reason
+
+
+@pytest.mark.parametrize("line", ['["CUST-884213", "jane.doe@example.com"]',
+                                  '{"customer_id": "CUST-884213", "email": "jane.doe@example.com"'])
+def test_a_json_lines_file_of_no_object_is_unreadable_without_quoting_a_line(
+        tmp_path: Path, line: str) -> None:
+    # every line is JSON but no object, or no JSON at all: the reason says what is wrong with the
+    # first, never what it holds (it reaches reports, logs, the ledger and problems)
+    path = write(tmp_path, "orders.jsonl", (line + "\n").encode() * 2)
+    with pytest.raises(UnreadableFileError) as caught:
+        read_file(path, feed(format={"kind": "jsonl"}))
+    assert "not readable as JSON Lines: line 1 is" in caught.value.reason
+    assert "CUST-884213" not in caught.value.reason and "jane.doe" not in caught.value.reason
