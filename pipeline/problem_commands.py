@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from pipeline.alerts import alert_for, deliver_pending
+from pipeline.alerts import alert_for, alerts_enabled, deliver_pending
 from pipeline.config import Feed, Settings, load_feed
 from pipeline.errors import EXIT_OK, ConfigError
 from pipeline.ledger import Ledger
@@ -49,7 +49,7 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
             if resolve is not None:
                 _resolve(settings, ledger, resolve)
             problems = sorted_problems(ledger.problems(feed=feed, open_only=not include_resolved))
-            undelivered = _undelivered_alerts(ledger, {p.scope for p in problems})
+            undelivered = _undelivered_alerts(settings, ledger, {p.scope for p in problems})
         rows = [{**p.to_dict(), "alert_undelivered": undelivered.get(p.id)} for p in problems]
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True, default=str))
@@ -74,23 +74,42 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
     for r in rows:
         waiting = r["alert_undelivered"]
         if waiting:
+            then = (f"{waiting['undeliverable']}; `posfeed problems --resolve {r['problem_id']}` closes the "
+                    "problem and drops its alerts" if waiting["undeliverable"]
+                    else f"a run of feed {r['feed']} tries again from {waiting['next_attempt_at']}")
+            error = waiting["last_error"] or "not tried yet"
             click.echo(f"#{r['problem_id']}: {waiting['event']} alert not delivered after "
-                       f"{waiting['attempts']} attempt(s): {waiting['last_error'] or 'not tried yet'}; "
-                       f"a run of feed {r['feed']} tries again from {waiting['next_attempt_at']}")
+                       f"{waiting['attempts']} attempt(s): {error}; {then}")
     return EXIT_OK
 
 
-def _undelivered_alerts(ledger: Ledger, scopes: set[str]) -> dict[int, dict[str, Any]]:
+def _undeliverable(settings: Settings, feed: Feed | None, name: str) -> str | None:
+    """Why no run posts the alerts of feed ``name`` (None when a run of it does): each feed posts
+    only its own alerts, to its own webhook."""
+    if feed is None:
+        return f"feed {name} is not in the feeds folder ({settings.feeds_dir}), so no run posts it"
+    if not alerts_enabled(feed.alerts):
+        return (f"feed {name} has no webhook now ([alerts] webhook_url or webhook_url_env), so no run "
+                "posts it")
+    return None
+
+
+def _undelivered_alerts(settings: Settings, ledger: Ledger, scopes: set[str]) -> dict[int, dict[str, Any]]:
     """Problem id -> its oldest alert still in the outbox: event, attempts, last error (which names
-    the webhook by scheme, host and port only), next attempt."""
+    the webhook by scheme, host and port only), next attempt, and why no run posts it
+    (``undeliverable``: its feed is gone or has no webhook; else None)."""
     found: dict[int, dict[str, Any]] = {}
+    why: dict[str, str | None] = {}
     for scope in sorted(scopes):
         for item in ledger.pending_alerts(scope):
             problem_id = item["payload"].get("problem_id")
             if isinstance(problem_id, int) and problem_id not in found:
+                name = str(item["payload"].get("feed"))
+                if name not in why:
+                    why[name] = _undeliverable(settings, _feed_or_none(settings, name), name)
                 found[problem_id] = {"event": item["payload"].get("event"), "attempts": item["attempts"],
                                      "last_error": item["last_error"],
-                                     "next_attempt_at": item["next_attempt_at"]}
+                                     "next_attempt_at": item["next_attempt_at"], "undeliverable": why[name]}
     return found
 
 
@@ -113,7 +132,12 @@ def _resolve(settings: Settings, ledger: Ledger, problem_id: int) -> None:
     with _scope_lock(settings, problem.scope, feed=f"posfeed problems --resolve {problem_id}"):
         alert = alert_for(feed, None) if feed is not None else (lambda p, e: None)
         ledger.apply_problems(Plan((Change("resolved", problem, None),)), run_id=None, alert=alert)
-        if feed is not None:
+        why = _undeliverable(settings, feed, problem.feed)
+        if why is not None:  # acknowledged: what no run would ever post leaves the outbox
+            for event in ledger.drop_alerts(problem_id):
+                say(f"{event} alert of problem #{problem_id} dropped: {why}", event="alert_dropped",
+                    problem_id=problem_id, alert_event=event, feed=problem.feed)
+        elif feed is not None:
             deliver_pending(ledger, feed)
     say(f"problem #{problem_id} ({problem.kind}) resolved", event="problem_resolved", level=logging.INFO,
         problem_id=problem_id, kind=problem.kind, feed=problem.feed)

@@ -312,3 +312,37 @@ def test_an_alert_the_webhook_refused_shows_in_posfeed_problems(tmp_path: Path,
     assert problems_command(settings, feed=None, include_resolved=False, resolve=None, as_json=False) == 0
     text = capsys.readouterr().out
     assert "#1: opened alert not delivered after 1 attempt(s)" in text and "HTTP 500" in text
+
+
+@pytest.mark.parametrize("now", ["removed", "without_webhook"])
+def test_an_alert_no_run_can_deliver_is_told_and_dropped_when_its_problem_is_acknowledged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], now: str) -> None:
+    """A feed removed from the feeds folder (or whose webhook was taken out) has alerts in the
+    outbox no run will post: `posfeed problems` says so instead of promising a later run, and
+    acknowledging the problem takes them out of the outbox with a log line."""
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path / "feeds",
+                        reports_dir=tmp_path / "reports")
+    settings.state_dir.mkdir()
+    settings.feeds_dir.mkdir()
+    if now == "without_webhook":
+        (settings.feeds_dir / "acme_daily.toml").write_text('dedup_scope = "acme"\n', encoding="utf-8")
+    with Receiver(status=500) as failing, Ledger(settings.ledger_location) as ledger:
+        open_one(ledger, feed_with(failing.url, delivery_attempts=1))
+        assert deliver_pending(ledger, feed_with(failing.url, delivery_attempts=1)) == 0
+    assert problems_command(settings, feed=None, include_resolved=False, resolve=None, as_json=True) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    why = ("feed acme_daily is not in the feeds folder" if now == "removed"
+           else "feed acme_daily has no webhook now")
+    assert why in row["alert_undelivered"]["undeliverable"]
+    assert problems_command(settings, feed=None, include_resolved=False, resolve=None, as_json=False) == 0
+    text = capsys.readouterr().out
+    assert "#1: opened alert not delivered after 1 attempt(s): webhook" in text
+    assert why in text and "a run of feed acme_daily tries again" not in text
+    assert "`posfeed problems --resolve 1`" in text
+
+    assert problems_command(settings, feed=None, include_resolved=False, resolve=1, as_json=False) == 0
+    said = capsys.readouterr().err
+    with Ledger(settings.ledger_location) as ledger:
+        assert ledger.pending_alerts("acme") == []
+        assert [p.status for p in ledger.problems(open_only=False)] == ["resolved"]
+    assert f"opened alert of problem #1 dropped: {why}" in said

@@ -116,6 +116,15 @@ class Problems:
             db.execute("UPDATE alert_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = NULL "
                        "WHERE id = ?", (timestamp(), alert_id))
 
+    def drop_alerts(self, problem_id: int) -> list[str]:
+        """Take a problem's undelivered alerts out of the outbox (no run can post them: their feed
+        is gone or has no webhook); returns their events, oldest first."""
+        with self._db.transaction() as db:
+            rows = db.query("SELECT id, event FROM alert_outbox WHERE problem_id = ? "
+                            "AND delivered_at IS NULL ORDER BY id", (problem_id,))
+            db.executemany("DELETE FROM alert_outbox WHERE id = ?", [(row[0],) for row in rows])
+        return [str(row[1]) for row in rows]
+
     def alert_failed(self, alert_id: int, error: str, next_attempt_at: str) -> None:
         """An attempt to deliver an alert failed; it is tried again from ``next_attempt_at``."""
         with self._db.transaction() as db:
