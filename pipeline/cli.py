@@ -103,7 +103,8 @@ def main() -> None:
 
 
 def _fatal(message: str, exit_code: int, exc: BaseException) -> None:
-    """The error that ends the process: a JSON line with ``--log-format json``, else plain text."""
+    """The error that ends the process: a JSON line with ``--log-format json``, else plain text;
+    masked either way (an error may quote what a platform, a server or a file echoed)."""
     from pipeline.logs import json_logging_active, redact
 
     if json_logging_active():
@@ -112,7 +113,7 @@ def _fatal(message: str, exit_code: int, exc: BaseException) -> None:
         logging.getLogger("posfeed").critical(redact(message), extra={
             "event": "fatal", "exit_code": exit_code, "error": type(exc).__name__})
         return
-    click.echo(message, err=True)
+    click.echo(redact(message), err=True)
 
 
 # ---- commands ---------------------------------------------------------------------------------

@@ -66,9 +66,10 @@ def write_feed(path: Path, sections: dict[str, dict[str, Any]], **top: Any) -> N
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def run_posfeed(tmp: Path, feed: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_posfeed(tmp: Path, feed: str, env: dict[str, str], *args: str,
+                log_format: str = "json") -> subprocess.CompletedProcess[str]:
     command = [
-        sys.executable, "-m", "pipeline", "-vv", "--log-format", "json",
+        sys.executable, "-m", "pipeline", "-vv", "--log-format", log_format,
         "--state-dir", str(tmp / "state"), "--feeds-dir", str(tmp / "feeds"),
         "--reports-dir", str(tmp / "reports"),
         "run", "--feed", feed, "--business-date", "2026-11-20", "--json", *args,
@@ -386,3 +387,23 @@ def test_credentials_refused_mid_run_by_an_echoing_platform_leak_nothing(
     blobs.update({"problems": shown.stdout.encode(), "problems --json": as_json.stdout.encode(),
                   "ledger": ledger_values(ledger, skip=("transactions.checkout",))})
     assert_nothing_leaks(blobs, customer_ids(tmp_path / "in", FILES[1:2]), (API_KEY, API_SECRET))
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_refusal_echoing_our_key_never_shows_it_in_the_exit_message(
+        tmp_path: Path, sandbox_with_secrets: SandboxServer, log_format: str) -> None:
+    """The platform knows another key and its 401 quotes the request, our key in its query: the
+    error that ends the run (printed as text or as a JSON line), the problem and the ledger show
+    it masked."""
+    sandbox = sandbox_with_secrets
+    sandbox.config.echo_requests = True
+    sandbox.config.api_key = "the-platform-expects-another-key"
+    env = _sample_hour_feed(tmp_path, sandbox, "echo", auth="api_key")
+    result = run_posfeed(tmp_path, "echo", env, log_format=log_format)
+    assert result.returncode == 78, result.stderr[-3000:]
+    assert "refused our credentials" in result.stderr and "Invalid API key" in result.stderr
+    shown = posfeed_problems(tmp_path, env, "--json")
+    assert "credentials_refused" in shown.stdout
+    blobs = everything_written(tmp_path, result)
+    blobs["problems --json"] = shown.stdout.encode()
+    assert_nothing_leaks(blobs, set(), (API_KEY, API_SECRET))
