@@ -373,7 +373,7 @@ def say(message: str, /, *, event: str, level: int = logging.WARNING, **fields: 
     handlers = [h for h in logging.getLogger().handlers if getattr(h, _HANDLER_MARK, False)]
     json_handlers = [h for h in handlers if isinstance(h.formatter, JsonFormatter)]
     if not json_handlers:
-        click.echo(message, err=True)
+        click.echo(redact(message), err=True)
         return
     record = logging.getLogger("posfeed").makeRecord(
         "posfeed", level, "", 0, message, (), None, extra={"event": event, **fields})

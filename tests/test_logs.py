@@ -192,3 +192,16 @@ def test_a_user_name_is_no_secret_and_never_masks_words_it_equals(monkeypatch: p
     assert isinstance(target, CrmcomTarget)
     assert Credentials.resolve(target).username == "posfeed"
     assert redact(text) == f"run `posfeed rerun --feed f` (login {REDACTED})"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_line_said_whatever_the_verbosity_is_masked_in_text_and_json(
+        fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.logs import say
+
+    register_secret("said-secret-5e1f0a")
+    setup_logging(fmt, 0, rich_on_tty=False)
+    say("the platform answered: key said-secret-5e1f0a, password=hunter22 is wrong", event="exit")
+    said = capsys.readouterr().err
+    assert "the platform answered" in said
+    assert "said-secret-5e1f0a" not in said and "hunter22" not in said
