@@ -98,7 +98,24 @@ def register_secret(value: str | None) -> None:
             return
         _secrets.add(value)
         ordered = sorted(_secrets, key=len, reverse=True)
-        _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        _secret_pattern = re.compile("|".join(_spellings(s) for s in ordered))
+
+
+def _spellings(secret: str) -> str:
+    """A pattern of ``secret`` as written and as an echo may spell it: each character but a
+    letter or digit also percent-encoded (a URL's query), and ``/`` also as ``\\/`` (a JSON
+    string as PHP writes it)."""
+    parts = []
+    for char in secret:
+        if char.isascii() and char.isalnum():
+            parts.append(re.escape(char))
+            continue
+        encoded = "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+        forms = [re.escape(char), "".join(f"[{c}{c.lower()}]" if c.isalpha() else c for c in encoded)]
+        if char == "/":
+            forms.append(re.escape("\\/"))
+        parts.append("(?:" + "|".join(forms) + ")")
+    return "".join(parts)
 
 
 # ``*_env`` keys whose values are no secret: a user name masked would mask every word equal to it

@@ -205,3 +205,14 @@ def test_a_line_said_whatever_the_verbosity_is_masked_in_text_and_json(
     said = capsys.readouterr().err
     assert "the platform answered" in said
     assert "said-secret-5e1f0a" not in said and "hunter22" not in said
+
+
+def test_a_secret_is_masked_in_the_spellings_a_platform_may_echo_it_in() -> None:
+    """A base64 key echoed from a URL's query (percent-encoded) or inside a JSON string (a PHP
+    platform writes '/' as '\\/') is the same secret."""
+    secret = "Zm9v+YmFy/ZWNobw=="
+    register_secret(secret)
+    for spelling in ("Zm9v%2BYmFy%2FZWNobw%3D%3D", "Zm9v+YmFy%2FZWNobw%3D%3D", "Zm9v%2bYmFy%2fZWNobw%3d%3d",
+                     "Zm9v+YmFy\\/ZWNobw=="):
+        masked = redact(f"Invalid key {spelling} for this account")
+        assert masked == f"Invalid key {REDACTED} for this account", spelling
