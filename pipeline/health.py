@@ -165,16 +165,20 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             feed=feed.name, scope=feed.scope,
         ))
     refused = {c: n for c, n in facts.failed_codes.items() if c in cfg.credential_error_codes}
-    if refused or _credential_error(facts.error):
+    # refused mid-run: sending stopped and the rest stays queued, so no transaction failed with a
+    # credentials code; the platform's answer (masked when the run kept it) is in the summary
+    halted = str(facts.summary.get("credentials_refused") or "")
+    if refused or halted or _credential_error(facts.error):
+        told = (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(refused.items()))
+                or (redact(halted) if halted else redact(str(facts.error))))
         out.append(Observation(
             kind="credentials_refused", key=f"credentials_refused|{feed.name}",
             summary=(("credentials missing: " if isinstance(facts.error, SecretError) and not refused
-                      else "credentials refused: ") + (", ".join(f"{n} transaction(s) {c}"
-                                                          for c, n in sorted(refused.items()))
-                                                or redact(str(facts.error)))),
+                      and not halted else "credentials refused: ") + told),
             action="check the feed's secrets (environment variables or files) and the account",
             counts={"transactions_failed": sum(refused.values()), "raised": facts.error is not None,
-                    **_error_named(facts.error, quoted=not refused)},
+                    **({"error": "CredentialsRefused"} if halted and not refused
+                       else _error_named(facts.error, quoted=not refused))},
             feed=feed.name, scope=feed.scope,
         ))
     elif (facts.error is not None and not isinstance(facts.error, LockHeldError)

@@ -354,7 +354,7 @@ def test_credentials_refused_mid_run_by_an_echoing_platform_leak_nothing(
         tmp_path: Path, sandbox_with_secrets: SandboxServer) -> None:
     """The platform refuses our secret from the first batch on (rotated there while the batch was
     held) and its 401 quotes the whole request: the refusal reaches summary.json, the run's
-    summary line, the exit's cause and the credentials problem with the customers masked."""
+    summary line, the exit's cause and the credentials problem it opens with the customers masked."""
     import time
 
     from tests.runner_helpers import stats
@@ -381,6 +381,9 @@ def test_credentials_refused_mid_run_by_an_echoing_platform_leak_nothing(
     assert json.loads(out)["credentials_refused"].startswith("101021: ")
     shown = posfeed_problems(tmp_path, env)
     as_json = posfeed_problems(tmp_path, env, "--json")
+    (problem,) = [p for p in json.loads(as_json.stdout) if p["kind"] == "credentials_refused"]
+    assert problem["summary"].startswith("credentials refused: 101021: The signatures do not match")
+    assert "cust:" in problem["summary"]  # the request's customers, masked
     blobs = everything_written(tmp_path, result)
     ledger = tmp_path / "state" / "ledger.sqlite"
     del blobs[str(ledger.relative_to(tmp_path))]
