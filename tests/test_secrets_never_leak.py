@@ -410,3 +410,35 @@ def test_a_refusal_echoing_our_key_never_shows_it_in_the_exit_message(
     blobs = everything_written(tmp_path, result)
     blobs["problems --json"] = shown.stdout.encode()
     assert_nothing_leaks(blobs, set(), (API_KEY, API_SECRET))
+
+
+def test_a_whole_request_refusal_echoing_members_keeps_each_members_details_out(
+        tmp_path: Path, sandbox_with_secrets: SandboxServer) -> None:
+    """Enrollments sent in one bulk request refused as a whole (500) by a platform that quotes the
+    request: each member's failure message would carry every member's e-mail, name and phone;
+    none of them reaches the ledger's messages, the reports or the logs."""
+    from tests.runner_helpers import feed_toml, sample_feed
+
+    sandbox = sandbox_with_secrets
+    sandbox.config.echo_requests = True
+    sandbox.config.fault_kinds, sandbox.config.fault_rate = ("error_500",), 1.0
+    drop = tmp_path / "in"
+    drop.mkdir()
+    shutil.copy(SAMPLE / "members_LON01_20261120.csv", drop)
+    (tmp_path / "feeds").mkdir()
+    feed = sample_feed("acme_enrollments", sandbox, folder=drop, max_attempts=1,
+                       api_key_env="LEAK_ANTAVO_KEY", api_secret_env="LEAK_ANTAVO_SECRET")
+    (tmp_path / "feeds" / "members.toml").write_text(feed_toml(feed), encoding="utf-8")
+    env = {**os.environ, "LEAK_ANTAVO_KEY": API_KEY, "LEAK_ANTAVO_SECRET": API_SECRET}
+    result = run_posfeed(tmp_path, "members", env)
+    assert result.returncode == 65, result.stderr[-3000:]  # rejected rows; the rest failed retryable
+    ledger = tmp_path / "state" / "ledger.sqlite"
+    messages = [m for (m,) in sqlite3.connect(ledger).execute("SELECT last_error_message FROM transactions")
+                if m]
+    assert messages and all("Injected server error" in m for m in messages)
+    blobs = everything_written(tmp_path, result)
+    del blobs[str(ledger.relative_to(tmp_path))]
+    blobs["ledger"] = ledger_values(ledger, skip=("transactions.checkout",))
+    personal = ("sam.jones", "ada.price", "noah.hill", "Jones", "Price", "Grant", "7946", "900123",
+                "900456", "1990-04-12")
+    assert_nothing_leaks(blobs, set(), (API_KEY, API_SECRET, *personal))

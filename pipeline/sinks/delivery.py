@@ -44,7 +44,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pipeline.logs import customer_ids_pattern, masked_match, redact
+from pipeline.core.members import PERSONAL_FIELDS
+from pipeline.logs import REDACTED, customer_ids_pattern, masked_match, redact
 from pipeline.sinks.base import CheckoutRow, EventResult, OnResult, OnSending, Outcome, RetryClass
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout, tls_context
 
@@ -466,6 +467,8 @@ class DeliveryEngine:
         if self.mask_customers:
             run.customers = {str(c["transaction_id"]): str(c["customer_id"])
                              for c in checkouts if c.get("customer_id")}
+        run.personal = sorted({str(v) for c in checkouts for k, v in (c.get("profile") or {}).items()
+                               if k in PERSONAL_FIELDS and v}, key=len, reverse=True)
         started = time.monotonic()
         plan = self.adapter.plan(checkouts)
         for result in plan.unsent:
@@ -500,11 +503,15 @@ class _Submission:
         self.pending = 0
         self.queue: asyncio.Queue[tuple[Batch, int] | None] = asyncio.Queue()
         self.customers: dict[str, str] = {}  # with masking: each transaction's customer id
+        self.personal: list[str] = []  # enrollments: the members' details, longest first
 
     def loggable(self, batch: Batch, text: str) -> str:
-        """A platform's message as the log may show it: our secrets redacted and, with masking,
-        the batch's customer ids masked (a platform may echo what it was sent)."""
+        """A platform's message as the log may show it: our secrets and the members' details
+        redacted and, with masking, the batch's customer ids masked (a platform may echo what it
+        was sent)."""
         text = redact(text)
+        for value in self.personal:
+            text = text.replace(value, REDACTED)
         customers = [self.customers[t] for t in batch.transaction_ids if t in self.customers]
         return customer_ids_pattern(customers).sub(masked_match, text) if customers else text
 

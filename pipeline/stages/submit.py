@@ -150,13 +150,14 @@ def personal_values(feed: Feed, checkouts: Sequence[dict[str, Any]]) -> dict[str
 
 
 def without_personal(result: EventResult, personal_of: dict[str, list[str]]) -> EventResult:
-    """``result`` with its transaction's personal details masked in its error message."""
-    if not result.error_message or result.transaction_id not in personal_of:
+    """``result`` with the personal details of every member of ``personal_of`` (its request's)
+    masked in its error message: a platform refusing a whole request may quote all of it."""
+    if not result.error_message or not personal_of:
         return result
     message = result.error_message
-    for value in personal_of[result.transaction_id]:
+    for value in sorted({v for values in personal_of.values() for v in values}, key=len, reverse=True):
         message = message.replace(value, "***")
-    return replace(result, error_message=message)
+    return replace(result, error_message=message) if message != result.error_message else result
 
 
 def sales_first(ledger: Ledger, row_ids: Sequence[int]) -> list[int]:
