@@ -284,16 +284,21 @@ def _sample_hour_feed(tmp: Path, sandbox: SandboxServer, name: str, *, guests: b
     kept = [line for line in lines[1:] if guests or line.split(",")[column]]
     (folder / FILES[1]).write_text(lines[0] + "".join(kept), encoding="utf-8")
     (tmp / "feeds").mkdir(exist_ok=True)
-    settings = {"kind": "antavo", "base_url": sandbox.url, "region": sandbox.config.region,
-                "api_key_env": "LEAK_ANTAVO_KEY", "api_secret_env": "LEAK_ANTAVO_SECRET",
-                "requests_per_minute": 60000, "backoff_base_seconds": 0.01, "backoff_max_seconds": 0.02,
-                **target}
+    platform: dict[str, Any] = {"kind": "antavo", "region": sandbox.config.region,
+                                "api_key_env": "LEAK_ANTAVO_KEY", "api_secret_env": "LEAK_ANTAVO_SECRET"}
+    if target.get("kind") == "crmcom":
+        platform = {"password_env": "LEAK_CRMCOM_PASSWORD"}
+    settings = {**platform, "base_url": sandbox.url, "requests_per_minute": 60000,
+                "backoff_base_seconds": 0.01, "backoff_max_seconds": 0.02, **target}
     sections = {"source": {"kind": "local", "path": str(folder), "readiness": "none",
                            "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
                 "target": settings, "validation": {"currencies": ["GBP"]},
                 "logging": {"hash_customer_ids": True}}
     write_feed(tmp / "feeds" / f"{name}.toml", sections, timezone="Europe/London")
-    return {**os.environ, "LEAK_ANTAVO_KEY": API_KEY, "LEAK_ANTAVO_SECRET": API_SECRET}
+    crmcom = sandbox.state.platforms["crmcom"].config
+    return {**os.environ, "LEAK_ANTAVO_KEY": API_KEY, "LEAK_ANTAVO_SECRET": API_SECRET,
+            "CRMCOM_USERNAME": crmcom.username, "LEAK_CRMCOM_PASSWORD": crmcom.password,
+            "CRMCOM_ORGANISATION": crmcom.organisation}
 
 
 def posfeed_problems(tmp: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -330,12 +335,13 @@ def assert_nothing_leaks(blobs: dict[str, bytes], ids: set[str], secrets: tuple[
         assert found == [], f"raw customer ids {found[:5]} in {name}"
 
 
-@pytest.mark.parametrize("auth", ["signed", "api_key"])
+@pytest.mark.parametrize("target", [{"auth": "signed"}, {"auth": "api_key"}, {"kind": "crmcom"}],
+                         ids=["antavo-signed", "antavo-api_key", "crmcom"])
 def test_a_platform_echoing_every_refused_request_leaks_nothing(
-        tmp_path: Path, sandbox_with_secrets: SandboxServer, auth: str) -> None:
+        tmp_path: Path, sandbox_with_secrets: SandboxServer, target: dict[str, str]) -> None:
     sandbox = sandbox_with_secrets
     sandbox.config.echo_requests = True
-    env = _sample_hour_feed(tmp_path, sandbox, "echo", auth=auth)
+    env = _sample_hour_feed(tmp_path, sandbox, "echo", **target)
     sandbox.config.fault_kinds = ("error_500",)
     sandbox.config.fault_rate = 1.0
     result = run_posfeed(tmp_path, "echo", env)
@@ -347,7 +353,8 @@ def test_a_platform_echoing_every_refused_request_leaks_nothing(
     del blobs[str(ledger.relative_to(tmp_path))]
     blobs.update({"problems": shown.stdout.encode(), "problems --json": as_json.stdout.encode(),
                   "ledger": ledger_values(ledger, skip=("transactions.checkout",))})
-    assert_nothing_leaks(blobs, customer_ids(tmp_path / "in", FILES[1:2]), (API_KEY, API_SECRET))
+    assert_nothing_leaks(blobs, customer_ids(tmp_path / "in", FILES[1:2]),
+                         (API_KEY, API_SECRET, env["LEAK_CRMCOM_PASSWORD"]))
 
 
 def test_credentials_refused_mid_run_by_an_echoing_platform_leak_nothing(
@@ -393,23 +400,26 @@ def test_credentials_refused_mid_run_by_an_echoing_platform_leak_nothing(
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
 def test_a_refusal_echoing_our_key_never_shows_it_in_the_exit_message(
-        tmp_path: Path, sandbox_with_secrets: SandboxServer, log_format: str) -> None:
-    """The platform knows another key and its 401 quotes the request, our key in its query: the
-    error that ends the run (printed as text or as a JSON line), the problem and the ledger show
-    it masked."""
+        tmp_path: Path, sandbox_with_secrets: SandboxServer, log_format: str, kind: str) -> None:
+    """The platform knows another key (password) and its refusal quotes the request, our key in
+    its query (our password in its body): the error that ends the run (printed as text or as a
+    JSON line), the problem and the ledger show it masked."""
     sandbox = sandbox_with_secrets
     sandbox.config.echo_requests = True
     sandbox.config.api_key = "the-platform-expects-another-key"
-    env = _sample_hour_feed(tmp_path, sandbox, "echo", auth="api_key")
+    env = _sample_hour_feed(tmp_path, sandbox, "echo", **({"auth": "api_key"} if kind == "antavo"
+                                                          else {"kind": "crmcom"}))
+    sandbox.state.platforms["crmcom"].config.password = "the-platform-expects-another-password"
     result = run_posfeed(tmp_path, "echo", env, log_format=log_format)
     assert result.returncode == 78, result.stderr[-3000:]
-    assert "refused our credentials" in result.stderr and "Invalid API key" in result.stderr
+    assert "refused our credentials" in result.stderr and "(request: " in result.stderr
     shown = posfeed_problems(tmp_path, env, "--json")
     assert "credentials_refused" in shown.stdout
     blobs = everything_written(tmp_path, result)
     blobs["problems --json"] = shown.stdout.encode()
-    assert_nothing_leaks(blobs, set(), (API_KEY, API_SECRET))
+    assert_nothing_leaks(blobs, set(), (API_KEY, API_SECRET, env["LEAK_CRMCOM_PASSWORD"]))
 
 
 def test_a_whole_request_refusal_echoing_members_keeps_each_members_details_out(

@@ -120,7 +120,8 @@ class _DeclaredBodyLimit:
 class _EchoingErrors:
     """With ``echo_requests``: every error answer's message quotes what the request carried (its
     Authorization header, query string and body), as some real platforms' messages do; a client
-    must keep its secrets and the customers of the request out of what it stores and shows."""
+    must keep its secrets and the customers of the request out of what it stores and shows.
+    Answers are held whole until the app is done (the echo changes their length)."""
 
     def __init__(self, app: ASGIApp, state: SandboxState):
         self.app = app
@@ -156,12 +157,9 @@ class _EchoingErrors:
         async def echoing(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                if message["status"] < 400:
-                    await send(message)
-                    return
                 start = message
                 return
-            if start is None:
+            if start is None or message["type"] != "http.response.body":
                 await send(message)
                 return
             parts.append(message.get("body", b""))
@@ -177,17 +175,21 @@ class _EchoingErrors:
 
 def _with_echo(data: bytes, echo: str) -> bytes:
     """An error document with ``echo`` appended to its message (Antavo's ``error.message``,
-    CRM.COM's ``status.message``); another body is left as it is."""
+    CRM.COM's ``status.message`` when its code is not ``OK``, whatever the HTTP status); another
+    body is left as it is."""
     try:
         document = json.loads(data)
     except ValueError:
         return data
-    for key in ("error", "status"):
-        inner = document.get(key) if isinstance(document, dict) else None
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            inner["message"] += echo
-            return json.dumps(document).encode()
-    return data
+    if not isinstance(document, dict):
+        return data
+    error, status = document.get("error"), document.get("status")
+    inner = error if isinstance(error, dict) else (
+        status if isinstance(status, dict) and status.get("code") not in (None, "OK") else None)
+    if inner is None or not isinstance(inner.get("message"), str):
+        return data
+    inner["message"] += echo
+    return json.dumps(document).encode()
 
 
 def _closing_after_408(send: Send) -> Send:
