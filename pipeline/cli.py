@@ -15,6 +15,7 @@ import click
 
 from pipeline.config import Settings
 from pipeline.errors import EXIT_INTERNAL, ConfigError, PosfeedError, state_io_error
+from pipeline.logs import shown
 
 __all__ = ["cli", "main"]
 
@@ -74,7 +75,7 @@ def main() -> None:
         # without standalone mode click returns ctx.exit(code)'s code instead of exiting
         code = cli.main(standalone_mode=False)
     except PosfeedError as exc:
-        _fatal(f"posfeed: error: {exc}", exc.exit_code, exc)
+        _fatal(f"posfeed: error: {shown(exc)}", exc.exit_code, exc)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("posfeed: aborted", err=True)
@@ -96,7 +97,7 @@ def main() -> None:
         _fatal(f"posfeed: error: {error}", error.exit_code, error)
         sys.exit(error.exit_code)
     except Exception as exc:
-        _fatal(f"posfeed: internal error (a bug; please report it): {type(exc).__name__}: {exc}",
+        _fatal(f"posfeed: internal error (a bug; please report it): {type(exc).__name__}: {shown(exc)}",
                EXIT_INTERNAL, exc)
         sys.exit(EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)

@@ -25,7 +25,7 @@ from pipeline.errors import (
     SourceUnavailableError,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import redact
+from pipeline.logs import redact, shown
 from pipeline.problems import Observation, Problem
 
 __all__ = ["Backlog", "RunFacts", "backlog_of", "content_free", "covers", "observe", "relevant"]
@@ -157,7 +157,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             subject=feed.target.kind,
             summary=(f"the {feed.target.kind} platform could not be reached: "
                      + (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(unreachable.items()))
-                        or redact(str(facts.error)))),
+                        or shown(facts.error))),
             action=("check the platform's status and the network; the waiting work is sent again by "
                     f"later runs (`posfeed rerun --feed {feed.name} --failed` sends it now)"),
             counts={"transactions_failed": sum(unreachable.values()), "codes": unreachable,
@@ -170,7 +170,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
     halted = str(facts.summary.get("credentials_refused") or "")
     if refused or halted or _credential_error(facts.error):
         told = (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(refused.items()))
-                or (redact(halted) if halted else redact(str(facts.error))))
+                or (redact(halted) if halted else shown(facts.error)))
         out.append(Observation(
             kind="credentials_refused", key=f"credentials_refused|{feed.name}",
             summary=(("credentials missing: " if isinstance(facts.error, SecretError) and not refused
@@ -192,7 +192,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             action = "read the error and fix its cause; `posfeed runs` shows the failed run"
         out.append(Observation(
             kind="run_failed", key=f"run_failed|{feed.name}", subject=type(facts.error).__name__,
-            summary=f"the run stopped with an error: {redact(str(facts.error))}",
+            summary=f"the run stopped with an error: {shown(facts.error)}",
             action=action,
             counts={"exit_code": getattr(facts.error, "exit_code", 70),
                     **_error_named(facts.error, quoted=True)},

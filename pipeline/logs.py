@@ -19,6 +19,7 @@ Structured lines (one per file, batch and run, with counts) are written with :fu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,14 +44,17 @@ __all__ = [
     "customer_ids_pattern",
     "feed_secret_env_names",
     "json_logging_active",
+    "keep_shown",
     "log_event",
     "mask_customer_id",
+    "mask_quoted_customers",
     "masked_match",
     "redact",
     "register_feed_secrets",
     "register_secret",
     "say",
     "setup_logging",
+    "shown",
 ]
 
 REDACTED = "***"
@@ -212,6 +216,32 @@ def customer_ids_pattern(customer_ids: Iterable[str]) -> re.Pattern[str]:
     if not ids:
         return re.compile(r"(?!)")  # matches nothing
     return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, ids)) + r")(?![A-Za-z0-9])")
+
+
+def mask_quoted_customers(text: str, customers: Iterable[str]) -> str:
+    """``text`` with each of ``customers`` it quotes (standing on its own) masked; fast for many
+    ids and a short text (an error's): only the ids found in it make the pattern."""
+    found = [c for c in set(customers) if c and not c.startswith(MASK_PREFIX) and c in text]
+    return customer_ids_pattern(found).sub(masked_match, text) if found else text
+
+
+_SHOWN = "_posfeed_shown"  # the attribute an error's masked text is kept in
+
+
+def keep_shown(error: BaseException, text: str) -> None:
+    """Remember ``text`` as what ``error`` may show wherever it is told (the run's summary, a
+    problem, the exit's message): its own text with what it quoted masked."""
+    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+        setattr(error, _SHOWN, text)
+
+
+def shown(error: BaseException | None) -> str:
+    """An error's text as posfeed may show it: as :func:`keep_shown` left it, else its own text
+    with secrets redacted ("" for no error)."""
+    if error is None:
+        return ""
+    kept = getattr(error, _SHOWN, None)
+    return redact(kept if isinstance(kept, str) else str(error))
 
 
 def masked_match(found: re.Match[str]) -> str:

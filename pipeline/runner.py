@@ -63,7 +63,7 @@ from pipeline.expected import SeenFile, note_other_feeds, report_missing
 from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import FileRecord, Ledger, new_run_id
 from pipeline.ledger.records import timestamp
-from pipeline.logs import log_event, mask_customer_id
+from pipeline.logs import keep_shown, log_event, mask_customer_id, mask_quoted_customers, shown
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
@@ -440,7 +440,8 @@ def _execute(
                 # every remote edge translates its own
                 error = (state_io_error(exc, exc.filename or settings.state_dir)
                          if isinstance(exc, OSError) else exc)
-                ctx.notes["error"] = f"{type(error).__name__}: {error}"
+                keep_shown(error, _error_shown(ctx, error))
+                ctx.notes["error"] = f"{type(error).__name__}: {shown(error)}"
                 if isinstance(error, Exception):  # not for Ctrl-C
                     ctx.error = error
                 lost = isinstance(error, LockLostError) or watch.lost.is_set() or not _still_held(lock)
@@ -830,6 +831,20 @@ def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
                   f"{problem.summary}", level=logging.INFO if change.event == "resolved" else logging.WARNING,
                   feed=feed.name, problem_id=problem.id, kind=problem.kind, problem_event=change.event)
     return events
+
+
+def _error_shown(ctx: _Context, error: BaseException) -> str:
+    """The text of the error that stops a run as posfeed may show it: secrets redacted and, with
+    ``logging.hash_customer_ids``, the customer ids of the run's transactions it quotes masked
+    (a platform's answer or a bug's KeyError may quote them)."""
+    text = shown(error)
+    if not ctx.feed.logging.hash_customer_ids:
+        return text
+    try:
+        return mask_quoted_customers(text, ctx.ledger.run_customer_ids(ctx.feed.scope, run_id=ctx.run_id))
+    except Exception:  # the ledger may be what failed: its own errors quote no customer
+        log.debug("could not read the run's customer ids to mask the error", exc_info=True)
+        return text
 
 
 def observe_refusal(settings: Settings, feed: Feed, error: PosfeedError) -> None:

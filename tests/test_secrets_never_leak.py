@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -452,3 +453,54 @@ def test_a_whole_request_refusal_echoing_members_keeps_each_members_details_out(
     personal = ("sam.jones", "ada.price", "noah.hill", "Jones", "Price", "Grant", "7946", "900123",
                 "900456", "1990-04-12")
     assert_nothing_leaks(blobs, set(), (API_KEY, API_SECRET, *personal))
+
+
+class CrashingEchoPlatform:
+    """A sink that fails with an unexpected error quoting the platform's answer: our key and every
+    customer of the request (a bug's KeyError or a client library's error text does as much)."""
+
+    async def submit(self, checkouts: Any, on_sending: Any, on_result: Any, *, stop: Any = None) -> None:
+        customers = ",".join(str(c["customer_id"]) for c in checkouts if c.get("customer_id"))
+        raise RuntimeError(f"unexpected answer to api_key={ECHOED_KEY}: unknown members [{customers}]")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_an_error_quoting_the_request_that_stops_a_run_is_masked_everywhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The run stops with that error (exit 70): summary.json, the run's row, the run_failed problem
+    (and its log line), the exit's message: none shows the key or a raw customer id."""
+    from datetime import date
+
+    from pipeline.cli import _fatal
+    from pipeline.config import Feed, Settings
+    from pipeline.logs import register_secret, shown
+    from pipeline.problem_commands import problems_command
+    from pipeline.runner import run_feed
+
+    register_secret(ECHOED_KEY)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    feed = Feed.model_validate({
+        "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+        "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+    })
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError) as caught:
+        run_feed(feed, settings, business_dates=[date(2026, 11, 20)],
+                 make_sink=lambda feed: CrashingEchoPlatform())
+    _fatal(f"posfeed: internal error: {shown(caught.value)}", 70, caught.value)  # as main() does
+    problems_command(settings, feed=None, include_resolved=False, resolve=None, as_json=True)
+    out = capsys.readouterr()
+    (run_failed,) = [p for p in json.loads(out.out) if p["kind"] == "run_failed"]
+    assert "unexpected answer to api_key=***: unknown members [cust:" in run_failed["summary"]
+    blobs = {"stderr": out.err.encode(), "problems --json": out.out.encode(),
+             "log": "\n".join(r.getMessage() for r in caplog.records).encode(),
+             "ledger": ledger_values(tmp_path / "state" / "ledger.sqlite", skip=("transactions.checkout",))}
+    blobs |= {str(p): p.read_bytes() for p in (tmp_path / "reports").rglob("*") if p.is_file()}
+    assert any(name.endswith("summary.json") for name in blobs)
+    assert_nothing_leaks(blobs, customer_ids(folder, FILES[1:2]), (ECHOED_KEY,))

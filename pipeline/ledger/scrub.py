@@ -40,6 +40,17 @@ class Scrubbing:
             )
         return len(masked)
 
+    def run_customer_ids(self, scope: str, *, run_id: str) -> set[str]:
+        """The customer ids the stored checkouts of ``run_id``'s transactions in ``scope`` still
+        hold in clear (to mask them in an error that quotes them)."""
+        rows = self._db.query(
+            f"SELECT DISTINCT {self._db.json_text('t.checkout', 'customer_id')} FROM run_transactions rt "
+            "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.scope = ? "
+            "AND t.checkout IS NOT NULL",
+            (run_id, scope),
+        )
+        return {str(c) for (c,) in rows if c and not str(c).startswith(MASK_PREFIX)}
+
     def scrub_profiles(self, scope: str, *, run_id: str) -> int:
         """Remove the member details (``$.profile`` of an enrollment's stored JSON: email, phone,
         names, birth date) from every row of ``run_id`` in ``scope`` that is never sent again;
