@@ -35,7 +35,7 @@ from pipeline.errors import (
     worst_exit_code,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import say
+from pipeline.logs import say, shown
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
@@ -245,7 +245,7 @@ def run_command(
             except PosfeedError as exc:  # one feed's trouble does not stop the others
                 if single:
                     raise
-                errors.append({"feed": feed.name, "exit_code": exc.exit_code, "error": str(exc)})
+                errors.append({"feed": feed.name, "exit_code": exc.exit_code, "error": shown(exc)})
     _emit(summaries, errors, as_json)
     return worst_exit_code([s.exit_code for s in summaries] + [e["exit_code"] for e in errors])
 

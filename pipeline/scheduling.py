@@ -32,6 +32,7 @@ import re
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -67,7 +68,7 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.locks import RunLock
-from pipeline.logs import log_event, register_feed_secrets
+from pipeline.logs import log_event, register_feed_secrets, shown
 
 __all__ = [
     "DEFAULT_MISFIRE_GRACE_SECONDS",
@@ -212,11 +213,14 @@ def run_feed_job(feed: Feed, settings: Settings, stop: threading.Event,
                   feed=feed.name, status="skipped_locked", exit_code=exc.exit_code)
         return exc.exit_code
     except PosfeedError as exc:
-        log_event(logger, "run", f"feed {feed.name}: run failed: {exc}", level=logging.ERROR,
+        log_event(logger, "run", f"feed {feed.name}: run failed: {shown(exc)}", level=logging.ERROR,
                   feed=feed.name, status="error", exit_code=exc.exit_code, error=type(exc).__name__)
         return exc.exit_code
     except Exception as exc:  # a bug in one run must not stop the daemon
-        logger.exception("feed %s: run crashed: %s", feed.name, type(exc).__name__)
+        # where it was raised, then its text as shown (the raw text may quote customers)
+        where = "".join(traceback.format_tb(exc.__traceback__))
+        logger.error("feed %s: run crashed: %s: %s\nTraceback (most recent call last):\n%s",
+                     feed.name, type(exc).__name__, shown(exc), where.rstrip())
         return EXIT_INTERNAL
     # the runner logged the run's one line (event=run) with its counts
     return summary.exit_code

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import Settings
 from pipeline.sandbox.server import SandboxServer
 from tests.sftp_fixtures import SftpServer, SftpUser
 
@@ -504,3 +505,55 @@ def test_an_error_quoting_the_request_that_stops_a_run_is_masked_everywhere(
     blobs |= {str(p): p.read_bytes() for p in (tmp_path / "reports").rglob("*") if p.is_file()}
     assert any(name.endswith("summary.json") for name in blobs)
     assert_nothing_leaks(blobs, customer_ids(folder, FILES[1:2]), (ECHOED_KEY,))
+
+
+class UnavailableEchoPlatform(CrashingEchoPlatform):
+    """As :class:`CrashingEchoPlatform`, with posfeed's own error for a platform gone (exit 75)."""
+
+    async def submit(self, checkouts: Any, on_sending: Any, on_result: Any, *, stop: Any = None) -> None:
+        from pipeline.errors import PlatformUnavailableError
+
+        customers = ",".join(str(c["customer_id"]) for c in checkouts if c.get("customer_id"))
+        raise PlatformUnavailableError(f"the platform went away answering: unknown members [{customers}]")
+
+
+@pytest.mark.parametrize("platform", [CrashingEchoPlatform, UnavailableEchoPlatform])
+def test_a_scheduled_or_multi_feed_run_stopped_by_such_an_error_shows_it_masked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, platform: type) -> None:
+    """`posfeed schedule`'s line for a failed or crashed run (and its traceback) and `posfeed run`
+    of every feed (its errors in --json and its exit line) tell the error masked."""
+    import threading
+    from datetime import date
+
+    from pipeline.config import load_feed
+    from pipeline.run_commands import run_command
+    from pipeline.scheduling import run_feed_job
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    (tmp_path / "feeds").mkdir()
+    for name in ("one", "two"):
+        source = {"kind": "local", "path": str(folder), "readiness": "none", "after_success": "keep",
+                  "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"}
+        sections = {"source": source, "target": {"check_credentials": False},
+                    "validation": {"currencies": ["GBP"]}}
+        write_feed(tmp_path / "feeds" / f"{name}.toml", sections, timezone="Europe/London", dedup_scope=name)
+    monkeypatch.setenv("ANTAVO_API_KEY", "key-of-the-crashing-platform")
+    monkeypatch.setenv("ANTAVO_API_SECRET", "secret-of-the-crashing-platform")
+    monkeypatch.setattr("pipeline.runner._default_sink_factory", lambda feed: platform())
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path / "feeds",
+                        reports_dir=tmp_path / "reports")
+    with caplog.at_level(logging.INFO):
+        run_feed_job(load_feed("one", settings.feeds_dir), settings, threading.Event(),
+                     business_dates=[date(2026, 11, 20)])
+    blobs = {"log": "\n".join(f"{r.getMessage()}\n{r.exc_text or ''}" for r in caplog.records).encode()}
+    assert b"unknown members [cust:" in blobs["log"]
+    if platform is UnavailableEchoPlatform:
+        run_command(settings, [], all_feeds=True, dry_run=False, business_dates=[date(2026, 11, 20)],
+                    as_json=True)
+        out = capsys.readouterr()
+        assert "unknown members [cust:" in out.out
+        blobs |= {"stdout": out.out.encode(), "stderr": out.err.encode()}
+    assert_nothing_leaks(blobs, customer_ids(folder, FILES[1:2]), ())
