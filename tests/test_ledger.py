@@ -305,6 +305,17 @@ def test_a_settled_transaction_stores_its_mask_in_the_same_write(ledger: Ledger)
     assert _state(ledger, "T1") is TxnState.ACCEPTED and _state(ledger, "T2") is TxnState.FAILED_RETRYABLE
 
 
+def test_a_runs_customer_ids_in_clear_are_those_of_its_own_rows_not_yet_masked(ledger: Ledger) -> None:
+    first = _with_customers(ledger, "T1", "T2")
+    second = _with_customers(ledger, "T3", name="g.csv", sha="b" * 64)
+    ledger.start_sending(SCOPE, ["T1"], first)
+    ledger.accept(SCOPE, "T1", first)
+    ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=first)
+    assert ledger.run_customer_ids(SCOPE, run_id=first) == {"c-T2"}  # T1's is masked now
+    assert ledger.run_customer_ids(SCOPE, run_id=second) == {"c-T3"}
+    assert ledger.run_customer_ids("elsewhere", run_id=second) == set()
+
+
 def test_scrubbing_one_run_leaves_the_other_runs_rows_alone(ledger: Ledger) -> None:
     first = _with_customers(ledger, "T1")
     second = _with_customers(ledger, "T2", name="g.csv", sha="b" * 64)
