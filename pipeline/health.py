@@ -30,8 +30,9 @@ from pipeline.problems import Observation, Problem
 
 __all__ = ["Backlog", "RunFacts", "backlog_of", "content_free", "covers", "observe", "relevant"]
 
-# failures that mean the platform could not be reached (no answer, or a server error)
-_UNREACHABLE = re.compile(r"^(connection_error|timeout|http_5\d\d)$")
+# failures that mean the platform could not be reached (no answer, or a server error: `http_503`
+# when the answer has no body, Antavo's own code `503` when its error body gives one)
+_UNREACHABLE = re.compile(r"^(connection_error|timeout|http_5\d\d|5\d\d)$")
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")

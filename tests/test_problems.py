@@ -884,3 +884,21 @@ def test_an_error_quoting_a_file_or_a_platform_never_leaves_in_an_alert(tmp_path
         sent = json.dumps(alert)
         assert not [p for p in PERSONAL if p in sent], sent
         assert type(error).__name__ in alert["summary"] and "posfeed problems" in alert["summary"]
+
+
+@pytest.mark.parametrize("fault", ["error_503", "error_500"])
+def test_a_platform_answering_server_errors_opens_platform_unreachable(
+    tmp_path: Path, sandbox_env: Any, fault: str
+) -> None:
+    """Antavo's 5xx answers carry their own code in the body ("503"), not the ``http_503`` a bodiless
+    answer gets: an outage answered that way left the work waiting and opened no problem, so no
+    alert told anyone until the backlog grew old."""
+    with Receiver() as hook:
+        s = Setup(tmp_path, sandbox_env, hook.url)
+        s.drop("pos_NYC01_20261120_13.csv")
+        sandbox_env.config.fault_rate, sandbox_env.config.fault_kinds = 1.0, (fault,)
+        code, summary, _ = s.run()
+        assert code == 75 and summary["failed_retryable"] > 0
+        assert ("platform_unreachable", "antavo") in kinds(s.open_problems())
+        opened = [a for a in hook.received if a["kind"] == "platform_unreachable"]
+        assert [a["event"] for a in opened] == ["opened"]
