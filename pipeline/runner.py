@@ -719,7 +719,9 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     writes only what is its own: it masks its own transactions that are never sent again, then
     records its end only while the ledger still has it running; if the run that holds the scope
     now closed it as crashed first, that record (and its report) stands and no report is written
-    here. It leaves the scope's problems and alerts to that run.
+    here. It leaves the scope's problems and alerts to that run. A run that still held it at the
+    start writes its problems and its end only while it holds it (the ledger checks it in the
+    same transactions): LockLostError otherwise, nothing written, and the caller ends it so.
     """
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)

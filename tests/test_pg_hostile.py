@@ -6,7 +6,10 @@ Shown to fail: without the sessions' wait limits (``limit_waits``), the blocked 
 and the blocked run waited until the test's timeout; without the scope lock checked in the in-doubt
 mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look;
 before a run that lost its lock wrote only its own end, it opened the scope's problems, wrote
-`failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`.
+`failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`;
+before every write after sending checked the lock too, a run that lost it after its last request
+(between two looks of the lock watch) finished files, brought the scope's problems up to date,
+posted its alerts and wrote `finished` over its next holder's run.
 """
 
 from __future__ import annotations

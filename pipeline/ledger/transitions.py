@@ -197,7 +197,11 @@ class Transitions:
         ``backend_pid`` still holds the scope's advisory lock ``key``: checked in the in-doubt
         mark's own transaction, so a run whose lock session ended (and whose scope another host
         may hold now) stops before its next request, not at its lock watch's next look. Taking
-        a file (:meth:`~pipeline.ledger.files.Files.register_file`) and recording one check it too."""
+        a file (:meth:`~pipeline.ledger.files.Files.register_file`) and recording one check it too,
+        and so does every write a run makes once it has sent (:func:`while_held` in the statement,
+        or :func:`require_held` in the transaction): refused checkouts put back in the queue,
+        files finished, confirmed or set aside, problems and their alerts, the run's end; the
+        alerts to post and the files to finish are listed only while it is held."""
         unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
         self._scope_guard = (scope, (backend_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
 
