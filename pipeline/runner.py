@@ -452,8 +452,12 @@ def _execute(
                 if isinstance(error, Exception):  # not for Ctrl-C
                     ctx.error = error
                 lost = isinstance(error, LockLostError) or watch.lost.is_set() or not _still_held(lock)
-                _finish(ctx, status=LOCK_LOST if lost else "failed",
-                        failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                code = getattr(error, "exit_code", EXIT_INTERNAL)
+                try:
+                    _finish(ctx, status=LOCK_LOST if lost else "failed", failure_code=code)
+                except LockLostError:  # lost since that look: nothing written, only its own end now
+                    lost = True
+                    _finish(ctx, status=LOCK_LOST, failure_code=code)
                 # a run that lost its lock leaves the scope's alerts to the run that holds it now
                 if not dry_run and not lost:
                     deliver_pending(ledger, feed)

@@ -32,7 +32,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Feed
-from pipeline.errors import LockLostError, TransientError
+from pipeline.errors import EXIT_INTERNAL, LockLostError, TransientError
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerUnavailableError
 from pipeline.ledger.location import masked_url
@@ -792,3 +792,49 @@ def test_a_run_that_loses_its_lock_after_sending_writes_nothing_over_the_next_ho
     else:
         assert (run.status, run.exit_code) == ("lock_lost", 75)
         assert "LockLostError" in str((run.counts or {}).get("error"))
+
+
+def test_a_failing_run_that_loses_its_lock_as_it_ends_records_only_lock_lost(
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run fails (an error as submission ends) and its lock is lost right after it looked
+    whether it still held it: writing its `failed` end and the scope's problems is refused, and
+    it records only its own end, `lock_lost` (exit 75), and the scope's problems, alerts and
+    files stay as the next holder has them."""
+    from pipeline import runner
+    from pipeline.scope_locks import LockWatch
+    from tests.runner_helpers import SAMPLE_ACME, credentials, sample_feed, settings_in
+
+    class SlowWatch(LockWatch):
+        def __init__(self, lock: Any, *, scope: str) -> None:
+            super().__init__(lock, scope=scope, interval=3600)
+
+    monkeypatch.setattr(runner, "LockWatch", SlowWatch)
+    monkeypatch.setattr(runner, "_still_held", lambda lock: True)  # its look came just before
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    taken: list[PgRunLock] = []
+    shared: list[Any] = []
+
+    def fail_and_lose_the_lock(stage: str, when: str) -> None:
+        if (stage, when) == ("submit", "end"):
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+            shared.append(_shared_rows(postgres_db))
+            raise RuntimeError("boom")
+
+    try:
+        with SandboxServer() as sandbox, credentials(sandbox):
+            feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+            with pytest.raises(RuntimeError, match="boom"):
+                run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=fail_and_lose_the_lock)
+        assert _shared_rows(postgres_db) == shared[0]
+        with Ledger(postgres_db) as ledger:
+            (run,) = ledger.runs()
+    finally:
+        for lock in taken:
+            lock.release()
+    assert (run.status, run.exit_code) == ("lock_lost", EXIT_INTERNAL)
+    assert "boom" in str((run.counts or {}).get("error"))
