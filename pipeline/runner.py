@@ -427,6 +427,7 @@ def _execute(
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
                      " [dry run]" if dry_run else "")
+            reporting = False
             try:
                 if kind == "rerun":
                     assert selection is not None
@@ -435,7 +436,14 @@ def _execute(
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
                 if watch.lost.is_set():
                     raise LockLostError(feed.scope)
+                with ctx.stage("report"):
+                    reporting = True
+                    stopped = ctx.notes.get("stopped") or ctx.refused()
+                    # its problems and its end are written only while the lock is held (LockLostError)
+                    summary = _finish(ctx, status="stopped" if stopped else "finished")
             except BaseException as exc:
+                if reporting and not isinstance(exc, LockLostError):
+                    raise  # the run's end is not recorded: the next run closes it as crashed
                 # an OSError that reaches here is about our own files (staging, state folder):
                 # every remote edge translates its own
                 error = (state_io_error(exc, exc.filename or settings.state_dir)
@@ -445,18 +453,19 @@ def _execute(
                 if isinstance(error, Exception):  # not for Ctrl-C
                     ctx.error = error
                 lost = isinstance(error, LockLostError) or watch.lost.is_set() or not _still_held(lock)
-                _finish(ctx, status=LOCK_LOST if lost else "failed",
-                        failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                code = getattr(error, "exit_code", EXIT_INTERNAL)
+                try:
+                    _finish(ctx, status=LOCK_LOST if lost else "failed", failure_code=code)
+                except LockLostError:  # lost since that look: nothing written, only its own end now
+                    lost = True
+                    _finish(ctx, status=LOCK_LOST, failure_code=code)
                 # a run that lost its lock leaves the scope's alerts to the run that holds it now
                 if not dry_run and not lost:
                     deliver_pending(ledger, feed)
                 if error is not exc:
                     raise error from exc
                 raise
-            with ctx.stage("report"):
-                stopped = ctx.notes.get("stopped") or ctx.refused()
-                summary = _finish(ctx, status="stopped" if stopped else "finished")
-            if not dry_run:
+            if not dry_run:  # none once the lock is lost: the holder sends them
                 deliver_pending(ledger, feed)
             return summary
     finally:
@@ -715,7 +724,9 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     writes only what is its own: it masks its own transactions that are never sent again, then
     records its end only while the ledger still has it running; if the run that holds the scope
     now closed it as crashed first, that record (and its report) stands and no report is written
-    here. It leaves the scope's problems and alerts to that run.
+    here. It leaves the scope's problems and alerts to that run. A run that still held it at the
+    start writes its problems and its end only while it holds it (the ledger checks it in the
+    same transactions): LockLostError otherwise, nothing written, and the caller ends it so.
     """
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
@@ -813,12 +824,14 @@ def _update_problems(ledger: Ledger, feed: Feed, facts: RunFacts, now: datetime
                      ) -> dict[str, list[int]] | None:
     """Open, escalate and resolve ``feed``'s problems from what a run (or a refused start) saw;
     the ids changed, by event. None when they could not be brought up to date (checked again
-    next run; the run's own outcome stands)."""
+    next run; the run's own outcome stands); LockLostError when the run's scope lock is lost."""
     try:
         observed = observe(feed, ledger, facts, now)
         open_before = _open_problems_of(ledger, feed)
         plan = reconcile(open_before, observed, covers(feed, facts))
         changed = ledger.apply_problems(plan, run_id=facts.run_id, alert=alert_for(feed, facts.run_id))
+    except LockLostError:  # nothing written: the run ends as one that lost its lock
+        raise
     except Exception:
         log.exception("%s: could not bring the feed's problems up to date", feed.name)
         return None

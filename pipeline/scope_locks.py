@@ -9,7 +9,9 @@ A file lock lasts as long as the process. An advisory lock lasts as long as its 
 session, which a restarted server or a cut connection ends while the run goes on; another host may
 then take the scope. The ledger checks such a lock before every request it marks in doubt
 (:meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), so a run that lost it sends nothing
-more; :class:`LockWatch` also checks it on a thread of its own and :class:`RunStop` turns its loss
+more, and in each write a run makes once it has sent (files finished, problems and their alerts,
+its end), so a loss after the last request writes nothing over the next holder either;
+:class:`LockWatch` also checks it on a thread of its own and :class:`RunStop` turns its loss
 into the run's stop. Either ends the run with :class:`~pipeline.errors.LockLostError` (exit 75).
 
 :func:`runs_alive` tells, for ``posfeed runs``, whether runs the ledger records as running still

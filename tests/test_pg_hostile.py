@@ -6,7 +6,10 @@ Shown to fail: without the sessions' wait limits (``limit_waits``), the blocked 
 and the blocked run waited until the test's timeout; without the scope lock checked in the in-doubt
 mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look;
 before a run that lost its lock wrote only its own end, it opened the scope's problems, wrote
-`failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`.
+`failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`;
+before every write after sending checked the lock too, a run that lost it after its last request
+(between two looks of the lock watch) finished files, brought the scope's problems up to date,
+posted its alerts and wrote `finished` over its next holder's run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ import psycopg
 import pytest
 
 from pipeline.config import Feed
-from pipeline.errors import LockLostError, TransientError
+from pipeline.errors import EXIT_INTERNAL, LockLostError, TransientError
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerUnavailableError
 from pipeline.ledger.location import masked_url
@@ -205,6 +209,64 @@ def test_an_in_doubt_mark_is_refused_once_the_scope_lock_is_lost(postgres_db: st
             assert ledger.state_counts("acme") == {"sending": 1, "queued": 1}
             assert [(f.name, f.status) for f in ledger.files(scope="acme")] == [
                 ("f.csv", "recorded"), ("g.csv", "fetched")]
+        finally:
+            other_host.release()
+            lock.release()
+
+
+def test_the_writes_after_sending_are_refused_once_the_scope_lock_is_lost(postgres_db: str) -> None:
+    """What a run writes after it has sent (a refused batch put back in the queue, a file
+    confirmed, finished or set aside, the scope's problems and the alerts they owe, its end) is
+    written only while its lock session holds the scope's lock: once another host has taken
+    the scope, each fails with LockLostError and changes nothing, no file is offered to finish
+    and no alert to post; the run's own end is written only as `lock_lost` while it is running."""
+    from pipeline.alerts import alert_for
+    from pipeline.problems import Observation, reconcile
+    from pipeline.records import EventResult, Outcome, RetryClass
+    from tests.test_ledger import _file, _queued, _txn
+
+    feed = Feed.model_validate({"name": "hourly", "dedup_scope": "acme",
+                                "alerts": {"webhook_url": "http://127.0.0.1:9/down"}})
+    down = Observation(kind="platform_unreachable", key="platform_unreachable|hourly", feed="hourly",
+                       scope="acme", summary="down", action="check the platform", counts={})
+    lock = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
+    with Ledger(postgres_db) as ledger:
+        run_id = _queued(ledger, "T1")
+        done = _file(ledger, run_id, name="g.csv", sha="b" * 64)
+        ledger.record_file(run_id, done, transactions=[_txn("T2")], rejects=[],
+                           totals=[("S1", "2026-11-20", 1, 1, Decimal("10.50"))])
+        ledger.start_sending("acme", ["T2"], run_id)
+        ledger.accept("acme", "T2", run_id)
+        file = next(f for f in ledger.files(scope="acme") if f.name == "f.csv")
+        ledger.guard_scope("acme", lock.backend_pid, lock.key)
+        ledger.apply_problems(reconcile([], [down], lambda p: True), run_id=run_id,
+                              alert=alert_for(feed, run_id))  # held: opened, its alert owed
+        ledger.apply_results("acme", [EventResult("T1", Outcome.RETRYABLE, error_code="credentials_refused",
+                                                  retry_class=RetryClass.CREDENTIALS)], run_id)
+        (row_id,) = [r.id for r in ledger.run_transactions(run_id, at_end=False) if r.transaction_id == "T1"]
+        assert [f.name for f in ledger.finishable_files("acme")] == ["g.csv"]  # T1 is not final
+        _end_session(postgres_db, lock.backend_pid)
+        other_host = PgRunLock.acquire(postgres_db, "acme", feed="hourly")
+        try:
+            shared = _shared_rows(postgres_db)
+            assert ledger.pending_alerts("acme") == []  # the holder's to post
+            assert ledger.finishable_files("acme") == []  # the holder's to finish
+            for write in (
+                lambda: ledger.requeue_refused([row_id], run_id),
+                lambda: ledger.confirm_file(file.id, "2026-11-20T10:00:00.000000+00:00"),
+                lambda: ledger.finish_file(done.id, "archive"),
+                lambda: ledger.quarantine_file(file.id, None),
+                lambda: ledger.apply_problems(reconcile(ledger.problems(), [], lambda p: True),
+                                              run_id=run_id, alert=alert_for(feed, run_id)),
+                lambda: ledger.finish_run(run_id, status="finished", exit_code=0, counts={}),
+            ):
+                with pytest.raises(LockLostError):
+                    write()
+            assert _shared_rows(postgres_db) == shared
+            assert ledger.run(run_id).status == "running"  # type: ignore[union-attr]
+            assert ledger.finish_run(run_id, status="lock_lost", exit_code=75, counts={},
+                                     only_if_running=True)
+            assert ledger.run(run_id).status == "lock_lost"  # type: ignore[union-attr]
         finally:
             other_host.release()
             lock.release()
@@ -638,3 +700,141 @@ def test_an_idle_session_timeout_set_for_posfeed_is_kept_and_named_when_it_ends_
     assert not isinstance(outcome, Exception), outcome
     assert outcome.summary["balanced"] is True and outcome.summary["accepted"] > 0
     assert ids and len(ids) == len(set(ids))
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("next_holder", ["takes_the_lock", "closes_this_run", "runs_and_ends"])
+@pytest.mark.parametrize("moment", [("submit", "end"), ("report", "start")])
+def test_a_run_that_loses_its_lock_after_sending_writes_nothing_over_the_next_holder(
+        moment: tuple[str, str], next_holder: str, postgres_db: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run has sent everything; as submission ends (before it finishes its files) or as its
+    report stage starts, its lock session is ended and another host takes the scope: it only
+    holds the lock, or its run has started (and closed this one as crashed), or a whole run of it
+    has come and gone (finishing the files, resolving the problem, posting its alerts). The lock
+    watch is made slow (an hour), as if its last look came just before: the run still archives and
+    finishes no file, resolves no problem, queues and posts no alert, and writes no `finished` end
+    over the holder's. It ends as a run that lost its lock does: LockLostError (exit 75), `crashed`
+    as the holder's run recorded it, or else `lock_lost` of its own."""
+    import shutil
+
+    from pipeline import runner
+    from pipeline.problems import Observation
+    from pipeline.scope_locks import LockWatch
+    from tests.runner_helpers import SAMPLE_ACME, credentials, sample_feed, settings_in
+    from tests.test_alerts import Receiver, open_one
+
+    class SlowWatch(LockWatch):
+        def __init__(self, lock: Any, *, scope: str) -> None:
+            super().__init__(lock, scope=scope, interval=3600)
+
+    monkeypatch.setattr(runner, "LockWatch", SlowWatch)
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    drop = tmp_path / "drop"
+    shutil.copytree(SAMPLE_ACME, drop)
+    taken: list[PgRunLock] = []
+    shared: list[Any] = []
+    second: list[Any] = []  # the next holder's whole run
+    sent: list[Any] = []  # the alerts it posted
+
+    def take_the_scope(stage: str, when: str) -> None:
+        if (stage, when) == moment:
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            if next_holder == "runs_and_ends":
+                second.append(run_feed(feed, settings, business_dates=[date(2026, 11, 20)]))
+                sent.extend(hook.received)
+            else:
+                taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+            if next_holder == "closes_this_run":
+                with Ledger(postgres_db) as other:
+                    assert len(other.close_abandoned_runs("acme")) == 1
+            shared.append((_shared_rows(postgres_db), _listing(drop)))
+
+    try:
+        with SandboxServer() as sandbox, credentials(sandbox), Receiver() as hook:
+            feed = sample_feed("acme_hourly", sandbox, folder=drop, source={"after_success": "archive"})
+            alerts = feed.alerts.model_copy(update={"webhook_url": hook.url})
+            feed = feed.model_copy(update={"alerts": alerts})
+            with Ledger(postgres_db) as ledger:  # open: a run that reaches the platform resolves it
+                open_one(ledger, feed, Observation(
+                    kind="platform_unreachable", key="platform_unreachable|acme_hourly", feed="acme_hourly",
+                    scope="acme", summary="down", action="check the platform", counts={}))
+            with pytest.raises(LockLostError) as caught:
+                run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=take_the_scope)
+            received = list(hook.received)
+        assert len(taken) + len(second) == 1 and caught.value.exit_code == 75
+        assert received == sent  # the scope's alerts are the holder's to send
+        rows, listing = shared[0]
+        assert _shared_rows(postgres_db) == rows  # problems, alerts owed, files, states
+        assert _listing(drop) == listing  # no source file archived after the loss
+        with Ledger(postgres_db) as ledger:
+            runs = {r.id: r for r in ledger.runs()}
+            if second:
+                assert runs.pop(second[0].run_id).status == "finished"
+                assert sent  # the alerts it owed, posted by it
+            else:
+                assert ledger.problems(feed="acme_hourly")[0].kind == "platform_unreachable"
+                if moment == ("submit", "end"):
+                    assert {f.status for f in ledger.files(scope="acme")} == {"recorded"}
+            (run,) = runs.values()
+    finally:
+        for lock in taken:
+            lock.release()
+    if next_holder != "takes_the_lock":  # as the holder's run closed it (its report: exit 75)
+        assert (run.status, run.exit_code) == ("crashed", 75 if second else None)
+    else:
+        assert (run.status, run.exit_code) == ("lock_lost", 75)
+        assert "LockLostError" in str((run.counts or {}).get("error"))
+
+
+def test_a_failing_run_that_loses_its_lock_as_it_ends_records_only_lock_lost(
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run fails (an error as submission ends) and its lock is lost right after it looked
+    whether it still held it: writing its `failed` end and the scope's problems is refused, and
+    it records only its own end, `lock_lost` (exit 75), and the scope's problems, alerts and
+    files stay as the next holder has them."""
+    from pipeline import runner
+    from pipeline.scope_locks import LockWatch
+    from tests.runner_helpers import SAMPLE_ACME, credentials, sample_feed, settings_in
+
+    class SlowWatch(LockWatch):
+        def __init__(self, lock: Any, *, scope: str) -> None:
+            super().__init__(lock, scope=scope, interval=3600)
+
+    monkeypatch.setattr(runner, "LockWatch", SlowWatch)
+    monkeypatch.setattr(runner, "_still_held", lambda lock: True)  # its look came just before
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    taken: list[PgRunLock] = []
+    shared: list[Any] = []
+
+    def fail_and_lose_the_lock(stage: str, when: str) -> None:
+        if (stage, when) == ("submit", "end"):
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+            shared.append(_shared_rows(postgres_db))
+            raise RuntimeError("boom")
+
+    try:
+        with SandboxServer() as sandbox, credentials(sandbox):
+            feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+            with pytest.raises(RuntimeError, match="boom"):
+                run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=fail_and_lose_the_lock)
+        assert _shared_rows(postgres_db) == shared[0]
+        with Ledger(postgres_db) as ledger:
+            (run,) = ledger.runs()
+    finally:
+        for lock in taken:
+            lock.release()
+    assert (run.status, run.exit_code) == ("lock_lost", EXIT_INTERNAL)
+    assert "boom" in str((run.counts or {}).get("error"))

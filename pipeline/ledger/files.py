@@ -4,10 +4,11 @@ fetched to recorded to finished (or set aside in quarantine), and which file sup
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.records import FileRecord, file_record, timestamp
-from pipeline.ledger.transitions import ScopeGuard, require_scope_lock
+from pipeline.ledger.transitions import ScopeGuard, require_held, require_scope_lock, while_held
 
 
 class Files:
@@ -112,9 +113,8 @@ class Files:
         """The file's content was read again, under the name and size it was recorded with (and
         ``mtime``, when it has moved since), by a fetch that began at ``fetched_at`` (a ledger
         timestamp)."""
-        with self._db.transaction() as db:
-            db.execute("UPDATE files SET fetched_at = ?, mtime = COALESCE(?, mtime), updated_at = ? "
-                       "WHERE id = ?", (fetched_at, mtime, timestamp(), file_id))
+        self._guarded_update("UPDATE files SET fetched_at = ?, mtime = COALESCE(?, mtime), updated_at = ? "
+                             "WHERE id = ?", (fetched_at, mtime, timestamp(), file_id))
 
     def mark_file_unreadable(self, file_id: int, reason: str) -> None:
         """A fetched file could not be read at all; it is offered again by the next run."""
@@ -126,17 +126,27 @@ class Files:
 
     def finish_file(self, file_id: int, action: str) -> None:
         """Every row of the file reached a final state and the source file was kept/archived/deleted."""
+        self._guarded_update(
+            "UPDATE files SET status = 'finished', finished_action = ?, finished_at = ?, "
+            "updated_at = ? WHERE id = ? AND status = 'recorded'",
+            (action, timestamp(), timestamp(), file_id),
+        )
+
+    def _guarded_update(self, sql: str, params: tuple[Any, ...]) -> None:
+        """One UPDATE of ``files`` that, in a guarded scope (see
+        :meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), touches its file only while
+        the scope's lock is held (in the statement itself); raises LockLostError when it is not."""
         with self._db.transaction() as db:
-            db.execute(
-                "UPDATE files SET status = 'finished', finished_action = ?, finished_at = ?, "
-                "updated_at = ? WHERE id = ? AND status = 'recorded'",
-                (action, timestamp(), timestamp(), file_id),
-            )
+            held, lock = while_held(db, self._scope_guard)
+            if not db.execute(sql + held, (*params, *lock)) and held:
+                require_held(db, self._scope_guard)  # or the row was not there to change
 
     def finishable_files(self, scope: str) -> list[FileRecord]:
-        """Recorded files whose every transaction is final with no failure (nor its primary's)."""
+        """Recorded files whose every transaction is final with no failure (nor its primary's);
+        none in a guarded scope whose lock is lost (the check is part of the query)."""
+        held, lock = while_held(self._db, self._scope_guard, "f.scope")
         rows = self._db.query(
-            """
+            f"""
             SELECT f.* FROM files f WHERE f.scope = ? AND f.status = 'recorded'
             AND NOT EXISTS (
                 SELECT 1 FROM transactions t LEFT JOIN transactions p ON p.id = t.primary_id
@@ -144,9 +154,10 @@ class Files:
                     t.state IN ('queued', 'sending', 'failed_retryable', 'failed_permanent')
                     OR (t.state = 'duplicate' AND p.state IN
                         ('queued', 'sending', 'failed_retryable', 'failed_permanent'))))
+            {held}
             ORDER BY f.id
             """,
-            (scope,),
+            (scope, *lock),
         )
         return [file_record(r) for r in rows]
 
@@ -154,12 +165,11 @@ class Files:
     def quarantine_file(self, file_id: int, location: str | None) -> None:
         """An unreadable file is set aside: later runs skip it. ``location`` is where it was moved
         (None: left in place and only recorded)."""
-        with self._db.transaction() as db:
-            db.execute(
-                "UPDATE files SET status = 'quarantined', quarantined_to = ?, quarantined_at = ?, "
-                "updated_at = ? WHERE id = ?",
-                (location, timestamp(), timestamp(), file_id),
-            )
+        self._guarded_update(
+            "UPDATE files SET status = 'quarantined', quarantined_to = ?, quarantined_at = ?, "
+            "updated_at = ? WHERE id = ?",
+            (location, timestamp(), timestamp(), file_id),
+        )
 
     def quarantined_files(self, scope: str | None = None, *, feed: str | None = None,
                           name: str | None = None) -> list[FileRecord]:

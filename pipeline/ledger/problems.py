@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.errors import LockLostError
 from pipeline.ledger.db import Db, Row
 from pipeline.ledger.records import timestamp
+from pipeline.ledger.transitions import ScopeGuard, lock_held, while_held
 from pipeline.problems import Plan, Problem
 
 
@@ -16,6 +18,7 @@ class Problems:
     """Problems and their alerts (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
+    _scope_guard: ScopeGuard | None  # see Transitions.guard_scope
 
     def problems(self, *, feed: str | None = None, scope: str | None = None, open_only: bool = True,
                  problem_id: int | None = None) -> list[Problem]:
@@ -45,11 +48,17 @@ class Problems:
         """Record a run's problem changes, and in the same transaction the alerts they owe.
 
         ``alert(problem, event)`` returns the payload to send (None: not sent). Returns the
-        problems as they are after the change, in the plan's order.
+        problems as they are after the change, in the plan's order. A run of a guarded scope
+        (see :meth:`~pipeline.ledger.transitions.Transitions.guard_scope`) whose lock is lost
+        changes nothing (LockLostError): the scope's holder keeps its problems up to date. The
+        lock is read with each changed problem, in the transaction that writes it.
         """
         now = timestamp()
         out: list[Problem] = []
         with self._db.transaction() as db:
+            held, lock = lock_held(db, self._scope_guard)
+            reread = f"SELECT *, {held} AS lock_held FROM problems WHERE id = ?" if held else \
+                "SELECT * FROM problems WHERE id = ?"
             for change in plan.changes:
                 obs, current = change.observation, change.problem
                 if change.event == "opened":
@@ -81,8 +90,11 @@ class Problems:
                          json.dumps(dict(obs.counts), sort_keys=True, default=str), run_id,
                          escalated, now, problem_id),
                     )
-                row = db.one("SELECT * FROM problems WHERE id = ?", (problem_id,))
+                row = db.one(reread, (*lock, problem_id))
                 assert row is not None
+                if held and not row["lock_held"]:  # the transaction is rolled back
+                    assert self._scope_guard is not None
+                    raise LockLostError(self._scope_guard[0])
                 problem = _problem(row)
                 out.append(problem)
                 if change.event == "refreshed":
@@ -99,10 +111,12 @@ class Problems:
 
     def pending_alerts(self, scope: str, *, due_by: str | None = None) -> list[dict[str, Any]]:
         """Alerts of ``scope`` not delivered yet (whose next attempt is due by ``due_by``), oldest
-        first: ``id``, ``attempts``, ``payload`` (decoded), ``last_error``, ``next_attempt_at``."""
+        first: ``id``, ``attempts``, ``payload`` (decoded), ``last_error``, ``next_attempt_at``.
+        None for a run of a guarded scope whose lock is lost (they are the holder's to send)."""
+        held, lock = while_held(self._db, self._scope_guard)
         sql = ("SELECT id, attempts, payload, last_error, next_attempt_at FROM alert_outbox "
-               "WHERE scope = ? AND delivered_at IS NULL")
-        params: list[Any] = [scope]
+               "WHERE scope = ? AND delivered_at IS NULL" + held)
+        params: list[Any] = [scope, *lock]
         if due_by is not None:
             sql += " AND next_attempt_at <= ?"
             params.append(due_by)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.ledger.db import Db
 from pipeline.ledger.records import RunRecord, new_run_id, run_record, timestamp
+from pipeline.ledger.transitions import ScopeGuard, require_held, while_held
 
 # a run's own outcome of each of its transactions, kept when it ends (its report reads them)
 _KEEP_OUTCOMES = (
@@ -23,6 +24,7 @@ class Runs:
     """The ledger's runs (a part of :class:`~pipeline.ledger.Ledger`)."""
 
     _db: Db
+    _scope_guard: ScopeGuard | None  # see Transitions.guard_scope
 
     def start_run(
         self,
@@ -58,17 +60,27 @@ class Runs:
                    only_if_running: bool = False) -> bool:
         """Record how a run ended, its counts, and the state each of its transactions ended in;
         with ``only_if_running``, only while the ledger still records it as running (not yet
-        closed as crashed by the next run of its scope): whether it was recorded."""
+        closed as crashed by the next run of its scope): whether it was recorded.
+
+        Otherwise, in a guarded scope (see
+        :meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), only while the scope's
+        lock is held (checked in the UPDATE itself): LockLostError when it is not, and nothing
+        is written (the run that lost it records its end with ``only_if_running``)."""
         with self._db.transaction() as db:
-            if only_if_running:  # the write transaction keeps close_abandoned_runs out meanwhile
-                row = db.one("SELECT status FROM runs WHERE id = ?", (run_id,))
-                if row is None or row[0] != "running":
-                    return False
-            db.execute(_KEEP_OUTCOMES + "WHERE run_id = ?", (run_id,))
-            db.execute(
-                "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?",
-                (status, exit_code, json.dumps(counts, sort_keys=True, default=str), timestamp(), run_id),
+            # the write transaction (and the row's lock) keeps close_abandoned_runs out meanwhile
+            held, lock = ("", ()) if only_if_running else while_held(db, self._scope_guard)
+            written = db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?"
+                + (" AND status = 'running'" if only_if_running else "") + held,
+                (status, exit_code, json.dumps(counts, sort_keys=True, default=str), timestamp(), run_id,
+                 *lock),
             )
+            if not written:
+                if only_if_running:
+                    return False
+                if held:
+                    require_held(db, self._scope_guard)  # or no such run: nothing to keep
+            db.execute(_KEEP_OUTCOMES + "WHERE run_id = ?", (run_id,))
         return True
 
     def close_abandoned_runs(self, scope: str) -> list[str]:

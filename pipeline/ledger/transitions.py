@@ -153,6 +153,29 @@ _LOCK_HELD = ("EXISTS (SELECT 1 FROM pg_locks WHERE pid = ? AND locktype = 'advi
 ScopeGuard = tuple[str, tuple[int, int, int]]
 
 
+def while_held(db: Db, guard: ScopeGuard | None, column: str = "scope") -> tuple[str, tuple[Any, ...]]:
+    """A condition to add to a statement's WHERE, and its parameters: a row of the guarded scope
+    (its ``column``) is touched only while the scope's lock is held, in the statement itself (no
+    round trip more). Empty when nothing is guarded (SQLite, a dry run, a command)."""
+    if guard is None or db.dialect != "postgresql":
+        return "", ()
+    return f" AND ({column} <> ? OR {_LOCK_HELD})", (guard[0], *guard[1])
+
+
+def lock_held(db: Db, guard: ScopeGuard | None) -> tuple[str, tuple[Any, ...]]:
+    """An expression, and its parameters, that is true while the guarded scope's lock is held, to
+    read along with a statement's own columns (empty when nothing is guarded)."""
+    if guard is None or db.dialect != "postgresql":
+        return "", ()
+    return _LOCK_HELD, guard[1]
+
+
+def require_held(db: Db, guard: ScopeGuard | None) -> None:
+    """Inside a write transaction: raise LockLostError when a scope is guarded and its lock is lost."""
+    if guard is not None:
+        require_scope_lock(db, guard, guard[0])
+
+
 def require_scope_lock(db: Db, guard: ScopeGuard | None, scope: str) -> None:
     """Inside a write transaction: raise LockLostError when ``scope`` is guarded (see
     :meth:`Transitions.guard_scope`) and its lock session no longer holds the lock."""
@@ -174,7 +197,11 @@ class Transitions:
         ``backend_pid`` still holds the scope's advisory lock ``key``: checked in the in-doubt
         mark's own transaction, so a run whose lock session ended (and whose scope another host
         may hold now) stops before its next request, not at its lock watch's next look. Taking
-        a file (:meth:`~pipeline.ledger.files.Files.register_file`) and recording one check it too."""
+        a file (:meth:`~pipeline.ledger.files.Files.register_file`) and recording one check it too,
+        and so does every write a run makes once it has sent (:func:`while_held` in the statement,
+        or :func:`require_held` in the transaction): refused checkouts put back in the queue,
+        files finished, confirmed or set aside, problems and their alerts, the run's end; the
+        alerts to post and the files to finish are listed only while it is held."""
         unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
         self._scope_guard = (scope, (backend_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
 
@@ -353,5 +380,6 @@ class Transitions:
                 "AND state = 'failed_retryable' AND retry_class = 'credentials'", chunk))
         if ids:
             with self._db.transaction() as db:
+                require_held(db, self._scope_guard)  # a lost scope's rows are the next holder's
                 set_state(db, ids, TxnState.QUEUED, run_id)
         return ids
