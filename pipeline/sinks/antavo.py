@@ -5,7 +5,9 @@ Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` ev
 large for a request of its own is not sent: ``request_too_large``); guests go one by one to
 ``POST /events`` (the bulk endpoint refuses guests). Sales are sent before returns so a refund
 finds its sale accepted: sales (phase 0), then refunds that may have landed already (phases 1,
-2, ...: one per sale at a time), then refunds sent for the first time; members' profile updates
+2, ...: one per sale at a time), then refunds sent for the first time (a refund whose sale went in
+this submission and was not accepted is held back: ``original_not_accepted`` retryable, or
+``original_refused`` when the platform refused the sale); members' profile updates
 after their opt_ins (phases 1, 2, ...: one per member at a time). A return's shape (whole
 ``refund``, ``refund_item`` per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s
 decision.
@@ -67,6 +69,9 @@ ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
 ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier opt_in landed
 SIGNUP_PENDING = "signup_pending"  # a profile update held back: its member's opt_in was not accepted
+# a refund held back: its sale went in this submission and was not accepted (for now, for good)
+ORIGINAL_NOT_ACCEPTED = "original_not_accepted"
+ORIGINAL_REFUSED = "original_refused"
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
@@ -146,6 +151,10 @@ class AntavoAdapter:
         self._opt_ins: dict[str, str] = {}
         self._signed_up: set[str] = set()
         self._updates: dict[str, str] = {}
+        # sales planned in this submission, those the platform holds, and those it refused (code)
+        self._sales: set[str] = set()
+        self._sales_landed: set[str] = set()
+        self._sales_refused: dict[str, str | None] = {}
         self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
@@ -203,6 +212,8 @@ class AntavoAdapter:
                                           error_message=events.message, attempts=0))
                 continue
             phase = 0
+            if row.get("transaction_type") == TransactionType.SALE:
+                self._sales.add(tid)
             if is_return:  # a sale's refunds one after the other: a read-back tells them apart
                 original = str(row.get("original_transaction_id"))
                 phase = NEW_REFUNDS + refunding.get(original, 0)
@@ -255,7 +266,7 @@ class AntavoAdapter:
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """Build and sign one attempt; refunds that may have landed are read back first."""
         route, units = batch.route, list(batch.units)
-        landed = self._waiting_for_opt_in(units)
+        landed = self._waiting_for_opt_in(units) + self._waiting_for_sale(units)
         if landed:
             units = [unit for unit in units if unit.transaction_id not in {r.transaction_id for r in landed}]
         # refunds that may have landed before this attempt, with when: a refusal of the whole
@@ -303,6 +314,28 @@ class AntavoAdapter:
                                       "the update waits for it", attempts=0)
             for unit in units if self._updates.get(unit.transaction_id) in failed
         ]
+
+    def _waiting_for_sale(self, units: Sequence[Unit]) -> list[EventResult]:
+        """A result, not sent, for each refund whose sale went in this submission and was not
+        accepted (Antavo would refuse the refund for good: 112201): retryable while the sale may
+        still be accepted, failed for good with the sale when the platform refused it."""
+        held = []
+        for unit in units:
+            refund = self._returns.get(unit.transaction_id)
+            sale = str(refund.row.get("original_transaction_id")) if refund is not None else ""
+            if sale not in self._sales or sale in self._sales_landed:
+                continue
+            if sale in self._sales_refused:
+                held.append(EventResult(
+                    unit.transaction_id, Outcome.REJECTED, error_code=ORIGINAL_REFUSED, attempts=0,
+                    error_message=f"never sent: the platform refused its sale {sale} in this run "
+                                  f"({self._sales_refused[sale]}); nothing of it can be refunded"))
+            else:
+                held.append(EventResult(
+                    unit.transaction_id, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_ACCEPTED, attempts=0,
+                    error_message=f"not sent: its sale {sale} was not accepted in this run; the "
+                                  "refund waits for it"))
+        return held
 
     def _request(self, batch: Batch) -> PreparedRequest:
         path = "/events" if batch.route == "single" else "/events/bulk"
@@ -422,6 +455,10 @@ class AntavoAdapter:
             tid = result.transaction_id
             if tid in self._opt_ins and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                 self._signed_up.add(self._opt_ins[tid])
+            if tid in self._sales and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+                self._sales_landed.add(tid)
+            elif tid in self._sales and result.outcome is Outcome.REJECTED:
+                self._sales_refused[tid] = result.error_code
             if tid in self._returns and result.outcome is Outcome.ACCEPTED:
                 # some lines may have been found by a read-back and the rest sent now: the result
                 # carries every event id of the return
