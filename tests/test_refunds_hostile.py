@@ -292,3 +292,28 @@ def test_a_return_whose_sale_the_platform_refused_in_its_run_is_never_sent(
     assert state(rows, "R-1") == ("failed_permanent", "original_refused")
     assert "160212" in str(rows["R-1"].last_error_message)
     assert stats(sandbox)["events_rejected"] == 1  # the sale; no refund of it went out
+
+
+def test_two_returns_that_never_landed_are_decided_by_what_the_platform_holds(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Both returns came before their sale and were refused (112201); rerun after the sale came,
+    each was sent before, so may have landed, and each counted the other: both were over_refund,
+    never sent, though the platform held no refund of the sale. Now the read-back decides: the
+    first fits what the platform holds and is sent, the second would exceed it."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        ret("R-1", 1, "MILK", "2", "1.20", "2.40", "S-1"),
+        ret("R-2", 1, "MILK", "2", "1.20", "2.40", "S-1", at="11:10:00")])
+    posfeed.run()
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == state(rows, "R-2") == ("failed_permanent", "112201")
+    posfeed("rerun", "--feed", str(posfeed.feeds["acme_hourly"]), "--failed", "--include-permanent")
+    rows = posfeed.rows()
+    assert state(rows, "R-1")[0] == "accepted"
+    assert state(rows, "R-2") == ("not_sent", "over_refund")
+    assert "4 unit(s) of product MILK" in str(rows["R-2"].last_error_message)
+    held = posfeed.held()["S-1"]
+    assert Decimal(held["refunded"]) == Decimal("2.40") and refunded_units(held)["MILK"] == 2

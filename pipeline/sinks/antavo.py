@@ -46,8 +46,15 @@ from urllib.parse import quote
 from pipeline.config import AntavoTarget
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks.antavo_events import NotSent, dumps, events_for, refund_events, return_decision
-from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
-from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, ReturnDecision
+from pipeline.sinks.antavo_readback import (
+    Found,
+    PlatformEvent,
+    events_in,
+    match_refund,
+    refunded_lines,
+    transactions_in,
+)
+from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, ReturnDecision, SaleFacts
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.delivery import (
     Batch,
@@ -385,15 +392,29 @@ class AntavoAdapter:
             elif found.unsure:
                 landed.append(_held(tid, "a refund event of the sale on the platform that no other "
                                          "return owns cannot be compared with this return"))
-            elif not refund.decision.sendable:
-                landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=refund.decision.code,
-                                          error_message=refund.decision.message))
+            elif not (decided := self._by_the_platform(refund, events, found)).sendable:
+                landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=decided.code,
+                                          error_message=decided.message))
             else:
+                refund.decision = decided
                 self._sent.discard(tid)  # read back: what goes out now is sent once
                 lines = found.remaining if refund.decision.action == "refund_item" else None
                 to_send.append(Unit(tid, refund_events(row, refund.decision, account=self.target.account,
                                                        lines=lines)))
         return landed, to_send
+
+    def _by_the_platform(self, refund: _Refund, events: Sequence[PlatformEvent], found: Found
+                         ) -> ReturnDecision:
+        """A refund's decision after its read-back found nothing of it: an over-refund (other returns
+        of the sale may have landed) is decided again against the refunds the platform holds, when
+        each of them can be counted; any other decision stands."""
+        sale = refund.row.get("return_sale")
+        if refund.decision.code != OVER_REFUND or found.event_ids or not isinstance(sale, SaleFacts):
+            return refund.decision
+        held = refunded_lines(events)
+        if held is None:
+            return refund.decision
+        return sale.decide(refund.row, [held] if held else [], self.target.return_mode)
 
     async def _platform_refunds(
         self, customer: str, original: str, client: HttpClient

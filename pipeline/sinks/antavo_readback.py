@@ -16,7 +16,9 @@ found by an equal ``refund_item`` (product, units, money). What is found landed;
 not found are sent. When lines are missing and the sale has a refund event nobody owns that
 cannot be compared (no product, units or money in what the platform shows), nothing is sent:
 the return is held for review (``refund_in_doubt``), as is a guest's refund that may have landed
-(a guest's transactions cannot be read: they have no customer).
+(a guest's transactions cannot be read: they have no customer). :func:`refunded_lines` gives the
+sale's refunds as lines, so a return held as an over-refund while other returns of the sale may
+have landed is decided again against what the platform holds.
 
 The read answers' envelopes are not documented: a list, or an object holding the list under
 ``transactions`` / ``events`` / ``data`` / ``payload`` is read.
@@ -31,7 +33,7 @@ from typing import Any
 
 from pipeline.sinks.antavo_returns import Line, ReturnDecision
 
-__all__ = ["Found", "PlatformEvent", "events_in", "match_refund", "transactions_in"]
+__all__ = ["Found", "PlatformEvent", "events_in", "match_refund", "refunded_lines", "transactions_in"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,16 @@ def match_refund(
         for e in free)
     return Found(tuple(taken), tuple(remaining), landed=bool(decision.lines) and not remaining,
                  unsure=unsure)
+
+
+def refunded_lines(events: Iterable[PlatformEvent]) -> tuple[Line, ...] | None:
+    """The lines the sale's refund events gave back (every refund of the sale, whoever sent it);
+    None when one of them cannot be counted as lines (a whole ``refund``, a ``partial_refund``, or
+    an event without product, units or money)."""
+    lines = []
+    for event in events:
+        if (event.action != "refund_item" or event.product_id is None or event.quantity is None
+                or event.subtotal is None):
+            return None
+        lines.append(Line(event.product_id, abs(event.quantity), abs(event.subtotal)))
+    return tuple(lines)

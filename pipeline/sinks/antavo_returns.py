@@ -46,6 +46,7 @@ __all__ = [
     "RETURN_OTHER_CUSTOMER",
     "Line",
     "ReturnDecision",
+    "SaleFacts",
     "SaleReturn",
     "decide_return",
     "decide_sale_returns",
@@ -183,6 +184,22 @@ def decide_return(
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     whole = back_units == bought_units and sum(back_money.values(), Decimal(0)) == paid
     return ReturnDecision("refund" if whole else "refund_item", lines)
+
+
+@dataclass(frozen=True)
+class SaleFacts:
+    """What a return is checked against of its sale (as :func:`decide_return` takes it)."""
+
+    lines: tuple[Line, ...]
+    total: Decimal | None = None
+    currency: str | None = None
+    customer: str | None = None
+
+    def decide(self, row: Mapping[str, Any], earlier: Sequence[Sequence[Line]], mode: str) -> ReturnDecision:
+        """:func:`decide_return` of ``row`` against this sale and ``earlier``."""
+        return decide_return(row, original=self.lines, original_total=self.total,
+                             original_currency=self.currency, original_customer=self.customer,
+                             earlier=earlier, mode=mode)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from pipeline.logs import mask_customer_id
-from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
+from pipeline.sinks.antavo_readback import (
+    PlatformEvent,
+    events_in,
+    match_refund,
+    refunded_lines,
+    transactions_in,
+)
 from pipeline.sinks.antavo_returns import (
     OVER_REFUND,
     RETURN_MISMATCH,
@@ -242,3 +248,12 @@ def test_each_unit_refunds_at_most_its_share_of_the_products_price_up_to_a_cent(
     decided = decide_sale_returns(twice_up, original=sale, original_total=D("10.00"))
     assert decided["R-1"].action == "refund_item" and decided["R-2"].code == OVER_REFUND
     assert "6.67 was their price" in str(decided["R-2"].message)
+
+
+def test_the_refunds_a_sale_holds_count_as_lines_only_when_each_can_be_counted() -> None:
+    items = [PlatformEvent("e1", "refund_item", "milk", D(1), D("1.20")),
+             PlatformEvent("e2", "refund_item", "bread", D(1), D("3.00"))]
+    assert refunded_lines(items) == (Line("milk", D(1), D("1.20")), Line("bread", D(1), D("3.00")))
+    assert refunded_lines([]) == ()
+    assert refunded_lines([*items, PlatformEvent("e3", "refund")]) is None  # the whole sale, as what?
+    assert refunded_lines([PlatformEvent("e4", "refund_item", "milk", None, D("1.20"))]) is None
