@@ -317,3 +317,39 @@ def test_two_returns_that_never_landed_are_decided_by_what_the_platform_holds(
     assert "4 unit(s) of product MILK" in str(rows["R-2"].last_error_message)
     held = posfeed.held()["S-1"]
     assert Decimal(held["refunded"]) == Decimal("2.40") and refunded_units(held)["MILK"] == 2
+
+
+def test_a_return_whose_sale_another_scope_delivered_is_checked_against_the_platforms_sale(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, the ledger of the return's scope did not know the sale, so the return went out
+    unchecked: one milk of 1.20 refunded 2.40, a bread in EUR refunded a GBP sale, and a third milk
+    was left to the platform."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    other = tmp_path / "other"
+    feed = sample_feed("acme_hourly", sandbox, folder=other, max_attempts=1)
+    posfeed.feeds["other"] = tmp_path / "other.toml"
+    posfeed.feeds["other"].write_text(feed_toml(feed.model_copy(update={
+        "expected": None, "dedup_scope": "elsewhere"})), encoding="utf-8")
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", SALE)
+    posfeed.run()
+    write(other, "pos_LON01_20261120_11.csv", [
+        ret("R-1", 1, "MILK", "1", "2.40", "2.40", "S-1"),
+        ret("R-2", 1, "MILK", "1", "1.20", "1.20", "S-1", at="11:10:00"),
+        ret("R-3", 1, "MILK", "1", "1.20", "1.20", "S-1", at="11:20:00"),
+        ret("R-0", 1, "BREAD", "1", "3.00", "3.00", "S-1", at="11:25:00", currency="EUR"),
+        ret("R-4", 1, "BREAD", "1", "3.00", "3.00", "S-1", at="11:30:00")])
+    posfeed.run("other")
+    rows = posfeed.rows()
+    assert state(rows, "R-0") == ("not_sent", "return_mismatch")
+    assert "(as the platform holds it)" in str(rows["R-0"].last_error_message)
+    assert state(rows, "R-1") == ("not_sent", "over_refund")
+    assert "1.20 was their price" in str(rows["R-1"].last_error_message)
+    assert state(rows, "R-2")[0] == state(rows, "R-4")[0] == "accepted"
+    write(other, "pos_LON01_20261120_12.csv", [
+        ret("R-5", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:00:00")])
+    posfeed.run("other")  # the next run counts what the platform holds
+    rows = posfeed.rows()
+    assert state(rows, "R-3")[0] == "accepted" and state(rows, "R-5") == ("not_sent", "over_refund")
+    held = posfeed.held()["S-1"]
+    assert Decimal(held["refunded"]) == Decimal("5.40") and refunded_units(held)["MILK"] == 2

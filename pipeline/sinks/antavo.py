@@ -16,7 +16,9 @@ Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that ma
 doubt from an earlier run, or sent in this submission without a clear answer) is read back from
 the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_readback`): what is
 found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
-is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read.
+is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read. A member's
+refund of a sale the ledger does not know is checked against the sale and its refunds as the
+platform lists them before it is sent.
 
 Responses map to outcomes:
 
@@ -52,9 +54,10 @@ from pipeline.sinks.antavo_readback import (
     events_in,
     match_refund,
     refunded_lines,
+    sale_facts,
     transactions_in,
 )
-from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, ReturnDecision, SaleFacts
+from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, Line, ReturnDecision, SaleFacts
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.delivery import (
     Batch,
@@ -164,6 +167,8 @@ class AntavoAdapter:
         self._sales_refused: dict[str, str | None] = {}
         self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
+        # refunds of a sale the ledger does not know: checked against the platform's sale first
+        self._unchecked: set[str] = set()
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
         # a request whose units differ from its batch's: what went out, what was settled instead,
@@ -226,6 +231,8 @@ class AntavoAdapter:
                 phase = NEW_REFUNDS + refunding.get(original, 0)
                 refunding[original] = refunding.get(original, 0) + 1
                 self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
+                if "return_decision" in row and row.get("return_sale") is None and not events[0].get("guest"):
+                    self._unchecked.add(tid)
             guest = bool(events[0].get("guest"))
             if guest or (self.target.bulk_size == 1 and len(events) == 1):
                 singles.append(Batch((_unit(tid, events),), route="single", phase=phase))
@@ -276,6 +283,12 @@ class AntavoAdapter:
         landed = self._waiting_for_opt_in(units) + self._waiting_for_sale(units)
         if landed:
             units = [unit for unit in units if unit.transaction_id not in {r.transaction_id for r in landed}]
+        if any(unit.transaction_id in self._unchecked for unit in units):
+            checked = await self._check_on_platform(units, client)
+            if isinstance(checked, RequestFailure):
+                return checked
+            found, units = checked
+            landed = landed + found
         # refunds that may have landed before this attempt, with when: a refusal of the whole
         # request (nothing of it landed) leaves them so, to be read back again before a resend
         before = {unit.transaction_id: self._returns[unit.transaction_id].since
@@ -402,6 +415,57 @@ class AntavoAdapter:
                 to_send.append(Unit(tid, refund_events(row, refund.decision, account=self.target.account,
                                                        lines=lines)))
         return landed, to_send
+
+    async def _check_on_platform(
+        self, units: Sequence[Unit], client: HttpClient
+    ) -> tuple[list[EventResult], list[Unit]] | RequestFailure:
+        """Refunds of a sale the ledger does not know (another scope's, or from before posfeed),
+        decided against the sale and its refunds as the platform holds them: (the results of those
+        not sent, what to send). A sale the platform does not list, or whose lines or refunds
+        cannot be counted, is left for the platform to judge."""
+        results: list[EventResult] = []
+        to_send: list[Unit] = []
+        for unit in units:
+            tid = unit.transaction_id
+            if tid not in self._unchecked:
+                to_send.append(unit)
+                continue
+            refund = self._returns[tid]
+            original = str(refund.row["original_transaction_id"])
+            sale = await self._platform_sale(str(refund.row["customer_id"]), original, client)
+            if isinstance(sale, RequestFailure):
+                return sale
+            self._unchecked.discard(tid)
+            decision = refund.decision
+            if sale is not None:
+                facts, refunded = sale
+                decision = facts.decide(refund.row, [refunded] if refunded else [], self.target.return_mode)
+            if not decision.sendable:
+                results.append(EventResult(tid, Outcome.NOT_SENT, error_code=decision.code, attempts=0,
+                                           error_message=f"{decision.message} (as the platform holds it)"))
+                continue
+            refund.decision = decision
+            to_send.append(Unit(tid, refund_events(refund.row, decision, account=self.target.account)))
+        return results, to_send
+
+    async def _platform_sale(
+        self, customer: str, original: str, client: HttpClient
+    ) -> tuple[SaleFacts, tuple[Line, ...]] | RequestFailure | None:
+        """The sale as the platform holds it and the lines its refunds gave back (None: not
+        listed, or its lines or refunds cannot be counted)."""
+        base = f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
+        listing = await self._get(f"{base}?id={quote(original, safe='')}", client, unknown_customer=True)
+        if isinstance(listing, RequestFailure):
+            return listing
+        listed = transactions_in(listing, original) if listing is not None else []
+        sale = sale_facts(listed[0]) if len(listed) == 1 else None
+        if sale is None:
+            return None
+        events = await self._get(f"{base}/{quote(original, safe='')}/events", client)
+        if isinstance(events, RequestFailure):
+            return events
+        refunded = refunded_lines(events_in(events))
+        return None if refunded is None else (sale, refunded)
 
     def _by_the_platform(self, refund: _Refund, events: Sequence[PlatformEvent], found: Found
                          ) -> ReturnDecision:

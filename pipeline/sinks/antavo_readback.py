@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pipeline.sinks.antavo_returns import Line, ReturnDecision
+from pipeline.sinks.antavo_returns import Line, ReturnDecision, SaleFacts
 
-__all__ = ["Found", "PlatformEvent", "events_in", "match_refund", "refunded_lines", "transactions_in"]
+__all__ = [
+    "Found", "PlatformEvent", "events_in", "match_refund", "refunded_lines", "sale_facts", "transactions_in",
+]
 
 
 @dataclass(frozen=True)
@@ -160,3 +162,25 @@ def refunded_lines(events: Iterable[PlatformEvent]) -> tuple[Line, ...] | None:
             return None
         lines.append(Line(event.product_id, abs(event.quantity), abs(event.subtotal)))
     return tuple(lines)
+
+
+def sale_facts(transaction: Mapping[str, Any]) -> SaleFacts | None:
+    """A listed transaction as the sale a return is checked against: its ``items`` (product,
+    ``quantity``, ``subtotal``, and ``discount`` when shown), ``total`` and ``currency`` when shown;
+    None when it has no items or one cannot be counted."""
+    items = transaction.get("items")
+    if not isinstance(items, list) or not items:
+        return None
+    lines = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("product_id") is None:
+            return None
+        quantity, subtotal = _decimal(item.get("quantity")), _decimal(item.get("subtotal"))
+        if quantity is None or subtotal is None:
+            return None
+        lines.append(Line(str(item["product_id"]), abs(quantity), abs(subtotal),
+                          abs(_decimal(item.get("discount")) or Decimal(0))))
+    total = _decimal(transaction.get("total"))
+    currency = transaction.get("currency")
+    return SaleFacts(tuple(lines), abs(total) if total is not None else None,
+                     str(currency) if currency else None)

@@ -14,6 +14,7 @@ from pipeline.sinks.antavo_readback import (
     events_in,
     match_refund,
     refunded_lines,
+    sale_facts,
     transactions_in,
 )
 from pipeline.sinks.antavo_returns import (
@@ -21,6 +22,7 @@ from pipeline.sinks.antavo_returns import (
     RETURN_MISMATCH,
     RETURN_OTHER_CUSTOMER,
     Line,
+    SaleFacts,
     SaleReturn,
     decide_return,
     decide_sale_returns,
@@ -257,3 +259,16 @@ def test_the_refunds_a_sale_holds_count_as_lines_only_when_each_can_be_counted()
     assert refunded_lines([]) == ()
     assert refunded_lines([*items, PlatformEvent("e3", "refund")]) is None  # the whole sale, as what?
     assert refunded_lines([PlatformEvent("e4", "refund_item", "milk", None, D("1.20"))]) is None
+
+
+def test_a_sale_as_the_platform_lists_it_is_what_a_return_is_checked_against() -> None:
+    listed = {"id": "S-1", "total": "5.40", "currency": "GBP", "items": [
+        {"product_id": "milk", "quantity": 2, "subtotal": "2.00", "discount": "0.40"},
+        {"product_id": "bread", "quantity": 1, "subtotal": "3.00"}]}
+    sale = sale_facts(listed)
+    assert sale == SaleFacts((Line("milk", D(2), D("2.00"), D("0.40")), Line("bread", D(1), D("3.00"))),
+                             D("5.40"), "GBP")
+    assert sale.decide(_return("R-1", ("milk", "1", "1.20")), [], "auto").action == "refund_item"
+    assert sale.decide(_return("R-2", ("milk", "1", "1.21")), [], "auto").code == OVER_REFUND
+    assert sale_facts({"id": "S-1", "total": "5.40"}) is None  # no lines: nothing to check against
+    assert sale_facts({**listed, "items": [{"product_id": "milk", "subtotal": "2.00"}]}) is None
