@@ -5,7 +5,9 @@ Members' events go to ``POST /events/bulk`` in batches of up to ``bulk_size`` ev
 large for a request of its own is not sent: ``request_too_large``); guests go one by one to
 ``POST /events`` (the bulk endpoint refuses guests). Sales are sent before returns so a refund
 finds its sale accepted: sales (phase 0), then refunds that may have landed already (phases 1,
-2, ...: one per sale at a time), then refunds sent for the first time; members' profile updates
+2, ...: one per sale at a time), then refunds sent for the first time (a refund whose sale went in
+this submission and was not accepted is held back: ``original_not_accepted`` retryable, or
+``original_refused`` when the platform refused the sale); members' profile updates
 after their opt_ins (phases 1, 2, ...: one per member at a time). A return's shape (whole
 ``refund``, ``refund_item`` per line, or not sent) is :mod:`pipeline.sinks.antavo_returns`'s
 decision.
@@ -14,7 +16,9 @@ Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that ma
 doubt from an earlier run, or sent in this submission without a clear answer) is read back from
 the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_readback`): what is
 found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
-is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read.
+is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read. A member's
+refund of a sale the ledger does not know is checked against the sale and its refunds as the
+platform lists them before it is sent.
 
 Responses map to outcomes:
 
@@ -44,8 +48,16 @@ from urllib.parse import quote
 from pipeline.config import AntavoTarget
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks.antavo_events import NotSent, dumps, events_for, refund_events, return_decision
-from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
-from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, ReturnDecision
+from pipeline.sinks.antavo_readback import (
+    Found,
+    PlatformEvent,
+    events_in,
+    match_refund,
+    refunded_lines,
+    sale_facts,
+    transactions_in,
+)
+from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, Line, ReturnDecision, SaleFacts
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.delivery import (
     Batch,
@@ -67,6 +79,9 @@ ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
 ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier opt_in landed
 SIGNUP_PENDING = "signup_pending"  # a profile update held back: its member's opt_in was not accepted
+# a refund held back: its sale went in this submission and was not accepted (for now, for good)
+ORIGINAL_NOT_ACCEPTED = "original_not_accepted"
+ORIGINAL_REFUSED = "original_refused"
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
@@ -146,8 +161,14 @@ class AntavoAdapter:
         self._opt_ins: dict[str, str] = {}
         self._signed_up: set[str] = set()
         self._updates: dict[str, str] = {}
+        # sales planned in this submission, those the platform holds, and those it refused (code)
+        self._sales: set[str] = set()
+        self._sales_landed: set[str] = set()
+        self._sales_refused: dict[str, str | None] = {}
         self._returns: dict[str, _Refund] = {}  # every return planned, by transaction id
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
+        # refunds of a sale the ledger does not know: checked against the platform's sale first
+        self._unchecked: set[str] = set()
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
         # a request whose units differ from its batch's: what went out, what was settled instead,
@@ -203,11 +224,15 @@ class AntavoAdapter:
                                           error_message=events.message, attempts=0))
                 continue
             phase = 0
+            if row.get("transaction_type") == TransactionType.SALE:
+                self._sales.add(tid)
             if is_return:  # a sale's refunds one after the other: a read-back tells them apart
                 original = str(row.get("original_transaction_id"))
                 phase = NEW_REFUNDS + refunding.get(original, 0)
                 refunding[original] = refunding.get(original, 0) + 1
                 self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
+                if "return_decision" in row and row.get("return_sale") is None and not events[0].get("guest"):
+                    self._unchecked.add(tid)
             guest = bool(events[0].get("guest"))
             if guest or (self.target.bulk_size == 1 and len(events) == 1):
                 singles.append(Batch((_unit(tid, events),), route="single", phase=phase))
@@ -255,9 +280,15 @@ class AntavoAdapter:
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """Build and sign one attempt; refunds that may have landed are read back first."""
         route, units = batch.route, list(batch.units)
-        landed = self._waiting_for_opt_in(units)
+        landed = self._waiting_for_opt_in(units) + self._waiting_for_sale(units)
         if landed:
             units = [unit for unit in units if unit.transaction_id not in {r.transaction_id for r in landed}]
+        if any(unit.transaction_id in self._unchecked for unit in units):
+            checked = await self._check_on_platform(units, client)
+            if isinstance(checked, RequestFailure):
+                return checked
+            found, units = checked
+            landed = landed + found
         # refunds that may have landed before this attempt, with when: a refusal of the whole
         # request (nothing of it landed) leaves them so, to be read back again before a resend
         before = {unit.transaction_id: self._returns[unit.transaction_id].since
@@ -303,6 +334,28 @@ class AntavoAdapter:
                                       "the update waits for it", attempts=0)
             for unit in units if self._updates.get(unit.transaction_id) in failed
         ]
+
+    def _waiting_for_sale(self, units: Sequence[Unit]) -> list[EventResult]:
+        """A result, not sent, for each refund whose sale went in this submission and was not
+        accepted (Antavo would refuse the refund for good: 112201): retryable while the sale may
+        still be accepted, failed for good with the sale when the platform refused it."""
+        held = []
+        for unit in units:
+            refund = self._returns.get(unit.transaction_id)
+            sale = str(refund.row.get("original_transaction_id")) if refund is not None else ""
+            if sale not in self._sales or sale in self._sales_landed:
+                continue
+            if sale in self._sales_refused:
+                held.append(EventResult(
+                    unit.transaction_id, Outcome.REJECTED, error_code=ORIGINAL_REFUSED, attempts=0,
+                    error_message=f"never sent: the platform refused its sale {sale} in this run "
+                                  f"({self._sales_refused[sale]}); nothing of it can be refunded"))
+            else:
+                held.append(EventResult(
+                    unit.transaction_id, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_ACCEPTED, attempts=0,
+                    error_message=f"not sent: its sale {sale} was not accepted in this run; the "
+                                  "refund waits for it"))
+        return held
 
     def _request(self, batch: Batch) -> PreparedRequest:
         path = "/events" if batch.route == "single" else "/events/bulk"
@@ -352,15 +405,80 @@ class AntavoAdapter:
             elif found.unsure:
                 landed.append(_held(tid, "a refund event of the sale on the platform that no other "
                                          "return owns cannot be compared with this return"))
-            elif not refund.decision.sendable:
-                landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=refund.decision.code,
-                                          error_message=refund.decision.message))
+            elif not (decided := self._by_the_platform(refund, events, found)).sendable:
+                landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=decided.code,
+                                          error_message=decided.message))
             else:
+                refund.decision = decided
                 self._sent.discard(tid)  # read back: what goes out now is sent once
                 lines = found.remaining if refund.decision.action == "refund_item" else None
                 to_send.append(Unit(tid, refund_events(row, refund.decision, account=self.target.account,
                                                        lines=lines)))
         return landed, to_send
+
+    async def _check_on_platform(
+        self, units: Sequence[Unit], client: HttpClient
+    ) -> tuple[list[EventResult], list[Unit]] | RequestFailure:
+        """Refunds of a sale the ledger does not know (another scope's, or from before posfeed),
+        decided against the sale and its refunds as the platform holds them: (the results of those
+        not sent, what to send). A sale the platform does not list, or whose lines or refunds
+        cannot be counted, is left for the platform to judge."""
+        results: list[EventResult] = []
+        to_send: list[Unit] = []
+        for unit in units:
+            tid = unit.transaction_id
+            if tid not in self._unchecked:
+                to_send.append(unit)
+                continue
+            refund = self._returns[tid]
+            original = str(refund.row["original_transaction_id"])
+            sale = await self._platform_sale(str(refund.row["customer_id"]), original, client)
+            if isinstance(sale, RequestFailure):
+                return sale
+            self._unchecked.discard(tid)
+            decision = refund.decision
+            if sale is not None:
+                facts, refunded = sale
+                decision = facts.decide(refund.row, [refunded] if refunded else [], self.target.return_mode)
+            if not decision.sendable:
+                results.append(EventResult(tid, Outcome.NOT_SENT, error_code=decision.code, attempts=0,
+                                           error_message=f"{decision.message} (as the platform holds it)"))
+                continue
+            refund.decision = decision
+            to_send.append(Unit(tid, refund_events(refund.row, decision, account=self.target.account)))
+        return results, to_send
+
+    async def _platform_sale(
+        self, customer: str, original: str, client: HttpClient
+    ) -> tuple[SaleFacts, tuple[Line, ...]] | RequestFailure | None:
+        """The sale as the platform holds it and the lines its refunds gave back (None: not
+        listed, or its lines or refunds cannot be counted)."""
+        base = f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
+        listing = await self._get(f"{base}?id={quote(original, safe='')}", client, unknown_customer=True)
+        if isinstance(listing, RequestFailure):
+            return listing
+        listed = transactions_in(listing, original) if listing is not None else []
+        sale = sale_facts(listed[0]) if len(listed) == 1 else None
+        if sale is None:
+            return None
+        events = await self._get(f"{base}/{quote(original, safe='')}/events", client)
+        if isinstance(events, RequestFailure):
+            return events
+        refunded = refunded_lines(events_in(events))
+        return None if refunded is None else (sale, refunded)
+
+    def _by_the_platform(self, refund: _Refund, events: Sequence[PlatformEvent], found: Found
+                         ) -> ReturnDecision:
+        """A refund's decision after its read-back found nothing of it: an over-refund (other returns
+        of the sale may have landed) is decided again against the refunds the platform holds, when
+        each of them can be counted; any other decision stands."""
+        sale = refund.row.get("return_sale")
+        if refund.decision.code != OVER_REFUND or found.event_ids or not isinstance(sale, SaleFacts):
+            return refund.decision
+        held = refunded_lines(events)
+        if held is None:
+            return refund.decision
+        return sale.decide(refund.row, [held] if held else [], self.target.return_mode)
 
     async def _platform_refunds(
         self, customer: str, original: str, client: HttpClient
@@ -422,6 +540,10 @@ class AntavoAdapter:
             tid = result.transaction_id
             if tid in self._opt_ins and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                 self._signed_up.add(self._opt_ins[tid])
+            if tid in self._sales and result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
+                self._sales_landed.add(tid)
+            elif tid in self._sales and result.outcome is Outcome.REJECTED:
+                self._sales_refused[tid] = result.error_code
             if tid in self._returns and result.outcome is Outcome.ACCEPTED:
                 # some lines may have been found by a read-back and the rest sent now: the result
                 # carries every event id of the return

@@ -16,7 +16,9 @@ found by an equal ``refund_item`` (product, units, money). What is found landed;
 not found are sent. When lines are missing and the sale has a refund event nobody owns that
 cannot be compared (no product, units or money in what the platform shows), nothing is sent:
 the return is held for review (``refund_in_doubt``), as is a guest's refund that may have landed
-(a guest's transactions cannot be read: they have no customer).
+(a guest's transactions cannot be read: they have no customer). :func:`refunded_lines` gives the
+sale's refunds as lines, so a return held as an over-refund while other returns of the sale may
+have landed is decided again against what the platform holds.
 
 The read answers' envelopes are not documented: a list, or an object holding the list under
 ``transactions`` / ``events`` / ``data`` / ``payload`` is read.
@@ -29,9 +31,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pipeline.sinks.antavo_returns import Line, ReturnDecision
+from pipeline.sinks.antavo_returns import Line, ReturnDecision, SaleFacts
 
-__all__ = ["Found", "PlatformEvent", "events_in", "match_refund", "transactions_in"]
+__all__ = [
+    "Found", "PlatformEvent", "events_in", "match_refund", "refunded_lines", "sale_facts", "transactions_in",
+]
 
 
 @dataclass(frozen=True)
@@ -145,3 +149,38 @@ def match_refund(
         for e in free)
     return Found(tuple(taken), tuple(remaining), landed=bool(decision.lines) and not remaining,
                  unsure=unsure)
+
+
+def refunded_lines(events: Iterable[PlatformEvent]) -> tuple[Line, ...] | None:
+    """The lines the sale's refund events gave back (every refund of the sale, whoever sent it);
+    None when one of them cannot be counted as lines (a whole ``refund``, a ``partial_refund``, or
+    an event without product, units or money)."""
+    lines = []
+    for event in events:
+        if (event.action != "refund_item" or event.product_id is None or event.quantity is None
+                or event.subtotal is None):
+            return None
+        lines.append(Line(event.product_id, abs(event.quantity), abs(event.subtotal)))
+    return tuple(lines)
+
+
+def sale_facts(transaction: Mapping[str, Any]) -> SaleFacts | None:
+    """A listed transaction as the sale a return is checked against: its ``items`` (product,
+    ``quantity``, ``subtotal``, and ``discount`` when shown), ``total`` and ``currency`` when shown;
+    None when it has no items or one cannot be counted."""
+    items = transaction.get("items")
+    if not isinstance(items, list) or not items:
+        return None
+    lines = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("product_id") is None:
+            return None
+        quantity, subtotal = _decimal(item.get("quantity")), _decimal(item.get("subtotal"))
+        if quantity is None or subtotal is None:
+            return None
+        lines.append(Line(str(item["product_id"]), abs(quantity), abs(subtotal),
+                          abs(_decimal(item.get("discount")) or Decimal(0))))
+    total = _decimal(transaction.get("total"))
+    currency = transaction.get("currency")
+    return SaleFacts(tuple(lines), abs(total) if total is not None else None,
+                     str(currency) if currency else None)

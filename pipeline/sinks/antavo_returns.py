@@ -9,15 +9,16 @@ earlier returns that landed or will be sent first. With ``return_mode = "auto"``
   earlier return of that sale, is one ``refund`` of the sale;
 * anything less is one ``refund_item`` per returned line;
 * a return that, with the sale's earlier returns, would give back more units of a product, more
-  money for a product than its lines cost before their discounts, or more money in all than the
-  sale took is never sent: ``over_refund`` (a till may refund an item's price when the sale's
-  discount was a reward on the whole basket, spread over its lines: that is not an over-refund
-  while the sale's total covers it);
+  money for a product's units than those units cost before their discounts (their share of the
+  product's lines, up to the next cent), or more money in all than the sale took is never sent:
+  ``over_refund`` (a till may refund an item's price when the sale's discount was a reward on the
+  whole basket, spread over its lines: that is not an over-refund while the sale's total covers
+  it);
 * a return in another currency than its sale (``return_mismatch``) or made by another member
   than the sale's (``return_other_customer``) is never sent: its money cannot be compared with the
   sale's, or it would refund someone else's purchase;
-* a return whose sale the ledger does not know cannot be checked: one ``refund_item`` per line
-  (the platform refuses refunds of a sale it does not hold).
+* a return whose sale the ledger does not know is one ``refund_item`` per line here; the adapter
+  checks it against the sale as the platform lists it (:class:`SaleFacts`) before sending.
 
 ``refund`` and ``refund_item`` force one shape (``refund`` restores the whole sale whatever came
 back); the over-refund check applies to every mode. The dry run takes the same decision through
@@ -29,10 +30,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from pipeline.currencies import money_text
+from pipeline.currencies import minor_units, money_text
 from pipeline.logs import same_customer
 from pipeline.records import ReturnStatus
 from pipeline.sinks.returned import per_product
@@ -45,6 +46,7 @@ __all__ = [
     "RETURN_OTHER_CUSTOMER",
     "Line",
     "ReturnDecision",
+    "SaleFacts",
     "SaleReturn",
     "decide_return",
     "decide_sale_returns",
@@ -101,6 +103,16 @@ def _not_sent(code: str, message: str, lines: tuple[Line, ...] = ()) -> ReturnDe
     return ReturnDecision(None, lines, code, message)
 
 
+def _price_of(units: Decimal, bought: Decimal, priced: Decimal, currency: str | None) -> Decimal:
+    """The most ``units`` of a product may refund: their share of what its ``bought`` units cost
+    before their discounts (``priced``), up to the currency's next minor unit (a till rounds each
+    return's share); all of them, exactly ``priced``."""
+    if units >= bought or not bought:
+        return priced
+    minor = Decimal(1).scaleb(-minor_units(currency))
+    return min(priced, (priced * units / bought).quantize(minor, rounding=ROUND_CEILING))
+
+
 def _over_refund(
     lines: Sequence[Line], original: Sequence[Line], original_total: Decimal | None,
     earlier: Sequence[Sequence[Line]], original_id: str, currency: str | None = None,
@@ -118,9 +130,11 @@ def _over_refund(
         if back_units[product] > bought_units[product]:
             return (f"{back_units[product].normalize():f} unit(s) of product {product} would have come "
                     f"back, {bought_units[product].normalize():f} were bought in {original_id}")
-        if back_money[product] > priced[product]:
-            return (f"{money_text(back_money[product], currency)} for product {product} would have been "
-                    f"refunded, {money_text(priced[product], currency)} was its price in {original_id}")
+        price = _price_of(back_units[product], bought_units[product], priced[product], currency)
+        if back_money[product] > price:
+            return (f"{money_text(back_money[product], currency)} for "
+                    f"{back_units[product].normalize():f} unit(s) of product {product} would have been "
+                    f"refunded, {money_text(price, currency)} was their price in {original_id}")
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     back = sum(back_money.values(), Decimal(0))
     if back > paid:
@@ -170,6 +184,22 @@ def decide_return(
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     whole = back_units == bought_units and sum(back_money.values(), Decimal(0)) == paid
     return ReturnDecision("refund" if whole else "refund_item", lines)
+
+
+@dataclass(frozen=True)
+class SaleFacts:
+    """What a return is checked against of its sale (as :func:`decide_return` takes it)."""
+
+    lines: tuple[Line, ...]
+    total: Decimal | None = None
+    currency: str | None = None
+    customer: str | None = None
+
+    def decide(self, row: Mapping[str, Any], earlier: Sequence[Sequence[Line]], mode: str) -> ReturnDecision:
+        """:func:`decide_return` of ``row`` against this sale and ``earlier``."""
+        return decide_return(row, original=self.lines, original_total=self.total,
+                             original_currency=self.currency, original_customer=self.customer,
+                             earlier=earlier, mode=mode)
 
 
 @dataclass(frozen=True)

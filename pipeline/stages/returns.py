@@ -9,7 +9,10 @@
   read back before anything is sent again; ``in_doubt_since`` (Unix seconds) when a request of it
   was in flight as a run died;
 * ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted (a
-  read-back matches only the other refund events).
+  read-back matches only the other refund events);
+* ``return_sale``: the sale's :class:`~pipeline.sinks.antavo_returns.SaleFacts` (None when the
+  ledger does not know it): a return held back as an over-refund because other returns of the
+  sale may have landed is decided again, by a read-back, against the refunds the platform holds.
 
 A dry run calls the same function, so it decides exactly what a real run would send.
 """
@@ -23,7 +26,13 @@ from typing import Any
 from pipeline.checkout_codec import decode_checkout
 from pipeline.ledger import Ledger, ReturnOf, TxnState
 from pipeline.records import TransactionType
-from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT, SaleReturn, decide_sale_returns, lines_of
+from pipeline.sinks.antavo_returns import (
+    REFUND_IN_DOUBT,
+    SaleFacts,
+    SaleReturn,
+    decide_sale_returns,
+    lines_of,
+)
 
 __all__ = ["with_return_context"]
 
@@ -62,21 +71,26 @@ def with_return_context(
         for record in ledger.sales_with_checkouts(scope, wanted).values()
         if record.checkout and record.transaction_type == TransactionType.SALE
     }
+    facts_of = {
+        tid: SaleFacts(lines_of(sale), abs(sale["total"]) if sale.get("total") is not None else None,
+                       sale.get("currency"), sale.get("customer_id"))
+        for tid, sale in sales.items()
+    }
     returns = ledger.returns_of(scope, wanted)
     decisions: dict[str, Any] = {}
     facts: dict[str, tuple[bool, float | None]] = {}
     claimed: dict[str, list[str]] = {}
     for original_id, rows in returns.items():
         primaries = [row for row in rows if row.record.state in _DECIDED_FROM]
-        sale = sales.get(original_id)
+        sale = facts_of.get(original_id)
         decisions.update(decide_sale_returns(
             [SaleReturn(str(row.record.transaction_id), decode_checkout(row.record.checkout or "{}"),
                         _landed(row), row.record.state in _PENDING)
              for row in primaries if row.record.checkout],
-            original=lines_of(sale) if sale is not None else None,
-            original_total=abs(sale["total"]) if sale is not None and sale.get("total") is not None else None,
-            original_currency=sale.get("currency") if sale is not None else None,
-            original_customer=sale.get("customer_id") if sale is not None else None,
+            original=sale.lines if sale is not None else None,
+            original_total=sale.total if sale is not None else None,
+            original_currency=sale.currency if sale is not None else None,
+            original_customer=sale.customer if sale is not None else None,
             mode=mode,
         ))
         for row in primaries:
@@ -94,6 +108,7 @@ def with_return_context(
                 "in_doubt": in_doubt,
                 "in_doubt_since": since,
                 "claimed_event_ids": claimed.get(str(checkout["original_transaction_id"]), []),
+                "return_sale": facts_of.get(str(checkout["original_transaction_id"])),
             }
         out.append(checkout)
     return out

@@ -9,12 +9,20 @@ from typing import Any
 import pytest
 
 from pipeline.logs import mask_customer_id
-from pipeline.sinks.antavo_readback import PlatformEvent, events_in, match_refund, transactions_in
+from pipeline.sinks.antavo_readback import (
+    PlatformEvent,
+    events_in,
+    match_refund,
+    refunded_lines,
+    sale_facts,
+    transactions_in,
+)
 from pipeline.sinks.antavo_returns import (
     OVER_REFUND,
     RETURN_MISMATCH,
     RETURN_OTHER_CUSTOMER,
     Line,
+    SaleFacts,
     SaleReturn,
     decide_return,
     decide_sale_returns,
@@ -72,8 +80,8 @@ def test_an_over_refund_names_its_money_in_the_currencys_units() -> None:
     sale = (Line("milk", D(2), D("2.4000")), Line("bread", D(1), D("3.0000")))
     one = {**_return("R-1", ("milk", "1", "2.5000")), "currency": "GBP"}
     decision = decide_return(one, original=sale, original_total=D("5.4000"))
-    assert decision.message == ("never sent: 2.50 for product milk would have been refunded, "
-                                "2.40 was its price in S-1")
+    assert decision.message == ("never sent: 2.50 for 1 unit(s) of product milk would have been "
+                                "refunded, 1.20 was their price in S-1")
     whole = {**_return("R-2", ("milk", "2", "2.4000"), ("bread", "1", "3.0000")), "currency": "GBP"}
     decision = decide_return(whole, original=sale, original_total=D("5.0000"))
     assert decision.message == "never sent: 5.40 would have been refunded in all, 5.00 was paid in S-1"
@@ -186,7 +194,7 @@ def test_a_product_may_come_back_at_its_price_when_the_sales_discount_was_spread
     assert at_price.action == "refund_item" and at_price.lines[0].amount == D("7.99")
     beyond_price = decide_return(_return("R-2", ("coffee", "1", "8.00")), original=sale,
                                  original_total=D("10.98"))
-    assert beyond_price.code == OVER_REFUND and "7.99 was its price" in str(beyond_price.message)
+    assert beyond_price.code == OVER_REFUND and "7.99 was their price" in str(beyond_price.message)
     # the sale's total still bounds the money: both lines at their prices are more than was paid
     both = decide_return(_return("R-3", ("coffee", "1", "7.99"), ("juice", "1", "4.99")), original=sale,
                          original_total=D("10.98"))
@@ -223,3 +231,44 @@ def test_a_sales_returns_carry_its_currency_and_member_through_the_ledger_order(
                                     original_currency="GBP", original_customer="C-1")
     assert decisions["R-1"].code == RETURN_MISMATCH
     assert decisions["R-2"].action == "refund_item"  # the refused one does not count as given back
+
+
+def test_each_unit_refunds_at_most_its_share_of_the_products_price_up_to_a_cent() -> None:
+    """Before, the product's whole price was the cap: one of two milks came back at 2.40."""
+    one_milk = decide_return(_return("R-1", ("milk", "1", "2.40")), original=SALE, original_total=D("5.40"))
+    assert one_milk.code == OVER_REFUND
+    assert "2.40 for 1 unit(s) of product milk" in str(one_milk.message)
+    assert "1.20 was their price" in str(one_milk.message)
+    # three for 10.00: a till rounds each unit's 3.333.. up or down, the last takes what is left
+    sale = (Line("tea", D(3), D("10.00")),)
+    returns = [SaleReturn(f"R-{n}", _return(f"R-{n}", ("tea", "1", m)), landed=False, pending=True)
+               for n, m in enumerate(("3.34", "3.33", "3.33"), 1)]
+    assert {d.action for d in decide_sale_returns(returns, original=sale,
+                                                  original_total=D("10.00")).values()} == {"refund_item"}
+    twice_up = [SaleReturn(f"R-{n}", _return(f"R-{n}", ("tea", "1", "3.34")), landed=False, pending=True)
+                for n in (1, 2)]
+    decided = decide_sale_returns(twice_up, original=sale, original_total=D("10.00"))
+    assert decided["R-1"].action == "refund_item" and decided["R-2"].code == OVER_REFUND
+    assert "6.67 was their price" in str(decided["R-2"].message)
+
+
+def test_the_refunds_a_sale_holds_count_as_lines_only_when_each_can_be_counted() -> None:
+    items = [PlatformEvent("e1", "refund_item", "milk", D(1), D("1.20")),
+             PlatformEvent("e2", "refund_item", "bread", D(1), D("3.00"))]
+    assert refunded_lines(items) == (Line("milk", D(1), D("1.20")), Line("bread", D(1), D("3.00")))
+    assert refunded_lines([]) == ()
+    assert refunded_lines([*items, PlatformEvent("e3", "refund")]) is None  # the whole sale, as what?
+    assert refunded_lines([PlatformEvent("e4", "refund_item", "milk", None, D("1.20"))]) is None
+
+
+def test_a_sale_as_the_platform_lists_it_is_what_a_return_is_checked_against() -> None:
+    listed = {"id": "S-1", "total": "5.40", "currency": "GBP", "items": [
+        {"product_id": "milk", "quantity": 2, "subtotal": "2.00", "discount": "0.40"},
+        {"product_id": "bread", "quantity": 1, "subtotal": "3.00"}]}
+    sale = sale_facts(listed)
+    assert sale == SaleFacts((Line("milk", D(2), D("2.00"), D("0.40")), Line("bread", D(1), D("3.00"))),
+                             D("5.40"), "GBP")
+    assert sale.decide(_return("R-1", ("milk", "1", "1.20")), [], "auto").action == "refund_item"
+    assert sale.decide(_return("R-2", ("milk", "1", "1.21")), [], "auto").code == OVER_REFUND
+    assert sale_facts({"id": "S-1", "total": "5.40"}) is None  # no lines: nothing to check against
+    assert sale_facts({**listed, "items": [{"product_id": "milk", "subtotal": "2.00"}]}) is None
