@@ -183,6 +183,14 @@ def _end_session(url: str, backend_pid: int) -> None:
     assert row == (True,)
 
 
+def _end_lock_session(url: str, scope: str) -> None:
+    """End the session that holds ``scope``'s run lock (see :func:`_end_session`)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT backend_pid FROM scope_lock_holders WHERE scope = %s", (scope,)).fetchone()
+    assert row is not None
+    _end_session(url, row[0])
+
+
 def test_an_in_doubt_mark_is_refused_once_the_scope_lock_is_lost(postgres_db: str) -> None:
     """The lock's session ends and another host takes the scope: the next in-doubt mark (made
     before every request) fails with LockLostError and marks nothing, so nothing more is sent;
@@ -302,11 +310,7 @@ def test_a_run_whose_lock_another_host_takes_sends_nothing_more(
 
     def take_the_scope(stage: str, when: str) -> None:
         if (stage, when) == ("submit", "start"):
-            with psycopg.connect(postgres_db) as conn:
-                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
-                                   "WHERE scope = 'acme'").fetchone()
-            assert row is not None
-            _end_session(postgres_db, row[0])
+            _end_lock_session(postgres_db, "acme")
             taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
 
     with SandboxServer() as sandbox, credentials(sandbox), Receiver() as hook:
@@ -553,11 +557,7 @@ def test_a_run_that_lost_its_lock_writes_only_its_own_end_and_never_over_the_nex
 
     def take_the_scope(stage: str, when: str) -> None:
         if (stage, when) == ("submit", "start"):
-            with psycopg.connect(postgres_db) as conn:
-                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
-                                   "WHERE scope = 'acme'").fetchone()
-            assert row is not None
-            _end_session(postgres_db, row[0])
+            _end_lock_session(postgres_db, "acme")
             taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
             if closed_by_the_next_holder:
                 with Ledger(postgres_db) as other:
@@ -742,11 +742,7 @@ def test_a_run_that_loses_its_lock_after_sending_writes_nothing_over_the_next_ho
 
     def take_the_scope(stage: str, when: str) -> None:
         if (stage, when) == moment:
-            with psycopg.connect(postgres_db) as conn:
-                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
-                                   "WHERE scope = 'acme'").fetchone()
-            assert row is not None
-            _end_session(postgres_db, row[0])
+            _end_lock_session(postgres_db, "acme")
             if next_holder == "runs_and_ends":
                 second.append(run_feed(feed, settings, business_dates=[date(2026, 11, 20)]))
                 sent.extend(hook.received)
@@ -816,11 +812,7 @@ def test_a_failing_run_that_loses_its_lock_as_it_ends_records_only_lock_lost(
 
     def fail_and_lose_the_lock(stage: str, when: str) -> None:
         if (stage, when) == ("submit", "end"):
-            with psycopg.connect(postgres_db) as conn:
-                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
-                                   "WHERE scope = 'acme'").fetchone()
-            assert row is not None
-            _end_session(postgres_db, row[0])
+            _end_lock_session(postgres_db, "acme")
             taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
             shared.append(_shared_rows(postgres_db))
             raise RuntimeError("boom")
