@@ -285,8 +285,8 @@ class ValidationConfig(_Model):
         return value
 
 
-def _platform_url(value: str) -> str:
-    """A target's ``base_url``: http(s) with a host (checked when the feed loads, not mid-run)."""
+def _http_url_netloc(value: str) -> str:
+    """The host part of an http(s) URL with a host (checked when the feed loads, not mid-run)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - a port that is not a number raises here
@@ -294,11 +294,25 @@ def _platform_url(value: str) -> str:
         raise ValueError(f"not a URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
-    if "@" in parts.netloc:
+    return parts.netloc
+
+
+def _platform_url(value: str) -> str:
+    """A target's ``base_url``: an http(s) URL without credentials, which would reach logs,
+    reports and the ledger with the URL (a webhook URL, masked whole, may carry them)."""
+    if "@" in _http_url_netloc(value):
         # never echoed: the value holds a secret
         raise ValueError("must not carry credentials (user:password@host): secrets are named by the "
                          "*_env and *_file keys, never written in the feed file")
     return value
+
+
+def _http_url(value: str) -> str:
+    _http_url_netloc(value)
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 PlatformUrl = Annotated[str, AfterValidator(_platform_url)]
@@ -446,7 +460,7 @@ class AlertsConfig(_Model):
     """Optional webhook alerts (`[alerts]`)."""
 
     webhook_url_env: str | None = None
-    webhook_url: PlatformUrl | None = None
+    webhook_url: HttpUrl | None = None
     reject_share_threshold: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     on_failure: bool = True
     on_retryable: bool = True
