@@ -67,6 +67,8 @@ class _Model(BaseModel):
 
 MAX_NAME_CHARS = 100  # a feed name or scope names folders (reports), locks and ledger rows
 MAX_WAIT_SECONDS = 3600.0  # a timeout, poll interval or retry delay of more than an hour is a typo
+YEAR_MINUTES = 366 * 24 * 60  # an age or allowance of more than a year is a typo (and larger ones
+# overflow date arithmetic mid-run)
 
 
 def _safe_name(value: str) -> str:
@@ -153,7 +155,7 @@ class SourceConfig(_Model):
     trust_unknown_host: bool = False
     connect_timeout: float = Field(default=15.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     read_timeout: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
-    keepalive_seconds: int = Field(default=30, ge=0)
+    keepalive_seconds: int = Field(default=30, ge=0, le=int(MAX_WAIT_SECONDS))
     fetch_attempts: int = Field(default=3, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -260,8 +262,8 @@ class ValidationConfig(_Model):
 
     currencies: tuple[str, ...] | None = None  # None: every ISO 4217 code
     amount_tolerance: Decimal = Decimal("0.01")
-    max_days_from_business_date: int = Field(default=2, ge=0)
-    max_future_minutes: int = Field(default=10, ge=0)
+    max_days_from_business_date: int = Field(default=2, ge=0, le=366)
+    max_future_minutes: int = Field(default=10, ge=0, le=YEAR_MINUTES)
     treat_negative_quantity_as_return: bool = True
     # a timestamp or business date before this day is not plausible (R025_DATE_TOO_EARLY)
     earliest_date: date = date(2000, 1, 1)
@@ -339,7 +341,7 @@ class AntavoTarget(_Model):
     backoff_max_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # the longest wait a platform's Retry-After gets (a longer one, "inf" or a far date: this)
-    retry_after_max_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     return_mode: Literal["auto", "refund", "refund_item"] = "auto"
     # an in-doubt refund is read back no sooner than this after its request went out (None:
     # timeout_seconds), so a request the platform still held when the sender died has landed
@@ -384,7 +386,7 @@ class CrmcomTarget(_Model):
     backoff_max_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # the longest wait a platform's Retry-After gets (a longer one, "inf" or a far date: this)
-    retry_after_max_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # URLs: {base_url}{path_prefix}/<resource>/<method>
     path_prefix: str = "/crmapi/rest/v2"
     create_path: str = "customer_events/purchases/create"
@@ -469,8 +471,8 @@ class AlertsConfig(_Model):
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # work waiting (queued, in doubt, failed retryable) longer than this is a problem; longer than
     # the second age escalates it
-    backlog_max_age_minutes: float = Field(default=60.0, ge=0, allow_inf_nan=False)
-    backlog_escalate_minutes: float = Field(default=240.0, ge=0, allow_inf_nan=False)
+    backlog_max_age_minutes: float = Field(default=60.0, ge=0, le=YEAR_MINUTES, allow_inf_nan=False)
+    backlog_escalate_minutes: float = Field(default=240.0, ge=0, le=YEAR_MINUTES, allow_inf_nan=False)
     # error codes a target answers when it refuses the credentials [A]
     credential_error_codes: tuple[str, ...] = ("http_401", "http_403", "101021")
     # delivery: attempts within one run (with backoff), and how long a run may spend on them;
@@ -494,9 +496,9 @@ class ExpectedFilesConfig(_Model):
     pattern: ExpectedGlob | None = None
     opening_hour: int = Field(default=8, ge=0, le=23)
     closing_hour: int = Field(default=22, ge=1, le=24)
-    late_after_minutes: int = Field(default=60, ge=0)
+    late_after_minutes: int = Field(default=60, ge=0, le=YEAR_MINUTES)
     # a file still missing this long after it became missing escalates its problem
-    escalate_after_minutes: int = Field(default=240, ge=0)
+    escalate_after_minutes: int = Field(default=240, ge=0, le=YEAR_MINUTES)
 
     @model_validator(mode="after")
     def _hours(self) -> ExpectedFilesConfig:
@@ -537,7 +539,7 @@ class ResumeConfig(_Model):
     only `posfeed rerun` sends them."""
 
     max_attempts: int = Field(default=25, ge=1)
-    max_age_hours: float = Field(default=72.0, gt=0, allow_inf_nan=False)
+    max_age_hours: float = Field(default=72.0, gt=0, le=10 * 366 * 24, allow_inf_nan=False)
 
 
 class LoggingConfig(_Model):

@@ -388,6 +388,22 @@ SECRET = "s3cr3t-Pa55"
         ("[alerts]\nbacklog_max_age_minutes = 300\nbacklog_escalate_minutes = 10\n", "alerts",
          "backlog_escalate_minutes must not be less than backlog_max_age_minutes"),
         ("[resume]\nmax_age_hours = inf\n", "resume.max_age_hours", "finite"),
+        # huge ages and allowances overflow date arithmetic mid-run (an internal error, not a refusal)
+        ("[resume]\nmax_age_hours = 1e9\n", "resume.max_age_hours", "less than or equal"),
+        ("[validation]\nmax_future_minutes = 10000000000000\n", "validation.max_future_minutes",
+         "less than or equal"),
+        ("[validation]\nmax_days_from_business_date = 1000000000\n",
+         "validation.max_days_from_business_date", "less than or equal"),
+        ("[expected]\ncadence = 'daily'\nlate_after_minutes = 1000000000000\n", "expected.late_after_minutes",
+         "less than or equal"),
+        ("[expected]\nescalate_after_minutes = 1000000000000\n", "expected.escalate_after_minutes",
+         "less than or equal"),
+        ("[alerts]\nbacklog_max_age_minutes = 1e15\nbacklog_escalate_minutes = 1e16\n",
+         "alerts.backlog_max_age_minutes", "less than or equal"),
+        ("[source]\nkind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\n"
+         "keepalive_seconds = 100000000000000000000\n", "source.keepalive_seconds", "less than or equal"),
+        ("[target]\nretry_after_max_seconds = 1e300\n", "target.retry_after_max_seconds",
+         "less than or equal"),
         # suffixes and patterns that would silently read nothing (or everything)
         ("[source]\nignore_suffixes = ['.tmp', '']\n", "source.ignore_suffixes", "empty suffix"),
         ("[source]\nreadiness = 'marker'\nmarker_suffixes = ['']\n", "source.marker_suffixes",
