@@ -54,6 +54,7 @@ __all__ = [
     "TargetConfig",
     "ValidationConfig",
     "canonical_feed",
+    "check_alongside",
     "load_feed",
     "load_feeds",
     "register_env_secrets_of_feeds",
@@ -629,6 +630,12 @@ class Feed(_Model):
         return self
 
     _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def path(self) -> Path:
+        """The feed file (resolved), or a name in the working folder for a feed built in code."""
+        return self._path or self._config_dir / f"{self.name}.toml"
 
     @property
     def scope(self) -> str:
@@ -733,6 +740,7 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         raise ConfigError(_problem(first) + more, source=candidate, key=key) from exc
     _check_checkout_columns(feed, candidate)
     feed._config_dir = candidate.resolve().parent
+    feed._path = candidate.resolve()
     _check_source_folders(feed, candidate)
     return feed
 
@@ -779,14 +787,31 @@ def _check_checkout_columns(feed: Feed, source: Path) -> None:
 
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
-    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded."""
+    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded; feeds
+    that clash with another file (see :func:`_clash`) are refused."""
+    return _refuse_clashes(_load_each(feeds_dir))
+
+
+def _load_each(feeds_dir: Path) -> list[FeedLoadResult]:
+    """Every `*.toml` in ``feeds_dir`` loaded on its own."""
     results = []
     for path in sorted(feeds_dir.glob("*.toml")):
         try:
             results.append(FeedLoadResult(path, load_feed(path), None))
         except ConfigError as exc:
             results.append(FeedLoadResult(path, None, exc))
-    return _refuse_clashes(results)
+    return results
+
+
+def check_alongside(feed: Feed, feeds_dir: Path) -> None:
+    """Raise the ConfigError of ``feed`` clashing with a feed file of ``feeds_dir`` (a feed run by
+    name is refused as ``posfeed feeds`` refuses it)."""
+    if not feeds_dir.is_dir():
+        return
+    others = [r for r in _load_each(feeds_dir) if r.feed is not None and r.path.resolve() != feed.path]
+    result = _refuse_clashes([FeedLoadResult(feed.path, feed, None), *others])[0]
+    if result.error is not None:
+        raise result.error
 
 
 def _target_of(feed: Feed) -> tuple[str, str, str | None]:
@@ -832,7 +857,8 @@ def _refuse_clashes(results: list[FeedLoadResult]) -> list[FeedLoadResult]:
 def register_env_secrets_of_feeds(feeds_dir: Path) -> None:
     """Register the secrets every loadable feed file of ``feeds_dir`` names (best effort)."""
     if feeds_dir.is_dir():
-        register_feed_secrets([r.feed for r in load_feeds(feeds_dir) if r.feed is not None])
+        # clashing feeds too: one may still be run by its path
+        register_feed_secrets([r.feed for r in _load_each(feeds_dir) if r.feed is not None])
 
 
 def resolve_secret(

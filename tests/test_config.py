@@ -503,3 +503,33 @@ def test_feeds_that_clash_across_files_are_refused(
     # feeds of one scope and one target are the documented way (hourly and daily exports)
     write(tmp_path, "b.toml", one)
     assert all(r.error is None for r in load_feeds(tmp_path))
+
+
+def test_a_feed_run_by_name_is_refused_when_it_clashes_with_another_file(tmp_path: Path) -> None:
+    """`posfeed run --feed a` loads one file, but its scope's clash with b.toml is the same: refused
+    (78) naming the file, the key and the other file, before anything is read or sent."""
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    write(feeds, "a.toml", "dedup_scope = 'acme'\n[source]\npath = 'in'\n")
+    write(feeds, "b.toml", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n")
+    done = posfeed("--feeds-dir", str(feeds), "--state-dir", str(tmp_path / "state"), "run", "--feed", "a",
+                   "--dry-run", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert str(feeds / "a.toml") in done.stderr and "dedup_scope" in done.stderr and "b.toml" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_feed_refused_for_a_clash_still_has_its_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secrets of every feed file that parses are masked from the start, clash or not: the
+    file may still be run by path."""
+    from pipeline.config import register_env_secrets_of_feeds
+    from pipeline.logs import REDACTED, redact
+
+    monkeypatch.setenv("T_CLASH_SECRET", "clash-secret-5521")
+    write(tmp_path, "a.toml", "dedup_scope = 'acme'\n[target]\napi_secret_env = 'T_CLASH_SECRET'\n")
+    write(tmp_path, "b.toml", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n")
+    assert all(r.error is not None for r in load_feeds(tmp_path))
+    register_env_secrets_of_feeds(tmp_path)
+    assert redact("x clash-secret-5521 y") == f"x {REDACTED} y"
