@@ -159,6 +159,15 @@ class SourceConfig(_Model):
     keepalive_seconds: int = Field(default=30, ge=0, le=int(MAX_WAIT_SECONDS))
     fetch_attempts: int = Field(default=3, ge=1, le=100)
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and ("@" in value or any(ch.isspace() for ch in value.strip())):
+            # never echoed: a "user:password@host" holds a secret
+            raise ValueError("must be a host name only: the login goes in username, its secret in "
+                             "password_env or private_key_file")
+        return value
+
     @model_validator(mode="after")
     def _markers(self) -> SourceConfig:
         if self.readiness == "marker" and not self.marker_suffixes:
@@ -204,6 +213,25 @@ class FormatConfig(_Model):
     def _one_line(cls, value: str) -> str:
         if value in "\r\n":
             raise ValueError("a line break cannot separate or quote fields")
+        return value
+
+    @field_validator("transaction_id_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        """Checked as :func:`pipeline.core.parse.template_fields` reads it, and naming a field at
+        least: a constant id would make every transaction a repeat of the first."""
+        if value is None:
+            return value
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"bad template ({exc})") from exc
+        if any(spec or conversion for _, _, spec, conversion in parsed):
+            raise ValueError("a template field may not have a format spec or conversion")
+        if any(field == "" for _, field, _, _ in parsed):
+            raise ValueError("a template field may not be empty ({})")
+        if not any(field for _, field, _, _ in parsed):
+            raise ValueError("the template has no {field}: every transaction would get the same id")
         return value
 
     @model_validator(mode="after")

@@ -424,6 +424,13 @@ SECRET = "s3cr3t-Pa55"
         ("[validation]\ncurrencies = []\n", "validation.currencies", "empty"),
         ("[validation]\ncurrencies = ['GBP', 'pounds']\n", "validation.currencies", "not an ISO 4217"),
         ("[format]\ndelimiter = '\"'\n", "format", "delimiter and quote_char must differ"),
+        ("[format]\ntransaction_id_template = '{store_id'\n", "format.transaction_id_template",
+         "bad template"),
+        ("[format]\ntransaction_id_template = '{store_id!r}-{receipt}'\n", "format.transaction_id_template",
+         "format spec or conversion"),
+        ("[format]\ntransaction_id_template = 'TX-1'\n", "format.transaction_id_template", "no {field}"),
+        ("[source]\nkind = 'sftp'\nhost = 'user:pw@sftp.example'\nusername = 'u'\npassword_env = 'P'\n",
+         "source.host", "a host name only"),
         ("[format]\ndelimiter = \"\\n\"\n", "format.delimiter", "line break"),
     ],
 )
