@@ -159,6 +159,14 @@ class SourceConfig(_Model):
     keepalive_seconds: int = Field(default=30, ge=0, le=int(MAX_WAIT_SECONDS))
     fetch_attempts: int = Field(default=3, ge=1, le=100)
 
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('must not be empty ("." is the feed file\'s folder; for sftp, the login\'s '
+                             "home)")
+        return value
+
     @field_validator("host")
     @classmethod
     def _host(cls, value: str | None) -> str | None:
@@ -290,7 +298,7 @@ class ValidationConfig(_Model):
     """Tolerances and allowed values for the validation rules (`[validation]`)."""
 
     currencies: tuple[str, ...] | None = None  # None: every ISO 4217 code
-    amount_tolerance: Decimal = Decimal("0.01")
+    amount_tolerance: Decimal = Field(default=Decimal("0.01"), ge=0)
     max_days_from_business_date: int = Field(default=2, ge=0, le=366)
     max_future_minutes: int = Field(default=10, ge=0, le=YEAR_MINUTES)
     treat_negative_quantity_as_return: bool = True

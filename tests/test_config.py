@@ -422,6 +422,9 @@ SECRET = "s3cr3t-Pa55"
         # a schedule that never fires, allowed values that allow nothing
         ("schedule = '0 0 31 2 *'\n", "schedule", "never fires"),
         ("[validation]\ncurrencies = []\n", "validation.currencies", "empty"),
+        ("[validation]\namount_tolerance = -0.01\n", "validation.amount_tolerance", "greater than or equal"),
+        ("[source]\npath = ''\n", "source.path", "empty"),
+        ("[source]\npath = '  '\n", "source.path", "empty"),
         ("[validation]\ncurrencies = ['GBP', 'pounds']\n", "validation.currencies", "not an ISO 4217"),
         ("[format]\ndelimiter = '\"'\n", "format", "delimiter and quote_char must differ"),
         ("[format]\ntransaction_id_template = '{store_id'\n", "format.transaction_id_template",
