@@ -299,7 +299,7 @@ class ValidationConfig(_Model):
 
     currencies: tuple[str, ...] | None = None  # None: every ISO 4217 code
     amount_tolerance: Decimal = Field(default=Decimal("0.01"), ge=0)
-    max_days_from_business_date: int = Field(default=2, ge=0, le=366)
+    max_days_from_business_date: int = Field(default=2, ge=0)
     max_future_minutes: int = Field(default=10, ge=0, le=YEAR_MINUTES)
     treat_negative_quantity_as_return: bool = True
     # a timestamp or business date before this day is not plausible (R025_DATE_TOO_EARLY)

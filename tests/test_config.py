@@ -392,8 +392,6 @@ SECRET = "s3cr3t-Pa55"
         ("[resume]\nmax_age_hours = 1e9\n", "resume.max_age_hours", "less than or equal"),
         ("[validation]\nmax_future_minutes = 10000000000000\n", "validation.max_future_minutes",
          "less than or equal"),
-        ("[validation]\nmax_days_from_business_date = 1000000000\n",
-         "validation.max_days_from_business_date", "less than or equal"),
         ("[expected]\ncadence = 'daily'\nlate_after_minutes = 1000000000000\n", "expected.late_after_minutes",
          "less than or equal"),
         ("[expected]\nescalate_after_minutes = 1000000000000\n", "expected.escalate_after_minutes",
