@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,16 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.config import Feed, FeedLoadResult, FormatConfig, canonical_feed, load_feed, load_feeds
+from pipeline.config import (
+    EnvNeed,
+    Feed,
+    FeedLoadResult,
+    FormatConfig,
+    canonical_feed,
+    env_needs,
+    load_feed,
+    load_feeds,
+)
 from pipeline.core.rejects import catalog_rows
 from pipeline.core.transform import TransformResult, transform_files
 from pipeline.csvsafe import write_atomic, write_frame_csv
@@ -36,6 +46,7 @@ __all__ = [
     "format_feeds_table",
     "json_ready",
     "load_feed_rows",
+    "missing_env",
     "write_check_outputs",
 ]
 
@@ -210,8 +221,20 @@ def _target_text(feed: Feed) -> str:
     return f"{feed.target.kind} {feed.target.base_url}"
 
 
-def feed_rows(results: Sequence[FeedLoadResult]) -> list[dict[str, Any]]:
-    """One JSON-ready row per feed file: its settings summary, or the error that stopped it."""
+def _env_status(need: EnvNeed, environ: Mapping[str, str]) -> str:
+    """``set``, ``file`` (not set; the run reads its secret file) or ``missing``; never the value."""
+    if environ.get(need.variable):
+        return "set"
+    if need.file is not None and need.file.is_file() and os.access(need.file, os.R_OK):
+        return "file"
+    return "missing"
+
+
+def feed_rows(results: Sequence[FeedLoadResult], environ: Mapping[str, str] | None = None
+              ) -> list[dict[str, Any]]:
+    """One JSON-ready row per feed file: its settings summary and the environment variables a run
+    of it reads (each ``set``, ``file`` or ``missing``, never a value), or the error that stopped it."""
+    environ = os.environ if environ is None else environ
     rows: list[dict[str, Any]] = []
     for result in results:
         if result.feed is None:
@@ -241,6 +264,8 @@ def feed_rows(results: Sequence[FeedLoadResult]) -> list[dict[str, Any]]:
             "format": feed.format.kind,
             "target": _target_text(feed),
             "schedule": feed.schedule,
+            "env": [{"key": n.key, "variable": n.variable, "status": _env_status(n, environ)}
+                    for n in env_needs(feed)],
         }
         for name, column in FEED_COLUMNS.items():
             try:
@@ -260,6 +285,7 @@ def format_feeds_table(rows: Sequence[dict[str, Any]]) -> str:
     table += [["" if r.get(c) is None else str(r.get(c)) for c in columns] for r in good]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     out = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in table]
+    out += _missing_env_lines(good)
     for r in rows:
         if not r["ok"]:
             e = r["error"]
@@ -269,13 +295,37 @@ def format_feeds_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def missing_env(rows: Sequence[dict[str, Any]], *, enabled_only: bool = True
+                ) -> dict[tuple[str, str], list[str]]:
+    """``(variable, key) -> feed names`` of the variables not set (nor their secret file there)."""
+    missing: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r["ok"] and (r["enabled"] or not enabled_only):
+            for need in r["env"]:
+                if need["status"] == "missing":
+                    name = r["name"] if r["enabled"] else f"{r['name']} (disabled)"
+                    missing.setdefault((need["variable"], need["key"]), []).append(name)
+    return dict(sorted(missing.items()))
+
+
+def _missing_env_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The variables not set, each with its key and the feeds that read it, as a second table."""
+    missing = missing_env(rows, enabled_only=False)
+    if not missing:
+        return []
+    table = [["VARIABLE", "KEY", "FEEDS"]]
+    table += [[variable, key, ", ".join(names)] for (variable, key), names in missing.items()]
+    widths = [max(len(row[i]) for row in table) for i in range(2)]
+    return ["", "Not set in this environment (a run stops with exit 78 without its credentials; without "
+            "alerts.webhook_url_env it sends no alert):",
+            *(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}" for row in table)]
+
+
 def load_feed_rows(feeds_dir: Path) -> list[dict[str, Any]]:
     """Load and validate every feed file of ``feeds_dir``."""
-    if not feeds_dir.is_dir():
-        raise ConfigError(f"feeds folder does not exist: {feeds_dir}")
     return feed_rows(load_feeds(feeds_dir))
 
 
 def feeds_exit_code(rows: Sequence[dict[str, Any]]) -> int:
-    """78 when any feed file is bad, else 0."""
-    return EXIT_CONFIG if any(not r["ok"] for r in rows) else EXIT_OK
+    """78 when any feed file is bad or an enabled feed reads a variable that is not set, else 0."""
+    return EXIT_CONFIG if any(not r["ok"] for r in rows) or missing_env(rows) else EXIT_OK

@@ -123,13 +123,15 @@ def _fatal(message: str, exit_code: int, exc: BaseException) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the feeds as JSON.")
 @click.pass_context
 def feeds(ctx: click.Context, as_json: bool) -> None:
-    """List every feed, validate it and show its next run time.
+    """List every feed, validate it, show its next run time and the environment variables it reads
+    that are not set.
 
-    A bad feed file exits 78, naming the file, the key path and the problem.
+    A bad feed file exits 78, naming the file, the key path and the problem; so does a variable an
+    enabled feed reads that is not set (never showing a value).
     """
     import logging
 
-    from pipeline.check_commands import feeds_exit_code, format_feeds_table, load_feed_rows
+    from pipeline.check_commands import feeds_exit_code, format_feeds_table, load_feed_rows, missing_env
     from pipeline.logs import say
 
     rows = load_feed_rows(settings_of(ctx).feeds_dir)
@@ -142,6 +144,9 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
             error = row["error"]
             say(f"posfeed: error: {error['file']}: {error['key'] or '(file)'}: {error['problem']}",
                 event="feed_invalid", level=logging.ERROR, file=error["file"], key=error["key"])
+    for (variable, key), names in missing_env(rows).items():
+        say(f"posfeed: error: environment variable {variable} is not set ({key} of {', '.join(names)})",
+            event="feed_env_missing", level=logging.ERROR, variable=variable, key=key, feeds=names)
     ctx.exit(feeds_exit_code(rows))
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "ClaimsConfig",
     "CrmcomTarget",
     "EnrollmentsConfig",
+    "EnvNeed",
     "ExpectedFilesConfig",
     "Feed",
     "FeedLoadResult",
@@ -55,6 +56,7 @@ __all__ = [
     "ValidationConfig",
     "canonical_feed",
     "check_alongside",
+    "env_needs",
     "load_feed",
     "load_feeds",
     "register_env_secrets_of_feeds",
@@ -824,7 +826,11 @@ def _check_checkout_columns(feed: Feed, source: Path) -> None:
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
     """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded; feeds
-    that clash with another file (see :func:`_clash`) are refused."""
+    that clash with another file (see :func:`_clash`) are refused. A folder that does not exist
+    is a ConfigError naming it (not an empty list: "no feeds" would be false)."""
+    if not feeds_dir.is_dir():
+        raise ConfigError(f"feeds folder does not exist: {feeds_dir.absolute()} "
+                          "(--feeds-dir or POSFEED_FEEDS_DIR; default ./feeds)")
     return _refuse_clashes(_load_each(feeds_dir))
 
 
@@ -922,6 +928,43 @@ def resolve_secret(
         register_secret(secret)
         return secret
     raise SecretError(f"{what}: no environment variable or file configured")
+
+
+@dataclass(frozen=True)
+class EnvNeed:
+    """An environment variable a run of a feed reads: its ``*_env`` key, the variable, and the secret
+    file the run reads instead when the variable is not set (None: no such file)."""
+
+    key: str
+    variable: str
+    file: Path | None = None
+
+
+def env_needs(feed: Feed) -> list[EnvNeed]:
+    """The environment variables a run of ``feed`` reads, as the run reads them: the SFTP login's,
+    the target's for its ``auth`` (Antavo's secret and CRM.COM's password or Web API key may come
+    from a file instead) and the alert webhook's. Keys a run does not read (a CRM.COM user name with
+    ``auth = "web_api_key"``) are left out."""
+    def need(key: str, variable: str | None, file: str | None = None) -> list[EnvNeed]:
+        return [EnvNeed(key, variable, feed.resolve_path(file) if file else None)] if variable else []
+
+    src, target = feed.source, feed.target
+    needs: list[EnvNeed] = []
+    if src.kind == "sftp":
+        needs += need("source.private_key_passphrase_env", src.private_key_passphrase_env)
+        needs += need("source.password_env", src.password_env)
+    if isinstance(target, AntavoTarget):
+        needs += need("target.api_key_env", target.api_key_env)
+        if target.auth == "signed":
+            needs += need("target.api_secret_env", target.api_secret_env, target.api_secret_file)
+    elif target.auth == "web_api_key":
+        needs += need("target.web_api_key_env", target.web_api_key_env, target.web_api_key_file)
+    else:
+        needs += need("target.username_env", target.username_env)
+        needs += need("target.password_env", target.password_env, target.password_file)
+        needs += need("target.organisation_env", target.organisation_env)
+    needs += need("alerts.webhook_url_env", feed.alerts.webhook_url_env)
+    return needs
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
     if refused or _credential_error(facts.error):
         out.append(Observation(
             kind="credentials_refused", key=f"credentials_refused|{feed.name}",
-            summary=("credentials refused: " + (", ".join(f"{n} transaction(s) {c}"
+            summary=(("credentials missing: " if isinstance(facts.error, SecretError) and not refused
+                      else "credentials refused: ") + (", ".join(f"{n} transaction(s) {c}"
                                                           for c, n in sorted(refused.items()))
                                                 or redact(str(facts.error)))),
             action="check the feed's secrets (environment variables or files) and the account",

@@ -14,7 +14,11 @@ Who holds a lock is written to the table ``scope_lock_holders`` (pid, host, star
 the holding session's backend pid), so a refused run names the holder as the file lock does; a
 row whose session is gone is a stale record, logged as taken over by the next holder. The row is
 trusted only while its backend pid is the one holding the advisory lock; otherwise the holder is
-described from ``pg_stat_activity``. A live holder makes :meth:`PgRunLock.acquire` raise
+described from ``pg_stat_activity``. The backend pid is the server's (``pg_backend_pid()``, read
+with the lock), not the one the client saw at login, which a pooler makes up; a lock session whose
+statements reach another server session (a pooler in transaction mode) cannot hold the lock,
+which :meth:`PgRunLock.acquire` (ConfigError) and :meth:`PgRunLock.still_held` say when they
+see it. A live holder makes :meth:`PgRunLock.acquire` raise
 :class:`~pipeline.errors.LockHeldError` (exit 75); an unreachable server raises
 :class:`~pipeline.errors.TransientError` (exit 75 too). Who holds which scope's lock now is read
 from ``pg_locks`` without taking any (:func:`live_holders`, for ``posfeed runs``).
@@ -99,8 +103,9 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 
 
 def _connect(url: str, feed: str, *, purpose: str = "lock") -> psycopg.Connection[Any]:
-    # after the URL's own options (a lock_timeout there holds here too), which these override
-    given = conninfo_to_dict(url).get("options") or ""
+    # after the options libpq would use without ours (the URL's, else PGOPTIONS: an explicit options
+    # parameter replaces PGOPTIONS), so a lock_timeout there holds here too; these override them
+    given = conninfo_to_dict(url).get("options") or os.environ.get("PGOPTIONS", "")
     ours = (f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
     options = " ".join([str(given), *ours]).strip()
     connection: psycopg.Connection[Any] | None = None
@@ -121,6 +126,11 @@ def _connect(url: str, feed: str, *, purpose: str = "lock") -> psycopg.Connectio
             raise ConfigError(f"the ledger's PostgreSQL server refused the login for the run lock {text}; "
                               "check the ledger's user and password (in the URL, PGPASSWORD or ~/.pgpass)"
                               ) from None
+        if "unsupported startup parameter" in str(exc):  # PgBouncer's words
+            raise ConfigError(f"a pooler between posfeed and the ledger's PostgreSQL server refused the "
+                              f"run lock's session settings {text}; let it pass them on or drop them "
+                              "(PgBouncer: ignore_startup_parameters = options) and pool in session mode"
+                              ) from None
         raise TransientError(
             f"the ledger's PostgreSQL server could not be reached for the run lock {text}") from None
 
@@ -131,6 +141,14 @@ def _ensure_holders_table(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)", SCHEMA_LOCK_KEY)
         conn.execute(_CREATE_HOLDERS)
+
+
+def _moved(holder: int, now: int | None) -> str:
+    """Why a lock session whose statements reach another server session cannot hold a lock."""
+    return (f"the lock session's statements reached server session {now} after session {holder} took "
+            "the lock: the ledger URL goes through a pooler in transaction mode (PgBouncer's pool_mode "
+            "= transaction), which cannot keep a session advisory lock; connect to the server directly "
+            "or through a pooler in session mode")
 
 
 def _describe_holder(conn: psycopg.Connection[Any], scope: str, key: int) -> str:
@@ -159,17 +177,23 @@ class PgRunLock:
         self.taken_over = taken_over  # the stale holder whose lock was taken over, if any
 
     def still_held(self) -> bool:
-        """Whether the lock's session is alive and holds the lock (a lost connection loses it)."""
+        """Whether the lock's session is alive and holds the lock (a lost connection loses it).
+        A statement answered by another server session than the one that took the lock (a pooler
+        in transaction mode) is logged as such: the lock is not this run's to hold then."""
         if self._conn is None:
             return False
         try:
             row = self._conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
-                "AND granted AND objsubid = 1 AND classid = %(classid)s::bigint::oid "
-                "AND objid = %(objid)s::bigint::oid", _key_parts(self.key)).fetchone()
+                "SELECT pg_backend_pid(), count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
+                "AND locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND classid = %(classid)s::bigint::oid AND objid = %(objid)s::bigint::oid",
+                _key_parts(self.key)).fetchone()
         except psycopg.Error:
             return False
-        return row is not None and row[0] == 1
+        if row is not None and row[0] != self.backend_pid:
+            log.error("the run lock of scope %r: %s", self.scope, _moved(self.backend_pid, row[0]))
+            return False
+        return row is not None and row[1] == 1
 
     def release(self) -> None:
         """Clear the holder record, drop the lock and close its session."""
@@ -205,9 +229,11 @@ class PgRunLock:
         try:
             _ensure_holders_table(conn)
             key = lock_key(scope)
-            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            # the server session that holds it (a pooler gives the connection a process id of its own)
+            got = conn.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (key,)).fetchone()
             if not (got and got[0]):
                 raise LockHeldError(scope, _describe_holder(conn, scope, key))
+            backend_pid = int(got[1])
             stale = conn.execute(
                 f"SELECT pid, host, started_at, feed FROM {HOLDERS_TABLE} WHERE scope = %s", (scope,)
             ).fetchone()
@@ -219,17 +245,20 @@ class PgRunLock:
                     previous.describe(),
                 )
             info = LockInfo(os.getpid(), socket.gethostname(), datetime.now(UTC).isoformat(), feed)
-            conn.execute(
+            written = conn.execute(
                 f"INSERT INTO {HOLDERS_TABLE} (scope, backend_pid, pid, host, started_at, feed) "
                 "VALUES (%s, pg_backend_pid(), %s, %s, %s, %s) ON CONFLICT (scope) DO UPDATE SET "
                 "backend_pid = excluded.backend_pid, pid = excluded.pid, host = excluded.host, "
-                "started_at = excluded.started_at, feed = excluded.feed",
+                "started_at = excluded.started_at, feed = excluded.feed RETURNING backend_pid",
                 (scope, info.pid, info.host, info.started_at, info.feed),
-            )
+            ).fetchone()
+            if written is None or written[0] != backend_pid:
+                raise ConfigError(f"the run lock of scope {scope!r}: "
+                                  f"{_moved(backend_pid, written[0] if written else None)}")
         except BaseException:
             conn.close()
             raise
-        return cls(conn, scope, info, previous, conn.info.backend_pid)
+        return cls(conn, scope, info, previous, backend_pid)
 
 
 def live_holders(url: str, scopes: Iterable[str]) -> dict[str, LockInfo]:

@@ -43,7 +43,7 @@ __all__ = [
     "Report",
     "Rows",
     "build_report",
-    "money",
+    "points_text",
     "write_report",
 ]
 
@@ -120,15 +120,13 @@ _NO_DATA_ROWS = "no data rows"  # the reason of a file read with nothing in it
 _T = TypeVar("_T")
 
 
-def money(value: Decimal | None) -> str:
-    """A number as text: exact, with at least two decimals (``12.50``, ``1.2345``); points, and
-    amounts whose currency is unknown (see :func:`pipeline.currencies.money_text`)."""
+def points_text(value: Decimal | None) -> str:
+    """Loyalty points as the platform gave them: ``100``, ``-25`` (whole on Antavo), never as money;
+    a fraction a platform gave stays exact (``12.5``)."""
     if value is None:
         return ""
     value = value if value != 0 else abs(value)
-    exponent = value.normalize().as_tuple().exponent
-    places = max(2, -exponent) if isinstance(exponent, int) else 2
-    return f"{value:.{places}f}"
+    return f"{value:f}"
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -162,6 +160,7 @@ class _Group:
     counts: Counter[str] = field(default_factory=Counter)
     amounts: dict[str, Decimal] = field(default_factory=dict)
     points: Decimal = _ZERO
+    points_reported: bool = False  # whether the platform gave points for any accepted transaction
     rows: int = 0
     transactions: int = 0
     amount: Decimal = _ZERO
@@ -175,6 +174,7 @@ class _Group:
         self.amount += txn.amount
         if txn.state is TxnState.ACCEPTED and txn.points is not None:
             self.points += txn.points
+            self.points_reported = True
 
     def merge(self, other: _Group) -> None:
         """Add another group's totals to this one."""
@@ -185,9 +185,14 @@ class _Group:
         for state_name, amount in other.amounts.items():
             self.amounts[state_name] = self.amounts.get(state_name, _ZERO) + amount
         self.points += other.points
+        self.points_reported = self.points_reported or other.points_reported
         self.rows += other.rows
         self.transactions += other.transactions
         self.amount += other.amount
+
+    def points_awarded(self) -> str:
+        """The points the platform gave, as it gave them; empty when it gave none (CRM.COM)."""
+        return points_text(self.points) if self.points_reported else ""
 
     def balanced(self, pending_is_final: bool) -> bool:
         pending = self.counts["in_doubt"] + (0 if pending_is_final else self.counts["queued"])
@@ -236,7 +241,7 @@ def _detail_row(report_id: str, feed: str, t: TxnRecord) -> list[Any]:
             t.business_date or "", t.transaction_type or "", t.currency or "",
             money_text(t.amount, t.currency), t.rows,
             _REPORT_NAME[t.state], t.origin or "file", t.reject_code or "", t.last_error_code or "",
-            t.last_error_message or "", t.attempts, ";".join(t.event_ids), money(t.points),
+            t.last_error_message or "", t.attempts, ";".join(t.event_ids), points_text(t.points),
             t.content_hash or "", t.first_run_id, t.last_run_id]
 
 
@@ -310,7 +315,7 @@ def build_report(
             state_cells += [group.counts[state_name], money_text(amount, currency)]
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
-             money_text(group.amount_in, currency), *state_cells, money(group.points), group.rows,
+             money_text(group.amount_in, currency), *state_cells, group.points_awarded(), group.rows,
              group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
@@ -324,13 +329,13 @@ def build_report(
     for name in sorted(set(files_without_rows)):
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
-             money(_ZERO), 0, 0, zero, "true", _NO_DATA_ROWS]
+             "", 0, 0, zero, "true", _NO_DATA_ROWS]
         )
     for name, origin, reason in files_not_read:
         # no row of the file came in, so none is unaccounted for; the file itself is, with why
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, origin, 0, 0, zero, *empty_states,
-             money(_ZERO), 0, 0, zero, "true", _one_line(reason)]
+             "", 0, 0, zero, "true", _one_line(reason)]
         )
 
     detail_rows = Rows(lambda: (_detail_row(report_id, feed, t) for t in read_transactions()))
@@ -374,7 +379,7 @@ def build_report(
         "not_sent": total.counts["not_sent"],
         **single_currency_amounts(currencies, ("amount_accepted",)),
         "currencies": currencies,
-        "points_awarded": money(total.points),
+        "points_awarded": total.points_awarded() or None,
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
     }
     summary.update(extra or {})

@@ -119,6 +119,11 @@ def currency_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _points(awarded: str | None) -> str:
+    """``points 120``, or that the platform reported none (CRM.COM's answers carry no points)."""
+    return f"points {awarded}" if awarded is not None else "no points reported"
+
+
 def format_summary(summary: RunSummary) -> str:
     """A few human lines about one run."""
     s = summary.summary
@@ -132,7 +137,7 @@ def format_summary(summary: RunSummary) -> str:
         f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
         f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions",
         *currency_lines(s),
-        f"  accepted:  {s['accepted']} (points {s.get('points_awarded', '0')})",
+        f"  accepted:  {s['accepted']} ({_points(s.get('points_awarded'))})",
         f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows)",
         f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
         f"{s.get('not_sent', 0)} not sendable",
@@ -502,7 +507,9 @@ def missing_command(settings: Settings, *, feed: str | None, business_dates: Seq
         _print_json(rows)
         return EXIT_OK
     if not rows:
-        click.echo("no missing or late files" if feeds else "no feed declares [expected] files")
+        # never the word "missing" here: cron/crontab.example mails what `grep -w missing` finds
+        click.echo("every expected file due so far arrived on time" if feeds
+                   else "no feed declares [expected] files")
         return EXIT_OK
     table = [[c.upper() for c in _MISSING_COLUMNS]]
     table += [["" if r[c] is None else str(r[c]) for c in _MISSING_COLUMNS] for r in rows]

@@ -83,6 +83,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+LOCK_LOST = "lock_lost"  # the status of a run that lost its scope's lock (exit 75)
+
 SinkFactory = Callable[[Feed], Sink]
 StageHook = Callable[[str, str], None]  # (stage, "start" | "end")
 
@@ -258,6 +260,10 @@ class _Context:
     def stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
+    def lock_lost(self) -> bool:
+        """True once the run's scope lock is known lost (another host may run the scope now)."""
+        return isinstance(self.stop, RunStop) and self.stop.lock_lost()
+
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Bracket a stage for the ``on_stage`` hook (benchmarks measure stages with it)."""
@@ -292,11 +298,13 @@ class _Context:
             self.notes["stopped"] = True
         if result.credentials_refused:
             self.notes["credentials_refused"] = result.credentials_refused
-            self.ledger.requeue_refused(row_ids, self.run_id)  # the rest stays queued
+            if not self.lock_lost():  # else the rows are the next holder's
+                self.ledger.requeue_refused(row_ids, self.run_id)  # the rest stays queued
 
     def finish_files(self, source: Source | None) -> None:
-        """Keep, archive or delete the source files of this feed whose rows are all final."""
-        if self.dry_run:
+        """Keep, archive or delete the source files of this feed whose rows are all final (not
+        once the scope's lock is lost: the files are the next holder's to finish)."""
+        if self.dry_run or self.lock_lost():
             return
         action = self.feed.source.after_success
         for record in self.ledger.finishable_files(self.feed.scope):
@@ -435,9 +443,11 @@ def _execute(
                 ctx.notes["error"] = f"{type(error).__name__}: {error}"
                 if isinstance(error, Exception):  # not for Ctrl-C
                     ctx.error = error
-                _finish(ctx, status="failed", failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
+                lost = isinstance(error, LockLostError) or watch.lost.is_set() or not _still_held(lock)
+                _finish(ctx, status=LOCK_LOST if lost else "failed",
+                        failure_code=getattr(error, "exit_code", EXIT_INTERNAL))
                 # a run that lost its lock leaves the scope's alerts to the run that holds it now
-                if not dry_run and not (isinstance(error, LockLostError) or watch.lost.is_set()):
+                if not dry_run and not lost:
                     deliver_pending(ledger, feed)
                 if error is not exc:
                     raise error from exc
@@ -455,6 +465,12 @@ def _execute(
         lock.release()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _still_held(lock: object) -> bool:
+    """Whether a lock that can be lost (a PostgreSQL one) is still held; a file lock always is."""
+    still_held: Callable[[], bool] | None = getattr(lock, "still_held", None)
+    return still_held is None or still_held()
 
 
 def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
@@ -601,8 +617,9 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
 
 def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:
     """Set an unreadable file aside once reported: moved into the source's quarantine folder
-    (archive and delete sources) or only recorded (keep sources); later runs skip it."""
-    if ctx.dry_run:
+    (archive and delete sources) or only recorded (keep sources); later runs skip it. Not once
+    the scope's lock is lost: the file is the next holder's to read and set aside."""
+    if ctx.dry_run or ctx.lock_lost():
         return
     location = None
     if ctx.feed.source.after_success != "keep":
@@ -691,7 +708,14 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
 
 
 def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) -> RunSummary:
-    """Record the run's end, write its reports, and return its summary."""
+    """Record the run's end, write its reports, and return its summary.
+
+    A run that lost its scope lock (``status`` LOCK_LOST: another host may hold the scope now)
+    writes only what is its own: it masks its own transactions that are never sent again, then
+    records its end only while the ledger still has it running; if the run that holds the scope
+    now closed it as crashed first, that record (and its report) stands and no report is written
+    here. It leaves the scope's problems and alerts to that run.
+    """
     if ctx.feed.logging.hash_customer_ids:
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     if ctx.feed.records != "transactions":
@@ -706,17 +730,25 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are read and written a page at a time, none kept
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
-        code = failure_code if status == "failed" else exit_code_of(report.summary, dry_run=ctx.dry_run)
-        if status != "failed" and ctx.refused():
+        failed = status in ("failed", LOCK_LOST)
+        code = failure_code if failed else exit_code_of(report.summary, dry_run=ctx.dry_run)
+        if not failed and ctx.refused():
             code = EXIT_CONFIG
         report.summary.update(status=status, exit_code=code, finished_at=datetime.now(UTC).isoformat())
-        report.summary.update(_health(ctx, report.summary, backlog))
-        ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary)
+        report.summary.update(_health(ctx, report.summary, backlog, lock_lost=status == LOCK_LOST))
+        recorded = ctx.ledger.finish_run(ctx.run_id, status=status, exit_code=code, counts=report.summary,
+                                         only_if_running=status == LOCK_LOST)
         folder = report_folder(ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
-        try:
-            folder = write_run_report(report, ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
-        except OSError as exc:
-            log.error("could not write the reports of run %s: %s", ctx.run_id, exc)
+        if not recorded:
+            status = "crashed"
+            log.warning("%s %s: the run that holds scope %r now closed this run as crashed (and wrote "
+                        "its report) before it ended; that record stands", ctx.feed.name, ctx.run_id,
+                        ctx.feed.scope)
+        else:
+            try:
+                folder = write_run_report(report, ctx.settings.reports_dir, ctx.feed.name, ctx.run_id)
+            except OSError as exc:
+                log.error("could not write the reports of run %s: %s", ctx.run_id, exc)
         totals = report.summary
         del report  # freed before the collector runs again
     summary = RunSummary(ctx.run_id, ctx.feed.name, code, totals, folder)
@@ -740,13 +772,15 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     return summary
 
 
-def _health(ctx: _Context, summary: dict[str, Any], backlog: Backlog) -> dict[str, Any]:
+def _health(ctx: _Context, summary: dict[str, Any], backlog: Backlog, *, lock_lost: bool = False
+            ) -> dict[str, Any]:
     """The backlog, and the feed's problems brought up to date (opened, escalated, resolved, with
-    the alerts they owe recorded in the same ledger transaction). Dry runs only report the backlog.
+    the alerts they owe recorded in the same ledger transaction). Dry runs, and runs that lost
+    their scope's lock (its problems are the holder's now), only report the backlog.
     """
     now = datetime.now(UTC)
     out: dict[str, Any] = {"backlog": backlog.to_dict()}
-    if ctx.dry_run:
+    if ctx.dry_run or lock_lost:
         return out
     accepted = sum(ctx.ledger.run_codes(ctx.run_id, "accepted").values())
     permanent = sum(ctx.ledger.run_codes(ctx.run_id, "failed_permanent").values())

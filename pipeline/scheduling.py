@@ -609,7 +609,7 @@ def _load_selected(settings: Settings, names: Sequence[str]) -> list[ScheduledFe
     """The feeds of the feeds folder (and feed files given by path) to schedule."""
     paths = [n for n in names if n.endswith(".toml") and Path(n).exists()]
     loaded: list[tuple[Path, Feed]] = [(Path(p), load_feed(p)) for p in paths]
-    if settings.feeds_dir.is_dir():
+    if settings.feeds_dir.is_dir() or not paths:  # no folder and no feed file given: say so
         for result in load_feeds(settings.feeds_dir):
             if result.feed is not None:
                 loaded.append((result.path, result.feed))

@@ -143,3 +143,7 @@ class RunStop(threading.Event):
 
     def is_set(self) -> bool:
         return self._lost.is_set() or (self._stop is not None and self._stop.is_set())
+
+    def lock_lost(self) -> bool:
+        """Whether the stop is the lock's loss."""
+        return self._lost.is_set()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
@@ -177,12 +178,16 @@ def test_missing_feed_exits_78_through_main(tmp_path: Path) -> None:
     assert "no feed named 'nope'" in done.stderr
 
 
-def test_feeds_lists_the_repository_feeds() -> None:
+def test_feeds_lists_the_repository_feeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("ANTAVO_API_KEY", "ANTAVO_API_SECRET", "CRMCOM_USERNAME", "CRMCOM_PASSWORD",
+                     "CRMCOM_ORGANISATION"):  # what the repository's feeds read (the sandbox's values)
+        monkeypatch.setenv(variable, "sandbox")
     code, out = invoke("--feeds-dir", str(ROOT / "feeds"), "feeds", "--json")
     assert code == EXIT_OK
     rows = json.loads(out)
     assert rows and all(r["ok"] for r in rows)
-    assert {"name", "schedule", "source", "target"} <= set(rows[0])
+    assert {"name", "schedule", "source", "target", "env"} <= set(rows[0])
+    assert {need["status"] for r in rows for need in r["env"]} == {"set"}
 
 
 def every_check_output(tmp_path: Path, *args: str) -> dict[str, str]:

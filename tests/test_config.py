@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -171,7 +172,8 @@ def test_a_target_without_kind_is_antavo(tmp_path: Path) -> None:
     assert caught.value.key == "target.bulk_size"
     (tmp_path / "feeds").mkdir()
     write(tmp_path / "feeds", "shop.toml", "[target]\nbase_url = 'http://127.0.0.1:8765'\n")
-    done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path)
+    done = posfeed("--feeds-dir", str(tmp_path / "feeds"), "feeds", cwd=tmp_path,
+                   env={**os.environ, "ANTAVO_API_KEY": "k", "ANTAVO_API_SECRET": "s"})
     assert done.returncode == 0, done.stderr
 
 
@@ -315,10 +317,54 @@ def test_load_feeds_keeps_errors_beside_good_feeds(tmp_path: Path) -> None:
     assert results[1].error.key == "format.encoding"
 
 
-def posfeed(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
+def posfeed(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_posfeed_feeds_names_the_variables_a_run_reads_that_are_not_set(tmp_path: Path) -> None:
+    """Before the first scheduled run, `posfeed feeds` says which variables the feeds' `*_env` keys
+    name that are not set (never a value), and exits 78 for an enabled feed's, as a run would."""
+    write(tmp_path, "shop.toml", "[target]\napi_key_env = 'SHOP_KEY'\napi_secret_env = 'SHOP_SECRET'\n"
+                                 "[alerts]\nwebhook_url_env = 'SHOP_HOOK'\n")
+    write(tmp_path, "crm.toml",
+          "[target]\nkind = 'crmcom'\nauth = 'web_api_key'\nweb_api_key_env = 'CRM_KEY'\n")
+    write(tmp_path, "filed.toml", "[target]\napi_key_env = 'CRM_KEY'\napi_secret_env = 'FILED_SECRET'\n"
+                                  "api_secret_file = 'secret.txt'\n")
+    (tmp_path / "secret.txt").write_text("file-secret-value\n", encoding="utf-8")
+    write(tmp_path, "old.toml",
+          "enabled = false\n[target]\napi_key_env = 'OLD_KEY'\napi_secret_env = 'CRM_KEY'\n")
+    values = {"SHOP_SECRET": "shop-secret-value", "CRM_KEY": "crm-key-value"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
+
+    def feeds(*args: str) -> subprocess.CompletedProcess[str]:
+        return posfeed("--feeds-dir", str(tmp_path), "feeds", *args, cwd=tmp_path, env={**env, **values})
+
+    done = feeds()
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    shown = done.stdout + done.stderr
+    assert all(value not in shown for value in [*values.values(), "file-secret-value"])
+    assert re.search(r"SHOP_KEY +target\.api_key_env +shop\b", done.stdout), done.stdout
+    assert re.search(r"SHOP_HOOK +alerts\.webhook_url_env +shop\b", done.stdout), done.stdout
+    assert re.search(r"OLD_KEY +target\.api_key_env +old \(disabled\)", done.stdout), done.stdout
+    assert "SHOP_SECRET" not in done.stdout and "FILED_SECRET" not in done.stdout  # set, or its file read
+    assert "CRMCOM_" not in shown  # a Web API key login reads no user name or password
+    assert "SHOP_HOOK" in done.stderr and "SHOP_KEY" in done.stderr and "OLD_KEY" not in done.stderr
+
+    rows = {r["name"]: r for r in json.loads(feeds("--json").stdout)}
+    assert rows["shop"]["env"] == [
+        {"key": "target.api_key_env", "variable": "SHOP_KEY", "status": "missing"},
+        {"key": "target.api_secret_env", "variable": "SHOP_SECRET", "status": "set"},
+        {"key": "alerts.webhook_url_env", "variable": "SHOP_HOOK", "status": "missing"},
+    ]
+    assert rows["crm"]["env"] == [{"key": "target.web_api_key_env", "variable": "CRM_KEY", "status": "set"}]
+    assert rows["filed"]["env"][1] == {"key": "target.api_secret_env", "variable": "FILED_SECRET",
+                                       "status": "file"}
+
+    values.update(SHOP_KEY="shop-key-value", SHOP_HOOK="https://hooks.example/x")
+    ready = feeds()  # only the disabled feed lacks one: listed, and no reason to fail
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    assert "OLD_KEY" in ready.stdout and "SHOP_KEY" not in ready.stdout
 
 
 def test_posfeed_feeds_exits_78_naming_file_key_and_problem(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ whole return included), and the reports balance with accepted money equal to wha
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -150,6 +151,10 @@ def test_a_day_with_every_return_case(tmp_path: Path) -> None:
         (drop / "evening.csv").write_text("\n".join([HEADER, *EVENING]) + "\n", encoding="utf-8")
         third = posfeed(tmp_path, env, *run)
         assert second["balanced"] is True and third["balanced"] is True
+        # CRM.COM's answers carry no points: none reported, not "0" (as if members earned nothing)
+        assert [run["points_awarded"] for run in (first, second, third)] == [None] * 3
+        with (Path(first["reports_path"]) / "summary.csv").open(encoding="utf-8", newline="") as handle:
+            assert {row["points_awarded"] for row in csv.DictReader(handle)} == {""}
         assert (second["failed_retryable"], third["failed_retryable"]) == (0, 0), (second, third)
 
         with Ledger(tmp_path / "state" / "ledger.sqlite") as ledger:

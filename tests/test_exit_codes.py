@@ -164,6 +164,17 @@ def test_78_runs_of_a_feed_that_does_not_exist(tmp_path: Path) -> None:
     assert known.returncode == 0 and known.stdout.strip() == "no runs yet"
 
 
+def test_78_commands_over_every_feed_name_a_feeds_folder_that_does_not_exist(tmp_path: Path) -> None:
+    """Run from a folder without `feeds/`, `runs --missing` said "no feed declares [expected] files"
+    and exited 0, `run --all` "no feed files" and `schedule` "no enabled feed with a schedule": each
+    now names the folder that is not there."""
+    for args in (("runs", "--missing"), ("run", "--all"), ("schedule",)):
+        proc = posfeed(tmp_path, *args, env=env_for(None))
+        assert proc.returncode == 78, (args, proc.stdout, proc.stderr)
+        assert f"feeds folder does not exist: {tmp_path / 'feeds'}" in proc.stderr, (args, proc.stderr)
+        assert "declares" not in proc.stdout
+
+
 def test_78_release_for_a_feed_that_does_not_exist(tmp_path: Path) -> None:
     """`release --feed typo` names the feed, as `runs --feed typo` does, with or without a ledger."""
     feeds = ("--feeds-dir", str(REPO / "feeds"))

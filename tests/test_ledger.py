@@ -203,6 +203,23 @@ def test_happy_path_queued_sending_accepted(ledger: Ledger) -> None:
 
 
 
+def test_event_ids_found_later_go_only_to_accepted_rows_without_any(ledger: Ledger) -> None:
+    """A platform id a lookup found is kept on an accepted row that recorded none; a row with ids,
+    one not accepted, or an unknown id are left alone, and nothing else of a row changes."""
+    run_id = _queued(ledger, "T1", "T2", "T3")
+    ledger.start_sending(SCOPE, ["T1", "T2", "T3"], run_id)
+    ledger.accept(SCOPE, "T1", run_id)  # answered without an id
+    ledger.accept(SCOPE, "T2", run_id, event_ids=["ev2"])
+    ledger.fail_retryable(SCOPE, "T3", run_id, code="http_503", message="HTTP 503")
+    before = {t.transaction_id: t for t in ledger.run_transactions(run_id, at_end=False)}
+    written = ledger.record_found_event_ids(SCOPE, {"T1": ("ev1",), "T2": ("other",), "T3": ("ev3",),
+                                                    "T404": ("ev4",)})
+    assert written == 1
+    after = {t.transaction_id: t for t in ledger.run_transactions(run_id, at_end=False)}
+    assert {t: r.event_ids for t, r in after.items()} == {"T1": ("ev1",), "T2": ("ev2",), "T3": ()}
+    assert after["T1"] == replace(before["T1"], event_ids=("ev1",))
+
+
 def test_answers_read_so_far_are_settled_with_the_next_in_doubt_mark(ledger: Ledger) -> None:
     """One commit before a request goes out: the answers read since the last one, then the new
     request's in-doubt mark. A request that cannot be marked takes those answers back with it

@@ -4,7 +4,9 @@ password that must never show, a lock session that dies while the run sends. Rea
 
 Shown to fail: without the sessions' wait limits (``limit_waits``), the blocked ``posfeed runs``
 and the blocked run waited until the test's timeout; without the scope lock checked in the in-doubt
-mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look.
+mark (``guard_scope``), a run whose lock session was ended sent on until the lock watch's next look;
+before a run that lost its lock wrote only its own end, it opened the scope's problems, wrote
+`failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,41 @@ def test_ledger_and_lock_sessions_bound_their_waits_unless_configured(postgres_d
     with Ledger(configured) as ledger:
         assert tuple(ledger._db.one("SHOW lock_timeout") or ()) == ("7s",)
         assert tuple(ledger._db.one("SHOW statement_timeout") or ()) == ("0",)
+
+
+@pytest.mark.parametrize("where", ["PGOPTIONS", "ALTER ROLE"])
+def test_wait_limits_set_in_postgresqls_other_ways_win_in_ledger_and_lock_sessions(
+    postgres_db: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """OPERATIONS.md: a limit set in `PGOPTIONS` or by `ALTER ROLE ... SET` wins over posfeed's own,
+    in the ledger's session and in the run lock's."""
+    role = ""
+    if where == "PGOPTIONS":
+        monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=7s -c statement_timeout=0")
+    else:
+        role = f"posfeed_limits_{os.getpid()}"
+        with psycopg.connect(postgres_db, autocommit=True) as admin:
+            admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+            admin.execute(f"ALTER ROLE {role} SET lock_timeout = '7s'")
+            admin.execute(f"ALTER ROLE {role} SET statement_timeout = 0")
+    url = postgres_db.replace("postgresql://postgres@", f"postgresql://{role}@", 1) if role else postgres_db
+    try:
+        with Ledger(url) as ledger:
+            assert tuple(ledger._db.one("SHOW lock_timeout") or ()) == ("7s",)
+            assert tuple(ledger._db.one("SHOW statement_timeout") or ()) == ("0",)
+        lock = PgRunLock.acquire(url, "acme", feed="acme_hourly")
+        try:
+            assert lock._conn is not None
+            limits = (_setting(lock._conn, "lock_timeout"), _setting(lock._conn, "statement_timeout"))
+            assert limits == ("7s", "0")
+        finally:
+            lock.release()
+    finally:
+        if role:
+            with psycopg.connect(postgres_db, autocommit=True) as admin:
+                admin.execute(f"REASSIGN OWNED BY {role} TO postgres")
+                admin.execute(f"DROP OWNED BY {role}")
+                admin.execute(f"DROP ROLE {role}")
 
 
 def test_a_table_held_by_a_schema_change_fails_the_command_clearly(postgres_db: str, tmp_path: Path) -> None:
@@ -426,3 +463,178 @@ def test_a_ledger_session_ended_between_the_in_doubt_mark_and_the_answer_sends_n
     with Ledger(postgres_db) as ledger:
         counts = ledger.state_counts("acme")
         assert counts.get("queued", 0) == counts.get("sending", 0) == 0
+
+
+def _shared_rows(url: str) -> list[Any]:
+    """What every holder of a scope relies on besides its own run: problems, alerts owed, files,
+    the transactions' states."""
+    with psycopg.connect(url) as conn:
+        states = conn.execute("SELECT id, state, attempts, last_run_id, last_error_code FROM transactions "
+                              "ORDER BY id").fetchall()
+        return [conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+                for table in ("problems", "alert_outbox", "files")] + [states]
+
+
+@pytest.mark.parametrize("closed_by_the_next_holder", [True, False])
+def test_a_run_that_lost_its_lock_writes_only_its_own_end_and_never_over_the_next_holder(
+        closed_by_the_next_holder: bool, postgres_db: str, tmp_path: Path) -> None:
+    """As submission starts, the run's lock session is ended and another host takes the scope
+    (and, when its run starts first, closes this one as crashed). On its way out (LockLostError,
+    exit 75) the run writes none of the scope's problems, alerts or files, and never writes its
+    end over the holder's: it stays `crashed` as that run recorded it; unclosed, it records itself
+    `lock_lost` (exit 75, the error in its counts), which `posfeed runs` shows."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, sample_feed, settings_in
+
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    taken: list[PgRunLock] = []
+    shared: list[Any] = []
+
+    def take_the_scope(stage: str, when: str) -> None:
+        if (stage, when) == ("submit", "start"):
+            with psycopg.connect(postgres_db) as conn:
+                row = conn.execute("SELECT backend_pid FROM scope_lock_holders "
+                                   "WHERE scope = 'acme'").fetchone()
+            assert row is not None
+            _end_session(postgres_db, row[0])
+            taken.append(PgRunLock.acquire(postgres_db, "acme", feed="acme_hourly"))
+            if closed_by_the_next_holder:
+                with Ledger(postgres_db) as other:
+                    assert len(other.close_abandoned_runs("acme")) == 1
+            shared.append(_shared_rows(postgres_db))
+
+    try:
+        with SandboxServer() as sandbox, credentials(sandbox):
+            feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+            with pytest.raises(LockLostError):
+                run_feed(feed, settings, business_dates=[date(2026, 11, 20)], on_stage=take_the_scope)
+        assert len(taken) == 1
+        assert _shared_rows(postgres_db) == shared[0]
+        with Ledger(postgres_db) as ledger:
+            (run,) = ledger.runs()
+        code, out, err = _posfeed(tmp_path, {"POSFEED_LEDGER_URL": postgres_db}, "runs", "--json")
+    finally:
+        for lock in taken:
+            lock.release()
+    assert code == 0, err
+    (shown,) = json.loads(out)
+    if closed_by_the_next_holder:
+        assert (run.status, run.exit_code) == ("crashed", None)
+        assert (shown["status"], shown["recorded_status"]) == ("crashed", "crashed")
+    else:
+        assert (run.status, run.exit_code) == ("lock_lost", 75)
+        assert "LockLostError" in str((run.counts or {}).get("error"))
+        assert (shown["status"], shown["recorded_status"], shown["exit"]) == ("lock_lost", "lock_lost", 75)
+
+
+@contextmanager
+def _server_setting(postgres_cluster: Any, name: str, value: str) -> Iterator[None]:
+    """``name`` set server-wide (ALTER SYSTEM, as postgresql.conf would) while the block runs;
+    waits until new sessions see it (the server reads a reload in its own time)."""
+    def apply(statement: str, expected: str) -> None:
+        with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+            admin.execute(statement)
+            admin.execute("SELECT pg_reload_conf()")
+        for _ in range(600):
+            with psycopg.connect(postgres_cluster.url(), autocommit=True) as conn:
+                if _setting(conn, name) == expected:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"the server never took {name} = {expected}")
+
+    apply(f"ALTER SYSTEM SET {name} = '{value}'", value)
+    try:
+        yield
+    finally:
+        apply(f"ALTER SYSTEM RESET {name}", "0")
+
+
+IDLE_ROLE = "posfeed_idle"
+IDLE_LIMIT = "300ms"  # far less than the platform's second per request
+
+
+@pytest.fixture
+def idle_role(postgres_cluster: Any, postgres_db: str) -> str:
+    """The URL of ``postgres_db`` for a role whose sessions the server ends after IDLE_LIMIT idle
+    (``ALTER ROLE ... SET idle_session_timeout``, as a DBA would set it for posfeed)."""
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (IDLE_ROLE,)).fetchone():
+            admin.execute(f"CREATE ROLE {IDLE_ROLE} LOGIN SUPERUSER")
+        admin.execute(f"ALTER ROLE {IDLE_ROLE} SET idle_session_timeout = '{IDLE_LIMIT}'")
+    return postgres_db.replace("postgresql://postgres@", f"postgresql://{IDLE_ROLE}@", 1)
+
+
+@contextmanager
+def _slow_platform() -> Iterator[SandboxServer]:
+    """The platform taking a second per request, so a run's ledger and lock sessions idle longer
+    than IDLE_LIMIT while it waits."""
+    from tests.runner_helpers import credentials
+
+    with SandboxServer(latency_ms=1000) as sandbox, credentials(sandbox):
+        yield sandbox
+
+
+def _waiting_run(url: str, tmp_path: Path, sandbox: SandboxServer) -> tuple[Any, list[str]]:
+    """A run of one sample file; its summary (or the ledger error that ended it) and the
+    transaction ids the platform holds."""
+    from tests.runner_helpers import copy_samples, delivered_ids, sample_feed, settings_in
+
+    drop = tmp_path / "drop"
+    copy_samples(drop, ["pos_BER01_20261120_09.csv"])
+    settings = replace(settings_in(tmp_path), ledger_url=url)
+    feed = sample_feed("acme_hourly", sandbox, folder=drop)
+    try:
+        outcome: Any = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+    except LedgerUnavailableError as exc:
+        outcome = exc
+    return outcome, delivered_ids(sandbox)
+
+
+def test_a_server_wide_idle_session_timeout_never_ends_a_run_that_waits_on_the_platform(
+        postgres_cluster: Any, postgres_db: str, tmp_path: Path) -> None:
+    """idle_session_timeout set server-wide (postgresql.conf, ALTER SYSTEM) for forgotten sessions:
+    the run's ledger and lock sessions turn it off for themselves, so a run whose platform takes a
+    second per request finishes, each checkout sent once."""
+    with _server_setting(postgres_cluster, "idle_session_timeout", IDLE_LIMIT):
+        with Ledger(postgres_db) as ledger:
+            assert tuple(ledger._db.one("SHOW idle_session_timeout") or ()) == ("0",)
+        with _slow_platform() as sandbox:
+            outcome, ids = _waiting_run(postgres_db, tmp_path, sandbox)
+    assert not isinstance(outcome, Exception), outcome
+    assert outcome.summary["balanced"] is True and outcome.summary["accepted"] > 0
+    assert ids and len(ids) == len(set(ids))
+
+
+def test_an_idle_session_timeout_set_for_posfeed_is_kept_and_named_when_it_ends_the_session(
+        idle_role: str, tmp_path: Path) -> None:
+    """idle_session_timeout set for posfeed's role (ALTER ROLE ... SET) is the DBA's choice for
+    posfeed: the ledger session keeps it (the lock session never times out, or the scope's lock
+    would go); when it ends the session, the next statement fails with exit 75 naming the setting
+    and what to do; with `-c idle_session_timeout=0` in the URL's options a run that waits on the
+    platform finishes, each checkout sent once."""
+    lock = PgRunLock.acquire(idle_role, "acme", feed="acme_hourly")
+    try:
+        assert lock._conn is not None and _setting(lock._conn, "idle_session_timeout") == "0"
+    finally:
+        lock.release()
+    with Ledger(idle_role) as ledger:
+        row = ledger._db.one("SELECT current_setting('idle_session_timeout'), pg_backend_pid()")
+        assert row is not None and row[0] == IDLE_LIMIT
+        with psycopg.connect(idle_role, options="-c idle_session_timeout=0", autocommit=True) as look:
+            for _ in range(600):  # until the server has ended the idle ledger session
+                there = look.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (row[1],)).fetchone()
+                if there is None:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the server never ended the idle session")
+        with pytest.raises(LedgerUnavailableError) as ended:
+            ledger.runs()
+    text = str(ended.value)
+    assert ended.value.exit_code == 75
+    assert "after idle_session_timeout" in text and "RESET idle_session_timeout" in text
+    with _slow_platform() as sandbox:
+        outcome, ids = _waiting_run(_with(idle_role, password=False, options="-c idle_session_timeout=0"),
+                                    tmp_path, sandbox)
+    assert not isinstance(outcome, Exception), outcome
+    assert outcome.summary["balanced"] is True and outcome.summary["accepted"] > 0
+    assert ids and len(ids) == len(set(ids))

@@ -253,14 +253,16 @@ def test_a_run_that_loses_its_lock_stops_sending_and_the_next_run_sends_the_rest
         with Ledger(postgres_db) as ledger:
             left = ledger.state_counts("acme")
             assert left.get("queued", 0) + left.get("failed_retryable", 0) > 0  # it stopped early
-            assert [r.status for r in ledger.runs()] == ["failed"]
+            assert [r.status for r in ledger.runs()] == ["lock_lost"]  # no other run had closed it
 
         sandbox.config.latency_ms = 0
         code, _, err = _done(_posfeed(tmp_path, "host2", env, *args))  # another host carries on
         assert code in (0, 65), err[-3000:]
         ids = delivered_ids(sandbox)
         after: dict[str, Any] = stats(sandbox)
-    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] == 0
+    # the one request in flight at the loss: its answer is the next holder's to learn, so it asks
+    # the platform again ("already used", settled accepted), never a second delivery
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] <= 1
     assert sorted(ids) == _accepted_sales(postgres_db)
     with Ledger(postgres_db) as ledger:
         counts = ledger.state_counts("acme")

@@ -639,7 +639,8 @@ def test_a_missing_secret_is_told_in_clear_words_everywhere(
     tmp_path: Path, sandbox_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Problem texts and their log lines once read "target.api_secret: *** variable ... is not set":
-    a setting's name followed by a colon was taken for a secret and the next word masked."""
+    a setting's name followed by a colon was taken for a secret and the next word masked. A secret
+    that is not set is told as missing, not as refused: nothing was asked of the platform."""
     clear = "target.api_secret: environment variable ANTAVO_API_SECRET is not set"
     with Receiver() as hook:
         s = Setup(tmp_path, sandbox_env, hook.url)
@@ -648,12 +649,12 @@ def test_a_missing_secret_is_told_in_clear_words_everywhere(
         code, _, logs = s.run()
         assert code == 78
         (problem,) = [p for p in s.open_problems() if p["kind"] == "credentials_refused"]
-        assert problem["summary"] == f"credentials refused: {clear}"
+        assert problem["summary"] == f"credentials missing: {clear}"
         (line,) = [entry for entry in logs if entry.get("event") == "problem"]
         assert line["msg"].endswith(f"problem #{problem['problem_id']} opened: credentials_refused: "
-                                    f"credentials refused: {clear}")
+                                    f"credentials missing: {clear}")
         (alert,) = [a for a in hook.received if a["kind"] == "credentials_refused"]
-        assert alert["summary"] == f"credentials refused: {clear}"
+        assert alert["summary"] == f"credentials missing: {clear}"
         table = s.posfeed("problems")
         assert table.returncode == 0 and clear in table.stdout
 

@@ -41,7 +41,8 @@ def test_the_tour_works_as_written(tmp_path: Path) -> None:
     for folder in ("feeds", "sample_data"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
-    env.update(ANTAVO_API_KEY="sandbox-key", ANTAVO_API_SECRET="sandbox-secret")  # the tour's export line
+    env.update(ANTAVO_API_KEY="sandbox-key", ANTAVO_API_SECRET="sandbox-secret",  # the tour's export lines
+               CRMCOM_USERNAME="posfeed", CRMCOM_PASSWORD="sandbox-password", CRMCOM_ORGANISATION="sandbox")
 
     def posfeed(command: str) -> subprocess.Popen[str]:
         args = shlex.split(command)[1:]
@@ -78,3 +79,33 @@ def test_the_tour_works_as_written(tmp_path: Path) -> None:
                 assert (tmp_path / "reports" / "acme_hourly" / run_id / "report.html").is_file()
         stats = sandbox.state.snapshot()
     assert stats["events_accepted"] > 1000 and stats["duplicate_transaction_attempts"] == 0
+
+
+def first_tour_commands() -> list[str]:
+    """The `posfeed` lines of the tour's first block, but `posfeed demo` (tests/test_demo.py)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## A five-minute tour", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line.startswith("posfeed ") and line != "posfeed demo"]
+
+
+def test_the_tours_feeds_and_check_need_no_network_and_leave_no_state(tmp_path: Path) -> None:
+    """README: `posfeed feeds` lists and validates the feeds; `posfeed check FILE --feed F` works
+    with "no network, no ledger": run as written, in a network namespace with no network at all,
+    with no credentials, they leave no state folder, ledger or reports behind."""
+    commands = first_tour_commands()
+    assert [c.split()[1] for c in commands] == ["feeds", "check"]
+    for folder in ("feeds", "sample_data"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare is needed (Debian package util-linux, essential: always installed)"
+    no_network = [unshare, *([] if os.geteuid() == 0 else ["-r"]), "-n"]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for command in commands:
+        done = subprocess.run([*no_network, sys.executable, "-m", "pipeline", *shlex.split(command)[1:]],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode in (0, 65), f"{command}: exit {done.returncode}\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stderr
+    assert "R006_UNKNOWN_CURRENCY" in done.stdout  # the check did read, validate and report the file
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

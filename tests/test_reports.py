@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.csvsafe import safe_cell, write_csv
 from pipeline.ledger import TxnRecord, TxnState
-from pipeline.reports import DETAIL_COLUMNS, SUMMARY_COLUMNS, build_report, money, write_report
+from pipeline.reports import DETAIL_COLUMNS, SUMMARY_COLUMNS, build_report, points_text, write_report
 
 
 def _txn(tid: str, state: TxnState, amount: str, *, rows: int = 1, file: str = "a.csv", store: str = "S1",
@@ -46,7 +46,7 @@ def test_a_complete_run_balances() -> None:
     cells = dict(zip(SUMMARY_COLUMNS, row, strict=True))
     assert cells["balanced"] == "true"
     accepted = (cells["accepted_count"], cells["accepted_amount"], cells["points_awarded"])
-    assert accepted == (1, "10.00", "10.00")
+    assert accepted == (1, "10.00", "10")
     s = report.summary
     assert (s["rows_in"], s["transactions_in"], s["amount_in"]) == (4, 3, "16.50")
     assert (s["amount_valid"], s["amount_rejected"], s["amount_accepted"]) == ("14.00", "2.50", "10.00")
@@ -160,12 +160,12 @@ def test_write_csv_writes_every_cell_as_safe_cell_does(tmp_path: Path) -> None:
     assert (tmp_path / "x.csv").read_bytes().decode("utf-8") == expected.getvalue()
 
 
-def test_money_is_exact() -> None:
-    assert money(Decimal("12.5000")) == "12.50"
-    assert money(Decimal("1.2345")) == "1.2345"
-    assert money(Decimal("-0.0000")) == "0.00"
-    assert money(Decimal("100")) == "100.00"
-    assert money(None) == ""
+def test_points_are_shown_as_given_not_as_money() -> None:
+    assert points_text(Decimal("100")) == "100"
+    assert points_text(Decimal("-25")) == "-25"
+    assert points_text(Decimal("12.5")) == "12.5"
+    assert points_text(Decimal("-0")) == "0"
+    assert points_text(None) == ""
 
 
 def test_write_csv_replaces_atomically(tmp_path: Path) -> None:

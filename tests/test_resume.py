@@ -214,3 +214,43 @@ def test_credentials_refused_mid_run_stop_it_with_78_and_the_next_run_sends_the_
         assert plain.returncode == 0, plain.stderr[-3000:]
         assert run_json(plain)["carried_over"] == len(ids) - halted["accepted"]
         _assert_delivered_once(sandbox, ids, tmp_path)
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_then_a_plain_run_delivers_everything_once(tmp_path: Path, presses: int) -> None:
+    """OPERATIONS.md's exit codes: a first Ctrl-C stops the run between batches (exit 75, status
+    `stopped`); a second interrupts at once (exit 130). Either way the next plain run sends the
+    rest, each checkout once."""
+    ids = clean_day(tmp_path / "drop")
+    with SandboxServer(latency_ms=20) as sandbox:
+        feed = write_feed(
+            ops_feed(sandbox, tmp_path / "drop", max_concurrency=2, bulk_size=5), tmp_path / "shop.toml"
+        )
+        env = env_for(sandbox)
+        sandbox.config.hold_after, sandbox.config.hold_ms = ("events_accepted", 20), 1500
+        victim = subprocess.Popen(
+            posfeed_args(tmp_path, *RUN, "--feed", str(feed)),
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        _wait_for(sandbox, 20, victim)
+        time.sleep(0.2)
+        for _ in range(presses):
+            victim.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+        out, err = victim.communicate(timeout=120)
+        sandbox.config.hold_after = None
+        if presses == 1:
+            assert victim.returncode == 75, err[-3000:]
+            assert run_json(subprocess.CompletedProcess([], 75, out, err))["status"] == "stopped"
+            assert "stopped before the end" in err
+        else:
+            assert victim.returncode == 130, err[-3000:]
+        assert ledger_counts(tmp_path).get("accepted", 0) < len(ids)
+
+        plain = posfeed(tmp_path, *RUN, "--feed", str(feed), env=env)
+        assert plain.returncode == 0, plain.stderr[-3000:]
+        _assert_delivered_once(sandbox, ids, tmp_path)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -17,6 +19,7 @@ from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.errors import EXIT_DATA, EXIT_OK
 from pipeline.ledger import Ledger, TxnState
+from pipeline.run_commands import format_summary
 from pipeline.runner import RunSummary, run_feed
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import (
@@ -168,3 +171,22 @@ def test_runs_lists_history(day: Day) -> None:
     state = str(day.settings.state_dir)
     text = CliRunner().invoke(cli, ["--state-dir", state, "runs", "--feed", "acme_daily"])
     assert day.daily.run_id in text.output and day.hourly.run_id not in text.output
+
+
+def test_points_are_printed_as_the_platform_gave_them(day: Day) -> None:
+    """Antavo answers whole points (``"points": 100``): detail.csv, summary.csv, summary.json and
+    the console line show them as it gave them, never as money (``100.00``)."""
+    listing = httpx.get(f"{day.sandbox.url}/_sandbox/transactions", timeout=10).json()["transactions"]
+    earned = {str(r["transaction_id"]): str(r["earned"]) for r in listing}
+    folder = day.hourly.reports_path
+    assert folder is not None
+    accepted = [r for r in _csv(folder / "detail.csv") if r["state"] == "accepted"]
+    sales = [r for r in accepted if r["transaction_type"] == "sale"]
+    assert sales and [r["points"] for r in sales] == [earned[r["transaction_id"]] for r in sales]
+    total = day.hourly.summary["points_awarded"]
+    assert total == str(sum(int(r["points"]) for r in accepted if r["points"]))
+    cells = [r["points_awarded"] for r in _csv(folder / "summary.csv") if r["points_awarded"]]  # "": none
+    assert all(re.fullmatch(r"-?[0-9]+", cell) for cell in cells), cells
+    assert str(sum(int(cell) for cell in cells)) == total
+    assert json.loads((folder / "summary.json").read_text(encoding="utf-8"))["points_awarded"] == total
+    assert f"  accepted:  {day.hourly.summary['accepted']} (points {total})" in format_summary(day.hourly)

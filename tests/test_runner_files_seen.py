@@ -162,7 +162,7 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
     amounts = [v for k, v in empty.items() if k.endswith("_amount") or k in ("amount_in", "amount_accounted")]
     assert set(counts) == {"0"} and len(counts) == 14
     assert set(amounts) == {"0.00"} and len(amounts) == 12
-    assert (empty["points_awarded"], empty["balanced"], empty["reason"]) == ("0.00", "true", "no data rows")
+    assert (empty["points_awarded"], empty["balanced"], empty["reason"]) == ("", "true", "no data rows")
 
     page = (summary.reports_path / "report.html").read_text(encoding="utf-8")
     assert f'<th scope="row">{header_only}</th><td>read: no data rows</td>' in page

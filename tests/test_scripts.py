@@ -25,7 +25,7 @@ def test_scripts_test_lists_missing_programs_with_their_packages(tmp_path: Path)
     )
     assert result.returncode == 1, result.stderr
     for program, package in (("sshd", "openssh-server"), ("ssh-keygen", "openssh-client"),
-                             ("useradd", "passwd"), ("initdb", "postgresql"),
+                             ("useradd", "passwd"), ("initdb", "postgresql"), ("pgbouncer", "pgbouncer"),
                              ("libatomic.so.1", "libatomic1")):
         assert f"{program} (Debian package {package})" in result.stderr
     assert "collected" not in result.stdout, "pytest ran although programs were missing"

@@ -28,9 +28,10 @@ What differs from SQLite is translated here:
   ``COPY``, so rows of one ``COPY`` can name each other (a duplicate its primary).
 
 No statement waits forever: each session sets ``lock_timeout`` and ``statement_timeout``
-(:data:`WAIT_LIMITS`) unless they are configured in PostgreSQL's own ways (:func:`limit_waits`); a
-limit reached, like a lost connection, is :class:`LedgerUnavailableError` (exit 75), and every
-error names the ledger by its URL without the password.
+(:data:`WAIT_LIMITS`) unless they are configured in PostgreSQL's own ways (:func:`limit_waits`),
+and turns off a server-wide ``idle_session_timeout`` (:data:`IDLE_LIMITS`); a limit reached, like
+a lost connection or a session the server ended, is :class:`LedgerUnavailableError` (exit 75), and
+every error names the ledger by its URL without the password.
 
 Money stays decimal TEXT as in SQLite, so every value round-trips exactly. The connection runs
 in autocommit mode outside :meth:`PgDb.transaction`; one connection is shared by the threads of a
@@ -66,6 +67,11 @@ TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_tra
 _LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 # how long a ledger or lock session waits, unless configured elsewhere (see limit_waits)
 WAIT_LIMITS = {"lock_timeout": "2min", "statement_timeout": "15min"}
+# a session kept for the whole run idles while the run waits on the platform or the source: no
+# server-wide idle limit ends it, unless one is set for posfeed itself (see limit_waits)
+IDLE_LIMITS = {"idle_session_timeout": "0"}
+# where a setting is posfeed's own: the URL's options or PGOPTIONS, ALTER ROLE / DATABASE ... SET
+OWN_SOURCES = ("client", "user", "database", "database user")
 # pipeline mode needs libpq 14 or later (psycopg[binary] brings its own; a system libpq may be older)
 _PIPELINE_MODE = psycopg.Pipeline.is_supported()
 ANALYZE_AFTER_ROWS = 1000  # rows appended to a table before its statistics are first refreshed
@@ -142,6 +148,13 @@ WAIT_ENDED = {
              "pg_stat_activity); what was committed stays, run again once it is free",
     "57014": "a statement ran longer than statement_timeout (or was cancelled); what was committed "
              "stays, run again",
+    "57P05": "the server ended the session after idle_session_timeout, which is set for posfeed's role "
+             "or database or in the URL's options (a run's session idles while it waits on the platform "
+             "or the source): unset it for posfeed (ALTER ROLE ... RESET idle_session_timeout) or set it "
+             "to 0 in the URL's options; what was committed stays, run again",
+    "25P03": "the server ended the session after idle_in_transaction_session_timeout (a transaction "
+             "that waited longer than that between its statements: a very slow or stopped posfeed "
+             "process); what was committed stays, run again",
 }
 
 
@@ -153,26 +166,34 @@ def _translated(what: str, url: str = "") -> Iterator[None]:
     where = f" {masked_url(url)}" if url else ""
     try:
         yield
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         text = scrub_password(str(exc), url) if url else str(exc)
         ended = WAIT_ENDED.get(exc.sqlstate or "")
         if ended:
             raise LedgerUnavailableError(f"the PostgreSQL ledger{where}, {what}: {ended} ({text})") from exc
-        raise LedgerUnavailableError(f"the ledger's PostgreSQL server{where}, {what}: {text}") from exc
-    except psycopg.Error as exc:
-        text = scrub_password(str(exc), url) if url else str(exc)
+        if isinstance(exc, psycopg.OperationalError):
+            raise LedgerUnavailableError(f"the ledger's PostgreSQL server{where}, {what}: {text}") from exc
         raise LedgerError(f"the PostgreSQL ledger{where}, {what}: {text}") from exc
 
 
 def limit_waits(connection: psycopg.Connection[Any]) -> None:
     """Bound how long this session waits (:data:`WAIT_LIMITS`), for each limit nobody configured:
     one set in the URL (``?options=-c lock_timeout=30s``), ``PGOPTIONS``, ``ALTER ROLE/DATABASE
-    ... SET`` or postgresql.conf is kept as it is (``0`` there: wait without limit)."""
-    limits = pgsql.SQL(", ").join(pgsql.SQL("({}, {})").format(pgsql.Literal(name), pgsql.Literal(value))
-                                  for name, value in WAIT_LIMITS.items())
+    ... SET`` or postgresql.conf is kept as it is (``0`` there: wait without limit). And keep it
+    while it idles (:data:`IDLE_LIMITS`): a server-wide ``idle_session_timeout`` (postgresql.conf,
+    ALTER SYSTEM) is meant for forgotten sessions, not for one a run keeps while it waits on the
+    platform, so it is turned off here; one set for posfeed itself (:data:`OWN_SOURCES`) is kept.
+    ``idle_in_transaction_session_timeout`` is left as configured: no transaction of posfeed waits
+    on anything but the database, and that limit frees the write lock of a stuck process."""
+    rows = [(name, value, True) for name, value in WAIT_LIMITS.items()]
+    rows += [(name, value, False) for name, value in IDLE_LIMITS.items()]
+    values = pgsql.SQL(", ").join(pgsql.SQL("({}, {}, {})").format(*map(pgsql.Literal, row)) for row in rows)
+    own = pgsql.SQL(", ").join(map(pgsql.Literal, OWN_SOURCES))
     connection.execute(pgsql.SQL(  # one round trip
         "SELECT set_config(s.name, l.value, false) FROM pg_settings s "
-        "JOIN (VALUES {}) AS l (name, value) ON l.name = s.name WHERE s.source = 'default'").format(limits))
+        "JOIN (VALUES {}) AS l (name, value, unless_set) ON l.name = s.name "
+        "WHERE CASE WHEN l.unless_set THEN s.source = 'default' ELSE s.source NOT IN ({}) END"
+    ).format(values, own))
 
 
 class PgDb:

@@ -54,14 +54,22 @@ class Runs:
             )
         return run_id
 
-    def finish_run(self, run_id: str, *, status: str, exit_code: int, counts: dict[str, Any]) -> None:
-        """Record how a run ended, its counts, and the state each of its transactions ended in."""
+    def finish_run(self, run_id: str, *, status: str, exit_code: int, counts: dict[str, Any],
+                   only_if_running: bool = False) -> bool:
+        """Record how a run ended, its counts, and the state each of its transactions ended in;
+        with ``only_if_running``, only while the ledger still records it as running (not yet
+        closed as crashed by the next run of its scope): whether it was recorded."""
         with self._db.transaction() as db:
+            if only_if_running:  # the write transaction keeps close_abandoned_runs out meanwhile
+                row = db.one("SELECT status FROM runs WHERE id = ?", (run_id,))
+                if row is None or row[0] != "running":
+                    return False
             db.execute(_KEEP_OUTCOMES + "WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, counts = ?, finished_at = ? WHERE id = ?",
                 (status, exit_code, json.dumps(counts, sort_keys=True, default=str), timestamp(), run_id),
             )
+        return True
 
     def close_abandoned_runs(self, scope: str) -> list[str]:
         """Mark runs of ``scope`` still 'running' (their process died) as 'crashed'."""

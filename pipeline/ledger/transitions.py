@@ -76,18 +76,24 @@ def primary_row_ids(db: Db, scope: str, transaction_ids: Sequence[str]) -> list[
 
 
 def _settle(
-    db: Db, scope: str, results: Sequence[EventResult], run_id: str, masks: Mapping[str, str] | None
+    db: Db, scope: str, results: Sequence[EventResult], run_id: str, masks: Mapping[str, str] | None,
+    lock: tuple[int, ...] = (),
 ) -> None:
-    """Settle sink outcomes inside the caller's transaction (see :meth:`Transitions.apply_results`)."""
+    """Settle sink outcomes inside the caller's transaction (see :meth:`Transitions.apply_results`);
+    with ``lock`` (the scope lock's parameters of :data:`_LOCK_HELD`), only while it is held: the
+    rows' lookup tells it too (no round trip more), else LockLostError and nothing is written."""
     now = timestamp()
     current: dict[str, tuple[int, str]] = {}
     tids = [r.transaction_id for r in results]
+    held = _LOCK_HELD if lock else "1 = 1"
     for chunk in chunks(list(dict.fromkeys(tids))):
         for row in db.query(
-            f"SELECT id, transaction_id, state FROM transactions WHERE scope = ? "
+            f"SELECT id, transaction_id, state, {held} AS held FROM transactions WHERE scope = ? "
             f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
-            (scope, *chunk),
+            (*lock, scope, *chunk),
         ):
+            if not row["held"]:
+                raise LockLostError(scope)
             current[row["transaction_id"]] = (row["id"], row["state"])
     updates: list[tuple[Any, ...]] = []
     for result in results:
@@ -198,7 +204,7 @@ class Transitions:
         held, lock = self._lock_check(scope)
         with self._db.transaction() as db:
             if settled:
-                _settle(db, scope, settled, run_id, masks)
+                _settle(db, scope, settled, run_id, masks, lock)
             updated = 0
             for chunk in chunks(unique):
                 updated += db.execute(
@@ -269,10 +275,31 @@ class Transitions:
         ``masks`` (transaction id to masked customer id): a transaction that settles accepted or
         not sent, so is never sent again, keeps the mask in its stored checkout instead of the
         customer id (in the same write; :meth:`scrub_customer_ids` finds nothing left to do).
+        A guarded scope (:meth:`guard_scope`) whose lock is lost settles nothing (LockLostError):
+        the rows are the next holder's, which asks the platform about those in doubt.
         """
         if results:
+            lock = self._lock_check(scope)[1]
             with self._db.transaction() as db:
-                _settle(db, scope, results, run_id, masks)
+                _settle(db, scope, results, run_id, masks, lock)
+
+    def record_found_event_ids(self, scope: str, found: Mapping[str, Sequence[str]]) -> int:
+        """Keep platform event ids found by a lookup (transaction id -> ids) on accepted rows that
+        recorded none (the platform's answer named none): a later return names the event by them
+        instead of looking it up again. Rows with ids, or not accepted, are left alone; state,
+        run and timestamps are not touched. Returns how many rows took ids."""
+        rows = [(json.dumps(list(ids)), scope, tid) for tid, ids in found.items() if ids]
+        if not rows:
+            return 0
+        written = 0
+        with self._db.transaction() as db:
+            for row in rows:
+                written += db.execute(
+                    "UPDATE transactions SET event_ids = ? WHERE scope = ? AND transaction_id = ? "
+                    "AND state = 'accepted' AND (event_ids IS NULL OR event_ids = '[]')",
+                    row,
+                )
+        return written
 
     def requeue(self, row_ids: Sequence[int], run_id: str, *, origin: str = "retry") -> None:
         """Put failed (or in-doubt) transactions back in the queue of ``run_id``."""

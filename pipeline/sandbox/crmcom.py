@@ -539,7 +539,10 @@ class CrmcomPlatform:
                 "life_cycle_state": "CANCELLED",
                 "cancelled_at": state.clock().isoformat(),
             }
-            state.put_transaction(PLATFORM, record["transaction_id"], updated)
+            # stored where it was found: a repeated reference's second purchase is kept apart
+            stored = state.transactions[PLATFORM]
+            key = next((k for k, r in stored.items() if r is record), record["transaction_id"])
+            state.put_transaction(PLATFORM, key, updated)
         state.count("events_accepted")
         return self._public(updated)
 

@@ -58,6 +58,7 @@ from pipeline.sinks.crmcom_purchases import (
     Planner,
     dumps,
     original_not_delivered,
+    original_refused,
     result_of,
     results_of_bulk,
 )
@@ -291,8 +292,12 @@ class CrmcomAdapter:
         self._decided: dict[tuple[str, ...], list[EventResult]] = {}
         self._carried: dict[tuple[str, ...], list[str]] = {}
         self._fresh: dict[tuple[str, ...], list[str]] = {}
+        self._cancelling: dict[tuple[str, ...], str] = {}  # the purchase each cancel request names
         self._customer_of: dict[str, str] = {}
         self._sales_here: set[str] = set()
+        self._refused: set[str] = set()  # sales of this submission CRM.COM refused for good
+        # sales whose purchase id a lookup found and the ledger has not recorded (written back)
+        self._learned: dict[str, tuple[str, ...]] = {}
         self.lookups = 0  # lookups made (for logs and tests)
 
     def __repr__(self) -> str:
@@ -385,8 +390,19 @@ class CrmcomAdapter:
                 f"lookup by its reference could not find it ({why})",
                 attempts=0,
             )
-        self._created[sale] = (str(purchase_id),)
+        self._learn(sale, str(purchase_id))
         return str(purchase_id)
+
+    def _learn(self, sale: str, purchase_id: str) -> None:
+        """A lookup named the purchase of ``sale``, which the ledger holds without an id."""
+        self._created[sale] = (purchase_id,)
+        self._learned[sale] = (purchase_id,)
+
+    def learned_event_ids(self) -> dict[str, tuple[str, ...]]:
+        """The purchase ids lookups found for sales the ledger holds without one (sale
+        transaction id -> ids), each given once: the submit stage writes them to the ledger."""
+        learned, self._learned = self._learned, {}
+        return learned
 
     def _held(self, transaction_id: str, reason: str, *, final: bool = True) -> EventResult:
         """Retryable, held for review: it may have landed and nothing could tell (``final``: asking
@@ -400,10 +416,12 @@ class CrmcomAdapter:
         )
 
     async def _look_up(
-        self, client: HttpClient, token: str, reference: str, customer: str | None
+        self, client: HttpClient, token: str, reference: str, customer: str | None,
+        purchase_id: str | None = None,
     ) -> LookupResult:
-        """Look ``reference`` up; a call that got no usable answer is asked again (up to
-        ``LOOKUP_TRIES`` times, with the target's backoff), an expired token is renewed once."""
+        """Look ``reference`` up (the purchase ``purchase_id`` when known); a call that got no
+        usable answer is asked again (up to ``LOOKUP_TRIES`` times, with the target's backoff), an
+        expired token is renewed once."""
         target = self.target
         url_of = partial(endpoint_url, target)
         found = LookupResult(Answer.UNDECIDED, reason="not asked")
@@ -413,9 +431,8 @@ class CrmcomAdapter:
                 await asyncio.sleep(min(target.backoff_max_seconds, target.backoff_base_seconds * 2**attempt))
             self.lookups += 1
             try:
-                found = await look_up(
-                    client, target, token, reference, customer, url_of=url_of, now=self._wall_clock
-                )
+                found = await look_up(client, target, token, reference, customer, url_of=url_of,
+                                      now=self._wall_clock, purchase_id=purchase_id)
             except TokenRefused as exc:
                 self.tokens.invalidate(token)
                 if renewed:
@@ -454,12 +471,16 @@ class CrmcomAdapter:
                 continue
             cancel = batch.route == "cancel"
             reference = unit.payload.original_transaction_id if cancel else tid
-            found = await self._look_up(client, token, reference, self._customer_of.get(tid))
+            # a cancel asks about its purchase by id when known: a reference may name two purchases
+            known = self._cancel_target(unit.payload) if cancel else None
+            found = await self._look_up(client, token, reference, self._customer_of.get(tid), known)
             if found.answer is Answer.UNDECIDED:
                 decided.append(self._held(tid, found.reason, final=False))
                 continue
             event_ids = (str(found.purchase["id"]),) if found.purchase.get("id") else ()
             state = str(found.purchase.get("life_cycle_state") or "").upper()
+            if cancel and known is None and found.answer is Answer.FOUND and event_ids:
+                self._learn(reference, event_ids[0])
             if not cancel and found.answer is Answer.FOUND:
                 result = EventResult(
                     tid,
@@ -492,6 +513,10 @@ class CrmcomAdapter:
     ) -> PreparedRequest | RequestFailure | list[EventResult]:
         """One attempt: a token (cached or new), lookups of what may have landed, then the route's call."""
         event_id: str | None = None
+        if batch.route in ("cancel", "ad_hoc"):
+            sale = batch.units[0].payload.original_transaction_id
+            if sale in self._refused:
+                return [original_refused(batch.units[0].transaction_id, sale)]
         if batch.route == "cancel":
             planned: PlannedCancel = batch.units[0].payload
             event_id = self._cancel_target(planned)
@@ -510,6 +535,8 @@ class CrmcomAdapter:
         if not units:
             return decided
         if batch.route == "cancel" and event_id is None:
+            event_id = self._cancel_target(batch.units[0].payload)  # the in-doubt lookup may have found it
+        if batch.route == "cancel" and event_id is None:
             named = await self._name_purchase(client, token, batch.units[0].payload)
             if isinstance(named, EventResult):
                 return [*decided, named]
@@ -518,6 +545,7 @@ class CrmcomAdapter:
         if batch.route == "cancel":
             method = target.cancel_path
             body = dumps({"token": token, "customer_event_identifier": {"id": event_id}})
+            self._cancelling[tuple(batch.transaction_ids)] = str(event_id)
         elif batch.route == "bulk":
             method = target.create_multiple_path
             body = _bulk_body(token, [unit.body for unit in units])
@@ -545,6 +573,7 @@ class CrmcomAdapter:
         decided = self._decided.pop(key, [])
         carried = self._carried.pop(key, batch.transaction_ids)
         fresh = self._fresh.pop(key, [])
+        asked = self._cancelling.pop(key, None)
         if status in (413, 429):
             self._maybe_landed.difference_update(fresh)  # refused before processing
         if status == 413:  # the engine sends it again in halves
@@ -576,11 +605,17 @@ class CrmcomAdapter:
             # a 2xx without a status envelope (empty, not JSON) is no verdict: the purchases may
             # have landed, so they stay in doubt and are looked up before they are sent again
             return RequestFailure(status, UNPROVEN, f"{envelope.message}: it may have landed")
+        named = envelope.data.get("id") if envelope.ok and isinstance(envelope.data, Mapping) else None
+        if asked is not None and named is not None and str(named) != asked:
+            # an OK about another purchase says nothing of ours: it may have landed (looked up)
+            return RequestFailure(status, UNPROVEN, f"the cancel of {asked} was answered about {named}")
         if batch.route == "bulk":
             results = results_of_bulk(carried, envelope, self.target)
         else:
             tid = carried[0]
             results = [result_of(tid, envelope, self.target, cancel=batch.route == "cancel")]
+            if results[0].error_code == CrmcomRejectCode.ALREADY_CANCELLED and tid not in fresh:
+                results = [self._own_cancel(batch.units[0].payload)]
         for result in results:
             if (
                 result.error_code not in (MISSING, CONFLICTING, None)
@@ -593,7 +628,22 @@ class CrmcomAdapter:
                 # with no id (an answer that named none) a cancel of it looks the purchase up
                 if result.outcome in (Outcome.ACCEPTED, Outcome.ALREADY_ACCEPTED):
                     self._created[result.transaction_id] = result.event_ids
+                elif result.outcome is Outcome.REJECTED:
+                    self._refused.add(result.transaction_id)
         return [*results, *decided]
+
+
+    def _own_cancel(self, planned: PlannedCancel) -> EventResult:
+        """A cancel that may have landed before, answered "already cancelled": its earlier request
+        did it (as a lookup finding the purchase cancelled would settle it)."""
+        purchase = self._cancel_target(planned)
+        return EventResult(
+            planned.transaction_id,
+            Outcome.ALREADY_ACCEPTED,
+            event_ids=(purchase,) if purchase else (),
+            error_code=CrmcomRejectCode.ALREADY_CANCELLED,
+            error_message="an earlier request of this return landed: the purchase is cancelled",
+        )
 
 
 def make_crmcom_sink(

@@ -13,6 +13,11 @@ its reference number:
   ``submitted_after_date`` (``number_of_results`` at most); the answer is searched for the
   reference number. Paging is not documented: a full page without the purchase cannot decide.
 
+A cancel that may have landed asks about the purchase to cancel by its id when the ledger (or an
+earlier lookup) knows it (``show`` with ``customer_event_identifier=id=<id>``, documented from R5):
+a reference may name two purchases on a platform that does not refuse a repeated one, and the
+first found need not be the one to cancel.
+
 Whatever cannot be decided (the call failed, an unexpected answer, two matches) is *undecided*:
 the adapter holds the transaction in doubt for review instead of guessing.
 """
@@ -77,14 +82,18 @@ def _matches(purchase: Mapping[str, Any], reference: str) -> bool:
     )
 
 
-def read_show(envelope: Envelope, reference: str, target: CrmcomTarget) -> LookupResult:
-    """The answer of ``show`` for ``reference``."""
+def read_show(
+    envelope: Envelope, reference: str, target: CrmcomTarget, *, purchase_id: str | None = None
+) -> LookupResult:
+    """The answer of ``show`` for ``reference`` (asked by ``purchase_id`` when given)."""
     if envelope.code in target.token_error_codes:
         raise TokenRefused(envelope.code)
     if envelope.code in target.not_found_codes:
         return LookupResult(Answer.NOT_FOUND)
     if not envelope.ok or not isinstance(envelope.data, Mapping):
         return LookupResult(Answer.UNDECIDED, reason=f"show answered {envelope.code or 'nothing usable'}")
+    if purchase_id is not None and str(envelope.data.get("id") or "") != purchase_id:
+        return LookupResult(Answer.UNDECIDED, reason=f"show of purchase {purchase_id} answered another one")
     if not _matches(envelope.data, reference):
         return LookupResult(Answer.UNDECIDED, reason="show answered a purchase with another reference number")
     return LookupResult(Answer.FOUND, envelope.data)
@@ -129,14 +138,17 @@ async def look_up(
     *,
     url_of: Callable[[str], str],
     now: Callable[[], datetime],
+    purchase_id: str | None = None,
 ) -> LookupResult:
-    """Ask CRM.COM for the purchase with ``reference`` (raises :class:`TokenRefused`)."""
-    method = lookup_method(target)
+    """Ask CRM.COM for the purchase with ``reference``, or for the purchase ``purchase_id`` (by
+    ``show``, whatever ``target.lookup``; its reference must be ``reference``). Raises
+    :class:`TokenRefused`."""
+    method = "show" if purchase_id is not None else lookup_method(target)
     try:
         if method == "show":
-            query = urlencode(
-                {"token": token, "customer_event_identifier": f"external_system_reference_number={reference}"}
-            )
+            key = (f"id={purchase_id}" if purchase_id is not None
+                   else f"external_system_reference_number={reference}")
+            query = urlencode({"token": token, "customer_event_identifier": key})
             reply = await client.request("GET", f"{url_of(target.show_path)}?{query}", headers={})
         else:
             if not customer:
@@ -163,4 +175,6 @@ async def look_up(
             Answer.UNDECIDED, reason=f"{method} answered HTTP {reply.status}", transient=transient
         )
     envelope = Envelope.read(reply.body, reply.status)
-    return (read_show if method == "show" else read_list)(envelope, reference, target)
+    if method == "show":
+        return read_show(envelope, reference, target, purchase_id=purchase_id)
+    return read_list(envelope, reference, target)

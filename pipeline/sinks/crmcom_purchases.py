@@ -61,6 +61,7 @@ __all__ = [
     "format_performed_on",
     "not_sent",
     "original_not_delivered",
+    "original_refused",
     "plan_checkout",
     "product_lines",
     "purchase_body",
@@ -417,6 +418,8 @@ class Planner:
                 CrmcomRejectCode.PARTIAL_RETURN,
                 "a partial return: only whole purchases can be cancelled (ad hoc returns are off)",
             )
+        if sale.state == "failed_permanent":
+            return original_refused(transaction_id, original_id)
         if sale.state not in ("accepted", "in_submission"):
             return original_not_delivered(transaction_id, original_id)
         if not whole:
@@ -448,6 +451,21 @@ def plan_checkout(
 ) -> Plan:
     """What to do with one checkout on its own (see :class:`Planner` for a whole submission)."""
     return Planner(target, originals, in_submission).plan(row)
+
+
+def original_refused(transaction_id: str, original_id: str) -> EventResult:
+    """REJECTED, never sent: CRM.COM refused the returned sale for good, so it has no purchase and
+    no run will give it one; a rerun including transactions refused for good resends the sale, and
+    this return with it."""
+    return EventResult(
+        transaction_id,
+        Outcome.REJECTED,
+        error_code=ReturnCode.ORIGINAL_REFUSED,
+        error_message=f"not sent: CRM.COM refused the sale {original_id} for good, so it has no purchase "
+                      "to return against; a rerun of the failed transactions including those refused for "
+                      "good sends this return once the sale is accepted",
+        attempts=0,
+    )
 
 
 def original_not_delivered(transaction_id: str, original_id: str) -> EventResult:

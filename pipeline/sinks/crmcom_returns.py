@@ -44,6 +44,9 @@ class ReturnCode(StrEnum):
     ALREADY_RETURNED = "already_returned"  # the sale (or these lines of it) came back before
     ORIGINAL_IS_GUEST = "original_is_guest"  # a member's return of a guest sale (never on the platform)
     ORIGINAL_NOT_SENT = "original_not_sent"  # the sale was settled without reaching the platform
+    # failed for good, never sent: the platform refused the sale for good (an operator's rerun of
+    # transactions refused for good sends both once the sale is accepted)
+    ORIGINAL_REFUSED = "original_refused"
 
 
 class Fit(StrEnum):

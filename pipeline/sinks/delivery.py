@@ -694,3 +694,9 @@ class PlatformSink:
     async def aclose(self) -> None:
         """Close the connection pool (submissions on one event loop share it until then)."""
         await self._engine.aclose()
+
+    def learned_event_ids(self) -> dict[str, tuple[str, ...]]:
+        """Platform event ids the adapter found (by lookups) for accepted transactions the ledger
+        holds without one, each given once; nothing for an adapter that finds none."""
+        learned = getattr(self.adapter, "learned_event_ids", None)
+        return learned() if learned is not None else {}

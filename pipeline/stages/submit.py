@@ -401,6 +401,11 @@ async def _submit(
     def flush(sending: Sequence[str] | None = None) -> None:
         """The answers read so far into the ledger; with ``sending``, the next request's in-doubt
         mark in the same commit, so both are in the ledger before it goes out."""
+        learned = getattr(sink, "learned_event_ids", None)
+        if learned is not None and (found := learned()):
+            # a lookup named the purchase of an accepted sale whose answer named none: kept, so a
+            # later return cancels it without looking it up again
+            ledger.record_found_event_ids(scope, found)
         masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
                  for r in pending if r.transaction_id in customer_of}
         if sending is not None:

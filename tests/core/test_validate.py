@@ -407,6 +407,35 @@ def test_computed_amounts_in_reasons_read_as_money() -> None:
     assert sums == ["transaction_total 9.99 but the lines sum to 5.00"]
 
 
+def test_a_decimal_comma_export_reads_its_own_notation_in_every_reason() -> None:
+    """A reason of a decimal-comma export writes each amount as the export does: the value quoted
+    as the file had it and the computed side with a comma too (before: ``8,50 ... = 6.50``)."""
+    comma = feed(format={"decimal_comma": True})
+    rows = [
+        row(transaction_id="T1", unit_price="2,50", line_total="5,02"),
+        row(transaction_id="T2", quantity="3", unit_price="0,0125", line_total="0,05"),
+        row(transaction_id="T3", unit_price="2,50", discount="5,01", line_total="-0,01"),
+        row(transaction_id="T4", quantity="1000", unit_price="999999999999", line_total=""),
+        row(transaction_id="T5", quantity="-2", unit_price="2,50", discount="5,01", line_total="",
+            transaction_type="return"),
+    ]
+    reasons = run(rows, comma).lines.get_column("reject_reason").to_list()
+    assert reasons == [
+        "line_total 5,02 but quantity × unit_price − discount = 5,00",
+        "line_total 0,05 but quantity × unit_price − discount = 0,0375",
+        "discount 5,01 is more than quantity × unit_price = 5,00",
+        "quantity × unit_price − discount = 999999999999000,00 reaches 1.000.000.000.000",
+        "discount 5,01 is more than quantity × unit_price = 5,00",
+    ]
+    sums = run([row(unit_price="2,50", line_total="5,00", transaction_total="9,99")], comma)
+    assert sums.lines.get_column("reject_reason").to_list() == [
+        "transaction_total 9,99 but the lines sum to 5,00"]
+    negative = run([row(transaction_type="return", quantity="-2", unit_price="2,50", line_total="-5,00",
+                        transaction_total="-9,99")], comma)
+    assert negative.lines.get_column("reject_reason").to_list() == [
+        "transaction_total -9,99 but the lines sum to -5,00"]
+
+
 def test_numbers_too_large_to_keep_are_rejected_not_a_crash_or_a_wrapped_sum() -> None:
     # a product that would not fit the money type (it raised mid-transform), a unit price Python's
     # decimals could not round (it failed at send time), two lines whose sum wrapped to a negative

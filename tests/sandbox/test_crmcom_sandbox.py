@@ -192,6 +192,26 @@ def test_cancel_only_posted_purchases(crm: SandboxServer) -> None:
     assert [(t["transaction_id"], t["status"]) for t in listing] == [("T1", "cancelled")]
 
 
+def test_cancelling_a_second_purchase_of_a_reference_leaves_the_first_alone(crm: SandboxServer) -> None:
+    """Without the uniqueness check a reference is stored twice; each purchase is its own: cancelling
+    the second changes only the second (it overwrote the first before)."""
+    platform_of(crm).config.unique_reference_numbers = False
+    token = token_of(crm)
+    first, second = (
+        call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")}).json()["data"]
+        for _ in range(2)
+    )
+    by_id = {"token": token, "customer_event_identifier": {"id": second["id"]}}
+    assert call(crm, "customer_events/purchases/cancel", by_id).json()["status"]["code"] == "OK"
+    shown = {
+        created["id"]: httpx.get(f"{crm.url}{PREFIX}/customer_events/purchases/show", params={
+            "token": token, "customer_event_identifier": f"id={created['id']}"}).json()
+        for created in (first, second)
+    }
+    assert {pid: (answer["data"] or {}).get("life_cycle_state", answer["status"]["code"])
+            for pid, answer in shown.items()} == {first["id"]: "POSTED", second["id"]: "CANCELLED"}
+
+
 def test_rate_limit_and_faults_come_from_the_shared_state(crm: SandboxServer) -> None:
     token = token_of(crm)
     crm.config.requests_per_minute = 1

@@ -59,3 +59,15 @@ def test_posfeed_sandbox_refuses_a_file_that_is_no_state_file(tmp_path: Path) ->
     assert done.returncode != 0
     assert str(notes) in done.stderr and "Traceback" not in done.stderr
     assert notes.read_text() == "not a sandbox state"
+
+
+def test_posfeed_sandbox_that_cannot_listen_exits_1_naming_the_address() -> None:
+    """OPERATIONS.md's exit codes: 1 when `posfeed sandbox` cannot listen on its address."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "pipeline", "sandbox", "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.config import Feed, Settings
 from pipeline.ledger import Ledger
-from pipeline.runner import run_feed
-from pipeline.sandbox.crmcom import PLATFORM, CrmcomPlatform
+from pipeline.runner import RerunSelection, rerun_feed, run_feed
+from pipeline.sandbox.crmcom import PLATFORM, CrmcomError, CrmcomPlatform
 from pipeline.sandbox.server import SandboxServer
 
 HEADER = (
@@ -145,3 +145,123 @@ def test_a_sale_answered_without_an_id_is_cancelled_by_its_return_exactly_once(
     assert crm.state.stats["duplicate_transaction_attempts"] == 0  # one cancel, no second purchase
     assert crm.state.stats["events_accepted"] == 2  # the purchase and its cancel
     assert crm.state.stats["lookups"] == 1  # the id the create's answer left out, read once
+
+
+@pytest.mark.parametrize("same_run", [True, False])
+def test_a_return_of_a_refused_sale_is_held_until_a_rerun_sends_both(
+    crm: SandboxServer, tmp_path: Path, same_run: bool
+) -> None:
+    """CRM.COM refused S-9 for good (its customer was unknown): its whole return R-9 is failed for
+    good, `original_refused`, never sent (it waited as retryable before, every run exiting 75). Once
+    the customer exists, a rerun including what was refused for good sends the sale, then cancels
+    its purchase with R-9, once."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    feed = crmcom_run_feed(crm, exports, bulk_size=1)
+    sale = ("S-9,BER01,K1,2026-11-20 08:10:53,2026-11-20,unknown-9,sale,1,1005,Wine,wine,1,11.49,,11.49,"
+            "EUR,11.49,,")
+    back = ("R-9,BER01,K1,2026-11-20 15:00:00,2026-11-20,unknown-9,return,1,1005,Wine,wine,-1,11.49,,-11.49,"
+            "EUR,-11.49,,S-9")
+    first = [HEADER, sale, *([back] if same_run else [])]
+    (exports / "pos_1.csv").write_text("\n".join(first) + "\n", encoding="utf-8")
+    runs = [run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()]
+    if not same_run:
+        (exports / "pos_2.csv").write_text("\n".join([HEADER, back]) + "\n", encoding="utf-8")
+        runs.append(run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict())
+    runs.append(run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict())  # nothing new
+    assert [r["balanced"] for r in runs] == [True] * len(runs)
+    assert runs[-1]["exit_code"] == 0 and runs[-1]["failed_retryable"] == 0
+    with Ledger(settings.ledger_location) as ledger:
+        held = ledger.originals(feed.scope, ["S-9", "R-9"])
+        assert {t: (str(r.state), r.last_error_code) for t, r in held.items()} == {
+            "S-9": ("failed_permanent", "CUSTOMER_NOT_FOUND"),
+            "R-9": ("failed_permanent", "original_refused"),
+        }
+    assert crm.state.transactions.get(PLATFORM, {}) == {}
+
+    crm.state.config.unknown_customer_prefix = None  # the customer exists now
+    again = rerun_feed(feed, settings, RerunSelection(failed=True, include_permanent=True)).to_dict()
+    assert again["balanced"] is True and again["accepted"] == 2
+    purchase = crm.state.get_transaction(PLATFORM, "S-9")
+    assert purchase is not None and purchase["life_cycle_state"] == "CANCELLED"
+    assert crm.state.stats["duplicate_transaction_attempts"] == 0
+
+
+@pytest.mark.parametrize("first_cancel_landed", [True, False])
+def test_a_second_return_of_a_sale_whose_first_return_is_in_doubt(
+    crm: SandboxServer, tmp_path: Path, first_cancel_landed: bool
+) -> None:
+    """A careless till returns S-1 twice: R-1's cancel is answered with an error (it landed, or
+    not), and R-1b, the same return under a new id, comes in the next run. The purchase is cancelled
+    once, R-1 (carried over and looked up first) is the return that counts, R-1b is
+    `already_returned`; the reports balance."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    feed = crmcom_run_feed(crm, exports, bulk_size=1, max_attempts=1)
+    platform: CrmcomPlatform = crm.state.platforms[PLATFORM]
+    real_cancel, calls = platform.cancel, []
+
+    def failing_cancel(body: Any) -> Any:
+        calls.append(body["customer_event_identifier"])
+        if first_cancel_landed:
+            real_cancel(body)
+        raise CrmcomError("INTERNAL_ERROR", "answered with an error")
+
+    (exports / "pos_1.csv").write_text("\n".join([HEADER, *SALES[:2]]) + "\n", encoding="utf-8")
+    runs = [run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()]
+    platform.cancel = failing_cancel  # type: ignore[method-assign]
+    (exports / "pos_2.csv").write_text("\n".join([HEADER, *RETURNS[:2]]) + "\n", encoding="utf-8")
+    runs.append(run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict())
+    assert runs[-1]["failed_retryable"] == 1
+    del platform.cancel  # the platform answers again
+    again = [line.replace("R-1,", "R-1b,") for line in RETURNS[:2]]
+    (exports / "pos_3.csv").write_text("\n".join([HEADER, *again]) + "\n", encoding="utf-8")
+    runs.append(run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict())
+    assert [r["balanced"] for r in runs] == [True, True, True]
+    with Ledger(settings.ledger_location) as ledger:
+        found = ledger.originals(feed.scope, ["S-1", "R-1", "R-1b"])
+    assert {t: (str(r.state), r.last_error_code) for t, r in found.items()} == {
+        "S-1": ("accepted", None),
+        "R-1": ("accepted", "found_by_lookup" if first_cancel_landed else None),
+        "R-1b": ("not_sent", "already_returned"),
+    }
+    purchase = crm.state.get_transaction(PLATFORM, "S-1")
+    assert purchase is not None and purchase["life_cycle_state"] == "CANCELLED"
+    assert crm.state.stats["duplicate_transaction_attempts"] == 0  # no cancel of a cancelled purchase
+    assert len(calls) == 1
+
+
+def test_a_void_naming_a_sale_cancels_nothing(crm: SandboxServer, tmp_path: Path) -> None:
+    """A void is a transaction voided at the till: never sent, whatever it names. A void naming a
+    sale sent in the same run, or one the platform refused, changes neither sale; a return naming
+    the void is `original_not_a_sale`. Every row counts once and the reports balance."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    feed = crmcom_run_feed(crm, exports, bulk_size=1)
+    rows = [
+        *SALES[:2],
+        "S-9,BER01,K1,2026-11-20 08:40:00,2026-11-20,unknown-9,sale,1,1005,Wine,wine,1,11.49,,11.49,EUR,"
+        "11.49,,",
+        "V-1,BER01,K1,2026-11-20 09:00:00,2026-11-20,M1,void,1,1005,Wine,wine,1,11.49,,11.49,EUR,11.49,,S-1",
+        "V-9,BER01,K1,2026-11-20 09:10:00,2026-11-20,unknown-9,void,1,1005,Wine,wine,1,11.49,,11.49,EUR,"
+        "11.49,,S-9",
+        "R-V,BER01,K1,2026-11-20 15:00:00,2026-11-20,M1,return,1,1005,Wine,wine,-1,11.49,,-11.49,EUR,-11.49,,"
+        "V-1",
+    ]
+    (exports / "pos.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    assert summary["balanced"] is True and summary["voids"] == 2
+    with Ledger(settings.ledger_location) as ledger:
+        found = ledger.originals(feed.scope, ["S-1", "S-9", "V-1", "V-9", "R-V"])
+    assert {t: (str(r.state), r.last_error_code) for t, r in found.items()} == {
+        "S-1": ("accepted", None),
+        "S-9": ("failed_permanent", "CUSTOMER_NOT_FOUND"),
+        "V-1": ("void", None),
+        "V-9": ("void", None),
+        "R-V": ("not_sent", "original_not_a_sale"),
+    }
+    stored = crm.state.transactions.get(PLATFORM, {})
+    assert [(r["reference_number"], r["life_cycle_state"]) for r in stored.values()] == [("S-1", "POSTED")]

@@ -18,6 +18,7 @@ from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sinks import make_sink
 from pipeline.sinks.base import EventResult, Outcome
 from pipeline.sinks.crmcom import CrmcomAdapter, CrmcomRejectCode, OriginalLookup
+from pipeline.sinks.crmcom_returns import ReturnCode
 from pipeline.sinks.delivery import PlatformSink
 from tests.sinks.test_crmcom_mapping import checkout, sale_of
 
@@ -231,12 +232,22 @@ def test_a_sale_and_its_return_in_one_submission(crm: SandboxServer, bulk_size: 
     assert stored(crm)["T2"]["status"] == "accepted"
 
 
-def test_a_return_whose_sale_failed_in_the_same_submission_stays_retryable(crm: SandboxServer) -> None:
+def test_a_return_whose_sale_failed_in_the_same_submission_waits_or_is_held(crm: SandboxServer) -> None:
+    """A sale that failed retryably may still land: its return stays retryable. One refused for good
+    never will by itself: its return is held for good (`original_refused`, see
+    test_crmcom_hostile_returns)."""
     rows = [checkout("T1", "unknown-1"), checkout("R1", "unknown-1", kind="return", original="T1")]
     results = submit(sink_of(crm, max_attempts=2), rows)
     assert results["T1"].outcome is Outcome.REJECTED
-    assert results["R1"].outcome is Outcome.RETRYABLE
-    assert results["R1"].error_code == CrmcomRejectCode.ORIGINAL_NOT_DELIVERED
+    assert results["R1"].outcome is Outcome.REJECTED
+    assert results["R1"].error_code == ReturnCode.ORIGINAL_REFUSED
+    crm.config.fault_kinds = ("error_503",)
+    crm.config.fault_rate = 1.0
+    rows = [checkout("T2"), checkout("R2", kind="return", original="T2")]
+    results = submit(sink_of(crm, max_attempts=2), rows)
+    assert results["T2"].outcome is Outcome.RETRYABLE
+    assert results["R2"].outcome is Outcome.RETRYABLE
+    assert results["R2"].error_code == CrmcomRejectCode.ORIGINAL_NOT_DELIVERED
 
 
 def test_guests_partial_and_unmatched_returns_are_not_sent(crm: SandboxServer) -> None:

@@ -144,6 +144,27 @@ def test_unknown_host_key_is_refused_by_default(sftp_server: SftpServer, sftp_di
     assert known.read_text() == ""
 
 
+@pytest.mark.parametrize("hashed", [False, True])
+def test_a_known_hosts_file_written_as_operations_says_is_trusted(
+    sftp_server: SftpServer, sftp_dir: Path, hashed: bool
+) -> None:
+    """OPERATIONS.md: `ssh-keyscan -p PORT HOST >> known_hosts` (as the unknown-key error says too),
+    hashed (`-H`) or not, and every key type the server offers."""
+    feed = sftp_server.feed(sftp_dir)
+    known = Path(feed.source.known_hosts_file or "")
+    known.write_text("")
+    with pytest.raises(SourceAuthError, match="ssh-keyscan -p") as caught:
+        SftpSource(feed).connect()
+    told = str(caught.value).split("ssh-keyscan", 1)[1].split(",", 1)[0]
+    command = ["ssh-keyscan", *(["-H"] if hashed else []), *told.split()]
+    scanned = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert scanned.strip(), command
+    with known.open("a") as out:
+        out.write(scanned)
+    with SftpSource(feed) as source:
+        source.check()
+
+
 def test_trust_on_first_use_records_the_key(sftp_server: SftpServer, sftp_dir: Path) -> None:
     feed = sftp_server.feed(sftp_dir, known_hosts_file="tofu/known_hosts", trust_unknown_host=True)
     known = feed.resolve_path("tofu/known_hosts")

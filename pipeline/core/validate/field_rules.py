@@ -17,6 +17,7 @@ from pipeline.core.validate.numbers import MONEY_WHOLE_DIGITS, NUMBER_FIELDS
 from pipeline.core.validate.rule import (
     Rule,
     hashes_customer,
+    large_number_text,
     masked_customer,
     money_text,
     read_flag,
@@ -176,13 +177,14 @@ def number_rules(feed: Feed) -> list[Rule]:
             )
         )
     expected = pl.col("v_line_expected")
+    limit = large_number_text(MONEY_WHOLE_DIGITS, feed)
     rules.append(
         Rule(
             "big_line_amount",
             RejectCode.NUMBER_TOO_LARGE,
             "unit_price",
             expected.abs() >= LARGEST_LINE_AMOUNT,
-            reason("quantity × unit_price − discount = {} reaches 1,000,000,000,000", money_text(expected)),
+            reason(f"quantity × unit_price − discount = {{}} reaches {limit}", money_text(expected, feed)),
         )
     )
     return rules

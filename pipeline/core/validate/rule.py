@@ -11,7 +11,8 @@ from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.logs import mask_customer_id
 
-__all__ = ["Rule", "hashes_customer", "masked_customer", "read_flag", "read_reason", "reason"]
+__all__ = ["Rule", "hashes_customer", "large_number_text", "masked_customer", "money_text", "read_flag",
+           "read_reason", "reason"]
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,19 @@ class Rule:
     needs: tuple[str, ...] = ()
 
 
-def money_text(amount: pl.Expr) -> pl.Expr:
-    """A computed decimal as a till would print it: at least 2 decimals, no trailing zeros beyond
-    (``25.0000`` is ``25.00``, ``0.0375`` stays)."""
-    return amount.cast(pl.String).str.replace(r"^(-?\d+\.\d\d\d*?)0+$", "${1}")
+def money_text(amount: pl.Expr, feed: Feed) -> pl.Expr:
+    """A computed decimal as a till would print it, in the export's notation: at least 2 decimals,
+    no trailing zeros beyond (``25.0000`` is ``25.00``, ``0.0375`` stays), with a decimal comma
+    when the feed reads one (``25,00``), like the values the reason quotes from the file."""
+    text = amount.cast(pl.String).str.replace(r"^(-?\d+\.\d\d\d*?)0+$", "${1}")
+    return text.str.replace(".", ",", literal=True) if feed.format.decimal_comma else text
+
+
+def large_number_text(digits: int, feed: Feed) -> str:
+    """``10**digits`` with its thousands grouped as the export groups them (``1,000,000`` with a
+    decimal point, ``1.000.000`` with a decimal comma)."""
+    grouped = f"{10**digits:,}"
+    return grouped.replace(",", ".") if feed.format.decimal_comma else grouped
 
 
 def hashes_customer(field: str, feed: Feed) -> bool:

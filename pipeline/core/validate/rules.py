@@ -58,6 +58,6 @@ def transaction_rules(feed: Feed) -> list[Rule]:
             "transaction_total",
             (expected_total - line_sum).abs() > tolerance,
             reason("transaction_total {} but the lines sum to {}", pl.col("transaction_total"),
-                   money_text(line_sum)),
+                   money_text(line_sum, feed)),
         )
     ]

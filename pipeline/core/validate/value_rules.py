@@ -70,7 +70,7 @@ def amount_rules(feed: Feed) -> list[Rule]:
             reason(
                 "discount {} is more than quantity × unit_price = {}",
                 pl.col("discount"),
-                money_text(pl.col("v_gross").abs()),
+                money_text(pl.col("v_gross").abs(), feed),
             ),
             needs=("v_discount",),
         ),
@@ -90,7 +90,7 @@ def amount_rules(feed: Feed) -> list[Rule]:
             reason(
                 "line_total {} but quantity × unit_price − discount = {}",
                 pl.col("line_total"),
-                money_text(expected),
+                money_text(expected, feed),
             ),
             needs=("v_line_total",),
         ),
