@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import posixpath
 import string
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -53,6 +55,7 @@ __all__ = [
     "TargetConfig",
     "ValidationConfig",
     "canonical_feed",
+    "check_alongside",
     "env_needs",
     "load_feed",
     "load_feeds",
@@ -63,6 +66,62 @@ __all__ = [
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+MAX_NAME_CHARS = 100  # a feed name or scope names folders (reports), locks and ledger rows
+MAX_WAIT_SECONDS = 3600.0  # a timeout, poll interval or retry delay of more than an hour is a typo
+YEAR_MINUTES = 366 * 24 * 60  # an age or allowance of more than a year is a typo (and larger ones
+# overflow date arithmetic mid-run)
+
+
+def _safe_name(value: str) -> str:
+    """A feed name or ledger scope: it names folders (reports, locks) and ledger rows, so nothing
+    empty, blank-edged, path-like, unprintable or longer than a folder name may be."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if value != value.strip():
+        raise ValueError("must not start or end with blanks")
+    if "/" in value or "\\" in value or value in {".", ".."}:
+        raise ValueError("must hold no path separator ('/' or '\\') and not be '.' or '..'")
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Zl", "Zp"} for ch in value):
+        raise ValueError("must hold no control character")
+    if len(value) > MAX_NAME_CHARS:
+        raise ValueError(f"is longer than {MAX_NAME_CHARS} characters")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+def _suffixes(value: tuple[str, ...]) -> tuple[str, ...]:
+    """File name suffixes: an empty one would match every file."""
+    if any(not suffix.strip() for suffix in value):
+        raise ValueError("an empty suffix matches every file name: remove it")
+    return value
+
+
+Suffixes = Annotated[tuple[str, ...], AfterValidator(_suffixes)]
+
+
+def _file_glob(value: str, *, expected: bool) -> str:
+    """A file name glob (``source.pattern``, ``expected.pattern``): one name, its placeholders known."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "/" in value or "\\" in value:
+        raise ValueError("is a file name glob and must hold no path separator: the folder is source.path")
+    fields: dict[str, Any] = {"business_date": date(2000, 1, 1)}
+    if expected:
+        fields |= {"store_id": "S", "hour": 0}
+    try:
+        value.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        known = "{business_date:FORMAT}, {store_id} and {hour:02d}" if expected else "{business_date:FORMAT}"
+        raise ValueError(f"bad placeholder ({exc}): the placeholders are {known}") from exc
+    return value
+
+
+SourceGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=False))]
+ExpectedGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=True))]
 
 
 def _check_timezone(value: str) -> str:
@@ -78,12 +137,12 @@ class SourceConfig(_Model):
 
     kind: Literal["local", "sftp"] = "local"
     path: str = "."
-    pattern: str = "*.csv"
+    pattern: SourceGlob = "*.csv"
     lookback_days: int = Field(default=1, ge=0, le=366)
-    ignore_suffixes: tuple[str, ...] = (".part", ".tmp", ".filepart")
+    ignore_suffixes: Suffixes = (".part", ".tmp", ".filepart")
     readiness: Literal["stable", "marker", "none"] = "stable"
-    stable_seconds: float = Field(default=2.0, ge=0)
-    marker_suffixes: tuple[str, ...] = (".done", ".ok")
+    stable_seconds: float = Field(default=2.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    marker_suffixes: Suffixes = (".done", ".ok")
     after_success: Literal["keep", "archive", "delete"] = "keep"
     archive_path: str | None = None
     # unreadable files are moved here (archive/delete sources; "keep" sources only record them)
@@ -97,17 +156,40 @@ class SourceConfig(_Model):
     password_env: str | None = None
     known_hosts_file: str | None = None
     trust_unknown_host: bool = False
-    connect_timeout: float = Field(default=15.0, gt=0)
-    read_timeout: float = Field(default=60.0, gt=0)
-    keepalive_seconds: int = Field(default=30, ge=0)
-    fetch_attempts: int = Field(default=3, ge=1)
+    connect_timeout: float = Field(default=15.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    read_timeout: float = Field(default=60.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    keepalive_seconds: int = Field(default=30, ge=0, le=int(MAX_WAIT_SECONDS))
+    fetch_attempts: int = Field(default=3, ge=1, le=100)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('must not be empty ("." is the feed file\'s folder; for sftp, the login\'s '
+                             "home)")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and ("@" in value or any(ch.isspace() for ch in value.strip())):
+            # never echoed: a "user:password@host" holds a secret
+            raise ValueError("must be a host name only: the login goes in username, its secret in "
+                             "password_env or private_key_file")
+        return value
+
+    @model_validator(mode="after")
+    def _markers(self) -> SourceConfig:
+        if self.readiness == "marker" and not self.marker_suffixes:
+            raise ValueError('readiness = "marker" needs at least one marker_suffixes entry')
+        return self
 
     @model_validator(mode="after")
     def _sftp_login(self) -> SourceConfig:
         """An sftp source names its server, its login and a credential."""
         if self.kind != "sftp":
             return self
-        missing = [name for name in ("host", "username") if not getattr(self, name)]
+        missing = [name for name in ("host", "username") if not (getattr(self, name) or "").strip()]
         if not self.private_key_file and not self.password_env:
             missing.append("private_key_file or password_env")
         if missing:
@@ -135,6 +217,38 @@ class FormatConfig(_Model):
     transaction_id_template: str | None = None
     # customer ids written by a float-typed export ("17850.0") are read as "17850"
     normalize_float_customer_ids: bool = False
+
+    @field_validator("delimiter", "quote_char")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if value in "\r\n":
+            raise ValueError("a line break cannot separate or quote fields")
+        return value
+
+    @field_validator("transaction_id_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        """Checked as :func:`pipeline.core.parse.template_fields` reads it, and naming a field at
+        least: a constant id would make every transaction a repeat of the first."""
+        if value is None:
+            return value
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"bad template ({exc})") from exc
+        if any(spec or conversion for _, _, spec, conversion in parsed):
+            raise ValueError("a template field may not have a format spec or conversion")
+        if any(field == "" for _, field, _, _ in parsed):
+            raise ValueError("a template field may not be empty ({})")
+        if not any(field for _, field, _, _ in parsed):
+            raise ValueError("the template has no {field}: every transaction would get the same id")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FormatConfig:
+        if self.delimiter == self.quote_char:
+            raise ValueError("delimiter and quote_char must differ")
+        return self
 
 
 ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
@@ -186,9 +300,9 @@ class ValidationConfig(_Model):
     """Tolerances and allowed values for the validation rules (`[validation]`)."""
 
     currencies: tuple[str, ...] | None = None  # None: every ISO 4217 code
-    amount_tolerance: Decimal = Decimal("0.01")
+    amount_tolerance: Decimal = Field(default=Decimal("0.01"), ge=0)
     max_days_from_business_date: int = Field(default=2, ge=0)
-    max_future_minutes: int = Field(default=10, ge=0)
+    max_future_minutes: int = Field(default=10, ge=0, le=YEAR_MINUTES)
     treat_negative_quantity_as_return: bool = True
     # a timestamp or business date before this day is not plausible (R025_DATE_TOO_EARLY)
     earliest_date: date = date(2000, 1, 1)
@@ -196,9 +310,24 @@ class ValidationConfig(_Model):
     # writes (R031_FIELD_TOO_LONG); a platform would refuse the request carrying it
     max_field_chars: int = Field(default=1000, ge=1)
 
+    @field_validator("currencies")
+    @classmethod
+    def _iso_codes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from pipeline.core.rejects import ISO_4217
 
-def _platform_url(value: str) -> str:
-    """A target's ``base_url``: http(s) with a host (checked when the feed loads, not mid-run)."""
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("an empty list would reject every transaction: leave the key out for every "
+                             "ISO 4217 code")
+        unknown = [code for code in value if code.upper() not in ISO_4217]
+        if unknown:
+            raise ValueError(f"not an ISO 4217 code: {', '.join(map(repr, unknown))}")
+        return value
+
+
+def _http_url_netloc(value: str) -> str:
+    """The host part of an http(s) URL with a host (checked when the feed loads, not mid-run)."""
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - a port that is not a number raises here
@@ -206,7 +335,25 @@ def _platform_url(value: str) -> str:
         raise ValueError(f"not a URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
+    return parts.netloc
+
+
+def _platform_url(value: str) -> str:
+    """A target's ``base_url``: an http(s) URL without credentials, which would reach logs,
+    reports and the ledger with the URL (a webhook URL, masked whole, may carry them)."""
+    if "@" in _http_url_netloc(value):
+        # never echoed: the value holds a secret
+        raise ValueError("must not carry credentials (user:password@host): secrets are named by the "
+                         "*_env and *_file keys, never written in the feed file")
     return value
+
+
+def _http_url(value: str) -> str:
+    _http_url_netloc(value)
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 PlatformUrl = Annotated[str, AfterValidator(_platform_url)]
@@ -228,16 +375,16 @@ class AntavoTarget(_Model):
     bulk_size: int = Field(default=50, ge=1, le=1000)
     # bytes a request body may hold (the platform publishes no limit: an assumption)
     max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=16384)
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_base_seconds: float = Field(default=0.5, ge=0)
-    backoff_max_seconds: float = Field(default=30.0, ge=0)
-    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_base_seconds: float = Field(default=0.5, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    backoff_max_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # the longest wait a platform's Retry-After gets (a longer one, "inf" or a far date: this)
-    retry_after_max_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     return_mode: Literal["auto", "refund", "refund_item"] = "auto"
     # an in-doubt refund is read back no sooner than this after its request went out (None:
     # timeout_seconds), so a request the platform still held when the sender died has landed
-    readback_wait_seconds: float | None = Field(default=None, ge=0)
+    readback_wait_seconds: float | None = Field(default=None, ge=0, le=86400, allow_inf_nan=False)
     # where the transaction read API (GET /customers/{id}/transactions) is served (None: base_url)
     read_api_url: PlatformUrl | None = None
     send_guests: bool = True
@@ -245,10 +392,14 @@ class AntavoTarget(_Model):
     # how the signed Date header is written: "long" (20181207T120000Z) or "rfc1123"
     date_style: Literal["long", "rfc1123"] = "long"
     # share of requests_per_minute kept unused, against clock and latency differences
-    rate_headroom: float = Field(default=0.02, ge=0, lt=1)
+    rate_headroom: float = Field(default=0.02, ge=0, lt=1, allow_inf_nan=False)
     # a signed empty bulk before any file proves the credentials (the platform authenticates before
     # it reads a body: an assumption of the spec, so it can be switched off)
     check_credentials: bool = True
+
+    @model_validator(mode="after")
+    def _backoff(self) -> AntavoTarget:
+        return _check_backoff(self)
 
 
 class CrmcomTarget(_Model):
@@ -269,20 +420,20 @@ class CrmcomTarget(_Model):
     bulk_size: int = Field(default=1, ge=1, le=1000)
     # bytes a request body may hold, its token included (no published limit: an assumption)
     max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=16384)
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_base_seconds: float = Field(default=0.5, ge=0)
-    backoff_max_seconds: float = Field(default=30.0, ge=0)
-    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_base_seconds: float = Field(default=0.5, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    backoff_max_seconds: float = Field(default=30.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # the longest wait a platform's Retry-After gets (a longer one, "inf" or a far date: this)
-    retry_after_max_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    retry_after_max_seconds: float = Field(default=300.0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     # URLs: {base_url}{path_prefix}/<resource>/<method>
     path_prefix: str = "/crmapi/rest/v2"
     create_path: str = "customer_events/purchases/create"
     create_multiple_path: str = "customer_events/purchases/create_multiple"
     cancel_path: str = "customer_events/purchases/cancel"
     # the token: R12+ tokens expire 2 hours after issue; renewed this long before expiry
-    token_ttl_seconds: float = Field(default=7200.0, gt=0)
-    token_renew_margin_seconds: float = Field(default=60.0, ge=0)
+    token_ttl_seconds: float = Field(default=7200.0, gt=0, allow_inf_nan=False)
+    token_renew_margin_seconds: float = Field(default=60.0, ge=0, allow_inf_nan=False)
     # API release: picks the business unit field (R17-: performed_by_unit_identifier,
     # R17: performed_by_tap_identifier, R18+: performed_by_business_unit_identifier)
     api_release: int = Field(default=18, ge=9, le=99)
@@ -328,6 +479,20 @@ class CrmcomTarget(_Model):
     not_found_codes: tuple[str, ...] = ("NOT_FOUND",)  # [A] show's answer for an unknown purchase
     check_credentials: bool = True  # the token call before any file proves the credentials
 
+    @model_validator(mode="after")
+    def _timing(self) -> CrmcomTarget:
+        if self.token_renew_margin_seconds >= self.token_ttl_seconds:
+            raise ValueError("token_renew_margin_seconds must be less than token_ttl_seconds (every call "
+                             "would ask for a new token)")
+        return _check_backoff(self)
+
+
+def _check_backoff(target: Any) -> Any:
+    """A target's first retry delay is not longer than its longest one."""
+    if target.backoff_base_seconds > target.backoff_max_seconds:
+        raise ValueError("backoff_base_seconds must not be more than backoff_max_seconds")
+    return target
+
 
 TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind")]
 
@@ -336,8 +501,8 @@ class AlertsConfig(_Model):
     """Optional webhook alerts (`[alerts]`)."""
 
     webhook_url_env: str | None = None
-    webhook_url: str | None = None
-    reject_share_threshold: float = Field(default=0.05, ge=0, le=1)
+    webhook_url: HttpUrl | None = None
+    reject_share_threshold: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     on_failure: bool = True
     on_retryable: bool = True
     on_missing_files: bool = True
@@ -345,14 +510,20 @@ class AlertsConfig(_Model):
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # work waiting (queued, in doubt, failed retryable) longer than this is a problem; longer than
     # the second age escalates it
-    backlog_max_age_minutes: float = Field(default=60.0, ge=0)
-    backlog_escalate_minutes: float = Field(default=240.0, ge=0)
+    backlog_max_age_minutes: float = Field(default=60.0, ge=0, le=YEAR_MINUTES, allow_inf_nan=False)
+    backlog_escalate_minutes: float = Field(default=240.0, ge=0, le=YEAR_MINUTES, allow_inf_nan=False)
     # error codes a target answers when it refuses the credentials [A]
     credential_error_codes: tuple[str, ...] = ("http_401", "http_403", "101021")
     # delivery: attempts within one run (with backoff), and how long a run may spend on them;
     # undelivered alerts stay in the ledger and are tried again by later runs
     delivery_attempts: int = Field(default=3, ge=1, le=20)
     delivery_budget_seconds: float = Field(default=20.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _backlog(self) -> AlertsConfig:
+        if self.backlog_escalate_minutes < self.backlog_max_age_minutes:
+            raise ValueError("backlog_escalate_minutes must not be less than backlog_max_age_minutes")
+        return self
 
 
 class ExpectedFilesConfig(_Model):
@@ -361,12 +532,12 @@ class ExpectedFilesConfig(_Model):
     stores: tuple[str, ...] = ()
     cadence: Literal["none", "daily", "hourly"] = "none"
     # glob with {business_date:%Y%m%d}, {store_id} and (hourly) {hour:02d}; default source.pattern
-    pattern: str | None = None
+    pattern: ExpectedGlob | None = None
     opening_hour: int = Field(default=8, ge=0, le=23)
     closing_hour: int = Field(default=22, ge=1, le=24)
-    late_after_minutes: int = Field(default=60, ge=0)
+    late_after_minutes: int = Field(default=60, ge=0, le=YEAR_MINUTES)
     # a file still missing this long after it became missing escalates its problem
-    escalate_after_minutes: int = Field(default=240, ge=0)
+    escalate_after_minutes: int = Field(default=240, ge=0, le=YEAR_MINUTES)
 
     @model_validator(mode="after")
     def _hours(self) -> ExpectedFilesConfig:
@@ -391,14 +562,14 @@ class ClaimsConfig(_Model):
     """How guest claims are checked and sent (`[claims]`, for ``records = "claims"``)."""
 
     # the ledger scope whose checkouts the claims name (default: the feed's own scope)
-    checkout_scope: str | None = None
+    checkout_scope: SafeName | None = None
     # a claim of a checkout this ledger does not know: "not_sent" (unmatched_claim) or "send"
     # (the checkout reached the platform another way)
     unknown_checkouts: Literal["not_sent", "send"] = "not_sent"
     # the ledger scope of the enrollment feed whose sign-ups the claims' members are: a claim
     # waits while its member's sign-up there is pending, and is not sent when it was refused
     # (None: not checked)
-    enrollment_scope: str | None = None
+    enrollment_scope: SafeName | None = None
 
 
 class ResumeConfig(_Model):
@@ -407,7 +578,7 @@ class ResumeConfig(_Model):
     only `posfeed rerun` sends them."""
 
     max_attempts: int = Field(default=25, ge=1)
-    max_age_hours: float = Field(default=72.0, gt=0)
+    max_age_hours: float = Field(default=72.0, gt=0, le=10 * 366 * 24, allow_inf_nan=False)
 
 
 class LoggingConfig(_Model):
@@ -419,13 +590,13 @@ class LoggingConfig(_Model):
 class Feed(_Model):
     """One feed: where files come from, how to read them, where checkouts go."""
 
-    name: str
+    name: SafeName
     enabled: bool = True
     # what the feed's files hold: checkout lines, member enrollments or guest claims
     records: Literal["transactions", "enrollments", "claims"] = "transactions"
     # feeds that deliver the same transactions (an hourly and a daily export of one chain) share a
     # scope: the ledger dedups, locks and sends once per (scope, transaction_id)
-    dedup_scope: str | None = None
+    dedup_scope: SafeName | None = None
     timezone: str = "UTC"
     store_timezones: dict[str, str] = Field(default_factory=dict)
     schedule: str | None = None
@@ -468,9 +639,11 @@ class Feed(_Model):
             from apscheduler.triggers.cron import CronTrigger
 
             try:
-                CronTrigger.from_crontab(value)
+                trigger = CronTrigger.from_crontab(value)
             except ValueError as exc:
                 raise ValueError(f"not a 5-field cron expression {value!r}: {exc}") from exc
+            if trigger.get_next_fire_time(None, datetime.now(trigger.timezone)) is None:
+                raise ValueError(f"{value!r} never fires (no such day): fix it, or leave schedule out")
         return value
 
     @model_validator(mode="after")
@@ -495,6 +668,12 @@ class Feed(_Model):
         return self
 
     _config_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _path: Path | None = PrivateAttr(default=None)
+
+    @property
+    def path(self) -> Path:
+        """The feed file (resolved), or a name in the working folder for a feed built in code."""
+        return self._path or self._config_dir / f"{self.name}.toml"
 
     @property
     def scope(self) -> str:
@@ -599,7 +778,30 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
         raise ConfigError(_problem(first) + more, source=candidate, key=key) from exc
     _check_checkout_columns(feed, candidate)
     feed._config_dir = candidate.resolve().parent
+    feed._path = candidate.resolve()
+    _check_source_folders(feed, candidate)
     return feed
+
+
+def _check_source_folders(feed: Feed, source: Path) -> None:
+    """``archive_path`` and ``quarantine_path`` are not the folder read: a file moved there would
+    stay among the files listed (renamed ``.1``, ``.2``, ...) and be read again."""
+    src = feed.source
+    for key, value in (("archive_path", src.archive_path), ("quarantine_path", src.quarantine_path)):
+        if value is None:
+            continue
+        if src.kind == "sftp":
+            same = posixpath.normpath(posixpath.join(src.path, value)) == posixpath.normpath(src.path)
+        else:
+            folder = feed.resolve_path(src.path)
+            target = Path(value).expanduser()
+            target = target if target.is_absolute() else folder / target
+            same = (os.path.normpath(target) == os.path.normpath(folder)
+                    or target.resolve() == folder.resolve())
+        if same:
+            raise ConfigError(f"{value!r} is the source folder itself: files moved there would be read "
+                              f"again; name another folder (default: {key.split('_')[0]} inside source.path)",
+                              source=source, key=f"source.{key}")
 
 
 def _check_checkout_columns(feed: Feed, source: Path) -> None:
@@ -623,11 +825,17 @@ def _check_checkout_columns(feed: Feed, source: Path) -> None:
 
 
 def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
-    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded; a folder
-    that does not exist is a ConfigError naming it (not an empty list: "no feeds" would be false)."""
+    """Load every `*.toml` in ``feeds_dir``, keeping errors beside the feeds that loaded; feeds
+    that clash with another file (see :func:`_clash`) are refused. A folder that does not exist
+    is a ConfigError naming it (not an empty list: "no feeds" would be false)."""
     if not feeds_dir.is_dir():
         raise ConfigError(f"feeds folder does not exist: {feeds_dir.absolute()} "
                           "(--feeds-dir or POSFEED_FEEDS_DIR; default ./feeds)")
+    return _refuse_clashes(_load_each(feeds_dir))
+
+
+def _load_each(feeds_dir: Path) -> list[FeedLoadResult]:
+    """Every `*.toml` in ``feeds_dir`` loaded on its own."""
     results = []
     for path in sorted(feeds_dir.glob("*.toml")):
         try:
@@ -637,10 +845,62 @@ def load_feeds(feeds_dir: Path) -> list[FeedLoadResult]:
     return results
 
 
+def check_alongside(feed: Feed, feeds_dir: Path) -> None:
+    """Raise the ConfigError of ``feed`` clashing with a feed file of ``feeds_dir`` (a feed run by
+    name is refused as ``posfeed feeds`` refuses it)."""
+    if not feeds_dir.is_dir():
+        return
+    others = [r for r in _load_each(feeds_dir) if r.feed is not None and r.path.resolve() != feed.path]
+    result = _refuse_clashes([FeedLoadResult(feed.path, feed, None), *others])[0]
+    if result.error is not None:
+        raise result.error
+
+
+def _target_of(feed: Feed) -> tuple[str, str, str | None]:
+    """Where a feed's transactions go: the target's kind, server and (Antavo) account."""
+    return feed.target.kind, feed.target.base_url.rstrip("/"), getattr(feed.target, "account", None)
+
+
+def _clash(a: Feed, b: Feed) -> tuple[str, str] | None:
+    """Why feeds ``a`` and ``b`` cannot live side by side (the key and a template), or None."""
+    if a.name == b.name:
+        return "name", "{name!r} is also the name of {other}: feed names are unique"
+    if a.scope != b.scope:
+        return None
+    if a.records != b.records:
+        return ("dedup_scope", "scope {scope!r} is shared with {other}, which holds other records "
+                f"({a.records} / {b.records}): give each its own dedup_scope")
+    if _target_of(a) != _target_of(b):
+        return ("dedup_scope", "scope {scope!r} is shared with {other}, which sends to another target: a "
+                "transaction is sent once per scope, so the other platform would never get it; give each "
+                "its own dedup_scope")
+    return None
+
+
+def _refuse_clashes(results: list[FeedLoadResult]) -> list[FeedLoadResult]:
+    """Feeds that cannot live side by side are refused, each naming the other file: two feeds of
+    one name (``--feed NAME`` could mean either), and feeds of one dedup scope with other records
+    or another target (the ledger sends a transaction once per scope: the other platform would
+    never get it)."""
+    loaded = [(r.path, r.feed) for r in results if r.feed is not None]
+    problems: dict[Path, ConfigError] = {}
+    for i, (path_a, a) in enumerate(loaded):
+        for path_b, b in loaded[i + 1:]:
+            clash = _clash(a, b)
+            if clash is None:
+                continue
+            key, template = clash
+            for path, feed, other in ((path_a, a, path_b), (path_b, b, path_a)):
+                problem = template.format(name=feed.name, scope=feed.scope, other=other.name)
+                problems.setdefault(path, ConfigError(problem, source=path, key=key))
+    return [FeedLoadResult(r.path, None, problems[r.path]) if r.path in problems else r for r in results]
+
+
 def register_env_secrets_of_feeds(feeds_dir: Path) -> None:
     """Register the secrets every loadable feed file of ``feeds_dir`` names (best effort)."""
     if feeds_dir.is_dir():
-        register_feed_secrets([r.feed for r in load_feeds(feeds_dir) if r.feed is not None])
+        # clashing feeds too: one may still be run by its path
+        register_feed_secrets([r.feed for r in _load_each(feeds_dir) if r.feed is not None])
 
 
 def resolve_secret(

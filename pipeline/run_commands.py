@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from pipeline.config import Feed, Settings, load_feed, load_feeds
+from pipeline.config import Feed, Settings, check_alongside, load_feed, load_feeds
 from pipeline.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
@@ -95,7 +95,10 @@ def _feeds(settings: Settings, names: Sequence[str], all_feeds: bool) -> tuple[l
     if not all_feeds and not names:
         raise click.UsageError("give --feed NAME (repeatable) or --all")
     if names:
-        return [load_feed(name, settings.feeds_dir) for name in names], []
+        feeds = [load_feed(name, settings.feeds_dir) for name in names]
+        for feed in feeds:
+            check_alongside(feed, settings.feeds_dir)
+        return feeds, []
     results = load_feeds(settings.feeds_dir)
     if not results:
         raise ConfigError(f"no feed files in {settings.feeds_dir}")

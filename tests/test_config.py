@@ -383,3 +383,207 @@ def test_posfeed_feeds_exits_78_naming_file_key_and_problem(tmp_path: Path) -> N
     assert rows["good"]["schedule"] == "5 * * * *"
     assert rows["bad"]["ok"] is False
     assert rows["bad"]["error"]["key"] == "validation.amount_tolerance"
+
+
+# ---- hostile and careless values: refused when the feed loads, naming the key and why
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        # names and scopes become folder and lock names: nothing empty, blank, path-like or unprintable
+        ("name = ''\n", "name", "empty"),
+        ("name = '   '\n", "name", "empty"),
+        ("name = '../evil'\n", "name", "path separator"),
+        ("name = '..'\n", "name", "path separator"),
+        ("name = \"a\\nb\"\n", "name", "control character"),
+        ("name = ' shop'\n", "name", "blanks"),
+        (f"name = '{'x' * 300}'\n", "name", "longer than 100"),
+        ("dedup_scope = ''\n", "dedup_scope", "empty"),
+        ("dedup_scope = 'a/b'\n", "dedup_scope", "path separator"),
+        ("records = 'claims'\n[claims]\ncheckout_scope = ' '\n", "claims.checkout_scope", "empty"),
+        ("records = 'claims'\n[claims]\nenrollment_scope = '../x'\n", "claims.enrollment_scope",
+         "path separator"),
+        # credentials never live in a URL of the feed file (they would reach logs and reports)
+        (f"[target]\nbase_url = 'https://user:{SECRET}@api.example'\n", "target.base_url", "credentials"),
+        (f"[target]\nread_api_url = 'https://user:{SECRET}@api.example'\n", "target.read_api_url",
+         "credentials"),
+        (f"[target]\nkind = 'crmcom'\nbase_url = 'https://{SECRET}@crm.example'\n", "target.base_url",
+         "credentials"),
+        ("[alerts]\nwebhook_url = 'file:///etc/passwd'\n", "alerts.webhook_url", "http:// or https://"),
+        ("[alerts]\nwebhook_url = ''\n", "alerts.webhook_url", "http:// or https://"),
+        # floats are finite, waits and timeouts bounded (a run would sleep for years)
+        ("[target]\ntimeout_seconds = inf\n", "target.timeout_seconds", "finite"),
+        ("[target]\ntimeout_seconds = 1e9\n", "target.timeout_seconds", "less than or equal"),
+        ("[target]\nbackoff_max_seconds = inf\n", "target.backoff_max_seconds", "finite"),
+        ("[target]\nbackoff_base_seconds = 60\nbackoff_max_seconds = 1\n", "target",
+         "backoff_base_seconds must not be more than backoff_max_seconds"),
+        ("[target]\nreadback_wait_seconds = inf\n", "target.readback_wait_seconds", "finite"),
+        ("[target]\nmax_attempts = 1000000000\n", "target.max_attempts", "less than or equal"),
+        ("[target]\nkind = 'crmcom'\ntoken_ttl_seconds = inf\n", "target.token_ttl_seconds", "finite"),
+        ("[target]\nkind = 'crmcom'\ntoken_ttl_seconds = 10\n", "target",
+         "token_renew_margin_seconds must be less than token_ttl_seconds"),
+        ("[source]\nstable_seconds = nan\n", "source.stable_seconds", "finite"),
+        ("[source]\nstable_seconds = inf\n", "source.stable_seconds", "finite"),
+        ("[source]\nstable_seconds = 1e9\n", "source.stable_seconds", "less than or equal"),
+        ("[source]\nread_timeout = inf\n", "source.read_timeout", "finite"),
+        ("[source]\nfetch_attempts = 1000000000\n", "source.fetch_attempts", "less than or equal"),
+        ("[alerts]\nbacklog_max_age_minutes = inf\n", "alerts.backlog_max_age_minutes", "finite"),
+        ("[alerts]\nbacklog_max_age_minutes = 300\nbacklog_escalate_minutes = 10\n", "alerts",
+         "backlog_escalate_minutes must not be less than backlog_max_age_minutes"),
+        ("[resume]\nmax_age_hours = inf\n", "resume.max_age_hours", "finite"),
+        # huge ages and allowances overflow date arithmetic mid-run (an internal error, not a refusal)
+        ("[resume]\nmax_age_hours = 1e9\n", "resume.max_age_hours", "less than or equal"),
+        ("[validation]\nmax_future_minutes = 10000000000000\n", "validation.max_future_minutes",
+         "less than or equal"),
+        ("[expected]\ncadence = 'daily'\nlate_after_minutes = 1000000000000\n", "expected.late_after_minutes",
+         "less than or equal"),
+        ("[expected]\nescalate_after_minutes = 1000000000000\n", "expected.escalate_after_minutes",
+         "less than or equal"),
+        ("[alerts]\nbacklog_max_age_minutes = 1e15\nbacklog_escalate_minutes = 1e16\n",
+         "alerts.backlog_max_age_minutes", "less than or equal"),
+        ("[source]\nkind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\n"
+         "keepalive_seconds = 100000000000000000000\n", "source.keepalive_seconds", "less than or equal"),
+        ("[target]\nretry_after_max_seconds = 1e300\n", "target.retry_after_max_seconds",
+         "less than or equal"),
+        # suffixes and patterns that would silently read nothing (or everything)
+        ("[source]\nignore_suffixes = ['.tmp', '']\n", "source.ignore_suffixes", "empty suffix"),
+        ("[source]\nreadiness = 'marker'\nmarker_suffixes = ['']\n", "source.marker_suffixes",
+         "empty suffix"),
+        ("[source]\nreadiness = 'marker'\nmarker_suffixes = []\n", "source", "needs at least one"),
+        ("[source]\npattern = ''\n", "source.pattern", "empty"),
+        ("[source]\npattern = '../*.csv'\n", "source.pattern", "path separator"),
+        ("[source]\npattern = 'in/*.csv'\n", "source.pattern", "path separator"),
+        ("[source]\npattern = '{store}_*.csv'\n", "source.pattern", "placeholder"),
+        ("[source]\npattern = '{store_id}_*.csv'\n", "source.pattern", "placeholder"),
+        ("[source]\npattern = 'pos_{business_date:%Y%m%d.csv'\n", "source.pattern", "placeholder"),
+        ("[expected]\ncadence = 'daily'\npattern = 'x/{business_date:%Y%m%d}.csv'\n", "expected.pattern",
+         "path separator"),
+        ("[source]\nkind = 'sftp'\nhost = ' '\nusername = 'u'\npassword_env = 'P'\n", "source",
+         "missing: host"),
+        # a schedule that never fires, allowed values that allow nothing
+        ("schedule = '0 0 31 2 *'\n", "schedule", "never fires"),
+        ("[validation]\ncurrencies = []\n", "validation.currencies", "empty"),
+        ("[validation]\namount_tolerance = -0.01\n", "validation.amount_tolerance", "greater than or equal"),
+        ("[source]\npath = ''\n", "source.path", "empty"),
+        ("[source]\npath = '  '\n", "source.path", "empty"),
+        ("[validation]\ncurrencies = ['GBP', 'pounds']\n", "validation.currencies", "not an ISO 4217"),
+        ("[format]\ndelimiter = '\"'\n", "format", "delimiter and quote_char must differ"),
+        ("[format]\ntransaction_id_template = '{store_id'\n", "format.transaction_id_template",
+         "bad template"),
+        ("[format]\ntransaction_id_template = '{store_id!r}-{receipt}'\n", "format.transaction_id_template",
+         "format spec or conversion"),
+        ("[format]\ntransaction_id_template = 'TX-1'\n", "format.transaction_id_template", "no {field}"),
+        ("[source]\nkind = 'sftp'\nhost = 'user:pw@sftp.example'\nusername = 'u'\npassword_env = 'P'\n",
+         "source.host", "a host name only"),
+        ("[format]\ndelimiter = \"\\n\"\n", "format.delimiter", "line break"),
+    ],
+)
+def test_a_hostile_value_is_refused_naming_its_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    path = write(tmp_path, "bad.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_feed(path)
+    error = caught.value
+    assert error.source == str(path)
+    assert error.key == key, str(error)
+    assert problem in error.problem, str(error)
+    assert SECRET not in str(error) and "Value error" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        ("path = 'in'\nafter_success = 'archive'\narchive_path = '.'\n", "source.archive_path"),
+        ("path = 'in'\nafter_success = 'archive'\narchive_path = '../in'\n", "source.archive_path"),
+        ("path = 'in'\nafter_success = 'archive'\narchive_path = '{abs}'\n", "source.archive_path"),
+        ("path = 'in'\nafter_success = 'delete'\nquarantine_path = './'\n", "source.quarantine_path"),
+        ("path = 'link'\nafter_success = 'archive'\narchive_path = '{abs}'\n", "source.archive_path"),
+        ("kind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\npath = '/exports'\n"
+         "after_success = 'archive'\narchive_path = '/exports/./'\n", "source.archive_path"),
+    ],
+)
+def test_archive_or_quarantine_in_the_source_folder_itself_is_refused(
+    tmp_path: Path, source: str, key: str
+) -> None:
+    """Archiving into the folder read would leave every file there (renamed `.1`), read again."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    text = "[source]\n" + source.replace("{abs}", str(tmp_path / "in"))
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", text))
+    assert caught.value.key == key and "the source folder itself" in caught.value.problem, str(caught.value)
+
+
+def test_credentials_in_a_url_never_reach_posfeed_feeds_output(tmp_path: Path) -> None:
+    write(tmp_path, "shop.toml", f"[target]\nbase_url = 'https://user:{SECRET}@api.example'\n")
+    for args in (("feeds",), ("feeds", "--json")):
+        done = posfeed("--feeds-dir", str(tmp_path), *args, cwd=tmp_path)
+        assert done.returncode == EXIT_CONFIG, done.stdout
+        assert "target.base_url" in done.stderr + done.stdout and "Traceback" not in done.stderr
+        assert SECRET not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "key", "problem"),
+    [
+        ("", "name = 'a'\n", "name", "also the name of"),
+        ("dedup_scope = 'acme'\n", "dedup_scope = 'acme'\n[target]\nbase_url = 'http://127.0.0.1:9999'\n",
+         "dedup_scope", "another target"),
+        ("dedup_scope = 'acme'\n", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n", "dedup_scope",
+         "another target"),
+        ("dedup_scope = 'acme'\n", "dedup_scope = 'acme'\nrecords = 'enrollments'\n", "dedup_scope",
+         "other records"),
+    ],
+)
+def test_feeds_that_clash_across_files_are_refused(
+    tmp_path: Path, one: str, other: str, key: str, problem: str
+) -> None:
+    """Two feeds of one name, or one dedup scope sending to two targets (a transaction sent by one
+    would never reach the other's platform), refuse both files; the other feeds still load."""
+    write(tmp_path, "a.toml", one)
+    write(tmp_path, "b.toml", other)
+    write(tmp_path, "c.toml", "")
+    results = {r.path.name: r for r in load_feeds(tmp_path)}
+    assert results["c.toml"].feed is not None
+    for name, peer in (("a.toml", "b.toml"), ("b.toml", "a.toml")):
+        error = results[name].error
+        assert results[name].feed is None and error is not None, name
+        assert error.key == key and problem in error.problem and peer in error.problem, str(error)
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert str(tmp_path / "a.toml") in done.stderr and str(tmp_path / "b.toml") in done.stderr
+    # feeds of one scope and one target are the documented way (hourly and daily exports)
+    write(tmp_path, "b.toml", one)
+    assert all(r.error is None for r in load_feeds(tmp_path))
+
+
+def test_a_feed_run_by_name_is_refused_when_it_clashes_with_another_file(tmp_path: Path) -> None:
+    """`posfeed run --feed a` loads one file, but its scope's clash with b.toml is the same: refused
+    (78) naming the file, the key and the other file, before anything is read or sent."""
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    write(feeds, "a.toml", "dedup_scope = 'acme'\n[source]\npath = 'in'\n")
+    write(feeds, "b.toml", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n")
+    done = posfeed("--feeds-dir", str(feeds), "--state-dir", str(tmp_path / "state"), "run", "--feed", "a",
+                   "--dry-run", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert str(feeds / "a.toml") in done.stderr and "dedup_scope" in done.stderr and "b.toml" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_feed_refused_for_a_clash_still_has_its_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secrets of every feed file that parses are masked from the start, clash or not: the
+    file may still be run by path."""
+    from pipeline.config import register_env_secrets_of_feeds
+    from pipeline.logs import REDACTED, redact
+
+    monkeypatch.setenv("T_CLASH_SECRET", "clash-secret-5521")
+    write(tmp_path, "a.toml", "dedup_scope = 'acme'\n[target]\napi_secret_env = 'T_CLASH_SECRET'\n")
+    write(tmp_path, "b.toml", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n")
+    assert all(r.error is not None for r in load_feeds(tmp_path))
+    register_env_secrets_of_feeds(tmp_path)
+    assert redact("x clash-secret-5521 y") == f"x {REDACTED} y"

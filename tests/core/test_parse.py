@@ -237,7 +237,11 @@ def test_template_with_a_missing_column_is_unreadable(tmp_path: Path) -> None:
 
 
 def test_template_with_format_spec_is_a_config_error(tmp_path: Path) -> None:
-    the_feed = feed(format={"transaction_id_template": "{store_id:>5}"})
+    """A feed file with it is refused when it loads (tests/test_config.py); a feed built past
+    validation still never reads a file with it."""
+    base = feed()
+    the_feed = base.model_copy(update={"format": base.format.model_copy(
+        update={"transaction_id_template": "{store_id:>5}"})})
     with pytest.raises(ConfigError, match="format spec"):
         read_file(write(tmp_path, "t.csv", csv_text([row()])), the_feed)
 
