@@ -846,9 +846,11 @@ def _load_each(feeds_dir: Path) -> list[FeedLoadResult]:
 
 
 def check_alongside(feed: Feed, feeds_dir: Path) -> None:
-    """Raise the ConfigError of ``feed`` clashing with a feed file of ``feeds_dir`` (a feed run by
-    name is refused as ``posfeed feeds`` refuses it)."""
-    if not feeds_dir.is_dir():
+    """Raise the ConfigError of ``feed`` clashing with another feed file of ``feeds_dir`` (a feed
+    run by name is refused as ``posfeed feeds`` refuses it). A feed file outside the folder, run by
+    its path (a variant tried against a staging platform, often with a state folder of its own), is
+    not held against the folder's files."""
+    if not feeds_dir.is_dir() or feed.path.resolve().parent != feeds_dir.resolve():
         return
     others = [r for r in _load_each(feeds_dir) if r.feed is not None and r.path.resolve() != feed.path]
     result = _refuse_clashes([FeedLoadResult(feed.path, feed, None), *others])[0]

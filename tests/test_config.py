@@ -573,6 +573,21 @@ def test_a_feed_run_by_name_is_refused_when_it_clashes_with_another_file(tmp_pat
     assert "Traceback" not in done.stderr
 
 
+def test_a_feed_file_run_by_its_path_outside_the_folder_is_not_held_against_it(tmp_path: Path) -> None:
+    """A variant of a feed tried from another folder (its own platform, often its own state
+    folder) is not refused because the feeds folder holds a feed of that scope elsewhere."""
+    feeds, trial = tmp_path / "feeds", tmp_path / "trial"
+    feeds.mkdir()
+    trial.mkdir()
+    (tmp_path / "in").mkdir()
+    write(feeds, "b.toml", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n")
+    write(trial, "a.toml", f"dedup_scope = 'acme'\n[source]\npath = '{tmp_path / 'in'}'\n")
+    done = posfeed("--feeds-dir", str(feeds), "--state-dir", str(tmp_path / "state"), "run", "--feed",
+                   str(trial / "a.toml"), "--dry-run", cwd=tmp_path, env={**os.environ, "ANTAVO_API_KEY": "k",
+                                                                         "ANTAVO_API_SECRET": "s"})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_a_feed_refused_for_a_clash_still_has_its_secrets_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
