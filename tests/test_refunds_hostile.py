@@ -423,3 +423,38 @@ def test_a_return_in_a_later_batch_than_its_failing_sale_waits_for_it(
     rows = posfeed.rows()
     assert state(rows, "S-1")[0] == state(rows, "R-1")[0] == "accepted"
     assert Decimal(posfeed.held()["S-1"]["refunded"]) == Decimal("1.20")
+
+
+def test_a_refund_the_platform_accepts_in_part_is_recorded_with_what_landed(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, a return of two lines whose bread the platform refused was failed_permanent without
+    the event id of its milk, refunded all the same: nothing told the money refunded, a later
+    return of that milk was not counted against it, and a rerun sent the milk again."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    sandbox.config.refuse_refund_items = ("BREAD",)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
+        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
+    posfeed.run()
+    rows = posfeed.rows()
+    held = posfeed.held()["S-1"]
+    assert Decimal(held["refunded"]) == Decimal("1.20")  # the milk landed
+    assert state(rows, "R-1") == ("failed_permanent", "partly_refunded")
+    assert rows["R-1"].event_ids == (held["refunds"][0]["event_id"],)
+    message = str(rows["R-1"].last_error_message)
+    assert "1.20 of 4.20" in message and "BREAD" in message and "112204" in message
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", [
+        ret("R-2", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:00:00"),
+        ret("R-3", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:10:00")])
+    posfeed.run()  # the milk R-1 refunded counts: one more milk fits, not two
+    rows = posfeed.rows()
+    assert state(rows, "R-2")[0] == "accepted" and state(rows, "R-3") == ("not_sent", "over_refund")
+    sandbox.config.refuse_refund_items = ()
+    posfeed("rerun", "--feed", str(posfeed.feeds["acme_hourly"]), "--failed", "--include-permanent")
+    rows = posfeed.rows()
+    held = posfeed.held()["S-1"]
+    assert state(rows, "R-1")[0] == "accepted" and len(rows["R-1"].event_ids) == 2
+    # the bread alone was sent again: each line refunded once
+    assert Decimal(held["refunded"]) == Decimal("5.40")
+    assert refunded_units(held) == {"MILK": Decimal(2), "BREAD": Decimal(1)}

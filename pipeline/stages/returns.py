@@ -8,8 +8,9 @@
 * ``in_doubt``: it was sent before without a final answer, so it may have landed: the platform is
   read back before anything is sent again; ``in_doubt_since`` (Unix seconds) when a request of it
   was in flight as a run died;
-* ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted (a
-  read-back matches only the other refund events);
+* ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted, or
+  holds as refunded in part (``partly_refunded``: the lines that landed) (a read-back matches only
+  the other refund events);
 * ``return_sale``: the sale's :class:`~pipeline.sinks.antavo_returns.SaleFacts` (None when the
   ledger does not know it): a return held back as an over-refund because other returns of the
   sale may have landed is decided again, by a read-back, against the refunds the platform holds.
@@ -33,7 +34,7 @@ from typing import Any
 from pipeline.checkout_codec import decode_checkout
 from pipeline.ledger import Ledger, ReturnOf, TxnState
 from pipeline.records import TransactionType
-from pipeline.sinks.antavo import ORIGINAL_NOT_ACCEPTED, ORIGINAL_REFUSED
+from pipeline.sinks.antavo import ORIGINAL_NOT_ACCEPTED, ORIGINAL_REFUSED, PARTLY_REFUNDED
 from pipeline.sinks.antavo_returns import (
     REFUND_IN_DOUBT,
     SaleFacts,
@@ -55,8 +56,14 @@ def _in_doubt(row: ReturnOf) -> bool:
     return record.state in _PENDING and record.attempts > 0 and record.last_error_code != REFUND_IN_DOUBT
 
 
+def _partly(row: ReturnOf) -> bool:
+    """Refused in part: some of its refund events landed (their ids kept), the rest did not."""
+    return row.record.state is TxnState.FAILED_PERMANENT and row.record.last_error_code == PARTLY_REFUNDED
+
+
 def _landed(row: ReturnOf) -> bool:
-    return row.record.state is TxnState.ACCEPTED or _in_doubt(row)
+    # a refund refused in part counts whole (what was refused waits for a rerun)
+    return row.record.state is TxnState.ACCEPTED or _in_doubt(row) or _partly(row)
 
 
 def _since(row: ReturnOf) -> float | None:
@@ -104,7 +111,8 @@ def with_return_context(
         ))
         for row in primaries:
             facts[str(row.record.transaction_id)] = (_in_doubt(row), _since(row))
-        claimed[original_id] = [event for row in primaries if row.record.state is TxnState.ACCEPTED
+        claimed[original_id] = [event for row in primaries
+                                if row.record.state is TxnState.ACCEPTED or _partly(row)
                                 for event in row.record.event_ids]
     out = []
     for checkout in checkouts:
