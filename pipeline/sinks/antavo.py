@@ -86,7 +86,7 @@ ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
 ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier opt_in landed
 SIGNUP_PENDING = "signup_pending"  # a profile update held back: its member's opt_in was not accepted
-# a refund held back: its sale went in this submission and was not accepted (for now, for good)
+# a refund held back: its sale is not accepted (for now, for good), here or in the submit stage
 ORIGINAL_NOT_ACCEPTED = "original_not_accepted"
 ORIGINAL_REFUSED = "original_refused"
 # a refund some of whose lines landed while others were refused for good (their ids are kept)
