@@ -353,3 +353,108 @@ def test_a_return_whose_sale_another_scope_delivered_is_checked_against_the_plat
     assert state(rows, "R-3")[0] == "accepted" and state(rows, "R-5") == ("not_sent", "over_refund")
     held = posfeed.held()["S-1"]
     assert Decimal(held["refunded"]) == Decimal("5.40") and refunded_units(held)["MILK"] == 2
+
+
+def test_a_return_whose_sale_an_earlier_run_left_unaccepted_waits_for_it(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, the return went out in the run after its sale failed (the sale failing again in the
+    same run's carry-over), was refused for good (112201), and the run that delivered the sale
+    did not send it again."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", SALE)
+    sandbox.config.fault_kinds, sandbox.config.fault_rate = ("error_500",), 1.0
+    posfeed.run()
+    assert state(posfeed.rows(), "S-1") == ("failed_retryable", "500")
+    write(posfeed.drop, "pos_LON01_20261120_11.csv", [ret("R-1", 1, "MILK", "1", "1.20", "1.20", "S-1")])
+    # seed 4: the first request (the sale, carried over) is answered 500, the second would go through
+    sandbox.config.fault_rate = 0.5
+    sandbox.state.rng.seed(4)
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1") == ("failed_retryable", "500")
+    assert state(rows, "R-1") == ("failed_retryable", "original_not_accepted")
+    assert rows["R-1"].attempts == 0 and stats(sandbox)["events_rejected"] == 0  # nothing of it sent
+    sandbox.config.fault_rate = 0.0
+    posfeed.run()  # a plain run: the sale, then its return
+    rows = posfeed.rows()
+    assert state(rows, "S-1")[0] == state(rows, "R-1")[0] == "accepted"
+    held = posfeed.held()["S-1"]
+    assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+
+
+def test_a_return_whose_sale_an_earlier_run_saw_refused_is_never_sent(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        line("S-1", 1, "MILK", "2", "1.20", "2.40", customer="unknown-7")])
+    posfeed.run()
+    assert state(posfeed.rows(), "S-1") == ("failed_permanent", "160212")
+    write(posfeed.drop, "pos_LON01_20261120_11.csv", [
+        ret("R-1", 1, "MILK", "1", "1.20", "1.20", "S-1", customer="unknown-7")])
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == ("failed_permanent", "original_refused")
+    assert "160212" in str(rows["R-1"].last_error_message)
+    assert rows["R-1"].attempts == 0 and stats(sandbox)["events_rejected"] == 1  # the sale only
+
+
+def test_a_return_in_a_later_batch_than_its_failing_sale_waits_for_it(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The sink gets one transaction at a time: the sale's request fails, its return (handed over
+    in the next batch) waits, and the next plain run sends both."""
+    from pipeline.stages import submit
+
+    monkeypatch.setattr(submit, "BATCH_SIZE", 1)
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [*SALE, ret("R-1", 1, "MILK", "1", "1.20", "1.20",
+                                                                  "S-1")])
+    sandbox.config.fault_kinds, sandbox.config.fault_rate = ("error_500",), 0.5
+    sandbox.state.rng.seed(4)
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1") == ("failed_retryable", "500")
+    assert state(rows, "R-1") == ("failed_retryable", "original_not_accepted")
+    assert stats(sandbox)["events_rejected"] == 0
+    sandbox.config.fault_rate = 0.0
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1")[0] == state(rows, "R-1")[0] == "accepted"
+    assert Decimal(posfeed.held()["S-1"]["refunded"]) == Decimal("1.20")
+
+
+def test_a_refund_the_platform_accepts_in_part_is_recorded_with_what_landed(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, a return of two lines whose bread the platform refused was failed_permanent without
+    the event id of its milk, refunded all the same: nothing told the money refunded, a later
+    return of that milk was not counted against it, and a rerun sent the milk again."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    sandbox.config.refuse_refund_items = ("BREAD",)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
+        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
+    posfeed.run()
+    rows = posfeed.rows()
+    held = posfeed.held()["S-1"]
+    assert Decimal(held["refunded"]) == Decimal("1.20")  # the milk landed
+    assert state(rows, "R-1") == ("failed_permanent", "partly_refunded")
+    assert rows["R-1"].event_ids == (held["refunds"][0]["event_id"],)
+    message = str(rows["R-1"].last_error_message)
+    assert "1.20 of 4.20" in message and "BREAD" in message and "112204" in message
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", [
+        ret("R-2", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:00:00"),
+        ret("R-3", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:10:00")])
+    posfeed.run()  # the milk R-1 refunded counts: one more milk fits, not two
+    rows = posfeed.rows()
+    assert state(rows, "R-2")[0] == "accepted" and state(rows, "R-3") == ("not_sent", "over_refund")
+    sandbox.config.refuse_refund_items = ()
+    posfeed("rerun", "--feed", str(posfeed.feeds["acme_hourly"]), "--failed", "--include-permanent")
+    rows = posfeed.rows()
+    held = posfeed.held()["S-1"]
+    assert state(rows, "R-1")[0] == "accepted" and len(rows["R-1"].event_ids) == 2
+    # the bread alone was sent again: each line refunded once
+    assert Decimal(held["refunded"]) == Decimal("5.40")
+    assert refunded_units(held) == {"MILK": Decimal(2), "BREAD": Decimal(1)}

@@ -128,7 +128,9 @@ def _settle(
                 retry_class,
                 run_id,
                 now,
-                json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED else None,
+                # a refund refused in part keeps the ids of the events that landed
+                json.dumps(list(result.event_ids)) if target is TxnState.ACCEPTED or result.event_ids
+                else None,
                 str(result.points) if result.points is not None else None,
                 code,
                 message,

@@ -22,7 +22,9 @@ Per event (documented facts first, the sandbox's own choices marked *):
   * points = whole currency units of ``total``;
 * ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
   of another customer's transaction: 400 103902; refunding more than the total: 400 112203;
-  * a ``refund_item`` of more units of a product than were bought: 400 112205.
+  * a ``refund_item`` of more units of a product than were bought: 400 112205;
+  * a ``refund_item`` of a product named in ``config.refuse_refund_items`` (a test's choice): 400
+  112204, while the other events of its request go through (a refund accepted in part).
 
 The read API: ``GET /customers/{id}/transactions[?id=]`` (the transaction read model: ``status``,
 ``total``, ``items``, ``earned``, ``refunded``, ...) and ``GET
@@ -72,6 +74,7 @@ KNOWN_ACTIONS = frozenset({
 
 GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
 UNITS_EXCEEDED = 112205  # sandbox's choice: more units refunded than bought
+REFUSED_ITEM = 112204  # a refund_item of a product of ``config.refuse_refund_items``
 ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
 CUSTOMERS = "antavo.customers"  # the members opt_in created (put_record kind)
 _OWN_FIELDS = frozenset({"customer", "id", "status", "created_at", "updated_at"})  # not from data
@@ -378,6 +381,9 @@ class AntavoPlatform:
                 if not data.get("product_id"):
                     raise _bad("Property product_id cannot be empty")
                 amount = _number(data.get("subtotal", 0), "subtotal")
+                if str(data["product_id"]) in self.state.config.refuse_refund_items:
+                    raise _bad("Amount for refund is greater the purchase total of the customer",
+                               REFUSED_ITEM)
                 _check_units(record, str(data["product_id"]), _number(data.get("quantity", 1), "quantity"))
             else:
                 amount = _number(data.get("amount"), "amount")

@@ -129,6 +129,9 @@ class SandboxConfig:
     # every error answer's message quotes the request it refuses (its Authorization header, query
     # and body, customer ids and all), as some real platforms' messages do
     echo_requests: bool = False
+    # Antavo: a ``refund_item`` of one of these product ids is refused (400 112204), the other
+    # events of its request are processed as usual (a refund the platform accepts only in part)
+    refuse_refund_items: tuple[str, ...] = ()
     state_file: Path | None = None
 
     def public(self) -> dict[str, Any]:

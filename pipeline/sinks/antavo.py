@@ -47,7 +47,14 @@ from urllib.parse import quote
 
 from pipeline.config import AntavoTarget
 from pipeline.records import PROFILE_UPDATE, TransactionType
-from pipeline.sinks.antavo_events import NotSent, dumps, events_for, refund_events, return_decision
+from pipeline.sinks.antavo_events import (
+    NotSent,
+    dumps,
+    events_for,
+    refund_events,
+    return_decision,
+    sent_number,
+)
 from pipeline.sinks.antavo_readback import (
     Found,
     PlatformEvent,
@@ -79,9 +86,11 @@ ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
 ALREADY_OPTED_IN = "112101"  # "Customer has already been opted-in": an earlier opt_in landed
 SIGNUP_PENDING = "signup_pending"  # a profile update held back: its member's opt_in was not accepted
-# a refund held back: its sale went in this submission and was not accepted (for now, for good)
+# a refund held back: its sale is not accepted (for now, for good), here or in the submit stage
 ORIGINAL_NOT_ACCEPTED = "original_not_accepted"
 ORIGINAL_REFUSED = "original_refused"
+# a refund some of whose lines landed while others were refused for good (their ids are kept)
+PARTLY_REFUNDED = "partly_refunded"
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
@@ -544,11 +553,18 @@ class AntavoAdapter:
                 self._sales_landed.add(tid)
             elif tid in self._sales and result.outcome is Outcome.REJECTED:
                 self._sales_refused[tid] = result.error_code
-            if tid in self._returns and result.outcome is Outcome.ACCEPTED:
+            if tid in self._returns and (result.outcome is Outcome.ACCEPTED or (
+                    result.outcome is Outcome.REJECTED and (result.event_ids or self._owned.get(tid)))):
                 # some lines may have been found by a read-back and the rest sent now: the result
-                # carries every event id of the return
+                # carries every event id of the return (refused, it is refunded in part)
                 self._own(tid, result.event_ids)
                 result = replace(result, event_ids=tuple(self._owned.get(tid, ())))
+                if result.outcome is Outcome.REJECTED and result.error_code != PARTLY_REFUNDED:
+                    result = replace(result, error_code=PARTLY_REFUNDED, error_message=(
+                        f"partly refunded: the platform holds {len(result.event_ids)} refund event(s) "
+                        f"of it (read back) and refused the rest: {result.error_code} "
+                        f"{result.error_message}; once the cause is fixed, `posfeed rerun --feed NAME "
+                        "--failed --include-permanent` sends only what was refused"))
             if result.outcome is Outcome.REJECTED:
                 self._sent.discard(tid)
             results.append(result)
@@ -692,21 +708,52 @@ def _bulk_results(batch: Batch, results: list[Any]) -> list[EventResult]:
                 parts.append(EventResult(unit.transaction_id, Outcome.RETRYABLE, error_code=UNPROVEN,
                                          error_message="the bulk answer's result of this event is neither "
                                                        "an error nor its events: it may have landed"))
-        out.append(_combine(unit.transaction_id, parts, entries))
+        out.append(_combine(unit.transaction_id, parts, entries, unit.payload))
     return out
 
 
-def _combine(tid: str, parts: list[EventResult], entries: list[Any]) -> EventResult:
-    """One transaction's result from its events' results (refund_item: one per line)."""
+def _combine(tid: str, parts: list[EventResult], entries: list[Any],
+             events: Sequence[dict[str, Any]] = ()) -> EventResult:
+    """One transaction's result from its events' results (refund_item: one per line); a refund
+    some of whose lines landed and others were refused is :func:`_partly_refunded`."""
     if len(parts) == 1:
         return parts[0]
     for part in parts:  # an event that may have landed keeps the whole return in doubt
         if part.outcome is Outcome.RETRYABLE:
             return part
+    landed = [i for i, part in enumerate(parts) if part.outcome is not Outcome.REJECTED]
     for part in parts:
         if part.outcome is Outcome.REJECTED:
+            if landed and len(events) == len(parts):
+                return _partly_refunded(tid, parts, [entries[i] for i in landed], events)
             return part
     if all(part.outcome is Outcome.ALREADY_ACCEPTED for part in parts):
         return parts[0]
     ids, points = _event_facts(entries)
     return EventResult(tid, Outcome.ACCEPTED, event_ids=ids, points=points)
+
+
+def _line_text(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    quantity = sent_number(data.get("quantity")).normalize()
+    return f"{data.get('product_id')} x{quantity:f} ({sent_number(data.get('subtotal')):f})"
+
+
+def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
+                     events: Sequence[dict[str, Any]]) -> EventResult:
+    """A refund the platform took in part: failed for good (what was refused needs a look), with
+    the refund events that landed (their ids and points) and what landed and what was refused, in
+    money, in its message."""
+    ids, points = _event_facts(landed)
+    kept = [e for e, part in zip(events, parts, strict=True) if part.outcome is not Outcome.REJECTED]
+    refused = [(e, part) for e, part in zip(events, parts, strict=True) if part.outcome is Outcome.REJECTED]
+    refunded = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in kept), Decimal(0))
+    total = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
+    return EventResult(
+        tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points,
+        error_message=(
+            f"partly refunded: the platform refunded {refunded:f} of {total:f} "
+            f"({', '.join(_line_text(e) for e in kept)}) and refused "
+            + "; ".join(f"{_line_text(e)}: {part.error_code} {part.error_message}" for e, part in refused)
+            + "; once the cause is fixed, `posfeed rerun --feed NAME --failed --include-permanent` "
+              "sends only what was refused (what landed is read back)"))

@@ -96,6 +96,11 @@ def _number(value: Decimal) -> str:
     return _MARK + format(value, "f")
 
 
+def sent_number(value: Any) -> Decimal:
+    """The Decimal of a number as an event carries it (:func:`_number`'s marked text, or a number)."""
+    return Decimal(str(value).removeprefix(_MARK)) if value is not None else Decimal(0)
+
+
 _ENCODER = json.JSONEncoder(default=_mark, ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 

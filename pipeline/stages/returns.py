@@ -8,13 +8,21 @@
 * ``in_doubt``: it was sent before without a final answer, so it may have landed: the platform is
   read back before anything is sent again; ``in_doubt_since`` (Unix seconds) when a request of it
   was in flight as a run died;
-* ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted (a
-  read-back matches only the other refund events);
+* ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted, or
+  holds as refunded in part (``partly_refunded``: the lines that landed) (a read-back matches only
+  the other refund events);
 * ``return_sale``: the sale's :class:`~pipeline.sinks.antavo_returns.SaleFacts` (None when the
   ledger does not know it): a return held back as an over-refund because other returns of the
   sale may have landed is decided again, by a read-back, against the refunds the platform holds.
 
 A dry run calls the same function, so it decides exactly what a real run would send.
+
+:func:`hold_for_sales` keeps back, before the sink sees them, the returns whose sale the ledger
+holds as not accepted and that are not handed over with their sale (a sale an earlier run, or an
+earlier submission or batch of this run, left failed or in doubt): Antavo would refuse the refund
+for good (``112201``), so it waits (``original_not_accepted``, retryable: the plain run that
+delivers the sale sends it) or, when the platform refused the sale for good, is never sent
+(``original_refused``). A return handed over with its sale is the adapter's to hold.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 from pipeline.checkout_codec import decode_checkout
 from pipeline.ledger import Ledger, ReturnOf, TxnState
 from pipeline.records import TransactionType
+from pipeline.sinks.antavo import ORIGINAL_NOT_ACCEPTED, ORIGINAL_REFUSED, PARTLY_REFUNDED
 from pipeline.sinks.antavo_returns import (
     REFUND_IN_DOUBT,
     SaleFacts,
@@ -33,8 +42,9 @@ from pipeline.sinks.antavo_returns import (
     decide_sale_returns,
     lines_of,
 )
+from pipeline.sinks.base import EventResult, Outcome
 
-__all__ = ["with_return_context"]
+__all__ = ["hold_for_sales", "with_return_context"]
 
 _PENDING = (TxnState.QUEUED, TxnState.SENDING, TxnState.FAILED_RETRYABLE)
 _DECIDED_FROM = (*_PENDING, TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.FAILED_PERMANENT)
@@ -46,8 +56,14 @@ def _in_doubt(row: ReturnOf) -> bool:
     return record.state in _PENDING and record.attempts > 0 and record.last_error_code != REFUND_IN_DOUBT
 
 
+def _partly(row: ReturnOf) -> bool:
+    """Refused in part: some of its refund events landed (their ids kept), the rest did not."""
+    return row.record.state is TxnState.FAILED_PERMANENT and row.record.last_error_code == PARTLY_REFUNDED
+
+
 def _landed(row: ReturnOf) -> bool:
-    return row.record.state is TxnState.ACCEPTED or _in_doubt(row)
+    # a refund refused in part counts whole (what was refused waits for a rerun)
+    return row.record.state is TxnState.ACCEPTED or _in_doubt(row) or _partly(row)
 
 
 def _since(row: ReturnOf) -> float | None:
@@ -95,7 +111,8 @@ def with_return_context(
         ))
         for row in primaries:
             facts[str(row.record.transaction_id)] = (_in_doubt(row), _since(row))
-        claimed[original_id] = [event for row in primaries if row.record.state is TxnState.ACCEPTED
+        claimed[original_id] = [event for row in primaries
+                                if row.record.state is TxnState.ACCEPTED or _partly(row)
                                 for event in row.record.event_ids]
     out = []
     for checkout in checkouts:
@@ -112,3 +129,43 @@ def with_return_context(
             }
         out.append(checkout)
     return out
+
+
+def hold_for_sales(
+    ledger: Ledger, scope: str, checkouts: Sequence[dict[str, Any]], *, queued_is_sent: bool = False
+) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """The checkouts that may go on to the sink, and a result, not sent, for each return whose sale
+    the ledger holds as not accepted while the sale is not among ``checkouts`` (see the module
+    docstring). ``queued_is_sent``: a queued sale counts as sent (a dry run, where "queued" means
+    "would be sent")."""
+    handed = {str(c.get("transaction_id")) for c in checkouts}
+    wanted = [
+        str(c["original_transaction_id"]) for c in checkouts
+        if c.get("transaction_type") == TransactionType.RETURN and c.get("original_transaction_id")
+        and str(c["original_transaction_id"]) not in handed
+    ]
+    if not wanted:
+        return list(checkouts), []
+    waiting = (TxnState.SENDING, TxnState.FAILED_RETRYABLE) + (() if queued_is_sent else (TxnState.QUEUED,))
+    sales = {tid: record for tid, record in ledger.originals(scope, wanted).items()
+             if record.transaction_type == TransactionType.SALE}
+    ready: list[dict[str, Any]] = []
+    held: list[EventResult] = []
+    for checkout in checkouts:
+        sale = sales.get(str(checkout.get("original_transaction_id"))) if (
+            checkout.get("transaction_type") == TransactionType.RETURN) else None
+        tid = str(checkout["transaction_id"])
+        if sale is not None and sale.state is TxnState.FAILED_PERMANENT:
+            held.append(EventResult(
+                tid, Outcome.REJECTED, error_code=ORIGINAL_REFUSED, attempts=0,
+                error_message=f"never sent: the platform refused its sale {sale.transaction_id} "
+                              f"({sale.last_error_code or 'no code'}); nothing of it can be refunded"))
+        elif sale is not None and sale.state in waiting:
+            state = "in doubt" if sale.state is TxnState.SENDING else sale.state.value
+            held.append(EventResult(
+                tid, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_ACCEPTED, attempts=0,
+                error_message=f"not sent: its sale {sale.transaction_id} is not accepted yet ({state}); "
+                              "the refund waits for it"))
+        else:
+            ready.append(checkout)
+    return ready, held

@@ -34,7 +34,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
-from pipeline.stages.returns import with_return_context
+from pipeline.stages.returns import hold_for_sales, with_return_context
 
 __all__ = [
     "BATCH_SIZE", "MEMBER_NOT_ENROLLED", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows",
@@ -94,7 +94,7 @@ def decide_rows(
     settled = 0
     for batch in sales_first_batches(ledger, row_ids, batch_size, last=_last(feed)):
         rows = ledger.transactions_by_row_id(batch, with_checkout=True)
-        checkouts, unsent = checkouts_of(ledger, feed, rows)
+        checkouts, unsent = checkouts_of(ledger, feed, rows, dry_run=True)
         personal = personal_values(feed, checkouts)
         results = [without_personal(r, personal)
                    for r in [*unsent, *decide_before_sending(feed, checkouts)]]
@@ -108,10 +108,11 @@ def _last(feed: Feed) -> str:
     return PROFILE_UPDATE if feed.records == "enrollments" else TransactionType.RETURN
 
 
-def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
+def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord], *, dry_run: bool = False
                  ) -> tuple[list[dict[str, Any]], list[EventResult]]:
     """The checkouts of ledger rows as the sink gets them (and a dry run decides on them): decoded,
-    returns given what the ledger knows of their sale, claims gated on their checkout
+    returns given what the ledger knows of their sale (Antavo: held while it is not accepted,
+    :func:`~pipeline.stages.returns.hold_for_sales`), claims gated on their checkout
     (:func:`gate_claims`); and the results of the rows settled before any sink sees them."""
     if feed.records == "transactions":
         decoded = [
@@ -131,9 +132,13 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord]
         decoded, unsent = gate_signups(ledger, feed.scope, decoded, feed.name)
     elif feed.records == "transactions":
         decoded, unsent = gate_returns(ledger, feed.scope, decoded)
+    antavo = feed.target if feed.records == "transactions" and isinstance(feed.target, AntavoTarget) else None
+    if antavo is not None:
+        decoded, waiting = hold_for_sales(ledger, feed.scope, decoded, queued_is_sent=dry_run)
+        unsent += waiting
     checkouts = with_originals(ledger, feed.scope, decoded)
-    if feed.records == "transactions" and isinstance(feed.target, AntavoTarget):
-        checkouts = with_return_context(ledger, feed.scope, checkouts, mode=feed.target.return_mode)
+    if antavo is not None:
+        checkouts = with_return_context(ledger, feed.scope, checkouts, mode=antavo.return_mode)
     return checkouts, unsent
 
 
