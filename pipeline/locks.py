@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import LockHeldError
+from pipeline.errors import LockHeldError, state_io_error
 
 __all__ = ["PROC_LOCKS", "LockInfo", "RunLock", "flock_holders", "lock_path", "run_holds_lock", "run_lock"]
 
@@ -96,18 +96,24 @@ class RunLock:
             holder = _read_info(path.read_text(encoding="utf-8", errors="replace"))
             os.close(fd)
             raise LockHeldError(scope, holder.describe() if holder else "another process") from None
-        previous = _read_info(os.pread(fd, 65536, 0).decode("utf-8", errors="replace"))
+        try:
+            previous = _read_info(os.pread(fd, 65536, 0).decode("utf-8", errors="replace"))
+            info = LockInfo(os.getpid(), socket.gethostname(), datetime.now(UTC).isoformat(), feed)
+            record = json.dumps(info.__dict__).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+            os.fsync(fd)
+        except OSError as exc:
+            # the holder cannot be written (a full disk): give the lock back, or this process's
+            # next run of the scope (a daemon's) finds it held by "another process" for good
+            os.close(fd)
+            raise state_io_error(exc, path) from exc
         if previous is not None:
             log.warning(
                 "taking over the lock of scope %r left by a run that ended without releasing it: %s",
                 scope,
                 previous.describe(),
             )
-        info = LockInfo(os.getpid(), socket.gethostname(), datetime.now(UTC).isoformat(), feed)
-        record = json.dumps(info.__dict__).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
-        os.fsync(fd)
         return cls(path, fd, info, previous)
 
 

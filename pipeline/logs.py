@@ -43,6 +43,7 @@ __all__ = [
     "TextFormatter",
     "customer_ids_pattern",
     "feed_secret_env_names",
+    "forget_secret",
     "json_logging_active",
     "keep_shown",
     "log_event",
@@ -103,6 +104,19 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
         ordered = sorted(_secrets, key=len, reverse=True)
         _secret_pattern = re.compile("|".join(_spellings(s) for s in ordered))
+
+
+def forget_secret(value: str | None) -> None:
+    """Stop redacting a secret that is no longer in use (a platform session token whose sink is
+    closed): a long-lived process would otherwise match every log line against every token it
+    ever held."""
+    global _secret_pattern
+    with _secrets_lock:
+        if not value or value not in _secrets:
+            return
+        _secrets.discard(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_pattern = re.compile("|".join(_spellings(s) for s in ordered)) if ordered else None
 
 
 def _spellings(secret: str) -> str:

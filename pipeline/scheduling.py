@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -65,7 +66,9 @@ from pipeline.errors import (
     ConfigError,
     LockHeldError,
     PosfeedError,
+    StateIOError,
     TransientError,
+    state_io_error,
 )
 from pipeline.locks import RunLock
 from pipeline.logs import log_event, register_feed_secrets, shown
@@ -266,10 +269,20 @@ class _BackgroundScheduler(BackgroundScheduler):
     resumed from suspend) is noticed within a minute, not hours late.
     """
 
+    # told what ended the loop (the job store cannot be written: a full disk): the thread would
+    # otherwise die of it while the daemon lives on, running nothing ever again
+    on_failure: Callable[[Exception], None] | None = None
+
     def _process_jobs(self) -> float | None:
         if self.state == STATE_STOPPED:
             return None
-        wait: float | None = super()._process_jobs()
+        try:
+            wait: float | None = super()._process_jobs()
+        except Exception as exc:
+            if self.on_failure is None:
+                raise
+            self.on_failure(exc)
+            return None
         return MAX_SLEEP_SECONDS if wait is None else min(wait, MAX_SLEEP_SECONDS)
 
 
@@ -379,6 +392,8 @@ class FeedScheduler:
                           "misfire_grace_time": misfire_grace_seconds},
             timezone="UTC",
         )
+        self.failure: Exception | None = None  # what stopped the daemon by itself
+        self.scheduler.on_failure = self._scheduler_failed
         self.scheduler.add_listener(
             self._on_event,
             EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
@@ -445,6 +460,12 @@ class FeedScheduler:
         self.stop.set()
         with self._settled_cond:
             self._settled_cond.notify_all()
+
+    def _scheduler_failed(self, exc: Exception) -> None:
+        """The scheduler's loop failed (its job store cannot be written): stop, saying why."""
+        self.failure = _job_store_failure(self.settings.state_dir / JOBSTORE_FILE, exc)
+        logger.error("scheduler: stopping: %s", shown(self.failure))
+        self.request_stop()
 
     def shutdown(self) -> None:
         """Stop firing, wait for running jobs to return, release the job store."""
@@ -584,6 +605,22 @@ class FeedScheduler:
         return {job.name: job.next_run_time for job in self.scheduler.get_jobs()}
 
 
+def _job_store_failure(path: Path, exc: Exception) -> Exception:
+    """What stops the daemon when its loop fails: the job store file's problem (exit 74, with
+    what to do), else the error itself (a bug, exit 70)."""
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    if not isinstance(cause, sqlite3.Error | OSError):
+        return exc
+    if isinstance(cause, OSError):
+        return state_io_error(cause, path)
+    text = str(cause)
+    if "full" in text.lower():
+        advice = "free disk space there, then start posfeed schedule again"
+    else:
+        advice = "check the disk and the permissions of the state folder, then start posfeed schedule again"
+    return StateIOError(path, f"job store: {text}", advice)
+
+
 def _iso(value: datetime | None) -> str:
     return value.isoformat() if value is not None else "never"
 
@@ -677,11 +714,15 @@ def schedule_command(
                 logger.info("scheduler: nothing to catch up")
             from pipeline.errors import worst_exit_code
 
+            if scheduler.failure is not None:
+                raise scheduler.failure
             return worst_exit_code(list(scheduler.exit_codes.values()))
         logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),
                     settings.state_dir / JOBSTORE_FILE)
         scheduler.start()
         scheduler.serve()
+        if scheduler.failure is not None:
+            raise scheduler.failure
         return EXIT_OK
     finally:
         for sig, handler in previous_handlers.items():

@@ -39,7 +39,7 @@ from typing import Any
 
 from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
-from pipeline.logs import register_secret
+from pipeline.logs import forget_secret, register_secret
 from pipeline.records import TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
 from pipeline.sinks.crmcom_lookup import Answer, LookupResult, TokenRefused, look_up
@@ -175,6 +175,7 @@ class TokenProvider:
         self._lock = asyncio.Lock()
         self.issued = 0  # tokens obtained so far
         self._refused: RequestFailure | None = None
+        self._obtained: list[str] = []  # registered for redaction until :meth:`forget`
 
     async def token(self, client: HttpClient) -> str:
         """A valid token: the cached one, or a new one when it is (nearly) expired."""
@@ -189,6 +190,14 @@ class TokenProvider:
                 self._token = await self._obtain(client)
                 self._expires_at = started + lifetime - margin
             return self._token
+
+    def forget(self) -> None:
+        """Done with the platform: drop the tokens and stop redacting them (a later call obtains
+        and registers a new one)."""
+        for token in self._obtained:
+            forget_secret(token)
+        self._obtained.clear()
+        self._token = None
 
     def invalidate(self, token: str) -> None:
         """Forget ``token`` (the platform refused it); the next call obtains a new one."""
@@ -243,6 +252,7 @@ class TokenProvider:
             raise AuthenticationFailed(self._refused)
         self.issued += 1
         register_secret(str(token))  # redacted wherever a platform message echoes it
+        self._obtained.append(str(token))
         log.info("obtained a CRM.COM token (%s auth)", self._target.auth)
         return str(token)
 
@@ -299,6 +309,10 @@ class CrmcomAdapter:
         # sales whose purchase id a lookup found and the ledger has not recorded (written back)
         self._learned: dict[str, tuple[str, ...]] = {}
         self.lookups = 0  # lookups made (for logs and tests)
+
+    def close(self) -> None:
+        """The sink is closed: its tokens are dropped and no longer redacted from the logs."""
+        self.tokens.forget()
 
     def __repr__(self) -> str:
         return f"CrmcomAdapter(base_url={self.target.base_url!r}, auth={self.target.auth!r})"

@@ -700,8 +700,12 @@ class PlatformSink:
         self.last_report = await self._engine.deliver(checkouts, on_sending, on_result, stop=stop)
 
     async def aclose(self) -> None:
-        """Close the connection pool (submissions on one event loop share it until then)."""
+        """Close the connection pool (submissions on one event loop share it until then) and let
+        the adapter drop what it holds for the platform (a session token)."""
         await self._engine.aclose()
+        close = getattr(self.adapter, "close", None)
+        if close is not None:
+            close()
 
     def learned_event_ids(self) -> dict[str, tuple[str, ...]]:
         """Platform event ids the adapter found (by lookups) for accepted transactions the ledger

@@ -201,6 +201,8 @@ def _crmcom_attempt(feed: Feed, target: CrmcomTarget) -> Attempt:
             raise CredentialsRefusedError(
                 f"{target.base_url} refused our credentials ({failure.code}: {failure.message}): "
                 f"check {what}", key="target") from None
+        finally:
+            tokens.forget()  # the probe's token is not used again
         return None
 
     return attempt
