@@ -117,6 +117,16 @@ SALE = [line("S-1", 1, "MILK", "2", "1.20", "5.40"), line("S-1", 2, "BREAD", "1"
 def state(rows: dict[str, TxnRecord], tid: str) -> tuple[str, str | None]:
     return rows[tid].state.value, rows[tid].last_error_code
 
+def _a_plain_run_sends_the_sale_then_its_refund_once(posfeed: Posfeed, sandbox: SandboxServer) -> None:
+    """The platform answers again: a plain run sends S-1, then its waiting return R-1 (1.20), once."""
+    sandbox.config.fault_rate = 0.0
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1")[0] == state(rows, "R-1")[0] == "accepted"
+    held = posfeed.held()["S-1"]
+    assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+
+
 
 def test_a_return_at_a_higher_unit_price_than_sold_is_never_sent(
     sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
@@ -271,12 +281,7 @@ def test_a_return_whose_sale_failed_in_its_run_waits_for_the_sale(
     assert state(rows, "S-1") == ("failed_retryable", "500")
     assert state(rows, "R-1") == ("failed_retryable", "original_not_accepted")
     assert stats(sandbox)["events_rejected"] == 0  # no refund of it went out
-    sandbox.config.fault_rate = 0.0
-    posfeed.run()
-    rows = posfeed.rows()
-    assert state(rows, "S-1")[0] == state(rows, "R-1")[0] == "accepted"
-    held = posfeed.held()["S-1"]
-    assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+    _a_plain_run_sends_the_sale_then_its_refund_once(posfeed, sandbox)
 
 
 def test_a_return_whose_sale_the_platform_refused_in_its_run_is_never_sent(
@@ -375,12 +380,7 @@ def test_a_return_whose_sale_an_earlier_run_left_unaccepted_waits_for_it(
     assert state(rows, "S-1") == ("failed_retryable", "500")
     assert state(rows, "R-1") == ("failed_retryable", "original_not_accepted")
     assert rows["R-1"].attempts == 0 and stats(sandbox)["events_rejected"] == 0  # nothing of it sent
-    sandbox.config.fault_rate = 0.0
-    posfeed.run()  # a plain run: the sale, then its return
-    rows = posfeed.rows()
-    assert state(rows, "S-1")[0] == state(rows, "R-1")[0] == "accepted"
-    held = posfeed.held()["S-1"]
-    assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+    _a_plain_run_sends_the_sale_then_its_refund_once(posfeed, sandbox)
 
 
 def test_a_return_whose_sale_an_earlier_run_saw_refused_is_never_sent(
