@@ -140,8 +140,10 @@ def describe(exc: BaseException) -> str:
         return "timed out"
     if (isinstance(exc, EOFError) and not str(exc)) or (
         isinstance(exc, paramiko.SSHException) and str(exc).strip() == "Server connection dropped:"
+    ) or (
+        type(exc) is OSError and str(exc) == "Socket is closed"
     ):  # paramiko's words for an EOF met mid-request (its message then ends with the EOF's, empty)
-        return "the server closed the connection"
+        return "the server closed the connection"  # or for a request sent on the channel closed since
     text = str(exc) or type(exc).__name__
     return text if isinstance(exc, paramiko.SSHException) else f"{type(exc).__name__}: {text}"
 

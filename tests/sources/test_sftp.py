@@ -623,9 +623,11 @@ def test_a_file_the_account_may_not_read_fails_at_once_naming_it(
     assert sleeps == []
 
 
-@pytest.mark.parametrize("closed", [EOFError(), paramiko.SSHException("Server connection dropped: ")],
-                         ids=["between-requests", "mid-request"])
+@pytest.mark.parametrize("closed", [EOFError(), paramiko.SSHException("Server connection dropped: "),
+                                    OSError("Socket is closed")],
+                         ids=["between-requests", "mid-request", "sending-after"])
 def test_a_connection_the_server_closed_is_said_so_however_paramiko_meets_it(closed: Exception) -> None:
     # paramiko raises a bare EOFError, or, when the EOF meets a request it waits on, an SSHException
-    # whose message ends with the EOF's own (empty): which one depends on timing
+    # whose message ends with the EOF's own (empty), or, when the next request is sent on the
+    # channel already closed, its OSError "Socket is closed": which one depends on timing
     assert describe(closed) == "the server closed the connection"
