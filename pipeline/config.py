@@ -124,7 +124,15 @@ SourceGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=Fals
 ExpectedGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=True))]
 
 
+# zone files of the host rather than places: a feed read in one would follow whatever the host is set to
+_HOST_ZONES = {"localtime", "posixrules", "Factory"}
+
+
 def _check_timezone(value: str) -> str:
+    if value in _HOST_ZONES:
+        raise ValueError(f"{value!r} is not an IANA timezone of a place (the host's own setting, which "
+                         "other hosts on the ledger may not share); name the stores' zone, e.g. "
+                         "'Europe/London'")
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:

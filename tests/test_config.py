@@ -196,6 +196,9 @@ def test_models_are_frozen(tmp_path: Path) -> None:
         ("[source]\nprot = 22\n", "source.prot", "unknown key (did you mean 'port'?"),
         ("timezone = 'Mars/Olympus'\n", "timezone", "unknown timezone"),
         ("[store_timezones]\nS1 = 'Nowhere/City'\n", "store_timezones", "unknown timezone"),
+        # the host's own zone file: two hosts on one ledger would read business days differently
+        ("timezone = 'localtime'\n", "timezone", "not an IANA timezone"),
+        ("[store_timezones]\nS1 = 'posixrules'\n", "store_timezones", "not an IANA timezone"),
         ("[validation]\nmax_future_minutes = -1\n", "validation.max_future_minutes", "greater than or equal"),
         ("[target]\nkind = 'antavo'\nbulk_size = 0\n", "target.bulk_size", "greater than or equal"),
         ("[target]\nkind = 'antavo'\nbase_url = 'http://[bad'\n", "target.base_url", "not a URL"),
