@@ -26,7 +26,7 @@ import pytest
 from pipeline.config import Feed
 from pipeline.ledger import Ledger, TxnState
 from pipeline.sandbox.server import SandboxServer
-from tests.runner_helpers import feed_toml, sample_feed, settings_in
+from tests.runner_helpers import feed_toml, sample_feed, settings_in, stats
 
 HEADER = ("transaction_id,store_id,register_id,timestamp,business_date,customer_id,transaction_type,"
           "line_no,product_id,product_name,product_category,quantity,unit_price,discount,line_total,"
@@ -207,7 +207,14 @@ def test_killed_twice_with_refunds_in_flight_then_run_again(tmp_path: Path) -> N
             # cannot give up and end before the kill, whatever the machine's load)
             sandbox.config.fault_kinds = ("lost_response",)
             sandbox.config.fault_rate = 1.0
+            arrived = stats(sandbox)["requests"]
             sandbox.config.hold_after = ("requests", 0)
+            # a request has reached the sandbox since (held: it lands, its answer is lost); a fixed
+            # pause alone let a run slowed by a loaded machine be killed with none on its way
+            while stats(sandbox)["requests"] <= arrived:
+                assert victim.poll() is None, victim.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "no request reached the sandbox"
+                time.sleep(0.01)
             time.sleep(0.3)
             victim.send_signal(signal.SIGKILL)
             victim.communicate(timeout=60)
