@@ -7,7 +7,7 @@ PostgreSQL), so a later run cancelling against that sale names the purchase by t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,6 @@ from tests.ledger_backends import ledger_location  # noqa: F401  (fixture)
 from tests.sinks.test_crmcom_run import HEADER, RETURNS, SALES, crmcom_run_feed
 
 DAY = [date(2026, 11, 20)]
-
-
-@pytest.fixture
-def crm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
-    with SandboxServer() as server:
-        platform: CrmcomPlatform = server.state.platforms[PLATFORM]
-        monkeypatch.setenv("CRMCOM_USERNAME", platform.config.username)
-        monkeypatch.setenv("CRMCOM_PASSWORD", platform.config.password)
-        monkeypatch.setenv("CRMCOM_ORGANISATION", platform.config.organisation)
-        yield server
 
 
 class CancelWatch:

@@ -3,7 +3,7 @@ cancelled once, or the return is held with a clear reason; nothing is sent twice
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -16,16 +16,6 @@ from pipeline.sinks.crmcom_purchases import CrmcomRejectCode
 from pipeline.sinks.crmcom_returns import ReturnCode
 from tests.sinks.test_crmcom_mapping import checkout
 from tests.sinks.test_crmcom_sink import adapter_of, platform_of, sink_of, submit
-
-
-@pytest.fixture
-def crm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
-    with SandboxServer() as server:
-        cfg = platform_of(server).config
-        for name, value in (("USERNAME", cfg.username), ("PASSWORD", cfg.password),
-                            ("ORGANISATION", cfg.organisation)):
-            monkeypatch.setenv(f"CRMCOM_{name}", value)
-        yield server
 
 
 class Cancels:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,6 @@ RETURNS = [
     "R-1,BER01,K1,2026-11-20 15:00:00,2026-11-20,M1,return,2,100102,Yog,dairy,-3,2.70,,-8.10,EUR,-19.59,,S-1",
     "R-2,BER01,K1,2026-11-20 15:10:00,2026-11-20,M2,return,1,100102,Yog,dairy,-1,2.70,,-2.70,EUR,-2.70,,S-2",
 ]
-
-
-@pytest.fixture
-def crm(monkeypatch: pytest.MonkeyPatch) -> Iterator[SandboxServer]:
-    with SandboxServer() as server:
-        platform: CrmcomPlatform = server.state.platforms[PLATFORM]
-        monkeypatch.setenv("CRMCOM_USERNAME", platform.config.username)
-        monkeypatch.setenv("CRMCOM_PASSWORD", platform.config.password)
-        monkeypatch.setenv("CRMCOM_ORGANISATION", platform.config.organisation)
-        yield server
 
 
 def crmcom_run_feed(server: SandboxServer, folder: Path, **target: Any) -> Feed:
