@@ -113,14 +113,14 @@ def test_new_sqlite_ledger_is_wal(tmp_path: Path) -> None:
     assert mode == "wal"
 
 
-def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> None:
-    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
-    file = _file(ledger, run_id)
+def _record_t1_t2_and_rejected_t9(
+    ledger: Ledger, run_id: str, file: FileRecord, *, totals: list[tuple[str, str, int, int, Decimal]]
+) -> list[int]:
+    """A file of T1 (queued), T2 (void, line 3) and T9 rejected at its lines 5 and 6."""
     rejected = NewTransaction("T9", TxnState.REJECTED, (5, 6), 2, Decimal("3.00"), "S1", "2026-11-20",
                               reject_code="BAD_QUANTITY")
-    to_send = ledger.record_file(
-        run_id,
-        file,
+    return ledger.record_file(
+        run_id, file,
         transactions=[_txn("T1"), _txn("T2", TxnState.VOID, line=3), rejected],
         rejects=[
             NewReject(5, "T9", "S1", "2026-11-20", "BAD_QUANTITY", "quantity", "not a number",
@@ -128,8 +128,15 @@ def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> N
             NewReject(6, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
                       Decimal("2.00"), {"TxnNo": "T9", "Qty": "1"}),
         ],
-        totals=[("S1", "2026-11-20", 4, 3, Decimal("24.00"))],
+        totals=totals,
     )
+
+
+def test_record_file_queues_and_records_everything_together(ledger: Ledger) -> None:
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    file = _file(ledger, run_id)
+    to_send = _record_t1_t2_and_rejected_t9(ledger, run_id, file,
+                                            totals=[("S1", "2026-11-20", 4, 3, Decimal("24.00"))])
     assert len(to_send) == 1
     assert ledger.file(file.id).status == "recorded"
     run_rows = ledger.run_transactions(run_id, at_end=False)
@@ -151,19 +158,7 @@ def test_what_dedup_and_the_fragment_check_know_of_earlier_ids_is_one_lookup(
     the ids, from one query of the transactions (and one of the rejects when one was rejected)."""
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     file = _file(ledger, run_id)
-    rejected = NewTransaction("T9", TxnState.REJECTED, (5, 6), 2, Decimal("3.00"), "S1", "2026-11-20",
-                              reject_code="BAD_QUANTITY")
-    ledger.record_file(
-        run_id, file,
-        transactions=[_txn("T1"), _txn("T2", TxnState.VOID, line=3), rejected],
-        rejects=[
-            NewReject(5, "T9", "S1", "2026-11-20", "BAD_QUANTITY", "quantity", "not a number",
-                      Decimal("1.00"), {"TxnNo": "T9", "Qty": "x"}),
-            NewReject(6, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
-                      Decimal("2.00"), {"TxnNo": "T9", "Qty": "1"}),
-        ],
-        totals=[],
-    )
+    _record_t1_t2_and_rejected_t9(ledger, run_id, file, totals=[])
     t9 = next(t.id for t in ledger.run_transactions(run_id, at_end=False) if t.transaction_id == "T9")
     postgresql = not isinstance(ledger_location, Path)
     before = round_trips()
