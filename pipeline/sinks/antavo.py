@@ -123,6 +123,19 @@ def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> 
         attempts=0)
 
 
+def sale_refused(tid: str, sale: str, why: str) -> EventResult:
+    """A refund never sent: the platform refused its ``sale`` (named with where it was refused)."""
+    return EventResult(tid, Outcome.REJECTED, error_code=ORIGINAL_REFUSED, attempts=0,
+                       error_message=f"never sent: the platform refused its sale {sale} ({why}); "
+                                     "nothing of it can be refunded")
+
+
+def sale_not_accepted(tid: str, sale_and_state: str) -> EventResult:
+    """A refund not sent yet: its sale (``"<id> <how it stands>"``) is not accepted; it waits for it."""
+    return EventResult(tid, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_ACCEPTED, attempts=0,
+                       error_message=f"not sent: its sale {sale_and_state}; the refund waits for it")
+
+
 def sendable_events(row: CheckoutRow, target: AntavoTarget) -> list[dict[str, Any]] | NotSent:
     """The events the Antavo target sends for one checkout row, or why it sends none: a void, an
     unmatched return, an over-refund (with the return context of
@@ -355,15 +368,10 @@ class AntavoAdapter:
             if sale not in self._sales or sale in self._sales_landed:
                 continue
             if sale in self._sales_refused:
-                held.append(EventResult(
-                    unit.transaction_id, Outcome.REJECTED, error_code=ORIGINAL_REFUSED, attempts=0,
-                    error_message=f"never sent: the platform refused its sale {sale} in this run "
-                                  f"({self._sales_refused[sale]}); nothing of it can be refunded"))
+                held.append(sale_refused(unit.transaction_id, f"{sale} in this run",
+                                         str(self._sales_refused[sale])))
             else:
-                held.append(EventResult(
-                    unit.transaction_id, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_ACCEPTED, attempts=0,
-                    error_message=f"not sent: its sale {sale} was not accepted in this run; the "
-                                  "refund waits for it"))
+                held.append(sale_not_accepted(unit.transaction_id, f"{sale} was not accepted in this run"))
         return held
 
     def _request(self, batch: Batch) -> PreparedRequest:

@@ -34,7 +34,7 @@ from typing import Any
 from pipeline.checkout_codec import decode_checkout
 from pipeline.ledger import Ledger, ReturnOf, TxnState
 from pipeline.records import TransactionType
-from pipeline.sinks.antavo import ORIGINAL_NOT_ACCEPTED, ORIGINAL_REFUSED, PARTLY_REFUNDED
+from pipeline.sinks.antavo import PARTLY_REFUNDED, sale_not_accepted, sale_refused
 from pipeline.sinks.antavo_returns import (
     REFUND_IN_DOUBT,
     SaleFacts,
@@ -42,7 +42,7 @@ from pipeline.sinks.antavo_returns import (
     decide_sale_returns,
     lines_of,
 )
-from pipeline.sinks.base import EventResult, Outcome
+from pipeline.sinks.base import EventResult
 
 __all__ = ["hold_for_sales", "with_return_context"]
 
@@ -156,16 +156,10 @@ def hold_for_sales(
             checkout.get("transaction_type") == TransactionType.RETURN) else None
         tid = str(checkout["transaction_id"])
         if sale is not None and sale.state is TxnState.FAILED_PERMANENT:
-            held.append(EventResult(
-                tid, Outcome.REJECTED, error_code=ORIGINAL_REFUSED, attempts=0,
-                error_message=f"never sent: the platform refused its sale {sale.transaction_id} "
-                              f"({sale.last_error_code or 'no code'}); nothing of it can be refunded"))
+            held.append(sale_refused(tid, str(sale.transaction_id), sale.last_error_code or "no code"))
         elif sale is not None and sale.state in waiting:
             state = "in doubt" if sale.state is TxnState.SENDING else sale.state.value
-            held.append(EventResult(
-                tid, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_ACCEPTED, attempts=0,
-                error_message=f"not sent: its sale {sale.transaction_id} is not accepted yet ({state}); "
-                              "the refund waits for it"))
+            held.append(sale_not_accepted(tid, f"{sale.transaction_id} is not accepted yet ({state})"))
         else:
             ready.append(checkout)
     return ready, held
