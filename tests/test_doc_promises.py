@@ -1,0 +1,215 @@
+"""What the docs show a user, as a user would try it: every `posfeed` command they print is one the
+command line accepts, every TOML snippet loads as a feed file, every example output is what the
+command prints, every folder and variable they name is the one read. No network, no runs: the docs
+are parsed and the commands parsed, loaded or run in process."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.config import load_feed
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = sorted([ROOT / "README.md", ROOT / "feeds" / "README.md", ROOT / "cron" / "README.md",
+               *(ROOT / "docs").glob("*.md")])
+
+# what a reader puts in place of a doc's placeholders
+PLACEHOLDERS = {
+    "NAME": "acme_hourly", "F": "acme_hourly", "A": "acme_hourly", "RUN_ID": "20261120T031500Z-3f9a1c",
+    "RUN": "20261120T031500Z-3f9a1c", "R": "20261120T031500Z-3f9a1c", "ID": "12", "D": "2026-11-20",
+    "YYYY-MM-DD": "2026-11-20", "FILE": "README.md", "DIR": "/tmp/out", "S": "LON01", "N": "1000",
+    "STATE_DIR": "/tmp/state", "URL": "postgresql://posfeed@db.example/posfeed",
+}
+
+
+def _doc_commands() -> list[tuple[str, str]]:
+    """(document, command) for every `posfeed ...` a doc prints: each line of a shell block and
+    each inline one, but the reference headings (`[--json]` syntax) and `COMMAND --help`."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        name = str(doc.relative_to(ROOT))
+        for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S):
+            for line in block.splitlines():
+                line = line.split(" #", 1)[0].strip().removesuffix("&").strip()
+                if line.startswith("posfeed "):
+                    found.append((name, line))
+        for line in text.splitlines():
+            if line.startswith("### "):
+                continue
+            for command in re.findall(r"`(posfeed [^`]+)`", line):
+                if "[" not in command and "COMMAND" not in command and "<" not in command:
+                    found.append((name, command.split(" | ", 1)[0]))
+    return sorted(set(found))
+
+
+@contextmanager
+def _parsed_only() -> Iterator[list[click.Command]]:
+    """Every command's callback replaced by one that only records it was reached: click parses
+    and converts the arguments as it does for real, and nothing runs."""
+    reached: list[click.Command] = []
+    saved: list[tuple[click.Command, object]] = []
+
+    def stub(command: click.Command) -> None:
+        saved.append((command, command.callback))
+        command.callback = lambda *args, **kwargs: reached.append(command)
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                stub(sub)
+
+    stub(cli)
+    try:
+        yield reached
+    finally:
+        for command, callback in saved:
+            command.callback = callback  # type: ignore[assignment]
+
+
+def _substituted(command: str) -> list[str]:
+    words = shlex.split(command)[1:]
+    return [PLACEHOLDERS.get(word, word) for word in words]
+
+
+DOC_COMMANDS = _doc_commands()
+
+
+def test_the_docs_print_commands() -> None:
+    """The collection below finds the commands it checks (a change of markup would empty it)."""
+    docs = {doc for doc, _ in DOC_COMMANDS}
+    assert {"README.md", "docs/CLI.md", "docs/OPERATIONS.md", "docs/REPORTS.md", "feeds/README.md"} <= docs
+    assert len(DOC_COMMANDS) > 40
+
+
+@pytest.mark.parametrize(("doc", "command"), DOC_COMMANDS, ids=[f"{d}: {c}" for d, c in DOC_COMMANDS])
+def test_every_command_the_docs_print_is_accepted(doc: str, command: str) -> None:
+    """A command as a doc prints it (placeholders such as NAME, RUN_ID, D filled in) names a real
+    command with real options and values of the right kind: click parses it without a usage error.
+    An option named alone in the prose (`posfeed sandbox --state`) may lack its value, and a group
+    named alone (`posfeed bench`) its command."""
+    args = _substituted(command)
+    with _parsed_only() as reached:
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    if result.exit_code != 0:
+        mention = ("requires an argument" in result.output or "Missing argument" in result.output
+                   or "Missing parameter" in result.output
+                   or "Commands:" in result.output)  # a group named alone: `posfeed bench`
+        assert mention and not re.search(r"No such (option|command)|Invalid value|unexpected extra",
+                                         result.output), f"{doc}: `{command}`:\n{result.output}"
+        return
+    help_asked = "--help" in args or "-h" in args or "--version" in args
+    assert help_asked or any(not isinstance(c, click.Group) for c in reached), \
+        f"{doc}: `{command}` reached no command"
+
+
+TOML_SNIPPETS = [(str(doc.relative_to(ROOT)), block) for doc in DOCS
+                 for block in re.findall(r"```toml\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.S)]
+
+
+@pytest.mark.parametrize(("doc", "snippet"), TOML_SNIPPETS, ids=[d for d, _ in TOML_SNIPPETS])
+def test_every_toml_snippet_in_the_docs_loads_as_a_feed_file(doc: str, snippet: str, tmp_path: Path) -> None:
+    """A snippet copied into a feed file of its own loads, and sets what it writes."""
+    import tomllib
+
+    path = tmp_path / "snippet.toml"
+    path.write_text(snippet, encoding="utf-8")
+    feed = load_feed(path)
+    for section, values in tomllib.loads(snippet).items():
+        for key, value in values.items():
+            assert getattr(getattr(feed, section), key) == value, f"{doc}: {section}.{key}"
+
+
+def test_the_docs_show_toml_snippets() -> None:
+    assert {doc for doc, _ in TOML_SNIPPETS} >= {"docs/OPERATIONS.md", "feeds/README.md"}
+
+
+def test_the_check_example_in_the_cli_reference_is_what_check_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/CLI.md's `posfeed check` example: the command as printed, from the repository's root,
+    prints the lines the doc shows (its `...` stands for the lines before them)."""
+    text = (ROOT / "docs" / "CLI.md").read_text(encoding="utf-8")
+    block = re.search(r"```text\n\$ (posfeed check [^\n]+)\n(.*?)```", text, flags=re.S)
+    assert block, "docs/CLI.md lacks its `posfeed check` example"
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(cli, shlex.split(block.group(1))[1:], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    shown = [line for line in block.group(2).splitlines() if line != "..."]
+    printed = result.output.splitlines()
+    assert printed[-len(shown):] == shown, result.output
+
+
+def _table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the Markdown table whose header line starts with ``header``."""
+    table = text.split(header, 1)[1].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def _global_option(name: str) -> click.Option:
+    option = next((p for p in cli.params if name in p.opts), None)
+    assert isinstance(option, click.Option), f"posfeed has no global option {name}"
+    return option
+
+
+def test_the_folders_and_ledger_in_configuration_are_the_global_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/CONFIGURATION.md's Folders and Ledger tables: each option is a global option read from
+    the variable named beside it, and a command given neither uses the default the table gives."""
+    from pipeline.config import Settings
+
+    text = (ROOT / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
+    rows = _table_rows(text, "| option | environment | default | holds |")
+    rows += _table_rows(text, "| option | environment | default | what |")
+    assert [row[0] for row in rows] == ["`--feeds-dir`", "`--state-dir`", "`--reports-dir`", "`--ledger-url`"]
+    for name in ("POSFEED_FEEDS_DIR", "POSFEED_STATE_DIR", "POSFEED_REPORTS_DIR", "POSFEED_LEDGER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = Settings.from_env()
+    for option, variable, default, _ in rows:
+        param = _global_option(option.strip("`"))
+        assert param.envvar == variable.strip("`"), f"{option}: documented {variable}, reads {param.envvar}"
+        attribute = option.strip("`-").replace("-", "_")
+        actual = getattr(defaults, attribute)
+        if default.startswith("none"):
+            assert actual is None, f"{option}: documented {default}, default {actual!r}"
+        else:
+            assert actual == Path(default.strip("`")), f"{option}: documented {default}, default {actual!r}"
+        shown = " ".join((param.help or "").split())
+        assert variable.strip("`") in shown, f"`posfeed --help` does not name {variable} for {option}"
+
+
+def test_the_variables_in_configuration_are_the_ones_read() -> None:
+    """docs/CONFIGURATION.md's Secrets table: the sample feeds' variables are the ones their `*_env`
+    keys name, the sandbox's are its options' variables, the benchmarks' are the ones they set."""
+    text = (ROOT / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
+    rows = _table_rows(text, "| variable | used by |")
+    feeds = [load_feed(path) for path in sorted((ROOT / "feeds").glob("*.toml"))]
+    sandbox = cli.commands["sandbox"]
+    sandbox_vars: set[object] = {p.envvar for p in sandbox.params if isinstance(p, click.Option) and p.envvar}
+    bench_source = "\n".join(p.read_text(encoding="utf-8")
+                             for p in (ROOT / "pipeline" / "benchmarks").glob("*.py"))
+    for cells in rows:
+        variables = re.findall(r"`([A-Z_]+)`", cells[0])
+        used_by = cells[1]
+        assert variables, cells
+        for variable in variables:
+            read: set[object]
+            if "sample Antavo" in used_by:
+                read = {getattr(f.target, key) for f in feeds if f.target.kind == "antavo"
+                        for key in ("api_key_env", "api_secret_env")}
+            elif "sample CRM.COM" in used_by:
+                read = {getattr(f.target, key) for f in feeds if f.target.kind == "crmcom"
+                        for key in ("username_env", "password_env", "organisation_env")}
+            elif "posfeed sandbox" in used_by:
+                read = sandbox_vars
+            else:
+                assert "benchmarks" in used_by, cells
+                read = set(re.findall(r'"(POSFEED_BENCH_[A-Z_]+)"', bench_source))
+            assert variable in read, f"docs/CONFIGURATION.md: {variable} ({used_by}) is not read: {read}"
+    documented = {v for cells in rows for v in re.findall(r"`([A-Z_]+)`", cells[0])}
+    assert sandbox_vars <= documented, f"sandbox variables not in the table: {sandbox_vars - documented}"
