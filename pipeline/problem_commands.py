@@ -43,6 +43,9 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
     if feed is not None:
         load_feed(feed, settings.feeds_dir)  # an unknown feed is an error, not "no problems"
     if not settings.ledger_exists():
+        if resolve is not None:  # nothing to acknowledge: never "no open problems", exit 0
+            raise click.BadParameter(f"no open problem #{resolve}: no ledger at {settings.ledger_name}",
+                                     param_hint="--resolve")
         rows: list[dict[str, Any]] = []
     else:
         with Ledger(settings.ledger_location) as ledger:

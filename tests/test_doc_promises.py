@@ -213,3 +213,22 @@ def test_the_variables_in_configuration_are_the_ones_read() -> None:
             assert variable in read, f"docs/CONFIGURATION.md: {variable} ({used_by}) is not read: {read}"
     documented = {v for cells in rows for v in re.findall(r"`([A-Z_]+)`", cells[0])}
     assert sandbox_vars <= documented, f"sandbox variables not in the table: {sandbox_vars - documented}"
+
+
+def _exit_code_row(code: str) -> str:
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    rows = _table_rows(text, "| code | meaning |")
+    return next(meaning for number, meaning in rows if number == code)
+
+
+def test_acknowledging_a_problem_with_no_ledger_is_a_usage_error(tmp_path: Path) -> None:
+    """docs/OPERATIONS.md: `problems --resolve` of no open problem exits 2. With no ledger in the
+    state folder (a mistyped `--state-dir`) there is none either: it used to print "no open
+    problems" and exit 0, as if the acknowledgement had been made."""
+    assert "`problems --resolve` of no open problem" in _exit_code_row("2")
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["--state-dir", str(state), "--feeds-dir", str(tmp_path),
+                                      "problems", "--resolve", "12"])
+    assert result.exit_code == 2, result.output
+    assert "no open problem #12" in result.output and "no ledger" in result.output, result.output
+    assert not state.exists()
