@@ -232,3 +232,25 @@ def test_acknowledging_a_problem_with_no_ledger_is_a_usage_error(tmp_path: Path)
     assert result.exit_code == 2, result.output
     assert "no open problem #12" in result.output and "no ledger" in result.output, result.output
     assert not state.exists()
+
+
+@pytest.mark.parametrize("doc", [*DOCS, ROOT / "sample_data" / "README.md"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_in_the_docs_renders_as_one(doc: Path) -> None:
+    """Each run of `|` lines starts with its header and `|---|` line (rows after a blank line
+    without them show as plain text with their pipes), and every row has the header's cells."""
+    text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), doc.read_text(encoding="utf-8"),
+                  flags=re.S)
+    lines = text.splitlines()
+    wrong = []
+    for i, line in enumerate(lines):
+        if not line.startswith("|"):
+            continue
+        if i == 0 or not lines[i - 1].startswith("|"):
+            header = len(re.findall(r"(?<!\\)\|", line))
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", following):
+                wrong.append(f"line {i + 1}: a table without a header: {line[:60]}")
+        elif len(re.findall(r"(?<!\\)\|", line)) != header:
+            wrong.append(f"line {i + 1}: not the header's number of cells: {line[:60]}")
+    assert not wrong, f"{doc.relative_to(ROOT)}: {wrong}"
