@@ -254,3 +254,61 @@ def test_every_table_in_the_docs_renders_as_one(doc: Path) -> None:
         elif len(re.findall(r"(?<!\\)\|", line)) != header:
             wrong.append(f"line {i + 1}: not the header's number of cells: {line[:60]}")
     assert not wrong, f"{doc.relative_to(ROOT)}: {wrong}"
+
+
+def _readme_canonical() -> tuple[list[list[str]], str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("## The canonical layout", 1)[1]
+    example = text.split("```csv\n", 1)[1].split("```", 1)[0]
+    return _table_rows(text, "| column | required | meaning |"), example
+
+
+def test_the_canonical_layout_in_the_readme_is_the_one_read(tmp_path: Path) -> None:
+    """README's canonical layout: its columns, in order, are the reader's; a file without a
+    column marked required cannot be read, one without any other column can; its example file
+    passes `posfeed check` clean."""
+    from pipeline.check_commands import check_files
+    from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
+
+    rows, example = _readme_canonical()
+    columns = [cells[0].strip("`") for cells in rows]
+    assert columns == list(CANONICAL_COLUMNS)
+    required = [cells[0].strip("`") for cells in rows if cells[1] == "yes"]
+    assert required == list(REQUIRED_COLUMNS)
+    assert {cells[1] for cells in rows} == {"yes", "no"}
+    header, line = example.splitlines()
+    assert header.split(",") == columns
+    path = tmp_path / "pos_LON01_20261120.csv"
+    path.write_text(example, encoding="utf-8")
+    summary = check_files([path]).summary
+    assert summary["transactions_valid"] == 1 and summary["rows_rejected"] == 0, summary
+    for column in columns:  # the example without one column
+        keep = [i for i, name in enumerate(columns) if name != column]
+        path.write_text("\n".join(",".join(row.split(",")[i] for i in keep) for row in (header, line)) + "\n",
+                        encoding="utf-8")
+        summary = check_files([path]).summary
+        readable = not summary["unreadable_files"]
+        assert readable == (column not in required), f"{column}: {summary['unreadable_files']}"
+
+
+def test_the_sample_feeds_table_in_the_readme_is_the_feeds_folder() -> None:
+    """README's sample feeds: every feed file of feeds/ has its row, and the files a row says it
+    reads are the ones its source finds for the sample day."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = _table_rows(text, "| feed | reads | what it shows |")
+    documented: dict[str, Path] = {}
+    for cells in rows:
+        names = re.findall(r"`([a-z_]+)`", cells[0])
+        paths = re.findall(r"`([^`]+)`", cells[1])
+        assert len(names) == len(paths), cells
+        folder = Path(paths[0]).parent
+        for name, path in zip(names, paths, strict=True):
+            documented[name] = folder / path if "/" not in path else Path(path)
+    assert sorted(documented) == sorted(p.stem for p in (ROOT / "feeds").glob("*.toml"))
+    for name, path in documented.items():
+        feed = load_feed(name, ROOT / "feeds")
+        source = (feed.config_dir / feed.source.path).resolve()
+        assert source == (ROOT / path.parent).resolve(), f"{name}: reads {source}, README says {path}"
+        pattern = feed.source.pattern.replace("{business_date:%Y%m%d}", "20261120")
+        glob = path.name.replace("<store>", "*").replace("<HH>", "??")
+        found = sorted(p.name for p in source.glob(pattern))
+        assert found and found == sorted(p.name for p in source.glob(glob)), f"{name}: {found}"
