@@ -213,3 +213,30 @@ def test_check_json_keys_in_the_cli_reference_are_the_summarys() -> None:
     documented = {key.strip() for key in f"{match.group(1)},{match.group(2)}".split(",")} | {"currencies"}
     keys = set(check_files([ROOT / "sample_data" / "acme" / "pos_LON01_20261120_13.csv"]).summary)
     assert documented == keys, f"documented only: {documented - keys}; printed only: {keys - documented}"
+
+
+PROSE_DEFAULT = re.compile(r"`(--[a-z0-9-]+)` (?:seconds )?\((?:default )?`?([^`;)\s]+)`?[;)]")
+
+
+@pytest.mark.parametrize("path", _command_paths(cli))
+def test_every_default_in_a_cli_reference_entrys_prose_is_the_commands_default(path: str) -> None:
+    """A default an entry's text gives beside its option (`--crmcom-username` (`posfeed`),
+    `--misfire-grace` (default `12h`; ...), `--token-ttl` seconds (7200; ...)) is the command's."""
+    command = _command(path)
+    body = " ".join("\n".join(line for line in _sections(path).splitlines()
+                              if not line.startswith("### ")).split())
+    wrong = []
+    for option, value in PROSE_DEFAULT.findall(body):
+        param = next((p for p in command.params if option in p.opts), None)
+        if param is None or param.default is None:
+            continue
+        if not _same(value, param.default):
+            wrong.append(f"{option}: documented {value}, the command's default is {param.default!r}")
+    assert not wrong, f"docs/CLI.md's entry of `posfeed {path}`: {wrong}"
+
+
+def test_the_cli_reference_gives_defaults_in_its_prose() -> None:
+    text = " ".join(f"{_sections('sandbox')} {_sections('schedule')}".split())
+    found = PROSE_DEFAULT.findall(text)
+    assert {option for option, _ in found} >= {"--crmcom-username", "--crmcom-password", "--token-ttl",
+                                                "--misfire-grace"}, found
