@@ -151,8 +151,9 @@ def release_command(settings: Settings, name: str, *, feed_name: str | None, as_
     file is moved back into the source folder first)."""
     if feed_name is not None:
         load_feed(feed_name, settings.feeds_dir)  # an unknown feed is an error naming it (78)
-    if not settings.ledger_exists():
-        raise ConfigError(f"no ledger at {settings.ledger_name}")
+    if not settings.ledger_exists():  # nothing was ever set aside here
+        raise click.BadParameter(f"no file named {name!r} is in quarantine: no ledger at "
+                                 f"{settings.ledger_name}", param_hint="FILE")
     with Ledger(settings.ledger_location) as ledger:
         records = ledger.quarantined_files(feed=feed_name, name=name)
         if not records:

@@ -416,6 +416,8 @@ def report_command(
     if not run_id and not (feed and business_date):
         raise click.UsageError("give RUN_ID, or --feed NAME --business-date YYYY-MM-DD")
     if not settings.ledger_exists():
+        if run_id:  # as `rerun RUN_ID`: the run is unknown here
+            raise click.BadParameter(f"no ledger at {settings.ledger_name}", param_hint="RUN_ID")
         raise ConfigError(f"no ledger at {settings.ledger_name}")
     with Ledger(settings.ledger_location) as ledger:
         if run_id:

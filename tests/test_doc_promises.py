@@ -221,19 +221,6 @@ def _exit_code_row(code: str) -> str:
     return next(meaning for number, meaning in rows if number == code)
 
 
-def test_acknowledging_a_problem_with_no_ledger_is_a_usage_error(tmp_path: Path) -> None:
-    """docs/OPERATIONS.md: `problems --resolve` of no open problem exits 2. With no ledger in the
-    state folder (a mistyped `--state-dir`) there is none either: it used to print "no open
-    problems" and exit 0, as if the acknowledgement had been made."""
-    assert "`problems --resolve` of no open problem" in _exit_code_row("2")
-    state = tmp_path / "state"
-    result = CliRunner().invoke(cli, ["--state-dir", str(state), "--feeds-dir", str(tmp_path),
-                                      "problems", "--resolve", "12"])
-    assert result.exit_code == 2, result.output
-    assert "no open problem #12" in result.output and "no ledger" in result.output, result.output
-    assert not state.exists()
-
-
 @pytest.mark.parametrize("doc", [*DOCS, ROOT / "sample_data" / "README.md"],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_table_in_the_docs_renders_as_one(doc: Path) -> None:
@@ -312,3 +299,27 @@ def test_the_sample_feeds_table_in_the_readme_is_the_feeds_folder() -> None:
         glob = path.name.replace("<store>", "*").replace("<HH>", "??")
         found = sorted(p.name for p in source.glob(pattern))
         assert found and found == sorted(p.name for p in source.glob(glob)), f"{name}: {found}"
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["report", "20261120T031500Z-3f9a1c"], "RUN_ID"),
+    (["rerun", "20261120T031500Z-3f9a1c"], "RUN_ID"),
+    (["release", "pos_BER01_20261120_14.csv"], "FILE"),
+    (["problems", "--resolve", "12"], "--resolve"),
+])
+def test_naming_what_a_missing_ledger_cannot_hold_is_a_usage_error(tmp_path: Path, args: list[str],
+                                                                   option: str) -> None:
+    """docs/OPERATIONS.md: `report` or `rerun` of an unknown run id, `release` of a file not in
+    quarantine, `problems --resolve` of no open problem exit 2. A state folder with no ledger (a
+    mistyped `--state-dir`) holds none of them: the same exit, naming the option and the ledger,
+    whichever of them is asked (`report` and `release` used to exit 78, `problems` 0)."""
+    row = _exit_code_row("2")
+    for promise in ("`report` or `rerun` of an unknown run id", "`problems --resolve` of no open problem",
+                    "`release` of a file that is not in quarantine"):
+        assert promise in row
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["--state-dir", str(state), "--feeds-dir", str(ROOT / "feeds"), *args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {option}" in result.output and f"no ledger at {state}" in result.output, \
+        result.output
+    assert not state.exists()
