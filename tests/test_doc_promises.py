@@ -323,3 +323,85 @@ def test_naming_what_a_missing_ledger_cannot_hold_is_a_usage_error(tmp_path: Pat
     assert f"Invalid value for {option}" in result.output and f"no ledger at {state}" in result.output, \
         result.output
     assert not state.exists()
+
+
+@pytest.fixture(scope="module")
+def sample_dry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reports folder of `posfeed run --feed acme_hourly --business-date 2026-11-20 --dry-run`
+    in a copy of the feeds and sample data: the sample day's files, no network, no platform."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    where = tmp_path_factory.mktemp("dry")
+    for folder in ("feeds", "sample_data"):
+        shutil.copytree(ROOT / folder, where / folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--feed", "acme_hourly",
+                           "--business-date", "2026-11-20", "--dry-run", "--json"],
+                          cwd=where, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 65, done.stderr[-3000:]  # the sample day's deliberate defects
+    return where / json.loads(done.stdout)["reports_path"]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_runs_report_files_are_what_reports_md_says(sample_dry_run: Path) -> None:
+    """docs/REPORTS.md on the sample day's report as written: the five files; `summary.csv` and
+    `detail.csv` with the documented columns; every `summary.csv` row balancing as its `balanced`
+    column is defined (queued is final in a dry run, as the states table says); per currency its
+    rows add up to `summary.json`'s `currencies`; `detail.csv` one row per transaction, in the
+    states `summary.json` counts; `rejects.csv` one row per rejected input line."""
+    import json
+    from collections import Counter, defaultdict
+    from decimal import Decimal
+
+    from tests.test_reports import _documented_columns
+
+    text = (ROOT / "docs" / "REPORTS.md").read_text(encoding="utf-8")
+    assert {p.name for p in sample_dry_run.iterdir()} == {"summary.csv", "detail.csv", "rejects.csv",
+                                                          "summary.json", "report.html"}
+    summary = json.loads((sample_dry_run / "summary.json").read_text(encoding="utf-8"))
+    rows = _csv_rows(sample_dry_run / "summary.csv")
+    detail = _csv_rows(sample_dry_run / "detail.csv")
+    rejects = _csv_rows(sample_dry_run / "rejects.csv")
+    assert list(detail[0]) == _documented_columns("**`detail.csv`**")
+    assert set(rows[0]) == set(_documented_columns("**`summary.csv`**"))
+
+    states_table = _table_rows(text, "| state | meaning | final |")
+    states = [cells[0].strip("`") for cells in states_table]
+    final_in_a_dry_run = {cells[0].strip("`") for cells in states_table
+                          if cells[2] == "yes" or "yes in a dry run" in cells[2]}
+    balanced_meaning = next(cells[1] for cells in _table_rows(text.split("**`summary.csv`**", 1)[1],
+                                                              "| column | meaning |")
+                            if cells[0] == "`balanced`")
+    if "dry run" not in balanced_meaning:  # the column's own definition, as a reader applies it
+        final_in_a_dry_run -= {s for s in states if s.replace("_", " ") in balanced_meaning}
+    money: dict[str, Decimal] = defaultdict(Decimal)
+    for row in rows:
+        count = sum(int(row[f"{s}_count"]) for s in states)
+        amount = sum(Decimal(row[f"{s}_amount"]) for s in states)
+        assert count == int(row["transactions_accounted"]) == int(row["transactions_in"]), row
+        assert amount == Decimal(row["amount_accounted"]) == Decimal(row["amount_in"]), row
+        assert row["rows_in"] == row["rows_accounted"], row
+        settled = all(int(row[f"{s}_count"]) == 0 for s in states if s not in final_in_a_dry_run)
+        assert row["balanced"] == ("true" if settled else "false"), (balanced_meaning, row)
+        money[row["currency"]] += Decimal(row["amount_in"])
+    assert {c: str(v) for c, v in money.items()} == {c: v["amount_in"]
+                                                     for c, v in summary["currencies"].items()}
+    assert any(int(row["queued_count"]) for row in rows)  # the dry run's "would be sent"
+
+    assert len(detail) == summary["transactions_in"]
+    assert sum(int(r["rows"]) for r in detail) == summary["rows_in"]
+    by_state = Counter(r["state"] for r in detail)
+    assert by_state["rejected"] == summary["transactions_rejected"]
+    assert by_state["queued"] == summary["queued"]
+    assert by_state["duplicate"] == summary["duplicates"] and by_state["void"] == summary["voids"]
+    assert len(rejects) == summary["rows_rejected"]
