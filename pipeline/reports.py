@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
+from pipeline.sinks.antavo import PARTLY_REFUNDED, refunded_in_part
 
 __all__ = [
     "DETAIL_COLUMNS",
@@ -74,6 +75,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "transactions_in",
     "amount_in",
     *(f"{name}_{what}" for name, _ in STATE_COLUMNS for what in ("count", "amount")),
+    # of failed_permanent: returns the platform refunded in part, and the money it did refund
+    "partly_refunded_count",
+    "partly_refunded_amount",
     "points_awarded",
     "rows_accounted",
     "transactions_accounted",
@@ -161,6 +165,9 @@ class _Group:
     amounts: dict[str, Decimal] = field(default_factory=dict)
     points: Decimal = _ZERO
     points_reported: bool = False  # whether the platform gave points for any accepted transaction
+    # failed_permanent returns some of whose refund lines landed, and the money that landed
+    partly_refunded: int = 0
+    refunded: Decimal = _ZERO
     rows: int = 0
     transactions: int = 0
     amount: Decimal = _ZERO
@@ -175,6 +182,11 @@ class _Group:
         if txn.state is TxnState.ACCEPTED and txn.points is not None:
             self.points += txn.points
             self.points_reported = True
+        if txn.state is TxnState.FAILED_PERMANENT and txn.last_error_code == PARTLY_REFUNDED:
+            self.partly_refunded += 1
+            landed = refunded_in_part(txn.last_error_code, txn.last_error_message)
+            if landed is not None:  # signed as the return's amount
+                self.refunded += -landed if txn.amount < 0 else landed
 
     def merge(self, other: _Group) -> None:
         """Add another group's totals to this one."""
@@ -186,6 +198,8 @@ class _Group:
             self.amounts[state_name] = self.amounts.get(state_name, _ZERO) + amount
         self.points += other.points
         self.points_reported = self.points_reported or other.points_reported
+        self.partly_refunded += other.partly_refunded
+        self.refunded += other.refunded
         self.rows += other.rows
         self.transactions += other.transactions
         self.amount += other.amount
@@ -315,7 +329,8 @@ def build_report(
             state_cells += [group.counts[state_name], money_text(amount, currency)]
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
-             money_text(group.amount_in, currency), *state_cells, group.points_awarded(), group.rows,
+             money_text(group.amount_in, currency), *state_cells, group.partly_refunded,
+             money_text(group.refunded, currency), group.points_awarded(), group.rows,
              group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
@@ -325,7 +340,7 @@ def build_report(
     known = [c for c in by_currency if c]
     feed_currency = known[0] if len(known) == 1 else ""
     zero = money_text(_ZERO, feed_currency)
-    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)]
+    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)] + [0, zero]
     for name in sorted(set(files_without_rows)):
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
@@ -377,7 +392,8 @@ def build_report(
         "queued": total.counts["queued"],
         "voids": total.counts["void"],
         "not_sent": total.counts["not_sent"],
-        **single_currency_amounts(currencies, ("amount_accepted",)),
+        "partly_refunded": total.partly_refunded,
+        **single_currency_amounts(currencies, ("amount_accepted", "amount_partly_refunded")),
         "currencies": currencies,
         "points_awarded": total.points_awarded() or None,
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
@@ -394,6 +410,8 @@ def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:
         "amount_valid": money_text(group.amount_in - rejected, currency),
         "amount_rejected": money_text(rejected, currency),
         "amount_accepted": money_text(group.amounts.get("accepted", _ZERO), currency),
+        # of the failed_permanent amount: what the platform refunded of returns it took in part
+        "amount_partly_refunded": money_text(group.refunded, currency),
     }
 
 

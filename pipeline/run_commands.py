@@ -142,8 +142,10 @@ def format_summary(summary: RunSummary) -> str:
         f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
         f"{s.get('not_sent', 0)} not sendable",
         f"  held:      {s['conflicts']} conflicts",
-        f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent, "
-        f"{s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") and not dry else ""),
+        f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent"
+        + (f" ({s['partly_refunded']} of them refunded in part on the platform: see "
+           "partly_refunded_amount)" if s.get("partly_refunded") else "")
+        + f", {s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") and not dry else ""),
         *([f"  would send: {s.get('queued', 0)} (everything else decided as a real run would)"]
           if dry else []),
         f"  balanced:  {'yes' if s['balanced'] else 'NO'}",

@@ -441,3 +441,24 @@ def test_a_refund_the_platform_accepts_in_part_is_recorded_with_what_landed(
     # the bread alone was sent again: each line refunded once
     assert Decimal(held["refunded"]) == Decimal("5.40")
     assert refunded_units(held) == {"MILK": Decimal(2), "BREAD": Decimal(1)}
+
+
+def test_the_report_shows_the_money_a_partly_refunded_return_did_refund(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """A return of milk (1.20) and bread (3.00) whose bread the platform refused counts whole in
+    failed_permanent (the report balances: every transaction in one state), and summary.csv and
+    summary.json say how much of it the platform did refund: the milk, -1.20, in one return."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    sandbox.config.refuse_refund_items = ("BREAD",)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
+        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
+    done = posfeed.run()
+    assert state(posfeed.rows(), "R-1") == ("failed_permanent", "partly_refunded")
+    with (Path(done["reports_path"]) / "summary.csv").open(encoding="utf-8", newline="") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r["origin"] == "file"]
+    assert (row["failed_permanent_count"], row["failed_permanent_amount"]) == ("1", "-4.20")
+    assert (row["partly_refunded_count"], row["partly_refunded_amount"]) == ("1", "-1.20")
+    assert done["partly_refunded"] == 1
+    assert done["currencies"]["GBP"]["amount_partly_refunded"] == "-1.20"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -80,7 +81,7 @@ from pipeline.sinks.escher import EscherSigner, antavo_config
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
 __all__ = ["ALREADY_OPTED_IN", "ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "member_event",
-           "sendable_events"]
+           "refunded_in_part", "sendable_events"]
 
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
@@ -91,6 +92,20 @@ ORIGINAL_NOT_ACCEPTED = "original_not_accepted"
 ORIGINAL_REFUSED = "original_refused"
 # a refund some of whose lines landed while others were refused for good (their ids are kept)
 PARTLY_REFUNDED = "partly_refunded"
+# how a partly refunded return's message begins (the reports read the money refunded from it)
+_REFUNDED_HEAD = "partly refunded: the platform refunded {refunded:f} of {total:f}"
+_REFUNDED = re.compile(r"partly refunded: the platform refunded (\d+(?:\.\d+)?) of ")
+
+
+def refunded_in_part(code: str | None, message: str | None) -> Decimal | None:
+    """The money (a magnitude) the platform refunded of a return it took in part, read from its
+    result's code and message (:func:`_partly_refunded` writes it); None when not stated (a
+    read-back found what landed: its events, not their money)."""
+    if code != PARTLY_REFUNDED or not message:
+        return None
+    found = _REFUNDED.match(message)
+    return Decimal(found.group(1)) if found else None
+
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
 USER_AGENT = "posfeed"
@@ -760,8 +775,8 @@ def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
     return EventResult(
         tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points,
         error_message=(
-            f"partly refunded: the platform refunded {refunded:f} of {total:f} "
-            f"({', '.join(_line_text(e) for e in kept)}) and refused "
+            _REFUNDED_HEAD.format(refunded=refunded, total=total)
+            + f" ({', '.join(_line_text(e) for e in kept)}) and refused "
             + "; ".join(f"{_line_text(e)}: {part.error_code} {part.error_message}" for e, part in refused)
             + "; once the cause is fixed, `posfeed rerun --feed NAME --failed --include-permanent` "
               "sends only what was refused (what landed is read back)"))

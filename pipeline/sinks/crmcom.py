@@ -42,7 +42,15 @@ from pipeline.errors import ConfigError
 from pipeline.logs import forget_secret, register_secret
 from pipeline.records import TransactionType
 from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
-from pipeline.sinks.crmcom_lookup import Answer, LookupResult, TokenRefused, look_up
+from pipeline.sinks.crmcom_lookup import (
+    Ambiguous,
+    Answer,
+    LookupResult,
+    TokenRefused,
+    look_up,
+    lookup_method,
+    pick_purchase,
+)
 from pipeline.sinks.crmcom_purchases import (
     CONFLICTING,
     CONTENT_TYPE,
@@ -56,6 +64,7 @@ from pipeline.sinks.crmcom_purchases import (
     PlannedCancel,
     PlannedCreate,
     Planner,
+    business_unit_field,
     dumps,
     original_not_delivered,
     original_refused,
@@ -390,10 +399,14 @@ class CrmcomAdapter:
         self, client: HttpClient, token: str, planned: PlannedCancel
     ) -> str | EventResult:
         """The id of a purchase accepted without one, looked up by its reference (a read: nothing
-        is sent twice); what the lookup cannot find leaves the return for a later run."""
+        is sent twice) and matched against the sale (:meth:`_pick`); what the lookup cannot find
+        leaves the return for a later run."""
         sale = planned.original_transaction_id
-        found = await self._look_up(client, token, sale, self._customer_of.get(planned.transaction_id))
-        purchase_id = found.purchase.get("id") if found.answer is Answer.FOUND else None
+        found = await self._find_sale(client, token, planned)
+        picked = self._pick(planned, found)
+        if isinstance(picked, EventResult):
+            return picked
+        purchase_id = picked.get("id") if picked else None
         if not purchase_id:
             why = found.reason or str(found.answer).replace("_", " ")
             return EventResult(
@@ -406,6 +419,51 @@ class CrmcomAdapter:
             )
         self._learn(sale, str(purchase_id))
         return str(purchase_id)
+
+    async def _find_sale(self, client: HttpClient, token: str, planned: PlannedCancel) -> LookupResult:
+        """The purchases carrying the reference of the sale to cancel; when ``show`` finds one that
+        is not the sale's (``show`` answers one purchase of a reference), the customer's are listed."""
+        customer = self._customer_of.get(planned.transaction_id)
+        sale = planned.original_transaction_id
+        found = await self._look_up(client, token, sale, customer)
+        shown_other = (
+            found.answer is Answer.FOUND and planned.sale is not None
+            and lookup_method(self.target) == "show" and customer
+            and isinstance(self._pick(planned, found), EventResult)
+        )
+        if shown_other:
+            listed = await self._look_up(client, token, sale, customer, method="list")
+            if listed.candidates:
+                return listed
+        return found
+
+    def _pick(self, planned: PlannedCancel, found: LookupResult) -> Mapping[str, Any] | EventResult | None:
+        """Of the purchases ``found`` carrying the sale's reference, the one matching the sale; a
+        failure for good (``ambiguous_purchase``, naming them) when none or several match; None
+        when nothing was found."""
+        if not found.candidates:
+            return None
+        if planned.sale is None:
+            if len(found.candidates) == 1:
+                return found.candidates[0]
+            picked: Mapping[str, Any] | Ambiguous = Ambiguous(
+                tuple(str(p.get("id") or "?") for p in found.candidates),
+                f"{len(found.candidates)} purchases carry the reference and the sale is not known")
+        else:
+            picked = pick_purchase(found.candidates, planned.sale,
+                                   customer_field=self.target.customer_field,
+                                   unit_field=business_unit_field(self.target))
+        if not isinstance(picked, Ambiguous):
+            return picked
+        return EventResult(
+            planned.transaction_id,
+            Outcome.REJECTED,
+            error_code=CrmcomRejectCode.AMBIGUOUS_PURCHASE,
+            error_message=f"not sent: the purchase of {planned.original_transaction_id} has no recorded "
+            f"id and cannot be told among those carrying its reference ({', '.join(picked.purchase_ids)}): "
+            f"{picked.reason}; nothing was cancelled: cancel the sale's purchase on CRM.COM by hand",
+            attempts=0,
+        )
 
     def _learn(self, sale: str, purchase_id: str) -> None:
         """A lookup named the purchase of ``sale``, which the ledger holds without an id."""
@@ -431,7 +489,7 @@ class CrmcomAdapter:
 
     async def _look_up(
         self, client: HttpClient, token: str, reference: str, customer: str | None,
-        purchase_id: str | None = None,
+        purchase_id: str | None = None, method: str | None = None,
     ) -> LookupResult:
         """Look ``reference`` up (the purchase ``purchase_id`` when known); a call that got no
         usable answer is asked again (up to ``LOOKUP_TRIES`` times, with the target's backoff), an
@@ -446,7 +504,7 @@ class CrmcomAdapter:
             self.lookups += 1
             try:
                 found = await look_up(client, target, token, reference, customer, url_of=url_of,
-                                      now=self._wall_clock, purchase_id=purchase_id)
+                                      now=self._wall_clock, purchase_id=purchase_id, method=method)
             except TokenRefused as exc:
                 self.tokens.invalidate(token)
                 if renewed:
@@ -487,7 +545,17 @@ class CrmcomAdapter:
             reference = unit.payload.original_transaction_id if cancel else tid
             # a cancel asks about its purchase by id when known: a reference may name two purchases
             known = self._cancel_target(unit.payload) if cancel else None
-            found = await self._look_up(client, token, reference, self._customer_of.get(tid), known)
+            if cancel and known is None:  # of the purchases carrying the reference, the sale's
+                found = await self._find_sale(client, token, unit.payload)
+                picked = self._pick(unit.payload, found)
+                if isinstance(picked, EventResult):
+                    self._settled[tid] = picked
+                    decided.append(picked)
+                    continue
+                if picked is not None:
+                    found = LookupResult(Answer.FOUND, picked, candidates=(picked,))
+            else:
+                found = await self._look_up(client, token, reference, self._customer_of.get(tid), known)
             if found.answer is Answer.UNDECIDED:
                 decided.append(self._held(tid, found.reason, final=False))
                 continue

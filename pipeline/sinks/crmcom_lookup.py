@@ -20,6 +20,12 @@ first found need not be the one to cancel.
 
 Whatever cannot be decided (the call failed, an unexpected answer, two matches) is *undecided*:
 the adapter holds the transaction in doubt for review instead of guessing.
+
+A cancel whose purchase has no recorded id names it by lookup: of the purchases carrying the
+sale's reference (``candidates``; another sale may reuse a receipt number, another system may
+have created the purchase twice), :func:`pick_purchase` takes the one matching the sale
+(:class:`SaleFacts`: total, day, and the customer and business unit when the answer shows them);
+none or several matching is :class:`Ambiguous`, and nothing is cancelled.
 """
 
 from __future__ import annotations
@@ -27,20 +33,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
 from pipeline.config import CrmcomTarget
-from pipeline.sinks.crmcom_purchases import CONTENT_TYPE, Envelope, dumps
+from pipeline.sinks.crmcom_purchases import CONTENT_TYPE, Envelope, SaleFacts, dumps
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
 __all__ = [
+    "Ambiguous",
     "Answer",
     "LookupResult",
+    "SaleFacts",
     "TokenRefused",
     "look_up",
     "lookup_method",
+    "pick_purchase",
     "read_list",
     "read_show",
 ]
@@ -62,6 +72,8 @@ class LookupResult:
     purchase: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
     transient: bool = False  # undecided for want of an answer: asking again may decide
+    # every purchase the answer shows carrying the reference (several make a list undecided)
+    candidates: tuple[Mapping[str, Any], ...] = ()
 
 
 class TokenRefused(Exception):
@@ -96,7 +108,7 @@ def read_show(
         return LookupResult(Answer.UNDECIDED, reason=f"show of purchase {purchase_id} answered another one")
     if not _matches(envelope.data, reference):
         return LookupResult(Answer.UNDECIDED, reason="show answered a purchase with another reference number")
-    return LookupResult(Answer.FOUND, envelope.data)
+    return LookupResult(Answer.FOUND, envelope.data, candidates=(envelope.data,))
 
 
 def _purchases_in(data: Any) -> Sequence[Mapping[str, Any]] | None:
@@ -119,14 +131,81 @@ def read_list(envelope: Envelope, reference: str, target: CrmcomTarget) -> Looku
         return LookupResult(Answer.UNDECIDED, reason=f"list answered {envelope.code or 'nothing usable'}")
     matches = [p for p in purchases if _matches(p, reference)]
     if len(matches) == 1:
-        return LookupResult(Answer.FOUND, matches[0])
+        return LookupResult(Answer.FOUND, matches[0], candidates=(matches[0],))
     if matches:
-        return LookupResult(Answer.UNDECIDED, reason=f"{len(matches)} purchases carry the reference number")
+        return LookupResult(Answer.UNDECIDED, reason=f"{len(matches)} purchases carry the reference number",
+                            candidates=tuple(matches))
     if len(purchases) >= target.list_page_size:
         return LookupResult(
             Answer.UNDECIDED, reason="a full page of purchases without it (no paging documented)"
         )
     return LookupResult(Answer.NOT_FOUND)
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    """No purchase, or more than one, carrying the reference matches the sale."""
+
+    purchase_ids: tuple[str, ...]
+    reason: str
+
+
+def _day(value: Any) -> str:
+    """The day of a ``performed_on`` (an epoch stays as it is)."""
+    text = str(value)
+    return text[:10] if len(text) >= 10 and text[4:5] == "-" else text
+
+
+def _shown_identifier(purchase: Mapping[str, Any], name: str) -> list[str]:
+    shown = purchase.get(name)
+    if isinstance(shown, Mapping):
+        return [str(v) for v in shown.values() if v is not None]
+    return [str(shown)] if shown is not None else []
+
+
+def differences(
+    purchase: Mapping[str, Any], sale: SaleFacts, *, customer_field: str = "", unit_field: str = ""
+) -> list[str]:
+    """How a purchase differs from the sale, in the fields both know (empty: it matches)."""
+    found: list[str] = []
+    if sale.total is not None:
+        try:
+            total = Decimal(str(purchase.get("total_amount")))
+        except (InvalidOperation, ValueError):
+            total = None
+        if total != sale.total:
+            found.append(f"total {purchase.get('total_amount')} (the sale's {sale.total})")
+    shown_on = purchase.get("performed_on")
+    if sale.performed_on is not None and shown_on is not None and _day(shown_on) != _day(sale.performed_on):
+        found.append(f"performed on {purchase['performed_on']} (the sale {sale.performed_on})")
+    for name, wanted, what in ((customer_field, sale.customer, "customer"),
+                               (unit_field, sale.business_unit, "business unit")):
+        shown = _shown_identifier(purchase, name) if name else []
+        if wanted is not None and shown and wanted not in shown:
+            found.append(f"{what} {'/'.join(shown)} (the sale's {wanted})")
+    return found
+
+
+def pick_purchase(
+    candidates: Sequence[Mapping[str, Any]], sale: SaleFacts, *, customer_field: str = "",
+    unit_field: str = "",
+) -> Mapping[str, Any] | Ambiguous:
+    """The one purchase of ``candidates`` matching ``sale``, or why none or several do."""
+    ids = tuple(str(p.get("id") or "?") for p in candidates)
+    matching = []
+    mismatched = []
+    for purchase, pid in zip(candidates, ids, strict=True):
+        off = differences(purchase, sale, customer_field=customer_field, unit_field=unit_field)
+        if off:
+            mismatched.append(f"{pid}: {', '.join(off)}")
+        else:
+            matching.append(purchase)
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        named = ", ".join(str(p.get("id") or "?") for p in matching)
+        return Ambiguous(ids, f"{len(matching)} purchases match the sale ({named})")
+    return Ambiguous(ids, "no purchase matches the sale (" + "; ".join(mismatched) + ")")
 
 
 async def look_up(
@@ -139,11 +218,12 @@ async def look_up(
     url_of: Callable[[str], str],
     now: Callable[[], datetime],
     purchase_id: str | None = None,
+    method: str | None = None,
 ) -> LookupResult:
     """Ask CRM.COM for the purchase with ``reference``, or for the purchase ``purchase_id`` (by
-    ``show``, whatever ``target.lookup``; its reference must be ``reference``). Raises
-    :class:`TokenRefused`."""
-    method = "show" if purchase_id is not None else lookup_method(target)
+    ``show``, whatever ``target.lookup``; its reference must be ``reference``); ``method`` overrides
+    ``target.lookup``. Raises :class:`TokenRefused`."""
+    method = "show" if purchase_id is not None else (method or lookup_method(target))
     try:
         if method == "show":
             key = (f"id={purchase_id}" if purchase_id is not None

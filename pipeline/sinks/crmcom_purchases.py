@@ -53,6 +53,7 @@ __all__ = [
     "PlannedCancel",
     "PlannedCreate",
     "Planner",
+    "SaleFacts",
     "ad_hoc_return_body",
     "ad_hoc_returns_enabled",
     "business_unit_field",
@@ -67,6 +68,7 @@ __all__ = [
     "purchase_body",
     "result_of",
     "results_of_bulk",
+    "sale_facts",
     "spend_amount",
     "spend_field",
     "spend_in_create",
@@ -92,6 +94,9 @@ class CrmcomRejectCode(StrEnum):
     # the platform answered that the purchase was cancelled already: nothing changed there, so the
     # return is not counted as sent money (for review: who cancelled it?)
     ALREADY_CANCELLED = "already_cancelled"
+    # failed for good, nothing cancelled: the purchase to cancel has no recorded id and of those
+    # carrying the sale's reference none, or more than one, matches the sale (ids in the message)
+    AMBIGUOUS_PURCHASE = "ambiguous_purchase"
     # retryable, held for review: a request may have landed and no lookup could tell
     IN_DOUBT = "crmcom_in_doubt"
 
@@ -127,6 +132,35 @@ OriginalLookup = Callable[[str], OriginalPurchase | None]
 
 
 @dataclass(frozen=True)
+class SaleFacts:
+    """What the purchase of a sale must show, as posfeed would have sent it (None: not known)."""
+
+    total: Decimal | None = None
+    performed_on: str | int | None = None
+    customer: str | None = None
+    business_unit: str | None = None
+
+
+def sale_facts(sale: Mapping[str, Any], target: CrmcomTarget) -> SaleFacts:
+    """What the purchase of ``sale`` (a checkout, or the ``original`` a return carries) shows:
+    its total as sent, its ``performed_on``, customer and business unit (each when known)."""
+    total = sum((line["total_amount"] for line in product_lines(sale.get("items") or (), target)),
+                Decimal(0))
+    stamp = sale.get("timestamp_utc")
+    if isinstance(stamp, str) and stamp:
+        stamp = datetime.fromisoformat(stamp)
+    customer = sale.get("customer_id")
+    store = sale.get("store_id")
+    return SaleFacts(
+        total=total,
+        performed_on=format_performed_on(stamp, target.performed_on_format)
+        if isinstance(stamp, datetime) else None,
+        customer=str(customer) if customer else None,
+        business_unit=_business_unit(str(store), target) if store else None,
+    )
+
+
+@dataclass(frozen=True)
 class PlannedCreate:
     """A purchase to create; ``body`` lacks only the token. ``spend`` (points burned at the till
     as a spend amount) goes through ``create_spend`` when the release has no spend field."""
@@ -151,7 +185,8 @@ class PlannedCancel:
 
     ``event_id`` is None when the original is created in the same submission: it is known only
     once that purchase is accepted. ``look_up``: the original was accepted but CRM.COM's answer
-    named no purchase id, so the purchase is looked up by its reference before it is cancelled.
+    named no purchase id, so the purchase is looked up by its reference before it is cancelled,
+    and the one matching ``sale`` (what the sale's purchase shows) is taken.
     """
 
     transaction_id: str
@@ -159,6 +194,7 @@ class PlannedCancel:
     event_id: str | None
     customer_id: str | None = None
     look_up: bool = False
+    sale: SaleFacts | None = None
 
 
 Plan = PlannedCreate | PlannedCancel | PlannedAdHocReturn | EventResult
@@ -440,7 +476,11 @@ class Planner:
         if in_submission is None and event_id is None and not look_up:
             return original_not_delivered(transaction_id, original_id)
         self.planned_returns.setdefault(original_id, []).append(EarlierReturn(transaction_id, lines, True))
-        return PlannedCancel(transaction_id, original_id, event_id, str(row.get("customer_id")), look_up)
+        # with no id to cancel by, the purchase is named by lookup: what it must show
+        source = in_submission if in_submission is not None else row.get("original")
+        facts = sale_facts(source, target) if event_id is None and isinstance(source, Mapping) else None
+        return PlannedCancel(transaction_id, original_id, event_id, str(row.get("customer_id")), look_up,
+                             facts)
 
 
 def plan_checkout(

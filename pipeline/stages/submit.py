@@ -227,7 +227,8 @@ def with_originals(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) 
 
 def _recorded(record: TxnRecord) -> dict[str, Any]:
     """What a target checking a return needs of a recorded sale or return: its state, outcome code,
-    platform event ids and the checkout's customer and lines (customer ids may be masked)."""
+    platform event ids and the checkout's customer, store, time and lines (customer ids may be
+    masked)."""
     stored = json.loads(record.checkout) if record.checkout else {}
     return {
         "transaction_id": record.transaction_id,
@@ -237,6 +238,8 @@ def _recorded(record: TxnRecord) -> dict[str, Any]:
         "customer_id": stored.get("customer_id"),
         "is_guest": bool(stored.get("is_guest")) or not stored.get("customer_id"),
         "currency": stored.get("currency") or record.currency,
+        "store_id": stored.get("store_id"),
+        "timestamp_utc": stored.get("timestamp_utc"),
         "items": [
             {k: item.get(k) for k in ("product_id", "quantity", "line_total")}
             for item in stored.get("items") or ()

@@ -14,7 +14,7 @@ from pipeline.sandbox.state import Fault
 from pipeline.sinks.base import Outcome
 from pipeline.sinks.crmcom_purchases import CrmcomRejectCode
 from pipeline.sinks.crmcom_returns import ReturnCode
-from tests.sinks.test_crmcom_mapping import checkout
+from tests.sinks.test_crmcom_mapping import MOMENT, checkout
 from tests.sinks.test_crmcom_sink import adapter_of, platform_of, sink_of, submit
 
 
@@ -34,7 +34,8 @@ class Cancels:
 def original(event_ids: list[str], state: str = "accepted", customer: str = "C1") -> dict[str, Any]:
     """The sale T1 as the ledger records it (what the submit stage attaches to its return)."""
     return {"transaction_id": "T1", "state": state, "event_ids": event_ids, "customer_id": customer,
-            "currency": "EUR", "items": [{"product_id": "P1", "quantity": "1", "line_total": "12.50"}]}
+            "currency": "EUR", "items": [{"product_id": "P1", "quantity": "1", "line_total": "12.50"}],
+            "store_id": "S1", "timestamp_utc": MOMENT.isoformat()}
 
 
 def whole_return(recorded: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -80,18 +81,17 @@ def test_a_cancel_in_doubt_asks_about_its_recorded_purchase_not_the_first_with_i
 def test_with_list_lookups_two_purchases_of_a_reference_hold_only_an_unnamed_cancel(
     crm: SandboxServer,
 ) -> None:
-    """`list` sees both purchases carrying the reference: a sale recorded without an id cannot be
-    named, so its return is held and nothing is cancelled; a cancel in doubt whose purchase is
-    recorded asks about that purchase by id (`show` by id is documented from R5) and cancels it,
-    once, leaving the other."""
+    """`list` sees both purchases carrying the reference, alike: a sale recorded without an id
+    cannot be named, so its return fails for good (`ambiguous_purchase`) and nothing is cancelled;
+    a cancel in doubt whose purchase is recorded asks about that purchase by id (`show` by id is
+    documented from R5) and cancels it, once, leaving the other."""
     platform_of(crm).config.unique_reference_numbers = False
     first = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
     second = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
     cancels = Cancels(platform_of(crm))
     unnamed = submit(sink_of(crm, lookup="list"), [whole_return(original([]))])["R1"]
-    assert (unnamed.outcome, unnamed.error_code) == (
-        Outcome.RETRYABLE, CrmcomRejectCode.ORIGINAL_NOT_DELIVERED)
-    assert "2 purchases carry the reference number" in str(unnamed.error_message)
+    assert (unnamed.outcome, unnamed.error_code) == (Outcome.REJECTED, CrmcomRejectCode.AMBIGUOUS_PURCHASE)
+    assert "2 purchases match the sale" in str(unnamed.error_message)
     assert cancels.named == []
     named = submit(sink_of(crm, lookup="list"), [whole_return(original([second]), may_have_landed=True)])
     assert named["R1"].outcome is Outcome.ACCEPTED and cancels.named == [{"id": second}]
@@ -221,3 +221,62 @@ def test_a_cancel_answered_ok_for_another_purchase_proves_nothing(crm: SandboxSe
     assert asked == [{"id": sale}, {"id": sale}]
     assert purchases(crm)[sale]["life_cycle_state"] == "CANCELLED"
     assert adapter_of(sink).lookups == 1
+
+
+def other_systems_purchase() -> dict[str, Any]:
+    """Another sale carrying T1's receipt number (a till reusing it): another amount and day."""
+    from datetime import UTC, datetime
+
+    return checkout("T1", totals=("99.00",), timestamp_utc=datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("lookup", ["show", "list"])
+def test_an_unnamed_cancel_picks_the_purchase_that_matches_its_sale(
+    crm: SandboxServer, lookup: str
+) -> None:
+    """Two purchases carry T1's reference: first another sale's (another amount and day), then the
+    ledger's T1, recorded without a purchase id. The return cancels the purchase matching the sale
+    (amount, day), never the first found; `show` sees only the other one, so the purchases of the
+    customer are listed to find it."""
+    platform_of(crm).config.unique_reference_numbers = False
+    other = submit(sink_of(crm), [other_systems_purchase()])["T1"].event_ids[0]
+    ours = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    sink = sink_of(crm, lookup=lookup)
+    result = submit(sink, [whole_return(original([]))])["R1"]
+    assert result.outcome is Outcome.ACCEPTED and result.event_ids == (ours,)
+    assert cancels.named == [{"id": ours}]
+    assert adapter_of(sink).learned_event_ids() == {"T1": (ours,)}
+    assert {pid: p["life_cycle_state"] for pid, p in purchases(crm).items()} == {
+        other: "POSTED", ours: "CANCELLED"}
+
+
+@pytest.mark.parametrize("in_doubt", [False, True])
+def test_two_purchases_matching_the_sale_cancel_nothing_and_fail_naming_both(
+    crm: SandboxServer, in_doubt: bool
+) -> None:
+    """T1 was created twice by another system (same reference, customer, amount, day), the ledger
+    holds it without a purchase id: no purchase can be told to be the sale's, so nothing is
+    cancelled and the return fails for good (`ambiguous_purchase`) naming both purchases (also
+    when its earlier cancel may have landed); a purchase matching nothing is refused the same way."""
+    platform_of(crm).config.unique_reference_numbers = False
+    first = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    second = submit(sink_of(crm), [checkout("T1")])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    result = submit(sink_of(crm, lookup="list"),
+                    [whole_return(original([]), may_have_landed=in_doubt)])["R1"]
+    assert (result.outcome, result.error_code) == (Outcome.REJECTED, CrmcomRejectCode.AMBIGUOUS_PURCHASE)
+    assert first in str(result.error_message) and second in str(result.error_message)
+    assert cancels.named == []
+    assert {p["life_cycle_state"] for p in purchases(crm).values()} == {"POSTED"}
+
+
+def test_a_lone_purchase_of_another_sale_is_not_cancelled(crm: SandboxServer) -> None:
+    """The only purchase carrying T1's reference is another sale's (another amount and day): it is
+    not the sale's, so nothing is cancelled and the return fails for good naming it."""
+    other = submit(sink_of(crm), [other_systems_purchase()])["T1"].event_ids[0]
+    cancels = Cancels(platform_of(crm))
+    result = submit(sink_of(crm), [whole_return(original([]))])["R1"]
+    assert (result.outcome, result.error_code) == (Outcome.REJECTED, CrmcomRejectCode.AMBIGUOUS_PURCHASE)
+    assert other in str(result.error_message) and "total" in str(result.error_message)
+    assert cancels.named == []

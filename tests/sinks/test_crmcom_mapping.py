@@ -20,6 +20,7 @@ from pipeline.sinks.crmcom_purchases import (
     OriginalPurchase,
     PlannedCancel,
     PlannedCreate,
+    SaleFacts,
     business_unit_field,
     classify_status,
     dumps,
@@ -234,9 +235,11 @@ def test_a_whole_return_cancels_the_original_purchase() -> None:
     carried = {**checkout("R3", kind="return", original="T9"), "original": recorded}
     assert plan_checkout(carried, target) == PlannedCancel("R3", "T9", "EV-9", "C1")
     # the original is created in the same submission: its id is known only after it is accepted
+    # (should CRM.COM name none, the purchase showing the sale's total, day, customer, unit is cancelled)
     sale = checkout("T5")
     assert plan_checkout(checkout("R5", kind="return", original="T5"), target, None, {"T5": sale}) == (
-        PlannedCancel("R5", "T5", None, "C1")
+        PlannedCancel("R5", "T5", None, "C1",
+                      sale=SaleFacts(Decimal("12.50"), "2026-11-20T09:30:15Z", "C1", "S1"))
     )
 
 
