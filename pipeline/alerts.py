@@ -213,6 +213,9 @@ def deliver_pending(
 
     Each alert gets up to ``alerts.delivery_attempts`` attempts with backoff, all within
     ``alerts.delivery_budget_seconds``; when the webhook stays down the rest wait for a later run.
+    Each is claimed in the ledger just before it is posted (:meth:`Ledger.claim_alert`): only
+    while the scope's lock is held, and for the rest of the budget, so a run that lost its lock
+    posts no more, and the run that holds it now does not post the one being posted again.
     """
     try:
         return _deliver(ledger, feed, transport=transport, sleep=sleep, clock=clock)
@@ -238,6 +241,14 @@ def _deliver(ledger: Ledger, feed: Feed, *, transport: httpx.BaseTransport | Non
     delivered = 0
     for item in due:
         payload, error, ok = item["payload"], None, False
+        # claimed for as long as this run may still post it: no other run posts it meanwhile
+        lease = datetime.now(UTC) + timedelta(seconds=max(0.0, deadline - clock()) + config.timeout_seconds)
+        until = lease.isoformat(timespec="microseconds")
+        if not ledger.claim_alert(item["id"], item["next_attempt_at"], until):
+            log_event(logger, "alert", f"alerts: feed {feed.name}: the scope's lock is lost or another run "
+                      "posts its alerts; the rest are left to the run that holds it", level=logging.WARNING,
+                      feed=feed.name, problem_id=payload.get("problem_id"), alert_event=payload.get("event"))
+            break
         for attempt in range(config.delivery_attempts):
             remaining = deadline - clock()
             if remaining <= 0:

@@ -194,15 +194,18 @@ class LockHeldError(TransientError):
 
 
 class LockLostError(TransientError):
-    """The run lock of the scope was lost while the run held it (its PostgreSQL session ended)."""
+    """The run lock of the scope was lost while the run held it (its PostgreSQL session ended, or
+    its lock file was removed or replaced: ``how`` says which)."""
 
-    def __init__(self, scope: str):
+    PG_SESSION = ("its PostgreSQL session ended: the server restarted or the connection was cut), so "
+                  "another host may run the scope now")
+    LOCK_FILE = ("its lock file was removed or replaced), so another run may hold the scope now")
+
+    def __init__(self, scope: str, how: str = PG_SESSION):
         self.scope = scope
         super().__init__(
-            f"the run lock of scope {scope!r} was lost while the run held it (its PostgreSQL session "
-            "ended: the server restarted or the connection was cut), so another host may run the scope "
-            "now; this run stopped sending, and what it left queued or in doubt is settled by the next "
-            "run that holds the lock")
+            f"the run lock of scope {scope!r} was lost while the run held it ({how}; this run stopped "
+            "sending, and what it left queued or in doubt is settled by the next run that holds the lock")
 
 
 class SourceUnavailableError(TransientError):

@@ -6,6 +6,13 @@ lock left by a crashed (even SIGKILLed) process is free again: the next run sees
 logs that it takes the lock over, and writes its own. A live holder makes :func:`acquire` raise
 :class:`~pipeline.errors.LockHeldError` (exit 75).
 
+The lock is the file the path names: a file removed (an operator cleaning ``locks/``) or replaced
+while locked leaves its holder locking a file no run will open again, and lets the next run lock a
+new one. So :meth:`RunLock.acquire` keeps a lock only when the path still names the file it
+locked (else it tries again), and :meth:`RunLock.still_held` tells the holder when it no longer
+does: its lock watch, and the in-doubt mark before every request, stop the run (exit 75) as a
+lost PostgreSQL lock does.
+
 Whether a run still holds its lock is told without taking it (:func:`run_holds_lock`, for
 ``posfeed runs``): an ``flock`` has no test that leaves it alone, so the kernel's lock table
 (``/proc/locks``) is read; where there is none, the holder record must name the run and its process
@@ -73,6 +80,12 @@ class RunLock:
         self.info = info
         self.taken_over = taken_over  # the stale holder whose lock was taken over, if any
 
+    def still_held(self) -> bool:
+        """Whether the lock file is still the one this lock holds (not removed nor replaced)."""
+        if self._fd is None:
+            return False
+        return _same_file(self._fd, self.path)
+
     def release(self) -> None:
         """Clear the holder record and drop the lock."""
         if self._fd is None:
@@ -88,14 +101,7 @@ class RunLock:
     def acquire(cls, state_dir: Path, scope: str, *, feed: str) -> RunLock:
         """Take the scope's lock without waiting; raise LockHeldError when a live run holds it."""
         path = lock_path(state_dir, scope)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_info(path.read_text(encoding="utf-8", errors="replace"))
-            os.close(fd)
-            raise LockHeldError(scope, holder.describe() if holder else "another process") from None
+        fd = _lock_file(path, scope)
         try:
             previous = _read_info(os.pread(fd, 65536, 0).decode("utf-8", errors="replace"))
             info = LockInfo(os.getpid(), socket.gethostname(), datetime.now(UTC).isoformat(), feed)
@@ -115,6 +121,38 @@ class RunLock:
                 previous.describe(),
             )
         return cls(path, fd, info, previous)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _lock_file(path: Path, scope: str) -> int:
+    """Open ``path`` and ``flock`` it without waiting; the open file once the path still names it
+    (a file removed or replaced between the open and the lock is let go, and the path tried again).
+    Raises LockHeldError when a live run holds it."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                holder = _read_info(path.read_text(encoding="utf-8", errors="replace"))
+            except FileNotFoundError:  # removed since: try again
+                continue
+            raise LockHeldError(scope, holder.describe() if holder else "another process") from None
+        if _same_file(fd, path):
+            return fd
+        log.info("lock file %s was removed or replaced while it was being taken; taking it again", path)
+        os.close(fd)
 
 
 @contextmanager

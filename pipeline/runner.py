@@ -63,6 +63,7 @@ from pipeline.expected import SeenFile, note_other_feeds, report_missing
 from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import FileRecord, Ledger, new_run_id
 from pipeline.ledger.records import timestamp
+from pipeline.locks import RunLock
 from pipeline.logs import keep_shown, log_event, mask_customer_id, mask_quoted_customers, shown
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
@@ -396,6 +397,8 @@ def _execute(
             holder, key = getattr(lock, "backend_pid", None), getattr(lock, "key", None)
             if holder is not None and key is not None:  # a lock that can be lost: checked before each request
                 ledger.guard_scope(feed.scope, holder, key)
+            elif isinstance(lock, RunLock):  # its file removed or replaced: lost as well
+                ledger.guard_lock_file(feed.scope, lock.still_held)
             abandoned = ledger.close_abandoned_runs(feed.scope)
             if abandoned:
                 log.warning("runs %s of scope %r ended without finishing (process killed?); "
@@ -435,7 +438,8 @@ def _execute(
                 else:
                     _run_body(ctx, business_dates or business_dates_for(feed, now=now), now)
                 if watch.lost.is_set():
-                    raise LockLostError(feed.scope)
+                    raise LockLostError(feed.scope, LockLostError.LOCK_FILE if isinstance(lock, RunLock)
+                                        else LockLostError.PG_SESSION)
                 with ctx.stage("report"):
                     reporting = True
                     stopped = ctx.notes.get("stopped") or ctx.refused()
@@ -478,7 +482,8 @@ def _execute(
 
 
 def _still_held(lock: object) -> bool:
-    """Whether a lock that can be lost (a PostgreSQL one) is still held; a file lock always is."""
+    """Whether a lock that can be lost is still held (a PostgreSQL session's, or a file lock whose
+    file was not removed nor replaced)."""
     still_held: Callable[[], bool] | None = getattr(lock, "still_held", None)
     return still_held is None or still_held()
 

@@ -14,9 +14,11 @@ Runs never overlap:
 
 A stop request (SIGTERM/SIGINT in `posfeed schedule`) sets the stop event every run receives: the
 current batch finishes, the ledger stays consistent, and the daemon exits once runs have returned.
-The signal handler only records the signal (it may interrupt the main thread while that holds the
-very locks acting on it would take); the daemon's own loop acts on it within
-``SIGNAL_POLL_SECONDS``.
+SIGHUP reloads the feeds folder (:meth:`FeedScheduler.reload`): added, removed and changed feeds
+and schedules take effect without a restart, runs in progress go on untouched, and a folder that
+no longer loads is refused as a whole (the old schedules stay). The signal handler only records
+the signal (it may interrupt the main thread while that holds the very locks acting on it would
+take); the daemon's own loop acts on it within ``SIGNAL_POLL_SECONDS``.
 
 Daylight saving: times that do not exist on the spring-forward day fire once, an hour later (the
 wall clock has jumped past them); jobs at a fixed hour fire once on the fall-back day, at the first
@@ -360,14 +362,12 @@ class FeedScheduler:
         jobstore: BaseJobStore | None = None,
         max_workers: int | None = None,
         only_selected: bool = False,
+        loader: Callable[[], Sequence[ScheduledFeed]] | None = None,
     ) -> None:
         self.settings = settings
-        self.feeds: dict[str, ScheduledFeed] = {}
-        for item in feeds:
-            entry = item if isinstance(item, ScheduledFeed) else ScheduledFeed(item)
-            if entry.feed.enabled and entry.feed.schedule:
-                trigger_for(entry.feed)  # a bad expression fails here, before anything starts
-                self.feeds[entry.feed.name] = entry
+        self.feeds = _scheduled(feeds)
+        self.loader = loader  # what SIGHUP reloads (None: nothing to reload)
+        self.reload_requested = False  # set by the SIGHUP handler, acted on by the daemon's loop
         self.job: JobFunction = job or run_feed_job
         self.misfire_grace_seconds = misfire_grace_seconds
         self.stop = threading.Event()
@@ -384,7 +384,9 @@ class FeedScheduler:
                 jobstore = SelectedJobStore([job_id_for(name) for name in self.feeds], url=url)
             else:
                 jobstore = SQLAlchemyJobStore(url=url)
-        workers = max_workers or max(1, min(8, len(self.feeds)))
+        self._selected = jobstore if isinstance(jobstore, SelectedJobStore) else None
+        # threads are started as runs need them; a reload may add feeds, so the cap is not their count
+        workers = max_workers or 8
         self.scheduler = _BackgroundScheduler(
             jobstores={"default": jobstore},
             executors={"default": _SlotExecutor(max_workers=workers)},
@@ -417,6 +419,13 @@ class FeedScheduler:
                 raise RuntimeError("another FeedScheduler is active in this process")
             _active = self
         self.scheduler.start(paused=True)
+        due = self._reconcile()
+        if not paused:
+            self.scheduler.resume()
+        return due
+
+    def _reconcile(self, *, starting: bool = True) -> list[str]:
+        """Make the stored jobs those of ``self.feeds``; return the ids of the jobs now due."""
         wanted = {job_id_for(name): entry for name, entry in self.feeds.items()}
         for job in self.scheduler.get_jobs():
             if job.id not in wanted:
@@ -432,7 +441,7 @@ class FeedScheduler:
                 self.scheduler.modify_job(job_id, misfire_grace_time=self.misfire_grace_seconds,
                                           max_instances=1, coalesce=True)
                 next_time = stored.next_run_time
-                if next_time is not None and next_time <= now:
+                if starting and next_time is not None and next_time <= now:
                     late = now - next_time
                     logger.info("feed %s: run scheduled at %s was missed while stopped (%s ago)",
                                 entry.feed.name, next_time.isoformat(), _short(late))
@@ -449,9 +458,40 @@ class FeedScheduler:
         for job in self.scheduler.get_jobs():
             log_event(logger, "schedule", f"feed {job.name}: next run {_iso(job.next_run_time)}",
                       feed=job.name, next_run=_iso(job.next_run_time))
-        if not paused:
-            self.scheduler.resume()
         return due
+
+    def reload(self) -> bool:
+        """Read the feeds again (SIGHUP) and schedule what they say now; runs in progress go on.
+
+        Added feeds are scheduled, removed or disabled ones unscheduled, changed schedules follow
+        the files. When the feeds no longer load (a file invalid, the folder gone, no feed with a
+        schedule left) nothing changes: the error is logged, the old schedules stay. Returns
+        whether the reload was taken.
+        """
+        if self.loader is None:
+            logger.warning("scheduler: SIGHUP received; nothing to reload")
+            return False
+        try:
+            entries = _scheduled(self.loader())
+            if not entries:
+                raise ConfigError("no enabled feed with a schedule", source=self.settings.feeds_dir)
+        except ConfigError as exc:
+            log_event(logger, "schedule", f"scheduler: reload refused, the old schedules stay: {shown(exc)}",
+                      level=logging.ERROR, status="reload_refused", exit_code=exc.exit_code)
+            return False
+        register_feed_secrets([entry.feed for entry in entries.values()])
+        before = set(self.feeds)
+        self.feeds = entries
+        if self._selected is not None:
+            self._selected.job_ids = frozenset(map(job_id_for, entries))
+        self._reconcile(starting=False)
+        added, removed = sorted(set(entries) - before), sorted(before - set(entries))
+        log_event(logger, "schedule",
+                  f"scheduler: feeds reloaded: {len(entries)} scheduled"
+                  + (f", added {', '.join(added)}" if added else "")
+                  + (f", removed {', '.join(removed)}" if removed else ""),
+                  status="reloaded", feeds=len(entries))
+        return True
 
     def request_stop(self) -> None:
         """Ask running jobs to finish their current batch and stop; no new run starts."""
@@ -478,11 +518,19 @@ class FeedScheduler:
                 _active = None
         logger.info("scheduler: stopped")
 
-    def act_on_signal(self) -> None:
-        """A stop signal the handler recorded becomes a stop request (outside the handler)."""
+    def act_on_signal(self, *, reload: bool = True) -> None:
+        """A signal the handler recorded is acted on (outside the handler): a stop signal becomes
+        a stop request, SIGHUP a :meth:`reload` (with ``reload``; else it is ignored)."""
         if self.signalled is not None and not self.stop.is_set():
             logger.warning("scheduler: %s received", signal.Signals(self.signalled).name)
             self.request_stop()
+        if self.reload_requested and not self.stop.is_set():
+            self.reload_requested = False
+            if reload:
+                logger.info("scheduler: SIGHUP received; reloading the feeds")
+                self.reload()
+            else:
+                logger.info("scheduler: SIGHUP ignored: --once-catchup runs the feeds it started with")
 
     def serve(self) -> None:
         """Block until :meth:`request_stop` (or a recorded stop signal), then shut down."""
@@ -502,7 +550,7 @@ class FeedScheduler:
         try:
             with self._settled_cond:
                 while not (self.stop.is_set() or set(due) <= self._settled):
-                    self.act_on_signal()
+                    self.act_on_signal(reload=False)
                     left = SIGNAL_POLL_SECONDS if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -605,6 +653,18 @@ class FeedScheduler:
         return {job.name: job.next_run_time for job in self.scheduler.get_jobs()}
 
 
+def _scheduled(feeds: Iterable[ScheduledFeed | Feed]) -> dict[str, ScheduledFeed]:
+    """Feed name -> entry, for the enabled feeds with a schedule. Raises ConfigError for a
+    schedule that is not a valid cron expression (before anything is scheduled)."""
+    out: dict[str, ScheduledFeed] = {}
+    for item in feeds:
+        entry = item if isinstance(item, ScheduledFeed) else ScheduledFeed(item)
+        if entry.feed.enabled and entry.feed.schedule:
+            trigger_for(entry.feed)
+            out[entry.feed.name] = entry
+    return out
+
+
 def _job_store_failure(path: Path, exc: Exception) -> Exception:
     """What stops the daemon when its loop fails: the job store file's problem (exit 74, with
     what to do), else the error itself (a bug, exit 70)."""
@@ -646,8 +706,9 @@ def select_feeds(
     return [ScheduledFeed(feed, path) for path, feed in chosen if feed.enabled and feed.schedule]
 
 
-def _load_selected(settings: Settings, names: Sequence[str]) -> list[ScheduledFeed]:
-    """The feeds of the feeds folder (and feed files given by path) to schedule."""
+def _load_selected(settings: Settings, names: Sequence[str], *, strict: bool = False) -> list[ScheduledFeed]:
+    """The feeds of the feeds folder (and feed files given by path) to schedule. An invalid file
+    of a feed not named is logged and left out, or with ``strict`` (a reload) raised."""
     paths = [n for n in names if n.endswith(".toml") and Path(n).exists()]
     loaded: list[tuple[Path, Feed]] = [(Path(p), load_feed(p)) for p in paths]
     if settings.feeds_dir.is_dir() or not paths:  # no folder and no feed file given: say so
@@ -656,7 +717,7 @@ def _load_selected(settings: Settings, names: Sequence[str]) -> list[ScheduledFe
                 loaded.append((result.path, result.feed))
             elif result.path.stem in names or not names:
                 assert result.error is not None
-                if result.path.stem in names:
+                if result.path.stem in names or strict:
                     raise result.error
                 logger.error("feed file %s is invalid and is not scheduled: %s", result.path, result.error)
     by_path = {path.resolve(): (path, feed) for path, feed in loaded}
@@ -665,7 +726,8 @@ def _load_selected(settings: Settings, names: Sequence[str]) -> list[ScheduledFe
 
 
 def _install_signal_handlers(scheduler: FeedScheduler) -> dict[int, Any]:
-    """SIGTERM/SIGINT: finish the current batch and stop; a second signal exits at once.
+    """SIGTERM/SIGINT: finish the current batch and stop; a second signal exits at once. SIGHUP:
+    reload the feeds (see :meth:`FeedScheduler.reload`).
 
     Returns the previous handlers (to restore). Only the main thread can install handlers.
     """
@@ -680,7 +742,12 @@ def _install_signal_handlers(scheduler: FeedScheduler) -> dict[int, Any]:
             os._exit(130)
         scheduler.signalled = signum
 
-    return {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def handle_hup(signum: int, frame: object) -> None:
+        scheduler.reload_requested = True  # only record, as above
+
+    previous: dict[int, Any] = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, handle_hup)
+    return previous
 
 
 def schedule_command(
@@ -690,8 +757,9 @@ def schedule_command(
     once_catchup: bool = False,
     misfire_grace_seconds: int = DEFAULT_MISFIRE_GRACE_SECONDS,
 ) -> int:
-    """`posfeed schedule`: run the daemon until SIGTERM/SIGINT (exit 0), or with ``once_catchup``
-    run the missed runs within the grace time and exit with the worst of their exit codes.
+    """`posfeed schedule`: run the daemon until SIGTERM/SIGINT (exit 0; SIGHUP reloads the feeds),
+    or with ``once_catchup`` run the missed runs within the grace time and exit with the worst of
+    their exit codes.
 
     Raises ConfigError when no enabled feed has a schedule.
     """
@@ -706,7 +774,8 @@ def schedule_command(
     previous_handlers: dict[int, Any] = {}
     try:
         scheduler = FeedScheduler(selected, settings, misfire_grace_seconds=misfire_grace_seconds,
-                                  only_selected=bool(feed_names))
+                                  only_selected=bool(feed_names),
+                                  loader=lambda: _load_selected(settings, feed_names, strict=True))
         previous_handlers = _install_signal_handlers(scheduler)
         if once_catchup:
             due = scheduler.catch_up()

@@ -5,14 +5,18 @@ there (:mod:`pipeline.locks`); a ledger on a PostgreSQL server (a ``postgresql:/
 shared by several hosts, so its scope locks live in that server (:mod:`pipeline.pg_locks`). Both
 give the same lock: ``info``, ``taken_over``, ``release()``, and ``LockHeldError`` when held.
 
-A file lock lasts as long as the process. An advisory lock lasts as long as its PostgreSQL
-session, which a restarted server or a cut connection ends while the run goes on; another host may
-then take the scope. The ledger checks such a lock before every request it marks in doubt
-(:meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), so a run that lost it sends nothing
-more, and in each write a run makes once it has sent (files finished, problems and their alerts,
-its end), so a loss after the last request writes nothing over the next holder either;
-:class:`LockWatch` also checks it on a thread of its own and :class:`RunStop` turns its loss
-into the run's stop. Either ends the run with :class:`~pipeline.errors.LockLostError` (exit 75).
+A file lock lasts as long as the process, unless its file is removed or replaced (the next run
+then locks a new file): :meth:`~pipeline.locks.RunLock.still_held` says so, checked by
+:class:`LockWatch` and before every in-doubt mark
+(:meth:`~pipeline.ledger.transitions.Transitions.guard_lock_file`). An advisory lock lasts as long
+as its PostgreSQL session, which a restarted server or a cut connection ends while the run goes
+on; another host may then take the scope. The ledger checks such a lock before every request it
+marks in doubt (:meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), so a run that lost
+it sends nothing more, and in each write a run makes once it has sent (files finished, problems
+and their alerts, its end), so a loss after the last request writes nothing over the next holder
+either; :class:`LockWatch` also checks it on a thread of its own and :class:`RunStop` turns its
+loss into the run's stop. Either ends the run with :class:`~pipeline.errors.LockLostError` (exit
+75).
 
 :func:`runs_alive` tells, for ``posfeed runs``, whether runs the ledger records as running still
 hold their scope's lock, without taking it (taking it even briefly could refuse a run starting then).

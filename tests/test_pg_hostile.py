@@ -9,7 +9,9 @@ before a run that lost its lock wrote only its own end, it opened the scope's pr
 `failed` over the `crashed` its next holder had recorded and settled its unsent checkouts `stopped`;
 before every write after sending checked the lock too, a run that lost it after its last request
 (between two looks of the lock watch) finished files, brought the scope's problems up to date,
-posted its alerts and wrote `finished` over its next holder's run.
+posted its alerts and wrote `finished` over its next holder's run; before each alert was claimed
+under the lock just before its post, a run that lost its lock while posting posted every alert it
+had listed, and the next holder posted each again.
 """
 
 from __future__ import annotations
@@ -830,3 +832,89 @@ def test_a_failing_run_that_loses_its_lock_as_it_ends_records_only_lock_lost(
             lock.release()
     assert (run.status, run.exit_code) == ("lock_lost", EXIT_INTERNAL)
     assert "boom" in str((run.counts or {}).get("error"))
+
+
+class _HoldingHook:
+    """A webhook receiver on 127.0.0.1 that keeps what it is sent and answers the first post only
+    once ``release`` is set (the run posting it waits in the middle of its alerts)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.received: list[dict[str, Any]] = []
+        self.arrived, self.release = threading.Event(), threading.Event()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                hook.received.append(json.loads(self.rfile.read(length)))
+                if not hook.arrived.is_set():
+                    hook.arrived.set()
+                    hook.release.wait(240)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/posfeed"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _HoldingHook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_alerts_a_run_listed_before_losing_its_lock_are_posted_once(postgres_db: str, tmp_path: Path) -> None:
+    """Two real `posfeed run` processes on two "hosts" (state folders) sharing the PostgreSQL ledger.
+    The first lists the scope's pending alerts and is posting the first when its lock session is
+    ended; the second takes the scope and posts the scope's alerts; then the first's post is
+    answered. Every alert reaches the webhook once: the one being posted is the first run's (it
+    claimed it before posting), the others the second's (the first, its lock gone, claims and
+    posts no more)."""
+    from pipeline.alerts import alert_for
+    from pipeline.problems import Observation, reconcile
+    from tests.runner_helpers import SAMPLE_ACME, feed_toml, sample_feed
+    from tests.sandbox_fixtures import TARGET_KITS
+
+    with SandboxServer() as sandbox, _HoldingHook() as hook:
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        feed = feed.model_copy(update={"alerts": feed.alerts.model_copy(update={
+            "webhook_url": hook.url, "timeout_seconds": 240, "delivery_budget_seconds": 600})})
+        feeds = tmp_path / "feeds"
+        feeds.mkdir()
+        (feeds / "acme_hourly.toml").write_text(feed_toml(feed), encoding="utf-8")
+        with Ledger(postgres_db) as ledger:  # alerts earlier runs of the feed left undelivered
+            observed = [Observation(kind=kind, key=f"{kind}|acme_hourly", feed="acme_hourly",
+                                    scope="acme", summary=kind, action="look")
+                        for kind in ("platform_unreachable", "backlog")]
+            ledger.apply_problems(reconcile(ledger.problems(), observed, lambda p: True), run_id="r0",
+                                  alert=alert_for(feed, "r0"))
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox), "POSFEED_LEDGER_URL": postgres_db,
+               "POSFEED_FEEDS_DIR": str(feeds), "POSFEED_REPORTS_DIR": str(tmp_path / "reports")}
+        run = ["run", "--feed", "acme_hourly", "--business-date", "2026-11-20"]
+        posfeed = [sys.executable, "-m", "pipeline", "--state-dir"]
+        first = subprocess.Popen([*posfeed, str(tmp_path / "a"), *run], env=env, cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert hook.arrived.wait(120), "the first run posted no alert"
+            _end_lock_session(postgres_db, "acme")  # another host may take the scope now
+            second = subprocess.run([*posfeed, str(tmp_path / "b"), *run], env=env, cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=240)
+            assert second.returncode in (0, 65), second.stderr[-3000:]
+        finally:
+            hook.release.set()
+            _, first_err = first.communicate(timeout=240)
+        with Ledger(postgres_db) as ledger:
+            left = ledger.pending_alerts("acme")
+    sent = [(a["problem_id"], a["event"]) for a in hook.received]
+    assert len(sent) >= 2 and len(sent) == len(set(sent)), (sent, first_err[-2000:])
+    assert left == []  # and none is lost: each was delivered by one of the two

@@ -636,3 +636,112 @@ def test_the_daemon_looks_at_the_clock_at_least_every_minute(settings: Settings,
     s.start()
     wait = s.scheduler._process_jobs()
     assert wait is not None and wait <= MAX_SLEEP_SECONDS
+
+
+class StderrLines:
+    """The JSON log lines of a process's stderr, read on a thread as they come."""
+
+    def __init__(self, process: Any) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: Any) -> None:
+        for line in process.stderr:
+            self.raw.append(line)
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    def runs(self, feed: str, since: int = 0) -> list[dict[str, Any]]:
+        """The `event=run` lines of ``feed`` from line ``since`` on."""
+        return [line for line in self.lines[since:]
+                if line.get("event") == "run" and line.get("feed") == feed]
+
+
+def _local_feed(feeds: Path, name: str, folder: Path, sandbox: Any) -> None:
+    folder.mkdir(exist_ok=True)
+    (feeds / f"{name}.toml").write_text(
+        'timezone = "Europe/London"\nschedule = "* * * * *"\n'
+        f'[source]\nkind = "local"\npath = "{folder}"\nreadiness = "none"\npattern = "pos_*.csv"\n'
+        f'[target]\nkind = "antavo"\nbase_url = "{sandbox.url}"\nregion = "{sandbox.config.region}"\n'
+        '[validation]\ncurrencies = ["GBP"]\n',
+        encoding="utf-8",
+    )
+
+
+@pytest.mark.slow
+def test_sighup_reloads_the_feeds_folder_without_stopping_the_run_in_progress(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    """A real `posfeed schedule` sent real SIGHUPs: the run going on finishes as if nothing happened,
+    a feed added to the folder is scheduled and runs, the feed already there keeps running; a
+    folder that no longer loads is refused as a whole (the error names the file and the key) and
+    the schedules from before stay."""
+    import signal
+    import subprocess
+
+    from pipeline.config import load_feed
+
+    feeds = slow_feed_dir(tmp_path, sandbox_env, schedule="* * * * *")
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=feeds, reports_dir=tmp_path / "reports")
+    # the run of a minute ago was missed: it starts at once, and is in progress when HUP comes
+    simulate_downtime(settings, load_feed(feeds / "trickle.toml"), datetime.now(UTC) - timedelta(minutes=1))
+    sandbox_env.config.latency_ms = 150
+    process = subprocess.Popen(posfeed(tmp_path, "schedule"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    err = StderrLines(process)
+    try:
+        assert eventually(lambda: sandbox_env.state.snapshot()["requests"] >= 2 or process.poll() is not None)
+        assert not err.runs("trickle"), "the run ended before the reload could come in the middle of it"
+        _local_feed(feeds, "added", tmp_path / "in_added", sandbox_env)
+        process.send_signal(signal.SIGHUP)
+
+        def ran_after_reload() -> bool:
+            return process.poll() is not None or (len(err.runs("trickle")) >= 2 and bool(err.runs("added")))
+
+        # the next minute: the added feed runs, and so does the one from before
+        deadline = threading.Event()
+        timer = threading.Timer(150, deadline.set)
+        timer.start()
+        try:
+            while not ran_after_reload() and not deadline.wait(0.2):
+                pass
+        finally:
+            timer.cancel()
+        assert process.poll() is None, "".join(err.raw)[-3000:]
+        first = err.runs("trickle")[0]
+        # the run in progress when HUP came was not stopped: it finished its files (65: the sample
+        # data has transactions the platform refuses)
+        assert first["status"] == "finished" and first["exit_code"] != 75, first
+        assert first["accepted"] > 0 and first["in_doubt"] == 0 and not first.get("queued")
+        assert err.runs("added"), "".join(err.raw)[-3000:]
+        assert any("reload" in line["msg"] for line in err.lines if line["logger"] == "pipeline.scheduling")
+
+        # a feeds folder that no longer loads: nothing of it is taken, the old schedules stay
+        seen = len(err.lines)
+        (feeds / "broken.toml").write_text('schedule = "* * * * *"\n[source]\nkind = "ftp"\n',
+                                           encoding="utf-8")
+        _local_feed(feeds, "refused", tmp_path / "in_refused", sandbox_env)
+        process.send_signal(signal.SIGHUP)
+        assert eventually(lambda: any(line["level"] == "error" and "broken.toml" in line["msg"]
+                                      for line in err.lines[seen:]))
+        refusal = next(line for line in err.lines[seen:] if "broken.toml" in line["msg"])
+        assert "source.kind" in refusal["msg"] and "old schedules" in refusal["msg"], refusal
+        deadline = threading.Event()
+        timer = threading.Timer(150, deadline.set)
+        timer.start()
+        try:
+            while not (err.runs("trickle", seen) or process.poll() is not None) and not deadline.wait(0.2):
+                pass
+        finally:
+            timer.cancel()
+        assert process.poll() is None, "".join(err.raw)[-3000:]
+        assert err.runs("trickle", seen), "".join(err.raw)[-3000:]
+        scheduled = {line.get("feed") for line in err.lines[seen:] if line.get("event") == "schedule"}
+        assert "refused" not in scheduled and not err.runs("refused", seen)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    assert process.returncode == 0, "".join(err.raw)[-3000:]

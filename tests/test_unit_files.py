@@ -85,3 +85,16 @@ def test_the_env_file_example_reads_the_same_from_cron_and_systemd(example: str,
         name: _systemd_value(raw) for name, raw in names.items()}
     if example == "cron/README.md":
         assert "&" in _systemd_value(names["ALERT_WEBHOOK_URL"])  # the example shows the case
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_the_daemon_unit_reloads_with_sighup_and_a_one_shot_run_unit_has_no_reload(unit: Path) -> None:
+    """`posfeed schedule` reads its feeds again on SIGHUP (systemctl reload); a `posfeed run` unit
+    has nothing to reload, and SIGHUP would stop its run, so it has no ExecReload."""
+    text = unit.read_text(encoding="utf-8")
+    (start,) = re.findall(r"^ExecStart=(.+)$", text, re.M)
+    reload = re.findall(r"^ExecReload=(.+)$", text, re.M)
+    if re.search(r"\sschedule(\s|$)", start) and "--once-catchup" not in start:
+        assert reload == ["/bin/kill -HUP $MAINPID"], unit
+    else:
+        assert reload == [], unit

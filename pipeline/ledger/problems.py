@@ -19,6 +19,7 @@ class Problems:
 
     _db: Db
     _scope_guard: ScopeGuard | None  # see Transitions.guard_scope
+    _file_guard: tuple[str, Callable[[], bool]] | None  # see Transitions.guard_lock_file
 
     def problems(self, *, feed: str | None = None, scope: str | None = None, open_only: bool = True,
                  problem_id: int | None = None) -> list[Problem]:
@@ -123,6 +124,23 @@ class Problems:
         return [{"id": r[0], "attempts": r[1], "payload": json.loads(r[2]), "last_error": r[3],
                  "next_attempt_at": r[4]}
                 for r in self._db.query(sql + " ORDER BY id", params)]
+
+    def claim_alert(self, alert_id: int, listed_due: str, until: str) -> bool:
+        """Take an alert to post now: its next attempt is moved to ``until``, so a run listing the
+        scope's due alerts meanwhile (another host's, once this run's lock is lost) leaves it to
+        this one. Only while it is undelivered and due as listed (``listed_due``: its
+        ``next_attempt_at`` when read; another run has not taken it since), and, for a run of a
+        guarded scope (see :meth:`~pipeline.ledger.transitions.Transitions.guard_scope`), while
+        its lock is held (in the same statement). False: not this run's to post."""
+        guard = self._file_guard
+        with self._db.transaction() as db:
+            held, lock = while_held(db, self._scope_guard)
+            if guard is not None and not guard[1]():
+                return False
+            taken = db.execute(
+                "UPDATE alert_outbox SET next_attempt_at = ? WHERE id = ? AND delivered_at IS NULL "
+                "AND next_attempt_at = ?" + held, (until, alert_id, listed_due, *lock))
+        return taken == 1
 
     def alert_delivered(self, alert_id: int) -> None:
         """An alert reached its webhook."""

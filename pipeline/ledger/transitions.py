@@ -4,7 +4,7 @@ one ledger transaction, and which run each transaction belongs to (``run_transac
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -193,6 +193,7 @@ class Transitions:
 
     _db: Db
     _scope_guard: ScopeGuard | None = None
+    _file_guard: tuple[str, Callable[[], bool]] | None = None  # see guard_lock_file
 
     def guard_scope(self, scope: str, backend_pid: int, key: int) -> None:
         """Mark nothing of ``scope`` in doubt (so send nothing) unless the PostgreSQL session
@@ -206,6 +207,13 @@ class Transitions:
         alerts to post and the files to finish are listed only while it is held."""
         unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
         self._scope_guard = (scope, (backend_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF))
+
+    def guard_lock_file(self, scope: str, still_held: Callable[[], bool]) -> None:
+        """Mark nothing of ``scope`` in doubt (so send nothing) unless ``still_held()``: a file
+        lock (:meth:`~pipeline.locks.RunLock.still_held`) whose file was removed or replaced may
+        be another run's now. Checked inside the in-doubt mark's write transaction, which the
+        next holder's writes wait for."""
+        self._file_guard = (scope, still_held)
 
     def _lock_check(self, scope: str) -> tuple[str, tuple[int, ...]]:
         """The in-doubt mark's extra condition and its parameters for ``scope`` (none unguarded)."""
@@ -232,6 +240,9 @@ class Transitions:
         unique = list(dict.fromkeys(transaction_ids))
         held, lock = self._lock_check(scope)
         with self._db.transaction() as db:
+            if self._file_guard is not None and self._file_guard[0] == scope and not self._file_guard[1]():
+                # nothing written: the answers stay in doubt too
+                raise LockLostError(scope, LockLostError.LOCK_FILE)
             if settled:
                 _settle(db, scope, settled, run_id, masks, lock)
             updated = 0
