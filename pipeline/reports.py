@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
+from pipeline.ledger.states import VOID_OF_SENT_SALE
 from pipeline.sinks.antavo import PARTLY_REFUNDED, refunded_in_part
 
 __all__ = [
@@ -78,6 +79,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     # of failed_permanent: returns the platform refunded in part, and the money it did refund
     "partly_refunded_count",
     "partly_refunded_amount",
+    # of void: voids naming a sale already on the platform (it stays there: to act on)
+    "void_of_sent_sale_count",
+    "void_of_sent_sale_amount",
     "points_awarded",
     "rows_accounted",
     "transactions_accounted",
@@ -168,6 +172,9 @@ class _Group:
     # failed_permanent returns some of whose refund lines landed, and the money that landed
     partly_refunded: int = 0
     refunded: Decimal = _ZERO
+    # voids naming a sale the platform holds, and their money
+    voids_of_sent: int = 0
+    voided_sent: Decimal = _ZERO
     rows: int = 0
     transactions: int = 0
     amount: Decimal = _ZERO
@@ -182,6 +189,9 @@ class _Group:
         if txn.state is TxnState.ACCEPTED and txn.points is not None:
             self.points += txn.points
             self.points_reported = True
+        if txn.state is TxnState.VOID and txn.last_error_code == VOID_OF_SENT_SALE:
+            self.voids_of_sent += 1
+            self.voided_sent += txn.amount
         if txn.state is TxnState.FAILED_PERMANENT and txn.last_error_code == PARTLY_REFUNDED:
             self.partly_refunded += 1
             landed = refunded_in_part(txn.last_error_code, txn.last_error_message)
@@ -200,6 +210,8 @@ class _Group:
         self.points_reported = self.points_reported or other.points_reported
         self.partly_refunded += other.partly_refunded
         self.refunded += other.refunded
+        self.voids_of_sent += other.voids_of_sent
+        self.voided_sent += other.voided_sent
         self.rows += other.rows
         self.transactions += other.transactions
         self.amount += other.amount
@@ -330,7 +342,8 @@ def build_report(
         summary_rows.append(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
              money_text(group.amount_in, currency), *state_cells, group.partly_refunded,
-             money_text(group.refunded, currency), group.points_awarded(), group.rows,
+             money_text(group.refunded, currency), group.voids_of_sent,
+             money_text(group.voided_sent, currency), group.points_awarded(), group.rows,
              group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
@@ -340,7 +353,7 @@ def build_report(
     known = [c for c in by_currency if c]
     feed_currency = known[0] if len(known) == 1 else ""
     zero = money_text(_ZERO, feed_currency)
-    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)] + [0, zero]
+    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)] + [0, zero, 0, zero]
     for name in sorted(set(files_without_rows)):
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
@@ -393,7 +406,9 @@ def build_report(
         "voids": total.counts["void"],
         "not_sent": total.counts["not_sent"],
         "partly_refunded": total.partly_refunded,
-        **single_currency_amounts(currencies, ("amount_accepted", "amount_partly_refunded")),
+        "voids_of_sent_sales": total.voids_of_sent,
+        **single_currency_amounts(currencies, ("amount_accepted", "amount_partly_refunded",
+                                               "amount_void_of_sent_sale")),
         "currencies": currencies,
         "points_awarded": total.points_awarded() or None,
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
@@ -412,6 +427,8 @@ def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:
         "amount_accepted": money_text(group.amounts.get("accepted", _ZERO), currency),
         # of the failed_permanent amount: what the platform refunded of returns it took in part
         "amount_partly_refunded": money_text(group.refunded, currency),
+        # of the void amount: voids naming a sale the platform holds (that sale stays there)
+        "amount_void_of_sent_sale": money_text(group.voided_sent, currency),
     }
 
 

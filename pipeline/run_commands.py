@@ -139,8 +139,10 @@ def format_summary(summary: RunSummary) -> str:
         *currency_lines(s),
         f"  accepted:  {s['accepted']} ({_points(s.get('points_awarded'))})",
         f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows)",
-        f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
-        f"{s.get('not_sent', 0)} not sendable",
+        f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids"
+        + (f" ({s['voids_of_sent_sales']} of a sale already on the platform: act on it, see "
+           "void_of_sent_sale in detail.csv)" if s.get("voids_of_sent_sales") else "")
+        + f", {s.get('not_sent', 0)} not sendable",
         f"  held:      {s['conflicts']} conflicts",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent"
         + (f" ({s['partly_refunded']} of them refunded in part on the platform: see "
@@ -355,7 +357,8 @@ def _check_selection(settings: Settings, feed: Feed, selection: RerunSelection) 
 
 
 _RUN_COLUMNS = ("run_id", "feed", "kind", "status", "exit", "rows_in", "accepted", "rejected", "duplicates",
-                "conflicts", "failed_retryable", "failed_permanent", "in_doubt", "balanced")
+                "conflicts", "failed_retryable", "failed_permanent", "in_doubt", "voids_of_sent_sales",
+                "balanced")
 
 
 # what a run the ledger records as running shows, by whether it still holds its scope's lock
@@ -384,6 +387,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
             "rejected": counts.get("transactions_rejected"), "duplicates": counts.get("duplicates"),
             "conflicts": counts.get("conflicts"), "failed_retryable": counts.get("failed_retryable"),
             "failed_permanent": counts.get("failed_permanent"), "in_doubt": counts.get("in_doubt"),
+            # voids naming a sale already on the platform (void_of_sent_sale): to act on
+            "voids_of_sent_sales": counts.get("voids_of_sent_sales"),
             "balanced": counts.get("balanced"), "selection": run.selection,
             "carried_over": counts.get("carried_over"), "waiting": counts.get("waiting"),
             "waiting_oldest_at": counts.get("waiting_oldest_at"), "needs_rerun": counts.get("needs_rerun"),

@@ -69,11 +69,14 @@ def test_every_total_is_per_currency() -> None:
     s = report.summary
     assert s["currencies"] == {
         "GBP": {"amount_in": "16.50", "amount_valid": "14.00", "amount_rejected": "2.50",
-                "amount_accepted": "10.00", "amount_partly_refunded": "0.00"},
+                "amount_accepted": "10.00", "amount_partly_refunded": "0.00",
+                "amount_void_of_sent_sale": "0.00"},
         "JPY": {"amount_in": "1500", "amount_valid": "1000", "amount_rejected": "500",
-                "amount_accepted": "1000", "amount_partly_refunded": "0"},
+                "amount_accepted": "1000", "amount_partly_refunded": "0",
+                "amount_void_of_sent_sale": "0"},
         "KWD": {"amount_in": "7.125", "amount_valid": "7.125", "amount_rejected": "0.000",
-                "amount_accepted": "0.000", "amount_partly_refunded": "0.000"},
+                "amount_accepted": "0.000", "amount_partly_refunded": "0.000",
+                "amount_void_of_sent_sale": "0.000"},
     }
     # a sum of three currencies means nothing: no top-level amounts
     assert [s[k] for k in ("amount_in", "amount_valid", "amount_rejected", "amount_accepted")] == [None] * 4

@@ -116,15 +116,15 @@ class Recording:
                 "transactions",
                 ("id", "scope", "feed", "transaction_id", "content_hash", "state", "primary_id", "file_id",
                  "source_file", "source_lines", "rows", "store_id", "business_date", "transaction_type",
-                 "currency", "amount", "reject_code", "checkout", "first_run_id", "last_run_id",
-                 "created_at", "updated_at"),
+                 "currency", "amount", "reject_code", "checkout", "last_error_code", "last_error_message",
+                 "first_run_id", "last_run_id", "created_at", "updated_at"),
                 [
                     (
                         row_id, file.scope, file.feed, txn.transaction_id, txn.content_hash, txn.state.value,
                         repeats.primary_of.get(row_id), file.id, file.name,
                         json.dumps(list(txn.source_lines)), txn.rows, txn.store_id, txn.business_date,
                         txn.transaction_type, txn.currency, str(txn.amount), txn.reject_code, txn.checkout,
-                        run_id, run_id, now, now,
+                        txn.error_code, txn.error_message, run_id, run_id, now, now,
                     )
                     for row_id, txn in zip(row_ids, transactions, strict=True)
                 ],

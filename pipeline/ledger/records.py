@@ -87,6 +87,9 @@ class NewTransaction:
     content_hash: str | None = None
     reject_code: str | None = None
     checkout: str | None = None  # JSON; only for rows that are (or may be) sent or reviewed
+    error_code: str | None = None  # recorded as the row's last error code (e.g. a void to act on)
+    error_message: str | None = None
+    names: str | None = None  # a void's original_transaction_id (not stored: the sale it names)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,11 @@ class TxnState(StrEnum):
     CONFLICT = "conflict"
 
 
+# the code of a void naming a sale the platform already holds (recorded with the void): a void is
+# never sent, so the sale stays on the platform with its points; to act on, not balanced away
+VOID_OF_SENT_SALE = "void_of_sent_sale"
+
+
 PRIMARY_STATES: frozenset[TxnState] = frozenset(
     {
         TxnState.QUEUED,

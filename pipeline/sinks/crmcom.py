@@ -10,7 +10,8 @@
   that does not fit, guests, unmatched returns and voids are reported as :attr:`Outcome.NOT_SENT`
   with a target-level code (:class:`CrmcomRejectCode`, ``ReturnCode``).
 * What may have landed (in doubt in the ledger, or sent without a definite answer) is looked up
-  before it is sent again (``target.in_doubt``), purchase by purchase even in bulk calls.
+  before it is sent again (``target.in_doubt``), purchase by purchase even in bulk calls; a sale
+  adopts only the purchase matching it (``pick_purchase``, as a cancel picks its purchase).
 * Every call carries a token from ``authentication/token`` (username, password, organisation) or
   ``authentication/web_api_key/token`` (the Web API key as the Basic-auth user). The token is reused
   until it expires and renewed transparently; a call refused for an expired or invalid token is
@@ -64,12 +65,14 @@ from pipeline.sinks.crmcom_purchases import (
     PlannedCancel,
     PlannedCreate,
     Planner,
+    SaleFacts,
     business_unit_field,
     dumps,
     original_not_delivered,
     original_refused,
     result_of,
     results_of_bulk,
+    sale_facts,
 )
 from pipeline.sinks.delivery import (
     Batch,
@@ -313,6 +316,7 @@ class CrmcomAdapter:
         self._fresh: dict[tuple[str, ...], list[str]] = {}
         self._cancelling: dict[tuple[str, ...], str] = {}  # the purchase each cancel request names
         self._customer_of: dict[str, str] = {}
+        self._facts: dict[str, SaleFacts] = {}  # what each sale's purchase shows, as sent
         self._sales_here: set[str] = set()
         self._refused: set[str] = set()  # sales of this submission CRM.COM refused for good
         # sales whose purchase id a lookup found and the ledger has not recorded (written back)
@@ -351,6 +355,7 @@ class CrmcomAdapter:
             planned = planner.plan(row)
             if isinstance(planned, PlannedCreate):
                 tid = planned.transaction_id
+                self._facts[tid] = sale_facts(row, self.target)  # what a lookup must find to adopt
                 if planned.spend_call:
                     batches.append(Batch((_call_unit(tid, planned.body),), route="spend"))
                 elif bulk:
@@ -402,7 +407,8 @@ class CrmcomAdapter:
         is sent twice) and matched against the sale (:meth:`_pick`); what the lookup cannot find
         leaves the return for a later run."""
         sale = planned.original_transaction_id
-        found = await self._find_sale(client, token, planned)
+        found = await self._find_sale(client, token, sale, self._customer_of.get(planned.transaction_id),
+                                      planned.sale)
         picked = self._pick(planned, found)
         if isinstance(picked, EventResult):
             return picked
@@ -420,39 +426,46 @@ class CrmcomAdapter:
         self._learn(sale, str(purchase_id))
         return str(purchase_id)
 
-    async def _find_sale(self, client: HttpClient, token: str, planned: PlannedCancel) -> LookupResult:
-        """The purchases carrying the reference of the sale to cancel; when ``show`` finds one that
-        is not the sale's (``show`` answers one purchase of a reference), the customer's are listed."""
-        customer = self._customer_of.get(planned.transaction_id)
-        sale = planned.original_transaction_id
-        found = await self._look_up(client, token, sale, customer)
+    async def _find_sale(
+        self, client: HttpClient, token: str, reference: str, customer: str | None, facts: SaleFacts | None,
+        *, undecided_list_wins: bool = False,
+    ) -> LookupResult:
+        """The purchases carrying the reference of a sale; when ``show`` finds one that is not the
+        sale's (``show`` answers one purchase of a reference), the customer's are listed (with
+        ``undecided_list_wins``, a list that cannot decide is the answer: the sale's purchase may be
+        among those not shown)."""
+        found = await self._look_up(client, token, reference, customer)
         shown_other = (
-            found.answer is Answer.FOUND and planned.sale is not None
+            found.answer is Answer.FOUND and facts is not None
             and lookup_method(self.target) == "show" and customer
-            and isinstance(self._pick(planned, found), EventResult)
+            and isinstance(self._match(found, facts), Ambiguous)
         )
         if shown_other:
-            listed = await self._look_up(client, token, sale, customer, method="list")
+            listed = await self._look_up(client, token, reference, customer, method="list")
             if listed.candidates:
                 return listed
+            if undecided_list_wins and listed.answer is Answer.UNDECIDED:
+                return listed
         return found
+
+    def _match(self, found: LookupResult, facts: SaleFacts | None) -> Mapping[str, Any] | Ambiguous | None:
+        """Of the purchases ``found`` carrying a sale's reference, the one matching the sale
+        (``facts``, :func:`pick_purchase`), or why none or several do; None when nothing was found."""
+        if not found.candidates:
+            return None
+        if facts is None:
+            if len(found.candidates) == 1:
+                return found.candidates[0]
+            ids = tuple(str(p.get("id") or "?") for p in found.candidates)
+            return Ambiguous(ids, f"{len(ids)} purchases carry the reference and the sale is not known")
+        return pick_purchase(found.candidates, facts, customer_field=self.target.customer_field,
+                             unit_field=business_unit_field(self.target))
 
     def _pick(self, planned: PlannedCancel, found: LookupResult) -> Mapping[str, Any] | EventResult | None:
         """Of the purchases ``found`` carrying the sale's reference, the one matching the sale; a
         failure for good (``ambiguous_purchase``, naming them) when none or several match; None
         when nothing was found."""
-        if not found.candidates:
-            return None
-        if planned.sale is None:
-            if len(found.candidates) == 1:
-                return found.candidates[0]
-            picked: Mapping[str, Any] | Ambiguous = Ambiguous(
-                tuple(str(p.get("id") or "?") for p in found.candidates),
-                f"{len(found.candidates)} purchases carry the reference and the sale is not known")
-        else:
-            picked = pick_purchase(found.candidates, planned.sale,
-                                   customer_field=self.target.customer_field,
-                                   unit_field=business_unit_field(self.target))
+        picked = self._match(found, planned.sale)
         if not isinstance(picked, Ambiguous):
             return picked
         return EventResult(
@@ -463,6 +476,38 @@ class CrmcomAdapter:
             f"id and cannot be told among those carrying its reference ({', '.join(picked.purchase_ids)}): "
             f"{picked.reason}; nothing was cancelled: cancel the sale's purchase on CRM.COM by hand",
             attempts=0,
+        )
+
+    async def _settle_create(self, client: HttpClient, token: str, tid: str) -> EventResult | None:
+        """A sale that may have landed, looked up by its reference: the one purchase matching it is
+        adopted (accepted, ``found_by_lookup``); None when none is there or none carrying the
+        reference matches (it is created); several matching fail for good (``ambiguous_purchase``);
+        a lookup that cannot decide holds it for review."""
+        found = await self._find_sale(client, token, tid, self._customer_of.get(tid), self._facts.get(tid),
+                                      undecided_list_wins=True)
+        picked = self._match(found, self._facts.get(tid))
+        if isinstance(picked, Ambiguous) and picked.matching:
+            return EventResult(
+                tid,
+                Outcome.REJECTED,
+                error_code=CrmcomRejectCode.AMBIGUOUS_PURCHASE,
+                error_message=f"not sent: it may have landed and {picked.reason}, each carrying its "
+                f"reference: nothing adopted, nothing created; keep the sale's purchase on CRM.COM and "
+                f"cancel the others by hand",
+                attempts=0,
+            )
+        if isinstance(picked, Ambiguous) or (picked is None and found.answer is Answer.NOT_FOUND):
+            return None  # not there (what carries its reference is another sale's): created
+        if picked is None:
+            return self._held(tid, found.reason, final=False)
+        event_ids = (str(picked["id"]),) if picked.get("id") else ()
+        self._created[tid] = event_ids
+        return EventResult(
+            tid,
+            Outcome.ALREADY_ACCEPTED,
+            event_ids=event_ids,
+            error_code="found_by_lookup",
+            error_message="an earlier request landed: the purchase is on CRM.COM",
         )
 
     def _learn(self, sale: str, purchase_id: str) -> None:
@@ -541,12 +586,22 @@ class CrmcomAdapter:
             if batch.route == "ad_hoc":
                 decided.append(self._held(tid, "CRM.COM documents no lookup of an ad hoc return"))
                 continue
-            cancel = batch.route == "cancel"
-            reference = unit.payload.original_transaction_id if cancel else tid
+            if batch.route != "cancel":
+                settled = await self._settle_create(client, token, tid)
+                if settled is None:
+                    send.append(unit)
+                elif settled.outcome is Outcome.RETRYABLE:
+                    decided.append(settled)
+                else:
+                    self._settled[tid] = settled
+                    decided.append(settled)
+                continue
+            reference = unit.payload.original_transaction_id
             # a cancel asks about its purchase by id when known: a reference may name two purchases
-            known = self._cancel_target(unit.payload) if cancel else None
-            if cancel and known is None:  # of the purchases carrying the reference, the sale's
-                found = await self._find_sale(client, token, unit.payload)
+            known = self._cancel_target(unit.payload)
+            if known is None:  # of the purchases carrying the reference, the sale's
+                found = await self._find_sale(client, token, reference, self._customer_of.get(tid),
+                                              unit.payload.sale)
                 picked = self._pick(unit.payload, found)
                 if isinstance(picked, EventResult):
                     self._settled[tid] = picked
@@ -561,21 +616,10 @@ class CrmcomAdapter:
                 continue
             event_ids = (str(found.purchase["id"]),) if found.purchase.get("id") else ()
             state = str(found.purchase.get("life_cycle_state") or "").upper()
-            if cancel and known is None and found.answer is Answer.FOUND and event_ids:
+            if known is None and found.answer is Answer.FOUND and event_ids:
                 self._learn(reference, event_ids[0])
-            if not cancel and found.answer is Answer.FOUND:
-                result = EventResult(
-                    tid,
-                    Outcome.ALREADY_ACCEPTED,
-                    event_ids=event_ids,
-                    error_code="found_by_lookup",
-                    error_message="an earlier request landed: the purchase is on CRM.COM",
-                )
-                self._settled[tid] = result
-                self._created[tid] = event_ids
-                decided.append(result)
-            elif not cancel or (found.answer is Answer.FOUND and state == "POSTED"):
-                send.append(unit)  # not there (or not cancelled yet): sending it is safe
+            if found.answer is Answer.FOUND and state == "POSTED":
+                send.append(unit)  # not cancelled yet: sending it is safe
             elif found.answer is Answer.FOUND and state == "CANCELLED":
                 result = EventResult(
                     tid,

@@ -21,11 +21,13 @@ first found need not be the one to cancel.
 Whatever cannot be decided (the call failed, an unexpected answer, two matches) is *undecided*:
 the adapter holds the transaction in doubt for review instead of guessing.
 
-A cancel whose purchase has no recorded id names it by lookup: of the purchases carrying the
-sale's reference (``candidates``; another sale may reuse a receipt number, another system may
-have created the purchase twice), :func:`pick_purchase` takes the one matching the sale
-(:class:`SaleFacts`: total, day, and the customer and business unit when the answer shows them);
-none or several matching is :class:`Ambiguous`, and nothing is cancelled.
+A cancel whose purchase has no recorded id names it by lookup, and a sale that may have landed is
+looked up before it is created again: of the purchases carrying the sale's reference
+(``candidates``; another sale may reuse a receipt number, another system may have created the
+purchase twice), :func:`pick_purchase` takes the one matching the sale (:class:`SaleFacts`:
+total, day, and the customer and business unit when the answer shows them); none or several
+matching is :class:`Ambiguous`: nothing is cancelled, and a sale is created (none matches) or
+fails for good (several match).
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ class Ambiguous:
 
     purchase_ids: tuple[str, ...]
     reason: str
+    matching: tuple[str, ...] = ()  # the ids of those that match (several), empty when none does
 
 
 def _day(value: Any) -> str:
@@ -203,8 +206,8 @@ def pick_purchase(
     if len(matching) == 1:
         return matching[0]
     if matching:
-        named = ", ".join(str(p.get("id") or "?") for p in matching)
-        return Ambiguous(ids, f"{len(matching)} purchases match the sale ({named})")
+        named = tuple(str(p.get("id") or "?") for p in matching)
+        return Ambiguous(ids, f"{len(matching)} purchases match the sale ({', '.join(named)})", named)
     return Ambiguous(ids, "no purchase matches the sale (" + "; ".join(mismatched) + ")")
 
 

@@ -2,7 +2,8 @@
 
 Every input row ends up in exactly one ledger transaction row (an *occurrence*):
 
-* a valid checkout that dedup calls new → ``queued`` (``void`` for a void: counted, never sent);
+* a valid checkout that dedup calls new → ``queued`` (``void`` for a void: counted, never sent;
+  coded ``void_of_sent_sale`` when the sale it names is already on the platform);
 * a valid checkout dedup calls duplicate / conflict → ``duplicate`` / ``conflict``;
 * rejected lines → one ``rejected`` row per transaction (``source_file``, ``transaction_id``; a
   line without an id stands alone), each line also kept in ``rejects`` with its original columns.
@@ -33,7 +34,8 @@ from pipeline.core.rejected_copies import EARLIER_REJECTS_SCHEMA, customer_colum
 from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines, transform
 from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
-from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
+from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnRecord, TxnState
+from pipeline.ledger.states import VOID_OF_SENT_SALE
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.memory import release_memory
 from pipeline.progress import NullProgress, Progress
@@ -81,6 +83,36 @@ def _state(status: str, transaction_type: str | None) -> TxnState:
     if status == DedupStatus.CONFLICT:
         return TxnState.CONFLICT
     return TxnState.VOID if transaction_type == TransactionType.VOID else TxnState.QUEUED
+
+
+def void_of_sent_sale(void: NewTransaction, sale: TxnRecord | None) -> NewTransaction:
+    """``void`` with the code :data:`VOID_OF_SENT_SALE` when the sale it names is on the platform
+    (accepted) as its file is recorded: a void is never sent, so nothing cancels or refunds that
+    sale, and finance must act on it. A void of a sale not delivered yet stays a plain void."""
+    if sale is None or sale.state is not TxnState.ACCEPTED or sale.transaction_type != TransactionType.SALE:
+        return void
+    events = f" (event ids {', '.join(sale.event_ids)})" if sale.event_ids else ""
+    return replace(
+        void,
+        error_code=VOID_OF_SENT_SALE,
+        error_message=f"voided at the till after its sale {sale.transaction_id} reached the platform"
+        f"{events}: a void is never sent, so the sale stays there with its points; cancel or refund it "
+        "on the platform, or send a return of it",
+    )
+
+
+def _voids_of_sent_sales(ledger: Ledger, scope: str, records: FileRecords) -> FileRecords:
+    """A file's records with each void naming a sale the platform holds coded
+    (:func:`void_of_sent_sale`); one ledger query, only when a void names a sale."""
+    named = [t.names for t in records.transactions if t.state is TxnState.VOID and t.names]
+    if not named:
+        return records
+    sales = ledger.originals(scope, named)
+    records.transactions[:] = [
+        void_of_sent_sale(t, sales.get(t.names)) if t.state is TxnState.VOID and t.names else t
+        for t in records.transactions
+    ]
+    return records
 
 
 def _rows(frame: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
@@ -181,10 +213,10 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
         return out.setdefault(name, FileRecords([], [], []))
 
     wanted = ["_rec", "transaction_id", "dedup_status", "transaction_type", "source_file", "source_lines",
-              "store_id", "business_date", "currency", "content_hash"]
+              "store_id", "business_date", "currency", "content_hash", "original_transaction_id"]
     rows_out = checkouts.select(*wanted, encode_checkouts(checkouts.drop("_rec")).alias("_json"))
-    for rec, tid, status, kind, source_file, lines_of, store, day, currency, content_hash, text in _rows(
-        rows_out
+    for rec, tid, status, kind, source_file, lines_of, store, day, currency, content_hash, named, text in (
+        _rows(rows_out)
     ):
         state = _state(status, kind)
         of(source_file).transactions.append(
@@ -200,6 +232,7 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 currency=currency,
                 content_hash=content_hash,
                 checkout=text if state in (TxnState.QUEUED, TxnState.CONFLICT) else None,
+                names=named if state is TxnState.VOID and named else None,
             )
         )
     rejected_out = rejected_groups.select("source_file", "transaction_id", "source_line", "amount", "store",
@@ -443,6 +476,7 @@ def _transform_group(
             outcome.unreadable.append(error)
         else:
             records = per_file.pop(item.record.name, FileRecords([], [], []))
+            records = _voids_of_sent_sales(ledger, feed.scope, records)
             if feed.logging.hash_customer_ids:
                 records = _mask_reject_customers(records, feed)
             queued = ledger.record_file(
