@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -599,11 +600,43 @@ def _read_parquet(data: bytes, name: str, read_keys: frozenset[str] = frozenset(
     return frame
 
 
+def column_key(column: str) -> str:
+    """A column name as a feed matches it: case, surrounding blanks, and blanks or underscores
+    between its words aside (``Points Burned`` and ``POINTS_BURNED`` are ``points_burned``)."""
+    return re.sub(r"[\s_]+", "_", column.strip().casefold())
+
+
+class _ColumnsByName:
+    """An export's columns looked up by the name a feed gives them, as :func:`column_key` matches
+    names. Two columns matching one name (``discount`` and ``Discount``) make the file unreadable
+    when the feed reads that name: which one it means would be a guess."""
+
+    def __init__(self, present: list[str], file: str):
+        self._file = file
+        self._by_key: dict[str, list[str]] = {}
+        for column in present:
+            self._by_key.setdefault(column_key(column), []).append(column)
+
+    def get(self, wanted: str) -> str | None:
+        found = self._by_key.get(column_key(wanted), [])
+        if len(found) > 1:
+            shown = " and ".join(excerpt(c) for c in found[:4])
+            raise _unreadable(
+                self._file,
+                f"columns {shown} differ only in case or blanks; which one is {excerpt(wanted.strip())} "
+                "would be a guess: rename one of them",
+            )
+        return found[0] if found else None
+
+    def __contains__(self, wanted: object) -> bool:
+        return isinstance(wanted, str) and self.get(wanted) is not None
+
+
 def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
     """Rename export columns to canonical names, add defaults, build the template id."""
     fmt = feed.format
     present = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
-    stripped = {c.strip(): c for c in present}
+    stripped = _ColumnsByName(present, name)
     if not fmt.has_header:
         # without a header the export's columns are positions: "1" is the first column
         positional = {str(i): c for i, c in enumerate(present, start=1)}
@@ -613,7 +646,7 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
         source_of = {canon: stripped.get(ref.strip()) for canon, ref in fmt.columns.items()}
         for canon in CANONICAL_COLUMNS:
             if canon not in fmt.columns and canon in stripped:
-                source_of[canon] = stripped[canon]
+                source_of[canon] = stripped.get(canon)
 
     exprs: list[pl.Expr] = []
     for canon in CANONICAL_COLUMNS:

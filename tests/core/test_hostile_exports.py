@@ -1,0 +1,79 @@
+"""Variations of one real export as careless tills and spreadsheets write them: each is read to the
+cent, or refused naming the file, the line and the field; never read as empty, never wrong money.
+
+The export is the UCI Online Retail sample (tests/fixtures/online_retail, CC BY 4.0) read with its
+own feed file; the canonical layout is used where a column it lacks (discount, points) matters.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.core.transform import TransformResult, transform_files
+from tests.core.helpers import NOW, csv_text, feed, row
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "online_retail"
+
+
+def run_file(tmp_path: Path, name: str, data: bytes | str, **settings: Any) -> TransformResult:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return transform_files([path], feed(**settings), now=NOW)
+
+
+def own_header(text: str, old: str, new: str) -> str:
+    """``text`` with one name of its header line written as ``new``."""
+    header, rest = text.split("\n", 1)
+    return header.replace(old, new) + "\n" + rest
+
+
+@pytest.mark.parametrize("written", ["Points_Burned", "POINTS_BURNED", " points_burned ", "Points Burned"])
+def test_an_optional_column_named_in_another_case_or_with_blanks_is_read_not_dropped(
+    tmp_path: Path, written: str
+) -> None:
+    """The points a checkout burned, under a header a spreadsheet capitalised, count: before,
+    only an exact name was looked up and the points were silently read as none."""
+    text = csv_text([row(points_burned="150")])
+    result = run_file(tmp_path, "points.csv", own_header(text, "points_burned", written))
+    assert not result.unreadable and result.summary["rows_rejected"] == 0
+    assert result.checkouts.get_column("points_burned").to_list() == [Decimal(150)]
+
+
+def test_a_returns_link_under_a_capitalised_header_stays_linked(tmp_path: Path) -> None:
+    text = csv_text([row(transaction_id="T1"),
+                     row(transaction_id="R1", transaction_type="return", quantity="-2", line_total="-5.00",
+                         original_transaction_id="T1")])
+    result = run_file(tmp_path, "returns.csv",
+                      own_header(text, "original_transaction_id", "Original_Transaction_ID"))
+    links = dict(result.checkouts.select("transaction_id", "original_transaction_id").iter_rows())
+    assert links == {"T1": None, "R1": "T1"}
+
+
+def test_a_mapped_column_matches_whatever_its_case(tmp_path: Path) -> None:
+    text = (FIXTURE / "online_retail_sample.csv").read_text(encoding="utf-8")
+    settings = tomllib.loads((FIXTURE / "online_retail.toml").read_text(encoding="utf-8"))
+    settings.pop("source")
+    exact = run_file(tmp_path, "exact.csv", text, **settings)
+    header, rest = text.split("\n", 1)
+    lowered = run_file(tmp_path, "lowered.csv", header.lower() + "\n" + rest, **settings)
+    assert not lowered.unreadable, lowered.unreadable
+    assert lowered.summary["rows_valid"] == exact.summary["rows_valid"] > 300
+    assert (lowered.checkouts.get_column("total").sum() == exact.checkouts.get_column("total").sum())
+
+
+def test_two_columns_whose_names_differ_only_in_case_make_the_file_unreadable_naming_both(
+    tmp_path: Path,
+) -> None:
+    """Which of ``discount`` and ``Discount`` is the discount would be a guess."""
+    text = csv_text([row(discount="1.00", line_total="4.00")])
+    header, rest = text.split("\n", 1)
+    data = header + ",Discount\n" + rest.replace("\n", ",0\n")
+    result = run_file(tmp_path, "two_discounts.csv", data)
+    (unreadable,) = result.unreadable
+    assert unreadable.file == "two_discounts.csv"
+    assert "'discount'" in unreadable.reason and "'Discount'" in unreadable.reason
