@@ -77,3 +77,26 @@ def test_two_columns_whose_names_differ_only_in_case_make_the_file_unreadable_na
     (unreadable,) = result.unreadable
     assert unreadable.file == "two_discounts.csv"
     assert "'discount'" in unreadable.reason and "'Discount'" in unreadable.reason
+
+
+@pytest.mark.parametrize(("changes", "code"), [
+    ({"unit_price": "1" * 3000}, "R026_NUMBER_TOO_LARGE"),  # thousands of digits
+    ({"timestamp": "2" * 5000}, "R003_BAD_TIMESTAMP"),
+    ({"unit_price": "2.5\n0"}, "R002_BAD_NUMBER"),  # a quoted field holding a line break
+    ({"currency": "G\r\nBP"}, "R006_UNKNOWN_CURRENCY"),
+])
+def test_a_reject_reason_quoting_a_huge_or_multi_line_value_stays_one_short_line(
+    tmp_path: Path, changes: dict[str, str], code: str
+) -> None:
+    """A reason is one line of at most MAX_REASON_CHARS, as rejects.csv, logs and the ledger
+    take it: before, the value was quoted whole (a 3000-digit price made a 3000-character reason,
+    a line break in a field a reason of two lines)."""
+    from pipeline.core.parse import MAX_REASON_CHARS
+
+    result = run_file(tmp_path, "odd.csv", csv_text([row(**changes), row(transaction_id="T2")]))
+    lines = result.lines
+    assert lines.get_column("reject_code").to_list() == [code, None]
+    (reason,) = lines.get_column("reject_reason").drop_nulls().to_list()
+    field = next(iter(changes))
+    assert reason.startswith(f"{field} '") and "\n" not in reason and "\r" not in reason
+    assert len(reason) <= MAX_REASON_CHARS
