@@ -16,7 +16,8 @@ UTF-32; otherwise ``format.encoding`` applies.
 
 A record a reader cannot read carries its code and reason in ``read_code`` / ``read_reason``
 (validation turns them into the row's reject): ``R019_WRONG_FIELD_COUNT``,
-``R020_UNBALANCED_QUOTE``, ``R021_NOT_JSON``, ``R022_NUL_IN_ROW``. The columns are only present
+``R020_UNBALANCED_QUOTE``, ``R021_NOT_JSON``, ``R022_NUL_IN_ROW`` (``R019`` also for a CSV file's last
+record short of fields with no line break after it: a line still being written). The columns are only present
 when a reader looked at records one by one or found a NUL. The POSLog reader also flags one field
 of a line (a reason starting with ``field: ``): a value its transaction writes twice, differently
 (``R014``-``R016``, ``R027``), or a number element there but empty (``R002``).
@@ -49,7 +50,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from pipeline.config import Feed, FormatConfig
-from pipeline.core.careful_csv import excerpt, records, split_lines
+from pipeline.core.careful_csv import excerpt, field_count, records, split_lines
 from pipeline.core.readstats import ReadStats
 from pipeline.core.rejects import RejectCode
 from pipeline.errors import ConfigError, PosfeedError, UnreadableFileError
@@ -362,7 +363,55 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
             frame = _polars_csv(data, fmt, names, name)
     if frame is None:
         frame = _careful_csv(data, fmt, name)
+    frame = _cut_last_record(data, frame, fmt)
     return _repeated_headers(frame, name) if fmt.has_header else frame
+
+
+def _last_lines(data: bytes, count: int) -> bytes:
+    """The last ``count`` physical lines of ``data`` (``\n``, ``\r\n`` and ``\r`` each end one)."""
+    start, end = 0, len(data)
+    for _ in range(count):
+        cut = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end))
+        if cut < 0:
+            return data
+        start = cut + 1
+        end = cut - 1 if data[cut] == 0x0A and cut > 0 and data[cut - 1] == 0x0D else cut
+    return data[start:]
+
+
+def _cut_last_record(data: bytes, frame: pl.DataFrame, fmt: FormatConfig) -> pl.DataFrame:
+    """Reject the last record when the file ends inside it: no line break after it and fewer
+    fields than the header (the first record without one). That is a till's line half-written
+    when the file was fetched (``…,GBP,7.29,15`` of ``…,GBP,7.29,150,``); read padded with empty
+    fields it would be wrong data, not a shorter record (``R019_WRONG_FIELD_COUNT``). A complete
+    last line without a line break is read as usual."""
+    if frame.height == 0 or data.endswith((b"\n", b"\r")):
+        return frame
+    last = _last_lines(data, 1)
+    if not last.replace(fmt.delimiter.encode(), b"").strip():
+        return frame  # a blank last line: the last record ended with a line break
+    columns = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
+    first = int(frame.get_column("source_line")[-1])
+    physical = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") + 1
+    if READ_CODE in frame.columns and frame.get_column(READ_CODE)[-1] is not None:
+        return frame  # already a reject (an unclosed quote, too many fields)
+    try:
+        text = _last_lines(data, physical - first + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        return frame
+    found = field_count(text, delimiter=fmt.delimiter, quote=fmt.quote_char)
+    if found is None or found >= len(columns):
+        return frame
+    of = "the header" if fmt.has_header else "the first record"
+    why = (f"{found} fields where {of} has {len(columns)}, and no line break at the end of the file: "
+           f"its last line, cut off while the file was being written? (line {first})")
+    if READ_CODE not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (READ_CODE, READ_REASON))
+    at = pl.int_range(pl.len()) == frame.height - 1
+    return frame.with_columns(
+        pl.when(at).then(pl.lit(RejectCode.WRONG_FIELD_COUNT.value)).otherwise(pl.col(READ_CODE)).alias(READ_CODE),
+        pl.when(at).then(pl.lit(why)).otherwise(pl.col(READ_REASON)).alias(READ_REASON),
+    )
 
 
 def _repeated_headers(frame: pl.DataFrame, name: str) -> pl.DataFrame:

@@ -100,3 +100,23 @@ def test_a_reject_reason_quoting_a_huge_or_multi_line_value_stays_one_short_line
     field = next(iter(changes))
     assert reason.startswith(f"{field} '") and "\n" not in reason and "\r" not in reason
     assert len(reason) <= MAX_REASON_CHARS
+
+
+def test_a_last_line_cut_short_without_a_line_break_is_rejected_not_read_with_its_fields_cut(
+    tmp_path: Path,
+) -> None:
+    """The till's half-written last line (its points 150 cut to 15, the fields after them not yet
+    written, no line break after it) is a reject naming the line; before, it was read padded with
+    empty fields: 15 points burned instead of 150."""
+    text = csv_text([row(transaction_id="T1"), row(transaction_id="T2", points_burned="150")])
+    cut = text[: text.rindex(",150,") + len(",15")]  # written up to here when it was fetched
+    result = run_file(tmp_path, "till.csv", cut)
+    lines = result.lines
+    assert lines.select("transaction_id", "source_line", "reject_code").rows() == [
+        ("T1", 2, None), ("T2", 3, "R019_WRONG_FIELD_COUNT")]
+    reason = lines.get_column("reject_reason").to_list()[1]
+    assert "18 fields where the header has 19" in reason and "no line break" in reason
+    # the same line complete, without a line break after it, is read
+    whole = run_file(tmp_path, "whole.csv", text.rstrip("\n"))
+    assert whole.summary["rows_rejected"] == 0
+    assert whole.checkouts.get_column("points_burned").to_list() == [Decimal(0), Decimal(150)]
