@@ -176,6 +176,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 # control bytes that text never holds (tab, line breaks, form feed and escape excluded)
 _CONTROL = bytes([*range(0, 9), 11, *range(14, 27), *range(28, 32)])
 _BINARY_SHARE = 0.05  # this share of control bytes in the first 8 KiB makes a file binary
+_WIDE_SHARE = 0.5  # this share of NULs at odd (or even) positions, none at the others: UTF-16
 
 
 def _check_text(data: bytes, name: str) -> None:
@@ -186,6 +187,14 @@ def _check_text(data: bytes, name: str) -> None:
     for magic, reason in _MAGIC:
         if head.startswith(magic):
             raise UnreadableFileError(name, reason)
+    pairs = len(head) // 2
+    if pairs >= 2:  # text of one-byte characters in UTF-16: every other byte NUL
+        nuls = sorted((head[0 : pairs * 2 : 2].count(0), head[1 : pairs * 2 : 2].count(0)))
+        if nuls[1] >= _WIDE_SHARE * pairs and nuls[0] <= _BINARY_SHARE * pairs:
+            raise UnreadableFileError(
+                name, "file looks like UTF-16 without a byte order mark (every other byte NUL); export "
+                "it as UTF-8, or as UTF-16 with its byte order mark"
+            )
     control = len(head) - len(head.translate(None, _CONTROL))
     if control and control >= _BINARY_SHARE * len(head):
         raise UnreadableFileError(
@@ -350,9 +359,27 @@ def _careful_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     )
 
 
+_SEP_LINE = re.compile(rb"sep=(.)[ \t]*(?=\r|\n|$)", re.IGNORECASE)
+
+
+def _without_sep_line(data: bytes, fmt: FormatConfig, name: str) -> bytes:
+    """``data`` with a first line ``sep=X`` (written for Excel: the file's delimiter) left empty,
+    so every line keeps its number; one naming another delimiter than ``format.delimiter`` makes
+    the file unreadable."""
+    found = _SEP_LINE.match(data) if data[:4].lower() == b"sep=" else None
+    if found is None:
+        return data
+    named = found.group(1).decode("latin-1")
+    if named != fmt.delimiter:
+        raise _unreadable(name, f"line 1 is sep={named}: the file's delimiter is {named!r}, "
+                                f"format.delimiter is {fmt.delimiter!r}")
+    return data[found.end() :]
+
+
 def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     data = _decode(data, fmt, name)
     _check_text(data, name)
+    data = _without_sep_line(data, fmt, name)
     frame: pl.DataFrame | None = None
     if _fast_path_fits(data):
         names: list[str] | None = None

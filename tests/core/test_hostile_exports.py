@@ -120,3 +120,26 @@ def test_a_last_line_cut_short_without_a_line_break_is_rejected_not_read_with_it
     whole = run_file(tmp_path, "whole.csv", text.rstrip("\n"))
     assert whole.summary["rows_rejected"] == 0
     assert whole.checkouts.get_column("points_burned").to_list() == [Decimal(0), Decimal(150)]
+
+
+def test_an_excel_sep_line_before_the_header_is_read_as_the_delimiter_it_names(tmp_path: Path) -> None:
+    """``sep=;`` on the first line (written for Excel) names the delimiter: the file is read, its
+    header on line 2; before, it was unreadable as a file without a header."""
+    text = csv_text([row(), row(transaction_id="T2")], delimiter=";")
+    excel = "sep=;\r\n" + text.replace("\n", "\r\n")
+    result = run_file(tmp_path, "sep.csv", excel, format={"delimiter": ";"})
+    assert not result.unreadable, result.unreadable
+    assert result.lines.get_column("source_line").to_list() == [3, 4]
+    assert result.summary["rows_valid"] == 2
+    other = run_file(tmp_path, "sep_comma.csv", "sep=,\n" + text, format={"delimiter": ";"})
+    (unreadable,) = other.unreadable
+    assert "sep=," in unreadable.reason and "format.delimiter is ';'" in unreadable.reason
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named_as_such_not_as_binary(
+    tmp_path: Path, encoding: str
+) -> None:
+    result = run_file(tmp_path, "wide.csv", csv_text([row()]).encode(encoding))
+    (unreadable,) = result.unreadable
+    assert "UTF-16 without a byte order mark" in unreadable.reason and "binary" not in unreadable.reason
