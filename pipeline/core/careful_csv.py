@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from pipeline.core.rejects import RejectCode
 
-__all__ = ["MAX_RECORD_LINES", "Record", "excerpt", "records", "split_lines"]
+__all__ = ["MAX_RECORD_LINES", "Record", "excerpt", "field_count", "records", "split_lines"]
 
 MAX_RECORD_LINES = 1000  # a quoted field open for longer than this is taken as unbalanced
 _BREAK = re.compile(r"(\r\n|\r|\n)")
@@ -64,6 +64,20 @@ def split_lines(text: str) -> tuple[list[str], list[str]]:
 
 
 _OK, _OPEN, _BAD = 0, 1, 2
+
+
+def _closing(quote: str) -> re.Pattern[str]:
+    """A quoted field's text up to its closing quote (doubled quotes inside)."""
+    q = re.escape(quote)
+    return re.compile(f"([^{q}]*(?:{q}{q}[^{q}]*)*){q}", re.DOTALL)
+
+
+def field_count(text: str, *, delimiter: str, quote: str) -> int | None:
+    """How many fields one record's text holds, or None when a quote in it does not close."""
+    if quote not in text:
+        return text.count(delimiter) + 1
+    parts, state = _fields(text, delimiter, quote, _closing(quote))
+    return len(parts) if state == _OK else None
 
 
 def _fields(text: str, delimiter: str, quote: str, closing: re.Pattern[str]) -> tuple[list[str], int]:
@@ -110,8 +124,7 @@ def records(
     column names, to name the field of a bad quote by (else its position).
     """
     lines, breaks = split_lines(text)
-    q = re.escape(quote)
-    closing = re.compile(f"([^{q}]*(?:{q}{q}[^{q}]*)*){q}", re.DOTALL)
+    closing = _closing(quote)
     count = len(lines)
     i = 0
     while i < count:

@@ -16,7 +16,8 @@ UTF-32; otherwise ``format.encoding`` applies.
 
 A record a reader cannot read carries its code and reason in ``read_code`` / ``read_reason``
 (validation turns them into the row's reject): ``R019_WRONG_FIELD_COUNT``,
-``R020_UNBALANCED_QUOTE``, ``R021_NOT_JSON``, ``R022_NUL_IN_ROW``. The columns are only present
+``R020_UNBALANCED_QUOTE``, ``R021_NOT_JSON``, ``R022_NUL_IN_ROW`` (``R019`` also for a CSV file's last
+record short of fields with no line break after it: a line still being written). The columns are only present
 when a reader looked at records one by one or found a NUL. The POSLog reader also flags one field
 of a line (a reason starting with ``field: ``): a value its transaction writes twice, differently
 (``R014``-``R016``, ``R027``), or a number element there but empty (``R002``).
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ import polars as pl
 from polars.exceptions import PanicException
 
 from pipeline.config import Feed, FormatConfig
-from pipeline.core.careful_csv import excerpt, records, split_lines
+from pipeline.core.careful_csv import excerpt, field_count, records, split_lines
 from pipeline.core.readstats import ReadStats
 from pipeline.core.rejects import RejectCode
 from pipeline.errors import ConfigError, PosfeedError, UnreadableFileError
@@ -174,6 +176,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 # control bytes that text never holds (tab, line breaks, form feed and escape excluded)
 _CONTROL = bytes([*range(0, 9), 11, *range(14, 27), *range(28, 32)])
 _BINARY_SHARE = 0.05  # this share of control bytes in the first 8 KiB makes a file binary
+_WIDE_SHARE = 0.5  # this share of NULs at odd (or even) positions, none at the others: UTF-16
 
 
 def _check_text(data: bytes, name: str) -> None:
@@ -184,6 +187,14 @@ def _check_text(data: bytes, name: str) -> None:
     for magic, reason in _MAGIC:
         if head.startswith(magic):
             raise UnreadableFileError(name, reason)
+    pairs = len(head) // 2
+    if pairs >= 2:  # text of one-byte characters in UTF-16: every other byte NUL
+        nuls = sorted((head[0 : pairs * 2 : 2].count(0), head[1 : pairs * 2 : 2].count(0)))
+        if nuls[1] >= _WIDE_SHARE * pairs and nuls[0] <= _BINARY_SHARE * pairs:
+            raise UnreadableFileError(
+                name, "file looks like UTF-16 without a byte order mark (every other byte NUL); export "
+                "it as UTF-8, or as UTF-16 with its byte order mark"
+            )
     control = len(head) - len(head.translate(None, _CONTROL))
     if control and control >= _BINARY_SHARE * len(head):
         raise UnreadableFileError(
@@ -348,9 +359,27 @@ def _careful_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     )
 
 
+_SEP_LINE = re.compile(rb"sep=(.)[ \t]*(?=\r|\n|$)", re.IGNORECASE)
+
+
+def _without_sep_line(data: bytes, fmt: FormatConfig, name: str) -> bytes:
+    """``data`` with a first line ``sep=X`` (written for Excel: the file's delimiter) left empty,
+    so every line keeps its number; one naming another delimiter than ``format.delimiter`` makes
+    the file unreadable."""
+    found = _SEP_LINE.match(data) if data[:4].lower() == b"sep=" else None
+    if found is None:
+        return data
+    named = found.group(1).decode("latin-1")
+    if named != fmt.delimiter:
+        raise _unreadable(name, f"line 1 is sep={named}: the file's delimiter is {named!r}, "
+                                f"format.delimiter is {fmt.delimiter!r}")
+    return data[found.end() :]
+
+
 def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
     data = _decode(data, fmt, name)
     _check_text(data, name)
+    data = _without_sep_line(data, fmt, name)
     frame: pl.DataFrame | None = None
     if _fast_path_fits(data):
         names: list[str] | None = None
@@ -361,7 +390,55 @@ def _read_csv(data: bytes, fmt: FormatConfig, name: str) -> pl.DataFrame:
             frame = _polars_csv(data, fmt, names, name)
     if frame is None:
         frame = _careful_csv(data, fmt, name)
+    frame = _cut_last_record(data, frame, fmt)
     return _repeated_headers(frame, name) if fmt.has_header else frame
+
+
+def _last_lines(data: bytes, count: int) -> bytes:
+    """The last ``count`` physical lines of ``data`` (``\n``, ``\r\n`` and ``\r`` each end one)."""
+    start, end = 0, len(data)
+    for _ in range(count):
+        cut = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end))
+        if cut < 0:
+            return data
+        start = cut + 1
+        end = cut - 1 if data[cut] == 0x0A and cut > 0 and data[cut - 1] == 0x0D else cut
+    return data[start:]
+
+
+def _cut_last_record(data: bytes, frame: pl.DataFrame, fmt: FormatConfig) -> pl.DataFrame:
+    """Reject the last record when the file ends inside it: no line break after it and fewer
+    fields than the header (the first record without one). That is a till's line half-written
+    when the file was fetched (``…,GBP,7.29,15`` of ``…,GBP,7.29,150,``); read padded with empty
+    fields it would be wrong data, not a shorter record (``R019_WRONG_FIELD_COUNT``). A complete
+    last line without a line break is read as usual."""
+    if frame.height == 0 or data.endswith((b"\n", b"\r")):
+        return frame
+    last = _last_lines(data, 1)
+    if not last.replace(fmt.delimiter.encode(), b"").strip():
+        return frame  # a blank last line: the last record ended with a line break
+    columns = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
+    first = int(frame.get_column("source_line")[-1])
+    physical = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") + 1
+    if READ_CODE in frame.columns and frame.get_column(READ_CODE)[-1] is not None:
+        return frame  # already a reject (an unclosed quote, too many fields)
+    try:
+        text = _last_lines(data, physical - first + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        return frame
+    found = field_count(text, delimiter=fmt.delimiter, quote=fmt.quote_char)
+    if found is None or found >= len(columns):
+        return frame
+    of = "the header" if fmt.has_header else "the first record"
+    why = (f"{found} fields where {of} has {len(columns)}, and no line break at the end of the file: "
+           f"its last line, cut off while the file was being written? (line {first})")
+    if READ_CODE not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (READ_CODE, READ_REASON))
+    at = pl.int_range(pl.len()) == frame.height - 1
+    return frame.with_columns(
+        pl.when(at).then(pl.lit(RejectCode.WRONG_FIELD_COUNT.value)).otherwise(pl.col(READ_CODE)).alias(READ_CODE),
+        pl.when(at).then(pl.lit(why)).otherwise(pl.col(READ_REASON)).alias(READ_REASON),
+    )
 
 
 def _repeated_headers(frame: pl.DataFrame, name: str) -> pl.DataFrame:
@@ -599,11 +676,43 @@ def _read_parquet(data: bytes, name: str, read_keys: frozenset[str] = frozenset(
     return frame
 
 
+def column_key(column: str) -> str:
+    """A column name as a feed matches it: case, surrounding blanks, and blanks or underscores
+    between its words aside (``Points Burned`` and ``POINTS_BURNED`` are ``points_burned``)."""
+    return re.sub(r"[\s_]+", "_", column.strip().casefold())
+
+
+class _ColumnsByName:
+    """An export's columns looked up by the name a feed gives them, as :func:`column_key` matches
+    names. Two columns matching one name (``discount`` and ``Discount``) make the file unreadable
+    when the feed reads that name: which one it means would be a guess."""
+
+    def __init__(self, present: list[str], file: str):
+        self._file = file
+        self._by_key: dict[str, list[str]] = {}
+        for column in present:
+            self._by_key.setdefault(column_key(column), []).append(column)
+
+    def get(self, wanted: str) -> str | None:
+        found = self._by_key.get(column_key(wanted), [])
+        if len(found) > 1:
+            shown = " and ".join(excerpt(c) for c in found[:4])
+            raise _unreadable(
+                self._file,
+                f"columns {shown} differ only in case or blanks; which one is {excerpt(wanted.strip())} "
+                "would be a guess: rename one of them",
+            )
+        return found[0] if found else None
+
+    def __contains__(self, wanted: object) -> bool:
+        return isinstance(wanted, str) and self.get(wanted) is not None
+
+
 def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
     """Rename export columns to canonical names, add defaults, build the template id."""
     fmt = feed.format
     present = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
-    stripped = {c.strip(): c for c in present}
+    stripped = _ColumnsByName(present, name)
     if not fmt.has_header:
         # without a header the export's columns are positions: "1" is the first column
         positional = {str(i): c for i, c in enumerate(present, start=1)}
@@ -613,7 +722,7 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
         source_of = {canon: stripped.get(ref.strip()) for canon, ref in fmt.columns.items()}
         for canon in CANONICAL_COLUMNS:
             if canon not in fmt.columns and canon in stripped:
-                source_of[canon] = stripped[canon]
+                source_of[canon] = stripped.get(canon)
 
     exprs: list[pl.Expr] = []
     for canon in CANONICAL_COLUMNS:

@@ -79,7 +79,8 @@ READER_CODES: tuple[RejectCode, ...] = (
 
 CATALOG: dict[RejectCode, str] = {
     RejectCode.WRONG_FIELD_COUNT: "A CSV record has more fields than the header (extra empty fields, "
-    "a trailing delimiter, are allowed; a record with fewer fields has its last fields empty).",
+    "a trailing delimiter, are allowed; a record with fewer fields has its last fields empty), or the "
+    "file's last record has fewer fields and no line break after it: a line the till was still writing.",
     RejectCode.UNBALANCED_QUOTE: "A quoted CSV field is not closed (by the end of the file or within "
     "1,000 lines), or text follows its closing quote; the record's first line is rejected and "
     "reading resumes on the next line.",

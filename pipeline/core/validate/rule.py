@@ -68,6 +68,22 @@ def read_reason(field: str) -> pl.Expr:
     return pl.col(READ_REASON).str.strip_prefix(f"{field}: ")
 
 
+# characters of one value a reason quotes; a longer one is cut (``…``)
+QUOTED_CHARS = 80
+
+
+def quoted(value: pl.Expr) -> pl.Expr:
+    """A value as a reason quotes it: on one line (a line break or NUL shown as ``\\n``, ``\\r``,
+    ``\\0``) and at most :data:`QUOTED_CHARS` characters, so a reason stays one short line
+    whatever the file holds (a price of thousands of digits, a quoted field with line breaks)."""
+    text = value.cast(pl.String).fill_null("")
+    for char, shown in (("\r", "\\r"), ("\n", "\\n"), ("\x00", "\\0")):
+        text = text.str.replace_all(char, shown, literal=True)
+    cut = text.str.slice(0, QUOTED_CHARS - 1) + pl.lit("…")
+    return pl.when(text.str.len_chars() > QUOTED_CHARS).then(cut).otherwise(text)
+
+
 def reason(template: str, *args: pl.Expr) -> pl.Expr:
-    """A reason text; an empty value shows as '' instead of making the whole text null."""
-    return pl.format(template, *[a.cast(pl.String).fill_null("") for a in args])
+    """A reason text, each value :func:`quoted`; an empty value shows as '' instead of making the
+    whole text null."""
+    return pl.format(template, *[quoted(a) for a in args])
