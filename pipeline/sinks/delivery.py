@@ -586,7 +586,9 @@ class _Submission:
         return True
 
     async def send(self, client: HttpClient, batch: Batch) -> list[EventResult] | RequestFailure:
-        self.on_sending(batch.transaction_ids)
+        marked = self.on_sending(batch.transaction_ids)
+        if marked is not None:
+            await marked  # the in-doubt mark is committed before the request goes out
         request = await self.engine.adapter.build_request(batch, client)
         if not isinstance(request, PreparedRequest):
             return request  # nothing was sent: a failure or results decided at build time
