@@ -1,9 +1,13 @@
 """Submit stage: send the run's queued transactions through the feed's sink, exactly once.
 
 Crash safety comes from the order of writes: ``on_sending`` marks a request's transactions in
-doubt (``sending``) and commits *before* the request goes out; a request's outcomes are committed
-as soon as its answer is read (before any further request goes out), so a crash loses at most the
-answers of the requests in flight. A process killed at any moment leaves ``queued`` or ``sending``
+doubt (``sending``) and commits *before* the request goes out (the sender awaits that commit); a
+request's outcomes are committed by the ledger's next commit after its answer is read, at the latest
+the one that marks the next request in doubt, so a crash loses at most the answers of the requests
+in flight or just read. The ledger's commits run on a thread of their own, one at a time, in the
+order asked (every ledger call of the stage goes there), so while the database works the event loop
+goes on reading the other requests' answers and building the next requests; answers read while a
+commit runs go into the next one. A process killed at any moment leaves ``queued`` or ``sending``
 rows, which the next run re-sends; a platform that already has the transaction answers
 "transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
 refund that may have landed is read back from the platform before it is sent again (see
