@@ -185,7 +185,7 @@ class EchoingPlatform:
     async def submit(self, checkouts: Any, on_sending: Any, on_result: Any, *, stop: Any = None) -> None:
         from pipeline.sinks.base import EventResult, Outcome
 
-        on_sending([c["transaction_id"] for c in checkouts])
+        await on_sending([c["transaction_id"] for c in checkouts])
         for checkout in checkouts:
             on_result(EventResult(checkout["transaction_id"], Outcome.REJECTED, error_code="404",
                                   error_message=f"Customer {checkout['customer_id']} not found"))
@@ -247,7 +247,7 @@ class EchoingWholeRequestPlatform:
         from pipeline.sinks.base import EventResult, Outcome
 
         key = resolve_secret(env="ECHO_API_KEY")  # as a real sink reads (and registers) its key
-        on_sending([c["transaction_id"] for c in checkouts])
+        await on_sending([c["transaction_id"] for c in checkouts])
         customers = ",".join(str(c["customer_id"]) for c in checkouts if c.get("customer_id"))
         message = (f"invalid request: api_key {key} with password={ECHOED_PASSWORD} and "
                    f"Authorization: Bearer tok.abc.def for customers [{customers}]")

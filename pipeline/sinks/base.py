@@ -3,14 +3,15 @@
 A sink takes checkout rows (dicts with the keys of :data:`pipeline.records.CHECKOUT_SCHEMA`,
 money as :class:`decimal.Decimal`, ``items`` a list of dicts) and delivers each to its platform. For crash
 safety it calls ``on_sending`` with the transaction ids of a request *before* the request goes out
-(the ledger marks them in doubt) and ``on_result`` once per transaction with its final
+(the ledger marks them in doubt; when it returns an awaitable, the sink awaits it first: the mark
+is committed only then) and ``on_result`` once per transaction with its final
 :class:`EventResult` for this submission.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pipeline.records import EventResult, Outcome, RetryClass
@@ -20,7 +21,7 @@ __all__ = ["CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome", "Re
 CheckoutRow = Mapping[str, Any]
 
 
-OnSending = Callable[[Sequence[str]], None]
+OnSending = Callable[[Sequence[str]], Awaitable[None] | None]
 OnResult = Callable[[EventResult], None]
 
 

@@ -14,7 +14,8 @@ The engine owns everything else: a token bucket in requests per minute that star
 burst and refills slightly below the limit (so a sliding-window limiter is never tripped), bounded
 concurrency over one connection-reusing :class:`pipeline.sinks.http.HttpClient`, retries with
 exponential backoff and jitter that honour ``Retry-After`` (which also pauses every other
-sender), ``on_sending`` before each request and ``on_result`` exactly once per transaction.
+sender), ``on_sending`` before each request (awaited when it returns an awaitable: the request
+goes out only once it is done) and ``on_result`` exactly once per transaction.
 Whether a failed request is retried now, left for a rerun, or stops the whole submission is
 decided in one place, :func:`disposition`.
 Batches of a later ``phase`` start only after every batch of earlier phases settled (refunds after
@@ -586,7 +587,9 @@ class _Submission:
         return True
 
     async def send(self, client: HttpClient, batch: Batch) -> list[EventResult] | RequestFailure:
-        self.on_sending(batch.transaction_ids)
+        marked = self.on_sending(batch.transaction_ids)
+        if marked is not None:
+            await marked  # the in-doubt mark is committed before the request goes out
         request = await self.engine.adapter.build_request(batch, client)
         if not isinstance(request, PreparedRequest):
             return request  # nothing was sent: a failure or results decided at build time

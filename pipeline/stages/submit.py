@@ -1,9 +1,13 @@
 """Submit stage: send the run's queued transactions through the feed's sink, exactly once.
 
 Crash safety comes from the order of writes: ``on_sending`` marks a request's transactions in
-doubt (``sending``) and commits *before* the request goes out; a request's outcomes are committed
-as soon as its answer is read (before any further request goes out), so a crash loses at most the
-answers of the requests in flight. A process killed at any moment leaves ``queued`` or ``sending``
+doubt (``sending``) and commits *before* the request goes out (the sender awaits that commit); a
+request's outcomes are committed by the ledger's next commit after its answer is read, at the latest
+the one that marks the next request in doubt, so a crash loses at most the answers of the requests
+in flight or just read. The ledger's commits run on a thread of their own, one at a time, in the
+order asked (every ledger call of the stage goes there), so while the database works the event loop
+goes on reading the other requests' answers and building the next requests; answers read while a
+commit runs go into the next one. A process killed at any moment leaves ``queued`` or ``sending``
 rows, which the next run re-sends; a platform that already has the transaction answers
 "transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
 refund that may have landed is read back from the platform before it is sent again (see
@@ -15,6 +19,7 @@ them up before sending them again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -22,8 +27,9 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.checkout_codec import decode_checkout
 from pipeline.config import AntavoTarget, Feed
@@ -43,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # a claim or profile update of a member whose sign-up the platform refused (held, not sent)
 MEMBER_NOT_ENROLLED = "member_not_enrolled"
@@ -405,36 +412,68 @@ async def _submit(
     outcome: SubmitResult,
 ) -> SubmitResult:
     scope = feed.scope
-    pending: list[EventResult] = []
+    pending: list[EventResult] = []  # answers read and not yet in a commit
+    loop = asyncio.get_running_loop()
+    # the ledger's one user while the stage runs: every ledger call runs on this thread, one at a
+    # time, in the order asked, so the event loop reads answers and builds requests meanwhile
+    ledger_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="posfeed-ledger")
+    in_turn = asyncio.Lock()  # FIFO: a commit's snapshot of ``pending`` follows the earlier one's
+    flush_scheduled = False  # a settling commit is asked for (see on_result)
 
-    def flush(sending: Sequence[str] | None = None) -> None:
+    async def in_ledger(call: Callable[[], T]) -> T:
+        """``call`` (ledger work) on the ledger's thread, after every commit asked for before."""
+        async with in_turn:
+            return await loop.run_in_executor(ledger_thread, call)
+
+    async def flush(sending: Sequence[str] | None = None, *, scheduled: bool = False) -> None:
         """The answers read so far into the ledger; with ``sending``, the next request's in-doubt
-        mark in the same commit, so both are in the ledger before it goes out."""
-        learned = getattr(sink, "learned_event_ids", None)
-        if learned is not None and (found := learned()):
+        mark in the same commit, so both are in the ledger before it goes out. The commit runs on
+        the ledger's thread: answers read while it runs go into the next one."""
+        nonlocal flush_scheduled
+        async with in_turn:
+            if scheduled:
+                flush_scheduled = False
+            learned = getattr(sink, "learned_event_ids", None)
             # a lookup named the purchase of an accepted sale whose answer named none: kept, so a
             # later return cancels it without looking it up again
-            ledger.record_found_event_ids(scope, found)
-        masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
-                 for r in pending if r.transaction_id in customer_of}
-        if sending is not None:
-            ledger.start_sending(scope, list(sending), run_id, settled=pending, masks=masks)
-        elif pending:
-            ledger.apply_results(scope, pending, run_id, masks=masks)
-        if pending:
-            progress.advance("submit", len(pending))
-            outcome.results += len(pending)
+            found = learned() if learned is not None else None
+            settled = pending[:]
             pending.clear()
+            if not found and not settled and sending is None:
+                return
+            masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
+                     for r in settled if r.transaction_id in customer_of}
 
-    def on_sending(transaction_ids: Sequence[str]) -> None:
-        flush(sending=transaction_ids)
+            def commit() -> None:
+                if found:
+                    ledger.record_found_event_ids(scope, found)
+                if sending is not None:
+                    ledger.start_sending(scope, list(sending), run_id, settled=settled, masks=masks)
+                elif settled:
+                    ledger.apply_results(scope, settled, run_id, masks=masks)
 
-    flush_scheduled = False
+            try:
+                await loop.run_in_executor(ledger_thread, commit)
+            except asyncio.CancelledError:
+                raise  # the commit goes on in its thread (the next one waits for it): it may land
+            except BaseException:
+                pending[:0] = settled  # not committed: the next commit settles them
+                raise
+        if settled:
+            progress.advance("submit", len(settled))
+            outcome.results += len(settled)
 
-    def scheduled_flush() -> None:
-        nonlocal flush_scheduled
-        flush_scheduled = False
-        flush()
+    async def on_sending(transaction_ids: Sequence[str]) -> None:
+        await flush(sending=transaction_ids)
+
+    settling: set[asyncio.Task[None]] = set()
+
+    async def scheduled_flush() -> None:
+        try:
+            await flush(scheduled=True)
+        except Exception as exc:  # the answers stay pending: the next commit (a sender's, at the
+            # latest the stage's last) settles them or raises the error where it is handled
+            log.debug("%s: settling answers failed, left for the next commit: %s", feed.name, exc)
 
     batch_outcomes: Counter[str] = Counter()
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
@@ -463,23 +502,27 @@ async def _submit(
         pending.append(result)
         nonlocal flush_scheduled
         if not flush_scheduled:
-            # committed before anything else runs (no other request is read or sent in between):
-            # with the next request's in-doubt mark when that comes first (on_sending), else here
+            # settled by the next commit: with the next request's in-doubt mark when that comes
+            # first (on_sending), else by this one, once the commit in progress (if any) is done
             flush_scheduled = True
-            asyncio.get_running_loop().call_soon(scheduled_flush)
+            task = loop.create_task(scheduled_flush())
+            settling.add(task)
+            task.add_done_callback(settling.discard)
 
     sink = make_sink(feed)
     progress.start("submit", len(row_ids))
     try:
-        for number, batch in enumerate(sales_first_batches(ledger, row_ids, batch_size, last=_last(feed))):
+        batches = sales_first_batches(ledger, row_ids, batch_size, last=_last(feed))
+        for number in itertools.count():
+            if (batch := await in_ledger(lambda: next(batches, None))) is None:
+                break
             start = number * batch_size  # every batch but the last is full
             if stop is not None and stop.is_set():
                 outcome.stopped = True
                 log.warning("%s: stop requested; %d transaction(s) left queued for the next run",
                             feed.name, len(row_ids) - start)
                 break
-            rows = ledger.transactions_by_row_id(batch, with_checkout=True)
-            checkouts, unsent = checkouts_of(ledger, feed, rows)
+            checkouts, unsent = await in_ledger(functools.partial(_checkouts_of_batch, ledger, feed, batch))
             for result in unsent:
                 on_result(result)
             personal_of.clear()
@@ -493,7 +536,7 @@ async def _submit(
             try:
                 await sink.submit(checkouts, on_sending, on_result, stop=stop)
             finally:
-                flush()
+                await flush()
             outcome.submitted += len(checkouts)
             if stop is not None and stop.is_set():
                 # the sink settled what it had not sent as retryable ("stopped"): a stopped run
@@ -511,7 +554,17 @@ async def _submit(
                           "for the next run", feed.name, refused, len(row_ids) - start - len(checkouts))
                 break
     finally:
-        flush()
-        await sink.aclose()
-        progress.finish("submit")
+        try:
+            await flush()
+            await asyncio.gather(*settling)  # nothing left for them: they end at once
+        finally:
+            ledger_thread.shutdown(wait=True)  # a commit still running (a cancelled one's) ends first
+            await sink.aclose()
+            progress.finish("submit")
     return outcome
+
+
+def _checkouts_of_batch(ledger: Ledger, feed: Feed, batch: Sequence[int]
+                        ) -> tuple[list[dict[str, Any]], list[EventResult]]:
+    """:func:`checkouts_of` the ledger rows ``batch`` (row ids)."""
+    return checkouts_of(ledger, feed, ledger.transactions_by_row_id(batch, with_checkout=True))

@@ -1,0 +1,194 @@
+"""While a ledger commit waits for the database, the submit stage goes on reading answers, and no
+request goes out before its in-doubt mark is committed.
+
+The ledger's write lock is taken by another connection (SQLite: ``BEGIN IMMEDIATE`` on the file;
+PostgreSQL: the ledger's write advisory lock) the moment the second request is built, so the next
+commit stalls in the database. The sandbox holds that second request's answer until a commit is
+stalled; then the answer arrives and is read while the commit still waits. Shown to fail with the
+commits on the event loop's thread: the loop waits inside the commit, so the answer is read only
+once the commit is over (PostgreSQL: never, until the lock is let go).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pipeline import runner
+from pipeline.config import Feed
+from pipeline.ledger import Ledger
+from pipeline.ledger.postgres import WRITE_LOCK
+from pipeline.records import EventResult
+from pipeline.runner import RunSummary
+from pipeline.sandbox.server import SandboxServer
+from pipeline.sinks import make_sink
+from pipeline.sinks.base import Sink
+from tests.runner_helpers import credentials, delivered_ids, sample_feed, settings_in, stats
+
+HEADER = (
+    "transaction_id,store_id,register_id,timestamp,business_date,customer_id,transaction_type,line_no,"
+    "product_id,product_name,product_category,quantity,unit_price,discount,line_total,currency,"
+    "transaction_total,points_burned,original_transaction_id"
+)
+SALES = [f"S-{n}" for n in range(8)]
+WAIT = 120.0  # seconds: only a failsafe for a broken run (nothing here waits this long when it works)
+
+
+class WriteLock:
+    """The ledger's write lock, held by a connection of its own."""
+
+    def __init__(self, location: Path | str):
+        self._location = location
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: psycopg.Connection[Any] | None = None
+
+    def take(self) -> None:
+        if isinstance(self._location, Path):
+            self._sqlite = sqlite3.connect(self._location, isolation_level=None, check_same_thread=False,
+                                           timeout=WAIT)
+            self._sqlite.execute("BEGIN IMMEDIATE")
+        else:
+            self._pg = psycopg.connect(self._location, autocommit=True)
+            self._pg.execute("SELECT pg_advisory_lock(%s, %s)", WRITE_LOCK)
+
+    def release(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+        if self._pg is not None:
+            self._pg.close()
+
+
+class Watch:
+    """What the run did around the held lock: commits (the answers each settled), requests built,
+    answers read."""
+
+    def __init__(self, lock: WriteLock):
+        self.lock = lock
+        self.mutex = threading.Lock()
+        self.held = False  # the lock is held (taken, not yet released)
+        self.commits: list[set[str]] = []  # the answers each commit settled, in the order they began
+        self.running: set[int] = set()  # commits begun and not over
+        self.built = 0
+        self.built_while_held: list[list[str]] = []
+        self.stalled = threading.Event()  # a commit is running while the lock is held
+        self.read_during: dict[str, set[int]] = {}  # answers read while the lock held a commit
+        self.read_while_stalled = threading.Event()
+
+    def commit(self, original: Any, answers: Sequence[EventResult], /, *args: Any, **kwargs: Any) -> None:
+        with self.mutex:
+            number = len(self.commits)
+            self.commits.append({r.transaction_id for r in answers})
+            self.running.add(number)
+            if self.held:
+                self.stalled.set()
+        try:
+            original(*args, **kwargs)
+        finally:
+            with self.mutex:
+                self.running.discard(number)
+
+    def release(self) -> None:
+        with self.mutex:
+            self.held = False
+        self.lock.release()
+
+    def sink(self, feed: Feed) -> Sink:
+        sink: Any = make_sink(feed)
+        adapter = sink.adapter
+        build, parse = adapter.build_request, adapter.parse_response
+
+        async def build_request(batch: Any, client: Any) -> Any:
+            request = await build(batch, client)
+            with self.mutex:
+                self.built += 1
+                if self.held:
+                    self.built_while_held.append(batch.transaction_ids)
+                take = self.built == 2
+            if take:  # both requests in flight are marked in doubt: the next commit stalls
+                self.lock.take()
+                with self.mutex:
+                    self.held = True
+            return request
+
+        def parse_response(batch: Any, *args: Any) -> Any:
+            with self.mutex:
+                if self.held and self.running:
+                    self.read_during.update({t: set(self.running) for t in batch.transaction_ids})
+                    self.read_while_stalled.set()
+            return parse(batch, *args)
+
+        adapter.build_request, adapter.parse_response = build_request, parse_response
+        return sink  # type: ignore[no-any-return]
+
+
+def _wait(event: threading.Event, run: threading.Thread) -> bool:
+    """Whether ``event`` happened (False when the run ended first, or after the failsafe)."""
+    deadline = time.monotonic() + WAIT
+    while not event.wait(0.05):
+        if not run.is_alive() or time.monotonic() > deadline:
+            return False
+    return True
+
+
+def test_answers_are_read_while_a_commit_waits_and_no_request_outruns_its_mark(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [f"{tid},LON01,R1,2026-11-20 10:{n:02d}:00,2026-11-20,M{n},sale,1,P1,Tea,drinks,1,2.50,,2.50,"
+            "GBP,2.50,," for n, tid in enumerate(SALES)]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    watch = Watch(WriteLock(ledger_location))
+    start_sending, apply_results = Ledger.start_sending, Ledger.apply_results
+
+    def watched_start_sending(self: Ledger, *args: Any, settled: Sequence[EventResult] = (),
+                              **kwargs: Any) -> None:
+        watch.commit(start_sending, settled, self, *args, settled=settled, **kwargs)
+
+    def watched_apply_results(self: Ledger, scope: str, results: Sequence[EventResult], *args: Any,
+                              **kwargs: Any) -> None:
+        watch.commit(apply_results, results, self, scope, results, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "start_sending", watched_start_sending)
+    monkeypatch.setattr(Ledger, "apply_results", watched_apply_results)
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    summaries: list[RunSummary] = []
+    with SandboxServer() as sandbox, credentials(sandbox):
+        # the first request is answered; the second (and any later one) waits until released
+        sandbox.config.hold_ms, sandbox.config.hold_after = WAIT * 1000, ("requests", 2)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, max_concurrency=2, bulk_size=1)
+        run = threading.Thread(target=lambda: summaries.append(runner.run_feed(
+            feed, settings, business_dates=[date(2026, 11, 20)], make_sink=watch.sink)))
+        run.start()
+        try:
+            stalled = _wait(watch.stalled, run)
+            sandbox.config.hold_after = None  # the second request's answer comes back now
+            read = stalled and _wait(watch.read_while_stalled, run)
+            requests_while_held = stats(sandbox)["requests"]
+        finally:
+            watch.release()
+            run.join(WAIT)
+        assert stalled, "no commit ran while the ledger's write lock was held"
+        assert read, "no answer was read while a commit waited for the ledger's write lock"
+        # nothing went out while every commit waited: a request goes only once its mark is in
+        assert watch.built_while_held == []
+        assert requests_while_held == 2
+        delivered = sorted(delivered_ids(sandbox))
+    assert summaries and summaries[0].to_dict()["accepted"] == len(SALES)
+    assert delivered == sorted(SALES)  # each once
+    # the answers read during the waiting commit(s) are settled by a commit that began later
+    for tid, during in watch.read_during.items():
+        assert all(tid not in watch.commits[number] for number in during)
+        assert any(tid in settled for settled in watch.commits[max(during) + 1:]), tid
