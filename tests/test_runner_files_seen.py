@@ -160,8 +160,8 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
     counts = [v for k, v in empty.items() if k.endswith("_count") or k in (
         "rows_in", "transactions_in", "rows_accounted", "transactions_accounted")]
     amounts = [v for k, v in empty.items() if k.endswith("_amount") or k in ("amount_in", "amount_accounted")]
-    assert set(counts) == {"0"} and len(counts) == 14
-    assert set(amounts) == {"0.00"} and len(amounts) == 12
+    assert set(counts) == {"0"} and len(counts) == 16
+    assert set(amounts) == {"0.00"} and len(amounts) == 14
     assert (empty["points_awarded"], empty["balanced"], empty["reason"]) == ("", "true", "no data rows")
 
     page = (summary.reports_path / "report.html").read_text(encoding="utf-8")
