@@ -120,6 +120,19 @@ def _file_glob(value: str, *, expected: bool) -> str:
     return value
 
 
+def _env_name(value: str) -> str:
+    """A ``*_env`` key: the name of an environment variable (a blank one would pass loading and
+    fail only mid-run, when the secret is read)."""
+    if not value.strip():
+        raise ValueError("names no environment variable: name one, or leave the key out")
+    if value != value.strip() or "=" in value or "\0" in value:
+        raise ValueError("is not an environment variable name (no blanks around it, no '=')")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
 SourceGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=False))]
 ExpectedGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=True))]
 
@@ -160,8 +173,8 @@ class SourceConfig(_Model):
     port: int = Field(default=22, ge=1, le=65535)
     username: str | None = None
     private_key_file: str | None = None
-    private_key_passphrase_env: str | None = None
-    password_env: str | None = None
+    private_key_passphrase_env: EnvName | None = None
+    password_env: EnvName | None = None
     known_hosts_file: str | None = None
     trust_unknown_host: bool = False
     connect_timeout: float = Field(default=15.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
@@ -375,8 +388,8 @@ class AntavoTarget(_Model):
     base_url: PlatformUrl = "https://api.demo.antavo.com"
     region: str = "demo"
     auth: Literal["signed", "api_key"] = "signed"
-    api_key_env: str = "ANTAVO_API_KEY"
-    api_secret_env: str | None = "ANTAVO_API_SECRET"
+    api_key_env: EnvName = "ANTAVO_API_KEY"
+    api_secret_env: EnvName | None = "ANTAVO_API_SECRET"
     api_secret_file: str | None = None
     requests_per_minute: int = Field(default=1500, gt=0)
     max_concurrency: int = Field(default=8, ge=1, le=256)
@@ -416,10 +429,10 @@ class CrmcomTarget(_Model):
     kind: Literal["crmcom"] = "crmcom"
     base_url: PlatformUrl = "https://sandbox.crm.com"
     auth: Literal["token", "web_api_key"] = "token"
-    username_env: str | None = "CRMCOM_USERNAME"
-    password_env: str | None = "CRMCOM_PASSWORD"
-    organisation_env: str | None = "CRMCOM_ORGANISATION"
-    web_api_key_env: str | None = None
+    username_env: EnvName | None = "CRMCOM_USERNAME"
+    password_env: EnvName | None = "CRMCOM_PASSWORD"
+    organisation_env: EnvName | None = "CRMCOM_ORGANISATION"
+    web_api_key_env: EnvName | None = None
     web_api_key_file: str | None = None
     password_file: str | None = None
     unit: str | None = None  # unit ID sent with the token call (default: the user's default unit)
@@ -508,7 +521,7 @@ TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind"
 class AlertsConfig(_Model):
     """Optional webhook alerts (`[alerts]`)."""
 
-    webhook_url_env: str | None = None
+    webhook_url_env: EnvName | None = None
     webhook_url: HttpUrl | None = None
     reject_share_threshold: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     on_failure: bool = True

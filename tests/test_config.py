@@ -605,3 +605,36 @@ def test_a_feed_refused_for_a_clash_still_has_its_secrets_masked(
     assert all(r.error is not None for r in load_feeds(tmp_path))
     register_env_secrets_of_feeds(tmp_path)
     assert redact("x clash-secret-5521 y") == f"x {REDACTED} y"
+
+
+def _env_keys() -> list[str]:
+    """Every `*_env` key a feed file may hold, as `section.key`."""
+    return sorted(key for key in model_keys() if key.endswith("_env"))
+
+
+def _with_key(key: str, value: str) -> str:
+    """A feed file setting ``key`` (its section made valid around it: an sftp source, a CRM.COM target)."""
+    section, name = key.split(".")
+    head = {"source": "kind = 'sftp'\nhost = 'h'\nusername = 'u'\nprivate_key_file = 'k'\n",
+            "target": "kind = 'crmcom'\n" if name not in AntavoTarget.model_fields else "",
+            "alerts": ""}[section]
+    return f"[{section}]\n{head}{name} = {value!r}\n"
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+@pytest.mark.parametrize("key", _env_keys())
+def test_a_blank_env_key_is_refused_when_the_feed_loads(tmp_path: Path, key: str, value: str) -> None:
+    """A `*_env` key naming no variable would pass `posfeed feeds` and fail only mid-run."""
+    path = write(tmp_path, "bad.toml", _with_key(key, value))
+    with pytest.raises(ConfigError) as caught:
+        load_feed(path)
+    error = caught.value
+    assert error.key == key and "names no environment variable" in error.problem, str(error)
+
+
+def test_posfeed_feeds_refuses_a_blank_env_key(tmp_path: Path) -> None:
+    bad = write(tmp_path, "shop.toml", "[target]\napi_key_env = ''\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert str(bad) in done.stderr and "target.api_key_env" in done.stderr, done.stderr
+    assert "names no environment variable" in done.stderr and "Traceback" not in done.stderr
