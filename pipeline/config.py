@@ -806,23 +806,42 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
 
 def _check_source_folders(feed: Feed, source: Path) -> None:
     """``archive_path`` and ``quarantine_path`` are not the folder read: a file moved there would
-    stay among the files listed (renamed ``.1``, ``.2``, ...) and be read again."""
+    stay among the files listed (renamed ``.1``, ``.2``, ...) and be read again. Nor, when files are
+    archived, are they one folder or one inside the other: archived and quarantined files would mix."""
     src = feed.source
     for key, value in (("archive_path", src.archive_path), ("quarantine_path", src.quarantine_path)):
         if value is None:
             continue
-        if src.kind == "sftp":
-            same = posixpath.normpath(posixpath.join(src.path, value)) == posixpath.normpath(src.path)
-        else:
-            folder = feed.resolve_path(src.path)
-            target = Path(value).expanduser()
-            target = target if target.is_absolute() else folder / target
-            same = (os.path.normpath(target) == os.path.normpath(folder)
-                    or target.resolve() == folder.resolve())
-        if same:
+        target, folder = _moved_into(feed, value), _moved_into(feed, ".")
+        if target == folder or (src.kind == "local" and Path(target).resolve() == Path(folder).resolve()):
             raise ConfigError(f"{value!r} is the source folder itself: files moved there would be read "
                               f"again; name another folder (default: {key.split('_')[0]} inside source.path)",
                               source=source, key=f"source.{key}")
+    if src.after_success != "archive":
+        return  # the archive folder is not used
+    archive = _moved_into(feed, src.archive_path or "archive")
+    quarantine = _moved_into(feed, src.quarantine_path or "quarantine")
+    if _within(archive, quarantine) or _within(quarantine, archive):
+        where = "the archive folder" if archive == quarantine else "inside the archive folder, or it in it"
+        raise ConfigError(f"{src.quarantine_path or 'quarantine'!r} is {where} "
+                          f"({src.archive_path or 'archive'!r}): archived and quarantined files would mix; "
+                          "name two separate folders", source=source, key="source.quarantine_path")
+
+
+def _moved_into(feed: Feed, value: str) -> str:
+    """The folder a source's ``archive_path`` or ``quarantine_path`` names, normalized (absolute,
+    or inside ``source.path``, as the sources read it)."""
+    src = feed.source
+    if src.kind == "sftp":
+        return posixpath.normpath(posixpath.join(src.path, value))
+    folder = feed.resolve_path(src.path)
+    target = Path(value).expanduser()
+    return os.path.normpath(target if target.is_absolute() else folder / target)
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Whether folder ``inner`` is ``outer`` or inside it (both normalized, of one kind)."""
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 def _check_checkout_columns(feed: Feed, source: Path) -> None:

@@ -638,3 +638,38 @@ def test_posfeed_feeds_refuses_a_blank_env_key(tmp_path: Path) -> None:
     assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
     assert str(bad) in done.stderr and "target.api_key_env" in done.stderr, done.stderr
     assert "names no environment variable" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'held'\nquarantine_path = 'held'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'held'\nquarantine_path = './held/'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = '{abs}/held'\nquarantine_path = 'held'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'held'\nquarantine_path = 'held/bad'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'quarantine/done'\n",
+        "path = 'in'\nafter_success = 'archive'\nquarantine_path = 'archive'\n",
+        "kind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\npath = '/exports'\n"
+        "after_success = 'archive'\narchive_path = '/exports/held'\nquarantine_path = 'held'\n",
+        "kind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\npath = '/exports'\n"
+        "after_success = 'archive'\narchive_path = 'held/q/..'\nquarantine_path = 'held/bad'\n",
+    ],
+)
+def test_archive_and_quarantine_in_one_folder_are_refused(tmp_path: Path, source: str) -> None:
+    """Archived and quarantined files in one folder (or one inside the other) would mix: `posfeed
+    release` and an operator sorting them could take one for the other."""
+    (tmp_path / "in").mkdir()
+    text = "[source]\n" + source.replace("{abs}", str(tmp_path / "in"))
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", text))
+    error = caught.value
+    assert error.key == "source.quarantine_path" and "archive" in error.problem, str(error)
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG and "source.quarantine_path" in done.stderr, done.stderr
+
+
+def test_archive_and_quarantine_side_by_side_load(tmp_path: Path) -> None:
+    """Folders that only share a prefix of their names (`held`, `held2`) are two folders."""
+    write(tmp_path, "ok.toml", "[source]\npath = 'in'\nafter_success = 'archive'\narchive_path = 'held'\n"
+                               "quarantine_path = 'held2'\n")
+    assert load_feed(tmp_path / "ok.toml").source.quarantine_path == "held2"
