@@ -418,6 +418,15 @@ class AntavoTarget(_Model):
     # it reads a body: an assumption of the spec, so it can be switched off)
     check_credentials: bool = True
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        """The first part of the signature's credential scope, ``<region>/api/antavo_request``."""
+        if not value or "/" in value or any(ch.isspace() for ch in value):
+            raise ValueError("must be the platform's region (e.g. 'demo'), no blanks or '/': it begins the "
+                             "credential scope of every signed request, which the platform would refuse")
+        return value
+
     @model_validator(mode="after")
     def _backoff(self) -> AntavoTarget:
         return _check_backoff(self)

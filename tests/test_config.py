@@ -673,3 +673,13 @@ def test_archive_and_quarantine_side_by_side_load(tmp_path: Path) -> None:
     write(tmp_path, "ok.toml", "[source]\npath = 'in'\nafter_success = 'archive'\narchive_path = 'held'\n"
                                "quarantine_path = 'held2'\n")
     assert load_feed(tmp_path / "ok.toml").source.quarantine_path == "held2"
+
+
+@pytest.mark.parametrize("region", ["", "   ", " demo", "demo/api"])
+def test_a_blank_or_malformed_antavo_region_is_refused(tmp_path: Path, region: str) -> None:
+    """The region is the first part of the signature's credential scope (`<region>/api/antavo_request`):
+    a blank one, or one with blanks or a `/`, makes every signed request refused by the platform."""
+    bad = write(tmp_path, "shop.toml", f"[target]\nregion = {region!r}\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert str(bad) in done.stderr and "target.region" in done.stderr and "credential scope" in done.stderr
