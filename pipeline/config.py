@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import posixpath
 import string
@@ -917,7 +918,7 @@ def _clash(a: Feed, b: Feed) -> tuple[str, str] | None:
     if a.name == b.name:
         return "name", "{name!r} is also the name of {other}: feed names are unique"
     if a.scope != b.scope:
-        return None
+        return _source_clash(a, b)
     if a.records != b.records:
         return ("dedup_scope", "scope {scope!r} is shared with {other}, which holds other records "
                 f"({a.records} / {b.records}): give each its own dedup_scope")
@@ -926,6 +927,107 @@ def _clash(a: Feed, b: Feed) -> tuple[str, str] | None:
                 "transaction is sent once per scope, so the other platform would never get it; give each "
                 "its own dedup_scope")
     return None
+
+
+def _source_clash(a: Feed, b: Feed) -> tuple[str, str] | None:
+    """Why feeds ``a`` and ``b`` of two scopes cannot read the same files, or None. Sources overlap
+    when they list one folder (local: the same folder; sftp: the same server and path) with
+    patterns that can match one name. Only the documented fan-out may: the same records sent to
+    another target, each feed keeping the files (a feed moving them away would leave the other
+    none)."""
+    if _source_location(a) != _source_location(b) or not _globs_overlap(
+            _pattern_glob(a.source.pattern), _pattern_glob(b.source.pattern)):
+        return None
+    if a.records != b.records:
+        why = f"the other holds other records ({a.records} / {b.records}): each would read the other's files"
+    elif _target_of(a) == _target_of(b):
+        why = ("both send to one target from two dedup scopes: the platform would get each transaction "
+               "twice; give both one dedup_scope")
+    elif a.source.after_success != "keep" or b.source.after_success != "keep":
+        why = ("one moves its files away (after_success), so the other would miss them; keep the files "
+               "in both to send them to both targets")
+    else:
+        return None
+    return ("source.pattern", "reads the same files as {other} (same folder, patterns matching the same "
+            f"names) in another dedup scope, and {why}; or give them patterns that match other files")
+
+
+def _source_location(feed: Feed) -> tuple[str, ...]:
+    """The folder a feed's source lists, comparable across feeds."""
+    src = feed.source
+    if src.kind == "local":
+        return ("local", str(feed.resolve_path(src.path).resolve()))
+    path = posixpath.normpath(src.path)
+    # a relative path is in the login's home: another login's is another folder
+    login = "" if path.startswith("/") else (src.username or "")
+    return ("sftp", (src.host or "").strip().lower(), str(src.port), login, path)
+
+
+def _pattern_glob(pattern: str) -> str:
+    """A source pattern as one glob for every business date: a date written in digits stands as
+    ``[0-9]`` per digit, one written with words (a month's name) as ``*``."""
+    out = []
+    for literal, name, spec, _ in string.Formatter().parse(pattern):
+        out.append(literal)
+        if name is None:
+            continue
+        written = format(date(2000, 1, 1), spec or "")
+        out.append("*" if any(ch.isalpha() for ch in written) else
+                   "".join("[0-9]" if ch.isdigit() else ch for ch in written))
+    return "".join(out)
+
+
+def _glob_tokens(glob: str) -> list[str | frozenset[str] | None]:
+    """A glob as tokens: ``"*"``, ``"?"``, a literal character, a set of characters (``[...]``),
+    or None for a negated set (taken as matching any character: this check errs on overlap)."""
+    tokens: list[str | frozenset[str] | None] = []
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        end = glob.find("]", i + 2) if ch == "[" else -1
+        if end == -1:
+            tokens.append(ch)
+            i += 1
+            continue
+        body = glob[i + 1:end]
+        if body.startswith("!"):
+            tokens.append(None)
+        else:
+            chars: set[str] = set()
+            j = 0
+            while j < len(body):
+                if j + 2 < len(body) and body[j + 1] == "-":
+                    chars |= {chr(c) for c in range(ord(body[j]), ord(body[j + 2]) + 1)}
+                    j += 3
+                else:
+                    chars.add(body[j])
+                    j += 1
+            tokens.append(frozenset(chars))
+        i = end + 1
+    return tokens
+
+
+def _globs_overlap(a: str, b: str) -> bool:
+    """Whether some file name matches both globs (``*``, ``?`` and ``[...]`` as fnmatch reads them)."""
+    ta, tb = _glob_tokens(a), _glob_tokens(b)
+
+    def chars(token: str | frozenset[str] | None) -> frozenset[str] | None:
+        return None if token is None or token == "?" else frozenset(token)
+
+    @functools.cache
+    def overlap(i: int, j: int) -> bool:
+        if i == len(ta) and j == len(tb):
+            return True
+        if i < len(ta) and ta[i] == "*":
+            return overlap(i + 1, j) or (j < len(tb) and overlap(i, j + 1))
+        if j < len(tb) and tb[j] == "*":
+            return overlap(i, j + 1) or (i < len(ta) and overlap(i + 1, j))
+        if i == len(ta) or j == len(tb):
+            return False
+        one, two = chars(ta[i]), chars(tb[j])
+        return (one is None or two is None or bool(one & two)) and overlap(i + 1, j + 1)
+
+    return overlap(0, 0)
 
 
 def _refuse_clashes(results: list[FeedLoadResult]) -> list[FeedLoadResult]:
