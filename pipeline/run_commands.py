@@ -234,6 +234,9 @@ def run_command(
 ) -> int:
     """`posfeed run`: run each selected feed, print the summaries, return the worst exit code."""
     feeds, config_errors = _feeds(settings, feed_names, all_feeds)
+    for feed in feeds:  # before any feed runs: a day to come has no files yet, only typos
+        for day in business_dates:
+            _check_future(feed, day)
     summaries: list[RunSummary] = []
     errors: list[dict[str, Any]] = [
         {"feed": e.source, "exit_code": e.exit_code, "error": str(e)} for e in config_errors

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,19 @@ def test_2_usage_errors(tmp_path: Path) -> None:
         proc = posfeed(tmp_path, *args, env=env, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert says in proc.stderr and "Usage: " in proc.stderr, (args, proc.stderr)
+
+
+def test_2_a_run_of_a_business_date_to_come(live: SandboxServer, tmp_path: Path) -> None:
+    """`posfeed run --business-date` of a day that has begun in none of the feed's timezones is a
+    usage error naming the option, as `posfeed rerun` and `posfeed report` refuse it; nothing runs."""
+    clean_day(tmp_path / "drop", 5)
+    feed = str(_feed_file(live, tmp_path))
+    to_come = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()  # past every timezone's today
+    for args in (("--business-date", to_come), ("--business-date", "2026-11-20", "--business-date", to_come)):
+        proc = posfeed(tmp_path, "run", "--feed", feed, *args, env=env_for(live), timeout=60)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "--business-date" in proc.stderr and "future" in proc.stderr and "Usage: " in proc.stderr
+        assert not (tmp_path / "state" / "ledger.sqlite").exists()  # nothing ran
 
 
 def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tmp_path: Path) -> None:
