@@ -15,6 +15,7 @@ import posixpath
 import string
 import tomllib
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -58,6 +59,7 @@ __all__ = [
     "canonical_feed",
     "check_alongside",
     "env_needs",
+    "env_status",
     "load_feed",
     "load_feeds",
     "register_env_secrets_of_feeds",
@@ -1118,6 +1120,15 @@ def env_needs(feed: Feed) -> list[EnvNeed]:
         needs += need("target.organisation_env", target.organisation_env)
     needs += need("alerts.webhook_url_env", feed.alerts.webhook_url_env)
     return needs
+
+
+def env_status(need: EnvNeed, environ: Mapping[str, str] | None = None) -> str:
+    """``set``, ``file`` (not set; the run reads its secret file) or ``missing``; never the value."""
+    if (os.environ if environ is None else environ).get(need.variable):
+        return "set"
+    if need.file is not None and need.file.is_file() and os.access(need.file, os.R_OK):
+        return "file"
+    return "missing"
 
 
 @dataclass(frozen=True)
