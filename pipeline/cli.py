@@ -15,7 +15,7 @@ import click
 
 from pipeline.config import Settings
 from pipeline.errors import EXIT_INTERNAL, ConfigError, PosfeedError, state_io_error
-from pipeline.logs import shown
+from pipeline.logs import counted, shown
 
 __all__ = ["cli", "main"]
 
@@ -197,8 +197,8 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
     code = check_exit_code(result)
     if code:  # the cause on stderr, whatever the output format
         s = result.summary
-        causes = [f"{s['rows_rejected']} row(s) rejected"] if s["rows_rejected"] else []
-        causes += [f"{s['conflicts']} conflict(s)"] if s["conflicts"] else []
+        causes = [f"{counted(s['rows_rejected'], 'row')} rejected"] if s["rows_rejected"] else []
+        causes += [counted(s["conflicts"], "conflict")] if s["conflicts"] else []
         causes += [f"unreadable file {e.file}: {e.reason}" for e in result.unreadable]
         say(f"posfeed: check: exit {code}: {'; '.join(causes)}", event="exit", exit_code=code)
     ctx.exit(code)

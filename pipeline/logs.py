@@ -41,6 +41,7 @@ __all__ = [
     "JsonFormatter",
     "MaskingFilter",
     "TextFormatter",
+    "counted",
     "customer_ids_pattern",
     "feed_secret_env_names",
     "forget_secret",
@@ -247,6 +248,12 @@ def keep_shown(error: BaseException, text: str) -> None:
     problem, the exit's message): its own text with what it quoted masked."""
     with contextlib.suppress(AttributeError):  # an exception type without a __dict__
         setattr(error, _SHOWN, text)
+
+
+def counted(count: Any, word: str, plural: str | None = None) -> str:
+    """``1 transaction``, ``0 transactions``, ``2 conflicts``: a count in words that agree with it
+    (``plural``: for a word that does not take an ``s``)."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def shown(error: BaseException | None) -> str:

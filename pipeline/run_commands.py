@@ -35,7 +35,7 @@ from pipeline.errors import (
     worst_exit_code,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import say, shown
+from pipeline.logs import counted, say, shown
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
@@ -131,17 +131,19 @@ def format_summary(summary: RunSummary) -> str:
     kind = "dry run" if dry else s.get("kind", "run")
     meaning = _MEANING.get(summary.exit_code, "")
     if summary.exit_code == EXIT_OK and s.get("needs_rerun"):
-        meaning = (f"this run's work is final and balanced; {s['needs_rerun']} older transaction(s) "
-                   "need a rerun")
+        older = counted(s["needs_rerun"], "older transaction")
+        needs = "needs" if s["needs_rerun"] == 1 else "need"
+        meaning = f"this run's work is final and balanced; {older} {needs} a rerun"
     lines = [
         f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
-        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions",
+        f"  in:        {counted(s['rows_in'], 'row')}, {counted(s['transactions_in'], 'transaction')}",
         *currency_lines(s),
         f"  accepted:  {s['accepted']} ({_points(s.get('points_awarded'))})",
-        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows)",
-        f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids, "
+        f"  rejected:  {counted(s['transactions_rejected'], 'transaction')} "
+        f"({counted(s['rows_rejected'], 'row')})",
+        f"  skipped:   {counted(s['duplicates'], 'duplicate')}, {counted(s.get('voids', 0), 'void')}, "
         f"{s.get('not_sent', 0)} not sendable",
-        f"  held:      {s['conflicts']} conflicts",
+        f"  held:      {counted(s['conflicts'], 'conflict')}",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent"
         + (f" ({s['partly_refunded']} of them refunded in part on the platform: see "
            "partly_refunded_amount)" if s.get("partly_refunded") else "")
@@ -446,8 +448,9 @@ def report_command(
         _print_json({**report.summary, "reports_path": str(folder)})
     else:
         s = report.summary
-        click.echo(f"{s['feed']} {s['run_id']}: {s['rows_in']} rows, {s['transactions_in']} transactions, "
-                   f"{s['accepted']} accepted, balanced {'yes' if s['balanced'] else 'NO'}")
+        click.echo(f"{s['feed']} {s['run_id']}: {counted(s['rows_in'], 'row')}, "
+                   f"{counted(s['transactions_in'], 'transaction')}, {s['accepted']} accepted, "
+                   f"balanced {'yes' if s['balanced'] else 'NO'}")
         click.echo(f"reports: {folder}")
     return EXIT_OK
 

@@ -63,7 +63,7 @@ from pipeline.expected import SeenFile, note_other_feeds, report_missing
 from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
 from pipeline.ledger import FileRecord, Ledger, new_run_id
 from pipeline.ledger.records import timestamp
-from pipeline.logs import keep_shown, log_event, mask_customer_id, mask_quoted_customers, shown
+from pipeline.logs import counted, keep_shown, log_event, mask_customer_id, mask_quoted_customers, shown
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
@@ -170,9 +170,9 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
                      "stopped, the rest waits for the next run")
     if s.get("transactions_rejected"):
-        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
+        parts.append(f"{counted(s['transactions_rejected'], 'transaction')} rejected (see rejects.csv)")
     if s.get("conflicts"):
-        parts.append(f"{s['conflicts']} conflict(s) held for review")
+        parts.append(f"{counted(s['conflicts'], 'conflict')} held for review")
     for item in s.get("unreadable_files") or []:
         parts.append(f"unreadable file {item['file']}: {item['reason']}")
     for item in s.get("fetch_failures") or []:
