@@ -15,7 +15,7 @@ import click
 
 from pipeline.config import Settings
 from pipeline.errors import EXIT_INTERNAL, ConfigError, PosfeedError, state_io_error
-from pipeline.logs import counted, shown
+from pipeline.logs import counted, set_told_options, shown
 
 __all__ = ["cli", "main"]
 
@@ -64,9 +64,33 @@ def cli(
     ctx.obj["settings"] = Settings.from_env(
         state_dir=state_dir, feeds_dir=feeds_dir, reports_dir=reports_dir, ledger_url=ledger_url
     )
+    set_told_options(_given_options(ctx, ctx.obj["settings"]))
+    ctx.call_on_close(lambda: set_told_options(()))  # one command line's (CliRunner runs many)
     ctx.obj["log_format"] = log_format
     ctx.obj["verbose"] = verbose
     register_env_secrets_of_feeds(ctx.obj["settings"].feeds_dir)
+
+
+def _given_options(ctx: click.Context, settings: Settings) -> list[str]:
+    """The global options given on the command line (not from the environment), as the commands
+    posfeed tells a user to run repeat them: folders absolute (the command may be run elsewhere),
+    the ledger URL without its password (never printed or stored; fill it in, or give it through
+    POSFEED_LEDGER_URL or a .pgpass file)."""
+    from click.core import ParameterSource
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+    options: list[str] = []
+    for name, folder in (("state_dir", settings.state_dir), ("feeds_dir", settings.feeds_dir),
+                         ("reports_dir", settings.reports_dir)):
+        if given(name):
+            options += [f"--{name.replace('_', '-')}", str(folder.absolute())]
+    if given("ledger_url") and settings.ledger_url:
+        from pipeline.ledger.location import masked_url
+
+        options += ["--ledger-url", masked_url(settings.ledger_url)]
+    return options
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from pipeline.errors import (
     worst_exit_code,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import counted, say, shown
+from pipeline.logs import counted, say, shown, told
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
@@ -159,7 +159,7 @@ def format_summary(summary: RunSummary) -> str:
                      f"{s['waiting']} waiting for the next run{oldest}")
     if s.get("needs_rerun"):
         lines.append(f"  needs rerun: {s['needs_rerun']} past the [resume] caps or refused as requests "
-                     f"(posfeed rerun --feed {summary.feed} --failed)")
+                     + told(f"(`posfeed rerun --feed {summary.feed} --failed`)"))
     if s.get("superseded_files"):
         lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
     for item in s.get("unreadable_files") or []:
@@ -202,7 +202,7 @@ def _open_problems_line(problems: list[dict[str, Any]]) -> str:
         f"#{p['problem_id']} {p['kind']} {p.get('subject') or p.get('store_id') or ''}".rstrip()
         for p in problems[:5]
     )
-    return f"{len(problems)} open: {shown}" + (f"; {len(problems) - 5} more: posfeed problems"
+    return f"{len(problems)} open: {shown}" + (told(f"; {len(problems) - 5} more: `posfeed problems`")
                                                if len(problems) > 5 else "")
 
 
@@ -344,8 +344,8 @@ def _check_selection(settings: Settings, feed: Feed, selection: RerunSelection) 
             value = next(iter(criteria.values()))
             hint = ""
             if option == "--file" and quarantined:
-                hint = (f": it was unreadable and is in quarantine; `posfeed release {value} --feed "
-                        f"{feed.name}` lets the next run read it")
+                hint = told(f": it was unreadable and is in quarantine; `posfeed release {value} --feed "
+                            f"{feed.name}` lets the next run read it")
             elif option == "--file" and "/" in str(value):
                 hint = " (give the file's name as the source lists it, not a path)"
             raise click.BadParameter(f"the ledger holds no transaction of feed {feed.name} with "

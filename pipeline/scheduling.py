@@ -72,7 +72,7 @@ from pipeline.errors import (
     state_io_error,
 )
 from pipeline.locks import RunLock
-from pipeline.logs import log_event, register_feed_secrets, shown
+from pipeline.logs import log_event, register_feed_secrets, shown, told
 
 __all__ = [
     "DEFAULT_MISFIRE_GRACE_SECONDS",
@@ -682,8 +682,9 @@ def _tell_missing_env(selected: Sequence[ScheduledFeed], *, refuse: bool) -> Non
             event="feed_env_missing", level=logging.ERROR, variable=variable, key=key, feeds=names)
     if missing and refuse:
         variables = ", ".join(variable for variable, _ in missing)
-        raise SecretError(f"posfeed schedule is not starting: the feeds given read environment variables "
-                          f"that are not set ({variables}); set them (`posfeed feeds` lists them)")
+        raise SecretError(told(f"posfeed schedule is not starting: the feeds given read environment "
+                               f"variables that are not set ({variables}); set them (`posfeed feeds` "
+                               "lists them)"))
 
 
 def _install_signal_handlers(scheduler: FeedScheduler) -> dict[int, Any]:
