@@ -141,6 +141,14 @@ def _fatal(message: str, exit_code: int, exc: BaseException) -> None:
     click.echo(redact(message), err=True)
 
 
+def _not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An option that names something (a region, a key): blank is a usage error, not a sandbox no
+    request can match."""
+    if not value.strip():
+        raise click.BadParameter("must not be blank")
+    return value
+
+
 # ---- commands ---------------------------------------------------------------------------------
 # Each command below parses its options, calls one library function and prints the result.
 
@@ -387,11 +395,13 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port to listen on (0: any free port).")
-@click.option("--region", default="demo", show_default=True,
+@click.option("--region", default="demo", show_default=True, callback=_not_blank,
               help="Antavo region: the credential scope is <region>/api/antavo_request.")
 @click.option("--api-key", default="sandbox-key", show_default=True, envvar="POSFEED_SANDBOX_API_KEY",
+              callback=_not_blank,
               help="The API key the emulated Antavo accepts [env POSFEED_SANDBOX_API_KEY].")
 @click.option("--api-secret", default="sandbox-secret", envvar="POSFEED_SANDBOX_API_SECRET",
+              callback=_not_blank,
               help="Its secret [env POSFEED_SANDBOX_API_SECRET; default sandbox-secret].")
 @click.option("--requests-per-minute", type=click.IntRange(min=1), default=None,
               help="Rate limit per platform (sliding minute); 429 with Retry-After beyond it.")
@@ -426,7 +436,8 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
                    "default sandbox-web-api-key].")
 @click.option("--token-ttl", type=click.FloatRange(min=0), default=7200.0, show_default=True,
               help="Lifetime of a CRM.COM token in seconds (short values exercise renewal).")
-def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
+@click.pass_context
+def sandbox(ctx: click.Context, host: str, port: int, region: str, api_key: str, api_secret: str,
             requests_per_minute: int | None, retry_after: float | None, fault_rate: float, seed: int,
             latency_ms: float, clock_skew: float, unknown_customer_prefix: str,
             state_file: Path | None, crmcom_username: str, crmcom_password: str,
@@ -464,8 +475,9 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
     ))
     try:
         serve(state, host=host, port=port, announce=announce)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    except OSError as exc:  # as posfeed's errors say it; exit 1 (docs/OPERATIONS.md's exit codes)
+        _fatal(f"posfeed: error: cannot listen on {host}:{port}: {exc.strerror or exc}", 1, exc)
+        ctx.exit(1)
     finally:
         state.close()
 
