@@ -943,15 +943,14 @@ def _source_clash(a: Feed, b: Feed) -> tuple[str, str] | None:
     if a.records != b.records:
         why = f"the other holds other records ({a.records} / {b.records}): each would read the other's files"
     elif _target_of(a) == _target_of(b):
-        why = ("both send to one target from two dedup scopes: the platform would get each transaction "
-               "twice; give both one dedup_scope")
+        why = "both send to one target, which would get each transaction twice; give both one dedup_scope"
     elif a.source.after_success != "keep" or b.source.after_success != "keep":
         why = ("one moves its files away (after_success), so the other would miss them; keep the files "
                "in both to send them to both targets")
     else:
         return None
-    return ("source.pattern", "reads the same files as {other} (same folder, patterns matching the same "
-            f"names) in another dedup scope, and {why}; or give them patterns that match other files")
+    return ("source.pattern", "reads the same files as {other} (one folder, patterns that match the same "
+            f"names) in another dedup scope: {why}; or give them patterns that match other files")
 
 
 def _source_location(feed: Feed) -> tuple[str, ...]:
