@@ -31,7 +31,7 @@ import httpx
 
 from pipeline.config import AlertsConfig, Feed
 from pipeline.ledger import Ledger
-from pipeline.logs import log_event, redact, register_secret
+from pipeline.logs import log_event, redact, register_secret, told
 from pipeline.problems import Problem, alert_document
 
 __all__ = [
@@ -105,8 +105,8 @@ def _without_content(problem: Problem) -> Problem:
     text, which may quote a customer id or an e-mail address, stays in `posfeed problems`."""
     if problem.kind == "unreadable_file":
         reason = problem.counts.get("reason") or "unreadable"
-        return replace(problem, summary=f"{problem.subject} cannot be read ({reason}); set aside in "
-                                        f"quarantine (`posfeed problems` shows the full reason)")
+        return replace(problem, summary=told(f"{problem.subject} cannot be read ({reason}); set aside in "
+                                             f"quarantine (`posfeed problems` shows the full reason)"))
     head = _QUOTING_HEADS.get(problem.kind)
     if head is None:
         return problem
@@ -116,8 +116,8 @@ def _without_content(problem: Problem) -> Problem:
     if error in _OWN_WORDS:
         return problem
     name = error if _CLASS_NAME.fullmatch(error) else "error"
-    return replace(problem, summary=f"{head.format(subject=problem.subject)} ({name}); "
-                                    f"`posfeed problems` shows the full message")
+    return replace(problem, summary=told(f"{head.format(subject=problem.subject)} ({name}); "
+                                         f"`posfeed problems` shows the full message"))
 
 
 def webhook_url(config: AlertsConfig, environ: Mapping[str, str] | None = None) -> str | None:

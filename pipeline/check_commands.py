@@ -19,12 +19,12 @@ from typing import Any
 import polars as pl
 
 from pipeline.config import (
-    EnvNeed,
     Feed,
     FeedLoadResult,
     FormatConfig,
     canonical_feed,
     env_needs,
+    env_status,
     load_feed,
     load_feeds,
 )
@@ -221,15 +221,6 @@ def _target_text(feed: Feed) -> str:
     return f"{feed.target.kind} {feed.target.base_url}"
 
 
-def _env_status(need: EnvNeed, environ: Mapping[str, str]) -> str:
-    """``set``, ``file`` (not set; the run reads its secret file) or ``missing``; never the value."""
-    if environ.get(need.variable):
-        return "set"
-    if need.file is not None and need.file.is_file() and os.access(need.file, os.R_OK):
-        return "file"
-    return "missing"
-
-
 def feed_rows(results: Sequence[FeedLoadResult], environ: Mapping[str, str] | None = None
               ) -> list[dict[str, Any]]:
     """One JSON-ready row per feed file: its settings summary and the environment variables a run
@@ -264,7 +255,7 @@ def feed_rows(results: Sequence[FeedLoadResult], environ: Mapping[str, str] | No
             "format": feed.format.kind,
             "target": _target_text(feed),
             "schedule": feed.schedule,
-            "env": [{"key": n.key, "variable": n.variable, "status": _env_status(n, environ)}
+            "env": [{"key": n.key, "variable": n.variable, "status": env_status(n, environ)}
                     for n in env_needs(feed)],
         }
         for name, column in FEED_COLUMNS.items():

@@ -15,7 +15,7 @@ import click
 
 from pipeline.config import Settings
 from pipeline.errors import EXIT_INTERNAL, ConfigError, PosfeedError, state_io_error
-from pipeline.logs import shown
+from pipeline.logs import counted, set_told_options, shown
 
 __all__ = ["cli", "main"]
 
@@ -64,9 +64,33 @@ def cli(
     ctx.obj["settings"] = Settings.from_env(
         state_dir=state_dir, feeds_dir=feeds_dir, reports_dir=reports_dir, ledger_url=ledger_url
     )
+    set_told_options(_given_options(ctx, ctx.obj["settings"]))
+    ctx.call_on_close(lambda: set_told_options(()))  # one command line's (CliRunner runs many)
     ctx.obj["log_format"] = log_format
     ctx.obj["verbose"] = verbose
     register_env_secrets_of_feeds(ctx.obj["settings"].feeds_dir)
+
+
+def _given_options(ctx: click.Context, settings: Settings) -> list[str]:
+    """The global options given on the command line (not from the environment), as the commands
+    posfeed tells a user to run repeat them: folders absolute (the command may be run elsewhere),
+    the ledger URL without its password (never printed or stored; fill it in, or give it through
+    POSFEED_LEDGER_URL or a .pgpass file)."""
+    from click.core import ParameterSource
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+    options: list[str] = []
+    for name, folder in (("state_dir", settings.state_dir), ("feeds_dir", settings.feeds_dir),
+                         ("reports_dir", settings.reports_dir)):
+        if given(name):
+            options += [f"--{name.replace('_', '-')}", str(folder.absolute())]
+    if given("ledger_url") and settings.ledger_url:
+        from pipeline.ledger.location import masked_url
+
+        options += ["--ledger-url", masked_url(settings.ledger_url)]
+    return options
 
 
 def main() -> None:
@@ -115,6 +139,14 @@ def _fatal(message: str, exit_code: int, exc: BaseException) -> None:
             "event": "fatal", "exit_code": exit_code, "error": type(exc).__name__})
         return
     click.echo(redact(message), err=True)
+
+
+def _not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An option that names something (a region, a key): blank is a usage error, not a sandbox no
+    request can match."""
+    if not value.strip():
+        raise click.BadParameter("must not be blank")
+    return value
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -197,8 +229,8 @@ def check(ctx: click.Context, files: tuple[Path, ...], feed_name: str | None, as
     code = check_exit_code(result)
     if code:  # the cause on stderr, whatever the output format
         s = result.summary
-        causes = [f"{s['rows_rejected']} row(s) rejected"] if s["rows_rejected"] else []
-        causes += [f"{s['conflicts']} conflict(s)"] if s["conflicts"] else []
+        causes = [f"{counted(s['rows_rejected'], 'row')} rejected"] if s["rows_rejected"] else []
+        causes += [counted(s["conflicts"], "conflict")] if s["conflicts"] else []
         causes += [f"unreadable file {e.file}: {e.reason}" for e in result.unreadable]
         say(f"posfeed: check: exit {code}: {'; '.join(causes)}", event="exit", exit_code=code)
     ctx.exit(code)
@@ -363,11 +395,13 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port to listen on (0: any free port).")
-@click.option("--region", default="demo", show_default=True,
+@click.option("--region", default="demo", show_default=True, callback=_not_blank,
               help="Antavo region: the credential scope is <region>/api/antavo_request.")
 @click.option("--api-key", default="sandbox-key", show_default=True, envvar="POSFEED_SANDBOX_API_KEY",
+              callback=_not_blank,
               help="The API key the emulated Antavo accepts [env POSFEED_SANDBOX_API_KEY].")
 @click.option("--api-secret", default="sandbox-secret", envvar="POSFEED_SANDBOX_API_SECRET",
+              callback=_not_blank,
               help="Its secret [env POSFEED_SANDBOX_API_SECRET; default sandbox-secret].")
 @click.option("--requests-per-minute", type=click.IntRange(min=1), default=None,
               help="Rate limit per platform (sliding minute); 429 with Retry-After beyond it.")
@@ -402,7 +436,8 @@ def schedule(ctx: click.Context, feed_names: tuple[str, ...], once_catchup: bool
                    "default sandbox-web-api-key].")
 @click.option("--token-ttl", type=click.FloatRange(min=0), default=7200.0, show_default=True,
               help="Lifetime of a CRM.COM token in seconds (short values exercise renewal).")
-def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
+@click.pass_context
+def sandbox(ctx: click.Context, host: str, port: int, region: str, api_key: str, api_secret: str,
             requests_per_minute: int | None, retry_after: float | None, fault_rate: float, seed: int,
             latency_ms: float, clock_skew: float, unknown_customer_prefix: str,
             state_file: Path | None, crmcom_username: str, crmcom_password: str,
@@ -440,8 +475,9 @@ def sandbox(host: str, port: int, region: str, api_key: str, api_secret: str,
     ))
     try:
         serve(state, host=host, port=port, announce=announce)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    except OSError as exc:  # as posfeed's errors say it; exit 1 (docs/OPERATIONS.md's exit codes)
+        _fatal(f"posfeed: error: cannot listen on {host}:{port}: {exc.strerror or exc}", 1, exc)
+        ctx.exit(1)
     finally:
         state.close()
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import posixpath
 import string
 import tomllib
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -57,6 +59,7 @@ __all__ = [
     "canonical_feed",
     "check_alongside",
     "env_needs",
+    "env_status",
     "load_feed",
     "load_feeds",
     "register_env_secrets_of_feeds",
@@ -120,6 +123,19 @@ def _file_glob(value: str, *, expected: bool) -> str:
     return value
 
 
+def _env_name(value: str) -> str:
+    """A ``*_env`` key: the name of an environment variable (a blank one would pass loading and
+    fail only mid-run, when the secret is read)."""
+    if not value.strip():
+        raise ValueError("names no environment variable: name one, or leave the key out")
+    if value != value.strip() or "=" in value or "\0" in value:
+        raise ValueError("is not an environment variable name (no blanks around it, no '=')")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
 SourceGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=False))]
 ExpectedGlob = Annotated[str, AfterValidator(lambda v: _file_glob(v, expected=True))]
 
@@ -160,8 +176,8 @@ class SourceConfig(_Model):
     port: int = Field(default=22, ge=1, le=65535)
     username: str | None = None
     private_key_file: str | None = None
-    private_key_passphrase_env: str | None = None
-    password_env: str | None = None
+    private_key_passphrase_env: EnvName | None = None
+    password_env: EnvName | None = None
     known_hosts_file: str | None = None
     trust_unknown_host: bool = False
     connect_timeout: float = Field(default=15.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
@@ -375,8 +391,8 @@ class AntavoTarget(_Model):
     base_url: PlatformUrl = "https://api.demo.antavo.com"
     region: str = "demo"
     auth: Literal["signed", "api_key"] = "signed"
-    api_key_env: str = "ANTAVO_API_KEY"
-    api_secret_env: str | None = "ANTAVO_API_SECRET"
+    api_key_env: EnvName = "ANTAVO_API_KEY"
+    api_secret_env: EnvName | None = "ANTAVO_API_SECRET"
     api_secret_file: str | None = None
     requests_per_minute: int = Field(default=1500, gt=0)
     max_concurrency: int = Field(default=8, ge=1, le=256)
@@ -405,6 +421,15 @@ class AntavoTarget(_Model):
     # it reads a body: an assumption of the spec, so it can be switched off)
     check_credentials: bool = True
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        """The first part of the signature's credential scope, ``<region>/api/antavo_request``."""
+        if not value or "/" in value or any(ch.isspace() for ch in value):
+            raise ValueError("must be the platform's region (e.g. 'demo'), no blanks or '/': it begins the "
+                             "credential scope of every signed request, which the platform would refuse")
+        return value
+
     @model_validator(mode="after")
     def _backoff(self) -> AntavoTarget:
         return _check_backoff(self)
@@ -416,10 +441,10 @@ class CrmcomTarget(_Model):
     kind: Literal["crmcom"] = "crmcom"
     base_url: PlatformUrl = "https://sandbox.crm.com"
     auth: Literal["token", "web_api_key"] = "token"
-    username_env: str | None = "CRMCOM_USERNAME"
-    password_env: str | None = "CRMCOM_PASSWORD"
-    organisation_env: str | None = "CRMCOM_ORGANISATION"
-    web_api_key_env: str | None = None
+    username_env: EnvName | None = "CRMCOM_USERNAME"
+    password_env: EnvName | None = "CRMCOM_PASSWORD"
+    organisation_env: EnvName | None = "CRMCOM_ORGANISATION"
+    web_api_key_env: EnvName | None = None
     web_api_key_file: str | None = None
     password_file: str | None = None
     unit: str | None = None  # unit ID sent with the token call (default: the user's default unit)
@@ -508,7 +533,7 @@ TargetConfig = Annotated[AntavoTarget | CrmcomTarget, Field(discriminator="kind"
 class AlertsConfig(_Model):
     """Optional webhook alerts (`[alerts]`)."""
 
-    webhook_url_env: str | None = None
+    webhook_url_env: EnvName | None = None
     webhook_url: HttpUrl | None = None
     reject_share_threshold: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     on_failure: bool = True
@@ -793,23 +818,42 @@ def load_feed(name_or_path: str | Path, feeds_dir: Path | None = None) -> Feed:
 
 def _check_source_folders(feed: Feed, source: Path) -> None:
     """``archive_path`` and ``quarantine_path`` are not the folder read: a file moved there would
-    stay among the files listed (renamed ``.1``, ``.2``, ...) and be read again."""
+    stay among the files listed (renamed ``.1``, ``.2``, ...) and be read again. Nor, when files are
+    archived, are they one folder or one inside the other: archived and quarantined files would mix."""
     src = feed.source
     for key, value in (("archive_path", src.archive_path), ("quarantine_path", src.quarantine_path)):
         if value is None:
             continue
-        if src.kind == "sftp":
-            same = posixpath.normpath(posixpath.join(src.path, value)) == posixpath.normpath(src.path)
-        else:
-            folder = feed.resolve_path(src.path)
-            target = Path(value).expanduser()
-            target = target if target.is_absolute() else folder / target
-            same = (os.path.normpath(target) == os.path.normpath(folder)
-                    or target.resolve() == folder.resolve())
-        if same:
+        target, folder = _moved_into(feed, value), _moved_into(feed, ".")
+        if target == folder or (src.kind == "local" and Path(target).resolve() == Path(folder).resolve()):
             raise ConfigError(f"{value!r} is the source folder itself: files moved there would be read "
                               f"again; name another folder (default: {key.split('_')[0]} inside source.path)",
                               source=source, key=f"source.{key}")
+    if src.after_success != "archive":
+        return  # the archive folder is not used
+    archive = _moved_into(feed, src.archive_path or "archive")
+    quarantine = _moved_into(feed, src.quarantine_path or "quarantine")
+    if _within(archive, quarantine) or _within(quarantine, archive):
+        where = "the archive folder" if archive == quarantine else "inside the archive folder, or it in it"
+        raise ConfigError(f"{src.quarantine_path or 'quarantine'!r} is {where} "
+                          f"({src.archive_path or 'archive'!r}): archived and quarantined files would mix; "
+                          "name two separate folders", source=source, key="source.quarantine_path")
+
+
+def _moved_into(feed: Feed, value: str) -> str:
+    """The folder a source's ``archive_path`` or ``quarantine_path`` names, normalized (absolute,
+    or inside ``source.path``, as the sources read it)."""
+    src = feed.source
+    if src.kind == "sftp":
+        return posixpath.normpath(posixpath.join(src.path, value))
+    folder = feed.resolve_path(src.path)
+    target = Path(value).expanduser()
+    return os.path.normpath(target if target.is_absolute() else folder / target)
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Whether folder ``inner`` is ``outer`` or inside it (both normalized, of one kind)."""
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 def _check_checkout_columns(feed: Feed, source: Path) -> None:
@@ -876,7 +920,7 @@ def _clash(a: Feed, b: Feed) -> tuple[str, str] | None:
     if a.name == b.name:
         return "name", "{name!r} is also the name of {other}: feed names are unique"
     if a.scope != b.scope:
-        return None
+        return _source_clash(a, b)
     if a.records != b.records:
         return ("dedup_scope", "scope {scope!r} is shared with {other}, which holds other records "
                 f"({a.records} / {b.records}): give each its own dedup_scope")
@@ -885,6 +929,106 @@ def _clash(a: Feed, b: Feed) -> tuple[str, str] | None:
                 "transaction is sent once per scope, so the other platform would never get it; give each "
                 "its own dedup_scope")
     return None
+
+
+def _source_clash(a: Feed, b: Feed) -> tuple[str, str] | None:
+    """Why feeds ``a`` and ``b`` of two scopes cannot read the same files, or None. Sources overlap
+    when they list one folder (local: the same folder; sftp: the same server and path) with
+    patterns that can match one name. Only the documented fan-out may: the same records sent to
+    another target, each feed keeping the files (a feed moving them away would leave the other
+    none)."""
+    if _source_location(a) != _source_location(b) or not _globs_overlap(
+            _pattern_glob(a.source.pattern), _pattern_glob(b.source.pattern)):
+        return None
+    if a.records != b.records:
+        why = f"the other holds other records ({a.records} / {b.records}): each would read the other's files"
+    elif _target_of(a) == _target_of(b):
+        why = "both send to one target, which would get each transaction twice; give both one dedup_scope"
+    elif a.source.after_success != "keep" or b.source.after_success != "keep":
+        why = ("one moves its files away (after_success), so the other would miss them; keep the files "
+               "in both to send them to both targets")
+    else:
+        return None
+    return ("source.pattern", "reads the same files as {other} (one folder, patterns that match the same "
+            f"names) in another dedup scope: {why}; or give them patterns that match other files")
+
+
+def _source_location(feed: Feed) -> tuple[str, ...]:
+    """The folder a feed's source lists, comparable across feeds."""
+    src = feed.source
+    if src.kind == "local":
+        return ("local", str(feed.resolve_path(src.path).resolve()))
+    path = posixpath.normpath(src.path)
+    # a relative path is in the login's home: another login's is another folder
+    login = "" if path.startswith("/") else (src.username or "")
+    return ("sftp", (src.host or "").strip().lower(), str(src.port), login, path)
+
+
+def _pattern_glob(pattern: str) -> str:
+    """A source pattern as one glob for every business date: a date written in digits stands as
+    ``[0-9]`` per digit, one written with words (a month's name) as ``*``."""
+    out = []
+    for literal, name, spec, _ in string.Formatter().parse(pattern):
+        out.append(literal)
+        if name is None:
+            continue
+        written = format(date(2000, 1, 1), spec or "")
+        out.append("*" if any(ch.isalpha() for ch in written) else
+                   "".join("[0-9]" if ch.isdigit() else ch for ch in written))
+    return "".join(out)
+
+
+def _glob_tokens(glob: str) -> list[str | frozenset[str] | None]:
+    """A glob as tokens: ``"*"``, ``"?"``, a literal character, a set of characters (``[...]``),
+    or None for a negated set (taken as matching any character: this check errs on overlap)."""
+    tokens: list[str | frozenset[str] | None] = []
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        end = glob.find("]", i + 2) if ch == "[" else -1
+        if end == -1:
+            tokens.append(ch)
+            i += 1
+            continue
+        body = glob[i + 1:end]
+        if body.startswith("!"):
+            tokens.append(None)
+        else:
+            chars: set[str] = set()
+            j = 0
+            while j < len(body):
+                if j + 2 < len(body) and body[j + 1] == "-":
+                    chars |= {chr(c) for c in range(ord(body[j]), ord(body[j + 2]) + 1)}
+                    j += 3
+                else:
+                    chars.add(body[j])
+                    j += 1
+            tokens.append(frozenset(chars))
+        i = end + 1
+    return tokens
+
+
+def _globs_overlap(a: str, b: str) -> bool:
+    """Whether some file name matches both globs (``*``, ``?`` and ``[...]`` as fnmatch reads them)."""
+    ta, tb = _glob_tokens(a), _glob_tokens(b)
+
+    def chars(token: str | frozenset[str] | None) -> frozenset[str] | None:
+        return None if token is None or token == "?" else frozenset(token)
+
+    @functools.cache
+    def overlap(i: int, j: int) -> bool:
+        if i == len(ta) and j == len(tb):
+            return True
+        if i < len(ta) and ta[i] == "*":
+            return overlap(i + 1, j) or (j < len(tb) and overlap(i, j + 1))
+        if j < len(tb) and tb[j] == "*":
+            return overlap(i, j + 1) or (i < len(ta) and overlap(i + 1, j))
+        if i == len(ta) or j == len(tb):
+            return False
+        one, two = chars(ta[i]), chars(tb[j])
+        return (one is None or two is None or bool(one & two)) and overlap(i + 1, j + 1)
+
+    return overlap(0, 0)
 
 
 def _refuse_clashes(results: list[FeedLoadResult]) -> list[FeedLoadResult]:
@@ -975,6 +1119,15 @@ def env_needs(feed: Feed) -> list[EnvNeed]:
         needs += need("target.organisation_env", target.organisation_env)
     needs += need("alerts.webhook_url_env", feed.alerts.webhook_url_env)
     return needs
+
+
+def env_status(need: EnvNeed, environ: Mapping[str, str] | None = None) -> str:
+    """``set``, ``file`` (not set; the run reads its secret file) or ``missing``; never the value."""
+    if (os.environ if environ is None else environ).get(need.variable):
+        return "set"
+    if need.file is not None and need.file.is_file() and os.access(need.file, os.R_OK):
+        return "file"
+    return "missing"
 
 
 @dataclass(frozen=True)

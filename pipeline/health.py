@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,7 @@ from pipeline.errors import (
     SourceUnavailableError,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import redact, shown
+from pipeline.logs import redact, shown, told
 from pipeline.problems import Observation, Problem
 
 __all__ = ["Backlog", "RunFacts", "backlog_of", "content_free", "covers", "observe", "relevant"]
@@ -170,12 +170,12 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
     # credentials code; the platform's answer (masked when the run kept it) is in the summary
     halted = str(facts.summary.get("credentials_refused") or "")
     if refused or halted or _credential_error(facts.error):
-        told = (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(refused.items()))
+        codes = (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(refused.items()))
                 or (redact(halted) if halted else shown(facts.error)))
         out.append(Observation(
             kind="credentials_refused", key=f"credentials_refused|{feed.name}",
             summary=(("credentials missing: " if isinstance(facts.error, SecretError) and not refused
-                      and not halted else "credentials refused: ") + told),
+                      and not halted else "credentials refused: ") + codes),
             action="check the feed's secrets (environment variables or files) and the account",
             counts={"transactions_failed": sum(refused.values()), "raised": facts.error is not None,
                     **({"error": "CredentialsRefused"} if halted and not refused
@@ -239,7 +239,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             counts={"conflicts": held},
             feed=feed.name, scope=feed.scope,
         ))
-    return out
+    return [replace(o, action=told(o.action)) for o in out]  # its commands as the user runs them
 
 
 def covers(feed: Feed, facts: RunFacts) -> Callable[[Problem], bool]:

@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -41,6 +42,7 @@ __all__ = [
     "JsonFormatter",
     "MaskingFilter",
     "TextFormatter",
+    "counted",
     "customer_ids_pattern",
     "feed_secret_env_names",
     "forget_secret",
@@ -54,8 +56,10 @@ __all__ = [
     "register_feed_secrets",
     "register_secret",
     "say",
+    "set_told_options",
     "setup_logging",
     "shown",
+    "told",
 ]
 
 REDACTED = "***"
@@ -247,6 +251,35 @@ def keep_shown(error: BaseException, text: str) -> None:
     problem, the exit's message): its own text with what it quoted masked."""
     with contextlib.suppress(AttributeError):  # an exception type without a __dict__
         setattr(error, _SHOWN, text)
+
+
+# the global options given on the command line, which every `posfeed ...` command posfeed tells a
+# user to run carries (one process, one command line: set by the CLI before any command runs)
+_told_options: tuple[str, ...] = ()
+_TOLD = re.compile(r"`posfeed (?!--)")
+
+
+def set_told_options(options: Sequence[str]) -> None:
+    """The global options (``--state-dir DIR`` ...) the command line gave, for :func:`told`. Options
+    from the environment (``POSFEED_STATE_DIR`` ...) are not given here: they carry themselves."""
+    global _told_options
+    _told_options = tuple(options)
+
+
+def told(text: str) -> str:
+    """``text`` with each `` `posfeed VERB ...` `` command it tells a user to run carrying the global
+    options the command line gave, so that, copied as printed, it acts on the same state folder,
+    feeds, reports and ledger."""
+    if not _told_options:
+        return text
+    given = " ".join(shlex.quote(option) for option in _told_options)
+    return _TOLD.sub(lambda _: f"`posfeed {given} ", text)
+
+
+def counted(count: Any, word: str, plural: str | None = None) -> str:
+    """``1 transaction``, ``0 transactions``, ``2 conflicts``: a count in words that agree with it
+    (``plural``: for a word that does not take an ``s``)."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def shown(error: BaseException | None) -> str:

@@ -18,7 +18,7 @@ from pipeline.alerts import alert_for, alerts_enabled, deliver_pending
 from pipeline.config import Feed, Settings, load_feed
 from pipeline.errors import EXIT_OK, ConfigError
 from pipeline.ledger import Ledger
-from pipeline.logs import say
+from pipeline.logs import counted, say, told
 from pipeline.problems import Change, Plan, sorted_problems
 from pipeline.scope_locks import lock_kind
 from pipeline.sources import open_source
@@ -77,12 +77,12 @@ def problems_command(settings: Settings, *, feed: str | None, include_resolved: 
     for r in rows:
         waiting = r["alert_undelivered"]
         if waiting:
-            then = (f"{waiting['undeliverable']}; `posfeed problems --resolve {r['problem_id']}` closes the "
-                    "problem and drops its alerts" if waiting["undeliverable"]
+            then = (told(f"{waiting['undeliverable']}; `posfeed problems --resolve {r['problem_id']}` closes "
+                         "the problem and drops its alerts") if waiting["undeliverable"]
                     else f"a run of feed {r['feed']} tries again from {waiting['next_attempt_at']}")
             error = waiting["last_error"] or "not tried yet"
             click.echo(f"#{r['problem_id']}: {waiting['event']} alert not delivered after "
-                       f"{waiting['attempts']} attempt(s): {error}; {then}")
+                       f"{counted(waiting['attempts'], 'attempt')}: {error}; {then}")
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline.currencies import minor_units
+from pipeline.logs import told
 from pipeline.reports import STATE_COLUMNS, SUMMARY_COLUMNS, Report
 
 __all__ = ["FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data", "render_page"]
@@ -215,7 +216,7 @@ def page_data(report: Report) -> dict[str, Any]:
         for name, _ in STATE_COLUMNS:
             totals.counts[name] += figures.counts[name]
     feed = shlex.quote(str(summary.get("feed", "")))
-    actions = [f"{totals.counts[name]} {label}: {_NEEDS_ACTION[name].format(feed=feed)}"
+    actions = [f"{totals.counts[name]} {label}: {told(_NEEDS_ACTION[name].format(feed=feed))}"
                for name, label in FLOW_STATES if name in _NEEDS_ACTION and totals.counts[name]]
     actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
         if any(m["status"] == "missing" for m in expected) else []

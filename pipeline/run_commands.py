@@ -35,7 +35,7 @@ from pipeline.errors import (
     worst_exit_code,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import say, shown
+from pipeline.logs import counted, say, shown, told
 from pipeline.progress import make_progress
 from pipeline.reports import write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
@@ -131,19 +131,21 @@ def format_summary(summary: RunSummary) -> str:
     kind = "dry run" if dry else s.get("kind", "run")
     meaning = _MEANING.get(summary.exit_code, "")
     if summary.exit_code == EXIT_OK and s.get("needs_rerun"):
-        meaning = (f"this run's work is final and balanced; {s['needs_rerun']} older transaction(s) "
-                   "need a rerun")
+        older = counted(s["needs_rerun"], "older transaction")
+        needs = "needs" if s["needs_rerun"] == 1 else "need"
+        meaning = f"this run's work is final and balanced; {older} {needs} a rerun"
     lines = [
         f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
-        f"  in:        {s['rows_in']} rows, {s['transactions_in']} transactions",
+        f"  in:        {counted(s['rows_in'], 'row')}, {counted(s['transactions_in'], 'transaction')}",
         *currency_lines(s),
         f"  accepted:  {s['accepted']} ({_points(s.get('points_awarded'))})",
-        f"  rejected:  {s['transactions_rejected']} transactions ({s['rows_rejected']} rows)",
-        f"  skipped:   {s['duplicates']} duplicates, {s.get('voids', 0)} voids"
+        f"  rejected:  {counted(s['transactions_rejected'], 'transaction')} "
+        f"({counted(s['rows_rejected'], 'row')})",
+        f"  skipped:   {counted(s['duplicates'], 'duplicate')}, {counted(s.get('voids', 0), 'void')}"
         + (f" ({s['voids_of_sent_sales']} of a sale already on the platform: act on it, see "
            "void_of_sent_sale in detail.csv)" if s.get("voids_of_sent_sales") else "")
         + f", {s.get('not_sent', 0)} not sendable",
-        f"  held:      {s['conflicts']} conflicts",
+        f"  held:      {counted(s['conflicts'], 'conflict')}",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent"
         + (f" ({s['partly_refunded']} of them refunded in part on the platform: see "
            "partly_refunded_amount)" if s.get("partly_refunded") else "")
@@ -159,7 +161,7 @@ def format_summary(summary: RunSummary) -> str:
                      f"{s['waiting']} waiting for the next run{oldest}")
     if s.get("needs_rerun"):
         lines.append(f"  needs rerun: {s['needs_rerun']} past the [resume] caps or refused as requests "
-                     f"(posfeed rerun --feed {summary.feed} --failed)")
+                     + told(f"(`posfeed rerun --feed {summary.feed} --failed`)"))
     if s.get("superseded_files"):
         lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
     for item in s.get("unreadable_files") or []:
@@ -202,7 +204,7 @@ def _open_problems_line(problems: list[dict[str, Any]]) -> str:
         f"#{p['problem_id']} {p['kind']} {p.get('subject') or p.get('store_id') or ''}".rstrip()
         for p in problems[:5]
     )
-    return f"{len(problems)} open: {shown}" + (f"; {len(problems) - 5} more: posfeed problems"
+    return f"{len(problems)} open: {shown}" + (told(f"; {len(problems) - 5} more: `posfeed problems`")
                                                if len(problems) > 5 else "")
 
 
@@ -236,6 +238,9 @@ def run_command(
 ) -> int:
     """`posfeed run`: run each selected feed, print the summaries, return the worst exit code."""
     feeds, config_errors = _feeds(settings, feed_names, all_feeds)
+    for feed in feeds:  # before any feed runs: a day to come has no files yet, only typos
+        for day in business_dates:
+            _check_future(feed, day)
     summaries: list[RunSummary] = []
     errors: list[dict[str, Any]] = [
         {"feed": e.source, "exit_code": e.exit_code, "error": str(e)} for e in config_errors
@@ -341,8 +346,8 @@ def _check_selection(settings: Settings, feed: Feed, selection: RerunSelection) 
             value = next(iter(criteria.values()))
             hint = ""
             if option == "--file" and quarantined:
-                hint = (f": it was unreadable and is in quarantine; `posfeed release {value} --feed "
-                        f"{feed.name}` lets the next run read it")
+                hint = told(f": it was unreadable and is in quarantine; `posfeed release {value} --feed "
+                            f"{feed.name}` lets the next run read it")
             elif option == "--file" and "/" in str(value):
                 hint = " (give the file's name as the source lists it, not a path)"
             raise click.BadParameter(f"the ledger holds no transaction of feed {feed.name} with "
@@ -448,8 +453,9 @@ def report_command(
         _print_json({**report.summary, "reports_path": str(folder)})
     else:
         s = report.summary
-        click.echo(f"{s['feed']} {s['run_id']}: {s['rows_in']} rows, {s['transactions_in']} transactions, "
-                   f"{s['accepted']} accepted, balanced {'yes' if s['balanced'] else 'NO'}")
+        click.echo(f"{s['feed']} {s['run_id']}: {counted(s['rows_in'], 'row')}, "
+                   f"{counted(s['transactions_in'], 'transaction')}, {s['accepted']} accepted, "
+                   f"balanced {'yes' if s['balanced'] else 'NO'}")
         click.echo(f"reports: {folder}")
     return EXIT_OK
 

@@ -64,7 +64,15 @@ from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, rele
 from pipeline.ledger import FileRecord, Ledger, new_run_id
 from pipeline.ledger.records import timestamp
 from pipeline.locks import RunLock
-from pipeline.logs import keep_shown, log_event, mask_customer_id, mask_quoted_customers, shown
+from pipeline.logs import (
+    counted,
+    keep_shown,
+    log_event,
+    mask_customer_id,
+    mask_quoted_customers,
+    shown,
+    told,
+)
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
@@ -171,9 +179,9 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
                      "stopped, the rest waits for the next run")
     if s.get("transactions_rejected"):
-        parts.append(f"{s['transactions_rejected']} transaction(s) rejected (see rejects.csv)")
+        parts.append(f"{counted(s['transactions_rejected'], 'transaction')} rejected (see rejects.csv)")
     if s.get("conflicts"):
-        parts.append(f"{s['conflicts']} conflict(s) held for review")
+        parts.append(f"{counted(s['conflicts'], 'conflict')} held for review")
     for item in s.get("unreadable_files") or []:
         parts.append(f"unreadable file {item['file']}: {item['reason']}")
     for item in s.get("fetch_failures") or []:
@@ -199,7 +207,7 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(str(s["error"]))
     if exit_code == EXIT_INTERNAL and not s.get("balanced", True):
         parts.append("the run's report does not balance (a bug: see summary.csv)")
-    return "; ".join(parts)
+    return told("; ".join(parts))
 
 
 def _default_sink_factory(feed: Feed) -> Sink:
@@ -891,7 +899,7 @@ def _problem_words(problems: list[dict[str, Any]]) -> str:
         return "no open problems"
     shown = ", ".join(_one_problem(p) for p in problems[:_PROBLEMS_LISTED])
     more = len(problems) - _PROBLEMS_LISTED
-    tail = f" and {more} more (posfeed problems)" if more > 0 else ""
+    tail = told(f" and {more} more (`posfeed problems`)") if more > 0 else ""
     return f"{len(problems)} open problem(s): {shown}{tail}"
 
 
@@ -921,8 +929,8 @@ _RUN_LOG_KEYS = (
 def _backlog_notes(ctx: _Context, backlog: Backlog) -> dict[str, Any]:
     """The backlog's figures the summary and alerting read (the same as its ``backlog`` object)."""
     if backlog.needs_rerun:
-        log.warning("%s: %d transaction(s) of scope %s are past the resume caps or were refused as "
-                    "requests; only `posfeed rerun --feed %s --failed` sends them", ctx.feed.name,
+        log.warning(told("%s: %d transaction(s) of scope %s are past the resume caps or were refused as "
+                         "requests; only `posfeed rerun --feed %s --failed` sends them"), ctx.feed.name,
                     backlog.needs_rerun, ctx.feed.scope, ctx.feed.name)
     age = int(backlog.oldest_seconds) if backlog.oldest_seconds is not None else None
     return {"waiting": backlog.waiting, "waiting_oldest_at": backlog.oldest_since,

@@ -61,19 +61,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 
-from pipeline.config import Feed, Settings, load_feed, load_feeds
+from pipeline.config import Feed, Settings, env_needs, env_status, load_feed, load_feeds
 from pipeline.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     ConfigError,
     LockHeldError,
     PosfeedError,
+    SecretError,
     StateIOError,
     TransientError,
     state_io_error,
 )
 from pipeline.locks import RunLock
-from pipeline.logs import log_event, register_feed_secrets, shown
+from pipeline.logs import log_event, register_feed_secrets, shown, told
 
 __all__ = [
     "DEFAULT_MISFIRE_GRACE_SECONDS",
@@ -725,6 +726,28 @@ def _load_selected(settings: Settings, names: Sequence[str], *, strict: bool = F
     return select_feeds(list(by_path.values()), wanted)
 
 
+def _tell_missing_env(selected: Sequence[ScheduledFeed], *, refuse: bool) -> None:
+    """Name each variable the feeds' runs read that is not set, as `posfeed feeds` does, when the
+    daemon starts rather than at a first run hours later. ``refuse`` (feeds named with ``--feed``):
+    a ConfigError, the daemon does not start; else the daemon runs its other feeds (a feed's
+    trouble stops that feed only: its runs exit 78, as a run by hand would)."""
+    from pipeline.logs import say
+
+    missing: dict[tuple[str, str], list[str]] = {}
+    for item in selected:
+        for need in env_needs(item.feed):
+            if env_status(need) == "missing":
+                missing.setdefault((need.variable, need.key), []).append(item.feed.name)
+    for (variable, key), names in missing.items():
+        say(f"posfeed: error: environment variable {variable} is not set ({key} of {', '.join(names)})",
+            event="feed_env_missing", level=logging.ERROR, variable=variable, key=key, feeds=names)
+    if missing and refuse:
+        variables = ", ".join(variable for variable, _ in missing)
+        raise SecretError(told(f"posfeed schedule is not starting: the feeds given read environment "
+                               f"variables that are not set ({variables}); set them (`posfeed feeds` "
+                               "lists them)"))
+
+
 def _install_signal_handlers(scheduler: FeedScheduler) -> dict[int, Any]:
     """SIGTERM/SIGINT: finish the current batch and stop; a second signal exits at once. SIGHUP:
     reload the feeds (see :meth:`FeedScheduler.reload`).
@@ -767,6 +790,7 @@ def schedule_command(
     if not selected:
         raise ConfigError("no enabled feed with a schedule", source=settings.feeds_dir)
     register_feed_secrets([s.feed for s in selected])
+    _tell_missing_env(selected, refuse=bool(feed_names))
     try:  # one scheduler per state dir: two would fire every job twice
         daemon_lock = RunLock.acquire(settings.state_dir, DAEMON_LOCK_SCOPE, feed="posfeed schedule")
     except LockHeldError as exc:

@@ -328,15 +328,18 @@ def posfeed(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 def test_posfeed_feeds_names_the_variables_a_run_reads_that_are_not_set(tmp_path: Path) -> None:
     """Before the first scheduled run, `posfeed feeds` says which variables the feeds' `*_env` keys
     name that are not set (never a value), and exits 78 for an enabled feed's, as a run would."""
-    write(tmp_path, "shop.toml", "[target]\napi_key_env = 'SHOP_KEY'\napi_secret_env = 'SHOP_SECRET'\n"
+    write(tmp_path, "shop.toml", "[source]\npath = 'shop'\n"
+                                 "[target]\napi_key_env = 'SHOP_KEY'\napi_secret_env = 'SHOP_SECRET'\n"
                                  "[alerts]\nwebhook_url_env = 'SHOP_HOOK'\n")
     write(tmp_path, "crm.toml",
           "[target]\nkind = 'crmcom'\nauth = 'web_api_key'\nweb_api_key_env = 'CRM_KEY'\n")
-    write(tmp_path, "filed.toml", "[target]\napi_key_env = 'CRM_KEY'\napi_secret_env = 'FILED_SECRET'\n"
+    write(tmp_path, "filed.toml", "[source]\npath = 'filed'\n"
+                                  "[target]\napi_key_env = 'CRM_KEY'\napi_secret_env = 'FILED_SECRET'\n"
                                   "api_secret_file = 'secret.txt'\n")
     (tmp_path / "secret.txt").write_text("file-secret-value\n", encoding="utf-8")
     write(tmp_path, "old.toml",
-          "enabled = false\n[target]\napi_key_env = 'OLD_KEY'\napi_secret_env = 'CRM_KEY'\n")
+          "enabled = false\n[source]\npath = 'old'\n"
+          "[target]\napi_key_env = 'OLD_KEY'\napi_secret_env = 'CRM_KEY'\n")
     values = {"SHOP_SECRET": "shop-secret-value", "CRM_KEY": "crm-key-value"}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
 
@@ -531,7 +534,7 @@ def test_credentials_in_a_url_never_reach_posfeed_feeds_output(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("one", "other", "key", "problem"),
     [
-        ("", "name = 'a'\n", "name", "also the name of"),
+        ("dedup_scope = 'shop'\n", "name = 'a'\ndedup_scope = 'shop'\n", "name", "also the name of"),
         ("dedup_scope = 'acme'\n", "dedup_scope = 'acme'\n[target]\nbase_url = 'http://127.0.0.1:9999'\n",
          "dedup_scope", "another target"),
         ("dedup_scope = 'acme'\n", "dedup_scope = 'acme'\n[target]\nkind = 'crmcom'\n", "dedup_scope",
@@ -547,7 +550,7 @@ def test_feeds_that_clash_across_files_are_refused(
     would never reach the other's platform), refuse both files; the other feeds still load."""
     write(tmp_path, "a.toml", one)
     write(tmp_path, "b.toml", other)
-    write(tmp_path, "c.toml", "")
+    write(tmp_path, "c.toml", "[source]\npath = 'c'\n")  # its own files, its own scope
     results = {r.path.name: r for r in load_feeds(tmp_path)}
     assert results["c.toml"].feed is not None
     for name, peer in (("a.toml", "b.toml"), ("b.toml", "a.toml")):
@@ -605,3 +608,145 @@ def test_a_feed_refused_for_a_clash_still_has_its_secrets_masked(
     assert all(r.error is not None for r in load_feeds(tmp_path))
     register_env_secrets_of_feeds(tmp_path)
     assert redact("x clash-secret-5521 y") == f"x {REDACTED} y"
+
+
+def _env_keys() -> list[str]:
+    """Every `*_env` key a feed file may hold, as `section.key`."""
+    return sorted(key for key in model_keys() if key.endswith("_env"))
+
+
+def _with_key(key: str, value: str) -> str:
+    """A feed file setting ``key`` (its section made valid around it: an sftp source, a CRM.COM target)."""
+    section, name = key.split(".")
+    head = {"source": "kind = 'sftp'\nhost = 'h'\nusername = 'u'\nprivate_key_file = 'k'\n",
+            "target": "kind = 'crmcom'\n" if name not in AntavoTarget.model_fields else "",
+            "alerts": ""}[section]
+    return f"[{section}]\n{head}{name} = {value!r}\n"
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+@pytest.mark.parametrize("key", _env_keys())
+def test_a_blank_env_key_is_refused_when_the_feed_loads(tmp_path: Path, key: str, value: str) -> None:
+    """A `*_env` key naming no variable would pass `posfeed feeds` and fail only mid-run."""
+    path = write(tmp_path, "bad.toml", _with_key(key, value))
+    with pytest.raises(ConfigError) as caught:
+        load_feed(path)
+    error = caught.value
+    assert error.key == key and "names no environment variable" in error.problem, str(error)
+
+
+def test_posfeed_feeds_refuses_a_blank_env_key(tmp_path: Path) -> None:
+    bad = write(tmp_path, "shop.toml", "[target]\napi_key_env = ''\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert str(bad) in done.stderr and "target.api_key_env" in done.stderr, done.stderr
+    assert "names no environment variable" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'held'\nquarantine_path = 'held'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'held'\nquarantine_path = './held/'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = '{abs}/held'\nquarantine_path = 'held'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'held'\nquarantine_path = 'held/bad'\n",
+        "path = 'in'\nafter_success = 'archive'\narchive_path = 'quarantine/done'\n",
+        "path = 'in'\nafter_success = 'archive'\nquarantine_path = 'archive'\n",
+        "kind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\npath = '/exports'\n"
+        "after_success = 'archive'\narchive_path = '/exports/held'\nquarantine_path = 'held'\n",
+        "kind = 'sftp'\nhost = 'h'\nusername = 'u'\npassword_env = 'P'\npath = '/exports'\n"
+        "after_success = 'archive'\narchive_path = 'held/q/..'\nquarantine_path = 'held/bad'\n",
+    ],
+)
+def test_archive_and_quarantine_in_one_folder_are_refused(tmp_path: Path, source: str) -> None:
+    """Archived and quarantined files in one folder (or one inside the other) would mix: `posfeed
+    release` and an operator sorting them could take one for the other."""
+    (tmp_path / "in").mkdir()
+    text = "[source]\n" + source.replace("{abs}", str(tmp_path / "in"))
+    with pytest.raises(ConfigError) as caught:
+        load_feed(write(tmp_path, "bad.toml", text))
+    error = caught.value
+    assert error.key == "source.quarantine_path" and "archive" in error.problem, str(error)
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG and "source.quarantine_path" in done.stderr, done.stderr
+
+
+def test_archive_and_quarantine_side_by_side_load(tmp_path: Path) -> None:
+    """Folders that only share a prefix of their names (`held`, `held2`) are two folders."""
+    write(tmp_path, "ok.toml", "[source]\npath = 'in'\nafter_success = 'archive'\narchive_path = 'held'\n"
+                               "quarantine_path = 'held2'\n")
+    assert load_feed(tmp_path / "ok.toml").source.quarantine_path == "held2"
+
+
+@pytest.mark.parametrize("region", ["", "   ", " demo", "demo/api"])
+def test_a_blank_or_malformed_antavo_region_is_refused(tmp_path: Path, region: str) -> None:
+    """The region is the first part of the signature's credential scope (`<region>/api/antavo_request`):
+    a blank one, or one with blanks or a `/`, makes every signed request refused by the platform."""
+    bad = write(tmp_path, "shop.toml", f"[target]\nregion = {region!r}\n")
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG, done.stdout + done.stderr
+    assert str(bad) in done.stderr and "target.region" in done.stderr and "credential scope" in done.stderr
+
+
+SFTP = "kind = 'sftp'\nhost = 'sftp.example'\nusername = 'u'\npassword_env = 'P'\n"
+IN = "[source]\npath = 'in'\n"  # a local source reading tmp_path/in
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # one target, two scopes: each scope sends the files' transactions once, so twice in all
+        (IN, IN),
+        (IN + "pattern = 'pos_*.csv'\n", "[source]\npath = './in/'\npattern = '*_S1_*.csv'\n"),
+        (IN + "pattern = 'pos_{business_date:%Y%m%d}.csv'\n",
+         "[source]\npath = '{abs}'\npattern = 'pos_2026*.csv'\n"),
+        (f"[source]\n{SFTP}path = '/exports'\n",
+         f"[source]\n{SFTP}path = '/exports/./'\npattern = 'a*.csv'\n"),
+        # two targets, but a source that moves its files away: the other feed would miss them
+        (IN + "after_success = 'archive'\n", IN + "[target]\nkind = 'crmcom'\n"),
+        # other records: each would read the other's files as its own
+        (IN, "records = 'enrollments'\n" + IN),
+    ],
+)
+def test_feeds_of_two_scopes_reading_the_same_files_are_refused(tmp_path: Path, one: str, other: str) -> None:
+    """Feeds of two dedup scopes whose sources overlap (one folder, patterns that can match one
+    name) would each take the other's files: the platform gets each transaction twice."""
+    (tmp_path / "in").mkdir()
+    write(tmp_path, "a.toml", one.replace("{abs}", str(tmp_path / "in")))
+    write(tmp_path, "b.toml", other.replace("{abs}", str(tmp_path / "in")))
+    write(tmp_path, "c.toml", "[source]\npath = 'elsewhere'\n")
+    results = {r.path.name: r for r in load_feeds(tmp_path)}
+    assert results["c.toml"].feed is not None
+    for name, peer in (("a.toml", "b.toml"), ("b.toml", "a.toml")):
+        error = results[name].error
+        assert results[name].feed is None and error is not None, name
+        assert error.key == "source.pattern" and "same files" in error.problem, error
+        assert peer in error.problem, error
+    done = posfeed("--feeds-dir", str(tmp_path), "feeds", cwd=tmp_path)
+    assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr
+    assert str(tmp_path / "a.toml") in done.stderr and str(tmp_path / "b.toml") in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # the documented fan-out: the same kept files sent to two platforms, a scope each
+        (IN, IN + "[target]\nkind = 'crmcom'\n"),
+        # one scope: the ledger sends each transaction once whichever feed reads it
+        ("dedup_scope = 'x'\n" + IN, "dedup_scope = 'x'\n" + IN),
+        # patterns that never match one name
+        (IN + "pattern = 'pos_*_??.csv'\n", IN + "pattern = 'pos_*_daily.csv'\n"),
+        (IN + "pattern = 'sales_{business_date:%Y%m%d}.csv'\n",
+         IN + "pattern = 'sales_{business_date:%Y%m%d}_web.csv'\n"),
+        (IN + "pattern = '[ab]*.csv'\n", IN + "pattern = 'c*.csv'\n"),
+        # other folders, other servers
+        (IN, "[source]\npath = 'in/sub'\n"),
+        (f"[source]\n{SFTP}path = '/exports'\n",
+         f"[source]\n{SFTP.replace('sftp.example', 'other.example')}path = '/exports'\n"),
+    ],
+)
+def test_feeds_whose_sources_do_not_overlap_load(tmp_path: Path, one: str, other: str) -> None:
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    write(tmp_path, "a.toml", one)
+    write(tmp_path, "b.toml", other)
+    assert [str(r.error) for r in load_feeds(tmp_path) if r.error] == []

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,25 @@ def test_65_data_errors_say_what(live: SandboxServer, tmp_path: Path) -> None:
     copy_samples(tmp_path / "drop", ["pos_BER01_20261120_10.csv"])  # one rejected transaction
     proc = posfeed(tmp_path, *RUN, "--feed", str(_feed_file(live, tmp_path)), env=env_for(live))
     assert proc.returncode == 65, proc.stderr[-2000:]
-    assert "exit 65: 1 transaction(s) rejected (see rejects.csv)" in proc.stderr
+    assert "exit 65: 1 transaction rejected (see rejects.csv)" in proc.stderr
+
+
+def test_0_a_run_of_one_transaction_says_one(live: SandboxServer, tmp_path: Path) -> None:
+    """Text summaries count in words that agree with their numbers: `1 row, 1 transaction`,
+    `0 transactions`; the run's, its report's and a rerun's that finds nothing to resend."""
+    clean_day(tmp_path / "drop", 1)
+    feed = str(_feed_file(live, tmp_path))
+    proc = posfeed(tmp_path, *RUN, "--feed", feed, env=env_for(live))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "  in:        1 row, 1 transaction" in lines, proc.stdout
+    assert "  rejected:  0 transactions (0 rows)" in lines, proc.stdout
+    run_id = lines[0].split()[2].rstrip(":")
+    report = posfeed(tmp_path, "report", run_id, env=env_for(live))
+    assert report.returncode == 0 and f"{run_id}: 1 row, 1 transaction, 1 accepted," in report.stdout
+    rerun = posfeed(tmp_path, "rerun", run_id, "--feed", feed, env=env_for(live))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "  in:        0 rows, 0 transactions" in rerun.stdout.splitlines(), rerun.stdout
 
 
 def test_75_lock_held(live: SandboxServer, tmp_path: Path) -> None:
@@ -239,6 +258,19 @@ def test_2_usage_errors(tmp_path: Path) -> None:
         proc = posfeed(tmp_path, *args, env=env, timeout=60)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert says in proc.stderr and "Usage: " in proc.stderr, (args, proc.stderr)
+
+
+def test_2_a_run_of_a_business_date_to_come(live: SandboxServer, tmp_path: Path) -> None:
+    """`posfeed run --business-date` of a day that has begun in none of the feed's timezones is a
+    usage error naming the option, as `posfeed rerun` and `posfeed report` refuse it; nothing runs."""
+    clean_day(tmp_path / "drop", 5)
+    feed = str(_feed_file(live, tmp_path))
+    to_come = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()  # past every timezone's today
+    for args in (("--business-date", to_come), ("--business-date", "2026-11-20", "--business-date", to_come)):
+        proc = posfeed(tmp_path, "run", "--feed", feed, *args, env=env_for(live), timeout=60)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "--business-date" in proc.stderr and "future" in proc.stderr and "Usage: " in proc.stderr
+        assert not (tmp_path / "state" / "ledger.sqlite").exists()  # nothing ran
 
 
 def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tmp_path: Path) -> None:

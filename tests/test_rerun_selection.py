@@ -6,6 +6,8 @@ Against both ledger backends (``ledger_location``: SQLite, PostgreSQL), through 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,4 +135,7 @@ def test_a_rerun_of_a_quarantined_file_says_how_to_release_it(
     assert [f["file"] for f in json.loads(run.stdout)["unreadable_files"]] == [bad], run.output
     result = _invoke(base, "rerun", "--feed", "shop", "--file", bad)
     assert result.exit_code == 2, result.output
-    assert f"posfeed release {bad} --feed shop" in " ".join(result.stderr.split())
+    hint = re.search(r"`(posfeed [^`]+)`", " ".join(result.stderr.split()))
+    assert hint and hint[1].endswith(f" release {bad} --feed shop"), result.stderr
+    released = CliRunner().invoke(cli, shlex.split(hint[1])[1:])  # as printed: the same state folder
+    assert released.exit_code == 0 and bad in released.stdout, released.output

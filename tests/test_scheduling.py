@@ -745,3 +745,41 @@ def test_sighup_reloads_the_feeds_folder_without_stopping_the_run_in_progress(
             process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
     assert process.returncode == 0, "".join(err.raw)[-3000:]
+
+
+def test_the_daemon_names_at_start_the_variables_its_feeds_read_that_are_not_set(tmp_path: Path) -> None:
+    """Told at start as `posfeed feeds` tells them (not at a first run hours later): a daemon over
+    the whole folder logs each one and keeps its other feeds going; one given `--feed` names feeds
+    that cannot run, and refuses to start (78)."""
+    import os
+    import subprocess
+    import sys
+
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    (feeds / "shop.toml").write_text("schedule = '0 3 * * *'\n[source]\npath = 'shop'\n"
+                                     "[target]\napi_key_env = 'SHOP_KEY'\napi_secret_env = 'SHOP_SECRET'\n",
+                                     encoding="utf-8")
+    (feeds / "ready.toml").write_text("schedule = '0 3 * * *'\n[source]\npath = 'ready'\n"
+                                      "[target]\napi_key_env = 'READY_KEY'\napi_secret_env = 'READY_KEY'\n",
+                                      encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSFEED_", "ANTAVO_", "CRMCOM_"))}
+    env["READY_KEY"] = "ready-key-value"
+
+    def schedule(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pipeline", "--state-dir", str(tmp_path / "state"), "--feeds-dir",
+                   str(feeds), "schedule", *args, "--once-catchup"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    named = schedule("--feed", "shop")
+    assert named.returncode == 78, named.stderr[-2000:]
+    for says in ("environment variable SHOP_KEY is not set (target.api_key_env of shop)",
+                 "environment variable SHOP_SECRET is not set (target.api_secret_env of shop)"):
+        assert says in named.stderr, named.stderr
+    assert not (tmp_path / "state" / "scheduler.sqlite").exists()  # refused before starting
+
+    assert schedule("--feed", "ready").returncode == 0
+    whole = schedule()  # both feeds: `ready` still runs on its schedule
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert "environment variable SHOP_KEY is not set (target.api_key_env of shop)" in whole.stderr
+    assert "ready-key-value" not in whole.stderr + named.stderr

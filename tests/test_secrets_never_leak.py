@@ -531,11 +531,11 @@ def test_a_scheduled_or_multi_feed_run_stopped_by_such_an_error_shows_it_masked(
     from pipeline.scheduling import run_feed_job
 
     folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
     (tmp_path / "feeds").mkdir()
-    for name in ("one", "two"):
-        source = {"kind": "local", "path": str(folder), "readiness": "none", "after_success": "keep",
+    for name in ("one", "two"):  # a folder each: two scopes reading one folder are refused
+        (folder / name).mkdir(parents=True)
+        shutil.copy(SAMPLE / FILES[1], folder / name / FILES[1])
+        source = {"kind": "local", "path": str(folder / name), "readiness": "none", "after_success": "keep",
                   "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"}
         sections = {"source": source, "target": {"check_credentials": False},
                     "validation": {"currencies": ["GBP"]}}
@@ -556,4 +556,4 @@ def test_a_scheduled_or_multi_feed_run_stopped_by_such_an_error_shows_it_masked(
         out = capsys.readouterr()
         assert "unknown members [cust:" in out.out
         blobs |= {"stdout": out.out.encode(), "stderr": out.err.encode()}
-    assert_nothing_leaks(blobs, customer_ids(folder, FILES[1:2]), ())
+    assert_nothing_leaks(blobs, customer_ids(folder / "one", FILES[1:2]), ())

@@ -4,8 +4,11 @@ processes, a real sandbox, a real SQLite ledger."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +53,36 @@ def test_every_command_posfeed_tells_a_user_to_run_works_as_written(tmp_path: Pa
         told += COMMAND.findall(problem["action"])
     s.write_feed(sandbox_env.url)
 
-    commands = {c for c in told if not c.startswith("posfeed problems --resolve")}  # needs a problem id
+    commands = {c for c in told if "--resolve ID" not in c}  # needs a problem id
     assert any("--include-permanent" in c for c in commands), told
-    assert any(c.startswith("posfeed rerun") and "--include-permanent" not in c for c in commands), told
+    assert any(" rerun " in c and "--include-permanent" not in c for c in commands), told
+    # as printed: the options given on the command line come with it, so it acts on this state
+    # folder, feeds and reports from anywhere (not the defaults of the folder it is run in)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSFEED_")}
     for command in sorted(commands):
-        ran = s.posfeed(*shlex.split(command)[1:])
-        assert ran.returncode != 2 and "Usage:" not in ran.stderr, f"{command}: {ran.stderr[-1000:]}"
+        words = shlex.split(command)
+        assert words[1:7] == ["--state-dir", str(tmp_path / "state"), "--feeds-dir", str(s.feeds),
+                              "--reports-dir", str(tmp_path / "reports")], command
+        ran = subprocess.run([sys.executable, "-m", "pipeline", *words[1:]], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert ran.returncode not in (2, 78), f"{command}: {ran.stderr[-1000:]}"
+        assert "Usage:" not in ran.stderr, f"{command}: {ran.stderr[-1000:]}"
+    assert not (elsewhere / ".posfeed").exists() and not (elsewhere / "reports").exists()
+
+
+def test_options_from_the_environment_are_not_repeated_in_told_commands(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    """`POSFEED_STATE_DIR` and the like carry themselves to the command a user runs next."""
+    s = Setup(tmp_path, sandbox_env, "http://127.0.0.1:9/hook")
+    (s.folder / f"pos_LON01_{DAY.replace('-', '')}_daily.csv").write_text(
+        HEADER + _lines("unknown-0001", 1), encoding="utf-8")
+    env = {**os.environ, "POSFEED_STATE_DIR": str(tmp_path / "state"),
+           "POSFEED_FEEDS_DIR": str(s.feeds), "POSFEED_REPORTS_DIR": str(tmp_path / "reports")}
+    command = [sys.executable, "-m", "pipeline", "run", "--feed", "watch", "--business-date", DAY]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 65, done.stderr[-2000:]
+    assert "`posfeed rerun --feed watch --failed --include-permanent`" in done.stderr, done.stderr

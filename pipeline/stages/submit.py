@@ -35,7 +35,7 @@ from pipeline.checkout_codec import decode_checkout
 from pipeline.config import AntavoTarget, Feed
 from pipeline.core.members import PERSONAL_FIELDS, signup_key, signup_status
 from pipeline.ledger import Ledger, TxnRecord, TxnState
-from pipeline.logs import customer_ids_pattern, log_event, mask_customer_id, masked_match, redact
+from pipeline.logs import customer_ids_pattern, log_event, mask_customer_id, masked_match, redact, told
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
@@ -377,10 +377,10 @@ def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]], feed_na
             last = found[-1]
             unsent.append(EventResult(
                 tid, Outcome.REJECTED, error_code=MEMBER_NOT_ENROLLED,
-                error_message=f"not sent: the member's sign-up {last.transaction_id} did not reach "
-                              f"the platform ({last.state}: {last.last_error_code or 'no code'}); once "
-                              f"a corrected sign-up is accepted, `posfeed rerun --feed {feed_name} "
-                              "--failed --include-permanent` sends it",
+                error_message=told(f"not sent: the member's sign-up {last.transaction_id} did not reach "
+                                   f"the platform ({last.state}: {last.last_error_code or 'no code'}); once "
+                                   f"a corrected sign-up is accepted, `posfeed rerun --feed {feed_name} "
+                                   "--failed --include-permanent` sends it"),
                 attempts=0))
         else:
             ready.append(row)

@@ -70,4 +70,21 @@ def test_posfeed_sandbox_that_cannot_listen_exits_1_naming_the_address() -> None
         done = subprocess.run([sys.executable, "-m", "pipeline", "sandbox", "--port", str(port)],
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    # as every other error of posfeed's, the state file's included (not click's bare "Error:")
+    assert done.stderr.startswith(f"posfeed: error: cannot listen on 127.0.0.1:{port}: "), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_posfeed_sandbox_errors_speak_as_posfeed_errors(tmp_path: Path) -> None:
+    """A state file that is none exits 78 and an empty region or key is a usage error (2), each
+    naming what is wrong in the CLI's words."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a sandbox state")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "sandbox", "--port", "0", "--state", str(notes)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 78 and done.stderr.startswith(f"posfeed: error: {notes}"), done.stderr
+    for option in ("--region", "--api-key", "--api-secret"):
+        blank = subprocess.run([sys.executable, "-m", "pipeline", "sandbox", "--port", "0", option, " "],
+                               capture_output=True, text=True, timeout=60)
+        assert blank.returncode == 2, (option, blank.stderr[-2000:])
+        assert "Usage:" in blank.stderr and f"Invalid value for '{option}'" in blank.stderr, blank.stderr
