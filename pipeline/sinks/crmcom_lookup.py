@@ -169,7 +169,8 @@ def _shown_identifier(purchase: Mapping[str, Any], name: str) -> list[str]:
 def differences(
     purchase: Mapping[str, Any], sale: SaleFacts, *, customer_field: str = "", unit_field: str = ""
 ) -> list[str]:
-    """How a purchase differs from the sale, in the fields both know (empty: it matches)."""
+    """How a purchase differs from the sale, in the fields both know (empty: it matches); a
+    customer is told apart without quoting either id."""
     found: list[str] = []
     if sale.total is not None:
         try:
@@ -181,11 +182,13 @@ def differences(
     shown_on = purchase.get("performed_on")
     if sale.performed_on is not None and shown_on is not None and _day(shown_on) != _day(sale.performed_on):
         found.append(f"performed on {purchase['performed_on']} (the sale {sale.performed_on})")
-    for name, wanted, what in ((customer_field, sale.customer, "customer"),
-                               (unit_field, sale.business_unit, "business unit")):
-        shown = _shown_identifier(purchase, name) if name else []
-        if wanted is not None and shown and wanted not in shown:
-            found.append(f"{what} {'/'.join(shown)} (the sale's {wanted})")
+    customers = _shown_identifier(purchase, customer_field) if customer_field else []
+    if sale.customer is not None and customers and sale.customer not in customers:
+        # never quoted: the reason is stored and reported, and another account's id is never masked
+        found.append("another customer")
+    units = _shown_identifier(purchase, unit_field) if unit_field else []
+    if sale.business_unit is not None and units and sale.business_unit not in units:
+        found.append(f"business unit {'/'.join(units)} (the sale's {sale.business_unit})")
     return found
 
 

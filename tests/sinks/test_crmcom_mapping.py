@@ -350,3 +350,22 @@ def test_endpoint_urls() -> None:
     )
     bare = target.model_copy(update={"path_prefix": ""})
     assert endpoint_url(bare, "/authentication/token") == "https://crm.example.com/authentication/token"
+
+
+def test_a_purchase_of_another_customer_is_told_without_quoting_either_customer():
+    """Why a purchase is not the sale's goes to the ledger, detail.csv and the finance page: a
+    customer id of another account (not one of the run's, so never masked) must not be quoted,
+    nor the sale's own; the total and day, which are not personal, are."""
+    from pipeline.sinks.crmcom_lookup import Ambiguous, pick_purchase
+    from pipeline.sinks.crmcom_purchases import SaleFacts
+
+    sale = SaleFacts(total=Decimal("9.00"), performed_on="2026-11-20T10:00:00Z", customer="CUST-OURS-1")
+    theirs = {"id": "P-2", "total_amount": "9.00", "performed_on": "2026-11-20T11:00:00Z",
+              "contact": {"id": "CUST-THEIRS-7", "code": "THEIRS-CODE"}}
+    dearer = {"id": "P-3", "total_amount": "12.00", "performed_on": "2026-11-20T11:00:00Z"}
+    picked = pick_purchase([theirs, dearer], sale, customer_field="contact")
+    assert isinstance(picked, Ambiguous)
+    reason = picked.reason
+    assert "P-2" in reason and "P-3" in reason and "12.00" in reason and "another customer" in reason
+    for customer in ("CUST-THEIRS-7", "THEIRS-CODE", "CUST-OURS-1"):
+        assert customer not in reason
