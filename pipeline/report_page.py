@@ -256,7 +256,7 @@ def page_data(report: Report) -> dict[str, Any]:
     ]
 
     feed = shlex.quote(str(summary.get("feed", "")))
-    items = _action_items(report, summary_rows, feed)
+    items = _action_items(report, summary_rows, feed, dry_run=bool(summary.get("dry_run")))
     actions = [f"{item['count']} {item['label']}: {item['todo']}" for item in items]
     actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
         if any(m["status"] == "missing" for m in expected) else []
@@ -298,13 +298,16 @@ def page_data(report: Report) -> dict[str, Any]:
 
 
 def _action_items(
-    report: Report, summary_rows: Sequence[Mapping[str, str]], feed: str
+    report: Report, summary_rows: Sequence[Mapping[str, str]], feed: str, *, dry_run: bool = False
 ) -> list[dict[str, Any]]:
     """The items to act on, each with its count, money per currency, what to do and its first
-    transactions (read from the detail rows, one at a time; what is listed is kept)."""
+    transactions (read from the detail rows, one at a time; what is listed is kept). A dry run's
+    queued transactions are what it would send: nothing to act on."""
     found: dict[str, dict[str, Any]] = {}
     for row in _each_row(DETAIL_COLUMNS, report.detail_rows):
         state, code = row["state"], row["error_code"]
+        if dry_run and state == "queued":
+            continue
         if (state, code) in CODE_ACTIONS:
             key, label, todo = CODE_ACTIONS[(state, code)]
         elif state in _NEEDS_ACTION:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from playwright.sync_api import Page, sync_playwright
 
 from pipeline.ledger import TxnRecord, TxnState
+from pipeline.report_page import page_data
 from pipeline.reports import build_report, write_report
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import feed_toml
@@ -274,3 +276,19 @@ def test_several_matching_purchases_are_an_item_of_their_own_done_by_hand(tmp_pa
     assert ambiguous["rows"]["T1"]["message"] == hostile
     assert "by hand" in ambiguous["todo"] and "rerun" not in ambiguous["todo"]
     assert (plain["count"], set(plain["rows"])) == (1, {"T2"}) and "rerun" in plain["todo"]
+
+
+def test_a_dry_runs_transactions_to_send_are_not_an_item_to_act_on() -> None:
+    """In a dry run "queued" means "would be sent": nothing for a person to do about it (a real
+    run's queued transactions are: the next run sends them)."""
+    queued = replace(_failed("T1", "", "", "19.59"), state=TxnState.QUEUED, last_error_code=None,
+                     last_error_message=None)
+    totals = [("day.csv", "BER01", "2026-11-20", 1, 1, Decimal("19.59"), "EUR")]
+    dry = build_report(report_id="r1", feed="crmday", rejects=[], file_totals=totals,
+                       transactions=[queued], pending_is_final=True, extra={"dry_run": True})
+    real = build_report(report_id="r2", feed="crmday", rejects=[], file_totals=totals,
+                        transactions=[queued])
+
+    assert [item["key"] for item in page_data(dry)["action_items"]] == []
+    assert page_data(dry)["actions"] == []
+    assert [item["key"] for item in page_data(real)["action_items"]] == ["queued"]
