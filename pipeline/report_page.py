@@ -3,10 +3,11 @@
 :func:`page_data` reads a :class:`pipeline.reports.Report` (the same rows and summary the CSV and
 JSON files are written from, so the page holds no figure of its own) into what the page shows:
 the verdict and what needs action (each item with its count, money per currency, what to do and
-its transactions, read from the detail rows), per currency the money flow from "came in" to each final
-state, per store and currency the same with a balanced mark, the reject codes with examples, and
-the files of the run. :func:`render_page` fills ``templates/report.html.j2`` (Jinja2, every value
-escaped) into one self-contained file: inline CSS and SVG, no script, nothing from the network.
+its first transactions, as the report added them up), per currency the money flow from "came in"
+to each final state, per store and currency the same with a balanced mark, the reject codes with
+examples, and the files of the run. :func:`render_page` fills ``templates/report.html.j2``
+(Jinja2, every value escaped) into one self-contained file: inline CSS and SVG, no script, nothing
+from the network.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline.currencies import minor_units
-from pipeline.reports import DETAIL_COLUMNS, STATE_COLUMNS, SUMMARY_COLUMNS, Report
+from pipeline.reports import DETAIL_COLUMNS, LISTED_TO_ACT_ON, STATE_COLUMNS, SUMMARY_COLUMNS, Report
 
 __all__ = ["CODE_ACTIONS", "FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data",
            "render_page"]
@@ -116,7 +117,7 @@ CODE_ACTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "file if it is missing (the message names the sale)"),
 }
 # the transactions each item lists; the rest are counted and named in detail.csv
-TRANSACTIONS_PER_ITEM = 50
+TRANSACTIONS_PER_ITEM = LISTED_TO_ACT_ON
 
 
 def format_amount(value: Decimal | str, currency: str = "") -> str:
@@ -301,11 +302,10 @@ def _action_items(
     report: Report, summary_rows: Sequence[Mapping[str, str]], feed: str, *, dry_run: bool = False
 ) -> list[dict[str, Any]]:
     """The items to act on, each with its count, money per currency, what to do and its first
-    transactions (read from the detail rows, one at a time; what is listed is kept). A dry run's
-    queued transactions are what it would send: nothing to act on."""
+    transactions (the report's, added up with its totals). A dry run's queued transactions are
+    what it would send: nothing to act on."""
     found: dict[str, dict[str, Any]] = {}
-    for row in _each_row(DETAIL_COLUMNS, report.detail_rows):
-        state, code = row["state"], row["error_code"]
+    for (state, code), entry in sorted(report.to_act_on.items()):
         if dry_run and state == "queued":
             continue
         if (state, code) in CODE_ACTIONS:
@@ -317,10 +317,13 @@ def _action_items(
         item = found.setdefault(key, {"key": key, "state": state, "label": label,
                                       "todo": todo.format(feed=feed), "count": 0,
                                       "amounts": defaultdict(Decimal), "transactions": []})
-        item["count"] += 1
-        currency = row["currency"]
-        item["amounts"][currency] += Decimal(row["amount"] or 0)
-        if len(item["transactions"]) < TRANSACTIONS_PER_ITEM:
+        item["count"] += entry.count
+        for currency, amount in entry.amounts.items():
+            item["amounts"][currency] += amount
+        for row in _each_row(DETAIL_COLUMNS, entry.rows):
+            if len(item["transactions"]) >= TRANSACTIONS_PER_ITEM:
+                break
+            currency = row["currency"]
             item["transactions"].append({
                 "transaction_id": row["transaction_id"], "store_id": row["store_id"],
                 "business_date": row["business_date"], "source_file": row["source_file"],
