@@ -2,10 +2,12 @@
 
 :func:`page_data` reads a :class:`pipeline.reports.Report` (the same rows and summary the CSV and
 JSON files are written from, so the page holds no figure of its own) into what the page shows:
-the verdict and what needs action, per currency the money flow from "came in" to each final
-state, per store and currency the same with a balanced mark, the reject codes with examples, and
-the files of the run. :func:`render_page` fills ``templates/report.html.j2`` (Jinja2, every value
-escaped) into one self-contained file: inline CSS and SVG, no script, nothing from the network.
+the verdict and what needs action (each item with its count, money per currency, what to do and
+its first transactions, as the report added them up), per currency the money flow from "came in"
+to each final state, per store and currency the same with a balanced mark, the reject codes with
+examples, and the files of the run. :func:`render_page` fills ``templates/report.html.j2``
+(Jinja2, every value escaped) into one self-contained file: inline CSS and SVG, no script, nothing
+from the network.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline.currencies import minor_units
 from pipeline.logs import told
-from pipeline.reports import STATE_COLUMNS, SUMMARY_COLUMNS, Report
+from pipeline.reports import DETAIL_COLUMNS, LISTED_TO_ACT_ON, STATE_COLUMNS, SUMMARY_COLUMNS, Report
 
-__all__ = ["FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data", "render_page"]
+__all__ = ["CODE_ACTIONS", "FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data",
+           "render_page"]
 
 # the report's states as finance reads them, in the order money flows
 FLOW_STATES: tuple[tuple[str, str], ...] = (
@@ -63,16 +66,59 @@ _NOT_READ_LABELS = {
     "quarantined": "in quarantine",
     "interrupted": "not read",
 }
+# what to do about the transactions of a state; those of a code below have their own item
 _NEEDS_ACTION = {
-    "rejected": "fix the rows in rejects.csv and deliver them again",
-    "conflict": "review the conflicting versions in detail.csv",
-    "not_sent": "review what the platform cannot take (detail.csv, error_code)",
-    "failed_permanent": "read the platform's error in detail.csv, then "
-                        "`posfeed rerun --feed {feed} --failed --include-permanent`",
-    "failed_retryable": "nothing if the next run succeeds; else `posfeed rerun --feed {feed} --failed`",
-    "in_doubt": "the next run settles these with the platform before sending anything",
-    "queued": "the next run sends these",
+    "rejected": ("rejected (bad rows)", "fix the rows in rejects.csv and deliver them again"),
+    "conflict": ("conflicts (held for review)", "review the conflicting versions in detail.csv"),
+    "not_sent": ("not sent (the platform cannot take it)",
+                 "review what the platform cannot take (detail.csv, error_code)"),
+    "failed_permanent": ("failed for good", "read the platform's error in detail.csv, then "
+                         "`posfeed rerun --feed {feed} --failed --include-permanent`"),
+    "failed_retryable": ("failed, will be retried",
+                         "nothing if the next run succeeds; else `posfeed rerun --feed {feed} --failed`"),
+    "in_doubt": ("in doubt (being settled)",
+                 "the next run settles these with the platform before sending anything"),
+    "queued": ("queued (waiting to be sent)", "the next run sends these"),
 }
+_RERUN_PERMANENT = "`posfeed rerun --feed {feed} --failed --include-permanent`"
+# (state, error code) -> (item, label, what to do): transactions finance acts on otherwise than
+# their state's, each an item of its own on the page (a state's item holds the rest of the state)
+CODE_ACTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("void", "void_of_sent_sale"): (
+        "void_of_sent_sale", "voids of a sale already on the platform",
+        "a void is never sent, so the sale it names stays on the platform with its points: cancel "
+        "or refund that sale on the platform (the message names it and its ids), or send a return of it"),
+    ("failed_permanent", "partly_refunded"): (
+        "partly_refunded", "returns the platform refunded in part",
+        "the platform refunded part of each (the message says how much, and names each refused line "
+        f"with the platform's code); once the cause is fixed, {_RERUN_PERMANENT} sends only the "
+        "refused lines"),
+    ("failed_permanent", "ambiguous_purchase"): (
+        "ambiguous_purchase", "CRM.COM: several purchases match, nothing cancelled or created",
+        "on CRM.COM, by hand (the message names the purchase ids and how each differs): for a "
+        "return, cancel its sale's purchase; for a sale, keep one purchase and cancel the others"),
+    ("failed_permanent", "original_refused"): (
+        "original_refused", "returns whose sale the platform refused",
+        "nothing of them was refunded: fix the cause of the sale (its code in the message), then "
+        f"{_RERUN_PERMANENT} sends the sale and then the return"),
+    ("failed_permanent", "original_not_found"): (
+        "original_never_arrived", "returns whose sale never arrived",
+        f"deliver the sale (the message names it); once it is accepted, {_RERUN_PERMANENT} sends the return"),
+    ("failed_retryable", "original_not_accepted"): (
+        "original_not_accepted", "returns waiting for their sale",
+        "nothing if the next run delivers the sale: it sends the return after it; else fix the sale's "
+        "error (detail.csv)"),
+    ("failed_retryable", "crmcom_original_not_delivered"): (
+        "crmcom_original_not_delivered", "returns waiting for their sale",
+        "nothing if the next run delivers the sale: it sends the return after it; else fix the sale's "
+        "error (detail.csv)"),
+    ("failed_retryable", "original_not_found"): (
+        "original_not_found", "returns waiting for a sale not arrived yet",
+        "every plain run looks for the sale again and sends the return after it: deliver the sale's "
+        "file if it is missing (the message names the sale)"),
+}
+# the transactions each item lists; the rest are counted and named in detail.csv
+TRANSACTIONS_PER_ITEM = LISTED_TO_ACT_ON
 
 
 def format_amount(value: Decimal | str, currency: str = "") -> str:
@@ -211,13 +257,9 @@ def page_data(report: Report) -> dict[str, Any]:
         for m in summary.get("missing_files") or [] if m.get("status") in ("missing", "late")
     ]
 
-    totals = Figures()
-    for figures in per_currency.values():
-        for name, _ in STATE_COLUMNS:
-            totals.counts[name] += figures.counts[name]
     feed = shlex.quote(str(summary.get("feed", "")))
-    actions = [f"{totals.counts[name]} {label}: {told(_NEEDS_ACTION[name].format(feed=feed))}"
-               for name, label in FLOW_STATES if name in _NEEDS_ACTION and totals.counts[name]]
+    items = _action_items(report, summary_rows, feed, dry_run=bool(summary.get("dry_run")))
+    actions = [f"{item['count']} {item['label']}: {item['todo']}" for item in items]
     actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
         if any(m["status"] == "missing" for m in expected) else []
     unreadable = sum(1 for row in not_read if row["origin"] == "unreadable")
@@ -243,6 +285,8 @@ def page_data(report: Report) -> dict[str, Any]:
         "dry_run": bool(summary.get("dry_run")),
         "balanced": bool(summary.get("balanced")),
         "actions": actions,
+        "action_items": items,
+        "other_actions": actions[len(items):],  # files and problems: not transactions
         "currencies": [_flow(per_currency[c], c) for c in sorted(per_currency)],
         "stores": [{"store_id": store or "(none)", **_flow(figures, currency)}
                    for (store, currency), figures in sorted(per_store.items())],
@@ -253,6 +297,61 @@ def page_data(report: Report) -> dict[str, Any]:
         "flow_states": FLOW_STATES,
         "store_columns": [label for label, _ in STORE_COLUMNS],
     }
+
+
+def _action_items(
+    report: Report, summary_rows: Sequence[Mapping[str, str]], feed: str, *, dry_run: bool = False
+) -> list[dict[str, Any]]:
+    """The items to act on, each with its count, money per currency, what to do and its first
+    transactions (the report's, added up with its totals). A dry run's queued transactions are
+    what it would send: nothing to act on."""
+    found: dict[str, dict[str, Any]] = {}
+    for (state, code), entry in sorted(report.to_act_on.items()):
+        if dry_run and state == "queued":
+            continue
+        if (state, code) in CODE_ACTIONS:
+            key, label, todo = CODE_ACTIONS[(state, code)]
+        elif state in _NEEDS_ACTION:
+            key, (label, todo) = state, _NEEDS_ACTION[state]
+        else:
+            continue
+        item = found.setdefault(key, {"key": key, "state": state, "label": label,
+                                      "todo": told(todo.format(feed=feed)), "count": 0,
+                                      "amounts": defaultdict(Decimal), "transactions": []})
+        item["count"] += entry.count
+        for currency, amount in entry.amounts.items():
+            item["amounts"][currency] += amount
+        for row in _each_row(DETAIL_COLUMNS, entry.rows):
+            if len(item["transactions"]) >= TRANSACTIONS_PER_ITEM:
+                break
+            currency = row["currency"]
+            item["transactions"].append({
+                "transaction_id": row["transaction_id"], "store_id": row["store_id"],
+                "business_date": row["business_date"], "source_file": row["source_file"],
+                "source_lines": row["source_lines"], "code": code or row["reject_code"],
+                "amount": format_amount(row["amount"], currency) + (f" {currency}" if currency else ""),
+                "message": row["error_message"]})
+    # of the partly refunded returns, what the platform did refund: summary.csv's own figure
+    refunded: dict[str, Decimal] = defaultdict(Decimal)
+    for summary_row in summary_rows:
+        if summary_row["origin"] in ("file", "ledger") and int(summary_row["partly_refunded_count"] or 0):
+            refunded[summary_row["currency"]] += Decimal(summary_row["partly_refunded_amount"] or 0)
+    order = [name for name, _ in FLOW_STATES]
+    items = sorted(found.values(), key=lambda i: (order.index(i["state"]), i["key"] == i["state"], i["key"]))
+    for item in items:
+        figures = [("amount", "amount", item["amounts"])]
+        if item["key"] == "partly_refunded":
+            to_review = {c: a - refunded.get(c, Decimal(0)) for c, a in item["amounts"].items()}
+            figures += [("refunded", "refunded by the platform", refunded),
+                        ("to_review", "still to refund or review", to_review)]
+        item["figures"] = [
+            {"figure": figure, "label": label,
+             "amounts": [{"currency": c or "(none)", "amount": format_amount(a, c) + (f" {c}" if c else "")}
+                         for c, a in sorted(amounts.items())]}
+            for figure, label, amounts in figures]
+        item["more"] = item["count"] - len(item["transactions"])
+        del item["amounts"]
+    return items
 
 
 _environment = Environment(

@@ -38,12 +38,15 @@ from pipeline.ledger.states import VOID_OF_SENT_SALE
 from pipeline.sinks.antavo import PARTLY_REFUNDED, refunded_in_part
 
 __all__ = [
+    "ACT_ON_STATES",
     "DETAIL_COLUMNS",
+    "LISTED_TO_ACT_ON",
     "REJECT_TAIL_COLUMNS",
     "STATE_COLUMNS",
     "SUMMARY_COLUMNS",
     "Report",
     "Rows",
+    "ToActOn",
     "build_report",
     "points_text",
     "write_report",
@@ -122,6 +125,11 @@ REJECT_TAIL_COLUMNS: tuple[str, ...] = (
     "source_file",
     "source_line",
 )
+
+# the states whose transactions a person acts on (besides a void of a sale already sent)
+ACT_ON_STATES = frozenset({"rejected", "conflict", "not_sent", "failed_permanent", "failed_retryable",
+                           "in_doubt", "queued"})
+LISTED_TO_ACT_ON = 50  # the transactions kept of each state and code to act on (the page lists them)
 
 _ZERO = Decimal("0")
 _NO_DATA_ROWS = "no data rows"  # the reason of a file read with nothing in it
@@ -249,10 +257,21 @@ def _replay(items: Replayable[_T]) -> Callable[[], Iterable[_T]]:
     return items if callable(items) else (lambda: items)
 
 
+@dataclass
+class ToActOn:
+    """The transactions of one state and error code a person acts on: how many, their money per
+    currency, and the detail rows of the first :data:`LISTED_TO_ACT_ON` of them."""
+
+    count: int = 0
+    amounts: dict[str, Decimal] = field(default_factory=dict)
+    rows: list[list[Any]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Report:
     """One report: its summary rows, its detail and reject rows (read as they are written), its
-    JSON summary, and the rejected amount per reject code and currency (for the page)."""
+    JSON summary, the rejected amount per reject code and currency, and the transactions to act
+    on by (state, error code) (both for the page, added up in the totals pass)."""
 
     summary_rows: list[list[Any]]
     detail_rows: Iterable[Sequence[Any]]
@@ -260,6 +279,7 @@ class Report:
     reject_rows: Iterable[Sequence[Any]]
     summary: dict[str, Any]
     rejected_amounts: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    to_act_on: dict[tuple[str, str], ToActOn] = field(default_factory=dict)
 
 
 def _detail_row(report_id: str, feed: str, t: TxnRecord) -> list[Any]:
@@ -311,6 +331,7 @@ def build_report(
     rows_rejected = 0
     transactions_rejected = 0
     rejected_amounts: dict[str, dict[str, Decimal]] = {}
+    to_act_on: dict[tuple[str, str], ToActOn] = {}
     for txn in read_transactions():
         origin = "file" if (txn.origin or "file") == "file" else "ledger"
         key = (txn.source_file, txn.store_id or "", txn.business_date or "", txn.currency or "", origin)
@@ -327,6 +348,14 @@ def build_report(
             of_code = rejected_amounts.setdefault(txn.reject_code or "", {})
             shown = Decimal(money_text(txn.amount, txn.currency) or 0)
             of_code[txn.currency or ""] = of_code.get(txn.currency or "", _ZERO) + shown
+        state_name = _REPORT_NAME[txn.state]
+        if state_name in ACT_ON_STATES or (txn.state is TxnState.VOID
+                                           and txn.last_error_code == VOID_OF_SENT_SALE):
+            entry = to_act_on.setdefault((state_name, txn.last_error_code or ""), ToActOn())
+            entry.count += 1
+            entry.amounts[txn.currency or ""] = entry.amounts.get(txn.currency or "", _ZERO) + txn.amount
+            if len(entry.rows) < LISTED_TO_ACT_ON:
+                entry.rows.append(_detail_row(report_id, feed, txn))
 
     summary_rows: list[list[Any]] = []
     total = _Group()
@@ -414,7 +443,8 @@ def build_report(
         "balanced": balanced and all(g.balanced(pending_is_final) for g in by_currency.values()),
     }
     summary.update(extra or {})
-    return Report(summary_rows, detail_rows, reject_header, reject_rows, summary, rejected_amounts)
+    return Report(summary_rows, detail_rows, reject_header, reject_rows, summary, rejected_amounts,
+                  to_act_on)
 
 
 def _currency_amounts(currency: str, group: _Group) -> dict[str, str]:
