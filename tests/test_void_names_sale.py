@@ -42,6 +42,7 @@ AFTERNOON = [
     line("V-1", "M1", "void", 1, *WINE, 1, "11.49", original="S-1", hour="15"),  # S-1 is on the platform
     line("S-7", "M7", "sale", 1, *YOG, 1, "2.70", hour="15"),  # after its void
     line("V-8", "unknown-0008", "void", 1, *YOG, 1, "2.70", original="S-8", hour="15"),  # refused before
+    line("R-3", "M3", "return", 1, *YOG, -2, "-5.40", original="S-3", hour="16"),  # of a voided sale
 ]
 
 
@@ -95,6 +96,7 @@ def test_a_sale_a_void_names_is_never_sent_unless_already_on_the_platform(
         "S-7": ("void", "post_voided"), "V-7": ("void", None),
         "S-8": ("void", "post_voided"), "V-8": ("void", None),
         "S-9": ("accepted", rows["S-9"].last_error_code), "V-9": ("void", "void_of_sent_sale"),
+        "R-3": ("not_sent", "original_not_sent"),  # nothing of S-3 reached the platform to refund
     }
     for sale, void in (("S-3", "V-3"), ("S-6", "V-6"), ("S-7", "V-7"), ("S-8", "V-8")):
         assert void in str(rows[sale].last_error_message)
@@ -106,7 +108,7 @@ def test_a_sale_a_void_names_is_never_sent_unless_already_on_the_platform(
     assert (afternoon["voids"], afternoon["post_voided"], afternoon["voids_of_sent_sales"]) == (4, 2, 1)
     assert (dry["voids"], dry["post_voided"], dry["voids_of_sent_sales"]) == (4, 2, 1)
     assert (rerun["voids_of_sent_sales"], rerun["accepted"]) == (1, 1)
-    assert afternoon["failed_permanent"] == 0 and afternoon["accepted"] == 0
+    assert (afternoon["failed_permanent"], afternoon["accepted"], afternoon["not_sent"]) == (0, 0, 1)
     for summary in (early, morning, afternoon, rerun, dry):
         assert summary["balanced"] is True
         balances_per_currency(Path(summary["reports_path"]))
