@@ -22,7 +22,7 @@ __all__ = ["settle_voided_sales"]
 
 def settle_voided_sales(ledger: Ledger, scope: str, run_id: str, row_ids: Sequence[int]) -> None:
     """Decide the plain voids naming the sales among ``row_ids`` (just submitted) that settled."""
-    if not row_ids:
+    if not row_ids or not ledger.any_voids_naming(scope):  # most scopes: no rows read again
         return
     sales = {str(t.transaction_id): t for t in ledger.transactions_by_row_id(row_ids)
              if t.transaction_type == TransactionType.SALE and t.transaction_id
