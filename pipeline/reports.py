@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
-from pipeline.ledger.states import VOID_OF_SENT_SALE
+from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
 from pipeline.sinks.antavo import PARTLY_REFUNDED, refunded_in_part
 
 __all__ = [
@@ -85,6 +85,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     # of void: voids naming a sale already on the platform (it stays there: to act on)
     "void_of_sent_sale_count",
     "void_of_sent_sale_amount",
+    # of void: sales a void names, never sent (code post_voided)
+    "post_voided_count",
+    "post_voided_amount",
     "points_awarded",
     "rows_accounted",
     "transactions_accounted",
@@ -183,6 +186,9 @@ class _Group:
     # voids naming a sale the platform holds, and their money
     voids_of_sent: int = 0
     voided_sent: Decimal = _ZERO
+    # sales a void names, settled void before reaching the platform, and their money
+    post_voided: int = 0
+    post_voided_amount: Decimal = _ZERO
     rows: int = 0
     transactions: int = 0
     amount: Decimal = _ZERO
@@ -200,6 +206,9 @@ class _Group:
         if txn.state is TxnState.VOID and txn.last_error_code == VOID_OF_SENT_SALE:
             self.voids_of_sent += 1
             self.voided_sent += txn.amount
+        if txn.state is TxnState.VOID and txn.last_error_code == POST_VOIDED:
+            self.post_voided += 1
+            self.post_voided_amount += txn.amount
         if txn.state is TxnState.FAILED_PERMANENT and txn.last_error_code == PARTLY_REFUNDED:
             self.partly_refunded += 1
             landed = refunded_in_part(txn.last_error_code, txn.last_error_message)
@@ -220,6 +229,8 @@ class _Group:
         self.refunded += other.refunded
         self.voids_of_sent += other.voids_of_sent
         self.voided_sent += other.voided_sent
+        self.post_voided += other.post_voided
+        self.post_voided_amount += other.post_voided_amount
         self.rows += other.rows
         self.transactions += other.transactions
         self.amount += other.amount
@@ -372,7 +383,8 @@ def build_report(
             [report_id, feed, name, store, day, currency, origin, group.rows_in, group.transactions_in,
              money_text(group.amount_in, currency), *state_cells, group.partly_refunded,
              money_text(group.refunded, currency), group.voids_of_sent,
-             money_text(group.voided_sent, currency), group.points_awarded(), group.rows,
+             money_text(group.voided_sent, currency), group.post_voided,
+             money_text(group.post_voided_amount, currency), group.points_awarded(), group.rows,
              group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
         )
         total.merge(group)
@@ -382,7 +394,7 @@ def build_report(
     known = [c for c in by_currency if c]
     feed_currency = known[0] if len(known) == 1 else ""
     zero = money_text(_ZERO, feed_currency)
-    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)] + [0, zero, 0, zero]
+    empty_states = [cell for _ in STATE_COLUMNS for cell in (0, zero)] + [0, zero, 0, zero, 0, zero]
     for name in sorted(set(files_without_rows)):
         summary_rows.append(
             [report_id, feed, name, "", "", feed_currency, "file", 0, 0, zero, *empty_states,
@@ -436,6 +448,7 @@ def build_report(
         "not_sent": total.counts["not_sent"],
         "partly_refunded": total.partly_refunded,
         "voids_of_sent_sales": total.voids_of_sent,
+        "post_voided": total.post_voided,
         **single_currency_amounts(currencies, ("amount_accepted", "amount_partly_refunded",
                                                "amount_void_of_sent_sale")),
         "currencies": currencies,

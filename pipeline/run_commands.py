@@ -144,6 +144,8 @@ def format_summary(summary: RunSummary) -> str:
         f"  skipped:   {counted(s['duplicates'], 'duplicate')}, {counted(s.get('voids', 0), 'void')}"
         + (f" ({s['voids_of_sent_sales']} of a sale already on the platform: act on it, see "
            "void_of_sent_sale in detail.csv)" if s.get("voids_of_sent_sales") else "")
+        + (f" ({s['post_voided']} of them sales a void names: never sent, post_voided in detail.csv)"
+           if s.get("post_voided") else "")
         + f", {s.get('not_sent', 0)} not sendable",
         f"  held:      {counted(s['conflicts'], 'conflict')}",
         f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent"

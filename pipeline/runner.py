@@ -84,6 +84,7 @@ from pipeline.stages.fetch import FetchResult, StagedFile, fetch_new_files, iden
 from pipeline.stages.report import report_folder, run_report, write_run_report
 from pipeline.stages.submit import decide_rows, submit_rows
 from pipeline.stages.transform import TransformOutcome, transform_staged
+from pipeline.stages.voids import settle_voided_sales
 
 __all__ = [
     "RerunSelection", "RunSummary", "business_dates_for", "exit_cause", "exit_code_of", "observe_refusal",
@@ -303,6 +304,8 @@ class _Context:
                 self.ledger, self.feed, self.run_id, row_ids, self.make_sink,
                 stop=self.stop, progress=self.progress,
             )
+        if not self.lock_lost():  # voids whose sale was in doubt, now that it is settled
+            settle_voided_sales(self.ledger, self.feed.scope, self.run_id, row_ids)
         if result.stopped:
             self.notes["stopped"] = True
         if result.credentials_refused:

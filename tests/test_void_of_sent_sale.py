@@ -2,8 +2,9 @@
 subprocesses) against the real CRM.COM sandbox. A void is never sent (Antavo neither refunds nor
 cancels for one), so the sale's purchase stays on CRM.COM with its points: the void is reported as
 `void_of_sent_sale`, to act on, in detail.csv, summary.csv, summary.json, the console and
-`posfeed runs`, while a void of a sale not delivered yet (same file) stays a plain void. The
-reports balance per currency."""
+`posfeed runs`, while a sale and its void in the same file are both void and neither is sent (the
+sale coded `post_voided`, tests/test_void_names_sale.py has every order). The reports balance per
+currency."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ AFTERNOON = [
     # voided at the till, naming S-1: sent to CRM.COM this morning
     line("V-1", "M1", "void", 1, *WINE, 1, "19.59", original="S-1", hour="15"),
     line("V-1", "M1", "void", 2, *YOG, 3, "19.59", original="S-1", hour="15"),
-    # a sale and its void in one file: the sale is not delivered when the void comes (as before)
+    # a sale and its void in one file: the sale is never sent (post_voided)
     line("S-3", "M3", "sale", 1, *WINE, 1, "11.49", hour="16"),
     line("V-3", "M3", "void", 1, *WINE, 1, "11.49", original="S-3", hour="16"),
     line("V-4", "M4", "void", 1, *YOG, 1, "2.70", hour="16"),  # names nothing
@@ -65,20 +66,20 @@ def test_a_void_of_a_sale_already_on_crmcom_is_reported_to_act_on(tmp_path: Path
     second = posfeed(tmp_path, env, "report", runs[0]["run_id"])
 
     # nothing is cancelled: a void is never sent (as on Antavo); S-1 stays on CRM.COM
-    assert purchases == {"S-1": "accepted", "S-2": "accepted", "S-3": "accepted"}
+    assert purchases == {"S-1": "accepted", "S-2": "accepted"}
     assert s1 is not None and s1["life_cycle_state"] == "POSTED"
     # ... and says so, naming the sale and its purchase
     with Ledger(tmp_path / "state" / "ledger.sqlite") as ledger:
         rows = {t.transaction_id: t for t in ledger.day_transactions("crmvoid", "2026-11-20")}
     settled = {tid: (t.state.value, t.last_error_code) for tid, t in rows.items()}
     assert settled == {
-        "S-1": ("accepted", None), "S-2": ("accepted", None), "S-3": ("accepted", None),
+        "S-1": ("accepted", None), "S-2": ("accepted", None), "S-3": ("void", "post_voided"),
         "V-1": ("void", "void_of_sent_sale"), "V-3": ("void", None), "V-4": ("void", None),
     }
     message = str(rows["V-1"].last_error_message)
     assert "S-1" in message and rows["S-1"].event_ids[0] in message
 
-    assert second["voids"] == 3 and second["voids_of_sent_sales"] == 1 and second["balanced"] is True
+    assert second["voids"] == 4 and second["voids_of_sent_sales"] == 1 and second["balanced"] is True
     assert second["currencies"]["EUR"]["amount_void_of_sent_sale"] == "19.59"
     report = Path(second["reports_path"])
     with (report / "summary.csv").open(encoding="utf-8", newline="") as handle:
@@ -97,7 +98,7 @@ def test_a_void_of_a_sale_already_on_crmcom_is_reported_to_act_on(tmp_path: Path
     assert [r["voids_of_sent_sales"] for r in runs] == [1, 0]
     header, newest = runs_table.splitlines()[:2]
     assert header.split()[-2:] == ["voids_of_sent_sales", "balanced"] and newest.split()[-2:] == ["1", "True"]
-    assert "3 voids (1 of a sale already on the platform: act on it" in console
+    assert "4 voids (1 of a sale already on the platform: act on it" in console
 
 
 def text(tmp: Path, env: dict[str, str], *args: str) -> str:

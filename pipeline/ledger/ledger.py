@@ -20,15 +20,17 @@ from pipeline.ledger.scrub import Scrubbing
 from pipeline.ledger.totals import Totals
 from pipeline.ledger.transactions import Transactions
 from pipeline.ledger.transitions import Transitions
+from pipeline.ledger.voids import Voids
 
 
 class Ledger(
-    Runs, Files, Recording, Transitions, Transactions, Returns, Totals, Rejects, Scrubbing, Backlogs, Problems
+    Runs, Files, Recording, Transitions, Transactions, Returns, Voids, Totals, Rejects, Scrubbing, Backlogs,
+    Problems,
 ):
     """The ledger (a SQLite file or a PostgreSQL database): open it, change it only through its
     verb-named transitions.
 
-    Each part (runs, files, recording, transitions, transactions, returns, totals, rejects,
+    Each part (runs, files, recording, transitions, transactions, returns, voids, totals, rejects,
     scrubbing, backlog, problems) is a class of its own module whose methods share this ledger's
     one :class:`~pipeline.ledger.db.Db`.
     """

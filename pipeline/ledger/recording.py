@@ -15,6 +15,7 @@ from pipeline.ledger.rejects import insert_rejects
 from pipeline.ledger.states import PRIMARY_SQL, PRIMARY_STATES, RECORDABLE, TxnState
 from pipeline.ledger.totals import Total, insert_totals
 from pipeline.ledger.transitions import ScopeGuard, attach, require_scope_lock, set_state
+from pipeline.ledger.voids import post_void
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,15 @@ class Recording:
         transactions: Iterable[NewTransaction],
         rejects: Iterable[NewReject],
         totals: Iterable[Total],
+        post_voided: Sequence[tuple[int, str]] = (),
     ) -> list[int]:
         """Record everything a file contained, in one transaction: its occurrences (queued, void,
         rejected, duplicate, conflict), its rejected lines, its input totals per store, business
         date (and currency: a total's optional sixth item); the file becomes 'recorded'.
-        Duplicates of a primary left failed_retryable are requeued into this run. Returns the
-        ledger ids of rows this run must send."""
+        Duplicates of a primary left failed_retryable are requeued into this run. ``post_voided``:
+        earlier sale rows (id, message) the file's voids name, post-voided in the same transaction
+        while they are known not to be on the platform (:func:`~pipeline.ledger.voids.post_void`).
+        Returns the ledger ids of rows this run must send."""
         transactions = list(transactions)
         now = timestamp()
         with self._db.transaction() as db:
@@ -153,6 +157,8 @@ class Recording:
                 if txn.state is TxnState.REJECTED
                 for line in txn.source_lines
             }
+            voided = set(post_void(db, run_id, post_voided))
+            to_send = [i for i in to_send if i not in voided]
             insert_rejects(db, run_id, file, rejects, reject_row_of_line)
             rows_in, amount_in = insert_totals(db, file.id, totals)
             db.execute(

@@ -304,6 +304,17 @@ def _migrate_8_to_9(db: Db) -> None:
     )
 
 
+def _migrate_9_to_10(db: Db) -> None:
+    """An index of voids by the sale they name (their stored checkout's ``original_transaction_id``):
+    a sale a void names is never sent, whichever of the two comes first (the expression and the
+    WHERE term are repeated word for word by :meth:`Ledger.voids_naming`)."""
+    _script(
+        db,
+        f"CREATE INDEX transactions_voids_of ON transactions (scope, {ORIGINAL_SQL}) "
+        "WHERE transaction_type = 'void'",
+    )
+
+
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -314,6 +325,7 @@ MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_6_to_7,
     _migrate_7_to_8,
     _migrate_8_to_9,
+    _migrate_9_to_10,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ class Scrubbing:
 
     def scrub_customer_ids(self, scope: str, mask: Callable[[str], str], *, run_id: str) -> int:
         """Replace the customer id in the stored checkout of every transaction of ``run_id`` in
-        ``scope`` that is never sent again (accepted, not sent, conflict) by ``mask(id)``; returns
+        ``scope`` that is never sent again (accepted, not sent, conflict, void) by ``mask(id)``; returns
         how many changed.
 
         Checkouts that may still be sent (queued, in doubt, failed) keep the real id they need.

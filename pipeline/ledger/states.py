@@ -10,6 +10,8 @@ single ledger transaction together with what it records (dlt's load packages are
        └──mark_not_sent / fail_* (the sink decided without sending)
 
     rejected, duplicate, conflict, void: recorded once when a file is recorded; never sent.
+    queued, failed_retryable, failed_permanent ──post_void──▶ void: a sale a void names, known
+    not to be on the platform (never sent, or refused), is never sent (code ``post_voided``).
 
 The ``*_SQL`` constants are the same sets as SQL lists, for queries to repeat word for word.
 """
@@ -37,6 +39,9 @@ class TxnState(StrEnum):
 # the code of a void naming a sale the platform already holds (recorded with the void): a void is
 # never sent, so the sale stays on the platform with its points; to act on, not balanced away
 VOID_OF_SENT_SALE = "void_of_sent_sale"
+# the code of a sale a void names, settled void before it reached the platform: never sent (as a
+# POSLog post-voided transaction); the void itself stays a plain void
+POST_VOIDED = "post_voided"
 
 
 PRIMARY_STATES: frozenset[TxnState] = frozenset(
@@ -55,7 +60,8 @@ FINAL_STATES: frozenset[TxnState] = frozenset(TxnState) - PENDING_STATES
 
 TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
     TxnState.QUEUED: frozenset(
-        {TxnState.SENDING, TxnState.NOT_SENT, TxnState.FAILED_RETRYABLE, TxnState.FAILED_PERMANENT}
+        {TxnState.SENDING, TxnState.NOT_SENT, TxnState.FAILED_RETRYABLE, TxnState.FAILED_PERMANENT,
+         TxnState.VOID}  # VOID: post-voided, see above
     ),
     # sending -> sending: an in-doubt transaction is re-sent
     TxnState.SENDING: frozenset(
@@ -67,8 +73,8 @@ TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
             TxnState.NOT_SENT,
         }
     ),
-    TxnState.FAILED_RETRYABLE: frozenset({TxnState.QUEUED}),
-    TxnState.FAILED_PERMANENT: frozenset({TxnState.QUEUED}),
+    TxnState.FAILED_RETRYABLE: frozenset({TxnState.QUEUED, TxnState.VOID}),
+    TxnState.FAILED_PERMANENT: frozenset({TxnState.QUEUED, TxnState.VOID}),
 }
 
 # In the order of the partial index `transactions_primary` (migration 1): SQLite uses a partial
@@ -81,7 +87,7 @@ SENDABLE_SQL = "(" + ",".join(
     f"'{state.value}'" for state, targets in TRANSITIONS.items() if TxnState.SENDING in targets
 ) + ")"
 # the states whose stored checkout no request needs again: its customer id may be masked
-NEVER_SENT_AGAIN = (TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.CONFLICT)
+NEVER_SENT_AGAIN = (TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.CONFLICT, TxnState.VOID)
 NEVER_SENT_AGAIN_SQL = "(" + ",".join(f"'{state.value}'" for state in NEVER_SENT_AGAIN) + ")"
 # the states a file's transaction is recorded in
 RECORDABLE = frozenset(

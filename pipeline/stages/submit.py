@@ -40,6 +40,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
+from pipeline.sinks.crmcom_returns import ReturnCode
 from pipeline.stages.returns import hold_for_sales, with_return_context
 
 __all__ = [
@@ -264,7 +265,8 @@ def gate_returns(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]
     """The checkouts that may go on to the sink, and a NOT_SENT result (``original_not_a_sale``) for
     each return whose ``original_transaction_id`` the ledger holds as no sale: the return itself,
     another return or a void. Nothing of it was bought, so there is nothing to refund or cancel
-    (Antavo would refuse it, and CRM.COM would wait for a purchase that never comes)."""
+    (Antavo would refuse it, and CRM.COM would wait for a purchase that never comes). A return of a
+    sale a void stopped (``post_voided``: never sent) is not sent either (``original_not_sent``)."""
     def is_return(checkout: dict[str, Any]) -> bool:
         return checkout.get("transaction_type") == TransactionType.RETURN and bool(
             checkout.get("original_transaction_id"))
@@ -277,6 +279,14 @@ def gate_returns(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]
     unsent: list[EventResult] = []
     for checkout in checkouts:
         original = known.get(str(checkout["original_transaction_id"])) if is_return(checkout) else None
+        if original is not None and original.transaction_type == TransactionType.SALE and (
+                original.state is TxnState.VOID):
+            # a sale a void names that never reached the platform (post_voided): nothing to refund
+            unsent.append(EventResult(
+                checkout["transaction_id"], Outcome.NOT_SENT, error_code=ReturnCode.ORIGINAL_NOT_SENT,
+                error_message=f"never sent: its sale {original.transaction_id} was voided at the till "
+                              "before it reached the platform", attempts=0))
+            continue
         if original is None or original.transaction_type == TransactionType.SALE:
             ready.append(checkout)
             continue

@@ -3,7 +3,9 @@
 Every input row ends up in exactly one ledger transaction row (an *occurrence*):
 
 * a valid checkout that dedup calls new → ``queued`` (``void`` for a void: counted, never sent;
-  coded ``void_of_sent_sale`` when the sale it names is already on the platform);
+  coded ``void_of_sent_sale`` when the sale it names is already on the platform; a sale a void
+  names, of the file or recorded before and not on the platform, is ``void`` too, coded
+  ``post_voided``: never sent);
 * a valid checkout dedup calls duplicate / conflict → ``duplicate`` / ``conflict``;
 * rejected lines → one ``rejected`` row per transaction (``source_file``, ``transaction_id``; a
   line without an id stands alone), each line also kept in ``rejects`` with its original columns.
@@ -35,7 +37,8 @@ from pipeline.core.transform import REJECT_COLUMNS, TransformResult, empty_lines
 from pipeline.currencies import money_text
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnRecord, TxnState
-from pipeline.ledger.states import VOID_OF_SENT_SALE
+from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
+from pipeline.ledger.voids import not_on_platform
 from pipeline.logs import log_event, mask_customer_id
 from pipeline.memory import release_memory
 from pipeline.progress import NullProgress, Progress
@@ -91,28 +94,68 @@ def void_of_sent_sale(void: NewTransaction, sale: TxnRecord | None) -> NewTransa
     sale, and finance must act on it. A void of a sale not delivered yet stays a plain void."""
     if sale is None or sale.state is not TxnState.ACCEPTED or sale.transaction_type != TransactionType.SALE:
         return void
+    return replace(void, error_code=VOID_OF_SENT_SALE, error_message=void_of_sent_sale_message(sale))
+
+
+def void_of_sent_sale_message(sale: TxnRecord) -> str:
+    """The message of a void naming ``sale``, which the platform holds."""
     events = f" (event ids {', '.join(sale.event_ids)})" if sale.event_ids else ""
-    return replace(
-        void,
-        error_code=VOID_OF_SENT_SALE,
-        error_message=f"voided at the till after its sale {sale.transaction_id} reached the platform"
-        f"{events}: a void is never sent, so the sale stays there with its points; cancel or refund it "
-        "on the platform, or send a return of it",
-    )
+    return (f"voided at the till after its sale {sale.transaction_id} reached the platform{events}: a "
+            "void is never sent, so the sale stays there with its points; cancel or refund it on the "
+            "platform, or send a return of it")
 
 
-def _voids_of_sent_sales(ledger: Ledger, scope: str, records: FileRecords) -> FileRecords:
-    """A file's records with each void naming a sale the platform holds coded
-    (:func:`void_of_sent_sale`); one ledger query, only when a void names a sale."""
-    named = [t.names for t in records.transactions if t.state is TxnState.VOID and t.names]
-    if not named:
-        return records
-    sales = ledger.originals(scope, named)
-    records.transactions[:] = [
-        void_of_sent_sale(t, sales.get(t.names)) if t.state is TxnState.VOID and t.names else t
-        for t in records.transactions
+def post_voided(sale: NewTransaction, void_id: str) -> NewTransaction:
+    """``sale`` settled ``void`` with the code :data:`POST_VOIDED`: a void names it and it is not
+    on the platform, so it is never sent (as a POSLog post-voided transaction)."""
+    return replace(sale, state=TxnState.VOID, error_code=POST_VOIDED,
+                   error_message=post_void_message(void_id))
+
+
+def post_void_message(void_id: str) -> str:
+    """The message of a sale post-voided by the void ``void_id``."""
+    return (f"voided at the till by {void_id} before it reached the platform: never sent (nothing to "
+            "cancel or refund)")
+
+
+def _is_sale(t: NewTransaction) -> bool:
+    """A queued sale (what a void may name and stop)."""
+    return (t.state is TxnState.QUEUED and t.transaction_type == TransactionType.SALE
+            and bool(t.transaction_id))
+
+
+def _voids_and_sales(ledger: Ledger, scope: str, records: FileRecords
+                     ) -> tuple[FileRecords, list[tuple[int, str]]]:
+    """A file's records with its voids and the sales they name decided, whichever comes first: a
+    sale of the file a void names (of the file or of the ledger) is post-voided
+    (:func:`post_voided`); a void naming a sale the platform holds is coded (:func:`void_of_sent_sale`);
+    and the earlier sale rows (id, message) the file's voids name that are known not to be on the
+    platform (:func:`~pipeline.ledger.voids.not_on_platform`), to post-void as the file is recorded.
+    A void of a sale in doubt stays a plain void: the sale is settled first (it may have landed),
+    then decided (:func:`pipeline.stages.voids.settle_voided_sales`). The ledger is asked only when
+    the file has voids naming sales, or has sales and the scope holds such voids."""
+    txns = records.transactions
+    voids = {str(t.names): str(t.transaction_id) for t in txns if t.state is TxnState.VOID and t.names}
+    sales = {str(t.transaction_id) for t in txns if _is_sale(t)}
+    voided_here = {sale: void for sale, void in voids.items() if sale in sales}
+    unvoided = sorted(sales - voided_here.keys())
+    if unvoided and ledger.any_voids_naming(scope):
+        for sale, earlier in ledger.voids_naming(scope, unvoided).items():
+            voided_here[sale] = str(earlier[0].transaction_id)
+    outside = [sale for sale in voids if sale not in sales]
+    elsewhere = ledger.originals(scope, outside) if outside else {}
+    txns[:] = [
+        post_voided(t, voided_here[str(t.transaction_id)])
+        if _is_sale(t) and str(t.transaction_id) in voided_here
+        else void_of_sent_sale(t, elsewhere.get(str(t.names))) if t.state is TxnState.VOID and t.names
+        else t
+        for t in txns
     ]
-    return records
+    earlier_sales = [
+        (sale.id, post_void_message(voids[tid])) for tid, sale in elsewhere.items()
+        if sale.transaction_type == TransactionType.SALE and not_on_platform(sale)
+    ]
+    return records, earlier_sales
 
 
 def _rows(frame: pl.DataFrame) -> Iterator[tuple[Any, ...]]:
@@ -231,7 +274,9 @@ def records_of(result: TransformResult) -> dict[str, FileRecords]:
                 transaction_type=kind,
                 currency=currency,
                 content_hash=content_hash,
-                checkout=text if state in (TxnState.QUEUED, TxnState.CONFLICT) else None,
+                # a void's names its sale (found by it whichever is recorded first)
+                checkout=text if state in (TxnState.QUEUED, TxnState.CONFLICT) or (
+                    state is TxnState.VOID and named) else None,
                 names=named if state is TxnState.VOID and named else None,
             )
         )
@@ -476,7 +521,7 @@ def _transform_group(
             outcome.unreadable.append(error)
         else:
             records = per_file.pop(item.record.name, FileRecords([], [], []))
-            records = _voids_of_sent_sales(ledger, feed.scope, records)
+            records, earlier_sales = _voids_and_sales(ledger, feed.scope, records)
             if feed.logging.hash_customer_ids:
                 records = _mask_reject_customers(records, feed)
             queued = ledger.record_file(
@@ -485,7 +530,11 @@ def _transform_group(
                 transactions=records.transactions,
                 rejects=records.rejects,
                 totals=records.totals,
+                post_voided=earlier_sales,
             )
+            if earlier_sales:  # a sale this run queued from an earlier file is not sent now
+                voided = ledger.rows_in_state([i for i, _ in earlier_sales], TxnState.VOID)
+                outcome.to_send[:] = array("q", (i for i in outcome.to_send if i not in voided))
             outcome.to_send.extend(queued)
             conflicts = conflicts or any(t.state is TxnState.CONFLICT for t in records.transactions)
             _log_file(feed, item.record.name, records, len(queued))

@@ -1,0 +1,44 @@
+"""Voids whose sale was in doubt when they came in, decided once the sale is settled.
+
+A void naming a sale that may have reached the platform (in doubt, or failed after a request went
+out) stays a plain void as it is recorded: the sale is settled first, by the send that would
+settle it anyway (Antavo's "transaction ID already used", CRM.COM's lookup first), never guessed.
+After each submission, :func:`settle_voided_sales` decides the voids of the sales it settled: a
+sale now accepted makes its void ``void_of_sent_sale`` (to act on); a sale the platform refused is
+post-voided (never sent again). Both are part of the run that settled them (origin ``settle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.ledger import Ledger, TxnState
+from pipeline.ledger.states import VOID_OF_SENT_SALE
+from pipeline.records import TransactionType
+from pipeline.stages.transform import post_void_message, void_of_sent_sale_message
+
+__all__ = ["settle_voided_sales"]
+
+
+def settle_voided_sales(ledger: Ledger, scope: str, run_id: str, row_ids: Sequence[int]) -> None:
+    """Decide the plain voids naming the sales among ``row_ids`` (just submitted) that settled."""
+    if not row_ids or not ledger.any_voids_naming(scope):  # most scopes: no rows read again
+        return
+    sales = {str(t.transaction_id): t for t in ledger.transactions_by_row_id(row_ids)
+             if t.transaction_type == TransactionType.SALE and t.transaction_id
+             and t.state in (TxnState.ACCEPTED, TxnState.FAILED_PERMANENT)}
+    if not sales:
+        return
+    coded: list[tuple[int, str, str]] = []
+    refused: list[tuple[int, str]] = []
+    for tid, voids in ledger.voids_naming(scope, sorted(sales)).items():
+        sale = sales[tid]
+        plain = [v for v in voids if v.last_error_code is None]
+        if not plain:
+            continue
+        if sale.state is TxnState.FAILED_PERMANENT:
+            refused.append((sale.id, post_void_message(str(plain[0].transaction_id))))
+            continue
+        coded += [(void.id, VOID_OF_SENT_SALE, void_of_sent_sale_message(sale)) for void in plain]
+    ledger.code_voids(run_id, coded)
+    ledger.post_void_sales(run_id, refused)
