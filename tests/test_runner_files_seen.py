@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from pipeline.errors import EXIT_DATA, EXIT_OK
-from pipeline.runner import run_feed
 from pipeline.reports import SUMMARY_COLUMNS
+from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
 from pipeline.stages.report import day_report, run_report
 from tests.ledger_backends import ledger_env
@@ -166,8 +166,10 @@ def test_a_header_only_file_has_its_row_with_nothing_in_it(sandbox: SandboxServe
         return column.endswith("_amount") or column in ("amount_in", "amount_accounted")
 
     # every count and amount of the report's columns, each zero
-    assert {k: v for k, v in empty.items() if is_count(k)} == dict.fromkeys(filter(is_count, SUMMARY_COLUMNS), "0")
-    assert {k: v for k, v in empty.items() if is_amount(k)} == dict.fromkeys(filter(is_amount, SUMMARY_COLUMNS), "0.00")
+    counts = {k: v for k, v in empty.items() if is_count(k)}
+    amounts = {k: v for k, v in empty.items() if is_amount(k)}
+    assert counts == dict.fromkeys(filter(is_count, SUMMARY_COLUMNS), "0")
+    assert amounts == dict.fromkeys(filter(is_amount, SUMMARY_COLUMNS), "0.00")
     assert (empty["points_awarded"], empty["balanced"], empty["reason"]) == ("", "true", "no data rows")
 
     page = (summary.reports_path / "report.html").read_text(encoding="utf-8")
