@@ -42,6 +42,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.sandbox import antavo
+from pipeline.sandbox.limits import BodyRefused, read_body
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sandbox.store import StateFileError
 
@@ -121,7 +122,9 @@ class _EchoingErrors:
     """With ``echo_requests``: every error answer's message quotes what the request carried (its
     Authorization header, query string and body), as some real platforms' messages do; a client
     must keep its secrets and the customers of the request out of what it stores and shows.
-    Answers are held whole until the app is done (the echo changes their length)."""
+    Answers are held whole until the app is done (the echo changes their length). The body is
+    read first, within ``max_body_bytes`` and ``body_timeout_seconds`` (413 / 408 otherwise, as
+    the platforms answer)."""
 
     def __init__(self, app: ASGIApp, state: SandboxState):
         self.app = app
@@ -131,13 +134,17 @@ class _EchoingErrors:
         if scope["type"] != "http" or not self.state.config.echo_requests:
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        config = self.state.config
+        try:  # within the same limits as the platforms' own reading
+            body = await read_body(Request(scope, receive), config.max_body_bytes,
+                                   config.body_timeout_seconds)
+        except BodyRefused as refused:
+            self.state.count("bad_requests")
+            path = scope["path"]
+            timed_out = refused.status == 408 and path.startswith(_CRMCOM_PREFIX)
+            code: int | str = "REQUEST_TIMEOUT" if timed_out else 0
+            await _refusal(path, refused.status, code, refused.message)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:

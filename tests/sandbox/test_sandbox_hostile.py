@@ -4,6 +4,8 @@ holds the others, and no body is buffered past the limit."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 
 import httpx
@@ -40,3 +42,48 @@ def test_other_clients_are_served_while_a_huge_bulk_is_processed() -> None:
         assert sandbox.state.stats["events_accepted"] == count
         # the other client was answered while the bulk was under way, not only before or after it
         assert any(0 < accepted < count for accepted in seen), sorted(set(seen))
+
+
+def _answer_to(conn: socket.socket) -> bytes:
+    """The sandbox's answer: its head and ``Content-Length`` bytes of body, or what came before it
+    closed the connection (or before 60 s of silence, which fails the test: no answer came)."""
+    conn.settimeout(60)
+    received = b""
+    try:
+        while chunk := conn.recv(65536):
+            received += chunk
+            head, blank, body = received.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if blank and length and len(body) >= int(length.group(1)):
+                break
+    except TimeoutError:
+        pass
+    return received
+
+
+def test_with_echo_requests_a_chunked_body_past_the_limit_is_refused_before_it_ends() -> None:
+    limit = 4096
+    with SandboxServer(echo_requests=True, max_body_bytes=limit) as sandbox, \
+            socket.create_connection((sandbox.host, sandbox.port), timeout=10) as conn:
+        conn.sendall(b"POST " + BULK_URL.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b" " * 1024
+        for _ in range(2 * limit // len(chunk)):  # twice the limit, and the body never ends
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = _answer_to(conn)
+
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert b'"error"' in answer  # Antavo's shape
+        assert httpx.get(sandbox.url + "/_sandbox/stats", timeout=10).status_code == 200
+
+
+def test_with_echo_requests_a_body_that_stalls_gets_408() -> None:
+    with SandboxServer(echo_requests=True, body_timeout_seconds=0.3) as sandbox, \
+            socket.create_connection((sandbox.host, sandbox.port), timeout=10) as conn:
+        conn.sendall(b"POST " + BULK_URL.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"events\": [")
+        answer = _answer_to(conn)
+
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"connection: close" in answer.lower()
+        assert b'"error"' in answer
