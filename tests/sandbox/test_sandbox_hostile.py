@@ -87,3 +87,18 @@ def test_with_echo_requests_a_body_that_stalls_gets_408() -> None:
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b"connection: close" in answer.lower()
         assert b'"error"' in answer
+
+
+def test_a_client_sending_one_byte_at_a_time_never_holds_the_others() -> None:
+    request = (b"POST " + BULK_URL.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 40\r\n\r\n" + b'{"events": [{"action": "checkout"}]}    ')
+    with SandboxServer() as sandbox, httpx.Client(base_url=sandbox.url, timeout=60) as other, \
+            socket.create_connection((sandbox.host, sandbox.port), timeout=60) as slow:
+        for position in range(len(request)):  # through its headers, then its body
+            slow.send(request[position:position + 1])
+            # between any two of its bytes, another client is answered in full
+            assert other.get("/_sandbox/stats").status_code == 200
+        answer = _answer_to(slow)
+
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert sandbox.state.stats["requests"] == 1  # only the slow one reached a platform
