@@ -416,3 +416,19 @@ def test_a_json_lines_file_of_no_object_is_unreadable_without_quoting_a_line(
         read_file(path, feed(format={"kind": "jsonl"}))
     assert "not readable as JSON Lines: line 1 is" in caught.value.reason
     assert "CUST-884213" not in caught.value.reason and "jane.doe" not in caught.value.reason
+
+
+def test_the_fast_csv_reader_s_refusal_quotes_no_value_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # polars refuses a field with a stray quote by quoting the field ("could not parse
+    # `"jane.roe@example.com,...` as dtype `str`"), which went to the log at -v
+    import logging
+
+    text = csv_text([row(), row(line_no="2", customer_id="C-7741")]).replace(",C-7741,", ',"C-7741 x,')
+    with caplog.at_level(logging.DEBUG, logger="pipeline"):
+        lines = read_file(write(tmp_path, "quote.csv", text), feed())
+
+    assert lines.height >= 1  # read record by record instead
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "fast reader refused" in logged
+    assert "C-7741" not in logged, logged
