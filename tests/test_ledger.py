@@ -251,6 +251,36 @@ def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) 
     assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=run_id) == 0  # masked ones stay
 
 
+def test_scrub_masks_a_customer_id_quoted_in_clear_in_the_kept_messages(ledger: Ledger) -> None:
+    # messages kept while hashing was off (or by a version that did not mask them)
+    from pipeline.logs import mask_customer_id
+
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    checkouts = {"T1": "c-1", "T2": "c-12", "T3": "c-3"}
+    transactions = [replace(_txn(tid, line=i + 2),
+                            checkout=json.dumps({"transaction_id": tid, "customer_id": c, "total": "1"}))
+                    for i, (tid, c) in enumerate(checkouts.items())]
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
+                       totals=[("S1", "2026-11-20", 3, 3, Decimal("3"))])
+    ledger.start_sending(SCOPE, list(checkouts), run_id)
+    ledger.apply_results(SCOPE, [
+        EventResult("T1", Outcome.REJECTED, (), None, "404", "Customer c-1 not found (c-12 neither)"),
+        EventResult("T2", Outcome.RETRYABLE, (), None, "500", "for c-12: try again"),
+        EventResult("T3", Outcome.REJECTED, (), None, "400", "no customer named"),
+    ], run_id)
+    ledger.finish_run(run_id, status="finished", exit_code=65, counts={})
+
+    assert ledger.scrub_quoted_customer_ids(SCOPE) == 4  # T1 and T2, last and at the run's end
+
+    rows = {r.transaction_id: r for r in ledger.transactions_by_row_id([1, 2, 3], with_checkout=True)}
+    # each row's own customer; another one it quotes is not its own to mask
+    assert rows["T1"].last_error_message == f"Customer {mask_customer_id('c-1')} not found (c-12 neither)"
+    assert rows["T2"].last_error_message == f"for {mask_customer_id('c-12')}: try again"
+    assert rows["T3"].last_error_message == "no customer named"
+    assert json.loads(rows["T2"].checkout or "{}")["customer_id"] == "c-12"  # a resend needs it
+    assert ledger.scrub_quoted_customer_ids(SCOPE) == 0
+
+
 def test_scrub_profiles_removes_member_details_of_rows_never_sent_again(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     profile = {"email": "a@example.com", "phone": "+44 1"}

@@ -557,3 +557,48 @@ def test_a_scheduled_or_multi_feed_run_stopped_by_such_an_error_shows_it_masked(
         assert "unknown members [cust:" in out.out
         blobs |= {"stdout": out.out.encode(), "stderr": out.err.encode()}
     assert_nothing_leaks(blobs, customer_ids(folder, FILES[1:2]), ())
+
+
+def test_messages_kept_in_clear_before_hashing_was_on_are_masked_by_the_next_run(tmp_path: Path) -> None:
+    """A ledger whose error messages quote customer ids in clear (written while hashing was off, or
+    by a version that did not mask them): the first run with hashing on masks them in every
+    message the ledger keeps (each transaction's last one, each run's at its end)."""
+    from datetime import date
+
+    from pipeline.config import Feed
+    from pipeline.runner import run_feed
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+
+    def feed(hashing: bool) -> Feed:
+        return Feed.model_validate({
+            "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+            "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                       "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+            "logging": {"hash_customer_ids": hashing},
+        })
+
+    def messages() -> list[str]:
+        db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+        try:
+            return [m for (m,) in db.execute(
+                "SELECT last_error_message FROM transactions UNION ALL "
+                "SELECT error_message_at_end FROM run_transactions") if m]
+        finally:
+            db.close()
+
+    ids = customer_ids(folder, FILES[1:2])
+    day = [date(2026, 11, 20)]
+    run_feed(feed(False), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+    assert [m for m in messages() if any(i in m for i in ids)]  # the old rows, in clear
+
+    run_feed(feed(True), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+
+    from pipeline.logs import mask_customer_id
+
+    kept = messages()
+    assert not [m for m in kept if any(i in m for i in ids)]
+    assert any(f"Customer {mask_customer_id(i)} not found" in m for m in kept for i in ids)
