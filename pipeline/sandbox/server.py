@@ -12,7 +12,9 @@ answer a body that has not all arrived within ``body_timeout_seconds`` 408, clos
 connection (the server goes on serving the others). An
 unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
 envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
-``/path/`` is not redirected to ``/path``.
+``/path/`` is not redirected to ``/path``. A request no HTTP parser reads (a ``Content-Length``
+too long to be a number or given twice, a bare CR in a header) answers 400 in Antavo's shape and
+the connection is closed.
 
 Connections: with ``max_connections`` (:data:`MAX_CONNECTIONS`) open, uvicorn answers any further
 request 503 at once, and closes a connection idle for ``keep_alive_seconds`` after an answer.
@@ -33,6 +35,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline.sandbox import antavo
 from pipeline.sandbox.limits import BodyRefused, read_body
@@ -260,6 +264,22 @@ def build_app(state: SandboxState) -> Starlette:
     return app
 
 
+class _ShapedBadRequests(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse at all (a Content-Length
+    too long to be a number, two of them, a bare CR in a header, bytes that are no request line)
+    400 in Antavo's error shape instead of uvicorn's plain text (the path is unknown then), and
+    closing the connection."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": msg}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
+
 # open connections past which a request is answered 503 at once (well below the usual 1024
 # file descriptors; posfeed opens at most 256 per feed)
 MAX_CONNECTIONS = 512
@@ -273,6 +293,7 @@ def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str, *,
                     keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                           log_config=None, lifespan="on", timeout_graceful_shutdown=2,
+                          http=_ShapedBadRequests,
                           limit_concurrency=max_connections, timeout_keep_alive=keep_alive_seconds)
 
 

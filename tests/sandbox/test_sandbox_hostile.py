@@ -102,3 +102,27 @@ def test_a_client_sending_one_byte_at_a_time_never_holds_the_others() -> None:
 
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert sandbox.state.stats["requests"] == 1  # only the slow one reached a platform
+
+
+def test_a_request_no_http_parser_reads_gets_400_in_the_platform_s_shape() -> None:
+    # before: uvicorn's own "Invalid HTTP request received." in text/plain
+    broken = {
+        "gigantic Content-Length": b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 30
+                                   + b"\r\n\r\n",
+        "two lengths": b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n"
+                       b"{}",
+        "bare CR in a header": b"GET /_sandbox/stats HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+        "bytes that are no request line": b"\xff\xfe GET / HTTP/1.1\r\n\r\n",
+    }
+    with SandboxServer() as sandbox:
+        for name, request in broken.items():
+            with socket.create_connection((sandbox.host, sandbox.port), timeout=10) as conn:
+                conn.sendall(request)
+                answer = _answer_to(conn)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), (name, answer[:200])
+            assert b"content-type: application/json" in head.lower(), (name, head)
+            error = json.loads(body)["error"]
+            assert error["type"] == "BadRequestException" and error["code"] == 0, (name, error)
+            assert error["message"]
+        assert httpx.get(sandbox.url + "/_sandbox/stats", timeout=10).status_code == 200
