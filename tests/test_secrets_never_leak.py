@@ -627,7 +627,9 @@ def test_sftp_logins_at_debug_levels_leak_no_password_passphrase_or_key(
     original = authorized.read_text()
     authorized.write_text(original + key.with_suffix(".pub").read_text())
     key_lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
-    home = sftp_password_user.home
+    home = sftp_password_user.home / f"logins{verbosity}"  # its own folder: the home is shared
+    home.mkdir(exist_ok=True)
+    home.chmod(0o755)
     shutil.copy(SAMPLE / FILES[1], home / FILES[1])
     (home / FILES[1]).chmod(0o644)
     keyed = tmp_path / "keyed"
