@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings
+from pipeline.core.rejected_copies import customer_columns
 from pipeline.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
@@ -737,6 +738,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     if ctx.feed.logging.hash_customer_ids:
         # messages first: they are found by the clear ids the checkouts still hold
         ctx.ledger.scrub_quoted_customer_ids(ctx.feed.scope)
+        ctx.ledger.scrub_reject_customers(ctx.feed.scope, customer_columns(ctx.feed))
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)

@@ -281,6 +281,31 @@ def test_scrub_masks_a_customer_id_quoted_in_clear_in_the_kept_messages(ledger: 
     assert ledger.scrub_quoted_customer_ids(SCOPE) == 0
 
 
+@pytest.mark.parametrize("column", ["CustNo", "Cust No."])  # a JSON path spells the second one badly
+def test_scrub_masks_customer_ids_rejected_lines_kept_in_clear(ledger: Ledger, column: str) -> None:
+    from pipeline.logs import mask_customer_id
+
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    rejected = NewTransaction("T9", TxnState.REJECTED, (5, 6, 7), 2, Decimal("3.00"), "S1", "2026-11-20",
+                              reject_code="BAD_QUANTITY")
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=[rejected], rejects=[
+        NewReject(5, "T9", "S1", "2026-11-20", "BAD_QUANTITY", "quantity", "not a number (c-9, line 5)",
+                  Decimal("1.00"), {"TxnNo": "T9", column: "c-9", "Qty": "x"}),
+        NewReject(6, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
+                  Decimal("1.00"), {"TxnNo": "T9", column: mask_customer_id("c-9"), "Qty": "1"}),
+        NewReject(7, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
+                  Decimal("1.00"), {"TxnNo": "T9", column: "", "Qty": "1"}),
+    ], totals=[("S1", "2026-11-20", 3, 0, Decimal("0"))])
+
+    assert ledger.scrub_reject_customers(SCOPE, {"customer_id", column}) == 1
+
+    rows = {r["source_line"]: r for r in ledger.rejects(run_id=run_id)}
+    assert rows[5]["original"] == {"TxnNo": "T9", column: mask_customer_id("c-9"), "Qty": "x"}
+    assert rows[5]["reason"] == f"not a number ({mask_customer_id('c-9')}, line 5)"
+    assert rows[6]["original"][column] == mask_customer_id("c-9") and rows[7]["original"][column] == ""
+    assert ledger.scrub_reject_customers(SCOPE, {"customer_id", column}) == 0
+
+
 def test_scrub_profiles_removes_member_details_of_rows_never_sent_again(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     profile = {"email": "a@example.com", "phone": "+44 1"}

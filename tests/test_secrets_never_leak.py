@@ -678,3 +678,54 @@ def test_sftp_logins_at_debug_levels_leak_no_password_passphrase_or_key(
         for spelling in _spelled(secret):
             leaks = [name for name, blob in blobs.items() if spelling in blob]
             assert leaks == [], f"{spelling[:12]!r}... found in {leaks}"
+
+
+def test_rejected_lines_kept_in_clear_before_hashing_was_on_are_masked_by_the_next_run(
+        tmp_path: Path) -> None:
+    """Rejected lines the ledger kept with their customer id in clear (written while hashing was
+    off, or by a version that did not mask them): the first run with hashing on masks the id in
+    each kept line and in its reason, as a run with hashing on writes them."""
+    from datetime import date
+
+    from pipeline.config import Feed
+    from pipeline.logs import mask_customer_id
+    from pipeline.runner import run_feed
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # a bad number ("2.4O"): a rejected line, here with a customer
+    text = (SAMPLE / FILES[0]).read_text(encoding="utf-8")
+    bad = "sale,1,100802,Reusable bag,services,2,2.4O"
+    (folder / FILES[0]).write_text(text.replace(f"2026-11-20,,{bad}", f"2026-11-20,M999001,{bad}"),
+                                   encoding="utf-8")
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+
+    def feed(hashing: bool) -> Feed:
+        return Feed.model_validate({
+            "name": "rejects", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+            "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                       "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+            "logging": {"hash_customer_ids": hashing},
+        })
+
+    def kept() -> list[tuple[str, str]]:
+        db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+        try:
+            return [(original, reason or "") for original, reason in db.execute(
+                "SELECT original, reason FROM rejects")]
+        finally:
+            db.close()
+
+    ids = customer_ids(folder, FILES[:1])
+    day = [date(2026, 11, 20)]
+    run_feed(feed(False), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+    before = kept()
+    assert [o for o, _ in before if any(i in o for i in ids)]  # the old rows, in clear
+
+    run_feed(feed(True), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+
+    after = kept()
+    assert len(after) == len(before)
+    assert not [row for row in after if any(i in text for i in ids for text in row)]
+    masked = {json.loads(o)["customer_id"] for o, _ in after} - {""}
+    assert masked and masked <= {mask_customer_id(i) for i in ids}

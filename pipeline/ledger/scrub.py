@@ -4,12 +4,14 @@ hashing was off, or by a version that did not mask them) are masked."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+import re
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from pipeline.ledger.db import Db, Row
 from pipeline.ledger.states import NEVER_SENT_AGAIN_SQL
-from pipeline.logs import MASK_PREFIX, mask_quoted_customers
+from pipeline.logs import MASK_PREFIX, mask_customer_id, mask_quoted_customers
 
 
 class Scrubbing:
@@ -71,6 +73,42 @@ class Scrubbing:
                            "WHERE run_id = ? AND txn_row_id = CAST(? AS INTEGER)", at_end)
         return len(last) + len(at_end)
 
+    def scrub_reject_customers(self, scope: str, columns: Collection[str]) -> int:
+        """Mask the customer ids the rejected lines of ``scope`` keep in clear in their original
+        ``columns`` (the export's customer id columns), and where their reason quotes them, as a
+        run with ``logging.hash_customer_ids`` writes them. Returns how many lines changed.
+
+        The database picks the lines whose customer column holds a value not masked yet (for a
+        column whose name a JSON path cannot spell, each line not holding a masked id at all)."""
+        with self._db.transaction() as db:
+            plain = [c for c in columns if _PATH_NAME.fullmatch(c)]
+            found = [f"({db.json_text('r.original', c)} <> '' AND {db.json_text('r.original', c)} "
+                     f"NOT LIKE '{MASK_PREFIX}%')" for c in plain]
+            if len(plain) < len(columns):
+                found.append(f"r.original NOT LIKE '%\"{MASK_PREFIX}%'")
+            if not found:
+                return 0
+            rows = db.query(
+                "SELECT r.id, r.original, r.reason FROM rejects r JOIN runs ON runs.id = r.run_id "
+                f"WHERE runs.scope = ? AND ({' OR '.join(found)})",
+                (scope,),
+            )
+            changed = []
+            for row_id, original, reason in rows:
+                values = json.loads(original)
+                if not isinstance(values, dict):
+                    continue
+                clear = {str(values[c]) for c in columns if values.get(c)
+                         and not str(values[c]).startswith(MASK_PREFIX)}
+                if not clear:
+                    continue
+                masked = {k: mask_customer_id(str(v)) if k in columns and str(v) in clear else v
+                          for k, v in values.items()}
+                text = mask_quoted_customers(reason, clear) if reason else reason
+                changed.append((json.dumps(masked, ensure_ascii=False, default=str), text, row_id))
+            db.executemany("UPDATE rejects SET original = ?, reason = ? WHERE id = ?", changed)
+        return len(changed)
+
     def run_customer_ids(self, scope: str, *, run_id: str) -> set[str]:
         """The customer ids the stored checkouts of ``run_id``'s transactions in ``scope`` still
         hold in clear (to mask them in an error that quotes them)."""
@@ -94,6 +132,10 @@ class Scrubbing:
                 f"AND t.checkout IS NOT NULL AND {db.json_text('t.checkout', 'profile')} IS NOT NULL)",
                 (run_id, scope),
             )
+
+
+# a column name a JSON path spells as it is (others are looked for another way)
+_PATH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _contains(text: str, part: str) -> str:
