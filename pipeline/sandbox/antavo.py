@@ -548,6 +548,8 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
         try:
             body = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
         except BodyRefused as limit:
+            if limit.status == 503:  # too many bodies held at once: nothing wrong with this one
+                return _error_response(503, "ServerException", 503, limit.message, {"Retry-After": "1"})
             state.count("bad_requests")
             return _error_response(limit.status, "BadRequestException", 0, limit.message)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()

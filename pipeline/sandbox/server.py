@@ -9,7 +9,8 @@
 Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 413 before
 reading anything (in the platform's error shape); the platforms also count what they stream, and
 answer a body that has not all arrived within ``body_timeout_seconds`` 408, closing the
-connection (the server goes on serving the others). An
+connection (the server goes on serving the others). The body bytes all requests hold at once
+are bounded by ``max_buffered_bytes``: past it a request is answered 503 with Retry-After. An
 unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
 envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
 ``/path/`` is not redirected to ``/path``. A request no HTTP parser reads (a ``Content-Length``
@@ -122,6 +123,39 @@ class _DeclaredBodyLimit:
         await self.app(scope, receive, send)
 
 
+class _BodyBudget:
+    """Counts the body bytes every request holds, from its first byte until its answer, against
+    ``max_buffered_bytes`` of all requests together: a request whose next bytes would pass it is
+    refused 503 (:class:`BodyRefused` raised where its body is read; the platforms answer it in
+    their shape, with Retry-After)."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held = 0
+
+        async def counted() -> Message:
+            nonlocal held
+            message = await receive()
+            size = len(message.get("body", b""))
+            if size:
+                if not self.state.take_body_bytes(size):
+                    raise BodyRefused(503, "The sandbox holds too many request bodies at once; try again")
+                held += size
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            if held:
+                self.state.give_back_body_bytes(held)
+
+
 class _EchoingErrors:
     """With ``echo_requests``: every error answer's message quotes what the request carried (its
     Authorization header, query string and body), as some real platforms' messages do; a client
@@ -145,9 +179,11 @@ class _EchoingErrors:
         except BodyRefused as refused:
             self.state.count("bad_requests")
             path = scope["path"]
-            timed_out = refused.status == 408 and path.startswith(_CRMCOM_PREFIX)
-            code: int | str = "REQUEST_TIMEOUT" if timed_out else 0
-            await _refusal(path, refused.status, code, refused.message)(scope, receive, send)
+            crmcom = path.startswith(_CRMCOM_PREFIX)
+            code: int | str = (("REQUEST_TIMEOUT" if refused.status == 408 else "INTERNAL_ERROR"
+                                if refused.status == 503 else 0) if crmcom else 0)
+            headers = {"Retry-After": "1"} if refused.status == 503 else None
+            await _refusal(path, refused.status, code, refused.message, headers=headers)(scope, receive, send)
             return
         replayed = False
 
@@ -260,6 +296,7 @@ def build_app(state: SandboxState) -> Starlette:
     # no redirect from "/path/" to "/path": its Location would be built from the client's Host
     app.router.redirect_slashes = False
     app.add_middleware(_EchoingErrors, state=state)
+    app.add_middleware(_BodyBudget, state=state)
     app.add_middleware(_DeclaredBodyLimit, state=state)
     return app
 

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import threading
+import time
 
 import httpx
 
@@ -126,3 +127,30 @@ def test_a_request_no_http_parser_reads_gets_400_in_the_platform_s_shape() -> No
             assert error["type"] == "BadRequestException" and error["code"] == 0, (name, error)
             assert error["message"]
         assert httpx.get(sandbox.url + "/_sandbox/stats", timeout=10).status_code == 200
+
+
+def test_bodies_read_at_once_are_bounded_in_all_past_it_a_request_gets_503() -> None:
+    # before: each connection could hold max_body_bytes (512 connections: 2 GiB and more)
+    def stalled(sandbox: SandboxServer, path: str, sent: int) -> socket.socket:
+        conn = socket.create_connection((sandbox.host, sandbox.port), timeout=60)
+        conn.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 3000\r\n\r\n" + b" " * sent)
+        return conn
+
+    crm = "/crmapi/rest/v2/customer_events/purchases/create"
+    with SandboxServer(max_body_bytes=4096, max_buffered_bytes=1000) as sandbox:
+        with stalled(sandbox, BULK_URL, 900) as first:
+            while sandbox.state.buffered_bytes < 900:  # until the sandbox holds what was sent
+                time.sleep(0.01)
+            for path, shape in ((BULK_URL, b'"ServerException"'), (crm, b'"INTERNAL_ERROR"')):
+                with stalled(sandbox, path, 200) as second:
+                    answer = _answer_to(second)
+                assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+                assert shape in answer and b"retry-after: 1" in answer.lower()
+            first.close()
+        while sandbox.state.buffered_bytes:  # the first one's bytes let go once it hung up
+            time.sleep(0.01)
+        accepted = httpx.post(sandbox.url + BULK_URL, content=_checkouts(3),
+                              headers={"content-type": "application/json"}, timeout=60)
+        assert accepted.status_code == 200
+        assert sandbox.state.buffered_bytes == 0
