@@ -153,4 +153,5 @@ def test_bodies_read_at_once_are_bounded_in_all_past_it_a_request_gets_503() -> 
         accepted = httpx.post(sandbox.url + BULK_URL, content=_checkouts(3),
                               headers={"content-type": "application/json"}, timeout=60)
         assert accepted.status_code == 200
-        assert sandbox.state.buffered_bytes == 0
+        while sandbox.state.buffered_bytes:  # let go once its answer is done
+            time.sleep(0.01)
