@@ -19,13 +19,15 @@ the connection is closed.
 
 Connections: with ``max_connections`` (:data:`MAX_CONNECTIONS`) open, uvicorn answers any further
 request 503 at once, and closes a connection idle for ``keep_alive_seconds`` after an answer.
-uvicorn has no timeout for a request whose headers never finish arriving: such a connection is
-held until the client closes it (past the limit it costs a file descriptor, nothing else). A
+A request whose headers have not all arrived ``header_timeout_seconds``
+(:data:`HEADER_TIMEOUT_SECONDS`) after its first byte is answered 408 in Antavo's shape and its
+connection closed (uvicorn itself would hold it until the client hangs up). A
 state file that cannot be written answers 503: the change was not kept, so it was not accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -305,7 +307,39 @@ class _ShapedBadRequests(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse at all (a Content-Length
     too long to be a number, two of them, a bare CR in a header, bytes that are no request line)
     400 in Antavo's error shape instead of uvicorn's plain text (the path is unknown then), and
-    closing the connection."""
+    closing the connection; and one whose headers have not all arrived ``header_timeout`` seconds
+    after its first byte 408, closing it (uvicorn itself would wait for them for ever)."""
+
+    header_timeout: float = 10.0
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self.conn.their_state is h11.IDLE:
+            self._header_deadline = asyncio.get_running_loop().call_later(self.header_timeout,
+                                                                          self._headers_too_slow)
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request's headers are in
+            self._cancel_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        message = f"The request headers did not arrive within {self.header_timeout:g} s"
+        body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": message}}).encode()
+        # written as it is: h11 sends a response only to a request it has read
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": msg}}).encode()
@@ -323,14 +357,22 @@ MAX_CONNECTIONS = 512
 # an idle connection is closed after this; longer than httpx's 5 s keep-alive expiry, so the
 # sandbox never closes a connection a client is about to reuse
 KEEP_ALIVE_SECONDS = 10
+# a request's headers not all arrived this long after its first byte: 408 and the connection closed
+HEADER_TIMEOUT_SECONDS = 10.0
+
+
+def _protocol(header_timeout_seconds: float) -> type[_ShapedBadRequests]:
+    """The sandbox's HTTP protocol with its header deadline."""
+    return type("SandboxHttp", (_ShapedBadRequests,), {"header_timeout": header_timeout_seconds})
 
 
 def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str, *,
                     max_connections: int = MAX_CONNECTIONS,
-                    keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> uvicorn.Config:
+                    keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
+                    header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                           log_config=None, lifespan="on", timeout_graceful_shutdown=2,
-                          http=_ShapedBadRequests,
+                          http=_protocol(header_timeout_seconds),
                           limit_concurrency=max_connections, timeout_keep_alive=keep_alive_seconds)
 
 
@@ -380,7 +422,7 @@ class SandboxServer:
 
     def __init__(self, state: SandboxState | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  max_connections: int = MAX_CONNECTIONS, keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
-                 **config: Any):
+                 header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS, **config: Any):
         self.state = state or SandboxState(SandboxConfig(**config))
         if state is not None:
             for key, value in config.items():
@@ -391,7 +433,8 @@ class SandboxServer:
         self.port: int = self._socket.getsockname()[1]
         self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning",
                                                       max_connections=max_connections,
-                                                      keep_alive_seconds=keep_alive_seconds))
+                                                      keep_alive_seconds=keep_alive_seconds,
+                                                      header_timeout_seconds=header_timeout_seconds))
         self._thread: threading.Thread | None = None
 
     @property

@@ -155,3 +155,21 @@ def test_bodies_read_at_once_are_bounded_in_all_past_it_a_request_gets_503() -> 
         assert accepted.status_code == 200
         while sandbox.state.buffered_bytes:  # let go once its answer is done
             time.sleep(0.01)
+
+
+def test_a_request_whose_headers_never_finish_gets_408_and_the_connection_closed() -> None:
+    # before: held until the client hung up (a slow client per connection kept every slot taken)
+    with SandboxServer(header_timeout_seconds=0.3) as sandbox:
+        with socket.create_connection((sandbox.host, sandbox.port), timeout=60) as slow:
+            slow.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: applic")
+            answer = _answer_to(slow)
+            assert slow.recv(1) == b""  # closed by the sandbox
+
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["error"]["type"] == "BadRequestException"
+        # a request that is answered, then an idle keep-alive: not the same thing, still served
+        with httpx.Client(base_url=sandbox.url, timeout=60) as client:
+            assert client.get("/_sandbox/stats").status_code == 200
+            assert client.get("/_sandbox/stats").status_code == 200
