@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings
+from pipeline.core.rejected_copies import customer_columns
 from pipeline.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
@@ -416,6 +417,7 @@ def _execute(
                             "their pending transactions are settled first", ", ".join(abandoned), feed.scope)
                 if not dry_run:
                     if feed.logging.hash_customer_ids:
+                        ledger.scrub_quoted_customer_ids(feed.scope)
                         for crashed in abandoned:
                             ledger.scrub_customer_ids(feed.scope, mask_customer_id, run_id=crashed)
                     if feed.records != "transactions":
@@ -745,6 +747,9 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     same transactions): LockLostError otherwise, nothing written, and the caller ends it so.
     """
     if ctx.feed.logging.hash_customer_ids:
+        # messages first: they are found by the clear ids the checkouts still hold
+        ctx.ledger.scrub_quoted_customer_ids(ctx.feed.scope)
+        ctx.ledger.scrub_reject_customers(ctx.feed.scope, customer_columns(ctx.feed))
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)

@@ -251,6 +251,61 @@ def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) 
     assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=run_id) == 0  # masked ones stay
 
 
+def test_scrub_masks_a_customer_id_quoted_in_clear_in_the_kept_messages(ledger: Ledger) -> None:
+    # messages kept while hashing was off (or by a version that did not mask them)
+    from pipeline.logs import mask_customer_id
+
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    checkouts = {"T1": "c-1", "T2": "c-12", "T3": "c-3"}
+    transactions = [replace(_txn(tid, line=i + 2),
+                            checkout=json.dumps({"transaction_id": tid, "customer_id": c, "total": "1"}))
+                    for i, (tid, c) in enumerate(checkouts.items())]
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
+                       totals=[("S1", "2026-11-20", 3, 3, Decimal("3"))])
+    ledger.start_sending(SCOPE, list(checkouts), run_id)
+    ledger.apply_results(SCOPE, [
+        EventResult("T1", Outcome.REJECTED, (), None, "404", "Customer c-1 not found (c-12 neither)"),
+        EventResult("T2", Outcome.RETRYABLE, (), None, "500", "for c-12: try again"),
+        EventResult("T3", Outcome.REJECTED, (), None, "400", "no customer named"),
+    ], run_id)
+    ledger.finish_run(run_id, status="finished", exit_code=65, counts={})
+
+    assert ledger.scrub_quoted_customer_ids(SCOPE) == 4  # T1 and T2, last and at the run's end
+
+    rows = {r.transaction_id: r for r in ledger.transactions_by_row_id([1, 2, 3], with_checkout=True)}
+    # each row's own customer; another one it quotes is not its own to mask
+    assert rows["T1"].last_error_message == f"Customer {mask_customer_id('c-1')} not found (c-12 neither)"
+    assert rows["T2"].last_error_message == f"for {mask_customer_id('c-12')}: try again"
+    assert rows["T3"].last_error_message == "no customer named"
+    assert json.loads(rows["T2"].checkout or "{}")["customer_id"] == "c-12"  # a resend needs it
+    assert ledger.scrub_quoted_customer_ids(SCOPE) == 0
+
+
+@pytest.mark.parametrize("column", ["CustNo", "Cust No."])  # a JSON path spells the second one badly
+def test_scrub_masks_customer_ids_rejected_lines_kept_in_clear(ledger: Ledger, column: str) -> None:
+    from pipeline.logs import mask_customer_id
+
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    rejected = NewTransaction("T9", TxnState.REJECTED, (5, 6, 7), 2, Decimal("3.00"), "S1", "2026-11-20",
+                              reject_code="BAD_QUANTITY")
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=[rejected], rejects=[
+        NewReject(5, "T9", "S1", "2026-11-20", "BAD_QUANTITY", "quantity", "not a number (c-9, line 5)",
+                  Decimal("1.00"), {"TxnNo": "T9", column: "c-9", "Qty": "x"}),
+        NewReject(6, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
+                  Decimal("1.00"), {"TxnNo": "T9", column: mask_customer_id("c-9"), "Qty": "1"}),
+        NewReject(7, "T9", "S1", "2026-11-20", "TXN_HAS_REJECTED_LINE", None, "sibling",
+                  Decimal("1.00"), {"TxnNo": "T9", column: "", "Qty": "1"}),
+    ], totals=[("S1", "2026-11-20", 3, 0, Decimal("0"))])
+
+    assert ledger.scrub_reject_customers(SCOPE, {"customer_id", column}) == 1
+
+    rows = {r["source_line"]: r for r in ledger.rejects(run_id=run_id)}
+    assert rows[5]["original"] == {"TxnNo": "T9", column: mask_customer_id("c-9"), "Qty": "x"}
+    assert rows[5]["reason"] == f"not a number ({mask_customer_id('c-9')}, line 5)"
+    assert rows[6]["original"][column] == mask_customer_id("c-9") and rows[7]["original"][column] == ""
+    assert ledger.scrub_reject_customers(SCOPE, {"customer_id", column}) == 0
+
+
 def test_scrub_profiles_removes_member_details_of_rows_never_sent_again(ledger: Ledger) -> None:
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
     profile = {"email": "a@example.com", "phone": "+44 1"}

@@ -557,3 +557,175 @@ def test_a_scheduled_or_multi_feed_run_stopped_by_such_an_error_shows_it_masked(
         assert "unknown members [cust:" in out.out
         blobs |= {"stdout": out.out.encode(), "stderr": out.err.encode()}
     assert_nothing_leaks(blobs, customer_ids(folder / "one", FILES[1:2]), ())
+
+
+def test_messages_kept_in_clear_before_hashing_was_on_are_masked_by_the_next_run(tmp_path: Path) -> None:
+    """A ledger whose error messages quote customer ids in clear (written while hashing was off, or
+    by a version that did not mask them): the first run with hashing on masks them in every
+    message the ledger keeps (each transaction's last one, each run's at its end)."""
+    from datetime import date
+
+    from pipeline.config import Feed
+    from pipeline.runner import run_feed
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+
+    def feed(hashing: bool) -> Feed:
+        return Feed.model_validate({
+            "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+            "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                       "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+            "logging": {"hash_customer_ids": hashing},
+        })
+
+    def messages() -> list[str]:
+        db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+        try:
+            return [m for (m,) in db.execute(
+                "SELECT last_error_message FROM transactions UNION ALL "
+                "SELECT error_message_at_end FROM run_transactions") if m]
+        finally:
+            db.close()
+
+    ids = customer_ids(folder, FILES[1:2])
+    day = [date(2026, 11, 20)]
+    run_feed(feed(False), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+    assert [m for m in messages() if any(i in m for i in ids)]  # the old rows, in clear
+
+    run_feed(feed(True), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+
+    from pipeline.logs import mask_customer_id
+
+    kept = messages()
+    assert not [m for m in kept if any(i in m for i in ids)]
+    assert any(f"Customer {mask_customer_id(i)} not found" in m for m in kept for i in ids)
+
+
+PASSPHRASE = "pä$$'phrase\\7c1e"  # spelled differently as str and bytes repr: both are searched
+
+
+def _spelled(secret: str) -> set[bytes]:
+    """``secret`` as a log line could hold it: as written, and as a str or bytes repr shows it."""
+    return {secret.encode(), repr(secret)[1:-1].encode(), repr(secret.encode())[2:-1].encode()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbosity", ["-vv", "-vvv"])
+def test_sftp_logins_at_debug_levels_leak_no_password_passphrase_or_key(
+    tmp_path: Path, sftp_server: SftpServer, sftp_password_user: SftpUser,
+    sandbox_with_secrets: SandboxServer, verbosity: str,
+) -> None:
+    """Two feeds fetch over SFTP, one with a password, one with a key locked by a passphrase, with
+    paramiko's own lines in the log (-vv: its info lines; -vvv: its debug lines, banner and all):
+    neither secret nor any line of the private key reaches stderr, stdout, reports or state."""
+    key = tmp_path / "id_locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", PASSPHRASE, "-f", str(key)], check=True)
+    authorized = sftp_server.workdir / "authorized_keys"
+    original = authorized.read_text()
+    authorized.write_text(original + key.with_suffix(".pub").read_text())
+    key_lines = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+    home = sftp_password_user.home / f"logins{verbosity}"  # its own folder: the home is shared
+    home.mkdir(exist_ok=True)
+    home.chmod(0o755)
+    shutil.copy(SAMPLE / FILES[1], home / FILES[1])
+    (home / FILES[1]).chmod(0o644)
+    keyed = tmp_path / "keyed"
+    keyed.mkdir()
+    keyed.chmod(0o777)
+    shutil.copy(SAMPLE / FILES[1], keyed / FILES[1])
+    (keyed / FILES[1]).chmod(0o644)
+    (tmp_path / "feeds").mkdir()
+    known_hosts = sftp_server.write_known_hosts(tmp_path / "known_hosts")
+    sandbox = sandbox_with_secrets
+    target = {"kind": "antavo", "base_url": sandbox.url, "region": sandbox.config.region,
+              "api_key_env": "LEAK_ANTAVO_KEY", "api_secret_env": "LEAK_ANTAVO_SECRET",
+              "requests_per_minute": 60000}
+    common = {"kind": "sftp", "host": sftp_server.host, "port": sftp_server.port,
+              "known_hosts_file": str(known_hosts), "readiness": "none",
+              "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"}
+    sources = {
+        "by_password": {**common, "username": sftp_password_user.name, "password_env": "LEAK_SFTP_PASSWORD",
+                        "path": str(home)},
+        "by_key": {**common, "username": sftp_server.user, "private_key_file": str(key),
+                   "private_key_passphrase_env": "LEAK_SFTP_PASSPHRASE", "path": str(keyed)},
+    }
+    for name, source in sources.items():
+        write_feed(tmp_path / "feeds" / f"{name}.toml", {"source": source, "target": target,
+                                                          "validation": {"currencies": ["GBP"]}},
+                   timezone="Europe/London")
+    password = sftp_password_user.password or ""
+    env = {**os.environ, "LEAK_SFTP_PASSWORD": password, "LEAK_SFTP_PASSPHRASE": PASSPHRASE,
+           "LEAK_ANTAVO_KEY": API_KEY, "LEAK_ANTAVO_SECRET": API_SECRET}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", verbosity, "--log-format", "text",
+             "--state-dir", str(tmp_path / "state"), "--feeds-dir", str(tmp_path / "feeds"),
+             "--reports-dir", str(tmp_path / "reports"), "run", "--feed", "by_password", "--feed", "by_key",
+             "--business-date", "2026-11-20", "--json"],
+            env=env, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        authorized.write_text(original)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "paramiko" in result.stderr  # its lines are there to be searched
+    runs = json.loads(result.stdout)["runs"]
+    assert len(runs) == 2 and all(run["bytes_fetched"] > 0 for run in runs)  # both logins fetched
+    blobs = everything_written(tmp_path, result)
+    for secret in (password, PASSPHRASE, *key_lines):
+        for spelling in _spelled(secret):
+            leaks = [name for name, blob in blobs.items() if spelling in blob]
+            assert leaks == [], f"{spelling[:12]!r}... found in {leaks}"
+
+
+def test_rejected_lines_kept_in_clear_before_hashing_was_on_are_masked_by_the_next_run(
+        tmp_path: Path) -> None:
+    """Rejected lines the ledger kept with their customer id in clear (written while hashing was
+    off, or by a version that did not mask them): the first run with hashing on masks the id in
+    each kept line and in its reason, as a run with hashing on writes them."""
+    from datetime import date
+
+    from pipeline.config import Feed
+    from pipeline.logs import mask_customer_id
+    from pipeline.runner import run_feed
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # a bad number ("2.4O"): a rejected line, here with a customer
+    text = (SAMPLE / FILES[0]).read_text(encoding="utf-8")
+    bad = "sale,1,100802,Reusable bag,services,2,2.4O"
+    (folder / FILES[0]).write_text(text.replace(f"2026-11-20,,{bad}", f"2026-11-20,M999001,{bad}"),
+                                   encoding="utf-8")
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+
+    def feed(hashing: bool) -> Feed:
+        return Feed.model_validate({
+            "name": "rejects", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+            "source": {"kind": "local", "path": str(folder), "readiness": "none",
+                       "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+            "logging": {"hash_customer_ids": hashing},
+        })
+
+    def kept() -> list[tuple[str, str]]:
+        db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+        try:
+            return [(original, reason or "") for original, reason in db.execute(
+                "SELECT original, reason FROM rejects")]
+        finally:
+            db.close()
+
+    ids = customer_ids(folder, FILES[:1])
+    day = [date(2026, 11, 20)]
+    run_feed(feed(False), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+    before = kept()
+    assert [o for o, _ in before if any(i in o for i in ids)]  # the old rows, in clear
+
+    run_feed(feed(True), settings, business_dates=day, make_sink=lambda f: EchoingPlatform())
+
+    after = kept()
+    assert len(after) == len(before)
+    assert not [row for row in after if any(i in text for i in ids for text in row)]
+    masked = {json.loads(o)["customer_id"] for o, _ in after} - {""}
+    assert masked and masked <= {mask_customer_id(i) for i in ids}

@@ -268,6 +268,16 @@ def _nul_flags(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     )
 
 
+_POLARS_COLUMN = re.compile(r"at column '([^'\n]{1,80})'")
+
+
+def _refusal_kind(exc: BaseException) -> str:
+    """What polars refused, without its text: that quotes the field it could not parse (a
+    customer id, an e-mail). The error's kind, and the column when polars names it."""
+    column = _POLARS_COLUMN.search(str(exc))
+    return type(exc).__name__ + (f" at column '{column[1]}'" if column else "")
+
+
 def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: str) -> pl.DataFrame | None:
     """The fast reader: polars over the whole file, or None when polars refuses it."""
     try:
@@ -285,7 +295,7 @@ def _polars_csv(data: bytes, fmt: FormatConfig, names: list[str] | None, name: s
         if not_utf8 is not None:
             raise not_utf8 from exc
         log.info("%s: the fast reader refused the file (%s); reading it record by record",
-                 name, one_line(str(exc), 120))
+                 name, _refusal_kind(exc))
         return None
     if names is not None and frame.width != len(names):
         return None

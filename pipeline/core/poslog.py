@@ -1015,8 +1015,12 @@ def _places(items: list[_Item], total: Decimal) -> int:
 
 
 def _message(exc: etree.XMLSyntaxError, encoding: str) -> str:
-    """libxml2's message, with what it means for a POSLog file where that is not plain."""
+    """libxml2's message, with what it means for a POSLog file where that is not plain. Only its
+    first line, up to any markup it quotes: libxml2 quotes what an unfinished CDATA section or a
+    bad comment holds (a loyalty id, an e-mail), which a file's reason never shows."""
     text = re.sub(r",? line \d+, column \d+$", "", str(exc.msg or exc).strip())
+    text = (text.splitlines() or [""])[0]
+    text = re.sub(r":? <.*", "", text).strip() or type(exc).__name__
     text = re.sub(r",? (try|use) XML_PARSE_HUGE( option)?\.?", "", text).strip()
     depth = re.match(r"Excessive depth in document: (\d+)", text)
     if depth:

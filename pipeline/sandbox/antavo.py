@@ -31,11 +31,13 @@ The read API: ``GET /customers/{id}/transactions[?id=]`` (the transaction read m
 /customers/{id}/transactions/{tx}/events`` (the checkout and every refund event with its ``data``).
 
 ``/events`` answers 200 with the customer and ``events``; ``/events/bulk`` answers 200 with
-``{"results": [...], "total", "errors"}`` in request order.
+``{"results": [...], "total", "errors"}`` in request order. A bulk has no cap on its events;
+other requests are served between every :data:`BULK_STEP` of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import secrets
@@ -76,6 +78,8 @@ GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
 UNITS_EXCEEDED = 112205  # sandbox's choice: more units refunded than bought
 REFUSED_ITEM = 112204  # a refund_item of a product of ``config.refuse_refund_items``
 ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
+# a bulk (no cap on its events, as Antavo's) lets other requests in after this many of its events
+BULK_STEP = 50
 CUSTOMERS = "antavo.customers"  # the members opt_in created (put_record kind)
 _OWN_FIELDS = frozenset({"customer", "id", "status", "created_at", "updated_at"})  # not from data
 
@@ -544,6 +548,8 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
         try:
             body = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
         except BodyRefused as limit:
+            if limit.status == 503:  # too many bodies held at once: nothing wrong with this one
+                return _error_response(503, "ServerException", 503, limit.message, {"Retry-After": "1"})
             state.count("bad_requests")
             return _error_response(limit.status, "BadRequestException", 0, limit.message)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -577,7 +583,9 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
         if bulk:
             results = []
             errors = 0
-            for event in document["events"]:
+            for position, event in enumerate(document["events"]):
+                if position and position % BULK_STEP == 0:
+                    await asyncio.sleep(0)  # let the other clients in between (a bulk has no cap)
                 _, answer = platform.process(event, in_bulk=True)
                 errors += "error" in answer
                 results.append(answer)

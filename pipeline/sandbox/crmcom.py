@@ -592,6 +592,9 @@ def _endpoint(
             if not isinstance(body, dict):
                 raise BodyRefused(400, "the body must be a JSON object")
         except BodyRefused as refused:
+            if refused.status == 503:  # too many bodies held at once: nothing wrong with this one
+                return _answer(envelope(code="INTERNAL_ERROR", message=refused.message), 503,
+                               {"Retry-After": "1"})
             state.count("bad_requests")
             code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
             return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)

@@ -9,20 +9,25 @@
 Every path refuses a declared ``Content-Length`` beyond ``max_body_bytes`` with 413 before
 reading anything (in the platform's error shape); the platforms also count what they stream, and
 answer a body that has not all arrived within ``body_timeout_seconds`` 408, closing the
-connection (the server goes on serving the others). An
+connection (the server goes on serving the others). The body bytes all requests hold at once
+are bounded by ``max_buffered_bytes``: past it a request is answered 503 with Retry-After. An
 unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
 envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
-``/path/`` is not redirected to ``/path``.
+``/path/`` is not redirected to ``/path``. A request no HTTP parser reads (a ``Content-Length``
+too long to be a number or given twice, a bare CR in a header) answers 400 in Antavo's shape and
+the connection is closed.
 
 Connections: with ``max_connections`` (:data:`MAX_CONNECTIONS`) open, uvicorn answers any further
 request 503 at once, and closes a connection idle for ``keep_alive_seconds`` after an answer.
-uvicorn has no timeout for a request whose headers never finish arriving: such a connection is
-held until the client closes it (past the limit it costs a file descriptor, nothing else). A
+A request whose headers have not all arrived ``header_timeout_seconds``
+(:data:`HEADER_TIMEOUT_SECONDS`) after its first byte is answered 408 in Antavo's shape and its
+connection closed (uvicorn itself would hold it until the client hangs up). A
 state file that cannot be written answers 503: the change was not kept, so it was not accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import logging
@@ -33,6 +38,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,8 +46,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline.sandbox import antavo
+from pipeline.sandbox.limits import BodyRefused, read_body
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sandbox.store import StateFileError
 
@@ -117,11 +125,46 @@ class _DeclaredBodyLimit:
         await self.app(scope, receive, send)
 
 
+class _BodyBudget:
+    """Counts the body bytes every request holds, from its first byte until its answer, against
+    ``max_buffered_bytes`` of all requests together: a request whose next bytes would pass it is
+    refused 503 (:class:`BodyRefused` raised where its body is read; the platforms answer it in
+    their shape, with Retry-After)."""
+
+    def __init__(self, app: ASGIApp, state: SandboxState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held = 0
+
+        async def counted() -> Message:
+            nonlocal held
+            message = await receive()
+            size = len(message.get("body", b""))
+            if size:
+                if not self.state.take_body_bytes(size):
+                    raise BodyRefused(503, "The sandbox holds too many request bodies at once; try again")
+                held += size
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            if held:
+                self.state.give_back_body_bytes(held)
+
+
 class _EchoingErrors:
     """With ``echo_requests``: every error answer's message quotes what the request carried (its
     Authorization header, query string and body), as some real platforms' messages do; a client
     must keep its secrets and the customers of the request out of what it stores and shows.
-    Answers are held whole until the app is done (the echo changes their length)."""
+    Answers are held whole until the app is done (the echo changes their length). The body is
+    read first, within ``max_body_bytes`` and ``body_timeout_seconds`` (413 / 408 otherwise, as
+    the platforms answer)."""
 
     def __init__(self, app: ASGIApp, state: SandboxState):
         self.app = app
@@ -131,13 +174,19 @@ class _EchoingErrors:
         if scope["type"] != "http" or not self.state.config.echo_requests:
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        config = self.state.config
+        try:  # within the same limits as the platforms' own reading
+            body = await read_body(Request(scope, receive), config.max_body_bytes,
+                                   config.body_timeout_seconds)
+        except BodyRefused as refused:
+            self.state.count("bad_requests")
+            path = scope["path"]
+            crmcom = path.startswith(_CRMCOM_PREFIX)
+            code: int | str = (("REQUEST_TIMEOUT" if refused.status == 408 else "INTERNAL_ERROR"
+                                if refused.status == 503 else 0) if crmcom else 0)
+            headers = {"Retry-After": "1"} if refused.status == 503 else None
+            await _refusal(path, refused.status, code, refused.message, headers=headers)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -249,8 +298,57 @@ def build_app(state: SandboxState) -> Starlette:
     # no redirect from "/path/" to "/path": its Location would be built from the client's Host
     app.router.redirect_slashes = False
     app.add_middleware(_EchoingErrors, state=state)
+    app.add_middleware(_BodyBudget, state=state)
     app.add_middleware(_DeclaredBodyLimit, state=state)
     return app
+
+
+class _ShapedBadRequests(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse at all (a Content-Length
+    too long to be a number, two of them, a bare CR in a header, bytes that are no request line)
+    400 in Antavo's error shape instead of uvicorn's plain text (the path is unknown then), and
+    closing the connection; and one whose headers have not all arrived ``header_timeout`` seconds
+    after its first byte 408, closing it (uvicorn itself would wait for them for ever)."""
+
+    header_timeout: float = 10.0
+    _header_deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and self.conn.their_state is h11.IDLE:
+            self._header_deadline = asyncio.get_running_loop().call_later(self.header_timeout,
+                                                                          self._headers_too_slow)
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request's headers are in
+            self._cancel_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def _cancel_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        message = f"The request headers did not arrive within {self.header_timeout:g} s"
+        body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": message}}).encode()
+        # written as it is: h11 sends a response only to a request it has read
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": msg}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
 
 # open connections past which a request is answered 503 at once (well below the usual 1024
@@ -259,13 +357,22 @@ MAX_CONNECTIONS = 512
 # an idle connection is closed after this; longer than httpx's 5 s keep-alive expiry, so the
 # sandbox never closes a connection a client is about to reuse
 KEEP_ALIVE_SECONDS = 10
+# a request's headers not all arrived this long after its first byte: 408 and the connection closed
+HEADER_TIMEOUT_SECONDS = 10.0
+
+
+def _protocol(header_timeout_seconds: float) -> type[_ShapedBadRequests]:
+    """The sandbox's HTTP protocol with its header deadline."""
+    return type("SandboxHttp", (_ShapedBadRequests,), {"header_timeout": header_timeout_seconds})
 
 
 def _uvicorn_config(app: Starlette, host: str, port: int, log_level: str, *,
                     max_connections: int = MAX_CONNECTIONS,
-                    keep_alive_seconds: int = KEEP_ALIVE_SECONDS) -> uvicorn.Config:
+                    keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
+                    header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                           log_config=None, lifespan="on", timeout_graceful_shutdown=2,
+                          http=_protocol(header_timeout_seconds),
                           limit_concurrency=max_connections, timeout_keep_alive=keep_alive_seconds)
 
 
@@ -315,7 +422,7 @@ class SandboxServer:
 
     def __init__(self, state: SandboxState | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  max_connections: int = MAX_CONNECTIONS, keep_alive_seconds: int = KEEP_ALIVE_SECONDS,
-                 **config: Any):
+                 header_timeout_seconds: float = HEADER_TIMEOUT_SECONDS, **config: Any):
         self.state = state or SandboxState(SandboxConfig(**config))
         if state is not None:
             for key, value in config.items():
@@ -326,7 +433,8 @@ class SandboxServer:
         self.port: int = self._socket.getsockname()[1]
         self._server = uvicorn.Server(_uvicorn_config(build_app(self.state), host, self.port, "warning",
                                                       max_connections=max_connections,
-                                                      keep_alive_seconds=keep_alive_seconds))
+                                                      keep_alive_seconds=keep_alive_seconds,
+                                                      header_timeout_seconds=header_timeout_seconds))
         self._thread: threading.Thread | None = None
 
     @property

@@ -124,6 +124,10 @@ class SandboxConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     # a request body not all arrived after this many seconds: 408 and the connection closed
     body_timeout_seconds: float = 10.0
+    # request body bytes held at once, all requests together (from the first byte read until the
+    # answer): past it a request is answered 503 with Retry-After, so many slow or big bodies at
+    # once cannot take the sandbox's memory
+    max_buffered_bytes: int = 256 * 1024 * 1024
     # customer ids with this prefix are unknown to the platform (404 160212); None: all known
     unknown_customer_prefix: str | None = "unknown-"
     # every error answer's message quotes the request it refuses (its Authorization header, query
@@ -156,6 +160,7 @@ class SandboxState:
         self.lock = threading.RLock()
         self.platforms: dict[str, Any] = {}  # per-platform objects a platform module keeps here
         self._listings: dict[str, Callable[[], list[dict[str, Any]]]] = {}
+        self.buffered_bytes = 0  # request body bytes held now (see max_buffered_bytes)
         self._store: RecordStore | None = None
         self._forget()
         if self.config.state_file is not None:
@@ -183,6 +188,20 @@ class SandboxState:
             self.lost_answers: Counter[str] = Counter()  # lost answers per transaction id
             self.duplicate_transaction_ids: list[str] = []
             self.kept: dict[str, dict[str, Any]] = {}  # other records, by kind then key
+
+    def take_body_bytes(self, size: int) -> bool:
+        """Count ``size`` more body bytes held, unless that passes ``max_buffered_bytes``
+        (then False, nothing counted)."""
+        with self.lock:
+            if self.buffered_bytes + size > self.config.max_buffered_bytes:
+                return False
+            self.buffered_bytes += size
+            return True
+
+    def give_back_body_bytes(self, size: int) -> None:
+        """Body bytes :meth:`take_body_bytes` counted that are no longer held."""
+        with self.lock:
+            self.buffered_bytes -= size
 
     def count(self, key: str, amount: int = 1) -> None:
         """Add to one counter."""

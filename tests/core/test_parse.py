@@ -418,3 +418,42 @@ def test_a_json_lines_file_of_no_object_is_unreadable_without_quoting_a_line(
         read_file(path, feed(format={"kind": "jsonl"}))
     assert "not readable as JSON Lines: line 1 is" in caught.value.reason
     assert "CUST-884213" not in caught.value.reason and "jane.doe" not in caught.value.reason
+
+
+def test_the_fast_csv_reader_s_refusal_quotes_no_value_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # polars refuses a field with a stray quote by quoting the field ("could not parse
+    # `"jane.roe@example.com,...` as dtype `str`"), which went to the log at -v
+    import logging
+
+    text = csv_text([row(), row(line_no="2", customer_id="C-7741")]).replace(",C-7741,", ',"C-7741 x,')
+    with caplog.at_level(logging.DEBUG, logger="pipeline"):
+        lines = read_file(write(tmp_path, "quote.csv", text), feed())
+
+    assert lines.height >= 1  # read record by record instead
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "fast reader refused" in logged
+    assert "C-7741" not in logged, logged
+
+
+def test_a_reader_failing_on_a_customer_s_value_quotes_it_nowhere(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # the unforeseen failures found: a lone surrogate in a JSON Lines customer id, a Parquet
+    # customer_id column of bytes that are not UTF-8; their reason and log (traceback too) name
+    # the kind of error, never the value
+    import logging
+
+    import pyarrow as pa
+
+    secret = "C-7741-jane.roe@example.com"
+    base = {k: v for k, v in row().items() if v != ""}
+    jsonl = json.dumps({**base, "customer_id": secret})[:-2] + '\\ud800"}'
+    parquet = _parquet_bytes({**{k: [v] for k, v in base.items()},
+                              "customer_id": pa.array([secret.encode() + b"\xff"], pa.binary())})
+    for name, data, kind in (("s.jsonl", jsonl.encode(), "jsonl"), ("b.parquet", parquet, "parquet")):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="pipeline"), pytest.raises(UnreadableFileError) as raised:
+            read_file(write(tmp_path, name, data), feed(format={"kind": kind}))
+        assert "the reader failed on it" in str(raised.value)
+        assert secret not in str(raised.value) and "jane" not in str(raised.value)
+        assert caplog.records and "jane" not in caplog.text

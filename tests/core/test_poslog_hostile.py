@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.core.transform import TransformResult, transform_files
 from tests.core.helpers import NOW
-from tests.core.test_poslog import ARTS, document, feed, retail, sale, write
+from tests.core.test_poslog import ARTS, document, feed, member, retail, sale, write
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -338,3 +338,23 @@ def test_the_word_doctype_in_a_comment_or_text_is_no_doctype(tmp_path: Path) -> 
     text = text.replace("<Transaction>", "<!-- no <!DOCTYPE here --><Transaction>", 1)
     result = transform_files([write(tmp_path, text)], feed(), now=NOW)
     assert not result.unreadable and result.summary["transactions_valid"] == 1
+
+
+LOYALTY_ID = "0000000000000040000066677"
+EMAIL = "jane.roe@example.com"
+
+
+@pytest.mark.parametrize(("name", "broken"), [
+    # a CDATA section left open: libxml2 quotes what follows it
+    ("cdata.xml", retail(1, member(1, "X").replace("X", f"<![CDATA[{LOYALTY_ID}"), sale(2, "A", "1.00"),
+                         grand="1.00")),
+    # a comment with "--" in it: libxml2 quotes the comment
+    ("comment.xml", retail(1, f"<!-- loyalty {LOYALTY_ID} -- {EMAIL} -->", sale(2, "A", "1.00"),
+                           grand="1.00")),
+])
+def test_a_broken_file_s_reason_quotes_none_of_its_values(tmp_path: Path, name: str, broken: str) -> None:
+    reason = only_unreadable(with_good(tmp_path, write(tmp_path, document(GOOD, broken), name)), name)
+
+    assert LOYALTY_ID not in reason and EMAIL not in reason and "jane" not in reason, reason
+    assert re.match(r"not well-formed XML at line \d+, column \d+, after transaction 1 ", reason), reason
+    assert "\n" not in reason
