@@ -417,7 +417,8 @@ def _execute(
                             "their pending transactions are settled first", ", ".join(abandoned), feed.scope)
                 if not dry_run:
                     if feed.logging.hash_customer_ids:
-                        ledger.scrub_quoted_customer_ids(feed.scope)
+                        # before the crashed runs' checkouts are masked: messages are found by clear ids
+                        ledger.sweep_clear_customer_ids(feed.scope, customer_columns(feed))
                         for crashed in abandoned:
                             ledger.scrub_customer_ids(feed.scope, mask_customer_id, run_id=crashed)
                     if feed.records != "transactions":
@@ -748,9 +749,10 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     """
     if ctx.feed.logging.hash_customer_ids:
         # messages first: they are found by the clear ids the checkouts still hold
-        ctx.ledger.scrub_quoted_customer_ids(ctx.feed.scope)
-        ctx.ledger.scrub_reject_customers(ctx.feed.scope, customer_columns(ctx.feed))
+        ctx.ledger.sweep_clear_customer_ids(ctx.feed.scope, customer_columns(ctx.feed))
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
+    else:
+        ctx.ledger.forget_sweep(ctx.feed.scope)
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("source_errors", [])

@@ -281,6 +281,36 @@ def test_scrub_masks_a_customer_id_quoted_in_clear_in_the_kept_messages(ledger: 
     assert ledger.scrub_quoted_customer_ids(SCOPE) == 0
 
 
+def test_the_sweep_for_clear_customer_ids_reads_a_scope_once_until_a_run_keeps_them(ledger: Ledger) -> None:
+    """The sweep reads the scope's whole history: once, not at every run; a run with hashing off
+    (forget_sweep) may keep ids in clear, so the next sweep reads it again."""
+    from pipeline.logs import mask_customer_id
+
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    transactions = [replace(_txn(tid, line=i + 2),
+                            checkout=json.dumps({"transaction_id": tid, "customer_id": f"c-{i}", "total": "1"}))
+                    for i, tid in enumerate(("T1", "T2"))]
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
+                       totals=[("S1", "2026-11-20", 2, 2, Decimal("2"))])
+    ledger.start_sending(SCOPE, ["T1", "T2"], run_id)
+    ledger.apply_results(SCOPE, [EventResult("T1", Outcome.RETRYABLE, (), None, "500", "for c-0: again")],
+                         run_id)
+
+    assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}) == 1
+    (first,) = ledger.transactions_by_row_id([1])
+    assert first.last_error_message == f"for {mask_customer_id('c-0')}: again"
+    # written in clear afterwards (as a run with hashing off does): not read again...
+    ledger.apply_results(SCOPE, [EventResult("T2", Outcome.RETRYABLE, (), None, "500", "for c-1: again")],
+                         run_id)
+    assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}) == 0
+    assert ledger.transactions_by_row_id([2])[0].last_error_message == "for c-1: again"
+    # ...until that run says so
+    ledger.forget_sweep(SCOPE)
+    assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}) == 1
+    (second,) = ledger.transactions_by_row_id([2])
+    assert second.last_error_message == f"for {mask_customer_id('c-1')}: again"
+
+
 @pytest.mark.parametrize("column", ["CustNo", "Cust No."])  # a JSON path spells the second one badly
 def test_scrub_masks_customer_ids_rejected_lines_kept_in_clear(ledger: Ledger, column: str) -> None:
     from pipeline.logs import mask_customer_id

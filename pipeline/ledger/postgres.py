@@ -63,7 +63,7 @@ from pipeline.ledger.location import masked_url, password_forms, register_url_se
 WRITE_LOCK = (0x706F7366, 2)
 # the ledger's tables, which a dry run copies (a test checks these are all the migrations make)
 TABLES = ("schema_version", "runs", "files", "transactions", "rejects", "run_transactions", "file_totals",
-          "problems", "alert_outbox")
+          "problems", "alert_outbox", "swept_scopes")
 _LOCK = "SELECT pg_advisory_xact_lock(%s, %s)"
 # how long a ledger or lock session waits, unless configured elsewhere (see limit_waits)
 WAIT_LIMITS = {"lock_timeout": "2min", "statement_timeout": "15min"}

@@ -315,6 +315,13 @@ def _migrate_9_to_10(db: Db) -> None:
     )
 
 
+def _migrate_10_to_11(db: Db) -> None:
+    """The scopes whose kept messages and rejected lines were swept for customer ids in clear
+    (:meth:`Ledger.sweep_clear_customer_ids`): swept once, not at every run; a run with hashing
+    off removes its scope, so the next run with it on sweeps again."""
+    _script(db, "CREATE TABLE swept_scopes (scope TEXT PRIMARY KEY, swept_at TEXT NOT NULL)")
+
+
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -326,6 +333,7 @@ MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_7_to_8,
     _migrate_8_to_9,
     _migrate_9_to_10,
+    _migrate_10_to_11,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

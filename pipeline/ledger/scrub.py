@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from pipeline.ledger.db import Db, Row
+from pipeline.ledger.records import timestamp
 from pipeline.ledger.states import NEVER_SENT_AGAIN_SQL
 from pipeline.logs import MASK_PREFIX, mask_customer_id, mask_quoted_customers
 
@@ -43,6 +44,24 @@ class Scrubbing:
                 masked,
             )
         return len(masked)
+
+    def sweep_clear_customer_ids(self, scope: str, columns: Collection[str]) -> int:
+        """Once per scope (again after a run with hashing off): mask the customer ids that kept
+        messages and rejected lines of ``scope`` hold in clear (:meth:`scrub_quoted_customer_ids`,
+        :meth:`scrub_reject_customers` of ``columns``); a run with hashing on writes none, so
+        later runs do not read the scope's history again. Returns how many rows changed."""
+        if self._db.one("SELECT 1 FROM swept_scopes WHERE scope = ?", (scope,)) is not None:
+            return 0
+        changed = self.scrub_quoted_customer_ids(scope) + self.scrub_reject_customers(scope, columns)
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM swept_scopes WHERE scope = ?", (scope,))
+            db.execute("INSERT INTO swept_scopes (scope, swept_at) VALUES (?, ?)", (scope, timestamp()))
+        return changed
+
+    def forget_sweep(self, scope: str) -> None:
+        """A run with hashing off may keep customer ids in clear: the next run with it on sweeps."""
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM swept_scopes WHERE scope = ?", (scope,))
 
     def scrub_quoted_customer_ids(self, scope: str) -> int:
         """Mask each transaction's own customer id where an error message of ``scope`` quotes it in
