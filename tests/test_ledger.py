@@ -287,8 +287,8 @@ def test_the_sweep_for_clear_customer_ids_reads_a_scope_once_until_a_run_keeps_t
     from pipeline.logs import mask_customer_id
 
     run_id = ledger.start_run(feed="hourly", scope=SCOPE)
-    transactions = [replace(_txn(tid, line=i + 2),
-                            checkout=json.dumps({"transaction_id": tid, "customer_id": f"c-{i}", "total": "1"}))
+    transactions = [replace(_txn(tid, line=i + 2), checkout=json.dumps(
+                        {"transaction_id": tid, "customer_id": f"c-{i}", "total": "1"}))
                     for i, tid in enumerate(("T1", "T2"))]
     ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
                        totals=[("S1", "2026-11-20", 2, 2, Decimal("2"))])
