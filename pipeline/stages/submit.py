@@ -34,7 +34,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
-from pipeline.stages.returns import hold_for_sales, with_return_context
+from pipeline.stages.returns import hold_for_sales, past_the_wait, with_return_context
 
 __all__ = [
     "BATCH_SIZE", "MEMBER_NOT_ENROLLED", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows",
@@ -97,7 +97,7 @@ def decide_rows(
         checkouts, unsent = checkouts_of(ledger, feed, rows, dry_run=True)
         personal = personal_values(feed, checkouts)
         results = [without_personal(r, personal)
-                   for r in [*unsent, *decide_before_sending(feed, checkouts)]]
+                   for r in past_the_wait(ledger, feed, [*unsent, *decide_before_sending(feed, checkouts)])]
         ledger.apply_results(feed.scope, results, run_id)
         settled += len(results)
     return settled
@@ -412,6 +412,7 @@ async def _submit(
             # a lookup named the purchase of an accepted sale whose answer named none: kept, so a
             # later return cancels it without looking it up again
             ledger.record_found_event_ids(scope, found)
+        pending[:] = past_the_wait(ledger, feed, pending)  # a return that waited too long for its sale
         masks = {r.transaction_id: mask_customer_id(customer_of[r.transaction_id])
                  for r in pending if r.transaction_id in customer_of}
         if sending is not None:
