@@ -608,10 +608,13 @@ class ClaimsConfig(_Model):
 class ResumeConfig(_Model):
     """What a plain run resends by itself (`[resume]`): failed-retryable transactions whose
     failure was transient, a stop or refused credentials, until one of these caps; past them
-    only `posfeed rerun` sends them."""
+    only `posfeed rerun` sends them. A return waiting for a sale not known yet is checked again
+    by every plain run until ``sale_wait_hours``, then failed for good."""
 
     max_attempts: int = Field(default=25, ge=1)
     max_age_hours: float = Field(default=72.0, gt=0, le=10 * 366 * 24, allow_inf_nan=False)
+    # a return whose sale is not known waits for it this long (past the caps above), then fails for good
+    sale_wait_hours: float = Field(default=72.0, gt=0, le=10 * 366 * 24, allow_inf_nan=False)
 
 
 class LoggingConfig(_Model):

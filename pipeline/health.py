@@ -56,6 +56,7 @@ class Backlog:
     oldest_minutes: int | None
     oldest_seconds: float | None = None
     needs_rerun: int = 0  # failed-retryable that only `posfeed rerun` sends (past the caps, or deferred)
+    waiting_for_sales: int = 0  # of ``waiting``: returns whose sale has not arrived (original_not_found)
 
     def to_dict(self) -> dict[str, Any]:
         """The `backlog` object of a run's summary."""
@@ -76,7 +77,8 @@ def backlog_of(ledger: Ledger, feed: Feed, run_id: str | None, now: datetime) ->
         seconds = max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
     minutes = int(seconds // 60) if seconds is not None else None
     carried = ledger.carried(run_id) if run_id is not None else 0
-    return Backlog(carried, backlog.waiting, oldest, minutes, seconds, backlog.needs_rerun)
+    return Backlog(carried, backlog.waiting, oldest, minutes, seconds, backlog.needs_rerun,
+                   backlog.waiting_for_sales)
 
 
 @dataclass(frozen=True)
@@ -205,12 +207,16 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
     if backlog.waiting and age is not None and age > limit * 60:
         second = cfg.backlog_escalate_minutes
         stage = 1 if second > limit and age > second * 60 else 0
+        returns = backlog.waiting_for_sales
         out.append(Observation(
             kind="backlog", key=f"backlog|{feed.scope}", stage=stage,
-            summary=(f"{backlog.waiting} transaction(s) of scope {feed.scope} still wait to be delivered; "
-                     f"the oldest for {backlog.oldest_minutes} min"),
+            summary=(f"{backlog.waiting} transaction(s) of scope {feed.scope} still wait to be delivered"
+                     + (f" ({returns} return(s) waiting for a sale that has not arrived)" if returns else "")
+                     + f"; the oldest for {backlog.oldest_minutes} min"),
             action="see why they wait (`posfeed runs`, the run's detail.csv); once the cause is fixed "
-                   f"`posfeed rerun --feed {feed.name} --failed` sends them",
+                   f"`posfeed rerun --feed {feed.name} --failed` sends them"
+                   + ("; a return waiting for its sale goes by itself once the sale's export is delivered "
+                      "(ask the store for it)" if returns else ""),
             counts=backlog.to_dict(),
             feed=feed.name, scope=feed.scope,
         ))

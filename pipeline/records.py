@@ -186,6 +186,9 @@ class RetryClass(StrEnum):
     STOPPED = "stopped"  # the run stopped before sending it: the next run sends it
     CREDENTIALS = "credentials"  # our credentials were refused: sent once they are fixed
     DEFERRED = "deferred"  # the request itself was refused (e.g. a wrong URL): `posfeed rerun` only
+    # a return waits for its sale to arrive: every plain run checks again, past the [resume] caps,
+    # until `resume.sale_wait_hours` (then it is failed for good)
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)

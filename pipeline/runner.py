@@ -12,7 +12,9 @@ checks its folder. A refusal raises (exit 78) and nothing is recorded.
 **Resume by default**: older work comes before new work. Transactions earlier runs of the scope
 left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable for a transient
 reason, a stop or refused credentials (within the feed's ``[resume]`` caps) are sent first; the
-platform's "transaction ID already used" settles the ones that had landed. Every summary says how
+platform's "transaction ID already used" settles the ones that had landed; a return waiting for a
+sale that had not arrived (``original_not_found``) goes with the run's files, after the sales they
+bring. Every summary says how
 many it carried over (``carried_over``) and how many are still waiting for the next run
 (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an explicit rerun
 (``needs_rerun``). A **dry run** does all of it against a throwaway copy of the ledger, sends
@@ -77,7 +79,7 @@ from pipeline.logs import (
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
-from pipeline.sinks.base import Sink
+from pipeline.sinks.base import ORIGINAL_NOT_FOUND, Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source, SourceFileChangedError, SourceFileGoneError
 from pipeline.sources.discovery import lookback_dates
@@ -575,21 +577,27 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _carry_over(ctx: _Context) -> None:
-    """Send first what earlier runs of the scope left unsent (see the module docstring)."""
+def _carry_over(ctx: _Context) -> list[int]:
+    """Send first what earlier runs of the scope left unsent (see the module docstring), but the
+    returns waiting for a sale that had not arrived (``original_not_found``): returned, to go with
+    this run's files, after the sales they may bring."""
     resume = ctx.feed.resume
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
+    waiting = ctx.ledger.rows_with_code(pending, ORIGINAL_NOT_FOUND) if pending else set()
     if pending:
         log.info("%s: carrying over %d transaction(s) earlier runs left unsent (queued, in doubt or "
-                 "failed for a transient reason)", ctx.feed.name, len(pending))
-        ctx.submit(pending)
+                 "failed for a transient reason)%s", ctx.feed.name, len(pending),
+                 f", {len(waiting)} return(s) waiting for their sale sent after this run's files"
+                 if waiting else "")
+        ctx.submit([i for i in pending if i not in waiting])
+    return [i for i in pending if i in waiting]
 
 
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
     with ctx.stage("settle"):
-        _carry_over(ctx)
+        waiting = _carry_over(ctx)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
@@ -636,7 +644,7 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
             ctx.notes["stopped"] = True
         else:
             with ctx.stage("submit"):
-                ctx.submit(outcome.to_send)
+                ctx.submit([*outcome.to_send, *waiting])
         if not ctx.refused():
             ctx.finish_files(source)
     finally:

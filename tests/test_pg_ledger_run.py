@@ -25,7 +25,8 @@ from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import copy_samples, delivered_ids, feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
 
-FILES = tuple(f"pos_LON01_20261120_{hour}.csv" for hour in ("10", "11", "12"))
+# 08 holds the sale of a return in 12 (without it, the return waits for it: original_not_found)
+FILES = tuple(f"pos_LON01_20261120_{hour}.csv" for hour in ("08", "10", "11", "12"))
 PASSWORD = "pw-Never-Shown-7f3a"  # the test cluster trusts loopback logins: libpq never sends it
 RUN_ARGS = ["run", "--business-date", "2026-11-20", "--json"]
 
@@ -201,7 +202,7 @@ def test_two_hosts_run_all_at_once_and_each_scope_runs_on_one(postgres_db: str, 
     feed; after both run again, every checkout reached the platform exactly once."""
     drop = tmp_path / "drop"
     copy_samples(drop, [f"pos_{store}_20261120_{hour}.csv" for store in ("LON01", "BER01")
-                        for hour in ("10", "11", "12")])
+                        for hour in ("08", "10", "11", "12")])  # 08: the sale of a return in LON01 12
     feeds_dir = tmp_path / "feeds"
     feeds_dir.mkdir()
     with SandboxServer(latency_ms=5) as sandbox:

@@ -202,25 +202,25 @@ def test_a_return_in_another_currency_than_its_sale(
     assert state(posfeed.rows(), "R-1") == ("not_sent", "return_mismatch")
 
 
-def test_a_return_before_its_sale_is_refused_and_a_rerun_counts_what_came_back_since(
+def test_a_return_before_its_sale_waits_and_counts_with_what_came_back_since(
     sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
 ) -> None:
+    """Before, R-1 went out, was refused for good (112201), and only a rerun including the
+    failed-permanent sent it again."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location)
     write(posfeed.drop, "pos_LON01_20261120_10.csv", [ret("R-1", 1, "MILK", "2", "1.20", "2.40", "S-1")])
     posfeed.run()
-    # the ledger does not know S-1: sent unchecked, and the platform does not hold it either
-    assert state(posfeed.rows(), "R-1") == ("failed_permanent", "112201")
+    # the ledger does not know S-1, and the platform does not list it: R-1 waits, nothing sent
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    assert stats(posfeed.sandbox)["events_rejected"] == 0
     write(posfeed.drop, "pos_LON01_20261120_12.csv", [
         *SALE, ret("R-2", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:30:00")])
-    posfeed.run()
+    posfeed.run()  # R-1 goes after S-1, decided first (recorded first), then R-2
     rows = posfeed.rows()
-    assert state(rows, "R-1") == ("failed_permanent", "112201")  # nothing resent by itself
-    assert state(rows, "R-2")[0] == "accepted"
-    posfeed("rerun", "--feed", str(posfeed.feeds["acme_hourly"]), "--failed", "--include-permanent")
-    rows = posfeed.rows()
-    assert state(rows, "R-1") == ("not_sent", "over_refund")  # with R-2, 3 of the 2 milks
+    assert state(rows, "R-1")[0] == "accepted"
+    assert state(rows, "R-2") == ("not_sent", "over_refund")  # after R-1, 3 of the 2 milks
     held = posfeed.held()["S-1"]
-    assert Decimal(held["refunded"]) == Decimal("1.20") and refunded_units(held)["MILK"] == 1
+    assert Decimal(held["refunded"]) == Decimal("2.40") and refunded_units(held)["MILK"] == 2
 
 
 def test_returns_of_a_conflicting_or_rejected_sale(
@@ -240,7 +240,9 @@ def test_returns_of_a_conflicting_or_rejected_sale(
     assert state(rows, "R-1") == ("not_sent", "over_refund")
     assert "5 unit(s) of product MILK would have come back, 2 were bought" in str(
         rows["R-1"].last_error_message)
-    assert state(rows, "R-2") == ("failed_permanent", "112201")  # the platform never had S-2
+    # the platform never had S-2 (rejected): R-2 waits for a corrected S-2, nothing sent
+    assert state(rows, "R-2") == ("failed_retryable", "original_not_found")
+    assert stats(sandbox)["events_rejected"] == 0
     assert Decimal(posfeed.held()["S-1"]["refunded"]) == 0 and "S-2" not in posfeed.held()
 
 
@@ -310,20 +312,20 @@ def test_a_return_whose_sale_the_platform_refused_in_its_run_is_never_sent(
 def test_two_returns_that_never_landed_are_decided_by_what_the_platform_holds(
     sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
 ) -> None:
-    """Both returns came before their sale and were refused (112201); rerun after the sale came,
-    each was sent before, so may have landed, and each counted the other: both were over_refund,
-    never sent, though the platform held no refund of the sale. Now the read-back decides: the
-    first fits what the platform holds and is sent, the second would exceed it."""
+    """Both returns came before their sale. Once they were refused (112201); rerun after the sale
+    came, each was sent before, so may have landed, and each counted the other: both were
+    over_refund, never sent, though the platform held no refund of the sale. Now both wait for the
+    sale (their checks of it are no sends): the plain run that delivers it sends the first, which
+    fits, and holds the second, which would exceed it."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location)
     write(posfeed.drop, "pos_LON01_20261120_10.csv", [
         ret("R-1", 1, "MILK", "2", "1.20", "2.40", "S-1"),
         ret("R-2", 1, "MILK", "2", "1.20", "2.40", "S-1", at="11:10:00")])
     posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == state(rows, "R-2") == ("failed_retryable", "original_not_found")
     write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
     posfeed.run()
-    rows = posfeed.rows()
-    assert state(rows, "R-1") == state(rows, "R-2") == ("failed_permanent", "112201")
-    posfeed("rerun", "--feed", str(posfeed.feeds["acme_hourly"]), "--failed", "--include-permanent")
     rows = posfeed.rows()
     assert state(rows, "R-1")[0] == "accepted"
     assert state(rows, "R-2") == ("not_sent", "over_refund")

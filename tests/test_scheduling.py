@@ -427,7 +427,9 @@ def test_a_scheduled_feed_is_reloaded_from_its_file_before_each_run(settings: Se
 # ---- SIGTERM mid-run: real processes against the sandbox ----------------------------------------
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "acme"
-SLOW_FILES = ["pos_LON01_20261120_13.csv", "pos_LON01_20261120_14.csv"]  # no defects
+# no defects; 08 and 11 hold the sales of 13's returns (a return whose sale has not arrived waits)
+SLOW_FILES = ["pos_LON01_20261120_08.csv", "pos_LON01_20261120_11.csv", "pos_LON01_20261120_13.csv",
+              "pos_LON01_20261120_14.csv"]
 
 
 def slow_feed_dir(tmp_path: Path, sandbox: Any, *, schedule: str = "0 3 * * *") -> Path:

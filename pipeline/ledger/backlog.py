@@ -19,6 +19,7 @@ class Backlog:
     waiting: int  # the next plain run sends them (queued, in doubt, resumable failures)
     waiting_since: str | None  # when the oldest of them was first recorded (ISO 8601, UTC)
     needs_rerun: int  # failed-retryable that only `posfeed rerun` sends (past the caps, or deferred)
+    waiting_for_sales: int = 0  # of ``waiting``: returns whose sale has not arrived (original_not_found)
 
 
 class Backlogs:
@@ -30,18 +31,21 @@ class Backlogs:
                 now: datetime | None = None) -> Backlog:
         """What of ``scope`` is not final: what the next plain run sends (``waiting``, and when
         the oldest of it was first recorded) and what only `posfeed rerun` sends (``needs_rerun``:
-        failed-retryable past the caps, or whose request was refused as such)."""
+        failed-retryable past the caps, or whose request was refused as such); ``waiting_for_sales``:
+        the returns among what waits whose sale has not arrived."""
         since = cutoff(now, max_age_hours)
         rows = self._db.query(
             f"SELECT CASE WHEN state IN ('queued', 'sending') OR {RESUMABLE_SQL} THEN 'waiting' "
-            f"ELSE 'needs_rerun' END AS kind, COUNT(*), MIN(created_at) FROM transactions "
+            f"ELSE 'needs_rerun' END AS kind, COUNT(*), MIN(created_at), "
+            f"SUM(CASE WHEN last_error_code = 'original_not_found' THEN 1 ELSE 0 END) FROM transactions "
             f"WHERE scope = ? AND state IN ('queued', 'sending', 'failed_retryable') GROUP BY kind",
             (max_attempts, since, scope),
         )
-        found = {r[0]: (int(r[1]), r[2]) for r in rows}
-        waiting, oldest = found.get("waiting", (0, None))
-        needs_rerun = found.get("needs_rerun", (0, None))[0]
-        return Backlog(waiting=waiting, waiting_since=oldest, needs_rerun=needs_rerun)
+        found = {r[0]: (int(r[1]), r[2], int(r[3] or 0)) for r in rows}
+        waiting, oldest, for_sales = found.get("waiting", (0, None, 0))
+        needs_rerun = found.get("needs_rerun", (0, None, 0))[0]
+        return Backlog(waiting=waiting, waiting_since=oldest, needs_rerun=needs_rerun,
+                       waiting_for_sales=for_sales)
 
     def failure_causes(self, run_id: str, limit: int = 3) -> list[dict[str, Any]]:
         """The most frequent reasons among the transactions ``run_id`` left failed, with counts

@@ -94,8 +94,10 @@ RECORDABLE = frozenset(
     {TxnState.QUEUED, TxnState.VOID, TxnState.REJECTED, TxnState.DUPLICATE, TxnState.CONFLICT}
 )
 assert {TxnState(state) for state in PRIMARY_ORDER} == PRIMARY_STATES
-# a failed-retryable row a plain run resends by itself (parameters: max attempts, cutoff time)
+# a failed-retryable row a plain run resends by itself (parameters: max attempts, cutoff time);
+# a return waiting for its sale whatever the caps (it has its own: `resume.sale_wait_hours`)
 RESUMABLE_SQL = (
-    "(state = 'failed_retryable' AND COALESCE(retry_class, 'transient') IN "
-    "('transient', 'stopped', 'credentials') AND attempts < ? AND created_at >= ?)"
+    "(state = 'failed_retryable' AND (COALESCE(retry_class, 'transient') IN "
+    "('transient', 'stopped', 'credentials') AND attempts < ? AND created_at >= ? "
+    "OR retry_class = 'waiting'))"
 )

@@ -28,6 +28,19 @@ class Transactions:
                 found[row["transaction_id"]] = txn_record(row)
         return found
 
+    def recorded_at(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, str]:
+        """When the primary row of each of ``transaction_ids`` in ``scope`` was first recorded
+        (ISO 8601, UTC), by transaction id."""
+        found: dict[str, str] = {}
+        for chunk in chunks(list(dict.fromkeys(transaction_ids))):
+            for row in self._db.query(
+                f"SELECT transaction_id, created_at FROM transactions WHERE scope = ? "
+                f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
+                (scope, *chunk),
+            ):
+                found[row[0]] = row[1]
+        return found
+
     def signups(self, scope: str, keys: Sequence[str]) -> dict[str, list[TxnRecord]]:
         """The sign-ups (primary ``enrollment`` rows) of each member key of ``scope``, oldest
         first: the row keyed ``key``, then its corrected sign-ups ``key+1``, ``key+2``... (each
@@ -72,6 +85,10 @@ class Transactions:
     def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
         return self._ids_among(row_ids, "transaction_type", transaction_type)
+
+    def rows_with_code(self, row_ids: Sequence[int], code: str) -> set[int]:
+        """The ledger ids among ``row_ids`` whose last outcome had ``code``."""
+        return self._ids_among(row_ids, "last_error_code", code)
 
     def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
         found: set[int] = set()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from pipeline.config import AntavoTarget, CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
-from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, Sink
+from pipeline.sinks.base import ORIGINAL_NOT_FOUND, CheckoutRow, EventResult, Outcome, Sink
 from pipeline.sinks.delivery import DeliveryPolicy, Plan, PlatformAdapter, PlatformSink
 from pipeline.sinks.http import HttpClient
 
@@ -75,7 +75,10 @@ def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[
     ``plan``, the function its sink plans every submission with. Planning never signs, sends or
     reads a secret, so the adapter is built without credentials. A dry run takes exactly these
     decisions; results that wait for the platform (RETRYABLE, e.g. a returned sale not delivered
-    yet) are left out, as a real run may settle them otherwise.
+    yet) are left out, as a real run may settle them otherwise, but for a return waiting for a
+    sale that has not arrived (``original_not_found``): on Antavo a real run first asks the
+    platform, which a dry run cannot; it shows the return waiting, as the platform not listing the
+    sale would (:meth:`~pipeline.sinks.antavo.AntavoAdapter.waiting_unread`).
     """
     target = feed.target
     planner: PlatformAdapter
@@ -90,4 +93,7 @@ def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[
     else:
         raise ConfigError(f"no sink for target kind {target.kind!r}", key="target.kind")
     plan: Plan = planner.plan(checkouts)
-    return [result for result in plan.unsent if result.outcome is not Outcome.RETRYABLE]
+    decided = [result for result in plan.unsent
+               if result.outcome is not Outcome.RETRYABLE or result.error_code == ORIGINAL_NOT_FOUND]
+    waiting = getattr(planner, "waiting_unread", None)
+    return decided + (waiting() if waiting is not None else [])

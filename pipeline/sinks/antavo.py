@@ -18,7 +18,9 @@ the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_re
 found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
 is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read. A member's
 refund of a sale the ledger does not know is checked against the sale and its refunds as the
-platform lists them before it is sent.
+platform lists them before it is sent; when the platform does not list the sale either, it has
+not arrived yet: the refund waits for it, not sent (``original_not_found``, retryable), instead of
+being refused for good (``112201``).
 
 Responses map to outcomes:
 
@@ -43,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pipeline.config import AntavoTarget
@@ -66,7 +68,7 @@ from pipeline.sinks.antavo_readback import (
     transactions_in,
 )
 from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, Line, ReturnDecision, SaleFacts
-from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
+from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, sale_not_found
 from pipeline.sinks.delivery import (
     Batch,
     Plan,
@@ -420,11 +422,16 @@ class AntavoAdapter:
             wait = (refund.since or 0) + self._readback_wait - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            events = await self._platform_refunds(str(row["customer_id"]),
-                                                  str(row["original_transaction_id"]), client)
+            original = str(row["original_transaction_id"])
+            events = await self._platform_refunds(str(row["customer_id"]), original, client)
             if isinstance(events, RequestFailure):
                 return events
-            original = str(row["original_transaction_id"])
+            if events is None:  # no such sale on the platform: nothing of the refund landed
+                if "return_decision" in row and row.get("return_sale") is None:  # nor in the ledger
+                    self._sent.discard(tid)
+                    landed.append(sale_not_found(tid, original, _NOT_LISTED))
+                    continue
+                events = []
             others = {e.event_id for e in events if self._owner.get(e.event_id, tid) != tid}
             others.update(str(e) for e in row.get("claimed_event_ids") or ())
             found = match_refund(refund.decision, events, owned_by_others=others,
@@ -448,13 +455,21 @@ class AntavoAdapter:
                                                        lines=lines)))
         return landed, to_send
 
+    def waiting_unread(self) -> list[EventResult]:
+        """What a dry run, which reads nothing, says of the refunds planned whose sale the ledger
+        does not know (a real run checks each against the platform first): each waits for its
+        sale, as a real run's does when the platform does not list it."""
+        return [sale_not_found(tid, str(self._returns[tid].row["original_transaction_id"]), _NOT_LISTED)
+                for tid in sorted(self._unchecked)]
+
     async def _check_on_platform(
         self, units: Sequence[Unit], client: HttpClient
     ) -> tuple[list[EventResult], list[Unit]] | RequestFailure:
         """Refunds of a sale the ledger does not know (another scope's, or from before posfeed),
         decided against the sale and its refunds as the platform holds them: (the results of those
-        not sent, what to send). A sale the platform does not list, or whose lines or refunds
-        cannot be counted, is left for the platform to judge."""
+        not sent, what to send). A sale the platform does not list has not arrived: the refund
+        waits for it (``original_not_found``); one whose lines or refunds cannot be counted is
+        left for the platform to judge."""
         results: list[EventResult] = []
         to_send: list[Unit] = []
         for unit in units:
@@ -467,6 +482,9 @@ class AntavoAdapter:
             sale = await self._platform_sale(str(refund.row["customer_id"]), original, client)
             if isinstance(sale, RequestFailure):
                 return sale
+            if sale == "not listed":  # checked again should this request be tried again
+                results.append(sale_not_found(tid, original, _NOT_LISTED))
+                continue
             self._unchecked.discard(tid)
             decision = refund.decision
             if sale is not None:
@@ -482,14 +500,17 @@ class AntavoAdapter:
 
     async def _platform_sale(
         self, customer: str, original: str, client: HttpClient
-    ) -> tuple[SaleFacts, tuple[Line, ...]] | RequestFailure | None:
-        """The sale as the platform holds it and the lines its refunds gave back (None: not
-        listed, or its lines or refunds cannot be counted)."""
+    ) -> tuple[SaleFacts, tuple[Line, ...]] | RequestFailure | Literal["not listed"] | None:
+        """The sale as the platform holds it and the lines its refunds gave back ("not listed":
+        the platform does not hold it, or not the customer; None: its lines or refunds cannot be
+        counted)."""
         base = f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
         listing = await self._get(f"{base}?id={quote(original, safe='')}", client, unknown_customer=True)
         if isinstance(listing, RequestFailure):
             return listing
         listed = transactions_in(listing, original) if listing is not None else []
+        if not listed:
+            return "not listed"
         sale = sale_facts(listed[0]) if len(listed) == 1 else None
         if sale is None:
             return None
@@ -514,14 +535,15 @@ class AntavoAdapter:
 
     async def _platform_refunds(
         self, customer: str, original: str, client: HttpClient
-    ) -> list[PlatformEvent] | RequestFailure:
-        """The refund events the platform holds for ``original`` (none: it holds no such sale)."""
+    ) -> list[PlatformEvent] | RequestFailure | None:
+        """The refund events the platform holds for ``original`` (None: it holds no such sale, or
+        not the customer)."""
         base = f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
         listing = await self._get(f"{base}?id={quote(original, safe='')}", client, unknown_customer=True)
         if isinstance(listing, RequestFailure):
             return listing
         if listing is None or not transactions_in(listing, original):
-            return []
+            return None
         events = await self._get(f"{base}/{quote(original, safe='')}/events", client)
         if isinstance(events, RequestFailure):
             return events
@@ -625,6 +647,8 @@ class AntavoAdapter:
 
 
 CUSTOMER_NOT_FOUND = "160212"
+# where a refund's sale was looked for before it waits for it
+_NOT_LISTED = "the ledger does not know it and the platform does not list it"
 UNPROVEN = "unproven_answer"  # a 2xx answer that does not say what became of an event
 
 

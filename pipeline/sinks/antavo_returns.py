@@ -18,7 +18,8 @@ earlier returns that landed or will be sent first. With ``return_mode = "auto"``
   than the sale's (``return_other_customer``) is never sent: its money cannot be compared with the
   sale's, or it would refund someone else's purchase;
 * a return whose sale the ledger does not know is one ``refund_item`` per line here; the adapter
-  checks it against the sale as the platform lists it (:class:`SaleFacts`) before sending.
+  checks it against the sale as the platform lists it (:class:`SaleFacts`) before sending, and
+  holds it waiting for its sale (``original_not_found``) when the platform does not list it.
 
 ``refund`` and ``refund_item`` force one shape (``refund`` restores the whole sale whatever came
 back); the over-refund check applies to every mode. The dry run takes the same decision through

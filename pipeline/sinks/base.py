@@ -16,13 +16,26 @@ from typing import Any, Protocol
 
 from pipeline.records import EventResult, Outcome, RetryClass
 
-__all__ = ["CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome", "RetryClass", "Sink"]
+__all__ = ["ORIGINAL_NOT_FOUND", "CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome",
+           "RetryClass", "Sink", "sale_not_found"]
 
 CheckoutRow = Mapping[str, Any]
 
 
 OnSending = Callable[[Sequence[str]], Awaitable[None] | None]
 OnResult = Callable[[EventResult], None]
+
+# a return whose sale has not arrived (both targets): retryable, it waits for it
+ORIGINAL_NOT_FOUND = "original_not_found"
+
+
+def sale_not_found(tid: str, sale: str, where: str = "the ledger does not know it") -> EventResult:
+    """A return not sent yet: its ``sale`` has not arrived (``where`` it was looked for); it waits
+    for it (retryable, :attr:`RetryClass.WAITING`): the plain run after the sale is delivered sends it."""
+    return EventResult(tid, Outcome.RETRYABLE, error_code=ORIGINAL_NOT_FOUND, attempts=0,
+                       retry_class=RetryClass.WAITING,
+                       error_message=f"not sent: its sale {sale} has not arrived ({where}); the return "
+                                     "waits for it: the run after the sale is delivered sends it")
 
 
 class Sink(Protocol):

@@ -5,7 +5,8 @@
   till as a spend), cancel the purchase of a whole return (:class:`PlannedCancel`), send a partial
   return as an ad hoc return (:class:`PlannedAdHocReturn`), or settle it unsent with a target-level
   code (:class:`CrmcomRejectCode`, :class:`pipeline.sinks.crmcom_returns.ReturnCode`). Returns are
-  checked against their sale by :func:`pipeline.sinks.crmcom_returns.check_return`.
+  checked against their sale by :func:`pipeline.sinks.crmcom_returns.check_return`; one whose sale
+  the ledger does not know waits for it (:func:`pipeline.sinks.base.sale_not_found`).
 * Amounts are exact Decimals; :func:`split_vat` is the one place where they are rounded.
 * :class:`Envelope`, :func:`result_of` and :func:`results_of_bulk` turn answers into
   :class:`~pipeline.sinks.base.EventResult` s, classified by the target's code settings.
@@ -26,7 +27,7 @@ from typing import Any
 
 from pipeline.config import CrmcomTarget
 from pipeline.records import ReturnStatus, TransactionType
-from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
+from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, sale_not_found
 from pipeline.sinks.crmcom_returns import (
     EarlierReturn,
     Fit,
@@ -87,7 +88,7 @@ class CrmcomRejectCode(StrEnum):
 
     GUEST = "crmcom_guest"  # no customer: a purchase event needs one
     PARTIAL_RETURN = "crmcom_partial_return"  # only whole purchases can be cancelled
-    UNMATCHED_RETURN = "unmatched_return"  # no original transaction id, or unknown to the ledger
+    UNMATCHED_RETURN = "unmatched_return"  # no original transaction id (one unknown to the ledger waits)
     ORIGINAL_NOT_DELIVERED = "crmcom_original_not_delivered"  # retryable: the original has no event yet
     VOID = "void"  # voided at the till: nothing to record
     UNKNOWN_STORE = "crmcom_unknown_store"  # the store has no entry in `business_units`
@@ -427,10 +428,8 @@ class Planner:
             recorded = found[1] if found is not None else []
         elif found is not None:
             sale, recorded = found
-        else:
-            return not_sent(
-                transaction_id, CrmcomRejectCode.UNMATCHED_RETURN, f"original {original_id} is unknown"
-            )
+        else:  # not arrived yet (the export of its sale may come later): it waits for it
+            return sale_not_found(transaction_id, original_id)
         earlier = [*recorded, *self.planned_returns.get(original_id, ())]
         verdict = check_return(row, sale, earlier, decimals=target.amount_decimals)
         if verdict.fit is None:

@@ -23,15 +23,21 @@ earlier submission or batch of this run, left failed or in doubt): Antavo would 
 for good (``112201``), so it waits (``original_not_accepted``, retryable: the plain run that
 delivers the sale sends it) or, when the platform refused the sale for good, is never sent
 (``original_refused``). A return handed over with its sale is the adapter's to hold.
+
+A return whose sale has not arrived at all waits for it (``original_not_found``, retryable, held by
+the target: :func:`pipeline.sinks.base.sale_not_found`); :func:`past_the_wait` fails it for good
+once it has waited ``resume.sale_wait_hours`` since it was first recorded, naming the sale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.checkout_codec import decode_checkout
+from pipeline.config import Feed
 from pipeline.ledger import Ledger, ReturnOf, TxnState
 from pipeline.records import TransactionType
 from pipeline.sinks.antavo import PARTLY_REFUNDED, sale_not_accepted, sale_refused
@@ -42,9 +48,9 @@ from pipeline.sinks.antavo_returns import (
     decide_sale_returns,
     lines_of,
 )
-from pipeline.sinks.base import EventResult
+from pipeline.sinks.base import ORIGINAL_NOT_FOUND, EventResult, Outcome
 
-__all__ = ["hold_for_sales", "with_return_context"]
+__all__ = ["gave_up", "hold_for_sales", "past_the_wait", "with_return_context"]
 
 _PENDING = (TxnState.QUEUED, TxnState.SENDING, TxnState.FAILED_RETRYABLE)
 _DECIDED_FROM = (*_PENDING, TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.FAILED_PERMANENT)
@@ -52,8 +58,12 @@ _DECIDED_FROM = (*_PENDING, TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.FAILE
 
 def _in_doubt(row: ReturnOf) -> bool:
     record = row.record
-    # an operator's rerun of a return held in doubt is their decision to send it
-    return record.state in _PENDING and record.attempts > 0 and record.last_error_code != REFUND_IN_DOUBT
+    # an operator's rerun of a return held in doubt is their decision to send it; a return last
+    # held waiting for its sale was never sent (its attempts were checks of the sale), unless a
+    # request of it went out since (in doubt again: read back)
+    waited = record.last_error_code == ORIGINAL_NOT_FOUND and record.state is not TxnState.SENDING
+    return (record.state in _PENDING and record.attempts > 0 and record.last_error_code != REFUND_IN_DOUBT
+            and not waited)
 
 
 def _partly(row: ReturnOf) -> bool:
@@ -163,3 +173,31 @@ def hold_for_sales(
         else:
             ready.append(checkout)
     return ready, held
+
+
+def gave_up(result: EventResult, recorded_at: datetime, now: datetime, hours: float, feed: str
+            ) -> EventResult:
+    """``result``, or, for a return still waiting for its sale (``original_not_found``) first
+    recorded more than ``hours`` before ``now``, the same failed for good, naming the sale."""
+    if result.outcome is not Outcome.RETRYABLE or result.error_code != ORIGINAL_NOT_FOUND:
+        return result
+    if (now - recorded_at).total_seconds() <= hours * 3600:
+        return result
+    why = (result.error_message or "").removeprefix("not sent: ").split(";")[0]
+    return replace(result, outcome=Outcome.REJECTED, retry_class=None, error_message=(
+        f"never sent: {why} and the return waited {hours:g} hours for it (resume.sale_wait_hours); once "
+        f"the sale is delivered, `posfeed rerun --feed {feed} --failed --include-permanent` sends it"))
+
+
+def past_the_wait(ledger: Ledger, feed: Feed, results: Sequence[EventResult],
+                  now: datetime | None = None) -> list[EventResult]:
+    """``results`` with :func:`gave_up` applied to each, against when the ledger first recorded it."""
+    waiting = [r.transaction_id for r in results
+               if r.outcome is Outcome.RETRYABLE and r.error_code == ORIGINAL_NOT_FOUND]
+    if not waiting:
+        return list(results)
+    recorded = ledger.recorded_at(feed.scope, waiting)
+    moment = now or datetime.now(UTC)
+    return [gave_up(r, datetime.fromisoformat(recorded[r.transaction_id]), moment,
+                    feed.resume.sale_wait_hours, feed.name)
+            if r.transaction_id in recorded else r for r in results]

@@ -41,7 +41,7 @@ from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.sinks.crmcom_returns import ReturnCode
-from pipeline.stages.returns import hold_for_sales, with_return_context
+from pipeline.stages.returns import hold_for_sales, past_the_wait, with_return_context
 
 __all__ = [
     "BATCH_SIZE", "MEMBER_NOT_ENROLLED", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows",
@@ -105,7 +105,7 @@ def decide_rows(
         checkouts, unsent = checkouts_of(ledger, feed, rows, dry_run=True)
         personal = personal_values(feed, checkouts)
         results = [without_personal(r, personal)
-                   for r in [*unsent, *decide_before_sending(feed, checkouts)]]
+                   for r in past_the_wait(ledger, feed, [*unsent, *decide_before_sending(feed, checkouts)])]
         ledger.apply_results(feed.scope, results, run_id)
         settled += len(results)
     return settled
@@ -457,10 +457,11 @@ async def _submit(
             def commit() -> None:
                 if found:
                     ledger.record_found_event_ids(scope, found)
+                final = past_the_wait(ledger, feed, settled)  # a return that waited too long for its sale
                 if sending is not None:
-                    ledger.start_sending(scope, list(sending), run_id, settled=settled, masks=masks)
-                elif settled:
-                    ledger.apply_results(scope, settled, run_id, masks=masks)
+                    ledger.start_sending(scope, list(sending), run_id, settled=final, masks=masks)
+                elif final:
+                    ledger.apply_results(scope, final, run_id, masks=masks)
 
             try:
                 await loop.run_in_executor(ledger_thread, commit)

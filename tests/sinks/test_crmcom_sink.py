@@ -16,7 +16,7 @@ from pipeline.sandbox.crmcom import PLATFORM, CrmcomPlatform
 from pipeline.sandbox.server import SandboxServer
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sinks import make_sink
-from pipeline.sinks.base import EventResult, Outcome
+from pipeline.sinks.base import ORIGINAL_NOT_FOUND, EventResult, Outcome
 from pipeline.sinks.crmcom import CrmcomAdapter, CrmcomRejectCode, OriginalLookup
 from pipeline.sinks.crmcom_returns import ReturnCode
 from pipeline.sinks.delivery import PlatformSink
@@ -250,7 +250,9 @@ def test_a_return_whose_sale_failed_in_the_same_submission_waits_or_is_held(crm:
     assert results["R2"].error_code == CrmcomRejectCode.ORIGINAL_NOT_DELIVERED
 
 
-def test_guests_partial_and_unmatched_returns_are_not_sent(crm: SandboxServer) -> None:
+def test_guests_partial_and_unmatched_returns_are_not_sent_and_one_of_an_unknown_sale_waits(
+    crm: SandboxServer,
+) -> None:
     ledger = {"T1": sale_of(totals=("12.50", "2.50"))}
     rows = [
         checkout("G1", None),
@@ -263,7 +265,7 @@ def test_guests_partial_and_unmatched_returns_are_not_sent(crm: SandboxServer) -
         "G1": (Outcome.NOT_SENT, CrmcomRejectCode.GUEST),
         "R1": (Outcome.NOT_SENT, CrmcomRejectCode.PARTIAL_RETURN),
         "R2": (Outcome.NOT_SENT, CrmcomRejectCode.UNMATCHED_RETURN),
-        "R3": (Outcome.NOT_SENT, CrmcomRejectCode.UNMATCHED_RETURN),
+        "R3": (Outcome.RETRYABLE, ORIGINAL_NOT_FOUND),  # its sale has not arrived: it waits
     }
     assert crm.state.stats["requests"] == 0
 

@@ -1,0 +1,202 @@
+"""A return whose sale has not arrived yet, through ``posfeed run`` against the sandbox, on a
+SQLite ledger and a PostgreSQL one: the return file comes first, the sale's in a later run. The
+return waits for its sale (``original_not_found``, nothing sent), a plain later run sends it once,
+after the sale, and every ``summary.csv`` balances per currency; a return whose sale never comes
+is failed for good after ``resume.sale_wait_hours``, naming the sale. A dry run says the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.ledger import Ledger, TxnRecord, TxnState
+from pipeline.sandbox.server import SandboxServer
+from tests.ledger_backends import ledger_env
+from tests.runner_helpers import feed_toml, sample_feed, stats
+from tests.sandbox_fixtures import TARGET_KITS
+from tests.test_refunds_hostile import DAY, REPEATS, SALE, assert_summary_balances, ret, write
+
+
+class Posfeed:
+    """`posfeed` in process: the acme hourly feed (its scope), one ledger, the sandbox's ``kind``."""
+
+    def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str, kind: str,
+                 *, wait_hours: float | None = None):
+        self.tmp, self.sandbox, self.ledger_location, self.kind = tmp, sandbox, ledger_location, kind
+        self.drop = tmp / "drop"
+        self.drop.mkdir(parents=True, exist_ok=True)
+        feed = sample_feed("acme_hourly", sandbox, folder=self.drop, target_kind=kind, max_attempts=1)
+        update: dict[str, Any] = {"expected": None, "name": "acme_hourly"}
+        if wait_hours is not None:
+            update["resume"] = feed.resume.model_copy(update={"sale_wait_hours": wait_hours})
+        self.feed = tmp / "acme_hourly.toml"
+        self.feed.write_text(feed_toml(feed.model_copy(update=update)), encoding="utf-8")
+        self.env = {**TARGET_KITS[kind].env(sandbox), **ledger_env(ledger_location)}
+
+    def __call__(self, *args: str) -> dict[str, Any]:
+        base = ["--state-dir", str(self.tmp / "state"), "--reports-dir", str(self.tmp / "reports")]
+        result = CliRunner().invoke(cli, [*base, *args, "--json"], env=self.env, catch_exceptions=False)
+        assert result.exit_code in (0, 65, 75), result.output
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    def run(self, *more: str) -> dict[str, Any]:
+        done = self("run", "--feed", str(self.feed), "--business-date", DAY, *more)
+        assert done["balanced"] is True, done
+        assert_summary_balances(Path(done["reports_path"]) / "summary.csv")
+        return done
+
+    def rows(self) -> dict[str, TxnRecord]:
+        with Ledger(self.ledger_location) as ledger:
+            rows = ledger.transactions_by_row_id(list(range(1, 500)))
+        return {r.transaction_id: r for r in rows if r.state not in REPEATS and r.transaction_id is not None}
+
+    def held(self) -> dict[str, dict[str, Any]]:
+        listing = httpx.get(f"{self.sandbox.url}/_sandbox/transactions", params={"platform": self.kind},
+                            timeout=10).json()["transactions"]
+        return {str(t["transaction_id"]): t for t in listing}
+
+    def age(self, tid: str, hours: float) -> None:
+        """Make ``tid``'s row first recorded ``hours`` ago (as if it had waited that long)."""
+        when = (datetime.now(UTC) - timedelta(hours=hours)).isoformat(timespec="microseconds")
+        with Ledger(self.ledger_location) as ledger, ledger._db.transaction() as db:
+            db.execute("UPDATE transactions SET created_at = ? WHERE transaction_id = ?", (when, tid))
+
+
+def detail(done: dict[str, Any]) -> dict[str, dict[str, str]]:
+    with (Path(done["reports_path"]) / "detail.csv").open(encoding="utf-8", newline="") as handle:
+        return {row["transaction_id"]: row for row in csv.DictReader(handle)}
+
+
+def state(rows: dict[str, TxnRecord], tid: str) -> tuple[str, str | None]:
+    return rows[tid].state.value, rows[tid].last_error_code
+
+
+RETURN = [ret("R-1", 1, "MILK", "1", "1.20", "1.20", "S-1")]
+# CRM.COM: the whole sale comes back (its purchase is cancelled)
+WHOLE_RETURN = [ret("R-1", 1, "MILK", "2", "1.20", "5.40", "S-1"),
+                ret("R-1", 2, "BREAD", "1", "3.00", "5.40", "S-1")]
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_return_whose_sale_comes_in_a_later_run_waits_and_goes_out_once_after_it(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
+) -> None:
+    """Before, on Antavo the refund went out, was refused for good (112201) and stayed so after
+    its sale was delivered; on CRM.COM it was not_sent (``unmatched_return``) for good."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN if kind == "antavo" else WHOLE_RETURN)
+    dry = posfeed.run("--dry-run")
+    assert detail(dry)["R-1"]["state"] == "failed_retryable"
+    assert detail(dry)["R-1"]["error_code"] == "original_not_found"
+    done = posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == ("failed_retryable", "original_not_found")
+    assert "S-1" in str(rows["R-1"].last_error_message)
+    assert detail(done)["R-1"]["error_message"] == detail(dry)["R-1"]["error_message"]
+    assert done["failed_retryable"] == 1 and done["backlog"]["waiting"] == 1
+    if kind == "antavo":
+        assert stats(sandbox)["events_rejected"] == 0  # nothing of it went out
+    assert "S-1" not in posfeed.held()
+    posfeed.run()  # a run with no new file: it still waits
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1")[0] == "accepted"
+    assert state(rows, "R-1")[0] == "accepted", rows["R-1"]
+    held = posfeed.held()["S-1"]
+    if kind == "antavo":
+        assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+        assert stats(sandbox)["events_rejected"] == 0
+    else:
+        assert held["status"] == "cancelled"
+    posfeed.run()  # and never again
+    assert state(posfeed.rows(), "R-1")[0] == "accepted"
+    if kind == "antavo":
+        assert len(posfeed.held()["S-1"]["refunds"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_return_whose_sale_never_comes_is_failed_for_good_after_the_wait(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
+) -> None:
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind, wait_hours=24)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN)
+    posfeed.run()
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    posfeed.age("R-1", 23)
+    done = posfeed.run()  # within the wait, past the other [resume] caps: still waiting
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    # waiting work older than alerts.backlog_max_age_minutes: the scope's backlog problem
+    assert done["backlog"]["waiting"] == 1 and done["backlog"]["oldest_waiting_minutes"] >= 23 * 60
+    assert [p["kind"] for p in done["problems"]] == ["backlog"], done["problems"]
+    assert "1 return(s) waiting for a sale that has not arrived" in done["problems"][0]["summary"]
+    posfeed.age("R-1", 25)
+    dry = posfeed.run("--dry-run")
+    assert (detail(dry)["R-1"]["state"], detail(dry)["R-1"]["error_code"]) == (
+        "failed_permanent", "original_not_found")
+    done = posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == ("failed_permanent", "original_not_found")
+    message = str(rows["R-1"].last_error_message)
+    assert "S-1" in message and "24" in message and "--include-permanent" in message
+    assert detail(done)["R-1"]["error_message"] == detail(dry)["R-1"]["error_message"]
+    assert done["failed_permanent"] == 1 and done["backlog"]["waiting"] == 0
+    assert "S-1" not in posfeed.held()
+    if kind == "antavo":
+        assert stats(sandbox)["events_rejected"] == 0
+
+
+def test_a_waiting_return_killed_in_flight_once_its_sale_came_is_read_back_not_sent_again(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """A return that waited keeps its code (``original_not_found``) while its request is in
+    flight: killed then, it may have landed, so the next run reads it back instead of sending it
+    again (a second refund)."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, "antavo")
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN)
+    posfeed.run()
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    sandbox.config.hold_after = ("events_accepted", 1)  # the sale goes through, the refund is held
+    env = {**os.environ, **posfeed.env}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp_path / "state"), "--reports-dir",
+         str(tmp_path / "reports"), "run", "--feed", str(posfeed.feed), "--business-date", DAY],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while posfeed.rows()["R-1"].state is not TxnState.SENDING:
+        assert victim.poll() is None, victim.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the refund never went out"
+        time.sleep(0.02)
+    # the held refund lands, and its answer never ends: the run is killed waiting for it
+    sandbox.config.fault_kinds, sandbox.config.fault_rate = ("trickle",), 1.0
+    sandbox.config.hold_after = None
+    while not posfeed.held()["S-1"]["refunds"]:
+        assert victim.poll() is None, victim.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the refund never landed"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    sandbox.config.fault_rate = 0.0
+    assert state(posfeed.rows(), "R-1") == ("sending", "original_not_found")
+    posfeed.run()  # read back: found, not sent again
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == ("accepted", "read_back")
+    held = posfeed.held()["S-1"]
+    assert len(held["refunds"]) == 1 and Decimal(held["refunded"]) == Decimal("1.20")
