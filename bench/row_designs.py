@@ -50,6 +50,7 @@ from postgres import _database  # noqa: E402  (the throwaway cluster of bench/po
 
 from pipeline.ledger import Ledger  # noqa: E402
 from pipeline.ledger.db import Db, marks, round_trips  # noqa: E402
+from pipeline.ledger.postgres import TABLES  # noqa: E402
 from pipeline.ledger.schema import postgres_text  # noqa: E402
 from pipeline.ledger.states import PRIMARY_SQL, SENDABLE_SQL  # noqa: E402
 from pipeline.records import EventResult, Outcome  # noqa: E402
@@ -232,9 +233,7 @@ def fresh_ledger(backend: str, url: str, folder: Path, number: int) -> Iterator[
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS narrow_states, narrow_records, run_transactions, rejects, "
-                         "file_totals, transactions, files, runs, problems, alert_outbox, schema_version "
-                         "CASCADE")
+            conn.execute(f"DROP TABLE IF EXISTS narrow_states, narrow_records, {', '.join(TABLES)} CASCADE")
         ledger = Ledger(url)
     try:
         yield ledger

@@ -223,9 +223,9 @@ def test_a_second_return_of_a_sale_whose_first_return_is_in_doubt(
 
 
 def test_a_void_naming_a_sale_cancels_nothing(crm: SandboxServer, tmp_path: Path) -> None:
-    """A void is a transaction voided at the till: never sent, whatever it names. A void naming a
-    sale sent in the same run, or one the platform refused, changes neither sale; a return naming
-    the void is `original_not_a_sale`. Every row counts once and the reports balance."""
+    """A void is a transaction voided at the till: never sent, whatever it names. A sale a void
+    names in the same file is never sent either (`post_voided`: no purchase to cancel); a return
+    naming the void is `original_not_a_sale`. Every row counts once and the reports balance."""
     exports = tmp_path / "exports"
     exports.mkdir()
     settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
@@ -242,15 +242,15 @@ def test_a_void_naming_a_sale_cancels_nothing(crm: SandboxServer, tmp_path: Path
     ]
     (exports / "pos.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
     summary = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
-    assert summary["balanced"] is True and summary["voids"] == 2
+    assert summary["balanced"] is True and summary["voids"] == 4  # V-1, V-9 and the sales they void
     with Ledger(settings.ledger_location) as ledger:
         found = ledger.originals(feed.scope, ["S-1", "S-9", "V-1", "V-9", "R-V"])
     assert {t: (str(r.state), r.last_error_code) for t, r in found.items()} == {
-        "S-1": ("accepted", None),
-        "S-9": ("failed_permanent", "CUSTOMER_NOT_FOUND"),
+        "S-1": ("void", "post_voided"),
+        "S-9": ("void", "post_voided"),
         "V-1": ("void", None),
         "V-9": ("void", None),
         "R-V": ("not_sent", "original_not_a_sale"),
     }
     stored = crm.state.transactions.get(PLATFORM, {})
-    assert [(r["reference_number"], r["life_cycle_state"]) for r in stored.values()] == [("S-1", "POSTED")]
+    assert [(r["reference_number"], r["life_cycle_state"]) for r in stored.values()] == []
