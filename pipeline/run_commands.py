@@ -299,8 +299,29 @@ def rerun_command(
     _check_selection(settings, feed, selection)
     with stop_on_signals() as stop, make_progress(json_output=as_json) as progress:
         summary = rerun_feed(feed, settings, selection, dry_run=dry_run, stop=stop, progress=progress)
+    if not as_json and summary.exit_code == EXIT_OK and _resent_nothing(summary):
+        which = "failed" if selection.include_permanent else "failed_retryable"
+        click.echo(f"nothing to rerun: {_selection_text(feed, selection)}: it holds no {which} "
+                   "transaction to resend")
+        return summary.exit_code
     _emit([summary], [], as_json)
     return summary.exit_code
+
+
+def _resent_nothing(summary: RunSummary) -> bool:
+    """True when a rerun found nothing to resend or settle: its summary would be all zeros."""
+    return not summary.summary.get("transactions_in") and not summary.summary.get("carried_over")
+
+
+def _selection_text(feed: Feed, selection: RerunSelection) -> str:
+    """A rerun's selection as given: ``run RUN_ID`` or ``feed NAME``, then its options."""
+    given = selection.to_dict()
+    parts = [f"run {selection.run_id}" if selection.run_id else f"feed {feed.name}"]
+    parts += [f"{option} {given[key]}" for option, key in (
+        ("--file", "file"), ("--store", "store_id"), ("--business-date", "business_date")) if given[key]]
+    parts += [flag for flag, on in (("--failed", selection.failed),
+                                    ("--include-permanent", selection.include_permanent)) if on]
+    return ", ".join(parts)
 
 
 def latest_today(feed: Feed) -> date:

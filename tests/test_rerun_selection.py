@@ -139,3 +139,26 @@ def test_a_rerun_of_a_quarantined_file_says_how_to_release_it(
     assert hint and hint[1].endswith(f" release {bad} --feed shop"), result.stderr
     released = CliRunner().invoke(cli, shlex.split(hint[1])[1:])  # as printed: the same state folder
     assert released.exit_code == 0 and bad in released.stdout, released.output
+
+
+def test_a_rerun_whose_selection_holds_nothing_to_resend_says_so_plainly(
+    failed_run: tuple[SandboxServer, list[str], dict]
+) -> None:
+    """Before, a rerun of a valid selection that held nothing failed printed a whole summary of
+    zeros ('0 rows, 0 transactions', '0 accepted', ...); it says, in one line, that there is
+    nothing to rerun and which selection, and exits 0."""
+    sandbox, base, first = failed_run
+    resent = _invoke(base, "rerun", "--feed", "shop", "--failed")
+    assert resent.exit_code == EXIT_OK, resent.output
+    assert "accepted:" in resent.stdout  # a rerun that resent something prints its summary
+    accepted = stats(sandbox)["events_accepted"]
+    for args, named in [(("--feed", "shop", "--failed"), "feed shop, --failed"),
+                        (("--feed", "shop", "--store", "LON01", "--include-permanent"),
+                         "feed shop, --store LON01, --include-permanent"),
+                        ((first["run_id"],), f"run {first['run_id']}")]:
+        again = _invoke(base, "rerun", *args)
+        assert again.exit_code == EXIT_OK, again.output
+        assert again.stdout.startswith(f"nothing to rerun: {named}:"), again.stdout
+        assert len(again.stdout.strip().splitlines()) == 1, again.stdout
+        assert "accepted:" not in again.stdout and "0 rows" not in again.stdout
+    assert stats(sandbox)["events_accepted"] == accepted  # nothing sent twice

@@ -192,3 +192,74 @@ def test_answers_are_read_while_a_commit_waits_and_no_request_outruns_its_mark(
     for tid, during in watch.read_during.items():
         assert all(tid not in watch.commits[number] for number in during)
         assert any(tid in settled for settled in watch.commits[max(during) + 1:]), tid
+
+
+def test_a_request_whose_mark_was_committed_while_credentials_were_refused_does_not_go_out(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests at once: the second's in-doubt mark waits for the ledger's write lock while the
+    first is answered 401. Before, once its mark was committed the second went out all the same
+    (credentials already refused); now it is not sent: its sale is settled failed_retryable
+    (credentials), as a batch left unsent is, and the next run sends it."""
+    sales = SALES[:2]
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [f"{tid},LON01,R1,2026-11-20 10:{n:02d}:00,2026-11-20,M{n},sale,1,P1,Tea,drinks,1,2.50,,2.50,"
+            "GBP,2.50,," for n, tid in enumerate(sales)]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    lock = WriteLock(ledger_location)
+    marks: list[list[str]] = []
+    sent_before: list[int] = []
+    released: list[list[str]] = []
+    start_sending = Ledger.start_sending
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    with SandboxServer() as sandbox, credentials(sandbox):
+        key = sandbox.config.api_key
+
+        def watched_start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], *args: Any,
+                                  **kwargs: Any) -> None:
+            marks.append(list(transaction_ids))
+            if len(marks) == 1:  # the first request is held by the sandbox, then refused (401)
+                sent_before.append(stats(sandbox)["requests"])
+                sandbox.config.api_key = "another-key"
+                sandbox.config.hold_ms = WAIT * 1000
+                sandbox.config.hold_after = ("requests", sent_before[0] + 1)
+            elif len(marks) == 2:  # this mark's commit waits for the lock while the 401 comes back
+                lock.take()
+                sandbox.config.hold_after = None
+            start_sending(self, scope, transaction_ids, *args, **kwargs)
+
+        def sink(feed: Feed) -> Sink:
+            made: Any = make_sink(feed)
+            parse = made.adapter.parse_response
+
+            def parse_response(batch: Any, status: int, *args: Any) -> Any:
+                answer = parse(batch, status, *args)
+                if status == 401 and not released:  # taken in before the stalled mark is committed
+                    released.append(batch.transaction_ids)
+                    lock.release()
+                return answer
+
+            made.adapter.parse_response = parse_response
+            return made  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(Ledger, "start_sending", watched_start_sending)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, max_concurrency=2, bulk_size=1)
+        refused = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)], make_sink=sink)
+        assert len(marks) == 2, marks
+        assert stats(sandbox)["requests"] == sent_before[0] + 1, "a request went out after the 401"
+        with Ledger(ledger_location) as ledger:
+            states = {r["transaction_id"]: (r["state"], r["retry_class"]) for r in ledger._db.query(
+                "SELECT transaction_id, state, retry_class FROM transactions WHERE transaction_id IN (?, ?)",
+                tuple(sales))}
+        # each settled failed_retryable (credentials), then put back in the queue for the next run,
+        # as every batch left unsent by a refusal is (Ledger.requeue_refused takes only those)
+        assert states == {tid: ("queued", "credentials") for tid in sales}, states
+        assert refused.to_dict()["accepted"] == 0
+        monkeypatch.undo()
+        sandbox.config.api_key = key
+        again = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert again.to_dict()["accepted"] == len(sales), again.to_dict()
+        assert sorted(delivered_ids(sandbox)) == sorted(sales)  # each once

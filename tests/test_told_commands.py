@@ -4,13 +4,17 @@ processes, a real sandbox, a real SQLite ledger."""
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shlex
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from tests.test_problems import DAY, Setup, closed_port
 
@@ -60,16 +64,58 @@ def test_every_command_posfeed_tells_a_user_to_run_works_as_written(tmp_path: Pa
     # folder, feeds and reports from anywhere (not the defaults of the folder it is run in)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSFEED_")}
     for command in sorted(commands):
-        words = shlex.split(command)
-        assert words[1:7] == ["--state-dir", str(tmp_path / "state"), "--feeds-dir", str(s.feeds),
-                              "--reports-dir", str(tmp_path / "reports")], command
-        ran = subprocess.run([sys.executable, "-m", "pipeline", *words[1:]], cwd=elsewhere, env=env,
-                             capture_output=True, text=True, timeout=300, check=False)
-        assert ran.returncode not in (2, 78), f"{command}: {ran.stderr[-1000:]}"
-        assert "Usage:" not in ran.stderr, f"{command}: {ran.stderr[-1000:]}"
+        _run_as_printed(s, command, elsewhere)
     assert not (elsewhere / ".posfeed").exists() and not (elsewhere / "reports").exists()
+
+
+def _run_as_printed(s: Setup, command: str, where: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` (`posfeed ...`, as posfeed printed it) run from ``where`` without POSFEED_*
+    settings: it carries the global options given, and is a command posfeed accepts."""
+    words = shlex.split(command)
+    assert words[1:7] == ["--state-dir", str(s.tmp / "state"), "--feeds-dir", str(s.feeds),
+                          "--reports-dir", str(s.tmp / "reports")], command
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSFEED_")}
+    ran = subprocess.run([sys.executable, "-m", "pipeline", *words[1:]], cwd=where, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert ran.returncode not in (2, 78), f"{command}: {ran.stderr[-1000:]}"
+    assert "Usage:" not in ran.stderr, f"{command}: {ran.stderr[-1000:]}"
+    return ran
+
+
+def test_the_command_a_partly_refunded_return_tells_names_its_feed_and_works(
+    tmp_path: Path, sandbox_env: Any
+) -> None:
+    """Before, a return the platform refunded in part was stored with `posfeed rerun --feed NAME
+    ...` (a placeholder, refused as an unknown feed); it names the feed and, once the platform
+    takes the rest, run as printed it sends what was refused."""
+    s = Setup(tmp_path, sandbox_env, "http://127.0.0.1:9/hook")  # a part of S-1 comes back
+    sandbox_env.config.refuse_refund_items = ("100105",)
+    sale = (f"S-1,LON01,R1,{DAY} 10:00:00,{DAY},M1,sale,1,100104,Cheddar 400g,dairy,2,3.80,,7.60,GBP,8.80,,\n"
+            f"S-1,LON01,R1,{DAY} 10:00:00,{DAY},M1,sale,2,100105,Bread,bakery,1,1.20,,1.20,GBP,8.80,,\n")
+    back = (f"R-1,LON01,R1,{DAY} 11:00:00,{DAY},M1,return,1,100104,Cheddar 400g,dairy,-1,3.80,,-3.80,GBP,"
+            "-5.00,,S-1\n"
+            f"R-1,LON01,R1,{DAY} 11:00:00,{DAY},M1,return,2,100105,Bread,bakery,-1,1.20,,-1.20,GBP,"
+            "-5.00,,S-1\n")
+    (s.folder / f"pos_LON01_{DAY.replace('-', '')}_daily.csv").write_text(HEADER + sale + back,
+                                                                          encoding="utf-8")
+    done = s.posfeed("run", "--feed", "watch", "--business-date", DAY, "--json")
+    assert done.returncode == 65, done.stderr[-2000:]
+    reports = Path(re.search(r'"reports_path": "([^"]+)"', done.stdout)[1])  # type: ignore[index]
+    with (reports / "detail.csv").open(encoding="utf-8", newline="") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r["transaction_id"] == "R-1"]
+    assert row["error_code"] == "partly_refunded", row
+    (command,) = COMMAND.findall(row["error_message"])
+    assert "--feed watch " in command and "NAME" not in command, command
+    sandbox_env.config.refuse_refund_items = ()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ran = _run_as_printed(s, command, elsewhere)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    listing = httpx.get(f"{sandbox_env.url}/_sandbox/transactions", params={"platform": "antavo"},
+                        timeout=10).json()["transactions"]
+    (held,) = [t for t in listing if str(t["transaction_id"]) == "S-1"]
+    assert Decimal(str(held["refunded"])) == Decimal("5.00")  # the bread, refused before, sent now
 
 
 def test_options_from_the_environment_are_not_repeated_in_told_commands(

@@ -25,7 +25,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from pipeline.config import Feed
-from pipeline.core.parse import READ_CODE, READ_REASON
+from pipeline.core.parse import READ_CODE, READ_REASON, ColumnsByName, column_key
 from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.control import SCIENTIFIC_RE
 from pipeline.logs import mask_customer_id
@@ -107,10 +107,11 @@ def mask_personal(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[st
     shortened, names and birth date hidden, the customer id hashed. ``columns`` maps canonical
     names to the export's (``format.columns``)."""
     export_of = {canon: columns.get(canon, canon) for canon in (*PERSONAL_FIELDS, "customer_id")}
-    kind_of = {name: canon for canon, name in export_of.items()} | {c: c for c in export_of}
+    kind_of = ({column_key(name): canon for canon, name in export_of.items()}
+               | {column_key(c): c for c in export_of})  # names matched as a feed matches them
     out: dict[str, Any] = {}
     for key, value in row.items():
-        canon = kind_of.get(key)
+        canon = kind_of.get(column_key(str(key)))
         if value in (None, "") or canon is None:
             out[key] = value
         elif canon == "email":
@@ -127,14 +128,16 @@ def mask_personal(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[st
 def map_row(raw: Mapping[str, Any], feed: Feed) -> tuple[dict[str, str | None], dict[str, str]]:
     """One raw row → (canonical fields, custom properties). ``format.columns`` maps canonical names
     (and, for enrollments, custom property names) to the export's columns; unmapped canonical
-    columns are read by their own name; ``format.defaults`` fill empty cells."""
+    columns are read by their own name; names match as a checkout feed's do (whatever their case
+    and blanks: :func:`pipeline.core.parse.column_key`, two columns of one name refused by
+    :func:`missing_columns`); ``format.defaults`` fill empty cells."""
     fmt = feed.format
     canonical = ENROLLMENT_COLUMNS if feed.records == "enrollments" else CLAIM_COLUMNS
-    stripped = {str(k).strip(): v for k, v in raw.items()}
+    by_key = {column_key(str(k)): v for k, v in raw.items()}
 
     def cell(name: str) -> str | None:
         column = fmt.columns.get(name, name)
-        value = stripped.get(column.strip())
+        value = by_key.get(column_key(column))
         text = str(value).strip() if value is not None else ""
         if not text and name in fmt.defaults:
             text = fmt.defaults[name]
@@ -151,15 +154,20 @@ def map_row(raw: Mapping[str, Any], feed: Feed) -> tuple[dict[str, str | None], 
     return fields, custom
 
 
-def missing_columns(columns: Iterable[str], feed: Feed) -> list[str]:
-    """The required columns a file lacks (as the export would name them), neither present nor
-    given a default: such a file is unreadable, not a file of rejected rows."""
+def missing_columns(columns: Iterable[str], feed: Feed, *, file: str) -> list[str]:
+    """The required columns ``file`` lacks (as the export would name them), neither present nor
+    given a default: such a file is unreadable, not a file of rejected rows. Names match whatever
+    their case and blanks; two columns matching one name the feed reads (``email`` and ``Email``)
+    raise UnreadableFileError naming both, as for a checkout feed."""
     required = ("customer_id", "enrolled_at") if feed.records == "enrollments" else (
         "transaction_id", "customer_id", "claimed_at")
-    present = {str(c).strip() for c in columns}
     fmt = feed.format
+    present = ColumnsByName([str(c) for c in columns], file)
+    canonical = ENROLLMENT_COLUMNS if feed.records == "enrollments" else CLAIM_COLUMNS
+    for name in (*canonical, *fmt.columns):  # every name map_row reads: one column each, or none
+        present.get(fmt.columns.get(name, name))
     return [fmt.columns.get(name, name) for name in required
-            if fmt.columns.get(name, name).strip() not in present and name not in fmt.defaults]
+            if fmt.columns.get(name, name) not in present and name not in fmt.defaults]
 
 
 def _timestamp(value: str, fmt: str | None) -> datetime:

@@ -61,6 +61,8 @@ __all__ = [
     "MAX_REASON_CHARS",
     "READ_CODE",
     "READ_REASON",
+    "ColumnsByName",
+    "column_key",
     "one_line",
     "read_bytes",
     "read_file",
@@ -692,7 +694,7 @@ def column_key(column: str) -> str:
     return re.sub(r"[\s_]+", "_", column.strip().casefold())
 
 
-class _ColumnsByName:
+class ColumnsByName:
     """An export's columns looked up by the name a feed gives them, as :func:`column_key` matches
     names. Two columns matching one name (``discount`` and ``Discount``) make the file unreadable
     when the feed reads that name: which one it means would be a guess."""
@@ -722,7 +724,7 @@ def _map_columns(frame: pl.DataFrame, feed: Feed, name: str) -> pl.DataFrame:
     """Rename export columns to canonical names, add defaults, build the template id."""
     fmt = feed.format
     present = [c for c in frame.columns if c not in ("source_line", READ_CODE, READ_REASON)]
-    stripped = _ColumnsByName(present, name)
+    stripped = ColumnsByName(present, name)
     if not fmt.has_header:
         # without a header the export's columns are positions: "1" is the first column
         positional = {str(i): c for i, c in enumerate(present, start=1)}

@@ -46,7 +46,7 @@ def make_antavo_sink(
     target = feed.target
     api_key, secret = antavo_credentials(feed)
     assert isinstance(target, AntavoTarget)
-    adapter = AntavoAdapter(target, api_key=api_key, api_secret=secret, clock=clock)
+    adapter = AntavoAdapter(target, feed_name=feed.name, api_key=api_key, api_secret=secret, clock=clock)
     return PlatformSink(adapter, DeliveryPolicy.from_target(target), client=client, rng=rng,
                         mask_customers=feed.logging.hash_customer_ids)
 
@@ -89,7 +89,7 @@ def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[
     elif isinstance(target, AntavoTarget):
         from pipeline.sinks.antavo import AntavoAdapter
 
-        planner = AntavoAdapter(target, api_key="", api_secret="")
+        planner = AntavoAdapter(target, feed_name=feed.name, api_key="", api_secret="")
     else:
         raise ConfigError(f"no sink for target kind {target.kind!r}", key="target.kind")
     plan: Plan = planner.plan(checkouts)

@@ -49,6 +49,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from pipeline.config import AntavoTarget
+from pipeline.logs import told
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks.antavo_events import (
     NotSent,
@@ -132,11 +133,12 @@ def _unit(tid: str, events: list[dict[str, Any]]) -> Unit:
     return Unit(tid, events, dumps(events[0]) if len(events) == 1 else b",".join(map(dumps, events)))
 
 
-def _held(tid: str, why: str = "a guest's transactions cannot be read back") -> EventResult:
+def _held(tid: str, feed: str, why: str = "a guest's transactions cannot be read back") -> EventResult:
+    """A refund that may have landed and cannot be checked: held, for a look (of ``feed``)."""
     return EventResult(
         tid, Outcome.REJECTED, error_code=REFUND_IN_DOUBT,
-        error_message=f"this refund may have landed and {why}; check the platform, then "
-                      "`posfeed rerun --feed NAME --failed --include-permanent` sends it again",
+        error_message=told(f"this refund may have landed and {why}; check the platform, then "
+                           f"`posfeed rerun --feed {feed} --failed --include-permanent` sends it again"),
         attempts=0)
 
 
@@ -177,11 +179,13 @@ class AntavoAdapter:
         self,
         target: AntavoTarget,
         *,
+        feed_name: str,
         api_key: str,
         api_secret: str | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.target = target
+        self.feed_name = feed_name  # named in the commands its results tell a user to run
         self.base_url = target.base_url.rstrip("/")
         self._api_key = api_key
         self._signer = (
@@ -297,7 +301,7 @@ class AntavoAdapter:
         """A return that may have landed: read back first (a member's), or held (a guest's)."""
         decision = return_decision(row, mode=self.target.return_mode)
         if row.get("is_guest") or not row.get("customer_id"):
-            return _held(tid)
+            return _held(tid, self.feed_name)
         self._returns[tid] = _Refund(row, decision, since=row.get("in_doubt_since"))
         self._sent.add(tid)
         events = (refund_events(row, decision, account=self.target.account) if decision.sendable
@@ -417,7 +421,7 @@ class AntavoAdapter:
                 continue
             row = refund.row
             if row.get("is_guest") or not row.get("customer_id"):
-                landed.append(_held(tid))
+                landed.append(_held(tid, self.feed_name))
                 continue
             wait = (refund.since or 0) + self._readback_wait - time.time()
             if wait > 0:
@@ -442,8 +446,8 @@ class AntavoAdapter:
                                           error_code=READ_BACK,
                                           error_message=f"found on the platform under {original}"))
             elif found.unsure:
-                landed.append(_held(tid, "a refund event of the sale on the platform that no other "
-                                         "return owns cannot be compared with this return"))
+                landed.append(_held(tid, self.feed_name, "a refund event of the sale on the platform that "
+                                    "no other return owns cannot be compared with this return"))
             elif not (decided := self._by_the_platform(refund, events, found)).sendable:
                 landed.append(EventResult(tid, Outcome.NOT_SENT, error_code=decided.code,
                                           error_message=decided.message))
@@ -605,11 +609,11 @@ class AntavoAdapter:
                 self._own(tid, result.event_ids)
                 result = replace(result, event_ids=tuple(self._owned.get(tid, ())))
                 if result.outcome is Outcome.REJECTED and result.error_code != PARTLY_REFUNDED:
-                    result = replace(result, error_code=PARTLY_REFUNDED, error_message=(
+                    result = replace(result, error_code=PARTLY_REFUNDED, error_message=told(
                         f"partly refunded: the platform holds {len(result.event_ids)} refund event(s) "
                         f"of it (read back) and refused the rest: {result.error_code} "
-                        f"{result.error_message}; once the cause is fixed, `posfeed rerun --feed NAME "
-                        "--failed --include-permanent` sends only what was refused"))
+                        f"{result.error_message}; once the cause is fixed, `posfeed rerun --feed "
+                        f"{self.feed_name} --failed --include-permanent` sends only what was refused"))
             if result.outcome is Outcome.REJECTED:
                 self._sent.discard(tid)
             results.append(result)
@@ -637,7 +641,7 @@ class AntavoAdapter:
             results = document.get("results") if isinstance(document, dict) else None
             expected = sum(len(unit.payload) for unit in batch.units)
             if isinstance(results, list) and len(results) == expected:
-                return _bulk_results(batch, results)
+                return _bulk_results(batch, results, self.feed_name)
             return _unproven(status, f"the bulk answer has no result per event (expected {expected})")
         error = _error_of(document) or {}
         code = str(error.get("code", f"http_{status}"))
@@ -738,7 +742,7 @@ def _event_error(tid: str, error: dict[str, Any]) -> EventResult:
     return EventResult(tid, Outcome.REJECTED, error_code=code or None, error_message=message)
 
 
-def _bulk_results(batch: Batch, results: list[Any]) -> list[EventResult]:
+def _bulk_results(batch: Batch, results: list[Any], feed: str) -> list[EventResult]:
     out: list[EventResult] = []
     position = 0
     for unit in batch.units:
@@ -755,11 +759,11 @@ def _bulk_results(batch: Batch, results: list[Any]) -> list[EventResult]:
                 parts.append(EventResult(unit.transaction_id, Outcome.RETRYABLE, error_code=UNPROVEN,
                                          error_message="the bulk answer's result of this event is neither "
                                                        "an error nor its events: it may have landed"))
-        out.append(_combine(unit.transaction_id, parts, entries, unit.payload))
+        out.append(_combine(unit.transaction_id, parts, entries, feed, unit.payload))
     return out
 
 
-def _combine(tid: str, parts: list[EventResult], entries: list[Any],
+def _combine(tid: str, parts: list[EventResult], entries: list[Any], feed: str,
              events: Sequence[dict[str, Any]] = ()) -> EventResult:
     """One transaction's result from its events' results (refund_item: one per line); a refund
     some of whose lines landed and others were refused is :func:`_partly_refunded`."""
@@ -772,7 +776,7 @@ def _combine(tid: str, parts: list[EventResult], entries: list[Any],
     for part in parts:
         if part.outcome is Outcome.REJECTED:
             if landed and len(events) == len(parts):
-                return _partly_refunded(tid, parts, [entries[i] for i in landed], events)
+                return _partly_refunded(tid, parts, [entries[i] for i in landed], events, feed)
             return part
     if all(part.outcome is Outcome.ALREADY_ACCEPTED for part in parts):
         return parts[0]
@@ -787,10 +791,10 @@ def _line_text(event: dict[str, Any]) -> str:
 
 
 def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
-                     events: Sequence[dict[str, Any]]) -> EventResult:
+                     events: Sequence[dict[str, Any]], feed: str) -> EventResult:
     """A refund the platform took in part: failed for good (what was refused needs a look), with
     the refund events that landed (their ids and points) and what landed and what was refused, in
-    money, in its message."""
+    money, in its message (and the rerun of ``feed`` that sends the rest)."""
     ids, points = _event_facts(landed)
     kept = [e for e, part in zip(events, parts, strict=True) if part.outcome is not Outcome.REJECTED]
     refused = [(e, part) for e, part in zip(events, parts, strict=True) if part.outcome is Outcome.REJECTED]
@@ -798,9 +802,9 @@ def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
     total = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
     return EventResult(
         tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points,
-        error_message=(
+        error_message=told(
             _REFUNDED_HEAD.format(refunded=refunded, total=total)
             + f" ({', '.join(_line_text(e) for e in kept)}) and refused "
             + "; ".join(f"{_line_text(e)}: {part.error_code} {part.error_message}" for e, part in refused)
-            + "; once the cause is fixed, `posfeed rerun --feed NAME --failed --include-permanent` "
+            + f"; once the cause is fixed, `posfeed rerun --feed {feed} --failed --include-permanent` "
               "sends only what was refused (what landed is read back)"))

@@ -570,8 +570,10 @@ class _Submission:
             if not self._may_send(batch, attempt):
                 self._finish_one()
                 continue
-            outcome = await self.send(client, batch)
-            if isinstance(outcome, RequestFailure):
+            outcome = await self.send(client, batch, attempt)
+            if outcome is None:  # not sent after all: settled as unsent
+                self._finish_one()
+            elif isinstance(outcome, RequestFailure):
                 self.on_failure(batch, attempt, outcome)
             else:
                 self.on_results(batch, attempt, outcome)
@@ -586,10 +588,15 @@ class _Submission:
             return False
         return True
 
-    async def send(self, client: HttpClient, batch: Batch) -> list[EventResult] | RequestFailure:
+    async def send(self, client: HttpClient, batch: Batch, attempt: int
+                   ) -> list[EventResult] | RequestFailure | None:
+        """The request of ``batch``: its results, or a whole-request failure; None when it is not
+        sent after all (credentials refused or a stop while its mark was committed: settled)."""
         marked = self.on_sending(batch.transaction_ids)
         if marked is not None:
             await marked  # the in-doubt mark is committed before the request goes out
+            if not self._may_send(batch, attempt):  # refused or stopped meanwhile
+                return None
         request = await self.engine.adapter.build_request(batch, client)
         if not isinstance(request, PreparedRequest):
             return request  # nothing was sent: a failure or results decided at build time

@@ -44,7 +44,8 @@ _STATE = {"new": TxnState.QUEUED, "update": TxnState.QUEUED, "duplicate": TxnSta
 
 def _rows(staged: StagedFile, feed: Feed) -> list[tuple[int, dict[str, object]]]:
     frame = read_table(staged.fetched.path.read_bytes(), feed.format, source_name=staged.record.name)
-    missing = missing_columns([c for c in frame.columns if c != "source_line"], feed)
+    missing = missing_columns([c for c in frame.columns if c != "source_line"], feed,
+                              file=staged.record.name)
     if missing:
         raise UnreadableFileError(staged.record.name, f"required columns missing: {', '.join(missing)}")
     return [(int(row.pop("source_line")), row) for row in frame.iter_rows(named=True)]

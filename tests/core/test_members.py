@@ -16,6 +16,7 @@ from pipeline.core.members import (
     missing_columns,
 )
 from pipeline.core.rejects import MEMBER_CODES
+from pipeline.errors import UnreadableFileError
 
 TODAY = date(2026, 11, 20)
 
@@ -117,10 +118,41 @@ def test_masks() -> None:
 
 def test_a_file_without_a_required_column_is_named() -> None:
     claims = Feed(name="c", records="claims", format={"columns": {"claimed_at": "When"}})
-    assert missing_columns(["transaction_id", "customer_id", "store_id"], claims) == ["When"]
-    assert missing_columns(["transaction_id", "customer_id", "When"], claims) == []
+    assert missing_columns(["transaction_id", "customer_id", "store_id"], claims, file="c.csv") == ["When"]
+    assert missing_columns(["transaction_id", "customer_id", "When"], claims, file="c.csv") == []
     defaulted = Feed(name="m", records="enrollments", format={"defaults": {"enrolled_at": "2026-11-20"}})
-    assert missing_columns(["customer_id"], defaulted) == []
+    assert missing_columns(["customer_id"], defaulted, file="m.csv") == []
+
+
+def test_columns_named_in_another_case_or_with_blanks_are_read_as_checkout_columns_are() -> None:
+    """Before, only an exact name was looked up: a header a spreadsheet capitalised lost the
+    email (read as none), the custom property, or made the file lack a required column."""
+    feed = Feed(name="m", records="enrollments", format={"columns": {"favourite_store": "Fav Store"}})
+    raw = {"Customer ID": "C9", "EMAIL": "sam@example.org", " First_Name ": "Sam",
+           "Enrolled_At": "2026-11-20T09:00:00Z", "fav_store": "PAR01"}
+    assert missing_columns(raw, feed, file="m.csv") == []
+    [record] = member_records([(2, raw)], feed, today=TODAY)
+    assert record.reject_code is None and record.payload is not None
+    assert record.payload["customer_id"] == "C9"
+    assert record.payload["profile"]["email"] == "sam@example.org"
+    assert record.payload["profile"]["first_name"] == "Sam"
+    assert record.payload["profile"]["favourite_store"] == "PAR01"
+    masked = mask_personal(raw, feed.format.columns)  # a rejected row's personal data stays masked
+    assert masked["EMAIL"] == "s***@example.org" and masked[" First_Name "] == "***"
+    assert masked["Customer ID"].startswith("cust:")
+    assert mask_personal({"MAIL": "sam@example.org"}, {"email": "Mail"})["MAIL"] == "s***@example.org"
+    claims = Feed(name="c", records="claims", format={"columns": {"claimed_at": "When"}})
+    assert missing_columns(["Transaction_ID", "CUSTOMER ID", "when"], claims, file="c.csv") == []
+
+
+def test_two_columns_matching_one_name_make_a_members_file_unreadable_naming_both() -> None:
+    feed = Feed(name="m", records="enrollments")
+    with pytest.raises(UnreadableFileError) as raised:
+        missing_columns(["customer_id", "email", "Email", "enrolled_at"], feed, file="m.csv")
+    assert raised.value.file == "m.csv"
+    assert "'email'" in raised.value.reason and "'Email'" in raised.value.reason
+    # two columns matching a name the feed does not read are no guess
+    assert missing_columns(["customer_id", "enrolled_at", "note", "Note"], feed, file="m.csv") == []
 
 
 def test_every_member_code_has_a_case() -> None:
