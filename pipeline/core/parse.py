@@ -190,9 +190,11 @@ def _check_text(data: bytes, name: str) -> None:
         if head.startswith(magic):
             raise UnreadableFileError(name, reason)
     pairs = len(head) // 2
-    if pairs >= 2:  # text of one-byte characters in UTF-16: every other byte NUL
-        nuls = sorted((head[0 : pairs * 2 : 2].count(0), head[1 : pairs * 2 : 2].count(0)))
-        if nuls[1] >= _WIDE_SHARE * pairs and nuls[0] <= _BINARY_SHARE * pairs:
+    if pairs >= 2:  # text of one-byte characters in UTF-16: every other byte NUL, the others text
+        halves = sorted((head[0 : pairs * 2 : 2], head[1 : pairs * 2 : 2]), key=lambda half: half.count(0))
+        text, wide = halves
+        control = len(text) - len(text.translate(None, _CONTROL))
+        if wide.count(0) >= _WIDE_SHARE * pairs and control <= _BINARY_SHARE * pairs:
             raise UnreadableFileError(
                 name, "file looks like UTF-16 without a byte order mark (every other byte NUL); export "
                 "it as UTF-8, or as UTF-16 with its byte order mark"

@@ -150,6 +150,14 @@ def test_utf16_without_a_byte_order_mark_is_named_as_such_not_as_binary(
     assert "UTF-16 without a byte order mark" in unreadable.reason and "binary" not in unreadable.reason
 
 
+def test_control_bytes_before_utf16_text_are_binary_not_utf16(tmp_path: Path) -> None:
+    """Found by the reader's property test: every other byte NUL, the others control bytes, is
+    binary garbage, not UTF-16 text."""
+    garbage = bytes(range(32)) * 16 + csv_text([row()] * 50).encode("utf-16")
+    (unreadable,) = run_file(tmp_path, "garbage.csv", garbage).unreadable
+    assert "binary" in unreadable.reason and "UTF-16" not in unreadable.reason
+
+
 # ---- variations that already read right, or are refused naming file, line and field -------------
 
 RETAIL_TEXT = (FIXTURE / "online_retail_sample.csv").read_text(encoding="utf-8")
