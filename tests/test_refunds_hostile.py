@@ -56,6 +56,8 @@ def write(folder: Path, name: str, lines: list[str]) -> None:
 class Posfeed:
     """`posfeed` in process: the hourly and daily acme feeds (one scope), one ledger, the sandbox."""
 
+    kind = "antavo"  # the target the feeds send to, and whose transactions the sandbox lists
+
     def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str, **target: Any):
         self.tmp, self.sandbox, self.ledger_location = tmp, sandbox, ledger_location
         self.drop = tmp / "drop"
@@ -66,7 +68,7 @@ class Posfeed:
             feed = feed.model_copy(update={"expected": None})
             self.feeds[name] = tmp / f"{name}.toml"
             self.feeds[name].write_text(feed_toml(feed), encoding="utf-8")
-        self.env = {**TARGET_KITS["antavo"].env(sandbox), **ledger_env(ledger_location)}
+        self.env = {**TARGET_KITS[self.kind].env(sandbox), **ledger_env(ledger_location)}
 
     def __call__(self, *args: str) -> dict[str, Any]:
         base = ["--state-dir", str(self.tmp / "state"), "--reports-dir", str(self.tmp / "reports")]
@@ -75,8 +77,8 @@ class Posfeed:
         document: dict[str, Any] = json.loads(result.stdout)
         return document
 
-    def run(self, feed: str = "acme_hourly") -> dict[str, Any]:
-        done = self("run", "--feed", str(self.feeds[feed]), "--business-date", DAY)
+    def run(self, feed: str = "acme_hourly", *more: str) -> dict[str, Any]:
+        done = self("run", "--feed", str(self.feeds[feed]), "--business-date", DAY, *more)
         assert done["balanced"] is True, done
         assert_summary_balances(Path(done["reports_path"]) / "summary.csv")
         return done
@@ -88,7 +90,7 @@ class Posfeed:
         return {r.transaction_id: r for r in rows if r.state not in REPEATS and r.transaction_id is not None}
 
     def held(self) -> dict[str, dict[str, Any]]:
-        listing = httpx.get(f"{self.sandbox.url}/_sandbox/transactions", params={"platform": "antavo"},
+        listing = httpx.get(f"{self.sandbox.url}/_sandbox/transactions", params={"platform": self.kind},
                             timeout=10).json()["transactions"]
         return {str(t["transaction_id"]): t for t in listing}
 

@@ -8,7 +8,6 @@ is failed for good after ``resume.sale_wait_hours``, naming the sale. A dry run 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -19,20 +18,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.sandbox.server import SandboxServer
 from tests.ledger_backends import ledger_env
 from tests.runner_helpers import feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
-from tests.test_refunds_hostile import DAY, REPEATS, SALE, assert_summary_balances, ret, write
+from tests.test_refunds_hostile import DAY, SALE, ret, write
+from tests.test_refunds_hostile import Posfeed as HostilePosfeed
 
 
-class Posfeed:
+class Posfeed(HostilePosfeed):
     """`posfeed` in process: the acme hourly feed (its scope), one ledger, the sandbox's ``kind``."""
 
     def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str, kind: str,
@@ -46,30 +43,8 @@ class Posfeed:
             update["resume"] = feed.resume.model_copy(update={"sale_wait_hours": wait_hours})
         self.feed = tmp / "acme_hourly.toml"
         self.feed.write_text(feed_toml(feed.model_copy(update=update)), encoding="utf-8")
+        self.feeds = {"acme_hourly": self.feed}
         self.env = {**TARGET_KITS[kind].env(sandbox), **ledger_env(ledger_location)}
-
-    def __call__(self, *args: str) -> dict[str, Any]:
-        base = ["--state-dir", str(self.tmp / "state"), "--reports-dir", str(self.tmp / "reports")]
-        result = CliRunner().invoke(cli, [*base, *args, "--json"], env=self.env, catch_exceptions=False)
-        assert result.exit_code in (0, 65, 75), result.output
-        document: dict[str, Any] = json.loads(result.stdout)
-        return document
-
-    def run(self, *more: str) -> dict[str, Any]:
-        done = self("run", "--feed", str(self.feed), "--business-date", DAY, *more)
-        assert done["balanced"] is True, done
-        assert_summary_balances(Path(done["reports_path"]) / "summary.csv")
-        return done
-
-    def rows(self) -> dict[str, TxnRecord]:
-        with Ledger(self.ledger_location) as ledger:
-            rows = ledger.transactions_by_row_id(list(range(1, 500)))
-        return {r.transaction_id: r for r in rows if r.state not in REPEATS and r.transaction_id is not None}
-
-    def held(self) -> dict[str, dict[str, Any]]:
-        listing = httpx.get(f"{self.sandbox.url}/_sandbox/transactions", params={"platform": self.kind},
-                            timeout=10).json()["transactions"]
-        return {str(t["transaction_id"]): t for t in listing}
 
     def age(self, tid: str, hours: float) -> None:
         """Make ``tid``'s row first recorded ``hours`` ago (as if it had waited that long)."""
@@ -101,7 +76,7 @@ def test_a_return_whose_sale_comes_in_a_later_run_waits_and_goes_out_once_after_
     its sale was delivered; on CRM.COM it was not_sent (``unmatched_return``) for good."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
     write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN if kind == "antavo" else WHOLE_RETURN)
-    dry = posfeed.run("--dry-run")
+    dry = posfeed.run("acme_hourly", "--dry-run")
     assert detail(dry)["R-1"]["state"] == "failed_retryable"
     assert detail(dry)["R-1"]["error_code"] == "original_not_found"
     done = posfeed.run()
@@ -148,7 +123,7 @@ def test_a_return_whose_sale_never_comes_is_failed_for_good_after_the_wait(
     assert [p["kind"] for p in done["problems"]] == ["backlog"], done["problems"]
     assert "1 return(s) waiting for a sale that has not arrived" in done["problems"][0]["summary"]
     posfeed.age("R-1", 25)
-    dry = posfeed.run("--dry-run")
+    dry = posfeed.run("acme_hourly", "--dry-run")
     assert (detail(dry)["R-1"]["state"], detail(dry)["R-1"]["error_code"]) == (
         "failed_permanent", "original_not_found")
     done = posfeed.run()
