@@ -3,11 +3,28 @@ returns (read through the index of migration 6, by the sale named in the stored 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
-from pipeline.ledger.db import Db, chunks, marks
+from pipeline.ledger.db import Db, Row, chunks, marks
 from pipeline.ledger.records import TXN_COLUMNS, ReturnOf, TxnRecord, txn_record
 from pipeline.ledger.states import PRIMARY_SQL, PRIMARY_STATES
+
+
+def rows_naming(db: Db, scope: str, original_ids: Sequence[str], kind: Literal["return", "void"],
+                columns: str = "", where: str = "") -> Iterator[Row]:
+    """The rows of ``scope`` of transaction type ``kind`` whose stored checkout names one of
+    ``original_ids`` (``original``: the id it names; ``columns`` beyond TXN_COLUMNS, ``where`` an
+    extra term), in ledger order for each id. Read through the index of migration 6 (returns) or 10
+    (voids): the named id in the database's own words for ORIGINAL_SQL and the type as a literal,
+    word for word, so SQLite uses the partial index."""
+    original = db.json_text("checkout", "original_transaction_id")
+    for chunk in chunks(list(dict.fromkeys(original_ids))):  # each id in one chunk: its rows in order
+        yield from db.query(
+            f"SELECT {TXN_COLUMNS}{columns}, {original} AS original FROM transactions t WHERE t.scope = ? "
+            f"AND {original} IN ({marks(len(chunk))}) AND transaction_type = '{kind}'{where} ORDER BY t.id",
+            (scope, *chunk),
+        )
 
 
 class Returns:
@@ -19,19 +36,9 @@ class Returns:
         """Every return row of ``scope`` (any state, repeats included) naming one of
         ``original_ids``, by the original's id, in ledger order, with its stored checkout."""
         found: dict[str, list[ReturnOf]] = {}
-        # ORIGINAL_SQL in the database's own words (word for word, so the index of migration 6 is used)
-        original = self._db.json_text("checkout", "original_transaction_id")
-        for chunk in chunks(list(dict.fromkeys(original_ids))):
-            for row in self._db.query(
-                f"SELECT {TXN_COLUMNS}, t.checkout, t.updated_at, {original} AS original "
-                f"FROM transactions t WHERE t.scope = ? AND {original} IN ({marks(len(chunk))}) "
-                "AND transaction_type = 'return' ORDER BY t.id",
-                (scope, *chunk),
-            ):
-                found.setdefault(row["original"], []).append(
-                    ReturnOf(txn_record(row, checkout=row["checkout"]), row["updated_at"]))
-        for rows in found.values():
-            rows.sort(key=lambda r: r.record.id)
+        for row in rows_naming(self._db, scope, original_ids, "return", ", t.checkout, t.updated_at"):
+            found.setdefault(row["original"], []).append(
+                ReturnOf(txn_record(row, checkout=row["checkout"]), row["updated_at"]))
         return found
 
     def sales_with_checkouts(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, TxnRecord]:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipeline.ledger.db import Db, chunks, marks
-from pipeline.ledger.records import TXN_COLUMNS, TxnRecord, timestamp, txn_record
+from pipeline.ledger.db import Db
+from pipeline.ledger.records import TxnRecord, timestamp, txn_record
+from pipeline.ledger.returns import rows_naming
 from pipeline.ledger.states import POST_VOIDED, TxnState
 from pipeline.ledger.transitions import ScopeGuard, attach, require_held, set_state
 
@@ -52,15 +53,8 @@ class Voids:
     def voids_naming(self, scope: str, sale_ids: Sequence[str]) -> dict[str, list[TxnRecord]]:
         """The voids (state ``void``) of ``scope`` naming each of ``sale_ids``, oldest first."""
         found: dict[str, list[TxnRecord]] = {}
-        original = self._db.json_text("checkout", "original_transaction_id")
-        for chunk in chunks(list(dict.fromkeys(sale_ids))):
-            for row in self._db.query(
-                f"SELECT {TXN_COLUMNS}, {original} AS original FROM transactions t WHERE t.scope = ? "
-                f"AND {original} IN ({marks(len(chunk))}) AND transaction_type = 'void' "
-                "AND t.state = 'void' ORDER BY t.id",
-                (scope, *chunk),
-            ):
-                found.setdefault(row["original"], []).append(txn_record(row))
+        for row in rows_naming(self._db, scope, sale_ids, "void", where=" AND t.state = 'void'"):
+            found.setdefault(row["original"], []).append(txn_record(row))
         return found
 
     def any_voids_naming(self, scope: str) -> bool:
