@@ -243,6 +243,22 @@ def mask_quoted_customers(text: str, customers: Iterable[str]) -> str:
     return customer_ids_pattern(found).sub(masked_match, text) if found else text
 
 
+def quoted_words(text: str) -> set[str]:
+    """The pieces of ``text`` that may be an id it quotes: each run of characters between spaces,
+    quotes, brackets and separators (``, ; = |``), and the same without the punctuation at its
+    ends ("c-12:" -> "c-12"). To look for ids known only by their mask (:func:`mask_customer_id`)."""
+    words = set()
+    for found in _WORD.finditer(text):
+        words.add(found.group(0))
+        words.add(_ENDS.sub("", found.group(0)))
+    words.discard("")
+    return words
+
+
+_WORD = re.compile(r"[^\s\"'`()\[\]{}<>,;=|]+")
+_ENDS = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
 _SHOWN = "_posfeed_shown"  # the attribute an error's masked text is kept in
 
 

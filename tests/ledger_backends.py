@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["ledger_env", "ledger_location"]
+__all__ = ["ledger_env", "ledger_location", "stored_bytes"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -26,3 +26,20 @@ def ledger_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | st
 def ledger_env(location: Path | str) -> dict[str, str]:
     """The environment a ``posfeed`` process needs for this ledger (the SQLite one is the default)."""
     return {} if isinstance(location, Path) else {"POSFEED_LEDGER_URL": location}
+
+
+def stored_bytes(location: Path | str) -> bytes:
+    """Everything a closed ledger stores, as bytes to search: the SQLite file and its write-ahead
+    log (free pages and old page images included); for PostgreSQL, every value of every text
+    column of every table."""
+    if isinstance(location, Path):
+        return b"".join(p.read_bytes() for p in (location, location.with_name(location.name + "-wal"))
+                        if p.exists())
+    import psycopg
+
+    with psycopg.connect(location) as db:
+        columns = db.execute("SELECT table_name, column_name FROM information_schema.columns "
+                             "WHERE table_schema = current_schema() AND data_type = 'text'").fetchall()
+        values = [value for table, column in columns
+                  for (value,) in db.execute(f'SELECT "{column}" FROM "{table}"') if value is not None]
+    return "\n".join(values).encode()

@@ -41,6 +41,7 @@ from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
 from pipeline.ledger.schema import ORIGINAL_SQL, ORIGINAL_SQL_POSTGRES
 from pipeline.problems import Change, Observation, Plan
 from pipeline.sinks.base import EventResult, Outcome
+from tests.ledger_backends import stored_bytes
 
 SCOPE = "acme"
 
@@ -309,6 +310,81 @@ def test_the_sweep_for_clear_customer_ids_reads_a_scope_once_until_a_run_keeps_t
     assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}) == 1
     (second,) = ledger.transactions_by_row_id([2])
     assert second.last_error_message == f"for {mask_customer_id('c-1')}: again"
+
+
+def test_the_sweep_masks_clear_customer_ids_in_every_text_the_ledger_keeps(
+        ledger_location: Path | str) -> None:
+    """Texts quoting customer ids in clear, as a run with hashing off or an older version kept them:
+    a problem's summary, subject and counts, an alert's payload and last error, a run's summary,
+    a file's error, the messages of a row whose checkout an older version masked already, and the
+    checkouts never sent again. One sweep masks them all (a scope an older sweep marked included):
+    the ids are nowhere in what the ledger stores. Rows and texts are written through the ledger
+    where it still writes them so; the masked checkout and the old sweep's mark are SQL as an
+    older version left them."""
+    from pipeline.logs import mask_customer_id as masked
+
+    known, hidden, elsewhere = "M4411-7", "K9ZZ3", "Q-207x"  # hidden: its checkout is masked already
+    with Ledger(ledger_location) as ledger:
+        run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+        ledger.record_file(run_id, _file(ledger, run_id), transactions=[
+            replace(_txn(tid, line=i + 2), checkout=json.dumps({"transaction_id": tid, "customer_id": c}))
+            for i, (tid, c) in enumerate((("T1", known), ("T2", hidden)))
+        ], rejects=[], totals=[("S1", "2026-11-20", 2, 2, Decimal("21.00"))])
+        ledger.start_sending(SCOPE, ["T1", "T2"], run_id)
+        ledger.apply_results(SCOPE, [
+            EventResult("T1", Outcome.NOT_SENT, (), None, "404", f"Customer {known} unknown"),
+            EventResult("T2", Outcome.NOT_SENT, (), None, "409", f"member {hidden}: closed"),
+        ], run_id)
+        broken = _file(ledger, run_id, name="g.xml", sha="b" * 64)
+        ledger.mark_file_unreadable(broken.id, f"bad XML near <![CDATA[{hidden} {known}]]>")
+        members = f"unknown members [{known},{hidden}]"
+        seen = Observation(kind="run_failed", key="hourly:run_failed", feed="hourly", scope=SCOPE,
+                           summary=f"the run stopped: {members}", action="look", subject=known,
+                           counts={"members": [hidden, known]})
+        (problem,) = ledger.apply_problems(Plan((Change("opened", None, seen),)), run_id=run_id,
+                                           alert=lambda p, e: {"event": e, "text": p.summary})
+        # no run of its own (a refused start): its id is known from the other texts
+        alone = replace(seen, key="hourly:credentials", kind="credentials_refused",
+                        summary=f"refused for {known}", subject=None, counts={})
+        ledger.apply_problems(Plan((Change("opened", None, alone),)), run_id=None, alert=lambda p, e: None)
+        (alert,) = ledger.pending_alerts(SCOPE)
+        ledger.alert_failed(alert["id"], f"webhook answered 400: {hidden}?", "2999-01-01T00:00:00+00:00")
+        ledger.finish_run(run_id, status="failed", exit_code=70, counts={
+            "error": f"RuntimeError: {members}", "causes": [{"message": f"Customer {known} unknown"}],
+            "problems": [{"summary": seen.summary}], "note": f"{elsewhere} is no customer of this scope"})
+    raw = _raw(ledger_location)
+    try:  # an older version masked T2's checkout, not its messages; an older sweep marked the scope
+        raw.execute("UPDATE transactions SET checkout = ? WHERE transaction_id = 'T2'",
+                    (json.dumps({"transaction_id": "T2", "customer_id": masked(hidden)}),))
+        raw.execute("INSERT INTO swept_scopes (scope, swept_at) VALUES (?, ?)",
+                    (SCOPE, "2026-12-01T00:00:00.000000+00:00"))
+    finally:
+        raw.close()
+    before = stored_bytes(ledger_location)
+    assert known.encode() in before and hidden.encode() in before
+
+    with Ledger(ledger_location) as ledger:
+        assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}) > 0
+        assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}) == 0  # once
+        (problem, alone_problem) = ledger.problems(scope=SCOPE)
+        assert problem.summary == f"the run stopped: unknown members [{masked(known)},{masked(hidden)}]"
+        assert problem.subject == masked(known)
+        assert problem.counts == {"members": [masked(hidden), masked(known)]}
+        assert alone_problem.summary == f"refused for {masked(known)}"
+        (alert,) = ledger.pending_alerts(SCOPE)
+        assert alert["payload"]["text"] == problem.summary
+        assert alert["last_error"] == f"webhook answered 400: {masked(hidden)}?"
+        counts = json.loads(ledger._db.query("SELECT counts FROM runs")[0][0])
+        assert counts["error"] == f"RuntimeError: unknown members [{masked(known)},{masked(hidden)}]"
+        assert counts["note"] == f"{elsewhere} is no customer of this scope"  # not a customer: kept
+        (error,) = [r[0] for r in ledger._db.query("SELECT error FROM files WHERE error IS NOT NULL")]
+        assert error == f"bad XML near <![CDATA[{masked(hidden)} {masked(known)}]]>"
+        rows = {r.transaction_id: r for r in ledger.transactions_by_row_id([1, 2], with_checkout=True)}
+        assert rows["T2"].last_error_message == f"member {masked(hidden)}: closed"
+        assert json.loads(rows["T1"].checkout or "{}")["customer_id"] == masked(known)  # never sent again
+    stored = stored_bytes(ledger_location)
+    assert known.encode() not in stored and hidden.encode() not in stored
+    assert elsewhere.encode() in stored
 
 
 @pytest.mark.parametrize("column", ["CustNo", "Cust No."])  # a JSON path spells the second one badly
