@@ -729,3 +729,84 @@ def test_rejected_lines_kept_in_clear_before_hashing_was_on_are_masked_by_the_ne
     assert not [row for row in after if any(i in text for i in ids for text in row)]
     masked = {json.loads(o)["customer_id"] for o, _ in after} - {""}
     assert masked and masked <= {mask_customer_id(i) for i in ids}
+
+
+class NotSentEchoPlatform:
+    """Refuses each checkout for good quoting its customer id (not sent: never sent again, so the
+    stored checkout keeps no id a resend needs)."""
+
+    async def submit(self, checkouts: Any, on_sending: Any, on_result: Any, *, stop: Any = None) -> None:
+        from pipeline.sinks.base import EventResult, Outcome
+
+        await on_sending([c["transaction_id"] for c in checkouts])
+        for checkout in checkouts:
+            on_result(EventResult(checkout["transaction_id"], Outcome.NOT_SENT, error_code="404",
+                                  error_message=f"Customer {checkout['customer_id']} not found"))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_run_with_hashing_on_leaves_no_clear_id_anywhere_in_the_ledger(
+        tmp_path: Path, ledger_location: Path | str) -> None:
+    """Runs with hashing off keep customer ids in clear: a stopped run in its summary and its
+    run_failed problem, a refusing platform in the messages, and older versions in an alert's
+    payload and last error, a file's error (quoted content) and the messages of a checkout they
+    masked (SQL and the ledger's own calls, as those versions wrote them). The next run with
+    hashing on leaves none: not in any byte of the ledger (SQLite: the file and its WAL;
+    PostgreSQL: every text column of every table), not in its reports."""
+    from datetime import date
+
+    from pipeline.config import Feed
+    from pipeline.ledger import Ledger
+    from pipeline.logs import mask_customer_id
+    from pipeline.runner import run_feed
+    from tests.ledger_backends import stored_bytes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE / FILES[1], folder / FILES[1])
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports",
+                        ledger_url=None if isinstance(ledger_location, Path) else ledger_location)
+
+    def feed(hashing: bool) -> Feed:
+        return Feed.model_validate({
+            "name": "echo", "timezone": "Europe/London", "validation": {"currencies": ["GBP"]},
+            "source": {"kind": "local", "path": str(folder), "readiness": "none", "after_success": "keep",
+                       "pattern": "pos_*_{business_date:%Y%m%d}_??.csv"},
+            "logging": {"hash_customer_ids": hashing},
+        })
+
+    ids = customer_ids(folder, FILES[1:2])
+    first, second, *_ = sorted(ids)
+    day = [date(2026, 11, 20)]
+    with pytest.raises(RuntimeError):  # stopped: its summary and a run_failed problem quote them
+        run_feed(feed(False), settings, business_dates=day, make_sink=lambda f: CrashingEchoPlatform())
+    run_feed(feed(False), settings, business_dates=day, make_sink=lambda f: NotSentEchoPlatform())
+    with Ledger(settings.ledger_location) as ledger:  # as older versions wrote them
+        db = ledger._db
+        (problem_id, run_id) = db.query("SELECT id, opened_run_id FROM problems WHERE kind = 'run_failed'")[0]
+        db.execute("INSERT INTO alert_outbox (problem_id, feed, scope, event, payload, created_at, "
+                   "next_attempt_at, last_error) VALUES (?, 'echo', 'echo', 'opened', ?, ?, ?, ?)",
+                   (problem_id, json.dumps({"text": f"unknown members [{first},{second}]"}, sort_keys=True),
+                    "2026-11-20T10:00:00+00:00", "2999-01-01T00:00:00+00:00", f"webhook refused {first}"))
+        broken = ledger.register_file(run_id, scope="echo", feed="echo", name="pos_LON01.xml", size=1,
+                                      mtime=1.0, sha256="e" * 64)
+        ledger.mark_file_unreadable(broken.id, f"not XML: <!-- member {second} -->")
+        customer = db.json_text("checkout", "customer_id")
+        (row_id, clear) = db.query(f"SELECT id, {customer} FROM transactions WHERE last_error_message LIKE ? "
+                                   "ORDER BY id", (f"%{first}%",))[0]
+        db.execute(f"UPDATE transactions SET checkout = {db.json_set_text('checkout', 'customer_id')} "
+                   "WHERE id = ?", (mask_customer_id(clear), row_id))
+    kept = stored_bytes(ledger_location)
+    assert [i for i in ids if i.encode() in kept]
+
+    summary = run_feed(feed(True), settings, business_dates=day, make_sink=lambda f: NotSentEchoPlatform())
+
+    kept = stored_bytes(ledger_location)
+    assert sorted(i for i in ids if i.encode() in kept) == []
+    assert f"Customer {mask_customer_id(first)} not found".encode() in kept
+    assert summary.reports_path is not None
+    reports = {str(p): p.read_bytes() for p in summary.reports_path.rglob("*") if p.is_file()}
+    assert reports
+    assert_nothing_leaks(reports, ids, ())
