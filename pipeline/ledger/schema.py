@@ -318,7 +318,8 @@ def _migrate_9_to_10(db: Db) -> None:
 def _migrate_10_to_11(db: Db) -> None:
     """The scopes whose kept messages and rejected lines were swept for customer ids in clear
     (:meth:`Ledger.sweep_clear_customer_ids`): swept once, not at every run; a run with hashing
-    off removes its scope, so the next run with it on sweeps again."""
+    off removes its scope, so the next run with it on sweeps again (``swept_at`` ends with the
+    sweep's version from version 2 on: ``<time> v2``; a lower one sweeps again)."""
     _script(db, "CREATE TABLE swept_scopes (scope TEXT PRIMARY KEY, swept_at TEXT NOT NULL)")
 
 
