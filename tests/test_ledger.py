@@ -312,16 +312,21 @@ def test_the_sweep_for_clear_customer_ids_reads_a_scope_once_until_a_run_keeps_t
     assert second.last_error_message == f"for {mask_customer_id('c-1')}: again"
 
 
+@pytest.mark.parametrize("page_rows", [None, 1], ids=["pages", "a-row-a-page"])
 def test_the_sweep_masks_clear_customer_ids_in_every_text_the_ledger_keeps(
-        ledger_location: Path | str) -> None:
+        ledger_location: Path | str, page_rows: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Texts quoting customer ids in clear, as a run with hashing off or an older version kept them:
     a problem's summary, subject and counts, an alert's payload and last error, a run's summary,
     a file's error, the messages of a row whose checkout an older version masked already, and the
     checkouts never sent again. One sweep masks them all (a scope an older sweep marked included):
     the ids are nowhere in what the ledger stores. Rows and texts are written through the ledger
     where it still writes them so; the masked checkout and the old sweep's mark are SQL as an
-    older version left them."""
+    older version left them. Read a page at a time, and a row a page (each row after a page's end)."""
     from pipeline.logs import mask_customer_id as masked
+
+    if page_rows is not None:
+        monkeypatch.setattr("pipeline.ledger.scrub.PAGE_ROWS", page_rows)
+        monkeypatch.setattr("pipeline.ledger.scrub.TEXT_PAGE_ROWS", page_rows)
 
     known, hidden, elsewhere = "M4411-7", "K9ZZ3", "Q-207x"  # hidden: its checkout is masked already
     with Ledger(ledger_location) as ledger:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
-from pipeline.ledger.db import PAGE_ROWS, Db, Row, chunks, marks, pages
+from pipeline.ledger.db import PAGE_ROWS, Db, Row, chunks, marks
 from pipeline.ledger.records import timestamp
 from pipeline.ledger.states import NEVER_SENT_AGAIN_SQL
 from pipeline.logs import MASK_PREFIX, mask_customer_id, mask_quoted_customers, quoted_words
@@ -108,22 +108,28 @@ class Scrubbing:
         """Mask the customer id that messages of ``scope`` quote in clear where their row's
         checkout holds it masked already (an older version masked checkouts, not messages): the
         words of a message whose mask the checkout holds. The ids masked are added to ``found``.
-        Returns how many changed."""
+        Returns how many changed. Rows are read a page at a time."""
         found = set() if found is None else found
         customer = self._db.json_text("t.checkout", "customer_id")
         masked_id = f"t.checkout IS NOT NULL AND {customer} LIKE '{MASK_PREFIX}%'"
-        last = _masked(pages(self._db, f"SELECT t.id, t.last_error_message, {customer} FROM transactions t "
-                             f"WHERE t.scope = ? AND t.last_error_message IS NOT NULL AND {masked_id}",
-                             (scope,)), found)
-        at_end = [(text, *key.rsplit(" ", 1)) for text, key in _masked(pages(
-            self._db, f"SELECT rt.run_id || ' ' || rt.txn_row_id, rt.error_message_at_end, {customer} "
-            "FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
-            f"WHERE t.scope = ? AND rt.error_message_at_end IS NOT NULL AND {masked_id}", (scope,)), found)]
-        with self._db.transaction() as db:
-            db.executemany("UPDATE transactions SET last_error_message = ? WHERE id = ?", last)
-            db.executemany("UPDATE run_transactions SET error_message_at_end = ? "
-                           "WHERE run_id = ? AND txn_row_id = CAST(? AS INTEGER)", at_end)
-        return len(last) + len(at_end)
+        changed, after = 0, -1
+        # a page of the rows with a masked id at a time (by id): their messages, and the runs' ones
+        while rows := self._db.query(f"SELECT t.id, t.last_error_message, {customer} FROM transactions t "
+                                     f"WHERE t.scope = ? AND t.id > ? AND {masked_id} ORDER BY t.id "
+                                     f"LIMIT {PAGE_ROWS}", (scope, after)):
+            last = _masked([row for row in rows if row[1] is not None], found)
+            at_end = [(text, *key.rsplit(" ", 1)) for text, key in _masked(self._db.query(
+                f"SELECT rt.run_id || ' ' || rt.txn_row_id, rt.error_message_at_end, {customer} "
+                "FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id WHERE t.scope = ? "
+                f"AND t.id > ? AND t.id <= ? AND rt.error_message_at_end IS NOT NULL AND {masked_id}",
+                (scope, after, rows[-1][0])), found)]
+            if last or at_end:
+                with self._db.transaction() as db:
+                    db.executemany("UPDATE transactions SET last_error_message = ? WHERE id = ?", last)
+                    db.executemany("UPDATE run_transactions SET error_message_at_end = ? "
+                                   "WHERE run_id = ? AND txn_row_id = CAST(? AS INTEGER)", at_end)
+            changed, after = changed + len(last) + len(at_end), rows[-1][0]
+        return changed
 
     def scrub_kept_texts(self, scope: str, found: set[str] | None = None) -> int:
         """Mask the customer ids that ``scope``'s problems (summary, subject, counts), alerts
@@ -136,7 +142,7 @@ class Scrubbing:
         changed = 0
         for table, columns, sql, first in _KEPT_TEXTS:
             after: Any = first
-            while rows := self._db.query(sql, (scope, after)):
+            while rows := self._db.query(f"{sql} LIMIT {TEXT_PAGE_ROWS}", (scope, after)):
                 after = rows[-1][0]
                 updates = []
                 for row in rows:
@@ -263,21 +269,23 @@ class Scrubbing:
 SWEEP_VERSION = 2
 _VERSION_MARK = " v"
 
-# the texts :meth:`Scrubbing.scrub_kept_texts` reads: table, text columns, the query of a page of
-# rows after a key (key, texts..., runs...) and the first key
+# the texts :meth:`Scrubbing.scrub_kept_texts` reads, TEXT_PAGE_ROWS rows at a time (a run's summary
+# may take some KiB): table, text columns, the query of the rows after a key, in its order (key,
+# texts..., runs...), and the first key
+TEXT_PAGE_ROWS = 100
 _KEPT_TEXTS: tuple[tuple[str, tuple[str, ...], str, Any], ...] = (
     ("problems", ("summary", "subject", "counts"),
      "SELECT id, summary, subject, counts, opened_run_id, last_run_id FROM problems "
-     "WHERE scope = ? AND id > ? ORDER BY id LIMIT 500", -1),
+     "WHERE scope = ? AND id > ? ORDER BY id", -1),
     ("alert_outbox", ("payload", "last_error"),
      "SELECT a.id, a.payload, a.last_error, p.opened_run_id, p.last_run_id FROM alert_outbox a "
-     "JOIN problems p ON p.id = a.problem_id WHERE a.scope = ? AND a.id > ? ORDER BY a.id LIMIT 500", -1),
+     "JOIN problems p ON p.id = a.problem_id WHERE a.scope = ? AND a.id > ? ORDER BY a.id", -1),
     ("files", ("error",),
      "SELECT id, error, first_run_id FROM files WHERE scope = ? AND id > ? AND error IS NOT NULL "
-     "ORDER BY id LIMIT 500", -1),
+     "ORDER BY id", -1),
     ("runs", ("counts",),
      "SELECT id, counts, id FROM runs WHERE scope = ? AND id > ? AND counts IS NOT NULL "
-     "ORDER BY id LIMIT 100", ""),
+     "ORDER BY id", ""),
 )
 _JSON_TEXTS = frozenset({"counts", "payload"})  # stored as json.dumps(..., sort_keys=True, default=str)
 
