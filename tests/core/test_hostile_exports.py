@@ -210,6 +210,7 @@ RETAIL_ROWS = list(csv.reader(io.StringIO(RETAIL_TEXT)))
 PRICE = RETAIL_ROWS[0].index("UnitPrice")
 NAME = RETAIL_ROWS[0].index("Description")
 DATE = RETAIL_ROWS[0].index("InvoiceDate")
+GZ = gzip.compress(RETAIL_TEXT.encode())
 
 
 def retail(rows: list[list[str]] | None = None, *, delimiter: str = ",", ending: str = "\n",
@@ -282,7 +283,19 @@ VARIATIONS = [
               {"encoding": "latin-1"}),
     Variation("latin1_read_as_utf8.csv", retail(changed(2, NAME, "CAFÉ")).encode("latin-1"),
               unreadable="not valid UTF-8 (byte 0xc9 on line 2"),
-    Variation("gzip_named_gz.csv.gz", gzip.compress(RETAIL_TEXT.encode()), unreadable="gzip-compressed"),
+    Variation("gzip_named_gz.csv.gz", gzip.compress(RETAIL_TEXT.encode())),
+    Variation("gzip_of_two_members.csv.gz",  # a till appending to its export one gzip member at a time
+              gzip.compress(RETAIL_TEXT[:5000].encode()) + gzip.compress(RETAIL_TEXT[5000:].encode())),
+    Variation("gzip_json.jsonl.gz", gzip.compress("".join(retail_jsonl()).encode()), JSONL, shift=(0, -1)),
+    Variation("gzip_cut_short.csv.gz", gzip.compress(RETAIL_TEXT.encode())[:-200],
+              unreadable="gzip data ends before its end (cut short"),
+    Variation("gzip_corrupt.csv.gz", GZ[:40] + bytes(b ^ 0xFF for b in GZ[40:80]) + GZ[80:],
+              unreadable="gzip data is corrupt"),
+    Variation("text_named_gz.csv.gz", RETAIL_TEXT.encode(), unreadable="named .gz but not gzip-compressed"),
+    Variation("gzip_bomb.csv.gz", gzip.compress(RETAIL_TEXT.encode() + b"\n" * 100_000),
+              {"max_decompressed_bytes": 65536}, unreadable="decompresses to more than 65536 bytes"),
+    Variation("gzip_of_gzip.csv.gz", gzip.compress(gzip.compress(RETAIL_TEXT.encode())),
+              unreadable="gzip-compressed"),
     Variation("gzip_named_csv.csv", gzip.compress(RETAIL_TEXT.encode()), unreadable="gzip-compressed"),
     Variation("columns_in_another_order.csv", retail(reordered()).encode()),
     Variation("extra_unknown_column.csv",
