@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from pathlib import Path
 from typing import IO
 
 from pipeline.errors import UnreadableFileError
 
-__all__ = ["CHUNK", "GzipReader", "gunzip", "is_gzip_name"]
+__all__ = ["CHUNK", "GzipReader", "gunzip", "is_gzip_name", "read_size"]
 
 CHUNK = 1 << 20  # bytes decompressed at a time
 
@@ -67,3 +68,15 @@ def gunzip(stream: IO[bytes], *, name: str, limit: int) -> bytes:
         while piece := reader.read(CHUNK):
             pieces.append(piece)
     return b"".join(pieces)
+
+
+def read_size(path: Path, name: str) -> int:
+    """About how many bytes reading the stored file ``path`` (named ``name``) takes: its size, or
+    for a gzip file the size its trailer gives (that of its last member, modulo 4 GiB: a size
+    to plan by, never trusted; reading stops at ``format.max_decompressed_bytes``)."""
+    stored = path.stat().st_size
+    if not is_gzip_name(name) or stored < 18:  # a gzip header and trailer take 18 bytes
+        return stored
+    with path.open("rb") as handle:
+        handle.seek(-4, 2)
+        return max(stored, int.from_bytes(handle.read(4), "little"))
