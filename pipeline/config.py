@@ -241,6 +241,8 @@ class FormatConfig(_Model):
     transaction_id_template: str | None = None
     # customer ids written by a float-typed export ("17850.0") are read as "17850"
     normalize_float_customer_ids: bool = False
+    # a gzipped file (named *.gz) decompressing to more than this is unreadable (a gzip bomb)
+    max_decompressed_bytes: int = Field(default=2**30, gt=0)
 
     @field_validator("delimiter", "quote_char")
     @classmethod

@@ -74,3 +74,29 @@ def test_every_row_is_recorded_exactly_once(contents: list[list[dict[str, str]]]
                     ledger.record_file(run_id, record, transactions=f.transactions, rejects=f.rejects,
                                        totals=f.totals)
             assert sum(ledger.state_counts("prop").values()) == len(transactions)
+
+
+def test_gzipped_files_are_grouped_by_what_they_decompress_to(tmp_path: Path) -> None:
+    """A transform group is bounded by the bytes its files hold once read: a .gz of a few
+    kilobytes holding megabytes counts as the megabytes (before: as the kilobytes, so a group of
+    gzipped files held many times the bytes a group is meant to)."""
+    import gzip
+
+    from pipeline.ledger import FileRecord
+    from pipeline.sources.base import FetchedFile, RemoteFile
+    from pipeline.stages.fetch import StagedFile
+    from pipeline.stages.transform import _groups
+
+    def staged(name: str, data: bytes) -> StagedFile:
+        path = tmp_path / name
+        path.write_bytes(data)
+        size = len(data)
+        return StagedFile(RemoteFile(name, size, 0.0), FetchedFile(name, path, size, 0.0, "0" * 64),
+                          FileRecord(1, "s", "f", name, size, 0.0, "0" * 64, "fetched", "run"))
+
+    big = b"x" * 600_000  # decompressed: 600 kB; compressed: under a kilobyte
+    files = [staged(f"f{i}.csv.gz", gzip.compress(big)) for i in range(3)]
+    assert all(f.record.size < 2_000 for f in files)
+    assert [len(g) for g in _groups(files, 1_000_000)] == [1, 1, 1]
+    plain = [staged(f"p{i}.csv", b"x" * 1000) for i in range(3)]
+    assert [len(g) for g in _groups(plain, 1_000_000)] == [3]

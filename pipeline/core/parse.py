@@ -39,18 +39,20 @@ undecodable, a duplicated header name, not CSV/JSON/Parquet, required columns mi
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import string
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import polars as pl
 from polars.exceptions import PanicException
 
 from pipeline.config import Feed, FormatConfig
 from pipeline.core.careful_csv import excerpt, field_count, records, split_lines
+from pipeline.core.gunzip import GzipReader, gunzip, is_gzip_name
 from pipeline.core.readstats import ReadStats
 from pipeline.core.rejects import RejectCode
 from pipeline.errors import ConfigError, PosfeedError, UnreadableFileError
@@ -783,19 +785,15 @@ def read_bytes(data: bytes, feed: Feed, *, source_name: str, stats: ReadStats | 
     """Read one export file's content (see :func:`read_file`)."""
     fmt = feed.format
     if fmt.kind == "poslog":  # XML: its own reader (pipeline.core.poslog)
-        import io
-
         from pipeline.core.poslog import read_poslog
 
-        return read_poslog(io.BytesIO(data), feed, source_name=source_name, stats=stats)
-    if fmt.kind == "csv":
-        frame = _read_csv(data, fmt, source_name)
-    elif fmt.kind == "jsonl":
-        frame = _read_jsonl(data, fmt, source_name)
-    else:
-        frame = _read_parquet(data, source_name, _read_keys(fmt))
-    frame = _map_columns(frame, feed, source_name)
-    return frame.with_columns(pl.lit(source_name, dtype=pl.String).alias("source_file"))
+        stream: IO[bytes] = io.BytesIO(data)
+        if is_gzip_name(source_name):
+            stream = cast(IO[bytes], GzipReader(stream, name=source_name, limit=fmt.max_decompressed_bytes))
+        return read_poslog(stream, feed, source_name=source_name, stats=stats)
+    if is_gzip_name(source_name):
+        data = gunzip(io.BytesIO(data), name=source_name, limit=fmt.max_decompressed_bytes)
+    return _read_data(data, feed, source_name)
 
 
 def read_file(
@@ -823,22 +821,48 @@ def read_file(
 
 
 def _read_file(path: Path, feed: Feed, name: str, stats: ReadStats | None) -> pl.DataFrame:
+    limit = feed.format.max_decompressed_bytes
     if feed.format.kind == "poslog":  # streamed from the file, never read whole; see core/poslog.py
         from pipeline.core.poslog import read_poslog
 
-        return read_poslog(path, feed, source_name=name, stats=stats)
+        if not is_gzip_name(name):
+            return read_poslog(path, feed, source_name=name, stats=stats)
+        try:
+            with path.open("rb") as stored, GzipReader(stored, name=name, limit=limit) as stream:
+                return read_poslog(cast(IO[bytes], stream), feed, source_name=name, stats=stats)
+        except OSError as exc:
+            raise _unreadable(name, f"cannot open: {exc.strerror or exc}") from exc
     try:
-        data = path.read_bytes()
+        if is_gzip_name(name):  # decompressed in pieces as read, never staged decompressed
+            with path.open("rb") as stored:
+                data = gunzip(stored, name=name, limit=limit)
+        else:
+            data = path.read_bytes()
     except OSError as exc:
         raise _unreadable(name, f"cannot open: {exc.strerror or exc}") from exc
-    frame = read_bytes(data, feed, source_name=name)
+    frame = _read_data(data, feed, name)
     log.debug("read %s: %d rows", name, frame.height)
     return frame
+
+
+def _read_data(data: bytes, feed: Feed, name: str) -> pl.DataFrame:
+    """:func:`read_bytes` of content already decompressed."""
+    fmt = feed.format
+    if fmt.kind == "csv":
+        frame = _read_csv(data, fmt, name)
+    elif fmt.kind == "jsonl":
+        frame = _read_jsonl(data, fmt, name)
+    else:
+        frame = _read_parquet(data, name, _read_keys(fmt))
+    frame = _map_columns(frame, feed, name)
+    return frame.with_columns(pl.lit(name, dtype=pl.String).alias("source_file"))
 
 
 def read_table(data: bytes, fmt: FormatConfig, *, source_name: str) -> pl.DataFrame:
     """One file's rows as they are (all strings, the export's own column names, ``source_line``),
     without the checkout mapping: enrollments and claims map their own layouts."""
+    if is_gzip_name(source_name):
+        data = gunzip(io.BytesIO(data), name=source_name, limit=fmt.max_decompressed_bytes)
     if fmt.kind == "csv":
         return _read_csv(data, fmt, source_name)
     if fmt.kind == "jsonl":

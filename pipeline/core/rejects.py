@@ -53,6 +53,7 @@ class RejectCode(StrEnum):
     SIBLING_REJECTED = "R099_SIBLING_REJECTED"
     COPY_OF_REJECTED = "R034_COPY_OF_REJECTED"
     REPEATED_HEADER = "R035_REPEATED_HEADER"
+    LINE_BREAK_IN_FIELD = "R036_LINE_BREAK_IN_FIELD"
     # enrollments and claims (records = "enrollments" | "claims")
     MEMBER_MISSING_FIELD = "R101_MEMBER_MISSING_FIELD"
     BAD_EMAIL = "R102_BAD_EMAIL"
@@ -126,6 +127,10 @@ CATALOG: dict[RejectCode, str] = {
     RejectCode.BAD_BUSINESS_DATE: "The business_date cannot be read (YYYY-MM-DD or format.date_format).",
     RejectCode.UNKNOWN_TRANSACTION_TYPE: "transaction_type is not one of sale, return, void.",
     RejectCode.UNKNOWN_CURRENCY: "The currency is not an ISO 4217 code, or not one of validation.currencies.",
+    RejectCode.LINE_BREAK_IN_FIELD: "A field that no till writes on two lines holds a line break (a "
+    "quoted CSV field spanning lines): a timestamp, a date, a number, a code or an id (every field "
+    "but product_name and product_category, which are free text). Trimmed, the value would be read "
+    "as if nothing were wrong with the record; the reason names the field, not its value.",
     RejectCode.NON_POSITIVE_QUANTITY: "A sale line has a zero or negative quantity (negative "
     "quantities make a return when validation.treat_negative_quantity_as_return and every line is "
     "negative); a return line has quantity zero.",

@@ -30,6 +30,7 @@ import polars as pl
 
 from pipeline.checkout_codec import encode_checkouts
 from pipeline.config import Feed
+from pipeline.core.gunzip import read_size
 from pipeline.core.parse import read_file
 from pipeline.core.readstats import ReadStats
 from pipeline.core.rejected_copies import EARLIER_REJECTS_SCHEMA, customer_columns, line_key
@@ -405,15 +406,20 @@ _PAGE_IDS = 10_000  # row ids checked against the ledger at a time
 
 
 def _groups(staged: Sequence[StagedFile], max_bytes: int) -> Iterator[list[StagedFile]]:
-    """Consecutive staged files, in order, in groups of at most ``max_bytes`` (a larger file alone)."""
+    """Consecutive staged files, in order, in groups of at most ``max_bytes`` (a larger file
+    alone), a gzipped file counting as what it decompresses to."""
     group: list[StagedFile] = []
     size = 0
     for item in staged:
-        if group and size + item.record.size > max_bytes:
+        try:
+            own = read_size(item.fetched.path, item.record.name)
+        except OSError:  # the reader will say what is wrong with it
+            own = item.record.size
+        if group and size + own > max_bytes:
             yield group
             group, size = [], 0
         group.append(item)
-        size += item.record.size
+        size += own
     if group:
         yield group
 

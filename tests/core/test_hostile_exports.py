@@ -107,6 +107,51 @@ def test_a_reject_reason_quoting_a_huge_or_multi_line_value_stays_one_short_line
     assert len(reason) <= MAX_REASON_CHARS
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("timestamp", "2026-11-20\n10:00:00"),
+    ("business_date", "2026-11-20\r\n"),
+    ("currency", "GBP\n"),
+    ("transaction_type", "sale\n"),
+    ("quantity", "\n2"),
+    ("unit_price", "2.50\n"),
+    ("discount", "0\r\n"),
+    ("line_total", "5.00\n"),
+    ("transaction_total", "5.00\n"),
+    ("points_burned", "\n10"),
+    ("line_no", "1\n"),
+    ("transaction_id", "T1\n"),
+    ("store_id", "S1\n"),
+    ("register_id", "\nR1"),
+    ("customer_id", "C1\n"),
+    ("product_id", "P1\n"),
+    ("original_transaction_id", "T0\n"),
+])
+def test_a_line_break_in_a_field_that_cannot_hold_one_is_a_reject_naming_file_line_and_field(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    """A quoted field holding a line break where no till writes one (a timestamp, an amount, a
+    code, an id): before, the value was read with the break trimmed or taken as a blank, and sent.
+    The reject names the file, the line and the field, never quotes the value, and the lines
+    before and after it are read."""
+    text = csv_text([row(transaction_id="T0"), row(**{field: value}), row(transaction_id="T2")])
+    result = run_file(tmp_path, "breaks.csv", text)
+    lines = result.lines
+    rejected = lines.filter(lines.get_column("reject_code").is_not_null())
+    assert rejected.select("source_file", "source_line", "reject_code", "reject_field").rows() == [
+        ("breaks.csv", 3, "R036_LINE_BREAK_IN_FIELD", field)]
+    (reason,) = rejected.get_column("reject_reason").to_list()
+    assert reason.startswith(f"{field} holds a line break") and "\n" not in reason
+    assert value.strip() not in reason.removeprefix(field)
+    assert sorted(result.checkouts.get_column("transaction_id").to_list()) == ["T0", "T2"]
+
+
+@pytest.mark.parametrize("field", ["product_name", "product_category"])
+def test_a_line_break_in_free_text_is_read_as_written(tmp_path: Path, field: str) -> None:
+    """A product's name or category may be written on two lines: it is text, not a code."""
+    result = run_file(tmp_path, "names.csv", csv_text([row(**{field: "Earl Grey\nloose leaf"})]))
+    assert result.summary["rows_rejected"] == 0 and result.summary["rows_valid"] == 1
+
+
 def test_a_last_line_cut_short_without_a_line_break_is_rejected_not_read_with_its_fields_cut(
     tmp_path: Path,
 ) -> None:
@@ -164,6 +209,8 @@ RETAIL_TEXT = (FIXTURE / "online_retail_sample.csv").read_text(encoding="utf-8")
 RETAIL_ROWS = list(csv.reader(io.StringIO(RETAIL_TEXT)))
 PRICE = RETAIL_ROWS[0].index("UnitPrice")
 NAME = RETAIL_ROWS[0].index("Description")
+DATE = RETAIL_ROWS[0].index("InvoiceDate")
+GZ = gzip.compress(RETAIL_TEXT.encode())
 
 
 def retail(rows: list[list[str]] | None = None, *, delimiter: str = ",", ending: str = "\n",
@@ -236,7 +283,19 @@ VARIATIONS = [
               {"encoding": "latin-1"}),
     Variation("latin1_read_as_utf8.csv", retail(changed(2, NAME, "CAFÉ")).encode("latin-1"),
               unreadable="not valid UTF-8 (byte 0xc9 on line 2"),
-    Variation("gzip_named_gz.csv.gz", gzip.compress(RETAIL_TEXT.encode()), unreadable="gzip-compressed"),
+    Variation("gzip_named_gz.csv.gz", gzip.compress(RETAIL_TEXT.encode())),
+    Variation("gzip_of_two_members.csv.gz",  # a till appending to its export one gzip member at a time
+              gzip.compress(RETAIL_TEXT[:5000].encode()) + gzip.compress(RETAIL_TEXT[5000:].encode())),
+    Variation("gzip_json.jsonl.gz", gzip.compress("".join(retail_jsonl()).encode()), JSONL, shift=(0, -1)),
+    Variation("gzip_cut_short.csv.gz", gzip.compress(RETAIL_TEXT.encode())[:-200],
+              unreadable="gzip data ends before its end (cut short"),
+    Variation("gzip_corrupt.csv.gz", GZ[:40] + bytes(b ^ 0xFF for b in GZ[40:80]) + GZ[80:],
+              unreadable="gzip data is corrupt"),
+    Variation("text_named_gz.csv.gz", RETAIL_TEXT.encode(), unreadable="named .gz but not gzip-compressed"),
+    Variation("gzip_bomb.csv.gz", gzip.compress(RETAIL_TEXT.encode() + b"\n" * 100_000),
+              {"max_decompressed_bytes": 65536}, unreadable="decompresses to more than 65536 bytes"),
+    Variation("gzip_of_gzip.csv.gz", gzip.compress(gzip.compress(RETAIL_TEXT.encode())),
+              unreadable="gzip-compressed"),
     Variation("gzip_named_csv.csv", gzip.compress(RETAIL_TEXT.encode()), unreadable="gzip-compressed"),
     Variation("columns_in_another_order.csv", retail(reordered()).encode()),
     Variation("extra_unknown_column.csv",
@@ -244,6 +303,12 @@ VARIATIONS = [
     Variation("header_again_mid_file.csv",
               retail([*RETAIL_ROWS[:101], RETAIL_ROWS[0], *RETAIL_ROWS[101:]]).encode(),
               rejects={102: "R035_REPEATED_HEADER"}, shift=(101, 1), extra_rows=1),
+    Variation("quoted_line_break_in_a_timestamp.csv",
+              retail(changed(2, DATE, RETAIL_ROWS[1][DATE].replace(" ", "\n"))).encode(),
+              rejects={2: "R036_LINE_BREAK_IN_FIELD"}, shift=(2, 1)),
+    Variation("quoted_line_break_after_a_price.csv",
+              retail(changed(3, PRICE, RETAIL_ROWS[2][PRICE] + "\r\n")).encode(),
+              rejects={3: "R036_LINE_BREAK_IN_FIELD"}, shift=(3, 1)),
     Variation("quoted_line_break_in_a_name.csv", retail(changed(2, NAME, "HEART\nHOLDER")).encode(),
               shift=(2, 1)),
     Variation("nul_in_a_name.csv", retail(changed(3, NAME, "LAN\x00TERN")).encode(),

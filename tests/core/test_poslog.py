@@ -820,3 +820,34 @@ def test_a_line_item_in_a_vendor_namespace_makes_the_file_unreadable(tmp_path: P
     reason = result.unreadable[0].reason
     assert f"<LineItem> at line 4 (transaction 2) is in namespace {ACS}" in reason
     assert "(poslog.namespace)" in reason and result.summary["rows_in"] == 0
+
+
+# ---- gzipped POSLog -----------------------------------------------------------------------------
+
+
+def test_a_gzipped_poslog_reads_as_the_plain_file_does_streamed_and_bounded(tmp_path: Path) -> None:
+    """``*.xml.gz`` is decompressed as the parser reads it: the same transactions to the cent as
+    the plain file, the same source lines; cut short it is unreadable (nothing read from it), and
+    one decompressing to more than ``format.max_decompressed_bytes`` is unreadable as a bomb."""
+    import gzip
+
+    data = SAMPLE.read_bytes()
+    plain = run(SAMPLE)
+    (tmp_path / "POSLog_0042_20261120.xml.gz").write_bytes(gzip.compress(data))
+    packed = run(tmp_path / "POSLog_0042_20261120.xml.gz")
+    assert not packed.unreadable and packed.summary["rows_valid"] == plain.summary["rows_valid"] > 0
+    assert totals_by_id(packed) == totals_by_id(plain)
+    assert packed.lines.get_column("source_line").to_list() == plain.lines.get_column("source_line").to_list()
+
+    cut = write(tmp_path, "", "cut.xml.gz")
+    cut.write_bytes(gzip.compress(data)[: len(gzip.compress(data)) // 2])
+    result = run(cut)
+    (unreadable,) = result.unreadable
+    assert unreadable.file == "cut.xml.gz" and "cut short" in unreadable.reason
+    assert result.checkouts.height == 0
+
+    small = feed()
+    bounded = small.format.model_copy(update={"max_decompressed_bytes": 4096})
+    small = small.model_copy(update={"format": bounded})
+    (bomb,) = run(tmp_path / "POSLog_0042_20261120.xml.gz", small).unreadable
+    assert "decompresses to more than 4096 bytes" in bomb.reason

@@ -81,6 +81,7 @@ CASES: list[tuple[str, list[dict[str, str]], dict[str, object], RejectCode]] = [
     ("bidi_mark_in_customer", [row(customer_id="\u202eC1")], {}, R.CONTROL_CHARACTER_IN_ID),
     ("tab_inside_product_id", [row(product_id="P\t1")], {}, R.CONTROL_CHARACTER_IN_ID),
     ("control_in_store", [row(store_id="S\x071")], {}, R.CONTROL_CHARACTER_IN_ID),
+    ("line_break_after_a_timestamp", [row(timestamp="2026-11-20 10:00:00\n")], {}, R.LINE_BREAK_IN_FIELD),
     ("customer_id_saved_by_a_spreadsheet", [row(customer_id="1.23457E+11")], {}, R.ID_IN_SCIENTIFIC_NOTATION),
     ("offset_plus_25", [row(timestamp="2026-11-20T10:00:00+25:00")], {}, R.OFFSET_OUT_OF_RANGE),
     ("offset_minus_1430", [row(timestamp="2026-11-20T10:00:00-14:30")], {}, R.OFFSET_OUT_OF_RANGE),

@@ -19,7 +19,7 @@ from pipeline.config import Feed
 from pipeline.core.parse import READ_CODE, READ_REASON
 from pipeline.core.rejects import RejectCode
 from pipeline.core.validate.amounts import with_line_amounts
-from pipeline.core.validate.field_rules import long_text_flag
+from pipeline.core.validate.field_rules import line_break_flag, long_text_flag
 from pipeline.core.validate.rule import Rule, reason
 from pipeline.core.validate.rules import row_rules, transaction_rules
 from pipeline.core.validate.transactions import GROUP_ID, transaction_columns
@@ -97,7 +97,7 @@ def validate(lines: pl.DataFrame, feed: Feed, *, now: datetime) -> pl.DataFrame:
     keys = GROUP_ID
     if READ_CODE not in lines.columns:
         lines = lines.with_columns(pl.lit(None, dtype=pl.String).alias(c) for c in (READ_CODE, READ_REASON))
-    frame = typed_columns(lines, feed).with_columns(long_text_flag(feed))
+    frame = typed_columns(lines, feed).with_columns(long_text_flag(feed), line_break_flag())
     frame = transaction_columns(frame, feed)
     frame = with_line_amounts(frame)
     per_row = row_rules(feed, now)

@@ -24,12 +24,14 @@ from pipeline.core.validate.rule import (
     read_reason,
     reason,
 )
-from pipeline.records import REQUIRED_COLUMNS, TransactionType
+from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS, TransactionType
 
 __all__ = [
     "code_rules",
     "control_character_rules",
     "field_length_rules",
+    "line_break_flag",
+    "line_break_rules",
     "long_text_flag",
     "missing_field_rules",
     "number_rules",
@@ -42,6 +44,9 @@ _TYPES = [t.value for t in TransactionType]
 # the text fields whose length is bounded (numbers, times and dates are bounded by their reading)
 TEXT_FIELDS = ("transaction_id", "store_id", "register_id", "customer_id", "transaction_type", "product_id",
                "product_name", "product_category", "currency", "original_transaction_id")
+# free text a till may write on several lines; no other field holds a line break
+FREE_TEXT_FIELDS = ("product_name", "product_category")
+BREAKLESS_FIELDS = tuple(f for f in CANONICAL_COLUMNS if f not in FREE_TEXT_FIELDS)
 # a line's computed amount must fit the money kept, like every amount read
 LARGEST_LINE_AMOUNT = money(10**MONEY_WHOLE_DIGITS)
 
@@ -250,4 +255,32 @@ def code_rules(feed: Feed) -> list[Rule]:
                 pl.col("currency"),
             ),
         ),
+    ]
+
+
+def _has_break(field: str) -> pl.Expr:
+    value = pl.col(field)
+    return value.str.contains("\n", literal=True) | value.str.contains("\r", literal=True)
+
+
+def line_break_flag() -> pl.Expr:
+    """``v_line_break``: true where a field of :data:`BREAKLESS_FIELDS` holds a line break, null
+    elsewhere: when no line has one (the usual case), :func:`line_break_rules` are skipped."""
+    found = pl.any_horizontal(_has_break(f).fill_null(False) for f in BREAKLESS_FIELDS)
+    return pl.when(found).then(True).alias("v_line_break")
+
+
+def line_break_rules() -> list[Rule]:
+    """A line break in a field that cannot hold one (a quoted CSV field spanning lines): the value
+    is not read trimmed as if nothing were wrong. The reason names the field, never its value."""
+    return [
+        Rule(
+            f"line_break_in_{field}",
+            RejectCode.LINE_BREAK_IN_FIELD,
+            field,
+            pl.col("v_line_break") & _has_break(field),
+            pl.lit(f"{field} holds a line break (a quoted field spanning lines); a {field} never does"),
+            needs=("v_line_break",),
+        )
+        for field in BREAKLESS_FIELDS
     ]
