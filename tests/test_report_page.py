@@ -331,3 +331,29 @@ def test_every_tables_caption_reads_whole_at_a_phones_width(tmp_path: Path) -> N
     assert len(captions) >= 3
     for text, box_right, text_right in captions:
         assert text_right <= box_right + 0.5, (text, box_right, text_right)
+
+
+def test_a_phone_shows_no_label_without_a_value(tmp_path: Path) -> None:
+    """At 375 px an item's transactions stack, each value under its name; a value a transaction
+    has none of (a conflict's code and message) is left out, not shown as an empty "why:"."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    report = build_report(
+        report_id="r1", feed="labels", rejects=[],
+        transactions=[_txn(1, TxnState.CONFLICT, None, "3.00"),
+                      _txn(2, TxnState.FAILED_PERMANENT, "UNKNOWN_CUSTOMER", "4.00")],
+        file_totals=[("day.csv", "BER01", "2026-11-20", 2, 2, Decimal("7.00"), "EUR")])
+    write_report(report, tmp_path / "r1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=PHONE)
+            page.goto((tmp_path / "r1" / "report.html").as_uri())
+            shown = {str(row.get_attribute("data-transaction")): [
+                (str(cell.get_attribute("data-label")), cell.inner_text().strip())
+                for cell in row.locator("td[data-label]").all() if cell.is_visible()]
+                for row in page.locator("tr[data-transaction]").all()}
+        finally:
+            browser.close()
+    assert [label for label, _ in shown["T1"]] == ["store", "business date", "file:lines", "amount"]
+    assert [label for label, _ in shown["T2"]] == ["store", "business date", "file:lines", "amount", "why"]
+    assert all(value for cells in shown.values() for _, value in cells), shown
