@@ -46,6 +46,7 @@ __all__ = [
     "customer_ids_pattern",
     "feed_secret_env_names",
     "forget_secret",
+    "in_number",
     "json_logging_active",
     "keep_shown",
     "log_event",
@@ -295,7 +296,13 @@ def told(text: str) -> str:
 def counted(count: Any, word: str, plural: str | None = None) -> str:
     """``1 transaction``, ``0 transactions``, ``2 conflicts``: a count in words that agree with it
     (``plural``: for a word that does not take an ``s``)."""
-    return f"{count} {word if count == 1 else plural or word + 's'}"
+    return f"{count} {in_number(count, word, plural)}"
+
+
+def in_number(count: Any, word: str, plural: str | None = None) -> str:
+    """The words of :func:`counted` without the count (``word`` for 1, else ``plural`` or
+    ``word`` + ``s``): for a page that shows the count apart."""
+    return word if count == 1 else plural or word + "s"
 
 
 def shown(error: BaseException | None) -> str:

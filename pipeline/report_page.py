@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pipeline.currencies import minor_units
-from pipeline.logs import told
+from pipeline.logs import counted, in_number, told
 from pipeline.reports import DETAIL_COLUMNS, LISTED_TO_ACT_ON, STATE_COLUMNS, SUMMARY_COLUMNS, Report
 
 __all__ = ["CODE_ACTIONS", "FLOW_STATES", "STORE_COLUMNS", "format_amount", "minor_units", "page_data",
@@ -66,54 +66,74 @@ _NOT_READ_LABELS = {
     "quarantined": "in quarantine",
     "interrupted": "not read",
 }
+# an item's label after its count: (for 1, for any other count)
+Label = tuple[str, str]
+
+
+def _same(label: str) -> Label:
+    """A label that reads the same after any count ("1 failed for good", "2 failed for good")."""
+    return (label, label)
+
+
 # what to do about the transactions of a state; those of a code below have their own item
-_NEEDS_ACTION = {
-    "rejected": ("rejected (bad rows)", "fix the rows in rejects.csv and deliver them again"),
-    "conflict": ("conflicts (held for review)", "review the conflicting versions in detail.csv"),
-    "not_sent": ("not sent (the platform cannot take it)",
+_NEEDS_ACTION: dict[str, tuple[Label, str]] = {
+    "rejected": (_same("rejected (bad rows)"), "fix the rows in rejects.csv and deliver them again"),
+    "conflict": (("conflict (held for review)", "conflicts (held for review)"),
+                 "review the conflicting versions in detail.csv"),
+    "not_sent": (_same("not sent (the platform cannot take it)"),
                  "review what the platform cannot take (detail.csv, error_code)"),
-    "failed_permanent": ("failed for good", "read the platform's error in detail.csv, then "
+    "failed_permanent": (_same("failed for good"), "read the platform's error in detail.csv, then "
                          "`posfeed rerun --feed {feed} --failed --include-permanent`"),
-    "failed_retryable": ("failed, will be retried",
+    "failed_retryable": (_same("failed, will be retried"),
                          "nothing if the next run succeeds; else `posfeed rerun --feed {feed} --failed`"),
-    "in_doubt": ("in doubt (being settled)",
+    "in_doubt": (_same("in doubt (being settled)"),
                  "the next run settles these with the platform before sending anything"),
-    "queued": ("queued (waiting to be sent)", "the next run sends these"),
+    "queued": (_same("queued (waiting to be sent)"), "the next run sends these"),
 }
 _RERUN_PERMANENT = "`posfeed rerun --feed {feed} --failed --include-permanent`"
 # (state, error code) -> (item, label, what to do): transactions finance acts on otherwise than
 # their state's, each an item of its own on the page (a state's item holds the rest of the state)
-CODE_ACTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
+CODE_ACTIONS: dict[tuple[str, str], tuple[str, Label, str]] = {
     ("void", "void_of_sent_sale"): (
-        "void_of_sent_sale", "voids of a sale already on the platform",
+        "void_of_sent_sale", ("void of a sale already on the platform",
+                              "voids of a sale already on the platform"),
         "a void is never sent, so the sale it names stays on the platform with its points: cancel "
         "or refund that sale on the platform (the message names it and its ids), or send a return of it"),
     ("failed_permanent", "partly_refunded"): (
-        "partly_refunded", "returns the platform refunded in part",
+        "partly_refunded", ("return the platform refunded in part",
+                            "returns the platform refunded in part"),
         "the platform refunded part of each (the message says how much, and names each refused line "
         f"with the platform's code); once the cause is fixed, {_RERUN_PERMANENT} sends only the "
         "refused lines"),
     ("failed_permanent", "ambiguous_purchase"): (
-        "ambiguous_purchase", "CRM.COM: several purchases match, nothing cancelled or created",
+        "ambiguous_purchase", ("transaction with several matching purchases on CRM.COM, nothing "
+                               "cancelled or created",
+                               "transactions with several matching purchases on CRM.COM, nothing "
+                               "cancelled or created"),
         "on CRM.COM, by hand (the message names the purchase ids and how each differs): for a "
         "return, cancel its sale's purchase; for a sale, keep one purchase and cancel the others"),
     ("failed_permanent", "original_refused"): (
-        "original_refused", "returns whose sale the platform refused",
+        "original_refused", ("return whose sale the platform refused",
+                             "returns whose sale the platform refused"),
         "nothing of them was refunded: fix the cause of the sale (its code in the message), then "
         f"{_RERUN_PERMANENT} sends the sale and then the return"),
     ("failed_permanent", "original_not_found"): (
-        "original_never_arrived", "returns whose sale never arrived",
+        "original_never_arrived", ("return whose sale never arrived",
+                                   "returns whose sale never arrived"),
         f"deliver the sale (the message names it); once it is accepted, {_RERUN_PERMANENT} sends the return"),
     ("failed_retryable", "original_not_accepted"): (
-        "original_not_accepted", "returns waiting for their sale",
+        "original_not_accepted", ("return waiting for its sale",
+                                  "returns waiting for their sale"),
         "nothing if the next run delivers the sale: it sends the return after it; else fix the sale's "
         "error (detail.csv)"),
     ("failed_retryable", "crmcom_original_not_delivered"): (
-        "crmcom_original_not_delivered", "returns waiting for their sale",
+        "crmcom_original_not_delivered", ("return waiting for its sale",
+                                          "returns waiting for their sale"),
         "nothing if the next run delivers the sale: it sends the return after it; else fix the sale's "
         "error (detail.csv)"),
     ("failed_retryable", "original_not_found"): (
-        "original_not_found", "returns waiting for a sale not arrived yet",
+        "original_not_found", ("return waiting for a sale not arrived yet",
+                               "returns waiting for a sale not arrived yet"),
         "every plain run looks for the sale again and sends the return after it: deliver the sale's "
         "file if it is missing (the message names the sale)"),
 }
@@ -181,6 +201,8 @@ def _flow(figures: Figures, currency: str) -> dict[str, Any]:
         "rows_in": figures.rows_in,
         "transactions_in": figures.transactions_in,
         "amount_in": format_amount(figures.amount_in, currency),
+        # the bars' scale is the largest amount, which a state's may be (a day of returns)
+        "share_in": float(abs(figures.amount_in) / largest) if largest else 0.0,
         "states": states,
         "balanced": figures.balanced,
     }
@@ -260,17 +282,17 @@ def page_data(report: Report) -> dict[str, Any]:
     feed = shlex.quote(str(summary.get("feed", "")))
     items = _action_items(report, summary_rows, feed, dry_run=bool(summary.get("dry_run")))
     actions = [f"{item['count']} {item['label']}: {item['todo']}" for item in items]
-    actions += [f"{sum(1 for m in expected if m['status'] == 'missing')} expected file(s) missing"] \
-        if any(m["status"] == "missing" for m in expected) else []
+    missing = sum(1 for m in expected if m["status"] == "missing")
+    actions += [f"{counted(missing, 'expected file')} missing"] if missing else []
     unreadable = sum(1 for row in not_read if row["origin"] == "unreadable")
-    actions += [f"{unreadable} unreadable file(s): fix and deliver again"] if unreadable else []
+    actions += [f"{counted(unreadable, 'unreadable file')}: fix and deliver again"] if unreadable else []
 
     problems = [
         {key: ("" if p.get(key) is None else str(p.get(key)))
          for key in ("problem_id", "kind", "store_id", "business_date", "summary", "action", "opened_at")}
         for p in summary.get("problems") or [] if isinstance(p, Mapping) and p.get("status", "open") == "open"
     ]
-    actions += [f"{len(problems)} open problem(s): see the table at the end"] if problems else []
+    actions += [f"{counted(len(problems), 'open problem')}: see the table at the end"] if problems else []
 
     dates = summary.get("business_dates") or (
         [summary["business_date"]] if summary.get("business_date") else
@@ -350,6 +372,7 @@ def _action_items(
                          for c, a in sorted(amounts.items())]}
             for figure, label, amounts in figures]
         item["more"] = item["count"] - len(item["transactions"])
+        item["label"] = in_number(item["count"], *item["label"])
         del item["amounts"]
     return items
 
@@ -360,6 +383,7 @@ _environment = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_environment.filters["counted"] = counted  # {{ n | counted("row") }}: "1 row", "2 rows"
 
 
 def render_page(report: Report) -> str:

@@ -450,6 +450,11 @@ def report_command(
                                "or --feed NAME --business-date YYYY-MM-DD (a business day's)")
     if not run_id and not (feed and business_date):
         raise click.UsageError("give RUN_ID, or --feed NAME --business-date YYYY-MM-DD")
+    loaded: Feed | None = None
+    if not run_id:  # a day to come is a usage error whatever the ledger: checked before it
+        assert feed is not None and business_date is not None
+        loaded = load_feed(feed, settings.feeds_dir)
+        _check_future(loaded, business_date)
     if not settings.ledger_exists():
         if run_id:  # as `rerun RUN_ID`: the run is unknown here
             raise click.BadParameter(f"no ledger at {settings.ledger_name}", param_hint="RUN_ID")
@@ -465,9 +470,7 @@ def report_command(
             report = run_report(ledger, run_id, extra=extra)
             folder = out or report_folder(settings.reports_dir, run.feed, run_id)
         else:
-            assert feed is not None and business_date is not None
-            loaded = load_feed(feed, settings.feeds_dir)
-            _check_future(loaded, business_date)
+            assert loaded is not None and business_date is not None
             feed_name = loaded.name
             report = day_report(ledger, feed_name, business_date.isoformat(), pattern=loaded.source.pattern)
             folder = out or report_folder(settings.reports_dir, feed_name, f"day-{business_date.isoformat()}")

@@ -274,6 +274,29 @@ def test_2_a_run_of_a_business_date_to_come(live: SandboxServer, tmp_path: Path)
         assert not (tmp_path / "state" / "ledger.sqlite").exists()  # nothing ran
 
 
+def test_2_a_report_of_a_day_to_come_whatever_the_ledger(live: SandboxServer, tmp_path: Path) -> None:
+    """`posfeed report --feed F --business-date <to come>` is a usage error naming the option
+    (exit 2) with no ledger yet as with one: before, with none it exited 78 ("no ledger")."""
+    feed = str(_feed_file(live, tmp_path))
+    to_come = (datetime.now(UTC) + timedelta(days=2)).date().isoformat()  # past every timezone's today
+    args = ("report", "--feed", feed, "--business-date", to_come)
+    without = posfeed(tmp_path, *args, env=env_for(live), timeout=60)
+    assert without.returncode == 2, without.stderr[-2000:]
+    assert "--business-date" in without.stderr and "future" in without.stderr and "Usage: " in without.stderr
+    assert not (tmp_path / "state" / "ledger.sqlite").exists()
+    (tmp_path / "state").mkdir()
+    with Ledger(tmp_path / "state" / "ledger.sqlite"):
+        pass
+    with_ledger = posfeed(tmp_path, *args, env=env_for(live), timeout=60)
+    assert with_ledger.returncode == 2, with_ledger.stderr[-2000:]
+    assert "future" in with_ledger.stderr and "Usage: " in with_ledger.stderr
+    # a date that has begun, with no ledger: still the configuration error it was
+    (tmp_path / "none").mkdir()
+    today = posfeed(tmp_path / "none", "report", "--feed", feed, "--business-date", "2026-11-20",
+                    env=env_for(live), timeout=60)
+    assert today.returncode == 78 and "no ledger" in today.stderr, today.stderr[-2000:]
+
+
 def test_74_corrupt_ledger_names_the_path_and_what_to_do(live: SandboxServer, tmp_path: Path) -> None:
     clean_day(tmp_path / "drop", 5)
     (tmp_path / "state").mkdir()

@@ -179,7 +179,7 @@ def test_a_feed_run_again_and_again_alerts_once_per_problem(tmp_path: Path, sand
         assert "2 open problem(s)" in run_line["msg"] and len(run_line["open_problems"]) == 2
         assert (s.folder / GARBAGE).stat().st_mtime == garbage_mtime
         page = (Path(summary["reports_path"]) / "report.html").read_text(encoding="utf-8")
-        assert "Open problems" in page and GARBAGE in page and "2 open problem(s)" in page
+        assert "Open problems" in page and GARBAGE in page and "2 open problems: see the table" in page
 
         # 3: the store delivers (a file without defects): its problem is resolved, once
         s.drop("pos_BER01_20261120_12.csv", "pos_BER01_20261120_daily.csv")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from pipeline.ledger import TxnRecord, TxnState
 from pipeline.report_page import format_amount, render_page
 from pipeline.reports import build_report, write_report
 
@@ -92,6 +94,12 @@ def _check_page(browser: Browser, page_path: Path, screenshot: Path) -> None:
         row_locator = page.locator(f'tr[data-store="{store}"][data-currency="{currency}"]')
         assert row_locator.count() == 1, (page_path, store, currency)
         assert _amount(row_locator.locator('td[data-figure="amount_in"]').inner_text()) == amount
+    # at a desktop's width (1280 px) every table fits: none scrolls in its box, no column cut off
+    overflowing = page.evaluate("""() => [...document.querySelectorAll(".scroll")]
+        .filter((box) => box.scrollWidth > box.clientWidth)
+        .map((box) => box.querySelector("caption").textContent)""")
+    assert page.viewport_size == {"width": 1280, "height": 720}
+    assert overflowing == [], (page_path, overflowing)
     page.screenshot(path=str(screenshot), full_page=True)
     page.close()
 
@@ -160,3 +168,192 @@ def test_a_file_in_two_currencies_shows_two_totals_never_their_sum(tmp_path: Pat
         finally:
             browser.close()
     assert shown == {"EUR": "56.78 EUR", "GBP": "12.34 GBP"}
+
+
+def _txn(number: int, state: TxnState, code: str | None, amount: str, currency: str = "EUR") -> TxnRecord:
+    return TxnRecord(
+        id=number, scope="words", feed="words", transaction_id=f"T{number}", content_hash="h",
+        state=state, primary_id=None, attempts=1, last_error_code=code, last_error_message=code,
+        event_ids=(), points=None, file_id=1, source_file="day.csv", source_lines=(number + 1,), rows=1,
+        store_id="BER01", business_date="2026-11-20", transaction_type="sale", currency=currency,
+        amount=Decimal(amount), reject_code=None, first_run_id="r1", last_run_id="r1")
+
+
+# a count of 1 followed by a plural, or of 2 by a singular, of the page's nouns
+_ONE_WITH_PLURAL = re.compile(r"\b1 (voids|returns|conflicts|transactions|rows|files|problems|"
+                              r"expected files|unreadable files|open problems)\b")
+_TWO_WITH_SINGULAR = re.compile(r"\b2 (void|return|conflict|transaction|row|file|problem|"
+                                r"expected file|unreadable file|open problem)\b(?!s)")
+
+
+def test_every_count_on_the_page_agrees_with_its_noun_in_chromium(tmp_path: Path) -> None:
+    """Counts of 1 and of 2 side by side: "1 return ...", "2 returns ...", never "1 returns" nor
+    "file(s)", in the verdict's list, the items' titles and the money tables' captions."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    failed, retryable = TxnState.FAILED_PERMANENT, TxnState.FAILED_RETRYABLE
+    transactions = [
+        _txn(1, TxnState.VOID, "void_of_sent_sale", "10.00"),
+        _txn(2, failed, "partly_refunded", "-4.00"),
+        _txn(3, failed, "original_refused", "-1.00"), _txn(4, failed, "original_refused", "-2.00"),
+        _txn(5, failed, "ambiguous_purchase", "19.59"),
+        _txn(6, TxnState.CONFLICT, "", "3.00"),
+        _txn(7, retryable, "original_not_found", "-5.00"), _txn(8, retryable, "original_not_found", "-6.00"),
+        _txn(9, TxnState.ACCEPTED, None, "7.00", "GBP"),
+    ]
+    extra = {"missing_files": [{"store_id": "LON01", "business_date": "2026-11-20", "file": f"f{n}.csv",
+                                "status": "missing", "due_at": "2026-11-21T06:00:00+00:00"} for n in (1, 2)],
+             "problems": [{"problem_id": 1, "kind": "backlog", "summary": "waiting", "action": "wait",
+                           "status": "open"}]}
+    report = build_report(
+        report_id="r1", feed="words", transactions=transactions, rejects=[], extra=extra,
+        file_totals=[("day.csv", "BER01", "2026-11-20", 8, 8, Decimal("20.59"), "EUR"),
+                     ("day.csv", "BER01", "2026-11-20", 1, 1, Decimal("7.00"), "GBP")],
+        files_not_read=[("garbage.csv", "unreadable", "not UTF-8")])
+    write_report(report, tmp_path / "r1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "r1" / "report.html").as_uri())
+            text = page.locator("body").inner_text()
+            verdict = [li.inner_text() for li in page.locator('section[aria-label="Verdict"] li').all()]
+            titles = {str(section.get_attribute("data-action")): section.locator("h3").inner_text()
+                      for section in page.locator("section[data-action]").all()}
+            captions = [c.inner_text() for c in page.locator("caption").all()]
+        finally:
+            browser.close()
+    assert titles == {
+        "void_of_sent_sale": "1 void of a sale already on the platform",
+        "partly_refunded": "1 return the platform refunded in part",
+        "ambiguous_purchase": "1 transaction with several matching purchases on CRM.COM, nothing "
+                              "cancelled or created",
+        "original_refused": "2 returns whose sale the platform refused",
+        "conflict": "1 conflict (held for review)",
+        "original_not_found": "2 returns waiting for a sale not arrived yet",
+    }
+    assert [line.split(":")[0] for line in verdict] == [
+        "1 conflict (held for review)", "1 void of a sale already on the platform",
+        "1 transaction with several matching purchases on CRM.COM, nothing cancelled or created",
+        "2 returns whose sale the platform refused", "1 return the platform refunded in part",
+        "2 returns waiting for a sale not arrived yet",
+        "2 expected files missing", "1 unreadable file", "1 open problem"]
+    assert "EUR: 8 transactions, 8 rows came in" in captions
+    assert "GBP: 1 transaction, 1 row came in" in captions
+    assert "(s)" not in text
+    assert not _ONE_WITH_PLURAL.search(text), _ONE_WITH_PLURAL.search(text)
+    assert not _TWO_WITH_SINGULAR.search(text), _TWO_WITH_SINGULAR.search(text)
+
+
+PHONE = {"width": 375, "height": 740}
+
+
+def test_the_chart_fills_a_phones_width_and_its_text_is_readable(tmp_path: Path) -> None:
+    """At 375 px the chart is as wide as the content, its labels are no smaller than the page's
+    small text, a state's label and amount do not overlap, and every bar, "came in"'s too, is
+    drawn to the same scale."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    report = build_report(
+        report_id="r1", feed="chart", rejects=[],
+        transactions=[_txn(1, TxnState.ACCEPTED, None, "1234567.89"),
+                      _txn(2, TxnState.FAILED_RETRYABLE, "error_500", "-1000000.00")],
+        file_totals=[("day.csv", "BER01", "2026-11-20", 2, 2, Decimal("234567.89"), "EUR")])
+    write_report(report, tmp_path / "r1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=PHONE)
+            page.goto((tmp_path / "r1" / "report.html").as_uri())
+            measured = page.evaluate("""() => {
+                const chart = document.querySelector("svg.chart");
+                const heading = document.querySelector("h2");
+                const small = document.querySelector("span.small");  // a line of it, as tall as its font
+                const px = (element) => parseFloat(getComputedStyle(element).fontSize);
+                const texts = [...chart.querySelectorAll("text")];
+                return {
+                    chart: chart.getBoundingClientRect().width,
+                    content: heading.getBoundingClientRect().width,
+                    small: px(small), smallHeight: small.getBoundingClientRect().height,
+                    sizes: texts.map(px),
+                    heights: texts.map((t) => t.getBoundingClientRect().height),
+                    rows: [...chart.querySelectorAll("g[data-state]")].map((row) => {
+                        const [label, amount] = [...row.querySelectorAll("text")].map(
+                            (t) => t.getBoundingClientRect());
+                        const bar = row.querySelector("rect").getBoundingClientRect().width;
+                        return [row.dataset.state, label.right, amount.left, amount.right, bar];
+                    }),
+                    width: document.documentElement.scrollWidth,
+                };
+            }""")
+        finally:
+            browser.close()
+    assert measured["width"] <= PHONE["width"]
+    assert abs(measured["chart"] - measured["content"]) <= 1, measured
+    assert min(measured["sizes"]) >= measured["small"], measured
+    # drawn as large as the page's small text: the chart is not scaled down to fit
+    assert min(measured["heights"]) >= 0.95 * measured["smallHeight"], measured
+    assert len(measured["rows"]) == 11  # came in and each state
+    bars = {}
+    for state, label_right, amount_left, amount_right, bar in measured["rows"]:
+        assert label_right < amount_left, state
+        assert amount_right <= measured["chart"] + 16, state
+        bars[state] = bar
+    # one scale for every bar, the largest amount's: here a state's, larger than what came in
+    assert bars["accepted"] == pytest.approx(measured["chart"], abs=1)
+    assert bars["came_in"] == pytest.approx(measured["chart"] * 234567.89 / 1234567.89, abs=1)
+    assert bars["failed_retryable"] == pytest.approx(measured["chart"] * 1000000 / 1234567.89, abs=1)
+
+
+def test_every_tables_caption_reads_whole_at_a_phones_width(tmp_path: Path) -> None:
+    """A table wider than a phone scrolls in its own box; its caption wraps within the box, not
+    cut off at the screen's edge with the table ("By store" has ten columns)."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    report = build_report(
+        report_id="r1", feed="captions", rejects=[], transactions=[_txn(1, TxnState.ACCEPTED, None, "7.00")],
+        file_totals=[("day.csv", "BER01", "2026-11-20", 1, 1, Decimal("7.00"), "EUR")])
+    write_report(report, tmp_path / "r1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=PHONE)
+            page.goto((tmp_path / "r1" / "report.html").as_uri())
+            captions = page.evaluate("""() => [...document.querySelectorAll("caption")].map((caption) => {
+                const words = document.createRange();
+                words.selectNodeContents(caption);
+                const box = caption.closest(".scroll").getBoundingClientRect();
+                return [caption.textContent, box.right,
+                        Math.max(...[...words.getClientRects()].map((line) => line.right))];
+            })""")
+            wide = page.evaluate("""() => [...document.querySelectorAll(".scroll")].filter(
+                (box) => box.scrollWidth > box.clientWidth).length""")
+        finally:
+            browser.close()
+    assert wide >= 1  # the store table at least: the case this is about
+    assert len(captions) >= 3
+    for text, box_right, text_right in captions:
+        assert text_right <= box_right + 0.5, (text, box_right, text_right)
+
+
+def test_a_phone_shows_no_label_without_a_value(tmp_path: Path) -> None:
+    """At 375 px an item's transactions stack, each value under its name; a value a transaction
+    has none of (a conflict's code and message) is left out, not shown as an empty "why:"."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    report = build_report(
+        report_id="r1", feed="labels", rejects=[],
+        transactions=[_txn(1, TxnState.CONFLICT, None, "3.00"),
+                      _txn(2, TxnState.FAILED_PERMANENT, "UNKNOWN_CUSTOMER", "4.00")],
+        file_totals=[("day.csv", "BER01", "2026-11-20", 2, 2, Decimal("7.00"), "EUR")])
+    write_report(report, tmp_path / "r1")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=PHONE)
+            page.goto((tmp_path / "r1" / "report.html").as_uri())
+            shown = {str(row.get_attribute("data-transaction")): [
+                (str(cell.get_attribute("data-label")), cell.inner_text().strip())
+                for cell in row.locator("td[data-label]").all() if cell.is_visible()]
+                for row in page.locator("tr[data-transaction]").all()}
+        finally:
+            browser.close()
+    assert [label for label, _ in shown["T1"]] == ["store", "business date", "file:lines", "amount"]
+    assert [label for label, _ in shown["T2"]] == ["store", "business date", "file:lines", "amount", "why"]
+    assert all(value for cells in shown.values() for _, value in cells), shown

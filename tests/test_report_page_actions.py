@@ -3,7 +3,8 @@
 Each case is made the way it happens, by ``posfeed run`` against the real sandbox platforms with
 the fault that creates it: a return the platform refunds in part (``partly_refunded``), a return of
 a sale the platform refused (``original_refused``), a return waiting for its failed sale
-(``original_not_accepted``), a void of a sale already on CRM.COM (``void_of_sent_sale``). Every
+(``original_not_accepted``), a void of a sale already on CRM.COM (``void_of_sent_sale``), a sale in
+doubt that two purchases on CRM.COM match (``ambiguous_purchase``). Every
 item to act on must be on the page with its count, its money per currency, what to do and its
 transactions (id, store, date), with the same figures as summary.csv, summary.json and detail.csv
 of the same run; no customer id in clear; no console error; readable at a phone's width, without
@@ -16,6 +17,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import replace
 from decimal import Decimal
@@ -28,8 +31,9 @@ from pipeline.ledger import TxnRecord, TxnState
 from pipeline.report_page import page_data
 from pipeline.reports import build_report, write_report
 from pipeline.sandbox.server import SandboxServer
-from tests.runner_helpers import feed_toml
+from tests.runner_helpers import REPO, feed_toml
 from tests.sandbox_fixtures import crmcom_env, crmcom_feed
+from tests.sinks.test_crmcom_hostile_returns import purchases
 from tests.test_crmcom_returns_e2e import HEADER as CRM_HEADER
 from tests.test_crmcom_returns_e2e import WINE, YOG, posfeed
 from tests.test_crmcom_returns_e2e import line as crm_line
@@ -292,3 +296,83 @@ def test_a_dry_runs_transactions_to_send_are_not_an_item_to_act_on() -> None:
     assert [item["key"] for item in page_data(dry)["action_items"]] == []
     assert page_data(dry)["actions"] == []
     assert [item["key"] for item in page_data(real)["action_items"]] == ["queued"]
+
+
+def _crm_run(tmp: Path, env: dict[str, str], feed_file: Path) -> tuple[int, dict[str, Any], str]:
+    """One `posfeed run --json` of ``feed_file`` with its state under ``tmp``: exit, summary, stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(tmp / "state"), "--reports-dir",
+         str(tmp / "reports"), "run", "--feed", str(feed_file), "--business-date", "2026-11-20", "--json"],
+        env=env, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
+
+
+def _crm_feed_file(sandbox: SandboxServer, folder: Path, name: str, **target: Any) -> Path:
+    """A CRM.COM feed reading ``folder/drop`` (made here), its file in ``folder``."""
+    drop = folder / "drop"
+    drop.mkdir(parents=True)
+    feed = crmcom_feed(sandbox, name, bulk_size=1, **target)
+    feed = feed.model_copy(update={"timezone": "Europe/Berlin", "source": feed.source.model_copy(
+        update={"kind": "local", "path": str(drop), "pattern": "*.csv", "readiness": "none"})})
+    feed_file = folder / f"{name}.toml"
+    feed_file.write_text(feed_toml(feed), encoding="utf-8")
+    return feed_file
+
+
+def test_a_sale_in_doubt_that_matches_two_purchases_is_an_item_made_by_real_runs(tmp_path: Path) -> None:
+    """Made the way it happens: another system put sale S-1 on CRM.COM twice (same reference,
+    total, day and customer: CRM.COM keeps a repeated reference); posfeed's own run of S-1 gets no
+    answer (the connection drops), so S-1 is in doubt; the next run looks it up (`list`), finds
+    two purchases it cannot tell apart, adopts neither and fails it for good (`ambiguous_purchase`).
+    The page of that run shows the item with its count and money, as detail.csv has them."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    sale = [CRM_HEADER, crm_line("S-1", CUSTOMERS[0], "sale", 1, *WINE, 1, "19.59"),
+            crm_line("S-1", CUSTOMERS[0], "sale", 2, *YOG, 3, "19.59"),
+            crm_line("S-2", CUSTOMERS[0], "sale", 1, *WINE, 1, "11.49")]
+    with SandboxServer() as sandbox:
+        sandbox.state.platforms["crmcom"].config.unique_reference_numbers = False
+        env = {**os.environ, **crmcom_env(sandbox)}
+        for other in ("other-1", "other-2"):  # another system's two deliveries of S-1
+            feed_file = _crm_feed_file(sandbox, tmp_path / other, "crmother")
+            (tmp_path / other / "drop" / "day.csv").write_text("\n".join(sale[:3]) + "\n", encoding="utf-8")
+            code, _, err = _crm_run(tmp_path / other, env, feed_file)
+            assert code == 0, err[-3000:]
+        mine = tmp_path / "mine"
+        feed_file = _crm_feed_file(sandbox, mine, "crmamb", lookup="list")
+        (mine / "drop" / "day.csv").write_text("\n".join(sale) + "\n", encoding="utf-8")
+        sandbox.config.fault_kinds, sandbox.config.fault_rate = ("drop",), 1.0  # no answer at all
+        code, first, err = _crm_run(mine, env, feed_file)
+        assert code == 75, err[-3000:]
+        assert first["failed_retryable"] == 2 and first["accepted"] == 0  # in doubt: held
+        sandbox.config.fault_rate = 0.0
+        others = set(purchases(sandbox))
+        assert len(others) == 2
+        code, second, err = _crm_run(mine, env, feed_file)
+        assert code == 65, err[-3000:]
+        stored = purchases(sandbox)
+    # S-2 created once; S-1 neither adopted nor created again
+    assert len(stored) == 3 and others < set(stored)
+    folder = Path(second["reports_path"])
+    detail = [r for r in _csv(folder / "detail.csv") if r["error_code"] == "ambiguous_purchase"]
+    assert [(r["transaction_id"], r["state"], r["origin"]) for r in detail] == \
+        [("S-1", "failed_permanent", "settle")]
+    assert all(purchase in detail[0]["error_message"] for purchase in others)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(java_script_enabled=False, viewport=PHONE).new_page()
+            errors = _open(page, folder / "report.html")
+            _check_page_at_large(page, (folder / "report.html").read_text(encoding="utf-8"), errors)
+            item = _check_item(page, folder, "ambiguous_purchase", "failed_permanent", "ambiguous_purchase")
+            _state_totals(page, folder, "failed_permanent")
+            title = page.locator('section[data-action="ambiguous_purchase"] h3').inner_text()
+            verdict = page.locator('section[aria-label="Verdict"]')
+            listed = verdict.locator('a[href="#action-ambiguous_purchase"]').inner_text()
+            _fits_a_phone(page)
+        finally:
+            browser.close()
+    assert (item["count"], item["amounts"]["amount"]) == (1, {"EUR": Decimal("19.59")})
+    assert set(item["rows"]) == {"S-1"} and all(p in item["rows"]["S-1"]["message"] for p in others)
+    assert "by hand" in item["todo"] and "rerun" not in item["todo"]
+    assert title == listed == ("1 transaction with several matching purchases on CRM.COM, nothing "
+                               "cancelled or created")

@@ -382,7 +382,7 @@ def test_a_day_report_lists_the_days_files_without_rows(
     assert all(r["balanced"] == "true" for r in rows)
     assert f'<th scope="row">{header_only}</th><td>read: no data rows</td>' in page
     assert f'<th scope="row">{BINARY}</th><td>unreadable: {binary_reason}' in page
-    assert "1 unreadable file(s)" in page
+    assert "1 unreadable file: fix and deliver again" in page
 
     _, rows, _ = day("2026-11-19")
     assert [(r["source_file"], r["origin"]) for r in rows] == [(other_day, "file")]
