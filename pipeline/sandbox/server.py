@@ -22,7 +22,9 @@ request 503 at once, and closes a connection idle for ``keep_alive_seconds`` aft
 A request whose headers have not all arrived ``header_timeout_seconds``
 (:data:`HEADER_TIMEOUT_SECONDS`) after its first byte is answered 408 in Antavo's shape and its
 connection closed (uvicorn itself would hold it until the client hangs up). A
-state file that cannot be written answers 503: the change was not kept, so it was not accepted.
+state file that cannot be written answers 503 with Retry-After: the change was not kept, so it was
+not accepted; one another process holds is not waited for (``state_busy_timeout_ms``, 0): the wait
+would block the event loop, every client with it.
 """
 
 from __future__ import annotations
@@ -276,7 +278,10 @@ def build_app(state: SandboxState) -> Starlette:
 
     async def not_kept(request: Request, exc: Exception) -> Response:
         logger.error("%s", exc)
-        return _refusal(request.url.path, 503, 503, "The sandbox could not keep the change")
+        path = request.url.path
+        code: int | str = "INTERNAL_ERROR" if path.startswith(_CRMCOM_PREFIX) else 503
+        return _refusal(path, 503, code, "The sandbox could not keep the change; try again",
+                        headers={"Retry-After": "1"})
 
     async def not_routed(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -27,6 +27,7 @@ __all__ = ["RecordStore", "StateFileError", "decode", "encode"]
 logger = logging.getLogger(__name__)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+OPEN_TIMEOUT_MS = 5000  # what opening a state file waits at most for another process to let go
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
@@ -77,14 +78,18 @@ def decode(text: str) -> Any:
 class RecordStore:
     """Records in one SQLite file (WAL journal); not thread-safe: the state's lock guards it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, busy_timeout_ms: int = OPEN_TIMEOUT_MS):
+        """Open (or create) ``path``; a change waits ``busy_timeout_ms`` at most for a file another
+        process holds, then raises :class:`StateFileError` (opening waits :data:`OPEN_TIMEOUT_MS`)."""
         self.path = path
         legacy = _legacy_document(path)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                       timeout=OPEN_TIMEOUT_MS / 1000)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a crash of the process
             self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_ms))}")
         except sqlite3.Error as exc:
             raise StateFileError(f"cannot open the sandbox state file {path}: {exc}") from exc
         if legacy is not None:
@@ -109,6 +114,10 @@ class RecordStore:
             self._db.execute(sql, parameters)
         except sqlite3.Error as exc:
             raise StateFileError(f"cannot write the sandbox state file {self.path}: {exc}") from exc
+
+    def busy_timeout_ms(self) -> int:
+        """How long a change waits for a file another process holds (SQLite's busy timeout)."""
+        return int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
 
     def rows(self) -> Iterator[tuple[str, str, Any]]:
         """Every record as ``(kind, key, record)`` in the order first stored."""
