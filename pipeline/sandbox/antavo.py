@@ -11,6 +11,9 @@ Per event (documented facts first, the sandbox's own choices marked *):
 * ``action`` must be known, else 400 203401 "Invalid action: <action>";
 * a guest (``"guest": true``) must have no ``customer`` and is refused by the bulk endpoint
   (* 400 code 203409); a non-guest needs ``customer`` (0 "Property customer cannot be empty");
+* ``opt_in`` / ``profile`` fields are strings (or null), the consents (``config.profile_flag_fields``)
+  true or false: another type is 400 * code 0 (``config.profile_type_error_code``) "Property <name>
+  must be a string" / "... must be true or false";
 * a customer id starting with the configured unknown prefix is unknown: 404 160212 "Customer not
   found" (except ``opt_in``, which creates customers: once created it is known); every other id
   is known;
@@ -332,6 +335,8 @@ class AntavoPlatform:
         """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields, never
         the customer's own (``id``, ``status``, ``created_at``, ``updated_at``: ignored); an
         email with an empty label (``a@b..org``) is refused, the address named in the message."""
+        data = _profile_fields(data, self.state.config.profile_flag_fields,
+                               self.state.config.profile_type_error_code)
         email = data.get("email")
         if isinstance(email, str) and (".." in email or email.endswith(".")):
             raise _bad(f"Invalid email address: {email}", 0)
@@ -412,6 +417,27 @@ class AntavoPlatform:
             }
             self.state.put_transaction(PLATFORM, str(tid), updated)
         return [event]
+
+
+def _profile_fields(data: dict[str, Any], flags: tuple[str, ...], code: int) -> dict[str, Any]:
+    """* The fields of an ``opt_in`` / ``profile``, each of its type: a string (or null), true or
+    false for the ``flags`` (a form-encoded ``true`` / ``false`` / ``1`` / ``0`` too, kept as a
+    boolean); another type is refused (400 ``code``), naming the field, never its value."""
+    checked: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _OWN_FIELDS or value is None:
+            checked[name] = value
+        elif name in flags:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                value = value.lower() in ("true", "1")
+            if not isinstance(value, bool):
+                raise _bad(f"Property {name} must be true or false", code)
+            checked[name] = value
+        elif isinstance(value, str):
+            checked[name] = value
+        else:
+            raise _bad(f"Property {name} must be a string", code)
+    return checked
 
 
 def _check_units(record: dict[str, Any], product: str, quantity: Decimal) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from pipeline.sandbox.crmcom import PREFIX
 from pipeline.sandbox.server import SandboxServer
@@ -72,3 +74,66 @@ def test_a_busy_state_file_under_crmcom_answers_crmcom_s_try_again(tmp_path: Pat
             other.execute("ROLLBACK")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert refused.json()["status"]["code"] == "INTERNAL_ERROR"
+
+
+# ---- profile fields --------------------------------------------------------------------------------
+
+
+def _opt_in(customer: str, **data: Any) -> dict[str, Any]:
+    return {"customer": customer, "action": "opt_in", "data": data}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("first_name", 12, "Property first_name must be a string"),
+    ("email", {"a": "b"}, "Property email must be a string"),
+    ("last_name", ["x"], "Property last_name must be a string"),
+    ("language", True, "Property language must be a string"),
+    ("loyalty_tier", 1.5, "Property loyalty_tier must be a string"),
+    ("consent_email", "maybe", "Property consent_email must be true or false"),
+    ("consent_sms", 2, "Property consent_sms must be true or false"),
+])
+def test_a_profile_field_of_the_wrong_type_is_refused(sandbox: SandboxServer, field: str, value: Any,
+                                                      message: str) -> None:
+    # before: stored as it came (a number, an object, a list as a member's name)
+    answer = httpx.post(sandbox.url + EVENTS, json=_opt_in("m1", **{field: value}), timeout=60)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": {"type": "BadRequestException", "code": 0, "message": message}}
+    assert httpx.get(sandbox.url + "/_sandbox/customers", timeout=60).json()["count"] == 0
+    # a profile update of a member is checked the same way
+    signed_up = httpx.post(sandbox.url + EVENTS, json=_opt_in("m1", first_name="Ann"), timeout=60)
+    assert signed_up.status_code == 200
+    update = httpx.post(sandbox.url + EVENTS, json={**_opt_in("m1", **{field: value}), "action": "profile"},
+                        timeout=60)
+    assert update.status_code == 400 and update.json()["error"]["message"] == message
+    customer = httpx.get(sandbox.url + "/_sandbox/customers", timeout=60).json()["customers"][0]
+    assert customer["first_name"] == "Ann"
+    assert field == "first_name" or field not in customer
+
+
+def test_profile_fields_of_the_right_types_are_kept(sandbox: SandboxServer) -> None:
+    answer = httpx.post(sandbox.url + EVENTS, json=_opt_in("m1", first_name="Ann", consent_email=True,
+                                                           consent_sms=False, birth_date=None), timeout=60)
+    assert answer.status_code == 200
+    form = httpx.post(sandbox.url + EVENTS, content=b"customer=m2&action=opt_in&data[consent_sms]=true",
+                      headers={"content-type": "application/x-www-form-urlencoded"}, timeout=60)
+    assert form.status_code == 200
+    listing = httpx.get(sandbox.url + "/_sandbox/customers", timeout=60).json()["customers"]
+    customers = {c["id"]: c for c in listing}
+    assert customers["m1"]["consent_email"] is True and customers["m1"]["consent_sms"] is False
+    assert customers["m2"]["consent_sms"] is True
+
+
+def test_the_type_error_code_and_the_flag_fields_are_settings(sandbox: SandboxServer) -> None:
+    sandbox.config.profile_type_error_code = 113402
+    sandbox.config.profile_flag_fields = ("newsletter",)
+    accepted = httpx.post(sandbox.url + EVENTS, json=_opt_in("m1", newsletter=True), timeout=60)
+    assert accepted.status_code == 200
+    refused = httpx.post(sandbox.url + EVENTS, json=_opt_in("m2", consent_email=True), timeout=60)
+    assert refused.json()["error"]["code"] == 113402
+
+
+def test_a_bulk_refuses_only_the_event_of_the_wrong_type(sandbox: SandboxServer) -> None:
+    answer = httpx.post(sandbox.url + BULK, json={"events": [_opt_in("m1", first_name=7),
+                                                             _opt_in("m2", first_name="Bo")]}, timeout=60)
+    results = answer.json()["results"]
+    assert answer.json()["errors"] == 1 and "error" in results[0] and "events" in results[1]
