@@ -61,6 +61,7 @@ from pipeline.sandbox.limits import (
     check_text,
     in_range,
     parse_json,
+    query_once,
     read_body,
 )
 from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, jsonable, lost_answer
@@ -513,7 +514,11 @@ def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitab
                 return _error_response(404, "NotFoundException", 0, "Transaction not found")
             listed = [{**event, "transaction_id": tid} for event in record["events"]]
             return JSONResponse(jsonable({"events": listed, "total": len(listed)}))
-        wanted = request.query_params.get("id")
+        try:
+            wanted = query_once(request).get("id")
+        except BodyRefused as ambiguous:
+            state.count("bad_requests")
+            return _error_response(ambiguous.status, "BadRequestException", 0, ambiguous.message)
         views = [_transaction_view(r) for r in owned if wanted is None or str(r["transaction_id"]) == wanted]
         return JSONResponse(jsonable({"transactions": views, "total": len(views)}))
 

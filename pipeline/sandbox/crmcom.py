@@ -54,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, read_body
+from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, query_once, read_body
 from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, lost_answer
 
 __all__ = [
@@ -591,6 +591,11 @@ def _endpoint(
             body = parse_json(raw) if raw else {}
             if not isinstance(body, dict):
                 raise BodyRefused(400, "the body must be a JSON object")
+            if request.method == "GET":  # GET methods take their parameters in the query
+                query = query_once(request)
+                if both := sorted(set(body) & set(query)):
+                    raise BodyRefused(400, f"{both[0][:40]!r} is given in the query and in the body")
+                body = {**body, **query}
         except BodyRefused as refused:
             if refused.status == 503:  # too many bodies held at once: nothing wrong with this one
                 return _answer(envelope(code="INTERNAL_ERROR", message=refused.message), 503,
@@ -598,8 +603,6 @@ def _endpoint(
             state.count("bad_requests")
             code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
             return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)
-        if request.method == "GET":  # GET methods take their parameters in the query
-            body = {**body, **request.query_params}
         # faults hit the calls that carry transactions; token calls see latency and the limit only
         fault = state.draw_fault() if token else None
         if fault in (Fault.ERROR_500, Fault.ERROR_503):

@@ -13,6 +13,8 @@ shape):
 * strings with a lone surrogate (``"\\ud800"``: not text, cannot be stored or answered as UTF-8)
   or a NUL character.
 
+A query parameter given twice is refused the same way (:func:`query_once`).
+
 Numbers come back as ``int`` or :class:`~decimal.Decimal`, never ``float``. The platforms still
 check the meaning of each field (a total must be a number of sensible size, an id a string).
 """
@@ -38,6 +40,7 @@ __all__ = [
     "check_text",
     "in_range",
     "parse_json",
+    "query_once",
     "read_body",
 ]
 
@@ -187,6 +190,16 @@ def check_text(value: Any) -> None:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+
+
+def query_once(request: Request) -> dict[str, str]:
+    """The query's parameters, each given once; :class:`BodyRefused` (400) for one given twice
+    (``?platform=a&platform=b``: which one is meant is anybody's guess)."""
+    params = request.query_params
+    for name in params:
+        if len(params.getlist(name)) > 1:
+            raise BodyRefused(400, f"Query parameter {name[:40]!r} is given twice")
+    return dict(params)
 
 
 def parse_json(body: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:

@@ -51,7 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline.sandbox import antavo
-from pipeline.sandbox.limits import BodyRefused, read_body
+from pipeline.sandbox.limits import BodyRefused, query_once, read_body
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sandbox.store import StateFileError
 
@@ -262,7 +262,10 @@ def build_app(state: SandboxState) -> Starlette:
         return JSONResponse(state.snapshot())
 
     async def transactions(request: Request) -> Response:
-        platform = request.query_params.get("platform")
+        try:
+            platform = query_once(request).get("platform")
+        except BodyRefused as refused:
+            return _refusal(request.url.path, refused.status, 0, refused.message)
         listing = state.listing(platform)
         return JSONResponse({"count": len(listing), "transactions": listing})
 

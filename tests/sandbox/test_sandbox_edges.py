@@ -137,3 +137,29 @@ def test_a_bulk_refuses_only_the_event_of_the_wrong_type(sandbox: SandboxServer)
                                                              _opt_in("m2", first_name="Bo")]}, timeout=60)
     results = answer.json()["results"]
     assert answer.json()["errors"] == 1 and "error" in results[0] and "events" in results[1]
+
+
+# ---- ambiguous queries -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/_sandbox/transactions?platform=antavo&platform=crmcom",
+    "/customers/c/transactions?api_key=sandbox-key&id=T-1&id=T-2",
+])
+def test_a_parameter_given_twice_is_refused(sandbox: SandboxServer, path: str) -> None:
+    # before: the last one won silently
+    answer = httpx.get(sandbox.url + path, timeout=60)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "BadRequestException" and error["code"] == 0 and "twice" in error["message"]
+
+
+def test_a_crmcom_query_parameter_given_twice_is_refused(sandbox: SandboxServer) -> None:
+    answer = httpx.get(f"{sandbox.url}{PREFIX}/customer_events/purchases/show?token=a&token=b", timeout=60)
+    assert answer.status_code == 400
+    document = answer.json()
+    assert document["data"] is None and document["status"]["code"] == "INVALID_PARAMETERS"
+    assert "twice" in document["status"]["message"]
+    both = httpx.request("GET", f"{sandbox.url}{PREFIX}/customer_events/purchases/show?token=a",
+                         json={"token": "b"}, timeout=60)
+    assert both.status_code == 400 and both.json()["status"]["code"] == "INVALID_PARAMETERS"
