@@ -3,6 +3,8 @@ queries, requests no parser reads under CRM.COM's paths, and odd bodies and meth
 
 from __future__ import annotations
 
+import json
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from pipeline.sandbox.crmcom import PREFIX
 from pipeline.sandbox.server import SandboxServer
+from tests.sandbox.test_sandbox_hostile import _answer_to
 
 EVENTS = "/events?api_key=sandbox-key"
 BULK = "/events/bulk?api_key=sandbox-key"
@@ -163,3 +166,34 @@ def test_a_crmcom_query_parameter_given_twice_is_refused(sandbox: SandboxServer)
     both = httpx.request("GET", f"{sandbox.url}{PREFIX}/customer_events/purchases/show?token=a",
                          json={"token": "b"}, timeout=60)
     assert both.status_code == 400 and both.json()["status"]["code"] == "INVALID_PARAMETERS"
+
+
+# ---- requests no parser reads ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_bytes", [
+    f"POST {PREFIX}/customer_events/purchases/create HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    "Content-Length: 5\r\n\r\n{}".encode(),
+    f"POST {PREFIX}/customer_events/purchases/create HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".encode(),
+])
+def test_a_crmcom_request_no_parser_reads_gets_crmcom_s_400(sandbox: SandboxServer,
+                                                           request_bytes: bytes) -> None:
+    # before: Antavo's {"error": ...} under CRM.COM's paths
+    with socket.create_connection((sandbox.host, sandbox.port), timeout=60) as conn:
+        conn.sendall(request_bytes)
+        answer = _answer_to(conn)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    document = json.loads(body)
+    assert document["data"] is None and document["status"]["code"] == "INVALID_PARAMETERS"
+    assert document["status"]["message"]
+
+
+def test_a_crmcom_request_whose_headers_never_finish_gets_crmcom_s_408() -> None:
+    with SandboxServer(header_timeout_seconds=0.3) as sandbox, \
+            socket.create_connection((sandbox.host, sandbox.port), timeout=60) as slow:
+        slow.sendall(f"POST {PREFIX}/customer_events/purchases/create HTTP/1.1\r\nHost: x\r\nCont".encode())
+        answer = _answer_to(slow)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert json.loads(body)["status"]["code"] == "REQUEST_TIMEOUT"
