@@ -20,7 +20,8 @@ Per event (documented facts first, the sandbox's own choices marked *):
 * ``checkout`` needs ``transaction_id`` (400 code 0 "Property transaction_id cannot be empty")
   and * ``total``; ``items`` must be a list of objects, and ``points_burned``, ``total_quantity``
   and each item's ``price``, ``quantity``, ``discount``, ``subtotal``, ``points_rewarded`` numbers
-  (null allowed; else 400 code 0); a used ``transaction_id`` is 400 5003 "The transaction ID has
+  (null allowed; a string written as a JSON number is; else 400 code 0), ``currency`` and ``store``
+  strings; a used ``transaction_id`` is 400 5003 "The transaction ID has
   already been used";
   * points = whole currency units of ``total``;
 * ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
@@ -61,6 +62,7 @@ from pipeline.sandbox.limits import (
     check_text,
     in_range,
     parse_json,
+    plain_number,
     query_once,
     read_body,
 )
@@ -119,9 +121,14 @@ _BRACKETS = re.compile(r"\[([^\]]*)\]")
 
 
 def parse_form(text: str) -> dict[str, Any]:
-    """PHP-style form fields (``data[items][0][product_id]=...``) into nested dicts and lists."""
+    """PHP-style form fields (``data[items][0][product_id]=...``) into nested dicts and lists; a
+    field given twice, or percent-encoded bytes that are not UTF-8, are refused (400)."""
     root: dict[str, Any] = {}
-    for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False):
+    try:
+        fields = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BodyRefused(400, f"A form field is not UTF-8 once decoded: {exc.reason}") from exc
+    for name, value in fields:
         head = name.split("[", 1)[0]
         path = [head, *_BRACKETS.findall(name[len(head):])]
         if len(path) > MAX_DEPTH:
@@ -132,6 +139,8 @@ def parse_form(text: str) -> dict[str, Any]:
             if key == "":
                 key = str(len(node))
             if last:
+                if key in node:
+                    raise BodyRefused(400, f"Field {name[:40]!r} is given twice")
                 node[key] = value
             else:
                 node = node.setdefault(key, {})
@@ -151,7 +160,8 @@ def _listify(value: Any) -> Any:
 
 
 def _number(value: Any, name: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
+    if (isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40
+            or (isinstance(value, str) and not plain_number(value))):
         raise _bad(f"Property {name} must be a number")
     try:
         number = Decimal(str(value))
@@ -301,6 +311,9 @@ class AntavoPlatform:
         for name in ("points_burned", "total_quantity"):
             if data.get(name) is not None:
                 _number(data[name], name)
+        for name in ("currency", "store"):  # strings (§1.4.1), stored as they come
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise _bad(f"Property {name} must be a string")
         now = self.state.clock()
         effective = data.get("effective_timestamp")
         timestamp = _timestamp(effective) if effective is not None else now
@@ -390,11 +403,12 @@ class AntavoPlatform:
             elif action == "refund_item":
                 if not data.get("product_id"):
                     raise _bad("Property product_id cannot be empty")
+                product = _identifier(data["product_id"], "product_id")
                 amount = _number(data.get("subtotal", 0), "subtotal")
-                if str(data["product_id"]) in self.state.config.refuse_refund_items:
+                if product in self.state.config.refuse_refund_items:
                     raise _bad("Amount for refund is greater the purchase total of the customer",
                                REFUSED_ITEM)
-                _check_units(record, str(data["product_id"]), _number(data.get("quantity", 1), "quantity"))
+                _check_units(record, product, _number(data.get("quantity", 1), "quantity"))
             else:
                 amount = _number(data.get("amount"), "amount")
             if amount <= 0 and action != "refund":

@@ -54,7 +54,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, query_once, read_body
+from pipeline.sandbox.limits import (
+    EXACT,
+    BodyRefused,
+    in_range,
+    parse_json,
+    plain_number,
+    query_once,
+    read_body,
+)
 from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, lost_answer
 
 __all__ = [
@@ -129,7 +137,8 @@ def _answer(document: Any, status: int = 200, headers: Mapping[str, str] | None 
 def _money(value: Any, name: str) -> Decimal:
     if value is None:
         return Decimal(0)
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
+    if (isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40
+            or (isinstance(value, str) and not plain_number(value))):
         raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number")
     try:
         number = Decimal(str(value))
@@ -300,9 +309,12 @@ class CrmcomPlatform:
                 adds_up = net + vat == total
             if not adds_up:
                 raise CrmcomError("INVALID_PARAMETERS", "net_amount + vat_amount must equal total_amount")
+            identifier = product.get("product_identifier")
+            if identifier is not None:
+                _identifier_value(identifier, "product_identifier")
             products.append(
                 {
-                    "product_identifier": product.get("product_identifier"),
+                    "product_identifier": identifier,
                     "quantity": _money(product.get("quantity", 1), "quantity"),
                     "net_amount": net,
                     "vat_amount": vat,

@@ -40,6 +40,7 @@ __all__ = [
     "check_text",
     "in_range",
     "parse_json",
+    "plain_number",
     "query_once",
     "read_body",
 ]
@@ -54,6 +55,16 @@ MAX_AMOUNT = Decimal("1e12")  # the sandbox's bound on any amount, quantity or t
 # so sums of up to 10^18 of them need at most 60: money computed in this context is exact, and an
 # inexact result would raise rather than round
 EXACT = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def plain_number(text: str) -> bool:
+    """Whether an amount sent as a string is written as a JSON number is (ASCII digits, an optional
+    sign, fraction and exponent): Python's Decimal also takes ``"1_000"``, ``" 1 "`` and other
+    scripts' digits, which no platform reads as a number."""
+    return _PLAIN_NUMBER.match(text) is not None
 
 
 def in_range(number: Decimal) -> bool:

@@ -197,3 +197,81 @@ def test_a_crmcom_request_whose_headers_never_finish_gets_crmcom_s_408() -> None
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert json.loads(body)["status"]["code"] == "REQUEST_TIMEOUT"
+
+
+# ---- values no platform takes --------------------------------------------------------------------
+
+
+def _crm_token(sandbox: SandboxServer) -> str:
+    platform = sandbox.state.platforms["crmcom"]
+    answer = httpx.post(f"{sandbox.url}{PREFIX}/authentication/token", timeout=60, json={
+        "username": platform.config.username, "password": platform.config.password,
+        "organisation": platform.config.organisation})
+    token: str = answer.json()["data"]["token"]
+    return token
+
+
+@pytest.mark.parametrize("total", [" 1 ", "1_000", "\u0661\u0662", "1.", "+ 1", "0x10", "1e", "\u00bd"])
+def test_an_amount_string_that_is_no_plain_number_is_refused(sandbox: SandboxServer, total: str) -> None:
+    # before: Python's Decimal took "1_000" as 1000 and Arabic-Indic digits as 12, and they were stored
+    checkout = {"customer": "c", "action": "checkout", "data": {"transaction_id": "T-1", "total": total}}
+    answer = httpx.post(sandbox.url + EVENTS, json=checkout, timeout=60)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == "Property total must be a number"
+    assert sandbox.state.get_transaction("antavo", "T-1") is None
+
+
+@pytest.mark.parametrize("amount", ["1_0", " 10", "\u0661\u0660"])
+def test_a_crmcom_amount_string_that_is_no_plain_number_is_refused(sandbox: SandboxServer,
+                                                                   amount: str) -> None:
+    token = _crm_token(sandbox)
+    answer = httpx.post(f"{sandbox.url}{PREFIX}/customer_events/purchases/create", timeout=60, json={
+        "token": token, "accounts_receivable_identifier": {"number": "C1"},
+        "performed_by_business_unit_identifier": {"code": "S1"}, "performed_on": "2026-11-20T09:30:00Z",
+        "reference_number": "R1", "products_set": [{"product_identifier": {"code": "P1"}, "quantity": 1,
+                                                    "net_amount": amount, "vat_amount": 0,
+                                                    "total_amount": amount}]})
+    assert answer.json()["status"]["code"] == "INVALID_PARAMETERS"
+    assert sandbox.state.listing("crmcom") == []
+
+
+def test_checkout_text_fields_and_refunded_products_must_be_strings(sandbox: SandboxServer) -> None:
+    # before: stored as they came ({"currency": {"a": [1]}}, a refund of product [1])
+    for field in ("currency", "store"):
+        bad = {"customer": "c", "action": "checkout",
+               "data": {"transaction_id": "T-0", "total": "1", field: {"a": [1]}}}
+        answer = httpx.post(sandbox.url + EVENTS, json=bad, timeout=60)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["message"] == f"Property {field} must be a string"
+    assert httpx.post(sandbox.url + EVENTS, json=CHECKOUT, timeout=60).status_code == 200
+    refund = {"customer": "c", "action": "refund_item",
+              "data": {"transaction_id": "T-1", "product_id": [1], "subtotal": "1"}}
+    answer = httpx.post(sandbox.url + EVENTS, json=refund, timeout=60)
+    assert answer.status_code == 400 and "product_id" in answer.json()["error"]["message"]
+    assert sandbox.state.get_transaction("antavo", "T-1")["refunds"] == []
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"customer=c%ff&action=checkout&data[transaction_id]=F-1&data[total]=1", "not UTF-8"),
+    (b"customer=c&customer=d&action=checkout&data[transaction_id]=F-1&data[total]=1", "twice"),
+    (b"customer=c&action=checkout&data[transaction_id]=F-1&data[total]=1&data[total]=1000", "twice"),
+])
+def test_a_form_field_that_is_no_text_or_given_twice_is_refused(sandbox: SandboxServer, body: bytes,
+                                                                 message: str) -> None:
+    # before: "c\ufffd" stored as the customer; the last of two fields won silently
+    answer = httpx.post(sandbox.url + EVENTS, content=body, timeout=60,
+                        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 400 and message in answer.json()["error"]["message"]
+    assert sandbox.state.get_transaction("antavo", "F-1") is None
+
+
+def test_a_crmcom_product_identifier_must_name_one_key(sandbox: SandboxServer) -> None:
+    token = _crm_token(sandbox)
+    answer = httpx.post(f"{sandbox.url}{PREFIX}/customer_events/purchases/create", timeout=60, json={
+        "token": token, "accounts_receivable_identifier": {"number": "C1"},
+        "performed_by_business_unit_identifier": {"code": "S1"}, "performed_on": "2026-11-20T09:30:00Z",
+        "reference_number": "R1", "products_set": [{"product_identifier": {"code": [{"x": 1}], "y": 2},
+                                                    "quantity": 1, "net_amount": 1, "vat_amount": 0,
+                                                    "total_amount": 1}]})
+    assert answer.json()["status"]["code"] == "INVALID_PARAMETERS"
+    assert sandbox.state.listing("crmcom") == []
