@@ -109,9 +109,9 @@ _ROUTING_ERRORS = {404: ("NotFoundException", "UNKNOWN_METHOD"),
 
 
 class _DeclaredBodyLimit:
-    """Refuses, on every path, a body whose declared length passes the limit, before reading it;
-    closes the connection after a 408 (the rest of a stalled body must not be read as the next
-    request)."""
+    """Refuses, on every path, a body whose declared length passes the limit, before reading it,
+    and a request that gives both a length and chunks (400, the connection closed); closes the
+    connection after a 408 (the rest of a stalled body must not be read as the next request)."""
 
     def __init__(self, app: ASGIApp, state: SandboxState):
         self.app = app
@@ -121,6 +121,17 @@ class _DeclaredBodyLimit:
         if scope["type"] == "http":
             send = _closing_after_408(send)
             limit = self.state.config.max_body_bytes
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # read by its chunks here, by its length by a proxy in front: refused, and the
+                # connection closed (RFC 9112 §6.1), so nothing after it is read as a request
+                self.state.count("bad_requests")
+                path = scope["path"]
+                response = _refusal(path, 400, "INVALID_PARAMETERS" if path.startswith(_CRMCOM_PREFIX) else 0,
+                                    "A request may not have both Content-Length and Transfer-Encoding",
+                                    headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
                     self.state.count("bad_requests")

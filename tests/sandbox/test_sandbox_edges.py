@@ -8,6 +8,7 @@ import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -275,3 +276,24 @@ def test_a_crmcom_product_identifier_must_name_one_key(sandbox: SandboxServer) -
                                                     "total_amount": 1}]})
     assert answer.json()["status"]["code"] == "INVALID_PARAMETERS"
     assert sandbox.state.listing("crmcom") == []
+
+
+@pytest.mark.parametrize("path", [EVENTS, f"{PREFIX}/authentication/token"])
+def test_a_request_with_a_length_and_chunks_is_refused_and_its_connection_closed(sandbox: SandboxServer,
+                                                                                  path: str) -> None:
+    # before: processed by its chunks with the connection kept open (what a proxy in front reads
+    # by the length would take as the next request: request smuggling)
+    body = json.dumps(CHECKOUT).encode()
+    with socket.create_connection((sandbox.host, sandbox.port), timeout=60) as conn:
+        conn.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                     % (path.encode(), len(body), body))
+        answer = _answer_to(conn)
+        assert conn.recv(1) == b""  # closed by the sandbox
+    head, _, data = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"connection: close" in head.lower()
+    document = json.loads(data)
+    assert (document["status"]["code"] == "INVALID_PARAMETERS" if path.startswith(PREFIX)
+            else document["error"] == {"type": "BadRequestException", "code": 0, "message": ANY})
+    assert sandbox.state.listing() == [] and sandbox.state.stats["requests"] == 0
