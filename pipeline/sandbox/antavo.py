@@ -446,12 +446,12 @@ def _profile_fields(data: dict[str, Any], flags: tuple[str, ...], code: int) -> 
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
                 value = value.lower() in ("true", "1")
             if not isinstance(value, bool):
-                raise _bad(f"Property {name} must be true or false", code)
+                raise _bad(f"Property {name[:80]} must be true or false", code)
             checked[name] = value
         elif isinstance(value, str):
             checked[name] = value
         else:
-            raise _bad(f"Property {name} must be a string", code)
+            raise _bad(f"Property {name[:80]} must be a string", code)
     return checked
 
 

@@ -385,7 +385,7 @@ class _ShapedBadRequests(H11Protocol):
         self.transport.close()
 
 
-_HEAD_KEPT = 8192  # bytes of a request's start kept to tell its path (a longer request line: "")
+_HEAD_KEPT = 8192  # bytes of a request's start kept to tell its path by (its request line, cut there)
 # open connections past which a request is answered 503 at once (well below the usual 1024
 # file descriptors; posfeed opens at most 256 per feed)
 MAX_CONNECTIONS = 512
