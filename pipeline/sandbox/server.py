@@ -26,7 +26,8 @@ A request whose headers have not all arrived ``header_timeout_seconds``
 connection closed (uvicorn itself would hold it until the client hangs up). A
 state file that cannot be written answers 503 with Retry-After: the change was not kept, so it was
 not accepted; one another process holds is not waited for (``state_busy_timeout_ms``, 0): the wait
-would block the event loop, every client with it.
+would block the event loop, every client with it. For the same reason the file's checkpoints (and
+their disk syncs) are made by a thread of the store, never by a change.
 """
 
 from __future__ import annotations

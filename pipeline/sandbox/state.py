@@ -173,7 +173,7 @@ class SandboxState:
         self._store: RecordStore | None = None
         self._forget()
         if self.config.state_file is not None:
-            self._store = RecordStore(self.config.state_file,
+            self._store = RecordStore(self.config.state_file, background_checkpoints=True,
                                       busy_timeout_ms=self.config.state_busy_timeout_ms)
             self._load_store(self._store)
 

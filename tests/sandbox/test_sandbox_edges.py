@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
@@ -15,6 +16,7 @@ import pytest
 
 from pipeline.sandbox.crmcom import PREFIX
 from pipeline.sandbox.server import SandboxServer
+from pipeline.sandbox.store import RecordStore
 from tests.sandbox.test_sandbox_hostile import _answer_to
 
 EVENTS = "/events?api_key=sandbox-key"
@@ -44,6 +46,30 @@ def test_a_busy_state_file_answers_try_again_at_once_and_keeps_nothing(tmp_path:
         assert reset.status_code == 503 and reset.headers["retry-after"] == "1"
         assert sandbox.state.get_transaction("antavo", "T-1") is None
         assert client.post(EVENTS, json=CHECKOUT).status_code == 200
+
+
+def _pages_in_the_database_file(path: Path) -> int:
+    """The page count of the database file itself, as its header says (the WAL's pages are not
+    in it until a checkpoint copies them there)."""
+    with path.open("rb") as file:
+        return int.from_bytes(file.read(32)[28:32], "big")
+
+
+def test_the_state_file_is_checkpointed_beside_the_event_loop(tmp_path: Path) -> None:
+    # before: every 1000 pages, the change that passed them copied the WAL into the file and
+    # synced it to disk in the event loop (a slow disk held every client that long)
+    path = tmp_path / "s.db"
+    with SandboxServer(state_file=path) as sandbox, httpx.Client(base_url=sandbox.url, timeout=60) as client:
+        store = sandbox.state.store
+        assert store is not None and store.autocheckpoint_pages() == 0  # never by a change itself
+        before = _pages_in_the_database_file(path)
+        padding = "x" * 2000
+        for number in range(store.checkpoint_every + 1):
+            checkout = {**CHECKOUT, "data": {"transaction_id": f"T-{number}", "total": "1", "store": padding}}
+            assert client.post(EVENTS, json=checkout).status_code == 200
+        while _pages_in_the_database_file(path) <= before:  # copied by the checkpointing thread
+            time.sleep(0.01)
+    assert len(list(RecordStore(path).rows())) == store.checkpoint_every + 1
 
 
 def test_a_reset_the_file_refuses_forgets_nothing(tmp_path: Path) -> None:
