@@ -368,6 +368,7 @@ class _Reader:
         try:
             if not isinstance(source, Path):
                 stream.seek(0)
+            etree.clear_error_log()  # (this thread's) so that what it holds next is this file's
             parser = etree.XMLPullParser(events=("end", "start-ns"), tag=self.names.transaction,
                                          **_SAFE_PARSING)
             closing = False
@@ -439,8 +440,16 @@ class _Reader:
 
     def _not_well_formed(self, exc: etree.XMLSyntaxError) -> UnreadableFileError:
         line, column = exc.position if exc.position else (0, 0)
+        message = _message(exc, self.encoding)
+        first = _first_placed_error(exc)
+        if first is not None and (not line or first.type_name == _UNDEFINED_ENTITY):
+            # libxml2 notes an undefined entity and goes on; what is raised is the end it then
+            # never finds ("no element found" at line 0): the noted error is the one to report
+            line, column = first.line, first.column
+            if first.type_name == _UNDEFINED_ENTITY:
+                message = _ENTITY_REASON
         return UnreadableFileError(self.name, f"not well-formed XML at line {line}, column {column}, "
-                                              f"{self._after()}: {_message(exc, self.encoding)}")
+                                              f"{self._after()}: {message}")
 
     def _after(self) -> str:
         """Where in the file: after which complete transaction."""
@@ -1012,6 +1021,18 @@ def _places(items: list[_Item], total: Decimal) -> int:
     """Decimal places to allocate in: those of the figures (2 at least, 4 at most)."""
     exponents = [-int(total.as_tuple().exponent)] + [-int(i.amount.as_tuple().exponent) for i in items]
     return max(2, min(4, max(exponents)))
+
+
+_UNDEFINED_ENTITY = "ERR_UNDECLARED_ENTITY"
+# the entity's name is not quoted: it may be a piece of a customer's text (``Smith&Jones;``)
+_ENTITY_REASON = ("an undefined entity reference (&name;): a POSLog file uses only XML's own entities "
+                  "(&amp; &lt; &gt; &quot; &apos;) and character references (&#233;)")
+
+
+def _first_placed_error(exc: etree.XMLSyntaxError) -> Any:
+    """The first error libxml2 noted with a line, for an error raised without one (or None)."""
+    entries: Any = exc.error_log  # iterable (lxml's stubs do not say so)
+    return next((entry for entry in entries if entry.line > 0), None)
 
 
 def _message(exc: etree.XMLSyntaxError, encoding: str) -> str:

@@ -11,13 +11,17 @@ Per event (documented facts first, the sandbox's own choices marked *):
 * ``action`` must be known, else 400 203401 "Invalid action: <action>";
 * a guest (``"guest": true``) must have no ``customer`` and is refused by the bulk endpoint
   (* 400 code 203409); a non-guest needs ``customer`` (0 "Property customer cannot be empty");
+* ``opt_in`` / ``profile`` fields are strings (or null), the consents (``config.profile_flag_fields``)
+  true or false: another type is 400 * code 0 (``config.profile_type_error_code``) "Property <name>
+  must be a string" / "... must be true or false";
 * a customer id starting with the configured unknown prefix is unknown: 404 160212 "Customer not
   found" (except ``opt_in``, which creates customers: once created it is known); every other id
   is known;
 * ``checkout`` needs ``transaction_id`` (400 code 0 "Property transaction_id cannot be empty")
   and * ``total``; ``items`` must be a list of objects, and ``points_burned``, ``total_quantity``
   and each item's ``price``, ``quantity``, ``discount``, ``subtotal``, ``points_rewarded`` numbers
-  (null allowed; else 400 code 0); a used ``transaction_id`` is 400 5003 "The transaction ID has
+  (null allowed; a string written as a JSON number is; else 400 code 0), ``currency`` and ``store``
+  strings; a used ``transaction_id`` is 400 5003 "The transaction ID has
   already been used";
   * points = whole currency units of ``total``;
 * ``refund`` / ``refund_item`` / ``partial_refund`` of a transaction that is not accepted: 400 112201;
@@ -58,6 +62,8 @@ from pipeline.sandbox.limits import (
     check_text,
     in_range,
     parse_json,
+    plain_number,
+    query_once,
     read_body,
 )
 from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, jsonable, lost_answer
@@ -115,9 +121,14 @@ _BRACKETS = re.compile(r"\[([^\]]*)\]")
 
 
 def parse_form(text: str) -> dict[str, Any]:
-    """PHP-style form fields (``data[items][0][product_id]=...``) into nested dicts and lists."""
+    """PHP-style form fields (``data[items][0][product_id]=...``) into nested dicts and lists; a
+    field given twice, or percent-encoded bytes that are not UTF-8, are refused (400)."""
     root: dict[str, Any] = {}
-    for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False):
+    try:
+        fields = parse_qsl(text, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BodyRefused(400, f"A form field is not UTF-8 once decoded: {exc.reason}") from exc
+    for name, value in fields:
         head = name.split("[", 1)[0]
         path = [head, *_BRACKETS.findall(name[len(head):])]
         if len(path) > MAX_DEPTH:
@@ -128,6 +139,8 @@ def parse_form(text: str) -> dict[str, Any]:
             if key == "":
                 key = str(len(node))
             if last:
+                if key in node:
+                    raise BodyRefused(400, f"Field {name[:40]!r} is given twice")
                 node[key] = value
             else:
                 node = node.setdefault(key, {})
@@ -147,7 +160,8 @@ def _listify(value: Any) -> Any:
 
 
 def _number(value: Any, name: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
+    if (isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40
+            or (isinstance(value, str) and not plain_number(value))):
         raise _bad(f"Property {name} must be a number")
     try:
         number = Decimal(str(value))
@@ -297,6 +311,9 @@ class AntavoPlatform:
         for name in ("points_burned", "total_quantity"):
             if data.get(name) is not None:
                 _number(data[name], name)
+        for name in ("currency", "store"):  # strings (§1.4.1), stored as they come
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise _bad(f"Property {name} must be a string")
         now = self.state.clock()
         effective = data.get("effective_timestamp")
         timestamp = _timestamp(effective) if effective is not None else now
@@ -332,6 +349,8 @@ class AntavoPlatform:
         """``opt_in`` creates the customer (again: 112101); ``profile`` updates its fields, never
         the customer's own (``id``, ``status``, ``created_at``, ``updated_at``: ignored); an
         email with an empty label (``a@b..org``) is refused, the address named in the message."""
+        data = _profile_fields(data, self.state.config.profile_flag_fields,
+                               self.state.config.profile_type_error_code)
         email = data.get("email")
         if isinstance(email, str) and (".." in email or email.endswith(".")):
             raise _bad(f"Invalid email address: {email}", 0)
@@ -384,11 +403,12 @@ class AntavoPlatform:
             elif action == "refund_item":
                 if not data.get("product_id"):
                     raise _bad("Property product_id cannot be empty")
+                product = _identifier(data["product_id"], "product_id")
                 amount = _number(data.get("subtotal", 0), "subtotal")
-                if str(data["product_id"]) in self.state.config.refuse_refund_items:
+                if product in self.state.config.refuse_refund_items:
                     raise _bad("Amount for refund is greater the purchase total of the customer",
                                REFUSED_ITEM)
-                _check_units(record, str(data["product_id"]), _number(data.get("quantity", 1), "quantity"))
+                _check_units(record, product, _number(data.get("quantity", 1), "quantity"))
             else:
                 amount = _number(data.get("amount"), "amount")
             if amount <= 0 and action != "refund":
@@ -412,6 +432,27 @@ class AntavoPlatform:
             }
             self.state.put_transaction(PLATFORM, str(tid), updated)
         return [event]
+
+
+def _profile_fields(data: dict[str, Any], flags: tuple[str, ...], code: int) -> dict[str, Any]:
+    """* The fields of an ``opt_in`` / ``profile``, each of its type: a string (or null), true or
+    false for the ``flags`` (a form-encoded ``true`` / ``false`` / ``1`` / ``0`` too, kept as a
+    boolean); another type is refused (400 ``code``), naming the field, never its value."""
+    checked: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _OWN_FIELDS or value is None:
+            checked[name] = value
+        elif name in flags:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                value = value.lower() in ("true", "1")
+            if not isinstance(value, bool):
+                raise _bad(f"Property {name[:80]} must be true or false", code)
+            checked[name] = value
+        elif isinstance(value, str):
+            checked[name] = value
+        else:
+            raise _bad(f"Property {name[:80]} must be a string", code)
+    return checked
 
 
 def _check_units(record: dict[str, Any], product: str, quantity: Decimal) -> None:
@@ -487,7 +528,11 @@ def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitab
                 return _error_response(404, "NotFoundException", 0, "Transaction not found")
             listed = [{**event, "transaction_id": tid} for event in record["events"]]
             return JSONResponse(jsonable({"events": listed, "total": len(listed)}))
-        wanted = request.query_params.get("id")
+        try:
+            wanted = query_once(request).get("id")
+        except BodyRefused as ambiguous:
+            state.count("bad_requests")
+            return _error_response(ambiguous.status, "BadRequestException", 0, ambiguous.message)
         views = [_transaction_view(r) for r in owned if wanted is None or str(r["transaction_id"]) == wanted]
         return JSONResponse(jsonable({"transactions": views, "total": len(views)}))
 

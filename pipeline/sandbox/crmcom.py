@@ -54,7 +54,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pipeline.sandbox.limits import EXACT, BodyRefused, in_range, parse_json, read_body
+from pipeline.sandbox.limits import (
+    EXACT,
+    BodyRefused,
+    in_range,
+    parse_json,
+    plain_number,
+    query_once,
+    read_body,
+)
 from pipeline.sandbox.state import ANSWER_LOST, DropConnection, Fault, SandboxState, lost_answer
 
 __all__ = [
@@ -129,7 +137,8 @@ def _answer(document: Any, status: int = 200, headers: Mapping[str, str] | None 
 def _money(value: Any, name: str) -> Decimal:
     if value is None:
         return Decimal(0)
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40:
+    if (isinstance(value, bool) or not isinstance(value, int | str | Decimal) or len(str(value)) > 40
+            or (isinstance(value, str) and not plain_number(value))):
         raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number")
     try:
         number = Decimal(str(value))
@@ -300,9 +309,12 @@ class CrmcomPlatform:
                 adds_up = net + vat == total
             if not adds_up:
                 raise CrmcomError("INVALID_PARAMETERS", "net_amount + vat_amount must equal total_amount")
+            identifier = product.get("product_identifier")
+            if identifier is not None:
+                _identifier_value(identifier, "product_identifier")
             products.append(
                 {
-                    "product_identifier": product.get("product_identifier"),
+                    "product_identifier": identifier,
                     "quantity": _money(product.get("quantity", 1), "quantity"),
                     "net_amount": net,
                     "vat_amount": vat,
@@ -591,6 +603,11 @@ def _endpoint(
             body = parse_json(raw) if raw else {}
             if not isinstance(body, dict):
                 raise BodyRefused(400, "the body must be a JSON object")
+            if request.method == "GET":  # GET methods take their parameters in the query
+                query = query_once(request)
+                if both := sorted(set(body) & set(query)):
+                    raise BodyRefused(400, f"{both[0][:40]!r} is given in the query and in the body")
+                body = {**body, **query}
         except BodyRefused as refused:
             if refused.status == 503:  # too many bodies held at once: nothing wrong with this one
                 return _answer(envelope(code="INTERNAL_ERROR", message=refused.message), 503,
@@ -598,8 +615,6 @@ def _endpoint(
             state.count("bad_requests")
             code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
             return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)
-        if request.method == "GET":  # GET methods take their parameters in the query
-            body = {**body, **request.query_params}
         # faults hit the calls that carry transactions; token calls see latency and the limit only
         fault = state.draw_fault() if token else None
         if fault in (Fault.ERROR_500, Fault.ERROR_503):

@@ -13,6 +13,8 @@ shape):
 * strings with a lone surrogate (``"\\ud800"``: not text, cannot be stored or answered as UTF-8)
   or a NUL character.
 
+A query parameter given twice is refused the same way (:func:`query_once`).
+
 Numbers come back as ``int`` or :class:`~decimal.Decimal`, never ``float``. The platforms still
 check the meaning of each field (a total must be a number of sensible size, an id a string).
 """
@@ -38,6 +40,8 @@ __all__ = [
     "check_text",
     "in_range",
     "parse_json",
+    "plain_number",
+    "query_once",
     "read_body",
 ]
 
@@ -51,6 +55,16 @@ MAX_AMOUNT = Decimal("1e12")  # the sandbox's bound on any amount, quantity or t
 # so sums of up to 10^18 of them need at most 60: money computed in this context is exact, and an
 # inexact result would raise rather than round
 EXACT = Context(prec=60, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def plain_number(text: str) -> bool:
+    """Whether an amount sent as a string is written as a JSON number is (ASCII digits, an optional
+    sign, fraction and exponent): Python's Decimal also takes ``"1_000"``, ``" 1 "`` and other
+    scripts' digits, which no platform reads as a number."""
+    return _PLAIN_NUMBER.match(text) is not None
 
 
 def in_range(number: Decimal) -> bool:
@@ -187,6 +201,16 @@ def check_text(value: Any) -> None:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+
+
+def query_once(request: Request) -> dict[str, str]:
+    """The query's parameters, each given once; :class:`BodyRefused` (400) for one given twice
+    (``?platform=a&platform=b``: which one is meant is anybody's guess)."""
+    params = request.query_params
+    for name in params:
+        if len(params.getlist(name)) > 1:
+            raise BodyRefused(400, f"Query parameter {name[:40]!r} is given twice")
+    return dict(params)
 
 
 def parse_json(body: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:

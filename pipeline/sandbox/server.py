@@ -14,15 +14,20 @@ are bounded by ``max_buffered_bytes``: past it a request is answered 503 with Re
 unknown path answers 404 and a wrong method 405, in the same shape (``/crmapi/...`` CRM.COM's
 envelope with ``UNKNOWN_METHOD`` / ``HTTP_METHOD_NOT_ALLOWED``, the rest Antavo's with code 0);
 ``/path/`` is not redirected to ``/path``. A request no HTTP parser reads (a ``Content-Length``
-too long to be a number or given twice, a bare CR in a header) answers 400 in Antavo's shape and
-the connection is closed.
+too long to be a number or given twice, a bare CR in a header) answers 400 in the shape of the
+platform its request line names (CRM.COM's ``INVALID_PARAMETERS`` under ``/crmapi/``, else Antavo's)
+and the connection is closed.
 
 Connections: with ``max_connections`` (:data:`MAX_CONNECTIONS`) open, uvicorn answers any further
 request 503 at once, and closes a connection idle for ``keep_alive_seconds`` after an answer.
 A request whose headers have not all arrived ``header_timeout_seconds``
-(:data:`HEADER_TIMEOUT_SECONDS`) after its first byte is answered 408 in Antavo's shape and its
+(:data:`HEADER_TIMEOUT_SECONDS`) after its first byte is answered 408 in the same way (CRM.COM's
+``REQUEST_TIMEOUT``) and its
 connection closed (uvicorn itself would hold it until the client hangs up). A
-state file that cannot be written answers 503: the change was not kept, so it was not accepted.
+state file that cannot be written answers 503 with Retry-After: the change was not kept, so it was
+not accepted; one another process holds is not waited for (``state_busy_timeout_ms``, 0): the wait
+would block the event loop, every client with it. For the same reason the file's checkpoints (and
+their disk syncs) are made by a thread of the store, never by a change.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import h11
 import uvicorn
@@ -49,7 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pipeline.sandbox import antavo
-from pipeline.sandbox.limits import BodyRefused, read_body
+from pipeline.sandbox.limits import BodyRefused, query_once, read_body
 from pipeline.sandbox.state import SandboxConfig, SandboxState
 from pipeline.sandbox.store import StateFileError
 
@@ -104,9 +110,9 @@ _ROUTING_ERRORS = {404: ("NotFoundException", "UNKNOWN_METHOD"),
 
 
 class _DeclaredBodyLimit:
-    """Refuses, on every path, a body whose declared length passes the limit, before reading it;
-    closes the connection after a 408 (the rest of a stalled body must not be read as the next
-    request)."""
+    """Refuses, on every path, a body whose declared length passes the limit, before reading it,
+    and a request that gives both a length and chunks (400, the connection closed); closes the
+    connection after a 408 (the rest of a stalled body must not be read as the next request)."""
 
     def __init__(self, app: ASGIApp, state: SandboxState):
         self.app = app
@@ -116,6 +122,17 @@ class _DeclaredBodyLimit:
         if scope["type"] == "http":
             send = _closing_after_408(send)
             limit = self.state.config.max_body_bytes
+            names = {name for name, _ in scope["headers"]}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # read by its chunks here, by its length by a proxy in front: refused, and the
+                # connection closed (RFC 9112 §6.1), so nothing after it is read as a request
+                self.state.count("bad_requests")
+                path = scope["path"]
+                response = _refusal(path, 400, "INVALID_PARAMETERS" if path.startswith(_CRMCOM_PREFIX) else 0,
+                                    "A request may not have both Content-Length and Transfer-Encoding",
+                                    headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
                     self.state.count("bad_requests")
@@ -260,7 +277,10 @@ def build_app(state: SandboxState) -> Starlette:
         return JSONResponse(state.snapshot())
 
     async def transactions(request: Request) -> Response:
-        platform = request.query_params.get("platform")
+        try:
+            platform = query_once(request).get("platform")
+        except BodyRefused as refused:
+            return _refusal(request.url.path, refused.status, 0, refused.message)
         listing = state.listing(platform)
         return JSONResponse({"count": len(listing), "transactions": listing})
 
@@ -276,7 +296,10 @@ def build_app(state: SandboxState) -> Starlette:
 
     async def not_kept(request: Request, exc: Exception) -> Response:
         logger.error("%s", exc)
-        return _refusal(request.url.path, 503, 503, "The sandbox could not keep the change")
+        path = request.url.path
+        code: int | str = "INTERNAL_ERROR" if path.startswith(_CRMCOM_PREFIX) else 503
+        return _refusal(path, 503, code, "The sandbox could not keep the change; try again",
+                        headers={"Retry-After": "1"})
 
     async def not_routed(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -306,20 +329,38 @@ def build_app(state: SandboxState) -> Starlette:
 class _ShapedBadRequests(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, answering a request it cannot parse at all (a Content-Length
     too long to be a number, two of them, a bare CR in a header, bytes that are no request line)
-    400 in Antavo's error shape instead of uvicorn's plain text (the path is unknown then), and
-    closing the connection; and one whose headers have not all arrived ``header_timeout`` seconds
-    after its first byte 408, closing it (uvicorn itself would wait for them for ever)."""
+    400 instead of uvicorn's plain text, and closing the connection; and one whose headers have
+    not all arrived ``header_timeout`` seconds after its first byte 408, closing it (uvicorn itself
+    would wait for them for ever). Both in the shape of the platform whose path the request line
+    names, as far as it arrived (CRM.COM's under ``/crmapi/``, else Antavo's)."""
 
     header_timeout: float = 10.0
     _header_deadline: asyncio.TimerHandle | None = None
+    _head = b""  # the start of a request whose headers are not all in (to tell its path)
 
     def data_received(self, data: bytes) -> None:
-        if self._header_deadline is None and self.conn.their_state is h11.IDLE:
-            self._header_deadline = asyncio.get_running_loop().call_later(self.header_timeout,
-                                                                          self._headers_too_slow)
+        if self.conn.their_state is h11.IDLE:
+            if self._header_deadline is None:
+                self._header_deadline = asyncio.get_running_loop().call_later(self.header_timeout,
+                                                                              self._headers_too_slow)
+            if len(self._head) < _HEAD_KEPT:
+                self._head = (self._head + data)[:_HEAD_KEPT]
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request's headers are in
             self._cancel_header_deadline()
+            self._head = b""
+
+    def _path(self) -> str:
+        """The path of the request being read, as far as its request line tells (else "")."""
+        line = self._head.split(b"\n", 1)[0].split(b" ")
+        return urlsplit(line[1].decode("latin-1")).path if len(line) > 1 else ""
+
+    def _answer(self, status: int, reason: bytes, code: str, message: str) -> bytes:
+        """A closing answer in the shape of the platform the request's path belongs to."""
+        body = _refusal(self._path(), status, code if self._path().startswith(_CRMCOM_PREFIX) else 0,
+                        message).body
+        return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
@@ -335,22 +376,17 @@ class _ShapedBadRequests(H11Protocol):
         if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
             return
         message = f"The request headers did not arrive within {self.header_timeout:g} s"
-        body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": message}}).encode()
         # written as it is: h11 sends a response only to a request it has read
-        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.write(self._answer(408, b"Request Timeout", "REQUEST_TIMEOUT", message))
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        body = json.dumps({"error": {"type": "BadRequestException", "code": 0, "message": msg}}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-                      h11.Data(data=body), h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event) or b"")
+        # written as it is too: h11 may have refused the request before reading its start line
+        self.transport.write(self._answer(400, b"Bad Request", "INVALID_PARAMETERS", msg))
         self.transport.close()
 
 
+_HEAD_KEPT = 8192  # bytes of a request's start kept to tell its path by (its request line, cut there)
 # open connections past which a request is answered 503 at once (well below the usual 1024
 # file descriptors; posfeed opens at most 256 per feed)
 MAX_CONNECTIONS = 512

@@ -137,6 +137,15 @@ class SandboxConfig:
     # events of its request are processed as usual (a refund the platform accepts only in part)
     refuse_refund_items: tuple[str, ...] = ()
     state_file: Path | None = None
+    # how long a change waits for a state file another process holds (writing, or locked): the
+    # wait happens in the event loop, where every client would wait with it. Past it the change
+    # is answered 503 with Retry-After (nothing kept); 0: not at all
+    state_busy_timeout_ms: int = 0
+    # Antavo ``opt_in`` / ``profile``: the profile fields that take true or false ([A]: consents);
+    # every other field takes a string (or null). A field of another type is refused 400 with
+    # ``profile_type_error_code`` ([A]: 0, the code of Antavo's other "Property ..." errors)
+    profile_flag_fields: tuple[str, ...] = ("consent_email", "consent_sms")
+    profile_type_error_code: int = 0
 
     def public(self) -> dict[str, Any]:
         """The settings without the secret."""
@@ -164,18 +173,24 @@ class SandboxState:
         self._store: RecordStore | None = None
         self._forget()
         if self.config.state_file is not None:
-            self._store = RecordStore(self.config.state_file)
+            self._store = RecordStore(self.config.state_file, background_checkpoints=True,
+                                      busy_timeout_ms=self.config.state_busy_timeout_ms)
             self._load_store(self._store)
 
     # ---- bookkeeping ----------------------------------------------------------------------------
 
+    @property
+    def store(self) -> RecordStore | None:
+        """The state file's store (None without a state file)."""
+        return self._store
+
     def reset(self) -> None:
         """Forget counters, windows, faults' dice, transactions and records (not the config),
-        in the state file too."""
+        in the state file first: when it cannot be emptied (StateFileError), nothing is forgotten."""
         with self.lock:
-            self._forget()
             if self._store is not None:
                 self._store.clear()
+            self._forget()
 
     def _forget(self) -> None:
         with self.lock:

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,8 @@ __all__ = ["RecordStore", "StateFileError", "decode", "encode"]
 logger = logging.getLogger(__name__)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+OPEN_TIMEOUT_MS = 5000  # what opening a state file waits at most for another process to let go
+CHECKPOINT_EVERY = 500  # changes between two background checkpoints (see RecordStore)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
@@ -77,18 +80,37 @@ def decode(text: str) -> Any:
 class RecordStore:
     """Records in one SQLite file (WAL journal); not thread-safe: the state's lock guards it."""
 
-    def __init__(self, path: Path):
+    checkpoint_every = CHECKPOINT_EVERY
+
+    def __init__(self, path: Path, *, busy_timeout_ms: int = OPEN_TIMEOUT_MS,
+                 background_checkpoints: bool = False):
+        """Open (or create) ``path``; a change waits ``busy_timeout_ms`` at most for a file another
+        process holds, then raises :class:`StateFileError` (opening waits :data:`OPEN_TIMEOUT_MS`).
+
+        With ``background_checkpoints`` no change copies the WAL into the file (and syncs it to
+        disk) itself: a thread of its own does, on its own connection, after every
+        :attr:`checkpoint_every` changes, so a change costs no disk sync (the server's changes
+        are made in its event loop)."""
         self.path = path
+        self._checkpointer: _Checkpointer | None = None
+        self._changes = 0
         legacy = _legacy_document(path)
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                       timeout=OPEN_TIMEOUT_MS / 1000)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a crash of the process
             self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_ms))}")
+            if background_checkpoints:
+                self._db.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             raise StateFileError(f"cannot open the sandbox state file {path}: {exc}") from exc
         if legacy is not None:
             self._import(legacy)
+        if background_checkpoints:
+            self._checkpointer = _Checkpointer(path)
+            self._checkpointer.start()
 
     def put(self, kind: str, key: str, record: Any) -> None:
         """Insert or replace one record, committed when this returns."""
@@ -109,6 +131,17 @@ class RecordStore:
             self._db.execute(sql, parameters)
         except sqlite3.Error as exc:
             raise StateFileError(f"cannot write the sandbox state file {self.path}: {exc}") from exc
+        self._changes += 1
+        if self._checkpointer is not None and self._changes % self.checkpoint_every == 0:
+            self._checkpointer.wake.set()
+
+    def autocheckpoint_pages(self) -> int:
+        """WAL pages after which a change checkpoints the file itself (0: never, a thread does)."""
+        return int(self._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    def busy_timeout_ms(self) -> int:
+        """How long a change waits for a file another process holds (SQLite's busy timeout)."""
+        return int(self._db.execute("PRAGMA busy_timeout").fetchone()[0])
 
     def rows(self) -> Iterator[tuple[str, str, Any]]:
         """Every record as ``(kind, key, record)`` in the order first stored."""
@@ -121,6 +154,9 @@ class RecordStore:
 
     def close(self) -> None:
         """Close the file (every change is already committed)."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self._db.close()
 
     def _import(self, document: dict[str, Any]) -> None:
@@ -133,6 +169,38 @@ class RecordStore:
         self._db.execute("COMMIT")
         logger.info("imported %d transactions from the JSON state file %s",
                     sum(len(r) for r in transactions.values()), self.path)
+
+
+class _Checkpointer(threading.Thread):
+    """Copies a state file's WAL into the file, on its own connection, each time it is woken
+    (a passive checkpoint: it never holds up a change)."""
+
+    def __init__(self, path: Path):
+        super().__init__(name=f"sandbox-checkpoints-{path.name}", daemon=True)
+        self.path = path
+        self.wake = threading.Event()
+        self._stopping = False
+
+    def run(self) -> None:
+        db = sqlite3.connect(self.path, timeout=OPEN_TIMEOUT_MS / 1000)
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # the next wake tries again
+                    logger.warning("cannot checkpoint the sandbox state file %s: %s", self.path, exc)
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        """End the thread and wait for it."""
+        self._stopping = True
+        self.wake.set()
+        self.join()
 
 
 def _legacy_document(path: Path) -> dict[str, Any] | None:

@@ -358,3 +358,16 @@ def test_a_broken_file_s_reason_quotes_none_of_its_values(tmp_path: Path, name: 
     assert LOYALTY_ID not in reason and EMAIL not in reason and "jane" not in reason, reason
     assert re.match(r"not well-formed XML at line \d+, column \d+, after transaction 1 ", reason), reason
     assert "\n" not in reason
+
+
+@pytest.mark.parametrize("entity", ["&jane.roe;", "&nbsp;"])
+def test_an_undefined_entity_is_placed_and_named_without_its_name(tmp_path: Path, entity: str) -> None:
+    # before: "not well-formed XML at line 0, column 0, ...: no element found"
+    broken = retail(1, member(1, "X").replace("X", f"Ann {entity} Roe"), sale(2, "A", "1.00"), grand="1.00")
+    text = document(GOOD, broken)
+    reason = only_unreadable(with_good(tmp_path, write(tmp_path, text, "entity.xml")), "entity.xml")
+
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if entity in row)
+    placed = rf"not well-formed XML at line {line}, column [1-9]\d*, after transaction 1 "
+    assert re.match(placed, reason), reason
+    assert "undefined entity" in reason and entity.strip("&;") not in reason, reason
