@@ -132,3 +132,35 @@ def test_carried_over_sales_are_sent_when_the_source_cannot_be_listed(
         rows = {t.transaction_id: t.state.value for t in ledger.day_transactions(feed.name, DAY.isoformat())}
     assert rows == {"S-1": "accepted", "S-2": "accepted"}  # the void's file was never read
     assert runs[0].status == "failed" and runs[0].exit_code == EXIT_TEMPFAIL
+
+
+def test_a_run_stopped_while_it_reads_leaves_the_carried_over_work_to_the_next(
+    tmp_path: Path, ledger_location: Path | str
+) -> None:
+    """Stopped once the void's file is read and before anything is sent: the void has post-voided
+    its sale, the other sale stays queued, and the next run sends it, once."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        write(drop / "b_noon.csv", NOON)
+        second = ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        assert delivered_ids(sandbox) == []
+        with credentials(sandbox):
+            third = run_feed(feed, settings, business_dates=[DAY])
+        delivered = delivered_ids(sandbox)
+
+    assert (second.exit_code, second.summary["status"], second.summary["files_new"]) == (
+        EXIT_TEMPFAIL, "stopped", ["b_noon.csv"])
+    s = second.summary
+    assert (s["carried_over"], s["post_voided"], s["queued"]) == (2, 1, 1)
+    assert delivered == ["S-2"]  # once
+    assert third.exit_code == EXIT_OK and (third.summary["carried_over"], third.summary["accepted"]) == (1, 1)
+    assert third.summary["files_new"] == [] and third.summary["balanced"] is True
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: (t.state.value, t.last_error_code)
+                for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert rows == {"S-1": ("void", "post_voided"), "S-2": ("accepted", None), "V-1": ("void", None)}
