@@ -2,7 +2,8 @@
 of it in the next file, end to end against the real sandbox of each target, with real files, on
 both ledgers: the next run reads its files before it sends what it carries over, so the void is
 known first and the sale is never sent (``post_voided``); what carries over is sent all the same
-when the source cannot be listed (a dropped SFTP connection)."""
+when the source cannot be listed (a dropped SFTP connection), and a run stopped while it reads
+leaves it queued for the next run, which sends it once."""
 
 from __future__ import annotations
 
