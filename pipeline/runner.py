@@ -1,5 +1,5 @@
-"""One run of a feed: lock → settle in-doubt → fetch → transform → submit → finish files → report
-→ problems and alerts.
+"""One run of a feed: lock → settle in-doubt → fetch → transform → submit (the carried-over work
+no request carried, then the files') → finish files → report → problems and alerts.
 
 :func:`run_feed` is what ``posfeed run`` (and the scheduler) call; :func:`rerun_feed` resends a
 selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
@@ -11,10 +11,14 @@ checks its folder. A refusal raises (exit 78) and nothing is recorded.
 
 **Resume by default**: older work comes before new work. Transactions earlier runs of the scope
 left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable for a transient
-reason, a stop or refused credentials (within the feed's ``[resume]`` caps) are sent first; the
-platform's "transaction ID already used" settles the ones that had landed; a return waiting for a
-sale that had not arrived (``original_not_found``) goes with the run's files, after the sales they
-bring. Every summary says how
+reason, a stop or refused credentials (within the feed's ``[resume]`` caps) are taken over. What
+may already be on the platform (in doubt, or carried by a request before) is settled first, before
+the files are fetched; the platform's "transaction ID already used" settles the ones that had
+landed. What no request ever carried waits until the run's files are read, so a void in them keeps
+such a sale off the platform (``post_voided``), and is then sent before the files' transactions
+(also when the files cannot be listed or read: nothing waits behind a broken source); a return
+waiting for a sale that had not arrived (``original_not_found``) goes after the sales of the
+files. A stop while the files are read leaves it queued for the next run. Every summary says how
 many it carried over (``carried_over``) and how many are still waiting for the next run
 (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an explicit rerun
 (``needs_rerun``). A **dry run** does all of it against a throwaway copy of the ledger, sends
@@ -64,7 +68,7 @@ from pipeline.errors import (
 )
 from pipeline.expected import SeenFile, note_other_feeds, report_missing
 from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
-from pipeline.ledger import FileRecord, Ledger, new_run_id
+from pipeline.ledger import FileRecord, Ledger, TxnState, new_run_id
 from pipeline.ledger.records import timestamp
 from pipeline.locks import RunLock
 from pipeline.logs import (
@@ -577,79 +581,109 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _carry_over(ctx: _Context) -> list[int]:
-    """Send first what earlier runs of the scope left unsent (see the module docstring), but the
-    returns waiting for a sale that had not arrived (``original_not_found``): returned, to go with
-    this run's files, after the sales they may bring."""
+def _carry_over(ctx: _Context) -> tuple[list[int], list[int]]:
+    """Take over what earlier runs of the scope left unsent (see the module docstring) and settle
+    at once what may already be on the platform (in doubt, or sent before without an answer that
+    settled it). Returns what waits for this run's files: the transactions no request ever carried
+    (a void in the files may still keep a sale of them off the platform), and the returns waiting
+    for a sale that had not arrived (``original_not_found``), to go after the sales they may bring."""
     resume = ctx.feed.resume
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
-    waiting = ctx.ledger.rows_with_code(pending, ORIGINAL_NOT_FOUND) if pending else set()
-    if pending:
-        log.info("%s: carrying over %d transaction(s) earlier runs left unsent (queued, in doubt or "
-                 "failed for a transient reason)%s", ctx.feed.name, len(pending),
-                 f", {len(waiting)} return(s) waiting for their sale sent after this run's files"
-                 if waiting else "")
-        ctx.submit([i for i in pending if i not in waiting])
-    return [i for i in pending if i in waiting]
+    if not pending:
+        return [], []
+    waiting = ctx.ledger.rows_with_code(pending, ORIGINAL_NOT_FOUND)
+    unsent = ctx.ledger.never_requested(pending)
+    log.info("%s: carrying over %d transaction(s) earlier runs left unsent (queued, in doubt or "
+             "failed for a transient reason); %d never sent go after this run's files are read%s",
+             ctx.feed.name, len(pending), len(unsent - waiting),
+             f", {len(waiting)} return(s) waiting for their sale after this run's files" if waiting else "")
+    ctx.submit([i for i in pending if i not in unsent and i not in waiting])
+    return [i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting]
+
+
+def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
+    """``row_ids`` but those the run's files settled meanwhile (a sale a void names: post_voided)."""
+    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED) if row_ids else set()
+    return [i for i in row_ids if i in queued]
 
 
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
+    """Carry over (settling what may be on the platform), read the run's files, then send what
+    earlier runs left and no request carried (``unsent``, but the sales a void of the files names),
+    the files' transactions and the returns waiting for their sale, in that order; finish the files."""
     with ctx.stage("settle"):
-        waiting = _carry_over(ctx)
+        unsent, waiting = _carry_over(ctx)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
         return
     if ctx.refused():
         return
-    source = ctx.source if ctx.source is not None else open_source(ctx.feed)
+    source = ctx.source
     try:
-        fetched: FetchResult = fetch_new_files(
-            source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress,
-            on_stage=ctx.on_stage,
-        )
-        ctx.notes["files_new"] = [s.record.name for s in fetched.staged]
-        ctx.notes["files_already_processed"] = len(fetched.already_processed)
-        ctx.notes["files_fetched"] = fetched.files_fetched
-        ctx.notes["bytes_fetched"] = fetched.bytes_fetched
-        ctx.notes["already_processed_files"] = [{"file": n, "reason": r}
-                                                for n, r in fetched.already_processed_files(ctx.run_id)]
-        ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
-        ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
-        ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
-        ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
-        ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC), fetched)
-        if ctx.feed.records != "transactions":
-            from pipeline.stages.members import transform_members
-
-            outcome: TransformOutcome = transform_members(
-                ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
-                progress=ctx.progress,
-            )
-        else:
-            with gc_paused():
-                outcome = transform_staged(
-                    ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
-                    progress=ctx.progress, on_stage=ctx.on_stage,
-                )
-        ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
-        ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
-        by_name = {item.record.name: item for item in fetched.staged}
-        for error in outcome.unreadable:
-            if error.file in by_name:
-                _quarantine(ctx, source, by_name[error.file])
+        try:
+            source = source if source is not None else open_source(ctx.feed)
+            outcome = _read_files(ctx, source, business_dates, now)
+        except Exception:
+            # the files could not be read (the source went away, a bug): what earlier runs left
+            # is sent all the same, nothing waits behind a broken source; the run fails as before
+            if not (ctx.stopped() or ctx.lock_lost()):
+                with ctx.stage("submit"):
+                    ctx.submit(_still_queued(ctx, unsent))
+            raise
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
             with ctx.stage("submit"):
-                ctx.submit([*outcome.to_send, *waiting])
+                ctx.submit([*_still_queued(ctx, unsent), *outcome.to_send, *waiting])
         if not ctx.refused():
             ctx.finish_files(source)
     finally:
-        source.close()
+        if source is not None:
+            source.close()
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
+
+
+def _read_files(ctx: _Context, source: Source, business_dates: list[date], now: datetime | None
+                ) -> TransformOutcome:
+    """Fetch the run's new files and record them in the ledger (unreadable ones quarantined)."""
+    fetched: FetchResult = fetch_new_files(
+        source, ctx.ledger, ctx.run_id, ctx.feed, business_dates, ctx.staging_dir, ctx.progress,
+        on_stage=ctx.on_stage,
+    )
+    ctx.notes["files_new"] = [s.record.name for s in fetched.staged]
+    ctx.notes["files_already_processed"] = len(fetched.already_processed)
+    ctx.notes["files_fetched"] = fetched.files_fetched
+    ctx.notes["bytes_fetched"] = fetched.bytes_fetched
+    ctx.notes["already_processed_files"] = [{"file": n, "reason": r}
+                                            for n, r in fetched.already_processed_files(ctx.run_id)]
+    ctx.notes["superseded_files"] = [s.record.name for s in fetched.superseded]
+    ctx.notes["fetch_failures"] = [{"file": n, "reason": r} for n, r in fetched.failed]
+    ctx.notes["files_in_quarantine"] = list(fetched.quarantined)
+    ctx.notes["skipped_files"] = [{"file": n, "reason": r} for n, r in getattr(source, "skipped", [])]
+    ctx.notes["missing_files"] = _missing_files(ctx, business_dates, now or datetime.now(UTC), fetched)
+    if ctx.feed.records != "transactions":
+        from pipeline.stages.members import transform_members
+
+        outcome: TransformOutcome = transform_members(
+            ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
+            progress=ctx.progress,
+        )
+    else:
+        with gc_paused():
+            outcome = transform_staged(
+                ctx.ledger, ctx.run_id, ctx.feed, fetched.staged, now=now or datetime.now(UTC),
+                progress=ctx.progress, on_stage=ctx.on_stage,
+            )
+    ctx.notes["unreadable_files"] = [{"file": e.file, "reason": e.reason} for e in outcome.unreadable]
+    ctx.notes.update(outcome.read_stats.summary())  # skipped_by_kind, line_items_by_kind
+    by_name = {item.record.name: item for item in fetched.staged}
+    for error in outcome.unreadable:
+        if error.file in by_name:
+            _quarantine(ctx, source, by_name[error.file])
+    return outcome
 
 
 def _quarantine(ctx: _Context, source: Source, item: StagedFile) -> None:

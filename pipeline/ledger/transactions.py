@@ -90,6 +90,17 @@ class Transactions:
         """The ledger ids among ``row_ids`` whose last outcome had ``code``."""
         return self._ids_among(row_ids, "last_error_code", code)
 
+    def never_requested(self, row_ids: Sequence[int]) -> set[int]:
+        """The ledger ids among ``row_ids`` queued without any request ever carrying them (attempts
+        0): known not to be on the platform, so a void read later may still keep them off it."""
+        found: set[int] = set()
+        for chunk in chunks(row_ids):
+            found.update(r[0] for r in self._db.query(
+                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) AND state = 'queued' "
+                "AND attempts = 0", chunk,
+            ))
+        return found
+
     def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
         found: set[int] = set()
         for chunk in chunks(row_ids):
