@@ -136,6 +136,8 @@ def _settle(
                 message,
                 mask,
                 mask,
+                # a request marked in doubt and never sent: the attempt its mark added is given back
+                1 if result.withdrawn and state == TxnState.SENDING else 0,
                 row_id,
             )
         )
@@ -143,7 +145,8 @@ def _settle(
         "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
         "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
         "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
-        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
+        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END, "
+        "attempts = CASE WHEN attempts > 0 THEN attempts - ? ELSE attempts END WHERE id = ?",
         updates,
     )
 
