@@ -35,7 +35,7 @@ from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
 from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
-from pipeline.sinks.antavo import PARTLY_REFUNDED, refunded_in_part
+from pipeline.sinks.antavo import PARTLY_REFUNDED
 
 __all__ = [
     "ACT_ON_STATES",
@@ -211,7 +211,7 @@ class _Group:
             self.post_voided_amount += txn.amount
         if txn.state is TxnState.FAILED_PERMANENT and txn.last_error_code == PARTLY_REFUNDED:
             self.partly_refunded += 1
-            landed = refunded_in_part(txn.last_error_code, txn.last_error_message)
+            landed = txn.refunded  # kept by the ledger; None when a read-back found what landed
             if landed is not None:  # signed as the return's amount
                 self.refunded += -landed if txn.amount < 0 else landed
 

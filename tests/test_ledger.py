@@ -41,6 +41,7 @@ from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
 from pipeline.ledger.schema import ORIGINAL_SQL, ORIGINAL_SQL_POSTGRES
 from pipeline.problems import Change, Observation, Plan
 from pipeline.sinks.base import EventResult, Outcome
+from pipeline.stages.report import run_report
 from tests.ledger_backends import stored_bytes
 
 SCOPE = "acme"
@@ -762,6 +763,54 @@ def test_migration_dates_each_files_fetch_by_its_first_run(ledger_location: Path
         new = ledger.register_file(run, scope="acme", feed="hourly", name="g.csv", size=1, mtime=2.0,
                                    sha256="def", fetched_at="2026-11-21T03:15:00.000000+00:00")
         assert ledger.file(new.id).fetched_at == "2026-11-21T03:15:00.000000+00:00"
+
+
+def test_migration_keeps_the_money_partly_refunded_returns_did_refund(ledger_location: Path | str) -> None:
+    """Returns settled partly refunded before the ledger kept the money refunded in a column of its
+    own (version 11) take it from their messages when migrated, as exact text with the currency,
+    and so does each run's kept outcome: their reports keep their figures, whatever the messages
+    say later. A return whose landed lines were found by a read-back has no amount (None)."""
+    db = _raw(ledger_location)
+    assert migrate(db, target=11) == 11
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at, counts) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20', '{}')")
+    db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, updated_at) "
+               "VALUES ('acme', 'hourly', 'f.csv', 1, 1.0, 'abc', 'finished', 'r1', 'now')")
+    in_part = ("partly refunded: the platform refunded 1.20 of 4.20 (MILK x1 (1.20)) and refused BREAD x1 "
+               "(3.00): 112204 nope; once the cause is fixed, `posfeed rerun --feed acme_hourly --failed "
+               "--include-permanent` sends only what was refused (what landed is read back)")
+    read_back = ("partly refunded: the platform holds 1 refund event(s) of it (read back) and refused the "
+                 "rest: 112204 nope")
+    rows = (("R-1", "JPY", "-4200", in_part.replace("1.20 of 4.20", "1200 of 4200")),
+            ("R-2", "GBP", "-4.20", in_part), ("R-3", "GBP", "-4.20", read_back))
+    for n, (tid, currency, amount, message) in enumerate(rows, start=1):
+        db.execute("INSERT INTO transactions (scope, feed, transaction_id, state, file_id, source_file, "
+                   "source_lines, rows, store_id, business_date, transaction_type, currency, amount, "
+                   "last_error_code, last_error_message, attempts, first_run_id, last_run_id, created_at, "
+                   "updated_at) VALUES ('acme', 'hourly', ?, 'failed_permanent', 1, 'f.csv', ?, 2, 'S1', "
+                   "'2026-11-20', 'return', ?, ?, 'partly_refunded', ?, 1, 'r1', 'r1', 'now', 'now')",
+                   (tid, f"[{2 * n}, {2 * n + 1}]", currency, amount, message))
+        db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin, state_at_end, attempts_at_end, "
+                   "error_code_at_end, error_message_at_end, last_run_id_at_end) "
+                   "VALUES ('r1', ?, 'file', 'failed_permanent', 1, 'partly_refunded', ?, 'r1')",
+                   (n, message))
+    db.close()
+    with Ledger(ledger_location) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        kept = [tuple(r) for r in ledger._db.query(
+            "SELECT t.transaction_id, t.refunded, rt.refunded_at_end FROM transactions t "
+            "JOIN run_transactions rt ON rt.txn_row_id = t.id ORDER BY t.id")]
+        assert kept == [("R-1", "1200 JPY", "1200 JPY"), ("R-2", "1.20 GBP", "1.20 GBP"),
+                        ("R-3", None, None)]
+        with ledger._db.transaction() as db:  # a sweep or a new wording rewrites the messages
+            db.execute("UPDATE transactions SET last_error_message = 'partly refunded'")
+            db.execute("UPDATE run_transactions SET error_message_at_end = 'partly refunded'")
+        assert {r.transaction_id: r.refunded for r in ledger.run_transactions("r1")} == {
+            "R-1": Decimal("1200"), "R-2": Decimal("1.20"), "R-3": None}
+        summary = run_report(ledger, "r1").summary
+    assert summary["partly_refunded"] == 3
+    assert summary["currencies"]["GBP"]["amount_partly_refunded"] == "-1.20"
+    assert summary["currencies"]["JPY"]["amount_partly_refunded"] == "-1200"
 
 
 def test_a_run_keeps_its_own_outcomes(ledger: Ledger) -> None:

@@ -466,3 +466,41 @@ def test_the_report_shows_the_money_a_partly_refunded_return_did_refund(
     assert (row["partly_refunded_count"], row["partly_refunded_amount"]) == ("1", "-1.20")
     assert done["partly_refunded"] == 1
     assert done["currencies"]["GBP"]["amount_partly_refunded"] == "-1.20"
+
+
+def test_the_money_a_partly_refunded_return_did_refund_is_kept_in_its_own_ledger_column(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """The money refunded of a return taken in part is written when its answer is settled (exact
+    text, with its currency) and the reports read it there: before, they read it back out of the
+    return's message, so a message written differently (a new wording, a masking sweep) changed
+    finance's figure. Its run's report (as the run left it) and its business day's keep -1.20."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    sandbox.config.refuse_refund_items = ("BREAD",)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
+        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
+    done = posfeed.run()
+    assert state(posfeed.rows(), "R-1") == ("failed_permanent", "partly_refunded")
+    assert posfeed.rows()["R-1"].refunded == Decimal("1.20")
+    other = "partly refunded: some lines landed, the rest was refused"
+    with Ledger(ledger_location) as ledger:
+        (kept,) = ledger._db.query(
+            "SELECT t.refunded, rt.refunded_at_end FROM transactions t JOIN run_transactions rt "
+            "ON rt.txn_row_id = t.id WHERE t.transaction_id = 'R-1' AND rt.run_id = ?", (done["run_id"],))
+        assert (kept[0], kept[1]) == ("1.20 GBP", "1.20 GBP")
+        with ledger._db.transaction() as db:  # the messages say it otherwise now
+            db.execute("UPDATE transactions SET last_error_message = ? WHERE transaction_id = 'R-1'",
+                       (other,))
+            db.execute("UPDATE run_transactions SET error_message_at_end = ? WHERE error_code_at_end = "
+                       "'partly_refunded'", (other,))
+    feed_file = str(posfeed.feeds["acme_hourly"])
+    for report in (posfeed("report", done["run_id"], "--out", str(tmp_path / "run-report")),
+                   posfeed("report", "--feed", feed_file, "--business-date", DAY,
+                           "--out", str(tmp_path / "day-report"))):
+        assert report["partly_refunded"] == 1, report
+        assert report["currencies"]["GBP"]["amount_partly_refunded"] == "-1.20", report
+    for folder in ("run-report", "day-report"):
+        with (tmp_path / folder / "summary.csv").open(encoding="utf-8", newline="") as handle:
+            (row,) = [r for r in csv.DictReader(handle) if r["origin"] in ("file", "ledger")]
+        assert (row["partly_refunded_count"], row["partly_refunded_amount"]) == ("1", "-1.20"), folder

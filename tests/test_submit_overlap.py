@@ -254,12 +254,64 @@ def test_a_request_whose_mark_was_committed_while_credentials_were_refused_does_
             states = {r["transaction_id"]: (r["state"], r["retry_class"]) for r in ledger._db.query(
                 "SELECT transaction_id, state, retry_class FROM transactions WHERE transaction_id IN (?, ?)",
                 tuple(sales))}
+            attempts = {r["transaction_id"]: r["attempts"] for r in ledger._db.query(
+                "SELECT transaction_id, attempts FROM transactions WHERE transaction_id IN (?, ?)",
+                tuple(sales))}
         # each settled failed_retryable (credentials), then put back in the queue for the next run,
         # as every batch left unsent by a refusal is (Ledger.requeue_refused takes only those)
         assert states == {tid: ("queued", "credentials") for tid in sales}, states
+        # the refused request counts; the one never sent gives back the attempt its mark added
+        assert attempts == {released[0][0]: 1, marks[1][0]: 0}, attempts
         assert refused.to_dict()["accepted"] == 0
         monkeypatch.undo()
         sandbox.config.api_key = key
         again = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
         assert again.to_dict()["accepted"] == len(sales), again.to_dict()
         assert sorted(delivered_ids(sandbox)) == sorted(sales)  # each once
+
+
+def test_a_request_whose_mark_was_committed_while_a_stop_arrived_gives_its_attempt_back(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop arrives while a request's in-doubt mark is being committed (attempts + 1): the
+    request does not go out and its sale is settled failed_retryable (stopped) with the attempt
+    its mark added given back (attempts count requests that could have reached the platform);
+    the next run sends it once, as its first attempt."""
+    sales = SALES[:1]
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [f"{tid},LON01,R1,2026-11-20 10:{n:02d}:00,2026-11-20,M{n},sale,1,P1,Tea,drinks,1,2.50,,2.50,"
+            "GBP,2.50,," for n, tid in enumerate(sales)]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    stop = threading.Event()
+    marks: list[list[str]] = []
+    start_sending = Ledger.start_sending
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+
+    def watched_start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], *args: Any,
+                              **kwargs: Any) -> None:
+        marks.append(list(transaction_ids))
+        start_sending(self, scope, transaction_ids, *args, **kwargs)
+        stop.set()  # the stop arrives while the mark commits: seen once it is in
+
+    with SandboxServer() as sandbox, credentials(sandbox):
+        monkeypatch.setattr(Ledger, "start_sending", watched_start_sending)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, bulk_size=1)
+        stopped = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)], stop=stop)
+        assert marks == [sales], marks
+        assert delivered_ids(sandbox) == [], "a request went out after the stop"
+        assert stopped.to_dict()["accepted"] == 0
+        with Ledger(ledger_location) as ledger:
+            rows_left = [(r["state"], r["retry_class"], r["attempts"]) for r in ledger._db.query(
+                "SELECT state, retry_class, attempts FROM transactions WHERE transaction_id = ?",
+                tuple(sales))]
+        assert rows_left == [("failed_retryable", "stopped", 0)], rows_left
+        monkeypatch.undo()
+        again = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert again.to_dict()["accepted"] == len(sales), again.to_dict()
+        assert sorted(delivered_ids(sandbox)) == sorted(sales)
+        with Ledger(ledger_location) as ledger:
+            assert ledger._db.one("SELECT attempts FROM transactions WHERE transaction_id = ?",
+                                  tuple(sales))[0] == 1

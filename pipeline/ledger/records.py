@@ -137,6 +137,9 @@ class TxnRecord:
     last_run_id: str
     origin: str | None = None  # in a run's listing: file | settle | retry
     checkout: str | None = field(default=None, repr=False)
+    # a return the platform took in part: the money (a magnitude, in its currency) it refunded;
+    # None otherwise, and when not known (its landed lines were found by a read-back)
+    refunded: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ TXN_COLUMNS = (
     "t.id, t.scope, t.feed, t.transaction_id, t.content_hash, t.state, t.primary_id, t.attempts, "
     "t.last_error_code, t.last_error_message, t.event_ids, t.points, t.file_id, t.source_file, "
     "t.source_lines, t.rows, t.store_id, t.business_date, t.transaction_type, t.currency, t.amount, "
-    "t.reject_code, t.first_run_id, t.last_run_id"
+    "t.reject_code, t.first_run_id, t.last_run_id, t.refunded"
 )
 _TXN_WIDTH = TXN_COLUMNS.count(",") + 1
 # the same columns with a run's kept outcome (run_transactions rt) where the run ended and kept one
@@ -164,6 +167,7 @@ _AT_END = {
     "t.event_ids": "event_ids_at_end",
     "t.points": "points_at_end",
     "t.last_run_id": "last_run_id_at_end",
+    "t.refunded": "refunded_at_end",
 }
 TXN_COLUMNS_AT_END = ", ".join(
     f"CASE WHEN rt.attempts_at_end IS NULL THEN {c} ELSE rt.{_AT_END[c]} END" if c in _AT_END else c
@@ -182,7 +186,7 @@ def txn_record(
     (row_id, scope, feed, transaction_id, content_hash, stored_state, primary_id, attempts,
      last_error_code, last_error_message, event_ids, points, file_id, source_file, source_lines,
      rows, store_id, business_date, transaction_type, currency, amount, reject_code, first_run_id,
-     last_run_id) = row[:_TXN_WIDTH]
+     last_run_id, refunded) = row[:_TXN_WIDTH]
     return TxnRecord(
         row_id, scope, feed, transaction_id, content_hash, _STATES[state or stored_state], primary_id,
         attempts, last_error_code, last_error_message,
@@ -190,8 +194,19 @@ def txn_record(
         Decimal(points) if points is not None else None,
         file_id, source_file, tuple(json.loads(source_lines)), rows, store_id, business_date,
         transaction_type, currency, Decimal(amount), reject_code, first_run_id, last_run_id,
-        origin, checkout,
+        origin, checkout, refunded_amount(refunded),
     )
+
+
+def refunded_text(amount: Decimal, currency: str | None) -> str:
+    """How the ledger keeps the money refunded of a return taken in part: exact decimal text and
+    its currency (``1.20 GBP``; the amount alone when the row has no currency)."""
+    return f"{amount:f} {currency}" if currency else f"{amount:f}"
+
+
+def refunded_amount(text: str | None) -> Decimal | None:
+    """The amount of a kept :func:`refunded_text` (None: none kept)."""
+    return Decimal(text.split(" ", 1)[0]) if text else None
 
 
 def file_record(row: Row) -> FileRecord:

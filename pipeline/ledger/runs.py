@@ -14,9 +14,9 @@ from pipeline.ledger.transitions import ScopeGuard, require_held, while_held
 # a run's own outcome of each of its transactions, kept when it ends (its report reads them)
 _KEEP_OUTCOMES = (
     "UPDATE run_transactions SET (state_at_end, attempts_at_end, error_code_at_end, "
-    "error_message_at_end, event_ids_at_end, points_at_end, last_run_id_at_end) = "
+    "error_message_at_end, event_ids_at_end, points_at_end, last_run_id_at_end, refunded_at_end) = "
     "(SELECT t.state, t.attempts, t.last_error_code, t.last_error_message, t.event_ids, t.points, "
-    "t.last_run_id FROM transactions t WHERE t.id = run_transactions.txn_row_id) "
+    "t.last_run_id, t.refunded FROM transactions t WHERE t.id = run_transactions.txn_row_id) "
 )
 
 

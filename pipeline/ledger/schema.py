@@ -323,6 +323,46 @@ def _migrate_10_to_11(db: Db) -> None:
     _script(db, "CREATE TABLE swept_scopes (scope TEXT PRIMARY KEY, swept_at TEXT NOT NULL)")
 
 
+# how the message of a return refunded in part stated the money refunded, up to version 11
+# (a copy: this step reads the messages as they were written then, whatever they say later)
+_REFUNDED_IN_MESSAGE = re.compile(r"partly refunded: the platform refunded (\d+(?:\.\d+)?) of ")
+
+
+def _refunded_text(message: str | None, currency: str | None) -> str | None:
+    """What migration 12 keeps of a return refunded in part: the money its message states, as
+    exact text with its currency (``1.20 GBP``); None when the message states none (a read-back)."""
+    found = _REFUNDED_IN_MESSAGE.match(message or "")
+    if found is None:
+        return None
+    return f"{found.group(1)} {currency}" if currency else found.group(1)
+
+
+def _migrate_11_to_12(db: Db) -> None:
+    """The money the platform refunded of a return it took in part (code ``partly_refunded``), in
+    a column of its own (``refunded``: exact text and its currency, ``1.20 GBP``) written when
+    the answer is settled, and in each run's kept outcome (``refunded_at_end``): the reports read
+    it there, not out of the message, which a new wording or a masking sweep may change. Rows
+    settled before take it from their messages; one whose landed lines a read-back found has
+    none (NULL), as before."""
+    _script(
+        db,
+        """
+        ALTER TABLE transactions ADD COLUMN refunded TEXT;
+        ALTER TABLE run_transactions ADD COLUMN refunded_at_end TEXT
+        """,
+    )
+    rows = db.query("SELECT id, currency, last_error_message FROM transactions "
+                    "WHERE last_error_code = 'partly_refunded'")
+    db.executemany("UPDATE transactions SET refunded = ? WHERE id = ?",
+                   [(text, row[0]) for row in rows if (text := _refunded_text(row[2], row[1])) is not None])
+    kept = db.query("SELECT rt.run_id, rt.txn_row_id, t.currency, rt.error_message_at_end "
+                    "FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+                    "WHERE rt.error_code_at_end = 'partly_refunded'")
+    db.executemany("UPDATE run_transactions SET refunded_at_end = ? WHERE run_id = ? AND txn_row_id = ?",
+                   [(text, row[0], row[1]) for row in kept
+                    if (text := _refunded_text(row[3], row[2])) is not None])
+
+
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -335,6 +375,7 @@ MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_8_to_9,
     _migrate_9_to_10,
     _migrate_10_to_11,
+    _migrate_11_to_12,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.errors import LockLostError
 from pipeline.ledger.db import Db, chunks, marks
 from pipeline.ledger.errors import IllegalTransitionError, LedgerError
-from pipeline.ledger.records import cutoff, timestamp
+from pipeline.ledger.records import cutoff, refunded_text, timestamp
 from pipeline.ledger.states import (
     NEVER_SENT_AGAIN,
     PRIMARY_SQL,
@@ -84,17 +84,19 @@ def _settle(
     rows' lookup tells it too (no round trip more), else LockLostError and nothing is written."""
     now = timestamp()
     current: dict[str, tuple[int, str]] = {}
+    currency: dict[str, str | None] = {}
     tids = [r.transaction_id for r in results]
     held = _LOCK_HELD if lock else "1 = 1"
     for chunk in chunks(list(dict.fromkeys(tids))):
         for row in db.query(
-            f"SELECT id, transaction_id, state, {held} AS held FROM transactions WHERE scope = ? "
+            f"SELECT id, transaction_id, state, currency, {held} AS held FROM transactions WHERE scope = ? "
             f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
             (*lock, scope, *chunk),
         ):
             if not row["held"]:
                 raise LockLostError(scope)
             current[row["transaction_id"]] = (row["id"], row["state"])
+            currency[row["transaction_id"]] = row["currency"]
     updates: list[tuple[Any, ...]] = []
     for result in results:
         if result.transaction_id not in current:
@@ -136,6 +138,11 @@ def _settle(
                 message,
                 mask,
                 mask,
+                # the money a return taken in part did refund, kept apart from its message
+                refunded_text(result.refunded, currency[result.transaction_id])
+                if result.refunded is not None and target is TxnState.FAILED_PERMANENT else None,
+                # a request marked in doubt and never sent: the attempt its mark added is given back
+                1 if result.withdrawn and state == TxnState.SENDING else 0,
                 row_id,
             )
         )
@@ -143,7 +150,8 @@ def _settle(
         "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
         "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
         "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
-        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
+        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END, refunded = ?, "
+        "attempts = CASE WHEN attempts > 0 THEN attempts - ? ELSE attempts END WHERE id = ?",
         updates,
     )
 

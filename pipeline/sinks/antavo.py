@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -84,7 +83,7 @@ from pipeline.sinks.escher import EscherSigner, antavo_config
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
 __all__ = ["ALREADY_OPTED_IN", "ALREADY_USED", "WORKFLOW_INTERRUPTED", "AntavoAdapter", "member_event",
-           "refunded_in_part", "sendable_events"]
+           "sendable_events"]
 
 ALREADY_USED = "5003"  # "The transaction ID has already been used"
 WORKFLOW_INTERRUPTED = "127201"  # InterruptException: registered, a workflow stopped early
@@ -95,19 +94,9 @@ ORIGINAL_NOT_ACCEPTED = "original_not_accepted"
 ORIGINAL_REFUSED = "original_refused"
 # a refund some of whose lines landed while others were refused for good (their ids are kept)
 PARTLY_REFUNDED = "partly_refunded"
-# how a partly refunded return's message begins (the reports read the money refunded from it)
+# how a partly refunded return's message begins (for people: the reports read the money refunded
+# from the result's ``refunded``, which the ledger keeps in a column of its own)
 _REFUNDED_HEAD = "partly refunded: the platform refunded {refunded:f} of {total:f}"
-_REFUNDED = re.compile(r"partly refunded: the platform refunded (\d+(?:\.\d+)?) of ")
-
-
-def refunded_in_part(code: str | None, message: str | None) -> Decimal | None:
-    """The money (a magnitude) the platform refunded of a return it took in part, read from its
-    result's code and message (:func:`_partly_refunded` writes it); None when not stated (a
-    read-back found what landed: its events, not their money)."""
-    if code != PARTLY_REFUNDED or not message:
-        return None
-    found = _REFUNDED.match(message)
-    return Decimal(found.group(1)) if found else None
 
 
 CONTENT_TYPE = 'application/json; charset="UTF-8"'
@@ -801,7 +790,7 @@ def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
     refunded = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in kept), Decimal(0))
     total = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
     return EventResult(
-        tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points,
+        tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points, refunded=refunded,
         error_message=told(
             _REFUNDED_HEAD.format(refunded=refunded, total=total)
             + f" ({', '.join(_line_text(e) for e in kept)}) and refused "

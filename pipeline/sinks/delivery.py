@@ -526,10 +526,10 @@ class _Submission:
         self.on_result(result)
 
     def settle_all(self, batch: Batch, code: str, message: str, attempts: int,
-                   retry_class: RetryClass = RetryClass.TRANSIENT) -> None:
+                   retry_class: RetryClass = RetryClass.TRANSIENT, *, withdrawn: bool = False) -> None:
         for tid in batch.transaction_ids:
             self.settle(EventResult(tid, Outcome.RETRYABLE, error_code=code, error_message=message,
-                                    attempts=attempts, retry_class=retry_class))
+                                    attempts=attempts, retry_class=retry_class, withdrawn=withdrawn))
 
     async def run_phase(self, batches: list[Batch], client: HttpClient) -> None:
         if not batches:
@@ -578,13 +578,16 @@ class _Submission:
             else:
                 self.on_results(batch, attempt, outcome)
 
-    def _may_send(self, batch: Batch, attempt: int) -> bool:
+    def _may_send(self, batch: Batch, attempt: int, *, marked: bool = False) -> bool:
+        """Whether ``batch`` may go out now; if not, it is settled unsent (``marked``: its in-doubt
+        mark is committed, and its results give back the attempt the mark added)."""
         if self.halted is not None:
-            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1, RetryClass.CREDENTIALS)
+            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1, RetryClass.CREDENTIALS,
+                            withdrawn=marked)
             return False
         if self.stop is not None and self.stop.is_set():
             self.settle_all(batch, "stopped", "submission stopped before this was sent", attempt - 1,
-                            RetryClass.STOPPED)
+                            RetryClass.STOPPED, withdrawn=marked)
             return False
         return True
 
@@ -595,7 +598,7 @@ class _Submission:
         marked = self.on_sending(batch.transaction_ids)
         if marked is not None:
             await marked  # the in-doubt mark is committed before the request goes out
-            if not self._may_send(batch, attempt):  # refused or stopped meanwhile
+            if not self._may_send(batch, attempt, marked=True):  # refused or stopped meanwhile
                 return None
         request = await self.engine.adapter.build_request(batch, client)
         if not isinstance(request, PreparedRequest):
