@@ -21,7 +21,7 @@ from pipeline.ledger.states import (
     TRANSITIONS,
     TxnState,
 )
-from pipeline.records import EventResult, Outcome, RetryClass
+from pipeline.records import ORIGINAL_NOT_FOUND, EventResult, Outcome, RetryClass
 
 
 def attach(db: Db, run_id: str, row_ids: Sequence[int], origin: str) -> None:
@@ -81,20 +81,27 @@ def _settle(
 ) -> None:
     """Settle sink outcomes inside the caller's transaction (see :meth:`Transitions.apply_results`);
     with ``lock`` (the scope lock's parameters of :data:`_LOCK_HELD`), only while it is held: the
-    rows' lookup tells it too (no round trip more), else LockLostError and nothing is written."""
+    rows' lookup tells it too (no round trip more), else LockLostError and nothing is written.
+
+    A return that waits for its sale (``original_not_found``) went nowhere: when this run marked
+    it in doubt to look for its sale, that mark is taken back from its ``attempts`` (a look
+    sends nothing of it; ``attempts`` counts the requests that could have carried it)."""
     now = timestamp()
     current: dict[str, tuple[int, str]] = {}
+    marked_here: set[str] = set()  # in doubt by this run's mark
     tids = [r.transaction_id for r in results]
     held = _LOCK_HELD if lock else "1 = 1"
     for chunk in chunks(list(dict.fromkeys(tids))):
         for row in db.query(
-            f"SELECT id, transaction_id, state, {held} AS held FROM transactions WHERE scope = ? "
-            f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
+            f"SELECT id, transaction_id, state, last_run_id, {held} AS held FROM transactions "
+            f"WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
             (*lock, scope, *chunk),
         ):
             if not row["held"]:
                 raise LockLostError(scope)
             current[row["transaction_id"]] = (row["id"], row["state"])
+            if row["state"] == TxnState.SENDING and row["last_run_id"] == run_id:
+                marked_here.add(row["transaction_id"])
     updates: list[tuple[Any, ...]] = []
     for result in results:
         if result.transaction_id not in current:
@@ -116,6 +123,8 @@ def _settle(
         if target not in TRANSITIONS.get(TxnState(state), frozenset()):
             raise IllegalTransitionError(result.transaction_id, state, target)
         current[result.transaction_id] = (row_id, target.value)
+        unmark = state == TxnState.SENDING and result.transaction_id in marked_here and (
+            result.error_code == ORIGINAL_NOT_FOUND)
         final = target in NEVER_SENT_AGAIN
         mask = masks.get(result.transaction_id) if masks and final else None
         retry_class = (
@@ -136,6 +145,7 @@ def _settle(
                 message,
                 mask,
                 mask,
+                1 if unmark else 0,
                 row_id,
             )
         )
@@ -143,7 +153,8 @@ def _settle(
         "UPDATE transactions SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
         "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
         "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
-        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END WHERE id = ?",
+        f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END, "
+        "attempts = CASE WHEN attempts > 0 THEN attempts - ? ELSE attempts END WHERE id = ?",
         updates,
     )
 
