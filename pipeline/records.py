@@ -29,6 +29,7 @@ __all__ = [
     "MONEY",
     "MONEY_PRECISION",
     "MONEY_SCALE",
+    "ORIGINAL_NOT_FOUND",
     "PROFILE_UPDATE",
     "QUANTITY",
     "REQUIRED_COLUMNS",
@@ -189,6 +190,11 @@ class RetryClass(StrEnum):
     # a return waits for its sale to arrive: every plain run checks again, past the [resume] caps,
     # until `resume.sale_wait_hours` (then it is failed for good)
     WAITING = "waiting"
+
+
+# the code of a return whose sale has not arrived (both targets; RetryClass.WAITING while it waits):
+# nothing of it went out in the submission that gave it
+ORIGINAL_NOT_FOUND = "original_not_found"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
 from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
+from pipeline.records import ORIGINAL_NOT_FOUND
 from pipeline.sinks.antavo import PARTLY_REFUNDED
 
 __all__ = [
@@ -189,6 +190,8 @@ class _Group:
     # sales a void names, settled void before reaching the platform, and their money
     post_voided: int = 0
     post_voided_amount: Decimal = _ZERO
+    # failed_retryable returns waiting for their sale (original_not_found): said in ``reason``
+    waiting_for_sale: int = 0
     rows: int = 0
     transactions: int = 0
     amount: Decimal = _ZERO
@@ -209,6 +212,8 @@ class _Group:
         if txn.state is TxnState.VOID and txn.last_error_code == POST_VOIDED:
             self.post_voided += 1
             self.post_voided_amount += txn.amount
+        if txn.state is TxnState.FAILED_RETRYABLE and txn.last_error_code == ORIGINAL_NOT_FOUND:
+            self.waiting_for_sale += 1
         if txn.state is TxnState.FAILED_PERMANENT and txn.last_error_code == PARTLY_REFUNDED:
             self.partly_refunded += 1
             landed = txn.refunded  # kept by the ledger; None when a read-back found what landed
@@ -231,6 +236,7 @@ class _Group:
         self.voided_sent += other.voided_sent
         self.post_voided += other.post_voided
         self.post_voided_amount += other.post_voided_amount
+        self.waiting_for_sale += other.waiting_for_sale
         self.rows += other.rows
         self.transactions += other.transactions
         self.amount += other.amount
@@ -238,6 +244,12 @@ class _Group:
     def points_awarded(self) -> str:
         """The points the platform gave, as it gave them; empty when it gave none (CRM.COM)."""
         return points_text(self.points) if self.points_reported else ""
+
+    def reason(self) -> str:
+        """The ``reason`` of the group's summary row: the returns in it that wait for their sale."""
+        if not self.waiting_for_sale:
+            return ""
+        return f"{self.waiting_for_sale} return(s) wait for their sale ({ORIGINAL_NOT_FOUND} in detail.csv)"
 
     def balanced(self, pending_is_final: bool) -> bool:
         pending = self.counts["in_doubt"] + (0 if pending_is_final else self.counts["queued"])
@@ -385,7 +397,8 @@ def build_report(
              money_text(group.refunded, currency), group.voids_of_sent,
              money_text(group.voided_sent, currency), group.post_voided,
              money_text(group.post_voided_amount, currency), group.points_awarded(), group.rows,
-             group.transactions, money_text(group.amount, currency), "true" if ok else "false", ""]
+             group.transactions, money_text(group.amount, currency), "true" if ok else "false",
+             group.reason()]
         )
         total.merge(group)
         by_currency.setdefault(currency, _Group()).merge(group)

@@ -134,6 +134,8 @@ def format_summary(summary: RunSummary) -> str:
         older = counted(s["needs_rerun"], "older transaction")
         needs = "needs" if s["needs_rerun"] == 1 else "need"
         meaning = f"this run's work is final and balanced; {older} {needs} a rerun"
+    if summary.exit_code == EXIT_OK and s.get("waiting_for_sale"):
+        meaning = "all else final and balanced; returns wait for their sale (see waiting)"
     lines = [
         f"{summary.feed} {kind} {summary.run_id}: exit {summary.exit_code} ({meaning})",
         f"  in:        {counted(s['rows_in'], 'row')}, {counted(s['transactions_in'], 'transaction')}",
@@ -148,7 +150,10 @@ def format_summary(summary: RunSummary) -> str:
            if s.get("post_voided") else "")
         + f", {s.get('not_sent', 0)} not sendable",
         f"  held:      {counted(s['conflicts'], 'conflict')}",
-        f"  failed:    {s['failed_retryable']} retryable, {s['failed_permanent']} permanent"
+        f"  failed:    {s['failed_retryable']} retryable"
+        + (f" ({s['waiting_for_sale']} of them returns waiting for their sale)"
+           if s.get("waiting_for_sale") else "")
+        + f", {s['failed_permanent']} permanent"
         + (f" ({s['partly_refunded']} of them refunded in part on the platform: see "
            "partly_refunded_amount)" if s.get("partly_refunded") else "")
         + f", {s['in_doubt']} in doubt" + (f", {s['queued']} queued" if s.get("queued") and not dry else ""),
@@ -174,11 +179,23 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  not taken: {item['file']}: {item['reason']}")
     for name in s.get("files_in_quarantine") or []:
         lines.append(f"  in quarantine (not read again): {name}")
+    if s.get("waiting_for_sale"):
+        lines.append(f"  waiting:   {_sale_wait_line(s)}")
     if "problems" in s:
         lines.append(f"  problems:  {_open_problems_line(s['problems'])}")
     if summary.reports_path:
         lines.append(f"  reports:   {summary.reports_path}")
     return "\n".join(lines)
+
+
+def _sale_wait_line(s: dict[str, Any]) -> str:
+    """``N return(s) wait for their sale until <time>``: the first recorded of them gives up then
+    (``resume.sale_wait_hours``); each goes by itself once its sale's export is delivered."""
+    until = datetime.fromisoformat(s["waiting_for_sale_until"]).astimezone(UTC)
+    first = " for the first recorded" if s["waiting_for_sale"] > 1 else ""
+    return (f"{s['waiting_for_sale']} return(s) wait for their sale until {until:%Y-%m-%d %H:%M} UTC{first} "
+            "(resume.sale_wait_hours; then failed for good, exit 65); each is sent by the run after "
+            "its sale's export arrives")
 
 
 def _age(seconds: Any) -> str:

@@ -24,10 +24,13 @@ many it carried over (``carried_over``) and how many are still waiting for the n
 (``needs_rerun``). A **dry run** does all of it against a throwaway copy of the ledger, sends
 nothing, touches no source file, and writes the same reports.
 
-Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced; 65 data errors
-(rejected rows, conflicts, unreadable files, transactions the platform refused); 75 try again
-later (retryable failures or in-doubt transactions left, files that could not be fetched, a stop
-before the end; a held lock raises LockHeldError, also 75); 78 the platform refused our
+Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced, but for returns
+waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: the summary says
+how many wait and until when, ``waiting_for_sale`` and ``waiting_for_sale_until``); 65 data errors
+(rejected rows, conflicts, unreadable files, transactions the platform refused, a return whose
+sale never came within its wait); 75 try again later (other retryable failures or in-doubt
+transactions left, files that could not be fetched, a stop before the end; a held lock raises
+LockHeldError, also 75); 78 the platform refused our
 credentials mid-run (the rest is left for the next run), or the source may not create the folder
 a file is archived or quarantined into (the file is left where it is: ``source_errors``); 70 when
 the report does not balance.
@@ -47,7 +50,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -169,7 +172,9 @@ def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
     )
     if data_errors:
         return EXIT_DATA
-    left = summary.get("failed_retryable", 0) or summary.get("in_doubt", 0) or summary.get("fetch_failures")
+    # returns within their wait for a sale that has not arrived are not work to try again
+    retryable = summary.get("failed_retryable", 0) - summary.get("waiting_for_sale", 0)
+    left = retryable > 0 or summary.get("in_doubt", 0) or summary.get("fetch_failures")
     if left or summary.get("stopped") or (not dry_run and summary.get("queued", 0)):
         return EXIT_TEMPFAIL
     if not summary.get("balanced", False):
@@ -197,6 +202,8 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
     for item in s.get("source_errors") or []:
         parts.append(f"{item['file']} left where it is: {item['reason']}")
     for cause in s.get("causes") or []:
+        if cause["state"] == "failed_retryable" and cause["code"] == ORIGINAL_NOT_FOUND:
+            continue  # waiting within resume.sale_wait_hours: not why a run exits non-zero
         what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
@@ -804,6 +811,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     ctx.notes["carried_over"] = backlog.carried
     ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
+    ctx.notes.update(_waiting_for_sale(ctx))
     notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are read and written a page at a time, none kept
         report = run_report(ctx.ledger, ctx.run_id, extra=notes)
@@ -837,7 +845,8 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
         f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
         f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
-        f"waiting {counts['waiting']}{_oldest_words(totals.get('backlog'))}, "
+        f"waiting {counts['waiting']}{_oldest_words(totals.get('backlog'))}"
+        f"{_sale_words(totals)}, "
         f"needs rerun {counts['needs_rerun']}; "
         f"{_problem_words(totals.get('problems') or [])}"
         + (f"; cause: {exit_cause(totals, code)}" if code != EXIT_OK else ""),
@@ -946,6 +955,11 @@ def _oldest_words(backlog: dict[str, Any] | None) -> str:
     return f" (oldest {minutes} min)" if minutes is not None else ""
 
 
+def _sale_words(summary: dict[str, Any]) -> str:
+    count = summary.get("waiting_for_sale") or 0
+    return f" ({count} return(s) for their sale until {summary['waiting_for_sale_until']})" if count else ""
+
+
 def _problem_words(problems: list[dict[str, Any]]) -> str:
     if not problems:
         return "no open problems"
@@ -974,8 +988,19 @@ _RUN_LOG_KEYS = (
     "rows_in", "transactions_in", "transactions_rejected", "rows_rejected", "duplicates", "conflicts",
     "accepted", "failed_retryable", "failed_permanent", "not_sent", "in_doubt", "amount_in",
     "amount_accepted", "currencies", "balanced", "carried_over", "waiting", "waiting_oldest_at",
-    "waiting_oldest_age_seconds", "needs_rerun",
+    "waiting_oldest_age_seconds", "needs_rerun", "waiting_for_sale", "waiting_for_sale_until",
 )
+
+
+def _waiting_for_sale(ctx: _Context) -> dict[str, Any]:
+    """How many of the run's transactions are returns waiting for their sale, and until when the
+    first recorded of them waits (``resume.sale_wait_hours`` after it was recorded; ISO 8601, UTC):
+    they do not make the run exit 75."""
+    count, first = ctx.ledger.waiting_for_sales(ctx.run_id)
+    until = None
+    if first is not None:
+        until = (datetime.fromisoformat(first) + timedelta(hours=ctx.feed.resume.sale_wait_hours)).isoformat()
+    return {"waiting_for_sale": count, "waiting_for_sale_until": until}
 
 
 def _backlog_notes(ctx: _Context, backlog: Backlog) -> dict[str, Any]:

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.ledger import Ledger, TxnRecord, TxnState
+from pipeline.runner import exit_cause, exit_code_of
 from pipeline.sandbox.server import SandboxServer
 from tests.ledger_backends import ledger_env
 from tests.runner_helpers import feed_toml, sample_feed, stats
@@ -175,3 +178,107 @@ def test_a_waiting_return_killed_in_flight_once_its_sale_came_is_read_back_not_s
     assert state(rows, "R-1") == ("accepted", "read_back")
     held = posfeed.held()["S-1"]
     assert len(held["refunds"]) == 1 and Decimal(held["refunded"]) == Decimal("1.20")
+
+
+def console(posfeed: Posfeed) -> tuple[int, str]:
+    """A plain `posfeed run` of the feed as an operator's timer runs it: its exit code and what it
+    printed (no ``--json``)."""
+    base = ["--state-dir", str(posfeed.tmp / "state"), "--reports-dir", str(posfeed.tmp / "reports")]
+    result = CliRunner().invoke(cli, [*base, "run", "--feed", str(posfeed.feed), "--business-date", DAY],
+                                env=posfeed.env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def summary_rows(done: dict[str, Any]) -> list[dict[str, str]]:
+    with (Path(done["reports_path"]) / "summary.csv").open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_run_whose_only_unfinished_work_is_a_return_waiting_for_its_sale_exits_0_and_says_until_when(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
+) -> None:
+    """Before, every such run exited 75 (try again later) for up to ``resume.sale_wait_hours``: an
+    hourly timer showed a failed unit every hour for a normal situation."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN)
+    done = posfeed.run()
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    scope = posfeed.rows()["R-1"].scope
+    with Ledger(posfeed.ledger_location) as ledger:
+        recorded = datetime.fromisoformat(ledger.recorded_at(scope, ["R-1"])["R-1"])
+    until = recorded + timedelta(hours=72)
+    assert done["exit_code"] == 0, done
+    assert done["waiting_for_sale"] == 1
+    assert datetime.fromisoformat(done["waiting_for_sale_until"]) == until
+    assert done["failed_retryable"] == 1 and done["backlog"]["waiting"] == 1  # still counted as such
+    reasons = [row["reason"] for row in summary_rows(done) if int(row["failed_retryable_count"])]
+    assert reasons == ["1 return(s) wait for their sale (original_not_found in detail.csv)"]
+    code, output = console(posfeed)  # the next hour's run, as a timer sees it
+    assert code == 0, output
+    last = "\n".join(output.splitlines()[-4:])
+    assert f"1 return(s) wait for their sale until {until:%Y-%m-%d %H:%M} UTC" in last, output
+    assert "exit 75" not in output
+
+
+def test_other_work_to_try_again_beside_a_waiting_return_still_exits_75_and_the_cause_names_only_it() -> None:
+    """What a run leaves to try again besides returns within their wait still exits 75; its cause
+    names that work, not the returns (they wait, as the summary says)."""
+    waiting_cause = {"state": "failed_retryable", "code": "original_not_found", "count": 1,
+                     "message": "not sent: its sale S-1 has not arrived"}
+    transient = {"state": "failed_retryable", "code": "http_503", "count": 2, "message": "server error"}
+    alone = {"failed_retryable": 1, "waiting_for_sale": 1, "balanced": True, "causes": [waiting_cause]}
+    assert exit_code_of(alone) == 0 and exit_cause(alone, 0) == ""
+    both = {**alone, "failed_retryable": 3, "causes": [transient, waiting_cause]}
+    assert exit_code_of(both) == 75
+    assert exit_cause(both, 75) == "2 failed retryable: http_503: server error"
+    in_doubt = {**alone, "in_doubt": 1}
+    assert exit_code_of(in_doubt) == 75
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_check_of_a_waiting_return_that_sends_nothing_is_not_an_attempt(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
+) -> None:
+    """Before, on Antavo every run's look for the sale counted one more attempt (3 after 3 runs)
+    though nothing of the return went out."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN if kind == "antavo" else WHOLE_RETURN)
+    for _ in range(3):
+        done = posfeed.run()
+        assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+        assert posfeed.rows()["R-1"].attempts == 0
+        assert detail(done)["R-1"]["attempts"] == "0"
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    done = posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1")[0] == "accepted" and rows["R-1"].attempts == 1
+    assert done["exit_code"] == 0
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_dry_run_holds_an_in_doubt_return_of_an_unknown_sale_waiting_as_the_real_run_does(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
+) -> None:
+    """A run killed while it looked for the sale of a waiting return leaves it in doubt
+    (``sending``). Before, a dry run showed it queued ("would be sent") on Antavo, where the real
+    run reads it back, finds the sale not listed, and holds it waiting."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN if kind == "antavo" else WHOLE_RETURN)
+    posfeed.run()
+    # as a run killed in its look for the sale leaves it: in doubt, one attempt, an hour ago
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="microseconds")
+    with Ledger(posfeed.ledger_location) as ledger, ledger._db.transaction() as db:
+        db.execute("UPDATE transactions SET state = 'sending', attempts = 1, updated_at = ? "
+                   "WHERE transaction_id = ?", (hour_ago, "R-1"))
+    dry = posfeed.run("acme_hourly", "--dry-run")
+    assert (detail(dry)["R-1"]["state"], detail(dry)["R-1"]["error_code"]) == (
+        "failed_retryable", "original_not_found")
+    assert dry["queued"] == 0 and dry["exit_code"] == 0
+    done = posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "R-1") == ("failed_retryable", "original_not_found")
+    assert rows["R-1"].attempts == 1  # the killed run's, none more
+    assert detail(done)["R-1"]["error_message"] == detail(dry)["R-1"]["error_message"]
+    assert done["exit_code"] == dry["exit_code"] == 0
+    assert "S-1" not in posfeed.held()

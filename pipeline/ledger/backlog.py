@@ -60,6 +60,18 @@ class Backlogs:
         )
         return [{"state": r[0], "code": r[1], "message": r[2], "count": r[3]} for r in rows]
 
+    def waiting_for_sales(self, run_id: str) -> tuple[int, str | None]:
+        """How many of ``run_id``'s transactions are returns waiting for their sale
+        (``failed_retryable``, ``original_not_found``), and when the first recorded of them was
+        recorded (ISO 8601, UTC; None when there are none)."""
+        row = self._db.query(
+            "SELECT COUNT(*), MIN(t.created_at) FROM run_transactions rt JOIN transactions t "
+            "ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.state = 'failed_retryable' "
+            "AND t.last_error_code = 'original_not_found'",
+            (run_id,),
+        )[0]
+        return int(row[0]), row[1]
+
     def carried(self, run_id: str) -> int:
         """How many transactions ``run_id`` took over from earlier runs (not from its own files)."""
         rows = self._db.query(

@@ -21,7 +21,7 @@ from pipeline.ledger.states import (
     TRANSITIONS,
     TxnState,
 )
-from pipeline.records import EventResult, Outcome, RetryClass
+from pipeline.records import ORIGINAL_NOT_FOUND, EventResult, Outcome, RetryClass
 
 
 def attach(db: Db, run_id: str, row_ids: Sequence[int], origin: str) -> None:
@@ -81,22 +81,29 @@ def _settle(
 ) -> None:
     """Settle sink outcomes inside the caller's transaction (see :meth:`Transitions.apply_results`);
     with ``lock`` (the scope lock's parameters of :data:`_LOCK_HELD`), only while it is held: the
-    rows' lookup tells it too (no round trip more), else LockLostError and nothing is written."""
+    rows' lookup tells it too (no round trip more), else LockLostError and nothing is written.
+
+    A return that waits for its sale (``original_not_found``) went nowhere: when this run marked
+    it in doubt to look for its sale, that mark is taken back from its ``attempts`` (a look
+    sends nothing of it; ``attempts`` counts the requests that could have carried it)."""
     now = timestamp()
     current: dict[str, tuple[int, str]] = {}
     currency: dict[str, str | None] = {}
+    marked_here: set[str] = set()  # in doubt by this run's mark
     tids = [r.transaction_id for r in results]
     held = _LOCK_HELD if lock else "1 = 1"
     for chunk in chunks(list(dict.fromkeys(tids))):
         for row in db.query(
-            f"SELECT id, transaction_id, state, currency, {held} AS held FROM transactions WHERE scope = ? "
-            f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
+            f"SELECT id, transaction_id, state, currency, last_run_id, {held} AS held FROM transactions "
+            f"WHERE scope = ? AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
             (*lock, scope, *chunk),
         ):
             if not row["held"]:
                 raise LockLostError(scope)
             current[row["transaction_id"]] = (row["id"], row["state"])
             currency[row["transaction_id"]] = row["currency"]
+            if row["state"] == TxnState.SENDING and row["last_run_id"] == run_id:
+                marked_here.add(row["transaction_id"])
     updates: list[tuple[Any, ...]] = []
     for result in results:
         if result.transaction_id not in current:
@@ -118,6 +125,8 @@ def _settle(
         if target not in TRANSITIONS.get(TxnState(state), frozenset()):
             raise IllegalTransitionError(result.transaction_id, state, target)
         current[result.transaction_id] = (row_id, target.value)
+        unmark = state == TxnState.SENDING and result.transaction_id in marked_here and (
+            result.error_code == ORIGINAL_NOT_FOUND)
         final = target in NEVER_SENT_AGAIN
         mask = masks.get(result.transaction_id) if masks and final else None
         retry_class = (
@@ -141,8 +150,9 @@ def _settle(
                 # the money a return taken in part did refund, kept apart from its message
                 refunded_text(result.refunded, currency[result.transaction_id])
                 if result.refunded is not None and target is TxnState.FAILED_PERMANENT else None,
-                # a request marked in doubt and never sent: the attempt its mark added is given back
-                1 if result.withdrawn and state == TxnState.SENDING else 0,
+                # a request marked in doubt and never sent, or a return's look for its sale: the
+                # attempt its mark added is given back
+                1 if (result.withdrawn and state == TxnState.SENDING) or unmark else 0,
                 row_id,
             )
         )

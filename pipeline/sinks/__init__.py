@@ -77,8 +77,9 @@ def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[
     decisions; results that wait for the platform (RETRYABLE, e.g. a returned sale not delivered
     yet) are left out, as a real run may settle them otherwise, but for a return waiting for a
     sale that has not arrived (``original_not_found``): on Antavo a real run first asks the
-    platform, which a dry run cannot; it shows the return waiting, as the platform not listing the
-    sale would (:meth:`~pipeline.sinks.antavo.AntavoAdapter.waiting_unread`).
+    platform (or reads back a return in doubt), which a dry run cannot; it shows the return
+    waiting, as the platform not listing the sale would
+    (:meth:`~pipeline.sinks.antavo.AntavoAdapter.waiting_unread`).
     """
     target = feed.target
     planner: PlatformAdapter

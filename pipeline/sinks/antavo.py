@@ -263,7 +263,7 @@ class AntavoAdapter:
                 phase = NEW_REFUNDS + refunding.get(original, 0)
                 refunding[original] = refunding.get(original, 0) + 1
                 self._returns[tid] = _Refund(row, return_decision(row, mode=self.target.return_mode))
-                if "return_decision" in row and row.get("return_sale") is None and not events[0].get("guest"):
+                if _sale_unknown(row) and not events[0].get("guest"):
                     self._unchecked.add(tid)
             guest = bool(events[0].get("guest"))
             if guest or (self.target.bulk_size == 1 and len(events) == 1):
@@ -420,7 +420,7 @@ class AntavoAdapter:
             if isinstance(events, RequestFailure):
                 return events
             if events is None:  # no such sale on the platform: nothing of the refund landed
-                if "return_decision" in row and row.get("return_sale") is None:  # nor in the ledger
+                if _sale_unknown(row):  # nor in the ledger
                     self._sent.discard(tid)
                     landed.append(sale_not_found(tid, original, _NOT_LISTED))
                     continue
@@ -450,10 +450,12 @@ class AntavoAdapter:
 
     def waiting_unread(self) -> list[EventResult]:
         """What a dry run, which reads nothing, says of the refunds planned whose sale the ledger
-        does not know (a real run checks each against the platform first): each waits for its
-        sale, as a real run's does when the platform does not list it."""
+        does not know, new or in doubt (a real run checks the first against the platform, and
+        reads the second back, first): each waits for its sale, as a real run's does when the
+        platform does not list it."""
+        unknown = self._unchecked | {tid for tid in self._sent if _sale_unknown(self._returns[tid].row)}
         return [sale_not_found(tid, str(self._returns[tid].row["original_transaction_id"]), _NOT_LISTED)
-                for tid in sorted(self._unchecked)]
+                for tid in sorted(unknown)]
 
     async def _check_on_platform(
         self, units: Sequence[Unit], client: HttpClient
@@ -642,6 +644,12 @@ class AntavoAdapter:
 CUSTOMER_NOT_FOUND = "160212"
 # where a refund's sale was looked for before it waits for it
 _NOT_LISTED = "the ledger does not know it and the platform does not list it"
+
+
+def _sale_unknown(row: CheckoutRow) -> bool:
+    """A return the ledger decided (its return context) without knowing its sale."""
+    return "return_decision" in row and row.get("return_sale") is None
+
 UNPROVEN = "unproven_answer"  # a 2xx answer that does not say what became of an event
 
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from pipeline.records import EventResult, Outcome, RetryClass
+from pipeline.records import ORIGINAL_NOT_FOUND, EventResult, Outcome, RetryClass
 
 __all__ = ["ORIGINAL_NOT_FOUND", "CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome",
            "RetryClass", "Sink", "sale_not_found"]
@@ -24,9 +24,6 @@ CheckoutRow = Mapping[str, Any]
 
 OnSending = Callable[[Sequence[str]], Awaitable[None] | None]
 OnResult = Callable[[EventResult], None]
-
-# a return whose sale has not arrived (both targets): retryable, it waits for it
-ORIGINAL_NOT_FOUND = "original_not_found"
 
 
 def sale_not_found(tid: str, sale: str, where: str = "the ledger does not know it") -> EventResult:

@@ -59,8 +59,8 @@ _DECIDED_FROM = (*_PENDING, TxnState.ACCEPTED, TxnState.NOT_SENT, TxnState.FAILE
 def _in_doubt(row: ReturnOf) -> bool:
     record = row.record
     # an operator's rerun of a return held in doubt is their decision to send it; a return last
-    # held waiting for its sale was never sent (its attempts were checks of the sale), unless a
-    # request of it went out since (in doubt again: read back)
+    # held waiting for its sale was not sent by the look that held it (nor counted an attempt),
+    # unless a request of it went out since (in doubt again: read back)
     waited = record.last_error_code == ORIGINAL_NOT_FOUND and record.state is not TxnState.SENDING
     return (record.state in _PENDING and record.attempts > 0 and record.last_error_code != REFUND_IN_DOUBT
             and not waited)
