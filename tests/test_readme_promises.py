@@ -130,3 +130,51 @@ def test_a_plain_run_sends_what_earlier_runs_left_before_its_new_files(tmp_path:
         order = delivered_ids(sandbox)  # in the order the platform accepted them
     assert sorted(order) == sorted(left + new)
     assert set(order[:len(left)]) == set(left), "a new file's transaction went out before the left ones"
+
+
+# README's words for the states of docs/REPORTS.md, as they name `summary.csv`'s columns
+README_STATE_WORDS = {
+    "accepted": ("accepted",), "rejected": ("rejected",), "duplicates": ("duplicate",),
+    "conflicts": ("conflict",), "voids": ("void",), "not sent": ("not_sent",),
+    "failed": ("failed_retryable", "failed_permanent"), "in doubt": ("in_doubt",),
+}
+
+
+def test_what_came_in_equals_the_sum_the_readme_gives_store_by_store(tmp_path: Path) -> None:
+    """README, "Proved with money": "what came in equals accepted + rejected + ... store by store",
+    read by finance on a real run's `summary.csv` (the sample day of `acme_hourly` against the
+    sandbox): on every row the amounts (and counts) of the states the sentence names add up to
+    `amount_in` (`transactions_in`), and the sentence names every state that is final in a run."""
+    import csv
+    from decimal import Decimal
+
+    sentence = re.search(r"what\s+came in equals ([^()]+?),\s+store by store", README)
+    assert sentence, "README no longer says what came in equals"
+    terms = [" ".join(term.split()) for term in sentence.group(1).split("+")]
+    assert set(terms) <= set(README_STATE_WORDS), terms
+    columns = [column for term in terms for column in README_STATE_WORDS[term]]
+    reports = (ROOT / "docs" / "REPORTS.md").read_text(encoding="utf-8")
+    states = re.findall(r"^\| `([a-z_]+)` \|.*\| yes", reports.split("| state | meaning | final |", 1)[1]
+                        .split("\n\n", 1)[0], flags=re.M)
+    left_out = set(states) - set(columns)
+    assert not left_out, f"final states the README's sum leaves out: {left_out}"
+
+    for folder in ("feeds", "sample_data"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    with SandboxServer() as sandbox:
+        for feed_file in (tmp_path / "feeds").glob("*.toml"):
+            text = feed_file.read_text(encoding="utf-8")
+            feed_file.write_text(text.replace(TOUR_URL, sandbox.url), encoding="utf-8")
+        env = {**_clean_env(), **env_for(sandbox)}
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--feed", "acme_hourly",
+                               "--business-date", "2026-11-20", "--json"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 65, done.stderr[-3000:]  # the sample day's deliberate defects
+    summary_csv = tmp_path / json.loads(done.stdout)["reports_path"] / "summary.csv"
+    with summary_csv.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["store_id"] for row in rows} == {"LON01", "BER01", "NYC01"}
+    for row in rows:
+        assert row["balanced"] == "true", row
+        assert sum(Decimal(row[f"{c}_amount"]) for c in columns) == Decimal(row["amount_in"]), row
+        assert sum(int(row[f"{c}_count"]) for c in columns) == int(row["transactions_in"]), row
