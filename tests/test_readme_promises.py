@@ -178,3 +178,27 @@ def test_what_came_in_equals_the_sum_the_readme_gives_store_by_store(tmp_path: P
         assert row["balanced"] == "true", row
         assert sum(Decimal(row[f"{c}_amount"]) for c in columns) == Decimal(row["amount_in"]), row
         assert sum(int(row[f"{c}_count"]) for c in columns) == int(row["transactions_in"]), row
+
+
+def test_the_exit_codes_the_readme_lists_are_the_ones_posfeed_exits_with() -> None:
+    """README: "The exit code says what needs attention: 0 clean, 65 data errors, 75 try again
+    later, 78 configuration or credentials, 74 I/O ..., 70 a bug (the full table is in
+    docs/OPERATIONS.md)": each is one of posfeed's exit codes with that meaning, and a row of the
+    full table. (Each code's cause: tests/test_exit_codes.py.)"""
+    from pipeline import errors
+
+    sentence = README.split("The exit code says what needs attention:", 1)[1].split("(the full table", 1)[0]
+    listed = {int(code): " ".join(meaning.split())
+              for code, meaning in re.findall(r"(\d+) ([^,\d]+)", sentence)}
+    names = {0: "EXIT_OK", 65: "EXIT_DATA", 75: "EXIT_TEMPFAIL", 78: "EXIT_CONFIG", 74: "EXIT_IOERR",
+             70: "EXIT_INTERNAL"}
+    assert set(listed) == set(names), listed
+    for code, name in names.items():
+        assert getattr(errors, name) == code, name
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    table = operations.split("| code | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = {int(code): meaning for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", table, flags=re.M)}
+    words = {0: "final state", 65: "data errors", 75: "temporary", 78: "configuration or credentials",
+             74: "I/O error", 70: "bug"}
+    for code, meaning in listed.items():
+        assert code in rows and words[code] in rows[code], (code, meaning, rows.get(code))
