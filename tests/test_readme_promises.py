@@ -202,3 +202,18 @@ def test_the_exit_codes_the_readme_lists_are_the_ones_posfeed_exits_with() -> No
              74: "I/O error", 70: "bug"}
     for code, meaning in listed.items():
         assert code in rows and words[code] in rows[code], (code, meaning, rows.get(code))
+
+
+def test_the_secrets_promise_says_what_a_feed_can_switch_off() -> None:
+    """README, "Secrets stay secret": keys and passwords are always masked, and customer ids are
+    hashed by default (tests/test_secrets_never_leak.py::test_debug_run_leaks_no_secret_and_no_customer_id),
+    but a feed may keep them in clear (`logging.hash_customer_ids = false`:
+    ::test_without_masking_the_ledger_keeps_real_customer_ids). The bullet says so, naming the
+    setting a reader would look up, with its default."""
+    from pipeline.config import LoggingConfig
+
+    bullet = " ".join(README.split("**Secrets stay secret.**", 1)[1].split("\n\n", 1)[0].split())
+    setting = re.search(r"`logging\.(\w+) = (true|false)`", bullet)
+    assert setting, f"README's secrets bullet names no setting that keeps customer ids in clear: {bullet}"
+    field = LoggingConfig.model_fields[setting.group(1)]
+    assert field.default is True and setting.group(2) == "false", bullet
