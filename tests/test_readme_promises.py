@@ -217,3 +217,37 @@ def test_the_secrets_promise_says_what_a_feed_can_switch_off() -> None:
     assert setting, f"README's secrets bullet names no setting that keeps customer ids in clear: {bullet}"
     field = LoggingConfig.model_fields[setting.group(1)]
     assert field.default is True and setting.group(2) == "false", bullet
+
+
+@pytest.mark.parametrize("name", ["pos.csv", "pos.jsonl", "pos.parquet", "pos.csv.gz", "pos.jsonl.gz",
+                                  "pos.parquet.gz"])
+def test_a_canonical_file_is_read_as_csv_json_lines_or_parquet_each_also_gzipped(
+        tmp_path: Path, name: str) -> None:
+    """README's canonical layout: "CSV (`,`, UTF-8), JSON Lines (one object per line, same keys) or
+    Parquet, each also gzipped (a name ending in `.gz`)". The README's example file, written in
+    each of them, passes `posfeed check FILE` (no feed: "format from the file suffix") clean:
+    `.jsonl.gz` and `.parquet.gz` used to be read as CSV and refused as unreadable."""
+    import gzip
+
+    import polars as pl
+    from click.testing import CliRunner
+
+    example = README.split("## The canonical layout", 1)[1].split("```csv\n", 1)[1].split("```", 1)[0]
+    header, line = example.splitlines()
+    record = dict(zip(header.split(","), line.split(","), strict=True))
+    plain = tmp_path / name.removesuffix(".gz")
+    if plain.suffix == ".csv":
+        plain.write_text(example, encoding="utf-8")
+    elif plain.suffix == ".jsonl":
+        plain.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    else:
+        pl.DataFrame([record]).write_parquet(plain)
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+    result = CliRunner().invoke(cli, ["check", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["unreadable_files"] == [], summary["unreadable_files"]
+    assert (summary["transactions_valid"], summary["rows_rejected"]) == (1, 0)
