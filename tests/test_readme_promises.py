@@ -140,12 +140,35 @@ README_STATE_WORDS = {
 }
 
 
-def test_what_came_in_equals_the_sum_the_readme_gives_store_by_store(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sample_day_summary(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
+    """The `summary.csv` rows of the tour's `posfeed run --feed acme_hourly --business-date
+    2026-11-20`, run in a copy of the feeds and sample data against the sandbox."""
+    import csv
+
+    where = tmp_path_factory.mktemp("day")
+    for folder in ("feeds", "sample_data"):
+        shutil.copytree(ROOT / folder, where / folder)
+    with SandboxServer() as sandbox:
+        for feed_file in (where / "feeds").glob("*.toml"):
+            text = feed_file.read_text(encoding="utf-8")
+            feed_file.write_text(text.replace(TOUR_URL, sandbox.url), encoding="utf-8")
+        env = {**_clean_env(), **env_for(sandbox)}
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--feed", "acme_hourly",
+                               "--business-date", "2026-11-20", "--json"], cwd=where, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 65, done.stderr[-3000:]  # the sample day's deliberate defects
+    summary_csv = where / json.loads(done.stdout)["reports_path"] / "summary.csv"
+    with summary_csv.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_what_came_in_equals_the_sum_the_readme_gives_store_by_store(
+        sample_day_summary: list[dict[str, str]]) -> None:
     """README, "Proved with money": "what came in equals accepted + rejected + ... store by store",
     read by finance on a real run's `summary.csv` (the sample day of `acme_hourly` against the
     sandbox): on every row the amounts (and counts) of the states the sentence names add up to
     `amount_in` (`transactions_in`), and the sentence names every state that is final in a run."""
-    import csv
     from decimal import Decimal
 
     sentence = re.search(r"what\s+came in equals ([^()]+?),\s+store by store", README)
@@ -158,26 +181,25 @@ def test_what_came_in_equals_the_sum_the_readme_gives_store_by_store(tmp_path: P
                         .split("\n\n", 1)[0], flags=re.M)
     left_out = set(states) - set(columns)
     assert not left_out, f"final states the README's sum leaves out: {left_out}"
-
-    for folder in ("feeds", "sample_data"):
-        shutil.copytree(ROOT / folder, tmp_path / folder)
-    with SandboxServer() as sandbox:
-        for feed_file in (tmp_path / "feeds").glob("*.toml"):
-            text = feed_file.read_text(encoding="utf-8")
-            feed_file.write_text(text.replace(TOUR_URL, sandbox.url), encoding="utf-8")
-        env = {**_clean_env(), **env_for(sandbox)}
-        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "--feed", "acme_hourly",
-                               "--business-date", "2026-11-20", "--json"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 65, done.stderr[-3000:]  # the sample day's deliberate defects
-    summary_csv = tmp_path / json.loads(done.stdout)["reports_path"] / "summary.csv"
-    with summary_csv.open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    assert {row["store_id"] for row in rows} == {"LON01", "BER01", "NYC01"}
-    for row in rows:
+    assert {row["store_id"] for row in sample_day_summary} == {"LON01", "BER01", "NYC01"}
+    for row in sample_day_summary:
         assert row["balanced"] == "true", row
         assert sum(Decimal(row[f"{c}_amount"]) for c in columns) == Decimal(row["amount_in"]), row
         assert sum(int(row[f"{c}_count"]) for c in columns) == int(row["transactions_in"]), row
+
+
+def test_summary_csv_has_one_row_per_file_store_business_date_and_currency(
+        sample_day_summary: list[dict[str, str]]) -> None:
+    """README: "`summary.csv` (one row per file, store, business date and currency)": on the
+    sample day's run no two rows share the four, and every file the run read has its rows."""
+    from collections import Counter
+
+    assert "`summary.csv` (one row per file, store, business date and currency)" in " ".join(README.split())
+    keys = Counter((r["source_file"], r["store_id"], r["business_date"], r["currency"])
+                   for r in sample_day_summary)
+    assert [key for key, n in keys.items() if n > 1] == []
+    files = {p.name for p in (ROOT / "sample_data" / "acme").glob("pos_*_20261120_??.csv")}
+    assert {r["source_file"] for r in sample_day_summary} == files
 
 
 def test_the_exit_codes_the_readme_lists_are_the_ones_posfeed_exits_with() -> None:
