@@ -69,5 +69,6 @@ def test_scripts_test_installs_the_dev_extras_and_passes_its_arguments_to_pytest
     (tmp_path / "test_one.py").write_text("def test_one() -> None:\n    pass\n", encoding="utf-8")
     for given, workers in ((["-n", "2"], True), (["-n", "2", "-n", "0"], False)):  # the last -n wins
         ran = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *given,
-                              "test_one.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+                              "test_one.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                             check=False)
         assert ran.returncode == 0 and ("2 workers" in ran.stdout) == workers, ran.stdout
