@@ -273,3 +273,18 @@ def test_a_canonical_file_is_read_as_csv_json_lines_or_parquet_each_also_gzipped
     summary = json.loads(result.output[result.output.index("{"):])
     assert summary["unreadable_files"] == [], summary["unreadable_files"]
     assert (summary["transactions_valid"], summary["rows_rejected"]) == (1, 0)
+
+
+def test_the_licence_the_readme_names_is_declared_and_shipped() -> None:
+    """README ends "Licence: Apache-2.0.": the package declares that licence, and the checkout
+    carries its text in LICENSE, as the licence asks of whoever passes the work on."""
+    import tomllib
+
+    named = re.search(r"^Licence: (\S+)\.$", README, flags=re.M)
+    assert named, "README names no licence"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == {"text": named.group(1)}
+    assert named.group(1) == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert " ".join(text.split()[:5]) == "Apache License Version 2.0, January"
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
