@@ -288,3 +288,44 @@ def test_the_licence_the_readme_names_is_declared_and_shipped() -> None:
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert " ".join(text.split()[:5]) == "Apache License Version 2.0, January"
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+
+
+# run the command after it in a network namespace whose only network is loopback, brought up
+_LOOPBACK_ONLY = """
+import fcntl, os, socket, struct, sys
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # SIOCGIFFLAGS, SIOCSIFFLAGS | IFF_UP
+    flags = struct.unpack("16sH14x", fcntl.ioctl(sock, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+    fcntl.ioctl(sock, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_the_demo_needs_nothing_but_python_and_keeps_its_ledger_in_a_temporary_folder(
+        tmp_path: Path) -> None:
+    """README: "The first command needs nothing but Python 3.11: local files, the built-in sandbox
+    of the platforms and a SQLite ledger in a temporary state folder." `posfeed demo` as printed,
+    from an empty folder, with no network but loopback, no credentials and no ledger settings
+    (a `POSFEED_LEDGER_URL` left in the environment included): it exits 0, its ledger is a SQLite
+    file in a new folder of the temporary directory, and neither the current folder nor the home
+    folder gets anything."""
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare is needed (Debian package util-linux, essential: always installed)"
+    command = next(line for line in README.split("```bash\n", 1)[1].splitlines() if "posfeed demo" in line)
+    args = shlex.split(command.split("&&", 1)[1].split("#", 1)[0])
+    assert args == ["posfeed", "demo"]
+    here, home, temp = tmp_path / "here", tmp_path / "home", tmp_path / "tmp"
+    for folder in (here, home, temp):
+        folder.mkdir()
+    env = {**_clean_env(), "HOME": str(home), "TMPDIR": str(temp),
+           "POSFEED_LEDGER_URL": "postgresql://posfeed@db.invalid/posfeed"}
+    done = subprocess.run([unshare, *([] if os.geteuid() == 0 else ["-r"]), "-n", sys.executable, "-c",
+                           _LOOPBACK_ONLY, sys.executable, "-m", "pipeline", *args[1:]],
+                          cwd=here, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = re.search(r"^state \(ledger\): +(\S+)$", done.stdout, flags=re.M)
+    assert printed, done.stdout[-3000:]
+    state = Path(printed.group(1))
+    assert state.parent.parent == temp and state.parent.name.startswith("posfeed-demo-"), state
+    assert (state / "ledger.sqlite").is_file()
+    assert list(here.iterdir()) == [] and list(home.iterdir()) == []
