@@ -62,11 +62,18 @@ _KIND_BY_SUFFIX = {
 }
 
 
+def _format_suffix(path: Path) -> str:
+    """The suffix that names the file's format: `.jsonl` for `pos.jsonl` and `pos.jsonl.gz`."""
+    name = path.name.lower()
+    return Path(name.removesuffix(".gz")).suffix
+
+
 def _feed_for(paths: Sequence[Path], feed_name: str | None, feeds_dir: Path) -> Feed:
-    """The named feed, or the canonical layout with the format guessed from the file suffix."""
+    """The named feed, or the canonical layout with the format guessed from the file suffix (the
+    one before `.gz` for a gzipped file: `pos.jsonl.gz` is JSON Lines)."""
     if feed_name:
         return load_feed(feed_name, feeds_dir)
-    kind = _KIND_BY_SUFFIX.get(paths[0].suffix.lower(), "csv") if paths else "csv"
+    kind = _KIND_BY_SUFFIX.get(_format_suffix(paths[0]), "csv") if paths else "csv"
     feed = canonical_feed()
     return feed.model_copy(update={"format": FormatConfig(kind=kind)})  # type: ignore[arg-type]
 

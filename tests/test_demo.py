@@ -128,3 +128,19 @@ def test_sign_ups_and_claims_print_no_money_line(demo: tuple[Path, dict[str, Any
     for feed in ("acme_enrollments", "acme_claims"):
         assert "in 0.00 = valid" not in blocks[feed] and "(none):" not in blocks[feed], blocks[feed]
     assert "EUR:       in " in blocks["acme_hourly"]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_feeds_the_readme_names(demo: tuple[Path, dict[str, Any], str]) -> None:
+    """README's tour: `posfeed demo  # the sample feeds (acme, enrollments, claims, crmcom_demo,
+    poslog_store) against a local sandbox`: those feeds run (acme's two), and each gets
+    transactions accepted by the sandbox, the CRM.COM one too."""
+    readme = (REPORTS_DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    named = re.search(r"posfeed demo +# the sample feeds \(([^)]+)\)", readme)
+    assert named, "README's tour no longer names the demo's feeds"
+    feeds = {"acme": {"acme_hourly", "acme_daily"}, "enrollments": {"acme_enrollments"},
+             "claims": {"acme_claims"}}
+    expected = set().union(*(feeds.get(name, {name}) for name in named.group(1).split(", ")))
+    runs = {run["feed"]: run for run in demo[1]["runs"]}
+    assert set(runs) == expected
+    assert all(run["accepted"] > 0 for run in runs.values()), {f: r["accepted"] for f, r in runs.items()}

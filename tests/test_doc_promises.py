@@ -405,3 +405,20 @@ def test_a_runs_report_files_are_what_reports_md_says(sample_dry_run: Path) -> N
     assert by_state["queued"] == summary["queued"]
     assert by_state["duplicate"] == summary["duplicates"] and by_state["void"] == summary["voids"]
     assert len(rejects) == summary["rows_rejected"]
+
+
+def test_the_hours_the_readme_says_never_arrive_are_the_ones_the_run_names(sample_dry_run: Path) -> None:
+    """README's `acme_hourly` row: "one hour per store never arrives", and which of them the run
+    names missing (the others fall outside the hours `[expected]` watches): the run's
+    `missing_files` are the ones the row names, no more (that each store's hourly files lack one
+    hour: tests/test_samplegen.py)."""
+    import json
+
+    row = next(cells for cells in _table_rows((ROOT / "README.md").read_text(encoding="utf-8"),
+                                              "| feed | reads | what it shows |")
+               if cells[0] == "`acme_hourly`")
+    assert "one hour per store never arrives" in row[2]
+    named = {(store, int(hour)) for store, hour in re.findall(r"(\w+)'s hour (\d+)", row[2])}
+    summary = json.loads((sample_dry_run / "summary.json").read_text(encoding="utf-8"))
+    missing = {(m["store_id"], m["hour"]) for m in summary["missing_files"] if m["status"] == "missing"}
+    assert missing == named, f"the run names {sorted(missing)} missing; README names {sorted(named)}"
