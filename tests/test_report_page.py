@@ -15,15 +15,17 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from pipeline.ledger import TxnRecord, TxnState
 from pipeline.report_page import format_amount, render_page
-from pipeline.reports import build_report, write_report
+from pipeline.reports import Report, build_report, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -170,6 +172,21 @@ def test_a_file_in_two_currencies_shows_two_totals_never_their_sum(tmp_path: Pat
     assert shown == {"EUR": "56.78 EUR", "GBP": "12.34 GBP"}
 
 
+@contextmanager
+def _page_of(report: Report, folder: Path, viewport: dict[str, int] | None = None) -> Iterator[Page]:
+    """``report`` written into ``folder`` and its page open in a headless Chromium (at ``viewport``)."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    write_report(report, folder)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=viewport) if viewport else browser.new_page()
+            page.goto((folder / "report.html").as_uri())
+            yield page
+        finally:
+            browser.close()
+
+
 def _txn(number: int, state: TxnState, code: str | None, amount: str, currency: str = "EUR") -> TxnRecord:
     return TxnRecord(
         id=number, scope="words", feed="words", transaction_id=f"T{number}", content_hash="h",
@@ -189,7 +206,6 @@ _TWO_WITH_SINGULAR = re.compile(r"\b2 (void|return|conflict|transaction|row|file
 def test_every_count_on_the_page_agrees_with_its_noun_in_chromium(tmp_path: Path) -> None:
     """Counts of 1 and of 2 side by side: "1 return ...", "2 returns ...", never "1 returns" nor
     "file(s)", in the verdict's list, the items' titles and the money tables' captions."""
-    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
     failed, retryable = TxnState.FAILED_PERMANENT, TxnState.FAILED_RETRYABLE
     transactions = [
         _txn(1, TxnState.VOID, "void_of_sent_sale", "10.00"),
@@ -209,19 +225,12 @@ def test_every_count_on_the_page_agrees_with_its_noun_in_chromium(tmp_path: Path
         file_totals=[("day.csv", "BER01", "2026-11-20", 8, 8, Decimal("20.59"), "EUR"),
                      ("day.csv", "BER01", "2026-11-20", 1, 1, Decimal("7.00"), "GBP")],
         files_not_read=[("garbage.csv", "unreadable", "not UTF-8")])
-    write_report(report, tmp_path / "r1")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto((tmp_path / "r1" / "report.html").as_uri())
-            text = page.locator("body").inner_text()
-            verdict = [li.inner_text() for li in page.locator('section[aria-label="Verdict"] li').all()]
-            titles = {str(section.get_attribute("data-action")): section.locator("h3").inner_text()
-                      for section in page.locator("section[data-action]").all()}
-            captions = [c.inner_text() for c in page.locator("caption").all()]
-        finally:
-            browser.close()
+    with _page_of(report, tmp_path / "r1") as page:
+        text = page.locator("body").inner_text()
+        verdict = [li.inner_text() for li in page.locator('section[aria-label="Verdict"] li').all()]
+        titles = {str(section.get_attribute("data-action")): section.locator("h3").inner_text()
+                  for section in page.locator("section[data-action]").all()}
+        captions = [c.inner_text() for c in page.locator("caption").all()]
     assert titles == {
         "void_of_sent_sale": "1 void of a sale already on the platform",
         "partly_refunded": "1 return the platform refunded in part",
@@ -251,41 +260,33 @@ def test_the_chart_fills_a_phones_width_and_its_text_is_readable(tmp_path: Path)
     """At 375 px the chart is as wide as the content, its labels are no smaller than the page's
     small text, a state's label and amount do not overlap, and every bar, "came in"'s too, is
     drawn to the same scale."""
-    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
     report = build_report(
         report_id="r1", feed="chart", rejects=[],
         transactions=[_txn(1, TxnState.ACCEPTED, None, "1234567.89"),
                       _txn(2, TxnState.FAILED_RETRYABLE, "error_500", "-1000000.00")],
         file_totals=[("day.csv", "BER01", "2026-11-20", 2, 2, Decimal("234567.89"), "EUR")])
-    write_report(report, tmp_path / "r1")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=PHONE)
-            page.goto((tmp_path / "r1" / "report.html").as_uri())
-            measured = page.evaluate("""() => {
-                const chart = document.querySelector("svg.chart");
-                const heading = document.querySelector("h2");
-                const small = document.querySelector("span.small");  // a line of it, as tall as its font
-                const px = (element) => parseFloat(getComputedStyle(element).fontSize);
-                const texts = [...chart.querySelectorAll("text")];
-                return {
-                    chart: chart.getBoundingClientRect().width,
-                    content: heading.getBoundingClientRect().width,
-                    small: px(small), smallHeight: small.getBoundingClientRect().height,
-                    sizes: texts.map(px),
-                    heights: texts.map((t) => t.getBoundingClientRect().height),
-                    rows: [...chart.querySelectorAll("g[data-state]")].map((row) => {
-                        const [label, amount] = [...row.querySelectorAll("text")].map(
-                            (t) => t.getBoundingClientRect());
-                        const bar = row.querySelector("rect").getBoundingClientRect().width;
-                        return [row.dataset.state, label.right, amount.left, amount.right, bar];
-                    }),
-                    width: document.documentElement.scrollWidth,
-                };
-            }""")
-        finally:
-            browser.close()
+    with _page_of(report, tmp_path / "r1", PHONE) as page:
+        measured = page.evaluate("""() => {
+            const chart = document.querySelector("svg.chart");
+            const heading = document.querySelector("h2");
+            const small = document.querySelector("span.small");  // a line of it, as tall as its font
+            const px = (element) => parseFloat(getComputedStyle(element).fontSize);
+            const texts = [...chart.querySelectorAll("text")];
+            return {
+                chart: chart.getBoundingClientRect().width,
+                content: heading.getBoundingClientRect().width,
+                small: px(small), smallHeight: small.getBoundingClientRect().height,
+                sizes: texts.map(px),
+                heights: texts.map((t) => t.getBoundingClientRect().height),
+                rows: [...chart.querySelectorAll("g[data-state]")].map((row) => {
+                    const [label, amount] = [...row.querySelectorAll("text")].map(
+                        (t) => t.getBoundingClientRect());
+                    const bar = row.querySelector("rect").getBoundingClientRect().width;
+                    return [row.dataset.state, label.right, amount.left, amount.right, bar];
+                }),
+                width: document.documentElement.scrollWidth,
+            };
+        }""")
     assert measured["width"] <= PHONE["width"]
     assert abs(measured["chart"] - measured["content"]) <= 1, measured
     assert min(measured["sizes"]) >= measured["small"], measured
@@ -306,27 +307,19 @@ def test_the_chart_fills_a_phones_width_and_its_text_is_readable(tmp_path: Path)
 def test_every_tables_caption_reads_whole_at_a_phones_width(tmp_path: Path) -> None:
     """A table wider than a phone scrolls in its own box; its caption wraps within the box, not
     cut off at the screen's edge with the table ("By store" has ten columns)."""
-    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
     report = build_report(
         report_id="r1", feed="captions", rejects=[], transactions=[_txn(1, TxnState.ACCEPTED, None, "7.00")],
         file_totals=[("day.csv", "BER01", "2026-11-20", 1, 1, Decimal("7.00"), "EUR")])
-    write_report(report, tmp_path / "r1")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=PHONE)
-            page.goto((tmp_path / "r1" / "report.html").as_uri())
-            captions = page.evaluate("""() => [...document.querySelectorAll("caption")].map((caption) => {
-                const words = document.createRange();
-                words.selectNodeContents(caption);
-                const box = caption.closest(".scroll").getBoundingClientRect();
-                return [caption.textContent, box.right,
-                        Math.max(...[...words.getClientRects()].map((line) => line.right))];
-            })""")
-            wide = page.evaluate("""() => [...document.querySelectorAll(".scroll")].filter(
-                (box) => box.scrollWidth > box.clientWidth).length""")
-        finally:
-            browser.close()
+    with _page_of(report, tmp_path / "r1", PHONE) as page:
+        captions = page.evaluate("""() => [...document.querySelectorAll("caption")].map((caption) => {
+            const words = document.createRange();
+            words.selectNodeContents(caption);
+            const box = caption.closest(".scroll").getBoundingClientRect();
+            return [caption.textContent, box.right,
+                    Math.max(...[...words.getClientRects()].map((line) => line.right))];
+        })""")
+        wide = page.evaluate("""() => [...document.querySelectorAll(".scroll")].filter(
+            (box) => box.scrollWidth > box.clientWidth).length""")
     assert wide >= 1  # the store table at least: the case this is about
     assert len(captions) >= 3
     for text, box_right, text_right in captions:
@@ -336,24 +329,16 @@ def test_every_tables_caption_reads_whole_at_a_phones_width(tmp_path: Path) -> N
 def test_a_phone_shows_no_label_without_a_value(tmp_path: Path) -> None:
     """At 375 px an item's transactions stack, each value under its name; a value a transaction
     has none of (a conflict's code and message) is left out, not shown as an empty "why:"."""
-    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
     report = build_report(
         report_id="r1", feed="labels", rejects=[],
         transactions=[_txn(1, TxnState.CONFLICT, None, "3.00"),
                       _txn(2, TxnState.FAILED_PERMANENT, "UNKNOWN_CUSTOMER", "4.00")],
         file_totals=[("day.csv", "BER01", "2026-11-20", 2, 2, Decimal("7.00"), "EUR")])
-    write_report(report, tmp_path / "r1")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=PHONE)
-            page.goto((tmp_path / "r1" / "report.html").as_uri())
-            shown = {str(row.get_attribute("data-transaction")): [
-                (str(cell.get_attribute("data-label")), cell.inner_text().strip())
-                for cell in row.locator("td[data-label]").all() if cell.is_visible()]
-                for row in page.locator("tr[data-transaction]").all()}
-        finally:
-            browser.close()
+    with _page_of(report, tmp_path / "r1", PHONE) as page:
+        shown = {str(row.get_attribute("data-transaction")): [
+            (str(cell.get_attribute("data-label")), cell.inner_text().strip())
+            for cell in row.locator("td[data-label]").all() if cell.is_visible()]
+            for row in page.locator("tr[data-transaction]").all()}
     assert [label for label, _ in shown["T1"]] == ["store", "business date", "file:lines", "amount"]
     assert [label for label, _ in shown["T2"]] == ["store", "business date", "file:lines", "amount", "why"]
     assert all(value for cells in shown.values() for _, value in cells), shown
