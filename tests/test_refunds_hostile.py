@@ -447,6 +447,17 @@ def test_a_refund_the_platform_accepts_in_part_is_recorded_with_what_landed(
     assert refunded_units(held) == {"MILK": Decimal(2), "BREAD": Decimal(1)}
 
 
+def _milk_refunded_bread_refused(posfeed: Posfeed, sandbox: SandboxServer) -> dict[str, Any]:
+    """A run whose return of milk (1.20) and bread (3.00) the platform takes in part (bread refused)."""
+    sandbox.config.refuse_refund_items = ("BREAD",)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
+        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
+        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
+    done = posfeed.run()
+    assert state(posfeed.rows(), "R-1") == ("failed_permanent", "partly_refunded")
+    return done
+
+
 def test_the_report_shows_the_money_a_partly_refunded_return_did_refund(
     sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
 ) -> None:
@@ -454,12 +465,7 @@ def test_the_report_shows_the_money_a_partly_refunded_return_did_refund(
     failed_permanent (the report balances: every transaction in one state), and summary.csv and
     summary.json say how much of it the platform did refund: the milk, -1.20, in one return."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location)
-    sandbox.config.refuse_refund_items = ("BREAD",)
-    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
-        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
-        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
-    done = posfeed.run()
-    assert state(posfeed.rows(), "R-1") == ("failed_permanent", "partly_refunded")
+    done = _milk_refunded_bread_refused(posfeed, sandbox)
     with (Path(done["reports_path"]) / "summary.csv").open(encoding="utf-8", newline="") as handle:
         (row,) = [r for r in csv.DictReader(handle) if r["origin"] == "file"]
     assert (row["failed_permanent_count"], row["failed_permanent_amount"]) == ("1", "-4.20")
@@ -476,12 +482,7 @@ def test_the_money_a_partly_refunded_return_did_refund_is_kept_in_its_own_ledger
     return's message, so a message written differently (a new wording, a masking sweep) changed
     finance's figure. Its run's report (as the run left it) and its business day's keep -1.20."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location)
-    sandbox.config.refuse_refund_items = ("BREAD",)
-    write(posfeed.drop, "pos_LON01_20261120_10.csv", [
-        *SALE, ret("R-1", 1, "MILK", "1", "1.20", "4.20", "S-1"),
-        ret("R-1", 2, "BREAD", "1", "3.00", "4.20", "S-1")])
-    done = posfeed.run()
-    assert state(posfeed.rows(), "R-1") == ("failed_permanent", "partly_refunded")
+    done = _milk_refunded_bread_refused(posfeed, sandbox)
     assert posfeed.rows()["R-1"].refunded == Decimal("1.20")
     other = "partly refunded: some lines landed, the rest was refused"
     with Ledger(ledger_location) as ledger:
