@@ -422,3 +422,37 @@ def test_a_refund_left_out_of_its_request_gives_its_attempt_back(
         rows_left = _attempts(ledger_location, ["S-A", "S-B", "R-A", "R-B"])
         assert rows_left == {"S-A": ("accepted", 1), "S-B": ("failed_permanent", 1),
                              "R-A": ("accepted", 1), "R-B": ("failed_permanent", 0)}, rows_left
+
+
+def test_a_request_that_may_have_landed_keeps_its_attempt(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CRM.COM answers a purchase with an empty 2xx (it may have landed): that request keeps the
+    attempt its mark added; the next attempt's mark is given back when its lookup finds the
+    purchase and nothing is sent again (attempts 1: one request carried it)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = ["S-L,LON01,R1,2026-11-20 10:00:00,2026-11-20,M1,sale,1,P1,Tea,drinks,1,2.50,,2.50,GBP,2.50,,"]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    marks: list[list[str]] = []
+    start_sending = Ledger.start_sending
+    with SandboxServer() as sandbox, credentials(sandbox, "crmcom"):
+        sandbox.config.fault_rate, sandbox.config.fault_kinds = 1.0, ("empty_answer",)
+
+        def watched_start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], *args: Any,
+                                  **kwargs: Any) -> None:
+            marks.append(list(transaction_ids))
+            if len(marks) == 2:  # only the first request's answer is lost
+                sandbox.config.fault_rate = 0.0
+            start_sending(self, scope, transaction_ids, *args, **kwargs)
+
+        monkeypatch.setattr(Ledger, "start_sending", watched_start_sending)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, target_kind="crmcom", bulk_size=1)
+        runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert delivered_ids(sandbox) == ["S-L"]
+        assert marks == [["S-L"], ["S-L"]], marks  # the second mark's lookup found it: nothing sent
+        assert stats(sandbox)["faults_injected"] == 1
+        assert _attempts(ledger_location, ["S-L"]) == {"S-L": ("accepted", 1)}
