@@ -25,7 +25,7 @@ from pipeline.errors import (
     SourceUnavailableError,
 )
 from pipeline.ledger import Ledger
-from pipeline.logs import redact, shown, told
+from pipeline.logs import counted, in_number, redact, shown, told
 from pipeline.problems import Observation, Problem
 
 __all__ = ["Backlog", "RunFacts", "backlog_of", "content_free", "covers", "observe", "relevant"]
@@ -159,7 +159,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
             kind="platform_unreachable", key=f"platform_unreachable|{feed.name}",
             subject=feed.target.kind,
             summary=(f"the {feed.target.kind} platform could not be reached: "
-                     + (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(unreachable.items()))
+                     + (", ".join(f"{counted(n, 'transaction')} {c}" for c, n in sorted(unreachable.items()))
                         or shown(facts.error))),
             action=("check the platform's status and the network; the waiting work is sent again by "
                     f"later runs (`posfeed rerun --feed {feed.name} --failed` sends it now)"),
@@ -172,7 +172,7 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
     # credentials code; the platform's answer (masked when the run kept it) is in the summary
     halted = str(facts.summary.get("credentials_refused") or "")
     if refused or halted or _credential_error(facts.error):
-        codes = (", ".join(f"{n} transaction(s) {c}" for c, n in sorted(refused.items()))
+        codes = (", ".join(f"{counted(n, 'transaction')} {c}" for c, n in sorted(refused.items()))
                 or (redact(halted) if halted else shown(facts.error)))
         out.append(Observation(
             kind="credentials_refused", key=f"credentials_refused|{feed.name}",
@@ -210,8 +210,10 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
         returns = backlog.waiting_for_sales
         out.append(Observation(
             kind="backlog", key=f"backlog|{feed.scope}", stage=stage,
-            summary=(f"{backlog.waiting} transaction(s) of scope {feed.scope} still wait to be delivered"
-                     + (f" ({returns} return(s) waiting for a sale that has not arrived)" if returns else "")
+            summary=(f"{counted(backlog.waiting, 'transaction')} of scope {feed.scope} still "
+                     f"{in_number(backlog.waiting, 'waits', 'wait')} to be delivered"
+                     + (f" ({counted(returns, 'return')} waiting for a sale that has not arrived)"
+                        if returns else "")
                      + f"; the oldest for {backlog.oldest_minutes} min"),
             action="see why they wait (`posfeed runs`, the run's detail.csv); once the cause is fixed "
                    f"`posfeed rerun --feed {feed.name} --failed` sends them"
@@ -239,7 +241,8 @@ def observe(feed: Feed, ledger: Ledger, facts: RunFacts, now: datetime) -> list[
     if held:
         out.append(Observation(
             kind="conflicts", key=key,
-            summary=f"{held} transaction(s) arrived again with different content and are held for review",
+            summary=(f"{counted(held, 'transaction')} arrived again with different content and "
+                     f"{in_number(held, 'is', 'are')} held for review"),
             action=("review the conflicts in the reports' detail.csv; then `posfeed problems --resolve ID` "
                     "(later conflicts open a new problem)"),
             counts={"conflicts": held},

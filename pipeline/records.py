@@ -209,9 +209,10 @@ class EventResult:
     error_message: str | None = None
     attempts: int = 1
     retry_class: RetryClass | None = None  # for RETRYABLE: why (None: transient)
-    # its in-doubt mark was committed (attempts + 1) but its request never went out (credentials
-    # refused or a stop meanwhile): settling it gives that attempt back
-    withdrawn: bool = False
+    # how many of its in-doubt marks in this submission (attempts + 1 each) went with no request
+    # carrying it (credentials refused or a stop meanwhile, the request not built, e.g. its token
+    # call failed, or its result decided without it): settling it gives those attempts back
+    withdrawn: int = 0
     # a return the platform took in part (code partly_refunded): the money it refunded, a magnitude
     # (None when not known: a read-back found the landed lines, not their money)
     refunded: Decimal | None = None

@@ -310,8 +310,8 @@ class _Context:
             return
         if self.dry_run:  # every decision but the platform's, as a real run takes it
             settled = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
-            log.info("dry run: %d transaction(s) would be sent, %d not sendable",
-                     len(row_ids) - settled, settled)
+            log.info("dry run: %s would be sent, %d not sendable",
+                     counted(len(row_ids) - settled, "transaction"), settled)
             return
         with gc_frozen():
             result = submit_rows(
@@ -602,10 +602,12 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int]]:
         return [], []
     waiting = ctx.ledger.rows_with_code(pending, ORIGINAL_NOT_FOUND)
     unsent = ctx.ledger.never_requested(pending)
-    log.info("%s: carrying over %d transaction(s) earlier runs left unsent (queued, in doubt or "
-             "failed for a transient reason); %d never sent go after this run's files are read%s",
-             ctx.feed.name, len(pending), len(unsent - waiting),
-             f", {len(waiting)} return(s) waiting for their sale after this run's files" if waiting else "")
+    log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
+             "transient reason); %d never sent %s after this run's files are read%s",
+             ctx.feed.name, counted(len(pending), "transaction"), len(unsent - waiting),
+             "goes" if len(unsent - waiting) == 1 else "go",
+             f", {counted(len(waiting), 'return')} waiting for their sale after this run's files"
+             if waiting else "")
     ctx.submit([i for i in pending if i not in unsent and i not in waiting])
     return [i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting]
 
@@ -760,11 +762,12 @@ def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
     if not selection.include_permanent:
         left = len(ctx.ledger.select_for_rerun(ctx.feed.scope, include_permanent=True, **criteria))
         if left > len(row_ids):
-            log.warning("%s: %d transaction(s) of the selection the platform refused for good "
-                        "(failed_permanent) are not resent; once their cause is fixed, add "
-                        "--include-permanent to send them", ctx.feed.name, left - len(row_ids))
+            log.warning("%s: %s of the selection the platform refused for good (failed_permanent) "
+                        "%s not resent; once their cause is fixed, add --include-permanent to send them",
+                        ctx.feed.name, counted(left - len(row_ids), "transaction"),
+                        "is" if left - len(row_ids) == 1 else "are")
     ctx.notes["carried_over"] = len(pending)
-    log.info("%s: rerun resends %d failed transaction(s)%s", ctx.feed.name, len(row_ids),
+    log.info("%s: rerun resends %s%s", ctx.feed.name, counted(len(row_ids), "failed transaction"),
              f" after settling {len(pending)} pending" if pending else "")
     ctx.ledger.requeue(row_ids, ctx.run_id)
     with ctx.stage("submit"):
@@ -966,7 +969,7 @@ def _problem_words(problems: list[dict[str, Any]]) -> str:
     shown = ", ".join(_one_problem(p) for p in problems[:_PROBLEMS_LISTED])
     more = len(problems) - _PROBLEMS_LISTED
     tail = told(f" and {more} more (`posfeed problems`)") if more > 0 else ""
-    return f"{len(problems)} open problem(s): {shown}{tail}"
+    return f"{counted(len(problems), 'open problem')}: {shown}{tail}"
 
 
 _PROBLEMS_LISTED = 5  # on the one console/log line; `posfeed problems` lists them all
@@ -1006,9 +1009,10 @@ def _waiting_for_sale(ctx: _Context) -> dict[str, Any]:
 def _backlog_notes(ctx: _Context, backlog: Backlog) -> dict[str, Any]:
     """The backlog's figures the summary and alerting read (the same as its ``backlog`` object)."""
     if backlog.needs_rerun:
-        log.warning(told("%s: %d transaction(s) of scope %s are past the resume caps or were refused as "
-                         "requests; only `posfeed rerun --feed %s --failed` sends them"), ctx.feed.name,
-                    backlog.needs_rerun, ctx.feed.scope, ctx.feed.name)
+        log.warning(told("%s: %s of scope %s %s past the resume caps or were refused as requests; "
+                         "only `posfeed rerun --feed %s --failed` sends them"), ctx.feed.name,
+                    counted(backlog.needs_rerun, "transaction"), ctx.feed.scope,
+                    "is" if backlog.needs_rerun == 1 else "are", ctx.feed.name)
     age = int(backlog.oldest_seconds) if backlog.oldest_seconds is not None else None
     return {"waiting": backlog.waiting, "waiting_oldest_at": backlog.oldest_since,
             "waiting_oldest_age_seconds": age, "needs_rerun": backlog.needs_rerun}

@@ -176,7 +176,7 @@ def test_a_feed_run_again_and_again_alerts_once_per_problem(tmp_path: Path, sand
         assert not [line for line in logs if GARBAGE in line.get("msg", "") and "fetched" in line["msg"]]
         assert len(hook.received) == 2
         run_line = next(line for line in logs if line.get("event") == "run")
-        assert "2 open problem(s)" in run_line["msg"] and len(run_line["open_problems"]) == 2
+        assert "2 open problems" in run_line["msg"] and len(run_line["open_problems"]) == 2
         assert (s.folder / GARBAGE).stat().st_mtime == garbage_mtime
         page = (Path(summary["reports_path"]) / "report.html").read_text(encoding="utf-8")
         assert "Open problems" in page and GARBAGE in page and "2 open problems: see the table" in page
@@ -609,7 +609,7 @@ def test_the_run_line_tells_the_missing_hours_of_an_hourly_feed_apart() -> None:
                 "business_date": "2026-11-20", "counts": {"hour": hour}}
 
     words = _problem_words([missing(1, 9), missing(2, 13), missing(3, None)])
-    assert words == ("3 open problem(s): #1 missing_file LON01 2026-11-20 09:00, "
+    assert words == ("3 open problems: #1 missing_file LON01 2026-11-20 09:00, "
                      "#2 missing_file LON01 2026-11-20 13:00, #3 missing_file LON01 2026-11-20")
 
 
@@ -907,3 +907,33 @@ def test_a_platform_answering_server_errors_opens_platform_unreachable(
         assert ("platform_unreachable", "antavo") in kinds(s.open_problems())
         opened = [a for a in hook.received if a["kind"] == "platform_unreachable"]
         assert [a["event"] for a in opened] == ["opened"]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_problems_counts_agree_with_their_nouns(tmp_path: Path, n: int) -> None:
+    """Problem summaries (so alert texts) and the run line say "1 transaction", "2 transactions",
+    never "1 transaction(s)"."""
+    from pipeline.config import Feed
+    from pipeline.health import Backlog, RunFacts, observe
+    from pipeline.ledger import Ledger
+    from pipeline.runner import _problem_words
+
+    plural = "" if n == 1 else "s"
+    now = datetime.now(UTC)
+    feed = Feed(name="watch", dedup_scope="watch")
+    backlog = Backlog(carried=0, waiting=n, oldest_since=(now - timedelta(days=1)).isoformat(),
+                      oldest_minutes=1440, oldest_seconds=86400.0, waiting_for_sales=n)
+    facts = RunFacts(run_id=None, kind="run", summary={"credentials_refused": ""}, error=None,
+                     business_dates=[], missing_files=[], failed_codes={"http_503": n, "timeout": n},
+                     sent=0, backlog=backlog)
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        summaries = {o.kind: o.summary for o in observe(feed, ledger, facts, now)}
+    assert summaries["platform_unreachable"] == (
+        f"the antavo platform could not be reached: {n} transaction{plural} http_503, "
+        f"{n} transaction{plural} timeout")
+    assert summaries["backlog"] == (
+        f"{n} transaction{plural} of scope watch still {'waits' if n == 1 else 'wait'} to be delivered "
+        f"({n} return{plural} waiting for a sale that has not arrived); the oldest for 1440 min")
+    assert "(s)" not in " ".join(summaries.values())
+    problems = [{"problem_id": i + 1, "kind": "backlog"} for i in range(n)]
+    assert _problem_words(problems).startswith(f"{n} open problem{plural}: #1 backlog")

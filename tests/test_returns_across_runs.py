@@ -81,11 +81,12 @@ def test_with_return_context_decides_a_sales_returns_in_ledger_order(tmp_path: P
                    for c in with_return_context(ledger, "acme", returns, mode="auto")
                    if "return_decision" in c}
         over = next(r for r in rows if r.transaction_id == "R-3")
-    # R-3 was decided when the run planned it: never sent; the others were sent without an
-    # answer, so they may have landed (a read-back comes first) and are decided the same way again
+    # R-3 was decided when the run planned it: never sent; the others were marked in doubt, then
+    # held for their sale (its request got no answer) without a request of their own: they gave
+    # back the attempt their mark added, so they are not in doubt, and are decided the same way again
     assert (over.state, over.last_error_code) == (TxnState.NOT_SENT, "over_refund")
-    assert decided == {"R-1": ("refund_item", True), "R-2": ("refund_item", True),
-                       "R-4": ("refund_item", True), "R-5": ("refund", True)}
+    assert decided == {"R-1": ("refund_item", False), "R-2": ("refund_item", False),
+                       "R-4": ("refund_item", False), "R-5": ("refund", False)}
 
 
 NOT_SALES = [

@@ -315,3 +315,144 @@ def test_a_request_whose_mark_was_committed_while_a_stop_arrived_gives_its_attem
         with Ledger(ledger_location) as ledger:
             assert ledger._db.one("SELECT attempts FROM transactions WHERE transaction_id = ?",
                                   tuple(sales))[0] == 1
+
+
+def _attempts(location: Path | str, tids: Sequence[str]) -> dict[str, tuple[str, int]]:
+    with Ledger(location) as ledger:
+        return {r["transaction_id"]: (r["state"], r["attempts"]) for r in ledger._db.query(
+            f"SELECT transaction_id, state, attempts FROM transactions WHERE transaction_id IN "
+            f"({', '.join('?' for _ in tids)}) AND state <> 'duplicate'", tuple(tids))}
+
+
+def test_a_request_whose_crmcom_token_call_was_refused_gives_its_attempt_back(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CRM.COM refuses the token call made after a request's in-doubt mark (attempts + 1): the
+    purchase never goes out, so the attempt its mark added is given back (attempts 0); the next
+    run, once the password is right again, sends it once, as its first attempt."""
+    sales = SALES[:2]
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [f"{tid},LON01,R1,2026-11-20 10:{n:02d}:00,2026-11-20,M{n},sale,1,P1,Tea,drinks,1,2.50,,2.50,"
+            "GBP,2.50,," for n, tid in enumerate(sales)]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    start_sending = Ledger.start_sending
+    with SandboxServer() as sandbox, credentials(sandbox, "crmcom"):
+        platform = sandbox.state.platforms["crmcom"].config
+        password = platform.password
+
+        def watched_start_sending(self: Ledger, *args: Any, **kwargs: Any) -> None:
+            start_sending(self, *args, **kwargs)
+            platform.password = "another-password"  # the token call after this mark is refused
+
+        monkeypatch.setattr(Ledger, "start_sending", watched_start_sending)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, target_kind="crmcom", bulk_size=1)
+        refused = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert refused.to_dict()["accepted"] == 0
+        assert delivered_ids(sandbox) == []
+        assert {tid: n for tid, (_, n) in _attempts(ledger_location, sales).items()} == {t: 0 for t in sales}
+        monkeypatch.undo()
+        platform.password = password
+        again = runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert again.to_dict()["accepted"] == len(sales), again.to_dict()
+        assert sorted(delivered_ids(sandbox)) == sorted(sales)
+        assert _attempts(ledger_location, sales) == {t: ("accepted", 1) for t in sales}
+
+
+def test_a_return_decided_when_its_request_is_built_gives_its_attempt_back(
+    tmp_path: Path, ledger_location: Path | str
+) -> None:
+    """A whole return whose sale CRM.COM refused earlier in the same submission is settled when its
+    request is built, after its in-doubt mark (attempts + 1): nothing of it is sent, so the attempt
+    its mark added is given back (attempts 0), while the refused sale keeps its one."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = ["S-X,LON01,R1,2026-11-20 10:00:00,2026-11-20,unknown-0001,sale,1,P1,Tea,drinks,1,2.50,,2.50,"
+            "GBP,2.50,,",
+            "R-X,LON01,R1,2026-11-20 10:30:00,2026-11-20,unknown-0001,return,1,P1,Tea,drinks,-1,2.50,,-2.50,"
+            "GBP,-2.50,,S-X"]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    with SandboxServer() as sandbox, credentials(sandbox, "crmcom"):
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, target_kind="crmcom", bulk_size=1)
+        runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert delivered_ids(sandbox) == []
+        rows_left = _attempts(ledger_location, ["S-X", "R-X"])
+        assert rows_left == {"S-X": ("failed_permanent", 1), "R-X": ("failed_permanent", 0)}, rows_left
+
+
+def test_a_refund_left_out_of_its_request_gives_its_attempt_back(
+    tmp_path: Path, ledger_location: Path | str
+) -> None:
+    """Two refunds marked in doubt for one bulk request (attempts + 1 each): Antavo refused the
+    sale of one earlier in the submission, so the request carries only the other; the one left
+    out gives its attempt back (attempts 0), the one carried keeps it (attempts 1)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [
+        "S-A,LON01,R1,2026-11-20 10:00:00,2026-11-20,M1,sale,1,P1,Tea,drinks,2,2.50,,5.00,GBP,5.00,,",
+        "S-B,LON01,R1,2026-11-20 10:01:00,2026-11-20,unknown-0001,sale,1,P1,Tea,drinks,2,2.50,,5.00,"
+        "GBP,5.00,,",
+        "R-A,LON01,R1,2026-11-20 10:30:00,2026-11-20,M1,return,1,P1,Tea,drinks,-1,2.50,,-2.50,GBP,-2.50,,S-A",
+        "R-B,LON01,R1,2026-11-20 10:31:00,2026-11-20,unknown-0001,return,1,P1,Tea,drinks,-1,2.50,,-2.50,"
+        "GBP,-2.50,,S-B",
+    ]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    marks: list[list[str]] = []
+    start_sending = Ledger.start_sending
+
+    def watched_start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], *args: Any,
+                              **kwargs: Any) -> None:
+        marks.append(sorted(transaction_ids))
+        start_sending(self, scope, transaction_ids, *args, **kwargs)
+
+    with SandboxServer() as sandbox, credentials(sandbox), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Ledger, "start_sending", watched_start_sending)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, bulk_size=10)
+        runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert ["R-A", "R-B"] in marks, marks  # both marked for one request
+        rows_left = _attempts(ledger_location, ["S-A", "S-B", "R-A", "R-B"])
+        assert rows_left == {"S-A": ("accepted", 1), "S-B": ("failed_permanent", 1),
+                             "R-A": ("accepted", 1), "R-B": ("failed_permanent", 0)}, rows_left
+
+
+def test_a_request_that_may_have_landed_keeps_its_attempt(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CRM.COM answers a purchase with an empty 2xx (it may have landed): that request keeps the
+    attempt its mark added; the next attempt's mark is given back when its lookup finds the
+    purchase and nothing is sent again (attempts 1: one request carried it)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = ["S-L,LON01,R1,2026-11-20 10:00:00,2026-11-20,M1,sale,1,P1,Tea,drinks,1,2.50,,2.50,GBP,2.50,,"]
+    (drop / "pos_LON01_20261120_10.csv").write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    settings = settings_in(tmp_path)
+    if not isinstance(ledger_location, Path):
+        settings = dataclasses.replace(settings, ledger_url=ledger_location)
+    marks: list[list[str]] = []
+    start_sending = Ledger.start_sending
+    with SandboxServer() as sandbox, credentials(sandbox, "crmcom"):
+        sandbox.config.fault_rate, sandbox.config.fault_kinds = 1.0, ("empty_answer",)
+
+        def watched_start_sending(self: Ledger, scope: str, transaction_ids: Sequence[str], *args: Any,
+                                  **kwargs: Any) -> None:
+            marks.append(list(transaction_ids))
+            if len(marks) == 2:  # only the first request's answer is lost
+                sandbox.config.fault_rate = 0.0
+            start_sending(self, scope, transaction_ids, *args, **kwargs)
+
+        monkeypatch.setattr(Ledger, "start_sending", watched_start_sending)
+        feed = sample_feed("acme_hourly", sandbox, folder=drop, target_kind="crmcom", bulk_size=1)
+        runner.run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert delivered_ids(sandbox) == ["S-L"]
+        assert marks == [["S-L"], ["S-L"]], marks  # the second mark's lookup found it: nothing sent
+        assert stats(sandbox)["faults_injected"] == 1
+        assert _attempts(ledger_location, ["S-L"]) == {"S-L": ("accepted", 1)}

@@ -47,7 +47,7 @@ def test_every_command_posfeed_tells_a_user_to_run_works_as_written(tmp_path: Pa
     # a rerun of that run without --include-permanent sends nothing, and says why
     rerun = s.posfeed("rerun", summary_path.name)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "1 transaction(s) of the selection the platform refused for good" in rerun.stderr
+    assert "1 transaction of the selection the platform refused for good" in rerun.stderr
     assert "--include-permanent" in rerun.stderr
 
     # the platform goes down: its problem says what to do

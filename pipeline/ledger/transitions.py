@@ -150,9 +150,10 @@ def _settle(
                 # the money a return taken in part did refund, kept apart from its message
                 refunded_text(result.refunded, currency[result.transaction_id])
                 if result.refunded is not None and target is TxnState.FAILED_PERMANENT else None,
-                # a request marked in doubt and never sent, or a return's look for its sale: the
-                # attempt its mark added is given back
-                1 if (result.withdrawn and state == TxnState.SENDING) or unmark else 0,
+                # marks in doubt whose request never carried it, or this run's mark of a return
+                # that looked for its sale: the attempts they added are given back (only while it
+                # is in doubt: a row settled since keeps its count)
+                *(2 * [max(result.withdrawn, 1 if unmark else 0) if state == TxnState.SENDING else 0]),
                 row_id,
             )
         )
@@ -161,7 +162,7 @@ def _settle(
         "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), "
         "last_error_code = ?, last_error_message = ?, checkout = CASE WHEN CAST(? AS TEXT) IS NULL "
         f"THEN checkout ELSE {db.json_set_text('checkout', 'customer_id')} END, refunded = ?, "
-        "attempts = CASE WHEN attempts > 0 THEN attempts - ? ELSE attempts END WHERE id = ?",
+        "attempts = CASE WHEN attempts > ? THEN attempts - ? ELSE 0 END WHERE id = ?",
         updates,
     )
 

@@ -353,7 +353,11 @@ class AntavoAdapter:
             if unit.transaction_id in self._returns:
                 self._sent.add(unit.transaction_id)
                 self._returns[unit.transaction_id].since = now
-        return self._request(sent)
+        request = self._request(sent)
+        # the rest of the batch was settled without it (landed, waiting, nothing left to send)
+        if sent.units == batch.units:
+            return request
+        return replace(request, carries=frozenset(sent.transaction_ids))
 
     def _waiting_for_opt_in(self, units: Sequence[Unit]) -> list[EventResult]:
         """A retryable result, not sent, for each profile update whose member's opt_in went in

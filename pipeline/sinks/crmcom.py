@@ -686,7 +686,10 @@ class CrmcomAdapter:
         # from now on these may land whatever becomes of the answer
         self._fresh[key] = [u.transaction_id for u in units if u.transaction_id not in self._maybe_landed]
         self._maybe_landed.update(unit.transaction_id for unit in units)
-        return PreparedRequest("POST", endpoint_url(target, method), {"Content-Type": CONTENT_TYPE}, body)
+        # what it does not carry was settled by the in-doubt lookups
+        carries = None if len(units) == len(batch.units) else frozenset(self._carried[key])
+        return PreparedRequest("POST", endpoint_url(target, method), {"Content-Type": CONTENT_TYPE}, body,
+                               carries=carries)
 
     # ---- response
 

@@ -6,7 +6,8 @@ A platform plugs in through a :class:`PlatformAdapter`:
   results it can decide without sending (``NOT_SENT``);
 * ``build_request(batch, client)`` builds (and signs) one attempt's request; it is called again
   for every retry, so signatures carry a fresh date (it may instead return a ``RequestFailure``
-  or the batch's results when nothing can be sent, e.g. a token call failed);
+  or the batch's results when nothing can be sent, e.g. a token call failed; a request carrying
+  only some of the batch names them, ``PreparedRequest.carries``);
 * ``parse_response(batch, status, headers, body)`` returns one :class:`EventResult` per unit of the
   batch, or a :class:`RequestFailure` when the whole request failed.
 
@@ -15,7 +16,10 @@ burst and refills slightly below the limit (so a sliding-window limiter is never
 concurrency over one connection-reusing :class:`pipeline.sinks.http.HttpClient`, retries with
 exponential backoff and jitter that honour ``Retry-After`` (which also pauses every other
 sender), ``on_sending`` before each request (awaited when it returns an awaitable: the request
-goes out only once it is done) and ``on_result`` exactly once per transaction.
+goes out only once it is done) and ``on_result`` exactly once per transaction. A transaction's
+result counts the ``on_sending`` marks whose request did not carry it (``EventResult.withdrawn``:
+refused or stopped meanwhile, nothing built, or decided without it), so that the ledger counts
+only requests that could have reached the platform.
 Whether a failed request is retried now, left for a rerun, or stops the whole submission is
 decided in one place, :func:`disposition`.
 Batches of a later ``phase`` start only after every batch of earlier phases settled (refunds after
@@ -38,7 +42,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -123,6 +127,8 @@ class PreparedRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes = b""
+    # the transactions it carries when not all of its batch's (the others were decided without it)
+    carries: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -505,6 +511,7 @@ class _Submission:
         self.queue: asyncio.Queue[tuple[Batch, int] | None] = asyncio.Queue()
         self.customers: dict[str, str] = {}  # with masking: each transaction's customer id
         self.personal: list[str] = []  # enrollments: the members' details, longest first
+        self.withdrawn: dict[str, int] = {}  # marks (on_sending) whose request did not carry it
 
     def loggable(self, batch: Batch, text: str) -> str:
         """A platform's message as the log may show it: our secrets and the members' details
@@ -521,15 +528,24 @@ class _Submission:
             logger.error("second result for transaction %s ignored", result.transaction_id)
             return
         self.settled.add(result.transaction_id)
+        withdrawn = self.withdrawn.pop(result.transaction_id, 0)
+        if withdrawn:
+            result = replace(result, withdrawn=result.withdrawn + withdrawn)
         key = str(result.outcome)
         self.report.outcomes[key] = self.report.outcomes.get(key, 0) + 1
         self.on_result(result)
 
     def settle_all(self, batch: Batch, code: str, message: str, attempts: int,
-                   retry_class: RetryClass = RetryClass.TRANSIENT, *, withdrawn: bool = False) -> None:
+                   retry_class: RetryClass = RetryClass.TRANSIENT) -> None:
         for tid in batch.transaction_ids:
             self.settle(EventResult(tid, Outcome.RETRYABLE, error_code=code, error_message=message,
-                                    attempts=attempts, retry_class=retry_class, withdrawn=withdrawn))
+                                    attempts=attempts, retry_class=retry_class))
+
+    def withdraw(self, transaction_ids: Iterable[str]) -> None:
+        """Their latest mark (``on_sending``) went with no request carrying them: their results
+        give back the attempt it added."""
+        for tid in transaction_ids:
+            self.withdrawn[tid] = self.withdrawn.get(tid, 0) + 1
 
     async def run_phase(self, batches: list[Batch], client: HttpClient) -> None:
         if not batches:
@@ -581,15 +597,16 @@ class _Submission:
     def _may_send(self, batch: Batch, attempt: int, *, marked: bool = False) -> bool:
         """Whether ``batch`` may go out now; if not, it is settled unsent (``marked``: its in-doubt
         mark is committed, and its results give back the attempt the mark added)."""
+        if self.halted is None and (self.stop is None or not self.stop.is_set()):
+            return True
+        if marked:
+            self.withdraw(batch.transaction_ids)
         if self.halted is not None:
-            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1, RetryClass.CREDENTIALS,
-                            withdrawn=marked)
-            return False
-        if self.stop is not None and self.stop.is_set():
+            self.settle_all(batch, self.halted.code, self.halted.message, attempt - 1, RetryClass.CREDENTIALS)
+        else:
             self.settle_all(batch, "stopped", "submission stopped before this was sent", attempt - 1,
-                            RetryClass.STOPPED, withdrawn=marked)
-            return False
-        return True
+                            RetryClass.STOPPED)
+        return False
 
     async def send(self, client: HttpClient, batch: Batch, attempt: int
                    ) -> list[EventResult] | RequestFailure | None:
@@ -602,7 +619,11 @@ class _Submission:
                 return None
         request = await self.engine.adapter.build_request(batch, client)
         if not isinstance(request, PreparedRequest):
-            return request  # nothing was sent: a failure or results decided at build time
+            # nothing was sent (a failure, e.g. of the token call, or results decided at build time)
+            self.withdraw(batch.transaction_ids)
+            return request
+        if request.carries is not None:  # the others were decided without this request
+            self.withdraw(t for t in batch.transaction_ids if t not in request.carries)
         self.report.requests += 1
         try:
             reply = await client.request(

@@ -35,7 +35,15 @@ from pipeline.checkout_codec import decode_checkout
 from pipeline.config import AntavoTarget, Feed
 from pipeline.core.members import PERSONAL_FIELDS, signup_key, signup_status
 from pipeline.ledger import Ledger, TxnRecord, TxnState
-from pipeline.logs import customer_ids_pattern, log_event, mask_customer_id, masked_match, redact, told
+from pipeline.logs import (
+    counted,
+    customer_ids_pattern,
+    log_event,
+    mask_customer_id,
+    masked_match,
+    redact,
+    told,
+)
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks import decide_before_sending
@@ -530,8 +538,8 @@ async def _submit(
             start = number * batch_size  # every batch but the last is full
             if stop is not None and stop.is_set():
                 outcome.stopped = True
-                log.warning("%s: stop requested; %d transaction(s) left queued for the next run",
-                            feed.name, len(row_ids) - start)
+                log.warning("%s: stop requested; %s left queued for the next run",
+                            feed.name, counted(len(row_ids) - start, "transaction"))
                 break
             checkouts, unsent = await in_ledger(functools.partial(_checkouts_of_batch, ledger, feed, batch))
             for result in unsent:
@@ -554,15 +562,16 @@ async def _submit(
                 outcome.stopped = True
             log_event(
                 log, "batch",
-                f"{feed.name}: batch {start // batch_size + 1}: {len(checkouts)} transaction(s) submitted",
+                f"{feed.name}: batch {start // batch_size + 1}: {counted(len(checkouts), 'transaction')} "
+                "submitted",
                 feed=feed.name, batch=start // batch_size + 1, transactions=len(checkouts),
                 outcomes=dict(sorted(batch_outcomes.items())),
             )
             refused = getattr(getattr(sink, "last_report", None), "credentials_refused", None)
             if refused:
                 outcome.credentials_refused = refused = redact(refused)
-                log.error("%s: the platform refused our credentials (%s); %d transaction(s) left "
-                          "for the next run", feed.name, refused, len(row_ids) - start - len(checkouts))
+                log.error("%s: the platform refused our credentials (%s); %s left for the next run",
+                          feed.name, refused, counted(len(row_ids) - start - len(checkouts), "transaction"))
                 break
     finally:
         try:
