@@ -212,6 +212,6 @@ class EventResult:
     # its in-doubt mark was committed (attempts + 1) but its request never went out (credentials
     # refused or a stop meanwhile): settling it gives that attempt back
     withdrawn: bool = False
-    # a return the platform took in part (code partly_refunded): the money it refunded, a magnitude
-    # (None when not known: a read-back found the landed lines, not their money)
+    # a return the platform took in part (code partly_refunded): the money it refunded, a magnitude,
+    # lines a read-back found landed included (None when not known)
     refunded: Decimal | None = None
