@@ -16,6 +16,7 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,11 +39,12 @@ RETURN = [ret("R-1", 1, "MILK", "1", "1.20", "6.70", "S-1"),
 class Posfeed(HostilePosfeed):
     """`posfeed` in process: the acme hourly feed on Antavo, read back as soon as a run starts."""
 
-    def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str):
+    def __init__(self, tmp: Path, sandbox: SandboxServer, ledger_location: Path | str, **target: Any):
         self.tmp, self.sandbox, self.ledger_location = tmp, sandbox, ledger_location
         self.drop = tmp / "drop"
         self.drop.mkdir(parents=True, exist_ok=True)
-        feed = sample_feed("acme_hourly", sandbox, folder=self.drop, max_attempts=1, readback_wait_seconds=0)
+        feed = sample_feed("acme_hourly", sandbox, folder=self.drop, max_attempts=1, readback_wait_seconds=0,
+                           **target)
         self.feed = tmp / "acme_hourly.toml"
         self.feed.write_text(feed_toml(feed.model_copy(update={"expected": None})), encoding="utf-8")
         self.feeds = {"acme_hourly": self.feed}
@@ -105,7 +107,10 @@ def test_the_money_refunded_counts_the_lines_a_read_back_found(
     assert Decimal(held["refunded"]) == Decimal(refunded)  # what the platform did refund
     assert sorted(rows["R-1"].event_ids) == sorted(r["event_id"] for r in held["refunds"])
     assert rows["R-1"].refunded == Decimal(refunded)
-    assert f"the platform refunded {refunded} of 6.70" in str(rows["R-1"].last_error_message)
+    message = str(rows["R-1"].last_error_message)
+    assert f"the platform refunded {refunded} of 6.70" in message
+    assert "MILK x1 (1.20), found on the platform by a read-back" in message
+    assert all(f"{product} x1" in message for product in refused)  # each refused line named
     with Ledger(ledger_location) as ledger:
         (kept,) = ledger._db.query(
             "SELECT rt.refunded_at_end FROM transactions t JOIN run_transactions rt "
@@ -123,13 +128,15 @@ def test_the_money_refunded_counts_the_lines_a_read_back_found(
     assert Decimal(_page_figure(folder, "to_review")) == Decimal("-6.70") + Decimal(refunded)
 
 
+@pytest.mark.parametrize("bulk_size", [50, 1])
 def test_a_rerun_of_a_partly_refunded_return_keeps_what_landed_before(
-    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, bulk_size: int
 ) -> None:
     """A return taken in part (milk and bread landed, eggs refused) rerun while the eggs are still
-    refused: the read-back finds the milk and the bread, the eggs are refused again. Before, the
-    money refunded was no longer known (nothing landed in the rerun's own request)."""
-    posfeed = Posfeed(tmp_path, sandbox, ledger_location)
+    refused: the read-back finds the milk and the bread, the eggs are refused again (the eggs
+    alone go in a bulk request, or, with ``bulk_size = 1``, in a single one). Before, the money
+    refunded was no longer known (nothing landed in the rerun's own request)."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, bulk_size=bulk_size)
     write(posfeed.drop, "pos_LON01_20261120_10.csv", [*SALE, *RETURN])
     sandbox.config.refuse_refund_items = ("EGGS",)
     posfeed.run()
@@ -138,6 +145,9 @@ def test_a_rerun_of_a_partly_refunded_return_keeps_what_landed_before(
     rows = posfeed.rows()
     assert state(rows, "R-1") == ("failed_permanent", "partly_refunded")
     assert rows["R-1"].refunded == Decimal("4.20")
+    message = str(rows["R-1"].last_error_message)
+    assert "the platform refunded 4.20 of 6.70" in message
+    assert "found on the platform by a read-back) and refused EGGS x1 (2.50): 112204" in message
     assert Decimal(posfeed.held()["S-1"]["refunded"]) == Decimal("4.20")  # nothing sent twice
     with (Path(done["reports_path"]) / "summary.csv").open(encoding="utf-8", newline="") as handle:
         partly = [r["partly_refunded_amount"] for r in csv.DictReader(handle)

@@ -620,27 +620,29 @@ class AntavoAdapter:
         return results + landed
 
     def _refused_after_read_back(self, result: EventResult, sent: Batch) -> EventResult:
-        """A return whose lines sent now were all refused while a read-back found others landed:
-        refunded in part, the money refunded that of the lines found (None when no read-back of
-        this submission counted them)."""
+        """A return whose lines sent now were all refused while a read-back found others landed
+        (answered alone, not as a bulk result: those are :func:`_partly_refunded`): refunded in
+        part, the money refunded that of the lines found (None when no read-back of this submission
+        counted them)."""
         tid = result.transaction_id
         found = self._found.get(tid)
-        if found is None or not found.text:
+        refused = [event for unit in sent.units if unit.transaction_id == tid for event in unit.payload]
+        if found is None or not found.text or not refused:
             refunded = None
             head = (f"partly refunded: the platform holds {len(result.event_ids)} refund event(s) of it "
-                    "(read back)")
+                    "(read back) and refused the rest")
         else:
-            refused = sum((sent_number((event.get("data") or {}).get("subtotal"))
-                           for unit in sent.units if unit.transaction_id == tid for event in unit.payload),
-                          Decimal(0))
             refunded = found.money
-            head = (_REFUNDED_HEAD.format(refunded=refunded, total=refunded + refused)
-                    + f" ({found.text}, found on the platform by a read-back)")
+            total = refunded + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in refused),
+                                   Decimal(0))
+            head = (_REFUNDED_HEAD.format(refunded=refunded, total=total)
+                    + f" ({found.text}, found on the platform by a read-back) and refused "
+                    + ", ".join(_line_text(e) for e in refused))
         return replace(result, error_code=PARTLY_REFUNDED, refunded=refunded,
                        error_message=told(
-                           f"{head} and refused the rest: {result.error_code} {result.error_message}; "
-                           f"once the cause is fixed, `posfeed rerun --feed {self.feed_name} --failed "
-                           "--include-permanent` sends only what was refused"))
+                           f"{head}: {result.error_code} {result.error_message}; once the cause is "
+                           f"fixed, `posfeed rerun --feed {self.feed_name} --failed --include-permanent` "
+                           "sends only what was refused"))
 
     def _own(self, tid: str, event_ids: Sequence[str]) -> None:
         for event_id in event_ids:
@@ -800,8 +802,10 @@ def _bulk_results(batch: Batch, results: list[Any], feed: str,
 def _combine(tid: str, parts: list[EventResult], entries: list[Any], feed: str,
              events: Sequence[dict[str, Any]] = (), found: _ReadBack | None = None) -> EventResult:
     """One transaction's result from its events' results (refund_item: one per line); a refund
-    some of whose lines landed and others were refused is :func:`_partly_refunded`."""
-    if len(parts) == 1:
+    some of whose lines landed (now, or ``found`` by a read-back before) and others were refused is
+    :func:`_partly_refunded`."""
+    earlier = found is not None and bool(found.text)
+    if len(parts) == 1 and not (earlier and parts[0].outcome is Outcome.REJECTED):
         return parts[0]
     for part in parts:  # an event that may have landed keeps the whole return in doubt
         if part.outcome is Outcome.RETRYABLE:
@@ -809,7 +813,7 @@ def _combine(tid: str, parts: list[EventResult], entries: list[Any], feed: str,
     landed = [i for i, part in enumerate(parts) if part.outcome is not Outcome.REJECTED]
     for part in parts:
         if part.outcome is Outcome.REJECTED:
-            if landed and len(events) == len(parts):
+            if (landed or earlier) and len(events) == len(parts):
                 return _partly_refunded(tid, parts, [entries[i] for i in landed], events, feed, found)
             return part
     if all(part.outcome is Outcome.ALREADY_ACCEPTED for part in parts):
@@ -848,7 +852,8 @@ def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
     total = before + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
     landed_text = ", ".join(_line_text(e) for e in kept)
     if found is not None and found.text:
-        landed_text = f"{found.text}, found on the platform by a read-back; {landed_text}"
+        landed_text = (f"{found.text}, found on the platform by a read-back"
+                       + (f"; {landed_text}" if kept else ""))
     return EventResult(
         tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points, refunded=refunded,
         error_message=told(
