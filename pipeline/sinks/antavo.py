@@ -15,7 +15,9 @@ decision.
 Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that may have landed (in
 doubt from an earlier run, or sent in this submission without a clear answer) is read back from
 the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_readback`): what is
-found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
+found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent (refused,
+the return is refunded in part: ``partly_refunded``, the money of the lines found counted with
+what landed of the rest); a guest's
 is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read. A member's
 refund of a sale the ledger does not know is checked against the sale and its refunds as the
 platform lists them before it is sent; when the platform does not list the sale either, it has
