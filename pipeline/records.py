@@ -213,6 +213,6 @@ class EventResult:
     # carrying it (credentials refused or a stop meanwhile, the request not built, e.g. its token
     # call failed, or its result decided without it): settling it gives those attempts back
     withdrawn: int = 0
-    # a return the platform took in part (code partly_refunded): the money it refunded, a magnitude
-    # (None when not known: a read-back found the landed lines, not their money)
+    # a return the platform took in part (code partly_refunded): the money it refunded, a magnitude,
+    # lines a read-back found landed included (None when not known)
     refunded: Decimal | None = None

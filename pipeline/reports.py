@@ -216,7 +216,7 @@ class _Group:
             self.waiting_for_sale += 1
         if txn.state is TxnState.FAILED_PERMANENT and txn.last_error_code == PARTLY_REFUNDED:
             self.partly_refunded += 1
-            landed = txn.refunded  # kept by the ledger; None when a read-back found what landed
+            landed = txn.refunded  # kept by the ledger; None when not known (settled so by an older version)
             if landed is not None:  # signed as the return's amount
                 self.refunded += -landed if txn.amount < 0 else landed
 

@@ -137,8 +137,9 @@ class TxnRecord:
     last_run_id: str
     origin: str | None = None  # in a run's listing: file | settle | retry
     checkout: str | None = field(default=None, repr=False)
-    # a return the platform took in part: the money (a magnitude, in its currency) it refunded;
-    # None otherwise, and when not known (its landed lines were found by a read-back)
+    # a return the platform took in part: the money (a magnitude, in its currency) it refunded,
+    # lines a read-back found landed included; None otherwise, and when not known (a return settled
+    # by a version that kept no money for lines found by a read-back)
     refunded: Decimal | None = None
 
 

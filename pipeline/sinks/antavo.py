@@ -15,7 +15,9 @@ decision.
 Refunds exactly once: Antavo has no uniqueness key for refunds. A refund that may have landed (in
 doubt from an earlier run, or sent in this submission without a clear answer) is read back from
 the platform before anything of it is sent again (:mod:`pipeline.sinks.antavo_readback`): what is
-found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent; a guest's
+found is settled ALREADY_ACCEPTED (code ``read_back``), only what is not found is sent (refused,
+the return is refunded in part: ``partly_refunded``, the money of the lines found counted with
+what landed of the rest); a guest's
 is held (REJECTED, ``refund_in_doubt``) as a guest's transactions cannot be read. A member's
 refund of a sale the ledger does not know is checked against the sale and its refunds as the
 platform lists them before it is sent; when the platform does not list the sale either, it has
@@ -54,6 +56,7 @@ from pipeline.sinks.antavo_events import (
     NotSent,
     dumps,
     events_for,
+    money_number,
     refund_events,
     return_decision,
     sent_number,
@@ -106,6 +109,15 @@ READ_BACK = "read_back"  # the evidence of a refund found on the platform by a r
 VERIFY = "verify"  # a refund that may have landed: read back, then send what is not there
 NEW_REFUNDS = 1_000  # the phase of refunds sent for the first time: after every read-back
 BULK_OPEN, BULK_CLOSE = b'{"events":[', b"]}"  # a bulk body around its events, comma-separated
+
+
+@dataclass(frozen=True)
+class _ReadBack:
+    """The lines of a return a read-back found landed: their money (a magnitude, in the return's
+    currency) and how a message names them."""
+
+    money: Decimal
+    text: str
 
 
 @dataclass
@@ -203,6 +215,8 @@ class AntavoAdapter:
         self._unchecked: set[str] = set()
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
+        # return -> the lines its latest read-back found landed (their money counts as refunded)
+        self._found: dict[str, _ReadBack] = {}
         # a request whose units differ from its batch's: what went out, what was settled instead,
         # and the refunds that may have landed before it (with since when)
         self._inflight: dict[int, tuple[Batch, list[EventResult], dict[str, float | None]]] = {}
@@ -434,6 +448,7 @@ class AntavoAdapter:
             found = match_refund(refund.decision, events, owned_by_others=others,
                                  own=self._owned.get(tid, ()))
             self._own(tid, found.event_ids)
+            self._found[tid] = _found_lines(found.lines, row.get("currency"))
             if found.landed:
                 landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
                                           error_code=READ_BACK,
@@ -580,7 +595,7 @@ class AntavoAdapter:
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results, or a whole-request failure for the engine."""
         sent, landed, before = self._inflight.pop(id(batch), (batch, [], {}))
-        answer = self._parse(sent, status, headers, body)
+        answer = self._parse(sent, status, headers, body, self._found)
         if isinstance(answer, RequestFailure):
             if answer.status in (401, 403, 413, 415, 429):  # refused whole: nothing of it landed
                 self._sent.difference_update(sent.transaction_ids)
@@ -604,15 +619,36 @@ class AntavoAdapter:
                 self._own(tid, result.event_ids)
                 result = replace(result, event_ids=tuple(self._owned.get(tid, ())))
                 if result.outcome is Outcome.REJECTED and result.error_code != PARTLY_REFUNDED:
-                    result = replace(result, error_code=PARTLY_REFUNDED, error_message=told(
-                        f"partly refunded: the platform holds {len(result.event_ids)} refund event(s) "
-                        f"of it (read back) and refused the rest: {result.error_code} "
-                        f"{result.error_message}; once the cause is fixed, `posfeed rerun --feed "
-                        f"{self.feed_name} --failed --include-permanent` sends only what was refused"))
+                    result = self._refused_after_read_back(result, sent)
             if result.outcome is Outcome.REJECTED:
                 self._sent.discard(tid)
             results.append(result)
         return results + landed
+
+    def _refused_after_read_back(self, result: EventResult, sent: Batch) -> EventResult:
+        """A return whose lines sent now were all refused while a read-back found others landed
+        (answered alone, not as a bulk result: those are :func:`_partly_refunded`): refunded in
+        part, the money refunded that of the lines found (None when no read-back of this submission
+        counted them)."""
+        tid = result.transaction_id
+        found = self._found.get(tid)
+        refused = [event for unit in sent.units if unit.transaction_id == tid for event in unit.payload]
+        if found is None or not found.text or not refused:
+            refunded = None
+            head = (f"partly refunded: the platform holds {len(result.event_ids)} refund event(s) of it "
+                    "(read back) and refused the rest")
+        else:
+            refunded = found.money
+            total = refunded + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in refused),
+                                   Decimal(0))
+            head = (_REFUNDED_HEAD.format(refunded=refunded, total=total)
+                    + f" ({found.text}, found on the platform by a read-back) and refused "
+                    + ", ".join(_line_text(e) for e in refused))
+        return replace(result, error_code=PARTLY_REFUNDED, refunded=refunded,
+                       error_message=told(
+                           f"{head}: {result.error_code} {result.error_message}; once the cause is "
+                           f"fixed, `posfeed rerun --feed {self.feed_name} --failed --include-permanent` "
+                           "sends only what was refused"))
 
     def _own(self, tid: str, event_ids: Sequence[str]) -> None:
         for event_id in event_ids:
@@ -621,7 +657,8 @@ class AntavoAdapter:
                 self._owned.setdefault(tid, []).append(event_id)
 
     def _parse(
-        self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes
+        self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes,
+        found: Mapping[str, _ReadBack] | None = None,
     ) -> list[EventResult] | RequestFailure:
         document = _json(body)
         if batch.route == "single":
@@ -636,7 +673,7 @@ class AntavoAdapter:
             results = document.get("results") if isinstance(document, dict) else None
             expected = sum(len(unit.payload) for unit in batch.units)
             if isinstance(results, list) and len(results) == expected:
-                return _bulk_results(batch, results, self.feed_name)
+                return _bulk_results(batch, results, self.feed_name, found or {})
             return _unproven(status, f"the bulk answer has no result per event (expected {expected})")
         error = _error_of(document) or {}
         code = str(error.get("code", f"http_{status}"))
@@ -743,7 +780,10 @@ def _event_error(tid: str, error: dict[str, Any]) -> EventResult:
     return EventResult(tid, Outcome.REJECTED, error_code=code or None, error_message=message)
 
 
-def _bulk_results(batch: Batch, results: list[Any], feed: str) -> list[EventResult]:
+def _bulk_results(batch: Batch, results: list[Any], feed: str,
+                  found: Mapping[str, _ReadBack] | None = None) -> list[EventResult]:
+    """Each unit's result from its events' results, by position (``found``: what read-backs found
+    landed of a return before its remaining lines were sent, counted when it is refunded in part)."""
     out: list[EventResult] = []
     position = 0
     for unit in batch.units:
@@ -760,15 +800,18 @@ def _bulk_results(batch: Batch, results: list[Any], feed: str) -> list[EventResu
                 parts.append(EventResult(unit.transaction_id, Outcome.RETRYABLE, error_code=UNPROVEN,
                                          error_message="the bulk answer's result of this event is neither "
                                                        "an error nor its events: it may have landed"))
-        out.append(_combine(unit.transaction_id, parts, entries, feed, unit.payload))
+        out.append(_combine(unit.transaction_id, parts, entries, feed, unit.payload,
+                            (found or {}).get(unit.transaction_id)))
     return out
 
 
 def _combine(tid: str, parts: list[EventResult], entries: list[Any], feed: str,
-             events: Sequence[dict[str, Any]] = ()) -> EventResult:
+             events: Sequence[dict[str, Any]] = (), found: _ReadBack | None = None) -> EventResult:
     """One transaction's result from its events' results (refund_item: one per line); a refund
-    some of whose lines landed and others were refused is :func:`_partly_refunded`."""
-    if len(parts) == 1:
+    some of whose lines landed (now, or ``found`` by a read-back before) and others were refused is
+    :func:`_partly_refunded`."""
+    earlier = found is not None and bool(found.text)
+    if len(parts) == 1 and not (earlier and parts[0].outcome is Outcome.REJECTED):
         return parts[0]
     for part in parts:  # an event that may have landed keeps the whole return in doubt
         if part.outcome is Outcome.RETRYABLE:
@@ -776,13 +819,22 @@ def _combine(tid: str, parts: list[EventResult], entries: list[Any], feed: str,
     landed = [i for i, part in enumerate(parts) if part.outcome is not Outcome.REJECTED]
     for part in parts:
         if part.outcome is Outcome.REJECTED:
-            if landed and len(events) == len(parts):
-                return _partly_refunded(tid, parts, [entries[i] for i in landed], events, feed)
+            if (landed or earlier) and len(events) == len(parts):
+                return _partly_refunded(tid, parts, [entries[i] for i in landed], events, feed, found)
             return part
     if all(part.outcome is Outcome.ALREADY_ACCEPTED for part in parts):
         return parts[0]
     ids, points = _event_facts(entries)
     return EventResult(tid, Outcome.ACCEPTED, event_ids=ids, points=points)
+
+
+def _found_lines(lines: Sequence[Line], currency: str | None) -> _ReadBack:
+    """The money and the text of the lines of a return a read-back found landed (as the ledger
+    holds them, each as it was sent: in ``currency``'s units)."""
+    amounts = [money_number(line.amount, currency) for line in lines]
+    texts = [f"{line.product_id} x{line.quantity.normalize():f} ({amount:f})"
+             for line, amount in zip(lines, amounts, strict=True)]
+    return _ReadBack(sum(amounts, Decimal(0)), ", ".join(texts))
 
 
 def _line_text(event: dict[str, Any]) -> str:
@@ -792,20 +844,27 @@ def _line_text(event: dict[str, Any]) -> str:
 
 
 def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
-                     events: Sequence[dict[str, Any]], feed: str) -> EventResult:
+                     events: Sequence[dict[str, Any]], feed: str, found: _ReadBack | None = None
+                     ) -> EventResult:
     """A refund the platform took in part: failed for good (what was refused needs a look), with
     the refund events that landed (their ids and points) and what landed and what was refused, in
-    money, in its message (and the rerun of ``feed`` that sends the rest)."""
+    money, in its message (and the rerun of ``feed`` that sends the rest). ``found``: the lines of
+    the return a read-back found landed before these events were sent: their money is refunded too."""
     ids, points = _event_facts(landed)
     kept = [e for e, part in zip(events, parts, strict=True) if part.outcome is not Outcome.REJECTED]
     refused = [(e, part) for e, part in zip(events, parts, strict=True) if part.outcome is Outcome.REJECTED]
-    refunded = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in kept), Decimal(0))
-    total = sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
+    before = found.money if found is not None else Decimal(0)
+    refunded = before + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in kept), Decimal(0))
+    total = before + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
+    landed_text = ", ".join(_line_text(e) for e in kept)
+    if found is not None and found.text:
+        landed_text = (f"{found.text}, found on the platform by a read-back"
+                       + (f"; {landed_text}" if kept else ""))
     return EventResult(
         tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points, refunded=refunded,
         error_message=told(
             _REFUNDED_HEAD.format(refunded=refunded, total=total)
-            + f" ({', '.join(_line_text(e) for e in kept)}) and refused "
+            + f" ({landed_text}) and refused "
             + "; ".join(f"{_line_text(e)}: {part.error_code} {part.error_message}" for e, part in refused)
             + f"; once the cause is fixed, `posfeed rerun --feed {feed} --failed --include-permanent` "
               "sends only what was refused (what landed is read back)"))

@@ -12,7 +12,8 @@ landed goes out again, the sale it refunds is read back:
 :func:`match_refund` (pure) settles one return from those events: the events that other returns
 of the sale own (the ledger's accepted returns, or returns settled earlier in this submission) are
 not its; among the rest, a ``refund`` is a whole refund that landed, and each returned line is
-found by an equal ``refund_item`` (product, units, money). What is found landed; only the lines
+found by an equal ``refund_item`` (product, units, money). What is found landed (``Found.lines``:
+the return's own lines, whose money a return taken in part counts as refunded); only the lines
 not found are sent. When lines are missing and the sale has a refund event nobody owns that
 cannot be compared (no product, units or money in what the platform shows), nothing is sent:
 the return is held for review (``refund_in_doubt``), as is a guest's refund that may have landed
@@ -60,6 +61,8 @@ class Found:
     # lines are missing, but a refund event nobody owns cannot be compared (it names no product,
     # units or money): it may be this return's, so nothing can be sent
     unsure: bool = False
+    # the return's own lines whose refund events were found (the money they refunded is theirs)
+    lines: tuple[Line, ...] = ()
 
 
 def _listed(document: Any, key: str) -> list[Any]:
@@ -127,11 +130,12 @@ def match_refund(
     if decision.action == "refund":
         whole = next((e for e in free if e.action == "refund"), None)
         if whole is not None:
-            return Found((whole.event_id,), (), landed=True)
+            return Found((whole.event_id,), (), landed=True, lines=decision.lines)
         # refund_items or a partial_refund nobody owns: a whole refund would meet 112201 anyway
         return Found((), decision.lines, landed=False, unsure=bool(free))
     taken: list[str] = []
     remaining: list[Line] = []
+    found: list[Line] = []
     for line in decision.lines:
         match = next(
             (e for e in free if e.event_id not in taken and e.action == "refund_item"
@@ -143,12 +147,13 @@ def match_refund(
             remaining.append(line)
         else:
             taken.append(match.event_id)
+            found.append(line)
     unsure = bool(remaining) and any(
         e.event_id not in taken and (e.action != "refund_item" or e.product_id is None
                                      or e.quantity is None or e.subtotal is None)
         for e in free)
     return Found(tuple(taken), tuple(remaining), landed=bool(decision.lines) and not remaining,
-                 unsure=unsure)
+                 unsure=unsure, lines=tuple(found))
 
 
 def refunded_lines(events: Iterable[PlatformEvent]) -> tuple[Line, ...] | None:

@@ -147,6 +147,7 @@ def test_match_finds_only_free_events_and_leaves_the_rest_to_send() -> None:
     ]
     found = match_refund(decision, events, owned_by_others={"e1"})
     assert found.event_ids == ("e2",) and found.remaining == (Line("bread", D(1), D("3.00")),)
+    assert found.lines == (Line("milk", D(1), D("1.20")),)  # the return's own line, found landed
     assert not found.landed
     found = match_refund(decision, events, owned_by_others={"e1", "e2"})
     assert found.event_ids == () and len(found.remaining) == 2
