@@ -66,7 +66,9 @@ from pipeline.errors import (
     EXIT_TEMPFAIL,
     ConfigError,
     LockLostError,
+    PlatformUnavailableError,
     PosfeedError,
+    SourceUnavailableError,
     state_io_error,
 )
 from pipeline.expected import SeenFile, note_other_feeds, report_missing
@@ -174,7 +176,8 @@ def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
         return EXIT_DATA
     # returns within their wait for a sale that has not arrived are not work to try again
     retryable = summary.get("failed_retryable", 0) - summary.get("waiting_for_sale", 0)
-    left = retryable > 0 or summary.get("in_doubt", 0) or summary.get("fetch_failures")
+    left = (retryable > 0 or summary.get("in_doubt", 0) or summary.get("fetch_failures")
+            or summary.get("source_unreachable"))
     if left or summary.get("stopped") or (not dry_run and summary.get("queued", 0)):
         return EXIT_TEMPFAIL
     if not summary.get("balanced", False):
@@ -201,6 +204,8 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(f"not fetched: {item['file']}: {item['reason']}")
     for item in s.get("source_errors") or []:
         parts.append(f"{item['file']} left where it is: {item['reason']}")
+    if s.get("source_unreachable"):
+        parts.append(f"source not reached, no file read: {s['source_unreachable']}")
     for cause in s.get("causes") or []:
         if cause["state"] == "failed_retryable" and cause["code"] == ORIGINAL_NOT_FOUND:
             continue  # waiting within resume.sale_wait_hours: not why a run exits non-zero
@@ -275,6 +280,7 @@ class _Context:
     on_stage: StageHook | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     source: Source | None = None  # opened and checked before the run started
+    source_down: SourceUnavailableError | None = None  # or why it could not be reached then
 
     def refused(self) -> bool:
         """True once the platform refused our credentials in this run."""
@@ -408,17 +414,20 @@ def _execute(
         raise state_io_error(exc, exc.filename or settings.state_dir) from exc
     workdir: Path | None = None
     source: Source | None = None
+    down: SourceUnavailableError | None = None  # the source could not be reached at the start
     watch = LockWatch(lock, scope=feed.scope)
     try:
         if stop is None or not stop.is_set():
             try:
-                source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
+                source, down = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
             except PosfeedError as exc:  # the caller prints or logs it
                 if not dry_run:
                     observe_refusal(settings, feed, exc)
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
+            if down is not None and not _work_for_platform(ledger, feed):
+                raise down  # nothing waits that needs only the platform: refused, nothing recorded
             holder, key = getattr(lock, "backend_pid", None), getattr(lock, "key", None)
             if holder is not None and key is not None:  # a lock that can be lost: checked before each request
                 ledger.guard_scope(feed.scope, holder, key)
@@ -453,7 +462,7 @@ def _execute(
             ctx = _Context(
                 feed, settings, ledger, run_id, dry_run, staging, RunStop(stop, watch.lost),
                 progress or NullProgress(),
-                make_sink or _default_sink_factory, on_stage, source=source,
+                make_sink or _default_sink_factory, on_stage, source=source, source_down=down,
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
                      " [dry run]" if dry_run else "")
@@ -499,6 +508,10 @@ def _execute(
             if not dry_run:  # none once the lock is lost: the holder sends them
                 deliver_pending(ledger, feed)
             return summary
+    except SourceUnavailableError as exc:
+        if exc is down and not dry_run:  # refused before the run started, as above
+            observe_refusal(settings, feed, exc)
+        raise
     finally:
         if source is not None:
             source.close()
@@ -508,6 +521,14 @@ def _execute(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _work_for_platform(ledger: Ledger, feed: Feed) -> bool:
+    """Whether earlier runs of ``feed``'s scope left work the next plain run takes over (queued,
+    in doubt, failed-retryable within the ``[resume]`` caps): what a run sends without its source."""
+    caps = feed.resume
+    backlog = ledger.backlog(feed.scope, max_attempts=caps.max_attempts, max_age_hours=caps.max_age_hours)
+    return backlog.waiting > 0
+
+
 def _still_held(lock: object) -> bool:
     """Whether a lock that can be lost is still held (a PostgreSQL session's, or a file lock whose
     file was not removed nor replaced)."""
@@ -515,12 +536,16 @@ def _still_held(lock: object) -> bool:
     return still_held is None or still_held()
 
 
-def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
+def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool
+               ) -> tuple[Source | None, SourceUnavailableError | None]:
     """Credentials first: read the target's secrets (a missing one is configuration, told before
     any connection), log in to the source and check its folder (runs only; a rerun reads no
     source), then prove the target's credentials (not in a dry run, which sends nothing), before
-    any file is touched or anything recorded. Returns the open source."""
+    any file is touched or anything recorded. Returns the open source, or None and why when the
+    source could not be reached (a refused login or a missing folder raises); with the platform
+    unreachable too, the source's error is raised, as nothing could be done."""
     source: Source | None = None
+    down: SourceUnavailableError | None = None
     try:
         if probe and not dry_run:
             from pipeline.sinks.probe import probe_credentials, resolve_credentials
@@ -528,16 +553,26 @@ def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source |
             resolve_credentials(feed)  # a missing secret is told before any connection
         if kind == "run":
             source = open_source(feed)
-            check = getattr(source, "check", None)
-            if check is not None:
-                check()
+            try:
+                check = getattr(source, "check", None)
+                if check is not None:
+                    check()
+            except SourceUnavailableError as exc:  # the platform's work may go on without it
+                source.close()
+                source, down = None, exc
         if probe and not dry_run and getattr(feed.target, "check_credentials", True):
-            probe_credentials(feed)
+            try:
+                probe_credentials(feed)
+            except PlatformUnavailableError as exc:
+                if down is None:
+                    raise
+                log.warning("%s: the platform cannot be reached either: %s", feed.name, shown(exc))
+                raise down from None
     except BaseException:
         if source is not None:
             source.close()
         raise
-    return source
+    return source, down
 
 
 def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> None:
@@ -628,6 +663,9 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         return
     if ctx.refused():
         return
+    if ctx.source_down is not None:
+        _send_without_source(ctx, ctx.source_down, unsent, waiting)
+        return
     source = ctx.source
     try:
         try:
@@ -651,6 +689,20 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         if source is not None:
             source.close()
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
+
+
+def _send_without_source(ctx: _Context, down: SourceUnavailableError, unsent: list[int],
+                         waiting: list[int]) -> None:
+    """The source could not be reached at the start: no file is read, and what earlier runs left
+    goes as after a read that found no new file. The run names the source (``source_unreachable``,
+    exit 75) and its error stays the feed's ``run_failed`` problem until a run reaches it."""
+    ctx.notes["source_unreachable"] = shown(down)
+    ctx.error = down
+    log_event(log, "source_unreachable", f"{ctx.feed.name}: {shown(down)}; no file is read in this run, "
+              "what earlier runs left is sent all the same and the next run reads the files",
+              level=logging.WARNING, feed=ctx.feed.name)
+    with ctx.stage("submit"):
+        ctx.submit([*_still_queued(ctx, unsent), *waiting])
 
 
 def _read_files(ctx: _Context, source: Source, business_dates: list[date], now: datetime | None
@@ -805,6 +857,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("source_errors", [])
+    ctx.notes.setdefault("source_unreachable", None)
     ctx.notes.setdefault("files_left_in_place", [])
     backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, datetime.now(UTC))
     # what the run took over from earlier runs (a rerun's resent transactions too), as `backlog` says
