@@ -174,7 +174,8 @@ def format_summary(summary: RunSummary) -> str:
     for item in s.get("unreadable_files") or []:
         lines.append(f"  unreadable: {item['file']}: {item['reason']}")
     if s.get("source_unreachable"):
-        lines.append(f"  source:    not reached, no file read (the next run reads them): {s['source_unreachable']}")
+        lines.append(f"  source:    not reached, no file read (the next run reads them): "
+                     f"{s['source_unreachable']}")
     for item in s.get("fetch_failures") or []:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
     for item in s.get("skipped_files") or []:
