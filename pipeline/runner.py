@@ -7,7 +7,12 @@ ledger with their own reports, and return a :class:`RunSummary`.
 
 **Credentials first**: before any file is touched, a run proves the target's credentials with
 one cheap call (:mod:`pipeline.sinks.probe`; not in a dry run) and logs in to the source and
-checks its folder. A refusal raises (exit 78) and nothing is recorded.
+checks its folder. A refusal (a secret, a login, a missing folder) raises (exit 78) and nothing is
+recorded. A source that cannot be *reached* (connection failed, timed out) holds back no work that
+needs only the platform: when earlier runs left some (the carry-over below), the run goes on
+without its source (a dry run too): it sends that work, reads no file, names the source in its
+summary (``source_unreachable``) and exits 75. With nothing carried over, or the platform
+unreachable too, it raises the source's error (exit 75) and nothing is recorded.
 
 **Resume by default**: older work comes before new work. Transactions earlier runs of the scope
 left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable for a transient
@@ -29,7 +34,8 @@ waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: 
 how many wait and until when, ``waiting_for_sale`` and ``waiting_for_sale_until``); 65 data errors
 (rejected rows, conflicts, unreadable files, transactions the platform refused, a return whose
 sale never came within its wait); 75 try again later (other retryable failures or in-doubt
-transactions left, files that could not be fetched, a stop before the end; a held lock raises
+transactions left, files that could not be fetched, a source not reached, a stop before the end;
+a held lock raises
 LockHeldError, also 75); 78 the platform refused our
 credentials mid-run (the rest is left for the next run), or the source may not create the folder
 a file is archived or quarantined into (the file is left where it is: ``source_errors``); 70 when
@@ -415,6 +421,7 @@ def _execute(
     workdir: Path | None = None
     source: Source | None = None
     down: SourceUnavailableError | None = None  # the source could not be reached at the start
+    refused: PosfeedError | None = None  # the run then refused before it started
     watch = LockWatch(lock, scope=feed.scope)
     try:
         if stop is None or not stop.is_set():
@@ -426,8 +433,12 @@ def _execute(
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
-            if down is not None and not _work_for_platform(ledger, feed):
-                raise down  # nothing waits that needs only the platform: refused, nothing recorded
+            if down is not None:  # before anything is recorded, as a refusal in _preflight
+                try:
+                    _start_without_source(ledger, feed, down, dry_run=dry_run, probe=make_sink is None)
+                except PosfeedError as exc:
+                    refused = exc
+                    raise
             holder, key = getattr(lock, "backend_pid", None), getattr(lock, "key", None)
             if holder is not None and key is not None:  # a lock that can be lost: checked before each request
                 ledger.guard_scope(feed.scope, holder, key)
@@ -508,8 +519,8 @@ def _execute(
             if not dry_run:  # none once the lock is lost: the holder sends them
                 deliver_pending(ledger, feed)
             return summary
-    except SourceUnavailableError as exc:
-        if exc is down and not dry_run:  # refused before the run started, as above
+    except PosfeedError as exc:
+        if exc is refused and not dry_run:  # as a refusal in _preflight
             observe_refusal(settings, feed, exc)
         raise
     finally:
@@ -519,14 +530,6 @@ def _execute(
         lock.release()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _work_for_platform(ledger: Ledger, feed: Feed) -> bool:
-    """Whether earlier runs of ``feed``'s scope left work the next plain run takes over (queued,
-    in doubt, failed-retryable within the ``[resume]`` caps): what a run sends without its source."""
-    caps = feed.resume
-    backlog = ledger.backlog(feed.scope, max_attempts=caps.max_attempts, max_age_hours=caps.max_age_hours)
-    return backlog.waiting > 0
 
 
 def _still_held(lock: object) -> bool:
@@ -541,14 +544,13 @@ def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool
     """Credentials first: read the target's secrets (a missing one is configuration, told before
     any connection), log in to the source and check its folder (runs only; a rerun reads no
     source), then prove the target's credentials (not in a dry run, which sends nothing), before
-    any file is touched or anything recorded. Returns the open source, or None and why when the
-    source could not be reached (a refused login or a missing folder raises); with the platform
-    unreachable too, the source's error is raised, as nothing could be done."""
+    any file is touched or anything recorded. Returns the open source; or None and why, when the
+    source could not be reached (a refused login or a missing folder raises), without proving
+    the target's credentials: :func:`_start_without_source` decides whether the run goes on."""
     source: Source | None = None
-    down: SourceUnavailableError | None = None
     try:
         if probe and not dry_run:
-            from pipeline.sinks.probe import probe_credentials, resolve_credentials
+            from pipeline.sinks.probe import resolve_credentials
 
             resolve_credentials(feed)  # a missing secret is told before any connection
         if kind == "run":
@@ -559,20 +561,40 @@ def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool
                     check()
             except SourceUnavailableError as exc:  # the platform's work may go on without it
                 source.close()
-                source, down = None, exc
-        if probe and not dry_run and getattr(feed.target, "check_credentials", True):
-            try:
-                probe_credentials(feed)
-            except PlatformUnavailableError as exc:
-                if down is None:
-                    raise
-                log.warning("%s: the platform cannot be reached either: %s", feed.name, shown(exc))
-                raise down from None
+                return None, exc
+        if probe and not dry_run:
+            _prove_credentials(feed)
     except BaseException:
         if source is not None:
             source.close()
         raise
-    return source, down
+    return source, None
+
+
+def _prove_credentials(feed: Feed) -> None:
+    """One cheap call proving the target's credentials (unless the feed turns it off)."""
+    if getattr(feed.target, "check_credentials", True):
+        from pipeline.sinks.probe import probe_credentials
+
+        probe_credentials(feed)
+
+
+def _start_without_source(ledger: Ledger, feed: Feed, down: SourceUnavailableError, *, dry_run: bool,
+                          probe: bool) -> None:
+    """Whether a run whose source could not be reached goes on: only when earlier runs of the scope
+    left work it takes over (queued, in doubt, failed-retryable within the ``[resume]`` caps) and
+    the platform is reached (not proven in a dry run). Raises the source's error otherwise (with
+    the platform unreachable too), or the platform's refusal of our credentials (exit 78)."""
+    caps = feed.resume
+    backlog = ledger.backlog(feed.scope, max_attempts=caps.max_attempts, max_age_hours=caps.max_age_hours)
+    if not backlog.waiting:
+        raise down  # nothing to do without the files
+    if probe and not dry_run:
+        try:
+            _prove_credentials(feed)
+        except PlatformUnavailableError as exc:
+            log.warning("%s: the platform cannot be reached either: %s", feed.name, shown(exc))
+            raise down from None
 
 
 def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> None:

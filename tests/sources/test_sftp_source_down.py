@@ -133,8 +133,10 @@ def test_an_unreachable_source_with_nothing_carried_over_records_no_run(
     with credentials(sandbox):
         first = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
         assert first.summary["waiting"] == 0
+        requests = stats(sandbox)["requests"]
         with pytest.raises(SourceUnavailableError, match="cannot reach"):
             run_feed(_unreachable(feed), settings, business_dates=[BUSINESS_DATE])
+    assert stats(sandbox)["requests"] == requests  # not even the credentials' call
     with Ledger(settings.ledger_location) as ledger:
         assert [r.id for r in ledger.runs()] == [first.run_id]
 
