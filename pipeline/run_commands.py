@@ -173,6 +173,9 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  superseded files: {', '.join(s['superseded_files'])}")
     for item in s.get("unreadable_files") or []:
         lines.append(f"  unreadable: {item['file']}: {item['reason']}")
+    if s.get("source_unreachable"):
+        lines.append(f"  source:    not reached, no file read (the next run reads them): "
+                     f"{s['source_unreachable']}")
     for item in s.get("fetch_failures") or []:
         lines.append(f"  not fetched: {item['file']}: {item['reason']}")
     for item in s.get("skipped_files") or []:

@@ -7,7 +7,12 @@ ledger with their own reports, and return a :class:`RunSummary`.
 
 **Credentials first**: before any file is touched, a run proves the target's credentials with
 one cheap call (:mod:`pipeline.sinks.probe`; not in a dry run) and logs in to the source and
-checks its folder. A refusal raises (exit 78) and nothing is recorded.
+checks its folder. A refusal (a secret, a login, a missing folder) raises (exit 78) and nothing is
+recorded. A source that cannot be *reached* (connection failed, timed out) holds back no work that
+needs only the platform: when earlier runs left some (the carry-over below), the run goes on
+without its source (a dry run too): it sends that work, reads no file, names the source in its
+summary (``source_unreachable``) and exits 75. With nothing carried over, or the platform
+unreachable too, it raises the source's error (exit 75) and nothing is recorded.
 
 **Resume by default**: older work comes before new work. Transactions earlier runs of the scope
 left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable for a transient
@@ -29,7 +34,8 @@ waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: 
 how many wait and until when, ``waiting_for_sale`` and ``waiting_for_sale_until``); 65 data errors
 (rejected rows, conflicts, unreadable files, transactions the platform refused, a return whose
 sale never came within its wait); 75 try again later (other retryable failures or in-doubt
-transactions left, files that could not be fetched, a stop before the end; a held lock raises
+transactions left, files that could not be fetched, a source not reached, a stop before the end;
+a held lock raises
 LockHeldError, also 75); 78 the platform refused our
 credentials mid-run (the rest is left for the next run), or the source may not create the folder
 a file is archived or quarantined into (the file is left where it is: ``source_errors``); 70 when
@@ -66,7 +72,9 @@ from pipeline.errors import (
     EXIT_TEMPFAIL,
     ConfigError,
     LockLostError,
+    PlatformUnavailableError,
     PosfeedError,
+    SourceUnavailableError,
     state_io_error,
 )
 from pipeline.expected import SeenFile, note_other_feeds, report_missing
@@ -174,7 +182,8 @@ def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
         return EXIT_DATA
     # returns within their wait for a sale that has not arrived are not work to try again
     retryable = summary.get("failed_retryable", 0) - summary.get("waiting_for_sale", 0)
-    left = retryable > 0 or summary.get("in_doubt", 0) or summary.get("fetch_failures")
+    left = (retryable > 0 or summary.get("in_doubt", 0) or summary.get("fetch_failures")
+            or summary.get("source_unreachable"))
     if left or summary.get("stopped") or (not dry_run and summary.get("queued", 0)):
         return EXIT_TEMPFAIL
     if not summary.get("balanced", False):
@@ -201,6 +210,8 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(f"not fetched: {item['file']}: {item['reason']}")
     for item in s.get("source_errors") or []:
         parts.append(f"{item['file']} left where it is: {item['reason']}")
+    if s.get("source_unreachable"):
+        parts.append(f"source not reached, no file read: {s['source_unreachable']}")
     for cause in s.get("causes") or []:
         if cause["state"] == "failed_retryable" and cause["code"] == ORIGINAL_NOT_FOUND:
             continue  # waiting within resume.sale_wait_hours: not why a run exits non-zero
@@ -275,6 +286,7 @@ class _Context:
     on_stage: StageHook | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     source: Source | None = None  # opened and checked before the run started
+    source_down: SourceUnavailableError | None = None  # or why it could not be reached then
 
     def refused(self) -> bool:
         """True once the platform refused our credentials in this run."""
@@ -408,17 +420,25 @@ def _execute(
         raise state_io_error(exc, exc.filename or settings.state_dir) from exc
     workdir: Path | None = None
     source: Source | None = None
+    down: SourceUnavailableError | None = None  # the source could not be reached at the start
+    refused: PosfeedError | None = None  # the run then refused before it started
     watch = LockWatch(lock, scope=feed.scope)
     try:
         if stop is None or not stop.is_set():
             try:
-                source = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
+                source, down = _preflight(feed, kind=kind, dry_run=dry_run, probe=make_sink is None)
             except PosfeedError as exc:  # the caller prints or logs it
                 if not dry_run:
                     observe_refusal(settings, feed, exc)
                 raise
         workdir = Path(tempfile.mkdtemp(prefix="posfeed-dry-")) if dry_run else None
         with _open_ledger(settings, dry_run, workdir or settings.state_dir) as ledger:
+            if down is not None:  # before anything is recorded, as a refusal in _preflight
+                try:
+                    _start_without_source(ledger, feed, down, dry_run=dry_run, probe=make_sink is None)
+                except PosfeedError as exc:
+                    refused = exc
+                    raise
             holder, key = getattr(lock, "backend_pid", None), getattr(lock, "key", None)
             if holder is not None and key is not None:  # a lock that can be lost: checked before each request
                 ledger.guard_scope(feed.scope, holder, key)
@@ -453,7 +473,7 @@ def _execute(
             ctx = _Context(
                 feed, settings, ledger, run_id, dry_run, staging, RunStop(stop, watch.lost),
                 progress or NullProgress(),
-                make_sink or _default_sink_factory, on_stage, source=source,
+                make_sink or _default_sink_factory, on_stage, source=source, source_down=down,
             )
             log.info("%s %s of feed %s (scope %s)%s", kind, run_id, feed.name, feed.scope,
                      " [dry run]" if dry_run else "")
@@ -499,6 +519,10 @@ def _execute(
             if not dry_run:  # none once the lock is lost: the holder sends them
                 deliver_pending(ledger, feed)
             return summary
+    except PosfeedError as exc:
+        if exc is refused and not dry_run:  # as a refusal in _preflight
+            observe_refusal(settings, feed, exc)
+        raise
     finally:
         if source is not None:
             source.close()
@@ -515,29 +539,62 @@ def _still_held(lock: object) -> bool:
     return still_held is None or still_held()
 
 
-def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool) -> Source | None:
+def _preflight(feed: Feed, *, kind: str, dry_run: bool, probe: bool
+               ) -> tuple[Source | None, SourceUnavailableError | None]:
     """Credentials first: read the target's secrets (a missing one is configuration, told before
     any connection), log in to the source and check its folder (runs only; a rerun reads no
     source), then prove the target's credentials (not in a dry run, which sends nothing), before
-    any file is touched or anything recorded. Returns the open source."""
+    any file is touched or anything recorded. Returns the open source; or None and why, when the
+    source could not be reached (a refused login or a missing folder raises), without proving
+    the target's credentials: :func:`_start_without_source` decides whether the run goes on."""
     source: Source | None = None
     try:
         if probe and not dry_run:
-            from pipeline.sinks.probe import probe_credentials, resolve_credentials
+            from pipeline.sinks.probe import resolve_credentials
 
             resolve_credentials(feed)  # a missing secret is told before any connection
         if kind == "run":
             source = open_source(feed)
-            check = getattr(source, "check", None)
-            if check is not None:
-                check()
-        if probe and not dry_run and getattr(feed.target, "check_credentials", True):
-            probe_credentials(feed)
+            try:
+                check = getattr(source, "check", None)
+                if check is not None:
+                    check()
+            except SourceUnavailableError as exc:  # the platform's work may go on without it
+                source.close()
+                return None, exc
+        if probe and not dry_run:
+            _prove_credentials(feed)
     except BaseException:
         if source is not None:
             source.close()
         raise
-    return source
+    return source, None
+
+
+def _prove_credentials(feed: Feed) -> None:
+    """One cheap call proving the target's credentials (unless the feed turns it off)."""
+    if getattr(feed.target, "check_credentials", True):
+        from pipeline.sinks.probe import probe_credentials
+
+        probe_credentials(feed)
+
+
+def _start_without_source(ledger: Ledger, feed: Feed, down: SourceUnavailableError, *, dry_run: bool,
+                          probe: bool) -> None:
+    """Whether a run whose source could not be reached goes on: only when earlier runs of the scope
+    left work it takes over (queued, in doubt, failed-retryable within the ``[resume]`` caps) and
+    the platform is reached (not proven in a dry run). Raises the source's error otherwise (with
+    the platform unreachable too), or the platform's refusal of our credentials (exit 78)."""
+    caps = feed.resume
+    backlog = ledger.backlog(feed.scope, max_attempts=caps.max_attempts, max_age_hours=caps.max_age_hours)
+    if not backlog.waiting:
+        raise down  # nothing to do without the files
+    if probe and not dry_run:
+        try:
+            _prove_credentials(feed)
+        except PlatformUnavailableError as exc:
+            log.warning("%s: the platform cannot be reached either: %s", feed.name, shown(exc))
+            raise down from None
 
 
 def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> None:
@@ -630,6 +687,9 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         return
     if ctx.refused():
         return
+    if ctx.source_down is not None:
+        _send_without_source(ctx, ctx.source_down, unsent, waiting)
+        return
     source = ctx.source
     try:
         try:
@@ -653,6 +713,20 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
         if source is not None:
             source.close()
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
+
+
+def _send_without_source(ctx: _Context, down: SourceUnavailableError, unsent: list[int],
+                         waiting: list[int]) -> None:
+    """The source could not be reached at the start: no file is read, and what earlier runs left
+    goes as after a read that found no new file. The run names the source (``source_unreachable``,
+    exit 75) and its error stays the feed's ``run_failed`` problem until a run reaches it."""
+    ctx.notes["source_unreachable"] = shown(down)
+    ctx.error = down
+    log_event(log, "source_unreachable", f"{ctx.feed.name}: {shown(down)}; no file is read in this run, "
+              "what earlier runs left is sent all the same and the next run reads the files",
+              level=logging.WARNING, feed=ctx.feed.name)
+    with ctx.stage("submit"):
+        ctx.submit([*_still_queued(ctx, unsent), *waiting])
 
 
 def _read_files(ctx: _Context, source: Source, business_dates: list[date], now: datetime | None
@@ -808,6 +882,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     if ctx.feed.records != "transactions":
         ctx.ledger.scrub_profiles(ctx.feed.scope, run_id=ctx.run_id)
     ctx.notes.setdefault("source_errors", [])
+    ctx.notes.setdefault("source_unreachable", None)
     ctx.notes.setdefault("files_left_in_place", [])
     backlog = backlog_of(ctx.ledger, ctx.feed, ctx.run_id, datetime.now(UTC))
     # what the run took over from earlier runs (a rerun's resent transactions too), as `backlog` says

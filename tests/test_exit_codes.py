@@ -27,7 +27,7 @@ from tests.ops_helpers import (
     run_json,
     write_feed,
 )
-from tests.runner_helpers import REPO, copy_samples
+from tests.runner_helpers import REPO, copy_samples, delivered_ids
 from tests.sftp_fixtures import SftpServer
 
 RUN = ("run", "--business-date", "2026-11-20")
@@ -124,11 +124,42 @@ def test_75_platform_unreachable_mid_run_says_why(live: SandboxServer, tmp_path:
 def test_75_sftp_unreachable(
     live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
 ) -> None:
+    """Nothing carried over from earlier runs: a run that cannot reach its source is refused, and
+    records nothing."""
     path = _sftp_feed(sftp_server, live, sftp_dir, tmp_path, port=free_port(), connect_timeout=2.0)
     proc = posfeed(tmp_path, *RUN, "--feed", str(path), env=env_for(live))
     assert proc.returncode == 75, proc.stderr[-2000:]
     assert "cannot reach" in proc.stderr
     assert ledger_files(tmp_path) == 0
+    with Ledger(tmp_path / "state" / "ledger.sqlite") as ledger:
+        assert ledger.runs() == []
+
+
+def test_75_sftp_unreachable_still_sends_what_earlier_runs_left(
+    live: SandboxServer, sftp_server: SftpServer, sftp_dir: Path, tmp_path: Path
+) -> None:
+    """Run 1 left its checkouts failed-retryable (the platform answered 503); run 2 cannot reach
+    the SFTP server, sends them all the same, says so on the console and exits 75 naming the
+    source; run 3, with the server back, has nothing left to send."""
+    ids = clean_day(sftp_dir, 5)
+    path = _sftp_feed(sftp_server, live, sftp_dir, tmp_path)
+    live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
+    first = posfeed(tmp_path, *RUN, "--feed", str(path), env=env_for(live))
+    assert first.returncode == 75 and "5 failed retryable: 503" in first.stderr, first.stderr[-2000:]
+    live.config.fault_rate = 0.0
+    port = free_port()
+    (tmp_path / "down").mkdir()  # the same feed, its server down
+    down = _sftp_feed(sftp_server, live, sftp_dir, tmp_path / "down", port=port, connect_timeout=2.0)
+    second = posfeed(tmp_path, *RUN, "--feed", str(down), env=env_for(live))
+    assert second.returncode == 75, second.stderr[-2000:]
+    assert f"source not reached, no file read: cannot reach sftp://{sftp_server.user}@127.0.0.1:{port}" \
+        in second.stderr
+    assert "  source:    not reached, no file read (the next run reads them): cannot reach" in second.stdout
+    assert "  accepted:  5 " in second.stdout and "carried over 5 from earlier runs" in second.stdout
+    assert sorted(delivered_ids(live)) == sorted(ids)
+    third = posfeed(tmp_path, *RUN, "--feed", str(path), "--json", env=env_for(live))
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert run_json(third)["carried_over"] == 0 and sorted(delivered_ids(live)) == sorted(ids)
 
 
 def test_78_missing_sftp_folder(
