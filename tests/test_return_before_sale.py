@@ -8,8 +8,10 @@ is failed for good after ``resume.sale_wait_hours``, naming the sale. A dry run 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.errors import PlatformUnavailableError
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.runner import exit_cause, exit_code_of
 from pipeline.sandbox.server import SandboxServer
@@ -282,3 +285,61 @@ def test_a_dry_run_holds_an_in_doubt_return_of_an_unknown_sale_waiting_as_the_re
     assert detail(done)["R-1"]["error_message"] == detail(dry)["R-1"]["error_message"]
     assert done["exit_code"] == dry["exit_code"] == 0
     assert "S-1" not in posfeed.held()
+
+
+def _point_at(posfeed: Posfeed, base_url: str, *, check_credentials: bool = True) -> None:
+    """Rewrite the feed file: its target at ``base_url`` (a closed port: the platform is down);
+    ``check_credentials=False`` lets a run go on to its files while the platform is down."""
+    feed = sample_feed("acme_hourly", posfeed.sandbox, folder=posfeed.drop, target_kind=posfeed.kind,
+                       max_attempts=1, base_url=base_url, check_credentials=check_credentials)
+    posfeed.feed.write_text(feed_toml(feed.model_copy(update={"expected": None, "name": "acme_hourly"})),
+                            encoding="utf-8")
+
+
+def _unreachable(posfeed: Posfeed) -> list[dict[str, Any]]:
+    """The feed's platform_unreachable problems, resolved ones too."""
+    base = ["--state-dir", str(posfeed.tmp / "state"), "--reports-dir", str(posfeed.tmp / "reports")]
+    result = CliRunner().invoke(cli, [*base, "problems", "--all", "--json"], env=posfeed.env,
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return [p for p in json.loads(result.stdout) if p["kind"] == "platform_unreachable"]
+
+
+def test_a_run_whose_only_answer_is_a_return_waiting_for_its_sale_does_not_resolve_platform_unreachable(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, a return held waiting for its sale counted as a transaction the platform answered:
+    the run after an outage closed the platform_unreachable problem (its alert said resolved)
+    while CRM.COM was still down and had not been asked at all (its sale is looked up in the
+    ledger alone)."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, "crmcom")
+    down = f"http://127.0.0.1:{_closed_port()}"
+    _point_at(posfeed, down)
+    base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports")]
+    run = [*base, "run", "--feed", str(posfeed.feed), "--business-date", DAY]
+    result = CliRunner().invoke(cli, run, env=posfeed.env)  # stopped at the start: cannot be reached
+    assert isinstance(result.exception, PlatformUnavailableError), result.output
+    (problem,) = _unreachable(posfeed)
+    assert problem["status"] == "open"
+
+    _point_at(posfeed, down, check_credentials=False)  # still down; the run goes on to its files
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", WHOLE_RETURN)
+    result = CliRunner().invoke(cli, [*run, "--json"], env=posfeed.env, catch_exceptions=False)
+    done = json.loads(result.stdout)
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    assert done["problems_resolved"] == []
+    assert [p["status"] for p in _unreachable(posfeed)] == ["open"]
+
+    _point_at(posfeed, sandbox.url)  # the platform is back: the sale comes, both are answered
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    done = posfeed.run()
+    assert state(posfeed.rows(), "R-1")[0] == "accepted"
+    assert done["problems_resolved"] == [problem["problem_id"]]
+    assert [p["status"] for p in _unreachable(posfeed)] == ["resolved"]
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (connection refused: the platform is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
