@@ -31,7 +31,7 @@ from pipeline.sandbox.server import SandboxServer
 from tests.ledger_backends import ledger_env
 from tests.runner_helpers import feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
-from tests.test_refunds_hostile import DAY, SALE, ret, write
+from tests.test_refunds_hostile import DAY, SALE, line, ret, write
 from tests.test_refunds_hostile import Posfeed as HostilePosfeed
 
 
@@ -237,6 +237,26 @@ def test_other_work_to_try_again_beside_a_waiting_return_still_exits_75_and_the_
     assert exit_cause(both, 75) == "2 failed retryable: http_503: server error"
     in_doubt = {**alone, "in_doubt": 1}
     assert exit_code_of(in_doubt) == 75
+
+
+def test_returns_waiting_for_their_sale_leave_the_causes_of_a_failed_run_to_the_real_ones(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, the run's causes (at most 3, the most frequent first) counted the returns waiting
+    for their sale: three sales' waiting returns took every slot and the sale the platform refused,
+    the one reason the run exits 65, was named nowhere on stderr."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, "crmcom")
+    waiting = [ret(f"R-{sale}{n}", 1, "MILK", "1", "1.20", "1.20", f"S-{sale}")
+               for sale in (1, 2, 3) for n in "ab"]  # two returns of each of three sales not arrived
+    refused = line("S-9", 1, "MILK", "1", "1.20", "1.20", customer=TARGET_KITS["crmcom"].unknown_customer)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [*waiting, refused])
+    code, output = console(posfeed)
+    assert code == 65, output
+    assert state(posfeed.rows(), "S-9")[0] == "failed_permanent"
+    assert "6 return(s) wait for their sale until" in output
+    exit_line = next(text for text in output.splitlines() if "exit 65" in text)
+    assert "1 refused by the platform: CUSTOMER_NOT_FOUND" in exit_line, output
+    assert "S-1" not in exit_line and "original_not_found" not in exit_line
 
 
 @pytest.mark.parametrize("kind", ["antavo", "crmcom"])
