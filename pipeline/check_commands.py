@@ -68,14 +68,11 @@ def _format_suffix(path: Path) -> str:
     return Path(name.removesuffix(".gz")).suffix
 
 
-def _feed_for(paths: Sequence[Path], feed_name: str | None, feeds_dir: Path) -> Feed:
-    """The named feed, or the canonical layout with the format guessed from the file suffix (the
-    one before `.gz` for a gzipped file: `pos.jsonl.gz` is JSON Lines)."""
-    if feed_name:
-        return load_feed(feed_name, feeds_dir)
-    kind = _KIND_BY_SUFFIX.get(_format_suffix(paths[0]), "csv") if paths else "csv"
-    feed = canonical_feed()
-    return feed.model_copy(update={"format": FormatConfig(kind=kind)})  # type: ignore[arg-type]
+def _guessed_feed(path: Path) -> Feed:
+    """The canonical layout with the format guessed from the file's suffix (the one before `.gz`
+    for a gzipped file: `pos.jsonl.gz` is JSON Lines; anything unknown is CSV)."""
+    kind = _KIND_BY_SUFFIX.get(_format_suffix(path), "csv")
+    return canonical_feed().model_copy(update={"format": FormatConfig(kind=kind)})  # type: ignore[arg-type]
 
 
 def check_files(
@@ -93,11 +90,13 @@ def check_files(
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"no such file: {missing[0]}")
-    feed = _feed_for(paths, feed_name, feeds_dir)
+    # without --feed each file is read in the format its own name says, and all are checked together
+    per_file = None if feed_name else [_guessed_feed(p) for p in paths]
+    feed = load_feed(feed_name, feeds_dir) if feed_name else canonical_feed()
     if feed.records != "transactions":
         raise ConfigError(f'posfeed check reads checkout files; feed {feed.name} holds {feed.records} '
                           "(its rows are checked by posfeed run --dry-run)")
-    result = transform_files(list(paths), feed, now=now or datetime.now(UTC))
+    result = transform_files(list(paths), feed, now=now or datetime.now(UTC), read_with=per_file)
     return mask_result_customers(result, feed) if feed.logging.hash_customer_ids else result
 
 

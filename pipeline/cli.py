@@ -188,7 +188,7 @@ def feeds(ctx: click.Context, as_json: bool) -> None:
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--feed", "feed_name", metavar="NAME",
               help="Read the files as this feed does (name in the feeds folder, or a path); "
-                   "default: the canonical layout, format from the file suffix.")
+                   "default: the canonical layout, format from each file's suffix.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary (or --codes) as JSON.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Write checkouts, checkout items, rejects.csv and summary.json here.")

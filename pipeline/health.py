@@ -28,11 +28,27 @@ from pipeline.ledger import Ledger
 from pipeline.logs import counted, in_number, redact, shown, told
 from pipeline.problems import Observation, Problem
 
-__all__ = ["Backlog", "RunFacts", "backlog_of", "content_free", "covers", "observe", "relevant"]
+__all__ = ["NOT_ASKED", "Backlog", "RunFacts", "answered", "backlog_of", "content_free", "covers", "observe",
+           "relevant"]
 
 # failures that mean the platform could not be reached (no answer, or a server error: `http_503`
 # when the answer has no body, Antavo's own code `503` when its error body gives one)
 _UNREACHABLE = re.compile(r"^(connection_error|timeout|http_5\d\d|5\d\d)$")
+
+
+# last error codes of transactions a run settled or held without an answer of the platform: a
+# submission stopped before it went out, and the holds decided from the ledger (a return waiting
+# for its sale, or for its sale to be accepted; a profile update waiting for its sign-up; a return
+# whose sale the platform refused for good). They prove nothing about the platform being reachable.
+NOT_ASKED = frozenset({"stopped", "original_not_found", "original_not_accepted", "signup_pending",
+                       "original_refused", "crmcom_original_not_delivered"})
+
+
+def answered(accepted: int, failed_permanent: Mapping[str, int], failed_retryable: Mapping[str, int]) -> int:
+    """How many of a run's transactions the platform really answered: the accepted ones and the
+    failed ones (by last error code) but those the run held without asking it (:data:`NOT_ASKED`)."""
+    failed = (*failed_permanent.items(), *failed_retryable.items())
+    return accepted + sum(n for code, n in failed if code not in NOT_ASKED)
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -92,7 +108,7 @@ class RunFacts:
     business_dates: Sequence[str]
     missing_files: Sequence[Mapping[str, Any]]
     failed_codes: Mapping[str, int]  # last error code -> transactions left failed_retryable
-    sent: int  # transactions the platform answered (accepted or failed) in this run
+    sent: int  # transactions the platform answered (accepted or failed) in this run: see answered()
     backlog: Backlog
 
 

@@ -78,7 +78,7 @@ from pipeline.errors import (
     state_io_error,
 )
 from pipeline.expected import SeenFile, note_other_feeds, report_missing
-from pipeline.health import Backlog, RunFacts, backlog_of, covers, observe, relevant
+from pipeline.health import Backlog, RunFacts, answered, backlog_of, covers, observe, relevant
 from pipeline.ledger import FileRecord, Ledger, TxnState, new_run_id
 from pipeline.ledger.records import timestamp
 from pipeline.locks import RunLock
@@ -947,13 +947,13 @@ def _health(ctx: _Context, summary: dict[str, Any], backlog: Backlog, *, lock_lo
     if ctx.dry_run or lock_lost:
         return out
     accepted = sum(ctx.ledger.run_codes(ctx.run_id, "accepted").values())
-    permanent = sum(ctx.ledger.run_codes(ctx.run_id, "failed_permanent").values())
+    permanent = ctx.ledger.run_codes(ctx.run_id, "failed_permanent")
     retryable = ctx.ledger.run_codes(ctx.run_id, "failed_retryable")
     facts = RunFacts(
         run_id=ctx.run_id, kind=str(summary.get("kind") or "run"), summary=summary, error=ctx.error,
         business_dates=list(ctx.notes.get("business_dates") or []),
         missing_files=list(ctx.notes.get("missing_files") or []), failed_codes=retryable,
-        sent=accepted + permanent + sum(n for c, n in retryable.items() if c != "stopped"),
+        sent=answered(accepted, permanent, retryable),
         backlog=backlog,
     )
     events = _update_problems(ctx.ledger, ctx.feed, facts, now)

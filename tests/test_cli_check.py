@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -261,3 +262,21 @@ def test_check_help_says_it_takes_several_files() -> None:
     code, out = invoke("check", "--help")
     assert code == EXIT_OK
     assert "[FILES]..." in out and "one or more local files" in out and "one local file" not in out
+
+
+def test_check_without_a_feed_guesses_each_files_format_from_its_own_name(tmp_path: Path) -> None:
+    """`posfeed check a.csv b.jsonl` reads the CSV as CSV and the JSON Lines as JSON Lines (in either
+    order), not every file in the format of the first one's name."""
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(csv_text([row()]))
+    jsonl_path = tmp_path / "b.jsonl"
+    jsonl_path.write_text(json.dumps({k: v for k, v in row(transaction_id="T2").items() if v}) + "\n")
+    for files in ((csv_path, jsonl_path), (jsonl_path, csv_path)):
+        done = subprocess.run([sys.executable, "-m", "pipeline", "check", *map(str, files), "--json"],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == EXIT_OK, done.stdout + done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["unreadable_files"] == []
+        assert sorted(summary["files"]) == ["a.csv", "b.jsonl"]
+        assert (summary["rows_in"], summary["transactions_valid"]) == (2, 2)

@@ -8,8 +8,10 @@ is failed for good after ``resume.sale_wait_hours``, naming the sale. A dry run 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,13 +24,14 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.errors import PlatformUnavailableError
 from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.runner import exit_cause, exit_code_of
 from pipeline.sandbox.server import SandboxServer
 from tests.ledger_backends import ledger_env
 from tests.runner_helpers import feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
-from tests.test_refunds_hostile import DAY, SALE, ret, write
+from tests.test_refunds_hostile import DAY, SALE, line, ret, write
 from tests.test_refunds_hostile import Posfeed as HostilePosfeed
 
 
@@ -236,6 +239,26 @@ def test_other_work_to_try_again_beside_a_waiting_return_still_exits_75_and_the_
     assert exit_code_of(in_doubt) == 75
 
 
+def test_returns_waiting_for_their_sale_leave_the_causes_of_a_failed_run_to_the_real_ones(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, the run's causes (at most 3, the most frequent first) counted the returns waiting
+    for their sale: three sales' waiting returns took every slot and the sale the platform refused,
+    the one reason the run exits 65, was named nowhere on stderr."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, "crmcom")
+    waiting = [ret(f"R-{sale}{n}", 1, "MILK", "1", "1.20", "1.20", f"S-{sale}")
+               for sale in (1, 2, 3) for n in "ab"]  # two returns of each of three sales not arrived
+    refused = line("S-9", 1, "MILK", "1", "1.20", "1.20", customer=TARGET_KITS["crmcom"].unknown_customer)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", [*waiting, refused])
+    code, output = console(posfeed)
+    assert code == 65, output
+    assert state(posfeed.rows(), "S-9")[0] == "failed_permanent"
+    assert "6 return(s) wait for their sale until" in output
+    exit_line = next(text for text in output.splitlines() if "exit 65" in text)
+    assert "1 refused by the platform: CUSTOMER_NOT_FOUND" in exit_line, output
+    assert "S-1" not in exit_line and "original_not_found" not in exit_line
+
+
 @pytest.mark.parametrize("kind", ["antavo", "crmcom"])
 def test_a_check_of_a_waiting_return_that_sends_nothing_is_not_an_attempt(
     sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
@@ -282,3 +305,61 @@ def test_a_dry_run_holds_an_in_doubt_return_of_an_unknown_sale_waiting_as_the_re
     assert detail(done)["R-1"]["error_message"] == detail(dry)["R-1"]["error_message"]
     assert done["exit_code"] == dry["exit_code"] == 0
     assert "S-1" not in posfeed.held()
+
+
+def _point_at(posfeed: Posfeed, base_url: str, *, check_credentials: bool = True) -> None:
+    """Rewrite the feed file: its target at ``base_url`` (a closed port: the platform is down);
+    ``check_credentials=False`` lets a run go on to its files while the platform is down."""
+    feed = sample_feed("acme_hourly", posfeed.sandbox, folder=posfeed.drop, target_kind=posfeed.kind,
+                       max_attempts=1, base_url=base_url, check_credentials=check_credentials)
+    posfeed.feed.write_text(feed_toml(feed.model_copy(update={"expected": None, "name": "acme_hourly"})),
+                            encoding="utf-8")
+
+
+def _unreachable(posfeed: Posfeed) -> list[dict[str, Any]]:
+    """The feed's platform_unreachable problems, resolved ones too."""
+    base = ["--state-dir", str(posfeed.tmp / "state"), "--reports-dir", str(posfeed.tmp / "reports")]
+    result = CliRunner().invoke(cli, [*base, "problems", "--all", "--json"], env=posfeed.env,
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return [p for p in json.loads(result.stdout) if p["kind"] == "platform_unreachable"]
+
+
+def test_a_run_whose_only_answer_is_a_return_waiting_for_its_sale_does_not_resolve_platform_unreachable(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """Before, a return held waiting for its sale counted as a transaction the platform answered:
+    the run after an outage closed the platform_unreachable problem (its alert said resolved)
+    while CRM.COM was still down and had not been asked at all (its sale is looked up in the
+    ledger alone)."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, "crmcom")
+    down = f"http://127.0.0.1:{_closed_port()}"
+    _point_at(posfeed, down)
+    base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports")]
+    run = [*base, "run", "--feed", str(posfeed.feed), "--business-date", DAY]
+    result = CliRunner().invoke(cli, run, env=posfeed.env)  # stopped at the start: cannot be reached
+    assert isinstance(result.exception, PlatformUnavailableError), result.output
+    (problem,) = _unreachable(posfeed)
+    assert problem["status"] == "open"
+
+    _point_at(posfeed, down, check_credentials=False)  # still down; the run goes on to its files
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", WHOLE_RETURN)
+    result = CliRunner().invoke(cli, [*run, "--json"], env=posfeed.env, catch_exceptions=False)
+    done = json.loads(result.stdout)
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    assert done["problems_resolved"] == []
+    assert [p["status"] for p in _unreachable(posfeed)] == ["open"]
+
+    _point_at(posfeed, sandbox.url)  # the platform is back: the sale comes, both are answered
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    done = posfeed.run()
+    assert state(posfeed.rows(), "R-1")[0] == "accepted"
+    assert done["problems_resolved"] == [problem["problem_id"]]
+    assert [p["status"] for p in _unreachable(posfeed)] == ["resolved"]
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (connection refused: the platform is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

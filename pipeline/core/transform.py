@@ -251,19 +251,22 @@ def transform_files(
     known: pl.DataFrame | None = None,
     now: datetime,
     source_names: Sequence[str] | None = None,
+    read_with: Sequence[Feed] | None = None,
 ) -> TransformResult:
     """Read every file and transform them together; unreadable files land in ``.unreadable``.
 
     Files are read in the order given; dedup marks a repeat in a later file as the duplicate.
+    ``read_with`` gives the feed each file is read with (default: ``feed`` for all of them).
     """
     names = list(source_names) if source_names is not None else [p.name for p in paths]
+    readers = list(read_with) if read_with is not None else [feed] * len(paths)
     frames: list[pl.DataFrame] = []
     unreadable: list[UnreadableFileError] = []
     read: list[str] = []
     stats = ReadStats()
-    for path, name in zip(paths, names, strict=True):
+    for path, name, reader in zip(paths, names, readers, strict=True):
         try:
-            frames.append(read_file(path, feed, source_name=name, stats=stats))
+            frames.append(read_file(path, reader, source_name=name, stats=stats))
         except UnreadableFileError as exc:
             log.warning("unreadable file %s: %s", exc.file, exc.reason)
             unreadable.append(exc)

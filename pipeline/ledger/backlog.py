@@ -50,11 +50,14 @@ class Backlogs:
     def failure_causes(self, run_id: str, limit: int = 3) -> list[dict[str, Any]]:
         """The most frequent reasons among the transactions ``run_id`` left failed, with counts
         (``state``, ``code``, ``message``, ``count``): what a console says when a run did not end
-        clean."""
+        clean. Returns waiting for their sale (``failed_retryable``, ``original_not_found``) are left
+        out: they are not why a run fails, and :meth:`waiting_for_sales` counts them."""
         rows = self._db.query(
             "SELECT t.state, t.last_error_code, t.last_error_message, COUNT(*) AS n FROM run_transactions rt "
             "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? "
             "AND t.state IN ('failed_retryable', 'failed_permanent') "
+            "AND NOT (t.state = 'failed_retryable' "
+            "AND COALESCE(t.last_error_code, '') = 'original_not_found') "
             "GROUP BY t.state, t.last_error_code, t.last_error_message ORDER BY n DESC LIMIT ?",
             (run_id, limit),
         )

@@ -29,6 +29,9 @@ defaults of :class:`pipeline.config.CrmcomTarget`):
   ``spend_amount``; from R17 ``create`` takes ``requested_spend_amount`` ([A] both names). The
   spend is kept on the purchase (``spend_amount``); a spend of 0 or less is refused (what else a
   spend request rule refuses depends on the platform's configuration).
+* A purchase's ``performed_on`` is a date and time as text or integer epoch seconds (the spec
+  gives "integer epoch"; posfeed's ``performed_on_format = "epoch"``), stored and shown as sent; a
+  negative, fractional, boolean or out-of-range number (past 9999-12-31) answers ``INVALID_PARAMETERS``.
 * Cancelling a purchase that is not POSTED answers ``ALREADY_CANCELLED`` and changes nothing.
 * A customer id starting with the sandbox's ``unknown_customer_prefix`` is unknown.
 * Latency and the rate limit come from the shared :class:`SandboxState` for every call; injected
@@ -147,6 +150,22 @@ def _money(value: Any, name: str) -> Decimal:
     if not in_range(number):
         raise CrmcomError("INVALID_PARAMETERS", f"{name} is not a number in range")
     return number
+
+
+# the last second of 9999-12-31 UTC: the latest moment a date and time can name
+_LAST_EPOCH_SECOND = 253_402_300_799
+
+
+def _performed_on(value: Any) -> str | int:
+    """``performed_on``: a date and time as text, or integer epoch seconds (the spec's purchase
+    takes "integer epoch"); a negative, fractional, boolean or out-of-range number is refused."""
+    if value is None or value == "":
+        raise CrmcomError("INVALID_PARAMETERS", "reference_number and performed_on are mandatory")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _LAST_EPOCH_SECOND:
+        return value
+    raise CrmcomError("INVALID_PARAMETERS", "performed_on must be a date and time or integer epoch seconds")
 
 
 def _reference(value: Any, name: str) -> str | None:
@@ -280,10 +299,9 @@ class CrmcomPlatform:
 
     def _purchase_fields(self, body: Mapping[str, Any]) -> dict[str, Any]:
         reference = _reference(body.get("reference_number"), "reference_number")
-        if not reference or not body.get("performed_on"):
+        if not reference:
             raise CrmcomError("INVALID_PARAMETERS", "reference_number and performed_on are mandatory")
-        if not isinstance(body["performed_on"], str):
-            raise CrmcomError("INVALID_PARAMETERS", "performed_on must be a date and time")
+        performed_on = _performed_on(body.get("performed_on"))
         other = _reference(body.get("external_system_reference_number"), "external_system_reference_number")
         products_set = body.get("products_set") or []
         if not isinstance(products_set, list) or not all(isinstance(p, Mapping) for p in products_set):
@@ -329,7 +347,7 @@ class CrmcomPlatform:
             "customer": customer,
             "business_unit": _identifier_value(body[units[0]], units[0]),
             "business_unit_field": units[0],
-            "performed_on": body["performed_on"],
+            "performed_on": performed_on,
             "items": products,
         }
 

@@ -372,3 +372,27 @@ def test_amounts_add_up_exactly(crm: SandboxServer) -> None:
     [stored] = crm.state.listing("crmcom")
     assert stored["total"] == "1999999998.000000000000000000000000000002"
     assert stored["vat"] == "0.000000000000000000000000000002"
+
+
+def test_performed_on_may_be_integer_epoch_seconds_and_nothing_else_but_text(crm: SandboxServer) -> None:
+    """The spec's purchase takes ``performed_on`` as an integer epoch (posfeed's
+    ``performed_on_format = "epoch"``); before, the sandbox refused it as not a date and time.
+    Negative, fractional, boolean and out-of-range values stay refused."""
+    token = token_of(crm)
+    moment = int(datetime(2026, 11, 20, 9, 30, tzinfo=UTC).timestamp())
+    created = call(crm, "customer_events/purchases/create",
+                   {"token": token, **purchase("E1", performed_on=moment)}).json()
+    assert created["status"]["code"] == "OK", created
+    assert created["data"]["performed_on"] == moment
+    batch = [{"request_unique_identifier": "k1", **purchase("E2", performed_on=moment + 60)}]
+    many = call(crm, "customer_events/purchases/create_multiple",
+                {"token": token, "purchase_customer_events_set": batch}).json()
+    assert many["status"]["code"] == "OK" and many["data"]["unprocessed_customer_events_set"] == [], many
+    shown = httpx.get(f"{crm.url}{PREFIX}/customer_events/purchases/show", params={
+        "token": token, "customer_event_identifier": "external_system_reference_number=E2"})
+    assert shown.json()["data"]["performed_on"] == moment + 60
+    for n, garbage in enumerate([-1, 9.5, True, False, 10**60, 253402300800, "", None]):
+        body = purchase(f"G{n}", performed_on=garbage)
+        answer = call(crm, "customer_events/purchases/create", {"token": token, **body}).json()
+        assert answer["status"]["code"] == "INVALID_PARAMETERS", (garbage, answer)
+    assert platform_of(crm).state.stats["events_accepted"] == 2

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -254,3 +255,29 @@ def test_a_void_naming_a_sale_cancels_nothing(crm: SandboxServer, tmp_path: Path
     }
     stored = crm.state.transactions.get(PLATFORM, {})
     assert [(r["reference_number"], r["life_cycle_state"]) for r in stored.values()] == []
+
+
+@pytest.mark.parametrize("bulk_size", [1, 50])
+def test_a_run_sending_performed_on_as_epoch_seconds_is_accepted_at_the_pos_time(
+    crm: SandboxServer, tmp_path: Path, bulk_size: int
+) -> None:
+    """``target.performed_on_format = "epoch"`` sends integer seconds, as the spec's purchase takes
+    them; before, the sandbox refused every purchase so sent ("performed_on must be a date and time")."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    settings = Settings(state_dir=tmp_path / "state", feeds_dir=tmp_path, reports_dir=tmp_path / "reports")
+    feed = crmcom_run_feed(crm, exports, bulk_size=bulk_size, performed_on_format="epoch")
+    (exports / "pos_morning.csv").write_text("\n".join([HEADER, *SALES]) + "\n", encoding="utf-8")
+    first = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    assert (first["accepted"], first["failed_permanent"], first["balanced"]) == (2, 0, True)
+    platform: CrmcomPlatform = crm.state.platforms[PLATFORM]
+    stored = {r["reference_number"]: r["performed_on"] for r in crm.state.transactions[PLATFORM].values()}
+    berlin = ZoneInfo("Europe/Berlin")  # the feed's timezone: the tills' wall clock
+    assert stored == {"S-1": int(datetime(2026, 11, 20, 8, 10, 53, tzinfo=berlin).timestamp()),
+                      "S-2": int(datetime(2026, 11, 20, 8, 20, tzinfo=berlin).timestamp())}
+    assert platform.arrivals["S-1"] == 1
+    (exports / "pos_afternoon.csv").write_text("\n".join([HEADER, *RETURNS]) + "\n", encoding="utf-8")
+    second = run_feed(feed, settings, business_dates=[date(2026, 11, 20)]).to_dict()
+    assert (second["accepted"], second["failed_permanent"], second["balanced"]) == (2, 0, True)
+    returned = httpx.get(f"{crm.url}/_sandbox/transactions", params={"platform": "crmcom_ad_hoc_returns"})
+    assert [t["transaction_id"] for t in returned.json()["transactions"]] == ["R-2"]
