@@ -282,6 +282,9 @@ def page_data(report: Report) -> dict[str, Any]:
     feed = shlex.quote(str(summary.get("feed", "")))
     items = _action_items(report, summary_rows, feed, dry_run=bool(summary.get("dry_run")))
     actions = [f"{item['count']} {item['label']}: {item['todo']}" for item in items]
+    if summary.get("source_unreachable"):  # why no file of the day was read (the server, never a secret)
+        actions.append(f"source not reached, no file read in this run: {summary['source_unreachable']}; "
+                       "the next run that reaches it reads the files")
     missing = sum(1 for m in expected if m["status"] == "missing")
     actions += [f"{counted(missing, 'expected file')} missing"] if missing else []
     unreadable = sum(1 for row in not_read if row["origin"] == "unreadable")

@@ -502,6 +502,8 @@ def report_command(
         click.echo(f"{s['feed']} {s['run_id']}: {counted(s['rows_in'], 'row')}, "
                    f"{counted(s['transactions_in'], 'transaction')}, {s['accepted']} accepted, "
                    f"balanced {'yes' if s['balanced'] else 'NO'}")
+        if s.get("source_unreachable"):
+            click.echo(f"source not reached, no file read: {s['source_unreachable']}")
         click.echo(f"reports: {folder}")
     return EXIT_OK
 

@@ -63,6 +63,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.alerts import alert_for, deliver_pending
 from pipeline.config import Feed, Settings
+from pipeline.core.readstats import ReadStats
 from pipeline.core.rejected_copies import customer_columns
 from pipeline.errors import (
     EXIT_CONFIG,
@@ -721,12 +722,22 @@ def _send_without_source(ctx: _Context, down: SourceUnavailableError, unsent: li
     goes as after a read that found no new file. The run names the source (``source_unreachable``,
     exit 75) and its error stays the feed's ``run_failed`` problem until a run reaches it."""
     ctx.notes["source_unreachable"] = shown(down)
+    ctx.notes.update(_no_files_read())
     ctx.error = down
     log_event(log, "source_unreachable", f"{ctx.feed.name}: {shown(down)}; no file is read in this run, "
               "what earlier runs left is sent all the same and the next run reads the files",
               level=logging.WARNING, feed=ctx.feed.name)
     with ctx.stage("submit"):
         ctx.submit([*_still_queued(ctx, unsent), *waiting])
+
+
+def _no_files_read() -> dict[str, Any]:
+    """The summary's file fields of a run that read no file, as a read that found none has them
+    (``missing_files`` too: with the source not reached, no file is known to be missing)."""
+    return {"files_new": [], "files_already_processed": 0, "files_fetched": 0, "bytes_fetched": 0,
+            "already_processed_files": [], "superseded_files": [], "fetch_failures": [],
+            "files_in_quarantine": [], "skipped_files": [], "missing_files": [], "unreadable_files": [],
+            **ReadStats().summary()}
 
 
 def _read_files(ctx: _Context, source: Source, business_dates: list[date], now: datetime | None

@@ -5,6 +5,8 @@ ledger backends, against a real OpenSSH sshd and the real sandbox."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,16 +14,26 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from pipeline.config import Feed, Settings
 from pipeline.errors import EXIT_TEMPFAIL, SourceUnavailableError
 from pipeline.ledger import Ledger
 from pipeline.runner import exit_cause, run_feed
 from pipeline.sandbox.server import SandboxServer
-from tests.ops_helpers import free_port
+from tests.ops_helpers import free_port, posfeed
 from tests.runner_helpers import BUSINESS_DATE, credentials, delivered_ids, settings_in, stats
 from tests.sftp_fixtures import SftpServer
 from tests.sources.test_sftp_run import FILES, sftp_feed, upload
+from tests.test_report_page import CHROMIUM, CHROMIUM_ARGS
+
+# the file fields of a run's summary, as a run that found no file has them
+NO_FILE_FIELDS: dict[str, object] = {
+    "files_new": [], "files_already_processed": 0, "already_processed_files": [], "files_fetched": 0,
+    "bytes_fetched": 0, "superseded_files": [], "unreadable_files": [], "fetch_failures": [],
+    "skipped_files": [], "source_errors": [], "files_left_in_place": [], "missing_files": [],
+    "files_in_quarantine": [], "skipped_by_kind": {}, "line_items_by_kind": {},
+}
 
 
 def _unreachable(feed: Feed) -> Feed:
@@ -81,7 +93,9 @@ def test_an_unreachable_source_still_sends_what_earlier_runs_left(
     assert second.exit_code == EXIT_TEMPFAIL, s
     assert f"127.0.0.1:{down.source.port}" in s["source_unreachable"]
     assert f"127.0.0.1:{down.source.port}" in exit_cause(s, second.exit_code)
-    assert s["status"] == "finished" and not s.get("files_new") and not s.get("files_fetched")
+    assert s["status"] == "finished"
+    for key, empty in NO_FILE_FIELDS.items():  # as a run that found no file: no key left out
+        assert s[key] == empty, (key, s[key])
     assert s["carried_over"] == waiting and s["waiting"] == 0 and s["in_doubt"] == 0
     assert s["accepted"] == waiting and s["balanced"] is True
     for currency, amounts in s["currencies"].items():  # each currency balances on its own
@@ -100,6 +114,7 @@ def test_an_unreachable_source_still_sends_what_earlier_runs_left(
     with credentials(sandbox):
         third = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     t = third.summary
+    assert set(t) - set(s) == set(), "keys of a normal run the unreachable run's summary left out"
     assert t["source_unreachable"] is None and t["files_new"] == [FILES[2]], t
     assert t["carried_over"] == 0 and t["accepted"] > 0
     again = delivered_ids(sandbox)
@@ -156,3 +171,59 @@ def test_an_unreachable_platform_too_records_no_run(
         run_feed(down, settings, business_dates=[BUSINESS_DATE])
     with Ledger(settings.ledger_location) as ledger:
         assert len(ledger.runs()) == 1
+
+
+def _verdict_and_html(page_path: Path) -> tuple[list[str], str]:
+    """The verdict's items and the whole text of ``page_path`` as headless Chromium shows them."""
+    assert CHROMIUM, "chromium not found: install Debian's chromium package (scripts/test does)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(page_path.as_uri())
+            items = [li.inner_text() for li in page.locator('section[aria-label="Verdict"] li').all()]
+            return items, page.content()
+        finally:
+            browser.close()
+
+
+def test_the_page_and_the_commands_of_a_run_that_could_not_reach_its_source_name_it(
+    sftp_server: SftpServer, sftp_dir: Path, sandbox: SandboxServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """report.html's verdict names the server not reached (its user, never its password), as
+    written by the run and again by `posfeed report RUN_ID`; `posfeed runs` shows the run."""
+    upload(sftp_dir, FILES[:1])
+    feed = sftp_feed(sftp_server, sftp_dir, sandbox)
+    settings = settings_in(tmp_path)
+    _stopped_before_sending(sandbox, feed, settings)
+    password = "h15-Secret-Pw-7731"
+    monkeypatch.setenv("H15_SFTP_PASSWORD", password)
+    down = _unreachable(feed)
+    down = down.model_copy(update={"source": down.source.model_copy(
+        update={"password_env": "H15_SFTP_PASSWORD"})})
+    with credentials(sandbox):
+        second = run_feed(down, settings, business_dates=[BUSINESS_DATE])
+    assert second.exit_code == EXIT_TEMPFAIL and second.reports_path is not None
+    server = f"sftp://{down.source.username}@127.0.0.1:{down.source.port}"
+
+    items, html = _verdict_and_html(second.reports_path / "report.html")
+    named = [item for item in items if server in item]
+    assert len(named) == 1 and "no file" in named[0] and "next run" in named[0], items
+    assert password not in html
+
+    again = posfeed(tmp_path, "report", second.run_id, "--json", env=dict(os.environ))
+    assert again.returncode == 0, again.stderr
+    regenerated = json.loads(again.stdout)
+    assert server in regenerated["source_unreachable"]
+    assert regenerated["files_fetched"] == 0 and regenerated["files_new"] == []
+    items, html = _verdict_and_html(Path(regenerated["reports_path"]) / "report.html")
+    assert [item for item in items if server in item] == named and password not in html
+    text = posfeed(tmp_path, "report", second.run_id, env=dict(os.environ))
+    assert text.returncode == 0 and server in text.stdout and password not in text.stdout, text.stdout
+
+    runs = posfeed(tmp_path, "runs", "--json", env=dict(os.environ))
+    assert runs.returncode == 0, runs.stderr
+    (row,) = [r for r in json.loads(runs.stdout) if r["run_id"] == second.run_id]
+    assert row["status"] == "finished" and row["exit"] == EXIT_TEMPFAIL
+    assert row["accepted"] == second.summary["accepted"] == row["carried_over"] > 0
