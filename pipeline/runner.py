@@ -22,12 +22,14 @@ the files are fetched; the platform's "transaction ID already used" settles the 
 landed. What no request ever carried waits until the run's files are read, so a void in them keeps
 such a sale off the platform (``post_voided``), and is then sent before the files' transactions
 (also when the files cannot be listed or read: nothing waits behind a broken source); a return
-waiting for a sale that had not arrived (``original_not_found``) goes after the sales of the
-files. A stop while the files are read leaves it queued for the next run. Every summary says how
-many it carried over (``carried_over``) and how many are still waiting for the next run
-(``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an explicit rerun
-(``needs_rerun``). A **dry run** does all of it against a throwaway copy of the ledger, sends
-nothing, touches no source file, and writes the same reports.
+not in doubt whose sale is not known to be on the platform (the ledger does not hold it accepted:
+waiting for it, ``original_not_found``, or failed in an outage before it came) goes after the sales
+of the files, whatever its last code. A stop while the files are read leaves what waits for them
+queued for the next run. Every summary says how many it carried over (``carried_over``) and how
+many are still waiting for the next run (``waiting``, ``waiting_oldest_at``,
+``waiting_oldest_age_seconds``) or for an explicit rerun (``needs_rerun``). A **dry run** does all
+of it against a throwaway copy of the ledger, sends nothing, touches no source file, and writes the
+same reports.
 
 Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced, but for returns
 waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: the summary says
@@ -650,21 +652,24 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int]]:
     """Take over what earlier runs of the scope left unsent (see the module docstring) and settle
     at once what may already be on the platform (in doubt, or sent before without an answer that
     settled it). Returns what waits for this run's files: the transactions no request ever carried
-    (a void in the files may still keep a sale of them off the platform), and the returns waiting
-    for a sale that had not arrived (``original_not_found``), to go after the sales they may bring."""
+    (a void in the files may still keep a sale of them off the platform), and the returns
+    whose sale is not known to be on the platform (waiting for it, ``original_not_found``, or
+    failed before it came: an outage), to go after the sales they may bring; a return in doubt is
+    settled (read back) first all the same."""
     resume = ctx.feed.resume
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
     if not pending:
         return [], []
-    waiting = ctx.ledger.rows_with_code(pending, ORIGINAL_NOT_FOUND)
+    waiting = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending)
     unsent = ctx.ledger.never_requested(pending)
     log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
              "transient reason); %d never sent %s after this run's files are read%s",
              ctx.feed.name, counted(len(pending), "transaction"), len(unsent - waiting),
              "goes" if len(unsent - waiting) == 1 else "go",
-             f", {counted(len(waiting), 'return')} waiting for their sale after this run's files"
+             f", {counted(len(waiting), 'return')} whose sale is not on the platform yet after "
+             "this run's files"
              if waiting else "")
     ctx.submit([i for i in pending if i not in unsent and i not in waiting])
     return [i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting]

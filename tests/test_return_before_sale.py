@@ -363,3 +363,48 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_return_carried_over_after_an_outage_goes_out_after_its_sale_read_in_the_same_run(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str, killed: bool
+) -> None:
+    """A return whose look for its sale failed in an outage (``connection_error``, transient) is
+    carried over and goes out after the sale the next run reads from its files, in that run.
+    Before, one that had an attempt counted (``killed``: a run killed in its look for the sale left
+    it in doubt, and the next run's read-back failed in the outage) was settled first, before the
+    files were read: the sale was not there yet, so the return waited one more run
+    (``original_not_found``)."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN if kind == "antavo" else WHOLE_RETURN)
+    if killed:
+        posfeed.run()
+        # as a run killed in its look for the sale leaves it: in doubt, one attempt, an hour ago
+        hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="microseconds")
+        with Ledger(posfeed.ledger_location) as ledger, ledger._db.transaction() as db:
+            db.execute("UPDATE transactions SET state = 'sending', attempts = 1, updated_at = ? "
+                       "WHERE transaction_id = ?", (hour_ago, "R-1"))
+    _point_at(posfeed, f"http://127.0.0.1:{_closed_port()}", check_credentials=False)
+    posfeed.run()  # the platform is down, the return's sale has not arrived
+    first = posfeed.rows()["R-1"]
+    assert first.state is TxnState.FAILED_RETRYABLE, first
+    if kind == "antavo":
+        assert (first.last_error_code, first.attempts) == ("connection_error", 1 if killed else 0)
+    assert "S-1" not in posfeed.held()
+
+    _point_at(posfeed, sandbox.url)  # the platform is back, and the sale comes
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    done = posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1")[0] == "accepted"
+    assert state(rows, "R-1")[0] == "accepted", rows["R-1"]
+    assert done["carried_over"] == 1 and done["exit_code"] == 0, done
+    held = posfeed.held()["S-1"]
+    if kind == "antavo":  # the sale's checkout, then the return's refund
+        assert [e["action"] for e in held["events"]] == ["checkout", "refund_item"], held["events"]
+        assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+        assert stats(sandbox)["events_rejected"] == 0
+    else:
+        assert held["status"] == "cancelled"

@@ -86,10 +86,6 @@ class Transactions:
         """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
         return self._ids_among(row_ids, "transaction_type", transaction_type)
 
-    def rows_with_code(self, row_ids: Sequence[int], code: str) -> set[int]:
-        """The ledger ids among ``row_ids`` whose last outcome had ``code``."""
-        return self._ids_among(row_ids, "last_error_code", code)
-
     def never_requested(self, row_ids: Sequence[int]) -> set[int]:
         """The ledger ids among ``row_ids`` queued without any request ever carrying them (attempts
         0): known not to be on the platform, so a void read later may still keep them off it."""
@@ -100,6 +96,21 @@ class Transactions:
                 "AND attempts = 0", chunk,
             ))
         return found
+
+    def returns_before_their_sale(self, scope: str, row_ids: Sequence[int]) -> set[int]:
+        """The returns among ``row_ids`` not in doubt (``sending``) whose sale the ledger does not
+        hold as accepted (not arrived, or not delivered yet): nothing says their sale is on the
+        platform, so a run sends them after the sales its files bring."""
+        original = self._db.json_text("checkout", "original_transaction_id")
+        named: dict[int, str] = {}
+        for chunk in chunks(row_ids):
+            named.update((r[0], r[1]) for r in self._db.query(
+                f"SELECT id, {original} FROM transactions WHERE id IN ({marks(len(chunk))}) "
+                "AND transaction_type = 'return' AND state <> 'sending'", chunk,
+            ))
+        sales = self.originals(scope, [str(n) for n in named.values() if n is not None])
+        return {i for i, sale in named.items() if sale is None or sales.get(str(sale)) is None
+                or sales[str(sale)].state is not TxnState.ACCEPTED}
 
     def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
         found: set[int] = set()
