@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import time
 from pathlib import Path
 
 from pipeline.errors import EXIT_DATA
@@ -31,6 +33,15 @@ def with_broken_timestamp(text: str) -> tuple[str, str]:
     return out.getvalue(), rows[1][0]
 
 
+def finished_earlier(path: Path, data: bytes) -> None:
+    """``data`` written to ``path`` by a till that finished it an hour ago (a file modified in the
+    seconds before the run is read, but left in place rather than archived: the fetch stage's
+    racily-clean rule)."""
+    path.write_bytes(data)
+    earlier = time.time() - 3600
+    os.utime(path, (earlier, earlier))
+
+
 def rejects_of(summary: dict[str, object]) -> list[dict[str, str]]:
     with (Path(str(summary["reports_path"])) / "rejects.csv").open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -42,8 +53,8 @@ def test_a_gzipped_export_is_read_known_by_its_stored_bytes_and_its_rejects_repo
     text, broken = with_broken_timestamp((SAMPLE_ACME / FILES[0]).read_text(encoding="utf-8"))
     packed = gzip.compress(text.encode())
     name = FILES[0] + ".gz"
-    (sftp_dir / name).write_bytes(packed)
-    (sftp_dir / FILES[1]).write_bytes((SAMPLE_ACME / FILES[1]).read_bytes())
+    finished_earlier(sftp_dir / name, packed)
+    finished_earlier(sftp_dir / FILES[1], (SAMPLE_ACME / FILES[1]).read_bytes())
     feed_file = write_feed_file(sftp_feed(sftp_server, sftp_dir, sandbox, pattern=BOTH),
                                 tmp_path / "gz.toml")
 
