@@ -891,7 +891,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     """
     if ctx.feed.logging.hash_customer_ids:
         # messages first: they are found by the clear ids the checkouts still hold
-        ctx.ledger.sweep_clear_customer_ids(ctx.feed.scope, customer_columns(ctx.feed))
+        ctx.ledger.sweep_clear_customer_ids(ctx.feed.scope, customer_columns(ctx.feed), running=ctx.run_id)
         ctx.ledger.scrub_customer_ids(ctx.feed.scope, mask_customer_id, run_id=ctx.run_id)
     else:
         ctx.ledger.forget_sweep(ctx.feed.scope)

@@ -283,6 +283,35 @@ def test_scrub_masks_a_customer_id_quoted_in_clear_in_the_kept_messages(ledger: 
     assert ledger.scrub_quoted_customer_ids(SCOPE) == 0
 
 
+def test_the_sweep_reads_no_history_for_a_scopes_first_run_but_reads_it_once_there_is_some(
+        ledger: Ledger) -> None:
+    """A scope whose only run is the one asking (with hashing on, it writes nothing in clear) and
+    that holds no problem has no history to sweep: marked swept, nothing read (its first run does
+    not pay a scan of its own rows). Another run of the scope, or a problem, is history: read."""
+    from pipeline.logs import mask_customer_id
+
+    def run_with_a_clear_message(tid: str, customer: str) -> str:
+        run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+        ledger.record_file(run_id, _file(ledger, run_id, name=f"{tid}.csv", sha=tid[-1] * 64), rejects=[],
+                           transactions=[replace(_txn(tid, line=2), checkout=json.dumps(
+                               {"transaction_id": tid, "customer_id": customer, "total": "1"}))],
+                           totals=[("S1", "2026-11-20", 1, 1, Decimal("1"))])
+        ledger.start_sending(SCOPE, [tid], run_id)
+        ledger.apply_results(SCOPE, [EventResult(tid, Outcome.RETRYABLE, (), None, "500",
+                                                 f"for {customer}: again")], run_id)
+        return run_id
+
+    first = run_with_a_clear_message("T1", "c-0")
+    assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}, running=first) == 0
+    assert ledger.transactions_by_row_id([1])[0].last_error_message == "for c-0: again"  # not read
+    ledger.forget_sweep(SCOPE)  # as after a run with hashing off: the next run's sweep reads it
+    second = run_with_a_clear_message("T2", "c-1")
+    assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}, running=second) == 2
+    assert [r.last_error_message for r in ledger.transactions_by_row_id([1, 2])] == [
+        f"for {mask_customer_id('c-0')}: again", f"for {mask_customer_id('c-1')}: again"]
+    assert ledger.sweep_clear_customer_ids(SCOPE, {"customer_id"}, running=second) == 0  # once
+
+
 def test_the_sweep_for_clear_customer_ids_reads_a_scope_once_until_a_run_keeps_them(ledger: Ledger) -> None:
     """The sweep reads the scope's whole history: once, not at every run; a run with hashing off
     (forget_sweep) may keep ids in clear, so the next sweep reads it again."""

@@ -46,27 +46,38 @@ class Scrubbing:
             )
         return len(masked)
 
-    def sweep_clear_customer_ids(self, scope: str, columns: Collection[str]) -> int:
+    def sweep_clear_customer_ids(self, scope: str, columns: Collection[str], *, running: str | None = None
+                                 ) -> int:
         """Once per scope (again after a run with hashing off, or a sweep of an older version that
         masked less): mask the customer ids that texts of ``scope`` hold in clear, then those of
         its checkouts never sent again. Texts: each transaction's messages
         (:meth:`scrub_quoted_customer_ids`, :meth:`scrub_masked_rows_messages`), its rejected
         lines of ``columns`` (:meth:`scrub_reject_customers`), its problems, alerts, runs'
         summaries and files' errors (:meth:`scrub_kept_texts`). A run with hashing on writes
-        none, so later runs do not read the scope's history again. Returns how many rows changed."""
+        none, so later runs do not read the scope's history again; nor is it read when the scope
+        has no history: no run but ``running`` (a run with hashing on, asking) and no problem.
+        Returns how many rows changed."""
         row = self._db.one("SELECT swept_at FROM swept_scopes WHERE scope = ?", (scope,))
         if row is not None and _sweep_version(str(row[0])) >= SWEEP_VERSION:
             return 0
-        found: set[str] = set()  # the clear ids masked so far: looked for in every later text
-        changed = (self.scrub_quoted_customer_ids(scope, found)
-                   + self.scrub_masked_rows_messages(scope, found)
-                   + self.scrub_reject_customers(scope, columns, found)
-                   + self.scrub_kept_texts(scope, found) + self.scrub_settled_checkouts(scope))
+        changed = 0
+        if running is None or self._has_history(scope, running):
+            found: set[str] = set()  # the clear ids masked so far: looked for in every later text
+            changed = (self.scrub_quoted_customer_ids(scope, found)
+                       + self.scrub_masked_rows_messages(scope, found)
+                       + self.scrub_reject_customers(scope, columns, found)
+                       + self.scrub_kept_texts(scope, found) + self.scrub_settled_checkouts(scope))
         with self._db.transaction() as db:
             db.execute("DELETE FROM swept_scopes WHERE scope = ?", (scope,))
             db.execute("INSERT INTO swept_scopes (scope, swept_at) VALUES (?, ?)",
                        (scope, f"{timestamp()}{_VERSION_MARK}{SWEEP_VERSION}"))
         return changed
+
+    def _has_history(self, scope: str, running: str) -> bool:
+        """Whether ``scope`` holds texts written before ``running``: another run's, or a problem."""
+        return (self._db.one("SELECT 1 FROM runs WHERE scope = ? AND id <> ? LIMIT 1", (scope, running))
+                is not None or self._db.one("SELECT 1 FROM problems WHERE scope = ? LIMIT 1", (scope,))
+                is not None)
 
     def forget_sweep(self, scope: str) -> None:
         """A run with hashing off may keep customer ids in clear: the next run with it on sweeps."""
