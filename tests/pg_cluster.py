@@ -188,6 +188,12 @@ class PgCluster:
         self.stop_server()
         return False
 
+    def server_pid(self) -> int:
+        """The process id of the running server (the postmaster)."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server.pid
+
     def stop_server(self) -> None:
         """Stop the server: fast shutdown (open sessions are ended), immediate if that hangs."""
         server, self._server = self._server, None

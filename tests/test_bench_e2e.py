@@ -7,6 +7,7 @@ workload; it asserts the report's shape and that the pipeline balanced, never a 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -250,6 +251,51 @@ def test_bench_ledger_smoke_runs_one_day_on_sqlite_and_postgresql_side_by_side(p
     assert written.index("earlier text") < written.index("<!-- ledger-backends:start") < written.index(
         "| record |") < written.index("<!-- ledger-backends:end -->") < written.index("## Later")
     assert "not-printed" not in written
+
+
+def test_bench_postgres_server_apart_pins_the_server_and_writes_its_own_block(tmp_path: Path) -> None:
+    """``--server-cpus``: every process of the throwaway server, backends forked later included,
+    runs on the CPUs given and the benchmark on the others; the figures go in a block of their
+    own, the shared-CPU block kept. A set leaving the benchmark no CPU is refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_postgres", ROOT / "bench" / "postgres.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpus = sorted(os.sched_getaffinity(0))
+    assert len(cpus) >= 2, "the test machine has two CPUs or more"
+    server, rest = {cpus[-1]}, set(cpus[:-1])
+    with bench._database(None, server) as url, psycopg.connect(url) as db:
+        backend = int(db.execute("SELECT pg_backend_pid()").fetchone()[0])  # forked after the pinning
+        checkpointer = int(db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"
+                                    ).fetchone()[0])  # started with the server
+        assert os.sched_getaffinity(backend) == server and os.sched_getaffinity(checkpointer) == server
+    assert os.sched_getaffinity(0) == set(cpus)  # this process is not pinned
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\n## Scaling\n\n<!-- ledger-backends:start (x) -->\nshared\n"
+                    "<!-- ledger-backends:end -->\n\n## Later\n", encoding="utf-8")
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "postgres.py"), "--server-cpus", str(cpus[-1]),
+         "--line-items", "500", "--rounds", "1", "--top", "2", "--update-docs", str(docs)],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert script.returncode == 0, script.stderr[-2000:]
+    pinned = f"The server ran on CPU {cpus[-1]}, posfeed and its sandbox (both ledgers' runs) on CPU " + (
+        ", ".join(map(str, sorted(rest))))
+    assert pinned in script.stdout
+    written = docs.read_text(encoding="utf-8")
+    block = written.split("<!-- ledger-backends-server-apart:start")[1].split(
+        "<!-- ledger-backends-server-apart:end -->")[0]
+    assert pinned in block and "`python bench/postgres.py --server-cpus" in block
+    # the stages in the run's order, though the report came through JSON (sorted keys)
+    rows = [line.split(" | ")[0] for line in block.splitlines() if line.startswith("| ")]
+    assert rows[:6] == ["| stage", "| transform", "| record", "| submit", "| report", "| total"]
+    assert "shared\n<!-- ledger-backends:end -->" in written and written.index("apart:end") < written.index(
+        "## Later")
+    every = ",".join(map(str, cpus))
+    refused = subprocess.run([sys.executable, str(ROOT / "bench" / "postgres.py"), "--server-cpus", every],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 2 and "must be some, not all" in refused.stderr
 
 
 def test_row_designs_smoke_measures_both_designs_on_both_backends(postgres_db: str) -> None:

@@ -57,9 +57,14 @@ def render_ledger_growth(report: dict[str, Any], *, command: str = "") -> str:
     return "\n".join(lines)
 
 
+# the stages of the side-by-side tables in the run's order (a report read back from JSON has them sorted)
+BACKEND_STAGES = ("transform", "record", "submit", "report", "total")
+
+
 def render_ledger_backends(report: dict[str, Any], *, command: str = "") -> str:
     """The two ledger backends side by side as Markdown: CPU and wall time per line item."""
     cpu, wall = report["cpu_us_per_line_item"], report["wall_us_per_line_item"]
+    stages = [stage for stage in BACKEND_STAGES if stage in report["cpu_ratio"]]
     lines = [
         f"Measured {report.get('measured_at', '')} with "
         f"`{command or 'posfeed bench ledger --postgres-url URL'}`.",
@@ -71,7 +76,7 @@ def render_ledger_backends(report: dict[str, Any], *, command: str = "") -> str:
         "| stage | CPU SQLite | CPU PostgreSQL | CPU ratio | wall SQLite | wall PostgreSQL | wall ratio |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for stage in report["cpu_ratio"]:
+    for stage in stages:
         lines.append(
             f"| {stage} | {cpu['sqlite'][stage]:.1f} | {cpu['postgresql'][stage]:.1f} | "
             f"**{report['cpu_ratio'][stage]:.2f}** | {wall['sqlite'][stage]:.1f} | "
@@ -88,7 +93,7 @@ def render_ledger_backends(report: dict[str, Any], *, command: str = "") -> str:
         "| stage | round trips per 1,000 line items | their time | PostgreSQL − SQLite wall | beyond |",
         "|---|---:|---:|---:|---:|",
     ]
-    for stage in report["cpu_ratio"]:
+    for stage in stages:
         lines.append(
             f"| {stage} | {trips[stage]:.1f} | {trips_us[stage]:.1f} | "
             f"{wall['postgresql'][stage] - wall['sqlite'][stage]:.1f} | **{beyond[stage]:.1f}** |")
