@@ -962,9 +962,9 @@ def _health(ctx: _Context, summary: dict[str, Any], backlog: Backlog, *, lock_lo
     out: dict[str, Any] = {"backlog": backlog.to_dict()}
     if ctx.dry_run or lock_lost:
         return out
-    accepted = sum(ctx.ledger.run_codes(ctx.run_id, "accepted").values())
-    permanent = ctx.ledger.run_codes(ctx.run_id, "failed_permanent")
-    retryable = ctx.ledger.run_codes(ctx.run_id, "failed_retryable")
+    codes = ctx.ledger.run_codes(ctx.run_id, "accepted", "failed_permanent", "failed_retryable")
+    accepted = sum(codes["accepted"].values())
+    permanent, retryable = codes["failed_permanent"], codes["failed_retryable"]
     facts = RunFacts(
         run_id=ctx.run_id, kind=str(summary.get("kind") or "run"), summary=summary, error=ctx.error,
         business_dates=list(ctx.notes.get("business_dates") or []),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pipeline.ledger.db import Db
+from pipeline.ledger.db import Db, marks
 from pipeline.ledger.records import cutoff
 from pipeline.ledger.states import RESUMABLE_SQL
 
@@ -82,14 +82,19 @@ class Backlogs:
         )
         return int(rows[0][0])
 
-    def run_codes(self, run_id: str, state: str) -> dict[str, int]:
-        """How many of ``run_id``'s transactions are now in ``state``, by last error code."""
+    def run_codes(self, run_id: str, *states: str) -> dict[str, dict[str, int]]:
+        """How many of ``run_id``'s transactions are now in each of ``states``, by last error
+        code (one read of the run's rows for all of them)."""
         rows = self._db.query(
-            "SELECT t.last_error_code, COUNT(*) FROM run_transactions rt JOIN transactions t "
-            "ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.state = ? GROUP BY 1",
-            (run_id, state),
+            "SELECT t.state, t.last_error_code, COUNT(*) FROM run_transactions rt JOIN transactions t "
+            f"ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.state IN ({marks(len(states))}) "
+            "GROUP BY 1, 2",
+            (run_id, *states),
         )
-        return {str(r[0]): int(r[1]) for r in rows}
+        codes: dict[str, dict[str, int]] = {state: {} for state in states}
+        for state, code, count in rows:
+            codes[str(state)][str(code)] = int(count)
+        return codes
 
     def conflicts_since(self, feed: str, since: str | None) -> int:
         """Conflicts of ``feed`` recorded after ``since`` (all when None): held for review."""
