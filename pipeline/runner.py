@@ -24,12 +24,13 @@ such a sale off the platform (``post_voided``), and is then sent before the file
 (also when the files cannot be listed or read: nothing waits behind a broken source); a return
 not in doubt whose sale is not known to be on the platform (the ledger does not hold it accepted:
 waiting for it, ``original_not_found``, or failed in an outage before it came) goes after the sales
-of the files, whatever its last code. A stop while the files are read leaves what waits for them
-queued for the next run. Every summary says how many it carried over (``carried_over``) and how
-many are still waiting for the next run (``waiting``, ``waiting_oldest_at``,
-``waiting_oldest_age_seconds``) or for an explicit rerun (``needs_rerun``). A **dry run** does all
-of it against a throwaway copy of the ledger, sends nothing, touches no source file, and writes the
-same reports.
+of the files, whatever its last code; one in doubt is read back first all the same and, when
+neither it nor its sale is found on the platform (held ``original_not_found``), is queued again
+after the files' sales. A stop while the files are read leaves what waits for them queued for the
+next run. Every summary says how many it carried over (``carried_over``) and how many are still
+waiting for the next run (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or
+for an explicit rerun (``needs_rerun``). A **dry run** does all of it against a throwaway copy of
+the ledger, sends nothing, touches no source file, and writes the same reports.
 
 Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced, but for returns
 waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: the summary says
@@ -648,21 +649,23 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _carry_over(ctx: _Context) -> tuple[list[int], list[int]]:
+def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
     """Take over what earlier runs of the scope left unsent (see the module docstring) and settle
     at once what may already be on the platform (in doubt, or sent before without an answer that
     settled it). Returns what waits for this run's files: the transactions no request ever carried
-    (a void in the files may still keep a sale of them off the platform), and the returns
+    (a void in the files may still keep a sale of them off the platform), the returns
     whose sale is not known to be on the platform (waiting for it, ``original_not_found``, or
-    failed before it came: an outage), to go after the sales they may bring; a return in doubt is
-    settled (read back) first all the same."""
+    failed before it came: an outage), to go after the sales they may bring, and the returns in
+    doubt of such a sale that their read-back found had not landed (held ``original_not_found``,
+    to be queued again after the files)."""
     resume = ctx.feed.resume
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
     if not pending:
-        return [], []
+        return [], [], []
     waiting = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending)
+    doubted = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending, in_doubt=True)
     unsent = ctx.ledger.never_requested(pending)
     log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
              "transient reason); %d never sent %s after this run's files are read%s",
@@ -672,7 +675,18 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int]]:
              "this run's files"
              if waiting else "")
     ctx.submit([i for i in pending if i not in unsent and i not in waiting])
-    return [i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting]
+    read_back = ctx.ledger.waiting_for_sale([i for i in pending if i in doubted]) if doubted else set()
+    return ([i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting],
+            [i for i in pending if i in read_back])
+
+
+def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
+    """``row_ids`` (returns read back at the start, found not to have landed and held waiting for
+    their sale) back in the queue, to go after the sales of the files just read."""
+    if row_ids and not ctx.lock_lost():
+        ctx.ledger.requeue(row_ids, ctx.run_id, origin="settle")
+        return row_ids
+    return []
 
 
 def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
@@ -684,9 +698,10 @@ def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
     """Carry over (settling what may be on the platform), read the run's files, then send what
     earlier runs left and no request carried (``unsent``, but the sales a void of the files names),
-    the files' transactions and the returns waiting for their sale, in that order; finish the files."""
+    the files' transactions and the returns waiting for their sale (``waiting``, and the returns in
+    doubt read back as not landed: ``read_back``, queued again), in that order; finish the files."""
     with ctx.stage("settle"):
-        unsent, waiting = _carry_over(ctx)
+        unsent, waiting, read_back = _carry_over(ctx)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
@@ -712,7 +727,8 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
             ctx.notes["stopped"] = True
         else:
             with ctx.stage("submit"):
-                ctx.submit([*_still_queued(ctx, unsent), *outcome.to_send, *waiting])
+                ctx.submit([*_still_queued(ctx, unsent), *outcome.to_send, *waiting,
+                            *_queued_again(ctx, read_back)])
         if not ctx.refused():
             ctx.finish_files(source)
     finally:

@@ -29,7 +29,7 @@ from pipeline.ledger import Ledger, TxnRecord, TxnState
 from pipeline.runner import exit_cause, exit_code_of
 from pipeline.sandbox.server import SandboxServer
 from tests.ledger_backends import ledger_env
-from tests.runner_helpers import feed_toml, sample_feed, stats
+from tests.runner_helpers import delivered_ids, feed_toml, sample_feed, stats
 from tests.sandbox_fixtures import TARGET_KITS
 from tests.test_refunds_hostile import DAY, SALE, line, ret, write
 from tests.test_refunds_hostile import Posfeed as HostilePosfeed
@@ -408,3 +408,54 @@ def test_a_return_carried_over_after_an_outage_goes_out_after_its_sale_read_in_t
         assert stats(sandbox)["events_rejected"] == 0
     else:
         assert held["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+@pytest.mark.parametrize("waited", [True, False])
+def test_a_return_in_doubt_is_read_back_first_and_goes_out_after_its_sale_read_in_the_same_run(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str, waited: bool
+) -> None:
+    """A return left in doubt (``sending``: a run killed in its look for the sale, after it had
+    waited, ``waited``, or in its first) is read back before the files are read; the platform
+    does not hold it and its sale is not on the platform either. Before, that read-back held it
+    waiting (``original_not_found``) though the run's files brought its sale: it went out one run
+    later. Now it goes after the sale, in that run, once; a dry run before it says the same and
+    changes nothing."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", RETURN if kind == "antavo" else WHOLE_RETURN)
+    posfeed.run()
+    assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    # as a run killed in its look for the sale leaves it: in doubt, one attempt, an hour ago
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="microseconds")
+    with Ledger(posfeed.ledger_location) as ledger, ledger._db.transaction() as db:
+        db.execute("UPDATE transactions SET state = 'sending', attempts = 1, updated_at = ?"
+                   f"{'' if waited else ', last_error_code = NULL, last_error_message = NULL'} "
+                   "WHERE transaction_id = ?", (hour_ago, "R-1"))
+
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    dry = posfeed.run("acme_hourly", "--dry-run")
+    assert {tid: detail(dry)[tid]["state"] for tid in ("S-1", "R-1")} == {"S-1": "queued", "R-1": "queued"}
+    assert dry["waiting_for_sale"] == 0 and dry["exit_code"] == 0, dry
+    assert delivered_ids(sandbox) == []  # the dry run sent nothing
+    before = posfeed.rows()["R-1"]
+    assert (before.state, before.attempts) == (TxnState.SENDING, 1)  # nor changed the ledger
+
+    done = posfeed.run()
+    rows = posfeed.rows()
+    assert state(rows, "S-1")[0] == "accepted"
+    assert state(rows, "R-1")[0] == "accepted", rows["R-1"]
+    assert rows["R-1"].last_run_id == done["run_id"]
+    assert done["carried_over"] == 1 and done["exit_code"] == 0, done
+    assert done["waiting_for_sale"] == 0 and done["backlog"]["waiting"] == 0, done
+    assert delivered_ids(sandbox) == ["S-1"]  # the sale, once
+    held = posfeed.held()["S-1"]
+    if kind == "antavo":  # the sale's checkout, then the return's refund, each once
+        assert [e["action"] for e in held["events"]] == ["checkout", "refund_item"], held["events"]
+        assert Decimal(held["refunded"]) == Decimal("1.20") and len(held["refunds"]) == 1
+        assert stats(sandbox)["events_rejected"] == 0
+    else:
+        assert held["status"] == "cancelled"
+    posfeed.run()  # and never again
+    assert state(posfeed.rows(), "R-1")[0] == "accepted"
+    if kind == "antavo":
+        assert len(posfeed.held()["S-1"]["refunds"]) == 1

@@ -97,20 +97,34 @@ class Transactions:
             ))
         return found
 
-    def returns_before_their_sale(self, scope: str, row_ids: Sequence[int]) -> set[int]:
-        """The returns among ``row_ids`` not in doubt (``sending``) whose sale the ledger does not
-        hold as accepted (not arrived, or not delivered yet): nothing says their sale is on the
-        platform, so a run sends them after the sales its files bring."""
+    def returns_before_their_sale(self, scope: str, row_ids: Sequence[int], *,
+                                  in_doubt: bool = False) -> set[int]:
+        """The returns among ``row_ids`` not in doubt (``sending``; only those in doubt with
+        ``in_doubt``) whose sale the ledger does not hold as accepted (not arrived, or not
+        delivered yet): nothing says their sale is on the platform, so a run sends them after the
+        sales its files bring (one in doubt once it is read back and found not to have landed)."""
         original = self._db.json_text("checkout", "original_transaction_id")
+        doubt = "=" if in_doubt else "<>"
         named: dict[int, str] = {}
         for chunk in chunks(row_ids):
             named.update((r[0], r[1]) for r in self._db.query(
                 f"SELECT id, {original} FROM transactions WHERE id IN ({marks(len(chunk))}) "
-                "AND transaction_type = 'return' AND state <> 'sending'", chunk,
+                f"AND transaction_type = 'return' AND state {doubt} 'sending'", chunk,
             ))
         sales = self.originals(scope, [str(n) for n in named.values() if n is not None])
         return {i for i, sale in named.items() if sale is None or sales.get(str(sale)) is None
                 or sales[str(sale)].state is not TxnState.ACCEPTED}
+
+    def waiting_for_sale(self, row_ids: Sequence[int]) -> set[int]:
+        """The ledger ids among ``row_ids`` held waiting for their sale (``failed_retryable``,
+        ``original_not_found``: nothing of them went out)."""
+        found: set[int] = set()
+        for chunk in chunks(row_ids):
+            found.update(r[0] for r in self._db.query(
+                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) "
+                "AND state = 'failed_retryable' AND last_error_code = 'original_not_found'", chunk,
+            ))
+        return found
 
     def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
         found: set[int] = set()
