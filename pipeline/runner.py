@@ -1051,7 +1051,10 @@ def _oldest_words(backlog: dict[str, Any] | None) -> str:
 
 def _sale_words(summary: dict[str, Any]) -> str:
     count = summary.get("waiting_for_sale") or 0
-    return f" ({count} return(s) for their sale until {summary['waiting_for_sale_until']})" if count else ""
+    if not count:
+        return ""
+    whose = "its" if count == 1 else "their"
+    return f" ({counted(count, 'return')} for {whose} sale until {summary['waiting_for_sale_until']})"
 
 
 def _problem_words(problems: list[dict[str, Any]]) -> str:

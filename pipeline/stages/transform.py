@@ -40,7 +40,7 @@ from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnRecord, TxnState
 from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
 from pipeline.ledger.voids import not_on_platform
-from pipeline.logs import log_event, mask_customer_id
+from pipeline.logs import counted, log_event, mask_customer_id
 from pipeline.memory import release_memory
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import CANONICAL_COLUMNS, MONEY, DedupStatus, TransactionType
@@ -465,7 +465,8 @@ def transform_staged(
             kept.extend(i for i in page if i in queued)
         outcome.to_send = kept
     progress.finish("transform")
-    log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
+    log.info("%s: %s queued from %s", feed.name, counted(len(outcome.to_send), "transaction"),
+             counted(len(staged), "file"))
     return outcome
 
 
