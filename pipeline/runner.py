@@ -934,9 +934,9 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     counts = {key: totals.get(key) for key in _RUN_LOG_KEYS}
     log_event(
         log, "run",
-        f"{ctx.feed.name} {ctx.run_id}: {status}, exit {code}: {counts['rows_in']} rows in, "
+        f"{ctx.feed.name} {ctx.run_id}: {status}, exit {code}: {counted(counts['rows_in'], 'row')} in, "
         f"{counts['accepted']} accepted, {counts['transactions_rejected']} rejected, "
-        f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
+        f"{counted(counts['duplicates'], 'duplicate')}, {counted(counts['conflicts'], 'conflict')}, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
         f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
         f"waiting {counts['waiting']}{_oldest_words(totals.get('backlog'))}"
