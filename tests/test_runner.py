@@ -472,3 +472,20 @@ def test_the_fetch_and_transform_log_lines_count_in_words_that_agree(
     assert queued == (f"acme_hourly: {count} transaction{'' if count == 1 else 's'} queued from "
                       f"{n} file{'' if n == 1 else 's'}")
     assert not [m for m in messages if "(s)" in m]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_files_log_line_counts_its_rows_and_transactions_in_words_that_agree(
+    live: SandboxServer, tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture, n: int
+) -> None:
+    """"pos_...csv: 1 row, 1 transaction, ...", "2 rows, 2 transactions": never "1 rows"."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    header = (REPO / "sample_data" / "acme" / FILES[0]).read_text(encoding="utf-8").splitlines()[0]
+    sales = [f"S{i},LON01,R1,2026-11-20 10:0{i}:00,2026-11-20,M1,sale,1,TEA,Tea,drinks,1,2.50,,2.50,GBP,,,"
+             for i in range(1, n + 1)]
+    (folder / FILES[0]).write_text("\n".join([header, *sales]) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_feed(_feed(live, folder), settings, business_dates=[BUSINESS_DATE])
+    counted = "1 row, 1 transaction" if n == 1 else "2 rows, 2 transactions"
+    assert f"{FILES[0]}: {counted}, {n} queued, 0 rejected rows" in caplog.messages, caplog.messages

@@ -373,8 +373,8 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
         amounts[total[5]] = amounts.get(total[5], Decimal(0)) + total[4]
     log_event(
         log, "file",
-        f"{name}: {rows} rows, {len(records.transactions)} transactions, {queued} queued, "
-        f"{len(records.rejects)} rejected rows",
+        f"{name}: {counted(rows, 'row')}, {counted(len(records.transactions), 'transaction')}, "
+        f"{queued} queued, {counted(len(records.rejects), 'rejected row')}",
         feed=feed.name, file=name, rows=rows, transactions=len(records.transactions), queued=queued,
         rejected_rows=len(records.rejects), states=dict(sorted(states.items())),
         amounts={currency: money_text(amount, currency) for currency, amount in sorted(amounts.items())},
