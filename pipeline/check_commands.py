@@ -32,6 +32,7 @@ from pipeline.core.rejects import catalog_rows
 from pipeline.core.transform import TransformResult, transform_files
 from pipeline.csvsafe import write_atomic, write_frame_csv
 from pipeline.errors import EXIT_CONFIG, EXIT_DATA, EXIT_OK, ConfigError
+from pipeline.logs import counted
 from pipeline.stages.transform import mask_result_customers
 
 __all__ = [
@@ -168,8 +169,9 @@ def format_check_summary(result: TransformResult, *, max_rejects: int = 10) -> s
         f"transactions: {s['transactions_in']} in, {s['transactions_valid']} valid "
         f"(new {s['new']}, duplicates {s['duplicates']}, conflicts {s['conflicts']}), "
         f"{s['transactions_rejected']} rejected",
-        f"kinds: {s['sales']} sales, {s['returns']} returns ({s['returns_unmatched']} unmatched), "
-        f"{s['voids']} voids (never sent), {s['guests']} guest checkouts",
+        f"kinds: {counted(s['sales'], 'sale')}, {counted(s['returns'], 'return')} "
+        f"({s['returns_unmatched']} unmatched), {counted(s['voids'], 'void')} (never sent), "
+        f"{counted(s['guests'], 'guest checkout')}",
     ]
     for currency, amounts in (s.get("currencies") or {}).items():  # one line per currency
         lines.append(f"amounts {currency or '(no currency)'}: in {amounts['amount_in']} = valid "

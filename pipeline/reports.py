@@ -50,6 +50,7 @@ __all__ = [
     "ToActOn",
     "build_report",
     "points_text",
+    "returns_waiting",
     "write_report",
 ]
 
@@ -138,6 +139,12 @@ LISTED_TO_ACT_ON = 50  # the transactions kept of each state and code to act on 
 _ZERO = Decimal("0")
 _NO_DATA_ROWS = "no data rows"  # the reason of a file read with nothing in it
 _T = TypeVar("_T")
+
+
+def returns_waiting(count: int) -> str:
+    """``1 return waits for its sale``, ``2 returns wait for their sale``."""
+    return (f"{count} return waits for its sale" if count == 1
+            else f"{count} returns wait for their sale")
 
 
 def points_text(value: Decimal | None) -> str:
@@ -249,7 +256,7 @@ class _Group:
         """The ``reason`` of the group's summary row: the returns in it that wait for their sale."""
         if not self.waiting_for_sale:
             return ""
-        return f"{self.waiting_for_sale} return(s) wait for their sale ({ORIGINAL_NOT_FOUND} in detail.csv)"
+        return f"{returns_waiting(self.waiting_for_sale)} ({ORIGINAL_NOT_FOUND} in detail.csv)"
 
     def balanced(self, pending_is_final: bool) -> bool:
         pending = self.counts["in_doubt"] + (0 if pending_is_final else self.counts["queued"])

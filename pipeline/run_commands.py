@@ -37,7 +37,7 @@ from pipeline.errors import (
 from pipeline.ledger import Ledger
 from pipeline.logs import counted, say, shown, told
 from pipeline.progress import make_progress
-from pipeline.reports import write_report
+from pipeline.reports import returns_waiting, write_report
 from pipeline.runner import RerunSelection, RunSummary, exit_cause, rerun_feed, run_feed
 from pipeline.scope_locks import runs_alive
 from pipeline.stages.report import day_report, report_folder, run_report
@@ -192,12 +192,14 @@ def format_summary(summary: RunSummary) -> str:
 
 
 def _sale_wait_line(s: dict[str, Any]) -> str:
-    """``N return(s) wait for their sale until <time>``: the first recorded of them gives up then
-    (``resume.sale_wait_hours``); each goes by itself once its sale's export is delivered."""
+    """``N returns wait for their sale until <time>`` (``1 return waits for its sale ...``): the
+    first recorded of them gives up then (``resume.sale_wait_hours``); each goes by itself once
+    its sale's export is delivered."""
     until = datetime.fromisoformat(s["waiting_for_sale_until"]).astimezone(UTC)
     first = " for the first recorded" if s["waiting_for_sale"] > 1 else ""
-    return (f"{s['waiting_for_sale']} return(s) wait for their sale until {until:%Y-%m-%d %H:%M} UTC{first} "
-            "(resume.sale_wait_hours; then failed for good, exit 65); each is sent by the run after "
+    each = "it is" if s["waiting_for_sale"] == 1 else "each is"
+    return (f"{returns_waiting(s['waiting_for_sale'])} until {until:%Y-%m-%d %H:%M} UTC{first} "
+            f"(resume.sale_wait_hours; then failed for good, exit 65); {each} sent by the run after "
             "its sale's export arrives")
 
 

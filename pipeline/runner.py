@@ -950,9 +950,9 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     counts = {key: totals.get(key) for key in _RUN_LOG_KEYS}
     log_event(
         log, "run",
-        f"{ctx.feed.name} {ctx.run_id}: {status}, exit {code}: {counts['rows_in']} rows in, "
+        f"{ctx.feed.name} {ctx.run_id}: {status}, exit {code}: {counted(counts['rows_in'], 'row')} in, "
         f"{counts['accepted']} accepted, {counts['transactions_rejected']} rejected, "
-        f"{counts['duplicates']} duplicates, {counts['conflicts']} conflicts, "
+        f"{counted(counts['duplicates'], 'duplicate')}, {counted(counts['conflicts'], 'conflict')}, "
         f"{counts['failed_retryable']} failed retryable, {counts['failed_permanent']} failed permanent, "
         f"{counts['in_doubt']} in doubt; carried over {counts['carried_over']}, "
         f"waiting {counts['waiting']}{_oldest_words(totals.get('backlog'))}"
@@ -1067,7 +1067,10 @@ def _oldest_words(backlog: dict[str, Any] | None) -> str:
 
 def _sale_words(summary: dict[str, Any]) -> str:
     count = summary.get("waiting_for_sale") or 0
-    return f" ({count} return(s) for their sale until {summary['waiting_for_sale_until']})" if count else ""
+    if not count:
+        return ""
+    whose = "its" if count == 1 else "their"
+    return f" ({counted(count, 'return')} for {whose} sale until {summary['waiting_for_sale_until']})"
 
 
 def _problem_words(problems: list[dict[str, Any]]) -> str:

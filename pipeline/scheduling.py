@@ -74,7 +74,7 @@ from pipeline.errors import (
     state_io_error,
 )
 from pipeline.locks import RunLock
-from pipeline.logs import log_event, register_feed_secrets, shown, told
+from pipeline.logs import counted, log_event, register_feed_secrets, shown, told
 
 __all__ = [
     "DEFAULT_MISFIRE_GRACE_SECONDS",
@@ -810,7 +810,7 @@ def schedule_command(
             if scheduler.failure is not None:
                 raise scheduler.failure
             return worst_exit_code(list(scheduler.exit_codes.values()))
-        logger.info("scheduler: %d feed(s) scheduled; job store %s", len(selected),
+        logger.info("scheduler: %s scheduled; job store %s", counted(len(selected), "feed"),
                     settings.state_dir / JOBSTORE_FILE)
         scheduler.start()
         scheduler.serve()

@@ -6,6 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.benchmarks.transform import DOCS_END, DOCS_START, VARIANTS, online_retail_feed, update_docs
@@ -44,6 +45,20 @@ def test_bench_transform_smoke_runs_every_variant_on_the_same_rows(tmp_path: Pat
     text = docs.read_text(encoding="utf-8")
     assert "other section" in text and "## Transform" in text
     assert text.count(DOCS_START) == 1 and "(c) naive" in text
+
+
+@pytest.mark.parametrize("naive_repeat", [1, 2])
+def test_the_docs_count_the_naive_runs_in_words_that_agree(tmp_path: Path, naive_repeat: int) -> None:
+    """"(c) runs 1 time in its own process", "(c) runs 2 times ...": never "time(s)"."""
+    docs = tmp_path / "BENCHMARKS.md"
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "transform", "--synthetic", "--rows", "200", "--repeat", "1", "--naive-repeat",
+         str(naive_repeat), "--json", "--update-docs", str(docs)],
+    )
+    assert result.exit_code == 0, result.output
+    times = "1 time" if naive_repeat == 1 else "2 times"
+    assert f"(c) runs {times} in its own process." in docs.read_text(encoding="utf-8")
 
 
 def test_update_docs_replaces_only_its_own_block(tmp_path: Path) -> None:

@@ -62,6 +62,26 @@ def test_clean_canonical_file_exits_0(tmp_path: Path) -> None:
     assert summary["amount_in"] == "10.00"
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_checks_kinds_line_counts_in_words_that_agree(tmp_path: Path, n: int) -> None:
+    """"kinds: 1 sale, 1 return (0 unmatched), 1 void (never sent), 1 guest checkout"; with 2,
+    "2 sales, 2 returns, 2 voids, 2 guest checkouts": never "1 sales"."""
+    rows = []
+    for i in range(1, n + 1):
+        rows += [row(transaction_id=f"S{i}", customer_id=""),
+                 row(transaction_id=f"R{i}", transaction_type="return", quantity="-1", line_total="-2.50",
+                     original_transaction_id=f"S{i}", timestamp="2026-11-20 11:00:00"),
+                 row(transaction_id=f"V{i}", transaction_type="void", quantity="-2", line_total="-5.00",
+                     original_transaction_id=f"S{i}", timestamp="2026-11-20 11:30:00")]
+    path = tmp_path / "pos.csv"
+    path.write_text(csv_text(rows))
+    code, out = invoke("check", str(path))
+    assert code == EXIT_OK, out
+    kinds = ("1 sale, 1 return (0 unmatched), 1 void (never sent), 1 guest checkout" if n == 1
+             else "2 sales, 2 returns (0 unmatched), 2 voids (never sent), 2 guest checkouts")
+    assert f"\nkinds: {kinds}\n" in out, out
+
+
 def test_rejects_exit_65_and_are_written(tmp_path: Path) -> None:
     path = tmp_path / "pos.csv"
     rows = [

@@ -8,6 +8,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import ClaimsConfig, EnrollmentsConfig, ResumeConfig
 from pipeline.ledger import Ledger
 from pipeline.logs import mask_customer_id
@@ -88,6 +90,50 @@ def test_a_claim_waits_for_its_members_sign_up_and_a_refused_ones_goes_with_a_re
         assert owners(sandbox)["G2"] == "unknown-M2"
         assert stats(sandbox)["events_rejected"] == refused_before
         assert states(tmp_path, "claims")["claim:G2"] == ("accepted", None)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_claims_that_wait_are_counted_in_words_that_agree(tmp_path: Path, n: int) -> None:
+    """The run's log says "1 claim row", "1 row in", "1 claim waits for its checkout", "2 claims
+    wait for their checkout", then "1 claim or profile update waits for its member's sign-up", "2
+    claims or profile updates wait for ...": never "claim(s)", "update(s)", "1 rows"."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "pos_LON01_20261120_10.csv").write_text(POS_HEADER + "".join(GUEST_SALES.splitlines(True)[:n]),
+                                                     encoding="utf-8")
+    signups = "".join(f"unknown-M{i},m{i}@example.org,2026-11-20T09:00:00Z\n" for i in range(1, n + 1))
+    (drop / "members_LON01_20261120.csv").write_text("customer_id,email,enrolled_at\n" + signups,
+                                                     encoding="utf-8")
+    claimed = "".join(f"G{i},unknown-M{i},2026-11-20T11:0{i}:00Z,LON01\n" for i in range(1, n + 1))
+    (drop / "claims_LON01_20261120.csv").write_text(
+        "transaction_id,customer_id,claimed_at,store_id\n" + claimed, encoding="utf-8")
+    with SandboxServer() as sandbox:
+        env = {**os.environ, **TARGET_KITS["antavo"].env(sandbox)}
+        base = sample_feed("acme_hourly", sandbox, folder=drop, max_attempts=1)
+        hourly = write_feed(tmp_path, "hourly", base,
+                            expected=base.expected.model_copy(update={"cadence": "none"}))
+        members = write_feed(tmp_path, "members", sample_feed("acme_enrollments", sandbox, folder=drop,
+                                                              max_attempts=1))
+        claims = write_feed(tmp_path, "claims", sample_feed("acme_claims", sandbox, folder=drop),
+                            claims=ClaimsConfig(checkout_scope="acme", enrollment_scope="members"))
+        sandbox.config.fault_rate, sandbox.config.fault_kinds = 1.0, ("error_503",)
+        assert posfeed(tmp_path, env, "run", "--feed", hourly, *DAY)[1]["failed_retryable"] == n
+        assert posfeed(tmp_path, env, "run", "--feed", members, *DAY)[1]["failed_retryable"] == n
+        sandbox.config.fault_rate = 0.0
+        code, waited, log = posfeed(tmp_path, env, "-v", "run", "--feed", claims, *DAY)
+        assert code == 75 and waited["queued"] == n, log
+        assert f"claims_LON01_20261120.csv: {n} claim row{'s' if n > 1 else ''}, {n} queued" in log, log
+        assert (f"finished, exit 75: {n} row{'s' if n > 1 else ''} in, 0 accepted, 0 rejected, 0 duplicates, "
+                "0 conflicts,") in log, log
+        checkout = "1 claim waits for its checkout" if n == 1 else "2 claims wait for their checkout"
+        assert f"claims: {checkout} to be accepted" in log, log
+        assert posfeed(tmp_path, env, "run", "--feed", hourly, *DAY)[1]["accepted"] == n
+        code, waited, log = posfeed(tmp_path, env, "-v", "run", "--feed", claims, *DAY)
+        assert code == 75 and waited["queued"] == n, log
+        signup = ("1 claim or profile update waits for its member's sign-up" if n == 1
+                  else "2 claims or profile updates wait for their members' sign-ups")
+        assert f"{signup} in scope 'members'" in log, log
+        assert "(s)" not in log
 
 
 def test_a_profile_update_waits_for_a_sign_up_left_for_a_rerun(tmp_path: Path) -> None:

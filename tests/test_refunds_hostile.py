@@ -240,7 +240,7 @@ def test_returns_of_a_conflicting_or_rejected_sale(
     posfeed.run()
     rows = posfeed.rows()
     assert state(rows, "R-1") == ("not_sent", "over_refund")
-    assert "5 unit(s) of product MILK would have come back, 2 were bought" in str(
+    assert "5 units of product MILK would have come back, 2 were bought" in str(
         rows["R-1"].last_error_message)
     # the platform never had S-2 (rejected): R-2 waits for a corrected S-2, nothing sent
     assert state(rows, "R-2") == ("failed_retryable", "original_not_found")
@@ -331,7 +331,7 @@ def test_two_returns_that_never_landed_are_decided_by_what_the_platform_holds(
     rows = posfeed.rows()
     assert state(rows, "R-1")[0] == "accepted"
     assert state(rows, "R-2") == ("not_sent", "over_refund")
-    assert "4 unit(s) of product MILK" in str(rows["R-2"].last_error_message)
+    assert "4 units of product MILK" in str(rows["R-2"].last_error_message)
     held = posfeed.held()["S-1"]
     assert Decimal(held["refunded"]) == Decimal("2.40") and refunded_units(held)["MILK"] == 2
 
@@ -361,7 +361,8 @@ def test_a_return_whose_sale_another_scope_delivered_is_checked_against_the_plat
     assert state(rows, "R-0") == ("not_sent", "return_mismatch")
     assert "(as the platform holds it)" in str(rows["R-0"].last_error_message)
     assert state(rows, "R-1") == ("not_sent", "over_refund")
-    assert "1.20 was their price" in str(rows["R-1"].last_error_message)
+    assert "2.40 for 1 unit of product MILK would have been refunded, 1.20 was its price" in str(
+        rows["R-1"].last_error_message)
     assert state(rows, "R-2")[0] == state(rows, "R-4")[0] == "accepted"
     write(other, "pos_LON01_20261120_12.csv", [
         ret("R-5", 1, "MILK", "1", "1.20", "1.20", "S-1", at="12:00:00")])

@@ -183,10 +183,11 @@ def test_a_waiting_return_killed_in_flight_once_its_sale_came_is_read_back_not_s
     assert len(held["refunds"]) == 1 and Decimal(held["refunded"]) == Decimal("1.20")
 
 
-def console(posfeed: Posfeed) -> tuple[int, str]:
+def console(posfeed: Posfeed, *options: str) -> tuple[int, str]:
     """A plain `posfeed run` of the feed as an operator's timer runs it: its exit code and what it
-    printed (no ``--json``)."""
-    base = ["--state-dir", str(posfeed.tmp / "state"), "--reports-dir", str(posfeed.tmp / "reports")]
+    printed (no ``--json``; ``options``: posfeed's own, ``-v`` to see its info log lines too)."""
+    base = [*options, "--state-dir", str(posfeed.tmp / "state"),
+            "--reports-dir", str(posfeed.tmp / "reports")]
     result = CliRunner().invoke(cli, [*base, "run", "--feed", str(posfeed.feed), "--business-date", DAY],
                                 env=posfeed.env, catch_exceptions=False)
     return result.exit_code, result.output
@@ -216,12 +217,41 @@ def test_a_run_whose_only_unfinished_work_is_a_return_waiting_for_its_sale_exits
     assert datetime.fromisoformat(done["waiting_for_sale_until"]) == until
     assert done["failed_retryable"] == 1 and done["backlog"]["waiting"] == 1  # still counted as such
     reasons = [row["reason"] for row in summary_rows(done) if int(row["failed_retryable_count"])]
-    assert reasons == ["1 return(s) wait for their sale (original_not_found in detail.csv)"]
+    assert reasons == ["1 return waits for its sale (original_not_found in detail.csv)"]
     code, output = console(posfeed)  # the next hour's run, as a timer sees it
     assert code == 0, output
     last = "\n".join(output.splitlines()[-4:])
-    assert f"1 return(s) wait for their sale until {until:%Y-%m-%d %H:%M} UTC" in last, output
+    assert f"1 return waits for its sale until {until:%Y-%m-%d %H:%M} UTC" in last, output
     assert "exit 75" not in output
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_returns_waiting_for_their_sale_are_counted_in_words_that_agree(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, n: int
+) -> None:
+    """The summary row's reason, the console's ``waiting:`` line and the run's log line say
+    "1 return waits for its sale", "2 returns wait for their sale": never "return(s)"."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, "antavo")
+    write(posfeed.drop, "pos_LON01_20261120_10.csv",
+          [ret(f"R-{i}", 1, "MILK", "1", "1.20", "1.20", "S-1") for i in range(1, n + 1)])
+    done = posfeed.run()
+    assert done["waiting_for_sale"] == n
+    reasons = [row["reason"] for row in summary_rows(done) if int(row["failed_retryable_count"])]
+    words = "1 return waits for its sale" if n == 1 else "2 returns wait for their sale"
+    assert reasons == [f"{words} (original_not_found in detail.csv)"]
+    until = datetime.fromisoformat(done["waiting_for_sale_until"])
+    code, output = console(posfeed, "-v")
+    assert code == 0, output
+    waiting = next(text for text in output.splitlines() if text.startswith("  waiting:"))
+    first = "" if n == 1 else " for the first recorded"
+    each = "it is" if n == 1 else "each is"
+    assert waiting == (f"  waiting:   {words} until {until.astimezone(UTC):%Y-%m-%d %H:%M} UTC{first} "
+                       f"(resume.sale_wait_hours; then failed for good, exit 65); {each} sent by the run "
+                       "after its sale's export arrives")
+    run_line = next(text for text in output.splitlines() if ": finished, exit 0:" in text)
+    sale = "1 return for its sale" if n == 1 else "2 returns for their sale"
+    assert f" ({sale} until {done['waiting_for_sale_until']})" in run_line, run_line
+    assert "(s)" not in output
 
 
 def test_other_work_to_try_again_beside_a_waiting_return_still_exits_75_and_the_cause_names_only_it() -> None:
@@ -253,7 +283,7 @@ def test_returns_waiting_for_their_sale_leave_the_causes_of_a_failed_run_to_the_
     code, output = console(posfeed)
     assert code == 65, output
     assert state(posfeed.rows(), "S-9")[0] == "failed_permanent"
-    assert "6 return(s) wait for their sale until" in output
+    assert "6 returns wait for their sale until" in output
     exit_line = next(text for text in output.splitlines() if "exit 65" in text)
     assert "1 refused by the platform: CUSTOMER_NOT_FOUND" in exit_line, output
     assert "S-1" not in exit_line and "original_not_found" not in exit_line

@@ -60,7 +60,7 @@ def test_a_later_runs_returns_count_the_earlier_runs_refunds(tmp_path: Path) -> 
         ("refund_item", "MILK"), ("refund_item", "MILK"), ("refund_item", "BREAD")]
     assert Decimal(held["S-1"]["refunded"]) == Decimal("5.40")
     assert rows["R-3"].state is TxnState.NOT_SENT and rows["R-3"].last_error_code == "over_refund"
-    assert "3 unit(s) of product MILK" in str(rows["R-3"].last_error_message)
+    assert "3 units of product MILK" in str(rows["R-3"].last_error_message)
     assert all(rows[r].state is TxnState.ACCEPTED for r in ("R-1", "R-2", "R-4", "R-5"))
 
 

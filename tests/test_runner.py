@@ -451,3 +451,41 @@ def test_a_run_dedups_its_files_alike_in_one_group_or_in_many(
     assert {(first, TxnState.ACCEPTED), (first, TxnState.DUPLICATE)} <= states
     assert {s for t, s in states if t == second} == {TxnState.CONFLICT}
     assert summary["conflicts"] == 2 and summary["duplicates"] >= 1
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_fetch_and_transform_log_lines_count_in_words_that_agree(
+    live: SandboxServer, tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture, n: int
+) -> None:
+    """"1 ready file for business date 2026-11-20", "2 ready files for business dates ...",
+    "... queued from 1 file": never "file(s)", "date(s)", "transaction(s)"."""
+    folder = tmp_path / "drop"
+    copy_samples(folder, FILES[:n])
+    dates = [BUSINESS_DATE, BUSINESS_DATE.replace(day=BUSINESS_DATE.day + 1)][:n]
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_feed(_feed(live, folder), settings, business_dates=dates)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("pipeline.stages")]
+    ready = f"{n} ready file{'s' if n > 1 else ''} for business date{'s' if n > 1 else ''} "
+    assert f"acme_hourly: {ready}{', '.join(d.isoformat() for d in dates)}" in messages, messages
+    queued = next(m for m in messages if " queued from " in m)
+    count = int(queued.split()[1])
+    assert queued == (f"acme_hourly: {count} transaction{'' if count == 1 else 's'} queued from "
+                      f"{n} file{'' if n == 1 else 's'}")
+    assert not [m for m in messages if "(s)" in m]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_files_log_line_counts_its_rows_and_transactions_in_words_that_agree(
+    live: SandboxServer, tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture, n: int
+) -> None:
+    """"pos_...csv: 1 row, 1 transaction, ...", "2 rows, 2 transactions": never "1 rows"."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    header = (REPO / "sample_data" / "acme" / FILES[0]).read_text(encoding="utf-8").splitlines()[0]
+    sales = [f"S{i},LON01,R1,2026-11-20 10:0{i}:00,2026-11-20,M1,sale,1,TEA,Tea,drinks,1,2.50,,2.50,GBP,,,"
+             for i in range(1, n + 1)]
+    (folder / FILES[0]).write_text("\n".join([header, *sales]) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_feed(_feed(live, folder), settings, business_dates=[BUSINESS_DATE])
+    counted = "1 row, 1 transaction" if n == 1 else "2 rows, 2 transactions"
+    assert f"{FILES[0]}: {counted}, {n} queued, 0 rejected rows" in caplog.messages, caplog.messages

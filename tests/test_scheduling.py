@@ -785,3 +785,29 @@ def test_the_daemon_names_at_start_the_variables_its_feeds_read_that_are_not_set
     assert whole.returncode == 0, whole.stderr[-2000:]
     assert "environment variable SHOP_KEY is not set (target.api_key_env of shop)" in whole.stderr
     assert "ready-key-value" not in whole.stderr + named.stderr
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_daemon_counts_the_feeds_it_schedules_in_words_that_agree(
+    tmp_path: Path, sandbox_env: Any, n: int
+) -> None:
+    """A real `posfeed schedule` says "1 feed scheduled", "2 feeds scheduled": never "feed(s)"."""
+    import signal
+    import subprocess
+
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    for i in range(n):
+        _local_feed(feeds, f"shop{i}", tmp_path / f"in{i}", sandbox_env)
+    process = subprocess.Popen(posfeed(tmp_path, "schedule"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    err = StderrLines(process)
+    try:
+        assert eventually(lambda: any("job store" in line.get("msg", "") for line in err.lines)
+                          or process.poll() is not None), "".join(err.raw)[-3000:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    (said,) = [line["msg"] for line in err.lines if "job store" in line.get("msg", "")]
+    feeds_words = "1 feed" if n == 1 else "2 feeds"
+    assert said == f"scheduler: {feeds_words} scheduled; job store {tmp_path / 'state' / 'scheduler.sqlite'}"

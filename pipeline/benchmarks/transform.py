@@ -44,6 +44,7 @@ import polars as pl
 
 from pipeline.benchmarks.docs import replace_generated_block
 from pipeline.config import Feed
+from pipeline.logs import counted
 from pipeline.samplegen import online_retail_like
 
 __all__ = [
@@ -554,7 +555,7 @@ def markdown_section(report: dict[str, Any], *, command: str) -> str:
         f"({'UCI Online Retail' if data['source'] != 'synthetic' else 'synthetic, Online Retail shape'})",
         f"- (a), (e), (d) and (b) alternate over {report['repeat']} rounds, a fresh process per variant and "
         "round, two runs per process; the best run counts. (c) runs "
-        f"{report['naive_repeat']} time(s) in its own process. Peak RSS is the process's high-water "
+        f"{counted(report['naive_repeat'], 'time')} in its own process. Peak RSS is the process's high-water "
         "mark (`VmHWM`), so it includes the interpreter and imports (see \"RSS before\").",
         "",
         "| variant | wall time | CPU time | rows/s | peak RSS | RSS before | rows | rejected |",

@@ -56,6 +56,7 @@ from pipeline.core.gunzip import GzipReader, gunzip, is_gzip_name
 from pipeline.core.readstats import ReadStats
 from pipeline.core.rejects import RejectCode
 from pipeline.errors import ConfigError, PosfeedError, UnreadableFileError
+from pipeline.logs import counted
 from pipeline.records import CANONICAL_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = [
@@ -516,7 +517,7 @@ def _found_columns(present: list[str], fmt: FormatConfig) -> str:
     texts = [c.strip().lower() for c in present]
     one_field = len(present) == 1 and fmt.kind == "csv"
     if not any(t in known for t in texts) and not (one_field and any(k in texts[0] for k in known)):
-        return (f"{len(present)} column(s), none a column name this feed knows (is the first line a "
+        return (f"{counted(len(present), 'column')}, none a column name this feed knows (is the first line a "
                 "data row, the header missing? its values are not shown)")
     found = ", ".join(excerpt(c) for c in present[:12]) + (" ..." if len(present) > 12 else "")
     hint = f" (wrong delimiter? format.delimiter is {fmt.delimiter!r})" if one_field else ""

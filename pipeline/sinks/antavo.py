@@ -50,7 +50,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from pipeline.config import AntavoTarget
-from pipeline.logs import told
+from pipeline.logs import counted, told
 from pipeline.records import PROFILE_UPDATE, TransactionType
 from pipeline.sinks.antavo_events import (
     NotSent,
@@ -635,8 +635,8 @@ class AntavoAdapter:
         refused = [event for unit in sent.units if unit.transaction_id == tid for event in unit.payload]
         if found is None or not found.text or not refused:
             refunded = None
-            head = (f"partly refunded: the platform holds {len(result.event_ids)} refund event(s) of it "
-                    "(read back) and refused the rest")
+            head = (f"partly refunded: the platform holds {counted(len(result.event_ids), 'refund event')} "
+                    "of it (read back) and refused the rest")
         else:
             refunded = found.money
             total = refunded + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in refused),

@@ -35,7 +35,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from pipeline.currencies import minor_units, money_text
-from pipeline.logs import same_customer
+from pipeline.logs import in_number, same_customer
 from pipeline.records import ReturnStatus
 from pipeline.sinks.returned import per_product
 
@@ -114,6 +114,11 @@ def _price_of(units: Decimal, bought: Decimal, priced: Decimal, currency: str | 
     return min(priced, (priced * units / bought).quantize(minor, rounding=ROUND_CEILING))
 
 
+
+def _units(count: Decimal) -> str:
+    """``1 unit``, ``2 units``, ``0.5 units``."""
+    return f"{count.normalize():f} {in_number(count, 'unit')}"
+
 def _over_refund(
     lines: Sequence[Line], original: Sequence[Line], original_total: Decimal | None,
     earlier: Sequence[Sequence[Line]], original_id: str, currency: str | None = None,
@@ -128,14 +133,16 @@ def _over_refund(
     for product in dict.fromkeys(line.product_id for line in lines):
         if product not in bought_units:
             return f"product {product} was not bought in {original_id}"
+        units = f"{_units(back_units[product])} of product {product}"
         if back_units[product] > bought_units[product]:
-            return (f"{back_units[product].normalize():f} unit(s) of product {product} would have come "
-                    f"back, {bought_units[product].normalize():f} were bought in {original_id}")
+            were = "was" if bought_units[product] == 1 else "were"
+            return (f"{units} would have come back, {bought_units[product].normalize():f} {were} bought "
+                    f"in {original_id}")
         price = _price_of(back_units[product], bought_units[product], priced[product], currency)
         if back_money[product] > price:
-            return (f"{money_text(back_money[product], currency)} for "
-                    f"{back_units[product].normalize():f} unit(s) of product {product} would have been "
-                    f"refunded, {money_text(price, currency)} was their price in {original_id}")
+            whose = "its" if back_units[product] == 1 else "their"
+            return (f"{money_text(back_money[product], currency)} for {units} would have been refunded, "
+                    f"{money_text(price, currency)} was {whose} price in {original_id}")
     paid = original_total if original_total is not None else sum(bought_money.values(), Decimal(0))
     back = sum(back_money.values(), Decimal(0))
     if back > paid:

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from pipeline.config import AntavoTarget, CrmcomTarget, Feed
 from pipeline.errors import ConfigError, CredentialsRefusedError, PlatformUnavailableError
+from pipeline.logs import counted
 from pipeline.sinks.delivery import DeliveryPolicy
 from pipeline.sinks.http import HttpClient, HttpError, HttpTimeout
 
@@ -106,8 +107,8 @@ async def _probe(feed: Feed, attempt: Attempt, policy: DeliveryPolicy, rng: rand
     assert answer is not None
     raise PlatformUnavailableError(
         f"{feed.target.base_url} cannot be reached: {answer.reason} "
-        f"(credential check, {policy.max_attempts} attempt(s)); nothing was read or recorded: the next "
-        "run tries again"
+        f"(credential check, {counted(policy.max_attempts, 'attempt')}); nothing was read or recorded: "
+        "the next run tries again"
     )
 
 

@@ -22,6 +22,7 @@ from pipeline.config import Feed
 from pipeline.errors import SourceUnavailableError
 from pipeline.ledger import FileRecord, Ledger
 from pipeline.ledger.records import timestamp
+from pipeline.logs import counted, in_number
 from pipeline.progress import NullProgress, Progress
 from pipeline.sources.base import FetchedFile, RemoteFile, Source
 
@@ -100,7 +101,8 @@ def fetch_new_files(
         remotes = list(source.discover(business_dates))
     finally:
         hook("discover", "end")
-    log.info("%s: %d ready file(s) for business date(s) %s", feed.name, len(remotes),
+    log.info("%s: %s for %s %s", feed.name, counted(len(remotes), "ready file"),
+             in_number(len(business_dates), "business date"),
              ", ".join(d.isoformat() for d in business_dates))
     result = FetchResult()
     hook("fetch", "start")

@@ -27,7 +27,7 @@ from pipeline.core.members import (
 from pipeline.core.parse import read_table
 from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnState
-from pipeline.logs import log_event
+from pipeline.logs import counted, log_event
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import PROFILE_UPDATE
 from pipeline.stages.fetch import StagedFile
@@ -133,7 +133,7 @@ def transform_members(
         )
         outcome.to_send.extend(queued)
         states = Counter(str(t.state) for t in transactions)
-        log_event(log, "file", f"{name}: {len(records)} {kind} rows, {len(queued)} queued, "
+        log_event(log, "file", f"{name}: {counted(len(records), f'{kind} row')}, {len(queued)} queued, "
                   f"{len(rejects)} rejected", feed=feed.name, file=name, rows=len(records),
                   queued=len(queued), rejected_rows=len(rejects), states=dict(sorted(states.items())))
         progress.advance("transform")

@@ -349,7 +349,8 @@ def gate_claims(ledger: Ledger, feed: Feed, claims: list[dict[str, Any]]
         else:
             waiting += 1
     if waiting:
-        log.info("%s: %d claim(s) wait for their checkout to be accepted", feed.name, waiting)
+        log.info("%s: %s to be accepted", feed.name, "1 claim waits for its checkout" if waiting == 1
+                 else f"{waiting} claims wait for their checkout")
     return ready, unsent
 
 
@@ -403,8 +404,8 @@ def gate_signups(ledger: Ledger, scope: str, rows: list[dict[str, Any]], feed_na
         else:
             ready.append(row)
     if waiting:
-        log.info("%d claim(s) or profile update(s) wait for their member's sign-up in scope %r",
-                 waiting, scope)
+        log.info("%s in scope %r", "1 claim or profile update waits for its member's sign-up" if waiting == 1
+                 else f"{waiting} claims or profile updates wait for their members' sign-ups", scope)
     return ready, unsent
 
 

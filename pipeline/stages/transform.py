@@ -40,7 +40,7 @@ from pipeline.errors import UnreadableFileError
 from pipeline.ledger import Ledger, NewReject, NewTransaction, TxnRecord, TxnState
 from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
 from pipeline.ledger.voids import not_on_platform
-from pipeline.logs import log_event, mask_customer_id
+from pipeline.logs import counted, log_event, mask_customer_id
 from pipeline.memory import release_memory
 from pipeline.progress import NullProgress, Progress
 from pipeline.records import CANONICAL_COLUMNS, MONEY, DedupStatus, TransactionType
@@ -373,8 +373,8 @@ def _log_file(feed: Feed, name: str, records: FileRecords, queued: int) -> None:
         amounts[total[5]] = amounts.get(total[5], Decimal(0)) + total[4]
     log_event(
         log, "file",
-        f"{name}: {rows} rows, {len(records.transactions)} transactions, {queued} queued, "
-        f"{len(records.rejects)} rejected rows",
+        f"{name}: {counted(rows, 'row')}, {counted(len(records.transactions), 'transaction')}, "
+        f"{queued} queued, {counted(len(records.rejects), 'rejected row')}",
         feed=feed.name, file=name, rows=rows, transactions=len(records.transactions), queued=queued,
         rejected_rows=len(records.rejects), states=dict(sorted(states.items())),
         amounts={currency: money_text(amount, currency) for currency, amount in sorted(amounts.items())},
@@ -465,7 +465,8 @@ def transform_staged(
             kept.extend(i for i in page if i in queued)
         outcome.to_send = kept
     progress.finish("transform")
-    log.info("%s: %d transaction(s) queued from %d file(s)", feed.name, len(outcome.to_send), len(staged))
+    log.info("%s: %s queued from %s", feed.name, counted(len(outcome.to_send), "transaction"),
+             counted(len(staged), "file"))
     return outcome
 
 

@@ -287,6 +287,17 @@ def test_unreadable_files(
     assert reason in caught.value.reason or reason.lower() in caught.value.reason.lower()
 
 
+@pytest.mark.parametrize(("data", "found"), [(b"1\n2\n", "1 column"), (b"1,2\n3,4\n", "2 columns")])
+def test_a_first_line_naming_no_known_column_is_counted_in_words_that_agree(
+    tmp_path: Path, data: bytes, found: str
+) -> None:
+    """"found 1 column, none a column name ...", "found 2 columns, ...": never "column(s)"."""
+    with pytest.raises(UnreadableFileError) as caught:
+        read_file(write(tmp_path, "values.csv", data), feed())
+    assert f"; found {found}, none a column name this feed knows (is the first line a data row, the " \
+           "header missing? its values are not shown)" in caught.value.reason, caught.value.reason
+
+
 def test_unreadable_file_does_not_stop_the_others(tmp_path: Path) -> None:
     from pipeline.core.transform import transform_files
     from tests.core.helpers import NOW

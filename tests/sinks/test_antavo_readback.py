@@ -11,8 +11,10 @@ import pytest
 
 from pipeline.sandbox.server import SandboxServer
 from pipeline.sandbox.state import Fault
+from pipeline.sinks.antavo import PARTLY_REFUNDED, AntavoAdapter
 from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT
-from pipeline.sinks.base import Outcome
+from pipeline.sinks.base import EventResult, Outcome
+from pipeline.sinks.delivery import Batch
 from tests.sandbox_fixtures import antavo_feed, make_checkout, submit_rows
 
 
@@ -209,3 +211,21 @@ def test_a_refund_read_back_then_refused_whole_is_read_back_again_not_sent_whole
     assert calls[0] > 3 and result.outcome is Outcome.ACCEPTED, result
     sale = _sale(sandbox_env, "S-1")
     assert [r["product_id"] for r in sale["refunds"]] == ["P1", "P2"]  # P1 once, not twice
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_return_refused_beside_refund_events_no_read_back_counted_names_them_in_words_that_agree(
+    sandbox_env: SandboxServer, n: int
+) -> None:
+    """A return whose lines were all refused while the platform holds refund events of it that no
+    read-back of this submission counted: "1 refund event", "2 refund events", never "event(s)"."""
+    feed = antavo_feed(sandbox_env)
+    assert feed.target.kind == "antavo"
+    adapter = AntavoAdapter(feed.target, feed_name=feed.name, api_key="key", api_secret="secret")
+    refused = EventResult("R-1", Outcome.REJECTED, error_code="112204", error_message="nope",
+                          event_ids=tuple(f"ev-{i}" for i in range(n)))
+    result = adapter._refused_after_read_back(refused, Batch(()))
+    events = "1 refund event" if n == 1 else "2 refund events"
+    assert result.error_code == PARTLY_REFUNDED and result.refunded is None
+    assert str(result.error_message).startswith(
+        f"partly refunded: the platform holds {events} of it (read back) and refused the rest: 112204 nope;")

@@ -80,11 +80,29 @@ def test_an_over_refund_names_its_money_in_the_currencys_units() -> None:
     sale = (Line("milk", D(2), D("2.4000")), Line("bread", D(1), D("3.0000")))
     one = {**_return("R-1", ("milk", "1", "2.5000")), "currency": "GBP"}
     decision = decide_return(one, original=sale, original_total=D("5.4000"))
-    assert decision.message == ("never sent: 2.50 for 1 unit(s) of product milk would have been "
-                                "refunded, 1.20 was their price in S-1")
+    assert decision.message == ("never sent: 2.50 for 1 unit of product milk would have been "
+                                "refunded, 1.20 was its price in S-1")
     whole = {**_return("R-2", ("milk", "2", "2.4000"), ("bread", "1", "3.0000")), "currency": "GBP"}
     decision = decide_return(whole, original=sale, original_total=D("5.0000"))
     assert decision.message == "never sent: 5.40 would have been refunded in all, 5.00 was paid in S-1"
+
+
+@pytest.mark.parametrize(("bought", "back", "refunded", "message"), [
+    ("1", "2", "2.40", "2 units of product milk would have come back, 1 was bought in S-1"),
+    ("0.5", "1", "1.20", "1 unit of product milk would have come back, 0.5 were bought in S-1"),
+    ("2", "1", "2.50", "2.50 for 1 unit of product milk would have been refunded, 1.20 was its price "
+                       "in S-1"),
+    ("2", "2", "5.00", "5.00 for 2 units of product milk would have been refunded, 2.40 was their price "
+                       "in S-1"),
+])
+def test_an_over_refund_counts_its_units_in_words_that_agree(bought: str, back: str, refunded: str,
+                                                            message: str) -> None:
+    """"1 unit", "2 units", "1 was bought": never "unit(s)"."""
+    sale = (Line("milk", D(bought), D("2.40") if bought == "2" else D("1.20")),)
+    one = {**_return("R-1", ("milk", back, refunded)), "currency": "GBP"}
+    decision = decide_return(one, original=sale, original_total=None)
+    assert decision.code == OVER_REFUND
+    assert decision.message == f"never sent: {message}"
 
 
 def test_earlier_returns_count() -> None:
@@ -195,7 +213,7 @@ def test_a_product_may_come_back_at_its_price_when_the_sales_discount_was_spread
     assert at_price.action == "refund_item" and at_price.lines[0].amount == D("7.99")
     beyond_price = decide_return(_return("R-2", ("coffee", "1", "8.00")), original=sale,
                                  original_total=D("10.98"))
-    assert beyond_price.code == OVER_REFUND and "7.99 was their price" in str(beyond_price.message)
+    assert beyond_price.code == OVER_REFUND and "7.99 was its price" in str(beyond_price.message)
     # the sale's total still bounds the money: both lines at their prices are more than was paid
     both = decide_return(_return("R-3", ("coffee", "1", "7.99"), ("juice", "1", "4.99")), original=sale,
                          original_total=D("10.98"))
@@ -238,8 +256,8 @@ def test_each_unit_refunds_at_most_its_share_of_the_products_price_up_to_a_cent(
     """Before, the product's whole price was the cap: one of two milks came back at 2.40."""
     one_milk = decide_return(_return("R-1", ("milk", "1", "2.40")), original=SALE, original_total=D("5.40"))
     assert one_milk.code == OVER_REFUND
-    assert "2.40 for 1 unit(s) of product milk" in str(one_milk.message)
-    assert "1.20 was their price" in str(one_milk.message)
+    assert "2.40 for 1 unit of product milk" in str(one_milk.message)
+    assert "1.20 was its price" in str(one_milk.message)
     # three for 10.00: a till rounds each unit's 3.333.. up or down, the last takes what is left
     sale = (Line("tea", D(3), D("10.00")),)
     returns = [SaleReturn(f"R-{n}", _return(f"R-{n}", ("tea", "1", m)), landed=False, pending=True)

@@ -71,10 +71,14 @@ def test_a_wrong_address_is_configuration(sandbox_env: SandboxServer) -> None:
         probe_credentials(antavo_feed(sandbox_env, base_url=sandbox_env.url + "/nothing-here"))
 
 
-def test_unreachable_after_the_attempts_says_why(sandbox_env: SandboxServer) -> None:
-    feed = antavo_feed(sandbox_env, base_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)
-    with pytest.raises(PlatformUnavailableError, match=r"cannot be reached: connection failed .*2 attempt"
-                       r".*; nothing was read or recorded: the next run tries again"):
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_unreachable_after_the_attempts_says_why(sandbox_env: SandboxServer, attempts: int) -> None:
+    """"(credential check, 1 attempt)", "(credential check, 2 attempts)": never "attempt(s)"."""
+    feed = antavo_feed(sandbox_env, base_url=f"http://127.0.0.1:{free_port()}", max_attempts=attempts)
+    words = "1 attempt" if attempts == 1 else "2 attempts"
+    with pytest.raises(PlatformUnavailableError, match=r"cannot be reached: connection failed .*"
+                       rf"\(credential check, {words}\); nothing was read or recorded: the next run "
+                       "tries again"):
         probe_credentials(feed)
 
 
