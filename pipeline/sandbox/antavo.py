@@ -33,6 +33,7 @@ Per event (documented facts first, the sandbox's own choices marked *):
 The read API: ``GET /customers/{id}/transactions[?id=]`` (the transaction read model: ``status``,
 ``total``, ``items``, ``earned``, ``refunded``, ...) and ``GET
 /customers/{id}/transactions/{tx}/events`` (the checkout and every refund event with its ``data``).
+* Refund events younger than ``config.read_lag_seconds`` are not listed yet (a read model behind).
 
 ``/events`` answers 200 with the customer and ``events``; ``/events/bulk`` answers 200 with
 ``{"results": [...], "total", "errors"}`` in request order. A bulk has no cap on its events;
@@ -46,7 +47,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
@@ -82,6 +83,7 @@ KNOWN_ACTIONS = frozenset({
 
 GUEST_REFUSED = 203409  # sandbox's choice: the code is not documented
 UNITS_EXCEEDED = 112205  # sandbox's choice: more units refunded than bought
+REFUND_ACTIONS = ("refund", "refund_item", "partial_refund")
 REFUSED_ITEM = 112204  # a refund_item of a product of ``config.refuse_refund_items``
 ALREADY_OPTED_IN = 112101  # "Customer has already been opted-in."
 # a bulk (no cap on its events, as Antavo's) lets other requests in after this many of its events
@@ -290,7 +292,7 @@ class AntavoPlatform:
             events = self._member(customer_id, action, data)
         elif action == "checkout_claim" and customer_id is not None:
             events = self._claim(customer_id, data)
-        elif action in ("refund", "refund_item", "partial_refund"):
+        elif action in REFUND_ACTIONS:
             events = self._refund(customer_id, action, data)
         else:
             events = [{"id": self._event_id(), "action": action, "points": 0}]
@@ -492,6 +494,17 @@ def _transaction_view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _caught_up(state: SandboxState, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A transaction's events as the read model shows them: without the refund events younger
+    than ``config.read_lag_seconds``."""
+    lag = state.config.read_lag_seconds
+    if lag <= 0:
+        return events
+    cutoff = state.clock() - timedelta(seconds=lag)
+    return [event for event in events if event.get("action") not in REFUND_ACTIONS
+            or datetime.fromisoformat(str(event["timestamp"])) <= cutoff]
+
+
 def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitable[Response]]:
     """``GET /customers/{customer}/transactions[?id=]`` and ``.../transactions/{tx}/events``.
 
@@ -526,7 +539,7 @@ def _reader(state: SandboxState, *, events: bool) -> Callable[[Request], Awaitab
             record = next((r for r in owned if str(r["transaction_id"]) == tid), None)
             if record is None:
                 return _error_response(404, "NotFoundException", 0, "Transaction not found")
-            listed = [{**event, "transaction_id": tid} for event in record["events"]]
+            listed = [{**event, "transaction_id": tid} for event in _caught_up(state, record["events"])]
             return JSONResponse(jsonable({"events": listed, "total": len(listed)}))
         try:
             wanted = query_once(request).get("id")

@@ -136,6 +136,10 @@ class SandboxConfig:
     # Antavo: a ``refund_item`` of one of these product ids is refused (400 112204), the other
     # events of its request are processed as usual (a refund the platform accepts only in part)
     refuse_refund_items: tuple[str, ...] = ()
+    # Antavo's read API: refund events younger than this many seconds are not listed yet (a read
+    # model behind the events; raised mid-run, a read served by a replica further behind than the
+    # one read before); 0: every event is listed at once
+    read_lag_seconds: float = 0.0
     state_file: Path | None = None
     # how long a change waits for a state file another process holds (writing, or locked): the
     # wait happens in the event loop, where every client would wait with it. Past it the change
