@@ -217,6 +217,8 @@ class AntavoAdapter:
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
         # return -> the lines its latest read-back found landed (their money counts as refunded)
         self._found: dict[str, _ReadBack] = {}
+        # platform refund event id -> the return's line a read-back of this submission matched it to
+        self._matched: dict[str, Line] = {}
         # a request whose units differ from its batch's: what went out, what was settled instead,
         # and the refunds that may have landed before it (with since when)
         self._inflight: dict[int, tuple[Batch, list[EventResult], dict[str, float | None]]] = {}
@@ -449,6 +451,8 @@ class AntavoAdapter:
                                  own=self._owned.get(tid, ()))
             self._own(tid, found.event_ids)
             self._found[tid] = _found_lines(found.lines, row.get("currency"))
+            if len(found.event_ids) == len(found.lines):  # refund_items: one event per line, in order
+                self._matched.update(zip(found.event_ids, found.lines, strict=True))
             if found.landed:
                 landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
                                           error_code=READ_BACK,
@@ -626,22 +630,25 @@ class AntavoAdapter:
         return results + landed
 
     def _refused_after_read_back(self, result: EventResult, sent: Batch) -> EventResult:
-        """A return whose lines sent now were all refused while a read-back found others landed
-        (answered alone, not as a bulk result: those are :func:`_partly_refunded`): refunded in
-        part, the money refunded that of the lines found (None when no read-back of this submission
-        counted them)."""
+        """A return whose lines sent now were all refused while a read-back of this submission had
+        found its refund events (``event_ids``) landed (answered alone, or nothing of it landed now:
+        else :func:`_partly_refunded`): refunded in part, the money refunded that of the lines the
+        read-backs matched those events to, also when a later read-back no longer listed them (a
+        read model behind). None, the events only counted, should an event match no line."""
         tid = result.transaction_id
-        found = self._found.get(tid)
+        refund = self._returns.get(tid)
+        lines = [self._matched[event_id] for event_id in result.event_ids if event_id in self._matched]
         refused = [event for unit in sent.units if unit.transaction_id == tid for event in unit.payload]
-        if found is None or not found.text or not refused:
+        if refund is None or len(lines) != len(result.event_ids) or not lines or not refused:
             refunded = None
             head = (f"partly refunded: the platform holds {counted(len(result.event_ids), 'refund event')} "
                     "of it (read back) and refused the rest")
         else:
+            currency = refund.row.get("currency")
+            found = _found_lines(lines, currency)
             refunded = found.money
-            total = refunded + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in refused),
-                                   Decimal(0))
-            head = (_REFUNDED_HEAD.format(refunded=refunded, total=total)
+            total = sum((money_number(line.amount, currency) for line in refund.decision.lines), Decimal(0))
+            head = (_REFUNDED_HEAD.format(refunded=refunded, total=max(total, refunded))
                     + f" ({found.text}, found on the platform by a read-back) and refused "
                     + ", ".join(_line_text(e) for e in refused))
         return replace(result, error_code=PARTLY_REFUNDED, refunded=refunded,
