@@ -80,22 +80,16 @@ class Transactions:
 
     def rows_in_state(self, row_ids: Sequence[int], state: TxnState) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is in ``state``."""
-        return self._ids_among(row_ids, "state", state.value)
+        return self._ids_where(row_ids, "state = ?", (state.value,))
 
     def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
-        return self._ids_among(row_ids, "transaction_type", transaction_type)
+        return self._ids_where(row_ids, "transaction_type = ?", (transaction_type,))
 
     def never_requested(self, row_ids: Sequence[int]) -> set[int]:
         """The ledger ids among ``row_ids`` queued without any request ever carrying them (attempts
         0): known not to be on the platform, so a void read later may still keep them off it."""
-        found: set[int] = set()
-        for chunk in chunks(row_ids):
-            found.update(r[0] for r in self._db.query(
-                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) AND state = 'queued' "
-                "AND attempts = 0", chunk,
-            ))
-        return found
+        return self._ids_where(row_ids, "state = 'queued' AND attempts = 0")
 
     def returns_before_their_sale(self, scope: str, row_ids: Sequence[int], *,
                                   in_doubt: bool = False) -> set[int]:
@@ -118,20 +112,16 @@ class Transactions:
     def waiting_for_sale(self, row_ids: Sequence[int]) -> set[int]:
         """The ledger ids among ``row_ids`` held waiting for their sale (``failed_retryable``,
         ``original_not_found``: nothing of them went out)."""
-        found: set[int] = set()
-        for chunk in chunks(row_ids):
-            found.update(r[0] for r in self._db.query(
-                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) "
-                "AND state = 'failed_retryable' AND last_error_code = 'original_not_found'", chunk,
-            ))
-        return found
+        return self._ids_where(row_ids,
+                               "state = 'failed_retryable' AND last_error_code = 'original_not_found'")
 
-    def _ids_among(self, row_ids: Sequence[int], column: str, value: str) -> set[int]:
+    def _ids_where(self, row_ids: Sequence[int], condition: str, params: Sequence[Any] = ()) -> set[int]:
+        """The ledger ids among ``row_ids`` whose row meets the SQL ``condition``."""
         found: set[int] = set()
         for chunk in chunks(row_ids):
             found.update(r[0] for r in self._db.query(
-                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) AND {column} = ?",
-                (*chunk, value),
+                f"SELECT id FROM transactions WHERE id IN ({marks(len(chunk))}) AND {condition}",
+                (*chunk, *params),
             ))
         return found
 
