@@ -657,7 +657,7 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
     whose sale is not known to be on the platform (waiting for it, ``original_not_found``, or
     failed before it came: an outage), to go after the sales they may bring, and the returns in
     doubt of such a sale that their read-back found had not landed (held ``original_not_found``,
-    to be queued again after the files)."""
+    to be queued again after the files: :func:`_queued_again`)."""
     resume = ctx.feed.resume
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
@@ -682,11 +682,13 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
 
 def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
     """``row_ids`` (returns read back at the start, found not to have landed and held waiting for
-    their sale) back in the queue, to go after the sales of the files just read."""
-    if row_ids and not ctx.lock_lost():
-        ctx.ledger.requeue(row_ids, ctx.run_id, origin="settle")
-        return row_ids
-    return []
+    their sale) back in the queue, to go after the sales of the files just read; but those the
+    files queued already (an unchanged copy of the return in them: it goes with the files')."""
+    still = ctx.ledger.waiting_for_sale(row_ids) if row_ids and not ctx.lock_lost() else set()
+    again = [i for i in row_ids if i in still]
+    if again:
+        ctx.ledger.requeue(again, ctx.run_id, origin="settle")
+    return again
 
 
 def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
