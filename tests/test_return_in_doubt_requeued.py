@@ -8,18 +8,26 @@ sale, or ends as a return of such a sale does; the reports balance and count it 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
-from pipeline.ledger import Ledger
+from pipeline.cli import cli
+from pipeline.ledger import Ledger, TxnState
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import delivered_ids, stats
-from tests.test_refunds_hostile import SALE, write
-from tests.test_return_before_sale import RETURN, WHOLE_RETURN, Posfeed, state
+from tests.test_refunds_hostile import DAY, SALE, line, ret, write
+from tests.test_return_before_sale import RETURN, WHOLE_RETURN, Posfeed, detail, state
 
 
 def left_in_doubt(posfeed: Posfeed, returned: list[str] | None = None) -> None:
@@ -78,3 +86,91 @@ def test_a_return_in_doubt_that_the_files_bring_again_with_its_sale_goes_out_onc
     assert [r["transaction_id"] for r in detail_rows(done)].count("R-1") == 2  # primary + duplicate
     assert sorted(r["state"] for r in detail_rows(done) if r["transaction_id"] == "R-1") == [
         "accepted", "duplicate"]
+
+
+# `posfeed ARGS` that SIGKILLs its own process once the run has queued again a return its read-back
+# held waiting (before any request of the run's files goes out)
+_KILLED_AFTER_REQUEUE = """
+import os, signal, sys
+import pipeline.runner as runner
+from pipeline.cli import cli
+queued_again = runner._queued_again
+def killed_after(ctx, row_ids):
+    again = queued_again(ctx, row_ids)
+    if again:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return again
+runner._queued_again = killed_after
+cli(sys.argv[1:])
+"""
+
+
+def _posfeed_process(posfeed: Posfeed, *script: str) -> subprocess.Popen[str]:
+    """`posfeed run` of the feed in a process of its own (``script``: ``-c CODE`` to run instead)."""
+    command = [*script] if script else ["-m", "pipeline"]
+    return subprocess.Popen(
+        [sys.executable, *command, "--state-dir", str(posfeed.tmp / "state"), "--reports-dir",
+         str(posfeed.tmp / "reports"), "run", "--feed", str(posfeed.feed), "--business-date", DAY],
+        env={**os.environ, **posfeed.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _runs(posfeed: Posfeed) -> list[dict[str, Any]]:
+    base = ["--state-dir", str(posfeed.tmp / "state"), "--reports-dir", str(posfeed.tmp / "reports")]
+    result = CliRunner().invoke(cli, [*base, "runs", "--json"], env=posfeed.env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    listing: list[dict[str, Any]] = json.loads(result.stdout)
+    return listing
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+@pytest.mark.parametrize("killed", ["requeued", "in_flight"])
+def test_a_run_killed_after_it_queued_a_return_in_doubt_again_leaves_it_for_the_next_run_once(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str, killed: str
+) -> None:
+    """The run that reads the sale is SIGKILLed once it has queued the return again, before any
+    request of its files (``requeued``), or with the return's request in flight after its sale
+    was accepted (``in_flight``: held by the platform, which processes it after the kill). The
+    next run sends the sale (when the killed one had not), reads the return back when it may have
+    landed, and sends it after its sale: the platform holds each once, and the return's
+    ``attempts`` count the requests that carried it or may have (a killed run cannot tell)."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    left_in_doubt(posfeed)
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    if killed == "requeued":
+        victim = _posfeed_process(posfeed, "-c", _KILLED_AFTER_REQUEUE)
+        _, err = victim.communicate(timeout=120)
+        assert victim.returncode == -signal.SIGKILL, err[-3000:]
+        rows = posfeed.rows()
+        assert (rows["R-1"].state, rows["R-1"].attempts) == (TxnState.QUEUED, 1)
+        assert (rows["S-1"].state, rows["S-1"].attempts) == (TxnState.QUEUED, 0)
+        assert delivered_ids(sandbox) == []
+    else:
+        # from the sale's acceptance on, the platform holds every request: the return's (its
+        # read-back first: it may have landed before)
+        sandbox.config.hold_after = ("events_accepted", stats(sandbox).get("events_accepted", 0) + 1)
+        sandbox.config.hold_ms = 120_000
+        victim = _posfeed_process(posfeed)
+        deadline = time.monotonic() + 120
+        while not ((rows := posfeed.rows()).get("S-1") is not None
+                   and rows["S-1"].state is TxnState.ACCEPTED and rows["R-1"].state is TxnState.SENDING):
+            assert victim.poll() is None, victim.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the return never went out"
+            time.sleep(0.02)
+        time.sleep(0.3)  # its request reaches the platform
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=60)
+        sandbox.config.hold_after = None  # the held request is processed, its sender dead
+        assert posfeed.rows()["R-1"].attempts == 2
+
+    done = posfeed.run()
+    sent_once_after_its_sale(posfeed)
+    rows = posfeed.rows()
+    # the killed look, the killed run's request (in flight: it may have carried it), the send
+    assert rows["R-1"].attempts == (2 if killed == "requeued" else 3), rows["R-1"]
+    assert done["carried_over"] == 2 if killed == "requeued" else 1, done
+    assert done["exit_code"] == 0 and done["in_doubt"] == 0 and done["backlog"]["waiting"] == 0, done
+    assert [r["transaction_id"] for r in detail_rows(done)].count("R-1") == 1
+    posfeed.run()  # and never again
+    sent_once_after_its_sale(posfeed)
+    statuses = [r["status"] for r in _runs(posfeed)]
+    assert sorted(statuses) == ["crashed", "finished", "finished", "finished"], statuses
