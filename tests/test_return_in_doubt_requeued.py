@@ -26,8 +26,8 @@ from pipeline.cli import cli
 from pipeline.ledger import Ledger, TxnState
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import delivered_ids, stats
-from tests.test_refunds_hostile import DAY, SALE, line, ret, write
-from tests.test_return_before_sale import RETURN, WHOLE_RETURN, Posfeed, detail, state
+from tests.test_refunds_hostile import DAY, SALE, write
+from tests.test_return_before_sale import RETURN, WHOLE_RETURN, Posfeed, state
 
 
 def left_in_doubt(posfeed: Posfeed, returned: list[str] | None = None) -> None:
@@ -174,3 +174,62 @@ def test_a_run_killed_after_it_queued_a_return_in_doubt_again_leaves_it_for_the_
     sent_once_after_its_sale(posfeed)
     statuses = [r["status"] for r in _runs(posfeed)]
     assert sorted(statuses) == ["crashed", "finished", "finished", "finished"], statuses
+
+
+@pytest.mark.parametrize(("kind", "ending"), [("antavo", "stopped"), ("crmcom", "stopped"),
+                                              ("antavo", "refused")])
+@pytest.mark.parametrize("when", ["read", "requeued"])
+def test_a_run_stopped_or_refused_around_the_requeue_leaves_the_return_for_the_next_run(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    kind: str, ending: str, when: str
+) -> None:
+    """SIGTERM (``stopped``) or credentials rotated on the platform (``refused``) once the run's
+    files are read (``read``) or once the return is queued again (``requeued``): nothing of the
+    return goes out, it is left waiting or queued, and the next run sends the sale, then the
+    return, once; no request that did not carry it counts in its ``attempts``."""
+    import pipeline.runner as runner
+
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    left_in_doubt(posfeed)
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    secret = sandbox.config.api_secret
+
+    def end() -> None:
+        if ending == "stopped":
+            os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler: it stops between batches
+        else:
+            sandbox.config.api_secret = "rotated-on-the-platform"
+
+    def after(name: str) -> Any:
+        original = getattr(runner, name)
+
+        def call(*args: Any) -> Any:
+            result = original(*args)
+            end()
+            return result
+        return call
+
+    monkeypatch.setattr(runner, "_read_files" if when == "read" else "_queued_again",
+                        after("_read_files" if when == "read" else "_queued_again"))
+    base = ["--state-dir", str(tmp_path / "state"), "--reports-dir", str(tmp_path / "reports")]
+    result = CliRunner().invoke(cli, [*base, "run", "--feed", str(posfeed.feed), "--business-date", DAY,
+                                      "--json"], env=posfeed.env, catch_exceptions=False)
+    monkeypatch.undo()
+    sandbox.config.api_secret = secret
+    ended = json.loads(result.stdout)
+    assert result.exit_code == (78 if ending == "refused" else 75), result.output
+    assert delivered_ids(sandbox) == []
+    rows = posfeed.rows()
+    if when == "read" and ending == "stopped":  # never queued again: still waiting for its sale
+        assert state(rows, "R-1") == ("failed_retryable", "original_not_found")
+    else:
+        assert rows["R-1"].state is TxnState.QUEUED, rows["R-1"]
+    # nothing of the return went out; the sale's request that the platform refused did
+    assert rows["R-1"].attempts == 1 and rows["S-1"].attempts == (1 if ending == "refused" else 0)
+    assert [r["transaction_id"] for r in detail_rows(ended)].count("R-1") == 1
+
+    done = posfeed.run()
+    sent_once_after_its_sale(posfeed)
+    assert posfeed.rows()["R-1"].attempts == 2  # the killed look, the send
+    assert done["exit_code"] == 0 and done["carried_over"] == 2, done
+    assert done["backlog"]["waiting"] == 0 and done["waiting_for_sale"] == 0, done
