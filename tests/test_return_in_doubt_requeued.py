@@ -26,8 +26,8 @@ from pipeline.cli import cli
 from pipeline.ledger import Ledger, TxnState
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import delivered_ids, stats
-from tests.test_refunds_hostile import DAY, SALE, write
-from tests.test_return_before_sale import RETURN, WHOLE_RETURN, Posfeed, state
+from tests.test_refunds_hostile import DAY, SALE, line, ret, write
+from tests.test_return_before_sale import RETURN, WHOLE_RETURN, Posfeed, detail, state
 
 
 def left_in_doubt(posfeed: Posfeed, returned: list[str] | None = None) -> None:
@@ -233,3 +233,51 @@ def test_a_run_stopped_or_refused_around_the_requeue_leaves_the_return_for_the_n
     assert posfeed.rows()["R-1"].attempts == 2  # the killed look, the send
     assert done["exit_code"] == 0 and done["carried_over"] == 2, done
     assert done["backlog"]["waiting"] == 0 and done["waiting_for_sale"] == 0, done
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+@pytest.mark.parametrize("fate", ["refused", "voided"])
+@pytest.mark.parametrize("doubt", [True, False])
+def test_a_return_queued_again_whose_sale_the_files_bring_refused_or_voided_ends_as_such_a_return_does(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str, fate: str, doubt: bool
+) -> None:
+    """The run's files bring the sale, but the platform refuses it for good (its customer is
+    unknown: ``refused``) or a void in the same files keeps it off the platform (``voided``). The
+    return queued again after its read-back (``doubt``; without it: a return that simply waited)
+    is not sent as if its sale had landed: ``original_refused`` (failed for good) or
+    ``original_not_sent`` (never sent), nothing of it on the platform, and the run balances."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    customer = "unknown-7" if fate == "refused" else "M1"
+    sandbox.config.unknown_customer_prefix = None  # every customer known while the return waits
+    returned = ([ret("R-1", 1, "MILK", "1", "1.20", "1.20", "S-1", customer=customer)] if kind == "antavo"
+                else [ret("R-1", 1, "MILK", "2", "1.20", "5.40", "S-1", customer=customer),
+                      ret("R-1", 2, "BREAD", "1", "3.00", "5.40", "S-1", customer=customer)])
+    if doubt:
+        left_in_doubt(posfeed, returned)
+    else:
+        write(posfeed.drop, "pos_LON01_20261120_10.csv", returned)
+        posfeed.run()
+        assert state(posfeed.rows(), "R-1") == ("failed_retryable", "original_not_found")
+    sandbox.config.unknown_customer_prefix = "unknown-"
+    sale = [line("S-1", 1, "MILK", "2", "1.20", "5.40", customer=customer),
+            line("S-1", 2, "BREAD", "1", "3.00", "5.40", customer=customer)]
+    void = [line("V-1", 1, "MILK", "2", "1.20", "5.40", kind="void", original="S-1", at="10:05:00"),
+            line("V-1", 2, "BREAD", "1", "3.00", "5.40", kind="void", original="S-1", at="10:05:00")]
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", sale if fate == "refused" else [*sale, *void])
+    done = posfeed.run()
+    rows = posfeed.rows()
+    if fate == "refused":
+        assert rows["S-1"].state is TxnState.FAILED_PERMANENT, rows["S-1"]
+        assert state(rows, "R-1") == ("failed_permanent", "original_refused"), rows["R-1"]
+        assert done["exit_code"] == 65, done
+    else:
+        assert state(rows, "S-1") == ("void", "post_voided")
+        assert state(rows, "R-1") == ("not_sent", "original_not_sent"), rows["R-1"]
+        assert done["exit_code"] == 0, done
+    assert rows["R-1"].attempts == (1 if doubt else 0)  # the killed look only: nothing sent since
+    assert delivered_ids(sandbox) == [] and posfeed.held() == {}
+    if kind == "antavo":
+        assert stats(sandbox)["events_rejected"] == (1 if fate == "refused" else 0)  # the sale only
+    assert done["backlog"]["waiting"] == 0 and done["waiting_for_sale"] == 0, done
+    assert [r["transaction_id"] for r in detail_rows(done)].count("R-1") == 1
+    assert detail(done)["R-1"]["state"] == rows["R-1"].state.value
