@@ -281,3 +281,43 @@ def test_a_return_queued_again_whose_sale_the_files_bring_refused_or_voided_ends
     assert done["backlog"]["waiting"] == 0 and done["waiting_for_sale"] == 0, done
     assert [r["transaction_id"] for r in detail_rows(done)].count("R-1") == 1
     assert detail(done)["R-1"]["state"] == rows["R-1"].state.value
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_the_reports_of_the_run_that_sends_a_return_queued_again_count_it_once_and_balance(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, kind: str
+) -> None:
+    """The run that reads the sale and sends the return queued again after its read-back:
+    ``detail.csv`` lists the return once (``settle``, accepted, its attempts), ``summary.csv`` has
+    it in the row of its earlier file (``ledger``) and the sale in its file's, each balanced, and
+    per currency they add up to ``summary.json``'s; `posfeed runs` shows it carried over, nothing
+    waiting, where the run before it showed it waiting."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
+    left_in_doubt(posfeed)
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", SALE)
+    done = posfeed.run()
+    sent_once_after_its_sale(posfeed)
+    back = Decimal("-1.20") if kind == "antavo" else Decimal("-5.40")
+
+    (returned,) = [r for r in detail_rows(done) if r["transaction_id"] == "R-1"]
+    assert (returned["state"], returned["origin"], returned["attempts"]) == ("accepted", "settle", "2")
+    assert Decimal(returned["amount"]) == back and returned["source_file"] == "pos_LON01_20261120_10.csv"
+
+    with (Path(done["reports_path"]) / "summary.csv").open(encoding="utf-8", newline="") as handle:
+        counted = [r for r in csv.DictReader(handle) if int(r["transactions_in"])]
+    by_origin = {(r["source_file"], r["origin"]): r for r in counted}
+    assert set(by_origin) == {("pos_LON01_20261120_10.csv", "ledger"), ("pos_LON01_20261120_12.csv", "file")}
+    assert Decimal(by_origin["pos_LON01_20261120_10.csv", "ledger"]["accepted_amount"]) == back
+    assert Decimal(by_origin["pos_LON01_20261120_12.csv", "file"]["accepted_amount"]) == Decimal("5.40")
+    assert all(r["balanced"] == "true" and r["currency"] == "GBP" for r in counted)
+    summary = json.loads((Path(done["reports_path"]) / "summary.json").read_text(encoding="utf-8"))
+    gbp = summary["currencies"]["GBP"]
+    assert Decimal(gbp["amount_in"]) == Decimal(gbp["amount_accepted"]) == Decimal("5.40") + back
+    assert sum(Decimal(r["accepted_amount"]) for r in counted) == Decimal(gbp["amount_accepted"])
+    assert (summary["accepted"], summary["carried_over"], summary["waiting"]) == (2, 1, 0), summary
+    assert summary["balanced"] is True
+
+    last, first = _runs(posfeed)  # newest first
+    assert last["run_id"] == done["run_id"]
+    assert (last["carried_over"], last["waiting"], last["accepted"]) == (1, 0, 2), last
+    assert (first["carried_over"], first["waiting"], first["failed_retryable"]) == (0, 1, 1), first
