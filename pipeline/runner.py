@@ -26,11 +26,12 @@ not in doubt whose sale is not known to be on the platform (the ledger does not 
 waiting for it, ``original_not_found``, or failed in an outage before it came) goes after the sales
 of the files, whatever its last code; one in doubt is read back first all the same and, when
 neither it nor its sale is found on the platform (held ``original_not_found``), is queued again
-after the files' sales. A stop while the files are read leaves what waits for them queued for the
-next run. Every summary says how many it carried over (``carried_over``) and how many are still
-waiting for the next run (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or
-for an explicit rerun (``needs_rerun``). A **dry run** does all of it against a throwaway copy of
-the ledger, sends nothing, touches no source file, and writes the same reports.
+after the files' sales (unless the files queued it already: an unchanged copy of it). A stop
+while the files are read leaves what waits for them queued (or still waiting) for the next run.
+Every summary says how many it carried over (``carried_over``) and how many are still waiting for
+the next run (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an
+explicit rerun (``needs_rerun``). A **dry run** does all of it against a throwaway copy of the
+ledger, sends nothing, touches no source file, and writes the same reports.
 
 Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced, but for returns
 waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: the summary says
