@@ -72,11 +72,17 @@ def test_a_return_in_doubt_that_the_files_bring_again_with_its_sale_goes_out_onc
     failed transaction). Before, the requeue of the read-back then met a queued row: the run
     failed (exit 70, ``illegal transition queued -> queued``) before sending anything, the sale
     too. Now the return goes after its sale in
-    that run, once; the reports count it once (and its copy as a duplicate)."""
+    that run, once; the reports count it once (and its copy as a duplicate); a dry run before it
+    (which failed the same way) says so."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location, kind)
     returned = RETURN if kind == "antavo" else WHOLE_RETURN
     left_in_doubt(posfeed, returned)
     write(posfeed.drop, "pos_LON01_20261120_12.csv", [*SALE, *returned])
+    dry = posfeed.run("acme_hourly", "--dry-run")  # says the same, changes nothing
+    assert sorted((r["transaction_id"], r["state"]) for r in detail_rows(dry)) == [
+        ("R-1", "duplicate"), ("R-1", "queued"), ("S-1", "queued")]
+    assert dry["exit_code"] == 0 and delivered_ids(sandbox) == [], dry
+    assert (posfeed.rows()["R-1"].state, posfeed.rows()["R-1"].attempts) == (TxnState.SENDING, 1)
     done = posfeed.run()
     sent_once_after_its_sale(posfeed)
     rows = posfeed.rows()
