@@ -26,11 +26,12 @@ not in doubt whose sale is not known to be on the platform (the ledger does not 
 waiting for it, ``original_not_found``, or failed in an outage before it came) goes after the sales
 of the files, whatever its last code; one in doubt is read back first all the same and, when
 neither it nor its sale is found on the platform (held ``original_not_found``), is queued again
-after the files' sales. A stop while the files are read leaves what waits for them queued for the
-next run. Every summary says how many it carried over (``carried_over``) and how many are still
-waiting for the next run (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or
-for an explicit rerun (``needs_rerun``). A **dry run** does all of it against a throwaway copy of
-the ledger, sends nothing, touches no source file, and writes the same reports.
+after the files' sales (unless the files queued it already: an unchanged copy of it). A stop
+while the files are read leaves what waits for them queued (or still waiting) for the next run.
+Every summary says how many it carried over (``carried_over``) and how many are still waiting for
+the next run (``waiting``, ``waiting_oldest_at``, ``waiting_oldest_age_seconds``) or for an
+explicit rerun (``needs_rerun``). A **dry run** does all of it against a throwaway copy of the
+ledger, sends nothing, touches no source file, and writes the same reports.
 
 Exit codes (:attr:`RunSummary.exit_code`): 0 everything final and balanced, but for returns
 waiting for their sale within ``resume.sale_wait_hours`` (nothing to try again: the summary says
@@ -657,7 +658,7 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
     whose sale is not known to be on the platform (waiting for it, ``original_not_found``, or
     failed before it came: an outage), to go after the sales they may bring, and the returns in
     doubt of such a sale that their read-back found had not landed (held ``original_not_found``,
-    to be queued again after the files)."""
+    to be queued again after the files: :func:`_queued_again`)."""
     resume = ctx.feed.resume
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
@@ -682,11 +683,13 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
 
 def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
     """``row_ids`` (returns read back at the start, found not to have landed and held waiting for
-    their sale) back in the queue, to go after the sales of the files just read."""
-    if row_ids and not ctx.lock_lost():
-        ctx.ledger.requeue(row_ids, ctx.run_id, origin="settle")
-        return row_ids
-    return []
+    their sale) back in the queue, to go after the sales of the files just read; but those the
+    files queued already (an unchanged copy of the return in them: it goes with the files')."""
+    still = ctx.ledger.waiting_for_sale(row_ids) if row_ids and not ctx.lock_lost() else set()
+    again = [i for i in row_ids if i in still]
+    if again:
+        ctx.ledger.requeue(again, ctx.run_id, origin="settle")
+    return again
 
 
 def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
