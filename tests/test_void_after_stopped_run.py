@@ -102,6 +102,26 @@ def test_a_void_read_after_a_stopped_run_keeps_its_sale_off_the_platform(
     balances_per_currency(second.reports_path)
 
 
+def test_credentials_refused_as_sending_starts_say_how_many_wait_for_the_next_run(
+    tmp_path: Path, ledger_location: Path | str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch the refusal cut short counts in what is left for the next run, not only the
+    batches after it (the log said "0 transactions left" while both of its sales were)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)  # its rotated secret refuses the requests
+        write(drop / "a_morning.csv", MORNING)
+        with caplog.at_level("ERROR", logger="pipeline.stages.submit"):
+            first = ended_before_sending(feed, settings_for(tmp_path, ledger_location), sandbox, "antavo",
+                                         "refused")
+        assert delivered_ids(sandbox) == []
+    assert first.summary["queued"] + first.summary["failed_retryable"] == 2
+    refusals = [r.getMessage() for r in caplog.records
+                if r.name == "pipeline.stages.submit" and "refused our credentials" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].endswith("; 2 transactions left for the next run"), refusals
+
+
 def test_carried_over_sales_are_sent_when_the_source_cannot_be_listed(
     tmp_path: Path, ledger_location: Path | str, sftp_server: SftpServer, sftp_dir: Path
 ) -> None:

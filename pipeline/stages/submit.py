@@ -45,7 +45,7 @@ from pipeline.logs import (
     told,
 )
 from pipeline.progress import NullProgress, Progress
-from pipeline.records import PROFILE_UPDATE, TransactionType
+from pipeline.records import PROFILE_UPDATE, RetryClass, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.sinks.crmcom_returns import ReturnCode
@@ -496,6 +496,7 @@ async def _submit(
             log.debug("%s: settling answers failed, left for the next commit: %s", feed.name, exc)
 
     batch_outcomes: Counter[str] = Counter()
+    batch_retry_classes: Counter[str] = Counter()  # of the batch's retryable results: why
     # with logging.hash_customer_ids: masked in platform messages and in the stored checkouts
     customer_of: dict[str, str] = {}
 
@@ -507,6 +508,8 @@ async def _submit(
 
     def on_result(result: EventResult) -> None:
         batch_outcomes[str(result.outcome)] += 1
+        if result.retry_class is not None:
+            batch_retry_classes[str(result.retry_class)] += 1
         if result.error_message:
             # a platform may echo what it was sent: our secrets never reach the ledger or reports
             message = redact(result.error_message)
@@ -548,6 +551,7 @@ async def _submit(
             personal_of.clear()
             personal_of.update(personal_values(feed, checkouts))
             batch_outcomes.clear()
+            batch_retry_classes.clear()
             if feed.logging.hash_customer_ids:
                 quoted[0] = None
                 customer_of.clear()
@@ -571,8 +575,10 @@ async def _submit(
             refused = getattr(getattr(sink, "last_report", None), "credentials_refused", None)
             if refused:
                 outcome.credentials_refused = refused = redact(refused)
+                # the batch's transactions settled unsent, then those of the batches after it
+                left = batch_retry_classes[RetryClass.CREDENTIALS] + len(row_ids) - start - len(checkouts)
                 log.error("%s: the platform refused our credentials (%s); %s left for the next run",
-                          feed.name, refused, counted(len(row_ids) - start - len(checkouts), "transaction"))
+                          feed.name, refused, counted(left, "transaction"))
                 break
     finally:
         try:
