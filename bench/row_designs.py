@@ -13,6 +13,8 @@ This script measures that cost where the ledger pays it, and the cost of the alt
 * **today**: the ledger's own ``transactions`` table, made by its own migrations, written by its
   own code: the ``COPY`` of a file's rows, then the submit stage's commits (``start_sending`` with
   the previous request's answers settled and their customer ids masked) in requests of 50.
+* **today, foreign keys unchecked**: the same, with the table's foreign keys (its runs, its file,
+  a duplicate's primary) not checked: what the per-row checks cost each backend.
 * **narrow**: the same rows split in two, the written-once record (its checkout without the
   customer id) and a narrow row of what changes (state, attempts, answers, the customer id; on
   PostgreSQL with room for updates in place), written through the ledger's own connection with
@@ -150,6 +152,23 @@ def today(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
     return _checked(settled_rows, count, recorded - start, done[0] - recorded, done[1])
 
 
+def without_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
+    """:func:`today` with the transactions table's foreign keys not checked (dropped on
+    PostgreSQL, ``PRAGMA foreign_keys`` off on SQLite): what checking them costs per row."""
+    if db.dialect == "postgresql":
+        for row in db.query("SELECT conname FROM pg_constraint WHERE contype = 'f' "
+                            "AND conrelid = CAST('transactions' AS regclass)"):
+            db.execute(f'ALTER TABLE transactions DROP CONSTRAINT "{row[0]}"')
+        left = db.one("SELECT COUNT(*) FROM pg_constraint WHERE contype = 'f' "
+                      "AND conrelid = CAST('transactions' AS regclass)")
+    else:
+        db.execute("PRAGMA foreign_keys = OFF")
+        left = db.one("PRAGMA foreign_keys")
+    if left is None or int(left[0]):
+        raise SystemExit(f"{db.dialect}: the transactions' foreign keys are still checked")
+    return today(ledger, db, count)
+
+
 SETTLE = ("UPDATE narrow_states SET state = ?, retry_class = ?, last_run_id = ?, updated_at = ?, "
           "event_ids = COALESCE(?, event_ids), points = COALESCE(?, points), last_error_code = ?, "
           "last_error_message = ?, customer_id = COALESCE(?, customer_id) WHERE id = ?")
@@ -247,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transactions", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    designs: dict[str, Design] = {"today": today, "narrow": narrow,
+    designs: dict[str, Design] = {"today": today, "today, foreign keys unchecked": without_foreign_keys,
+                                  "narrow": narrow,
                                   "narrow, one statement": functools.partial(narrow, one_statement=True)}
     seconds: dict[tuple[str, str, str], list[float]] = {}
     trips: dict[tuple[str, str], float] = {}
