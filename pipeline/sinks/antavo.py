@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -217,8 +218,10 @@ class AntavoAdapter:
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
         # return -> the lines its latest read-back found landed (their money counts as refunded)
         self._found: dict[str, _ReadBack] = {}
-        # platform refund event id -> the return's line a read-back of this submission matched it to
-        self._matched: dict[str, Line] = {}
+        # return -> each of its refund events a read-back of this submission matched to one of its
+        # lines, and that line. These two are kept while the return is being sent and dropped once
+        # it is settled (:meth:`_settled`), so they never hold more than a hand-over's returns
+        self._matched: dict[str, dict[str, Line]] = {}
         # a request whose units differ from its batch's: what went out, what was settled instead,
         # and the refunds that may have landed before it (with since when)
         self._inflight: dict[int, tuple[Batch, list[EventResult], dict[str, float | None]]] = {}
@@ -233,6 +236,8 @@ class AntavoAdapter:
         (read back first, one per sale at a time), then new refunds. A member's profile updates
         go one phase each after the opt_ins (the platform refuses an update of a member it does
         not have yet, and the last update must land last)."""
+        self._found.clear()  # every return of an earlier hand-over is settled
+        self._matched.clear()
         batches: list[Batch] = []
         unsent: list[EventResult] = []
         members: dict[int, list[Unit]] = {0: []}
@@ -355,7 +360,7 @@ class AntavoAdapter:
                                for u in empty]
             units = [unit for unit in units if unit.payload]
         if not units:
-            return landed
+            return self._settled(landed)
         if route == VERIFY or landed:
             route = "single" if route == "single" or (
                 len(units) == 1 and len(units[0].payload) == 1 and self.target.bulk_size == 1) else "bulk"
@@ -452,7 +457,7 @@ class AntavoAdapter:
             self._own(tid, found.event_ids)
             self._found[tid] = _found_lines(found.lines, row.get("currency"))
             if len(found.event_ids) == len(found.lines):  # refund_items: one event per line, in order
-                self._matched.update(zip(found.event_ids, found.lines, strict=True))
+                self._matched.setdefault(tid, {}).update(zip(found.event_ids, found.lines, strict=True))
             if found.landed:
                 landed.append(EventResult(tid, Outcome.ALREADY_ACCEPTED, event_ids=found.event_ids,
                                           error_code=READ_BACK,
@@ -627,17 +632,29 @@ class AntavoAdapter:
             if result.outcome is Outcome.REJECTED:
                 self._sent.discard(tid)
             results.append(result)
-        return results + landed
+        return self._settled(results + landed)
+
+    def _settled(self, results: list[EventResult]) -> list[EventResult]:
+        """``results``, after dropping what read-backs found of the returns they settle (a result
+        that may be retried keeps it: a later read-back of this submission may list less)."""
+        for result in results:
+            if result.outcome is not Outcome.RETRYABLE:
+                self._found.pop(result.transaction_id, None)
+                self._matched.pop(result.transaction_id, None)
+        return results
 
     def _refused_after_read_back(self, result: EventResult, sent: Batch) -> EventResult:
         """A return whose lines sent now were all refused while a read-back of this submission had
         found its refund events (``event_ids``) landed (answered alone, or nothing of it landed now:
         else :func:`_partly_refunded`): refunded in part, the money refunded that of the lines the
         read-backs matched those events to, also when a later read-back no longer listed them (a
-        read model behind). None, the events only counted, should an event match no line."""
+        read model behind), each line of the return counted once (two events matched to one line,
+        e.g. listed under a new id, refund it once). None, the events only counted, should an event
+        match no line."""
         tid = result.transaction_id
         refund = self._returns.get(tid)
-        lines = [self._matched[event_id] for event_id in result.event_ids if event_id in self._matched]
+        matched = self._matched.get(tid, {})
+        lines = [matched[event_id] for event_id in result.event_ids if event_id in matched]
         refused = [event for unit in sent.units if unit.transaction_id == tid for event in unit.payload]
         if refund is None or len(lines) != len(result.event_ids) or not lines or not refused:
             refunded = None
@@ -645,10 +662,10 @@ class AntavoAdapter:
                     "of it (read back) and refused the rest")
         else:
             currency = refund.row.get("currency")
-            found = _found_lines(lines, currency)
+            found = _found_lines(_each_once(lines, refund.decision.lines), currency)
             refunded = found.money
             total = sum((money_number(line.amount, currency) for line in refund.decision.lines), Decimal(0))
-            head = (_REFUNDED_HEAD.format(refunded=refunded, total=max(total, refunded))
+            head = (_REFUNDED_HEAD.format(refunded=refunded, total=total)
                     + f" ({found.text}, found on the platform by a read-back) and refused "
                     + ", ".join(_line_text(e) for e in refused))
         return replace(result, error_code=PARTLY_REFUNDED, refunded=refunded,
@@ -842,6 +859,18 @@ def _found_lines(lines: Sequence[Line], currency: str | None) -> _ReadBack:
     texts = [f"{line.product_id} x{line.quantity.normalize():f} ({amount:f})"
              for line, amount in zip(lines, amounts, strict=True)]
     return _ReadBack(sum(amounts, Decimal(0)), ", ".join(texts))
+
+
+def _each_once(lines: Sequence[Line], of: Sequence[Line]) -> list[Line]:
+    """``lines`` (matched to refund events), each counted at most as many times as the return
+    (``of``) has it: a sub-list of the return's lines, whose money is at most the return's."""
+    left = Counter(of)
+    kept = []
+    for line in lines:
+        if left[line] > 0:
+            left[line] -= 1
+            kept.append(line)
+    return kept
 
 
 def _line_text(event: dict[str, Any]) -> str:
