@@ -32,6 +32,25 @@ from tests.test_refused_after_read_back import (
 )
 
 
+def _killed_once_landed(posfeed: Posfeed, sandbox: SandboxServer, refunds: dict[str, int]) -> None:
+    """A run that sends what the drop holds, the eggs refused and every answer trickling, killed
+    (SIGKILL) once each sale of ``refunds`` holds that many refund events."""
+    sandbox.config.refuse_refund_items = ("EGGS",)
+    sandbox.config.fault_kinds, sandbox.config.fault_rate = ("trickle",), 1.0
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--state-dir", str(posfeed.tmp / "state"), "--reports-dir",
+         str(posfeed.tmp / "reports"), "run", "--feed", str(posfeed.feed), "--business-date", DAY],
+        env={**os.environ, **posfeed.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while any(len(posfeed.held()[sale]["refunds"]) < count for sale, count in refunds.items()):
+            assert victim.poll() is None, victim.communicate()[1][-3000:]
+            threading.Event().wait(0.05)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=60)
+    sandbox.config.fault_rate = 0.0
+
+
 def _rewrite_the_milk_event(sandbox: SandboxServer, **change: Any) -> None:
     """The platform lists S-1's milk refund event otherwise from now on (``id``, or ``data``
     fields), as a hostile platform or a read model rebuilt under new ids would."""
@@ -145,10 +164,11 @@ def test_a_run_killed_after_its_read_back_matched_the_milk_leaves_the_same_money
 def test_a_day_of_returns_read_back_is_not_kept_once_each_is_settled(
     sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Six sales (milk, bread, eggs) and their returns (milk and eggs each), all killed in flight with the milk landed:
-    the next run reads each back, handed to the sink one transaction at a time. The lines its
-    read-backs matched and found are kept while a return is being sent and dropped once it is
-    settled: after each hand-over the adapter holds none of them. Each return counts its milk once."""
+    """Six sales (milk, bread, eggs) and their returns (milk and eggs each), all killed in flight
+    with the milk landed: the next run reads each back, handed to the sink one transaction at a
+    time. The lines its read-backs matched and found are kept while a return is being sent and
+    dropped once it is settled: after each hand-over the adapter holds none of them. Each return
+    counts its milk once."""
     posfeed = Posfeed(tmp_path, sandbox, ledger_location, max_attempts=1)
     sales = [f"S-{n}" for n in range(1, 7)]
     write(posfeed.drop, "pos_LON01_20261120_10.csv", [
@@ -157,22 +177,10 @@ def test_a_day_of_returns_read_back_is_not_kept_once_each_is_settled(
                                           line(sale, 3, "EGGS", "1", "2.50", "6.70"))])
     posfeed.run()
     write(posfeed.drop, "pos_LON01_20261120_12.csv", [
-        row for n, sale in enumerate(sales, 1) for row in (ret(f"R-{n}", 1, "MILK", "1", "1.20", "3.70", sale),
-                                                           ret(f"R-{n}", 2, "EGGS", "1", "2.50", "3.70", sale))])
-    sandbox.config.refuse_refund_items = ("EGGS",)
-    sandbox.config.fault_kinds, sandbox.config.fault_rate = ("trickle",), 1.0
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--state-dir", str(posfeed.tmp / "state"), "--reports-dir",
-         str(posfeed.tmp / "reports"), "run", "--feed", str(posfeed.feed), "--business-date", DAY],
-        env={**os.environ, **posfeed.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while not all(posfeed.held()[sale]["refunds"] for sale in sales):
-            assert victim.poll() is None, victim.communicate()[1][-3000:]
-            threading.Event().wait(0.05)
-    finally:
-        victim.send_signal(signal.SIGKILL)
-        victim.communicate(timeout=60)
-    sandbox.config.fault_rate = 0.0
+        row for n, sale in enumerate(sales, 1)
+        for row in (ret(f"R-{n}", 1, "MILK", "1", "1.20", "3.70", sale),
+                    ret(f"R-{n}", 2, "EGGS", "1", "2.50", "3.70", sale))])
+    _killed_once_landed(posfeed, sandbox, dict.fromkeys(sales, 1))
 
     adapters: list[AntavoAdapter] = []
     kept: list[tuple[int, int]] = []  # after each hand-over: (returns found, events matched)
@@ -201,3 +209,67 @@ def test_a_day_of_returns_read_back_is_not_kept_once_each_is_settled(
         assert state(rows, f"R-{n}") == ("failed_permanent", "partly_refunded")
         assert rows[f"R-{n}"].refunded == Decimal("1.20")
     assert done["currencies"]["GBP"]["amount_partly_refunded"] == "-7.20"
+
+
+# two milks (1.20 each), a bread (3.00) and two eggs (2.50 each): 10.40; each return gives back a
+# milk and an eggs (3.70)
+TWO_MILKS = [line("S-1", 1, "MILK", "2", "1.20", "10.40"), line("S-1", 2, "BREAD", "1", "3.00", "10.40"),
+             line("S-1", 3, "EGGS", "2", "2.50", "10.40")]
+
+
+def _ret(tid: str) -> list[str]:
+    return [ret(tid, 1, "MILK", "1", "1.20", "3.70", "S-1"), ret(tid, 2, "EGGS", "1", "2.50", "3.70", "S-1")]
+
+
+def _assert_each_return_keeps_its_milk(posfeed: Posfeed, returns: list[str]) -> None:
+    """The platform holds one milk refund per return; each return holds its own (one event, no
+    other return's) and counts 1.20 of 3.70, the eggs refused."""
+    held = posfeed.held()["S-1"]
+    assert [r["product_id"] for r in held["refunds"]] == ["MILK"] * len(returns)
+    assert Decimal(held["refunded"]) == Decimal("1.20") * len(returns)
+    rows = posfeed.rows()
+    owned = [event for tid in returns for event in rows[tid].event_ids]
+    assert sorted(owned) == sorted(r["event_id"] for r in held["refunds"])  # each event once
+    for tid in returns:
+        assert state(rows, tid) == ("failed_permanent", "partly_refunded")
+        assert len(rows[tid].event_ids) == 1
+        assert rows[tid].refunded == Decimal("1.20")
+        message = str(rows[tid].last_error_message)
+        assert "the platform refunded 1.20 of 3.70 (MILK x1 (1.20), found on the platform by a read-back)" \
+            in message, message
+
+
+def test_two_returns_of_one_sale_read_back_in_one_run_keep_their_own_milk(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """R-1 and R-2 (a milk and an eggs each, the same lines) are in flight when the run is killed,
+    both milks landed. The next run reads each back: each matches a milk event of its own (never
+    the other's), sends its eggs alone, refused: 1.20 each, 2.40 in all, as the platform holds."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, max_attempts=1)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", TWO_MILKS)
+    posfeed.run()
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", [*_ret("R-1"), *_ret("R-2")])
+    _killed_once_landed(posfeed, sandbox, {"S-1": 2})
+    done = posfeed.run()
+    _assert_each_return_keeps_its_milk(posfeed, ["R-1", "R-2"])
+    assert done["currencies"]["GBP"]["amount_partly_refunded"] == "-2.40"
+
+
+def test_a_second_return_of_the_sale_in_a_later_run_reads_back_its_own_milk(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path
+) -> None:
+    """R-1 is settled refunded in part (its milk read back) in one run; R-2, the same lines, comes
+    in a later file, is killed in flight with its milk landed, and is read back by the next run:
+    it matches the second milk event, not R-1's, and counts its own 1.20 once."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, max_attempts=1)
+    write(posfeed.drop, "pos_LON01_20261120_10.csv", TWO_MILKS)
+    posfeed.run()
+    write(posfeed.drop, "pos_LON01_20261120_11.csv", _ret("R-1"))
+    _killed_once_landed(posfeed, sandbox, {"S-1": 1})
+    posfeed.run()
+    _assert_each_return_keeps_its_milk(posfeed, ["R-1"])
+    write(posfeed.drop, "pos_LON01_20261120_12.csv", _ret("R-2"))
+    _killed_once_landed(posfeed, sandbox, {"S-1": 2})
+    done = posfeed.run()
+    _assert_each_return_keeps_its_milk(posfeed, ["R-1", "R-2"])
+    assert done["currencies"]["GBP"]["amount_partly_refunded"] == "-1.20"  # R-2's run
