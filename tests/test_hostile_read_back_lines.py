@@ -273,3 +273,33 @@ def test_a_second_return_of_the_sale_in_a_later_run_reads_back_its_own_milk(
     done = posfeed.run()
     _assert_each_return_keeps_its_milk(posfeed, ["R-1", "R-2"])
     assert done["currencies"]["GBP"]["amount_partly_refunded"] == "-1.20"  # R-2's run
+
+
+def test_the_milk_read_back_then_no_longer_listed_counts_when_the_eggs_land_beside_it(
+    sandbox: SandboxServer, ledger_location: Path | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read-back matches the milk; the eggs' send fails (503) and, by the second
+    read-back, the read API lags behind and the platform takes eggs again: the milk and the eggs go
+    in one request, the milk is refused (already refunded: 112205), the eggs land. The platform
+    holds both lines: the money recorded counts the milk the first read-back matched with the eggs,
+    each once (3.70 of 3.70), the milk refunded once."""
+    posfeed = Posfeed(tmp_path, sandbox, ledger_location, max_attempts=2)
+    _killed_with_the_milk_landed(posfeed, sandbox)
+
+    def lag_and_take_the_eggs() -> None:
+        sandbox.config.read_lag_seconds = 3600.0
+        sandbox.config.refuse_refund_items = ()
+
+    calls = _eggs_fail_once_then(sandbox, monkeypatch, lag_and_take_the_eggs)
+    posfeed.run()
+    assert calls[0] == 6  # read-back, eggs (503), read-back, milk and eggs
+    held = posfeed.held()["S-1"]
+    assert [r["product_id"] for r in held["refunds"]] == ["MILK", "EGGS"]
+    assert Decimal(held["refunded"]) == Decimal("3.70")
+    rows = posfeed.rows()
+    assert sorted(rows["R-1"].event_ids) == sorted(r["event_id"] for r in held["refunds"])
+    assert rows["R-1"].refunded == Decimal("3.70"), rows["R-1"].last_error_message
+    assert state(rows, "R-1") == ("failed_permanent", "partly_refunded")
+    message = str(rows["R-1"].last_error_message)
+    assert ("the platform refunded 3.70 of 3.70 (EGGS x1 (2.50); MILK x1 (1.20), found on the platform "
+            "by an earlier read-back) and refused MILK x1 (1.20): 112205") in message, message

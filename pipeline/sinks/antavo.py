@@ -115,10 +115,13 @@ BULK_OPEN, BULK_CLOSE = b'{"events":[', b"]}"  # a bulk body around its events, 
 @dataclass(frozen=True)
 class _ReadBack:
     """The lines of a return a read-back found landed: their money (a magnitude, in the return's
-    currency) and how a message names them."""
+    currency) and how a message names them; and the lines an earlier read-back of the submission
+    matched that went again (the read API behind): the platform holds them."""
 
     money: Decimal
     text: str
+    lines: tuple[Line, ...] = ()
+    again: tuple[Line, ...] = ()
 
 
 @dataclass
@@ -604,7 +607,7 @@ class AntavoAdapter:
     ) -> list[EventResult] | RequestFailure:
         """Per-transaction results, or a whole-request failure for the engine."""
         sent, landed, before = self._inflight.pop(id(batch), (batch, [], {}))
-        answer = self._parse(sent, status, headers, body, self._found)
+        answer = self._parse(sent, status, headers, body, self._read_backs(sent))
         if isinstance(answer, RequestFailure):
             if answer.status in (401, 403, 413, 415, 429):  # refused whole: nothing of it landed
                 self._sent.difference_update(sent.transaction_ids)
@@ -633,6 +636,20 @@ class AntavoAdapter:
                 self._sent.discard(tid)
             results.append(result)
         return self._settled(results + landed)
+
+    def _read_backs(self, sent: Batch) -> dict[str, _ReadBack]:
+        """What read-backs of this submission found of the returns ``sent``: the latest one's lines,
+        and the lines an earlier one matched that went again now (each line once)."""
+        out = {}
+        for tid in sent.transaction_ids:
+            found, refund, matched = self._found.get(tid), self._returns.get(tid), self._matched.get(tid)
+            if refund is not None and matched:
+                again = Counter(_each_once(list(matched.values()), refund.decision.lines))
+                again.subtract(found.lines if found is not None else ())
+                found = replace(found or _ReadBack(Decimal(0), ""), again=tuple((+again).elements()))
+            if found is not None:
+                out[tid] = found
+        return out
 
     def _settled(self, results: list[EventResult]) -> list[EventResult]:
         """``results``, after dropping what read-backs found of the returns they settle (a result
@@ -858,7 +875,7 @@ def _found_lines(lines: Sequence[Line], currency: str | None) -> _ReadBack:
     amounts = [money_number(line.amount, currency) for line in lines]
     texts = [f"{line.product_id} x{line.quantity.normalize():f} ({amount:f})"
              for line, amount in zip(lines, amounts, strict=True)]
-    return _ReadBack(sum(amounts, Decimal(0)), ", ".join(texts))
+    return _ReadBack(sum(amounts, Decimal(0)), ", ".join(texts), tuple(lines))
 
 
 def _each_once(lines: Sequence[Line], of: Sequence[Line]) -> list[Line]:
@@ -885,17 +902,35 @@ def _partly_refunded(tid: str, parts: Sequence[EventResult], landed: list[Any],
     """A refund the platform took in part: failed for good (what was refused needs a look), with
     the refund events that landed (their ids and points) and what landed and what was refused, in
     money, in its message (and the rerun of ``feed`` that sends the rest). ``found``: the lines of
-    the return a read-back found landed before these events were sent: their money is refunded too."""
+    the return a read-back found landed before these events were sent: their money is refunded too,
+    as is a refused event's whose line an earlier read-back matched (``found.again``)."""
     ids, points = _event_facts(landed)
     kept = [e for e, part in zip(events, parts, strict=True) if part.outcome is not Outcome.REJECTED]
     refused = [(e, part) for e, part in zip(events, parts, strict=True) if part.outcome is Outcome.REJECTED]
+    again = list(found.again) if found is not None else []
+
+    def held(event: dict[str, Any]) -> bool:  # its line is one an earlier read-back matched
+        data = event.get("data") or {}
+        key = (data.get("product_id"), sent_number(data.get("quantity")), sent_number(data.get("subtotal")))
+        line = next((line for line in again if (line.product_id, line.quantity, line.amount) == key), None)
+        if line is not None:
+            again.remove(line)
+        return line is not None
+
+    for event in kept:  # landed again: counted once, as landed now
+        held(event)
+    earlier = [e for e, _ in refused if held(e)]
     before = found.money if found is not None else Decimal(0)
-    refunded = before + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in kept), Decimal(0))
+    refunded = before + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in kept + earlier),
+                            Decimal(0))
     total = before + sum((sent_number((e.get("data") or {}).get("subtotal")) for e in events), Decimal(0))
     landed_text = ", ".join(_line_text(e) for e in kept)
     if found is not None and found.text:
         landed_text = (f"{found.text}, found on the platform by a read-back"
                        + (f"; {landed_text}" if kept else ""))
+    if earlier:
+        landed_text += (("; " if landed_text else "") + ", ".join(_line_text(e) for e in earlier)
+                        + ", found on the platform by an earlier read-back")
     return EventResult(
         tid, Outcome.REJECTED, error_code=PARTLY_REFUNDED, event_ids=ids, points=points, refunded=refunded,
         error_message=told(
