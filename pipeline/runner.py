@@ -654,7 +654,9 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
     """Take over what earlier runs of the scope left unsent (see the module docstring) and settle
     at once what may already be on the platform (in doubt, or sent before without an answer that
     settled it). Returns what waits for this run's files: the transactions no request ever carried
-    (a void in the files may still keep a sale of them off the platform), the returns
+    (a void in the files may still keep a sale of them off the platform) and the sales in doubt
+    (:meth:`~pipeline.ledger.Ledger.sales_in_doubt`: one a void names is looked up, not resent),
+    the returns
     whose sale is not known to be on the platform (waiting for it, ``original_not_found``, or
     failed before it came: an outage), to go after the sales they may bring, and the returns in
     doubt of such a sale that their read-back found had not landed (held ``original_not_found``,
@@ -667,9 +669,11 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
         return [], [], []
     waiting = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending)
     doubted = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending, in_doubt=True)
-    unsent = ctx.ledger.never_requested(pending)
+    # sales in doubt wait too: a void in the files has the target look them up, not resend them
+    in_doubt = ctx.ledger.sales_in_doubt(pending)
+    unsent = ctx.ledger.never_requested(pending) | in_doubt
     log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
-             "transient reason); %d never sent %s after this run's files are read%s",
+             "transient reason); %d never sent or sales in doubt %s after this run's files are read%s",
              ctx.feed.name, counted(len(pending), "transaction"), len(unsent - waiting),
              "goes" if len(unsent - waiting) == 1 else "go",
              f", {counted(len(waiting), 'return')} whose sale is not on the platform yet after "
@@ -693,8 +697,12 @@ def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
 
 
 def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
-    """``row_ids`` but those the run's files settled meanwhile (a sale a void names: post_voided)."""
-    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED) if row_ids else set()
+    """``row_ids`` but those the run's files settled meanwhile (a sale a void names: post_voided);
+    a sale in doubt stays in doubt until it is sent or looked up."""
+    if not row_ids:
+        return []
+    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED) | ctx.ledger.rows_in_state(
+        row_ids, TxnState.SENDING)
     return [i for i in row_ids if i in queued]
 
 
