@@ -662,6 +662,9 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
     doubt of such a sale that their read-back found had not landed (held ``original_not_found``,
     to be queued again after the files: :func:`_queued_again`)."""
     resume = ctx.feed.resume
+    # a sale a lookup found not on the platform as a void named it, left refused by a run that
+    # ended before it post-voided it
+    settle_voided_sales(ctx.ledger, ctx.feed.scope, ctx.run_id, ctx.ledger.refused_as_voided(ctx.feed.scope))
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import runner
 from pipeline.errors import EXIT_OK
 from pipeline.ledger import Ledger
 from pipeline.runner import run_feed
@@ -110,3 +111,45 @@ def test_a_void_of_a_sale_in_doubt_that_had_landed_is_coded_to_act_on(
     assert s["balanced"] is True and s["in_doubt"] == 0
     assert second.reports_path is not None
     balances_per_currency(second.reports_path)
+
+
+def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to_the_next(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's end comes between the lookup's answer (recorded: refused, ``voided_in_doubt``)
+    and the post-void of the sale: the next run post-voids it before anything else, sends nothing."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", NOON)
+
+        def ended(_ledger: Ledger, _scope: str, _run_id: str, row_ids: list[int]) -> None:
+            if row_ids:  # after a submission
+                raise RuntimeError("the run ended here")
+
+        monkeypatch.setattr(runner, "settle_voided_sales", ended)
+        with credentials(sandbox), pytest.raises(RuntimeError):
+            run_feed(feed, settings, business_dates=[DAY])
+        with Ledger(ledger_location) as ledger:
+            left = {t.transaction_id: (t.state.value, t.last_error_code)
+                    for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+        assert left["S-1"] == ("failed_permanent", "voided_in_doubt")
+        monkeypatch.undo()
+
+        with credentials(sandbox):
+            third = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert delivered == ["S-2"]
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert {tid: (t.state.value, t.last_error_code) for tid, t in rows.items()} == {
+        "S-1": ("void", "post_voided"), "S-2": ("accepted", None), "V-1": ("void", None)}
+    assert "V-1" in str(rows["S-1"].last_error_message)
+    assert third.exit_code == EXIT_OK and third.summary["post_voided"] == 1, third.summary
+    assert third.summary["balanced"] is True

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from pipeline.records import ORIGINAL_NOT_FOUND, EventResult, Outcome, RetryClass
+from pipeline.records import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, EventResult, Outcome, RetryClass
 
 __all__ = ["ORIGINAL_NOT_FOUND", "VOIDED_IN_DOUBT", "CheckoutRow", "EventResult", "OnResult", "OnSending",
            "Outcome", "RetryClass", "Sink", "sale_not_found", "voided_not_landed"]
@@ -33,11 +33,6 @@ def sale_not_found(tid: str, sale: str, where: str = "the ledger does not know i
                        retry_class=RetryClass.WAITING,
                        error_message=f"not sent: its sale {sale} has not arrived ({where}); the return "
                                      "waits for it: the run after the sale is delivered sends it")
-
-
-# a sale in doubt that a void names (``voided_by``), looked up and not found on the platform: not
-# sent (refused here, then post-voided by :func:`pipeline.stages.voids.settle_voided_sales`)
-VOIDED_IN_DOUBT = "voided_in_doubt"
 
 
 def voided_not_landed(tid: str, void: str, where: str) -> EventResult:
