@@ -17,6 +17,7 @@ from pipeline.ledger import Ledger
 from pipeline.runner import run_feed
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import credentials, delivered_ids
+from tests.test_crmcom_returns_e2e import WINE, line
 from tests.test_void_after_stopped_run import (
     DAY,
     MORNING,
@@ -153,3 +154,33 @@ def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to
     assert "V-1" in str(rows["S-1"].last_error_message)
     assert third.exit_code == EXIT_OK and third.summary["post_voided"] == 1, third.summary
     assert third.summary["balanced"] is True
+
+
+def test_an_antavo_guests_sale_in_doubt_cannot_be_read_back_and_is_resent(
+    tmp_path: Path, ledger_location: Path | str
+) -> None:
+    """A guest's transactions cannot be read (no customer): the sale in doubt is resent as any in
+    doubt, so one that had not landed lands now and its void is ``void_of_sent_sale``, to act on
+    (docs/OPERATIONS.md says so)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    guest = [line("S-1", "", "sale", 1, *WINE, 1, "11.49"), MORNING[0]]
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", guest)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", [line("V-1", "", "void", 1, *WINE, 1, "11.49", original="S-1", hour="12")])
+        with credentials(sandbox):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert delivered == ["S-1", "S-2"]
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: (t.state.value, t.last_error_code)
+                for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert rows == {"S-1": ("accepted", None), "S-2": ("accepted", None),
+                    "V-1": ("void", "void_of_sent_sale")}
+    assert second.exit_code == EXIT_OK and second.summary["voids_of_sent_sales"] == 1, second.summary
+    assert second.summary["balanced"] is True
