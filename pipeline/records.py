@@ -33,6 +33,7 @@ __all__ = [
     "PROFILE_UPDATE",
     "QUANTITY",
     "REQUIRED_COLUMNS",
+    "VOIDED_IN_DOUBT",
     "DedupStatus",
     "EventResult",
     "Outcome",
@@ -195,6 +196,9 @@ class RetryClass(StrEnum):
 # the code of a return whose sale has not arrived (both targets; RetryClass.WAITING while it waits):
 # nothing of it went out in the submission that gave it
 ORIGINAL_NOT_FOUND = "original_not_found"
+# the code of a sale in doubt that a void names, looked up and not found on the platform (both
+# targets): never sent; refused, then post-voided (pipeline.stages.voids.settle_voided_sales)
+VOIDED_IN_DOUBT = "voided_in_doubt"
 
 
 @dataclass(frozen=True)

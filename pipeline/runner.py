@@ -1,5 +1,6 @@
 """One run of a feed: lock → settle in-doubt → fetch → transform → submit (the carried-over work
-no request carried, then the files') → finish files → report → problems and alerts.
+no request carried and the sales in doubt, then the files') → finish files → report → problems
+and alerts.
 
 :func:`run_feed` is what ``posfeed run`` (and the scheduler) call; :func:`rerun_feed` resends a
 selection of failed transactions (``posfeed rerun``). Both are runs of their own, recorded in the
@@ -19,8 +20,11 @@ left ``queued``, in doubt (``sending``, killed mid-request) or failed-retryable 
 reason, a stop or refused credentials (within the feed's ``[resume]`` caps) are taken over. What
 may already be on the platform (in doubt, or carried by a request before) is settled first, before
 the files are fetched; the platform's "transaction ID already used" settles the ones that had
-landed. What no request ever carried waits until the run's files are read, so a void in them keeps
-such a sale off the platform (``post_voided``), and is then sent before the files' transactions
+landed; but sales: a sale in doubt waits with what no request ever carried until the run's files
+are read, and one a void names is then looked up, never resent (found: accepted, the void
+``void_of_sent_sale``; not found: ``post_voided``; an Antavo guest's, which cannot be read, is
+resent as before). What no request ever carried waits until the run's files are read, so a void in
+them keeps such a sale off the platform (``post_voided``), and is then sent before the files' transactions
 (also when the files cannot be listed or read: nothing waits behind a broken source); a return
 not in doubt whose sale is not known to be on the platform (the ledger does not hold it accepted:
 waiting for it, ``original_not_found``, or failed in an outage before it came) goes after the sales
@@ -650,7 +654,7 @@ def gc_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
+def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[int]]:
     """Take over what earlier runs of the scope left unsent (see the module docstring) and settle
     at once what may already be on the platform (in doubt, or sent before without an answer that
     settled it). Returns what waits for this run's files: the transactions no request ever carried
@@ -658,27 +662,34 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int]]:
     whose sale is not known to be on the platform (waiting for it, ``original_not_found``, or
     failed before it came: an outage), to go after the sales they may bring, and the returns in
     doubt of such a sale that their read-back found had not landed (held ``original_not_found``,
-    to be queued again after the files: :func:`_queued_again`)."""
+    to be queued again after the files: :func:`_queued_again`), and the sales in doubt
+    (:meth:`~pipeline.ledger.Ledger.sales_in_doubt`: one a void in the files names is looked up,
+    not resent), to settle as soon as the files are read."""
     resume = ctx.feed.resume
+    # a sale a lookup found not on the platform as a void named it, left refused by a run that
+    # ended before it post-voided it
+    settle_voided_sales(ctx.ledger, ctx.feed.scope, ctx.run_id, ctx.ledger.refused_as_voided(ctx.feed.scope))
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
     if not pending:
-        return [], [], []
+        return [], [], [], []
     waiting = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending)
     doubted = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending, in_doubt=True)
+    # sales in doubt wait too: a void in the files has the target look them up, not resend them
+    in_doubt = ctx.ledger.sales_in_doubt(pending)
     unsent = ctx.ledger.never_requested(pending)
     log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
-             "transient reason); %d never sent %s after this run's files are read%s",
-             ctx.feed.name, counted(len(pending), "transaction"), len(unsent - waiting),
-             "goes" if len(unsent - waiting) == 1 else "go",
+             "transient reason); %d never sent or sales in doubt %s after this run's files are read%s",
+             ctx.feed.name, counted(len(pending), "transaction"), len((unsent | in_doubt) - waiting),
+             "goes" if len((unsent | in_doubt) - waiting) == 1 else "go",
              f", {counted(len(waiting), 'return')} whose sale is not on the platform yet after "
              "this run's files"
              if waiting else "")
-    ctx.submit([i for i in pending if i not in unsent and i not in waiting])
+    ctx.submit([i for i in pending if i not in unsent and i not in in_doubt and i not in waiting])
     read_back = ctx.ledger.waiting_for_sale([i for i in pending if i in doubted]) if doubted else set()
     return ([i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting],
-            [i for i in pending if i in read_back])
+            [i for i in pending if i in read_back], [i for i in pending if i in in_doubt])
 
 
 def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
@@ -693,18 +704,23 @@ def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
 
 
 def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
-    """``row_ids`` but those the run's files settled meanwhile (a sale a void names: post_voided)."""
-    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED) if row_ids else set()
+    """``row_ids`` but those the run's files settled meanwhile (a sale a void names: post_voided);
+    a sale in doubt stays in doubt until it is sent or looked up."""
+    if not row_ids:
+        return []
+    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED) | ctx.ledger.rows_in_state(
+        row_ids, TxnState.SENDING)
     return [i for i in row_ids if i in queued]
 
 
 def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -> None:
-    """Carry over (settling what may be on the platform), read the run's files, then send what
-    earlier runs left and no request carried (``unsent``, but the sales a void of the files names),
-    the files' transactions and the returns waiting for their sale (``waiting``, and the returns in
+    """Carry over (settling what may be on the platform), read the run's files, settle the sales
+    in doubt (``in_doubt``: looked up, not resent, when a void names them), then send what earlier
+    runs left and no request carried (``unsent``, but the sales a void of the files names), the
+    files' transactions and the returns waiting for their sale (``waiting``, and the returns in
     doubt read back as not landed: ``read_back``, queued again), in that order; finish the files."""
     with ctx.stage("settle"):
-        unsent, waiting, read_back = _carry_over(ctx)
+        unsent, waiting, read_back, in_doubt = _carry_over(ctx)
     ctx.notes["business_dates"] = [d.isoformat() for d in business_dates]
     if ctx.stopped():
         ctx.notes["stopped"] = True
@@ -712,7 +728,7 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
     if ctx.refused():
         return
     if ctx.source_down is not None:
-        _send_without_source(ctx, ctx.source_down, unsent, waiting)
+        _send_without_source(ctx, ctx.source_down, [*in_doubt, *unsent], waiting)
         return
     source = ctx.source
     try:
@@ -724,14 +740,16 @@ def _run_body(ctx: _Context, business_dates: list[date], now: datetime | None) -
             # is sent all the same, nothing waits behind a broken source; the run fails as before
             if not (ctx.stopped() or ctx.lock_lost()):
                 with ctx.stage("submit"):
-                    ctx.submit(_still_queued(ctx, unsent))
+                    ctx.submit(_still_queued(ctx, [*in_doubt, *unsent]))
             raise
         if ctx.stopped():
             ctx.notes["stopped"] = True
         else:
             with ctx.stage("submit"):
-                ctx.submit([*_still_queued(ctx, unsent), *outcome.to_send, *waiting,
-                            *_queued_again(ctx, read_back)])
+                ctx.submit(_still_queued(ctx, in_doubt))  # older work first, as settled at the start
+                if not ctx.refused():
+                    ctx.submit([*_still_queued(ctx, unsent), *outcome.to_send, *waiting,
+                                *_queued_again(ctx, read_back)])
         if not ctx.refused():
             ctx.finish_files(source)
     finally:

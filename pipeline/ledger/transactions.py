@@ -91,6 +91,22 @@ class Transactions:
         0): known not to be on the platform, so a void read later may still keep them off it."""
         return self._ids_where(row_ids, "state = 'queued' AND attempts = 0")
 
+    def sales_in_doubt(self, row_ids: Sequence[int]) -> set[int]:
+        """The sales among ``row_ids`` that a request carried (in doubt, or resent: they may have
+        landed) and that no return in doubt among ``row_ids`` names (such a sale is read back with
+        its return): a void read later may still keep one of them off the platform, by a lookup."""
+        original = self._db.json_text("checkout", "original_transaction_id")
+        sales: dict[int, str] = {}
+        named: set[str] = set()
+        for chunk in chunks(row_ids):
+            sales.update((r[0], str(r[1])) for r in self._db.query(
+                f"SELECT id, transaction_id FROM transactions WHERE id IN ({marks(len(chunk))}) "
+                "AND transaction_type = 'sale' AND NOT (state = 'queued' AND attempts = 0)", chunk))
+            named.update(str(r[0]) for r in self._db.query(
+                f"SELECT {original} FROM transactions WHERE id IN ({marks(len(chunk))}) "
+                "AND transaction_type = 'return' AND state = 'sending'", chunk) if r[0] is not None)
+        return {i for i, tid in sales.items() if tid not in named}
+
     def returns_before_their_sale(self, scope: str, row_ids: Sequence[int], *,
                                   in_doubt: bool = False) -> set[int]:
         """The returns among ``row_ids`` not in doubt (``sending``; only those in doubt with

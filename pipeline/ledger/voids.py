@@ -12,6 +12,7 @@ from pipeline.ledger.records import TxnRecord, timestamp, txn_record
 from pipeline.ledger.returns import rows_naming
 from pipeline.ledger.states import POST_VOIDED, TxnState
 from pipeline.ledger.transitions import ScopeGuard, attach, require_held, set_state
+from pipeline.records import VOIDED_IN_DOUBT
 
 # a sale a void names is known not to be on the platform in these states, as long as no request
 # carrying it ever went out (attempts = 0); a refused one (failed_permanent) never landed either
@@ -64,6 +65,13 @@ class Voids:
         return self._db.one(
             f"SELECT 1 FROM transactions WHERE scope = ? AND {original} IS NOT NULL "
             "AND transaction_type = 'void' LIMIT 1", (scope,)) is not None
+
+    def refused_as_voided(self, scope: str) -> list[int]:
+        """The sale rows of ``scope`` a lookup found not on the platform as a void named them
+        (``failed_permanent``, ``voided_in_doubt``) and not post-voided yet (the run ended first)."""
+        return [r[0] for r in self._db.query(
+            "SELECT id FROM transactions WHERE scope = ? AND state = 'failed_permanent' "
+            "AND last_error_code = ? AND transaction_type = 'sale'", (scope, VOIDED_IN_DOUBT))]
 
     def post_void_sales(self, run_id: str, sales: Sequence[tuple[int, str]]) -> list[int]:
         """Post-void sale rows (id, message) known not to be on the platform (:func:`post_void`)."""

@@ -72,7 +72,14 @@ from pipeline.sinks.antavo_readback import (
     transactions_in,
 )
 from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, Line, ReturnDecision, SaleFacts
-from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, sale_not_found
+from pipeline.sinks.base import (
+    VOIDED_IN_DOUBT,
+    CheckoutRow,
+    EventResult,
+    Outcome,
+    sale_not_found,
+    voided_not_landed,
+)
 from pipeline.sinks.delivery import (
     Batch,
     Plan,
@@ -217,6 +224,10 @@ class AntavoAdapter:
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
         # refunds of a sale the ledger does not know: checked against the platform's sale first
         self._unchecked: set[str] = set()
+        # members' sales that may have landed and that a void names (sale -> void): read, never
+        # resent; and what their read found
+        self._voided: dict[str, str] = {}
+        self._voided_found: dict[str, EventResult] = {}
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
         # return -> the lines its latest read-back found landed (their money counts as refunded)
@@ -282,6 +293,8 @@ class AntavoAdapter:
             phase = 0
             if row.get("transaction_type") == TransactionType.SALE:
                 self._sales.add(tid)
+                if row.get("voided_by") and row.get("may_have_landed") and not events[0].get("guest"):
+                    self._voided[tid] = str(row["voided_by"])
             if is_return:  # a sale's refunds one after the other: a read-back tells them apart
                 original = str(row.get("original_transaction_id"))
                 phase = NEW_REFUNDS + refunding.get(original, 0)
@@ -339,6 +352,12 @@ class AntavoAdapter:
         landed = self._waiting_for_opt_in(units) + self._waiting_for_sale(units)
         if landed:
             units = [unit for unit in units if unit.transaction_id not in {r.transaction_id for r in landed}]
+        if any(unit.transaction_id in self._voided for unit in units):
+            read = await self._read_voided_sales(units, client)
+            if isinstance(read, RequestFailure):
+                return read
+            landed = landed + read
+            units = [unit for unit in units if unit.transaction_id not in self._voided]
         if any(unit.transaction_id in self._unchecked for unit in units):
             checked = await self._check_on_platform(units, client)
             if isinstance(checked, RequestFailure):
@@ -523,6 +542,34 @@ class AntavoAdapter:
             refund.decision = decision
             to_send.append(Unit(tid, refund_events(refund.row, decision, account=self.target.account)))
         return results, to_send
+
+    async def _read_voided_sales(self, units: Sequence[Unit], client: HttpClient
+                                 ) -> list[EventResult] | RequestFailure:
+        """The members' sales among ``units`` that may have landed and that a void names, read
+        from the platform instead of sent again: listed, accepted as the resend's "already used"
+        would settle them; not listed (nor the customer), never sent (``voided_in_doubt``)."""
+        results: list[EventResult] = []
+        for unit in units:
+            tid = unit.transaction_id
+            if tid not in self._voided:
+                continue
+            if tid not in self._voided_found:
+                customer = str(unit.payload[0].get("customer"))
+                url = (f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
+                       f"?id={quote(tid, safe='')}")
+                listing = await self._get(url, client, unknown_customer=True)
+                if isinstance(listing, RequestFailure):
+                    return listing
+                if listing is not None and transactions_in(listing, tid):
+                    self._sales_landed.add(tid)
+                    self._voided_found[tid] = EventResult(
+                        tid, Outcome.ALREADY_ACCEPTED, error_code=READ_BACK, attempts=0,
+                        error_message="an earlier request landed: found on the platform")
+                else:
+                    self._sales_refused[tid] = VOIDED_IN_DOUBT
+                    self._voided_found[tid] = voided_not_landed(tid, self._voided[tid], "read back")
+            results.append(self._voided_found[tid])
+        return results
 
     async def _platform_sale(
         self, customer: str, original: str, client: HttpClient

@@ -14,10 +14,10 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from pipeline.records import ORIGINAL_NOT_FOUND, EventResult, Outcome, RetryClass
+from pipeline.records import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, EventResult, Outcome, RetryClass
 
-__all__ = ["ORIGINAL_NOT_FOUND", "CheckoutRow", "EventResult", "OnResult", "OnSending", "Outcome",
-           "RetryClass", "Sink", "sale_not_found"]
+__all__ = ["ORIGINAL_NOT_FOUND", "VOIDED_IN_DOUBT", "CheckoutRow", "EventResult", "OnResult", "OnSending",
+           "Outcome", "RetryClass", "Sink", "sale_not_found", "voided_not_landed"]
 
 CheckoutRow = Mapping[str, Any]
 
@@ -33,6 +33,14 @@ def sale_not_found(tid: str, sale: str, where: str = "the ledger does not know i
                        retry_class=RetryClass.WAITING,
                        error_message=f"not sent: its sale {sale} has not arrived ({where}); the return "
                                      "waits for it: the run after the sale is delivered sends it")
+
+
+def voided_not_landed(tid: str, void: str, where: str) -> EventResult:
+    """A sale in doubt that the void ``void`` names, which a lookup (``where``) did not find on the
+    platform: never sent, so a voided sale does not land."""
+    return EventResult(tid, Outcome.REJECTED, error_code=VOIDED_IN_DOUBT, attempts=0,
+                       error_message=f"never sent: voided at the till ({void}) and not found on the "
+                                     f"platform ({where})")
 
 
 class Sink(Protocol):

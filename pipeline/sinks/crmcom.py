@@ -42,7 +42,7 @@ from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
 from pipeline.logs import forget_secret, register_secret
 from pipeline.records import TransactionType
-from pipeline.sinks.base import CheckoutRow, EventResult, Outcome
+from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, voided_not_landed
 from pipeline.sinks.crmcom_lookup import (
     Ambiguous,
     Answer,
@@ -310,6 +310,7 @@ class CrmcomAdapter:
         self._created: dict[str, tuple[str, ...]] = {}
         # exactly once: what may have landed, what lookups settled, what each request carried
         self._maybe_landed: set[str] = set()
+        self._voided: dict[str, str] = {}  # sales that may have landed and that a void names -> the void
         self._settled: dict[str, EventResult] = {}
         self._decided: dict[tuple[str, ...], list[EventResult]] = {}
         self._carried: dict[tuple[str, ...], list[str]] = {}
@@ -350,6 +351,8 @@ class CrmcomAdapter:
         for row in checkouts:
             if row.get("may_have_landed"):
                 self._maybe_landed.add(str(row["transaction_id"]))
+                if row.get("voided_by"):
+                    self._voided[str(row["transaction_id"])] = str(row["voided_by"])
             if row.get("customer_id"):
                 self._customer_of[str(row["transaction_id"])] = str(row["customer_id"])
             planned = planner.plan(row)
@@ -588,6 +591,9 @@ class CrmcomAdapter:
                 continue
             if batch.route != "cancel":
                 settled = await self._settle_create(client, token, tid)
+                if settled is None and tid in self._voided:  # not there: a voided sale is not created
+                    settled = voided_not_landed(tid, self._voided[tid], "looked up")
+                    self._refused.add(tid)
                 if settled is None:
                     send.append(unit)
                 elif settled.outcome is Outcome.RETRYABLE:

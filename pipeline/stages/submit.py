@@ -54,7 +54,7 @@ from pipeline.stages.returns import hold_for_sales, past_the_wait, with_return_c
 __all__ = [
     "BATCH_SIZE", "MEMBER_NOT_ENROLLED", "ORIGINAL_NOT_A_SALE", "SubmitResult", "checkouts_of", "decide_rows",
     "gate_claims", "gate_returns", "gate_signups", "personal_values",
-    "sales_first_batches", "submit_rows", "with_originals", "without_personal",
+    "sales_first_batches", "submit_rows", "with_originals", "with_voids", "without_personal",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord], *, dry_r
             else decode_checkout(r.checkout)
             for r in rows if r.checkout
         ]
+        decoded = with_voids(ledger, feed.scope, decoded)
     else:
         decoded = [json.loads(r.checkout) for r in rows if r.checkout]
     unsent: list[EventResult] = []
@@ -261,6 +262,22 @@ def _recorded(record: TxnRecord) -> dict[str, Any]:
             for item in stored.get("items") or ()
         ],
     }
+
+
+def with_voids(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``checkouts`` with ``voided_by`` (the void's transaction id) on each sale that may have
+    landed and that a void names: the target looks it up without sending it (found: accepted; not
+    found: refused, ``voided_in_doubt``, and post-voided after the submission) where it can."""
+    doubted = [str(c["transaction_id"]) for c in checkouts if c.get("may_have_landed")
+               and c.get("transaction_type") == TransactionType.SALE and c.get("transaction_id")]
+    if not doubted or not ledger.any_voids_naming(scope):
+        return checkouts
+    voids = ledger.voids_naming(scope, doubted)
+    if not voids:
+        return checkouts
+    return [{**c, "voided_by": str(voids[str(c["transaction_id"])][0].transaction_id)}
+            if c.get("may_have_landed") and str(c.get("transaction_id")) in voids else c
+            for c in checkouts]
 
 
 def may_have_landed(record: TxnRecord) -> bool:

@@ -1,9 +1,12 @@
 """Voids whose sale was in doubt when they came in, decided once the sale is settled.
 
 A void naming a sale that may have reached the platform (in doubt, or failed after a request went
-out) stays a plain void as it is recorded: the sale is settled first, by the send that would
-settle it anyway (Antavo's "transaction ID already used", CRM.COM's lookup first), never guessed.
-After each submission, :func:`settle_voided_sales` decides the voids of the sales it settled: a
+out) stays a plain void as it is recorded: the sale is settled by the platform, never guessed.
+Such a sale goes to the target with ``voided_by`` (:func:`pipeline.stages.submit.with_voids`): it
+is looked up without being sent where the target can ask (an Antavo member's transactions read
+back, CRM.COM's purchase lookup): found, accepted; not found, refused (``voided_in_doubt``, never
+sent). An Antavo guest's is resent as any in doubt ("transaction ID already used" if it had
+landed). After each submission, :func:`settle_voided_sales` decides the voids of the sales it settled: a
 sale now accepted makes its void ``void_of_sent_sale`` (to act on); a sale the platform refused is
 post-voided (never sent again). Both are part of the run that settled them (origin ``settle``).
 """

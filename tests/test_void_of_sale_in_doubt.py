@@ -1,0 +1,186 @@
+"""A sale an earlier run left in doubt (``sending``: its request went out, the answer was lost or
+the process was killed) and a void of it in the next run's files, end to end against the real
+sandbox of each target, with real files, on both ledgers. The run looks the sale up without
+sending it once the void is known: not on the platform, it is never sent (``post_voided``); on the
+platform, it is settled accepted once and the void is coded to act on (``void_of_sent_sale``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline import runner
+from pipeline.errors import EXIT_OK
+from pipeline.ledger import Ledger
+from pipeline.runner import run_feed
+from pipeline.sandbox.server import SandboxServer
+from tests.runner_helpers import credentials, delivered_ids
+from tests.test_crmcom_returns_e2e import WINE, line
+from tests.test_void_after_stopped_run import (
+    DAY,
+    MORNING,
+    NOON,
+    ended_before_sending,
+    local_feed,
+    settings_for,
+)
+from tests.test_void_names_sale import balances_per_currency, write
+
+
+def left_in_doubt(location: Path | str, transaction_id: str, customer: str | None = None) -> None:
+    """As a run killed while its request was out leaves a sale: in doubt, one attempt, an hour ago,
+    its checkout with the customer id in clear (``customer``: as before the end of the run that
+    accepted it masked it; a checkout that may be sent again keeps it)."""
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="microseconds")
+    with Ledger(location) as ledger, ledger._db.transaction() as db:
+        db.execute("UPDATE transactions SET state = 'sending', attempts = 1, updated_at = ? "
+                   "WHERE transaction_id = ?", (hour_ago, transaction_id))
+        if customer is not None:
+            db.execute(f"UPDATE transactions SET checkout = {db.json_set_text('checkout', 'customer_id')} "
+                       "WHERE transaction_id = ?", (customer, transaction_id))
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_void_of_a_sale_in_doubt_that_had_not_landed_keeps_it_off_the_platform(
+    tmp_path: Path, ledger_location: Path | str, kind: str
+) -> None:
+    """Before, the sale was resent as the run started, before the void was read: a voided sale
+    landed on the platform (points for a cancelled sale) and the void was ``void_of_sent_sale``."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed(kind, sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, kind, "stopped")
+        assert delivered_ids(sandbox) == []
+        left_in_doubt(ledger_location, "S-1")  # its request went out and never reached the platform
+
+        write(drop / "b_noon.csv", NOON)
+        with credentials(sandbox, kind):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert delivered == ["S-2"]  # S-1 never reached the platform
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    settled = {tid: (t.state.value, t.last_error_code) for tid, t in rows.items()}
+    assert settled == {"S-1": ("void", "post_voided"), "S-2": ("accepted", None), "V-1": ("void", None)}
+    assert "V-1" in str(rows["S-1"].last_error_message)
+    s = second.summary
+    assert second.exit_code == EXIT_OK, s
+    assert (s["carried_over"], s["accepted"], s["post_voided"], s["voids_of_sent_sales"]) == (2, 1, 1, 0)
+    assert s["balanced"] is True and s["waiting"] == 0 and s["in_doubt"] == 0
+    assert second.reports_path is not None
+    balances_per_currency(second.reports_path)
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_void_of_a_sale_in_doubt_that_had_landed_is_coded_to_act_on(
+    tmp_path: Path, ledger_location: Path | str, kind: str
+) -> None:
+    """The sale's request landed and its answer was lost: found on the platform, it is settled
+    accepted (never sent twice) and its void is ``void_of_sent_sale``."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed(kind, sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        with credentials(sandbox, kind):
+            first = run_feed(feed, settings, business_dates=[DAY])
+        assert first.exit_code == EXIT_OK and sorted(delivered_ids(sandbox)) == ["S-1", "S-2"]
+        left_in_doubt(ledger_location, "S-1", "M1")  # it landed, its answer was lost
+
+        write(drop / "b_noon.csv", NOON)
+        with credentials(sandbox, kind):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert delivered == ["S-1", "S-2"]  # each once
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    settled = {tid: (t.state.value, t.last_error_code) for tid, t in rows.items()}
+    assert settled == {"S-1": ("accepted", rows["S-1"].last_error_code), "S-2": ("accepted", None),
+                       "V-1": ("void", "void_of_sent_sale")}
+    assert "S-1" in str(rows["V-1"].last_error_message)
+    s = second.summary
+    assert second.exit_code == EXIT_OK, s
+    assert (s["carried_over"], s["post_voided"], s["voids_of_sent_sales"]) == (1, 0, 1)
+    assert s["balanced"] is True and s["in_doubt"] == 0
+    assert second.reports_path is not None
+    balances_per_currency(second.reports_path)
+
+
+def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to_the_next(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's end comes between the lookup's answer (recorded: refused, ``voided_in_doubt``)
+    and the post-void of the sale: the next run post-voids it before anything else, sends nothing."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", NOON)
+
+        def ended(_ledger: Ledger, _scope: str, _run_id: str, row_ids: list[int]) -> None:
+            if row_ids:  # after a submission
+                raise RuntimeError("the run ended here")
+
+        monkeypatch.setattr(runner, "settle_voided_sales", ended)
+        with credentials(sandbox), pytest.raises(RuntimeError):
+            run_feed(feed, settings, business_dates=[DAY])
+        with Ledger(ledger_location) as ledger:
+            left = {t.transaction_id: (t.state.value, t.last_error_code)
+                    for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+        assert left["S-1"] == ("failed_permanent", "voided_in_doubt")
+        monkeypatch.undo()
+
+        with credentials(sandbox):
+            third = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert delivered == ["S-2"]
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert {tid: (t.state.value, t.last_error_code) for tid, t in rows.items()} == {
+        "S-1": ("void", "post_voided"), "S-2": ("accepted", None), "V-1": ("void", None)}
+    assert "V-1" in str(rows["S-1"].last_error_message)
+    assert third.exit_code == EXIT_OK and third.summary["post_voided"] == 1, third.summary
+    assert third.summary["balanced"] is True
+
+
+def test_an_antavo_guests_sale_in_doubt_cannot_be_read_back_and_is_resent(
+    tmp_path: Path, ledger_location: Path | str
+) -> None:
+    """A guest's transactions cannot be read (no customer): the sale in doubt is resent as any in
+    doubt, so one that had not landed lands now and its void is ``void_of_sent_sale``, to act on
+    (docs/OPERATIONS.md says so)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    guest = [line("S-1", "", "sale", 1, *WINE, 1, "11.49"), MORNING[0]]
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", guest)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", [line("V-1", "", "void", 1, *WINE, 1, "11.49", original="S-1", hour="12")])
+        with credentials(sandbox):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert delivered == ["S-1", "S-2"]
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: (t.state.value, t.last_error_code)
+                for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert rows == {"S-1": ("accepted", None), "S-2": ("accepted", None),
+                    "V-1": ("void", "void_of_sent_sale")}
+    assert second.exit_code == EXIT_OK and second.summary["voids_of_sent_sales"] == 1, second.summary
+    assert second.summary["balanced"] is True
