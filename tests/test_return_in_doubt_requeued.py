@@ -171,8 +171,9 @@ def test_a_run_killed_after_it_queued_a_return_in_doubt_again_leaves_it_for_the_
     done = posfeed.run()
     sent_once_after_its_sale(posfeed)
     rows = posfeed.rows()
-    # the killed look, the killed run's request (in flight: it may have carried it), the send
-    assert rows["R-1"].attempts == (2 if killed == "requeued" else 3), rows["R-1"]
+    # the killed look and the send; in flight, the killed run's request too (it may have carried
+    # it), and the send only when its read-back came before the held request landed
+    assert rows["R-1"].attempts in ({2} if killed == "requeued" else {2, 3}), rows["R-1"]
     assert done["carried_over"] == 2 if killed == "requeued" else 1, done
     assert done["exit_code"] == 0 and done["in_doubt"] == 0 and done["backlog"]["waiting"] == 0, done
     assert [r["transaction_id"] for r in detail_rows(done)].count("R-1") == 1

@@ -6,6 +6,7 @@ platform, it is settled accepted once and the void is coded to act on (``void_of
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -184,3 +185,44 @@ def test_an_antavo_guests_sale_in_doubt_cannot_be_read_back_and_is_resent(
                     "V-1": ("void", "void_of_sent_sale")}
     assert second.exit_code == EXIT_OK and second.summary["voids_of_sent_sales"] == 1, second.summary
     assert second.summary["balanced"] is True
+
+
+def test_a_sale_just_left_in_doubt_is_read_back_no_sooner_than_the_read_back_wait(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request the platform still holds lands within ``readback_wait_seconds``: a sale whose
+    request may have gone out a moment ago is read back only once that wait has passed since (as
+    a refund's is), so a late landing is found rather than the sale post-voided beside it."""
+    from pipeline.sinks.antavo import AntavoAdapter
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    reads: list[tuple[float, str]] = []
+    original_get = AntavoAdapter._get
+
+    async def timed_get(self: AntavoAdapter, url: str, *args: object, **kwargs: object) -> object:
+        reads.append((time.time(), url))
+        return await original_get(self, url, *args, **kwargs)  # type: ignore[arg-type]
+
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        feed = feed.model_copy(update={"target": feed.target.model_copy(update={"readback_wait_seconds": 2})})
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        marked = time.time()  # its request went out just now
+        with Ledger(ledger_location) as ledger, ledger._db.transaction() as db:
+            db.execute("UPDATE transactions SET state = 'sending', attempts = 1, updated_at = ? "
+                       "WHERE transaction_id = 'S-1'",
+                       (datetime.fromtimestamp(marked, UTC).isoformat(timespec="microseconds"),))
+        write(drop / "b_noon.csv", NOON)
+        monkeypatch.setattr(AntavoAdapter, "_get", timed_get)
+        with credentials(sandbox, "antavo"):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        assert delivered_ids(sandbox) == ["S-2"]
+    read_sale = [at for at, url in reads if "id=S-1" in url]
+    assert read_sale and min(read_sale) >= marked + 2, (read_sale, marked)
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert (rows["S-1"].state.value, rows["S-1"].last_error_code) == ("void", "post_voided")
+    assert second.exit_code == EXIT_OK and second.summary["balanced"] is True

@@ -28,13 +28,16 @@ class Transactions:
                 found[row["transaction_id"]] = txn_record(row)
         return found
 
-    def recorded_at(self, scope: str, transaction_ids: Sequence[str]) -> dict[str, str]:
-        """When the primary row of each of ``transaction_ids`` in ``scope`` was first recorded
-        (ISO 8601, UTC), by transaction id."""
+    def recorded_at(self, scope: str, transaction_ids: Sequence[str], *, last_changed: bool = False
+                    ) -> dict[str, str]:
+        """When the primary row of each of ``transaction_ids`` in ``scope`` was first recorded, or
+        with ``last_changed`` last changed (for a row in doubt: when its last request may have gone
+        out), ISO 8601 UTC, by transaction id."""
+        column = "updated_at" if last_changed else "created_at"
         found: dict[str, str] = {}
         for chunk in chunks(list(dict.fromkeys(transaction_ids))):
             for row in self._db.query(
-                f"SELECT transaction_id, created_at FROM transactions WHERE scope = ? "
+                f"SELECT transaction_id, {column} FROM transactions WHERE scope = ? "
                 f"AND transaction_id IN ({marks(len(chunk))}) AND state IN {PRIMARY_SQL}",
                 (scope, *chunk),
             ):

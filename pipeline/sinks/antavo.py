@@ -227,6 +227,7 @@ class AntavoAdapter:
         # members' sales that may have landed and that a void names (sale -> void): read, never
         # resent; and what their read found
         self._voided: dict[str, str] = {}
+        self._voided_since: dict[str, float | None] = {}  # when a request of it may have gone out
         self._voided_found: dict[str, EventResult] = {}
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
@@ -295,6 +296,7 @@ class AntavoAdapter:
                 self._sales.add(tid)
                 if row.get("voided_by") and row.get("may_have_landed") and not events[0].get("guest"):
                     self._voided[tid] = str(row["voided_by"])
+                    self._voided_since[tid] = row.get("sent_since")
             if is_return:  # a sale's refunds one after the other: a read-back tells them apart
                 original = str(row.get("original_transaction_id"))
                 phase = NEW_REFUNDS + refunding.get(original, 0)
@@ -546,7 +548,8 @@ class AntavoAdapter:
     async def _read_voided_sales(self, units: Sequence[Unit], client: HttpClient
                                  ) -> list[EventResult] | RequestFailure:
         """The members' sales among ``units`` that may have landed and that a void names, read
-        from the platform instead of sent again: listed, accepted as the resend's "already used"
+        from the platform instead of sent again, no sooner than ``readback_wait_seconds`` after
+        their last request may have gone out: listed, accepted as the resend's "already used"
         would settle them; not listed (nor the customer), never sent (``voided_in_doubt``)."""
         results: list[EventResult] = []
         for unit in units:
@@ -554,6 +557,10 @@ class AntavoAdapter:
             if tid not in self._voided:
                 continue
             if tid not in self._voided_found:
+                # as a refund's read-back: a request the platform still held has landed by then
+                wait = (self._voided_since.get(tid) or 0) + self._readback_wait - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 customer = str(unit.payload[0].get("customer"))
                 url = (f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
                        f"?id={quote(tid, safe='')}")

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pipeline.checkout_codec import decode_checkout
@@ -267,7 +268,8 @@ def _recorded(record: TxnRecord) -> dict[str, Any]:
 def with_voids(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``checkouts`` with ``voided_by`` (the void's transaction id) on each sale that may have
     landed and that a void names: the target looks it up without sending it (found: accepted; not
-    found: refused, ``voided_in_doubt``, and post-voided after the submission) where it can."""
+    found: refused, ``voided_in_doubt``, and post-voided after the submission) where it can;
+    ``sent_since``: when its last request may have gone out (Unix seconds)."""
     doubted = [str(c["transaction_id"]) for c in checkouts if c.get("may_have_landed")
                and c.get("transaction_type") == TransactionType.SALE and c.get("transaction_id")]
     if not doubted or not ledger.any_voids_naming(scope):
@@ -275,8 +277,11 @@ def with_voids(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> l
     voids = ledger.voids_naming(scope, doubted)
     if not voids:
         return checkouts
-    return [{**c, "voided_by": str(voids[str(c["transaction_id"])][0].transaction_id)}
-            if c.get("may_have_landed") and str(c.get("transaction_id")) in voids else c
+    # when a request of each may have gone out: the target reads it no sooner than its wait after
+    changed = ledger.recorded_at(scope, list(voids), last_changed=True)
+    return [{**c, "voided_by": str(voids[tid][0].transaction_id),
+             "sent_since": datetime.fromisoformat(changed[tid]).timestamp() if tid in changed else None}
+            if c.get("may_have_landed") and (tid := str(c.get("transaction_id"))) in voids else c
             for c in checkouts]
 
 
