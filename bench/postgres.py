@@ -78,8 +78,10 @@ def _database(url: str | None, server_cpus: set[int] | None = None) -> Iterator[
     cluster = pg_cluster.PgCluster().start()
     try:
         if server_cpus is not None:
-            for pid in _process_tree(cluster.server_pid()):
-                os.sched_setaffinity(pid, server_cpus)  # children forked later inherit it
+            os.sched_setaffinity(cluster.server_pid(), server_cpus)  # children forked later inherit it
+            for pid in _process_tree(cluster.server_pid())[1:]:  # those forked before
+                with contextlib.suppress(ProcessLookupError):  # a short-lived one may have ended
+                    os.sched_setaffinity(pid, server_cpus)
         yield cluster.create_database()
     finally:
         cluster.stop()
