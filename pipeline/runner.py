@@ -708,8 +708,7 @@ def _still_queued(ctx: _Context, row_ids: list[int]) -> list[int]:
     a sale in doubt stays in doubt until it is sent or looked up."""
     if not row_ids:
         return []
-    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED) | ctx.ledger.rows_in_state(
-        row_ids, TxnState.SENDING)
+    queued = ctx.ledger.rows_in_state(row_ids, TxnState.QUEUED, TxnState.SENDING)
     return [i for i in row_ids if i in queued]
 
 

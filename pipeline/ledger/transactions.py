@@ -81,9 +81,9 @@ class Transactions:
                 found[row["id"]] = txn_record(row, checkout=row["checkout"] if with_checkout else None)
         return [found[i] for i in row_ids if i in found]
 
-    def rows_in_state(self, row_ids: Sequence[int], state: TxnState) -> set[int]:
-        """The ledger ids among ``row_ids`` whose transaction is in ``state``."""
-        return self._ids_where(row_ids, "state = ?", (state.value,))
+    def rows_in_state(self, row_ids: Sequence[int], *states: TxnState) -> set[int]:
+        """The ledger ids among ``row_ids`` whose transaction is in one of ``states``."""
+        return self._ids_where(row_ids, f"state IN ({marks(len(states))})", [s.value for s in states])
 
     def rows_of_type(self, row_ids: Sequence[int], transaction_type: str) -> set[int]:
         """The ledger ids among ``row_ids`` whose transaction is of ``transaction_type``."""
