@@ -224,10 +224,9 @@ class AntavoAdapter:
         self._sent: set[str] = set()  # refunds that may have landed: read back before sending again
         # refunds of a sale the ledger does not know: checked against the platform's sale first
         self._unchecked: set[str] = set()
-        # members' sales that may have landed and that a void names (sale -> void): read, never
-        # resent; and what their read found
-        self._voided: dict[str, str] = {}
-        self._voided_since: dict[str, float | None] = {}  # when a request of it may have gone out
+        # members' sales that may have landed and that a void names (sale -> the void, and when a
+        # request of the sale may have gone out): read, never resent; and what their read found
+        self._voided: dict[str, tuple[str, float | None]] = {}
         self._voided_found: dict[str, EventResult] = {}
         self._owner: dict[str, str] = {}  # platform refund event id -> the return it belongs to
         self._owned: dict[str, list[str]] = {}  # return -> its refund event ids, as found or answered
@@ -295,8 +294,7 @@ class AntavoAdapter:
             if row.get("transaction_type") == TransactionType.SALE:
                 self._sales.add(tid)
                 if row.get("voided_by") and row.get("may_have_landed") and not events[0].get("guest"):
-                    self._voided[tid] = str(row["voided_by"])
-                    self._voided_since[tid] = row.get("sent_since")
+                    self._voided[tid] = (str(row["voided_by"]), row.get("sent_since"))
             if is_return:  # a sale's refunds one after the other: a read-back tells them apart
                 original = str(row.get("original_transaction_id"))
                 phase = NEW_REFUNDS + refunding.get(original, 0)
@@ -461,9 +459,7 @@ class AntavoAdapter:
             if row.get("is_guest") or not row.get("customer_id"):
                 landed.append(_held(tid, self.feed_name))
                 continue
-            wait = (refund.since or 0) + self._readback_wait - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._read_back_wait(refund.since)
             original = str(row["original_transaction_id"])
             events = await self._platform_refunds(str(row["customer_id"]), original, client)
             if isinstance(events, RequestFailure):
@@ -557,10 +553,7 @@ class AntavoAdapter:
             if tid not in self._voided:
                 continue
             if tid not in self._voided_found:
-                # as a refund's read-back: a request the platform still held has landed by then
-                wait = (self._voided_since.get(tid) or 0) + self._readback_wait - time.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await self._read_back_wait(self._voided[tid][1])
                 customer = str(unit.payload[0].get("customer"))
                 url = (f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
                        f"?id={quote(tid, safe='')}")
@@ -574,7 +567,7 @@ class AntavoAdapter:
                         error_message="an earlier request landed: found on the platform")
                 else:
                     self._sales_refused[tid] = VOIDED_IN_DOUBT
-                    self._voided_found[tid] = voided_not_landed(tid, self._voided[tid], "read back")
+                    self._voided_found[tid] = voided_not_landed(tid, self._voided[tid][0], "read back")
             results.append(self._voided_found[tid])
         return results
 
@@ -628,6 +621,13 @@ class AntavoAdapter:
         if isinstance(events, RequestFailure):
             return events
         return events_in(events)
+
+    async def _read_back_wait(self, since: float | None) -> None:
+        """Until ``readback_wait_seconds`` after ``since`` (when a request may have gone out): a
+        request the platform still held has landed by then."""
+        wait = (since or 0) + self._readback_wait - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _get(self, url: str, client: HttpClient, *, unknown_customer: bool = False) -> Any:
         """A read's JSON, or the failure. ``unknown_customer``: "Customer not found" is None (none
