@@ -317,3 +317,26 @@ def test_row_designs_smoke_measures_both_designs_on_both_backends(postgres_db: s
     submit_trips = [float(r[5]) for r in rows if r[1].strip() == "submit"]
     # the narrow design commits as the ledger does; one statement waits for its answer (one more)
     assert submit_trips[0] == submit_trips[1] == submit_trips[2] > 0 and submit_trips[3] > submit_trips[2]
+
+
+def test_report_server_smoke_times_each_form_on_the_ledgers_schema(postgres_db: str) -> None:
+    # bench/report_server.py: every form timed once per round on a ledger of the current schema
+    # (its membership table with migration 13's room), and a median printed for each
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "report_server.py"), "--url", postgres_db, "--rows", "200",
+         "--rounds", "2"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert script.returncode == 0, script.stderr[-2000:]
+    lines = script.stdout.split("median µs/row")[1].splitlines()[1:]
+    medians = {line.split("  ")[0]: float(line.split("(")[-2].split()[-1]) for line in lines if line}
+    assert set(medians) == {
+        "keep: subquery, full pages (before migration 13)", "keep: join, full pages",
+        "keep: subquery, fillfactor 40", "keep: join, fillfactor 30 (the ledger's)",
+        "keep: join, fillfactor 40",
+        "keep: narrow table INSERT ... SELECT", "mask read: jsonb (before)", "mask read: json (the ledger's)"}
+    assert all(value > 0 for value in medians.values())
+    with psycopg.connect(postgres_db) as db:
+        (options,) = db.execute("SELECT reloptions FROM pg_class WHERE relname = 'run_transactions'"
+                                ).fetchone()
+        kept = db.execute("SELECT count(*) FROM run_transactions WHERE state_at_end = 'accepted'").fetchone()
+    assert options == ["fillfactor=30"] and kept == (2 * 200 * 2,)  # two forms, two rounds

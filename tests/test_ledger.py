@@ -253,6 +253,30 @@ def test_scrub_masks_the_customer_of_checkouts_never_sent_again(ledger: Ledger) 
     assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c}", run_id=run_id) == 0  # masked ones stay
 
 
+def test_scrub_reads_the_customer_id_as_it_was_stored_escaped_nested_or_a_number(ledger: Ledger) -> None:
+    """The end-of-run mask read takes each checkout's top-level customer id, whatever JSON spells
+    it (escapes, a number, a member's nested id beside it; PostgreSQL reads it as ``json``), and
+    masks every one it masked before; the ids it still finds in clear are the same."""
+    run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+    checkouts = ['{"transaction_id": "T1", "customer_id": "caf\\u00e9-1"}',
+                 json.dumps({"transaction_id": "T2", "customer_id": 4711}),
+                 json.dumps({"transaction_id": "T3", "profile": {"customer_id": "cust:x"},
+                             "customer_id": "c-3"}),
+                 json.dumps({"transaction_id": "T4", "customer_id": "c-4"})]
+    transactions = [replace(_txn(f"T{i}", line=i + 1), checkout=c) for i, c in enumerate(checkouts, start=1)]
+    ledger.record_file(run_id, _file(ledger, run_id), transactions=transactions, rejects=[],
+                       totals=[("S1", "2026-11-20", 4, 4, Decimal("42.00"))])
+    assert ledger.run_customer_ids(SCOPE, run_id=run_id) == {"caf\u00e9-1", "4711", "c-3", "c-4"}
+    for tid in ("T1", "T2", "T3"):
+        ledger.start_sending(SCOPE, [tid], run_id)
+        ledger.accept(SCOPE, tid, run_id)
+    assert ledger.scrub_customer_ids(SCOPE, lambda c: f"cust:{c[::-1]}", run_id=run_id) == 3
+    stored = {r.transaction_id: json.loads(r.checkout or "{}")["customer_id"]
+              for r in ledger.transactions_by_row_id([1, 2, 3, 4], with_checkout=True)}
+    assert stored == {"T1": "cust:1-\u00e9fac", "T2": "cust:1174", "T3": "cust:3-c", "T4": "c-4"}
+    assert ledger.run_customer_ids(SCOPE, run_id=run_id) == {"c-4"}
+
+
 def test_scrub_masks_a_customer_id_quoted_in_clear_in_the_kept_messages(ledger: Ledger) -> None:
     # messages kept while hashing was off (or by a version that did not mask them)
     from pipeline.logs import mask_customer_id
@@ -864,6 +888,74 @@ def test_a_run_keeps_its_own_outcomes(ledger: Ledger) -> None:
     (theirs,) = ledger.run_transactions(second)
     now = (theirs.state, theirs.attempts, theirs.last_error_code, theirs.event_ids, theirs.last_run_id)
     assert now == (TxnState.ACCEPTED, 2, None, ("ev-1",), second)
+
+
+def test_a_crashed_run_closed_later_keeps_its_own_outcomes_and_no_other_runs(ledger: Ledger) -> None:
+    """Closing a crashed run keeps the outcomes of its rows as it left them, and only its own: the
+    finished run before it (same row) keeps what it reported."""
+    first = ledger.start_run(feed="hourly", scope="acme")
+    file = ledger.register_file(first, scope="acme", feed="hourly", name="f.csv", size=1, mtime=1.0,
+                                sha256="abc")
+    ledger.record_file(first, file, transactions=[_txn("T1"), _txn("T2", line=3)], rejects=[],
+                       totals=[("S1", "2026-11-20", 2, 2, Decimal("21.00"), "GBP")])
+    ledger.start_sending("acme", ["T1", "T2"], first)
+    ledger.fail_retryable("acme", "T1", first, code="503", message="busy")
+    ledger.accept("acme", "T2", first, event_ids=["ev-2"], points=Decimal("2"))
+    ledger.finish_run(first, status="finished", exit_code=75, counts={})
+    crashed = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
+    ledger.requeue(ledger.select_for_rerun("acme"), crashed)
+    ledger.start_sending("acme", ["T1"], crashed)
+    ledger.accept("acme", "T1", crashed, event_ids=["ev-1"], points=Decimal("10"))
+    assert ledger.close_abandoned_runs("acme") == [crashed]
+    with ledger._db.transaction() as db:  # later changes to the rows are not the runs' outcomes
+        db.execute("UPDATE transactions SET attempts = 9, last_error_message = 'later'")
+
+    def kept(run_id: str) -> list[tuple[object, ...]]:
+        return [(r.transaction_id, r.state, r.attempts, r.last_error_code, r.last_error_message,
+                 r.event_ids, r.points, r.last_run_id) for r in ledger.run_transactions(run_id)]
+
+    assert kept(first) == [("T1", TxnState.FAILED_RETRYABLE, 1, "503", "busy", (), None, first),
+                           ("T2", TxnState.ACCEPTED, 1, None, None, ("ev-2",), Decimal("2"), first)]
+    assert kept(crashed) == [("T1", TxnState.ACCEPTED, 2, None, None, ("ev-1",), Decimal("10"), crashed)]
+
+
+def test_migration_leaves_room_for_each_runs_outcomes(ledger_location: Path | str) -> None:
+    """Version 13: on PostgreSQL the run membership table is filled to 30% of each page
+    (``fillfactor``), so keeping a run's outcomes rewrites each row within its page (a HOT update,
+    no new index entry); rows and kept outcomes recorded before are unchanged, and runs after it
+    keep theirs. SQLite's table is as it was."""
+    db = _raw(ledger_location)
+    assert migrate(db, target=12) == 12
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at, counts) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20', '{}')")
+    db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, updated_at) "
+               "VALUES ('acme', 'hourly', 'f.csv', 1, 1.0, 'abc', 'finished', 'r1', 'now')")
+    db.execute("INSERT INTO transactions (scope, feed, transaction_id, content_hash, state, file_id, "
+               "source_file, source_lines, rows, amount, attempts, last_error_code, last_error_message, "
+               "first_run_id, last_run_id, created_at, updated_at) VALUES ('acme', 'hourly', 'T1', 'h', "
+               "'failed_retryable', 1, 'f.csv', '[2]', 1, '9.99', 1, '503', 'busy', 'r1', 'r1', 'now', "
+               "'now')")
+    db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin, state_at_end, attempts_at_end, "
+               "error_code_at_end, error_message_at_end, last_run_id_at_end) "
+               "VALUES ('r1', 1, 'file', 'failed_retryable', 1, '503', 'busy', 'r1')")
+    db.close()
+    with Ledger(ledger_location) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        if isinstance(ledger_location, str):
+            (options,) = ledger._db.one("SELECT reloptions FROM pg_class WHERE relname = 'run_transactions' "
+                                        "AND relnamespace = to_regnamespace(current_schema())::oid")
+            assert options == ["fillfactor=30"]
+        rerun = ledger.start_run(feed="hourly", scope="acme", kind="rerun")
+        ledger.requeue(ledger.select_for_rerun("acme"), rerun)
+        ledger.start_sending("acme", ["T1"], rerun)
+        ledger.accept("acme", "T1", rerun, event_ids=["ev-1"])
+        ledger.finish_run(rerun, status="finished", exit_code=0, counts={})
+        (before,) = ledger.run_transactions("r1")
+        assert (before.state, before.attempts, before.last_error_message, before.last_run_id) == (
+            TxnState.FAILED_RETRYABLE, 1, "busy", "r1")
+        (after,) = ledger.run_transactions(rerun)
+        assert (after.state, after.attempts, after.event_ids, after.last_run_id) == (
+            TxnState.ACCEPTED, 2, ("ev-1",), rerun)
 
 
 def test_a_newer_schema_is_refused(ledger_location: Path | str) -> None:

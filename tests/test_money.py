@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from pipeline.reports import STATE_COLUMNS
 from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
 from pipeline.sinks import Outcome, decide_before_sending
+from tests.ledger_backends import ledger_env
 from tests.runner_helpers import BUSINESS_DATE, copy_samples, credentials, feed_toml, sample_feed, settings_in
 from tests.sandbox_fixtures import TARGET_KITS, make_checkout
 
@@ -153,15 +155,18 @@ def test_a_dry_run_decides_as_the_real_run_does(
 
 
 def test_report_of_a_run_is_reproduced_after_a_rerun_of_it(
-    live: SandboxServer, drop: Path, tmp_path: Path
+    live: SandboxServer, drop: Path, tmp_path: Path, ledger_location: Path | str
 ) -> None:
-    settings = settings_in(tmp_path)
+    """On both ledgers: `posfeed report <run>` of a run whose rows a later run settled otherwise
+    gives the bytes it gave before, and the run wrote when it ended (its kept outcomes)."""
+    settings = replace(settings_in(tmp_path), ledger_url=None if isinstance(ledger_location, Path)
+                       else ledger_location)
     feed = _feed(live, drop, "antavo")
     live.config.fault_rate, live.config.fault_kinds = 1.0, ("error_503",)
     failed = run_feed(feed, settings, business_dates=[BUSINESS_DATE])
     assert failed.summary["failed_retryable"] > 0 and failed.summary["accepted"] == 0
     live.config.fault_rate = 0.0
-    env = dict(os.environ)
+    env = {**os.environ, **ledger_env(ledger_location)}
 
     def report(out: str) -> Path:
         _posfeed(tmp_path, "state", ["report", failed.run_id, "--out", str(tmp_path / out)], env)

@@ -126,6 +126,9 @@ class SqliteDb:
     def json_text(self, column: str, key: str) -> str:
         return f"json_extract({column}, '$.{key}')"
 
+    def json_read_text(self, column: str, key: str) -> str:
+        return self.json_text(column, key)
+
     def json_set_text(self, column: str, key: str) -> str:
         # SQLite edits the stored JSON in place: no Python decode and encode per checkout
         return f"json_set({column}, '$.{key}', ?)"

@@ -99,6 +99,11 @@ class Db(Protocol):
         """SQL for the text of top-level ``key`` of the JSON stored as TEXT in ``column``."""
         ...
 
+    def json_read_text(self, column: str, key: str) -> str:
+        """:meth:`json_text` for a read no index serves (PostgreSQL parses the text as ``json``,
+        cheaper than ``jsonb``; an indexed expression must stay :meth:`json_text`'s)."""
+        ...
+
     def json_set_text(self, column: str, key: str) -> str:
         """SQL for the JSON in ``column`` with ``key`` set to the string of one ``?`` parameter."""
         ...

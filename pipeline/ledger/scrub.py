@@ -31,7 +31,7 @@ class Scrubbing:
         """
         with self._db.transaction() as db:
             rows = db.query(
-                f"SELECT t.id, {db.json_text('t.checkout', 'customer_id')} FROM run_transactions rt "
+                f"SELECT t.id, {db.json_read_text('t.checkout', 'customer_id')} FROM run_transactions rt "
                 "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.scope = ? "
                 f"AND t.state IN {NEVER_SENT_AGAIN_SQL} AND t.checkout IS NOT NULL",
                 (run_id, scope),
@@ -252,7 +252,8 @@ class Scrubbing:
         """The customer ids the stored checkouts of ``run_id``'s transactions in ``scope`` still
         hold in clear (to mask them in an error that quotes them)."""
         rows = self._db.query(
-            f"SELECT DISTINCT {self._db.json_text('t.checkout', 'customer_id')} FROM run_transactions rt "
+            f"SELECT DISTINCT {self._db.json_read_text('t.checkout', 'customer_id')} "
+            "FROM run_transactions rt "
             "JOIN transactions t ON t.id = rt.txn_row_id WHERE rt.run_id = ? AND t.scope = ? "
             "AND t.checkout IS NOT NULL",
             (run_id, scope),
