@@ -666,9 +666,7 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[in
     (:meth:`~pipeline.ledger.Ledger.sales_in_doubt`: one a void in the files names is looked up,
     not resent), to settle as soon as the files are read."""
     resume = ctx.feed.resume
-    # a sale a lookup found not on the platform as a void named it, left refused by a run that
-    # ended before it post-voided it
-    settle_voided_sales(ctx.ledger, ctx.feed.scope, ctx.run_id, ctx.ledger.refused_as_voided(ctx.feed.scope))
+    _post_void_looked_up(ctx)
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
@@ -690,6 +688,13 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[in
     read_back = ctx.ledger.waiting_for_sale([i for i in pending if i in doubted]) if doubted else set()
     return ([i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting],
             [i for i in pending if i in read_back], [i for i in pending if i in in_doubt])
+
+
+def _post_void_looked_up(ctx: _Context) -> None:
+    """Post-void (nothing sent) the sales a lookup found not on the platform as a void named them,
+    left refused (``voided_in_doubt``) by a run that ended before it post-voided them: a run and a
+    rerun do it first, whatever the rerun selects."""
+    settle_voided_sales(ctx.ledger, ctx.feed.scope, ctx.run_id, ctx.ledger.refused_as_voided(ctx.feed.scope))
 
 
 def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
@@ -877,6 +882,7 @@ def _missing_files(ctx: _Context, business_dates: list[date], now: datetime,
 
 
 def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
+    _post_void_looked_up(ctx)  # never resent, not even with --include-permanent
     pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
     criteria: dict[str, Any] = {
         "run_id": selection.run_id, "file": selection.file, "store_id": selection.store_id,

@@ -43,7 +43,8 @@ def test_a_void_of_a_sale_that_failed_after_its_request_keeps_it_off_the_platfor
     with SandboxServer() as sandbox:
         feed = local_feed(kind, sandbox, drop)
         if kind == "antavo":  # nothing is held on the platform: its read-back need not wait
-            feed = feed.model_copy(update={"target": feed.target.model_copy(update={"readback_wait_seconds": 0})})
+            target = feed.target.model_copy(update={"readback_wait_seconds": 0})
+            feed = feed.model_copy(update={"target": target})
         write(drop / "a_morning.csv", MORNING)
 
         def at(stage: str, event: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from pipeline import runner
 from pipeline.errors import EXIT_OK
 from pipeline.ledger import Ledger
-from pipeline.runner import run_feed
+from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
 from tests.runner_helpers import credentials, delivered_ids
 from tests.test_crmcom_returns_e2e import WINE, line
@@ -226,3 +226,45 @@ def test_a_sale_just_left_in_doubt_is_read_back_no_sooner_than_the_read_back_wai
         rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
     assert (rows["S-1"].state.value, rows["S-1"].last_error_code) == ("void", "post_voided")
     assert second.exit_code == EXIT_OK and second.summary["balanced"] is True
+
+
+@pytest.mark.parametrize("include_permanent", [False, True])
+def test_a_rerun_post_voids_the_sale_a_run_looked_up_and_ended_before_post_voiding(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch, include_permanent: bool
+) -> None:
+    """As the next plain run does, a rerun post-voids first the sale left refused
+    (``voided_in_doubt``) by a run that ended before its post-void, and sends nothing of it: before,
+    it stayed failed_permanent with a plain void (``--failed``, and ``--include-permanent`` too:
+    selected, it was looked up again and left refused, never post-voided)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", NOON)
+
+        def ended(_ledger: Ledger, _scope: str, _run_id: str, row_ids: list[int]) -> None:
+            if row_ids:  # after a submission
+                raise RuntimeError("the run ended here")
+
+        monkeypatch.setattr(runner, "settle_voided_sales", ended)
+        with credentials(sandbox), pytest.raises(RuntimeError):
+            run_feed(feed, settings, business_dates=[DAY])
+        monkeypatch.undo()
+
+        with credentials(sandbox):
+            rerun = rerun_feed(feed, settings,
+                               RerunSelection(failed=True, include_permanent=include_permanent))
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert "S-1" not in delivered
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert (rows["S-1"].state.value, rows["S-1"].last_error_code) == ("void", "post_voided")
+    assert (rows["V-1"].state.value, rows["V-1"].last_error_code) == ("void", None)
+    assert "V-1" in str(rows["S-1"].last_error_message)
+    assert rerun.summary["post_voided"] == 1 and rerun.summary["balanced"] is True, rerun.summary
+
