@@ -330,9 +330,13 @@ class _Context:
         if not row_ids:
             return
         if self.dry_run:  # every decision but the platform's, as a real run takes it
-            settled = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
-            log.info("dry run: %s would be sent, %d not sendable",
-                     counted(len(row_ids) - settled, "transaction"), settled)
+            settled, looked_up = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
+            log.info("dry run: %s would be sent, %d not sendable%s",
+                     counted(len(row_ids) - settled, "transaction"), settled - looked_up,
+                     f", {counted(looked_up, 'sale')} a void names would be looked up on the platform, "
+                     "not sent (shown post_voided, as when the platform does not hold it)"
+                     if looked_up else "")
+            settle_voided_sales(self.ledger, self.feed.scope, self.run_id, row_ids)  # the private copy's
             return
         with gc_frozen():
             result = submit_rows(

@@ -6,6 +6,7 @@ platform, it is settled accepted once and the void is coded to act on (``void_of
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from pipeline.errors import EXIT_OK
 from pipeline.ledger import Ledger
 from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
-from tests.runner_helpers import credentials, delivered_ids
+from tests.runner_helpers import credentials, delivered_ids, stats
 from tests.test_crmcom_returns_e2e import WINE, line
 from tests.test_void_after_stopped_run import (
     DAY,
@@ -27,7 +28,7 @@ from tests.test_void_after_stopped_run import (
     local_feed,
     settings_for,
 )
-from tests.test_void_names_sale import balances_per_currency, write
+from tests.test_void_names_sale import balances_per_currency, read_csv, write
 
 
 def left_in_doubt(location: Path | str, transaction_id: str, customer: str | None = None) -> None:
@@ -268,3 +269,42 @@ def test_a_rerun_post_voids_the_sale_a_run_looked_up_and_ended_before_post_voidi
     assert "V-1" in str(rows["S-1"].last_error_message)
     assert rerun.summary["post_voided"] == 1 and rerun.summary["balanced"] is True, rerun.summary
 
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_dry_run_shows_a_sale_in_doubt_a_void_names_as_looked_up_not_sent(
+    tmp_path: Path, ledger_location: Path | str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dry run reads nothing from the platform: the sale in doubt a void names, which a real run
+    looks up and never sends when the platform does not hold it, shows as that lookup finding
+    nothing would leave it (``post_voided``), not as ``queued`` ("would be sent") as before; the
+    real run after it, with the ledger untouched, looks it up as ever."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed(kind, sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, kind, "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", NOON)
+        asked = stats(sandbox)["requests"]
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
+        with credentials(sandbox, kind):
+            dry = run_feed(feed, settings, business_dates=[DAY], dry_run=True)
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dry run:")]
+        assert stats(sandbox)["requests"] == asked  # nothing asked of the platform, nothing sent
+        with credentials(sandbox, kind):
+            real = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    d = dry.summary
+    assert dry.exit_code == EXIT_OK, d
+    assert (d["post_voided"], d["queued"], d["failed_permanent"]) == (1, 1, 0), d  # S-2 would be sent
+    assert d["balanced"] is True
+    assert dry.reports_path is not None
+    detail = {r["transaction_id"]: r for r in read_csv(dry.reports_path / "detail.csv")}
+    assert "S-1" not in detail or detail["S-1"]["state"] != "queued"
+    assert any("1 sale a void names would be looked up on the platform, not sent" in m for m in said), said
+    assert not any("2 transactions would be sent" in m for m in said), said  # before: S-1 among them
+    assert delivered == ["S-2"]
+    assert (real.summary["post_voided"], real.summary["accepted"]) == (1, 1), real.summary
