@@ -678,11 +678,14 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[in
         return [], [], [], []
     waiting = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending)
     doubted = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending, in_doubt=True)
-    # sales in doubt wait too: a void in the files has the target look them up, not resend them
+    # sales in doubt (or failed after a request went out) wait too: a void in the files has the
+    # target look them up, not resend them
     in_doubt = ctx.ledger.sales_in_doubt(pending)
     unsent = ctx.ledger.never_requested(pending)
     log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
-             "transient reason); %d never sent or sales in doubt %s after this run's files are read%s",
+             "transient reason); %d never sent, or sales that may have landed (in doubt, or failed after "
+             "a request went out: a void in the files has them looked up, not resent), %s after this "
+             "run's files are read%s",
              ctx.feed.name, counted(len(pending), "transaction"), len((unsent | in_doubt) - waiting),
              "goes" if len((unsent | in_doubt) - waiting) == 1 else "go",
              f", {counted(len(waiting), 'return')} whose sale is not on the platform yet after "
