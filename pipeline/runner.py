@@ -103,7 +103,7 @@ from pipeline.logs import (
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
-from pipeline.sinks.base import ORIGINAL_NOT_FOUND, Sink
+from pipeline.sinks.base import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source, SourceFileChangedError, SourceFileGoneError
 from pipeline.sources.discovery import lookback_dates
@@ -227,9 +227,16 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
-    if s.get("failed_permanent"):
-        feed = s.get("feed", "NAME")
-        parts.append(f"why each of the {s['failed_permanent']} refused for good: error_code and "
+    # sales a lookup did not find as a void named them, the run ending before it post-voided them
+    voided = sum(c["count"] for c in s.get("causes") or []
+                 if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    feed = s.get("feed", "NAME")
+    if voided:
+        parts.append(f"the next run or `posfeed rerun --feed {feed} --failed` post-voids the "
+                     f"{counted(voided, 'sale')} voided at the till and not found on the platform, "
+                     "sending nothing")
+    if s.get("failed_permanent", 0) > voided:
+        parts.append(f"why each of the {s['failed_permanent'] - voided} refused for good: error_code and "
                      f"error_message in detail.csv; once fixed, `posfeed rerun --feed {feed} --failed "
                      "--include-permanent` sends them again")
     if s.get("in_doubt"):

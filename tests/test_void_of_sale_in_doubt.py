@@ -117,10 +117,12 @@ def test_a_void_of_a_sale_in_doubt_that_had_landed_is_coded_to_act_on(
 
 
 def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to_the_next(
-    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     """The run's end comes between the lookup's answer (recorded: refused, ``voided_in_doubt``)
-    and the post-void of the sale: the next run post-voids it before anything else, sends nothing."""
+    and the post-void of the sale: the next run post-voids it before anything else, sends nothing.
+    The ended run's cause says so, not that a rerun with --include-permanent sends it again."""
     drop = tmp_path / "drop"
     drop.mkdir()
     settings = settings_for(tmp_path, ledger_location)
@@ -136,12 +138,16 @@ def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to
                 raise RuntimeError("the run ended here")
 
         monkeypatch.setattr(runner, "settle_voided_sales", ended)
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
         with credentials(sandbox), pytest.raises(RuntimeError):
             run_feed(feed, settings, business_dates=[DAY])
         with Ledger(ledger_location) as ledger:
             left = {t.transaction_id: (t.state.value, t.last_error_code)
                     for t in ledger.day_transactions(feed.name, DAY.isoformat())}
         assert left["S-1"] == ("failed_permanent", "voided_in_doubt")
+        told = " ".join(r.getMessage() for r in caplog.records if "cause:" in r.getMessage())
+        assert "the next run or `posfeed rerun --feed antavo-test --failed` post-voids" in told, told
+        assert "--include-permanent` sends them again" not in told, told
         monkeypatch.undo()
 
         with credentials(sandbox):
