@@ -103,7 +103,7 @@ from pipeline.logs import (
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
-from pipeline.sinks.base import ORIGINAL_NOT_FOUND, Sink
+from pipeline.sinks.base import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, Sink
 from pipeline.sources import open_source
 from pipeline.sources.base import RemoteFile, Source, SourceFileChangedError, SourceFileGoneError
 from pipeline.sources.discovery import lookback_dates
@@ -227,9 +227,16 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         what = "failed retryable" if cause["state"] == "failed_retryable" else "refused by the platform"
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
-    if s.get("failed_permanent"):
-        feed = s.get("feed", "NAME")
-        parts.append(f"why each of the {s['failed_permanent']} refused for good: error_code and "
+    # sales a lookup did not find as a void named them, the run ending before it post-voided them
+    voided = sum(c["count"] for c in s.get("causes") or []
+                 if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    feed = s.get("feed", "NAME")
+    if voided:
+        parts.append(f"the next run or `posfeed rerun --feed {feed} --failed` post-voids the "
+                     f"{counted(voided, 'sale')} voided at the till and not found on the platform, "
+                     "sending nothing")
+    if s.get("failed_permanent", 0) > voided:
+        parts.append(f"why each of the {s['failed_permanent'] - voided} refused for good: error_code and "
                      f"error_message in detail.csv; once fixed, `posfeed rerun --feed {feed} --failed "
                      "--include-permanent` sends them again")
     if s.get("in_doubt"):
@@ -330,9 +337,13 @@ class _Context:
         if not row_ids:
             return
         if self.dry_run:  # every decision but the platform's, as a real run takes it
-            settled = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
-            log.info("dry run: %s would be sent, %d not sendable",
-                     counted(len(row_ids) - settled, "transaction"), settled)
+            settled, looked_up = decide_rows(self.ledger, self.feed, self.run_id, row_ids)
+            log.info("dry run: %s would be sent, %d not sendable%s",
+                     counted(len(row_ids) - settled, "transaction"), settled - looked_up,
+                     f", {counted(looked_up, 'sale')} a void names would be looked up on the platform, "
+                     "not sent (shown post_voided, as when the platform does not hold it)"
+                     if looked_up else "")
+            settle_voided_sales(self.ledger, self.feed.scope, self.run_id, row_ids)  # the private copy's
             return
         with gc_frozen():
             result = submit_rows(
@@ -666,9 +677,7 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[in
     (:meth:`~pipeline.ledger.Ledger.sales_in_doubt`: one a void in the files names is looked up,
     not resent), to settle as soon as the files are read."""
     resume = ctx.feed.resume
-    # a sale a lookup found not on the platform as a void named it, left refused by a run that
-    # ended before it post-voided it
-    settle_voided_sales(ctx.ledger, ctx.feed.scope, ctx.run_id, ctx.ledger.refused_as_voided(ctx.feed.scope))
+    _post_void_looked_up(ctx)
     pending = ctx.ledger.carry_over(ctx.feed.scope, ctx.run_id, max_attempts=resume.max_attempts,
                                     max_age_hours=resume.max_age_hours)
     ctx.notes["carried_over"] = len(pending)
@@ -676,11 +685,14 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[in
         return [], [], [], []
     waiting = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending)
     doubted = ctx.ledger.returns_before_their_sale(ctx.feed.scope, pending, in_doubt=True)
-    # sales in doubt wait too: a void in the files has the target look them up, not resend them
+    # sales in doubt (or failed after a request went out) wait too: a void in the files has the
+    # target look them up, not resend them
     in_doubt = ctx.ledger.sales_in_doubt(pending)
     unsent = ctx.ledger.never_requested(pending)
     log.info("%s: carrying over %s earlier runs left unsent (queued, in doubt or failed for a "
-             "transient reason); %d never sent or sales in doubt %s after this run's files are read%s",
+             "transient reason); %d never sent, or sales that may have landed (in doubt, or failed after "
+             "a request went out: a void in the files has them looked up, not resent), %s after this "
+             "run's files are read%s",
              ctx.feed.name, counted(len(pending), "transaction"), len((unsent | in_doubt) - waiting),
              "goes" if len((unsent | in_doubt) - waiting) == 1 else "go",
              f", {counted(len(waiting), 'return')} whose sale is not on the platform yet after "
@@ -690,6 +702,13 @@ def _carry_over(ctx: _Context) -> tuple[list[int], list[int], list[int], list[in
     read_back = ctx.ledger.waiting_for_sale([i for i in pending if i in doubted]) if doubted else set()
     return ([i for i in pending if i in unsent and i not in waiting], [i for i in pending if i in waiting],
             [i for i in pending if i in read_back], [i for i in pending if i in in_doubt])
+
+
+def _post_void_looked_up(ctx: _Context) -> None:
+    """Post-void (nothing sent) the sales a lookup found not on the platform as a void named them,
+    left refused (``voided_in_doubt``) by a run that ended before it post-voided them: a run and a
+    rerun do it first, whatever the rerun selects."""
+    settle_voided_sales(ctx.ledger, ctx.feed.scope, ctx.run_id, ctx.ledger.refused_as_voided(ctx.feed.scope))
 
 
 def _queued_again(ctx: _Context, row_ids: list[int]) -> list[int]:
@@ -877,6 +896,7 @@ def _missing_files(ctx: _Context, business_dates: list[date], now: datetime,
 
 
 def _rerun_body(ctx: _Context, selection: RerunSelection) -> None:
+    _post_void_looked_up(ctx)  # never resent, not even with --include-permanent
     pending = ctx.ledger.adopt_pending(ctx.feed.scope, ctx.run_id)
     criteria: dict[str, Any] = {
         "run_id": selection.run_id, "file": selection.file, "store_id": selection.store_id,

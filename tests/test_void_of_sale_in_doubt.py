@@ -6,6 +6,7 @@ platform, it is settled accepted once and the void is coded to act on (``void_of
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,9 +16,9 @@ import pytest
 from pipeline import runner
 from pipeline.errors import EXIT_OK
 from pipeline.ledger import Ledger
-from pipeline.runner import run_feed
+from pipeline.runner import RerunSelection, rerun_feed, run_feed
 from pipeline.sandbox.server import SandboxServer
-from tests.runner_helpers import credentials, delivered_ids
+from tests.runner_helpers import credentials, delivered_ids, stats
 from tests.test_crmcom_returns_e2e import WINE, line
 from tests.test_void_after_stopped_run import (
     DAY,
@@ -27,7 +28,7 @@ from tests.test_void_after_stopped_run import (
     local_feed,
     settings_for,
 )
-from tests.test_void_names_sale import balances_per_currency, write
+from tests.test_void_names_sale import balances_per_currency, read_csv, write
 
 
 def left_in_doubt(location: Path | str, transaction_id: str, customer: str | None = None) -> None:
@@ -116,10 +117,12 @@ def test_a_void_of_a_sale_in_doubt_that_had_landed_is_coded_to_act_on(
 
 
 def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to_the_next(
-    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     """The run's end comes between the lookup's answer (recorded: refused, ``voided_in_doubt``)
-    and the post-void of the sale: the next run post-voids it before anything else, sends nothing."""
+    and the post-void of the sale: the next run post-voids it before anything else, sends nothing.
+    The ended run's cause says so, not that a rerun with --include-permanent sends it again."""
     drop = tmp_path / "drop"
     drop.mkdir()
     settings = settings_for(tmp_path, ledger_location)
@@ -135,12 +138,16 @@ def test_a_run_that_ends_before_it_post_voids_the_sale_it_looked_up_leaves_it_to
                 raise RuntimeError("the run ended here")
 
         monkeypatch.setattr(runner, "settle_voided_sales", ended)
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
         with credentials(sandbox), pytest.raises(RuntimeError):
             run_feed(feed, settings, business_dates=[DAY])
         with Ledger(ledger_location) as ledger:
             left = {t.transaction_id: (t.state.value, t.last_error_code)
                     for t in ledger.day_transactions(feed.name, DAY.isoformat())}
         assert left["S-1"] == ("failed_permanent", "voided_in_doubt")
+        told = " ".join(r.getMessage() for r in caplog.records if "cause:" in r.getMessage())
+        assert "the next run or `posfeed rerun --feed antavo-test --failed` post-voids" in told, told
+        assert "--include-permanent` sends them again" not in told, told
         monkeypatch.undo()
 
         with credentials(sandbox):
@@ -226,3 +233,84 @@ def test_a_sale_just_left_in_doubt_is_read_back_no_sooner_than_the_read_back_wai
         rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
     assert (rows["S-1"].state.value, rows["S-1"].last_error_code) == ("void", "post_voided")
     assert second.exit_code == EXIT_OK and second.summary["balanced"] is True
+
+
+@pytest.mark.parametrize("include_permanent", [False, True])
+def test_a_rerun_post_voids_the_sale_a_run_looked_up_and_ended_before_post_voiding(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch, include_permanent: bool
+) -> None:
+    """As the next plain run does, a rerun post-voids first the sale left refused
+    (``voided_in_doubt``) by a run that ended before its post-void, and sends nothing of it: before,
+    it stayed failed_permanent with a plain void (``--failed``, and ``--include-permanent`` too:
+    selected, it was looked up again and left refused, never post-voided)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", NOON)
+
+        def ended(_ledger: Ledger, _scope: str, _run_id: str, row_ids: list[int]) -> None:
+            if row_ids:  # after a submission
+                raise RuntimeError("the run ended here")
+
+        monkeypatch.setattr(runner, "settle_voided_sales", ended)
+        with credentials(sandbox), pytest.raises(RuntimeError):
+            run_feed(feed, settings, business_dates=[DAY])
+        monkeypatch.undo()
+
+        with credentials(sandbox):
+            rerun = rerun_feed(feed, settings,
+                               RerunSelection(failed=True, include_permanent=include_permanent))
+        delivered = sorted(delivered_ids(sandbox))
+
+    assert "S-1" not in delivered
+    with Ledger(ledger_location) as ledger:
+        rows = {t.transaction_id: t for t in ledger.day_transactions(feed.name, DAY.isoformat())}
+    assert (rows["S-1"].state.value, rows["S-1"].last_error_code) == ("void", "post_voided")
+    assert (rows["V-1"].state.value, rows["V-1"].last_error_code) == ("void", None)
+    assert "V-1" in str(rows["S-1"].last_error_message)
+    assert rerun.summary["post_voided"] == 1 and rerun.summary["balanced"] is True, rerun.summary
+
+
+@pytest.mark.parametrize("kind", ["antavo", "crmcom"])
+def test_a_dry_run_shows_a_sale_in_doubt_a_void_names_as_looked_up_not_sent(
+    tmp_path: Path, ledger_location: Path | str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dry run reads nothing from the platform: the sale in doubt a void names, which a real run
+    looks up and never sends when the platform does not hold it, shows as that lookup finding
+    nothing would leave it (``post_voided``), not as ``queued`` ("would be sent") as before; the
+    real run after it, with the ledger untouched, looks it up as ever."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed(kind, sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        ended_before_sending(feed, settings, sandbox, kind, "stopped")
+        left_in_doubt(ledger_location, "S-1")
+        write(drop / "b_noon.csv", NOON)
+        asked = stats(sandbox)["requests"]
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
+        with credentials(sandbox, kind):
+            dry = run_feed(feed, settings, business_dates=[DAY], dry_run=True)
+        said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dry run:")]
+        assert stats(sandbox)["requests"] == asked  # nothing asked of the platform, nothing sent
+        with credentials(sandbox, kind):
+            real = run_feed(feed, settings, business_dates=[DAY])
+        delivered = sorted(delivered_ids(sandbox))
+
+    d = dry.summary
+    assert dry.exit_code == EXIT_OK, d
+    assert (d["post_voided"], d["queued"], d["failed_permanent"]) == (1, 1, 0), d  # S-2 would be sent
+    assert d["balanced"] is True
+    assert dry.reports_path is not None
+    detail = {r["transaction_id"]: r for r in read_csv(dry.reports_path / "detail.csv")}
+    assert "S-1" not in detail or detail["S-1"]["state"] != "queued"
+    assert any("1 sale a void names would be looked up on the platform, not sent" in m for m in said), said
+    assert not any("2 transactions would be sent" in m for m in said), said  # before: S-1 among them
+    assert delivered == ["S-2"]
+    assert (real.summary["post_voided"], real.summary["accepted"]) == (1, 1), real.summary

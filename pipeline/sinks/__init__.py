@@ -79,7 +79,9 @@ def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[
     sale that has not arrived (``original_not_found``): on Antavo a real run first asks the
     platform (or reads back a return in doubt), which a dry run cannot; it shows the return
     waiting, as the platform not listing the sale would
-    (:meth:`~pipeline.sinks.antavo.AntavoAdapter.waiting_unread`).
+    (:meth:`~pipeline.sinks.antavo.AntavoAdapter.waiting_unread`). A sale that may have landed
+    and that a void names, which a real run looks up and never sends, shows as that lookup not
+    finding it would leave it (``voided_in_doubt``; the run then post-voids it): never sent.
     """
     target = feed.target
     planner: PlatformAdapter
@@ -97,4 +99,5 @@ def decide_before_sending(feed: Feed, checkouts: Sequence[CheckoutRow]) -> list[
     decided = [result for result in plan.unsent
                if result.outcome is not Outcome.RETRYABLE or result.error_code == ORIGINAL_NOT_FOUND]
     waiting = getattr(planner, "waiting_unread", None)
-    return decided + (waiting() if waiting is not None else [])
+    voided = getattr(planner, "voided_unread", None)
+    return decided + (waiting() if waiting is not None else []) + (voided() if voided is not None else [])

@@ -72,6 +72,7 @@ from pipeline.sinks.antavo_readback import (
 )
 from pipeline.sinks.antavo_returns import OVER_REFUND, REFUND_IN_DOUBT, Line, ReturnDecision, SaleFacts
 from pipeline.sinks.base import (
+    DRY_RUN_LOOKUP,
     VOIDED_IN_DOUBT,
     CheckoutRow,
     EventResult,
@@ -495,6 +496,13 @@ class AntavoAdapter:
                 to_send.append(Unit(tid, refund_events(row, refund.decision, account=self.target.account,
                                                        lines=lines)))
         return landed, to_send
+
+    def voided_unread(self) -> list[EventResult]:
+        """What a dry run, which reads nothing, says of the members' sales planned that may have
+        landed and that a void names (a real run reads each back, never resends it): never sent,
+        as when the read-back does not find it (``voided_in_doubt``, then post-voided)."""
+        return [voided_not_landed(tid, void, DRY_RUN_LOOKUP)
+                for tid, (void, _) in sorted(self._voided.items())]
 
     def waiting_unread(self) -> list[EventResult]:
         """What a dry run, which reads nothing, says of the refunds planned whose sale the ledger

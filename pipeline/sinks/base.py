@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from pipeline.records import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, EventResult, Outcome, RetryClass
 
-__all__ = ["ORIGINAL_NOT_FOUND", "VOIDED_IN_DOUBT", "CheckoutRow", "EventResult", "OnResult", "OnSending",
-           "Outcome", "RetryClass", "Sink", "sale_not_found", "voided_not_landed"]
+__all__ = ["DRY_RUN_LOOKUP", "ORIGINAL_NOT_FOUND", "VOIDED_IN_DOUBT", "CheckoutRow", "EventResult",
+           "OnResult", "OnSending", "Outcome", "RetryClass", "Sink", "sale_not_found", "voided_not_landed"]
 
 CheckoutRow = Mapping[str, Any]
 
@@ -37,10 +37,15 @@ def sale_not_found(tid: str, sale: str, where: str = "the ledger does not know i
 
 def voided_not_landed(tid: str, void: str, where: str) -> EventResult:
     """A sale in doubt that the void ``void`` names, which a lookup (``where``) did not find on the
-    platform: never sent, so a voided sale does not land."""
+    platform: not sent again, so a voided sale does not land. Its message stays the sale's once it
+    is post-voided (an earlier request went out: "never sent" would contradict the earlier log)."""
     return EventResult(tid, Outcome.REJECTED, error_code=VOIDED_IN_DOUBT, attempts=0,
-                       error_message=f"never sent: voided at the till ({void}) and not found on the "
-                                     f"platform ({where})")
+                       error_message=f"voided at the till by {void} and not found on the platform "
+                                     f"({where}): not sent again (nothing to cancel or refund)")
+
+
+# what a dry run, which asks the platform nothing, says of where a sale a void names was looked for
+DRY_RUN_LOOKUP = "a dry run asks the platform nothing: shown as a lookup that does not find it"
 
 
 class Sink(Protocol):

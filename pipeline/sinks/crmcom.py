@@ -42,7 +42,7 @@ from pipeline.config import CrmcomTarget, Feed, resolve_secret
 from pipeline.errors import ConfigError
 from pipeline.logs import forget_secret, register_secret
 from pipeline.records import TransactionType
-from pipeline.sinks.base import CheckoutRow, EventResult, Outcome, voided_not_landed
+from pipeline.sinks.base import DRY_RUN_LOOKUP, CheckoutRow, EventResult, Outcome, voided_not_landed
 from pipeline.sinks.crmcom_lookup import (
     Ambiguous,
     Answer,
@@ -571,6 +571,15 @@ class CrmcomAdapter:
             if found.answer is not Answer.UNDECIDED or not found.transient:
                 return found
         return found
+
+    def voided_unread(self) -> list[EventResult]:
+        """What a dry run, which asks nothing, says of the sales planned that may have landed and
+        that a void names: with ``in_doubt = "lookup"`` (a real run looks each up, never resends
+        it) never sent, as when the lookup does not find it (``voided_in_doubt``, then
+        post-voided); resent or held otherwise, as a real run does."""
+        if self.target.in_doubt != "lookup":
+            return []
+        return [voided_not_landed(tid, void, DRY_RUN_LOOKUP) for tid, void in sorted(self._voided.items())]
 
     async def _settle_in_doubt(
         self, batch: Batch, client: HttpClient, token: str

@@ -48,7 +48,7 @@ from pipeline.logs import (
     told,
 )
 from pipeline.progress import NullProgress, Progress
-from pipeline.records import PROFILE_UPDATE, RetryClass, TransactionType
+from pipeline.records import PROFILE_UPDATE, VOIDED_IN_DOUBT, RetryClass, TransactionType
 from pipeline.sinks import decide_before_sending
 from pipeline.sinks.base import EventResult, Outcome, Sink
 from pipeline.sinks.crmcom_returns import ReturnCode
@@ -104,13 +104,14 @@ def submit_rows(
 
 def decide_rows(
     ledger: Ledger, feed: Feed, run_id: str, row_ids: Sequence[int], *, batch_size: int | None = None
-) -> int:
+) -> tuple[int, int]:
     """A dry run's submit: settle the rows ``row_ids`` whose outcome the target decides without
     sending (:func:`pipeline.sinks.decide_before_sending`), exactly as a real run's sink would,
     from the same checkouts in the same batches; the rest stay queued ("would be sent"). Returns
-    how many were settled."""
+    how many were settled, and how many of them are sales a void names that a real run would look
+    up without sending (``voided_in_doubt``: shown as not found)."""
     batch_size = batch_size or BATCH_SIZE
-    settled = 0
+    settled = looked_up = 0
     for batch in sales_first_batches(ledger, row_ids, batch_size, last=_last(feed)):
         rows = ledger.transactions_by_row_id(batch, with_checkout=True)
         checkouts, unsent = checkouts_of(ledger, feed, rows, dry_run=True)
@@ -119,7 +120,8 @@ def decide_rows(
                    for r in past_the_wait(ledger, feed, [*unsent, *decide_before_sending(feed, checkouts)])]
         ledger.apply_results(feed.scope, results, run_id)
         settled += len(results)
-    return settled
+        looked_up += sum(r.error_code == VOIDED_IN_DOUBT for r in results)
+    return settled, looked_up
 
 
 def _last(feed: Feed) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from pipeline.ledger import Ledger, TxnState
 from pipeline.ledger.states import VOID_OF_SENT_SALE
-from pipeline.records import TransactionType
+from pipeline.records import VOIDED_IN_DOUBT, TransactionType
 from pipeline.stages.transform import post_void_message, void_of_sent_sale_message
 
 __all__ = ["settle_voided_sales"]
@@ -40,7 +40,10 @@ def settle_voided_sales(ledger: Ledger, scope: str, run_id: str, row_ids: Sequen
         if not plain:
             continue
         if sale.state is TxnState.FAILED_PERMANENT:
-            refused.append((sale.id, post_void_message(str(plain[0].transaction_id))))
+            # a sale looked up and not found keeps what the lookup said (a request of it went out)
+            looked_up = sale.last_error_code == VOIDED_IN_DOUBT and sale.last_error_message
+            refused.append((sale.id, str(sale.last_error_message) if looked_up
+                            else post_void_message(str(plain[0].transaction_id))))
             continue
         coded += [(void.id, VOID_OF_SENT_SALE, void_of_sent_sale_message(sale)) for void in plain]
     ledger.code_voids(run_id, coded)
