@@ -130,7 +130,8 @@ def test_run_transactions_and_rejects_naming_what_is_missing_are_refused(
             return lambda db: db.copy_rows("rejects", ("run_id", "file_id", "txn_row_id", *reject),
                                            [values])
         return lambda db: db.executemany("INSERT INTO rejects (run_id, file_id, txn_row_id, source_file, "
-                                         "source_line, code, amount, original) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                         "source_line, code, amount, original) "
+                                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                          [values])
 
     _refused(ledger, rejects("r9", file_id, None), column="run_id")
