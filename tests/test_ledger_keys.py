@@ -18,6 +18,7 @@ from pipeline.ledger import Ledger
 from pipeline.ledger.db import Db
 from pipeline.ledger.errors import LedgerError
 from pipeline.ledger.schema import SCHEMA_VERSION, migrate
+from pipeline.ledger.transitions import attach
 from tests.test_ledger import _raw
 
 NOW = "2026-12-07T00:00:00Z"
@@ -199,3 +200,23 @@ def test_a_ledger_at_version_13_with_rows_migrates_and_keeps_checking(ledger_loc
             assert {r[0] for r in left} == {"alert_outbox", "file_totals", "files"}
         _refused(ledger, lambda db: db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) "
                                                "VALUES ('r9', ?, 'retry')", (txn,)), column="run_id")
+
+
+def test_attaching_many_rows_to_a_run_checks_their_keys_once_per_statement(postgres_db: str) -> None:
+    """Rows carried over or requeued join a run by one statement per 500, not one per row: on
+    PostgreSQL each statement runs the check of its keys once (counted by the server)."""
+    with Ledger(postgres_db) as ledger:
+        file_id, _ = _setup(ledger)
+        with ledger._db.transaction() as db:
+            db.copy_rows("transactions", TXN_COLUMNS, [_txn(f"T{n}", file_id) for n in range(2, 1202)])
+        ids = [int(r[0]) for r in ledger._db.query("SELECT id FROM transactions ORDER BY id")]
+        ledger._db.execute("SET track_functions = 'pl'")
+        with ledger._db.transaction() as db:
+            attach(db, "r1", ids, "settle")
+        ledger._db.query("SELECT pg_stat_force_next_flush()")
+    with psycopg.connect(postgres_db) as conn:
+        calls = conn.execute("SELECT calls FROM pg_stat_user_functions "
+                             "WHERE funcname = 'posfeed_check_run_transactions_inserted'").fetchone()
+        attached = conn.execute("SELECT COUNT(*) FROM run_transactions").fetchone()
+    assert attached == (1201,)
+    assert calls == (3,)
