@@ -187,8 +187,10 @@ def per_row_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, flo
     up to schema version 12 (its checks once per statement dropped, its constraints made again);
     SQLite's are per row either way."""
     if db.dialect == "postgresql":
-        db.execute("DROP TRIGGER transactions_keys_inserted ON transactions")
-        db.execute("DROP TRIGGER transactions_keys_updated ON transactions")
+        for row in db.query("SELECT t.tgname FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid "
+                            "WHERE t.tgrelid = CAST('transactions' AS regclass) "
+                            "AND f.proname LIKE 'posfeed_check_%'"):
+            db.execute(f'DROP TRIGGER "{row[0]}" ON transactions')
         db.execute("ALTER TABLE transactions ADD FOREIGN KEY (primary_id) REFERENCES transactions (id), "
                    "ADD FOREIGN KEY (file_id) REFERENCES files (id), "
                    "ADD FOREIGN KEY (first_run_id) REFERENCES runs (id), "

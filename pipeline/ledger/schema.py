@@ -403,9 +403,10 @@ def _missing_error(child: str, column: str, parent: str, value: str) -> str:
 def statement_check_ddl(child: str) -> list[str]:
     """The DDL checking the keys of ``child`` (:data:`STATEMENT_CHECKED_KEYS`) on PostgreSQL:
     after each INSERT (COPY included), one set-based query per key over the statement's new
-    rows (a transition table); after an UPDATE that changes a key, that row's new values (a
-    row trigger whose WHEN skips every update leaving its keys alone, as the submit stage's
-    settling does)."""
+    rows (a transition table); after an UPDATE that changes a key, that row's new value (one
+    small row trigger per key, whose WHEN skips every update leaving the key alone, as the
+    submit stage's settling does: a trigger reading all the keys of each row cost the submit
+    stage more than the per-row constraints it replaces)."""
     keys = [(column, parent) for table, column, parent in STATEMENT_CHECKED_KEYS if table == child]
     inserted = "\n".join(
         f"SELECT CAST(n.k AS text) INTO missing FROM (SELECT DISTINCT {column} AS k FROM new_rows "
@@ -413,23 +414,24 @@ def statement_check_ddl(child: str) -> list[str]:
         f"LIMIT 1;\nIF FOUND THEN {_missing_error(child, column, parent, 'missing')} END IF;"
         for column, parent in keys
     )
-    updated = "\n".join(
-        f"IF NEW.{column} IS NOT NULL AND NEW.{column} IS DISTINCT FROM OLD.{column} "
-        f"AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = NEW.{column}) THEN "
-        f"{_missing_error(child, column, parent, f'CAST(NEW.{column} AS text)')} END IF;"
-        for column, parent in keys
-    )
-    changed = " OR ".join(f"OLD.{column} IS DISTINCT FROM NEW.{column}" for column, _ in keys)
-    return [
+    ddl = [
         f"CREATE OR REPLACE FUNCTION posfeed_check_{child}_inserted() RETURNS trigger LANGUAGE plpgsql "
         f"AS $$\nDECLARE missing text;\nBEGIN\n{inserted}\nRETURN NULL;\nEND\n$$",
         f"CREATE TRIGGER {child}_keys_inserted AFTER INSERT ON {child} REFERENCING NEW TABLE AS new_rows "
         f"FOR EACH STATEMENT EXECUTE FUNCTION posfeed_check_{child}_inserted()",
-        f"CREATE OR REPLACE FUNCTION posfeed_check_{child}_updated() RETURNS trigger LANGUAGE plpgsql "
-        f"AS $$\nBEGIN\n{updated}\nRETURN NULL;\nEND\n$$",
-        f"CREATE TRIGGER {child}_keys_updated AFTER UPDATE OF {', '.join(c for c, _ in keys)} ON {child} "
-        f"FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION posfeed_check_{child}_updated()",
     ]
+    for column, parent in keys:  # one small trigger per key: an update changing one key runs one
+        missing = _missing_error(child, column, parent, f"CAST(NEW.{column} AS text)")
+        ddl += [
+            f"CREATE OR REPLACE FUNCTION posfeed_check_{child}_{column}() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$\nBEGIN\nIF NEW.{column} IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {parent} p WHERE p.id = NEW.{column}) THEN {missing} END IF;\n"
+            "RETURN NULL;\nEND\n$$",
+            f"CREATE TRIGGER {child}_{column}_updated AFTER UPDATE OF {column} ON {child} FOR EACH ROW "
+            f"WHEN (OLD.{column} IS DISTINCT FROM NEW.{column}) "
+            f"EXECUTE FUNCTION posfeed_check_{child}_{column}()",
+        ]
+    return ddl
 
 
 def kept_parent_ddl(parent: str) -> list[str]:
