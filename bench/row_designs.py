@@ -16,7 +16,7 @@ This script measures that cost where the ledger pays it, and the cost of the alt
 * **today, foreign keys unchecked**: the same, with the table's foreign keys (its runs, its file,
   a duplicate's primary) not checked: what the checks cost each backend.
 * **foreign keys checked per row**: the same, on PostgreSQL with the table's foreign keys as they
-  were up to schema version 12 (one constraint trigger per row and key, each a
+  were up to schema version 13 (one constraint trigger per row and key, each a
   ``SELECT ... FOR KEY SHARE`` of the parent) instead of the checks once per statement of version
   13; on SQLite the same as today.
 * **narrow**: the same rows split in two, the written-once record (its checkout without the
@@ -156,8 +156,8 @@ def today(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
     return _checked(settled_rows, count, recorded - start, done[0] - recorded, done[1])
 
 
-# the transactions table's foreign-key constraints (none from schema version 13 on) and its
-# enabled triggers of the ledger's own (the checks once per statement of version 13)
+# the transactions table's foreign-key constraints (none from schema version 14 on) and its
+# enabled triggers of the ledger's own (the checks once per statement of version 14)
 _PG_CHECKS = ("SELECT (SELECT COUNT(*) FROM pg_constraint WHERE contype = 'f' "
               "AND conrelid = CAST('transactions' AS regclass)) AS constraints, "
               "(SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = CAST('transactions' AS regclass) "
@@ -184,7 +184,7 @@ def without_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, flo
 
 def per_row_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
     """:func:`today` with the transactions table's foreign keys checked per row on PostgreSQL, as
-    up to schema version 12 (its checks once per statement dropped, its constraints made again);
+    up to schema version 13 (its checks once per statement dropped, its constraints made again);
     SQLite's are per row either way."""
     if db.dialect == "postgresql":
         for row in db.query("SELECT t.tgname FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid "
@@ -198,7 +198,7 @@ def per_row_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, flo
         checks = db.one(_PG_CHECKS)
         # left: the guards refusing a DELETE or a change of id (transactions_kept, _id_kept)
         if checks is None or int(checks[0]) != 4 or int(checks[1]) != 2:
-            raise SystemExit("postgresql: the transactions' foreign keys are not as up to version 12: "
+            raise SystemExit("postgresql: the transactions' foreign keys are not as up to version 13: "
                              f"{tuple(checks or ())}")
     return today(ledger, db, count)
 
