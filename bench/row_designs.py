@@ -14,7 +14,11 @@ This script measures that cost where the ledger pays it, and the cost of the alt
   own code: the ``COPY`` of a file's rows, then the submit stage's commits (``start_sending`` with
   the previous request's answers settled and their customer ids masked) in requests of 50.
 * **today, foreign keys unchecked**: the same, with the table's foreign keys (its runs, its file,
-  a duplicate's primary) not checked: what the per-row checks cost each backend.
+  a duplicate's primary) not checked: what the checks cost each backend.
+* **foreign keys checked per row**: the same, on PostgreSQL with the table's foreign keys as they
+  were up to schema version 13 (one constraint trigger per row and key, each a
+  ``SELECT ... FOR KEY SHARE`` of the parent) instead of the checks once per statement of version
+  13; on SQLite the same as today.
 * **narrow**: the same rows split in two, the written-once record (its checkout without the
   customer id) and a narrow row of what changes (state, attempts, answers, the customer id; on
   PostgreSQL with room for updates in place), written through the ledger's own connection with
@@ -152,20 +156,50 @@ def today(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
     return _checked(settled_rows, count, recorded - start, done[0] - recorded, done[1])
 
 
+# the transactions table's foreign-key constraints (none from schema version 14 on) and its
+# enabled triggers of the ledger's own (the checks once per statement of version 14)
+_PG_CHECKS = ("SELECT (SELECT COUNT(*) FROM pg_constraint WHERE contype = 'f' "
+              "AND conrelid = CAST('transactions' AS regclass)) AS constraints, "
+              "(SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = CAST('transactions' AS regclass) "
+              "AND NOT tgisinternal AND tgenabled <> 'D') AS triggers")
+
+
 def without_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
-    """:func:`today` with the transactions table's foreign keys not checked (dropped on
-    PostgreSQL, ``PRAGMA foreign_keys`` off on SQLite): what checking them costs per row."""
+    """:func:`today` with the transactions table's foreign keys not checked (their checks dropped
+    or disabled on PostgreSQL, ``PRAGMA foreign_keys`` off on SQLite): what checking them costs."""
     if db.dialect == "postgresql":
         for row in db.query("SELECT conname FROM pg_constraint WHERE contype = 'f' "
                             "AND conrelid = CAST('transactions' AS regclass)"):
             db.execute(f'ALTER TABLE transactions DROP CONSTRAINT "{row[0]}"')
-        left = db.one("SELECT COUNT(*) FROM pg_constraint WHERE contype = 'f' "
-                      "AND conrelid = CAST('transactions' AS regclass)")
+        db.execute("ALTER TABLE transactions DISABLE TRIGGER USER")
+        checks = db.one(_PG_CHECKS)
+        left = None if checks is None else (int(checks[0]) + int(checks[1]),)
     else:
         db.execute("PRAGMA foreign_keys = OFF")
         left = db.one("PRAGMA foreign_keys")
     if left is None or int(left[0]):
         raise SystemExit(f"{db.dialect}: the transactions' foreign keys are still checked")
+    return today(ledger, db, count)
+
+
+def per_row_foreign_keys(ledger: Ledger, db: Db, count: int) -> tuple[float, float, int]:
+    """:func:`today` with the transactions table's foreign keys checked per row on PostgreSQL, as
+    up to schema version 13 (its checks once per statement dropped, its constraints made again);
+    SQLite's are per row either way."""
+    if db.dialect == "postgresql":
+        for row in db.query("SELECT t.tgname FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid "
+                            "WHERE t.tgrelid = CAST('transactions' AS regclass) "
+                            "AND f.proname LIKE 'posfeed_check_%'"):
+            db.execute(f'DROP TRIGGER "{row[0]}" ON transactions')
+        db.execute("ALTER TABLE transactions ADD FOREIGN KEY (primary_id) REFERENCES transactions (id), "
+                   "ADD FOREIGN KEY (file_id) REFERENCES files (id), "
+                   "ADD FOREIGN KEY (first_run_id) REFERENCES runs (id), "
+                   "ADD FOREIGN KEY (last_run_id) REFERENCES runs (id)")
+        checks = db.one(_PG_CHECKS)
+        # left: the guards refusing a DELETE or a change of id (transactions_kept, _id_kept)
+        if checks is None or int(checks[0]) != 4 or int(checks[1]) != 2:
+            raise SystemExit("postgresql: the transactions' foreign keys are not as up to version 13: "
+                             f"{tuple(checks or ())}")
     return today(ledger, db, count)
 
 
@@ -267,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     designs: dict[str, Design] = {"today": today, "today, foreign keys unchecked": without_foreign_keys,
+                                  "foreign keys checked per row": per_row_foreign_keys,
                                   "narrow": narrow,
                                   "narrow, one statement": functools.partial(narrow, one_statement=True)}
     seconds: dict[tuple[str, str, str], list[float]] = {}

@@ -373,6 +373,117 @@ def _migrate_12_to_13(db: Db) -> None:
         db.execute("ALTER TABLE run_transactions SET (fillfactor = 30)")
 
 
+# PostgreSQL's foreign keys of the tables a run bulk-writes, checked by statement (migration 14):
+# (child table, its column, the parent table whose ``id`` it names)
+STATEMENT_CHECKED_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("transactions", "primary_id", "transactions"),
+    ("transactions", "file_id", "files"),
+    ("transactions", "first_run_id", "runs"),
+    ("transactions", "last_run_id", "runs"),
+    ("run_transactions", "run_id", "runs"),
+    ("run_transactions", "txn_row_id", "transactions"),
+    ("rejects", "run_id", "runs"),
+    ("rejects", "file_id", "files"),
+    ("rejects", "txn_row_id", "transactions"),
+)
+# the parents those keys name: posfeed never deletes their rows nor changes their ids
+KEPT_PARENTS = ("runs", "files", "transactions")
+
+
+def _missing_error(child: str, column: str, parent: str, value: str) -> str:
+    """PL/pgSQL raising PostgreSQL's foreign-key error (SQLSTATE 23503, in the words of its own
+    per-row check) for ``value`` (an expression) of ``child.column`` naming no row of ``parent``."""
+    return (f"RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', "
+            f"MESSAGE = 'insert or update on table \"{child}\" violates foreign key constraint "
+            f"\"{child}_{column}_fkey\"', "
+            f"DETAIL = 'Key ({column})=(' || {value} || ') is not present in table \"{parent}\".', "
+            f"TABLE = '{child}', COLUMN = '{column}', CONSTRAINT = '{child}_{column}_fkey';")
+
+
+def statement_check_ddl(child: str) -> list[str]:
+    """The DDL checking the keys of ``child`` (:data:`STATEMENT_CHECKED_KEYS`) on PostgreSQL:
+    after each INSERT (COPY included), one set-based query per key over the statement's new
+    rows (a transition table); after an UPDATE that changes a key, that row's new value (one
+    small row trigger per key, whose WHEN skips every update leaving the key alone, as the
+    submit stage's settling does: a trigger reading all the keys of each row cost the submit
+    stage more than the per-row constraints it replaces)."""
+    keys = [(column, parent) for table, column, parent in STATEMENT_CHECKED_KEYS if table == child]
+    inserted = "\n".join(
+        f"SELECT CAST(n.k AS text) INTO missing FROM (SELECT DISTINCT {column} AS k FROM new_rows "
+        f"WHERE {column} IS NOT NULL) n WHERE NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = n.k) "
+        f"LIMIT 1;\nIF FOUND THEN {_missing_error(child, column, parent, 'missing')} END IF;"
+        for column, parent in keys
+    )
+    ddl = [
+        f"CREATE OR REPLACE FUNCTION posfeed_check_{child}_inserted() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $$\nDECLARE missing text;\nBEGIN\n{inserted}\nRETURN NULL;\nEND\n$$",
+        f"CREATE TRIGGER {child}_keys_inserted AFTER INSERT ON {child} REFERENCING NEW TABLE AS new_rows "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION posfeed_check_{child}_inserted()",
+    ]
+    for column, parent in keys:  # one small trigger per key: an update changing one key runs one
+        missing = _missing_error(child, column, parent, f"CAST(NEW.{column} AS text)")
+        ddl += [
+            f"CREATE OR REPLACE FUNCTION posfeed_check_{child}_{column}() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$\nBEGIN\nIF NEW.{column} IS NOT NULL AND NOT EXISTS "
+            f"(SELECT 1 FROM {parent} p WHERE p.id = NEW.{column}) THEN {missing} END IF;\n"
+            "RETURN NULL;\nEND\n$$",
+            f"CREATE TRIGGER {child}_{column}_updated AFTER UPDATE OF {column} ON {child} FOR EACH ROW "
+            f"WHEN (OLD.{column} IS DISTINCT FROM NEW.{column}) "
+            f"EXECUTE FUNCTION posfeed_check_{child}_{column}()",
+        ]
+    return ddl
+
+
+def kept_parent_ddl(parent: str) -> list[str]:
+    """The DDL refusing, on PostgreSQL, what would leave a row naming no row of ``parent``: any
+    DELETE or TRUNCATE of it, and any UPDATE changing an ``id`` (posfeed does neither; a row
+    of it may be named by rows whose keys are checked by statement, which take no lock on it)."""
+    refuse = ("RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', "
+              f"MESSAGE = 'rows of the ledger table \"{parent}\" are never removed nor renumbered: "
+              f"other rows may name them (' || TG_OP || ' on {parent} refused)', TABLE = '{parent}';")
+    return [
+        f"CREATE OR REPLACE FUNCTION posfeed_keep_{parent}() RETURNS trigger LANGUAGE plpgsql "
+        f"AS $$\nBEGIN\n{refuse}\nEND\n$$",
+        f"CREATE TRIGGER {parent}_kept BEFORE DELETE OR TRUNCATE ON {parent} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION posfeed_keep_{parent}()",
+        f"CREATE TRIGGER {parent}_id_kept BEFORE UPDATE OF id ON {parent} "
+        f"FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION posfeed_keep_{parent}()",
+    ]
+
+
+def _migrate_13_to_14(db: Db) -> None:
+    """PostgreSQL only (SQLite keeps its FOREIGN KEYs, which cost it little): the foreign keys of
+    ``transactions``, ``run_transactions`` and ``rejects`` (:data:`STATEMENT_CHECKED_KEYS`), which
+    a run writes in bulk, are checked once per statement instead of once per row and key (each a
+    ``SELECT ... FOR KEY SHARE`` of the parent row): a row naming a run, file or transaction that
+    does not exist is refused all the same (SQLSTATE 23503, naming table, column and value), and
+    the parents' rows are never deleted nor renumbered (:func:`kept_parent_ddl`).
+
+    Why this is as safe as the per-row checks with several workers on one ledger: those checks
+    lock the parent row only so that no concurrent transaction deletes it (or changes its key)
+    before the child commits. Here nothing can: posfeed never deletes a run, a file or a
+    transaction nor changes an id, and the parents' triggers refuse anyone else's DELETE,
+    TRUNCATE or change of id. A parent once committed stays, so a check that saw it holds at
+    commit; a parent not yet committed by another session is not seen, and the row naming it is
+    refused, as before."""
+    if db.dialect != "postgresql":
+        return
+    for child in sorted({table for table, _, _ in STATEMENT_CHECKED_KEYS}):
+        columns = [column for table, column, _ in STATEMENT_CHECKED_KEYS if table == child]
+        for row in db.query(
+            "SELECT c.conname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
+            "AND a.attnum = c.conkey[1] WHERE c.contype = 'f' AND c.conrelid = CAST(? AS regclass) "
+            f"AND a.attname IN ({', '.join('?' * len(columns))})",
+            (child, *columns),
+        ):
+            db.execute(f'ALTER TABLE {child} DROP CONSTRAINT "{row[0]}"')
+        for statement in statement_check_ddl(child):
+            db.execute(statement)
+    for parent in KEPT_PARENTS:
+        for statement in kept_parent_ddl(parent):
+            db.execute(statement)
+
+
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
@@ -387,6 +498,7 @@ MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_10_to_11,
     _migrate_11_to_12,
     _migrate_12_to_13,
+    _migrate_13_to_14,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -26,12 +26,14 @@ from pipeline.records import ORIGINAL_NOT_FOUND, EventResult, Outcome, RetryClas
 
 def attach(db: Db, run_id: str, row_ids: Sequence[int], origin: str) -> None:
     """Make transaction rows part of ``run_id`` (``origin``: file, settle or retry); a row already
-    part of it stays as it was."""
-    db.executemany(
-        "INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES (?, ?, ?) "
-        "ON CONFLICT DO NOTHING",
-        [(run_id, i, origin) for i in row_ids],
-    )
+    part of it stays as it was. One statement per :func:`chunks` of rows, not one per row (on
+    PostgreSQL the keys are checked once per statement: see schema migration 14)."""
+    for chunk in chunks(row_ids):
+        db.executemany(
+            "INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES "
+            f"{', '.join(['(?, ?, ?)'] * len(chunk))} ON CONFLICT DO NOTHING",
+            [tuple(value for i in chunk for value in (run_id, i, origin))],
+        )
 
 
 def set_state(
