@@ -506,6 +506,9 @@ class CrmcomTarget(_Model):
     # before resending what may have landed: "lookup" asks the platform (show by reference, or
     # list), "resend" trusts duplicate answers, "hold" settles it in doubt for review
     in_doubt: Literal["lookup", "resend", "hold"] = "lookup"
+    # what may have landed is looked up no sooner than this after its request went out (None:
+    # timeout_seconds), so a request the platform still held when the sender died has landed
+    readback_wait_seconds: float | None = Field(default=None, ge=0, le=86400, allow_inf_nan=False)
     lookup: Literal["auto", "show", "list"] = "auto"  # auto: show from R11 (R10.1 has it: set "show")
     show_path: str = "customer_events/purchases/show"
     list_path: str = "customer_events/purchases/list"

@@ -606,6 +606,10 @@ def _endpoint(
 ) -> Callable[[Request], Awaitable[Any]]:
     async def handle(request: Request) -> Any:
         state.count("requests")
+        try:  # the whole request arrives first: one held (``delay``) is stored though its sender died
+            raw = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
+        except BodyRefused as refused:
+            return _refused_body(state, refused)
         await state.delay()
         wait = state.admit(PLATFORM)
         if wait is not None:
@@ -614,7 +618,6 @@ def _endpoint(
             )
             return _answer(envelope(code="RATE_LIMITED", message="too many requests"), 429, headers)
         try:
-            raw = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if raw and media != "application/json":
                 raise BodyRefused(415, "the body must be application/json")
@@ -627,12 +630,7 @@ def _endpoint(
                     raise BodyRefused(400, f"{both[0][:40]!r} is given in the query and in the body")
                 body = {**body, **query}
         except BodyRefused as refused:
-            if refused.status == 503:  # too many bodies held at once: nothing wrong with this one
-                return _answer(envelope(code="INTERNAL_ERROR", message=refused.message), 503,
-                               {"Retry-After": "1"})
-            state.count("bad_requests")
-            code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
-            return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)
+            return _refused_body(state, refused)
         # faults hit the calls that carry transactions; token calls see latency and the limit only
         fault = state.draw_fault() if token else None
         if fault in (Fault.ERROR_500, Fault.ERROR_503):
@@ -667,6 +665,15 @@ def _endpoint(
         return _answer(document)
 
     return handle
+
+
+def _refused_body(state: SandboxState, refused: BodyRefused) -> Any:
+    """The answer to a body the platform does not take."""
+    if refused.status == 503:  # too many bodies held at once: nothing wrong with this one
+        return _answer(envelope(code="INTERNAL_ERROR", message=refused.message), 503, {"Retry-After": "1"})
+    state.count("bad_requests")
+    code = "REQUEST_TIMEOUT" if refused.status == 408 else "INVALID_PARAMETERS"
+    return _answer(envelope(code=code, message=f"malformed body: {refused.message}"), refused.status)
 
 
 def _references(body: Mapping[str, Any], data: Any) -> list[str]:

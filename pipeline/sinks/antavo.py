@@ -39,7 +39,6 @@ any other per-event error              REJECTED (Antavo's code and message)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -87,6 +86,7 @@ from pipeline.sinks.delivery import (
     PreparedRequest,
     RequestFailure,
     Unit,
+    landed_by_now,
     pack,
     parse_retry_after,
     too_large,
@@ -460,7 +460,7 @@ class AntavoAdapter:
             if row.get("is_guest") or not row.get("customer_id"):
                 landed.append(_held(tid, self.feed_name))
                 continue
-            await self._read_back_wait(refund.since)
+            await landed_by_now(refund.since, self._readback_wait)
             original = str(row["original_transaction_id"])
             events = await self._platform_refunds(str(row["customer_id"]), original, client)
             if isinstance(events, RequestFailure):
@@ -561,7 +561,7 @@ class AntavoAdapter:
             if tid not in self._voided:
                 continue
             if tid not in self._voided_found:
-                await self._read_back_wait(self._voided[tid][1])
+                await landed_by_now(self._voided[tid][1], self._readback_wait)
                 customer = str(unit.payload[0].get("customer"))
                 url = (f"{self.read_api_url}/customers/{quote(customer, safe='')}/transactions"
                        f"?id={quote(tid, safe='')}")
@@ -629,13 +629,6 @@ class AntavoAdapter:
         if isinstance(events, RequestFailure):
             return events
         return events_in(events)
-
-    async def _read_back_wait(self, since: float | None) -> None:
-        """Until ``readback_wait_seconds`` after ``since`` (when a request may have gone out): a
-        request the platform still held has landed by then."""
-        wait = (since or 0) + self._readback_wait - time.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     async def _get(self, url: str, client: HttpClient, *, unknown_customer: bool = False) -> Any:
         """A read's JSON, or the failure. ``unknown_customer``: "Customer not found" is None (none

@@ -81,6 +81,7 @@ from pipeline.sinks.delivery import (
     PreparedRequest,
     RequestFailure,
     Unit,
+    landed_by_now,
     pack,
     parse_retry_after,
     too_large,
@@ -309,7 +310,11 @@ class CrmcomAdapter:
         self._renewed: set[tuple[str, ...]] = set()
         self._created: dict[str, tuple[str, ...]] = {}
         # exactly once: what may have landed, what lookups settled, what each request carried
-        self._maybe_landed: set[str] = set()
+        # -> when a request of an earlier run carrying it may have gone out (None: this run's, whose
+        # answer was awaited up to timeout_seconds)
+        self._maybe_landed: dict[str, float | None] = {}
+        self._readback_wait = (target.readback_wait_seconds if target.readback_wait_seconds is not None
+                               else target.timeout_seconds)
         self._voided: dict[str, str] = {}  # sales that may have landed and that a void names -> the void
         self._settled: dict[str, EventResult] = {}
         self._decided: dict[tuple[str, ...], list[EventResult]] = {}
@@ -350,7 +355,7 @@ class CrmcomAdapter:
         unsent: list[EventResult] = []
         for row in checkouts:
             if row.get("may_have_landed"):
-                self._maybe_landed.add(str(row["transaction_id"]))
+                self._maybe_landed[str(row["transaction_id"])] = row.get("sent_since")
                 if row.get("voided_by"):
                     self._voided[str(row["transaction_id"])] = str(row["voided_by"])
             if row.get("customer_id"):
@@ -598,6 +603,7 @@ class CrmcomAdapter:
             if batch.route == "ad_hoc":
                 decided.append(self._held(tid, "CRM.COM documents no lookup of an ad hoc return"))
                 continue
+            await landed_by_now(self._maybe_landed[tid], self._readback_wait)  # a held request has landed
             if batch.route != "cancel":
                 settled = await self._settle_create(client, token, tid)
                 if settled is None and tid in self._voided:  # not there: a voided sale is not created
@@ -700,11 +706,17 @@ class CrmcomAdapter:
         self._token_of[key] = token
         # from now on these may land whatever becomes of the answer
         self._fresh[key] = [u.transaction_id for u in units if u.transaction_id not in self._maybe_landed]
-        self._maybe_landed.update(unit.transaction_id for unit in units)
+        for unit in units:
+            self._maybe_landed.setdefault(unit.transaction_id, None)
         # what it does not carry was settled by the in-doubt lookups
         carries = None if len(units) == len(batch.units) else frozenset(self._carried[key])
         return PreparedRequest("POST", endpoint_url(target, method), {"Content-Type": CONTENT_TYPE}, body,
                                carries=carries)
+
+    def _not_landed(self, transaction_ids: Sequence[str]) -> None:
+        """An answer says these did not land (or settled them): no lookup before they are sent again."""
+        for tid in transaction_ids:
+            self._maybe_landed.pop(tid, None)
 
     # ---- response
 
@@ -719,7 +731,7 @@ class CrmcomAdapter:
         fresh = self._fresh.pop(key, [])
         asked = self._cancelling.pop(key, None)
         if status in (413, 429):
-            self._maybe_landed.difference_update(fresh)  # refused before processing
+            self._not_landed(fresh)  # refused before processing
         if status == 413:  # the engine sends it again in halves
             return RequestFailure(status, f"http_{status}", Envelope.read(body, status).message)
         if status == 429 or status >= 500 or status in (408, 425):
@@ -733,10 +745,10 @@ class CrmcomAdapter:
         if status in (404, 405) and envelope.code not in self.target.token_error_codes:
             # no such path or method here: the request reached nothing that could judge a purchase
             # (the platform's verdicts come with HTTP 200), so nothing landed and nothing is refused
-            self._maybe_landed.difference_update(fresh)
+            self._not_landed(fresh)
             return RequestFailure(status, f"http_{status}", envelope.message or f"HTTP {status}")
         if envelope.code in self.target.token_error_codes:
-            self._maybe_landed.difference_update(fresh)  # refused before processing
+            self._not_landed(fresh)  # refused before processing
             if token is not None:
                 self.tokens.invalidate(token)
             if key not in self._renewed:
@@ -766,7 +778,7 @@ class CrmcomAdapter:
                 or result.outcome is not Outcome.RETRYABLE
             ):
                 # a definite answer: a refused one did not land, an accepted one is settled
-                self._maybe_landed.discard(result.transaction_id)
+                self._not_landed([result.transaction_id])
         if batch.route in ("single", "bulk", "spend"):
             for result in results:
                 # with no id (an answer that named none) a cancel of it looks the purchase up

@@ -69,6 +69,7 @@ __all__ = [
     "TokenBucket",
     "Unit",
     "disposition",
+    "landed_by_now",
     "pack",
     "parse_retry_after",
     "too_large",
@@ -294,6 +295,15 @@ class Disposition(StrEnum):
     SPLIT = "split"  # too large (413): refused before processing, send it again in halves
     DEFER = "defer"  # not fixable by retrying now: leave failed-retryable for a rerun
     HALT = "halt"  # credentials refused: send nothing more in this submission
+
+
+async def landed_by_now(since: float | None, wait: float) -> None:
+    """Until ``wait`` seconds after ``since`` (Unix seconds, when a request may have gone out; None:
+    long ago): a request the platform still held when its sender died has landed by then, so a
+    read of the platform made after it finds what that request did."""
+    left = (since or 0) + wait - time.time()
+    if left > 0:
+        await asyncio.sleep(left)
 
 
 def disposition(failure: RequestFailure) -> Disposition:

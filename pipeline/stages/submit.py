@@ -12,8 +12,10 @@ rows, which the next run re-sends; a platform that already has the transaction a
 "transaction ID already used", which settles it as accepted. A refund has no such key: an Antavo
 refund that may have landed is read back from the platform before it is sent again (see
 :mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`). Rows that may have
-landed carry ``may_have_landed`` to the sink, so a target without such an answer (CRM.COM) can look
-them up before sending them again.
+landed carry ``may_have_landed`` to the sink, and ``sent_since`` (when their last request may have
+gone out, Unix seconds), so a target without such an answer (CRM.COM) can look them up before
+sending them again, no sooner than its ``readback_wait_seconds`` after (a request the platform still
+held when its sender died has landed by then).
 """
 
 from __future__ import annotations
@@ -134,8 +136,13 @@ def checkouts_of(ledger: Ledger, feed: Feed, rows: Sequence[TxnRecord], *, dry_r
     :func:`~pipeline.stages.returns.hold_for_sales`), claims gated on their checkout
     (:func:`gate_claims`); and the results of the rows settled before any sink sees them."""
     if feed.records == "transactions":
+        landed = {r.id for r in rows if r.checkout and may_have_landed(r)}
+        # when a request of each may have gone out: the target reads it no sooner than its wait after
+        changed = ledger.recorded_at(
+            feed.scope, [str(r.transaction_id) for r in rows if r.id in landed], last_changed=True)
         decoded = [
-            {**decode_checkout(r.checkout), "may_have_landed": True} if may_have_landed(r)
+            {**decode_checkout(r.checkout), "may_have_landed": True,
+             "sent_since": _seconds(changed.get(str(r.transaction_id)))} if r.id in landed
             else decode_checkout(r.checkout)
             for r in rows if r.checkout
         ]
@@ -270,8 +277,7 @@ def _recorded(record: TxnRecord) -> dict[str, Any]:
 def with_voids(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``checkouts`` with ``voided_by`` (the void's transaction id) on each sale that may have
     landed and that a void names: the target looks it up without sending it (found: accepted; not
-    found: refused, ``voided_in_doubt``, and post-voided after the submission) where it can;
-    ``sent_since``: when its last request may have gone out (Unix seconds)."""
+    found: refused, ``voided_in_doubt``, and post-voided after the submission) where it can."""
     doubted = [str(c["transaction_id"]) for c in checkouts if c.get("may_have_landed")
                and c.get("transaction_type") == TransactionType.SALE and c.get("transaction_id")]
     if not doubted or not ledger.any_voids_naming(scope):
@@ -279,12 +285,14 @@ def with_voids(ledger: Ledger, scope: str, checkouts: list[dict[str, Any]]) -> l
     voids = ledger.voids_naming(scope, doubted)
     if not voids:
         return checkouts
-    # when a request of each may have gone out: the target reads it no sooner than its wait after
-    changed = ledger.recorded_at(scope, list(voids), last_changed=True)
-    return [{**c, "voided_by": str(voids[tid][0].transaction_id),
-             "sent_since": datetime.fromisoformat(changed[tid]).timestamp() if tid in changed else None}
+    return [{**c, "voided_by": str(voids[tid][0].transaction_id)}
             if c.get("may_have_landed") and (tid := str(c.get("transaction_id"))) in voids else c
             for c in checkouts]
+
+
+def _seconds(stamp: str | None) -> float | None:
+    """An ISO 8601 time as Unix seconds (None stays None)."""
+    return datetime.fromisoformat(stamp).timestamp() if stamp else None
 
 
 def may_have_landed(record: TxnRecord) -> bool:
