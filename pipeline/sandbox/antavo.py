@@ -597,19 +597,19 @@ def _handler(state: SandboxState, platform: AntavoPlatform, *, bulk: bool
              ) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         state.count("requests")
-        await state.delay()
-        wait = state.admit(PLATFORM)
-        if wait is not None:
-            headers = {"Retry-After": str(max(1, round(wait + 0.499)))} if state.config.send_retry_after \
-                else None
-            return _error_response(429, "TooManyRequestsException", 429, "Too many requests", headers)
-        try:
+        try:  # the whole request arrives first: one held (``delay``) is stored though its sender died
             body = await read_body(request, state.config.max_body_bytes, state.config.body_timeout_seconds)
         except BodyRefused as limit:
             if limit.status == 503:  # too many bodies held at once: nothing wrong with this one
                 return _error_response(503, "ServerException", 503, limit.message, {"Retry-After": "1"})
             state.count("bad_requests")
             return _error_response(limit.status, "BadRequestException", 0, limit.message)
+        await state.delay()
+        wait = state.admit(PLATFORM)
+        if wait is not None:
+            headers = {"Retry-After": str(max(1, round(wait + 0.499)))} if state.config.send_retry_after \
+                else None
+            return _error_response(429, "TooManyRequestsException", 429, "Too many requests", headers)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("application/json", "application/x-www-form-urlencoded"):
             state.count("bad_requests")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -394,3 +395,21 @@ def test_a_held_request_waits_until_the_hold_is_released(sandbox: SandboxServer)
     sandbox.config.hold_after = None
     sender.join(timeout=60)  # released: it lands now, not after hold_ms
     assert not sender.is_alive() and answers == [200]
+
+
+def test_a_held_request_whose_sender_hung_up_is_stored_when_released(sandbox: SandboxServer) -> None:
+    # a platform that received a whole request processes it though the client is gone: a run
+    # killed while its request is held leaves it to land a moment later (what a crash test's
+    # next run must find, not send again)
+    sandbox.config.hold_after, sandbox.config.hold_ms = ("requests", 0), 600_000
+    url = sandbox.url + "/events"
+    payload = json.dumps(CHECKOUT).encode()
+    headers = _signer(sandbox).sign("POST", url, payload, {"Content-Type": "application/json"}).headers
+    with pytest.raises(httpx.ReadTimeout):  # the sender gives up and hangs up
+        httpx.post(url, content=payload, headers=headers, timeout=httpx.Timeout(10, read=0.5))
+    assert sandbox.state.listing("antavo") == []  # held
+    sandbox.config.hold_after = None
+    deadline = time.monotonic() + 30
+    while not sandbox.state.listing("antavo") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [t["transaction_id"] for t in sandbox.state.listing("antavo")] == ["T-1"]

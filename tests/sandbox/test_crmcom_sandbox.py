@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -396,3 +397,18 @@ def test_performed_on_may_be_integer_epoch_seconds_and_nothing_else_but_text(crm
         answer = call(crm, "customer_events/purchases/create", {"token": token, **body}).json()
         assert answer["status"]["code"] == "INVALID_PARAMETERS", (garbage, answer)
     assert platform_of(crm).state.stats["events_accepted"] == 2
+
+
+def test_a_held_create_whose_sender_hung_up_is_stored_when_released(crm: SandboxServer) -> None:
+    """As Antavo's sandbox: a whole request received is processed though its sender is gone."""
+    token = token_of(crm)
+    crm.config.hold_after, crm.config.hold_ms = ("requests", 0), 600_000
+    with pytest.raises(httpx.ReadTimeout):  # the sender gives up and hangs up
+        call(crm, "customer_events/purchases/create", {"token": token, **purchase("T1")},
+             timeout=httpx.Timeout(10, read=0.5))
+    assert crm.state.listing(PLATFORM) == []  # held
+    crm.config.hold_after = None
+    deadline = time.monotonic() + 30
+    while not crm.state.listing(PLATFORM) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [t["reference_number"] for t in crm.state.listing(PLATFORM)] == ["T1"]
