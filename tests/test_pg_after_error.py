@@ -8,10 +8,17 @@ must go on working all the same.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+import psycopg
 import pytest
 
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerError
+from pipeline.runner import run_feed
+from pipeline.sandbox.server import SandboxServer
 from tests.test_ledger import _ATTACH_A_MISSING_ROW, _MISSING_ROW, SCOPE, _finished_at, _queued
 
 _STAMP = "UPDATE runs SET finished_at = ? WHERE id = ?"
@@ -56,3 +63,40 @@ def test_a_row_with_two_columns_of_one_name_can_be_shown(postgres_db: str) -> No
         assert row is not None
         assert repr(row) == f"PgRow({ {0: run_id, 'feed': 'hourly', 'id': 7}!r})"
         assert row["id"] == 7 and row[0] == run_id and row.keys() == ["id", "feed"]
+
+
+def test_a_settling_write_refused_mid_submission_fails_the_run_and_the_next_run_settles_it(
+        postgres_db: str, tmp_path: Path) -> None:
+    """A constraint of the server (one an operator added) refuses writing the platform's answers
+    after the first request went out: the run fails with an error that names the refusal, and is
+    recorded as failed on the same ledger; once the constraint is gone, the next run settles the
+    checkouts in doubt and sends the rest: the platform holds each checkout once."""
+    from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
+    Ledger(postgres_db).close()  # the tables, to add the constraint to
+    with psycopg.connect(postgres_db, autocommit=True) as admin:
+        admin.execute("ALTER TABLE transactions ADD CONSTRAINT no_accepted_yet "
+                      "CHECK (state <> 'accepted') NOT VALID")
+    with SandboxServer() as sandbox, credentials(sandbox):
+        feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
+        with pytest.raises(LedgerError, match="no_accepted_yet") as caught:
+            run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert "does not exist" not in str(caught.value)
+        assert stats(sandbox)["events_accepted"] > 0  # refused after the platform took them
+        with Ledger(postgres_db) as ledger:
+            assert [r.status for r in ledger.runs()] == ["failed"]
+            in_doubt = ledger.state_counts("acme").get("sending", 0)
+        assert in_doubt > 0
+        with psycopg.connect(postgres_db, autocommit=True) as admin:
+            admin.execute("ALTER TABLE transactions DROP CONSTRAINT no_accepted_yet")
+        again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        ids = delivered_ids(sandbox)
+        after = stats(sandbox)
+    assert again.summary["balanced"] is True
+    # an in-doubt checkout the platform has may be offered again: it refuses it as a duplicate
+    assert ids and len(ids) == len(set(ids)) and after["duplicate_transaction_attempts"] <= in_doubt
+    with Ledger(postgres_db) as ledger:
+        counts = ledger.state_counts("acme")
+        assert counts.get("queued", 0) == counts.get("sending", 0) == 0
+        assert sorted(r.status for r in ledger.runs()) == ["failed", "finished"]
