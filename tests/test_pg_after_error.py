@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pipeline.errors import EXIT_INTERNAL
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerError
 from pipeline.runner import run_feed
@@ -82,7 +83,7 @@ def test_a_settling_write_refused_mid_submission_fails_the_run_and_the_next_run_
         feed = sample_feed("acme_hourly", sandbox, folder=SAMPLE_ACME)
         with pytest.raises(LedgerError, match="no_accepted_yet") as caught:
             run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
-        assert "does not exist" not in str(caught.value)
+        assert caught.value.exit_code == EXIT_INTERNAL and "does not exist" not in str(caught.value)
         assert stats(sandbox)["events_accepted"] > 0  # refused after the platform took them
         with Ledger(postgres_db) as ledger:
             assert [r.status for r in ledger.runs()] == ["failed"]
