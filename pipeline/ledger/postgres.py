@@ -23,7 +23,9 @@ What differs from SQLite is translated here:
   where it needs an answer (a query, a row count) and at ``COMMIT``: settling the answers read
   and marking the next request in doubt (one transaction) is three round trips: the lookup with
   ``BEGIN`` and the lock, the updates, the ``COMMIT``. ``COPY`` leaves the pipeline for its own
-  round trip;
+  round trip. After a write transaction fails, the connection runs its statements unprepared
+  (:meth:`PgDb._stop_preparing`): psycopg may count as prepared a statement the failed pipeline
+  never ran;
 * ids: :meth:`PgDb.new_ids` takes a file's row ids from the table's identity sequence before its
   ``COPY``, so rows of one ``COPY`` can name each other (a duplicate its primary).
 
@@ -125,7 +127,11 @@ class PgRow(Sequence[Any]):
         return list(self._index)
 
     def __repr__(self) -> str:
-        return f"PgRow({dict(zip(self._index, self._values, strict=True))!r})"
+        """Each value by its column's name; by its position where a later column has the same
+        name (``SELECT a.id, b.id``: ``row["id"]`` is the last one)."""
+        names: dict[int, str] = {i: name for name, i in self._index.items()}
+        shown = {names.get(i, i): value for i, value in enumerate(self._values)}
+        return f"PgRow({shown!r})"
 
 
 def _row_factory(cursor: Any) -> Any:
@@ -404,12 +410,16 @@ class PgDb:
         is a savepoint."""
         with self._mutex:
             if self._depth:
-                with self._errors("transaction"), self._connection.transaction():
-                    self._depth += 1
-                    try:
-                        yield self
-                    finally:
-                        self._depth -= 1
+                try:
+                    with self._errors("transaction"), self._connection.transaction():
+                        self._depth += 1
+                        try:
+                            yield self
+                        finally:
+                            self._depth -= 1
+                except BaseException:
+                    self._stop_preparing()
+                    raise
                 return
             self._depth = 1
             try:
@@ -431,11 +441,23 @@ class PgDb:
                                           "rolled back")
             except BaseException:
                 self._depth = 0
+                self._stop_preparing()
                 self._leave_pipeline(quietly=True)
                 with contextlib.suppress(psycopg.Error):  # a lost connection has nothing to roll back
                     self._connection.execute("ROLLBACK")
                 raise
             self._analyze_grown()  # committed: outside the write lock, so no writer waits for it
+
+    def _stop_preparing(self) -> None:
+        """After a failed write transaction, run every statement unprepared on this connection.
+        psycopg prepares a statement on the server once it has run it ``prepare_threshold`` times
+        (and an ``executemany`` at once), and may record it as prepared before the server answers:
+        in a pipeline, what is queued after a failed statement never runs, its preparation with it,
+        so the name psycopg keeps (``_pg3_N``) would fail every later use of the statement ("does
+        not exist"), ``COMMIT`` included. Turning preparation off is psycopg's public way never to
+        use those names again; it costs nothing until a transaction fails, and after one it lasts
+        as long as this connection (the rest of the run, which ends with that error)."""
+        self._connection.prepare_threshold = None
 
     def close(self) -> None:
         """Close the connection (what is committed stays)."""
