@@ -73,6 +73,7 @@ __all__ = [
     "pack",
     "parse_retry_after",
     "too_large",
+    "wait_left",
 ]
 
 logger = logging.getLogger(__name__)
@@ -301,9 +302,16 @@ async def landed_by_now(since: float | None, wait: float) -> None:
     """Until ``wait`` seconds after ``since`` (Unix seconds, when a request may have gone out; None:
     long ago): a request the platform still held when its sender died has landed by then, so a
     read of the platform made after it finds what that request did."""
-    left = (since or 0) + wait - time.time()
+    left = wait_left(since, wait, time.time())
     if left > 0:
         await asyncio.sleep(left)
+
+
+def wait_left(since: float | None, wait: float, now: float) -> float:
+    """Seconds still to wait at ``now`` for ``wait`` to pass after ``since``, never more than
+    ``wait``: a ``since`` ahead of ``now`` (written by a host of a shared ledger whose clock runs
+    ahead of this one's) counts as now, not as a wait of hours."""
+    return max(0.0, min(wait, (since or 0) + wait - now))
 
 
 def disposition(failure: RequestFailure) -> Disposition:

@@ -16,6 +16,7 @@ from pipeline.sinks.delivery import (
     TokenBucket,
     disposition,
     parse_retry_after,
+    wait_left,
 )
 
 
@@ -150,3 +151,21 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
         ceiling = min(8, 2 ** (attempt - 1))
         assert ceiling / 2 <= delay <= ceiling
     assert policy.backoff(1, 12.0, rng) >= 12.0
+
+
+@pytest.mark.parametrize(
+    ("since", "now", "left"),
+    [
+        (None, 1_000.0, 0.0),  # no request known: long ago
+        (1_000.0, 1_000.0, 30.0),  # it just went out: the whole wait
+        (1_000.0, 1_010.0, 20.0),
+        (1_000.0, 1_045.0, 0.0),  # waited long enough
+        # written by a host of a shared ledger whose clock runs an hour ahead: counts as now, so
+        # the lookup comes after the wait, not an hour and a wait later
+        (4_600.0, 1_000.0, 30.0),
+    ],
+)
+def test_the_wait_before_a_read_back_never_exceeds_the_configured_wait(
+    since: float | None, now: float, left: float
+) -> None:
+    assert wait_left(since, 30.0, now) == left
