@@ -7,6 +7,7 @@ through the session's ``search_path``."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,7 +16,9 @@ import pytest
 
 from pipeline.ledger import Ledger
 from pipeline.ledger.errors import LedgerError
-from tests.test_ledger_keys import MISSING, TXN_COLUMNS, _insert_txn, _refused, _setup, _txn
+from pipeline.ledger.schema import SCHEMA_VERSION, migrate
+from tests.test_ledger import _raw
+from tests.test_ledger_keys import MISSING, TXN_COLUMNS, _insert_txn, _parents, _refused, _setup, _txn
 
 INSERT = f"INSERT INTO transactions (id, {', '.join(TXN_COLUMNS)}) VALUES "
 ROW = f"({', '.join('?' * (len(TXN_COLUMNS) + 1))})"
@@ -102,3 +105,43 @@ def test_sqlite_refuses_the_same(tmp_path: Path) -> None:
         _, txn = _setup(ledger)
         with pytest.raises(sqlite3.IntegrityError), ledger._db.transaction() as db:
             db.execute("UPDATE transactions SET primary_id = ? WHERE id = ?", (MISSING, txn))
+
+
+def test_a_ledger_at_version_12_with_rows_migrated_by_two_processes_at_once(
+    ledger_location: Path | str
+) -> None:
+    """Two hosts (here two connections) opening a version-12 ledger together: one migrates it
+    (13: room per page, 14: the statement checks), the other waits for the write lock and finds
+    the work done; the rows stay, the checks exist once and refuse a missing run."""
+    db = _raw(ledger_location)
+    assert migrate(db, target=12) == 12
+    file_id, txn = _parents(db)
+    db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', ?, 'file')", (txn,))
+    db.close()
+    start = threading.Barrier(2)
+    versions: list[int] = []
+
+    def open_it() -> None:
+        start.wait()
+        with Ledger(ledger_location) as opened:
+            versions.append(opened.schema_version)
+
+    both = [threading.Thread(target=open_it) for _ in range(2)]
+    for thread in both:
+        thread.start()
+    for thread in both:
+        thread.join(timeout=120)
+    assert versions == [SCHEMA_VERSION, SCHEMA_VERSION]
+    with Ledger(ledger_location) as ledger:
+        rows = ledger._db.query("SELECT t.transaction_id, t.file_id, rt.run_id FROM transactions t "
+                                "JOIN run_transactions rt ON rt.txn_row_id = t.id")
+        assert [tuple(r) for r in rows] == [("T1", file_id, "r1")]
+        if ledger._db.dialect == "postgresql":
+            triggers = ledger._db.query("SELECT tgname, COUNT(*) FROM pg_trigger WHERE NOT tgisinternal "
+                                        "GROUP BY tgname")
+            assert {r[0] for r in triggers} >= {"transactions_keys_inserted", "runs_kept", "runs_id_kept"}
+            assert all(r[1] == 1 for r in triggers)
+            options = ledger._db.one("SELECT reloptions FROM pg_class WHERE relname = 'run_transactions'")
+            assert options is not None and "fillfactor=30" in list(options[0])
+        _refused(ledger, lambda db: db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) "
+                                               "VALUES ('r9', ?, 'retry')", (txn,)), column="run_id")
