@@ -145,3 +145,39 @@ def test_a_ledger_at_version_12_with_rows_migrated_by_two_processes_at_once(
             assert options is not None and "fillfactor=30" in list(options[0])
         _refused(ledger, lambda db: db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) "
                                                "VALUES ('r9', ?, 'retry')", (txn,)), column="run_id")
+
+
+def test_a_session_with_another_search_path_is_checked_against_the_ledgers_own_tables(
+    postgres_db: str
+) -> None:
+    """pg_dump and pg_restore run with an empty ``search_path``, an operator's session may have
+    another: a write naming the ledger's tables by schema is checked against the ledger's own
+    ``runs``, ``files`` and ``transactions`` (not refused with 'relation "runs" does not exist',
+    nor checked against a table of that name elsewhere on the path)."""
+    with Ledger(postgres_db) as ledger:
+        file_id, txn = _setup(ledger)
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA elsewhere")
+        conn.execute("CREATE TABLE elsewhere.runs (id TEXT PRIMARY KEY)")
+        conn.execute("INSERT INTO elsewhere.runs VALUES ('r9')")
+        for path in ("''", "elsewhere, public"):
+            conn.execute(f"SET search_path = {path}")
+            conn.execute("INSERT INTO public.run_transactions (run_id, txn_row_id, origin) "
+                         "VALUES ('r1', %s, 'file')", (txn,))
+            with pytest.raises(psycopg.errors.ForeignKeyViolation, match="run_id"):
+                conn.execute("INSERT INTO public.run_transactions (run_id, txn_row_id, origin) "
+                             "VALUES ('r9', %s, 'retry')", (txn,))
+            with pytest.raises(psycopg.errors.ForeignKeyViolation, match="file_id"):
+                conn.execute("UPDATE public.transactions SET file_id = %s WHERE id = %s", (MISSING, txn))
+            conn.execute("DELETE FROM public.run_transactions")
+    assert file_id
+
+
+def test_a_ledger_at_version_14_names_its_tables_in_its_checks_once_migrated(postgres_db: str) -> None:
+    db = _raw(postgres_db)
+    assert migrate(db, target=14) == 14
+    db.close()
+    with Ledger(postgres_db) as ledger:
+        assert ledger.schema_version == SCHEMA_VERSION
+        bodies = ledger._db.query("SELECT prosrc FROM pg_proc WHERE proname LIKE 'posfeed_check_%'")
+    assert bodies and all('FROM "public".' in str(b[0]) and "FROM runs " not in str(b[0]) for b in bodies)
