@@ -1,0 +1,155 @@
+"""What an operator reads after a run that ended early: a crash (an unexpected error mid-run), a
+stop, refused credentials. Rows left queued or in doubt are the next run's work, not a report that
+does not balance; the words say how many, what they are and what the next run does with them.
+End to end against the real sandbox, with real files, on both ledgers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import Feed
+from pipeline.errors import EXIT_OK
+from pipeline.run_commands import format_summary, runs_command
+from pipeline.runner import run_feed
+from pipeline.sandbox.server import SandboxServer
+from pipeline.sinks import make_sink
+from pipeline.sinks.base import Sink
+from tests.runner_helpers import credentials, delivered_ids
+from tests.test_void_after_stopped_run import DAY, MORNING, ended_before_sending, local_feed, settings_for
+from tests.test_void_names_sale import read_csv, write
+
+
+class _Crashing:
+    """The feed's real sink, but the submit after ``after`` of them raises (a bug mid-run)."""
+
+    def __init__(self, feed: Feed, after: int) -> None:
+        self._sink: Sink = make_sink(feed)
+        self._left = after
+
+    async def submit(self, checkouts: Sequence[Any], on_sending: Any, on_result: Any, *,
+                     stop: Any = None) -> None:
+        if self._left == 0:
+            raise RuntimeError("the sink failed")
+        self._left -= 1
+        await self._sink.submit(checkouts, on_sending, on_result, stop=stop)
+
+    async def aclose(self) -> None:
+        await self._sink.aclose()
+
+
+def _causes(caplog: pytest.LogCaptureFixture) -> str:
+    return " ".join(r.getMessage() for r in caplog.records if "cause:" in r.getMessage())
+
+
+def test_a_run_whose_sink_crashes_says_what_it_left_not_that_its_report_does_not_balance(
+    tmp_path: Path, ledger_location: Path | str, caplog: pytest.LogCaptureFixture
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
+        with credentials(sandbox), pytest.raises(RuntimeError, match="the sink failed"):
+            run_feed(feed, settings, business_dates=[DAY], make_sink=lambda f: _Crashing(f, 0))
+    told = _causes(caplog)
+    assert "does not balance" not in told, told
+    assert "exit 70" in told and "ended by an error: RuntimeError: the sink failed" in told, told
+    assert "2 transactions queued, not sent yet: the next run sends them" in told, told
+    # every row is counted in a state column (queued included): what is left shows as the reason
+    (report,) = (tmp_path / "reports").rglob("summary.csv")
+    (row,) = read_csv(report)
+    assert (row["rows_in"], row["rows_accounted"], row["queued_count"]) == ("2", "2", "2"), row
+    assert row["amount_in"] == row["amount_accounted"], row
+    assert row["balanced"] == "false"  # not final yet
+    assert row["reason"] == "2 transactions queued, not sent yet: the next run sends them", row
+
+
+class _InDoubt(_Crashing):
+    """The first request goes out (its transaction marked in doubt), then the process fails before
+    any answer is recorded."""
+
+    async def submit(self, checkouts: Sequence[Any], on_sending: Any, on_result: Any, *,
+                     stop: Any = None) -> None:
+        result = on_sending([checkouts[0]["transaction_id"]])
+        if result is not None:
+            await result
+        raise RuntimeError("the sink failed")
+
+
+@pytest.mark.parametrize("ending", ["stopped", "refused"])
+def test_a_run_ended_early_says_what_it_left_and_what_the_next_run_does(
+    tmp_path: Path, ledger_location: Path | str, ending: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop (SIGTERM's event) or credentials refused as sending starts: every row is counted
+    (queued), the report is "not yet" balanced, and the next run sends them."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
+        first = ended_before_sending(feed, settings, sandbox, "antavo", ending)
+        told = _causes(caplog)
+        left = "2 transactions queued, not sent yet: the next run sends them"
+        assert "does not balance" not in told and told.endswith(left), told
+        if ending == "refused":
+            assert "sending stopped: once they are fixed, the next run sends what is left" in told, told
+        else:
+            assert "stopped before the end (signal)" in told, told
+        assert f"  balanced:  not yet: {left}\n" in format_summary(first)
+        assert first.summary["unaccounted"] == {}
+        with credentials(sandbox):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        assert sorted(delivered_ids(sandbox)) == ["S-1", "S-2"]
+    assert second.exit_code == EXIT_OK and second.summary["balanced"] is True, second.summary
+    assert "  balanced:  yes\n" in format_summary(second)
+
+
+def test_a_run_that_crashes_with_a_request_out_says_what_is_in_doubt(
+    tmp_path: Path, ledger_location: Path | str, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The request of S-2 went out, then the process failed: 1 in doubt, 1 queued, all counted;
+    `posfeed runs` shows the run "not yet" balanced with what it left, and the next run settles
+    the one in doubt and sends the other, each once."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
+        with credentials(sandbox), pytest.raises(RuntimeError, match="the sink failed"):
+            run_feed(feed, settings, business_dates=[DAY], make_sink=lambda f: _InDoubt(f, 0))
+        told = _causes(caplog)
+        assert "does not balance" not in told, told
+        assert told.endswith("1 transaction in doubt (sent, no answer recorded): the next run asks the "
+                             "platform before sending anything; 1 transaction queued, not sent yet: the "
+                             "next run sends it"), told
+        (report,) = (tmp_path / "reports").rglob("summary.csv")
+        (row,) = read_csv(report)
+        assert (row["in_doubt_count"], row["queued_count"], row["rows_accounted"]) == ("1", "1", "2"), row
+        assert row["reason"].startswith("1 transaction in doubt"), row
+
+        capsys.readouterr()
+        runs_command(settings, feed=None, limit=None, as_json=False)
+        header, crashed = capsys.readouterr().out.splitlines()
+        starts = [header.index(f" {name}") + 1 if i else 0 for i, name in enumerate(header.split())]
+        cells = {name: crashed[a:b].strip() for name, a, b in
+                 zip(header.split(), starts, [*starts[1:], None], strict=True)}
+        assert (cells["status"], cells["exit"], cells["in_doubt"], cells["queued"], cells["balanced"]) == (
+            "failed", "70", "1", "1", "not yet"), crashed
+
+        with credentials(sandbox):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        assert sorted(delivered_ids(sandbox)) == ["S-1", "S-2"]
+    assert second.exit_code == EXIT_OK and second.summary["balanced"] is True, second.summary
+    assert second.summary["carried_over"] == 2
