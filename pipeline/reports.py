@@ -150,17 +150,17 @@ def returns_waiting(count: int) -> str:
             else f"{count} returns wait for their sale")
 
 
-def left_for_next_run(in_doubt: int, queued: int) -> list[str]:
+def left_for_next_run(in_doubt: int, queued: int, *, who: str = "the next run") -> list[str]:
     """What a run left for the next one, in words: ``1 transaction in doubt (sent, no answer
     recorded): the next run asks the platform before sending anything``, ``2 transactions queued,
-    not sent yet: the next run sends them``. Empty when it left none."""
+    not sent yet: the next run sends them`` (``who``: the run that does it). Empty when none."""
     parts = []
     if in_doubt:
         parts.append(f"{counted(in_doubt, 'transaction')} in doubt (sent, no answer recorded): "
-                     "the next run asks the platform before sending anything")
+                     f"{who} asks the platform before sending anything")
     if queued:
         them = "it" if queued == 1 else "them"
-        parts.append(f"{counted(queued, 'transaction')} queued, not sent yet: the next run sends {them}")
+        parts.append(f"{counted(queued, 'transaction')} queued, not sent yet: {who} sends {them}")
     return parts
 
 

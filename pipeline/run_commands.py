@@ -464,7 +464,8 @@ def runs_command(settings: Settings, *, feed: str | None, limit: int | None, as_
     if not rows:
         click.echo("no runs yet")
         return EXIT_OK
-    cells = [{**r, "balanced": _balance_cell(r, run.counts or {})} for r, run in zip(rows, records, strict=True)]
+    cells = [{**r, "balanced": _balance_cell(r, run.counts or {})}
+             for r, run in zip(rows, records, strict=True)]
     table = [list(_RUN_COLUMNS)] + [["" if r[c] is None else str(r[c]) for c in _RUN_COLUMNS] for r in cells]
     widths = [max(len(row[i]) for row in table) for i in range(len(_RUN_COLUMNS))]
     for row in table:

@@ -630,6 +630,10 @@ def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> N
             continue
         report = run_report(ledger, run_id, extra={"status": "crashed", "exit_code": EXIT_TEMPFAIL})
         ledger.finish_run(run_id, status="crashed", exit_code=EXIT_TEMPFAIL, counts=report.summary)
+        s = report.summary
+        left = left_for_next_run(s["in_doubt"], s["queued"], who="this run")
+        if left:
+            log.warning("crashed run %s left %s", run_id, "; ".join(left))
         try:
             write_run_report(report, settings.reports_dir, record.feed, run_id)
         except OSError as exc:

@@ -5,6 +5,7 @@ End to end against the real sandbox, with real files, on both ledgers."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import runner
 from pipeline.config import Feed
 from pipeline.errors import EXIT_OK
 from pipeline.run_commands import format_summary, runs_command
@@ -153,3 +155,37 @@ def test_a_run_that_crashes_with_a_request_out_says_what_is_in_doubt(
         assert sorted(delivered_ids(sandbox)) == ["S-1", "S-2"]
     assert second.exit_code == EXIT_OK and second.summary["balanced"] is True, second.summary
     assert second.summary["carried_over"] == 2
+
+
+def test_the_run_that_closes_a_crashed_one_says_what_it_left_and_takes_it_over(
+    tmp_path: Path, ledger_location: Path | str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose end is never recorded (its report failed as it was written, as a killed process
+    leaves it) is closed as crashed by the next run, which says what it left and sends it."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    settings = settings_for(tmp_path, ledger_location)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the report failed")
+
+    with SandboxServer() as sandbox:
+        feed = local_feed("antavo", sandbox, drop)
+        write(drop / "a_morning.csv", MORNING)
+        monkeypatch.setattr(runner, "run_report", failing)
+        with pytest.raises(RuntimeError, match="the report failed"):
+            ended_before_sending(feed, settings, sandbox, "antavo", "stopped")
+        monkeypatch.undo()
+        caplog.set_level(logging.INFO, logger="pipeline.runner")
+        with credentials(sandbox):
+            second = run_feed(feed, settings, business_dates=[DAY])
+        assert sorted(delivered_ids(sandbox)) == ["S-1", "S-2"]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("crashed run ")]
+    assert len(said) == 1 and said[0].endswith(
+        " left 2 transactions queued, not sent yet: this run sends them"), said
+    assert second.exit_code == EXIT_OK and second.summary["carried_over"] == 2, second.summary
+    capsys.readouterr()
+    runs_command(settings, feed=None, limit=None, as_json=True)
+    crashed = [r for r in json.loads(capsys.readouterr().out) if r["status"] == "crashed"]
+    assert [(r["queued"], r["balanced"]) for r in crashed] == [(2, False)]

@@ -127,7 +127,8 @@ def test_what_does_not_balance(transactions: list[TxnRecord], why: str) -> None:
         (TXNS[:2], {"summary_rows": 1, "rows": 1, "transactions": 1, "amounts": {"GBP": "4.00"}},
          "1 transaction, 1 row and 4.00 GBP came in that no state counts (1 summary.csv row with "
          "balanced false)"),
-        ([*TXNS[:2], _txn("T3", TxnState.DUPLICATE, "4.01")], {"summary_rows": 1, "amounts": {"GBP": "-0.01"}},
+        ([*TXNS[:2], _txn("T3", TxnState.DUPLICATE, "4.01")],
+         {"summary_rows": 1, "amounts": {"GBP": "-0.01"}},
          "0.01 GBP more counted in the states than came in (1 summary.csv row with balanced false)"),
         ([*TXNS[:2], _txn("T3", TxnState.DUPLICATE, "4.00", rows=3), _txn("T4", TxnState.DUPLICATE, "0.00")],
          {"summary_rows": 1, "rows": -3, "transactions": -1},
