@@ -83,6 +83,9 @@ def test_a_run_whose_sink_crashes_says_what_it_left_not_that_its_report_does_not
     assert row["amount_in"] == row["amount_accounted"], row
     assert row["balanced"] == "false"  # not final yet
     assert row["reason"] == "2 transactions queued, not sent yet: the next run sends them", row
+    page = (report.parent / "report.html").read_text(encoding="utf-8")
+    assert "every row that came in is counted, but some transactions wait for the next run" in page
+    assert "not fully accounted for" not in page
 
 
 class _InDoubt(_Crashing):
