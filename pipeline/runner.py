@@ -228,8 +228,11 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
     # sales a lookup did not find as a void named them, the run ending before it post-voided them
-    voided = sum(c["count"] for c in s.get("causes") or []
-                 if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    # (all of them: ``causes`` names only the most frequent; a summary from before the count has
+    # only those)
+    among_causes = sum(c["count"] for c in s.get("causes") or []
+                       if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    voided = s.get("voided_in_doubt", among_causes)
     feed = s.get("feed", "NAME")
     if voided:
         parts.append(f"the next run or `posfeed rerun --feed {feed} --failed` post-voids the "
@@ -961,6 +964,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     ctx.notes["carried_over"] = backlog.carried
     ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
+    ctx.notes["voided_in_doubt"] = ctx.ledger.refused_with(ctx.run_id, VOIDED_IN_DOUBT)
     ctx.notes.update(_waiting_for_sale(ctx))
     notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are read and written a page at a time, none kept
