@@ -102,6 +102,7 @@ from pipeline.logs import (
 )
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
+from pipeline.reports import returns_waiting
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
 from pipeline.sinks.base import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, Sink
 from pipeline.sources import open_source
@@ -1113,8 +1114,7 @@ def _sale_words(summary: dict[str, Any]) -> str:
     count = summary.get("waiting_for_sale") or 0
     if not count:
         return ""
-    whose = "its" if count == 1 else "their"
-    return f" ({counted(count, 'return')} for {whose} sale until {summary['waiting_for_sale_until']})"
+    return f" ({returns_waiting(count)} until {summary['waiting_for_sale_until']})"
 
 
 def _problem_words(problems: list[dict[str, Any]]) -> str:
