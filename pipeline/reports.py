@@ -35,7 +35,7 @@ from pipeline.csvsafe import write_atomic, write_csv
 from pipeline.currencies import money_text, single_currency_amounts
 from pipeline.ledger import TxnRecord, TxnState
 from pipeline.ledger.states import POST_VOIDED, VOID_OF_SENT_SALE
-from pipeline.logs import counted
+from pipeline.logs import counted, in_number
 from pipeline.records import ORIGINAL_NOT_FOUND
 from pipeline.sinks.antavo import PARTLY_REFUNDED
 
@@ -145,9 +145,10 @@ _T = TypeVar("_T")
 
 
 def returns_waiting(count: int) -> str:
-    """``1 return waits for its sale``, ``2 returns wait for their sale``."""
-    return (f"{count} return waits for its sale" if count == 1
-            else f"{count} returns wait for their sale")
+    """``1 return waits for its sale``, ``2 returns wait for their sale``: the words of every
+    report, console line and log line that counts returns waiting for their sale."""
+    whose = "its" if count == 1 else "their"
+    return f"{counted(count, 'return')} {in_number(count, 'waits', 'wait')} for {whose} sale"
 
 
 def left_for_next_run(in_doubt: int, queued: int, *, who: str = "the next run") -> list[str]:

@@ -104,7 +104,7 @@ from pipeline.logs import (
 )
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
-from pipeline.reports import left_for_next_run, unaccounted_words
+from pipeline.reports import left_for_next_run, returns_waiting, unaccounted_words
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
 from pipeline.sinks.base import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, Sink
 from pipeline.sources import open_source
@@ -233,8 +233,11 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
     # sales a lookup did not find as a void named them, the run ending before it post-voided them
-    voided = sum(c["count"] for c in s.get("causes") or []
-                 if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    # (all of them: ``causes`` names only the most frequent; a summary from before the count has
+    # only those)
+    among_causes = sum(c["count"] for c in s.get("causes") or []
+                       if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    voided = s.get("voided_in_doubt", among_causes)
     feed = s.get("feed", "NAME")
     if voided:
         parts.append(f"the next run or `posfeed rerun --feed {feed} --failed` post-voids the "
@@ -970,6 +973,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     ctx.notes["carried_over"] = backlog.carried
     ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
+    ctx.notes["voided_in_doubt"] = ctx.ledger.refused_with(ctx.run_id, VOIDED_IN_DOUBT)
     ctx.notes.update(_waiting_for_sale(ctx))
     notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are read and written a page at a time, none kept
@@ -1118,8 +1122,7 @@ def _sale_words(summary: dict[str, Any]) -> str:
     count = summary.get("waiting_for_sale") or 0
     if not count:
         return ""
-    whose = "its" if count == 1 else "their"
-    return f" ({counted(count, 'return')} for {whose} sale until {summary['waiting_for_sale_until']})"
+    return f" ({returns_waiting(count)} until {summary['waiting_for_sale_until']})"
 
 
 def _problem_words(problems: list[dict[str, Any]]) -> str:
