@@ -243,10 +243,12 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         parts.append(f"the next run or `posfeed rerun --feed {feed} --failed` post-voids the "
                      f"{counted(voided, 'sale')} voided at the till and not found on the platform, "
                      "sending nothing")
-    if s.get("failed_permanent", 0) > voided:
-        parts.append(f"why each of the {s['failed_permanent'] - voided} refused for good: error_code and "
-                     f"error_message in detail.csv; once fixed, `posfeed rerun --feed {feed} --failed "
-                     "--include-permanent` sends them again")
+    if (refused := s.get("failed_permanent", 0) - voided) > 0:
+        which = "the 1" if refused == 1 else f"each of the {refused}"
+        which = f"why {which} refused for good"
+        parts.append(f"{which}: error_code and error_message in detail.csv; once fixed, `posfeed rerun "
+                     f"--feed {feed} --failed --include-permanent` sends {'it' if refused == 1 else 'them'} "
+                     "again")
     if s.get("stopped"):
         parts.append("stopped before the end (signal)")
     if s.get("error"):

@@ -329,4 +329,6 @@ def test_the_exit_cause_counts_every_sale_left_to_post_void_whatever_the_ranking
     assert "post-voids the 4 sales voided at the till and not found on the platform" in cause, cause
     assert "--include-permanent" not in cause, cause
     one_refused = runner.exit_cause({**summary, "failed_permanent": 5}, 75)
-    assert "why each of the 1 refused for good" in one_refused, one_refused
+    assert "why the 1 refused for good" in one_refused and "sends it again" in one_refused, one_refused
+    two_refused = runner.exit_cause({**summary, "failed_permanent": 6}, 75)
+    assert "why each of the 2 refused for good" in two_refused and "sends them again" in two_refused
