@@ -309,6 +309,8 @@ def page_data(report: Report) -> dict[str, Any]:
         "finished_at": summary.get("finished_at") or "",
         "dry_run": bool(summary.get("dry_run")),
         "balanced": bool(summary.get("balanced")),
+        # every row counted, some waiting for the next run (in doubt, queued): not balanced *yet*
+        "all_counted": summary.get("unaccounted") == {},
         "actions": actions,
         "action_items": items,
         "other_actions": actions[len(items):],  # files and problems: not transactions

@@ -47,7 +47,9 @@ a held lock raises
 LockHeldError, also 75); 78 the platform refused our
 credentials mid-run (the rest is left for the next run), or the source may not create the folder
 a file is archived or quarantined into (the file is left where it is: ``source_errors``); 70 when
-the report does not balance.
+the report does not balance: what came in is not all counted in its states (``unaccounted``, a
+bug, whatever else the run saw; what a run leaves queued or in doubt is counted: the next run's
+work, exit 75), or for an unexpected error.
 Exit codes say what is new in this run: an unreadable file is reported once, then quarantined and
 skipped by later runs. Every run reports its backlog and brings the feed's problems up to date
 (:mod:`pipeline.health`, :mod:`pipeline.problems`); the alerts they owe are delivered last.
@@ -102,6 +104,7 @@ from pipeline.logs import (
 )
 from pipeline.problems import Problem, reconcile, sorted_problems
 from pipeline.progress import NullProgress, Progress
+from pipeline.reports import left_for_next_run, returns_waiting, unaccounted_words
 from pipeline.scope_locks import LockWatch, RunStop, lock_kind
 from pipeline.sinks.base import ORIGINAL_NOT_FOUND, VOIDED_IN_DOUBT, Sink
 from pipeline.sources import open_source
@@ -179,6 +182,8 @@ def business_dates_for(feed: Feed, *, now: datetime | None = None) -> list[date]
 
 def exit_code_of(summary: dict[str, Any], *, dry_run: bool = False) -> int:
     """The exit code a run's summary calls for (see the module docstring)."""
+    if summary.get("unaccounted"):  # what came in is not all counted: a bug, whatever else
+        return EXIT_INTERNAL
     if summary.get("source_errors"):
         return EXIT_CONFIG
     data_errors = (
@@ -208,7 +213,7 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
     parts: list[str] = []
     if s.get("credentials_refused"):
         parts.append(f"the platform refused our credentials ({s['credentials_refused']}); sending "
-                     "stopped, the rest waits for the next run")
+                     "stopped: once they are fixed, the next run sends what is left")
     if s.get("transactions_rejected"):
         parts.append(f"{counted(s['transactions_rejected'], 'transaction')} rejected (see rejects.csv)")
     if s.get("conflicts"):
@@ -228,27 +233,32 @@ def exit_cause(summary: dict[str, Any], exit_code: int) -> str:
         reason = f"{cause['code'] or '?'}: {cause['message'] or ''}".rstrip(": ")
         parts.append(f"{cause['count']} {what}: {reason}")
     # sales a lookup did not find as a void named them, the run ending before it post-voided them
-    voided = sum(c["count"] for c in s.get("causes") or []
-                 if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    # (all of them: ``causes`` names only the most frequent; a summary from before the count has
+    # only those)
+    among_causes = sum(c["count"] for c in s.get("causes") or []
+                       if c["state"] == "failed_permanent" and c["code"] == VOIDED_IN_DOUBT)
+    voided = s.get("voided_in_doubt", among_causes)
     feed = s.get("feed", "NAME")
     if voided:
         parts.append(f"the next run or `posfeed rerun --feed {feed} --failed` post-voids the "
                      f"{counted(voided, 'sale')} voided at the till and not found on the platform, "
                      "sending nothing")
-    if s.get("failed_permanent", 0) > voided:
-        parts.append(f"why each of the {s['failed_permanent'] - voided} refused for good: error_code and "
-                     f"error_message in detail.csv; once fixed, `posfeed rerun --feed {feed} --failed "
-                     "--include-permanent` sends them again")
-    if s.get("in_doubt"):
-        parts.append(f"{s['in_doubt']} in doubt")
+    if (refused := s.get("failed_permanent", 0) - voided) > 0:
+        which = "the 1" if refused == 1 else f"each of the {refused}"
+        which = f"why {which} refused for good"
+        parts.append(f"{which}: error_code and error_message in detail.csv; once fixed, `posfeed rerun "
+                     f"--feed {feed} --failed --include-permanent` sends {'it' if refused == 1 else 'them'} "
+                     "again")
     if s.get("stopped"):
         parts.append("stopped before the end (signal)")
-    if s.get("queued") and not s.get("dry_run") and not s.get("credentials_refused"):
-        parts.append(f"{s['queued']} queued, not sent yet")
     if s.get("error"):
-        parts.append(str(s["error"]))
-    if exit_code == EXIT_INTERNAL and not s.get("balanced", True):
-        parts.append("the run's report does not balance (a bug: see summary.csv)")
+        parts.append(f"ended by an error: {s['error']}")
+    # what it left is the next run's work, not a report that does not balance
+    queued = 0 if s.get("dry_run") else s.get("queued", 0)
+    parts += left_for_next_run(s.get("in_doubt", 0), queued)
+    if s.get("unaccounted"):
+        parts.append(f"the run's report does not balance: {unaccounted_words(s['unaccounted'])} "
+                     "(a bug: please report it with the log and summary.csv)")
     return told("; ".join(parts))
 
 
@@ -625,6 +635,10 @@ def _report_crashed(ledger: Ledger, settings: Settings, run_ids: list[str]) -> N
             continue
         report = run_report(ledger, run_id, extra={"status": "crashed", "exit_code": EXIT_TEMPFAIL})
         ledger.finish_run(run_id, status="crashed", exit_code=EXIT_TEMPFAIL, counts=report.summary)
+        s = report.summary
+        left = left_for_next_run(s["in_doubt"], s["queued"], who="this run")
+        if left:
+            log.warning("crashed run %s left %s", run_id, "; ".join(left))
         try:
             write_run_report(report, settings.reports_dir, record.feed, run_id)
         except OSError as exc:
@@ -961,6 +975,7 @@ def _finish(ctx: _Context, *, status: str, failure_code: int = EXIT_INTERNAL) ->
     ctx.notes["carried_over"] = backlog.carried
     ctx.notes.update(_backlog_notes(ctx, backlog))
     ctx.notes["causes"] = ctx.ledger.failure_causes(ctx.run_id)
+    ctx.notes["voided_in_doubt"] = ctx.ledger.refused_with(ctx.run_id, VOIDED_IN_DOUBT)
     ctx.notes.update(_waiting_for_sale(ctx))
     notes = dict(ctx.notes)
     with gc_paused():  # the report's rows are read and written a page at a time, none kept
@@ -1109,8 +1124,7 @@ def _sale_words(summary: dict[str, Any]) -> str:
     count = summary.get("waiting_for_sale") or 0
     if not count:
         return ""
-    whose = "its" if count == 1 else "their"
-    return f" ({counted(count, 'return')} for {whose} sale until {summary['waiting_for_sale_until']})"
+    return f" ({returns_waiting(count)} until {summary['waiting_for_sale_until']})"
 
 
 def _problem_words(problems: list[dict[str, Any]]) -> str:

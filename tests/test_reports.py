@@ -13,7 +13,15 @@ import pytest
 
 from pipeline.csvsafe import safe_cell, write_csv
 from pipeline.ledger import TxnRecord, TxnState
-from pipeline.reports import DETAIL_COLUMNS, SUMMARY_COLUMNS, build_report, points_text, write_report
+from pipeline.reports import (
+    DETAIL_COLUMNS,
+    SUMMARY_COLUMNS,
+    build_report,
+    points_text,
+    unaccounted_words,
+    write_report,
+)
+from pipeline.runner import exit_cause, exit_code_of
 
 
 def _txn(tid: str, state: TxnState, amount: str, *, rows: int = 1, file: str = "a.csv", store: str = "S1",
@@ -111,6 +119,58 @@ def test_what_does_not_balance(transactions: list[TxnRecord], why: str) -> None:
     report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=TOTALS,
                           rejects=[])
     assert report.summary["balanced"] is False, why
+
+
+@pytest.mark.parametrize(
+    ("transactions", "unaccounted", "words"),
+    [
+        (TXNS[:2], {"summary_rows": 1, "rows": 1, "transactions": 1, "amounts": {"GBP": "4.00"}},
+         "1 transaction, 1 row and 4.00 GBP came in that no state counts (1 summary.csv row with "
+         "balanced false)"),
+        ([*TXNS[:2], _txn("T3", TxnState.DUPLICATE, "4.01")],
+         {"summary_rows": 1, "amounts": {"GBP": "-0.01"}},
+         "0.01 GBP more counted in the states than came in (1 summary.csv row with balanced false)"),
+        ([*TXNS[:2], _txn("T3", TxnState.DUPLICATE, "4.00", rows=3), _txn("T4", TxnState.DUPLICATE, "0.00")],
+         {"summary_rows": 1, "rows": -3, "transactions": -1},
+         "1 transaction and 3 rows more counted in the states than came in (1 summary.csv row with "
+         "balanced false)"),
+    ],
+)
+def test_a_report_that_does_not_balance_says_what_is_missing(
+    transactions: list[TxnRecord], unaccounted: dict[str, object], words: str
+) -> None:
+    report = build_report(report_id="r1", feed="hourly", transactions=transactions, file_totals=TOTALS,
+                          rejects=[])
+    s = report.summary
+    assert s["balanced"] is False and s["unaccounted"] == unaccounted
+    assert unaccounted_words(s["unaccounted"]) == words
+    # a bug: exit 70 before the rejected row's 65, and the words say what is missing
+    assert exit_code_of(s) == 70
+    assert exit_cause(s, 70) == ("1 transaction rejected (see rejects.csv); the run's report does not "
+                                 f"balance: {words} (a bug: please report it with the log and summary.csv)")
+
+
+@pytest.mark.parametrize(("in_doubt", "queued"), [(1, 0), (0, 1), (2, 3)])
+def test_what_a_run_leaves_for_the_next_is_counted_not_called_unbalanced(in_doubt: int, queued: int) -> None:
+    """Queued and in doubt are counted in their state columns: the report does not balance *yet*;
+    the words say how many, and what the next run does with them; no "does not balance"."""
+    left = ([_txn(f"D{i}", TxnState.SENDING, "1.00") for i in range(in_doubt)]
+            + [_txn(f"Q{i}", TxnState.QUEUED, "2.00") for i in range(queued)])
+    totals = [("a.csv", "S1", "2026-11-20", in_doubt + queued, in_doubt + queued,
+               Decimal(in_doubt) + 2 * Decimal(queued), "GBP")]
+    report = build_report(report_id="r1", feed="hourly", transactions=left, file_totals=totals, rejects=[])
+    s = report.summary
+    assert s["balanced"] is False and s["unaccounted"] == {}
+    said = {1: "1 transaction", 2: "2 transactions", 3: "3 transactions"}
+    expected = ([f"{said[in_doubt]} in doubt (sent, no answer recorded): the next run asks the platform "
+                 "before sending anything"] if in_doubt else []) + (
+        [f"{said[queued]} queued, not sent yet: the next run sends {'it' if queued == 1 else 'them'}"]
+        if queued else [])
+    (row,) = report.summary_rows
+    assert row[SUMMARY_COLUMNS.index("reason")] == "; ".join(expected)
+    for code in (70, 75):  # a crash (an unexpected error) or a run that ended early
+        cause = exit_cause({**s, "error": "RuntimeError: boom"} if code == 70 else s, code)
+        assert "balance" not in cause and cause.endswith("; ".join(expected)), cause
 
 
 def test_queued_is_final_in_a_dry_run() -> None:

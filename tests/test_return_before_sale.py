@@ -249,8 +249,7 @@ def test_returns_waiting_for_their_sale_are_counted_in_words_that_agree(
                        f"(resume.sale_wait_hours; then failed for good, exit 65); {each} sent by the run "
                        "after its sale's export arrives")
     run_line = next(text for text in output.splitlines() if ": finished, exit 0:" in text)
-    sale = "1 return for its sale" if n == 1 else "2 returns for their sale"
-    assert f" ({sale} until {done['waiting_for_sale_until']})" in run_line, run_line
+    assert f" ({words} until {done['waiting_for_sale_until']})" in run_line, run_line
     assert "(s)" not in output
 
 

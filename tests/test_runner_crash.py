@@ -131,6 +131,7 @@ def test_sigkill_during_submission_then_run_again(
         assert len(accepted) >= final["accepted"]
         crashed = next(r for r in runs if r.status == "crashed")
         assert crashed.counts is not None and crashed.counts["balanced"] is False  # left work in doubt
+        assert crashed.counts["unaccounted"] == {}  # all counted all the same: in doubt or queued
         assert sorted(crashed.counts["files_new"]) == sorted(FILES)  # what it fetched, from the ledger
         assert (tmp_path / "reports" / "crashfeed" / crashed.id / "summary.csv").exists()
         # the same history from either worker's state folder

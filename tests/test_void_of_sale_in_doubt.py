@@ -314,3 +314,21 @@ def test_a_dry_run_shows_a_sale_in_doubt_a_void_names_as_looked_up_not_sent(
     assert not any("2 transactions would be sent" in m for m in said), said  # before: S-1 among them
     assert delivered == ["S-2"]
     assert (real.summary["post_voided"], real.summary["accepted"]) == (1, 1), real.summary
+
+
+def test_the_exit_cause_counts_every_sale_left_to_post_void_whatever_the_ranking_of_causes() -> None:
+    """The run's three most frequent failure causes are others (and each voided sale's message
+    names its own void, so each is a cause of one): before, the cause counted the voided sales only
+    among those three, so it said none was left to post-void and told to resend all four refused
+    for good with --include-permanent, which never sends such a sale."""
+    others = [{"state": "failed_retryable", "code": f"http_50{n}", "message": "server error", "count": 5}
+              for n in (0, 2, 3)]
+    summary = {"feed": "f", "failed_retryable": 15, "failed_permanent": 4, "voided_in_doubt": 4,
+               "balanced": True, "causes": others}
+    cause = runner.exit_cause(summary, 75)
+    assert "post-voids the 4 sales voided at the till and not found on the platform" in cause, cause
+    assert "--include-permanent" not in cause, cause
+    one_refused = runner.exit_cause({**summary, "failed_permanent": 5}, 75)
+    assert "why the 1 refused for good" in one_refused and "sends it again" in one_refused, one_refused
+    two_refused = runner.exit_cause({**summary, "failed_permanent": 6}, 75)
+    assert "why each of the 2 refused for good" in two_refused and "sends them again" in two_refused

@@ -63,6 +63,16 @@ class Backlogs:
         )
         return [{"state": r[0], "code": r[1], "message": r[2], "count": r[3]} for r in rows]
 
+    def refused_with(self, run_id: str, code: str) -> int:
+        """How many of ``run_id``'s transactions it left ``failed_permanent`` with ``code`` (every
+        one, whichever their message: :meth:`failure_causes` names only the most frequent)."""
+        row = self._db.query(
+            "SELECT COUNT(*) FROM run_transactions rt JOIN transactions t ON t.id = rt.txn_row_id "
+            "WHERE rt.run_id = ? AND t.state = 'failed_permanent' AND t.last_error_code = ?",
+            (run_id, code),
+        )[0]
+        return int(row[0])
+
     def waiting_for_sales(self, run_id: str) -> tuple[int, str | None]:
         """How many of ``run_id``'s transactions are returns waiting for their sale
         (``failed_retryable``, ``original_not_found``), and when the first recorded of them was

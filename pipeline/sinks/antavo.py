@@ -329,7 +329,7 @@ class AntavoAdapter:
         decision = return_decision(row, mode=self.target.return_mode)
         if row.get("is_guest") or not row.get("customer_id"):
             return _held(tid, self.feed_name)
-        self._returns[tid] = _Refund(row, decision, since=row.get("in_doubt_since"))
+        self._returns[tid] = _Refund(row, decision, since=row.get("sent_since"))
         self._sent.add(tid)
         events = (refund_events(row, decision, account=self.target.account) if decision.sendable
                   else [])

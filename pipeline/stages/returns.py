@@ -6,8 +6,8 @@
 * ``return_decision``: refund, refund_item per line, or not sent (``over_refund``), decided from
   the sale's stored lines and its earlier returns (this run's and every earlier run's);
 * ``in_doubt``: it was sent before without a final answer, so it may have landed: the platform is
-  read back before anything is sent again; ``in_doubt_since`` (Unix seconds) when a request of it
-  was in flight as a run died;
+  read back before anything is sent again, no sooner than the target's ``readback_wait_seconds``
+  after the checkout's ``sent_since`` (:func:`pipeline.stages.submit.checkouts_of`);
 * ``claimed_event_ids``: the platform event ids of the sale's returns the ledger has accepted, or
   holds as refunded in part (``partly_refunded``: the lines that landed) (a read-back matches only
   the other refund events);
@@ -76,12 +76,6 @@ def _landed(row: ReturnOf) -> bool:
     return row.record.state is TxnState.ACCEPTED or _in_doubt(row) or _partly(row)
 
 
-def _since(row: ReturnOf) -> float | None:
-    if row.record.state is not TxnState.SENDING:
-        return None
-    return datetime.fromisoformat(row.updated_at).timestamp()
-
-
 def with_return_context(
     ledger: Ledger, scope: str, checkouts: Sequence[dict[str, Any]], *, mode: str
 ) -> list[dict[str, Any]]:
@@ -104,7 +98,7 @@ def with_return_context(
     }
     returns = ledger.returns_of(scope, wanted)
     decisions: dict[str, Any] = {}
-    facts: dict[str, tuple[bool, float | None]] = {}
+    in_doubt: dict[str, bool] = {}
     claimed: dict[str, list[str]] = {}
     for original_id, rows in returns.items():
         primaries = [row for row in rows if row.record.state in _DECIDED_FROM]
@@ -120,7 +114,7 @@ def with_return_context(
             mode=mode,
         ))
         for row in primaries:
-            facts[str(row.record.transaction_id)] = (_in_doubt(row), _since(row))
+            in_doubt[str(row.record.transaction_id)] = _in_doubt(row)
         claimed[original_id] = [event for row in primaries
                                 if row.record.state is TxnState.ACCEPTED or _partly(row)
                                 for event in row.record.event_ids]
@@ -128,12 +122,10 @@ def with_return_context(
     for checkout in checkouts:
         tid = str(checkout.get("transaction_id"))
         if checkout.get("transaction_type") == TransactionType.RETURN and tid in decisions:
-            in_doubt, since = facts.get(tid, (False, None))
             checkout = {
                 **checkout,
                 "return_decision": decisions[tid],
-                "in_doubt": in_doubt,
-                "in_doubt_since": since,
+                "in_doubt": in_doubt.get(tid, False),
                 "claimed_event_ids": claimed.get(str(checkout["original_transaction_id"]), []),
                 "return_sale": facts_of.get(str(checkout["original_transaction_id"])),
             }

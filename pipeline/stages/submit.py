@@ -13,9 +13,10 @@ rows, which the next run re-sends; a platform that already has the transaction a
 refund that may have landed is read back from the platform before it is sent again (see
 :mod:`pipeline.stages.returns` and :mod:`pipeline.sinks.antavo_readback`). Rows that may have
 landed carry ``may_have_landed`` to the sink, and ``sent_since`` (when their last request may have
-gone out, Unix seconds), so a target without such an answer (CRM.COM) can look them up before
-sending them again, no sooner than its ``readback_wait_seconds`` after (a request the platform still
-held when its sender died has landed by then).
+gone out: the ledger's last change of the row, Unix seconds), so a target reads them back (an Antavo
+refund, or a member's sale a void names) or looks them up (CRM.COM) before sending them again, no
+sooner than its ``readback_wait_seconds`` after (a request the platform still held when its sender
+died has landed by then).
 """
 
 from __future__ import annotations
