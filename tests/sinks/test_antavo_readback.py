@@ -244,7 +244,7 @@ def test_a_stop_during_the_wait_before_a_read_back_reads_and_sends_nothing(
     feed = antavo_feed(sandbox_env, readback_wait_seconds=600)
     submit_rows(feed, [make_checkout("S-1", "cust-1", lines=3)])
     refund = {**make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1", lines=2),
-              "in_doubt": True, "in_doubt_since": time.time()}
+              "in_doubt": True, "sent_since": time.time()}
     sink = make_sink(feed)
     stop = threading.Event()
     results: dict[str, EventResult] = {}
