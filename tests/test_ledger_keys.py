@@ -190,7 +190,7 @@ def test_a_ledger_at_version_13_with_rows_migrates_and_keeps_checking(ledger_loc
     db.execute("INSERT INTO run_transactions (run_id, txn_row_id, origin) VALUES ('r1', ?, 'file')", (txn,))
     db.close()
     with Ledger(ledger_location) as ledger:
-        assert ledger.schema_version == SCHEMA_VERSION == 14
+        assert ledger.schema_version == SCHEMA_VERSION == 15
         rows = ledger._db.query("SELECT t.transaction_id, t.file_id, rt.run_id FROM transactions t "
                                 "JOIN run_transactions rt ON rt.txn_row_id = t.id")
         assert [tuple(r) for r in rows] == [("T1", file_id, "r1")]

@@ -67,12 +67,24 @@ def test_a_row_with_two_columns_of_one_name_can_be_shown(postgres_db: str) -> No
 
 
 def test_a_settling_write_refused_mid_submission_fails_the_run_and_the_next_run_settles_it(
-        postgres_db: str, tmp_path: Path) -> None:
+        postgres_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A constraint of the server (one an operator added) refuses writing the platform's answers
     after the first request went out: the run fails with an error that names the refusal, and is
     recorded as failed on the same ledger; once the constraint is gone, the next run settles the
-    checkouts in doubt and sends the rest: the platform holds each checkout once."""
+    checkouts in doubt and sends the rest: the platform holds each checkout once. Only the failed
+    run's connection stopped preparing statements: the next run in the same process (as in
+    `posfeed schedule`) opens its own and prepares them again."""
+    from pipeline.ledger.postgres import PgDb
     from tests.runner_helpers import SAMPLE_ACME, credentials, delivered_ids, sample_feed, settings_in, stats
+
+    preparing: list[bool] = []  # of each ledger connection closed: whether it still prepared statements
+    close = PgDb.close
+
+    def noted(db: PgDb) -> None:
+        preparing.append(db._connection.prepare_threshold is not None)
+        close(db)
+
+    monkeypatch.setattr(PgDb, "close", noted)
 
     settings = replace(settings_in(tmp_path), ledger_url=postgres_db)
     Ledger(postgres_db).close()  # the tables, to add the constraint to
@@ -89,9 +101,12 @@ def test_a_settling_write_refused_mid_submission_fails_the_run_and_the_next_run_
             assert [r.status for r in ledger.runs()] == ["failed"]
             in_doubt = ledger.state_counts("acme").get("sending", 0)
         assert in_doubt > 0
+        assert False in preparing  # the failed run's
         with psycopg.connect(postgres_db, autocommit=True) as admin:
             admin.execute("ALTER TABLE transactions DROP CONSTRAINT no_accepted_yet")
+        before = len(preparing)
         again = run_feed(feed, settings, business_dates=[date(2026, 11, 20)])
+        assert preparing[before:] and all(preparing[before:])  # the next run's own connection prepares
         ids = delivered_ids(sandbox)
         after = stats(sandbox)
     assert again.summary["balanced"] is True

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import state_io_error
+from pipeline.errors import ConfigError, state_io_error
 from pipeline.ledger import schema
 from pipeline.ledger.db import Db, Row, fetch_in_pages
 from pipeline.ledger.errors import LedgerError, LedgerFileError
@@ -186,9 +186,24 @@ def _use_wal(connection: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.25)
 
 
+# the oldest SQLite the ledger's statements run on: ``UPDATE ... FROM`` (a run's kept outcomes)
+MIN_SQLITE = (3, 33, 0)
+
+
+def sqlite_too_old(version_info: tuple[int, ...], version: str) -> str | None:
+    """Why the SQLite ``version`` Python's ``sqlite3`` uses cannot hold the ledger (None: it can)."""
+    if tuple(version_info) >= MIN_SQLITE:
+        return None
+    return (f"the ledger needs SQLite {'.'.join(map(str, MIN_SQLITE[:2]))} or newer, and this Python's "
+            f"sqlite3 module uses SQLite {version}: run posfeed with a Python built against a newer "
+            "SQLite, or keep the ledger in PostgreSQL (POSFEED_LEDGER_URL)")
+
+
 def open_sqlite(path: Path) -> tuple[SqliteDb, int]:
     """Open (or create) the ledger file at ``path`` and bring its schema up to date; returns the
-    database and its schema version."""
+    database and its schema version. An SQLite older than :data:`MIN_SQLITE` is refused first."""
+    if (too_old := sqlite_too_old(sqlite3.sqlite_version_info, sqlite3.sqlite_version)) is not None:
+        raise ConfigError(too_old)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 
 from pipeline.ledger.db import Db
-from pipeline.ledger.errors import LedgerTooNewError
+from pipeline.ledger.errors import LedgerError, LedgerTooNewError
 
 log = logging.getLogger(__name__)
 
@@ -400,17 +400,21 @@ def _missing_error(child: str, column: str, parent: str, value: str) -> str:
             f"TABLE = '{child}', COLUMN = '{column}', CONSTRAINT = '{child}_{column}_fkey';")
 
 
-def statement_check_ddl(child: str) -> list[str]:
+def statement_check_ddl(child: str, home: str) -> list[str]:
     """The DDL checking the keys of ``child`` (:data:`STATEMENT_CHECKED_KEYS`) on PostgreSQL:
     after each INSERT (COPY included), one set-based query per key over the statement's new
     rows (a transition table); after an UPDATE that changes a key, that row's new value (one
     small row trigger per key, whose WHEN skips every update leaving the key alone, as the
     submit stage's settling does: a trigger reading all the keys of each row cost the submit
-    stage more than the per-row constraints it replaces)."""
+    stage more than the per-row constraints it replaces). The parents are named in the ledger's
+    schema ``home``, not through the writing session's ``search_path`` (pg_dump and pg_restore
+    run with an empty one, an operator's session may have another)."""
     keys = [(column, parent) for table, column, parent in STATEMENT_CHECKED_KEYS if table == child]
+    schema = '"' + home.replace('"', '""') + '"'
     inserted = "\n".join(
         f"SELECT CAST(n.k AS text) INTO missing FROM (SELECT DISTINCT {column} AS k FROM new_rows "
-        f"WHERE {column} IS NOT NULL) n WHERE NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.id = n.k) "
+        f"WHERE {column} IS NOT NULL) n WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {schema}.{parent} p WHERE p.id = n.k) "
         f"LIMIT 1;\nIF FOUND THEN {_missing_error(child, column, parent, 'missing')} END IF;"
         for column, parent in keys
     )
@@ -425,7 +429,7 @@ def statement_check_ddl(child: str) -> list[str]:
         ddl += [
             f"CREATE OR REPLACE FUNCTION posfeed_check_{child}_{column}() RETURNS trigger "
             f"LANGUAGE plpgsql AS $$\nBEGIN\nIF NEW.{column} IS NOT NULL AND NOT EXISTS "
-            f"(SELECT 1 FROM {parent} p WHERE p.id = NEW.{column}) THEN {missing} END IF;\n"
+            f"(SELECT 1 FROM {schema}.{parent} p WHERE p.id = NEW.{column}) THEN {missing} END IF;\n"
             "RETURN NULL;\nEND\n$$",
             f"CREATE TRIGGER {child}_{column}_updated AFTER UPDATE OF {column} ON {child} FOR EACH ROW "
             f"WHEN (OLD.{column} IS DISTINCT FROM NEW.{column}) "
@@ -468,6 +472,7 @@ def _migrate_13_to_14(db: Db) -> None:
     refused, as before."""
     if db.dialect != "postgresql":
         return
+    home = _home(db)
     for child in sorted({table for table, _, _ in STATEMENT_CHECKED_KEYS}):
         columns = [column for table, column, _ in STATEMENT_CHECKED_KEYS if table == child]
         for row in db.query(
@@ -477,11 +482,34 @@ def _migrate_13_to_14(db: Db) -> None:
             (child, *columns),
         ):
             db.execute(f'ALTER TABLE {child} DROP CONSTRAINT "{row[0]}"')
-        for statement in statement_check_ddl(child):
+        for statement in statement_check_ddl(child, home):
             db.execute(statement)
     for parent in KEPT_PARENTS:
         for statement in kept_parent_ddl(parent):
             db.execute(statement)
+
+
+def _home(db: Db) -> str:
+    """The schema the ledger's tables are in (the migrating session's current schema)."""
+    row = db.one("SELECT current_schema()")
+    if row is None or row[0] is None:
+        raise LedgerError("the ledger database has no current schema (search_path)")
+    return str(row[0])
+
+
+def _migrate_14_to_15(db: Db) -> None:
+    """PostgreSQL only: the key checks of migration 14 found ``runs``, ``files`` and
+    ``transactions`` through the writing session's ``search_path``, so a session with another one
+    (pg_restore's is empty) had its writes refused ('relation "runs" does not exist') or checked
+    against other tables; their functions now name the ledger's schema (same checks, same
+    triggers)."""
+    if db.dialect != "postgresql":
+        return
+    home = _home(db)
+    for child in sorted({table for table, _, _ in STATEMENT_CHECKED_KEYS}):
+        for statement in statement_check_ddl(child, home):
+            if statement.startswith("CREATE OR REPLACE FUNCTION"):
+                db.execute(statement)
 
 
 MIGRATIONS: tuple[Callable[[Db], None], ...] = (
@@ -499,6 +527,7 @@ MIGRATIONS: tuple[Callable[[Db], None], ...] = (
     _migrate_11_to_12,
     _migrate_12_to_13,
     _migrate_13_to_14,
+    _migrate_14_to_15,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -43,6 +43,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -66,6 +67,7 @@ __all__ = [
     "PlatformSink",
     "PreparedRequest",
     "RequestFailure",
+    "StoppedWaiting",
     "TokenBucket",
     "Unit",
     "disposition",
@@ -298,13 +300,30 @@ class Disposition(StrEnum):
     HALT = "halt"  # credentials refused: send nothing more in this submission
 
 
+class StoppedWaiting(Exception):
+    """A stop (SIGTERM, Ctrl-C) came while :func:`landed_by_now` waited: the read it waited for is
+    not made, so the rows of the batch stay as they were (in doubt) for the next run."""
+
+
+# the stop event of the submission under way (set by :meth:`DeliveryEngine.deliver`), which the
+# adapters' waits before a read of the platform watch
+_STOP: ContextVar[threading.Event | None] = ContextVar("delivery_stop", default=None)
+STOP_POLL_SECONDS = 0.2  # how soon a wait before a read notices a stop
+
+
 async def landed_by_now(since: float | None, wait: float) -> None:
     """Until ``wait`` seconds after ``since`` (Unix seconds, when a request may have gone out; None:
     long ago): a request the platform still held when its sender died has landed by then, so a
-    read of the platform made after it finds what that request did."""
+    read of the platform made after it finds what that request did. A stop of the submission
+    during the wait raises :class:`StoppedWaiting` (a read made sooner could miss what landed)."""
     left = wait_left(since, wait, time.time())
-    if left > 0:
-        await asyncio.sleep(left)
+    stop = _STOP.get()
+    end = time.monotonic() + left
+    while left > 0:
+        if stop is not None and stop.is_set():
+            raise StoppedWaiting
+        await asyncio.sleep(min(left, STOP_POLL_SECONDS))
+        left = end - time.monotonic()
 
 
 def wait_left(since: float | None, wait: float, now: float) -> float:
@@ -489,6 +508,7 @@ class DeliveryEngine:
     ) -> DeliveryReport:
         """Deliver every checkout; ``on_result`` is called exactly once per transaction."""
         run = _Submission(self, on_sending, on_result, stop)
+        _STOP.set(stop)  # the waits before a read, in this task and its workers, watch it
         if self.mask_customers:
             run.customers = {str(c["transaction_id"]): str(c["customer_id"])
                              for c in checkouts if c.get("customer_id")}
@@ -635,7 +655,11 @@ class _Submission:
             await marked  # the in-doubt mark is committed before the request goes out
             if not self._may_send(batch, attempt, marked=True):  # refused or stopped meanwhile
                 return None
-        request = await self.engine.adapter.build_request(batch, client)
+        try:
+            request = await self.engine.adapter.build_request(batch, client)
+        except StoppedWaiting:  # nothing read, nothing sent: settled stopped, as before the mark
+            self._may_send(batch, attempt, marked=marked is not None)
+            return None
         if not isinstance(request, PreparedRequest):
             # nothing was sent (a failure, e.g. of the token call, or results decided at build time)
             self.withdraw(batch.transaction_ids)

@@ -3,6 +3,9 @@ platform, not sent again; a guest's is held; the sandbox's read API and its unit
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 
 from pipeline.sandbox.server import SandboxServer
 from pipeline.sandbox.state import Fault
+from pipeline.sinks import make_sink
 from pipeline.sinks.antavo import PARTLY_REFUNDED, AntavoAdapter
 from pipeline.sinks.antavo_returns import REFUND_IN_DOUBT
 from pipeline.sinks.base import EventResult, Outcome
@@ -229,3 +233,33 @@ def test_a_return_refused_beside_refund_events_no_read_back_counted_names_them_i
     assert result.error_code == PARTLY_REFUNDED and result.refunded is None
     assert str(result.error_message).startswith(
         f"partly refunded: the platform holds {events} of it (read back) and refused the rest: 112204 nope;")
+
+
+def test_a_stop_during_the_wait_before_a_read_back_reads_and_sends_nothing(
+    sandbox_env: SandboxServer
+) -> None:
+    """An in-doubt refund whose read-back must wait ten minutes: a stop (SIGTERM) a moment into
+    the wait ends it; nothing is read or sent, and the refund is settled ``stopped`` (retryable),
+    left in doubt for the next run."""
+    feed = antavo_feed(sandbox_env, readback_wait_seconds=600)
+    submit_rows(feed, [make_checkout("S-1", "cust-1", lines=3)])
+    refund = {**make_checkout("R-1", "cust-1", kind="return", original_transaction_id="S-1", lines=2),
+              "in_doubt": True, "sent_since": time.time()}
+    sink = make_sink(feed)
+    stop = threading.Event()
+    results: dict[str, EventResult] = {}
+    before = dict(sandbox_env.state.stats)
+
+    async def go() -> None:
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        try:
+            await sink.submit([refund], lambda ids: None, lambda r: results.setdefault(r.transaction_id, r),
+                              stop=stop)
+        finally:
+            await sink.aclose()
+
+    asyncio.run(asyncio.wait_for(go(), timeout=60))  # a tenth of the wait: it did not wait it out
+    result = results["R-1"]
+    assert result.outcome is Outcome.RETRYABLE and result.error_code == "stopped", result
+    assert dict(sandbox_env.state.stats) == before  # no read-back, no refund
+    assert len(_sale(sandbox_env, "S-1")["refunds"]) == 0
