@@ -116,3 +116,40 @@ def test_a_settling_write_refused_mid_submission_fails_the_run_and_the_next_run_
         counts = ledger.state_counts("acme")
         assert counts.get("queued", 0) == counts.get("sending", 0) == 0
         assert sorted(r.status for r in ledger.runs()) == ["failed", "finished"]
+
+
+
+def test_a_dry_runs_copy_holds_no_statement_prepared_against_the_real_tables(postgres_db: str) -> None:
+    """A statement psycopg prepared before the dry run's temporary tables existed stays bound to
+    the real table it named (the server re-plans on DDL of that table or a new search_path, not on
+    a temporary table now found first), so the dry run could read or write the real ledger
+    through it. Opening an older ledger migrates it first (migration 12 settles its returns with
+    an ``executemany``, which psycopg prepares at once); the copy must start with nothing prepared."""
+    from pipeline.ledger.schema import migrate
+    from tests.test_ledger import _raw
+
+    db = _raw(postgres_db)
+    assert migrate(db, target=11) == 11
+    db.execute("INSERT INTO runs (id, feed, scope, kind, status, started_at, counts) "
+               "VALUES ('r1', 'hourly', 'acme', 'run', 'finished', '2026-11-20', '{}')")
+    db.execute("INSERT INTO files (scope, feed, name, size, mtime, sha256, status, first_run_id, updated_at) "
+               "VALUES ('acme', 'hourly', 'f.csv', 1, 1.0, 'abc', 'finished', 'r1', 'now')")
+    db.execute("INSERT INTO transactions (scope, feed, transaction_id, state, file_id, source_file, "
+               "source_lines, rows, store_id, business_date, transaction_type, currency, amount, "
+               "last_error_code, last_error_message, attempts, first_run_id, last_run_id, created_at, "
+               "updated_at) VALUES ('acme', 'hourly', 'R-1', 'failed_permanent', 1, 'f.csv', '[2]', 1, "
+               "'S1', '2026-11-20', 'return', 'GBP', '-4.20', 'partly_refunded', "
+               "'partly refunded: the platform refunded 1.20 of 4.20 (MILK x1 (1.20))', 1, 'r1', 'r1', "
+               "'now', 'now')")
+    db.close()
+    with Ledger(postgres_db, private_copy=True) as ledger:
+        prepared = ledger._db.one("SELECT count(*) FROM pg_prepared_statements")
+        assert prepared is not None and prepared[0] == 0, prepared
+        run_id = ledger.start_run(feed="hourly", scope="acme")  # and it works as a ledger
+        with ledger._db.transaction() as write:
+            write.executemany("UPDATE transactions SET refunded = ? WHERE id = ?", [("9.99 GBP", 1)])
+        assert ledger.run(run_id) is not None
+    with Ledger(postgres_db) as real:  # nothing of the dry run reached the real ledger
+        assert [r.id for r in real.runs()] == ["r1"]
+        refunded = real._db.one("SELECT refunded FROM transactions WHERE id = 1")
+        assert refunded is not None and refunded[0] == "1.20 GBP", refunded
