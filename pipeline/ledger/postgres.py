@@ -12,8 +12,9 @@ What differs from SQLite is translated here:
   a time, so a report of a large day never holds the day in Python;
 * bulk writes: ``COPY ... FROM STDIN`` (:meth:`PgDb.copy_rows`), ``executemany`` pipelined; a
   table this connection has grown by ANALYZE_AFTER_ROWS rows, and again each time what it appended
-  has doubled since, is ANALYZEd after the commit, so the lookups that follow are planned on the
-  table as it now is (a run's own rows are never more than half unseen by the planner);
+  has doubled since, is ANALYZEd after the commit (on a sample of ANALYZE_STATISTICS_TARGET x 300
+  rows), so the lookups that follow are planned on the table as it now is (a run's own rows are
+  never more than half unseen by the planner);
 * transactions: SQLite's ``BEGIN IMMEDIATE`` lets one writer in at a time; here every write
   transaction first takes one transaction-level advisory lock (:data:`WRITE_LOCK`), so writers
   from any number of processes and hosts are serialized the same way and read-then-write steps
