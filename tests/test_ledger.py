@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -37,8 +38,9 @@ from pipeline.ledger import (
 from pipeline.ledger.connection import SqliteDb, open_sqlite
 from pipeline.ledger.db import Db, round_trips
 from pipeline.ledger.errors import LedgerError, LedgerUnavailableError
-from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, TABLES, PgDb
+from pipeline.ledger.postgres import ANALYZE_AFTER_ROWS, ANALYZE_STATISTICS_TARGET, TABLES, PgDb
 from pipeline.ledger.schema import ORIGINAL_SQL, ORIGINAL_SQL_POSTGRES
+from pipeline.ledger.states import PRIMARY_SQL
 from pipeline.problems import Change, Observation, Plan
 from pipeline.sinks.base import EventResult, Outcome
 from pipeline.stages.report import run_report
@@ -1080,6 +1082,40 @@ def test_postgresql_statistics_are_refreshed_when_a_runs_rows_have_doubled(postg
                 totals=[("S1", "2026-11-20", size, size, Decimal("10.50") * size)])
             seen.append(reltuples())
     assert seen == [size, 2 * size, 2 * size, 4 * size]
+
+
+def test_postgresql_statistics_are_refreshed_on_a_small_sample_and_lookups_keep_their_index(
+    postgres_db: str,
+) -> None:
+    """The ledger's own refresh samples with ANALYZE_STATISTICS_TARGET (at most that many histogram
+    buckets, one bound more, for a listed column), not the server's default of 100, and the
+    dedup lookup of a chunk of transaction ids planned on those statistics still uses its index;
+    the session keeps its own target."""
+    count = 32 * ANALYZE_AFTER_ROWS
+    with Ledger(postgres_db) as ledger:
+        with psycopg.connect(postgres_db, autocommit=True) as admin:  # only the ledger analyzes here
+            admin.execute("ALTER TABLE transactions SET (autovacuum_enabled = false)")
+        run_id = ledger.start_run(feed="hourly", scope=SCOPE)
+        ledger.record_file(run_id, _file(ledger, run_id),
+                           transactions=[_txn(f"T{i}", line=i + 2) for i in range(count)], rejects=[],
+                           totals=[("S1", "2026-11-20", count, count, Decimal("10.50") * count)])
+        session_target = ledger._db.one("SHOW default_statistics_target")  # the ANALYZE's alone
+    ids = [f"T{i}" for i in range(0, count, count // 500)][:500]
+    with psycopg.connect(postgres_db) as conn:
+        bounds = conn.execute("SELECT array_length(histogram_bounds, 1) FROM pg_stats "
+                              "WHERE tablename = 'transactions' AND attname = 'id'").fetchone()
+        plan = conn.execute(
+            f"EXPLAIN (FORMAT JSON) SELECT id, transaction_id, state, content_hash, first_run_id "
+            f"FROM transactions WHERE scope = %s AND transaction_id IN ({', '.join(['%s'] * len(ids))}) "
+            f"AND state IN {PRIMARY_SQL}", (SCOPE, *ids)).fetchone()
+    assert bounds is not None and 2 <= bounds[0] <= ANALYZE_STATISTICS_TARGET + 1
+    assert session_target is not None and session_target[0] == "100"
+    assert plan is not None
+
+    def indexes(node: dict[str, Any]) -> set[str]:
+        return {node.get("Index Name", "")}.union(*(indexes(child) for child in node.get("Plans", [])))
+
+    assert indexes(plan[0][0]["Plan"]) & {"transactions_primary", "transactions_tid"}
 
 
 def test_a_dry_run_copies_every_table_of_the_postgresql_ledger(postgres_db: str) -> None:
