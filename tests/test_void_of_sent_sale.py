@@ -97,7 +97,7 @@ def test_a_void_of_a_sale_already_on_crmcom_is_reported_to_act_on(tmp_path: Path
 
     assert [r["voids_of_sent_sales"] for r in runs] == [1, 0]
     header, newest = runs_table.splitlines()[:2]
-    assert header.split()[-2:] == ["voids_of_sent_sales", "balanced"] and newest.split()[-2:] == ["1", "True"]
+    assert header.split()[-2:] == ["voids_of_sent_sales", "balanced"] and newest.split()[-2:] == ["1", "yes"]
     assert "4 voids (1 of a sale already on the platform: act on it" in console
 
 
